@@ -1,0 +1,144 @@
+"""Element types of the IR.
+
+A :class:`DType` names the *logical* element type of a value. Low-bit integer types (int2, int3, int4,
+uint4) and nf4 codes exist for quantized data: they are held unpacked in memory (one code per int8 /
+uint8 element) and packed only by the targets that store them.
+"""
+
+from __future__ import annotations
+
+import enum
+
+import ml_dtypes
+import numpy as np
+import onnx
+
+
+class DType(enum.Enum):
+    """Logical element type. The value is the short name used by the text form."""
+
+    FLOAT32 = "f32"
+    FLOAT16 = "f16"
+    BFLOAT16 = "bf16"
+    FLOAT64 = "f64"
+    INT64 = "i64"
+    INT32 = "i32"
+    INT16 = "i16"
+    INT8 = "i8"
+    UINT8 = "u8"
+    UINT16 = "u16"
+    UINT32 = "u32"
+    UINT64 = "u64"
+    BOOL = "bool"
+    STRING = "str"
+    INT4 = "i4"
+    UINT4 = "u4"
+    INT3 = "i3"
+    INT2 = "i2"
+    UINT2 = "u2"
+    NF4 = "nf4"
+
+    @property
+    def short(self) -> str:
+        return self.value
+
+    @property
+    def bits(self) -> int:
+        """Bits per element in packed storage."""
+        return _BITS[self]
+
+    @property
+    def is_float(self) -> bool:
+        return self in (DType.FLOAT32, DType.FLOAT16, DType.BFLOAT16, DType.FLOAT64)
+
+    @property
+    def is_low_bit(self) -> bool:
+        """True for the sub-byte quantized code types."""
+        return self.bits < 8
+
+    @property
+    def numpy(self) -> np.dtype:
+        """The numpy dtype that holds elements of this type in memory (unpacked for low-bit types)."""
+        return np.dtype(_NUMPY[self])
+
+    @property
+    def onnx(self) -> int:
+        """The ONNX ``TensorProto`` data type. Types ONNX lacks raise :class:`ValueError`."""
+        if self not in _ONNX:
+            raise ValueError(f"dtype {self.short} has no ONNX tensor type")
+        return _ONNX[self]
+
+    @classmethod
+    def from_short(cls, name: str) -> "DType":
+        try:
+            return cls(name)
+        except ValueError:
+            allowed = ", ".join(d.value for d in cls)
+            raise ValueError(f"unknown dtype {name!r}; allowed: {allowed}") from None
+
+    @classmethod
+    def from_numpy(cls, dtype: np.dtype | type) -> "DType":
+        dtype = np.dtype(dtype)
+        for d, n in _NUMPY.items():
+            if d.bits >= 8 and np.dtype(n) == dtype:
+                return d
+        if dtype.kind in "US" or dtype == np.dtype(object):
+            return DType.STRING
+        raise ValueError(f"numpy dtype {dtype} has no edgec dtype")
+
+    @classmethod
+    def from_onnx(cls, elem_type: int) -> "DType":
+        for d, o in _ONNX.items():
+            if o == elem_type:
+                return d
+        name = onnx.TensorProto.DataType.Name(elem_type) if elem_type in onnx.TensorProto.DataType.values() else elem_type
+        raise ValueError(f"ONNX element type {name} is not supported by edgec")
+
+    def __repr__(self) -> str:  # pragma: no cover - debugging aid
+        return f"DType.{self.name}"
+
+
+_BITS = {
+    DType.FLOAT32: 32, DType.FLOAT16: 16, DType.BFLOAT16: 16, DType.FLOAT64: 64, DType.INT64: 64,
+    DType.INT32: 32, DType.INT16: 16, DType.INT8: 8, DType.UINT8: 8, DType.UINT16: 16, DType.UINT32: 32,
+    DType.UINT64: 64, DType.BOOL: 8, DType.STRING: 0, DType.INT4: 4, DType.UINT4: 4, DType.INT3: 3,
+    DType.INT2: 2, DType.UINT2: 2, DType.NF4: 4,
+}
+
+_NUMPY = {
+    DType.FLOAT32: np.float32, DType.FLOAT16: np.float16, DType.BFLOAT16: ml_dtypes.bfloat16,
+    DType.FLOAT64: np.float64, DType.INT64: np.int64, DType.INT32: np.int32, DType.INT16: np.int16,
+    DType.INT8: np.int8, DType.UINT8: np.uint8, DType.UINT16: np.uint16, DType.UINT32: np.uint32,
+    DType.UINT64: np.uint64, DType.BOOL: np.bool_, DType.STRING: object, DType.INT4: np.int8,
+    DType.UINT4: np.uint8, DType.INT3: np.int8, DType.INT2: np.int8, DType.UINT2: np.uint8,
+    DType.NF4: np.uint8,
+}
+
+_T = onnx.TensorProto
+_ONNX = {
+    DType.FLOAT32: _T.FLOAT, DType.FLOAT16: _T.FLOAT16, DType.BFLOAT16: _T.BFLOAT16, DType.FLOAT64: _T.DOUBLE,
+    DType.INT64: _T.INT64, DType.INT32: _T.INT32, DType.INT16: _T.INT16, DType.INT8: _T.INT8,
+    DType.UINT8: _T.UINT8, DType.UINT16: _T.UINT16, DType.UINT32: _T.UINT32, DType.UINT64: _T.UINT64,
+    DType.BOOL: _T.BOOL, DType.STRING: _T.STRING, DType.INT4: _T.INT4, DType.UINT4: _T.UINT4,
+}
+
+
+def code_range(bits: int, signed: bool) -> tuple[int, int]:
+    """Inclusive integer range of ``bits``-bit codes."""
+    if signed:
+        return -(1 << (bits - 1)), (1 << (bits - 1)) - 1
+    return 0, (1 << bits) - 1
+
+
+def code_dtype(bits: int, signed: bool) -> DType:
+    """The IR dtype that stores ``bits``-bit codes."""
+    table = {
+        (8, True): DType.INT8, (8, False): DType.UINT8, (4, True): DType.INT4, (4, False): DType.UINT4,
+        (3, True): DType.INT3, (2, True): DType.INT2, (2, False): DType.UINT2,
+    }
+    if (bits, signed) in table:
+        return table[(bits, signed)]
+    # 5-7 bit codes and unsigned 3-bit codes are held in the byte type of the same signedness.
+    if 1 <= bits <= 8:
+        return DType.INT8 if signed else DType.UINT8
+    raise ValueError(f"bits must be between 1 and 8, got {bits}")

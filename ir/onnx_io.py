@@ -1,0 +1,269 @@
+"""Conversion between the IR and ONNX ``ModelProto``.
+
+``to_onnx`` writes standard ONNX: quantized weights become their exact dequantized values (or, for
+targets that encode them, are left to the caller via ``const_hook``) and ``edgec`` ops are expanded into
+their ONNX definitions. It is what the reference executor runs and what shape inference reads.
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Callable
+
+import numpy as np
+import onnx
+from onnx import helper, numpy_helper
+
+from . import ops as edgec_ops
+from .core import Graph, IRError, Model, Node, Value
+from .dtypes import DType
+from .tensor import Tensor
+
+
+class UnsupportedModelError(ValueError):
+    """The model uses something edgec cannot represent; ``problems`` lists every instance."""
+
+    def __init__(self, message: str, problems: list[str]):
+        super().__init__(message + "\n" + "\n".join(f"  - {p}" for p in problems))
+        self.problems = problems
+
+
+# ------------------------------------------------------------------------------------------------ import
+def _attr_value(a: onnx.AttributeProto):
+    t = a.type
+    A = onnx.AttributeProto
+    if t == A.FLOAT:
+        return float(a.f)
+    if t == A.INT:
+        return int(a.i)
+    if t == A.STRING:
+        return a.s.decode("utf-8", errors="replace")
+    if t == A.FLOATS:
+        return [float(x) for x in a.floats]
+    if t == A.INTS:
+        return [int(x) for x in a.ints]
+    if t == A.STRINGS:
+        return [s.decode("utf-8", errors="replace") for s in a.strings]
+    if t == A.TENSOR:
+        arr = numpy_helper.to_array(a.t)
+        return Tensor(arr, DType.from_onnx(a.t.data_type))
+    raise NotImplementedError(A.AttributeType.Name(t))
+
+
+def _type_of(vi: onnx.ValueInfoProto) -> tuple[DType | None, tuple | None]:
+    tt = vi.type.tensor_type
+    if not vi.type.HasField("tensor_type"):
+        return None, None
+    try:
+        dt = DType.from_onnx(tt.elem_type) if tt.elem_type else None
+    except ValueError:
+        dt = None
+    if not tt.HasField("shape"):
+        return dt, None
+    dims: list = []
+    for d in tt.shape.dim:
+        if d.HasField("dim_value"):
+            dims.append(int(d.dim_value))
+        elif d.HasField("dim_param"):
+            dims.append(d.dim_param)
+        else:
+            dims.append(None)
+    return dt, tuple(dims)
+
+
+def from_onnx(proto: onnx.ModelProto, base_dir: str | None = None) -> Model:
+    """Convert an ONNX model. Every unsupported construct is collected and reported at once."""
+    problems: list[str] = []
+    opsets = {(o.domain if o.domain != "ai.onnx" else ""): int(o.version) for o in proto.opset_import}
+    g_in = proto.graph
+    if base_dir is not None:
+        try:
+            onnx.external_data_helper.load_external_data_for_model(proto, base_dir)
+        except (OSError, ValueError) as e:
+            raise ValueError(f"could not read the model's external data files from {base_dir}: {e}") from None
+    graph = Graph(g_in.name or "main")
+    env: dict[str, Value] = {}
+    init_names = {t.name for t in g_in.initializer}
+    for t in g_in.initializer:
+        try:
+            arr = numpy_helper.to_array(t)
+            dt = DType.from_onnx(t.data_type)
+        except Exception as e:  # noqa: BLE001 - report every broken initializer
+            problems.append(f"initializer {t.name!r}: cannot read its data ({e})")
+            continue
+        env[t.name] = graph.add_const(t.name, Tensor(arr, dt))
+    for vi in g_in.input:
+        if vi.name in init_names:
+            continue
+        dt, shape = _type_of(vi)
+        if dt is None:
+            problems.append(f"graph input {vi.name!r} is not a tensor of a supported element type")
+            continue
+        env[vi.name] = graph.add_input(vi.name, dt, shape)
+    types = {vi.name: _type_of(vi) for vi in list(g_in.value_info) + list(g_in.output)}
+    supported_domains = {"", "ai.onnx", edgec_ops.EDGEC_DOMAIN}
+    for k, n in enumerate(g_in.node):
+        where = f"node {n.name or f'#{k}'} ({(n.domain + '::') if n.domain else ''}{n.op_type}, opset " \
+                f"{opsets.get(n.domain or '', '?')})"
+        if n.domain not in supported_domains:
+            problems.append(f"{where}: operator domain {n.domain!r} is not supported")
+            continue
+        if any(a.type in (onnx.AttributeProto.GRAPH, onnx.AttributeProto.GRAPHS) for a in n.attribute):
+            problems.append(f"{where}: control flow with subgraphs is not supported")
+            continue
+        if n.op_type == "Constant" and n.domain in ("", "ai.onnx"):
+            a = n.attribute[0]
+            try:
+                if a.name == "value":
+                    arr, dt = numpy_helper.to_array(a.t), DType.from_onnx(a.t.data_type)
+                else:
+                    val = _attr_value(a)
+                    arr = np.asarray(val, np.float32 if a.name.startswith("value_float") else np.int64)
+                    dt = DType.from_numpy(arr.dtype)
+            except Exception as e:  # noqa: BLE001
+                problems.append(f"{where}: unreadable constant ({e})")
+                continue
+            env[n.output[0]] = graph.add_const(n.output[0], Tensor(arr, dt))
+            continue
+        ins: list[Value | None] = []
+        for name in n.input:
+            if not name:
+                ins.append(None)
+            elif name in env:
+                ins.append(env[name])
+            else:
+                problems.append(f"{where}: input {name!r} is not defined before use")
+                ins.append(None)
+        try:
+            attrs = {a.name: _attr_value(a) for a in n.attribute}
+        except NotImplementedError as e:
+            problems.append(f"{where}: attribute type {e} is not supported")
+            continue
+        outs = []
+        for o in n.output:
+            dt, shape = types.get(o, (None, None))
+            outs.append(Value(o or graph.unique_name("unused"), dt, shape))
+        node = Node(n.op_type, ins, attrs, domain=n.domain, name=n.name, outputs=outs)
+        graph.append(node)
+        for name, v in zip(n.output, node.outputs):
+            if name:
+                env[name] = v
+    for o in g_in.output:
+        if o.name not in env:
+            problems.append(f"graph output {o.name!r} is never produced")
+            continue
+        v = env[o.name]
+        dt, shape = _type_of(o)
+        v.dtype = v.dtype or dt
+        v.shape = v.shape if v.shape is not None else shape
+        graph.outputs.append(v)
+    if problems:
+        raise UnsupportedModelError(f"the ONNX model cannot be imported ({len(problems)} problems):", problems)
+    meta = {p.key: p.value for p in proto.metadata_props}
+    return Model(graph, opsets, meta, producer=proto.producer_name or "onnx")
+
+
+def load_onnx(path: str) -> Model:
+    """Read an ONNX file (with external data next to it) into the IR."""
+    proto = onnx.load(path, load_external_data=False)
+    return from_onnx(proto, base_dir=os.path.dirname(os.path.abspath(path)))
+
+
+# ------------------------------------------------------------------------------------------------ export
+def _vi(v: Value) -> onnx.ValueInfoProto:
+    if v.dtype is None:
+        return helper.make_empty_tensor_value_info(v.name)
+    shape = None if v.shape is None else [d if d is not None else None for d in v.shape]
+    return helper.make_tensor_value_info(v.name, v.dtype.onnx, shape)
+
+
+def _attr(name: str, value) -> onnx.AttributeProto:
+    if isinstance(value, Tensor):
+        return helper.make_attribute(name, numpy_helper.from_array(np.asarray(value.numpy()), name))
+    return helper.make_attribute(name, value)
+
+
+ConstHook = Callable[[Value, list[onnx.NodeProto], list[onnx.TensorProto]], bool]
+
+
+def to_onnx(model: Model, extra_outputs: list[str] | None = None, const_hook: ConstHook | None = None,
+            with_shapes: bool = True) -> onnx.ModelProto:
+    """Write ``model`` as standard ONNX (edgec ops expanded, quantized weights dequantized).
+
+    ``const_hook(value, nodes, initializers)`` may emit a constant itself (e.g. as integer codes plus a
+    DequantizeLinear) and return True; otherwise the constant's exact values are written.
+    """
+    g = model.graph
+    opset = max(model.opset, 13)
+    nodes: list[onnx.NodeProto] = []
+    inits: list[onnx.TensorProto] = []
+    taken = {v.name for v in g.values()}
+    ctx = edgec_ops.ExpandContext(opset, nodes, inits, taken)
+    for v in g.initializers.values():
+        if const_hook is not None and const_hook(v, nodes, inits):
+            continue
+        arr = np.asarray(v.const.numpy())
+        if v.dtype in (DType.INT4, DType.UINT4, DType.INT2, DType.UINT2, DType.INT3, DType.NF4):
+            arr = arr.astype(np.int8 if v.dtype.numpy == np.int8 else np.uint8)
+        t = numpy_helper.from_array(arr, v.name)
+        inits.append(t)
+    for n in g:
+        ins = [v.name if v is not None else "" for v in n.inputs]
+        while ins and ins[-1] == "":
+            ins.pop()
+        outs = [o.name for o in n.outputs]
+        if n.domain == edgec_ops.EDGEC_DOMAIN:
+            edgec_ops.expand(n.op_type, ctx, ins, outs, dict(n.attributes),
+                             [v.rank if v is not None else None for v in n.inputs])
+        else:
+            nodes.append(helper.make_node(n.op_type, ins, outs, name=n.name, domain=n.domain or None,
+                                          **{}))
+            nodes[-1].attribute.extend(_attr(k, a) for k, a in n.attributes.items())
+    outputs = [_vi(v) for v in g.outputs]
+    if extra_outputs:
+        have = {v.name for v in g.outputs}
+        for name in extra_outputs:
+            if name not in have:
+                outputs.append(_vi(g.value(name)) if with_shapes else helper.make_empty_tensor_value_info(name))
+    value_info = []
+    if with_shapes:
+        io = {v.name for v in g.inputs} | {o.name for o in outputs}
+        for n in g:
+            for o in n.outputs:
+                if o.name not in io and o.dtype is not None and o.shape is not None:
+                    value_info.append(_vi(o))
+    graph = helper.make_graph(nodes, g.name, [_vi(v) for v in g.inputs], outputs, inits, value_info=value_info)
+    imports = [helper.make_opsetid(d, v) for d, v in model.opset_imports.items()
+               if d not in ("", edgec_ops.EDGEC_DOMAIN)]
+    imports.insert(0, helper.make_opsetid("", opset))
+    proto = helper.make_model(graph, opset_imports=imports, producer_name="edgec")
+    proto.ir_version = min(proto.ir_version, 10)
+    for k, v in model.metadata.items():
+        proto.metadata_props.add(key=k, value=str(v))
+    return proto
+
+
+def infer_shapes(model: Model) -> None:
+    """Fill in dtype and shape of every value ONNX shape inference can determine (with data propagation)."""
+    proto = to_onnx(model, with_shapes=False)
+    # Shape inference only needs initializer shapes; drop the bytes to keep it cheap on large models.
+    for t in proto.graph.initializer:
+        if t.raw_data and len(t.raw_data) > 4096 and t.data_type != onnx.TensorProto.INT64:
+            proto.graph.input.append(helper.make_tensor_value_info(t.name, t.data_type, list(t.dims)))
+    big = {i.name for i in proto.graph.input}
+    keep = [t for t in proto.graph.initializer if t.name not in big]
+    del proto.graph.initializer[:]
+    proto.graph.initializer.extend(keep)
+    try:
+        inferred = onnx.shape_inference.infer_shapes(proto, data_prop=True)
+    except onnx.shape_inference.InferenceError as e:
+        raise IRError(f"shape inference failed: {e}") from None
+    types = {vi.name: _type_of(vi) for vi in list(inferred.graph.value_info) + list(inferred.graph.output)}
+    for n in model.graph:
+        for o in n.outputs:
+            if o.name in types:
+                dt, shape = types[o.name]
+                if dt is not None:
+                    o.dtype = dt
+                if shape is not None and (o.shape is None or o.static_shape is None):
+                    o.shape = shape

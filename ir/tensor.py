@@ -1,0 +1,261 @@
+"""Constant data: plain tensors and quantized tensors.
+
+Quantization is a property of the *data*: a weight whose value is a :class:`QuantizedTensor` still feeds
+an ordinary ``MatMul`` or ``Conv``; each target decides how to encode it. The quantization grid is
+explicit (integer codes, scales, zero points, codebook), so ``dequantize()`` defines the exact numbers
+every target must reproduce.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import hashlib
+from typing import Literal
+
+import numpy as np
+
+from .dtypes import DType, code_range
+
+Scheme = Literal["symmetric", "asymmetric", "codebook"]
+SCHEMES = ("symmetric", "asymmetric", "codebook")
+
+
+class Tensor:
+    """An immutable constant. ``data`` may be a read-only memory map; it is never copied eagerly."""
+
+    __slots__ = ("_data", "dtype")
+
+    def __init__(self, data: np.ndarray, dtype: DType | None = None):
+        if not isinstance(data, np.ndarray):
+            data = np.asarray(data)
+        self.dtype = dtype if dtype is not None else DType.from_numpy(data.dtype)
+        if isinstance(data, np.memmap) or not data.flags.writeable:
+            self._data = data
+        else:
+            # Freeze our own view; callers keep their array writable.
+            self._data = data.view()
+            self._data.flags.writeable = False
+
+    @property
+    def shape(self) -> tuple[int, ...]:
+        return tuple(self._data.shape)
+
+    @property
+    def nbytes(self) -> int:
+        """Bytes this tensor occupies when stored packed (sub-byte types count their bits)."""
+        return (int(np.prod(self.shape, dtype=np.int64)) * self.dtype.bits + 7) // 8
+
+    def numpy(self) -> np.ndarray:
+        """The logical values (read-only)."""
+        return self._data
+
+    def digest(self) -> str:
+        return hashlib.sha256(np.ascontiguousarray(self._data).tobytes()).hexdigest()[:16]
+
+    def __repr__(self) -> str:
+        return f"Tensor({self.dtype.short}{list(self.shape)})"
+
+
+def _expand(param: np.ndarray, shape: tuple[int, ...]) -> np.ndarray:
+    """Repeat a blocked parameter (same rank, each dim 1, full, or a divisor) up to ``shape``."""
+    out = param
+    for d, (p, s) in enumerate(zip(param.shape, shape)):
+        if p != s and p != 1:
+            out = np.repeat(out, s // p, axis=d)
+    return np.broadcast_to(out, shape)
+
+
+@dataclasses.dataclass(frozen=True, eq=False)
+class QuantizedTensor:
+    """A quantized weight with its exact grid.
+
+    Dequantization:
+      * ``symmetric``:  ``w = codes * scale`` with signed codes.
+      * ``asymmetric``: ``w = (codes - zero_point) * scale`` with unsigned codes.
+      * ``codebook``:   ``w = codebook[codes]`` (per tensor, or per channel along ``axis`` when the
+        codebook has two dims), times ``scale`` when scales are given (e.g. NF4 absmax scaling).
+
+    ``scales`` (and ``zero_points``) have the same rank as ``codes``; each dimension is 1 (shared), the
+    full extent (per element/channel) or ``extent / group_size`` along ``group_axis`` (group-wise).
+    ``axis`` names the per-channel axis (None: per tensor).
+    """
+
+    codes: np.ndarray
+    bits: int
+    scheme: Scheme
+    scales: np.ndarray | None = None
+    zero_points: np.ndarray | None = None
+    axis: int | None = None
+    group_size: int | None = None
+    group_axis: int | None = None
+    codebook: np.ndarray | None = None
+    dtype: DType = DType.FLOAT32
+    method: str = "rtn"
+
+    @property
+    def shape(self) -> tuple[int, ...]:
+        return tuple(self.codes.shape)
+
+    @property
+    def signed(self) -> bool:
+        return self.scheme == "symmetric"
+
+    @property
+    def nbytes(self) -> int:
+        """Packed storage size: codes at ``bits`` each plus scales, zero points and codebook."""
+        n = (int(np.prod(self.shape, dtype=np.int64)) * self.bits + 7) // 8
+        for p in (self.scales, self.zero_points, self.codebook):
+            if p is not None:
+                n += p.nbytes
+        return n
+
+    def validate(self) -> list[str]:
+        """Return every way this tensor breaks its own invariants (empty when valid)."""
+        errs: list[str] = []
+        if self.scheme not in SCHEMES:
+            errs.append(f"scheme {self.scheme!r} is not one of {SCHEMES}")
+            return errs
+        if not 1 <= self.bits <= 8:
+            errs.append(f"bits must be 1..8, got {self.bits}")
+            return errs
+        if self.codes.dtype.kind not in "iu":
+            errs.append(f"codes must be integers, got {self.codes.dtype}")
+            return errs
+        rank = self.codes.ndim
+        for name, ax in (("axis", self.axis), ("group_axis", self.group_axis)):
+            if ax is not None and not 0 <= ax < rank:
+                errs.append(f"{name}={ax} out of range for rank {rank}")
+        if self.group_size is not None:
+            if self.group_axis is None:
+                errs.append("group_size is set but group_axis is not")
+            elif self.group_size <= 0 or self.shape[self.group_axis] % self.group_size:
+                errs.append(
+                    f"group_size={self.group_size} does not divide dim {self.group_axis} "
+                    f"(extent {self.shape[self.group_axis]})")
+        if self.scheme == "codebook":
+            if self.codebook is None:
+                errs.append("codebook scheme needs a codebook")
+            else:
+                n = self.codebook.shape[-1]
+                if n > (1 << self.bits):
+                    errs.append(f"codebook has {n} entries, more than 2**bits={1 << self.bits}")
+                if self.codes.size and (self.codes.min() < 0 or self.codes.max() >= n):
+                    errs.append(f"codes index outside the codebook's {n} entries")
+                if self.codebook.ndim == 2 and (self.axis is None or self.codebook.shape[0] != self.shape[self.axis]):
+                    errs.append("a per-channel codebook needs axis set and one row per channel")
+        else:
+            lo, hi = code_range(self.bits, self.signed)
+            if self.codes.size and (self.codes.min() < lo or self.codes.max() > hi):
+                errs.append(
+                    f"codes lie in [{self.codes.min()}, {self.codes.max()}], outside the {self.bits}-bit "
+                    f"{'signed' if self.signed else 'unsigned'} range [{lo}, {hi}]")
+            if self.scales is None:
+                errs.append(f"{self.scheme} scheme needs scales")
+            if self.scheme == "asymmetric" and self.zero_points is None:
+                errs.append("asymmetric scheme needs zero_points")
+            if self.scheme == "symmetric" and self.zero_points is not None:
+                errs.append("symmetric scheme must not carry zero_points")
+        for pname in ("scales", "zero_points"):
+            p = getattr(self, pname)
+            if p is None:
+                continue
+            if p.ndim != rank:
+                errs.append(f"{pname} rank {p.ndim} differs from codes rank {rank}")
+                continue
+            for d, (ps, cs) in enumerate(zip(p.shape, self.shape)):
+                expected = {1, cs}
+                if self.group_size and d == self.group_axis:
+                    expected.add(cs // self.group_size)
+                if ps not in expected:
+                    errs.append(f"{pname} dim {d} has extent {ps}; allowed {sorted(expected)}")
+        return errs
+
+    def dequantize(self) -> np.ndarray:
+        """The exact values this quantized tensor stands for, in ``dtype``."""
+        out_dt = self.dtype.numpy
+        if self.scheme == "codebook":
+            cb = self.codebook.astype(np.float32)
+            if cb.ndim == 1:
+                w = cb[self.codes.astype(np.int64)]
+            else:
+                idx = self.codes.astype(np.int64)
+                moved = np.moveaxis(idx, self.axis, 0)
+                w = np.take_along_axis(cb, moved.reshape(moved.shape[0], -1), axis=1).reshape(moved.shape)
+                w = np.moveaxis(w, 0, self.axis)
+            if self.scales is not None:
+                w = w * _expand(self.scales.astype(np.float32), self.shape)
+            return w.astype(out_dt)
+        q = self.codes.astype(np.float32)
+        if self.zero_points is not None:
+            q = q - _expand(self.zero_points.astype(np.float32), self.shape)
+        return (q * _expand(self.scales.astype(np.float32), self.shape)).astype(out_dt)
+
+    def numpy(self) -> np.ndarray:
+        """Alias of :meth:`dequantize`, so plain and quantized constants read alike."""
+        return self.dequantize()
+
+    def digest(self) -> str:
+        h = hashlib.sha256()
+        for p in (self.codes, self.scales, self.zero_points, self.codebook):
+            if p is not None:
+                h.update(np.ascontiguousarray(p).tobytes())
+        h.update(f"{self.bits}{self.scheme}{self.axis}{self.group_size}{self.group_axis}".encode())
+        return h.hexdigest()[:16]
+
+    def describe(self) -> dict:
+        """Plain-data summary (for manifests and reports)."""
+        return {
+            "bits": self.bits, "scheme": self.scheme, "axis": self.axis, "group_size": self.group_size,
+            "group_axis": self.group_axis, "method": self.method, "bytes": self.nbytes,
+        }
+
+    def __repr__(self) -> str:
+        g = f", group={self.group_size}" if self.group_size else ""
+        return f"QuantizedTensor({self.scheme} {self.bits}b {list(self.shape)}, axis={self.axis}{g})"
+
+
+@dataclasses.dataclass(frozen=True)
+class ActivationQuant:
+    """Calibrated quantization parameters of an activation (per tensor)."""
+
+    scale: float
+    zero_point: int = 0
+    bits: int = 8
+    signed: bool = True
+    observer: str = "minmax"
+
+    def validate(self) -> list[str]:
+        errs = []
+        if not self.scale > 0 or not np.isfinite(self.scale):
+            errs.append(f"activation scale must be positive and finite, got {self.scale}")
+        lo, hi = code_range(self.bits, self.signed)
+        if not lo <= self.zero_point <= hi:
+            errs.append(f"zero_point {self.zero_point} outside [{lo}, {hi}]")
+        return errs
+
+
+@dataclasses.dataclass(frozen=True)
+class Sparsity:
+    """Sparsity of a weight: an N:M pattern along ``axis`` and/or plain unstructured sparsity."""
+
+    n: int | None = None
+    m: int | None = None
+    axis: int = -1
+    ratio: float | None = None
+
+    def validate(self, data: np.ndarray | None) -> list[str]:
+        errs = []
+        if (self.n is None) != (self.m is None):
+            errs.append("N:M sparsity needs both n and m")
+        elif self.n is not None:
+            if not 0 < self.n < self.m:
+                errs.append(f"N:M sparsity needs 0 < n < m, got {self.n}:{self.m}")
+            elif data is not None:
+                moved = np.moveaxis(data, self.axis, -1)
+                if moved.shape[-1] % self.m:
+                    errs.append(f"dim {self.axis} extent {moved.shape[-1]} is not a multiple of m={self.m}")
+                else:
+                    nz = (moved.reshape(-1, self.m) != 0).sum(axis=1)
+                    if (nz > self.n).any():
+                        errs.append(f"{int((nz > self.n).sum())} blocks break the {self.n}:{self.m} pattern")
+        return errs
