@@ -235,6 +235,20 @@ class Graph:
         v._graph = self
 
     # ---- building -------------------------------------------------------------------------------------------
+    def rename(self, value: Value, new_name: str) -> None:
+        """Rename a value of this graph; the new name must be free."""
+        if value._graph is not self:
+            raise IRError(f"value {value.name!r} is not in graph {self.name!r}")
+        if new_name == value.name:
+            return
+        if new_name in self._names:
+            raise IRError(f"cannot rename {value.name!r} to {new_name!r}: the name is taken")
+        self._names.discard(value.name)
+        if value.name in self.initializers:
+            self.initializers[new_name] = self.initializers.pop(value.name)
+        value.name = new_name
+        self._names.add(new_name)
+
     def add_input(self, name: str, dtype: DType, shape: Shape) -> Value:
         v = Value(name, dtype, shape)
         self._claim(v)

@@ -1,0 +1,80 @@
+"""Base class of compilation targets and the capability check that runs before lowering."""
+
+from __future__ import annotations
+
+import dataclasses
+from collections.abc import Mapping
+from typing import Any, ClassVar
+
+import numpy as np
+
+from .ir import Model, QuantizedTensor
+from .ir.passes import Pass, PassContext
+
+
+@dataclasses.dataclass(frozen=True)
+class Capabilities:
+    """What a target can lower, as data (checked against a model before any lowering)."""
+
+    ops: frozenset[str]                                  # qualified op names, e.g. "Conv", "edgec::Linear"
+    dtypes: frozenset[str] = frozenset({"f32", "i64", "i32", "bool"})
+    quant: frozenset[tuple[str, int]] = frozenset()      # (scheme, bits) weight encodings it carries exactly
+    activation_quant: bool = False
+
+    def problems(self, model: Model) -> list[str]:
+        """Every node and weight of ``model`` this target cannot lower, one message each."""
+        out = []
+        for n in model.graph:
+            if n.qualified_op not in self.ops:
+                out.append(f"node {n.name!r}: operator {n.qualified_op} (opset {model.opset_imports.get(n.domain, '?')})"
+                           " is not supported by this target")
+        for v in model.graph.values():
+            if v.dtype is not None and v.dtype.short not in self.dtypes and not v.is_const:
+                out.append(f"value {v.name!r}: dtype {v.dtype.short} is not supported by this target")
+            if isinstance(v.const, QuantizedTensor) and (v.const.scheme, v.const.bits) not in self.quant:
+                out.append(f"weight {v.name!r}: {v.const.scheme} {v.const.bits}-bit quantization cannot be "
+                           "encoded by this target")
+        return out
+
+
+@dataclasses.dataclass
+class Artifact:
+    """What a target emitted: files relative to the output directory and target-specific manifest data."""
+
+    files: list[str]
+    manifest: dict[str, Any] = dataclasses.field(default_factory=dict)
+
+
+@dataclasses.dataclass(frozen=True)
+class Target:
+    """A compilation target. Subclasses are frozen dataclasses whose fields are the target's options
+    (``--target name{opt=value}``), like passes."""
+
+    name: ClassVar[str] = ""
+    summary: ClassVar[str] = ""
+    capabilities: ClassVar[Capabilities]
+    runtime: ClassVar[str] = ""   # what --verify runs the artifact on
+
+    def __post_init__(self) -> None:
+        Pass.__post_init__(self)  # same option validation as passes
+
+    def describe(self) -> str:
+        return Pass.describe(self)  # type: ignore[arg-type]
+
+    @classmethod
+    def options(cls) -> list[dict[str, Any]]:
+        return Pass.options.__func__(cls)  # type: ignore[attr-defined]
+
+    def pipeline(self) -> list[Pass]:
+        """Target-specific passes run after the user's pipeline (legalization)."""
+        return []
+
+    def check(self, model: Model) -> list[str]:
+        return self.capabilities.problems(model)
+
+    def emit(self, model: Model, out_dir: str, ctx: PassContext) -> Artifact:
+        raise NotImplementedError
+
+    def run_artifact(self, out_dir: str, feeds: Mapping[str, np.ndarray]) -> dict[str, np.ndarray]:
+        """Execute the emitted artifact on its runtime (for ``--verify``)."""
+        raise NotImplementedError(f"target {self.name} has no runtime on this machine")

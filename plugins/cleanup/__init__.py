@@ -1,0 +1,26 @@
+"""Built-in cleanup and fusion passes (one pass per module)."""
+
+from ...hookspecs import hookimpl
+from .dce import DeadCodeElimination
+from .eliminate_identity import EliminateIdentity
+from .fold_batchnorm import FoldBatchNorm
+from .fold_constants import FoldConstants
+from .fuse_attention import FuseAttention
+from .fuse_gelu import FuseGelu
+from .fuse_layernorm import FuseLayerNorm
+from .fuse_linear import FuseLinear
+from .fuse_rmsnorm import FuseRMSNorm
+from .simplify_shapes import SimplifyShapes
+
+PASSES = (DeadCodeElimination, EliminateIdentity, FoldBatchNorm, FoldConstants, FuseAttention, FuseGelu,
+          FuseLayerNorm, FuseLinear, FuseRMSNorm, SimplifyShapes)
+
+# What `edgec compile` runs before the user's pipeline: normalize the graph into the forms targets expect.
+DEFAULT_CLEANUP = ("simplify-shapes,eliminate-identity,fold-batchnorm,fuse-layernorm,fuse-rmsnorm,fuse-gelu,"
+                   "fuse-attention,fuse-linear,fold-constants,dce")
+
+
+@hookimpl
+def edgec_register_passes(registry):
+    for p in PASSES:
+        registry.register(p)

@@ -1,0 +1,79 @@
+"""fold-constants: evaluate nodes whose inputs are all constants, replacing them by their results.
+
+Evaluation uses the ONNX reference implementation (the specification's own numerics). Quantized
+weights are never folded through (that would discard their quantization), and results larger than
+``max_elements`` stay computed at run time.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import warnings
+from typing import ClassVar
+
+import numpy as np
+import onnx
+from onnx import helper, numpy_helper
+
+from ...ir import DType, Model, Node, QuantizedTensor, Tensor
+from ...ir.onnx_io import _attr
+from ...ir.passes import Pass, PassContext, option
+
+# Ops whose output is not a function of their inputs alone.
+_NONDETERMINISTIC = {"RandomNormal", "RandomUniform", "RandomNormalLike", "RandomUniformLike", "Multinomial",
+                     "Bernoulli"}
+
+
+def evaluate(n: Node, opset: int) -> list[np.ndarray]:
+    """Run one node on its constant inputs with the ONNX reference evaluator."""
+    from onnx.reference import ReferenceEvaluator
+    ins = [f"i{k}" if v is not None else "" for k, v in enumerate(n.inputs)]
+    outs = [f"o{k}" for k in range(len(n.outputs))]
+    node = helper.make_node(n.op_type, ins, outs, domain=n.domain or None)
+    node.attribute.extend(_attr(k, a) for k, a in n.attributes.items())
+    feeds = {f"i{k}": np.asarray(v.const.numpy()) for k, v in enumerate(n.inputs) if v is not None}
+    graph = helper.make_graph([node], "fold", [helper.make_tensor_value_info(i, v.dtype.onnx, None)
+                                                for i, v in zip(ins, n.inputs) if v is not None],
+                              [helper.make_empty_tensor_value_info(o) for o in outs])
+    m = helper.make_model(graph, opset_imports=[helper.make_opsetid("", opset)])
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        res = ReferenceEvaluator(m).run(None, feeds)
+    return [np.asarray(r) for r in res]
+
+
+@dataclasses.dataclass(frozen=True)
+class FoldConstants(Pass):
+    name: ClassVar[str] = "fold-constants"
+    summary: ClassVar[str] = "evaluate nodes whose inputs are all constants"
+    max_elements: int = option(1 << 24, check=lambda v: v > 0, allowed="a positive integer",
+                               help="largest result (in elements) that is folded")
+
+    def run(self, model: Model, ctx: PassContext) -> bool:
+        g = model.graph
+        changed = False
+        for n in g:
+            if n.domain or n.op_type in _NONDETERMINISTIC or n.op_type == "Constant":
+                continue
+            ins = [v for v in n.inputs if v is not None]
+            if not all(v.is_const and not isinstance(v.const, QuantizedTensor) for v in ins):
+                continue
+            if any(v.dtype is None for v in ins) or any(x is o for o in n.outputs for x in g.outputs):
+                continue  # graph outputs stay computed values with stable names
+            try:
+                results = evaluate(n, model.opset)
+            except Exception:  # noqa: BLE001 - an op the reference cannot evaluate is left alone
+                continue
+            if any(r.size > self.max_elements for r in results):
+                continue
+            try:
+                dts = [DType.from_numpy(r.dtype) for r in results]
+            except ValueError:
+                continue
+            for o, r, dt in zip(n.outputs, results, dts):
+                o.replace_all_uses_with(g.add_const(g.unique_name(o.name + "_folded"), Tensor(r, dt)))
+            g.remove(n)
+            changed = True
+        if changed:
+            g.remove_unused_consts()
+        return changed
