@@ -1,0 +1,106 @@
+"""The host ``cpu`` target: edgec IR -> TVM Relax -> a compiled library.
+
+``arch=x86_64`` (default) emits ``model.so``, loaded and run here by TVM's runtime for ``--verify``.
+``arch=aarch64`` cross-compiles for 64-bit Arm Linux: it emits the object files (``model.tar``) and,
+when clang and ld.lld are installed, a linked ``model.so`` (not runnable on this machine).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import os
+import shutil
+from collections.abc import Mapping
+from typing import ClassVar
+
+import numpy as np
+
+from ...errors import UnsupportedError
+from ...hookspecs import hookimpl
+from ...ir import Model, QuantizedTensor
+from ...ir.passes import Pass, PassContext, option
+from ...target import Artifact, Capabilities, Target
+from .relax_builder import RelaxBuilder, pack_codes, supported_ops
+
+_TRIPLES = {"x86_64": "x86_64-linux-gnu", "aarch64": "aarch64-linux-gnu"}
+_QUANT = frozenset({(s, b) for s in ("symmetric", "asymmetric") for b in range(2, 9)})
+
+
+def _tvm():
+    try:
+        import tvm
+        from tvm import relax  # noqa: F401
+    except ImportError:
+        raise UnsupportedError("the cpu target needs TVM: pip install 'edgec[tvm]' (apache-tvm 0.27)") from None
+    return tvm
+
+
+@dataclasses.dataclass(frozen=True)
+class CpuTarget(Target):
+    name: ClassVar[str] = "cpu"
+    summary: ClassVar[str] = "host CPU through TVM (x86_64 runs here; aarch64 is cross-compiled)"
+    runtime: ClassVar[str] = "TVM runtime (x86_64)"
+    capabilities: ClassVar[Capabilities] = Capabilities(
+        ops=supported_ops(), dtypes=frozenset({"f32", "i64", "i32", "bool", "i8", "u8"}), quant=_QUANT)
+    arch: str = option("x86_64", choices=tuple(_TRIPLES), help="instruction set of the emitted library")
+    mcpu: str = option("", help="LLVM -mcpu (empty: generic for the arch)")
+
+    def check(self, model: Model) -> list[str]:
+        problems = super().check(model)
+        for v in model.graph.initializers.values():
+            if isinstance(v.const, QuantizedTensor) and any(
+                    u.node.qualified_op != "edgec::Linear" or u.index != 1 for u in v.uses):
+                problems.append(f"weight {v.name!r}: quantized weights are carried only as edgec::Linear weights")
+        return problems
+
+    def tvm_target(self):
+        tvm = _tvm()
+        spec = {"kind": "llvm", "mtriple": _TRIPLES[self.arch]}
+        if self.mcpu:
+            spec["mcpu"] = self.mcpu
+        return tvm.target.Target(spec)
+
+    def emit(self, model: Model, out_dir: str, ctx: PassContext) -> Artifact:
+        tvm = _tvm()
+        from tvm import relax
+        mod = RelaxBuilder(model).build()
+        ex = relax.build(mod, target=self.tvm_target())
+        files = []
+        if self.arch == "x86_64":
+            ex.export_library(os.path.join(out_dir, "model.so"))
+            files.append("model.so")
+        else:
+            ex.export_library(os.path.join(out_dir, "model.tar"))
+            files.append("model.tar")
+            if shutil.which("clang") and shutil.which("ld.lld"):
+                from tvm.contrib import cc
+                fcompile = cc.cross_compiler("clang", options=[f"--target={_TRIPLES[self.arch]}", "-fuse-ld=lld",
+                                                               "-nostdlib", "-shared"])
+                ex.export_library(os.path.join(out_dir, "model.so"), fcompile=fcompile)
+                files.append("model.so")
+        packed = {}
+        for v in model.graph.initializers.values():
+            if isinstance(v.const, QuantizedTensor):
+                arr, per_byte = pack_codes(v.const)
+                packed[v.name] = {"stored_dtype": str(arr.dtype), "stored_bytes": int(arr.nbytes),
+                                  "codes_per_byte": per_byte}
+        return Artifact(files, {"tvm_version": tvm.__version__, "triple": _TRIPLES[self.arch],
+                                "packed_weights": packed, "entry": "main"})
+
+    def run_artifact(self, out_dir: str, feeds: Mapping[str, np.ndarray], input_names=None) -> list[np.ndarray]:
+        if self.arch != "x86_64":
+            raise NotImplementedError(f"a {self.arch} library cannot run on this x86_64 machine")
+        tvm = _tvm()
+        from tvm import relax
+        lib = tvm.runtime.load_module(os.path.join(out_dir, "model.so"))
+        vm = relax.VirtualMachine(lib, tvm.cpu())
+        args = [tvm.runtime.tensor(np.ascontiguousarray(feeds[n])) for n in (input_names or list(feeds))]
+        res = vm["main"](*args)
+        if hasattr(res, "numpy"):
+            return [res.numpy()]
+        return [r.numpy() for r in res]
+
+
+@hookimpl
+def edgec_register_targets(registry):
+    registry.register(CpuTarget)

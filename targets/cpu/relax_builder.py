@@ -1,0 +1,390 @@
+"""edgec IR -> TVM Relax, built directly with ``relax.BlockBuilder`` (not TVM's ONNX importer).
+
+Shapes must be static (the compiler fixes input shapes before lowering). Quantized ``edgec::Linear``
+weights stay packed integer constants (int4 two per byte) and are dequantized inside the generated
+matmul kernel, which is written in TE so dequantization and accumulation are one loop nest.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+
+import numpy as np
+
+from ...errors import UnsupportedError
+from ...ir import Model, Node, QuantizedTensor, Value
+
+Lowering = Callable[["RelaxBuilder", Node], object]
+LOWERINGS: dict[str, Lowering] = {}
+
+
+def lowering(*ops: str) -> Callable[[Lowering], Lowering]:
+    def deco(fn: Lowering) -> Lowering:
+        for op in ops:
+            LOWERINGS[op] = fn
+        return fn
+    return deco
+
+
+def supported_ops() -> frozenset[str]:
+    return frozenset(LOWERINGS)
+
+
+class RelaxBuilder:
+    """Translates one model; ``build()`` returns an IRModule with a ``main`` function."""
+
+    def __init__(self, model: Model):
+        from tvm import relax
+        self.relax = relax
+        self.model = model
+        self.bb = relax.BlockBuilder()
+        self.env: dict[int, object] = {}
+
+    # helpers -----------------------------------------------------------------------------------------------
+    def get(self, v: Value):
+        if id(v) in self.env:
+            return self.env[id(v)]
+        if v.is_const:
+            if isinstance(v.const, QuantizedTensor):
+                raise UnsupportedError(f"the cpu target keeps {v.name!r} quantized only as an edgec::Linear weight")
+            arr = np.ascontiguousarray(v.const.numpy())
+            c = self.relax.const(arr, str(arr.dtype))
+            self.env[id(v)] = c
+            return c
+        raise KeyError(v.name)
+
+    def const_ints(self, v: Value | None) -> list[int] | None:
+        if v is None:
+            return None
+        if not v.is_const:
+            raise UnsupportedError(f"{v.name!r} must be a constant for the cpu target (fold shapes first)")
+        return [int(x) for x in np.asarray(v.const.numpy()).reshape(-1)]
+
+    def out_shape(self, n: Node, k: int = 0) -> list[int]:
+        s = n.outputs[k].static_shape
+        if s is None:
+            raise UnsupportedError(f"node {n.name!r}: output shape is not static; give --input-shape")
+        return list(s)
+
+    def emit(self, expr):
+        return self.bb.emit(expr)
+
+    def build(self):
+        relax = self.relax
+        g = self.model.graph
+        params = []
+        for v in g.inputs:
+            shape = v.static_shape
+            if shape is None:
+                raise UnsupportedError(f"input {v.name!r} has a dynamic shape {v.shape}; fix it with --input-shape")
+            var = relax.Var(_safe(v.name), relax.TensorType(list(shape), v.dtype.numpy.name))
+            params.append(var)
+            self.env[id(v)] = var
+        problems = [f"node {n.name!r}: operator {n.qualified_op} has no cpu lowering" for n in g
+                    if n.qualified_op not in LOWERINGS]
+        if problems:
+            raise UnsupportedError("the cpu target cannot lower this model", problems)
+        with self.bb.function("main", params):
+            with self.bb.dataflow():
+                for n in g:
+                    res = LOWERINGS[n.qualified_op](self, n)
+                    outs = res if isinstance(res, (list, tuple)) else [res]
+                    for o, r in zip(n.outputs, outs):
+                        self.env[id(o)] = r
+                results = [self.get(o) for o in g.outputs]
+                out = self.bb.emit_output(results[0] if len(results) == 1 else relax.Tuple(results))
+            self.bb.emit_func_output(out)
+        return self.bb.get()
+
+
+def _safe(name: str) -> str:
+    return "".join(ch if ch.isalnum() or ch == "_" else "_" for ch in name) or "v"
+
+
+# ------------------------------------------------------------------------------------------------ lowerings
+def _op():
+    from tvm.relax import op
+    return op
+
+
+_BINARY = {"Add": "add", "Sub": "subtract", "Mul": "multiply", "Div": "divide", "Pow": "power", "Equal": "equal",
+           "Less": "less", "Greater": "greater", "And": "logical_and", "Max": "maximum", "Min": "minimum"}
+_UNARY = {"Relu": ("nn", "relu"), "Sigmoid": ("", "sigmoid"), "Tanh": ("", "tanh"), "Exp": ("", "exp"),
+          "Sqrt": ("", "sqrt"), "Erf": ("", "erf"), "Neg": ("", "negative"), "Abs": ("", "abs"), "Log": ("", "log"),
+          "Reciprocal": None, "Not": ("", "logical_not")}
+
+
+@lowering(*_BINARY)
+def _binary(b: RelaxBuilder, n: Node):
+    x, y = (b.get(v) for v in n.inputs)
+    if n.op_type == "Div" and n.inputs[0].dtype is not None and not n.inputs[0].dtype.is_float:
+        return b.emit(_op().floor_divide(x, y))
+    return b.emit(getattr(_op(), _BINARY[n.op_type])(x, y))
+
+
+@lowering(*[k for k, v in _UNARY.items() if v is not None])
+def _unary(b: RelaxBuilder, n: Node):
+    ns, fn = _UNARY[n.op_type]
+    mod = _op().nn if ns == "nn" else _op()
+    return b.emit(getattr(mod, fn)(b.get(n.inputs[0])))
+
+
+@lowering("Reciprocal")
+def _reciprocal(b, n):
+    x = b.get(n.inputs[0])
+    return b.emit(_op().divide(b.relax.const(1.0, n.inputs[0].dtype.numpy.name), x))
+
+
+@lowering("Cast")
+def _cast(b, n):
+    return b.emit(_op().astype(b.get(n.inputs[0]), n.output.dtype.numpy.name))
+
+
+@lowering("Reshape", "Flatten", "Squeeze", "Unsqueeze")
+def _reshape(b, n):
+    return b.emit(_op().reshape(b.get(n.inputs[0]), b.out_shape(n)))
+
+
+@lowering("Expand")
+def _expand(b, n):
+    return b.emit(_op().broadcast_to(b.get(n.inputs[0]), b.out_shape(n)))
+
+
+@lowering("Transpose")
+def _transpose(b, n):
+    return b.emit(_op().permute_dims(b.get(n.inputs[0]), n.attr("perm")))
+
+
+@lowering("Concat")
+def _concat(b, n):
+    return b.emit(_op().concat([b.get(v) for v in n.inputs], axis=n.attr("axis")))
+
+
+@lowering("Slice")
+def _slice(b, n):
+    starts, ends = b.const_ints(n.inputs[1]), b.const_ints(n.inputs[2])
+    axes = b.const_ints(n.inputs[3]) if len(n.inputs) > 3 and n.inputs[3] is not None else list(range(len(starts)))
+    steps = b.const_ints(n.inputs[4]) if len(n.inputs) > 4 and n.inputs[4] is not None else [1] * len(starts)
+    shape = n.inputs[0].static_shape
+    axes = [a % len(shape) for a in axes]
+    ends = [min(e, shape[a]) if e >= 0 else e for e, a in zip(ends, axes)]
+    return b.emit(_op().strided_slice(b.get(n.inputs[0]), axes, starts, ends, steps))
+
+
+@lowering("Gather")
+def _gather(b, n):
+    # clip mode: an out-of-range token id must not read out of bounds (TVM's fast mode can segfault).
+    return b.emit(_op().take(b.get(n.inputs[0]), b.get(n.inputs[1]), axis=n.attr("axis", 0), mode="clip"))
+
+
+@lowering("GatherElements")
+def _gather_elements(b, n):
+    return b.emit(_op().gather_elements(b.get(n.inputs[0]), b.get(n.inputs[1]), axis=n.attr("axis", 0)))
+
+
+@lowering("GatherND")
+def _gather_nd(b, n):
+    return b.emit(_op().gather_nd(b.get(n.inputs[0]), b.get(n.inputs[1]), batch_dims=n.attr("batch_dims", 0)))
+
+
+@lowering("Where")
+def _where(b, n):
+    return b.emit(_op().where(*(b.get(v) for v in n.inputs)))
+
+
+@lowering("Clip")
+def _clip(b, n):
+    lo = float(n.inputs[1].numpy()) if len(n.inputs) > 1 and n.inputs[1] is not None else -np.inf
+    hi = float(n.inputs[2].numpy()) if len(n.inputs) > 2 and n.inputs[2] is not None else np.inf
+    return b.emit(_op().clip(b.get(n.inputs[0]), lo, hi))
+
+
+@lowering("HardSigmoid")
+def _hardsigmoid(b, n):
+    x = b.get(n.inputs[0])
+    dt = n.inputs[0].dtype.numpy.name
+    y = _op().add(_op().multiply(x, b.relax.const(n.attr("alpha", 0.2), dt)), b.relax.const(n.attr("beta", 0.5), dt))
+    return b.emit(_op().clip(y, 0.0, 1.0))
+
+
+@lowering("HardSwish")
+def _hardswish(b, n):
+    x = b.get(n.inputs[0])
+    dt = n.inputs[0].dtype.numpy.name
+    y = _op().clip(_op().add(x, b.relax.const(3.0, dt)), 0.0, 6.0)
+    return b.emit(_op().multiply(x, _op().divide(y, b.relax.const(6.0, dt))))
+
+
+@lowering("Softmax")
+def _softmax(b, n):
+    return b.emit(_op().nn.softmax(b.get(n.inputs[0]), axis=n.attr("axis", -1)))
+
+
+@lowering("ReduceMean", "ReduceSum", "ReduceMax")
+def _reduce(b, n):
+    axes = b.const_ints(n.inputs[1]) if len(n.inputs) > 1 and n.inputs[1] is not None else n.attr("axes")
+    fn = {"ReduceMean": "mean", "ReduceSum": "sum", "ReduceMax": "max"}[n.op_type]
+    return b.emit(getattr(_op(), fn)(b.get(n.inputs[0]), axis=axes, keepdims=bool(n.attr("keepdims", 1))))
+
+
+@lowering("MatMul")
+def _matmul(b, n):
+    return b.emit(_op().matmul(b.get(n.inputs[0]), b.get(n.inputs[1])))
+
+
+def _pads(n: Node, spatial: int) -> list[int]:
+    if n.attr("auto_pad", "NOTSET") not in ("NOTSET", "VALID"):
+        raise UnsupportedError(f"node {n.name!r}: auto_pad={n.attr('auto_pad')} is not supported; re-export with "
+                               "explicit pads")
+    return list(n.attr("pads", [0] * 2 * spatial))
+
+
+@lowering("Conv")
+def _conv(b, n):
+    w = n.inputs[1]
+    if w.rank != 4:
+        raise UnsupportedError(f"node {n.name!r}: only 2-D convolution is supported by the cpu target")
+    y = _op().nn.conv2d(b.get(n.inputs[0]), b.get(w), strides=n.attr("strides", [1, 1]), padding=_pads(n, 2),
+                        dilation=n.attr("dilations", [1, 1]), groups=n.attr("group", 1))
+    if len(n.inputs) > 2 and n.inputs[2] is not None:
+        y = _op().add(y, _op().reshape(b.get(n.inputs[2]), [1, -1, 1, 1]))
+    return b.emit(y)
+
+
+@lowering("MaxPool", "AveragePool")
+def _pool(b, n):
+    fn = _op().nn.max_pool2d if n.op_type == "MaxPool" else _op().nn.avg_pool2d
+    kw = {"count_include_pad": bool(n.attr("count_include_pad", 0))} if n.op_type == "AveragePool" else {
+        "dilation": n.attr("dilations", [1, 1])}
+    return b.emit(fn(b.get(n.inputs[0]), pool_size=n.attr("kernel_shape"), strides=n.attr("strides", [1, 1]),
+                     padding=_pads(n, 2), ceil_mode=bool(n.attr("ceil_mode", 0)), **kw))
+
+
+@lowering("GlobalAveragePool")
+def _gap(b, n):
+    return b.emit(_op().mean(b.get(n.inputs[0]), axis=[2, 3], keepdims=True))
+
+
+@lowering("BatchNormalization")
+def _bn(b, n):
+    x, g, beta, mean, var = n.inputs[:5]
+    eps = n.attr("epsilon", 1e-5)
+    k = g.numpy() / np.sqrt(var.numpy() + eps)
+    shift = beta.numpy() - mean.numpy() * k
+    shape = [1, -1] + [1] * (x.rank - 2)
+    dt = x.dtype.numpy.name
+    y = _op().add(_op().multiply(b.get(x), b.relax.const(k.reshape(shape).astype(dt))),
+                  b.relax.const(shift.reshape(shape).astype(dt)))
+    return b.emit(y)
+
+
+@lowering("LayerNormalization")
+def _layernorm(b, n):
+    x = n.inputs[0]
+    axis = n.attr("axis", -1) % x.rank
+    axes = list(range(axis, x.rank))
+    beta = b.get(n.inputs[2]) if len(n.inputs) > 2 and n.inputs[2] is not None else b.relax.const(
+        np.zeros(x.static_shape[axis:], x.dtype.numpy))
+    return b.emit(_op().nn.layer_norm(b.get(x), b.get(n.inputs[1]), beta, axes=axes, epsilon=n.attr("epsilon", 1e-5)))
+
+
+@lowering("edgec::RMSNorm")
+def _rmsnorm(b, n):
+    return b.emit(_op().nn.rms_norm(b.get(n.inputs[0]), b.get(n.inputs[1]), axes=[-1],
+                                    epsilon=n.attr("epsilon", 1e-5)))
+
+
+@lowering("edgec::Gelu")
+def _gelu(b, n):
+    fn = _op().nn.gelu_tanh if n.attr("approximate", "none") == "tanh" else _op().nn.gelu
+    return b.emit(fn(b.get(n.inputs[0])))
+
+
+@lowering("edgec::Attention")
+def _attention(b, n):
+    q, k, v = (b.get(x) for x in n.inputs[:3])
+    r = n.inputs[1].rank
+    perm = list(range(r))
+    perm[-1], perm[-2] = perm[-2], perm[-1]
+    s = _op().matmul(q, _op().permute_dims(k, perm))
+    s = _op().multiply(s, b.relax.const(n.attr("scale", 1.0), n.inputs[0].dtype.numpy.name))
+    if len(n.inputs) > 3 and n.inputs[3] is not None:
+        s = _op().add(s, b.get(n.inputs[3]))
+    p = b.emit(_op().nn.softmax(s, axis=-1))
+    return b.emit(_op().matmul(p, v))
+
+
+@lowering("edgec::Linear")
+def _linear(b, n):
+    x, w = n.inputs[0], n.inputs[1]
+    bias = n.inputs[2] if len(n.inputs) > 2 else None
+    if isinstance(w.const, QuantizedTensor):
+        return _quantized_linear(b, n, x, w.const, bias)
+    y = _op().matmul(b.get(x), _op().permute_dims(b.get(w), [1, 0]))
+    if bias is not None:
+        y = _op().add(y, b.get(bias))
+    return b.emit(y)
+
+
+def pack_codes(q: QuantizedTensor) -> tuple[np.ndarray, int]:
+    """Codes as stored in the artifact: int8/uint8 per code for 5-8 bits, two 4-bit codes per byte below.
+
+    Returns (packed array, codes per byte). Sub-4-bit codes are stored in 4-bit slots.
+    """
+    codes = np.asarray(q.codes)
+    if q.bits > 4:
+        return codes.astype(np.int8 if q.signed else np.uint8), 1
+    n, k = codes.shape
+    if k % 2:
+        return codes.astype(np.int8 if q.signed else np.uint8), 1
+    nib = (codes.astype(np.int16) & 0xF).astype(np.uint8)
+    return np.ascontiguousarray(nib[:, 0::2] | (nib[:, 1::2] << 4)), 2
+
+
+def _quantized_linear(b: RelaxBuilder, n: Node, x: Value, q: QuantizedTensor, bias: Value | None):
+    from tvm import te, tirx
+
+    if q.scheme == "codebook" or q.codes.ndim != 2 or q.axis not in (0, None) or (q.group_size and q.group_axis != 1):
+        raise UnsupportedError(f"node {n.name!r}: the cpu target encodes per-channel or group-wise (along the input "
+                               f"axis) affine weights; {q!r} is not one of them")
+    N, K = q.shape
+    xs = x.static_shape
+    M = int(np.prod(xs[:-1]))
+    packed, per_byte = pack_codes(q)
+    scales = np.ascontiguousarray(q.scales.astype(np.float32))
+    gs = K // scales.shape[1]
+    sn = scales.shape[0]
+    zps = np.ascontiguousarray(q.zero_points.astype(np.float32)) if q.zero_points is not None else None
+    signed = q.signed
+    relax = b.relax
+
+    def compute(X, P, S, *rest):
+        Z = rest[0] if zps is not None else None
+        k = te.reduce_axis((0, K), "k")
+
+        def code(j, kk):
+            if per_byte == 1:
+                return P[j, kk].astype("float32")
+            byte = P[j, kk // 2].astype("int32")
+            nib = tirx.bitwise_and(tirx.shift_right(byte, (kk % 2) * 4), 15)
+            if signed:
+                nib = tirx.Select(nib >= 8, nib - 16, nib)
+            return nib.astype("float32")
+
+        def weight(j, kk):
+            c = code(j, kk)
+            row = j if sn > 1 else 0
+            if Z is not None:
+                c = c - Z[row, kk // gs]
+            return c * S[row, kk // gs]
+
+        return te.compute((M, N), lambda i, j: te.sum(X[i, k] * weight(j, k), axis=k), name="dequant_matmul")
+
+    x2 = b.emit(_op().reshape(b.get(x), [M, K]))
+    args = [x2, relax.const(packed, str(packed.dtype)), relax.const(scales, "float32")]
+    if zps is not None:
+        args.append(relax.const(zps, "float32"))
+    y = b.bb.emit_te(compute, *args, primfunc_name_hint=f"qlinear_{q.bits}b")
+    if bias is not None:
+        y = b.emit(_op().add(y, b.get(bias)))
+    return b.emit(_op().reshape(y, list(xs[:-1]) + [N]))
