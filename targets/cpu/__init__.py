@@ -73,7 +73,7 @@ class CpuTarget(Target):
             ex.export_library(os.path.join(out_dir, "model.tar"))
             files.append("model.tar")
             if shutil.which("clang") and shutil.which("ld.lld"):
-                from tvm.contrib import cc
+                from tvm.support import cc
                 fcompile = cc.cross_compiler("clang", options=[f"--target={_TRIPLES[self.arch]}", "-fuse-ld=lld",
                                                                "-nostdlib", "-shared"])
                 ex.export_library(os.path.join(out_dir, "model.so"), fcompile=fcompile)

@@ -1,0 +1,223 @@
+"""The ``edgec`` command line.
+
+Exit codes: 0 ok; 1 verification failed; 2 usage error (unknown option, pass, target); 3 bad input
+(missing, unreadable or corrupt file); 4 unsupported model feature; 5 plugin failure; 70 internal error.
+"""
+
+from __future__ import annotations
+
+import functools
+import json
+import sys
+import traceback
+
+import click
+
+from . import __version__
+from .errors import EdgecError
+
+EXIT_INTERNAL = 70
+
+
+def _emit_json(obj) -> None:
+    click.echo(json.dumps(obj, indent=2, sort_keys=True, default=str))
+
+
+def handle_errors(fn):
+    """Turn edgec errors into one clear message and their exit code; tracebacks only with --debug."""
+    @functools.wraps(fn)
+    def wrapper(*args, **kwargs):
+        ctx = click.get_current_context()
+        debug = ctx.find_root().params.get("debug", False)
+        as_json = kwargs.get("as_json", False)
+        try:
+            return fn(*args, **kwargs)
+        except EdgecError as e:
+            if debug:
+                traceback.print_exc()
+            if as_json:
+                _emit_json({"ok": False, "error": {"kind": e.kind, "message": str(e), "exit_code": e.exit_code}})
+            else:
+                click.echo(f"edgec: error: {e}", err=True)
+            sys.exit(e.exit_code)
+        except KeyboardInterrupt:
+            click.echo("edgec: interrupted; nothing was written", err=True)
+            sys.exit(130)
+        except Exception as e:  # noqa: BLE001 - the last line of defence
+            if debug:
+                traceback.print_exc()
+            msg = f"internal error: {type(e).__name__}: {e}"
+            if as_json:
+                _emit_json({"ok": False, "error": {"kind": "internal", "message": msg, "exit_code": EXIT_INTERNAL}})
+            else:
+                click.echo(f"edgec: {msg}\n(this is a bug in edgec; rerun with --debug for the traceback)", err=True)
+            sys.exit(EXIT_INTERNAL)
+    return wrapper
+
+
+@click.group(context_settings={"help_option_names": ["-h", "--help"]}, epilog=__doc__.split("\n\n", 1)[1])
+@click.version_option(__version__, prog_name="edgec")
+@click.option("--debug", is_flag=True, help="Show tracebacks for errors.")
+def main(debug: bool) -> None:
+    """edgec: compile neural networks for edge targets."""
+
+
+@main.command("compile")
+@click.argument("model", type=click.Path(dir_okay=False))
+@click.option("-t", "--target", default="cpu", show_default=True, help="Target, optionally with options: 'cpu{arch=aarch64}'.")
+@click.option("-p", "--pipeline", default="", help="Passes to run after cleanup, e.g. 'quantize{bits=4}'.")
+@click.option("-o", "--output", type=click.Path(file_okay=False), help="Output directory (default: MODEL.TARGET).")
+@click.option("--input-shape", "input_shapes", multiple=True, metavar="NAME=AxBx..",
+              help="Fix an input's shape (repeatable).")
+@click.option("--calib", help="Calibration data for passes that calibrate.")
+@click.option("--verify", is_flag=True, help="Run the artifact and the reference executor on seeded inputs and compare.")
+@click.option("--tolerance", type=float, default=1e-4, show_default=True, help="Max relative error --verify accepts.")
+@click.option("--no-cleanup", is_flag=True, help="Skip the default cleanup/fusion passes.")
+@click.option("--time-passes", is_flag=True, help="Print wall time per pass.")
+@click.option("--dump-ir", type=click.Path(file_okay=False), help="Write the IR text after every pass into DIR.")
+@click.option("--frontend", help="Force a frontend instead of choosing by file suffix.")
+@click.option("--seed", type=int, default=0, show_default=True, help="Seed for verification inputs.")
+@click.option("--json", "as_json", is_flag=True, help="Print the manifest as JSON on stdout.")
+@click.option("-q", "--quiet", is_flag=True, help="No progress output.")
+@handle_errors
+def compile_cmd(model, target, pipeline, output, input_shapes, calib, verify, tolerance, no_cleanup, time_passes,
+                dump_ir, frontend, seed, as_json, quiet):
+    """Compile MODEL for a target into a directory with the artifact and manifest.json."""
+    from .compiler import compile as do_compile
+    from .errors import UsageError
+    shapes = {}
+    for s in input_shapes:
+        name, eq, dims = s.partition("=")
+        if not eq:
+            raise UsageError(f"--input-shape {s!r}: expected NAME=AxBx..")
+        shapes[name] = dims
+    bar = None
+    if not (quiet or as_json) and sys.stderr.isatty():
+        from tqdm import tqdm
+        bar = tqdm(total=None, bar_format="{desc} [{elapsed}]", file=sys.stderr, leave=False)
+    try:
+        res = do_compile(model, target, pipeline, output, input_shapes=shapes, verify=verify, tolerance=tolerance,
+                         cleanup=not no_cleanup, time_passes=time_passes, dump_ir=dump_ir, seed=seed,
+                         frontend=frontend, calib=calib,
+                         progress=(lambda m: (bar.set_description_str(m), bar.refresh())) if bar is not None else None)
+    finally:
+        if bar is not None:
+            bar.close()
+    m = res.manifest
+    if as_json:
+        _emit_json({"ok": True, "output_dir": res.output_dir, "manifest": m})
+        return
+    for n in m["notes"]:
+        click.echo(f"note: {n}", err=True)
+    sz = m["sizes"]
+    click.echo(f"wrote {res.output_dir} ({', '.join(f['path'] for f in m['files'])}, manifest.json)")
+    click.echo(f"weights: {sz['weights_bytes_before'] / 1e6:.2f} MB -> {sz['weights_bytes_after'] / 1e6:.2f} MB, "
+               f"{sz['parameters']:,} parameters")
+    if "verification" in m:
+        v = m["verification"]
+        status = "NOT RUN" if not v.get("ran", True) else ("PASS" if v["passed"] else "FAIL")
+        click.echo(f"verify: {status}: {v['summary']}")
+        for row in v.get("outputs", []):
+            extra = f", top-1 agreement {row['top1_agreement']:.3f}" if "top1_agreement" in row else ""
+            click.echo(f"  {row['output']}: rel err {row['vs_reference_max_rel_err']:.3g} (reference), "
+                       f"{row.get('vs_original_max_rel_err', float('nan')):.3g} (original), "
+                       f"cosine {row['vs_reference_cosine']:.6f}{extra}")
+    if res.timings:
+        click.echo(res.timings)
+
+
+@main.command()
+@click.argument("model", type=click.Path(dir_okay=False))
+@click.option("--frontend", help="Force a frontend.")
+@click.option("--json", "as_json", is_flag=True, help="Machine-readable output.")
+@click.option("--ir", "show_ir", is_flag=True, help="Print the IR text (large tensors elided).")
+@handle_errors
+def inspect(model, frontend, as_json, show_ir):
+    """Show a model's inputs, outputs, operators, parameters and sizes."""
+    import collections
+
+    from .compiler import _io, layer_table, load_model
+    from .ir import print_model
+    m = load_model(model, frontend)
+    ops = collections.Counter(n.qualified_op for n in m.graph)
+    info = {"model": model, "opsets": m.opset_imports, **_io(m), "nodes": len(m.graph), "ops": dict(ops.most_common()),
+            "parameters": m.param_count(), "weights_bytes": m.size_bytes(), "layers": layer_table(m)}
+    if as_json:
+        _emit_json(info)
+        return
+    if show_ir:
+        click.echo(print_model(m, elide=True))
+        return
+    click.echo(f"{model}: {len(m.graph)} nodes, {info['parameters']:,} parameters, {info['weights_bytes'] / 1e6:.2f} MB")
+    for k in ("inputs", "outputs"):
+        for v in info[k]:
+            click.echo(f"  {k[:-1]:<6} {v['name']}: {v['dtype']}{v['shape']}")
+    click.echo("  ops: " + ", ".join(f"{op}×{c}" for op, c in ops.most_common()))
+
+
+def _options_text(cls) -> str:
+    opts = cls.options()
+    return ", ".join(f"{o['name']}={o['default']}" + (f" ({o['help']})" if o["help"] else "") for o in opts)
+
+
+@main.command()
+@click.option("--json", "as_json", is_flag=True, help="Machine-readable output.")
+@handle_errors
+def passes(as_json):
+    """List the available passes and their options."""
+    from .host import host
+    reg = host().passes
+    rows = [{"name": n, "summary": e.obj.summary, "options": e.obj.options(), "plugin": e.plugin.distribution}
+            for n, e in sorted(reg.entries.items())]
+    if as_json:
+        _emit_json(rows)
+        return
+    for n, e in sorted(reg.entries.items()):
+        click.echo(f"{n:<20} {e.obj.summary}")
+        if e.obj.options():
+            click.echo(f"{'':<20}   options: {_options_text(e.obj)}")
+
+
+@main.command()
+@click.option("--json", "as_json", is_flag=True, help="Machine-readable output.")
+@handle_errors
+def targets(as_json):
+    """List the available targets and their options."""
+    from .host import host
+    reg = host().targets
+    rows = [{"name": n, "summary": e.obj.summary, "runtime": e.obj.runtime, "options": e.obj.options(),
+             "plugin": e.plugin.distribution} for n, e in sorted(reg.entries.items())]
+    if as_json:
+        _emit_json(rows)
+        return
+    for n, e in sorted(reg.entries.items()):
+        click.echo(f"{n:<12} {e.obj.summary}")
+        if e.obj.options():
+            click.echo(f"{'':<12}   options: {_options_text(e.obj)}")
+
+
+@main.command()
+@click.option("--json", "as_json", is_flag=True, help="Machine-readable output.")
+@handle_errors
+def plugins(as_json):
+    """List loaded plugins with their distribution and version."""
+    from .host import AUTOLOAD_ENV, host
+    h = host()
+    provided = {}
+    for kind, reg in (("pass", h.passes), ("frontend", h.frontends), ("target", h.targets)):
+        for n, e in reg.entries.items():
+            provided.setdefault(e.plugin.name, []).append(f"{kind}:{n}")
+    rows = [{"name": p.name, "module": p.module, "distribution": p.distribution, "version": p.version,
+             "provides": sorted(provided.get(p.name, []))} for p in h.plugins]
+    if as_json:
+        _emit_json({"autoload": h.autoload, "plugins": rows})
+        return
+    if not h.autoload:
+        click.echo(f"(third-party autoload disabled by {AUTOLOAD_ENV})")
+    for r in rows:
+        click.echo(f"{r['name']:<20} {r['distribution']} {r['version']:<8} {r['module']}")
+        click.echo(f"{'':<20}   provides: {', '.join(r['provides']) or '-'}")
+
+
+if __name__ == "__main__":  # pragma: no cover
+    main()

@@ -1,0 +1,291 @@
+"""The compile driver behind ``edgec compile`` and :func:`edgec.compile`.
+
+model file --frontend--> IR --cleanup + user pipeline + target passes--> IR --capability check-->
+target.emit (into a temporary directory) --> manifest.json (+ verification) --> atomic rename to OUT.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import hashlib
+import json
+import os
+import shutil
+import tempfile
+import time
+from collections.abc import Callable, Mapping
+from typing import Any
+
+import numpy as np
+
+from . import __version__
+from .errors import BadInputError, EdgecError, UnsupportedError, UsageError, VerificationFailed
+from .frontend import pick_frontend
+from .host import host
+from .ir import Model, QuantizedTensor, ReferenceExecutor, random_inputs
+from .ir.passes import (DumpIRInstrument, PassContext, PassError, PassManager, PipelineError, TimingInstrument,
+                        parse_pipeline)
+from .target import Target
+
+DEFAULT_TOLERANCE = 1e-4
+
+
+@dataclasses.dataclass
+class CompileResult:
+    output_dir: str
+    manifest: dict[str, Any]
+    timings: str = ""
+
+
+def sha256_file(path: str) -> str:
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        for chunk in iter(lambda: f.read(1 << 20), b""):
+            h.update(chunk)
+    return h.hexdigest()
+
+
+def parse_target(spec: str) -> Target:
+    """``name`` or ``name{opt=value,...}`` -> a Target instance."""
+    targets = host().targets
+    name = spec.split("{", 1)[0].strip()
+    if name not in targets:
+        raise UsageError(f"unknown target {name!r}; installed targets: {', '.join(targets.names())} "
+                         "(see 'edgec targets')")
+    try:
+        return parse_pipeline(spec, {name: targets[name]})[0]
+    except PipelineError as e:
+        raise UsageError(str(e)) from None
+
+
+def parse_input_shapes(specs: Mapping[str, str] | None) -> dict[str, tuple[int, ...]]:
+    """``{"image": "1x3x224x224"}`` -> ``{"image": (1, 3, 224, 224)}``."""
+    out = {}
+    for name, s in (specs or {}).items():
+        try:
+            out[name] = tuple(int(d) for d in str(s).lower().replace(",", "x").split("x"))
+        except ValueError:
+            raise UsageError(f"--input-shape {name}={s!r}: dims must be integers joined by 'x', e.g. 1x3x224x224") from None
+    return out
+
+
+def fix_input_shapes(model: Model, shapes: Mapping[str, tuple[int, ...]], notes: list[str]) -> None:
+    names = {v.name for v in model.graph.inputs}
+    unknown = set(shapes) - names
+    if unknown:
+        raise UsageError(f"--input-shape names unknown inputs {sorted(unknown)}; the model's inputs are {sorted(names)}")
+    for v in model.graph.inputs:
+        if v.name in shapes:
+            new = shapes[v.name]
+            if v.shape is not None and (len(new) != len(v.shape) or any(
+                    isinstance(d, int) and d != n for d, n in zip(v.shape, new))):
+                raise UsageError(f"--input-shape {v.name}={'x'.join(map(str, new))} does not fit the declared shape "
+                                 f"{v.shape}")
+            v.shape = new
+        elif v.shape is None:
+            raise UsageError(f"input {v.name!r} has unknown rank; give --input-shape {v.name}=AxBx...")
+        elif v.static_shape is None:
+            fixed = tuple(d if isinstance(d, int) else 1 for d in v.shape)
+            notes.append(f"input {v.name!r}: dynamic dims {v.shape} fixed to {fixed} (override with --input-shape)")
+            v.shape = fixed
+
+
+def _rel_err(a: np.ndarray, b: np.ndarray) -> float:
+    """max |a - b| / max |b|: the error relative to the output's scale."""
+    a, b = np.asarray(a, np.float64), np.asarray(b, np.float64)
+    if a.shape != b.shape:
+        return float("inf")
+    scale = float(np.abs(b).max()) if b.size else 0.0
+    return float(np.abs(a - b).max() / scale) if scale > 0 else float(np.abs(a - b).max())
+
+
+def _cosine(a: np.ndarray, b: np.ndarray) -> float:
+    a, b = np.asarray(a, np.float64).ravel(), np.asarray(b, np.float64).ravel()
+    d = np.linalg.norm(a) * np.linalg.norm(b)
+    return float(a @ b / d) if d > 0 else 1.0
+
+
+def layer_table(model: Model) -> list[dict[str, Any]]:
+    """Per-weight quantization and size, for the manifest."""
+    rows = []
+    for v in model.graph.initializers.values():
+        if v.const is None or int(np.prod(v.shape or (1,))) < 16:
+            continue
+        users = sorted({u.node.name for u in v.uses})
+        row = {"name": v.name, "shape": list(v.shape), "used_by": users, "bytes": v.const.nbytes}
+        if isinstance(v.const, QuantizedTensor):
+            row.update(v.const.describe())
+        else:
+            row.update({"dtype": v.dtype.short})
+        rows.append(row)
+    return rows
+
+
+def _io(model: Model) -> dict[str, list[dict[str, Any]]]:
+    return {k: [{"name": v.name, "dtype": v.dtype.short if v.dtype else None, "shape": list(v.shape or [])}
+                for v in vals] for k, vals in (("inputs", model.graph.inputs), ("outputs", model.graph.outputs))}
+
+
+def load_model(path: str, frontend: str | None = None) -> Model:
+    fe = pick_frontend(path, host().frontends.as_dict(), frontend)
+    return fe.load(path)
+
+
+def compile(model: str | Model, target: str = "cpu", pipeline: str = "", output: str | None = None, *,
+            input_shapes: Mapping[str, str] | None = None, verify: bool = False, tolerance: float = DEFAULT_TOLERANCE,
+            cleanup: bool = True, time_passes: bool = False, dump_ir: str | None = None, seed: int = 0,
+            frontend: str | None = None, calib: str | None = None,
+            progress: Callable[[str], None] | None = None) -> CompileResult:
+    """Compile ``model`` for ``target`` into the directory ``output``; see ``edgec compile --help``.
+
+    Raises :class:`edgec.errors.EdgecError` subclasses for every user-facing failure; the output directory
+    then does not exist (or keeps its previous contents).
+    """
+    say = progress or (lambda msg: None)
+    h = host()
+    tgt = parse_target(target)
+    try:
+        user_passes = parse_pipeline(pipeline, h.passes.as_dict())
+    except PipelineError as e:
+        raise UsageError(str(e)) from None
+    if calib is not None:
+        raise UsageError("--calib is accepted by passes that calibrate (quantization); none is installed yet")
+    shapes = parse_input_shapes(input_shapes)
+    t0 = time.perf_counter()
+    src_hash = None
+    if isinstance(model, str):
+        say(f"importing {model}")
+        src_path = model
+        ir_model = load_model(model, frontend)
+        src_hash = sha256_file(model) if os.path.isfile(model) else None
+    else:
+        src_path, ir_model = None, model
+    notes: list[str] = []
+    fix_input_shapes(ir_model, shapes, notes)
+    t_import = time.perf_counter() - t0
+    feeds = random_inputs(ir_model, seed=seed)
+    original_ref = None
+    if verify:
+        original_ref = _original_outputs(src_path, ir_model, feeds)
+
+    from .plugins.cleanup import DEFAULT_CLEANUP
+    passes = (parse_pipeline(DEFAULT_CLEANUP, h.passes.as_dict()) if cleanup else []) + user_passes + tgt.pipeline()
+    timing = TimingInstrument()
+    instruments = [timing] + ([DumpIRInstrument(dump_ir)] if dump_ir else [])
+    ctx = PassContext(target=tgt, config={"seed": seed})
+    size_before = ir_model.size_bytes()
+    t1 = time.perf_counter()
+    try:
+        PassManager(passes, instruments=instruments,
+                    progress=lambda k, n, p: say(f"pass {k + 1}/{n}: {p.describe()}")).run(ir_model, ctx)
+    except PassError as e:
+        if isinstance(e.cause, EdgecError):
+            raise type(e.cause)(str(e)) from None
+        raise
+    t_passes = time.perf_counter() - t1
+
+    problems = tgt.check(ir_model)
+    if problems:
+        raise UnsupportedError(f"target {tgt.name} cannot compile this model ({len(problems)} problems):", problems)
+
+    output = output or (os.path.splitext(os.path.basename(src_path))[0] + f".{tgt.name}" if src_path else f"out.{tgt.name}")
+    parent = os.path.dirname(os.path.abspath(output))
+    os.makedirs(parent, exist_ok=True)
+    tmp = tempfile.mkdtemp(prefix=f".{os.path.basename(output)}.", dir=parent)
+    try:
+        say(f"emitting {tgt.describe()}")
+        t2 = time.perf_counter()
+        art = tgt.emit(ir_model, tmp, ctx)
+        t_emit = time.perf_counter() - t2
+        options_key = json.dumps({"target": tgt.describe(), "pipeline": [p.describe() for p in passes],
+                                  "input_shapes": {k: list(v) for k, v in shapes.items()}, "cleanup": cleanup},
+                                 sort_keys=True)
+        manifest: dict[str, Any] = {
+            "edgec_version": __version__,
+            "target": {"name": tgt.name, "spec": tgt.describe(), **art.manifest},
+            "source": {"path": os.path.basename(src_path) if src_path else None, "sha256": src_hash,
+                       "format": ir_model.metadata.get("source_format")},
+            "options_sha256": hashlib.sha256(options_key.encode()).hexdigest(),
+            "pipeline": [p.describe() for p in passes],
+            **_io(ir_model),
+            "sizes": {"weights_bytes_before": size_before, "weights_bytes_after": ir_model.size_bytes(),
+                      "parameters": ir_model.param_count()},
+            "layers": layer_table(ir_model),
+            "files": [{"path": f, "bytes": os.path.getsize(os.path.join(tmp, f)),
+                       "sha256": sha256_file(os.path.join(tmp, f))} for f in art.files],
+            "notes": notes,
+            "timings_s": {"import": round(t_import, 3), "passes": round(t_passes, 3), "emit": round(t_emit, 3)},
+        }
+        if verify:
+            say(f"verifying on {tgt.runtime or 'its runtime'}")
+            manifest["verification"] = _verify(tgt, tmp, ir_model, feeds, original_ref, tolerance)
+        with open(os.path.join(tmp, "manifest.json"), "w") as f:
+            json.dump(manifest, f, indent=2, sort_keys=True, default=str)
+            f.write("\n")
+        _replace_dir(tmp, output)
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
+    res = CompileResult(os.path.abspath(output), manifest, timing.report() if time_passes else "")
+    v = manifest.get("verification")
+    if v is not None and not v["passed"]:
+        raise VerificationFailed(f"verification failed: {v['summary']} (artifact kept in {output} for inspection)")
+    return res
+
+
+def _replace_dir(tmp: str, output: str) -> None:
+    """Move the finished artifact into place; an existing output is replaced only once the new one is complete."""
+    if os.path.exists(output):
+        if not os.path.isdir(output):
+            raise BadInputError(f"output {output!r} exists and is not a directory")
+        old = output + ".old-" + os.path.basename(tmp)
+        os.rename(output, old)
+        os.rename(tmp, output)
+        shutil.rmtree(old, ignore_errors=True)
+    else:
+        os.rename(tmp, output)
+
+
+def _original_outputs(src_path: str | None, model: Model, feeds: dict[str, np.ndarray]) -> dict[str, Any]:
+    """Outputs of the model before any pass: onnxruntime on the original ONNX file where there is one."""
+    if src_path and src_path.lower().endswith(".onnx"):
+        import onnxruntime as ort
+        sess = ort.InferenceSession(src_path, providers=["CPUExecutionProvider"])
+        names = [o.name for o in sess.get_outputs()]
+        return {"runtime": "onnxruntime (original file)", "outputs": sess.run(names, {k: feeds[k] for k in feeds})}
+    ex = ReferenceExecutor(model)
+    r = ex.run(feeds)
+    return {"runtime": "reference executor (imported model)", "outputs": [r[o.name] for o in model.graph.outputs]}
+
+
+def _verify(tgt: Target, out_dir: str, model: Model, feeds, original, tolerance: float) -> dict[str, Any]:
+    try:
+        got = tgt.run_artifact(out_dir, feeds, [v.name for v in model.graph.inputs])
+    except NotImplementedError as e:
+        return {"passed": True, "ran": False, "summary": f"not run: {e}"}
+    ref = ReferenceExecutor(model).run(feeds)
+    ref_outs = [ref[o.name] for o in model.graph.outputs]
+    quantized = any(isinstance(v.const, QuantizedTensor) for v in model.graph.initializers.values())
+    rows = []
+    passed = True
+    for k, o in enumerate(model.graph.outputs):
+        row = {"output": o.name, "vs_reference_max_rel_err": _rel_err(got[k], ref_outs[k]),
+               "vs_reference_cosine": _cosine(got[k], ref_outs[k])}
+        if original is not None and k < len(original["outputs"]):
+            row["vs_original_max_rel_err"] = _rel_err(got[k], original["outputs"][k])
+            row["vs_original_cosine"] = _cosine(got[k], original["outputs"][k])
+            if got[k].ndim == 2 and got[k].shape[0] >= 1 and got[k].shape[1] > 1:
+                row["top1_agreement"] = float((got[k].argmax(-1) == np.asarray(original["outputs"][k]).argmax(-1)).mean())
+        ok = row["vs_reference_max_rel_err"] <= tolerance
+        if not quantized and "vs_original_max_rel_err" in row:
+            ok = ok and row["vs_original_max_rel_err"] <= tolerance
+        row["passed"] = ok
+        passed &= ok
+        rows.append(row)
+    worst = max(r["vs_reference_max_rel_err"] for r in rows)
+    summary = (f"max relative error {worst:.3g} vs the reference executor"
+               + (f", {max(r.get('vs_original_max_rel_err', 0) for r in rows):.3g} vs the original "
+                  f"({original['runtime']})" if original else "") + f"; tolerance {tolerance:g}")
+    return {"passed": passed, "ran": True, "runtime": tgt.runtime, "tolerance": tolerance, "outputs": rows,
+            "summary": summary, "error_metric": "max|artifact - reference| / max|reference|"}
+
