@@ -1,0 +1,13 @@
+#!/usr/bin/env bash
+# Install edgec with every dependency its tests need (system packages need root or sudo).
+set -euo pipefail
+cd "$(dirname "$0")/.."
+SUDO=""; [ "$(id -u)" = 0 ] || SUDO="sudo"
+if ! command -v clang >/dev/null || ! command -v ld.lld >/dev/null; then
+  $SUDO apt-get update -qq
+  DEBIAN_FRONTEND=noninteractive $SUDO apt-get install -y -qq clang lld >/dev/null
+fi
+# torch is pinned: this exact version is a CPU wheel; any other pulls gigabytes of CUDA.
+python -m pip install -q torch==2.13.0
+python -m pip install -q -e ".[tvm,test]"
+python -m pip install -q ./examples/acme_plugin
