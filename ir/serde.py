@@ -21,8 +21,9 @@ MAGIC = b"EDGECIR1"
 ALIGN = 64
 
 
-class FormatError(ValueError):
-    """The file is not a readable edgec model file."""
+class FormatError(Exception):
+    """The file is not a readable edgec model file (deliberately not a ValueError, so the text parser
+    does not re-label data-section errors as syntax errors)."""
 
 
 def _align(n: int) -> int:

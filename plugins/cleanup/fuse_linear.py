@@ -17,9 +17,17 @@ from ._match import const, other_input, replace, sole_user, take_output_name
 
 
 def _weight(g, src: Value, transpose: bool) -> Value:
-    w = src.const.numpy()
-    return g.add_const(g.unique_name(src.name + ("_t" if transpose else "")),
-                       Tensor(np.ascontiguousarray(w.T) if transpose else w))
+    """The [out, in] weight: ``src`` itself when already in that layout, else a transposed copy."""
+    if not transpose:
+        return src
+    return g.add_const(g.unique_name(src.name + "_t"), Tensor(np.ascontiguousarray(src.const.numpy().T)))
+
+
+def _bias(g, src: Value) -> Value:
+    """A 1-D bias: ``src`` itself when already 1-D, else a reshaped copy."""
+    if src.rank == 1:
+        return src
+    return g.add_const(g.unique_name(src.name + "_1d"), Tensor(src.const.numpy().reshape(-1)))
 
 
 @dataclasses.dataclass(frozen=True)
@@ -51,9 +59,7 @@ class FuseLinear(Pass):
         if const(b) is None or b.rank != 2 or (c is not None and (const(c) is None or const(c).size != b.shape[1 - n.attr("transB", 0)])):
             return False
         w = _weight(g, b, transpose=not n.attr("transB", 0))
-        bias = None
-        if c is not None:
-            bias = g.add_const(g.unique_name(c.name + "_1d"), Tensor(const(c).reshape(-1)))
+        bias = _bias(g, c) if c is not None else None
         lin = Node("Linear", [a, w] + ([bias] if bias is not None else []), domain="edgec",
                    name=g.unique_name(n.name), outputs=1)
         g.insert_before(n, lin)
@@ -75,7 +81,7 @@ class FuseLinear(Pass):
             cd = const(cand)
             if cd is not None and cd.size == wdata.shape[1] and cd.ndim >= 1 and cd.shape[-1] == wdata.shape[1] \
                     and add.output.static_shape == n.output.static_shape:
-                bias = g.add_const(g.unique_name(cand.name + "_1d"), Tensor(cd.reshape(-1)))
+                bias = _bias(g, cand)
                 end, dead = add.output, [add, n]
         w = _weight(g, b, transpose=True)
         lin = Node("Linear", [x, w] + ([bias] if bias is not None else []), domain="edgec",

@@ -1,0 +1,42 @@
+"""Shared fixtures: small IR graphs, exported example models, and an isolated CLI runner."""
+
+from __future__ import annotations
+
+import os
+import sys
+
+import numpy as np
+import pytest
+
+from edgec import ir
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+EXAMPLES = os.path.join(ROOT, "examples")
+sys.path.insert(0, os.path.join(EXAMPLES, "models"))
+
+
+def mlp_model(seed: int = 0) -> ir.Model:
+    """x[2,8] -> Linear(16) -> Relu -> Linear(4): a minimal valid model with real numbers."""
+    rng = np.random.default_rng(seed)
+    g = ir.Graph()
+    x = g.add_input("x", ir.DType.FLOAT32, (2, 8))
+    w1 = g.add_const("w1", rng.standard_normal((16, 8)).astype(np.float32))
+    b1 = g.add_const("b1", rng.standard_normal(16).astype(np.float32))
+    w2 = g.add_const("w2", rng.standard_normal((4, 16)).astype(np.float32))
+    h = g.op("Linear", [x, w1, b1], domain="edgec", name="fc1").output
+    r = g.op("Relu", [h], name="relu").output
+    y = g.op("Linear", [r, w2], domain="edgec", name="fc2").output
+    g.outputs.append(y)
+    m = ir.Model(g, {"": 17, "edgec": 1})
+    ir.infer_shapes(m)
+    return m
+
+
+@pytest.fixture
+def mlp() -> ir.Model:
+    return mlp_model()
+
+
+@pytest.fixture(scope="session")
+def tiny_cnn_path() -> str:
+    return os.path.join(EXAMPLES, "models", "tiny_cnn.onnx")
