@@ -1,0 +1,3 @@
+"""A test plugin that fails to import."""
+
+raise ImportError("libacme.so not found")
