@@ -35,6 +35,12 @@ def _tvm():
     return tvm
 
 
+def use_all_cores() -> None:
+    """TVM's thread pool counts one core on some VMs; give it every core this process may use (unless the
+    user set TVM_NUM_THREADS). Must run before the first parallel kernel in the process."""
+    os.environ.setdefault("TVM_NUM_THREADS", str(len(os.sched_getaffinity(0))))
+
+
 @dataclasses.dataclass(frozen=True)
 class CpuTarget(Target):
     name: ClassVar[str] = "cpu"
@@ -43,7 +49,9 @@ class CpuTarget(Target):
     capabilities: ClassVar[Capabilities] = Capabilities(
         ops=supported_ops(), dtypes=frozenset({"f32", "i64", "i32", "bool", "i8", "u8"}), quant=_QUANT)
     arch: str = option("x86_64", choices=tuple(_TRIPLES), help="instruction set of the emitted library")
-    mcpu: str = option("", help="LLVM -mcpu (empty: generic for the arch)")
+    mcpu: str = option("", help="LLVM -mcpu: empty for the arch's generic baseline (portable), 'native' for "
+                                "this machine's CPU, or a name such as znver4 / cortex-a76")
+    schedule: bool = option(True, help="parallel + vectorized kernel schedules (false: TVM's scalar default)")
 
     def check(self, model: Model) -> list[str]:
         problems = super().check(model)
@@ -56,7 +64,12 @@ class CpuTarget(Target):
     def tvm_target(self):
         tvm = _tvm()
         spec = {"kind": "llvm", "mtriple": _TRIPLES[self.arch]}
-        if self.mcpu:
+        if self.mcpu == "native":
+            if self.arch != "x86_64":
+                raise UnsupportedError("mcpu=native describes this x86_64 machine; name the Arm CPU instead")
+            from tvm.target import codegen
+            spec["mcpu"] = codegen.llvm_get_system_cpu()
+        elif self.mcpu:
             spec["mcpu"] = self.mcpu
         return tvm.target.Target(spec)
 
@@ -64,7 +77,12 @@ class CpuTarget(Target):
         tvm = _tvm()
         from tvm import relax
         mod = RelaxBuilder(model).build()
-        ex = relax.build(mod, target=self.tvm_target())
+        target = self.tvm_target()
+        if self.schedule:
+            from .schedule import build_pipeline
+            ex = relax.build(mod, target=target, relax_pipeline=build_pipeline(target))
+        else:
+            ex = relax.build(mod, target=target)
         files = []
         if self.arch == "x86_64":
             ex.export_library(os.path.join(out_dir, "model.so"))
@@ -85,11 +103,13 @@ class CpuTarget(Target):
                 packed[v.name] = {"stored_dtype": str(arr.dtype), "stored_bytes": int(arr.nbytes),
                                   "codes_per_byte": per_byte}
         return Artifact(files, {"tvm_version": tvm.__version__, "triple": _TRIPLES[self.arch],
+                                "mcpu": str(target.attrs.get("mcpu", "")) or "generic",
                                 "packed_weights": packed, "entry": "main"})
 
     def run_artifact(self, out_dir: str, feeds: Mapping[str, np.ndarray], input_names=None) -> list[np.ndarray]:
         if self.arch != "x86_64":
             raise NotImplementedError(f"a {self.arch} library cannot run on this x86_64 machine")
+        use_all_cores()
         tvm = _tvm()
         from tvm import relax
         lib = tvm.runtime.load_module(os.path.join(out_dir, "model.so"))
