@@ -166,16 +166,7 @@ def _options_text(cls) -> str:
 def passes(as_json):
     """List the available passes and their options."""
     from .host import host
-    reg = host().passes
-    rows = [{"name": n, "summary": e.obj.summary, "options": e.obj.options(), "plugin": e.plugin.distribution}
-            for n, e in sorted(reg.entries.items())]
-    if as_json:
-        _emit_json(rows)
-        return
-    for n, e in sorted(reg.entries.items()):
-        click.echo(f"{n:<20} {e.obj.summary}")
-        if e.obj.options():
-            click.echo(f"{'':<20}   options: {_options_text(e.obj)}")
+    _list_registry(host().passes, as_json, width=20)
 
 
 @main.command()
@@ -184,16 +175,20 @@ def passes(as_json):
 def targets(as_json):
     """List the available targets and their options."""
     from .host import host
-    reg = host().targets
-    rows = [{"name": n, "summary": e.obj.summary, "runtime": e.obj.runtime, "options": e.obj.options(),
-             "plugin": e.plugin.distribution} for n, e in sorted(reg.entries.items())]
+    _list_registry(host().targets, as_json, width=12, extra=("runtime",))
+
+
+def _list_registry(reg, as_json: bool, width: int, extra: tuple[str, ...] = ()) -> None:
+    """Print a pass or target registry: name, summary, options, providing distribution."""
+    entries = sorted(reg.entries.items())
     if as_json:
-        _emit_json(rows)
+        _emit_json([{"name": n, "summary": e.obj.summary, "options": e.obj.options(), "plugin": e.plugin.distribution,
+                     **{k: getattr(e.obj, k) for k in extra}} for n, e in entries])
         return
-    for n, e in sorted(reg.entries.items()):
-        click.echo(f"{n:<12} {e.obj.summary}")
+    for n, e in entries:
+        click.echo(f"{n:<{width}} {e.obj.summary}")
         if e.obj.options():
-            click.echo(f"{'':<12}   options: {_options_text(e.obj)}")
+            click.echo(f"{'':<{width}}   options: {_options_text(e.obj)}")
 
 
 @main.command()
