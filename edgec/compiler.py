@@ -121,6 +121,14 @@ def layer_table(model: Model) -> list[dict[str, Any]]:
     return rows
 
 
+def quantization_summary(model: Model) -> dict[str, Any]:
+    """Per-layer weight quantization reports and activation quantization, for the manifest."""
+    from .plugins.quantize.quantize import REPORT_KEY
+    layers = json.loads(model.metadata.get(REPORT_KEY, "{}"))
+    acts = {v.name: dataclasses.asdict(v.quant) for v in model.graph.values() if v.quant is not None}
+    return {"weights": layers, "activations": acts}
+
+
 def _io(model: Model) -> dict[str, list[dict[str, Any]]]:
     return {k: [{"name": v.name, "dtype": v.dtype.short if v.dtype else None, "shape": list(v.shape or [])}
                 for v in vals] for k, vals in (("inputs", model.graph.inputs), ("outputs", model.graph.outputs))}
@@ -148,8 +156,6 @@ def compile(model: str | Model, target: str = "cpu", pipeline: str = "", output:
         user_passes = parse_pipeline(pipeline, h.passes.as_dict())
     except PipelineError as e:
         raise UsageError(str(e)) from None
-    if calib is not None:
-        raise UsageError("--calib is accepted by passes that calibrate (quantization); none is installed yet")
     shapes = parse_input_shapes(input_shapes)
     t0 = time.perf_counter()
     src_hash = None
@@ -163,6 +169,11 @@ def compile(model: str | Model, target: str = "cpu", pipeline: str = "", output:
     notes: list[str] = []
     fix_input_shapes(ir_model, shapes, notes)
     t_import = time.perf_counter() - t0
+    calibration = None
+    if calib is not None:
+        from .calibration import load_calibration
+        say(f"loading calibration data {calib}")
+        calibration = load_calibration(calib, ir_model, seed=seed)
     feeds = random_inputs(ir_model, seed=seed)
     original_ref = None
     if verify:
@@ -172,7 +183,7 @@ def compile(model: str | Model, target: str = "cpu", pipeline: str = "", output:
     passes = (parse_pipeline(DEFAULT_CLEANUP, h.passes.as_dict()) if cleanup else []) + user_passes + tgt.pipeline()
     timing = TimingInstrument()
     instruments = [timing] + ([DumpIRInstrument(dump_ir)] if dump_ir else [])
-    ctx = PassContext(target=tgt, config={"seed": seed})
+    ctx = PassContext(target=tgt, config={"seed": seed}, calibration=calibration)
     size_before = ir_model.size_bytes()
     t1 = time.perf_counter()
     try:
@@ -211,6 +222,8 @@ def compile(model: str | Model, target: str = "cpu", pipeline: str = "", output:
             "sizes": {"weights_bytes_before": size_before, "weights_bytes_after": ir_model.size_bytes(),
                       "parameters": ir_model.param_count()},
             "layers": layer_table(ir_model),
+            "quantization": quantization_summary(ir_model),
+            "calibration": {"source": calibration.source, "samples": len(calibration)} if calibration else None,
             "files": [{"path": f, "bytes": os.path.getsize(os.path.join(tmp, f)),
                        "sha256": sha256_file(os.path.join(tmp, f))} for f in art.files],
             "notes": notes,

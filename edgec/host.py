@@ -23,6 +23,7 @@ AUTOLOAD_ENV = "EDGEC_DISABLE_PLUGIN_AUTOLOAD"
 DEFAULT_PLUGINS = {
     "builtin-frontends": "edgec.plugins.frontends",
     "builtin-cleanup": "edgec.plugins.cleanup",
+    "builtin-quantize": "edgec.plugins.quantize",
     "target-cpu": "edgec.targets.cpu",
 }
 

@@ -186,12 +186,30 @@ def _attr(name: str, value) -> onnx.AttributeProto:
 ConstHook = Callable[[Value, list[onnx.NodeProto], list[onnx.TensorProto]], bool]
 
 
+def _qdq(v: Value, src: str, dst: str, nodes: list[onnx.NodeProto], inits: list[onnx.TensorProto],
+         taken: set[str]) -> None:
+    """QuantizeLinear + DequantizeLinear simulating ``v.quant`` exactly (round half to even, saturate)."""
+    q = v.quant
+    base = f"{v.name}__aq"
+    k = 0
+    while f"{base}{k}_scale" in taken:
+        k += 1
+    sn, zn, qn = f"{base}{k}_scale", f"{base}{k}_zp", f"{base}{k}_q"
+    taken.update((sn, zn, qn))
+    inits.append(numpy_helper.from_array(np.array(q.scale, np.float32), sn))
+    inits.append(numpy_helper.from_array(np.array(q.zero_point, np.int8 if q.signed else np.uint8), zn))
+    nodes.append(helper.make_node("QuantizeLinear", [src, sn, zn], [qn]))
+    nodes.append(helper.make_node("DequantizeLinear", [qn, sn, zn], [dst]))
+
+
 def to_onnx(model: Model, extra_outputs: list[str] | None = None, const_hook: ConstHook | None = None,
-            with_shapes: bool = True) -> onnx.ModelProto:
+            with_shapes: bool = True, activation_quant: bool = True) -> onnx.ModelProto:
     """Write ``model`` as standard ONNX (edgec ops expanded, quantized weights dequantized).
 
     ``const_hook(value, nodes, initializers)`` may emit a constant itself (e.g. as integer codes plus a
-    DequantizeLinear) and return True; otherwise the constant's exact values are written.
+    DequantizeLinear) and return True; otherwise the constant's exact values are written. With
+    ``activation_quant``, values annotated with :class:`ActivationQuant` pass through QuantizeLinear /
+    DequantizeLinear, so the model computes exactly what an int8-activation target computes.
     """
     g = model.graph
     opset = max(model.opset, 13)
@@ -207,11 +225,18 @@ def to_onnx(model: Model, extra_outputs: list[str] | None = None, const_hook: Co
             arr = arr.astype(np.int8 if v.dtype.numpy == np.int8 else np.uint8)
         t = numpy_helper.from_array(arr, v.name)
         inits.append(t)
+    renamed: dict[str, str] = {}  # quantized graph inputs: consumers read the dequantized copy
+    if activation_quant:
+        for v in g.inputs:
+            if v.quant is not None:
+                renamed[v.name] = f"{v.name}__dq"
+                _qdq(v, v.name, renamed[v.name], nodes, inits, taken)
     for n in g:
-        ins = [v.name if v is not None else "" for v in n.inputs]
+        ins = [renamed.get(v.name, v.name) if v is not None else "" for v in n.inputs]
         while ins and ins[-1] == "":
             ins.pop()
-        outs = [o.name for o in n.outputs]
+        quantized_outs = [o for o in n.outputs if activation_quant and o.quant is not None]
+        outs = [o.name + "__float" if o in quantized_outs else o.name for o in n.outputs]
         if n.domain == edgec_ops.EDGEC_DOMAIN:
             edgec_ops.expand(n.op_type, ctx, ins, outs, dict(n.attributes),
                              [v.rank if v is not None else None for v in n.inputs])
@@ -219,6 +244,8 @@ def to_onnx(model: Model, extra_outputs: list[str] | None = None, const_hook: Co
             nodes.append(helper.make_node(n.op_type, ins, outs, name=n.name, domain=n.domain or None,
                                           **{}))
             nodes[-1].attribute.extend(_attr(k, a) for k, a in n.attributes.items())
+        for o in quantized_outs:
+            _qdq(o, o.name + "__float", o.name, nodes, inits, taken)
     outputs = [_vi(v) for v in g.outputs]
     if extra_outputs:
         have = {v.name for v in g.outputs}

@@ -1,0 +1,129 @@
+"""Calibration data (``--calib``): what quantization passes observe activations on.
+
+Accepted forms:
+
+* ``data.npz``: arrays named after the model's inputs, shaped ``[N, *input_shape]`` (N samples) or
+  exactly ``input_shape`` (one sample);
+* a folder of ``.npz`` files (each as above) or, for single-input models, ``.npy`` files;
+* ``random``: seeded random inputs, with a warning (quantization calibrated on noise is poor);
+* a text file (``.txt``) for language models, tokenized with the model's own tokenizer.
+
+Sampling is deterministic: with more samples than ``max_samples``, a seeded choice is taken. Names,
+shapes and dtypes are checked against the model's inputs, and every mismatch is reported at once.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import os
+import warnings
+import zipfile
+
+import numpy as np
+
+from .errors import BadInputError, UnsupportedError
+from .ir import Model, random_inputs
+
+
+class CalibrationWarning(UserWarning):
+    pass
+
+
+@dataclasses.dataclass
+class CalibrationSet:
+    """A list of feed dicts (one model run each) plus where they came from."""
+
+    samples: list[dict[str, np.ndarray]]
+    source: str
+
+    def __len__(self) -> int:
+        return len(self.samples)
+
+
+def _split(model: Model, arrays: dict[str, np.ndarray], where: str) -> list[dict[str, np.ndarray]]:
+    inputs = {v.name: v for v in model.graph.inputs}
+    problems = []
+    missing = sorted(set(inputs) - set(arrays))
+    extra = sorted(set(arrays) - set(inputs))
+    if missing:
+        problems.append(f"missing inputs {missing}")
+    if extra:
+        problems.append(f"unknown arrays {extra} (the model's inputs are {sorted(inputs)})")
+    counts = {}
+    for name, v in inputs.items():
+        if name not in arrays:
+            continue
+        a = arrays[name]
+        shape = v.static_shape
+        if a.dtype != v.dtype.numpy and not (a.dtype.kind == v.dtype.numpy.kind and v.dtype.is_float):
+            problems.append(f"{name}: dtype {a.dtype} does not match the model's {v.dtype.short}")
+        if shape is None:
+            counts[name] = a.shape[0] if a.ndim else 1
+        elif tuple(a.shape) == shape:
+            counts[name] = 1
+            arrays[name] = a[None]
+        elif tuple(a.shape[1:]) == shape:
+            counts[name] = a.shape[0]
+        else:
+            problems.append(f"{name}: shape {list(a.shape)} is neither {list(shape)} nor [N, {', '.join(map(str, shape))}]")
+    if not problems and len(set(counts.values())) > 1:
+        problems.append(f"inputs hold different sample counts {counts}")
+    if problems:
+        raise BadInputError(f"calibration data {where} does not fit the model:\n" + "\n".join(f"  - {p}" for p in problems))
+    n = next(iter(counts.values())) if counts else 0
+    return [{k: np.ascontiguousarray(arrays[k][i]).astype(inputs[k].dtype.numpy, copy=False) for k in inputs}
+            for i in range(n)]
+
+
+def _read_npz(path: str) -> dict[str, np.ndarray]:
+    try:
+        with np.load(path, allow_pickle=False) as z:
+            return {k: z[k] for k in z.files}
+    except (OSError, ValueError, zipfile.BadZipFile) as e:
+        raise BadInputError(f"calibration file {path}: not a readable .npz ({e})") from None
+
+
+def load_calibration(spec: str, model: Model, *, seed: int = 0, max_samples: int = 32,
+                     random_samples: int = 8) -> CalibrationSet:
+    """Load calibration samples for ``model`` from ``spec`` (see the module docstring)."""
+    if spec == "random":
+        warnings.warn("--calib random: calibrating on random inputs; quantization quality will be poor. "
+                      "Pass real samples (.npz or a folder) for production models.", CalibrationWarning, stacklevel=2)
+        samples = [random_inputs(model, seed=seed + i) for i in range(random_samples)]
+        return CalibrationSet(samples, "random")
+    if not os.path.exists(spec):
+        raise BadInputError(f"calibration data {spec!r} does not exist (give a .npz, a folder, a .txt, or 'random')")
+    samples: list[dict[str, np.ndarray]] = []
+    if os.path.isdir(spec):
+        files = sorted(f for f in os.listdir(spec) if f.endswith((".npz", ".npy")))
+        if not files:
+            raise BadInputError(f"calibration folder {spec} holds no .npz or .npy files")
+        for f in files:
+            p = os.path.join(spec, f)
+            if f.endswith(".npz"):
+                samples += _split(model, _read_npz(p), p)
+            else:
+                if len(model.graph.inputs) != 1:
+                    raise BadInputError(f"{p}: .npy samples need a single-input model; this one takes "
+                                        f"{[v.name for v in model.graph.inputs]} (use .npz files named by input)")
+                try:
+                    arr = np.load(p, allow_pickle=False)
+                except (OSError, ValueError) as e:
+                    raise BadInputError(f"calibration file {p}: not a readable .npy ({e})") from None
+                samples += _split(model, {model.graph.inputs[0].name: arr}, p)
+    elif spec.endswith(".npz"):
+        samples = _split(model, _read_npz(spec), spec)
+    elif spec.endswith(".txt"):
+        tok = model.metadata.get("tokenizer")
+        if not tok:
+            raise UnsupportedError(f"{spec}: text calibration needs a language model that carries its tokenizer "
+                                   "(GGUF or Hugging Face import); this model has none")
+        raise UnsupportedError("text calibration arrives with the language-model frontends")
+    else:
+        raise BadInputError(f"calibration data {spec!r}: expected a .npz file, a folder, a .txt file or 'random'")
+    if not samples:
+        raise BadInputError(f"calibration data {spec} holds no samples")
+    if len(samples) > max_samples:
+        idx = np.sort(np.random.default_rng(seed).choice(len(samples), max_samples, replace=False))
+        samples = [samples[i] for i in idx]
+    return CalibrationSet(samples, spec)

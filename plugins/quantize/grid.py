@@ -1,0 +1,118 @@
+"""Uniform quantization grids: scales and zero points per tensor, channel or group, and exact rounding.
+
+Weights are handled as 2-D ``[out, K]`` matrices (a conv weight ``[O, I, kh, kw]`` is ``[O, I*kh*kw]``);
+groups run along K. ``make_tensor`` turns codes and parameters back into a :class:`QuantizedTensor` of
+the original shape whose ``dequantize()`` is exactly what the pass computed.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+
+import numpy as np
+
+from ...ir import QuantizedTensor
+from ...ir.dtypes import code_range
+
+
+@dataclasses.dataclass(frozen=True)
+class GridSpec:
+    bits: int
+    symmetric: bool
+    granularity: str  # "tensor" | "channel" | "group"
+    group_size: int = 128
+
+    def groups(self, k: int) -> int:
+        if self.granularity == "group":
+            return k // self.group_size
+        return 1
+
+    @property
+    def qmin(self) -> int:
+        return code_range(self.bits, self.symmetric)[0]
+
+    @property
+    def qmax(self) -> int:
+        return code_range(self.bits, self.symmetric)[1]
+
+
+def as_matrix(w: np.ndarray) -> np.ndarray:
+    return w.reshape(w.shape[0], -1) if w.ndim > 1 else w.reshape(1, -1)
+
+
+def grouped(w2: np.ndarray, spec: GridSpec) -> np.ndarray:
+    """``[out, K]`` -> ``[rows, G, K/G]`` where rows is 1 for per-tensor grids."""
+    out, k = w2.shape
+    g = spec.groups(k)
+    if spec.granularity == "tensor":
+        return w2.reshape(1, 1, -1)
+    return w2.reshape(out, g, k // g)
+
+
+def params(wg: np.ndarray, spec: GridSpec, clip: np.ndarray | float = 1.0) -> tuple[np.ndarray, np.ndarray | None]:
+    """Scale (and zero point) per ``[rows, G]`` block from its range, shrunk by ``clip`` in (0, 1]."""
+    wg = wg.astype(np.float32)
+    if spec.symmetric:
+        amax = np.abs(wg).max(-1) * clip
+        scale = amax / spec.qmax
+        scale = np.where(scale > 0, scale, 1.0).astype(np.float32)
+        return scale, None
+    lo = np.minimum(wg.min(-1), 0.0) * clip
+    hi = np.maximum(wg.max(-1), 0.0) * clip
+    scale = (hi - lo) / (spec.qmax - spec.qmin)
+    scale = np.where(scale > 0, scale, 1.0).astype(np.float32)
+    zp = np.clip(np.round(-lo / scale), spec.qmin, spec.qmax).astype(np.float32)
+    return scale, zp
+
+
+def quantize_codes(wg: np.ndarray, scale: np.ndarray, zp: np.ndarray | None, spec: GridSpec) -> np.ndarray:
+    """Integer codes (as float32, exact) for ``wg`` on the given grid."""
+    q = np.round(wg.astype(np.float32) / scale[..., None])
+    if zp is not None:
+        q = q + zp[..., None]
+    return np.clip(q, spec.qmin, spec.qmax)
+
+
+def dequantize_codes(q: np.ndarray, scale: np.ndarray, zp: np.ndarray | None) -> np.ndarray:
+    """Exactly the arithmetic of :meth:`QuantizedTensor.dequantize` (float32)."""
+    if zp is not None:
+        q = q - zp[..., None]
+    return (q * scale[..., None]).astype(np.float32)
+
+
+def fake_quant(wg: np.ndarray, scale: np.ndarray, zp: np.ndarray | None, spec: GridSpec) -> np.ndarray:
+    return dequantize_codes(quantize_codes(wg, scale, zp, spec), scale, zp)
+
+
+def make_tensor(codes_g: np.ndarray, scale: np.ndarray, zp: np.ndarray | None, spec: GridSpec,
+                shape: tuple[int, ...], method: str) -> QuantizedTensor:
+    """Assemble the :class:`QuantizedTensor` of the original ``shape`` from grouped codes and parameters."""
+    out = shape[0]
+    rank = len(shape)
+    codes = codes_g.reshape(shape).astype(np.int8 if spec.symmetric else np.uint8)
+    if spec.granularity == "tensor":
+        pshape = (1,) * rank
+        axis = None
+    else:
+        axis = 0
+        g = scale.shape[1]
+        pshape = (out, g) + (1,) * (rank - 2) if rank > 1 else (out,)
+    scales = scale.reshape(pshape).astype(np.float32)
+    zps = zp.reshape(pshape).astype(np.uint8) if zp is not None else None
+    group_size = group_axis = None
+    if spec.granularity == "group":
+        if rank > 2:
+            # Groups run along the flattened K = I*kh*kw; they align with input channels only when each
+            # group covers whole kernels. Callers only pick group-wise grids for 2-D weights.
+            raise ValueError("group-wise grids are supported for 2-D weights only")
+        group_size, group_axis = spec.group_size, 1
+    return QuantizedTensor(codes=codes, bits=spec.bits, scheme="symmetric" if spec.symmetric else "asymmetric",
+                           scales=scales, zero_points=zps, axis=axis, group_size=group_size, group_axis=group_axis,
+                           method=method)
+
+
+def sqnr_db(w: np.ndarray, wq: np.ndarray) -> float:
+    """Signal-to-quantization-noise ratio in dB."""
+    noise = float(np.sum((w.astype(np.float64) - wq) ** 2))
+    sig = float(np.sum(w.astype(np.float64) ** 2))
+    return float("inf") if noise == 0 else 10.0 * np.log10(sig / noise) if sig > 0 else 0.0

@@ -1,0 +1,184 @@
+"""Weight quantization methods on a 2-D weight ``W [out, K]`` (conv weights flattened).
+
+Each method returns ``(codes_grouped, scale, zero_point)`` on a :class:`GridSpec`, or for codebook
+methods a ready :class:`QuantizedTensor`. ``H = X^T X`` (``[K, K]``, from calibration inputs) is given
+to the methods that use activations.
+
+* ``rtn``: round to nearest on the min/max grid.
+* ``mse``: per channel/group clipping ratio minimising the weight reconstruction error, or, with
+  ``H``, the layer's output error ``(w - q) H (w - q)^T`` (SeqMSE-style).
+* ``gptq``: Frantar et al. 2022: columns quantized in order (optionally by decreasing ``diag(H)``), the
+  error of each compensated on the not-yet-quantized columns through the inverse Hessian's Cholesky
+  factor, with lazy block updates. Group parameters are fixed up front from the original weights
+  ("static groups") so groups stay contiguous and the grid is explicit.
+* ``nf4`` / ``codebook``: 4-bit NormalFloat levels with absmax scales per group; k-means palettes.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+
+from ...ir import QuantizedTensor
+from .grid import GridSpec, dequantize_codes, grouped, params, quantize_codes
+
+CLIP_GRID = np.linspace(1.0, 0.5, 26, dtype=np.float32)  # candidate clipping ratios, 1.0 first
+
+
+def rtn(w2: np.ndarray, spec: GridSpec, h: np.ndarray | None = None):
+    wg = grouped(w2, spec)
+    scale, zp = params(wg, spec)
+    return quantize_codes(wg, scale, zp, spec), scale, zp
+
+
+def mse(w2: np.ndarray, spec: GridSpec, h: np.ndarray | None = None):
+    """Best clipping ratio per block; with ``h`` the error is measured on the layer output."""
+    wg = grouped(w2, spec).astype(np.float32)
+    best_err = np.full(wg.shape[:2], np.inf)
+    best = None
+    for r in CLIP_GRID:
+        scale, zp = params(wg, spec, clip=r)
+        q = quantize_codes(wg, scale, zp, spec)
+        d = dequantize_codes(q, scale, zp) - wg
+        if h is None or spec.granularity == "tensor":
+            err = (d.astype(np.float64) ** 2).sum(-1)
+        else:
+            # Output error per block: d_block H_block d_block^T, H restricted to the block's columns.
+            rows, g, gs = d.shape
+            hb = np.stack([h[j * gs:(j + 1) * gs, j * gs:(j + 1) * gs] for j in range(g)])  # [G, gs, gs]
+            err = np.einsum("rgi,gij,rgj->rg", d.astype(np.float64), hb, d.astype(np.float64))
+        better = err < best_err
+        if best is None:
+            best = [q.copy(), scale.copy(), None if zp is None else zp.copy()]
+        else:
+            best[0][better] = q[better]
+            best[1][better] = scale[better]
+            if zp is not None:
+                best[2][better] = zp[better]
+        best_err = np.where(better, err, best_err)
+    return best[0], best[1], best[2]
+
+
+def gptq(w2: np.ndarray, spec: GridSpec, h: np.ndarray, *, damp: float = 0.01, act_order: bool = True,
+         block: int = 128):
+    """GPTQ with lazy block updates; returns codes/scales/zero points on the static-group grid."""
+    if h is None:
+        raise ValueError("gptq needs calibration data (the layer's input Hessian)")
+    w = w2.astype(np.float64).copy()
+    out, k = w.shape
+    h = h.astype(np.float64).copy()
+    dead = np.diag(h) == 0
+    h[dead, dead] = 1.0
+    w[:, dead] = 0.0
+    # Grid parameters from the original weights, per contiguous group (static groups).
+    wg0 = grouped(w.astype(np.float32), spec)
+    scale, zp = params(wg0, spec)
+    g = spec.groups(k)
+    gs = k // g if spec.granularity != "tensor" else k
+    perm = np.argsort(-np.diag(h), kind="stable") if act_order else np.arange(k)
+    inv = np.argsort(perm)
+    w = w[:, perm]
+    h = h[perm][:, perm]
+    h[np.diag_indices(k)] += damp * np.mean(np.diag(h))
+    try:
+        hinv = np.linalg.cholesky(np.linalg.inv(h)).T  # upper Cholesky factor of H^-1
+    except np.linalg.LinAlgError:
+        h[np.diag_indices(k)] += np.mean(np.diag(h))
+        hinv = np.linalg.cholesky(np.linalg.inv(h)).T
+    codes = np.zeros((out, k), np.float64)
+    col_group = perm // gs  # original group of each permuted column
+
+    def col_params(j: int):
+        grp = col_group[j]
+        if spec.granularity == "tensor":
+            s = np.full(out, scale[0, 0])
+            z = None if zp is None else np.full(out, zp[0, 0])
+        else:
+            s = scale[:, grp]
+            z = None if zp is None else zp[:, grp]
+        return s.astype(np.float64), None if z is None else z.astype(np.float64)
+
+    for b0 in range(0, k, block):
+        b1 = min(b0 + block, k)
+        w_blk = w[:, b0:b1].copy()
+        err = np.zeros_like(w_blk)
+        hb = hinv[b0:b1, b0:b1]
+        for i in range(b1 - b0):
+            j = b0 + i
+            col = w_blk[:, i]
+            s, z = col_params(j)
+            q = np.round(col.astype(np.float32).astype(np.float64) / s) + (z if z is not None else 0)
+            q = np.clip(q, spec.qmin, spec.qmax)
+            codes[:, j] = q
+            deq = (q - (z if z is not None else 0)) * s
+            e = (col - deq) / hb[i, i]
+            w_blk[:, i:] -= np.outer(e, hb[i, i:])
+            err[:, i] = e
+        w[:, b1:] -= err @ hinv[b0:b1, b1:]
+    codes = codes[:, inv]
+    return codes.reshape(grouped(codes, spec).shape).astype(np.float32), scale, zp
+
+
+# ------------------------------------------------------------------------------------------------ codebooks
+# The 16 NormalFloat-4 levels (Dettmers et al. 2023, QLoRA), as in bitsandbytes.
+NF4_LEVELS = np.array([
+    -1.0, -0.6961928009986877, -0.5250730514526367, -0.39491748809814453, -0.28444138169288635,
+    -0.18477343022823334, -0.09105003625154495, 0.0, 0.07958029955625534, 0.16093020141124725,
+    0.24611230194568634, 0.33791524171829224, 0.44070982933044434, 0.5626170039176941, 0.7229568362236023, 1.0,
+], dtype=np.float32)
+
+
+def nf4(w2: np.ndarray, group_size: int, shape: tuple[int, ...]) -> QuantizedTensor:
+    """NF4 codes with absmax scales per group of ``group_size`` along K (2-D weights)."""
+    out, k = w2.shape
+    g = k // group_size
+    wg = w2.reshape(out, g, group_size).astype(np.float32)
+    absmax = np.abs(wg).max(-1)
+    absmax = np.where(absmax > 0, absmax, 1.0).astype(np.float32)
+    normed = wg / absmax[..., None]
+    codes = np.abs(normed[..., None] - NF4_LEVELS).argmin(-1).astype(np.uint8)
+    return QuantizedTensor(codes=codes.reshape(shape), bits=4, scheme="codebook", codebook=NF4_LEVELS.copy(),
+                           scales=absmax.reshape(out, g), axis=0, group_size=group_size, group_axis=1, method="nf4")
+
+
+def kmeans_1d(x: np.ndarray, n: int, iters: int = 25) -> tuple[np.ndarray, np.ndarray]:
+    """Deterministic 1-D Lloyd k-means (quantile init). Returns (centroids sorted, labels)."""
+    x = x.astype(np.float64).ravel()
+    n = min(n, max(1, np.unique(x).size))
+    cent = np.quantile(x, (np.arange(n) + 0.5) / n)
+    for _ in range(iters):
+        edges = (cent[1:] + cent[:-1]) / 2
+        lab = np.searchsorted(edges, x)
+        sums = np.bincount(lab, weights=x, minlength=n)
+        cnt = np.bincount(lab, minlength=n)
+        new = np.where(cnt > 0, sums / np.maximum(cnt, 1), cent)
+        if np.allclose(new, cent):
+            break
+        cent = np.sort(new)
+    edges = (cent[1:] + cent[:-1]) / 2
+    return cent.astype(np.float32), np.searchsorted(edges, x.astype(np.float32)).astype(np.uint8)
+
+
+def codebook(w: np.ndarray, bits: int, per_channel: bool) -> QuantizedTensor:
+    """k-means palettization with ``2**bits`` entries, per tensor or per output channel."""
+    n = 1 << bits
+    if not per_channel:
+        cent, lab = kmeans_1d(w, n)
+        # Recompute labels against the float32 codebook so dequantize() is the nearest entry exactly.
+        cb = np.zeros(n, np.float32)
+        cb[:cent.size] = cent
+        return QuantizedTensor(codes=lab.reshape(w.shape), bits=bits, scheme="codebook", codebook=cb,
+                               method="codebook")
+    rows = w.reshape(w.shape[0], -1)
+    cbs = np.zeros((rows.shape[0], n), np.float32)
+    codes = np.zeros(rows.shape, np.uint8)
+    for r in range(rows.shape[0]):
+        cent, lab = kmeans_1d(rows[r], n)
+        cbs[r, :cent.size] = cent
+        if cent.size < n:
+            cbs[r, cent.size:] = cent[-1]
+        codes[r] = lab
+    return QuantizedTensor(codes=codes.reshape(w.shape), bits=bits, scheme="codebook", codebook=cbs, axis=0,
+                           method="codebook")
+
+
+METHODS = {"rtn": rtn, "mse": mse, "gptq": gptq}

@@ -1,0 +1,272 @@
+"""quantize: weight quantization (rtn, mse, gptq, awq, nf4, codebook) with an explicit, exact grid.
+
+Layers are processed one group at a time in graph order (layers reading the same input form a group). For
+calibrated methods each group's input is captured from the model *as quantized so far*, so every layer
+compensates for the error of the layers before it, and only one group's activations are in memory.
+
+Every quantized weight gets a report (bits, method, weight SQNR, relative output error on the
+calibration data) stored in the model's metadata and copied into the manifest.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import re
+from typing import ClassVar
+
+import numpy as np
+
+from ...errors import UsageError
+from ...ir import Model, Node, QuantizedTensor, ReferenceExecutor, Value
+from ...ir.passes import Pass, PassContext, option
+from . import methods
+from .grid import GridSpec, as_matrix, dequantize_codes, make_tensor, sqnr_db
+from .scaling import apply_input_scale, linear_groups
+
+REPORT_KEY = "edgec.quantization"
+GROUPS = (0, 16, 32, 64, 128, 256)
+CALIBRATED = ("gptq", "awq")
+
+
+@dataclasses.dataclass
+class Layer:
+    node: Node
+    weight: Value
+    role: str  # "body" | "embedding" | "head"
+
+    @property
+    def kind(self) -> str:
+        return {"edgec::Linear": "linear", "Conv": "conv", "Gather": "embedding"}[self.node.qualified_op]
+
+
+def find_layers(model: Model, ops: tuple[str, ...], include: str, exclude: str) -> list[Layer]:
+    inc = re.compile(include)
+    exc = re.compile(exclude) if exclude else None
+    outputs = {id(v) for v in model.graph.outputs}
+    layers, seen = [], set()
+    for n in model.graph:
+        op = n.qualified_op
+        if op == "Gather" and n.inputs[0] is not None and n.inputs[0].is_const and not n.inputs[1].is_const \
+                and n.attr("axis", 0) == 0 and n.inputs[0].rank == 2:
+            w, role = n.inputs[0], "embedding"
+        elif op in ops and len(n.inputs) > 1 and n.inputs[1] is not None and n.inputs[1].is_const:
+            w = n.inputs[1]
+            role = "head" if op == "edgec::Linear" and id(n.output) in outputs else "body"
+        else:
+            continue
+        if id(w) in seen or isinstance(w.const, QuantizedTensor) or not w.dtype or not w.dtype.is_float:
+            continue
+        if not (inc.search(w.name) or inc.search(n.name)) or (exc and (exc.search(w.name) or exc.search(n.name))):
+            continue
+        seen.add(id(w))
+        layers.append(Layer(n, w, role))
+    return layers
+
+
+def quad(d: np.ndarray, h: np.ndarray) -> float:
+    """sum_i d_i H d_i^T: the output energy of a weight (difference) under input Hessian H (via BLAS)."""
+    return float(np.sum((d @ h) * d))
+
+
+def _im2col(x: np.ndarray, n: Node, w_shape: tuple[int, ...]) -> np.ndarray:
+    """Conv input patches ``[positions, I*kh*kw]`` in the weight's (i, kh, kw) order (groups == 1)."""
+    kh, kw = w_shape[2:]
+    pads = n.attr("pads", [0, 0, 0, 0])
+    sh, sw = n.attr("strides", [1, 1])
+    dh, dw = n.attr("dilations", [1, 1])
+    xp = np.pad(x, ((0, 0), (0, 0), (pads[0], pads[2]), (pads[1], pads[3])))
+    win = np.lib.stride_tricks.sliding_window_view(xp, ((kh - 1) * dh + 1, (kw - 1) * dw + 1), axis=(2, 3))
+    win = win[:, :, ::sh, ::sw, ::dh, ::dw]  # [N, C, oh, ow, kh, kw]
+    return win.transpose(0, 2, 3, 1, 4, 5).reshape(-1, x.shape[1] * kh * kw)
+
+
+def layer_rows(layer: Layer, x: np.ndarray) -> np.ndarray | None:
+    """The layer's input as rows matching its flattened weight's K, or None when not expressible."""
+    if layer.kind == "linear":
+        return x.reshape(-1, x.shape[-1])
+    if layer.kind == "conv" and layer.node.attr("group", 1) == 1:
+        return _im2col(x, layer.node, layer.weight.shape)
+    return None
+
+
+@dataclasses.dataclass(frozen=True)
+class Quantize(Pass):
+    """Weight quantization. See ``edgec passes`` for the options."""
+
+    name: ClassVar[str] = "quantize"
+    summary: ClassVar[str] = "weight quantization: rtn, mse, gptq, awq, nf4, codebook"
+    bits: int = option(8, choices=range(2, 9), help="weight bits")
+    method: str = option("rtn", choices=("rtn", "mse", "gptq", "awq", "nf4", "codebook"), help="algorithm")
+    scheme: str = option("symmetric", choices=("symmetric", "asymmetric"), help="integer grid")
+    granularity: str = option("channel", choices=("tensor", "channel", "group"), help="scale sharing")
+    group: int = option(0, choices=GROUPS, help="group size along the input axis (implies granularity=group)")
+    ops: str = option("Linear:Conv", help="op types to quantize, ':'-separated (Linear, Conv)")
+    include: str = option(".*", help="regex on weight or node names to quantize")
+    exclude: str = option("", help="regex on weight or node names to leave alone")
+    embedding_bits: int = option(8, choices=(0, *range(2, 9)), help="embedding tables (0: keep float)")
+    head_bits: int = option(8, choices=(0, *range(2, 9)), help="output head Linear (0: keep float)")
+    objective: str = option("weight", choices=("weight", "output"), help="mse: error on weights or on outputs")
+    damp: float = option(0.01, check=lambda v: 0 < v < 1, allowed="0 < damp < 1", help="gptq Hessian dampening")
+    act_order: bool = option(True, help="gptq: quantize columns by decreasing activation energy")
+    block: int = option(128, check=lambda v: v > 0, allowed="a positive integer", help="gptq lazy-update block")
+    per_channel_codebook: bool = option(False, help="codebook: one palette per output channel")
+    samples: int = option(32, check=lambda v: v > 0, allowed="a positive integer", help="calibration samples used")
+
+    def __post_init__(self) -> None:
+        super().__post_init__()
+        if self.group and self.granularity == "tensor":
+            raise UsageError("quantize: group= conflicts with granularity=tensor; drop one of them")
+        if self.method == "nf4" and self.bits != 4 and self.bits != 8:
+            raise UsageError("quantize: method=nf4 is 4-bit by definition; drop bits= or set bits=4")
+        bad = set(self.ops.split(":")) - {"Linear", "Conv"}
+        if bad:
+            raise UsageError(f"quantize: ops={self.ops!r} names {sorted(bad)}; allowed: Linear, Conv")
+
+    # ---- helpers --------------------------------------------------------------------------------------------
+    def spec_for(self, layer: Layer) -> GridSpec:
+        bits = {"embedding": self.embedding_bits, "head": self.head_bits}.get(layer.role, self.bits)
+        if layer.role != "body":
+            return GridSpec(bits, True, "channel")
+        gran = "group" if self.group else self.granularity
+        k = int(np.prod(layer.weight.shape[1:]))
+        if gran == "group" and (layer.weight.rank != 2 or k % (self.group or 128)):
+            gran = "channel"  # conv weights and indivisible K fall back to per channel (reported)
+        return GridSpec(bits, self.scheme == "symmetric", gran, self.group or 128)
+
+    def run(self, model: Model, ctx: PassContext) -> bool:
+        op_names = tuple({"Linear": "edgec::Linear", "Conv": "Conv"}[o] for o in self.ops.split(":"))
+        layers = find_layers(model, op_names, self.include, self.exclude)
+        layers = [l for l in layers if not (l.role == "embedding" and not self.embedding_bits)
+                  and not (l.role == "head" and not self.head_bits)]
+        if not layers:
+            return False
+        calib = ctx.calibration
+        needs = self.method in CALIBRATED or (self.method == "mse" and self.objective == "output")
+        if needs and calib is None:
+            raise UsageError(f"quantize{{method={self.method}}} needs calibration data: pass --calib "
+                             "(a .npz, a folder of samples, or 'random' for a smoke test)")
+        samples = calib.samples[: self.samples] if calib is not None else []
+        reports = json.loads(model.metadata.get(REPORT_KEY, "{}"))
+        if self.method == "awq":
+            self._awq_scales(model, [l for l in layers if l.kind == "linear" and l.role == "body"], samples)
+            # Scaling gave the Linears new weight constants: select again.
+            layers = find_layers(model, op_names, self.include, self.exclude)
+            layers = [l for l in layers if not (l.role == "embedding" and not self.embedding_bits)
+                      and not (l.role == "head" and not self.head_bits)]
+        for group in self._groups(model, layers):
+            xs = self._capture(model, group[0].node.inputs[0], samples) if samples and group[0].kind != "embedding" \
+                else None
+            for layer in group:
+                reports[layer.weight.name] = self._quantize_layer(model, layer, xs)
+        model.metadata[REPORT_KEY] = json.dumps(reports, sort_keys=True)
+        model.graph.remove_unused_consts()
+        return True
+
+    def _groups(self, model: Model, layers: list[Layer]) -> list[list[Layer]]:
+        """Layers reading the same input, in graph order of their first member."""
+        out: dict[int, list[Layer]] = {}
+        for l in layers:
+            key = id(l.node.inputs[0]) if l.kind != "embedding" else id(l)
+            out.setdefault(key, []).append(l)
+        return list(out.values())
+
+    @staticmethod
+    def _capture(model: Model, x: Value, samples: list[dict]) -> list[np.ndarray]:
+        if x.is_const or x in model.graph.inputs:
+            return [s[x.name] for s in samples] if not x.is_const else [x.numpy()]
+        ex = ReferenceExecutor(model, capture=[x.name])
+        return [ex.run(s)[x.name] for s in samples]
+
+    def _hessian(self, layer: Layer, xs: list[np.ndarray] | None) -> np.ndarray | None:
+        if not xs:
+            return None
+        h, count = None, 0
+        for x in xs:
+            rows = layer_rows(layer, np.asarray(x, np.float32))
+            if rows is None:
+                return None
+            r64 = rows.astype(np.float64)
+            h = r64.T @ r64 if h is None else h + r64.T @ r64
+            count += rows.shape[0]
+        return h / max(count, 1)
+
+    def _quantize_layer(self, model: Model, layer: Layer, xs: list[np.ndarray] | None) -> dict:
+        w = np.asarray(layer.weight.numpy(), np.float32)
+        w2 = as_matrix(w)
+        spec = self.spec_for(layer)
+        method = self.method if layer.role == "body" else "rtn"
+        h = self._hessian(layer, xs) if layer.kind != "embedding" else None
+        note = ""
+        if method in ("nf4", "codebook"):
+            if method == "nf4" and (w.ndim != 2 or w.shape[1] % (self.group or 64)):
+                method, note = "mse", "nf4 needs 2-D weights with K divisible by the group; used mse"
+            else:
+                q = methods.nf4(w2, self.group or 64, w.shape) if method == "nf4" else \
+                    methods.codebook(w, self.bits, self.per_channel_codebook)
+                return self._replace(model, layer, q, w, h, xs, note)
+        if method == "gptq" and h is None:
+            method, note = "mse", "no Hessian for this layer (grouped conv or uncaptured input); used mse"
+        if method == "awq":
+            method = "rtn"  # AWQ's scales were applied to the weights already; the grid itself is RTN
+        fn = methods.METHODS[method]
+        if method == "gptq":
+            codes, scale, zp = fn(w2, spec, h, damp=self.damp, act_order=self.act_order, block=self.block)
+        elif method == "mse":
+            codes, scale, zp = fn(w2, spec, h if self.objective == "output" else None)
+        else:
+            codes, scale, zp = fn(w2, spec)
+        q = make_tensor(codes, scale, zp, spec, w.shape, self.method if layer.role == "body" else "rtn")
+        if spec.granularity != ("group" if self.group else self.granularity) and layer.role == "body":
+            note = note or "group-wise grid not possible for this weight; used per channel"
+        return self._replace(model, layer, q, w, h, xs, note)
+
+    def _replace(self, model: Model, layer: Layer, q: QuantizedTensor, w: np.ndarray, h, xs, note: str) -> dict:
+        errs = q.validate()
+        if errs:
+            raise RuntimeError(f"internal: quantized {layer.weight.name} breaks its grid: {errs}")
+        deq = q.dequantize()
+        g = model.graph
+        new = g.add_const(g.unique_name(layer.weight.name + "_q"), q)
+        for u in list(layer.weight.uses):
+            u.node.replace_input_with(u.index, new)
+        rel = None
+        if h is not None:
+            d = as_matrix(deq).astype(np.float64) - as_matrix(w)
+            w64 = as_matrix(w).astype(np.float64)
+            num, den = quad(d, h), quad(w64, h)
+            rel = float(np.sqrt(max(num, 0.0) / den)) if den > 0 else None
+        rep = {"node": layer.node.name, "op": layer.node.qualified_op, "role": layer.role, "bits": q.bits,
+               "method": q.method, "scheme": q.scheme, "group_size": q.group_size, "shape": list(w.shape),
+               "sqnr_db": round(sqnr_db(w, deq), 3), "rel_output_error": rel, "bytes_before": int(w.nbytes),
+               "bytes_after": int(q.nbytes)}
+        if note:
+            rep["note"] = note
+        return rep
+
+    def _awq_scales(self, model: Model, layers: list[Layer], samples: list[dict]) -> None:
+        """AWQ (Lin et al. 2023): per input channel s = mean|X|^alpha, alpha searched on the output error of
+        the quantized group, applied before any weight is quantized."""
+        nodes = [l.node for l in layers]
+        for x, group in linear_groups(model, nodes):
+            xs = self._capture(model, x, samples)
+            rows = np.concatenate([xi.reshape(-1, xi.shape[-1]) for xi in xs]).astype(np.float64)
+            act = np.abs(rows).mean(0)
+            act = np.where(act > 0, act, act[act > 0].min() if (act > 0).any() else 1.0)
+            h = rows.T @ rows / rows.shape[0]
+            ws = [np.asarray(n.inputs[1].numpy(), np.float32) for n in group]
+            spec = self.spec_for(Layer(group[0], group[0].inputs[1], "body"))
+            best = (None, np.inf)
+            for alpha in np.linspace(0.0, 1.0, 21):
+                s = act ** alpha
+                s = (s / np.sqrt(s.max() * s.min())).astype(np.float32)
+                err = 0.0
+                for w in ws:
+                    codes, scale, zp = methods.rtn(w * s[None, :], spec)
+                    deq = dequantize_codes(codes, scale, zp).reshape(w.shape) / s[None, :]
+                    err += quad((deq - w).astype(np.float64), h)
+                if err < best[1] - 1e-12 * abs(err):
+                    best = (s, err)
+            s = best[0]
+            if s is not None and not np.allclose(s, 1.0):
+                apply_input_scale(model, x, group, s)
