@@ -19,6 +19,14 @@ from .errors import EdgecError
 EXIT_INTERNAL = 70
 
 
+def _human(n: float) -> str:
+    for unit in ("B", "KB", "MB", "GB"):
+        if n < 1024 or unit == "GB":
+            return f"{n:.0f} {unit}" if unit == "B" else f"{n:.2f} {unit}"
+        n /= 1024
+    return f"{n:.2f} GB"
+
+
 def _emit_json(obj) -> None:
     click.echo(json.dumps(obj, indent=2, sort_keys=True, default=str))
 
@@ -55,11 +63,18 @@ def handle_errors(fn):
     return wrapper
 
 
+def _show_warning(message, category, filename, lineno, file=None, line=None) -> None:
+    click.echo(f"warning: {message}", err=True)
+
+
 @click.group(context_settings={"help_option_names": ["-h", "--help"]}, epilog=__doc__.split("\n\n", 1)[1])
 @click.version_option(__version__, prog_name="edgec")
 @click.option("--debug", is_flag=True, help="Show tracebacks for errors.")
 def main(debug: bool) -> None:
     """edgec: compile neural networks for edge targets."""
+    if not debug:
+        import warnings
+        warnings.showwarning = _show_warning
 
 
 @main.command("compile")
@@ -111,7 +126,7 @@ def compile_cmd(model, target, pipeline, output, input_shapes, calib, verify, to
         click.echo(f"note: {n}", err=True)
     sz = m["sizes"]
     click.echo(f"wrote {res.output_dir} ({', '.join(f['path'] for f in m['files'])}, manifest.json)")
-    click.echo(f"weights: {sz['weights_bytes_before'] / 1e6:.2f} MB -> {sz['weights_bytes_after'] / 1e6:.2f} MB, "
+    click.echo(f"weights: {_human(sz['weights_bytes_before'])} -> {_human(sz['weights_bytes_after'])}, "
                f"{sz['parameters']:,} parameters")
     if "verification" in m:
         v = m["verification"]
@@ -119,9 +134,10 @@ def compile_cmd(model, target, pipeline, output, input_shapes, calib, verify, to
         click.echo(f"verify: {status}: {v['summary']}")
         for row in v.get("outputs", []):
             extra = f", top-1 agreement {row['top1_agreement']:.3f}" if "top1_agreement" in row else ""
-            click.echo(f"  {row['output']}: rel err {row['vs_reference_max_rel_err']:.3g} (reference), "
-                       f"{row.get('vs_original_max_rel_err', float('nan')):.3g} (original), "
-                       f"cosine {row['vs_reference_cosine']:.6f}{extra}")
+            orig = (f"; vs original: rel err {row['vs_original_max_rel_err']:.3g}, cosine "
+                    f"{row['vs_original_cosine']:.6f}" if "vs_original_max_rel_err" in row else "")
+            click.echo(f"  {row['output']}: vs reference: rel err {row['vs_reference_max_rel_err']:.3g}, cosine "
+                       f"{row['vs_reference_cosine']:.6f}{orig}{extra}")
     if res.timings:
         click.echo(res.timings)
 

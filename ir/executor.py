@@ -38,8 +38,12 @@ class ReferenceExecutor:
         opts.log_severity_level = 3
         if threads:
             opts.intra_op_num_threads = threads
-        # Exact float semantics: no fusions that change rounding (e.g. GELU/LayerNorm approximations).
-        opts.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_BASIC
+        # Exact semantics: no fusions that change rounding. Even the basic level rewrites
+        # QuantizeLinear/DequantizeLinear around Conv/MatMul into integer kernels with other rounding, so
+        # models with simulated activation quantization run with graph optimizations off.
+        simulated = any(v.quant is not None for v in model.graph.values())
+        opts.graph_optimization_level = (ort.GraphOptimizationLevel.ORT_DISABLE_ALL if simulated
+                                         else ort.GraphOptimizationLevel.ORT_ENABLE_BASIC)
         try:
             self.session = ort.InferenceSession(proto.SerializeToString(), opts, providers=["CPUExecutionProvider"])
         except Exception as e:  # noqa: BLE001 - onnxruntime raises a zoo of types

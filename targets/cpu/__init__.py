@@ -47,7 +47,8 @@ class CpuTarget(Target):
     summary: ClassVar[str] = "host CPU through TVM (x86_64 runs here; aarch64 is cross-compiled)"
     runtime: ClassVar[str] = "TVM runtime (x86_64)"
     capabilities: ClassVar[Capabilities] = Capabilities(
-        ops=supported_ops(), dtypes=frozenset({"f32", "i64", "i32", "bool", "i8", "u8"}), quant=_QUANT)
+        ops=supported_ops(), dtypes=frozenset({"f32", "i64", "i32", "bool", "i8", "u8"}), quant=_QUANT,
+        activation_quant=True)
     arch: str = option("x86_64", choices=tuple(_TRIPLES), help="instruction set of the emitted library")
     mcpu: str = option("", help="LLVM -mcpu: empty for the arch's generic baseline (portable), 'native' for "
                                 "this machine's CPU, or a name such as znver4 / cortex-a76")
@@ -56,9 +57,11 @@ class CpuTarget(Target):
     def check(self, model: Model) -> list[str]:
         problems = super().check(model)
         for v in model.graph.initializers.values():
-            if isinstance(v.const, QuantizedTensor) and any(
-                    u.node.qualified_op != "edgec::Linear" or u.index != 1 for u in v.uses):
-                problems.append(f"weight {v.name!r}: quantized weights are carried only as edgec::Linear weights")
+            if isinstance(v.const, QuantizedTensor) and not all(
+                    (u.node.qualified_op in ("edgec::Linear", "Conv") and u.index == 1)
+                    or (u.node.qualified_op == "Gather" and u.index == 0) for u in v.uses):
+                problems.append(f"weight {v.name!r}: quantized weights are carried only as Linear/Conv weights "
+                                "and Gather tables")
         return problems
 
     def tvm_target(self):

@@ -69,10 +69,26 @@ class RelaxBuilder:
     def emit(self, expr):
         return self.bb.emit(expr)
 
+    def fake_quant(self, x, v: Value):
+        """Exactly QuantizeLinear + DequantizeLinear: round half to even, saturate, rescale."""
+        op = _op()
+        q = v.quant
+        lo, hi = (-128, 127) if q.signed else (0, 255)
+        c = lambda a: self.relax.const(a, "float32")  # noqa: E731
+        y = op.divide(x, c(q.scale))
+        # TVM's round is half-away-from-zero; ONNX rounds half to even. At an exact tie, 2*round(y/2) is the
+        # even neighbour (y/2 then has fraction .25 or .75, so its rounding is unambiguous).
+        frac = op.subtract(y, op.floor(y))
+        tie = op.equal(frac, c(0.5))
+        r = op.where(tie, op.multiply(op.round(op.divide(y, c(2.0))), c(2.0)), op.round(y))
+        r = op.clip(op.add(r, c(float(q.zero_point))), float(lo), float(hi))
+        return self.emit(op.multiply(op.subtract(r, c(float(q.zero_point))), c(q.scale)))
+
     def build(self):
         relax = self.relax
         g = self.model.graph
         params = []
+        pending_inputs: list[Value] = []
         for v in g.inputs:
             shape = v.static_shape
             if shape is None:
@@ -80,17 +96,21 @@ class RelaxBuilder:
             var = relax.Var(_safe(v.name), relax.TensorType(list(shape), v.dtype.numpy.name))
             params.append(var)
             self.env[id(v)] = var
+            pending_inputs.append(v)
         problems = [f"node {n.name!r}: operator {n.qualified_op} has no cpu lowering" for n in g
                     if n.qualified_op not in LOWERINGS]
         if problems:
             raise UnsupportedError("the cpu target cannot lower this model", problems)
         with self.bb.function("main", params):
             with self.bb.dataflow():
+                for v in pending_inputs:
+                    if v.quant is not None:
+                        self.env[id(v)] = self.fake_quant(self.env[id(v)], v)
                 for n in g:
                     res = LOWERINGS[n.qualified_op](self, n)
                     outs = res if isinstance(res, (list, tuple)) else [res]
                     for o, r in zip(n.outputs, outs):
-                        self.env[id(o)] = r
+                        self.env[id(o)] = self.fake_quant(r, o) if o.quant is not None else r
                 results = [self.get(o) for o in g.outputs]
                 out = self.bb.emit_output(results[0] if len(results) == 1 else relax.Tuple(results))
             self.bb.emit_func_output(out)
@@ -173,6 +193,8 @@ def _slice(b, n):
 
 @lowering("Gather")
 def _gather(b, n):
+    if isinstance(n.inputs[0].const, QuantizedTensor):
+        return _quantized_gather(b, n, n.inputs[0].const)
     # clip mode: an out-of-range token id must not read out of bounds (TVM's fast mode can segfault).
     return b.emit(_op().take(b.get(n.inputs[0]), b.get(n.inputs[1]), axis=n.attr("axis", 0), mode="clip"))
 
@@ -244,8 +266,11 @@ def _conv(b, n):
     w = n.inputs[1]
     if w.rank != 4:
         raise UnsupportedError(f"node {n.name!r}: only 2-D convolution is supported by the cpu target")
-    y = _op().nn.conv2d(b.get(n.inputs[0]), b.get(w), strides=n.attr("strides", [1, 1]), padding=_pads(n, 2),
-                        dilation=n.attr("dilations", [1, 1]), groups=n.attr("group", 1))
+    if isinstance(w.const, QuantizedTensor):
+        y = _quantized_conv(b, n, w.const)
+    else:
+        y = _op().nn.conv2d(b.get(n.inputs[0]), b.get(w), strides=n.attr("strides", [1, 1]), padding=_pads(n, 2),
+                            dilation=n.attr("dilations", [1, 1]), groups=n.attr("group", 1))
     if len(n.inputs) > 2 and n.inputs[2] is not None:
         y = _op().add(y, _op().reshape(b.get(n.inputs[2]), [1, -1, 1, 1]))
     return b.emit(y)
@@ -327,11 +352,13 @@ def _linear(b, n):
 
 
 def pack_codes(q: QuantizedTensor) -> tuple[np.ndarray, int]:
-    """Codes as stored in the artifact: int8/uint8 per code for 5-8 bits, two 4-bit codes per byte below.
+    """Codes as stored in the artifact, flattened to ``[out, K]``: int8/uint8 per code for 5-8 bits, two
+    codes per byte for 4 bits and below (sub-4-bit codes use 4-bit slots).
 
-    Returns (packed array, codes per byte). Sub-4-bit codes are stored in 4-bit slots.
+    Returns (packed array, codes per byte).
     """
     codes = np.asarray(q.codes)
+    codes = codes.reshape(codes.shape[0], -1) if codes.ndim > 1 else codes.reshape(1, -1)
     if q.bits > 4:
         return codes.astype(np.int8 if q.signed else np.uint8), 1
     n, k = codes.shape
@@ -388,3 +415,76 @@ def _quantized_linear(b: RelaxBuilder, n: Node, x: Value, q: QuantizedTensor, bi
     if bias is not None:
         y = b.emit(_op().add(y, b.get(bias)))
     return b.emit(_op().reshape(y, list(xs[:-1]) + [N]))
+
+
+def _dequant_te(q: QuantizedTensor, b: RelaxBuilder, name: str):
+    """Relax constants for a quantized weight plus a TE function reading one dequantized element.
+
+    Codes are flattened to ``[out, K]`` and packed as in :func:`pack_codes`; scales and zero points index
+    by (row, K position // group)."""
+    from tvm import tirx
+    out = q.shape[0]
+    k = int(np.prod(q.shape[1:]))
+    packed, per_byte = pack_codes(q)
+    scales = np.asarray(q.scales, np.float32).reshape(q.scales.shape[0], -1)
+    sn, gk = scales.shape[0], max(1, k // scales.shape[1])
+    zps = np.asarray(q.zero_points, np.float32).reshape(sn, -1) if q.zero_points is not None else None
+    consts = [b.relax.const(packed, str(packed.dtype)), b.relax.const(np.ascontiguousarray(scales), "float32")]
+    if zps is not None:
+        consts.append(b.relax.const(np.ascontiguousarray(zps), "float32"))
+
+    def element(P, S, Z, row, kk):
+        if per_byte == 1:
+            c = P[row, kk].astype("float32")
+        else:
+            byte = P[row, kk // 2].astype("int32")
+            nib = tirx.bitwise_and(tirx.shift_right(byte, (kk % 2) * 4), 15)
+            if q.signed:
+                nib = tirx.Select(nib >= 8, nib - 16, nib)
+            c = nib.astype("float32")
+        r = row if sn > 1 else 0
+        if Z is not None:
+            c = c - Z[r, kk // gk]
+        return c * S[r, kk // gk]
+
+    return consts, element, zps is not None
+
+
+def _quantized_conv(b: RelaxBuilder, n: Node, q: QuantizedTensor):
+    from tvm import te, topi
+    if q.scheme == "codebook":
+        raise UnsupportedError(f"node {n.name!r}: the cpu target does not encode codebook conv weights")
+    o, i, kh, kw = q.shape
+    consts, element, has_zp = _dequant_te(q, b, n.name)
+    strides, dil, groups = n.attr("strides", [1, 1]), n.attr("dilations", [1, 1]), n.attr("group", 1)
+    pads = _pads(n, 2)
+
+    def compute(X, P, S, *rest):
+        Z = rest[0] if has_zp else None
+        W = te.compute((o, i, kh, kw), lambda a, c, y, x: element(P, S, Z, a, (c * kh + y) * kw + x), name="w_deq")
+        if groups == 1:
+            return topi.nn.conv2d_nchw(X, W, strides, pads, dil, out_dtype="float32")
+        return topi.nn.group_conv2d_nchw(X, W, strides, pads, dil, groups, out_dtype="float32")
+
+    return b.bb.emit_te(compute, b.get(n.inputs[0]), *consts, primfunc_name_hint=f"qconv_{q.bits}b")
+
+
+def _quantized_gather(b: RelaxBuilder, n: Node, q: QuantizedTensor):
+    from tvm import te
+    if q.scheme == "codebook" or q.codes.ndim != 2 or n.attr("axis", 0) != 0:
+        raise UnsupportedError(f"node {n.name!r}: the cpu target encodes affine 2-D embedding tables only")
+    rows, dim = q.shape
+    consts, element, has_zp = _dequant_te(q, b, n.name)
+    idx = n.inputs[1]
+    ishape = idx.static_shape
+
+    def compute(I, P, S, *rest):
+        Z = rest[0] if has_zp else None
+
+        def f(*ax):
+            r = I[ax[:-1]].astype("int32")
+            r = te.max(te.min(r, rows - 1), 0)  # clip, like the float lowering's mode="clip"
+            return element(P, S, Z, r, ax[-1])
+        return te.compute(tuple(ishape) + (dim,), f, name="dequant_gather")
+
+    return b.bb.emit_te(compute, b.get(idx), *consts, primfunc_name_hint=f"qgather_{q.bits}b")

@@ -114,7 +114,7 @@ def test_unsupported_quantization_is_reported_before_lowering():
     g.outputs.append(g.op("MatMul", [x, g.add_const("w2", quantize_rtn(w, 8, True, None))], name="mm").output)
     problems = CpuTarget().check(ir.Model(g, {"": 17, "edgec": 1}))
     assert any("codebook 2-bit quantization cannot be encoded" in p for p in problems)
-    assert any("'w2': quantized weights are carried only as edgec::Linear weights" in p for p in problems)
+    assert any("'w2': quantized weights are carried only as Linear/Conv weights" in p for p in problems)
 
 
 def test_fused_matmul_add_relu_regression(tmp_path):
