@@ -28,6 +28,12 @@ from .ir.passes import (DumpIRInstrument, PassContext, PassError, PassManager, P
 from .target import Target
 
 DEFAULT_TOLERANCE = 1e-4
+# With simulated activation quantization, float implementations that differ by one ulp (accumulation
+# order) move values across rounding boundaries: each such flip changes a value by one quantization step,
+# and chains of layers spread it. Exact agreement is impossible in float32, so those models are judged by
+# direction and bounded size instead: cosine >= ACT_QUANT_MIN_COSINE and max relative error <= ACT_QUANT_TOL.
+ACT_QUANT_MIN_COSINE = 0.9999
+ACT_QUANT_TOL = 5e-2
 
 
 @dataclasses.dataclass
@@ -279,6 +285,7 @@ def _verify(tgt: Target, out_dir: str, model: Model, feeds, original, tolerance:
     ref = ReferenceExecutor(model).run(feeds)
     ref_outs = [ref[o.name] for o in model.graph.outputs]
     quantized = any(isinstance(v.const, QuantizedTensor) for v in model.graph.initializers.values())
+    act_quant = any(v.quant is not None for v in model.graph.values())
     rows = []
     passed = True
     for k, o in enumerate(model.graph.outputs):
@@ -289,8 +296,12 @@ def _verify(tgt: Target, out_dir: str, model: Model, feeds, original, tolerance:
             row["vs_original_cosine"] = _cosine(got[k], original["outputs"][k])
             if got[k].ndim == 2 and got[k].shape[0] >= 1 and got[k].shape[1] > 1:
                 row["top1_agreement"] = float((got[k].argmax(-1) == np.asarray(original["outputs"][k]).argmax(-1)).mean())
-        ok = row["vs_reference_max_rel_err"] <= tolerance
-        if not quantized and "vs_original_max_rel_err" in row:
+        if act_quant:
+            ok = (row["vs_reference_cosine"] >= ACT_QUANT_MIN_COSINE
+                  and row["vs_reference_max_rel_err"] <= max(tolerance, ACT_QUANT_TOL))
+        else:
+            ok = row["vs_reference_max_rel_err"] <= tolerance
+        if not quantized and not act_quant and "vs_original_max_rel_err" in row:
             ok = ok and row["vs_original_max_rel_err"] <= tolerance
         row["passed"] = ok
         passed &= ok
@@ -298,7 +309,11 @@ def _verify(tgt: Target, out_dir: str, model: Model, feeds, original, tolerance:
     worst = max(r["vs_reference_max_rel_err"] for r in rows)
     summary = (f"max relative error {worst:.3g} vs the reference executor"
                + (f", {max(r.get('vs_original_max_rel_err', 0) for r in rows):.3g} vs the original "
-                  f"({original['runtime']})" if original else "") + f"; tolerance {tolerance:g}")
+                  f"({original['runtime']})" if original else "")
+               + (f"; simulated int8 activations: criterion cosine >= {ACT_QUANT_MIN_COSINE} and rel err <= "
+                  f"{max(tolerance, ACT_QUANT_TOL):g} vs the reference (rounding-boundary flips)" if act_quant
+                  else f"; tolerance {tolerance:g}"))
     return {"passed": passed, "ran": True, "runtime": tgt.runtime, "tolerance": tolerance, "outputs": rows,
+            "criterion": "activation-quant" if act_quant else "max-rel-err",
             "summary": summary, "error_metric": "max|artifact - reference| / max|reference|"}
 

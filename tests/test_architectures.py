@@ -70,3 +70,45 @@ def test_pytorch_to_cpu_verify(name, tmp_path):
     err = np.abs(got - want).max() / np.abs(want).max()
     print(f"{name}: rel err vs torch eager {err:.3g}")
     assert err <= TOL
+
+
+QUANT_CASES = [
+    ("resnet18", "quantize{bits=8},quantize-activations{observer=percentile}", 0.999),
+    ("resnet18", "quantize{bits=4,method=mse}", 0.99),
+    ("bert", "smoothquant,quantize{bits=8},quantize-activations{observer=minmax}", 0.999),
+    ("bert", "quantize{bits=4,group=32,method=gptq}", 0.99),
+]
+
+
+@pytest.mark.parametrize("name, pipeline, min_cosine", QUANT_CASES)
+def test_quantized_to_cpu_verify(name, pipeline, min_cosine, tmp_path):
+    """int8 weights+activations and 4-bit weights compile for cpu; --verify checks the artifact against the
+    reference executor and reports the accuracy change against the fp32 original."""
+    if name == "bert":
+        pytest.importorskip("transformers")
+    m, ex, names = export_onnx(name, tmp_path / f"{name}.onnx")
+    rng = np.random.default_rng(0)
+    if name == "bert":
+        calib = {"input_ids": rng.integers(0, 1000, (8, 1, 16)), "attention_mask": np.ones((8, 1, 16), np.int64)}
+    else:
+        calib = {"image": rng.standard_normal((8, 1, 3, 64, 64)).astype(np.float32)}
+    np.savez(tmp_path / "calib.npz", **calib)
+    import edgec
+    res = edgec.compile(str(tmp_path / f"{name}.onnx"), target="cpu", pipeline=pipeline,
+                        output=str(tmp_path / "out"), verify=True, calib=str(tmp_path / "calib.npz"))
+    man = res.manifest
+    v = man["verification"]
+    row = v["outputs"][0]
+    print(f"{name} {pipeline}: vs fp32 original cosine {row['vs_original_cosine']:.6f} "
+          f"rel err {row['vs_original_max_rel_err']:.4g} top-1 {row.get('top1_agreement')}; "
+          f"size {man['sizes']['weights_bytes_before']} -> {man['sizes']['weights_bytes_after']}")
+    assert v["passed"] and v["ran"]
+    assert row["vs_original_cosine"] >= min_cosine
+    assert man["sizes"]["weights_bytes_after"] < man["sizes"]["weights_bytes_before"] / 3
+    q = man["quantization"]
+    assert q["weights"] and all(r["sqnr_db"] > 0 for r in q["weights"].values())
+    if "quantize-activations" in pipeline:
+        assert q["activations"]
+        if name == "resnet18":
+            assert row["top1_agreement"] == 1.0
+    assert man["calibration"]["samples"] == 8

@@ -126,13 +126,21 @@ class Quantize(Pass):
     # ---- helpers --------------------------------------------------------------------------------------------
     def spec_for(self, layer: Layer) -> GridSpec:
         bits = {"embedding": self.embedding_bits, "head": self.head_bits}.get(layer.role, self.bits)
-        if layer.role != "body":
-            return GridSpec(bits, True, "channel")
+        if layer.role == "embedding":
+            return GridSpec(bits, True, "channel")  # one scale per token row
         gran = "group" if self.group else self.granularity
         k = int(np.prod(layer.weight.shape[1:]))
         if gran == "group" and (layer.weight.rank != 2 or k % (self.group or 128)):
             gran = "channel"  # conv weights and indivisible K fall back to per channel (reported)
         return GridSpec(bits, self.scheme == "symmetric", gran, self.group or 128)
+
+    def method_for(self, layer: Layer) -> str:
+        """The role changes the default bits, not the algorithm; embedding tables (no Hessian) use rtn."""
+        if layer.role == "embedding":
+            return "rtn"
+        if layer.role == "head" and self.method in ("nf4", "codebook") and self.head_bits != self.bits:
+            return "mse"  # the head keeps its own (uniform) bit width
+        return self.method
 
     def run(self, model: Model, ctx: PassContext) -> bool:
         op_names = tuple({"Linear": "edgec::Linear", "Conv": "Conv"}[o] for o in self.ops.split(":"))
@@ -149,7 +157,7 @@ class Quantize(Pass):
         samples = calib.samples[: self.samples] if calib is not None else []
         reports = json.loads(model.metadata.get(REPORT_KEY, "{}"))
         if self.method == "awq":
-            self._awq_scales(model, [l for l in layers if l.kind == "linear" and l.role == "body"], samples)
+            self._awq_scales(model, [l for l in layers if l.kind == "linear"], samples)
             # Scaling gave the Linears new weight constants: select again.
             layers = find_layers(model, op_names, self.include, self.exclude)
             layers = [l for l in layers if not (l.role == "embedding" and not self.embedding_bits)
@@ -195,7 +203,7 @@ class Quantize(Pass):
         w = np.asarray(layer.weight.numpy(), np.float32)
         w2 = as_matrix(w)
         spec = self.spec_for(layer)
-        method = self.method if layer.role == "body" else "rtn"
+        method = self.method_for(layer)
         h = self._hessian(layer, xs) if layer.kind != "embedding" else None
         note = ""
         if method in ("nf4", "codebook"):
@@ -216,8 +224,8 @@ class Quantize(Pass):
             codes, scale, zp = fn(w2, spec, h if self.objective == "output" else None)
         else:
             codes, scale, zp = fn(w2, spec)
-        q = make_tensor(codes, scale, zp, spec, w.shape, self.method if layer.role == "body" else "rtn")
-        if spec.granularity != ("group" if self.group else self.granularity) and layer.role == "body":
+        q = make_tensor(codes, scale, zp, spec, w.shape, self.method_for(layer))
+        if spec.granularity != ("group" if self.group else self.granularity) and layer.role != "embedding":
             note = note or "group-wise grid not possible for this weight; used per channel"
         return self._replace(model, layer, q, w, h, xs, note)
 
@@ -247,15 +255,15 @@ class Quantize(Pass):
     def _awq_scales(self, model: Model, layers: list[Layer], samples: list[dict]) -> None:
         """AWQ (Lin et al. 2023): per input channel s = mean|X|^alpha, alpha searched on the output error of
         the quantized group, applied before any weight is quantized."""
-        nodes = [l.node for l in layers]
-        for x, group in linear_groups(model, nodes):
+        by_node = {id(l.node): l for l in layers}
+        for x, group in linear_groups(model, [l.node for l in layers]):
             xs = self._capture(model, x, samples)
             rows = np.concatenate([xi.reshape(-1, xi.shape[-1]) for xi in xs]).astype(np.float64)
             act = np.abs(rows).mean(0)
             act = np.where(act > 0, act, act[act > 0].min() if (act > 0).any() else 1.0)
             h = rows.T @ rows / rows.shape[0]
             ws = [np.asarray(n.inputs[1].numpy(), np.float32) for n in group]
-            spec = self.spec_for(Layer(group[0], group[0].inputs[1], "body"))
+            spec = self.spec_for(by_node[id(group[0])])
             best = (None, np.inf)
             for alpha in np.linspace(0.0, 1.0, 21):
                 s = act ** alpha
