@@ -33,8 +33,14 @@ class ReferenceExecutor:
 
         self.model = model
         self.capture = list(dict.fromkeys(capture))
-        proto = to_onnx(model, extra_outputs=self.capture)
+        # Weights reach onnxruntime as buffers, not inside the protobuf: the proto would otherwise hold
+        # one more full copy of the model (plus its serialized string) while the session is created.
+        weights: dict[str, np.ndarray] = {}
+        proto = to_onnx(model, extra_outputs=self.capture, external=weights)
         opts = ort.SessionOptions()
+        if weights:
+            opts.add_external_initializers(list(weights),
+                                           [ort.OrtValue.ortvalue_from_numpy(a) for a in weights.values()])
         opts.log_severity_level = 3
         if threads:
             opts.intra_op_num_threads = threads
@@ -48,6 +54,7 @@ class ReferenceExecutor:
             self.session = ort.InferenceSession(proto.SerializeToString(), opts, providers=["CPUExecutionProvider"])
         except Exception as e:  # noqa: BLE001 - onnxruntime raises a zoo of types
             raise ExecutionError(f"onnxruntime could not load the model: {e}") from None
+        del weights, opts  # onnxruntime copied the buffers during session creation
         self.output_names = [o.name for o in self.session.get_outputs()]
         self.input_names = [i.name for i in model.graph.inputs]
 

@@ -202,14 +202,34 @@ def _qdq(v: Value, src: str, dst: str, nodes: list[onnx.NodeProto], inits: list[
     nodes.append(helper.make_node("DequantizeLinear", [qn, sn, zn], [dst]))
 
 
+EXTERNAL_MIN_BYTES = 1024
+MEMORY_LOCATION = "edgec-memory"
+
+
+def _external_placeholder(name: str, arr: np.ndarray) -> onnx.TensorProto:
+    """A TensorProto that declares a tensor whose bytes are supplied separately (no data in the proto)."""
+    t = onnx.TensorProto()
+    t.name = name
+    t.data_type = helper.np_dtype_to_tensor_dtype(arr.dtype)
+    t.dims.extend(arr.shape)
+    t.data_location = onnx.TensorProto.EXTERNAL
+    for k, v in (("location", MEMORY_LOCATION), ("offset", "0"), ("length", str(arr.nbytes))):
+        e = t.external_data.add()
+        e.key, e.value = k, v
+    return t
+
+
 def to_onnx(model: Model, extra_outputs: list[str] | None = None, const_hook: ConstHook | None = None,
-            with_shapes: bool = True, activation_quant: bool = True) -> onnx.ModelProto:
+            with_shapes: bool = True, activation_quant: bool = True,
+            external: dict[str, np.ndarray] | None = None) -> onnx.ModelProto:
     """Write ``model`` as standard ONNX (edgec ops expanded, quantized weights dequantized).
 
     ``const_hook(value, nodes, initializers)`` may emit a constant itself (e.g. as integer codes plus a
     DequantizeLinear) and return True; otherwise the constant's exact values are written. With
     ``activation_quant``, values annotated with :class:`ActivationQuant` pass through QuantizeLinear /
-    DequantizeLinear, so the model computes exactly what an int8-activation target computes.
+    DequantizeLinear, so the model computes exactly what an int8-activation target computes. With an
+    ``external`` dict, large constants are written as data-less placeholders and their arrays put in the
+    dict instead (for onnxruntime's ``add_external_initializers``: no copy of the weights in the proto).
     """
     g = model.graph
     opset = max(model.opset, 13)
@@ -217,14 +237,20 @@ def to_onnx(model: Model, extra_outputs: list[str] | None = None, const_hook: Co
     inits: list[onnx.TensorProto] = []
     taken = {v.name for v in g.values()}
     ctx = edgec_ops.ExpandContext(opset, nodes, inits, taken)
+    out_ids = {id(o) for o in g.outputs}
     for v in g.initializers.values():
+        if not v.uses and id(v) not in out_ids:
+            continue  # unused constants are not part of the computation (and onnxruntime drops them)
         if const_hook is not None and const_hook(v, nodes, inits):
             continue
         arr = np.asarray(v.const.numpy())
         if v.dtype in (DType.INT4, DType.UINT4, DType.INT2, DType.UINT2, DType.INT3, DType.NF4):
             arr = arr.astype(np.int8 if v.dtype.numpy == np.int8 else np.uint8)
-        t = numpy_helper.from_array(arr, v.name)
-        inits.append(t)
+        if external is not None and arr.nbytes >= EXTERNAL_MIN_BYTES and arr.dtype != object:
+            external[v.name] = np.ascontiguousarray(arr)
+            inits.append(_external_placeholder(v.name, arr))
+        else:
+            inits.append(numpy_helper.from_array(arr, v.name))
     renamed: dict[str, str] = {}  # quantized graph inputs: consumers read the dequantized copy
     if activation_quant:
         for v in g.inputs:

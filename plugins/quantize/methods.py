@@ -59,53 +59,58 @@ def mse(w2: np.ndarray, spec: GridSpec, h: np.ndarray | None = None):
 
 
 def gptq(w2: np.ndarray, spec: GridSpec, h: np.ndarray, *, damp: float = 0.01, act_order: bool = True,
-         block: int = 128):
-    """GPTQ with lazy block updates; returns codes/scales/zero points on the static-group grid."""
+         block: int = 128, perm: np.ndarray | None = None):
+    """GPTQ with lazy block updates; returns codes/scales/zero points on the static-group grid.
+
+    ``h`` is ``X^T X`` (float32). When ``perm`` is given, ``h`` is already in that column order and is
+    consumed (factored in place): the caller must not use it afterwards. Memory: one K x K float32 buffer.
+    """
+    from scipy.linalg import lapack
     if h is None:
         raise ValueError("gptq needs calibration data (the layer's input Hessian)")
-    w = w2.astype(np.float64).copy()
+    w = w2.astype(np.float32)  # float32 working copy, as the reference implementation
     out, k = w.shape
-    h = h.astype(np.float64).copy()
+    if perm is None:
+        perm = hessian_order(np.diag(h), act_order)
+        h = np.ascontiguousarray(h[np.ix_(perm, perm)], dtype=np.float32)
+    w = w[:, perm]
     dead = np.diag(h) == 0
     h[dead, dead] = 1.0
     w[:, dead] = 0.0
     # Grid parameters from the original weights, per contiguous group (static groups).
-    wg0 = grouped(w.astype(np.float32), spec)
-    scale, zp = params(wg0, spec)
+    scale, zp = params(grouped(w2.astype(np.float32), spec), spec)
     g = spec.groups(k)
     gs = k // g if spec.granularity != "tensor" else k
-    perm = np.argsort(-np.diag(h), kind="stable") if act_order else np.arange(k)
     inv = np.argsort(perm)
-    w = w[:, perm]
-    h = h[perm][:, perm]
     h[np.diag_indices(k)] += damp * np.mean(np.diag(h))
-    try:
-        hinv = np.linalg.cholesky(np.linalg.inv(h)).T  # upper Cholesky factor of H^-1
-    except np.linalg.LinAlgError:
-        h[np.diag_indices(k)] += np.mean(np.diag(h))
-        hinv = np.linalg.cholesky(np.linalg.inv(h)).T
-    codes = np.zeros((out, k), np.float64)
+    # Upper Cholesky factor of H^-1, in place: potrf(H) -> potri (H^-1) -> potrf(H^-1). H is symmetric, so
+    # a C-ordered buffer read as Fortran (h.T, no copy) is the same matrix, and LAPACK with uplo=U only
+    # reads and writes the upper triangle: no symmetrising copies.
+    a = h if h.flags.f_contiguous else h.T  # the same symmetric matrix, Fortran-ordered without a copy
+    c, info = lapack.spotrf(a, lower=False, overwrite_a=True)
+    if info == 0:
+        c, info = lapack.spotri(c, lower=False, overwrite_c=True)
+    if info == 0:
+        c, info = lapack.spotrf(c, lower=False, overwrite_a=True)
+    if info != 0:
+        raise np.linalg.LinAlgError(f"the layer's Hessian is not positive definite after dampening "
+                                    f"(damp={damp}); raise it, e.g. quantize{{method=gptq,damp=0.1}}")
+    hinv = c  # upper triangle valid; the strictly lower triangle is never read below
+    codes = np.zeros((out, k), np.float32)
     col_group = perm // gs  # original group of each permuted column
-
-    def col_params(j: int):
-        grp = col_group[j]
-        if spec.granularity == "tensor":
-            s = np.full(out, scale[0, 0])
-            z = None if zp is None else np.full(out, zp[0, 0])
-        else:
-            s = scale[:, grp]
-            z = None if zp is None else zp[:, grp]
-        return s.astype(np.float64), None if z is None else z.astype(np.float64)
-
+    sc = scale.astype(np.float64)
+    zc = None if zp is None else zp.astype(np.float64)
     for b0 in range(0, k, block):
         b1 = min(b0 + block, k)
-        w_blk = w[:, b0:b1].copy()
+        w_blk = w[:, b0:b1].astype(np.float64)
         err = np.zeros_like(w_blk)
-        hb = hinv[b0:b1, b0:b1]
+        hb = np.triu(hinv[b0:b1, b0:b1]).astype(np.float64)
         for i in range(b1 - b0):
             j = b0 + i
+            grp = 0 if spec.granularity == "tensor" else col_group[j]
+            s = sc[:, grp] if sc.shape[0] > 1 else np.full(out, sc[0, grp])
+            z = None if zc is None else (zc[:, grp] if zc.shape[0] > 1 else np.full(out, zc[0, grp]))
             col = w_blk[:, i]
-            s, z = col_params(j)
             q = np.round(col.astype(np.float32).astype(np.float64) / s) + (z if z is not None else 0)
             q = np.clip(q, spec.qmin, spec.qmax)
             codes[:, j] = q
@@ -113,9 +118,15 @@ def gptq(w2: np.ndarray, spec: GridSpec, h: np.ndarray, *, damp: float = 0.01, a
             e = (col - deq) / hb[i, i]
             w_blk[:, i:] -= np.outer(e, hb[i, i:])
             err[:, i] = e
-        w[:, b1:] -= err @ hinv[b0:b1, b1:]
+        if b1 < k:
+            w[:, b1:] -= (err.astype(np.float32) @ hinv[b0:b1, b1:])
     codes = codes[:, inv]
     return codes.reshape(grouped(codes, spec).shape).astype(np.float32), scale, zp
+
+
+def hessian_order(diag: np.ndarray, act_order: bool) -> np.ndarray:
+    """Column order for GPTQ: decreasing activation energy with act_order, else the natural order."""
+    return np.argsort(-diag, kind="stable") if act_order else np.arange(diag.size)
 
 
 # ------------------------------------------------------------------------------------------------ codebooks

@@ -66,7 +66,7 @@ def find_layers(model: Model, ops: tuple[str, ...], include: str, exclude: str) 
 
 def quad(d: np.ndarray, h: np.ndarray) -> float:
     """sum_i d_i H d_i^T: the output energy of a weight (difference) under input Hessian H (via BLAS)."""
-    return float(np.sum((d @ h) * d))
+    return float(np.sum((d.astype(np.float32) @ h).astype(np.float64) * d))
 
 
 def _im2col(x: np.ndarray, n: Node, w_shape: tuple[int, ...]) -> np.ndarray:
@@ -186,7 +186,10 @@ class Quantize(Pass):
         ex = ReferenceExecutor(model, capture=[x.name])
         return [ex.run(s)[x.name] for s in samples]
 
-    def _hessian(self, layer: Layer, xs: list[np.ndarray] | None) -> np.ndarray | None:
+    def _hessian(self, layer: Layer, xs: list[np.ndarray] | None, perm: np.ndarray | None = None):
+        """``X^T X / rows`` in float32 (columns in ``perm`` order if given), accumulated sample by sample
+        into one K x K buffer."""
+        from scipy.linalg import blas
         if not xs:
             return None
         h, count = None, 0
@@ -194,17 +197,56 @@ class Quantize(Pass):
             rows = layer_rows(layer, np.asarray(x, np.float32))
             if rows is None:
                 return None
-            r64 = rows.astype(np.float64)
-            h = r64.T @ r64 if h is None else h + r64.T @ r64
+            if perm is not None:
+                rows = rows[:, perm]
+            rows = np.asfortranarray(rows, dtype=np.float32)
+            if h is None:
+                h = np.zeros((rows.shape[1], rows.shape[1]), np.float32, order="F")
+            # h += rows^T rows in place (no K x K temporary per sample).
+            h = blas.sgemm(1.0, rows, rows, beta=1.0, c=h, trans_a=True, overwrite_c=True)
             count += rows.shape[0]
-        return h / max(count, 1)
+        h /= max(count, 1)
+        return h
+
+    @staticmethod
+    def _diag(layer: Layer, xs: list[np.ndarray]) -> np.ndarray | None:
+        d = None
+        for x in xs:
+            rows = layer_rows(layer, np.asarray(x, np.float32))
+            if rows is None:
+                return None
+            sq = np.einsum("ij,ij->j", rows, rows)
+            d = sq if d is None else d + sq
+        return d
+
+    @staticmethod
+    def _output_error(layer: Layer, xs: list[np.ndarray] | None, w: np.ndarray, deq: np.ndarray) -> float | None:
+        """||X (Q - W)^T|| / ||X W^T|| on the calibration inputs, streamed sample by sample (no Hessian)."""
+        if not xs:
+            return None
+        w2, d2 = as_matrix(w), as_matrix(deq) - as_matrix(w)
+        num = den = 0.0
+        for x in xs:
+            rows = layer_rows(layer, np.asarray(x, np.float32))
+            if rows is None:
+                return None
+            num += float(np.sum((rows @ d2.T).astype(np.float64) ** 2))
+            den += float(np.sum((rows @ w2.T).astype(np.float64) ** 2))
+        return float(np.sqrt(num / den)) if den > 0 else None
 
     def _quantize_layer(self, model: Model, layer: Layer, xs: list[np.ndarray] | None) -> dict:
         w = np.asarray(layer.weight.numpy(), np.float32)
         w2 = as_matrix(w)
         spec = self.spec_for(layer)
         method = self.method_for(layer)
-        h = self._hessian(layer, xs) if layer.kind != "embedding" else None
+        needs_h = method == "gptq" or (method == "mse" and self.objective == "output")
+        perm = None
+        if method == "gptq" and xs and layer.kind != "embedding":
+            # Column order from the Hessian's diagonal (cheap), then H built directly in that order, so
+            # GPTQ can factor the one buffer in place.
+            diag = self._diag(layer, xs)
+            perm = methods.hessian_order(diag, self.act_order) if diag is not None else None
+        h = self._hessian(layer, xs, perm) if needs_h and layer.kind != "embedding" else None
         note = ""
         if method in ("nf4", "codebook"):
             if method == "nf4" and (w.ndim != 2 or w.shape[1] % (self.group or 64)):
@@ -219,7 +261,9 @@ class Quantize(Pass):
             method = "rtn"  # AWQ's scales were applied to the weights already; the grid itself is RTN
         fn = methods.METHODS[method]
         if method == "gptq":
-            codes, scale, zp = fn(w2, spec, h, damp=self.damp, act_order=self.act_order, block=self.block)
+            codes, scale, zp = fn(w2, spec, h, damp=self.damp, act_order=self.act_order, block=self.block,
+                                  perm=perm)
+            h = None  # consumed by gptq (factored in place); the report streams the inputs instead
         elif method == "mse":
             codes, scale, zp = fn(w2, spec, h if self.objective == "output" else None)
         else:
@@ -238,12 +282,12 @@ class Quantize(Pass):
         new = g.add_const(g.unique_name(layer.weight.name + "_q"), q)
         for u in list(layer.weight.uses):
             u.node.replace_input_with(u.index, new)
-        rel = None
         if h is not None:
-            d = as_matrix(deq).astype(np.float64) - as_matrix(w)
-            w64 = as_matrix(w).astype(np.float64)
-            num, den = quad(d, h), quad(w64, h)
+            d = as_matrix(deq) - as_matrix(w)
+            num, den = quad(d, h), quad(as_matrix(w), h)
             rel = float(np.sqrt(max(num, 0.0) / den)) if den > 0 else None
+        else:
+            rel = self._output_error(layer, xs, w, deq) if layer.kind != "embedding" else None
         rep = {"node": layer.node.name, "op": layer.node.qualified_op, "role": layer.role, "bits": q.bits,
                "method": q.method, "scheme": q.scheme, "group_size": q.group_size, "shape": list(w.shape),
                "sqnr_db": round(sqnr_db(w, deq), 3), "rel_output_error": rel, "bytes_before": int(w.nbytes),
