@@ -72,8 +72,9 @@ class QuantizedTensor:
     Dequantization:
       * ``symmetric``:  ``w = codes * scale`` with signed codes.
       * ``asymmetric``: ``w = (codes - zero_point) * scale`` with unsigned codes.
-      * ``codebook``:   ``w = codebook[codes]`` (per tensor, or per channel along ``axis`` when the
-        codebook has two dims), times ``scale`` when scales are given (e.g. NF4 absmax scaling).
+      * ``codebook``:   ``w = codebook[codes]`` per tensor (codebook ``[n]``), per channel along ``axis``
+        (``[C, n]``), or per group of ``group_size`` along ``group_axis`` within each channel of a 2-D weight
+        (``[C, K / group_size, n]``); times ``scale`` when scales are given (e.g. NF4 absmax scaling).
 
     ``scales`` (and ``zero_points``) have the same rank as ``codes``; each dimension is 1 (shared), the
     full extent (per element/channel) or ``extent / group_size`` along ``group_axis`` (group-wise).
@@ -143,6 +144,11 @@ class QuantizedTensor:
                     errs.append(f"codes index outside the codebook's {n} entries")
                 if self.codebook.ndim == 2 and (self.axis is None or self.codebook.shape[0] != self.shape[self.axis]):
                     errs.append("a per-channel codebook needs axis set and one row per channel")
+                if self.codebook.ndim == 3 and (
+                        len(self.shape) != 2 or self.axis != 0 or self.group_axis != 1 or not self.group_size
+                        or self.codebook.shape[:2] != (self.shape[0], self.shape[1] // self.group_size)):
+                    errs.append("a per-group codebook needs a 2-D weight, axis=0, group_axis=1 and shape "
+                                "[channels, K / group_size, entries]")
         else:
             lo, hi = code_range(self.bits, self.signed)
             if self.codes.size and (self.codes.min() < lo or self.codes.max() > hi):
@@ -177,6 +183,10 @@ class QuantizedTensor:
             cb = self.codebook.astype(np.float32)
             if cb.ndim == 1:
                 w = cb[self.codes.astype(np.int64)]
+            elif cb.ndim == 3:
+                rows, k = self.shape
+                idx = self.codes.astype(np.int64).reshape(rows, k // self.group_size, self.group_size)
+                w = np.take_along_axis(cb, idx, axis=2).reshape(rows, k)
             else:
                 idx = self.codes.astype(np.int64)
                 moved = np.moveaxis(idx, self.axis, 0)

@@ -169,9 +169,39 @@ def kmeans_1d(x: np.ndarray, n: int, iters: int = 25) -> tuple[np.ndarray, np.nd
     return cent.astype(np.float32), np.searchsorted(edges, x.astype(np.float32)).astype(np.uint8)
 
 
-def codebook(w: np.ndarray, bits: int, per_channel: bool) -> QuantizedTensor:
-    """k-means palettization with ``2**bits`` entries, per tensor or per output channel."""
+def kmeans_batched(x: np.ndarray, n: int, iters: int = 25) -> tuple[np.ndarray, np.ndarray]:
+    """Lloyd k-means on each row of ``x [B, m]`` at once (quantile init, deterministic).
+
+    Returns (centroids ``[B, n]`` sorted, labels ``[B, m]`` of the nearest float32 centroid)."""
+    x = x.astype(np.float64)
+    b = x.shape[0]
+    cent = np.quantile(x, (np.arange(n) + 0.5) / n, axis=1).T  # [B, n]
+    rows = np.arange(b)[:, None]
+    for _ in range(iters):
+        lab = np.abs(x[:, :, None] - cent[:, None, :]).argmin(-1)  # [B, m]
+        sums = np.zeros_like(cent)
+        cnt = np.zeros_like(cent)
+        np.add.at(sums, (rows, lab), x)
+        np.add.at(cnt, (rows, lab), 1.0)
+        new = np.where(cnt > 0, sums / np.maximum(cnt, 1), cent)
+        if np.allclose(new, cent):
+            break
+        cent = new
+    cent = np.sort(cent, axis=1).astype(np.float32)
+    lab = np.abs(x.astype(np.float32)[:, :, None] - cent[:, None, :]).argmin(-1).astype(np.uint8)
+    return cent, lab
+
+
+def codebook(w: np.ndarray, bits: int, per_channel: bool, group_size: int = 0) -> QuantizedTensor:
+    """k-means palettization with ``2**bits`` entries, per tensor, per output channel, or per group of
+    ``group_size`` weights along K within each output channel (2-D weights)."""
     n = 1 << bits
+    if group_size:
+        rows, k = w.shape
+        cb, lab = kmeans_batched(w.reshape(-1, group_size), n)
+        return QuantizedTensor(codes=lab.reshape(rows, k), bits=bits, scheme="codebook",
+                               codebook=cb.reshape(rows, k // group_size, n), axis=0, group_size=group_size,
+                               group_axis=1, method="codebook")
     if not per_channel:
         cent, lab = kmeans_1d(w, n)
         # Recompute labels against the float32 codebook so dequantize() is the nearest entry exactly.

@@ -110,7 +110,8 @@ class Quantize(Pass):
     damp: float = option(0.01, check=lambda v: 0 < v < 1, allowed="0 < damp < 1", help="gptq Hessian dampening")
     act_order: bool = option(True, help="gptq: quantize columns by decreasing activation energy")
     block: int = option(128, check=lambda v: v > 0, allowed="a positive integer", help="gptq lazy-update block")
-    per_channel_codebook: bool = option(False, help="codebook: one palette per output channel")
+    per_channel_codebook: bool = option(False, help="codebook: one palette per output channel (with group=: "
+                                                    "one per group of each channel)")
     samples: int = option(32, check=lambda v: v > 0, allowed="a positive integer", help="calibration samples used")
 
     def __post_init__(self) -> None:
@@ -249,11 +250,16 @@ class Quantize(Pass):
         h = self._hessian(layer, xs, perm) if needs_h and layer.kind != "embedding" else None
         note = ""
         if method in ("nf4", "codebook"):
+            grouped_ok = w.ndim == 2 and self.group and w.shape[1] % self.group == 0
             if method == "nf4" and (w.ndim != 2 or w.shape[1] % (self.group or 64)):
                 method, note = "mse", "nf4 needs 2-D weights with K divisible by the group; used mse"
+            elif method == "nf4":
+                return self._replace(model, layer, methods.nf4(w2, self.group or 64, w.shape), w, h, xs, note)
             else:
-                q = methods.nf4(w2, self.group or 64, w.shape) if method == "nf4" else \
-                    methods.codebook(w, self.bits, self.per_channel_codebook)
+                if self.group and not grouped_ok:
+                    note = "per-group palettes need 2-D weights with K divisible by the group; used per channel"
+                q = methods.codebook(w, self.bits, self.per_channel_codebook or bool(self.group),
+                                     self.group if grouped_ok else 0)
                 return self._replace(model, layer, q, w, h, xs, note)
         if method == "gptq" and h is None:
             method, note = "mse", "no Hessian for this layer (grouped conv or uncaptured input); used mse"
