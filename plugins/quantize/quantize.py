@@ -143,11 +143,15 @@ class Quantize(Pass):
             return "mse"  # the head keeps its own (uniform) bit width
         return self.method
 
-    def run(self, model: Model, ctx: PassContext) -> bool:
+    def select(self, model: Model) -> list[Layer]:
+        """The layers this pass quantizes (roles whose bits are 0 stay float)."""
         op_names = tuple({"Linear": "edgec::Linear", "Conv": "Conv"}[o] for o in self.ops.split(":"))
         layers = find_layers(model, op_names, self.include, self.exclude)
-        layers = [l for l in layers if not (l.role == "embedding" and not self.embedding_bits)
-                  and not (l.role == "head" and not self.head_bits)]
+        return [l for l in layers if not (l.role == "embedding" and not self.embedding_bits)
+                and not (l.role == "head" and not self.head_bits)]
+
+    def run(self, model: Model, ctx: PassContext) -> bool:
+        layers = self.select(model)
         if not layers:
             return False
         calib = ctx.calibration
@@ -159,10 +163,7 @@ class Quantize(Pass):
         reports = json.loads(model.metadata.get(REPORT_KEY, "{}"))
         if self.method == "awq":
             self._awq_scales(model, [l for l in layers if l.kind == "linear"], samples)
-            # Scaling gave the Linears new weight constants: select again.
-            layers = find_layers(model, op_names, self.include, self.exclude)
-            layers = [l for l in layers if not (l.role == "embedding" and not self.embedding_bits)
-                      and not (l.role == "head" and not self.head_bits)]
+            layers = self.select(model)  # scaling gave the Linears new weight constants
         for group in self._groups(model, layers):
             xs = self._capture(model, group[0].node.inputs[0], samples) if samples and group[0].kind != "embedding" \
                 else None
