@@ -26,9 +26,13 @@ class ReferenceExecutor:
         model: the model to run.
         capture: names of intermediate values to make observable (returned by :meth:`run`).
         threads: intra-op threads for onnxruntime (0: its default).
+        capture_only: compute only what the captured values depend on, and return only them (calibration).
+        keep_quantized: hold affine quantized weights as integer codes dequantized inside the graph
+            (bit-identical numbers, a quarter of the memory; costs the dequantization on every run).
     """
 
-    def __init__(self, model: Model, capture: Iterable[str] = (), threads: int = 0):
+    def __init__(self, model: Model, capture: Iterable[str] = (), threads: int = 0, *, capture_only: bool = False,
+                 keep_quantized: bool = False):
         import onnxruntime as ort
 
         self.model = model
@@ -36,7 +40,10 @@ class ReferenceExecutor:
         # Weights reach onnxruntime as buffers, not inside the protobuf: the proto would otherwise hold
         # one more full copy of the model (plus its serialized string) while the session is created.
         weights: dict[str, np.ndarray] = {}
-        proto = to_onnx(model, extra_outputs=self.capture, external=weights)
+        if capture_only and not self.capture:
+            raise ExecutionError("capture_only needs at least one value to capture")
+        proto = to_onnx(model, extra_outputs=None if capture_only else self.capture, external=weights,
+                        keep_quantized=keep_quantized, only_outputs=self.capture if capture_only else None)
         opts = ort.SessionOptions()
         if weights:
             opts.add_external_initializers(list(weights),
@@ -50,8 +57,15 @@ class ReferenceExecutor:
         simulated = any(v.quant is not None for v in model.graph.values())
         opts.graph_optimization_level = (ort.GraphOptimizationLevel.ORT_DISABLE_ALL if simulated
                                          else ort.GraphOptimizationLevel.ORT_ENABLE_BASIC)
+        # Constant folding would turn the in-graph dequantization back into float weights.
+        disabled = ["ConstantFolding"] if keep_quantized else None
+        if capture_only:
+            # Short-lived calibration sessions: onnxruntime's arena grows by doubling and keeps what it took,
+            # so plain allocations keep the process's peak memory close to what is actually live.
+            opts.enable_cpu_mem_arena = False
         try:
-            self.session = ort.InferenceSession(proto.SerializeToString(), opts, providers=["CPUExecutionProvider"])
+            self.session = ort.InferenceSession(proto.SerializeToString(), opts, providers=["CPUExecutionProvider"],
+                                                disabled_optimizers=disabled)
         except Exception as e:  # noqa: BLE001 - onnxruntime raises a zoo of types
             raise ExecutionError(f"onnxruntime could not load the model: {e}") from None
         del weights, opts  # onnxruntime copied the buffers during session creation

@@ -17,7 +17,7 @@ from onnx import helper, numpy_helper
 from . import ops as edgec_ops
 from .core import Graph, IRError, Model, Node, Value
 from .dtypes import DType
-from .tensor import Tensor
+from .tensor import QuantizedTensor, Tensor
 
 
 class UnsupportedModelError(ValueError):
@@ -219,9 +219,91 @@ def _external_placeholder(name: str, arr: np.ndarray) -> onnx.TensorProto:
     return t
 
 
+def _affine_dequant_nodes(v: Value, add) -> bool:
+    """Emit ``v``'s affine QuantizedTensor as integer codes + Cast/Sub/Mul nodes producing ``v.name``.
+
+    The float32 arithmetic is the same as :meth:`QuantizedTensor.dequantize` ((q - zp) * scale), so the
+    result is bit-identical while the model holds 1-byte codes instead of 4-byte floats. Returns False for
+    what it does not encode (codebooks, non-float32 results)."""
+    q = v.const
+    if q.scheme == "codebook" or q.dtype != DType.FLOAT32:
+        return False
+    codes = np.asarray(q.codes)
+    codes = codes.astype(np.int8 if q.signed else np.uint8)
+    shape = list(codes.shape)
+    scales = np.asarray(q.scales, np.float32)
+    zps = None if q.zero_points is None else np.asarray(q.zero_points).astype(np.float32)
+    if q.group_size:  # split the grouped axis so the parameters broadcast: [.., G, gs, ..] x [.., G, 1, ..]
+        ga = q.group_axis
+        gshape = shape[:ga] + [shape[ga] // q.group_size, q.group_size] + shape[ga + 1:]
+        codes = codes.reshape(gshape)
+        scales = np.expand_dims(scales, ga + 1)
+        zps = None if zps is None else np.expand_dims(zps, ga + 1)
+    x = add("Cast", [add.const(v.name + "__codes", codes)], to=onnx.TensorProto.FLOAT)
+    if zps is not None:
+        x = add("Sub", [x, add.const(v.name + "__zp", zps)])
+    if q.group_size:
+        x = add("Mul", [x, add.const(v.name + "__scale", scales)])
+        add("Reshape", [x, add.const(v.name + "__shape", np.array(shape, np.int64))], out=v.name)
+    else:
+        add("Mul", [x, add.const(v.name + "__scale", scales)], out=v.name)
+    return True
+
+
+class _Emitter:
+    """Small helper for writing nodes and constants with fresh names."""
+
+    def __init__(self, nodes, inits, taken, external):
+        self.nodes, self.inits, self.taken, self.external = nodes, inits, taken, external
+
+    def fresh(self, base: str) -> str:
+        k, name = 0, base
+        while name in self.taken:
+            k += 1
+            name = f"{base}{k}"
+        self.taken.add(name)
+        return name
+
+    def const(self, base: str, arr: np.ndarray) -> str:
+        name = self.fresh(base)
+        if self.external is not None and arr.nbytes >= EXTERNAL_MIN_BYTES:
+            self.external[name] = np.ascontiguousarray(arr)
+            self.inits.append(_external_placeholder(name, arr))
+        else:
+            self.inits.append(numpy_helper.from_array(np.ascontiguousarray(arr), name))
+        return name
+
+    def __call__(self, op: str, ins: list[str], out: str | None = None, **attrs) -> str:
+        out = out or self.fresh(f"{ins[0]}__{op.lower()}")
+        self.nodes.append(helper.make_node(op, ins, [out], **attrs))
+        return out
+
+
+def _ancestors(model: Model, names: list[str]) -> tuple[set[int], set[int]]:
+    """ids of the nodes and constants the values ``names`` depend on."""
+    want = {n for n in names}
+    nodes: set[int] = set()
+    consts: set[int] = set()
+    stack = [v for v in model.graph.values() if v.name in want]
+    seen: set[int] = set()
+    while stack:
+        v = stack.pop()
+        if id(v) in seen:
+            continue
+        seen.add(id(v))
+        if v.is_const:
+            consts.add(id(v))
+        p = v.producer
+        if p is not None and id(p) not in nodes:
+            nodes.add(id(p))
+            stack.extend(x for x in p.inputs if x is not None)
+    return nodes, consts
+
+
 def to_onnx(model: Model, extra_outputs: list[str] | None = None, const_hook: ConstHook | None = None,
             with_shapes: bool = True, activation_quant: bool = True,
-            external: dict[str, np.ndarray] | None = None) -> onnx.ModelProto:
+            external: dict[str, np.ndarray] | None = None, keep_quantized: bool = False,
+            only_outputs: list[str] | None = None) -> onnx.ModelProto:
     """Write ``model`` as standard ONNX (edgec ops expanded, quantized weights dequantized).
 
     ``const_hook(value, nodes, initializers)`` may emit a constant itself (e.g. as integer codes plus a
@@ -230,6 +312,9 @@ def to_onnx(model: Model, extra_outputs: list[str] | None = None, const_hook: Co
     DequantizeLinear, so the model computes exactly what an int8-activation target computes. With an
     ``external`` dict, large constants are written as data-less placeholders and their arrays put in the
     dict instead (for onnxruntime's ``add_external_initializers``: no copy of the weights in the proto).
+    With ``keep_quantized``, affine quantized weights stay integer codes dequantized by graph nodes (bit
+    exact, a quarter of the memory). With ``only_outputs``, only what those values depend on is written and
+    they become the only outputs.
     """
     g = model.graph
     opset = max(model.opset, 13)
@@ -238,10 +323,16 @@ def to_onnx(model: Model, extra_outputs: list[str] | None = None, const_hook: Co
     taken = {v.name for v in g.values()}
     ctx = edgec_ops.ExpandContext(opset, nodes, inits, taken)
     out_ids = {id(o) for o in g.outputs}
+    keep_nodes, keep_consts = _ancestors(model, only_outputs) if only_outputs else (None, None)
+    emit = _Emitter(nodes, inits, taken, external)
     for v in g.initializers.values():
         if not v.uses and id(v) not in out_ids:
             continue  # unused constants are not part of the computation (and onnxruntime drops them)
+        if keep_consts is not None and id(v) not in keep_consts:
+            continue
         if const_hook is not None and const_hook(v, nodes, inits):
+            continue
+        if keep_quantized and isinstance(v.const, QuantizedTensor) and _affine_dequant_nodes(v, emit):
             continue
         arr = np.asarray(v.const.numpy())
         if v.dtype in (DType.INT4, DType.UINT4, DType.INT2, DType.UINT2, DType.INT3, DType.NF4):
@@ -258,6 +349,8 @@ def to_onnx(model: Model, extra_outputs: list[str] | None = None, const_hook: Co
                 renamed[v.name] = f"{v.name}__dq"
                 _qdq(v, v.name, renamed[v.name], nodes, inits, taken)
     for n in g:
+        if keep_nodes is not None and id(n) not in keep_nodes:
+            continue
         ins = [renamed.get(v.name, v.name) if v is not None else "" for v in n.inputs]
         while ins and ins[-1] == "":
             ins.pop()
@@ -272,7 +365,9 @@ def to_onnx(model: Model, extra_outputs: list[str] | None = None, const_hook: Co
             nodes[-1].attribute.extend(_attr(k, a) for k, a in n.attributes.items())
         for o in quantized_outs:
             _qdq(o, o.name + "__float", o.name, nodes, inits, taken)
-    outputs = [_vi(v) for v in g.outputs]
+    outputs = [_vi(v) for v in g.outputs] if only_outputs is None else []
+    if only_outputs:
+        extra_outputs = list(only_outputs) + list(extra_outputs or [])
     if extra_outputs:
         have = {v.name for v in g.outputs}
         for name in extra_outputs:
@@ -282,6 +377,8 @@ def to_onnx(model: Model, extra_outputs: list[str] | None = None, const_hook: Co
     if with_shapes:
         io = {v.name for v in g.inputs} | {o.name for o in outputs}
         for n in g:
+            if keep_nodes is not None and id(n) not in keep_nodes:
+                continue
             for o in n.outputs:
                 if o.name not in io and o.dtype is not None and o.shape is not None:
                     value_info.append(_vi(o))

@@ -115,13 +115,13 @@ class QuantizeActivations(Pass):
             return False
         samples = ctx.calibration.samples[: self.samples]
         names = [v.name for v in values if v not in model.graph.inputs]
-        ex = ReferenceExecutor(model, capture=names)
+        ex = ReferenceExecutor(model, capture=names, capture_only=bool(names), keep_quantized=True) if names else None
         lo = {v.name: np.inf for v in values}
         hi = {v.name: -np.inf for v in values}
 
         def observe(fn):
             for s in samples:
-                res = ex.run(s)
+                res = ex.run(s) if ex is not None else {}
                 for v in values:
                     fn(v.name, np.asarray(res[v.name] if v.name in res else s[v.name], np.float32))
 
@@ -176,10 +176,10 @@ class SmoothQuant(Pass):
         if not groups:
             return False
         names = [x.name for x, _ in groups if x not in model.graph.inputs]
-        ex = ReferenceExecutor(model, capture=names)
+        ex = ReferenceExecutor(model, capture=names, capture_only=True, keep_quantized=True) if names else None
         amax = {x.name: None for x, _ in groups}
         for s in ctx.calibration.samples[: self.samples]:
-            res = ex.run(s)
+            res = ex.run(s) if ex is not None else {}
             for x, _ in groups:
                 a = np.asarray(res.get(x.name, s.get(x.name)), np.float32)
                 m = np.abs(a.reshape(-1, a.shape[-1])).max(0)

@@ -185,7 +185,9 @@ class Quantize(Pass):
     def _capture(model: Model, x: Value, samples: list[dict]) -> list[np.ndarray]:
         if x.is_const or x in model.graph.inputs:
             return [s[x.name] for s in samples] if not x.is_const else [x.numpy()]
-        ex = ReferenceExecutor(model, capture=[x.name])
+        # Only the subgraph feeding x, with already-quantized weights kept as integer codes: a capture costs
+        # a fraction of the model's memory instead of a float copy of all of it.
+        ex = ReferenceExecutor(model, capture=[x.name], capture_only=True, keep_quantized=True)
         return [ex.run(s)[x.name] for s in samples]
 
     def _hessian(self, layer: Layer, xs: list[np.ndarray] | None, perm: np.ndarray | None = None):
@@ -295,6 +297,8 @@ class Quantize(Pass):
             rel = float(np.sqrt(max(num, 0.0) / den)) if den > 0 else None
         else:
             rel = self._output_error(layer, xs, w, deq) if layer.kind != "embedding" else None
+        if not layer.weight.uses and layer.weight.name in g.initializers:
+            g.remove_const(layer.weight.name)  # release the float weights now, not at the end of the pass
         rep = {"node": layer.node.name, "op": layer.node.qualified_op, "role": layer.role, "bits": q.bits,
                "method": q.method, "scheme": q.scheme, "group_size": q.group_size, "shape": list(w.shape),
                "sqnr_db": round(sqnr_db(w, deq), 3), "rel_output_error": rel, "bytes_before": int(w.nbytes),

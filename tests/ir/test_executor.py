@@ -66,3 +66,38 @@ def test_edgec_op_semantics(op, attrs):
         from scipy.special import erf
         ref = 0.5 * x64 * (1 + erf(x64 / math.sqrt(2)))
     np.testing.assert_allclose(got, ref, rtol=1e-5, atol=1e-6)
+
+
+@pytest.mark.parametrize("scheme, group", [("symmetric", None), ("asymmetric", 4), ("symmetric", 4)])
+def test_keep_quantized_and_capture_only_are_bit_identical(scheme, group):
+    """Integer codes dequantized inside the graph compute exactly dequantize()'s numbers, and a capture
+    through the ancestor subgraph returns exactly what the full model computes."""
+    rng = np.random.default_rng(3)
+    g = ir.Graph()
+    x = g.add_input("x", ir.DType.FLOAT32, (1, 2, 6, 6))
+    signed = scheme == "symmetric"
+    lo, hi = (-8, 8) if signed else (0, 16)
+    shape4, shape2 = (3, 2, 3, 3), (5, 12)
+    conv_w = QuantizedTensor(rng.integers(lo, hi, shape4).astype(np.int8 if signed else np.uint8), 4, scheme,
+                             scales=rng.random((3, 1, 1, 1)).astype(np.float32) + 0.1,
+                             zero_points=None if signed else np.full((3, 1, 1, 1), 8, np.uint8), axis=0)
+    lin_scales = rng.random((5, 12 // (group or 12))).astype(np.float32) + 0.1
+    lin_w = QuantizedTensor(rng.integers(lo, hi, shape2).astype(np.int8 if signed else np.uint8), 4, scheme,
+                            scales=lin_scales, axis=0, group_size=group, group_axis=1 if group else None,
+                            zero_points=None if signed else np.full(lin_scales.shape, 7, np.uint8))
+    c = g.op("Conv", [x, g.add_const("cw", conv_w)], {"kernel_shape": [3, 3], "pads": [1, 1, 1, 1]}, name="conv").output
+    r = g.op("Reshape", [c, g.add_const("shp", np.array([9, 12], np.int64))], name="flat").output
+    g.outputs.append(g.op("Linear", [r, g.add_const("lw", lin_w)], domain="edgec", name="fc").output)
+    m = ir.Model(g, {"": 17, "edgec": 1})
+    ir.infer_shapes(m)
+    ir.verify(m)
+    feeds = {"x": rng.standard_normal((1, 2, 6, 6)).astype(np.float32)}
+    full = ir.ReferenceExecutor(m, capture=["conv_out"]).run(feeds)
+    kept = ir.ReferenceExecutor(m, keep_quantized=True).run(feeds)
+    np.testing.assert_array_equal(kept["fc_out"], full["fc_out"])
+    part = ir.ReferenceExecutor(m, capture=["conv_out"], capture_only=True, keep_quantized=True).run(feeds)
+    assert set(part) == {"conv_out"}
+    np.testing.assert_array_equal(part["conv_out"], full["conv_out"])
+    proto = ir.to_onnx(m, keep_quantized=True, only_outputs=["conv_out"])
+    assert [n.op_type for n in proto.graph.node].count("Conv") == 1 and "MatMul" not in str(proto.graph.node)
+    assert any(t.data_type in (2, 3) for t in proto.graph.initializer)  # uint8/int8 codes, not floats
