@@ -219,7 +219,7 @@ def _external_placeholder(name: str, arr: np.ndarray) -> onnx.TensorProto:
     return t
 
 
-def _affine_dequant_nodes(v: Value, add) -> bool:
+def _affine_dequant_nodes(v: Value, ctx: edgec_ops.ExpandContext) -> bool:
     """Emit ``v``'s affine QuantizedTensor as integer codes + Cast/Sub/Mul nodes producing ``v.name``.
 
     The float32 arithmetic is the same as :meth:`QuantizedTensor.dequantize` ((q - zp) * scale), so the
@@ -239,44 +239,25 @@ def _affine_dequant_nodes(v: Value, add) -> bool:
         codes = codes.reshape(gshape)
         scales = np.expand_dims(scales, ga + 1)
         zps = None if zps is None else np.expand_dims(zps, ga + 1)
-    x = add("Cast", [add.const(v.name + "__codes", codes)], to=onnx.TensorProto.FLOAT)
+    x = ctx.node("Cast", [ctx.const(v.name + "__codes", codes)], to=onnx.TensorProto.FLOAT)
     if zps is not None:
-        x = add("Sub", [x, add.const(v.name + "__zp", zps)])
+        x = ctx.node("Sub", [x, ctx.const(v.name + "__zp", zps)])
     if q.group_size:
-        x = add("Mul", [x, add.const(v.name + "__scale", scales)])
-        add("Reshape", [x, add.const(v.name + "__shape", np.array(shape, np.int64))], out=v.name)
+        x = ctx.node("Mul", [x, ctx.const(v.name + "__scale", scales)])
+        ctx.node("Reshape", [x, ctx.const(v.name + "__shape", np.array(shape, np.int64))], [v.name])
     else:
-        add("Mul", [x, add.const(v.name + "__scale", scales)], out=v.name)
+        ctx.node("Mul", [x, ctx.const(v.name + "__scale", scales)], [v.name])
     return True
 
 
-class _Emitter:
-    """Small helper for writing nodes and constants with fresh names."""
-
-    def __init__(self, nodes, inits, taken, external):
-        self.nodes, self.inits, self.taken, self.external = nodes, inits, taken, external
-
-    def fresh(self, base: str) -> str:
-        k, name = 0, base
-        while name in self.taken:
-            k += 1
-            name = f"{base}{k}"
-        self.taken.add(name)
-        return name
-
-    def const(self, base: str, arr: np.ndarray) -> str:
-        name = self.fresh(base)
-        if self.external is not None and arr.nbytes >= EXTERNAL_MIN_BYTES:
-            self.external[name] = np.ascontiguousarray(arr)
-            self.inits.append(_external_placeholder(name, arr))
-        else:
-            self.inits.append(numpy_helper.from_array(np.ascontiguousarray(arr), name))
-        return name
-
-    def __call__(self, op: str, ins: list[str], out: str | None = None, **attrs) -> str:
-        out = out or self.fresh(f"{ins[0]}__{op.lower()}")
-        self.nodes.append(helper.make_node(op, ins, [out], **attrs))
-        return out
+def initializer(name: str, arr: np.ndarray, external: dict[str, np.ndarray] | None) -> onnx.TensorProto:
+    """An initializer holding ``arr``, or a data-less placeholder with ``arr`` put in ``external``."""
+    # np.ascontiguousarray would turn a 0-d array into shape (1,); 0-d arrays are always contiguous.
+    arr = arr if arr.flags.c_contiguous else np.ascontiguousarray(arr)
+    if external is not None and arr.nbytes >= EXTERNAL_MIN_BYTES and arr.dtype != object:
+        external[name] = arr
+        return _external_placeholder(name, arr)
+    return numpy_helper.from_array(arr, name)
 
 
 def _ancestors(model: Model, names: list[str]) -> tuple[set[int], set[int]]:
@@ -321,10 +302,9 @@ def to_onnx(model: Model, extra_outputs: list[str] | None = None, const_hook: Co
     nodes: list[onnx.NodeProto] = []
     inits: list[onnx.TensorProto] = []
     taken = {v.name for v in g.values()}
-    ctx = edgec_ops.ExpandContext(opset, nodes, inits, taken)
+    ctx = edgec_ops.ExpandContext(opset, nodes, inits, taken, external)
     out_ids = {id(o) for o in g.outputs}
     keep_nodes, keep_consts = _ancestors(model, only_outputs) if only_outputs else (None, None)
-    emit = _Emitter(nodes, inits, taken, external)
     for v in g.initializers.values():
         if not v.uses and id(v) not in out_ids:
             continue  # unused constants are not part of the computation (and onnxruntime drops them)
@@ -332,16 +312,12 @@ def to_onnx(model: Model, extra_outputs: list[str] | None = None, const_hook: Co
             continue
         if const_hook is not None and const_hook(v, nodes, inits):
             continue
-        if keep_quantized and isinstance(v.const, QuantizedTensor) and _affine_dequant_nodes(v, emit):
+        if keep_quantized and isinstance(v.const, QuantizedTensor) and _affine_dequant_nodes(v, ctx):
             continue
         arr = np.asarray(v.const.numpy())
         if v.dtype in (DType.INT4, DType.UINT4, DType.INT2, DType.UINT2, DType.INT3, DType.NF4):
             arr = arr.astype(np.int8 if v.dtype.numpy == np.int8 else np.uint8)
-        if external is not None and arr.nbytes >= EXTERNAL_MIN_BYTES and arr.dtype != object:
-            external[v.name] = np.ascontiguousarray(arr)
-            inits.append(_external_placeholder(v.name, arr))
-        else:
-            inits.append(numpy_helper.from_array(arr, v.name))
+        inits.append(initializer(v.name, arr, external))
     renamed: dict[str, str] = {}  # quantized graph inputs: consumers read the dequantized copy
     if activation_quant:
         for v in g.inputs:

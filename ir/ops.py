@@ -26,12 +26,15 @@ EDGEC_OPSET = 1
 
 @dataclasses.dataclass
 class ExpandContext:
-    """Lets an expansion create fresh names and constants in the ONNX graph being written."""
+    """Lets an expansion (or the exporter) create fresh names, constants and nodes in the ONNX graph being
+    written. With ``external``, large constants go there as arrays and the proto gets a data-less
+    placeholder (see :func:`edgec.ir.onnx_io.to_onnx`)."""
 
     opset: int
     nodes: list[onnx.NodeProto]
     initializers: list[onnx.TensorProto]
     taken: set[str]
+    external: dict[str, np.ndarray] | None = None
 
     def name(self, base: str) -> str:
         k = 0
@@ -42,8 +45,9 @@ class ExpandContext:
         return n
 
     def const(self, base: str, array: np.ndarray) -> str:
+        from .onnx_io import initializer
         n = self.name(base)
-        self.initializers.append(onnx.numpy_helper.from_array(np.asarray(array), n))
+        self.initializers.append(initializer(n, np.asarray(array), self.external))
         return n
 
     def node(self, op: str, inputs: list[str], outputs: list[str] | None = None, **attrs) -> str:
