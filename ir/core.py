@@ -58,8 +58,7 @@ class Value:
         self.meta: dict[str, Any] = {}  # transient analysis data; never saved
         self._graph: Graph | None = None
         if const is not None:
-            self.dtype = const.dtype if isinstance(const, Tensor) else const.dtype
-            self.shape = const.shape
+            self.dtype, self.shape = const.dtype, const.shape
 
     @property
     def producer(self) -> "Node | None":

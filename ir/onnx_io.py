@@ -1,14 +1,13 @@
 """Conversion between the IR and ONNX ``ModelProto``.
 
-``to_onnx`` writes standard ONNX: quantized weights become their exact dequantized values (or, for
-targets that encode them, are left to the caller via ``const_hook``) and ``edgec`` ops are expanded into
-their ONNX definitions. It is what the reference executor runs and what shape inference reads.
+``to_onnx`` writes standard ONNX: quantized weights become their exact dequantized values (or integer
+codes dequantized in the graph, bit-identically) and ``edgec`` ops are expanded into their ONNX
+definitions. It is what the reference executor runs and what shape inference reads.
 """
 
 from __future__ import annotations
 
 import os
-from collections.abc import Callable
 
 import numpy as np
 import onnx
@@ -177,13 +176,13 @@ def _vi(v: Value) -> onnx.ValueInfoProto:
     return helper.make_tensor_value_info(v.name, v.dtype.onnx, shape)
 
 
-def _attr(name: str, value) -> onnx.AttributeProto:
+def attribute_proto(name: str, value) -> onnx.AttributeProto:
+    """An ONNX attribute from an IR attribute value (Tensor attributes included)."""
     if isinstance(value, Tensor):
         return helper.make_attribute(name, numpy_helper.from_array(np.asarray(value.numpy()), name))
     return helper.make_attribute(name, value)
 
 
-ConstHook = Callable[[Value, list[onnx.NodeProto], list[onnx.TensorProto]], bool]
 
 
 def _qdq(v: Value, src: str, dst: str, nodes: list[onnx.NodeProto], inits: list[onnx.TensorProto],
@@ -281,14 +280,12 @@ def _ancestors(model: Model, names: list[str]) -> tuple[set[int], set[int]]:
     return nodes, consts
 
 
-def to_onnx(model: Model, extra_outputs: list[str] | None = None, const_hook: ConstHook | None = None,
-            with_shapes: bool = True, activation_quant: bool = True,
+def to_onnx(model: Model, extra_outputs: list[str] | None = None, with_shapes: bool = True, activation_quant: bool = True,
             external: dict[str, np.ndarray] | None = None, keep_quantized: bool = False,
             only_outputs: list[str] | None = None) -> onnx.ModelProto:
     """Write ``model`` as standard ONNX (edgec ops expanded, quantized weights dequantized).
 
-    ``const_hook(value, nodes, initializers)`` may emit a constant itself (e.g. as integer codes plus a
-    DequantizeLinear) and return True; otherwise the constant's exact values are written. With
+    Constants are written as their exact values. With
     ``activation_quant``, values annotated with :class:`ActivationQuant` pass through QuantizeLinear /
     DequantizeLinear, so the model computes exactly what an int8-activation target computes. With an
     ``external`` dict, large constants are written as data-less placeholders and their arrays put in the
@@ -309,8 +306,6 @@ def to_onnx(model: Model, extra_outputs: list[str] | None = None, const_hook: Co
         if not v.uses and id(v) not in out_ids:
             continue  # unused constants are not part of the computation (and onnxruntime drops them)
         if keep_consts is not None and id(v) not in keep_consts:
-            continue
-        if const_hook is not None and const_hook(v, nodes, inits):
             continue
         if keep_quantized and isinstance(v.const, QuantizedTensor) and _affine_dequant_nodes(v, ctx):
             continue
@@ -338,7 +333,7 @@ def to_onnx(model: Model, extra_outputs: list[str] | None = None, const_hook: Co
         else:
             nodes.append(helper.make_node(n.op_type, ins, outs, name=n.name, domain=n.domain or None,
                                           **{}))
-            nodes[-1].attribute.extend(_attr(k, a) for k, a in n.attributes.items())
+            nodes[-1].attribute.extend(attribute_proto(k, a) for k, a in n.attributes.items())
         for o in quantized_outs:
             _qdq(o, o.name + "__float", o.name, nodes, inits, taken)
     outputs = [_vi(v) for v in g.outputs] if only_outputs is None else []

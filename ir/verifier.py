@@ -103,13 +103,11 @@ def verify(model: Model, check_shapes: bool = False) -> None:
 
 
 def _shape_errors(model: Model) -> list[str]:
-    import copy
-
+    """Infer shapes in place, compare with what was recorded, then restore the recorded types."""
     from .onnx_io import infer_shapes
     recorded = {o.name: (o.dtype, o.shape) for n in model.graph for o in n.outputs}
-    probe = copy.copy(model)
     try:
-        infer_shapes(probe)
+        infer_shapes(model)
     except IRError as e:
         return [str(e)]
     errs = []

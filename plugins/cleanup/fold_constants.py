@@ -17,7 +17,7 @@ import numpy as np
 from onnx import helper
 
 from ...ir import DType, Model, Node, QuantizedTensor, Tensor
-from ...ir.onnx_io import _attr
+from ...ir.onnx_io import attribute_proto
 from ...ir.passes import Pass, PassContext, option
 
 # Ops whose output is not a function of their inputs alone.
@@ -32,7 +32,7 @@ def evaluate(n: Node, opset: int) -> list[np.ndarray]:
     ins = [f"i{k}" if v is not None else "" for k, v in enumerate(n.inputs)]
     outs = [f"o{k}" for k in range(len(n.outputs))]
     node = helper.make_node(n.op_type, ins, outs, domain=n.domain or None)
-    node.attribute.extend(_attr(k, a) for k, a in n.attributes.items())
+    node.attribute.extend(attribute_proto(k, a) for k, a in n.attributes.items())
     feeds = {f"i{k}": np.asarray(v.const.numpy()) for k, v in enumerate(n.inputs) if v is not None}
     graph = helper.make_graph([node], "fold", [helper.make_tensor_value_info(i, v.dtype.onnx, None)
                                                 for i, v in zip(ins, n.inputs) if v is not None],

@@ -183,8 +183,10 @@ class Quantize(Pass):
 
     @staticmethod
     def _capture(model: Model, x: Value, samples: list[dict]) -> list[np.ndarray]:
-        if x.is_const or x in model.graph.inputs:
-            return [s[x.name] for s in samples] if not x.is_const else [x.numpy()]
+        if x.is_const:
+            return [x.numpy()]
+        if x in model.graph.inputs:
+            return [s[x.name] for s in samples]
         # Only the subgraph feeding x, with already-quantized weights kept as integer codes: a capture costs
         # a fraction of the model's memory instead of a float copy of all of it.
         ex = ReferenceExecutor(model, capture=[x.name], capture_only=True, keep_quantized=True)

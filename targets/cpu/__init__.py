@@ -18,7 +18,7 @@ import numpy as np
 from ...errors import UnsupportedError
 from ...hookspecs import hookimpl
 from ...ir import Model, QuantizedTensor
-from ...ir.passes import Pass, PassContext, option
+from ...ir.passes import PassContext, option
 from ...target import Artifact, Capabilities, Target
 from .relax_builder import RelaxBuilder, pack_codes, supported_ops
 

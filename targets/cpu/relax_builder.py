@@ -369,7 +369,7 @@ def pack_codes(q: QuantizedTensor) -> tuple[np.ndarray, int]:
 
 
 def _quantized_linear(b: RelaxBuilder, n: Node, x: Value, q: QuantizedTensor, bias: Value | None):
-    from tvm import te, tirx
+    from tvm import te
 
     if q.scheme == "codebook" or q.codes.ndim != 2 or q.axis not in (0, None) or (q.group_size and q.group_axis != 1):
         raise UnsupportedError(f"node {n.name!r}: the cpu target encodes per-channel or group-wise (along the input "
@@ -377,53 +377,27 @@ def _quantized_linear(b: RelaxBuilder, n: Node, x: Value, q: QuantizedTensor, bi
     N, K = q.shape
     xs = x.static_shape
     M = int(np.prod(xs[:-1]))
-    packed, per_byte = pack_codes(q)
-    scales = np.ascontiguousarray(q.scales.astype(np.float32))
-    gs = K // scales.shape[1]
-    sn = scales.shape[0]
-    zps = np.ascontiguousarray(q.zero_points.astype(np.float32)) if q.zero_points is not None else None
-    signed = q.signed
-    relax = b.relax
+    consts, element, has_zp = _dequant_te(q, b)
 
     def compute(X, P, S, *rest):
-        Z = rest[0] if zps is not None else None
+        Z = rest[0] if has_zp else None
         k = te.reduce_axis((0, K), "k")
-
-        def code(j, kk):
-            if per_byte == 1:
-                return P[j, kk].astype("float32")
-            byte = P[j, kk // 2].astype("int32")
-            nib = tirx.bitwise_and(tirx.shift_right(byte, (kk % 2) * 4), 15)
-            if signed:
-                nib = tirx.Select(nib >= 8, nib - 16, nib)
-            return nib.astype("float32")
-
-        def weight(j, kk):
-            c = code(j, kk)
-            row = j if sn > 1 else 0
-            if Z is not None:
-                c = c - Z[row, kk // gs]
-            return c * S[row, kk // gs]
-
-        return te.compute((M, N), lambda i, j: te.sum(X[i, k] * weight(j, k), axis=k), name="dequant_matmul")
+        return te.compute((M, N), lambda i, j: te.sum(X[i, k] * element(P, S, Z, j, k), axis=k),
+                          name="dequant_matmul")
 
     x2 = b.emit(_op().reshape(b.get(x), [M, K]))
-    args = [x2, relax.const(packed, str(packed.dtype)), relax.const(scales, "float32")]
-    if zps is not None:
-        args.append(relax.const(zps, "float32"))
-    y = b.bb.emit_te(compute, *args, primfunc_name_hint=f"qlinear_{q.bits}b")
+    y = b.bb.emit_te(compute, x2, *consts, primfunc_name_hint=f"qlinear_{q.bits}b")
     if bias is not None:
         y = b.emit(_op().add(y, b.get(bias)))
     return b.emit(_op().reshape(y, list(xs[:-1]) + [N]))
 
 
-def _dequant_te(q: QuantizedTensor, b: RelaxBuilder, name: str):
+def _dequant_te(q: QuantizedTensor, b: RelaxBuilder):
     """Relax constants for a quantized weight plus a TE function reading one dequantized element.
 
     Codes are flattened to ``[out, K]`` and packed as in :func:`pack_codes`; scales and zero points index
     by (row, K position // group)."""
     from tvm import tirx
-    out = q.shape[0]
     k = int(np.prod(q.shape[1:]))
     packed, per_byte = pack_codes(q)
     scales = np.asarray(q.scales, np.float32).reshape(q.scales.shape[0], -1)
@@ -455,7 +429,7 @@ def _quantized_conv(b: RelaxBuilder, n: Node, q: QuantizedTensor):
     if q.scheme == "codebook":
         raise UnsupportedError(f"node {n.name!r}: the cpu target does not encode codebook conv weights")
     o, i, kh, kw = q.shape
-    consts, element, has_zp = _dequant_te(q, b, n.name)
+    consts, element, has_zp = _dequant_te(q, b)
     strides, dil, groups = n.attr("strides", [1, 1]), n.attr("dilations", [1, 1]), n.attr("group", 1)
     pads = _pads(n, 2)
 
@@ -474,7 +448,7 @@ def _quantized_gather(b: RelaxBuilder, n: Node, q: QuantizedTensor):
     if q.scheme == "codebook" or q.codes.ndim != 2 or n.attr("axis", 0) != 0:
         raise UnsupportedError(f"node {n.name!r}: the cpu target encodes affine 2-D embedding tables only")
     rows, dim = q.shape
-    consts, element, has_zp = _dequant_te(q, b, n.name)
+    consts, element, has_zp = _dequant_te(q, b)
     idx = n.inputs[1]
     ishape = idx.static_shape
 
