@@ -213,3 +213,10 @@ def test_schedules_are_really_applied():
         mod = tvm.transform.Sequential(cg.legalize_passes(target) + [schedule_pass(target)])(RelaxBuilder(m).build())
     text = "\n".join(f.script() for gv, f in mod.functions.items() if "matmul" in gv.name_hint)
     assert "T.parallel" in text and "T.vectorized" in text and "T.unroll" in text and '"local"' in text
+
+
+def test_mcpu_native_is_refused_for_cross_compilation():
+    from edgec.errors import UnsupportedError
+    with pytest.raises(UnsupportedError, match="mcpu=native describes this x86_64 machine"):
+        CpuTarget(arch="aarch64", mcpu="native").tvm_target()
+    assert CpuTarget(mcpu="native").tvm_target().attrs["mcpu"]  # resolved to this machine's CPU name
