@@ -24,6 +24,7 @@ DEFAULT_PLUGINS = {
     "builtin-frontends": "edgec.plugins.frontends",
     "builtin-cleanup": "edgec.plugins.cleanup",
     "builtin-quantize": "edgec.plugins.quantize",
+    "builtin-llm": "edgec.plugins.llm",
     "target-cpu": "edgec.targets.cpu",
 }
 

@@ -221,7 +221,7 @@ def _external_placeholder(name: str, arr: np.ndarray) -> onnx.TensorProto:
 def _affine_dequant_nodes(v: Value, ctx: edgec_ops.ExpandContext) -> bool:
     """Emit ``v``'s affine QuantizedTensor as integer codes + Cast/Sub/Mul nodes producing ``v.name``.
 
-    The float32 arithmetic is the same as :meth:`QuantizedTensor.dequantize` ((q - zp) * scale), so the
+    The float32 arithmetic is the same as :meth:`QuantizedTensor.dequantize` ((q - zp) * scale + offset), so the
     result is bit-identical while the model holds 1-byte codes instead of 4-byte floats. Returns False for
     what it does not encode (codebooks, non-float32 results)."""
     q = v.const
@@ -232,20 +232,23 @@ def _affine_dequant_nodes(v: Value, ctx: edgec_ops.ExpandContext) -> bool:
     shape = list(codes.shape)
     scales = np.asarray(q.scales, np.float32)
     zps = None if q.zero_points is None else np.asarray(q.zero_points).astype(np.float32)
+    offs = None if q.offsets is None else np.asarray(q.offsets, np.float32)
     if q.group_size:  # split the grouped axis so the parameters broadcast: [.., G, gs, ..] x [.., G, 1, ..]
         ga = q.group_axis
         gshape = shape[:ga] + [shape[ga] // q.group_size, q.group_size] + shape[ga + 1:]
         codes = codes.reshape(gshape)
         scales = np.expand_dims(scales, ga + 1)
         zps = None if zps is None else np.expand_dims(zps, ga + 1)
+        offs = None if offs is None else np.expand_dims(offs, ga + 1)
     x = ctx.node("Cast", [ctx.const(v.name + "__codes", codes)], to=onnx.TensorProto.FLOAT)
     if zps is not None:
         x = ctx.node("Sub", [x, ctx.const(v.name + "__zp", zps)])
+    steps = [("Mul", v.name + "__scale", scales)] + ([("Add", v.name + "__offset", offs)] if offs is not None else [])
+    for i, (op, cname, arr) in enumerate(steps):
+        last = i == len(steps) - 1 and not q.group_size
+        x = ctx.node(op, [x, ctx.const(cname, arr)], [v.name] if last else None)
     if q.group_size:
-        x = ctx.node("Mul", [x, ctx.const(v.name + "__scale", scales)])
         ctx.node("Reshape", [x, ctx.const(v.name + "__shape", np.array(shape, np.int64))], [v.name])
-    else:
-        ctx.node("Mul", [x, ctx.const(v.name + "__scale", scales)], [v.name])
     return True
 
 

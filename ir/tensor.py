@@ -16,8 +16,8 @@ import numpy as np
 
 from .dtypes import DType, code_range
 
-Scheme = Literal["symmetric", "asymmetric", "codebook"]
-SCHEMES = ("symmetric", "asymmetric", "codebook")
+Scheme = Literal["symmetric", "asymmetric", "affine", "codebook"]
+SCHEMES = ("symmetric", "asymmetric", "affine", "codebook")
 
 
 class Tensor:
@@ -72,6 +72,8 @@ class QuantizedTensor:
     Dequantization:
       * ``symmetric``:  ``w = codes * scale`` with signed codes.
       * ``asymmetric``: ``w = (codes - zero_point) * scale`` with unsigned codes.
+      * ``affine``:     ``w = codes * scale + offset`` with unsigned codes and a float offset per block (the
+        "scale and min" form of GGUF's Q4_1/Q5_1/K-quants, where ``offset = -(dmin * m)``).
       * ``codebook``:   ``w = codebook[codes]`` per tensor (codebook ``[n]``), per channel along ``axis``
         (``[C, n]``), or per group of ``group_size`` along ``group_axis`` within each channel of a 2-D weight
         (``[C, K / group_size, n]``); times ``scale`` when scales are given (e.g. NF4 absmax scaling).
@@ -79,6 +81,11 @@ class QuantizedTensor:
     ``scales`` (and ``zero_points``) have the same rank as ``codes``; each dimension is 1 (shared), the
     full extent (per element/channel) or ``extent / group_size`` along ``group_axis`` (group-wise).
     ``axis`` names the per-channel axis (None: per tensor).
+
+    ``layout`` names a storage format whose block grid the tensor lies on exactly (``"gguf.Q4_K"`` ...);
+    ``layout_params`` holds what that format stores beyond the per-block scales (e.g. the K-quants'
+    per-super-block ``d``/``dmin``), so a target writes the format without re-rounding anything.
+    All float arithmetic is float32, in the order written above.
     """
 
     codes: np.ndarray
@@ -92,6 +99,9 @@ class QuantizedTensor:
     codebook: np.ndarray | None = None
     dtype: DType = DType.FLOAT32
     method: str = "rtn"
+    offsets: np.ndarray | None = None
+    layout: str | None = None
+    layout_params: dict | None = None
 
     @property
     def shape(self) -> tuple[int, ...]:
@@ -105,10 +115,32 @@ class QuantizedTensor:
     def nbytes(self) -> int:
         """Packed storage size: codes at ``bits`` each plus scales, zero points and codebook."""
         n = (int(np.prod(self.shape, dtype=np.int64)) * self.bits + 7) // 8
-        for p in (self.scales, self.zero_points, self.codebook):
+        for p in (self.scales, self.zero_points, self.codebook, self.offsets):
             if p is not None:
                 n += p.nbytes
         return n
+
+    def params(self) -> dict[str, np.ndarray]:
+        """Every array besides the codes, by name (``layout.*`` for the layout's own)."""
+        out = {k: getattr(self, k) for k in ("scales", "zero_points", "codebook", "offsets")
+               if getattr(self, k) is not None}
+        out.update({f"layout.{k}": v for k, v in (self.layout_params or {}).items()})
+        return out
+
+    def take_rows(self, idx: np.ndarray) -> "QuantizedTensor":
+        """The same tensor with its rows (axis 0) reordered; codes and per-row parameters move together."""
+        def pick(p):
+            if p is None or p.ndim == 0 or p.shape[0] == 1:
+                return p
+            return np.ascontiguousarray(p[idx])
+        if self.scheme == "codebook" and self.codebook is not None and self.codebook.ndim > 1 and self.axis != 0:
+            raise ValueError("cannot reorder rows of a codebook tensor whose palettes are not per row")
+        lp = None if self.layout_params is None else {k: pick(v) for k, v in self.layout_params.items()}
+        return dataclasses.replace(self, codes=np.ascontiguousarray(self.codes[idx]), scales=pick(self.scales),
+                                   zero_points=pick(self.zero_points), offsets=pick(self.offsets),
+                                   codebook=pick(self.codebook) if (self.codebook is not None
+                                                                   and self.codebook.ndim > 1) else self.codebook,
+                                   layout_params=lp)
 
     def validate(self) -> list[str]:
         """Return every way this tensor breaks its own invariants (empty when valid)."""
@@ -159,9 +191,13 @@ class QuantizedTensor:
                 errs.append(f"{self.scheme} scheme needs scales")
             if self.scheme == "asymmetric" and self.zero_points is None:
                 errs.append("asymmetric scheme needs zero_points")
-            if self.scheme == "symmetric" and self.zero_points is not None:
-                errs.append("symmetric scheme must not carry zero_points")
-        for pname in ("scales", "zero_points"):
+            if self.scheme in ("symmetric", "affine") and self.zero_points is not None:
+                errs.append(f"{self.scheme} scheme must not carry zero_points")
+            if self.scheme == "affine" and self.offsets is None:
+                errs.append("affine scheme needs offsets")
+        if self.offsets is not None and self.scheme != "affine":
+            errs.append("only the affine scheme carries offsets")
+        for pname in ("scales", "zero_points", "offsets"):
             p = getattr(self, pname)
             if p is None:
                 continue
@@ -198,7 +234,10 @@ class QuantizedTensor:
         q = self.codes.astype(np.float32)
         if self.zero_points is not None:
             q = q - _expand(self.zero_points.astype(np.float32), self.shape)
-        return (q * _expand(self.scales.astype(np.float32), self.shape)).astype(out_dt)
+        w = q * _expand(self.scales.astype(np.float32), self.shape)
+        if self.offsets is not None:
+            w = w + _expand(self.offsets.astype(np.float32), self.shape)
+        return w.astype(out_dt)
 
     def numpy(self) -> np.ndarray:
         """Alias of :meth:`dequantize`, so plain and quantized constants read alike."""
@@ -206,10 +245,10 @@ class QuantizedTensor:
 
     def digest(self) -> str:
         h = hashlib.sha256()
-        for p in (self.codes, self.scales, self.zero_points, self.codebook):
-            if p is not None:
-                h.update(np.ascontiguousarray(p).tobytes())
-        h.update(f"{self.bits}{self.scheme}{self.axis}{self.group_size}{self.group_axis}".encode())
+        h.update(np.ascontiguousarray(self.codes).tobytes())
+        for k, p in self.params().items():
+            h.update(k.encode() + np.ascontiguousarray(p).tobytes())
+        h.update(f"{self.bits}{self.scheme}{self.axis}{self.group_size}{self.group_axis}{self.layout}".encode())
         return h.hexdigest()[:16]
 
     def describe(self) -> dict:
@@ -217,6 +256,7 @@ class QuantizedTensor:
         return {
             "bits": self.bits, "scheme": self.scheme, "axis": self.axis, "group_size": self.group_size,
             "group_axis": self.group_axis, "method": self.method, "bytes": self.nbytes,
+            **({"layout": self.layout} if self.layout else {}),
         }
 
     def __repr__(self) -> str:

@@ -80,11 +80,11 @@ def _const_json(c: Tensor | QuantizedTensor, elide: bool, sink: Sink = None) -> 
     d: dict[str, Any] = {"quant": {
         "bits": c.bits, "scheme": c.scheme, "axis": c.axis, "group_size": c.group_size,
         "group_axis": c.group_axis, "dtype": c.dtype.short, "method": c.method}}
+    if c.layout:
+        d["quant"]["layout"] = c.layout
     d["codes"] = _array(c.codes, DType.from_numpy(c.codes.dtype), elide, sink)
-    for k in ("scales", "zero_points", "codebook"):
-        p = getattr(c, k)
-        if p is not None:
-            d[k] = _array(p, DType.from_numpy(p.dtype), elide, sink)
+    for k, p in c.params().items():
+        d[k] = _array(p, DType.from_numpy(p.dtype), elide, sink)
     return d
 
 
@@ -219,10 +219,12 @@ def _const_from(d: dict, source: Source = None) -> Tensor | QuantizedTensor:
         arr, dt = _from_array(d, source)
         return Tensor(arr, dt)
     q = d["quant"]
-    params = {k: _from_array(d[k], source)[0] for k in ("scales", "zero_points", "codebook") if k in d}
+    params = {k: _from_array(d[k], source)[0] for k in ("scales", "zero_points", "codebook", "offsets") if k in d}
+    lp = {k.split(".", 1)[1]: _from_array(v, source)[0] for k, v in d.items() if k.startswith("layout.")}
     return QuantizedTensor(codes=_from_array(d["codes"], source)[0], bits=q["bits"], scheme=q["scheme"], axis=q["axis"],
                            group_size=q["group_size"], group_axis=q["group_axis"],
-                           dtype=DType.from_short(q["dtype"]), method=q.get("method", "rtn"), **params)
+                           dtype=DType.from_short(q["dtype"]), method=q.get("method", "rtn"),
+                           layout=q.get("layout"), layout_params=lp or None, **params)
 
 
 def _attr_from(a: Any) -> Any:

@@ -23,7 +23,7 @@ from ...target import Artifact, Capabilities, Target
 from .relax_builder import RelaxBuilder, pack_codes, supported_ops
 
 _TRIPLES = {"x86_64": "x86_64-linux-gnu", "aarch64": "aarch64-linux-gnu"}
-_QUANT = frozenset({(s, b) for s in ("symmetric", "asymmetric") for b in range(2, 9)})
+_QUANT = frozenset({(s, b) for s in ("symmetric", "asymmetric", "affine") for b in range(2, 9)})
 
 
 def _tvm():

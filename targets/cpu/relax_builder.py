@@ -377,12 +377,11 @@ def _quantized_linear(b: RelaxBuilder, n: Node, x: Value, q: QuantizedTensor, bi
     N, K = q.shape
     xs = x.static_shape
     M = int(np.prod(xs[:-1]))
-    consts, element, has_zp = _dequant_te(q, b)
+    consts, element = _dequant_te(q, b)
 
-    def compute(X, P, S, *rest):
-        Z = rest[0] if has_zp else None
+    def compute(X, *params):
         k = te.reduce_axis((0, K), "k")
-        return te.compute((M, N), lambda i, j: te.sum(X[i, k] * element(P, S, Z, j, k), axis=k),
+        return te.compute((M, N), lambda i, j: te.sum(X[i, k] * element(params, j, k), axis=k),
                           name="dequant_matmul")
 
     x2 = b.emit(_op().reshape(b.get(x), [M, K]))
@@ -395,19 +394,22 @@ def _quantized_linear(b: RelaxBuilder, n: Node, x: Value, q: QuantizedTensor, bi
 def _dequant_te(q: QuantizedTensor, b: RelaxBuilder):
     """Relax constants for a quantized weight plus a TE function reading one dequantized element.
 
-    Codes are flattened to ``[out, K]`` and packed as in :func:`pack_codes`; scales and zero points index
-    by (row, K position // group)."""
+    Codes are flattened to ``[out, K]`` and packed as in :func:`pack_codes`; scales, zero points and
+    offsets index by (row, K position // group). ``element(params, row, k)`` takes the TE tensors of the
+    constants in order, and computes exactly :meth:`QuantizedTensor.dequantize` (float32, same order)."""
     from tvm import tirx
     k = int(np.prod(q.shape[1:]))
     packed, per_byte = pack_codes(q)
     scales = np.asarray(q.scales, np.float32).reshape(q.scales.shape[0], -1)
     sn, gk = scales.shape[0], max(1, k // scales.shape[1])
-    zps = np.asarray(q.zero_points, np.float32).reshape(sn, -1) if q.zero_points is not None else None
+    extra = {name: np.ascontiguousarray(np.asarray(p, np.float32).reshape(sn, -1))
+             for name, p in (("zp", q.zero_points), ("offset", q.offsets)) if p is not None}
     consts = [b.relax.const(packed, str(packed.dtype)), b.relax.const(np.ascontiguousarray(scales), "float32")]
-    if zps is not None:
-        consts.append(b.relax.const(np.ascontiguousarray(zps), "float32"))
+    consts += [b.relax.const(a, "float32") for a in extra.values()]
+    slots = {name: 2 + i for i, name in enumerate(extra)}
 
-    def element(P, S, Z, row, kk):
+    def element(params, row, kk):
+        P, S = params[0], params[1]
         if per_byte == 1:
             c = P[row, kk].astype("float32")
         else:
@@ -417,11 +419,14 @@ def _dequant_te(q: QuantizedTensor, b: RelaxBuilder):
                 nib = tirx.Select(nib >= 8, nib - 16, nib)
             c = nib.astype("float32")
         r = row if sn > 1 else 0
-        if Z is not None:
-            c = c - Z[r, kk // gk]
-        return c * S[r, kk // gk]
+        if "zp" in slots:
+            c = c - params[slots["zp"]][r, kk // gk]
+        c = c * S[r, kk // gk]
+        if "offset" in slots:
+            c = c + params[slots["offset"]][r, kk // gk]
+        return c
 
-    return consts, element, zps is not None
+    return consts, element
 
 
 def _quantized_conv(b: RelaxBuilder, n: Node, q: QuantizedTensor):
@@ -429,13 +434,12 @@ def _quantized_conv(b: RelaxBuilder, n: Node, q: QuantizedTensor):
     if q.scheme == "codebook":
         raise UnsupportedError(f"node {n.name!r}: the cpu target does not encode codebook conv weights")
     o, i, kh, kw = q.shape
-    consts, element, has_zp = _dequant_te(q, b)
+    consts, element = _dequant_te(q, b)
     strides, dil, groups = n.attr("strides", [1, 1]), n.attr("dilations", [1, 1]), n.attr("group", 1)
     pads = _pads(n, 2)
 
-    def compute(X, P, S, *rest):
-        Z = rest[0] if has_zp else None
-        W = te.compute((o, i, kh, kw), lambda a, c, y, x: element(P, S, Z, a, (c * kh + y) * kw + x), name="w_deq")
+    def compute(X, *params):
+        W = te.compute((o, i, kh, kw), lambda a, c, y, x: element(params, a, (c * kh + y) * kw + x), name="w_deq")
         if groups == 1:
             return topi.nn.conv2d_nchw(X, W, strides, pads, dil, out_dtype="float32")
         return topi.nn.group_conv2d_nchw(X, W, strides, pads, dil, groups, out_dtype="float32")
@@ -448,17 +452,15 @@ def _quantized_gather(b: RelaxBuilder, n: Node, q: QuantizedTensor):
     if q.scheme == "codebook" or q.codes.ndim != 2 or n.attr("axis", 0) != 0:
         raise UnsupportedError(f"node {n.name!r}: the cpu target encodes affine 2-D embedding tables only")
     rows, dim = q.shape
-    consts, element, has_zp = _dequant_te(q, b)
+    consts, element = _dequant_te(q, b)
     idx = n.inputs[1]
     ishape = idx.static_shape
 
-    def compute(I, P, S, *rest):
-        Z = rest[0] if has_zp else None
-
+    def compute(I, *params):
         def f(*ax):
             r = I[ax[:-1]].astype("int32")
             r = te.max(te.min(r, rows - 1), 0)  # clip, like the float lowering's mode="clip"
-            return element(P, S, Z, r, ax[-1])
+            return element(params, r, ax[-1])
         return te.compute(tuple(ishape) + (dim,), f, name="dequant_gather")
 
     return b.bb.emit_te(compute, b.get(idx), *consts, primfunc_name_hint=f"qgather_{q.bits}b")

@@ -1,0 +1,175 @@
+"""LLM frontends: GGUF files (llama, qwen2) and Hugging Face folders (Llama, Mistral, Qwen2)."""
+
+from __future__ import annotations
+
+import json
+import os
+from typing import ClassVar
+
+import numpy as np
+
+from ...errors import BadInputError, UnsupportedError
+from ...frontend import Frontend
+from ...ir import Model, Tensor
+from .decoder import LLMConfig, build_decoder, permute_rows, weight_names
+from .gguf_io import GGUF_KV_KEY, config_from_gguf, dump_kv, kv_metadata, open_gguf, read_tensor
+
+SOURCE_KEY = "edgec.llm.source"  # "gguf:<path>" or "hf:<folder>": where the tokenizer comes from
+
+
+class GGUFFrontend(Frontend):
+    """A GGUF language model (architecture llama or qwen2), tensors dequantized to float32."""
+
+    name: ClassVar[str] = "gguf"
+    summary: ClassVar[str] = "GGUF language models (llama, qwen2): any tensor type gguf-py dequantizes"
+    suffixes: ClassVar[tuple[str, ...]] = (".gguf",)
+
+    def load(self, path: str) -> Model:
+        from tqdm import tqdm
+        reader = open_gguf(path)
+        cfg = config_from_gguf(reader, path)
+        by_name = {t.name: t for t in reader.tensors}
+        weights = {}
+        wanted = [n for n in weight_names(cfg) if n in by_name]
+        for name in tqdm(wanted, desc="reading GGUF", unit="tensor", leave=False, disable=None):
+            arr = read_tensor(by_name[name])
+            if cfg.arch == "llama" and (name.endswith("attn_q.weight") or name.endswith("attn_k.weight")):
+                # llama.cpp stores Q/K rows interleaved for its rotary kernel; edgec keeps the rotate-half rows.
+                n_head = cfg.heads if "attn_q" in name else cfg.kv_heads
+                arr = permute_rows(arr, n_head, to_gguf=False).numpy()
+            weights[name] = Tensor(arr)
+        extra = sorted(set(by_name) - set(weight_names(cfg)) - {"rope_freqs.weight"})
+        if extra:
+            raise UnsupportedError(f"{path}: tensors this importer does not understand: {', '.join(extra[:8])}")
+        meta = {GGUF_KV_KEY: dump_kv(kv_metadata(reader)), SOURCE_KEY: "gguf:" + os.path.abspath(path)}
+        return build_decoder(cfg, weights, meta)
+
+
+# ------------------------------------------------------------------------------------ Hugging Face folders
+_HF_ARCH = {"LlamaForCausalLM": "llama", "MistralForCausalLM": "mistral", "Qwen2ForCausalLM": "qwen2"}
+_HF_NAMES = {
+    "self_attn.q_proj": "attn_q", "self_attn.k_proj": "attn_k", "self_attn.v_proj": "attn_v",
+    "self_attn.o_proj": "attn_output", "mlp.gate_proj": "ffn_gate", "mlp.up_proj": "ffn_up",
+    "mlp.down_proj": "ffn_down", "input_layernorm": "attn_norm", "post_attention_layernorm": "ffn_norm",
+}
+
+
+def hf_config(folder: str) -> LLMConfig:
+    path = os.path.join(folder, "config.json")
+    try:
+        with open(path, encoding="utf-8") as f:
+            c = json.load(f)
+    except (OSError, json.JSONDecodeError) as e:
+        raise BadInputError(f"{path}: cannot read the model configuration: {e}") from None
+    archs = c.get("architectures") or []
+    arch = next((_HF_ARCH[a] for a in archs if a in _HF_ARCH), None) or \
+        {"llama": "llama", "mistral": "mistral", "qwen2": "qwen2"}.get(c.get("model_type", ""))
+    if arch is None:
+        raise UnsupportedError(f"{path}: architecture {archs or c.get('model_type')} is not supported "
+                               f"(supported: {', '.join(_HF_ARCH)})")
+    problems = []
+    rs = c.get("rope_scaling")
+    if rs and (rs.get("rope_type") or rs.get("type")) not in (None, "default"):
+        problems.append(f"rope_scaling {rs}")
+    if c.get("hidden_act", "silu") != "silu":
+        problems.append(f"hidden_act {c.get('hidden_act')!r} (only silu)")
+    if arch == "mistral" and c.get("sliding_window") and c["sliding_window"] < c.get("max_position_embeddings", 0):
+        # A sliding window shorter than the evaluated context changes attention; edgec uses full causal
+        # attention and limits the context length to the window instead.
+        c["max_position_embeddings"] = c["sliding_window"]
+    if problems:
+        raise UnsupportedError(f"{path}: not supported yet: " + "; ".join(problems))
+    try:
+        hidden, heads = int(c["hidden_size"]), int(c["num_attention_heads"])
+        return LLMConfig(
+            arch=arch, vocab_size=int(c["vocab_size"]), hidden=hidden, intermediate=int(c["intermediate_size"]),
+            layers=int(c["num_hidden_layers"]), heads=heads, kv_heads=int(c.get("num_key_value_heads") or heads),
+            head_dim=int(c.get("head_dim") or hidden // heads), rope_theta=float(c.get("rope_theta", 10000.0)),
+            rms_eps=float(c.get("rms_norm_eps", 1e-6)), context_length=int(c.get("max_position_embeddings", 2048)),
+            tied_embeddings=bool(c.get("tie_word_embeddings", False)),
+            qkv_bias=bool(c.get("attention_bias", arch == "qwen2")),
+            bos_token_id=c.get("bos_token_id"), eos_token_id=c.get("eos_token_id") if not isinstance(
+                c.get("eos_token_id"), list) else c["eos_token_id"][0],
+            name=os.path.basename(os.path.abspath(folder)))
+    except KeyError as e:
+        raise BadInputError(f"{path}: required key {e.args[0]!r} is missing") from None
+
+
+def gguf_name(hf: str) -> str | None:
+    if hf == "model.embed_tokens.weight":
+        return "token_embd.weight"
+    if hf == "model.norm.weight":
+        return "output_norm.weight"
+    if hf == "lm_head.weight":
+        return "output.weight"
+    if hf.startswith("model.layers."):
+        _, _, i, rest = hf.split(".", 3)
+        base, _, kind = rest.rpartition(".")
+        if base in _HF_NAMES:
+            return f"blk.{i}.{_HF_NAMES[base]}.{kind}"
+    return None
+
+
+class HFFrontend(Frontend):
+    """A Hugging Face style folder: ``config.json`` + ``*.safetensors`` (+ tokenizer files), read offline."""
+
+    name: ClassVar[str] = "hf"
+    summary: ClassVar[str] = "Hugging Face folders (config.json + safetensors): Llama, Mistral, Qwen2"
+    suffixes: ClassVar[tuple[str, ...]] = ()
+
+    def accepts(self, path: str) -> bool:
+        return os.path.isdir(path) and os.path.exists(os.path.join(path, "config.json"))
+
+    def load(self, path: str) -> Model:
+        from safetensors import safe_open
+        from tqdm import tqdm
+        cfg = hf_config(path)
+        files = sorted(f for f in os.listdir(path) if f.endswith(".safetensors"))
+        if not files:
+            raise BadInputError(f"{path} has no *.safetensors files (pickled .bin checkpoints are not read: "
+                                "they can run code; convert them to safetensors)")
+        weights: dict[str, Tensor] = {}
+        for fn in files:
+            try:
+                with safe_open(os.path.join(path, fn), framework="numpy") as f:
+                    for key in tqdm(list(f.keys()), desc=f"reading {fn}", unit="tensor", leave=False, disable=None):
+                        name = gguf_name(key)
+                        if name is None:
+                            if key.endswith("rotary_emb.inv_freq"):
+                                continue
+                            raise UnsupportedError(f"{fn}: tensor {key!r} has no place in a {cfg.arch} decoder")
+                        weights[name] = Tensor(self._float32(f, key, fn, os.path.join(path, fn)))
+            except (UnsupportedError, BadInputError):
+                raise
+            except Exception as e:  # noqa: BLE001 - safetensors raises SafetensorError and others
+                raise BadInputError(f"{os.path.join(path, fn)} is not a readable safetensors file: {e}") from None
+        if cfg.tied_embeddings:
+            weights.pop("output.weight", None)
+        elif "output.weight" not in weights and "token_embd.weight" in weights:
+            cfg = LLMConfig(**{**cfg.__dict__, "tied_embeddings": True})
+        return build_decoder(cfg, weights, {SOURCE_KEY: "hf:" + os.path.abspath(path)})
+
+    @staticmethod
+    def _float32(f, key: str, fn: str, path: str = "") -> np.ndarray:
+        try:
+            return np.asarray(f.get_tensor(key), np.float32)
+        except TypeError:
+            pass
+        # bfloat16 has no numpy dtype, so safetensors' numpy reader refuses it: read the slice raw.
+        return _bf16_tensor(path, key)
+
+
+def _bf16_tensor(path: str, key: str) -> np.ndarray:
+    import ml_dtypes
+    with open(path, "rb") as fh:
+        n = int.from_bytes(fh.read(8), "little")
+        header = json.loads(fh.read(n))
+    info = header[key]
+    if info.get("dtype") != "BF16":
+        raise BadInputError(f"{path}: tensor {key} has dtype {info.get('dtype')}, which edgec cannot read")
+    lo, hi = info["data_offsets"]
+    shape = [int(d) for d in info["shape"]]
+    if hi - lo != 2 * int(np.prod(shape)):
+        raise BadInputError(f"{path}: tensor {key} spans {hi - lo} bytes, its shape {shape} needs {2 * int(np.prod(shape))}")
+    raw = np.fromfile(path, dtype=np.uint8, count=hi - lo, offset=8 + n + lo)
+    return raw.view(ml_dtypes.bfloat16).astype(np.float32).reshape(shape)
