@@ -6,7 +6,8 @@ Accepted forms:
   exactly ``input_shape`` (one sample);
 * a folder of ``.npz`` files (each as above) or, for single-input models, ``.npy`` files;
 * ``random``: seeded random inputs, with a warning (quantization calibrated on noise is poor);
-* a text file (``.txt``) for language models, tokenized with the model's own tokenizer.
+* a text file (``.txt``) for language models, tokenized with the model's own tokenizer and cut into
+  ``max_samples`` windows of ``seq_len`` tokens at seeded offsets.
 
 Sampling is deterministic: with more samples than ``max_samples``, a seeded choice is taken. Names,
 shapes and dtypes are checked against the model's inputs, and every mismatch is reported at once.
@@ -83,8 +84,33 @@ def _read_npz(path: str) -> dict[str, np.ndarray]:
         raise BadInputError(f"calibration file {path}: not a readable .npz ({e})") from None
 
 
+def text_samples(path: str, model: Model, *, seed: int = 0, count: int = 32, seq_len: int = 512) -> list[dict]:
+    """``count`` windows of ``seq_len`` tokens from a text file, tokenized with the model's own tokenizer,
+    at seeded random offsets (non-overlapping when the text is long enough)."""
+    from .plugins.llm.tokenizer import tokenizer_for
+    if [v.name for v in model.graph.inputs] != ["input_ids"]:
+        raise UnsupportedError(f"{path}: text calibration needs a language model taking input_ids; this model "
+                               f"takes {[v.name for v in model.graph.inputs]}")
+    try:
+        with open(path, encoding="utf-8") as f:
+            text = f.read()
+    except (OSError, UnicodeDecodeError) as e:
+        raise BadInputError(f"calibration text {path}: cannot read it as UTF-8 ({e})") from None
+    ids = np.array(tokenizer_for(model).encode(text, add_bos=False), np.int64)
+    if ids.size < 2:
+        raise BadInputError(f"calibration text {path} holds {ids.size} tokens; it needs at least 2")
+    seq_len = min(seq_len, int(ids.size))
+    slots = ids.size // seq_len
+    rng = np.random.default_rng(seed)
+    if slots >= count:
+        starts = np.sort(rng.choice(slots, count, replace=False)) * seq_len
+    else:
+        starts = np.sort(rng.integers(0, ids.size - seq_len + 1, size=count))
+    return [{"input_ids": ids[s:s + seq_len][None]} for s in starts]
+
+
 def load_calibration(spec: str, model: Model, *, seed: int = 0, max_samples: int = 32,
-                     random_samples: int = 8) -> CalibrationSet:
+                     random_samples: int = 8, seq_len: int = 512) -> CalibrationSet:
     """Load calibration samples for ``model`` from ``spec`` (see the module docstring)."""
     if spec == "random":
         warnings.warn("--calib random: calibrating on random inputs; quantization quality will be poor. "
@@ -114,11 +140,7 @@ def load_calibration(spec: str, model: Model, *, seed: int = 0, max_samples: int
     elif spec.endswith(".npz"):
         samples = _split(model, _read_npz(spec), spec)
     elif spec.endswith(".txt"):
-        tok = model.metadata.get("tokenizer")
-        if not tok:
-            raise UnsupportedError(f"{spec}: text calibration needs a language model that carries its tokenizer "
-                                   "(GGUF or Hugging Face import); this model has none")
-        raise UnsupportedError("text calibration arrives with the language-model frontends")
+        samples = text_samples(spec, model, seed=seed, count=max_samples, seq_len=seq_len)
     else:
         raise BadInputError(f"calibration data {spec!r}: expected a .npz file, a folder, a .txt file or 'random'")
     if not samples:

@@ -78,7 +78,7 @@ def main(debug: bool) -> None:
 
 
 @main.command("compile")
-@click.argument("model", type=click.Path(dir_okay=False))
+@click.argument("model", type=click.Path())
 @click.option("-t", "--target", default="cpu", show_default=True, help="Target, optionally with options: 'cpu{arch=aarch64}'.")
 @click.option("-p", "--pipeline", default="", help="Passes to run after cleanup, e.g. 'quantize{bits=4}'.")
 @click.option("-o", "--output", type=click.Path(file_okay=False), help="Output directory (default: MODEL.TARGET).")
@@ -143,7 +143,7 @@ def compile_cmd(model, target, pipeline, output, input_shapes, calib, verify, to
 
 
 @main.command()
-@click.argument("model", type=click.Path(dir_okay=False))
+@click.argument("model", type=click.Path())
 @click.option("--frontend", help="Force a frontend.")
 @click.option("--json", "as_json", is_flag=True, help="Machine-readable output.")
 @click.option("--ir", "show_ir", is_flag=True, help="Print the IR text (large tensors elided).")
@@ -169,6 +169,39 @@ def inspect(model, frontend, as_json, show_ir):
         for v in info[k]:
             click.echo(f"  {k[:-1]:<6} {v['name']}: {v['dtype']}{v['shape']}")
     click.echo("  ops: " + ", ".join(f"{op}×{c}" for op, c in ops.most_common()))
+
+
+@main.command("eval")
+@click.argument("model", type=click.Path(exists=True))
+@click.option("--perplexity", "text", type=click.Path(exists=True, dir_okay=False),
+              help="Text file whose perplexity to measure.")
+@click.option("--ctx", type=int, default=512, show_default=True, help="Tokens per window.")
+@click.option("--stride", type=int, default=None, help="Tokens between window starts (default: ctx/2).")
+@click.option("--max-tokens", type=int, default=0, help="Only the first N tokens of the text (0: all).")
+@click.option("--engine", type=click.Choice(["auto", "reference", "llama.cpp"]), default="auto", show_default=True,
+              help="auto: llama.cpp for GGUF artifacts, the reference executor for models.")
+@click.option("--chat", "prompt", help="Generate a reply to this chat prompt with llama.cpp (GGUF only).")
+@click.option("--max-new-tokens", type=int, default=64, show_default=True)
+@click.option("--frontend", help="Force a frontend.")
+@click.option("--json", "as_json", is_flag=True, help="Machine-readable output.")
+@handle_errors
+def eval_cmd(model, text, ctx, stride, max_tokens, engine, prompt, max_new_tokens, frontend, as_json):
+    """Evaluate a language model or a compiled artifact: perplexity on a text, or a chat reply."""
+    from .errors import UsageError
+    from .plugins.llm import evaluate
+    if not text and not prompt:
+        raise UsageError("eval needs --perplexity TEXT_FILE and/or --chat PROMPT")
+    res = evaluate.run(model, text=text, ctx=ctx, stride=stride or max(1, ctx // 2), max_tokens=max_tokens,
+                       engine=engine, prompt=prompt, max_new_tokens=max_new_tokens, frontend=frontend,
+                       progress=not as_json)
+    if as_json:
+        _emit_json({"ok": True, **res})
+        return
+    click.echo(f"{res['model']} ({res['engine']}, tokenizer {res['tokenizer']})")
+    if "perplexity" in res:
+        click.echo(res["perplexity_text"])
+    if "reply" in res:
+        click.echo(f"chat reply: {res['reply']}")
 
 
 def _options_text(cls) -> str:

@@ -75,7 +75,10 @@ def parse_input_shapes(specs: Mapping[str, str] | None) -> dict[str, tuple[int, 
     return out
 
 
-def fix_input_shapes(model: Model, shapes: Mapping[str, tuple[int, ...]], notes: list[str]) -> None:
+def fix_input_shapes(model: Model, shapes: Mapping[str, tuple[int, ...]], notes: list[str],
+                     keep_dynamic: bool = False) -> None:
+    """Apply ``--input-shape``; without one, dynamic dims become 1 unless the target keeps them
+    (``keep_dynamic``: its runtime handles any sequence length, e.g. llama.cpp)."""
     names = {v.name for v in model.graph.inputs}
     unknown = set(shapes) - names
     if unknown:
@@ -90,7 +93,7 @@ def fix_input_shapes(model: Model, shapes: Mapping[str, tuple[int, ...]], notes:
             v.shape = new
         elif v.shape is None:
             raise UsageError(f"input {v.name!r} has unknown rank; give --input-shape {v.name}=AxBx...")
-        elif v.static_shape is None:
+        elif v.static_shape is None and not keep_dynamic:
             fixed = tuple(d if isinstance(d, int) else 1 for d in v.shape)
             notes.append(f"input {v.name!r}: dynamic dims {v.shape} fixed to {fixed} (override with --input-shape)")
             v.shape = fixed
@@ -173,14 +176,14 @@ def compile(model: str | Model, target: str = "cpu", pipeline: str = "", output:
     else:
         src_path, ir_model = None, model
     notes: list[str] = []
-    fix_input_shapes(ir_model, shapes, notes)
+    fix_input_shapes(ir_model, shapes, notes, keep_dynamic=tgt.dynamic_shapes)
     t_import = time.perf_counter() - t0
     calibration = None
     if calib is not None:
         from .calibration import load_calibration
         say(f"loading calibration data {calib}")
         calibration = load_calibration(calib, ir_model, seed=seed)
-    feeds = random_inputs(ir_model, seed=seed)
+    feeds = random_inputs(ir_model, seed=seed, dims={"seq": VERIFY_SEQ_LEN})
     original_ref = None
     if verify:
         original_ref = _original_outputs(src_path, ir_model, feeds)
@@ -277,6 +280,9 @@ def _original_outputs(src_path: str | None, model: Model, feeds: dict[str, np.nd
     return {"runtime": "reference executor (imported model)", "outputs": [r[o.name] for o in model.graph.outputs]}
 
 
+VERIFY_SEQ_LEN = 32  # tokens in the seeded verification input of language models
+
+
 def _verify(tgt: Target, out_dir: str, model: Model, feeds, original, tolerance: float) -> dict[str, Any]:
     try:
         got = tgt.run_artifact(out_dir, feeds, [v.name for v in model.graph.inputs])
@@ -296,12 +302,19 @@ def _verify(tgt: Target, out_dir: str, model: Model, feeds, original, tolerance:
             row["vs_original_cosine"] = _cosine(got[k], original["outputs"][k])
             if got[k].ndim == 2 and got[k].shape[0] >= 1 and got[k].shape[1] > 1:
                 row["top1_agreement"] = float((got[k].argmax(-1) == np.asarray(original["outputs"][k]).argmax(-1)).mean())
-        if act_quant:
+        policy = getattr(tgt, "verify_policy", None)
+        if got[k].ndim >= 2 and got[k].shape[-1] > 1:
+            row["vs_reference_top1_agreement"] = float(
+                (np.asarray(got[k]).argmax(-1) == np.asarray(ref_outs[k]).argmax(-1)).mean())
+        if policy:
+            ok = (row["vs_reference_cosine"] >= policy["min_cosine"]
+                  and row.get("vs_reference_top1_agreement", 1.0) >= policy["min_top1"])
+        elif act_quant:
             ok = (row["vs_reference_cosine"] >= ACT_QUANT_MIN_COSINE
                   and row["vs_reference_max_rel_err"] <= max(tolerance, ACT_QUANT_TOL))
         else:
             ok = row["vs_reference_max_rel_err"] <= tolerance
-        if not quantized and not act_quant and "vs_original_max_rel_err" in row:
+        if not quantized and not act_quant and not policy and "vs_original_max_rel_err" in row:
             ok = ok and row["vs_original_max_rel_err"] <= tolerance
         row["passed"] = ok
         passed &= ok
@@ -313,7 +326,10 @@ def _verify(tgt: Target, out_dir: str, model: Model, feeds, original, tolerance:
                + (f"; simulated int8 activations: criterion cosine >= {ACT_QUANT_MIN_COSINE} and rel err <= "
                   f"{max(tolerance, ACT_QUANT_TOL):g} vs the reference (rounding-boundary flips)" if act_quant
                   else f"; tolerance {tolerance:g}"))
+    policy = getattr(tgt, "verify_policy", None)
+    if policy:
+        summary += f"; target criterion: {policy['description']}"
     return {"passed": passed, "ran": True, "runtime": tgt.runtime, "tolerance": tolerance, "outputs": rows,
-            "criterion": "activation-quant" if act_quant else "max-rel-err",
+            "criterion": "target" if policy else "activation-quant" if act_quant else "max-rel-err",
             "summary": summary, "error_metric": "max|artifact - reference| / max|reference|"}
 

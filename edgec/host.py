@@ -26,6 +26,7 @@ DEFAULT_PLUGINS = {
     "builtin-quantize": "edgec.plugins.quantize",
     "builtin-llm": "edgec.plugins.llm",
     "target-cpu": "edgec.targets.cpu",
+    "target-gguf": "edgec.targets.gguf",
 }
 
 

@@ -54,6 +54,10 @@ class Target:
     summary: ClassVar[str] = ""
     capabilities: ClassVar[Capabilities]
     runtime: ClassVar[str] = ""   # what --verify runs the artifact on
+    # Targets whose runtime computes differently by design (e.g. low-precision activations) set
+    # {"min_cosine", "min_top1", "description"}: --verify then uses that criterion instead of --tolerance.
+    verify_policy: ClassVar[dict | None] = None
+    dynamic_shapes: ClassVar[bool] = False  # True: the artifact takes any input length (no shape fixing)
 
     def __post_init__(self) -> None:
         Pass.__post_init__(self)  # same option validation as passes

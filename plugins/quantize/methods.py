@@ -58,12 +58,15 @@ def mse(w2: np.ndarray, spec: GridSpec, h: np.ndarray | None = None):
     return best[0], best[1], best[2]
 
 
-def gptq(w2: np.ndarray, spec: GridSpec, h: np.ndarray, *, damp: float = 0.01, act_order: bool = True,
-         block: int = 128, perm: np.ndarray | None = None):
+def gptq(w2: np.ndarray, spec: GridSpec | None, h: np.ndarray, *, damp: float = 0.01, act_order: bool = True,
+         block: int = 128, perm: np.ndarray | None = None, grid=None):
     """GPTQ with lazy block updates; returns codes/scales/zero points on the static-group grid.
 
     ``h`` is ``X^T X`` (float32). When ``perm`` is given, ``h`` is already in that column order and is
     consumed (factored in place): the caller must not use it afterwards. Memory: one K x K float32 buffer.
+
+    With ``grid`` (a fitted :class:`~.gguf_grids.Grid`, e.g. a GGUF block format) columns are quantized on
+    that grid instead of ``spec``'s, and the codes ``[out, K]`` are returned alone.
     """
     from scipy.linalg import lapack
     if h is None:
@@ -78,9 +81,12 @@ def gptq(w2: np.ndarray, spec: GridSpec, h: np.ndarray, *, damp: float = 0.01, a
     h[dead, dead] = 1.0
     w[:, dead] = 0.0
     # Grid parameters from the original weights, per contiguous group (static groups).
-    scale, zp = params(grouped(w2.astype(np.float32), spec), spec)
-    g = spec.groups(k)
-    gs = k // g if spec.granularity != "tensor" else k
+    if grid is None:
+        scale, zp = params(grouped(w2.astype(np.float32), spec), spec)
+        g = spec.groups(k)
+        gs = k // g if spec.granularity != "tensor" else k
+    else:
+        scale, zp, gs = np.ones((1, 1), np.float32), None, k
     inv = np.argsort(perm)
     h[np.diag_indices(k)] += damp * np.mean(np.diag(h))
     # Upper Cholesky factor of H^-1, in place: potrf(H) -> potri (H^-1) -> potrf(H^-1). H is symmetric, so
@@ -107,10 +113,19 @@ def gptq(w2: np.ndarray, spec: GridSpec, h: np.ndarray, *, damp: float = 0.01, a
         hb = np.triu(hinv[b0:b1, b0:b1]).astype(np.float64)
         for i in range(b1 - b0):
             j = b0 + i
+            col = w_blk[:, i]
+            if grid is not None:
+                oc = slice(int(perm[j]), int(perm[j]) + 1)
+                qc = grid.quantize(col.astype(np.float32)[:, None], oc)
+                codes[:, j] = qc[:, 0]
+                deq = grid.dequantize(qc, oc)[:, 0].astype(np.float64)
+                e = (col - deq) / hb[i, i]
+                w_blk[:, i:] -= np.outer(e, hb[i, i:])
+                err[:, i] = e
+                continue
             grp = 0 if spec.granularity == "tensor" else col_group[j]
             s = sc[:, grp] if sc.shape[0] > 1 else np.full(out, sc[0, grp])
             z = None if zc is None else (zc[:, grp] if zc.shape[0] > 1 else np.full(out, zc[0, grp]))
-            col = w_blk[:, i]
             q = np.round(col.astype(np.float32).astype(np.float64) / s) + (z if z is not None else 0)
             q = np.clip(q, spec.qmin, spec.qmax)
             codes[:, j] = q
@@ -121,6 +136,8 @@ def gptq(w2: np.ndarray, spec: GridSpec, h: np.ndarray, *, damp: float = 0.01, a
         if b1 < k:
             w[:, b1:] -= (err.astype(np.float32) @ hinv[b0:b1, b1:])
     codes = codes[:, inv]
+    if grid is not None:
+        return codes
     return codes.reshape(grouped(codes, spec).shape).astype(np.float32), scale, zp
 
 

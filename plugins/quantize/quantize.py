@@ -20,6 +20,7 @@ import numpy as np
 from ...errors import UsageError
 from ...ir import Model, Node, QuantizedTensor, ReferenceExecutor, Value
 from ...ir.passes import Pass, PassContext, option
+from . import gguf_grids as gg
 from . import methods
 from .grid import GridSpec, as_matrix, dequantize_codes, make_tensor, sqnr_db
 from .scaling import apply_input_scale, linear_groups
@@ -113,6 +114,8 @@ class Quantize(Pass):
     per_channel_codebook: bool = option(False, help="codebook: one palette per output channel (with group=: "
                                                     "one per group of each channel)")
     samples: int = option(32, check=lambda v: v > 0, allowed="a positive integer", help="calibration samples used")
+    gguf: str = option("", choices=("", *gg.TYPES), help="quantize on this GGUF block format's exact grid "
+                       "(bits/scheme/group are the format's); embedding/head bits pick Q8_0/Q6_K/Q5_K/Q4_K/...")
 
     def __post_init__(self) -> None:
         super().__post_init__()
@@ -120,6 +123,14 @@ class Quantize(Pass):
             raise UsageError("quantize: group= conflicts with granularity=tensor; drop one of them")
         if self.method == "nf4" and self.bits != 4 and self.bits != 8:
             raise UsageError("quantize: method=nf4 is 4-bit by definition; drop bits= or set bits=4")
+        if self.gguf and self.method in ("nf4", "codebook"):
+            raise UsageError(f"quantize: method={self.method} has no GGUF encoding; with gguf= use rtn, mse, gptq "
+                             "or awq (IQ4_NL is GGUF's non-uniform 4-bit grid)")
+        for role in ("embedding_bits", "head_bits"):
+            if self.gguf and getattr(self, role) not in (0, *gg.TYPE_FOR_BITS):
+                raise UsageError(f"quantize: with gguf= {role} must be one of 0, "
+                                 f"{', '.join(map(str, gg.TYPE_FOR_BITS))} (the GGUF types "
+                                 f"{', '.join(gg.TYPE_FOR_BITS.values())})")
         bad = set(self.ops.split(":")) - {"Linear", "Conv"}
         if bad:
             raise UsageError(f"quantize: ops={self.ops!r} names {sorted(bad)}; allowed: Linear, Conv")
@@ -240,7 +251,41 @@ class Quantize(Pass):
             den += float(np.sum((rows @ w2.T).astype(np.float64) ** 2))
         return float(np.sqrt(num / den)) if den > 0 else None
 
+    def gguf_type_for(self, layer: Layer) -> tuple[str | None, str]:
+        """The GGUF type this layer gets (None: stays float) and why, when it is not the requested one."""
+        bits = {"embedding": self.embedding_bits, "head": self.head_bits}.get(layer.role)
+        want = gg.TYPE_FOR_BITS[bits] if bits is not None else self.gguf
+        if layer.weight.rank != 2:
+            return None, f"{want} needs a 2-D weight; kept float"
+        return gg.resolve(want, layer.weight.shape[1])
+
+    def _quantize_gguf(self, model: Model, layer: Layer, xs: list[np.ndarray] | None) -> dict | None:
+        tname, note = self.gguf_type_for(layer)
+        w = np.asarray(layer.weight.numpy(), np.float32)
+        if tname is None:
+            return {"node": layer.node.name, "role": layer.role, "shape": list(w.shape), "note": note,
+                    "bits": 32, "method": "none"}
+        t = gg.TYPES[tname]
+        method = self.method_for(layer)
+        if method == "gptq" and xs:
+            diag = self._diag(layer, xs)
+            perm = methods.hessian_order(diag, self.act_order)
+            h = self._hessian(layer, xs, perm)
+            grid = gg.fit(w, t)
+            codes = methods.gptq(w, None, h, damp=self.damp, act_order=self.act_order, block=self.block, perm=perm,
+                                 grid=grid)
+            q = grid.tensor(codes, "gptq")
+        else:
+            if method == "gptq":
+                note = note or "no calibration inputs for this layer; used mse"
+            # AWQ's scales are already folded into the weights; like mse it then searches the clipping.
+            q = gg.quantize_matrix(w, t, "rtn" if method == "rtn" else "mse")
+            q = dataclasses.replace(q, method=method)
+        return self._replace(model, layer, q, w, None, xs, note)
+
     def _quantize_layer(self, model: Model, layer: Layer, xs: list[np.ndarray] | None) -> dict:
+        if self.gguf:
+            return self._quantize_gguf(model, layer, xs)
         w = np.asarray(layer.weight.numpy(), np.float32)
         w2 = as_matrix(w)
         spec = self.spec_for(layer)
@@ -321,14 +366,20 @@ class Quantize(Pass):
             h = rows.T @ rows / rows.shape[0]
             ws = [np.asarray(n.inputs[1].numpy(), np.float32) for n in group]
             spec = self.spec_for(by_node[id(group[0])])
+            gtype = self.gguf_type_for(by_node[id(group[0])])[0] if self.gguf else None
+            if self.gguf and gtype is None:
+                continue  # stays float: nothing to protect
             best = (None, np.inf)
             for alpha in np.linspace(0.0, 1.0, 21):
                 s = act ** alpha
                 s = (s / np.sqrt(s.max() * s.min())).astype(np.float32)
                 err = 0.0
                 for w in ws:
-                    codes, scale, zp = methods.rtn(w * s[None, :], spec)
-                    deq = dequantize_codes(codes, scale, zp).reshape(w.shape) / s[None, :]
+                    if gtype is not None:
+                        deq = gg.fake_quant(w * s[None, :], gg.TYPES[gtype]) / s[None, :]
+                    else:
+                        codes, scale, zp = methods.rtn(w * s[None, :], spec)
+                        deq = dequantize_codes(codes, scale, zp).reshape(w.shape) / s[None, :]
                     err += quad((deq - w).astype(np.float64), h)
                 if err < best[1] - 1e-12 * abs(err):
                     best = (s, err)

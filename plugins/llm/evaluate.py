@@ -1,0 +1,75 @@
+"""``edgec eval``: perplexity and chat generation for models and compiled artifacts."""
+
+from __future__ import annotations
+
+import json
+import os
+
+from ...errors import BadInputError, UsageError
+
+
+def _artifact_gguf(path: str) -> str | None:
+    """The GGUF file of a compiled artifact directory (None when ``path`` is not a GGUF artifact)."""
+    man = os.path.join(path, "manifest.json")
+    if not (os.path.isdir(path) and os.path.exists(man)):
+        return None
+    try:
+        with open(man, encoding="utf-8") as f:
+            m = json.load(f)
+    except (OSError, json.JSONDecodeError) as e:
+        raise BadInputError(f"{man} is unreadable: {e}") from None
+    for f in m.get("files", []):
+        if f.get("path", "").endswith(".gguf"):
+            return os.path.join(path, f["path"])
+    raise UsageError(f"{path} is a {m.get('target', {}).get('name', '?')} artifact; eval runs GGUF artifacts "
+                     "(or give the model file itself)")
+
+
+def run(model_path: str, *, text: str | None, ctx: int, stride: int, max_tokens: int = 0, engine: str = "auto",
+        prompt: str | None = None, max_new_tokens: int = 64, frontend: str | None = None,
+        progress: bool = True) -> dict:
+    from ...compiler import load_model
+    from .perplexity import llama_cpp_engine, perplexity, reference_engine
+    from .tokenizer import LlamaCppTokenizer, load_llama, tokenizer_for
+
+    gguf_path = _artifact_gguf(model_path)
+    if gguf_path is None and model_path.lower().endswith(".gguf"):
+        gguf_path = model_path
+    if engine == "auto":
+        engine = "llama.cpp" if gguf_path and os.path.isdir(model_path) else "reference"
+    if engine == "llama.cpp" and not gguf_path:
+        raise UsageError(f"--engine llama.cpp needs a GGUF file or a GGUF artifact; {model_path} is neither")
+    out: dict = {"model": model_path, "engine": engine}
+    model = None
+    if engine == "reference":
+        model = load_model(gguf_path or model_path, frontend)
+    tok = LlamaCppTokenizer(gguf_path) if gguf_path else tokenizer_for(model)
+    out["tokenizer"] = tok.name
+    if text:
+        try:
+            with open(text, encoding="utf-8") as f:
+                content = f.read()
+        except (OSError, UnicodeDecodeError) as e:
+            raise BadInputError(f"{text}: cannot read it as UTF-8 text ({e})") from None
+        ids = tok.encode(content, add_bos=True)
+        if max_tokens:
+            ids = ids[:max_tokens]
+        if model is not None:
+            from .decoder import LLMConfig
+            cfg = LLMConfig.from_model(model)
+            if cfg is None:
+                raise UsageError(f"{model_path} is not a language model edgec imported (no LLM configuration)")
+            if ctx > cfg.context_length:
+                raise UsageError(f"--ctx {ctx} exceeds the model's context length {cfg.context_length}")
+        fn = reference_engine(model) if engine == "reference" else llama_cpp_engine(gguf_path, ctx)
+        res = perplexity(ids, fn, ctx=ctx, stride=stride, engine=engine, progress=progress)
+        out.update({"perplexity": res.perplexity, "details": res.to_dict(), "perplexity_text": str(res),
+                    "text": text})
+    if prompt:
+        if not gguf_path:
+            raise UsageError("--chat runs through llama.cpp and needs a GGUF file or artifact")
+        llm = load_llama(gguf_path, n_ctx=2048)
+        r = llm.create_chat_completion(messages=[{"role": "user", "content": prompt}], max_tokens=max_new_tokens,
+                                       temperature=0.0, seed=0)
+        out["reply"] = r["choices"][0]["message"]["content"]
+    return out
