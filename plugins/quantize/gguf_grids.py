@@ -71,7 +71,8 @@ def resolve(name: str, k: int) -> tuple[str | None, str]:
 
 def _f16(x: np.ndarray) -> np.ndarray:
     """Round to fp16 (finite), returned as float32: the value the file stores."""
-    return np.clip(x, -65504.0, 65504.0).astype(np.float16).astype(np.float32)
+    # + 0.0 turns -0.0 into +0.0: an integer sub-scale of 0 decodes to +0 in llama.cpp, so must ours.
+    return np.clip(x, -65504.0, 65504.0).astype(np.float16).astype(np.float32) + np.float32(0.0)
 
 
 def _signed_absmax(x: np.ndarray) -> np.ndarray:
@@ -162,8 +163,8 @@ def fit(w2: np.ndarray, t: GGUFType, clip: np.ndarray | float = 1.0) -> Grid:
         d = _f16(s.max(-1) / t.sc_max)  # [out, nb]
         dmin = _f16(m.max(-1) / t.sc_max)
         with np.errstate(divide="ignore", invalid="ignore"):
-            sc = np.clip(np.nan_to_num(np.round(s / d[..., None])), 0, t.sc_max)
-            mi = np.clip(np.nan_to_num(np.round(m / dmin[..., None])), 0, t.sc_max)
+            sc = np.clip(np.nan_to_num(np.round(s / d[..., None])), 0, t.sc_max) + 0.0
+            mi = np.clip(np.nan_to_num(np.round(m / dmin[..., None])), 0, t.sc_max) + 0.0
         scales = (d[..., None] * sc).reshape(out, nb * ns).astype(np.float32)
         offsets = (-(dmin[..., None] * mi)).reshape(out, nb * ns).astype(np.float32)
         lp = {"d": d.astype(np.float16), "dmin": dmin.astype(np.float16)}
@@ -172,7 +173,7 @@ def fit(w2: np.ndarray, t: GGUFType, clip: np.ndarray | float = 1.0) -> Grid:
     s = _signed_absmax(wb) * r / t.qmin  # [out, nb, ns], signed
     d = _f16(_signed_absmax(s) / t.sc_min)  # the largest sub-scale lands on sc_min
     with np.errstate(divide="ignore", invalid="ignore"):
-        sc = np.clip(np.nan_to_num(np.round(s / d[..., None])), t.sc_min, t.sc_max)
+        sc = np.clip(np.nan_to_num(np.round(s / d[..., None])), t.sc_min, t.sc_max) + 0.0
     scales = (d[..., None] * sc).reshape(out, nb * ns).astype(np.float32)
     return Grid(t, scales, None, {"d": d.astype(np.float16)})
 

@@ -128,7 +128,7 @@ class GGUFTarget(Target):
                     w.add_tensor(name, arr.astype(np.float16))
                 elif tname == "BF16":
                     data = gguf.quants.quantize(arr, gguf.GGMLQuantizationType.BF16)
-                    w.add_tensor(name, data, raw_shape=arr.shape, raw_dtype=gguf.GGMLQuantizationType.BF16)
+                    w.add_tensor(name, data, raw_dtype=gguf.GGMLQuantizationType.BF16)
                 else:
                     w.add_tensor(name, arr)
             types[name] = tname
