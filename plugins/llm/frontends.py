@@ -68,9 +68,13 @@ def hf_config(folder: str) -> LLMConfig:
         raise UnsupportedError(f"{path}: architecture {archs or c.get('model_type')} is not supported "
                                f"(supported: {', '.join(_HF_ARCH)})")
     problems = []
-    rs = c.get("rope_scaling")
-    if rs and (rs.get("rope_type") or rs.get("type")) not in (None, "default"):
-        problems.append(f"rope_scaling {rs}")
+    rp = c.get("rope_parameters") or {}  # transformers >= 5 keeps rope_theta and the scaling type here
+    rope_theta = float(c.get("rope_theta") or rp.get("rope_theta") or 10000.0)
+    for rs in (c.get("rope_scaling"), rp):
+        if rs and (rs.get("rope_type") or rs.get("type")) not in (None, "default"):
+            problems.append(f"rope scaling {rs}")
+    if c.get("mlp_bias"):
+        problems.append("MLP biases (mlp_bias=true)")
     if c.get("hidden_act", "silu") != "silu":
         problems.append(f"hidden_act {c.get('hidden_act')!r} (only silu)")
     if arch == "mistral" and c.get("sliding_window") and c["sliding_window"] < c.get("max_position_embeddings", 0):
@@ -84,7 +88,7 @@ def hf_config(folder: str) -> LLMConfig:
         return LLMConfig(
             arch=arch, vocab_size=int(c["vocab_size"]), hidden=hidden, intermediate=int(c["intermediate_size"]),
             layers=int(c["num_hidden_layers"]), heads=heads, kv_heads=int(c.get("num_key_value_heads") or heads),
-            head_dim=int(c.get("head_dim") or hidden // heads), rope_theta=float(c.get("rope_theta", 10000.0)),
+            head_dim=int(c.get("head_dim") or hidden // heads), rope_theta=rope_theta,
             rms_eps=float(c.get("rms_norm_eps", 1e-6)), context_length=int(c.get("max_position_embeddings", 2048)),
             tied_embeddings=bool(c.get("tie_word_embeddings", False)),
             qkv_bias=bool(c.get("attention_bias", arch == "qwen2")),

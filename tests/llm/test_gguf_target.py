@@ -97,3 +97,35 @@ def test_k_quant_fallback_matches_llama_cpp_rule():
     assert resolve("Q3_K", 576)[0] == "IQ4_NL"
     assert resolve("Q6_K", 576)[0] == "Q8_0"
     assert resolve("Q4_0", 40)[0] is None
+
+
+def test_qwen2_decoder_runs_in_llama_cpp(tmp_path, smol_kv):
+    """A Hugging Face Qwen2 (q/k/v biases, rotate-half rope kept as is) written as GGUF architecture qwen2:
+    llama.cpp's logits match transformers'. The tokenizer metadata is SmolLM2's (same vocabulary size)."""
+    import torch
+    import transformers as tf
+    from edgec.plugins.llm.frontends import HFFrontend
+    from edgec.plugins.llm.gguf_io import GGUF_KV_KEY
+    torch.manual_seed(0)
+    hm = tf.Qwen2ForCausalLM(tf.Qwen2Config(
+        vocab_size=49152, hidden_size=128, intermediate_size=256, num_hidden_layers=2, num_attention_heads=4,
+        num_key_value_heads=2, max_position_embeddings=256, tie_word_embeddings=True)).eval()
+    with torch.no_grad():
+        for n, p in hm.named_parameters():
+            if n.endswith("bias"):
+                p.normal_(0, 0.5)
+            elif "embed" in n:
+                p.normal_(0, 1.0)
+    hm.save_pretrained(tmp_path / "hf", safe_serialization=True)
+    model = HFFrontend().load(str(tmp_path / "hf"))
+    model.metadata[GGUF_KV_KEY] = smol_kv
+    PassManager([RoundFloatWeights(dtype="F32")]).run(model, PassContext())
+    target = GGUFTarget(ftype="F32")
+    art = target.emit(model, str(tmp_path), PassContext())
+    assert art.manifest["architecture"] == "qwen2"
+    ids = np.array([[1, 504, 3575, 282, 4649, 314, 253, 216]], np.int64)
+    got = target.run_artifact(str(tmp_path), {"input_ids": ids})[0]
+    with torch.no_grad():
+        want = hm(torch.tensor(ids)).logits.numpy()
+    cos = float((got * want).sum() / np.linalg.norm(got) / np.linalg.norm(want))
+    assert cos >= 0.999 and np.abs(got - want).max() <= 0.02 * np.abs(want).max(), cos
