@@ -29,10 +29,12 @@ class ReferenceExecutor:
         capture_only: compute only what the captured values depend on, and return only them (calibration).
         keep_quantized: hold affine quantized weights as integer codes dequantized inside the graph
             (bit-identical numbers, a quarter of the memory; costs the dequantization on every run).
+        cut: with ``capture_only``, intermediate values (name -> an example array) that :meth:`run` is given
+            instead of computing them: only the graph between them and the captured values runs.
     """
 
     def __init__(self, model: Model, capture: Iterable[str] = (), threads: int = 0, *, capture_only: bool = False,
-                 keep_quantized: bool = False):
+                 keep_quantized: bool = False, cut: Mapping[str, np.ndarray] | None = None):
         import onnxruntime as ort
 
         self.model = model
@@ -42,8 +44,11 @@ class ReferenceExecutor:
         weights: dict[str, np.ndarray] = {}
         if capture_only and not self.capture:
             raise ExecutionError("capture_only needs at least one value to capture")
+        if cut and not capture_only:
+            raise ExecutionError("cut inputs need capture_only")
         proto = to_onnx(model, extra_outputs=None if capture_only else self.capture, external=weights,
-                        keep_quantized=keep_quantized, only_outputs=self.capture if capture_only else None)
+                        keep_quantized=keep_quantized, only_outputs=self.capture if capture_only else None,
+                        cut={k: (np.asarray(a).dtype, np.asarray(a).ndim) for k, a in (cut or {}).items()})
         opts = ort.SessionOptions()
         if weights:
             opts.add_external_initializers(list(weights),
@@ -70,7 +75,8 @@ class ReferenceExecutor:
             raise ExecutionError(f"onnxruntime could not load the model: {e}") from None
         del weights, opts  # onnxruntime copied the buffers during session creation
         self.output_names = [o.name for o in self.session.get_outputs()]
-        self.input_names = [i.name for i in model.graph.inputs]
+        self.input_names = [i.name for i in self.session.get_inputs()] if capture_only else \
+            [i.name for i in model.graph.inputs]
 
     def run(self, feeds: Mapping[str, np.ndarray],
             hooks: Mapping[str, Callable[[np.ndarray], None]] | None = None) -> dict[str, np.ndarray]:

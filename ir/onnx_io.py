@@ -262,8 +262,8 @@ def initializer(name: str, arr: np.ndarray, external: dict[str, np.ndarray] | No
     return numpy_helper.from_array(arr, name)
 
 
-def _ancestors(model: Model, names: list[str]) -> tuple[set[int], set[int]]:
-    """ids of the nodes and constants the values ``names`` depend on."""
+def _ancestors(model: Model, names: list[str], stop: set[str] = frozenset()) -> tuple[set[int], set[int]]:
+    """ids of the nodes and constants the values ``names`` depend on (not looking past values in ``stop``)."""
     want = {n for n in names}
     nodes: set[int] = set()
     consts: set[int] = set()
@@ -277,6 +277,8 @@ def _ancestors(model: Model, names: list[str]) -> tuple[set[int], set[int]]:
         if v.is_const:
             consts.add(id(v))
         p = v.producer
+        if v.name in stop:
+            continue
         if p is not None and id(p) not in nodes:
             nodes.add(id(p))
             stack.extend(x for x in p.inputs if x is not None)
@@ -285,7 +287,8 @@ def _ancestors(model: Model, names: list[str]) -> tuple[set[int], set[int]]:
 
 def to_onnx(model: Model, extra_outputs: list[str] | None = None, with_shapes: bool = True, activation_quant: bool = True,
             external: dict[str, np.ndarray] | None = None, keep_quantized: bool = False,
-            only_outputs: list[str] | None = None) -> onnx.ModelProto:
+            only_outputs: list[str] | None = None,
+            cut: dict[str, tuple[np.dtype, int]] | None = None) -> onnx.ModelProto:
     """Write ``model`` as standard ONNX (edgec ops expanded, quantized weights dequantized).
 
     Constants are written as their exact values. With
@@ -295,7 +298,8 @@ def to_onnx(model: Model, extra_outputs: list[str] | None = None, with_shapes: b
     dict instead (for onnxruntime's ``add_external_initializers``: no copy of the weights in the proto).
     With ``keep_quantized``, affine quantized weights stay integer codes dequantized by graph nodes (bit
     exact, a quarter of the memory). With ``only_outputs``, only what those values depend on is written and
-    they become the only outputs.
+    they become the only outputs; ``cut`` (name -> (dtype, rank)) then makes those intermediate values
+    graph inputs, so only the part of the graph after them runs (calibration streams block by block).
     """
     g = model.graph
     opset = max(model.opset, 13)
@@ -304,7 +308,8 @@ def to_onnx(model: Model, extra_outputs: list[str] | None = None, with_shapes: b
     taken = {v.name for v in g.values()}
     ctx = edgec_ops.ExpandContext(opset, nodes, inits, taken, external)
     out_ids = {id(o) for o in g.outputs}
-    keep_nodes, keep_consts = _ancestors(model, only_outputs) if only_outputs else (None, None)
+    cut = dict(cut or {})
+    keep_nodes, keep_consts = _ancestors(model, only_outputs, set(cut)) if only_outputs else (None, None)
     for v in g.initializers.values():
         if not v.uses and id(v) not in out_ids:
             continue  # unused constants are not part of the computation (and onnxruntime drops them)
@@ -356,14 +361,25 @@ def to_onnx(model: Model, extra_outputs: list[str] | None = None, with_shapes: b
             for o in n.outputs:
                 if o.name not in io and o.dtype is not None and o.shape is not None:
                     value_info.append(_vi(o))
-    graph = helper.make_graph(nodes, g.name, [_vi(v) for v in g.inputs], outputs, inits, value_info=value_info)
+    graph_inputs = [_vi(v) for v in g.inputs]
+    if only_outputs:
+        # Only what the subgraph reads: cut values (fed from outside) and the graph inputs it still needs.
+        used = {i for nd in nodes for i in nd.input} | set(only_outputs)
+        graph_inputs = [vi for vi in graph_inputs if vi.name in used and vi.name not in cut]
+        for name, (dt, rank) in cut.items():
+            if name in used:
+                graph_inputs.append(helper.make_tensor_value_info(
+                    name, helper.np_dtype_to_tensor_dtype(np.dtype(dt)), [None] * rank))
+        value_info = [vi for vi in value_info if vi.name not in cut]
+    graph = helper.make_graph(nodes, g.name, graph_inputs, outputs, inits, value_info=value_info)
     imports = [helper.make_opsetid(d, v) for d, v in model.opset_imports.items()
                if d not in ("", edgec_ops.EDGEC_DOMAIN)]
     imports.insert(0, helper.make_opsetid("", opset))
     proto = helper.make_model(graph, opset_imports=imports, producer_name="edgec")
     proto.ir_version = min(proto.ir_version, 10)
-    for k, v in model.metadata.items():
-        proto.metadata_props.add(key=k, value=str(v))
+    if not only_outputs:  # internal calibration subgraphs skip the (possibly large) metadata
+        for k, v in model.metadata.items():
+            proto.metadata_props.add(key=k, value=str(v))
     return proto
 
 

@@ -231,6 +231,19 @@ class QuantizedTensor:
             if self.scales is not None:
                 w = w * _expand(self.scales.astype(np.float32), self.shape)
             return w.astype(out_dt)
+        if self.group_size and self.codes.ndim == 2 and self.group_axis == 1:
+            # [rows, G, gs] with parameters [rows|1, G, 1]: broadcasting, in place, one full-size buffer.
+            rows, k = self.shape
+            w = self.codes.astype(np.float32).reshape(rows, k // self.group_size, self.group_size)
+
+            def p(a):
+                return np.asarray(a, np.float32).reshape(a.shape[0], -1, 1)
+            if self.zero_points is not None:
+                w -= p(self.zero_points)
+            w *= p(self.scales)
+            if self.offsets is not None:
+                w += p(self.offsets)
+            return w.reshape(rows, k).astype(out_dt, copy=False)
         q = self.codes.astype(np.float32)
         if self.zero_points is not None:
             q = q - _expand(self.zero_points.astype(np.float32), self.shape)

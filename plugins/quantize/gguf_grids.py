@@ -200,9 +200,22 @@ def fit_mse(w2: np.ndarray, t: GGUFType, h_diag: np.ndarray | None = None) -> Gr
     return fit(w2, t, best_r)
 
 
-def quantize_matrix(w2: np.ndarray, t: GGUFType, method: str = "rtn", h_diag: np.ndarray | None = None) -> QuantizedTensor:
-    g = fit_mse(w2, t, h_diag) if method in ("mse",) else fit(w2, t)
-    return g.tensor(g.quantize(w2.astype(np.float32)), method)
+def quantize_matrix(w2: np.ndarray, t: GGUFType, method: str = "rtn", h_diag: np.ndarray | None = None,
+                    chunk: int = 4096) -> QuantizedTensor:
+    """Fit and quantize ``w2`` (rows are independent: large tables go ``chunk`` rows at a time, so the
+    temporaries stay small)."""
+    parts = []
+    for r in range(0, w2.shape[0], chunk):
+        wr = np.asarray(w2[r:r + chunk], np.float32)
+        g = fit_mse(wr, t, h_diag) if method == "mse" else fit(wr, t)
+        parts.append((g, g.quantize(wr).astype(np.int8 if t.scheme == "symmetric" else np.uint8)))
+    if len(parts) == 1:
+        return parts[0][0].tensor(parts[0][1], method)
+    g0 = parts[0][0]
+    grid = Grid(t, np.concatenate([g.scales for g, _ in parts]),
+                None if g0.offsets is None else np.concatenate([g.offsets for g, _ in parts]),
+                {k: np.concatenate([g.layout_params[k] for g, _ in parts]) for k in g0.layout_params})
+    return grid.tensor(np.concatenate([c for _, c in parts]), method)
 
 
 def fake_quant(w2: np.ndarray, t: GGUFType) -> np.ndarray:

@@ -112,7 +112,12 @@ def make_tensor(codes_g: np.ndarray, scale: np.ndarray, zp: np.ndarray | None, s
 
 
 def sqnr_db(w: np.ndarray, wq: np.ndarray) -> float:
-    """Signal-to-quantization-noise ratio in dB."""
-    noise = float(np.sum((w.astype(np.float64) - wq) ** 2))
-    sig = float(np.sum(w.astype(np.float64) ** 2))
+    """Signal-to-quantization-noise ratio in dB (accumulated in float64 over row chunks: no full-size
+    float64 temporaries for large embedding tables)."""
+    w2, q2 = as_matrix(w), as_matrix(wq)
+    noise = sig = 0.0
+    for r in range(0, w2.shape[0], 4096):
+        a = w2[r:r + 4096].astype(np.float64)
+        noise += float(np.sum((a - q2[r:r + 4096]) ** 2))
+        sig += float(np.sum(a * a))
     return float("inf") if noise == 0 else 10.0 * np.log10(sig / noise) if sig > 0 else 0.0

@@ -22,6 +22,7 @@ from ...ir import Model, Node, QuantizedTensor, ReferenceExecutor, Value
 from ...ir.passes import Pass, PassContext, option
 from . import gguf_grids as gg
 from . import methods
+from .capture import Stream
 from .grid import GridSpec, as_matrix, dequantize_codes, make_tensor, sqnr_db
 from .scaling import apply_input_scale, linear_groups
 
@@ -175,9 +176,9 @@ class Quantize(Pass):
         if self.method == "awq":
             self._awq_scales(model, [l for l in layers if l.kind == "linear"], samples)
             layers = self.select(model)  # scaling gave the Linears new weight constants
+        stream = Stream(model, samples)
         for group in self._groups(model, layers):
-            xs = self._capture(model, group[0].node.inputs[0], samples) if samples and group[0].kind != "embedding" \
-                else None
+            xs = stream.capture(group[0].node.inputs[0]) if samples and group[0].kind != "embedding" else None
             for layer in group:
                 reports[layer.weight.name] = self._quantize_layer(model, layer, xs)
         model.metadata[REPORT_KEY] = json.dumps(reports, sort_keys=True)
@@ -358,12 +359,14 @@ class Quantize(Pass):
         """AWQ (Lin et al. 2023): per input channel s = mean|X|^alpha, alpha searched on the output error of
         the quantized group, applied before any weight is quantized."""
         by_node = {id(l.node): l for l in layers}
+        stream = Stream(model, samples)
         for x, group in linear_groups(model, [l.node for l in layers]):
-            xs = self._capture(model, x, samples)
-            rows = np.concatenate([xi.reshape(-1, xi.shape[-1]) for xi in xs]).astype(np.float64)
-            act = np.abs(rows).mean(0)
+            xs = stream.capture(x)
+            # mean |x| per channel and H = X^T X / n, streamed sample by sample (no concatenated copy).
+            n_rows = sum(int(np.prod(xi.shape[:-1])) for xi in xs)
+            act = sum(np.abs(xi.reshape(-1, xi.shape[-1])).sum(0, dtype=np.float64) for xi in xs) / n_rows
             act = np.where(act > 0, act, act[act > 0].min() if (act > 0).any() else 1.0)
-            h = rows.T @ rows / rows.shape[0]
+            h = self._hessian(by_node[id(group[0])], xs).astype(np.float64)
             ws = [np.asarray(n.inputs[1].numpy(), np.float32) for n in group]
             spec = self.spec_for(by_node[id(group[0])])
             gtype = self.gguf_type_for(by_node[id(group[0])])[0] if self.gguf else None
@@ -386,3 +389,4 @@ class Quantize(Pass):
             s = best[0]
             if s is not None and not np.allclose(s, 1.0):
                 apply_input_scale(model, x, group, s)
+                stream.refresh()  # the op producing x changed
