@@ -7,7 +7,8 @@ Both engines score the same token windows the same way, so their numbers are com
 
 Windows are ``ctx`` tokens long and start every ``stride`` tokens; the first window scores every
 prediction, later ones only the ``stride`` tokens not scored before (each scored token sees at least
-``ctx - stride`` tokens of context). ``ppl = exp(mean negative log-likelihood)``.
+``ctx - stride`` tokens of context; with ``stride == ctx`` windows are disjoint and the first token of each
+is not scored). ``ppl = exp(mean negative log-likelihood)``.
 """
 
 from __future__ import annotations

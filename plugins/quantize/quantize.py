@@ -351,6 +351,8 @@ class Quantize(Pass):
                "method": q.method, "scheme": q.scheme, "group_size": q.group_size, "shape": list(w.shape),
                "sqnr_db": round(sqnr_db(w, deq), 3), "rel_output_error": rel, "bytes_before": int(w.nbytes),
                "bytes_after": int(q.nbytes)}
+        if q.layout:
+            rep["layout"] = q.layout
         if note:
             rep["note"] = note
         return rep
