@@ -385,15 +385,22 @@ def to_onnx(model: Model, extra_outputs: list[str] | None = None, with_shapes: b
 
 def infer_shapes(model: Model) -> None:
     """Fill in dtype and shape of every value ONNX shape inference can determine (with data propagation)."""
-    proto = to_onnx(model, with_shapes=False)
-    # Shape inference only needs initializer shapes; drop the bytes to keep it cheap on large models.
+    # Shape inference only needs initializer shapes: large constants never enter the proto (they would be
+    # copied into it: a second copy of the weights), they are declared as graph inputs instead. Integer
+    # tensors keep their data (shape arithmetic needs it for data propagation).
+    external: dict[str, np.ndarray] = {}
+    proto = to_onnx(model, with_shapes=False, external=external)
+    keep = []
     for t in proto.graph.initializer:
-        if t.raw_data and len(t.raw_data) > 4096 and t.data_type != onnx.TensorProto.INT64:
+        if t.name in external and t.data_type != onnx.TensorProto.INT64:
             proto.graph.input.append(helper.make_tensor_value_info(t.name, t.data_type, list(t.dims)))
-    big = {i.name for i in proto.graph.input}
-    keep = [t for t in proto.graph.initializer if t.name not in big]
+        elif t.name in external:
+            keep.append(numpy_helper.from_array(external[t.name], t.name))
+        else:
+            keep.append(t)
     del proto.graph.initializer[:]
     proto.graph.initializer.extend(keep)
+    external.clear()
     try:
         inferred = onnx.shape_inference.infer_shapes(proto, data_prop=True)
     except onnx.shape_inference.InferenceError as e:
