@@ -48,10 +48,9 @@ def test_compile_with_vendor_target(tiny_cnn_path, tmp_path):
     assert (out / "acme.edgec").exists()
 
 
-def test_vendor_target_rejects_unsupported_ops_before_emission(tmp_path):
-    from conftest import mlp_model
+def test_vendor_target_rejects_unsupported_ops_before_emission(tmp_path, mlp):
     from edgec import ir
-    m = mlp_model()
+    m = mlp
     g = m.graph
     g.outputs[0] = g.op("Softmax", [g.outputs[0]], {"axis": -1}, name="sm").output
     p = tmp_path / "m.edgec"

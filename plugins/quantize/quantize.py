@@ -24,7 +24,7 @@ from . import gguf_grids as gg
 from . import methods
 from .capture import Stream
 from .grid import GridSpec, as_matrix, dequantize_codes, make_tensor, sqnr_db
-from .scaling import apply_input_scale, linear_groups
+from .scaling import apply_input_scale, foldable, linear_groups
 
 REPORT_KEY = "edgec.quantization"
 GROUPS = (0, 16, 32, 64, 128, 256)
@@ -363,6 +363,11 @@ class Quantize(Pass):
         by_node = {id(l.node): l for l in layers}
         stream = Stream(model, samples)
         for x, group in linear_groups(model, [l.node for l in layers]):
+            gtype = self.gguf_type_for(by_node[id(group[0])])[0] if self.gguf else None
+            if self.gguf and (gtype is None or not foldable(model, x, group)):
+                # Stays float (nothing to protect), or the scale would need an extra Mul node, which a
+                # GGUF file cannot hold: this group is quantized without AWQ scaling.
+                continue
             xs = stream.capture(x)
             # mean |x| per channel and H = X^T X / n, streamed sample by sample (no concatenated copy).
             n_rows = sum(int(np.prod(xi.shape[:-1])) for xi in xs)
@@ -371,9 +376,6 @@ class Quantize(Pass):
             h = self._hessian(by_node[id(group[0])], xs).astype(np.float64)
             ws = [np.asarray(n.inputs[1].numpy(), np.float32) for n in group]
             spec = self.spec_for(by_node[id(group[0])])
-            gtype = self.gguf_type_for(by_node[id(group[0])])[0] if self.gguf else None
-            if self.gguf and gtype is None:
-                continue  # stays float: nothing to protect
             best = (None, np.inf)
             for alpha in np.linspace(0.0, 1.0, 21):
                 s = act ** alpha
@@ -390,5 +392,5 @@ class Quantize(Pass):
                     best = (s, err)
             s = best[0]
             if s is not None and not np.allclose(s, 1.0):
-                apply_input_scale(model, x, group, s)
+                apply_input_scale(model, x, group, s, explicit=not self.gguf)
                 stream.refresh()  # the op producing x changed

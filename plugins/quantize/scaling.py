@@ -34,10 +34,41 @@ def _set_const(model: Model, node: Node, index: int, data: np.ndarray) -> None:
         g.remove_const(old.name)
 
 
-def apply_input_scale(model: Model, x: Value, linears: list[Node], s: np.ndarray) -> str:
+def _gated_linear(model: Model, x: Value) -> Node | None:
+    """For ``x = a * b`` (a gated MLP's ``silu(gate) * up``), the float Linear producing one factor and
+    read only there: dividing its output rows divides ``x`` exactly."""
+    p = x.producer
+    if p is None or p.qualified_op != "Mul" or any(v is None or v.is_const for v in p.inputs):
+        return None
+    for v in p.inputs:
+        q = v.producer
+        if q is not None and q.qualified_op == "edgec::Linear" and len(v.uses) == 1 and \
+                not isinstance(q.inputs[1].const, QuantizedTensor) and v.rank is not None:
+            return q
+    return None
+
+
+def foldable(model: Model, x: Value, linears: list[Node]) -> bool:
+    """Whether :func:`apply_input_scale` can fold the division into an existing op (no extra node)."""
+    p = x.producer
+    users_ok = p is not None and all(u.node in linears and u.index == 0 for u in x.uses) and \
+        not any(o is x for o in model.graph.outputs)
+    if not users_ok:
+        return False
+    if p.qualified_op in ("LayerNormalization", "edgec::RMSNorm"):
+        return True
+    if p.qualified_op == "edgec::Linear":
+        return not isinstance(p.inputs[1].const, QuantizedTensor)
+    return _gated_linear(model, x) is not None
+
+
+def apply_input_scale(model: Model, x: Value, linears: list[Node], s: np.ndarray, explicit: bool = True) -> str:
     """Scale the Linears' weights by ``s`` (per input channel) and divide X by ``s``. Returns where the
-    division went: the producer's name, or ``"explicit Mul"``."""
+    division went: the producer's name, or ``"explicit Mul"`` (only with ``explicit``; without it, a scale
+    that cannot be folded raises ValueError before anything changes)."""
     s = s.astype(np.float32)
+    if not explicit and not foldable(model, x, linears):
+        raise ValueError(f"the scale of {x.name} cannot be folded into an existing op")
     for n in linears:
         w = n.inputs[1]
         if isinstance(w.const, QuantizedTensor):
@@ -60,6 +91,12 @@ def apply_input_scale(model: Model, x: Value, linears: list[Node], s: np.ndarray
             if len(p.inputs) > 2 and p.inputs[2] is not None:
                 _set_const(model, p, 2, p.inputs[2].numpy() / s)
             return p.name
+        gated = _gated_linear(model, x)
+        if gated is not None:
+            _set_const(model, gated, 1, gated.inputs[1].numpy() / s[:, None])
+            if len(gated.inputs) > 2 and gated.inputs[2] is not None:
+                _set_const(model, gated, 2, gated.inputs[2].numpy() / s)
+            return gated.name
     g = model.graph
     inv = g.add_const(g.unique_name(x.name + "_inv_scale"), Tensor((1.0 / s).astype(np.float32)))
     anchor = min(linears, key=lambda n: g.nodes.index(n))

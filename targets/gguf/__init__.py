@@ -92,6 +92,15 @@ class GGUFTarget(Target):
             return ["the gguf target writes language models imported by the gguf or hf frontends; this model is not "
                     "one (no LLM configuration)"]
         problems = []
+        # A GGUF file holds weights, not a graph: llama.cpp rebuilds the architecture itself. So any pass that
+        # added computation (an explicit scale before a Linear, say) changed the model in a way the file
+        # cannot carry; refuse it rather than drop it.
+        for n in model.graph:
+            if n.qualified_op in ("Mul", "Div", "Add", "Sub") and any(
+                    v is not None and v.is_const and (v.rank or 0) >= 1 for v in n.inputs):
+                problems.append(f"node {n.name!r}: {n.op_type} by a constant tensor is not part of a {cfg.arch} "
+                                "decoder; GGUF cannot carry it (it came from a pass such as an unfolded AWQ or "
+                                "SmoothQuant scale)")
         for v in model.graph.initializers.values():
             q = v.const
             if isinstance(q, QuantizedTensor) and not (q.layout or "").startswith("gguf."):

@@ -129,3 +129,29 @@ def test_qwen2_decoder_runs_in_llama_cpp(tmp_path, smol_kv):
         want = hm(torch.tensor(ids)).logits.numpy()
     cos = float((got * want).sum() / np.linalg.norm(got) / np.linalg.norm(want))
     assert cos >= 0.999 and np.abs(got - want).max() <= 0.02 * np.abs(want).max(), cos
+
+
+def test_target_refuses_graph_rewrites_a_gguf_file_cannot_carry(tiny_gguf):
+    """An explicit per-channel scale in front of a Linear (what AWQ does where it cannot fold) would be
+    silently lost in a GGUF file: the target refuses it."""
+    from edgec.plugins.quantize.scaling import apply_input_scale
+    model = GGUFFrontend().load(tiny_gguf)
+    node = model.graph.node("blk0_attn_output")
+    apply_input_scale(model, node.inputs[0], [node], np.full(256, 2.0, np.float32))
+    problems = GGUFTarget().check(model)
+    assert problems and "GGUF cannot carry it" in problems[0]
+
+
+def test_awq_in_gguf_mode_folds_every_scale(tiny_gguf):
+    """With gguf=, AWQ folds into norms and into the up projection of the gated MLP, never adds nodes."""
+    from edgec.calibration import load_calibration
+    import os
+    text = os.path.join(os.path.dirname(__file__), "..", "..", "examples", "text", "eval.txt")
+    model = GGUFFrontend().load(tiny_gguf)
+    n_nodes = len(model.graph)
+    cal = load_calibration(text, model, max_samples=2, seq_len=64)
+    PassManager([Quantize(gguf="Q4_0", method="awq")]).run(model, PassContext(calibration=cal))
+    assert len(model.graph) == n_nodes and GGUFTarget().check(model) == []
+    # The down projection's input scale went into ffn_up's rows (its weight is no longer the original).
+    assert "scaled" in model.graph.node("blk0_ffn_up").inputs[1].name or \
+        model.graph.node("blk0_ffn_up").inputs[1].name.endswith("_q")
