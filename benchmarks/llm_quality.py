@@ -68,7 +68,10 @@ def main() -> None:
     ap.add_argument("--quick", action="store_true", help="rtn/mse only, 2 types (smoke run)")
     ap.add_argument("--out", default=os.path.join(os.path.dirname(__file__), "RESULTS-llm.md"))
     ap.add_argument("--samples", type=int, default=16, help="calibration windows of 512 tokens")
+    ap.add_argument("--only", default="", help="re-measure only these edgec rows (TYPE:METHOD,...) and the F16 "
+                                               "base, replacing them in the existing --out table")
     args = ap.parse_args()
+    only = {tuple(x.split(":")) for x in args.only.split(",") if x}
     from edgec.plugins.llm.bundled import smollm2_path
     from edgec.plugins.llm.perplexity import llama_cpp_engine, perplexity
     from edgec.plugins.llm.tokenizer import LlamaCppTokenizer
@@ -106,7 +109,7 @@ def main() -> None:
     st = compile_child(src, "", f16_dir, None)
     f16 = os.path.join(f16_dir, "model.gguf")
     add("F16", "edgec", "-", f16, st)
-    for t in (["Q4_0", "Q4_K_M"] if args.quick else list(LLAMA_TYPES)):
+    for t in ([] if only else ["Q4_0", "Q4_K_M"] if args.quick else list(LLAMA_TYPES)):
         dst = os.path.join(work, f"llama-{t}.gguf")
         t0 = time.perf_counter()
         llama_quantize(f16, dst, t)
@@ -114,12 +117,17 @@ def main() -> None:
         os.unlink(dst)
     for t in types:
         for m in methods:
+            if only and (t, m) not in only:
+                continue
             out = os.path.join(work, f"edgec-{t}-{m}")
             calib = calib_txt if m in ("gptq", "awq") else None
             st = compile_child(src, f"quantize{{gguf={t},method={m},samples={args.samples}}}", out, calib)
             add(t, "edgec", m, os.path.join(out, "model.gguf"), st)
             subprocess.run(["rm", "-rf", out])
     base = rows[0]["ppl"]
+    if only:
+        _update_table(args.out, rows, base)
+        return
     lines = ["# LLM quantization quality: SmolLM2-135M-Instruct (`python benchmarks/llm_quality.py`)", "",
              "Evaluation text: first 20,000 characters of GPL-3; calibration text (gptq/awq, "
              f"{args.samples} windows of 512 tokens): Apache-2.0 + MPL-2.0. Perplexity by llama.cpp on every "
@@ -138,6 +146,22 @@ def main() -> None:
     if not args.quick:
         with open(args.out, "w", encoding="utf-8") as f:
             f.write(text)
+
+
+def _update_table(path: str, rows: list[dict], base: float) -> None:
+    """Replace re-measured rows in an existing results table (perplexity is deterministic, so rows from two
+    runs compare; the F16 base is re-measured too and must agree)."""
+    lines = open(path, encoding="utf-8").read().splitlines()
+    old_base = next(float(l.split("|")[5]) for l in lines if l.startswith("| F16 |"))
+    if abs(old_base - base) > 1e-6:
+        raise SystemExit(f"F16 perplexity changed ({old_base} -> {base}): rerun the whole benchmark")
+    for r in rows[1:]:
+        key = f"| {r['type']} | {r['quantizer']} | {r['method']} |"
+        new = (f"{key} {r['size_mb']:.2f} | {r['ppl']:.4f} | {r['ppl'] - base:+.4f} | {r.get('wall_s', 0):.1f} | "
+               f"{r['peak_rss_mb']:.0f} |")
+        lines = [new + " (re-measured)" if l.startswith(key) else l for l in lines]
+    open(path, "w", encoding="utf-8").write("\n".join(lines) + "\n")
+    print("\n".join(lines))
 
 
 if __name__ == "__main__":

@@ -56,6 +56,12 @@ class Tensor:
         return f"Tensor({self.dtype.short}{list(self.shape)})"
 
 
+# (weights per block, bytes per block) of storage layouts whose size is not codes + float32 parameters.
+_LAYOUT_BLOCKS = {"gguf.Q4_0": (32, 18), "gguf.Q4_1": (32, 20), "gguf.Q5_0": (32, 22), "gguf.Q5_1": (32, 24),
+                  "gguf.Q8_0": (32, 34), "gguf.Q2_K": (256, 84), "gguf.Q3_K": (256, 110), "gguf.Q4_K": (256, 144),
+                  "gguf.Q5_K": (256, 176), "gguf.Q6_K": (256, 210), "gguf.IQ4_NL": (32, 18)}
+
+
 def _expand(param: np.ndarray, shape: tuple[int, ...]) -> np.ndarray:
     """Repeat a blocked parameter (same rank, each dim 1, full, or a divisor) up to ``shape``."""
     out = param
@@ -113,7 +119,11 @@ class QuantizedTensor:
 
     @property
     def nbytes(self) -> int:
-        """Packed storage size: codes at ``bits`` each plus scales, zero points and codebook."""
+        """Packed storage size: codes at ``bits`` each plus scales, zero points and codebook (for a GGUF
+        layout, the exact bytes of its blocks)."""
+        block = _LAYOUT_BLOCKS.get(self.layout or "")
+        if block is not None:
+            return int(np.prod(self.shape, dtype=np.int64)) // block[0] * block[1]
         n = (int(np.prod(self.shape, dtype=np.int64)) * self.bits + 7) // 8
         for p in (self.scales, self.zero_points, self.codebook, self.offsets):
             if p is not None:

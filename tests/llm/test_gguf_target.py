@@ -155,3 +155,14 @@ def test_awq_in_gguf_mode_folds_every_scale(tiny_gguf):
     # The down projection's input scale went into ffn_up's rows (its weight is no longer the original).
     assert "scaled" in model.graph.node("blk0_ffn_up").inputs[1].name or \
         model.graph.node("blk0_ffn_up").inputs[1].name.endswith("_q")
+
+
+def test_reported_sizes_are_the_gguf_block_sizes():
+    import gguf as g
+    rng = np.random.default_rng(0)
+    w = rng.standard_normal((4, 512)).astype(np.float32)
+    for name in TYPES:
+        q = quantize_matrix(w, TYPES[name])
+        data, _ = encode(q)
+        assert q.nbytes == data.nbytes == 4 * 512 // g.GGML_QUANT_SIZES[getattr(g.GGMLQuantizationType, name)][0] \
+            * g.GGML_QUANT_SIZES[getattr(g.GGMLQuantizationType, name)][1]

@@ -1,0 +1,34 @@
+"""Assemble benchmarks/BENCHMARKS.md from the RESULTS-*.md files the benchmark scripts write.
+
+    python benchmarks/assemble.py
+"""
+
+from __future__ import annotations
+
+import glob
+import os
+
+HERE = os.path.dirname(os.path.abspath(__file__))
+ORDER = ["RESULTS-foundation.md", "RESULTS-quantization.md", "RESULTS-llm.md"]
+SCRIPTS = {"RESULTS-foundation.md": "foundation.py", "RESULTS-quantization.md": "quantization.py",
+           "RESULTS-llm.md": "llm_quality.py"}
+
+
+def main() -> None:
+    files = sorted(glob.glob(os.path.join(HERE, "RESULTS-*.md")),
+                   key=lambda p: (ORDER.index(os.path.basename(p)) if os.path.basename(p) in ORDER else 99, p))
+    parts = ["# edgec benchmarks", "",
+             "Every table below is written by a script in `benchmarks/` on the development machine (2 cores, "
+             "no GPU) and copied here unedited by `python benchmarks/assemble.py`. Ratios are measured side by "
+             "side in one run; absolute times are noisy on shared machines.", ""]
+    for p in files:
+        name = os.path.basename(p)
+        parts.append(f"<!-- from {name}, written by benchmarks/{SCRIPTS.get(name, '?')} -->")
+        parts.append(open(p, encoding="utf-8").read().rstrip())
+        parts.append("")
+    with open(os.path.join(HERE, "BENCHMARKS.md"), "w", encoding="utf-8") as f:
+        f.write("\n".join(parts) + "\n")
+
+
+if __name__ == "__main__":
+    main()
