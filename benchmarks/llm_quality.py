@@ -70,6 +70,8 @@ def main() -> None:
     ap.add_argument("--samples", type=int, default=16, help="calibration windows of 512 tokens")
     ap.add_argument("--only", default="", help="re-measure only these edgec rows (TYPE:METHOD,...) and the F16 "
                                                "base, replacing them in the existing --out table")
+    ap.add_argument("--types", default=",".join(EDGEC_TYPES), help="edgec GGUF types to measure")
+    ap.add_argument("--methods", default=",".join(METHODS), help="edgec methods to measure")
     args = ap.parse_args()
     only = {tuple(x.split(":")) for x in args.only.split(",") if x}
     from edgec.plugins.llm.bundled import smollm2_path
@@ -85,8 +87,8 @@ def main() -> None:
         for p in CALIB_SRC:
             out.write(open(p, encoding="utf-8").read())
     src = smollm2_path()
-    types = EDGEC_TYPES[1:3] if args.quick else EDGEC_TYPES
-    methods = METHODS[:2] if args.quick else METHODS
+    types = EDGEC_TYPES[1:3] if args.quick else args.types.split(",")
+    methods = METHODS[:2] if args.quick else args.methods.split(",")
 
     ids = None
     rows = []

@@ -43,7 +43,7 @@ def _gated_linear(model: Model, x: Value) -> Node | None:
     for v in p.inputs:
         q = v.producer
         if q is not None and q.qualified_op == "edgec::Linear" and len(v.uses) == 1 and \
-                not isinstance(q.inputs[1].const, QuantizedTensor) and v.rank is not None:
+                not isinstance(q.inputs[1].const, QuantizedTensor):
             return q
     return None
 
@@ -77,6 +77,12 @@ def apply_input_scale(model: Model, x: Value, linears: list[Node], s: np.ndarray
     p = x.producer
     users_ok = p is not None and all(u.node in linears and u.index == 0 for u in x.uses) and \
         not any(o is x for o in model.graph.outputs)
+    gated = _gated_linear(model, x) if users_ok else None
+    if gated is not None:
+        _set_const(model, gated, 1, gated.inputs[1].numpy() / s[:, None])
+        if len(gated.inputs) > 2 and gated.inputs[2] is not None:
+            _set_const(model, gated, 2, gated.inputs[2].numpy() / s)
+        return gated.name
     if users_ok and p.qualified_op in FOLDABLE:
         if p.qualified_op == "LayerNormalization":
             _set_const(model, p, 1, p.inputs[1].numpy() / s)
@@ -91,12 +97,6 @@ def apply_input_scale(model: Model, x: Value, linears: list[Node], s: np.ndarray
             if len(p.inputs) > 2 and p.inputs[2] is not None:
                 _set_const(model, p, 2, p.inputs[2].numpy() / s)
             return p.name
-        gated = _gated_linear(model, x)
-        if gated is not None:
-            _set_const(model, gated, 1, gated.inputs[1].numpy() / s[:, None])
-            if len(gated.inputs) > 2 and gated.inputs[2] is not None:
-                _set_const(model, gated, 2, gated.inputs[2].numpy() / s)
-            return gated.name
     g = model.graph
     inv = g.add_const(g.unique_name(x.name + "_inv_scale"), Tensor((1.0 / s).astype(np.float32)))
     anchor = min(linears, key=lambda n: g.nodes.index(n))

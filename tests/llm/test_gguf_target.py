@@ -166,3 +166,17 @@ def test_reported_sizes_are_the_gguf_block_sizes():
         data, _ = encode(q)
         assert q.nbytes == data.nbytes == 4 * 512 // g.GGML_QUANT_SIZES[getattr(g.GGMLQuantizationType, name)][0] \
             * g.GGML_QUANT_SIZES[getattr(g.GGMLQuantizationType, name)][1]
+
+
+def test_awq_scale_of_a_gated_mlp_folds_into_up_rows(tiny_gguf):
+    from edgec.ir import ReferenceExecutor
+    from edgec.plugins.quantize.scaling import apply_input_scale
+    model = GGUFFrontend().load(tiny_gguf)
+    ids = np.array([[1, 504, 3575, 282]], np.int64)
+    before = ReferenceExecutor(model).run({"input_ids": ids})["logits"]
+    n = len(model.graph)
+    down = model.graph.node("blk0_ffn_down")
+    s = np.random.default_rng(0).uniform(0.5, 2.0, 512).astype(np.float32)
+    assert apply_input_scale(model, down.inputs[0], [down], s, explicit=False) == "blk0_ffn_up"
+    after = ReferenceExecutor(model).run({"input_ids": ids})["logits"]
+    assert len(model.graph) == n and np.abs(after - before).max() <= 1e-4 * np.abs(before).max()
