@@ -23,6 +23,8 @@ import tempfile
 import time
 import warnings
 
+from _results import write_results  # noqa: E402 (sibling module; scripts run from benchmarks/)
+
 HERE = os.path.dirname(os.path.abspath(__file__))
 sys.path.insert(0, os.path.join(HERE, "..", "examples", "models"))
 
@@ -127,10 +129,7 @@ def main() -> None:
                          f"{c['total_s']:.2f} | {c['peak_rss_mb']:.0f} | {lat} |")
     lines += ["", "The cpu target uses edgec's generic schedules (parallel outer loops, register-tiled matmul/conv,",
               "vectorized elementwise; targets/cpu/schedule.py), no per-model tuning. Ratios are as measured."]
-    text = "\n".join(lines) + "\n"
-    with open(os.path.join(HERE, "RESULTS-foundation.md"), "w") as f:
-        f.write(text)
-    print(text)
+    write_results("RESULTS-foundation.md", lines)
 
 
 if __name__ == "__main__":

@@ -29,6 +29,8 @@ import sys
 import tempfile
 import time
 
+from _results import HERE, write_results  # noqa: E402 (sibling module; scripts run from benchmarks/)
+
 EVAL_SRC = "/usr/share/common-licenses/GPL-3"
 CALIB_SRC = ["/usr/share/common-licenses/Apache-2.0", "/usr/share/common-licenses/MPL-2.0"]
 LLAMA_TYPES = {"Q8_0": "LLAMA_FTYPE_MOSTLY_Q8_0", "Q4_0": "LLAMA_FTYPE_MOSTLY_Q4_0",
@@ -143,11 +145,10 @@ def main() -> None:
                      f"{r['peak_rss_mb']:.0f} |" if "peak_rss_mb" in r else
                      f"| {r['type']} | {r['quantizer']} | {r['method']} | {r['size_mb']:.2f} | {r['ppl']:.4f} | "
                      f"{r['ppl'] - base:+.4f} | {r.get('wall_s', 0):.1f} | - |")
-    text = "\n".join(lines) + "\n"
-    print(text)
-    if not args.quick:
-        with open(args.out, "w", encoding="utf-8") as f:
-            f.write(text)
+    if args.quick:
+        print("\n".join(lines))
+    else:
+        write_results(os.path.relpath(args.out, HERE), lines)
 
 
 def _update_table(path: str, rows: list[dict], base: float) -> None:

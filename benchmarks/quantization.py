@@ -22,6 +22,8 @@ import warnings
 
 import numpy as np
 
+from _results import write_results  # noqa: E402 (sibling module; scripts run from benchmarks/)
+
 HERE = os.path.dirname(os.path.abspath(__file__))
 sys.path.insert(0, os.path.join(HERE, "..", "examples", "models"))
 
@@ -174,10 +176,7 @@ def main() -> None:
                                  f"{r['cos']:.6f} | {r['wall']:.1f} | {r['peak_x_fp32']:.2f} | "
                                  f"{r['rss_x_fp32']:.2f} |")
                     print(lines[-1], file=sys.stderr)
-    text = "\n".join(lines) + "\n"
-    with open(os.path.join(HERE, "RESULTS-quantization.md"), "w") as f:
-        f.write(text)
-    print(text)
+    write_results("RESULTS-quantization.md", lines)
 
 
 if __name__ == "__main__":

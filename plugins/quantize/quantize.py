@@ -18,7 +18,7 @@ from typing import ClassVar
 import numpy as np
 
 from ...errors import UsageError
-from ...ir import Model, Node, QuantizedTensor, ReferenceExecutor, Value
+from ...ir import Model, Node, QuantizedTensor, Value
 from ...ir.passes import Pass, PassContext, option
 from . import gguf_grids as gg
 from . import methods
@@ -192,17 +192,6 @@ class Quantize(Pass):
             key = id(l.node.inputs[0]) if l.kind != "embedding" else id(l)
             out.setdefault(key, []).append(l)
         return list(out.values())
-
-    @staticmethod
-    def _capture(model: Model, x: Value, samples: list[dict]) -> list[np.ndarray]:
-        if x.is_const:
-            return [x.numpy()]
-        if x in model.graph.inputs:
-            return [s[x.name] for s in samples]
-        # Only the subgraph feeding x, with already-quantized weights kept as integer codes: a capture costs
-        # a fraction of the model's memory instead of a float copy of all of it.
-        ex = ReferenceExecutor(model, capture=[x.name], capture_only=True, keep_quantized=True)
-        return [ex.run(s)[x.name] for s in samples]
 
     def _hessian(self, layer: Layer, xs: list[np.ndarray] | None, perm: np.ndarray | None = None):
         """``X^T X / rows`` in float32 (columns in ``perm`` order if given), accumulated sample by sample
