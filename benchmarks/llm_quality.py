@@ -152,7 +152,7 @@ def main() -> None:
 
 
 def _update_table(path: str, rows: list[dict], base: float) -> None:
-    """Replace re-measured rows in an existing results table (perplexity is deterministic, so rows from two
+    """Replace re-measured rows in (or add new rows to) an existing results table (perplexity is deterministic, so rows from two
     runs compare; the F16 base is re-measured too and must agree)."""
     lines = open(path, encoding="utf-8").read().splitlines()
     old_base = next(float(l.split("|")[5]) for l in lines if l.startswith("| F16 |"))
@@ -162,7 +162,12 @@ def _update_table(path: str, rows: list[dict], base: float) -> None:
         key = f"| {r['type']} | {r['quantizer']} | {r['method']} |"
         new = (f"{key} {r['size_mb']:.2f} | {r['ppl']:.4f} | {r['ppl'] - base:+.4f} | {r.get('wall_s', 0):.1f} | "
                f"{r['peak_rss_mb']:.0f} |")
-        lines = [new + " (re-measured)" if l.startswith(key) else l for l in lines]
+        if any(l.startswith(key) for l in lines):
+            lines = [new + " (re-measured)" if l.startswith(key) else l for l in lines]
+        else:  # a row the table lacks goes after the last row of its type (or at the table's end)
+            rows_at = [i for i, l in enumerate(lines) if l.startswith("| ")]
+            same = [i for i in rows_at if lines[i].startswith(f"| {r['type']} | edgec |")]
+            lines.insert((same or rows_at)[-1] + 1, new + " (added later)")
     open(path, "w", encoding="utf-8").write("\n".join(lines) + "\n")
     print("\n".join(lines))
 
