@@ -338,6 +338,8 @@ class Graph:
         del self.initializers[name]
         self._names.discard(name)
         v._graph = None
+        if isinstance(v.const, Tensor):
+            v.const.release()  # a memory-mapped weight's pages need not stay resident
 
     # ---- queries --------------------------------------------------------------------------------------------
     def __iter__(self) -> Iterator[Node]:

@@ -20,6 +20,23 @@ Scheme = Literal["symmetric", "asymmetric", "affine", "codebook"]
 SCHEMES = ("symmetric", "asymmetric", "affine", "codebook")
 
 
+def release_pages(a: np.ndarray) -> None:
+    """``madvise(MADV_DONTNEED)`` on the whole pages of a read-only memory-mapped array (others: no-op)."""
+    import mmap
+    mm = getattr(a, "_mmap", None)
+    if mm is None or not hasattr(mm, "madvise") or not hasattr(mmap, "MADV_DONTNEED") or a.size == 0:
+        return
+    try:
+        base = np.frombuffer(mm, np.uint8).ctypes.data
+    except (TypeError, ValueError):  # a writable or closed map: leave it alone
+        return
+    lo = a.ctypes.data - base
+    page = mmap.PAGESIZE
+    start, end = -(-lo // page) * page, (lo + a.nbytes) // page * page
+    if 0 <= start < end <= len(mm):
+        mm.madvise(mmap.MADV_DONTNEED, start, end - start)
+
+
 class Tensor:
     """An immutable constant. ``data`` may be a read-only memory map; it is never copied eagerly."""
 
@@ -51,6 +68,13 @@ class Tensor:
 
     def digest(self) -> str:
         return hashlib.sha256(np.ascontiguousarray(self._data).tobytes()).hexdigest()[:16]
+
+    def release(self) -> None:
+        """Drop the resident pages of a memory-mapped tensor (a hint, no change in value): the pages are
+        clean copies of the file and fault back in if read again. Passes that replace weights one layer at
+        a time call it (through :meth:`Graph.remove_const`) so the process does not keep every float
+        weight it has already quantized resident."""
+        release_pages(self._data)
 
     def __repr__(self) -> str:
         return f"Tensor({self.dtype.short}{list(self.shape)})"

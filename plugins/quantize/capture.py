@@ -16,12 +16,26 @@ import numpy as np
 from ...ir import Model, ReferenceExecutor, Value
 
 
-def _trim() -> None:
+def trim_heap() -> None:
     """Hand freed heap pages back to the OS: onnxruntime sessions come and go once per layer group, and
     glibc otherwise keeps their memory, so the process grows block by block."""
     try:
         import ctypes
         ctypes.CDLL("libc.so.6").malloc_trim(0)
+    except (OSError, AttributeError):
+        pass
+
+
+def fix_mmap_threshold(nbytes: int = 1 << 20) -> None:
+    """Serve every allocation of ``nbytes`` or more with its own mmap, returned to the OS when freed.
+
+    glibc raises its mmap threshold to the size of each large block freed (up to 32 MiB), so after the first
+    layer-sized temporary is freed the next ones come from the heap, which keeps what it took: quantizing
+    ResNet-18 layer by layer then grows the process by about one model size. A fixed threshold stops that
+    (setting it turns glibc's dynamic adjustment off)."""
+    try:
+        import ctypes
+        ctypes.CDLL("libc.so.6").mallopt(-3, int(nbytes))  # M_MMAP_THRESHOLD
     except (OSError, AttributeError):
         pass
 
@@ -74,7 +88,7 @@ class Stream:
                 r = ex.run(s)
                 new.append({**{n: s[n] for n in keep}, **{n: r[n] for n in todo}})
             del ex
-            _trim()
+            trim_heap()
         else:
             new = [{n: s[n] for n in front} for s in start]
         self._prev, self.known, self._last = start, new, x

@@ -51,9 +51,9 @@ def grouped(w2: np.ndarray, spec: GridSpec) -> np.ndarray:
 
 def params(wg: np.ndarray, spec: GridSpec, clip: np.ndarray | float = 1.0) -> tuple[np.ndarray, np.ndarray | None]:
     """Scale (and zero point) per ``[rows, G]`` block from its range, shrunk by ``clip`` in (0, 1]."""
-    wg = wg.astype(np.float32)
+    wg = wg.astype(np.float32, copy=False)
     if spec.symmetric:
-        amax = np.abs(wg).max(-1) * clip
+        amax = np.maximum(-wg.min(-1), wg.max(-1)) * clip  # max |w| without a full-size |w| temporary
         scale = amax / spec.qmax
         scale = np.where(scale > 0, scale, 1.0).astype(np.float32)
         return scale, None

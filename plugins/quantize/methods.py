@@ -19,6 +19,7 @@ from __future__ import annotations
 import numpy as np
 
 from ...ir import QuantizedTensor
+from ...ir.tensor import release_pages
 from .grid import GridSpec, dequantize_codes, grouped, params, quantize_codes
 
 CLIP_GRID = np.linspace(1.0, 0.5, 26, dtype=np.float32)  # candidate clipping ratios, 1.0 first
@@ -69,24 +70,39 @@ def gptq(w2: np.ndarray, spec: GridSpec | None, h: np.ndarray, *, damp: float = 
     that grid instead of ``spec``'s, and the codes ``[out, K]`` are returned alone.
     """
     from scipy.linalg import lapack
+    from scipy.linalg.blas import dger
     if h is None:
         raise ValueError("gptq needs calibration data (the layer's input Hessian)")
-    w = w2.astype(np.float32)  # float32 working copy, as the reference implementation
-    out, k = w.shape
+    out, k = w2.shape
     if perm is None:
         perm = hessian_order(np.diag(h), act_order)
         h = np.ascontiguousarray(h[np.ix_(perm, perm)], dtype=np.float32)
-    w = w[:, perm]
-    dead = np.diag(h) == 0
-    h[dead, dead] = 1.0
-    w[:, dead] = 0.0
-    # Grid parameters from the original weights, per contiguous group (static groups).
+    # The one float32 working copy (columns permuted), as the reference implementation, filled a slice of
+    # rows at a time so a memory-mapped original never stays resident beside it. Memory beyond H: this
+    # copy, the 8-bit codes and update temporaries of at most out x 1024.
+    w = np.empty((out, k), np.float32)
+    per_rows = grid is None and spec.granularity != "tensor"
+    parts = []
+    for r in range(0, out, 256):
+        rows = np.asarray(w2[r:r + 256], np.float32)
+        if per_rows:  # grid parameters from the original weights, per contiguous group (static groups)
+            parts.append(params(grouped(rows, spec), spec))
+        w[r:r + 256] = rows[:, perm]
+        del rows
+        release_pages(w2[r:r + 256])
     if grid is None:
-        scale, zp = params(grouped(w2.astype(np.float32), spec), spec)
+        if per_rows:
+            scale = np.concatenate([p[0] for p in parts])
+            zp = None if parts[0][1] is None else np.concatenate([p[1] for p in parts])
+        else:
+            scale, zp = params(grouped(np.asarray(w2, np.float32), spec), spec)
         g = spec.groups(k)
         gs = k // g if spec.granularity != "tensor" else k
     else:
         scale, zp, gs = np.ones((1, 1), np.float32), None, k
+    dead = np.diag(h) == 0
+    h[dead, dead] = 1.0
+    w[:, dead] = 0.0
     inv = np.argsort(perm)
     h[np.diag_indices(k)] += damp * np.mean(np.diag(h))
     # Upper Cholesky factor of H^-1, in place: potrf(H) -> potri (H^-1) -> potrf(H^-1). H is symmetric, so
@@ -102,13 +118,15 @@ def gptq(w2: np.ndarray, spec: GridSpec | None, h: np.ndarray, *, damp: float = 
         raise np.linalg.LinAlgError(f"the layer's Hessian is not positive definite after dampening "
                                     f"(damp={damp}); raise it, e.g. quantize{{method=gptq,damp=0.1}}")
     hinv = c  # upper triangle valid; the strictly lower triangle is never read below
-    codes = np.zeros((out, k), np.float32)
+    symmetric = grid.t.scheme == "symmetric" if grid is not None else spec.symmetric
+    codes = np.zeros((out, k), np.int8 if symmetric else np.uint8)
     col_group = perm // gs  # original group of each permuted column
     sc = scale.astype(np.float64)
     zc = None if zp is None else zp.astype(np.float64)
     for b0 in range(0, k, block):
         b1 = min(b0 + block, k)
-        w_blk = w[:, b0:b1].astype(np.float64)
+        # Fortran order: the columns from i on are one contiguous block, updated in place by BLAS ger.
+        w_blk = np.asfortranarray(w[:, b0:b1], dtype=np.float64)
         err = np.zeros_like(w_blk)
         hb = np.triu(hinv[b0:b1, b0:b1]).astype(np.float64)
         for i in range(b1 - b0):
@@ -120,7 +138,7 @@ def gptq(w2: np.ndarray, spec: GridSpec | None, h: np.ndarray, *, damp: float = 
                 codes[:, j] = qc[:, 0]
                 deq = grid.dequantize(qc, oc)[:, 0].astype(np.float64)
                 e = (col - deq) / hb[i, i]
-                w_blk[:, i:] -= np.outer(e, hb[i, i:])
+                dger(-1.0, e, hb[i, i:], a=w_blk[:, i:], overwrite_a=True)
                 err[:, i] = e
                 continue
             grp = 0 if spec.granularity == "tensor" else col_group[j]
@@ -131,14 +149,17 @@ def gptq(w2: np.ndarray, spec: GridSpec | None, h: np.ndarray, *, damp: float = 
             codes[:, j] = q
             deq = (q - (z if z is not None else 0)) * s
             e = (col - deq) / hb[i, i]
-            w_blk[:, i:] -= np.outer(e, hb[i, i:])
+            dger(-1.0, e, hb[i, i:], a=w_blk[:, i:], overwrite_a=True)  # w_blk[:, i:] -= e hb[i, i:]
             err[:, i] = e
-        if b1 < k:
-            w[:, b1:] -= (err.astype(np.float32) @ hinv[b0:b1, b1:])
+        e32 = err.astype(np.float32)
+        for c0 in range(b1, k, 1024):  # lazy update of the later columns, in slices (small temporaries)
+            c1 = min(c0 + 1024, k)
+            w[:, c0:c1] -= e32 @ hinv[b0:b1, c0:c1]
+    del w
     codes = codes[:, inv]
     if grid is not None:
         return codes
-    return codes.reshape(grouped(codes, spec).shape).astype(np.float32), scale, zp
+    return codes.reshape(grouped(codes, spec).shape), scale, zp
 
 
 def hessian_order(diag: np.ndarray, act_order: bool) -> np.ndarray:

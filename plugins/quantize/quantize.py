@@ -22,7 +22,7 @@ from ...ir import Model, Node, QuantizedTensor, Value
 from ...ir.passes import Pass, PassContext, option
 from . import gguf_grids as gg
 from . import methods
-from .capture import Stream
+from .capture import Stream, fix_mmap_threshold, trim_heap
 from .grid import GridSpec, as_matrix, dequantize_codes, make_tensor, sqnr_db
 from .scaling import apply_input_scale, foldable, linear_groups
 
@@ -172,6 +172,7 @@ class Quantize(Pass):
             raise UsageError(f"quantize{{method={self.method}}} needs calibration data: pass --calib "
                              "(a .npz, a folder of samples, or 'random' for a smoke test)")
         samples = calib.samples[: self.samples] if calib is not None else []
+        fix_mmap_threshold()
         reports = json.loads(model.metadata.get(REPORT_KEY, "{}"))
         if self.method == "awq":
             self._awq_scales(model, [l for l in layers if l.kind == "linear"], samples)
@@ -181,6 +182,7 @@ class Quantize(Pass):
             xs = stream.capture(group[0].node.inputs[0]) if samples and group[0].kind != "embedding" else None
             for layer in group:
                 reports[layer.weight.name] = self._quantize_layer(model, layer, xs)
+                trim_heap()  # the layer's temporaries: freed, and handed back before the next one
         model.metadata[REPORT_KEY] = json.dumps(reports, sort_keys=True)
         model.graph.remove_unused_consts()
         return True
@@ -334,12 +336,14 @@ class Quantize(Pass):
             rel = float(np.sqrt(max(num, 0.0) / den)) if den > 0 else None
         else:
             rel = self._output_error(layer, xs, w, deq) if layer.kind != "embedding" else None
-        if not layer.weight.uses and layer.weight.name in g.initializers:
-            g.remove_const(layer.weight.name)  # release the float weights now, not at the end of the pass
         rep = {"node": layer.node.name, "op": layer.node.qualified_op, "role": layer.role, "bits": q.bits,
                "method": q.method, "scheme": q.scheme, "group_size": q.group_size, "shape": list(w.shape),
                "sqnr_db": round(sqnr_db(w, deq), 3), "rel_output_error": rel, "bytes_before": int(w.nbytes),
                "bytes_after": int(q.nbytes)}
+        if not layer.weight.uses and layer.weight.name in g.initializers:
+            # Release the float weights now, not at the end of the pass (after the last read of ``w``: a
+            # memory-mapped weight's pages are dropped and would fault back in).
+            g.remove_const(layer.weight.name)
         if q.layout:
             rep["layout"] = q.layout
         if note:
