@@ -27,6 +27,7 @@ DEFAULT_PLUGINS = {
     "builtin-llm": "edgec.plugins.llm",
     "target-cpu": "edgec.targets.cpu",
     "target-gguf": "edgec.targets.gguf",
+    "target-openvino": "edgec.targets.openvino",
 }
 
 

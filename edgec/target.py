@@ -57,6 +57,9 @@ class Target:
     # Targets whose runtime computes differently by design (e.g. low-precision activations) set
     # {"min_cosine", "min_top1", "description"}: --verify then uses that criterion instead of --tolerance.
     verify_policy: ClassVar[dict | None] = None
+    # Targets that run activation-quantized models as real integer kernels (with their own requantization
+    # rounding) may set {"min_cosine", "max_rel_err", "description"} for such models.
+    act_quant_policy: ClassVar[dict | None] = None
     dynamic_shapes: ClassVar[bool] = False  # True: the artifact takes any input length (no shape fixing)
 
     def __post_init__(self) -> None:

@@ -8,8 +8,9 @@ import os
 from ...errors import BadInputError, UsageError
 
 
-def _artifact_gguf(path: str) -> str | None:
-    """The GGUF file of a compiled artifact directory (None when ``path`` is not a GGUF artifact)."""
+def _artifact(path: str) -> tuple[str, str] | None:
+    """(kind, file) of a compiled artifact directory: ("gguf", its .gguf) or ("openvino", its model.xml);
+    None when ``path`` is not an artifact."""
     man = os.path.join(path, "manifest.json")
     if not (os.path.isdir(path) and os.path.exists(man)):
         return None
@@ -20,9 +21,16 @@ def _artifact_gguf(path: str) -> str | None:
         raise BadInputError(f"{man} is unreadable: {e}") from None
     for f in m.get("files", []):
         if f.get("path", "").endswith(".gguf"):
-            return os.path.join(path, f["path"])
-    raise UsageError(f"{path} is a {m.get('target', {}).get('name', '?')} artifact; eval runs GGUF artifacts "
-                     "(or give the model file itself)")
+            return "gguf", os.path.join(path, f["path"])
+        if f.get("path", "") == "model.xml":
+            return "openvino", os.path.join(path, "model.xml")
+    raise UsageError(f"{path} is a {m.get('target', {}).get('name', '?')} artifact; eval runs GGUF and OpenVINO "
+                     "artifacts (or give the model file itself)")
+
+
+def _artifact_gguf(path: str) -> str | None:
+    a = _artifact(path)
+    return a[1] if a and a[0] == "gguf" else None
 
 
 def run(model_path: str, *, text: str | None, ctx: int, stride: int, max_tokens: int = 0, engine: str = "auto",
@@ -32,17 +40,25 @@ def run(model_path: str, *, text: str | None, ctx: int, stride: int, max_tokens:
     from .perplexity import llama_cpp_engine, perplexity, reference_engine
     from .tokenizer import LlamaCppTokenizer, load_llama, tokenizer_for
 
-    gguf_path = _artifact_gguf(model_path)
+    art = _artifact(model_path)
+    gguf_path = art[1] if art and art[0] == "gguf" else None
+    ov_dir = model_path if art and art[0] == "openvino" else None
     if gguf_path is None and model_path.lower().endswith(".gguf"):
         gguf_path = model_path
     if engine == "auto":
-        engine = "llama.cpp" if gguf_path and os.path.isdir(model_path) else "reference"
+        engine = "llama.cpp" if gguf_path and os.path.isdir(model_path) else "openvino" if ov_dir else "reference"
     if engine == "llama.cpp" and not gguf_path:
         raise UsageError(f"--engine llama.cpp needs a GGUF file or a GGUF artifact; {model_path} is neither")
+    if (engine == "openvino") != bool(ov_dir):
+        raise UsageError(f"--engine openvino runs OpenVINO artifacts only, and an OpenVINO artifact runs only on "
+                         f"it; {model_path} does not match --engine {engine}")
     out: dict = {"model": model_path, "engine": engine}
     model = None
     if engine == "reference":
         model = load_model(gguf_path or model_path, frontend)
+    if ov_dir:
+        from .perplexity import openvino_metadata
+        model = openvino_metadata(ov_dir)  # the LLM configuration and tokenizer source, no weights
     tok = LlamaCppTokenizer(gguf_path) if gguf_path else tokenizer_for(model)
     out["tokenizer"] = tok.name
     if text:
@@ -61,7 +77,11 @@ def run(model_path: str, *, text: str | None, ctx: int, stride: int, max_tokens:
                 raise UsageError(f"{model_path} is not a language model edgec imported (no LLM configuration)")
             if ctx > cfg.context_length:
                 raise UsageError(f"--ctx {ctx} exceeds the model's context length {cfg.context_length}")
-        fn = reference_engine(model) if engine == "reference" else llama_cpp_engine(gguf_path, ctx)
+        if engine == "openvino":
+            from .perplexity import openvino_engine
+            fn = openvino_engine(ov_dir)
+        else:
+            fn = reference_engine(model) if engine == "reference" else llama_cpp_engine(gguf_path, ctx)
         res = perplexity(ids, fn, ctx=ctx, stride=stride, engine=engine, progress=progress)
         out.update({"perplexity": res.perplexity, "details": res.to_dict(), "perplexity_text": str(res),
                     "text": text})

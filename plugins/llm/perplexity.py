@@ -106,3 +106,47 @@ def llama_cpp_engine(gguf_path: str, ctx: int, threads: int = 0):
         llm.eval([int(t) for t in tokens])
         return np.array(llm.scores[:len(tokens)], np.float32)
     return run
+
+
+def openvino_engine(artifact_dir: str, threads: int = 0):
+    """Logits from an OpenVINO artifact (the CPU plugin, f32 inference precision)."""
+    from ...targets.openvino import OpenVINOTarget
+    compiled = OpenVINOTarget(threads=threads).compile(artifact_dir)
+    req = compiled.create_infer_request()
+    out = compiled.outputs[0]
+
+    def run(tokens: np.ndarray) -> np.ndarray:
+        res = req.infer({"input_ids": np.asarray(tokens, np.int64)[None]})
+        return np.array(res[out])[0]
+    return run
+
+
+def openvino_metadata(artifact_dir: str):
+    """A weightless stand-in model carrying the metadata an OpenVINO artifact kept (LLM configuration,
+    tokenizer source): enough for :func:`~.tokenizer.tokenizer_for` and ``LLMConfig.from_model``."""
+    from ...targets.openvino import read_metadata
+    from ...ir import Graph, Model
+    return Model(Graph("openvino-artifact"), metadata=read_metadata(artifact_dir))
+
+
+def top1_agreement(ids, fn_a, fn_b, *, ctx: int, stride: int, progress: bool = True) -> dict:
+    """Next-token top-1 agreement of two engines on the same windows (every scored position of
+    :func:`perplexity`), with both perplexities."""
+    from tqdm import tqdm
+    ids = np.asarray(ids, np.int64)
+    wins = windows(len(ids), ctx, stride)
+    if not wins:
+        raise UsageError(f"the text has {len(ids)} tokens; agreement needs at least 2")
+    agree = count = 0
+    nll_a = nll_b = 0.0
+    for start, end, first in tqdm(wins, desc="top-1 agreement", unit="window", leave=False,
+                                  disable=None if progress else True):
+        lo = first - start - 1
+        a = fn_a(ids[start:end])[lo:end - start - 1]
+        b = fn_b(ids[start:end])[lo:end - start - 1]
+        agree += int((a.argmax(-1) == b.argmax(-1)).sum())
+        count += end - first
+        nll_a += _nll(a, ids[first:end])
+        nll_b += _nll(b, ids[first:end])
+    return {"top1_agreement": agree / count, "tokens": count, "windows": len(wins),
+            "perplexity_a": math.exp(nll_a / count), "perplexity_b": math.exp(nll_b / count)}

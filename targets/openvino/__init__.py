@@ -1,0 +1,134 @@
+"""The ``openvino`` target: edgec IR -> OpenVINO IR (``model.xml`` + ``model.bin``), run on the CPU plugin.
+
+The model is built op by op with OpenVINO's opset API (``builder.py``). Weight formats:
+
+* float weights: f32, or f16 with ``weights=f16`` (half the disk size; decompressed when compiled);
+* edgec's quantized weights, carried exactly: symmetric grids as i8 (5-8 bits) / i4 (2-4 bits) codes,
+  asymmetric as u8 / u4 codes with u8 / u4 zero points, per channel or group-wise, GGUF-style affine grids
+  (codes * scale + offset), NF4 (``nf4`` element type when the codebook is OpenVINO's, else a Gather),
+  and k-means codebooks (Gather). For MatMul layers the CPU plugin keeps these compressed in memory;
+  Convolution weights are decompressed when the model is compiled (disk saving only);
+* activation quantization from calibration (``quantize{activations=...}``) as FakeQuantize, which the
+  CPU plugin executes in int8.
+
+``--verify`` compiles the saved IR on the OpenVINO CPU plugin with ``INFERENCE_PRECISION_HINT=f32`` (bf16
+is the default on CPUs with AMX / AVX-512 BF16) and compares with the reference executor.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import os
+from collections.abc import Mapping
+from typing import ClassVar
+
+import numpy as np
+
+from ...errors import UnsupportedError
+from ...hookspecs import hookimpl
+from ...ir import Model, QuantizedTensor
+from ...ir.passes import PassContext, option
+from ...target import Artifact, Capabilities, Target
+from .builder import OVBuilder, _ov, supported_ops
+
+RT_KEY = "edgec_metadata"
+_QUANT = frozenset({(s, b) for s in ("symmetric", "asymmetric", "affine", "codebook") for b in range(2, 9)})
+
+
+@dataclasses.dataclass(frozen=True)
+class OpenVINOTarget(Target):
+    name: ClassVar[str] = "openvino"
+    summary: ClassVar[str] = "OpenVINO IR (.xml/.bin) with compressed weights, run on the OpenVINO CPU plugin"
+    runtime: ClassVar[str] = "OpenVINO CPU plugin"
+    capabilities: ClassVar[Capabilities] = Capabilities(
+        ops=supported_ops(), dtypes=frozenset({"f32", "i64", "i32", "bool", "i8", "u8"}), quant=_QUANT,
+        activation_quant=True)
+    act_quant_policy: ClassVar[dict | None] = {
+        "min_cosine": 0.999, "max_rel_err": 0.05,
+        "description": "the CPU plugin runs FakeQuantize'd layers as int8 kernels with its own requantization "
+                       "arithmetic, so rounding-boundary flips accumulate layer by layer"}
+    dynamic_shapes: ClassVar[bool] = True  # symbolic dims stay dynamic: any batch / sequence length
+
+    weights: str = option("f32", choices=("f32", "f16"), help="storage of weights that are not quantized")
+    nf4: str = option("exact", choices=("exact", "native"),
+                      help="NF4 weights: 'exact' keeps edgec's codebook bit for bit (native nf4 type only when "
+                           "the codebook is OpenVINO's); 'native' always uses the nf4 element type, whose "
+                           "table differs from bitsandbytes' by one float32 ulp at one level")
+    threads: int = option(0, help="CPU threads for --verify (0: OpenVINO's default)")
+
+    def check(self, model: Model) -> list[str]:
+        problems = super().check(model)
+        try:
+            _ov()
+        except UnsupportedError as e:
+            problems.append(str(e))
+        for v in model.graph.initializers.values():
+            q = v.const
+            if isinstance(q, QuantizedTensor) and q.scheme == "codebook" and q.codebook is not None \
+                    and np.asarray(q.codebook).ndim == 3 and len(q.shape) != 2:
+                problems.append(f"weight {v.name!r}: per-group codebooks are carried for 2-D weights only")
+        return problems
+
+    def emit(self, model: Model, out_dir: str, ctx: PassContext) -> Artifact:
+        ov, _ = _ov()
+        b = OVBuilder(model, self.weights, self.nf4)
+        m = b.build()
+        # Model metadata (LLM configuration, tokenizer source, ...) travels in the IR's rt_info, under
+        # edgec_metadata as one JSON string; large blobs (GGUF tokenizer tables) stay out.
+        meta = {k: v for k, v in model.metadata.items() if isinstance(v, str) and len(v) < 65536}
+        m.set_rt_info(json.dumps(meta, sort_keys=True), [RT_KEY])
+        xml = os.path.join(out_dir, "model.xml")
+        # compress_to_fp16 defaults to True and would halve every f32 constant behind our back.
+        ov.save_model(m, xml, compress_to_fp16=False)
+        quant = {name: enc for name, enc in b.encodings.items()}
+        fq = sum(1 for op in m.get_ops() if op.get_type_name() == "FakeQuantize")
+        return Artifact(["model.xml", "model.bin"], {
+            "openvino_version": ov.__version__, "weights": self.weights, "weight_encodings": quant,
+            "fake_quantize_nodes": fq,
+            "inputs": [{"name": p.get_friendly_name(), "shape": str(p.get_partial_shape()),
+                        "dtype": p.get_element_type().get_type_name()} for p in m.get_parameters()]})
+
+    def compile(self, out_dir: str):
+        """The saved IR compiled on the CPU plugin, f32 inference precision."""
+        ov, _ = _ov()
+        # f32 inference precision (bf16 is the default on AMX / AVX-512 BF16 CPUs) and no dynamic int8
+        # quantization of activations in front of compressed-weight layers: the numbers the IR defines.
+        cfg = {"INFERENCE_PRECISION_HINT": "f32", "DYNAMIC_QUANTIZATION_GROUP_SIZE": "0"}
+        if self.threads:
+            cfg["INFERENCE_NUM_THREADS"] = int(self.threads)
+        core = ov.Core()
+        return core.compile_model(core.read_model(os.path.join(out_dir, "model.xml")), "CPU", cfg)
+
+    def run_artifact(self, out_dir: str, feeds: Mapping[str, np.ndarray], input_names=None) -> list[np.ndarray]:
+        compiled = self.compile(out_dir)
+        req = compiled.create_infer_request()
+        names = input_names or list(feeds)
+        res = req.infer({n: np.ascontiguousarray(feeds[n]) for n in names})
+        return [np.array(res[o]) for o in compiled.outputs]
+
+
+def read_metadata(artifact_dir: str) -> dict[str, str]:
+    """The edgec model metadata an OpenVINO artifact carries (see :meth:`OpenVINOTarget.emit`)."""
+    ov, _ = _ov()
+    m = ov.Core().read_model(os.path.join(artifact_dir, "model.xml"))
+    if not m.has_rt_info([RT_KEY]):
+        return {}
+    return json.loads(m.get_rt_info([RT_KEY]).astype(str))
+
+
+def runtime_weight_precisions(compiled) -> dict[str, str]:
+    """Name -> runtime precision of the FullyConnected / MatMul layers of a compiled model (what the CPU
+    plugin really executes), read from the runtime model's rt_info."""
+    out = {}
+    for op in compiled.get_runtime_model().get_ops():
+        info = op.get_rt_info()
+        layer = info["layerType"].astype(str) if "layerType" in info else ""
+        if layer in ("FullyConnected", "MatMul"):
+            out[op.get_friendly_name()] = info["runtimePrecision"].astype(str) if "runtimePrecision" in info else "?"
+    return out
+
+
+@hookimpl
+def edgec_register_targets(registry):
+    registry.register(OpenVINOTarget)

@@ -1,0 +1,551 @@
+"""edgec IR -> an OpenVINO model, built op by op with the ``openvino.opset16`` API (no ONNX or TVM detour).
+
+Quantized weights become the decompression subgraphs the OpenVINO CPU plugin recognises and keeps
+compressed in memory for MatMul (FullyConnected) layers:
+
+    Constant(u8|i8|u4|i4|nf4) -> Convert(f32) [-> Subtract(zero point)] -> Multiply(scale) [-> Add(offset)]
+        [-> Reshape, for group-wise grids] -> MatMul(transpose_b=True)
+
+The codes, zero points and scales are the IR's own (nothing is re-rounded): the subgraph computes exactly
+``QuantizedTensor.dequantize``. Codebook grids other than NF4 are a codes constant plus a Gather from the
+codebook. Activation quantization (``Value.quant``) becomes FakeQuantize with the IR's scale and zero point.
+Symbolic dims stay dynamic (``-1``), so a language model takes any sequence length.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+
+import numpy as np
+
+from ...errors import UnsupportedError
+from ...ir import Model, Node, QuantizedTensor, Value
+from ...ir.tensor import code_range
+
+Lowering = Callable[["OVBuilder", Node], object]
+LOWERINGS: dict[str, Lowering] = {}
+
+
+def lowering(*names: str) -> Callable[[Lowering], Lowering]:
+    def deco(fn: Lowering) -> Lowering:
+        for n in names:
+            LOWERINGS[n] = fn
+        return fn
+    return deco
+
+
+def supported_ops() -> frozenset[str]:
+    return frozenset(LOWERINGS)
+
+
+def _ov():
+    try:
+        import openvino as ov
+        import openvino.opset16 as ops
+    except ImportError:
+        raise UnsupportedError("the openvino target needs OpenVINO: pip install 'edgec[openvino]' "
+                               "(openvino 2026.x)") from None
+    return ov, ops
+
+
+# The NF4 levels OpenVINO's nf4 element type decodes to. edgec's table (bitsandbytes') differs from it by one
+# float32 ulp at one level; NF4 weights whose codebook is OpenVINO's exactly use the native type, others
+# (and edgec's own NF4) go through the exact Gather form unless the target is told nf4=native.
+OV_NF4 = np.array([-1.0, -0.6961928, -0.52507305, -0.3949175, -0.28444138, -0.18477343, -0.09105004, 0.0,
+                   0.0795803, 0.1609302, 0.2461123, 0.33791524, 0.44070983, 0.562617, 0.72295684, 1.0], np.float32)
+
+
+def storage_type(q: QuantizedTensor) -> str:
+    """OpenVINO element type of ``q``'s codes: i4/u4 for up to 4 bits, i8/u8 for 5-8 bits."""
+    signed = q.scheme == "symmetric"
+    return ("i" if signed else "u") + ("4" if q.bits <= 4 else "8")
+
+
+def pack_nibbles(codes: np.ndarray) -> np.ndarray:
+    """Two 4-bit codes per byte, the first in the low nibble (OpenVINO's u4/i4/nf4 layout)."""
+    flat = (np.asarray(codes).astype(np.int16).reshape(-1) & 0xF).astype(np.uint8)
+    if flat.size % 2:
+        flat = np.concatenate([flat, np.zeros(1, np.uint8)])
+    return np.ascontiguousarray(flat[0::2] | (flat[1::2] << 4))
+
+
+def _blocking(q: QuantizedTensor) -> tuple[list[int], list[bool]]:
+    """Codes shape with each blocked dim split into (blocks, block size), and which dims were split."""
+    params = [p for p in (q.scales, q.zero_points, q.offsets) if p is not None]
+    shape, split = [], []
+    for d, s in enumerate(q.shape):
+        blocks = {int(np.shape(p)[d]) for p in params if np.ndim(p) == len(q.shape)} - {1, s}
+        if len(blocks) > 1:
+            raise UnsupportedError(f"quantization parameters with different blockings along dim {d}")
+        if blocks:
+            b = blocks.pop()
+            shape += [b, s // b]
+            split.append(True)
+        else:
+            shape.append(s)
+            split.append(False)
+    return shape, split
+
+
+def _param_shape(p: np.ndarray, q: QuantizedTensor, split: list[bool]) -> list[int]:
+    p = np.asarray(p)
+    if p.ndim != len(q.shape):
+        p = p.reshape(p.shape + (1,) * (len(q.shape) - p.ndim)) if p.ndim else p.reshape((1,) * len(q.shape))
+    out = []
+    for d, s in enumerate(split):
+        out += [p.shape[d], 1] if s else [p.shape[d]]
+    return out
+
+
+class OVBuilder:
+    """Translates one model; :meth:`build` returns an ``openvino.Model``.
+
+    ``float_weights``: ``f32``, or ``f16`` (float weights stored in half precision and decompressed by a
+    Convert, as OpenVINO's own FP16 compression does).
+    """
+
+    def __init__(self, model: Model, float_weights: str = "f32", nf4: str = "exact"):
+        self.ov, self.ops = _ov()
+        self.model = model
+        self.float_weights = float_weights
+        self.nf4 = nf4
+        self.env: dict[int, object] = {}
+        self.encodings: dict[str, str] = {}  # weight name -> how it was stored
+
+    # ---------------------------------------------------------------------------------------------- helpers
+    def const(self, arr, dtype: str | None = None):
+        a = np.array(arr, dtype=dtype, order="C")  # a copy (never a view of a memory map); 0-d stays 0-d
+        # Canonical dtype: numpy has two int64 type numbers ('l' and 'q'); OpenVINO's binding knows one.
+        a = a.view(np.dtype(a.dtype.str)) if a.dtype.kind in "iu" else a
+        return self.ops.constant(a).output(0)
+
+    def ints(self, values) -> object:
+        return self.const(np.asarray(values, np.int64).reshape(-1))
+
+    def const_ints(self, v: Value | None) -> list[int] | None:
+        if v is None:
+            return None
+        if not v.is_const:
+            raise UnsupportedError(f"{v.name!r} must be a constant for the openvino target")
+        return [int(x) for x in np.asarray(v.const.numpy()).reshape(-1)]
+
+    def scalar(self, x: float, like: Value):
+        return self.const(np.asarray(x, like.dtype.numpy if like.dtype is not None else np.float32))
+
+    def get(self, v: Value):
+        if id(v) not in self.env:
+            if not v.is_const:
+                raise KeyError(v.name)
+            self.env[id(v)] = self.weight(v)
+        return self.env[id(v)]
+
+    def weight(self, v: Value):
+        ov, ops = self.ov, self.ops
+        if isinstance(v.const, QuantizedTensor):
+            return self.decompress(v.name, v.const)
+        arr = np.asarray(v.const.numpy())
+        if self.float_weights == "f16" and arr.dtype == np.float32 and arr.size > 1:
+            self.encodings[v.name] = "f16"
+            c = ops.constant(arr.astype(np.float16))
+            return ops.convert(c, ov.Type.f32).output(0)
+        return self.const(arr)
+
+    def _typed_const(self, codes: np.ndarray, etype: str, shape: list[int]):
+        """A Constant of a (possibly sub-byte) integer element type holding ``codes``."""
+        ov, ops = self.ov, self.ops
+        if etype in ("u8", "i8"):
+            return ops.constant(np.ascontiguousarray(codes.reshape(shape).astype(np.uint8 if etype == "u8" else np.int8)))
+        t = ov.Tensor(getattr(ov.Type, etype), ov.Shape(shape))
+        data = pack_nibbles(codes)
+        t.data[:] = data.reshape(t.data.shape)
+        return ops.constant(t, shared_memory=False)
+
+    def decompress(self, name: str, q: QuantizedTensor):
+        ov, ops = self.ov, self.ops
+        f32 = ov.Type.f32
+        if q.scheme == "codebook":
+            return self._codebook(name, q)
+        etype = storage_type(q)
+        lo, hi = code_range(q.bits, q.scheme == "symmetric")
+        codes = np.asarray(q.codes)
+        if codes.min(initial=lo) < lo or codes.max(initial=hi) > hi:
+            raise UnsupportedError(f"weight {name!r}: codes outside the {q.bits}-bit range")
+        cshape, split = _blocking(q)
+        node = ops.convert(self._typed_const(codes, etype, cshape), f32)
+        if q.zero_points is not None:
+            zp = np.asarray(q.zero_points)
+            zc = self._typed_const(zp, "u8" if q.bits > 4 else "u4", _param_shape(zp, q, split))
+            node = ops.subtract(node, ops.convert(zc, f32))
+        node = ops.multiply(node, self.const(np.asarray(q.scales, np.float32).reshape(_param_shape(q.scales, q, split))))
+        if q.offsets is not None:
+            node = ops.add(node, self.const(np.asarray(q.offsets, np.float32).reshape(
+                _param_shape(q.offsets, q, split))))
+        if any(split):
+            node = ops.reshape(node, self.ints(q.shape), False)
+        self.encodings[name] = etype + (" group-wise" if any(split) else "")
+        return node.output(0)
+
+    def _codebook(self, name: str, q: QuantizedTensor):
+        ov, ops = self.ov, self.ops
+        cb = np.asarray(q.codebook, np.float32)
+        codes = np.asarray(q.codes)
+        n = cb.shape[-1]
+        if cb.ndim == 3:  # per group of a 2-D weight: work in [C, G, group] and flatten at the end
+            c, g = cb.shape[:2]
+            shape, split = [c, g, codes.shape[1] // g], None
+        else:
+            shape, split = _blocking(q) if q.scales is not None else (list(q.shape), [False] * len(q.shape))
+        if cb.ndim == 1 and n == 16 and q.bits == 4 and (np.array_equal(cb, OV_NF4) or self.nf4 == "native"):
+            node = ops.convert(self._typed_const(codes, "nf4", shape), ov.Type.f32)
+            self.encodings[name] = "nf4"
+        else:
+            # Gather from the flattened codebook: index = code + n * (the codebook row this element uses).
+            idx = ops.convert(self._typed_const(codes, "u4" if q.bits <= 4 else "u8", shape), ov.Type.i32)
+            if cb.ndim == 2:
+                base = np.arange(cb.shape[0], dtype=np.int32) * n
+                idx = ops.add(idx, self.const(base.reshape([-1 if d == q.axis else 1 for d in range(len(shape))])))
+            elif cb.ndim == 3:
+                idx = ops.add(idx, self.const((np.arange(c * g, dtype=np.int32) * n).reshape(c, g, 1)))
+            node = ops.gather(self.const(cb.reshape(-1)), idx, self.const(np.int64(0)))
+            self.encodings[name] = f"codebook[{n}] gather"
+        if q.scales is not None:
+            sc = np.asarray(q.scales, np.float32)
+            pshape = [c, g, 1] if split is None else _param_shape(sc, q, split)
+            node = ops.multiply(node, self.const(sc.reshape(pshape)))
+        if list(shape) != list(q.shape):
+            node = ops.reshape(node, self.ints(q.shape), False)
+        return node.output(0)
+
+    def fake_quant(self, out, v: Value):
+        """FakeQuantize computing QuantizeLinear + DequantizeLinear of ``v.quant`` (per tensor)."""
+        q = v.quant
+        lo, hi = code_range(q.bits, q.signed)
+        a = np.float32((lo - q.zero_point) * q.scale)
+        b = np.float32((hi - q.zero_point) * q.scale)
+        ca, cb = self.const(a), self.const(b)
+        return self.ops.fake_quantize(out, ca, cb, ca, cb, hi - lo + 1).output(0)
+
+    # ---------------------------------------------------------------------------------------------- driver
+    def build(self):
+        ov, ops = self.ov, self.ops
+        g = self.model.graph
+        params = []
+        for v in g.inputs:
+            if v.dtype is None or v.shape is None:
+                raise UnsupportedError(f"input {v.name!r} needs a known dtype and rank")
+            shape = ov.PartialShape([d if isinstance(d, int) else -1 for d in v.shape])
+            p = ops.parameter(shape, ov.Type(v.dtype.numpy), name=v.name)
+            p.output(0).get_tensor().set_names({v.name})
+            params.append(p)
+            out = p.output(0)
+            self.env[id(v)] = self.fake_quant(out, v) if v.quant is not None else out
+        for n in g:
+            fn = LOWERINGS.get(n.qualified_op)
+            if fn is None:
+                raise UnsupportedError(f"node {n.name!r}: {n.qualified_op} is not supported by the openvino target")
+            try:
+                res = fn(self, n)
+            except UnsupportedError:
+                raise
+            except Exception as e:  # noqa: BLE001 - OpenVINO validation errors come as RuntimeError
+                first = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
+                raise UnsupportedError(f"node {n.name!r} ({n.qualified_op}): OpenVINO rejected it: {first}") from None
+            outs = res if isinstance(res, list) else [res]
+            for o, val in zip(n.outputs, outs):
+                if o is None:
+                    continue
+                val = val.output(0) if hasattr(val, "output") else val
+                self.env[id(o)] = self.fake_quant(val, o) if o.quant is not None else val
+        results = []
+        for o in g.outputs:
+            r = ops.result(self.get(o))
+            r.output(0).get_tensor().set_names({o.name})
+            r.set_friendly_name(o.name)
+            results.append(r)
+        return ov.Model(results, params, g.name or "edgec")
+
+
+def _op(fn_name: str):
+    return getattr(_ov()[1], fn_name)
+
+
+_BINARY = {"Add": "add", "Sub": "subtract", "Mul": "multiply", "Div": "divide", "Pow": "power", "Equal": "equal",
+           "Less": "less", "Greater": "greater", "LessOrEqual": "less_equal", "GreaterOrEqual": "greater_equal",
+           "And": "logical_and", "Or": "logical_or", "Max": "maximum", "Min": "minimum"}
+_UNARY = {"Relu": "relu", "Sigmoid": "sigmoid", "Tanh": "tanh", "Exp": "exp", "Sqrt": "sqrt", "Erf": "erf",
+          "Neg": "negative", "Abs": "abs", "Log": "log", "Not": "logical_not", "Floor": "floor", "Ceil": "ceiling"}
+
+
+@lowering(*_BINARY)
+def _binary(b: OVBuilder, n: Node):
+    x, y = (b.get(v) for v in n.inputs)
+    if n.op_type == "Div" and n.inputs[0].dtype is not None and not n.inputs[0].dtype.is_float:
+        return b.ops.divide(x, y, python_division=False)  # ONNX integer Div truncates
+    return getattr(b.ops, _BINARY[n.op_type])(x, y)
+
+
+@lowering(*_UNARY)
+def _unary(b, n):
+    return getattr(b.ops, _UNARY[n.op_type])(b.get(n.inputs[0]))
+
+
+@lowering("Identity")
+def _identity(b, n):
+    return b.get(n.inputs[0])
+
+
+@lowering("Reciprocal")
+def _reciprocal(b, n):
+    return b.ops.divide(b.scalar(1.0, n.inputs[0]), b.get(n.inputs[0]))
+
+
+@lowering("Cast")
+def _cast(b, n):
+    return b.ops.convert(b.get(n.inputs[0]), b.ov.Type(n.output.dtype.numpy))
+
+
+@lowering("Reshape")
+def _reshape(b, n):
+    return b.ops.reshape(b.get(n.inputs[0]), b.get(n.inputs[1]), special_zero=not n.attr("allowzero", 0))
+
+
+@lowering("Flatten")
+def _flatten(b, n):
+    x = n.inputs[0]
+    axis = n.attr("axis", 1)
+    axis = axis + x.rank if axis < 0 else axis  # ONNX allows axis == rank
+    s = x.static_shape
+    if s is not None:
+        return b.ops.reshape(b.get(x), b.ints([int(np.prod(s[:axis], dtype=np.int64)), -1]), False)
+    if axis == 0:
+        return b.ops.reshape(b.get(x), b.ints([1, -1]), False)
+    shp = b.ops.shape_of(b.get(x), "i64")
+    head = b.ops.reduce_prod(b.ops.slice(shp, b.ints([0]), b.ints([axis]), b.ints([1])), b.ints([0]), True)
+    return b.ops.reshape(b.get(x), b.ops.concat([head, b.ints([-1])], 0), False)
+
+
+@lowering("Squeeze")
+def _squeeze(b, n):
+    axes = b.const_ints(n.inputs[1]) if len(n.inputs) > 1 and n.inputs[1] is not None else n.attr("axes")
+    if axes is None:
+        return b.ops.squeeze(b.get(n.inputs[0]))
+    return b.ops.squeeze(b.get(n.inputs[0]), b.ints(axes))
+
+
+@lowering("Unsqueeze")
+def _unsqueeze(b, n):
+    axes = b.const_ints(n.inputs[1]) if len(n.inputs) > 1 and n.inputs[1] is not None else n.attr("axes")
+    return b.ops.unsqueeze(b.get(n.inputs[0]), b.ints(axes))
+
+
+@lowering("Expand")
+def _expand(b, n):
+    return b.ops.broadcast(b.get(n.inputs[0]), b.get(n.inputs[1]), broadcast_spec="BIDIRECTIONAL")
+
+
+@lowering("Transpose")
+def _transpose(b, n):
+    perm = n.attr("perm") or list(range(n.inputs[0].rank))[::-1]
+    return b.ops.transpose(b.get(n.inputs[0]), b.ints(perm))
+
+
+@lowering("Concat")
+def _concat(b, n):
+    return b.ops.concat([b.get(v) for v in n.inputs], n.attr("axis"))
+
+
+@lowering("Slice")
+def _slice(b, n):
+    ins = n.inputs
+    starts, ends = b.get(ins[1]), b.get(ins[2])
+    k = ins[1].shape[0] if ins[1].shape else len(b.const_ints(ins[1]) or [])
+    axes = b.get(ins[3]) if len(ins) > 3 and ins[3] is not None else b.ints(list(range(k)))
+    steps = b.get(ins[4]) if len(ins) > 4 and ins[4] is not None else b.ints([1] * k)
+    return b.ops.slice(b.get(ins[0]), starts, ends, steps, axes)
+
+
+@lowering("Gather")
+def _gather(b, n):
+    return b.ops.gather(b.get(n.inputs[0]), b.get(n.inputs[1]), b.const(np.int64(n.attr("axis", 0))))
+
+
+@lowering("GatherElements")
+def _gather_elements(b, n):
+    return b.ops.gather_elements(b.get(n.inputs[0]), b.get(n.inputs[1]), n.attr("axis", 0))
+
+
+@lowering("GatherND")
+def _gather_nd(b, n):
+    return b.ops.gather_nd(b.get(n.inputs[0]), b.get(n.inputs[1]), n.attr("batch_dims", 0))
+
+
+@lowering("Where")
+def _where(b, n):
+    return b.ops.select(*(b.get(v) for v in n.inputs))
+
+
+@lowering("Shape")
+def _shape(b, n):
+    s = b.ops.shape_of(b.get(n.inputs[0]), "i64")
+    start, end = n.attr("start", 0), n.attr("end", None)
+    if start == 0 and end is None:
+        return s
+    rank = n.inputs[0].rank
+    end = rank if end is None else end
+    return b.ops.slice(s, b.ints([start]), b.ints([end]), b.ints([1]))
+
+
+@lowering("Range")
+def _range(b, n):
+    start, limit, delta = (b.get(v) for v in n.inputs)
+    return b.ops.range(start, limit, delta, b.ov.Type(n.output.dtype.numpy))
+
+
+@lowering("ConstantOfShape")
+def _constant_of_shape(b, n):
+    val = n.attr("value")
+    arr = np.asarray(val.numpy() if val is not None else np.zeros(1, np.float32)).reshape(-1)[:1]
+    return b.ops.broadcast(b.const(arr.reshape(())), b.get(n.inputs[0]))
+
+
+@lowering("Clip")
+def _clip(b, n):
+    x = b.get(n.inputs[0])
+    lo_v = n.inputs[1] if len(n.inputs) > 1 else None
+    hi_v = n.inputs[2] if len(n.inputs) > 2 else None
+    if (lo_v is None or lo_v.is_const) and (hi_v is None or hi_v.is_const):
+        lo = float(lo_v.numpy()) if lo_v is not None else -np.inf
+        hi = float(hi_v.numpy()) if hi_v is not None else np.inf
+        if n.inputs[0].dtype.is_float:
+            return b.ops.clamp(x, max(lo, -3.4e38), min(hi, 3.4e38))
+    y = x
+    if lo_v is not None:
+        y = b.ops.maximum(y, b.get(lo_v))
+    if hi_v is not None:
+        y = b.ops.minimum(y, b.get(hi_v))
+    return y
+
+
+@lowering("HardSigmoid")
+def _hardsigmoid(b, n):
+    x = n.inputs[0]
+    return b.ops.hard_sigmoid(b.get(x), b.scalar(n.attr("alpha", 0.2), x), b.scalar(n.attr("beta", 0.5), x))
+
+
+@lowering("HardSwish")
+def _hardswish(b, n):
+    return b.ops.hswish(b.get(n.inputs[0]))
+
+
+@lowering("Softmax")
+def _softmax(b, n):
+    return b.ops.softmax(b.get(n.inputs[0]), n.attr("axis", -1))
+
+
+@lowering("ReduceMean", "ReduceSum", "ReduceMax", "ReduceMin")
+def _reduce(b, n):
+    axes = b.const_ints(n.inputs[1]) if len(n.inputs) > 1 and n.inputs[1] is not None else n.attr("axes")
+    if axes is None:
+        axes = list(range(n.inputs[0].rank))
+    fn = {"ReduceMean": "reduce_mean", "ReduceSum": "reduce_sum", "ReduceMax": "reduce_max",
+          "ReduceMin": "reduce_min"}[n.op_type]
+    return getattr(b.ops, fn)(b.get(n.inputs[0]), b.ints(axes), bool(n.attr("keepdims", 1)))
+
+
+@lowering("MatMul")
+def _matmul(b, n):
+    return b.ops.matmul(b.get(n.inputs[0]), b.get(n.inputs[1]), False, False)
+
+
+def _pads(n: Node, spatial: int) -> tuple[list[int], list[int]]:
+    if n.attr("auto_pad", "NOTSET") not in ("NOTSET", "VALID"):
+        raise UnsupportedError(f"node {n.name!r}: auto_pad={n.attr('auto_pad')} is not supported; re-export with "
+                               "explicit pads")
+    p = list(n.attr("pads", [0] * 2 * spatial))
+    return p[:spatial], p[spatial:]
+
+
+@lowering("Conv")
+def _conv(b, n):
+    x, w = n.inputs[0], n.inputs[1]
+    spatial = w.rank - 2
+    begin, end = _pads(n, spatial)
+    strides = list(n.attr("strides", [1] * spatial))
+    dil = list(n.attr("dilations", [1] * spatial))
+    groups = n.attr("group", 1)
+    wt = b.get(w)
+    if groups == 1:
+        y = b.ops.convolution(b.get(x), wt, strides, begin, end, dil)
+    else:
+        o, i = w.shape[0], w.shape[1]
+        wg = b.ops.reshape(wt, b.ints([groups, o // groups, i, *w.shape[2:]]), False)
+        y = b.ops.group_convolution(b.get(x), wg, strides, begin, end, dil)
+    if len(n.inputs) > 2 and n.inputs[2] is not None:
+        y = b.ops.add(y, b.ops.reshape(b.get(n.inputs[2]), b.ints([1, -1] + [1] * spatial), False))
+    return y
+
+
+@lowering("MaxPool", "AveragePool")
+def _pool(b, n):
+    k = list(n.attr("kernel_shape"))
+    begin, end = _pads(n, len(k))
+    strides = list(n.attr("strides", [1] * len(k)))
+    rounding = "ceil" if n.attr("ceil_mode", 0) else "floor"
+    if n.op_type == "MaxPool":
+        return b.ops.max_pool(b.get(n.inputs[0]), strides, list(n.attr("dilations", [1] * len(k))), begin, end, k,
+                              rounding).output(0)
+    return b.ops.avg_pool(b.get(n.inputs[0]), strides, begin, end, k, not n.attr("count_include_pad", 0), rounding)
+
+
+@lowering("GlobalAveragePool")
+def _gap(b, n):
+    return b.ops.reduce_mean(b.get(n.inputs[0]), b.ints(list(range(2, n.inputs[0].rank))), True)
+
+
+@lowering("BatchNormalization")
+def _bn(b, n):
+    x, g, beta, mean, var = (b.get(v) for v in n.inputs[:5])
+    return b.ops.batch_norm_inference(x, g, beta, mean, var, n.attr("epsilon", 1e-5))
+
+
+@lowering("LayerNormalization")
+def _layernorm(b, n):
+    x = n.inputs[0]
+    axis = n.attr("axis", -1) % x.rank
+    y = b.ops.mvn(b.get(x), b.ints(list(range(axis, x.rank))), True, n.attr("epsilon", 1e-5), "inside_sqrt")
+    y = b.ops.multiply(y, b.get(n.inputs[1]))
+    if len(n.inputs) > 2 and n.inputs[2] is not None:
+        y = b.ops.add(y, b.get(n.inputs[2]))
+    return y
+
+
+@lowering("edgec::RMSNorm")
+def _rmsnorm(b, n):
+    x = n.inputs[0]
+    xv = b.get(x)
+    ms = b.ops.reduce_mean(b.ops.multiply(xv, xv), b.ints([-1]), True)
+    r = b.ops.sqrt(b.ops.add(ms, b.scalar(n.attr("epsilon", 1e-5), x)))
+    return b.ops.multiply(b.ops.divide(xv, r), b.get(n.inputs[1]))
+
+
+@lowering("edgec::Gelu")
+def _gelu(b, n):
+    return b.ops.gelu(b.get(n.inputs[0]), "tanh" if n.attr("approximate", "none") == "tanh" else "erf")
+
+
+@lowering("edgec::Attention")
+def _attention(b, n):
+    q, k, v = (b.get(x) for x in n.inputs[:3])
+    s = b.ops.matmul(q, k, False, True)
+    s = b.ops.multiply(s, b.scalar(n.attr("scale", 1.0), n.inputs[0]))
+    if len(n.inputs) > 3 and n.inputs[3] is not None:
+        s = b.ops.add(s, b.get(n.inputs[3]))
+    return b.ops.matmul(b.ops.softmax(s, -1), v, False, False)
+
+
+@lowering("edgec::Linear")
+def _linear(b, n):
+    y = b.ops.matmul(b.get(n.inputs[0]), b.get(n.inputs[1]), False, True)
+    if len(n.inputs) > 2 and n.inputs[2] is not None:
+        y = b.ops.add(y, b.get(n.inputs[2]))
+    return y
