@@ -178,8 +178,9 @@ def inspect(model, frontend, as_json, show_ir):
 @click.option("--ctx", type=int, default=512, show_default=True, help="Tokens per window.")
 @click.option("--stride", type=int, default=None, help="Tokens between window starts (default: ctx/2).")
 @click.option("--max-tokens", type=int, default=0, help="Only the first N tokens of the text (0: all).")
-@click.option("--engine", type=click.Choice(["auto", "reference", "llama.cpp"]), default="auto", show_default=True,
-              help="auto: llama.cpp for GGUF artifacts, the reference executor for models.")
+@click.option("--engine", type=click.Choice(["auto", "reference", "llama.cpp", "openvino"]), default="auto",
+              show_default=True, help="auto: llama.cpp for GGUF artifacts, the OpenVINO CPU plugin for OpenVINO "
+                                      "artifacts, the reference executor for models.")
 @click.option("--chat", "prompt", help="Generate a reply to this chat prompt with llama.cpp (GGUF only).")
 @click.option("--max-new-tokens", type=int, default=64, show_default=True)
 @click.option("--frontend", help="Force a frontend.")

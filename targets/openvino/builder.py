@@ -494,7 +494,11 @@ def _pool(b, n):
     if n.op_type == "MaxPool":
         return b.ops.max_pool(b.get(n.inputs[0]), strides, list(n.attr("dilations", [1] * len(k))), begin, end, k,
                               rounding).output(0)
-    return b.ops.avg_pool(b.get(n.inputs[0]), strides, begin, end, k, not n.attr("count_include_pad", 0), rounding)
+    if any(d != 1 for d in n.attr("dilations", [1] * len(k))):
+        raise UnsupportedError(f"node {n.name!r}: dilated AveragePool is not supported by the openvino target")
+    # AvgPool-1: opset16's AvgPool (with dilations) crashes the 2026.4 CPU plugin when compiled.
+    import openvino.opset1 as opset1
+    return opset1.avg_pool(b.get(n.inputs[0]), strides, begin, end, k, not n.attr("count_include_pad", 0), rounding)
 
 
 @lowering("GlobalAveragePool")

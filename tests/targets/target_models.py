@@ -1,0 +1,79 @@
+"""Small IR models shared by the target tests."""
+
+import numpy as np
+
+from edgec import ir
+from edgec.ir import QuantizedTensor
+
+
+def quantize_rtn(w: np.ndarray, bits: int, symmetric: bool, group: int | None) -> QuantizedTensor:
+    """A plain RTN grid, enough to exercise the target's encoding (the real passes come with quantization)."""
+    n, k = w.shape
+    g = group or k
+    wg = w.reshape(n, k // g, g)
+    if symmetric:
+        qmax = (1 << (bits - 1)) - 1
+        scale = np.abs(wg).max(-1) / qmax
+        codes = np.clip(np.round(wg / scale[..., None]), -qmax - 1, qmax).astype(np.int8)
+        zp = None
+    else:
+        qmax = (1 << bits) - 1
+        lo, hi = wg.min(-1), wg.max(-1)
+        scale = (hi - lo) / qmax
+        zp = np.clip(np.round(-lo / scale), 0, qmax).astype(np.uint8)
+        codes = np.clip(np.round(wg / scale[..., None]) + zp[..., None], 0, qmax).astype(np.uint8)
+    return QuantizedTensor(codes.reshape(n, k), bits, "symmetric" if symmetric else "asymmetric",
+                           scales=scale.astype(np.float32), zero_points=zp, axis=0,
+                           group_size=group, group_axis=1 if group else None)
+
+
+def linear_model(q: QuantizedTensor, batch=(2, 3), bias=True) -> ir.Model:
+    rng = np.random.default_rng(1)
+    g = ir.Graph()
+    n, k = q.shape
+    x = g.add_input("x", ir.DType.FLOAT32, (*batch, k))
+    ins = [x, g.add_const("w", q)]
+    if bias:
+        ins.append(g.add_const("b", rng.standard_normal(n).astype(np.float32)))
+    y = g.op("Linear", ins, domain="edgec", name="fc").output
+    g.outputs.append(g.op("Relu", [y], name="act").output)
+    m = ir.Model(g, {"": 17, "edgec": 1})
+    ir.infer_shapes(m)
+    return m
+
+
+
+def lowering_zoo() -> ir.Model:
+    """A graph touching the less common lowerings (slice, concat, where, gather, pools, norms, attention)."""
+    rng = np.random.default_rng(0)
+    g = ir.Graph()
+    x = g.add_input("x", ir.DType.FLOAT32, (1, 4, 8, 8))
+    ids = g.add_input("ids", ir.DType.INT64, (1, 6))
+    emb = g.add_const("emb", rng.standard_normal((100, 16)).astype(np.float32))
+    c = g.op("Conv", [x, g.add_const("cw", rng.standard_normal((8, 4, 3, 3)).astype(np.float32)),
+                      g.add_const("cb", rng.standard_normal(8).astype(np.float32))],
+             {"kernel_shape": [3, 3], "pads": [1, 1, 1, 1], "strides": [1, 1]}, name="conv").output
+    c = g.op("HardSwish", [c], name="hs").output
+    p = g.op("AveragePool", [c], {"kernel_shape": [2, 2], "strides": [2, 2]}, name="avg").output
+    m = g.op("MaxPool", [c], {"kernel_shape": [2, 2], "strides": [2, 2]}, name="max").output
+    cat = g.op("Concat", [p, m], {"axis": 1}, name="cat").output  # [1,16,4,4]
+    sl = g.op("Slice", [cat, g.add_const("st", np.array([1], np.int64)), g.add_const("en", np.array([100], np.int64)),
+                        g.add_const("ax", np.array([1], np.int64))], name="slice").output  # [1,15,4,4]
+    gap = g.op("GlobalAveragePool", [sl], name="gap").output
+    flat = g.op("Flatten", [gap], {"axis": 1}, name="flat").output
+    e = g.op("Gather", [emb, ids], {"axis": 0}, name="gather").output  # [1,6,16]
+    ln = g.op("LayerNormalization", [e, g.add_const("lg", np.ones(16, np.float32)), g.add_const("lb", np.zeros(16, np.float32))],
+              {"axis": -1, "epsilon": 1e-5}, name="ln").output
+    r = g.op("RMSNorm", [ln, g.add_const("rw", rng.random(16).astype(np.float32))], {"epsilon": 1e-6}, domain="edgec",
+             name="rms").output
+    qkv = g.op("Reshape", [r, g.add_const("shp", np.array([1, 6, 2, 8], np.int64))], name="split_heads").output
+    t = g.op("Transpose", [qkv], {"perm": [0, 2, 1, 3]}, name="heads").output
+    a = g.op("Attention", [t, t, t], {"scale": 0.35}, domain="edgec", name="attn").output
+    gl = g.op("Gelu", [a], {"approximate": "tanh"}, domain="edgec", name="gelu").output
+    pos = g.op("Greater", [gl, g.add_const("zero", np.array(0.0, np.float32))], name="gt").output
+    w = g.op("Where", [pos, gl, g.add_const("neg", np.array(-1.0, np.float32))], name="where").output
+    g.outputs += [flat, w]
+    model = ir.Model(g, {"": 17, "edgec": 1})
+    ir.infer_shapes(model)
+    ir.verify(model, check_shapes=True)
+    return model

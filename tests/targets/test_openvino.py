@@ -1,0 +1,139 @@
+"""The openvino target: the saved IR runs on the OpenVINO CPU plugin and matches the reference executor;
+quantized weights keep their low-precision type in the compiled runtime model; activation quantization
+becomes FakeQuantize executed as int8."""
+
+import os
+
+import numpy as np
+import pytest
+
+from edgec import ir
+from edgec.ir import QuantizedTensor
+from edgec.plugins.quantize import gguf_grids as gg
+from edgec.plugins.quantize import methods
+
+pytest.importorskip("openvino")
+
+from edgec.targets.openvino import OpenVINOTarget, read_metadata, runtime_weight_precisions  # noqa: E402
+from edgec.targets.openvino.builder import OV_NF4, pack_nibbles  # noqa: E402
+from target_models import linear_model, lowering_zoo, quantize_rtn  # noqa: E402
+
+
+def emit_and_run(m: ir.Model, out, target=None):
+    target = target or OpenVINOTarget()
+    assert target.check(m) == []
+    os.makedirs(out, exist_ok=True)
+    art = target.emit(m, str(out), None)
+    feeds = ir.random_inputs(m, seed=5)
+    got = target.run_artifact(str(out), feeds, [v.name for v in m.graph.inputs])
+    ref = ir.ReferenceExecutor(m).run(feeds)
+    return art, got, [ref[o.name] for o in m.graph.outputs]
+
+
+def rel(a, b):
+    return float(np.abs(np.asarray(a, np.float64) - b).max() / np.abs(b).max())
+
+
+@pytest.mark.parametrize("bits, symmetric, group, storage", [
+    (8, True, None, "i8"), (8, False, None, "u8"), (4, True, 32, "i4"), (4, False, 16, "u4"),
+    (4, True, None, "i4"), (3, False, 32, "u4"), (2, True, 64, "i4")])
+def test_quantized_linear_is_exact_and_stays_compressed(bits, symmetric, group, storage, tmp_path):
+    w = np.random.default_rng(bits).standard_normal((48, 128)).astype(np.float32)
+    m = linear_model(quantize_rtn(w, bits, symmetric, group))
+    art, got, ref = emit_and_run(m, tmp_path)
+    assert rel(got[0], ref[0]) <= 1e-6  # the decompression subgraph computes dequantize() exactly
+    assert art.manifest["weight_encodings"]["w"].startswith(storage)
+    precisions = runtime_weight_precisions(OpenVINOTarget().compile(str(tmp_path)))
+    assert list(precisions.values()) == [storage], precisions  # the CPU plugin kept the weights compressed
+    bin_bytes = os.path.getsize(tmp_path / "model.bin")
+    code_bytes = 48 * 128 // (2 if storage[1] == "4" else 1)
+    assert code_bytes <= bin_bytes < code_bytes + 48 * 128 * 4 // (group or 128) * 2 + 48 * 4 + 1024
+
+
+def test_nf4_exact_by_default_and_native_on_request(tmp_path):
+    w = np.random.default_rng(0).standard_normal((32, 128)).astype(np.float32)
+    q = methods.nf4(w, 64, w.shape)
+    m = linear_model(q)
+    art, got, ref = emit_and_run(m, tmp_path / "exact")
+    assert art.manifest["weight_encodings"]["w"] == "codebook[16] gather"
+    assert rel(got[0], ref[0]) <= 1e-6
+    art, got, ref = emit_and_run(m, tmp_path / "native", OpenVINOTarget(nf4="native"))
+    assert art.manifest["weight_encodings"]["w"] == "nf4"
+    assert rel(got[0], ref[0]) <= 1e-5  # OpenVINO's table: one level one float32 ulp off bitsandbytes'
+    assert list(runtime_weight_precisions(OpenVINOTarget().compile(str(tmp_path / "native"))).values()) == ["nf4"]
+    # With OpenVINO's own table the native type is exact and chosen by default.
+    q_ov = QuantizedTensor(q.codes, 4, "codebook", codebook=OV_NF4.copy(), scales=q.scales, axis=0,
+                           group_size=64, group_axis=1, method="nf4")
+    art, got, ref = emit_and_run(linear_model(q_ov), tmp_path / "ovtable")
+    assert art.manifest["weight_encodings"]["w"] == "nf4" and rel(got[0], ref[0]) <= 1e-6
+
+
+@pytest.mark.parametrize("per_channel, group", [(False, 0), (True, 0), (True, 32)])
+def test_codebooks_decode_exactly(per_channel, group, tmp_path):
+    w = np.random.default_rng(1).standard_normal((16, 64)).astype(np.float32)
+    q = methods.codebook(w, 3, per_channel, group)
+    art, got, ref = emit_and_run(linear_model(q), tmp_path)
+    assert art.manifest["weight_encodings"]["w"] == "codebook[8] gather"
+    assert rel(got[0], ref[0]) <= 1e-6
+
+
+@pytest.mark.parametrize("tname", ["Q4_K", "Q5_1", "Q8_0"])
+def test_gguf_grids_carry_over(tname, tmp_path):
+    """Affine (scale + offset) and symmetric GGUF block grids from the quantize pass run unchanged."""
+    w = np.random.default_rng(2).standard_normal((32, 256)).astype(np.float32)
+    q = gg.quantize_matrix(w, gg.TYPES[tname])
+    art, got, ref = emit_and_run(linear_model(q), tmp_path)
+    assert rel(got[0], ref[0]) <= 1e-6
+
+
+def test_f16_weights_halve_the_file(tmp_path):
+    m = lowering_zoo()
+    emit_and_run(m, tmp_path / "f32")
+    art, got, ref = emit_and_run(m, tmp_path / "f16", OpenVINOTarget(weights="f16"))
+    assert "f16" in art.manifest["weight_encodings"].values()
+    assert os.path.getsize(tmp_path / "f16" / "model.bin") < 0.6 * os.path.getsize(tmp_path / "f32" / "model.bin")
+    for a, b in zip(got, ref):
+        assert rel(a, b) <= 2e-3
+
+
+def test_every_lowering_matches_reference(tmp_path):
+    _, got, ref = emit_and_run(lowering_zoo(), tmp_path)
+    for a, b in zip(got, ref):
+        np.testing.assert_allclose(a, b, rtol=1e-4, atol=1e-5)
+
+
+def test_packing_puts_the_first_code_in_the_low_nibble():
+    assert pack_nibbles(np.array([1, 2, 15, 0, 7], np.uint8)).tolist() == [0x21, 0x0F, 0x07]
+    assert pack_nibbles(np.array([-8, -1], np.int8)).tolist() == [0xF8]
+
+
+def test_static_int8_runs_as_int8_and_verifies(tiny_cnn_path, tmp_path):
+    from edgec.compiler import compile as compile_model
+    r = compile_model(tiny_cnn_path, "openvino", "quantize{bits=8},quantize-activations", str(tmp_path / "a"),
+                      calib="random", verify=True)
+    v = r.manifest["verification"]
+    assert v["passed"] and v["ran"] and v["criterion"] == "activation-quant", v["summary"]
+    assert r.manifest["target"]["fake_quantize_nodes"] > 0
+    compiled = OpenVINOTarget().compile(str(tmp_path / "a"))
+    convs = [op.get_rt_info()["runtimePrecision"].astype(str) for op in compiled.get_runtime_model().get_ops()
+             if op.get_rt_info()["layerType"].astype(str) == "Convolution"]
+    assert convs and all(p in ("i8", "u8") for p in convs), convs  # real int8 convolutions
+
+
+def test_compile_verify_float_and_int4(tiny_cnn_path, tmp_path):
+    from edgec.compiler import compile as compile_model
+    for pipe, name in (("", "fp"), ("quantize{bits=4,group=16,ops=Linear}", "q4")):
+        r = compile_model(tiny_cnn_path, "openvino", pipe, str(tmp_path / name), verify=True)
+        v = r.manifest["verification"]
+        assert v["passed"] and v["ran"], v["summary"]
+        assert max(o["vs_reference_max_rel_err"] for o in v["outputs"]) <= 1e-5
+        assert set(os.listdir(tmp_path / name)) >= {"model.xml", "model.bin", "manifest.json"}
+    assert "edgec.llm" not in read_metadata(str(tmp_path / "fp"))
+
+
+def test_unsupported_ops_are_named_before_lowering():
+    g = ir.Graph()
+    x = g.add_input("x", ir.DType.FLOAT32, (1, 8))
+    g.outputs.append(g.op("Einsum", [x, x], {"equation": "ij,ij->ij"}, name="ein").output)
+    problems = OpenVINOTarget().check(ir.Model(g, {"": 17, "edgec": 1}))
+    assert any("'ein': operator Einsum" in p for p in problems)
