@@ -28,6 +28,7 @@ DEFAULT_PLUGINS = {
     "target-cpu": "edgec.targets.cpu",
     "target-gguf": "edgec.targets.gguf",
     "target-openvino": "edgec.targets.openvino",
+    "target-tensorrt": "edgec.targets.tensorrt",
 }
 
 
