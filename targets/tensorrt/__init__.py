@@ -25,7 +25,6 @@ from typing import ClassVar
 
 import numpy as np
 
-from ...errors import UnsupportedError
 from ...hookspecs import hookimpl
 from ...ir import Model, QuantizedTensor, Value
 from ...ir.passes import PassContext, option

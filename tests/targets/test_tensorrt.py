@@ -157,4 +157,26 @@ def test_engine_builds_where_tensorrt_and_a_gpu_exist(tiny_cnn_path, tmp_path):
     r = subprocess.run([sys.executable, str(tmp_path / "a" / "build_engine.py")], capture_output=True, text=True)
     assert r.returncode == 0, r.stderr
     assert os.path.getsize(tmp_path / "a" / "model.plan") > 0
+    torch = pytest.importorskip("torch")
+    if not torch.cuda.is_available():
+        pytest.skip("engine built; running it needs a CUDA build of torch for device buffers")
+    import tensorrt as trt
+    engine = trt.Runtime(trt.Logger(trt.Logger.WARNING)).deserialize_cuda_engine(
+        (tmp_path / "a" / "model.plan").read_bytes())
+    ctx = engine.create_execution_context()
+    feeds = {"image": np.random.default_rng(0).standard_normal((1, 3, 32, 32)).astype(np.float32)}
+    bufs = {}
+    for i in range(engine.num_io_tensors):
+        name = engine.get_tensor_name(i)
+        shape = tuple(ctx.get_tensor_shape(name))
+        t = torch.from_numpy(feeds[name]).cuda() if name in feeds else torch.empty(shape, device="cuda")
+        bufs[name] = t
+        ctx.set_tensor_address(name, t.data_ptr())
+    assert ctx.execute_async_v3(torch.cuda.current_stream().cuda_stream)
+    torch.cuda.synchronize()
+    out = [bufs[n].cpu().numpy() for n in bufs if n not in feeds][0]
+    ref = TensorRTTarget().run_artifact(str(tmp_path / "a"), feeds)
+    assert np.isfinite(out).all()
+    cos = float((out.ravel() @ ref[0].ravel()) / (np.linalg.norm(out) * np.linalg.norm(ref[0])))
+    assert cos >= 0.99, cos  # the engine computes what onnxruntime computes on the QDQ model
 

@@ -1,0 +1,192 @@
+"""OpenVINO benchmark: latency and size of edgec's weight-compressed OpenVINO artifacts, side by side.
+
+Models: a weight-heavy MLP (4 x Linear 1024x1024 with ReLU, seeded random weights) and the BERT-style
+encoder from examples/models. Variants, all emitted by edgec's ``openvino`` target from the same IR:
+
+* fp32: float weights;
+* int8: ``quantize{bits=8}`` (symmetric per output channel -> i8 codes);
+* int4: ``quantize{bits=4,group=128}`` (symmetric groups of 128 -> i4 codes);
+* nncf-int8 / nncf-int4: the fp32 artifact compressed by NNCF's ``compress_weights`` (INT8_ASYM, and
+  INT4_SYM with group 128 and ratio 1.0), when nncf is installed.
+
+Latency: the CPU plugin with 1 inference thread, 1 stream, LATENCY hint, runtime defaults otherwise (what
+a deployment gets); median of interleaved rounds, so every variant sees the same machine state. Sizes:
+``model.bin`` against the theoretical size (code bits x weights + float32 scales / zero points + the
+float parameters).
+
+    python benchmarks/openvino.py [--rounds 30]
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import sys
+import tempfile
+import time
+import warnings
+
+import numpy as np
+
+from _results import HERE, write_results  # noqa: E402 (sibling module; scripts run from benchmarks/)
+
+sys.path.insert(0, os.path.join(HERE, "..", "examples", "models"))
+
+
+def mlp(batch: int):
+    from edgec import ir
+    rng = np.random.default_rng(0)
+    g = ir.Graph("mlp")
+    h = g.add_input("x", ir.DType.FLOAT32, (batch, 1024))
+    for i in range(4):
+        w = (rng.standard_normal((1024, 1024)) / 32).astype(np.float32)
+        b = (0.01 * rng.standard_normal(1024)).astype(np.float32)
+        h = g.op("Linear", [h, g.add_const(f"w{i}", w), g.add_const(f"b{i}", b)], domain="edgec", name=f"fc{i}").output
+        if i < 3:
+            h = g.op("Relu", [h], name=f"relu{i}").output
+    g.outputs.append(h)
+    m = ir.Model(g, {"": 17, "edgec": 1})
+    ir.infer_shapes(m)
+    return m
+
+
+def bert(batch: int, work: str):
+    import torch
+
+    import architectures
+    from edgec.compiler import fix_input_shapes, load_model
+    from edgec.host import host
+    from edgec.ir.passes import PassManager, parse_pipeline
+    from edgec.plugins.cleanup import DEFAULT_CLEANUP
+    m, ex, names = architectures.build("bert")
+    ex = tuple(t.repeat(batch, 1) for t in ex)
+    path = os.path.join(work, f"bert{batch}.onnx")
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        torch.onnx.export(m, ex, path, dynamo=False, opset_version=17, input_names=names, output_names=["out"])
+    model = load_model(path)
+    fix_input_shapes(model, {}, [])
+    PassManager(parse_pipeline(DEFAULT_CLEANUP, host().passes.as_dict())).run(model)
+    return model
+
+
+def theoretical_bytes(model) -> int:
+    """Code bits x weights + float32 parameters of every quantized weight, 4 bytes per float parameter."""
+    from edgec.ir import QuantizedTensor
+    total = 0
+    for v in model.graph.initializers.values():
+        if not v.uses:
+            continue
+        q = v.const
+        if isinstance(q, QuantizedTensor):
+            bits = 4 if q.bits <= 4 else 8
+            total += (int(np.prod(q.shape)) * bits + 7) // 8
+            total += sum(np.asarray(p).size * (1 if k == "zero_points" else 4) for k, p in q.params().items()
+                         if p is not None and k in ("scales", "zero_points", "offsets"))
+        else:
+            total += v.const.numpy().nbytes
+    return total
+
+
+def emit(model, pipeline: str, out: str) -> int:
+    from edgec import ir
+    from edgec.host import host
+    from edgec.ir.passes import PassContext, PassManager, parse_pipeline
+    from edgec.targets.openvino import OpenVINOTarget
+    m = ir.parse_model(ir.print_model(model))
+    if pipeline:
+        PassManager(parse_pipeline(pipeline, host().passes.as_dict())).run(m, PassContext())
+    os.makedirs(out, exist_ok=True)
+    OpenVINOTarget().emit(m, out, PassContext())
+    return theoretical_bytes(m)
+
+
+def nncf_variants(src: str, work: str, tag: str) -> dict[str, str]:
+    try:
+        import nncf
+        import openvino as ov
+    except ImportError:
+        return {}
+    out = {}
+    for name, kw in (("nncf-int8", {"mode": nncf.CompressWeightsMode.INT8_ASYM}),
+                     ("nncf-int4", {"mode": nncf.CompressWeightsMode.INT4_SYM, "group_size": 128, "ratio": 1.0,
+                                    "all_layers": True})):
+        m = ov.Core().read_model(os.path.join(src, "model.xml"))
+        try:
+            c = nncf.compress_weights(m, **kw)
+        except TypeError:  # older nncf without all_layers
+            kw.pop("all_layers", None)
+            c = nncf.compress_weights(m, **kw)
+        d = os.path.join(work, f"{tag}-{name}")
+        os.makedirs(d, exist_ok=True)
+        ov.save_model(c, os.path.join(d, "model.xml"), compress_to_fp16=False)
+        out[name] = d
+    return out
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--rounds", type=int, default=30)
+    ap.add_argument("--models", default="mlp,bert")
+    args = ap.parse_args()
+    import openvino as ov
+    core = ov.Core()
+    cfg = {"INFERENCE_NUM_THREADS": 1, "NUM_STREAMS": 1, "PERFORMANCE_HINT": "LATENCY"}
+    try:
+        import nncf
+        nncf_version = nncf.__version__
+    except ImportError:
+        nncf_version = None
+    rows = []
+    with tempfile.TemporaryDirectory() as work:
+        for name in args.models.split(","):
+            for batch in (1, 16):
+                base = mlp(batch) if name == "mlp" else bert(batch, work)
+                # The MLP's last Linear is its output head: 4-bit too (edgec keeps heads at 8 bits by default).
+                variants = {"fp32": "", "int8": "quantize{bits=8}",
+                            "int4": "quantize{bits=4,group=128" + (",head_bits=4}" if name == "mlp" else "}")}
+                dirs, theo = {}, {}
+                for v, pipe in variants.items():
+                    d = os.path.join(work, f"{name}{batch}-{v}")
+                    theo[v] = emit(base, pipe, d)
+                    dirs[v] = d
+                dirs.update(nncf_variants(dirs["fp32"], work, f"{name}{batch}"))
+                from edgec import ir
+                feeds = ir.random_inputs(base, seed=0)
+                compiled = {v: core.compile_model(os.path.join(d, "model.xml"), "CPU", cfg) for v, d in dirs.items()}
+                reqs = {v: c.create_infer_request() for v, c in compiled.items()}
+                for r in reqs.values():
+                    for _ in range(5):
+                        r.infer(feeds)
+                times = {v: [] for v in reqs}
+                for _ in range(args.rounds):  # interleaved: every variant sees the same machine state
+                    for v, r in reqs.items():
+                        t = time.perf_counter()
+                        r.infer(feeds)
+                        times[v].append(time.perf_counter() - t)
+                fp = float(np.median(times["fp32"]))
+                for v, d in dirs.items():
+                    med = float(np.median(times[v]))
+                    size = os.path.getsize(os.path.join(d, "model.bin"))
+                    rows.append((name, batch, v, med * 1e3, fp / med, size / 1e6,
+                                 (size / theo[v]) if v in theo else None))
+                    print(rows[-1], file=sys.stderr)
+    lines = ["# OpenVINO weight compression (`python benchmarks/openvino.py`)", "",
+             f"OpenVINO {ov.__version__}, CPU plugin, 1 inference thread, 1 stream, LATENCY hint; median of "
+             f"{args.rounds} interleaved rounds after 5 warm-up runs, all variants in one process. MLP: 4 x Linear "
+             "1024x1024 (+bias, ReLU). BERT: the BERT-style encoder from examples/models, sequence 16. int8: "
+             "edgec `quantize{bits=8}` (i8 per channel); int4: `quantize{bits=4,group=128}` (i4, groups of 128; "
+             "BERT's embedding table stays 8-bit, edgec's default). "
+             + (f"NNCF {nncf_version} `compress_weights` on edgec's fp32 artifact: INT8_ASYM, and INT4_SYM group "
+                "128 ratio 1.0 all_layers." if nncf_version else "NNCF is not installed: no NNCF rows.")
+             + " size / theory: model.bin over code bits x weights + float32 scales + float parameters.", "",
+             "| model | batch | variant | latency ms | speed-up vs fp32 | model.bin MB | size / theory |",
+             "|---|---|---|---|---|---|---|"]
+    for name, batch, v, ms, sp, mb, ratio in rows:
+        lines.append(f"| {name} | {batch} | {v} | {ms:.3f} | {sp:.2f}x | {mb:.3f} | "
+                     f"{'' if ratio is None else f'{ratio:.4f}'} |")
+    write_results("RESULTS-openvino.md", lines)
+
+
+if __name__ == "__main__":
+    main()
