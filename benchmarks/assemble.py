@@ -9,9 +9,9 @@ import glob
 import os
 
 HERE = os.path.dirname(os.path.abspath(__file__))
-ORDER = ["RESULTS-foundation.md", "RESULTS-quantization.md", "RESULTS-llm.md"]
+ORDER = ["RESULTS-foundation.md", "RESULTS-quantization.md", "RESULTS-llm.md", "RESULTS-openvino.md"]
 SCRIPTS = {"RESULTS-foundation.md": "foundation.py", "RESULTS-quantization.md": "quantization.py",
-           "RESULTS-llm.md": "llm_quality.py"}
+           "RESULTS-llm.md": "llm_quality.py", "RESULTS-openvino.md": "openvino.py"}
 
 
 def main() -> None:

@@ -21,6 +21,7 @@ class GridSpec:
     symmetric: bool
     granularity: str  # "tensor" | "channel" | "group"
     group_size: int = 128
+    scale_dtype: str = "f32"  # "f16": scales are float16 values (half the storage where a target keeps them so)
 
     def groups(self, k: int) -> int:
         if self.granularity == "group":
@@ -49,18 +50,28 @@ def grouped(w2: np.ndarray, spec: GridSpec) -> np.ndarray:
     return w2.reshape(out, g, k // g)
 
 
+def round_scale(scale: np.ndarray, spec: GridSpec) -> np.ndarray:
+    """Scales as stored: float32, or (``scale_dtype=f16``) the nearest float16 value, kept positive and
+    finite. Codes are then computed against the rounded scale, so the grid stays exact."""
+    scale = np.asarray(scale, np.float32)
+    if spec.scale_dtype != "f16":
+        return scale
+    s16 = np.clip(scale, 2.0 ** -24, 65504.0).astype(np.float16)
+    return np.where(s16 > 0, s16, np.float16(2.0 ** -24)).astype(np.float32)
+
+
 def params(wg: np.ndarray, spec: GridSpec, clip: np.ndarray | float = 1.0) -> tuple[np.ndarray, np.ndarray | None]:
     """Scale (and zero point) per ``[rows, G]`` block from its range, shrunk by ``clip`` in (0, 1]."""
     wg = wg.astype(np.float32, copy=False)
     if spec.symmetric:
         amax = np.maximum(-wg.min(-1), wg.max(-1)) * clip  # max |w| without a full-size |w| temporary
         scale = amax / spec.qmax
-        scale = np.where(scale > 0, scale, 1.0).astype(np.float32)
+        scale = round_scale(np.where(scale > 0, scale, 1.0), spec)
         return scale, None
     lo = np.minimum(wg.min(-1), 0.0) * clip
     hi = np.maximum(wg.max(-1), 0.0) * clip
     scale = (hi - lo) / (spec.qmax - spec.qmin)
-    scale = np.where(scale > 0, scale, 1.0).astype(np.float32)
+    scale = round_scale(np.where(scale > 0, scale, 1.0), spec)
     zp = np.clip(np.round(-lo / scale), spec.qmin, spec.qmax).astype(np.float32)
     return scale, zp
 

@@ -117,6 +117,8 @@ class Quantize(Pass):
     samples: int = option(32, check=lambda v: v > 0, allowed="a positive integer", help="calibration samples used")
     gguf: str = option("", choices=("", *gg.TYPES), help="quantize on this GGUF block format's exact grid "
                        "(bits/scheme/group are the format's); embedding/head bits pick Q8_0/Q6_K/Q5_K/Q4_K/...")
+    scale_dtype: str = option("f32", choices=("f32", "f16"), help="f16: scales rounded to float16 before the "
+                              "codes are chosen (exact grid, half the scale storage in openvino/tensorrt)")
 
     def __post_init__(self) -> None:
         super().__post_init__()
@@ -124,6 +126,8 @@ class Quantize(Pass):
             raise UsageError("quantize: group= conflicts with granularity=tensor; drop one of them")
         if self.method == "nf4" and self.bits != 4 and self.bits != 8:
             raise UsageError("quantize: method=nf4 is 4-bit by definition; drop bits= or set bits=4")
+        if self.gguf and self.scale_dtype != "f32":
+            raise UsageError("quantize: scale_dtype= does not apply with gguf= (each GGUF format fixes its scales)")
         if self.gguf and self.method in ("nf4", "codebook"):
             raise UsageError(f"quantize: method={self.method} has no GGUF encoding; with gguf= use rtn, mse, gptq "
                              "or awq (IQ4_NL is GGUF's non-uniform 4-bit grid)")
@@ -140,12 +144,12 @@ class Quantize(Pass):
     def spec_for(self, layer: Layer) -> GridSpec:
         bits = {"embedding": self.embedding_bits, "head": self.head_bits}.get(layer.role, self.bits)
         if layer.role == "embedding":
-            return GridSpec(bits, True, "channel")  # one scale per token row
+            return GridSpec(bits, True, "channel", scale_dtype=self.scale_dtype)  # one scale per token row
         gran = "group" if self.group else self.granularity
         k = int(np.prod(layer.weight.shape[1:]))
         if gran == "group" and (layer.weight.rank != 2 or k % (self.group or 128)):
             gran = "channel"  # conv weights and indivisible K fall back to per channel (reported)
-        return GridSpec(bits, self.scheme == "symmetric", gran, self.group or 128)
+        return GridSpec(bits, self.scheme == "symmetric", gran, self.group or 128, self.scale_dtype)
 
     def method_for(self, layer: Layer) -> str:
         """The role changes the default bits, not the algorithm; embedding tables (no Hessian) use rtn."""

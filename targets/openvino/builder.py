@@ -176,7 +176,7 @@ class OVBuilder:
             zp = np.asarray(q.zero_points)
             zc = self._typed_const(zp, "u8" if q.bits > 4 else "u4", _param_shape(zp, q, split))
             node = ops.subtract(node, ops.convert(zc, f32))
-        node = ops.multiply(node, self.const(np.asarray(q.scales, np.float32).reshape(_param_shape(q.scales, q, split))))
+        node = ops.multiply(node, self.scales(q.scales, _param_shape(q.scales, q, split)))
         if q.offsets is not None:
             node = ops.add(node, self.const(np.asarray(q.offsets, np.float32).reshape(
                 _param_shape(q.offsets, q, split))))
@@ -215,6 +215,15 @@ class OVBuilder:
         if list(shape) != list(q.shape):
             node = ops.reshape(node, self.ints(q.shape), False)
         return node.output(0)
+
+    def scales(self, s: np.ndarray, shape: list[int]):
+        """Scales as float16 + Convert when every one is a float16 value (exact: e.g. from
+        ``quantize{scale_dtype=f16}``), else float32."""
+        s = np.asarray(s, np.float32).reshape(shape)
+        s16 = s.astype(np.float16)
+        if np.isfinite(s16).all() and np.array_equal(s16.astype(np.float32), s):
+            return self.ops.convert(self.ops.constant(s16), self.ov.Type.f32).output(0)
+        return self.const(s)
 
     def fake_quant(self, out, v: Value):
         """FakeQuantize computing QuantizeLinear + DequantizeLinear of ``v.quant`` (per tensor)."""

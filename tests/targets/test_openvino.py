@@ -137,3 +137,23 @@ def test_unsupported_ops_are_named_before_lowering():
     g.outputs.append(g.op("Einsum", [x, x], {"equation": "ij,ij->ij"}, name="ein").output)
     problems = OpenVINOTarget().check(ir.Model(g, {"": 17, "edgec": 1}))
     assert any("'ein': operator Einsum" in p for p in problems)
+
+
+def test_float16_scales_are_stored_as_float16(tmp_path):
+    """Scales that are float16 values (quantize{scale_dtype=f16}) are stored in half the bytes, exactly."""
+    from edgec.host import host
+    from edgec.ir.passes import PassContext, PassManager, parse_pipeline
+    w = np.random.default_rng(0).standard_normal((64, 256)).astype(np.float32)
+    sizes = {}
+    for sd in ("f32", "f16"):
+        g = ir.Graph()
+        x = g.add_input("x", ir.DType.FLOAT32, (2, 256))
+        g.outputs.append(g.op("Linear", [x, g.add_const("w", w)], domain="edgec", name="fc").output)
+        m = ir.Model(g, {"": 17, "edgec": 1})
+        ir.infer_shapes(m)
+        PassManager(parse_pipeline(f"quantize{{bits=4,group=32,head_bits=4,scale_dtype={sd}}}",
+                                   host().passes.as_dict())).run(m, PassContext())
+        _, got, ref = emit_and_run(m, tmp_path / sd)
+        assert rel(got[0], ref[0]) <= 1e-6
+        sizes[sd] = os.path.getsize(tmp_path / sd / "model.bin")
+    assert sizes["f32"] - sizes["f16"] == 64 * 8 * 2  # 512 scales, 2 bytes saved each

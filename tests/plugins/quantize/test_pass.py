@@ -124,6 +124,7 @@ def test_entropy_threshold_clips_a_long_tail():
     ("quantize{ops=Linear:Softmax}", "allowed: Linear, Conv"),
     ("quantize-activations{observer=entropy,scheme=asymmetric}", "observer=entropy is symmetric"),
     ("smoothquant{alpha=2}", "alpha=2.0 is not allowed"),
+    ("quantize{gguf=Q4_K,scale_dtype=f16}", "scale_dtype= does not apply with gguf="),
 ])
 def test_bad_options_are_clear(pipe, message):
     with pytest.raises((PipelineError, UsageError)) as e:
@@ -158,3 +159,23 @@ def test_conv_layers_quantize_with_gptq_via_im2col():
     q = run(m, "quantize{bits=4,method=gptq}", calib)
     rep = json.loads(q.metadata["edgec.quantization"])["w"]
     assert rep["method"] == "gptq" and rep["rel_output_error"] < 0.2
+
+
+@pytest.mark.parametrize("method", ["rtn", "mse", "gptq", "awq"])
+def test_f16_scales_are_float16_values_and_the_grid_stays_exact(method):
+    """scale_dtype=f16 rounds each scale to float16 *before* the codes are chosen: every scale is a float16
+    value, dequantize() lies on that grid, and the error stays close to float32 scales."""
+    m, calib = transformer_block()
+    errs = {}
+    for sd in ("f32", "f16"):
+        q = run(m, f"quantize{{bits=4,group=32,method={method},scale_dtype={sd}}}", calib)
+        qt = q.graph.initializers[next(n for n in q.graph.initializers if n.startswith("wq"))].const
+        s = np.asarray(qt.scales, np.float32)
+        assert qt.validate() == []
+        if sd == "f16":
+            np.testing.assert_array_equal(s.astype(np.float16).astype(np.float32), s)
+            deq = qt.dequantize().reshape(32, 1, 32)
+            codes = np.asarray(qt.codes, np.float32).reshape(32, 1, 32)
+            np.testing.assert_array_equal(deq, codes * s.reshape(32, 1, 1))
+        errs[sd] = json.loads(q.metadata["edgec.quantization"])["wq"]["sqnr_db"]
+    assert abs(errs["f16"] - errs["f32"]) < 0.5, errs
