@@ -12,6 +12,21 @@ from .ir import Model, QuantizedTensor
 from .ir.passes import Pass, PassContext
 
 
+class Lowerings(dict):
+    """A target builder's table of op lowerings, ``qualified op name -> fn(builder, node)``, filled with the
+    :meth:`register` decorator; its keys are the ops the target declares it supports."""
+
+    def register(self, *ops: str):
+        def deco(fn):
+            for op in ops:
+                self[op] = fn
+            return fn
+        return deco
+
+    def ops(self) -> frozenset[str]:
+        return frozenset(self)
+
+
 @dataclasses.dataclass(frozen=True)
 class Capabilities:
     """What a target can lower, as data (checked against a model before any lowering)."""

@@ -7,27 +7,18 @@ matmul kernel, which is written in TE so dequantization and accumulation are one
 
 from __future__ import annotations
 
-from collections.abc import Callable
-
 import numpy as np
 
 from ...errors import UnsupportedError
 from ...ir import Model, Node, QuantizedTensor, Value
+from ...target import Lowerings
 
-Lowering = Callable[["RelaxBuilder", Node], object]
-LOWERINGS: dict[str, Lowering] = {}
-
-
-def lowering(*ops: str) -> Callable[[Lowering], Lowering]:
-    def deco(fn: Lowering) -> Lowering:
-        for op in ops:
-            LOWERINGS[op] = fn
-        return fn
-    return deco
+LOWERINGS = Lowerings()
+lowering = LOWERINGS.register
 
 
 def supported_ops() -> frozenset[str]:
-    return frozenset(LOWERINGS)
+    return LOWERINGS.ops()
 
 
 class RelaxBuilder:

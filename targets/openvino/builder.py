@@ -14,28 +14,19 @@ Symbolic dims stay dynamic (``-1``), so a language model takes any sequence leng
 
 from __future__ import annotations
 
-from collections.abc import Callable
-
 import numpy as np
 
 from ...errors import UnsupportedError
 from ...ir import Model, Node, QuantizedTensor, Value
 from ...ir.tensor import code_range
+from ...target import Lowerings
 
-Lowering = Callable[["OVBuilder", Node], object]
-LOWERINGS: dict[str, Lowering] = {}
-
-
-def lowering(*names: str) -> Callable[[Lowering], Lowering]:
-    def deco(fn: Lowering) -> Lowering:
-        for n in names:
-            LOWERINGS[n] = fn
-        return fn
-    return deco
+LOWERINGS = Lowerings()
+lowering = LOWERINGS.register
 
 
 def supported_ops() -> frozenset[str]:
-    return frozenset(LOWERINGS)
+    return LOWERINGS.ops()
 
 
 def _ov():
