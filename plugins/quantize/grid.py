@@ -51,13 +51,22 @@ def grouped(w2: np.ndarray, spec: GridSpec) -> np.ndarray:
 
 
 def round_scale(scale: np.ndarray, spec: GridSpec) -> np.ndarray:
-    """Scales as stored: float32, or (``scale_dtype=f16``) the nearest float16 value, kept positive and
-    finite. Codes are then computed against the rounded scale, so the grid stays exact."""
+    """Scales as stored: float32, or (``scale_dtype=f16``) float16 values, kept positive and finite. Codes
+    are then computed against the rounded scale, so the grid stays exact.
+
+    For grids of 4 bits and fewer the float16 scale also keeps its significand short enough that every
+    ``(code - zero point) * scale`` is itself a float16 value (8 significant bits for symmetric grids,
+    whose |code - zp| <= 2**(bits-1) needs bits-1 of the 11, 7 for asymmetric ones): a runtime may then
+    dequantize in float16 (OpenVINO's fast decompression) and still produce exactly these weights."""
     scale = np.asarray(scale, np.float32)
     if spec.scale_dtype != "f16":
         return scale
-    s16 = np.clip(scale, 2.0 ** -24, 65504.0).astype(np.float16)
-    return np.where(s16 > 0, s16, np.float16(2.0 ** -24)).astype(np.float32)
+    scale = np.clip(scale, 2.0 ** -14, 65504.0)  # normal float16 range: short significands stay exact
+    if spec.bits <= 4:
+        keep = 11 - (spec.bits - 1 if spec.symmetric else spec.bits)
+        m, e = np.frexp(scale.astype(np.float64))
+        scale = np.ldexp(np.round(m * 2.0 ** keep) / 2.0 ** keep, e)
+    return np.minimum(scale, 65504.0).astype(np.float16).astype(np.float32)
 
 
 def params(wg: np.ndarray, spec: GridSpec, clip: np.ndarray | float = 1.0) -> tuple[np.ndarray, np.ndarray | None]:
