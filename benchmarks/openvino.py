@@ -7,6 +7,8 @@ encoder from examples/models. Variants, all emitted by edgec's ``openvino`` targ
 * int8: ``quantize{bits=8,scheme=asymmetric,scale_dtype=f16}`` (per output channel -> u8 codes and zero
   points, f16 scales: the CPU plugin's fastest int8 path, as NNCF's INT8_ASYM default);
 * int4: ``quantize{bits=4,group=128,scale_dtype=f16}`` (symmetric groups of 128 -> i4 codes, f16 scales);
+* int8 (decompression=f16): the int8 IR emitted with ``openvino{decompression=f16}`` (NNCF-style f16
+  decompression: faster, weights rounded to float16);
 * nncf-int8 / nncf-int4: the fp32 artifact compressed by NNCF's ``compress_weights`` (INT8_ASYM, and
   INT4_SYM with group 128 and ratio 1.0), when nncf is installed.
 
@@ -96,7 +98,7 @@ def theoretical_bytes(model) -> int:
     return total
 
 
-def emit(model, pipeline: str, out: str) -> int:
+def emit(model, pipeline: str, out: str, **target_options) -> int:
     from edgec import ir
     from edgec.host import host
     from edgec.ir.passes import PassContext, PassManager, parse_pipeline
@@ -105,7 +107,7 @@ def emit(model, pipeline: str, out: str) -> int:
     if pipeline:
         PassManager(parse_pipeline(pipeline, host().passes.as_dict())).run(m, PassContext())
     os.makedirs(out, exist_ok=True)
-    OpenVINOTarget().emit(m, out, PassContext())
+    OpenVINOTarget(**target_options).emit(m, out, PassContext())
     return theoretical_bytes(m)
 
 
@@ -163,6 +165,10 @@ def main() -> None:
                     d = os.path.join(work, f"{name}{batch}-{v}")
                     theo[v] = emit(base, pipe, d)
                     dirs[v] = d
+                # int8 decompressed in float16 like NNCF (openvino{decompression=f16}: faster, weights rounded)
+                d = os.path.join(work, f"{name}{batch}-int8-f16dec")
+                theo["int8 (decompression=f16)"] = emit(base, variants["int8"], d, decompression="f16")
+                dirs["int8 (decompression=f16)"] = d
                 dirs.update(nncf_variants(dirs["fp32"], work, f"{name}{batch}"))
                 from edgec import ir
                 feeds = ir.random_inputs(base, seed=0)
@@ -197,7 +203,10 @@ def main() -> None:
              "`quantize{bits=4,group=128,scale_dtype=f16}` "
              "(i4, groups of 128; the MLP's last layer and BERT's embedding table at 4 bits too, `head_bits=4` / "
              "`embedding_bits=4`, like NNCF's all_layers; edgec's embedding rows have one scale each). Edgec's "
-             "decompression multiplies in float32 (exactly the IR's weights); NNCF's multiplies in float16. "
+             "decompression multiplies in float16 where that is exact (4-bit grids with scale_dtype=f16) and in "
+             "float32 otherwise, so its weights are exactly the IR's; NNCF's always multiplies in float16. The "
+             "`int8 (decompression=f16)` row is edgec's int8 emitted with `openvino{decompression=f16}`, which "
+             "also always multiplies in float16 (faster, weights rounded to float16). "
              + (f"NNCF {nncf_version} `compress_weights` on edgec's fp32 artifact: INT8_ASYM, and INT4_SYM group "
                 "128 ratio 1.0 all_layers." if nncf_version else "NNCF is not installed: no NNCF rows.")
              + " size / theory: model.bin over code bits x weights + scales (2 bytes when float16) + zero points "

@@ -55,6 +55,10 @@ class OpenVINOTarget(Target):
                       help="NF4 weights: 'exact' keeps edgec's codebook bit for bit (native nf4 type only when "
                            "the codebook is OpenVINO's); 'native' always uses the nf4 element type, whose "
                            "table differs from bitsandbytes' by one float32 ulp at one level")
+    decompression: str = option("exact", choices=("exact", "f16"),
+                                help="'exact': weights decompress to exactly the IR's values (in f16 where that "
+                                     "is exact, else f32); 'f16': always in f16, as NNCF does - faster for int8, "
+                                     "but each weight is rounded to float16")
     threads: int = option(0, help="CPU threads for --verify (0: OpenVINO's default)")
 
     def check(self, model: Model) -> list[str]:
@@ -72,7 +76,7 @@ class OpenVINOTarget(Target):
 
     def emit(self, model: Model, out_dir: str, ctx: PassContext) -> Artifact:
         ov, _ = _ov()
-        b = OVBuilder(model, self.weights, self.nf4)
+        b = OVBuilder(model, self.weights, self.nf4, self.decompression)
         m = b.build()
         # Model metadata (LLM configuration, tokenizer source, ...) travels in the IR's rt_info, under
         # edgec_metadata as one JSON string; large blobs (GGUF tokenizer tables) stay out.

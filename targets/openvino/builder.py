@@ -115,11 +115,12 @@ class OVBuilder:
     Convert, as OpenVINO's own FP16 compression does).
     """
 
-    def __init__(self, model: Model, float_weights: str = "f32", nf4: str = "exact"):
+    def __init__(self, model: Model, float_weights: str = "f32", nf4: str = "exact", decompression: str = "exact"):
         self.ov, self.ops = _ov()
         self.model = model
         self.float_weights = float_weights
         self.nf4 = nf4
+        self.decompression = decompression
         self.env: dict[int, object] = {}
         self.encodings: dict[str, str] = {}  # weight name -> how it was stored
 
@@ -184,7 +185,8 @@ class OVBuilder:
         cshape, split = _blocking(q)
         # float16 arithmetic (the decompression OpenVINO's own compression emits, fastest on the CPU plugin)
         # when it reproduces the IR's weights exactly; float32 otherwise.
-        half = _f16_exact(q)
+        exact = _f16_exact(q)
+        half = exact or (self.decompression == "f16" and q.offsets is None)
         ct = ov.Type.f16 if half else f32
         node = ops.convert(self._typed_const(codes, etype, cshape), ct)
         if q.zero_points is not None:
@@ -203,7 +205,8 @@ class OVBuilder:
             node = ops.reshape(node, self.ints(q.shape), False)
         if half:
             node = ops.convert(node, f32)
-        self.encodings[name] = etype + (" group-wise" if any(split) else "") + (" f16" if half else "")
+        self.encodings[name] = etype + (" group-wise" if any(split) else "") + (
+            " f16" if exact else " f16 (rounded)" if half else "")
         return node.output(0)
 
     def _codebook(self, name: str, q: QuantizedTensor):

@@ -163,3 +163,14 @@ def test_float16_scales_are_stored_as_float16(tmp_path):
         prec = runtime_weight_precisions(OpenVINOTarget().compile(str(tmp_path / sd)))
         assert list(prec.values()) == ["i4"], prec
     assert sizes["f32"] - sizes["f16"] == 64 * 8 * 2  # 512 scales, 2 bytes saved each
+
+
+def test_f16_decompression_is_opt_in_and_labelled(tmp_path):
+    """decompression=f16 trades exactness for NNCF-style speed: the encoding says the weights are rounded."""
+    w = np.random.default_rng(3).standard_normal((64, 128)).astype(np.float32)
+    m = linear_model(quantize_rtn(w, 8, False, None))
+    art, got, ref = emit_and_run(m, tmp_path / "exact")
+    assert art.manifest["weight_encodings"]["w"] == "u8" and rel(got[0], ref[0]) <= 1e-6
+    art, got, ref = emit_and_run(m, tmp_path / "f16", OpenVINOTarget(decompression="f16"))
+    assert art.manifest["weight_encodings"]["w"] == "u8 f16 (rounded)"
+    assert 0 < rel(got[0], ref[0]) <= 2e-3
