@@ -108,12 +108,15 @@ class TensorRTTarget(Target):
                 "description": "fp16 compute: cosine >= 0.999 and top-1 agreement >= 0.95 vs the reference"}
 
     def check(self, model: Model) -> list[str]:
-        problems = super().check(model)
+        specific = {v.name: _weight_problems(v) for v in model.graph.initializers.values()
+                    if isinstance(v.const, QuantizedTensor)}
+        # The generic "cannot be encoded" line is dropped for weights that get a specific reason below.
+        problems = [p for p in super().check(model)
+                    if not any(msgs and p.startswith(f"weight {n!r}:") for n, msgs in specific.items())]
         if self.opset < 21:
             problems.append(f"tensorrt{{opset={self.opset}}}: blocked int4 DequantizeLinear needs opset 21 or later")
-        for v in model.graph.initializers.values():
-            if isinstance(v.const, QuantizedTensor):
-                problems += [f"weight {v.name!r}: {p}" for p in _weight_problems(v)]
+        for name, msgs in specific.items():
+            problems += [f"weight {name!r}: {p}" for p in msgs]
         for v in model.graph.values():
             q = v.quant
             if q is not None and (not q.signed or q.zero_point != 0 or q.bits != 8):
@@ -171,8 +174,8 @@ def _weight_problems(v: Value) -> list[str]:
     if not uses <= {("edgec::Linear", 1), ("Conv", 1)}:
         return ["quantized weights are carried only as Linear / Conv weights and Gather tables"]
     if q.scheme not in ("symmetric", "asymmetric") or q.offsets is not None or q.layout:
-        return [f"{q.scheme} grids ({q.layout or 'codebook/affine'}) have no TensorRT encoding; quantize with "
-                "scheme=symmetric (int8) or 4-bit groups"]
+        return [f"{q.layout or q.scheme} grids have no TensorRT encoding; quantize with scheme=symmetric "
+                "(int8 per channel) or 2-4 bit groups on Linear layers"]
     if q.bits > 4:
         if q.scheme != "symmetric":
             return ["TensorRT int8 weights are symmetric (zero point 0); use quantize{scheme=symmetric}"]

@@ -132,7 +132,8 @@ def test_unencodable_quantization_is_refused():
     problems = TensorRTTarget().check(ir.Model(g, {"": 17, "edgec": 1}))
     text = "\n".join(problems)
     assert "'a': TensorRT int8 weights are symmetric" in text
-    assert "'b': codebook 4-bit quantization cannot be encoded" in text
+    assert "'b': codebook grids have no TensorRT encoding" in text
+    assert len(problems) == 3  # one line per problem: no generic duplicate beside the specific reason
     assert "signed int8 activations with zero point 0" in text
 
 
