@@ -1,12 +1,14 @@
 """The ``coreml`` target (work in progress, issue 6): edgec IR -> an ML Program built with coremltools' MIL
 builder, saved as ``.mlpackage``.
 
-Done so far: CNN ops (conv, pools, global pooling, activations, add/mul, flatten/reshape, Linear), fp16
-compute with fp32 I/O, float weights in fp16, and uniform quantized weights as
-``constexpr_blockwise_shift_scale`` (int8 per channel, int4 per block, true sub-byte storage). Verification
-(a): the saved package is re-loaded and every compressed weight is decoded and compared with the IR's
-dequantized weight. Not yet: palettization / sparsity, transformer and decoder ops, the MIL evaluator for
-check (b), ``deployment=`` restrictions and the comparison benchmark.
+Done so far: CNN ops (conv incl. grouped/dilated, pools, global pooling, reductions, activations, add/mul,
+flatten/reshape, Linear), fp16 compute with fp32 I/O, float weights in fp16, and uniform quantized weights
+as ``constexpr_blockwise_shift_scale`` (int8 per channel, int4 per block, true sub-byte storage; scales
+must be float16 values: ``quantize{scale_dtype=f16}``). Verification, off macOS: (a) the saved package is
+re-loaded and every compressed weight decoded bit-exactly against the IR's weight; (b) ``--verify``
+re-executes the saved MIL program with edgec's numpy evaluator (``evaluate.py``, tested op by op against
+onnxruntime). Not yet: palettization / sparsity, transformer and decoder ops, ``deployment=`` restrictions,
+a macOS ``predict`` test and the comparison benchmark.
 """
 
 from __future__ import annotations
@@ -185,7 +187,11 @@ def _reshape(b, n):
 class CoreMLTarget(Target):
     name: ClassVar[str] = "coreml"
     summary: ClassVar[str] = "Core ML ML Program (.mlpackage), work in progress: CNNs, fp16 / int8 / int4 weights"
-    runtime: ClassVar[str] = "none on Linux (weights decoded from the saved package instead)"
+    runtime: ClassVar[str] = ("edgec's MIL evaluator (numpy) on the saved package: Core ML itself does not run "
+                              "on Linux")
+    verify_policy: ClassVar[dict | None] = {
+        "min_cosine": 0.999, "min_top1": 0.95,
+        "description": "fp16 compute: cosine >= 0.999 and top-1 agreement >= 0.95 vs the reference"}
     capabilities: ClassVar[Capabilities] = Capabilities(ops=LOWERINGS.ops(), quant=_QUANT)
     deployment: str = option("ios18", choices=("ios18",), help="minimum deployment target")
 
@@ -200,12 +206,16 @@ class CoreMLTarget(Target):
         x = model.graph.inputs[0]
         holder = {}
 
-        @mb.program(input_specs=[mb.TensorSpec(shape=tuple(x.static_shape), dtype=types.fp32)],
-                    opset_version=ct.target.iOS18)
-        def prog(inp):
+        def body(inp):
             b = MILBuilder(model)
             holder["b"] = b
             return tuple(b.lower(inp))
+        # The program's parameter name is the package's input name: give it the model's.
+        arg = _mil_name(x.name)
+        ns: dict = {"body": body}
+        exec(f"def main({arg}):\n    return body({arg})\n", ns)  # noqa: S102 - a generated one-line wrapper
+        prog = mb.program(input_specs=[mb.TensorSpec(shape=tuple(x.static_shape), dtype=types.fp32)],
+                          opset_version=ct.target.iOS18)(ns["main"])
 
         m = ct.convert(prog, convert_to="mlprogram", minimum_deployment_target=ct.target.iOS18,
                        compute_precision=ct.precision.FLOAT16)
@@ -214,13 +224,15 @@ class CoreMLTarget(Target):
             shutil.rmtree(path)
         m.save(path)
         decoded = check_package(path, model, holder["b"].compressed)
-        return Artifact(["model.mlpackage"], {"coremltools_version": ct.__version__, "deployment": self.deployment,
+        files = sorted(os.path.relpath(os.path.join(r, f), out_dir) for r, _, fs in os.walk(path) for f in fs)
+        return Artifact(files, {"coremltools_version": ct.__version__, "deployment": self.deployment,
                                               "compressed_weights": holder["b"].compressed,
                                               "decoded_bit_exact": decoded})
 
     def run_artifact(self, out_dir: str, feeds: Mapping[str, np.ndarray], input_names=None):
-        raise NotImplementedError("there is no Core ML runtime on Linux; the saved package's weights were decoded "
-                                  "and checked bit-exactly instead (the MIL evaluator is still to come)")
+        """No Core ML runtime exists off macOS: the saved package is re-executed by edgec's MIL evaluator."""
+        from .evaluate import run
+        return run(os.path.join(out_dir, "model.mlpackage"), {_mil_name(k): v for k, v in feeds.items()})
 
 
 def check_package(path: str, model: Model, compressed: dict[str, str]) -> int:
