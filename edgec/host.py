@@ -29,6 +29,7 @@ DEFAULT_PLUGINS = {
     "target-gguf": "edgec.targets.gguf",
     "target-openvino": "edgec.targets.openvino",
     "target-tensorrt": "edgec.targets.tensorrt",
+    "target-coreml": "edgec.targets.coreml",
 }
 
 
