@@ -27,16 +27,14 @@ import os
 import sys
 import tempfile
 import time
-import warnings
 
 import numpy as np
 
-from _results import HERE, write_results  # noqa: E402 (sibling module; scripts run from benchmarks/)
+from _results import HERE, example_ir, write_results  # noqa: E402 (sibling module; scripts run from benchmarks/)
 
 # This file is named like the library it measures: drop its own folder from the path so `import openvino`
 # finds OpenVINO, not this script.
 sys.path[:] = [p for p in sys.path if os.path.abspath(p or os.curdir) != HERE]
-sys.path.insert(0, os.path.join(HERE, "..", "examples", "models"))
 
 
 def mlp(batch: int):
@@ -54,26 +52,6 @@ def mlp(batch: int):
     m = ir.Model(g, {"": 17, "edgec": 1})
     ir.infer_shapes(m)
     return m
-
-
-def bert(batch: int, work: str):
-    import torch
-
-    import architectures
-    from edgec.compiler import fix_input_shapes, load_model
-    from edgec.host import host
-    from edgec.ir.passes import PassManager, parse_pipeline
-    from edgec.plugins.cleanup import DEFAULT_CLEANUP
-    m, ex, names = architectures.build("bert")
-    ex = tuple(t.repeat(batch, 1) for t in ex)
-    path = os.path.join(work, f"bert{batch}.onnx")
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore")
-        torch.onnx.export(m, ex, path, dynamo=False, opset_version=17, input_names=names, output_names=["out"])
-    model = load_model(path)
-    fix_input_shapes(model, {}, [])
-    PassManager(parse_pipeline(DEFAULT_CLEANUP, host().passes.as_dict())).run(model)
-    return model
 
 
 def theoretical_bytes(model) -> int:
@@ -153,7 +131,7 @@ def main() -> None:
     with tempfile.TemporaryDirectory() as work:
         for name in args.models.split(","):
             for batch in (1, 16):
-                base = mlp(batch) if name == "mlp" else bert(batch, work)
+                base = mlp(batch) if name == "mlp" else example_ir("bert", work, batch)
                 # The MLP's last Linear is its output head: 4-bit too (edgec keeps heads at 8 bits by default).
                 # int8: asymmetric (u8 + zero points), the CPU plugin's fastest int8 decompression here
                 # (symmetric i8 measured 5-10% slower); int4: symmetric i4.

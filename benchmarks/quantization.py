@@ -18,37 +18,20 @@ import sys
 import tempfile
 import time
 import tracemalloc
-import warnings
 
 import numpy as np
 
-from _results import write_results  # noqa: E402 (sibling module; scripts run from benchmarks/)
+from _results import example_ir, write_results  # noqa: E402 (sibling module; scripts run from benchmarks/)
 
-HERE = os.path.dirname(os.path.abspath(__file__))
-sys.path.insert(0, os.path.join(HERE, "..", "examples", "models"))
 
 METHODS = ("rtn", "mse", "gptq", "awq")
 BITS = (8, 4, 3)
 
 
 def prepare(name: str, work: str, n_calib: int):
-    import torch
-
-    import architectures
     from edgec import ir
     from edgec.calibration import CalibrationSet
-    from edgec.compiler import fix_input_shapes, load_model
-    from edgec.host import host
-    from edgec.ir.passes import PassManager, parse_pipeline
-    from edgec.plugins.cleanup import DEFAULT_CLEANUP
-    m, ex, names = architectures.build(name)
-    path = os.path.join(work, f"{name}.onnx")
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore")
-        torch.onnx.export(m, ex, path, dynamo=False, opset_version=17, input_names=names, output_names=["out"])
-    model = load_model(path)
-    fix_input_shapes(model, {}, [])
-    PassManager(parse_pipeline(DEFAULT_CLEANUP, host().passes.as_dict())).run(model)
+    model = example_ir(name, work)
     rng = np.random.default_rng(0)
 
     def sample():

@@ -28,11 +28,6 @@ def _artifact(path: str) -> tuple[str, str] | None:
                      "artifacts (or give the model file itself)")
 
 
-def _artifact_gguf(path: str) -> str | None:
-    a = _artifact(path)
-    return a[1] if a and a[0] == "gguf" else None
-
-
 def run(model_path: str, *, text: str | None, ctx: int, stride: int, max_tokens: int = 0, engine: str = "auto",
         prompt: str | None = None, max_new_tokens: int = 64, frontend: str | None = None,
         progress: bool = True) -> dict:

@@ -64,6 +64,7 @@ def _pool(x, kernel, strides, pad, ceil_mode, kind, exclude_pad=True):
 
 
 def run(path: str, feeds: dict[str, np.ndarray]) -> list[np.ndarray]:
+    from coremltools.converters.mil.mil import types
     prog = load_program(path)
     f = prog.functions["main"]
     env: dict[str, np.ndarray] = {}
@@ -119,7 +120,6 @@ def run(path: str, feeds: dict[str, np.ndarray]) -> list[np.ndarray]:
         else:
             raise UnsupportedError(f"the MIL evaluator does not implement {t!r} (op {op.name!r})")
         out_dt = op.outputs[0].dtype
-        from coremltools.converters.mil.mil import types
         if out_dt == types.fp16:
             y = np.asarray(y).astype(np.float16)
         elif out_dt == types.fp32:

@@ -85,10 +85,9 @@ class OpenVINOTarget(Target):
         xml = os.path.join(out_dir, "model.xml")
         # compress_to_fp16 defaults to True and would halve every f32 constant behind our back.
         ov.save_model(m, xml, compress_to_fp16=False)
-        quant = {name: enc for name, enc in b.encodings.items()}
         fq = sum(1 for op in m.get_ops() if op.get_type_name() == "FakeQuantize")
         return Artifact(["model.xml", "model.bin"], {
-            "openvino_version": ov.__version__, "weights": self.weights, "weight_encodings": quant,
+            "openvino_version": ov.__version__, "weights": self.weights, "weight_encodings": dict(b.encodings),
             "fake_quantize_nodes": fq,
             "inputs": [{"name": p.get_friendly_name(), "shape": str(p.get_partial_shape()),
                         "dtype": p.get_element_type().get_type_name()} for p in m.get_parameters()]})

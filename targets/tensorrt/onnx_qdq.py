@@ -132,23 +132,22 @@ def _to_fp16(g) -> None:
     casts_in = []
     for inp in g.input:
         if inp.type.tensor_type.elem_type == TensorProto.FLOAT:
-            new = inp.name + "__fp16"
-            for n in g.node:
-                for j, x in enumerate(n.input):
-                    if x == inp.name:
-                        n.input[j] = new
-            casts_in.append(helper.make_node("Cast", [inp.name], [new], to=TensorProto.FLOAT16,
+            _rename(g, inp.name, inp.name + "__fp16")
+            casts_in.append(helper.make_node("Cast", [inp.name], [inp.name + "__fp16"], to=TensorProto.FLOAT16,
                                              name=inp.name + "__to_fp16"))
     for k, c in enumerate(casts_in):
         g.node.insert(k, c)
     for out in g.output:
         if out.type.tensor_type.elem_type == TensorProto.FLOAT:
-            new = out.name + "__fp16"
-            for n in g.node:
-                for j, x in enumerate(n.output):
-                    if x == out.name:
-                        n.output[j] = new
-                for j, x in enumerate(n.input):
-                    if x == out.name:
-                        n.input[j] = new
-            g.node.append(helper.make_node("Cast", [new], [out.name], to=TensorProto.FLOAT, name=out.name + "__to_fp32"))
+            _rename(g, out.name, out.name + "__fp16")
+            g.node.append(helper.make_node("Cast", [out.name + "__fp16"], [out.name], to=TensorProto.FLOAT,
+                                           name=out.name + "__to_fp32"))
+
+
+def _rename(g, old: str, new: str) -> None:
+    """Every node input and output named ``old`` becomes ``new`` (graph inputs/outputs keep their names)."""
+    for n in g.node:
+        for names in (n.input, n.output):
+            for j, x in enumerate(names):
+                if x == old:
+                    names[j] = new

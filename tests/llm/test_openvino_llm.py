@@ -75,3 +75,5 @@ def test_eval_runs_openvino_artifacts(tiny_gguf, tmp_path):
     assert abs(json.loads(ref.stdout)["perplexity"] - res["perplexity"]) <= 0.02 * res["perplexity"]
     bad = CliRunner().invoke(main, ["eval", out, "--perplexity", TEXT, "--engine", "llama.cpp"])
     assert bad.exit_code != 0 and "needs a GGUF file or a GGUF artifact" in bad.output
+    bad = CliRunner().invoke(main, ["eval", tiny_gguf, "--perplexity", TEXT, "--engine", "openvino"])
+    assert bad.exit_code != 0 and "--engine openvino runs OpenVINO artifacts only" in bad.output

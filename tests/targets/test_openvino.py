@@ -174,3 +174,14 @@ def test_f16_decompression_is_opt_in_and_labelled(tmp_path):
     art, got, ref = emit_and_run(m, tmp_path / "f16", OpenVINOTarget(decompression="f16"))
     assert art.manifest["weight_encodings"]["w"] == "u8 f16 (rounded)"
     assert 0 < rel(got[0], ref[0]) <= 2e-3
+
+
+def test_dilated_average_pool_is_a_clear_error(tmp_path):
+    from edgec.errors import UnsupportedError
+    g = ir.Graph()
+    x = g.add_input("x", ir.DType.FLOAT32, (1, 2, 8, 8))
+    g.outputs.append(g.op("AveragePool", [x], {"kernel_shape": [2, 2], "dilations": [2, 2]}, name="pool").output)
+    m = ir.Model(g, {"": 19, "edgec": 1})
+    ir.infer_shapes(m)
+    with pytest.raises(UnsupportedError, match="'pool': dilated AveragePool is not supported"):
+        OpenVINOTarget().emit(m, str(tmp_path), None)

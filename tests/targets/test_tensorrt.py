@@ -181,3 +181,9 @@ def test_engine_builds_where_tensorrt_and_a_gpu_exist(tiny_cnn_path, tmp_path):
     cos = float((out.ravel() @ ref[0].ravel()) / (np.linalg.norm(out) * np.linalg.norm(ref[0])))
     assert cos >= 0.99, cos  # the engine computes what onnxruntime computes on the QDQ model
 
+
+
+def test_opset_below_21_is_refused_before_emission():
+    w = np.random.default_rng(0).standard_normal((8, 64)).astype(np.float32)
+    problems = TensorRTTarget(opset=17).check(linear_model(quantize_rtn(w, 4, True, 32)))
+    assert any("opset=17" in p and "needs opset 21" in p for p in problems)
