@@ -176,16 +176,21 @@ NF4_LEVELS = np.array([
 ], dtype=np.float32)
 
 
-def nf4(w2: np.ndarray, group_size: int, shape: tuple[int, ...]) -> QuantizedTensor:
-    """NF4 codes with absmax scales per group of ``group_size`` along K (2-D weights)."""
+def nf4(w2: np.ndarray, group_size: int, shape: tuple[int, ...], f16: bool = False) -> QuantizedTensor:
+    """NF4 codes with absmax scales per group of ``group_size`` along K (2-D weights). ``f16``: the levels and
+    the scales are float16 values, so ``level * scale`` is rounded once when computed in float16 (Core ML)."""
     out, k = w2.shape
     g = k // group_size
     wg = w2.reshape(out, g, group_size).astype(np.float32)
     absmax = np.abs(wg).max(-1)
     absmax = np.where(absmax > 0, absmax, 1.0).astype(np.float32)
+    levels = NF4_LEVELS.copy()
+    if f16:
+        levels = levels.astype(np.float16).astype(np.float32)
+        absmax = np.clip(absmax, 2.0 ** -14, 65504.0).astype(np.float16).astype(np.float32)
     normed = wg / absmax[..., None]
-    codes = np.abs(normed[..., None] - NF4_LEVELS).argmin(-1).astype(np.uint8)
-    return QuantizedTensor(codes=codes.reshape(shape), bits=4, scheme="codebook", codebook=NF4_LEVELS.copy(),
+    codes = np.abs(normed[..., None] - levels).argmin(-1).astype(np.uint8)
+    return QuantizedTensor(codes=codes.reshape(shape), bits=4, scheme="codebook", codebook=levels,
                            scales=absmax.reshape(out, g), axis=0, group_size=group_size, group_axis=1, method="nf4")
 
 

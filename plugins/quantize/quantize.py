@@ -66,6 +66,46 @@ def find_layers(model: Model, ops: tuple[str, ...], include: str, exclude: str) 
     return layers
 
 
+def keep_zeros(q: QuantizedTensor, zero: np.ndarray) -> tuple[QuantizedTensor, str]:
+    """A pruned weight stays pruned: the positions in ``zero`` get the grid's exact zero (symmetric code 0,
+    asymmetric code = zero point, the codebook entry nearest zero set to exactly 0). Returns the tensor and,
+    when the grid has no exact zero (affine), a note that the sparsity was lost."""
+    if not zero.any():
+        return q, ""
+    codes = np.array(q.codes, copy=True)
+    if q.scheme == "symmetric":
+        codes[zero] = 0
+        return dataclasses.replace(q, codes=codes), ""
+    if q.scheme == "asymmetric":
+        zp = np.broadcast_to(_expand_param(q.zero_points, q.shape), q.shape)
+        codes[zero] = zp[zero]
+        return dataclasses.replace(q, codes=codes), ""
+    if q.scheme == "codebook":
+        cb = np.array(q.codebook, np.float32, copy=True)
+        near = np.argmin(np.abs(cb), axis=-1)  # per palette
+        np.put_along_axis(cb, near[..., None], 0.0, axis=-1)
+        if cb.ndim == 1:
+            pick = np.full(q.shape, near, codes.dtype)
+        elif cb.ndim == 2:
+            shape = [1] * codes.ndim
+            shape[q.axis] = -1
+            pick = np.broadcast_to(near.reshape(shape), q.shape)
+        else:
+            pick = np.repeat(near, q.group_size, axis=1)
+        # Weights that were coded to the zeroed entry keep it (they were the ones nearest zero).
+        codes[zero] = pick[zero].astype(codes.dtype)
+        return dataclasses.replace(q, codes=codes, codebook=cb), ""
+    return q, f"the {q.scheme} grid has no exact zero: the weight's sparsity is not kept"
+
+
+def _expand_param(p: np.ndarray, shape: tuple[int, ...]) -> np.ndarray:
+    out = np.asarray(p)
+    for d, (a, b) in enumerate(zip(out.shape, shape)):
+        if a not in (1, b):
+            out = np.repeat(out, b // a, axis=d)
+    return out
+
+
 def quad(d: np.ndarray, h: np.ndarray) -> float:
     """sum_i d_i H d_i^T: the output energy of a weight (difference) under input Hessian H (via BLAS)."""
     return float(np.sum((d.astype(np.float32) @ h).astype(np.float64) * d))
@@ -98,7 +138,7 @@ class Quantize(Pass):
 
     name: ClassVar[str] = "quantize"
     summary: ClassVar[str] = "weight quantization: rtn, mse, gptq, awq, nf4, codebook"
-    bits: int = option(8, choices=range(2, 9), help="weight bits")
+    bits: int = option(8, choices=range(1, 9), help="weight bits (1: method=codebook only)")
     method: str = option("rtn", choices=("rtn", "mse", "gptq", "awq", "nf4", "codebook"), help="algorithm")
     scheme: str = option("symmetric", choices=("symmetric", "asymmetric"), help="integer grid")
     granularity: str = option("channel", choices=("tensor", "channel", "group"), help="scale sharing")
@@ -122,6 +162,8 @@ class Quantize(Pass):
 
     def __post_init__(self) -> None:
         super().__post_init__()
+        if self.bits == 1 and self.method != "codebook":
+            raise UsageError("quantize: bits=1 is a 2-entry palette: use method=codebook, or bits >= 2")
         if self.group and self.granularity == "tensor":
             raise UsageError("quantize: group= conflicts with granularity=tensor; drop one of them")
         if self.method == "nf4" and self.bits != 4 and self.bits != 8:
@@ -300,7 +342,7 @@ class Quantize(Pass):
             if method == "nf4" and (w.ndim != 2 or w.shape[1] % (self.group or 64)):
                 method, note = "mse", "nf4 needs 2-D weights with K divisible by the group; used mse"
             elif method == "nf4":
-                return self._replace(model, layer, methods.nf4(w2, self.group or 64, w.shape), w, h, xs, note)
+                return self._replace(model, layer, methods.nf4(w2, self.group or 64, w.shape, self.scale_dtype == "f16"), w, h, xs, note)
             else:
                 if self.group and not grouped_ok:
                     note = "per-group palettes need 2-D weights with K divisible by the group; used per channel"
@@ -326,12 +368,20 @@ class Quantize(Pass):
         return self._replace(model, layer, q, w, h, xs, note)
 
     def _replace(self, model: Model, layer: Layer, q: QuantizedTensor, w: np.ndarray, h, xs, note: str) -> dict:
+        sparsity = layer.weight.sparsity
+        if sparsity is not None:
+            q, lost = keep_zeros(q, w == 0)
+            if lost:
+                note = (note + "; " if note else "") + lost
+                sparsity = None
         errs = q.validate()
         if errs:
             raise RuntimeError(f"internal: quantized {layer.weight.name} breaks its grid: {errs}")
         deq = q.dequantize()
         g = model.graph
         new = g.add_const(g.unique_name(layer.weight.name + "_q"), q)
+        if sparsity is not None:
+            new.sparsity = dataclasses.replace(sparsity, ratio=round(float(np.mean(deq == 0)), 6))
         for u in list(layer.weight.uses):
             u.node.replace_input_with(u.index, new)
         if h is not None:

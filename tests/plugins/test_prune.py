@@ -1,0 +1,91 @@
+"""prune: magnitude pruning (unstructured, layer or global scope; N:M), and quantize keeping the zeros."""
+
+import numpy as np
+import pytest
+
+from edgec.compiler import fix_input_shapes, load_model
+from edgec.errors import UsageError
+from edgec.host import host
+from edgec.ir import QuantizedTensor
+from edgec.ir.passes import PassContext, PassManager, PipelineError, parse_pipeline
+from edgec.plugins.cleanup import DEFAULT_CLEANUP
+from edgec.plugins.prune.prune import magnitude_mask, nm_mask
+
+
+def _run(path, pipe):
+    m = load_model(path)
+    fix_input_shapes(m, {}, [])
+    PassManager(parse_pipeline(DEFAULT_CLEANUP + "," + pipe, host().passes.as_dict())).run(m, PassContext())
+    return m
+
+
+def _sparse_weights(m):
+    out = {}
+    for v in m.graph.initializers.values():
+        if v.sparsity is not None:
+            out[v.name] = (v, v.const.dequantize() if isinstance(v.const, QuantizedTensor) else v.const.numpy())
+    return out
+
+
+@pytest.mark.parametrize("n, m", [(2, 4), (4, 8), (1, 4)])
+def test_nm_mask_keeps_exactly_n_of_every_m(n, m):
+    w = np.random.default_rng(0).standard_normal((16, 32, 3, 3)).astype(np.float32)
+    keep = nm_mask(w, n, m)
+    blocks = np.moveaxis(keep, 1, -1).reshape(-1, m)
+    assert (blocks.sum(1) == n).all()
+    # and the kept ones are the largest of their block
+    a = np.moveaxis(np.abs(w), 1, -1).reshape(-1, m)
+    assert (np.where(blocks, a, np.inf).min(1) >= np.where(blocks, -np.inf, a).max(1)).all()
+
+
+def test_magnitude_mask_prunes_the_smallest():
+    w = np.arange(1, 101, dtype=np.float32).reshape(10, 10) * np.where(np.arange(100) % 2, 1, -1).reshape(10, 10)
+    keep = magnitude_mask(w, 0.3)
+    assert keep.sum() == 70 and (np.abs(w[~keep]) <= 30).all()
+
+
+def test_pass_layer_scope_nm_and_global(tiny_cnn_path):
+    ws = _sparse_weights(_run(tiny_cnn_path, "prune{sparsity=0.5}"))
+    assert ws and all(abs(float(np.mean(w == 0)) - 0.5) < 0.01 and v.sparsity.ratio == pytest.approx(np.mean(w == 0))
+                      for v, w in ws.values())
+    ws = _sparse_weights(_run(tiny_cnn_path, "prune{pattern=2:4}"))
+    assert ws and all(v.sparsity.validate(w) == [] and (v.sparsity.n, v.sparsity.m) == (2, 4) for v, w in ws.values())
+    ws = _sparse_weights(_run(tiny_cnn_path, "prune{sparsity=0.6,scope=global}"))
+    total = sum(w.size for _, w in ws.values())
+    zeros = sum(int((w == 0).sum()) for _, w in ws.values())
+    assert zeros / total == pytest.approx(0.6, abs=0.01)
+    assert len({round(v.sparsity.ratio, 2) for v, _ in ws.values()}) > 1  # one threshold, different ratios
+
+
+@pytest.mark.parametrize("quant", ["quantize{bits=8}", "quantize{bits=4,scheme=asymmetric,group=16}",
+                                   "quantize{method=codebook,bits=3}", "quantize{method=codebook,bits=2,group=16}",
+                                   "quantize{method=codebook,bits=4,per_channel_codebook=true}",
+                                   "quantize{method=gptq,bits=4}"])
+def test_quantize_keeps_pruned_zeros(quant, tiny_cnn_path):
+    pre = {k.replace("_pruned", ""): w for k, (_, w) in _sparse_weights(_run(tiny_cnn_path, "prune{sparsity=0.5}")).items()}
+    m = load_model(tiny_cnn_path)
+    fix_input_shapes(m, {}, [])
+    ctx = PassContext()
+    if "gptq" in quant:  # gptq needs calibration data
+        from edgec.calibration import load_calibration
+        ctx = PassContext(calibration=load_calibration("random", m, seed=0))
+    PassManager(parse_pipeline(DEFAULT_CLEANUP + ",prune{sparsity=0.5}," + quant, host().passes.as_dict())).run(m, ctx)
+    ws = _sparse_weights(m)
+    assert len(ws) == len(pre) > 0
+    for name, (v, w) in ws.items():
+        assert isinstance(v.const, QuantizedTensor)
+        base = name.replace("_pruned_q", "")
+        assert (w[pre[base] == 0] == 0).all(), name
+        assert v.sparsity.ratio >= 0.5 - 1e-6
+
+
+def test_bad_options_are_refused():
+    passes = host().passes.as_dict()
+    with pytest.raises((UsageError, PipelineError), match="N:M"):
+        parse_pipeline("prune{pattern=2-4}", passes)
+    with pytest.raises((UsageError, PipelineError), match="0 < N < M"):
+        parse_pipeline("prune{pattern=4:4}", passes)
+    with pytest.raises((UsageError, PipelineError), match="sparsity"):
+        parse_pipeline("prune{sparsity=1.5}", passes)
+    with pytest.raises((UsageError, PipelineError), match="bits=1"):
+        parse_pipeline("quantize{bits=1}", passes)
