@@ -99,6 +99,18 @@ def fix_input_shapes(model: Model, shapes: Mapping[str, tuple[int, ...]], notes:
             v.shape = fixed
 
 
+def _top1(got, ref, margin: float = 1e-3) -> tuple[float, int]:
+    """Top-1 agreement over the rows whose reference top-1 leads its runner-up by more than ``margin`` x
+    max|reference| (a near tie is decided by rounding, not by the model). Returns (agreement, rows counted)."""
+    g = np.asarray(got, np.float32).reshape(-1, np.shape(got)[-1])
+    r = np.asarray(ref, np.float32).reshape(-1, np.shape(ref)[-1])
+    top2 = np.sort(r, axis=-1)[:, -2:]
+    decisive = (top2[:, 1] - top2[:, 0]) > margin * max(float(np.abs(r).max()), 1e-30)
+    if not decisive.any():
+        return 1.0, 0
+    return float((g[decisive].argmax(-1) == r[decisive].argmax(-1)).mean()), int(decisive.sum())
+
+
 def _rel_err(a: np.ndarray, b: np.ndarray) -> float:
     """max |a - b| / max |b|: the error relative to the output's scale."""
     a, b = np.asarray(a, np.float64), np.asarray(b, np.float64)
@@ -309,8 +321,7 @@ def _verify(tgt: Target, out_dir: str, model: Model, feeds, original, tolerance:
                 row["top1_agreement"] = float((got[k].argmax(-1) == np.asarray(original["outputs"][k]).argmax(-1)).mean())
         policy = getattr(tgt, "verify_policy", None)
         if got[k].ndim >= 2 and got[k].shape[-1] > 1:
-            row["vs_reference_top1_agreement"] = float(
-                (np.asarray(got[k]).argmax(-1) == np.asarray(ref_outs[k]).argmax(-1)).mean())
+            row["vs_reference_top1_agreement"], row["top1_decisive_rows"] = _top1(got[k], ref_outs[k])
         if policy:
             ok = (row["vs_reference_cosine"] >= policy["min_cosine"]
                   and row.get("vs_reference_top1_agreement", 1.0) >= policy["min_top1"])

@@ -1,20 +1,24 @@
-"""The ``coreml`` target (work in progress, issue 6): edgec IR -> an ML Program built with coremltools' MIL
-builder, saved as ``.mlpackage``.
+"""The ``coreml`` target: edgec IR -> an ML Program built with coremltools' MIL builder, saved as
+``.mlpackage`` with named inputs/outputs and metadata.
 
-Done so far: CNN ops (conv incl. grouped/dilated, pools, global pooling, reductions, activations, add/mul,
-flatten/reshape, Linear), fp16 compute with fp32 I/O, float weights in fp16, and uniform quantized weights
-as ``constexpr_blockwise_shift_scale`` (int8 per channel, int4 per block, true sub-byte storage; scales
-must be float16 values: ``quantize{scale_dtype=f16}``). Verification, off macOS: (a) the saved package is
-re-loaded and every compressed weight decoded bit-exactly against the IR's weight; (b) ``--verify``
-re-executes the saved MIL program with edgec's numpy evaluator (``evaluate.py``, tested op by op against
-onnxruntime). Not yet: palettization / sparsity, transformer and decoder ops, ``deployment=`` restrictions,
-a macOS ``predict`` test and the comparison benchmark.
+* Opset by ``deployment=`` (``ios18`` default, ``macos15`` the same opset, ``ios16``/``ios17`` older ones with
+  fewer weight encodings: see :mod:`.weights`).
+* fp16 compute with fp32 I/O; integer inputs (token ids, masks) as int32.
+* Weights: fp16, int8 per channel / int4 per block, palettes of 1-8 bits per tensor, channel or group from the
+  IR's codebooks, pruned weights as sparse constexprs, sparse + palettized and sparse + quantized jointly;
+  sub-byte data in true sub-byte types.
+
+There is no Core ML runtime off macOS. Verification there is (a) re-loading the saved package and decoding
+every compressed weight bit-exactly against the IR's weight (at emit), and (b) ``--verify``: re-executing
+the saved MIL program with edgec's numpy evaluator (``evaluate.py``, tested op by op against onnxruntime).
+On macOS, ``--verify`` runs ``MLModel.predict`` instead.
 """
 
 from __future__ import annotations
 
 import dataclasses
 import os
+import platform
 import shutil
 from collections.abc import Mapping
 from typing import ClassVar
@@ -23,233 +27,145 @@ import numpy as np
 
 from ...errors import UnsupportedError
 from ...hookspecs import hookimpl
-from ...ir import Model, Node, QuantizedTensor, Value
+from ...ir import Model, QuantizedTensor
 from ...ir.passes import PassContext, option
-from ...target import Artifact, Capabilities, Lowerings, Target
+from ...target import Artifact, Capabilities, Target
+from .builder import DEPLOYMENTS, LOWERINGS, MILBuilder, ct_modules, mil_name, opset
 
-LOWERINGS = Lowerings()
-lowering = LOWERINGS.register
-_QUANT = frozenset({("symmetric", b) for b in (4, 8)} | {("asymmetric", b) for b in (4, 8)})
-
-
-def _ct():
-    try:
-        import coremltools as ct
-        from coremltools.converters.mil import Builder as mb
-        from coremltools.converters.mil.mil import types
-    except ImportError:
-        raise UnsupportedError("the coreml target needs coremltools: pip install 'coremltools>=9'") from None
-    return ct, mb, types
+_QUANT = frozenset({(s, b) for s in ("symmetric", "asymmetric") for b in (4, 8)}
+                   | {("codebook", b) for b in range(1, 9)})
 
 
-class MILBuilder:
-    """Lowers one model inside an ``mb.program`` body."""
-
-    def __init__(self, model: Model):
-        self.ct, self.mb, self.types = _ct()
-        self.model = model
-        self.env: dict[int, object] = {}
-        self.compressed: dict[str, str] = {}  # weight name -> MIL op name of its constexpr
-
-    def weight(self, v: Value):
-        mb, types = self.mb, self.types
-        q = v.const
-        if not isinstance(q, QuantizedTensor):
-            return np.asarray(q.numpy(), np.float32).astype(np.float16)
-        codes = np.asarray(q.codes)
-        signed = q.scheme == "symmetric"
-        if q.bits <= 4:
-            dt = types.np_int4_dtype if signed else types.np_uint4_dtype
-        else:
-            dt = np.int8 if signed else np.uint8
-        scale = np.asarray(q.scales, np.float32)
-        if scale.ndim != codes.ndim:
-            scale = scale.reshape(scale.shape + (1,) * (codes.ndim - scale.ndim))
-        s16 = scale.astype(np.float16)
-        if not np.array_equal(s16.astype(np.float32), scale):
-            raise UnsupportedError(f"weight {v.name!r}: Core ML stores fp16 scales; quantize with "
-                                   "quantize{scale_dtype=f16} so they are exact")
-        kw = {"data": codes.astype(dt), "scale": s16}
-        if q.zero_points is not None:
-            zp = np.asarray(q.zero_points).reshape(scale.shape)
-            kw["offset"] = zp.astype(dt)
-        name = _mil_name(v.name) + "_dq"
-        self.compressed[v.name] = name
-        return mb.constexpr_blockwise_shift_scale(name=name, **kw)
-
-    def get(self, v: Value):
-        if id(v) not in self.env:
-            if not v.is_const:
-                raise KeyError(v.name)
-            if isinstance(v.const, QuantizedTensor) or v.dtype.is_float:
-                self.env[id(v)] = self.weight(v)
-            else:
-                self.env[id(v)] = np.asarray(v.const.numpy())
-        return self.env[id(v)]
-
-    def lower(self, x):
-        mb = self.mb
-        g = self.model.graph
-        self.env[id(g.inputs[0])] = mb.cast(x=x, dtype="fp16")
-        for n in g:
-            fn = LOWERINGS.get(n.qualified_op)
-            if fn is None:
-                raise UnsupportedError(f"node {n.name!r}: {n.qualified_op} is not supported by the coreml target yet")
-            self.env[id(n.outputs[0])] = fn(self, n)
-        return [mb.cast(x=self.get(o), dtype="fp32", name=_mil_name(o.name)) for o in g.outputs]
-
-
-def _mil_name(name: str) -> str:
-    out = "".join(c if c.isalnum() or c == "_" else "_" for c in name)
-    return out if out and not out[0].isdigit() else "v_" + out
-
-
-def _pads(n: Node) -> list[int]:
-    if n.attr("auto_pad", "NOTSET") not in ("NOTSET", "VALID"):
-        raise UnsupportedError(f"node {n.name!r}: auto_pad={n.attr('auto_pad')} is not supported")
-    p = list(n.attr("pads", [0, 0, 0, 0]))
-    k = len(p) // 2
-    return [v for i in range(k) for v in (p[i], p[i + k])]  # Core ML: [top, bottom, left, right]
-
-
-@lowering("Conv")
-def _conv(b: MILBuilder, n: Node):
-    kw = {"x": b.get(n.inputs[0]), "weight": b.get(n.inputs[1]), "strides": list(n.attr("strides", [1, 1])),
-          "dilations": list(n.attr("dilations", [1, 1])), "groups": n.attr("group", 1), "pad_type": "custom",
-          "pad": _pads(n)}
-    if len(n.inputs) > 2 and n.inputs[2] is not None:
-        kw["bias"] = b.get(n.inputs[2])
-    return b.mb.conv(**kw)
-
-
-@lowering("edgec::Linear")
-def _linear(b, n):
-    kw = {"x": b.get(n.inputs[0]), "weight": b.get(n.inputs[1])}
-    if len(n.inputs) > 2 and n.inputs[2] is not None:
-        kw["bias"] = b.get(n.inputs[2])
-    return b.mb.linear(**kw)
-
-
-@lowering("Relu", "Sigmoid", "Tanh")
-def _act(b, n):
-    return getattr(b.mb, n.op_type.lower())(x=b.get(n.inputs[0]))
-
-
-@lowering("HardSigmoid")
-def _hardsigmoid(b, n):
-    return b.mb.sigmoid_hard(x=b.get(n.inputs[0]), alpha=float(n.attr("alpha", 0.2)), beta=float(n.attr("beta", 0.5)))
-
-
-@lowering("HardSwish")
-def _hardswish(b, n):
-    x = b.get(n.inputs[0])
-    return b.mb.mul(x=x, y=b.mb.sigmoid_hard(x=x, alpha=1.0 / 6.0, beta=0.5))
-
-
-@lowering("Add", "Mul", "Sub")
-def _binary(b, n):
-    fn = {"Add": b.mb.add, "Mul": b.mb.mul, "Sub": b.mb.sub}[n.op_type]
-    return fn(x=b.get(n.inputs[0]), y=b.get(n.inputs[1]))
-
-
-@lowering("MaxPool", "AveragePool")
-def _pool(b, n):
-    kw = {"x": b.get(n.inputs[0]), "kernel_sizes": list(n.attr("kernel_shape")),
-          "strides": list(n.attr("strides", [1, 1])), "pad_type": "custom", "pad": _pads(n),
-          "ceil_mode": bool(n.attr("ceil_mode", 0))}
-    if n.op_type == "AveragePool":
-        return b.mb.avg_pool(exclude_padding_from_average=not n.attr("count_include_pad", 0), **kw)
-    return b.mb.max_pool(**kw)
-
-
-@lowering("GlobalAveragePool")
-def _gap(b, n):
-    return b.mb.reduce_mean(x=b.get(n.inputs[0]), axes=[2, 3], keep_dims=True)
-
-
-@lowering("ReduceMean", "ReduceSum", "ReduceMax")
-def _reduce(b, n):
-    v = n.inputs[1] if len(n.inputs) > 1 else None
-    axes = [int(a) for a in np.asarray(v.const.numpy()).reshape(-1)] if v is not None else n.attr("axes")
-    fn = {"ReduceMean": b.mb.reduce_mean, "ReduceSum": b.mb.reduce_sum, "ReduceMax": b.mb.reduce_max}[n.op_type]
-    return fn(x=b.get(n.inputs[0]), axes=list(axes), keep_dims=bool(n.attr("keepdims", 1)))
-
-
-@lowering("Flatten", "Reshape")
-def _reshape(b, n):
-    shape = n.outputs[0].static_shape
-    if shape is None:
-        raise UnsupportedError(f"node {n.name!r}: the coreml target needs static shapes")
-    return b.mb.reshape(x=b.get(n.inputs[0]), shape=list(shape))
+def on_macos() -> bool:
+    return platform.system() == "Darwin"
 
 
 @dataclasses.dataclass(frozen=True)
 class CoreMLTarget(Target):
     name: ClassVar[str] = "coreml"
-    summary: ClassVar[str] = "Core ML ML Program (.mlpackage), work in progress: CNNs, fp16 / int8 / int4 weights"
-    runtime: ClassVar[str] = ("edgec's MIL evaluator (numpy) on the saved package: Core ML itself does not run "
-                              "on Linux")
+    summary: ClassVar[str] = ("Core ML ML Program (.mlpackage): fp16 compute; int8/int4, palettized and sparse "
+                              "weights")
+    runtime: ClassVar[str] = ("Core ML (MLModel.predict) on macOS; elsewhere edgec's MIL evaluator (numpy) on the "
+                              "saved package: Core ML itself does not run on Linux")
     verify_policy: ClassVar[dict | None] = {
         "min_cosine": 0.999, "min_top1": 0.95,
         "description": "fp16 compute: cosine >= 0.999 and top-1 agreement >= 0.95 vs the reference"}
     capabilities: ClassVar[Capabilities] = Capabilities(ops=LOWERINGS.ops(), quant=_QUANT)
-    deployment: str = option("ios18", choices=("ios18",), help="minimum deployment target")
+    deployment: str = option("ios18", choices=DEPLOYMENTS, help="minimum deployment target: picks the opset "
+                             "and with it the weight encodings (ios16/ios17: int8 per channel and per-tensor "
+                             "palettes only)")
 
     def check(self, model: Model) -> list[str]:
         problems = super().check(model)
-        if len(model.graph.inputs) != 1:
-            problems.append("the coreml target (work in progress) takes models with one float input")
+        for v in model.graph.inputs:
+            if v.static_shape is None:
+                problems.append(f"input {v.name!r} has no static shape: the coreml target builds fixed shapes "
+                                "(pass --input-shape)")
+        if self.deployment in ("ios16", "ios17"):
+            problems += [p for v in model.graph.initializers.values() if v.uses
+                         for p in _old_opset_problem(v, self.deployment)]
         return problems
 
     def emit(self, model: Model, out_dir: str, ctx: PassContext) -> Artifact:
-        ct, mb, types = _ct()
-        x = model.graph.inputs[0]
+        ct, mb, types = ct_modules()
         holder = {}
 
-        def body(inp):
-            b = MILBuilder(model)
+        def body(*args):
+            b = MILBuilder(model, self.deployment)
             holder["b"] = b
-            return tuple(b.lower(inp))
-        # The program's parameter name is the package's input name: give it the model's.
-        arg = _mil_name(x.name)
+            return tuple(b.lower(args))
+        # The program's parameter names are the package's input names: give them the model's.
+        names = [mil_name(v.name) for v in model.graph.inputs]
         ns: dict = {"body": body}
-        exec(f"def main({arg}):\n    return body({arg})\n", ns)  # noqa: S102 - a generated one-line wrapper
-        prog = mb.program(input_specs=[mb.TensorSpec(shape=tuple(x.static_shape), dtype=types.fp32)],
-                          opset_version=ct.target.iOS18)(ns["main"])
-
-        m = ct.convert(prog, convert_to="mlprogram", minimum_deployment_target=ct.target.iOS18,
-                       compute_precision=ct.precision.FLOAT16)
+        exec(f"def main({', '.join(names)}):\n    return body({', '.join(names)})\n", ns)  # noqa: S102
+        specs = [mb.TensorSpec(shape=tuple(v.static_shape), dtype=types.fp32 if v.dtype.is_float else types.int32)
+                 for v in model.graph.inputs]
+        target = opset(self.deployment)
+        prog = mb.program(input_specs=specs, opset_version=target)(ns["main"])
+        # The program is already typed (fp16 compute, fp32 where chosen): FLOAT32 keeps coremltools from
+        # re-casting it.
+        m = ct.convert(prog, convert_to="mlprogram", minimum_deployment_target=target,
+                       compute_precision=ct.precision.FLOAT32)
+        m.short_description = "compiled by edgec"
+        m.user_defined_metadata["edgec.deployment"] = self.deployment
+        for k, v in sorted(model.metadata.items()):
+            if k.startswith("edgec.") and len(v) < 4096:
+                m.user_defined_metadata[k] = v
         path = os.path.join(out_dir, "model.mlpackage")
         if os.path.exists(path):
             shutil.rmtree(path)
         m.save(path)
-        decoded = check_package(path, model, holder["b"].compressed)
+        b = holder["b"]
+        compressed = {w: e.op for w, e in b.encoded.items() if e.op is not None}
+        decoded = check_package(path, model, compressed)
         files = sorted(os.path.relpath(os.path.join(r, f), out_dir) for r, _, fs in os.walk(path) for f in fs)
+        kinds: dict[str, int] = {}
+        for e in b.encoded.values():
+            kinds[e.kind] = kinds.get(e.kind, 0) + 1
         return Artifact(files, {"coremltools_version": ct.__version__, "deployment": self.deployment,
-                                              "compressed_weights": holder["b"].compressed,
-                                              "decoded_bit_exact": decoded})
+                                "weight_encodings": kinds,
+                                "compressed_weights": {w: b.encoded[w].kind for w in compressed},
+                                "decoded_bit_exact": decoded,
+                                "inputs": {mil_name(v.name): list(v.static_shape) for v in model.graph.inputs},
+                                "outputs": [mil_name(o.name) for o in model.graph.outputs],
+                                "verification_runtime": "MLModel.predict" if on_macos() else
+                                "edgec MIL evaluator (numpy): no Core ML runtime off macOS"})
 
     def run_artifact(self, out_dir: str, feeds: Mapping[str, np.ndarray], input_names=None):
-        """No Core ML runtime exists off macOS: the saved package is re-executed by edgec's MIL evaluator."""
+        """Core ML's own ``predict`` on macOS; elsewhere edgec's MIL evaluator on the saved package."""
+        path = os.path.join(out_dir, "model.mlpackage")
+        feeds = {mil_name(k): (np.asarray(v, np.int32) if np.asarray(v).dtype.kind in "iub" else
+                               np.asarray(v, np.float32)) for k, v in feeds.items()}
+        if on_macos():
+            return predict(path, feeds)
         from .evaluate import run
-        return run(os.path.join(out_dir, "model.mlpackage"), {_mil_name(k): v for k, v in feeds.items()})
+        return run(path, feeds)
+
+
+def predict(path: str, feeds: Mapping[str, np.ndarray]) -> list[np.ndarray]:
+    """Run the package on Core ML (macOS only), outputs in the program's order."""
+    ct, _, _ = ct_modules()
+    m = ct.models.MLModel(path)
+    out = m.predict(dict(feeds))
+    names = [o.name for o in m.get_spec().description.output]
+    return [np.asarray(out[n]) for n in names]
+
+
+def _old_opset_problem(v, deployment: str) -> list[str]:
+    q = v.const
+    if not isinstance(q, QuantizedTensor):
+        return []
+    hint = "use deployment=ios18 or macos15"
+    if q.scheme == "codebook":
+        if np.asarray(q.codebook).ndim != 1 or q.scales is not None:
+            return [f"weight {v.name!r}: per-channel, per-group or scaled palettes need the iOS18 opset; {hint}"]
+        return []
+    varying = [d for d, n in enumerate(np.asarray(q.scales).shape) if n != 1]
+    if q.bits != 8 or q.group_size or len(varying) > 1:
+        return [f"weight {v.name!r}: {q.bits}-bit{' group-wise' if q.group_size else ''} grids need the iOS18 "
+                f"opset ({deployment} has 8-bit per-channel grids only); {hint}"]
+    return []
 
 
 def check_package(path: str, model: Model, compressed: dict[str, str]) -> int:
     """Re-load the saved package and decode every compressed weight; each must equal the IR's dequantized
     weight (as fp16, the package's compute type) bit for bit. Returns how many were checked."""
-    ct, _, _ = _ct()
-    from coremltools.converters.mil.frontend.milproto import load as milproto
-    m = ct.models.MLModel(path, skip_model_load=True)
-    spec = m.get_spec()
-    prog = milproto.load(spec, specification_version=spec.specificationVersion, file_weights_dir=m.weights_dir)
+    from .evaluate import load_program
+    prog = load_program(path)
     ops = {op.name: op for op in prog.functions["main"].operations}
     for wname, opname in compressed.items():
-        got = np.asarray(ops[opname].materialized_val_inference())
-        want = model.graph.initializers[wname].const.dequantize().astype(np.float16)
+        got = np.asarray(_materialize(ops, ops[opname]))
+        want = model.graph.initializers[wname].const
+        want = (want.dequantize() if isinstance(want, QuantizedTensor) else np.asarray(want.numpy())).astype(np.float16)
         if got.shape != want.shape or not np.array_equal(got.astype(np.float16), want):
-            raise UnsupportedError(f"weight {wname!r} does not decode to the IR's weight from the saved package")
+            raise UnsupportedError(f"weight {wname!r} does not decode to the IR's weight from the saved package "
+                                   f"({opname})")
     return len(compressed)
+
+
+def _materialize(ops, op):
+    from .evaluate import constexpr_value
+    return constexpr_value(op)
 
 
 @hookimpl
