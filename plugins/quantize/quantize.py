@@ -154,6 +154,8 @@ class Quantize(Pass):
     block: int = option(128, check=lambda v: v > 0, allowed="a positive integer", help="gptq lazy-update block")
     per_channel_codebook: bool = option(False, help="codebook: one palette per output channel (with group=: "
                                                     "one per group of each channel)")
+    conv_group: bool = option(False, help="group= also applies to Conv weights, in blocks of `group` input "
+                              "channels (scales [O, I/group, kh, kw], as coremltools' per_block); rtn and mse")
     samples: int = option(32, check=lambda v: v > 0, allowed="a positive integer", help="calibration samples used")
     gguf: str = option("", choices=("", *gg.TYPES), help="quantize on this GGUF block format's exact grid "
                        "(bits/scheme/group are the format's); embedding/head bits pick Q8_0/Q6_K/Q5_K/Q4_K/...")
@@ -349,6 +351,9 @@ class Quantize(Pass):
                 q = methods.codebook(w, self.bits, self.per_channel_codebook or bool(self.group),
                                      self.group if grouped_ok else 0)
                 return self._replace(model, layer, q, w, h, xs, note)
+        if (self.conv_group and self.group and layer.kind == "conv" and w.ndim == 4 and w.shape[1] % self.group == 0
+                and method in ("rtn", "mse", "awq")):
+            return self._replace(model, layer, self._conv_groups(w, h, method), w, h, xs, note)
         if method == "gptq" and h is None:
             method, note = "mse", "no Hessian for this layer (grouped conv or uncaptured input); used mse"
         if method == "awq":
@@ -366,6 +371,25 @@ class Quantize(Pass):
         if spec.granularity != ("group" if self.group else self.granularity) and layer.role != "embedding":
             note = note or "group-wise grid not possible for this weight; used per channel"
         return self._replace(model, layer, q, w, h, xs, note)
+
+    def _conv_groups(self, w: np.ndarray, h, method: str) -> QuantizedTensor:
+        """A Conv weight [O, I, kh, kw] on a grid with one scale per ``group`` input channels at each kernel
+        position: quantized as the matrix [O, kh*kw*I] (groups consecutive), then laid back out."""
+        o, i, kh, kw = w.shape
+        order = np.arange(i * kh * kw).reshape(i, kh, kw).transpose(1, 2, 0).reshape(-1)  # (kh, kw, i) <- (i, kh, kw)
+        wp = np.ascontiguousarray(as_matrix(w)[:, order])
+        spec = GridSpec(self.bits, self.scheme == "symmetric", "group", self.group, self.scale_dtype)
+        if method == "mse":
+            hp = h[np.ix_(order, order)] if h is not None and self.objective == "output" else None
+            codes, scale, zp = methods.METHODS["mse"](wp, spec, hp)
+        else:
+            codes, scale, zp = methods.METHODS["rtn"](wp, spec)
+        q2 = make_tensor(codes, scale, zp, spec, wp.shape, method)
+
+        def back(a, last):
+            return np.ascontiguousarray(a.reshape(o, kh, kw, last).transpose(0, 3, 1, 2))
+        return dataclasses.replace(q2, codes=back(q2.codes, i), scales=back(q2.scales, i // self.group),
+                                   zero_points=None if q2.zero_points is None else back(q2.zero_points, i // self.group))
 
     def _replace(self, model: Model, layer: Layer, q: QuantizedTensor, w: np.ndarray, h, xs, note: str) -> dict:
         sparsity = layer.weight.sparsity
