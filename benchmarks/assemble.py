@@ -9,9 +9,10 @@ import glob
 import os
 
 HERE = os.path.dirname(os.path.abspath(__file__))
-ORDER = ["RESULTS-foundation.md", "RESULTS-quantization.md", "RESULTS-llm.md", "RESULTS-openvino.md"]
+ORDER = ["RESULTS-foundation.md", "RESULTS-quantization.md", "RESULTS-llm.md", "RESULTS-openvino.md",
+         "RESULTS-coreml.md"]
 SCRIPTS = {"RESULTS-foundation.md": "foundation.py", "RESULTS-quantization.md": "quantization.py",
-           "RESULTS-llm.md": "llm_quality.py", "RESULTS-openvino.md": "openvino.py"}
+           "RESULTS-llm.md": "llm_quality.py", "RESULTS-openvino.md": "openvino.py", "RESULTS-coreml.md": "coreml.py"}
 
 
 def main() -> None:

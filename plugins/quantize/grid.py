@@ -121,11 +121,14 @@ def make_tensor(codes_g: np.ndarray, scale: np.ndarray, zp: np.ndarray | None, s
     zps = zp.reshape(pshape).astype(np.uint8) if zp is not None else None
     group_size = group_axis = None
     if spec.granularity == "group":
-        if rank > 2:
-            # Groups run along the flattened K = I*kh*kw; they align with input channels only when each
-            # group covers whole kernels. Callers only pick group-wise grids for 2-D weights.
-            raise ValueError("group-wise grids are supported for 2-D weights only")
         group_size, group_axis = spec.group_size, 1
+        if rank > 2:
+            # Groups run along the flattened K = I*kh*kw; they are blocks of input channels when each covers
+            # whole kernels: scales [O, I / g, 1, ...].
+            kernel = int(np.prod(shape[2:]))
+            if spec.group_size % kernel:
+                raise ValueError("a group-wise grid on a conv weight must cover whole kernels")
+            group_size = spec.group_size // kernel
     return QuantizedTensor(codes=codes, bits=spec.bits, scheme="symmetric" if spec.symmetric else "asymmetric",
                            scales=scales, zero_points=zps, axis=axis, group_size=group_size, group_axis=group_axis,
                            method=method)

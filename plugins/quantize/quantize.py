@@ -148,14 +148,15 @@ class Quantize(Pass):
     exclude: str = option("", help="regex on weight or node names to leave alone")
     embedding_bits: int = option(8, choices=(0, *range(2, 9)), help="embedding tables (0: keep float)")
     head_bits: int = option(8, choices=(0, *range(2, 9)), help="output head Linear (0: keep float)")
-    objective: str = option("weight", choices=("weight", "output"), help="mse: error on weights or on outputs")
+    objective: str = option("weight", choices=("weight", "output"), help="mse: error on weights or on outputs; "
+                            "codebook: output weights each k-means error by its input channel's energy")
     damp: float = option(0.01, check=lambda v: 0 < v < 1, allowed="0 < damp < 1", help="gptq Hessian dampening")
     act_order: bool = option(True, help="gptq: quantize columns by decreasing activation energy")
     block: int = option(128, check=lambda v: v > 0, allowed="a positive integer", help="gptq lazy-update block")
     per_channel_codebook: bool = option(False, help="codebook: one palette per output channel (with group=: "
                                                     "one per group of each channel)")
-    conv_group: bool = option(False, help="group= also applies to Conv weights, in blocks of `group` input "
-                              "channels (scales [O, I/group, kh, kw], as coremltools' per_block); rtn and mse")
+    conv_group: bool = option(False, help="group= also applies to Conv weights: one scale per `group` input "
+                              "channels x the whole kernel (scales [O, I/group, 1, 1], coremltools' per_block)")
     samples: int = option(32, check=lambda v: v > 0, allowed="a positive integer", help="calibration samples used")
     gguf: str = option("", choices=("", *gg.TYPES), help="quantize on this GGUF block format's exact grid "
                        "(bits/scheme/group are the format's); embedding/head bits pick Q8_0/Q6_K/Q5_K/Q4_K/...")
@@ -191,6 +192,12 @@ class Quantize(Pass):
             return GridSpec(bits, True, "channel", scale_dtype=self.scale_dtype)  # one scale per token row
         gran = "group" if self.group else self.granularity
         k = int(np.prod(layer.weight.shape[1:]))
+        shape = layer.weight.shape
+        if gran == "group" and self.conv_group and layer.kind == "conv" and len(shape) > 2 \
+                and shape[1] % self.group == 0:
+            # Whole kernels of `group` input channels are consecutive in the flattened [O, I*kh*kw] matrix.
+            kernel = int(np.prod(shape[2:]))
+            return GridSpec(bits, self.scheme == "symmetric", "group", self.group * kernel, self.scale_dtype)
         if gran == "group" and (layer.weight.rank != 2 or k % (self.group or 128)):
             gran = "channel"  # conv weights and indivisible K fall back to per channel (reported)
         return GridSpec(bits, self.scheme == "symmetric", gran, self.group or 128, self.scale_dtype)
@@ -215,7 +222,7 @@ class Quantize(Pass):
         if not layers:
             return False
         calib = ctx.calibration
-        needs = self.method in CALIBRATED or (self.method == "mse" and self.objective == "output")
+        needs = self.method in CALIBRATED or (self.method in ("mse", "codebook") and self.objective == "output")
         if needs and calib is None:
             raise UsageError(f"quantize{{method={self.method}}} needs calibration data: pass --calib "
                              "(a .npz, a folder of samples, or 'random' for a smoke test)")
@@ -348,12 +355,10 @@ class Quantize(Pass):
             else:
                 if self.group and not grouped_ok:
                     note = "per-group palettes need 2-D weights with K divisible by the group; used per channel"
+                imp = self._diag(layer, xs) if self.objective == "output" and xs else None
                 q = methods.codebook(w, self.bits, self.per_channel_codebook or bool(self.group),
-                                     self.group if grouped_ok else 0)
+                                     self.group if grouped_ok else 0, imp)
                 return self._replace(model, layer, q, w, h, xs, note)
-        if (self.conv_group and self.group and layer.kind == "conv" and w.ndim == 4 and w.shape[1] % self.group == 0
-                and method in ("rtn", "mse", "awq")):
-            return self._replace(model, layer, self._conv_groups(w, h, method), w, h, xs, note)
         if method == "gptq" and h is None:
             method, note = "mse", "no Hessian for this layer (grouped conv or uncaptured input); used mse"
         if method == "awq":
@@ -371,25 +376,6 @@ class Quantize(Pass):
         if spec.granularity != ("group" if self.group else self.granularity) and layer.role != "embedding":
             note = note or "group-wise grid not possible for this weight; used per channel"
         return self._replace(model, layer, q, w, h, xs, note)
-
-    def _conv_groups(self, w: np.ndarray, h, method: str) -> QuantizedTensor:
-        """A Conv weight [O, I, kh, kw] on a grid with one scale per ``group`` input channels at each kernel
-        position: quantized as the matrix [O, kh*kw*I] (groups consecutive), then laid back out."""
-        o, i, kh, kw = w.shape
-        order = np.arange(i * kh * kw).reshape(i, kh, kw).transpose(1, 2, 0).reshape(-1)  # (kh, kw, i) <- (i, kh, kw)
-        wp = np.ascontiguousarray(as_matrix(w)[:, order])
-        spec = GridSpec(self.bits, self.scheme == "symmetric", "group", self.group, self.scale_dtype)
-        if method == "mse":
-            hp = h[np.ix_(order, order)] if h is not None and self.objective == "output" else None
-            codes, scale, zp = methods.METHODS["mse"](wp, spec, hp)
-        else:
-            codes, scale, zp = methods.METHODS["rtn"](wp, spec)
-        q2 = make_tensor(codes, scale, zp, spec, wp.shape, method)
-
-        def back(a, last):
-            return np.ascontiguousarray(a.reshape(o, kh, kw, last).transpose(0, 3, 1, 2))
-        return dataclasses.replace(q2, codes=back(q2.codes, i), scales=back(q2.scales, i // self.group),
-                                   zero_points=None if q2.zero_points is None else back(q2.zero_points, i // self.group))
 
     def _replace(self, model: Model, layer: Layer, q: QuantizedTensor, w: np.ndarray, h, xs, note: str) -> dict:
         sparsity = layer.weight.sparsity

@@ -88,9 +88,8 @@ class CoreMLTarget(Target):
                        compute_precision=ct.precision.FLOAT32)
         m.short_description = "compiled by edgec"
         m.user_defined_metadata["edgec.deployment"] = self.deployment
-        for k, v in sorted(model.metadata.items()):
-            if k.startswith("edgec.") and len(v) < 4096:
-                m.user_defined_metadata[k] = v
+        from ... import __version__
+        m.user_defined_metadata["edgec.version"] = __version__  # per-layer reports go to manifest.json
         path = os.path.join(out_dir, "model.mlpackage")
         if os.path.exists(path):
             shutil.rmtree(path)

@@ -327,8 +327,13 @@ def _layernorm(b, n):
     kw = {"gamma": b.get(n.inputs[1])}
     if len(n.inputs) > 2 and n.inputs[2] is not None:
         kw["beta"] = b.get(n.inputs[2])
-    return b.mb.layer_norm(x=b.get(x), axes=list(range(axis, x.rank)), epsilon=b.scalar(n.attr("epsilon", 1e-5)),
+    return b.mb.layer_norm(x=b.get(x), axes=list(range(axis, x.rank)), epsilon=_eps16(n.attr("epsilon", 1e-5)),
                            **kw)
+
+
+def _eps16(eps: float) -> np.float16:
+    """An epsilon in fp16 that does not underflow to 0 (BERT's 1e-12 would): at least the smallest subnormal."""
+    return np.float16(max(float(eps), 2.0 ** -24))
 
 
 @lowering("edgec::RMSNorm")

@@ -1,4 +1,4 @@
-"""quantize{conv_group=true}: Conv weights on a grid with one scale per `group` input channels per kernel tap."""
+"""quantize{conv_group=true}: Conv weights on a grid with one scale per `group` input channels x the whole kernel."""
 
 import numpy as np
 import pytest
@@ -22,21 +22,35 @@ def _conv_model(i=32):
     return m, w
 
 
-@pytest.mark.parametrize("extra", ["", ",scheme=asymmetric", ",method=mse"])
+@pytest.mark.parametrize("extra", ["", ",scheme=asymmetric", ",method=mse", ",method=gptq"])
 def test_conv_groups_run_along_input_channels(extra):
     m, w = _conv_model()
+    ctx = PassContext()
+    if "gptq" in extra:
+        from edgec.calibration import load_calibration
+        with pytest.warns(Warning):
+            ctx = PassContext(calibration=load_calibration("random", m, seed=0))
     PassManager(parse_pipeline(f"quantize{{bits=4,group=16,conv_group=true{extra}}}", host().passes.as_dict())).run(
-        m, PassContext())
+        m, ctx)
     q = m.graph.nodes[0].inputs[1].const
     assert isinstance(q, QuantizedTensor) and q.validate() == []
-    assert (q.group_size, q.group_axis, np.shape(q.scales)) == (16, 1, (8, 2, 3, 3))
+    assert (q.group_size, q.group_axis, np.shape(q.scales)) == (16, 1, (8, 2, 1, 1))
     # each block's scale fits its own 16 channels: the loud block's scales are several times the quiet one's
     s = np.asarray(q.scales)
     assert (s[:, 0] > 3 * s[:, 1]).all()
     d = q.dequantize()
     for blk in (slice(0, 16), slice(16, 32)):
-        err = np.abs(d[:, blk] - w[:, blk]).max()
-        assert err <= np.abs(w[:, blk]).max() / 7 + 1e-6  # within one 4-bit step of that block's range
+        if "gptq" in extra:
+            break  # gptq trades weight error for output error (pushed into the quiet block): checked below
+        # each block's own grid: its relative error is that of 4 bits, though the blocks differ 10x in range
+        rel = np.sqrt(np.mean((d[:, blk] - w[:, blk]) ** 2) / np.mean(w[:, blk] ** 2))
+        assert rel < 0.25, rel
+    if "gptq" in extra:
+        import json
+        m_rtn, _ = _conv_model()
+        PassManager(parse_pipeline("quantize{bits=4,group=16,conv_group=true}", host().passes.as_dict())).run(m_rtn, ctx)
+        errs = [json.loads(mm.metadata["edgec.quantization"])["w"]["rel_output_error"] for mm in (m, m_rtn)]
+        assert errs[0] < errs[1]
     # without the option, Conv stays per output channel
     m2, _ = _conv_model()
     PassManager(parse_pipeline("quantize{bits=4,group=16}", host().passes.as_dict())).run(m2, PassContext())

@@ -117,7 +117,8 @@ def test_entropy_threshold_clips_a_long_tail():
 
 
 @pytest.mark.parametrize("pipe, message", [
-    ("quantize{bits=1}", "bits=1 is not allowed; allowed: 2..8"),
+    ("quantize{bits=9}", "bits=9 is not allowed; allowed: 1..8"),
+    ("quantize{bits=1}", "bits=1 is a 2-entry palette: use method=codebook"),
     ("quantize{method=magic}", "method='magic' is not allowed"),
     ("quantize{group=100}", "group=100 is not allowed"),
     ("quantize{group=32,granularity=tensor}", "conflicts with granularity=tensor"),
