@@ -1,4 +1,8 @@
-"""prune: magnitude pruning, unstructured (per layer or global) or N:M.
+"""prune: magnitude or Wanda pruning, unstructured (per layer or global) or N:M.
+
+``method=wanda`` (Sun et al. 2023, "A Simple and Effective Pruning Approach for LLMs") scores each weight by
+``|w| x ||x_k||`` (its magnitude times the norm of its input channel over the calibration data) and prunes
+the lowest scores of every output row (or of every N:M block): no retraining, no weight update.
 
 Pruned weights are set to exactly zero and the weight's value carries a :class:`~edgec.ir.Sparsity`
 annotation (the ratio reached, and ``n``/``m`` for N:M patterns), so a later ``quantize`` keeps the zeros and
@@ -17,7 +21,8 @@ import numpy as np
 from ...errors import UsageError
 from ...ir import Model, Sparsity, Tensor
 from ...ir.passes import Pass, PassContext, option
-from ..quantize.quantize import find_layers
+from ..quantize.capture import Stream
+from ..quantize.quantize import find_layers, layer_rows
 
 REPORT_KEY = "edgec.prune"
 
@@ -34,15 +39,28 @@ def _pattern(text: str) -> tuple[int, int] | None:
     return n, m
 
 
-def nm_mask(w: np.ndarray, n: int, m: int) -> np.ndarray:
-    """Keep the ``n`` largest-magnitude weights of every ``m`` consecutive ones along axis 1."""
-    moved = np.moveaxis(np.abs(w), 1, -1)
+def nm_mask(w: np.ndarray, n: int, m: int, score: np.ndarray | None = None) -> np.ndarray:
+    """Keep the ``n`` highest-scoring (default: largest-magnitude) weights of every ``m`` consecutive ones
+    along axis 1."""
+    moved = np.moveaxis(np.abs(w) if score is None else score, 1, -1)
     blocks = moved.reshape(-1, m)
     # Stable order: ties keep the earlier element, so the mask is deterministic.
     order = np.argsort(-blocks, axis=1, kind="stable")
     keep = np.zeros_like(blocks, dtype=bool)
     np.put_along_axis(keep, order[:, :n], True, axis=1)
     return np.moveaxis(keep.reshape(moved.shape), -1, 1)
+
+
+def row_mask(score: np.ndarray, sparsity: float) -> np.ndarray:
+    """Keep the highest ``1 - sparsity`` of the scores of every output row (axis 0); each row prunes at
+    least its share (rounded up), so the layer reaches the target."""
+    s2 = score.reshape(score.shape[0], -1)
+    k = min(int(np.ceil(sparsity * s2.shape[1] - 1e-9)), s2.shape[1])
+    keep = np.ones(s2.shape, bool)
+    if k:
+        idx = np.argsort(s2, axis=1, kind="stable")[:, :k]
+        np.put_along_axis(keep, idx, False, axis=1)
+    return keep.reshape(score.shape)
 
 
 def magnitude_mask(w: np.ndarray, sparsity: float, threshold: float | None = None) -> np.ndarray:
@@ -65,7 +83,9 @@ class Prune(Pass):
     """Magnitude pruning. See ``edgec passes`` for the options."""
 
     name: ClassVar[str] = "prune"
-    summary: ClassVar[str] = "magnitude pruning: unstructured (layer or global scope) or N:M (2:4, 4:8)"
+    summary: ClassVar[str] = "magnitude or Wanda pruning: unstructured (per layer, global, per row) or N:M"
+    method: str = option("magnitude", choices=("magnitude", "wanda"), help="weight score: |w|, or wanda: "
+                         "|w| x input channel norm on calibration data, pruned per output row")
     sparsity: float = option(0.5, check=lambda v: 0 <= v < 1, allowed="0 <= sparsity < 1",
                              help="fraction of weights set to zero (unstructured)")
     pattern: str = option("", help="N:M pattern along the input axis, e.g. 2:4 (overrides sparsity)")
@@ -82,6 +102,8 @@ class Prune(Pass):
         bad = set(self.ops.split(":")) - {"Linear", "Conv"}
         if bad:
             raise UsageError(f"prune: ops={self.ops!r} names {sorted(bad)}; allowed: Linear, Conv")
+        if self.method == "wanda" and self.scope == "global":
+            raise UsageError("prune: method=wanda compares weights within each output row; drop scope=global")
 
     def run(self, model: Model, ctx: PassContext) -> bool:
         op_names = tuple({"Linear": "edgec::Linear", "Conv": "Conv"}[o] for o in self.ops.split(":"))
@@ -90,6 +112,22 @@ class Prune(Pass):
         nm = _pattern(self.pattern)
         if not layers or (nm is None and self.sparsity == 0):
             return False
+        norms: dict[int, np.ndarray] = {}
+        if self.method == "wanda":
+            if ctx.calibration is None:
+                raise UsageError("prune{method=wanda} needs calibration data: pass --calib (a .npz, a folder of "
+                                 "samples, or 'random' for a smoke test)")
+            stream = Stream(model, ctx.calibration.samples[:32])
+            for layer in layers:
+                sq = None
+                for x in stream.capture(layer.node.inputs[0]):
+                    rows = layer_rows(layer, np.asarray(x, np.float32))
+                    if rows is None:
+                        break
+                    part = np.einsum("ij,ij->j", rows, rows, dtype=np.float64)
+                    sq = part if sq is None else sq + part
+                else:
+                    norms[id(layer.node)] = np.sqrt(sq)
         threshold = None
         if nm is None and self.scope == "global":
             mags = np.concatenate([np.abs(np.asarray(l.weight.numpy(), np.float32)).reshape(-1) for l in layers])
@@ -106,7 +144,9 @@ class Prune(Pass):
                                                   f"input axis extent {w.shape[1] if w.ndim > 1 else 1} is not a "
                                                   f"multiple of {nm[1]}"}
                     continue
-                keep = nm_mask(w, *nm)
+                keep = nm_mask(w, *nm, score=self._score(w, norms.get(id(layer.node))))
+            elif id(layer.node) in norms:
+                keep = row_mask(self._score(w, norms[id(layer.node)]), self.sparsity)
             else:
                 keep = magnitude_mask(w, self.sparsity, threshold)
             pruned = np.where(keep, w, np.float32(0)).astype(w.dtype)
@@ -117,7 +157,17 @@ class Prune(Pass):
                 u.node.replace_input_with(u.index, new)
             if not layer.weight.uses:
                 g.remove_const(layer.weight.name)
-            reports[new.name] = {"node": layer.node.name, "sparsity": round(ratio, 6),
+            method = "wanda" if id(layer.node) in norms else "magnitude"
+            reports[new.name] = {"node": layer.node.name, "sparsity": round(ratio, 6), "method": method,
                                  **({"pattern": self.pattern} if nm else {"scope": self.scope})}
+            if self.method == "wanda" and method != "wanda":
+                reports[new.name]["note"] = "input not expressible as rows (grouped conv): magnitude used"
         model.metadata[REPORT_KEY] = json.dumps(reports, sort_keys=True)
         return True
+
+    @staticmethod
+    def _score(w: np.ndarray, norm: np.ndarray | None) -> np.ndarray | None:
+        """Wanda's |w| x ||x_k|| over the flattened input axis (None: plain magnitude)."""
+        if norm is None:
+            return None
+        return (np.abs(w).reshape(w.shape[0], -1) * norm[None, :].astype(np.float32)).reshape(w.shape)

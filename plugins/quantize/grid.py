@@ -69,20 +69,58 @@ def round_scale(scale: np.ndarray, spec: GridSpec) -> np.ndarray:
     return np.minimum(scale, 65504.0).astype(np.float16).astype(np.float32)
 
 
+def _short_neighbours(scale: np.ndarray, spec: GridSpec) -> tuple[np.ndarray, np.ndarray]:
+    """The short-significand float16 scales just below and just above ``scale`` (see :func:`round_scale`)."""
+    keep = 11 - (spec.bits - 1 if spec.symmetric else spec.bits)
+    m, e = np.frexp(np.clip(scale, 2.0 ** -14, 65504.0).astype(np.float64))
+    out = []
+    for f in (np.floor, np.ceil):
+        s = np.ldexp(f(m * 2.0 ** keep) / 2.0 ** keep, e)
+        out.append(np.clip(s, 2.0 ** -14, 65504.0).astype(np.float16).astype(np.float32))
+    return out[0], out[1]
+
+
 def params(wg: np.ndarray, spec: GridSpec, clip: np.ndarray | float = 1.0) -> tuple[np.ndarray, np.ndarray | None]:
-    """Scale (and zero point) per ``[rows, G]`` block from its range, shrunk by ``clip`` in (0, 1]."""
+    """Scale (and zero point) per ``[rows, G]`` block from its range, shrunk by ``clip`` in (0, 1].
+
+    With float16 scales of 4 bits or fewer, whose significands are short (:func:`round_scale`), the
+    representable scales are 0.4% apart: each block takes whichever neighbour of its ideal scale gives the
+    smaller squared error, rather than the nearest."""
     wg = wg.astype(np.float32, copy=False)
     if spec.symmetric:
         amax = np.maximum(-wg.min(-1), wg.max(-1)) * clip  # max |w| without a full-size |w| temporary
-        scale = amax / spec.qmax
-        scale = round_scale(np.where(scale > 0, scale, 1.0), spec)
-        return scale, None
+        scale = np.where(amax > 0, amax / spec.qmax, 1.0)
+        if spec.scale_dtype == "f16" and spec.bits <= 4:
+            return _pick(wg, [(s, None) for s in _short_neighbours(scale, spec)], spec)
+        return round_scale(scale, spec), None
     lo = np.minimum(wg.min(-1), 0.0) * clip
     hi = np.maximum(wg.max(-1), 0.0) * clip
     scale = (hi - lo) / (spec.qmax - spec.qmin)
-    scale = round_scale(np.where(scale > 0, scale, 1.0), spec)
+    scale = np.where(scale > 0, scale, 1.0)
+    if spec.scale_dtype == "f16" and spec.bits <= 4:
+        return _pick(wg, [(s, np.clip(np.round(-lo / s), spec.qmin, spec.qmax).astype(np.float32))
+                          for s in _short_neighbours(scale, spec)], spec)
+    scale = round_scale(scale, spec)
     zp = np.clip(np.round(-lo / scale), spec.qmin, spec.qmax).astype(np.float32)
     return scale, zp
+
+
+def _pick(wg: np.ndarray, cands: list, spec: GridSpec) -> tuple[np.ndarray, np.ndarray | None]:
+    """Per block, the (scale, zero point) candidate with the smallest squared error on ``wg``."""
+    best_s, best_z, best_e = None, None, None
+    for s, z in cands:
+        d = fake_quant(wg, s, z, spec)
+        d -= wg
+        e = np.einsum("...k,...k->...", d, d)
+        del d
+        if best_e is None:
+            best_s, best_z, best_e = s.copy(), None if z is None else z.copy(), e
+            continue
+        better = e < best_e
+        best_s = np.where(better, s, best_s)
+        best_z = None if z is None else np.where(better, z, best_z)
+        best_e = np.minimum(e, best_e)
+    return best_s, best_z
 
 
 def quantize_codes(wg: np.ndarray, scale: np.ndarray, zp: np.ndarray | None, spec: GridSpec) -> np.ndarray:

@@ -194,49 +194,103 @@ def nf4(w2: np.ndarray, group_size: int, shape: tuple[int, ...], f16: bool = Fal
                            scales=absmax.reshape(out, g), axis=0, group_size=group_size, group_axis=1, method="nf4")
 
 
-def kmeans_1d(x: np.ndarray, n: int, iters: int = 1000, sw: np.ndarray | None = None) -> tuple[np.ndarray, np.ndarray]:
-    """Deterministic 1-D k-means, optionally weighted per element (``sw``: importance, e.g. the input
-    channel's activation energy). Lloyd iterations run to convergence on the weighted histogram of the
-    values rounded to float16 (a few ten thousand distinct values however large the tensor: within 2% of
-    the optimal clustering's error on heavy-tailed weights, 0.1% on normal ones), from a quantile start;
-    then three Lloyd steps on the exact values. Returns (centroids sorted, labels of the nearest float32
-    centroid)."""
+def kmeans_1d(x: np.ndarray, n: int, sw: np.ndarray | None = None) -> tuple[np.ndarray, np.ndarray]:
+    """Optimal 1-D k-means, optionally weighted per element (``sw``: importance, e.g. the input channel's
+    activation energy): the exact minimum-error clustering of the weighted histogram of the values rounded
+    to float16 (at most a few ten thousand distinct values however large the tensor; the same clustering
+    coremltools computes for its palettes), by :func:`optimal_1d`. Returns (centroids sorted, labels of the
+    nearest float32 centroid)."""
     x = np.asarray(x, np.float32).ravel()
+    h = np.clip(x, -65504, 65504).astype(np.float16)
     if sw is None:
-        vals, cnt = np.unique(np.clip(x, -65504, 65504).astype(np.float16), return_counts=True)
-        ew = None
+        vals, cnt = np.unique(h, return_counts=True)
+        cnt = cnt.astype(np.float64)
     else:
-        ew = np.asarray(sw, np.float64).ravel()
-        vals, inv = np.unique(np.clip(x, -65504, 65504).astype(np.float16), return_inverse=True)
-        cnt = np.bincount(inv.ravel(), weights=ew, minlength=vals.size)
+        vals, inv = np.unique(h, return_inverse=True)
+        cnt = np.bincount(inv.ravel(), weights=np.asarray(sw, np.float64).ravel(), minlength=vals.size)
+        vals, cnt = vals[cnt > 0], cnt[cnt > 0]
     n = min(n, max(1, vals.size))
-    v, w = vals.astype(np.float64), cnt.astype(np.float64)
-    cw = np.cumsum(w)
-    best = (np.inf, None)
-    # Two starts, the better kept: quantiles of the values, and the midpoint of quantiles and an even
-    # spacing of their range (which reaches heavy tails sooner).
-    quant = np.interp((np.arange(n) + 0.5) / n * cw[-1], cw, v)
-    for cent in (quant, 0.5 * (quant + np.linspace(v[0], v[-1], n))):
-        for _ in range(iters):
-            lab = np.searchsorted((cent[1:] + cent[:-1]) / 2, v)
-            tot = np.bincount(lab, weights=w, minlength=n)
-            new = np.sort(np.where(tot > 0, np.bincount(lab, weights=w * v, minlength=n) / np.maximum(tot, 1e-300),
-                                   cent))
-            if np.array_equal(new, cent):
-                break
-            cent = new
-        sse = float(np.sum(w * (v - cent[np.searchsorted((cent[1:] + cent[:-1]) / 2, v)]) ** 2))
-        if sse < best[0]:
-            best = (sse, cent)
-    cent = best[1]
-    x64 = x.astype(np.float64)
-    for _ in range(3):  # refine on the exact (float32) values
-        lab = np.searchsorted((cent[1:] + cent[:-1]) / 2, x64)
-        tot = np.bincount(lab, weights=ew, minlength=n)
-        num = np.bincount(lab, weights=x64 if ew is None else ew * x64, minlength=n)
-        cent = np.sort(np.where(tot > 0, num / np.where(tot > 0, tot, 1), cent))
-    cent = cent.astype(np.float32)
+    cent = np.sort(optimal_1d(vals.astype(np.float64), cnt, n)).astype(np.float32)
     return cent, np.searchsorted((cent[1:] + cent[:-1]) / 2, x).astype(np.uint8)
+
+
+def optimal_1d(v: np.ndarray, w: np.ndarray, n: int) -> np.ndarray:
+    """Weighted optimal 1-D k-means of the sorted distinct values ``v`` with weights ``w > 0``: the exact
+    minimum-error partition into ``n`` runs by dynamic programming (Wang & Song's Ckmeans.1d.dp), each layer
+    solved with the divide-and-conquer optimisation (the best split point is monotone in the end point),
+    all subproblems of one recursion depth at once. O(n m log m). Returns the centroids, ascending."""
+    m = v.size
+    if n >= m:
+        return v.astype(np.float64)
+    p = np.concatenate([[0.0], np.cumsum(w)])
+    s1 = np.concatenate([[0.0], np.cumsum(w * v)])
+    s2 = np.concatenate([[0.0], np.cumsum(w * v * v)])
+
+    def cost(a, b):  # error of one cluster holding items a .. b-1
+        ww, s = p[b] - p[a], s1[b] - s1[a]
+        return np.maximum(s2[b] - s2[a] - s * s / np.where(ww > 0, ww, 1.0), 0.0)
+    d = cost(np.zeros(m + 1, np.int64), np.arange(m + 1))
+    splits = []
+    for t in range(1, n):
+        dn = np.full(m + 1, np.inf)
+        arg = np.zeros(m + 1, np.int64)
+        lo, hi = np.array([t]), np.array([m])          # end points still to solve
+        olo, ohi = np.array([t - 1]), np.array([m - 1])  # the range their best split lies in
+        while lo.size:
+            mid = (lo + hi) // 2
+            top = np.minimum(mid - 1, ohi)
+            cnt = top - olo + 1
+            ok = cnt > 0
+            lo, hi, olo, ohi, mid, cnt = lo[ok], hi[ok], olo[ok], ohi[ok], mid[ok], cnt[ok]
+            if not lo.size:
+                break
+            starts = np.concatenate([[0], np.cumsum(cnt)[:-1]])
+            node = np.repeat(np.arange(lo.size), cnt)
+            j = olo[node] + (np.arange(node.size) - starts[node])
+            vals = d[j] + cost(j, mid[node])
+            segmin = np.minimum.reduceat(vals, starts)
+            hit = np.flatnonzero(vals <= segmin[node])
+            best = j[hit[np.unique(node[hit], return_index=True)[1]]]
+            dn[mid], arg[mid] = segmin, best
+            lo, hi = np.concatenate([lo, mid + 1]), np.concatenate([mid - 1, hi])
+            olo, ohi = np.concatenate([olo, best]), np.concatenate([best, ohi])
+            keep = lo <= hi
+            lo, hi, olo, ohi = lo[keep], hi[keep], olo[keep], ohi[keep]
+        d = dn
+        splits.append(arg)
+    bounds = [m]
+    for arg in reversed(splits):
+        bounds.append(int(arg[bounds[-1]]))
+    bounds.append(0)
+    bounds = bounds[::-1]
+    return np.array([(s1[b] - s1[a]) / (p[b] - p[a]) for a, b in zip(bounds[:-1], bounds[1:]) if p[b] > p[a]])
+
+
+class PaletteGrid:
+    """A codebook tensor's palettes as a GPTQ grid (``gptq(..., grid=...)``): each column is coded to the
+    nearest entry of its palette, and the rounding error is spread over the later columns through the
+    inverse Hessian, as GPTQ does for uniform grids (palettes from k-means, assignment error-aware)."""
+
+    def __init__(self, q: QuantizedTensor):
+        import types
+        self.cb = np.asarray(q.codebook, np.float64)
+        self.gs = q.group_size
+        self.t = types.SimpleNamespace(scheme="codebook")
+
+    def _palette(self, cols: slice) -> np.ndarray:
+        if self.cb.ndim == 1:
+            return self.cb[None, :]
+        if self.cb.ndim == 2:
+            return self.cb
+        return self.cb[:, cols.start // self.gs, :]
+
+    def quantize(self, col: np.ndarray, cols: slice) -> np.ndarray:
+        pal = self._palette(cols)
+        return np.abs(col.astype(np.float64)[:, :1] - pal).argmin(-1)[:, None]
+
+    def dequantize(self, q: np.ndarray, cols: slice) -> np.ndarray:
+        pal = np.broadcast_to(self._palette(cols), (q.shape[0], self.cb.shape[-1]))
+        return np.take_along_axis(pal, q.astype(np.int64), axis=1).astype(np.float32)
 
 
 def kmeans_batched(x: np.ndarray, n: int, iters: int = 25, sw: np.ndarray | None = None) -> tuple[np.ndarray, np.ndarray]:

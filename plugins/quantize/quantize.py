@@ -149,7 +149,7 @@ class Quantize(Pass):
     embedding_bits: int = option(8, choices=(0, *range(2, 9)), help="embedding tables (0: keep float)")
     head_bits: int = option(8, choices=(0, *range(2, 9)), help="output head Linear (0: keep float)")
     objective: str = option("weight", choices=("weight", "output"), help="mse: error on weights or on outputs; "
-                            "codebook: output weights each k-means error by its input channel's energy")
+                            "codebook: output fits palettes weighted by input energy and assigns codes GPTQ-style")
     damp: float = option(0.01, check=lambda v: 0 < v < 1, allowed="0 < damp < 1", help="gptq Hessian dampening")
     act_order: bool = option(True, help="gptq: quantize columns by decreasing activation energy")
     block: int = option(128, check=lambda v: v > 0, allowed="a positive integer", help="gptq lazy-update block")
@@ -337,7 +337,7 @@ class Quantize(Pass):
         w2 = as_matrix(w)
         spec = self.spec_for(layer)
         method = self.method_for(layer)
-        needs_h = method == "gptq" or (method == "mse" and self.objective == "output")
+        needs_h = method == "gptq" or (method in ("mse", "codebook") and self.objective == "output")
         perm = None
         if method == "gptq" and xs and layer.kind != "embedding":
             # Column order from the Hessian's diagonal (cheap), then H built directly in that order, so
@@ -355,9 +355,15 @@ class Quantize(Pass):
             else:
                 if self.group and not grouped_ok:
                     note = "per-group palettes need 2-D weights with K divisible by the group; used per channel"
-                imp = self._diag(layer, xs) if self.objective == "output" and xs else None
+                imp = np.diag(h).copy() if h is not None else None
                 q = methods.codebook(w, self.bits, self.per_channel_codebook or bool(self.group),
                                      self.group if grouped_ok else 0, imp)
+                if h is not None:
+                    # objective=output: palettes fitted with each weight weighted by its input's energy, then
+                    # codes assigned GPTQ-style (error fed forward through the inverse Hessian).
+                    codes = methods.gptq(w2, None, h, damp=self.damp, act_order=self.act_order, block=self.block,
+                                         grid=methods.PaletteGrid(q))
+                    q = dataclasses.replace(q, codes=codes.reshape(w.shape).astype(np.uint8))
                 return self._replace(model, layer, q, w, h, xs, note)
         if method == "gptq" and h is None:
             method, note = "mse", "no Hessian for this layer (grouped conv or uncaptured input); used mse"
