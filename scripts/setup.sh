@@ -3,9 +3,11 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 SUDO=""; [ "$(id -u)" = 0 ] || SUDO="sudo"
-if ! command -v clang >/dev/null || ! command -v ld.lld >/dev/null; then
+# clang, lld and llvm (llvm-nm) build the cross-compiled artifacts; qemu-user runs the Hexagon ones.
+if ! command -v clang >/dev/null || ! command -v ld.lld >/dev/null || ! command -v qemu-hexagon >/dev/null \
+    || ! { command -v llvm-nm >/dev/null || command -v llvm-nm-14 >/dev/null; }; then
   $SUDO apt-get update -qq
-  DEBIAN_FRONTEND=noninteractive $SUDO apt-get install -y -qq clang lld >/dev/null
+  DEBIAN_FRONTEND=noninteractive $SUDO apt-get install -y -qq clang lld llvm qemu-user >/dev/null
 fi
 # torch is pinned: this exact version is a CPU wheel; any other pulls gigabytes of CUDA.
 python -m pip install -q torch==2.13.0

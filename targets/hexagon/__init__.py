@@ -1,0 +1,373 @@
+"""The ``hexagon`` target (work in progress, issue 7): edgec IR -> Relax -> fused TIR kernels -> a Hexagon
+object compiled by TVM's LLVM, plus a generated C driver, a freestanding runtime, a weights blob, a header,
+a shared object and a static test runner linked with ``ld.lld``; ``--verify`` runs the runner under
+``qemu-hexagon``.
+
+Done so far: float models (the ops of the ``cpu`` target's Relax builder), scalar float kernels for v67
+(HVX has no float there), a static arena planned by tensor liveness, symbol checks against an allow-list,
+and execution under qemu-hexagon (v67). Not yet: int8 HVX kernels (vrmpy), qfloat/IEEE-fp kernels for
+v68/v73, and the packets-per-MAC benchmark.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import os
+import shutil
+import subprocess
+import tempfile
+from collections.abc import Mapping
+from typing import ClassVar
+
+import numpy as np
+
+from ...errors import UnsupportedError
+from ...hookspecs import hookimpl
+from ...ir import Model
+from ...ir.passes import PassContext, option
+from ...target import Artifact, Capabilities, Target
+from ..cpu.relax_builder import LOWERINGS
+
+HERE = os.path.dirname(os.path.abspath(__file__))
+ARCHS = ("v67", "v68", "v69", "v73", "v75")
+# Symbols the kernels may leave undefined: what runtime.c defines. Anything else is a build error.
+RUNTIME_SYMBOLS = frozenset({
+    "memset", "memcpy", "memmove", "__hexagon_memcpy_likely_aligned_min32bytes_mult8bytes", "expf", "tanhf",
+    "sqrtf", "fabsf", "erff", "__hexagon_sqrtf", "__hexagon_divsf3", "__hexagon_divsi3", "__hexagon_modsi3", "__hexagon_udivsi3", "__hexagon_umodsi3",
+    "__hexagon_divdi3", "__hexagon_moddi3", "__hexagon_udivdi3", "__hexagon_umoddi3",
+    "__TVMBackendAllocWorkspace", "__TVMBackendFreeWorkspace", "__TVMBackendParallelLaunch",
+    "_GLOBAL_OFFSET_TABLE_"})  # the last one the linker provides
+_DT = {"float32": ("kDLFloat", 32), "float16": ("kDLFloat", 16), "int8": ("kDLInt", 8), "uint8": ("kDLUInt", 8),
+       "int32": ("kDLInt", 32), "int64": ("kDLInt", 64), "bool": ("kDLBool", 8)}
+
+
+def _tools() -> dict[str, str]:
+    out = {}
+    for t in ("clang", "ld.lld", "llvm-nm"):
+        path = shutil.which(t) or shutil.which(t + "-14")
+        if path is None:
+            raise UnsupportedError(f"the hexagon target needs {t} (apt-get install clang lld llvm)")
+        out[t] = path
+    return out
+
+
+@dataclasses.dataclass
+class _Tensor:
+    name: str
+    shape: list[int]
+    dtype: str
+    kind: str            # "input", "const", "temp", "output"
+    index: int = 0       # input/output position, or const number
+    offset: int = 0      # arena / blob offset in bytes
+    first: int = 0
+    last: int = 0
+
+    @property
+    def nbytes(self) -> int:
+        return int(np.prod(self.shape, dtype=np.int64)) * np.dtype(self.dtype).itemsize
+
+
+def _c_name(name: str) -> str:
+    return "".join(c if c.isalnum() else "_" for c in name)
+
+
+def plan_arena(temps: list[_Tensor], align: int = 128) -> int:
+    """Offsets for the intermediate tensors so that two tensors alive at once never overlap (greedy by size,
+    first fit among the live ranges already placed). Returns the arena size in bytes."""
+    placed: list[_Tensor] = []
+    size = 0
+    for t in sorted(temps, key=lambda t: (-t.nbytes, t.first)):
+        n = -(-t.nbytes // align) * align
+        busy = sorted((p.offset, p.offset + -(-p.nbytes // align) * align) for p in placed
+                      if not (p.last < t.first or t.last < p.first))
+        off = 0
+        for lo, hi in busy:
+            if off + n <= lo:
+                break
+            off = max(off, hi)
+        t.offset = off
+        placed.append(t)
+        size = max(size, off + n)
+    return size
+
+
+@dataclasses.dataclass(frozen=True)
+class HexagonTarget(Target):
+    name: ClassVar[str] = "hexagon"
+    summary: ClassVar[str] = "Qualcomm Hexagon DSP (work in progress): TVM kernels, freestanding runtime, qemu-run"
+    runtime: ClassVar[str] = "qemu-hexagon (v67) running the artifact's static test runner"
+    capabilities: ClassVar[Capabilities] = Capabilities(ops=frozenset(LOWERINGS))
+    arch: str = option("v67", choices=ARCHS, help="Hexagon architecture (qemu-hexagon 7.2 runs v67 only)")
+    hvx: int = option(128, choices=(0, 128), help="HVX vector length in bytes (0: no HVX)")
+
+    def tvm_target(self):
+        import tvm
+        attrs = [f"+hvx{self.arch}", "+hvx-length128b"] if self.hvx else []
+        return tvm.target.Target({"kind": "llvm", "mtriple": "hexagon", "mcpu": f"hexagon{self.arch}",
+                                  "mattr": attrs})
+
+    def check(self, model: Model) -> list[str]:
+        problems = super().check(model)
+        for v in model.graph.inputs:
+            if v.static_shape is None:
+                problems.append(f"input {v.name!r} has no static shape: pass --input-shape")
+        return problems
+
+    # ---- emission --------------------------------------------------------------------------------------------
+    def emit(self, model: Model, out_dir: str, ctx: PassContext) -> Artifact:
+        import tvm
+        from tvm import relax
+
+        from ..cpu.relax_builder import RelaxBuilder
+        tools = _tools()
+        target = self.tvm_target()
+        mod = RelaxBuilder(model).build()
+        seq = tvm.transform.Sequential([
+            relax.transform.DecomposeOpsForInference(), relax.transform.LegalizeOps(),
+            relax.transform.AnnotateTIROpPattern(), relax.transform.FoldConstant(), relax.transform.FuseOps(),
+            relax.transform.FuseTIR(), relax.transform.DeadCodeElimination(), relax.transform.AttachGlobalSymbol()])
+        with target:
+            mod = seq(mod)
+        calls, tensors = self._walk(model, mod)
+        kernels = tvm.IRModule({gv: f for gv, f in mod.functions.items() if isinstance(f, tvm.tirx.PrimFunc)})
+        with tvm.transform.PassContext(config={"tirx.disable_assert": True}):
+            ex = tvm.compile(kernels, target=target)
+        work = tempfile.mkdtemp(prefix="edgec-hexagon-")
+        try:
+            kobj = os.path.join(out_dir, "kernels.o")
+            (ex.mod if hasattr(ex, "mod") else ex).write_to_file(kobj)
+            self._check_symbols(tools, kobj, allowed=RUNTIME_SYMBOLS, what="the kernels")
+            temps = [t for t in tensors if t.kind == "temp"]
+            arena = plan_arena(temps)
+            blob = self._write_blob([t for t in tensors if t.kind == "const"], os.path.join(out_dir, "weights.bin"))
+            self._write_header(model, os.path.join(out_dir, "model.h"))
+            self._write_driver(calls, tensors, arena, os.path.join(out_dir, "model.c"))
+            shutil.copy(os.path.join(HERE, "runtime.c"), os.path.join(out_dir, "runtime.c"))
+            self._write_runner(model, os.path.join(out_dir, "runner.c"))
+            self._link(tools, out_dir, work, ws_bytes=1 << 20)
+        finally:
+            shutil.rmtree(work, ignore_errors=True)
+        files = ["kernels.o", "weights.bin", "model.h", "model.c", "runtime.c", "runner.c", "libmodel.so", "runner"]
+        return Artifact(files, {"tvm_version": tvm.__version__, "arch": self.arch, "hvx": self.hvx,
+                                "kernels": sorted({c[0] for c in calls}), "calls": len(calls),
+                                "arena_bytes": arena, "weights_bytes": blob,
+                                "verification_runtime": "qemu-hexagon" if self.arch == "v67" else
+                                f"none: qemu-hexagon 7.2 runs v67 only ({self.arch} is compile-only)"})
+
+    @staticmethod
+    def _walk(model: Model, mod) -> tuple[list, list[_Tensor]]:
+        """main's bindings as kernel calls [(kernel, [tensor...])], and every tensor with its live range."""
+        import tvm
+        from tvm import relax
+        fn = mod["main"]
+        body = fn.body
+        # Keyed by the Relax variable itself: Relax reuses name hints (two different "lv4"s in one function).
+        tensors: dict = {}
+        for i, p in enumerate(fn.params):
+            tensors[p] = _Tensor(f"in{i}_{_c_name(p.name)}", [int(s) for s in p.ty.shape], str(p.ty.dtype), "input", i)
+        calls = []
+        consts = 0
+        bindings = [b for blk in body.blocks for b in blk.bindings]
+        call_tir = tvm.ir.Op.get("relax.call_tir")
+        for step, b in enumerate(bindings):
+            call = b.value
+            if not isinstance(call, relax.Call) or call.op != call_tir:
+                raise UnsupportedError(f"the hexagon target lowers only kernel calls; main has {call!s:.120}")
+            args = []
+            for a in call.args[1].fields:
+                if isinstance(a, tvm.ir.GenericConst):
+                    arr = a.value.numpy()
+                    t = _Tensor(f"c{consts}", list(arr.shape), str(arr.dtype), "const", consts)
+                    t.data = arr  # type: ignore[attr-defined]
+                    consts += 1
+                    tensors[("const", consts)] = t
+                else:
+                    t = tensors[a]
+                t.last = step
+                args.append(t)
+            out = _Tensor(f"t{step}_{_c_name(b.var.name)}", [int(s) for s in b.var.ty.shape], str(b.var.ty.dtype),
+                          "temp", first=step, last=step)
+            tensors[b.var] = out
+            calls.append((call.args[0].name_hint, args + [out]))
+        results = body.body
+        outs = list(results.fields) if isinstance(results, relax.Tuple) else [results]
+        for k, o in enumerate(outs):
+            t = tensors.get(o)
+            if t is None or t.kind != "temp":
+                raise UnsupportedError("an output that is an input or a constant is not supported yet")
+            t.kind, t.index = "output", k
+        return calls, list(tensors.values())
+
+    @staticmethod
+    def _write_blob(consts: list[_Tensor], path: str, align: int = 128) -> int:
+        off = 0
+        with open(path, "wb") as f:
+            for t in consts:
+                pad = -off % align
+                f.write(b"\0" * pad)
+                off += pad
+                t.offset = off
+                data = np.ascontiguousarray(t.data).tobytes()  # type: ignore[attr-defined]
+                f.write(data)
+                off += len(data)
+        return off
+
+    @staticmethod
+    def _write_header(model: Model, path: str) -> None:
+        lines = ["/* Generated by edgec: the model's entry point and I/O shapes. */", "#pragma once",
+                 "#include <stdint.h>", ""]
+        for k, v in enumerate(model.graph.inputs):
+            lines.append(f"#define EDGEC_INPUT{k}_SHAPE {{{', '.join(map(str, v.static_shape))}}}  /* {v.name} */")
+        for k, v in enumerate(model.graph.outputs):
+            lines.append(f"#define EDGEC_OUTPUT{k}_SHAPE {{{', '.join(map(str, v.static_shape or ()))}}}  "
+                         f"/* {v.name} */")
+        args = [f"const void *in{k}" for k in range(len(model.graph.inputs))]
+        args += [f"void *out{k}" for k in range(len(model.graph.outputs))]
+        lines += ["", "/* Runs the model once; returns 0 on success, the failing kernel's number otherwise. */",
+                  f"int edgec_model_run({', '.join(args)});", ""]
+        with open(path, "w") as f:
+            f.write("\n".join(lines))
+
+    @staticmethod
+    def _write_driver(calls, tensors: list[_Tensor], arena: int, path: str) -> None:
+        n_in = sum(t.kind == "input" for t in tensors)
+        n_out = sum(t.kind == "output" for t in tensors)
+        lines = ["/* Generated by edgec: calls the kernels in order on a static arena planned by liveness. */",
+                 "#include <stdint.h>", "#include <tvm/ffi/c_api.h>", '#include "model.h"', "",
+                 "extern const unsigned char _binary_weights_bin_start[];",
+                 f"static unsigned char arena[{max(arena, 1)}] __attribute__((aligned(128)));"]
+        for k in sorted({c[0] for c in calls}):
+            lines.append(f"extern int32_t __tvm_ffi_{k}(void *, const TVMFFIAny *, int32_t, TVMFFIAny *);")
+        for t in tensors:
+            lines.append(f"static int64_t shape_{t.name}[] = {{{', '.join(map(str, t.shape)) or '1'}}};")
+        args = [f"const void *in{k}" for k in range(n_in)] + [f"void *out{k}" for k in range(n_out)]
+        lines += ["", f"int edgec_model_run({', '.join(args)}) {{", "  DLTensor t[16]; TVMFFIAny a[16]; "
+                  "TVMFFIAny ret;"]
+        for i, (kernel, ts) in enumerate(calls):
+            if len(ts) > 16:
+                raise UnsupportedError(f"kernel {kernel} takes {len(ts)} tensors (at most 16)")
+            for j, t in enumerate(ts):
+                ptr = {"input": f"(void *)in{t.index}", "output": f"out{t.index}",
+                       "const": f"(void *)(_binary_weights_bin_start + {t.offset})",
+                       "temp": f"(void *)(arena + {t.offset})"}[t.kind]
+                code, bits = _DT.get(t.dtype, (None, None))
+                if code is None:
+                    raise UnsupportedError(f"tensor {t.name}: dtype {t.dtype} is not supported yet")
+                lines.append(f"  t[{j}] = (DLTensor){{.data = {ptr}, .device = {{kDLCPU, 0}}, .ndim = {len(t.shape)}, "
+                             f".dtype = {{{code}, {bits}, 1}}, .shape = shape_{t.name}, .strides = 0, "
+                             f".byte_offset = 0}};")
+                lines.append(f"  a[{j}].type_index = kTVMFFIDLTensorPtr; a[{j}].zero_padding = 0; "
+                             f"a[{j}].v_ptr = &t[{j}];")
+            lines.append(f"  ret.type_index = 0; if (__tvm_ffi_{kernel}(0, a, {len(ts)}, &ret) != 0) return {i + 1};")
+        lines += ["  return 0;", "}", ""]
+        with open(path, "w") as f:
+            f.write("\n".join(lines))
+
+    @staticmethod
+    def _write_runner(model: Model, path: str) -> None:
+        """A static test runner: reads the inputs (raw, in order) from stdin, writes the outputs to stdout."""
+        ins = [int(np.prod(v.static_shape)) * v.dtype.numpy.itemsize for v in model.graph.inputs]
+        outs = [int(np.prod(v.static_shape)) * (v.dtype.numpy.itemsize if v.dtype else 4) for v in model.graph.outputs]
+        lines = ["/* Generated by edgec: test runner for qemu-hexagon (stdin -> inputs, outputs -> stdout). */",
+                 '#include "model.h"',
+                 "static long sys3(long n, long a, long b, long c) {",
+                 '  register long r0 __asm__("r0") = a; register long r1 __asm__("r1") = b;',
+                 '  register long r2 __asm__("r2") = c; register long r6 __asm__("r6") = n;',
+                 '  __asm__ volatile("trap0(#1)" : "+r"(r0) : "r"(r1), "r"(r2), "r"(r6) : "memory");',
+                 "  return r0;", "}",
+                 "static long io(long nr, int fd, unsigned char *b, long n) { long done = 0; while (done < n) {",
+                 "  long r = sys3(nr, fd, (long)(b + done), n - done); if (r <= 0) break; done += r; } return done; }"]
+        for k, n in enumerate(ins):
+            lines.append(f"static unsigned char in{k}[{n}] __attribute__((aligned(128)));")
+        for k, n in enumerate(outs):
+            lines.append(f"static unsigned char out{k}[{n}] __attribute__((aligned(128)));")
+        lines.append("void _start(void) {")
+        lines += [f"  if (io(63, 0, in{k}, {n}) != {n}) sys3(93, 100, 0, 0);" for k, n in enumerate(ins)]
+        call_args = [f"in{k}" for k in range(len(ins))] + [f"out{k}" for k in range(len(outs))]
+        lines.append(f"  int rc = edgec_model_run({', '.join(call_args)});")
+        lines += [f"  io(64, 1, out{k}, {n});" for k, n in enumerate(outs)]
+        lines += ["  sys3(93, rc, 0, 0);", "  for (;;) {}", "}", ""]
+        with open(path, "w") as f:
+            f.write("\n".join(lines))
+
+    def _link(self, tools: dict[str, str], out_dir: str, work: str, ws_bytes: int) -> None:
+        import tvm_ffi
+        inc = os.path.join(os.path.dirname(tvm_ffi.__file__), "include")
+        dl = [os.path.join(r, "") for r, _, _ in os.walk(os.path.dirname(tvm_ffi.__file__))
+              if r.endswith(os.path.join("dlpack", "include"))]
+        # The driver and runtime are plain C: clang 14 (Debian 12) knows up to v69, which newer arches run.
+        cpu = self.arch if self.arch in ("v67", "v68", "v69") else "v69"
+        cflags = ["--target=hexagon-unknown-linux-musl", f"-mcpu=hexagon{cpu}", "-ffreestanding",
+                  "-nostdlib", "-fno-builtin", "-O2", "-fPIC", f"-I{inc}", f"-I{out_dir}",
+                  f"-DEDGEC_WORKSPACE_BYTES={ws_bytes}"] + [f"-I{d}" for d in dl]
+        if self.hvx:
+            cflags += ["-mhvx", "-mhvx-length=128b"]
+        objs = {}
+        for src in ("model.c", "runtime.c", "runner.c"):
+            obj = os.path.join(work, src[:-2] + ".o")
+            self._run([tools["clang"], *cflags, "-c", os.path.join(out_dir, src), "-o", obj], f"compiling {src}")
+            objs[src] = obj
+        blob = ["--format=binary", "weights.bin", "--format=default"]
+        kobj = os.path.join(out_dir, "kernels.o")
+        self._run([tools["ld.lld"], "-shared", "-o", os.path.join(out_dir, "libmodel.so"), objs["model.c"],
+                   objs["runtime.c"], kobj, *blob], "linking libmodel.so", cwd=out_dir)
+        self._run([tools["ld.lld"], "-static", "-e", "_start", "-o", os.path.join(out_dir, "runner"),
+                   objs["runner.c"], objs["model.c"], objs["runtime.c"], kobj, *blob], "linking the runner",
+                  cwd=out_dir)
+        self._check_symbols(tools, os.path.join(out_dir, "runner"), allowed=frozenset(), what="the runner")
+
+    @staticmethod
+    def _check_symbols(tools: dict[str, str], path: str, allowed: frozenset[str], what: str) -> None:
+        """Undefined symbols (and weak undefined ones, which resolve to NULL and crash on first call) must be
+        in ``allowed``: a missing runtime hook is a build error, not a crash."""
+        out = subprocess.run([tools["llvm-nm"], path], capture_output=True, text=True, check=True).stdout
+        missing = []
+        for line in out.splitlines():
+            parts = line.split()
+            if len(parts) >= 2 and parts[-2] in ("U", "w", "v") and parts[-1] not in allowed:
+                missing.append(parts[-1])
+        if missing:
+            raise UnsupportedError(f"{what} need symbols edgec's Hexagon runtime does not provide: "
+                                   f"{', '.join(sorted(set(missing)))}")
+
+    @staticmethod
+    def _run(cmd: list[str], what: str, cwd: str | None = None) -> None:
+        r = subprocess.run(cmd, capture_output=True, text=True, cwd=cwd)
+        if r.returncode != 0:
+            raise UnsupportedError(f"hexagon: {what} failed:\n{r.stderr.strip()[:2000]}")
+
+    # ---- execution --------------------------------------------------------------------------------------------
+    def run_artifact(self, out_dir: str, feeds: Mapping[str, np.ndarray], input_names=None) -> list[np.ndarray]:
+        qemu = shutil.which("qemu-hexagon")
+        if qemu is None:
+            raise NotImplementedError("qemu-hexagon is not installed (apt-get install qemu-user): the artifact was "
+                                      "built and its symbols checked, but not executed")
+        if self.arch != "v67":
+            raise NotImplementedError(f"qemu-hexagon 7.2 runs v67 only; the {self.arch} artifact is compile-only")
+        names = input_names or list(feeds)
+        data = b"".join(np.ascontiguousarray(feeds[n]).tobytes() for n in names)
+        r = subprocess.run([qemu, os.path.join(out_dir, "runner")], input=data, capture_output=True, timeout=600)
+        if r.returncode != 0:
+            raise UnsupportedError(f"the Hexagon runner failed under qemu-hexagon (exit {r.returncode}): "
+                                   f"{r.stderr.decode(errors='replace')[:500]}")
+        return self._split_outputs(out_dir, r.stdout)
+
+    @staticmethod
+    def _split_outputs(out_dir: str, raw: bytes) -> list[np.ndarray]:
+        import re
+        hdr = open(os.path.join(out_dir, "model.h")).read()
+        outs = []
+        off = 0
+        for m in re.finditer(r"#define EDGEC_OUTPUT\d+_SHAPE \{([^}]*)\}", hdr):
+            shape = [int(s) for s in m.group(1).split(",") if s.strip()]
+            n = int(np.prod(shape)) * 4
+            outs.append(np.frombuffer(raw[off:off + n], np.float32).reshape(shape).copy())
+            off += n
+        if off != len(raw):
+            raise UnsupportedError(f"the Hexagon runner wrote {len(raw)} bytes; the outputs need {off}")
+        return outs
+
+
+@hookimpl
+def edgec_register_targets(registry):
+    registry.register(HexagonTarget)
