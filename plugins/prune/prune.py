@@ -1,8 +1,13 @@
-"""prune: magnitude or Wanda pruning, unstructured (per layer or global) or N:M.
+"""prune: magnitude, Wanda or SparseGPT pruning, unstructured (per layer or global) or N:M.
 
 ``method=wanda`` (Sun et al. 2023, "A Simple and Effective Pruning Approach for LLMs") scores each weight by
 ``|w| x ||x_k||`` (its magnitude times the norm of its input channel over the calibration data) and prunes
 the lowest scores of every output row (or of every N:M block): no retraining, no weight update.
+
+``method=sparsegpt`` (Frantar & Alistarh 2023) picks the mask block by block from ``w^2 / [H^-1]_jj^2`` and
+updates the weights not pruned through the inverse Hessian ``(X^T X)^-1`` (GPTQ's machinery), so the layer's
+output on the calibration data moves least; each output row reaches the target sparsity in every block of
+128 columns.
 
 Pruned weights are set to exactly zero and the weight's value carries a :class:`~edgec.ir.Sparsity`
 annotation (the ratio reached, and ``n``/``m`` for N:M patterns), so a later ``quantize`` keeps the zeros and
@@ -78,14 +83,72 @@ def magnitude_mask(w: np.ndarray, sparsity: float, threshold: float | None = Non
     return a > threshold
 
 
+def sparsegpt(w2: np.ndarray, h: np.ndarray, sparsity: float, nm: tuple[int, int] | None = None,
+              damp: float = 0.01, block: int = 128) -> np.ndarray:
+    """SparseGPT (Frantar & Alistarh 2023): prune ``w2 [out, K]`` to ``sparsity`` (or an N:M pattern along K)
+    one column block at a time, choosing the mask in each block by ``w^2 / [H^-1]_jj^2`` and updating the
+    remaining weights through the inverse Hessian so the layer's output on the calibration data changes
+    least. ``h`` is ``X^T X`` [K, K]. Returns the pruned weights (exact zeros where pruned), float32."""
+    from scipy.linalg import lapack
+    out, k = w2.shape
+    w = np.array(w2, np.float64)
+    h = np.array(h, np.float64)
+    dead = np.diag(h) == 0
+    h[dead, dead] = 1.0
+    w[:, dead] = 0.0
+    h[np.diag_indices(k)] += damp * np.mean(np.diag(h))
+    c, info = lapack.dpotrf(h, lower=False)
+    if info == 0:
+        c, info = lapack.dpotri(c, lower=False)
+    if info == 0:
+        c = np.triu(c) + np.triu(c, 1).T
+        c, info = lapack.dpotrf(c, lower=False)
+    if info != 0:
+        raise np.linalg.LinAlgError("the layer's Hessian is not positive definite after dampening; raise damp")
+    hinv = np.triu(c)
+    for b0 in range(0, k, block):
+        b1 = min(b0 + block, k)
+        wb = w[:, b0:b1].copy()
+        hb = hinv[b0:b1, b0:b1]
+        err = np.zeros_like(wb)
+        d = np.diag(hb)
+        if nm is None:
+            score = wb ** 2 / d[None, :] ** 2
+            n_prune = int(round(sparsity * wb.shape[1]))
+            prune = np.zeros_like(wb, dtype=bool)
+            if n_prune:
+                idx = np.argsort(score, axis=1, kind="stable")[:, :n_prune]
+                np.put_along_axis(prune, idx, True, axis=1)
+        else:
+            prune = np.zeros_like(wb, dtype=bool)
+        for i in range(b1 - b0):
+            if nm is not None and i % nm[1] == 0:
+                n, m = nm
+                s = wb[:, i:i + m] ** 2 / d[None, i:i + m] ** 2  # from the weights as updated so far
+                idx = np.argsort(s, axis=1, kind="stable")[:, :m - n]
+                np.put_along_axis(prune[:, i:i + m], idx, True, axis=1)
+            col = wb[:, i]
+            q = np.where(prune[:, i], 0.0, col)
+            e = (col - q) / hb[i, i]
+            wb[:, i:] -= np.outer(e, hb[i, i:])
+            wb[:, i] = q
+            err[:, i] = e
+        w[:, b0:b1] = wb
+        w[:, b1:] -= err @ hinv[b0:b1, b1:]
+    return w.astype(np.float32)
+
+
 @dataclasses.dataclass(frozen=True)
 class Prune(Pass):
     """Magnitude pruning. See ``edgec passes`` for the options."""
 
     name: ClassVar[str] = "prune"
-    summary: ClassVar[str] = "magnitude or Wanda pruning: unstructured (per layer, global, per row) or N:M"
-    method: str = option("magnitude", choices=("magnitude", "wanda"), help="weight score: |w|, or wanda: "
-                         "|w| x input channel norm on calibration data, pruned per output row")
+    summary: ClassVar[str] = "magnitude, Wanda or SparseGPT pruning: unstructured (per layer, global, per row) or N:M"
+    method: str = option("magnitude", choices=("magnitude", "wanda", "sparsegpt"), help="magnitude: |w|; wanda: "
+                         "|w| x input channel norm, per output row; sparsegpt: Hessian-based mask and weight update "
+                         "(both need calibration data)")
+    damp: float = option(0.01, check=lambda v: 0 < v < 1, allowed="0 < damp < 1", help="sparsegpt Hessian "
+                         "dampening")
     sparsity: float = option(0.5, check=lambda v: 0 <= v < 1, allowed="0 <= sparsity < 1",
                              help="fraction of weights set to zero (unstructured)")
     pattern: str = option("", help="N:M pattern along the input axis, e.g. 2:4 (overrides sparsity)")
@@ -102,8 +165,9 @@ class Prune(Pass):
         bad = set(self.ops.split(":")) - {"Linear", "Conv"}
         if bad:
             raise UsageError(f"prune: ops={self.ops!r} names {sorted(bad)}; allowed: Linear, Conv")
-        if self.method == "wanda" and self.scope == "global":
-            raise UsageError("prune: method=wanda compares weights within each output row; drop scope=global")
+        if self.method in ("wanda", "sparsegpt") and self.scope == "global":
+            raise UsageError(f"prune: method={self.method} compares weights within each output row; drop "
+                             "scope=global")
 
     def run(self, model: Model, ctx: PassContext) -> bool:
         op_names = tuple({"Linear": "edgec::Linear", "Conv": "Conv"}[o] for o in self.ops.split(":"))
@@ -113,21 +177,26 @@ class Prune(Pass):
         if not layers or (nm is None and self.sparsity == 0):
             return False
         norms: dict[int, np.ndarray] = {}
-        if self.method == "wanda":
+        hessians: dict[int, np.ndarray] = {}
+        if self.method in ("wanda", "sparsegpt"):
             if ctx.calibration is None:
-                raise UsageError("prune{method=wanda} needs calibration data: pass --calib (a .npz, a folder of "
-                                 "samples, or 'random' for a smoke test)")
+                raise UsageError(f"prune{{method={self.method}}} needs calibration data: pass --calib (a .npz, a "
+                                 "folder of samples, or 'random' for a smoke test)")
             stream = Stream(model, ctx.calibration.samples[:32])
             for layer in layers:
-                sq = None
+                acc = None
                 for x in stream.capture(layer.node.inputs[0]):
                     rows = layer_rows(layer, np.asarray(x, np.float32))
                     if rows is None:
                         break
-                    part = np.einsum("ij,ij->j", rows, rows, dtype=np.float64)
-                    sq = part if sq is None else sq + part
+                    part = (rows.T @ rows if self.method == "sparsegpt"
+                            else np.einsum("ij,ij->j", rows, rows, dtype=np.float64))
+                    acc = part if acc is None else acc + part
                 else:
-                    norms[id(layer.node)] = np.sqrt(sq)
+                    if self.method == "sparsegpt":
+                        hessians[id(layer.node)] = acc
+                    else:
+                        norms[id(layer.node)] = np.sqrt(acc)
         threshold = None
         if nm is None and self.scope == "global":
             mags = np.concatenate([np.abs(np.asarray(l.weight.numpy(), np.float32)).reshape(-1) for l in layers])
@@ -138,7 +207,19 @@ class Prune(Pass):
         g = model.graph
         for layer in layers:
             w = np.asarray(layer.weight.numpy(), np.float32)
-            if nm is not None:
+            method = "wanda" if id(layer.node) in norms else "magnitude"
+            if id(layer.node) in hessians:
+                method = "sparsegpt"
+                if nm is not None and (w.ndim < 2 or int(np.prod(w.shape[1:])) % nm[1] or
+                                       (w.ndim > 2 and np.prod(w.shape[2:]) != 1)):
+                    reports[layer.weight.name] = {"node": layer.node.name, "skipped": "sparsegpt N:M needs the "
+                                                  "input axis to be the weight's flattened K (Linear, 1x1 Conv)"}
+                    continue
+                pruned = sparsegpt(w.reshape(w.shape[0], -1), hessians.pop(id(layer.node)), self.sparsity, nm,
+                                   self.damp).reshape(w.shape)
+                keep = pruned != 0
+                w = pruned
+            elif nm is not None:
                 if w.ndim < 2 or w.shape[1] % nm[1]:
                     reports[layer.weight.name] = {"node": layer.node.name, "skipped":
                                                   f"input axis extent {w.shape[1] if w.ndim > 1 else 1} is not a "
@@ -157,10 +238,9 @@ class Prune(Pass):
                 u.node.replace_input_with(u.index, new)
             if not layer.weight.uses:
                 g.remove_const(layer.weight.name)
-            method = "wanda" if id(layer.node) in norms else "magnitude"
             reports[new.name] = {"node": layer.node.name, "sparsity": round(ratio, 6), "method": method,
                                  **({"pattern": self.pattern} if nm else {"scope": self.scope})}
-            if self.method == "wanda" and method != "wanda":
+            if self.method != "magnitude" and method == "magnitude":
                 reports[new.name]["note"] = "input not expressible as rows (grouped conv): magnitude used"
         model.metadata[REPORT_KEY] = json.dumps(reports, sort_keys=True)
         return True
