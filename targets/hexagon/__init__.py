@@ -12,6 +12,7 @@ v68/v73, and the packets-per-MAC benchmark.
 from __future__ import annotations
 
 import dataclasses
+import json
 import os
 import shutil
 import subprocess
@@ -141,13 +142,20 @@ class HexagonTarget(Target):
             arena = plan_arena(temps)
             blob = self._write_blob([t for t in tensors if t.kind == "const"], os.path.join(out_dir, "weights.bin"))
             self._write_header(model, os.path.join(out_dir, "model.h"))
+            with open(os.path.join(out_dir, "io.json"), "w") as f:  # what the runner reads and writes, in order
+                json.dump({"inputs": [{"name": v.name, "shape": list(v.static_shape), "dtype": v.dtype.numpy.name}
+                                      for v in model.graph.inputs],
+                           "outputs": [{"name": v.name, "shape": list(v.static_shape or ()),
+                                        "dtype": v.dtype.numpy.name if v.dtype else "float32"}
+                                       for v in model.graph.outputs]}, f, indent=1)
             self._write_driver(calls, tensors, arena, os.path.join(out_dir, "model.c"))
             shutil.copy(os.path.join(HERE, "runtime.c"), os.path.join(out_dir, "runtime.c"))
             self._write_runner(model, os.path.join(out_dir, "runner.c"))
             self._link(tools, out_dir, work, ws_bytes=1 << 20)
         finally:
             shutil.rmtree(work, ignore_errors=True)
-        files = ["kernels.o", "weights.bin", "model.h", "model.c", "runtime.c", "runner.c", "libmodel.so", "runner"]
+        files = ["kernels.o", "weights.bin", "model.h", "model.c", "runtime.c", "runner.c", "libmodel.so", "runner",
+                 "io.json"]
         return Artifact(files, {"tvm_version": tvm.__version__, "arch": self.arch, "hvx": self.hvx,
                                 "kernels": sorted({c[0] for c in calls}), "calls": len(calls),
                                 "arena_bytes": arena, "weights_bytes": blob,
@@ -344,24 +352,22 @@ class HexagonTarget(Target):
                                       "built and its symbols checked, but not executed")
         if self.arch != "v67":
             raise NotImplementedError(f"qemu-hexagon 7.2 runs v67 only; the {self.arch} artifact is compile-only")
-        names = input_names or list(feeds)
-        data = b"".join(np.ascontiguousarray(feeds[n]).tobytes() for n in names)
+        with open(os.path.join(out_dir, "io.json")) as f:
+            io = json.load(f)
+        missing = [i["name"] for i in io["inputs"] if i["name"] not in feeds]
+        if missing:
+            raise UnsupportedError(f"the Hexagon runner needs the inputs {missing}")
+        data = b"".join(np.ascontiguousarray(feeds[i["name"]], dtype=i["dtype"]).reshape(i["shape"]).tobytes()
+                        for i in io["inputs"])
         r = subprocess.run([qemu, os.path.join(out_dir, "runner")], input=data, capture_output=True, timeout=600)
         if r.returncode != 0:
             raise UnsupportedError(f"the Hexagon runner failed under qemu-hexagon (exit {r.returncode}): "
                                    f"{r.stderr.decode(errors='replace')[:500]}")
-        return self._split_outputs(out_dir, r.stdout)
-
-    @staticmethod
-    def _split_outputs(out_dir: str, raw: bytes) -> list[np.ndarray]:
-        import re
-        hdr = open(os.path.join(out_dir, "model.h")).read()
-        outs = []
-        off = 0
-        for m in re.finditer(r"#define EDGEC_OUTPUT\d+_SHAPE \{([^}]*)\}", hdr):
-            shape = [int(s) for s in m.group(1).split(",") if s.strip()]
-            n = int(np.prod(shape)) * 4
-            outs.append(np.frombuffer(raw[off:off + n], np.float32).reshape(shape).copy())
+        outs, off, raw = [], 0, r.stdout
+        for o in io["outputs"]:
+            dt = np.dtype(o["dtype"])
+            n = int(np.prod(o["shape"], dtype=np.int64)) * dt.itemsize
+            outs.append(np.frombuffer(raw[off:off + n], dt).reshape(o["shape"]).copy())
             off += n
         if off != len(raw):
             raise UnsupportedError(f"the Hexagon runner wrote {len(raw)} bytes; the outputs need {off}")
