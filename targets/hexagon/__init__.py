@@ -4,7 +4,8 @@ a shared object and a static test runner linked with ``ld.lld``; ``--verify`` ru
 ``qemu-hexagon``.
 
 Done so far: float models (the ops of the ``cpu`` target's Relax builder), scalar float kernels for v67
-(HVX has no float there), a static arena planned by tensor liveness, symbol checks against an allow-list,
+(HVX has no float there), weight-quantized models (codes packed in the blob, dequantized in the kernels),
+static int8 models simulated in float, a static arena planned by tensor liveness, symbol checks against an allow-list,
 and execution under qemu-hexagon (v67). Not yet: int8 HVX kernels (vrmpy), qfloat/IEEE-fp kernels for
 v68/v73, and the packets-per-MAC benchmark.
 """
@@ -34,7 +35,7 @@ ARCHS = ("v67", "v68", "v69", "v73", "v75")
 # Symbols the kernels may leave undefined: what runtime.c defines. Anything else is a build error.
 RUNTIME_SYMBOLS = frozenset({
     "memset", "memcpy", "memmove", "__hexagon_memcpy_likely_aligned_min32bytes_mult8bytes", "expf", "tanhf",
-    "sqrtf", "fabsf", "erff", "__hexagon_sqrtf", "__hexagon_divsf3", "__hexagon_divsi3", "__hexagon_modsi3", "__hexagon_udivsi3", "__hexagon_umodsi3",
+    "sqrtf", "fabsf", "erff", "floorf", "nearbyintf", "__hexagon_sqrtf", "__hexagon_divsf3", "__hexagon_divsi3", "__hexagon_modsi3", "__hexagon_udivsi3", "__hexagon_umodsi3",
     "__hexagon_divdi3", "__hexagon_moddi3", "__hexagon_udivdi3", "__hexagon_umoddi3",
     "__TVMBackendAllocWorkspace", "__TVMBackendFreeWorkspace", "__TVMBackendParallelLaunch",
     "_GLOBAL_OFFSET_TABLE_"})  # the last one the linker provides
@@ -97,7 +98,11 @@ class HexagonTarget(Target):
     name: ClassVar[str] = "hexagon"
     summary: ClassVar[str] = "Qualcomm Hexagon DSP (work in progress): TVM kernels, freestanding runtime, qemu-run"
     runtime: ClassVar[str] = "qemu-hexagon (v67) running the artifact's static test runner"
-    capabilities: ClassVar[Capabilities] = Capabilities(ops=frozenset(LOWERINGS))
+    # Weight-quantized models run as in the cpu target: codes stored packed in the blob, dequantized inside the
+    # float kernels (the int8 HVX kernels with integer activations are still to come).
+    capabilities: ClassVar[Capabilities] = Capabilities(
+        ops=frozenset(LOWERINGS), dtypes=frozenset({"f32", "i64", "i32", "bool", "i8", "u8"}),
+        quant=frozenset({(s, b) for s in ("symmetric", "asymmetric", "affine") for b in range(2, 9)}))
     arch: str = option("v67", choices=ARCHS, help="Hexagon architecture (qemu-hexagon 7.2 runs v67 only)")
     hvx: int = option(128, choices=(0, 128), help="HVX vector length in bytes (0: no HVX)")
 
@@ -159,6 +164,10 @@ class HexagonTarget(Target):
         return Artifact(files, {"tvm_version": tvm.__version__, "arch": self.arch, "hvx": self.hvx,
                                 "kernels": sorted({c[0] for c in calls}), "calls": len(calls),
                                 "arena_bytes": arena, "weights_bytes": blob,
+                                "arithmetic": "float32 kernels" + (
+                                    "; int8 activations simulated exactly (quantize-dequantize in float), not yet "
+                                    "integer HVX kernels" if any(v.quant is not None for v in model.graph.values())
+                                    else ""),
                                 "verification_runtime": "qemu-hexagon" if self.arch == "v67" else
                                 f"none: qemu-hexagon 7.2 runs v67 only ({self.arch} is compile-only)"})
 

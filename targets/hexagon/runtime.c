@@ -90,6 +90,19 @@ float erff(float x) {
             + t * (-0.82215223f + t * 0.17087277f)))))))));
   return x < 0 ? y - 1.0f : 1.0f - y;
 }
+/* floor and round-half-to-even without libm: |x| >= 2^23 is already an integer */
+float floorf(float x) {
+  if (!(x > -8388608.0f && x < 8388608.0f)) return x;
+  float t = (float)(int32_t)x;
+  return t > x ? t - 1.0f : t;
+}
+float nearbyintf(float x) {
+  if (!(x > -8388608.0f && x < 8388608.0f)) return x;
+  float f = floorf(x), d = x - f;
+  if (d > 0.5f) return f + 1.0f;
+  if (d < 0.5f) return f;
+  return ((int32_t)f & 1) ? f + 1.0f : f;  /* a tie goes to the even neighbour */
+}
 float fabsf(float x) { union { float f; uint32_t u; } v = {x}; v.u &= 0x7fffffffu; return v.f; }
 
 /* ---- integer division helpers the compiler calls on Hexagon ---- */
