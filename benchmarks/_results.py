@@ -30,12 +30,13 @@ def example_ir(name: str, work: str, batch: int = 1):
     from edgec.host import host
     from edgec.ir.passes import PassManager, parse_pipeline
     from edgec.plugins.cleanup import DEFAULT_CLEANUP
-    m, ex, names = architectures.build(name)
-    ex = tuple(t.repeat(batch, *([1] * (t.dim() - 1))) for t in ex)
     path = os.path.join(work, f"{name}-b{batch}.onnx")
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore")
-        torch.onnx.export(m, ex, path, dynamo=False, opset_version=17, input_names=names, output_names=["out"])
+    if not os.path.exists(path):  # exported once per work folder; every call still gets a fresh IR
+        m, ex, names = architectures.build(name)
+        ex = tuple(t.repeat(batch, *([1] * (t.dim() - 1))) for t in ex)
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            torch.onnx.export(m, ex, path, dynamo=False, opset_version=17, input_names=names, output_names=["out"])
     model = load_model(path)
     fix_input_shapes(model, {}, [])
     PassManager(parse_pipeline(DEFAULT_CLEANUP, host().passes.as_dict())).run(model)

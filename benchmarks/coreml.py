@@ -77,15 +77,9 @@ def rel_l2(got: list[np.ndarray], ref: list[np.ndarray]) -> float:
     return float(np.sqrt(num / den))
 
 
-def run_package(path: str, feeds_list, names) -> list[np.ndarray]:
-    from edgec.targets.coreml.builder import mil_name
-    from edgec.targets.coreml.evaluate import run
-    out = []
-    for feeds in feeds_list:
-        f = {mil_name(k): (np.asarray(v, np.int32) if np.asarray(v).dtype.kind in "iub" else np.asarray(v, np.float32))
-             for k, v in feeds.items()}
-        out.append(run(path, f)[0])
-    return out
+def run_package(path: str, feeds_list) -> list[np.ndarray]:
+    from edgec.targets.coreml import run_package as run
+    return [run(path, feeds)[0] for feeds in feeds_list]
 
 
 def weight_stats(path: str, ref: dict | None = None):
@@ -165,7 +159,7 @@ def main() -> None:
             fp16_dir = os.path.join(work, name, "fp16")
             edgec_package(name, work, "", fp16_dir)
             fp16_pkg = os.path.join(fp16_dir, "model.mlpackage")
-            fp16 = (package_bytes(fp16_pkg), rel_l2(run_package(fp16_pkg, feeds_list, None), ref))
+            fp16 = (package_bytes(fp16_pkg), rel_l2(run_package(fp16_pkg, feeds_list), ref))
             wref = weight_stats(fp16_pkg)
             rows.append((name, "fp16 (no compression)", "edgec", "", fp16[0], fp16[1], None,
                          (0.0, sum(int(np.count_nonzero(w)) for w in wref.values()))))
@@ -174,7 +168,7 @@ def main() -> None:
                 dst = os.path.join(work, name, cname.replace(" ", "_") + "-ct.mlpackage")
                 dt = coremltools_package(fp16_pkg, dst, make_cfg)
                 rows.append((name, cname, "coremltools", "", package_bytes(dst),
-                             rel_l2(run_package(dst, feeds_list, None), ref), dt, weight_stats(dst, wref)))
+                             rel_l2(run_package(dst, feeds_list), ref), dt, weight_stats(dst, wref)))
                 print(rows[-1], flush=True)
                 pipes = dict(pipes)
                 if cname == "50% pruning":
@@ -190,7 +184,7 @@ def main() -> None:
                     dt = edgec_package(name, work, pipe, d)
                     pkg = os.path.join(d, "model.mlpackage")
                     rows.append((name, cname, "edgec " + label, pipe, package_bytes(pkg),
-                                 rel_l2(run_package(pkg, feeds_list, None), ref), dt, weight_stats(pkg, wref)))
+                                 rel_l2(run_package(pkg, feeds_list), ref), dt, weight_stats(pkg, wref)))
                     print(rows[-1], flush=True)
     finally:
         shutil.rmtree(work, ignore_errors=True)

@@ -86,7 +86,7 @@ _LAYOUT_BLOCKS = {"gguf.Q4_0": (32, 18), "gguf.Q4_1": (32, 20), "gguf.Q5_0": (32
                   "gguf.Q5_K": (256, 176), "gguf.Q6_K": (256, 210), "gguf.IQ4_NL": (32, 18)}
 
 
-def _expand(param: np.ndarray, shape: tuple[int, ...]) -> np.ndarray:
+def expand_blocks(param: np.ndarray, shape: tuple[int, ...]) -> np.ndarray:
     """Repeat a blocked parameter (same rank, each dim 1, full, or a divisor) up to ``shape``."""
     out = param
     for d, (p, s) in enumerate(zip(param.shape, shape)):
@@ -263,7 +263,7 @@ class QuantizedTensor:
                 w = np.take_along_axis(cb, moved.reshape(moved.shape[0], -1), axis=1).reshape(moved.shape)
                 w = np.moveaxis(w, 0, self.axis)
             if self.scales is not None:
-                w = w * _expand(self.scales.astype(np.float32), self.shape)
+                w = w * expand_blocks(self.scales.astype(np.float32), self.shape)
             return w.astype(out_dt)
         if self.group_size and self.codes.ndim == 2 and self.group_axis == 1:
             # [rows, G, gs] with parameters [rows|1, G, 1]: broadcasting, in place, one full-size buffer.
@@ -280,10 +280,10 @@ class QuantizedTensor:
             return w.reshape(rows, k).astype(out_dt, copy=False)
         q = self.codes.astype(np.float32)
         if self.zero_points is not None:
-            q = q - _expand(self.zero_points.astype(np.float32), self.shape)
-        w = q * _expand(self.scales.astype(np.float32), self.shape)
+            q = q - expand_blocks(self.zero_points.astype(np.float32), self.shape)
+        w = q * expand_blocks(self.scales.astype(np.float32), self.shape)
         if self.offsets is not None:
-            w = w + _expand(self.offsets.astype(np.float32), self.shape)
+            w = w + expand_blocks(self.offsets.astype(np.float32), self.shape)
         return w.astype(out_dt)
 
     def numpy(self) -> np.ndarray:

@@ -20,6 +20,7 @@ import numpy as np
 from ...errors import UsageError
 from ...ir import Model, Node, QuantizedTensor, Value
 from ...ir.passes import Pass, PassContext, option
+from ...ir.tensor import expand_blocks
 from . import gguf_grids as gg
 from . import methods
 from .capture import Stream, fix_mmap_threshold, trim_heap
@@ -77,7 +78,7 @@ def keep_zeros(q: QuantizedTensor, zero: np.ndarray) -> tuple[QuantizedTensor, s
         codes[zero] = 0
         return dataclasses.replace(q, codes=codes), ""
     if q.scheme == "asymmetric":
-        zp = np.broadcast_to(_expand_param(q.zero_points, q.shape), q.shape)
+        zp = expand_blocks(np.asarray(q.zero_points), q.shape)
         codes[zero] = zp[zero]
         return dataclasses.replace(q, codes=codes), ""
     if q.scheme == "codebook":
@@ -96,14 +97,6 @@ def keep_zeros(q: QuantizedTensor, zero: np.ndarray) -> tuple[QuantizedTensor, s
         codes[zero] = pick[zero].astype(codes.dtype)
         return dataclasses.replace(q, codes=codes, codebook=cb), ""
     return q, f"the {q.scheme} grid has no exact zero: the weight's sparsity is not kept"
-
-
-def _expand_param(p: np.ndarray, shape: tuple[int, ...]) -> np.ndarray:
-    out = np.asarray(p)
-    for d, (a, b) in enumerate(zip(out.shape, shape)):
-        if a not in (1, b):
-            out = np.repeat(out, b // a, axis=d)
-    return out
 
 
 def quad(d: np.ndarray, h: np.ndarray) -> float:

@@ -31,6 +31,7 @@ from ...ir import Model, QuantizedTensor
 from ...ir.passes import PassContext, option
 from ...target import Artifact, Capabilities, Target
 from .builder import DEPLOYMENTS, LOWERINGS, MILBuilder, ct_modules, mil_name, opset
+from .weights import old_opset_problem
 
 _QUANT = frozenset({(s, b) for s in ("symmetric", "asymmetric") for b in (4, 8)}
                    | {("codebook", b) for b in range(1, 9)})
@@ -62,8 +63,8 @@ class CoreMLTarget(Target):
                 problems.append(f"input {v.name!r} has no static shape: the coreml target builds fixed shapes "
                                 "(pass --input-shape)")
         if self.deployment in ("ios16", "ios17"):
-            problems += [p for v in model.graph.initializers.values() if v.uses
-                         for p in _old_opset_problem(v, self.deployment)]
+            problems += [p for v in model.graph.initializers.values()
+                         if v.uses and (p := old_opset_problem(v.name, v.const))]
         return problems
 
     def emit(self, model: Model, out_dir: str, ctx: PassContext) -> Artifact:
@@ -111,14 +112,18 @@ class CoreMLTarget(Target):
                                 "edgec MIL evaluator (numpy): no Core ML runtime off macOS"})
 
     def run_artifact(self, out_dir: str, feeds: Mapping[str, np.ndarray], input_names=None):
-        """Core ML's own ``predict`` on macOS; elsewhere edgec's MIL evaluator on the saved package."""
-        path = os.path.join(out_dir, "model.mlpackage")
-        feeds = {mil_name(k): (np.asarray(v, np.int32) if np.asarray(v).dtype.kind in "iub" else
-                               np.asarray(v, np.float32)) for k, v in feeds.items()}
-        if on_macos():
-            return predict(path, feeds)
-        from .evaluate import run
-        return run(path, feeds)
+        return run_package(os.path.join(out_dir, "model.mlpackage"), feeds)
+
+
+def run_package(path: str, feeds: Mapping[str, np.ndarray]) -> list[np.ndarray]:
+    """Run any ML Program package on the model's feeds (names as in the IR; integers as int32, floats as
+    fp32): Core ML's own ``predict`` on macOS, elsewhere edgec's MIL evaluator."""
+    feeds = {mil_name(k): (np.asarray(v, np.int32) if np.asarray(v).dtype.kind in "iub" else
+                           np.asarray(v, np.float32)) for k, v in feeds.items()}
+    if on_macos():
+        return predict(path, feeds)
+    from .evaluate import run
+    return run(path, feeds)
 
 
 def predict(path: str, feeds: Mapping[str, np.ndarray]) -> list[np.ndarray]:
@@ -130,41 +135,20 @@ def predict(path: str, feeds: Mapping[str, np.ndarray]) -> list[np.ndarray]:
     return [np.asarray(out[n]) for n in names]
 
 
-def _old_opset_problem(v, deployment: str) -> list[str]:
-    q = v.const
-    if not isinstance(q, QuantizedTensor):
-        return []
-    hint = "use deployment=ios18 or macos15"
-    if q.scheme == "codebook":
-        if np.asarray(q.codebook).ndim != 1 or q.scales is not None:
-            return [f"weight {v.name!r}: per-channel, per-group or scaled palettes need the iOS18 opset; {hint}"]
-        return []
-    varying = [d for d, n in enumerate(np.asarray(q.scales).shape) if n != 1]
-    if q.bits != 8 or q.group_size or len(varying) > 1:
-        return [f"weight {v.name!r}: {q.bits}-bit{' group-wise' if q.group_size else ''} grids need the iOS18 "
-                f"opset ({deployment} has 8-bit per-channel grids only); {hint}"]
-    return []
-
-
 def check_package(path: str, model: Model, compressed: dict[str, str]) -> int:
     """Re-load the saved package and decode every compressed weight; each must equal the IR's dequantized
     weight (as fp16, the package's compute type) bit for bit. Returns how many were checked."""
-    from .evaluate import load_program
+    from .evaluate import constexpr_value, load_program
     prog = load_program(path)
     ops = {op.name: op for op in prog.functions["main"].operations}
     for wname, opname in compressed.items():
-        got = np.asarray(_materialize(ops, ops[opname]))
+        got = np.asarray(constexpr_value(ops[opname]))
         want = model.graph.initializers[wname].const
         want = (want.dequantize() if isinstance(want, QuantizedTensor) else np.asarray(want.numpy())).astype(np.float16)
         if got.shape != want.shape or not np.array_equal(got.astype(np.float16), want):
             raise UnsupportedError(f"weight {wname!r} does not decode to the IR's weight from the saved package "
                                    f"({opname})")
     return len(compressed)
-
-
-def _materialize(ops, op):
-    from .evaluate import constexpr_value
-    return constexpr_value(op)
 
 
 @hookimpl

@@ -44,6 +44,24 @@ def to_fp16(a: np.ndarray) -> np.ndarray:
     return np.where(fin, np.clip(a, -65504.0, 65504.0), a).astype(np.float16)
 
 
+def old_opset_problem(name: str, q) -> str | None:
+    """Why the iOS16/17 opsets cannot store this weight (None: they can): they have 8-bit grids with one
+    scale per tensor or per axis (``constexpr_affine_dequantize``) and palettes per tensor only."""
+    if not isinstance(q, QuantizedTensor):
+        return None
+    hint = "use deployment=ios18 or macos15"
+    if q.scheme == "codebook":
+        if np.asarray(q.codebook).ndim != 1 or q.scales is not None:
+            return (f"weight {name!r}: per-channel, per-group or scaled palettes need the iOS18 opset; {hint}, or "
+                    "one palette per tensor")
+        return None
+    varying = [d for d, n in enumerate(np.shape(q.scales)) if n != 1]
+    if q.bits != 8 or q.group_size or len(varying) > 1:
+        return (f"weight {name!r}: {q.bits}-bit{' group-wise' if q.group_size else ''} grids need the iOS18 opset "
+                f"(iOS16/17 store 8-bit per-channel grids only); {hint}, or quantize{{bits=8}} per channel")
+    return None
+
+
 @dataclasses.dataclass
 class Encoded:
     var: object            # the MIL value (a constexpr op's output or an fp16 array)
@@ -136,12 +154,10 @@ class WeightEncoder:
 
     def _affine(self, v, q, codes, s16, zp, name) -> Encoded:
         """iOS16/17: ``constexpr_affine_dequantize`` holds 8-bit codes with one scale per tensor or per axis."""
+        problem = old_opset_problem(v.name, q)
+        if problem:
+            raise UnsupportedError(problem)
         varying = [d for d, n in enumerate(s16.shape) if n != 1]
-        if q.bits != 8 or len(varying) > 1 or (varying and s16.shape[varying[0]] != codes.shape[varying[0]]):
-            raise UnsupportedError(
-                f"weight {v.name!r}: {q.bits}-bit{' group-wise' if q.group_size else ''} grids need the iOS18 "
-                "opset (constexpr_blockwise_shift_scale); use deployment=ios18 or macos15, or quantize{bits=8} "
-                "per channel")
         axis = varying[0] if varying else 0
         dt = np.int8 if q.scheme == "symmetric" else np.uint8
         scale = s16.reshape(-1) if varying else s16.reshape(())
@@ -194,9 +210,9 @@ class WeightEncoder:
 
     def _palette_ios16(self, v: Value, q: QuantizedTensor, codes: np.ndarray, name: str, sparse=None) -> Encoded:
         from coremltools.optimize._utils import pack_elements_into_bits
-        if np.asarray(q.codebook).ndim != 1 or q.scales is not None:
-            raise UnsupportedError(f"weight {v.name!r}: per-channel, per-group or scaled palettes need the iOS18 "
-                                   "opset; use deployment=ios18 or macos15, or one palette per tensor")
+        problem = old_opset_problem(v.name, q)
+        if problem:
+            raise UnsupportedError(problem)
         nb = next(b for b in (1, 2, 4, 6, 8) if b >= q.bits)
         cb = np.asarray(q.codebook, np.float32).astype(np.float16)
         lut = np.concatenate([cb, np.zeros((1 << nb) - cb.size, np.float16)])

@@ -63,6 +63,7 @@ class _Tensor:
     offset: int = 0      # arena / blob offset in bytes
     first: int = 0
     last: int = 0
+    data: np.ndarray | None = None  # a constant's values
 
     @property
     def nbytes(self) -> int:
@@ -194,8 +195,7 @@ class HexagonTarget(Target):
             for a in call.args[1].fields:
                 if isinstance(a, tvm.ir.GenericConst):
                     arr = a.value.numpy()
-                    t = _Tensor(f"c{consts}", list(arr.shape), str(arr.dtype), "const", consts)
-                    t.data = arr  # type: ignore[attr-defined]
+                    t = _Tensor(f"c{consts}", list(arr.shape), str(arr.dtype), "const", consts, data=arr)
                     consts += 1
                     tensors[("const", consts)] = t
                 else:
@@ -224,7 +224,7 @@ class HexagonTarget(Target):
                 f.write(b"\0" * pad)
                 off += pad
                 t.offset = off
-                data = np.ascontiguousarray(t.data).tobytes()  # type: ignore[attr-defined]
+                data = np.ascontiguousarray(t.data).tobytes()
                 f.write(data)
                 off += len(data)
         return off

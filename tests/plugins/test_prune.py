@@ -91,11 +91,27 @@ def test_bad_options_are_refused():
         parse_pipeline("quantize{bits=1}", passes)
 
 
+def _prune_linear(w, xs, opts):
+    """Prune a one-Linear model's weight with ``prune{opts,head=true}`` calibrated on ``xs``; returns the pruned
+    weight value and the layer's relative output error on ``xs``."""
+    from edgec import ir
+    from edgec.calibration import CalibrationSet
+    g = ir.Graph()
+    x = g.add_input("x", ir.DType.FLOAT32, xs[0].shape)
+    g.outputs.append(g.op("Linear", [x, g.add_const("w", w)], domain="edgec", name="fc").output)
+    m = ir.Model(g, {"": 17, "edgec": 1})
+    ir.infer_shapes(m)
+    PassManager(parse_pipeline(f"prune{{{opts},head=true}}", host().passes.as_dict())).run(
+        m, PassContext(calibration=CalibrationSet([{"x": a} for a in xs], "test")))
+    v = m.graph.nodes[0].inputs[1]
+    wp = v.numpy()
+    err = np.sqrt(sum(float(np.sum((a @ (wp - w).T) ** 2)) for a in xs) / sum(float(np.sum((a @ w.T) ** 2)) for a in xs))
+    return v, err
+
+
 def test_wanda_prunes_per_row_by_input_energy_and_beats_magnitude():
     """Inputs whose channels differ 20x in norm: Wanda keeps the weights that read the loud channels, each
     row exactly at the target sparsity, and the layer's output error is well below magnitude pruning's."""
-    from edgec import ir
-    from edgec.calibration import CalibrationSet
     rng = np.random.default_rng(0)
     k = 64
     w = rng.standard_normal((16, k)).astype(np.float32)
@@ -103,17 +119,9 @@ def test_wanda_prunes_per_row_by_input_energy_and_beats_magnitude():
     xs = [(rng.standard_normal((8, k)) * gain).astype(np.float32) for _ in range(8)]
     out = {}
     for method in ("magnitude", "wanda"):
-        g = ir.Graph()
-        x = g.add_input("x", ir.DType.FLOAT32, (8, k))
-        g.outputs.append(g.op("Linear", [x, g.add_const("w", w)], domain="edgec", name="fc").output)
-        m = ir.Model(g, {"": 17, "edgec": 1})
-        ir.infer_shapes(m)
-        PassManager(parse_pipeline(f"prune{{method={method},sparsity=0.5,head=true}}", host().passes.as_dict())).run(
-            m, PassContext(calibration=CalibrationSet([{"x": a} for a in xs], "test")))
-        wp = m.graph.nodes[0].inputs[1].numpy()
+        v, out[method] = _prune_linear(w, xs, f"method={method},sparsity=0.5")
+        wp = v.numpy()
         assert ((wp == 0).sum(1) == k // 2).all() if method == "wanda" else (wp == 0).sum() == w.size // 2
-        out[method] = np.sqrt(sum(float(np.sum((a @ (wp - w).T) ** 2)) for a in xs) /
-                              sum(float(np.sum((a @ w.T) ** 2)) for a in xs))
     assert out["wanda"] < 0.7 * out["magnitude"], out
 
 
@@ -129,8 +137,6 @@ def test_sparsegpt_beats_wanda_and_magnitude_on_correlated_inputs(pattern):
     """Correlated inputs (a low-rank mix plus noise): SparseGPT's weight update recovers most of what the pruned
     weights contributed, so its output error is well below Wanda's and magnitude pruning's at the same mask
     budget; every row keeps exactly its share (or exactly N per M)."""
-    from edgec import ir
-    from edgec.calibration import CalibrationSet
     rng = np.random.default_rng(0)
     k, n = 64, 32
     w = rng.standard_normal((n, k)).astype(np.float32)
@@ -140,19 +146,10 @@ def test_sparsegpt_beats_wanda_and_magnitude_on_correlated_inputs(pattern):
     opts = f"pattern={pattern}" if pattern else "sparsity=0.5"
     out = {}
     for method in ("magnitude", "wanda", "sparsegpt"):
-        g = ir.Graph()
-        x = g.add_input("x", ir.DType.FLOAT32, (16, k))
-        g.outputs.append(g.op("Linear", [x, g.add_const("w", w)], domain="edgec", name="fc").output)
-        m = ir.Model(g, {"": 17, "edgec": 1})
-        ir.infer_shapes(m)
-        PassManager(parse_pipeline(f"prune{{method={method},{opts},head=true}}", host().passes.as_dict())).run(
-            m, PassContext(calibration=CalibrationSet([{"x": a} for a in xs], "test")))
-        v = m.graph.nodes[0].inputs[1]
+        v, out[method] = _prune_linear(w, xs, f"method={method},{opts}")
         wp = v.numpy()
         if pattern:
             assert v.sparsity.validate(wp) == [] and (wp.reshape(n, -1, 4) != 0).sum(-1).max() == 2
         elif method != "magnitude":
             assert ((wp == 0).sum(1) == k // 2).all()
-        out[method] = np.sqrt(sum(float(np.sum((a @ (wp - w).T) ** 2)) for a in xs) /
-                              sum(float(np.sum((a @ w.T) ** 2)) for a in xs))
     assert out["sparsegpt"] < 0.6 * min(out["wanda"], out["magnitude"]), out

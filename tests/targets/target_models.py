@@ -1,5 +1,7 @@
 """Small IR models shared by the target tests."""
 
+import warnings
+
 import numpy as np
 
 from edgec import ir
@@ -77,3 +79,15 @@ def lowering_zoo() -> ir.Model:
     ir.infer_shapes(model)
     ir.verify(model, check_shapes=True)
     return model
+
+
+def export_example(name: str, path) -> str:
+    """An example architecture (examples/models) exported to ONNX at ``path`` (opset 17, output "out")."""
+    import architectures
+    import torch
+    mod, ex, names = architectures.build(name)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        torch.onnx.export(mod, ex, str(path), dynamo=False, opset_version=17, input_names=names,
+                          output_names=["out"])
+    return str(path)

@@ -4,7 +4,6 @@ test runs MLModel.predict instead)."""
 
 import os
 import platform
-import warnings
 
 import numpy as np
 import pytest
@@ -215,14 +214,9 @@ def test_lowering_zoo_matches_onnxruntime(tmp_path):
 
 
 def _export(name, tmp_path):
-    torch = pytest.importorskip("torch")
-    import architectures
-    mod, ex, names = architectures.build(name)
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore")
-        torch.onnx.export(mod, ex, str(tmp_path / "m.onnx"), dynamo=False, opset_version=17, input_names=names,
-                          output_names=["out"])
-    return str(tmp_path / "m.onnx")
+    pytest.importorskip("torch")
+    from target_models import export_example
+    return export_example(name, tmp_path / "m.onnx")
 
 
 @pytest.mark.parametrize("name, pipe, deployment", [

@@ -82,18 +82,11 @@ def test_tiny_cnn_runs_under_qemu(tiny_cnn_path, tmp_path):
 def test_example_models_run_under_qemu_at_fp32(name, tmp_path):
     """The foundation's example models (ResNet-18 blocks, MobileNetV3, a BERT-style encoder with int64 ids and
     a mask) on Hexagon v67, fp32, within 1e-5 of the reference executor."""
-    import warnings
-
-    torch = pytest.importorskip("torch")
-    import architectures
+    pytest.importorskip("torch")
+    from target_models import export_example
 
     from edgec.compiler import compile as compile_model
-    mod, ex, names = architectures.build(name)
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore")
-        torch.onnx.export(mod, ex, str(tmp_path / "m.onnx"), dynamo=False, opset_version=17, input_names=names,
-                          output_names=["out"])
-    r = compile_model(str(tmp_path / "m.onnx"), "hexagon", "", str(tmp_path / "a"), verify=True)
+    r = compile_model(export_example(name, tmp_path / "m.onnx"), "hexagon", "", str(tmp_path / "a"), verify=True)
     v = r.manifest["verification"]
     assert v["ran"] and v["passed"], v["summary"]
     assert all(o["vs_reference_max_rel_err"] <= 1e-5 for o in v["outputs"]), v["outputs"]
@@ -152,3 +145,14 @@ def test_static_int8_runs_simulated_and_says_so(tiny_cnn_path, tmp_path):
     v = r.manifest["verification"]
     assert v["ran"] and v["passed"] and all(o["vs_reference_max_rel_err"] <= 1e-5 for o in v["outputs"]), v
     assert "not yet integer HVX kernels" in r.manifest["target"]["arithmetic"]
+
+
+def test_without_qemu_the_artifact_is_built_and_verify_says_it_did_not_run(tiny_cnn_path, tmp_path, monkeypatch):
+    import edgec.targets.hexagon as hexagon_target
+    from edgec.compiler import compile as compile_model
+    real_which = shutil.which
+    monkeypatch.setattr(hexagon_target.shutil, "which", lambda t: None if t == "qemu-hexagon" else real_which(t))
+    r = compile_model(tiny_cnn_path, "hexagon", "", str(tmp_path / "a"), verify=True)
+    v = r.manifest["verification"]
+    assert not v["ran"] and "qemu-hexagon is not installed" in v["summary"] and "apt-get install qemu-user" in v["summary"]
+    assert (tmp_path / "a" / "runner").exists()
