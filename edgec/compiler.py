@@ -304,6 +304,11 @@ def _verify(tgt: Target, out_dir: str, model: Model, feeds, original, tolerance:
     ref_outs = [ref[o.name] for o in model.graph.outputs]
     quantized = any(isinstance(v.const, QuantizedTensor) for v in model.graph.initializers.values())
     act_quant = any(v.quant is not None for v in model.graph.values())
+    int_outs = None
+    if act_quant and tgt.integer_semantics():
+        from .ir.integer import integer_reference
+        iref = integer_reference(model).run(feeds)
+        int_outs = [iref[o.name] for o in model.graph.outputs]
     rows = []
     passed = True
     # A target whose runtime executes simulated activation quantization as real integer kernels (its own
@@ -332,6 +337,12 @@ def _verify(tgt: Target, out_dir: str, model: Model, feeds, original, tolerance:
             ok = row["vs_reference_max_rel_err"] <= tolerance
         if not quantized and not act_quant and not policy and "vs_original_max_rel_err" in row:
             ok = ok and row["vs_original_max_rel_err"] <= tolerance
+        if int_outs is not None:
+            # The integer kernels are bit-exact with the integer semantics; float ops after them (softmax,
+            # norms) may differ from onnxruntime's by float32 rounding, hence the tolerance.
+            row["vs_integer_reference_max_rel_err"] = _rel_err(got[k], int_outs[k])
+            row["bit_exact_vs_integer_reference"] = bool(np.array_equal(got[k], int_outs[k]))
+            ok = ok and row["vs_integer_reference_max_rel_err"] <= tolerance
         row["passed"] = ok
         passed &= ok
         rows.append(row)
@@ -345,6 +356,10 @@ def _verify(tgt: Target, out_dir: str, model: Model, feeds, original, tolerance:
     policy = getattr(tgt, "verify_policy", None)
     if policy:
         summary += f"; target criterion: {policy['description']}"
+    if int_outs is not None:
+        exact = sum(r["bit_exact_vs_integer_reference"] for r in rows)
+        summary += (f"; vs the integer reference (edgec.ir.integer): {exact}/{len(rows)} outputs bit-exact, max "
+                    f"relative error {max(r['vs_integer_reference_max_rel_err'] for r in rows):.3g}")
     return {"passed": passed, "ran": True, "runtime": tgt.runtime, "tolerance": tolerance, "outputs": rows,
             "criterion": "target" if policy else "activation-quant" if act_quant else "max-rel-err",
             "summary": summary, "error_metric": "max|artifact - reference| / max|reference|"}

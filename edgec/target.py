@@ -75,6 +75,11 @@ class Target:
     # Targets that run activation-quantized models as real integer kernels (with their own requantization
     # rounding) may set {"min_cosine", "max_rel_err", "description"} for such models.
     act_quant_policy: ClassVar[dict | None] = None
+
+    def integer_semantics(self) -> bool:
+        """True when the artifact runs activation-quantized Conv / Linear exactly as :mod:`edgec.ir.integer`
+        defines: --verify then also compares it with that integer reference, at --tolerance."""
+        return False
     dynamic_shapes: ClassVar[bool] = False  # True: the artifact takes any input length (no shape fixing)
 
     def __post_init__(self) -> None:

@@ -75,6 +75,10 @@ class RelaxBuilder:
         r = op.clip(op.add(r, c(float(q.zero_point))), float(lo), float(hi))
         return self.emit(op.multiply(op.subtract(r, c(float(q.zero_point))), c(q.scale)))
 
+    def lower_special(self, n: Node) -> bool:
+        """A subclass's hook: lower ``n`` itself (setting ``self.env`` for its outputs) and return True."""
+        return False
+
     def build(self):
         relax = self.relax
         g = self.model.graph
@@ -98,6 +102,8 @@ class RelaxBuilder:
                     if v.quant is not None:
                         self.env[id(v)] = self.fake_quant(self.env[id(v)], v)
                 for n in g:
+                    if self.lower_special(n):
+                        continue
                     res = LOWERINGS[n.qualified_op](self, n)
                     outs = res if isinstance(res, (list, tuple)) else [res]
                     for o, r in zip(n.outputs, outs):

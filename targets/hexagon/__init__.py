@@ -35,7 +35,7 @@ ARCHS = ("v67", "v68", "v69", "v73", "v75")
 # Symbols the kernels may leave undefined: what runtime.c defines. Anything else is a build error.
 RUNTIME_SYMBOLS = frozenset({
     "memset", "memcpy", "memmove", "__hexagon_memcpy_likely_aligned_min32bytes_mult8bytes", "expf", "tanhf",
-    "sqrtf", "fabsf", "erff", "floorf", "nearbyintf", "__hexagon_sqrtf", "__hexagon_divsf3", "__hexagon_divsi3", "__hexagon_modsi3", "__hexagon_udivsi3", "__hexagon_umodsi3",
+    "sqrtf", "fabsf", "edgec_fence", "erff", "floorf", "nearbyintf", "__hexagon_sqrtf", "__hexagon_divsf3", "__hexagon_divsi3", "__hexagon_modsi3", "__hexagon_udivsi3", "__hexagon_umodsi3",
     "__hexagon_divdi3", "__hexagon_moddi3", "__hexagon_udivdi3", "__hexagon_umoddi3",
     "__TVMBackendAllocWorkspace", "__TVMBackendFreeWorkspace", "__TVMBackendParallelLaunch",
     "_GLOBAL_OFFSET_TABLE_"})  # the last one the linker provides
@@ -104,12 +104,26 @@ class HexagonTarget(Target):
     capabilities: ClassVar[Capabilities] = Capabilities(
         ops=frozenset(LOWERINGS), dtypes=frozenset({"f32", "i64", "i32", "bool", "i8", "u8"}),
         quant=frozenset({(s, b) for s in ("symmetric", "asymmetric", "affine") for b in range(2, 9)}))
+    act_quant_policy: ClassVar[dict | None] = {
+        "min_cosine": 0.999, "max_rel_err": 0.05,
+        "description": "static int8 Conv / Linear run as integer kernels with fixed-point requantization "
+                       "(edgec.ir.integer), which differs from the float simulation by about one step at "
+                       "rounding boundaries; the artifact must also match the integer reference at --tolerance"}
     arch: str = option("v67", choices=ARCHS, help="Hexagon architecture (qemu-hexagon 7.2 runs v67 only)")
     hvx: int = option(128, choices=(0, 128), help="HVX vector length in bytes (0: no HVX)")
+    int8: bool = option(True, help="run statically quantized int8 Conv / Linear on the integer HVX kernels "
+                                   "(false: simulate them in float, as the reference executor does)")
+
+    def integer_semantics(self) -> bool:
+        return self.int8 and self.hvx == 128
 
     def tvm_target(self):
         import tvm
-        attrs = [f"+hvx{self.arch}", "+hvx-length128b"] if self.hvx else []
+        # long-calls: a large model's kernels exceed the 2 MiB reach of a direct call into the runtime
+        # HVX float: qfloat from v68, IEEE float from v73 (v67's HVX has none: float kernels stay scalar).
+        hvx_float = {"v68": ["+hvx-qfloat"], "v69": ["+hvx-qfloat"], "v73": ["+hvx-ieee-fp"],
+                     "v75": ["+hvx-ieee-fp"]}.get(self.arch, [])
+        attrs = ([f"+hvx{self.arch}", "+hvx-length128b"] + hvx_float if self.hvx else []) + ["+long-calls"]
         return tvm.target.Target({"kind": "llvm", "mtriple": "hexagon", "mcpu": f"hexagon{self.arch}",
                                   "mattr": attrs})
 
@@ -125,10 +139,11 @@ class HexagonTarget(Target):
         import tvm
         from tvm import relax
 
-        from ..cpu.relax_builder import RelaxBuilder
+        from .intops import HexagonBuilder
         tools = _tools()
         target = self.tvm_target()
-        mod = RelaxBuilder(model).build()
+        builder = HexagonBuilder(model, integer=self.int8 and self.hvx == 128)
+        mod = builder.build()
         seq = tvm.transform.Sequential([
             relax.transform.DecomposeOpsForInference(), relax.transform.LegalizeOps(),
             relax.transform.AnnotateTIROpPattern(), relax.transform.FoldConstant(), relax.transform.FuseOps(),
@@ -160,17 +175,30 @@ class HexagonTarget(Target):
             self._link(tools, out_dir, work, ws_bytes=1 << 20)
         finally:
             shutil.rmtree(work, ignore_errors=True)
-        files = ["kernels.o", "weights.bin", "model.h", "model.c", "runtime.c", "runner.c", "libmodel.so", "runner",
-                 "io.json"]
+        files = ["kernels.o", "weights.bin", "weights.S", "model.h", "model.c", "runtime.c", "runner.c", "libmodel.so",
+                 "runner", "io.json"]
         return Artifact(files, {"tvm_version": tvm.__version__, "arch": self.arch, "hvx": self.hvx,
                                 "kernels": sorted({c[0] for c in calls}), "calls": len(calls),
                                 "arena_bytes": arena, "weights_bytes": blob,
-                                "arithmetic": "float32 kernels" + (
-                                    "; int8 activations simulated exactly (quantize-dequantize in float), not yet "
-                                    "integer HVX kernels" if any(v.quant is not None for v in model.graph.values())
-                                    else ""),
+                                "arithmetic": self._arithmetic(model, builder),
+                                "integer_kernels": builder.kernels,
                                 "verification_runtime": "qemu-hexagon" if self.arch == "v67" else
                                 f"none: qemu-hexagon 7.2 runs v67 only ({self.arch} is compile-only)"})
+
+    @staticmethod
+    def _arithmetic(model: Model, builder) -> str:
+        fused = sum(c.fused is not None for c in builder.ops.values())
+        parts = []
+        if builder.ops:
+            parts.append(f"{len(builder.ops)} int8 Conv/Linear on integer HVX kernels (vrmpy, int32 accumulation; "
+                         f"{fused} requantize into the next kernel's codes, the rest dequantize to float32), "
+                         "bit-exact with edgec.ir.integer")
+        rest = [n for n in model.graph if n.qualified_op in ("Conv", "edgec::Linear") and id(n) not in builder.ops]
+        simulated = any(v.quant is not None for v in model.graph.values())
+        parts.append("float32 kernels for everything else" if parts else "float32 kernels")
+        if simulated and rest:
+            parts.append(f"{len(rest)} Conv/Linear with simulated int8 activations (quantize-dequantize in float)")
+        return "; ".join(parts)
 
     @staticmethod
     def _walk(model: Model, mod) -> tuple[list, list[_Tensor]]:
@@ -315,16 +343,22 @@ class HexagonTarget(Target):
         # The driver and runtime are plain C: clang 14 (Debian 12) knows up to v69, which newer arches run.
         cpu = self.arch if self.arch in ("v67", "v68", "v69") else "v69"
         cflags = ["--target=hexagon-unknown-linux-musl", f"-mcpu=hexagon{cpu}", "-ffreestanding",
-                  "-nostdlib", "-fno-builtin", "-O2", "-fPIC", f"-I{inc}", f"-I{out_dir}",
+                  "-nostdlib", "-fno-builtin", "-O2", "-fPIC", "-mlong-calls", f"-I{inc}", f"-I{out_dir}",
                   f"-DEDGEC_WORKSPACE_BYTES={ws_bytes}"] + [f"-I{d}" for d in dl]
         if self.hvx:
             cflags += ["-mhvx", "-mhvx-length=128b"]
+        # The weights blob is included by an assembler file rather than ld's --format=binary, whose section is
+        # byte-aligned: the integer kernels load their weights with aligned 128-byte vector loads.
+        with open(os.path.join(out_dir, "weights.S"), "w") as f:
+            f.write('/* Generated by edgec: the weights blob, 128-byte aligned. */\n'
+                    '.section .rodata.edgec_weights,"a"\n.p2align 7\n.globl _binary_weights_bin_start\n'
+                    '_binary_weights_bin_start:\n.incbin "weights.bin"\n')
         objs = {}
-        for src in ("model.c", "runtime.c", "runner.c"):
+        for src in ("model.c", "runtime.c", "runner.c", "weights.S"):
             obj = os.path.join(work, src[:-2] + ".o")
-            self._run([tools["clang"], *cflags, "-c", os.path.join(out_dir, src), "-o", obj], f"compiling {src}")
+            self._run([tools["clang"], *cflags, "-c", src, "-o", obj], f"compiling {src}", cwd=out_dir)
             objs[src] = obj
-        blob = ["--format=binary", "weights.bin", "--format=default"]
+        blob = [objs["weights.S"]]
         kobj = os.path.join(out_dir, "kernels.o")
         self._run([tools["ld.lld"], "-shared", "-o", os.path.join(out_dir, "libmodel.so"), objs["model.c"],
                    objs["runtime.c"], kobj, *blob], "linking libmodel.so", cwd=out_dir)

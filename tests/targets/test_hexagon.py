@@ -130,23 +130,6 @@ def test_weight_quantized_models_run_exactly_under_qemu(pipe, max_ratio, tiny_cn
     assert r.manifest["target"]["weights_bytes"] <= max_ratio * f32.manifest["target"]["weights_bytes"]
 
 
-@needs_qemu
-def test_static_int8_runs_simulated_and_says_so(tiny_cnn_path, tmp_path):
-    """Static int8 (weights and activations) runs with the activations quantized-dequantized in float, as
-    the reference executor does (floorf / nearbyintf come from the runtime), and the manifest says the
-    integer HVX kernels are not used yet."""
-    import warnings
-
-    from edgec.compiler import compile as compile_model
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore")
-        r = compile_model(tiny_cnn_path, "hexagon", "quantize{bits=8},quantize-activations", str(tmp_path / "a"),
-                          calib="random", verify=True)
-    v = r.manifest["verification"]
-    assert v["ran"] and v["passed"] and all(o["vs_reference_max_rel_err"] <= 1e-5 for o in v["outputs"]), v
-    assert "not yet integer HVX kernels" in r.manifest["target"]["arithmetic"]
-
-
 def test_without_qemu_the_artifact_is_built_and_verify_says_it_did_not_run(tiny_cnn_path, tmp_path, monkeypatch):
     import edgec.targets.hexagon as hexagon_target
     from edgec.compiler import compile as compile_model
