@@ -1,13 +1,12 @@
-"""The ``hexagon`` target (work in progress, issue 7): edgec IR -> Relax -> fused TIR kernels -> a Hexagon
-object compiled by TVM's LLVM, plus a generated C driver, a freestanding runtime, a weights blob, a header,
-a shared object and a static test runner linked with ``ld.lld``; ``--verify`` runs the runner under
-``qemu-hexagon``.
+"""The ``hexagon`` target: edgec IR -> Relax -> fused TIR kernels -> a Hexagon object compiled by TVM's LLVM,
+plus a generated C driver on a static arena planned by liveness, a freestanding runtime, a 128-byte
+aligned weights blob, a header, a shared object and a static test runner linked with ``ld.lld``;
+``--verify`` runs the runner under ``qemu-hexagon`` (v67).
 
-Done so far: float models (the ops of the ``cpu`` target's Relax builder), scalar float kernels for v67
-(HVX has no float there), weight-quantized models (codes packed in the blob, dequantized in the kernels),
-static int8 models simulated in float, a static arena planned by tensor liveness, symbol checks against an allow-list,
-and execution under qemu-hexagon (v67). Not yet: int8 HVX kernels (vrmpy), qfloat/IEEE-fp kernels for
-v68/v73, and the packets-per-MAC benchmark.
+Statically quantized int8 Conv / depthwise Conv / Linear run on HVX integer kernels (``vrmpy``, int32
+accumulation, fixed-point requantization fused into the next kernel's input; :mod:`.qkernels`,
+:mod:`.intops`), bit-exact with :mod:`edgec.ir.integer`. Float kernels are scalar on v67 (no HVX float);
+float Linear layers use HVX qfloat (v68/v69) or IEEE float (v73/v75), compile-only here.
 """
 
 from __future__ import annotations
@@ -97,13 +96,14 @@ def plan_arena(temps: list[_Tensor], align: int = 128) -> int:
 @dataclasses.dataclass(frozen=True)
 class HexagonTarget(Target):
     name: ClassVar[str] = "hexagon"
-    summary: ClassVar[str] = "Qualcomm Hexagon DSP (work in progress): TVM kernels, freestanding runtime, qemu-run"
+    summary: ClassVar[str] = "Qualcomm Hexagon DSP: TVM kernels (int8 on HVX vrmpy), freestanding runtime, qemu-run"
     runtime: ClassVar[str] = "qemu-hexagon (v67) running the artifact's static test runner"
     # Weight-quantized models run as in the cpu target: codes stored packed in the blob, dequantized inside the
-    # float kernels (the int8 HVX kernels with integer activations are still to come).
+    # float kernels; static int8 Conv / Linear (quantized activations) run on the integer HVX kernels.
     capabilities: ClassVar[Capabilities] = Capabilities(
         ops=frozenset(LOWERINGS), dtypes=frozenset({"f32", "i64", "i32", "bool", "i8", "u8"}),
-        quant=frozenset({(s, b) for s in ("symmetric", "asymmetric", "affine") for b in range(2, 9)}))
+        quant=frozenset({(s, b) for s in ("symmetric", "asymmetric", "affine") for b in range(2, 9)}),
+        activation_quant=True)
     act_quant_policy: ClassVar[dict | None] = {
         "min_cosine": 0.999, "max_rel_err": 0.05,
         "description": "static int8 Conv / Linear run as integer kernels with fixed-point requantization "
@@ -111,6 +111,7 @@ class HexagonTarget(Target):
                        "rounding boundaries; the artifact must also match the integer reference at --tolerance"}
     arch: str = option("v67", choices=ARCHS, help="Hexagon architecture (qemu-hexagon 7.2 runs v67 only)")
     hvx: int = option(128, choices=(0, 128), help="HVX vector length in bytes (0: no HVX)")
+    asm: bool = option(False, help="also write kernels.s, the kernels' assembly (slow for large models)")
     int8: bool = option(True, help="run statically quantized int8 Conv / Linear on the integer HVX kernels "
                                    "(false: simulate them in float, as the reference executor does)")
 
@@ -142,7 +143,8 @@ class HexagonTarget(Target):
         from .intops import HexagonBuilder
         tools = _tools()
         target = self.tvm_target()
-        builder = HexagonBuilder(model, integer=self.int8 and self.hvx == 128)
+        builder = HexagonBuilder(model, integer=self.int8 and self.hvx == 128,
+                                 float_hvx=self.hvx == 128 and self.arch != "v67")
         mod = builder.build()
         seq = tvm.transform.Sequential([
             relax.transform.DecomposeOpsForInference(), relax.transform.LegalizeOps(),
@@ -157,7 +159,11 @@ class HexagonTarget(Target):
         work = tempfile.mkdtemp(prefix="edgec-hexagon-")
         try:
             kobj = os.path.join(out_dir, "kernels.o")
-            (ex.mod if hasattr(ex, "mod") else ex).write_to_file(kobj)
+            kmod = ex.mod if hasattr(ex, "mod") else ex
+            kmod.write_to_file(kobj)
+            if self.asm:  # LLVM generates the assembly a second time: minutes for a BERT-sized model
+                with open(os.path.join(out_dir, "kernels.s"), "w") as f:
+                    f.write(kmod.inspect_source("asm"))
             self._check_symbols(tools, kobj, allowed=RUNTIME_SYMBOLS, what="the kernels")
             temps = [t for t in tensors if t.kind == "temp"]
             arena = plan_arena(temps)
@@ -175,13 +181,14 @@ class HexagonTarget(Target):
             self._link(tools, out_dir, work, ws_bytes=1 << 20)
         finally:
             shutil.rmtree(work, ignore_errors=True)
-        files = ["kernels.o", "weights.bin", "weights.S", "model.h", "model.c", "runtime.c", "runner.c", "libmodel.so",
-                 "runner", "io.json"]
+        files = ["kernels.o", *(["kernels.s"] if self.asm else []), "weights.bin", "weights.S", "model.h", "model.c",
+                 "runtime.c", "runner.c", "libmodel.so", "runner", "io.json"]
         return Artifact(files, {"tvm_version": tvm.__version__, "arch": self.arch, "hvx": self.hvx,
                                 "kernels": sorted({c[0] for c in calls}), "calls": len(calls),
                                 "arena_bytes": arena, "weights_bytes": blob,
                                 "arithmetic": self._arithmetic(model, builder),
-                                "integer_kernels": builder.kernels,
+                                "integer_kernels": [k for k in builder.kernels if k.startswith("q")],
+                                "hvx_float_kernels": [k for k in builder.kernels if k.startswith("f")],
                                 "verification_runtime": "qemu-hexagon" if self.arch == "v67" else
                                 f"none: qemu-hexagon 7.2 runs v67 only ({self.arch} is compile-only)"})
 
@@ -195,7 +202,10 @@ class HexagonTarget(Target):
                          "bit-exact with edgec.ir.integer")
         rest = [n for n in model.graph if n.qualified_op in ("Conv", "edgec::Linear") and id(n) not in builder.ops]
         simulated = any(v.quant is not None for v in model.graph.values())
-        parts.append("float32 kernels for everything else" if parts else "float32 kernels")
+        hvx_float = sum(k.startswith("f") for k in builder.kernels)
+        if hvx_float:
+            parts.append(f"{hvx_float} float Linear on HVX float kernels (v68 qfloat / v73+ IEEE float)")
+        parts.append("scalar float32 kernels for everything else" if parts else "scalar float32 kernels")
         if simulated and rest:
             parts.append(f"{len(rest)} Conv/Linear with simulated int8 activations (quantize-dequantize in float)")
         return "; ".join(parts)

@@ -15,7 +15,7 @@ import numpy as np
 from ...ir import Node
 from ...ir.integer import IntOp, plan
 from ..cpu.relax_builder import RelaxBuilder, _safe
-from .qkernels import LEFT, ConvSpec, Layout, conv_kernel
+from .qkernels import LEFT, ConvSpec, Layout, conv_kernel, float_linear_kernel
 
 
 def _conv_geometry(c: IntOp) -> tuple[int, int, int, int, int, int, int, int]:
@@ -82,8 +82,9 @@ def epilogue_consts(c: IntOp) -> tuple[np.ndarray, np.ndarray]:
 class HexagonBuilder(RelaxBuilder):
     """The cpu target's Relax builder with :class:`IntOp` nodes lowered to the integer HVX kernels."""
 
-    def __init__(self, model, integer: bool = True):
+    def __init__(self, model, integer: bool = True, float_hvx: bool = False):
         super().__init__(model)
+        self.float_hvx = float_hvx
         self.ops = plan(model) if integer else {}
         self.chained = {id(d) for c in self.ops.values() if c.fused is not None for d in c.chain[1:]}
         self.codes: dict[int, object] = {}       # value -> Relax var holding its codes, in layouts[value]
@@ -102,7 +103,7 @@ class HexagonBuilder(RelaxBuilder):
             return True  # a Relu / Clip folded into its producer's requantizing epilogue
         c = self.ops.get(id(n))
         if c is None:
-            return False
+            return self.float_hvx and self._float_linear(n)
         from tvm import relax
         x = self._codes_of(c)
         src = self.layouts[id(c.x)]
@@ -169,3 +170,36 @@ class HexagonBuilder(RelaxBuilder):
         y = self.bb.emit_te(prep, xf, primfunc_name_hint="quantize_pack")
         self.codes[key] = y
         return y
+
+    def _float_linear(self, n: Node) -> bool:
+        """A float ``edgec::Linear`` with constant float weights as an HVX float kernel (v68 qfloat, v73+
+        IEEE float); anything else (quantized weights, no static shape) goes the generic way."""
+        from ...ir import QuantizedTensor
+        if n.qualified_op != "edgec::Linear":
+            return False
+        x, w = n.inputs[0], n.inputs[1]
+        b = n.inputs[2] if len(n.inputs) > 2 else None
+        if not w.is_const or isinstance(w.const, QuantizedTensor) or w.rank != 2 or x.static_shape is None \
+                or (b is not None and (not b.is_const or isinstance(b.const, QuantizedTensor))):
+            return False
+        relax = self.relax
+        wa = np.asarray(w.const.numpy(), np.float32)
+        N, K = wa.shape
+        M = int(np.prod(x.static_shape[:-1]))
+        lanes = 32
+        npad = -(-N // lanes) * lanes
+        wt = np.zeros((K, npad), np.float32)
+        wt[:, :N] = wa.T
+        bp = np.zeros(npad, np.float32)
+        if b is not None:
+            bp[:N] = np.asarray(b.const.numpy(), np.float32).reshape(-1)
+        name = f"f{len(self.kernels)}_{_safe(n.name)}"
+        gv = self.bb.add_func(float_linear_kernel(M, K, N, lanes), name)
+        self.kernels.append(name)
+        xf = self.emit(relax.op.reshape(self.get(x), [M, K]))
+        y = self.emit(relax.call_tir(gv, relax.Tuple([xf, relax.const(wt, "float32"), relax.const(bp, "float32")]),
+                                     relax.TensorType([M, N], "float32")))
+        o = n.outputs[0]
+        y = self.emit(relax.op.reshape(y, list(o.static_shape)))
+        self.env[id(o)] = self.fake_quant(y, o) if o.quant is not None else y
+        return True

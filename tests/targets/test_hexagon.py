@@ -1,4 +1,4 @@
-"""The hexagon target (work in progress): float models through TVM's Hexagon codegen, a generated driver and
+"""The hexagon target: float models through TVM's Hexagon codegen, a generated driver and
 freestanding runtime, linked with ld.lld and run under qemu-hexagon (v67)."""
 
 import os
@@ -121,7 +121,7 @@ def test_v73_is_compile_only(tmp_path):
                                               "quantize{bits=8,ops=Conv}", 0.30)])
 def test_weight_quantized_models_run_exactly_under_qemu(pipe, max_ratio, tiny_cnn_path, tmp_path):
     """Weight-only quantized models: codes stored packed in the blob, dequantized inside the float kernels,
-    matching the IR's exact dequantized weights (the int8-activation HVX kernels are still to come)."""
+    matching the IR's exact dequantized weights."""
     from edgec.compiler import compile as compile_model
     f32 = compile_model(tiny_cnn_path, "hexagon", "", str(tmp_path / "f"), verify=False)
     r = compile_model(tiny_cnn_path, "hexagon", pipe, str(tmp_path / "q"), verify=True)

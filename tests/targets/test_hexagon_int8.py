@@ -155,6 +155,20 @@ def test_float_kernels_use_hvx_float_on_v68_and_later(arch, pattern):
     np.testing.assert_allclose(arrs[3].numpy(), np.maximum(x @ w + b, 0), rtol=1e-5, atol=1e-5)
 
 
+@pytest.mark.parametrize("arch, pattern", [("v68", r"\.qf32 = vmpy\(v\d+\.sf,v\d+\.sf\)"),
+                                           ("v73", r"\.sf = vmpy\(v\d+\.sf,v\d+\.sf\)")])
+def test_float_models_on_v68_and_v73_use_hvx_float_linear(arch, pattern, tmp_path):
+    """A float model compiled for v68 / v73 (compile-only here): its Linear layers become HVX float kernels,
+    seen in the artifact's kernels.s."""
+    from edgec.ir.passes import PassContext
+    from edgec.targets.hexagon import HexagonTarget
+    m = _mlp()
+    art = HexagonTarget(arch=arch, asm=True).emit(m, str(tmp_path), PassContext())
+    assert len(art.manifest["hvx_float_kernels"]) == 3 and art.manifest["integer_kernels"] == []
+    assert re.search(pattern, (tmp_path / "kernels.s").read_text())
+    assert "HVX float kernels" in art.manifest["arithmetic"]
+
+
 # ---------------------------------------------------------------------------------------------- whole models
 def _static_int8(model, scheme="symmetric"):
     from edgec.calibration import load_calibration
