@@ -94,9 +94,12 @@ def main(debug: bool) -> None:
 @click.option("--seed", type=int, default=0, show_default=True, help="Seed for verification inputs.")
 @click.option("--json", "as_json", is_flag=True, help="Print the manifest as JSON on stdout.")
 @click.option("-q", "--quiet", is_flag=True, help="No progress output.")
+@click.option("--tiers", help="Emit the model at several footprint budgets, e.g. 2GB,1GB,500MB (per-layer bits by "
+              "mixed-precision; needs --calib): OUTPUT/tier-*/ plus OUTPUT/tiers.json.")
+@click.option("--tier-options", default="", help="Extra mixed-precision options for --tiers, e.g. 'bits=2:4:8'.")
 @handle_errors
 def compile_cmd(model, target, pipeline, output, input_shapes, calib, verify, tolerance, no_cleanup, time_passes,
-                dump_ir, frontend, seed, as_json, quiet):
+                dump_ir, frontend, seed, as_json, quiet, tiers, tier_options):
     """Compile MODEL for a target into a directory with the artifact and manifest.json."""
     from .compiler import compile as do_compile
     from .errors import UsageError
@@ -106,6 +109,22 @@ def compile_cmd(model, target, pipeline, output, input_shapes, calib, verify, to
         if not eq:
             raise UsageError(f"--input-shape {s!r}: expected NAME=AxBx..")
         shapes[name] = dims
+    if tiers:
+        from .compiler import compile_tiers
+        out = output or f"{model}.{target.split('{')[0]}.tiers"
+        index = compile_tiers(model, target, pipeline, out, tiers.split(","), tier_options=tier_options,
+                              input_shapes=shapes, verify=verify, tolerance=tolerance, cleanup=not no_cleanup,
+                              seed=seed, frontend=frontend, calib=calib,
+                              progress=None if (quiet or as_json) else lambda m: click.echo(m, err=True))
+        if as_json:
+            _emit_json({"ok": True, "output_dir": out, "tiers": index})
+            return
+        click.echo(f"wrote {out}/tiers.json and {len(index['tiers'])} tiers:")
+        for t in index["tiers"]:
+            mp = t.get("mixed_precision") or {}
+            click.echo(f"  {t['tier']:>8}: {t['path']}: artifact {_human(t['artifact_bytes'])}, weights "
+                       f"{_human(t['weights_bytes'])}, {mp.get('avg_bits', '?')} bits/weight on average")
+        return
     bar = None
     if not (quiet or as_json) and sys.stderr.isatty():
         from tqdm import tqdm
@@ -147,13 +166,30 @@ def compile_cmd(model, target, pipeline, output, input_shapes, calib, verify, to
 @click.option("--frontend", help="Force a frontend.")
 @click.option("--json", "as_json", is_flag=True, help="Machine-readable output.")
 @click.option("--ir", "show_ir", is_flag=True, help="Print the IR text (large tensors elided).")
+@click.option("--sensitivity", is_flag=True, help="Quantize one layer at a time and measure the outputs' change "
+              "(KL on logits, SQNR, cosine) on --calib data; cached, so a second run is instant.")
+@click.option("--calib", help="Calibration data for --sensitivity: a .npz, a folder of samples, or 'random'.")
+@click.option("--bits", default="2:4:8", show_default=True, help="--sensitivity: candidate widths, ':'-separated.")
+@click.option("--method", default="rtn", show_default=True, type=click.Choice(["rtn", "mse", "gptq"]),
+              help="--sensitivity: quantization algorithm.")
+@click.option("--samples", default=8, show_default=True, type=int, help="--sensitivity: calibration samples.")
+@click.option("--plot", type=click.Path(dir_okay=False), help="--sensitivity: also save a PNG plot here.")
+@click.option("--metric", default="kl", show_default=True, type=click.Choice(["kl", "sqnr", "cosine"]),
+              help="--sensitivity: the metric plotted.")
+@click.option("--no-cache", is_flag=True, help="--sensitivity: measure again even if cached.")
+@click.option("--input-shape", "input_shapes", multiple=True, help="name=d0,d1,... for dynamic inputs.")
 @handle_errors
-def inspect(model, frontend, as_json, show_ir):
-    """Show a model's inputs, outputs, operators, parameters and sizes."""
+def inspect(model, frontend, as_json, show_ir, sensitivity, calib, bits, method, samples, plot, metric, no_cache,
+            input_shapes):
+    """Show a model's inputs, outputs, operators, parameters and sizes (or, with --sensitivity, how much
+    quantizing each layer alone changes the outputs)."""
     import collections
 
     from .compiler import _io, layer_table, load_model
     from .ir import print_model
+    if sensitivity:
+        _inspect_sensitivity(model, calib, bits, method, samples, plot, metric, no_cache, input_shapes, as_json)
+        return
     m = load_model(model, frontend)
     ops = collections.Counter(n.qualified_op for n in m.graph)
     info = {"model": model, "opsets": m.opset_imports, **_io(m), "nodes": len(m.graph), "ops": dict(ops.most_common()),
@@ -169,6 +205,36 @@ def inspect(model, frontend, as_json, show_ir):
         for v in info[k]:
             click.echo(f"  {k[:-1]:<6} {v['name']}: {v['dtype']}{v['shape']}")
     click.echo("  ops: " + ", ".join(f"{op}×{c}" for op, c in ops.most_common()))
+
+
+def _inspect_sensitivity(model, calib, bits, method, samples, plot, metric, no_cache, input_shapes, as_json):
+    from .errors import UsageError
+    from .plugins.mixed.sensitivity import inspect_model
+    from .plugins.mixed.sensitivity import plot as plot_png
+    if not calib:
+        raise UsageError("--sensitivity needs --calib (a .npz, a folder of samples, or 'random' for a smoke test)")
+    try:
+        widths = [int(b) for b in bits.split(":")]
+    except ValueError:
+        raise UsageError(f"--bits {bits!r}: ':'-separated integers, e.g. 2:4:8") from None
+    shapes = dict(s.split("=", 1) for s in input_shapes) if input_shapes else None
+    sens = inspect_model(model, calib, widths, method, samples, use_cache=not no_cache, input_shapes=shapes,
+                         progress=None if as_json else lambda m: click.echo(m, err=True))
+    if plot:
+        plot_png(sens, plot, metric)
+    if as_json:
+        _emit_json({"model": model, "cached": sens.cached, **sens.to_json(), "plot": plot})
+        return
+    click.echo(f"{model}: sensitivity of {len(sens.layers)} layers ({'cached' if sens.cached else 'measured'}); "
+               f"{metric} per candidate, one layer quantized at a time")
+    head = "".join(f"{c.split('bits=')[1].split(',')[0] + ' bit':>12}" for c in sens.candidates)
+    click.echo(f"  {'layer':<48}{'params':>10}{head}")
+    for w in sens.layers:
+        vals = "".join(f"{sens.table[w][c][metric]:>12.4g}" if c in sens.table[w] else f"{'-':>12}"
+                       for c in sens.candidates)
+        click.echo(f"  {sens.nodes[w][-48:]:<48}{sens.params[w]:>10,}{vals}")
+    if plot:
+        click.echo(f"  plot: {plot}")
 
 
 @main.command("eval")

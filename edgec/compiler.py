@@ -155,6 +155,16 @@ def _io(model: Model) -> dict[str, list[dict[str, Any]]]:
                 for v in vals] for k, vals in (("inputs", model.graph.inputs), ("outputs", model.graph.outputs))}
 
 
+def _mixed_summary(model: Model) -> dict[str, Any] | None:
+    """The mixed-precision pass's decision (allocation, bytes, average bits, what decided), if it ran."""
+    raw = model.metadata.get("edgec.mixed_precision")
+    if not raw:
+        return None
+    d = json.loads(raw)
+    return {k: d[k] for k in ("avg_bits", "bytes", "histogram", "decided_by", "metric", "allocation", "evaluated",
+                              "cached_sensitivity") if k in d}
+
+
 def load_model(path: str, frontend: str | None = None) -> Model:
     fe = pick_frontend(path, host().frontends.as_dict(), frontend)
     return fe.load(path)
@@ -244,6 +254,7 @@ def compile(model: str | Model, target: str = "cpu", pipeline: str = "", output:
                       "parameters": ir_model.param_count()},
             "layers": layer_table(ir_model),
             "quantization": quantization_summary(ir_model),
+            "mixed_precision": _mixed_summary(ir_model),
             "calibration": {"source": calibration.source, "samples": len(calibration)} if calibration else None,
             "files": [{"path": f, "bytes": os.path.getsize(os.path.join(tmp, f)),
                        "sha256": sha256_file(os.path.join(tmp, f))} for f in art.files],
@@ -265,6 +276,60 @@ def compile(model: str | Model, target: str = "cpu", pipeline: str = "", output:
     if v is not None and not v["passed"]:
         raise VerificationFailed(f"verification failed: {v['summary']} (artifact kept in {output} for inspection)")
     return res
+
+
+_UNITS = {"": 1, "B": 1, "KB": 10**3, "MB": 10**6, "GB": 10**9, "KIB": 2**10, "MIB": 2**20, "GIB": 2**30}
+
+
+def parse_size(text: str) -> int:
+    """'2GB', '500MB', '1.5GiB', '1000000' -> bytes."""
+    import re
+    m = re.fullmatch(r"\s*([0-9]*\.?[0-9]+)\s*([A-Za-z]*)\s*", text)
+    if not m or m.group(2).upper() not in _UNITS:
+        raise UsageError(f"size {text!r}: expected a number with an optional unit (B, KB, MB, GB, KiB, MiB, GiB), "
+                         "e.g. 500MB")
+    return int(float(m.group(1)) * _UNITS[m.group(2).upper()])
+
+
+def compile_tiers(model: str, target: str, pipeline: str, output: str, tiers: list[str], *,
+                  tier_options: str = "", progress: Callable[[str], None] | None = None, **kw) -> dict[str, Any]:
+    """Compile ``model`` once per footprint tier: ``mixed-precision{size_mb=...}`` picks each tier's per-layer
+    bit widths (the sensitivities are measured once and cached), every tier is emitted into
+    ``output/tier-<size>/``, and ``output/tiers.json`` lists them largest first with their sizes, so an
+    application picks the largest tier that fits the memory it has. The directory appears complete or not
+    at all."""
+    say = progress or (lambda m: None)
+    budgets = sorted({parse_size(t): t for t in tiers}.items(), reverse=True)
+    if not budgets:
+        raise UsageError("--tiers needs at least one size, e.g. --tiers 2GB,1GB,500MB")
+    if kw.get("calib") is None:
+        raise UsageError("--tiers chooses bit widths from measured sensitivities: pass --calib")
+    parent = os.path.dirname(os.path.abspath(output))
+    os.makedirs(parent, exist_ok=True)
+    tmp = tempfile.mkdtemp(prefix=f".{os.path.basename(output)}.", dir=parent)
+    try:
+        rows = []
+        for b, label in budgets:
+            name = f"tier-{label.strip().replace(' ', '')}"
+            mp = f"mixed-precision{{size_mb={b / 1e6:.6f}" + (f",{tier_options}" if tier_options else "") + "}"
+            say(f"tier {label}: {mp}")
+            res = compile(model, target, ",".join(p for p in (pipeline, mp) if p), os.path.join(tmp, name),
+                          progress=progress, **kw)
+            m = res.manifest
+            files = sum(f["bytes"] for f in m["files"])
+            rows.append({"tier": label, "budget_bytes": b, "path": name, "weights_bytes": m["sizes"]["weights_bytes_after"],
+                         "artifact_bytes": files, "verification_passed": m.get("verification", {}).get("passed"),
+                         "mixed_precision": m.get("mixed_precision")})
+        index = {"edgec_version": __version__, "target": target, "source": os.path.basename(model),
+                 "pick": "the first tier whose artifact_bytes fit the memory available", "tiers": rows}
+        with open(os.path.join(tmp, "tiers.json"), "w") as f:
+            json.dump(index, f, indent=2)
+            f.write("\n")
+        _replace_dir(tmp, output)
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
+    return index
 
 
 def _replace_dir(tmp: str, output: str) -> None:

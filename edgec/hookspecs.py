@@ -39,3 +39,9 @@ def edgec_register_frontends(registry) -> None:
 @hookspec
 def edgec_register_targets(registry) -> None:
     """Register targets (subclasses of :class:`edgec.target.Target`) with ``registry.register(cls)``."""
+
+
+@hookspec
+def edgec_register_checks(registry) -> None:
+    """Register property checks (subclasses of :class:`edgec.checks.Check`) with ``registry.register(cls)``;
+    searches such as ``mixed-precision{max_drop=...,checks=...}`` reject candidates that break them."""

@@ -24,12 +24,15 @@ DEFAULT_PLUGINS = {
     "builtin-frontends": "edgec.plugins.frontends",
     "builtin-cleanup": "edgec.plugins.cleanup",
     "builtin-quantize": "edgec.plugins.quantize",
+    "builtin-prune": "edgec.plugins.prune",
+    "builtin-mixed": "edgec.plugins.mixed",
     "builtin-llm": "edgec.plugins.llm",
     "target-cpu": "edgec.targets.cpu",
     "target-gguf": "edgec.targets.gguf",
     "target-openvino": "edgec.targets.openvino",
     "target-tensorrt": "edgec.targets.tensorrt",
     "target-coreml": "edgec.targets.coreml",
+    "target-hexagon": "edgec.targets.hexagon",
 }
 
 
@@ -95,6 +98,7 @@ class PluginHost:
         self.passes = Registry("pass")
         self.frontends = Registry("frontend")
         self.targets = Registry("target")
+        self.checks = Registry("check")
         self._load()
 
     def _candidates(self) -> list[tuple[str, str, str, str]]:
@@ -125,7 +129,8 @@ class PluginHost:
             self.plugins.append(info)
             for reg, hook_name in ((self.passes, "edgec_register_passes"),
                                    (self.frontends, "edgec_register_frontends"),
-                                   (self.targets, "edgec_register_targets")):
+                                   (self.targets, "edgec_register_targets"),
+                                   (self.checks, "edgec_register_checks")):
                 reg._current = info
                 try:
                     _call_one(self.pm, mod, hook_name, reg)

@@ -1,9 +1,10 @@
-"""Built-in pruning passes."""
+"""Built-in pruning passes: unstructured / N:M (prune) and structured (prune-channels)."""
 
 from ...hookspecs import hookimpl
 from .prune import Prune
+from .structured import PruneChannels
 
-PASSES = (Prune,)
+PASSES = (Prune, PruneChannels)
 
 
 @hookimpl

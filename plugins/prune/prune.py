@@ -84,11 +84,15 @@ def magnitude_mask(w: np.ndarray, sparsity: float, threshold: float | None = Non
 
 
 def sparsegpt(w2: np.ndarray, h: np.ndarray, sparsity: float, nm: tuple[int, int] | None = None,
-              damp: float = 0.01, block: int = 128) -> np.ndarray:
+              damp: float = 0.01, block: int = 128, scale: np.ndarray | None = None, qmax: int = 127) -> np.ndarray:
     """SparseGPT (Frantar & Alistarh 2023): prune ``w2 [out, K]`` to ``sparsity`` (or an N:M pattern along K)
     one column block at a time, choosing the mask in each block by ``w^2 / [H^-1]_jj^2`` and updating the
     remaining weights through the inverse Hessian so the layer's output on the calibration data changes
-    least. ``h`` is ``X^T X`` [K, K]. Returns the pruned weights (exact zeros where pruned), float32."""
+    least. ``h`` is ``X^T X`` [K, K]. Returns the pruned weights (exact zeros where pruned), float32.
+
+    With ``scale`` (float32 ``[out]``), the kept weights are also quantized in the same sweep (the paper's
+    joint mode): each column is rounded to ``clip(round(w / scale), -qmax, qmax) * scale`` before its error
+    (pruning and rounding together) is propagated, so later columns compensate both."""
     from scipy.linalg import lapack
     out, k = w2.shape
     w = np.array(w2, np.float64)
@@ -128,7 +132,12 @@ def sparsegpt(w2: np.ndarray, h: np.ndarray, sparsity: float, nm: tuple[int, int
                 idx = np.argsort(s, axis=1, kind="stable")[:, :m - n]
                 np.put_along_axis(prune[:, i:i + m], idx, True, axis=1)
             col = wb[:, i]
-            q = np.where(prune[:, i], 0.0, col)
+            if scale is not None:
+                sc = scale.astype(np.float64)
+                r = np.clip(np.round(col.astype(np.float32).astype(np.float64) / sc), -qmax, qmax) * sc
+                q = np.where(prune[:, i], 0.0, r)
+            else:
+                q = np.where(prune[:, i], 0.0, col)
             e = (col - q) / hb[i, i]
             wb[:, i:] -= np.outer(e, hb[i, i:])
             wb[:, i] = q
@@ -158,6 +167,8 @@ class Prune(Pass):
     include: str = option(".*", help="regex on weight or node names to prune")
     exclude: str = option("", help="regex on weight or node names to leave alone")
     head: bool = option(False, help="also prune the output head Linear")
+    bits: int = option(0, choices=(0, *range(2, 9)), help="method=sparsegpt: also quantize the kept weights in "
+                       "the same sweep (symmetric, per output channel; 0: prune only)")
 
     def __post_init__(self) -> None:
         super().__post_init__()
@@ -165,6 +176,9 @@ class Prune(Pass):
         bad = set(self.ops.split(":")) - {"Linear", "Conv"}
         if bad:
             raise UsageError(f"prune: ops={self.ops!r} names {sorted(bad)}; allowed: Linear, Conv")
+        if self.bits and self.method != "sparsegpt":
+            raise UsageError("prune: bits= (joint quantization) needs method=sparsegpt; otherwise run quantize "
+                             "after prune")
         if self.method in ("wanda", "sparsegpt") and self.scope == "global":
             raise UsageError(f"prune: method={self.method} compares weights within each output row; drop "
                              "scope=global")
@@ -215,10 +229,19 @@ class Prune(Pass):
                     reports[layer.weight.name] = {"node": layer.node.name, "skipped": "sparsegpt N:M needs the "
                                                   "input axis to be the weight's flattened K (Linear, 1x1 Conv)"}
                     continue
+                qscale = None
+                if self.bits:
+                    qmax = 2 ** (self.bits - 1) - 1
+                    amax = np.abs(w.reshape(w.shape[0], -1)).max(1)
+                    qscale = np.where(amax > 0, amax / qmax, 1.0).astype(np.float32)
                 pruned = sparsegpt(w.reshape(w.shape[0], -1), hessians.pop(id(layer.node)), self.sparsity, nm,
-                                   self.damp).reshape(w.shape)
+                                   self.damp, scale=qscale, qmax=2 ** (self.bits - 1) - 1 if self.bits else 127
+                                   ).reshape(w.shape)
                 keep = pruned != 0
                 w = pruned
+                if qscale is not None:
+                    self._joint(model, layer, w, qscale, nm, reports)
+                    continue
             elif nm is not None:
                 if w.ndim < 2 or w.shape[1] % nm[1]:
                     reports[layer.weight.name] = {"node": layer.node.name, "skipped":
@@ -244,6 +267,27 @@ class Prune(Pass):
                 reports[new.name]["note"] = "input not expressible as rows (grouped conv): magnitude used"
         model.metadata[REPORT_KEY] = json.dumps(reports, sort_keys=True)
         return True
+
+    def _joint(self, model: Model, layer, w: np.ndarray, scale: np.ndarray, nm, reports: dict) -> None:
+        """Store a jointly pruned and quantized weight as a QuantizedTensor (code 0 = exact zero)."""
+        from ...ir import QuantizedTensor
+        shape = (w.shape[0],) + (1,) * (w.ndim - 1)
+        s = scale.reshape(shape)
+        codes = np.round(w.astype(np.float64) / s).astype(np.int8)
+        q = QuantizedTensor(codes=codes, bits=self.bits, scheme="symmetric", scales=s.astype(np.float32), axis=0,
+                            method="sparsegpt")
+        if q.validate() or not np.array_equal(q.dequantize(), w):
+            raise RuntimeError(f"internal: joint sparsegpt result of {layer.weight.name} is off its grid")
+        g = model.graph
+        ratio = float(1.0 - np.count_nonzero(codes) / codes.size)
+        new = g.add_const(g.unique_name(layer.weight.name + "_pruned_q"), q)
+        new.sparsity = Sparsity(n=nm[0] if nm else None, m=nm[1] if nm else None, axis=1, ratio=round(ratio, 6))
+        for u in list(layer.weight.uses):
+            u.node.replace_input_with(u.index, new)
+        if not layer.weight.uses:
+            g.remove_const(layer.weight.name)
+        reports[new.name] = {"node": layer.node.name, "sparsity": round(ratio, 6), "method": "sparsegpt",
+                             "bits": self.bits, **({"pattern": self.pattern} if nm else {"scope": self.scope})}
 
     @staticmethod
     def _score(w: np.ndarray, norm: np.ndarray | None) -> np.ndarray | None:

@@ -1,0 +1,91 @@
+"""Property constraints: checks on a model's behaviour that a search must not break.
+
+A check compares the outputs of a candidate model with the float model's on the same inputs and says
+whether the candidate keeps the property. Plugins register check classes with the ``edgec_register_checks``
+hook; a search names them as ``name:argument`` (``top1:0.99``), several separated by ``;``::
+
+    @edgec.hookimpl
+    def edgec_register_checks(registry):
+        registry.register(MyCheck)
+
+    class MyCheck(edgec.checks.Check):
+        name = "my-check"
+        summary = "what it guarantees"
+
+        def __init__(self, arg: str): ...
+        def evaluate(self, reference, candidate) -> CheckResult: ...
+
+``reference`` and ``candidate`` are lists (one per input sample) of lists of output arrays.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from collections.abc import Sequence
+from typing import ClassVar
+
+import numpy as np
+
+from .errors import UsageError
+
+
+@dataclasses.dataclass(frozen=True)
+class CheckResult:
+    passed: bool
+    value: float
+    detail: str
+
+
+class Check:
+    name: ClassVar[str] = ""
+    summary: ClassVar[str] = ""
+
+    def __init__(self, arg: str):
+        self.arg = arg
+
+    def evaluate(self, reference: Sequence[Sequence[np.ndarray]],
+                 candidate: Sequence[Sequence[np.ndarray]]) -> CheckResult:
+        raise NotImplementedError
+
+    def describe(self) -> str:
+        return f"{self.name}:{self.arg}" if self.arg else self.name
+
+
+class Top1Agreement(Check):
+    """The candidate's argmax over the last axis of the first output agrees with the float model's on at
+    least the given fraction of rows."""
+
+    name = "top1"
+    summary = "top-1 agreement with the float model >= X (first output, last axis), e.g. top1:0.99"
+
+    def __init__(self, arg: str):
+        super().__init__(arg)
+        try:
+            self.min = float(arg)
+        except ValueError:
+            raise UsageError(f"check top1:{arg}: the argument must be a fraction, e.g. top1:0.99") from None
+        if not 0 < self.min <= 1:
+            raise UsageError(f"check top1:{arg}: the fraction must lie in (0, 1]")
+
+    def evaluate(self, reference, candidate) -> CheckResult:
+        agree = total = 0
+        for r, c in zip(reference, candidate):
+            a, b = np.asarray(r[0]), np.asarray(c[0])
+            agree += int(np.sum(a.argmax(-1) == b.argmax(-1)))
+            total += int(np.prod(a.shape[:-1]))
+        frac = agree / max(total, 1)
+        return CheckResult(frac >= self.min, frac, f"top-1 agreement {frac:.4f} (need >= {self.min})")
+
+
+BUILTIN = (Top1Agreement,)
+
+
+def parse_checks(text: str, registry) -> list[Check]:
+    """``name:arg;name2:arg2`` -> check instances; unknown names are a usage error listing the known ones."""
+    out = []
+    for item in filter(None, (s.strip() for s in (text or "").split(";"))):
+        name, _, arg = item.partition(":")
+        if name not in registry:
+            raise UsageError(f"unknown check {name!r}; known checks: {', '.join(sorted(registry)) or 'none'}")
+        out.append(registry[name](arg))
+    return out

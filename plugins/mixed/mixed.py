@@ -1,0 +1,204 @@
+"""``mixed-precision``: per-layer weight bit widths chosen from measured sensitivities.
+
+The pass measures (or reads from the cache) every layer's sensitivity to each candidate bit width
+(:mod:`.sensitivity`), builds the exact Pareto front of total weight bytes against summed sensitivity
+(:mod:`.solver`), and then picks:
+
+* ``avg_bits=B``: the least-damaging allocation whose weights (codes, scales and zero points counted) take
+  at most ``B`` bits per parameter on average over the quantized layers;
+* ``size_mb=S``: the least-damaging allocation for which the whole model's constants take at most ``S`` MB
+  (10^6 bytes);
+* ``max_drop=D``: the smallest allocation on the front whose measured loss on held-out samples (mean KL of
+  the first output for ``metric=kl``, ``1 - cosine`` for ``metric=cosine``) stays within ``D`` and that
+  keeps every property check (``checks=top1:0.99``; plugins add more). The report names the check that
+  decided.
+
+Only bit widths the compile's target can encode are offered. Each layer is then quantized by the
+``quantize`` pass with its chosen width, and the allocation is recorded in the model's metadata.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import os
+import re
+import shutil
+import tempfile
+from typing import ClassVar
+
+import numpy as np
+
+from ...errors import UsageError
+from ...ir import Model, ReferenceExecutor
+from ...ir.passes import Pass, PassContext, option
+from .sensitivity import METRICS, analyse, compare
+from .solver import pareto_front
+
+REPORT_KEY = "edgec.mixed_precision"
+
+
+@dataclasses.dataclass(frozen=True)
+class MixedPrecision(Pass):
+    name: ClassVar[str] = "mixed-precision"
+    summary: ClassVar[str] = "per-layer weight bits from measured sensitivity: avg_bits, size_mb or max_drop"
+    bits: str = option("2:3:4:8", help="candidate bit widths, ':'-separated")
+    avg_bits: float = option(0.0, check=lambda v: v >= 0, allowed=">= 0", help="average bits per weight "
+                             "(scales counted) over the quantized layers")
+    size_mb: float = option(0.0, check=lambda v: v >= 0, allowed=">= 0", help="total size of the model's "
+                            "constants in MB (10^6 bytes)")
+    max_drop: float = option(0.0, check=lambda v: v >= 0, allowed=">= 0", help="largest loss (metric=kl: mean "
+                             "KL; cosine: 1 - cosine) on held-out samples; the smallest model within it wins")
+    metric: str = option("kl", choices=METRICS, help="sensitivity metric (KL on logits, SQNR, cosine)")
+    checks: str = option("", help="property checks that must hold, ';'-separated name:arg (e.g. top1:0.99)")
+    method: str = option("rtn", choices=("rtn", "mse", "gptq"), help="quantization algorithm per layer")
+    group: int = option(0, check=lambda v: v == 0 or v in (32, 64, 128, 256), allowed="0, 32, 64, 128 or 256",
+                        help="group size (0: per channel)")
+    ops: str = option("Linear:Conv", help="op types to quantize, ':'-separated")
+    samples: int = option(8, check=lambda v: v > 0, allowed="a positive integer",
+                          help="calibration samples for the sensitivities")
+    holdout: int = option(8, check=lambda v: v > 0, allowed="a positive integer",
+                          help="max_drop/checks: calibration samples after the first `samples` used to judge")
+    cache: bool = option(True, help="reuse cached sensitivities (same model, candidates and calibration)")
+
+    def __post_init__(self) -> None:
+        super().__post_init__()
+        given = [k for k in ("avg_bits", "size_mb", "max_drop") if getattr(self, k)]
+        if len(given) != 1:
+            raise UsageError("mixed-precision: give exactly one of avg_bits=, size_mb= or max_drop= "
+                             f"(got {', '.join(given) or 'none'})")
+        try:
+            widths = sorted({int(b) for b in self.bits.split(":")})
+        except ValueError:
+            raise UsageError(f"mixed-precision: bits={self.bits!r} must be ':'-separated integers, e.g. 2:4:8") \
+                from None
+        if not widths or any(not 2 <= b <= 8 for b in widths):
+            raise UsageError(f"mixed-precision: bits={self.bits!r}: each width must lie in 2..8")
+        if self.max_drop and self.metric == "sqnr":
+            raise UsageError("mixed-precision: max_drop= is judged with metric=kl or metric=cosine")
+
+    def widths(self) -> list[int]:
+        return sorted({int(b) for b in self.bits.split(":")})
+
+    def candidate(self, b: int) -> dict:
+        return {"bits": b, "head_bits": b, "embedding_bits": b, "method": self.method, "group": self.group,
+                "ops": self.ops}
+
+    @staticmethod
+    def spec(kwargs: dict) -> str:
+        return "quantize{" + ",".join(f"{k}={v}" for k, v in kwargs.items()) + "}"
+
+    def run(self, model: Model, ctx: PassContext) -> bool:
+        from ...host import host
+        widths = self.widths()
+        if ctx.target is not None:
+            can = ctx.target.capabilities.quant
+            bad = [b for b in widths if ("symmetric", b) not in can]
+            if bad:
+                ok = sorted(b for s, b in can if s == "symmetric")
+                raise UsageError(f"mixed-precision: target {ctx.target.name} cannot encode {bad}-bit weights; "
+                                 f"it encodes {ok}: pass bits= with those")
+        cands = {self.spec(self.candidate(b)): b for b in widths}
+        sens = analyse(model, list(cands), ctx, samples=self.samples, use_cache=self.cache)
+        if not sens.layers:
+            return False
+        options, labels = [], []
+        for w in sens.layers:
+            row = [(sens.table[w][c]["bytes"], sens.cost(w, c, self.metric), c) for c in cands
+                   if c in sens.table[w]]
+            options.append([(s, c) for s, c, _ in row])
+            labels.append([c for _, _, c in row])
+        front = pareto_front(options)
+        params = sum(sens.params.values())
+        report = {"metric": self.metric, "candidates": list(cands), "cached_sensitivity": sens.cached,
+                  "front_points": int(len(front.sizes))}
+        if self.avg_bits or self.size_mb:
+            if self.avg_bits:
+                budget = self.avg_bits * params / 8
+            else:
+                others = model.size_bytes() - sum(sens.float_bytes.values())
+                budget = self.size_mb * 1e6 - others
+            k = front.best_within(budget)
+            if k is None:
+                smallest = front.sizes[0]
+                raise UsageError(
+                    f"mixed-precision: no allocation fits the budget: the smallest takes {8 * smallest / params:.3f} "
+                    f"bits per weight ({smallest / 1e6:.3f} MB of quantized weights) against "
+                    f"{8 * max(budget, 0) / params:.3f}; add a smaller width to bits= or raise the budget")
+            report.update(budget_bytes=int(budget), decided_by="budget")
+        else:
+            nodes = [sens.nodes[w] for w in sens.layers]
+            k, report["evaluated"], report["decided_by"] = self._search(model, ctx, front, labels, nodes, cands)
+        choice = front.choice(k)
+        alloc = {w: cands[labels[i][j]] for i, (w, j) in enumerate(zip(sens.layers, choice))}
+        size = int(front.sizes[k])
+        report.update(allocation=alloc, bytes=size, avg_bits=round(8 * size / params, 4),
+                      predicted_cost=float(front.costs[k]),
+                      histogram={str(b): sum(1 for v in alloc.values() if v == b) for b in widths})
+        self._apply(model, ctx, {sens.nodes[w]: b for w, b in alloc.items()}, host())
+        model.metadata[REPORT_KEY] = json.dumps(report, sort_keys=True)
+        return True
+
+    def _apply(self, model: Model, ctx: PassContext, alloc: dict[str, int], h) -> None:
+        """Quantize each node (by name) with its width."""
+        q = h.passes["quantize"]
+        for b in sorted(set(alloc.values())):
+            names = [n for n, v in alloc.items() if v == b]
+            inc = "^(" + "|".join(re.escape(n) for n in names) + ")$"
+            q(**self.candidate(b), include=inc).run(model, ctx)
+
+    def _search(self, model: Model, ctx: PassContext, front, labels, nodes: list[str], cands: dict[str, int]):
+        """Binary search over the front (ascending size) for the smallest allocation within max_drop that
+        keeps every check; returns (point, evaluations, what decided)."""
+        from ...checks import parse_checks
+        from ...host import host
+        from ...ir.serde import load, save
+        h = host()
+        checks = parse_checks(self.checks, h.checks.as_dict())
+        calib = ctx.calibration
+        held = list(calib.samples[self.samples:self.samples + self.holdout]) or list(calib.samples[:self.holdout])
+        names = [o.name for o in model.graph.outputs]
+
+        def outs(m):
+            ex = ReferenceExecutor(m)
+            return [[np.asarray(ex.run(s)[n], np.float64) for n in names] for s in held]
+        ref = outs(model)
+        work = tempfile.mkdtemp(prefix="edgec-mixed-")
+        evaluated = []
+        try:
+            save(model, os.path.join(work, "m"))
+
+            def judge(k):
+                m = load(os.path.join(work, "m"))
+                choice = front.choice(k)
+                self._apply(m, ctx, {nodes[i]: cands[labels[i][j]] for i, j in enumerate(choice)}, h)
+                got = outs(m)
+                stats = compare(ref, got)
+                loss = stats["kl"] if self.metric == "kl" else 1.0 - stats["cosine"]
+                verdicts = [(c.describe(), c.evaluate(ref, got)) for c in checks]
+                failed = [d for d, r in verdicts if not r.passed]
+                ok = loss <= self.max_drop and not failed
+                why = (f"max_drop ({self.metric} loss {loss:.4g} > {self.max_drop})" if loss > self.max_drop
+                       else f"check {failed[0]}" if failed else "")
+                evaluated.append({"bytes": int(front.sizes[k]), "loss": loss, "passed": ok, "failed_by": why,
+                                  "checks": {d: {"passed": r.passed, "value": r.value, "detail": r.detail}
+                                             for d, r in verdicts}})
+                return ok, why
+            lo, hi = 0, len(front.sizes) - 1
+            ok_hi, why_hi = judge(hi)
+            if not ok_hi:
+                raise UsageError(f"mixed-precision: even the largest candidate allocation fails: {why_hi}; "
+                                 "add a wider width to bits= or relax max_drop= / checks=")
+            last_fail = ""
+            while lo < hi:
+                mid = (lo + hi) // 2
+                ok, why = judge(mid)
+                if ok:
+                    hi = mid
+                else:
+                    lo, last_fail = mid + 1, why
+            decided = (f"smallest passing allocation; the next smaller one evaluated failed by {last_fail}"
+                       if last_fail else "the smallest allocation passed")
+            return hi, evaluated, decided
+        finally:
+            shutil.rmtree(work, ignore_errors=True)

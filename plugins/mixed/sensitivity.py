@@ -1,0 +1,241 @@
+"""Per-layer sensitivity: quantize one layer at a time and measure how much the model's outputs move.
+
+For every candidate configuration (a ``quantize{...}`` spec, e.g. ``quantize{bits=4}``), the whole model is
+quantized once on a copy, which gives every layer's quantized weight under that configuration. Then, layer by
+layer, only that layer's weight is swapped into the float model and the reference executor runs the
+calibration samples; the outputs are compared with the float model's:
+
+* ``kl``: mean KL(softmax(float) || softmax(quantized)) over the last axis of the first output (logits);
+* ``sqnr``: 10 log10(sum(float^2) / sum((float - quantized)^2)) in dB over all outputs;
+* ``cosine``: cosine similarity of all outputs, flattened.
+
+Results are cached under ``$XDG_CACHE_HOME/edgec/sensitivity`` (``~/.cache/...``) keyed by a hash of the
+model (structure and weights), the candidates, the sample count and the calibration data: a second run with
+the same inputs is a file read.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import hashlib
+import json
+import os
+import re
+import tempfile
+from collections.abc import Callable, Sequence
+
+import numpy as np
+
+from ...ir import Model, QuantizedTensor, ReferenceExecutor
+from ...ir.passes import PassContext
+
+METRICS = ("kl", "sqnr", "cosine")
+CACHE_VERSION = 1
+
+
+def cache_dir() -> str:
+    base = os.environ.get("XDG_CACHE_HOME") or os.path.join(os.path.expanduser("~"), ".cache")
+    return os.path.join(base, "edgec", "sensitivity")
+
+
+@dataclasses.dataclass
+class Sensitivity:
+    """``table[layer][candidate] = {"kl", "sqnr", "cosine", "bytes"}``; ``float_bytes[layer]``; ``params``."""
+
+    candidates: list[str]
+    layers: list[str]                       # weight names, graph order
+    nodes: dict[str, str]                   # weight -> node name
+    params: dict[str, int]
+    float_bytes: dict[str, int]
+    table: dict[str, dict[str, dict[str, float]]]
+    cached: bool = False
+
+    def cost(self, layer: str, cand: str, metric: str) -> float:
+        """An additive 'damage' for the solver: KL as is, 1 - cosine, or the noise power 10^(-sqnr/10)."""
+        r = self.table[layer][cand]
+        if metric == "kl":
+            return max(r["kl"], 0.0)
+        if metric == "cosine":
+            return max(1.0 - r["cosine"], 0.0)
+        return 10.0 ** (-r["sqnr"] / 10.0)
+
+    def to_json(self) -> dict:
+        d = dataclasses.asdict(self)
+        d.pop("cached")
+        return d
+
+
+def _model_hash(model: Model) -> tuple[str, str]:
+    """(sha256 of the model's saved form, the temporary folder it was saved to) - the folder also serves as
+    the source of copies."""
+    from ...ir.serde import save
+    d = tempfile.mkdtemp(prefix="edgec-sens-")
+    save(model, os.path.join(d, "m"))
+    h = hashlib.sha256()
+    for root, _, files in sorted(os.walk(d)):
+        for f in sorted(files):
+            h.update(f.encode())
+            with open(os.path.join(root, f), "rb") as fh:
+                for chunk in iter(lambda: fh.read(1 << 20), b""):
+                    h.update(chunk)
+    return h.hexdigest(), d
+
+
+def _outputs(ex: ReferenceExecutor, model: Model, samples) -> list[list[np.ndarray]]:
+    names = [o.name for o in model.graph.outputs]
+    res = []
+    for s in samples:
+        r = ex.run(s)
+        res.append([np.asarray(r[n], np.float64) for n in names])
+    return res
+
+
+def compare(ref: list[list[np.ndarray]], got: list[list[np.ndarray]]) -> dict[str, float]:
+    """KL on the first output's last axis, SQNR and cosine over all outputs."""
+    kl, n = 0.0, 0
+    num = den = dot = na = nb = 0.0
+    for r_outs, g_outs in zip(ref, got):
+        a, b = r_outs[0], g_outs[0]
+        if a.ndim >= 1 and a.shape[-1] > 1:
+            la = a - a.max(-1, keepdims=True)
+            lb = b - b.max(-1, keepdims=True)
+            pa = np.exp(la)
+            pa /= pa.sum(-1, keepdims=True)
+            lpa = la - np.log(np.exp(la).sum(-1, keepdims=True))
+            lpb = lb - np.log(np.exp(lb).sum(-1, keepdims=True))
+            kl += float(np.sum(pa * (lpa - lpb)))
+            n += int(np.prod(a.shape[:-1]))
+        for x, y in zip(r_outs, g_outs):
+            num += float(np.sum(x * x))
+            den += float(np.sum((x - y) ** 2))
+            dot += float(np.sum(x * y))
+            na += float(np.sum(x * x))
+            nb += float(np.sum(y * y))
+    sqnr = 10 * np.log10(num / den) if den > 0 else 200.0
+    cos = dot / np.sqrt(na * nb) if na > 0 and nb > 0 else 1.0
+    return {"kl": kl / max(n, 1), "sqnr": float(min(sqnr, 200.0)), "cosine": float(cos)}
+
+
+def _quantized_weights(src_dir: str, spec: str, ctx: PassContext) -> tuple[dict[str, QuantizedTensor], dict]:
+    """Quantize a copy of the model with ``spec``; node name -> (weight input index, quantized weight)."""
+    from ...host import host
+    from ...ir.passes import PassManager, parse_pipeline
+    from ...ir.serde import load
+    m = load(os.path.join(src_dir, "m"))
+    PassManager(parse_pipeline(spec, host().passes.as_dict())).run(m, ctx)
+    out = {}
+    for n in m.graph:
+        for i, v in enumerate(n.inputs):
+            if v is not None and v.is_const and isinstance(v.const, QuantizedTensor):
+                out[n.name] = (i, v.const)
+    return out
+
+
+def analyse(model: Model, candidates: Sequence[str], ctx: PassContext, *, samples: int = 8,
+            use_cache: bool = True, progress: Callable[[str], None] | None = None) -> Sensitivity:
+    """Measure every quantizable layer's sensitivity to each candidate ``quantize{...}`` spec."""
+    import shutil
+    say = progress or (lambda m: None)
+    if ctx.calibration is None:
+        from ...errors import UsageError
+        raise UsageError("sensitivity analysis needs calibration data: pass --calib (a .npz, a folder of samples, "
+                         "or 'random' for a smoke test)")
+    calib = list(ctx.calibration.samples[:samples])
+    digest, src = _model_hash(model)
+    try:
+        h = hashlib.sha256(f"v{CACHE_VERSION}|{digest}|{list(candidates)}|{len(calib)}".encode())
+        for s in calib:
+            for k in sorted(s):
+                a = np.ascontiguousarray(s[k])
+                h.update(k.encode() + str(a.dtype).encode() + str(a.shape).encode() + a.tobytes())
+        key = h.hexdigest()
+        path = os.path.join(cache_dir(), key[:32] + ".json")
+        if use_cache and os.path.exists(path):
+            with open(path) as f:
+                d = json.load(f)
+            say(f"sensitivity: cached ({path})")
+            return Sensitivity(**d, cached=True)
+        g = model.graph
+        ref = _outputs(ReferenceExecutor(model), model, calib)
+        per_cand = {}
+        for c in candidates:
+            say(f"sensitivity: quantizing a copy with {c}")
+            per_cand[c] = _quantized_weights(src, c, ctx)
+        nodes = {n.name: n for n in g}
+        layer_nodes = [n.name for n in g if any(n.name in per_cand[c] for c in candidates)]
+        table, params, fbytes, wnames = {}, {}, {}, {}
+        for k, nname in enumerate(layer_nodes):
+            n = nodes[nname]
+            idx = next(per_cand[c][nname][0] for c in candidates if nname in per_cand[c])
+            w = n.inputs[idx]
+            wnames[w.name] = nname
+            params[w.name] = int(np.prod(w.shape))
+            fbytes[w.name] = int(np.asarray(w.const.numpy()).nbytes)
+            table[w.name] = {}
+            for c in candidates:
+                if nname not in per_cand[c]:
+                    continue  # this candidate leaves the layer float
+                q = per_cand[c][nname][1]
+                tmp = g.add_const(g.unique_name(w.name + "_sens"), q)
+                n.replace_input_with(idx, tmp)
+                try:
+                    got = _outputs(ReferenceExecutor(model), model, calib)
+                finally:
+                    n.replace_input_with(idx, w)
+                    g.remove_const(tmp.name)
+                table[w.name][c] = {**compare(ref, got), "bytes": int(q.nbytes)}
+            say(f"sensitivity: layer {k + 1}/{len(layer_nodes)} {w.name}")
+        sens = Sensitivity(list(candidates), list(table), wnames, params, fbytes, table)
+        if use_cache:
+            os.makedirs(os.path.dirname(path), exist_ok=True)
+            tmp_path = path + f".{os.getpid()}.tmp"
+            with open(tmp_path, "w") as f:
+                json.dump(sens.to_json(), f)
+            os.replace(tmp_path, path)
+        return sens
+    finally:
+        shutil.rmtree(src, ignore_errors=True)
+
+
+def plot(sens: Sensitivity, path: str, metric: str = "kl") -> str:
+    """A PNG of every layer's sensitivity per candidate (log scale for kl / 1 - cosine); returns ``path``."""
+    import matplotlib
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+    fig, ax = plt.subplots(figsize=(max(6.0, 0.28 * len(sens.layers) + 2), 4.2))
+    x = np.arange(len(sens.layers))
+    for c in sens.candidates:
+        ys = [sens.table[w][c][metric] if c in sens.table[w] else np.nan for w in sens.layers]
+        if metric == "cosine":
+            ys = [1 - y for y in ys]
+        bits = re.search(r"bits=(\d+)", c)
+        ax.plot(x, ys, marker="o", ms=3, lw=1, label=f"{bits.group(1)} bit" if bits else c)
+    if metric != "sqnr":
+        ax.set_yscale("log")
+    ax.set_ylabel({"kl": "KL(float || quantized)", "cosine": "1 - cosine", "sqnr": "SQNR (dB)"}[metric])
+    ax.set_xticks(x)
+    ax.set_xticklabels([sens.nodes.get(w, w)[-28:] for w in sens.layers], rotation=90, fontsize=6)
+    ax.set_title("per-layer sensitivity (one layer quantized at a time)")
+    ax.legend(fontsize=7)
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+    return path
+
+
+def inspect_model(path: str, calib: str, bits: Sequence[int], method: str = "rtn", samples: int = 8,
+                  use_cache: bool = True, input_shapes=None, progress=None) -> Sensitivity:
+    """``edgec inspect --sensitivity``: import and clean up ``path``, then :func:`analyse` it."""
+    from ...calibration import load_calibration
+    from ...compiler import fix_input_shapes, load_model, parse_input_shapes
+    from ...host import host
+    from ...ir.passes import PassManager, parse_pipeline
+    from ..cleanup import DEFAULT_CLEANUP
+    from .mixed import MixedPrecision
+    m = load_model(path)
+    fix_input_shapes(m, parse_input_shapes(input_shapes), [], keep_dynamic=False)
+    ctx = PassContext(config={"seed": 0}, calibration=load_calibration(calib, m, seed=0))
+    PassManager(parse_pipeline(DEFAULT_CLEANUP, host().passes.as_dict())).run(m, ctx)
+    mp = MixedPrecision(avg_bits=8.0, method=method, bits=":".join(map(str, bits)))
+    cands = [mp.spec(mp.candidate(b)) for b in mp.widths()]
+    return analyse(m, cands, ctx, samples=samples, use_cache=use_cache, progress=progress)

@@ -1,0 +1,199 @@
+"""Sensitivity analysis, the exact bit-allocation solver, mixed-precision{avg_bits,size_mb,max_drop} and
+property checks."""
+
+import itertools
+import json
+
+import numpy as np
+import pytest
+from click.testing import CliRunner
+
+from edgec import ir
+from edgec.calibration import CalibrationSet as Calibration
+from edgec.errors import UsageError
+from edgec.host import host
+from edgec.ir.passes import PassContext, parse_pipeline
+from edgec.plugins.mixed import sensitivity as sens_mod
+from edgec.plugins.mixed.mixed import REPORT_KEY
+from edgec.plugins.mixed.solver import allocate, pareto_front
+
+
+@pytest.fixture(autouse=True)
+def _cache(tmp_path, monkeypatch):
+    monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path / "cache"))
+
+
+def _mlp(seed=0, rows=16):
+    """A 4-layer classifier whose layers differ in sensitivity (one has large outlier weights, the head is
+    small and sits right before the logits)."""
+    rng = np.random.default_rng(seed)
+    g = ir.Graph()
+    h = g.add_input("x", ir.DType.FLOAT32, (rows, 32))
+    dims = [(32, 64), (64, 64), (64, 48), (48, 10)]
+    for i, (k, n) in enumerate(dims):
+        w = (rng.standard_normal((n, k)) / np.sqrt(k)).astype(np.float32)
+        if i == 1:
+            w[::7, ::5] *= 12.0  # outliers: coarse grids hurt this layer most
+        h = g.op("Linear", [h, g.add_const(f"w{i}", w)], domain="edgec", name=f"fc{i}").output
+        if i < len(dims) - 1:
+            h = g.op("Relu", [h], name=f"relu{i}").output
+    g.outputs.append(h)
+    m = ir.Model(g, {"": 17, "edgec": 1})
+    ir.infer_shapes(m)
+    return m
+
+
+def _ctx(m, n=16, seed=1, target=None):
+    rng = np.random.default_rng(seed)
+    samples = [{"x": rng.standard_normal((16, 32)).astype(np.float32)} for _ in range(n)]
+    return PassContext(target=target, config={"seed": 0}, calibration=Calibration(samples, "test"))
+
+
+def _run(pipe, m, ctx):
+    for p in parse_pipeline(pipe, host().passes.as_dict()):
+        p.run(m, ctx)
+    return json.loads(m.metadata[REPORT_KEY])
+
+
+def test_solver_is_exact_on_brute_forceable_cases():
+    rng = np.random.default_rng(0)
+    for _ in range(300):
+        opts = [[(int(rng.integers(1, 60)), float(rng.random())) for _ in range(rng.integers(1, 4))]
+                for _ in range(rng.integers(1, 6))]
+        budget = int(rng.integers(5, 200))
+        best = None
+        for comb in itertools.product(*[range(len(o)) for o in opts]):
+            s = sum(opts[i][j][0] for i, j in enumerate(comb))
+            c = sum(opts[i][j][1] for i, j in enumerate(comb))
+            if s <= budget and (best is None or c < best - 1e-12):
+                best = c
+        if best is None:
+            with pytest.raises(ValueError, match="no allocation fits"):
+                allocate(opts, budget)
+            continue
+        choice, size, cost = allocate(opts, budget)
+        assert size <= budget and abs(cost - best) < 1e-9
+        assert size == sum(opts[i][j][0] for i, j in enumerate(choice))
+    front = pareto_front([[(1, 3.0), (2, 1.0)], [(1, 2.0), (4, 0.5)]])
+    assert list(front.sizes) == sorted(front.sizes) and all(np.diff(front.costs) < 0)
+
+
+def test_avg_bits_allocation_meets_the_budget_and_is_optimal():
+    m = _mlp()
+    ctx = _ctx(m)
+    rep = _run("mixed-precision{avg_bits=4.5,bits=2:4:8}", m, ctx)
+    params = sum(int(np.prod(v.shape)) for v in m.graph.initializers.values())
+    assert rep["avg_bits"] <= 4.5 and rep["bytes"] * 8 <= 4.5 * params
+    # every layer got what the allocation says, and the model's weights take exactly the reported bytes
+    qs = {n.name: n.inputs[1].const for n in m.graph if n.qualified_op == "edgec::Linear"}
+    assert sum(q.nbytes for q in qs.values()) == rep["bytes"]
+    for w, b in rep["allocation"].items():
+        assert any(q.bits == b for q in qs.values())
+    # brute force over the measured table: nothing cheaper fits
+    m2 = _mlp()
+    s = sens_mod.analyse(m2, rep["candidates"], _ctx(m2), samples=8)
+    assert s.cached
+    best = None
+    for comb in itertools.product(rep["candidates"], repeat=len(s.layers)):
+        size = sum(s.table[w][c]["bytes"] for w, c in zip(s.layers, comb))
+        cost = sum(s.cost(w, c, "kl") for w, c in zip(s.layers, comb))
+        if size * 8 <= 4.5 * params and (best is None or cost < best):
+            best = cost
+    assert rep["predicted_cost"] == pytest.approx(best, rel=1e-9)
+    assert len({b for b in rep["allocation"].values()}) > 1  # genuinely mixed
+
+
+def test_size_mb_budget_counts_the_whole_model():
+    m = _mlp()
+    budget_mb = 0.009
+    rep = _run(f"mixed-precision{{size_mb={budget_mb},bits=2:4:8}}", m, _ctx(m))
+    assert m.size_bytes() <= budget_mb * 1e6
+    assert rep["decided_by"] == "budget"
+
+
+def test_sensitivity_is_cached_and_a_second_run_executes_nothing(monkeypatch):
+    m = _mlp()
+    cands = ["quantize{bits=2,head_bits=2}", "quantize{bits=8,head_bits=8}"]
+    first = sens_mod.analyse(m, cands, _ctx(m), samples=4)
+    assert not first.cached and set(first.layers) == {"w0", "w1", "w2", "w3"}
+    for w in first.layers:  # 8 bits hurts less than 2 bits, everywhere
+        lo, hi = first.table[w][cands[0]], first.table[w][cands[1]]
+        assert hi["kl"] < lo["kl"] and hi["sqnr"] > lo["sqnr"] and hi["cosine"] > lo["cosine"]
+        assert hi["bytes"] > lo["bytes"]
+
+    def boom(*a, **k):
+        raise AssertionError("a cached analysis must not run the model")
+    monkeypatch.setattr(sens_mod, "ReferenceExecutor", boom)
+    second = sens_mod.analyse(_mlp(), cands, _ctx(m), samples=4)
+    assert second.cached and second.table == first.table
+    with pytest.raises(AssertionError, match="must not run"):  # other calibration data: measured again
+        sens_mod.analyse(_mlp(), cands, _ctx(m, seed=9), samples=4)
+
+
+def test_a_failing_property_check_changes_the_search():
+    """max_drop alone accepts the smallest model; requiring every top-1 decision to survive rejects it,
+    and the report names the check that decided."""
+    m = _mlp()
+    loose = _run("mixed-precision{max_drop=1000,bits=2:8}", m, _ctx(m))
+    m2 = _mlp()
+    strict = _run("mixed-precision{max_drop=1000,bits=2:8,checks=top1:0.97}", m2, _ctx(m2))
+    assert loose["bytes"] < strict["bytes"]
+    assert all(b == 2 for b in loose["allocation"].values())
+    assert "top1:0.97" in strict["decided_by"]
+    failed = [e for e in strict["evaluated"] if not e["passed"]]
+    assert failed and all("top1" in e["failed_by"] for e in failed)
+    assert all(e["checks"]["top1:0.97"]["passed"] for e in strict["evaluated"] if e["passed"])
+
+
+def test_usage_errors_name_the_fix():
+    reg = host().passes.as_dict()
+    with pytest.raises(UsageError, match="exactly one of"):
+        parse_pipeline("mixed-precision{bits=2:4}", reg)
+    with pytest.raises(UsageError, match="exactly one of"):
+        parse_pipeline("mixed-precision{avg_bits=4,size_mb=1}", reg)
+    with pytest.raises(UsageError, match="2..8"):
+        parse_pipeline("mixed-precision{avg_bits=4,bits=1:4}", reg)
+    m = _mlp()
+    with pytest.raises(UsageError, match="smallest takes"):
+        _run("mixed-precision{avg_bits=1,bits=4:8}", m, _ctx(m))
+    m = _mlp()
+    with pytest.raises(UsageError, match="unknown check 'nope'"):
+        _run("mixed-precision{max_drop=1,bits=4:8,checks=nope:1}", m, _ctx(m))
+    m = _mlp()
+    coreml = host().targets["coreml"]()
+    with pytest.raises(UsageError, match=r"coreml cannot encode \[2\]-bit"):
+        _run("mixed-precision{avg_bits=4,bits=2:4:8}", m, _ctx(m, target=coreml))
+
+
+def test_inspect_sensitivity_prints_plots_and_caches(tiny_cnn_path, tmp_path):
+    from edgec.cli import main
+    png = tmp_path / "s.png"
+    r = CliRunner().invoke(main, ["inspect", tiny_cnn_path, "--sensitivity", "--calib", "random", "--bits", "2:8",
+                                  "--plot", str(png), "--json"])
+    assert r.exit_code == 0, r.output
+    d = json.loads(r.output[r.output.index("{"):])
+    assert not d["cached"] and len(d["layers"]) == 4 and png.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    r = CliRunner().invoke(main, ["inspect", tiny_cnn_path, "--sensitivity", "--calib", "random", "--bits", "2:8"])
+    assert r.exit_code == 0 and "(cached)" in r.output and "2 bit" in r.output
+    r = CliRunner().invoke(main, ["inspect", tiny_cnn_path, "--sensitivity"])
+    assert r.exit_code != 0 and "--calib" in r.output
+
+
+def test_footprint_tiers_fit_their_budgets_and_share_one_measurement(tiny_cnn_path, tmp_path):
+    from edgec.compiler import compile_tiers, parse_size
+    out = tmp_path / "tiers"
+    index = compile_tiers(tiny_cnn_path, "cpu", "", str(out), ["5KB", "2KB", "3KB"], tier_options="bits=2:4:8",
+                          calib="random", verify=True)
+    rows = index["tiers"]
+    assert [r["tier"] for r in rows] == ["5KB", "3KB", "2KB"]  # largest first
+    for r in rows:
+        assert r["weights_bytes"] <= parse_size(r["tier"]) and r["verification_passed"]
+        assert (out / r["path"] / "manifest.json").exists()
+    assert rows[0]["weights_bytes"] > rows[1]["weights_bytes"] > rows[2]["weights_bytes"]
+    assert [r["mixed_precision"]["cached_sensitivity"] for r in rows] == [False, True, True]
+    assert json.loads((out / "tiers.json").read_text())["tiers"] == rows
+    with pytest.raises(UsageError, match="--calib"):
+        compile_tiers(tiny_cnn_path, "cpu", "", str(tmp_path / "t2"), ["1MB"])
+    with pytest.raises(UsageError, match="size '1 parsec'"):
+        parse_size("1 parsec")
+    assert not (tmp_path / "t2").exists()
