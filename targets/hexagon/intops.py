@@ -98,6 +98,23 @@ class HexagonBuilder(RelaxBuilder):
             self.layouts[key] = Layout(C, H, W, p=p, need=max(_reads(c)[1] for c in cs))
         self.kernels: list[str] = []
 
+    def fake_quant(self, x, v):
+        """QuantizeLinear + DequantizeLinear as one TE kernel around ``nearbyint`` (round half to even: the
+        runtime's ``nearbyintf``): a fraction of the code of the generic floor / compare / select form, which
+        LLVM takes minutes to compile on a BERT-sized model."""
+        from tvm import te, tirx
+        q = v.quant
+        lo, hi = (-128.0, 127.0) if q.signed else (0.0, 255.0)
+        s, z = tirx.const(q.scale, "float32"), tirx.const(float(q.zero_point), "float32")
+
+        def f(a):
+            def g(*i):
+                r = tirx.nearbyint(a(*i) / s) + z
+                r = tirx.max(tirx.min(r, tirx.const(hi, "float32")), tirx.const(lo, "float32"))
+                return (r - z) * s
+            return te.compute(a.shape, g, name="fake_quant")
+        return self.bb.emit_te(f, x, primfunc_name_hint="fake_quant")
+
     def lower_special(self, n: Node) -> bool:
         if id(n) in self.chained:
             return True  # a Relu / Clip folded into its producer's requantizing epilogue

@@ -136,6 +136,24 @@ def conv_kernel(spec: ConvSpec):
     EVEN = [2 * i for i in range(32)]
     xwords = src.rows * C4 * WM
 
+    @T.macro
+    def accumulate(xw, ww, pi, acc, oh, owb, ob):
+        """acc[co] = B[o] + sum over taps of vrmpy(32 pixels x 4 channels, the channel's 4 weights)."""
+        for co in T.unroll(CO):
+            acc[T.ramp(co * 32, 1, 32)] = T.broadcast(pi[ob * CO + co, 0], 32)
+        for kh in range(KH):
+            for kw in range(KW):
+                for c4 in range(1 if DW else C4):
+                    base = ((oh * S + kh + ROW0) * C4 + (ob if DW else c4)) * WM + COL0 + owb * 32 * S + kw
+                    if S == 1:
+                        v = xw[T.ramp(base, 1, 32)]
+                    else:
+                        v = T.Shuffle([xw[T.ramp(base, 1, 32)], xw[T.ramp(base + 32, 1, 32)]], EVEN)
+                    for co in T.unroll(CO):
+                        acc[T.ramp(co * 32, 1, 32)] = T.call_llvm_pure_intrin(
+                            "int32x32", VRMPY, acc[T.ramp(co * 32, 1, 32)], v,
+                            ww[(ob * CO + co) * TP + (kh * KW + kw) * (1 if DW else C4) + c4])
+
     if dst is not None:
         O4, OWM, OP, OROWS = dst.c4, dst.wm, dst.p, dst.rows
         Z = spec.zero
@@ -155,21 +173,7 @@ def conv_kernel(spec: ConvSpec):
             for oh in range(OH):
                 for owb in range(NBW):
                     for ob in range(O // CO):
-                        for co in T.unroll(CO):
-                            acc[T.ramp(co * 32, 1, 32)] = T.broadcast(pi[ob * CO + co, 0], 32)
-                        for kh in range(KH):
-                            for kw in range(KW):
-                                for c4 in range(1 if DW else C4):
-                                    base = ((oh * S + kh + ROW0) * C4 + (ob if DW else c4)) * WM + COL0 + \
-                                        owb * 32 * S + kw
-                                    if S == 1:
-                                        v = xw[T.ramp(base, 1, 32)]
-                                    else:
-                                        v = T.Shuffle([xw[T.ramp(base, 1, 32)], xw[T.ramp(base + 32, 1, 32)]], EVEN)
-                                    for co in T.unroll(CO):
-                                        acc[T.ramp(co * 32, 1, 32)] = T.call_llvm_pure_intrin(
-                                            "int32x32", VRMPY, acc[T.ramp(co * 32, 1, 32)], v,
-                                            ww[(ob * CO + co) * TP + (kh * KW + kw) * (1 if DW else C4) + c4])
+                        accumulate(xw, ww, pi, acc, oh, owb, ob)
                         for g in T.unroll(CO // 4):
                             word = T.broadcast(0, 32)
                             for j in T.unroll(4):
@@ -211,20 +215,7 @@ def conv_kernel(spec: ConvSpec):
         for oh in range(OH):
             for owb in range(NBW):
                 for ob in range(O // CO):
-                    for co in T.unroll(CO):
-                        acc[T.ramp(co * 32, 1, 32)] = T.broadcast(pi[ob * CO + co, 0], 32)
-                    for kh in range(KH):
-                        for kw in range(KW):
-                            for c4 in range(1 if DW else C4):
-                                base = ((oh * S + kh + ROW0) * C4 + (ob if DW else c4)) * WM + COL0 + owb * 32 * S + kw
-                                if S == 1:
-                                    v = xw[T.ramp(base, 1, 32)]
-                                else:
-                                    v = T.Shuffle([xw[T.ramp(base, 1, 32)], xw[T.ramp(base + 32, 1, 32)]], EVEN)
-                                for co in T.unroll(CO):
-                                    acc[T.ramp(co * 32, 1, 32)] = T.call_llvm_pure_intrin(
-                                        "int32x32", VRMPY, acc[T.ramp(co * 32, 1, 32)], v,
-                                        ww[(ob * CO + co) * TP + (kh * KW + kw) * (1 if DW else C4) + c4])
+                    accumulate(xw, ww, pi, acc, oh, owb, ob)
                     for co in range(CO):
                         for lane in range(32):
                             if owb * 32 + lane < OW:
