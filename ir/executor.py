@@ -31,10 +31,14 @@ class ReferenceExecutor:
             (bit-identical numbers, a quarter of the memory; costs the dequantization on every run).
         cut: with ``capture_only``, intermediate values (name -> an example array) that :meth:`run` is given
             instead of computing them: only the graph between them and the captured values runs.
+        free: names of float weight constants fed on every run instead of stored in the session (their
+            current values by default; :meth:`run`'s feeds may override them): one session evaluates many
+            variants of those weights (sensitivity analysis).
     """
 
     def __init__(self, model: Model, capture: Iterable[str] = (), threads: int = 0, *, capture_only: bool = False,
-                 keep_quantized: bool = False, cut: Mapping[str, np.ndarray] | None = None):
+                 keep_quantized: bool = False, cut: Mapping[str, np.ndarray] | None = None,
+                 free: Iterable[str] = ()):
         import onnxruntime as ort
 
         self.model = model
@@ -48,7 +52,9 @@ class ReferenceExecutor:
             raise ExecutionError("cut inputs need capture_only")
         proto = to_onnx(model, extra_outputs=None if capture_only else self.capture, external=weights,
                         keep_quantized=keep_quantized, only_outputs=self.capture if capture_only else None,
-                        cut={k: (np.asarray(a).dtype, np.asarray(a).ndim) for k, a in (cut or {}).items()})
+                        cut={k: (np.asarray(a).dtype, np.asarray(a).ndim) for k, a in (cut or {}).items()},
+                        free=frozenset(free))
+        self.free = {n: np.ascontiguousarray(np.asarray(model.graph.value(n).numpy(), np.float32)) for n in free}
         opts = ort.SessionOptions()
         if weights:
             opts.add_external_initializers(list(weights),
@@ -85,6 +91,8 @@ class ReferenceExecutor:
         if missing:
             raise ExecutionError(f"missing inputs {missing}; the model takes {self.input_names}")
         inputs = {n: np.asarray(feeds[n]) for n in self.input_names}
+        for n, a in self.free.items():
+            inputs[n] = np.asarray(feeds[n], np.float32) if n in feeds else a
         try:
             outs = self.session.run(self.output_names, inputs)
         except Exception as e:  # noqa: BLE001

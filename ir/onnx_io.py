@@ -288,7 +288,8 @@ def _ancestors(model: Model, names: list[str], stop: set[str] = frozenset()) -> 
 def to_onnx(model: Model, extra_outputs: list[str] | None = None, with_shapes: bool = True, activation_quant: bool = True,
             external: dict[str, np.ndarray] | None = None, keep_quantized: bool = False,
             only_outputs: list[str] | None = None,
-            cut: dict[str, tuple[np.dtype, int]] | None = None) -> onnx.ModelProto:
+            cut: dict[str, tuple[np.dtype, int]] | None = None,
+            free: set[str] | frozenset[str] = frozenset()) -> onnx.ModelProto:
     """Write ``model`` as standard ONNX (edgec ops expanded, quantized weights dequantized).
 
     Constants are written as their exact values. With
@@ -300,6 +301,8 @@ def to_onnx(model: Model, extra_outputs: list[str] | None = None, with_shapes: b
     exact, a quarter of the memory). With ``only_outputs``, only what those values depend on is written and
     they become the only outputs; ``cut`` (name -> (dtype, rank)) then makes those intermediate values
     graph inputs, so only the part of the graph after them runs (calibration streams block by block).
+    Constants named in ``free`` become float graph inputs (their values are fed on every run: one session
+    serves many variants of those weights).
     """
     g = model.graph
     opset = max(model.opset, 13)
@@ -310,10 +313,14 @@ def to_onnx(model: Model, extra_outputs: list[str] | None = None, with_shapes: b
     out_ids = {id(o) for o in g.outputs}
     cut = dict(cut or {})
     keep_nodes, keep_consts = _ancestors(model, only_outputs, set(cut)) if only_outputs else (None, None)
+    free_inputs: list[onnx.ValueInfoProto] = []
     for v in g.initializers.values():
         if not v.uses and id(v) not in out_ids:
             continue  # unused constants are not part of the computation (and onnxruntime drops them)
         if keep_consts is not None and id(v) not in keep_consts:
+            continue
+        if v.name in free:
+            free_inputs.append(helper.make_tensor_value_info(v.name, onnx.TensorProto.FLOAT, list(v.shape)))
             continue
         if keep_quantized and isinstance(v.const, QuantizedTensor) and _affine_dequant_nodes(v, ctx):
             continue
@@ -361,7 +368,7 @@ def to_onnx(model: Model, extra_outputs: list[str] | None = None, with_shapes: b
             for o in n.outputs:
                 if o.name not in io and o.dtype is not None and o.shape is not None:
                     value_info.append(_vi(o))
-    graph_inputs = [_vi(v) for v in g.inputs]
+    graph_inputs = [_vi(v) for v in g.inputs] + free_inputs
     if only_outputs:
         # Only what the subgraph reads: cut values (fed from outside) and the graph inputs it still needs.
         used = {i for nd in nodes for i in nd.input} | set(only_outputs)

@@ -60,6 +60,8 @@ class MixedPrecision(Pass):
     holdout: int = option(8, check=lambda v: v > 0, allowed="a positive integer",
                           help="max_drop/checks: calibration samples after the first `samples` used to judge")
     cache: bool = option(True, help="reuse cached sensitivities (same model, candidates and calibration)")
+    types: str = option("", help="GGUF block types as the candidates instead of bits, ':'-separated (e.g. "
+                        "Q4_0:Q5_0:Q8_0); the default for the gguf target")
 
     def __post_init__(self) -> None:
         super().__post_init__()
@@ -80,9 +82,38 @@ class MixedPrecision(Pass):
     def widths(self) -> list[int]:
         return sorted({int(b) for b in self.bits.split(":")})
 
-    def candidate(self, b: int) -> dict:
+    def candidate(self, b: int | str) -> dict:
+        """quantize's options for one candidate: a width, or a GGUF type name."""
+        if isinstance(b, str):
+            # embedding and head follow at the type's nominal width (quantize maps it to llama.cpp's type)
+            nominal = int(re.search(r"\d", b).group(0))
+            out = {"gguf": b, "method": self.method, "ops": self.ops}
+            if nominal in (2, 3, 4, 5, 6, 8):
+                out.update(embedding_bits=nominal, head_bits=nominal)
+            return out
         return {"bits": b, "head_bits": b, "embedding_bits": b, "method": self.method, "group": self.group,
                 "ops": self.ops}
+
+    def choices(self, ctx: PassContext) -> list[int | str]:
+        """The candidates the target can encode: GGUF types (``types=``, or the gguf target's default) or
+        symmetric integer widths the target declares."""
+        from ..quantize import gguf_grids as gg
+        target = ctx.target
+        if self.types or (target is not None and target.name == "gguf"):
+            types = self.types.split(":") if self.types else ["Q4_0", "Q5_0", "Q8_0"]
+            bad = [t for t in types if t not in gg.TYPES]
+            if bad:
+                raise UsageError(f"mixed-precision: unknown GGUF types {bad}; known: {', '.join(sorted(gg.TYPES))}")
+            return types
+        widths = self.widths()
+        if target is not None:
+            can = target.capabilities.quant
+            bad = [b for b in widths if ("symmetric", b) not in can]
+            if bad:
+                ok = sorted(b for s, b in can if s == "symmetric")
+                raise UsageError(f"mixed-precision: target {target.name} cannot encode {bad}-bit weights; "
+                                 f"it encodes {ok}: pass bits= with those")
+        return widths
 
     @staticmethod
     def spec(kwargs: dict) -> str:
@@ -90,14 +121,7 @@ class MixedPrecision(Pass):
 
     def run(self, model: Model, ctx: PassContext) -> bool:
         from ...host import host
-        widths = self.widths()
-        if ctx.target is not None:
-            can = ctx.target.capabilities.quant
-            bad = [b for b in widths if ("symmetric", b) not in can]
-            if bad:
-                ok = sorted(b for s, b in can if s == "symmetric")
-                raise UsageError(f"mixed-precision: target {ctx.target.name} cannot encode {bad}-bit weights; "
-                                 f"it encodes {ok}: pass bits= with those")
+        widths = self.choices(ctx)
         cands = {self.spec(self.candidate(b)): b for b in widths}
         sens = analyse(model, list(cands), ctx, samples=self.samples, use_cache=self.cache)
         if not sens.layers:
@@ -139,10 +163,10 @@ class MixedPrecision(Pass):
         model.metadata[REPORT_KEY] = json.dumps(report, sort_keys=True)
         return True
 
-    def _apply(self, model: Model, ctx: PassContext, alloc: dict[str, int], h) -> None:
-        """Quantize each node (by name) with its width."""
+    def _apply(self, model: Model, ctx: PassContext, alloc: dict[str, int | str], h) -> None:
+        """Quantize each node (by name) with its width or GGUF type."""
         q = h.passes["quantize"]
-        for b in sorted(set(alloc.values())):
+        for b in sorted(set(alloc.values()), key=str):
             names = [n for n, v in alloc.items() if v == b]
             inc = "^(" + "|".join(re.escape(n) for n in names) + ")$"
             q(**self.candidate(b), include=inc).run(model, ctx)

@@ -2,8 +2,9 @@
 
 For every candidate configuration (a ``quantize{...}`` spec, e.g. ``quantize{bits=4}``), the whole model is
 quantized once on a copy, which gives every layer's quantized weight under that configuration. Then, layer by
-layer, only that layer's weight is swapped into the float model and the reference executor runs the
-calibration samples; the outputs are compared with the float model's:
+layer, only that layer's weight takes its quantized values in the float model and the reference executor runs
+the calibration samples (one onnxruntime session whose float weights are fed per run, so a candidate costs a
+run, not a session); the outputs are compared with the float model's:
 
 * ``kl``: mean KL(softmax(float) || softmax(quantized)) over the last axis of the first output (logits);
 * ``sqnr``: 10 log10(sum(float^2) / sum((float - quantized)^2)) in dB over all outputs;
@@ -30,7 +31,7 @@ from ...ir import Model, QuantizedTensor, ReferenceExecutor
 from ...ir.passes import PassContext
 
 METRICS = ("kl", "sqnr", "cosine")
-CACHE_VERSION = 1
+CACHE_VERSION = 2
 
 
 def cache_dir() -> str:
@@ -81,11 +82,11 @@ def _model_hash(model: Model) -> tuple[str, str]:
     return h.hexdigest(), d
 
 
-def _outputs(ex: ReferenceExecutor, model: Model, samples) -> list[list[np.ndarray]]:
+def _outputs(ex: ReferenceExecutor, model: Model, samples, extra=None) -> list[list[np.ndarray]]:
     names = [o.name for o in model.graph.outputs]
     res = []
     for s in samples:
-        r = ex.run(s)
+        r = ex.run({**s, **(extra or {})})
         res.append([np.asarray(r[n], np.float64) for n in names])
     return res
 
@@ -156,33 +157,44 @@ def analyse(model: Model, candidates: Sequence[str], ctx: PassContext, *, sample
             say(f"sensitivity: cached ({path})")
             return Sensitivity(**d, cached=True)
         g = model.graph
-        ref = _outputs(ReferenceExecutor(model), model, calib)
         per_cand = {}
         for c in candidates:
             say(f"sensitivity: quantizing a copy with {c}")
             per_cand[c] = _quantized_weights(src, c, ctx)
         nodes = {n.name: n for n in g}
         layer_nodes = [n.name for n in g if any(n.name in per_cand[c] for c in candidates)]
+        weights = {}
+        for nname in layer_nodes:
+            idx = next(per_cand[c][nname][0] for c in candidates if nname in per_cand[c])
+            weights[nname] = (idx, nodes[nname].inputs[idx])
+        # One session for everything: the float32 weights under study are fed on every run, so each
+        # (layer, candidate) is one run with that weight's dequantized values, not a new session.
+        free = sorted({w.name for _, w in weights.values() if w.dtype is not None and w.dtype.numpy == np.float32
+                       and not isinstance(w.const, QuantizedTensor)})
+        ex = ReferenceExecutor(model, free=free)
+        ref = _outputs(ex, model, calib)
         table, params, fbytes, wnames = {}, {}, {}, {}
         for k, nname in enumerate(layer_nodes):
             n = nodes[nname]
-            idx = next(per_cand[c][nname][0] for c in candidates if nname in per_cand[c])
-            w = n.inputs[idx]
-            wnames[w.name] = nname
+            idx, w = weights[nname]
+            wnames.setdefault(w.name, nname)
             params[w.name] = int(np.prod(w.shape))
             fbytes[w.name] = int(np.asarray(w.const.numpy()).nbytes)
-            table[w.name] = {}
+            table.setdefault(w.name, {})
             for c in candidates:
-                if nname not in per_cand[c]:
-                    continue  # this candidate leaves the layer float
+                if nname not in per_cand[c] or c in table[w.name]:
+                    continue  # this candidate leaves the layer float (or a shared weight was measured)
                 q = per_cand[c][nname][1]
-                tmp = g.add_const(g.unique_name(w.name + "_sens"), q)
-                n.replace_input_with(idx, tmp)
-                try:
-                    got = _outputs(ReferenceExecutor(model), model, calib)
-                finally:
-                    n.replace_input_with(idx, w)
-                    g.remove_const(tmp.name)
+                if w.name in free:
+                    got = _outputs(ex, model, calib, {w.name: q.dequantize()})
+                else:
+                    tmp = g.add_const(g.unique_name(w.name + "_sens"), q)
+                    n.replace_input_with(idx, tmp)
+                    try:
+                        got = _outputs(ReferenceExecutor(model), model, calib)
+                    finally:
+                        n.replace_input_with(idx, w)
+                        g.remove_const(tmp.name)
                 table[w.name][c] = {**compare(ref, got), "bytes": int(q.nbytes)}
             say(f"sensitivity: layer {k + 1}/{len(layer_nodes)} {w.name}")
         sens = Sensitivity(list(candidates), list(table), wnames, params, fbytes, table)

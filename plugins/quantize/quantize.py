@@ -47,11 +47,14 @@ def find_layers(model: Model, ops: tuple[str, ...], include: str, exclude: str) 
     inc = re.compile(include)
     exc = re.compile(exclude) if exclude else None
     outputs = {id(v) for v in model.graph.outputs}
+    inputs = list(model.graph.inputs)
     layers, seen = [], set()
     for n in model.graph:
         op = n.qualified_op
+        # An embedding table is gathered by token ids, a graph input; tables gathered by computed positions
+        # (rotary cos/sin, learned position tables) stay float: they are not weights a format quantizes.
         if op == "Gather" and n.inputs[0] is not None and n.inputs[0].is_const and not n.inputs[1].is_const \
-                and n.attr("axis", 0) == 0 and n.inputs[0].rank == 2:
+                and n.attr("axis", 0) == 0 and n.inputs[0].rank == 2 and n.inputs[1] in inputs:
             w, role = n.inputs[0], "embedding"
         elif op in ops and len(n.inputs) > 1 and n.inputs[1] is not None and n.inputs[1].is_const:
             w = n.inputs[1]

@@ -6,7 +6,7 @@ aligned weights blob, a header, a shared object and a static test runner linked 
 Statically quantized int8 Conv / depthwise Conv / Linear run on HVX integer kernels (``vrmpy``, int32
 accumulation, fixed-point requantization fused into the next kernel's input; :mod:`.qkernels`,
 :mod:`.intops`), bit-exact with :mod:`edgec.ir.integer`. Float kernels are scalar on v67 (no HVX float);
-float Linear layers use HVX qfloat (v68/v69) or IEEE float (v73/v75), compile-only here.
+float Linear and Conv layers use HVX qfloat (v68/v69) or IEEE float (v73/v75), compile-only here.
 """
 
 from __future__ import annotations
@@ -204,7 +204,7 @@ class HexagonTarget(Target):
         simulated = any(v.quant is not None for v in model.graph.values())
         hvx_float = sum(k.startswith("f") for k in builder.kernels)
         if hvx_float:
-            parts.append(f"{hvx_float} float Linear on HVX float kernels (v68 qfloat / v73+ IEEE float)")
+            parts.append(f"{hvx_float} float Linear/Conv on HVX float kernels (v68 qfloat / v73+ IEEE float)")
         parts.append("scalar float32 kernels for everything else" if parts else "scalar float32 kernels")
         if simulated and rest:
             parts.append(f"{len(rest)} Conv/Linear with simulated int8 activations (quantize-dequantize in float)")

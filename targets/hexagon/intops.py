@@ -6,6 +6,9 @@
   the activation layout, unless the producer already wrote the codes there (a requantizing epilogue);
 * one call of its integer kernel, with the weights packed for ``vrmpy`` and the per-channel epilogue
   constants in the weights blob.
+
+On v68 and later, float Linear and Conv layers become HVX float kernels (``float_hvx``); activation
+fake-quantization is one TE kernel around ``nearbyint``.
 """
 
 from __future__ import annotations
@@ -15,7 +18,7 @@ import numpy as np
 from ...ir import Node
 from ...ir.integer import IntOp, plan
 from ..cpu.relax_builder import RelaxBuilder, _safe
-from .qkernels import LEFT, ConvSpec, Layout, conv_kernel, float_linear_kernel
+from .qkernels import LEFT, ConvSpec, Layout, conv_kernel, float_conv_kernel, float_linear_kernel
 
 
 def _conv_geometry(c: IntOp) -> tuple[int, int, int, int, int, int, int, int]:
@@ -120,7 +123,7 @@ class HexagonBuilder(RelaxBuilder):
             return True  # a Relu / Clip folded into its producer's requantizing epilogue
         c = self.ops.get(id(n))
         if c is None:
-            return self.float_hvx and self._float_linear(n)
+            return self.float_hvx and (self._float_linear(n) or self._float_conv(n))
         from tvm import relax
         x = self._codes_of(c)
         src = self.layouts[id(c.x)]
@@ -218,5 +221,44 @@ class HexagonBuilder(RelaxBuilder):
                                      relax.TensorType([M, N], "float32")))
         o = n.outputs[0]
         y = self.emit(relax.op.reshape(y, list(o.static_shape)))
+        self.env[id(o)] = self.fake_quant(y, o) if o.quant is not None else y
+        return True
+
+    def _float_conv(self, n: Node) -> bool:
+        """A float Conv2d (batch 1, group 1, dilation 1, constant float weights) as an HVX float kernel."""
+        from ...ir import QuantizedTensor
+        if n.qualified_op != "Conv":
+            return False
+        x, w = n.inputs[0], n.inputs[1]
+        b = n.inputs[2] if len(n.inputs) > 2 else None
+        xs, ys = x.static_shape, n.outputs[0].static_shape
+        if not w.is_const or isinstance(w.const, QuantizedTensor) or w.rank != 4 or xs is None or ys is None \
+                or xs[0] != 1 or int(n.attr("group", 1)) != 1 or any(d != 1 for d in n.attr("dilations", [1, 1])) \
+                or n.attr("auto_pad", "NOTSET") not in ("NOTSET", b"NOTSET") \
+                or (b is not None and (not b.is_const or isinstance(b.const, QuantizedTensor))):
+            return False
+        st = [int(v) for v in n.attr("strides", [1, 1])]
+        if st[0] != st[1]:
+            return False
+        relax = self.relax
+        wa = np.asarray(w.const.numpy(), np.float32)
+        O, C, KH, KW = wa.shape
+        lanes = 32
+        opad = -(-O // lanes) * lanes
+        wt = np.zeros((C, KH, KW, opad), np.float32)
+        wt[..., :O] = wa.transpose(1, 2, 3, 0)
+        bp = np.zeros(opad, np.float32)
+        if b is not None:
+            bp[:O] = np.asarray(b.const.numpy(), np.float32).reshape(-1)
+        pads = [int(p) for p in n.attr("pads", [0, 0, 0, 0])]
+        name = f"f{len(self.kernels)}_{_safe(n.name)}"
+        f = float_conv_kernel(C, int(xs[2]), int(xs[3]), O, KH, KW, st[0], (pads[0], pads[1]), int(ys[2]),
+                              int(ys[3]), lanes)
+        gv = self.bb.add_func(f, name)
+        self.kernels.append(name)
+        y = self.emit(relax.call_tir(gv, relax.Tuple([self.get(x), relax.const(wt, "float32"),
+                                                     relax.const(bp, "float32")]),
+                                     relax.TensorType(list(ys), "float32")))
+        o = n.outputs[0]
         self.env[id(o)] = self.fake_quant(y, o) if o.quant is not None else y
         return True

@@ -264,3 +264,39 @@ def float_linear_kernel(m: int, k: int, n: int, lanes: int = 32, relu: bool = Fa
                         if nb * L + j < n:
                             yf[i * n + nb * L + j] = acc[j]
     return flinear
+
+
+def float_conv_kernel(c: int, h: int, w: int, o: int, kh: int, kw: int, stride: int, pads: tuple, oh: int,
+                      ow: int, lanes: int = 32):
+    """A float32 NCHW Conv2d (batch 1, group 1) whose vectors are ``lanes`` output channels:
+    ``acc[o..o+lanes] += x[c, ih, iw] * wt[c, kh, kw, o..o+lanes]`` (``wt`` the weight transposed and zero
+    padded to ``[C, KH, KW, OP]``), bias first, padding taps skipped. HVX float on v68+ (compile-only here)."""
+    from tvm.script import tirx as T
+
+    L = lanes
+    OP = _up(o, L)
+    NB = OP // L
+    PT, PL = pads[0], pads[1]
+    NOUT = o * oh * ow
+
+    @T.prim_func(private=True)
+    def fconv2d(x: T.Buffer((1, c, h, w), "float32", align=128), wt: T.Buffer((c, kh, kw, OP), "float32", align=128),
+                b: T.Buffer((OP,), "float32", align=128), y: T.Buffer((1, o, oh, ow), "float32", align=128)):
+        T.func_attr({"tirx.noalias": True})
+        yf = T.decl_buffer((NOUT,), "float32", data=y.data)
+        acc = T.decl_buffer((L,), "float32", scope="local")
+        for i in range(oh):
+            for j in range(ow):
+                for nb in range(NB):
+                    acc[T.ramp(0, 1, L)] = b[T.ramp(nb * L, 1, L)]
+                    for ci in range(c):
+                        for p in range(kh):
+                            for q in range(kw):
+                                if 0 <= i * stride + p - PT < h and 0 <= j * stride + q - PL < w:
+                                    acc[T.ramp(0, 1, L)] = acc[T.ramp(0, 1, L)] + T.broadcast(
+                                        x[0, ci, i * stride + p - PT, j * stride + q - PL], L) * \
+                                        wt[ci, p, q, T.ramp(nb * L, 1, L)]
+                    for lane in range(L):
+                        if nb * L + lane < o:
+                            yf[((nb * L + lane) * oh + i) * ow + j] = acc[lane]
+    return fconv2d

@@ -158,15 +158,46 @@ def test_float_kernels_use_hvx_float_on_v68_and_later(arch, pattern):
 @pytest.mark.parametrize("arch, pattern", [("v68", r"\.qf32 = vmpy\(v\d+\.sf,v\d+\.sf\)"),
                                            ("v73", r"\.sf = vmpy\(v\d+\.sf,v\d+\.sf\)")])
 def test_float_models_on_v68_and_v73_use_hvx_float_linear(arch, pattern, tmp_path):
-    """A float model compiled for v68 / v73 (compile-only here): its Linear layers become HVX float kernels,
-    seen in the artifact's kernels.s."""
+    """Float models compiled for v68 / v73 (compile-only here): their Linear and Conv layers become HVX float
+    kernels, seen in the artifact's kernels.s."""
     from edgec.ir.passes import PassContext
     from edgec.targets.hexagon import HexagonTarget
     m = _mlp()
-    art = HexagonTarget(arch=arch, asm=True).emit(m, str(tmp_path), PassContext())
+    (tmp_path / "mlp").mkdir()
+    (tmp_path / "cnn").mkdir()
+    art = HexagonTarget(arch=arch, asm=True).emit(m, str(tmp_path / "mlp"), PassContext())
     assert len(art.manifest["hvx_float_kernels"]) == 3 and art.manifest["integer_kernels"] == []
-    assert re.search(pattern, (tmp_path / "kernels.s").read_text())
+    assert re.search(pattern, (tmp_path / "mlp" / "kernels.s").read_text())
     assert "HVX float kernels" in art.manifest["arithmetic"]
+    m = _cnn(depthwise=True)
+    art = HexagonTarget(arch=arch, asm=True).emit(m, str(tmp_path / "cnn"), PassContext())
+    assert len(art.manifest["hvx_float_kernels"]) == 3  # the group-1 convs; the depthwise one stays generic
+    assert re.search(pattern, (tmp_path / "cnn" / "kernels.s").read_text())
+
+
+@pytest.mark.parametrize("stride, pad", [(1, 1), (2, 1), (1, 0)])
+def test_float_conv_kernel_computes_the_conv_on_the_host(stride, pad):
+    """The v68+ HVX float Conv kernel's TIR, run on the host: equal to numpy's convolution."""
+    import tvm
+    from edgec.targets.hexagon.qkernels import float_conv_kernel
+    rng = np.random.default_rng(stride + pad)
+    c, h, w, o, k = 5, 9, 8, 40, 3
+    oh, ow = (h + 2 * pad - k) // stride + 1, (w + 2 * pad - k) // stride + 1
+    x = rng.standard_normal((1, c, h, w)).astype(np.float32)
+    wt = rng.standard_normal((o, c, k, k)).astype(np.float32)
+    b = rng.standard_normal(o).astype(np.float32)
+    wp = np.zeros((c, k, k, 64), np.float32)
+    wp[..., :o] = wt.transpose(1, 2, 3, 0)
+    bp = np.zeros(64, np.float32)
+    bp[:o] = b
+    f = float_conv_kernel(c, h, w, o, k, k, stride, (pad, pad), oh, ow).with_attr("global_symbol", "k")
+    host = tvm.compile(tvm.IRModule({"k": f}), target="llvm")
+    arrs = [tvm.runtime.tensor(a) for a in (x, wp, bp, np.zeros((1, o, oh, ow), np.float32))]
+    host["k"](*arrs)
+    xp = np.pad(x[0].astype(np.float64), ((0, 0), (pad, pad), (pad, pad)))
+    want = np.stack([sum(np.einsum("chw,c->hw", xp[:, a:a + stride * oh:stride, d:d + stride * ow:stride],
+                                   wt[q, :, a, d]) for a in range(k) for d in range(k)) + b[q] for q in range(o)])
+    np.testing.assert_allclose(arrs[3].numpy()[0], want, rtol=1e-4, atol=1e-4)
 
 
 # ---------------------------------------------------------------------------------------------- whole models

