@@ -21,7 +21,7 @@ from ..cpu.relax_builder import RelaxBuilder, _safe
 from .qkernels import LEFT, ConvSpec, Layout, conv_kernel, float_conv_kernel, float_linear_kernel
 
 
-def _conv_geometry(c: IntOp) -> tuple[int, int, int, int, int, int, int, int]:
+def _conv_geometry(c: IntOp) -> tuple[int, ...]:
     """(kh, kw, stride, pad_t, pad_l, pad_b, pad_r, oh, ow)."""
     n = c.node
     kh, kw = (int(d) for d in c.wq.shape[2:])
