@@ -26,8 +26,6 @@ stays the float definition, and ``--verify`` compares a target with it within th
 from __future__ import annotations
 
 import dataclasses
-import os
-import tempfile
 
 import numpy as np
 
@@ -110,9 +108,9 @@ def _weight(v: Value | None, out_channels_axis: int = 0):
             or q.offsets is not None or q.layout is not None or q.axis not in (None, out_channels_axis):
         return None
     o = q.shape[0]
-    sw = np.broadcast_to(np.asarray(q.scales, np.float32).reshape(-1), (o,)) if q.scales.size in (1, o) else None
-    if sw is None or q.scales.size not in (1, o):
+    if q.scales.size not in (1, o):
         return None
+    sw = np.broadcast_to(np.asarray(q.scales, np.float32).reshape(-1), (o,))
     return np.asarray(q.codes, np.int8), np.ascontiguousarray(sw, np.float32)
 
 
@@ -201,10 +199,8 @@ def plan(model: Model) -> dict[int, IntOp]:
 def integer_reference(model: Model):
     """A :class:`ReferenceExecutor` running ``model`` with its IntOps in the integer semantics above."""
     from .executor import ReferenceExecutor
-    from .serde import load, save
-    with tempfile.TemporaryDirectory(prefix="edgec-intref-") as d:  # a deep copy (deepcopy recurses too deep)
-        save(model, os.path.join(d, "m"))
-        m = load(os.path.join(d, "m"))
+    from .serde import copy
+    m = copy(model)
     g = m.graph
     for c in plan(m).values():
         n = c.node

@@ -60,6 +60,14 @@ def save(model: Model, path: str) -> None:
         raise
 
 
+def copy(model: Model) -> Model:
+    """An independent copy of ``model`` (through a temporary file: ``copy.deepcopy`` recurses as deep as the
+    graph is long). Its weights are read-only maps of the unlinked file."""
+    with tempfile.TemporaryDirectory(prefix="edgec-copy-") as d:
+        save(model, os.path.join(d, "m"))
+        return load(os.path.join(d, "m"))
+
+
 def load(path: str) -> Model:
     """Load a model saved by :func:`save`; weights are read-only memory maps of the file."""
     size = os.path.getsize(path)

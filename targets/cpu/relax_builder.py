@@ -61,19 +61,21 @@ class RelaxBuilder:
         return self.bb.emit(expr)
 
     def fake_quant(self, x, v: Value):
-        """Exactly QuantizeLinear + DequantizeLinear: round half to even, saturate, rescale."""
-        op = _op()
+        """Exactly QuantizeLinear + DequantizeLinear (x / scale, round half to even, saturate, rescale), as one
+        TE kernel around ``nearbyint``. (A floor / compare / select form of round-half-even made kernels LLVM
+        took minutes to compile on a BERT-sized model for Hexagon.)"""
+        from tvm import te, tirx
         q = v.quant
-        lo, hi = (-128, 127) if q.signed else (0, 255)
-        c = lambda a: self.relax.const(a, "float32")  # noqa: E731
-        y = op.divide(x, c(q.scale))
-        # TVM's round is half-away-from-zero; ONNX rounds half to even. At an exact tie, 2*round(y/2) is the
-        # even neighbour (y/2 then has fraction .25 or .75, so its rounding is unambiguous).
-        frac = op.subtract(y, op.floor(y))
-        tie = op.equal(frac, c(0.5))
-        r = op.where(tie, op.multiply(op.round(op.divide(y, c(2.0))), c(2.0)), op.round(y))
-        r = op.clip(op.add(r, c(float(q.zero_point))), float(lo), float(hi))
-        return self.emit(op.multiply(op.subtract(r, c(float(q.zero_point))), c(q.scale)))
+        lo, hi = (-128.0, 127.0) if q.signed else (0.0, 255.0)
+        s, z = tirx.const(q.scale, "float32"), tirx.const(float(q.zero_point), "float32")
+
+        def f(a):
+            def g(*i):
+                r = tirx.nearbyint(a(*i) / s) + z
+                r = tirx.max(tirx.min(r, tirx.const(hi, "float32")), tirx.const(lo, "float32"))
+                return (r - z) * s
+            return te.compute(a.shape, g, name="fake_quant")
+        return self.bb.emit_te(f, x, primfunc_name_hint="fake_quant")
 
     def lower_special(self, n: Node) -> bool:
         """A subclass's hook: lower ``n`` itself (setting ``self.env`` for its outputs) and return True."""

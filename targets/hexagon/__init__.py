@@ -345,18 +345,22 @@ class HexagonTarget(Target):
         with open(path, "w") as f:
             f.write("\n".join(lines))
 
-    def _link(self, tools: dict[str, str], out_dir: str, work: str, ws_bytes: int) -> None:
+    def cflags(self, ws_bytes: int, includes: tuple[str, ...] = ()) -> list[str]:
+        """clang flags for the generated C (driver, runtime, runners): freestanding, the TVM FFI / DLPack
+        headers, the workspace size."""
         import tvm_ffi
         inc = os.path.join(os.path.dirname(tvm_ffi.__file__), "include")
         dl = [os.path.join(r, "") for r, _, _ in os.walk(os.path.dirname(tvm_ffi.__file__))
               if r.endswith(os.path.join("dlpack", "include"))]
         # The driver and runtime are plain C: clang 14 (Debian 12) knows up to v69, which newer arches run.
         cpu = self.arch if self.arch in ("v67", "v68", "v69") else "v69"
-        cflags = ["--target=hexagon-unknown-linux-musl", f"-mcpu=hexagon{cpu}", "-ffreestanding",
-                  "-nostdlib", "-fno-builtin", "-O2", "-fPIC", "-mlong-calls", f"-I{inc}", f"-I{out_dir}",
-                  f"-DEDGEC_WORKSPACE_BYTES={ws_bytes}"] + [f"-I{d}" for d in dl]
-        if self.hvx:
-            cflags += ["-mhvx", "-mhvx-length=128b"]
+        flags = ["--target=hexagon-unknown-linux-musl", f"-mcpu=hexagon{cpu}", "-ffreestanding",
+                 "-nostdlib", "-fno-builtin", "-O2", "-fPIC", "-mlong-calls", f"-I{inc}",
+                 f"-DEDGEC_WORKSPACE_BYTES={ws_bytes}"] + [f"-I{d}" for d in (*dl, *includes)]
+        return flags + (["-mhvx", "-mhvx-length=128b"] if self.hvx else [])
+
+    def _link(self, tools: dict[str, str], out_dir: str, work: str, ws_bytes: int) -> None:
+        cflags = self.cflags(ws_bytes, (out_dir,))
         # The weights blob is included by an assembler file rather than ld's --format=binary, whose section is
         # byte-aligned: the integer kernels load their weights with aligned 128-byte vector loads.
         with open(os.path.join(out_dir, "weights.S"), "w") as f:

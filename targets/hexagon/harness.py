@@ -26,7 +26,6 @@ def build(func, inputs: Sequence[np.ndarray], outputs: Sequence[tuple[tuple, str
     """Compile ``func`` (a PrimFunc whose parameters are ``inputs`` then ``outputs``) into a static runner
     in ``work``; returns the runner's path. Also leaves ``kernel.s`` (the assembly) there."""
     import tvm
-    import tvm_ffi
 
     from . import HexagonTarget, _tools
     tools = _tools()
@@ -76,12 +75,7 @@ def build(func, inputs: Sequence[np.ndarray], outputs: Sequence[tuple[tuple, str
     c.append(f"  sys3(64, 1, (long)outb, {out_off}); sys3(93, rc, 0, 0); for (;;) {{}} }}")
     with open(os.path.join(work, "main.c"), "w") as f:
         f.write("\n".join(c) + "\n")
-    inc = os.path.join(os.path.dirname(tvm_ffi.__file__), "include")
-    dl = [r for r, _, _ in os.walk(os.path.dirname(tvm_ffi.__file__)) if r.endswith(os.path.join("dlpack", "include"))]
-    cpu = arch if arch in ("v67", "v68", "v69") else "v69"
-    cflags = ["--target=hexagon-unknown-linux-musl", f"-mcpu=hexagon{cpu}", "-ffreestanding", "-nostdlib",
-              "-fno-builtin", "-O2", "-mlong-calls", f"-I{inc}", "-DEDGEC_WORKSPACE_BYTES=65536"] + \
-        [f"-I{d}" for d in dl] + (["-mhvx", "-mhvx-length=128b"] if hvx else [])
+    cflags = t.cflags(ws_bytes=65536)
     for src, obj in (("data.S", "data.o"), ("main.c", "main.o"), (os.path.join(HERE, "runtime.c"), "rt.o")):
         t._run([tools["clang"], *cflags, "-c", src, "-o", obj], f"compiling {os.path.basename(src)}", cwd=work)
     t._run([tools["ld.lld"], "-static", "-e", "_start", "-o", "runner", "main.o", "rt.o", "kernel.o", "data.o"],

@@ -7,8 +7,7 @@
 * one call of its integer kernel, with the weights packed for ``vrmpy`` and the per-channel epilogue
   constants in the weights blob.
 
-On v68 and later, float Linear and Conv layers become HVX float kernels (``float_hvx``); activation
-fake-quantization is one TE kernel around ``nearbyint``.
+On v68 and later, float Linear and Conv layers become HVX float kernels (``float_hvx``).
 """
 
 from __future__ import annotations
@@ -78,7 +77,10 @@ def epilogue_consts(c: IntOp) -> tuple[np.ndarray, np.ndarray]:
         pi[:, 0] += bq
         pi[:, 1], pi[:, 2], pi[:, 3] = m, s, rnd
     if np.abs(pi).max() >= 1 << 31:
-        raise ValueError(f"{c.node.name}: epilogue constants overflow int32")
+        from ...errors import UnsupportedError
+        raise UnsupportedError(f"hexagon: node {c.node.name!r}: its bias / zero-point correction does not fit the "
+                               "int32 accumulator (a huge bias against tiny scales); compile with hexagon{int8=false} "
+                               "to simulate this model's int8 activations in float")
     return pi.astype(np.int32), np.stack([c.S(), c.bias], 1).astype(np.float32)
 
 
@@ -100,23 +102,6 @@ class HexagonBuilder(RelaxBuilder):
             p = max(_reads(c)[0] for c in cs)
             self.layouts[key] = Layout(C, H, W, p=p, need=max(_reads(c)[1] for c in cs))
         self.kernels: list[str] = []
-
-    def fake_quant(self, x, v):
-        """QuantizeLinear + DequantizeLinear as one TE kernel around ``nearbyint`` (round half to even: the
-        runtime's ``nearbyintf``): a fraction of the code of the generic floor / compare / select form, which
-        LLVM takes minutes to compile on a BERT-sized model."""
-        from tvm import te, tirx
-        q = v.quant
-        lo, hi = (-128.0, 127.0) if q.signed else (0.0, 255.0)
-        s, z = tirx.const(q.scale, "float32"), tirx.const(float(q.zero_point), "float32")
-
-        def f(a):
-            def g(*i):
-                r = tirx.nearbyint(a(*i) / s) + z
-                r = tirx.max(tirx.min(r, tirx.const(hi, "float32")), tirx.const(lo, "float32"))
-                return (r - z) * s
-            return te.compute(a.shape, g, name="fake_quant")
-        return self.bb.emit_te(f, x, primfunc_name_hint="fake_quant")
 
     def lower_special(self, n: Node) -> bool:
         if id(n) in self.chained:

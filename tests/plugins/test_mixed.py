@@ -160,6 +160,9 @@ def test_usage_errors_name_the_fix():
     with pytest.raises(UsageError, match="unknown check 'nope'"):
         _run("mixed-precision{max_drop=1,bits=4:8,checks=nope:1}", m, _ctx(m))
     m = _mlp()
+    with pytest.raises(UsageError, match=r"unknown GGUF types \['Q9_9'\]"):
+        _run("mixed-precision{avg_bits=4,types=Q4_0:Q9_9}", m, _ctx(m))
+    m = _mlp()
     coreml = host().targets["coreml"]()
     with pytest.raises(UsageError, match=r"coreml cannot encode \[2\]-bit"):
         _run("mixed-precision{avg_bits=4,bits=2:4:8}", m, _ctx(m, target=coreml))
@@ -177,6 +180,8 @@ def test_inspect_sensitivity_prints_plots_and_caches(tiny_cnn_path, tmp_path):
     assert r.exit_code == 0 and "(cached)" in r.output and "2 bit" in r.output
     r = CliRunner().invoke(main, ["inspect", tiny_cnn_path, "--sensitivity"])
     assert r.exit_code != 0 and "--calib" in r.output
+    r = CliRunner().invoke(main, ["inspect", tiny_cnn_path, "--sensitivity", "--calib", "random", "--bits", "4,8"])
+    assert r.exit_code == 2 and "':'-separated integers" in r.output
 
 
 def test_footprint_tiers_fit_their_budgets_and_share_one_measurement(tiny_cnn_path, tmp_path):
