@@ -95,7 +95,7 @@ def main() -> int:
         u["avg_bits"] = round(avg, 4)
         rows += [u, mx]
         pairs.append((b, u, mx))
-    _plot(rows, pairs, base, ctx)
+    fr = _plot(rows, pairs, base, ctx)
     lines = ["## Mixed precision vs uniform widths (SmolLM2-135M-Instruct, `python benchmarks/mixed_precision.py`)",
              "", "Perplexity (edgec's reference executor, GPL-3 text, 256-token windows) against the bytes the "
              "weights take; each mixed row has the average bits per weight (scales counted) of the uniform row "
@@ -111,15 +111,45 @@ def main() -> int:
     verdict = ["", "Mixed below uniform at the same budget: " + ", ".join(
         f"{b} bits: {'yes' if mx['ppl'] < u['ppl'] else 'NO'} ({mx['ppl']:.3f} vs {u['ppl']:.3f}, "
         f"{mx['weights_mb']:.2f} vs {u['weights_mb']:.2f} MB)" for b, u, mx in pairs) + "."]
+    below = [b for b, (sz, cost) in fr["uniform"].items()
+             if fr["costs"][int(np.searchsorted(fr["sizes"], sz, side="right")) - 1] <= cost]
+    verdict.append("")
+    verdict.append(f"Pareto front (right panel): {fr['points']} allocations, sensitivities read from the cache "
+                   f"({'yes' if fr['cached'] else 'no'}); at each uniform width's size the front's predicted damage "
+                   f"is at or below the uniform allocation's for {len(below)} of {len(fr['uniform'])} widths: " +
+                   ", ".join(f"{b} bits {cost:.4g} -> "
+                             f"{fr['costs'][int(np.searchsorted(fr['sizes'], sz, side='right')) - 1]:.4g}"
+                             for b, (sz, cost) in fr["uniform"].items()) + ".")
     write_results("RESULTS-mixed.md", lines + verdict)
     return 0
 
 
-def _plot(rows, pairs, base, ctx) -> None:
+def _front(base, ctx) -> dict:
+    """The solver's exact Pareto front over the measured sensitivities (read back from the cache the mixed
+    runs filled): quantized-weight bytes against predicted damage (summed per-layer KL), with the uniform
+    allocations' predicted damage for comparison."""
+    from edgec.ir.serde import load
+    from edgec.plugins.mixed.mixed import MixedPrecision
+    from edgec.plugins.mixed.sensitivity import analyse
+    mp = MixedPrecision(avg_bits=4.0, bits=CANDIDATES, group=GROUP, samples=4)
+    cands = {mp.spec(mp.candidate(b)): b for b in mp.widths()}
+    sens = analyse(load(base), list(cands), ctx, samples=4)
+    front, labels = mp.front(sens, cands)
+    uniform = {}
+    for b in UNIFORM:
+        spec = next(c for c, w in cands.items() if w == b)
+        uniform[b] = (sum(sens.table[w][spec]["bytes"] for w in sens.layers),
+                      sum(sens.cost(w, spec, "kl") for w in sens.layers))
+    return {"cached": sens.cached, "sizes": front.sizes.tolist(), "costs": front.costs.tolist(),
+            "uniform": uniform, "points": len(front.sizes)}
+
+
+def _plot(rows, pairs, base, ctx) -> dict:
     import matplotlib
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
-    fig, ax = plt.subplots(1, 1, figsize=(6.4, 4.2))
+    fr = _front(base, ctx)
+    fig, (ax, ax2) = plt.subplots(1, 2, figsize=(12.0, 4.4))
     u = [p[1] for p in pairs]
     mx = [p[2] for p in pairs]
     ax.plot([r["weights_mb"] for r in u], [r["ppl"] for r in u], "o-", label="uniform 3/4/5 bit")
@@ -130,9 +160,22 @@ def _plot(rows, pairs, base, ctx) -> None:
     ax.set_yscale("log")
     ax.set_title("SmolLM2-135M: perplexity vs size")
     ax.legend()
+    sizes = np.array(fr["sizes"]) / 1e6
+    ax2.plot(sizes, fr["costs"], "-", lw=1.2, label=f"Pareto front ({fr['points']} allocations)")
+    for b, (sz, cost) in fr["uniform"].items():
+        ax2.plot(sz / 1e6, cost, "o", color="C0")
+        ax2.annotate(f"uniform {b} bit", (sz / 1e6, cost), textcoords="offset points", xytext=(5, 5), fontsize=8)
+        k = int(np.searchsorted(fr["sizes"], sz, side="right")) - 1
+        ax2.plot(sizes[k], fr["costs"][k], "s", color="C1", label="mixed at the same size" if b == UNIFORM[0] else None)
+    ax2.set_xlabel("quantized weights (MB)")
+    ax2.set_ylabel("predicted damage (sum of per-layer KL)")
+    ax2.set_yscale("log")
+    ax2.set_title("solver: exact Pareto front vs uniform widths")
+    ax2.legend()
     fig.tight_layout()
     fig.savefig(os.path.join(HERE, "mixed_precision.png"), dpi=110)
     plt.close(fig)
+    return fr
 
 
 if __name__ == "__main__":

@@ -119,6 +119,16 @@ class MixedPrecision(Pass):
     def spec(kwargs: dict) -> str:
         return "quantize{" + ",".join(f"{k}={v}" for k, v in kwargs.items()) + "}"
 
+    def front(self, sens, cands):
+        """The exact Pareto front over the measured table: (front, labels[layer][option] = candidate spec)."""
+        options, labels = [], []
+        for w in sens.layers:
+            row = [(sens.table[w][c]["bytes"], sens.cost(w, c, self.metric), c) for c in cands
+                   if c in sens.table[w]]
+            options.append([(s, c) for s, c, _ in row])
+            labels.append([c for _, _, c in row])
+        return pareto_front(options), labels
+
     def run(self, model: Model, ctx: PassContext) -> bool:
         from ...host import host
         widths = self.choices(ctx)
@@ -126,13 +136,7 @@ class MixedPrecision(Pass):
         sens = analyse(model, list(cands), ctx, samples=self.samples, use_cache=self.cache)
         if not sens.layers:
             return False
-        options, labels = [], []
-        for w in sens.layers:
-            row = [(sens.table[w][c]["bytes"], sens.cost(w, c, self.metric), c) for c in cands
-                   if c in sens.table[w]]
-            options.append([(s, c) for s, c, _ in row])
-            labels.append([c for _, _, c in row])
-        front = pareto_front(options)
+        front, labels = self.front(sens, cands)
         params = sum(sens.params.values())
         report = {"metric": self.metric, "candidates": list(cands), "cached_sensitivity": sens.cached,
                   "front_points": int(len(front.sizes))}

@@ -1,10 +1,11 @@
-"""Built-in pruning passes: unstructured / N:M (prune) and structured (prune-channels)."""
+"""Built-in pruning passes: unstructured / N:M (prune) and structured (prune-channels, prune-heads)."""
 
 from ...hookspecs import hookimpl
 from .prune import Prune
+from .heads import PruneHeads
 from .structured import PruneChannels
 
-PASSES = (Prune, PruneChannels)
+PASSES = (Prune, PruneChannels, PruneHeads)
 
 
 @hookimpl

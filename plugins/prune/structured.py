@@ -90,6 +90,16 @@ def find_groups(model: Model) -> list[Group]:
     return groups
 
 
+def replace_const(model: Model, node: Node, index: int, arr: np.ndarray, tag: str = "_sliced") -> None:
+    """Give ``node`` a new constant input ``index`` holding ``arr`` (the old one goes once nothing reads it)."""
+    g = model.graph
+    old = node.inputs[index]
+    new = g.add_const(g.unique_name(old.name + tag), Tensor(np.ascontiguousarray(arr)))
+    node.replace_input_with(index, new)
+    if not old.uses and old.name in g.initializers:
+        g.remove_const(old.name)
+
+
 @dataclasses.dataclass(frozen=True)
 class PruneChannels(Pass):
     name: ClassVar[str] = "prune-channels"
@@ -140,22 +150,13 @@ class PruneChannels(Pass):
             model.metadata[REPORT_KEY] = json.dumps(reports, sort_keys=True)
         return changed
 
-    @staticmethod
-    def _replace(model: Model, node: Node, index: int, arr: np.ndarray) -> None:
-        g = model.graph
-        old = node.inputs[index]
-        new = g.add_const(g.unique_name(old.name + "_sliced"), Tensor(np.ascontiguousarray(arr)))
-        node.replace_input_with(index, new)
-        if not old.uses and old.name in g.initializers:
-            g.remove_const(old.name)
-
     def _shrink(self, model: Model, grp: Group, keep: np.ndarray) -> None:
         p = grp.producer
-        self._replace(model, p, 1, _weight(p)[keep])
+        replace_const(model, p, 1, _weight(p)[keep])
         if len(p.inputs) > 2 and p.inputs[2] is not None:
-            self._replace(model, p, 2, np.asarray(p.inputs[2].const.numpy())[keep])
+            replace_const(model, p, 2, np.asarray(p.inputs[2].const.numpy())[keep])
         for c in grp.consumers:
-            self._replace(model, c, 1, _weight(c)[:, keep])
+            replace_const(model, c, 1, _weight(c)[:, keep])
 
     @staticmethod
     def _activation_norms(model: Model, groups: list[Group], ctx: PassContext) -> dict[int, np.ndarray]:

@@ -180,3 +180,23 @@ def test_awq_scale_of_a_gated_mlp_folds_into_up_rows(tiny_gguf):
     assert apply_input_scale(model, down.inputs[0], [down], s, explicit=False) == "blk0_ffn_up"
     after = ReferenceExecutor(model).run({"input_ids": ids})["logits"]
     assert len(model.graph) == n and np.abs(after - before).max() <= 1e-4 * np.abs(before).max()
+
+
+def test_head_pruned_decoder_runs_in_llama_cpp(tiny_gguf, tmp_path):
+    """prune-heads on a GGUF decoder: every layer keeps the same KV groups count, the configuration's head
+    counts follow (key_length now differs from hidden / heads) and llama.cpp runs the smaller file."""
+    import json as _json
+
+    from click.testing import CliRunner
+
+    from edgec.cli import main
+    r = CliRunner().invoke(main, ["compile", tiny_gguf, "--target", "gguf", "-p", "prune-heads{sparsity=0.5}",
+                                  "--verify", "-o", str(tmp_path / "a"), "--json"])
+    assert r.exit_code == 0, r.output
+    man = _json.loads(r.stdout)["manifest"]
+    assert man["verification"]["passed"], man["verification"]["summary"]
+    reader = gguf.GGUFReader(str(tmp_path / "a" / FILE))
+    fields = {f.name: f.parts[f.data[0]].tolist() for f in reader.fields.values() if f.data}
+    assert fields["llama.attention.head_count"] == [2] and fields["llama.attention.head_count_kv"] == [1]
+    q = next(t for t in reader.tensors if t.name == "blk.0.attn_q.weight")
+    assert tuple(int(d) for d in q.shape) == (256, 2 * 64)  # conftest.TINY: hidden 256, heads of 64
