@@ -16,6 +16,11 @@ hook; a search names them as ``name:argument`` (``top1:0.99``), several separate
         def evaluate(self, reference, candidate) -> CheckResult: ...
 
 ``reference`` and ``candidate`` are lists (one per input sample) of lists of output arrays.
+
+A check that needs the model itself (it generates text, say) sets ``needs_model = True`` and implements
+``prepare(reference_model)`` (called once with the float model) and ``evaluate_model(candidate_model)``
+instead; the language-model plugin's ``json:`` and ``contains:`` checks are such checks. ``edgec checks``
+lists every registered check.
 """
 
 from __future__ import annotations
@@ -39,6 +44,7 @@ class CheckResult:
 class Check:
     name: ClassVar[str] = ""
     summary: ClassVar[str] = ""
+    needs_model: ClassVar[bool] = False  # True: prepare() / evaluate_model() on models, not outputs
 
     def __init__(self, arg: str):
         self.arg = arg
@@ -46,6 +52,18 @@ class Check:
     def evaluate(self, reference: Sequence[Sequence[np.ndarray]],
                  candidate: Sequence[Sequence[np.ndarray]]) -> CheckResult:
         raise NotImplementedError
+
+    def prepare(self, reference) -> None:
+        """Model-level checks: record what the float model does (called once per search)."""
+
+    def evaluate_model(self, candidate) -> CheckResult:
+        raise NotImplementedError
+
+    def judge(self, candidate, reference_outputs, candidate_outputs) -> CheckResult:
+        """Evaluate on whichever the check needs: the candidate model or the two models' outputs."""
+        if self.needs_model:
+            return self.evaluate_model(candidate)
+        return self.evaluate(reference_outputs, candidate_outputs)
 
     def describe(self) -> str:
         return f"{self.name}:{self.arg}" if self.arg else self.name

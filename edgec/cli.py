@@ -294,6 +294,21 @@ def targets(as_json):
     _list_registry(host().targets, as_json, width=12, extra=("runtime",))
 
 
+@main.command()
+@click.option("--json", "as_json", is_flag=True, help="Machine-readable output.")
+@handle_errors
+def checks(as_json):
+    """List the property checks a search can require (mixed-precision{checks=NAME:ARG;...})."""
+    from .host import host
+    entries = sorted(host().checks.entries.items())
+    if as_json:
+        _emit_json([{"name": n, "summary": e.obj.summary, "needs_model": e.obj.needs_model,
+                     "plugin": e.plugin.distribution} for n, e in entries])
+        return
+    for n, e in entries:
+        click.echo(f"{n:<12} {e.obj.summary}")
+
+
 def _list_registry(reg, as_json: bool, width: int, extra: tuple[str, ...] = ()) -> None:
     """Print a pass or target registry: name, summary, options, providing distribution."""
     entries = sorted(reg.entries.items())
@@ -315,7 +330,7 @@ def plugins(as_json):
     from .host import AUTOLOAD_ENV, host
     h = host()
     provided = {}
-    for kind, reg in (("pass", h.passes), ("frontend", h.frontends), ("target", h.targets)):
+    for kind, reg in (("pass", h.passes), ("frontend", h.frontends), ("target", h.targets), ("check", h.checks)):
         for n, e in reg.entries.items():
             provided.setdefault(e.plugin.name, []).append(f"{kind}:{n}")
     rows = [{"name": p.name, "module": p.module, "distribution": p.distribution, "version": p.version,

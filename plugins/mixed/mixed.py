@@ -191,6 +191,9 @@ class MixedPrecision(Pass):
             ex = ReferenceExecutor(m)
             return [[np.asarray(ex.run(s)[n], np.float64) for n in names] for s in held]
         ref = outs(model)
+        for c in checks:
+            if c.needs_model:
+                c.prepare(model)
         work = tempfile.mkdtemp(prefix="edgec-mixed-")
         evaluated = []
         try:
@@ -203,7 +206,7 @@ class MixedPrecision(Pass):
                 got = outs(m)
                 stats = compare(ref, got)
                 loss = stats["kl"] if self.metric == "kl" else 1.0 - stats["cosine"]
-                verdicts = [(c.describe(), c.evaluate(ref, got)) for c in checks]
+                verdicts = [(c.describe(), c.judge(m, ref, got)) for c in checks]
                 failed = [d for d, r in verdicts if not r.passed]
                 ok = loss <= self.max_drop and not failed
                 why = (f"max_drop ({self.metric} loss {loss:.4g} > {self.max_drop})" if loss > self.max_drop
