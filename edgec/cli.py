@@ -169,7 +169,7 @@ def compile_cmd(model, target, pipeline, output, input_shapes, calib, verify, to
 @click.option("--sensitivity", is_flag=True, help="Quantize one layer at a time and measure the outputs' change "
               "(KL on logits, SQNR, cosine) on --calib data; cached, so a second run is instant.")
 @click.option("--calib", help="Calibration data for --sensitivity: a .npz, a folder of samples, or 'random'.")
-@click.option("--bits", default="2:4:8", show_default=True, help="--sensitivity: candidate widths, ':'-separated.")
+@click.option("--bits", default="2:4:8", show_default=True, help="--sensitivity: candidates, ':'-separated (widths 2..8, pN palettes, f16).")
 @click.option("--method", default="rtn", show_default=True, type=click.Choice(["rtn", "mse", "gptq"]),
               help="--sensitivity: quantization algorithm.")
 @click.option("--samples", default=8, show_default=True, type=int, help="--sensitivity: calibration samples.")
@@ -213,10 +213,12 @@ def _inspect_sensitivity(model, calib, bits, method, samples, plot, metric, no_c
     from .plugins.mixed.sensitivity import plot as plot_png
     if not calib:
         raise UsageError("--sensitivity needs --calib (a .npz, a folder of samples, or 'random' for a smoke test)")
+    from .plugins.mixed.mixed import parse_candidates
+    from .plugins.mixed.sensitivity import label
     try:
-        widths = [int(b) for b in bits.split(":")]
-    except ValueError:
-        raise UsageError(f"--bits {bits!r}: ':'-separated integers, e.g. 2:4:8") from None
+        widths = parse_candidates(bits)
+    except UsageError as e:
+        raise UsageError(f"--bits {bits!r}: {str(e).split(': ', 2)[-1]}") from None
     shapes = dict(s.split("=", 1) for s in input_shapes) if input_shapes else None
     sens = inspect_model(model, calib, widths, method, samples, use_cache=not no_cache, input_shapes=shapes,
                          progress=None if as_json else lambda m: click.echo(m, err=True))
@@ -227,10 +229,10 @@ def _inspect_sensitivity(model, calib, bits, method, samples, plot, metric, no_c
         return
     click.echo(f"{model}: sensitivity of {len(sens.layers)} layers ({'cached' if sens.cached else 'measured'}); "
                f"{metric} per candidate, one layer quantized at a time")
-    head = "".join(f"{c.split('bits=')[1].split(',')[0] + ' bit':>12}" for c in sens.candidates)
+    head = "".join(f"{label(c)[-14:]:>14}" for c in sens.candidates)
     click.echo(f"  {'layer':<48}{'params':>10}{head}")
     for w in sens.layers:
-        vals = "".join(f"{sens.table[w][c][metric]:>12.4g}" if c in sens.table[w] else f"{'-':>12}"
+        vals = "".join(f"{sens.table[w][c][metric]:>14.4g}" if c in sens.table[w] else f"{'-':>14}"
                        for c in sens.candidates)
         click.echo(f"  {sens.nodes[w][-48:]:<48}{sens.params[w]:>10,}{vals}")
     if plot:

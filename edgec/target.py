@@ -35,6 +35,10 @@ class Capabilities:
     dtypes: frozenset[str] = frozenset({"f32", "i64", "i32", "bool"})
     quant: frozenset[tuple[str, int]] = frozenset()      # (scheme, bits) weight encodings it carries exactly
     activation_quant: bool = False
+    # The per-layer weight encodings the target's runtime mixes natively, mixed-precision's default candidates:
+    # integer widths, "pN" (an N-bit palette) and "f16" (the layer stays float16; only where the runtime
+    # computes unquantized layers in half precision).
+    mixed: tuple[int | str, ...] = ()
 
     def problems(self, model: Model) -> list[str]:
         """Every node and weight of ``model`` this target cannot lower, one message each."""

@@ -30,19 +30,35 @@ from typing import ClassVar
 import numpy as np
 
 from ...errors import UsageError
-from ...ir import Model, ReferenceExecutor
+from ...ir import Model, ReferenceExecutor, Tensor
 from ...ir.passes import Pass, PassContext, option
-from .sensitivity import METRICS, analyse, compare
+from .sensitivity import FLOAT16, METRICS, analyse, compare, to_float16
 from .solver import pareto_front
 
 REPORT_KEY = "edgec.mixed_precision"
+DEFAULT_CANDIDATES = "2:3:4:8"
+
+
+def parse_candidates(text: str) -> list[int | str]:
+    """``4:8:f16:p3`` -> [4, 8, 'f16', 'p3'] (widths ascending, then palettes, then f16), or a UsageError."""
+    out: list[int | str] = []
+    for t in (x.strip() for x in text.split(":")):
+        if t.isdigit() and 2 <= int(t) <= 8:
+            out.append(int(t))
+        elif t == "f16" or (len(t) == 2 and t[0] == "p" and t[1] in "12345678"):
+            out.append(t)
+        else:
+            raise UsageError(f"mixed-precision: bits={text!r}: {t!r} is not a candidate; use integer widths 2..8, "
+                             "pN (an N-bit palette, N in 1..8) or f16, ':'-separated, e.g. 4:8 or 8:f16")
+    return sorted(set(out), key=lambda b: (isinstance(b, str), str(b) if isinstance(b, str) else f"{b:02d}"))
 
 
 @dataclasses.dataclass(frozen=True)
 class MixedPrecision(Pass):
     name: ClassVar[str] = "mixed-precision"
     summary: ClassVar[str] = "per-layer weight bits from measured sensitivity: avg_bits, size_mb or max_drop"
-    bits: str = option("2:3:4:8", help="candidate bit widths, ':'-separated")
+    bits: str = option("", help="candidates, ':'-separated: integer widths 2..8, pN (an N-bit palette, Core ML), "
+                       "f16 (the layer kept in float16); default: the target's native mix (2:3:4:8 without one)")
     avg_bits: float = option(0.0, check=lambda v: v >= 0, allowed=">= 0", help="average bits per weight "
                              "(scales counted) over the quantized layers")
     size_mb: float = option(0.0, check=lambda v: v >= 0, allowed=">= 0", help="total size of the model's "
@@ -69,21 +85,22 @@ class MixedPrecision(Pass):
         if len(given) != 1:
             raise UsageError("mixed-precision: give exactly one of avg_bits=, size_mb= or max_drop= "
                              f"(got {', '.join(given) or 'none'})")
-        try:
-            widths = sorted({int(b) for b in self.bits.split(":")})
-        except ValueError:
-            raise UsageError(f"mixed-precision: bits={self.bits!r} must be ':'-separated integers, e.g. 2:4:8") \
-                from None
-        if not widths or any(not 2 <= b <= 8 for b in widths):
-            raise UsageError(f"mixed-precision: bits={self.bits!r}: each width must lie in 2..8")
+        if self.bits:
+            parse_candidates(self.bits)
         if self.max_drop and self.metric == "sqnr":
             raise UsageError("mixed-precision: max_drop= is judged with metric=kl or metric=cosine")
 
-    def widths(self) -> list[int]:
-        return sorted({int(b) for b in self.bits.split(":")})
+    def widths(self) -> list[int | str]:
+        return parse_candidates(self.bits or DEFAULT_CANDIDATES)
 
-    def candidate(self, b: int | str) -> dict:
-        """quantize's options for one candidate: a width, or a GGUF type name."""
+    def candidate(self, b: int | str) -> dict | None:
+        """quantize's options for one candidate: a width, a palette ``pN``, a GGUF type name; None for f16."""
+        if b == "f16":
+            return None
+        if isinstance(b, str) and b.startswith("p"):
+            n = int(b[1:])  # the embedding table (no palette for Gather) keeps a linear width Core ML carries
+            return {"bits": n, "method": "codebook", "head_bits": max(n, 2), "embedding_bits": 4 if n <= 4 else 8,
+                    "ops": self.ops}
         if isinstance(b, str):
             # embedding and head follow at the type's nominal width (quantize maps it to llama.cpp's type)
             nominal = int(re.search(r"\d", b).group(0))
@@ -95,8 +112,8 @@ class MixedPrecision(Pass):
                 "ops": self.ops}
 
     def choices(self, ctx: PassContext) -> list[int | str]:
-        """The candidates the target can encode: GGUF types (``types=``, or the gguf target's default) or
-        symmetric integer widths the target declares."""
+        """The candidates the target can encode: GGUF types (``types=``, or the gguf target's default), else
+        ``bits=`` or the target's native mix (``Capabilities.mixed``), each checked against what it carries."""
         from ..quantize import gguf_grids as gg
         target = ctx.target
         if self.types or (target is not None and target.name == "gguf"):
@@ -105,18 +122,31 @@ class MixedPrecision(Pass):
             if bad:
                 raise UsageError(f"mixed-precision: unknown GGUF types {bad}; known: {', '.join(sorted(gg.TYPES))}")
             return types
-        widths = self.widths()
+        if self.bits:
+            widths = parse_candidates(self.bits)
+        elif target is not None and target.capabilities.mixed:
+            widths = list(target.capabilities.mixed)
+        else:
+            widths = parse_candidates(DEFAULT_CANDIDATES)
         if target is not None:
-            can = target.capabilities.quant
-            bad = [b for b in widths if ("symmetric", b) not in can]
+            can = target.capabilities
+            bad = [b for b in widths if not (("symmetric", b) in can.quant if isinstance(b, int)
+                                             else b in can.mixed if b == "f16"
+                                             else ("codebook", int(b[1:])) in can.quant)]
             if bad:
-                ok = sorted(b for s, b in can if s == "symmetric")
-                raise UsageError(f"mixed-precision: target {target.name} cannot encode {bad}-bit weights; "
-                                 f"it encodes {ok}: pass bits= with those")
+                ok = [b for s, b in sorted(can.quant) if s == "symmetric"] + \
+                    [f"p{b}" for s, b in sorted(can.quant) if s == "codebook"] + (["f16"] if "f16" in can.mixed else [])
+                raise UsageError(f"mixed-precision: target {target.name} cannot encode the candidates "
+                                 f"{', '.join(map(str, bad))}; it carries {':'.join(map(str, ok))} (its native mix: "
+                                 f"{':'.join(map(str, can.mixed)) or 'not declared'}): pass bits= with those")
+        if all(b == "f16" for b in widths):
+            raise UsageError("mixed-precision: bits=f16 alone leaves nothing to choose; add quantized widths")
         return widths
 
     @staticmethod
-    def spec(kwargs: dict) -> str:
+    def spec(kwargs: dict | None) -> str:
+        if kwargs is None:
+            return FLOAT16
         return "quantize{" + ",".join(f"{k}={v}" for k, v in kwargs.items()) + "}"
 
     def front(self, sens, cands):
@@ -155,27 +185,31 @@ class MixedPrecision(Pass):
                     f"{8 * max(budget, 0) / params:.3f}; add a smaller width to bits= or raise the budget")
             report.update(budget_bytes=int(budget), decided_by="budget")
         else:
-            nodes = [sens.nodes[w] for w in sens.layers]
-            k, report["evaluated"], report["decided_by"] = self._search(model, ctx, front, labels, nodes, cands)
+            k, report["evaluated"], report["decided_by"] = self._search(model, ctx, front, labels, sens, cands)
         choice = front.choice(k)
         alloc = {w: cands[labels[i][j]] for i, (w, j) in enumerate(zip(sens.layers, choice))}
         size = int(front.sizes[k])
         report.update(allocation=alloc, bytes=size, avg_bits=round(8 * size / params, 4),
                       predicted_cost=float(front.costs[k]),
                       histogram={str(b): sum(1 for v in alloc.values() if v == b) for b in widths})
-        self._apply(model, ctx, {sens.nodes[w]: b for w, b in alloc.items()}, host())
+        self._apply(model, ctx, alloc, sens.nodes, host())
         model.metadata[REPORT_KEY] = json.dumps(report, sort_keys=True)
         return True
 
-    def _apply(self, model: Model, ctx: PassContext, alloc: dict[str, int | str], h) -> None:
-        """Quantize each node (by name) with its width or GGUF type."""
+    def _apply(self, model: Model, ctx: PassContext, alloc: dict[str, int | str], nodes: dict[str, str], h) -> None:
+        """Quantize each layer (weight name -> its node ``nodes[w]``) with its width, palette or GGUF type; f16
+        layers keep float weights rounded to float16 values (what a float16 engine stores)."""
         q = h.passes["quantize"]
-        for b in sorted(set(alloc.values()), key=str):
-            names = [n for n, v in alloc.items() if v == b]
+        for w, b in alloc.items():
+            if b == "f16":
+                v = model.graph.initializers[w]
+                v.const = Tensor(to_float16(np.asarray(v.const.numpy())))
+        for b in sorted(set(alloc.values()) - {"f16"}, key=str):
+            names = [nodes[w] for w, v in alloc.items() if v == b]
             inc = "^(" + "|".join(re.escape(n) for n in names) + ")$"
             q(**self.candidate(b), include=inc).run(model, ctx)
 
-    def _search(self, model: Model, ctx: PassContext, front, labels, nodes: list[str], cands: dict[str, int]):
+    def _search(self, model: Model, ctx: PassContext, front, labels, sens, cands: dict[str, int | str]):
         """Binary search over the front (ascending size) for the smallest allocation within max_drop that
         keeps every check; returns (point, evaluations, what decided)."""
         from ...checks import parse_checks
@@ -202,7 +236,8 @@ class MixedPrecision(Pass):
             def judge(k):
                 m = load(os.path.join(work, "m"))
                 choice = front.choice(k)
-                self._apply(m, ctx, {nodes[i]: cands[labels[i][j]] for i, j in enumerate(choice)}, h)
+                self._apply(m, ctx, {w: cands[labels[i][j]] for i, (w, j) in enumerate(zip(sens.layers, choice))},
+                            sens.nodes, h)
                 got = outs(m)
                 stats = compare(ref, got)
                 loss = stats["kl"] if self.metric == "kl" else 1.0 - stats["cosine"]

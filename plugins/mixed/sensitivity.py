@@ -32,6 +32,12 @@ from ...ir.passes import PassContext
 
 METRICS = ("kl", "sqnr", "cosine")
 CACHE_VERSION = 2
+FLOAT16 = "float16"  # the candidate "keep the layer in float16": weights rounded to half precision, 2 bytes each
+
+
+def to_float16(arr: np.ndarray) -> np.ndarray:
+    """float32 values rounded to the nearest float16 (saturating at its largest finite value)."""
+    return np.clip(arr, -65504.0, 65504.0).astype(np.float16).astype(np.float32)
 
 
 def cache_dir() -> str:
@@ -159,13 +165,15 @@ def analyse(model: Model, candidates: Sequence[str], ctx: PassContext, *, sample
         g = model.graph
         per_cand = {}
         for c in candidates:
+            if c == FLOAT16:
+                continue
             say(f"sensitivity: quantizing a copy with {c}")
             per_cand[c] = _quantized_weights(src, c, ctx)
         nodes = {n.name: n for n in g}
-        layer_nodes = [n.name for n in g if any(n.name in per_cand[c] for c in candidates)]
+        layer_nodes = [n.name for n in g if any(n.name in q for q in per_cand.values())]
         weights = {}
         for nname in layer_nodes:
-            idx = next(per_cand[c][nname][0] for c in candidates if nname in per_cand[c])
+            idx = next(q[nname][0] for q in per_cand.values() if nname in q)
             weights[nname] = (idx, nodes[nname].inputs[idx])
         # One session for everything: the float32 weights under study are fed on every run, so each
         # (layer, candidate) is one run with that weight's dequantized values, not a new session.
@@ -182,8 +190,15 @@ def analyse(model: Model, candidates: Sequence[str], ctx: PassContext, *, sample
             fbytes[w.name] = int(np.asarray(w.const.numpy()).nbytes)
             table.setdefault(w.name, {})
             for c in candidates:
-                if nname not in per_cand[c] or c in table[w.name]:
+                if c in table[w.name] or (c != FLOAT16 and nname not in per_cand[c]):
                     continue  # this candidate leaves the layer float (or a shared weight was measured)
+                if c == FLOAT16:
+                    if w.name not in free:
+                        continue  # only float32 weights have a float16 form to measure
+                    half = to_float16(np.asarray(w.const.numpy()))
+                    got = _outputs(ex, model, calib, {w.name: half})
+                    table[w.name][c] = {**compare(ref, got), "bytes": 2 * int(np.prod(w.shape))}
+                    continue
                 q = per_cand[c][nname][1]
                 if w.name in free:
                     got = _outputs(ex, model, calib, {w.name: q.dequantize()})
@@ -209,6 +224,19 @@ def analyse(model: Model, candidates: Sequence[str], ctx: PassContext, *, sample
         shutil.rmtree(src, ignore_errors=True)
 
 
+def label(spec: str) -> str:
+    """A short name for a candidate spec: '4 bit', 'palette 3 bit', 'Q4_K', 'float16'."""
+    if spec == FLOAT16:
+        return "float16"
+    gg = re.search(r"gguf=(\w+)", spec)
+    if gg:
+        return gg.group(1)
+    bits = re.search(r"bits=(\d+)", spec)
+    if not bits:
+        return spec
+    return ("palette " if "method=codebook" in spec else "") + f"{bits.group(1)} bit"
+
+
 def plot(sens: Sensitivity, path: str, metric: str = "kl") -> str:
     """A PNG of every layer's sensitivity per candidate (log scale for kl / 1 - cosine); returns ``path``."""
     import matplotlib
@@ -220,8 +248,7 @@ def plot(sens: Sensitivity, path: str, metric: str = "kl") -> str:
         ys = [sens.table[w][c][metric] if c in sens.table[w] else np.nan for w in sens.layers]
         if metric == "cosine":
             ys = [1 - y for y in ys]
-        bits = re.search(r"bits=(\d+)", c)
-        ax.plot(x, ys, marker="o", ms=3, lw=1, label=f"{bits.group(1)} bit" if bits else c)
+        ax.plot(x, ys, marker="o", ms=3, lw=1, label=label(c))
     if metric != "sqnr":
         ax.set_yscale("log")
     ax.set_ylabel({"kl": "KL(float || quantized)", "cosine": "1 - cosine", "sqnr": "SQNR (dB)"}[metric])
@@ -235,7 +262,7 @@ def plot(sens: Sensitivity, path: str, metric: str = "kl") -> str:
     return path
 
 
-def inspect_model(path: str, calib: str, bits: Sequence[int], method: str = "rtn", samples: int = 8,
+def inspect_model(path: str, calib: str, bits: Sequence[int | str], method: str = "rtn", samples: int = 8,
                   use_cache: bool = True, input_shapes=None, progress=None) -> Sensitivity:
     """``edgec inspect --sensitivity``: import and clean up ``path``, then :func:`analyse` it."""
     from ...calibration import load_calibration

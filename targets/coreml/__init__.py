@@ -51,7 +51,8 @@ class CoreMLTarget(Target):
     verify_policy: ClassVar[dict | None] = {
         "min_cosine": 0.999, "min_top1": 0.95,
         "description": "fp16 compute: cosine >= 0.999 and top-1 agreement >= 0.95 vs the reference"}
-    capabilities: ClassVar[Capabilities] = Capabilities(ops=LOWERINGS.ops(), quant=_QUANT)
+    capabilities: ClassVar[Capabilities] = Capabilities(
+        ops=LOWERINGS.ops(), quant=_QUANT, mixed=(8, "p2", "p3", "p4", "p6"))  # per-layer palette nbits, int8
     deployment: str = option("ios18", choices=DEPLOYMENTS, help="minimum deployment target: picks the opset "
                              "and with it the weight encodings (ios16/ios17: int8 per channel and per-tensor "
                              "palettes only)")

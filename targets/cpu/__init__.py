@@ -48,7 +48,7 @@ class CpuTarget(Target):
     runtime: ClassVar[str] = "TVM runtime (x86_64)"
     capabilities: ClassVar[Capabilities] = Capabilities(
         ops=supported_ops(), dtypes=frozenset({"f32", "i64", "i32", "bool", "i8", "u8"}), quant=_QUANT,
-        activation_quant=True)
+        activation_quant=True, mixed=(2, 3, 4, 8))
     arch: str = option("x86_64", choices=tuple(_TRIPLES), help="instruction set of the emitted library")
     mcpu: str = option("", help="LLVM -mcpu: empty for the arch's generic baseline (portable), 'native' for "
                                 "this machine's CPU, or a name such as znver4 / cortex-a76")

@@ -103,7 +103,7 @@ class HexagonTarget(Target):
     capabilities: ClassVar[Capabilities] = Capabilities(
         ops=frozenset(LOWERINGS), dtypes=frozenset({"f32", "i64", "i32", "bool", "i8", "u8"}),
         quant=frozenset({(s, b) for s in ("symmetric", "asymmetric", "affine") for b in range(2, 9)}),
-        activation_quant=True)
+        activation_quant=True, mixed=(4, 8))
     act_quant_policy: ClassVar[dict | None] = {
         "min_cosine": 0.999, "max_rel_err": 0.05,
         "description": "static int8 Conv / Linear run as integer kernels with fixed-point requantization "

@@ -43,7 +43,7 @@ class OpenVINOTarget(Target):
     runtime: ClassVar[str] = "OpenVINO CPU plugin"
     capabilities: ClassVar[Capabilities] = Capabilities(
         ops=supported_ops(), dtypes=frozenset({"f32", "i64", "i32", "bool", "i8", "u8"}), quant=_QUANT,
-        activation_quant=True)
+        activation_quant=True, mixed=(4, 8))  # int4/int8 weight compression, as NNCF mixes them
     act_quant_policy: ClassVar[dict | None] = {
         "min_cosine": 0.999, "max_rel_err": 0.05,
         "description": "the CPU plugin runs FakeQuantize'd layers as int8 kernels with its own requantization "

@@ -96,7 +96,8 @@ class TensorRTTarget(Target):
                               "engine build script; verified on onnxruntime")
     runtime: ClassVar[str] = "onnxruntime CPU (the QDQ numerics TensorRT implements)"
     capabilities: ClassVar[Capabilities] = Capabilities(
-        ops=_OPS, dtypes=frozenset({"f32", "i64", "i32", "bool", "i8", "u8"}), quant=_QUANT, activation_quant=True)
+        ops=_OPS, dtypes=frozenset({"f32", "i64", "i32", "bool", "i8", "u8"}), quant=_QUANT, activation_quant=True,
+        mixed=(8, "f16"))  # int8 weights, or the layer in fp16 (precision=fp16, the default)
     precision: str = option("fp16", choices=("fp16", "fp32"), help="precision of everything not quantized")
     opset: int = option(21, help="ONNX opset (21+ for blocked int4 DequantizeLinear)")
 

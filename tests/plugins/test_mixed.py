@@ -151,8 +151,10 @@ def test_usage_errors_name_the_fix():
         parse_pipeline("mixed-precision{bits=2:4}", reg)
     with pytest.raises(UsageError, match="exactly one of"):
         parse_pipeline("mixed-precision{avg_bits=4,size_mb=1}", reg)
-    with pytest.raises(UsageError, match="2..8"):
+    with pytest.raises(UsageError, match="'1' is not a candidate; use integer widths 2..8"):
         parse_pipeline("mixed-precision{avg_bits=4,bits=1:4}", reg)
+    with pytest.raises(UsageError, match="'f32' is not a candidate"):
+        parse_pipeline("mixed-precision{avg_bits=4,bits=4:f32}", reg)
     m = _mlp()
     with pytest.raises(UsageError, match="smallest takes"):
         _run("mixed-precision{avg_bits=1,bits=4:8}", m, _ctx(m))
@@ -164,8 +166,11 @@ def test_usage_errors_name_the_fix():
         _run("mixed-precision{avg_bits=4,types=Q4_0:Q9_9}", m, _ctx(m))
     m = _mlp()
     coreml = host().targets["coreml"]()
-    with pytest.raises(UsageError, match=r"coreml cannot encode \[2\]-bit"):
+    with pytest.raises(UsageError, match=r"coreml cannot encode the candidates 2; it carries 4:8:p1:.*:p8"):
         _run("mixed-precision{avg_bits=4,bits=2:4:8}", m, _ctx(m, target=coreml))
+    m = _mlp()
+    with pytest.raises(UsageError, match=r"openvino cannot encode the candidates f16;.*native mix: 4:8"):
+        _run("mixed-precision{avg_bits=4,bits=4:f16}", m, _ctx(m, target=host().targets["openvino"]()))
 
 
 def test_inspect_sensitivity_prints_plots_and_caches(tiny_cnn_path, tmp_path):
@@ -181,7 +186,7 @@ def test_inspect_sensitivity_prints_plots_and_caches(tiny_cnn_path, tmp_path):
     r = CliRunner().invoke(main, ["inspect", tiny_cnn_path, "--sensitivity"])
     assert r.exit_code != 0 and "--calib" in r.output
     r = CliRunner().invoke(main, ["inspect", tiny_cnn_path, "--sensitivity", "--calib", "random", "--bits", "4,8"])
-    assert r.exit_code == 2 and "':'-separated integers" in r.output
+    assert r.exit_code == 2 and "'4,8' is not a candidate" in r.output
 
 
 def test_footprint_tiers_fit_their_budgets_and_share_one_measurement(tiny_cnn_path, tmp_path):
@@ -202,3 +207,37 @@ def test_footprint_tiers_fit_their_budgets_and_share_one_measurement(tiny_cnn_pa
     with pytest.raises(UsageError, match="size '1 parsec'"):
         parse_size("1 parsec")
     assert not (tmp_path / "t2").exists()
+
+
+@pytest.mark.parametrize("target, avg_bits", [("openvino", 6), ("tensorrt", 12), ("coreml", 4)])
+def test_target_native_mix_is_the_default_and_the_artifact_carries_it(target, avg_bits, tmp_path):
+    """Without bits=, the candidates are the target's native per-layer mix (OpenVINO int4/int8, TensorRT
+    int8/fp16, Core ML palettes + int8); the artifact stores each layer as chosen and runs it."""
+    from edgec.compiler import compile as compile_model
+    out = tmp_path / target
+    res = compile_model(_mlp(), target, f"mixed-precision{{avg_bits={avg_bits}}}", str(out), verify=True,
+                        calib="random")
+    man = res.manifest
+    alloc = man["mixed_precision"]["allocation"]
+    native = set(host().targets[target].capabilities.mixed)
+    assert set(alloc.values()) <= native and len(set(alloc.values())) > 1, alloc
+    assert man["mixed_precision"]["avg_bits"] <= avg_bits
+    assert man["verification"]["passed"], man["verification"]["summary"]
+    if target == "openvino":
+        xml = (out / "model.xml").read_text()
+        assert 'element_type="i4"' in xml and 'element_type="i8"' in xml
+    elif target == "tensorrt":
+        import onnx
+        proto = onnx.load(str(out / "model.onnx"))
+        dq = {n.input[0] for n in proto.graph.node if n.op_type == "DequantizeLinear"}
+        for w, b in alloc.items():
+            assert any(d.startswith(w + "_q") for d in dq) == (b != "f16"), (w, b, dq)
+        half = [w for w, b in alloc.items() if b == "f16"]
+        for w in half:  # the float16 layers hold float16 values exactly
+            arr = onnx.numpy_helper.to_array(next(i for i in proto.graph.initializer if i.name.startswith(w)))
+            assert arr.dtype == np.float16 or np.array_equal(arr.astype(np.float16).astype(arr.dtype), arr)
+    else:
+        enc = man["target"]["compressed_weights"]
+        assert {enc[w + "_q"] for w in alloc} == {f"palette{b[1:]}" if isinstance(b, str) else "int8"
+                                                 for b in alloc.values()}
+        assert man["target"]["decoded_bit_exact"] == len(alloc)
