@@ -42,9 +42,9 @@ _CHILD = r"""
 import json, resource, sys, time
 from edgec.compiler import compile as c
 t = time.perf_counter()
-r = c(sys.argv[1], "gguf", sys.argv[2], sys.argv[3], calib=sys.argv[4] or None)
+r = c(sys.argv[1], "gguf", sys.argv[2], sys.argv[3], calib=sys.argv[4] or None, use_cache=False)
 print(json.dumps({"wall_s": time.perf_counter() - t, "peak_rss_mb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024,
-                  "passes_s": r.manifest["timings_s"]["passes"]}))
+                  "passes_s": r.timings_s["passes"]}))
 """
 
 

@@ -97,9 +97,12 @@ def main(debug: bool) -> None:
 @click.option("--tiers", help="Emit the model at several footprint budgets, e.g. 2GB,1GB,500MB (per-layer bits by "
               "mixed-precision; needs --calib): OUTPUT/tier-*/ plus OUTPUT/tiers.json.")
 @click.option("--tier-options", default="", help="Extra mixed-precision options for --tiers, e.g. 'bits=2:4:8'.")
+@click.option("--cache-dir", type=click.Path(file_okay=False), help="Content-addressed compile cache (default: "
+              "$EDGEC_CACHE_DIR or ~/.cache/edgec/artifacts): an unchanged compile is copied from it.")
+@click.option("--no-cache", is_flag=True, help="Neither read nor fill the compile cache.")
 @handle_errors
 def compile_cmd(model, target, pipeline, output, input_shapes, calib, verify, tolerance, no_cleanup, time_passes,
-                dump_ir, frontend, seed, as_json, quiet, tiers, tier_options):
+                dump_ir, frontend, seed, as_json, quiet, tiers, tier_options, cache_dir, no_cache):
     """Compile MODEL for a target into a directory with the artifact and manifest.json."""
     from .compiler import compile as do_compile
     from .errors import UsageError
@@ -114,7 +117,7 @@ def compile_cmd(model, target, pipeline, output, input_shapes, calib, verify, to
         out = output or f"{model}.{target.split('{')[0]}.tiers"
         index = compile_tiers(model, target, pipeline, out, tiers.split(","), tier_options=tier_options,
                               input_shapes=shapes, verify=verify, tolerance=tolerance, cleanup=not no_cleanup,
-                              seed=seed, frontend=frontend, calib=calib,
+                              seed=seed, frontend=frontend, calib=calib, cache_dir=cache_dir, use_cache=not no_cache,
                               progress=None if (quiet or as_json) else lambda m: click.echo(m, err=True))
         if as_json:
             _emit_json({"ok": True, "output_dir": out, "tiers": index})
@@ -132,19 +135,22 @@ def compile_cmd(model, target, pipeline, output, input_shapes, calib, verify, to
     try:
         res = do_compile(model, target, pipeline, output, input_shapes=shapes, verify=verify, tolerance=tolerance,
                          cleanup=not no_cleanup, time_passes=time_passes, dump_ir=dump_ir, seed=seed,
-                         frontend=frontend, calib=calib,
+                         frontend=frontend, calib=calib, cache_dir=cache_dir, use_cache=not no_cache,
                          progress=(lambda m: (bar.set_description_str(m), bar.refresh())) if bar is not None else None)
     finally:
         if bar is not None:
             bar.close()
     m = res.manifest
     if as_json:
-        _emit_json({"ok": True, "output_dir": res.output_dir, "manifest": m})
+        _emit_json({"ok": True, "output_dir": res.output_dir, "cached": res.cached, "cache_key": res.cache_key,
+                    "timings_s": res.timings_s, "manifest": m})
         return
     for n in m["notes"]:
         click.echo(f"note: {n}", err=True)
     sz = m["sizes"]
-    click.echo(f"wrote {res.output_dir} ({', '.join(f['path'] for f in m['files'])}, manifest.json)")
+    if res.cached:
+        click.echo(f"cached: inputs and options unchanged (key {res.cache_key[:16]}); nothing recompiled")
+    click.echo(f"wrote {res.output_dir} ({', '.join(f['path'] for f in m['files'])}, manifest.json, report.html)")
     click.echo(f"weights: {_human(sz['weights_bytes_before'])} -> {_human(sz['weights_bytes_after'])}, "
                f"{sz['parameters']:,} parameters")
     if "verification" in m:

@@ -18,7 +18,7 @@ from typing import Any
 
 import numpy as np
 
-from . import __version__
+from . import __version__, report
 from .errors import BadInputError, EdgecError, UnsupportedError, UsageError, VerificationFailed
 from .frontend import pick_frontend
 from .host import host
@@ -40,7 +40,10 @@ ACT_QUANT_TOL = 5e-2
 class CompileResult:
     output_dir: str
     manifest: dict[str, Any]
-    timings: str = ""
+    timings: str = ""                     # --time-passes table
+    timings_s: dict[str, float] = dataclasses.field(default_factory=dict)  # import / passes / emit wall seconds
+    cached: bool = False                  # served from the compile cache (nothing was recomputed)
+    cache_key: str | None = None
 
 
 def sha256_file(path: str) -> str:
@@ -173,12 +176,13 @@ def load_model(path: str, frontend: str | None = None) -> Model:
 def compile(model: str | Model, target: str = "cpu", pipeline: str = "", output: str | None = None, *,
             input_shapes: Mapping[str, str] | None = None, verify: bool = False, tolerance: float = DEFAULT_TOLERANCE,
             cleanup: bool = True, time_passes: bool = False, dump_ir: str | None = None, seed: int = 0,
-            frontend: str | None = None, calib: str | None = None,
-            progress: Callable[[str], None] | None = None) -> CompileResult:
+            frontend: str | None = None, calib: str | None = None, cache_dir: str | None = None,
+            use_cache: bool = True, progress: Callable[[str], None] | None = None) -> CompileResult:
     """Compile ``model`` for ``target`` into the directory ``output``; see ``edgec compile --help``.
 
     Raises :class:`edgec.errors.EdgecError` subclasses for every user-facing failure; the output directory
-    then does not exist (or keeps its previous contents).
+    then does not exist (or keeps its previous contents). A model given by path is looked up in the
+    content-addressed compile cache first (:mod:`edgec.cache`; ``use_cache=False`` bypasses it).
     """
     say = progress or (lambda msg: None)
     h = host()
@@ -188,6 +192,32 @@ def compile(model: str | Model, target: str = "cpu", pipeline: str = "", output:
     except PipelineError as e:
         raise UsageError(str(e)) from None
     shapes = parse_input_shapes(input_shapes)
+    cdir, ckey = None, None
+    if use_cache and isinstance(model, str) and os.path.exists(model) and not dump_ir and not time_passes:
+        from . import cache
+        cdir = cache_dir or cache.default_dir()
+        opts = {"target": tgt.describe(), "pipeline": [p.describe() for p in user_passes], "cleanup": cleanup,
+                "input_shapes": {k: list(v) for k, v in sorted(shapes.items())}, "verify": verify,
+                "tolerance": tolerance, "seed": seed, "frontend": frontend,
+                "calib": None if calib is None else "file" if os.path.exists(calib) else calib,
+                "source_name": os.path.basename(model)}
+        ckey = cache.key(model, calib, opts)
+        hit = cache.lookup(cdir, ckey)
+        if hit:
+            output = output or _default_output(model, tgt)
+            say(f"cached: nothing changed since this exact compile ({ckey[:16]}); copying {hit}")
+            parent = os.path.dirname(os.path.abspath(output))
+            os.makedirs(parent, exist_ok=True)
+            tmp = tempfile.mkdtemp(prefix=f".{os.path.basename(output)}.", dir=parent)
+            try:
+                # shutil.copy, not copy2: fresh modification times, so make/ninja see the output as new
+                shutil.copytree(hit, os.path.join(tmp, "d"), symlinks=True, copy_function=shutil.copy)
+                _replace_dir(os.path.join(tmp, "d"), output)
+            finally:
+                shutil.rmtree(tmp, ignore_errors=True)
+            with open(os.path.join(output, "manifest.json"), encoding="utf-8") as f:
+                manifest = json.load(f)
+            return CompileResult(os.path.abspath(output), manifest, cached=True, cache_key=ckey)
     t0 = time.perf_counter()
     src_hash = None
     if isinstance(model, str):
@@ -230,7 +260,7 @@ def compile(model: str | Model, target: str = "cpu", pipeline: str = "", output:
     if problems:
         raise UnsupportedError(f"target {tgt.name} cannot compile this model ({len(problems)} problems):", problems)
 
-    output = output or (os.path.splitext(os.path.basename(src_path))[0] + f".{tgt.name}" if src_path else f"out.{tgt.name}")
+    output = output or _default_output(src_path, tgt)
     parent = os.path.dirname(os.path.abspath(output))
     os.makedirs(parent, exist_ok=True)
     tmp = tempfile.mkdtemp(prefix=f".{os.path.basename(output)}.", dir=parent)
@@ -259,7 +289,7 @@ def compile(model: str | Model, target: str = "cpu", pipeline: str = "", output:
             "files": [{"path": f, "bytes": os.path.getsize(os.path.join(tmp, f)),
                        "sha256": sha256_file(os.path.join(tmp, f))} for f in art.files],
             "notes": notes,
-            "timings_s": {"import": round(t_import, 3), "passes": round(t_passes, 3), "emit": round(t_emit, 3)},
+            "report": report.FILE,
         }
         if verify:
             say(f"verifying on {tgt.runtime or 'its runtime'}")
@@ -267,15 +297,27 @@ def compile(model: str | Model, target: str = "cpu", pipeline: str = "", output:
         with open(os.path.join(tmp, "manifest.json"), "w") as f:
             json.dump(manifest, f, indent=2, sort_keys=True, default=str)
             f.write("\n")
+        manifest = json.loads(json.dumps(manifest, sort_keys=True, default=str))  # as the file holds it
+        say("writing report.html")
+        report.write(manifest, os.path.join(tmp, report.FILE))
         _replace_dir(tmp, output)
     except BaseException:
         shutil.rmtree(tmp, ignore_errors=True)
         raise
-    res = CompileResult(os.path.abspath(output), manifest, timing.report() if time_passes else "")
+    res = CompileResult(os.path.abspath(output), manifest, timing.report() if time_passes else "",
+                        {"import": round(t_import, 3), "passes": round(t_passes, 3), "emit": round(t_emit, 3)},
+                        cache_key=ckey)
     v = manifest.get("verification")
     if v is not None and not v["passed"]:
         raise VerificationFailed(f"verification failed: {v['summary']} (artifact kept in {output} for inspection)")
+    if ckey is not None:
+        from . import cache
+        cache.store(cdir, ckey, output)
     return res
+
+
+def _default_output(src_path: str | None, tgt: Target) -> str:
+    return os.path.splitext(os.path.basename(src_path))[0] + f".{tgt.name}" if src_path else f"out.{tgt.name}"
 
 
 _UNITS = {"": 1, "B": 1, "KB": 10**3, "MB": 10**6, "GB": 10**9, "KIB": 2**10, "MIB": 2**20, "GIB": 2**30}
@@ -334,6 +376,9 @@ def compile_tiers(model: str, target: str, pipeline: str, output: str, tiers: li
 
 def _replace_dir(tmp: str, output: str) -> None:
     """Move the finished artifact into place; an existing output is replaced only once the new one is complete."""
+    umask = os.umask(0)
+    os.umask(umask)
+    os.chmod(tmp, 0o777 & ~umask)  # mkdtemp made it private; the output gets the usual permissions
     if os.path.exists(output):
         if not os.path.isdir(output):
             raise BadInputError(f"output {output!r} exists and is not a directory")

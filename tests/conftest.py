@@ -15,6 +15,13 @@ EXAMPLES = os.path.join(ROOT, "examples")
 sys.path.insert(0, os.path.join(EXAMPLES, "models"))
 
 
+@pytest.fixture(autouse=True)
+def _compile_cache(tmp_path, monkeypatch):
+    """Each test gets its own empty compile cache: no test is served another test's (or a previous run's)
+    artifact, and the user's ~/.cache stays untouched."""
+    monkeypatch.setenv("EDGEC_CACHE_DIR", str(tmp_path / "edgec-cache"))
+
+
 def mlp_model(seed: int = 0) -> ir.Model:
     """x[2,8] -> Linear(16) -> Relu -> Linear(4): a minimal valid model with real numbers."""
     rng = np.random.default_rng(seed)

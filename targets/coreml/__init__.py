@@ -37,6 +37,23 @@ _QUANT = frozenset({(s, b) for s in ("symmetric", "asymmetric") for b in (4, 8)}
                    | {("codebook", b) for b in range(1, 9)})
 
 
+def _stable_package_ids(path: str) -> None:
+    """coremltools names a package's items with random UUIDs, so every save differs. Derive them from each
+    item's path instead (uuid5): the same model then gives a byte-identical .mlpackage."""
+    import json
+    import uuid
+    man = os.path.join(path, "Manifest.json")
+    with open(man, encoding="utf-8") as f:
+        d = json.load(f)
+    ids = {old: str(uuid.uuid5(uuid.NAMESPACE_URL, "edgec:mlpackage/" + e["path"]))
+           for old, e in d.get("itemInfoEntries", {}).items()}
+    d["itemInfoEntries"] = {ids[k]: v for k, v in d["itemInfoEntries"].items()}
+    if d.get("rootModelIdentifier") in ids:
+        d["rootModelIdentifier"] = ids[d["rootModelIdentifier"]]
+    with open(man, "w", encoding="utf-8") as f:
+        json.dump(d, f, indent=4, sort_keys=True)
+
+
 def on_macos() -> bool:
     return platform.system() == "Darwin"
 
@@ -96,6 +113,7 @@ class CoreMLTarget(Target):
         if os.path.exists(path):
             shutil.rmtree(path)
         m.save(path)
+        _stable_package_ids(path)
         b = holder["b"]
         compressed = {w: e.op for w, e in b.encoded.items() if e.op is not None}
         decoded = check_package(path, model, compressed)

@@ -36,6 +36,17 @@ RT_KEY = "edgec_metadata"
 _QUANT = frozenset({(s, b) for s in ("symmetric", "asymmetric", "affine", "codebook") for b in range(2, 9)})
 
 
+def _stable_names(m) -> None:
+    """OpenVINO names unnamed ops ``<Type>_<process-wide counter>``, so the same model compiled twice (or after
+    another compile in the same process) would give a different model.xml. Renumber those names in graph
+    order: identical inputs then give byte-identical IR files."""
+    import re
+    for i, op in enumerate(m.get_ordered_ops()):
+        t = op.get_type_name()
+        if re.fullmatch(re.escape(t) + r"_\d+", op.get_friendly_name()):
+            op.set_friendly_name(f"{t}_{i}")
+
+
 @dataclasses.dataclass(frozen=True)
 class OpenVINOTarget(Target):
     name: ClassVar[str] = "openvino"
@@ -82,6 +93,7 @@ class OpenVINOTarget(Target):
         # edgec_metadata as one JSON string; large blobs (GGUF tokenizer tables) stay out.
         meta = {k: v for k, v in model.metadata.items() if isinstance(v, str) and len(v) < 65536}
         m.set_rt_info(json.dumps(meta, sort_keys=True), [RT_KEY])
+        _stable_names(m)
         xml = os.path.join(out_dir, "model.xml")
         # compress_to_fp16 defaults to True and would halve every f32 constant behind our back.
         ov.save_model(m, xml, compress_to_fp16=False)

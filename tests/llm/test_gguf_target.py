@@ -200,3 +200,12 @@ def test_head_pruned_decoder_runs_in_llama_cpp(tiny_gguf, tmp_path):
     assert fields["llama.attention.head_count"] == [2] and fields["llama.attention.head_count_kv"] == [1]
     q = next(t for t in reader.tensors if t.name == "blk.0.attn_q.weight")
     assert tuple(int(d) for d in q.shape) == (256, 2 * 64)  # conftest.TINY: hidden 256, heads of 64
+
+
+def test_gguf_compiles_are_byte_identical(tiny_gguf, tmp_path):
+    from edgec.compiler import compile as compile_model
+    from tests.test_build_integration import tree_digest
+    a = compile_model(tiny_gguf, "gguf", "quantize{gguf=Q4_K}", str(tmp_path / "a"), use_cache=False)
+    b = compile_model(tiny_gguf, "gguf", "quantize{gguf=Q4_K}", str(tmp_path / "b"), use_cache=False)
+    da, db = tree_digest(a.output_dir), tree_digest(b.output_dir)
+    assert {FILE, "manifest.json", "report.html"} <= set(da) and da == db
