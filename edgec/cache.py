@@ -1,8 +1,8 @@
 """The content-addressed compile cache behind ``edgec compile --cache-dir``.
 
 A compile's key hashes everything its output depends on: the bytes of the model file (every file of a
-model folder, and an ONNX model's external-data siblings), the calibration file's bytes, the normalized
-target and pipeline specs, input shapes, seed, verification settings, edgec's version and the versions of
+model folder, and an ONNX model's external-data siblings), the calibration file's bytes, the target and
+pipeline specs as given (a hit needs no plugin loaded; a respelled spec is a miss, never a wrong hit), input shapes, seed, verification settings, edgec's version and the versions of
 the libraries and plugins that shape artifacts. A hit copies the stored output directory (artifact,
 ``manifest.json``, ``report.html``) into place without importing the model; outputs are byte-identical
 for identical inputs, so a hit is exactly what a fresh compile would write.
@@ -14,16 +14,85 @@ folder renamed into place), so concurrent builds never see half an entry.
 
 from __future__ import annotations
 
+import dataclasses
 import hashlib
 import json
 import os
 import shutil
 import tempfile
+from collections.abc import Callable, Mapping
 from importlib import metadata
+from typing import Any
+
+from .errors import BadInputError
 
 LIBRARIES = ("numpy", "onnx", "onnxruntime", "apache-tvm", "openvino", "coremltools", "gguf", "torch",
              "matplotlib", "llama_cpp_python")
 VERSION = 1
+
+
+@dataclasses.dataclass
+class CompileResult:
+    output_dir: str
+    manifest: dict[str, Any]
+    timings: str = ""                     # --time-passes table
+    timings_s: dict[str, float] = dataclasses.field(default_factory=dict)  # import / passes / emit wall seconds
+    cached: bool = False                  # served from the compile cache (nothing was recomputed)
+    cache_key: str | None = None
+
+
+def default_output(src_path: str | None, target_name: str) -> str:
+    """MODEL.TARGET beside the current directory (``out.TARGET`` for an in-memory model)."""
+    return os.path.splitext(os.path.basename(src_path))[0] + f".{target_name}" if src_path else f"out.{target_name}"
+
+
+def replace_dir(tmp: str, output: str) -> None:
+    """Move a finished output directory into place; an existing output is replaced only once the new one is
+    complete."""
+    umask = os.umask(0)
+    os.umask(umask)
+    os.chmod(tmp, 0o777 & ~umask)  # mkdtemp made it private; the output gets the usual permissions
+    if os.path.exists(output):
+        if not os.path.isdir(output):
+            raise BadInputError(f"output {output!r} exists and is not a directory")
+        old = output + ".old-" + os.path.basename(tmp)
+        os.rename(output, old)
+        os.rename(tmp, output)
+        shutil.rmtree(old, ignore_errors=True)
+    else:
+        os.rename(tmp, output)
+
+
+def serve(model: str, target: str, pipeline: str, output: str | None, *, cache_dir: str | None,
+          calib: str | None, input_shapes: Mapping[str, str] | None, verify: bool, tolerance: float,
+          cleanup: bool, seed: int, frontend: str | None,
+          progress: Callable[[str], None] | None = None) -> tuple[str, str, CompileResult | None]:
+    """(cache dir, key, the result if this exact compile is cached: its output copied into place)."""
+    cdir = cache_dir or default_dir()
+    opts = {"target": target, "pipeline": pipeline, "cleanup": cleanup,
+            "input_shapes": sorted((input_shapes or {}).items()), "verify": verify, "tolerance": tolerance,
+            "seed": seed, "frontend": frontend,
+            "calib": None if calib is None else "file" if os.path.exists(calib) else calib,
+            "source_name": os.path.basename(model)}
+    k = key(model, calib, opts)
+    hit = lookup(cdir, k)
+    if hit is None:
+        return cdir, k, None
+    output = output or default_output(model, target.split("{")[0].strip())
+    if progress:
+        progress(f"cached: nothing changed since this exact compile ({k[:16]}); copying {hit}")
+    parent = os.path.dirname(os.path.abspath(output))
+    os.makedirs(parent, exist_ok=True)
+    tmp = tempfile.mkdtemp(prefix=f".{os.path.basename(output)}.", dir=parent)
+    try:
+        # shutil.copy, not copy2: fresh modification times, so make/ninja see the output as new
+        shutil.copytree(hit, os.path.join(tmp, "d"), symlinks=True, copy_function=shutil.copy)
+        replace_dir(os.path.join(tmp, "d"), output)
+    finally:
+        shutil.rmtree(tmp, ignore_errors=True)
+    with open(os.path.join(output, "manifest.json"), encoding="utf-8") as f:
+        manifest = json.load(f)
+    return cdir, k, CompileResult(os.path.abspath(output), manifest, cached=True, cache_key=k)
 
 
 def default_dir() -> str:
@@ -60,6 +129,9 @@ def _siblings(model_path: str) -> list[str]:
     if not model_path.lower().endswith(".onnx"):
         return []
     d = os.path.dirname(os.path.abspath(model_path))
+    with open(model_path, "rb") as f:
+        if b"location" not in f.read():
+            return []  # no external-data entry (its key is the string "location"): no onnx import needed
     try:
         import onnx
         proto = onnx.load(model_path, load_external_data=False)
@@ -73,10 +145,23 @@ def _siblings(model_path: str) -> list[str]:
     return [os.path.join(d, p) for p in sorted(locs) if os.path.isfile(os.path.join(d, p))]
 
 
+_MEMO: dict[str, str] = {}
+
+
 def key(model_path: str, calib: str | None, options: dict) -> str:
-    """The content address of a compile (sha256 hex)."""
+    """The content address of a compile (sha256 hex); remembered per process while the files' sizes and
+    modification times stay the same (the CLI asks once before compiling and once inside)."""
+    stamp = json.dumps([options, [(p, os.stat(p).st_size, os.stat(p).st_mtime_ns) for p in (model_path, calib)
+                                  if p and os.path.isfile(p)]], sort_keys=True, default=str)
+    if stamp in _MEMO and not os.path.isdir(model_path):
+        return _MEMO[stamp]
+    _MEMO[stamp] = k = _key(model_path, calib, options)
+    return k
+
+
+def _key(model_path: str, calib: str | None, options: dict) -> str:
     from . import __version__
-    from .host import host
+    from .host import AUTOLOAD_ENV
     h = hashlib.sha256()
     libs = {}
     for lib in LIBRARIES:
@@ -84,7 +169,10 @@ def key(model_path: str, calib: str | None, options: dict) -> str:
             libs[lib] = metadata.version(lib)
         except metadata.PackageNotFoundError:
             libs[lib] = None
-    plugins = sorted((p.name, p.distribution, p.version) for p in host().plugins)
+    # the installed plugins, from package metadata (no plugin is imported: a cache hit stays cheap)
+    plugins = sorted((ep.name, ep.value, ep.dist.name if ep.dist else None, ep.dist.version if ep.dist else None)
+                     for ep in metadata.entry_points(group="edgec"))
+    plugins.append(("autoload-disabled", os.environ.get(AUTOLOAD_ENV, "")))
     h.update(json.dumps({"v": VERSION, "edgec": __version__, "libs": libs, "plugins": plugins, **options},
                         sort_keys=True, default=str).encode())
     h.update(b"\0model\0")

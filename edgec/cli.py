@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import functools
 import json
+import os
 import sys
 import traceback
 
@@ -103,8 +104,7 @@ def main(debug: bool) -> None:
 @handle_errors
 def compile_cmd(model, target, pipeline, output, input_shapes, calib, verify, tolerance, no_cleanup, time_passes,
                 dump_ir, frontend, seed, as_json, quiet, tiers, tier_options, cache_dir, no_cache):
-    """Compile MODEL for a target into a directory with the artifact and manifest.json."""
-    from .compiler import compile as do_compile
+    """Compile MODEL for a target into a directory with the artifact, manifest.json and report.html."""
     from .errors import UsageError
     shapes = {}
     for s in input_shapes:
@@ -133,10 +133,19 @@ def compile_cmd(model, target, pipeline, output, input_shapes, calib, verify, to
         from tqdm import tqdm
         bar = tqdm(total=None, bar_format="{desc} [{elapsed}]", file=sys.stderr, leave=False)
     try:
-        res = do_compile(model, target, pipeline, output, input_shapes=shapes, verify=verify, tolerance=tolerance,
-                         cleanup=not no_cleanup, time_passes=time_passes, dump_ir=dump_ir, seed=seed,
-                         frontend=frontend, calib=calib, cache_dir=cache_dir, use_cache=not no_cache,
-                         progress=(lambda m: (bar.set_description_str(m), bar.refresh())) if bar is not None else None)
+        res = None
+        if not (no_cache or dump_ir or time_passes) and os.path.exists(model):
+            from .cache import serve  # a hit needs neither the compiler nor any plugin imported
+            res = serve(model, target, pipeline, output, cache_dir=cache_dir, calib=calib, input_shapes=shapes,
+                        verify=verify, tolerance=tolerance, cleanup=not no_cleanup, seed=seed,
+                        frontend=frontend)[2]
+        if res is None:
+            from .compiler import compile as do_compile
+            res = do_compile(model, target, pipeline, output, input_shapes=shapes, verify=verify,
+                             tolerance=tolerance, cleanup=not no_cleanup, time_passes=time_passes,
+                             dump_ir=dump_ir, seed=seed, frontend=frontend, calib=calib, cache_dir=cache_dir,
+                             use_cache=not no_cache, progress=(lambda m: (bar.set_description_str(m), bar.refresh()))
+                             if bar is not None else None)
     finally:
         if bar is not None:
             bar.close()

@@ -19,7 +19,8 @@ from typing import Any
 import numpy as np
 
 from . import __version__, report
-from .errors import BadInputError, EdgecError, UnsupportedError, UsageError, VerificationFailed
+from .cache import CompileResult, default_output as _default_output, replace_dir as _replace_dir
+from .errors import EdgecError, UnsupportedError, UsageError, VerificationFailed
 from .frontend import pick_frontend
 from .host import host
 from .ir import Model, QuantizedTensor, ReferenceExecutor, random_inputs
@@ -36,14 +37,6 @@ ACT_QUANT_MIN_COSINE = 0.9999
 ACT_QUANT_TOL = 5e-2
 
 
-@dataclasses.dataclass
-class CompileResult:
-    output_dir: str
-    manifest: dict[str, Any]
-    timings: str = ""                     # --time-passes table
-    timings_s: dict[str, float] = dataclasses.field(default_factory=dict)  # import / passes / emit wall seconds
-    cached: bool = False                  # served from the compile cache (nothing was recomputed)
-    cache_key: str | None = None
 
 
 def sha256_file(path: str) -> str:
@@ -185,6 +178,15 @@ def compile(model: str | Model, target: str = "cpu", pipeline: str = "", output:
     content-addressed compile cache first (:mod:`edgec.cache`; ``use_cache=False`` bypasses it).
     """
     say = progress or (lambda msg: None)
+    cdir, ckey = None, None
+    if use_cache and isinstance(model, str) and os.path.exists(model) and not dump_ir and not time_passes:
+        # Looked up before any plugin loads or the model is read: a hit costs hashing the inputs and a copy.
+        from . import cache
+        cdir, ckey, hit = cache.serve(model, target, pipeline, output, cache_dir=cache_dir, calib=calib,
+                                      input_shapes=input_shapes, verify=verify, tolerance=tolerance,
+                                      cleanup=cleanup, seed=seed, frontend=frontend, progress=say)
+        if hit is not None:
+            return hit
     h = host()
     tgt = parse_target(target)
     try:
@@ -192,32 +194,6 @@ def compile(model: str | Model, target: str = "cpu", pipeline: str = "", output:
     except PipelineError as e:
         raise UsageError(str(e)) from None
     shapes = parse_input_shapes(input_shapes)
-    cdir, ckey = None, None
-    if use_cache and isinstance(model, str) and os.path.exists(model) and not dump_ir and not time_passes:
-        from . import cache
-        cdir = cache_dir or cache.default_dir()
-        opts = {"target": tgt.describe(), "pipeline": [p.describe() for p in user_passes], "cleanup": cleanup,
-                "input_shapes": {k: list(v) for k, v in sorted(shapes.items())}, "verify": verify,
-                "tolerance": tolerance, "seed": seed, "frontend": frontend,
-                "calib": None if calib is None else "file" if os.path.exists(calib) else calib,
-                "source_name": os.path.basename(model)}
-        ckey = cache.key(model, calib, opts)
-        hit = cache.lookup(cdir, ckey)
-        if hit:
-            output = output or _default_output(model, tgt)
-            say(f"cached: nothing changed since this exact compile ({ckey[:16]}); copying {hit}")
-            parent = os.path.dirname(os.path.abspath(output))
-            os.makedirs(parent, exist_ok=True)
-            tmp = tempfile.mkdtemp(prefix=f".{os.path.basename(output)}.", dir=parent)
-            try:
-                # shutil.copy, not copy2: fresh modification times, so make/ninja see the output as new
-                shutil.copytree(hit, os.path.join(tmp, "d"), symlinks=True, copy_function=shutil.copy)
-                _replace_dir(os.path.join(tmp, "d"), output)
-            finally:
-                shutil.rmtree(tmp, ignore_errors=True)
-            with open(os.path.join(output, "manifest.json"), encoding="utf-8") as f:
-                manifest = json.load(f)
-            return CompileResult(os.path.abspath(output), manifest, cached=True, cache_key=ckey)
     t0 = time.perf_counter()
     src_hash = None
     if isinstance(model, str):
@@ -260,7 +236,7 @@ def compile(model: str | Model, target: str = "cpu", pipeline: str = "", output:
     if problems:
         raise UnsupportedError(f"target {tgt.name} cannot compile this model ({len(problems)} problems):", problems)
 
-    output = output or _default_output(src_path, tgt)
+    output = output or _default_output(src_path, tgt.name)
     parent = os.path.dirname(os.path.abspath(output))
     os.makedirs(parent, exist_ok=True)
     tmp = tempfile.mkdtemp(prefix=f".{os.path.basename(output)}.", dir=parent)
@@ -316,10 +292,6 @@ def compile(model: str | Model, target: str = "cpu", pipeline: str = "", output:
     return res
 
 
-def _default_output(src_path: str | None, tgt: Target) -> str:
-    return os.path.splitext(os.path.basename(src_path))[0] + f".{tgt.name}" if src_path else f"out.{tgt.name}"
-
-
 _UNITS = {"": 1, "B": 1, "KB": 10**3, "MB": 10**6, "GB": 10**9, "KIB": 2**10, "MIB": 2**20, "GIB": 2**30}
 
 
@@ -372,22 +344,6 @@ def compile_tiers(model: str, target: str, pipeline: str, output: str, tiers: li
         shutil.rmtree(tmp, ignore_errors=True)
         raise
     return index
-
-
-def _replace_dir(tmp: str, output: str) -> None:
-    """Move the finished artifact into place; an existing output is replaced only once the new one is complete."""
-    umask = os.umask(0)
-    os.umask(umask)
-    os.chmod(tmp, 0o777 & ~umask)  # mkdtemp made it private; the output gets the usual permissions
-    if os.path.exists(output):
-        if not os.path.isdir(output):
-            raise BadInputError(f"output {output!r} exists and is not a directory")
-        old = output + ".old-" + os.path.basename(tmp)
-        os.rename(output, old)
-        os.rename(tmp, output)
-        shutil.rmtree(old, ignore_errors=True)
-    else:
-        os.rename(tmp, output)
 
 
 def _original_outputs(src_path: str | None, model: Model, feeds: dict[str, np.ndarray]) -> dict[str, Any]:
@@ -473,4 +429,3 @@ def _verify(tgt: Target, out_dir: str, model: Model, feeds, original, tolerance:
     return {"passed": passed, "ran": True, "runtime": tgt.runtime, "tolerance": tolerance, "outputs": rows,
             "criterion": "target" if policy else "activation-quant" if act_quant else "max-rel-err",
             "summary": summary, "error_metric": "max|artifact - reference| / max|reference|"}
-
