@@ -1,11 +1,13 @@
 """The content-addressed compile cache behind ``edgec compile --cache-dir``.
 
 A compile's key hashes everything its output depends on: the bytes of the model file (every file of a
-model folder, and an ONNX model's external-data siblings), the calibration file's bytes, the target and
-pipeline specs as given (a hit needs no plugin loaded; a respelled spec is a miss, never a wrong hit), input shapes, seed, verification settings, edgec's version and the versions of
-the libraries and plugins that shape artifacts. A hit copies the stored output directory (artifact,
-``manifest.json``, ``report.html``) into place without importing the model; outputs are byte-identical
-for identical inputs, so a hit is exactly what a fresh compile would write.
+model folder, and the external-data files an ONNX model names), the calibration file's bytes, the target
+and pipeline specs as given (so a hit needs no plugin loaded; a respelled spec is a miss, never a wrong
+hit), input shapes, seed, verification settings, edgec's version and the size and date of its source files,
+and every installed distribution's name and version (libraries and plugins). A hit copies the stored
+output directory (artifact, ``manifest.json``, ``report.html``) into place without importing the model or
+any plugin; outputs are byte-identical for identical inputs, so a hit is exactly what a fresh compile
+would write.
 
 Where: ``--cache-dir``, else ``$EDGEC_CACHE_DIR``, else ``$XDG_CACHE_HOME/edgec/artifacts``
 (``~/.cache/edgec/artifacts``). ``--no-cache`` bypasses it. Entries are written atomically (a temporary
@@ -21,13 +23,11 @@ import os
 import shutil
 import tempfile
 from collections.abc import Callable, Mapping
-from importlib import metadata
+import sys
 from typing import Any
 
 from .errors import BadInputError
 
-LIBRARIES = ("numpy", "onnx", "onnxruntime", "apache-tvm", "openvino", "coremltools", "gguf", "torch",
-             "matplotlib", "llama_cpp_python")
 VERSION = 1
 
 
@@ -103,8 +103,9 @@ def default_dir() -> str:
     return os.path.join(base, "edgec", "artifacts")
 
 
-def _hash_path(h, path: str) -> None:
-    """Feed a file's bytes, or every file of a folder (sorted, with relative names), into ``h``."""
+def _hash_path(h, path: str) -> bool:
+    """Feed a file's bytes, or every file of a folder (sorted, with relative names), into ``h``; True when
+    the bytes contain ``location`` (an ONNX file naming external data)."""
     if os.path.isdir(path):
         for root, dirs, files in os.walk(path):
             dirs.sort()
@@ -112,26 +113,24 @@ def _hash_path(h, path: str) -> None:
                 p = os.path.join(root, f)
                 h.update(os.path.relpath(p, path).encode() + b"\0")
                 _hash_file(h, p)
-    else:
-        _hash_file(h, path)
+        return False
+    return _hash_file(h, path)
 
 
-def _hash_file(h, path: str) -> None:
+def _hash_file(h, path: str) -> bool:
+    found, tail = False, b""
     with open(path, "rb") as f:
-        for chunk in iter(lambda: f.read(1 << 20), b""):
+        for chunk in iter(lambda: f.read(1 << 22), b""):
             h.update(chunk)
+            found = found or b"location" in tail + chunk[:8] or b"location" in chunk
+            tail = chunk[-8:]
     h.update(b"\0")
+    return found
 
 
 def _siblings(model_path: str) -> list[str]:
-    """Files an ONNX model may load beside itself (external data): every other regular file in its folder
-    that is not itself a model. Conservative: a change to any of them invalidates the entry."""
-    if not model_path.lower().endswith(".onnx"):
-        return []
+    """The external-data files an ONNX model names (their bytes are part of the model)."""
     d = os.path.dirname(os.path.abspath(model_path))
-    with open(model_path, "rb") as f:
-        if b"location" not in f.read():
-            return []  # no external-data entry (its key is the string "location"): no onnx import needed
     try:
         import onnx
         proto = onnx.load(model_path, load_external_data=False)
@@ -143,6 +142,32 @@ def _siblings(model_path: str) -> list[str]:
             if e.key == "location":
                 locs.add(e.value)
     return [os.path.join(d, p) for p in sorted(locs) if os.path.isfile(os.path.join(d, p))]
+
+
+def _environment() -> list:
+    """What else shapes an artifact, cheaply (no metadata parsing, no imports): every installed
+    distribution's dist-info name (name and version: libraries and plugins alike), the size and mtime of
+    every edgec source file (an edited development checkout is a different compiler) and the plugin
+    autoload switch."""
+    from .host import AUTOLOAD_ENV
+    dists = []
+    for d in sys.path:
+        try:
+            dists += [n for n in os.listdir(d or ".") if n.endswith((".dist-info", ".egg-info"))]
+        except OSError:
+            continue
+    pkg = os.path.dirname(os.path.abspath(__file__))
+    roots = {pkg, *(os.path.join(os.path.dirname(pkg), sub) for sub in ("ir", "plugins", "targets"))}
+    src = []
+    for r in sorted(roots):
+        for root, dirs, files in os.walk(r):
+            dirs[:] = sorted(x for x in dirs if x != "__pycache__")
+            for f in sorted(files):
+                if f.endswith((".py", ".c")):
+                    st = os.stat(os.path.join(root, f))
+                    src.append((os.path.relpath(os.path.join(root, f), os.path.dirname(pkg)), st.st_size,
+                                st.st_mtime_ns))
+    return [sorted(dists), src, os.environ.get(AUTOLOAD_ENV, "")]
 
 
 _MEMO: dict[str, str] = {}
@@ -161,25 +186,15 @@ def key(model_path: str, calib: str | None, options: dict) -> str:
 
 def _key(model_path: str, calib: str | None, options: dict) -> str:
     from . import __version__
-    from .host import AUTOLOAD_ENV
     h = hashlib.sha256()
-    libs = {}
-    for lib in LIBRARIES:
-        try:
-            libs[lib] = metadata.version(lib)
-        except metadata.PackageNotFoundError:
-            libs[lib] = None
-    # the installed plugins, from package metadata (no plugin is imported: a cache hit stays cheap)
-    plugins = sorted((ep.name, ep.value, ep.dist.name if ep.dist else None, ep.dist.version if ep.dist else None)
-                     for ep in metadata.entry_points(group="edgec"))
-    plugins.append(("autoload-disabled", os.environ.get(AUTOLOAD_ENV, "")))
-    h.update(json.dumps({"v": VERSION, "edgec": __version__, "libs": libs, "plugins": plugins, **options},
+    h.update(json.dumps({"v": VERSION, "edgec": __version__, "env": _environment(), **options},
                         sort_keys=True, default=str).encode())
     h.update(b"\0model\0")
-    _hash_path(h, model_path)
-    for s in _siblings(model_path):
-        h.update(os.path.basename(s).encode())
-        _hash_file(h, s)
+    external = _hash_path(h, model_path)
+    if external and model_path.lower().endswith(".onnx"):
+        for s in _siblings(model_path):
+            h.update(os.path.basename(s).encode())
+            _hash_file(h, s)
     if calib and os.path.exists(calib):
         h.update(b"\0calib\0")
         _hash_path(h, calib)
