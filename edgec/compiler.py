@@ -20,10 +20,11 @@ import numpy as np
 
 from . import __version__, report
 from .cache import CompileResult, default_output as _default_output, replace_dir as _replace_dir
-from .errors import EdgecError, UnsupportedError, UsageError, VerificationFailed
+from .errors import BadInputError, EdgecError, UnsupportedError, UsageError, VerificationFailed
 from .frontend import pick_frontend
 from .host import host
 from .ir import Model, QuantizedTensor, ReferenceExecutor, random_inputs
+from .ir.executor import ExecutionError
 from .ir.passes import (DumpIRInstrument, PassContext, PassError, PassManager, PipelineError, TimingInstrument,
                         parse_pipeline)
 from .target import Target
@@ -205,6 +206,12 @@ def compile(model: str | Model, target: str = "cpu", pipeline: str = "", output:
         src_path, ir_model = None, model
     notes: list[str] = []
     fix_input_shapes(ir_model, shapes, notes, keep_dynamic=tgt.dynamic_shapes)
+    from .ir.limits import check_sizes, max_tensor_bytes
+    too_big = check_sizes(ir_model)
+    if too_big:
+        raise BadInputError(f"the model declares tensors beyond the {max_tensor_bytes() / 2**30:.3g} GiB this machine "
+                            "allows one tensor (EDGEC_MAX_TENSOR_BYTES raises the limit; --input-shape fixes "
+                            "oversized inputs):\n" + "\n".join(f"  - {p}" for p in too_big[:20]))
     t_import = time.perf_counter() - t0
     calibration = None
     if calib is not None:
@@ -350,11 +357,19 @@ def _original_outputs(src_path: str | None, model: Model, feeds: dict[str, np.nd
     """Outputs of the model before any pass: onnxruntime on the original ONNX file where there is one."""
     if src_path and src_path.lower().endswith(".onnx"):
         import onnxruntime as ort
-        sess = ort.InferenceSession(src_path, providers=["CPUExecutionProvider"])
-        names = [o.name for o in sess.get_outputs()]
-        return {"runtime": "onnxruntime (original file)", "outputs": sess.run(names, {k: feeds[k] for k in feeds})}
+        try:
+            sess = ort.InferenceSession(src_path, providers=["CPUExecutionProvider"])
+            names = [o.name for o in sess.get_outputs()]
+            outs = sess.run(names, {k: feeds[k] for k in feeds})
+        except Exception as e:  # noqa: BLE001 - onnxruntime raises its own Fail / InvalidArgument / ...
+            raise BadInputError(f"{src_path}: onnxruntime cannot run the original model on the verification "
+                                f"inputs, so there is nothing to verify against: {str(e).splitlines()[0]}") from None
+        return {"runtime": "onnxruntime (original file)", "outputs": outs}
     ex = ReferenceExecutor(model)
-    r = ex.run(feeds)
+    try:
+        r = ex.run(feeds)
+    except ExecutionError as e:
+        raise UnsupportedError(f"the reference executor cannot run the imported model: {e}") from None
     return {"runtime": "reference executor (imported model)", "outputs": [r[o.name] for o in model.graph.outputs]}
 
 
@@ -366,7 +381,10 @@ def _verify(tgt: Target, out_dir: str, model: Model, feeds, original, tolerance:
         got = tgt.run_artifact(out_dir, feeds, [v.name for v in model.graph.inputs])
     except NotImplementedError as e:
         return {"passed": True, "ran": False, "summary": f"not run: {e}"}
-    ref = ReferenceExecutor(model).run(feeds)
+    try:
+        ref = ReferenceExecutor(model).run(feeds)
+    except ExecutionError as e:
+        raise UnsupportedError(f"the reference executor cannot run the compiled model to verify it: {e}") from None
     ref_outs = [ref[o.name] for o in model.graph.outputs]
     quantized = any(isinstance(v.const, QuantizedTensor) for v in model.graph.initializers.values())
     act_quant = any(v.quant is not None for v in model.graph.values())

@@ -78,7 +78,9 @@ def from_onnx(proto: onnx.ModelProto, base_dir: str | None = None) -> Model:
     if base_dir is not None:
         try:
             onnx.external_data_helper.load_external_data_for_model(proto, base_dir)
-        except (OSError, ValueError) as e:
+        except (OSError, ValueError, onnx.checker.ValidationError) as e:
+            # onnx refuses locations outside the model's folder (absolute, or escaping with ..) and lengths
+            # beyond the file: never read outside base_dir, never allocate what the file does not hold
             raise ValueError(f"could not read the model's external data files from {base_dir}: {e}") from None
     graph = Graph(g_in.name or "main")
     env: dict[str, Value] = {}

@@ -17,6 +17,7 @@ import numpy as np
 from onnx import helper
 
 from ...ir import DType, Model, Node, QuantizedTensor, Tensor
+from ...ir.limits import generated_elements
 from ...ir.onnx_io import attribute_proto
 from ...ir.passes import Pass, PassContext, option
 
@@ -68,6 +69,9 @@ class FoldConstants(Pass):
                 continue
             if any(v.dtype is None for v in ins) or any(x is o for o in n.outputs for x in g.outputs):
                 continue  # graph outputs stay computed values with stable names
+            k = generated_elements(n)
+            if k is not None and k > self.max_elements:
+                continue  # never materialize a huge generated constant just to find it is too big
             try:
                 results = evaluate(n, model.opset)
             except Exception:  # noqa: BLE001 - an op the reference cannot evaluate is left alone

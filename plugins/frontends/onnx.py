@@ -10,6 +10,7 @@ from ...errors import BadInputError, UnsupportedError
 from ...frontend import Frontend
 from ...ir import Model, UnsupportedModelError, from_onnx, infer_shapes
 from ...ir.core import IRError
+from ...ir.limits import check_generators, max_tensor_bytes
 
 MIN_OPSET = 13
 
@@ -37,13 +38,16 @@ def import_proto(proto: onnx.ModelProto, base_dir: str | None, label: str = "<mo
                                "onnx.version_converter.convert_version(model, 17)")
     try:
         model = from_onnx(proto, base_dir)
+        huge = check_generators(model)
+        if huge:  # before shape inference, which would materialize them
+            raise BadInputError(f"{label}: the model asks for tensors beyond the {max_tensor_bytes() / 2**30:.3g} GiB "
+                                "limit (EDGEC_MAX_TENSOR_BYTES):\n" + "\n".join(f"  - {p}" for p in huge[:20]))
+        infer_shapes(model)
     except UnsupportedModelError as e:
         raise UnsupportedError(f"{label}: the model cannot be imported", e.problems) from None
-    except ValueError as e:
-        raise BadInputError(f"{label}: {e}") from None
-    try:
-        infer_shapes(model)
-    except IRError as e:
+    except UnicodeError as e:  # protobuf keeps invalid UTF-8 in names until something re-encodes them
+        raise BadInputError(f"{label}: a name or string in the model is not valid UTF-8 ({e})") from None
+    except (ValueError, IRError) as e:
         raise BadInputError(f"{label}: {e}") from None
     model.metadata.setdefault("source_format", "onnx")
     return model

@@ -1,12 +1,18 @@
 """PyTorch frontend: ``torch.export`` programs (``.pt2`` files) and in-memory modules.
 
 The program is lowered through torch's own ONNX exporter (the dynamo-based one, which consumes
-``torch.export`` graphs), then imported like any ONNX model. ``.pt2`` files are read with
-``torch.export.load``, which does not unpickle arbitrary objects.
+``torch.export`` graphs), then imported like any ONNX model.
+
+``.pt2`` files are read with ``torch.export.load``, which by itself unpickles (``weights_only=False``)
+pickled weights, sample inputs and custom objects: loading a hostile file could run code. edgec therefore
+refuses archives that carry pickled Python objects (custom/opaque constants) and loads the rest with
+``TORCH_FORCE_WEIGHTS_ONLY_LOAD=1``, so every tensor payload goes through torch's weights-only unpickler,
+which builds tensors and nothing else.
 """
 
 from __future__ import annotations
 
+import os
 import warnings
 from collections.abc import Sequence
 
@@ -25,11 +31,39 @@ class TorchFrontend(Frontend):
 
     def load(self, path: str) -> Model:
         torch = _torch()
+        _refuse_pickled_objects(path)
+        old = os.environ.get(_FORCE)
+        os.environ[_FORCE] = "1"
         try:
             ep = torch.export.load(path)
         except Exception as e:  # noqa: BLE001
-            raise BadInputError(f"{path}: not a readable torch.export program ({type(e).__name__}: {e})") from None
+            raise BadInputError(f"{path}: not a readable torch.export program, or one whose payloads are not plain "
+                                f"tensors ({type(e).__name__}: {str(e).splitlines()[0] if str(e) else ''})") from None
+        finally:
+            if old is None:
+                os.environ.pop(_FORCE, None)
+            else:
+                os.environ[_FORCE] = old
         return from_exported_program(ep, label=path)
+
+
+_FORCE = "TORCH_FORCE_WEIGHTS_ONLY_LOAD"
+
+
+def _refuse_pickled_objects(path: str) -> None:
+    """A .pt2 archive whose constants include pickled Python objects is refused before torch reads it."""
+    import zipfile
+
+    from torch.export.pt2_archive.constants import CUSTOM_OBJ_FILENAME_PREFIX, OPAQUE_OBJ_FILENAME_PREFIX
+    try:
+        with zipfile.ZipFile(path) as z:
+            names = z.namelist()
+    except (zipfile.BadZipFile, OSError) as e:
+        raise BadInputError(f"{path}: not a readable torch.export program ({type(e).__name__}: {e})") from None
+    bad = [n for n in names if os.path.basename(n).startswith((CUSTOM_OBJ_FILENAME_PREFIX, OPAQUE_OBJ_FILENAME_PREFIX))]
+    if bad:
+        raise BadInputError(f"{path}: the program carries pickled Python objects ({', '.join(bad[:3])}); edgec never "
+                            "unpickles model files (it could run code). Export without custom objects.")
 
 
 def _torch():

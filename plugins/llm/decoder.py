@@ -24,6 +24,9 @@ LLM_KEY = "edgec.llm"  # model.metadata key holding the LLMConfig as JSON
 ARCHS = ("llama", "mistral", "qwen2")
 
 
+MAX_DIM = 1 << 22  # no dimension of a real decoder (vocab, hidden, context, ...) comes near 4M
+
+
 @dataclasses.dataclass(frozen=True)
 class LLMConfig:
     arch: str  # "llama" | "mistral" | "qwen2" (GGUF files of Mistral models say "llama")
@@ -54,6 +57,8 @@ class LLMConfig:
         for f in ("vocab_size", "hidden", "intermediate", "layers", "heads", "kv_heads", "head_dim", "context_length"):
             if getattr(self, f) <= 0:
                 problems.append(f"{f} must be positive, got {getattr(self, f)}")
+            elif getattr(self, f) > MAX_DIM:  # a corrupt header must not make edgec allocate terabytes
+                problems.append(f"{f} = {getattr(self, f)} is beyond any real model (limit {MAX_DIM})")
         if problems:
             raise UnsupportedError("cannot build this language model:\n  " + "\n  ".join(problems))
 

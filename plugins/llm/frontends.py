@@ -55,12 +55,24 @@ _HF_NAMES = {
 
 
 def hf_config(folder: str) -> LLMConfig:
+    """The decoder configuration of a Hugging Face folder (malformed values are a BadInputError)."""
     path = os.path.join(folder, "config.json")
     try:
         with open(path, encoding="utf-8") as f:
             c = json.load(f)
-    except (OSError, json.JSONDecodeError) as e:
+    except (OSError, ValueError) as e:  # ValueError: bad JSON or bad UTF-8
         raise BadInputError(f"{path}: cannot read the model configuration: {e}") from None
+    if not isinstance(c, dict):
+        raise BadInputError(f"{path}: the configuration is not a JSON object")
+    try:
+        cfg = _hf_config(folder, path, c)
+    except (TypeError, ValueError, ZeroDivisionError, OverflowError, AttributeError) as e:
+        raise BadInputError(f"{path}: malformed configuration: {type(e).__name__}: {e}") from None
+    cfg.check()
+    return cfg
+
+
+def _hf_config(folder: str, path: str, c: dict) -> LLMConfig:
     archs = c.get("architectures") or []
     arch = next((_HF_ARCH[a] for a in archs if a in _HF_ARCH), None) or \
         {"llama": "llama", "mistral": "mistral", "qwen2": "qwen2"}.get(c.get("model_type", ""))

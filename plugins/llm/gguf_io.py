@@ -35,6 +35,16 @@ def field_value(reader, key: str, default=None):
 
 
 def config_from_gguf(reader, path: str) -> LLMConfig:
+    """The decoder configuration a GGUF file's metadata states (malformed values are a BadInputError)."""
+    try:
+        cfg = _config_from_gguf(reader, path)
+    except (TypeError, ValueError, ZeroDivisionError, OverflowError) as e:
+        raise BadInputError(f"{path}: malformed model metadata: {type(e).__name__}: {e}") from None
+    cfg.check()
+    return cfg
+
+
+def _config_from_gguf(reader, path: str) -> LLMConfig:
     arch = field_value(reader, "general.architecture")
     if arch is None:
         raise BadInputError(f"{path} has no general.architecture metadata; it is not a model GGUF file")
@@ -80,9 +90,12 @@ def kv_metadata(reader) -> list[list]:
     for key, f in reader.fields.items():
         if key.startswith(_REGENERATED):
             continue
-        vtype = f.types[0].name
-        sub = f.types[1].name if len(f.types) > 1 else None
-        val = f.contents()
+        try:
+            vtype = f.types[0].name
+            sub = f.types[1].name if len(f.types) > 1 else None
+            val = f.contents()
+        except Exception as e:  # noqa: BLE001 - gguf-py decodes lazily: bad UTF-8, short arrays, ...
+            raise BadInputError(f"GGUF metadata {key!r} is unreadable: {type(e).__name__}: {e}") from None
         if isinstance(val, np.generic):
             val = val.item()
         out.append([key, vtype, val, sub])
