@@ -252,6 +252,7 @@ def compile(model: str | Model, target: str = "cpu", pipeline: str = "", output:
         t2 = time.perf_counter()
         art = tgt.emit(ir_model, tmp, ctx)
         t_emit = time.perf_counter() - t2
+        _check_artifact_paths(tgt, tmp, art.files)
         options_key = json.dumps({"target": tgt.describe(), "pipeline": [p.describe() for p in passes],
                                   "input_shapes": {k: list(v) for k, v in shapes.items()}, "cleanup": cleanup},
                                  sort_keys=True)
@@ -297,6 +298,19 @@ def compile(model: str | Model, target: str = "cpu", pipeline: str = "", output:
         from . import cache
         cache.store(cdir, ckey, output)
     return res
+
+
+def _check_artifact_paths(tgt: Target, tmp: str, files: list[str]) -> None:
+    """Every file a target reports must lie inside the output directory (a plugin that derived a file name
+    from model content could otherwise write elsewhere)."""
+    root = os.path.realpath(tmp)
+    for f in files:
+        p = os.path.realpath(os.path.join(tmp, f))
+        if os.path.isabs(f) or os.path.commonpath([root, p]) != root:
+            raise UnsupportedError(f"target {tgt.name} reported the artifact file {f!r}, which lies outside the output "
+                                   "directory; nothing was written")
+        if not os.path.exists(p):
+            raise UnsupportedError(f"target {tgt.name} reported the artifact file {f!r} but did not write it")
 
 
 _UNITS = {"": 1, "B": 1, "KB": 10**3, "MB": 10**6, "GB": 10**9, "KIB": 2**10, "MIB": 2**20, "GIB": 2**30}

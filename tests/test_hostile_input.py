@@ -253,3 +253,36 @@ def test_fuzzed_safetensors_folder_gives_clean_errors_or_valid_results(ops, targ
     except EdgecError:
         return
     assert model.graph.outputs
+
+
+def test_artifact_paths_outside_the_output_directory_are_refused(tmp_path, monkeypatch):
+    """A target (a third-party plugin, say) that names a file outside its output directory fails the compile,
+    and nothing is left behind."""
+    from edgec.errors import UnsupportedError
+    from edgec.target import Artifact
+    from edgec.targets.tensorrt import TensorRTTarget
+
+    def emit(self, model, out_dir, ctx):
+        open(os.path.join(out_dir, "model.onnx"), "wb").close()
+        return Artifact(["model.onnx", "../escaped.bin"], {})
+    monkeypatch.setattr(TensorRTTarget, "emit", emit)
+    with pytest.raises(UnsupportedError, match="outside the output directory"):
+        compile_model(TINY_CNN, "tensorrt", "", str(tmp_path / "out"), use_cache=False)
+    assert os.listdir(tmp_path) == [] or os.listdir(tmp_path) == ["edgec-cache"]
+
+
+def test_ctrl_c_leaves_no_output_and_no_temporary_directory(tmp_path):
+    import signal
+    import time
+    env = {**os.environ, "EDGEC_CACHE_DIR": str(tmp_path / "cache")}
+    p = subprocess.Popen([sys.executable, "-m", "edgec.cli", "compile", TINY_CNN, "-t", "cpu", "--verify", "-o",
+                          str(tmp_path / "out"), "--no-cache"], stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                         text=True, env=env)
+    deadline = time.time() + 120
+    while time.time() < deadline and not any(n.startswith(".out.") for n in os.listdir(tmp_path)):
+        time.sleep(0.05)  # wait until emission has started writing its temporary directory
+    assert any(n.startswith(".out.") for n in os.listdir(tmp_path)), "the compile never reached emission"
+    p.send_signal(signal.SIGINT)
+    _, err = p.communicate(timeout=120)
+    assert p.returncode == 130 and "interrupted; nothing was written" in err, err
+    assert [n for n in os.listdir(tmp_path) if n != "cache"] == []
