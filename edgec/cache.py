@@ -65,7 +65,7 @@ def replace_dir(tmp: str, output: str) -> None:
 
 def serve(model: str, target: str, pipeline: str, output: str | None, *, cache_dir: str | None,
           calib: str | None, input_shapes: Mapping[str, str] | None, verify: bool, tolerance: float,
-          cleanup: bool, seed: int, frontend: str | None,
+          cleanup: bool, seed: int, frontend: str | None, eval_text: str | None = None,
           progress: Callable[[str], None] | None = None) -> tuple[str, str, CompileResult | None]:
     """(cache dir, key, the result if this exact compile is cached: its output copied into place)."""
     cdir = cache_dir or default_dir()
@@ -73,8 +73,8 @@ def serve(model: str, target: str, pipeline: str, output: str | None, *, cache_d
             "input_shapes": sorted((input_shapes or {}).items()), "verify": verify, "tolerance": tolerance,
             "seed": seed, "frontend": frontend,
             "calib": None if calib is None else "file" if os.path.exists(calib) else calib,
-            "source_name": os.path.basename(model)}
-    k = key(model, calib, opts)
+            "eval_text": eval_text is not None, "source_name": os.path.basename(model)}
+    k = key(model, calib, opts, extra=eval_text)
     hit = lookup(cdir, k)
     if hit is None:
         return cdir, k, None
@@ -173,18 +173,18 @@ def _environment() -> list:
 _MEMO: dict[str, str] = {}
 
 
-def key(model_path: str, calib: str | None, options: dict) -> str:
+def key(model_path: str, calib: str | None, options: dict, extra: str | None = None) -> str:
     """The content address of a compile (sha256 hex); remembered per process while the files' sizes and
     modification times stay the same (the CLI asks once before compiling and once inside)."""
-    stamp = json.dumps([options, [(p, os.stat(p).st_size, os.stat(p).st_mtime_ns) for p in (model_path, calib)
+    stamp = json.dumps([options, [(p, os.stat(p).st_size, os.stat(p).st_mtime_ns) for p in (model_path, calib, extra)
                                   if p and os.path.isfile(p)]], sort_keys=True, default=str)
     if stamp in _MEMO and not os.path.isdir(model_path):
         return _MEMO[stamp]
-    _MEMO[stamp] = k = _key(model_path, calib, options)
+    _MEMO[stamp] = k = _key(model_path, calib, options, extra)
     return k
 
 
-def _key(model_path: str, calib: str | None, options: dict) -> str:
+def _key(model_path: str, calib: str | None, options: dict, extra: str | None = None) -> str:
     from . import __version__
     h = hashlib.sha256()
     h.update(json.dumps({"v": VERSION, "edgec": __version__, "env": _environment(), **options},
@@ -198,6 +198,9 @@ def _key(model_path: str, calib: str | None, options: dict) -> str:
     if calib and os.path.exists(calib):
         h.update(b"\0calib\0")
         _hash_path(h, calib)
+    if extra and os.path.exists(extra):
+        h.update(b"\0extra\0")
+        _hash_path(h, extra)
     return h.hexdigest()
 
 

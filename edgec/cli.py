@@ -101,9 +101,11 @@ def main(debug: bool) -> None:
 @click.option("--cache-dir", type=click.Path(file_okay=False), help="Content-addressed compile cache (default: "
               "$EDGEC_CACHE_DIR or ~/.cache/edgec/artifacts): an unchanged compile is copied from it.")
 @click.option("--no-cache", is_flag=True, help="Neither read nor fill the compile cache.")
+@click.option("--eval-text", type=click.Path(dir_okay=False), help="Language models: perplexity of the float model, "
+              "the compiled model and the artifact on this text (first 1024 tokens), in the manifest and report.")
 @handle_errors
 def compile_cmd(model, target, pipeline, output, input_shapes, calib, verify, tolerance, no_cleanup, time_passes,
-                dump_ir, frontend, seed, as_json, quiet, tiers, tier_options, cache_dir, no_cache):
+                dump_ir, frontend, seed, as_json, quiet, tiers, tier_options, cache_dir, no_cache, eval_text):
     """Compile MODEL for a target into a directory with the artifact, manifest.json and report.html."""
     from .errors import UsageError
     shapes = {}
@@ -138,12 +140,13 @@ def compile_cmd(model, target, pipeline, output, input_shapes, calib, verify, to
             from .cache import serve  # a hit needs neither the compiler nor any plugin imported
             res = serve(model, target, pipeline, output, cache_dir=cache_dir, calib=calib, input_shapes=shapes,
                         verify=verify, tolerance=tolerance, cleanup=not no_cleanup, seed=seed,
-                        frontend=frontend)[2]
+                        frontend=frontend, eval_text=eval_text)[2]
         if res is None:
             from .compiler import compile as do_compile
             res = do_compile(model, target, pipeline, output, input_shapes=shapes, verify=verify,
                              tolerance=tolerance, cleanup=not no_cleanup, time_passes=time_passes,
-                             dump_ir=dump_ir, seed=seed, frontend=frontend, calib=calib, cache_dir=cache_dir,
+                             dump_ir=dump_ir, seed=seed, frontend=frontend, calib=calib, eval_text=eval_text,
+                             cache_dir=cache_dir,
                              use_cache=not no_cache, progress=(lambda m: (bar.set_description_str(m), bar.refresh()))
                              if bar is not None else None)
     finally:
@@ -172,6 +175,12 @@ def compile_cmd(model, target, pipeline, output, input_shapes, calib, verify, to
                     f"{row['vs_original_cosine']:.6f}" if "vs_original_max_rel_err" in row else "")
             click.echo(f"  {row['output']}: vs reference: rel err {row['vs_reference_max_rel_err']:.3g}, cosine "
                        f"{row['vs_reference_cosine']:.6f}{orig}{extra}")
+    ev = m.get("evaluation")
+    if ev:
+        click.echo(f"perplexity on {ev['text']} ({ev['tokens']} tokens): float {ev['float_perplexity']:.3f}, compiled "
+                   f"{ev['compiled_perplexity']:.3f}" + (f", artifact ({ev['artifact_engine']}) "
+                                                          f"{ev['artifact_perplexity']:.3f}" if ev.get("artifact_perplexity")
+                                                          else ""))
     if res.timings:
         click.echo(res.timings)
 

@@ -170,8 +170,9 @@ def load_model(path: str, frontend: str | None = None) -> Model:
 def compile(model: str | Model, target: str = "cpu", pipeline: str = "", output: str | None = None, *,
             input_shapes: Mapping[str, str] | None = None, verify: bool = False, tolerance: float = DEFAULT_TOLERANCE,
             cleanup: bool = True, time_passes: bool = False, dump_ir: str | None = None, seed: int = 0,
-            frontend: str | None = None, calib: str | None = None, cache_dir: str | None = None,
-            use_cache: bool = True, progress: Callable[[str], None] | None = None) -> CompileResult:
+            frontend: str | None = None, calib: str | None = None, eval_text: str | None = None,
+            cache_dir: str | None = None, use_cache: bool = True,
+            progress: Callable[[str], None] | None = None) -> CompileResult:
     """Compile ``model`` for ``target`` into the directory ``output``; see ``edgec compile --help``.
 
     Raises :class:`edgec.errors.EdgecError` subclasses for every user-facing failure; the output directory
@@ -185,7 +186,8 @@ def compile(model: str | Model, target: str = "cpu", pipeline: str = "", output:
         from . import cache
         cdir, ckey, hit = cache.serve(model, target, pipeline, output, cache_dir=cache_dir, calib=calib,
                                       input_shapes=input_shapes, verify=verify, tolerance=tolerance,
-                                      cleanup=cleanup, seed=seed, frontend=frontend, progress=say)
+                                      cleanup=cleanup, seed=seed, frontend=frontend, eval_text=eval_text,
+                                      progress=say)
         if hit is not None:
             return hit
     h = host()
@@ -222,6 +224,12 @@ def compile(model: str | Model, target: str = "cpu", pipeline: str = "", output:
     original_ref = None
     if verify:
         original_ref = _original_outputs(src_path, ir_model, feeds)
+    evaluation = None
+    if eval_text:
+        from .plugins.llm.evaluate import CompileEvaluation
+        evaluation = CompileEvaluation(ir_model, eval_text)
+        say(f"perplexity of the float model on {eval_text}")
+        evaluation.float_model(ir_model)
 
     from .plugins.cleanup import DEFAULT_CLEANUP
     passes = (parse_pipeline(DEFAULT_CLEANUP, h.passes.as_dict()) if cleanup else []) + user_passes + tgt.pipeline()
@@ -278,6 +286,9 @@ def compile(model: str | Model, target: str = "cpu", pipeline: str = "", output:
         if verify:
             say(f"verifying on {tgt.runtime or 'its runtime'}")
             manifest["verification"] = _verify(tgt, tmp, ir_model, feeds, original_ref, tolerance)
+        if evaluation is not None:
+            say("perplexity of the compiled model and the artifact")
+            manifest["evaluation"] = evaluation.compiled(ir_model, tgt.name, tmp, art.files)
         with open(os.path.join(tmp, "manifest.json"), "w") as f:
             json.dump(manifest, f, indent=2, sort_keys=True, default=str)
             f.write("\n")

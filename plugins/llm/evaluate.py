@@ -88,3 +88,51 @@ def run(model_path: str, *, text: str | None, ctx: int, stride: int, max_tokens:
                                        temperature=0.0, seed=0)
         out["reply"] = r["choices"][0]["message"]["content"]
     return out
+
+
+EVAL_MAX_TOKENS = 1024  # compile --eval-text scores at most this many tokens (a quick, comparable check)
+
+
+class CompileEvaluation:
+    """``edgec compile --eval-text``: perplexity of the float model (before any pass), of the compiled IR on
+    the reference executor and of the artifact on its own runtime (llama.cpp for gguf, OpenVINO for openvino),
+    all on the same tokens and windows."""
+
+    def __init__(self, model, text_path: str):
+        from .decoder import LLMConfig
+        from .tokenizer import tokenizer_for
+        self.cfg = LLMConfig.from_model(model)
+        if self.cfg is None:
+            raise UsageError("--eval-text measures perplexity and needs a language model (a GGUF file or a Hugging "
+                             "Face folder)")
+        try:
+            with open(text_path, encoding="utf-8") as f:
+                content = f.read()
+        except (OSError, UnicodeDecodeError) as e:
+            raise BadInputError(f"--eval-text {text_path}: cannot read it as UTF-8 text ({e})") from None
+        self.ids = tokenizer_for(model).encode(content, add_bos=True)[:EVAL_MAX_TOKENS]
+        self.ctx = min(256, self.cfg.context_length)
+        self.out = {"text": os.path.basename(text_path), "tokens": len(self.ids), "ctx": self.ctx}
+
+    def _ppl(self, fn, engine: str) -> float:
+        from .perplexity import perplexity
+        return perplexity(self.ids, fn, ctx=self.ctx, stride=self.ctx, engine=engine, progress=False).perplexity
+
+    def float_model(self, model) -> None:
+        from .perplexity import reference_engine
+        self.out["float_perplexity"] = self._ppl(reference_engine(model), "reference")
+
+    def compiled(self, model, target_name: str, out_dir: str, files: list[str]) -> dict:
+        from .perplexity import llama_cpp_engine, openvino_engine, reference_engine
+        self.out["compiled_perplexity"] = self._ppl(reference_engine(model), "reference")
+        gguf = next((f for f in files if f.endswith(".gguf")), None)
+        if target_name == "gguf" and gguf:
+            self.out["artifact_engine"] = "llama.cpp"
+            self.out["artifact_perplexity"] = self._ppl(llama_cpp_engine(os.path.join(out_dir, gguf), self.ctx),
+                                                        "llama.cpp")
+        elif target_name == "openvino":
+            self.out["artifact_engine"] = "openvino"
+            self.out["artifact_perplexity"] = self._ppl(openvino_engine(out_dir), "openvino")
+        else:
+            self.out["artifact_engine"] = None  # no language-model runtime for this target here
+        return self.out

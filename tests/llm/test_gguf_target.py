@@ -209,3 +209,31 @@ def test_gguf_compiles_are_byte_identical(tiny_gguf, tmp_path):
     b = compile_model(tiny_gguf, "gguf", "quantize{gguf=Q4_K}", str(tmp_path / "b"), use_cache=False)
     da, db = tree_digest(a.output_dir), tree_digest(b.output_dir)
     assert {FILE, "manifest.json", "report.html"} <= set(da) and da == db
+
+
+def test_eval_text_puts_perplexity_in_manifest_and_report(tiny_gguf, tmp_path):
+    """--eval-text: perplexity of the float model, of the compiled IR and of the GGUF under llama.cpp on the
+    same tokens; the report plots it."""
+    import json as _json
+    import os as _os
+    import re
+
+    from click.testing import CliRunner
+
+    from edgec.cli import main
+    text = _os.path.join(_os.path.dirname(__file__), "..", "..", "examples", "text", "eval.txt")
+    r = CliRunner().invoke(main, ["compile", tiny_gguf, "-t", "gguf", "-p", "quantize{gguf=Q8_0}", "--eval-text",
+                                  text, "-o", str(tmp_path / "a"), "--json"])
+    assert r.exit_code == 0, r.output
+    ev = _json.loads(r.stdout)["manifest"]["evaluation"]
+    assert ev["tokens"] == 1024 and ev["artifact_engine"] == "llama.cpp"
+    # Q8_0 moves a random model's perplexity by well under 1%; llama.cpp computes what the IR computes
+    assert abs(ev["compiled_perplexity"] / ev["float_perplexity"] - 1) < 0.01
+    assert abs(ev["artifact_perplexity"] / ev["compiled_perplexity"] - 1) < 0.01
+    page = (tmp_path / "a" / "report.html").read_text()
+    assert 'data-plots="5"' in page and "Language model evaluation" in page
+    assert re.search(r"float_perplexity</td><td>[0-9.]+", page)
+    cnn = _os.path.join(_os.path.dirname(__file__), "..", "..", "examples", "models", "tiny_cnn.onnx")
+    r = CliRunner().invoke(main, ["compile", cnn, "--eval-text", text, "-o",
+                                  str(tmp_path / "b")])
+    assert r.exit_code == 2 and "needs a language model" in r.output
