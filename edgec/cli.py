@@ -320,6 +320,37 @@ def targets(as_json):
     _list_registry(host().targets, as_json, width=12, extra=("runtime",))
 
 
+@main.command("cache")
+@click.option("--cache-dir", type=click.Path(file_okay=False), help="The cache (default: $EDGEC_CACHE_DIR or "
+              "~/.cache/edgec/artifacts).")
+@click.option("--clear", is_flag=True, help="Delete every cached compile.")
+@click.option("--json", "as_json", is_flag=True, help="Machine-readable output.")
+@handle_errors
+def cache_cmd(cache_dir, clear, as_json):
+    """Show (or --clear) the content-addressed compile cache."""
+    import shutil
+
+    from .cache import default_dir
+    d = cache_dir or default_dir()
+    entries, size = 0, 0
+    if os.path.isdir(d):
+        for shard in os.listdir(d):
+            sp = os.path.join(d, shard)
+            if len(shard) != 2 or not os.path.isdir(sp):
+                continue
+            for e in os.listdir(sp):
+                entries += 1
+                for root, _, files in os.walk(os.path.join(sp, e)):
+                    size += sum(os.path.getsize(os.path.join(root, f)) for f in files)
+    if clear and os.path.isdir(d):
+        shutil.rmtree(d)
+    info = {"cache_dir": d, "entries": entries, "bytes": size, "cleared": bool(clear)}
+    if as_json:
+        _emit_json(info)
+        return
+    click.echo(f"{d}: {entries} cached compiles, {_human(size)}" + ("; cleared" if clear else ""))
+
+
 @main.command()
 @click.option("--json", "as_json", is_flag=True, help="Machine-readable output.")
 @handle_errors

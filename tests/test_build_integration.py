@@ -71,6 +71,10 @@ def test_cache_skips_unchanged_work_and_notices_every_change(tmp_path):
     assert json.loads(r.stdout)["cached"] is False
     r = CliRunner().invoke(main, args + ["--no-cache", "-o", str(tmp_path / "e")])
     assert json.loads(r.stdout)["cached"] is False
+    info = json.loads(CliRunner().invoke(main, ["cache", "--cache-dir", cache, "--json"]).stdout)
+    assert info["entries"] == 4 and info["bytes"] > 0  # bits=4, bits=8, aarch64, the edited model
+    info = json.loads(CliRunner().invoke(main, ["cache", "--cache-dir", cache, "--clear", "--json"]).stdout)
+    assert info["cleared"] and not os.path.exists(cache)
 
 
 def test_failed_verification_is_not_cached(tmp_path):
