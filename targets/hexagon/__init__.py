@@ -14,6 +14,7 @@ from __future__ import annotations
 import dataclasses
 import json
 import os
+import re
 import shutil
 import subprocess
 import tempfile
@@ -71,6 +72,43 @@ class _Tensor:
 
 def _c_name(name: str) -> str:
     return "".join(c if c.isalnum() else "_" for c in name)
+
+
+_DIM = re.compile(r"T\.int(?:32|64)\((\d+)\)|\b(\d+)\b")
+
+
+def _alloc_buffers(script: str):
+    """(shape text, dtype) of every ``T.alloc_buffer`` / ``T.sblock_alloc_buffer`` in a PrimFunc's script."""
+    for m in re.finditer(r"T\.(?:sblock_)?alloc_buffer\(", script):
+        i = m.end()
+        if script[i] != "(":
+            continue
+        depth, j = 0, i
+        while j < len(script):
+            depth += {"(": 1, ")": -1}.get(script[j], 0)
+            if depth == 0:
+                break
+            j += 1
+        rest = script[j + 1:j + 60]
+        dt = re.match(r"\s*,\s*(?:dtype=)?\"(\w+)\"", rest)
+        yield script[i + 1:j], dt.group(1) if dt else "float32"
+
+
+def workspace_bytes(kernels) -> int:
+    """The static workspace the kernels need: TVM turns every intermediate buffer of a fused kernel (padded
+    inputs, dequantized weights, fused intermediates) into a LIFO workspace allocation, so the largest
+    kernel's sum of buffers (each rounded up to 128 bytes) bounds it. At least 1 MiB."""
+    need = 0
+    for f in kernels.functions.values():
+        total = 0
+        for dims, dtype in _alloc_buffers(f.script()):
+            n = 1
+            for a, b in _DIM.findall(dims):
+                n *= int(a or b)
+            bits = re.search(r"\d+", dtype)
+            total += (n * max(int(bits.group(0)) if bits else 8, 8) // 8 + 127) // 128 * 128
+        need = max(need, total)
+    return max(need, 1 << 20)
 
 
 def plan_arena(temps: list[_Tensor], align: int = 128) -> int:
@@ -178,7 +216,7 @@ class HexagonTarget(Target):
             self._write_driver(calls, tensors, arena, os.path.join(out_dir, "model.c"))
             shutil.copy(os.path.join(HERE, "runtime.c"), os.path.join(out_dir, "runtime.c"))
             self._write_runner(model, os.path.join(out_dir, "runner.c"))
-            self._link(tools, out_dir, work, ws_bytes=1 << 20)
+            self._link(tools, out_dir, work, ws_bytes=workspace_bytes(kernels))
         finally:
             shutil.rmtree(work, ignore_errors=True)
         files = ["kernels.o", *(["kernels.s"] if self.asm else []), "weights.bin", "weights.S", "model.h", "model.c",

@@ -139,3 +139,21 @@ def test_without_qemu_the_artifact_is_built_and_verify_says_it_did_not_run(tiny_
     v = r.manifest["verification"]
     assert not v["ran"] and "qemu-hexagon is not installed" in v["summary"] and "apt-get install qemu-user" in v["summary"]
     assert (tmp_path / "a" / "runner").exists()
+
+
+def test_weight_only_int8_resnet18_fits_its_workspace(tmp_path):
+    """Weight-only int8 kernels dequantize the weight into TVM workspace (9.4 MB for a 512x512x3x3 conv): the
+    static workspace is sized from the kernels' intermediate buffers, not a fixed 1 MiB (the runner failed
+    with exit 12 before)."""
+    pytest.importorskip("torch")
+    from target_models import export_example
+
+    from edgec.compiler import compile as compile_model
+    from edgec.targets.hexagon import _alloc_buffers
+    assert list(_alloc_buffers('w = T.sblock_alloc_buffer((T.int64(512), T.int64(512), T.int64(3), T.int64(3)))\n'
+                               'c = T.alloc_buffer((T.int64(16),), "int8")')) == \
+        [("T.int64(512), T.int64(512), T.int64(3), T.int64(3)", "float32"), ("T.int64(16),", "int8")]
+    r = compile_model(export_example("resnet18", tmp_path / "m.onnx"), "hexagon", "quantize{bits=8}",
+                      str(tmp_path / "a"), verify=True, use_cache=False)
+    v = r.manifest["verification"]
+    assert v["ran"] and v["passed"], v["summary"]
