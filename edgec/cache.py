@@ -74,7 +74,7 @@ def serve(model: str, target: str, pipeline: str, output: str | None, *, cache_d
             "seed": seed, "frontend": frontend,
             "calib": None if calib is None else "file" if os.path.exists(calib) else calib,
             "eval_text": eval_text is not None, "source_name": os.path.basename(model)}
-    k = key(model, calib, opts, extra=eval_text)
+    k = key(model, calib, opts, extra=eval_text, cache_dir=cdir)
     hit = lookup(cdir, k)
     if hit is None:
         return cdir, k, None
@@ -118,14 +118,72 @@ def _hash_path(h, path: str) -> bool:
 
 
 def _hash_file(h, path: str) -> bool:
+    """Feed a file's sha256 into ``h`` (from the stat index when the file is unchanged); True when its bytes
+    contain ``location``."""
+    digest, found = _file_digest(path)
+    h.update(digest.encode() + b"\0")
+    return found
+
+
+# Direct mode (as ccache's): a file whose size, modification and change times, inode and device are
+# unchanged has the digest recorded last time; the change time cannot be set back by a program, so an edited
+# file is always re-read. The index lives in the cache directory (INDEX_DIR set by key()).
+INDEX_FILE = "stat-index.json"
+_index: dict | None = None
+_index_path: str | None = None
+_index_dirty = False
+
+
+def _signature(path: str) -> list[int]:
+    st = os.stat(path)
+    return [st.st_size, st.st_mtime_ns, st.st_ctime_ns, st.st_ino, st.st_dev]
+
+
+def _file_digest(path: str) -> tuple[str, bool]:
+    global _index_dirty
+    sig = _signature(path)
+    ap = os.path.abspath(path)
+    if _index is not None and ap in _index and _index[ap][0] == sig:
+        return _index[ap][1], _index[ap][2]
+    h = hashlib.sha256()
     found, tail = False, b""
     with open(path, "rb") as f:
         for chunk in iter(lambda: f.read(1 << 22), b""):
             h.update(chunk)
             found = found or b"location" in tail + chunk[:8] or b"location" in chunk
             tail = chunk[-8:]
-    h.update(b"\0")
-    return found
+    if _index is not None:
+        _index[ap] = [sig, h.hexdigest(), found]
+        _index_dirty = True
+    return h.hexdigest(), found
+
+
+def _load_index(cache_dir: str | None) -> None:
+    global _index, _index_path, _index_dirty
+    _index_path = os.path.join(cache_dir, INDEX_FILE) if cache_dir else None
+    _index, _index_dirty = None, False
+    if _index_path is None:
+        return
+    try:
+        with open(_index_path, encoding="utf-8") as f:
+            _index = json.load(f)
+    except (OSError, ValueError):
+        _index = {}
+    if not isinstance(_index, dict):
+        _index = {}
+
+
+def _save_index() -> None:
+    if not (_index_dirty and _index_path):
+        return
+    try:
+        os.makedirs(os.path.dirname(_index_path), exist_ok=True)
+        tmp = f"{_index_path}.{os.getpid()}.tmp"
+        with open(tmp, "w", encoding="utf-8") as f:
+            json.dump(dict(list(_index.items())[-4096:]), f)
+        os.replace(tmp, _index_path)
+    except OSError:
+        pass
 
 
 def _siblings(model_path: str) -> list[str]:
@@ -149,7 +207,8 @@ def _environment() -> list:
     distribution's dist-info name (name and version: libraries and plugins alike), the size and mtime of
     every edgec source file (an edited development checkout is a different compiler) and the plugin
     autoload switch."""
-    from .host import AUTOLOAD_ENV
+    # edgec.host.AUTOLOAD_ENV, spelled out: importing the host (pluggy, package metadata) costs a hit ~15 ms
+    AUTOLOAD_ENV = "EDGEC_DISABLE_PLUGIN_AUTOLOAD"
     dists = []
     for d in sys.path:
         try:
@@ -173,14 +232,19 @@ def _environment() -> list:
 _MEMO: dict[str, str] = {}
 
 
-def key(model_path: str, calib: str | None, options: dict, extra: str | None = None) -> str:
-    """The content address of a compile (sha256 hex); remembered per process while the files' sizes and
-    modification times stay the same (the CLI asks once before compiling and once inside)."""
-    stamp = json.dumps([options, [(p, os.stat(p).st_size, os.stat(p).st_mtime_ns) for p in (model_path, calib, extra)
-                                  if p and os.path.isfile(p)]], sort_keys=True, default=str)
+def key(model_path: str, calib: str | None, options: dict, extra: str | None = None,
+        cache_dir: str | None = None) -> str:
+    """The content address of a compile (sha256 hex); remembered per process while the files' stat
+    signatures stay the same (the CLI asks once before compiling and once inside)."""
+    stamp = json.dumps([options, [(p, _signature(p)) for p in (model_path, calib, extra) if p and os.path.isfile(p)]],
+                       sort_keys=True, default=str)
     if stamp in _MEMO and not os.path.isdir(model_path):
         return _MEMO[stamp]
-    _MEMO[stamp] = k = _key(model_path, calib, options, extra)
+    _load_index(cache_dir)
+    try:
+        _MEMO[stamp] = k = _key(model_path, calib, options, extra)
+    finally:
+        _save_index()
     return k
 
 

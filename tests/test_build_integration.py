@@ -65,7 +65,9 @@ def test_cache_skips_unchanged_work_and_notices_every_change(tmp_path):
         r = CliRunner().invoke(main, [new if x == old else x for x in args] + ["-o", str(tmp_path / new)])
         assert r.exit_code == 0, r.output
         assert json.loads(r.stdout)["cached"] is False, new
-    model.write_bytes(model.read_bytes().replace(b"logits", b"LOGITS"))  # same size, other bytes
+    st = model.stat()
+    model.write_bytes(model.read_bytes().replace(b"logits", b"LOGITS"))  # same size, other bytes...
+    os.utime(model, ns=(st.st_atime_ns, st.st_mtime_ns))  # ...and the old date: the change time still tells
     r = CliRunner().invoke(main, args + ["-o", str(tmp_path / "d")])
     assert r.exit_code == 0, r.output
     assert json.loads(r.stdout)["cached"] is False
@@ -73,6 +75,7 @@ def test_cache_skips_unchanged_work_and_notices_every_change(tmp_path):
     assert json.loads(r.stdout)["cached"] is False
     info = json.loads(CliRunner().invoke(main, ["cache", "--cache-dir", cache, "--json"]).stdout)
     assert info["entries"] == 4 and info["bytes"] > 0  # bits=4, bits=8, aarch64, the edited model
+    assert os.path.isfile(os.path.join(cache, "stat-index.json"))  # file digests reused while files are unchanged
     info = json.loads(CliRunner().invoke(main, ["cache", "--cache-dir", cache, "--clear", "--json"]).stdout)
     assert info["cleared"] and not os.path.exists(cache)
 
