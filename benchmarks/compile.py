@@ -34,7 +34,9 @@ CASES = [
     ("tensorrt", "resnet18", "quantize{bits=8}"),
     ("coreml", "resnet18", "quantize{method=codebook,bits=4,scale_dtype=f16}"),
     ("hexagon", "resnet18", "quantize{bits=8}"),
-    ("gguf", "smollm2", "quantize{gguf=Q4_K}"),
+    # F16 storage (the gguf target's default): with --verify, quantized GGUF types miss the target's top-1
+    # criterion on SmolLM2 (llama.cpp's int8 activations; see the closing note of issue 9)
+    ("gguf", "smollm2", ""),
 ]
 
 
@@ -107,7 +109,7 @@ def main(argv: list[str]) -> int:
              "RSS / model size | cached peak RSS MB |",
              "|---|---|---|---:|---:|---:|---:|---:|---:|---:|"]
     for r in rows:
-        lines.append(f"| {r['target']} | {r['model']} | `{r['pipeline']}` | {r['model_mb']:.1f} | {r['cold_s']:.2f} | "
+        lines.append(f"| {r['target']} | {r['model']} | `{r['pipeline'] or '(none: F16 storage)'}` | {r['model_mb']:.1f} | {r['cold_s']:.2f} | "
                      f"{r['cached_s']:.3f} | {r['speedup']:.1f}x | {r['cold_rss_mb']:.0f} | "
                      f"{r['cold_rss_x_model']:.1f} | {r['cached_rss_mb']:.0f} |")
     ok = [r for r in rows if r["speedup"] >= 20]

@@ -289,8 +289,9 @@ def compile(model: str | Model, target: str = "cpu", pipeline: str = "", output:
         if evaluation is not None:
             say("perplexity of the compiled model and the artifact")
             manifest["evaluation"] = evaluation.compiled(ir_model, tgt.name, tmp, art.files)
+        manifest = _strict_json(manifest)
         with open(os.path.join(tmp, "manifest.json"), "w") as f:
-            json.dump(manifest, f, indent=2, sort_keys=True, default=str)
+            json.dump(manifest, f, indent=2, sort_keys=True, default=str, allow_nan=False)
             f.write("\n")
         manifest = json.loads(json.dumps(manifest, sort_keys=True, default=str))  # as the file holds it
         say("writing report.html")
@@ -309,6 +310,18 @@ def compile(model: str | Model, target: str = "cpu", pipeline: str = "", output:
         from . import cache
         cache.store(cdir, ckey, output)
     return res
+
+
+def _strict_json(x: Any) -> Any:
+    """The manifest as strict JSON: non-finite floats (an exact layer's SQNR is infinite) become the strings
+    "inf", "-inf" and "nan", which every JSON parser reads (Python's Infinity is not JSON)."""
+    if isinstance(x, float) and not np.isfinite(x):
+        return "nan" if np.isnan(x) else ("inf" if x > 0 else "-inf")
+    if isinstance(x, dict):
+        return {k: _strict_json(v) for k, v in x.items()}
+    if isinstance(x, (list, tuple)):
+        return [_strict_json(v) for v in x]
+    return x
 
 
 def _check_artifact_paths(tgt: Target, tmp: str, files: list[str]) -> None:

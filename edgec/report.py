@@ -13,6 +13,7 @@ import base64
 import html
 import io
 import json
+import math
 from typing import Any
 
 FILE = "report.html"
@@ -26,6 +27,11 @@ def _png(fig) -> str:
     fig.savefig(buf, format="png", dpi=96, metadata={"Software": None})
     plt.close(fig)
     return f'<img class="plot" alt="plot" src="data:image/png;base64,{base64.b64encode(buf.getvalue()).decode()}">'
+
+
+def _num(v: Any) -> float | None:
+    """A finite number, else None (the manifest spells an exact layer's infinite SQNR "inf")."""
+    return float(v) if isinstance(v, (int, float)) and math.isfinite(v) else None
 
 
 def _encoding(row: dict) -> str:
@@ -61,6 +67,7 @@ def plots(manifest: dict) -> dict[str, str]:
     import matplotlib
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
+    import numpy as np
     out: dict[str, str] = {}
     layers = sorted(manifest.get("layers") or [], key=lambda r: -r["bytes"])
     qw = (manifest.get("quantization") or {}).get("weights") or {}
@@ -109,20 +116,22 @@ def plots(manifest: dict) -> dict[str, str]:
         ax.set_title("bits histogram")
         fig.tight_layout()
         out["bits histogram"] = _png(fig)
-    errs = [(n, q) for n, q in qw.items() if q.get("sqnr_db") is not None or q.get("rel_output_error") is not None]
+    errs = [(n, q) for n, q in qw.items() if _num(q.get("sqnr_db")) is not None
+            or _num(q.get("rel_output_error")) is not None]
     if errs:
         fig, ax = plt.subplots(figsize=(8, 3.4))
         x = list(range(len(errs)))
-        rel = [q.get("rel_output_error") for _, q in errs]
+        rel = [_num(q.get("rel_output_error")) for _, q in errs]
         if any(r is not None for r in rel):
             ax.bar(x, [r or 0 for r in rel], color="#cc6677")
             ax.set_ylabel("relative output error (bars)")
             ax2 = ax.twinx()
-            ax2.plot(x, [q.get("sqnr_db") for _, q in errs], "k.", ms=5)
+            ax2.plot(x, [_num(q.get("sqnr_db")) if _num(q.get("sqnr_db")) is not None else np.nan for _, q in errs],
+                     "k.", ms=5)
             ax2.set_ylabel("weight SQNR dB (dots)")
             ax.set_title("per-layer quantization error (layer output on calibration data; weight SQNR)")
         else:
-            ax.bar(x, [q.get("sqnr_db") or 0 for _, q in errs], color="#cc6677")
+            ax.bar(x, [_num(q.get("sqnr_db")) or 0 for _, q in errs], color="#cc6677")
             ax.set_ylabel("weight SQNR dB")
             ax.set_title("per-layer quantization error (weight SQNR; --calib adds the output error)")
         ax.set_xticks(x)

@@ -137,3 +137,24 @@ def test_cmake_example_builds_the_artifact_through_add_custom_command(tmp_path):
     os.utime(model, (later, later))  # the model changed (by date): the rule reruns, served by edgec's cache
     r = subprocess.run([cmake, "--build", str(build)], env=env, capture_output=True, text=True, timeout=600)
     assert r.returncode == 0 and (out / "manifest.json").stat().st_mtime_ns != stamp, r.stdout
+
+
+def test_manifest_is_strict_json_when_a_layer_quantizes_exactly(tmp_path):
+    """Weights already on the 8-bit grid quantize exactly (infinite SQNR): the manifest spells it "inf" (strict
+    JSON, no Infinity token) and the report still renders."""
+    import numpy as np
+
+    from edgec import ir
+    rng = np.random.default_rng(0)
+    g = ir.Graph()
+    x = g.add_input("x", ir.DType.FLOAT32, (2, 8))
+    w = rng.integers(-1, 2, (4, 8)).astype(np.float32)
+    w[0, 0] = 1.0
+    g.outputs.append(g.op("Linear", [x, g.add_const("w", w)], domain="edgec", name="fc").output)
+    m = ir.Model(g, {"": 17, "edgec": 1})
+    ir.infer_shapes(m)
+    res = compile_model(m, "cpu", "quantize{bits=8}", str(tmp_path / "out"))
+    text = (tmp_path / "out" / "manifest.json").read_text()
+    json.loads(text, parse_constant=lambda c: pytest.fail(f"non-JSON constant {c} in manifest.json"))
+    assert res.manifest["quantization"]["weights"]["w"]["sqnr_db"] == "inf"
+    assert "data:image/png" in (tmp_path / "out" / "report.html").read_text()
