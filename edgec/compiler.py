@@ -225,6 +225,14 @@ def compile(model: str | Model, target: str = "cpu", pipeline: str = "", output:
     if verify:
         original_ref = _original_outputs(src_path, ir_model, feeds)
     evaluation = None
+    if eval_text is None and verify and ir_model.metadata.get("edgec.llm"):
+        # a language model's verification includes perplexity, on the built-in text unless --eval-text
+        from .plugins.llm.evaluate import DEFAULT_EVAL_TEXT
+        if ir_model.metadata.get("edgec.llm.source"):
+            eval_text = DEFAULT_EVAL_TEXT
+        else:
+            notes.append("perplexity not measured: the model carries no tokenizer (it was not imported from a "
+                         "GGUF file or a Hugging Face folder)")
     if eval_text:
         from .plugins.llm.evaluate import CompileEvaluation
         evaluation = CompileEvaluation(ir_model, eval_text)

@@ -91,6 +91,9 @@ def run(model_path: str, *, text: str | None, ctx: int, stride: int, max_tokens:
 
 
 EVAL_MAX_TOKENS = 1024  # compile --eval-text scores at most this many tokens (a quick, comparable check)
+# The text a language model's `--verify` compile scores when no --eval-text is given (the GPL-2 preamble and
+# terms, which may be copied verbatim; the same file as examples/text/eval.txt).
+DEFAULT_EVAL_TEXT = os.path.join(os.path.dirname(os.path.abspath(__file__)), "eval.txt")
 
 
 class CompileEvaluation:

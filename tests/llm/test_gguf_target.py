@@ -237,3 +237,13 @@ def test_eval_text_puts_perplexity_in_manifest_and_report(tiny_gguf, tmp_path):
     r = CliRunner().invoke(main, ["compile", cnn, "--eval-text", text, "-o",
                                   str(tmp_path / "b")])
     assert r.exit_code == 2 and "needs a language model" in r.output
+
+
+def test_verify_of_a_language_model_includes_perplexity_on_the_builtin_text(tiny_gguf, tmp_path):
+    from edgec.compiler import compile as compile_model
+    from edgec.plugins.llm.evaluate import DEFAULT_EVAL_TEXT
+    r = compile_model(tiny_gguf, "gguf", "", str(tmp_path / "a"), verify=True, use_cache=False)
+    ev = r.manifest["evaluation"]
+    assert ev["text"] == "eval.txt" and ev["tokens"] == 1024 and ev["artifact_engine"] == "llama.cpp"
+    assert ev["float_perplexity"] > 1 and abs(ev["artifact_perplexity"] / ev["compiled_perplexity"] - 1) < 0.01
+    assert open(DEFAULT_EVAL_TEXT, encoding="utf-8").read().lstrip().startswith("GNU GENERAL PUBLIC LICENSE")
