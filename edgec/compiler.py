@@ -456,7 +456,8 @@ def _verify(tgt: Target, out_dir: str, model: Model, feeds, original, tolerance:
                 row["top1_agreement"] = float((got[k].argmax(-1) == np.asarray(original["outputs"][k]).argmax(-1)).mean())
         policy = getattr(tgt, "verify_policy", None)
         if got[k].ndim >= 2 and got[k].shape[-1] > 1:
-            row["vs_reference_top1_agreement"], row["top1_decisive_rows"] = _top1(got[k], ref_outs[k])
+            row["vs_reference_top1_agreement"], row["top1_decisive_rows"] = _top1(
+                got[k], ref_outs[k], (policy or {}).get("top1_margin", 1e-3))
         if policy:
             ok = (row["vs_reference_cosine"] >= policy["min_cosine"]
                   and row.get("vs_reference_top1_agreement", 1.0) >= policy["min_top1"])
