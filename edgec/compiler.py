@@ -225,10 +225,13 @@ def compile(model: str | Model, target: str = "cpu", pipeline: str = "", output:
     if verify:
         original_ref = _original_outputs(src_path, ir_model, feeds)
     evaluation = None
-    if eval_text is None and verify and ir_model.metadata.get("edgec.llm"):
+    if eval_text is None and verify:
         # a language model's verification includes perplexity, on the built-in text unless --eval-text
+        from .plugins.llm.decoder import LLM_KEY
         from .plugins.llm.evaluate import DEFAULT_EVAL_TEXT
-        if ir_model.metadata.get("edgec.llm.source"):
+        from .plugins.llm.frontends import SOURCE_KEY
+    if eval_text is None and verify and ir_model.metadata.get(LLM_KEY):
+        if ir_model.metadata.get(SOURCE_KEY):
             eval_text = DEFAULT_EVAL_TEXT
         else:
             notes.append("perplexity not measured: the model carries no tokenizer (it was not imported from a "

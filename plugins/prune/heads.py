@@ -25,15 +25,14 @@ from __future__ import annotations
 
 import dataclasses
 import json
-import re
 from typing import ClassVar
 
 import numpy as np
 
 from ...errors import UsageError
-from ...ir import Model, Node, QuantizedTensor, Value, infer_shapes
+from ...ir import Model, Node, QuantizedTensor, Value
 from ...ir.passes import Pass, PassContext, option
-from .structured import replace_const
+from .structured import reinfer, replace_const, selected
 
 REPORT_KEY = "edgec.prune_heads"
 UNARY = {"Neg", "Sigmoid", "Relu", "Tanh", "Cast", "Identity", "Exp", "Erf", "Sqrt", "Abs", "Reciprocal",
@@ -320,10 +319,8 @@ class PruneHeads(Pass):
     exclude: str = option("", help="regex on attention node names to leave alone")
 
     def run(self, model: Model, ctx: PassContext) -> bool:
-        inc, exc = re.compile(self.include), re.compile(self.exclude) if self.exclude else None
         skipped: list[str] = []
-        blocks = [b for b in find_blocks(model, skipped) if inc.search(b.attention.name)
-                  and not (exc and exc.search(b.attention.name))]
+        blocks = [b for b in find_blocks(model, skipped) if selected(b.attention.name, self.include, self.exclude)]
         if skipped:  # the report says which attentions were left alone and why
             rep = json.loads(model.metadata.get(REPORT_KEY, "{}"))
             rep["skipped"] = skipped
@@ -359,11 +356,7 @@ class PruneHeads(Pass):
             reports[b.attention.name] = {"groups_before": b.groups, "groups_after": int(len(keep)),
                                          "heads_before": heads, "heads_after": heads * len(keep) // b.groups,
                                          "kept_groups": keep.tolist(), "score": self.score}
-        for n in model.graph:
-            for o in n.outputs:
-                o.shape = None
-        infer_shapes(model)
-        model.graph.remove_unused_consts()
+        reinfer(model)
         model.metadata[REPORT_KEY] = json.dumps(reports, sort_keys=True)
         return True
 

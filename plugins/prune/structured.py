@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import re
 from typing import ClassVar
 
 import numpy as np
@@ -90,6 +91,20 @@ def find_groups(model: Model) -> list[Group]:
     return groups
 
 
+def selected(name: str, include: str, exclude: str) -> bool:
+    """The include=/exclude= regex options of the structured pruning passes."""
+    return bool(re.search(include, name)) and not (exclude and re.search(exclude, name))
+
+
+def reinfer(model: Model) -> None:
+    """After tensors shrank: every inferred shape again from scratch, and the constants nothing reads gone."""
+    for n in model.graph:
+        for o in n.outputs:
+            o.shape = None
+    infer_shapes(model)
+    model.graph.remove_unused_consts()
+
+
 def replace_const(model: Model, node: Node, index: int, arr: np.ndarray, tag: str = "_sliced") -> None:
     """Give ``node`` a new constant input ``index`` holding ``arr`` (the old one goes once nothing reads it)."""
     g = model.graph
@@ -113,10 +128,7 @@ class PruneChannels(Pass):
     exclude: str = option("", help="regex on producer node names to leave alone")
 
     def run(self, model: Model, ctx: PassContext) -> bool:
-        import re
-        inc, exc = re.compile(self.include), re.compile(self.exclude) if self.exclude else None
-        groups = [g for g in find_groups(model) if inc.search(g.producer.name)
-                  and not (exc and exc.search(g.producer.name))]
+        groups = [g for g in find_groups(model) if selected(g.producer.name, self.include, self.exclude)]
         if not groups or self.sparsity == 0:
             return False
         if self.score == "wanda" and ctx.calibration is None:
@@ -142,11 +154,7 @@ class PruneChannels(Pass):
                                           "consumers": [c.name for c in grp.consumers], "score": self.score}
             changed = True
         if changed:
-            for n in model.graph:
-                for o in n.outputs:
-                    o.shape = None
-            infer_shapes(model)
-            model.graph.remove_unused_consts()
+            reinfer(model)
             model.metadata[REPORT_KEY] = json.dumps(reports, sort_keys=True)
         return changed
 

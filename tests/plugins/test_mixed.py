@@ -156,6 +156,9 @@ def test_usage_errors_name_the_fix():
     with pytest.raises(UsageError, match="'f32' is not a candidate"):
         parse_pipeline("mixed-precision{avg_bits=4,bits=4:f32}", reg)
     m = _mlp()
+    with pytest.raises(UsageError, match="bits=f16 alone leaves nothing to choose"):
+        _run("mixed-precision{avg_bits=4,bits=f16}", m, _ctx(m, target=host().targets["tensorrt"]()))
+    m = _mlp()
     with pytest.raises(UsageError, match="smallest takes"):
         _run("mixed-precision{avg_bits=1,bits=4:8}", m, _ctx(m))
     m = _mlp()
