@@ -51,8 +51,14 @@ class Capabilities:
             if v.dtype is not None and v.dtype.short not in self.dtypes and not v.is_const:
                 out.append(f"value {v.name!r}: dtype {v.dtype.short} is not supported by this target")
             if isinstance(v.const, QuantizedTensor) and (v.const.scheme, v.const.bits) not in self.quant:
-                out.append(f"weight {v.name!r}: {v.const.scheme} {v.const.bits}-bit quantization cannot be "
-                           "encoded by this target")
+                q = v.const
+                if q.scheme == "vector":
+                    out.append(f"weight {v.name!r}: vector quantization ({q.vector_dim}-D vectors, {q.bits}-bit "
+                               "indices) cannot be encoded by this target; compile it for cpu, openvino or (indices of up to "
+                               "8 bits) coreml, or quantize with quantize{method=gptq} instead of vq")
+                else:
+                    out.append(f"weight {v.name!r}: {q.scheme} {q.bits}-bit quantization cannot be "
+                               "encoded by this target")
         return out
 
 

@@ -227,7 +227,9 @@ def _affine_dequant_nodes(v: Value, ctx: edgec_ops.ExpandContext) -> bool:
     result is bit-identical while the model holds 1-byte codes instead of 4-byte floats. Returns False for
     what it does not encode (codebooks, non-float32 results)."""
     q = v.const
-    if q.scheme == "codebook" or q.dtype != DType.FLOAT32:
+    if q.scheme == "vector" and q.dtype == DType.FLOAT32:
+        return _vector_dequant_nodes(v, ctx)
+    if q.scheme in ("codebook", "vector") or q.dtype != DType.FLOAT32:
         return False
     codes = np.asarray(q.codes)
     codes = codes.astype(np.int8 if q.signed else np.uint8)
@@ -251,6 +253,20 @@ def _affine_dequant_nodes(v: Value, ctx: edgec_ops.ExpandContext) -> bool:
         x = ctx.node(op, [x, ctx.const(cname, arr)], [v.name] if last else None)
     if q.group_size:
         ctx.node("Reshape", [x, ctx.const(v.name + "__shape", np.array(shape, np.int64))], [v.name])
+    return True
+
+
+def _vector_dequant_nodes(v: Value, ctx: edgec_ops.ExpandContext) -> bool:
+    """``v``'s vector-quantized weight as codes + Gather from the flattened codebooks (exact: a copy)."""
+    q = v.const
+    g, n, d = q.codebook.shape
+    rows, k = q.shape
+    codes = np.asarray(q.codes).reshape(rows, g, q.group_size // d)
+    idx = ctx.node("Cast", [ctx.const(v.name + "__codes", codes)], to=onnx.TensorProto.INT64)
+    idx = ctx.node("Add", [idx, ctx.const(v.name + "__base", (np.arange(g, dtype=np.int64) * n).reshape(1, g, 1))])
+    cb = ctx.const(v.name + "__codebook", np.ascontiguousarray(np.asarray(q.codebook, np.float32).reshape(g * n, d)))
+    x = ctx.node("Gather", [cb, idx], axis=0)
+    ctx.node("Reshape", [x, ctx.const(v.name + "__shape", np.array([rows, k], np.int64))], [v.name])
     return True
 
 

@@ -16,8 +16,8 @@ import numpy as np
 
 from .dtypes import DType, code_range
 
-Scheme = Literal["symmetric", "asymmetric", "affine", "codebook"]
-SCHEMES = ("symmetric", "asymmetric", "affine", "codebook")
+Scheme = Literal["symmetric", "asymmetric", "affine", "codebook", "vector"]
+SCHEMES = ("symmetric", "asymmetric", "affine", "codebook", "vector")
 
 
 def release_pages(a: np.ndarray) -> None:
@@ -107,6 +107,13 @@ class QuantizedTensor:
       * ``codebook``:   ``w = codebook[codes]`` per tensor (codebook ``[n]``), per channel along ``axis``
         (``[C, n]``), or per group of ``group_size`` along ``group_axis`` within each channel of a 2-D weight
         (``[C, K / group_size, n]``); times ``scale`` when scales are given (e.g. NF4 absmax scaling).
+      * ``vector``:     vector quantization of a 2-D weight ``[O, K]``: each run of ``vector_dim`` consecutive
+        elements of a row is one code, ``codes [O, K / vector_dim]``, and
+        ``w[o, k0:k0+d] = codebook[g, codes[o, k0 / d]]`` with one codebook ``[n, d]`` per group of
+        ``group_size`` columns (all rows), ``codebook [K / group_size, n, d]``, ``group_axis=1``. ``bits`` is
+        the width of one index (``vector_dim * bits_per_weight``, up to 16); ``codebook_bits`` says how the
+        codebook is stored: 16 (every entry a float16 value) or 8 (every entry ``int8 * 2**e`` with one
+        exponent per codebook, exact in float16 too); None counts the array as it is.
 
     ``scales`` (and ``zero_points``) have the same rank as ``codes``; each dimension is 1 (shared), the
     full extent (per element/channel) or ``extent / group_size`` along ``group_axis`` (group-wise).
@@ -132,10 +139,19 @@ class QuantizedTensor:
     offsets: np.ndarray | None = None
     layout: str | None = None
     layout_params: dict | None = None
+    vector_dim: int = 1
+    codebook_bits: int | None = None
 
     @property
     def shape(self) -> tuple[int, ...]:
+        if self.vector_dim > 1:
+            return tuple(self.codes.shape[:-1]) + (self.codes.shape[-1] * self.vector_dim,)
         return tuple(self.codes.shape)
+
+    @property
+    def bits_per_weight(self) -> float:
+        """Index bits per weight element (codebooks, scales and zero points not counted: see :attr:`nbytes`)."""
+        return self.bits / self.vector_dim
 
     @property
     def signed(self) -> bool:
@@ -148,10 +164,13 @@ class QuantizedTensor:
         block = _LAYOUT_BLOCKS.get(self.layout or "")
         if block is not None:
             return int(np.prod(self.shape, dtype=np.int64)) // block[0] * block[1]
-        n = (int(np.prod(self.shape, dtype=np.int64)) * self.bits + 7) // 8
+        n = (int(np.prod(self.codes.shape, dtype=np.int64)) * self.bits + 7) // 8
         for p in (self.scales, self.zero_points, self.codebook, self.offsets):
             if p is not None:
-                n += p.nbytes
+                n += p.nbytes if (p is not self.codebook or not self.codebook_bits) \
+                    else (p.size * self.codebook_bits + 7) // 8
+        if self.codebook_bits == 8 and self.codebook is not None:
+            n += int(np.prod(self.codebook.shape[:-2])) if self.scheme == "vector" else 1  # the exponents
         return n
 
     def params(self) -> dict[str, np.ndarray]:
@@ -169,6 +188,8 @@ class QuantizedTensor:
             return np.ascontiguousarray(p[idx])
         if self.scheme == "codebook" and self.codebook is not None and self.codebook.ndim > 1 and self.axis != 0:
             raise ValueError("cannot reorder rows of a codebook tensor whose palettes are not per row")
+        if self.scheme == "vector":  # codebooks are shared by all rows
+            return dataclasses.replace(self, codes=np.ascontiguousarray(self.codes[idx]))
         lp = None if self.layout_params is None else {k: pick(v) for k, v in self.layout_params.items()}
         return dataclasses.replace(self, codes=np.ascontiguousarray(self.codes[idx]), scales=pick(self.scales),
                                    zero_points=pick(self.zero_points), offsets=pick(self.offsets),
@@ -182,8 +203,8 @@ class QuantizedTensor:
         if self.scheme not in SCHEMES:
             errs.append(f"scheme {self.scheme!r} is not one of {SCHEMES}")
             return errs
-        if not 1 <= self.bits <= 8:
-            errs.append(f"bits must be 1..8, got {self.bits}")
+        if not 1 <= self.bits <= (16 if self.scheme == "vector" else 8):
+            errs.append(f"bits must be 1..{16 if self.scheme == 'vector' else 8}, got {self.bits}")
             return errs
         if self.codes.dtype.kind not in "iu":
             errs.append(f"codes must be integers, got {self.codes.dtype}")
@@ -199,6 +220,10 @@ class QuantizedTensor:
                 errs.append(
                     f"group_size={self.group_size} does not divide dim {self.group_axis} "
                     f"(extent {self.shape[self.group_axis]})")
+        if self.scheme == "vector":
+            return errs + self._vector_errors()
+        if self.vector_dim != 1:
+            errs.append(f"vector_dim={self.vector_dim} needs the vector scheme")
         if self.scheme == "codebook":
             if self.codebook is None:
                 errs.append("codebook scheme needs a codebook")
@@ -246,9 +271,37 @@ class QuantizedTensor:
                     errs.append(f"{pname} dim {d} has extent {ps}; allowed {sorted(expected)}")
         return errs
 
+    def _vector_errors(self) -> list[str]:
+        errs = []
+        d, cb = self.vector_dim, self.codebook
+        if self.codes.ndim != 2:
+            return [f"vector quantization needs a 2-D weight (codes [O, K / vector_dim]); codes have rank "
+                    f"{self.codes.ndim}"]
+        if d < 1:
+            return [f"vector_dim must be positive, got {d}"]
+        if cb is None or cb.ndim != 3 or cb.shape[-1] != d:
+            return [f"a vector codebook has shape [groups, entries, vector_dim={d}]; got "
+                    f"{None if cb is None else list(cb.shape)}"]
+        k = self.shape[1]
+        if self.group_axis != 1 or not self.group_size or self.group_size % d or k % self.group_size:
+            errs.append(f"group_size={self.group_size} (group_axis={self.group_axis}) must be a multiple of "
+                        f"vector_dim={d} dividing K={k}, along group_axis=1")
+        elif cb.shape[0] != k // self.group_size:
+            errs.append(f"the codebook has {cb.shape[0]} groups; K / group_size = {k // self.group_size}")
+        if cb.shape[1] > (1 << self.bits):
+            errs.append(f"codebook has {cb.shape[1]} entries, more than 2**bits={1 << self.bits}")
+        if self.codes.size and (self.codes.min() < 0 or self.codes.max() >= cb.shape[1]):
+            errs.append(f"codes index outside the codebook's {cb.shape[1]} entries")
+        if self.axis is not None or any(p is not None for p in (self.scales, self.zero_points, self.offsets)):
+            errs.append("a vector-quantized tensor carries no axis, scales, zero points or offsets")
+        errs += codebook_storage_errors(cb, self.codebook_bits)
+        return errs
+
     def dequantize(self) -> np.ndarray:
         """The exact values this quantized tensor stands for, in ``dtype``."""
         out_dt = self.dtype.numpy
+        if self.scheme == "vector":
+            return decode_vectors(self.codes, self.codebook, self.group_size).astype(out_dt)
         if self.scheme == "codebook":
             cb = self.codebook.astype(np.float32)
             if cb.ndim == 1:
@@ -296,6 +349,8 @@ class QuantizedTensor:
         for k, p in self.params().items():
             h.update(k.encode() + np.ascontiguousarray(p).tobytes())
         h.update(f"{self.bits}{self.scheme}{self.axis}{self.group_size}{self.group_axis}{self.layout}".encode())
+        if self.vector_dim > 1 or self.codebook_bits:
+            h.update(f"v{self.vector_dim}c{self.codebook_bits}".encode())
         return h.hexdigest()[:16]
 
     def describe(self) -> dict:
@@ -304,11 +359,52 @@ class QuantizedTensor:
             "bits": self.bits, "scheme": self.scheme, "axis": self.axis, "group_size": self.group_size,
             "group_axis": self.group_axis, "method": self.method, "bytes": self.nbytes,
             **({"layout": self.layout} if self.layout else {}),
+            **({"vector_dim": self.vector_dim, "bits_per_weight": self.bits_per_weight,
+                "codebook_bits": self.codebook_bits} if self.scheme == "vector" else {}),
         }
 
     def __repr__(self) -> str:
         g = f", group={self.group_size}" if self.group_size else ""
+        if self.scheme == "vector":
+            return f"QuantizedTensor(vector {self.vector_dim}D {self.bits}b-index {list(self.shape)}{g})"
         return f"QuantizedTensor({self.scheme} {self.bits}b {list(self.shape)}, axis={self.axis}{g})"
+
+
+def decode_vectors(codes: np.ndarray, codebook: np.ndarray, group_size: int) -> np.ndarray:
+    """``[O, K]`` float32 from vector codes ``[O, K / d]`` and codebooks ``[K / group_size, n, d]``."""
+    g, n, d = codebook.shape
+    rows = codes.shape[0]
+    per = group_size // d
+    flat = np.asarray(codebook, np.float32).reshape(g * n, d)
+    idx = codes.astype(np.int64).reshape(rows, g, per) + (np.arange(g, dtype=np.int64) * n)[None, :, None]
+    return flat[idx].reshape(rows, g * group_size)
+
+
+def pow2_int8(codebook: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """Each codebook (leading axis) as ``int8 * 2**e``: the exponent per codebook (the smallest with every
+    entry within +-127 steps) and the rounded values (float32, exact in float16 while in its range)."""
+    cb = np.asarray(codebook, np.float32)
+    lead = cb.reshape(cb.shape[0], -1)
+    amax = np.abs(lead).max(1)
+    e = np.ceil(np.log2(np.where(amax > 0, amax, 1.0) / 127.0)).astype(np.int32)
+    e = np.clip(e, -24, 9)  # float16 holds every int8 * 2**e for -24 <= e <= 9 (127 * 2**9 < 65504)
+    step = np.ldexp(1.0, e).astype(np.float32)
+    q = np.clip(np.round(lead / step[:, None]), -127, 127)
+    return e, (q * step[:, None]).astype(np.float32).reshape(cb.shape)
+
+
+def codebook_storage_errors(cb: np.ndarray, codebook_bits: int | None) -> list[str]:
+    """How a codebook breaks its declared storage (``codebook_bits`` 16: float16 values; 8: int8 * 2**e)."""
+    if codebook_bits is None:
+        return []
+    a = np.asarray(cb, np.float32)
+    if codebook_bits == 16:
+        return [] if np.array_equal(a.astype(np.float16).astype(np.float32), a) else \
+            ["codebook_bits=16 but some codebook entries are not float16 values"]
+    if codebook_bits == 8:
+        return [] if np.array_equal(pow2_int8(a)[1], a) else \
+            ["codebook_bits=8 but some codebook entries are not int8 * 2**e (one exponent per codebook)"]
+    return [f"codebook_bits must be 8, 16 or unset, got {codebook_bits}"]
 
 
 @dataclasses.dataclass(frozen=True)

@@ -82,6 +82,10 @@ def _const_json(c: Tensor | QuantizedTensor, elide: bool, sink: Sink = None) -> 
         "group_axis": c.group_axis, "dtype": c.dtype.short, "method": c.method}}
     if c.layout:
         d["quant"]["layout"] = c.layout
+    if c.vector_dim != 1:
+        d["quant"]["vector_dim"] = c.vector_dim
+    if c.codebook_bits:
+        d["quant"]["codebook_bits"] = c.codebook_bits
     d["codes"] = _array(c.codes, DType.from_numpy(c.codes.dtype), elide, sink)
     for k, p in c.params().items():
         d[k] = _array(p, DType.from_numpy(p.dtype), elide, sink)
@@ -224,7 +228,8 @@ def _const_from(d: dict, source: Source = None) -> Tensor | QuantizedTensor:
     return QuantizedTensor(codes=_from_array(d["codes"], source)[0], bits=q["bits"], scheme=q["scheme"], axis=q["axis"],
                            group_size=q["group_size"], group_axis=q["group_axis"],
                            dtype=DType.from_short(q["dtype"]), method=q.get("method", "rtn"),
-                           layout=q.get("layout"), layout_params=lp or None, **params)
+                           layout=q.get("layout"), layout_params=lp or None, vector_dim=q.get("vector_dim", 1),
+                           codebook_bits=q.get("codebook_bits"), **params)
 
 
 def _attr_from(a: Any) -> Any:

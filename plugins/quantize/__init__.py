@@ -1,10 +1,11 @@
-"""Built-in quantization passes: weight quantization, activation calibration, SmoothQuant."""
+"""Built-in quantization passes: weight quantization, vector quantization, activation calibration, SmoothQuant."""
 
 from ...hookspecs import hookimpl
 from .activations import QuantizeActivations, SmoothQuant
 from .quantize import Quantize
+from .vq import VectorQuantize
 
-PASSES = (Quantize, QuantizeActivations, SmoothQuant)
+PASSES = (Quantize, VectorQuantize, QuantizeActivations, SmoothQuant)
 
 
 @hookimpl

@@ -238,7 +238,8 @@ class Quantize(Pass):
         model.graph.remove_unused_consts()
         return True
 
-    def _groups(self, model: Model, layers: list[Layer]) -> list[list[Layer]]:
+    @staticmethod
+    def _groups(model: Model, layers: list[Layer]) -> list[list[Layer]]:
         """Layers reading the same input, in graph order of their first member."""
         out: dict[int, list[Layer]] = {}
         for l in layers:
@@ -246,7 +247,8 @@ class Quantize(Pass):
             out.setdefault(key, []).append(l)
         return list(out.values())
 
-    def _hessian(self, layer: Layer, xs: list[np.ndarray] | None, perm: np.ndarray | None = None):
+    @staticmethod
+    def _hessian(layer: Layer, xs: list[np.ndarray] | None, perm: np.ndarray | None = None):
         """``X^T X / rows`` in float32 (columns in ``perm`` order if given), accumulated sample by sample
         into one K x K buffer."""
         from scipy.linalg import blas
@@ -379,7 +381,8 @@ class Quantize(Pass):
             note = note or "group-wise grid not possible for this weight; used per channel"
         return self._replace(model, layer, q, w, h, xs, note)
 
-    def _replace(self, model: Model, layer: Layer, q: QuantizedTensor, w: np.ndarray, h, xs, note: str) -> dict:
+    @staticmethod
+    def _replace(model: Model, layer: Layer, q: QuantizedTensor, w: np.ndarray, h, xs, note: str) -> dict:
         sparsity = layer.weight.sparsity
         if sparsity is not None:
             q, lost = keep_zeros(q, w == 0)
@@ -401,7 +404,7 @@ class Quantize(Pass):
             num, den = quad(d, h), quad(as_matrix(w), h)
             rel = float(np.sqrt(max(num, 0.0) / den)) if den > 0 else None
         else:
-            rel = self._output_error(layer, xs, w, deq) if layer.kind != "embedding" else None
+            rel = Quantize._output_error(layer, xs, w, deq) if layer.kind != "embedding" else None
         rep = {"node": layer.node.name, "op": layer.node.qualified_op, "role": layer.role, "bits": q.bits,
                "method": q.method, "scheme": q.scheme, "group_size": q.group_size, "shape": list(w.shape),
                "sqnr_db": round(sqnr_db(w, deq), 3), "rel_output_error": rel, "bytes_before": int(w.nbytes),

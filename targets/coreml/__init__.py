@@ -34,7 +34,7 @@ from .builder import DEPLOYMENTS, LOWERINGS, MILBuilder, ct_modules, mil_name, o
 from .weights import old_opset_problem
 
 _QUANT = frozenset({(s, b) for s in ("symmetric", "asymmetric") for b in (4, 8)}
-                   | {("codebook", b) for b in range(1, 9)})
+                   | {("codebook", b) for b in range(1, 9)} | {("vector", b) for b in range(1, 9)})
 
 
 def _stable_package_ids(path: str) -> None:

@@ -15,6 +15,8 @@ codebook x scales       ``constexpr_lut_to_dense``, one LUT per      --
                         scale block (see ``_lut``)
 codebook, pruned        ``constexpr_lut_to_sparse`` +                --
                         ``constexpr_sparse_to_dense``
+vector (vq)             ``constexpr_lut_to_dense`` with              --
+                        ``vector_axis``: LUT ``[1, G, 2**nb, d]``
 ======================  ===========================================  ==========================================
 
 Every encoding is checked after saving: the package is re-loaded and each weight decoded by coremltools
@@ -50,6 +52,8 @@ def old_opset_problem(name: str, q) -> str | None:
     if not isinstance(q, QuantizedTensor):
         return None
     hint = "use deployment=ios18 or macos15"
+    if q.scheme == "vector":
+        return f"weight {name!r}: vector palettes need the iOS18 opset; {hint}"
     if q.scheme == "codebook":
         if np.asarray(q.codebook).ndim != 1 or q.scales is not None:
             return (f"weight {name!r}: per-channel, per-group or scaled palettes need the iOS18 opset; {hint}, or "
@@ -87,6 +91,8 @@ class WeightEncoder:
             return Encoded(w, "fp16")
         if q.scheme == "codebook":
             return self._palette(v, q, sparse, name)
+        if q.scheme == "vector":
+            return self._vector(v, q, name)
         if q.scheme in ("symmetric", "asymmetric") and q.bits in (4, 8):
             return self._blockwise(v, q, sparse, name)
         raise UnsupportedError(f"weight {v.name!r}: the coreml target stores {q.bits}-bit {q.scheme} grids only "
@@ -207,6 +213,22 @@ class WeightEncoder:
             return Encoded(mb.constexpr_sparse_to_dense(nonzero_data=nz, mask=mask, name=name),
                            "sparse+" + kind, name)
         return Encoded(mb.constexpr_lut_to_dense(indices=codes.astype(idx_dt), lut=lut, name=name), kind, name)
+
+    def _vector(self, v: Value, q: QuantizedTensor, name: str) -> Encoded:
+        """Vector palettization: indices ``[O, K / d]`` (uint1..uint8), one LUT ``[2**nb, d]`` per group of
+        columns, ``lut [1, G, 2**nb, d]`` with ``vector_axis=1`` (entries padded with zeros up to 2**nb)."""
+        types = self.types
+        if not self.ios18:
+            raise UnsupportedError(old_opset_problem(v.name, q))
+        nb = _index_bits(q.bits)
+        cb = np.asarray(q.codebook, np.float32)
+        g, n, d = cb.shape
+        lut = np.concatenate([cb, np.zeros((g, (1 << nb) - n, d), np.float32)], axis=1)[None]
+        idx_dt = {1: types.np_uint1_dtype, 2: types.np_uint2_dtype, 3: types.np_uint3_dtype,
+                  4: types.np_uint4_dtype, 6: types.np_uint6_dtype, 8: np.uint8}[nb]
+        out = self.mb.constexpr_lut_to_dense(indices=np.asarray(q.codes).astype(idx_dt), lut=to_fp16(lut),
+                                             vector_axis=np.int32(1), name=name)
+        return Encoded(out, f"vector{d}d-palette{q.bits}", name)
 
     def _palette_ios16(self, v: Value, q: QuantizedTensor, codes: np.ndarray, name: str, sparse=None) -> Encoded:
         from coremltools.optimize._utils import pack_elements_into_bits

@@ -23,7 +23,8 @@ from ...target import Artifact, Capabilities, Target
 from .relax_builder import RelaxBuilder, pack_codes, supported_ops
 
 _TRIPLES = {"x86_64": "x86_64-linux-gnu", "aarch64": "aarch64-linux-gnu"}
-_QUANT = frozenset({(s, b) for s in ("symmetric", "asymmetric", "affine") for b in range(2, 9)})
+_QUANT = frozenset({(s, b) for s in ("symmetric", "asymmetric", "affine") for b in range(2, 9)}
+                   | {("vector", b) for b in range(1, 17)})
 
 
 def _tvm():
@@ -62,6 +63,9 @@ class CpuTarget(Target):
                     or (u.node.qualified_op == "Gather" and u.index == 0) for u in v.uses):
                 problems.append(f"weight {v.name!r}: quantized weights are carried only as Linear/Conv weights "
                                 "and Gather tables")
+            elif isinstance(v.const, QuantizedTensor) and v.const.scheme == "vector" and not all(
+                    u.node.qualified_op == "edgec::Linear" for u in v.uses):
+                problems.append(f"weight {v.name!r}: vector-quantized weights are carried only as Linear weights")
         return problems
 
     def tvm_target(self):
@@ -101,7 +105,12 @@ class CpuTarget(Target):
                 files.append("model.so")
         packed = {}
         for v in model.graph.initializers.values():
-            if isinstance(v.const, QuantizedTensor):
+            if isinstance(v.const, QuantizedTensor) and v.const.scheme == "vector":
+                q = v.const
+                packed[v.name] = {"stored_dtype": "uint8" if q.bits <= 8 else "uint16",
+                                  "stored_bytes": int(q.codes.size * (1 if q.bits <= 8 else 2) + q.codebook.size * 4),
+                                  "codebook": list(q.codebook.shape)}
+            elif isinstance(v.const, QuantizedTensor):
                 arr, per_byte = pack_codes(v.const)
                 packed[v.name] = {"stored_dtype": str(arr.dtype), "stored_bytes": int(arr.nbytes),
                                   "codes_per_byte": per_byte}

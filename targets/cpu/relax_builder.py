@@ -2,7 +2,8 @@
 
 Shapes must be static (the compiler fixes input shapes before lowering). Quantized ``edgec::Linear``
 weights stay packed integer constants (int4 two per byte) and are dequantized inside the generated
-matmul kernel, which is written in TE so dequantization and accumulation are one loop nest.
+matmul kernel, which is written in TE so dequantization and accumulation are one loop nest; vector-quantized
+weights stay indices + codebooks, gathered from the codebook inside the matmul.
 """
 
 from __future__ import annotations
@@ -372,11 +373,11 @@ def _quantized_linear(b: RelaxBuilder, n: Node, x: Value, q: QuantizedTensor, bi
 
     if q.scheme == "codebook" or q.codes.ndim != 2 or q.axis not in (0, None) or (q.group_size and q.group_axis != 1):
         raise UnsupportedError(f"node {n.name!r}: the cpu target encodes per-channel or group-wise (along the input "
-                               f"axis) affine weights; {q!r} is not one of them")
+                               f"axis) affine weights and vector codebooks; {q!r} is not one of them")
     N, K = q.shape
     xs = x.static_shape
     M = int(np.prod(xs[:-1]))
-    consts, element = _dequant_te(q, b)
+    consts, element = _vector_te(q, b) if q.scheme == "vector" else _dequant_te(q, b)
 
     def compute(X, *params):
         k = te.reduce_axis((0, K), "k")
@@ -388,6 +389,23 @@ def _quantized_linear(b: RelaxBuilder, n: Node, x: Value, q: QuantizedTensor, bi
     if bias is not None:
         y = b.emit(_op().add(y, b.get(bias)))
     return b.emit(_op().reshape(y, list(xs[:-1]) + [N]))
+
+
+def _vector_te(q: QuantizedTensor, b: RelaxBuilder):
+    """A vector-quantized weight as Relax constants (indices ``[O, K / d]`` u8 / u16, codebooks flattened to
+    ``[G * n, d]`` float32) and a TE function gathering one element from the codebook inside the matmul:
+    ``w[row, k] = CB[(k // group) * n + codes[row, k // d], k % d]``, the exact entry."""
+    g, n, d = q.codebook.shape
+    gs = q.group_size
+    codes = np.ascontiguousarray(np.asarray(q.codes).astype(np.uint8 if q.bits <= 8 else np.uint16))
+    book = np.ascontiguousarray(np.asarray(q.codebook, np.float32).reshape(g * n, d))
+    consts = [b.relax.const(codes, str(codes.dtype)), b.relax.const(book, "float32")]
+
+    def element(params, row, kk):
+        c = params[0][row, kk // d].astype("int32")
+        return params[1][(kk // gs) * n + c, kk % d]
+
+    return consts, element
 
 
 def _dequant_te(q: QuantizedTensor, b: RelaxBuilder):
@@ -430,8 +448,8 @@ def _dequant_te(q: QuantizedTensor, b: RelaxBuilder):
 
 def _quantized_conv(b: RelaxBuilder, n: Node, q: QuantizedTensor):
     from tvm import te, topi
-    if q.scheme == "codebook":
-        raise UnsupportedError(f"node {n.name!r}: the cpu target does not encode codebook conv weights")
+    if q.scheme in ("codebook", "vector"):
+        raise UnsupportedError(f"node {n.name!r}: the cpu target does not encode {q.scheme} conv weights")
     o, i, kh, kw = q.shape
     consts, element = _dequant_te(q, b)
     strides, dil, groups = n.attr("strides", [1, 1]), n.attr("dilations", [1, 1]), n.attr("group", 1)
@@ -448,7 +466,7 @@ def _quantized_conv(b: RelaxBuilder, n: Node, q: QuantizedTensor):
 
 def _quantized_gather(b: RelaxBuilder, n: Node, q: QuantizedTensor):
     from tvm import te
-    if q.scheme == "codebook" or q.codes.ndim != 2 or n.attr("axis", 0) != 0:
+    if q.scheme in ("codebook", "vector") or q.codes.ndim != 2 or n.attr("axis", 0) != 0:
         raise UnsupportedError(f"node {n.name!r}: the cpu target encodes affine 2-D embedding tables only")
     rows, dim = q.shape
     consts, element = _dequant_te(q, b)

@@ -6,7 +6,8 @@ The model is built op by op with OpenVINO's opset API (``builder.py``). Weight f
 * edgec's quantized weights, carried exactly: symmetric grids as i8 (5-8 bits) / i4 (2-4 bits) codes,
   asymmetric as u8 / u4 codes with u8 / u4 zero points, per channel or group-wise, GGUF-style affine grids
   (codes * scale + offset), NF4 (``nf4`` element type when the codebook is OpenVINO's, else a Gather),
-  and k-means codebooks (Gather). For MatMul layers the CPU plugin keeps these compressed in memory;
+  k-means codebooks (Gather), and vector-quantized weights (``vq``: u4/u8/u16 indices Gather'ed from the
+  flattened ``[groups * entries, dim]`` codebooks, float16 when exact). For MatMul layers the CPU plugin keeps these compressed in memory;
   Convolution weights are decompressed when the model is compiled (disk saving only);
 * activation quantization from calibration (``quantize{activations=...}``) as FakeQuantize, which the
   CPU plugin executes in int8.
@@ -33,7 +34,8 @@ from ...target import Artifact, Capabilities, Target
 from .builder import OVBuilder, _ov, supported_ops
 
 RT_KEY = "edgec_metadata"
-_QUANT = frozenset({(s, b) for s in ("symmetric", "asymmetric", "affine", "codebook") for b in range(2, 9)})
+_QUANT = frozenset({(s, b) for s in ("symmetric", "asymmetric", "affine", "codebook") for b in range(2, 9)}
+                   | {("vector", b) for b in range(1, 17)})
 
 
 def _stable_names(m) -> None:

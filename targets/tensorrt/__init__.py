@@ -174,6 +174,9 @@ def _weight_problems(v: Value) -> list[str]:
         return []  # embedding tables: written dequantized (TensorRT has no quantized Gather)
     if not uses <= {("edgec::Linear", 1), ("Conv", 1)}:
         return ["quantized weights are carried only as Linear / Conv weights and Gather tables"]
+    if q.scheme == "vector":
+        return ["vector-quantized (vq) weights have no TensorRT encoding (it has int8 / int4 grids); compile them "
+                "for cpu, openvino or coreml, or quantize with quantize{method=gptq}"]
     if q.scheme not in ("symmetric", "asymmetric") or q.offsets is not None or q.layout:
         return [f"{q.layout or q.scheme} grids have no TensorRT encoding; quantize with scheme=symmetric "
                 "(int8 per channel) or 2-4 bit groups on Linear layers"]

@@ -77,3 +77,25 @@ def test_eval_runs_openvino_artifacts(tiny_gguf, tmp_path):
     assert bad.exit_code != 0 and "needs a GGUF file or a GGUF artifact" in bad.output
     bad = CliRunner().invoke(main, ["eval", tiny_gguf, "--perplexity", TEXT, "--engine", "openvino"])
     assert bad.exit_code != 0 and "--engine openvino runs OpenVINO artifacts only" in bad.output
+
+
+def test_vq_language_model_runs_on_openvino_and_gguf_refuses_it(tiny_gguf, tmp_path):
+    """GPTVQ on a (tiny) llama: the OpenVINO artifact carries the vector codebooks and passes --verify against
+    the reference executor; the gguf target, whose block formats have no vector codebooks, refuses the model
+    before writing anything."""
+    import warnings
+
+    from edgec.compiler import compile
+    from edgec.errors import EdgecError
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        r = compile(tiny_gguf, "openvino", "vq{dim=2,bits_per_weight=2,codebook_bits=8}", str(tmp_path / "ov"),
+                    calib="random", verify=True)
+    assert r.manifest["verification"]["passed"], r.manifest["verification"]
+    enc = r.manifest["target"]["weight_encodings"]
+    assert sum(e.startswith("vector codebook[16x2]") for e in enc.values()) >= 7, enc  # every projection
+    with pytest.raises(EdgecError, match="vector .* is not on a GGUF block grid"):
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            compile(tiny_gguf, "gguf", "vq{dim=2,bits_per_weight=2}", str(tmp_path / "gguf"), calib="random")
+    assert not (tmp_path / "gguf").exists()

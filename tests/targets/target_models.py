@@ -91,3 +91,35 @@ def export_example(name: str, path) -> str:
         torch.onnx.export(mod, ex, str(path), dynamo=False, opset_version=17, input_names=names,
                           output_names=["out"])
     return str(path)
+
+
+def vector_tensor(shape=(24, 64), dim=2, bits=4, group=32, codebook_bits=16, seed=0) -> QuantizedTensor:
+    """A random valid vector-quantized weight (codes and codebooks drawn, not fitted): enough to check that a
+    target carries the encoding bit for bit (the vq pass is tested with the quantization plugins)."""
+    from edgec.ir.tensor import pow2_int8
+    rng = np.random.default_rng(seed)
+    o, k = shape
+    cb = rng.standard_normal((k // group, 1 << bits, dim)).astype(np.float32)
+    cb = pow2_int8(cb)[1] if codebook_bits == 8 else cb.astype(np.float16).astype(np.float32) \
+        if codebook_bits == 16 else cb
+    codes = rng.integers(0, 1 << bits, (o, k // dim)).astype(np.uint8 if bits <= 8 else np.uint16)
+    q = QuantizedTensor(codes=codes, bits=bits, scheme="vector", codebook=cb, group_size=group, group_axis=1,
+                        vector_dim=dim, method="gptvq", codebook_bits=codebook_bits if codebook_bits < 32 else None)
+    assert q.validate() == [], q.validate()
+    return q
+
+
+VECTOR_CASES = [dict(), dict(dim=4, bits=8, group=64, codebook_bits=8), dict(dim=2, bits=5, group=32, shape=(16, 64)),
+                dict(dim=8, bits=3, group=64, codebook_bits=32)]
+
+
+def decode_model(q: QuantizedTensor) -> tuple[ir.Model, dict[str, np.ndarray]]:
+    """``y = x W^T`` with no bias, and the feed ``x = I``: the output is the weight the artifact decodes,
+    exactly (every output element is one product with 1.0 plus exact zeros)."""
+    g = ir.Graph()
+    n, k = q.shape
+    x = g.add_input("x", ir.DType.FLOAT32, (k, k))
+    g.outputs.append(g.op("Linear", [x, g.add_const("w", q)], domain="edgec", name="fc").output)
+    m = ir.Model(g, {"": 17, "edgec": 1})
+    ir.infer_shapes(m)
+    return m, {"x": np.eye(k, dtype=np.float32)}

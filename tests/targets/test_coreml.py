@@ -17,6 +17,7 @@ from edgec.host import host  # noqa: E402
 from edgec.ir.passes import PassContext, PassManager, parse_pipeline  # noqa: E402
 from edgec.plugins.cleanup import DEFAULT_CLEANUP  # noqa: E402
 from edgec.targets.coreml import CoreMLTarget  # noqa: E402
+from target_models import VECTOR_CASES, decode_model, vector_tensor  # noqa: E402
 
 F16 = "scale_dtype=f16"
 
@@ -107,6 +108,33 @@ def test_sub_byte_and_sparse_storage_is_real(pipe, bits_per_weight, tmp_path):
     size = blob.stat().st_size
     ideal = 512 * 512 * bits_per_weight / 8
     assert ideal <= size <= ideal * 1.1 + 4096, (size, ideal)
+
+
+@pytest.mark.parametrize("case", [c for c in VECTOR_CASES if c.get("codebook_bits", 16) != 32])
+def test_vector_palettes_decode_bit_exactly(case, tmp_path):
+    """vq weights become ``constexpr_lut_to_dense`` with a vector axis (one LUT per column group); coremltools'
+    own decoder gives the IR's weight bit for bit (float16 codebooks: exact), and the evaluator runs it."""
+    from edgec.targets.coreml import check_package
+    from edgec.targets.coreml.evaluate import constexpr_value, load_program
+    q = vector_tensor(**case)
+    m, feeds = decode_model(q)
+    t = CoreMLTarget()
+    assert t.check(m) == []
+    art = t.emit(m, str(tmp_path), PassContext())
+    assert art.manifest["compressed_weights"]["w"] == f"vector{q.vector_dim}d-palette{q.bits}"
+    prog = load_program(str(tmp_path / "model.mlpackage"))
+    op = next(o for o in prog.functions["main"].operations if o.op_type == "constexpr_lut_to_dense")
+    assert op.vector_axis.val == 1 and op.lut.shape[-1] == q.vector_dim
+    assert np.array_equal(np.asarray(constexpr_value(op)), q.dequantize().astype(np.float16))
+    assert check_package(str(tmp_path / "model.mlpackage"), m, {"w": op.name}) == 1
+    assert np.array_equal(t.run_artifact(str(tmp_path), feeds)[0], q.dequantize().T.astype(np.float16).astype(np.float32))
+
+
+def test_vector_palettes_need_ios18_and_at_most_8_index_bits():
+    m, _ = decode_model(vector_tensor())
+    assert any("vector palettes need the iOS18 opset" in p for p in CoreMLTarget(deployment="ios17").check(m))
+    m, _ = decode_model(vector_tensor(shape=(64, 128), bits=10, group=64))
+    assert any("10-bit indices) cannot be encoded by this target" in p for p in CoreMLTarget().check(m))
 
 
 def test_old_opsets_refuse_what_they_cannot_store_before_emitting(tiny_cnn_path, tmp_path):

@@ -11,7 +11,7 @@ from edgec.ir import QuantizedTensor
 from edgec.targets.cpu import CpuTarget
 from edgec.targets.cpu.relax_builder import pack_codes
 
-from target_models import linear_model, lowering_zoo, quantize_rtn
+from target_models import VECTOR_CASES, decode_model, linear_model, lowering_zoo, quantize_rtn, vector_tensor
 
 pytest.importorskip("tvm")
 
@@ -81,6 +81,28 @@ def test_unsupported_quantization_is_reported_before_lowering():
     problems = CpuTarget().check(ir.Model(g, {"": 17, "edgec": 1}))
     assert any("codebook 2-bit quantization cannot be encoded" in p for p in problems)
     assert any("'w2': quantized weights are carried only as Linear/Conv weights" in p for p in problems)
+
+
+@pytest.mark.parametrize("case", VECTOR_CASES)
+def test_vector_codebooks_gathered_inside_the_matmul_decode_bit_exactly(case, tmp_path):
+    """vq weights stay indices + codebooks in the library (the manifest's stored bytes) and the matmul kernel
+    gathers each element from the codebook: y = I W^T returns the IR's weight bit for bit."""
+    q = vector_tensor(**case)
+    m, feeds = decode_model(q)
+    t = CpuTarget()
+    assert t.check(m) == []
+    art = t.emit(m, str(tmp_path), None)
+    stored = art.manifest["packed_weights"]["w"]
+    assert stored["codebook"] == list(q.codebook.shape) and stored["stored_dtype"] == "uint8"
+    assert np.array_equal(t.run_artifact(str(tmp_path), feeds, ["x"])[0], q.dequantize().T)
+
+
+def test_vector_weights_outside_linear_are_refused():
+    g = ir.Graph()  # an embedding table (quantized Gather tables are carried when affine)
+    ids = g.add_input("ids", ir.DType.INT64, (1, 5))
+    g.outputs.append(g.op("Gather", [g.add_const("w", vector_tensor(shape=(64, 64))), ids], name="emb").output)
+    problems = CpuTarget().check(ir.Model(g, {"": 17, "edgec": 1}))
+    assert any("'w': vector-quantized weights are carried only as Linear weights" in p for p in problems)
 
 
 def test_fused_matmul_add_relu_regression(tmp_path):

