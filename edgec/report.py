@@ -37,6 +37,8 @@ def _num(v: Any) -> float | None:
 def _encoding(row: dict) -> str:
     if "bits" in row and row.get("scheme"):
         s = row["scheme"]
+        if s == "vector":
+            return f"vq{row.get('vector_dim', '?')}d-{row.get('bits_per_weight', '?')}b"
         return ("palette" if s == "codebook" else "int" if s == "symmetric" else s) + str(row["bits"])
     return row.get("dtype") or "?"
 
