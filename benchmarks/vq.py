@@ -7,9 +7,11 @@ One run, one machine, the same text for every row:
   embedding and the tied output head stay float in every row (they are the same for all methods);
 * GPTQ: ``quantize{method=gptq,scheme=asymmetric,scale_dtype=f16,bits=B[,group=G],head_bits=0,embedding_bits=0}``
   at 2 bits per channel, 2 bits with groups of 32, and 3 bits per channel: the budgets ~2, ~2.5 and ~3;
-* vq: ``vq{dim=D,bits_per_weight=b,codebook_bits=8}`` (one codebook per layer, 8-bit entries with one
-  power-of-two scale), for D = 2 and 4, at the largest b (a multiple of 1/D) whose total bits per weight is
-  at most the GPTQ row's: vq never gets more bits than the GPTQ row it is compared with;
+* vq: ``vq{dim=D,bits_per_weight=b,codebook_bits=8[,rows=R]}`` (8-bit codebook entries with one
+  power-of-two scale), for D = 2 and 4, at the largest b (a multiple of 1/D; index widths up to 8 bits for
+  2D and 10 for 4D, k-means time grows with the codebook) whose total bits per weight is at most the GPTQ
+  row's, then with the smallest row blocks (one codebook per R rows and the whole input axis) that still
+  fit: vq never gets more bits than the GPTQ row it is compared with;
 * bits per weight, overhead counted, over the quantized Linears: GPTQ ``bits + (16 + bits) / group`` (a
   float16 scale and a zero point at the code width per group; per channel: group = K); vq: index bits plus
   codebooks (``QuantizedTensor.nbytes``);
@@ -51,9 +53,22 @@ def gptq_bits(shapes, bits: int, group: int) -> float:
     return tot / sum(o * k for o, k in shapes)
 
 
-def vq_bits(shapes, dim: int, idx: int) -> float:
+def vq_bits(shapes, dim: int, idx: int, rows: int = 0) -> float:
     from edgec.plugins.quantize.vq import total_bits
-    return sum(total_bits((o, k), dim, idx, k, 8) * o * k for o, k in shapes) / sum(o * k for o, k in shapes)
+    return sum(total_bits((o, k), dim, idx, k, 8, rows) * o * k for o, k in shapes) / sum(o * k for o, k in shapes)
+
+
+def vq_config(shapes, dim: int, cap: float) -> tuple[int, int] | None:
+    """(index bits, rows per codebook; 0 = all) for ``dim``: the widest index that fits ``cap`` bits per
+    weight, then the smallest row blocks (dividing every layer's rows) that still fit."""
+    common = [r for r in range(1, min(o for o, _ in shapes) + 1) if all(o % r == 0 for o, _ in shapes)]
+    for idx in range(MAX_INDEX[dim], 0, -1):
+        if vq_bits(shapes, dim, idx) > cap + 1e-9:
+            continue
+        ok = [r for r in common if r * min(k for _, k in shapes) // dim >= 32 * (1 << idx)
+              and vq_bits(shapes, dim, idx, r) <= cap + 1e-9]
+        return idx, (min(ok) if ok else 0)
+    return None
 
 
 def main() -> int:
@@ -114,13 +129,13 @@ def main() -> int:
                      f"{f',group={group}' if group else ''},{COMMON}}}", cap)
         table.append((budget, "GPTQ", g))
         for d in (int(x) for x in args.dims.split(",")):
-            fits = [i for i in range(1, MAX_INDEX[d] + 1) if vq_bits(shapes, d, i) <= cap + 1e-9]
-            if not fits:
+            cfg = vq_config(shapes, d, cap)
+            if cfg is None:
                 table.append((budget, f"vq {d}D", None))
                 continue
-            idx = max(fits)
-            r = evaluate(f"vq{{dim={d},bits_per_weight={idx / d:g},codebook_bits=8,samples=8}}",
-                         vq_bits(shapes, d, idx))
+            idx, rows = cfg
+            r = evaluate(f"vq{{dim={d},bits_per_weight={idx / d:g},codebook_bits=8{f',rows={rows}' if rows else ''}"
+                         f",samples=8}}", vq_bits(shapes, d, idx, rows))
             table.append((budget, f"vq {d}D", r))
     f = rows[0]
     lines = ["## Vector quantization vs GPTQ (SmolLM2-135M-Instruct, `python benchmarks/vq.py`)", "",

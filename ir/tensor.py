@@ -109,11 +109,11 @@ class QuantizedTensor:
         (``[C, K / group_size, n]``); times ``scale`` when scales are given (e.g. NF4 absmax scaling).
       * ``vector``:     vector quantization of a 2-D weight ``[O, K]``: each run of ``vector_dim`` consecutive
         elements of a row is one code, ``codes [O, K / vector_dim]``, and
-        ``w[o, k0:k0+d] = codebook[g, codes[o, k0 / d]]`` with one codebook ``[n, d]`` per group of
-        ``group_size`` columns (all rows), ``codebook [K / group_size, n, d]``, ``group_axis=1``. ``bits`` is
-        the width of one index (``vector_dim * bits_per_weight``, up to 16); ``codebook_bits`` says how the
-        codebook is stored: 16 (every entry a float16 value) or 8 (every entry ``int8 * 2**e`` with one
-        exponent per codebook, exact in float16 too); None counts the array as it is.
+        ``w[o, k0:k0+d] = codebook[o // (O / R), k0 // group_size, codes[o, k0 / d]]``: one codebook ``[n, d]``
+        per block of ``O / R`` rows and ``group_size`` columns, ``codebook [R, K / group_size, n, d]``,
+        ``group_axis=1``. ``bits`` is the width of one index (``vector_dim * bits_per_weight``, up to 16);
+        ``codebook_bits`` says how the codebooks are stored: 16 (every entry a float16 value) or 8 (every
+        entry ``int8 * 2**e`` with one exponent per codebook, exact in float16 too); None: as the array is.
 
     ``scales`` (and ``zero_points``) have the same rank as ``codes``; each dimension is 1 (shared), the
     full extent (per element/channel) or ``extent / group_size`` along ``group_axis`` (group-wise).
@@ -188,7 +188,9 @@ class QuantizedTensor:
             return np.ascontiguousarray(p[idx])
         if self.scheme == "codebook" and self.codebook is not None and self.codebook.ndim > 1 and self.axis != 0:
             raise ValueError("cannot reorder rows of a codebook tensor whose palettes are not per row")
-        if self.scheme == "vector":  # codebooks are shared by all rows
+        if self.scheme == "vector":
+            if self.codebook.shape[0] != 1:
+                raise ValueError("cannot reorder rows of a vector tensor whose codebooks belong to row blocks")
             return dataclasses.replace(self, codes=np.ascontiguousarray(self.codes[idx]))
         lp = None if self.layout_params is None else {k: pick(v) for k, v in self.layout_params.items()}
         return dataclasses.replace(self, codes=np.ascontiguousarray(self.codes[idx]), scales=pick(self.scales),
@@ -279,19 +281,21 @@ class QuantizedTensor:
                     f"{self.codes.ndim}"]
         if d < 1:
             return [f"vector_dim must be positive, got {d}"]
-        if cb is None or cb.ndim != 3 or cb.shape[-1] != d:
-            return [f"a vector codebook has shape [groups, entries, vector_dim={d}]; got "
+        if cb is None or cb.ndim != 4 or cb.shape[-1] != d:
+            return [f"vector codebooks have shape [row blocks, column groups, entries, vector_dim={d}]; got "
                     f"{None if cb is None else list(cb.shape)}"]
-        k = self.shape[1]
+        o, k = self.shape
+        if o % cb.shape[0]:
+            errs.append(f"{cb.shape[0]} row blocks do not divide the weight's {o} rows")
         if self.group_axis != 1 or not self.group_size or self.group_size % d or k % self.group_size:
             errs.append(f"group_size={self.group_size} (group_axis={self.group_axis}) must be a multiple of "
                         f"vector_dim={d} dividing K={k}, along group_axis=1")
-        elif cb.shape[0] != k // self.group_size:
-            errs.append(f"the codebook has {cb.shape[0]} groups; K / group_size = {k // self.group_size}")
-        if cb.shape[1] > (1 << self.bits):
-            errs.append(f"codebook has {cb.shape[1]} entries, more than 2**bits={1 << self.bits}")
-        if self.codes.size and (self.codes.min() < 0 or self.codes.max() >= cb.shape[1]):
-            errs.append(f"codes index outside the codebook's {cb.shape[1]} entries")
+        elif cb.shape[1] != k // self.group_size:
+            errs.append(f"the codebooks have {cb.shape[1]} column groups; K / group_size = {k // self.group_size}")
+        if cb.shape[2] > (1 << self.bits):
+            errs.append(f"codebook has {cb.shape[2]} entries, more than 2**bits={1 << self.bits}")
+        if self.codes.size and (self.codes.min() < 0 or self.codes.max() >= cb.shape[2]):
+            errs.append(f"codes index outside the codebook's {cb.shape[2]} entries")
         if self.axis is not None or any(p is not None for p in (self.scales, self.zero_points, self.offsets)):
             errs.append("a vector-quantized tensor carries no axis, scales, zero points or offsets")
         errs += codebook_storage_errors(cb, self.codebook_bits)
@@ -370,27 +374,33 @@ class QuantizedTensor:
         return f"QuantizedTensor({self.scheme} {self.bits}b {list(self.shape)}, axis={self.axis}{g})"
 
 
+def vector_index(codes: np.ndarray, n_blocks: int, n_groups: int, entries: int) -> np.ndarray:
+    """Row ``[O, K / d]`` indices into the flattened codebooks ``[R * G * n, d]``: ``code + n * (r * G + g)``."""
+    rows, nv = codes.shape
+    per = nv // n_groups
+    base = (np.arange(n_blocks, dtype=np.int64)[:, None] * n_groups + np.arange(n_groups)) * entries  # [R, G]
+    idx = codes.astype(np.int64).reshape(n_blocks, rows // n_blocks, n_groups, per) + base[:, None, :, None]
+    return idx.reshape(rows, nv)
+
+
 def decode_vectors(codes: np.ndarray, codebook: np.ndarray, group_size: int) -> np.ndarray:
-    """``[O, K]`` float32 from vector codes ``[O, K / d]`` and codebooks ``[K / group_size, n, d]``."""
-    g, n, d = codebook.shape
-    rows = codes.shape[0]
-    per = group_size // d
-    flat = np.asarray(codebook, np.float32).reshape(g * n, d)
-    idx = codes.astype(np.int64).reshape(rows, g, per) + (np.arange(g, dtype=np.int64) * n)[None, :, None]
-    return flat[idx].reshape(rows, g * group_size)
+    """``[O, K]`` float32 from vector codes ``[O, K / d]`` and codebooks ``[R, K / group_size, n, d]``."""
+    r, g, n, d = codebook.shape
+    flat = np.asarray(codebook, np.float32).reshape(r * g * n, d)
+    return flat[vector_index(codes, r, g, n)].reshape(codes.shape[0], codes.shape[1] * d)
 
 
 def pow2_int8(codebook: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-    """Each codebook (leading axis) as ``int8 * 2**e``: the exponent per codebook (the smallest with every
-    entry within +-127 steps) and the rounded values (float32, exact in float16 while in its range)."""
+    """Each codebook (the last two axes, ``[entries, dim]``) as ``int8 * 2**e``: the exponent per codebook (the
+    smallest with every entry within +-127 steps) and the rounded values (float32, exact in float16)."""
     cb = np.asarray(codebook, np.float32)
-    lead = cb.reshape(cb.shape[0], -1)
+    lead = cb.reshape(-1, cb.shape[-2] * cb.shape[-1])
     amax = np.abs(lead).max(1)
     e = np.ceil(np.log2(np.where(amax > 0, amax, 1.0) / 127.0)).astype(np.int32)
     e = np.clip(e, -24, 9)  # float16 holds every int8 * 2**e for -24 <= e <= 9 (127 * 2**9 < 65504)
     step = np.ldexp(1.0, e).astype(np.float32)
     q = np.clip(np.round(lead / step[:, None]), -127, 127)
-    return e, (q * step[:, None]).astype(np.float32).reshape(cb.shape)
+    return e.reshape(cb.shape[:-2]), (q * step[:, None]).astype(np.float32).reshape(cb.shape)
 
 
 def codebook_storage_errors(cb: np.ndarray, codebook_bits: int | None) -> list[str]:

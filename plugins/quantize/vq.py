@@ -2,16 +2,18 @@
 Dimensionality for LLM Quantization").
 
 A weight ``W [O, K]`` is cut into vectors of ``dim`` consecutive input-axis elements per row; each vector is
-stored as the index of an entry of a codebook ``[2**(dim * bits_per_weight), dim]`` shared by a group of
-``group`` columns (all rows). The IR carries the result exactly as a ``vector`` QuantizedTensor.
+stored as the index of an entry of a codebook ``[2**(dim * bits_per_weight), dim]`` shared by a block of
+``rows`` rows (default: all) and ``group`` columns (default: all). The IR carries the result exactly as a
+``vector`` QuantizedTensor.
 
 Per layer, with ``H = X^T X / n`` from the calibration inputs:
 
 1. ``U``, the upper Cholesky factor of ``(H + damp)^-1``, as in GPTQ.
 2. Group by group, in column order:
 
-   * the group's codebook is initialised by Hessian-weighted k-means (EM / Lloyd) on the group's weights as
-     updated so far, each element weighted by ``1 / U_kk^2`` (GPTQ's cost of an error in column ``k``);
+   * the group's codebooks (one per row block) are initialised by Hessian-weighted k-means (EM / Lloyd) on
+     the block's weights as updated so far, each element weighted by ``1 / U_kk^2`` (GPTQ's cost of an error
+     in column ``k``);
    * its vectors are assigned column block by column block: a vector ``x`` of columns ``v`` gets the entry
      ``c`` minimising ``||(x - c) U_vv^-1||^2``, the exact loss increase of fixing those ``dim`` weights, and
      the error ``E = (x - c) U_vv^-1`` is spread over the later columns through ``U`` (lazily per block).
@@ -34,7 +36,7 @@ import numpy as np
 from ...errors import UsageError
 from ...ir import Model, QuantizedTensor
 from ...ir.passes import Pass, PassContext, option
-from ...ir.tensor import decode_vectors, pow2_int8
+from ...ir.tensor import decode_vectors, pow2_int8, vector_index
 from .capture import Stream, fix_mmap_threshold, trim_heap
 from .quantize import REPORT_KEY, Layer, Quantize, find_layers
 
@@ -48,54 +50,60 @@ def index_bits(dim: int, bits_per_weight: float) -> int | None:
     return int(round(b)) if abs(b - round(b)) < 1e-9 and 1 <= round(b) <= MAX_INDEX_BITS else None
 
 
-def total_bits(shape: tuple[int, int], dim: int, bits: int, group: int, codebook_bits: int) -> float:
-    """Bits per weight of a ``vector`` tensor, codebooks (and their int8 exponents) counted."""
+def total_bits(shape: tuple[int, int], dim: int, bits: int, group: int, codebook_bits: int, rows: int = 0) -> float:
+    """Bits per weight of a ``vector`` tensor, codebooks (and their int8 exponents) counted; ``rows`` rows per
+    codebook (0: all)."""
     o, k = shape
-    g = k // group
-    cb = g * (1 << bits) * dim * codebook_bits + (8 * g if codebook_bits == 8 else 0)
+    books = k // group * (o // rows if rows else 1)
+    cb = books * ((1 << bits) * dim * codebook_bits + (8 if codebook_bits == 8 else 0))
     return (o * k // dim * bits + cb) / (o * k)
 
 
 # ------------------------------------------------------------------------------------------------ k-means
 def _nearest(x: np.ndarray, c: np.ndarray, wt: np.ndarray | None = None, chunk: int = 1 << 22) -> np.ndarray:
-    """Index of the nearest row of ``c [n, d]`` for each row of ``x [N, d]``: Euclidean, or weighted per element
-    by ``wt [N, d]`` (``sum_j wt_j (x_j - c_j)^2``). Distances are formed in slices of ``chunk`` entries."""
-    n = c.shape[0]
-    out = np.empty(x.shape[0], np.int64)
-    step = max(1, chunk // n)
-    c2 = (c * c).T
-    for a in range(0, x.shape[0], step):
-        xs = x[a:a + step]
+    """Index of the nearest entry of ``c [B, n, d]`` for each vector of ``x [B, N, d]`` (batch b against its own
+    codebook ``c[b]``): Euclidean, or weighted per element by ``wt [B, N, d]`` (``sum_j wt_j (x_j - c_j)^2``).
+    Distances are formed in slices of about ``chunk`` entries."""
+    b, big, _ = x.shape
+    n = c.shape[1]
+    out = np.empty((b, big), np.int64)
+    step = max(1, chunk // (n * b))
+    ct = np.swapaxes(c, 1, 2)          # [B, d, n]
+    c2 = ct * ct
+    for a in range(0, big, step):
+        xs = x[:, a:a + step]
         if wt is None:
-            d = c2.sum(0)[None, :] - 2.0 * (xs @ c.T)
+            dist = c2.sum(1)[:, None, :] - 2.0 * (xs @ ct)
         else:
-            ws = wt[a:a + step]
-            d = ws @ c2 - 2.0 * ((ws * xs) @ c.T)
-        out[a:a + step] = d.argmin(1)
+            ws = wt[:, a:a + step]
+            dist = ws @ c2 - 2.0 * ((ws * xs) @ ct)
+        out[:, a:a + step] = dist.argmin(-1)
     return out
 
 
 def weighted_kmeans(x: np.ndarray, wt: np.ndarray, n: int, iters: int, rng: np.random.Generator) -> np.ndarray:
-    """Lloyd's EM for ``n`` centroids of the vectors ``x [N, d]`` under the diagonal weights ``wt [N, d] > 0``,
-    on at most ``max(KMEANS_SAMPLE, 32 n)`` vectors drawn by ``rng`` (float32 distances, float64 means).
-    Starts from ``n`` distinct vectors drawn by ``rng``; an emptied cluster takes the worst-fitted vector."""
-    big, d = x.shape
-    keep = max(KMEANS_SAMPLE, 32 * n)
+    """Lloyd's EM for ``n`` centroids of each batch of vectors ``x [B, N, d]`` under the diagonal weights
+    ``wt [B, N, d] > 0``, on at most ``max(KMEANS_SAMPLE / B, 32 n)`` vectors per batch drawn by ``rng``
+    (float32 distances, float64 means). Starts from ``n`` distinct vectors drawn by ``rng``; an emptied
+    cluster takes its batch's worst-fitted vector. Returns ``[B, n, d]``."""
+    b, big, d = x.shape
+    keep = max(KMEANS_SAMPLE // b, 32 * n)
     if big > keep:
         pick = np.sort(rng.choice(big, size=keep, replace=False))
-        x, wt, big = x[pick], wt[pick], keep
+        x, wt, big = x[:, pick], wt[:, pick], keep
     x32, wt32 = x.astype(np.float32), wt.astype(np.float32)
-    start = rng.choice(big, size=n, replace=False)
-    c = x[np.sort(start)].astype(np.float64)
+    c = x[:, np.sort(rng.choice(big, size=n, replace=False))].astype(np.float64)
+    ids = (np.arange(b)[:, None] * n)
     for _ in range(iters):
         lab = _nearest(x32, c.astype(np.float32), wt32)
-        den = np.stack([np.bincount(lab, wt[:, j], n) for j in range(d)], 1)
-        num = np.stack([np.bincount(lab, wt[:, j] * x[:, j], n) for j in range(d)], 1)
+        flat = (lab + ids).ravel()
+        den = np.stack([np.bincount(flat, wt[..., j].ravel(), b * n) for j in range(d)], 1).reshape(b, n, d)
+        num = np.stack([np.bincount(flat, (wt[..., j] * x[..., j]).ravel(), b * n) for j in range(d)],
+                       1).reshape(b, n, d)
         new = np.where(den > 0, num / np.where(den > 0, den, 1.0), c)
-        empty = np.flatnonzero(den[:, 0] == 0)
-        if empty.size:
-            err = (wt * (x - new[lab]) ** 2).sum(1)
-            new[empty] = x[np.argsort(-err, kind="stable")[:empty.size]]
+        for bi, e in zip(*np.nonzero(den[..., 0] == 0)):  # an emptied cluster: the worst-fitted vector
+            err = (wt[bi] * (x[bi] - new[bi][lab[bi]]) ** 2).sum(1)
+            new[bi, e] = x[bi, int(np.argmax(err))]
         if np.allclose(new, c, rtol=1e-7, atol=1e-12):
             c = new
             break
@@ -107,7 +115,7 @@ def weighted_kmeans(x: np.ndarray, wt: np.ndarray, n: int, iters: int, rng: np.r
 @dataclasses.dataclass
 class VQResult:
     codes: np.ndarray      # [O, K / dim]
-    codebook: np.ndarray   # [G, n, dim], float32, on the storage grid
+    codebook: np.ndarray   # [R, G, n, dim], float32, on the storage grid
     loss_init: float       # tr((W - Q) H (W - Q)^T) before codebook fine-tuning
     loss: float            # ... after fine-tuning and storage rounding
 
@@ -173,17 +181,20 @@ def finetune_codebook(flat_idx: np.ndarray, cb: np.ndarray, w: np.ndarray, h: np
     return c
 
 
-def gptvq(w: np.ndarray, h: np.ndarray, *, dim: int, bits: int, group: int, damp: float = 0.01, block: int = 128,
-          iters: int = 25, finetune: int = 25, codebook_bits: int = 16, seed: int = 0) -> VQResult:
-    """GPTVQ on one ``[O, K]`` weight with input Hessian ``h [K, K]`` (see the module docstring).
-    ``group`` must be a multiple of ``dim`` dividing ``K``; every group needs at least ``2**bits`` vectors."""
-    rows, k = w.shape
+def gptvq(w: np.ndarray, h: np.ndarray, *, dim: int, bits: int, group: int, rows: int = 0, damp: float = 0.01,
+          block: int = 128, iters: int = 25, finetune: int = 25, codebook_bits: int = 16, seed: int = 0) -> VQResult:
+    """GPTVQ on one ``[O, K]`` weight with input Hessian ``h [K, K]`` (see the module docstring): one codebook
+    per ``rows`` rows (0: all) and ``group`` columns. ``group`` must be a multiple of ``dim`` dividing ``K``,
+    ``rows`` must divide ``O``, and every codebook needs at least ``2**bits`` vectors."""
+    o, k = w.shape
     n = 1 << bits
-    if group % dim or k % group:
-        raise ValueError(f"group={group} must be a multiple of dim={dim} dividing K={k}")
-    if rows * group // dim < n:
-        raise ValueError(f"a group of {group} columns holds {rows * group // dim} vectors, fewer than the "
-                         f"codebook's {n} entries")
+    rp = rows or o
+    if group % dim or k % group or o % rp:
+        raise ValueError(f"group={group} must be a multiple of dim={dim} dividing K={k}, rows={rows} must divide {o}")
+    if rp * group // dim < n:
+        raise ValueError(f"a codebook's block of {rp} x {group} weights holds {rp * group // dim} vectors, fewer "
+                         f"than its {n} entries")
+    r, g = o // rp, k // group
     h = np.asarray(h, np.float64).copy()
     w0 = np.asarray(w, np.float64).copy()
     dead = np.diag(h) == 0
@@ -191,17 +202,17 @@ def gptvq(w: np.ndarray, h: np.ndarray, *, dim: int, bits: int, group: int, damp
     w0[:, dead] = 0.0
     u = _upper_inverse_cholesky(h, damp)
     work = w0.copy()
-    codes = np.zeros((rows, k // dim), np.uint8 if bits <= 8 else np.uint16)
-    books = np.zeros((k // group, n, dim))
+    codes = np.zeros((o, k // dim), np.uint8 if bits <= 8 else np.uint16)
+    books = np.zeros((r, g, n, dim))
     rng = np.random.default_rng(seed)
     block = max(dim, block // dim * dim)
     imp = 1.0 / np.diag(u) ** 2
-    for g in range(k // group):
-        c0, c1 = g * group, (g + 1) * group
-        x = work[:, c0:c1].reshape(-1, dim)
-        wt = np.broadcast_to(imp[c0:c1].reshape(1, -1, dim), (rows, group // dim, dim)).reshape(-1, dim)
-        cb = weighted_kmeans(x, wt, n, iters, rng)
-        books[g] = cb
+    for gi in range(g):
+        c0, c1 = gi * group, (gi + 1) * group
+        x = work[:, c0:c1].reshape(r, rp * group // dim, dim)
+        wt = np.broadcast_to(imp[c0:c1].reshape(1, 1, -1, dim), (r, rp, group // dim, dim)).reshape(x.shape)
+        cb = weighted_kmeans(x, wt, n, iters, rng)  # [R, n, d]
+        books[:, gi] = cb
         for b0 in range(c0, c1, block):
             b1 = min(b0 + block, c1)
             wb = work[:, b0:b1].copy()
@@ -210,9 +221,9 @@ def gptvq(w: np.ndarray, h: np.ndarray, *, dim: int, bits: int, group: int, damp
                 li = i - b0
                 a = np.linalg.inv(u[i:i + dim, i:i + dim])  # U_vv^-1 (upper triangular)
                 xv = wb[:, li:li + dim]
-                lab = _nearest(xv @ a, cb @ a)
-                codes[:, i // dim] = lab
-                e = (xv - cb[lab]) @ a
+                lab = _nearest((xv @ a).reshape(r, rp, dim), cb @ a)  # [R, rp]
+                codes[:, i // dim] = lab.reshape(o)
+                e = (xv - np.take_along_axis(cb, lab[..., None], axis=1).reshape(o, dim)) @ a
                 if b1 > i + dim:
                     wb[:, li + dim:] -= e @ u[i:i + dim, i + dim:b1]
                 err[:, li:li + dim] = e
@@ -220,9 +231,8 @@ def gptvq(w: np.ndarray, h: np.ndarray, *, dim: int, bits: int, group: int, damp
             if b1 < k:
                 work[:, b1:] -= err @ u[b0:b1, b1:]
     del work
-    flat = codes.astype(np.int64).reshape(rows, k // group, group // dim) + (np.arange(k // group) * n)[None, :, None]
-    flat = flat.reshape(rows, -1)
-    loss_init = _loss(books.reshape(-1, dim)[flat].reshape(rows, k) - w0, h)
+    flat = vector_index(codes, r, g, n)
+    loss_init = _loss(books.reshape(-1, dim)[flat].reshape(o, k) - w0, h)
     tuned = finetune_codebook(flat, books.reshape(-1, dim), w0, h, finetune) if finetune else books.reshape(-1, dim)
     stored = store_codebook(tuned.reshape(books.shape), codebook_bits)
     loss = _loss(decode_vectors(codes, stored, group).astype(np.float64) - w0, h)
@@ -253,6 +263,9 @@ class VectorQuantize(Pass):
     group: int = option(0, check=lambda v: v >= 0, allowed="0 or a positive integer",
                         help="input columns sharing one codebook (all rows); 0: the whole input axis; a group "
                              "that does not divide a layer's K falls back to the whole axis (reported)")
+    rows: int = option(0, check=lambda v: v >= 0, allowed="0 or a positive integer",
+                       help="rows sharing one codebook (0: all rows); a value that does not divide a layer's rows "
+                            "falls back to all rows (reported)")
     codebook_bits: int = option(16, choices=(8, 16, 32), help="codebook storage: 16 float16, 8 int8 * 2**e "
                                 "(one exponent per codebook; exact in float16), 32 float32")
     iters: int = option(25, check=lambda v: v > 0, allowed="a positive integer", help="k-means (EM) iterations")
@@ -317,20 +330,26 @@ class VectorQuantize(Pass):
         if w.ndim != 2 or w.shape[1] % self.dim:
             return {**base, "note": f"vq needs a 2-D weight whose K is a multiple of dim={self.dim}; kept float"}
         group, note = self.group_for(w.shape[1])
+        rows = self.rows if self.rows and w.shape[0] % self.rows == 0 else 0
+        if self.rows and not rows:
+            note = "; ".join(x for x in (note, f"rows={self.rows} does not divide the {w.shape[0]} rows; one "
+                                               "codebook for all rows") if x)
         n = 1 << self.bits
-        if w.shape[0] * group // self.dim < n:
-            return {**base, "note": f"a codebook group holds {w.shape[0] * group // self.dim} vectors, fewer than "
-                                    f"its {n} entries; kept float (use a larger group= or fewer bits)"}
+        if (rows or w.shape[0]) * group // self.dim < n:
+            return {**base, "note": f"a codebook's block holds {(rows or w.shape[0]) * group // self.dim} vectors, "
+                                    f"fewer than its {n} entries; kept float (use a larger group= or rows=, or "
+                                    "fewer bits)"}
         h = Quantize._hessian(layer, xs)
         if h is None:
             return {**base, "note": "no Hessian for this layer's input; kept float"}
-        r = gptvq(w, h, dim=self.dim, bits=self.bits, group=group, damp=self.damp, block=self.block,
+        r = gptvq(w, h, dim=self.dim, bits=self.bits, group=group, rows=rows, damp=self.damp, block=self.block,
                   iters=self.iters, finetune=self.finetune, codebook_bits=self.codebook_bits, seed=self.seed)
         q = QuantizedTensor(codes=r.codes, bits=self.bits, scheme="vector", codebook=r.codebook, group_size=group,
                             group_axis=1, vector_dim=self.dim, method="gptvq",
                             codebook_bits=None if self.codebook_bits == 32 else self.codebook_bits)
         rep = Quantize._replace(model, layer, q, w, h, xs, note)
         rep.update(vector_dim=self.dim, bits_per_weight=self.bits_per_weight,
+                   codebooks=int(np.prod(r.codebook.shape[:2])),
                    bits_per_weight_total=round(q.nbytes * 8 / w.size, 4), codebook_bits=self.codebook_bits,
                    output_loss_before_finetune=r.loss_init, output_loss=r.loss)
         return rep

@@ -16,7 +16,7 @@ codebook x scales       ``constexpr_lut_to_dense``, one LUT per      --
 codebook, pruned        ``constexpr_lut_to_sparse`` +                --
                         ``constexpr_sparse_to_dense``
 vector (vq)             ``constexpr_lut_to_dense`` with              --
-                        ``vector_axis``: LUT ``[1, G, 2**nb, d]``
+                        ``vector_axis``: LUT ``[R, G, 2**nb, d]``
 ======================  ===========================================  ==========================================
 
 Every encoding is checked after saving: the package is re-loaded and each weight decoded by coremltools
@@ -215,15 +215,15 @@ class WeightEncoder:
         return Encoded(mb.constexpr_lut_to_dense(indices=codes.astype(idx_dt), lut=lut, name=name), kind, name)
 
     def _vector(self, v: Value, q: QuantizedTensor, name: str) -> Encoded:
-        """Vector palettization: indices ``[O, K / d]`` (uint1..uint8), one LUT ``[2**nb, d]`` per group of
-        columns, ``lut [1, G, 2**nb, d]`` with ``vector_axis=1`` (entries padded with zeros up to 2**nb)."""
+        """Vector palettization: indices ``[O, K / d]`` (uint1..uint8), one LUT ``[2**nb, d]`` per block of rows and
+        columns, ``lut [R, G, 2**nb, d]`` with ``vector_axis=1`` (entries padded with zeros up to 2**nb)."""
         types = self.types
         if not self.ios18:
             raise UnsupportedError(old_opset_problem(v.name, q))
         nb = _index_bits(q.bits)
         cb = np.asarray(q.codebook, np.float32)
-        g, n, d = cb.shape
-        lut = np.concatenate([cb, np.zeros((g, (1 << nb) - n, d), np.float32)], axis=1)[None]
+        r, g, n, d = cb.shape
+        lut = np.concatenate([cb, np.zeros((r, g, (1 << nb) - n, d), np.float32)], axis=2)
         idx_dt = {1: types.np_uint1_dtype, 2: types.np_uint2_dtype, 3: types.np_uint3_dtype,
                   4: types.np_uint4_dtype, 6: types.np_uint6_dtype, 8: np.uint8}[nb]
         out = self.mb.constexpr_lut_to_dense(indices=np.asarray(q.codes).astype(idx_dt), lut=to_fp16(lut),

@@ -393,17 +393,18 @@ def _quantized_linear(b: RelaxBuilder, n: Node, x: Value, q: QuantizedTensor, bi
 
 def _vector_te(q: QuantizedTensor, b: RelaxBuilder):
     """A vector-quantized weight as Relax constants (indices ``[O, K / d]`` u8 / u16, codebooks flattened to
-    ``[G * n, d]`` float32) and a TE function gathering one element from the codebook inside the matmul:
-    ``w[row, k] = CB[(k // group) * n + codes[row, k // d], k % d]``, the exact entry."""
-    g, n, d = q.codebook.shape
-    gs = q.group_size
+    ``[R * G * n, d]`` float32) and a TE function gathering one element from the codebook inside the matmul:
+    ``w[row, k] = CB[((row // (O / R)) * G + k // group) * n + codes[row, k // d], k % d]``, the exact entry."""
+    r, g, n, d = q.codebook.shape
+    gs, rp = q.group_size, q.shape[0] // r
     codes = np.ascontiguousarray(np.asarray(q.codes).astype(np.uint8 if q.bits <= 8 else np.uint16))
-    book = np.ascontiguousarray(np.asarray(q.codebook, np.float32).reshape(g * n, d))
+    book = np.ascontiguousarray(np.asarray(q.codebook, np.float32).reshape(r * g * n, d))
     consts = [b.relax.const(codes, str(codes.dtype)), b.relax.const(book, "float32")]
 
     def element(params, row, kk):
         c = params[0][row, kk // d].astype("int32")
-        return params[1][(kk // gs) * n + c, kk % d]
+        block = (row // rp) * g if r > 1 else 0
+        return params[1][(block + kk // gs) * n + c, kk % d]
 
     return consts, element
 

@@ -7,7 +7,9 @@ The model is built op by op with OpenVINO's opset API (``builder.py``). Weight f
   asymmetric as u8 / u4 codes with u8 / u4 zero points, per channel or group-wise, GGUF-style affine grids
   (codes * scale + offset), NF4 (``nf4`` element type when the codebook is OpenVINO's, else a Gather),
   k-means codebooks (Gather), and vector-quantized weights (``vq``: u4/u8/u16 indices Gather'ed from the
-  flattened ``[groups * entries, dim]`` codebooks, float16 when exact). For MatMul layers the CPU plugin keeps these compressed in memory;
+  flattened ``[codebooks * entries, dim]`` codebooks, float16 when exact). For MatMul layers the CPU
+  plugin keeps integer and native-nf4 weights compressed in memory; Gather chains (codebooks, vq) it
+  decompresses when it compiles the model (the file stays compressed);
   Convolution weights are decompressed when the model is compiled (disk saving only);
 * activation quantization from calibration (``quantize{activations=...}``) as FakeQuantize, which the
   CPU plugin executes in int8.

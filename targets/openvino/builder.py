@@ -243,22 +243,23 @@ class OVBuilder:
         return node.output(0)
 
     def _vector(self, name: str, q: QuantizedTensor):
-        """Vector codes ``[O, G, K / G / d]`` (u4 / u8 / u16) + each group's entry offset, Gather'ed from the
-        flattened codebooks ``[G * n, d]`` (float16 + Convert when every entry is a float16 value) and
+        """Vector codes ``[R, O / R, G, K / G / d]`` (u4 / u8 / u16) + each codebook's entry offset, Gather'ed from
+        the flattened codebooks ``[R * G * n, d]`` (float16 + Convert when every entry is a float16 value) and
         reshaped to ``[O, K]``: a copy of the IR's entries, exact."""
         ov, ops = self.ov, self.ops
-        g, n, d = q.codebook.shape
+        r, g, n, d = q.codebook.shape
         rows, k = q.shape
-        shape = [rows, g, q.group_size // d]
+        shape = [r, rows // r, g, q.group_size // d]
         codes = np.asarray(q.codes)
         if q.bits <= 8:
             cnode = self._typed_const(codes, "u4" if q.bits <= 4 else "u8", shape)
         else:
             cnode = ops.constant(np.ascontiguousarray(codes.reshape(shape).astype(np.uint16)))
-        idx = ops.add(ops.convert(cnode, ov.Type.i32), self.const((np.arange(g, dtype=np.int32) * n).reshape(1, g, 1)))
-        book = self.scales(np.asarray(q.codebook, np.float32).reshape(g * n, d), [g * n, d])
+        base = ((np.arange(r, dtype=np.int32)[:, None] * g + np.arange(g, dtype=np.int32)) * n).reshape(r, 1, g, 1)
+        idx = ops.add(ops.convert(cnode, ov.Type.i32), self.const(base))
+        book = self.scales(np.asarray(q.codebook, np.float32).reshape(r * g * n, d), [r * g * n, d])
         node = ops.gather(book, idx, self.const(np.int64(0)))
-        self.encodings[name] = f"vector codebook[{n}x{d}] gather"
+        self.encodings[name] = f"vector codebook[{n}x{d}] gather" + (f" ({r * g} codebooks)" if r * g > 1 else "")
         return ops.reshape(node, self.ints([rows, k]), False).output(0)
 
     def scales(self, s: np.ndarray, shape: list[int]):

@@ -93,13 +93,14 @@ def export_example(name: str, path) -> str:
     return str(path)
 
 
-def vector_tensor(shape=(24, 64), dim=2, bits=4, group=32, codebook_bits=16, seed=0) -> QuantizedTensor:
-    """A random valid vector-quantized weight (codes and codebooks drawn, not fitted): enough to check that a
-    target carries the encoding bit for bit (the vq pass is tested with the quantization plugins)."""
+def vector_tensor(shape=(24, 64), dim=2, bits=4, group=32, codebook_bits=16, seed=0, rows=0) -> QuantizedTensor:
+    """A random valid vector-quantized weight (codes and codebooks drawn, not fitted; one codebook per ``rows``
+    rows, 0: all, and ``group`` columns): enough to check that a target carries the encoding bit for bit (the
+    vq pass is tested with the quantization plugins)."""
     from edgec.ir.tensor import pow2_int8
     rng = np.random.default_rng(seed)
     o, k = shape
-    cb = rng.standard_normal((k // group, 1 << bits, dim)).astype(np.float32)
+    cb = rng.standard_normal((o // rows if rows else 1, k // group, 1 << bits, dim)).astype(np.float32)
     cb = pow2_int8(cb)[1] if codebook_bits == 8 else cb.astype(np.float16).astype(np.float32) \
         if codebook_bits == 16 else cb
     codes = rng.integers(0, 1 << bits, (o, k // dim)).astype(np.uint8 if bits <= 8 else np.uint16)
@@ -110,7 +111,7 @@ def vector_tensor(shape=(24, 64), dim=2, bits=4, group=32, codebook_bits=16, see
 
 
 VECTOR_CASES = [dict(), dict(dim=4, bits=8, group=64, codebook_bits=8), dict(dim=2, bits=5, group=32, shape=(16, 64)),
-                dict(dim=8, bits=3, group=64, codebook_bits=32)]
+                dict(dim=8, bits=3, group=64, codebook_bits=32), dict(dim=2, bits=4, group=16, rows=8, codebook_bits=8)]
 
 
 def decode_model(q: QuantizedTensor) -> tuple[ir.Model, dict[str, np.ndarray]]:

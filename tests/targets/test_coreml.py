@@ -127,7 +127,8 @@ def test_vector_palettes_decode_bit_exactly(case, tmp_path):
     assert op.vector_axis.val == 1 and op.lut.shape[-1] == q.vector_dim
     assert np.array_equal(np.asarray(constexpr_value(op)), q.dequantize().astype(np.float16))
     assert check_package(str(tmp_path / "model.mlpackage"), m, {"w": op.name}) == 1
-    assert np.array_equal(t.run_artifact(str(tmp_path), feeds)[0], q.dequantize().T.astype(np.float16).astype(np.float32))
+    want = q.dequantize().T.astype(np.float16).astype(np.float32)
+    assert np.array_equal(t.run_artifact(str(tmp_path), feeds)[0], want)
 
 
 def test_vector_palettes_need_ios18_and_at_most_8_index_bits():

@@ -85,7 +85,7 @@ def test_vector_codebooks_decode_bit_exactly(case, tmp_path):
     t = OpenVINOTarget()
     assert t.check(m) == []
     art = t.emit(m, str(tmp_path), None)
-    assert art.manifest["weight_encodings"]["w"].startswith(f"vector codebook[{q.codebook.shape[1]}x{q.vector_dim}]")
+    assert art.manifest["weight_encodings"]["w"].startswith(f"vector codebook[{q.codebook.shape[2]}x{q.vector_dim}]")
     got = t.run_artifact(str(tmp_path), feeds, ["x"])[0]
     assert np.array_equal(got, q.dequantize().T)
 

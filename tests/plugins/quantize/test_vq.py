@@ -18,11 +18,13 @@ from edgec.ir.tensor import decode_vectors, pow2_int8
 from edgec.plugins.quantize.vq import gptvq, total_bits
 
 
-def _layer_model(o: int, k: int, seed: int = 0) -> ir.Model:
+def _layer_model(o: int, k: int, seed: int = 0, row_scale: np.ndarray | None = None) -> ir.Model:
     rng = np.random.default_rng(seed)
     g = ir.Graph()
     x = g.add_input("x", ir.DType.FLOAT32, (16, k))
     w = (rng.standard_normal((o, k)) * 0.05).astype(np.float32)
+    if row_scale is not None:
+        w = (w * row_scale[:, None]).astype(np.float32)
     g.outputs.append(g.op("Linear", [x, g.add_const("w", w)], domain="edgec", name="fc").output)
     m = ir.Model(g, {"": 17, "edgec": 1})
     ir.infer_shapes(m)
@@ -79,7 +81,7 @@ def test_error_feedback_and_finetuning_each_lower_the_output_error():
     assert tuned.loss < 0.99 * plain.loss  # measured: 2.0% lower (16 entries x 2: 32 free numbers)
     assert np.isclose(plain.loss, loss(decode_vectors(plain.codes, plain.codebook, 256)), rtol=1e-4)
     # Nearest entry of the same codebook for every vector, no error feedback.
-    cb = plain.codebook[0]
+    cb = plain.codebook[0, 0]
     vec = w.reshape(-1, 2)
     nearest = ((vec[:, None, :] - cb[None]) ** 2).sum(-1).argmin(1).reshape(128, 128)
     assert plain.loss < 0.9 * loss(decode_vectors(nearest, plain.codebook, 256))
@@ -93,7 +95,7 @@ def test_codebook_storage_grids():
     r = gptvq(w, _hessian(128), dim=4, bits=6, group=64, codebook_bits=8, finetune=5)
     e, same = pow2_int8(r.codebook)
     assert np.array_equal(same, r.codebook)
-    steps = r.codebook / np.ldexp(1.0, e)[:, None, None]
+    steps = r.codebook / np.ldexp(1.0, e)[..., None, None]
     assert np.array_equal(steps, np.round(steps)) and np.abs(steps).max() <= 127
     assert np.array_equal(r.codebook.astype(np.float16).astype(np.float32), r.codebook)
     q = QuantizedTensor(codes=r.codes, bits=6, scheme="vector", codebook=r.codebook, group_size=64, group_axis=1,
@@ -107,7 +109,7 @@ def test_codebook_storage_grids():
 
 
 def test_vector_tensors_validate_their_layout():
-    cb = np.zeros((2, 16, 2), np.float32)
+    cb = np.zeros((1, 2, 16, 2), np.float32)
     codes = np.zeros((8, 32), np.uint8)
     ok = QuantizedTensor(codes=codes, bits=4, scheme="vector", codebook=cb, group_size=32, group_axis=1, vector_dim=2)
     assert ok.validate() == [] and ok.shape == (8, 64) and ok.bits_per_weight == 2.0
@@ -118,7 +120,10 @@ def test_vector_tensors_validate_their_layout():
     assert any("outside" in e for e in QuantizedTensor(codes=codes + 16, bits=4, scheme="vector", codebook=cb,
                                                          group_size=32, group_axis=1, vector_dim=2).validate())
     assert any("needs the vector scheme" in e for e in QuantizedTensor(
-        codes=codes, bits=4, scheme="codebook", codebook=cb[0, :, 0], vector_dim=2).validate())
+        codes=codes, bits=4, scheme="codebook", codebook=cb[0, 0, :, 0], vector_dim=2).validate())
+    assert any("row blocks do not divide" in e for e in QuantizedTensor(
+        codes=codes, bits=4, scheme="vector", codebook=np.zeros((3, 2, 16, 2), np.float32), group_size=32,
+        group_axis=1, vector_dim=2).validate())
 
 
 def test_vq_model_round_trips_and_runs_exactly(tmp_path):
@@ -203,3 +208,20 @@ def test_targets_without_vector_codebooks_refuse_before_emitting(target, tmp_pat
         compile(_mlp(), target, "vq{dim=2,bits_per_weight=2}", str(out), calib="random")
     assert "weight 'w0_q': vector" in str(e.value) and "cpu, openvino" in str(e.value)
     assert not os.path.exists(out)
+
+
+def test_row_blocks_give_each_block_its_own_codebook():
+    """Rows whose scales grow 10x from the first to the last: one codebook per 16 rows (rows=16) fits each
+    block and lowers the output error against one codebook for all rows; the IR's codebooks are
+    [row blocks, column groups, n, d] and the report counts them (and their bytes)."""
+    scale = np.geomspace(0.1, 1.0, 128)
+    m1, m2 = _layer_model(128, 256, row_scale=scale), _layer_model(128, 256, row_scale=scale)
+    calib = _correlated_calib(256)
+    one = _run(m1, "vq{dim=2,bits_per_weight=2,head=true}", calib)
+    blocks = _run(m2, "vq{dim=2,bits_per_weight=2,head=true,rows=16}", calib)
+    q = next(v.const for v in m2.graph.initializers.values() if isinstance(v.const, QuantizedTensor))
+    assert q.codebook.shape == (8, 1, 16, 2) and blocks["codebooks"] == 8 and one["codebooks"] == 1
+    assert blocks["bytes_after"] == one["bytes_after"] + 7 * 16 * 2 * 2
+    assert blocks["rel_output_error"] < 0.9 * one["rel_output_error"], (blocks, one)
+    m3 = _layer_model(120, 256)
+    assert "rows=16 does not divide the 120 rows" in _run(m3, "vq{head=true,rows=16}", calib)["note"]
