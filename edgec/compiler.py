@@ -414,9 +414,8 @@ def _original_outputs(src_path: str | None, model: Model, feeds: dict[str, np.nd
             raise BadInputError(f"{src_path}: onnxruntime cannot run the original model on the verification "
                                 f"inputs, so there is nothing to verify against: {str(e).splitlines()[0]}") from None
         return {"runtime": "onnxruntime (original file)", "outputs": outs}
-    ex = ReferenceExecutor(model)
-    try:
-        r = ex.run(feeds)
+    try:  # loading can fail too (onnxruntime rejects e.g. an attribute name no operator has)
+        r = ReferenceExecutor(model).run(feeds)
     except ExecutionError as e:
         raise UnsupportedError(f"the reference executor cannot run the imported model: {e}") from None
     return {"runtime": "reference executor (imported model)", "outputs": [r[o.name] for o in model.graph.outputs]}

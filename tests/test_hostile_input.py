@@ -205,6 +205,17 @@ def test_fuzzed_onnx_gives_clean_errors_or_valid_results(ops, tmp_path_factory):
         assert not (d / "out").exists() or (d / "out" / "manifest.json").exists()
 
 
+def test_an_attribute_onnxruntime_rejects_is_a_clean_error_when_verifying(tmp_path):
+    """Found by the fuzzer under load: an imported model whose Conv carries an attribute name no operator has
+    (a mutated "dilations") made --verify crash in onnxruntime's loader instead of saying why."""
+    model = load_model(TINY_CNN)
+    conv = next(n for n in model.graph if n.op_type == "Conv")
+    conv.attributes["dilations@"] = conv.attributes.pop("dilations", [1, 1])
+    with pytest.raises(EdgecError, match="the reference executor cannot run the imported model.*dilations@"):
+        compile_model(model, "openvino", "", str(tmp_path / "out"), verify=True)
+    assert not (tmp_path / "out").exists()
+
+
 @pytest.fixture(scope="module")
 def small_gguf(tmp_path_factory):
     from edgec.plugins.llm.bundled import smollm2_path
