@@ -261,7 +261,7 @@ class VectorQuantize(Pass):
                                     "a whole number of index bits, 1..16",
                                     help="index bits per weight (codebooks not counted): 2**(dim*bits) entries")
     group: int = option(0, check=lambda v: v >= 0, allowed="0 or a positive integer",
-                        help="input columns sharing one codebook (all rows); 0: the whole input axis; a group "
+                        help="input columns sharing one codebook; 0: the whole input axis; a group "
                              "that does not divide a layer's K falls back to the whole axis (reported)")
     rows: int = option(0, check=lambda v: v >= 0, allowed="0 or a positive integer",
                        help="rows sharing one codebook (0: all rows); a value that does not divide a layer's rows "
@@ -314,7 +314,9 @@ class VectorQuantize(Pass):
         fix_mmap_threshold()
         reports = json.loads(model.metadata.get(REPORT_KEY, "{}"))
         stream = Stream(model, ctx.calibration.samples[: self.samples])
-        for group in Quantize._groups(model, layers):
+        from tqdm import tqdm
+        groups = Quantize._groups(model, layers)
+        for group in tqdm(groups, desc="vq", unit="layer group", leave=False, disable=None):
             xs = stream.capture(group[0].node.inputs[0])
             for layer in group:
                 reports[layer.weight.name] = self._layer(model, layer, xs)
