@@ -21,7 +21,8 @@ One run, one machine, the same text for every row:
 
 Writes ``benchmarks/RESULTS-vq.md``.
 
-    python benchmarks/vq.py [--budgets 2,2.5,3] [--dims 2,4]
+    python benchmarks/vq.py [--budgets 2,2.5,3] [--dims 2,4]       (about 55 minutes on 2 cores)
+    python benchmarks/vq.py --render LOG                          (the table again from a run's stdout)
 """
 
 from __future__ import annotations
@@ -77,7 +78,12 @@ def main() -> int:
     ap = argparse.ArgumentParser()
     ap.add_argument("--budgets", default="2,2.5,3")
     ap.add_argument("--dims", default="2,4")
+    ap.add_argument("--render", default="", help="only write the table from the printed rows of an earlier run "
+                                                   "(its stdout, one JSON object per line)")
     args = ap.parse_args()
+    if args.render:
+        render(*from_log(args.render, args.budgets.split(",")))
+        return 0
     from edgec.calibration import load_calibration
     from edgec.compiler import load_model
     from edgec.host import host
@@ -120,7 +126,7 @@ def main() -> int:
         print(json.dumps(row), flush=True)
         return row
 
-    rows = [evaluate("", None)]
+    float_row = evaluate("", None)
     table = []
     for budget in args.budgets.split(","):
         bits, group = GPTQ[budget]
@@ -133,16 +139,40 @@ def main() -> int:
             if cfg is None:
                 table.append((budget, f"vq {d}D", None))
                 continue
-            idx, rows = cfg
-            r = evaluate(f"vq{{dim={d},bits_per_weight={idx / d:g},codebook_bits=8{f',rows={rows}' if rows else ''}"
-                         f",samples=8}}", vq_bits(shapes, d, idx, rows))
+            idx, per = cfg
+            r = evaluate(f"vq{{dim={d},bits_per_weight={idx / d:g},codebook_bits=8{f',rows={per}' if per else ''}"
+                         f",samples=8}}", vq_bits(shapes, d, idx, per))
             table.append((budget, f"vq {d}D", r))
-    f = rows[0]
+    render(float_row, table)
+    return 0
+
+
+def from_log(path: str, budgets: list[str]) -> tuple[dict, list]:
+    """The rows a previous run printed (one JSON object per line, in measurement order), labelled again."""
+    rows = []
+    for line in open(path, encoding="utf-8"):
+        line = line.strip()
+        if line.startswith("{") and '"pipeline"' in line:
+            rows.append(json.loads(line))
+    float_row, table, b = rows[0], [], -1
+    for r in rows[1:]:
+        if r["pipeline"].startswith("quantize"):
+            b += 1
+            table.append((budgets[b], "GPTQ", r))
+        else:
+            table.append((budgets[b], f"vq {r['pipeline'].split('dim=')[1].split(',')[0]}D", r))
+    return float_row, table
+
+
+def render(f: dict, table: list) -> None:
+    n_layers = next(r["layers"] for _, _, r in table if r)
     lines = ["## Vector quantization vs GPTQ (SmolLM2-135M-Instruct, `python benchmarks/vq.py`)", "",
              f"Perplexity of the float model: {f['ppl']:.4f} ({f['tokens']} tokens scored, edgec's reference "
              "executor, first 12,000 characters of GPL-3, 256-token windows). Calibration: Apache-2.0 + MPL-2.0, "
              "8 x 256 tokens. Bits per weight count every overhead (scales, zero points, codebooks) over the "
-             f"{len(shapes)} decoder Linears; the embedding and tied head stay float in every row.", "",
+             f"{n_layers} decoder Linears; the embedding and tied head stay float in every row. Each vq row gets at "
+             "most the bits of the GPTQ row above it: the widest index that fits, then the smallest row blocks "
+             "that fit.", "",
              "| budget | method | pipeline | bits / weight | perplexity | vs GPTQ | pass s |", "|---|---|---|---|---|---|---|"]
     gptq_ppl = {}
     for budget, name, r in table:
@@ -151,11 +181,11 @@ def main() -> int:
             continue
         if name == "GPTQ":
             gptq_ppl[budget] = r["ppl"]
-        vs = "" if name == "GPTQ" else ("below" if r["ppl"] < gptq_ppl[budget] else "NOT below")
+        ratio = r["ppl"] / gptq_ppl.get(budget, float("nan"))
+        vs = "" if name == "GPTQ" else (f"below ({ratio:.3g}x)" if r["ppl"] < gptq_ppl[budget] else "NOT below")
         lines.append(f"| ~{budget} | {name} | `{r['pipeline']}` | {r['bpw']:.4f} | {r['ppl']:.4f} | {vs} | "
                      f"{r['pass_s']} |")
     write_results("RESULTS-vq.md", lines)
-    return 0
 
 
 if __name__ == "__main__":
