@@ -6,12 +6,16 @@ target.emit (into a temporary directory) --> manifest.json (+ verification) --> 
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import hashlib
 import json
 import os
 import shutil
+import signal
+import sys
 import tempfile
+import threading
 import time
 from collections.abc import Callable, Mapping
 from typing import Any
@@ -269,7 +273,8 @@ def compile(model: str | Model, target: str = "cpu", pipeline: str = "", output:
     try:
         say(f"emitting {tgt.describe()}")
         t2 = time.perf_counter()
-        art = tgt.emit(ir_model, tmp, ctx)
+        with native_section():
+            art = tgt.emit(ir_model, tmp, ctx)
         t_emit = time.perf_counter() - t2
         _check_artifact_paths(tgt, tmp, art.files)
         options_key = json.dumps({"target": tgt.describe(), "pipeline": [p.describe() for p in passes],
@@ -321,6 +326,38 @@ def compile(model: str | Model, target: str = "cpu", pipeline: str = "", output:
         from . import cache
         cache.store(cdir, ckey, output)
     return res
+
+
+@contextlib.contextmanager
+def native_section():
+    """Ctrl-C while a target's native library runs (TVM builds and runs through C++ callbacks into Python, where
+    a KeyboardInterrupt aborts the process, is swallowed, or comes back as another error) is held until the
+    library returns, then raised as KeyboardInterrupt; a second Ctrl-C raises at once. Outside the main thread
+    (no signal handlers there) it does nothing."""
+    if threading.current_thread() is not threading.main_thread():
+        yield
+        return
+    pending: list[bool] = []
+
+    def held(signum, frame):
+        if pending:  # the second Ctrl-C: the user insists
+            signal.signal(signal.SIGINT, previous)
+            raise KeyboardInterrupt
+        pending.append(True)
+        print("edgec: interrupt received; stopping when the target's native code returns (Ctrl-C again to "
+              "force)", file=sys.stderr, flush=True)
+    previous = signal.signal(signal.SIGINT, held) or signal.default_int_handler
+    try:
+        yield
+    except BaseException:
+        if pending:
+            raise KeyboardInterrupt from None
+        raise
+    finally:
+        if signal.getsignal(signal.SIGINT) is held:
+            signal.signal(signal.SIGINT, previous)
+    if pending:
+        raise KeyboardInterrupt
 
 
 def _strict_json(x: Any) -> Any:
@@ -426,7 +463,8 @@ VERIFY_SEQ_LEN = 32  # tokens in the seeded verification input of language model
 
 def _verify(tgt: Target, out_dir: str, model: Model, feeds, original, tolerance: float) -> dict[str, Any]:
     try:
-        got = tgt.run_artifact(out_dir, feeds, [v.name for v in model.graph.inputs])
+        with native_section():
+            got = tgt.run_artifact(out_dir, feeds, [v.name for v in model.graph.inputs])
     except NotImplementedError as e:
         return {"passed": True, "ran": False, "summary": f"not run: {e}"}
     try:

@@ -282,7 +282,11 @@ def test_artifact_paths_outside_the_output_directory_are_refused(tmp_path, monke
     assert os.listdir(tmp_path) == [] or os.listdir(tmp_path) == ["edgec-cache"]
 
 
-def test_ctrl_c_leaves_no_output_and_no_temporary_directory(tmp_path):
+@pytest.mark.parametrize("delay", [0.0, 0.3, 1.0])
+def test_ctrl_c_leaves_no_output_and_no_temporary_directory(delay, tmp_path):
+    """Ctrl-C at, and shortly after, the start of emission: exit 130, nothing written. While TVM builds (C++
+    calling back into Python) the interrupt is held until the build returns: raised inside a callback it
+    aborted the process (SIGABRT), was swallowed (exit 0, output written) or surfaced as an internal error."""
     import signal
     import time
     env = {**os.environ, "EDGEC_CACHE_DIR": str(tmp_path / "cache")}
@@ -293,7 +297,31 @@ def test_ctrl_c_leaves_no_output_and_no_temporary_directory(tmp_path):
     while time.time() < deadline and not any(n.startswith(".out.") for n in os.listdir(tmp_path)):
         time.sleep(0.05)  # wait until emission has started writing its temporary directory
     assert any(n.startswith(".out.") for n in os.listdir(tmp_path)), "the compile never reached emission"
+    time.sleep(delay)
     p.send_signal(signal.SIGINT)
     _, err = p.communicate(timeout=120)
     assert p.returncode == 130 and "interrupted; nothing was written" in err, err
     assert [n for n in os.listdir(tmp_path) if n != "cache"] == []
+
+
+def test_native_section_holds_ctrl_c_until_the_native_call_returns():
+    """The interrupt is held (the code inside runs on), raised as KeyboardInterrupt when the section ends;
+    an error the native library makes of it (TVM wraps KeyboardInterrupt) becomes KeyboardInterrupt too."""
+    import signal
+
+    from edgec.compiler import native_section
+    before = signal.getsignal(signal.SIGINT)
+    ran = []
+    with pytest.raises(KeyboardInterrupt):
+        with native_section():
+            os.kill(os.getpid(), signal.SIGINT)
+            ran.append("after the interrupt")
+    assert ran == ["after the interrupt"] and signal.getsignal(signal.SIGINT) is before
+    with pytest.raises(KeyboardInterrupt):
+        with native_section():
+            os.kill(os.getpid(), signal.SIGINT)
+            raise RuntimeError("tvm.error.InternalError: KeyboardInterrupt")
+    with pytest.raises(RuntimeError, match="not interrupted"):  # other errors pass through unchanged
+        with native_section():
+            raise RuntimeError("not interrupted")
+    assert signal.getsignal(signal.SIGINT) is before
