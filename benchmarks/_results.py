@@ -41,3 +41,38 @@ def example_ir(name: str, work: str, batch: int = 1):
     fix_input_shapes(model, {}, [])
     PassManager(parse_pipeline(DEFAULT_CLEANUP, host().passes.as_dict())).run(model)
     return model
+
+
+SMOL_EVAL = "/usr/share/common-licenses/GPL-3"
+SMOL_CALIB = ["/usr/share/common-licenses/Apache-2.0", "/usr/share/common-licenses/MPL-2.0"]
+
+
+def smollm2_bench(work: str, max_samples: int, seq_len: int):
+    """SmolLM2-135M-Instruct as the language-model benchmarks start from: imported, cleaned up and saved to
+    ``work/base``; a pass context calibrated on Apache-2.0 + MPL-2.0 (``max_samples`` windows of ``seq_len``
+    tokens); the token ids of the first 12,000 characters of GPL-3 (the evaluation text, disjoint).
+
+    Returns (model, path of the saved base, pass context, evaluation ids, pass registry)."""
+    import numpy as np
+    from edgec.calibration import load_calibration
+    from edgec.compiler import load_model
+    from edgec.host import host
+    from edgec.ir.passes import PassContext, PassManager, parse_pipeline
+    from edgec.ir.serde import save
+    from edgec.plugins.cleanup import DEFAULT_CLEANUP
+    from edgec.plugins.llm.bundled import smollm2_path
+    from edgec.plugins.llm.tokenizer import tokenizer_for
+    calib_txt = os.path.join(work, "calib.txt")
+    with open(calib_txt, "w", encoding="utf-8") as out:
+        for p in SMOL_CALIB:
+            out.write(open(p, encoding="utf-8").read())
+    m = load_model(smollm2_path())
+    reg = host().passes.as_dict()
+    ctx = PassContext(config={"seed": 0},
+                      calibration=load_calibration(calib_txt, m, seed=0, max_samples=max_samples, seq_len=seq_len))
+    PassManager(parse_pipeline(DEFAULT_CLEANUP, reg)).run(m, ctx)
+    base = os.path.join(work, "base")
+    save(m, base)
+    text = open(SMOL_EVAL, encoding="utf-8").read()[:12000]
+    ids = np.array(tokenizer_for(m).encode(text, add_bos=True), np.int64)
+    return m, base, ctx, ids, reg

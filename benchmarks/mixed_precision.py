@@ -29,10 +29,8 @@ import time
 
 import numpy as np
 
-from _results import HERE, write_results  # noqa: E402 (sibling module; scripts run from benchmarks/)
+from _results import HERE, smollm2_bench, write_results  # noqa: E402 (sibling module; scripts run from benchmarks/)
 
-EVAL_SRC = "/usr/share/common-licenses/GPL-3"
-CALIB_SRC = ["/usr/share/common-licenses/Apache-2.0", "/usr/share/common-licenses/MPL-2.0"]
 UNIFORM = (3, 4, 5)
 CANDIDATES = "2:3:4:5:6:8"
 GROUP = 64
@@ -41,30 +39,13 @@ GROUP = 64
 def main() -> int:
     import warnings
     warnings.simplefilter("ignore")
-    from edgec.calibration import load_calibration
-    from edgec.compiler import load_model
-    from edgec.host import host
-    from edgec.ir.passes import PassContext, PassManager, parse_pipeline
-    from edgec.ir.serde import load, save
-    from edgec.plugins.cleanup import DEFAULT_CLEANUP
-    from edgec.plugins.llm.bundled import smollm2_path
+    from edgec.ir.passes import PassManager, parse_pipeline
+    from edgec.ir.serde import load
     from edgec.plugins.llm.perplexity import perplexity, reference_engine
-    from edgec.plugins.llm.tokenizer import tokenizer_for
     from edgec.plugins.mixed.mixed import REPORT_KEY
 
     work = tempfile.mkdtemp(prefix="edgec-mixed-bench-")
-    calib_txt = os.path.join(work, "calib.txt")
-    with open(calib_txt, "w", encoding="utf-8") as out:
-        for p in CALIB_SRC:
-            out.write(open(p, encoding="utf-8").read())
-    m = load_model(smollm2_path())
-    reg = host().passes.as_dict()
-    ctx = PassContext(config={"seed": 0},
-                      calibration=load_calibration(calib_txt, m, seed=0, max_samples=4, seq_len=128))
-    PassManager(parse_pipeline(DEFAULT_CLEANUP, reg)).run(m, ctx)
-    base = os.path.join(work, "base")
-    save(m, base)
-    ids = np.array(tokenizer_for(m).encode(open(EVAL_SRC, encoding="utf-8").read()[:12000], add_bos=True), np.int64)
+    m, base, ctx, ids, reg = smollm2_bench(work, max_samples=4, seq_len=128)
 
     def evaluate(pipe: str) -> dict:
         mm = load(base)

@@ -29,16 +29,13 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
 import tempfile
 import time
 
 import numpy as np
 
-from _results import write_results  # noqa: E402 (sibling module; scripts run from benchmarks/)
+from _results import smollm2_bench, write_results  # noqa: E402 (sibling module; scripts run from benchmarks/)
 
-EVAL_SRC = "/usr/share/common-licenses/GPL-3"
-CALIB_SRC = ["/usr/share/common-licenses/Apache-2.0", "/usr/share/common-licenses/MPL-2.0"]
 GPTQ = {"2": (2, 0), "2.5": (2, 32), "3": (3, 0)}      # budget -> (bits, group; 0 = per channel)
 MAX_INDEX = {2: 8, 4: 10}                               # index widths tried (k-means time grows with 2**bits)
 COMMON = "head_bits=0,embedding_bits=0,samples=8"
@@ -84,31 +81,14 @@ def main() -> int:
     if args.render:
         render(*from_log(args.render, args.budgets.split(",")))
         return 0
-    from edgec.calibration import load_calibration
-    from edgec.compiler import load_model
-    from edgec.host import host
-    from edgec.ir.passes import PassContext, PassManager, parse_pipeline
-    from edgec.ir.serde import load, save
-    from edgec.plugins.cleanup import DEFAULT_CLEANUP
-    from edgec.plugins.llm.bundled import smollm2_path
+    from edgec.ir.passes import PassManager, parse_pipeline
+    from edgec.ir.serde import load
     from edgec.plugins.llm.perplexity import perplexity, reference_engine
-    from edgec.plugins.llm.tokenizer import tokenizer_for
     from edgec.plugins.quantize.quantize import REPORT_KEY
 
     work = tempfile.mkdtemp(prefix="edgec-vq-bench-")
-    calib_txt = os.path.join(work, "calib.txt")
-    with open(calib_txt, "w", encoding="utf-8") as out:
-        for p in CALIB_SRC:
-            out.write(open(p, encoding="utf-8").read())
-    m = load_model(smollm2_path())
-    reg = host().passes.as_dict()
-    ctx = PassContext(config={"seed": 0},
-                      calibration=load_calibration(calib_txt, m, seed=0, max_samples=8, seq_len=256))
-    PassManager(parse_pipeline(DEFAULT_CLEANUP, reg)).run(m, ctx)
+    m, base, ctx, ids, reg = smollm2_bench(work, max_samples=8, seq_len=256)
     shapes = linear_shapes(m)
-    base = os.path.join(work, "base")
-    save(m, base)
-    ids = np.array(tokenizer_for(m).encode(open(EVAL_SRC, encoding="utf-8").read()[:12000], add_bos=True), np.int64)
 
     def evaluate(pipe: str, bpw: float | None) -> dict:
         mm = load(base)
