@@ -76,3 +76,19 @@ def smollm2_bench(work: str, max_samples: int, seq_len: int):
     text = open(SMOL_EVAL, encoding="utf-8").read()[:12000]
     ids = np.array(tokenizer_for(m).encode(text, add_bos=True), np.int64)
     return m, base, ctx, ids, reg
+
+
+def run_and_score(base: str, pipe: str, reg, ctx, ids):
+    """The saved base model with ``pipe`` run on it (timed) and its perplexity on ``ids`` (reference executor,
+    256-token windows, stride 256). Returns (model, pass seconds, perplexity result)."""
+    import time
+
+    from edgec.ir.passes import PassManager, parse_pipeline
+    from edgec.ir.serde import load
+    from edgec.plugins.llm.perplexity import perplexity, reference_engine
+    mm = load(base)
+    t0 = time.perf_counter()
+    if pipe:
+        PassManager(parse_pipeline(pipe, reg)).run(mm, ctx)
+    t_pass = time.perf_counter() - t0
+    return mm, t_pass, perplexity(ids, reference_engine(mm), ctx=256, stride=256, engine="reference", progress=False)

@@ -25,11 +25,10 @@ import json
 import os
 import sys
 import tempfile
-import time
 
 import numpy as np
 
-from _results import HERE, smollm2_bench, write_results  # noqa: E402 (sibling module; scripts run from benchmarks/)
+from _results import HERE, run_and_score, smollm2_bench, write_results  # noqa: E402 (sibling module; scripts run from benchmarks/)
 
 UNIFORM = (3, 4, 5)
 CANDIDATES = "2:3:4:5:6:8"
@@ -39,22 +38,14 @@ GROUP = 64
 def main() -> int:
     import warnings
     warnings.simplefilter("ignore")
-    from edgec.ir.passes import PassManager, parse_pipeline
-    from edgec.ir.serde import load
-    from edgec.plugins.llm.perplexity import perplexity, reference_engine
     from edgec.plugins.mixed.mixed import REPORT_KEY
 
     work = tempfile.mkdtemp(prefix="edgec-mixed-bench-")
     m, base, ctx, ids, reg = smollm2_bench(work, max_samples=4, seq_len=128)
 
     def evaluate(pipe: str) -> dict:
-        mm = load(base)
-        t0 = time.perf_counter()
-        if pipe:
-            PassManager(parse_pipeline(pipe, reg)).run(mm, ctx)
-        t_pass = time.perf_counter() - t0
+        mm, t_pass, p = run_and_score(base, pipe, reg, ctx, ids)
         report = json.loads(mm.metadata.get(REPORT_KEY, "{}"))
-        p = perplexity(ids, reference_engine(mm), ctx=256, stride=256, engine="reference", progress=False)
         params = sum(int(np.prod(v.shape)) for v in mm.graph.initializers.values()
                      if v.dtype is not None and v.dtype.is_float)
         row = {"pipeline": pipe or "(float)", "weights_mb": mm.size_bytes() / 1e6, "ppl": p.perplexity,

@@ -30,11 +30,10 @@ from __future__ import annotations
 import argparse
 import json
 import tempfile
-import time
 
 import numpy as np
 
-from _results import smollm2_bench, write_results  # noqa: E402 (sibling module; scripts run from benchmarks/)
+from _results import run_and_score, smollm2_bench, write_results  # noqa: E402 (sibling module; scripts run from benchmarks/)
 
 GPTQ = {"2": (2, 0), "2.5": (2, 32), "3": (3, 0)}      # budget -> (bits, group; 0 = per channel)
 MAX_INDEX = {2: 8, 4: 10}                               # index widths tried (k-means time grows with 2**bits)
@@ -81,9 +80,6 @@ def main() -> int:
     if args.render:
         render(*from_log(args.render, args.budgets.split(",")))
         return 0
-    from edgec.ir.passes import PassManager, parse_pipeline
-    from edgec.ir.serde import load
-    from edgec.plugins.llm.perplexity import perplexity, reference_engine
     from edgec.plugins.quantize.quantize import REPORT_KEY
 
     work = tempfile.mkdtemp(prefix="edgec-vq-bench-")
@@ -91,13 +87,8 @@ def main() -> int:
     shapes = linear_shapes(m)
 
     def evaluate(pipe: str, bpw: float | None) -> dict:
-        mm = load(base)
-        t0 = time.perf_counter()
-        if pipe:
-            PassManager(parse_pipeline(pipe, reg)).run(mm, ctx)
-        t_pass = time.perf_counter() - t0
+        mm, t_pass, p = run_and_score(base, pipe, reg, ctx, ids)
         rep = json.loads(mm.metadata.get(REPORT_KEY, "{}"))
-        p = perplexity(ids, reference_engine(mm), ctx=256, stride=256, engine="reference", progress=False)
         row = {"pipeline": pipe or "(float)", "bpw": bpw, "ppl": p.perplexity, "pass_s": round(t_pass, 1),
                "layers": len(rep), "tokens": p.tokens_scored}
         if pipe.startswith("vq"):  # the pass's own accounting must agree with the formula used to pick b

@@ -27,6 +27,11 @@ class Lowerings(dict):
         return frozenset(self)
 
 
+# What to do with vq weights on a target that cannot carry them (the base check's and TensorRT's message).
+VECTOR_HINT = ("compile them for cpu, openvino or (indices of up to 8 bits) coreml, or quantize with "
+               "quantize{method=gptq} instead of vq")
+
+
 @dataclasses.dataclass(frozen=True)
 class Capabilities:
     """What a target can lower, as data (checked against a model before any lowering)."""
@@ -54,8 +59,7 @@ class Capabilities:
                 q = v.const
                 if q.scheme == "vector":
                     out.append(f"weight {v.name!r}: vector quantization ({q.vector_dim}-D vectors, {q.bits}-bit "
-                               "indices) cannot be encoded by this target; compile it for cpu, openvino or (indices of up to "
-                               "8 bits) coreml, or quantize with quantize{method=gptq} instead of vq")
+                               f"indices) cannot be encoded by this target; {VECTOR_HINT}")
                 else:
                     out.append(f"weight {v.name!r}: {q.scheme} {q.bits}-bit quantization cannot be "
                                "encoded by this target")

@@ -16,7 +16,7 @@ from onnx import helper, numpy_helper
 from . import ops as edgec_ops
 from .core import Graph, IRError, Model, Node, Value
 from .dtypes import DType
-from .tensor import QuantizedTensor, Tensor
+from .tensor import QuantizedTensor, Tensor, vector_bases
 
 
 class UnsupportedModelError(ValueError):
@@ -259,12 +259,11 @@ def _affine_dequant_nodes(v: Value, ctx: edgec_ops.ExpandContext) -> bool:
 def _vector_dequant_nodes(v: Value, ctx: edgec_ops.ExpandContext) -> bool:
     """``v``'s vector-quantized weight as codes + Gather from the flattened codebooks (exact: a copy)."""
     q = v.const
-    r, g, n, d = q.codebook.shape
+    r, g, _, d = q.codebook.shape
     rows, k = q.shape
     codes = np.asarray(q.codes).reshape(r, rows // r, g, q.group_size // d)
-    base = ((np.arange(r, dtype=np.int64)[:, None] * g + np.arange(g)) * n).reshape(r, 1, g, 1)
     idx = ctx.node("Cast", [ctx.const(v.name + "__codes", codes)], to=onnx.TensorProto.INT64)
-    idx = ctx.node("Add", [idx, ctx.const(v.name + "__base", base)])
+    idx = ctx.node("Add", [idx, ctx.const(v.name + "__base", vector_bases(q.codebook.shape))])
     cb = ctx.const(v.name + "__codebook", np.ascontiguousarray(np.asarray(q.codebook, np.float32).reshape(-1, d)))
     x = ctx.node("Gather", [cb, idx], axis=0)
     ctx.node("Reshape", [x, ctx.const(v.name + "__shape", np.array([rows, k], np.int64))], [v.name])

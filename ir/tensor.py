@@ -170,7 +170,7 @@ class QuantizedTensor:
                 n += p.nbytes if (p is not self.codebook or not self.codebook_bits) \
                     else (p.size * self.codebook_bits + 7) // 8
         if self.codebook_bits == 8 and self.codebook is not None:
-            n += int(np.prod(self.codebook.shape[:-2])) if self.scheme == "vector" else 1  # the exponents
+            n += int(np.prod(self.codebook.shape[:-2]))  # one exponent byte per [n, d] codebook
         return n
 
     def params(self) -> dict[str, np.ndarray]:
@@ -224,8 +224,9 @@ class QuantizedTensor:
                     f"(extent {self.shape[self.group_axis]})")
         if self.scheme == "vector":
             return errs + self._vector_errors()
-        if self.vector_dim != 1:
-            errs.append(f"vector_dim={self.vector_dim} needs the vector scheme")
+        if self.vector_dim != 1 or self.codebook_bits is not None:
+            errs.append(f"vector_dim={self.vector_dim}, codebook_bits={self.codebook_bits}: each needs the vector "
+                        "scheme (1 and None otherwise)")
         if self.scheme == "codebook":
             if self.codebook is None:
                 errs.append("codebook scheme needs a codebook")
@@ -374,12 +375,18 @@ class QuantizedTensor:
         return f"QuantizedTensor({self.scheme} {self.bits}b {list(self.shape)}, axis={self.axis}{g})"
 
 
-def vector_index(codes: np.ndarray, n_blocks: int, n_groups: int, entries: int) -> np.ndarray:
+def vector_bases(codebook_shape: tuple[int, ...], dtype=np.int64) -> np.ndarray:
+    """``[R, 1, G, 1]``: where each codebook's entries start in the flattened codebooks ``[R * G * n, d]``
+    (``n * (r * G + g)``), to add to the codes viewed as ``[R, O / R, G, K / G / d]``."""
+    r, g, n, _ = codebook_shape
+    return ((np.arange(r, dtype=dtype)[:, None] * g + np.arange(g, dtype=dtype)) * n).reshape(r, 1, g, 1)
+
+
+def vector_index(codes: np.ndarray, codebook_shape: tuple[int, ...]) -> np.ndarray:
     """Row ``[O, K / d]`` indices into the flattened codebooks ``[R * G * n, d]``: ``code + n * (r * G + g)``."""
     rows, nv = codes.shape
-    per = nv // n_groups
-    base = (np.arange(n_blocks, dtype=np.int64)[:, None] * n_groups + np.arange(n_groups)) * entries  # [R, G]
-    idx = codes.astype(np.int64).reshape(n_blocks, rows // n_blocks, n_groups, per) + base[:, None, :, None]
+    r, g = codebook_shape[:2]
+    idx = codes.astype(np.int64).reshape(r, rows // r, g, nv // g) + vector_bases(codebook_shape)
     return idx.reshape(rows, nv)
 
 
@@ -387,7 +394,7 @@ def decode_vectors(codes: np.ndarray, codebook: np.ndarray, group_size: int) -> 
     """``[O, K]`` float32 from vector codes ``[O, K / d]`` and codebooks ``[R, K / group_size, n, d]``."""
     r, g, n, d = codebook.shape
     flat = np.asarray(codebook, np.float32).reshape(r * g * n, d)
-    return flat[vector_index(codes, r, g, n)].reshape(codes.shape[0], codes.shape[1] * d)
+    return flat[vector_index(codes, codebook.shape)].reshape(codes.shape[0], codes.shape[1] * d)
 
 
 def pow2_int8(codebook: np.ndarray) -> tuple[np.ndarray, np.ndarray]:

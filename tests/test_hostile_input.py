@@ -321,6 +321,13 @@ def test_native_section_holds_ctrl_c_until_the_native_call_returns():
         with native_section():
             os.kill(os.getpid(), signal.SIGINT)
             raise RuntimeError("tvm.error.InternalError: KeyboardInterrupt")
+    ran.clear()
+    with pytest.raises(KeyboardInterrupt):  # a second Ctrl-C does not wait
+        with native_section():
+            os.kill(os.getpid(), signal.SIGINT)
+            os.kill(os.getpid(), signal.SIGINT)
+            ran.append("after the second interrupt")
+    assert ran == [] and signal.getsignal(signal.SIGINT) is before
     with pytest.raises(RuntimeError, match="not interrupted"):  # other errors pass through unchanged
         with native_section():
             raise RuntimeError("not interrupted")

@@ -69,7 +69,6 @@ def gptq(w2: np.ndarray, spec: GridSpec | None, h: np.ndarray, *, damp: float = 
     With ``grid`` (a fitted :class:`~.gguf_grids.Grid`, e.g. a GGUF block format) columns are quantized on
     that grid instead of ``spec``'s, and the codes ``[out, K]`` are returned alone.
     """
-    from scipy.linalg import lapack
     from scipy.linalg.blas import dger
     if h is None:
         raise ValueError("gptq needs calibration data (the layer's input Hessian)")
@@ -100,24 +99,9 @@ def gptq(w2: np.ndarray, spec: GridSpec | None, h: np.ndarray, *, damp: float = 
         gs = k // g if spec.granularity != "tensor" else k
     else:
         scale, zp, gs = np.ones((1, 1), np.float32), None, k
-    dead = np.diag(h) == 0
-    h[dead, dead] = 1.0
-    w[:, dead] = 0.0
     inv = np.argsort(perm)
-    h[np.diag_indices(k)] += damp * np.mean(np.diag(h))
-    # Upper Cholesky factor of H^-1, in place: potrf(H) -> potri (H^-1) -> potrf(H^-1). H is symmetric, so
-    # a C-ordered buffer read as Fortran (h.T, no copy) is the same matrix, and LAPACK with uplo=U only
-    # reads and writes the upper triangle: no symmetrising copies.
-    a = h if h.flags.f_contiguous else h.T  # the same symmetric matrix, Fortran-ordered without a copy
-    c, info = lapack.spotrf(a, lower=False, overwrite_a=True)
-    if info == 0:
-        c, info = lapack.spotri(c, lower=False, overwrite_c=True)
-    if info == 0:
-        c, info = lapack.spotrf(c, lower=False, overwrite_a=True)
-    if info != 0:
-        raise np.linalg.LinAlgError(f"the layer's Hessian is not positive definite after dampening "
-                                    f"(damp={damp}); raise it, e.g. quantize{{method=gptq,damp=0.1}}")
-    hinv = c  # upper triangle valid; the strictly lower triangle is never read below
+    hinv, dead = inverse_hessian_factor(h, damp, "quantize{method=gptq,damp=0.1}")
+    w[:, dead] = 0.0  # upper triangle valid; the strictly lower triangle is never read below
     symmetric = grid.t.scheme == "symmetric" if grid is not None else spec.symmetric
     codes = np.zeros((out, k), np.int8 if symmetric else np.uint8)
     col_group = perm // gs  # original group of each permuted column
@@ -160,6 +144,32 @@ def gptq(w2: np.ndarray, spec: GridSpec | None, h: np.ndarray, *, damp: float = 
     if grid is not None:
         return codes
     return codes.reshape(grouped(codes, spec).shape), scale, zp
+
+
+def inverse_hessian_factor(h: np.ndarray, damp: float, fix: str) -> tuple[np.ndarray, np.ndarray]:
+    """GPTQ's ``U``: the upper Cholesky factor of ``(H + damp * mean(diag H) * I)^-1``, computed in place in
+    ``h``'s precision (float32 or float64). Dead inputs (zero diagonal) get 1 on the diagonal first; their mask
+    is returned with the factor, whose strictly lower triangle is left as garbage (never read by GPTQ; take
+    ``np.triu`` to use it as a matrix). ``fix`` names the option to raise when H is not positive definite."""
+    from scipy.linalg import lapack
+    k = h.shape[0]
+    dead = np.diag(h) == 0
+    h[dead, dead] = 1.0
+    h[np.diag_indices(k)] += damp * np.mean(np.diag(h))
+    # potrf(H) -> potri (H^-1) -> potrf(H^-1). H is symmetric, so a C-ordered buffer read as Fortran (h.T, no
+    # copy) is the same matrix, and LAPACK with uplo=U only reads and writes the upper triangle: no
+    # symmetrising copies.
+    a = h if h.flags.f_contiguous else h.T  # the same symmetric matrix, Fortran-ordered without a copy
+    potrf, potri = lapack.get_lapack_funcs(("potrf", "potri"), (a,))
+    c, info = potrf(a, lower=False, overwrite_a=True)
+    if info == 0:
+        c, info = potri(c, lower=False, overwrite_c=True)
+    if info == 0:
+        c, info = potrf(c, lower=False, overwrite_a=True)
+    if info != 0:
+        raise np.linalg.LinAlgError(f"the layer's Hessian is not positive definite after dampening "
+                                    f"(damp={damp}); raise it, e.g. {fix}")
+    return c, dead
 
 
 def hessian_order(diag: np.ndarray, act_order: bool) -> np.ndarray:

@@ -128,6 +128,112 @@ def layer_rows(layer: Layer, x: np.ndarray) -> np.ndarray | None:
     return None
 
 
+def output_error(layer: Layer, xs: list[np.ndarray] | None, w: np.ndarray, deq: np.ndarray) -> float | None:
+    """||X (Q - W)^T|| / ||X W^T|| on the calibration inputs, streamed sample by sample (no Hessian)."""
+    if not xs:
+        return None
+    w2, d2 = as_matrix(w), as_matrix(deq) - as_matrix(w)
+    num = den = 0.0
+    for x in xs:
+        rows = layer_rows(layer, np.asarray(x, np.float32))
+        if rows is None:
+            return None
+        num += float(np.sum((rows @ d2.T).astype(np.float64) ** 2))
+        den += float(np.sum((rows @ w2.T).astype(np.float64) ** 2))
+    return float(np.sqrt(num / den)) if den > 0 else None
+
+
+def layer_groups(model: Model, layers: list[Layer]) -> list[list[Layer]]:
+    """Layers reading the same input, in graph order of their first member."""
+    out: dict[int, list[Layer]] = {}
+    for l in layers:
+        key = id(l.node.inputs[0]) if l.kind != "embedding" else id(l)
+        out.setdefault(key, []).append(l)
+    return list(out.values())
+
+
+def hessian(layer: Layer, xs: list[np.ndarray] | None, perm: np.ndarray | None = None):
+    """``X^T X / rows`` in float32 (columns in ``perm`` order if given), accumulated sample by sample
+    into one K x K buffer."""
+    from scipy.linalg import blas
+    if not xs:
+        return None
+    h, count = None, 0
+    for x in xs:
+        rows = layer_rows(layer, np.asarray(x, np.float32))
+        if rows is None:
+            return None
+        if perm is not None:
+            rows = rows[:, perm]
+        rows = np.asfortranarray(rows, dtype=np.float32)
+        if h is None:
+            h = np.zeros((rows.shape[1], rows.shape[1]), np.float32, order="F")
+        # h += rows^T rows in place (no K x K temporary per sample).
+        h = blas.sgemm(1.0, rows, rows, beta=1.0, c=h, trans_a=True, overwrite_c=True)
+        count += rows.shape[0]
+    h /= max(count, 1)
+    return h
+
+
+def replace_weight(model: Model, layer: Layer, q: QuantizedTensor, w: np.ndarray, h, xs, note: str) -> dict:
+    """Put ``q`` in place of ``layer``'s float weight ``w`` (keeping a pruned weight's zeros where the grid has
+    one) and return the layer's report: bits, method, SQNR, output error (from ``h`` when given, else streamed
+    over ``xs``) and bytes."""
+    sparsity = layer.weight.sparsity
+    if sparsity is not None:
+        q, lost = keep_zeros(q, w == 0)
+        if lost:
+            note = (note + "; " if note else "") + lost
+            sparsity = None
+    errs = q.validate()
+    if errs:
+        raise RuntimeError(f"internal: quantized {layer.weight.name} breaks its grid: {errs}")
+    deq = q.dequantize()
+    g = model.graph
+    new = g.add_const(g.unique_name(layer.weight.name + "_q"), q)
+    if sparsity is not None:
+        new.sparsity = dataclasses.replace(sparsity, ratio=round(float(np.mean(deq == 0)), 6))
+    for u in list(layer.weight.uses):
+        u.node.replace_input_with(u.index, new)
+    if h is not None:
+        d = as_matrix(deq) - as_matrix(w)
+        num, den = quad(d, h), quad(as_matrix(w), h)
+        rel = float(np.sqrt(max(num, 0.0) / den)) if den > 0 else None
+    else:
+        rel = output_error(layer, xs, w, deq) if layer.kind != "embedding" else None
+    rep = {"node": layer.node.name, "op": layer.node.qualified_op, "role": layer.role, "bits": q.bits,
+           "method": q.method, "scheme": q.scheme, "group_size": q.group_size, "shape": list(w.shape),
+           "sqnr_db": round(sqnr_db(w, deq), 3), "rel_output_error": rel, "bytes_before": int(w.nbytes),
+           "bytes_after": int(q.nbytes)}
+    if not layer.weight.uses and layer.weight.name in g.initializers:
+        # Release the float weights now, not at the end of the pass (after the last read of ``w``: a
+        # memory-mapped weight's pages are dropped and would fault back in).
+        g.remove_const(layer.weight.name)
+    if q.layout:
+        rep["layout"] = q.layout
+    if note:
+        rep["note"] = note
+    return rep
+
+
+def quantize_layers(model: Model, layers: list[Layer], samples: list[dict], quantize_layer, desc: str) -> None:
+    """Quantize ``layers`` one input group at a time in graph order: each group's input is captured on
+    ``samples`` from the model as quantized so far (none for embeddings or without samples), then
+    ``quantize_layer(model, layer, xs)`` replaces each weight and returns its report, stored under
+    :data:`REPORT_KEY` with the reports of earlier passes."""
+    from tqdm import tqdm
+    fix_mmap_threshold()
+    reports = json.loads(model.metadata.get(REPORT_KEY, "{}"))
+    stream = Stream(model, samples)
+    for group in tqdm(layer_groups(model, layers), desc=desc, unit="layer group", leave=False, disable=None):
+        xs = stream.capture(group[0].node.inputs[0]) if samples and group[0].kind != "embedding" else None
+        for layer in group:
+            reports[layer.weight.name] = quantize_layer(model, layer, xs)
+            trim_heap()  # the layer's temporaries: freed, and handed back before the next one
+    model.metadata[REPORT_KEY] = json.dumps(reports, sort_keys=True)
+    model.graph.remove_unused_consts()
+
+
 @dataclasses.dataclass(frozen=True)
 class Quantize(Pass):
     """Weight quantization. See ``edgec passes`` for the options."""
@@ -224,51 +330,11 @@ class Quantize(Pass):
                              "(a .npz, a folder of samples, or 'random' for a smoke test)")
         samples = calib.samples[: self.samples] if calib is not None else []
         fix_mmap_threshold()
-        reports = json.loads(model.metadata.get(REPORT_KEY, "{}"))
         if self.method == "awq":
             self._awq_scales(model, [l for l in layers if l.kind == "linear"], samples)
             layers = self.select(model)  # scaling gave the Linears new weight constants
-        stream = Stream(model, samples)
-        for group in self._groups(model, layers):
-            xs = stream.capture(group[0].node.inputs[0]) if samples and group[0].kind != "embedding" else None
-            for layer in group:
-                reports[layer.weight.name] = self._quantize_layer(model, layer, xs)
-                trim_heap()  # the layer's temporaries: freed, and handed back before the next one
-        model.metadata[REPORT_KEY] = json.dumps(reports, sort_keys=True)
-        model.graph.remove_unused_consts()
+        quantize_layers(model, layers, samples, self._quantize_layer, "quantize")
         return True
-
-    @staticmethod
-    def _groups(model: Model, layers: list[Layer]) -> list[list[Layer]]:
-        """Layers reading the same input, in graph order of their first member."""
-        out: dict[int, list[Layer]] = {}
-        for l in layers:
-            key = id(l.node.inputs[0]) if l.kind != "embedding" else id(l)
-            out.setdefault(key, []).append(l)
-        return list(out.values())
-
-    @staticmethod
-    def _hessian(layer: Layer, xs: list[np.ndarray] | None, perm: np.ndarray | None = None):
-        """``X^T X / rows`` in float32 (columns in ``perm`` order if given), accumulated sample by sample
-        into one K x K buffer."""
-        from scipy.linalg import blas
-        if not xs:
-            return None
-        h, count = None, 0
-        for x in xs:
-            rows = layer_rows(layer, np.asarray(x, np.float32))
-            if rows is None:
-                return None
-            if perm is not None:
-                rows = rows[:, perm]
-            rows = np.asfortranarray(rows, dtype=np.float32)
-            if h is None:
-                h = np.zeros((rows.shape[1], rows.shape[1]), np.float32, order="F")
-            # h += rows^T rows in place (no K x K temporary per sample).
-            h = blas.sgemm(1.0, rows, rows, beta=1.0, c=h, trans_a=True, overwrite_c=True)
-            count += rows.shape[0]
-        h /= max(count, 1)
-        return h
 
     @staticmethod
     def _diag(layer: Layer, xs: list[np.ndarray]) -> np.ndarray | None:
@@ -280,21 +346,6 @@ class Quantize(Pass):
             sq = np.einsum("ij,ij->j", rows, rows)
             d = sq if d is None else d + sq
         return d
-
-    @staticmethod
-    def _output_error(layer: Layer, xs: list[np.ndarray] | None, w: np.ndarray, deq: np.ndarray) -> float | None:
-        """||X (Q - W)^T|| / ||X W^T|| on the calibration inputs, streamed sample by sample (no Hessian)."""
-        if not xs:
-            return None
-        w2, d2 = as_matrix(w), as_matrix(deq) - as_matrix(w)
-        num = den = 0.0
-        for x in xs:
-            rows = layer_rows(layer, np.asarray(x, np.float32))
-            if rows is None:
-                return None
-            num += float(np.sum((rows @ d2.T).astype(np.float64) ** 2))
-            den += float(np.sum((rows @ w2.T).astype(np.float64) ** 2))
-        return float(np.sqrt(num / den)) if den > 0 else None
 
     def gguf_type_for(self, layer: Layer) -> tuple[str | None, str]:
         """The GGUF type this layer gets (None: stays float) and why, when it is not the requested one."""
@@ -315,7 +366,7 @@ class Quantize(Pass):
         if method == "gptq" and xs:
             diag = self._diag(layer, xs)
             perm = methods.hessian_order(diag, self.act_order)
-            h = self._hessian(layer, xs, perm)
+            h = hessian(layer, xs, perm)
             grid = gg.fit(w, t)
             codes = methods.gptq(w, None, h, damp=self.damp, act_order=self.act_order, block=self.block, perm=perm,
                                  grid=grid)
@@ -326,7 +377,7 @@ class Quantize(Pass):
             # AWQ's scales are already folded into the weights; like mse it then searches the clipping.
             q = gg.quantize_matrix(w, t, "rtn" if method == "rtn" else "mse")
             q = dataclasses.replace(q, method=method)
-        return self._replace(model, layer, q, w, None, xs, note)
+        return replace_weight(model, layer, q, w, None, xs, note)
 
     def _quantize_layer(self, model: Model, layer: Layer, xs: list[np.ndarray] | None) -> dict:
         if self.gguf:
@@ -342,14 +393,14 @@ class Quantize(Pass):
             # GPTQ can factor the one buffer in place.
             diag = self._diag(layer, xs)
             perm = methods.hessian_order(diag, self.act_order) if diag is not None else None
-        h = self._hessian(layer, xs, perm) if needs_h and layer.kind != "embedding" else None
+        h = hessian(layer, xs, perm) if needs_h and layer.kind != "embedding" else None
         note = ""
         if method in ("nf4", "codebook"):
             grouped_ok = w.ndim == 2 and self.group and w.shape[1] % self.group == 0
             if method == "nf4" and (w.ndim != 2 or w.shape[1] % (self.group or 64)):
                 method, note = "mse", "nf4 needs 2-D weights with K divisible by the group; used mse"
             elif method == "nf4":
-                return self._replace(model, layer, methods.nf4(w2, self.group or 64, w.shape, self.scale_dtype == "f16"), w, h, xs, note)
+                return replace_weight(model, layer, methods.nf4(w2, self.group or 64, w.shape, self.scale_dtype == "f16"), w, h, xs, note)
             else:
                 if self.group and not grouped_ok:
                     note = "per-group palettes need 2-D weights with K divisible by the group; used per channel"
@@ -362,7 +413,7 @@ class Quantize(Pass):
                     codes = methods.gptq(w2, None, h, damp=self.damp, act_order=self.act_order, block=self.block,
                                          grid=methods.PaletteGrid(q))
                     q = dataclasses.replace(q, codes=codes.reshape(w.shape).astype(np.uint8))
-                return self._replace(model, layer, q, w, h, xs, note)
+                return replace_weight(model, layer, q, w, h, xs, note)
         if method == "gptq" and h is None:
             method, note = "mse", "no Hessian for this layer (grouped conv or uncaptured input); used mse"
         if method == "awq":
@@ -379,45 +430,7 @@ class Quantize(Pass):
         q = make_tensor(codes, scale, zp, spec, w.shape, self.method_for(layer))
         if spec.granularity != ("group" if self.group else self.granularity) and layer.role != "embedding":
             note = note or "group-wise grid not possible for this weight; used per channel"
-        return self._replace(model, layer, q, w, h, xs, note)
-
-    @staticmethod
-    def _replace(model: Model, layer: Layer, q: QuantizedTensor, w: np.ndarray, h, xs, note: str) -> dict:
-        sparsity = layer.weight.sparsity
-        if sparsity is not None:
-            q, lost = keep_zeros(q, w == 0)
-            if lost:
-                note = (note + "; " if note else "") + lost
-                sparsity = None
-        errs = q.validate()
-        if errs:
-            raise RuntimeError(f"internal: quantized {layer.weight.name} breaks its grid: {errs}")
-        deq = q.dequantize()
-        g = model.graph
-        new = g.add_const(g.unique_name(layer.weight.name + "_q"), q)
-        if sparsity is not None:
-            new.sparsity = dataclasses.replace(sparsity, ratio=round(float(np.mean(deq == 0)), 6))
-        for u in list(layer.weight.uses):
-            u.node.replace_input_with(u.index, new)
-        if h is not None:
-            d = as_matrix(deq) - as_matrix(w)
-            num, den = quad(d, h), quad(as_matrix(w), h)
-            rel = float(np.sqrt(max(num, 0.0) / den)) if den > 0 else None
-        else:
-            rel = Quantize._output_error(layer, xs, w, deq) if layer.kind != "embedding" else None
-        rep = {"node": layer.node.name, "op": layer.node.qualified_op, "role": layer.role, "bits": q.bits,
-               "method": q.method, "scheme": q.scheme, "group_size": q.group_size, "shape": list(w.shape),
-               "sqnr_db": round(sqnr_db(w, deq), 3), "rel_output_error": rel, "bytes_before": int(w.nbytes),
-               "bytes_after": int(q.nbytes)}
-        if not layer.weight.uses and layer.weight.name in g.initializers:
-            # Release the float weights now, not at the end of the pass (after the last read of ``w``: a
-            # memory-mapped weight's pages are dropped and would fault back in).
-            g.remove_const(layer.weight.name)
-        if q.layout:
-            rep["layout"] = q.layout
-        if note:
-            rep["note"] = note
-        return rep
+        return replace_weight(model, layer, q, w, h, xs, note)
 
     def _awq_scales(self, model: Model, layers: list[Layer], samples: list[dict]) -> None:
         """AWQ (Lin et al. 2023): per input channel s = mean|X|^alpha, alpha searched on the output error of
@@ -435,7 +448,7 @@ class Quantize(Pass):
             n_rows = sum(int(np.prod(xi.shape[:-1])) for xi in xs)
             act = sum(np.abs(xi.reshape(-1, xi.shape[-1])).sum(0, dtype=np.float64) for xi in xs) / n_rows
             act = np.where(act > 0, act, act[act > 0].min() if (act > 0).any() else 1.0)
-            h = self._hessian(by_node[id(group[0])], xs).astype(np.float64)
+            h = hessian(by_node[id(group[0])], xs).astype(np.float64)
             ws = [np.asarray(n.inputs[1].numpy(), np.float32) for n in group]
             spec = self.spec_for(by_node[id(group[0])])
             best = (None, np.inf)

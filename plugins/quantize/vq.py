@@ -28,7 +28,6 @@ The bits a weight costs, codebooks included, are in each layer's report (``bits_
 from __future__ import annotations
 
 import dataclasses
-import json
 from typing import ClassVar
 
 import numpy as np
@@ -37,8 +36,8 @@ from ...errors import UsageError
 from ...ir import Model, QuantizedTensor
 from ...ir.passes import Pass, PassContext, option
 from ...ir.tensor import decode_vectors, pow2_int8, vector_index
-from .capture import Stream, fix_mmap_threshold, trim_heap
-from .quantize import REPORT_KEY, Layer, Quantize, find_layers
+from .methods import inverse_hessian_factor
+from .quantize import Layer, find_layers, hessian, quad, quantize_layers, replace_weight
 
 MAX_INDEX_BITS = 16
 KMEANS_SAMPLE = 32768  # vectors k-means fits a codebook on (at least 32 per entry); all are assigned after
@@ -94,12 +93,13 @@ def weighted_kmeans(x: np.ndarray, wt: np.ndarray, n: int, iters: int, rng: np.r
     x32, wt32 = x.astype(np.float32), wt.astype(np.float32)
     c = x[:, np.sort(rng.choice(big, size=n, replace=False))].astype(np.float64)
     ids = (np.arange(b)[:, None] * n)
+    wts = [wt[..., j].ravel() for j in range(d)]
+    wxs = [(wt[..., j] * x[..., j]).ravel() for j in range(d)]
     for _ in range(iters):
         lab = _nearest(x32, c.astype(np.float32), wt32)
         flat = (lab + ids).ravel()
-        den = np.stack([np.bincount(flat, wt[..., j].ravel(), b * n) for j in range(d)], 1).reshape(b, n, d)
-        num = np.stack([np.bincount(flat, (wt[..., j] * x[..., j]).ravel(), b * n) for j in range(d)],
-                       1).reshape(b, n, d)
+        den = np.stack([np.bincount(flat, wj, b * n) for wj in wts], 1).reshape(b, n, d)
+        num = np.stack([np.bincount(flat, wxj, b * n) for wxj in wxs], 1).reshape(b, n, d)
         new = np.where(den > 0, num / np.where(den > 0, den, 1.0), c)
         for bi, e in zip(*np.nonzero(den[..., 0] == 0)):  # an emptied cluster: the worst-fitted vector
             err = (wt[bi] * (x[bi] - new[bi][lab[bi]]) ** 2).sum(1)
@@ -118,22 +118,6 @@ class VQResult:
     codebook: np.ndarray   # [R, G, n, dim], float32, on the storage grid
     loss_init: float       # tr((W - Q) H (W - Q)^T) before codebook fine-tuning
     loss: float            # ... after fine-tuning and storage rounding
-
-
-def _upper_inverse_cholesky(h: np.ndarray, damp: float) -> np.ndarray:
-    from scipy.linalg import cho_factor, cho_solve, cholesky
-    hd = h.astype(np.float64, copy=True)
-    hd[np.diag_indices_from(hd)] += damp * float(np.mean(np.diag(hd)))
-    try:
-        hinv = cho_solve(cho_factor(hd, lower=False), np.eye(hd.shape[0]))
-        return cholesky((hinv + hinv.T) / 2, lower=False)
-    except np.linalg.LinAlgError:
-        raise np.linalg.LinAlgError(f"the layer's Hessian is not positive definite after dampening (damp={damp}); "
-                                    "raise it, e.g. vq{damp=0.1}") from None
-
-
-def _loss(d: np.ndarray, h: np.ndarray) -> float:
-    return float(np.einsum("ij,ij->", d @ h, d))
 
 
 def store_codebook(cb: np.ndarray, codebook_bits: int) -> np.ndarray:
@@ -195,12 +179,12 @@ def gptvq(w: np.ndarray, h: np.ndarray, *, dim: int, bits: int, group: int, rows
         raise ValueError(f"a codebook's block of {rp} x {group} weights holds {rp * group // dim} vectors, fewer "
                          f"than its {n} entries")
     r, g = o // rp, k // group
-    h = np.asarray(h, np.float64).copy()
-    w0 = np.asarray(w, np.float64).copy()
-    dead = np.diag(h) == 0
-    h[dead, dead] = 1.0
+    h = np.array(h, np.float64)
+    u, dead = inverse_hessian_factor(h.copy(), damp, "vq{damp=0.1}")
+    u = np.triu(u)
+    h[dead, dead] = 1.0  # as the factor's Hessian: dead inputs carry nothing, their weights become 0
+    w0 = np.array(w, np.float64)
     w0[:, dead] = 0.0
-    u = _upper_inverse_cholesky(h, damp)
     work = w0.copy()
     codes = np.zeros((o, k // dim), np.uint8 if bits <= 8 else np.uint16)
     books = np.zeros((r, g, n, dim))
@@ -231,14 +215,14 @@ def gptvq(w: np.ndarray, h: np.ndarray, *, dim: int, bits: int, group: int, rows
             if b1 < k:
                 work[:, b1:] -= err @ u[b0:b1, b1:]
     del work
-    flat = vector_index(codes, r, g, n)
-    loss_init = _loss(books.reshape(-1, dim)[flat].reshape(o, k) - w0, h)
+    flat = vector_index(codes, books.shape)
+    loss_init = quad(books.reshape(-1, dim)[flat].reshape(o, k) - w0, h)
     tuned = finetune_codebook(flat, books.reshape(-1, dim), w0, h, finetune) if finetune else books.reshape(-1, dim)
     stored = store_codebook(tuned.reshape(books.shape), codebook_bits)
-    loss = _loss(decode_vectors(codes, stored, group).astype(np.float64) - w0, h)
+    loss = quad(decode_vectors(codes, stored, group) - w0, h)
     if finetune:  # keep the fine-tuned codebook only where it helped after rounding (it always should)
         plain = store_codebook(books, codebook_bits)
-        loss_plain = _loss(decode_vectors(codes, plain, group).astype(np.float64) - w0, h)
+        loss_plain = quad(decode_vectors(codes, plain, group) - w0, h)
         if loss_plain < loss:
             stored, loss = plain, loss_plain
     return VQResult(codes, stored, loss_init, loss)
@@ -311,18 +295,7 @@ class VectorQuantize(Pass):
         if ctx.calibration is None:
             raise UsageError("vq needs calibration data (each layer's input Hessian): pass --calib (a .npz, a "
                              "folder of samples, or 'random' for a smoke test)")
-        fix_mmap_threshold()
-        reports = json.loads(model.metadata.get(REPORT_KEY, "{}"))
-        stream = Stream(model, ctx.calibration.samples[: self.samples])
-        from tqdm import tqdm
-        groups = Quantize._groups(model, layers)
-        for group in tqdm(groups, desc="vq", unit="layer group", leave=False, disable=None):
-            xs = stream.capture(group[0].node.inputs[0])
-            for layer in group:
-                reports[layer.weight.name] = self._layer(model, layer, xs)
-                trim_heap()
-        model.metadata[REPORT_KEY] = json.dumps(reports, sort_keys=True)
-        model.graph.remove_unused_consts()
+        quantize_layers(model, layers, ctx.calibration.samples[: self.samples], self._layer, "vq")
         return True
 
     def _layer(self, model: Model, layer: Layer, xs: list[np.ndarray]) -> dict:
@@ -341,7 +314,7 @@ class VectorQuantize(Pass):
             return {**base, "note": f"a codebook's block holds {(rows or w.shape[0]) * group // self.dim} vectors, "
                                     f"fewer than its {n} entries; kept float (use a larger group= or rows=, or "
                                     "fewer bits)"}
-        h = Quantize._hessian(layer, xs)
+        h = hessian(layer, xs)
         if h is None:
             return {**base, "note": "no Hessian for this layer's input; kept float"}
         r = gptvq(w, h, dim=self.dim, bits=self.bits, group=group, rows=rows, damp=self.damp, block=self.block,
@@ -349,7 +322,7 @@ class VectorQuantize(Pass):
         q = QuantizedTensor(codes=r.codes, bits=self.bits, scheme="vector", codebook=r.codebook, group_size=group,
                             group_axis=1, vector_dim=self.dim, method="gptvq",
                             codebook_bits=None if self.codebook_bits == 32 else self.codebook_bits)
-        rep = Quantize._replace(model, layer, q, w, h, xs, note)
+        rep = replace_weight(model, layer, q, w, h, xs, note)
         rep.update(vector_dim=self.dim, bits_per_weight=self.bits_per_weight,
                    codebooks=int(np.prod(r.codebook.shape[:2])),
                    bits_per_weight_total=round(q.nbytes * 8 / w.size, 4), codebook_bits=self.codebook_bits,

@@ -39,6 +39,12 @@ def _index_bits(bits: int) -> int:
     return next(b for b in INDEX_BITS if b >= bits)
 
 
+def _index_dtype(types, nb: int):
+    """The MIL storage type of ``nb``-bit palette indices."""
+    return {1: types.np_uint1_dtype, 2: types.np_uint2_dtype, 3: types.np_uint3_dtype, 4: types.np_uint4_dtype,
+            6: types.np_uint6_dtype, 8: np.uint8}[nb]
+
+
 def to_fp16(a: np.ndarray) -> np.ndarray:
     """fp16 with finite values saturated to +-65504 (an additive mask of -3.4e38 stays a large finite
     negative, so a fully masked row gives a uniform softmax rather than NaN); infinities stay infinite."""
@@ -202,8 +208,7 @@ class WeightEncoder:
         codes = np.asarray(q.codes)
         if not self.ios18:
             return self._palette_ios16(v, q, codes, name, sparse)
-        idx_dt = {1: types.np_uint1_dtype, 2: types.np_uint2_dtype, 3: types.np_uint3_dtype,
-                  4: types.np_uint4_dtype, 6: types.np_uint6_dtype, 8: np.uint8}[nb]
+        idx_dt = _index_dtype(types, nb)
         lut = self._lut(q, nb)
         kind = f"palette{q.bits}" + ("x" + "scale" if q.scales is not None else "")
         if sparse is not None:
@@ -224,8 +229,7 @@ class WeightEncoder:
         cb = np.asarray(q.codebook, np.float32)
         r, g, n, d = cb.shape
         lut = np.concatenate([cb, np.zeros((r, g, (1 << nb) - n, d), np.float32)], axis=2)
-        idx_dt = {1: types.np_uint1_dtype, 2: types.np_uint2_dtype, 3: types.np_uint3_dtype,
-                  4: types.np_uint4_dtype, 6: types.np_uint6_dtype, 8: np.uint8}[nb]
+        idx_dt = _index_dtype(types, nb)
         out = self.mb.constexpr_lut_to_dense(indices=np.asarray(q.codes).astype(idx_dt), lut=to_fp16(lut),
                                              vector_axis=np.int32(1), name=name)
         return Encoded(out, f"vector{d}d-palette{q.bits}", name)

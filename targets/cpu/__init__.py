@@ -20,7 +20,7 @@ from ...hookspecs import hookimpl
 from ...ir import Model, QuantizedTensor
 from ...ir.passes import PassContext, option
 from ...target import Artifact, Capabilities, Target
-from .relax_builder import RelaxBuilder, pack_codes, supported_ops
+from .relax_builder import RelaxBuilder, pack_codes, supported_ops, vector_arrays
 
 _TRIPLES = {"x86_64": "x86_64-linux-gnu", "aarch64": "aarch64-linux-gnu"}
 _QUANT = frozenset({(s, b) for s in ("symmetric", "asymmetric", "affine") for b in range(2, 9)}
@@ -106,10 +106,9 @@ class CpuTarget(Target):
         packed = {}
         for v in model.graph.initializers.values():
             if isinstance(v.const, QuantizedTensor) and v.const.scheme == "vector":
-                q = v.const
-                packed[v.name] = {"stored_dtype": "uint8" if q.bits <= 8 else "uint16",
-                                  "stored_bytes": int(q.codes.size * (1 if q.bits <= 8 else 2) + q.codebook.size * 4),
-                                  "codebook": list(q.codebook.shape)}
+                codes, book = vector_arrays(v.const)
+                packed[v.name] = {"stored_dtype": str(codes.dtype), "stored_bytes": int(codes.nbytes + book.nbytes),
+                                  "codebook": list(v.const.codebook.shape)}
             elif isinstance(v.const, QuantizedTensor):
                 arr, per_byte = pack_codes(v.const)
                 packed[v.name] = {"stored_dtype": str(arr.dtype), "stored_bytes": int(arr.nbytes),

@@ -391,14 +391,21 @@ def _quantized_linear(b: RelaxBuilder, n: Node, x: Value, q: QuantizedTensor, bi
     return b.emit(_op().reshape(y, list(xs[:-1]) + [N]))
 
 
+def vector_arrays(q: QuantizedTensor) -> tuple[np.ndarray, np.ndarray]:
+    """What the library stores for a vector-quantized weight: indices ``[O, K / d]`` (uint8, or uint16 above 8
+    bits) and the codebooks flattened to ``[R * G * n, d]`` float32."""
+    codes = np.ascontiguousarray(np.asarray(q.codes).astype(np.uint8 if q.bits <= 8 else np.uint16))
+    book = np.ascontiguousarray(np.asarray(q.codebook, np.float32).reshape(-1, q.vector_dim))
+    return codes, book
+
+
 def _vector_te(q: QuantizedTensor, b: RelaxBuilder):
     """A vector-quantized weight as Relax constants (indices ``[O, K / d]`` u8 / u16, codebooks flattened to
     ``[R * G * n, d]`` float32) and a TE function gathering one element from the codebook inside the matmul:
     ``w[row, k] = CB[((row // (O / R)) * G + k // group) * n + codes[row, k // d], k % d]``, the exact entry."""
     r, g, n, d = q.codebook.shape
     gs, rp = q.group_size, q.shape[0] // r
-    codes = np.ascontiguousarray(np.asarray(q.codes).astype(np.uint8 if q.bits <= 8 else np.uint16))
-    book = np.ascontiguousarray(np.asarray(q.codebook, np.float32).reshape(r * g * n, d))
+    codes, book = vector_arrays(q)
     consts = [b.relax.const(codes, str(codes.dtype)), b.relax.const(book, "float32")]
 
     def element(params, row, kk):

@@ -18,7 +18,7 @@ import numpy as np
 
 from ...errors import UnsupportedError
 from ...ir import Model, Node, QuantizedTensor, Value
-from ...ir.tensor import code_range
+from ...ir.tensor import code_range, vector_bases
 from ...target import Lowerings
 
 LOWERINGS = Lowerings()
@@ -255,8 +255,7 @@ class OVBuilder:
             cnode = self._typed_const(codes, "u4" if q.bits <= 4 else "u8", shape)
         else:
             cnode = ops.constant(np.ascontiguousarray(codes.reshape(shape).astype(np.uint16)))
-        base = ((np.arange(r, dtype=np.int32)[:, None] * g + np.arange(g, dtype=np.int32)) * n).reshape(r, 1, g, 1)
-        idx = ops.add(ops.convert(cnode, ov.Type.i32), self.const(base))
+        idx = ops.add(ops.convert(cnode, ov.Type.i32), self.const(vector_bases(q.codebook.shape, np.int32)))
         book = self.scales(np.asarray(q.codebook, np.float32).reshape(r * g * n, d), [r * g * n, d])
         node = ops.gather(book, idx, self.const(np.int64(0)))
         self.encodings[name] = f"vector codebook[{n}x{d}] gather" + (f" ({r * g} codebooks)" if r * g > 1 else "")

@@ -28,7 +28,7 @@ import numpy as np
 from ...hookspecs import hookimpl
 from ...ir import Model, QuantizedTensor, Value
 from ...ir.passes import PassContext, option
-from ...target import Artifact, Capabilities, Target
+from ...target import VECTOR_HINT, Artifact, Capabilities, Target
 from .onnx_qdq import build_qdq_onnx
 
 _QUANT = frozenset({("symmetric", b) for b in range(2, 9)} | {("asymmetric", b) for b in range(2, 5)})
@@ -175,8 +175,7 @@ def _weight_problems(v: Value) -> list[str]:
     if not uses <= {("edgec::Linear", 1), ("Conv", 1)}:
         return ["quantized weights are carried only as Linear / Conv weights and Gather tables"]
     if q.scheme == "vector":
-        return ["vector-quantized (vq) weights have no TensorRT encoding (it has int8 / int4 grids); compile them "
-                "for cpu, openvino or coreml, or quantize with quantize{method=gptq}"]
+        return [f"vector-quantized (vq) weights have no TensorRT encoding (it has int8 / int4 grids); {VECTOR_HINT}"]
     if q.scheme not in ("symmetric", "asymmetric") or q.offsets is not None or q.layout:
         return [f"{q.layout or q.scheme} grids have no TensorRT encoding; quantize with scheme=symmetric "
                 "(int8 per channel) or 2-4 bit groups on Linear layers"]

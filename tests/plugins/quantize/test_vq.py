@@ -225,3 +225,25 @@ def test_row_blocks_give_each_block_its_own_codebook():
     assert blocks["rel_output_error"] < 0.9 * one["rel_output_error"], (blocks, one)
     m3 = _layer_model(120, 256)
     assert "rows=16 does not divide the 120 rows" in _run(m3, "vq{head=true,rows=16}", calib)["note"]
+
+
+def test_group_that_does_not_divide_k_falls_back_with_a_note():
+    m = _layer_model(64, 96)
+    rep = _run(m, "vq{dim=2,bits_per_weight=2,head=true,group=64}", _correlated_calib(96))
+    assert rep["scheme"] == "vector" and rep["group_size"] == 96 and rep["codebooks"] == 1
+    assert "group=64 does not divide K=96; one codebook for the whole input axis" in rep["note"]
+
+
+def test_a_hessian_that_is_not_positive_definite_names_the_fix():
+    """GPTQ and vq share the inverse-Hessian factor; a Hessian that dampening cannot rescue says which option
+    to raise, for each pass."""
+    from edgec.plugins.quantize import methods
+    from edgec.plugins.quantize.grid import GridSpec
+    w = np.ones((4, 8), np.float32)
+    with pytest.raises(np.linalg.LinAlgError, match=r"not positive definite .* raise it, e\.g\. vq\{damp=0\.1\}"):
+        gptvq(w, -np.eye(8, dtype=np.float32), dim=2, bits=2, group=8)
+    with pytest.raises(np.linalg.LinAlgError, match=r"e\.g\. quantize\{method=gptq,damp=0\.1\}"):
+        methods.gptq(w, GridSpec(4, True, "channel", 128), -np.eye(8, dtype=np.float32))
+    q = QuantizedTensor(codes=np.zeros((4, 8), np.uint8), bits=2, scheme="codebook",
+                        codebook=np.zeros(4, np.float32), codebook_bits=8)
+    assert any("codebook_bits=8: each needs the vector scheme" in e for e in q.validate())
