@@ -9,6 +9,21 @@ output directory (artifact, ``manifest.json``, ``report.html``) into place witho
 any plugin; outputs are byte-identical for identical inputs, so a hit is exactly what a fresh compile
 would write.
 
+Safety:
+
+* **Every hit is checked.** Each entry records the size and sha256 of every file it holds; a hit re-hashes
+  the files while copying them, and an entry with a missing, extra, truncated or altered file is evicted
+  and the model recompiled (with a warning), never served.
+* **Only what the model is made of is read.** Files are hashed only when they are regular files, and only
+  as many bytes as they declare (a ``/proc`` file or a FIFO is never read: such a model is not cached).
+  External data an ONNX model names is hashed only when it lies inside the model's folder, which is all
+  the ONNX frontend reads; a symlink in a model folder that leads outside it is keyed by its target's
+  size, dates and inode, never by its contents.
+* **Only the cache is ever deleted.** The cache root carries a ``CACHEDIR.TAG`` (the Cache Directory
+  Tagging standard); a directory holding anything else is not used as a cache, and ``edgec cache
+  --clear`` deletes only entries (``XX/<64 hex digits>`` folders), their temporary folders and the stat
+  index, and only under a tagged root.
+
 Where: ``--cache-dir``, else ``$EDGEC_CACHE_DIR``, else ``$XDG_CACHE_HOME/edgec/artifacts``
 (``~/.cache/edgec/artifacts``). ``--no-cache`` bypasses it. Entries are written atomically (a temporary
 folder renamed into place), so concurrent builds never see half an entry.
@@ -20,15 +35,33 @@ import dataclasses
 import hashlib
 import json
 import os
+import re
 import shutil
-import tempfile
-from collections.abc import Callable, Mapping
+import stat
 import sys
+import tempfile
+import warnings
+from collections.abc import Callable, Mapping
 from typing import Any
 
-from .errors import BadInputError
+from .errors import UsageError
+from .output import _ME, _owner_alive, check_output, default_output, make_scratch, replace_dir  # noqa: F401
 
-VERSION = 1
+VERSION = 2  # 2: entries are out/ + sums.json, checked on every hit
+TAG_FILE = "CACHEDIR.TAG"
+TAG = ("Signature: 8a477f597d28d172789f06886806bc55\n"
+       "# This file is a cache directory tag created by edgec (see https://bford.info/cachedir/).\n"
+       "# edgec deletes only its own entries here: XX/<64 hex digits>/ folders, .tmp-* folders in them, and "
+       "stat-index.json.\n")
+SUMS = "sums.json"
+OUT = "out"
+INDEX_FILE = "stat-index.json"
+_SHARD = re.compile(r"[0-9a-f]{2}")
+_ENTRY = re.compile(r"[0-9a-f]{64}")
+
+
+class CacheWarning(UserWarning):
+    """Something about the compile cache the user should know (an evicted entry, an unusable directory)."""
 
 
 @dataclasses.dataclass
@@ -41,60 +74,6 @@ class CompileResult:
     cache_key: str | None = None
 
 
-def default_output(src_path: str | None, target_name: str) -> str:
-    """MODEL.TARGET beside the current directory (``out.TARGET`` for an in-memory model)."""
-    return os.path.splitext(os.path.basename(src_path))[0] + f".{target_name}" if src_path else f"out.{target_name}"
-
-
-def replace_dir(tmp: str, output: str) -> None:
-    """Move a finished output directory into place; an existing output is replaced only once the new one is
-    complete."""
-    umask = os.umask(0)
-    os.umask(umask)
-    os.chmod(tmp, 0o777 & ~umask)  # mkdtemp made it private; the output gets the usual permissions
-    if os.path.exists(output):
-        if not os.path.isdir(output):
-            raise BadInputError(f"output {output!r} exists and is not a directory")
-        old = output + ".old-" + os.path.basename(tmp)
-        os.rename(output, old)
-        os.rename(tmp, output)
-        shutil.rmtree(old, ignore_errors=True)
-    else:
-        os.rename(tmp, output)
-
-
-def serve(model: str, target: str, pipeline: str, output: str | None, *, cache_dir: str | None,
-          calib: str | None, input_shapes: Mapping[str, str] | None, verify: bool, tolerance: float,
-          cleanup: bool, seed: int, frontend: str | None, eval_text: str | None = None,
-          progress: Callable[[str], None] | None = None) -> tuple[str, str, CompileResult | None]:
-    """(cache dir, key, the result if this exact compile is cached: its output copied into place)."""
-    cdir = cache_dir or default_dir()
-    opts = {"target": target, "pipeline": pipeline, "cleanup": cleanup,
-            "input_shapes": sorted((input_shapes or {}).items()), "verify": verify, "tolerance": tolerance,
-            "seed": seed, "frontend": frontend,
-            "calib": None if calib is None else "file" if os.path.exists(calib) else calib,
-            "eval_text": eval_text is not None, "source_name": os.path.basename(model)}
-    k = key(model, calib, opts, extra=eval_text, cache_dir=cdir)
-    hit = lookup(cdir, k)
-    if hit is None:
-        return cdir, k, None
-    output = output or default_output(model, target.split("{")[0].strip())
-    if progress:
-        progress(f"cached: nothing changed since this exact compile ({k[:16]}); copying {hit}")
-    parent = os.path.dirname(os.path.abspath(output))
-    os.makedirs(parent, exist_ok=True)
-    tmp = tempfile.mkdtemp(prefix=f".{os.path.basename(output)}.", dir=parent)
-    try:
-        # shutil.copy, not copy2: fresh modification times, so make/ninja see the output as new
-        shutil.copytree(hit, os.path.join(tmp, "d"), symlinks=True, copy_function=shutil.copy)
-        replace_dir(os.path.join(tmp, "d"), output)
-    finally:
-        shutil.rmtree(tmp, ignore_errors=True)
-    with open(os.path.join(output, "manifest.json"), encoding="utf-8") as f:
-        manifest = json.load(f)
-    return cdir, k, CompileResult(os.path.abspath(output), manifest, cached=True, cache_key=k)
-
-
 def default_dir() -> str:
     env = os.environ.get("EDGEC_CACHE_DIR")
     if env:
@@ -103,15 +82,279 @@ def default_dir() -> str:
     return os.path.join(base, "edgec", "artifacts")
 
 
+# ------------------------------------------------------------------------------------------------ the root
+def is_cache_root(d: str) -> bool:
+    try:
+        with open(os.path.join(d, TAG_FILE), "rb") as f:
+            return f.read(43) == TAG[:43].encode()
+    except OSError:
+        return False
+
+
+def prepare_root(d: str, create: bool = True) -> bool:
+    """Whether ``d`` is (now) an edgec cache. A missing or empty directory, or one laid out as a cache by
+    an earlier edgec, gets its tag; a directory holding anything else is never used (or cleared)."""
+    if is_cache_root(d):
+        return True
+    try:
+        if not os.path.isdir(d):
+            if not create or os.path.lexists(d):
+                return False
+            os.makedirs(d, exist_ok=True)
+        foreign = [n for n in os.listdir(d) if not (n in (INDEX_FILE, TAG_FILE) or (
+            _SHARD.fullmatch(n) and os.path.isdir(os.path.join(d, n)) and not os.path.islink(os.path.join(d, n))))]
+        if foreign:
+            if not create:
+                return False
+            warnings.warn(f"{d} is not used as the compile cache: it holds files edgec did not write "
+                          f"({', '.join(sorted(foreign)[:3])}{', ...' if len(foreign) > 3 else ''}) and no "
+                          f"{TAG_FILE}; point --cache-dir or EDGEC_CACHE_DIR at a new folder", CacheWarning,
+                          stacklevel=3)
+            return False
+        tmp = os.path.join(d, f".{TAG_FILE}.{os.getpid()}.tmp")
+        with open(tmp, "w", encoding="ascii") as f:
+            f.write(TAG)
+        os.replace(tmp, os.path.join(d, TAG_FILE))
+        return True
+    except OSError:
+        return False
+
+
+def entries(cache_dir: str) -> list[str]:
+    """Paths of the cache's entries (by their layout: XX/<64 hex digits>)."""
+    out = []
+    try:
+        shards = sorted(os.listdir(cache_dir))
+    except OSError:
+        return out
+    for s in shards:
+        sp = os.path.join(cache_dir, s)
+        if not _SHARD.fullmatch(s) or os.path.islink(sp) or not os.path.isdir(sp):
+            continue
+        with_entries = sorted(os.listdir(sp))
+        out += [os.path.join(sp, e) for e in with_entries if _ENTRY.fullmatch(e) and e.startswith(s)
+                and not os.path.islink(os.path.join(sp, e)) and os.path.isdir(os.path.join(sp, e))]
+    return out
+
+
+def stats(cache_dir: str) -> tuple[int, int]:
+    """(entries, bytes) of the cache."""
+    n, size = 0, 0
+    for e in entries(cache_dir):
+        n += 1
+        for root, _, files in os.walk(e):
+            size += sum(os.lstat(os.path.join(root, f)).st_size for f in files)
+    return n, size
+
+
+def clear(cache_dir: str) -> tuple[int, int]:
+    """Delete every entry of the cache (and nothing else); (entries, bytes) deleted."""
+    if not os.path.lexists(cache_dir):
+        return 0, 0
+    if not prepare_root(cache_dir, create=False):
+        raise UsageError(f"{cache_dir} is not an edgec compile cache (no {TAG_FILE}, and it holds files edgec did not "
+                         "write); nothing was deleted. Check --cache-dir / EDGEC_CACHE_DIR")
+    n, size = stats(cache_dir)
+    for e in entries(cache_dir):
+        _evict(e)
+    for s in os.listdir(cache_dir):
+        sp = os.path.join(cache_dir, s)
+        if _SHARD.fullmatch(s) and os.path.isdir(sp) and not os.path.islink(sp):
+            for t in os.listdir(sp):
+                if t.startswith(".tmp-") and not _owner_alive(t[5:]):
+                    shutil.rmtree(os.path.join(sp, t), ignore_errors=True)
+            try:
+                os.rmdir(sp)
+            except OSError:
+                pass  # not empty: something else (a live writer's temporary folder) is in it
+    try:
+        os.unlink(os.path.join(cache_dir, INDEX_FILE))
+    except OSError:
+        pass
+    return n, size
+
+
+def _evict(e: str) -> None:
+    """Remove an entry atomically (renamed away first, so no reader sees half of it)."""
+    gone = os.path.join(os.path.dirname(e), f".tmp-{_ME}-evict-{os.path.basename(e)[:16]}-{os.urandom(4).hex()}")
+    try:
+        os.rename(e, gone)
+    except OSError:
+        return
+    shutil.rmtree(gone, ignore_errors=True)
+
+
+# ---------------------------------------------------------------------------------------------- serving
+def serve(model: str, target: str, pipeline: str, output: str | None, *, cache_dir: str | None,
+          calib: str | None, input_shapes: Mapping[str, str] | None, verify: bool, tolerance: float,
+          cleanup: bool, seed: int, frontend: str | None, eval_text: str | None = None,
+          force: bool = False, keep_failed: bool = False, extra_options: Mapping[str, Any] | None = None,
+          progress: Callable[[str], None] | None = None) -> tuple[str | None, str | None, CompileResult | None]:
+    """(cache dir, key, the result if this exact compile is cached: its output copied into place). The
+    cache dir and key are None when this compile cannot be cached (no usable cache, an unkeyable input)."""
+    cdir = cache_dir or default_dir()
+    if not prepare_root(cdir):
+        return None, None, None
+    opts = {"target": target, "pipeline": pipeline, "cleanup": cleanup,
+            "input_shapes": sorted((input_shapes or {}).items()), "verify": verify, "tolerance": tolerance,
+            "seed": seed, "frontend": frontend,
+            "calib": None if calib is None else "file" if os.path.exists(calib) else calib,
+            "eval_text": eval_text is not None, "source_name": os.path.basename(model),
+            **dict(extra_options or {})}
+    try:
+        k = key(model, calib, opts, extra=eval_text, cache_dir=cdir)
+    except Unkeyable:
+        return None, None, None
+    e = lookup(cdir, k)
+    if e is None:
+        return cdir, k, None
+    output = output or default_output(model, target.split("{")[0].strip())
+    check_output(output, (model, calib, eval_text), force)
+    if progress:
+        progress(f"cached: nothing changed since this exact compile ({k[:16]}); copying {e}")
+    tmp = make_scratch(output)
+    try:
+        problem = _checked_copy(e, os.path.join(tmp, "d"))
+        if problem:
+            _evict(e)
+            warnings.warn(f"the compile cache entry {k[:16]} was corrupt ({problem}); it was evicted and the model "
+                          "is compiled again", CacheWarning, stacklevel=2)
+            return cdir, k, None
+        with open(os.path.join(tmp, "d", "manifest.json"), encoding="utf-8") as f:
+            manifest = json.load(f)
+        replace_dir(os.path.join(tmp, "d"), output, force=force, inputs=(model, calib, eval_text))
+    finally:
+        shutil.rmtree(tmp, ignore_errors=True)
+    return cdir, k, CompileResult(os.path.abspath(output), manifest, cached=True, cache_key=k)
+
+
+def _copy_hashing(src: str, dst: str) -> tuple[int, str]:
+    """Copy one file, returning (bytes, sha256) of what was copied."""
+    h, n = hashlib.sha256(), 0
+    with open(src, "rb") as fi, open(dst, "wb") as fo:
+        for chunk in iter(lambda: fi.read(1 << 22), b""):
+            h.update(chunk)
+            fo.write(chunk)
+            n += len(chunk)
+    return n, h.hexdigest()
+
+
+def _tree(root: str) -> tuple[list[str], list[str], list[str]]:
+    """(directories, regular files, anything else) under ``root``, as sorted relative paths."""
+    dirs, files, other = [], [], []
+    for r, ds, fs in os.walk(root):
+        ds.sort()
+        for name in ds + sorted(fs):
+            p = os.path.join(r, name)
+            rel = os.path.relpath(p, root)
+            st = os.lstat(p)
+            (dirs if stat.S_ISDIR(st.st_mode) else files if stat.S_ISREG(st.st_mode) else other).append(rel)
+    return dirs, files, other
+
+
+def _checked_copy(e: str, dest: str) -> str | None:
+    """Copy an entry's output to ``dest`` checking every file against the entry's record; the problem found,
+    or None. ``shutil.copy`` semantics: fresh modification times, so make/ninja see the output as new."""
+    try:
+        with open(os.path.join(e, SUMS), encoding="utf-8") as f:
+            sums = json.load(f)
+        record, record_dirs = dict(sums["files"]), list(sums.get("dirs", []))
+        src = os.path.join(e, OUT)
+        dirs, files, other = _tree(src)
+        if other:
+            return f"{other[0]} is not a regular file"
+        missing, extra = sorted(set(record) - set(files)), sorted(set(files) - set(record))
+        if missing or extra:
+            return ", ".join([f"{m} is missing" for m in missing[:3]] + [f"{x} was not recorded" for x in extra[:3]])
+        os.makedirs(dest)
+        for d in sorted(set(dirs) | set(record_dirs)):
+            os.makedirs(os.path.join(dest, d), exist_ok=True)
+        for rel in files:
+            n, digest = _copy_hashing(os.path.join(src, rel), os.path.join(dest, rel))
+            size, want = record[rel]
+            if n != size:
+                return f"{rel} holds {n} bytes, {size} were stored"
+            if digest != want:
+                return f"{rel}: sha256 {digest[:12]}... differs from the stored {want[:12]}..."
+        return None
+    except (OSError, ValueError, KeyError, TypeError) as ex:
+        return f"unreadable: {type(ex).__name__}: {ex}"
+
+
+def entry(cache_dir: str, k: str) -> str:
+    return os.path.join(cache_dir, k[:2], k)
+
+
+def lookup(cache_dir: str, k: str) -> str | None:
+    e = entry(cache_dir, k)
+    return e if os.path.isfile(os.path.join(e, SUMS)) else None
+
+
+def store(cache_dir: str | None, k: str | None, out_dir: str) -> None:
+    """Copy a finished output directory into the cache (atomically; a failure to cache is not an error)."""
+    if not cache_dir or not k or not is_cache_root(cache_dir):
+        return
+    e = entry(cache_dir, k)
+    if os.path.exists(e):
+        return
+    shard = os.path.dirname(e)
+    tmp = None
+    try:
+        os.makedirs(shard, exist_ok=True)
+        for t in os.listdir(shard):  # temporary folders of writers that died (SIGKILL, OOM)
+            if t.startswith(".tmp-") and not _owner_alive(t[5:]):
+                shutil.rmtree(os.path.join(shard, t), ignore_errors=True)
+        tmp = tempfile.mkdtemp(prefix=f".tmp-{_ME}-", dir=shard)
+        dirs, files, other = _tree(out_dir)
+        if other:
+            return
+        record = {}
+        for d in dirs:
+            os.makedirs(os.path.join(tmp, OUT, d), exist_ok=True)
+        os.makedirs(os.path.join(tmp, OUT), exist_ok=True)
+        for rel in files:
+            record[rel] = list(_copy_hashing(os.path.join(out_dir, rel), os.path.join(tmp, OUT, rel)))
+        with open(os.path.join(tmp, SUMS), "w", encoding="utf-8") as f:
+            json.dump({"version": VERSION, "files": record, "dirs": dirs}, f, sort_keys=True)
+        try:
+            os.rename(tmp, e)
+            tmp = None
+        except OSError:
+            pass  # another process stored it first
+    except OSError:
+        pass
+    finally:
+        if tmp is not None:
+            shutil.rmtree(tmp, ignore_errors=True)
+
+
+# ------------------------------------------------------------------------------------------------- keying
+class Unkeyable(Exception):
+    """An input the cache cannot key safely (not a regular file, or one that holds more than it declares)."""
+
+
 def _hash_path(h, path: str) -> bool:
     """Feed a file's bytes, or every file of a folder (sorted, with relative names), into ``h``; True when
     the bytes contain ``location`` (an ONNX file naming external data)."""
-    if os.path.isdir(path):
-        for root, dirs, files in os.walk(path):
+    st = os.stat(path)
+    if stat.S_ISDIR(st.st_mode):
+        root = os.path.realpath(path)
+        for r, dirs, files in os.walk(path):  # symlinked folders are not entered
             dirs.sort()
             for f in sorted(files):
-                p = os.path.join(root, f)
+                p = os.path.join(r, f)
                 h.update(os.path.relpath(p, path).encode() + b"\0")
+                real = os.path.realpath(p)
+                if os.path.islink(p) and os.path.commonpath([real, root]) != root:
+                    # leads outside the folder: keyed by what it points at, never by reading it
+                    try:
+                        t = os.stat(p)
+                    except OSError:
+                        h.update(b"dangling\0")
+                        continue
+                    h.update(json.dumps([os.readlink(p), t.st_mode, t.st_size, t.st_mtime_ns, t.st_ctime_ns,
+                                         t.st_ino, t.st_dev]).encode() + b"\0")
+                    continue
                 _hash_file(h, p)
         return False
     return _hash_file(h, path)
@@ -128,7 +371,6 @@ def _hash_file(h, path: str) -> bool:
 # Direct mode (as ccache's): a file whose size, modification and change times, inode and device are
 # unchanged has the digest recorded last time; the change time cannot be set back by a program, so an edited
 # file is always re-read. The index lives in the cache directory (INDEX_DIR set by key()).
-INDEX_FILE = "stat-index.json"
 _index: dict | None = None
 _index_path: str | None = None
 _index_dirty = False
@@ -141,17 +383,30 @@ def _signature(path: str) -> list[int]:
 
 def _file_digest(path: str) -> tuple[str, bool]:
     global _index_dirty
-    sig = _signature(path)
     ap = os.path.abspath(path)
-    if _index is not None and ap in _index and _index[ap][0] == sig:
-        return _index[ap][1], _index[ap][2]
-    h = hashlib.sha256()
-    found, tail = False, b""
-    with open(path, "rb") as f:
-        for chunk in iter(lambda: f.read(1 << 22), b""):
+    try:
+        fd = os.open(path, os.O_RDONLY | os.O_NONBLOCK | getattr(os, "O_CLOEXEC", 0))
+    except OSError as e:
+        raise Unkeyable(f"{path}: {e.strerror}") from None
+    with os.fdopen(fd, "rb") as f:
+        st = os.fstat(fd)
+        if not stat.S_ISREG(st.st_mode):
+            raise Unkeyable(f"{path} is not a regular file")
+        sig = [st.st_size, st.st_mtime_ns, st.st_ctime_ns, st.st_ino, st.st_dev]
+        if _index is not None and ap in _index and _index[ap][0] == sig:
+            return _index[ap][1], _index[ap][2]
+        h = hashlib.sha256()
+        found, tail, left = False, b"", st.st_size
+        while left > 0:
+            chunk = f.read(min(1 << 22, left))
+            if not chunk:
+                raise Unkeyable(f"{path} holds fewer bytes than it declares")
+            left -= len(chunk)
             h.update(chunk)
             found = found or b"location" in tail + chunk[:8] or b"location" in chunk
             tail = chunk[-8:]
+        if f.read(1):  # a pseudo-file (/proc) or one still growing: its size says nothing about its bytes
+            raise Unkeyable(f"{path} holds more bytes than it declares")
     if _index is not None:
         _index[ap] = [sig, h.hexdigest(), found]
         _index_dirty = True
@@ -187,8 +442,10 @@ def _save_index() -> None:
 
 
 def _siblings(model_path: str) -> list[str]:
-    """The external-data files an ONNX model names (their bytes are part of the model)."""
+    """The external-data locations an ONNX model names (their bytes are part of the model), confined as the ONNX
+    frontend confines them: regular files inside the model's folder. Others are the frontend's error."""
     d = os.path.dirname(os.path.abspath(model_path))
+    root = os.path.realpath(d)
     try:
         import onnx
         proto = onnx.load(model_path, load_external_data=False)
@@ -199,7 +456,19 @@ def _siblings(model_path: str) -> list[str]:
         for e in t.external_data:
             if e.key == "location":
                 locs.add(e.value)
-    return [os.path.join(d, p) for p in sorted(locs) if os.path.isfile(os.path.join(d, p))]
+    out = []
+    for p in sorted(locs):
+        if not p or os.path.isabs(p) or "\0" in p:
+            continue
+        real = os.path.realpath(os.path.join(d, p))
+        if os.path.commonpath([real, root]) != root or real == root:
+            continue
+        try:
+            if stat.S_ISREG(os.stat(real).st_mode):
+                out.append(p)
+        except OSError:
+            continue
+    return out
 
 
 def _environment() -> list:
@@ -235,14 +504,20 @@ _MEMO: dict[str, str] = {}
 def key(model_path: str, calib: str | None, options: dict, extra: str | None = None,
         cache_dir: str | None = None) -> str:
     """The content address of a compile (sha256 hex); remembered per process while the files' stat
-    signatures stay the same (the CLI asks once before compiling and once inside)."""
-    stamp = json.dumps([options, [(p, _signature(p)) for p in (model_path, calib, extra) if p and os.path.isfile(p)]],
-                       sort_keys=True, default=str)
+    signatures stay the same (the CLI asks once before compiling and once inside). Raises
+    :class:`Unkeyable` for inputs that cannot be keyed safely."""
+    try:
+        stamp = json.dumps([options, [(p, _signature(p)) for p in (model_path, calib, extra)
+                                      if p and os.path.isfile(p)]], sort_keys=True, default=str)
+    except OSError as e:
+        raise Unkeyable(str(e)) from None
     if stamp in _MEMO and not os.path.isdir(model_path):
         return _MEMO[stamp]
     _load_index(cache_dir)
     try:
         _MEMO[stamp] = k = _key(model_path, calib, options, extra)
+    except OSError as e:
+        raise Unkeyable(str(e)) from None
     finally:
         _save_index()
     return k
@@ -256,9 +531,10 @@ def _key(model_path: str, calib: str | None, options: dict, extra: str | None = 
     h.update(b"\0model\0")
     external = _hash_path(h, model_path)
     if external and model_path.lower().endswith(".onnx"):
-        for s in _siblings(model_path):
-            h.update(os.path.basename(s).encode())
-            _hash_file(h, s)
+        d = os.path.dirname(os.path.abspath(model_path))
+        for loc in _siblings(model_path):
+            h.update(loc.encode() + b"\0")
+            _hash_file(h, os.path.join(d, loc))
     if calib and os.path.exists(calib):
         h.update(b"\0calib\0")
         _hash_path(h, calib)
@@ -266,30 +542,3 @@ def _key(model_path: str, calib: str | None, options: dict, extra: str | None = 
         h.update(b"\0extra\0")
         _hash_path(h, extra)
     return h.hexdigest()
-
-
-def entry(cache_dir: str, k: str) -> str:
-    return os.path.join(cache_dir, k[:2], k)
-
-
-def lookup(cache_dir: str, k: str) -> str | None:
-    e = entry(cache_dir, k)
-    return e if os.path.isfile(os.path.join(e, "manifest.json")) else None
-
-
-def store(cache_dir: str, k: str, out_dir: str) -> None:
-    """Copy a finished output directory into the cache (atomically; a failure to cache is not an error)."""
-    e = entry(cache_dir, k)
-    if os.path.exists(e):
-        return
-    try:
-        os.makedirs(os.path.dirname(e), exist_ok=True)
-        tmp = tempfile.mkdtemp(prefix=".tmp-", dir=os.path.dirname(e))
-        shutil.copytree(out_dir, os.path.join(tmp, "d"), symlinks=True)
-        try:
-            os.rename(os.path.join(tmp, "d"), e)
-        except OSError:
-            pass  # another process stored it first
-        shutil.rmtree(tmp, ignore_errors=True)
-    except OSError:
-        pass

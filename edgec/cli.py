@@ -49,9 +49,12 @@ def handle_errors(fn):
             else:
                 click.echo(f"edgec: error: {e}", err=True)
             sys.exit(e.exit_code)
-        except KeyboardInterrupt:
-            click.echo("edgec: interrupted; nothing was written", err=True)
-            sys.exit(130)
+        except KeyboardInterrupt as e:
+            from .errors import Terminated
+            term = isinstance(e, Terminated)
+            click.echo(f"edgec: {'terminated' if term else 'interrupted'}; nothing was written (any previous output "
+                       "is kept)", err=True)
+            sys.exit(143 if term else 130)
         except Exception as e:  # noqa: BLE001 - the last line of defence
             if debug:
                 traceback.print_exc()
@@ -64,6 +67,34 @@ def handle_errors(fn):
     return wrapper
 
 
+def _terminate_like_interrupt() -> None:
+    """SIGTERM (a build system cancelling, a container stopping) cleans up as Ctrl-C does: temporary folders
+    removed, the previous output kept, exit 143."""
+    import signal
+    import threading
+
+    from .errors import Terminated
+    if threading.current_thread() is not threading.main_thread():
+        return
+
+    def term(signum, frame):
+        raise Terminated()
+    if signal.getsignal(signal.SIGTERM) in (signal.SIG_DFL, None):
+        signal.signal(signal.SIGTERM, term)
+
+
+def _tolerance(ctx, param, value):
+    """--tolerance / --min-cosine: finite numbers in range (nan, inf and negatives are refused)."""
+    import math
+    if value is None:
+        return value
+    lo, hi = (0.0, math.inf) if param.name == "tolerance" else (-1.0, 1.0)
+    if not math.isfinite(value) or not lo <= value <= hi:
+        allowed = "a finite number >= 0, e.g. 1e-4" if param.name == "tolerance" else "a number in [-1, 1], e.g. 0.99"
+        raise click.BadParameter(f"{value!r} is not allowed: give {allowed}")
+    return value
+
+
 def _show_warning(message, category, filename, lineno, file=None, line=None) -> None:
     click.echo(f"warning: {message}", err=True)
 
@@ -73,6 +104,7 @@ def _show_warning(message, category, filename, lineno, file=None, line=None) -> 
 @click.option("--debug", is_flag=True, help="Show tracebacks for errors.")
 def main(debug: bool) -> None:
     """edgec: compile neural networks for edge targets."""
+    _terminate_like_interrupt()
     if not debug:
         import warnings
         warnings.showwarning = _show_warning
@@ -87,7 +119,13 @@ def main(debug: bool) -> None:
               help="Fix an input's shape (repeatable).")
 @click.option("--calib", help="Calibration data for passes that calibrate.")
 @click.option("--verify", is_flag=True, help="Run the artifact and the reference executor on seeded inputs and compare.")
-@click.option("--tolerance", type=float, default=1e-4, show_default=True, help="Max relative error --verify accepts.")
+@click.option("--tolerance", type=float, default=1e-4, show_default=True, callback=_tolerance,
+              help="Max relative error --verify accepts against the reference (and, for a float compile, the original).")
+@click.option("--min-cosine", type=float, default=None, callback=_tolerance, help="--verify on a quantized or pruned "
+              "model: the cosine similarity each output must keep against the original model [default: 0.98].")
+@click.option("--force", is_flag=True, help="Replace the output directory even if edgec did not write it.")
+@click.option("--keep-failed", is_flag=True, help="On a failed --verify, keep the failed output in OUTPUT.failed "
+              "(the previous OUTPUT is always kept).")
 @click.option("--no-cleanup", is_flag=True, help="Skip the default cleanup/fusion passes.")
 @click.option("--time-passes", is_flag=True, help="Print wall time per pass.")
 @click.option("--dump-ir", type=click.Path(file_okay=False), help="Write the IR text after every pass into DIR.")
@@ -104,8 +142,9 @@ def main(debug: bool) -> None:
 @click.option("--eval-text", type=click.Path(dir_okay=False), help="Language models: perplexity of the float model, "
               "the compiled model and the artifact on this text (first 1024 tokens), in the manifest and report.")
 @handle_errors
-def compile_cmd(model, target, pipeline, output, input_shapes, calib, verify, tolerance, no_cleanup, time_passes,
-                dump_ir, frontend, seed, as_json, quiet, tiers, tier_options, cache_dir, no_cache, eval_text):
+def compile_cmd(model, target, pipeline, output, input_shapes, calib, verify, tolerance, min_cosine, force,
+                keep_failed, no_cleanup, time_passes, dump_ir, frontend, seed, as_json, quiet, tiers, tier_options,
+                cache_dir, no_cache, eval_text):
     """Compile MODEL for a target into a directory with the artifact, manifest.json and report.html."""
     from .errors import UsageError
     shapes = {}
@@ -118,7 +157,8 @@ def compile_cmd(model, target, pipeline, output, input_shapes, calib, verify, to
         from .compiler import compile_tiers
         out = output or f"{model}.{target.split('{')[0]}.tiers"
         index = compile_tiers(model, target, pipeline, out, tiers.split(","), tier_options=tier_options,
-                              input_shapes=shapes, verify=verify, tolerance=tolerance, cleanup=not no_cleanup,
+                              input_shapes=shapes, verify=verify, tolerance=tolerance, min_cosine=min_cosine,
+                              force=force, cleanup=not no_cleanup,
                               seed=seed, frontend=frontend, calib=calib, cache_dir=cache_dir, use_cache=not no_cache,
                               progress=None if (quiet or as_json) else lambda m: click.echo(m, err=True))
         if as_json:
@@ -135,20 +175,17 @@ def compile_cmd(model, target, pipeline, output, input_shapes, calib, verify, to
         from tqdm import tqdm
         bar = tqdm(total=None, bar_format="{desc} [{elapsed}]", file=sys.stderr, leave=False)
     try:
+        opts = dict(input_shapes=shapes, verify=verify, tolerance=tolerance, min_cosine=min_cosine, force=force,
+                    keep_failed=keep_failed, cleanup=not no_cleanup, seed=seed, frontend=frontend, calib=calib,
+                    eval_text=eval_text, cache_dir=cache_dir)
         res = None
         if not (no_cache or dump_ir or time_passes) and os.path.exists(model):
-            from .cache import serve  # a hit needs neither the compiler nor any plugin imported
-            res = serve(model, target, pipeline, output, cache_dir=cache_dir, calib=calib, input_shapes=shapes,
-                        verify=verify, tolerance=tolerance, cleanup=not no_cleanup, seed=seed,
-                        frontend=frontend, eval_text=eval_text)[2]
+            res = _cache_hit(model, target, pipeline, output, opts)  # needs neither the compiler nor any plugin
         if res is None:
             from .compiler import compile as do_compile
-            res = do_compile(model, target, pipeline, output, input_shapes=shapes, verify=verify,
-                             tolerance=tolerance, cleanup=not no_cleanup, time_passes=time_passes,
-                             dump_ir=dump_ir, seed=seed, frontend=frontend, calib=calib, eval_text=eval_text,
-                             cache_dir=cache_dir,
+            res = do_compile(model, target, pipeline, output, time_passes=time_passes, dump_ir=dump_ir,
                              use_cache=not no_cache, progress=(lambda m: (bar.set_description_str(m), bar.refresh()))
-                             if bar is not None else None)
+                             if bar is not None else None, **opts)
     finally:
         if bar is not None:
             bar.close()
@@ -170,7 +207,9 @@ def compile_cmd(model, target, pipeline, output, input_shapes, calib, verify, to
         status = "NOT RUN" if not v.get("ran", True) else ("PASS" if v["passed"] else "FAIL")
         click.echo(f"verify: {status}: {v['summary']}")
         for row in v.get("outputs", []):
-            extra = f", top-1 agreement {row['top1_agreement']:.3f}" if "top1_agreement" in row else ""
+            extra = (f", top-1 agreement {row['vs_original_top1_agreement']:.3f} over "
+                     f"{row['vs_original_top1_decisive_rows']} decisive rows"
+                     if row.get("vs_original_top1_evidence") else "")
             orig = (f"; vs original: rel err {row['vs_original_max_rel_err']:.3g}, cosine "
                     f"{row['vs_original_cosine']:.6f}" if "vs_original_max_rel_err" in row else "")
             click.echo(f"  {row['output']}: vs reference: rel err {row['vs_reference_max_rel_err']:.3g}, cosine "
@@ -183,6 +222,18 @@ def compile_cmd(model, target, pipeline, output, input_shapes, calib, verify, to
                                                           else ""))
     if res.timings:
         click.echo(res.timings)
+
+
+def _cache_hit(model, target, pipeline, output, opts):
+    """The compile served from the cache, or None; the same checks the compiler makes first, without it."""
+    from .cache import serve
+    from .output import check_output, default_output
+    out = os.path.normpath(output) if output else default_output(model, target.split("{", 1)[0].strip())
+    check_output(out, (model, opts["calib"], opts["eval_text"]), opts["force"])
+    return serve(model, target, pipeline, out, cache_dir=opts["cache_dir"], calib=opts["calib"],
+                 input_shapes=opts["input_shapes"], verify=opts["verify"], tolerance=opts["tolerance"],
+                 cleanup=opts["cleanup"], seed=opts["seed"], frontend=opts["frontend"], eval_text=opts["eval_text"],
+                 force=opts["force"], extra_options={"min_cosine": opts["min_cosine"]})[2]
 
 
 @main.command()
@@ -328,22 +379,9 @@ def targets(as_json):
 @handle_errors
 def cache_cmd(cache_dir, clear, as_json):
     """Show (or --clear) the content-addressed compile cache."""
-    import shutil
-
-    from .cache import default_dir
-    d = cache_dir or default_dir()
-    entries, size = 0, 0
-    if os.path.isdir(d):
-        for shard in os.listdir(d):
-            sp = os.path.join(d, shard)
-            if len(shard) != 2 or not os.path.isdir(sp):
-                continue
-            for e in os.listdir(sp):
-                entries += 1
-                for root, _, files in os.walk(os.path.join(sp, e)):
-                    size += sum(os.path.getsize(os.path.join(root, f)) for f in files)
-    if clear and os.path.isdir(d):
-        shutil.rmtree(d)
+    from . import cache
+    d = cache_dir or cache.default_dir()
+    entries, size = cache.clear(d) if clear else cache.stats(d)
     info = {"cache_dir": d, "entries": entries, "bytes": size, "cleared": bool(clear)}
     if as_json:
         _emit_json(info)

@@ -10,11 +10,12 @@ import contextlib
 import dataclasses
 import hashlib
 import json
+import math
 import os
+import re
 import shutil
 import signal
 import sys
-import tempfile
 import threading
 import time
 from collections.abc import Callable, Mapping
@@ -23,12 +24,13 @@ from typing import Any
 import numpy as np
 
 from . import __version__, report
-from .cache import CompileResult, default_output as _default_output, replace_dir as _replace_dir
-from .errors import BadInputError, EdgecError, UnsupportedError, UsageError, VerificationFailed
+from .cache import CompileResult
+from .errors import BadInputError, EdgecError, Terminated, UnsupportedError, UsageError, VerificationFailed
 from .frontend import pick_frontend
 from .host import host
 from .ir import Model, QuantizedTensor, ReferenceExecutor, random_inputs
 from .ir.executor import ExecutionError
+from .output import WRITE_ERRNOS, check_output, default_output, make_scratch, replace_dir, writable_error
 from .ir.passes import (DumpIRInstrument, PassContext, PassError, PassManager, PipelineError, TimingInstrument,
                         parse_pipeline)
 from .target import Target
@@ -40,6 +42,13 @@ DEFAULT_TOLERANCE = 1e-4
 # direction and bounded size instead: cosine >= ACT_QUANT_MIN_COSINE and max relative error <= ACT_QUANT_TOL.
 ACT_QUANT_MIN_COSINE = 0.9999
 ACT_QUANT_TOL = 5e-2
+# A compile that changes the numbers on purpose (quantized weights or activations, pruning) is judged
+# against the original model by fidelity: every output's cosine similarity >= LOSSY_MIN_COSINE (--min-cosine)
+# and, for classifier-like outputs with at least MIN_TOP1_ROWS decisive rows (the original's top-1 leading
+# by more than 1e-3 of its range), top-1 agreement >= LOSSY_MIN_TOP1. Fewer decisive rows are no evidence.
+LOSSY_MIN_COSINE = 0.98
+LOSSY_MIN_TOP1 = 0.8
+MIN_TOP1_ROWS = 8
 
 
 
@@ -65,14 +74,28 @@ def parse_target(spec: str) -> Target:
         raise UsageError(str(e)) from None
 
 
-def parse_input_shapes(specs: Mapping[str, str] | None) -> dict[str, tuple[int, ...]]:
-    """``{"image": "1x3x224x224"}`` -> ``{"image": (1, 3, 224, 224)}``."""
+def parse_input_shapes(specs: Mapping[str, Any] | None) -> dict[str, tuple[int, ...]]:
+    """``{"image": "1x3x224x224"}`` (or a sequence of ints) -> ``{"image": (1, 3, 224, 224)}``; every dim must
+    be a positive integer."""
     out = {}
     for name, s in (specs or {}).items():
+        if not isinstance(name, str) or not name:
+            raise UsageError(f"--input-shape: input names must be non-empty strings, not {name!r}")
         try:
-            out[name] = tuple(int(d) for d in str(s).lower().replace(",", "x").split("x"))
+            if isinstance(s, str):
+                dims = tuple(int(d) for d in s.lower().replace(",", "x").split("x"))
+            elif isinstance(s, (list, tuple)) and all(isinstance(d, (int, np.integer)) and not isinstance(d, bool)
+                                                      for d in s):
+                dims = tuple(int(d) for d in s)
+            else:
+                raise ValueError
         except ValueError:
             raise UsageError(f"--input-shape {name}={s!r}: dims must be integers joined by 'x', e.g. 1x3x224x224") from None
+        bad = [d for d in dims if d <= 0]
+        if bad:
+            raise UsageError(f"--input-shape {name}={'x'.join(map(str, dims))}: every dim must be a positive integer "
+                             f"({bad[0]} is not), e.g. {name}=1x3x224x224")
+        out[name] = dims
     return out
 
 
@@ -171,27 +194,71 @@ def load_model(path: str, frontend: str | None = None) -> Model:
     return fe.load(path)
 
 
+def _check_arguments(model: Any, target: Any, pipeline: Any, output: Any, input_shapes: Any, tolerance: Any,
+                     min_cosine: Any, seed: Any, paths: Mapping[str, Any]) -> None:
+    """The Python API's arguments, checked up front: a wrong type or value is a UsageError naming it, never a
+    TypeError from deep inside."""
+    if not isinstance(model, (str, os.PathLike, Model)):
+        raise UsageError(f"model must be a path (str) or an edgec.ir.Model, not {type(model).__name__}")
+    for name, v in (("target", target), ("pipeline", pipeline)):
+        if not isinstance(v, str):
+            raise UsageError(f"{name} must be a string such as 'cpu' or 'quantize{{bits=4}}', not {type(v).__name__}")
+    if not target.strip():
+        raise UsageError("target is empty; give a target name such as 'cpu' (see 'edgec targets')")
+    for name, v in (("output", output), *paths.items()):
+        if v is not None and not isinstance(v, (str, os.PathLike)):
+            raise UsageError(f"{name} must be a path (str) or None, not {type(v).__name__}")
+    if input_shapes is not None and not isinstance(input_shapes, Mapping):
+        raise UsageError("input_shapes must be a mapping of input name to shape, e.g. {'image': '1x3x224x224'} or "
+                         f"{{'image': (1, 3, 224, 224)}}, not {type(input_shapes).__name__}")
+    for name, v, lo in (("tolerance", tolerance, 0.0), ("min_cosine", min_cosine, -1.0)):
+        if v is None and name == "min_cosine":
+            continue
+        if isinstance(v, bool) or not isinstance(v, (int, float, np.floating, np.integer)) or not math.isfinite(v) \
+                or v < lo or (name == "min_cosine" and v > 1):
+            rng = "a finite number >= 0" if name == "tolerance" else "a number in [-1, 1]"
+            raise UsageError(f"{name}={v!r} is not valid: it must be {rng}")
+    if isinstance(seed, bool) or not isinstance(seed, (int, np.integer)):
+        raise UsageError(f"seed must be an integer, not {type(seed).__name__}")
+
+
+def target_name(spec: str) -> str:
+    return spec.split("{", 1)[0].strip()
+
+
 def compile(model: str | Model, target: str = "cpu", pipeline: str = "", output: str | None = None, *,
-            input_shapes: Mapping[str, str] | None = None, verify: bool = False, tolerance: float = DEFAULT_TOLERANCE,
-            cleanup: bool = True, time_passes: bool = False, dump_ir: str | None = None, seed: int = 0,
-            frontend: str | None = None, calib: str | None = None, eval_text: str | None = None,
-            cache_dir: str | None = None, use_cache: bool = True,
-            progress: Callable[[str], None] | None = None) -> CompileResult:
+            input_shapes: Mapping[str, Any] | None = None, verify: bool = False, tolerance: float = DEFAULT_TOLERANCE,
+            min_cosine: float | None = None, cleanup: bool = True, time_passes: bool = False,
+            dump_ir: str | None = None, seed: int = 0, frontend: str | None = None, calib: str | None = None,
+            eval_text: str | None = None, cache_dir: str | None = None, use_cache: bool = True, force: bool = False,
+            keep_failed: bool = False, progress: Callable[[str], None] | None = None) -> CompileResult:
     """Compile ``model`` for ``target`` into the directory ``output``; see ``edgec compile --help``.
 
-    Raises :class:`edgec.errors.EdgecError` subclasses for every user-facing failure; the output directory
-    then does not exist (or keeps its previous contents). A model given by path is looked up in the
-    content-addressed compile cache first (:mod:`edgec.cache`; ``use_cache=False`` bypasses it).
+    Raises :class:`edgec.errors.EdgecError` subclasses for every user-facing failure, bad arguments
+    included; the output directory then keeps its previous contents (or does not exist). A failed
+    verification keeps the previous output too; ``keep_failed`` puts the failed one in ``OUTPUT.failed``.
+    An existing ``output`` is replaced only when edgec wrote it (or ``force``). A model given by path is
+    looked up in the content-addressed compile cache first (:mod:`edgec.cache`; ``use_cache=False``
+    bypasses it). ``min_cosine`` is the fidelity that ``verify`` demands of a quantized or pruned model
+    against the original (default :data:`LOSSY_MIN_COSINE`).
     """
+    _check_arguments(model, target, pipeline, output, input_shapes, tolerance, min_cosine, seed,
+                     {"calib": calib, "eval_text": eval_text, "dump_ir": dump_ir, "cache_dir": cache_dir})
     say = progress or (lambda msg: None)
+    if isinstance(model, os.PathLike):
+        model = os.fspath(model)
+    src_path = model if isinstance(model, str) else None
+    output = os.path.normpath(os.fspath(output)) if output else default_output(src_path, target_name(target))
+    inputs = (src_path, calib, eval_text)
+    check_output(output, inputs, force)
     cdir, ckey = None, None
-    if use_cache and isinstance(model, str) and os.path.exists(model) and not dump_ir and not time_passes:
+    if use_cache and src_path and os.path.exists(src_path) and not dump_ir and not time_passes:
         # Looked up before any plugin loads or the model is read: a hit costs hashing the inputs and a copy.
         from . import cache
-        cdir, ckey, hit = cache.serve(model, target, pipeline, output, cache_dir=cache_dir, calib=calib,
+        cdir, ckey, hit = cache.serve(src_path, target, pipeline, output, cache_dir=cache_dir, calib=calib,
                                       input_shapes=input_shapes, verify=verify, tolerance=tolerance,
                                       cleanup=cleanup, seed=seed, frontend=frontend, eval_text=eval_text,
-                                      progress=say)
+                                      force=force, extra_options={"min_cosine": min_cosine}, progress=say)
         if hit is not None:
             return hit
     h = host()
@@ -203,13 +270,12 @@ def compile(model: str | Model, target: str = "cpu", pipeline: str = "", output:
     shapes = parse_input_shapes(input_shapes)
     t0 = time.perf_counter()
     src_hash = None
-    if isinstance(model, str):
-        say(f"importing {model}")
-        src_path = model
-        ir_model = load_model(model, frontend)
-        src_hash = sha256_file(model) if os.path.isfile(model) else None
+    if src_path is not None:
+        say(f"importing {src_path}")
+        ir_model = load_model(src_path, frontend)
+        src_hash = sha256_file(src_path) if os.path.isfile(src_path) else None
     else:
-        src_path, ir_model = None, model
+        ir_model = model
     notes: list[str] = []
     fix_input_shapes(ir_model, shapes, notes, keep_dynamic=tgt.dynamic_shapes)
     from .ir.limits import check_sizes, max_tensor_bytes
@@ -219,14 +285,16 @@ def compile(model: str | Model, target: str = "cpu", pipeline: str = "", output:
                             "allows one tensor (EDGEC_MAX_TENSOR_BYTES raises the limit; --input-shape fixes "
                             "oversized inputs):\n" + "\n".join(f"  - {p}" for p in too_big[:20]))
     t_import = time.perf_counter() - t0
+    feeds, original_ref = None, None
+    if verify or calib is not None:
+        _check_run_budget(ir_model, "--verify" if verify else "calibration (--calib)")
     calibration = None
     if calib is not None:
         from .calibration import load_calibration
         say(f"loading calibration data {calib}")
         calibration = load_calibration(calib, ir_model, seed=seed)
-    feeds = random_inputs(ir_model, seed=seed, dims={"seq": VERIFY_SEQ_LEN})
-    original_ref = None
     if verify:
+        feeds = random_inputs(ir_model, seed=seed, dims={"seq": VERIFY_SEQ_LEN})
         original_ref = _original_outputs(src_path, ir_model, feeds)
     evaluation = None
     if eval_text is None and verify:
@@ -234,12 +302,12 @@ def compile(model: str | Model, target: str = "cpu", pipeline: str = "", output:
         from .plugins.llm.decoder import LLM_KEY
         from .plugins.llm.evaluate import DEFAULT_EVAL_TEXT
         from .plugins.llm.frontends import SOURCE_KEY
-    if eval_text is None and verify and ir_model.metadata.get(LLM_KEY):
-        if ir_model.metadata.get(SOURCE_KEY):
-            eval_text = DEFAULT_EVAL_TEXT
-        else:
-            notes.append("perplexity not measured: the model carries no tokenizer (it was not imported from a "
-                         "GGUF file or a Hugging Face folder)")
+        if ir_model.metadata.get(LLM_KEY):
+            if ir_model.metadata.get(SOURCE_KEY):
+                eval_text = DEFAULT_EVAL_TEXT
+            else:
+                notes.append("perplexity not measured: the model carries no tokenizer (it was not imported from a "
+                             "GGUF file or a Hugging Face folder)")
     if eval_text:
         from .plugins.llm.evaluate import CompileEvaluation
         evaluation = CompileEvaluation(ir_model, eval_text)
@@ -259,6 +327,8 @@ def compile(model: str | Model, target: str = "cpu", pipeline: str = "", output:
     except PassError as e:
         if isinstance(e.cause, EdgecError):
             raise type(e.cause)(str(e)) from None
+        if isinstance(e.cause, re.error):
+            raise UsageError(f"{e} (a regular expression in the pass's options; check include=/exclude=)") from None
         raise
     t_passes = time.perf_counter() - t1
 
@@ -266,10 +336,7 @@ def compile(model: str | Model, target: str = "cpu", pipeline: str = "", output:
     if problems:
         raise UnsupportedError(f"target {tgt.name} cannot compile this model ({len(problems)} problems):", problems)
 
-    output = output or _default_output(src_path, tgt.name)
-    parent = os.path.dirname(os.path.abspath(output))
-    os.makedirs(parent, exist_ok=True)
-    tmp = tempfile.mkdtemp(prefix=f".{os.path.basename(output)}.", dir=parent)
+    tmp = make_scratch(output)
     try:
         say(f"emitting {tgt.describe()}")
         t2 = time.perf_counter()
@@ -287,6 +354,8 @@ def compile(model: str | Model, target: str = "cpu", pipeline: str = "", output:
                        "format": ir_model.metadata.get("source_format")},
             "options_sha256": hashlib.sha256(options_key.encode()).hexdigest(),
             "pipeline": [p.describe() for p in passes],
+            "build": {"seed": seed, "input_shapes": {v.name: list(v.shape or []) for v in ir_model.graph.inputs},
+                      "frontend": frontend, "tolerance": tolerance, "min_cosine": min_cosine},
             **_io(ir_model),
             "sizes": {"weights_bytes_before": size_before, "weights_bytes_after": ir_model.size_bytes(),
                       "parameters": ir_model.param_count()},
@@ -301,7 +370,8 @@ def compile(model: str | Model, target: str = "cpu", pipeline: str = "", output:
         }
         if verify:
             say(f"verifying on {tgt.runtime or 'its runtime'}")
-            manifest["verification"] = _verify(tgt, tmp, ir_model, feeds, original_ref, tolerance)
+            manifest["verification"] = _verify(tgt, tmp, ir_model, feeds, original_ref, tolerance,
+                                               lossy=_lossy(ir_model, passes), min_cosine=min_cosine)
         if evaluation is not None:
             say("perplexity of the compiled model and the artifact")
             manifest["evaluation"] = evaluation.compiled(ir_model, tgt.name, tmp, art.files)
@@ -312,52 +382,95 @@ def compile(model: str | Model, target: str = "cpu", pipeline: str = "", output:
         manifest = json.loads(json.dumps(manifest, sort_keys=True, default=str))  # as the file holds it
         say("writing report.html")
         report.write(manifest, os.path.join(tmp, report.FILE))
-        _replace_dir(tmp, output)
-    except BaseException:
-        shutil.rmtree(tmp, ignore_errors=True)
+        v = manifest.get("verification")
+        if v is not None and not v["passed"]:
+            failed = output + ".failed"
+            if keep_failed:
+                replace_dir(tmp, failed, inputs=inputs)
+            kept = (f"{output} was left as it was" if os.path.lexists(output) else f"nothing was written to {output}")
+            raise VerificationFailed(f"verification failed: {v['summary']}; {kept}; "
+                                     + (f"the failed artifact is in {failed}" if keep_failed else
+                                        f"--keep-failed puts the failed artifact in {failed} for inspection"))
+        if ckey is not None:
+            from . import cache
+            cache.store(cdir, ckey, tmp)
+        replace_dir(tmp, output, force=force, inputs=inputs)
+    except OSError as e:
+        if e.errno in WRITE_ERRNOS:
+            raise writable_error(output, e) from None
         raise
-    res = CompileResult(os.path.abspath(output), manifest, timing.report() if time_passes else "",
-                        {"import": round(t_import, 3), "passes": round(t_passes, 3), "emit": round(t_emit, 3)},
-                        cache_key=ckey)
-    v = manifest.get("verification")
-    if v is not None and not v["passed"]:
-        raise VerificationFailed(f"verification failed: {v['summary']} (artifact kept in {output} for inspection)")
-    if ckey is not None:
-        from . import cache
-        cache.store(cdir, ckey, output)
-    return res
+    finally:
+        shutil.rmtree(tmp, ignore_errors=True)
+    return CompileResult(os.path.abspath(output), manifest, timing.report() if time_passes else "",
+                         {"import": round(t_import, 3), "passes": round(t_passes, 3), "emit": round(t_emit, 3)},
+                         cache_key=ckey)
+
+
+def _check_run_budget(model: Model, why: str) -> None:
+    """Refuse before allocating when running the model once (verification or calibration) cannot fit the
+    memory budget."""
+    from .ir.budget import over_budget, run_estimate
+    shapes = {v.name: tuple(d if isinstance(d, int) else (VERIFY_SEQ_LEN if str(d) == "seq" else 1)
+                            for d in (v.shape or ())) for v in model.graph.inputs}
+    try:
+        msg = over_budget(f"running the model for {why} on inputs "
+                          + ", ".join(f"{k}={'x'.join(map(str, s))}" for k, s in shapes.items()),
+                          run_estimate(model, shapes), fix="use a smaller --input-shape")
+    except ValueError as e:
+        raise UsageError(str(e)) from None
+    if msg:
+        raise BadInputError(msg)
+
+
+def _lossy(model: Model, passes: list) -> bool:
+    """Whether the compile changed the model's numbers on purpose (quantization, pruning, ...): --verify then
+    judges the artifact against the original by fidelity, not by --tolerance."""
+    return (any(isinstance(v.const, QuantizedTensor) or v.sparsity is not None for v in model.graph.initializers.values())
+            or any(v.quant is not None for v in model.graph.values()) or any(getattr(p, "lossy", False) for p in passes))
+
 
 
 @contextlib.contextmanager
 def native_section():
-    """Ctrl-C while a target's native library runs (TVM builds and runs through C++ callbacks into Python, where
-    a KeyboardInterrupt aborts the process, is swallowed, or comes back as another error) is held until the
-    library returns, then raised as KeyboardInterrupt; a second Ctrl-C raises at once. Outside the main thread
-    (no signal handlers there) it does nothing."""
+    """Ctrl-C (or SIGTERM) while a target's native library runs (TVM builds and runs through C++ callbacks into
+    Python, where a KeyboardInterrupt aborts the process, is swallowed, or comes back as another error) is held
+    until the library returns, then raised (KeyboardInterrupt, or :class:`edgec.errors.Terminated`); a second
+    signal raises at once. Outside the main thread (no signal handlers there) it does nothing."""
     if threading.current_thread() is not threading.main_thread():
         yield
         return
-    pending: list[bool] = []
+    pending: list[int] = []
+    previous: dict[int, Any] = {}
+
+    def interrupt(signum: int) -> BaseException:
+        return Terminated() if signum == signal.SIGTERM else KeyboardInterrupt()
 
     def held(signum, frame):
-        if pending:  # the second Ctrl-C: the user insists
-            signal.signal(signal.SIGINT, previous)
-            raise KeyboardInterrupt
-        pending.append(True)
+        if pending:  # the second signal: the user insists
+            for sig, h in previous.items():
+                signal.signal(sig, h)
+            raise interrupt(signum)
+        pending.append(signum)
         print("edgec: interrupt received; stopping when the target's native code returns (Ctrl-C again to "
               "force)", file=sys.stderr, flush=True)
-    previous = signal.signal(signal.SIGINT, held) or signal.default_int_handler
+    for sig in (signal.SIGINT, signal.SIGTERM):
+        previous[sig] = signal.signal(sig, held)
+    if previous[signal.SIGINT] is None:
+        previous[signal.SIGINT] = signal.default_int_handler
+    if previous[signal.SIGTERM] is None:
+        previous[signal.SIGTERM] = signal.SIG_DFL
     try:
         yield
     except BaseException:
         if pending:
-            raise KeyboardInterrupt from None
+            raise interrupt(pending[0]) from None
         raise
     finally:
-        if signal.getsignal(signal.SIGINT) is held:
-            signal.signal(signal.SIGINT, previous)
+        for sig, h in previous.items():
+            if signal.getsignal(sig) is held:
+                signal.signal(sig, h)
     if pending:
-        raise KeyboardInterrupt
+        raise interrupt(pending[0])
 
 
 def _strict_json(x: Any) -> Any:
@@ -411,9 +524,10 @@ def compile_tiers(model: str, target: str, pipeline: str, output: str, tiers: li
         raise UsageError("--tiers needs at least one size, e.g. --tiers 2GB,1GB,500MB")
     if kw.get("calib") is None:
         raise UsageError("--tiers chooses bit widths from measured sensitivities: pass --calib")
-    parent = os.path.dirname(os.path.abspath(output))
-    os.makedirs(parent, exist_ok=True)
-    tmp = tempfile.mkdtemp(prefix=f".{os.path.basename(output)}.", dir=parent)
+    output = os.path.normpath(output)
+    inputs = (model, kw.get("calib"), kw.get("eval_text"))
+    check_output(output, inputs, kw.get("force", False))
+    tmp = make_scratch(output)
     try:
         rows = []
         for b, label in budgets:
@@ -421,7 +535,7 @@ def compile_tiers(model: str, target: str, pipeline: str, output: str, tiers: li
             mp = f"mixed-precision{{size_mb={b / 1e6:.6f}" + (f",{tier_options}" if tier_options else "") + "}"
             say(f"tier {label}: {mp}")
             res = compile(model, target, ",".join(p for p in (pipeline, mp) if p), os.path.join(tmp, name),
-                          progress=progress, **kw)
+                          progress=progress, **{**kw, "force": False, "keep_failed": False})
             m = res.manifest
             files = sum(f["bytes"] for f in m["files"])
             rows.append({"tier": label, "budget_bytes": b, "path": name, "weights_bytes": m["sizes"]["weights_bytes_after"],
@@ -432,10 +546,9 @@ def compile_tiers(model: str, target: str, pipeline: str, output: str, tiers: li
         with open(os.path.join(tmp, "tiers.json"), "w") as f:
             json.dump(index, f, indent=2)
             f.write("\n")
-        _replace_dir(tmp, output)
-    except BaseException:
+        replace_dir(tmp, output, force=kw.get("force", False), inputs=inputs)
+    finally:
         shutil.rmtree(tmp, ignore_errors=True)
-        raise
     return index
 
 
@@ -461,7 +574,37 @@ def _original_outputs(src_path: str | None, model: Model, feeds: dict[str, np.nd
 VERIFY_SEQ_LEN = 32  # tokens in the seeded verification input of language models
 
 
-def _verify(tgt: Target, out_dir: str, model: Model, feeds, original, tolerance: float) -> dict[str, Any]:
+def _sqnr_db(got: np.ndarray, ref: np.ndarray) -> float:
+    """10 log10(|ref|^2 / |got - ref|^2): the signal-to-quantization-noise ratio in dB (inf when exact)."""
+    g, r = np.asarray(got, np.float64).ravel(), np.asarray(ref, np.float64).ravel()
+    if g.shape != r.shape:
+        return float("-inf")
+    noise, signal_ = float(((g - r) ** 2).sum()), float((r ** 2).sum())
+    if noise == 0:
+        return float("inf")
+    return float(10 * np.log10(signal_ / noise)) if signal_ > 0 else float("-inf")
+
+
+def _judge_top1(row: dict[str, Any], prefix: str, got, ref, margin: float, minimum: float, why: list[str]) -> bool:
+    """Top-1 agreement over the decisive rows, as evidence only where there are MIN_TOP1_ROWS of them."""
+    agree, rows = _top1(got, ref, margin)
+    row[f"{prefix}_top1_agreement"], row[f"{prefix}_top1_decisive_rows"] = agree, rows
+    if rows < MIN_TOP1_ROWS:
+        row[f"{prefix}_top1_evidence"] = False  # too few rows to say anything: not counted either way
+        return True
+    row[f"{prefix}_top1_evidence"] = True
+    if agree < minimum:
+        why.append(f"top-1 agreement {agree:.3f} < {minimum} over {rows} decisive rows ({prefix.replace('vs_', 'vs ')})")
+        return False
+    return True
+
+
+def _verify(tgt: Target, out_dir: str, model: Model, feeds, original, tolerance: float, *, lossy: bool = False,
+            min_cosine: float | None = None) -> dict[str, Any]:
+    """Run the artifact and judge it: exactness against the reference executor (the compiled model), and,
+    where the original model's outputs are known, against the original: within ``tolerance`` for a compile
+    that keeps the numbers, by fidelity (cosine >= ``min_cosine``, top-1 agreement >= LOSSY_MIN_TOP1 over at
+    least MIN_TOP1_ROWS decisive rows) for one that changes them on purpose (quantization, pruning)."""
     try:
         with native_section():
             got = tgt.run_artifact(out_dir, feeds, [v.name for v in model.graph.inputs])
@@ -472,8 +615,8 @@ def _verify(tgt: Target, out_dir: str, model: Model, feeds, original, tolerance:
     except ExecutionError as e:
         raise UnsupportedError(f"the reference executor cannot run the compiled model to verify it: {e}") from None
     ref_outs = [ref[o.name] for o in model.graph.outputs]
-    quantized = any(isinstance(v.const, QuantizedTensor) for v in model.graph.initializers.values())
     act_quant = any(v.quant is not None for v in model.graph.values())
+    fidelity = LOSSY_MIN_COSINE if min_cosine is None else float(min_cosine)
     int_outs = None
     if act_quant and tgt.integer_semantics():
         from .ir.integer import integer_reference
@@ -486,34 +629,51 @@ def _verify(tgt: Target, out_dir: str, model: Model, feeds, original, tolerance:
     aq = getattr(tgt, "act_quant_policy", None) or {}
     min_cos, act_tol = aq.get("min_cosine", ACT_QUANT_MIN_COSINE), aq.get("max_rel_err", ACT_QUANT_TOL)
     act_why = aq.get("description", "rounding-boundary flips")
+    policy = getattr(tgt, "verify_policy", None)
     for k, o in enumerate(model.graph.outputs):
+        why: list[str] = []
         row = {"output": o.name, "vs_reference_max_rel_err": _rel_err(got[k], ref_outs[k]),
-               "vs_reference_cosine": _cosine(got[k], ref_outs[k])}
-        if original is not None and k < len(original["outputs"]):
-            row["vs_original_max_rel_err"] = _rel_err(got[k], original["outputs"][k])
-            row["vs_original_cosine"] = _cosine(got[k], original["outputs"][k])
-            if got[k].ndim == 2 and got[k].shape[0] >= 1 and got[k].shape[1] > 1:
-                row["top1_agreement"] = float((got[k].argmax(-1) == np.asarray(original["outputs"][k]).argmax(-1)).mean())
-        policy = getattr(tgt, "verify_policy", None)
-        if got[k].ndim >= 2 and got[k].shape[-1] > 1:
-            row["vs_reference_top1_agreement"], row["top1_decisive_rows"] = _top1(
-                got[k], ref_outs[k], (policy or {}).get("top1_margin", 1e-3))
+               "vs_reference_cosine": _cosine(got[k], ref_outs[k]), "vs_reference_sqnr_db": _sqnr_db(got[k], ref_outs[k])}
+        classifier = got[k].ndim >= 2 and got[k].shape[-1] > 1
+        ok = True
         if policy:
-            ok = (row["vs_reference_cosine"] >= policy["min_cosine"]
-                  and row.get("vs_reference_top1_agreement", 1.0) >= policy["min_top1"])
+            if row["vs_reference_cosine"] < policy["min_cosine"]:
+                why.append(f"cosine {row['vs_reference_cosine']:.6f} < {policy['min_cosine']} vs the reference")
+            if classifier:
+                _judge_top1(row, "vs_reference", got[k], ref_outs[k], policy.get("top1_margin", 1e-3),
+                            policy["min_top1"], why)
         elif act_quant:
-            ok = (row["vs_reference_cosine"] >= min_cos
-                  and row["vs_reference_max_rel_err"] <= max(tolerance, act_tol))
-        else:
-            ok = row["vs_reference_max_rel_err"] <= tolerance
-        if not quantized and not act_quant and not policy and "vs_original_max_rel_err" in row:
-            ok = ok and row["vs_original_max_rel_err"] <= tolerance
+            if row["vs_reference_cosine"] < min_cos:
+                why.append(f"cosine {row['vs_reference_cosine']:.6f} < {min_cos} vs the reference")
+            if row["vs_reference_max_rel_err"] > max(tolerance, act_tol):
+                why.append(f"rel err {row['vs_reference_max_rel_err']:.3g} > {max(tolerance, act_tol):g} vs the reference")
+        elif row["vs_reference_max_rel_err"] > tolerance:
+            why.append(f"rel err {row['vs_reference_max_rel_err']:.3g} > tolerance {tolerance:g} vs the reference")
+        if original is not None and k < len(original["outputs"]):
+            orig = np.asarray(original["outputs"][k])
+            row["vs_original_max_rel_err"] = _rel_err(got[k], orig)
+            row["vs_original_cosine"] = _cosine(got[k], orig)
+            row["vs_original_sqnr_db"] = _sqnr_db(got[k], orig)
+            if classifier:
+                ok &= _judge_top1(row, "vs_original", got[k], orig, 1e-3, LOSSY_MIN_TOP1 if lossy else 1.0,
+                                  why if lossy else [])
+            if lossy:
+                if row["vs_original_cosine"] < fidelity:
+                    why.append(f"cosine {row['vs_original_cosine']:.4f} < {fidelity} vs the original model (the "
+                               f"quantized/pruned model is too far from it; --min-cosine sets the bar)")
+            elif not policy and not act_quant and row["vs_original_max_rel_err"] > tolerance:
+                why.append(f"rel err {row['vs_original_max_rel_err']:.3g} > tolerance {tolerance:g} vs the original")
         if int_outs is not None:
             # The integer kernels are bit-exact with the integer semantics; float ops after them (softmax,
             # norms) may differ from onnxruntime's by float32 rounding, hence the tolerance.
             row["vs_integer_reference_max_rel_err"] = _rel_err(got[k], int_outs[k])
             row["bit_exact_vs_integer_reference"] = bool(np.array_equal(got[k], int_outs[k]))
-            ok = ok and row["vs_integer_reference_max_rel_err"] <= tolerance
+            if row["vs_integer_reference_max_rel_err"] > tolerance:
+                why.append(f"rel err {row['vs_integer_reference_max_rel_err']:.3g} > tolerance {tolerance:g} vs the "
+                           "integer reference")
+        ok = not why
+        if why:
+            row["failed_because"] = why
         row["passed"] = ok
         passed &= ok
         rows.append(row)
@@ -523,14 +683,23 @@ def _verify(tgt: Target, out_dir: str, model: Model, feeds, original, tolerance:
                   f"({original['runtime']})" if original else "")
                + (f"; simulated int8 activations: criterion cosine >= {min_cos} and rel err <= "
                   f"{max(tolerance, act_tol):g} vs the reference ({act_why})" if act_quant
-                  else f"; tolerance {tolerance:g}"))
-    policy = getattr(tgt, "verify_policy", None)
+                  else f"; tolerance {tolerance:g} vs the reference"))
     if policy:
         summary += f"; target criterion: {policy['description']}"
+    if lossy and original is not None:
+        summary += (f"; quantized/pruned: fidelity vs the original cosine >= {fidelity} and top-1 agreement >= "
+                    f"{LOSSY_MIN_TOP1} where at least {MIN_TOP1_ROWS} rows are decisive (worst cosine "
+                    f"{min(r.get('vs_original_cosine', 1.0) for r in rows):.4f}, SQNR "
+                    f"{min(r.get('vs_original_sqnr_db', float('inf')) for r in rows):.1f} dB)")
     if int_outs is not None:
         exact = sum(r["bit_exact_vs_integer_reference"] for r in rows)
         summary += (f"; vs the integer reference (edgec.ir.integer): {exact}/{len(rows)} outputs bit-exact, max "
                     f"relative error {max(r['vs_integer_reference_max_rel_err'] for r in rows):.3g}")
+    if not passed:
+        summary += "; FAILED: " + "; ".join(f"{r['output']}: {', '.join(r['failed_because'])}" for r in rows
+                                           if not r["passed"])
     return {"passed": passed, "ran": True, "runtime": tgt.runtime, "tolerance": tolerance, "outputs": rows,
             "criterion": "target" if policy else "activation-quant" if act_quant else "max-rel-err",
+            "fidelity": {"lossy": lossy, "min_cosine": fidelity, "min_top1": LOSSY_MIN_TOP1,
+                         "min_top1_rows": MIN_TOP1_ROWS} if lossy else None,
             "summary": summary, "error_metric": "max|artifact - reference| / max|reference|"}

@@ -5,11 +5,13 @@ Exit codes (documented in the README and ``edgec --help``):
 ====  ==========================================================================
 0     success
 1     verification failed: the artifact's outputs differ from the reference
-2     usage error: unknown command, option, pass, pass option or target
+2     usage error: unknown command, option, pass, pass option or target; an output location that cannot
+      be written or must not be replaced (``--force``)
 3     bad input: a model or data file is missing, unreadable, corrupt or mismatched
 4     unsupported: the model uses operators or features the frontend/target cannot handle
 5     a plugin failed to load or registered something invalid
 70    internal error (a bug in edgec: please report it with ``--debug`` output)
+130   interrupted (Ctrl-C); 143 terminated (SIGTERM): nothing written, the previous output kept
 ====  ==========================================================================
 """
 
@@ -52,3 +54,7 @@ class UnsupportedError(EdgecError):
 class PluginError(EdgecError):
     exit_code = 5
     kind = "plugin"
+
+
+class Terminated(KeyboardInterrupt):
+    """SIGTERM, handled like Ctrl-C (temporary files removed, the previous output kept); exit code 143."""

@@ -100,7 +100,7 @@ def test_quantized_to_cpu_verify(name, pipeline, min_cosine, tmp_path):
     v = man["verification"]
     row = v["outputs"][0]
     print(f"{name} {pipeline}: vs fp32 original cosine {row['vs_original_cosine']:.6f} "
-          f"rel err {row['vs_original_max_rel_err']:.4g} top-1 {row.get('top1_agreement')}; "
+          f"rel err {row['vs_original_max_rel_err']:.4g} top-1 {row.get('vs_original_top1_agreement')}; "
           f"size {man['sizes']['weights_bytes_before']} -> {man['sizes']['weights_bytes_after']}")
     assert v["passed"] and v["ran"]
     assert row["vs_original_cosine"] >= min_cosine
@@ -110,5 +110,5 @@ def test_quantized_to_cpu_verify(name, pipeline, min_cosine, tmp_path):
     if "quantize-activations" in pipeline:
         assert q["activations"]
         if name == "resnet18":
-            assert row["top1_agreement"] == 1.0
+            assert row["vs_original_top1_agreement"] == 1.0
     assert man["calibration"]["samples"] == 8

@@ -101,8 +101,12 @@ def test_existing_output_replaced_only_on_success(tiny_cnn_path, tmp_path):
     (out / "old.txt").write_text("previous build")
     r = run("compile", tiny_cnn_path, "-o", str(out), "-p", "no-such-pass")
     assert r.returncode == 2 and (out / "old.txt").exists()
-    r = run("compile", tiny_cnn_path, "-o", str(out))
+    r = run("compile", tiny_cnn_path, "-o", str(out))  # not edgec's output: refused, nothing deleted
+    assert r.returncode == 2 and "--force" in r.stderr and (out / "old.txt").exists()
+    r = run("compile", tiny_cnn_path, "-o", str(out), "--force")
     assert r.returncode == 0 and not (out / "old.txt").exists() and (out / "model.so").exists()
+    r = run("compile", tiny_cnn_path, "-o", str(out), "-p", "quantize{bits=4}")  # edgec's own: replaced
+    assert r.returncode == 0 and json.loads((out / "manifest.json").read_text())["pipeline"][-1] == "quantize{bits=4}"
 
 
 def test_python_api_mirrors_cli(tiny_cnn_path, tmp_path):

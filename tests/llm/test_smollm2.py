@@ -46,6 +46,6 @@ def test_smollm2_quantized_gguf_verifies_in_llama_cpp(gtype, smol_path, tmp_path
     assert r.exit_code == 0, r.output
     man = json.loads(r.stdout)["manifest"]
     row = man["verification"]["outputs"][0]
-    assert row["vs_reference_cosine"] >= 0.999 and row["top1_decisive_rows"] >= 16, row
+    assert row["vs_reference_cosine"] >= 0.999 and row["vs_reference_top1_decisive_rows"] >= 16, row
     ev = man["evaluation"]
     assert abs(ev["artifact_perplexity"] / ev["compiled_perplexity"] - 1) < 0.02, ev
