@@ -37,6 +37,34 @@ _QUANT = frozenset({(s, b) for s in ("symmetric", "asymmetric") for b in (4, 8)}
                    | {("codebook", b) for b in range(1, 9)} | {("vector", b) for b in range(1, 9)})
 
 
+# Per-run metadata coremltools writes into the spec (``convert`` records today's date): dropped so that the same
+# model gives the same bytes on any day.
+_PER_RUN_METADATA = ("com.github.apple.coremltools.conversion_date",)
+
+
+def _stable_spec(path: str) -> None:
+    """Rewrite the package's ``model.mlmodel`` deterministically. coremltools serializes the spec with plain
+    ``SerializeToString()``: protobuf map fields (the metadata's ``userDefined``, every MIL op's ``inputs`` and
+    ``attributes``) come out in hash-table order, which differs between processes. It also stamps the conversion
+    date. Parse, drop the per-run entries, and serialize with sorted map keys (``deterministic=True``)."""
+    import json
+    from coremltools.proto import Model_pb2
+    with open(os.path.join(path, "Manifest.json"), encoding="utf-8") as f:
+        man = json.load(f)
+    root = man["itemInfoEntries"][man["rootModelIdentifier"]]["path"]
+    spec_path = os.path.join(path, "Data", *root.split("/"))
+    spec = Model_pb2.Model()
+    with open(spec_path, "rb") as f:
+        spec.ParseFromString(f.read())
+    for key in _PER_RUN_METADATA:
+        if key in spec.description.metadata.userDefined:
+            del spec.description.metadata.userDefined[key]
+    data = spec.SerializeToString(deterministic=True)
+    os.remove(spec_path)  # coremltools wrote it from a private temp file (mode 0600): a fresh file gets the umask's
+    with open(spec_path, "wb") as f:
+        f.write(data)
+
+
 def _stable_package_ids(path: str) -> None:
     """coremltools names a package's items with random UUIDs, so every save differs. Derive them from each
     item's path instead (uuid5): the same model then gives a byte-identical .mlpackage."""
@@ -113,6 +141,7 @@ class CoreMLTarget(Target):
         if os.path.exists(path):
             shutil.rmtree(path)
         m.save(path)
+        _stable_spec(path)
         _stable_package_ids(path)
         b = holder["b"]
         compressed = {w: e.op for w, e in b.encoded.items() if e.op is not None}
