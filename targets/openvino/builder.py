@@ -19,6 +19,7 @@ import numpy as np
 from ...errors import UnsupportedError
 from ...ir import Model, Node, QuantizedTensor, Value
 from ...ir.tensor import code_range, vector_bases
+from ...quiet import quiet_libraries
 from ...target import Lowerings
 
 LOWERINGS = Lowerings()
@@ -30,6 +31,7 @@ def supported_ops() -> frozenset[str]:
 
 
 def _ov():
+    quiet_libraries()  # before the first import: openvino's telemetry writes ~/intel (see edgec.quiet)
     try:
         import openvino as ov
         import openvino.opset16 as ops
