@@ -224,6 +224,28 @@ def compile_cmd(model, target, pipeline, output, input_shapes, calib, verify, to
         click.echo(res.timings)
 
 
+@main.command("verify")
+@click.argument("output", type=click.Path())
+@click.option("--model", type=click.Path(), help="The model OUTPUT was compiled from (default: the manifest's source "
+              "file, found beside OUTPUT or here by its sha256).")
+@click.option("--calib", help="The calibration data it was compiled with (needed when the manifest records one).")
+@click.option("--frontend", help="Force a frontend.")
+@click.option("--json", "as_json", is_flag=True, help="Print the record as JSON on stdout.")
+@handle_errors
+def verify_cmd(output, model, calib, frontend, as_json):
+    """Re-check a compiled OUTPUT: file hashes against its manifest, then the artifact re-run against the
+    reference (exit 1 when either fails)."""
+    from .compiler import verify_output
+    rec = verify_output(output, model, calib=calib, frontend=frontend,
+                        progress=None if as_json else lambda m: click.echo(m, err=True))
+    if as_json:
+        _emit_json({"ok": rec["passed"], **rec})
+    else:
+        click.echo(f"verify {output}: {'PASS' if rec['passed'] else 'FAIL'}: {rec['summary']}")
+    if not rec["passed"]:
+        sys.exit(1)
+
+
 def _cache_hit(model, target, pipeline, output, opts):
     """The compile served from the cache, or None; the same checks the compiler makes first, without it."""
     from .cache import serve

@@ -28,11 +28,12 @@ from .cache import CompileResult
 from .errors import BadInputError, EdgecError, Terminated, UnsupportedError, UsageError, VerificationFailed
 from .frontend import pick_frontend
 from .host import host
-from .ir import Model, QuantizedTensor, ReferenceExecutor, random_inputs
+from .ir import Model, QuantizedTensor, ReferenceExecutor, infer_shapes, random_inputs
+from .ir.core import IRError
 from .ir.executor import ExecutionError
 from .output import WRITE_ERRNOS, check_output, default_output, make_scratch, replace_dir, writable_error
 from .ir.passes import (DumpIRInstrument, PassContext, PassError, PassManager, PipelineError, TimingInstrument,
-                        parse_pipeline)
+                        did_you_mean, parse_pipeline)
 from .target import Target
 
 DEFAULT_TOLERANCE = 1e-4
@@ -66,8 +67,8 @@ def parse_target(spec: str) -> Target:
     targets = host().targets
     name = spec.split("{", 1)[0].strip()
     if name not in targets:
-        raise UsageError(f"unknown target {name!r}; installed targets: {', '.join(targets.names())} "
-                         "(see 'edgec targets')")
+        raise UsageError(f"unknown target {name!r}{did_you_mean(name, targets.names())}; installed targets: "
+                         f"{', '.join(targets.names())} (see 'edgec targets')")
     try:
         return parse_pipeline(spec, {name: targets[name]})[0]
     except PipelineError as e:
@@ -100,9 +101,11 @@ def parse_input_shapes(specs: Mapping[str, Any] | None) -> dict[str, tuple[int, 
 
 
 def fix_input_shapes(model: Model, shapes: Mapping[str, tuple[int, ...]], notes: list[str],
-                     keep_dynamic: bool = False) -> None:
+                     keep_dynamic: bool = False) -> dict[str, int]:
     """Apply ``--input-shape``; without one, dynamic dims become 1 unless the target keeps them
-    (``keep_dynamic``: its runtime handles any sequence length, e.g. llama.cpp)."""
+    (``keep_dynamic``: its runtime handles any sequence length, e.g. llama.cpp). Returns the values given to
+    the inputs' symbolic dims (``{"batch": 8}``), which the rest of the graph's shapes may still name."""
+    bound: dict[str, int] = {}
     names = {v.name for v in model.graph.inputs}
     unknown = set(shapes) - names
     if unknown:
@@ -114,13 +117,16 @@ def fix_input_shapes(model: Model, shapes: Mapping[str, tuple[int, ...]], notes:
                     isinstance(d, int) and d != n for d, n in zip(v.shape, new))):
                 raise UsageError(f"--input-shape {v.name}={'x'.join(map(str, new))} does not fit the declared shape "
                                  f"{v.shape}")
+            bound.update({str(d): n for d, n in zip(v.shape or (), new) if not isinstance(d, int)})
             v.shape = new
         elif v.shape is None:
             raise UsageError(f"input {v.name!r} has unknown rank; give --input-shape {v.name}=AxBx...")
         elif v.static_shape is None and not keep_dynamic:
             fixed = tuple(d if isinstance(d, int) else 1 for d in v.shape)
             notes.append(f"input {v.name!r}: dynamic dims {v.shape} fixed to {fixed} (override with --input-shape)")
+            bound.update({str(d): 1 for d in v.shape if not isinstance(d, int)})
             v.shape = fixed
+    return bound
 
 
 def _top1(got, ref, margin: float = 1e-3) -> tuple[float, int]:
@@ -145,9 +151,14 @@ def _rel_err(a: np.ndarray, b: np.ndarray) -> float:
 
 
 def _cosine(a: np.ndarray, b: np.ndarray) -> float:
+    """Cosine similarity; 1 when both are zero, 0 when only one is (an all-zero output is not "aligned")."""
     a, b = np.asarray(a, np.float64).ravel(), np.asarray(b, np.float64).ravel()
-    d = np.linalg.norm(a) * np.linalg.norm(b)
-    return float(a @ b / d) if d > 0 else 1.0
+    if a.shape != b.shape:
+        return 0.0
+    na, nb = float(np.linalg.norm(a)), float(np.linalg.norm(b))
+    if na == 0 or nb == 0:
+        return 1.0 if na == nb else 0.0
+    return float(a @ b / (na * nb))
 
 
 def layer_table(model: Model) -> list[dict[str, Any]]:
@@ -261,81 +272,10 @@ def compile(model: str | Model, target: str = "cpu", pipeline: str = "", output:
                                       force=force, extra_options={"min_cosine": min_cosine}, progress=say)
         if hit is not None:
             return hit
-    h = host()
-    tgt = parse_target(target)
-    try:
-        user_passes = parse_pipeline(pipeline, h.passes.as_dict())
-    except PipelineError as e:
-        raise UsageError(str(e)) from None
-    shapes = parse_input_shapes(input_shapes)
-    t0 = time.perf_counter()
-    src_hash = None
-    if src_path is not None:
-        say(f"importing {src_path}")
-        ir_model = load_model(src_path, frontend)
-        src_hash = sha256_file(src_path) if os.path.isfile(src_path) else None
-    else:
-        ir_model = model
-    notes: list[str] = []
-    fix_input_shapes(ir_model, shapes, notes, keep_dynamic=tgt.dynamic_shapes)
-    from .ir.limits import check_sizes, max_tensor_bytes
-    too_big = check_sizes(ir_model)
-    if too_big:
-        raise BadInputError(f"the model declares tensors beyond the {max_tensor_bytes() / 2**30:.3g} GiB this machine "
-                            "allows one tensor (EDGEC_MAX_TENSOR_BYTES raises the limit; --input-shape fixes "
-                            "oversized inputs):\n" + "\n".join(f"  - {p}" for p in too_big[:20]))
-    t_import = time.perf_counter() - t0
-    feeds, original_ref = None, None
-    if verify or calib is not None:
-        _check_run_budget(ir_model, "--verify" if verify else "calibration (--calib)")
-    calibration = None
-    if calib is not None:
-        from .calibration import load_calibration
-        say(f"loading calibration data {calib}")
-        calibration = load_calibration(calib, ir_model, seed=seed)
-    if verify:
-        feeds = random_inputs(ir_model, seed=seed, dims={"seq": VERIFY_SEQ_LEN})
-        original_ref = _original_outputs(src_path, ir_model, feeds)
-    evaluation = None
-    if eval_text is None and verify:
-        # a language model's verification includes perplexity, on the built-in text unless --eval-text
-        from .plugins.llm.decoder import LLM_KEY
-        from .plugins.llm.evaluate import DEFAULT_EVAL_TEXT
-        from .plugins.llm.frontends import SOURCE_KEY
-        if ir_model.metadata.get(LLM_KEY):
-            if ir_model.metadata.get(SOURCE_KEY):
-                eval_text = DEFAULT_EVAL_TEXT
-            else:
-                notes.append("perplexity not measured: the model carries no tokenizer (it was not imported from a "
-                             "GGUF file or a Hugging Face folder)")
-    if eval_text:
-        from .plugins.llm.evaluate import CompileEvaluation
-        evaluation = CompileEvaluation(ir_model, eval_text)
-        say(f"perplexity of the float model on {eval_text}")
-        evaluation.float_model(ir_model)
-
-    from .plugins.cleanup import DEFAULT_CLEANUP
-    passes = (parse_pipeline(DEFAULT_CLEANUP, h.passes.as_dict()) if cleanup else []) + user_passes + tgt.pipeline()
-    timing = TimingInstrument()
-    instruments = [timing] + ([DumpIRInstrument(dump_ir)] if dump_ir else [])
-    ctx = PassContext(target=tgt, config={"seed": seed}, calibration=calibration)
-    size_before = ir_model.size_bytes()
-    t1 = time.perf_counter()
-    try:
-        PassManager(passes, instruments=instruments,
-                    progress=lambda k, n, p: say(f"pass {k + 1}/{n}: {p.describe()}")).run(ir_model, ctx)
-    except PassError as e:
-        if isinstance(e.cause, EdgecError):
-            raise type(e.cause)(str(e)) from None
-        if isinstance(e.cause, re.error):
-            raise UsageError(f"{e} (a regular expression in the pass's options; check include=/exclude=)") from None
-        raise
-    t_passes = time.perf_counter() - t1
-
-    problems = tgt.check(ir_model)
-    if problems:
-        raise UnsupportedError(f"target {tgt.name} cannot compile this model ({len(problems)} problems):", problems)
-
+    b = build_model(model, target, pipeline, input_shapes=input_shapes, verify=verify, cleanup=cleanup,
+                    dump_ir=dump_ir, seed=seed, frontend=frontend, calib=calib, eval_text=eval_text, say=say)
+    tgt, ir_model, passes, notes, ctx = b.target, b.model, b.passes, b.notes, b.ctx
+    calibration, evaluation = b.calibration, b.evaluation
     tmp = make_scratch(output)
     try:
         say(f"emitting {tgt.describe()}")
@@ -345,19 +285,19 @@ def compile(model: str | Model, target: str = "cpu", pipeline: str = "", output:
         t_emit = time.perf_counter() - t2
         _check_artifact_paths(tgt, tmp, art.files)
         options_key = json.dumps({"target": tgt.describe(), "pipeline": [p.describe() for p in passes],
-                                  "input_shapes": {k: list(v) for k, v in shapes.items()}, "cleanup": cleanup},
+                                  "input_shapes": {k: list(v) for k, v in b.shapes.items()}, "cleanup": cleanup},
                                  sort_keys=True)
         manifest: dict[str, Any] = {
             "edgec_version": __version__,
             "target": {"name": tgt.name, "spec": tgt.describe(), **art.manifest},
-            "source": {"path": os.path.basename(src_path) if src_path else None, "sha256": src_hash,
+            "source": {"path": os.path.basename(src_path) if src_path else None, "sha256": b.src_hash,
                        "format": ir_model.metadata.get("source_format")},
             "options_sha256": hashlib.sha256(options_key.encode()).hexdigest(),
             "pipeline": [p.describe() for p in passes],
             "build": {"seed": seed, "input_shapes": {v.name: list(v.shape or []) for v in ir_model.graph.inputs},
                       "frontend": frontend, "tolerance": tolerance, "min_cosine": min_cosine},
             **_io(ir_model),
-            "sizes": {"weights_bytes_before": size_before, "weights_bytes_after": ir_model.size_bytes(),
+            "sizes": {"weights_bytes_before": b.size_before, "weights_bytes_after": ir_model.size_bytes(),
                       "parameters": ir_model.param_count()},
             "layers": layer_table(ir_model),
             "quantization": quantization_summary(ir_model),
@@ -370,7 +310,7 @@ def compile(model: str | Model, target: str = "cpu", pipeline: str = "", output:
         }
         if verify:
             say(f"verifying on {tgt.runtime or 'its runtime'}")
-            manifest["verification"] = _verify(tgt, tmp, ir_model, feeds, original_ref, tolerance,
+            manifest["verification"] = _verify(tgt, tmp, ir_model, b.feeds, b.original, tolerance,
                                                lossy=_lossy(ir_model, passes), min_cosine=min_cosine)
         if evaluation is not None:
             say("perplexity of the compiled model and the artifact")
@@ -401,12 +341,170 @@ def compile(model: str | Model, target: str = "cpu", pipeline: str = "", output:
         raise
     finally:
         shutil.rmtree(tmp, ignore_errors=True)
-    return CompileResult(os.path.abspath(output), manifest, timing.report() if time_passes else "",
-                         {"import": round(t_import, 3), "passes": round(t_passes, 3), "emit": round(t_emit, 3)},
+    return CompileResult(os.path.abspath(output), manifest, b.timing.report() if time_passes else "",
+                         {"import": round(b.t_import, 3), "passes": round(b.t_passes, 3), "emit": round(t_emit, 3)},
                          cache_key=ckey)
 
 
-def _check_run_budget(model: Model, why: str) -> None:
+@dataclasses.dataclass
+class Build:
+    """A model imported and run through its pipeline, ready to emit (what compile and verify share)."""
+
+    model: Model
+    target: Target
+    passes: list
+    ctx: PassContext
+    shapes: dict[str, tuple[int, ...]]
+    notes: list[str]
+    src_hash: str | None
+    size_before: int
+    timing: TimingInstrument
+    t_import: float
+    t_passes: float
+    calibration: Any = None
+    evaluation: Any = None
+    feeds: dict[str, np.ndarray] | None = None
+    original: dict[str, Any] | None = None
+
+
+def build_model(model: str | Model, target: str, pipeline: str, *, input_shapes: Mapping[str, Any] | None = None,
+                verify: bool = False, cleanup: bool = True, dump_ir: str | None = None, seed: int = 0,
+                frontend: str | None = None, calib: str | None = None, eval_text: str | None = None,
+                say: Callable[[str], None] = lambda m: None) -> Build:
+    """Import ``model``, fix its input shapes, check its sizes against the limits, load calibration data,
+    take the original's outputs on the verification inputs (``verify``) and run the cleanup + user + target
+    pipeline: everything of a compile but the emission."""
+    h = host()
+    tgt = parse_target(target)
+    try:
+        user_passes = parse_pipeline(pipeline, h.passes.as_dict())
+    except PipelineError as e:
+        raise UsageError(str(e)) from None
+    shapes = parse_input_shapes(input_shapes)
+    src_path = model if isinstance(model, str) else None
+    t0 = time.perf_counter()
+    src_hash = None
+    if src_path is not None:
+        say(f"importing {src_path}")
+        ir_model = load_model(src_path, frontend)
+        src_hash = sha256_file(src_path) if os.path.isfile(src_path) else None
+    else:
+        ir_model = model
+    notes: list[str] = []
+    bound = fix_input_shapes(ir_model, shapes, notes, keep_dynamic=tgt.dynamic_shapes)
+    if bound:  # the graph's shapes follow the inputs' new ones (budget estimates and shape checks need them)
+        with contextlib.suppress(IRError):
+            infer_shapes(ir_model)
+    _check_degenerate(ir_model, bound)
+    from .ir.limits import check_sizes, max_tensor_bytes
+    too_big = check_sizes(ir_model)
+    if too_big:
+        raise BadInputError(f"the model declares tensors beyond the {max_tensor_bytes() / 2**30:.3g} GiB this machine "
+                            "allows one tensor (EDGEC_MAX_TENSOR_BYTES raises the limit; --input-shape fixes "
+                            "oversized inputs):\n" + "\n".join(f"  - {p}" for p in too_big[:20]))
+    t_import = time.perf_counter() - t0
+    if verify or calib is not None:
+        _check_run_budget(ir_model, "--verify" if verify else "calibration (--calib)", bound)
+    b = Build(ir_model, tgt, [], PassContext(), shapes, notes, src_hash, 0, TimingInstrument(), t_import, 0.0)
+    if calib is not None:
+        from .calibration import load_calibration
+        say(f"loading calibration data {calib}")
+        b.calibration = load_calibration(calib, ir_model, seed=seed)
+    if verify:
+        b.feeds = random_inputs(ir_model, seed=seed, dims={"seq": VERIFY_SEQ_LEN})
+        b.original = _original_outputs(src_path, ir_model, b.feeds)
+    if eval_text is None and verify:
+        # a language model's verification includes perplexity, on the built-in text unless --eval-text
+        from .plugins.llm.decoder import LLM_KEY
+        from .plugins.llm.evaluate import DEFAULT_EVAL_TEXT
+        from .plugins.llm.frontends import SOURCE_KEY
+        if ir_model.metadata.get(LLM_KEY):
+            if ir_model.metadata.get(SOURCE_KEY):
+                eval_text = DEFAULT_EVAL_TEXT
+            else:
+                notes.append("perplexity not measured: the model carries no tokenizer (it was not imported from a "
+                             "GGUF file or a Hugging Face folder)")
+    if eval_text:
+        from .plugins.llm.evaluate import CompileEvaluation
+        b.evaluation = CompileEvaluation(ir_model, eval_text)
+        say(f"perplexity of the float model on {eval_text}")
+        b.evaluation.float_model(ir_model)
+
+    from .plugins.cleanup import DEFAULT_CLEANUP
+    b.passes = (parse_pipeline(DEFAULT_CLEANUP, h.passes.as_dict()) if cleanup else []) + user_passes + tgt.pipeline()
+    instruments = [b.timing] + ([DumpIRInstrument(dump_ir)] if dump_ir else [])
+    b.ctx = PassContext(target=tgt, config={"seed": seed}, calibration=b.calibration)
+    b.size_before = ir_model.size_bytes()
+    t1 = time.perf_counter()
+    try:
+        PassManager(b.passes, instruments=instruments,
+                    progress=lambda k, n, p: say(f"pass {k + 1}/{n}: {p.describe()}")).run(ir_model, b.ctx)
+    except PassError as e:
+        if isinstance(e.cause, EdgecError):
+            raise type(e.cause)(str(e)) from None
+        if isinstance(e.cause, re.error):
+            raise UsageError(f"{e} (a regular expression in the pass's options; check include=/exclude=)") from None
+        raise
+    b.t_passes = time.perf_counter() - t1
+    _check_degenerate(ir_model, bound)
+    problems = tgt.check(ir_model)
+    if problems:
+        raise UnsupportedError(f"target {tgt.name} cannot compile this model ({len(problems)} problems):", problems)
+    return b
+
+
+def _check_degenerate(model: Model, bound: Mapping[str, int]) -> None:
+    """Input shapes that leave an op without output (a pooling window larger than the image: negative or
+    empty float tensors) are the user's to fix, before a target's compiler trips over them."""
+    bad = []
+    for n in model.graph:
+        window = _window_problem(n)
+        if window:
+            bad.append(window)
+        for o in n.outputs:
+            s = o.shape
+            if s is None or not all(isinstance(d, int) for d in s):
+                continue
+            if any(d < 0 for d in s) or (0 in s and o.dtype is not None and o.dtype.is_float and not any(
+                    x is not None and x.shape is not None and 0 in x.shape for x in n.inputs)):
+                bad.append(f"node {n.name!r} ({n.op_type}) would produce {o.name!r} of shape {list(s)}")
+    if bad:
+        given = ", ".join(f"{v.name}={'x'.join(map(str, v.shape or ()))}" for v in model.graph.inputs)
+        fixed = (f" (the dynamic dims {', '.join(sorted(bound))} were set to {', '.join(str(bound[k]) for k in sorted(bound))})"
+                 if bound else "")
+        raise UsageError(f"the input shapes {given}{fixed} leave the model with empty tensors:\n"
+                         + "\n".join(f"  - {b}" for b in bad[:10])
+                         + "\ngive --input-shape with the sizes the model expects, e.g. "
+                         + f"{model.graph.inputs[0].name}=1x3x224x224")
+
+
+def _window_problem(n) -> str | None:
+    """A Conv / pooling window larger than its padded input (ONNX shape inference rounds such outputs up to
+    1; the runtimes find them empty)."""
+    if n.op_type not in ("Conv", "MaxPool", "AveragePool", "LpPool") or n.domain not in ("", "ai.onnx"):
+        return None
+    x = n.inputs[0].shape if n.inputs and n.inputs[0] is not None else None
+    if x is None or len(x) < 3 or str(n.attr("auto_pad", "NOTSET")).upper() not in ("NOTSET", "VALID"):
+        return None
+    spatial = x[2:]
+    kernel = n.attr("kernel_shape")
+    if kernel is None and n.op_type == "Conv" and len(n.inputs) > 1 and n.inputs[1] is not None and n.inputs[1].shape:
+        kernel = n.inputs[1].shape[2:]
+    if kernel is None or len(kernel) != len(spatial):
+        return None
+    pads = list(n.attr("pads") or [0] * (2 * len(spatial)))
+    dil = list(n.attr("dilations") or [1] * len(spatial))
+    for i, (d, k) in enumerate(zip(spatial, kernel)):
+        if not isinstance(d, int) or not isinstance(k, int) or len(pads) != 2 * len(spatial):
+            return None
+        if d + pads[i] + pads[i + len(spatial)] < dil[i] * (k - 1) + 1:
+            return (f"node {n.name!r} ({n.op_type}) slides a window of {dil[i] * (k - 1) + 1} over a spatial dim of "
+                    f"{d} (padded {d + pads[i] + pads[i + len(spatial)]}): its input {n.inputs[0].name!r} has shape "
+                    f"{list(x)}")
+    return None
+
+
+def _check_run_budget(model: Model, why: str, bound: Mapping[str, int]) -> None:
     """Refuse before allocating when running the model once (verification or calibration) cannot fit the
     memory budget."""
     from .ir.budget import over_budget, run_estimate
@@ -415,7 +513,7 @@ def _check_run_budget(model: Model, why: str) -> None:
     try:
         msg = over_budget(f"running the model for {why} on inputs "
                           + ", ".join(f"{k}={'x'.join(map(str, s))}" for k, s in shapes.items()),
-                          run_estimate(model, shapes), fix="use a smaller --input-shape")
+                          run_estimate(model, shapes, bound), fix="use a smaller --input-shape")
     except ValueError as e:
         raise UsageError(str(e)) from None
     if msg:
@@ -703,3 +801,76 @@ def _verify(tgt: Target, out_dir: str, model: Model, feeds, original, tolerance:
             "fidelity": {"lossy": lossy, "min_cosine": fidelity, "min_top1": LOSSY_MIN_TOP1,
                          "min_top1_rows": MIN_TOP1_ROWS} if lossy else None,
             "summary": summary, "error_metric": "max|artifact - reference| / max|reference|"}
+
+
+def verify_output(output: str, model: str | None = None, *, calib: str | None = None, frontend: str | None = None,
+                  progress: Callable[[str], None] | None = None) -> dict[str, Any]:
+    """Re-check an existing output directory (``edgec verify OUT``): every file's size and sha256 against the
+    manifest, then, given the model it was compiled from (``model``, or the manifest's source file found beside
+    ``output`` or in the current directory, recognised by its sha256), the artifact run again on its runtime
+    and judged as ``--verify`` judged it. Returns the record; ``passed`` says whether it held."""
+    say = progress or (lambda m: None)
+    from .output import is_edgec_output
+    if not os.path.isdir(output):
+        raise UsageError(f"{output!r} is not a directory; give an output directory of edgec compile")
+    if not is_edgec_output(output):
+        raise UsageError(f"{output!r} holds no manifest.json written by edgec; give an output directory of edgec compile")
+    try:
+        with open(os.path.join(output, "manifest.json"), encoding="utf-8") as f:
+            manifest = json.load(f)
+    except (OSError, ValueError) as e:
+        raise BadInputError(f"{output}/manifest.json cannot be read: {e}") from None
+    if "files" not in manifest or "target" not in manifest:
+        raise UsageError(f"{output} is a tiers folder; verify each of its tier-* directories")
+    root = os.path.realpath(output)
+    problems, checked = [], 0
+    for f in manifest["files"]:
+        p = os.path.realpath(os.path.join(output, f["path"]))
+        if os.path.commonpath([p, root]) != root:
+            problems.append(f"{f['path']}: lies outside the output directory")
+        elif not os.path.isfile(p):
+            problems.append(f"{f['path']}: missing")
+        elif os.path.getsize(p) != f["bytes"]:
+            problems.append(f"{f['path']}: {os.path.getsize(p)} bytes, the manifest records {f['bytes']}")
+        elif sha256_file(p) != f["sha256"]:
+            problems.append(f"{f['path']}: sha256 differs from the manifest's")
+        checked += 1
+    rec: dict[str, Any] = {"output": os.path.abspath(output), "files_checked": checked, "integrity_problems": problems,
+                           "rerun": None, "passed": not problems}
+    if problems:
+        rec["summary"] = f"{len(problems)} of {checked} files differ from the manifest: " + "; ".join(problems[:5])
+        return rec
+    src = manifest.get("source") or {}
+    if model is None:
+        candidates = [os.path.join(os.path.dirname(os.path.abspath(output)), src.get("path") or ""),
+                      os.path.join(os.getcwd(), src.get("path") or "")]
+        model = next((c for c in candidates if src.get("path") and os.path.isfile(c)
+                      and sha256_file(c) == src.get("sha256")), None)
+    if model is None:
+        rec["summary"] = (f"all {checked} files match the manifest; not re-run: the model it was compiled from "
+                          f"({src.get('path')}) was not found beside it or here; pass --model to re-run it")
+        rec["rerun"] = {"ran": False}
+        return rec
+    if src.get("sha256") and os.path.isfile(model) and sha256_file(model) != src["sha256"]:
+        raise BadInputError(f"{model} is not the model {output} was compiled from (its sha256 differs from the "
+                            f"manifest's {src['sha256'][:16]}...); pass the original model with --model")
+    if manifest.get("calibration") and calib is None:
+        raise UsageError(f"{output} was calibrated on {manifest['calibration'].get('source')}; pass the same data "
+                         "with --calib to re-run it")
+    build = manifest.get("build") or {}
+    tgt = parse_target(manifest["target"]["spec"])
+    n_target = len(tgt.pipeline())
+    pipeline = manifest["pipeline"][:len(manifest["pipeline"]) - n_target]
+    shapes = {i["name"]: "x".join(map(str, i["shape"])) for i in manifest.get("inputs", [])
+              if i.get("shape") and all(isinstance(d, int) for d in i["shape"])}
+    b = build_model(model, manifest["target"]["spec"], ",".join(pipeline), input_shapes=shapes, verify=True,
+                    cleanup=False, seed=int(build.get("seed", 0)), frontend=frontend or build.get("frontend"),
+                    calib=calib, say=say)
+    say(f"running the artifact on {b.target.runtime or 'its runtime'}")
+    v = _verify(b.target, output, b.model, b.feeds, b.original, float(build.get("tolerance", DEFAULT_TOLERANCE)),
+                lossy=_lossy(b.model, b.passes), min_cosine=build.get("min_cosine"))
+    rec["rerun"] = v
+    rec["passed"] = bool(v["passed"])
+    rec["summary"] = (f"all {checked} files match the manifest; re-run: "
+                      + ("PASS" if v["passed"] else "FAIL") + f": {v['summary']}")
+    return rec

@@ -35,6 +35,8 @@ def pick_frontend(path: str, frontends: dict[str, type[Frontend]], name: str | N
         return frontends[name]()
     if not os.path.exists(path):
         raise BadInputError(f"model file {path!r} does not exist")
+    if not (os.path.isfile(path) or os.path.isdir(path)):  # a FIFO or a device would block or never end
+        raise BadInputError(f"model {path!r} is not a regular file or a folder; give the model file itself")
     for cls in frontends.values():
         fe = cls()
         if fe.accepts(path):

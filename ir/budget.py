@@ -103,12 +103,14 @@ def _resolve(shape: Any, symbols: Mapping[str, int]) -> int | None:
     return n
 
 
-def run_estimate(model: Model, input_shapes: Mapping[str, tuple[int, ...]]) -> dict[str, int]:
+def run_estimate(model: Model, input_shapes: Mapping[str, tuple[int, ...]],
+                 symbols: Mapping[str, int] | None = None) -> dict[str, int]:
     """Bytes that running ``model`` once on inputs of ``input_shapes`` holds at its peak: float weights,
     inputs, and the largest set of activations alive at once in graph order. Symbolic dims of the graph
-    (a dynamic batch ``N``) are taken from the inputs' concrete shapes; unknown sizes count as zero."""
+    (a dynamic batch ``N``) are taken from ``symbols`` and from the inputs' concrete shapes; unknown sizes
+    count as zero."""
     g = model.graph
-    symbols: dict[str, int] = {}
+    symbols = dict(symbols or {})
     inputs = 0
     for v in g.inputs:
         shape = input_shapes.get(v.name)

@@ -135,6 +135,13 @@ def _show_choices(choices: Sequence[Any]) -> str:
 
 
 # ------------------------------------------------------------------------------------------------ parsing
+def did_you_mean(word: str, known: Iterable[str]) -> str:
+    """' (did you mean 'x'?)' for the closest known name, or ''."""
+    import difflib
+    close = difflib.get_close_matches(word, list(known), n=1, cutoff=0.6)
+    return f" (did you mean {close[0]!r}?)" if close else ""
+
+
 _ITEM = re.compile(r"\s*([a-z][a-z0-9\-]*)\s*(\{([^{}]*)\})?\s*(,|$)")
 
 
@@ -185,7 +192,7 @@ def parse_pipeline(text: str, registry: Mapping[str, type[Pass]]) -> list[Pass]:
         pos = m.end()
         if name not in registry:
             known = ", ".join(sorted(registry))
-            raise PipelineError(f"unknown pass {name!r}; known passes: {known}")
+            raise PipelineError(f"unknown pass {name!r}{did_you_mean(name, registry)}; known passes: {known}")
         cls = registry[name]
         fields = {f.name: f for f in dataclasses.fields(cls)}
         hints = typing.get_type_hints(cls)
@@ -197,7 +204,7 @@ def parse_pipeline(text: str, registry: Mapping[str, type[Pass]]) -> list[Pass]:
                 raise PipelineError(f"{name}: option {item!r} needs a value (option=value)")
             if key not in fields:
                 allowed = ", ".join(fields) or "none"
-                raise PipelineError(f"{name}: unknown option {key!r}; options: {allowed}")
+                raise PipelineError(f"{name}: unknown option {key!r}{did_you_mean(key, fields)}; options: {allowed}")
             kwargs[key] = _convert(name, fields[key], hints.get(key, str), raw.strip())
         passes.append(cls(**kwargs))
     return passes
