@@ -11,7 +11,7 @@ import numpy as np
 from ...errors import BadInputError, UnsupportedError
 from ...frontend import Frontend
 from ...ir import Model, Tensor
-from .decoder import LLMConfig, build_decoder, permute_rows, weight_names
+from .decoder import LLMConfig, build_decoder, expected_shape, permute_rows, weight_names
 from .gguf_io import GGUF_KV_KEY, config_from_gguf, dump_kv, kv_metadata, open_gguf, read_tensor
 
 SOURCE_KEY = "edgec.llm.source"  # "gguf:<path>" or "hf:<folder>": where the tokenizer comes from
@@ -30,9 +30,19 @@ class GGUFFrontend(Frontend):
         cfg = config_from_gguf(reader, path)
         by_name = {t.name: t for t in reader.tensors}
         weights = {}
-        wanted = [n for n in weight_names(cfg) if n in by_name]
+        missing = [n for n in weight_names(cfg) if n not in by_name]
+        if missing:
+            raise BadInputError(f"{path}: tensor {missing[0]!r} is missing"
+                                f"{f' (and {len(missing) - 1} more)' if len(missing) > 1 else ''}; the metadata "
+                                f"describes a {cfg.layers}-layer {cfg.arch} decoder")
+        wanted = weight_names(cfg)
         for name in tqdm(wanted, desc="reading GGUF", unit="tensor", leave=False, disable=None):
-            arr = read_tensor(by_name[name])
+            t = by_name[name]
+            got, want = [int(d) for d in reversed([int(x) for x in t.shape])], list(expected_shape(cfg, name))
+            if got != want:  # before anything reshapes it
+                raise BadInputError(f"{path}: tensor {name!r} has shape {got}, the metadata implies {want} "
+                                    f"({_dims_note(cfg)})")
+            arr = read_tensor(t, path)
             if cfg.arch == "llama" and (name.endswith("attn_q.weight") or name.endswith("attn_k.weight")):
                 # llama.cpp stores Q/K rows interleaved for its rotary kernel; edgec keeps the rotate-half rows.
                 n_head = cfg.heads if "attn_q" in name else cfg.kv_heads
@@ -43,6 +53,13 @@ class GGUFFrontend(Frontend):
             raise UnsupportedError(f"{path}: tensors this importer does not understand: {', '.join(extra[:8])}")
         meta = {GGUF_KV_KEY: dump_kv(kv_metadata(reader)), SOURCE_KEY: "gguf:" + os.path.abspath(path)}
         return build_decoder(cfg, weights, meta)
+
+
+def _dims_note(cfg: LLMConfig) -> str:
+    a = cfg.arch
+    return (f"{a}.embedding_length {cfg.hidden}, {a}.feed_forward_length {cfg.intermediate}, "
+            f"{a}.attention.head_count {cfg.heads}, head_count_kv {cfg.kv_heads}, head dim {cfg.head_dim}, "
+            f"vocabulary {cfg.vocab_size}")
 
 
 # ------------------------------------------------------------------------------------ Hugging Face folders
