@@ -31,6 +31,7 @@ folder renamed into place), so concurrent builds never see half an entry.
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import hashlib
 import json
@@ -523,8 +524,29 @@ def key(model_path: str, calib: str | None, options: dict, extra: str | None = N
     return k
 
 
+def _declared_bytes(path: str) -> int:
+    """Bytes of a model file, or of the regular files of a model folder (symlinks not followed)."""
+    st = os.stat(path)
+    if not stat.S_ISDIR(st.st_mode):
+        return st.st_size
+    total = 0
+    for r, _, files in os.walk(path):
+        for f in files:
+            with contextlib.suppress(OSError):
+                total += os.lstat(os.path.join(r, f)).st_size
+    return total
+
+
 def _key(model_path: str, calib: str | None, options: dict, extra: str | None = None) -> str:
     from . import __version__
+    from .memory import memory_budget
+    try:
+        if _declared_bytes(model_path) > memory_budget():
+            # edgec holds at least the model's bytes while compiling it, so the compile is refused later anyway;
+            # never spend minutes hashing (say) a sparse 40 GB file to key it
+            raise Unkeyable(f"{model_path} is larger than the memory budget")
+    except ValueError:
+        pass  # a malformed $EDGEC_MAX_MEMORY: the compile reports it
     h = hashlib.sha256()
     h.update(json.dumps({"v": VERSION, "edgec": __version__, "env": _environment(), **options},
                         sort_keys=True, default=str).encode())

@@ -199,6 +199,48 @@ def test_no_verification_inputs_are_made_without_verify(tmp_path):
     assert usage.ru_maxrss * 1024 < 1.2e9, f"peak RSS {usage.ru_maxrss / 1e6:.2f} GB"
 
 
+def _sparse_hf_folder(folder, gib: float) -> str:
+    """A Hugging Face llama folder whose embedding declares ``gib`` GiB of float32 in a sparse file."""
+    import struct
+    folder.mkdir()
+    vocab = int(gib * 2**30 / 4 / 64)  # declared in the file; the config itself is an ordinary one
+    cfg = {"architectures": ["LlamaForCausalLM"], "model_type": "llama", "hidden_size": 64, "intermediate_size": 128,
+           "num_attention_heads": 4, "num_key_value_heads": 4, "num_hidden_layers": 1, "vocab_size": 32000,
+           "rms_norm_eps": 1e-5, "max_position_embeddings": 128}
+    (folder / "config.json").write_text(json.dumps(cfg))
+    n = vocab * 64 * 4
+    header = json.dumps({"model.embed_tokens.weight": {"dtype": "F32", "shape": [vocab, 64],
+                                                       "data_offsets": [0, n]}}).encode()
+    with open(folder / "model.safetensors", "wb") as f:
+        f.write(struct.pack("<Q", len(header)) + header)
+        f.truncate(8 + len(header) + n)
+    return str(folder)
+
+
+@pytest.mark.parametrize("gib", [8, 40])
+def test_safetensors_beyond_the_budget_are_refused_before_reading(gib, tmp_path):
+    folder = _sparse_hf_folder(tmp_path / "hf", gib)
+    env = {**os.environ, "EDGEC_CACHE_DIR": str(tmp_path / "c"), "EDGEC_MAX_MEMORY": "6GiB"}
+    p = subprocess.Popen([sys.executable, "-m", "edgec.cli", "compile", folder, "-t", "gguf", "-o",
+                          str(tmp_path / "o")], stdout=subprocess.PIPE, stderr=subprocess.PIPE, env=env)
+    _, status, usage = os.wait4(p.pid, 0)
+    err = p.stderr.read().decode()
+    assert os.waitstatus_to_exitcode(status) == 3 and "EDGEC_" in err and "GiB" in err, err
+    assert "panic" not in err.lower() and "Traceback" not in err
+    assert usage.ru_maxrss * 1024 < 1.5e9, f"peak RSS {usage.ru_maxrss / 1e6:.2f} GB"
+
+
+def test_safetensors_float32_weights_are_memory_mapped(tmp_path):
+    from edgec.plugins.llm import safetensors_io
+    from safetensors.numpy import save_file
+    a = np.arange(48, dtype=np.float32).reshape(6, 8)
+    save_file({"a": a, "b": a.astype(np.float16)}, str(tmp_path / "t.safetensors"))
+    entries = safetensors_io.read_header(str(tmp_path / "t.safetensors"))
+    got = safetensors_io.load(str(tmp_path / "t.safetensors"), entries["a"])
+    assert isinstance(got, np.memmap) and not got.flags.writeable and np.array_equal(got, a)
+    assert np.array_equal(safetensors_io.load(str(tmp_path / "t.safetensors"), entries["b"]), a)
+
+
 # ----------------------------------------------------------------- 7: --verify fails destroyed models
 def _deep_mlp(path, width=256, depth=6, seed=0):
     """A Linear/Relu stack whose outputs a 2-bit per-tensor grid destroys."""

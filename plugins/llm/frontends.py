@@ -154,55 +154,31 @@ class HFFrontend(Frontend):
         return os.path.isdir(path) and os.path.exists(os.path.join(path, "config.json"))
 
     def load(self, path: str) -> Model:
-        from safetensors import safe_open
         from tqdm import tqdm
+
+        from . import safetensors_io
         cfg = hf_config(path)
         files = sorted(f for f in os.listdir(path) if f.endswith(".safetensors"))
         if not files:
             raise BadInputError(f"{path} has no *.safetensors files (pickled .bin checkpoints are not read: "
                                 "they can run code; convert them to safetensors)")
+        # Every header is read and checked, and the total checked against the memory budget, before any tensor.
+        headers = {os.path.join(path, fn): safetensors_io.read_header(os.path.join(path, fn)) for fn in files}
+        for p, entries in headers.items():
+            for key in entries:
+                if gguf_name(key) is None and not key.endswith("rotary_emb.inv_freq"):
+                    raise UnsupportedError(f"{os.path.basename(p)}: tensor {key!r} has no place in a {cfg.arch} "
+                                           "decoder")
+        safetensors_io.check_sizes(headers, keep=lambda k: gguf_name(k) is not None)
         weights: dict[str, Tensor] = {}
-        for fn in files:
-            try:
-                with safe_open(os.path.join(path, fn), framework="numpy") as f:
-                    for key in tqdm(list(f.keys()), desc=f"reading {fn}", unit="tensor", leave=False, disable=None):
-                        name = gguf_name(key)
-                        if name is None:
-                            if key.endswith("rotary_emb.inv_freq"):
-                                continue
-                            raise UnsupportedError(f"{fn}: tensor {key!r} has no place in a {cfg.arch} decoder")
-                        weights[name] = Tensor(self._float32(f, key, fn, os.path.join(path, fn)))
-            except (UnsupportedError, BadInputError):
-                raise
-            except Exception as e:  # noqa: BLE001 - safetensors raises SafetensorError and others
-                raise BadInputError(f"{os.path.join(path, fn)} is not a readable safetensors file: {e}") from None
+        for p, entries in headers.items():
+            for key, e in tqdm(list(entries.items()), desc=f"reading {os.path.basename(p)}", unit="tensor",
+                               leave=False, disable=None):
+                name = gguf_name(key)
+                if name is not None:
+                    weights[name] = Tensor(safetensors_io.load(p, e))
         if cfg.tied_embeddings:
             weights.pop("output.weight", None)
         elif "output.weight" not in weights and "token_embd.weight" in weights:
             cfg = LLMConfig(**{**cfg.__dict__, "tied_embeddings": True})
         return build_decoder(cfg, weights, {SOURCE_KEY: "hf:" + os.path.abspath(path)})
-
-    @staticmethod
-    def _float32(f, key: str, fn: str, path: str = "") -> np.ndarray:
-        try:
-            return np.asarray(f.get_tensor(key), np.float32)
-        except TypeError:
-            pass
-        # bfloat16 has no numpy dtype, so safetensors' numpy reader refuses it: read the slice raw.
-        return _bf16_tensor(path, key)
-
-
-def _bf16_tensor(path: str, key: str) -> np.ndarray:
-    import ml_dtypes
-    with open(path, "rb") as fh:
-        n = int.from_bytes(fh.read(8), "little")
-        header = json.loads(fh.read(n))
-    info = header[key]
-    if info.get("dtype") != "BF16":
-        raise BadInputError(f"{path}: tensor {key} has dtype {info.get('dtype')}, which edgec cannot read")
-    lo, hi = info["data_offsets"]
-    shape = [int(d) for d in info["shape"]]
-    if hi - lo != 2 * int(np.prod(shape)):
-        raise BadInputError(f"{path}: tensor {key} spans {hi - lo} bytes, its shape {shape} needs {2 * int(np.prod(shape))}")
-    raw = np.fromfile(path, dtype=np.uint8, count=hi - lo, offset=8 + n + lo)
-    return raw.view(ml_dtypes.bfloat16).astype(np.float32).reshape(shape)
