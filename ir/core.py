@@ -10,11 +10,18 @@ for what ONNX lacks (see :mod:`edgec.ir.ops`). Use-def chains are exact by const
 
 Node order is deterministic: nodes stay in insertion order (which frontends make topological) and
 iterating a graph walks a snapshot, so passes may mutate while they iterate.
+
+No mutation or lookup depends on the graph's size (only removal checks the graph outputs): nodes form a
+doubly linked list (removal and insertion next to a node search no list), use lists become hash-indexed
+once they are long (a constant shared by a million nodes), names are indexed, and fresh node names come from
+per-base counters instead of probing ``base_0, base_1, ...`` from zero each time. Importing, verifying and
+cleaning up a graph are thus linear in its size.
 """
 
 from __future__ import annotations
 
 import contextlib
+import gc
 import itertools
 import re
 from collections.abc import Iterable, Iterator, Sequence
@@ -30,6 +37,20 @@ Shape = tuple[Dim, ...] | None
 ConstData = Tensor | QuantizedTensor
 
 
+@contextlib.contextmanager
+def gc_paused() -> Iterator[None]:
+    """Pause Python's cyclic garbage collector while a large graph is built or converted (also usable as a
+    decorator). Building creates millions of long-lived objects, each batch of which triggers a collection
+    that walks every object built so far; the graph holds no garbage to find. Restores the previous state."""
+    was = gc.isenabled()
+    gc.disable()
+    try:
+        yield
+    finally:
+        if was:
+            gc.enable()
+
+
 class IRError(ValueError):
     """A mutation that would break the IR's invariants."""
 
@@ -37,6 +58,12 @@ class IRError(ValueError):
 class Usage(NamedTuple):
     node: "Node"
     index: int
+
+
+# A value's uses are a list while short; past this many, an insertion-ordered dict keyed by the Usage
+# itself (Node hashes and compares by identity), so recording or dropping one use is O(1) even for a
+# constant shared by every node. Both iterate the uses in the order they were recorded.
+_USE_INDEX_AT = 8
 
 
 class Value:
@@ -51,7 +78,7 @@ class Value:
         self.shape = tuple(shape) if shape is not None else None
         self._producer: Node | None = None
         self._index: int | None = None
-        self._uses: list[Usage] = []
+        self._uses: list[Usage] | dict[Usage, None] = []
         self.const = const
         self.quant: ActivationQuant | None = None
         self.sparsity: Sparsity | None = None
@@ -98,7 +125,7 @@ class Value:
         """Make every user of this value use ``other`` instead."""
         if other is self:
             return
-        for node, i in list(self._uses):
+        for node, i in tuple(self._uses):
             node.replace_input_with(i, other)
         if replace_graph_outputs and self._graph is not None:
             g = self._graph
@@ -109,14 +136,35 @@ class Value:
                         raise IRError(f"graph output would become the undefined value {other.name!r}")
 
     def _add_use(self, node: "Node", index: int) -> None:
-        self._uses.append(Usage(node, index))
+        uses = self._uses
+        if type(uses) is dict:
+            uses[Usage(node, index)] = None
+            return
+        uses.append(Usage(node, index))
+        if len(uses) > _USE_INDEX_AT:
+            self._uses = dict.fromkeys(uses)
 
     def _remove_use(self, node: "Node", index: int) -> None:
-        for k, u in enumerate(self._uses):
-            if u.node is node and u.index == index:
-                del self._uses[k]
+        uses = self._uses
+        if type(uses) is dict:
+            if uses.pop(Usage(node, index), False) is None:
                 return
+        else:
+            for k, u in enumerate(uses):
+                if u.node is node and u.index == index:
+                    del uses[k]
+                    return
         raise IRError(f"internal: use ({node.name}, {index}) of {self.name!r} not recorded")
+
+    def _has_use(self, node: "Node", index: int) -> bool:
+        """Whether ``(node, index)`` is recorded among the uses (O(1) for long use lists)."""
+        uses = self._uses
+        if type(uses) is dict:
+            return Usage(node, index) in uses
+        for u in uses:
+            if u.node is node and u.index == index:
+                return True
+        return False
 
     def __repr__(self) -> str:
         s = "?" if self.shape is None else ",".join("?" if d is None else str(d) for d in self.shape)
@@ -126,7 +174,8 @@ class Value:
 class Node:
     """One operator application. ``inputs`` may contain ``None`` for omitted optional inputs."""
 
-    __slots__ = ("op_type", "domain", "name", "attributes", "_inputs", "outputs", "meta", "_graph")
+    __slots__ = ("op_type", "domain", "name", "attributes", "_inputs", "outputs", "meta", "_graph", "_prev",
+                 "_next")
 
     def __init__(self, op_type: str, inputs: Sequence[Value | None], attributes: dict[str, Any] | None = None,
                  *, domain: str = "", name: str = "", outputs: Sequence[Value] | int = 1):
@@ -136,6 +185,8 @@ class Node:
         self.attributes: dict[str, Any] = dict(attributes or {})
         self.meta: dict[str, Any] = {}
         self._graph: Graph | None = None
+        self._prev: Node | None = None  # neighbours in the graph's node list
+        self._next: Node | None = None
         self._inputs: tuple[Value | None, ...] = tuple(inputs)
         for i, v in enumerate(self._inputs):
             if v is not None:
@@ -209,9 +260,16 @@ class Graph:
         self.inputs: list[Value] = []
         self.outputs: list[Value] = []
         self.initializers: dict[str, Value] = {}
-        self._nodes: list[Node] = []
-        self._names: set[str] = set()
-        self._node_names: set[str] = set()
+        # The nodes: a doubly linked list through Node._prev/_next, plus a cached snapshot of the order.
+        self._head: Node | None = None
+        self._tail: Node | None = None
+        self._count = 0
+        self._order: tuple[Node, ...] | None = ()
+        # Names taken by values / nodes, each mapped to its holder (a hint for value() / node(), which
+        # double-check it), and for each base the next suffix free for a fresh node name.
+        self._names: dict[str, Value] = {}
+        self._node_names: dict[str, Node] = {}
+        self._node_suffix: dict[str, int] = {}
         self._insert_at: Node | None = None
         self._counter = itertools.count()
 
@@ -230,8 +288,29 @@ class Graph:
             return
         if v.name in self._names:
             v.name = self.unique_name(v.name)
-        self._names.add(v.name)
+        self._names[v.name] = v
         v._graph = self
+
+    def _free_node_name(self, base: str) -> str:
+        """``base_k`` for the smallest k >= 0 whose name no node of the graph has.
+
+        ``_node_suffix[base]`` is a k below which every ``base_j`` is taken (lowered when one is released, see
+        :meth:`_release_node_name`), so the search does not start from zero every time: naming n unnamed nodes
+        of one op type costs O(n), not O(n^2)."""
+        names = self._node_names
+        k = self._node_suffix.get(base, 0)
+        while f"{base}_{k}" in names:
+            k += 1
+        self._node_suffix[base] = k + 1
+        return f"{base}_{k}"
+
+    def _release_node_name(self, name: str) -> None:
+        self._node_names.pop(name, None)
+        base, sep, k = name.rpartition("_")
+        if sep and k.isdigit() and k.isascii() and (k == "0" or k[0] != "0"):
+            j = int(k)
+            if j < self._node_suffix.get(base, -1):
+                self._node_suffix[base] = j
 
     # ---- building -------------------------------------------------------------------------------------------
     def rename(self, value: Value, new_name: str) -> None:
@@ -242,11 +321,11 @@ class Graph:
             return
         if new_name in self._names:
             raise IRError(f"cannot rename {value.name!r} to {new_name!r}: the name is taken")
-        self._names.discard(value.name)
+        self._names.pop(value.name, None)
         if value.name in self.initializers:
             self.initializers[new_name] = self.initializers.pop(value.name)
         value.name = new_name
-        self._names.add(new_name)
+        self._names[new_name] = value
 
     def add_input(self, name: str, dtype: DType, shape: Shape) -> Value:
         v = Value(name, dtype, shape)
@@ -267,18 +346,51 @@ class Graph:
         if self._insert_at is not None:
             return self.insert_before(self._insert_at, node)
         self._own(node)
-        self._nodes.append(node)
+        self._link(node, self._tail, None)
         return node
 
+    def _check_anchor(self, anchor: Node) -> None:
+        if anchor._graph is not self:
+            raise IRError(f"anchor node {anchor.name!r} is not in graph {self.name!r}")
+
     def insert_before(self, anchor: Node, node: Node) -> Node:
+        self._check_anchor(anchor)
         self._own(node)
-        self._nodes.insert(self._nodes.index(anchor), node)
+        self._link(node, anchor._prev, anchor)
         return node
 
     def insert_after(self, anchor: Node, node: Node) -> Node:
+        self._check_anchor(anchor)
         self._own(node)
-        self._nodes.insert(self._nodes.index(anchor) + 1, node)
+        self._link(node, anchor, anchor._next)
         return node
+
+    def _link(self, node: Node, prev: Node | None, nxt: Node | None) -> None:
+        node._prev, node._next = prev, nxt
+        if prev is None:
+            self._head = node
+        else:
+            prev._next = node
+        if nxt is None:
+            self._tail = node
+        else:
+            nxt._prev = node
+        self._count += 1
+        self._order = None
+
+    def _unlink(self, node: Node) -> None:
+        prev, nxt = node._prev, node._next
+        if prev is None:
+            self._head = nxt
+        else:
+            prev._next = nxt
+        if nxt is None:
+            self._tail = prev
+        else:
+            nxt._prev = prev
+        node._prev = node._next = None
+        self._count -= 1
+        self._order = None
 
     @contextlib.contextmanager
     def inserting_before(self, anchor: Node) -> Iterator[None]:
@@ -301,12 +413,8 @@ class Graph:
             raise IRError(f"node {node.name!r} already belongs to a graph")
         node._graph = self
         if not node.name or node.name in self._node_names:
-            base = node.name or node.op_type
-            k = 0
-            while f"{base}_{k}" in self._node_names:
-                k += 1
-            node.name = f"{base}_{k}"
-        self._node_names.add(node.name)
+            node.name = self._free_node_name(node.name or node.op_type)
+        self._node_names[node.name] = node
         for o in node.outputs:
             self._claim(o)
 
@@ -316,19 +424,18 @@ class Graph:
         if node._graph is not self:
             raise IRError(f"node {node.name!r} is not in graph {self.name!r}")
         if safe:
-            outs = set(map(id, self.outputs))
             for o in node.outputs:
                 if o._uses:
                     users = ", ".join(sorted({u.node.name for u in o._uses}))
                     raise IRError(f"cannot remove node {node.name!r}: its output {o.name!r} is used by {users}")
-                if id(o) in outs:
+                if any(x is o for x in self.outputs):
                     raise IRError(f"cannot remove node {node.name!r}: its output {o.name!r} is a graph output")
         node._detach_inputs()
-        self._nodes.remove(node)
-        self._node_names.discard(node.name)
+        self._unlink(node)
+        self._release_node_name(node.name)
         node._graph = None
         for o in node.outputs:
-            self._names.discard(o.name)
+            self._names.pop(o.name, None)
             o._graph = None
 
     def remove_const(self, name: str) -> None:
@@ -336,54 +443,83 @@ class Graph:
         if v._uses or v in self.outputs:
             raise IRError(f"cannot remove constant {name!r}: it is still used")
         del self.initializers[name]
-        self._names.discard(name)
+        self._names.pop(name, None)
         v._graph = None
         if isinstance(v.const, Tensor):
             v.const.release()  # a memory-mapped weight's pages need not stay resident
 
     # ---- queries --------------------------------------------------------------------------------------------
+    def _snapshot(self) -> tuple[Node, ...]:
+        """The nodes in order, as a tuple cached until the next insertion or removal."""
+        order = self._order
+        if order is None:
+            out = []
+            n = self._head
+            while n is not None:
+                out.append(n)
+                n = n._next
+            order = self._order = tuple(out)
+        return order
+
     def __iter__(self) -> Iterator[Node]:
         """Iterate a snapshot of the nodes, so the graph may be mutated meanwhile."""
-        return iter(list(self._nodes))
+        return iter(self._snapshot())
 
     def __len__(self) -> int:
-        return len(self._nodes)
+        return self._count
 
     @property
     def nodes(self) -> tuple[Node, ...]:
-        return tuple(self._nodes)
+        return self._snapshot()
 
     def values(self) -> Iterator[Value]:
         yield from self.inputs
         yield from self.initializers.values()
-        for n in self._nodes:
+        for n in self._snapshot():
             yield from n.outputs
 
+    def _holds(self, v: Value) -> bool:
+        """Whether ``v`` is one of :meth:`values`."""
+        if v._graph is not self:
+            return False
+        if v._producer is not None:
+            return v._producer._graph is self
+        if self.initializers.get(v.name) is v:
+            return True
+        return any(x is v for x in self.inputs)
+
     def value(self, name: str) -> Value:
-        for v in self.values():
+        v = self._names.get(name)
+        if v is not None and v.name == name and self._holds(v):
+            return v
+        for v in self.values():  # renamed behind the graph's back, or not there
             if v.name == name:
                 return v
         raise KeyError(f"no value named {name!r} in graph {self.name!r}")
 
     def node(self, name: str) -> Node:
-        for n in self._nodes:
+        n = self._node_names.get(name)
+        if n is not None and n.name == name and n._graph is self:
+            return n
+        for n in self._snapshot():
             if n.name == name:
                 return n
         raise KeyError(f"no node named {name!r} in graph {self.name!r}")
 
     def sort(self) -> None:
         """Reorder nodes topologically, keeping the current order among independent nodes."""
-        order = {id(n): k for k, n in enumerate(self._nodes)}
+        nodes = self._snapshot()
+        order = {id(n): k for k, n in enumerate(nodes)}
         indeg: dict[int, int] = {}
-        users: dict[int, list[Node]] = {id(n): [] for n in self._nodes}
-        for n in self._nodes:
+        users: dict[int, list[Node]] = {id(n): [] for n in nodes}
+        for n in nodes:
             deps = {id(v._producer) for v in n.inputs if v is not None and v._producer is not None
                     and v._producer._graph is self}
             indeg[id(n)] = len(deps)
             for d in deps:
                 users[d].append(n)
         import heapq
-        ready = [(order[id(n)], n) for n in self._nodes if indeg[id(n)] == 0]
+        ready = [(order[id(n)], n) for n in nodes if indeg[id(n)] == 0]
         heapq.heapify(ready)
         out: list[Node] = []
         while ready:
@@ -393,13 +529,23 @@ class Graph:
                 indeg[id(u)] -= 1
                 if indeg[id(u)] == 0:
                     heapq.heappush(ready, (order[id(u)], u))
-        if len(out) != len(self._nodes):
-            stuck = [n.name for n in self._nodes if indeg[id(n)] > 0][:5]
+        if len(out) != len(nodes):
+            stuck = [n.name for n in nodes if indeg[id(n)] > 0][:5]
             raise IRError(f"graph {self.name!r} has a cycle through nodes {stuck}")
-        self._nodes = out
+        prev = None
+        for n in out:
+            n._prev = prev
+            if prev is not None:
+                prev._next = n
+            prev = n
+        if prev is not None:
+            prev._next = None
+        self._head, self._tail = (out[0], out[-1]) if out else (None, None)
+        self._order = tuple(out)
 
     def remove_unused_consts(self) -> int:
-        dead = [k for k, v in self.initializers.items() if not v._uses and v not in self.outputs]
+        outs = {id(o) for o in self.outputs}
+        dead = [k for k, v in self.initializers.items() if not v._uses and id(v) not in outs]
         for k in dead:
             self.remove_const(k)
         return len(dead)

@@ -88,9 +88,9 @@ class DType(enum.Enum):
 
     @classmethod
     def from_onnx(cls, elem_type: int) -> "DType":
-        for d, o in _ONNX.items():
-            if o == elem_type:
-                return d
+        d = _FROM_ONNX.get(elem_type)
+        if d is not None:
+            return d
         name = onnx.TensorProto.DataType.Name(elem_type) if elem_type in onnx.TensorProto.DataType.values() else elem_type
         raise ValueError(f"ONNX element type {name} is not supported by edgec")
 
@@ -121,6 +121,7 @@ _ONNX = {
     DType.UINT8: _T.UINT8, DType.UINT16: _T.UINT16, DType.UINT32: _T.UINT32, DType.UINT64: _T.UINT64,
     DType.BOOL: _T.BOOL, DType.STRING: _T.STRING, DType.INT4: _T.INT4, DType.UINT4: _T.UINT4,
 }
+_FROM_ONNX = {o: d for d, o in reversed(_ONNX.items())}  # the first DType of each ONNX type
 
 
 def code_range(bits: int, signed: bool) -> tuple[int, int]:

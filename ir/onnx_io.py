@@ -14,7 +14,7 @@ import onnx
 from onnx import helper, numpy_helper
 
 from . import ops as edgec_ops
-from .core import Graph, IRError, Model, Node, Value
+from .core import Graph, IRError, Model, Node, Value, gc_paused
 from .dtypes import DType
 from .tensor import QuantizedTensor, Tensor, vector_bases
 
@@ -50,26 +50,30 @@ def _attr_value(a: onnx.AttributeProto):
 
 
 def _type_of(vi: onnx.ValueInfoProto) -> tuple[DType | None, tuple | None]:
-    tt = vi.type.tensor_type
-    if not vi.type.HasField("tensor_type"):
+    t = vi.type
+    if not t.HasField("tensor_type"):
         return None, None
+    tt = t.tensor_type
+    elem = tt.elem_type
     try:
-        dt = DType.from_onnx(tt.elem_type) if tt.elem_type else None
+        dt = DType.from_onnx(elem) if elem else None
     except ValueError:
         dt = None
     if not tt.HasField("shape"):
         return dt, None
     dims: list = []
     for d in tt.shape.dim:
-        if d.HasField("dim_value"):
+        which = d.WhichOneof("value")
+        if which == "dim_value":
             dims.append(int(d.dim_value))
-        elif d.HasField("dim_param"):
+        elif which == "dim_param":
             dims.append(d.dim_param)
         else:
             dims.append(None)
     return dt, tuple(dims)
 
 
+@gc_paused()
 def from_onnx(proto: onnx.ModelProto, base_dir: str | None = None) -> Model:
     """Convert an ONNX model. Every unsupported construct is collected and reported at once."""
     problems: list[str] = []
@@ -103,16 +107,22 @@ def from_onnx(proto: onnx.ModelProto, base_dir: str | None = None) -> Model:
         env[vi.name] = graph.add_input(vi.name, dt, shape)
     types = {vi.name: _type_of(vi) for vi in list(g_in.value_info) + list(g_in.output)}
     supported_domains = {"", "ai.onnx", edgec_ops.EDGEC_DOMAIN}
+    subgraph_types = (onnx.AttributeProto.GRAPH, onnx.AttributeProto.GRAPHS)
+    untyped = (None, None)
+
+    def where_of(k: int, n: onnx.NodeProto) -> str:  # only formatted for a problem
+        return f"node {n.name or f'#{k}'} ({(n.domain + '::') if n.domain else ''}{n.op_type}, opset " \
+               f"{opsets.get(n.domain or '', '?')})"
     for k, n in enumerate(g_in.node):
-        where = f"node {n.name or f'#{k}'} ({(n.domain + '::') if n.domain else ''}{n.op_type}, opset " \
-                f"{opsets.get(n.domain or '', '?')})"
-        if n.domain not in supported_domains:
-            problems.append(f"{where}: operator domain {n.domain!r} is not supported")
+        domain, op_type, n_attrs = n.domain, n.op_type, n.attribute
+        if domain not in supported_domains:
+            problems.append(f"{where_of(k, n)}: operator domain {domain!r} is not supported")
             continue
-        if any(a.type in (onnx.AttributeProto.GRAPH, onnx.AttributeProto.GRAPHS) for a in n.attribute):
-            problems.append(f"{where}: control flow with subgraphs is not supported")
+        if n_attrs and any(a.type in subgraph_types for a in n_attrs):
+            problems.append(f"{where_of(k, n)}: control flow with subgraphs is not supported")
             continue
-        if n.op_type == "Constant" and n.domain in ("", "ai.onnx"):
+        if op_type == "Constant" and domain in ("", "ai.onnx"):
+            where = where_of(k, n)
             a = n.attribute[0]
             try:
                 if a.name == "value":
@@ -133,20 +143,21 @@ def from_onnx(proto: onnx.ModelProto, base_dir: str | None = None) -> Model:
             elif name in env:
                 ins.append(env[name])
             else:
-                problems.append(f"{where}: input {name!r} is not defined before use")
+                problems.append(f"{where_of(k, n)}: input {name!r} is not defined before use")
                 ins.append(None)
         try:
-            attrs = {a.name: _attr_value(a) for a in n.attribute}
+            attrs = {a.name: _attr_value(a) for a in n_attrs} if n_attrs else None
         except NotImplementedError as e:
-            problems.append(f"{where}: attribute type {e} is not supported")
+            problems.append(f"{where_of(k, n)}: attribute type {e} is not supported")
             continue
+        out_names = n.output
         outs = []
-        for o in n.output:
-            dt, shape = types.get(o, (None, None))
+        for o in out_names:
+            dt, shape = types.get(o, untyped)
             outs.append(Value(o or graph.unique_name("unused"), dt, shape))
-        node = Node(n.op_type, ins, attrs, domain=n.domain, name=n.name, outputs=outs)
+        node = Node(op_type, ins, attrs, domain=domain, name=n.name, outputs=outs)
         graph.append(node)
-        for name, v in zip(n.output, node.outputs):
+        for name, v in zip(out_names, node.outputs):
             if name:
                 env[name] = v
     for o in g_in.output:
@@ -303,6 +314,7 @@ def _ancestors(model: Model, names: list[str], stop: set[str] = frozenset()) -> 
     return nodes, consts
 
 
+@gc_paused()
 def to_onnx(model: Model, extra_outputs: list[str] | None = None, with_shapes: bool = True, activation_quant: bool = True,
             external: dict[str, np.ndarray] | None = None, keep_quantized: bool = False,
             only_outputs: list[str] | None = None,
@@ -324,7 +336,10 @@ def to_onnx(model: Model, extra_outputs: list[str] | None = None, with_shapes: b
     """
     g = model.graph
     opset = max(model.opset, 13)
-    nodes: list[onnx.NodeProto] = []
+    graph = onnx.GraphProto()
+    # Nodes are built in place in the graph (helper.make_node + make_graph would build each one, then copy it);
+    # expansions append theirs (a copy each, as make_graph would have made).
+    nodes = graph.node
     inits: list[onnx.TensorProto] = []
     taken = {v.name for v in g.values()}
     ctx = edgec_ops.ExpandContext(opset, nodes, inits, taken, external)
@@ -363,10 +378,17 @@ def to_onnx(model: Model, extra_outputs: list[str] | None = None, with_shapes: b
         if n.domain == edgec_ops.EDGEC_DOMAIN:
             edgec_ops.expand(n.op_type, ctx, ins, outs, dict(n.attributes),
                              [v.rank if v is not None else None for v in n.inputs])
-        else:
-            nodes.append(helper.make_node(n.op_type, ins, outs, name=n.name, domain=n.domain or None,
-                                          **{}))
-            nodes[-1].attribute.extend(attribute_proto(k, a) for k, a in n.attributes.items())
+        else:  # what helper.make_node(n.op_type, ins, outs, name=n.name, domain=n.domain or None) makes
+            nd = nodes.add()
+            nd.op_type = n.op_type
+            nd.input.extend(ins)
+            nd.output.extend(outs)
+            if n.name:
+                nd.name = n.name
+            if n.domain:
+                nd.domain = n.domain
+            if n.attributes:
+                nd.attribute.extend(attribute_proto(k, a) for k, a in n.attributes.items())
         for o in quantized_outs:
             _qdq(o, o.name + "__float", o.name, nodes, inits, taken)
     outputs = [_vi(v) for v in g.outputs] if only_outputs is None else []
@@ -396,7 +418,12 @@ def to_onnx(model: Model, extra_outputs: list[str] | None = None, with_shapes: b
                 graph_inputs.append(helper.make_tensor_value_info(
                     name, helper.np_dtype_to_tensor_dtype(np.dtype(dt)), [None] * rank))
         value_info = [vi for vi in value_info if vi.name not in cut]
-    graph = helper.make_graph(nodes, g.name, graph_inputs, outputs, inits, value_info=value_info)
+    # what helper.make_graph(nodes, g.name, graph_inputs, outputs, inits, value_info=value_info) makes
+    graph.name = g.name
+    graph.input.extend(graph_inputs)
+    graph.output.extend(outputs)
+    graph.initializer.extend(inits)
+    graph.value_info.extend(value_info)
     imports = [helper.make_opsetid(d, v) for d, v in model.opset_imports.items()
                if d not in ("", edgec_ops.EDGEC_DOMAIN)]
     imports.insert(0, helper.make_opsetid("", opset))
@@ -408,6 +435,7 @@ def to_onnx(model: Model, extra_outputs: list[str] | None = None, with_shapes: b
     return proto
 
 
+@gc_paused()
 def infer_shapes(model: Model) -> None:
     """Fill in dtype and shape of every value ONNX shape inference can determine (with data propagation)."""
     # Shape inference only needs initializer shapes: large constants never enter the proto (they would be

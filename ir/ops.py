@@ -35,13 +35,17 @@ class ExpandContext:
     initializers: list[onnx.TensorProto]
     taken: set[str]
     external: dict[str, np.ndarray] | None = None
+    # base -> a k below which every base__j is taken (``taken`` only grows), so that expanding n ops that
+    # all want "mul__k" names costs O(n) instead of probing from zero every time
+    _next: dict[str, int] = dataclasses.field(default_factory=dict, repr=False)
 
     def name(self, base: str) -> str:
-        k = 0
+        k = self._next.get(base, 0)
         while f"{base}__{k}" in self.taken:
             k += 1
         n = f"{base}__{k}"
         self.taken.add(n)
+        self._next[base] = k + 1
         return n
 
     def const(self, base: str, array: np.ndarray) -> str:

@@ -40,7 +40,7 @@ def release_pages(a: np.ndarray) -> None:
 class Tensor:
     """An immutable constant. ``data`` may be a read-only memory map; it is never copied eagerly."""
 
-    __slots__ = ("_data", "dtype")
+    __slots__ = ("_data", "dtype", "__weakref__")  # weakly referenced: the verifier remembers checks of immutable data
 
     def __init__(self, data: np.ndarray, dtype: DType | None = None):
         if not isinstance(data, np.ndarray):
