@@ -36,6 +36,11 @@ class GGUFFrontend(Frontend):
                                 f"{f' (and {len(missing) - 1} more)' if len(missing) > 1 else ''}; the metadata "
                                 f"describes a {cfg.layers}-layer {cfg.arch} decoder")
         wanted = weight_names(cfg)
+        from ...ir.budget import over_budget
+        msg = over_budget("importing the model's weights as float32", {"weights": 4 * sum(
+            int(np.prod(expected_shape(cfg, n), dtype=object)) for n in wanted)})
+        if msg:  # before any tensor is dequantized
+            raise BadInputError(f"{path}: {msg}")
         for name in tqdm(wanted, desc="reading GGUF", unit="tensor", leave=False, disable=None):
             t = by_name[name]
             got, want = [int(d) for d in reversed([int(x) for x in t.shape])], list(expected_shape(cfg, name))
