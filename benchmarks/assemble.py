@@ -10,11 +10,11 @@ import os
 
 HERE = os.path.dirname(os.path.abspath(__file__))
 ORDER = ["RESULTS-foundation.md", "RESULTS-quantization.md", "RESULTS-llm.md", "RESULTS-openvino.md",
-         "RESULTS-coreml.md", "RESULTS-hexagon.md", "RESULTS-mixed.md", "RESULTS-vq.md", "RESULTS-compile.md"]
+         "RESULTS-coreml.md", "RESULTS-hexagon.md", "RESULTS-mixed.md", "RESULTS-vq.md", "RESULTS-compile.md", "RESULTS-robustness.md"]
 SCRIPTS = {"RESULTS-foundation.md": "foundation.py", "RESULTS-quantization.md": "quantization.py",
            "RESULTS-llm.md": "llm_quality.py", "RESULTS-openvino.md": "openvino.py", "RESULTS-coreml.md": "coreml.py",
            "RESULTS-hexagon.md": "hexagon.py", "RESULTS-mixed.md": "mixed_precision.py",
-           "RESULTS-vq.md": "vq.py", "RESULTS-compile.md": "compile.py"}
+           "RESULTS-vq.md": "vq.py", "RESULTS-compile.md": "compile.py", "RESULTS-robustness.md": "robustness.py"}
 
 
 def main() -> None:

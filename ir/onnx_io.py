@@ -73,26 +73,86 @@ def _type_of(vi: onnx.ValueInfoProto) -> tuple[DType | None, tuple | None]:
     return dt, tuple(dims)
 
 
+_MAPPABLE = frozenset(np.dtype(x) for x in ("float32", "float16", "float64", "int8", "uint8", "int16", "uint16",
+                                             "int32", "uint32", "int64", "uint64", "bool"))
+
+
+def _declared_bytes(t: onnx.TensorProto) -> int:
+    try:
+        item = onnx.helper.tensor_dtype_to_np_dtype(t.data_type).itemsize
+    except Exception:  # noqa: BLE001 - strings and exotic types: count 4 bytes per element
+        item = 4
+    return int(np.prod([max(int(d), 0) for d in t.dims], dtype=object)) * item
+
+
+def _check_weight_budget(initializers) -> None:
+    """Refuse, before any external data is read, weights that cannot fit the memory budget."""
+    from .budget import over_budget
+    msg = over_budget("importing the model's weights", {"weights": sum(_declared_bytes(t) for t in initializers)})
+    if msg:
+        raise ValueError(msg)
+
+
+def _external_array(t: onnx.TensorProto, base_dir: str) -> np.ndarray:
+    """An external-data initializer as a read-only memory map of its file (never copied): opened through onnx's
+    own checked open, which confines the location to ``base_dir``; offset and length checked against the file
+    and the tensor's shape. Types numpy cannot map directly go through onnx's loader instead."""
+    from onnx import external_data_helper as edh
+    info = edh.ExternalDataInfo(t)
+    dims = tuple(int(d) for d in t.dims)
+    try:
+        dt = np.dtype(onnx.helper.tensor_dtype_to_np_dtype(t.data_type))
+    except Exception:  # noqa: BLE001 - a type without a numpy dtype: onnx reads it
+        dt = None
+    if dt is None or dt not in _MAPPABLE or not hasattr(edh, "_open_external_data_fd"):
+        edh.load_external_data_for_tensor(t, base_dir)
+        return numpy_helper.to_array(t)
+    fd = edh._open_external_data_fd(base_dir, info.location, t.name, True)
+    with os.fdopen(fd, "rb") as f:
+        size = os.fstat(f.fileno()).st_size
+        offset = int(info.offset or 0)
+        length = int(info.length) if info.length is not None else size - offset
+        need = int(np.prod(dims, dtype=object)) * dt.itemsize
+        if offset > size:
+            raise ValueError(f"external data offset ({offset}) exceeds file size ({size}) of {info.location!r} for "
+                             f"tensor {t.name!r}")
+        if length > size - offset:
+            raise ValueError(f"external data length ({length}) exceeds available data ({size - offset} bytes from "
+                             f"offset {offset} in {info.location!r}) for tensor {t.name!r}")
+        if length != need:
+            raise ValueError(f"external data of {t.name!r} is {length} bytes, its shape {list(dims)} of "
+                             f"{dt.name} needs {need}")
+        if need == 0:
+            return np.zeros(dims, dt)
+        return np.memmap(f, dtype=dt.newbyteorder("<"), mode="r", offset=offset, shape=dims)
+
+
 @gc_paused()
 def from_onnx(proto: onnx.ModelProto, base_dir: str | None = None) -> Model:
     """Convert an ONNX model. Every unsupported construct is collected and reported at once."""
     problems: list[str] = []
     opsets = {(o.domain if o.domain != "ai.onnx" else ""): int(o.version) for o in proto.opset_import}
     g_in = proto.graph
-    if base_dir is not None:
-        try:
-            onnx.external_data_helper.load_external_data_for_model(proto, base_dir)
-        except (OSError, ValueError, onnx.checker.ValidationError) as e:
-            # onnx refuses locations outside the model's folder (absolute, or escaping with ..) and lengths
-            # beyond the file: never read outside base_dir, never allocate what the file does not hold
-            raise ValueError(f"could not read the model's external data files from {base_dir}: {e}") from None
     graph = Graph(g_in.name or "main")
     env: dict[str, Value] = {}
     init_names = {t.name for t in g_in.initializer}
+    _check_weight_budget(g_in.initializer)
     for t in g_in.initializer:
         try:
-            arr = numpy_helper.to_array(t)
+            if t.data_location == onnx.TensorProto.EXTERNAL:
+                if base_dir is None:
+                    raise ValueError("it names external data, but the model was not read from a file")
+                arr = _external_array(t, base_dir)
+            else:
+                arr = numpy_helper.to_array(t)
             dt = DType.from_onnx(t.data_type)
+        except (OSError, ValueError, onnx.checker.ValidationError) as e:
+            if t.data_location == onnx.TensorProto.EXTERNAL:
+                # onnx refuses locations outside the model's folder (absolute, or escaping with ..) and lengths
+                # beyond the file: never read outside base_dir, never allocate what the file does not hold
+                raise ValueError(f"could not read the model's external data files from {base_dir}: {e}") from None
+            problems.append(f"initializer {t.name!r}: cannot read its data ({e})")
+            continue
         except Exception as e:  # noqa: BLE001 - report every broken initializer
             problems.append(f"initializer {t.name!r}: cannot read its data ({e})")
             continue
