@@ -123,7 +123,7 @@ def prepare_root(d: str, create: bool = True) -> bool:
 
 def entries(cache_dir: str) -> list[str]:
     """Paths of the cache's entries (by their layout: XX/<64 hex digits>)."""
-    out = []
+    out: list[str] = []
     try:
         shards = sorted(os.listdir(cache_dir))
     except OSError:
@@ -242,7 +242,9 @@ def _copy_hashing(src: str, dst: str) -> tuple[int, str]:
 
 def _tree(root: str) -> tuple[list[str], list[str], list[str]]:
     """(directories, regular files, anything else) under ``root``, as sorted relative paths."""
-    dirs, files, other = [], [], []
+    dirs: list[str] = []
+    files: list[str] = []
+    other: list[str] = []
     for r, ds, fs in os.walk(root):
         ds.sort()
         for name in ds + sorted(fs):
@@ -430,7 +432,7 @@ def _load_index(cache_dir: str | None) -> None:
 
 
 def _save_index() -> None:
-    if not (_index_dirty and _index_path):
+    if not (_index_dirty and _index_path) or _index is None:
         return
     try:
         os.makedirs(os.path.dirname(_index_path), exist_ok=True)

@@ -119,8 +119,7 @@ def load_calibration(spec: str, model: Model, *, seed: int = 0, max_samples: int
     if spec == "random":
         warnings.warn("--calib random: calibrating on random inputs; quantization quality will be poor. "
                       "Pass real samples (.npz or a folder) for production models.", CalibrationWarning, stacklevel=2)
-        samples = [random_inputs(model, seed=seed + i) for i in range(random_samples)]
-        return CalibrationSet(samples, "random")
+        return CalibrationSet([random_inputs(model, seed=seed + i) for i in range(random_samples)], "random")
     if not os.path.exists(spec):
         raise BadInputError(f"calibration data {spec!r} does not exist (give a .npz, a folder, a .txt, or 'random')")
     samples: list[dict[str, np.ndarray]] = []

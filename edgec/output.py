@@ -126,7 +126,7 @@ def sweep_stale(output: str) -> list[str]:
     """Remove the temporary and backup directories of ``output`` left by processes that no longer exist."""
     parent = os.path.dirname(os.path.abspath(output))
     head = f".{os.path.basename(os.path.normpath(output))}.edgec-"
-    removed = []
+    removed: list[str] = []
     try:
         names = os.listdir(parent)
     except OSError:
@@ -152,7 +152,7 @@ def writable_error(output: str, e: OSError) -> OutputError:
     why = {errno.EROFS: "the file system is read-only", errno.EACCES: "permission denied",
            errno.EPERM: "the operation is not permitted (an immutable directory?)",
            errno.ENOSPC: "no space left on the device", errno.EDQUOT: "the disk quota is exhausted"}.get(
-        e.errno, e.strerror or str(e))
+        e.errno or 0, e.strerror or str(e))
     return OutputError(f"-o {output}: cannot write the output there ({why}); choose a writable directory")
 
 

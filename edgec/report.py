@@ -128,8 +128,8 @@ def plots(manifest: dict) -> dict[str, str]:
             ax.bar(x, [r or 0 for r in rel], color="#cc6677")
             ax.set_ylabel("relative output error (bars)")
             ax2 = ax.twinx()
-            ax2.plot(x, [_num(q.get("sqnr_db")) if _num(q.get("sqnr_db")) is not None else np.nan for _, q in errs],
-                     "k.", ms=5)
+            sqnr = [_num(q.get("sqnr_db")) for _, q in errs]
+            ax2.plot(x, [np.nan if v is None else v for v in sqnr], "k.", ms=5)
             ax2.set_ylabel("weight SQNR dB (dots)")
             ax.set_title("per-layer quantization error (layer output on calibration data; weight SQNR)")
         else:
@@ -205,7 +205,7 @@ def render(manifest: dict) -> str:
         parts.append("<h2>Mixed precision</h2>")
         parts.append(_table([[k, mp.get(k)] for k in ("avg_bits", "bytes", "metric", "decided_by", "histogram")],
                             ["", ""]))
-        parts.append(_table(sorted((w, b) for w, b in (mp.get("allocation") or {}).items()), ["weight", "choice"]))
+        parts.append(_table(sorted([w, b] for w, b in (mp.get("allocation") or {}).items()), ["weight", "choice"]))
     ev = manifest.get("evaluation")
     if ev:
         parts.append("<h2>Language model evaluation</h2>" + figs.get("perplexity", ""))

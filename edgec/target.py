@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import dataclasses
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from typing import Any, ClassVar
 
 import numpy as np
@@ -116,6 +116,8 @@ class Target:
     def emit(self, model: Model, out_dir: str, ctx: PassContext) -> Artifact:
         raise NotImplementedError
 
-    def run_artifact(self, out_dir: str, feeds: Mapping[str, np.ndarray]) -> dict[str, np.ndarray]:
-        """Execute the emitted artifact on its runtime (for ``--verify``)."""
+    def run_artifact(self, out_dir: str, feeds: Mapping[str, np.ndarray],
+                     input_names: Sequence[str] | None = None) -> list[np.ndarray]:
+        """Execute the emitted artifact on its runtime (for ``--verify``): the outputs in the model's order.
+        ``input_names`` are the model's inputs in order (for runtimes that bind inputs by position)."""
         raise NotImplementedError(f"target {self.name} has no runtime on this machine")

@@ -3,7 +3,6 @@ imported from ONNX and from PyTorch and compiled for ``cpu`` with ``--verify``: 
 <= 1e-4 against onnxruntime on the original ONNX file (ONNX path) or torch eager (PyTorch path)."""
 
 import json
-import os
 import subprocess
 import sys
 import warnings

@@ -3,7 +3,6 @@ SmolLM2's real tokenizer, so llama.cpp loads it and tests stay fast."""
 
 from __future__ import annotations
 
-import json
 import os
 
 import numpy as np
@@ -14,7 +13,6 @@ from edgec.ir.passes import PassContext
 from edgec.plugins.llm.bundled import smollm2_path
 from edgec.plugins.llm.decoder import LLMConfig, build_decoder, weight_names, expected_shape
 from edgec.plugins.llm.gguf_io import GGUF_KV_KEY, dump_kv, kv_metadata, open_gguf
-from edgec.plugins.llm.frontends import SOURCE_KEY
 
 
 @pytest.fixture(scope="session")

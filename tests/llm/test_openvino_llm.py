@@ -15,7 +15,6 @@ pytest.importorskip("openvino")
 from edgec.cli import main  # noqa: E402
 from edgec.compiler import load_model  # noqa: E402
 from edgec.host import host  # noqa: E402
-from edgec.ir import ReferenceExecutor  # noqa: E402
 from edgec.ir.passes import PassContext, PassManager, parse_pipeline  # noqa: E402
 from edgec.plugins.cleanup import DEFAULT_CLEANUP  # noqa: E402
 from edgec.plugins.llm.perplexity import openvino_engine, reference_engine, top1_agreement  # noqa: E402

@@ -1,6 +1,5 @@
 """Frontends: ONNX (opsets, external data, unsupported ops reported at once), PyTorch, edgec IR files."""
 
-import os
 
 import numpy as np
 import onnx

@@ -1,7 +1,6 @@
 """The hexagon target's integer HVX kernels (vrmpy, int32 accumulation, fused requantization), their HVX float
 kernels for v68/v73, and static int8 models run under qemu-hexagon bit-exactly against edgec.ir.integer."""
 
-import os
 import re
 import shutil
 import subprocess
