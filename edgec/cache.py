@@ -46,7 +46,9 @@ from collections.abc import Callable, Mapping
 from typing import Any
 
 from .errors import UsageError
-from .output import _ME, _owner_alive, check_output, default_output, make_scratch, replace_dir  # noqa: F401
+from .output import read_regular
+from .output import (_ME, _tag, abandoned, check_output, default_output, hold, make_scratch,  # noqa: F401
+                     release, replace_dir)
 
 VERSION = 2  # 2: entries are out/ + sums.json, checked on every hit
 TAG_FILE = "CACHEDIR.TAG"
@@ -85,11 +87,14 @@ def default_dir() -> str:
 
 # ------------------------------------------------------------------------------------------------ the root
 def is_cache_root(d: str) -> bool:
+    """Whether ``d`` carries edgec's own CACHEDIR.TAG (the standard signature line is shared by every tool's
+    tag: edgec's second line must be there too)."""
+    want = TAG.split("\n", 2)
     try:
-        with open(os.path.join(d, TAG_FILE), "rb") as f:
-            return f.read(43) == TAG[:43].encode()
+        got = (read_regular(os.path.join(d, TAG_FILE), 4096).decode("utf-8", "replace")).split("\n", 2)
     except OSError:
         return False
+    return got[:2] == want[:2]
 
 
 def prepare_root(d: str, create: bool = True) -> bool:
@@ -97,6 +102,11 @@ def prepare_root(d: str, create: bool = True) -> bool:
     an earlier edgec, gets its tag; a directory holding anything else is never used (or cleared)."""
     if is_cache_root(d):
         return True
+    if os.path.lexists(os.path.join(d, TAG_FILE)):  # another tool's cache: never edgec's to use or clear
+        if create:
+            warnings.warn(f"{d} is not used as the compile cache: its {TAG_FILE} was written by another tool; point "
+                          "--cache-dir or EDGEC_CACHE_DIR at a new folder", CacheWarning, stacklevel=3)
+        return False
     try:
         if not os.path.isdir(d):
             if not create or os.path.lexists(d):
@@ -121,20 +131,30 @@ def prepare_root(d: str, create: bool = True) -> bool:
         return False
 
 
-def entries(cache_dir: str) -> list[str]:
-    """Paths of the cache's entries (by their layout: XX/<64 hex digits>)."""
-    out: list[str] = []
+def _listdir(d: str) -> list[str]:
     try:
-        shards = sorted(os.listdir(cache_dir))
-    except OSError:
-        return out
-    for s in shards:
-        sp = os.path.join(cache_dir, s)
-        if not _SHARD.fullmatch(s) or os.path.islink(sp) or not os.path.isdir(sp):
+        return sorted(os.listdir(d))
+    except OSError:  # removed meanwhile (a concurrent --clear or eviction)
+        return []
+
+
+def _real_dir(p: str) -> bool:
+    return not os.path.islink(p) and os.path.isdir(p)
+
+
+def entries(cache_dir: str) -> list[str]:
+    """Paths of the cache's entries, by their layout: ``XX/<64 hex digits>/`` holding ``sums.json`` (or, from
+    edgec before it, ``manifest.json``); symlinks are never entries."""
+    out: list[str] = []
+    for sh in _listdir(cache_dir):
+        sp = os.path.join(cache_dir, sh)
+        if not _SHARD.fullmatch(sh) or not _real_dir(sp):
             continue
-        with_entries = sorted(os.listdir(sp))
-        out += [os.path.join(sp, e) for e in with_entries if _ENTRY.fullmatch(e) and e.startswith(s)
-                and not os.path.islink(os.path.join(sp, e)) and os.path.isdir(os.path.join(sp, e))]
+        for e in _listdir(sp):
+            ep = os.path.join(sp, e)
+            if _ENTRY.fullmatch(e) and e.startswith(sh) and _real_dir(ep) and (
+                    os.path.isfile(os.path.join(ep, SUMS)) or os.path.isfile(os.path.join(ep, "manifest.json"))):
+                out.append(ep)
     return out
 
 
@@ -144,7 +164,9 @@ def stats(cache_dir: str) -> tuple[int, int]:
     for e in entries(cache_dir):
         n += 1
         for root, _, files in os.walk(e):
-            size += sum(os.lstat(os.path.join(root, f)).st_size for f in files)
+            for f in files:
+                with contextlib.suppress(OSError):
+                    size += os.lstat(os.path.join(root, f)).st_size
     return n, size
 
 
@@ -153,26 +175,28 @@ def clear(cache_dir: str) -> tuple[int, int]:
     if not os.path.lexists(cache_dir):
         return 0, 0
     if not prepare_root(cache_dir, create=False):
-        raise UsageError(f"{cache_dir} is not an edgec compile cache (no {TAG_FILE}, and it holds files edgec did not "
-                         "write); nothing was deleted. Check --cache-dir / EDGEC_CACHE_DIR")
+        raise UsageError(f"{cache_dir} is not an edgec compile cache (no {TAG_FILE} of edgec's, and it holds files "
+                         "edgec did not write); nothing was deleted. Check --cache-dir / EDGEC_CACHE_DIR")
     n, size = stats(cache_dir)
     for e in entries(cache_dir):
         _evict(e)
-    for s in os.listdir(cache_dir):
-        sp = os.path.join(cache_dir, s)
-        if _SHARD.fullmatch(s) and os.path.isdir(sp) and not os.path.islink(sp):
-            for t in os.listdir(sp):
-                if t.startswith(".tmp-") and not _owner_alive(t[5:]):
-                    shutil.rmtree(os.path.join(sp, t), ignore_errors=True)
-            try:
-                os.rmdir(sp)
-            except OSError:
-                pass  # not empty: something else (a live writer's temporary folder) is in it
-    try:
+    for sh in _listdir(cache_dir):
+        sp = os.path.join(cache_dir, sh)
+        if _SHARD.fullmatch(sh) and _real_dir(sp):
+            _sweep_shard(sp)
+            with contextlib.suppress(OSError):
+                os.rmdir(sp)  # not empty: something else (a live writer's temporary folder) is in it
+    with contextlib.suppress(OSError):
         os.unlink(os.path.join(cache_dir, INDEX_FILE))
-    except OSError:
-        pass
     return n, size
+
+
+def _sweep_shard(shard: str) -> None:
+    """Remove the temporary folders (``.tmp-PID-START-...``) of writers that are gone."""
+    for t in _listdir(shard):
+        p = os.path.join(shard, t)
+        if t.startswith(".tmp-") and _real_dir(p) and abandoned(p, _tag(t[5:])):
+            shutil.rmtree(p, ignore_errors=True)
 
 
 def _evict(e: str) -> None:
@@ -210,7 +234,8 @@ def serve(model: str, target: str, pipeline: str, output: str | None, *, cache_d
     if e is None:
         return cdir, k, None
     output = output or default_output(model, target.split("{")[0].strip())
-    check_output(output, (model, calib, eval_text), force)
+    inputs = protected_inputs(output, model, calib, eval_text)
+    check_output(output, inputs, force)
     if progress:
         progress(f"cached: nothing changed since this exact compile ({k[:16]}); copying {e}")
     tmp = make_scratch(output)
@@ -223,10 +248,22 @@ def serve(model: str, target: str, pipeline: str, output: str | None, *, cache_d
             return cdir, k, None
         with open(os.path.join(tmp, "d", "manifest.json"), encoding="utf-8") as f:
             manifest = json.load(f)
-        replace_dir(os.path.join(tmp, "d"), output, force=force, inputs=(model, calib, eval_text))
+        replace_dir(os.path.join(tmp, "d"), output, force=force, inputs=inputs)
     finally:
         shutil.rmtree(tmp, ignore_errors=True)
+        release(tmp)
     return cdir, k, CompileResult(os.path.abspath(output), manifest, cached=True, cache_key=k)
+
+
+def protected_inputs(output: str, model: str | None, calib: str | None = None,
+                     eval_text: str | None = None) -> tuple[str, ...]:
+    """The files a compile reads, which its output must never hold: the model, calibration data, evaluation
+    text and, when ``output`` exists (so something would be replaced), an ONNX model's external data files."""
+    paths = [p for p in (model, calib, eval_text) if p]
+    if model and model.lower().endswith(".onnx") and os.path.lexists(output) and os.path.isfile(model):
+        d = os.path.dirname(os.path.abspath(model))
+        paths += [os.path.join(d, loc) for loc in _siblings(model)]
+    return tuple(paths)
 
 
 def _copy_hashing(src: str, dst: str) -> tuple[int, str]:
@@ -237,6 +274,7 @@ def _copy_hashing(src: str, dst: str) -> tuple[int, str]:
             h.update(chunk)
             fo.write(chunk)
             n += len(chunk)
+    shutil.copymode(src, dst)  # an executable stays executable (model.so)
     return n, h.hexdigest()
 
 
@@ -262,7 +300,12 @@ def _checked_copy(e: str, dest: str) -> str | None:
         with open(os.path.join(e, SUMS), encoding="utf-8") as f:
             sums = json.load(f)
         record, record_dirs = dict(sums["files"]), list(sums.get("dirs", []))
+        for rel in list(record) + record_dirs:
+            if not isinstance(rel, str) or not rel or os.path.isabs(rel) or ".." in rel.split(os.sep):
+                return f"the entry's record names {rel!r}, which is not a path inside it"
         src = os.path.join(e, OUT)
+        if os.path.islink(src) or os.path.islink(e):
+            return "the entry is a symlink"
         dirs, files, other = _tree(src)
         if other:
             return f"{other[0]} is not a regular file"
@@ -290,6 +333,8 @@ def entry(cache_dir: str, k: str) -> str:
 
 def lookup(cache_dir: str, k: str) -> str | None:
     e = entry(cache_dir, k)
+    if not (_real_dir(os.path.dirname(e)) and _real_dir(e)):
+        return None
     return e if os.path.isfile(os.path.join(e, SUMS)) else None
 
 
@@ -298,16 +343,17 @@ def store(cache_dir: str | None, k: str | None, out_dir: str) -> None:
     if not cache_dir or not k or not is_cache_root(cache_dir):
         return
     e = entry(cache_dir, k)
-    if os.path.exists(e):
+    if lookup(cache_dir, k) is not None:
         return
+    if os.path.lexists(e):
+        _evict(e)  # a folder without its record (an interrupted older edgec, a hand edit): never usable
     shard = os.path.dirname(e)
     tmp = None
     try:
         os.makedirs(shard, exist_ok=True)
-        for t in os.listdir(shard):  # temporary folders of writers that died (SIGKILL, OOM)
-            if t.startswith(".tmp-") and not _owner_alive(t[5:]):
-                shutil.rmtree(os.path.join(shard, t), ignore_errors=True)
+        _sweep_shard(shard)  # temporary folders of writers that died (SIGKILL, OOM)
         tmp = tempfile.mkdtemp(prefix=f".tmp-{_ME}-", dir=shard)
+        hold(tmp)
         dirs, files, other = _tree(out_dir)
         if other:
             return
@@ -321,6 +367,7 @@ def store(cache_dir: str | None, k: str | None, out_dir: str) -> None:
             json.dump({"version": VERSION, "files": record, "dirs": dirs}, f, sort_keys=True)
         try:
             os.rename(tmp, e)
+            release(tmp)
             tmp = None
         except OSError:
             pass  # another process stored it first
@@ -329,6 +376,7 @@ def store(cache_dir: str | None, k: str | None, out_dir: str) -> None:
     finally:
         if tmp is not None:
             shutil.rmtree(tmp, ignore_errors=True)
+            release(tmp)
 
 
 # ------------------------------------------------------------------------------------------------- keying
@@ -343,6 +391,7 @@ def _hash_path(h, path: str) -> bool:
     if stat.S_ISDIR(st.st_mode):
         root = os.path.realpath(path)
         for r, dirs, files in os.walk(path):  # symlinked folders are not entered
+            _note(r, _signature(r))  # a file added or removed changes the folder's times
             dirs.sort()
             for f in sorted(files):
                 p = os.path.join(r, f)
@@ -357,6 +406,7 @@ def _hash_path(h, path: str) -> bool:
                         continue
                     h.update(json.dumps([os.readlink(p), t.st_mode, t.st_size, t.st_mtime_ns, t.st_ctime_ns,
                                          t.st_ino, t.st_dev]).encode() + b"\0")
+                    _note(p, _signature(p))
                     continue
                 _hash_file(h, p)
         return False
@@ -396,6 +446,7 @@ def _file_digest(path: str) -> tuple[str, bool]:
         if not stat.S_ISREG(st.st_mode):
             raise Unkeyable(f"{path} is not a regular file")
         sig = [st.st_size, st.st_mtime_ns, st.st_ctime_ns, st.st_ino, st.st_dev]
+        _note(path, sig)
         if _index is not None and ap in _index and _index[ap][0] == sig:
             return _index[ap][1], _index[ap][2]
         h = hashlib.sha256()
@@ -455,7 +506,12 @@ def _siblings(model_path: str) -> list[str]:
     except Exception:  # noqa: BLE001 - an unreadable model is the frontend's error to report, uncached
         return []
     locs = set()
-    for t in proto.graph.initializer:
+    tensors = list(proto.graph.initializer)
+    for n in proto.graph.node:  # Constant values (and any tensor attribute) may name external data too
+        for a in n.attribute:
+            tensors += [a.t] if a.HasField("t") else []
+            tensors += list(a.tensors)
+    for t in tensors:
         for e in t.external_data:
             if e.key == "location":
                 locs.add(e.value)
@@ -498,30 +554,58 @@ def _environment() -> list:
                     st = os.stat(os.path.join(root, f))
                     src.append((os.path.relpath(os.path.join(root, f), os.path.dirname(pkg)), st.st_size,
                                 st.st_mtime_ns))
-    return [sorted(dists), src, os.environ.get(AUTOLOAD_ENV, "")]
+    return [sorted(dists), src, os.environ.get(AUTOLOAD_ENV, ""), _cpu()]
 
 
-_MEMO: dict[str, str] = {}
+def _cpu() -> str:
+    """The host CPU's model and feature flags (an artifact built for mcpu=native runs only where they hold)."""
+    import platform
+    try:
+        with open("/proc/cpuinfo", encoding="utf-8", errors="replace") as f:
+            first = f.read(65536).split("\n\n", 1)[0]
+    except OSError:
+        first = ""
+    keep = [ln for ln in first.splitlines() if ln.split(":", 1)[0].strip() in ("model name", "flags", "Features",
+                                                                                 "CPU part", "CPU implementer")]
+    return hashlib.sha256("\n".join([platform.machine(), *keep]).encode()).hexdigest()[:16]
+
+
+# key() is asked twice per compile (the CLI looks up before importing the compiler, the compiler again): the
+# second time it reuses the key while every file and folder the first one read keeps its stat signature.
+_MEMO: dict[str, tuple[str, list]] = {}
+_touched: list | None = None
+
+
+def _note(path: str, sig: list) -> None:
+    if _touched is not None:
+        _touched.append((os.path.abspath(path), sig))
+
+
+def _still(path: str, sig: list) -> bool:
+    try:
+        return _signature(path) == sig
+    except OSError:
+        return False
 
 
 def key(model_path: str, calib: str | None, options: dict, extra: str | None = None,
         cache_dir: str | None = None) -> str:
-    """The content address of a compile (sha256 hex); remembered per process while the files' stat
-    signatures stay the same (the CLI asks once before compiling and once inside). Raises
-    :class:`Unkeyable` for inputs that cannot be keyed safely."""
-    try:
-        stamp = json.dumps([options, [(p, _signature(p)) for p in (model_path, calib, extra)
-                                      if p and os.path.isfile(p)]], sort_keys=True, default=str)
-    except OSError as e:
-        raise Unkeyable(str(e)) from None
-    if stamp in _MEMO and not os.path.isdir(model_path):
-        return _MEMO[stamp]
+    """The content address of a compile (sha256 hex); remembered per process while every file and folder it
+    read keeps its stat signature. Raises :class:`Unkeyable` for inputs that cannot be keyed safely."""
+    global _touched
+    stamp = json.dumps([options, model_path, calib, extra, cache_dir], sort_keys=True, default=str)
+    memo = _MEMO.get(stamp)
+    if memo is not None and all(_still(p, sig) for p, sig in memo[1]):
+        return memo[0]
     _load_index(cache_dir)
+    _touched = []
     try:
-        _MEMO[stamp] = k = _key(model_path, calib, options, extra)
+        k = _key(model_path, calib, options, extra)
+        _MEMO[stamp] = (k, _touched)
     except OSError as e:
         raise Unkeyable(str(e)) from None
     finally:
+        _touched = None
         _save_index()
     return k
 
@@ -539,24 +623,32 @@ def _declared_bytes(path: str) -> int:
     return total
 
 
-def _key(model_path: str, calib: str | None, options: dict, extra: str | None = None) -> str:
-    from . import __version__
+def _check_budget(nbytes: int, what: str) -> None:
+    """edgec holds at least a model's bytes while compiling it, so one beyond the memory budget is refused later
+    anyway: never spend minutes hashing (say) a sparse 40 GB file to key it."""
     from .memory import memory_budget
     try:
-        if _declared_bytes(model_path) > memory_budget():
-            # edgec holds at least the model's bytes while compiling it, so the compile is refused later anyway;
-            # never spend minutes hashing (say) a sparse 40 GB file to key it
-            raise Unkeyable(f"{model_path} is larger than the memory budget")
+        if nbytes > memory_budget():
+            raise Unkeyable(f"{what} is larger than the memory budget")
     except ValueError:
         pass  # a malformed $EDGEC_MAX_MEMORY: the compile reports it
+
+
+def _key(model_path: str, calib: str | None, options: dict, extra: str | None = None) -> str:
+    from . import __version__
+    size = _declared_bytes(model_path)
+    _check_budget(size, model_path)
     h = hashlib.sha256()
     h.update(json.dumps({"v": VERSION, "edgec": __version__, "env": _environment(), **options},
                         sort_keys=True, default=str).encode())
     h.update(b"\0model\0")
     external = _hash_path(h, model_path)
-    if external and model_path.lower().endswith(".onnx"):
+    onnx_model = model_path.lower().endswith(".onnx") or options.get("frontend") == "onnx"
+    if external and onnx_model and os.path.isfile(model_path):
         d = os.path.dirname(os.path.abspath(model_path))
-        for loc in _siblings(model_path):
+        sibs = _siblings(model_path)
+        _check_budget(size + sum(os.path.getsize(os.path.join(d, loc)) for loc in sibs), model_path)
+        for loc in sibs:
             h.update(loc.encode() + b"\0")
             _hash_file(h, os.path.join(d, loc))
     if calib and os.path.exists(calib):

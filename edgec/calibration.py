@@ -76,6 +76,41 @@ def _split(model: Model, arrays: dict[str, np.ndarray], where: str) -> list[dict
             for i in range(n)]
 
 
+def _npy_bytes(f) -> int:
+    """Bytes an .npy stream declares in its header (the array is not read)."""
+    version = np.lib.format.read_magic(f)
+    shape, _, dtype = (np.lib.format.read_array_header_1_0(f) if version == (1, 0)
+                       else np.lib.format.read_array_header_2_0(f))
+    return int(np.prod(shape, dtype=object)) * np.dtype(dtype).itemsize
+
+
+def declared_bytes(path: str) -> int:
+    """Bytes the arrays of a .npz or .npy file declare, from their headers alone: a small compressed file
+    can declare gigabytes."""
+    try:
+        if path.endswith(".npz"):
+            with zipfile.ZipFile(path) as z:
+                total = 0
+                for info in z.infolist():
+                    with z.open(info) as f:
+                        total += _npy_bytes(f)
+                return total
+        with open(path, "rb") as f:
+            return _npy_bytes(f)
+    except (OSError, ValueError, zipfile.BadZipFile, EOFError) as e:
+        kind = "npz" if path.endswith(".npz") else "npy"
+        raise BadInputError(f"calibration file {path}: not a readable .{kind} ({e})") from None
+
+
+def _check_budget(paths: list[str]) -> None:
+    from .ir.budget import over_budget
+    total = sum(declared_bytes(p) for p in paths)
+    msg = over_budget(f"loading the calibration data ({len(paths)} file{'s' if len(paths) != 1 else ''})",
+                      {"samples": total}, fix="use fewer or smaller samples")
+    if msg:
+        raise BadInputError(msg)
+
+
 def _read_npz(path: str) -> dict[str, np.ndarray]:
     try:
         with np.load(path, allow_pickle=False) as z:
@@ -127,6 +162,7 @@ def load_calibration(spec: str, model: Model, *, seed: int = 0, max_samples: int
         files = sorted(f for f in os.listdir(spec) if f.endswith((".npz", ".npy")))
         if not files:
             raise BadInputError(f"calibration folder {spec} holds no .npz or .npy files")
+        _check_budget([os.path.join(spec, f) for f in files])
         for f in files:
             p = os.path.join(spec, f)
             if f.endswith(".npz"):
@@ -141,6 +177,7 @@ def load_calibration(spec: str, model: Model, *, seed: int = 0, max_samples: int
                     raise BadInputError(f"calibration file {p}: not a readable .npy ({e})") from None
                 samples += _split(model, {model.graph.inputs[0].name: arr}, p)
     elif spec.endswith(".npz"):
+        _check_budget([spec])
         samples = _split(model, _read_npz(spec), spec)
     elif spec.endswith(".txt"):
         samples = text_samples(spec, model, seed=seed, count=max_samples, seq_len=seq_len)

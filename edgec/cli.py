@@ -241,17 +241,18 @@ def verify_cmd(output, model, calib, frontend, as_json):
     if as_json:
         _emit_json({"ok": rec["passed"], **rec})
     else:
-        click.echo(f"verify {output}: {'PASS' if rec['passed'] else 'FAIL'}: {rec['summary']}")
+        label = {"pass": "PASS", "fail": "FAIL", "files-only": "FILES OK"}[rec["status"]]
+        click.echo(f"verify {output}: {label}: {rec['summary']}")
     if not rec["passed"]:
         sys.exit(1)
 
 
 def _cache_hit(model, target, pipeline, output, opts):
     """The compile served from the cache, or None; the same checks the compiler makes first, without it."""
-    from .cache import serve
+    from .cache import protected_inputs, serve
     from .output import check_output, default_output
     out = os.path.normpath(output) if output else default_output(model, target.split("{", 1)[0].strip())
-    check_output(out, (model, opts["calib"], opts["eval_text"]), opts["force"])
+    check_output(out, protected_inputs(out, model, opts["calib"], opts["eval_text"]), opts["force"])
     return serve(model, target, pipeline, out, cache_dir=opts["cache_dir"], calib=opts["calib"],
                  input_shapes=opts["input_shapes"], verify=opts["verify"], tolerance=opts["tolerance"],
                  cleanup=opts["cleanup"], seed=opts["seed"], frontend=opts["frontend"], eval_text=opts["eval_text"],

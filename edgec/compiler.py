@@ -31,7 +31,8 @@ from .host import host
 from .ir import Model, QuantizedTensor, ReferenceExecutor, infer_shapes, random_inputs
 from .ir.core import IRError
 from .ir.executor import ExecutionError
-from .output import WRITE_ERRNOS, check_output, default_output, make_scratch, replace_dir, writable_error
+from .output import (WRITE_ERRNOS, OutputError, check_output, default_output, make_scratch, release, replace_dir,
+                     writable_error)
 from .ir.passes import (DumpIRInstrument, PassContext, PassError, PassManager, PipelineError, TimingInstrument,
                         did_you_mean, parse_pipeline)
 from .target import Target
@@ -132,35 +133,82 @@ def fix_input_shapes(model: Model, shapes: Mapping[str, tuple[int, ...]], notes:
 
 
 def _top1(got, ref, margin: float = 1e-3) -> tuple[float, int]:
-    """Top-1 agreement over the rows whose reference top-1 leads its runner-up by more than ``margin`` x
-    max|reference| (a near tie is decided by rounding, not by the model). Returns (agreement, rows counted)."""
-    g = np.asarray(got, np.float32).reshape(-1, np.shape(got)[-1])
-    r = np.asarray(ref, np.float32).reshape(-1, np.shape(ref)[-1])
+    """Top-1 agreement over the rows whose reference top-1 leads its runner-up by more than ``margin`` x the
+    reference's range (max - min: a near tie is decided by rounding, not by the model; an offset added to every
+    value changes nothing). Rows with a non-finite value are never decisive. Returns (agreement, rows counted)."""
+    g = np.asarray(got, np.float64).reshape(-1, np.shape(got)[-1])
+    r = np.asarray(ref, np.float64).reshape(-1, np.shape(ref)[-1])
+    finite = np.isfinite(r).all(-1) & np.isfinite(g).all(-1)
+    if not finite.any():
+        return 1.0, 0
     top2 = np.sort(r, axis=-1)[:, -2:]
-    decisive = (top2[:, 1] - top2[:, 0]) > margin * max(float(np.abs(r).max()), 1e-30)
+    span = float(np.ptp(r[finite])) or 1e-30
+    decisive = finite & ((top2[:, 1] - top2[:, 0]) > margin * span)
     if not decisive.any():
         return 1.0, 0
     return float((g[decisive].argmax(-1) == r[decisive].argmax(-1)).mean()), int(decisive.sum())
 
 
-def _rel_err(a: np.ndarray, b: np.ndarray) -> float:
-    """max |a - b| / max |b|: the error relative to the output's scale."""
-    a, b = np.asarray(a, np.float64), np.asarray(b, np.float64)
+def _nonfinite_problem(got: np.ndarray, ref: np.ndarray) -> str | None:
+    """Where the two disagree on NaN / inf (every metric below skips such elements, so this must be checked
+    apart: an artifact that turns outputs into NaN would otherwise compare well)."""
+    a, b = np.asarray(got), np.asarray(ref)
     if a.shape != b.shape:
+        return f"shape {list(a.shape)} differs from {list(b.shape)}"
+    if a.dtype.kind not in "fc" and b.dtype.kind not in "fc":
+        return None
+    fa, fb = np.isfinite(a), np.isfinite(b)
+    if (fa != fb).any() or not np.array_equal(a[~fa], b[~fb], equal_nan=True):
+        return f"non-finite values differ ({int((~fa).sum())} NaN/inf here, {int((~fb).sum())} there)"
+    return None
+
+
+def _finite_pair(a: np.ndarray, b: np.ndarray) -> tuple[np.ndarray, np.ndarray] | None:
+    """The elements finite in both, as float64 (None when the shapes differ)."""
+    a, b = np.asarray(a, np.float64).ravel(), np.asarray(b, np.float64).ravel()
+    if a.shape != b.shape:
+        return None
+    keep = np.isfinite(a) & np.isfinite(b)
+    return (a, b) if keep.all() else (a[keep], b[keep])
+
+
+def _rel_err(a: np.ndarray, b: np.ndarray) -> float:
+    """max |a - b| / max |b| over the finite elements: the error relative to the output's scale."""
+    pair = _finite_pair(a, b)
+    if pair is None:
         return float("inf")
-    scale = float(np.abs(b).max()) if b.size else 0.0
+    a, b = pair
+    if not a.size:
+        return 0.0
+    scale = float(np.abs(b).max())
     return float(np.abs(a - b).max() / scale) if scale > 0 else float(np.abs(a - b).max())
 
 
-def _cosine(a: np.ndarray, b: np.ndarray) -> float:
-    """Cosine similarity; 1 when both are zero, 0 when only one is (an all-zero output is not "aligned")."""
-    a, b = np.asarray(a, np.float64).ravel(), np.asarray(b, np.float64).ravel()
-    if a.shape != b.shape:
-        return 0.0
+def _cos(a: np.ndarray, b: np.ndarray) -> float:
     na, nb = float(np.linalg.norm(a)), float(np.linalg.norm(b))
     if na == 0 or nb == 0:
         return 1.0 if na == nb else 0.0
     return float(a @ b / (na * nb))
+
+
+def _cosine(a: np.ndarray, b: np.ndarray) -> float:
+    """Cosine similarity over the finite elements; 1 when both are zero, 0 when only one is (an all-zero
+    output is not "aligned")."""
+    pair = _finite_pair(a, b)
+    return 0.0 if pair is None else _cos(*pair)
+
+
+def _pearson(a: np.ndarray, b: np.ndarray) -> float:
+    """The cosine of the mean-removed values (Pearson correlation): an offset shared by every value (a large
+    bias) cannot hide an error that a plain cosine would call small. The plain cosine when the reference is
+    constant."""
+    pair = _finite_pair(a, b)
+    if pair is None:
+        return 0.0
+    a, b = pair
+    if not b.size or np.ptp(b) == 0:
+        return _cos(a, b)
+    return _cos(a - a.mean(), b - b.mean())
 
 
 def layer_table(model: Model) -> list[dict[str, Any]]:
@@ -233,6 +281,11 @@ def _check_arguments(model: Any, target: Any, pipeline: Any, output: Any, input_
             raise UsageError(f"{name}={v!r} is not valid: it must be {rng}")
     if isinstance(seed, bool) or not isinstance(seed, (int, np.integer)):
         raise UsageError(f"seed must be an integer, not {type(seed).__name__}")
+    from .memory import memory_budget
+    try:
+        memory_budget()
+    except ValueError as e:
+        raise UsageError(str(e)) from None
 
 
 def target_name(spec: str) -> str:
@@ -262,7 +315,8 @@ def compile(model: str | Model, target: str = "cpu", pipeline: str = "", output:
         model = os.fspath(model)
     src_path = model if isinstance(model, str) else None
     output = os.path.normpath(os.fspath(output)) if output else default_output(src_path, target_name(target))
-    inputs = (src_path, calib, eval_text)
+    from .cache import protected_inputs
+    inputs = protected_inputs(output, src_path, calib, eval_text)
     check_output(output, inputs, force)
     cdir, ckey = None, None
     if use_cache and src_path and os.path.exists(src_path) and not dump_ir and not time_passes:
@@ -327,12 +381,15 @@ def compile(model: str | Model, target: str = "cpu", pipeline: str = "", output:
         v = manifest.get("verification")
         if v is not None and not v["passed"]:
             failed = output + ".failed"
+            where = f"--keep-failed puts the failed artifact in {failed} for inspection"
             if keep_failed:
-                replace_dir(tmp, failed, inputs=inputs)
+                try:
+                    replace_dir(tmp, failed, inputs=inputs)
+                    where = f"the failed artifact is in {failed}"
+                except OutputError as e:  # the verdict stays the news; say why the copy is missing
+                    where = f"the failed artifact was not kept: {e}"
             kept = (f"{output} was left as it was" if os.path.lexists(output) else f"nothing was written to {output}")
-            raise VerificationFailed(f"verification failed: {v['summary']}; {kept}; "
-                                     + (f"the failed artifact is in {failed}" if keep_failed else
-                                        f"--keep-failed puts the failed artifact in {failed} for inspection"))
+            raise VerificationFailed(f"verification failed: {v['summary']}; {kept}; {where}")
         if ckey is not None:
             from . import cache
             cache.store(cdir, ckey, tmp)
@@ -343,6 +400,7 @@ def compile(model: str | Model, target: str = "cpu", pipeline: str = "", output:
         raise
     finally:
         shutil.rmtree(tmp, ignore_errors=True)
+        release(tmp)
     return CompileResult(os.path.abspath(output), manifest, b.timing.report() if time_passes else "",
                          {"import": round(b.t_import, 3), "passes": round(b.t_passes, 3), "emit": round(t_emit, 3)},
                          cache_key=ckey)
@@ -434,7 +492,10 @@ def build_model(model: str | Model, target: str, pipeline: str, *, input_shapes:
 
     from .plugins.cleanup import DEFAULT_CLEANUP
     b.passes = (parse_pipeline(DEFAULT_CLEANUP, h.passes.as_dict()) if cleanup else []) + user_passes + tgt.pipeline()
-    instruments = [b.timing] + ([DumpIRInstrument(dump_ir)] if dump_ir else [])
+    try:
+        instruments = [b.timing] + ([DumpIRInstrument(dump_ir)] if dump_ir else [])
+    except OSError as e:
+        raise UsageError(f"--dump-ir {dump_ir}: cannot write there ({e.strerror}); choose a writable directory") from None
     b.ctx = PassContext(target=tgt, config={"seed": seed}, calibration=b.calibration)
     b.size_before = ir_model.size_bytes()
     t1 = time.perf_counter()
@@ -649,6 +710,7 @@ def compile_tiers(model: str, target: str, pipeline: str, output: str, tiers: li
         replace_dir(tmp, output, force=kw.get("force", False), inputs=inputs)
     finally:
         shutil.rmtree(tmp, ignore_errors=True)
+        release(tmp)
     return index
 
 
@@ -675,10 +737,11 @@ VERIFY_SEQ_LEN = 32  # tokens in the seeded verification input of language model
 
 
 def _sqnr_db(got: np.ndarray, ref: np.ndarray) -> float:
-    """10 log10(|ref|^2 / |got - ref|^2): the signal-to-quantization-noise ratio in dB (inf when exact)."""
-    g, r = np.asarray(got, np.float64).ravel(), np.asarray(ref, np.float64).ravel()
-    if g.shape != r.shape:
+    """10 log10(|ref|^2 / |got - ref|^2) over the finite elements, in dB (inf when exact)."""
+    pair = _finite_pair(got, ref)
+    if pair is None:
         return float("-inf")
+    g, r = pair
     noise, signal_ = float(((g - r) ** 2).sum()), float((r ** 2).sum())
     if noise == 0:
         return float("inf")
@@ -693,7 +756,7 @@ def _judge_top1(row: dict[str, Any], prefix: str, got, ref, margin: float, minim
         row[f"{prefix}_top1_evidence"] = False  # too few rows to say anything: not counted either way
         return True
     row[f"{prefix}_top1_evidence"] = True
-    if agree < minimum:
+    if not agree >= minimum:
         why.append(f"top-1 agreement {agree:.3f} < {minimum} over {rows} decisive rows ({prefix.replace('vs_', 'vs ')})")
         return False
     return True
@@ -735,39 +798,49 @@ def _verify(tgt: Target, out_dir: str, model: Model, feeds, original, tolerance:
         row = {"output": o.name, "vs_reference_max_rel_err": _rel_err(got[k], ref_outs[k]),
                "vs_reference_cosine": _cosine(got[k], ref_outs[k]), "vs_reference_sqnr_db": _sqnr_db(got[k], ref_outs[k])}
         classifier = got[k].ndim >= 2 and got[k].shape[-1] > 1
+        bad = _nonfinite_problem(got[k], ref_outs[k])
+        if bad:
+            why.append(f"{bad} vs the reference")
+        # every check is written "not (value within bound)", so a NaN metric fails it
         if policy:
-            if row["vs_reference_cosine"] < policy["min_cosine"]:
+            if not row["vs_reference_cosine"] >= policy["min_cosine"]:
                 why.append(f"cosine {row['vs_reference_cosine']:.6f} < {policy['min_cosine']} vs the reference")
             if classifier:
                 _judge_top1(row, "vs_reference", got[k], ref_outs[k], policy.get("top1_margin", 1e-3),
                             policy["min_top1"], why)
         elif act_quant:
-            if row["vs_reference_cosine"] < min_cos:
+            if not row["vs_reference_cosine"] >= min_cos:
                 why.append(f"cosine {row['vs_reference_cosine']:.6f} < {min_cos} vs the reference")
-            if row["vs_reference_max_rel_err"] > max(tolerance, act_tol):
+            if not row["vs_reference_max_rel_err"] <= max(tolerance, act_tol):
                 why.append(f"rel err {row['vs_reference_max_rel_err']:.3g} > {max(tolerance, act_tol):g} vs the reference")
-        elif row["vs_reference_max_rel_err"] > tolerance:
+        elif not row["vs_reference_max_rel_err"] <= tolerance:
             why.append(f"rel err {row['vs_reference_max_rel_err']:.3g} > tolerance {tolerance:g} vs the reference")
         if original is not None and k < len(original["outputs"]):
             orig = np.asarray(original["outputs"][k])
             row["vs_original_max_rel_err"] = _rel_err(got[k], orig)
             row["vs_original_cosine"] = _cosine(got[k], orig)
+            row["vs_original_pearson"] = _pearson(got[k], orig)
             row["vs_original_sqnr_db"] = _sqnr_db(got[k], orig)
+            bad = _nonfinite_problem(got[k], orig)
+            if bad:
+                why.append(f"{bad} vs the original")
             if classifier:
                 _judge_top1(row, "vs_original", got[k], orig, LOSSY_TOP1_MARGIN, LOSSY_MIN_TOP1 if lossy else 1.0,
                             why if lossy else [])
             if lossy:
-                if row["vs_original_cosine"] < fidelity:
-                    why.append(f"cosine {row['vs_original_cosine']:.4f} < {fidelity} vs the original model (the "
-                               f"quantized/pruned model is too far from it; --min-cosine sets the bar)")
-            elif not policy and not act_quant and row["vs_original_max_rel_err"] > tolerance:
+                for metric in ("cosine", "pearson"):
+                    v = row[f"vs_original_{metric}"]
+                    if not v >= fidelity:
+                        why.append(f"{metric} {v:.4f} < {fidelity} vs the original model (the quantized/pruned model "
+                                   "is too far from it; --min-cosine sets the bar)")
+            elif not policy and not act_quant and not row["vs_original_max_rel_err"] <= tolerance:
                 why.append(f"rel err {row['vs_original_max_rel_err']:.3g} > tolerance {tolerance:g} vs the original")
         if int_outs is not None:
             # The integer kernels are bit-exact with the integer semantics; float ops after them (softmax,
             # norms) may differ from onnxruntime's by float32 rounding, hence the tolerance.
             row["vs_integer_reference_max_rel_err"] = _rel_err(got[k], int_outs[k])
             row["bit_exact_vs_integer_reference"] = bool(np.array_equal(got[k], int_outs[k]))
-            if row["vs_integer_reference_max_rel_err"] > tolerance:
+            if not row["vs_integer_reference_max_rel_err"] <= tolerance:
                 why.append(f"rel err {row['vs_integer_reference_max_rel_err']:.3g} > tolerance {tolerance:g} vs the "
                            "integer reference")
         ok = not why
@@ -786,10 +859,11 @@ def _verify(tgt: Target, out_dir: str, model: Model, feeds, original, tolerance:
     if policy:
         summary += f"; target criterion: {policy['description']}"
     if lossy and original is not None:
-        summary += (f"; quantized/pruned: fidelity vs the original cosine >= {fidelity} and top-1 agreement >= "
-                    f"{LOSSY_MIN_TOP1} where at least {MIN_TOP1_ROWS} rows are decisive (top-1 leading by > "
-                    f"{LOSSY_TOP1_MARGIN:g} of the range; worst cosine "
-                    f"{min(r.get('vs_original_cosine', 1.0) for r in rows):.4f}, SQNR "
+        summary += (f"; quantized/pruned: fidelity vs the original cosine and Pearson >= {fidelity} and top-1 "
+                    f"agreement >= {LOSSY_MIN_TOP1} where at least {MIN_TOP1_ROWS} rows are decisive (top-1 leading by "
+                    f"> {LOSSY_TOP1_MARGIN:g} of the range; worst cosine "
+                    f"{min(r.get('vs_original_cosine', 1.0) for r in rows):.4f}, Pearson "
+                    f"{min(r.get('vs_original_pearson', 1.0) for r in rows):.4f}, SQNR "
                     f"{min(r.get('vs_original_sqnr_db', float('inf')) for r in rows):.1f} dB)")
     if int_outs is not None:
         exact = sum(r["bit_exact_vs_integer_reference"] for r in rows)
@@ -805,55 +879,100 @@ def _verify(tgt: Target, out_dir: str, model: Model, feeds, original, tolerance:
             "summary": summary, "error_metric": "max|artifact - reference| / max|reference|"}
 
 
+def _manifest_schema(output: str, m: Any) -> list[dict[str, Any]]:
+    """The manifest's file list, checked (a malformed manifest is bad input, not a crash)."""
+    bad = BadInputError(f"{output}/manifest.json is malformed (not what edgec writes); recompile to replace it")
+    if not isinstance(m, dict) or not isinstance(m.get("target"), dict) or not isinstance(m["target"].get("spec"), str):
+        raise bad
+    files = m.get("files")
+    if not isinstance(files, list) or not all(
+            isinstance(f, dict) and isinstance(f.get("path"), str) and isinstance(f.get("bytes"), int)
+            and isinstance(f.get("sha256"), str) for f in files):
+        raise bad
+    for key, kind in (("source", dict), ("build", dict), ("calibration", dict), ("pipeline", list), ("inputs", list)):
+        if m.get(key) is not None and not isinstance(m[key], kind):
+            raise bad
+    if not all(isinstance(p, str) for p in m.get("pipeline") or []) or not all(
+            isinstance(i, dict) and isinstance(i.get("name"), str) and isinstance(i.get("shape", []), list)
+            for i in m.get("inputs") or []):
+        raise bad
+    return files
+
+
+def _safe_sha256(path: str) -> str | None:
+    """sha256 of a regular file (None for anything else: a FIFO or a /proc file is never read)."""
+    import stat as stat_
+    try:
+        fd = os.open(path, os.O_RDONLY | os.O_NONBLOCK | os.O_CLOEXEC)
+    except OSError:
+        return None
+    with os.fdopen(fd, "rb") as f:
+        if not stat_.S_ISREG(os.fstat(fd).st_mode):
+            return None
+        h = hashlib.sha256()
+        for chunk in iter(lambda: f.read(1 << 20), b""):
+            h.update(chunk)
+        return h.hexdigest()
+
+
 def verify_output(output: str, model: str | None = None, *, calib: str | None = None, frontend: str | None = None,
                   progress: Callable[[str], None] | None = None) -> dict[str, Any]:
     """Re-check an existing output directory (``edgec verify OUT``): every file's size and sha256 against the
-    manifest, then, given the model it was compiled from (``model``, or the manifest's source file found beside
-    ``output`` or in the current directory, recognised by its sha256), the artifact run again on its runtime
-    and judged as ``--verify`` judged it. Returns the record; ``passed`` says whether it held."""
+    manifest (and no file the manifest does not list), then, given the model it was compiled from (``model``,
+    or the manifest's source file found beside ``output`` or in the current directory, recognised by its
+    sha256), the artifact run again on its runtime and judged as ``--verify`` judged it. Returns the record:
+    ``status`` is "pass", "fail" or "files-only" (the files match, nothing was re-run), ``passed`` whether
+    nothing failed."""
     say = progress or (lambda m: None)
-    from .output import is_edgec_output
+    from .output import is_edgec_output, read_json
     if not os.path.isdir(output):
         raise UsageError(f"{output!r} is not a directory; give an output directory of edgec compile")
     if not is_edgec_output(output):
         raise UsageError(f"{output!r} holds no manifest.json written by edgec; give an output directory of edgec compile")
     try:
-        with open(os.path.join(output, "manifest.json"), encoding="utf-8") as f:
-            manifest = json.load(f)
+        manifest: Any = read_json(os.path.join(output, "manifest.json"))
     except (OSError, ValueError) as e:
         raise BadInputError(f"{output}/manifest.json cannot be read: {e}") from None
-    if "files" not in manifest or "target" not in manifest:
+    if isinstance(manifest, dict) and "files" not in manifest and "tiers" in manifest:
         raise UsageError(f"{output} is a tiers folder; verify each of its tier-* directories")
+    files = _manifest_schema(output, manifest)
     root = os.path.realpath(output)
     problems, checked = [], 0
-    for f in manifest["files"]:
+    listed = {"manifest.json", report.FILE}
+    for f in files:
         p = os.path.realpath(os.path.join(output, f["path"]))
+        listed.add(os.path.relpath(p, root))
         if os.path.commonpath([p, root]) != root:
             problems.append(f"{f['path']}: lies outside the output directory")
         elif not os.path.isfile(p):
             problems.append(f"{f['path']}: missing")
         elif os.path.getsize(p) != f["bytes"]:
             problems.append(f"{f['path']}: {os.path.getsize(p)} bytes, the manifest records {f['bytes']}")
-        elif sha256_file(p) != f["sha256"]:
+        elif _safe_sha256(p) != f["sha256"]:
             problems.append(f"{f['path']}: sha256 differs from the manifest's")
         checked += 1
+    for r, dirs, names in os.walk(output):
+        for n in names:
+            rel = os.path.relpath(os.path.join(r, n), output)
+            if rel not in listed and not any(rel.startswith(x.rstrip("/") + os.sep) for x in listed):
+                problems.append(f"{rel}: not listed in the manifest")
     rec: dict[str, Any] = {"output": os.path.abspath(output), "files_checked": checked, "integrity_problems": problems,
-                           "rerun": None, "passed": not problems}
+                           "rerun": None, "passed": not problems, "status": "fail" if problems else "files-only"}
     if problems:
-        rec["summary"] = f"{len(problems)} of {checked} files differ from the manifest: " + "; ".join(problems[:5])
+        rec["summary"] = f"{len(problems)} problems with the files: " + "; ".join(problems[:5])
         return rec
     src = manifest.get("source") or {}
+    name = os.path.basename(str(src.get("path") or ""))
+    if model is None and name and isinstance(src.get("sha256"), str):
+        for c in (os.path.join(os.path.dirname(os.path.abspath(output)), name), os.path.join(os.getcwd(), name)):
+            if _safe_sha256(c) == src["sha256"]:
+                model = c
+                break
     if model is None:
-        candidates = [os.path.join(os.path.dirname(os.path.abspath(output)), src.get("path") or ""),
-                      os.path.join(os.getcwd(), src.get("path") or "")]
-        model = next((c for c in candidates if src.get("path") and os.path.isfile(c)
-                      and sha256_file(c) == src.get("sha256")), None)
-    if model is None:
-        rec["summary"] = (f"all {checked} files match the manifest; not re-run: the model it was compiled from "
-                          f"({src.get('path')}) was not found beside it or here; pass --model to re-run it")
-        rec["rerun"] = {"ran": False}
+        rec["summary"] = (f"all {checked} files match the manifest; NOT RE-RUN: the model it was compiled from "
+                          f"({name or 'unknown'}) was not found beside it or here; pass --model to re-run it")
         return rec
-    if src.get("sha256") and os.path.isfile(model) and sha256_file(model) != src["sha256"]:
+    if isinstance(src.get("sha256"), str) and os.path.isfile(model) and _safe_sha256(model) != src["sha256"]:
         raise BadInputError(f"{model} is not the model {output} was compiled from (its sha256 differs from the "
                             f"manifest's {src['sha256'][:16]}...); pass the original model with --model")
     if manifest.get("calibration") and calib is None:
@@ -862,17 +981,28 @@ def verify_output(output: str, model: str | None = None, *, calib: str | None = 
     build = manifest.get("build") or {}
     tgt = parse_target(manifest["target"]["spec"])
     n_target = len(tgt.pipeline())
-    pipeline = manifest["pipeline"][:len(manifest["pipeline"]) - n_target]
-    shapes = {i["name"]: "x".join(map(str, i["shape"])) for i in manifest.get("inputs", [])
-              if i.get("shape") and all(isinstance(d, int) for d in i["shape"])}
+    pipeline = manifest.get("pipeline") or []
+    pipeline = pipeline[:len(pipeline) - n_target]
+    shapes = {i["name"]: "x".join(map(str, i["shape"])) for i in manifest.get("inputs") or []
+              if i.get("shape") and all(isinstance(d, int) and not isinstance(d, bool) and d > 0 for d in i["shape"])}
+    try:
+        seed = int(build.get("seed", 0))
+        tolerance = float(build.get("tolerance", DEFAULT_TOLERANCE))
+        min_cos = build.get("min_cosine")
+        min_cos = None if min_cos is None else float(min_cos)
+    except (TypeError, ValueError):
+        raise BadInputError(f"{output}/manifest.json is malformed (its build settings); recompile to replace it") from None
     b = build_model(model, manifest["target"]["spec"], ",".join(pipeline), input_shapes=shapes, verify=True,
-                    cleanup=False, seed=int(build.get("seed", 0)), frontend=frontend or build.get("frontend"),
-                    calib=calib, say=say)
+                    cleanup=False, seed=seed, frontend=frontend or build.get("frontend"), calib=calib, say=say)
     say(f"running the artifact on {b.target.runtime or 'its runtime'}")
-    v = _verify(b.target, output, b.model, b.feeds, b.original, float(build.get("tolerance", DEFAULT_TOLERANCE)),
-                lossy=_lossy(b.model, b.passes), min_cosine=build.get("min_cosine"))
+    v = _verify(b.target, output, b.model, b.feeds, b.original, tolerance, lossy=_lossy(b.model, b.passes),
+                min_cosine=min_cos)
     rec["rerun"] = v
+    if not v.get("ran", True):
+        rec["summary"] = f"all {checked} files match the manifest; NOT RE-RUN: {v['summary']}"
+        return rec
     rec["passed"] = bool(v["passed"])
+    rec["status"] = "pass" if v["passed"] else "fail"
     rec["summary"] = (f"all {checked} files match the manifest; re-run: "
                       + ("PASS" if v["passed"] else "FAIL") + f": {v['summary']}")
     return rec

@@ -22,7 +22,11 @@ import fcntl
 import json
 import os
 import shutil
+import signal
+import stat
 import tempfile
+import threading
+import time
 from collections.abc import Iterable, Iterator
 
 from .errors import UsageError
@@ -41,12 +45,29 @@ def default_output(src_path: str | None, target_name: str) -> str:
     return os.path.splitext(os.path.basename(src_path))[0] + f".{target_name}" if src_path else f"out.{target_name}"
 
 
+MAX_MANIFEST_BYTES = 256 << 20
+
+
+def read_regular(path: str, limit: int = MAX_MANIFEST_BYTES) -> bytes:
+    """The bytes of a regular file of at most ``limit`` bytes; OSError otherwise (a FIFO, a device or a
+    symlink to one is never opened for blocking reads)."""
+    fd = os.open(path, os.O_RDONLY | os.O_NONBLOCK | os.O_CLOEXEC)
+    with os.fdopen(fd, "rb") as f:
+        st = os.fstat(fd)
+        if not stat.S_ISREG(st.st_mode) or st.st_size > limit:
+            raise OSError(errno.EINVAL, f"{path} is not a regular file of at most {limit} bytes")
+        return f.read(limit + 1)[:limit]
+
+
+def read_json(path: str) -> object:
+    return json.loads(read_regular(path).decode("utf-8"))
+
+
 def is_edgec_output(path: str) -> bool:
     """Whether ``path`` is a directory that edgec wrote (its manifest says so)."""
     for name in MARKER_FILES:
         try:
-            with open(os.path.join(path, name), encoding="utf-8") as f:
-                d = json.load(f)
+            d = read_json(os.path.join(path, name))
         except (OSError, ValueError, UnicodeDecodeError):
             continue
         if isinstance(d, dict) and "edgec_version" in d:
@@ -100,6 +121,7 @@ _ME = f"{os.getpid()}-{_start_time(os.getpid()) or 0}"
 
 
 def _owner_alive(tag: str) -> bool:
+    """Whether the process named by ``PID-START`` (as in :data:`_ME`) still runs here."""
     pid_s, _, start = tag.partition("-")
     try:
         pid = int(pid_s)
@@ -115,6 +137,61 @@ def _owner_alive(tag: str) -> bool:
     return not (now and start and start != "0" and now != start)  # the pid was reused by another process
 
 
+# Every temporary or backup directory edgec makes is flocked by its maker for as long as it exists (the lock
+# dies with the process, whatever kills it); a sweep removes only directories nobody holds whose maker is gone
+# from this pid namespace, or that are older than STALE_AFTER (a maker in another namespace or host holds the
+# lock while it lives: containers sharing a bind mount, NFS).
+_HELD: dict[str, int] = {}
+STALE_AFTER = 60.0
+
+
+def hold(path: str) -> None:
+    """Lock ``path`` (a directory this process just made) for this process's lifetime or :func:`release`."""
+    fd = os.open(path, os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)
+    fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    _HELD[os.path.abspath(path)] = fd
+
+
+def release(path: str) -> None:
+    fd = _HELD.pop(os.path.abspath(path), None)
+    if fd is not None:
+        os.close(fd)
+
+
+def in_use(path: str) -> bool:
+    """Whether some process holds ``path`` (see :func:`hold`); True when that cannot be told."""
+    try:
+        fd = os.open(path, os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)
+    except OSError:
+        return True
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        return False
+    except OSError:
+        return True
+    finally:
+        os.close(fd)
+
+
+def abandoned(path: str, tag: str) -> bool:
+    """A scratch directory whose maker is gone: nobody holds it, and its maker's pid is dead here or the
+    directory is older than STALE_AFTER (the moment between mkdtemp and hold is the only unheld one)."""
+    if in_use(path):
+        return False
+    if not _owner_alive(tag):
+        return True
+    try:
+        return time.time() - os.lstat(path).st_mtime > STALE_AFTER
+    except OSError:
+        return False
+
+
+def _tag(rest: str) -> str:
+    """``PID-START`` from ``PID-START-random``."""
+    pid, _, rest = rest.partition("-")
+    return f"{pid}-{rest.split('-', 1)[0]}"
+
+
 def scratch_prefix(output: str, kind: str = "tmp") -> str:
     """``.NAME.edgec-KIND-PID-START-`` : temporary names that say which process made them."""
     if kind not in ("tmp", "old"):
@@ -123,7 +200,9 @@ def scratch_prefix(output: str, kind: str = "tmp") -> str:
 
 
 def sweep_stale(output: str) -> list[str]:
-    """Remove the temporary and backup directories of ``output`` left by processes that no longer exist."""
+    """Remove the temporary and backup directories of ``output`` that their makers abandoned (call it under
+    :func:`output_lock`). A backup whose output is missing (the maker died between its two renames) is put
+    back as the output instead of being deleted."""
     parent = os.path.dirname(os.path.abspath(output))
     head = f".{os.path.basename(os.path.normpath(output))}.edgec-"
     removed: list[str] = []
@@ -135,11 +214,17 @@ def sweep_stale(output: str) -> list[str]:
         if not n.startswith(head):
             continue
         kind, _, rest = n[len(head):].partition("-")
-        pid, _, rest = rest.partition("-")
-        start = rest.split("-", 1)[0]
-        if kind in ("tmp", "old") and not _owner_alive(f"{pid}-{start}"):
-            shutil.rmtree(os.path.join(parent, n), ignore_errors=True)
-            removed.append(n)
+        path = os.path.join(parent, n)
+        if kind not in ("tmp", "old") or os.path.islink(path) or not abandoned(path, _tag(rest)):
+            continue
+        saved = os.path.join(path, "d")
+        if kind == "old" and not os.path.lexists(output) and os.path.isdir(saved):
+            try:
+                os.rename(saved, output)
+            except OSError:
+                continue
+        shutil.rmtree(path, ignore_errors=True)
+        removed.append(n)
     return removed
 
 
@@ -161,17 +246,20 @@ def make_scratch(output: str) -> str:
     parent = os.path.dirname(os.path.abspath(output))
     try:
         os.makedirs(parent, exist_ok=True)
-        sweep_stale(output)
-        return tempfile.mkdtemp(prefix=scratch_prefix(output), dir=parent)
+        with output_lock(output):
+            sweep_stale(output)
+        tmp = tempfile.mkdtemp(prefix=scratch_prefix(output), dir=parent)
+        hold(tmp)
+        return tmp
     except OSError as e:
         raise writable_error(output, e) from None
 
 
 @contextlib.contextmanager
 def output_lock(output: str) -> Iterator[None]:
-    """An exclusive lock on ``output`` (flock on ``.NAME.lock`` beside it, removed on release)."""
+    """An exclusive lock on ``output`` (flock on ``.NAME.edgec-lock`` beside it, removed on release)."""
     parent = os.path.dirname(os.path.abspath(output))
-    path = os.path.join(parent, f".{os.path.basename(os.path.normpath(output))}.lock")
+    path = os.path.join(parent, f".{os.path.basename(os.path.normpath(output))}.edgec-lock")
     while True:
         try:
             fd = os.open(path, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o644)
@@ -193,9 +281,24 @@ def output_lock(output: str) -> Iterator[None]:
         os.close(fd)
 
 
+@contextlib.contextmanager
+def _signals_deferred() -> Iterator[None]:
+    """SIGINT and SIGTERM wait until the block ends (the two renames of a swap are never separated by them)."""
+    if threading.current_thread() is not threading.main_thread():
+        yield
+        return
+    old = signal.pthread_sigmask(signal.SIG_BLOCK, {signal.SIGINT, signal.SIGTERM})
+    try:
+        yield
+    finally:
+        signal.pthread_sigmask(signal.SIG_SETMASK, old)
+
+
 def replace_dir(tmp: str, output: str, *, force: bool = False, inputs: Iterable[str | None] = ()) -> None:
     """Move the finished directory ``tmp`` into place as ``output``; an existing output is replaced only
-    once the new one is complete, and only if :func:`check_output` allows it (checked again under the lock)."""
+    once the new one is complete, and only if :func:`check_output` allows it (checked again under the lock).
+    A process killed between the two renames leaves the previous output in a backup that the next run puts
+    back (:func:`sweep_stale`)."""
     umask = os.umask(0)
     os.umask(umask)
     os.chmod(tmp, 0o777 & ~umask)  # mkdtemp made it private; the output gets the usual permissions
@@ -204,13 +307,18 @@ def replace_dir(tmp: str, output: str, *, force: bool = False, inputs: Iterable[
         check_output(output, inputs, force)
         old = None
         try:
-            if os.path.lexists(output):
-                old = tempfile.mkdtemp(prefix=scratch_prefix(output, "old"), dir=parent)
-                os.rename(output, os.path.join(old, "d"))
-            os.rename(tmp, output)
+            with _signals_deferred():
+                if os.path.lexists(output):
+                    old = tempfile.mkdtemp(prefix=scratch_prefix(output, "old"), dir=parent)
+                    hold(old)
+                    os.rename(output, os.path.join(old, "d"))
+                os.rename(tmp, output)
         except OSError as e:
             if old is not None and not os.path.lexists(output) and os.path.exists(os.path.join(old, "d")):
                 os.rename(os.path.join(old, "d"), output)  # put the previous output back
             raise writable_error(output, e) from None
+        finally:
+            release(tmp)
     if old is not None:
         shutil.rmtree(old, ignore_errors=True)
+        release(old)

@@ -44,6 +44,9 @@ def _attr_value(a: onnx.AttributeProto):
     if t == A.STRINGS:
         return [s.decode("utf-8", errors="replace") for s in a.strings]
     if t == A.TENSOR:
+        if a.t.data_location == onnx.TensorProto.EXTERNAL:  # numpy_helper would read it from the current directory
+            raise NotImplementedError("TENSOR with external data (only initializers and Constant values may name "
+                                      "external data)")
         arr = numpy_helper.to_array(a.t)
         return Tensor(arr, DType.from_onnx(a.t.data_type))
     raise NotImplementedError(A.AttributeType.Name(t))
@@ -136,7 +139,8 @@ def from_onnx(proto: onnx.ModelProto, base_dir: str | None = None) -> Model:
     graph = Graph(g_in.name or "main")
     env: dict[str, Value] = {}
     init_names = {t.name for t in g_in.initializer}
-    _check_weight_budget(g_in.initializer)
+    _check_weight_budget(list(g_in.initializer) + [a.t for n in g_in.node if n.op_type == "Constant"
+                                                   for a in n.attribute if a.type == onnx.AttributeProto.TENSOR])
     for t in g_in.initializer:
         try:
             if t.data_location == onnx.TensorProto.EXTERNAL:
@@ -184,6 +188,16 @@ def from_onnx(proto: onnx.ModelProto, base_dir: str | None = None) -> Model:
         if op_type == "Constant" and domain in ("", "ai.onnx"):
             where = where_of(k, n)
             a = n.attribute[0]
+            if a.name == "value" and a.t.data_location == onnx.TensorProto.EXTERNAL:
+                if base_dir is None:
+                    raise ValueError(f"{where}: the Constant names external data, but the model was not read from "
+                                     "a file")
+                try:  # confined to the model's folder, like initializers (never the current directory)
+                    arr = _external_array(a.t, base_dir)
+                except (OSError, ValueError, onnx.checker.ValidationError) as e:
+                    raise ValueError(f"could not read the model's external data files from {base_dir}: {e}") from None
+                env[n.output[0]] = graph.add_const(n.output[0], Tensor(arr, DType.from_onnx(a.t.data_type)))
+                continue
             try:
                 if a.name == "value":
                     arr, dt = numpy_helper.to_array(a.t), DType.from_onnx(a.t.data_type)

@@ -76,6 +76,9 @@ class Pass:
     name: ClassVar[str] = ""
     summary: ClassVar[str] = ""
     preserves: ClassVar[tuple[type, ...]] = ()
+    # A pass that changes the model's numbers on purpose (quantization, pruning, rounding) sets this: --verify
+    # then judges the artifact against the original model by fidelity (cosine, top-1), not by --tolerance.
+    lossy: ClassVar[bool] = False
 
     def __post_init__(self) -> None:
         for f in dataclasses.fields(self):

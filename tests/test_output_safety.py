@@ -463,3 +463,212 @@ def test_the_python_api_raises_only_edgec_errors_for_bad_arguments(kwargs, tmp_p
     with pytest.raises(UsageError):
         edgec.compile(12345, target="cpu")
     assert not (tmp_path / "o").exists()
+
+
+# --------------------------------------------------------------------- found by review: verification verdicts
+def _nan_branch_mlp(path, bias: float = 0.0) -> str:
+    """x[16,64] -> MatMul (an outlier row: 2 bits per tensor destroy it) + bias, concatenated with sqrt(-|x|),
+    which is NaN wherever x != 0 in the original and the artifact alike."""
+    rng = np.random.default_rng(1)
+    w = (rng.standard_normal((64, 10)) / 8).astype(np.float32)
+    w[0, :] *= 40
+    nodes = [helper.make_node("MatMul", ["x", "w"], ["h"]), helper.make_node("Add", ["h", "b"], ["y0"]),
+             helper.make_node("Abs", ["x"], ["ax"]), helper.make_node("Neg", ["ax"], ["nx"]),
+             helper.make_node("Sqrt", ["nx"], ["nan"]), helper.make_node("Slice", ["nan", "s0", "s1", "ax1"], ["n10"]),
+             helper.make_node("Concat", ["y0", "n10"], ["y"], axis=1)]
+    inits = [numpy_helper.from_array(w, "w"), numpy_helper.from_array(np.full(10, bias, np.float32), "b"),
+             numpy_helper.from_array(np.array([0], np.int64), "s0"), numpy_helper.from_array(np.array([10], np.int64), "s1"),
+             numpy_helper.from_array(np.array([1], np.int64), "ax1")]
+    g = helper.make_graph(nodes, "g", [helper.make_tensor_value_info("x", TensorProto.FLOAT, [16, 64])],
+                          [helper.make_tensor_value_info("y", TensorProto.FLOAT, [16, 20])], inits)
+    onnx.save(helper.make_model(g, opset_imports=[helper.make_opsetid("", 17)]), str(path))
+    return str(path)
+
+
+@pytest.mark.parametrize("bias, nan", [(0.0, True), (30.0, False)])
+def test_nan_outputs_or_a_large_offset_cannot_hide_a_destroyed_model(bias, nan, tmp_path):
+    model = _nan_branch_mlp(tmp_path / "m.onnx", bias)
+    if not nan:  # drop the NaN half: a plain Gemm whose outputs all sit near +30
+        m = onnx.load(model)
+        del m.graph.node[2:]
+        m.graph.node[-1].output[0] = "y"
+        m.graph.output[0].type.tensor_type.shape.dim[1].dim_value = 10
+        onnx.save(m, model)
+    r = edgec_cli("compile", model, "-p", "quantize{bits=2,granularity=tensor,head_bits=2}", "--verify", "--json",
+                  "-o", str(tmp_path / "o"), cache=tmp_path / "c")
+    assert r.returncode == 1 and not_a_bug(r), r.stderr
+    assert ("pearson" if not nan else "vs the original") in r.stdout + r.stderr
+    if not nan:  # the plain cosine alone is fooled by the offset
+        row = json.loads(r.stdout)["error"]["message"]
+        assert "pearson" in row
+
+
+def test_nonfinite_values_that_differ_fail():
+    from edgec.compiler import _nonfinite_problem
+    a = np.array([1.0, np.nan, 3.0], np.float32)
+    assert _nonfinite_problem(a, a.copy()) is None
+    assert _nonfinite_problem(a, np.array([1.0, 2.0, 3.0], np.float32))
+    assert _nonfinite_problem(np.array([np.inf]), np.array([-np.inf]))
+
+
+def test_passes_that_change_numbers_are_judged_by_fidelity(tmp_path):
+    r = edgec_cli("compile", TINY_CNN, "-p", "prune-channels{sparsity=0.25}", "--verify", "-o", str(tmp_path / "o"),
+                  cache=tmp_path / "c")
+    assert r.returncode == 0, r.stderr
+
+
+# ------------------------------------------------------------------ found by review: external data everywhere
+def _constant_with_external(path, location: str) -> str:
+    t = numpy_helper.from_array(np.ones((16, 4), np.float32), "w")
+    t.ClearField("raw_data")
+    t.data_location = TensorProto.EXTERNAL
+    for k, v in (("location", location), ("offset", "0"), ("length", "256")):
+        e = t.external_data.add()
+        e.key, e.value = k, v
+    g = helper.make_graph([helper.make_node("Constant", [], ["w"], value=t), helper.make_node("MatMul", ["x", "w"], ["y"])],
+                          "g", [helper.make_tensor_value_info("x", TensorProto.FLOAT, [2, 16])],
+                          [helper.make_tensor_value_info("y", TensorProto.FLOAT, [2, 4])])
+    onnx.save(helper.make_model(g, opset_imports=[helper.make_opsetid("", 17)]), str(path))
+    return str(path)
+
+
+def test_constant_external_data_is_read_from_the_model_folder_only(tmp_path):
+    (tmp_path / "m").mkdir()
+    (tmp_path / "cwd").mkdir()
+    (tmp_path / "cwd" / "w.bin").write_bytes(np.full(64, 7, np.float32).tobytes())  # only in the current directory
+    model = _constant_with_external(tmp_path / "m" / "model.onnx", "w.bin")
+    r = edgec_cli("compile", model, "-o", str(tmp_path / "o"), cwd=tmp_path / "cwd", cache=tmp_path / "c")
+    assert r.returncode == 3 and not_a_bug(r), r.stderr
+    (tmp_path / "m" / "w.bin").write_bytes(np.full(64, 2, np.float32).tobytes())
+    r = edgec_cli("compile", model, "-o", str(tmp_path / "o"), "--verify", "--json", cwd=tmp_path / "cwd",
+                  cache=tmp_path / "c")
+    assert r.returncode == 0, r.stderr
+    (tmp_path / "m" / "w.bin").write_bytes(np.full(64, 3, np.float32).tobytes())  # the cache notices the change
+    r = edgec_cli("compile", model, "-o", str(tmp_path / "o"), "--verify", "--json", cwd=tmp_path / "cwd",
+                  cache=tmp_path / "c")
+    assert r.returncode == 0 and json.loads(r.stdout)["cached"] is False, r.stderr
+
+
+def test_external_data_changes_are_seen_by_the_api_and_other_suffixes(tmp_path):
+    (tmp_path / "m").mkdir()
+    model = _onnx_with_external(tmp_path / "m" / "model.pb", "w.bin")
+    (tmp_path / "m" / "w.bin").write_bytes(np.ones(64, np.float32).tobytes())
+    a = edgec.compile(model, target="cpu", frontend="onnx", output=str(tmp_path / "a"))
+    (tmp_path / "m" / "w.bin").write_bytes(np.full(64, 2, np.float32).tobytes())
+    b = edgec.compile(model, target="cpu", frontend="onnx", output=str(tmp_path / "b"))  # same process
+    assert not a.cached and not b.cached
+    c = edgec.compile(model, target="cpu", frontend="onnx", output=str(tmp_path / "c"))
+    assert c.cached and (tmp_path / "c" / "model.so").read_bytes() == (tmp_path / "b" / "model.so").read_bytes()
+    assert os.access(tmp_path / "c" / "model.so", os.X_OK) == os.access(tmp_path / "b" / "model.so", os.X_OK)
+
+
+def test_force_never_replaces_a_directory_holding_the_models_external_data(tmp_path):
+    (tmp_path / "data").mkdir()
+    model = _onnx_with_external(tmp_path / "model.onnx", "data/w.bin")
+    (tmp_path / "data" / "w.bin").write_bytes(np.ones(64, np.float32).tobytes())
+    r = edgec_cli("compile", model, "-o", str(tmp_path / "data"), "--force", cache=tmp_path / "c")
+    assert r.returncode == 2 and (tmp_path / "data" / "w.bin").exists(), r.stderr
+
+
+# ------------------------------------------------------------- found by review: temporaries, locks and sweeps
+def _holder(path):
+    """A live process that holds ``path`` the way edgec holds its temporary directories."""
+    code = ("import fcntl, os, sys, time; fd = os.open(sys.argv[1], os.O_RDONLY); fcntl.flock(fd, fcntl.LOCK_EX); "
+            "print('held', flush=True); time.sleep(120)")
+    p = subprocess.Popen([sys.executable, "-c", code, str(path)], stdout=subprocess.PIPE, text=True)
+    assert p.stdout.readline().strip() == "held"
+    return p
+
+
+def test_sweeps_never_remove_a_directory_someone_holds(tmp_path):
+    from edgec import cache, output
+    live = tmp_path / ".out.edgec-tmp-999999-1-abc"  # a dead pid here: a maker in another pid namespace
+    live.mkdir()
+    dead = tmp_path / ".out.edgec-tmp-999998-1-abc"
+    dead.mkdir()
+    p = _holder(live)
+    try:
+        removed = output.sweep_stale(str(tmp_path / "out"))
+        assert live.exists() and not dead.exists() and removed == [dead.name]
+        root = tmp_path / "cache"
+        edgec_cli("compile", TINY_CNN, "-o", str(tmp_path / "o"), cache=root)
+        shard = next(d for d in root.iterdir() if d.is_dir())
+        writer = shard / f".tmp-{os.getpid()}-{output._start_time(os.getpid())}-xyz"  # this process: alive
+        writer.mkdir()
+        other = shard / ".tmp-999999-1-xyz"
+        other.mkdir()
+        q = _holder(other)
+        try:
+            assert cache.clear(str(root))[0] == 1
+            assert writer.exists() and other.exists()
+        finally:
+            q.kill()
+    finally:
+        p.kill()
+
+
+def test_a_backup_left_between_the_two_renames_is_put_back(tmp_path):
+    from edgec import output
+    assert edgec_cli("compile", TINY_CNN, "-o", str(tmp_path / "out"), cache=tmp_path / "c").returncode == 0
+    backup = tmp_path / ".out.edgec-old-999999-1-abc"
+    backup.mkdir()
+    os.rename(tmp_path / "out", backup / "d")  # as if killed after the first rename
+    output.sweep_stale(str(tmp_path / "out"))
+    assert (tmp_path / "out" / "manifest.json").exists() and not backup.exists()
+
+
+def test_a_users_lock_file_is_not_touched_and_fifos_never_block(tmp_path):
+    (tmp_path / ".out.lock").write_text("mine")
+    assert edgec_cli("compile", TINY_CNN, "-o", str(tmp_path / "out"), cache=tmp_path / "c").returncode == 0
+    assert (tmp_path / ".out.lock").read_text() == "mine"
+    (tmp_path / "f").mkdir()
+    os.mkfifo(tmp_path / "f" / "manifest.json")
+    r = edgec_cli("compile", TINY_CNN, "-o", str(tmp_path / "f"), cache=tmp_path / "c", timeout=120)
+    assert r.returncode == 2 and not_a_bug(r), r.stderr
+    r = edgec_cli("verify", str(tmp_path / "f"), timeout=60)
+    assert r.returncode == 2 and not_a_bug(r), r.stderr
+
+
+def test_another_tools_cachedir_tag_is_not_edgecs(tmp_path):
+    root = tmp_path / "other"
+    entry = root / "ab" / ("ab" * 32)
+    entry.mkdir(parents=True)
+    (entry / "data.bin").write_bytes(b"x")
+    (root / "CACHEDIR.TAG").write_text("Signature: 8a477f597d28d172789f06886806bc55\n# made by another tool\n")
+    r = edgec_cli("cache", "--clear", cache=root)
+    assert r.returncode == 2 and (entry / "data.bin").exists(), r.stderr
+
+
+# ---------------------------------------------------------------------- found by review: exit codes and verify
+def test_malformed_manifests_and_odd_places_are_not_internal_errors(tmp_path):
+    out = tmp_path / "out"
+    assert edgec_cli("compile", TINY_CNN, "-o", str(out), cache=tmp_path / "c").returncode == 0
+    good = json.loads((out / "manifest.json").read_text())
+    for bad in ({**good, "files": [1]}, {**good, "files": "ab"}, {**good, "source": "s"},
+                {**good, "files": [{"path": "model.so"}]}):
+        (out / "manifest.json").write_text(json.dumps(bad))
+        r = edgec_cli("verify", str(out))
+        assert r.returncode == 3 and not_a_bug(r), (bad, r.stderr)
+    r = edgec_cli("compile", TINY_CNN, "-o", str(tmp_path / "d"), "--dump-ir", "/proc/edgec-dump")
+    assert r.returncode == 2 and not_a_bug(r), r.stderr
+
+
+def test_verify_says_when_nothing_was_rerun_and_flags_unlisted_files(tmp_path):
+    out = tmp_path / "arm"
+    assert edgec_cli("compile", TINY_CNN, "-t", "cpu{arch=aarch64}", "-o", str(out), cache=tmp_path / "c").returncode == 0
+    r = edgec_cli("verify", str(out), "--model", TINY_CNN)
+    assert r.returncode == 0 and "NOT RE-RUN" in r.stdout and "PASS" not in r.stdout, r.stdout
+    (out / "extra.bin").write_bytes(b"x")
+    r = edgec_cli("verify", str(out))
+    assert r.returncode == 1 and "extra.bin: not listed" in r.stdout, r.stdout
+
+
+def test_calibration_files_that_declare_too_much_are_refused_before_decompressing(tmp_path):
+    np.savez_compressed(tmp_path / "bomb.npz", image=np.zeros((200000, 1, 3, 32, 32), np.float32))  # 2.4 GB
+    env = {**os.environ, "EDGEC_CACHE_DIR": str(tmp_path / "c"), "EDGEC_MAX_MEMORY": "100MB"}
+    p = subprocess.Popen([sys.executable, "-m", "edgec.cli", "compile", TINY_CNN, "-p", "quantize{bits=8}", "--calib",
+                          str(tmp_path / "bomb.npz"), "-o", str(tmp_path / "o")], stderr=subprocess.PIPE, env=env)
+    _, status, usage = os.wait4(p.pid, 0)
+    err = p.stderr.read().decode()
+    assert os.waitstatus_to_exitcode(status) == 3 and "calibration data" in err, err
+    assert usage.ru_maxrss * 1024 < 1.2e9, f"peak RSS {usage.ru_maxrss / 1e6:.0f} MB"  # plugins loaded: ~0.55 GB

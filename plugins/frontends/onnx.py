@@ -21,6 +21,10 @@ class OnnxFrontend(Frontend):
     suffixes = (".onnx",)
 
     def load(self, path: str) -> Model:
+        from ...ir.budget import over_budget
+        msg = over_budget("reading the model file", {"file": os.path.getsize(path)})
+        if msg:  # the protobuf is parsed whole: its inline weights are in memory before anything else is known
+            raise BadInputError(f"{path}: {msg}")
         try:
             proto = onnx.load(path, load_external_data=False)
         except Exception as e:  # noqa: BLE001 - protobuf raises DecodeError and friends

@@ -162,6 +162,10 @@ class HFFrontend(Frontend):
         from tqdm import tqdm
 
         from . import safetensors_io
+        for fn in sorted(os.listdir(path)):  # a FIFO or a device named config.json would block a read forever
+            p = os.path.join(path, fn)
+            if os.path.exists(p) and not (os.path.isfile(p) or os.path.isdir(p)):
+                raise BadInputError(f"{p} is not a regular file; a model folder holds files")
         cfg = hf_config(path)
         files = sorted(f for f in os.listdir(path) if f.endswith(".safetensors"))
         if not files:

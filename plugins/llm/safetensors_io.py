@@ -15,6 +15,7 @@ from __future__ import annotations
 import dataclasses
 import json
 import os
+import stat
 import struct
 
 import numpy as np
@@ -50,8 +51,12 @@ def _np_dtype(name: str) -> np.dtype:
 def read_header(path: str) -> dict[str, Entry]:
     """Every tensor of a safetensors file, checked against the file (BadInputError naming what is wrong)."""
     try:
-        size = os.path.getsize(path)
-        with open(path, "rb") as f:
+        fd = os.open(path, os.O_RDONLY | os.O_NONBLOCK | os.O_CLOEXEC)  # a FIFO must not block the import
+        with os.fdopen(fd, "rb") as f:
+            st = os.fstat(fd)
+            if not stat.S_ISREG(st.st_mode):
+                raise BadInputError(f"{path} is not a readable safetensors file: it is not a regular file")
+            size = st.st_size
             head = f.read(8)
             if len(head) < 8:
                 raise BadInputError(f"{path} is not a readable safetensors file: it is shorter than its 8-byte "

@@ -56,6 +56,7 @@ def parse_candidates(text: str) -> list[int | str]:
 @dataclasses.dataclass(frozen=True)
 class MixedPrecision(Pass):
     name: ClassVar[str] = "mixed-precision"
+    lossy: ClassVar[bool] = True  # changes the numbers on purpose: --verify judges fidelity
     summary: ClassVar[str] = "per-layer weight bits from measured sensitivity: avg_bits, size_mb or max_drop"
     bits: str = option("", help="candidates, ':'-separated: integer widths 2..8, pN (an N-bit palette, Core ML), "
                        "f16 (the layer kept in float16); default: the target's native mix (2:3:4:8 without one)")

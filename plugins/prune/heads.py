@@ -310,6 +310,7 @@ def _rows(groups: int, total: int, keep: np.ndarray) -> np.ndarray:
 @dataclasses.dataclass(frozen=True)
 class PruneHeads(Pass):
     name: ClassVar[str] = "prune-heads"
+    lossy: ClassVar[bool] = True  # changes the numbers on purpose: --verify judges fidelity
     summary: ClassVar[str] = "structured pruning: remove attention heads (Q/K/V rows, output columns, head counts)"
     sparsity: float = option(0.25, check=lambda v: 0 <= v < 1, allowed="0 <= sparsity < 1",
                              help="fraction of each attention's head groups removed")

@@ -152,6 +152,7 @@ class Prune(Pass):
     """Magnitude pruning. See ``edgec passes`` for the options."""
 
     name: ClassVar[str] = "prune"
+    lossy: ClassVar[bool] = True  # changes the numbers on purpose: --verify judges fidelity
     summary: ClassVar[str] = "magnitude, Wanda or SparseGPT pruning: unstructured (per layer, global, per row) or N:M"
     method: str = option("magnitude", choices=("magnitude", "wanda", "sparsegpt"), help="magnitude: |w|; wanda: "
                          "|w| x input channel norm, per output row; sparsegpt: Hessian-based mask and weight update "

@@ -238,6 +238,7 @@ class VectorQuantize(Pass):
     """GPTVQ vector quantization of Linear weights. See ``edgec passes`` for the options."""
 
     name: ClassVar[str] = "vq"
+    lossy: ClassVar[bool] = True  # changes the numbers on purpose: --verify judges fidelity
     summary: ClassVar[str] = ("vector quantization (GPTVQ): codebooks of dim-D vectors from Hessian-weighted k-means, "
                               "GPTQ-style assignment, codebooks fine-tuned on the output error")
     dim: int = option(2, choices=(1, 2, 4, 8), help="elements per vector (consecutive along the input axis)")

@@ -129,10 +129,26 @@ class ParallelVectorize(CPUScheduleRule):
         sch.vectorize(sch.get_loops(acc)[-1])
 
 
+class Declining(CPUScheduleRule):
+    """``rule``, declining (None: the next rule gets the kernel) where it raises instead of declining itself:
+    dlight's CPU GEMV rule unpacks four loops from every block it accepts and fails on a 2-bit per-tensor
+    weight's dequantize-matmul kernel (a compile that ended in an internal error)."""
+
+    def __init__(self, rule: CPUScheduleRule):
+        super().__init__()
+        self.rule = rule
+
+    def apply(self, func, target: Target, tunable: bool):
+        try:
+            return self.rule.apply(func, target, tunable)
+        except (ValueError, IndexError, RuntimeError):  # tvm.error.InternalError is a RuntimeError
+            return None
+
+
 def schedule_pass(target: Target) -> tvm.transform.Pass:
     """Matmul/conv tiling first, then dlight's CPU GEMV and softmax/norm rules, then the generic fallback."""
-    return dlight.ApplyDefaultSchedule(ParallelVectorize(gemm_only=True), dlight.cpu.GEMV(), dlight.cpu.Reduction(),
-                                       ParallelVectorize())
+    return dlight.ApplyDefaultSchedule(ParallelVectorize(gemm_only=True), Declining(dlight.cpu.GEMV()),
+                                       Declining(dlight.cpu.Reduction()), ParallelVectorize())
 
 
 def build_pipeline(target: Target) -> tvm.transform.Pass:
