@@ -32,7 +32,6 @@ import struct
 import subprocess
 import sys
 import tempfile
-import threading
 import time
 import zipfile
 from concurrent.futures import ThreadPoolExecutor
@@ -46,22 +45,31 @@ GOALS = {"code executed": 0, "user files deleted": 0, "corrupt cache hits": 0, "
          "bombs over the memory budget": 0}
 
 
+_RSS_MARK = "EDGEC-BENCH-MAXRSS"
+_RSS_HOOK = ("import atexit, resource, runpy, sys; atexit.register(lambda: print(%r, resource.getrusage("
+             "resource.RUSAGE_SELF).ru_maxrss, file=sys.stderr, flush=True)); sys.argv = ['edgec'] + sys.argv[1:]; "
+             "runpy.run_module('edgec.cli', run_name='__main__', alter_sys=True)") % _RSS_MARK
+
+
 def run(args, *, cwd=None, env=None, timeout=600):
-    """(exit code or "timeout", stderr, seconds, peak RSS bytes of this process: os.wait4) of one `edgec` run."""
+    """(exit code or "timeout", stderr, seconds, peak RSS bytes) of one `edgec` process. It is started by /bin/sh
+    and reports its own ru_maxrss at exit: a child forked straight from this process would report this one's
+    peak as its own (Linux keeps the larger across exec). A killed process (SIGKILL, timeout) reports none."""
     e = {**os.environ, **(env or {})}
     t0 = time.perf_counter()
-    with tempfile.TemporaryFile() as fe:
-        p = subprocess.Popen([sys.executable, "-m", "edgec.cli", *args], cwd=cwd, env=e, stdout=subprocess.DEVNULL,
-                             stderr=fe)
-        killed = []
-        timer = threading.Timer(timeout, lambda: (killed.append(1), p.kill()))
-        timer.start()
-        _, status, usage = os.wait4(p.pid, 0)
-        timer.cancel()
-        p.returncode = os.waitstatus_to_exitcode(status)
-        fe.seek(0)
-        err = fe.read().decode(errors="replace")
-    return ("timeout" if killed else p.returncode), err, time.perf_counter() - t0, usage.ru_maxrss * 1024
+    p = subprocess.Popen(["/bin/sh", "-c", '"$0" "$@"', sys.executable, "-c", _RSS_HOOK, *args], cwd=cwd, env=e,
+                         stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True, start_new_session=True)
+    try:
+        _, err = p.communicate(timeout=timeout)
+        rc = p.returncode
+    except subprocess.TimeoutExpired:
+        os.killpg(p.pid, signal.SIGKILL)
+        _, err = p.communicate()
+        rc = "timeout"
+    marks = [x for x in err.splitlines() if x.startswith(_RSS_MARK)]
+    rss = int(marks[-1].split()[1]) * 1024 if marks else 0
+    err = "\n".join(x for x in err.splitlines() if not x.startswith(_RSS_MARK))
+    return rc, err, time.perf_counter() - t0, rss
 
 
 def row(group, probe, expected, observed, ok, rss=None, secs=None):

@@ -88,9 +88,9 @@ def _tolerance(ctx, param, value):
     import math
     if value is None:
         return value
-    lo, hi = (0.0, math.inf) if param.name == "tolerance" else (-1.0, 1.0)
+    lo, hi = {"tolerance": (0.0, math.inf), "min_cosine": (-1.0, 1.0), "min_top1": (0.0, 1.0)}[param.name]
     if not math.isfinite(value) or not lo <= value <= hi:
-        allowed = "a finite number >= 0, e.g. 1e-4" if param.name == "tolerance" else "a number in [-1, 1], e.g. 0.99"
+        allowed = "a finite number >= 0, e.g. 1e-4" if param.name == "tolerance" else f"a number in [{lo:g}, {hi:g}]"
         raise click.BadParameter(f"{value!r} is not allowed: give {allowed}")
     return value
 
@@ -123,6 +123,8 @@ def main(debug: bool) -> None:
               help="Max relative error --verify accepts against the reference (and, for a float compile, the original).")
 @click.option("--min-cosine", type=float, default=None, callback=_tolerance, help="--verify on a quantized or pruned "
               "model: the cosine similarity each output must keep against the original model [default: 0.98].")
+@click.option("--min-top1", type=float, default=None, callback=_tolerance, help="--verify on a quantized or pruned "
+              "model: top-1 agreement with the original over its confident rows [default: 0.8].")
 @click.option("--force", is_flag=True, help="Replace the output directory even if edgec did not write it.")
 @click.option("--keep-failed", is_flag=True, help="On a failed --verify, keep the failed output in OUTPUT.failed "
               "(the previous OUTPUT is always kept).")
@@ -142,7 +144,7 @@ def main(debug: bool) -> None:
 @click.option("--eval-text", type=click.Path(dir_okay=False), help="Language models: perplexity of the float model, "
               "the compiled model and the artifact on this text (first 1024 tokens), in the manifest and report.")
 @handle_errors
-def compile_cmd(model, target, pipeline, output, input_shapes, calib, verify, tolerance, min_cosine, force,
+def compile_cmd(model, target, pipeline, output, input_shapes, calib, verify, tolerance, min_cosine, min_top1, force,
                 keep_failed, no_cleanup, time_passes, dump_ir, frontend, seed, as_json, quiet, tiers, tier_options,
                 cache_dir, no_cache, eval_text):
     """Compile MODEL for a target into a directory with the artifact, manifest.json and report.html."""
@@ -158,6 +160,7 @@ def compile_cmd(model, target, pipeline, output, input_shapes, calib, verify, to
         out = output or f"{model}.{target.split('{')[0]}.tiers"
         index = compile_tiers(model, target, pipeline, out, tiers.split(","), tier_options=tier_options,
                               input_shapes=shapes, verify=verify, tolerance=tolerance, min_cosine=min_cosine,
+                              min_top1=min_top1,
                               force=force, cleanup=not no_cleanup,
                               seed=seed, frontend=frontend, calib=calib, cache_dir=cache_dir, use_cache=not no_cache,
                               progress=None if (quiet or as_json) else lambda m: click.echo(m, err=True))
@@ -175,7 +178,8 @@ def compile_cmd(model, target, pipeline, output, input_shapes, calib, verify, to
         from tqdm import tqdm
         bar = tqdm(total=None, bar_format="{desc} [{elapsed}]", file=sys.stderr, leave=False)
     try:
-        opts = dict(input_shapes=shapes, verify=verify, tolerance=tolerance, min_cosine=min_cosine, force=force,
+        opts = dict(input_shapes=shapes, verify=verify, tolerance=tolerance, min_cosine=min_cosine, min_top1=min_top1,
+                    force=force,
                     keep_failed=keep_failed, cleanup=not no_cleanup, seed=seed, frontend=frontend, calib=calib,
                     eval_text=eval_text, cache_dir=cache_dir)
         res = None
@@ -256,7 +260,8 @@ def _cache_hit(model, target, pipeline, output, opts):
     return serve(model, target, pipeline, out, cache_dir=opts["cache_dir"], calib=opts["calib"],
                  input_shapes=opts["input_shapes"], verify=opts["verify"], tolerance=opts["tolerance"],
                  cleanup=opts["cleanup"], seed=opts["seed"], frontend=opts["frontend"], eval_text=opts["eval_text"],
-                 force=opts["force"], extra_options={"min_cosine": opts["min_cosine"]})[2]
+                 force=opts["force"], extra_options={"min_cosine": opts["min_cosine"],
+                                                     "min_top1": opts["min_top1"]})[2]
 
 
 @main.command()
