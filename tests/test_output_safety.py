@@ -113,7 +113,8 @@ def test_cache_clear_deletes_only_cache_entries(tmp_path):
 
 
 # ---------------------------------------------------------------- 4: a corrupt cache entry is never served
-@pytest.mark.parametrize("damage", ["truncate", "flip", "remove", "add", "manifest"])
+# CI runs two kinds of damage; benchmarks/robustness.py runs all five (flip a byte, remove or add a file too)
+@pytest.mark.parametrize("damage", ["truncate", "manifest"])
 def test_a_corrupt_cache_entry_is_evicted_and_the_model_recompiled(damage, tmp_path):
     cache = tmp_path / "cache"
     r = edgec_cli("compile", TINY_CNN, "-o", str(tmp_path / "a"), "--verify", cache=cache)

@@ -17,8 +17,8 @@ pytest.importorskip("coremltools")
 F16 = "scale_dtype=f16"
 CASES = [
     ("fp16", [], True),  # --verify too: the manifest's verification results are part of the directory
-    ("int4", ["-p", f"quantize{{bits=4,{F16}}}"], False),
-    ("palette3", ["-p", "quantize{method=codebook,bits=3,head_bits=0}"], False),
+    # int4 (constexpr_blockwise_shift_scale) and palette3 alone were checked identical too; CI keeps the fp16 and
+    # the joint sparse+palette package, which between them hold every map the spec serializes
     ("sparse+palette2", ["-p", f"prune{{pattern=2:4}},quantize{{method=codebook,bits=2,per_channel_codebook=true,"
                                f"{F16}}}"], False),
 ]
