@@ -510,8 +510,8 @@ def main() -> None:
     lines = ["## Robustness (issue 19)", "",
              f"`python benchmarks/robustness.py{' --quick' if quick else ''}`: each probe is a whole `edgec` process "
              f"(or several); memory budget {memory_budget() / 2**30:.1f} GiB (75% of this machine's memory); "
-             f"{len(ROWS)} probes in {time.time() - t0:.0f} s. Peak RSS is the probe process's own (os.wait4) "
-             "where shown.", "",
+             f"{len(ROWS)} probes in {time.time() - t0:.0f} s. Peak RSS (where shown) is the edgec process's own "
+             "ru_maxrss, reported at its exit.", "",
              "| | group | probe | expected | observed | peak RSS | time |", "|---|---|---|---|---|---|---|"]
     for r in ROWS:
         rss = f"{r['rss'] / 2**20:.0f} MiB" if r["rss"] else ""
