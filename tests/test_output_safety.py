@@ -148,13 +148,19 @@ def test_a_corrupt_cache_entry_is_evicted_and_the_model_recompiled(damage, tmp_p
 
 
 # ---------------------------------------------------- 5: the cache key reads nothing outside the model folder
-def _onnx_with_external(path, location: str) -> str:
+def _external_tensor(location: str) -> onnx.TensorProto:
+    """A 16x4 float tensor whose 256 bytes live in the external file ``location``."""
     t = numpy_helper.from_array(np.ones((16, 4), np.float32), "w")
     t.ClearField("raw_data")
     t.data_location = TensorProto.EXTERNAL
     for k, v in (("location", location), ("offset", "0"), ("length", "256")):
         e = t.external_data.add()
         e.key, e.value = k, v
+    return t
+
+
+def _onnx_with_external(path, location: str) -> str:
+    t = _external_tensor(location)
     g = helper.make_graph([helper.make_node("MatMul", ["x", "w"], ["y"])], "g",
                           [helper.make_tensor_value_info("x", TensorProto.FLOAT, [2, 16])],
                           [helper.make_tensor_value_info("y", TensorProto.FLOAT, [2, 4])], [t])
@@ -538,12 +544,7 @@ def test_passes_that_change_numbers_are_judged_by_fidelity(tmp_path):
 
 # ------------------------------------------------------------------ found by review: external data everywhere
 def _constant_with_external(path, location: str) -> str:
-    t = numpy_helper.from_array(np.ones((16, 4), np.float32), "w")
-    t.ClearField("raw_data")
-    t.data_location = TensorProto.EXTERNAL
-    for k, v in (("location", location), ("offset", "0"), ("length", "256")):
-        e = t.external_data.add()
-        e.key, e.value = k, v
+    t = _external_tensor(location)
     g = helper.make_graph([helper.make_node("Constant", [], ["w"], value=t), helper.make_node("MatMul", ["x", "w"], ["y"])],
                           "g", [helper.make_tensor_value_info("x", TensorProto.FLOAT, [2, 16])],
                           [helper.make_tensor_value_info("y", TensorProto.FLOAT, [2, 4])])
