@@ -400,9 +400,9 @@ def test_concurrent_compiles_into_one_output_all_succeed(tmp_path):
     good = (out / "model.so").read_bytes()
     env = {**os.environ, "EDGEC_CACHE_DIR": str(cache)}
     procs = [subprocess.Popen([sys.executable, "-m", "edgec.cli", "compile", TINY_CNN, "-o", str(out), "-q"],
-                              stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env) for _ in range(24)]
-    results = [(p.wait(timeout=600), p.stderr.read()) for p in procs]
-    assert [rc for rc, _ in results] == [0] * 24, [e for rc, e in results if rc]
+                              stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env) for _ in range(12)]
+    results = [(p.wait(timeout=600), p.stderr.read()) for p in procs]  # 8 x 60 in benchmarks/robustness.py
+    assert [rc for rc, _ in results] == [0] * 12, [e for rc, e in results if rc]
     assert (out / "model.so").read_bytes() == good
     assert sorted(os.listdir(tmp_path)) == ["c", "out"]  # no backups, temporaries or lock files left
 
