@@ -474,6 +474,11 @@ def build_model(model: str | Model, target: str, pipeline: str, *, input_shapes:
     else:
         ir_model = model
     notes: list[str] = []
+    old_opset = ir_model.metadata.get("edgec.opset_upgraded_from")
+    if old_opset:
+        notes.append(f"the model was upgraded from ai.onnx opset {old_opset} to "
+                     f"{ir_model.metadata.get('edgec.opset_upgraded_to', '?')} with onnx.version_converter; --verify "
+                     "compares against onnxruntime running the original file")
     bound = fix_input_shapes(ir_model, shapes, notes, keep_dynamic=tgt.dynamic_shapes)
     if bound:  # the graph's shapes follow the inputs' new ones (budget estimates and shape checks need them)
         with contextlib.suppress(IRError):
