@@ -91,3 +91,32 @@ def test_broken_plugin_names_its_distribution(monkeypatch):
     monkeypatch.syspath_prepend(os.path.join(HERE, "plugins"))
     with pytest.raises(PluginError, match="plugin 'broken' from distribution edgec-broken 1.0 failed to import"):
         _Host(("broken", "broken_plugin", "edgec-broken", "1.0"))
+
+
+def test_builtin_entry_points_match_pyproject():
+    """edgec.host.DEFAULT_PLUGINS (used when edgec runs without installed metadata) is pyproject's entry-point
+    group, and the installed metadata agrees: three lists that must never drift apart."""
+    import importlib.metadata as md
+    import os
+    import tomllib
+
+    from edgec.host import DEFAULT_PLUGINS
+    root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+    with open(os.path.join(root, "pyproject.toml"), "rb") as f:
+        declared = tomllib.load(f)["project"]["entry-points"]["edgec"]
+    assert declared == DEFAULT_PLUGINS
+    installed = {ep.name: ep.value for ep in md.entry_points(group="edgec") if ep.dist.name == "edgec"}
+    assert installed == DEFAULT_PLUGINS
+
+
+def test_the_version_has_one_source():
+    import importlib.metadata as md
+    import os
+    import tomllib
+
+    import edgec
+    root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+    with open(os.path.join(root, "pyproject.toml"), "rb") as f:
+        project = tomllib.load(f)["project"]
+    assert "version" not in project and "version" in project["dynamic"]
+    assert md.version("edgec") == edgec.__version__
