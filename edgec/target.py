@@ -44,12 +44,20 @@ class Capabilities:
     # integer widths, "pN" (an N-bit palette) and "f16" (the layer stays float16; only where the runtime
     # computes unquantized layers in half precision).
     mixed: tuple[int | str, ...] = ()
+    # Ops the target lowers node by node through its own library's ONNX importer (TVM's Relax ONNX converters,
+    # OpenVINO's ONNX frontend, ...) rather than its own builder. The decompose pass rewrites such an op into
+    # ``ops`` where it can (an exact ONNX function body or edgec rule) and leaves it to the fallback otherwise.
+    fallback_ops: frozenset[str] = frozenset()
+
+    def accepts(self, op: str) -> bool:
+        """True when ``op`` (a qualified name) is lowered, natively or through the fallback."""
+        return op in self.ops or op in self.fallback_ops
 
     def problems(self, model: Model) -> list[str]:
         """Every node and weight of ``model`` this target cannot lower, one message each."""
         out = []
         for n in model.graph:
-            if n.qualified_op not in self.ops:
+            if not self.accepts(n.qualified_op):
                 out.append(f"node {n.name!r}: operator {n.qualified_op} (opset {model.opset_imports.get(n.domain, '?')})"
                            " is not supported by this target")
         for v in model.graph.values():
