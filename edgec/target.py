@@ -45,8 +45,9 @@ class Capabilities:
     # computes unquantized layers in half precision).
     mixed: tuple[int | str, ...] = ()
     # Ops the target lowers node by node through its own library's ONNX importer (TVM's Relax ONNX converters,
-    # OpenVINO's ONNX frontend, ...) rather than its own builder. The decompose pass rewrites such an op into
-    # ``ops`` where it can (an exact ONNX function body or edgec rule) and leaves it to the fallback otherwise.
+    # OpenVINO's ONNX frontend, ...) rather than its own builder. The decompose pass leaves them alone (the
+    # library's own lowering is the fast path) and rewrites only ops in neither set; a target leaves out of this
+    # set any op its library is known to get wrong, so that it is decomposed or refused instead.
     fallback_ops: frozenset[str] = frozenset()
 
     def accepts(self, op: str) -> bool:
