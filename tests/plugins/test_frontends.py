@@ -59,10 +59,10 @@ def test_unsupported_ops_reported_all_at_once(tmp_path):
 def test_old_opset_and_corrupt_files(tmp_path):
     m = _model([helper.make_node("Relu", ["x"], ["y"])],
                [helper.make_tensor_value_info("x", TensorProto.FLOAT, [2])],
-               [helper.make_tensor_value_info("y", TensorProto.FLOAT, [2])], opset=11)
+               [helper.make_tensor_value_info("y", TensorProto.FLOAT, [2])], opset=6)
     p = tmp_path / "old.onnx"
     onnx.save(m, str(p))
-    with pytest.raises(UnsupportedError, match="opset 11 is older than the minimum 13"):
+    with pytest.raises(UnsupportedError, match="opset 6 is older than 7, the oldest edgec accepts"):
         OnnxFrontend().load(str(p))
     bad = tmp_path / "corrupt.onnx"
     bad.write_bytes(b"\x08\x07garbage" * 10)
