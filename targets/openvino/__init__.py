@@ -123,7 +123,8 @@ class OpenVINOTarget(Target):
         compiled = self.compile(out_dir)
         req = compiled.create_infer_request()
         names = input_names or list(feeds)
-        res = req.infer({n: np.ascontiguousarray(feeds[n]) for n in names})
+        # np.require keeps 0-d arrays 0-d (np.ascontiguousarray returns at least 1-d: a scalar input became [1])
+        res = req.infer({n: np.require(np.asarray(feeds[n]), requirements="C") for n in names})
         return [np.array(res[o]) for o in compiled.outputs]
 
 

@@ -149,7 +149,8 @@ class OVBuilder:
     def get(self, v: Value):
         if id(v) not in self.env:
             if not v.is_const:
-                raise KeyError(v.name)
+                raise UnsupportedError(f"value {v.name!r} is used before the openvino target computed it (its "
+                                       "producer's lowering does not give that output)")
             self.env[id(v)] = self.weight(v)
         return self.env[id(v)]
 
@@ -295,6 +296,7 @@ class OVBuilder:
             params.append(p)
             out = p.output(0)
             self.env[id(v)] = self.fake_quant(out, v) if v.quant is not None else out
+        graph_outputs = {id(o) for o in g.outputs}
         for n in g:
             fn = LOWERINGS.get(n.qualified_op)
             if fn is None:
@@ -305,17 +307,29 @@ class OVBuilder:
                 raise
             except Exception as e:  # noqa: BLE001 - OpenVINO validation errors come as RuntimeError
                 first = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
-                raise UnsupportedError(f"node {n.name!r} ({n.qualified_op}): OpenVINO rejected it: {first}") from None
+                why = "OpenVINO rejected it" if isinstance(e, RuntimeError) else \
+                    f"the openvino target cannot lower this variant ({type(e).__name__})"
+                raise UnsupportedError(f"node {n.name!r} ({n.qualified_op}): {why}: {first}") from None
             outs = res if isinstance(res, list) else [res]
+            missing = [o.name for k, o in enumerate(n.outputs) if o is not None and (k >= len(outs) or outs[k] is None)
+                       and (o.uses or id(o) in graph_outputs)]
+            if missing:
+                raise UnsupportedError(f"node {n.name!r} ({n.qualified_op}): the openvino target does not compute its "
+                                       f"output(s) {', '.join(map(repr, sorted(set(missing))))}")
             for o, val in zip(n.outputs, outs):
-                if o is None:
+                if o is None or val is None:
                     continue
                 val = val.output(0) if hasattr(val, "output") else val
                 self.env[id(o)] = self.fake_quant(val, o) if o.quant is not None else val
         results = []
         for o in g.outputs:
-            r = ops.result(self.get(o))
-            r.output(0).get_tensor().set_names({o.name})
+            val = self.get(o)
+            r = ops.result(val)
+            # a graph output that is a graph input (Identity) or another output keeps that value's names too: the
+            # input is still fed by its name
+            keep = val.get_names() if val.get_node().get_type_name() == "Parameter" or any(
+                x.input_value(0) == val for x in results) else set()
+            r.output(0).get_tensor().set_names(set(keep) | {o.name})
             r.set_friendly_name(o.name)
             results.append(r)
         return ov.Model(results, params, g.name or "edgec")
@@ -334,9 +348,27 @@ _UNARY = {"Relu": "relu", "Sigmoid": "sigmoid", "Tanh": "tanh", "Exp": "exp", "S
 
 @lowering(*_BINARY)
 def _binary(b: OVBuilder, n: Node):
+    if n.op_type in ("Max", "Min"):  # variadic (one or more inputs), folded pairwise
+        vals = [b.get(v) for v in n.inputs if v is not None]
+        if not vals:
+            raise UnsupportedError(f"node {n.name!r} ({n.op_type}): needs at least one input")
+        y = vals[0]
+        for v in vals[1:]:
+            y = getattr(b.ops, _BINARY[n.op_type])(y, v).output(0)
+        return y
+    if len(n.inputs) != 2 or any(v is None for v in n.inputs):
+        raise UnsupportedError(f"node {n.name!r} ({n.op_type}): expects two inputs, has {len(n.inputs)}")
     x, y = (b.get(v) for v in n.inputs)
-    if n.op_type == "Div" and n.inputs[0].dtype is not None and not n.inputs[0].dtype.is_float:
-        return b.ops.divide(x, y, python_division=False)  # ONNX integer Div truncates
+    tx, ty = n.inputs[0].dtype, n.inputs[1].dtype
+    if n.op_type == "Div" and tx is not None and not tx.is_float:
+        d = b.ops.divide(x, y)
+        d.set_attribute("m_pythondiv", False)  # ONNX integer Div truncates toward zero (Python's floors)
+        return d
+    if n.op_type == "Pow" and tx is not None and ty is not None and tx != ty:
+        if not tx.is_float:  # int ** float: ONNX computes in the exponent's precision, then casts
+            raise UnsupportedError(f"node {n.name!r} (Pow): an integer base ({tx.short}) with a {ty.short} exponent "
+                                   "is not supported by the openvino target")
+        y = b.ops.convert(y, x.get_element_type())  # float ** int: the exponent is exact in the base's type
     return getattr(b.ops, _BINARY[n.op_type])(x, y)
 
 
@@ -355,9 +387,36 @@ def _reciprocal(b, n):
     return b.ops.divide(b.scalar(1.0, n.inputs[0]), b.get(n.inputs[0]))
 
 
+# IR dtypes the openvino target converts to and from exactly (others: float8 / float4 / 2-bit / strings).
+_CAST_TYPES = frozenset({"f32", "f16", "f64", "bf16", "i64", "i32", "i16", "i8", "u64", "u32", "u16", "u8", "bool"})
+
+
 @lowering("Cast")
 def _cast(b, n):
-    return b.ops.convert(b.get(n.inputs[0]), b.ov.Type(n.output.dtype.numpy))
+    src, dst = n.inputs[0].dtype, n.output.dtype
+    for what, t in (("from", src), ("to", dst)):
+        if t is None or t.short not in _CAST_TYPES:
+            to = n.attr("to")
+            name = t.short if t is not None else (onnx_type_name(to) if isinstance(to, int) else "an unknown type")
+            raise UnsupportedError(f"node {n.name!r} (Cast): casting {what} {name} is not supported by the openvino "
+                                   f"target (supported: {', '.join(sorted(_CAST_TYPES))})")
+    return b.ops.convert(b.get(n.inputs[0]), ov_type(b.ov, dst))
+
+
+def ov_type(ov, dtype):
+    """The OpenVINO element type of an IR dtype."""
+    name = {"bool": "boolean"}.get(dtype.short, dtype.short)
+    if not hasattr(ov.Type, name):
+        raise UnsupportedError(f"dtype {dtype.short} has no OpenVINO element type")
+    return getattr(ov.Type, name)
+
+
+def onnx_type_name(t: int) -> str:
+    import onnx
+    try:
+        return onnx.TensorProto.DataType.Name(t)
+    except ValueError:
+        return f"ONNX type {t}"
 
 
 @lowering("Reshape")
@@ -472,7 +531,7 @@ def _clip(b, n):
     if (lo_v is None or lo_v.is_const) and (hi_v is None or hi_v.is_const):
         lo = float(lo_v.numpy()) if lo_v is not None else -np.inf
         hi = float(hi_v.numpy()) if hi_v is not None else np.inf
-        if n.inputs[0].dtype.is_float:
+        if n.inputs[0].dtype.is_float and lo <= hi:  # (lo > hi: ONNX gives hi everywhere, as below)
             return b.ops.clamp(x, max(lo, -3.4e38), min(hi, 3.4e38))
     y = x
     if lo_v is not None:
@@ -500,12 +559,37 @@ def _softmax(b, n):
 
 @lowering("ReduceMean", "ReduceSum", "ReduceMax", "ReduceMin")
 def _reduce(b, n):
+    x = n.inputs[0]
     axes = b.const_ints(n.inputs[1]) if len(n.inputs) > 1 and n.inputs[1] is not None else n.attr("axes")
-    if axes is None:
-        axes = list(range(n.inputs[0].rank))
+    if not axes:  # absent or empty: every axis, or (noop_with_empty_axes) the input unchanged
+        if n.attr("noop_with_empty_axes", 0):
+            return b.get(x)
+        if x.rank is None:
+            raise UnsupportedError(f"node {n.name!r} ({n.op_type}): reducing every axis needs the input's rank")
+        axes = list(range(x.rank))
     fn = {"ReduceMean": "reduce_mean", "ReduceSum": "reduce_sum", "ReduceMax": "reduce_max",
           "ReduceMin": "reduce_min"}[n.op_type]
-    return getattr(b.ops, fn)(b.get(n.inputs[0]), b.ints(axes), bool(n.attr("keepdims", 1)))
+    y = getattr(b.ops, fn)(b.get(x), b.ints(axes), bool(n.attr("keepdims", 1))).output(0)
+    if n.op_type not in ("ReduceMax", "ReduceMin"):
+        return y
+    # Over an empty set ONNX gives the identity of the reduction (-inf for max, +inf for min; the type's extreme
+    # for integers); OpenVINO gives the type's finite lowest / highest.
+    rank = x.rank
+    dims = [x.shape[a % rank] for a in axes] if x.shape is not None and rank else None
+    if dims is not None and all(isinstance(d, int) and d > 0 for d in dims):
+        return y
+    dt = x.dtype.numpy
+    if x.dtype.is_float:
+        fill = -np.inf if n.op_type == "ReduceMax" else np.inf
+    elif dt.kind in "iu":
+        fill = np.iinfo(dt).min if n.op_type == "ReduceMax" else np.iinfo(dt).max
+    else:
+        raise UnsupportedError(f"node {n.name!r} ({n.op_type}): dtype {x.dtype.short} is not supported")
+    shp = b.ops.shape_of(b.get(x), "i64")
+    count = b.ops.reduce_prod(b.ops.gather(shp, b.ints([a % rank for a in axes]), b.const(np.int64(0))),
+                              b.ints([0]), False)
+    empty = b.ops.equal(count, b.const(np.int64(0)))
+    return b.ops.select(empty, b.const(np.asarray(fill, dt)), y)
 
 
 @lowering("MatMul")
@@ -517,6 +601,8 @@ def _pads(n: Node, spatial: int) -> tuple[list[int], list[int]]:
     if n.attr("auto_pad", "NOTSET") not in ("NOTSET", "VALID"):
         raise UnsupportedError(f"node {n.name!r}: auto_pad={n.attr('auto_pad')} is not supported; re-export with "
                                "explicit pads")
+    if n.attr("auto_pad", "NOTSET") == "VALID":
+        return [0] * spatial, [0] * spatial
     p = list(n.attr("pads", [0] * 2 * spatial))
     return p[:spatial], p[spatial:]
 
@@ -524,6 +610,8 @@ def _pads(n: Node, spatial: int) -> tuple[list[int], list[int]]:
 @lowering("Conv")
 def _conv(b, n):
     x, w = n.inputs[0], n.inputs[1]
+    if w.rank is None or w.shape is None:
+        raise UnsupportedError(f"node {n.name!r} (Conv): the weight's shape must be known")
     spatial = w.rank - 2
     begin, end = _pads(n, spatial)
     strides = list(n.attr("strides", [1] * spatial))
@@ -546,15 +634,21 @@ def _pool(b, n):
     k = list(n.attr("kernel_shape"))
     begin, end = _pads(n, len(k))
     strides = list(n.attr("strides", [1] * len(k)))
-    rounding = "ceil" if n.attr("ceil_mode", 0) else "floor"
+    # ONNX's ceil mode drops a last window that would start in the end padding, as PyTorch does ("ceil_torch")
+    rounding = "ceil_torch" if n.attr("ceil_mode", 0) else "floor"
     if n.op_type == "MaxPool":
-        return b.ops.max_pool(b.get(n.inputs[0]), strides, list(n.attr("dilations", [1] * len(k))), begin, end, k,
-                              rounding).output(0)
+        if n.attr("storage_order", 0):
+            raise UnsupportedError(f"node {n.name!r} (MaxPool): storage_order=1 (column-major indices) is not "
+                                   "supported by the openvino target")
+        # axis 0: indices into the whole input flattened row-major, as ONNX numbers them
+        mp = b.ops.max_pool(b.get(n.inputs[0]), strides, list(n.attr("dilations", [1] * len(k))), begin, end, k,
+                            rounding, None, "i64", 0)
+        return [mp.output(0), mp.output(1)]
     if any(d != 1 for d in n.attr("dilations", [1] * len(k))):
         raise UnsupportedError(f"node {n.name!r}: dilated AveragePool is not supported by the openvino target")
-    # AvgPool-1: opset16's AvgPool (with dilations) crashes the 2026.4 CPU plugin when compiled.
-    import openvino.opset1 as opset1
-    return opset1.avg_pool(b.get(n.inputs[0]), strides, begin, end, k, not n.attr("count_include_pad", 0), rounding)
+    # AvgPool-14 (AvgPool-16, which takes dilations, crashes the 2026.4 CPU plugin when compiled)
+    import openvino.opset14 as opset14
+    return opset14.avg_pool(b.get(n.inputs[0]), strides, begin, end, k, not n.attr("count_include_pad", 0), rounding)
 
 
 @lowering("GlobalAveragePool")
@@ -564,6 +658,10 @@ def _gap(b, n):
 
 @lowering("BatchNormalization")
 def _bn(b, n):
+    if n.attr("training_mode", 0) or any(o is not None and (o.uses or o in n.graph.outputs) for o in n.outputs[1:]):
+        raise UnsupportedError(f"node {n.name!r} (BatchNormalization): training mode (batch statistics, running "
+                               "mean / variance outputs) is not supported by the openvino target; export the model "
+                               "in inference mode")
     x, g, beta, mean, var = (b.get(v) for v in n.inputs[:5])
     return b.ops.batch_norm_inference(x, g, beta, mean, var, n.attr("epsilon", 1e-5))
 
@@ -571,12 +669,28 @@ def _bn(b, n):
 @lowering("LayerNormalization")
 def _layernorm(b, n):
     x = n.inputs[0]
+    if x.rank is None:
+        raise UnsupportedError(f"node {n.name!r} (LayerNormalization): the input's rank must be known")
+    if x.dtype is not None and x.dtype.short != "f32" and n.attr("stash_type", 1) == 1:
+        raise UnsupportedError(f"node {n.name!r} (LayerNormalization): {x.dtype.short} input with float32 "
+                               "statistics (stash_type=1) is not supported by the openvino target")
     axis = n.attr("axis", -1) % x.rank
-    y = b.ops.mvn(b.get(x), b.ints(list(range(axis, x.rank))), True, n.attr("epsilon", 1e-5), "inside_sqrt")
+    axes = b.ints(list(range(axis, x.rank)))
+    eps = n.attr("epsilon", 1e-5)
+    xv = b.get(x)
+    y = b.ops.mvn(xv, axes, True, eps, "inside_sqrt")
     y = b.ops.multiply(y, b.get(n.inputs[1]))
     if len(n.inputs) > 2 and n.inputs[2] is not None:
         y = b.ops.add(y, b.get(n.inputs[2]))
-    return y
+    outs = [y]
+    if any(o is not None and (o.uses or o in n.graph.outputs) for o in n.outputs[1:]):
+        # Mean and InvStdDev, with the normalized axes kept as 1
+        mean = b.ops.reduce_mean(xv, axes, True)
+        centered = b.ops.subtract(xv, mean)
+        var = b.ops.reduce_mean(b.ops.multiply(centered, centered), axes, True)
+        inv = b.ops.divide(b.scalar(1.0, x), b.ops.sqrt(b.ops.add(var, b.scalar(eps, x))))
+        outs += [mean, inv]
+    return outs
 
 
 @lowering("edgec::RMSNorm")
