@@ -33,7 +33,7 @@ from ...hookspecs import hookimpl
 from ...ir import Model, QuantizedTensor
 from ...ir.passes import PassContext, option
 from ...target import Artifact, Capabilities, Target
-from .builder import OVBuilder, _ov, supported_ops
+from .builder import OVBuilder, _ov, fallback_ops, supported_ops
 
 RT_KEY = "edgec_metadata"
 _QUANT = frozenset({(s, b) for s in ("symmetric", "asymmetric", "affine", "codebook") for b in range(2, 9)}
@@ -57,7 +57,9 @@ class OpenVINOTarget(Target):
     summary: ClassVar[str] = "OpenVINO IR (.xml/.bin) with compressed weights, run on the OpenVINO CPU plugin"
     runtime: ClassVar[str] = "OpenVINO CPU plugin"
     capabilities: ClassVar[Capabilities] = Capabilities(
-        ops=supported_ops(), dtypes=frozenset({"f32", "i64", "i32", "bool", "i8", "u8"}), quant=_QUANT,
+        ops=supported_ops(), fallback_ops=fallback_ops(),
+        # not f64 (the CPU plugin computes it in f32: 1e300 came back as 3.4e38) nor u64 (computed in 32 bits)
+        dtypes=frozenset({"f32", "f16", "i64", "i32", "i16", "i8", "u32", "u16", "u8", "bool"}), quant=_QUANT,
         activation_quant=True, mixed=(4, 8))  # int4/int8 weight compression, as NNCF mixes them
     act_quant_policy: ClassVar[dict | None] = {
         "min_cosine": 0.999, "max_rel_err": 0.05,

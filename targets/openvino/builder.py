@@ -298,7 +298,7 @@ class OVBuilder:
             self.env[id(v)] = self.fake_quant(out, v) if v.quant is not None else out
         graph_outputs = {id(o) for o in g.outputs}
         for n in g:
-            fn = LOWERINGS.get(n.qualified_op)
+            fn = LOWERINGS.get(n.qualified_op) or (onnx_fallback if n.qualified_op in FALLBACK_OPS else None)
             if fn is None:
                 raise UnsupportedError(f"node {n.name!r}: {n.qualified_op} is not supported by the openvino target")
             try:
@@ -575,17 +575,24 @@ def _reduce(b, n):
     # Over an empty set ONNX gives the identity of the reduction (-inf for max, +inf for min; the type's extreme
     # for integers); OpenVINO gives the type's finite lowest / highest.
     rank = x.rank
+    dt = x.dtype.numpy
+    xv = b.get(x)
+    if x.dtype.is_float:
+        # OpenVINO starts a max (min) at the type's finite lowest (highest): a set of only -inf (+inf) would give
+        # that finite value
+        inf = b.const(np.asarray(-np.inf if n.op_type == "ReduceMax" else np.inf, dt))
+        all_inf = b.ops.reduce_logical_and(b.ops.equal(xv, inf), b.ints(axes), bool(n.attr("keepdims", 1)))
+        y = b.ops.select(all_inf, inf, y).output(0)
     dims = [x.shape[a % rank] for a in axes] if x.shape is not None and rank else None
     if dims is not None and all(isinstance(d, int) and d > 0 for d in dims):
         return y
-    dt = x.dtype.numpy
     if x.dtype.is_float:
         fill = -np.inf if n.op_type == "ReduceMax" else np.inf
     elif dt.kind in "iu":
         fill = np.iinfo(dt).min if n.op_type == "ReduceMax" else np.iinfo(dt).max
     else:
         raise UnsupportedError(f"node {n.name!r} ({n.op_type}): dtype {x.dtype.short} is not supported")
-    shp = b.ops.shape_of(b.get(x), "i64")
+    shp = b.ops.shape_of(xv, "i64")
     count = b.ops.reduce_prod(b.ops.gather(shp, b.ints([a % rank for a in axes]), b.const(np.int64(0))),
                               b.ints([0]), False)
     empty = b.ops.equal(count, b.const(np.int64(0)))
@@ -723,3 +730,181 @@ def _linear(b, n):
     if len(n.inputs) > 2 and n.inputs[2] is not None:
         y = b.ops.add(y, b.get(n.inputs[2]))
     return y
+
+
+# ---------------------------------------------------------------------------------------------- ONNX fallback
+# ai.onnx ops without a native lowering that go node by node through OpenVINO's own ONNX frontend (see
+# :func:`onnx_fallback`). The frontend of OpenVINO 2026.4 has a converter for each of them; left out are ops it
+# has none for, control flow and sequences (the IR does not import them), random generators (no reproducible
+# result) and the ops the ONNX backend node suite shows it computes wrongly (benchmarks/coverage.py): Attention
+# (local windows, past key/values with causal masks), BitShift (signed inputs, shifts of the width or more), DFT
+# (axis, onesided / real inputs), DynamicQuantizeLinear and QuantizeLinear (round some values to the neighbouring
+# code), NonMaxSuppression (a box whose IoU equals the threshold); variants of others are refused by
+# _FALLBACK_PROBLEMS.
+FALLBACK_OPS = frozenset({
+    "Acos", "Acosh", "AffineGrid", "ArgMax", "ArgMin", "Asin", "Asinh", "Atan", "Atanh", "BitwiseAnd", "BitwiseNot",
+    "BitwiseOr", "BitwiseXor", "BlackmanWindow", "CastLike", "Celu", "CenterCropPad", "Col2Im", "Compress",
+    "ConvInteger", "ConvTranspose", "Cos", "Cosh", "CumSum", "DepthToSpace", "DequantizeLinear", "Dropout",
+    "Einsum", "Elu", "EyeLike", "GRU", "Gelu", "Gemm", "GlobalLpPool", "GlobalMaxPool", "GridSample",
+    "GroupNormalization", "HammingWindow", "HannWindow", "Hardmax", "InstanceNormalization", "IsInf", "IsNaN",
+    "LRN", "LSTM", "LeakyRelu", "LogSoftmax", "LpNormalization", "LpPool", "MatMulInteger", "MaxRoiPool", "Mean",
+    "MeanVarianceNormalization", "Mish", "Mod", "NegativeLogLikelihoodLoss", "NonZero", "OneHot", "PRelu", "Pad",
+    "QLinearConv", "QLinearMatMul", "RMSNormalization", "RNN", "ReduceL1", "ReduceL2",
+    "ReduceLogSum", "ReduceLogSumExp", "ReduceProd", "ReduceSumSquare", "Resize", "ReverseSequence", "RoiAlign",
+    "RotaryEmbedding", "Round", "STFT", "Scatter", "ScatterElements", "ScatterND", "Selu", "Shrink", "Sign", "Sin",
+    "Sinh", "Size", "SoftmaxCrossEntropyLoss", "Softplus", "Softsign", "SpaceToDepth", "Split", "Sum", "Swish",
+    "Tan", "ThresholdedRelu", "Tile", "TopK", "Trilu", "Unique", "Upsample", "Xor",
+}) - LOWERINGS.ops()
+
+
+def fallback_ops() -> frozenset[str]:
+    return FALLBACK_OPS
+
+
+def _resize_problem(n: Node) -> str | None:
+    if n.attr("antialias", 0):
+        return "antialias=1"
+    if n.attr("keep_aspect_ratio_policy", "stretch") != "stretch":
+        return f"keep_aspect_ratio_policy={n.attr('keep_aspect_ratio_policy')}"
+    if n.attr("exclude_outside", 0):
+        return "exclude_outside=1"
+    if n.attr("mode", "nearest") == "cubic" and n.attr("cubic_coeff_a", -0.75) != -0.75:
+        return f"cubic_coeff_a={n.attr('cubic_coeff_a')}"
+    if n.attr("coordinate_transformation_mode", "half_pixel") == "align_corners" and n.attr("mode") != "nearest":
+        # OpenVINO's align_corners linear / cubic is wrong when shrinking: allowed only when no axis shrinks
+        x = n.inputs[0]
+        ins = list(n.inputs) + [None] * 4
+        scales, sizes = ins[2], ins[3]
+        if scales is not None and scales.is_const and scales.numpy().size:
+            shrink = bool((np.asarray(scales.numpy()) < 1).any())
+        elif sizes is not None and sizes.is_const and x.static_shape is not None:
+            axes = n.attr("axes") or list(range(x.rank))
+            shrink = any(int(s) < x.static_shape[a] for a, s in zip(axes, np.asarray(sizes.numpy()).reshape(-1)))
+        else:
+            shrink = True
+        if shrink:
+            return "align_corners linear / cubic resizing that shrinks an axis (or with sizes not known)"
+    return None
+
+
+def _rnn_problem(n: Node) -> str | None:
+    if n.attr("layout", 0):
+        return "layout=1 (batch-major)"
+    if n.op_type == "LSTM" and len(n.inputs) > 7 and n.inputs[7] is not None:
+        return "peephole weights (input P)"
+    return None
+
+
+# Variants of fallback ops that OpenVINO 2026.4's ONNX frontend computes wrongly (the node suite's cases): refused.
+_FALLBACK_PROBLEMS = {
+    "Resize": _resize_problem,
+    "LSTM": _rnn_problem, "GRU": _rnn_problem, "RNN": _rnn_problem,
+    "RoiAlign": lambda n: "mode=max" if n.attr("mode", "avg") == "max" else None,
+    "SpaceToDepth": lambda n: "mode=CRD" if n.attr("mode", "DCR") == "CRD" else None,
+}
+
+
+def _onnx_frontend():
+    from openvino.frontend import FrontEndManager
+    fe = FrontEndManager().load_by_framework("onnx")
+    if fe is None:
+        raise UnsupportedError("OpenVINO's ONNX frontend is not available in this installation")
+    return fe
+
+
+def onnx_fallback(b: OVBuilder, n: Node):
+    """Lower ``n`` through OpenVINO's ONNX frontend: ``n`` alone as an ONNX model (its data inputs typed and
+    shaped as the builder holds them, its constant inputs as initializers the frontend can fold, the model's
+    opsets), converted, and its ops spliced into the model being built: each of the sub-model's Parameters is
+    replaced by the builder's value for that input, its Results' inputs become ``n``'s outputs."""
+    import io
+
+    from onnx import helper, numpy_helper
+
+    from ...ir.onnx_io import attribute_proto
+    ov = b.ov
+    where = f"node {n.name!r} ({n.qualified_op})"
+    check = _FALLBACK_PROBLEMS.get(n.qualified_op)
+    problem = check(n) if check is not None else None
+    if problem:
+        raise UnsupportedError(f"{where}: {problem} is not supported by the openvino target (OpenVINO's ONNX frontend "
+                               "computes it differently from ONNX)")
+    inputs, inits, names, fed = [], [], [], {}
+    for j, v in enumerate(n.inputs):
+        if v is None:
+            names.append("")
+            continue
+        name = f"in{j}"
+        names.append(name)
+        if v.is_const and not isinstance(v.const, QuantizedTensor):
+            inits.append(numpy_helper.from_array(np.asarray(v.const.numpy()), name))
+            continue
+        if v.dtype is None:
+            raise UnsupportedError(f"{where}: input {v.name!r} needs a known dtype for OpenVINO's ONNX frontend")
+        val = b.get(v)
+        ps = val.get_partial_shape()
+        shape = None if ps.rank.is_dynamic else [d.get_length() if d.is_static else None for d in ps]
+        inputs.append(helper.make_tensor_value_info(name, v.dtype.onnx, shape))
+        fed[name] = val
+    outs = [f"out{k}" if o is not None else "" for k, o in enumerate(n.outputs)]
+    try:
+        attrs = [attribute_proto(k, a) for k, a in n.attributes.items()]
+    except (TypeError, ValueError) as e:
+        raise UnsupportedError(f"{where}: an attribute cannot be written for OpenVINO's ONNX frontend ({e})") from None
+    node = helper.make_node(n.op_type, names, outs, name=n.name or n.op_type, domain=n.domain)
+    node.attribute.extend(attrs)
+    results = [helper.make_tensor_value_info(name, o.dtype.onnx, None) if o.dtype is not None and o.dtype.short != "nf4"
+               else helper.make_empty_tensor_value_info(name) for name, o in zip(outs, n.outputs) if name]
+    graph = helper.make_graph([node], "edgec_fallback", inputs, results, inits)
+    opsets = [helper.make_opsetid(d, int(ver)) for d, ver in b.model.opset_imports.items()]
+    proto = helper.make_model(graph, opset_imports=opsets, producer_name="edgec")
+    try:
+        fe = _onnx_frontend()
+        sub = fe.convert(fe.load(io.BytesIO(proto.SerializeToString())))
+    except UnsupportedError:
+        raise
+    except Exception as e:  # noqa: BLE001 - the frontend reports every failure as a RuntimeError-like exception
+        raise UnsupportedError(f"{where}: OpenVINO's ONNX frontend cannot convert it: {_frontend_reason(str(e))}") \
+            from None
+    for p in sub.get_parameters():
+        pname = next(iter(p.output(0).get_names() or {p.get_friendly_name()}))
+        if pname not in fed:
+            raise UnsupportedError(f"{where}: OpenVINO's ONNX frontend made an unexpected input {pname!r}")
+        src = fed[pname]
+        if p.get_element_type() != src.get_element_type():
+            raise UnsupportedError(f"{where}: OpenVINO's ONNX frontend typed input {pname!r} as "
+                                   f"{p.get_element_type().get_type_name()}, the model has "
+                                   f"{src.get_element_type().get_type_name()}")
+        for target in list(p.output(0).get_target_inputs()):
+            target.replace_source_output(src)
+    got = {}
+    for r in sub.get_results():
+        src = r.input_value(0)
+        for name in r.output(0).get_names() | src.get_names():
+            got.setdefault(name, src)
+    for op in sub.get_ordered_ops():  # the sub-model's tensor names (in0, out0, ...) must not leak into the model
+        if op.get_type_name() not in ("Parameter", "Result"):
+            for o in op.outputs():
+                o.get_tensor().set_names(set())
+    res = []
+    for name, o in zip(outs, n.outputs):
+        if not name:
+            res.append(None)
+            continue
+        val = got.get(name)
+        if val is not None and o.dtype is not None and o.dtype.short in _CAST_TYPES \
+                and val.get_element_type() != ov_type(ov, o.dtype):
+            raise UnsupportedError(f"{where}: OpenVINO's ONNX frontend gives output {o.name!r} as "
+                                   f"{val.get_element_type().get_type_name()}, the model has {o.dtype.short}")
+        res.append(val)
+    return res
+
+
+def _frontend_reason(msg: str) -> str:
+    """The frontend's reason for a failed conversion, without its C++ source locations."""
+    import re
+    text = " ".join(msg.split())
+    m = re.search(r"with a message: (.*?)(?: Summary:|$)", text)
+    text = m.group(1) if m else text
+    text = re.sub(r"(Check '.*?' failed at |Exception from )?src/\S+:\d+:\s*", "", text)
+    return text[:400]

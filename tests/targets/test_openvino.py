@@ -8,6 +8,7 @@ import numpy as np
 import pytest
 
 from edgec import ir
+from edgec.errors import UnsupportedError
 from edgec.ir import QuantizedTensor
 from edgec.plugins.quantize import gguf_grids as gg
 from edgec.plugins.quantize import methods
@@ -145,11 +146,31 @@ def test_compile_verify_float_and_int4(tiny_cnn_path, tmp_path):
 
 
 def test_unsupported_ops_are_named_before_lowering():
+    # Det: neither lowered natively nor converted by OpenVINO's ONNX frontend (Einsum, once refused here, now goes
+    # through the frontend: Capabilities.fallback_ops)
     g = ir.Graph()
-    x = g.add_input("x", ir.DType.FLOAT32, (1, 8))
-    g.outputs.append(g.op("Einsum", [x, x], {"equation": "ij,ij->ij"}, name="ein").output)
+    x = g.add_input("x", ir.DType.FLOAT32, (3, 3))
+    g.outputs.append(g.op("Det", [x], name="det").output)
     problems = OpenVINOTarget().check(ir.Model(g, {"": 17, "edgec": 1}))
-    assert any("'ein': operator Einsum" in p for p in problems)
+    assert any("'det': operator Det" in p for p in problems)
+
+
+def test_fallback_op_is_spliced_and_a_failed_conversion_is_named(tmp_path):
+    """An op without a native lowering goes through OpenVINO's ONNX frontend, spliced between native ops; a node
+    the frontend cannot convert is an UnsupportedError naming the node and op."""
+    g = ir.Graph()
+    x = g.add_input("x", ir.DType.FLOAT32, (2, 3, 4))
+    e = g.op("Einsum", [g.op("Relu", [x]).output, x], {"equation": "bij,bkj->bik"}, name="ein").output
+    g.outputs.append(g.op("Neg", [e]).output)
+    m = ir.Model(g, {"": 17})
+    ir.infer_shapes(m)
+    _, got, ref = emit_and_run(m, tmp_path / "ok")
+    np.testing.assert_allclose(got[0], ref[0], rtol=1e-5, atol=1e-6)
+    g = ir.Graph()
+    x = g.add_input("x", ir.DType.FLOAT32, (2, 3))
+    g.outputs.append(g.op("Einsum", [x], {"equation": "not an equation"}, name="bad").output)
+    with pytest.raises(UnsupportedError, match=r"node 'bad' \(Einsum\): OpenVINO's ONNX frontend cannot convert it"):
+        OpenVINOTarget().emit(ir.Model(g, {"": 17}), str(tmp_path), None)
 
 
 def test_float16_scales_are_stored_as_float16(tmp_path):
