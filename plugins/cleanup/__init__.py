@@ -2,6 +2,7 @@
 
 from ...hookspecs import hookimpl
 from .dce import DeadCodeElimination
+from .decompose import Decompose
 from .eliminate_identity import EliminateIdentity
 from .fold_batchnorm import FoldBatchNorm
 from .fold_constants import FoldConstants
@@ -12,12 +13,14 @@ from .fuse_linear import FuseLinear
 from .fuse_rmsnorm import FuseRMSNorm
 from .simplify_shapes import SimplifyShapes
 
-PASSES = (DeadCodeElimination, EliminateIdentity, FoldBatchNorm, FoldConstants, FuseAttention, FuseGelu,
+PASSES = (DeadCodeElimination, Decompose, EliminateIdentity, FoldBatchNorm, FoldConstants, FuseAttention, FuseGelu,
           FuseLayerNorm, FuseLinear, FuseRMSNorm, SimplifyShapes)
 
-# What `edgec compile` runs before the user's pipeline: normalize the graph into the forms targets expect.
+# What `edgec compile` runs before the user's pipeline: normalize the graph into the forms targets expect, then
+# rewrite what the target does not take (decompose; after the fusions, so that e.g. a foldable Gemm becomes
+# edgec::Linear first, and before constant folding, which evaluates the shape arithmetic of the rewrites).
 DEFAULT_CLEANUP = ("simplify-shapes,eliminate-identity,fold-batchnorm,fuse-layernorm,fuse-rmsnorm,fuse-gelu,"
-                   "fuse-attention,fuse-linear,fold-constants,dce")
+                   "fuse-attention,fuse-linear,decompose,fold-constants,dce")
 
 
 @hookimpl

@@ -1,0 +1,482 @@
+"""decompose: rewrite every op the target does not take into ops it does.
+
+The canonical op set is the target's own: ``Capabilities.ops`` (its builder's lowerings) plus
+``Capabilities.fallback_ops`` (ops its library's ONNX importer lowers). Any other node is rewritten, and the
+rewrite is rewritten again until only accepted ops remain. A node whose rewrite does not get there stays as it
+is, so the target's check names the model's own op (not a piece of its rewrite). Sources of rewrites, tried in this order:
+
+1. **edgec rules** (:data:`RULES`) for ops ONNX does not define as functions: variadic Sum / Mean / Max / Min,
+   Gemm with every attribute and a run-time B, IsNaN / IsInf, LRN, Trilu with a constant k, ReduceL1 / L2 /
+   SumSquare / LogSum / LogSumExp before opset 18 (onnx has bodies from 18), Reciprocal, Flatten of a static
+   shape. Variadic Sum / Max
+   / Min with other than two inputs are rewritten for every target (the binary form is the core op).
+2. **edgec's own ops** (``edgec::Linear``, ``RMSNorm``, ``Gelu``, ``Attention``) by their defining expansion into
+   standard ONNX (:mod:`edgec.ir.ops`), for a target that lowers them not (unquantized weights only).
+3. **onnx's own function bodies**: the schema's function (or context-dependent function, built from the node's
+   attributes and input types) for the model's opset, inlined with ``onnx.inliner``; a body written in another
+   opset is brought to the model's by ``onnx.version_converter``. Bodies with subgraphs (control flow) are not
+   used.
+
+Each rewrite is exact: it computes what the op's ONNX definition computes. An op with no exact rewrite is left
+alone, never approximated.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import functools
+from collections.abc import Callable
+from typing import ClassVar
+
+import numpy as np
+import onnx
+from onnx import helper
+
+from ...ir import DType, Graph, Model, Node, Tensor, Value, from_onnx, infer_shapes
+from ...ir.onnx_io import attribute_proto
+from ...ir.passes import Pass, PassContext, option
+from .simplify_shapes import SimplifyShapes
+
+_DOMAIN = "edgec.decompose"  # where a schema's function goes while it is inlined
+MAX_ROUNDS = 16  # a rewrite's own ops are rewritten again; bodies nest a few levels at most
+
+
+# ------------------------------------------------------------------------------------------------ rules
+class _Rewriter:
+    """Builds the replacement of one node before it in the graph."""
+
+    def __init__(self, g, n: Node):
+        self.g, self.n = g, n
+
+    def op(self, op_type: str, inputs: list[Value | None], **attrs) -> Value:
+        with self.g.inserting_before(self.n):
+            return self.g.op(op_type, inputs, attrs or None, name=f"{self.n.name or 'n'}_{op_type}").output
+
+    def const(self, arr, like: Value | None = None) -> Value:
+        a = np.asarray(arr, like.dtype.numpy if like is not None and like.dtype is not None else None)
+        return self.g.add_const(self.g.unique_name(f"{self.n.name or 'n'}_c"), Tensor(a, DType.from_numpy(a.dtype)))
+
+
+Rule = Callable[[_Rewriter, Node, int], "list[Value] | None"]
+RULES: dict[str, Rule] = {}
+
+
+def rule(*ops: str):
+    def deco(fn: Rule) -> Rule:
+        for op in ops:
+            RULES[op] = fn
+        return fn
+    return deco
+
+
+def _canonical_variadic(n: Node) -> bool:
+    """Variadic Sum / Max / Min with other than two inputs: rewritten into the binary form for every target."""
+    return not n.domain and n.op_type in ("Sum", "Max", "Min") and len(n.inputs) != 2
+
+
+@rule("Sum", "Max", "Min")
+def _variadic(r: _Rewriter, n: Node, opset: int) -> list[Value] | None:
+    """A left fold of the binary form (Sum: Add); one input is an Identity."""
+    ins = [v for v in n.inputs if v is not None]
+    if len(ins) != len(n.inputs) or not ins or (n.op_type != "Sum" and len(ins) == 2):
+        return None
+    if len(ins) == 1:
+        return [r.op("Identity", ins)]
+    op = {"Sum": "Add"}.get(n.op_type, n.op_type)
+    acc = ins[0]
+    for v in ins[1:]:
+        acc = r.op(op, [acc, v])
+    return [acc]
+
+
+@rule("Mean")
+def _mean(r: _Rewriter, n: Node, opset: int) -> list[Value] | None:
+    ins = list(n.inputs)
+    if not ins or any(v is None or v.dtype is None or not v.dtype.is_float for v in ins):
+        return None
+    acc = ins[0]
+    for v in ins[1:]:
+        acc = r.op("Add", [acc, v])
+    return [r.op("Div", [acc, r.const(len(ins), ins[0])])] if len(ins) > 1 else [r.op("Identity", [acc])]
+
+
+@rule("IsNaN")
+def _isnan(r: _Rewriter, n: Node, opset: int) -> list[Value] | None:
+    x = n.inputs[0]
+    if x is None or x.dtype is None or not x.dtype.is_float:
+        return None
+    return [r.op("Not", [r.op("Equal", [x, x])])]  # NaN is the only value unequal to itself
+
+
+@rule("IsInf")
+def _isinf(r: _Rewriter, n: Node, opset: int) -> list[Value] | None:
+    x = n.inputs[0]
+    if x is None or x.dtype is None or not x.dtype.is_float:
+        return None
+    pos, neg = int(n.attr("detect_positive", 1)), int(n.attr("detect_negative", 1))
+    if pos and neg:
+        return [r.op("Equal", [r.op("Abs", [x]), r.const(np.inf, x)])]
+    if pos or neg:
+        return [r.op("Equal", [x, r.const(np.inf if pos else -np.inf, x)])]
+    same = r.op("Equal", [x, x])
+    return [r.op("And", [same, r.op("Not", [same])])]  # all false, in x's shape
+
+
+@rule("Gemm")
+def _gemm(r: _Rewriter, n: Node, opset: int) -> list[Value] | None:
+    """Y = alpha * A' @ B' + beta * C, with A' / B' transposed as asked; an alpha or beta of 1 is skipped (the
+    definition's multiplication by 1 leaves every value unchanged)."""
+    a, b = n.inputs[0], n.inputs[1]
+    c = n.inputs[2] if len(n.inputs) > 2 else None
+    if a is None or b is None or a.rank not in (2, None) or b.rank not in (2, None):
+        return None
+    if a.dtype is None or not a.dtype.is_float:
+        return None
+    alpha, beta = float(n.attr("alpha", 1.0)), float(n.attr("beta", 1.0))
+    if int(n.attr("transA", 0)):
+        a = r.op("Transpose", [a], perm=[1, 0])
+    if int(n.attr("transB", 0)):
+        b = r.op("Transpose", [b], perm=[1, 0])
+    y = r.op("MatMul", [a, b])
+    if alpha != 1.0:
+        y = r.op("Mul", [y, r.const(alpha, n.inputs[0])])
+    if c is not None and beta != 0.0:
+        if beta != 1.0:
+            c = r.op("Mul", [c, r.const(beta, n.inputs[0])])
+        y = r.op("Add", [y, c])
+    return [y]
+
+
+@rule("LRN")
+def _lrn(r: _Rewriter, n: Node, opset: int) -> list[Value] | None:
+    """square_sum[c] = the sum of x^2 over channels c - floor((size-1)/2) .. c + ceil((size-1)/2) (zero outside);
+    y = x / (bias + alpha / size * square_sum) ^ beta. The window sum adds shifted slices of the channel-padded
+    squares (zeros concatenated on both sides: Concat is in every target's set, Pad is not)."""
+    x = n.inputs[0]
+    if x is None or x.static_shape is None or len(x.static_shape) < 3 or x.dtype is None or not x.dtype.is_float:
+        return None
+    size = int(n.attr("size"))
+    alpha, beta, bias = float(n.attr("alpha", 1e-4)), float(n.attr("beta", 0.75)), float(n.attr("bias", 1.0))
+    c = x.static_shape[1]
+    lo, hi = (size - 1) // 2, (size - 1) - (size - 1) // 2
+    sq = r.op("Mul", [x, x])
+    shape = list(x.static_shape)
+    parts = [r.const(np.zeros(shape[:1] + [k] + shape[2:], x.dtype.numpy)) for k in (lo, hi)]
+    padded = r.op("Concat", [p for p, k in zip([parts[0], sq, parts[1]], (lo, 1, hi)) if k], axis=1)
+    acc = None
+    for k in range(size):
+        s = r.op("Slice", [padded, r.const(np.array([k], np.int64)), r.const(np.array([k + c], np.int64)),
+                           r.const(np.array([1], np.int64))])
+        acc = s if acc is None else r.op("Add", [acc, s])
+    den = r.op("Add", [r.const(bias, x), r.op("Mul", [r.const(alpha / size, x), acc])])
+    return [r.op("Div", [x, r.op("Pow", [den, r.const(beta, x)])])]
+
+
+@rule("Trilu")
+def _trilu(r: _Rewriter, n: Node, opset: int) -> list[Value] | None:
+    """A constant mask over the last two axes (static sizes, constant k): Where(mask, x, 0)."""
+    x = n.inputs[0]
+    k_in = n.inputs[1] if len(n.inputs) > 1 else None
+    if x is None or x.static_shape is None or len(x.static_shape) < 2 or x.dtype is None:
+        return None
+    if k_in is not None and not k_in.is_const:
+        return None
+    k = int(np.asarray(k_in.const.numpy()).reshape(-1)[0]) if k_in is not None else 0
+    h, w = x.static_shape[-2:]
+    mask = (np.triu if int(n.attr("upper", 1)) else np.tril)(np.ones((h, w), bool), k)
+    return [r.op("Where", [r.const(mask), x, r.const(np.zeros((), x.dtype.numpy))])]
+
+
+@rule("Reciprocal")
+def _reciprocal(r: _Rewriter, n: Node, opset: int) -> list[Value] | None:
+    x = n.inputs[0]
+    if x is None or x.dtype is None or not x.dtype.is_float:
+        return None
+    return [r.op("Div", [r.const(1.0, x), x])]  # IEEE 1 / x is the reciprocal, correctly rounded
+
+
+@rule("Flatten")
+def _flatten(r: _Rewriter, n: Node, opset: int) -> list[Value] | None:
+    x = n.inputs[0]
+    if x is None or x.static_shape is None:
+        return None
+    shape = x.static_shape
+    axis = int(n.attr("axis", 1))
+    axis = axis + len(shape) if axis < 0 else axis
+    outer = int(np.prod(shape[:axis], dtype=np.int64))
+    return [r.op("Reshape", [x, r.const(np.array([outer, int(np.prod(shape[axis:], dtype=np.int64))], np.int64))])]
+
+
+_REDUCE_VIA_SUM = {"ReduceL1": ("Abs", None), "ReduceL2": ("Square", "Sqrt"), "ReduceSumSquare": ("Square", None),
+                   "ReduceLogSum": (None, "Log"), "ReduceLogSumExp": ("Exp", "Log")}
+
+
+@rule(*_REDUCE_VIA_SUM)
+def _reduce_via_sum(r: _Rewriter, n: Node, opset: int) -> list[Value] | None:
+    """The reductions ONNX defines through a sum (bodies only from opset 18): ReduceL2 = Sqrt(ReduceSum(x * x)),
+    ReduceLogSumExp = Log(ReduceSum(Exp(x))), ... with the same axes, keepdims and noop_with_empty_axes."""
+    x = n.inputs[0]
+    if x is None or x.dtype is None or not x.dtype.is_float:
+        return None
+    pre, post = _REDUCE_VIA_SUM[n.op_type]
+    attrs = {k: v for k, v in n.attributes.items() if k in ("keepdims", "noop_with_empty_axes")}
+    axes = n.inputs[1] if len(n.inputs) > 1 else None
+    if axes is None and n.attr("axes") is not None:
+        axes = r.const(np.asarray(n.attr("axes"), np.int64))
+    v = x if pre is None else r.op("Mul", [x, x]) if pre == "Square" else r.op(pre, [x])
+    y = r.op("ReduceSum", [v] + ([axes] if axes is not None else []), **attrs)
+    return [y if post is None else r.op(post, [y])]
+
+
+# ------------------------------------------------------------------------------------------------ function bodies
+@functools.lru_cache(maxsize=None)
+def _schema_version(op: str, opset: int) -> int | None:
+    try:
+        return onnx.defs.get_schema(op, opset, "").since_version
+    except onnx.defs.SchemaError:
+        return None
+
+
+def _type_proto(v: Value | None) -> onnx.TypeProto:
+    if v is None or v.dtype is None:
+        return onnx.TypeProto()
+    shape = [d if isinstance(d, int) else None for d in v.shape] if v.shape is not None else None
+    return helper.make_tensor_type_proto(v.dtype.onnx, shape)
+
+
+def _node_proto(n: Node, schema) -> onnx.NodeProto:
+    """``n`` with every attribute it leaves to its default written out (a function body reads them)."""
+    ins = [f"i{k}" if v is not None else "" for k, v in enumerate(n.inputs)]
+    node = helper.make_node(n.op_type, ins, [f"o{k}" for k in range(len(n.outputs))], domain=_DOMAIN)
+    node.attribute.extend(attribute_proto(k, a) for k, a in n.attributes.items())
+    for name, a in schema.attributes.items():
+        d = a.default_value
+        if name not in n.attributes and d is not None and d.type != onnx.AttributeProto.UNDEFINED:
+            node.attribute.append(d)
+    return node
+
+
+def _usable(fn: onnx.FunctionProto, op: str) -> bool:
+    """The body's nodes are all ai.onnx, without subgraphs, and not ``op`` itself."""
+    for b in fn.node:
+        if b.domain not in ("", "ai.onnx") or any(a.type in (onnx.AttributeProto.GRAPH, onnx.AttributeProto.GRAPHS)
+                                                   for a in b.attribute):
+            return False
+        if b.op_type == op:
+            return False  # a body that re-states the op is no decomposition
+    return True
+
+
+def function_body(n: Node, opset: int) -> onnx.FunctionProto | None:
+    """onnx's function body of ``n`` at ai.onnx ``opset`` (context-dependent ones built for ``n``'s attributes and
+    input types), or None: no body, or a body with subgraphs. The body is written in its own opset (see
+    :func:`_body_model`)."""
+    if n.domain:
+        return None
+    try:
+        schema = onnx.defs.get_schema(n.op_type, opset, "")
+    except onnx.defs.SchemaError:
+        return None
+    node = _node_proto(n, schema)
+    # onnx keeps a body per opset where it changed: the newest at or below ``opset`` first, then newer ones (as
+    # long as the op itself is the same schema at that opset: same inputs and attributes)
+    cd = schema.has_context_dependent_function
+    versions = list(schema.context_dependent_function_opset_versions if cd else schema.function_opset_versions)
+    order = sorted((v for v in versions if v <= opset), reverse=True)[:1] + sorted(v for v in versions if v > opset)
+    for version in order:
+        if _schema_version(n.op_type, version) != schema.since_version:
+            continue
+        try:
+            if cd:
+                raw = schema.get_context_dependent_function_with_opset_version(
+                    version, node.SerializeToString(),
+                    [_type_proto(v).SerializeToString() for v in n.inputs if v is not None])
+            else:
+                raw = schema.get_function_with_opset_version(version)
+        except Exception:  # noqa: BLE001 - the C++ side refuses inputs it cannot build a body for
+            continue
+        if raw:
+            fn = onnx.FunctionProto.FromString(raw)
+            if _usable(fn, n.op_type):
+                return fn
+    return None
+
+
+def _io(n: Node) -> tuple[list[onnx.ValueInfoProto], list[onnx.ValueInfoProto]]:
+    """A sub-model's inputs ``i<k>`` (typed as ``n``'s inputs) and outputs ``o<k>``."""
+    return ([helper.make_value_info(f"i{k}", _type_proto(v)) for k, v in enumerate(n.inputs) if v is not None],
+            [helper.make_value_info(f"o{k}", onnx.TypeProto()) for k in range(len(n.outputs))])
+
+
+def _body_model(model: Model, n: Node, fn: onnx.FunctionProto) -> onnx.ModelProto | None:
+    """The sub-model of ``n`` with ``fn`` inlined (``onnx.inliner`` substitutes attribute references), in the
+    model's opset: a body written for another opset is converted by ``onnx.version_converter``, whose adapters
+    know every change of meaning between opsets (Softmax's axis in 13, attributes that became inputs, ...)."""
+    from onnx import inliner, version_converter
+    node = _node_proto(n, onnx.defs.get_schema(n.op_type, model.opset, ""))
+    fn = onnx.FunctionProto.FromString(fn.SerializeToString())
+    fn.domain, fn.name = _DOMAIN, n.op_type
+    body_opset = next((o.version for o in fn.opset_import if o.domain in ("", "ai.onnx")), model.opset)
+    ins, outs = _io(n)
+    proto = helper.make_model(helper.make_graph([node], "body", ins, outs),
+                              opset_imports=[helper.make_opsetid("", body_opset), helper.make_opsetid(_DOMAIN, 1)],
+                              functions=[fn])
+    try:
+        inlined = inliner.inline_local_functions(proto)
+        del inlined.opset_import[:]
+        inlined.opset_import.append(helper.make_opsetid("", body_opset))
+        if body_opset != model.opset:
+            inlined = version_converter.convert_version(inlined, model.opset)
+        return inlined
+    except Exception:  # noqa: BLE001 - a body the inliner or the converter cannot take: no rewrite
+        return None
+
+
+def _edgec_model(model: Model, n: Node) -> onnx.ModelProto | None:
+    """The sub-model of an ``edgec::`` op: its defining expansion into standard ONNX (:mod:`edgec.ir.ops`)."""
+    from ...ir import ops as edgec_ops
+    if n.domain != edgec_ops.EDGEC_DOMAIN or n.op_type not in edgec_ops.OPS:
+        return None
+    if any(v is not None and (v.quant is not None or (v.const is not None and not isinstance(v.const, Tensor)))
+           for v in n.inputs):
+        return None  # quantized weights and activations have no plain-ONNX form here
+    ins, outs = _io(n)
+    ctx = edgec_ops.ExpandContext(opset=model.opset, nodes=[], initializers=[],
+                                  taken={vi.name for vi in ins + outs})
+    names = [f"i{k}" if v is not None else "" for k, v in enumerate(n.inputs)]
+    edgec_ops.expand(n.op_type, ctx, names, [f"o{k}" for k in range(len(n.outputs))], dict(n.attributes),
+                     [v.rank if v is not None else None for v in n.inputs])
+    return helper.make_model(helper.make_graph(ctx.nodes, "edgec", ins, outs, ctx.initializers),
+                             opset_imports=[helper.make_opsetid("", model.opset)])
+
+
+def _splice(model: Model, n: Node, proto: onnx.ModelProto) -> list[Value] | None:
+    """Import ``proto`` (inputs ``i<k>`` standing for ``n``'s inputs) and insert its nodes before ``n``: the
+    values that replace ``n``'s outputs, or None when it holds ops of other domains or cannot be imported."""
+    g = model.graph
+    try:
+        sub = from_onnx(proto)
+    except Exception:  # noqa: BLE001 - an expansion the importer cannot take: no rewrite
+        return None
+    if any(s.domain for s in sub.graph):
+        return None
+    env: dict[int, Value | None] = {}
+    for v in sub.graph.inputs:
+        env[id(v)] = n.inputs[int(v.name[1:])]
+    for v in sub.graph.initializers.values():
+        env[id(v)] = g.add_const(g.unique_name(f"{n.name or 'n'}_{v.name}"), v.const)
+    for s in sub.graph:
+        ins = [env[id(v)] if v is not None else None for v in s.inputs]
+        with g.inserting_before(n):
+            new = g.op(s.op_type, ins, dict(s.attributes) or None, name=f"{n.name or 'n'}_{s.op_type}",
+                       num_outputs=len(s.outputs))
+        for a, b in zip(s.outputs, new.outputs):
+            env[id(a)] = b
+    outs = [env.get(id(o)) for o in sub.graph.outputs]
+    return outs if all(o is not None for o in outs) else None  # type: ignore[return-value]
+
+
+# ------------------------------------------------------------------------------------------------ the pass
+@dataclasses.dataclass(frozen=True)
+class Decompose(Pass):
+    name: ClassVar[str] = "decompose"
+    summary: ClassVar[str] = "rewrite ops the target does not take into ops it does (edgec rules, onnx function bodies)"
+    ops: str = option("", help="colon-separated ops to rewrite even where the target takes them (e.g. LRN:Gemm)")
+
+    def run(self, model: Model, ctx: PassContext) -> bool:
+        caps = getattr(ctx.target, "capabilities", None)
+        forced = {o for o in self.ops.split(":") if o}
+
+        def wanted(n: Node) -> bool:
+            return (n.qualified_op in forced or _canonical_variadic(n)
+                    or (caps is not None and not caps.accepts(n.qualified_op)))
+        g = model.graph
+        changed = False
+        for n in [n for n in g if wanted(n)]:
+            changed |= self._decompose(model, n, wanted, ctx)
+        if changed:
+            infer_shapes(model)
+            g.remove_unused_consts()
+        return changed
+
+    def _decompose(self, model: Model, n: Node, wanted: Callable[[Node], bool], ctx: PassContext) -> bool:
+        """Rewrite ``n`` in a scratch model of its own (its inputs' dtypes, shapes and constants), again and again
+        until no op there is wanted, then splice the result in; when some op stays wanted, ``n`` stays as it is
+        (the target's check then names the model's own op, not a piece of its rewrite)."""
+        sub = Graph("decompose")
+        ins: list[Value | None] = []
+        originals: dict[int, Value] = {}
+        for k, v in enumerate(n.inputs):
+            if v is None:
+                ins.append(None)
+                continue
+            s = sub.add_const(f"i{k}", v.const) if v.is_const else sub.add_input(f"i{k}", v.dtype, v.shape)
+            originals[id(s)] = v
+            ins.append(s)
+        node = sub.append(Node(n.op_type, ins, dict(n.attributes), domain=n.domain, name=n.name or n.op_type,
+                               outputs=[Value(f"o{k}", o.dtype, o.shape) for k, o in enumerate(n.outputs)]))
+        sub.outputs.extend(node.outputs)
+        scratch = Model(sub, model.opset_imports)
+        for _ in range(MAX_ROUNDS):
+            todo = [m for m in sub if wanted(m)]
+            if not todo:
+                break
+            progress = False
+            for m in todo:
+                outs = self._rewrite(scratch, m)
+                if outs is not None:
+                    self._replace(sub, m, outs)
+                    progress = True
+            if not progress:
+                return False
+            # the next round's rules read the new values' shapes and dtypes, and a body's shape arithmetic on
+            # static shapes (Shape / Size / Range, ...) becomes constants rather than ops to rewrite
+            SimplifyShapes().run(scratch, ctx)
+        if any(wanted(m) for m in sub):
+            return False
+        self._splice_scratch(model.graph, n, sub, originals)
+        return True
+
+    @staticmethod
+    def _splice_scratch(g, n: Node, sub, originals: dict[int, Value]) -> None:
+        env: dict[int, Value] = dict(originals)
+        for v in list(sub.initializers.values()):
+            if id(v) not in env:
+                env[id(v)] = g.add_const(g.unique_name(f"{n.name or 'n'}_{v.name}"), v.const)
+        for m in sub:
+            with g.inserting_before(n):
+                new = g.op(m.op_type, [env[id(v)] if v is not None else None for v in m.inputs],
+                           dict(m.attributes) or None, domain=m.domain, name=m.name, num_outputs=len(m.outputs))
+            for a, b in zip(m.outputs, new.outputs):
+                b.dtype, b.shape = a.dtype, a.shape
+                env[id(a)] = b
+        Decompose._replace(g, n, [env[id(o)] for o in sub.outputs])
+
+    @staticmethod
+    def _replace(g, n: Node, outs: list[Value]) -> None:
+        keep_names = []
+        for o, new in zip(n.outputs, outs):
+            if any(x is o for x in g.outputs):  # a graph output keeps its name
+                if new.producer is None or any(x is new for x in g.outputs):
+                    new = _Rewriter(g, n).op("Identity", [new])
+                keep_names.append((new, o.name))
+            new.dtype = new.dtype or o.dtype
+            new.shape = new.shape if new.shape is not None else o.shape
+            o.replace_all_uses_with(new)
+        g.remove(n)
+        for new, name in keep_names:
+            g.rename(new, name)
+
+    @staticmethod
+    def _rewrite(model: Model, n: Node) -> list[Value] | None:
+        fn_rule = RULES.get(n.qualified_op)
+        if fn_rule is not None:
+            outs = fn_rule(_Rewriter(model.graph, n), n, model.opset)
+            if outs is not None:
+                return outs
+        if n.domain:
+            proto = _edgec_model(model, n)
+        else:
+            body = function_body(n, model.opset)
+            proto = _body_model(model, n, body) if body is not None else None
+        return _splice(model, n, proto) if proto is not None else None
