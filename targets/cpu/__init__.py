@@ -20,7 +20,7 @@ from ...hookspecs import hookimpl
 from ...ir import Model, QuantizedTensor
 from ...ir.passes import PassContext, option
 from ...target import Artifact, Capabilities, Target
-from .relax_builder import RelaxBuilder, pack_codes, supported_ops, vector_arrays
+from .relax_builder import FALLBACK_OPS, RelaxBuilder, pack_codes, supported_ops, vector_arrays
 
 _TRIPLES = {"x86_64": "x86_64-linux-gnu", "aarch64": "aarch64-linux-gnu"}
 _QUANT = frozenset({(s, b) for s in ("symmetric", "asymmetric", "affine") for b in range(2, 9)}
@@ -48,8 +48,8 @@ class CpuTarget(Target):
     summary: ClassVar[str] = "host CPU through TVM (x86_64 runs here; aarch64 is cross-compiled)"
     runtime: ClassVar[str] = "TVM runtime (x86_64)"
     capabilities: ClassVar[Capabilities] = Capabilities(
-        ops=supported_ops(), dtypes=frozenset({"f32", "i64", "i32", "bool", "i8", "u8"}), quant=_QUANT,
-        activation_quant=True, mixed=(2, 3, 4, 8))
+        ops=supported_ops(), dtypes=frozenset({"f32", "f16", "f64", "i64", "i32", "i16", "i8", "u8", "u16", "u32", "u64", "bool"}), quant=_QUANT,
+        activation_quant=True, mixed=(2, 3, 4, 8), fallback_ops=FALLBACK_OPS - supported_ops())
     arch: str = option("x86_64", choices=tuple(_TRIPLES), help="instruction set of the emitted library")
     mcpu: str = option("", help="LLVM -mcpu: empty for the arch's generic baseline (portable), 'native' for "
                                 "this machine's CPU, or a name such as znver4 / cortex-a76")
@@ -85,11 +85,20 @@ class CpuTarget(Target):
         from tvm import relax
         mod = RelaxBuilder(model).build()
         target = self.tvm_target()
-        if self.schedule:
-            from .schedule import build_pipeline
-            ex = relax.build(mod, target=target, relax_pipeline=build_pipeline(target))
-        else:
-            ex = relax.build(mod, target=target)
+        try:
+            if self.schedule:
+                from .schedule import build_pipeline
+                ex = relax.build(mod, target=target, relax_pipeline=build_pipeline(target))
+            else:
+                ex = relax.build(mod, target=target)
+        except Exception as e:
+            converted = [f"node {n.name!r} ({n.qualified_op})" for n in model.graph
+                         if n.qualified_op not in self.capabilities.ops]
+            if not converted:
+                raise
+            reason = ([x.strip() for x in str(e).strip().splitlines() if x.strip()] or [type(e).__name__])[-1]
+            raise UnsupportedError(f"TVM could not compile the nodes lowered through its ONNX converters "
+                                   f"({type(e).__name__}: {reason[:300]})", converted) from None
         files = []
         if self.arch == "x86_64":
             ex.export_library(os.path.join(out_dir, "model.so"))
@@ -125,11 +134,17 @@ class CpuTarget(Target):
         from tvm import relax
         lib = tvm.runtime.load_module(os.path.join(out_dir, "model.so"))
         vm = relax.VirtualMachine(lib, tvm.cpu())
-        args = [tvm.runtime.tensor(np.ascontiguousarray(feeds[n])) for n in (input_names or list(feeds))]
+        args = [tvm.runtime.tensor(_contiguous(feeds[n])) for n in (input_names or list(feeds))]
         res = vm["main"](*args)
         if hasattr(res, "numpy"):
             return [res.numpy()]
         return [r.numpy() for r in res]
+
+
+def _contiguous(x) -> np.ndarray:
+    """A C-contiguous array of ``x``'s shape (np.ascontiguousarray turns a 0-d array into shape (1,))."""
+    a = np.asarray(x)
+    return a if a.flags.c_contiguous else np.ascontiguousarray(a).reshape(a.shape)
 
 
 @hookimpl

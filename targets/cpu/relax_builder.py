@@ -22,11 +22,102 @@ def supported_ops() -> frozenset[str]:
     return LOWERINGS.ops()
 
 
+# Ops without a native lowering that the cpu target lowers node by node through TVM's own Relax ONNX converters
+# (tvm.relax.frontend.onnx), each measured right on onnx's backend node suite (benchmarks/coverage.py). Left out:
+# ops whose TVM converter gave wrong answers there (BitShift by negative / >= width amounts, IsInf's
+# detect_negative / detect_positive, Mish and Softplus beyond rtol 1e-3 near zero, NonMaxSuppression), converters
+# for another domain's op of the same name (com.microsoft Attention, BiasGelu, FastGelu, ...), and sequence /
+# optional ops (the IR holds tensors only). Variants measured wrong are refused by _FALLBACK_VARIANTS.
+FALLBACK_OPS: frozenset[str] = frozenset({
+    "Acos", "Acosh", "AffineGrid", "ArgMax", "ArgMin", "Asin", "Asinh", "Atan", "Atanh", "BitwiseAnd", "BitwiseNot",
+    "BitwiseOr", "BitwiseXor", "CastLike", "Ceil", "Compress", "ConstantOfShape", "ConvTranspose", "Cos", "Cosh",
+    "CumSum", "DepthToSpace", "DequantizeLinear", "Dropout", "DynamicQuantizeLinear", "Einsum", "Elu", "EyeLike",
+    "Floor", "Gelu", "Gemm", "GlobalLpPool", "GlobalMaxPool", "GreaterOrEqual", "GridSample", "GroupNormalization",
+    "Hardmax", "Identity", "InstanceNormalization", "IsNaN", "LRN", "LeakyRelu", "LessOrEqual", "LogSoftmax",
+    "LpPool", "MatMulInteger", "MaxRoiPool", "MaxUnpool", "Mean", "MeanVarianceNormalization", "Mod", "NonZero",
+    "OneHot", "Or", "PRelu", "Pad", "QuantizeLinear", "RMSNormalization", "Range", "ReduceL1", "ReduceL2",
+    "ReduceLogSum", "ReduceLogSumExp", "ReduceSumSquare", "Resize", "RoiAlign", "Round", "Scatter",
+    "ScatterElements", "ScatterND", "Selu", "Shape", "Shrink", "Sign", "Sin", "Sinh", "Size", "Softsign",
+    "SpaceToDepth", "Split", "Sum", "Tan", "ThresholdedRelu", "Tile", "TopK", "Trilu", "Unique", "Upsample", "Xor"})
+
+
+def _refuse_variant(n: Node) -> str | None:
+    """Why TVM's converter must not take this node (a variant it was measured to get wrong), or None."""
+    op = n.op_type
+    if op == "Mod" and not n.attr("fmod", 0) and n.inputs[0].dtype is not None and n.inputs[0].dtype.is_float:
+        return "float Mod with fmod=0 (TVM gives NaN where x is finite and y infinite)"
+    if op == "Resize":
+        xs, ys = n.inputs[0].static_shape, n.outputs[0].static_shape
+        if n.attr("antialias", 0):
+            return "Resize with antialias=1"
+        if n.attr("mode", "nearest") != "nearest" and (xs is None or ys is None or any(
+                y < x for x, y in zip(xs, ys))):
+            return f"Resize {n.attr('mode')} downsampling"
+    if op == "RoiAlign" and n.attr("mode", "avg") == "max":
+        return "RoiAlign mode=max"
+    if op == "SpaceToDepth" and n.attr("mode", "DCR") != "DCR":
+        return f"SpaceToDepth mode={n.attr('mode')}"
+    if op == "Dropout" and len(n.inputs) > 2 and n.inputs[2] is not None and (
+            not n.inputs[2].is_const or bool(np.asarray(n.inputs[2].numpy()).any())):
+        return "Dropout in training mode"
+    return None
+
+
+def tvm_fallback(b: RelaxBuilder, n: Node) -> list:
+    """Lower ``n`` with TVM's Relax ONNX converter for its op at the model's opset: inputs are the Relax values
+    already built, attributes parsed as TVM's importer parses them (from the node's ONNX attribute protos)."""
+    from tvm import relax
+    from tvm.relax.frontend.onnx import onnx_frontend as tvm_onnx
+
+    from ...ir.onnx_io import attribute_proto
+    where = f"node {n.name!r}: {n.qualified_op} (opset {b.model.opset}) through TVM's ONNX converter"
+    conv = tvm_onnx._get_convert_map().get(n.op_type) if n.domain in ("", "ai.onnx") else None
+    if conv is None:
+        raise UnsupportedError(f"{where}: TVM has no converter for it")
+    why = _refuse_variant(n)
+    if why is not None:
+        raise UnsupportedError(f"{where}: {why} is not supported (TVM's converter computes it wrong)")
+    try:
+        protos = [attribute_proto(k, v) for k, v in n.attributes.items() if not (isinstance(v, list) and not v)]
+        attr = tvm_onnx.ONNXGraphImporter._parse_attr(None, protos)  # type: ignore[arg-type]
+        attr["tvm_custom"] = {"name": n.name, "num_outputs": len(n.outputs)}
+        inputs = tvm_onnx.onnx_input()
+        for v in n.inputs:
+            inputs.append(None if v is None else b.get(v))
+        fn = conv.get_converter(b.model.opset)
+        sym = fn(b.bb, inputs, attr, [{}, {}])
+        if isinstance(sym, relax.Tuple):
+            items = list(sym.fields)
+        elif isinstance(sym, (list, tuple)):
+            items = list(sym)
+        else:
+            sym = b.bb.normalize(sym)
+            if isinstance(sym.ty, relax.TupleType):
+                var = sym if isinstance(sym, relax.Var) else b.emit(sym)
+                items = [relax.TupleGetItem(var, i) for i in range(len(sym.ty.fields))]
+            else:
+                items = [sym]
+        outs = []
+        for it in items:
+            it = b.bb.normalize(it)
+            if isinstance(it.ty, relax.ShapeType):
+                it = b.bb.normalize(_op().shape_to_tensor(it))
+            if not isinstance(it.ty, relax.TensorType):
+                raise UnsupportedError(f"{where}: it gives a {type(it.ty).__name__}, not a tensor")
+            outs.append(it if isinstance(it, relax.Var) else b.emit(it))
+    except UnsupportedError:
+        raise
+    except Exception as e:  # noqa: BLE001 - the converter refusing the node, in whatever way it does
+        raise UnsupportedError(f"{where}: the converter failed ({type(e).__name__}: {_first_line(e)})") from None
+    return outs
+
+
 class RelaxBuilder:
     """Translates one model; ``build()`` returns an IRModule with a ``main`` function."""
 
-    def __init__(self, model: Model):
+    def __init__(self, model: Model, fallback_ops: frozenset[str] | None = None):
         from tvm import relax
+        self.fallback_ops = FALLBACK_OPS if fallback_ops is None else fallback_ops
         self.relax = relax
         self.model = model
         self.bb = relax.BlockBuilder()
@@ -39,7 +130,7 @@ class RelaxBuilder:
         if v.is_const:
             if isinstance(v.const, QuantizedTensor):
                 raise UnsupportedError(f"the cpu target keeps {v.name!r} quantized only as an edgec::Linear weight")
-            arr = np.ascontiguousarray(v.const.numpy())
+            arr = np.ascontiguousarray(v.const.numpy()).reshape(np.shape(v.const.numpy()))  # 0-d stays 0-d
             c = self.relax.const(arr, str(arr.dtype))
             self.env[id(v)] = c
             return c
@@ -78,6 +169,59 @@ class RelaxBuilder:
             return te.compute(a.shape, g, name="fake_quant")
         return self.bb.emit_te(f, x, primfunc_name_hint="fake_quant")
 
+    def lower(self, n: Node) -> list:
+        """The Relax values of ``n``'s outputs: its native lowering, else TVM's own ONNX converter for the op
+        (``fallback_ops``); checked against the shapes and dtypes the IR declares."""
+        empty = self._empty(n)
+        if empty is not None:
+            return empty
+        fn = LOWERINGS.get(n.qualified_op)
+        try:
+            res = fn(self, n) if fn is not None else tvm_fallback(self, n)
+        except UnsupportedError:
+            raise
+        except Exception as e:  # noqa: BLE001 - a TVM op rejecting a variant the lowering did not foresee
+            raise UnsupportedError(f"node {n.name!r}: the cpu lowering of {n.qualified_op} does not support this "
+                                   f"variant ({type(e).__name__}: {_first_line(e)})") from None
+        outs = list(res) if isinstance(res, (list, tuple)) else [res]
+        self._check_outputs(n, outs)
+        return outs
+
+    def _empty(self, n: Node) -> list | None:
+        """Outputs with no elements are refused: TVM cannot schedule a zero-extent reduction, and the library's
+        loader rejects the zero-element constant its constant folding makes of anything else."""
+        for k, o in enumerate(n.outputs):
+            if o.static_shape is not None and 0 in o.static_shape:
+                raise UnsupportedError(f"node {n.name!r}: output {k} of {n.qualified_op} ({o.name!r}) has no "
+                                       f"elements (shape {list(o.static_shape)}); the cpu target does not compile "
+                                       "empty tensors")
+        return None
+
+    def _check_outputs(self, n: Node, outs: list) -> None:
+        relax = self.relax
+        graph_outputs = {id(o) for o in self.model.graph.outputs}
+        for k, o in enumerate(n.outputs):
+            if k >= len(outs):
+                if o.uses or id(o) in graph_outputs:
+                    raise UnsupportedError(f"node {n.name!r}: the cpu target does not compute output {k} "
+                                           f"({o.name!r}) of {n.qualified_op}")
+                continue
+            si = outs[k].ty
+            if not isinstance(si, relax.TensorType):
+                raise UnsupportedError(f"node {n.name!r}: output {k} of {n.qualified_op} is not a tensor here")
+            want = o.static_shape
+            if want is not None and si.shape is not None and isinstance(si.shape, relax.ShapeExpr):
+                try:
+                    got = [int(d) for d in si.shape.values]
+                except TypeError:
+                    got = None
+                if got is not None and got != list(want):
+                    raise UnsupportedError(f"node {n.name!r}: the cpu lowering of {n.qualified_op} gives output {k} "
+                                           f"shape {got}, the model declares {list(want)}")
+            if o.dtype is not None and o.dtype.numpy is not None and si.dtype != o.dtype.numpy.name:
+                raise UnsupportedError(f"node {n.name!r}: the cpu lowering of {n.qualified_op} gives output {k} "
+                                       f"dtype {si.dtype}, the model declares {o.dtype.numpy.name}")
+
     def lower_special(self, n: Node) -> bool:
         """A subclass's hook: lower ``n`` itself (setting ``self.env`` for its outputs) and return True."""
         return False
@@ -95,8 +239,8 @@ class RelaxBuilder:
             params.append(var)
             self.env[id(v)] = var
             pending_inputs.append(v)
-        problems = [f"node {n.name!r}: operator {n.qualified_op} has no cpu lowering" for n in g
-                    if n.qualified_op not in LOWERINGS]
+        problems = [f"node {n.name!r}: operator {n.qualified_op} (opset {self.model.opset}) has no cpu lowering"
+                    for n in g if n.qualified_op not in LOWERINGS and n.qualified_op not in self.fallback_ops]
         if problems:
             raise UnsupportedError("the cpu target cannot lower this model", problems)
         with self.bb.function("main", params):
@@ -107,14 +251,19 @@ class RelaxBuilder:
                 for n in g:
                     if self.lower_special(n):
                         continue
-                    res = LOWERINGS[n.qualified_op](self, n)
-                    outs = res if isinstance(res, (list, tuple)) else [res]
+                    outs = self.lower(n)
                     for o, r in zip(n.outputs, outs):
                         self.env[id(o)] = self.fake_quant(r, o) if o.quant is not None else r
                 results = [self.get(o) for o in g.outputs]
                 out = self.bb.emit_output(results[0] if len(results) == 1 else relax.Tuple(results))
             self.bb.emit_func_output(out)
         return self.bb.get()
+
+
+def _first_line(e: BaseException) -> str:
+    lines = [x.strip() for x in str(e).strip().splitlines() if x.strip()]
+    text = lines[-1] if lines else type(e).__name__
+    return text if len(text) <= 300 else text[:297] + "..."
 
 
 def _safe(name: str) -> str:
@@ -128,7 +277,8 @@ def _op():
 
 
 _BINARY = {"Add": "add", "Sub": "subtract", "Mul": "multiply", "Div": "divide", "Pow": "power", "Equal": "equal",
-           "Less": "less", "Greater": "greater", "And": "logical_and", "Max": "maximum", "Min": "minimum"}
+           "Less": "less", "Greater": "greater", "And": "logical_and"}
+_VARIADIC = {"Max": "maximum", "Min": "minimum"}
 _UNARY = {"Relu": ("nn", "relu"), "Sigmoid": ("", "sigmoid"), "Tanh": ("", "tanh"), "Exp": ("", "exp"),
           "Sqrt": ("", "sqrt"), "Erf": ("", "erf"), "Neg": ("", "negative"), "Abs": ("", "abs"), "Log": ("", "log"),
           "Reciprocal": None, "Not": ("", "logical_not")}
@@ -136,10 +286,24 @@ _UNARY = {"Relu": ("nn", "relu"), "Sigmoid": ("", "sigmoid"), "Tanh": ("", "tanh
 
 @lowering(*_BINARY)
 def _binary(b: RelaxBuilder, n: Node):
+    # Integer Div truncates toward zero (ONNX, C); relax.op.divide on integers is TIR's truncating division.
     x, y = (b.get(v) for v in n.inputs)
-    if n.op_type == "Div" and n.inputs[0].dtype is not None and not n.inputs[0].dtype.is_float:
-        return b.emit(_op().floor_divide(x, y))
+    if n.op_type == "Pow" and not (n.inputs[0].dtype is not None and n.inputs[0].dtype.is_float):
+        raise UnsupportedError(f"node {n.name!r}: integer Pow is not supported by the cpu target")
     return b.emit(getattr(_op(), _BINARY[n.op_type])(x, y))
+
+
+@lowering(*_VARIADIC)
+def _variadic(b: RelaxBuilder, n: Node):
+    xs = [b.get(v) for v in n.inputs if v is not None]
+    if not xs:
+        raise UnsupportedError(f"node {n.name!r}: {n.op_type} needs at least one input")
+    y = xs[0]
+    for x in xs[1:]:
+        y = getattr(_op(), _VARIADIC[n.op_type])(y, x)
+    if len(xs) == 1:
+        return b.emit(_op().broadcast_to(y, b.out_shape(n)))
+    return b.emit(y)
 
 
 @lowering(*[k for k, v in _UNARY.items() if v is not None])
@@ -155,13 +319,24 @@ def _reciprocal(b, n):
     return b.emit(_op().divide(b.relax.const(1.0, n.inputs[0].dtype.numpy.name), x))
 
 
+def _np_dtype(n: Node, v: Value) -> str:
+    if v.dtype is None or v.dtype.numpy is None or v.dtype.numpy.kind not in "biuf":
+        raise UnsupportedError(f"node {n.name!r}: {n.op_type} with dtype {v.dtype.short if v.dtype else '?'} "
+                               f"(value {v.name!r}) is not supported by the cpu target")
+    return v.dtype.numpy.name
+
+
 @lowering("Cast")
 def _cast(b, n):
-    return b.emit(_op().astype(b.get(n.inputs[0]), n.output.dtype.numpy.name))
+    _np_dtype(n, n.inputs[0])
+    return b.emit(_op().astype(b.get(n.inputs[0]), _np_dtype(n, n.output)))
 
 
 @lowering("Reshape", "Flatten", "Squeeze", "Unsqueeze")
 def _reshape(b, n):
+    if n.op_type == "Reshape" and n.attr("allowzero", 0) and 0 in (b.const_ints(n.inputs[1]) or []):
+        raise UnsupportedError(f"node {n.name!r}: Reshape with allowzero=1 and a 0 in the shape is not supported "
+                               "by the cpu target")
     return b.emit(_op().reshape(b.get(n.inputs[0]), b.out_shape(n)))
 
 
@@ -195,18 +370,45 @@ def _slice(b, n):
 def _gather(b, n):
     if isinstance(n.inputs[0].const, QuantizedTensor):
         return _quantized_gather(b, n, n.inputs[0].const)
-    # clip mode: an out-of-range token id must not read out of bounds (TVM's fast mode can segfault).
-    return b.emit(_op().take(b.get(n.inputs[0]), b.get(n.inputs[1]), axis=n.attr("axis", 0), mode="clip"))
+    # Negative indices count from the end; clip mode: an out-of-range token id must not read out of bounds
+    # (TVM's fast mode can segfault).
+    axis = n.attr("axis", 0) % n.inputs[0].rank
+    idx = _wrap_negative(b, n, n.inputs[1], [n.inputs[0].static_shape[axis]])
+    return b.emit(_op().take(b.get(n.inputs[0]), idx, axis=axis, mode="clip"))
+
+
+def _wrap_negative(b: RelaxBuilder, n: Node, idx: Value, dims: list[int]):
+    """Indices with ``dims`` (broadcast along the last axis) added to the negative ones, clamped into range
+    (an out-of-range index must not read out of bounds)."""
+    x = b.get(idx)
+    if any(d is None for d in dims):
+        raise UnsupportedError(f"node {n.name!r}: {n.op_type} needs a static data shape on the cpu target")
+    dt = _np_dtype(n, idx)
+    if idx.is_const:
+        arr = np.asarray(idx.numpy()).astype(np.int64)
+        d = np.asarray(dims, np.int64)
+        arr = np.clip(np.where(arr < 0, arr + d, arr), 0, np.maximum(d - 1, 0)).astype(dt)
+        return b.relax.const(arr, dt)
+    d = b.relax.const(np.asarray(dims if len(dims) > 1 else dims[0], dt), dt)
+    zero = b.relax.const(np.asarray(0, dt), dt)
+    y = _op().where(_op().less(x, zero), _op().add(x, d), x)
+    hi = _op().subtract(d, b.relax.const(np.asarray(1, dt), dt))
+    return b.emit(_op().minimum(_op().maximum(y, zero), hi))
 
 
 @lowering("GatherElements")
 def _gather_elements(b, n):
-    return b.emit(_op().gather_elements(b.get(n.inputs[0]), b.get(n.inputs[1]), axis=n.attr("axis", 0)))
+    axis = n.attr("axis", 0) % n.inputs[0].rank
+    idx = _wrap_negative(b, n, n.inputs[1], [n.inputs[0].static_shape[axis]])
+    return b.emit(_op().gather_elements(b.get(n.inputs[0]), idx, axis=axis))
 
 
 @lowering("GatherND")
 def _gather_nd(b, n):
-    return b.emit(_op().gather_nd(b.get(n.inputs[0]), b.get(n.inputs[1]), batch_dims=n.attr("batch_dims", 0)))
+    bd = n.attr("batch_dims", 0)
+    k = n.inputs[1].static_shape[-1]
+    idx = _wrap_negative(b, n, n.inputs[1], list(n.inputs[0].static_shape[bd:bd + k]))
+    return b.emit(_op().gather_nd(b.get(n.inputs[0]), idx, batch_dims=bd))
 
 
 @lowering("Where")
@@ -216,9 +418,15 @@ def _where(b, n):
 
 @lowering("Clip")
 def _clip(b, n):
-    lo = float(n.inputs[1].numpy()) if len(n.inputs) > 1 and n.inputs[1] is not None else -np.inf
-    hi = float(n.inputs[2].numpy()) if len(n.inputs) > 2 and n.inputs[2] is not None else np.inf
-    return b.emit(_op().clip(b.get(n.inputs[0]), lo, hi))
+    """min(max(x, lo), hi), as ONNX defines it (lo > hi gives hi); bounds may be run-time tensors."""
+    y = b.get(n.inputs[0])
+    lo = n.inputs[1] if len(n.inputs) > 1 else None
+    hi = n.inputs[2] if len(n.inputs) > 2 else None
+    if lo is not None:
+        y = _op().maximum(y, b.get(lo))
+    if hi is not None:
+        y = _op().minimum(y, b.get(hi))
+    return b.emit(y) if (lo is not None or hi is not None) else y
 
 
 @lowering("HardSigmoid")
@@ -242,11 +450,54 @@ def _softmax(b, n):
     return b.emit(_op().nn.softmax(b.get(n.inputs[0]), axis=n.attr("axis", -1)))
 
 
-@lowering("ReduceMean", "ReduceSum", "ReduceMax")
+_REDUCE = {"ReduceMean": "mean", "ReduceSum": "sum", "ReduceMax": "max", "ReduceMin": "min", "ReduceProd": "prod"}
+
+
+@lowering(*_REDUCE)
 def _reduce(b, n):
+    """Axes from the input (opset 13 ReduceSum, 18 others) or the attribute; none given (or an empty list)
+    means every axis unless noop_with_empty_axes=1 (the identity). Reducing an empty set gives the identity
+    element (0, 1, +-inf / the integer extreme; mean: NaN)."""
+    x = n.inputs[0]
     axes = b.const_ints(n.inputs[1]) if len(n.inputs) > 1 and n.inputs[1] is not None else n.attr("axes")
-    fn = {"ReduceMean": "mean", "ReduceSum": "sum", "ReduceMax": "max"}[n.op_type]
-    return b.emit(getattr(_op(), fn)(b.get(n.inputs[0]), axis=axes, keepdims=bool(n.attr("keepdims", 1))))
+    if not axes:
+        if n.attr("noop_with_empty_axes", 0):
+            return b.get(x)
+        axes = list(range(x.rank))
+    axes = sorted({a % x.rank for a in axes}) if x.rank else []
+    dt = _np_dtype(n, x)
+    shape = x.static_shape
+    if shape is not None and any(shape[a] == 0 for a in axes):
+        return b.relax.const(np.full(b.out_shape(n), _empty_reduction(n, np.dtype(dt)), dt), dt)
+    fn = _REDUCE[n.op_type]
+    keep = bool(n.attr("keepdims", 1))
+    if not axes:  # a 0-d input
+        return b.get(x)
+    if dt == "bool":
+        if fn not in ("max", "min"):
+            raise UnsupportedError(f"node {n.name!r}: {n.op_type} of booleans is not supported by the cpu target")
+        y = getattr(_op(), fn)(_op().astype(b.get(x), "int8"), axis=axes, keepdims=keep)
+        return b.emit(_op().astype(y, "bool"))
+    return b.emit(getattr(_op(), fn)(b.get(x), axis=axes, keepdims=keep))
+
+
+def _empty_reduction(n: Node, dt: np.dtype):
+    op = n.op_type
+    if op == "ReduceSum":
+        return 0
+    if op == "ReduceProd":
+        return 1
+    if op == "ReduceMean":
+        if dt.kind != "f":
+            raise UnsupportedError(f"node {n.name!r}: the integer mean of an empty set is undefined")
+        return np.nan
+    big = op == "ReduceMin"
+    if dt.kind == "f":
+        return np.inf if big else -np.inf
+    if dt.kind == "b":
+        return big
+    info = np.iinfo(dt)
+    return info.max if big else info.min
 
 
 @lowering("MatMul")
@@ -278,11 +529,18 @@ def _conv(b, n):
 
 @lowering("MaxPool", "AveragePool")
 def _pool(b, n):
-    fn = _op().nn.max_pool2d if n.op_type == "MaxPool" else _op().nn.avg_pool2d
-    kw = {"count_include_pad": bool(n.attr("count_include_pad", 0))} if n.op_type == "AveragePool" else {
-        "dilation": n.attr("dilations", [1, 1])}
-    return b.emit(fn(b.get(n.inputs[0]), pool_size=n.attr("kernel_shape"), strides=n.attr("strides", [1, 1]),
-                     padding=_pads(n, 2), ceil_mode=bool(n.attr("ceil_mode", 0)), **kw))
+    sp = n.inputs[0].rank - 2
+    if sp not in (1, 2, 3):
+        raise UnsupportedError(f"node {n.name!r}: {n.op_type} over {sp} spatial axes is not supported by the cpu "
+                               "target")
+    if n.op_type == "MaxPool" and n.attr("storage_order", 0):
+        raise UnsupportedError(f"node {n.name!r}: MaxPool storage_order=1 is not supported by the cpu target")
+    kind = "max" if n.op_type == "MaxPool" else "avg"
+    fn = getattr(_op().nn, f"{kind}_pool{sp}d")
+    kw = {"count_include_pad": bool(n.attr("count_include_pad", 0))} if kind == "avg" else {}
+    return b.emit(fn(b.get(n.inputs[0]), pool_size=n.attr("kernel_shape"), strides=n.attr("strides", [1] * sp),
+                     padding=_pads(n, sp), dilation=n.attr("dilations", [1] * sp),
+                     ceil_mode=bool(n.attr("ceil_mode", 0)), **kw))
 
 
 @lowering("GlobalAveragePool")
@@ -294,10 +552,19 @@ def _gap(b, n):
 def _bn(b, n):
     x, g, beta, mean, var = n.inputs[:5]
     eps = n.attr("epsilon", 1e-5)
+    if n.attr("training_mode", 0) or any(o.uses or id(o) in {id(v) for v in b.model.graph.outputs}
+                                         for o in n.outputs[1:]):
+        raise UnsupportedError(f"node {n.name!r}: BatchNormalization in training mode (batch statistics, running "
+                               "mean / variance outputs) is not supported by the cpu target")
+    shape = [1, -1] + [1] * (x.rank - 2)
+    dt = _np_dtype(n, x)
+    if not all(v.is_const for v in (g, beta, mean, var)):
+        def r(v):
+            return _op().reshape(b.get(v), shape)
+        inv = _op().divide(r(g), _op().sqrt(_op().add(r(var), b.relax.const(np.asarray(eps, dt), dt))))
+        return b.emit(_op().add(_op().multiply(_op().subtract(b.get(x), r(mean)), inv), r(beta)))
     k = g.numpy() / np.sqrt(var.numpy() + eps)
     shift = beta.numpy() - mean.numpy() * k
-    shape = [1, -1] + [1] * (x.rank - 2)
-    dt = x.dtype.numpy.name
     y = _op().add(_op().multiply(b.get(x), b.relax.const(k.reshape(shape).astype(dt))),
                   b.relax.const(shift.reshape(shape).astype(dt)))
     return b.emit(y)
@@ -308,9 +575,25 @@ def _layernorm(b, n):
     x = n.inputs[0]
     axis = n.attr("axis", -1) % x.rank
     axes = list(range(axis, x.rank))
+    dt = _np_dtype(n, x)
+    eps = n.attr("epsilon", 1e-5)
     beta = b.get(n.inputs[2]) if len(n.inputs) > 2 and n.inputs[2] is not None else b.relax.const(
-        np.zeros(x.static_shape[axis:], x.dtype.numpy))
-    return b.emit(_op().nn.layer_norm(b.get(x), b.get(n.inputs[1]), beta, axes=axes, epsilon=n.attr("epsilon", 1e-5)))
+        np.zeros(x.static_shape[axis:], dt))
+    y = b.emit(_op().nn.layer_norm(b.get(x), b.get(n.inputs[1]), beta, axes=axes, epsilon=eps))
+    if len(n.outputs) == 1:
+        return y
+    # Mean and InvStdDev (the reduced axes kept as 1), computed in float32 (stash_type=1)
+    if n.attr("stash_type", 1) != 1:
+        raise UnsupportedError(f"node {n.name!r}: LayerNormalization stash_type={n.attr('stash_type')} is not "
+                               "supported by the cpu target")
+    xf = _op().astype(b.get(x), "float32")
+    mean = b.emit(_op().mean(xf, axis=axes, keepdims=True))
+    d = _op().subtract(xf, mean)
+    var = _op().mean(_op().multiply(d, d), axis=axes, keepdims=True)
+    inv = _op().rsqrt(_op().add(var, b.relax.const(np.asarray(eps, "float32"), "float32")))
+    outs = [y, mean, b.emit(inv)]
+    return [o if k == 0 or n.outputs[k].dtype is None or n.outputs[k].dtype.numpy.name == "float32"
+            else b.emit(_op().astype(o, n.outputs[k].dtype.numpy.name)) for k, o in enumerate(outs)][:len(n.outputs)]
 
 
 @lowering("edgec::RMSNorm")
