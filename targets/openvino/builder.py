@@ -856,7 +856,7 @@ def onnx_fallback(b: OVBuilder, n: Node):
     results = [helper.make_tensor_value_info(name, o.dtype.onnx, None) if o.dtype is not None and o.dtype.short != "nf4"
                else helper.make_empty_tensor_value_info(name) for name, o in zip(outs, n.outputs) if name]
     graph = helper.make_graph([node], "edgec_fallback", inputs, results, inits)
-    opsets = [helper.make_opsetid(d, int(ver)) for d, ver in b.model.opset_imports.items()]
+    opsets = [helper.make_opsetid(d, int(ver)) for d, ver in b.model.opset_imports.items() if d in ("", n.domain)]
     proto = helper.make_model(graph, opset_imports=opsets, producer_name="edgec")
     try:
         fe = _onnx_frontend()
