@@ -567,6 +567,10 @@ def _reduce(b, n):
         if x.rank is None:
             raise UnsupportedError(f"node {n.name!r} ({n.op_type}): reducing every axis needs the input's rank")
         axes = list(range(x.rank))
+    if x.dtype is not None and x.dtype.short == "bool" and n.op_type in ("ReduceMax", "ReduceMin"):
+        # max = any, min = all (over an empty set: False / True, the identities ONNX gives)
+        fn = "reduce_logical_or" if n.op_type == "ReduceMax" else "reduce_logical_and"
+        return getattr(b.ops, fn)(b.get(x), b.ints(axes), bool(n.attr("keepdims", 1)))
     fn = {"ReduceMean": "reduce_mean", "ReduceSum": "reduce_sum", "ReduceMax": "reduce_max",
           "ReduceMin": "reduce_min"}[n.op_type]
     y = getattr(b.ops, fn)(b.get(x), b.ints(axes), bool(n.attr("keepdims", 1))).output(0)

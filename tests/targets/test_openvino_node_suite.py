@@ -22,6 +22,7 @@ PASS = [
     "test_averagepool_2d_ceil_last_window_starts_on_pad",
     "test_reduce_max_empty_set",                            # -inf, not the finite lowest
     "test_reduce_min_empty_set",
+    "test_reduce_max_empty_set_bool",                       # bool: any / all (refused before)
     "test_identity",                                        # an output that is an input: the input kept its name
     "test_pow_bcast_scalar",                                # a 0-d input fed as [1]
     "test_clip_default_int8_min_expanded",
