@@ -478,7 +478,34 @@ def _reduce(b, n):
             raise UnsupportedError(f"node {n.name!r}: {n.op_type} of booleans is not supported by the cpu target")
         y = getattr(_op(), fn)(_op().astype(b.get(x), "int8"), axis=axes, keepdims=keep)
         return b.emit(_op().astype(y, "bool"))
+    if fn in ("max", "min") and np.dtype(dt).kind == "f":
+        return _float_extreme(b, b.get(x), x.rank, axes, keep, fn)
     return b.emit(getattr(_op(), fn)(b.get(x), axis=axes, keepdims=keep))
+
+
+def _float_extreme(b: RelaxBuilder, x, rank: int, axes: list[int], keep: bool, fn: str):
+    """Float max / min starting from -inf / +inf: TVM's own start from the largest finite value, so a row of
+    -inf (a fully masked attention row) reduced to -3.4e38 instead of -inf."""
+    from tvm import te, tirx
+
+    def compute(X):
+        ident = -np.inf if fn == "max" else np.inf
+        reducer = te.comm_reducer(lambda u, v: tirx.max(u, v) if fn == "max" else tirx.min(u, v),
+                                  lambda t: tirx.const(ident, t), name=f"reduce_{fn}_inf")
+        raxes = [te.reduce_axis((0, X.shape[a]), f"r{a}") for a in axes]
+        kept = [a for a in range(rank) if a not in axes]
+        out_shape = [1 if a in axes else X.shape[a] for a in range(rank)] if keep else [X.shape[a] for a in kept]
+
+        def body(*idx):
+            full, r = [], iter(raxes)
+            for a in range(rank):
+                if a in axes:
+                    full.append(next(r))
+                else:
+                    full.append(idx[a] if keep else idx[kept.index(a)])
+            return reducer(X[tuple(full)], axis=raxes)
+        return te.compute(out_shape, body, name=f"reduce_{fn}")
+    return b.bb.emit_te(compute, x, primfunc_name_hint=f"reduce_{fn}")
 
 
 def _empty_reduction(n: Node, dt: np.dtype):
