@@ -1,0 +1,95 @@
+"""A sample of onnx's backend node suite on the cpu target, through ``benchmarks/coverage.py``'s own harness
+(materialize, bind parameter inputs, compile, run, compare as onnx's runner does). Every case named here is
+``pass`` or an honest ``refused``, never a wrong answer or a raw exception: it includes every case that was
+once measured wrong. The whole suite is ``python benchmarks/coverage.py --targets cpu``."""
+
+from __future__ import annotations
+
+import importlib.util
+import os
+
+import pytest
+
+pytest.importorskip("tvm")
+pytest.importorskip("onnx")
+
+ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+
+# case -> the category it must get on cpu
+CASES = {
+    # once wrong: negative indices, integer Div, Reduce axes / empty sets, Size, pool dilations, 0-d inputs
+    "test_gather_negative_indices": "pass",
+    "test_gather_elements_negative_indices": "pass",
+    "test_div_int32_trunc": "pass",
+    "test_reduce_sum_default_axes_keepdims_example": "pass",
+    "test_reduce_mean_default_axes_keepdims_random": "pass",
+    "test_reduce_sum_empty_axes_input_noop": "pass",
+    "test_reduce_max_empty_set": "pass",
+    "test_reduce_min_empty_set": "pass",
+    "test_reduce_max_empty_set_bool": "pass",
+    "test_reduce_max_bool_inputs": "pass",
+    "test_reduce_sum_empty_set_non_reduced_axis_zero": "refused",
+    "test_size": "pass",
+    "test_size_example": "pass",
+    "test_averagepool_2d_dilations": "pass",
+    "test_averagepool_1d_default": "pass",
+    "test_maxpool_3d_default": "pass",
+    "test_clip_min_greater_than_max": "pass",
+    "test_clip_default_int8_max": "pass",
+    "test_clip_example_expanded": "pass",
+    # once raw exceptions in the builder
+    "test_layer_normalization_4d_axis1": "pass",
+    "test_batchnorm_example": "pass",
+    "test_batchnorm_example_training_mode": "refused",
+    "test_cast_FLOAT_to_FLOAT4E2M1": "refused",
+    "test_cast_FLOAT_to_FLOAT8E4M3FN": "refused",
+    "test_max_example": "pass",
+    "test_min_one_input": "pass",
+    "test_maxpool_with_argmax_2d_precomputed_pads": "refused",
+    "test_reshape_allowzero_reordered": "refused",
+    # native lowerings across families
+    "test_conv_with_strides_padding": "pass",
+    "test_matmul_3d": "pass",
+    "test_softmax_axis_1": "pass",
+    "test_slice_negative_axes": "pass",
+    "test_transpose_all_permutations_3": "pass",
+    "test_where_long_example": "pass",
+    "test_expand_dim_changed": "pass",
+    "test_gathernd_example_int32_batch_dim1": "pass",
+    # through TVM's ONNX converters (fallback_ops)
+    "test_argmax_keepdims_example": "pass",
+    "test_tile": "pass",
+    "test_split_equal_parts_1d_opset18": "pass",
+    "test_leakyrelu": "pass",
+    "test_gemm_all_attributes": "pass",
+    "test_cumsum_1d_exclusive": "pass",
+    "test_constant_pad": "pass",
+}
+
+
+def _coverage():
+    spec = importlib.util.spec_from_file_location("edgec_bench_coverage", os.path.join(ROOT, "benchmarks",
+                                                                                       "coverage.py"))
+    mod = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(mod)
+    return mod
+
+
+@pytest.fixture(scope="module")
+def suite(tmp_path_factory):
+    cov = _coverage()
+    root = cov.materialize(str(tmp_path_factory.mktemp("nodecases")), list(CASES))
+    return cov, root
+
+
+def test_the_sample_exists(suite):
+    cov, root = suite
+    missing = sorted(set(CASES) - {os.path.basename(c) for c in cov.list_cases(root)})
+    assert not missing, f"cases no longer in onnx's suite: {missing}"
+
+
+@pytest.mark.parametrize("case", sorted(CASES))
+def test_cpu_node_case(suite, case):
+    cov, root = suite
+    cat, detail = cov.run_case(os.path.join(root, case), "cpu")
+    assert cat == CASES[case], f"{case}: {cat} ({detail})"
