@@ -17,7 +17,7 @@ from ...ir.onnx_io import to_onnx
 
 def build_qdq_onnx(model: Model, precision: str, opset: int):
     import onnx
-    from onnx import version_converter
+    from onnx import numpy_helper, version_converter
     proto = to_onnx(model, activation_quant=True)
     current = next((o.version for o in proto.opset_import if o.domain in ("", "ai.onnx")), opset)
     if current != opset:
@@ -38,12 +38,104 @@ def build_qdq_onnx(model: Model, precision: str, opset: int):
         if sp is not None and (sp.n, sp.m) == (2, 4) and v.uses:
             info["sparse"].add(v.name)
     info["qdq"] = sum(1 for n in g.node if n.op_type == "QuantizeLinear")
+    _omit_unused_optional_outputs(g, opset)
     if precision == "fp16":
+        keep32 = _float32_only_slots(proto, opset)
+        f32_inits = {t.name: numpy_helper.to_array(t) for t in g.initializer if t.name in {s[2] for s in keep32}}
         _to_fp16(g)
+        _restore_float32_slots(g, keep32, f32_inits)
     del g.value_info[:]
     proto = onnx.shape_inference.infer_shapes(proto)
     onnx.checker.check_model(proto)
     return proto, info
+
+
+def _schema(n, opset: int):
+    import onnx
+    try:
+        return onnx.defs.get_schema(n.op_type, opset, n.domain or "")
+    except onnx.defs.SchemaError:
+        return None
+
+
+def _omit_unused_optional_outputs(g, opset: int) -> None:
+    """Optional outputs nothing reads (MaxPool's Indices, LayerNormalization's Mean / InvStdDev, Dropout's mask,
+    BatchNormalization's running statistics) are written as omitted, as the source model had them: the IR names
+    every output, and TensorRT's parser refuses some of these outputs when they are present."""
+    read = {i for n in g.node for i in n.input} | {o.name for o in g.output}
+    for n in g.node:
+        schema = _schema(n, opset)
+        if schema is None:
+            continue
+        formal = list(schema.outputs)
+        for k, name in enumerate(n.output):
+            if (name and name not in read and k < len(formal)
+                    and formal[k].option == formal[k].option.Optional):
+                n.output[k] = ""
+        while len(n.output) > 1 and n.output[-1] == "":
+            del n.output[-1]
+
+
+def _float32_only_slots(proto, opset: int) -> list[tuple[str, int, str]]:
+    """(the node's first output, input position, input name) of every float32 input whose formal type does not admit float16 (Resize's
+    scales, NonMaxSuppression's boxes, ...): they stay float32 when the rest of the model becomes float16."""
+    import onnx
+    from onnx import TensorProto
+    g = proto.graph
+    types = {t.name: t.data_type for t in g.initializer}
+    for vi in list(g.input) + list(g.value_info) + list(g.output):
+        types[vi.name] = vi.type.tensor_type.elem_type
+    try:
+        inferred = onnx.shape_inference.infer_shapes(proto)
+        for vi in inferred.graph.value_info:
+            types.setdefault(vi.name, vi.type.tensor_type.elem_type)
+    except Exception:  # noqa: BLE001 - what inference cannot type is left as it is
+        pass
+    slots = []
+    for n in g.node:
+        schema = _schema(n, opset)
+        if schema is None or not schema.inputs or not n.output:
+            continue
+        allowed = {c.type_param_str: set(c.allowed_type_strs) for c in schema.type_constraints}
+        for k, name in enumerate(n.input):
+            f = schema.inputs[min(k, len(schema.inputs) - 1)]
+            ok = allowed.get(f.type_str, {f.type_str})
+            if name and types.get(name) == TensorProto.FLOAT and "tensor(float16)" not in ok:
+                slots.append((n.output[0], k, name))
+    return slots
+
+
+def _restore_float32_slots(g, slots: list[tuple[str, int, str]], inits: dict[str, np.ndarray]) -> None:
+    """After the float16 conversion, feed each float32-only input slot a float32 value again: a graph input
+    itself (graph inputs stay float32), an initializer its exact float32 original (``inits``), anything else a
+    Cast back to float32."""
+    from onnx import TensorProto, helper, numpy_helper
+    if not slots:
+        return
+    graph_inputs = {i.name for i in g.input}
+    by_output = {n.output[0]: n for n in g.node if n.output}
+    made: dict[str, str] = {}
+    casts: dict[str, list] = {}
+    for out, k, original in slots:
+        n = by_output.get(out + "__fp16") or by_output[out]  # a graph output's producer writes NAME__fp16
+        if original in graph_inputs:
+            n.input[k] = original
+            continue
+        name = n.input[k]
+        if name not in made:
+            made[name] = name + "__fp32"
+            if original in inits:
+                g.initializer.append(numpy_helper.from_array(inits[original], made[name]))
+            else:
+                casts.setdefault(out, []).append(helper.make_node("Cast", [name], [made[name]], to=TensorProto.FLOAT,
+                                                                  name=made[name]))
+        n.input[k] = made[name]
+    if casts:
+        nodes = list(g.node)
+        del g.node[:]
+        for n in nodes:
+            g.node.extend(casts.get(n.output[0], []) if n.output else [])
+            g.node.append(n)
 
 
 def _pop_initializer(g, name: str) -> None:
@@ -125,10 +217,16 @@ def _to_fp16(g) -> None:
             g.initializer[i].CopyFrom(half(t))
     for n in g.node:
         for a in n.attribute:
-            if n.op_type == "Cast" and a.name == "to" and a.i == TensorProto.FLOAT:
+            if (n.op_type, a.name) in _FLOAT_TYPE_ATTRS and a.i == TensorProto.FLOAT:
                 a.i = TensorProto.FLOAT16
             if a.type == a.TENSOR and a.t.data_type == TensorProto.FLOAT:
                 a.t.CopyFrom(half(a.t))
+        if n.op_type == "ConstantOfShape" and not any(a.name == "value" for a in n.attribute):
+            # its default value is a float32 zero
+            n.attribute.append(helper.make_attribute("value", numpy_helper.from_array(np.zeros(1, np.float16))))
+        if n.op_type in ("RandomNormal", "RandomUniform") and not any(a.name == "dtype"
+                                                                        for a in n.attribute):
+            n.attribute.append(helper.make_attribute("dtype", TensorProto.FLOAT16))  # defaults to float32
     casts_in = []
     for inp in g.input:
         if inp.type.tensor_type.elem_type == TensorProto.FLOAT:
@@ -142,6 +240,11 @@ def _to_fp16(g) -> None:
             _rename(g, out.name, out.name + "__fp16")
             g.node.append(helper.make_node("Cast", [out.name + "__fp16"], [out.name], to=TensorProto.FLOAT,
                                            name=out.name + "__to_fp32"))
+
+
+# (op, attribute) pairs naming an output element type: float32 there becomes float16 with the rest of the model
+_FLOAT_TYPE_ATTRS = frozenset({("Cast", "to"), ("RandomNormal", "dtype"), ("RandomUniform", "dtype"),
+                               ("RandomNormalLike", "dtype"), ("RandomUniformLike", "dtype"), ("EyeLike", "dtype")})
 
 
 def _rename(g, old: str, new: str) -> None:
