@@ -3,7 +3,7 @@
 Transcribed from onnx-tensorrt's ``docs/operators.md`` of the **TensorRT 10.1 GA** release (onnx/onnx-tensorrt
 commit 96e78110, June 2024; the page itself is headed "TensorRT 10.0"), with a few restrictions its importer
 (``onnxOpImporters.cpp`` of the same commit) asserts but the page does not state (Clip bounds must be
-initializers on the float path). Every op marked ``Y`` there is passed through unchanged, except:
+initializers on the float path; GRU / RNN, like LSTM, read no ``layout`` attribute). Every op marked ``Y`` there is passed through unchanged, except:
 
 * ``If`` / ``Loop`` / ``Scan``: control flow with subgraphs, which edgec's IR does not carry;
 * ``ImageScaler``, ``ParametricSoftplus``, ``ScaledTanh`` (experimental ops no longer in ai.onnx), ``Scatter`` and
@@ -181,11 +181,11 @@ def _node_rules(n: Node, model: Model) -> list[str]:
         acts = list(n.attr("activations") or [])
         if acts and acts[:len(acts) // 2] != acts[len(acts) // 2:]:
             p.append(f"TensorRT needs the same activations for both directions of a bidirectional {op}, not {acts}")
-    if op == "LSTM":
-        if int(n.attr("input_forget", 0)):
-            p.append("TensorRT does not take LSTM input_forget=1")
-        if int(n.attr("layout", 0)):
-            p.append("TensorRT does not take LSTM layout=1 (batch-major)")
+    if op == "LSTM" and int(n.attr("input_forget", 0)):
+        p.append("TensorRT does not take LSTM input_forget=1")
+    if op in ("GRU", "RNN", "LSTM") and int(n.attr("layout", 0)):
+        # the page states it for LSTM; the importer reads no layout attribute for any of the three
+        p.append(f"TensorRT does not take {op} layout=1 (batch-major)")
     if op == "Resize":
         coord = n.attr("coordinate_transformation_mode", "half_pixel")
         if coord not in _RESIZE_COORDS:
