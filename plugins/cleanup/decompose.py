@@ -8,8 +8,8 @@ is, so the target's check names the model's own op (not a piece of its rewrite).
 1. **edgec rules** (:data:`RULES`) for ops ONNX does not define as functions: variadic Sum / Mean / Max / Min,
    Gemm with every attribute and a run-time B, IsNaN / IsInf, LRN, Trilu with a constant k, ReduceL1 / L2 /
    SumSquare / LogSum / LogSumExp before opset 18 (onnx has bodies from 18), Reciprocal, Flatten of a static
-   shape. Variadic Sum / Max
-   / Min with other than two inputs are rewritten for every target (the binary form is the core op).
+   shape; Conv / pooling with auto_pad or one spatial axis. These variants are rewritten for every target
+   (:func:`_canonical`): variadic Sum / Max / Min with other than two inputs, auto_pad, 1-D windows.
 2. **edgec's own ops** (``edgec::Linear``, ``RMSNorm``, ``Gelu``, ``Attention``) by their defining expansion into
    standard ONNX (:mod:`edgec.ir.ops`), for a target that lowers them not (unquantized weights only).
 3. **onnx's own function bodies**: the schema's function (or context-dependent function, built from the node's
@@ -69,9 +69,20 @@ def rule(*ops: str):
     return deco
 
 
-def _canonical_variadic(n: Node) -> bool:
-    """Variadic Sum / Max / Min with other than two inputs: rewritten into the binary form for every target."""
-    return not n.domain and n.op_type in ("Sum", "Max", "Min") and len(n.inputs) != 2
+_WINDOWED = ("Conv", "MaxPool", "AveragePool", "LpPool")
+
+
+def _canonical(n: Node) -> bool:
+    """Variants rewritten for every target into the core form: variadic Sum / Max / Min with other than two
+    inputs (the binary form), and Conv / pooling with ``auto_pad`` (explicit pads) or one spatial axis (2-D with
+    a unit height)."""
+    if n.domain:
+        return False
+    if n.op_type in ("Sum", "Max", "Min"):
+        return len(n.inputs) != 2
+    if n.op_type in _WINDOWED and len(n.outputs) == 1 and n.inputs[0] is not None:
+        return n.attr("auto_pad", "NOTSET") not in ("NOTSET", b"NOTSET") or n.inputs[0].rank == 3
+    return False
 
 
 @rule("Sum", "Max", "Min")
@@ -205,6 +216,61 @@ def _flatten(r: _Rewriter, n: Node, opset: int) -> list[Value] | None:
     axis = axis + len(shape) if axis < 0 else axis
     outer = int(np.prod(shape[:axis], dtype=np.int64))
     return [r.op("Reshape", [x, r.const(np.array([outer, int(np.prod(shape[axis:], dtype=np.int64))], np.int64))])]
+
+
+def _window(n: Node) -> tuple[list[int], int] | None:
+    """(kernel shape, spatial rank) of a Conv / pooling node, when known."""
+    x = n.inputs[0]
+    k = n.attr("kernel_shape")
+    if k is None and n.op_type == "Conv" and n.inputs[1] is not None and n.inputs[1].static_shape is not None:
+        k = list(n.inputs[1].static_shape[2:])
+    if k is None or x is None or x.rank is None:
+        return None
+    return [int(v) for v in k], x.rank - 2
+
+
+@rule(*_WINDOWED)
+def _windowed(r: _Rewriter, n: Node, opset: int) -> list[Value] | None:
+    """auto_pad becomes explicit pads (static spatial sizes: ONNX's SAME_UPPER / SAME_LOWER formula, VALID = 0);
+    one spatial axis becomes two, with a unit height (Unsqueeze, the 2-D op, Squeeze: the same numbers)."""
+    win = _window(n)
+    if win is None or len(n.outputs) != 1:
+        return None
+    kernel, nsp = win
+    attrs = dict(n.attributes)
+    auto = attrs.pop("auto_pad", "NOTSET")
+    auto = auto.decode() if isinstance(auto, bytes) else auto
+    strides = [int(v) for v in attrs.get("strides", [1] * nsp)]
+    dil = [int(v) for v in attrs.get("dilations", [1] * nsp)]
+    if auto != "NOTSET":
+        shape = n.inputs[0].static_shape
+        if shape is None or int(attrs.get("ceil_mode", 0)):
+            return None
+        if auto == "VALID":
+            pads = [0] * (2 * nsp)
+        elif auto in ("SAME_UPPER", "SAME_LOWER"):
+            begin, end = [], []
+            for size, k, s, d in zip(shape[2:], kernel, strides, dil):
+                total = max((-(-size // s) - 1) * s + (k - 1) * d + 1 - size, 0)
+                small, big = total // 2, total - total // 2
+                begin.append(small if auto == "SAME_UPPER" else big)
+                end.append(big if auto == "SAME_UPPER" else small)
+            pads = begin + end
+        else:
+            return None
+        attrs["pads"] = pads
+    if nsp != 1:
+        return [r.op(n.op_type, list(n.inputs), **attrs)]
+    pads = [int(v) for v in attrs.get("pads", [0, 0])]
+    attrs.update(kernel_shape=[1] + kernel, strides=[1] + strides, pads=[0, pads[0], 0, pads[1]])
+    if "dilations" in attrs or n.op_type == "Conv":
+        attrs["dilations"] = [1] + dil
+    axis = r.const(np.array([2], np.int64))
+    ins = [r.op("Unsqueeze", [n.inputs[0], axis])]
+    if n.op_type == "Conv":
+        ins.append(r.op("Unsqueeze", [n.inputs[1], axis]))
+        ins += list(n.inputs[2:])
+    return [r.op("Squeeze", [r.op(n.op_type, ins, **attrs), axis])]
 
 
 _REDUCE_VIA_SUM = {"ReduceL1": ("Abs", None), "ReduceL2": ("Square", "Sqrt"), "ReduceSumSquare": ("Square", None),
@@ -388,7 +454,7 @@ class Decompose(Pass):
         forced = {o for o in self.ops.split(":") if o}
 
         def wanted(n: Node) -> bool:
-            return (n.qualified_op in forced or _canonical_variadic(n)
+            return (n.qualified_op in forced or _canonical(n)
                     or (caps is not None and not caps.accepts(n.qualified_op)))
         g = model.graph
         changed = False

@@ -19,7 +19,7 @@ from edgec.target import Capabilities
 
 F = TensorProto.FLOAT
 # a small core set, as a vendor target might declare it
-CORE = frozenset({"Add", "Sub", "Mul", "Div", "Pow", "Sqrt", "Exp", "Log", "Abs", "Neg", "Equal", "Not", "And",
+CORE = frozenset({"Conv", "MaxPool", "AveragePool", "Unsqueeze", "Squeeze", "Add", "Sub", "Mul", "Div", "Pow", "Sqrt", "Exp", "Log", "Abs", "Neg", "Equal", "Not", "And",
                   "Where", "MatMul", "Transpose", "Reshape", "Concat", "Slice", "ReduceSum", "ReduceMean",
                   "ReduceMax", "Max", "Min", "Identity", "Cast", "Relu", "Tanh", "Erf", "Sigmoid", "Less", "Greater"})
 
@@ -58,6 +58,19 @@ CASES = {
     "HardSwish": ([helper.make_node("HardSwish", ["x"], ["y"])], [_vi("x", [4, 5])], (), 17),
     "Flatten_Reciprocal": ([helper.make_node("Flatten", ["x"], ["f"], axis=2), helper.make_node("Reciprocal", ["f"], ["y"])],
                            [_vi("x", [2, 3, 4, 1])], (), 13),
+    "Conv1d": ([helper.make_node("Conv", ["x", "w", "b"], ["y"], pads=[2, 1], strides=[2], dilations=[2], group=2)],
+               [_vi("x", [1, 4, 11])], [numpy_helper.from_array(RNG.standard_normal((6, 2, 3)).astype(np.float32), "w"),
+                                        numpy_helper.from_array(RNG.standard_normal(6).astype(np.float32), "b")], 17),
+    "Conv_same_upper": ([helper.make_node("Conv", ["x", "w"], ["y"], auto_pad="SAME_UPPER", strides=[2, 1])],
+                        [_vi("x", [1, 2, 7, 6])],
+                        [numpy_helper.from_array(RNG.standard_normal((3, 2, 4, 3)).astype(np.float32), "w")], 17),
+    "Conv1d_same_lower": ([helper.make_node("Conv", ["x", "w"], ["y"], auto_pad="SAME_LOWER", strides=[3])],
+                          [_vi("x", [1, 2, 10])],
+                          [numpy_helper.from_array(RNG.standard_normal((3, 2, 4)).astype(np.float32), "w")], 17),
+    "MaxPool1d_valid": ([helper.make_node("MaxPool", ["x"], ["y"], kernel_shape=[3], strides=[2], auto_pad="VALID")],
+                        [_vi("x", [2, 3, 9])], (), 17),
+    "AveragePool_same": ([helper.make_node("AveragePool", ["x"], ["y"], kernel_shape=[3, 2], strides=[2, 2],
+                                           auto_pad="SAME_UPPER", count_include_pad=0)], [_vi("x", [1, 2, 5, 5])], (), 17),
     "IsNaN": ([helper.make_node("IsNaN", ["x"], ["y"])], [_vi("x", [2, 5])], (), 17),
     "IsInf": ([helper.make_node("IsInf", ["x"], ["y"], detect_negative=0)], [_vi("x", [2, 5])], (), 17),
     "IsInf_both": ([helper.make_node("IsInf", ["x"], ["y"])], [_vi("x", [2, 5])], (), 17),
@@ -125,6 +138,8 @@ def test_decomposition_is_exact_and_leaves_only_core_ops(name):
     assert Decompose().run(model, _ctx())
     left = {n.qualified_op for n in model.graph} - CORE
     assert not left, f"{name}: {left} remain"
+    assert all(n.attr("auto_pad", "NOTSET") == "NOTSET" and (n.inputs[0].rank or 4) != 3
+               for n in model.graph if n.op_type in ("Conv", "MaxPool", "AveragePool")), name
     assert [o.name for o in model.graph.outputs] == ["y"]
     got = executor.run(model, feeds)["y"]
     assert got.shape == want.shape and got.dtype == want.dtype
