@@ -65,13 +65,14 @@ _TYPED_AT: dict[str, tuple] = {
     "Cast": (0, "o0"), "CastLike": (0, 1), "EyeLike": (0, "o0"), "RandomNormalLike": (0, "o0"),
     "RandomUniformLike": (0, "o0"), "QuantizeLinear": (0,), "DequantizeLinear": (0,)}
 
-# op -> the input position of a parameter the parser needs as an initializer (not computed at run time)
+# op -> the input position of a parameter the parser needs as an initializer (not computed at run time); TopK's K
+# may be a run-time tensor (the importer feeds it to the layer), its bound is checked where it is known
 _CONST_INPUTS: dict[str, tuple[tuple[int, str], ...]] = {
     **dict.fromkeys(("ReduceL1", "ReduceL2", "ReduceLogSum", "ReduceLogSumExp", "ReduceMax", "ReduceMean",
                      "ReduceMin", "ReduceProd", "ReduceSum", "ReduceSumSquare", "Squeeze", "Unsqueeze"),
                     ((1, "axes"),)),
     "Pad": ((3, "axes"),), "Slice": ((3, "axes"),), "CumSum": ((1, "axis"),), "OneHot": ((1, "depth"),),
-    "TopK": ((1, "K"),), "Dropout": ((2, "training_mode"),),
+    "Dropout": ((2, "training_mode"),),
 }
 _RESIZE_COORDS = ("half_pixel", "pytorch_half_pixel", "tf_half_pixel_for_nn", "asymmetric", "align_corners")
 TOPK_MAX_K = 3840
