@@ -26,7 +26,7 @@ saying no, not a silent wrong answer.
 ``tensorrt`` runs as ``tensorrt{precision=fp32}`` (its fp16 default rounds by design); ``coreml`` computes in
 fp16, so its ``wrong_result`` count says how many of them are within fp16 tolerance (rtol 1e-2, atol 1e-3).
 
-    python benchmarks/coverage.py [--targets cpu,openvino,...] [--limit N] [--filter REGEX] [--workers 2]
+    python benchmarks/coverage.py [--targets cpu,openvino,...] [--limit N] [--every N] [--filter REGEX] [--workers 2]
                                   [--timeout 300] [--data DIR] [--json FILE] [--no-write]
 
 Every case runs in one of ``--workers`` long-lived worker processes (at most 2); a case that runs past
@@ -124,11 +124,12 @@ def materialize(dest: str, names: list[str] | None = None) -> str:
     return dest
 
 
-def list_cases(root: str, pattern: str | None = None, limit: int | None = None) -> list[str]:
+def list_cases(root: str, pattern: str | None = None, limit: int | None = None, every: int = 1) -> list[str]:
     cases = sorted(d for d in glob.glob(os.path.join(root, "*")) if os.path.isfile(os.path.join(d, "model.onnx")))
     if pattern:
         rx = re.compile(pattern)
         cases = [c for c in cases if rx.search(os.path.basename(c))]
+    cases = cases[::every]
     return cases[:limit] if limit else cases
 
 
@@ -538,6 +539,7 @@ def main(argv: list[str] | None = None) -> None:
     ap.add_argument("--targets", default=",".join(DEFAULT_TARGETS),
                     help="comma-separated edgec target specs and baselines (onnxruntime, tvm-relax-onnx)")
     ap.add_argument("--limit", type=int, default=None, help="the first N cases only")
+    ap.add_argument("--every", type=int, default=1, help="every Nth case only (e.g. 10 for hexagon under qemu)")
     ap.add_argument("--filter", default=None, help="only cases whose name matches this regular expression")
     ap.add_argument("--workers", type=int, default=2, help="worker processes (at most 2)")
     ap.add_argument("--timeout", type=float, default=300.0, help="seconds per case before its worker is killed")
@@ -556,7 +558,7 @@ def main(argv: list[str] | None = None) -> None:
         if args.data or tmp:
             print(f"writing onnx's node test cases to {root}", flush=True)
             materialize(root)
-        cases = list_cases(root, args.filter, args.limit)
+        cases = list_cases(root, args.filter, args.limit, max(1, args.every))
         print(f"{len(cases)} cases x {len(targets)} targets: {', '.join(targets)}", flush=True)
         t0 = time.time()
         results = run_suite(cases, targets, workers=args.workers, timeout=args.timeout, quiet=not args.verbose)
@@ -567,8 +569,8 @@ def main(argv: list[str] | None = None) -> None:
     if args.json:
         with open(args.json, "w") as f:
             json.dump(results, f, indent=1, sort_keys=True)
-    subset = f"Subset: {'--filter ' + args.filter if args.filter else ''} {'--limit ' + str(args.limit) if args.limit else ''}. " \
-        if args.filter or args.limit else ""
+    subset = (f"Subset: {'--filter ' + args.filter if args.filter else ''} {'--limit ' + str(args.limit) if args.limit else ''}"
+              f" {'--every ' + str(args.every) if args.every > 1 else ''}. ") if args.filter or args.limit or args.every > 1 else ""
     lines = report(results, len(cases), seconds, subset)
     if args.no_write:
         print("\n".join(lines))
