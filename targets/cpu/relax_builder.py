@@ -11,11 +11,17 @@ from __future__ import annotations
 import numpy as np
 
 from ...errors import UnsupportedError
-from ...ir import Model, Node, QuantizedTensor, Value
+from ...ir import DType, Model, Node, QuantizedTensor, Value
 from ...target import Lowerings
 
 LOWERINGS = Lowerings()
 lowering = LOWERINGS.register
+
+
+# Lowerings that compute float16 inputs in float32 (cast in, cast the float16 outputs back): the reductions whose
+# float16 accumulation differed from onnx's results by a few ulps.
+_WIDEN_F16 = frozenset({"MatMul", "Softmax", "ReduceMean", "ReduceSum", "Conv", "AveragePool", "GlobalAveragePool",
+                        "edgec::Linear"})
 
 
 def supported_ops() -> frozenset[str]:
@@ -45,21 +51,23 @@ def _refuse_variant(n: Node) -> str | None:
     """Why TVM's converter must not take this node (a variant it was measured to get wrong), or None."""
     op = n.op_type
     if op == "Mod" and not n.attr("fmod", 0) and n.inputs[0].dtype is not None and n.inputs[0].dtype.is_float:
-        return "float Mod with fmod=0 (TVM gives NaN where x is finite and y infinite)"
+        return "float Mod with fmod=0 is not supported (TVM's converter gives NaN where onnx gives +-inf)"
     if op == "Resize":
         xs, ys = n.inputs[0].static_shape, n.outputs[0].static_shape
         if n.attr("antialias", 0):
-            return "Resize with antialias=1"
+            return "Resize with antialias=1 is not supported (TVM's converter does not antialias)"
         if n.attr("mode", "nearest") != "nearest" and (xs is None or ys is None or any(
                 y < x for x, y in zip(xs, ys))):
-            return f"Resize {n.attr('mode')} downsampling"
+            return f"Resize {n.attr('mode')} downsampling is not supported (TVM's converter computes it wrong)"
     if op == "RoiAlign" and n.attr("mode", "avg") == "max":
-        return "RoiAlign mode=max"
+        return "RoiAlign mode=max is not supported (TVM's converter computes it wrong)"
     if op == "SpaceToDepth" and n.attr("mode", "DCR") != "DCR":
-        return f"SpaceToDepth mode={n.attr('mode')}"
+        return f"SpaceToDepth mode={n.attr('mode')} is not supported (TVM's converter computes DCR)"
+    if op in ("TopK", "Unique") and n.inputs[0].dtype == DType.UINT64:
+        return f"{op} of uint64 is not supported (TVM's sort has no uint64 kernel at run time)"
     if op == "Dropout" and len(n.inputs) > 2 and n.inputs[2] is not None and (
             not n.inputs[2].is_const or bool(np.asarray(n.inputs[2].numpy()).any())):
-        return "Dropout in training mode"
+        return "Dropout in training mode is not supported (random masks)"
     return None
 
 
@@ -76,7 +84,7 @@ def tvm_fallback(b: RelaxBuilder, n: Node) -> list:
         raise UnsupportedError(f"{where}: TVM has no converter for it")
     why = _refuse_variant(n)
     if why is not None:
-        raise UnsupportedError(f"{where}: {why} is not supported (TVM's converter computes it wrong)")
+        raise UnsupportedError(f"{where}: {why}")
     try:
         protos = [attribute_proto(k, v) for k, v in n.attributes.items() if not (isinstance(v, list) and not v)]
         attr = tvm_onnx.ONNXGraphImporter._parse_attr(None, protos)  # type: ignore[arg-type]
@@ -176,14 +184,32 @@ class RelaxBuilder:
         if empty is not None:
             return empty
         fn = LOWERINGS.get(n.qualified_op)
+        widen = fn is not None and n.qualified_op in _WIDEN_F16 and any(
+            v is not None and v.dtype == DType.FLOAT16 for v in n.inputs)
+        saved: dict[int, object] = {}
         try:
+            if widen:  # accumulate in float32, as onnxruntime does: float16 sums drift by several ulps
+                for v in n.inputs:
+                    if v is not None and v.dtype == DType.FLOAT16 and id(v) not in saved:
+                        saved[id(v)] = self.env.get(id(v))
+                        self.env[id(v)] = self.emit(_op().astype(self.get(v), "float32"))
             res = fn(self, n) if fn is not None else tvm_fallback(self, n)
         except UnsupportedError:
             raise
         except Exception as e:  # noqa: BLE001 - a TVM op rejecting a variant the lowering did not foresee
             raise UnsupportedError(f"node {n.name!r}: the cpu lowering of {n.qualified_op} does not support this "
                                    f"variant ({type(e).__name__}: {_first_line(e)})") from None
+        finally:
+            for key, old in saved.items():
+                if old is None:
+                    self.env.pop(key, None)
+                else:
+                    self.env[key] = old
         outs = list(res) if isinstance(res, (list, tuple)) else [res]
+        if widen:
+            outs = [self.emit(_op().astype(r, "float16")) if k < len(n.outputs) and
+                    n.outputs[k].dtype == DType.FLOAT16 and r.ty.dtype == "float32" else r
+                    for k, r in enumerate(outs)]
         self._check_outputs(n, outs)
         return outs
 
