@@ -15,17 +15,61 @@ from ...ir import Model, QuantizedTensor, Value
 from ...ir.onnx_io import to_onnx
 
 
+_HELD = "edgec.held"
+
+
+def _hold_newer_ops(proto, current: int) -> set[str]:
+    """Move default-domain nodes whose op ai.onnx ``current`` does not define yet into a private domain."""
+    import onnx
+    held = set()
+    for n in proto.graph.node:
+        if n.domain in ("", "ai.onnx"):
+            try:
+                onnx.defs.get_schema(n.op_type, current, "")
+            except onnx.defs.SchemaError:
+                n.domain = _HELD
+                held.add(n.op_type)
+    if held:
+        proto.opset_import.append(onnx.helper.make_opsetid(_HELD, 1))
+    return held
+
+
+def _release_ops(proto, held: set[str], opset: int) -> None:
+    """Move the held nodes back, each checked to be defined at ``opset`` with the same meaning as at its first
+    definition (the schema the IR means)."""
+    import onnx
+    if not held:
+        return
+    for op in held:
+        first = min(s.since_version for s in onnx.defs.get_all_schemas_with_history()
+                    if s.name == op and s.domain == "")
+        if onnx.defs.get_schema(op, opset, "").since_version != first:
+            raise UnsupportedError(f"{op} changed between ONNX opset {first} and {opset}; re-export the model at "
+                                   f"opset {opset}")
+    for n in proto.graph.node:
+        if n.domain == _HELD:
+            n.domain = ""
+    keep = [o for o in proto.opset_import if o.domain != _HELD]
+    del proto.opset_import[:]
+    proto.opset_import.extend(keep)
+
+
 def build_qdq_onnx(model: Model, precision: str, opset: int):
     import onnx
     from onnx import numpy_helper, version_converter
     proto = to_onnx(model, activation_quant=True)
     current = next((o.version for o in proto.opset_import if o.domain in ("", "ai.onnx")), opset)
     if current != opset:
+        # Ops newer than the model's opset (e.g. LayerNormalization, which fuse-layernorm writes whatever the opset:
+        # edgec's IR means the op's first definition) would stop the converter, which has no adapter for an op
+        # its source opset lacks: they cross the conversion in a private domain, untouched.
+        held = _hold_newer_ops(proto, current)
         try:
             proto = version_converter.convert_version(proto, opset)
         except Exception as e:  # noqa: BLE001 - the converter raises bare RuntimeErrors
             raise UnsupportedError(f"converting the model from ONNX opset {current} to {opset} failed: "
                                    f"{str(e).splitlines()[0]}") from None
+        _release_ops(proto, held, opset)
     g = proto.graph
     info = {"int8": [], "int4": [], "dequantized": [], "sparse": set(), "qdq": 0}
     for v in model.graph.initializers.values():

@@ -1,0 +1,32 @@
+"""A representative slice of the real-model matrix (benchmarks/real_models.py runs all of it): transformers
+architectures with random weights, exported the ways users export them (TorchScript-based exporter at opsets 13-17,
+dynamo exporter at 18, torch.export .pt2; eager and sdpa attention), compiled with --verify."""
+
+import importlib.util
+import os
+
+import pytest
+
+pytest.importorskip("transformers")
+pytestmark = pytest.mark.slow
+
+_spec = importlib.util.spec_from_file_location(
+    "real_models", os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "benchmarks",
+                                "real_models.py"))
+real_models = importlib.util.module_from_spec(_spec)
+_spec.loader.exec_module(real_models)
+
+CELLS = [
+    ("bert", "ts17-sdpa", "cpu"),                      # the sdpa export whose IsNaN once stopped every target
+    ("gpt2", "dyn18-sdpa", "openvino"),
+    ("whisper-encoder", "ts14-eager", "tensorrt{precision=fp32}"),  # 1-D conv front end
+    ("vit", "pt2-sdpa", "cpu"),
+    ("distilbert", "ts13-eager", "coreml"),
+]
+
+
+@pytest.mark.parametrize("name,how,target", CELLS, ids=[f"{n}-{h}-{t.split('{')[0]}" for n, h, t in CELLS])
+def test_real_model_cell(tmp_path, name, how, target):
+    path = real_models.export(name, how, str(tmp_path / "models"))
+    res, _ = real_models.compile_cell(path, target, str(tmp_path / "out"), timeout=900)
+    assert res == "ok", res
