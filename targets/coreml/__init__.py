@@ -3,7 +3,9 @@
 
 * Opset by ``deployment=`` (``ios18`` default, ``macos15`` the same opset, ``ios16``/``ios17`` older ones with
   fewer weight encodings: see :mod:`.weights`).
-* fp16 compute with fp32 I/O; integer inputs (token ids, masks) as int32.
+* fp16 compute with fp32 I/O; integer inputs (token ids, masks) as int32. Models in f16 / f64 compute in fp16
+  too (f64 is rounded to fp16 like f32); ``run_package`` returns each output in the model's dtype (bool, int64,
+  f16, f64, scalars) from Core ML's fp32 / int32 outputs of rank >= 1.
 * Weights: fp16, int8 per channel / int4 per block, palettes of 1-8 bits per tensor, channel or group from the
   IR's codebooks, pruned weights as sparse constexprs, sparse + palettized and sparse + quantized jointly;
   sub-byte data in true sub-byte types.
@@ -97,7 +99,7 @@ class CoreMLTarget(Target):
         "min_cosine": 0.999, "min_top1": 0.95,
         "description": "fp16 compute: cosine >= 0.999 and top-1 agreement >= 0.95 vs the reference"}
     capabilities: ClassVar[Capabilities] = Capabilities(
-        ops=LOWERINGS.ops(), quant=_QUANT, mixed=(8, "p2", "p3", "p4", "p6"))  # per-layer palette nbits, int8
+        ops=LOWERINGS.ops(), dtypes=frozenset({"f32", "f16", "f64", "i64", "i32", "bool"}), quant=_QUANT, mixed=(8, "p2", "p3", "p4", "p6"))  # per-layer palette nbits, int8
     deployment: str = option("ios18", choices=DEPLOYMENTS, help="minimum deployment target: picks the opset "
                              "and with it the weight encodings (ios16/ios17: int8 per channel and per-tensor "
                              "palettes only)")
@@ -125,16 +127,28 @@ class CoreMLTarget(Target):
         names = [mil_name(v.name) for v in model.graph.inputs]
         ns: dict = {"body": body}
         exec(f"def main({', '.join(names)}):\n    return body({', '.join(names)})\n", ns)  # noqa: S102
-        specs = [mb.TensorSpec(shape=tuple(v.static_shape), dtype=types.fp32 if v.dtype.is_float else types.int32)
+        specs = [mb.TensorSpec(shape=tuple(v.static_shape) or (1,), dtype=types.fp32 if v.dtype.is_float else types.int32)
                  for v in model.graph.inputs]
         target = opset(self.deployment)
-        prog = mb.program(input_specs=specs, opset_version=target)(ns["main"])
+        try:
+            prog = mb.program(input_specs=specs, opset_version=target)(ns["main"])
+        except UnsupportedError:
+            raise
+        except Exception as e:  # noqa: BLE001 - the MIL builder refusing the program: a refusal, not a leak
+            raise UnsupportedError(f"the MIL builder rejected the lowered program ({type(e).__name__}: "
+                                   f"{' '.join(str(e).split())[:300]})") from e
         # The program is already typed (fp16 compute, fp32 where chosen): FLOAT32 keeps coremltools from
         # re-casting it.
-        m = ct.convert(prog, convert_to="mlprogram", minimum_deployment_target=target,
-                       compute_precision=ct.precision.FLOAT32)
+        try:
+            m = ct.convert(prog, convert_to="mlprogram", minimum_deployment_target=target,
+                           compute_precision=ct.precision.FLOAT32)
+        except Exception as e:  # noqa: BLE001 - coremltools' passes refusing the program: a refusal, not a leak
+            raise UnsupportedError(f"coremltools could not convert the lowered program ({type(e).__name__}: "
+                                   f"{' '.join(str(e).split())[:300]})") from e
         m.short_description = "compiled by edgec"
         m.user_defined_metadata["edgec.deployment"] = self.deployment
+        m.user_defined_metadata["edgec.output_dtypes"] = ",".join(o.dtype.numpy.name for o in model.graph.outputs)
+        m.user_defined_metadata["edgec.output_ranks"] = ",".join(str(o.rank) for o in model.graph.outputs)
         from ... import __version__
         m.user_defined_metadata["edgec.version"] = __version__  # per-layer reports go to manifest.json
         path = os.path.join(out_dir, "model.mlpackage")
@@ -167,11 +181,19 @@ def run_package(path: str, feeds: Mapping[str, np.ndarray]) -> list[np.ndarray]:
     """Run any ML Program package on the model's feeds (names as in the IR; integers as int32, floats as
     fp32): Core ML's own ``predict`` on macOS, elsewhere edgec's MIL evaluator."""
     feeds = {mil_name(k): (np.asarray(v, np.int32) if np.asarray(v).dtype.kind in "iub" else
-                           np.asarray(v, np.float32)) for k, v in feeds.items()}
+                           np.asarray(v, np.float32)).reshape(np.shape(v) or (1,)) for k, v in feeds.items()}
     if on_macos():
-        return predict(path, feeds)
-    from .evaluate import run
-    return run(path, feeds)
+        outs = predict(path, feeds)
+    else:
+        from .evaluate import run
+        outs = run(path, feeds)
+    ct, _, _ = ct_modules()
+    meta = ct.models.MLModel(path, skip_model_load=True).user_defined_metadata
+    if meta.get("edgec.output_dtypes"):  # Core ML's outputs are fp32 / int32: back to the model's dtypes
+        outs = [o.astype(d) for o, d in zip(outs, meta["edgec.output_dtypes"].split(","))]
+    if meta.get("edgec.output_ranks"):  # and scalars, which leave Core ML as [1]
+        outs = [o.reshape(()) if r == "0" else o for o, r in zip(outs, meta["edgec.output_ranks"].split(","))]
+    return outs
 
 
 def predict(path: str, feeds: Mapping[str, np.ndarray]) -> list[np.ndarray]:
