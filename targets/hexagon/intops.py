@@ -87,8 +87,9 @@ def epilogue_consts(c: IntOp) -> tuple[np.ndarray, np.ndarray]:
 class HexagonBuilder(RelaxBuilder):
     """The cpu target's Relax builder with :class:`IntOp` nodes lowered to the integer HVX kernels."""
 
-    def __init__(self, model, integer: bool = True, float_hvx: bool = False):
-        super().__init__(model)
+    def __init__(self, model, integer: bool = True, float_hvx: bool = False,
+                 fallback_ops: frozenset[str] = frozenset()):
+        super().__init__(model, fallback_ops=fallback_ops)
         self.float_hvx = float_hvx
         self.ops = plan(model) if integer else {}
         self.chained = {id(d) for c in self.ops.values() if c.fused is not None for d in c.chain[1:]}
