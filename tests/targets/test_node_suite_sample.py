@@ -64,6 +64,13 @@ CASES = {
     "test_gemm_all_attributes": "pass",
     "test_cumsum_1d_exclusive": "pass",
     "test_constant_pad": "pass",
+    "test_attention_23_fullymasked_qk_matmul_output_mode3_zero_expanded": "pass",  # ReduceMax of -inf rows
+    # converter variants measured wrong or failing: refused by name
+    "test_resize_downsample_scales_linear": "refused",
+    "test_resize_downsample_sizes_nearest_not_larger": "refused",
+    "test_mod_float_edge_cases_fmod_0_float32": "refused",
+    "test_top_k_uint64": "refused",
+    "test_isinf": "pass",  # decomposed (IsInf is not a fallback op: TVM gets detect_negative wrong)
 }
 
 
@@ -80,6 +87,16 @@ def suite(tmp_path_factory):
     cov = _coverage()
     root = cov.materialize(str(tmp_path_factory.mktemp("nodecases")), list(CASES))
     return cov, root
+
+
+def test_fallback_ops_are_tvm_converters():
+    from tvm.relax.frontend.onnx.onnx_frontend import _get_convert_map
+
+    from edgec.targets.cpu import CpuTarget
+    from edgec.targets.cpu.relax_builder import FALLBACK_OPS, supported_ops
+    assert FALLBACK_OPS <= set(_get_convert_map())
+    assert CpuTarget.capabilities.fallback_ops == FALLBACK_OPS - supported_ops()
+    assert CpuTarget.capabilities.accepts("Tile") and not CpuTarget.capabilities.accepts("BitShift")
 
 
 def test_the_sample_exists(suite):
