@@ -730,6 +730,13 @@ def _torch():
     return torch
 
 
+def _torch_reason(e: Exception) -> str:
+    """The exporter's reason: its last ``<class ...>: message`` line (the first is a generic headline)."""
+    lines = [ln.strip() for ln in str(e).splitlines() if ln.strip()]
+    cause = next((ln for ln in reversed(lines) if ln.startswith("<class ")), None)
+    return f"{type(e).__name__}: {(cause or (lines[0] if lines else ''))[:400]}"
+
+
 def from_exported_program(ep, label: str = "<torch program>") -> Model:
     """Import a ``torch.export.ExportedProgram``."""
     torch = _torch()
@@ -741,7 +748,7 @@ def from_exported_program(ep, label: str = "<torch program>") -> Model:
             proto = prog.model_proto
     except Exception as e:  # noqa: BLE001
         raise UnsupportedError(f"{label}: torch's ONNX exporter could not lower the program: "
-                               f"{type(e).__name__}: {str(e).splitlines()[0] if str(e) else ''}") from None
+                               f"{_torch_reason(e)}") from None
     model = import_proto(proto, None, label)
     model.metadata["source_format"] = "torch"
     return model
