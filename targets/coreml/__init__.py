@@ -5,7 +5,8 @@
   fewer weight encodings: see :mod:`.weights`).
 * fp16 compute with fp32 I/O; integer inputs (token ids, masks) as int32. Models in f16 / f64 compute in fp16
   too (f64 is rounded to fp16 like f32); ``run_package`` returns each output in the model's dtype (bool, int64,
-  f16, f64, scalars) from Core ML's fp32 / int32 outputs of rank >= 1.
+  f16, f64, scalars) from Core ML's fp32 / int32 outputs of rank >= 1. int8 / uint8 / int16 compute in int32,
+  wrapped back into their range after every op that can leave it.
 * Weights: fp16, int8 per channel / int4 per block, palettes of 1-8 bits per tensor, channel or group from the
   IR's codebooks, pruned weights as sparse constexprs, sparse + palettized and sparse + quantized jointly;
   sub-byte data in true sub-byte types.
@@ -32,7 +33,7 @@ from ...hookspecs import hookimpl
 from ...ir import Model, QuantizedTensor
 from ...ir.passes import PassContext, option
 from ...target import Artifact, Capabilities, Target
-from .builder import DEPLOYMENTS, LOWERINGS, MILBuilder, ct_modules, mil_name, opset
+from .builder import DEPLOYMENTS, LOWERINGS, NARROW_INTS, MILBuilder, ct_modules, mil_name, opset
 from .weights import old_opset_problem
 
 _QUANT = frozenset({(s, b) for s in ("symmetric", "asymmetric") for b in (4, 8)}
@@ -99,7 +100,7 @@ class CoreMLTarget(Target):
         "min_cosine": 0.999, "min_top1": 0.95,
         "description": "fp16 compute: cosine >= 0.999 and top-1 agreement >= 0.95 vs the reference"}
     capabilities: ClassVar[Capabilities] = Capabilities(
-        ops=LOWERINGS.ops(), dtypes=frozenset({"f32", "f16", "f64", "i64", "i32", "bool"}), quant=_QUANT, mixed=(8, "p2", "p3", "p4", "p6"))  # per-layer palette nbits, int8
+        ops=LOWERINGS.ops(), dtypes=frozenset({"f32", "f16", "f64", "i64", "i32", "bool"} | set(NARROW_INTS)), quant=_QUANT, mixed=(8, "p2", "p3", "p4", "p6"))  # per-layer palette nbits, int8
     deployment: str = option("ios18", choices=DEPLOYMENTS, help="minimum deployment target: picks the opset "
                              "and with it the weight encodings (ios16/ios17: int8 per channel and per-tensor "
                              "palettes only)")

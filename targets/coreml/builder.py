@@ -71,6 +71,16 @@ class MILBuilder:
     def scalar(self, x: float):
         return np.float16(x)
 
+    def _wrap(self, n: Node, o: Value, y):
+        nb = NARROW_INTS.get(o.dtype.short)
+        if nb is None or n.op_type in _IN_RANGE or isinstance(y, np.ndarray):
+            return y
+        bits, signed = nb
+        mb, half = self.mb, np.int32(1 << (bits - 1))
+        if signed:
+            return mb.sub(x=mb.mod(x=mb.add(x=y, y=half), y=np.int32(1 << bits)), y=half)
+        return mb.mod(x=y, y=np.int32(1 << bits))
+
     def const(self, arr, like: Value) -> np.ndarray:
         """``arr`` as a MIL constant of ``like``'s compute type (fp16 / int32 / bool)."""
         return np.asarray(arr).astype(np_compute(like))
@@ -92,6 +102,7 @@ class MILBuilder:
                 if shape is not None and (len(shape) > 5 or 0 in shape):
                     raise UnsupportedError(f"node {n.name!r} ({n.qualified_op}): output {o.name!r} of shape "
                                            f"{list(shape)}: Core ML tensors have rank <= 5 and no empty axes")
+            _wrap_ok(n)
             try:
                 ys = fn(self, n)
             except UnsupportedError:
@@ -103,7 +114,7 @@ class MILBuilder:
             ys = list(ys) if isinstance(ys, (list, tuple)) else [ys]
             for o, y in zip(n.outputs, ys):
                 if o is not None:
-                    self.env[id(o)] = y
+                    self.env[id(o)] = self._wrap(n, o, y)
             missing = [o.name for o in n.outputs[len(ys):] if o is not None and used(g, o)]
             if missing:
                 raise UnsupportedError(f"node {n.name!r} ({n.qualified_op}): the coreml target does not compute its "
@@ -116,6 +127,24 @@ class MILBuilder:
             # Core ML outputs are fp32 or int32 (no bool, no int64): run_package restores the model's dtypes.
             outs.append(mb.cast(x=y, dtype="fp32" if o.dtype.is_float else "int32", name=mil_name(o.name)))
         return outs
+
+
+# Narrow integers compute in int32 and wrap back into their range after every op that can leave it, so the
+# result is the one ONNX's two's-complement arithmetic gives.
+NARROW_INTS = {"i8": (8, True), "u8": (8, False), "i16": (16, True)}
+_IN_RANGE = frozenset({"Reshape", "Flatten", "Squeeze", "Unsqueeze", "Transpose", "Identity", "Concat", "Split", "Slice",
+                       "Gather", "GatherElements", "GatherND", "Tile", "Expand", "Where", "Max", "Min", "ReduceMax",
+                       "ReduceMin", "Clip", "TopK", "Dropout", "Pad", "DepthToSpace", "SpaceToDepth", "Relu",
+                       "Sign", "Shape", "Size", "ConstantOfShape", "Range", "OneHot", "ArgMax", "ArgMin"})
+_OVERFLOW_INT32 = frozenset({"ReduceProd", "Pow", "ReduceSumSquare", "CumSum", "ReduceSum", "MatMul"})
+
+
+def _wrap_ok(n: Node) -> None:
+    """Refuse the ops whose narrow-integer result could overflow int32 before the wrap."""
+    narrow = [v for v in list(n.inputs) + list(n.outputs) if v is not None and v.dtype.short in NARROW_INTS]
+    if narrow and n.op_type in _OVERFLOW_INT32:
+        raise UnsupportedError(f"node {n.name!r} ({n.op_type}): {n.op_type} of {narrow[0].dtype.short} is not "
+                               "supported by the coreml target (it computes narrow integers in int32)")
 
 
 def np_compute(v: Value):
@@ -143,23 +172,24 @@ def _ints(v: Value) -> list[int]:
     return [int(i) for i in np.asarray(v.const.numpy()).reshape(-1)]
 
 
-def _pads(n: Node) -> list[int]:
-    if n.attr("auto_pad", "NOTSET") not in ("NOTSET", "VALID"):
-        raise UnsupportedError(f"node {n.name!r}: auto_pad={n.attr('auto_pad')} is not supported")
-    p = list(n.attr("pads", [0, 0, 0, 0]))
-    k = len(p) // 2
-    return [v for i in range(k) for v in (p[i], p[i + k])]  # Core ML: [top, bottom, left, right]
-
-
 # ---- CNN ops --------------------------------------------------------------------------------------------------
 @lowering("Conv")
 def _conv(b: MILBuilder, n: Node):
-    kw = {"x": b.get(n.inputs[0]), "weight": b.get(n.inputs[1]), "strides": list(n.attr("strides", [1, 1])),
-          "dilations": list(n.attr("dilations", [1, 1])), "groups": n.attr("group", 1), "pad_type": "custom",
-          "pad": _pads(n)}
-    if len(n.inputs) > 2 and n.inputs[2] is not None:
-        kw["bias"] = b.get(n.inputs[2])
-    return b.mb.conv(**kw)
+    shape = _static(n, n.inputs[0])
+    k = len(shape) - 2
+    if k not in (1, 2, 3):
+        _refuse(n, f"Conv of rank {len(shape)}")
+    strides, dil = list(n.attr("strides", [1] * k)), list(n.attr("dilations", [1] * k))
+    kernel = _static(n, n.inputs[1])[2:]
+    kw = {"x": b.get(n.inputs[0]), "weight": b.get(n.inputs[1]), "strides": strides, "dilations": dil,
+          "groups": n.attr("group", 1), "pad_type": "custom", "pad": _conv_pads(n, shape[2:], kernel, strides, dil)}
+    bias = _opt(n, 2)
+    if bias is not None and bias.is_const:
+        kw["bias"] = b.get(bias)
+    y = b.mb.conv(**kw)
+    if bias is not None and not bias.is_const:
+        y = b.mb.add(x=y, y=b.mb.reshape(x=b.get(bias), shape=[-1] + [1] * k))
+    return y
 
 
 @lowering("edgec::Linear")
@@ -184,7 +214,8 @@ def _matmul(b, n):
         x = mb.expand_dims(x=x, axes=[0])
     if c.rank == 1:
         y = np.asarray(y)[:, None] if isinstance(y, np.ndarray) else mb.expand_dims(x=y, axes=[-1])
-    return mb.reshape(x=mb.matmul(x=x, y=y), shape=_static(n))
+    z = mb.matmul(x=x, y=y)
+    return mb.squeeze(x=z) if not _static(n) else mb.reshape(x=z, shape=_static(n))
 
 
 _UNARY = {"Relu": "relu", "Sigmoid": "sigmoid", "Tanh": "tanh", "Exp": "exp", "Sqrt": "sqrt", "Erf": "erf",
@@ -329,7 +360,10 @@ def _resize(b, n):
 # ---- shape ops ---------------------------------------------------------------------------------------------------
 @lowering("Flatten", "Reshape", "Squeeze", "Unsqueeze")
 def _reshape(b, n):
-    return b.mb.reshape(x=b.get(n.inputs[0]), shape=_static(n))
+    out = _static(n)
+    if not out:  # to a scalar: MIL's reshape takes no empty shape
+        return b.mb.identity(x=b.get(n.inputs[0])) if n.inputs[0].rank == 0 else b.mb.squeeze(x=b.get(n.inputs[0]))
+    return b.mb.reshape(x=b.get(n.inputs[0]), shape=out)
 
 
 @lowering("Identity")
@@ -371,10 +405,17 @@ def _cast(b, n):
 def _layernorm(b, n):
     x = n.inputs[0]
     axis = n.attr("axis", -1) % x.rank
-    if any(o is not None and used(b.model.graph, o) for o in n.outputs[1:]):
-        _refuse(n, "LayerNormalization's Mean / InvStdDev outputs")
     scale, bias = n.inputs[1], _opt(n, 2)
     mb = b.mb
+    if any(o is not None and used(b.model.graph, o) for o in n.outputs[1:]):  # Mean / InvStdDev too: by hand
+        axes = list(range(axis, x.rank))
+        xv = b.get(x)
+        mean = mb.reduce_mean(x=xv, axes=axes, keep_dims=True)
+        d = mb.sub(x=xv, y=mean)
+        inv = mb.rsqrt(x=mb.reduce_mean(x=mb.mul(x=d, y=d), axes=axes, keep_dims=True),
+                       epsilon=_eps16(n.attr("epsilon", 1e-5)))
+        y = mb.mul(x=mb.mul(x=d, y=inv), y=b.get(scale))
+        return [y if bias is None else mb.add(x=y, y=b.get(bias)), mean, inv]
     if scale.is_const and (bias is None or bias.is_const):  # MIL's layer_norm takes constant gamma / beta
         kw = {"gamma": b.get(scale)}
         if bias is not None:
@@ -464,8 +505,10 @@ def _binary(b, n):
     a, c = n.inputs
     x, y = b.get(a), b.get(c)
     if n.op_type == "Pow":
+        if not a.dtype.is_float and not c.dtype.is_float and a.dtype.short != "bool":
+            return mb.pow(x=x, y=y)  # integer powers, in int32
         if not a.dtype.is_float:
-            _refuse(n, f"Pow of {a.dtype.short}")
+            _refuse(n, f"Pow of {a.dtype.short} by {c.dtype.short}")
         if not c.dtype.is_float:  # the exponent takes the base's type (exact for the small exponents seen)
             y = b.const(y, a) if isinstance(y, np.ndarray) else mb.cast(x=y, dtype="fp16")
         return mb.pow(x=x, y=y)
@@ -493,8 +536,6 @@ def _mod(b, n):
     a = n.inputs[0]
     x, y = b.get(a), b.get(n.inputs[1])
     fmod = int(n.attr("fmod", 0))
-    if a.dtype.is_float and not fmod:
-        _refuse(n, "Mod of floats with fmod=0")
     r = mb.mod(x=x, y=y)  # the sign of the divisor (Python's %)
     if not fmod:
         return r
@@ -698,7 +739,14 @@ def _pool(b, n):
     mil_out = [-(-(d - k) // s) + 1 if ceil else (d - k) // s + 1 for d, k, s in zip(padded, kernel, strides)]
     if mil_out != _static(n)[2:]:  # ONNX drops a last window that would start past the input
         _refuse(n, f"ceil_mode where ONNX's output size {_static(n)[2:]} differs from MIL's {mil_out}")
-    kw = {"x": b.get(x), "kernel_sizes": kernel, "strides": strides, "pad_type": "custom", "pad": pads,
+    xin = b.get(x)
+    if not x.dtype.is_float:  # MIL pools floats: int8 / uint8 are exact in fp16
+        if n.op_type != "MaxPool" or x.dtype.short not in ("i8", "u8"):
+            _refuse(n, f"{n.op_type} of {x.dtype.short}")
+        y = b.mb.max_pool(x=b.mb.cast(x=xin, dtype="fp16"), kernel_sizes=kernel, strides=strides, pad_type="custom",
+                          pad=pads, ceil_mode=ceil)
+        return b.mb.cast(x=y, dtype="int32")
+    kw = {"x": xin, "kernel_sizes": kernel, "strides": strides, "pad_type": "custom", "pad": pads,
           "ceil_mode": ceil}
     if n.op_type == "LpPool":
         if int(n.attr("p", 2)) != 2 or ceil:
@@ -718,25 +766,41 @@ def _gap(b, n):
     return fn(x=b.get(n.inputs[0]), axes=axes, keep_dims=True)
 
 
+def _channel(b, v: Value, rank: int):
+    """A per-channel vector shaped [C, 1, ...] to broadcast against an NC... tensor."""
+    y = b.get(v)
+    return np.asarray(y).reshape([-1] + [1] * (rank - 2)) if isinstance(y, np.ndarray) else \
+        b.mb.reshape(x=y, shape=[-1] + [1] * (rank - 2))
+
+
 @lowering("BatchNormalization")
 def _batchnorm(b, n):
     if n.attr("training_mode", 0) or any(o is not None and used(b.model.graph, o) for o in n.outputs[1:]):
         _refuse(n, "BatchNormalization in training mode")
-    x = n.inputs[0]
-    if len(_static(n, x)) not in (3, 4, 5):
-        _refuse(n, f"BatchNormalization of rank {x.rank}")
-    scale, bias, mean, var = (b.get(v) for v in n.inputs[1:5])
-    return b.mb.batch_norm(x=b.get(x), mean=mean, variance=var, gamma=scale, beta=bias,
-                           epsilon=_eps16(n.attr("epsilon", 1e-5)))
+    mb, x = b.mb, n.inputs[0]
+    rank = len(_static(n, x))
+    eps = _eps16(n.attr("epsilon", 1e-5))
+    if rank in (3, 4, 5) and all(v.is_const for v in n.inputs[1:5]):
+        scale, bias, mean, var = (b.get(v) for v in n.inputs[1:5])
+        return mb.batch_norm(x=b.get(x), mean=mean, variance=var, gamma=scale, beta=bias, epsilon=eps)
+    if rank < 2:
+        _refuse(n, f"BatchNormalization of rank {rank}")
+    scale, bias, mean, var = (_channel(b, v, rank) for v in n.inputs[1:5])
+    y = mb.real_div(x=mb.sub(x=b.get(x), y=mean), y=mb.sqrt(x=mb.add(x=var, y=eps)))
+    return mb.add(x=mb.mul(x=y, y=scale), y=bias)
 
 
 @lowering("InstanceNormalization")
 def _instancenorm(b, n):
-    x = n.inputs[0]
-    if len(_static(n, x)) not in (3, 4):
-        _refuse(n, f"InstanceNormalization of rank {x.rank}")
-    return b.mb.instance_norm(x=b.get(x), gamma=b.get(n.inputs[1]), beta=b.get(n.inputs[2]),
-                              epsilon=_eps16(n.attr("epsilon", 1e-5)))
+    mb, x = b.mb, n.inputs[0]
+    rank = len(_static(n, x))
+    if rank not in (3, 4):
+        _refuse(n, f"InstanceNormalization of rank {rank}")
+    eps = _eps16(n.attr("epsilon", 1e-5))
+    if n.inputs[1].is_const and n.inputs[2].is_const:
+        return mb.instance_norm(x=b.get(x), gamma=b.get(n.inputs[1]), beta=b.get(n.inputs[2]), epsilon=eps)
+    y = mb.instance_norm(x=b.get(x), epsilon=eps)
+    return mb.add(x=mb.mul(x=y, y=_channel(b, n.inputs[1], rank)), y=_channel(b, n.inputs[2], rank))
 
 
 @lowering("LRN")
@@ -768,8 +832,8 @@ def _conv_transpose(b, n):
     total = [f + op - o for f, o, op in zip(full, out[2:], n.attr("output_padding", [0] * k))]
     ap = n.attr("auto_pad", "NOTSET")
     if n.attr("output_shape") is not None or ap in ("SAME_UPPER", "SAME_LOWER"):
-        # ONNX: total padding split evenly, the extra one at the end for SAME_UPPER / output_shape
-        begins = [t // 2 if ap != "SAME_LOWER" else t - t // 2 for t in total]
+        # ONNX: total padding split evenly, the extra one at the end for SAME_UPPER, at the start otherwise
+        begins = [t // 2 if ap == "SAME_UPPER" else t - t // 2 for t in total]
     elif ap in ("NOTSET", "VALID"):
         p = list(n.attr("pads", [0] * 2 * k)) if ap == "NOTSET" else [0] * 2 * k
         begins = p[:k]
@@ -777,11 +841,12 @@ def _conv_transpose(b, n):
         _refuse(n, f"auto_pad={ap}")
     y = mb.conv_transpose(x=b.get(x), weight=b.get(w), pad_type="valid", strides=strides, dilations=dil,
                           groups=groups)
-    need_pad = [max(0, bg + o - f) for bg, o, f in zip(begins, out[2:], full)]
-    if any(bg < 0 for bg in begins):
-        _refuse(n, "ConvTranspose with negative pads")
-    if any(need_pad):
-        y = mb.pad(x=y, pad=[v for p in need_pad for v in (0, p)], mode="constant", constant_val=b.scalar(0.0))
+    pre = [max(0, -bg) for bg in begins]  # negative pads: the output reaches past the full result (zeros)
+    begins = [bg + p for bg, p in zip(begins, pre)]
+    need_pad = [max(0, bg + o - f - p) for bg, o, f, p in zip(begins, out[2:], full, pre)]
+    if any(need_pad) or any(pre):
+        y = mb.pad(x=y, pad=[v for p, q in zip(pre, need_pad) for v in (p, q)], mode="constant",
+                   constant_val=b.scalar(0.0))
     y = mb.slice_by_index(x=y, begin=[0, 0] + begins, end=out[:2] + [bg + o for bg, o in zip(begins, out[2:])])
     if _opt(n, 2) is not None:
         y = mb.add(x=y, y=np.asarray(b.get(n.inputs[2])).reshape([-1] + [1] * k) if n.inputs[2].is_const else

@@ -206,6 +206,11 @@ def _elu(x, alpha):
 
 def _eval(t: str, a: dict, op):
     """One MIL op in float32 (the caller rounds to the op's declared output type)."""
+    if t == "pow" and np.asarray(a["x"]).dtype.kind in "iu":
+        x, y = np.asarray(a["x"]).astype(np.int64), np.asarray(a["y"]).astype(np.int64)
+        if (y < 0).any():
+            raise UnsupportedError(f"integer pow by a negative exponent ({op.name!r})")
+        return np.power(x, y)
     if t in _BINARY:
         return _BINARY[t](_f32(a["x"]), _f32(a["y"]))
     if t in _UNARY:
