@@ -20,7 +20,7 @@ lowering = LOWERINGS.register
 
 # Lowerings that compute float16 inputs in float32 (cast in, cast the float16 outputs back): the reductions whose
 # float16 accumulation differed from onnx's results by a few ulps.
-_WIDEN_F16 = frozenset({"MatMul", "Softmax", "ReduceMean", "ReduceSum", "Conv", "AveragePool", "GlobalAveragePool",
+_WIDEN_F16 = frozenset({"MatMul", "ReduceMean", "ReduceSum", "Conv", "AveragePool", "GlobalAveragePool",
                         "edgec::Linear"})
 
 
@@ -473,7 +473,18 @@ def _hardswish(b, n):
 
 @lowering("Softmax")
 def _softmax(b, n):
-    return b.emit(_op().nn.softmax(b.get(n.inputs[0]), axis=n.attr("axis", -1)))
+    axis = n.attr("axis", -1)
+    x = n.inputs[0]
+    if x.dtype == DType.FLOAT16:
+        # float16 rounded where onnx's definition rounds: exp(x - max) to float16, its sum accumulated in float32
+        # and rounded, the quotient rounded (one float32 softmax rounded once differed by 2 ulps)
+        op = _op()
+        xv = b.get(x)
+        d = op.subtract(xv, op.max(xv, axis=axis, keepdims=True))
+        e = b.emit(op.astype(op.exp(op.astype(d, "float32")), "float16"))
+        total = op.astype(op.sum(op.astype(e, "float32"), axis=axis, keepdims=True), "float16")
+        return b.emit(op.divide(e, total))
+    return b.emit(_op().nn.softmax(b.get(x), axis=axis))
 
 
 _REDUCE = {"ReduceMean": "mean", "ReduceSum": "sum", "ReduceMax": "max", "ReduceMin": "min", "ReduceProd": "prod"}
