@@ -5,7 +5,7 @@
   fewer weight encodings: see :mod:`.weights`).
 * fp16 compute with fp32 I/O; integer inputs (token ids, masks) as int32. Models in f16 / f64 compute in fp16
   too (f64 is rounded to fp16 like f32); ``run_package`` returns each output in the model's dtype (bool, int64,
-  f16, f64, scalars) from Core ML's fp32 / int32 outputs of rank >= 1. int8 / uint8 / int16 compute in int32,
+  f16, f64, scalars) from Core ML's fp32 / int32 outputs of rank >= 1. int8 / uint8 / int16 / uint16 compute in int32,
   wrapped back into their range after every op that can leave it.
 * Weights: fp16, int8 per channel / int4 per block, palettes of 1-8 bits per tensor, channel or group from the
   IR's codebooks, pruned weights as sparse constexprs, sparse + palettized and sparse + quantized jointly;

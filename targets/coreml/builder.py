@@ -131,7 +131,7 @@ class MILBuilder:
 
 # Narrow integers compute in int32 and wrap back into their range after every op that can leave it, so the
 # result is the one ONNX's two's-complement arithmetic gives.
-NARROW_INTS = {"i8": (8, True), "u8": (8, False), "i16": (16, True)}
+NARROW_INTS = {"i8": (8, True), "u8": (8, False), "i16": (16, True), "u16": (16, False)}
 _IN_RANGE = frozenset({"Reshape", "Flatten", "Squeeze", "Unsqueeze", "Transpose", "Identity", "Concat", "Split", "Slice",
                        "Gather", "GatherElements", "GatherND", "Tile", "Expand", "Where", "Max", "Min", "ReduceMax",
                        "ReduceMin", "Clip", "TopK", "Dropout", "Pad", "DepthToSpace", "SpaceToDepth", "Relu",
@@ -142,7 +142,7 @@ _OVERFLOW_INT32 = frozenset({"ReduceProd", "Pow", "ReduceSumSquare", "CumSum", "
 def _wrap_ok(n: Node) -> None:
     """Refuse the ops whose narrow-integer result could overflow int32 before the wrap."""
     narrow = [v for v in list(n.inputs) + list(n.outputs) if v is not None and v.dtype.short in NARROW_INTS]
-    if narrow and n.op_type in _OVERFLOW_INT32:
+    if narrow and (n.op_type in _OVERFLOW_INT32 or (n.op_type == "Mul" and narrow[0].dtype.short == "u16")):
         raise UnsupportedError(f"node {n.name!r} ({n.op_type}): {n.op_type} of {narrow[0].dtype.short} is not "
                                "supported by the coreml target (it computes narrow integers in int32)")
 
@@ -1073,3 +1073,95 @@ def _onehot(b, n):
     v = b.get(n.inputs[2])
     return mb.select(cond=mb.cast(x=hot, dtype="bool"), a=mb.gather(x=v, indices=np.int32(1), axis=0),
                      b=mb.gather(x=v, indices=np.int32(0), axis=0))
+
+
+_SCATTER_MODE = {"none": "update", "add": "add", "mul": "mul", "max": "max", "min": "min"}
+
+
+def _scatter_mode(n: Node) -> str:
+    red = n.attr("reduction", "none")
+    if red not in _SCATTER_MODE:
+        _refuse(n, f"reduction={red!r}")
+    if n.inputs[0].dtype.short == "bool":
+        _refuse(n, f"{n.op_type} of bool")
+    return _SCATTER_MODE[red]
+
+
+@lowering("ScatterElements", "Scatter")
+def _scatter_elements(b, n):
+    x = n.inputs[0]
+    shape = _static(n, x)
+    axis = int(n.attr("axis", 0)) % len(shape)
+    mode = _scatter_mode(n)
+    idx = _indices(b, n, n.inputs[1], shape[axis])
+    return b.mb.scatter_along_axis(data=b.get(x), indices=idx, updates=b.get(n.inputs[2]), axis=axis, mode=mode)
+
+
+@lowering("ScatterND")
+def _scatter_nd(b, n):
+    x, iv = n.inputs[0], n.inputs[1]
+    mode = _scatter_mode(n)
+    dims = np.asarray(_static(n, x)[:_static(n, iv)[-1]], np.int32)
+    if iv.is_const:
+        idx = np.asarray(iv.const.numpy()).astype(np.int64)
+        idx = np.where(idx < 0, idx + dims, idx).astype(np.int32)
+    else:
+        i = b.get(iv)
+        idx = b.mb.select(cond=b.mb.less(x=i, y=np.int32(0)), a=b.mb.add(x=i, y=dims), b=i)
+    return b.mb.scatter_nd(data=b.get(x), indices=idx, updates=b.get(n.inputs[2]), mode=mode)
+
+
+@lowering("Compress")
+def _compress(b, n):
+    x = n.inputs[0]
+    cond = _const_input(n, 1, "condition")
+    keep = np.nonzero(np.asarray(cond).reshape(-1).astype(bool))[0].astype(np.int32)
+    axis = n.attr("axis")
+    y = _numeric(b, x)
+    if axis is None:
+        y = b.mb.reshape(x=y, shape=[-1])
+        axis = 0
+    return _unbool(b, x, b.mb.gather(x=y, indices=keep, axis=int(axis) % max(len(_static(n, x)), 1)))
+
+
+@lowering("EyeLike")
+def _eyelike(b, n):
+    r, c = _static(n)
+    return b.const(np.eye(r, c, k=int(n.attr("k", 0))), n.outputs[0])
+
+
+@lowering("LpNormalization")
+def _lpnorm(b, n):
+    x = n.inputs[0]
+    p = int(n.attr("p", 2))
+    if p not in (1, 2) or not x.dtype.is_float:
+        _refuse(n, f"LpNormalization with p={p} of {x.dtype.short}")
+    axis = int(n.attr("axis", -1)) % len(_static(n, x))
+    fn = b.mb.reduce_l1_norm if p == 1 else b.mb.reduce_l2_norm
+    y = b.get(x)
+    norm = fn(x=y, axes=[axis], keep_dims=True)  # a zero norm divides zeros by 1: 0, as ONNX's reference gives
+    one = b.scalar(1.0)
+    return b.mb.real_div(x=y, y=b.mb.select(cond=b.mb.equal(x=norm, y=b.scalar(0.0)), a=one, b=norm))
+
+
+@lowering("DequantizeLinear")
+def _dequantize(b, n):
+    """(x - zero_point) * scale: the difference in int32 (exact), then fp16."""
+    mb, x = b.mb, n.inputs[0]
+    if x.dtype.is_float or n.attr("block_size", 0):
+        _refuse(n, f"DequantizeLinear of {x.dtype.short}" + (" by blocks" if n.attr("block_size", 0) else ""))
+    rank = len(_static(n, x))
+    scale = n.inputs[1]
+    axis = int(n.attr("axis", 1)) % max(rank, 1)
+
+    def per_axis(v: Value):
+        y = b.get(v)
+        if v.rank == 1 and rank > 1 and _static(n, v)[0] > 1:
+            shape = [-1] + [1] * (rank - axis - 1)
+            return np.asarray(y).reshape(shape) if isinstance(y, np.ndarray) else mb.reshape(x=y, shape=shape)
+        return y
+    y = b.get(x)
+    zp = _opt(n, 2)
+    if zp is not None:
+        y = mb.sub(x=y, y=per_axis(zp))
+    return mb.mul(x=mb.cast(x=y, dtype="fp16"), y=per_axis(scale))

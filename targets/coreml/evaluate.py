@@ -200,6 +200,17 @@ def _one_hot(idx, size, axis, on, off):
     return np.moveaxis(y, -1, axis if axis >= 0 else idx.ndim + 1 + axis)
 
 
+def _scatter(data, where, upd, mode):
+    y = np.array(data, copy=True)
+    if mode == "update":
+        y[where] = upd
+    elif mode in ("add", "mul", "max", "min"):
+        {"add": np.add, "mul": np.multiply, "max": np.maximum, "min": np.minimum}[mode].at(y, where, upd)
+    else:
+        raise UnsupportedError(f"the MIL evaluator does not implement scatter mode {mode!r}")
+    return y
+
+
 def _elu(x, alpha):
     return np.where(x > 0, x, alpha * np.expm1(np.minimum(x, 0)))
 
@@ -294,6 +305,16 @@ def _eval(t: str, a: dict, op):
         x = _f32(a["x"])
         return np.sqrt(_pool(x * x, list(a["kernel_sizes"]), list(a["strides"]), list(a["pad"]),
                              bool(a.get("ceil_mode", False)), "avg", False) * float(np.prod(list(a["kernel_sizes"]))))
+    if t == "scatter_along_axis":
+        idx = np.asarray(a["indices"]).astype(np.int64)
+        ax = int(a.get("axis", 0)) % idx.ndim
+        where = list(np.indices(idx.shape))
+        where[ax] = np.where(idx < 0, idx + np.shape(a["data"])[ax], idx)
+        return _scatter(_f32(a["data"]), tuple(where), _f32(a["updates"]), str(a.get("mode", "add")))
+    if t == "scatter_nd":
+        idx = np.asarray(a["indices"]).astype(np.int64)
+        return _scatter(_f32(a["data"]), tuple(np.moveaxis(idx, -1, 0)), _f32(a["updates"]),
+                        str(a.get("mode", "add")))
     if t == "squeeze":
         x = np.asarray(a["x"])
         return np.squeeze(x, axis=_axes(a, x) if a.get("axes") is not None else None)
