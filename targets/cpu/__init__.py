@@ -97,8 +97,8 @@ class CpuTarget(Target):
             if not converted:
                 raise
             reason = ([x.strip() for x in str(e).strip().splitlines() if x.strip()] or [type(e).__name__])[-1]
-            raise UnsupportedError(f"TVM could not compile the nodes lowered through its ONNX converters "
-                                   f"({type(e).__name__}: {reason[:300]})", converted) from None
+            raise UnsupportedError(f"TVM could not compile the model ({type(e).__name__}: {reason[:300]}); it holds "
+                                   "nodes lowered through TVM's ONNX converters, the likeliest cause", converted) from None
         files = []
         if self.arch == "x86_64":
             ex.export_library(os.path.join(out_dir, "model.so"))
