@@ -743,8 +743,9 @@ def _linear(b, n):
 # result) and the ops the ONNX backend node suite shows it computes wrongly (benchmarks/coverage.py): Attention
 # (local windows, past key/values with causal masks), BitShift (signed inputs, shifts of the width or more), DFT
 # (axis, onesided / real inputs), DynamicQuantizeLinear and QuantizeLinear (round some values to the neighbouring
-# code), NonMaxSuppression (a box whose IoU equals the threshold); variants of others are refused by
-# _FALLBACK_PROBLEMS.
+# code), NonMaxSuppression (a box whose IoU equals the threshold), ReduceL1 / ReduceLogSum / ReduceLogSumExp (before
+# opset 18 their axes attribute is ignored: everything is reduced; the decompose pass rewrites them exactly through
+# ReduceSum); variants of others are refused by _FALLBACK_PROBLEMS.
 FALLBACK_OPS = frozenset({
     "Acos", "Acosh", "AffineGrid", "ArgMax", "ArgMin", "Asin", "Asinh", "Atan", "Atanh", "BitwiseAnd", "BitwiseNot",
     "BitwiseOr", "BitwiseXor", "BlackmanWindow", "CastLike", "Celu", "CenterCropPad", "Col2Im", "Compress",
@@ -753,8 +754,7 @@ FALLBACK_OPS = frozenset({
     "GroupNormalization", "HammingWindow", "HannWindow", "Hardmax", "InstanceNormalization", "IsInf", "IsNaN",
     "LRN", "LSTM", "LeakyRelu", "LogSoftmax", "LpNormalization", "LpPool", "MatMulInteger", "MaxRoiPool", "Mean",
     "MeanVarianceNormalization", "Mish", "Mod", "NegativeLogLikelihoodLoss", "NonZero", "OneHot", "PRelu", "Pad",
-    "QLinearConv", "QLinearMatMul", "RMSNormalization", "RNN", "ReduceL1", "ReduceL2",
-    "ReduceLogSum", "ReduceLogSumExp", "ReduceProd", "ReduceSumSquare", "Resize", "ReverseSequence", "RoiAlign",
+    "QLinearConv", "QLinearMatMul", "RMSNormalization", "RNN", "ReduceL2", "ReduceProd", "ReduceSumSquare", "Resize", "ReverseSequence", "RoiAlign",
     "RotaryEmbedding", "Round", "STFT", "Scatter", "ScatterElements", "ScatterND", "Selu", "Shrink", "Sign", "Sin",
     "Sinh", "Size", "SoftmaxCrossEntropyLoss", "Softplus", "Softsign", "SpaceToDepth", "Split", "Sum", "Swish",
     "Tan", "ThresholdedRelu", "Tile", "TopK", "Trilu", "Unique", "Upsample", "Xor",

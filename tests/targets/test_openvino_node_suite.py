@@ -108,3 +108,28 @@ def test_case_is_refused_by_name(harness, case):
     cat, detail = cov.run_case(os.path.join(data, case), "openvino")
     assert cat == "refused", f"{case}: {cat}: {detail}"
     assert detail.startswith("UnsupportedError"), detail
+
+
+@pytest.mark.parametrize("op", ["ReduceL1", "ReduceLogSum", "ReduceLogSumExp"])
+def test_opset13_reduction_axes_attribute_is_kept(harness, tmp_path, op):
+    """OpenVINO's ONNX frontend ignores these ops' axes attribute (opset < 18) and reduces everything: they are
+    not given to it; decompose rewrites them through ReduceSum."""
+    import numpy as np
+    import onnx
+    import onnxruntime as ort
+    from onnx import TensorProto, helper
+
+    import edgec
+    from edgec.compiler import parse_target
+    cov, _ = harness
+    g = helper.make_graph([helper.make_node(op, ["x"], ["y"], axes=[0, 2], keepdims=1)], "g",
+                          [helper.make_tensor_value_info("x", TensorProto.FLOAT, [2, 3, 4])],
+                          [helper.make_empty_tensor_value_info("y")])
+    m = helper.make_model(g, opset_imports=[helper.make_opsetid("", 13)])
+    m.ir_version = 8
+    onnx.save(m, str(tmp_path / "m.onnx"))
+    x = np.random.default_rng(0).standard_normal((2, 3, 4)).astype(np.float32) + 3
+    want = ort.InferenceSession(m.SerializeToString(), providers=["CPUExecutionProvider"]).run(None, {"x": x})
+    res = edgec.compile(str(tmp_path / "m.onnx"), target="openvino", output=str(tmp_path / "out"), use_cache=False)
+    got = parse_target("openvino").run_artifact(res.output_dir, {"x": x}, ["x"])
+    assert cov.compare(want, list(got)) == ("pass", "")
