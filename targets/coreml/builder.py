@@ -408,14 +408,15 @@ def _layernorm(b, n):
     scale, bias = n.inputs[1], _opt(n, 2)
     mb = b.mb
     if any(o is not None and used(b.model.graph, o) for o in n.outputs[1:]):  # Mean / InvStdDev too: by hand
-        axes = list(range(axis, x.rank))
-        xv = b.get(x)
+        axes = list(range(axis, x.rank))  # statistics in fp32, as ONNX's stash_type does
+        xv = mb.cast(x=b.get(x), dtype="fp32")
         mean = mb.reduce_mean(x=xv, axes=axes, keep_dims=True)
         d = mb.sub(x=xv, y=mean)
         inv = mb.rsqrt(x=mb.reduce_mean(x=mb.mul(x=d, y=d), axes=axes, keep_dims=True),
-                       epsilon=_eps16(n.attr("epsilon", 1e-5)))
-        y = mb.mul(x=mb.mul(x=d, y=inv), y=b.get(scale))
-        return [y if bias is None else mb.add(x=y, y=b.get(bias)), mean, inv]
+                       epsilon=np.float32(n.attr("epsilon", 1e-5)))
+        y = mb.mul(x=mb.cast(x=mb.mul(x=d, y=inv), dtype="fp16"), y=b.get(scale))
+        return [y if bias is None else mb.add(x=y, y=b.get(bias)), mb.cast(x=mean, dtype="fp16"),
+                mb.cast(x=inv, dtype="fp16")]
     if scale.is_const and (bias is None or bias.is_const):  # MIL's layer_norm takes constant gamma / beta
         kw = {"gamma": b.get(scale)}
         if bias is not None:
