@@ -10,11 +10,13 @@ import os
 
 HERE = os.path.dirname(os.path.abspath(__file__))
 ORDER = ["RESULTS-foundation.md", "RESULTS-quantization.md", "RESULTS-llm.md", "RESULTS-openvino.md",
-         "RESULTS-coreml.md", "RESULTS-hexagon.md", "RESULTS-mixed.md", "RESULTS-vq.md", "RESULTS-compile.md", "RESULTS-robustness.md"]
+         "RESULTS-coreml.md", "RESULTS-hexagon.md", "RESULTS-mixed.md", "RESULTS-vq.md", "RESULTS-compile.md", "RESULTS-robustness.md",
+         "RESULTS-coverage.md", "RESULTS-real-models.md"]
 SCRIPTS = {"RESULTS-foundation.md": "foundation.py", "RESULTS-quantization.md": "quantization.py",
            "RESULTS-llm.md": "llm_quality.py", "RESULTS-openvino.md": "openvino.py", "RESULTS-coreml.md": "coreml.py",
            "RESULTS-hexagon.md": "hexagon.py", "RESULTS-mixed.md": "mixed_precision.py",
-           "RESULTS-vq.md": "vq.py", "RESULTS-compile.md": "compile.py", "RESULTS-robustness.md": "robustness.py"}
+           "RESULTS-vq.md": "vq.py", "RESULTS-compile.md": "compile.py", "RESULTS-robustness.md": "robustness.py",
+           "RESULTS-coverage.md": "coverage.py", "RESULTS-real-models.md": "real_models.py"}
 
 
 def main() -> None:
