@@ -103,6 +103,95 @@ float nearbyintf(float x) {
   if (d < 0.5f) return f;
   return ((int32_t)f & 1) ? f + 1.0f : f;  /* a tie goes to the even neighbour */
 }
+float ceilf(float x) { float f = floorf(x); return f < x ? f + 1.0f : f; }
+float truncf(float x) { return x < 0.0f ? -floorf(-x) : floorf(x); }
+float roundf(float x) {  /* half away from zero */
+  if (!(x > -8388608.0f && x < 8388608.0f)) return x;
+  float a = x < 0.0f ? -x : x, f = floorf(a);
+  f = (a - f >= 0.5f) ? f + 1.0f : f;
+  return x < 0.0f ? -f : f;
+}
+
+/* logf and powf, written for edgec: the float argument is reduced exactly (x = 2^e m, m in [sqrt(1/2),
+ * sqrt(2))) and the rest is evaluated in double, which Hexagon v67 computes natively (dfadd / dfmpy*): the
+ * series log(1+f) = 2 atanh(s) = 2s (1 + s^2/3 + s^4/5 + ...), s = f / (2 + f), |s| <= 0.1716, is cut where
+ * its terms fall below 2^-53, so the double result is good to about 1e-15 relative and rounding it to float
+ * gives the correctly rounded result but for rare double-rounding ties (at most 1 ulp). powf is
+ * 2^(y log2 x) in double: exp2 of a reduced argument by its Taylor series to degree 12 (error < 2e-16). */
+static double edgec_ddiv(double a, double b) {  /* a / b for finite, normal b: float guess, two Newton steps */
+  double r = (double)edgec_div(1.0f, (float)b);
+  r = r * (2.0 - b * r);
+  r = r * (2.0 - b * r);
+  double q = a * r;
+  return q + r * (a - b * q);
+}
+static const double EDGEC_LN2 = 0.69314718055994530942;
+/* log of a positive, finite, non-zero float, in double */
+static double edgec_logd(float x) {
+  union { float f; uint32_t u; } v = {x};
+  int e = 0;
+  if (v.u < 0x00800000u) { v.f = x * 8388608.0f; e = -23; }   /* subnormal: scale by 2^23, exactly */
+  e += (int)(v.u >> 23) - 127;
+  v.u = (v.u & 0x007fffffu) | 0x3f800000u;                      /* m in [1, 2) */
+  double m = (double)v.f;
+  if (m > 1.41421356237309504880) { m = m * 0.5; e += 1; }     /* m in [sqrt(1/2), sqrt(2)) */
+  double f = m - 1.0;
+  double s = edgec_ddiv(f, 2.0 + f), z = s * s;
+  double p = 1.0 + z * (1.0 / 3 + z * (1.0 / 5 + z * (1.0 / 7 + z * (1.0 / 9 + z * (1.0 / 11 + z * (1.0 / 13
+             + z * (1.0 / 15 + z * (1.0 / 17 + z * (1.0 / 19 + z * (1.0 / 21)))))))))) ;
+  return (double)e * EDGEC_LN2 + 2.0 * s * p;
+}
+static float edgec_inf(int neg) { union { float f; uint32_t u; } v = {0}; v.u = neg ? 0xff800000u : 0x7f800000u; return v.f; }
+static float edgec_nan(void) { union { float f; uint32_t u; } v = {0}; v.u = 0x7fc00000u; return v.f; }
+float logf(float x) {
+  if (x != x) return x;
+  if (x < 0.0f) return edgec_nan();
+  if (x == 0.0f) return edgec_inf(1);
+  if (x == edgec_inf(0)) return x;
+  return (float)edgec_logd(x);
+}
+/* 2^t in double for t in [-160, 130]: t = k + r, |r| <= 1/2, 2^r = e^(r ln2) by Taylor to degree 12 */
+static double edgec_exp2d(double t) {
+  double kd = (double)(int)(t >= 0.0 ? t + 0.5 : t - 0.5);
+  double w = (t - kd) * EDGEC_LN2;
+  double p = 1.0 + w * (1.0 + w * (1.0 / 2 + w * (1.0 / 6 + w * (1.0 / 24 + w * (1.0 / 120 + w * (1.0 / 720
+             + w * (1.0 / 5040 + w * (1.0 / 40320 + w * (1.0 / 362880 + w * (1.0 / 3628800 + w * (1.0 / 39916800
+             + w * (1.0 / 479001600))))))))))));
+  union { double d; uint64_t u; } sc;
+  sc.u = (uint64_t)((int)kd + 1023) << 52;                     /* 2^k, a normal double over this range */
+  return p * sc.d;
+}
+static int edgec_is_int(float y) { return !(y > -8388608.0f && y < 8388608.0f) || floorf(y) == y; }
+static int edgec_is_odd(float y) {
+  return y > -16777216.0f && y < 16777216.0f && floorf(y) == y && ((int32_t)y & 1);
+}
+float powf(float x, float y) {
+  float ay = y < 0.0f ? -y : y;
+  if (y == 0.0f || x == 1.0f) return 1.0f;
+  if (x != x || y != y) return x + y;
+  if (ay == edgec_inf(0)) {
+    float ax = x < 0.0f ? -x : x;
+    if (ax == 1.0f) return 1.0f;
+    return ((ax > 1.0f) == (y > 0.0f)) ? edgec_inf(0) : 0.0f;
+  }
+  int neg = 0;
+  if (x < 0.0f || (x == 0.0f && ((union { float f; uint32_t u; }){x}).u >> 31)) {  /* -0 too */
+    if (x != 0.0f && !edgec_is_int(y)) return edgec_nan();
+    neg = edgec_is_odd(y);
+    x = -x;
+  }
+  float r;
+  if (x == 0.0f) r = y > 0.0f ? 0.0f : edgec_inf(0);
+  else if (x == edgec_inf(0)) r = y > 0.0f ? edgec_inf(0) : 0.0f;
+  else {
+    double t = (double)y * edgec_logd(x) * (1.0 / EDGEC_LN2);
+    if (t >= 128.0) r = edgec_inf(0);
+    else if (t < -151.0) r = 0.0f;
+    else r = (float)edgec_exp2d(t);
+  }
+  return neg ? -r : r;
+}
+
 /* Identity the integer kernels call between a float multiply and add, so LLVM cannot fuse them (the IR
    rounds twice). */
 float edgec_fence(float x) { return x; }

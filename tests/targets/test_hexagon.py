@@ -157,3 +157,75 @@ def test_weight_only_int8_resnet18_fits_its_workspace(tmp_path):
                       str(tmp_path / "a"), verify=True, use_cache=False)
     v = r.manifest["verification"]
     assert v["ran"] and v["passed"], v["summary"]
+
+
+def _ulps(got, want):
+    """Distance in float32 ulps between a result and the exact value (float64), at the exact value's scale."""
+    want32 = want.astype(np.float32)
+    spacing = np.spacing(np.abs(want32)).astype(np.float64)
+    return np.abs(got.astype(np.float64) - want) / spacing
+
+
+@needs_qemu
+def test_runtime_libm_logf_powf_within_1ulp(tmp_path):
+    """logf / powf / ceilf / truncf / roundf of runtime.c, compiled for v67 and run under qemu-hexagon on
+    inputs that span the float range (subnormals, around 1, negative bases with integer exponents), against
+    float64 numpy: within 1 ulp, and IEEE's special cases exact."""
+    from edgec.targets.hexagon import HERE, _tools
+    rng = np.random.default_rng(0)
+    xs = np.concatenate([rng.uniform(0.5, 2.0, 3000), np.exp(rng.uniform(-87, 88, 3000)),
+                         2.0 ** rng.uniform(-149, -126, 200), 1 + rng.uniform(-1e-3, 1e-3, 500),
+                         [1.0, 2.0, 0.0, -0.0, -1.0, np.inf, np.nan, 1e-45]]).astype(np.float32)
+    px = np.concatenate([rng.uniform(0, 10, 3000), np.exp(rng.uniform(-20, 20, 2000)),
+                         -rng.integers(1, 9, 500).astype(float)]).astype(np.float32)
+    py = np.concatenate([rng.uniform(-5, 5, 3000), rng.uniform(-4, 4, 2000),
+                         rng.integers(-7, 8, 500).astype(float)]).astype(np.float32)
+    special = [(0.0, -1.0), (-0.0, -1.0), (-0.0, 3.0), (-2.0, 0.5), (-1.0, np.inf), (0.5, np.inf), (2.0, -np.inf),
+               (np.nan, 0.0), (1.0, np.nan), (-np.inf, 3.0), (-np.inf, -3.0), (np.inf, -2.0), (-8.0, 1 / 3)]
+    px = np.concatenate([px, [s[0] for s in special]]).astype(np.float32)
+    py = np.concatenate([py, [s[1] for s in special]]).astype(np.float32)
+    rx = np.concatenate([rng.uniform(-100, 100, 1000), np.arange(-5, 5.5, 0.5), [-0.0, 1e30, -1e30]]).astype(np.float32)
+    n, m, k = len(xs), len(px), len(rx)
+    src = tmp_path / "t.c"
+    src.write_text(f"""
+float logf(float); float powf(float, float); float ceilf(float); float truncf(float); float roundf(float);
+static float x[{n}], a[{m}], b[{m}], r[{k}], out[{n + m + 3 * k}];
+static long sys3(long n, long a, long b, long c) {{
+  register long r0 __asm__("r0") = a; register long r1 __asm__("r1") = b;
+  register long r2 __asm__("r2") = c; register long r6 __asm__("r6") = n;
+  __asm__ volatile("trap0(#1)" : "+r"(r0) : "r"(r1), "r"(r2), "r"(r6) : "memory"); return r0; }}
+static void rd(void *p, long n) {{ long d = 0; while (d < n) {{ long g = sys3(63, 0, (long)p + d, n - d);
+  if (g <= 0) sys3(93, 9, 0, 0); d += g; }} }}
+void _start(void) {{
+  rd(x, sizeof x); rd(a, sizeof a); rd(b, sizeof b); rd(r, sizeof r);
+  for (int i = 0; i < {n}; i++) out[i] = logf(x[i]);
+  for (int i = 0; i < {m}; i++) out[{n} + i] = powf(a[i], b[i]);
+  for (int i = 0; i < {k}; i++) {{ out[{n + m} + 3 * i] = ceilf(r[i]); out[{n + m} + 3 * i + 1] = truncf(r[i]);
+    out[{n + m} + 3 * i + 2] = roundf(r[i]); }}
+  sys3(64, 1, (long)out, sizeof out); sys3(93, 0, 0, 0); for (;;) {{}} }}
+""")
+    tools = _tools()
+    t = HexagonTarget()
+    flags = t.cflags(ws_bytes=1024)
+    for s, o in ((str(src), "t.o"), (os.path.join(HERE, "runtime.c"), "rt.o")):
+        t._run([tools["clang"], *flags, "-c", s, "-o", o], "compiling", cwd=str(tmp_path))
+    t._run([tools["ld.lld"], "-static", "-e", "_start", "-o", "runner", "t.o", "rt.o"], "linking", cwd=str(tmp_path))
+    r = subprocess.run([QEMU, str(tmp_path / "runner")], input=xs.tobytes() + px.tobytes() + py.tobytes() + rx.tobytes(),
+                       capture_output=True, timeout=300)
+    assert r.returncode == 0, r.stderr
+    out = np.frombuffer(r.stdout, np.float32)
+    log_got, pow_got, rnd = out[:n], out[n:n + m], out[n + m:].reshape(k, 3)
+    with np.errstate(all="ignore"):
+        log_want = np.log(xs.astype(np.float64))
+        pow_want = np.power(px.astype(np.float64), py.astype(np.float64))
+    for got, want in ((log_got, log_want), (pow_got, pow_want)):
+        finite = np.isfinite(want) & (np.abs(want) < 3.4e38)
+        worst = _ulps(got[finite], want[finite]).max()
+        assert worst <= 1.0, worst
+        np.testing.assert_array_equal(got[~finite], want[~finite].astype(np.float32))
+    tail_got, tail_want = pow_got[-len(special):], pow_want[-len(special):].astype(np.float32)
+    signed = ~np.isnan(tail_want)  # the sign of +-0 and +-inf results; a NaN's sign bit means nothing
+    assert np.array_equal(np.signbit(tail_got[signed]), np.signbit(tail_want[signed]))
+    np.testing.assert_array_equal(rnd[:, 0], np.ceil(rx))
+    np.testing.assert_array_equal(rnd[:, 1], np.trunc(rx))
+    np.testing.assert_array_equal(rnd[:, 2], np.where(rx < 0, -np.floor(-rx + 0.5), np.floor(rx + 0.5)))
