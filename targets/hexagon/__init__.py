@@ -204,7 +204,7 @@ class HexagonTarget(Target):
             relax.transform.FuseTIR(), relax.transform.DeadCodeElimination(), relax.transform.AttachGlobalSymbol()])
         with target:
             mod = seq(mod)
-        calls, tensors = self._walk(model, mod)
+        calls, tensors, copies = self._walk(model, mod)
         kernels = tvm.IRModule({gv: f for gv, f in mod.functions.items() if isinstance(f, tvm.tirx.PrimFunc)})
         with tvm.transform.PassContext(config={"tirx.disable_assert": True}):
             ex = tvm.compile(kernels, target=target)
@@ -227,7 +227,8 @@ class HexagonTarget(Target):
                            "outputs": [{"name": v.name, "shape": list(v.static_shape or ()),
                                         "dtype": v.dtype.numpy.name if v.dtype else "float32"}
                                        for v in model.graph.outputs]}, f, indent=1)
-            self._write_driver(calls, tensors, arena, os.path.join(out_dir, "model.c"))
+            self._write_driver(calls, tensors, copies, len(model.graph.outputs), arena,
+                               os.path.join(out_dir, "model.c"))
             shutil.copy(os.path.join(HERE, "runtime.c"), os.path.join(out_dir, "runtime.c"))
             self._write_runner(model, os.path.join(out_dir, "runner.c"))
             self._link(tools, out_dir, work, ws_bytes=workspace_bytes(kernels))
@@ -263,47 +264,104 @@ class HexagonTarget(Target):
         return "; ".join(parts)
 
     @staticmethod
-    def _walk(model: Model, mod) -> tuple[list, list[_Tensor]]:
-        """main's bindings as kernel calls [(kernel, [tensor...])], and every tensor with its live range."""
+    def _walk(model: Model, mod) -> tuple[list, list[_Tensor], list[tuple[int, _Tensor]]]:
+        """main's bindings as kernel calls [(kernel, [tensor...])], every tensor with its live range, and the
+        copies [(output number, tensor)] for outputs that are an input, a constant or another output's tensor.
+
+        Besides kernel calls, main may bind a variable to another variable, to a tuple of them or to an item
+        of such a tuple (a model with several outputs returns a tuple): these only name existing tensors."""
         import tvm
         from tvm import relax
         fn = mod["main"]
         body = fn.body
         # Keyed by the Relax variable itself: Relax reuses name hints (two different "lv4"s in one function).
+        # A value is a _Tensor, or a tuple of values for a tuple-typed variable.
         tensors: dict = {}
+        every: list[_Tensor] = []
         for i, p in enumerate(fn.params):
+            if not isinstance(p.ty, relax.TensorType) or p.ty.shape is None:
+                raise UnsupportedError(f"main's parameter {p.name} is not a tensor of static shape: {p.ty!s:.80}")
             tensors[p] = _Tensor(f"in{i}_{_c_name(p.name)}", [int(s) for s in p.ty.shape], str(p.ty.dtype), "input", i)
+            every.append(tensors[p])
         calls = []
-        consts = 0
+        consts = [0]
         bindings = [b for blk in body.blocks for b in blk.bindings]
         call_tir = tvm.ir.Op.get("relax.call_tir")
+
+        def const(a, step):
+            arr = a.value.numpy()
+            t = _Tensor(f"c{consts[0]}", list(arr.shape), str(arr.dtype), "const", consts[0], data=arr, first=step,
+                        last=step)
+            consts[0] += 1
+            every.append(t)
+            return t
+
+        def value(e, step):
+            """The tensor (or tuple of them) a non-call expression names."""
+            if isinstance(e, tvm.ir.GenericConst):
+                return const(e, step)
+            if isinstance(e, relax.Tuple):
+                return tuple(value(f, step) for f in e.fields)
+            if isinstance(e, relax.TupleGetItem):
+                v = value(e.tuple_value, step)
+                if not isinstance(v, tuple):
+                    raise UnsupportedError(f"main takes an item of a non-tuple: {e!s:.120}")
+                return v[e.index]
+            if isinstance(e, relax.Var) and e in tensors:
+                return tensors[e]
+            raise UnsupportedError(f"the hexagon target lowers only kernel calls, tuples and their items; main has "
+                                   f"{e!s:.120}")
+
+        def flat(v):
+            return [x for y in v for x in flat(y)] if isinstance(v, tuple) else [v]
+
+        def temp(name, ty, step):
+            if not isinstance(ty, relax.TensorType) or ty.shape is None:
+                raise UnsupportedError(f"kernel result {name} is not a tensor of static shape: {ty!s:.80}")
+            t = _Tensor(f"t{step}_{len(every)}_{_c_name(name)}", [int(s) for s in ty.shape], str(ty.dtype), "temp",
+                        first=step, last=step)
+            every.append(t)
+            return t
+
         for step, b in enumerate(bindings):
             call = b.value
-            if not isinstance(call, relax.Call) or call.op != call_tir:
-                raise UnsupportedError(f"the hexagon target lowers only kernel calls; main has {call!s:.120}")
+            if not (isinstance(call, relax.Call) and call.op == call_tir):
+                tensors[b.var] = value(call, step)
+                continue
+            if len(call.args) > 2:
+                raise UnsupportedError(f"kernel {call.args[0].name_hint} takes symbolic shape arguments")
             args = []
             for a in call.args[1].fields:
-                if isinstance(a, tvm.ir.GenericConst):
-                    arr = a.value.numpy()
-                    t = _Tensor(f"c{consts}", list(arr.shape), str(arr.dtype), "const", consts, data=arr)
-                    consts += 1
-                    tensors[("const", consts)] = t
-                else:
-                    t = tensors[a]
-                t.last = step
-                args.append(t)
-            out = _Tensor(f"t{step}_{_c_name(b.var.name)}", [int(s) for s in b.var.ty.shape], str(b.var.ty.dtype),
-                          "temp", first=step, last=step)
-            tensors[b.var] = out
-            calls.append((call.args[0].name_hint, args + [out]))
-        results = body.body
-        outs = list(results.fields) if isinstance(results, relax.Tuple) else [results]
-        for k, o in enumerate(outs):
-            t = tensors.get(o)
-            if t is None or t.kind != "temp":
-                raise UnsupportedError("an output that is an input or a constant is not supported yet")
-            t.kind, t.index = "output", k
-        return calls, list(tensors.values())
+                for t in flat(value(a, step)):
+                    t.last = step
+                    args.append(t)
+            ty = b.var.ty
+            if isinstance(ty, relax.TupleType):  # a kernel with several results: they follow its inputs
+                outs = tuple(temp(f"{b.var.name}_{k}", f, step) for k, f in enumerate(ty.fields))
+            else:
+                outs = temp(b.var.name, ty, step)
+            tensors[b.var] = outs
+            calls.append((call.args[0].name_hint, args + flat(outs)))
+        results = value(body.body, len(bindings))
+        outs = list(results) if isinstance(results, tuple) else [results]
+        if len(outs) != len(model.graph.outputs):
+            raise UnsupportedError(f"main returns {len(outs)} values; the model has {len(model.graph.outputs)} "
+                                   "outputs")
+        copies = []
+        for k, (t, v) in enumerate(zip(outs, model.graph.outputs)):
+            if isinstance(t, tuple):
+                raise UnsupportedError(f"output {v.name!r} is a nested tuple in main")
+            want = list(v.static_shape or ()), (v.dtype.numpy.name if v.dtype else "float32")
+            if (t.shape, t.dtype) != want and not (int(np.prod(t.shape)) == int(np.prod(want[0])) and
+                                                     t.dtype == want[1]):
+                raise UnsupportedError(f"output {v.name!r}: main computes {t.dtype}{t.shape}, the model declares "
+                                       f"{want[1]}{want[0]}")
+            if t.kind == "temp":   # the kernel writes straight into the caller's output buffer
+                t.kind, t.index = "output", k
+            else:                  # an input, a constant or another output: copied after the kernels
+                t.last = len(bindings)
+                copies.append((k, t))
+        return calls, every, copies
 
     @staticmethod
     def _write_blob(consts: list[_Tensor], path: str, align: int = 128) -> int:
@@ -336,17 +394,23 @@ class HexagonTarget(Target):
             f.write("\n".join(lines))
 
     @staticmethod
-    def _write_driver(calls, tensors: list[_Tensor], arena: int, path: str) -> None:
+    def _write_driver(calls, tensors: list[_Tensor], copies: list[tuple[int, _Tensor]], n_out: int, arena: int,
+                      path: str) -> None:
         n_in = sum(t.kind == "input" for t in tensors)
-        n_out = sum(t.kind == "output" for t in tensors)
         lines = ["/* Generated by edgec: calls the kernels in order on a static arena planned by liveness. */",
-                 "#include <stdint.h>", "#include <tvm/ffi/c_api.h>", '#include "model.h"', "",
+                 "#include <stddef.h>", "#include <stdint.h>", "#include <tvm/ffi/c_api.h>", '#include "model.h"', "",
+                 "void *memcpy(void *, const void *, size_t);",
                  "extern const unsigned char _binary_weights_bin_start[];",
                  f"static unsigned char arena[{max(arena, 1)}] __attribute__((aligned(128)));"]
         for k in sorted({c[0] for c in calls}):
             lines.append(f"extern int32_t __tvm_ffi_{k}(void *, const TVMFFIAny *, int32_t, TVMFFIAny *);")
         for t in tensors:
             lines.append(f"static int64_t shape_{t.name}[] = {{{', '.join(map(str, t.shape)) or '1'}}};")
+
+        def ptr(t: _Tensor) -> str:
+            return {"input": f"(void *)in{t.index}", "output": f"out{t.index}",
+                    "const": f"(void *)(_binary_weights_bin_start + {t.offset})",
+                    "temp": f"(void *)(arena + {t.offset})"}[t.kind]
         args = [f"const void *in{k}" for k in range(n_in)] + [f"void *out{k}" for k in range(n_out)]
         lines += ["", f"int edgec_model_run({', '.join(args)}) {{", "  DLTensor t[16]; TVMFFIAny a[16]; "
                   "TVMFFIAny ret;"]
@@ -354,18 +418,18 @@ class HexagonTarget(Target):
             if len(ts) > 16:
                 raise UnsupportedError(f"kernel {kernel} takes {len(ts)} tensors (at most 16)")
             for j, t in enumerate(ts):
-                ptr = {"input": f"(void *)in{t.index}", "output": f"out{t.index}",
-                       "const": f"(void *)(_binary_weights_bin_start + {t.offset})",
-                       "temp": f"(void *)(arena + {t.offset})"}[t.kind]
                 code, bits = _DT.get(t.dtype, (None, None))
                 if code is None:
                     raise UnsupportedError(f"tensor {t.name}: dtype {t.dtype} is not supported yet")
-                lines.append(f"  t[{j}] = (DLTensor){{.data = {ptr}, .device = {{kDLCPU, 0}}, .ndim = {len(t.shape)}, "
-                             f".dtype = {{{code}, {bits}, 1}}, .shape = shape_{t.name}, .strides = 0, "
-                             f".byte_offset = 0}};")
+                lines.append(f"  t[{j}] = (DLTensor){{.data = {ptr(t)}, .device = {{kDLCPU, 0}}, "
+                             f".ndim = {len(t.shape)}, .dtype = {{{code}, {bits}, 1}}, .shape = shape_{t.name}, "
+                             f".strides = 0, .byte_offset = 0}};")
                 lines.append(f"  a[{j}].type_index = kTVMFFIDLTensorPtr; a[{j}].zero_padding = 0; "
                              f"a[{j}].v_ptr = &t[{j}];")
             lines.append(f"  ret.type_index = 0; if (__tvm_ffi_{kernel}(0, a, {len(ts)}, &ret) != 0) return {i + 1};")
+        # outputs that are an input, a constant or another output's tensor: copied once every kernel has run
+        for k, t in copies:
+            lines.append(f"  memcpy(out{k}, {ptr(t)}, {t.nbytes});  /* {t.name} */")
         lines += ["  return 0;", "}", ""]
         with open(path, "w") as f:
             f.write("\n".join(lines))
