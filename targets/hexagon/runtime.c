@@ -192,6 +192,45 @@ float powf(float x, float y) {
   return neg ? -r : r;
 }
 
+/* exp and log in double (float64 models), same method: exact reduction, then a series cut below 2^-56;
+ * ln 2 = LN2_HI + LN2_LO with LN2_HI holding 32 significant bits, so k * LN2_HI is exact for |k| < 2^21. */
+static const double EDGEC_LN2_HI = 0.6931471803691238, EDGEC_LN2_LO = 1.9082149292705877e-10;
+static double edgec_pow2(int k) { union { double d; uint64_t u; } v; v.u = (uint64_t)(k + 1023) << 52; return v.d; }
+double exp(double x) {
+  if (x != x) return x;
+  if (x > 709.782712893384) { union { double d; uint64_t u; } i = {0}; i.u = 0x7ff0000000000000ull; return i.d; }
+  if (x < -745.1332191019412) return 0.0;
+  double kd = (double)(int)(x * 1.4426950408889634 + (x >= 0.0 ? 0.5 : -0.5));
+  double w = (x - kd * EDGEC_LN2_HI) - kd * EDGEC_LN2_LO;       /* |w| <= ln2 / 2 (+ rounding) */
+  double p = 1.0 + w * (1.0 + w * (1.0 / 2 + w * (1.0 / 6 + w * (1.0 / 24 + w * (1.0 / 120 + w * (1.0 / 720
+             + w * (1.0 / 5040 + w * (1.0 / 40320 + w * (1.0 / 362880 + w * (1.0 / 3628800 + w * (1.0 / 39916800
+             + w * (1.0 / 479001600 + w * (1.0 / 6227020800.0)))))))))))));
+  int k = (int)kd;
+  if (k > 1023) return p * edgec_pow2(1023) * edgec_pow2(k - 1023);
+  if (k < -1021) return p * edgec_pow2(k + 600) * edgec_pow2(-600);  /* subnormal results round once here */
+  return p * edgec_pow2(k);
+}
+double log(double x) {
+  union { double d; uint64_t u; } v = {x};
+  if (x != x) return x;
+  if (x < 0.0) { v.u = 0x7ff8000000000000ull; return v.d; }
+  if (x == 0.0) { v.u = 0xfff0000000000000ull; return v.d; }
+  if (v.u == 0x7ff0000000000000ull) return x;
+  int e = 0;
+  if (v.u < 0x0010000000000000ull) { v.d = x * 18014398509481984.0; e = -54; }  /* subnormal: times 2^54 */
+  e += (int)(v.u >> 52) - 1023;
+  v.u = (v.u & 0x000fffffffffffffull) | 0x3ff0000000000000ull;   /* m in [1, 2) */
+  double m = v.d;
+  if (m > 1.41421356237309504880) { m = m * 0.5; e += 1; }
+  double f = m - 1.0, s = edgec_ddiv(f, 2.0 + f), z = s * s;
+  double p = z * (1.0 / 3 + z * (1.0 / 5 + z * (1.0 / 7 + z * (1.0 / 9 + z * (1.0 / 11 + z * (1.0 / 13
+             + z * (1.0 / 15 + z * (1.0 / 17 + z * (1.0 / 19 + z * (1.0 / 21 + z * (1.0 / 23)))))))))));
+  /* log(1 + f) = 2s (1 + p) = f - (hf - s (hf + 2p)), hf = f^2 / 2, since s f = hf - s hf: f is exact and the
+   * rounding errors fall on the smaller terms */
+  double hf = 0.5 * f * f;
+  return (double)e * EDGEC_LN2_HI + ((f - (hf - s * (hf + 2.0 * p))) + (double)e * EDGEC_LN2_LO);
+}
+
 /* Identity the integer kernels call between a float multiply and add, so LLVM cannot fuse them (the IR
    rounds twice). */
 float edgec_fence(float x) { return x; }

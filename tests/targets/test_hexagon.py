@@ -166,12 +166,34 @@ def _ulps(got, want):
     return np.abs(got.astype(np.float64) - want) / spacing
 
 
+def _run_c_under_qemu(tmp_path, main_c: str, stdin: bytes) -> bytes:
+    """Compile ``main_c`` (which gets ``sys3`` and ``rd(buf, n)``) with runtime.c for v67, run it under
+    qemu-hexagon with ``stdin``; its stdout."""
+    from edgec.targets.hexagon import HERE, _tools
+    (tmp_path / "t.c").write_text("""
+static long sys3(long n, long a, long b, long c) {
+  register long r0 __asm__("r0") = a; register long r1 __asm__("r1") = b;
+  register long r2 __asm__("r2") = c; register long r6 __asm__("r6") = n;
+  __asm__ volatile("trap0(#1)" : "+r"(r0) : "r"(r1), "r"(r2), "r"(r6) : "memory"); return r0; }
+static void rd(void *p, long n) { long d = 0; while (d < n) { long g = sys3(63, 0, (long)p + d, n - d);
+  if (g <= 0) sys3(93, 9, 0, 0); d += g; } }
+""" + main_c)
+    tools = _tools()
+    t = HexagonTarget()
+    flags = t.cflags(ws_bytes=1024)
+    for s, o in (("t.c", "t.o"), (os.path.join(HERE, "runtime.c"), "rt.o")):
+        t._run([tools["clang"], *flags, "-c", s, "-o", o], "compiling", cwd=str(tmp_path))
+    t._run([tools["ld.lld"], "-static", "-e", "_start", "-o", "runner", "t.o", "rt.o"], "linking", cwd=str(tmp_path))
+    r = subprocess.run([QEMU, str(tmp_path / "runner")], input=stdin, capture_output=True, timeout=300)
+    assert r.returncode == 0, r.stderr
+    return r.stdout
+
+
 @needs_qemu
 def test_runtime_libm_logf_powf_within_1ulp(tmp_path):
     """logf / powf / ceilf / truncf / roundf of runtime.c, compiled for v67 and run under qemu-hexagon on
     inputs that span the float range (subnormals, around 1, negative bases with integer exponents), against
     float64 numpy: within 1 ulp, and IEEE's special cases exact."""
-    from edgec.targets.hexagon import HERE, _tools
     rng = np.random.default_rng(0)
     xs = np.concatenate([rng.uniform(0.5, 2.0, 3000), np.exp(rng.uniform(-87, 88, 3000)),
                          2.0 ** rng.uniform(-149, -126, 200), 1 + rng.uniform(-1e-3, 1e-3, 500),
@@ -186,16 +208,9 @@ def test_runtime_libm_logf_powf_within_1ulp(tmp_path):
     py = np.concatenate([py, [s[1] for s in special]]).astype(np.float32)
     rx = np.concatenate([rng.uniform(-100, 100, 1000), np.arange(-5, 5.5, 0.5), [-0.0, 1e30, -1e30]]).astype(np.float32)
     n, m, k = len(xs), len(px), len(rx)
-    src = tmp_path / "t.c"
-    src.write_text(f"""
+    out = _run_c_under_qemu(tmp_path, f"""
 float logf(float); float powf(float, float); float ceilf(float); float truncf(float); float roundf(float);
 static float x[{n}], a[{m}], b[{m}], r[{k}], out[{n + m + 3 * k}];
-static long sys3(long n, long a, long b, long c) {{
-  register long r0 __asm__("r0") = a; register long r1 __asm__("r1") = b;
-  register long r2 __asm__("r2") = c; register long r6 __asm__("r6") = n;
-  __asm__ volatile("trap0(#1)" : "+r"(r0) : "r"(r1), "r"(r2), "r"(r6) : "memory"); return r0; }}
-static void rd(void *p, long n) {{ long d = 0; while (d < n) {{ long g = sys3(63, 0, (long)p + d, n - d);
-  if (g <= 0) sys3(93, 9, 0, 0); d += g; }} }}
 void _start(void) {{
   rd(x, sizeof x); rd(a, sizeof a); rd(b, sizeof b); rd(r, sizeof r);
   for (int i = 0; i < {n}; i++) out[i] = logf(x[i]);
@@ -203,17 +218,8 @@ void _start(void) {{
   for (int i = 0; i < {k}; i++) {{ out[{n + m} + 3 * i] = ceilf(r[i]); out[{n + m} + 3 * i + 1] = truncf(r[i]);
     out[{n + m} + 3 * i + 2] = roundf(r[i]); }}
   sys3(64, 1, (long)out, sizeof out); sys3(93, 0, 0, 0); for (;;) {{}} }}
-""")
-    tools = _tools()
-    t = HexagonTarget()
-    flags = t.cflags(ws_bytes=1024)
-    for s, o in ((str(src), "t.o"), (os.path.join(HERE, "runtime.c"), "rt.o")):
-        t._run([tools["clang"], *flags, "-c", s, "-o", o], "compiling", cwd=str(tmp_path))
-    t._run([tools["ld.lld"], "-static", "-e", "_start", "-o", "runner", "t.o", "rt.o"], "linking", cwd=str(tmp_path))
-    r = subprocess.run([QEMU, str(tmp_path / "runner")], input=xs.tobytes() + px.tobytes() + py.tobytes() + rx.tobytes(),
-                       capture_output=True, timeout=300)
-    assert r.returncode == 0, r.stderr
-    out = np.frombuffer(r.stdout, np.float32)
+""", xs.tobytes() + px.tobytes() + py.tobytes() + rx.tobytes())
+    out = np.frombuffer(out, np.float32)
     log_got, pow_got, rnd = out[:n], out[n:n + m], out[n + m:].reshape(k, 3)
     with np.errstate(all="ignore"):
         log_want = np.log(xs.astype(np.float64))
@@ -255,3 +261,29 @@ def test_several_outputs_inputs_and_constants_as_outputs_run_under_qemu(tmp_path
         np.testing.assert_allclose(g_, r_, rtol=1e-5, atol=1e-7)
     driver = (tmp_path / "model.c").read_text()
     assert driver.count("memcpy(out") == 3  # the input, the constant and the repeated result are copied
+
+
+@needs_qemu
+def test_runtime_libm_double_exp_log_within_2ulp(tmp_path):
+    """exp / log in double (float64 models' kernels call them) against numpy: within 2 ulp of float64, over
+    the whole range (subnormal arguments and results, overflow, special values)."""
+    rng = np.random.default_rng(2)
+    ex = np.concatenate([rng.uniform(-745, 709.7, 3000), rng.uniform(-1, 1, 1000), rng.uniform(-745, -700, 200),
+                         [0.0, -0.0, 710.0, -746.0, np.inf, -np.inf, np.nan]])
+    lx = np.concatenate([np.exp(rng.uniform(-700, 700, 3000)), rng.uniform(0.5, 2, 1000), 1 + rng.uniform(-1e-6, 1e-6, 200),
+                         2.0 ** rng.uniform(-1074, -1022, 200), [1.0, 0.0, -1.0, np.inf, np.nan, 5e-324]])
+    n, m = len(ex), len(lx)
+    out = np.frombuffer(_run_c_under_qemu(tmp_path, f"""
+double exp(double); double log(double);
+static double a[{n}], b[{m}], out[{n + m}];
+void _start(void) {{ rd(a, sizeof a); rd(b, sizeof b);
+  for (int i = 0; i < {n}; i++) out[i] = exp(a[i]);
+  for (int i = 0; i < {m}; i++) out[{n} + i] = log(b[i]);
+  sys3(64, 1, (long)out, sizeof out); sys3(93, 0, 0, 0); for (;;) {{}} }}
+""", ex.tobytes() + lx.tobytes()), np.float64)
+    with np.errstate(all="ignore"):
+        for got, want in ((out[:n], np.exp(ex)), (out[n:], np.log(lx))):
+            ok = np.isfinite(want) & (want != 0)
+            worst = (np.abs(got[ok] - want[ok]) / np.spacing(np.abs(want[ok]))).max()
+            assert worst <= 2.0, worst
+            np.testing.assert_array_equal(got[~ok], want[~ok])
