@@ -231,6 +231,40 @@ double log(double x) {
   return (double)e * EDGEC_LN2_HI + ((f - (hf - s * (hf + 2.0 * p))) + (double)e * EDGEC_LN2_LO);
 }
 
+/* half-precision conversions the compiler calls for float16 tensors, bit-exact: one rounding to nearest even
+ * straight from double (rounding through float first could round twice) */
+uint16_t __truncdfhf2(double a) {
+  union { double d; uint64_t u; } v = {a};
+  uint16_t sign = (uint16_t)((v.u >> 48) & 0x8000u);
+  int ex = (int)((v.u >> 52) & 0x7ff);
+  uint64_t mant = v.u & 0x000fffffffffffffull;
+  if (ex == 0x7ff) return sign | (mant ? (uint16_t)(0x7e00u | ((mant >> 42) & 0x1ff)) : 0x7c00u);
+  if (ex == 0) return sign;                              /* zero, or a double subnormal: far below half's range */
+  int e = ex - 1023;
+  if (e > 16) return sign | 0x7c00u;
+  uint64_t m = mant | 0x0010000000000000ull;             /* value = m 2^(e - 52) */
+  int shift = e >= -14 ? 42 : 42 + (-14 - e);            /* bits below half's last significand bit */
+  if (shift > 54) return sign;                           /* below half the smallest subnormal */
+  uint64_t q = m >> shift, rem = m & ((1ull << shift) - 1), halfway = 1ull << (shift - 1);
+  if (rem > halfway || (rem == halfway && (q & 1))) q++;
+  uint32_t h = e >= -14 ? ((uint32_t)(e + 14) << 10) + (uint32_t)q : (uint32_t)q;  /* q's implicit bit adds 1 */
+  if (h >= 0x7c00u) h = 0x7c00u;
+  return sign | (uint16_t)h;
+}
+uint16_t __truncsfhf2(float a) { return __truncdfhf2((double)a); }  /* float -> double is exact */
+double __extendhfdf2(uint32_t h) {
+  h &= 0xffffu;
+  int ex = (int)((h >> 10) & 0x1f);
+  uint32_t mant = h & 0x3ffu;
+  union { double d; uint64_t u; } v;
+  if (ex == 0x1f) { v.u = (mant ? 0x7ff8000000000000ull | ((uint64_t)mant << 42) : 0x7ff0000000000000ull); }
+  else if (ex == 0) { v.d = (double)mant * 5.9604644775390625e-08; }          /* mant 2^-24 */
+  else { v.u = ((uint64_t)(ex - 15 + 1023) << 52) | ((uint64_t)mant << 42); }
+  if (h & 0x8000u) v.u |= 0x8000000000000000ull;
+  return v.d;
+}
+float __extendhfsf2(uint32_t h) { return (float)__extendhfdf2(h); }  /* every half is a float: exact */
+
 /* Identity the integer kernels call between a float multiply and add, so LLVM cannot fuse them (the IR
    rounds twice). */
 float edgec_fence(float x) { return x; }

@@ -287,3 +287,45 @@ void _start(void) {{ rd(a, sizeof a); rd(b, sizeof b);
             worst = (np.abs(got[ok] - want[ok]) / np.spacing(np.abs(want[ok]))).max()
             assert worst <= 2.0, worst
             np.testing.assert_array_equal(got[~ok], want[~ok])
+
+
+@needs_qemu
+def test_runtime_half_conversions_are_bit_exact(tmp_path):
+    """float16 <-> float / double conversions of runtime.c: every half value back and forth, and doubles and
+    floats rounded to half exactly as numpy rounds them (ties to even, subnormals, overflow to inf)."""
+    rng = np.random.default_rng(3)
+    halves = np.arange(65536, dtype=np.uint16)
+    pos = halves[:0x7c00].view(np.float16).astype(np.float64)  # +0 .. 65504
+    d = np.concatenate([rng.standard_normal(4000) * 10.0 ** rng.integers(-9, 6, 4000),
+                        (pos[:-1] + pos[1:])[::5] / 2, -(pos[:-1] + pos[1:])[2::5] / 2,  # exact ties
+                        pos[::7] * (1 + 2.0 ** -12), [np.nan, -np.nan],
+                        [65504.0, 65519.99, 65520.0, 1e300, 2.0 ** -25, 2.0 ** -25 * 1.0000001, 2.0 ** -26, 5e-324,
+                         -0.0, np.inf, -np.inf]])
+    with np.errstate(over="ignore"):
+        f = d.astype(np.float32)
+    n, m = len(d), 65536
+    out = _run_c_under_qemu(tmp_path, f"""
+#include <stdint.h>
+uint16_t __truncdfhf2(double); uint16_t __truncsfhf2(float); double __extendhfdf2(uint32_t);
+float __extendhfsf2(uint32_t);
+static double a[{n}]; static float b[{n}]; static uint16_t h1[{n}], h2[{n}]; static double e1[{m}];
+static float e2[{m}];
+void _start(void) {{ rd(a, sizeof a); rd(b, sizeof b);
+  for (int i = 0; i < {n}; i++) {{ h1[i] = __truncdfhf2(a[i]); h2[i] = __truncsfhf2(b[i]); }}
+  for (int i = 0; i < {m}; i++) {{ e1[i] = __extendhfdf2((uint32_t)i); e2[i] = __extendhfsf2((uint32_t)i); }}
+  sys3(64, 1, (long)h1, sizeof h1); sys3(64, 1, (long)h2, sizeof h2); sys3(64, 1, (long)e1, sizeof e1);
+  sys3(64, 1, (long)e2, sizeof e2); sys3(93, 0, 0, 0); for (;;) {{}} }}
+""", d.tobytes() + f.tobytes())
+    h1 = np.frombuffer(out[:2 * n], np.uint16)
+    h2 = np.frombuffer(out[2 * n:4 * n], np.uint16)
+    e1 = np.frombuffer(out[4 * n:4 * n + 8 * m], np.float64)
+    e2 = np.frombuffer(out[4 * n + 8 * m:], np.float32)
+    num = ~np.isnan(d)  # a NaN must stay a NaN; its payload is not compared
+    with np.errstate(over="ignore"):
+        np.testing.assert_array_equal(h1[num], d[num].astype(np.float16).view(np.uint16))
+        np.testing.assert_array_equal(h2[num], f[num].astype(np.float16).view(np.uint16))
+    assert np.isnan(h1[~num].view(np.float16)).all() and np.isnan(h2[~num].view(np.float16)).all()
+    nan = np.isnan(halves.view(np.float16))
+    np.testing.assert_array_equal(e1[~nan], halves.view(np.float16)[~nan].astype(np.float64))
+    np.testing.assert_array_equal(e2[~nan], halves.view(np.float16)[~nan].astype(np.float32))
+    assert np.isnan(e1[nan]).all() and np.isnan(e2[nan]).all()
