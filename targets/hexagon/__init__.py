@@ -35,7 +35,7 @@ ARCHS = ("v67", "v68", "v69", "v73", "v75")
 # Symbols the kernels may leave undefined: what runtime.c defines. Anything else is a build error.
 RUNTIME_SYMBOLS = frozenset({
     "memset", "memcpy", "memmove", "__hexagon_memcpy_likely_aligned_min32bytes_mult8bytes", "expf", "tanhf",
-    "sqrtf", "fabsf", "edgec_fence", "erff", "floorf", "nearbyintf", "ceilf", "truncf", "roundf", "logf", "powf", "exp", "log", "__truncdfhf2", "__truncsfhf2", "__extendhfdf2", "__extendhfsf2", "__hexagon_sqrtf", "__hexagon_divsf3", "__hexagon_divsi3", "__hexagon_modsi3", "__hexagon_udivsi3", "__hexagon_umodsi3",
+    "sqrtf", "fabsf", "edgec_fence", "erff", "floorf", "nearbyintf", "ceilf", "truncf", "roundf", "logf", "powf", "exp", "log", "__truncdfhf2", "__truncsfhf2", "__extendhfdf2", "__extendhfsf2", "sinf", "cosf", "tanf", "asinf", "acosf", "atanf", "sinhf", "coshf", "asinhf", "acoshf", "__hexagon_sqrtf", "__hexagon_divsf3", "__hexagon_divsi3", "__hexagon_modsi3", "__hexagon_udivsi3", "__hexagon_umodsi3",
     "__hexagon_divdi3", "__hexagon_moddi3", "__hexagon_udivdi3", "__hexagon_umoddi3",
     "__TVMBackendAllocWorkspace", "__TVMBackendFreeWorkspace", "__TVMBackendParallelLaunch",
     "_GLOBAL_OFFSET_TABLE_"})  # the last one the linker provides

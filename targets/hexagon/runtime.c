@@ -231,6 +231,205 @@ double log(double x) {
   return (double)e * EDGEC_LN2_HI + ((f - (hf - s * (hf + 2.0 * p))) + (double)e * EDGEC_LN2_LO);
 }
 
+/* sinf / cosf / tanf and the inverse and hyperbolic functions, in double. The argument of sin / cos / tan is
+ * reduced modulo pi/2 exactly enough for every float: below 2^19 by Cody-Waite (pi/2 in three parts of at
+ * most 33 bits, so n p1 and n p2 are exact), above it by multiplying the float's 24-bit integer significand M
+ * with (2/pi 2^E) mod 4 in 2.126 fixed point (x = M 2^E; multiples of 4 drop out because M is an integer),
+ * from the table below, which tools computed from pi by Machin's formula in integers. */
+static const uint64_t EDGEC_2PI_TAB[109][2] = {
+  {0x028be60db9391054ull, 0xa7f09d5f47d4d377ull}, {0x0517cc1b727220a9ull, 0x4fe13abe8fa9a6eeull},
+  {0x0a2f9836e4e44152ull, 0x9fc2757d1f534ddcull}, {0x145f306dc9c882a5ull, 0x3f84eafa3ea69bb8ull},
+  {0x28be60db9391054aull, 0x7f09d5f47d4d3770ull}, {0x517cc1b727220a94ull, 0xfe13abe8fa9a6ee0ull},
+  {0xa2f9836e4e441529ull, 0xfc2757d1f534ddc0ull}, {0x45f306dc9c882a53ull, 0xf84eafa3ea69bb81ull},
+  {0x8be60db9391054a7ull, 0xf09d5f47d4d37703ull}, {0x17cc1b727220a94full, 0xe13abe8fa9a6ee06ull},
+  {0x2f9836e4e441529full, 0xc2757d1f534ddc0dull}, {0x5f306dc9c882a53full, 0x84eafa3ea69bb81bull},
+  {0xbe60db9391054a7full, 0x09d5f47d4d377036ull}, {0x7cc1b727220a94feull, 0x13abe8fa9a6ee06dull},
+  {0xf9836e4e441529fcull, 0x2757d1f534ddc0dbull}, {0xf306dc9c882a53f8ull, 0x4eafa3ea69bb81b6ull},
+  {0xe60db9391054a7f0ull, 0x9d5f47d4d377036dull}, {0xcc1b727220a94fe1ull, 0x3abe8fa9a6ee06dbull},
+  {0x9836e4e441529fc2ull, 0x757d1f534ddc0db6ull}, {0x306dc9c882a53f84ull, 0xeafa3ea69bb81b6cull},
+  {0x60db9391054a7f09ull, 0xd5f47d4d377036d8ull}, {0xc1b727220a94fe13ull, 0xabe8fa9a6ee06db1ull},
+  {0x836e4e441529fc27ull, 0x57d1f534ddc0db62ull}, {0x06dc9c882a53f84eull, 0xafa3ea69bb81b6c5ull},
+  {0x0db9391054a7f09dull, 0x5f47d4d377036d8aull}, {0x1b727220a94fe13aull, 0xbe8fa9a6ee06db14ull},
+  {0x36e4e441529fc275ull, 0x7d1f534ddc0db629ull}, {0x6dc9c882a53f84eaull, 0xfa3ea69bb81b6c52ull},
+  {0xdb9391054a7f09d5ull, 0xf47d4d377036d8a5ull}, {0xb727220a94fe13abull, 0xe8fa9a6ee06db14aull},
+  {0x6e4e441529fc2757ull, 0xd1f534ddc0db6295ull}, {0xdc9c882a53f84eafull, 0xa3ea69bb81b6c52bull},
+  {0xb9391054a7f09d5full, 0x47d4d377036d8a56ull}, {0x727220a94fe13abeull, 0x8fa9a6ee06db14acull},
+  {0xe4e441529fc2757dull, 0x1f534ddc0db62959ull}, {0xc9c882a53f84eafaull, 0x3ea69bb81b6c52b3ull},
+  {0x9391054a7f09d5f4ull, 0x7d4d377036d8a566ull}, {0x27220a94fe13abe8ull, 0xfa9a6ee06db14accull},
+  {0x4e441529fc2757d1ull, 0xf534ddc0db629599ull}, {0x9c882a53f84eafa3ull, 0xea69bb81b6c52b32ull},
+  {0x391054a7f09d5f47ull, 0xd4d377036d8a5664ull}, {0x7220a94fe13abe8full, 0xa9a6ee06db14acc9ull},
+  {0xe441529fc2757d1full, 0x534ddc0db6295993ull}, {0xc882a53f84eafa3eull, 0xa69bb81b6c52b327ull},
+  {0x91054a7f09d5f47dull, 0x4d377036d8a5664full}, {0x220a94fe13abe8faull, 0x9a6ee06db14acc9eull},
+  {0x441529fc2757d1f5ull, 0x34ddc0db6295993cull}, {0x882a53f84eafa3eaull, 0x69bb81b6c52b3278ull},
+  {0x1054a7f09d5f47d4ull, 0xd377036d8a5664f1ull}, {0x20a94fe13abe8fa9ull, 0xa6ee06db14acc9e2ull},
+  {0x41529fc2757d1f53ull, 0x4ddc0db6295993c4ull}, {0x82a53f84eafa3ea6ull, 0x9bb81b6c52b32788ull},
+  {0x054a7f09d5f47d4dull, 0x377036d8a5664f10ull}, {0x0a94fe13abe8fa9aull, 0x6ee06db14acc9e21ull},
+  {0x1529fc2757d1f534ull, 0xddc0db6295993c43ull}, {0x2a53f84eafa3ea69ull, 0xbb81b6c52b327887ull},
+  {0x54a7f09d5f47d4d3ull, 0x77036d8a5664f10eull}, {0xa94fe13abe8fa9a6ull, 0xee06db14acc9e21cull},
+  {0x529fc2757d1f534dull, 0xdc0db6295993c439ull}, {0xa53f84eafa3ea69bull, 0xb81b6c52b3278872ull},
+  {0x4a7f09d5f47d4d37ull, 0x7036d8a5664f10e4ull}, {0x94fe13abe8fa9a6eull, 0xe06db14acc9e21c8ull},
+  {0x29fc2757d1f534ddull, 0xc0db6295993c4390ull}, {0x53f84eafa3ea69bbull, 0x81b6c52b32788720ull},
+  {0xa7f09d5f47d4d377ull, 0x036d8a5664f10e41ull}, {0x4fe13abe8fa9a6eeull, 0x06db14acc9e21c82ull},
+  {0x9fc2757d1f534ddcull, 0x0db6295993c43904ull}, {0x3f84eafa3ea69bb8ull, 0x1b6c52b327887208ull},
+  {0x7f09d5f47d4d3770ull, 0x36d8a5664f10e410ull}, {0xfe13abe8fa9a6ee0ull, 0x6db14acc9e21c820ull},
+  {0xfc2757d1f534ddc0ull, 0xdb6295993c439041ull}, {0xf84eafa3ea69bb81ull, 0xb6c52b3278872083ull},
+  {0xf09d5f47d4d37703ull, 0x6d8a5664f10e4107ull}, {0xe13abe8fa9a6ee06ull, 0xdb14acc9e21c820full},
+  {0xc2757d1f534ddc0dull, 0xb6295993c439041full}, {0x84eafa3ea69bb81bull, 0x6c52b3278872083full},
+  {0x09d5f47d4d377036ull, 0xd8a5664f10e4107full}, {0x13abe8fa9a6ee06dull, 0xb14acc9e21c820ffull},
+  {0x2757d1f534ddc0dbull, 0x6295993c439041feull}, {0x4eafa3ea69bb81b6ull, 0xc52b3278872083fcull},
+  {0x9d5f47d4d377036dull, 0x8a5664f10e4107f9ull}, {0x3abe8fa9a6ee06dbull, 0x14acc9e21c820ff2ull},
+  {0x757d1f534ddc0db6ull, 0x295993c439041fe5ull}, {0xeafa3ea69bb81b6cull, 0x52b3278872083fcaull},
+  {0xd5f47d4d377036d8ull, 0xa5664f10e4107f94ull}, {0xabe8fa9a6ee06db1ull, 0x4acc9e21c820ff28ull},
+  {0x57d1f534ddc0db62ull, 0x95993c439041fe51ull}, {0xafa3ea69bb81b6c5ull, 0x2b3278872083fca2ull},
+  {0x5f47d4d377036d8aull, 0x5664f10e4107f945ull}, {0xbe8fa9a6ee06db14ull, 0xacc9e21c820ff28bull},
+  {0x7d1f534ddc0db629ull, 0x5993c439041fe516ull}, {0xfa3ea69bb81b6c52ull, 0xb3278872083fca2cull},
+  {0xf47d4d377036d8a5ull, 0x664f10e4107f9458ull}, {0xe8fa9a6ee06db14aull, 0xcc9e21c820ff28b1ull},
+  {0xd1f534ddc0db6295ull, 0x993c439041fe5163ull}, {0xa3ea69bb81b6c52bull, 0x3278872083fca2c7ull},
+  {0x47d4d377036d8a56ull, 0x64f10e4107f9458eull}, {0x8fa9a6ee06db14acull, 0xc9e21c820ff28b1dull},
+  {0x1f534ddc0db62959ull, 0x93c439041fe5163aull}, {0x3ea69bb81b6c52b3ull, 0x278872083fca2c75ull},
+  {0x7d4d377036d8a566ull, 0x4f10e4107f9458eaull}, {0xfa9a6ee06db14accull, 0x9e21c820ff28b1d5ull},
+  {0xf534ddc0db629599ull, 0x3c439041fe5163abull}, {0xea69bb81b6c52b32ull, 0x78872083fca2c757ull},
+  {0xd4d377036d8a5664ull, 0xf10e4107f9458eafull}, {0xa9a6ee06db14acc9ull, 0xe21c820ff28b1d5eull},
+  {0x534ddc0db6295993ull, 0xc439041fe5163abdull}, {0xa69bb81b6c52b327ull, 0x8872083fca2c757bull},
+  {0x4d377036d8a5664full, 0x10e4107f9458eaf7ull},
+};
+static const double EDGEC_PIO2_HI = 1.5707963267948966, EDGEC_PIO2_LO = 6.123233995736766e-17;
+static int edgec_rem_pio2(float x, double *r) {  /* x = n pi/2 + r, |r| <= about pi/4; returns n mod 4 */
+  union { float f; uint32_t u; } v = {x};
+  int ef = (int)((v.u >> 23) & 0xff);
+  if (ef < 146) {                                 /* |x| < 2^19 */
+    double xd = (double)x;
+    double nd = (double)(int)(xd * 0.63661977236758134 + (xd >= 0.0 ? 0.5 : -0.5));
+    *r = ((xd - nd * 1.5707963267341256) - nd * 6.077100506303966e-11) - nd * 2.0222662487959506e-21;
+    return (int)nd & 3;
+  }
+  uint64_t m = (v.u & 0x007fffffu) | 0x00800000u;
+  const uint64_t *t = EDGEC_2PI_TAB[ef - 150 + 4];
+  /* P = m * (t[0] 2^64 + t[1]) mod 2^128 */
+  uint64_t lo_lo = m * (t[1] & 0xffffffffu), lo_hi = m * (t[1] >> 32);
+  uint64_t p_lo = lo_lo + (lo_hi << 32);
+  uint64_t carry = (lo_hi >> 32) + (p_lo < lo_lo);
+  uint64_t p_hi = m * t[0] + carry;
+  int q = (int)(p_hi >> 62);
+  uint64_t u = (p_hi << 2) | (p_lo >> 62);        /* the fraction, in units of 2^-64 */
+  if (u >> 63) q += 1;                             /* fraction >= 1/2: round n up, the fraction goes negative */
+  double f = (double)(int64_t)u * 5.421010862427522e-20 + (double)((p_lo << 2) >> 11) * 7.52316384526264e-37;
+  *r = f * EDGEC_PIO2_HI + f * EDGEC_PIO2_LO;
+  if (v.u >> 31) { *r = -*r; q = -q; }
+  return q & 3;
+}
+static double edgec_sin_k(double r) {  /* |r| <= pi/4: Taylor to r^19 */
+  double z = r * r;
+  return r + r * z * (-1.0 / 6 + z * (1.0 / 120 + z * (-1.0 / 5040 + z * (1.0 / 362880 + z * (-1.0 / 39916800
+         + z * (1.0 / 6227020800.0 + z * (-1.0 / 1307674368000.0 + z * (1.0 / 355687428096000.0
+         + z * (-1.0 / 121645100408832000.0)))))))));
+}
+static double edgec_cos_k(double r) {  /* |r| <= pi/4: Taylor to r^20 */
+  double z = r * r;
+  return 1.0 + z * (-1.0 / 2 + z * (1.0 / 24 + z * (-1.0 / 720 + z * (1.0 / 40320 + z * (-1.0 / 3628800
+         + z * (1.0 / 479001600.0 + z * (-1.0 / 87178291200.0 + z * (1.0 / 20922789888000.0
+         + z * (-1.0 / 6402373705728000.0 + z * (1.0 / 2432902008176640000.0))))))))));
+}
+float sinf(float x) {
+  if (x != x || x - x != 0.0f) return edgec_nan();  /* NaN, +-inf */
+  double r; int q = edgec_rem_pio2(x, &r);
+  double y = (q & 1) ? edgec_cos_k(r) : edgec_sin_k(r);
+  return (float)((q & 2) ? -y : y);
+}
+float cosf(float x) {
+  if (x != x || x - x != 0.0f) return edgec_nan();
+  double r; int q = edgec_rem_pio2(x, &r);
+  double y = (q & 1) ? edgec_sin_k(r) : edgec_cos_k(r);
+  return (float)((q == 1 || q == 2) ? -y : y);
+}
+float tanf(float x) {
+  if (x != x || x - x != 0.0f) return edgec_nan();
+  if (x == 0.0f) return x;
+  double r; int q = edgec_rem_pio2(x, &r);
+  double s = edgec_sin_k(r), c = edgec_cos_k(r);
+  return (float)((q & 1) ? -edgec_ddiv(c, s) : edgec_ddiv(s, c));
+}
+static double edgec_sqrtd(double a) {  /* normal a > 0: float guess (scaled into float range), Newton in double */
+  union { double d; uint64_t u; } v = {a};
+  int e = (int)((v.u >> 52) & 0x7ff) - 1023, h = e / 2;   /* a = 2^(2h) b, b in [2^-1, 2^2) */
+  double b = a * edgec_pow2(-2 * h);
+  double y = (double)sqrtf((float)b);
+  y = 0.5 * (y + edgec_ddiv(b, y));
+  y = 0.5 * (y + edgec_ddiv(b, y));
+  return y * edgec_pow2(h);
+}
+static double edgec_log1pd(double u) {  /* log(1 + u), u > -1, accurate for small u too */
+  double w = 1.0 + u;
+  if (w == 1.0) return u;
+  return log(w) + edgec_ddiv(u - (w - 1.0), w);
+}
+static double edgec_atan_k(double t) {  /* |t| <= 1: two argument halvings, then Taylor */
+  for (int i = 0; i < 2; i++) t = edgec_ddiv(t, 1.0 + edgec_sqrtd(1.0 + t * t));
+  double z = t * t, p = 0.0;
+  for (int k = 25; k >= 3; k -= 2) p = (k & 2 ? -1.0 : 1.0) * edgec_ddiv(1.0, (double)k) + z * p;
+  return 4.0 * (t + t * z * p);
+}
+static double edgec_atand(double t) {
+  if (t > 1.0) return (EDGEC_PIO2_HI - edgec_atan_k(edgec_ddiv(1.0, t))) + EDGEC_PIO2_LO;
+  if (t < -1.0) return -((EDGEC_PIO2_HI - edgec_atan_k(edgec_ddiv(-1.0, t))) + EDGEC_PIO2_LO);
+  if (t == 0.0) return t;
+  return edgec_atan_k(t);
+}
+float atanf(float x) {
+  if (x != x) return x;
+  if (x - x != 0.0f) return x > 0.0f ? 1.5707963267948966f : -1.5707963267948966f;
+  return (float)edgec_atand((double)x);
+}
+float asinf(float x) {
+  if (x != x || x > 1.0f || x < -1.0f) return edgec_nan();
+  if (x == 1.0f || x == -1.0f) return (float)(x * EDGEC_PIO2_HI);
+  if (x == 0.0f) return x;
+  double d = (double)x;
+  return (float)edgec_atand(edgec_ddiv(d, edgec_sqrtd(1.0 - d * d)));
+}
+float acosf(float x) {
+  if (x != x || x > 1.0f || x < -1.0f) return edgec_nan();
+  if (x == 1.0f) return 0.0f;
+  if (x == -1.0f) return (float)(2.0 * EDGEC_PIO2_HI);
+  double d = (double)x;
+  /* acos x = 2 atan(sqrt((1 - x) / (1 + x))): 1 - x and 1 + x are exact, no cancellation near 1 */
+  return (float)(2.0 * edgec_atand(edgec_sqrtd(edgec_ddiv(1.0 - d, 1.0 + d))));
+}
+float sinhf(float x) {
+  if (x != x || x == 0.0f) return x;
+  double d = (double)x, a = d < 0.0 ? -d : d, y;
+  if (a < 0.5) {
+    double z = d * d;
+    y = d + d * z * (1.0 / 6 + z * (1.0 / 120 + z * (1.0 / 5040 + z * (1.0 / 362880 + z * (1.0 / 39916800
+        + z * (1.0 / 6227020800.0 + z * (1.0 / 1307674368000.0 + z * (1.0 / 355687428096000.0))))))));
+  } else {
+    double e = exp(a);                                 /* above 20, e^-a is below 2^-57 of the result */
+    y = a > 20.0 ? 0.5 * e : 0.5 * (e - edgec_ddiv(1.0, e));
+    if (d < 0.0) y = -y;
+  }
+  return (float)y;
+}
+float coshf(float x) {
+  if (x != x) return x;
+  double a = x < 0.0f ? -(double)x : (double)x, e = exp(a);
+  return (float)(a > 20.0 ? 0.5 * e : 0.5 * (e + edgec_ddiv(1.0, e)));
+}
+float asinhf(float x) {
+  if (x != x || x - x != 0.0f || x == 0.0f) return x;
+  double d = (double)x, a = d < 0.0 ? -d : d;
+  /* above 2^60, asinh a = log(2a) + 1/(4a^2) + ...: the last terms are below 2^-120 */
+  double y = a > 1.152921504606847e18 ? log(a) + EDGEC_LN2 : edgec_log1pd(a + edgec_ddiv(a * a, 1.0 + edgec_sqrtd(1.0 + a * a)));
+  return (float)(d < 0.0 ? -y : y);
+}
+float acoshf(float x) {
+  if (x != x || x < 1.0f) return edgec_nan();
+  if (x - x != 0.0f) return x;
+  if (x == 1.0f) return 0.0f;
+  double d = (double)x, u = d - 1.0;                     /* exact */
+  if (d > 1.152921504606847e18) return (float)(log(d) + EDGEC_LN2);  /* acosh d = log(2d) - 1/(4d^2) - ... */
+  return (float)edgec_log1pd(u + edgec_sqrtd(u * (d + 1.0)));
+}
+
 /* half-precision conversions the compiler calls for float16 tensors, bit-exact: one rounding to nearest even
  * straight from double (rounding through float first could round twice) */
 uint16_t __truncdfhf2(double a) {

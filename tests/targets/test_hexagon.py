@@ -329,3 +329,47 @@ void _start(void) {{ rd(a, sizeof a); rd(b, sizeof b);
     np.testing.assert_array_equal(e1[~nan], halves.view(np.float16)[~nan].astype(np.float64))
     np.testing.assert_array_equal(e2[~nan], halves.view(np.float16)[~nan].astype(np.float32))
     assert np.isnan(e1[nan]).all() and np.isnan(e2[nan]).all()
+
+
+@needs_qemu
+def test_runtime_trigonometric_and_hyperbolic_within_1ulp(tmp_path):
+    """sinf / cosf / tanf (argument reduction for every float up to 3.4e38, near multiples of pi/2 too),
+    asinf / acosf / atanf, sinhf / coshf / asinhf / acoshf of runtime.c under qemu-hexagon against float64
+    numpy: within 1 ulp (results that overflow float must be inf)."""
+    rng = np.random.default_rng(4)
+    pio2 = np.pi / 2 * np.arange(-2000, 2000)
+    trig = np.concatenate([rng.uniform(-10, 10, 2000), np.exp(rng.uniform(-20, 88, 2000)) * rng.choice([-1, 1], 2000),
+                           pio2, np.nextafter(pio2.astype(np.float32), np.float32(np.inf)), [3.4e38, -1e-30, 0.0,
+                                                                                             16777216.0, 1e7, 0.7853982]])
+    unit = np.concatenate([rng.uniform(-1, 1, 2000), 1 - 2.0 ** -rng.integers(1, 24, 300), -1 + 2.0 ** -rng.integers(1, 24, 300),
+                           [1.0, -1.0, 0.0, 1e-20, 0.5]])
+    wide = np.concatenate([np.exp(rng.uniform(-30, 88, 2000)) * rng.choice([-1, 1], 2000), rng.uniform(-5, 5, 1000),
+                           [0.0, 1e-30, 3.4e38]])
+    hyp = np.concatenate([rng.uniform(-89.5, 89.5, 2000), rng.uniform(-1, 1, 1000), [0.0, 1e-20, 20.0, 25.0, 89.0]])
+    ach = np.concatenate([1 + np.exp(rng.uniform(-20, 5, 2000)), np.exp(rng.uniform(0, 88, 1000)), [1.0, 1.0000001]])
+    ins = [a.astype(np.float32) for a in (trig, unit, wide, hyp, ach)]
+    plan = [("sinf", 0, np.sin), ("cosf", 0, np.cos), ("tanf", 0, np.tan), ("asinf", 1, np.arcsin),
+            ("acosf", 1, np.arccos), ("atanf", 2, np.arctan), ("sinhf", 3, np.sinh), ("coshf", 3, np.cosh),
+            ("asinhf", 2, np.arcsinh), ("acoshf", 4, np.arccosh)]
+    decl = "".join(f"float {f}(float); " for f, _, _ in plan)
+    bufs = "".join(f"static float x{i}[{len(a)}];" for i, a in enumerate(ins))
+    total = sum(len(ins[i]) for _, i, _ in plan)
+    loops, off = [], 0
+    for f, i, _ in plan:
+        loops.append(f"for (int i = 0; i < {len(ins[i])}; i++) out[{off} + i] = {f}(x{i}[i]);")
+        off += len(ins[i])
+    raw = _run_c_under_qemu(tmp_path, f"""{decl}
+{bufs} static float out[{total}];
+void _start(void) {{ {" ".join(f"rd(x{i}, sizeof x{i});" for i in range(len(ins)))}
+  {" ".join(loops)}
+  sys3(64, 1, (long)out, sizeof out); sys3(93, 0, 0, 0); for (;;) {{}} }}
+""", b"".join(a.tobytes() for a in ins))
+    out, off = np.frombuffer(raw, np.float32), 0
+    for f, i, ref in plan:
+        got = out[off:off + len(ins[i])]
+        off += len(ins[i])
+        want = ref(ins[i].astype(np.float64))
+        fits = np.abs(want) < float(np.finfo(np.float32).max)
+        worst = _ulps(got[fits], want[fits]).max()
+        assert worst <= 1.0, (f, worst, ins[i][fits][np.argmax(_ulps(got[fits], want[fits]))])
+        assert np.isinf(got[~fits]).all(), f
