@@ -121,6 +121,9 @@ class CoreMLTarget(Target):
         holder = {}
 
         def body(*args):
+            # MIL names unnamed ops from a process-wide counter (Builder.name_count): start it afresh so that the
+            # same model gets the same op names, and so the same bytes, in every compile of a process
+            mb.name_count.clear()
             b = MILBuilder(model, self.deployment)
             holder["b"] = b
             return tuple(b.lower(args))
