@@ -237,6 +237,8 @@ def main(argv: list[str] | None = None) -> None:
     ap.add_argument("--timeout", type=float, default=900.0, help="seconds per compile")
     ap.add_argument("--json", default=None)
     ap.add_argument("--no-write", action="store_true")
+    ap.add_argument("--merge", default=None, help="a --json file of an earlier run whose cells (other targets or "
+                    "exports) join this run's table; this run's cells win")
     args = ap.parse_args(argv)
     import re
     targets = [t for t in re.split(r",(?![^{]*\})", args.targets) if t]
@@ -259,6 +261,15 @@ def main(argv: list[str] | None = None) -> None:
                     cell[t] = res
                     print(f"{name:16s} {how:12s} {t:26s} {dt:6.1f}s {res[:160]}", flush=True)
     seconds = time.time() - t_start
+    if args.merge:
+        with open(args.merge) as f:
+            old = json.load(f)
+        for name, exps in old.items():
+            for how, cell in exps.items():
+                for t, res in cell.items():
+                    results.setdefault(name, {}).setdefault(how, {}).setdefault(t, res)
+                    if t not in targets:
+                        targets.append(t)
     if args.json:
         with open(args.json, "w") as f:
             json.dump(results, f, indent=1)
@@ -278,7 +289,9 @@ def report(results, targets, seconds, args) -> list[str]:
              f"transformers {transformers.__version__}, torch {torch.__version__}; random seeded weights, small "
              f"configs; sequence {SEQ}, images {IMG}x{IMG}. Each cell: `edgec compile FILE --target T --verify` "
              f"(ok = compiled and verified). Written by `python benchmarks/real_models.py "
-             f"{' '.join(a for a in sys.argv[1:] if a != '--no-write')}` in {seconds / 60:.1f} min.", ""]
+             f"{' '.join(a for a in sys.argv[1:] if a != '--no-write')}` in {seconds / 60:.1f} min"
+             + (" (cells of the --merge file come from an earlier run of the same script)" if args.merge else "")
+             + ". A blank cell was not run.", ""]
     lines.append("| target | ok | failed | rate |")
     lines.append("|---|---:|---:|---:|")
     for t in targets:
@@ -293,8 +306,8 @@ def report(results, targets, seconds, args) -> list[str]:
     for name, exps in results.items():
         for how, cell in exps.items():
             lines.append(f"| {name} | {how} | " + " | ".join(
-                "ok" if cell.get(t) == "ok" else "export failed" if cell.get(t, "").startswith("export failed")
-                else "✗" for t in targets) + " |")
+                "" if t not in cell else "ok" if cell[t] == "ok" else "export failed"
+                if cell[t].startswith("export failed") else "✗" for t in targets) + " |")
     fails = [(n, h, t, c[t]) for n, e in results.items() for h, c in e.items() for t in targets
              if c.get(t, "ok") != "ok"]
     if fails:
