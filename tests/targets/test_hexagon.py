@@ -332,6 +332,32 @@ void _start(void) {{ rd(a, sizeof a); rd(b, sizeof b);
 
 
 @needs_qemu
+def test_split_float64_float16_int16_model_runs_under_qemu(tmp_path):
+    """A kernel with several results (Split, lowered through TVM's ONNX converter), float64 math (exp / log in
+    the runtime), a float16 cast (the runtime's half conversions) and int16 arithmetic, verified against the
+    reference executor under qemu-hexagon."""
+    import onnx
+    from onnx import TensorProto as T
+    from onnx import helper as h
+
+    from edgec.compiler import compile as compile_model
+    nodes = [h.make_node("Split", ["x"], ["a", "b"], axis=1, num_outputs=2),
+             h.make_node("Exp", ["a"], ["ea"]), h.make_node("Log", ["b"], ["lb"]),
+             h.make_node("Cast", ["x"], ["x16"], to=T.FLOAT16), h.make_node("Mul", ["i", "i"], ["ii"])]
+    g = h.make_graph(nodes, "g", [h.make_tensor_value_info("x", T.DOUBLE, [3, 8]),
+                                  h.make_tensor_value_info("i", T.INT16, [3, 8])],
+                     [h.make_tensor_value_info(n, t, s) for n, t, s in
+                      (("ea", T.DOUBLE, [3, 4]), ("lb", T.DOUBLE, [3, 4]), ("x16", T.FLOAT16, [3, 8]),
+                       ("ii", T.INT16, [3, 8]))])
+    path = tmp_path / "m.onnx"
+    onnx.save(h.make_model(g, opset_imports=[h.make_opsetid("", 18)]), str(path))
+    r = compile_model(str(path), "hexagon", "", str(tmp_path / "a"), verify=True, use_cache=False)
+    v = r.manifest["verification"]
+    assert v["ran"] and v["passed"], v["summary"]
+    assert "Split" in HexagonTarget.capabilities.fallback_ops
+
+
+@needs_qemu
 def test_runtime_trigonometric_and_hyperbolic_within_1ulp(tmp_path):
     """sinf / cosf / tanf (argument reduction for every float up to 3.4e38, near multiples of pi/2 too),
     asinf / acosf / atanf, sinhf / coshf / asinhf / acoshf of runtime.c under qemu-hexagon against float64
@@ -373,3 +399,20 @@ void _start(void) {{ {" ".join(f"rd(x{i}, sizeof x{i});" for i in range(len(ins)
         worst = _ulps(got[fits], want[fits]).max()
         assert worst <= 1.0, (f, worst, ins[i][fits][np.argmax(_ulps(got[fits], want[fits]))])
         assert np.isinf(got[~fits]).all(), f
+
+
+def test_fallback_variants_that_fail_in_tvm_are_refused_by_check():
+    """RMSNormalization over every axis and Resize half_pixel_symmetric crash in TVM's Hexagon build: check()
+    refuses them before anything is written; RMSNormalization over the last axis is accepted."""
+    def model(op, attrs, n_in):
+        g = ir.Graph()
+        x = g.add_input("x", ir.DType.FLOAT32, (2, 4))
+        extra = [g.add_const(f"c{i}", np.ones(4 if op == "RMSNormalization" else 2, np.float32))
+                 for i in range(n_in - 1)]
+        g.outputs.append(g.op(op, [x, *extra], attrs, name="n").output)
+        return ir.Model(g, {"": 23})
+    t = HexagonTarget()
+    assert any("every axis" in p for p in t.check(model("RMSNormalization", {"axis": 0}, 2)))
+    assert not any("every axis" in p for p in t.check(model("RMSNormalization", {"axis": -1}, 2)))
+    assert any("half_pixel_symmetric" in p for p in
+               t.check(model("Resize", {"coordinate_transformation_mode": "half_pixel_symmetric"}, 1)))
