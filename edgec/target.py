@@ -8,7 +8,7 @@ from typing import Any, ClassVar
 
 import numpy as np
 
-from .ir import Model, QuantizedTensor
+from .ir import Model, Node, QuantizedTensor
 from .ir.passes import Pass, PassContext
 
 
@@ -121,6 +121,12 @@ class Target:
 
     def check(self, model: Model) -> list[str]:
         return self.capabilities.problems(model)
+
+    def accepts_node(self, node: Node, model: Model) -> bool:
+        """True when the target takes this node as it is (its op, and the variant: dtypes, attributes). The
+        decompose pass rewrites nodes it does not take; a target with per-variant limits overrides this so that
+        such nodes are rewritten too (the check still names whatever stays)."""
+        return self.capabilities.accepts(node.qualified_op)
 
     def emit(self, model: Model, out_dir: str, ctx: PassContext) -> Artifact:
         raise NotImplementedError

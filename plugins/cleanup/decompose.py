@@ -1,14 +1,16 @@
 """decompose: rewrite every op the target does not take into ops it does.
 
 The canonical op set is the target's own: ``Capabilities.ops`` (its builder's lowerings) plus
-``Capabilities.fallback_ops`` (ops its library's ONNX importer lowers). Any other node is rewritten, and the
-rewrite is rewritten again until only accepted ops remain. A node whose rewrite does not get there stays as it
-is, so the target's check names the model's own op (not a piece of its rewrite). Sources of rewrites, tried in this order:
+``Capabilities.fallback_ops`` (ops its library's ONNX importer lowers), narrowed per node by
+``Target.accepts_node`` (a variant the target does not take: a dtype, an attribute). Any other node is rewritten,
+and the rewrite is rewritten again until only accepted ops remain. A node whose rewrite does not get there stays
+as it is, so the target's check names the model's own op (not a piece of its rewrite). Sources of rewrites, tried
+in this order:
 
 1. **edgec rules** (:data:`RULES`) for ops ONNX does not define as functions: variadic Sum / Mean / Max / Min,
    Gemm with every attribute and a run-time B, IsNaN / IsInf, LRN, Trilu with a constant k, ReduceL1 / L2 /
    SumSquare / LogSum / LogSumExp before opset 18 (onnx has bodies from 18), Reciprocal, Flatten of a static
-   shape; Conv / pooling with auto_pad or one spatial axis. These variants are rewritten for every target
+   shape, integer CumSum; Conv / pooling with auto_pad or one spatial axis. These variants are rewritten for every target
    (:func:`_canonical`): variadic Sum / Max / Min with other than two inputs, auto_pad, 1-D windows.
 2. **edgec's own ops** (``edgec::Linear``, ``RMSNorm``, ``Gelu``, ``Attention``) by their defining expansion into
    standard ONNX (:mod:`edgec.ir.ops`), for a target that lowers them not (unquantized weights only).
@@ -273,6 +275,39 @@ def _windowed(r: _Rewriter, n: Node, opset: int) -> list[Value] | None:
     return [r.op("Squeeze", [r.op(n.op_type, ins, **attrs), axis])]
 
 
+@rule("CumSum")
+def _cumsum(r: _Rewriter, n: Node, opset: int) -> list[Value] | None:
+    """Integer CumSum over a static axis as a log-step prefix sum (y += y shifted by 1, 2, 4, ...: Concat of zeros
+    and a Slice), exact in integer arithmetic; ``exclusive`` shifts the input once more, ``reverse`` shifts the
+    other way. Floats are left alone (another summation order rounds differently)."""
+    x, ax = n.inputs[0], n.inputs[1] if len(n.inputs) > 1 else None
+    if x is None or x.static_shape is None or x.dtype is None or x.dtype.is_float or ax is None or not ax.is_const:
+        return None
+    shape = list(x.static_shape)
+    axis = int(np.asarray(ax.const.numpy()).reshape(-1)[0])
+    axis = axis + len(shape) if axis < 0 else axis
+    length, reverse = shape[axis], bool(n.attr("reverse", 0))
+
+    def shift(v: Value, s: int) -> Value:
+        zshape = list(shape)
+        zshape[axis] = s
+        zeros = r.const(np.zeros(zshape, x.dtype.numpy))
+        start, end = (s, length) if reverse else (0, length - s)
+        part = r.op("Slice", [v, r.const(np.array([start], np.int64)), r.const(np.array([end], np.int64)),
+                              r.const(np.array([axis], np.int64))])
+        return r.op("Concat", [part, zeros] if reverse else [zeros, part], axis=axis)
+    y = x
+    if int(n.attr("exclusive", 0)):
+        if length <= 1:
+            return [r.op("Mul", [x, r.const(np.zeros((), x.dtype.numpy))])]
+        y = shift(x, 1)
+    s = 1
+    while s < length:
+        y = r.op("Add", [y, shift(y, s)])
+        s *= 2
+    return [y if y is not x else r.op("Identity", [x])]
+
+
 _REDUCE_VIA_SUM = {"ReduceL1": ("Abs", None), "ReduceL2": ("Square", "Sqrt"), "ReduceSumSquare": ("Square", None),
                    "ReduceLogSum": (None, "Log"), "ReduceLogSumExp": ("Exp", "Log")}
 
@@ -450,22 +485,31 @@ class Decompose(Pass):
     ops: str = option("", help="colon-separated ops to rewrite even where the target takes them (e.g. LRN:Gemm)")
 
     def run(self, model: Model, ctx: PassContext) -> bool:
-        caps = getattr(ctx.target, "capabilities", None)
+        target = ctx.target
+        caps = getattr(target, "capabilities", None)
         forced = {o for o in self.ops.split(":") if o}
+        scratch_of: dict[int, Model] = {}  # a scratch graph's model, for the target's per-variant judgement
 
         def wanted(n: Node) -> bool:
-            return (n.qualified_op in forced or _canonical(n)
-                    or (caps is not None and not caps.accepts(n.qualified_op)))
+            if n.qualified_op in forced or _canonical(n):
+                return True
+            if caps is None:
+                return False
+            if hasattr(target, "accepts_node"):  # the op and its variant (dtypes, attributes)
+                owner = scratch_of.get(id(n.graph), model)
+                return not target.accepts_node(n, owner)
+            return not caps.accepts(n.qualified_op)
         g = model.graph
         changed = False
         for n in [n for n in g if wanted(n)]:
-            changed |= self._decompose(model, n, wanted, ctx)
+            changed |= self._decompose(model, n, wanted, ctx, scratch_of)
         if changed:
             infer_shapes(model)
             g.remove_unused_consts()
         return changed
 
-    def _decompose(self, model: Model, n: Node, wanted: Callable[[Node], bool], ctx: PassContext) -> bool:
+    def _decompose(self, model: Model, n: Node, wanted: Callable[[Node], bool], ctx: PassContext,
+                   scratch_of: dict[int, Model]) -> bool:
         """Rewrite ``n`` in a scratch model of its own (its inputs' dtypes, shapes and constants), again and again
         until no op there is wanted, then splice the result in; when some op stays wanted, ``n`` stays as it is
         (the target's check then names the model's own op, not a piece of its rewrite)."""
@@ -483,6 +527,7 @@ class Decompose(Pass):
                                outputs=[Value(f"o{k}", o.dtype, o.shape) for k, o in enumerate(n.outputs)]))
         sub.outputs.extend(node.outputs)
         scratch = Model(sub, model.opset_imports)
+        scratch_of[id(sub)] = scratch
         for _ in range(MAX_ROUNDS):
             todo = [m for m in sub if wanted(m)]
             if not todo:

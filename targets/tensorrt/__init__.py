@@ -124,6 +124,9 @@ class TensorRTTarget(Target):
                                 "use quantize-activations{scheme=symmetric}")
         return problems
 
+    def accepts_node(self, node, model: Model) -> bool:
+        return super().accepts_node(node, model) and not support.node_problems(node, model)
+
     def emit(self, model: Model, out_dir: str, ctx: PassContext) -> Artifact:
         proto, info = build_qdq_onnx(model, self.precision, self.opset)
         import onnx

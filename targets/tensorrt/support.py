@@ -111,11 +111,17 @@ def _typed_positions(n: Node, opset: int) -> list:
 def problems(model: Model) -> list[str]:
     """Every node that TensorRT's ONNX parser documents it cannot take (type, attribute, constant-input and
     output restrictions), one message each naming the node, the op and what is unsupported."""
-    from ...ir import DType
     out: list[str] = []
     for n in model.graph:
-        if n.domain or n.op_type not in OP_DTYPES:
-            continue
+        out += node_problems(n, model)
+    return out
+
+
+def node_problems(n: Node, model: Model) -> list[str]:
+    """What TensorRT's parser documents it cannot take about the node ``n`` of ``model``."""
+    from ...ir import DType
+    out: list[str] = []
+    if not n.domain and n.op_type in OP_DTYPES:
         where = _where(n, model)
         opset = model.opset_imports.get("", model.opset)
         allowed = OP_DTYPES[n.op_type]

@@ -71,6 +71,11 @@ CASES = {
                         [_vi("x", [2, 3, 9])], (), 17),
     "AveragePool_same": ([helper.make_node("AveragePool", ["x"], ["y"], kernel_shape=[3, 2], strides=[2, 2],
                                            auto_pad="SAME_UPPER", count_include_pad=0)], [_vi("x", [1, 2, 5, 5])], (), 17),
+    "CumSum_int": ([helper.make_node("CumSum", ["xi", "ax"], ["y"])], [_vi("xi", [2, 7], TensorProto.INT64)],
+                   [numpy_helper.from_array(np.array(1, np.int64), "ax")], 17),
+    "CumSum_int_excl_rev": ([helper.make_node("CumSum", ["xi", "ax"], ["y"], exclusive=1, reverse=1)],
+                            [_vi("xi", [5, 3], TensorProto.INT32)], [numpy_helper.from_array(np.array(0, np.int64), "ax")],
+                            17),
     "IsNaN": ([helper.make_node("IsNaN", ["x"], ["y"])], [_vi("x", [2, 5])], (), 17),
     "IsInf": ([helper.make_node("IsInf", ["x"], ["y"], detect_negative=0)], [_vi("x", [2, 5])], (), 17),
     "IsInf_both": ([helper.make_node("IsInf", ["x"], ["y"])], [_vi("x", [2, 5])], (), 17),
@@ -109,8 +114,10 @@ def _feeds(m):
             if a.size > 3:
                 a.reshape(-1)[:3] = [np.nan, np.inf, -np.inf]
             out[vi.name] = a
+        elif vi.type.tensor_type.elem_type == TensorProto.INT64:
+            out[vi.name] = RNG.integers(-1000, 1000, shape).astype(np.int64)
         else:
-            out[vi.name] = np.zeros(shape, np.int32)
+            out[vi.name] = RNG.integers(-1000, 1000, shape).astype(np.int32)
     return out
 
 
