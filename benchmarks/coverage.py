@@ -492,6 +492,25 @@ def run_suite(cases: list[str], targets: list[str], workers: int = 2, timeout: f
 
 
 # ------------------------------------------------------------------------------------------------ report
+_REFUSAL_CLASSES = (  # (class, regular expression on the refusal's text), first match wins
+    ("import: control flow / sequences / optionals",
+     r"control flow|not a tensor of a supported element type|Sequence|Optional|is not defined before use"),
+    ("import: dtype or domain", r"cannot be imported|imports no default-domain opset|operator domain"),
+    ("dtype the target does not take", r"dtype \S+ is not supported|takes \S+ on |does not cast to|with dtype"),
+    ("op the target does not take", r"is not supported by this target|has no \S+ lowering"),
+    ("op variant (attribute, mode, run-time parameter)", r"through TVM's ONNX|through OpenVINO's ONNX|does not "
+     r"take|does not support|not supported|needs|cannot|refused|only"),
+    ("empty tensors (input shapes)", r"leave the model with empty tensors"),
+)
+
+
+def refusal_class(detail: str) -> str:
+    for name, rx in _REFUSAL_CLASSES:
+        if re.search(rx, detail):
+            return name
+    return "other"
+
+
 def _label(target: str) -> str:
     return target + (" (baseline)" if target in BASELINES else "")
 
@@ -520,6 +539,16 @@ def report(results: dict[str, dict[str, tuple[str, str]]], n_cases: int, seconds
     if fp16:
         lines += [f"{', '.join(fp16)}: computes in fp16 by design; float outputs compared at rtol {FP16_RTOL:g}, "
                   f"atol {FP16_ATOL:g}.", ""]
+    edgec_targets = [t for t in results if t not in BASELINES]
+    classes = [name for name, _ in _REFUSAL_CLASSES] + ["other"]
+    counts = {t: collections.Counter(refusal_class(r[1]) for r in results[t].values() if r[0] == "refused")
+              for t in edgec_targets}
+    if edgec_targets:
+        lines += ["### Why cases are refused (first matching class of each refusal's message)", "",
+                  "| class | " + " | ".join(_label(t) for t in edgec_targets) + " |",
+                  "|---|" + "---:|" * len(edgec_targets)]
+        lines += [f"| {c} | " + " | ".join(str(counts[t][c]) for t in edgec_targets) + " |" for c in classes]
+        lines.append("")
     for t, res in results.items():
         if t in BASELINES:
             continue
@@ -548,7 +577,13 @@ def main(argv: list[str] | None = None) -> None:
     ap.add_argument("--json", default=None, help="also write every case's result to this JSON file")
     ap.add_argument("--no-write", action="store_true", help="do not write benchmarks/RESULTS-coverage.md")
     ap.add_argument("--verbose", action="store_true", help="let the workers print (TVM / OpenVINO logs)")
+    ap.add_argument("--report-from", default=None, help="print the report of a saved --json run (no cases run)")
     args = ap.parse_args(argv)
+    if args.report_from:
+        with open(args.report_from) as f:
+            saved = json.load(f)
+        print("\n".join(report(saved, len(next(iter(saved.values()))), 0.0, "")))
+        return
     targets = [t.strip() for t in re.split(r",(?![^{]*\})", args.targets) if t.strip()]
     tmp = None
     root = args.data or shipped_node_dir()
