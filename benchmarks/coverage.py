@@ -263,9 +263,6 @@ def _compare_one(exp: Any, got: Any, where: str, fp16: bool) -> tuple[str, str]:
         pass
     g64, e64 = got.astype(np.float64), exp.astype(np.float64)
     with np.errstate(invalid="ignore", over="ignore"):
-        bad = ~np.isclose(g64, e64, rtol=RTOL, atol=ATOL, equal_nan=True)
-    idx = tuple(int(i) for i in np.unravel_index(int(np.argmax(bad)), exp.shape)) if exp.ndim else ()
-    with np.errstate(invalid="ignore", over="ignore"):
         bad = ~np.isclose(g64, e64, rtol=rtol, atol=atol, equal_nan=True)
     idx = tuple(int(i) for i in np.unravel_index(int(np.argmax(bad)), exp.shape)) if exp.ndim else ()
     return "wrong_result", (f"{where}: {int(bad.sum())} of {exp.size} differ (rtol {rtol:g}, atol {atol:g}); "

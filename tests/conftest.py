@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import importlib.util
 import os
 import sys
 
@@ -13,6 +14,31 @@ from edgec import ir
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 EXAMPLES = os.path.join(ROOT, "examples")
 sys.path.insert(0, os.path.join(EXAMPLES, "models"))
+
+
+def load_benchmark(name: str):
+    """``benchmarks/<name>.py`` as a module (the benchmarks are scripts, not a package)."""
+    spec = importlib.util.spec_from_file_location(f"edgec_bench_{name}", os.path.join(ROOT, "benchmarks", f"{name}.py"))
+    mod = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(mod)
+    return mod
+
+
+@pytest.fixture(scope="session")
+def benchmark():
+    """:func:`load_benchmark`, for tests (a test module cannot import this conftest by name: tests/llm has one too)."""
+    return load_benchmark
+
+
+@pytest.fixture(scope="session")
+def node_suite(tmp_path_factory):
+    """The node-suite harness (benchmarks/coverage.py) and a function that writes the named cases of onnx's
+    backend node suite into a fresh folder and returns it; the per-target sample tests share both."""
+    cov = load_benchmark("coverage")
+
+    def cases(names) -> str:
+        return cov.materialize(str(tmp_path_factory.mktemp("nodecases")), list(names))
+    return cov, cases
 
 
 @pytest.fixture(autouse=True)

@@ -7,7 +7,6 @@ and Gather with negative indices, Cast, Where. Each target runs ``EDGEC_PROPERTY
 derandomized so that CI is reproducible; set it higher for a deep run)."""
 
 import os
-import sys
 import tempfile
 
 import numpy as np
@@ -22,10 +21,6 @@ import edgec
 from edgec.compiler import parse_target
 from edgec.errors import BadInputError, UnsupportedError, UsageError
 
-sys.path.insert(0, os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "benchmarks"))
-from coverage import compare  # noqa: E402
-
-sys.path.pop(0)
 
 EXAMPLES = int(os.environ.get("EDGEC_PROPERTY_EXAMPLES", "0"))
 F, I32, I64 = TensorProto.FLOAT, TensorProto.INT32, TensorProto.INT64
@@ -152,7 +147,7 @@ def cases(draw):
     return m, feeds
 
 
-def _check(target: str, model: onnx.ModelProto, feeds: dict) -> None:
+def _check(compare, target: str, model: onnx.ModelProto, feeds: dict) -> None:
     try:
         want = ort.InferenceSession(model.SerializeToString(), providers=["CPUExecutionProvider"]).run(None, feeds)
     except Exception:  # noqa: BLE001 - onnxruntime lacks the variant: nothing to compare with
@@ -175,10 +170,11 @@ TARGETS = [("cpu", 4), ("openvino", 12), ("tensorrt{precision=fp32}", 12), ("cor
 
 
 @pytest.mark.parametrize("target,n", TARGETS, ids=[t for t, _ in TARGETS])
-def test_random_one_op_graphs_match_onnxruntime(target, n):
+def test_random_one_op_graphs_match_onnxruntime(node_suite, target, n):
+    compare = node_suite[0].compare  # benchmarks/coverage.py's comparison, as onnx's runner compares
     @settings(max_examples=EXAMPLES or n, deadline=None, derandomize=not EXAMPLES, database=None,
               suppress_health_check=list(HealthCheck))
     @given(cases())
     def prop(case):
-        _check(target, *case)
+        _check(compare, target, *case)
     prop()

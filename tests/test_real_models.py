@@ -2,19 +2,15 @@
 architectures with random weights, exported the ways users export them (TorchScript-based exporter at opsets 13-17,
 dynamo exporter at 18, torch.export .pt2; eager and sdpa attention), compiled with --verify."""
 
-import importlib.util
-import os
-
 import pytest
 
 pytest.importorskip("transformers")
 pytestmark = pytest.mark.slow
 
-_spec = importlib.util.spec_from_file_location(
-    "real_models", os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "benchmarks",
-                                "real_models.py"))
-real_models = importlib.util.module_from_spec(_spec)
-_spec.loader.exec_module(real_models)
+
+@pytest.fixture(scope="module")
+def real_models(benchmark):
+    return benchmark("real_models")
 
 CELLS = [
     ("bert", "ts17-sdpa", "cpu"),                      # the sdpa export whose IsNaN once stopped every target
@@ -26,7 +22,7 @@ CELLS = [
 
 
 @pytest.mark.parametrize("name,how,target", CELLS, ids=[f"{n}-{h}-{t.split('{')[0]}" for n, h, t in CELLS])
-def test_real_model_cell(tmp_path, name, how, target):
+def test_real_model_cell(real_models, tmp_path, name, how, target):
     path = real_models.export(name, how, str(tmp_path / "models"))
     res, _ = real_models.compile_cell(path, target, str(tmp_path / "out"), timeout=900)
     assert res == "ok", res

@@ -461,20 +461,25 @@ def _splice(model: Model, n: Node, proto: onnx.ModelProto) -> list[Value] | None
         return None
     if any(s.domain for s in sub.graph):
         return None
-    env: dict[int, Value | None] = {}
-    for v in sub.graph.inputs:
-        env[id(v)] = n.inputs[int(v.name[1:])]
-    for v in sub.graph.initializers.values():
-        env[id(v)] = g.add_const(g.unique_name(f"{n.name or 'n'}_{v.name}"), v.const)
-    for s in sub.graph:
-        ins = [env[id(v)] if v is not None else None for v in s.inputs]
-        with g.inserting_before(n):
-            new = g.op(s.op_type, ins, dict(s.attributes) or None, name=f"{n.name or 'n'}_{s.op_type}",
-                       num_outputs=len(s.outputs))
-        for a, b in zip(s.outputs, new.outputs):
-            env[id(a)] = b
-    outs = [env.get(id(o)) for o in sub.graph.outputs]
+    outs = _copy_before(g, n, sub.graph, {id(v): n.inputs[int(v.name[1:])] for v in sub.graph.inputs})
     return outs if all(o is not None for o in outs) else None  # type: ignore[return-value]
+
+
+def _copy_before(g, n: Node, sub, env: dict) -> list:
+    """Copy ``sub``'s nodes into ``g`` before ``n`` (its constants as new constants of ``g``, except those ``env``
+    already maps, as its inputs are); the values of ``g`` that ``sub``'s outputs became."""
+    for v in list(sub.initializers.values()):
+        if id(v) not in env:
+            env[id(v)] = g.add_const(g.unique_name(f"{n.name or 'n'}_{v.name}"), v.const)
+    for m in sub:
+        with g.inserting_before(n):
+            new = g.op(m.op_type, [env[id(v)] if v is not None else None for v in m.inputs],
+                       dict(m.attributes) or None, domain=m.domain, name=f"{n.name or 'n'}_{m.op_type}",
+                       num_outputs=len(m.outputs))
+        for a, b in zip(m.outputs, new.outputs):
+            b.dtype, b.shape = a.dtype, a.shape
+            env[id(a)] = b
+    return [env.get(id(o)) for o in sub.outputs]
 
 
 # ------------------------------------------------------------------------------------------------ the pass
@@ -550,18 +555,7 @@ class Decompose(Pass):
 
     @staticmethod
     def _splice_scratch(g, n: Node, sub, originals: dict[int, Value]) -> None:
-        env: dict[int, Value] = dict(originals)
-        for v in list(sub.initializers.values()):
-            if id(v) not in env:
-                env[id(v)] = g.add_const(g.unique_name(f"{n.name or 'n'}_{v.name}"), v.const)
-        for m in sub:
-            with g.inserting_before(n):
-                new = g.op(m.op_type, [env[id(v)] if v is not None else None for v in m.inputs],
-                           dict(m.attributes) or None, domain=m.domain, name=m.name, num_outputs=len(m.outputs))
-            for a, b in zip(m.outputs, new.outputs):
-                b.dtype, b.shape = a.dtype, a.shape
-                env[id(a)] = b
-        Decompose._replace(g, n, [env[id(o)] for o in sub.outputs])
+        Decompose._replace(g, n, _copy_before(g, n, sub, dict(originals)))
 
     @staticmethod
     def _replace(g, n: Node, outs: list[Value]) -> None:

@@ -443,7 +443,7 @@ def _rmsnorm(b, n):
     return mb.mul(x=y, y=b.get(n.inputs[1]))
 
 
-@lowering("edgec::Gelu")
+@lowering("edgec::Gelu", "Gelu")  # ONNX's Gelu (opset 20) has the same attribute
 def _gelu(b, n):
     mode = "TANH_APPROXIMATION" if n.attr("approximate", "none") == "tanh" else "EXACT"
     return b.mb.gelu(x=b.get(n.inputs[0]), mode=mode)
@@ -570,12 +570,6 @@ def _prelu(b, n):
     mb, x = b.mb, b.get(n.inputs[0])
     zero = b.const(0, n.inputs[0])
     return mb.select(cond=mb.less(x=x, y=zero), a=mb.mul(x=x, y=b.get(n.inputs[1])), b=x)
-
-
-@lowering("Gelu")
-def _onnx_gelu(b, n):
-    mode = "TANH_APPROXIMATION" if n.attr("approximate", "none") == "tanh" else "EXACT"
-    return b.mb.gelu(x=b.get(n.inputs[0]), mode=mode)
 
 
 @lowering("Clip")

@@ -7,7 +7,6 @@ Each case must pass, or be refused by name where listed: never a wrong result or
 
 from __future__ import annotations
 
-import importlib.util
 import os
 
 import pytest
@@ -15,7 +14,6 @@ import pytest
 pytest.importorskip("coremltools")
 pytest.importorskip("onnx")
 
-ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
 PASS = [
     # once a raw exception or a wrong answer on coreml
@@ -75,13 +73,9 @@ REFUSED = [
 
 
 @pytest.fixture(scope="module")
-def harness(tmp_path_factory):
-    spec = importlib.util.spec_from_file_location("edgec_coverage", os.path.join(ROOT, "benchmarks", "coverage.py"))
-    cov = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(cov)
-    data = str(tmp_path_factory.mktemp("nodecases"))
-    cov.materialize(data, PASS + REFUSED)
-    return cov, data
+def harness(node_suite):
+    cov, cases = node_suite
+    return cov, cases(PASS + REFUSED)
 
 
 def test_the_sample_exists(harness):

@@ -5,7 +5,6 @@ once measured wrong. The whole suite is ``python benchmarks/coverage.py --target
 
 from __future__ import annotations
 
-import importlib.util
 import os
 
 import pytest
@@ -13,7 +12,6 @@ import pytest
 pytest.importorskip("tvm")
 pytest.importorskip("onnx")
 
-ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
 # case -> the category it must get on cpu
 CASES = {
@@ -74,19 +72,10 @@ CASES = {
 }
 
 
-def _coverage():
-    spec = importlib.util.spec_from_file_location("edgec_bench_coverage", os.path.join(ROOT, "benchmarks",
-                                                                                       "coverage.py"))
-    mod = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(mod)
-    return mod
-
-
 @pytest.fixture(scope="module")
-def suite(tmp_path_factory):
-    cov = _coverage()
-    root = cov.materialize(str(tmp_path_factory.mktemp("nodecases")), list(CASES))
-    return cov, root
+def suite(node_suite):
+    cov, cases = node_suite
+    return cov, cases(CASES)
 
 
 def test_fallback_ops_are_tvm_converters():

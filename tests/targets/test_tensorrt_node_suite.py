@@ -6,7 +6,6 @@ parser's operator matrix restricts; this sample covers the op families and the r
 
 from __future__ import annotations
 
-import importlib.util
 import os
 
 import pytest
@@ -14,7 +13,6 @@ import pytest
 pytest.importorskip("onnxruntime")
 pytest.importorskip("onnx")
 
-ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 FP32 = "tensorrt{precision=fp32}"
 
 PASS = [
@@ -62,13 +60,9 @@ FP16_PASS = ["test_resize_upsample_scales_nearest", "test_nonmaxsuppression_supp
 
 
 @pytest.fixture(scope="module")
-def harness(tmp_path_factory):
-    spec = importlib.util.spec_from_file_location("edgec_coverage", os.path.join(ROOT, "benchmarks", "coverage.py"))
-    cov = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(cov)
-    data = str(tmp_path_factory.mktemp("nodecases"))
-    cov.materialize(data, PASS + list(REFUSED) + FP16_PASS)
-    return cov, data
+def harness(node_suite):
+    cov, cases = node_suite
+    return cov, cases(PASS + list(REFUSED) + FP16_PASS)
 
 
 def test_the_sample_exists(harness):
