@@ -3,8 +3,10 @@
 
 * Opset by ``deployment=`` (``ios18`` default, ``macos15`` the same opset, ``ios16``/``ios17`` older ones with
   fewer weight encodings: see :mod:`.weights`).
-* fp16 compute with fp32 I/O; integer inputs (token ids, masks) as int32. Models in f16 / f64 compute in fp16
-  too (f64 is rounded to fp16 like f32); ``run_package`` returns each output in the model's dtype (bool, int64,
+* fp16 compute with fp32 I/O (``precision=fp16``, the default: what the Neural Engine runs), or fp32 compute
+  (``precision=fp32``: Core ML's CPU / GPU precision, for models whose values leave fp16's range); integer
+  inputs (token ids, masks) as int32. Models in f16 / f64 compute in the compute type too (f64 is rounded like
+  f32); ``run_package`` returns each output in the model's dtype (bool, int64,
   f16, f64, scalars) from Core ML's fp32 / int32 outputs of rank >= 1. int8 / uint8 / int16 / uint16 compute in int32,
   wrapped back into their range after every op that can leave it.
 * Weights: fp16, int8 per channel / int4 per block, palettes of 1-8 bits per tensor, channel or group from the
@@ -33,7 +35,7 @@ from ...hookspecs import hookimpl
 from ...ir import Model, QuantizedTensor
 from ...ir.passes import PassContext, option
 from ...target import Artifact, Capabilities, Target
-from .builder import DEPLOYMENTS, LOWERINGS, NARROW_INTS, MILBuilder, ct_modules, mil_name, opset
+from .builder import DEPLOYMENTS, LOWERINGS, NARROW_INTS, PRECISIONS, MILBuilder, ct_modules, mil_name, opset
 from .weights import old_opset_problem
 
 _QUANT = frozenset({(s, b) for s in ("symmetric", "asymmetric") for b in (4, 8)}
@@ -92,18 +94,24 @@ def on_macos() -> bool:
 @dataclasses.dataclass(frozen=True)
 class CoreMLTarget(Target):
     name: ClassVar[str] = "coreml"
-    summary: ClassVar[str] = ("Core ML ML Program (.mlpackage): fp16 compute; int8/int4, palettized and sparse "
-                              "weights")
+    summary: ClassVar[str] = ("Core ML ML Program (.mlpackage): fp16 (or fp32) compute; int8/int4, palettized "
+                              "and sparse weights")
     runtime: ClassVar[str] = ("Core ML (MLModel.predict) on macOS; elsewhere edgec's MIL evaluator (numpy) on the "
                               "saved package: Core ML itself does not run on Linux")
-    verify_policy: ClassVar[dict | None] = {
-        "min_cosine": 0.999, "min_top1": 0.95,
-        "description": "fp16 compute: cosine >= 0.999 and top-1 agreement >= 0.95 vs the reference"}
     capabilities: ClassVar[Capabilities] = Capabilities(
         ops=LOWERINGS.ops(), dtypes=frozenset({"f32", "f16", "f64", "i64", "i32", "bool"} | set(NARROW_INTS)), quant=_QUANT, mixed=(8, "p2", "p3", "p4", "p6"))  # per-layer palette nbits, int8
     deployment: str = option("ios18", choices=DEPLOYMENTS, help="minimum deployment target: picks the opset "
                              "and with it the weight encodings (ios16/ios17: int8 per channel and per-tensor "
                              "palettes only)")
+    precision: str = option("fp16", choices=PRECISIONS, help="float compute type: fp16 (the Neural Engine's) or "
+                            "fp32 (CPU / GPU only; for values beyond fp16's range or precision)")
+
+    @property
+    def verify_policy(self) -> dict | None:  # type: ignore[override]
+        if self.precision == "fp32":
+            return None
+        return {"min_cosine": 0.999, "min_top1": 0.95,
+                "description": "fp16 compute: cosine >= 0.999 and top-1 agreement >= 0.95 vs the reference"}
 
     def check(self, model: Model) -> list[str]:
         problems = super().check(model)
@@ -124,7 +132,7 @@ class CoreMLTarget(Target):
             # MIL names unnamed ops from a process-wide counter (Builder.name_count): start it afresh so that the
             # same model gets the same op names, and so the same bytes, in every compile of a process
             mb.name_count.clear()
-            b = MILBuilder(model, self.deployment)
+            b = MILBuilder(model, self.deployment, self.precision)
             holder["b"] = b
             return tuple(b.lower(args))
         # The program's parameter names are the package's input names: give them the model's.
@@ -141,7 +149,7 @@ class CoreMLTarget(Target):
         except Exception as e:  # noqa: BLE001 - the MIL builder refusing the program: a refusal, not a leak
             raise UnsupportedError(f"the MIL builder rejected the lowered program ({type(e).__name__}: "
                                    f"{' '.join(str(e).split())[:300]})") from e
-        # The program is already typed (fp16 compute, fp32 where chosen): FLOAT32 keeps coremltools from
+        # The program is already typed (its compute type, fp32 where chosen): FLOAT32 keeps coremltools from
         # re-casting it.
         try:
             m = ct.convert(prog, convert_to="mlprogram", minimum_deployment_target=target,
@@ -151,6 +159,7 @@ class CoreMLTarget(Target):
                                    f"{' '.join(str(e).split())[:300]})") from e
         m.short_description = "compiled by edgec"
         m.user_defined_metadata["edgec.deployment"] = self.deployment
+        m.user_defined_metadata["edgec.precision"] = self.precision
         m.user_defined_metadata["edgec.output_dtypes"] = ",".join(o.dtype.numpy.name for o in model.graph.outputs)
         m.user_defined_metadata["edgec.output_ranks"] = ",".join(str(o.rank) for o in model.graph.outputs)
         from ... import __version__
@@ -163,12 +172,13 @@ class CoreMLTarget(Target):
         _stable_package_ids(path)
         b = holder["b"]
         compressed = {w: e.op for w, e in b.encoded.items() if e.op is not None}
-        decoded = check_package(path, model, compressed)
+        decoded = check_package(path, model, compressed, self.precision)
         files = sorted(os.path.relpath(os.path.join(r, f), out_dir) for r, _, fs in os.walk(path) for f in fs)
         kinds: dict[str, int] = {}
         for e in b.encoded.values():
             kinds[e.kind] = kinds.get(e.kind, 0) + 1
         return Artifact(files, {"coremltools_version": ct.__version__, "deployment": self.deployment,
+                                "precision": self.precision,
                                 "weight_encodings": kinds,
                                 "compressed_weights": {w: b.encoded[w].kind for w in compressed},
                                 "decoded_bit_exact": decoded,
@@ -209,17 +219,18 @@ def predict(path: str, feeds: Mapping[str, np.ndarray]) -> list[np.ndarray]:
     return [np.asarray(out[n]) for n in names]
 
 
-def check_package(path: str, model: Model, compressed: dict[str, str]) -> int:
+def check_package(path: str, model: Model, compressed: dict[str, str], precision: str = "fp16") -> int:
     """Re-load the saved package and decode every compressed weight; each must equal the IR's dequantized
-    weight (as fp16, the package's compute type) bit for bit. Returns how many were checked."""
+    weight (in ``precision``, the package's compute type) bit for bit. Returns how many were checked."""
+    ft = np.float32 if precision == "fp32" else np.float16
     from .evaluate import constexpr_value, load_program
     prog = load_program(path)
     ops = {op.name: op for op in prog.functions["main"].operations}
     for wname, opname in compressed.items():
         got = np.asarray(constexpr_value(ops[opname]))
         want = model.graph.initializers[wname].const
-        want = (want.dequantize() if isinstance(want, QuantizedTensor) else np.asarray(want.numpy())).astype(np.float16)
-        if got.shape != want.shape or not np.array_equal(got.astype(np.float16), want):
+        want = (want.dequantize() if isinstance(want, QuantizedTensor) else np.asarray(want.numpy())).astype(ft)
+        if got.shape != want.shape or not np.array_equal(got.astype(ft), want):
             raise UnsupportedError(f"weight {wname!r} does not decode to the IR's weight from the saved package "
                                    f"({opname})")
     return len(compressed)

@@ -1,11 +1,15 @@
-"""edgec IR -> a MIL program (coremltools' MIL builder), fp16 compute with fp32 I/O.
+"""edgec IR -> a MIL program (coremltools' MIL builder), fp16 (default) or fp32 compute with fp32 I/O.
 
-Float activations are fp16 throughout, except the mean square of RMSNorm, which is reduced in fp32 (a
+Float activations are of the compute type throughout (``precision``: fp16, what the Neural Engine runs, or
+fp32, Core ML's CPU / GPU precision), except that in fp16 the mean square of RMSNorm is reduced in fp32 (a
 decoder's hidden states squared and summed overflow fp16). Integer inputs (token ids, masks) enter as int32,
 the one integer type Core ML inputs have.
 """
 
 from __future__ import annotations
+
+import contextlib
+import contextvars
 
 import numpy as np
 
@@ -31,6 +35,26 @@ def ct_modules():
     return ct, mb, types
 
 
+# The float compute type of the program being built ("fp16" or "fp32"): set by MILBuilder.lower for the
+# lowerings, which read it through np_compute / mil_dtype / float_type.
+_FLOAT: contextvars.ContextVar[str] = contextvars.ContextVar("edgec_coreml_float", default="fp16")
+PRECISIONS = ("fp16", "fp32")
+
+
+def float_type() -> str:
+    """The MIL float compute type of the program being built: "fp16" or "fp32"."""
+    return _FLOAT.get()
+
+
+@contextlib.contextmanager
+def compute_precision(precision: str):
+    token = _FLOAT.set(precision)
+    try:
+        yield
+    finally:
+        _FLOAT.reset(token)
+
+
 def opset(deployment: str):
     ct, _, _ = ct_modules()
     return {"ios16": ct.target.iOS16, "ios17": ct.target.iOS17, "ios18": ct.target.iOS18,
@@ -45,12 +69,13 @@ def mil_name(name: str) -> str:
 class MILBuilder:
     """Lowers one model inside an ``mb.program`` body."""
 
-    def __init__(self, model: Model, deployment: str):
+    def __init__(self, model: Model, deployment: str, precision: str = "fp16"):
         self.ct, self.mb, self.types = ct_modules()
         self.model = model
         self.deployment = deployment
+        self.precision = precision
         self.ios18 = deployment in ("ios18", "macos15")
-        self.weights = WeightEncoder(self.mb, self.types, self.ios18)
+        self.weights = WeightEncoder(self.mb, self.types, self.ios18, fp32=precision == "fp32")
         self.env: dict[int, object] = {}
         self.encoded: dict[str, Encoded] = {}  # weight name -> how it was stored
 
@@ -69,7 +94,7 @@ class MILBuilder:
         return self.env[id(v)]
 
     def scalar(self, x: float):
-        return np.float16(x)
+        return np.float32(x) if self.precision == "fp32" else np.float16(x)
 
     def _wrap(self, n: Node, o: Value, y):
         nb = NARROW_INTS.get(o.dtype.short)
@@ -82,16 +107,20 @@ class MILBuilder:
         return mb.mod(x=y, y=np.int32(1 << bits))
 
     def const(self, arr, like: Value) -> np.ndarray:
-        """``arr`` as a MIL constant of ``like``'s compute type (fp16 / int32 / bool)."""
+        """``arr`` as a MIL constant of ``like``'s compute type (fp16 or fp32 / int32 / bool)."""
         return np.asarray(arr).astype(np_compute(like))
 
     def lower(self, args):
+        with compute_precision(self.precision):
+            return self._lower(args)
+
+    def _lower(self, args):
         mb = self.mb
         g = self.model.graph
         for v, a in zip(g.inputs, args):
             if v.rank == 0:  # Core ML inputs have rank >= 1: a scalar enters as [1]
                 a = mb.squeeze(x=a)
-            self.env[id(v)] = (mb.cast(x=a, dtype="fp16") if v.dtype.is_float else
+            self.env[id(v)] = (mb.cast(x=a, dtype=float_type()) if v.dtype.is_float else
                                mb.cast(x=a, dtype="bool") if v.dtype.short == "bool" else a)
         for n in g:
             fn = LOWERINGS.get(n.qualified_op)
@@ -148,12 +177,14 @@ def _wrap_ok(n: Node) -> None:
 
 
 def np_compute(v: Value):
-    """The numpy type of ``v``'s MIL compute type: floats fp16, booleans bool, other integers int32."""
-    return np.float16 if v.dtype.is_float else (np.bool_ if v.dtype.short == "bool" else np.int32)
+    """The numpy type of ``v``'s MIL compute type: floats fp16 (or fp32), booleans bool, other integers int32."""
+    if v.dtype.is_float:
+        return np.float32 if float_type() == "fp32" else np.float16
+    return np.bool_ if v.dtype.short == "bool" else np.int32
 
 
 def mil_dtype(v: Value) -> str:
-    return "fp16" if v.dtype.is_float else ("bool" if v.dtype.short == "bool" else "int32")
+    return float_type() if v.dtype.is_float else ("bool" if v.dtype.short == "bool" else "int32")
 
 
 def used(g, v: Value) -> bool:
@@ -396,7 +427,7 @@ def _concat(b, n):
 def _cast(b, n):
     from ...ir import DType
     to = DType.from_onnx(n.attr("to"))
-    dt = "fp16" if to.is_float else ("bool" if to.short == "bool" else "int32")
+    dt = float_type() if to.is_float else ("bool" if to.short == "bool" else "int32")
     return b.mb.cast(x=b.get(n.inputs[0]), dtype=dt)
 
 
@@ -414,9 +445,9 @@ def _layernorm(b, n):
         d = mb.sub(x=xv, y=mean)
         inv = mb.rsqrt(x=mb.reduce_mean(x=mb.mul(x=d, y=d), axes=axes, keep_dims=True),
                        epsilon=np.float32(n.attr("epsilon", 1e-5)))
-        y = mb.mul(x=mb.cast(x=mb.mul(x=d, y=inv), dtype="fp16"), y=b.get(scale))
-        return [y if bias is None else mb.add(x=y, y=b.get(bias)), mb.cast(x=mean, dtype="fp16"),
-                mb.cast(x=inv, dtype="fp16")]
+        y = mb.mul(x=mb.cast(x=mb.mul(x=d, y=inv), dtype=float_type()), y=b.get(scale))
+        return [y if bias is None else mb.add(x=y, y=b.get(bias)), mb.cast(x=mean, dtype=float_type()),
+                mb.cast(x=inv, dtype=float_type())]
     if scale.is_const and (bias is None or bias.is_const):  # MIL's layer_norm takes constant gamma / beta
         kw = {"gamma": b.get(scale)}
         if bias is not None:
@@ -428,8 +459,11 @@ def _layernorm(b, n):
     return y if bias is None else mb.add(x=y, y=b.get(bias))
 
 
-def _eps16(eps: float) -> np.float16:
-    """An epsilon in fp16 that does not underflow to 0 (BERT's 1e-12 would): at least the smallest subnormal."""
+def _eps16(eps: float) -> np.floating:
+    """An epsilon of the compute type; in fp16 one that does not underflow to 0 (BERT's 1e-12 would): at least
+    the smallest subnormal."""
+    if float_type() == "fp32":
+        return np.float32(eps)
     return np.float16(max(float(eps), 2.0 ** -24))
 
 
@@ -439,7 +473,7 @@ def _rmsnorm(b, n):
     x = mb.cast(x=b.get(n.inputs[0]), dtype="fp32")
     ms = mb.reduce_mean(x=mb.mul(x=x, y=x), axes=[-1], keep_dims=True)
     r = mb.rsqrt(x=ms, epsilon=np.float32(n.attr("epsilon", 1e-5)))
-    y = mb.cast(x=mb.mul(x=x, y=r), dtype="fp16")
+    y = mb.cast(x=mb.mul(x=x, y=r), dtype=float_type())
     return mb.mul(x=y, y=b.get(n.inputs[1]))
 
 
@@ -511,7 +545,7 @@ def _binary(b, n):
         if not a.dtype.is_float:
             _refuse(n, f"Pow of {a.dtype.short} by {c.dtype.short}")
         if not c.dtype.is_float:  # the exponent takes the base's type (exact for the small exponents seen)
-            y = b.const(y, a) if isinstance(y, np.ndarray) else mb.cast(x=y, dtype="fp16")
+            y = b.const(y, a) if isinstance(y, np.ndarray) else mb.cast(x=y, dtype=float_type())
         return mb.pow(x=x, y=y)
     if n.op_type in _COMPARE and a.dtype.short == "bool":  # MIL compares numbers
         x, y = mb.cast(x=x, dtype="int32"), mb.cast(x=y, dtype="int32")
@@ -1141,7 +1175,7 @@ def _lpnorm(b, n):
 
 @lowering("DequantizeLinear")
 def _dequantize(b, n):
-    """(x - zero_point) * scale: the difference in int32 (exact), then fp16."""
+    """(x - zero_point) * scale: the difference in int32 (exact), then the float compute type."""
     mb, x = b.mb, n.inputs[0]
     if x.dtype.is_float or n.attr("block_size", 0):
         _refuse(n, f"DequantizeLinear of {x.dtype.short}" + (" by blocks" if n.attr("block_size", 0) else ""))
@@ -1159,4 +1193,4 @@ def _dequantize(b, n):
     zp = _opt(n, 2)
     if zp is not None:
         y = mb.sub(x=y, y=per_axis(zp))
-    return mb.mul(x=mb.cast(x=y, dtype="fp16"), y=per_axis(scale))
+    return mb.mul(x=mb.cast(x=y, dtype=float_type()), y=per_axis(scale))

@@ -19,8 +19,10 @@ vector (vq)             ``constexpr_lut_to_dense`` with              --
                         ``vector_axis``: LUT ``[R, G, 2**nb, d]``
 ======================  ===========================================  ==========================================
 
-Every encoding is checked after saving: the package is re-loaded and each weight decoded by coremltools
-must equal the IR's dequantized weight in fp16, bit for bit (:func:`~.check_package`).
+Float values (weights, scales, palettes) are fp16 as tabled under ``precision=fp16`` (the default) and fp32
+under ``precision=fp32``. Every encoding is checked after saving: the package is re-loaded and each weight
+decoded by coremltools must equal the IR's dequantized weight in the compute type, bit for bit
+(:func:`~.check_package`).
 """
 
 from __future__ import annotations
@@ -82,19 +84,24 @@ class Encoded:
 class WeightEncoder:
     """Encodes constant weights into a MIL program for one deployment target (``ios16`` ... ``macos15``)."""
 
-    def __init__(self, mb, types, ios18: bool, sparse_min_ratio: float = 0.1):
+    def __init__(self, mb, types, ios18: bool, sparse_min_ratio: float = 0.1, fp32: bool = False):
         self.mb, self.types, self.ios18 = mb, types, ios18
         self.sparse_min_ratio = sparse_min_ratio
+        # fp32 compute: float weights, scales and palettes are stored in fp32 (the grid decodes to the IR's
+        # fp32 weight); fp16 compute: in fp16, scales exactly (an inexact fp16 scale is refused)
+        self.fp32 = fp32
+        self.ft = np.float32 if fp32 else np.float16
 
     # ---- entry point ---------------------------------------------------------------------------------------
     def encode(self, v: Value, name: str) -> Encoded:
         q = v.const
         sparse = self._sparse_mask(v)
         if not isinstance(q, QuantizedTensor):
-            w = to_fp16(np.asarray(q.numpy(), np.float32))
+            w32 = np.asarray(q.numpy(), np.float32)
+            w = w32 if self.fp32 else to_fp16(w32)
             if sparse is not None:
                 return self._sparse_float(w, sparse, name)
-            return Encoded(w, "fp16")
+            return Encoded(w, "fp32" if self.fp32 else "fp16")
         if q.scheme == "codebook":
             return self._palette(v, q, sparse, name)
         if q.scheme == "vector":
@@ -131,10 +138,11 @@ class WeightEncoder:
         scale = np.asarray(q.scales, np.float32)
         if scale.ndim != q.codes.ndim:
             scale = scale.reshape(scale.shape + (1,) * (q.codes.ndim - scale.ndim))
-        s16 = scale.astype(np.float16)
+        s16 = scale.astype(self.ft)
         if not np.array_equal(s16.astype(np.float32), scale):
-            raise UnsupportedError(f"weight {v.name!r}: Core ML stores fp16 scales; quantize with "
-                                   "quantize{scale_dtype=f16} so they are exact")
+            raise UnsupportedError(f"weight {v.name!r}: Core ML stores fp16 scales in fp16 compute; quantize with "
+                                   "quantize{scale_dtype=f16} so they are exact, or compile with "
+                                   "coreml{precision=fp32}")
         return s16
 
     def _blockwise(self, v: Value, q: QuantizedTensor, sparse, name: str) -> Encoded:
@@ -180,9 +188,9 @@ class WeightEncoder:
 
     # ---- palettes --------------------------------------------------------------------------------------------
     def _lut(self, q: QuantizedTensor, nb: int) -> np.ndarray:
-        """The IR's codebook as a Core ML LUT of rank(weight) + 2, ``[*blocks, 2**nb, 1]``, in fp16. Scaled
-        palettes (NF4-style ``codebook[code] * scale``) get one LUT per scale block holding the products,
-        rounded once to fp16 exactly as the IR's weight is; coremltools rewrites a LUT followed by a blockwise
+        """The IR's codebook as a Core ML LUT of rank(weight) + 2, ``[*blocks, 2**nb, 1]``, in the compute type.
+        Scaled palettes (NF4-style ``codebook[code] * scale``) get one LUT per scale block holding the products,
+        rounded once to the compute type exactly as the IR's weight is; coremltools rewrites a LUT followed by a blockwise
         scale into this same form for every opset before iOS26, so this is what the runtime holds anyway."""
         cb = np.asarray(q.codebook, np.float32)
         rank, n = q.codes.ndim, cb.shape[-1]
@@ -200,7 +208,7 @@ class WeightEncoder:
             s = np.asarray(q.scales, np.float32)
             s = s.reshape(s.shape + (1,) * (rank - s.ndim))
             lut = lut * s.reshape(s.shape + (1, 1))
-        return lut.astype(np.float16)
+        return lut.astype(self.ft)
 
     def _palette(self, v: Value, q: QuantizedTensor, sparse, name: str) -> Encoded:
         mb, types = self.mb, self.types
@@ -230,7 +238,8 @@ class WeightEncoder:
         r, g, n, d = cb.shape
         lut = np.concatenate([cb, np.zeros((r, g, (1 << nb) - n, d), np.float32)], axis=2)
         idx_dt = _index_dtype(types, nb)
-        out = self.mb.constexpr_lut_to_dense(indices=np.asarray(q.codes).astype(idx_dt), lut=to_fp16(lut),
+        out = self.mb.constexpr_lut_to_dense(indices=np.asarray(q.codes).astype(idx_dt), lut=lut if self.fp32
+                                             else to_fp16(lut),
                                              vector_axis=np.int32(1), name=name)
         return Encoded(out, f"vector{d}d-palette{q.bits}", name)
 
@@ -240,8 +249,8 @@ class WeightEncoder:
         if problem:
             raise UnsupportedError(problem)
         nb = next(b for b in (1, 2, 4, 6, 8) if b >= q.bits)
-        cb = np.asarray(q.codebook, np.float32).astype(np.float16)
-        lut = np.concatenate([cb, np.zeros((1 << nb) - cb.size, np.float16)])
+        cb = np.asarray(q.codebook, np.float32).astype(self.ft)
+        lut = np.concatenate([cb, np.zeros((1 << nb) - cb.size, self.ft)])
         out = self.mb.constexpr_lut_to_dense(indices=pack_elements_into_bits(codes.astype(np.uint8).reshape(-1), nb),
                                              lut=lut, shape=np.uint32(codes.shape), name=name)
         return Encoded(out, f"palette{q.bits}" + ("" if sparse is None else " (pruned zeros stored densely: "

@@ -30,8 +30,8 @@ def _prepare(path_or_model, pipe):
     return m
 
 
-def _emit_and_run(m, tmp_path, deployment="ios18"):
-    t = CoreMLTarget(deployment=deployment)
+def _emit_and_run(m, tmp_path, deployment="ios18", precision="fp16"):
+    t = CoreMLTarget(deployment=deployment, precision=precision)
     assert t.check(m) == []
     art = t.emit(m, str(tmp_path), PassContext())
     feeds = ir.random_inputs(m, seed=1)
@@ -83,6 +83,46 @@ def test_weight_formats_decode_exactly_and_run(pipe, deployment, kind, tiny_cnn_
         assert man["decoded_bit_exact"] == len(man["compressed_weights"]) > 0
     assert _cos(got[0], ref[0]) > 0.9999
     assert os.path.isdir(tmp_path / "model.mlpackage")
+
+
+@pytest.mark.parametrize("pipe, kind", [("", None), (f"quantize{{bits=8,{F16}}}", "int8"),
+                                        (f"quantize{{method=codebook,bits=4,{F16}}}", "palette4"),
+                                        ("prune{sparsity=0.5}", "sparse")])
+def test_fp32_precision_keeps_the_grid_and_computes_in_fp32(pipe, kind, tiny_cnn_path, tmp_path):
+    """precision=fp32: every float op and float weight in fp32; a quantized grid is stored as in fp16 (decoded
+    bit for bit) and widened, so the artifact follows the reference to fp32 rounding, not fp16's."""
+    m = _prepare(tiny_cnn_path, pipe)
+    art, got, ref = _emit_and_run(m, tmp_path, precision="fp32")
+    man = art.manifest
+    assert man["precision"] == "fp32"
+    if kind is not None:
+        assert kind in man["compressed_weights"].values() and man["decoded_bit_exact"] > 0
+    np.testing.assert_allclose(got[0], ref[0], rtol=1e-4, atol=1e-5)
+    from edgec.targets.coreml.evaluate import load_program
+    dtypes = {str(o.dtype) for op in load_program(str(tmp_path / "model.mlpackage")).functions["main"].operations
+              for o in op.outputs if op.op_type not in ("const",) and not op.op_type.startswith("constexpr_")}
+    assert not any("fp16" in d for d in dtypes), dtypes
+
+
+def test_fp32_precision_keeps_values_beyond_fp16(tmp_path):
+    """Softmax of values near 1e4 (fp16's spacing there is 8): fp16 compute cannot tell them apart, fp32 can;
+    the default stays fp16, whose --verify policy says so."""
+    from onnx import TensorProto, helper
+    g = helper.make_graph([helper.make_node("Softmax", ["x"], ["y"], axis=-1)], "g",
+                          [helper.make_tensor_value_info("x", TensorProto.FLOAT, [2, 4])],
+                          [helper.make_tensor_value_info("y", TensorProto.FLOAT, [2, 4])])
+    m = ir.from_onnx(helper.make_model(g, opset_imports=[helper.make_opsetid("", 17)]))
+    x = {"x": np.array([[0, 1, 2, 3], [10000, 10001, 10002, 10003]], np.float32)}
+    want = np.exp(x["x"] - x["x"].max(1, keepdims=True))
+    want /= want.sum(1, keepdims=True)
+    res = {}
+    for prec in ("fp16", "fp32"):
+        t = CoreMLTarget(precision=prec)
+        t.emit(m, str(tmp_path / prec), PassContext())
+        res[prec] = t.run_artifact(str(tmp_path / prec), x)[0]
+    np.testing.assert_allclose(res["fp32"], want, rtol=1e-5)
+    assert not np.allclose(res["fp16"][1], want[1], rtol=1e-2)  # fp16 rounds 10001 to 10000
+    assert CoreMLTarget().verify_policy is not None and CoreMLTarget(precision="fp32").verify_policy is None
 
 
 @pytest.mark.parametrize("pipe, bits_per_weight", [
@@ -149,8 +189,23 @@ def test_old_opsets_refuse_what_they_cannot_store_before_emitting(tiny_cnn_path,
 
 def test_float32_scales_are_refused_with_the_fix(tiny_cnn_path, tmp_path):
     m = _prepare(tiny_cnn_path, "quantize{bits=8}")
-    with pytest.raises(UnsupportedError, match="scale_dtype=f16"):
+    with pytest.raises(UnsupportedError, match=r"scale_dtype=f16.*precision=fp32"):
         CoreMLTarget().emit(m, str(tmp_path), PassContext())
+    # fp32 compute stores the scales in fp32: the grid decodes to the IR's weight bit for bit
+    art = CoreMLTarget(precision="fp32").emit(m, str(tmp_path / "fp32"), PassContext())
+    assert art.manifest["decoded_bit_exact"] == len(art.manifest["compressed_weights"]) > 0
+
+
+def test_fp32_codebooks_decode_bit_exactly_in_fp32(tmp_path):
+    """A vq codebook that fp16 cannot hold (codebook_bits=32) is stored as is under precision=fp32."""
+    from edgec.targets.coreml.evaluate import constexpr_value, load_program
+    case = next(c for c in VECTOR_CASES if c.get("codebook_bits", 16) == 32)
+    q = vector_tensor(**case)
+    m, feeds = decode_model(q)
+    CoreMLTarget(precision="fp32").emit(m, str(tmp_path), PassContext())
+    prog = load_program(str(tmp_path / "model.mlpackage"))
+    op = next(o for o in prog.functions["main"].operations if o.op_type == "constexpr_lut_to_dense")
+    assert np.array_equal(np.asarray(constexpr_value(op)), q.dequantize().astype(np.float32))
 
 
 def _one_op_model(op, attrs, w_shape=None, x_shape=(1, 4, 9, 9), bias=True, domain="", extra=()):
