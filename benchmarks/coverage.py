@@ -10,8 +10,9 @@ Each case goes through ``edgec.compile(model.onnx, target=T, use_cache=False)`` 
 ``run_artifact``, and its outputs are compared as onnx's own backend runner compares them: the same number
 of outputs, the same shape, the same dtype kind, ``np.testing.assert_allclose(rtol=1e-3, atol=1e-7)``
 (booleans and strings exactly). Inputs that parametrize the operator rather than carry data (shapes, axes,
-pads, starts / ends / steps, repeats, split sizes, TopK's k, Resize's roi / scales / sizes, Clip's min /
-max, Pad's constant value, quantization scales and zero points, Compress's condition, ...: see
+pads, starts / ends / steps, repeats, split sizes, TopK's k, Loop's trip count and initial condition, Resize's
+roi / scales / sizes, Clip's min / max, Pad's constant value, quantization scales and zero points, Compress's
+condition, ...: see
 ``PARAM_INPUTS``) are bound as constants in a copy of the model, as they are in real models, so targets
 with static shapes can compile; every other input is fed at run time.
 
@@ -71,7 +72,8 @@ PARAM_INPUTS = frozenset({
     "lower_edge_hertz", "upper_edge_hertz", "x_scale", "x_zero_point", "y_scale", "y_zero_point", "a_scale",
     "a_zero_point", "b_scale", "b_zero_point", "w_scale", "w_zero_point"})
 # (op, formal name) pairs whose name alone is ambiguous
-PARAM_OP_INPUTS = frozenset({("TopK", "K"), ("Compress", "condition"), ("ConstantOfShape", "input")})
+PARAM_OP_INPUTS = frozenset({("TopK", "K"), ("Compress", "condition"), ("ConstantOfShape", "input"), ("Loop", "M"),
+                             ("Loop", "cond")})
 
 
 # ------------------------------------------------------------------------------------------------ the suite

@@ -1,5 +1,6 @@
 """ONNX frontend: ai.onnx opset 7 and later (older than 13: upgraded with onnx.version_converter), external data
-files, shape inference on import."""
+files, shape inference on import. Control flow, sequences and optionals that are static at compile time are
+rewritten into plain tensor ops first (:mod:`edgec.ir.onnx_static`), at the model's own opset."""
 
 from __future__ import annotations
 
@@ -15,6 +16,7 @@ from ...frontend import Frontend
 from ...ir import Model, UnsupportedModelError, from_onnx, infer_shapes
 from ...ir.core import IRError
 from ...ir.limits import check_generators, max_tensor_bytes
+from ...ir.onnx_static import eliminate_control_flow, needs_rewrite
 
 MIN_OPSET = 7  # the oldest ai.onnx opset accepted
 # Older models are upgraded to this opset, the oldest the importer takes as is. Every breaking change between 7
@@ -54,6 +56,11 @@ def import_proto(proto: onnx.ModelProto, base_dir: str | None, label: str = "<mo
     if opset < MIN_OPSET:
         raise UnsupportedError(f"{label}: ai.onnx opset {opset} is older than {MIN_OPSET}, the oldest edgec accepts; "
                                f"convert it with onnx.version_converter.convert_version(model, {UPGRADE_OPSET})")
+    if needs_rewrite(proto):  # before the upgrade: the converter takes no subgraphs
+        try:
+            proto = eliminate_control_flow(proto)
+        except UnsupportedModelError as e:
+            raise UnsupportedError(f"{label}: {str(e).splitlines()[0]}", e.problems) from None
     if opset < UPGRADE_OPSET:
         upgrade_opset(proto, UPGRADE_OPSET, label)
     try:
