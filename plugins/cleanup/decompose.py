@@ -16,8 +16,10 @@ in this order:
    standard ONNX (:mod:`edgec.ir.ops`), for a target that lowers them not (unquantized weights only).
 3. **onnx's own function bodies**: the schema's function (or context-dependent function, built from the node's
    attributes and input types) for the model's opset, inlined with ``onnx.inliner``; a body written in another
-   opset is brought to the model's by ``onnx.version_converter``. Bodies with subgraphs (control flow) are not
-   used.
+   opset is brought to the model's by ``onnx.version_converter``. Control flow in a body (Range's Loop,
+   LinearAttention's Scan, ...) is rewritten into plain ops where it is static for the node's input shapes and
+   constant inputs (:func:`edgec.ir.onnx_static.eliminate_control_flow`, before any conversion); a body whose
+   control flow is not static is not used.
 
 Each rewrite is exact: it computes what the op's ONNX definition computes. An op with no exact rewrite is left
 alone, never approximated.
@@ -32,10 +34,11 @@ from typing import ClassVar
 
 import numpy as np
 import onnx
-from onnx import helper
+from onnx import helper, numpy_helper
 
 from ...ir import DType, Graph, Model, Node, Tensor, Value, from_onnx, infer_shapes
 from ...ir.onnx_io import attribute_proto
+from ...ir.onnx_static import eliminate_control_flow, needs_rewrite
 from ...ir.passes import Pass, PassContext, option
 from .simplify_shapes import SimplifyShapes
 
@@ -358,10 +361,10 @@ def _node_proto(n: Node, schema) -> onnx.NodeProto:
 
 
 def _usable(fn: onnx.FunctionProto, op: str) -> bool:
-    """The body's nodes are all ai.onnx, without subgraphs, and not ``op`` itself."""
+    """The body's nodes are all ai.onnx and not ``op`` itself (subgraphs are rewritten away, or the body is not
+    used: :func:`_body_model`)."""
     for b in fn.node:
-        if b.domain not in ("", "ai.onnx") or any(a.type in (onnx.AttributeProto.GRAPH, onnx.AttributeProto.GRAPHS)
-                                                   for a in b.attribute):
+        if b.domain not in ("", "ai.onnx"):
             return False
         if b.op_type == op:
             return False  # a body that re-states the op is no decomposition
@@ -370,7 +373,7 @@ def _usable(fn: onnx.FunctionProto, op: str) -> bool:
 
 def function_body(n: Node, opset: int) -> onnx.FunctionProto | None:
     """onnx's function body of ``n`` at ai.onnx ``opset`` (context-dependent ones built for ``n``'s attributes and
-    input types), or None: no body, or a body with subgraphs. The body is written in its own opset (see
+    input types), or None: no body, or one of other domains. The body is written in its own opset (see
     :func:`_body_model`)."""
     if n.domain:
         return None
@@ -426,11 +429,33 @@ def _body_model(model: Model, n: Node, fn: onnx.FunctionProto) -> onnx.ModelProt
         inlined = inliner.inline_local_functions(proto)
         del inlined.opset_import[:]
         inlined.opset_import.append(helper.make_opsetid("", body_opset))
+        if needs_rewrite(inlined):  # in the body's own opset: the converter takes no subgraphs
+            inlined = eliminate_control_flow(_bind_constants(inlined, n))
         if body_opset != model.opset:
             inlined = version_converter.convert_version(inlined, model.opset)
         return inlined
-    except Exception:  # noqa: BLE001 - a body the inliner or the converter cannot take: no rewrite
-        return None
+    except Exception:  # noqa: BLE001 - a body the inliner or the converter cannot take, or whose control flow
+        return None  # is not static here (UnsupportedModelError): no rewrite
+
+
+_BIND_ELEMENTS = 1 << 16  # constant inputs this small are bound into a body whose control flow is rewritten
+
+
+def _bind_constants(proto: onnx.ModelProto, n: Node) -> onnx.ModelProto:
+    """``proto`` with the sub-model inputs that stand for small constant inputs of ``n`` made initializers, so that
+    trip counts and conditions computed from them are constants."""
+    bound = []
+    for k, v in enumerate(n.inputs):
+        if v is not None and v.is_const and isinstance(v.const, Tensor) and v.const.numpy().size <= _BIND_ELEMENTS:
+            bound.append(numpy_helper.from_array(np.asarray(v.const.numpy()), f"i{k}"))
+    if not bound:
+        return proto
+    names = {t.name for t in bound}
+    keep = [vi for vi in proto.graph.input if vi.name not in names]
+    del proto.graph.input[:]
+    proto.graph.input.extend(keep)
+    proto.graph.initializer.extend(bound)
+    return proto
 
 
 def _edgec_model(model: Model, n: Node) -> onnx.ModelProto | None:

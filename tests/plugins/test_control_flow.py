@@ -14,6 +14,7 @@ from edgec.errors import UnsupportedError
 from edgec.ir import executor
 from edgec.ir.onnx_io import UnsupportedModelError
 from edgec.ir.onnx_static import MAX_UNROLLED_NODES, eliminate_control_flow
+from edgec.plugins.cleanup.decompose import Decompose
 from edgec.plugins.frontends.onnx import import_proto
 
 F, I64, B = TensorProto.FLOAT, TensorProto.INT64, TensorProto.BOOL
@@ -311,3 +312,26 @@ def test_run_time_position_is_refused():
 def test_model_without_control_flow_is_returned_as_is():
     m = _model([helper.make_node("Relu", ["x"], ["y"])], [_vi("x", [2])], [_vi("y", [2])])
     assert eliminate_control_flow(m) is m
+
+
+# ------------------------------------------------------------------------------------------------ decompose
+def test_decompose_uses_a_body_whose_loop_is_static():
+    """Range's onnx function body holds a Loop: with constant start / limit / delta it is unrolled, so a target
+    without Range gets plain ops."""
+    import types
+
+    from edgec.ir.passes import PassContext
+    from edgec.target import Capabilities
+    core = frozenset({"Add", "Sub", "Mul", "Div", "Cast", "Ceil", "Relu", "Identity", "Unsqueeze", "Concat",
+                      "Constant"})
+    ctx = PassContext(target=types.SimpleNamespace(capabilities=Capabilities(ops=core)))
+    m = _model([helper.make_node("Range", ["s", "l", "d"], ["r"]), helper.make_node("Add", ["r", "x"], ["y"])],
+               [_vi("x", [4])], [_vi("y", [4])],
+               [_const("s", np.array(1.5, np.float32)), _const("l", np.array(5.0, np.float32)),
+                _const("d", np.array(0.9, np.float32))], opset=17)
+    model = import_proto(m, None)
+    Decompose().run(model, ctx)
+    assert {n.op_type for n in model.graph} <= core
+    x = RNG.standard_normal(4).astype(np.float32)
+    got = executor.run(model, {"x": x})
+    np.testing.assert_allclose(got["y"], _ort(m, {"x": x})[0], rtol=1e-6)
