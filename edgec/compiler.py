@@ -483,7 +483,7 @@ def build_model(model: str | Model, target: str, pipeline: str, *, input_shapes:
     if bound:  # the graph's shapes follow the inputs' new ones (budget estimates and shape checks need them)
         with contextlib.suppress(IRError):
             infer_shapes(ir_model)
-    _check_degenerate(ir_model, bound)
+    _check_degenerate(ir_model, bound, before_passes=True)
     from .ir.limits import check_sizes, max_tensor_bytes
     too_big = check_sizes(ir_model)
     if too_big:
@@ -544,9 +544,11 @@ def build_model(model: str | Model, target: str, pipeline: str, *, input_shapes:
     return b
 
 
-def _check_degenerate(model: Model, bound: Mapping[str, int]) -> None:
+def _check_degenerate(model: Model, bound: Mapping[str, int], before_passes: bool = False) -> None:
     """Input shapes that leave an op without output (a pooling window larger than the image: negative or
-    empty float tensors) are the user's to fix, before a target's compiler trips over them."""
+    empty float tensors) are the user's to fix, before a target's compiler trips over them. Before the passes
+    only windows and negative sizes are checked: an empty part a model splits off and concatenates back (a
+    rotary embedding over the whole head) is legitimate, and cleanup takes it out (eliminate-empty)."""
     bad = []
     for n in model.graph:
         window = _window_problem(n)
@@ -556,8 +558,9 @@ def _check_degenerate(model: Model, bound: Mapping[str, int]) -> None:
             s = o.shape
             if s is None or not all(isinstance(d, int) for d in s):
                 continue
-            if any(d < 0 for d in s) or (0 in s and o.dtype is not None and o.dtype.is_float and not any(
-                    x is not None and x.shape is not None and 0 in x.shape for x in n.inputs)):
+            if any(d < 0 for d in s) or (not before_passes and 0 in s and o.dtype is not None and o.dtype.is_float
+                                         and not any(x is not None and x.shape is not None and 0 in x.shape
+                                                     for x in n.inputs)):
                 bad.append(f"node {n.name!r} ({n.op_type}) would produce {o.name!r} of shape {list(s)}")
     if bad:
         given = ", ".join(f"{v.name}={'x'.join(map(str, v.shape or ()))}" for v in model.graph.inputs)

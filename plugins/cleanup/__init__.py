@@ -3,6 +3,7 @@
 from ...hookspecs import hookimpl
 from .dce import DeadCodeElimination
 from .decompose import Decompose
+from .eliminate_empty import EliminateEmpty
 from .eliminate_identity import EliminateIdentity
 from .fold_batchnorm import FoldBatchNorm
 from .fold_constants import FoldConstants
@@ -13,14 +14,14 @@ from .fuse_linear import FuseLinear
 from .fuse_rmsnorm import FuseRMSNorm
 from .simplify_shapes import SimplifyShapes
 
-PASSES = (DeadCodeElimination, Decompose, EliminateIdentity, FoldBatchNorm, FoldConstants, FuseAttention, FuseGelu,
-          FuseLayerNorm, FuseLinear, FuseRMSNorm, SimplifyShapes)
+PASSES = (DeadCodeElimination, Decompose, EliminateEmpty, EliminateIdentity, FoldBatchNorm, FoldConstants,
+          FuseAttention, FuseGelu, FuseLayerNorm, FuseLinear, FuseRMSNorm, SimplifyShapes)
 
 # What `edgec compile` runs before the user's pipeline: normalize the graph into the forms targets expect, then
 # rewrite what the target does not take (decompose; after the fusions, so that e.g. a foldable Gemm becomes
 # edgec::Linear first, and before constant folding, which evaluates the shape arithmetic of the rewrites).
 DEFAULT_CLEANUP = ("simplify-shapes,eliminate-identity,fold-batchnorm,fuse-layernorm,fuse-rmsnorm,fuse-gelu,"
-                   "fuse-attention,fuse-linear,decompose,fold-constants,dce")
+                   "fuse-attention,fuse-linear,decompose,eliminate-empty,fold-constants,dce")
 
 
 @hookimpl

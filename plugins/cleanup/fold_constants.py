@@ -27,16 +27,21 @@ _NONDETERMINISTIC = {"RandomNormal", "RandomUniform", "RandomNormalLike", "Rando
 
 
 def evaluate(n: Node, opset: int) -> list[np.ndarray]:
-    """Run one node on its constant inputs (onnxruntime, else the ONNX reference evaluator)."""
+    """Run one node on its constant inputs (onnxruntime, else the ONNX reference evaluator). A CastLike needs
+    only its first input constant: it runs as the Cast to the second input's dtype."""
     import onnxruntime as ort
     from onnx.reference import ReferenceEvaluator
-    ins = [f"i{k}" if v is not None else "" for k, v in enumerate(n.inputs)]
+    op, inputs, attrs = n.op_type, list(n.inputs), {k: attribute_proto(k, a) for k, a in n.attributes.items()}
+    if _cast_like_foldable(n):
+        op, inputs = "Cast", inputs[:1]
+        attrs["to"] = helper.make_attribute("to", n.inputs[1].dtype.onnx)
+    ins = [f"i{k}" if v is not None else "" for k, v in enumerate(inputs)]
     outs = [f"o{k}" for k in range(len(n.outputs))]
-    node = helper.make_node(n.op_type, ins, outs, domain=n.domain or None)
-    node.attribute.extend(attribute_proto(k, a) for k, a in n.attributes.items())
-    feeds = {f"i{k}": np.asarray(v.const.numpy()) for k, v in enumerate(n.inputs) if v is not None}
+    node = helper.make_node(op, ins, outs, domain=n.domain or None)
+    node.attribute.extend(attrs.values())
+    feeds = {f"i{k}": np.asarray(v.const.numpy()) for k, v in enumerate(inputs) if v is not None}
     graph = helper.make_graph([node], "fold", [helper.make_tensor_value_info(i, v.dtype.onnx, None)
-                                                for i, v in zip(ins, n.inputs) if v is not None],
+                                                for i, v in zip(ins, inputs) if v is not None],
                               [helper.make_empty_tensor_value_info(o) for o in outs])
     m = helper.make_model(graph, opset_imports=[helper.make_opsetid("", opset)])
     m.ir_version = min(m.ir_version, 10)
@@ -49,6 +54,12 @@ def evaluate(n: Node, opset: int) -> list[np.ndarray]:
             warnings.simplefilter("ignore")
             res = ReferenceEvaluator(m).run(None, feeds)
     return [np.asarray(r) for r in res]
+
+
+def _cast_like_foldable(n: Node) -> bool:
+    """CastLike(constant, x) reads only x's dtype: foldable once that is known."""
+    return (n.op_type == "CastLike" and not n.domain and len(n.inputs) == 2 and n.inputs[0] is not None
+            and n.inputs[0].is_const and n.inputs[1] is not None and n.inputs[1].dtype is not None)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -64,7 +75,7 @@ class FoldConstants(Pass):
         for n in g:
             if n.domain or n.op_type in _NONDETERMINISTIC or n.op_type == "Constant":
                 continue
-            ins = [v for v in n.inputs if v is not None]
+            ins = [n.inputs[0]] if _cast_like_foldable(n) else [v for v in n.inputs if v is not None]
             if not all(v.is_const and not isinstance(v.const, QuantizedTensor) for v in ins):
                 continue
             if any(v.dtype is None for v in ins) or any(x is o for o in n.outputs for x in g.outputs):
