@@ -99,6 +99,17 @@ def _nondeterministic(g: onnx.GraphProto) -> str | None:
     return None
 
 
+def _copy_except(src, dst, skip: str) -> None:
+    """Copy every field of protobuf message ``src`` that is set, except ``skip``, into ``dst``."""
+    for field, value in src.ListFields():
+        if field.name == skip:
+            continue
+        if field.message_type is not None or hasattr(value, "extend"):  # a message or a repeated field
+            getattr(dst, field.name).MergeFrom(value)
+        else:
+            setattr(dst, field.name, value)
+
+
 def _always_true(body: onnx.GraphProto) -> bool:
     """Whether a Loop body's condition output is its condition input, passed through or by an Identity."""
     if len(body.input) < 2 or not body.output:
@@ -169,6 +180,8 @@ class _Static:
         self.where_checks: list[tuple[str, str, str, int]] = []  # (node, then value, else value, output number)
         self.new_inits: list[onnx.TensorProto] = []
         self.current = ""  # the node being rewritten, as refusals name it
+        # an If with a run-time condition computes both branches (Where) only once no rewrite can make it constant
+        self.select = False
 
     # ---------------------------------------------------------------------------------------------- naming
     def where(self, n: onnx.NodeProto) -> str:
@@ -239,18 +252,17 @@ class _Static:
     # ---------------------------------------------------------------------------------------------- knowledge
     def infer(self) -> None:
         """Types of the top-level values: ONNX shape inference on a copy whose large weights are declared only."""
-        light = onnx.ModelProto()
-        light.CopyFrom(self.model)
+        light = onnx.ModelProto()  # everything but the large weights (never copied)
+        _copy_except(self.model, light, "graph")
         g = light.graph
-        keep, declared = [], []
-        for t in g.initializer:
+        _copy_except(self.g, g, "initializer")
+        declared = []
+        for t in self.g.initializer:
             external = t.data_location == onnx.TensorProto.EXTERNAL
             if external or (t.ByteSize() > _SMALL_INIT_BYTES and t.data_type != onnx.TensorProto.INT64):
                 declared.append(helper.make_tensor_value_info(t.name, t.data_type, list(t.dims)))
             else:
-                keep.append(t)
-        del g.initializer[:]
-        g.initializer.extend(keep)
+                g.initializer.append(t)
         have = {vi.name for vi in g.input}
         g.input.extend(vi for vi in declared if vi.name not in have)
         inferred = light
@@ -441,8 +453,14 @@ class _Static:
                 break
             self.infer()
             self.producers = {o: n for n in self.g.node for o in n.output if o}
+            # what was not known may be now (values inlined last round, their shapes inferred)
+            self.consts = {k: v for k, v in self.consts.items() if v is not None}
             changed, problems = self.round()
+            select, self.select = self.select, False
             if not problems:
+                continue
+            if not changed and not select:  # no constant can appear any more: choose with Where where allowed
+                self.select = True
                 continue
             if not changed:
                 raise UnsupportedModelError("control flow that is not static at compile time cannot be compiled",
@@ -543,6 +561,8 @@ class _Static:
                     self.identity(out, r, o)
             return
         why = "its condition is computed at run time, so"
+        if not self.select:
+            raise _Defer("its condition is not (yet) a compile-time constant")
         if self.opset < 9:
             raise _Defer(f"{why} both branches would be computed and chosen with Where, which opset {self.opset} "
                          "does not define (opset 9 does)")

@@ -335,3 +335,19 @@ def test_decompose_uses_a_body_whose_loop_is_static():
     x = RNG.standard_normal(4).astype(np.float32)
     got = executor.run(model, {"x": x})
     np.testing.assert_allclose(got["y"], _ort(m, {"x": x})[0], rtol=1e-6)
+
+
+def test_if_cond_known_only_after_a_loop_is_unrolled():
+    """The condition reads the Loop's stacked output's shape (static once the Loop is unrolled and inferred); the
+    branches differ in shape, so only the constant condition makes the If compilable."""
+    m = _loop_model(3)
+    then_g = helper.make_graph([helper.make_node("ReduceSum", ["ys"], ["t"], keepdims=0)], "then", [], [_vi("t", None)])
+    else_g = helper.make_graph([helper.make_node("Identity", ["ys"], ["e"])], "else", [], [_vi("e", None)])
+    m.graph.node.extend([helper.make_node("Shape", ["ys"], ["shp"]),
+                         helper.make_node("Gather", ["shp", "zero"], ["n"]),
+                         helper.make_node("Equal", ["n", "three"], ["c3"]),
+                         helper.make_node("If", ["c3"], ["z"], then_branch=then_g, else_branch=else_g)])
+    m.graph.initializer.extend([_const("zero", np.array(0, np.int64)), _const("three", np.array(3, np.int64))])
+    m.graph.output.append(_vi("z", None))
+    r = _rewritten_matches(m, {"x": RNG.standard_normal((2, 3)).astype(np.float32)})
+    assert not any(n.op_type == "Where" for n in r.graph.node)
