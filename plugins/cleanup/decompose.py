@@ -223,6 +223,100 @@ def _flatten(r: _Rewriter, n: Node, opset: int) -> list[Value] | None:
     return [r.op("Reshape", [x, r.const(np.array([outer, int(np.prod(shape[axis:], dtype=np.int64))], np.int64))])]
 
 
+@rule("BitShift")
+def _bitshift(r: _Rewriter, n: Node, opset: int) -> list[Value] | None:
+    """Shifts as arithmetic on a table of powers of two indexed by the amount. LEFT is x * 2**y (a product wraps
+    modulo 2**bits, exactly the bits shifted out; for a signed T, 2**(bits-1) wraps to the minimum, which is the
+    same residue). RIGHT is x / 2**y for an unsigned T, and floor(x / 2**y) for a signed one (an arithmetic
+    shift: the truncated quotient less one where the remainder is negative). An amount that is negative or
+    of the width or more gives what sign extension alone gives: -1 for a right shift of a negative x, else 0
+    (onnx opset 28; earlier opsets take unsigned types only)."""
+    x, y = n.inputs[0], n.inputs[1]
+    if x is None or y is None or x.dtype is None or x.dtype != y.dtype or x.dtype.numpy.kind not in "iu":
+        return None
+    dt = x.dtype.numpy
+    signed, bits, left = dt.kind == "i", dt.itemsize * 8, n.attr("direction") in ("LEFT", b"LEFT")
+    top = bits - 2 if signed and not left else bits - 1  # the largest amount computed through the table
+    powers = np.array([1 << k for k in range(bits)], dtype=np.uint64).astype(dt)  # 2**(bits-1) wraps if signed
+
+    def c(v):
+        return r.const(np.array(v, dt))
+    amount = r.op("Min", [y, c(top)])
+    if signed:
+        amount = r.op("Max", [amount, c(0)])
+    p = r.op("Gather", [r.const(powers), r.op("Cast", [amount], to=onnx.TensorProto.INT64)])
+    if left:
+        z = r.op("Mul", [x, p])
+    else:
+        z = r.op("Div", [x, p])
+        if signed:
+            rem = r.op("Sub", [x, r.op("Mul", [z, p])])
+            z = r.op("Sub", [z, r.op("Cast", [r.op("Less", [rem, c(0)])], to=x.dtype.onnx)])
+    valid = r.op("Less", [y, c(top + 1)])
+    if signed:
+        valid = r.op("And", [valid, r.op("Not", [r.op("Less", [y, c(0)])])])
+    # select with arithmetic on 0 / 1 (Where has no int16 / uint64 kernel in onnxruntime)
+    v = r.op("Cast", [valid], to=x.dtype.onnx)
+    z = r.op("Mul", [z, v])
+    if signed and not left:  # -1 for a negative x shifted right by an amount out of range
+        neg = r.op("Cast", [r.op("Less", [x, c(0)])], to=x.dtype.onnx)
+        z = r.op("Sub", [z, r.op("Mul", [neg, r.op("Sub", [c(1), v])])])
+    return [z]
+
+
+@rule("OneHot")
+def _onehot(r: _Rewriter, n: Node, opset: int) -> list[Value] | None:
+    """Equal(indices, range(depth)) on a new axis, selecting on / off values; negative indices count from the
+    end, and indices outside [-depth, depth) match nothing (all off), as the spec says."""
+    ind, depth, values = n.inputs
+    if ind is None or ind.rank is None or depth is None or not depth.is_const or values is None:
+        return None
+    d = int(np.asarray(depth.const.numpy()).reshape(-1)[0])
+    rank = ind.rank + 1
+    axis = int(n.attr("axis", -1))
+    axis = axis + rank if axis < 0 else axis
+    if d < 0 or not 0 <= axis < rank or ind.dtype is None:
+        return None
+    i = ind if ind.dtype.numpy.kind in "iu" else r.op("Cast", [ind], to=onnx.TensorProto.INT64)
+    it = i.dtype.numpy if i.dtype is not None else np.dtype(np.int64)
+    if it.kind == "i":
+        i = r.op("Where", [r.op("Less", [i, r.const(np.array(0, it))]), r.op("Add", [i, r.const(np.array(d, it))]), i])
+    shape = [1] * rank
+    shape[axis] = d
+    hit = r.op("Equal", [r.op("Unsqueeze", [i, r.const(np.array([axis], np.int64))]),
+                         r.const(np.arange(d, dtype=it).reshape(shape))])
+    off = r.op("Gather", [values, r.const(np.array(0, np.int64))])
+    on = r.op("Gather", [values, r.const(np.array(1, np.int64))])
+    return [r.op("Where", [hit, on, off])]
+
+
+@rule("EyeLike")
+def _eyelike(r: _Rewriter, n: Node, opset: int) -> list[Value] | None:
+    """A constant: the output depends on the input's (static) shape only."""
+    x = n.inputs[0]
+    if x is None or x.static_shape is None or len(x.static_shape) != 2:
+        return None
+    to = n.attr("dtype")
+    dt = DType.from_onnx(int(to)).numpy if to is not None else (x.dtype.numpy if x.dtype is not None else None)
+    if dt is None:
+        return None
+    return [r.op("Identity", [r.const(np.eye(*x.static_shape, k=int(n.attr("k", 0)), dtype=dt))])]
+
+
+@rule("LpNormalization")
+def _lpnorm(r: _Rewriter, n: Node, opset: int) -> list[Value] | None:
+    """x / ||x||_p along ``axis`` (p = 1 or 2); a zero norm gives 0, as onnxruntime computes it."""
+    x = n.inputs[0]
+    p = int(n.attr("p", 2))
+    if x is None or x.rank is None or x.dtype is None or not x.dtype.is_float or p not in (1, 2):
+        return None
+    op, axis = "ReduceL2" if p == 2 else "ReduceL1", int(n.attr("axis", -1))
+    norm = (r.op(op, [x, r.const(np.array([axis], np.int64))], keepdims=1) if opset >= 18 else
+            r.op(op, [x], axes=[axis], keepdims=1))
+    zero = r.const(np.zeros((), x.dtype.numpy))
+    return [r.op("Where", [r.op("Equal", [norm, zero]), zero, r.op("Div", [x, norm])])]
+
+
 def _window(n: Node) -> tuple[list[int], int] | None:
     """(kernel shape, spatial rank) of a Conv / pooling node, when known."""
     x = n.inputs[0]
@@ -278,35 +372,39 @@ def _windowed(r: _Rewriter, n: Node, opset: int) -> list[Value] | None:
     return [r.op("Squeeze", [r.op(n.op_type, ins, **attrs), axis])]
 
 
-@rule("CumSum")
-def _cumsum(r: _Rewriter, n: Node, opset: int) -> list[Value] | None:
-    """Integer CumSum over a static axis as a log-step prefix sum (y += y shifted by 1, 2, 4, ...: Concat of zeros
-    and a Slice), exact in integer arithmetic; ``exclusive`` shifts the input once more, ``reverse`` shifts the
-    other way. Floats are left alone (another summation order rounds differently)."""
+@rule("CumSum", "CumProd")
+def _cumulative(r: _Rewriter, n: Node, opset: int) -> list[Value] | None:
+    """Integer CumSum / CumProd over a static axis as a log-step scan (y op= y shifted by 1, 2, 4, ...: Concat of
+    the identity element and a Slice), exact in integer (modular) arithmetic; ``exclusive`` shifts the input
+    once more, ``reverse`` shifts the other way. Floats are left alone: another order rounds differently, and a
+    partial product of a segment can overflow where every prefix product is finite."""
     x, ax = n.inputs[0], n.inputs[1] if len(n.inputs) > 1 else None
-    if x is None or x.static_shape is None or x.dtype is None or x.dtype.is_float or ax is None or not ax.is_const:
+    if x is None or x.static_shape is None or x.dtype is None or ax is None or not ax.is_const:
         return None
+    if x.dtype.is_float:
+        return None
+    combine, unit = ("Add", 0) if n.op_type == "CumSum" else ("Mul", 1)
     shape = list(x.static_shape)
     axis = int(np.asarray(ax.const.numpy()).reshape(-1)[0])
     axis = axis + len(shape) if axis < 0 else axis
     length, reverse = shape[axis], bool(n.attr("reverse", 0))
 
     def shift(v: Value, s: int) -> Value:
-        zshape = list(shape)
-        zshape[axis] = s
-        zeros = r.const(np.zeros(zshape, x.dtype.numpy))
+        ushape = list(shape)
+        ushape[axis] = s
+        units = r.const(np.full(ushape, unit, x.dtype.numpy))
         start, end = (s, length) if reverse else (0, length - s)
         part = r.op("Slice", [v, r.const(np.array([start], np.int64)), r.const(np.array([end], np.int64)),
                               r.const(np.array([axis], np.int64))])
-        return r.op("Concat", [part, zeros] if reverse else [zeros, part], axis=axis)
+        return r.op("Concat", [part, units] if reverse else [units, part], axis=axis)
     y = x
     if int(n.attr("exclusive", 0)):
         if length <= 1:
-            return [r.op("Mul", [x, r.const(np.zeros((), x.dtype.numpy))])]
+            return [r.op("Expand", [r.const(np.array(unit, x.dtype.numpy)), r.const(np.array(shape, np.int64))])]
         y = shift(x, 1)
     s = 1
     while s < length:
-        y = r.op("Add", [y, shift(y, s)])
+        y = r.op(combine, [y, shift(y, s)])
         s *= 2
     return [y if y is not x else r.op("Identity", [x])]
 
@@ -339,6 +437,20 @@ def _schema_version(op: str, opset: int) -> int | None:
         return onnx.defs.get_schema(op, opset, "").since_version
     except onnx.defs.SchemaError:
         return None
+
+
+@functools.lru_cache(maxsize=None)
+def _signature(op: str, opset: int) -> tuple | None:
+    """What a body depends on in ``op``'s schema at ``opset``: its inputs, outputs and attributes (names,
+    optionality, defaults), not its type lists (opset 22 re-issued many ops only to add bfloat16)."""
+    try:
+        s = onnx.defs.get_schema(op, opset, "")
+    except onnx.defs.SchemaError:
+        return None
+    ports = tuple((p.name, p.option) for p in s.inputs), tuple((p.name, p.option) for p in s.outputs)
+    attrs = tuple(sorted((k, a.type, a.required, a.default_value.SerializeToString())
+                         for k, a in s.attributes.items()))
+    return ports, attrs
 
 
 def _type_proto(v: Value | None) -> onnx.TypeProto:
@@ -383,12 +495,13 @@ def function_body(n: Node, opset: int) -> onnx.FunctionProto | None:
         return None
     node = _node_proto(n, schema)
     # onnx keeps a body per opset where it changed: the newest at or below ``opset`` first, then newer ones (as
-    # long as the op itself is the same schema at that opset: same inputs and attributes)
+    # long as the op has the same signature at that opset: same inputs, outputs and attributes; types may grow)
     cd = schema.has_context_dependent_function
     versions = list(schema.context_dependent_function_opset_versions if cd else schema.function_opset_versions)
     order = sorted((v for v in versions if v <= opset), reverse=True)[:1] + sorted(v for v in versions if v > opset)
     for version in order:
-        if _schema_version(n.op_type, version) != schema.since_version:
+        if (_schema_version(n.op_type, version) != schema.since_version
+                and _signature(n.op_type, version) != _signature(n.op_type, opset)):
             continue
         try:
             if cd:

@@ -33,15 +33,17 @@ def supported_ops() -> frozenset[str]:
 # ops whose TVM converter gave wrong answers there (BitShift by negative / >= width amounts, IsInf's
 # detect_negative / detect_positive, Mish and Softplus beyond rtol 1e-3 near zero, NonMaxSuppression), converters
 # for another domain's op of the same name (com.microsoft Attention, BiasGelu, FastGelu, ...), and sequence /
-# optional ops (the IR holds tensors only). Variants measured wrong are refused by _FALLBACK_VARIANTS.
+# optional ops (the IR holds tensors only); EyeLike, OneHot and RMSNormalization, which the decompose pass writes
+# exactly (a constant, a compare and select, onnx's body) where TVM's converters need constant parameters or
+# fail on axis 0. Variants measured wrong are refused by _FALLBACK_VARIANTS.
 FALLBACK_OPS: frozenset[str] = frozenset({
     "Acos", "Acosh", "AffineGrid", "ArgMax", "ArgMin", "Asin", "Asinh", "Atan", "Atanh", "BitwiseAnd", "BitwiseNot",
     "BitwiseOr", "BitwiseXor", "CastLike", "Ceil", "Compress", "ConstantOfShape", "ConvTranspose", "Cos", "Cosh",
-    "CumSum", "DepthToSpace", "DequantizeLinear", "Dropout", "DynamicQuantizeLinear", "Einsum", "Elu", "EyeLike",
+    "CumSum", "DepthToSpace", "DequantizeLinear", "Dropout", "DynamicQuantizeLinear", "Einsum", "Elu",
     "Floor", "Gelu", "Gemm", "GlobalLpPool", "GlobalMaxPool", "GreaterOrEqual", "GridSample", "GroupNormalization",
     "Hardmax", "Identity", "InstanceNormalization", "IsNaN", "LRN", "LeakyRelu", "LessOrEqual", "LogSoftmax",
     "LpPool", "MatMulInteger", "MaxRoiPool", "MaxUnpool", "Mean", "MeanVarianceNormalization", "Mod", "NonZero",
-    "OneHot", "Or", "PRelu", "Pad", "QuantizeLinear", "RMSNormalization", "Range", "ReduceL1", "ReduceL2",
+    "Or", "PRelu", "Pad", "QuantizeLinear", "Range", "ReduceL1", "ReduceL2",
     "ReduceLogSum", "ReduceLogSumExp", "ReduceSumSquare", "Resize", "RoiAlign", "Round", "Scatter",
     "ScatterElements", "ScatterND", "Selu", "Shape", "Shrink", "Sign", "Sin", "Sinh", "Size", "Softsign",
     "SpaceToDepth", "Split", "Sum", "Tan", "ThresholdedRelu", "Tile", "TopK", "Trilu", "Unique", "Upsample", "Xor"})
@@ -305,7 +307,7 @@ def _op():
 _BINARY = {"Add": "add", "Sub": "subtract", "Mul": "multiply", "Div": "divide", "Pow": "power", "Equal": "equal",
            "Less": "less", "Greater": "greater", "And": "logical_and"}
 _VARIADIC = {"Max": "maximum", "Min": "minimum"}
-_UNARY = {"Relu": ("nn", "relu"), "Sigmoid": ("", "sigmoid"), "Tanh": ("", "tanh"), "Exp": ("", "exp"),
+_UNARY = {"Relu": ("nn", "relu"), "Sigmoid": ("", "sigmoid"), "Tanh": None, "Exp": ("", "exp"),
           "Sqrt": ("", "sqrt"), "Erf": ("", "erf"), "Neg": ("", "negative"), "Abs": ("", "abs"), "Log": ("", "log"),
           "Reciprocal": None, "Not": ("", "logical_not")}
 
@@ -316,7 +318,44 @@ def _binary(b: RelaxBuilder, n: Node):
     x, y = (b.get(v) for v in n.inputs)
     if n.op_type == "Pow" and not (n.inputs[0].dtype is not None and n.inputs[0].dtype.is_float):
         raise UnsupportedError(f"node {n.name!r}: integer Pow is not supported by the cpu target")
+    if n.op_type == "Div" and n.inputs[0].dtype is not None and not n.inputs[0].dtype.is_float:
+        return _int_div(b, n, x, y)
     return b.emit(getattr(_op(), _BINARY[n.op_type])(x, y))
+
+
+@lowering("Mod")
+def _mod(b: RelaxBuilder, n: Node):
+    """Integer Mod without traps (x86's idiv raises SIGFPE on a zero divisor and on MIN % -1): those divisors
+    become 1 (x mod +-1 is 0; a zero divisor, which onnx leaves undefined, gives 0 as numpy does). fmod=0 takes
+    the divisor's sign (floor), fmod=1 the dividend's (C's %). Floats go through TVM's converter."""
+    dt = n.inputs[0].dtype
+    if dt is None or dt.is_float:
+        return tvm_fallback(b, n)
+    op, npdt = _op(), dt.numpy
+    x, y = (b.get(v) for v in n.inputs)
+    zero, one = b.relax.const(np.asarray(0, npdt), npdt.name), b.relax.const(np.asarray(1, npdt), npdt.name)
+    bad = op.equal(y, zero)
+    if npdt.kind == "i":
+        bad = op.logical_or(bad, op.equal(y, b.relax.const(np.asarray(-1, npdt), npdt.name)))
+    safe = op.where(bad, one, y)
+    return b.emit(op.mod(x, safe) if n.attr("fmod", 0) else op.floor_mod(x, safe))
+
+
+def _int_div(b: RelaxBuilder, n: Node, x, y):
+    """Integer division that cannot trap: x86's idiv raises SIGFPE (killing the process that runs the artifact)
+    on a zero divisor and on MIN / -1. A zero divisor gives 0 (onnx leaves it undefined; numpy gives 0), and a
+    divisor of -1 gives -x, wrapping as two's complement does (-128 / -1 is -128 in int8, as onnxruntime's
+    promoted arithmetic gives)."""
+    op, dt = _op(), n.inputs[0].dtype.numpy
+    zero, one = b.relax.const(np.asarray(0, dt), dt.name), b.relax.const(np.asarray(1, dt), dt.name)
+    bad = op.equal(y, zero)
+    if dt.kind == "i":
+        minus = b.relax.const(np.asarray(-1, dt), dt.name)
+        bad = op.logical_or(bad, op.equal(y, minus))
+    q = op.divide(x, op.where(bad, one, y))
+    if dt.kind == "i":  # y == -1 divided by 1 above: negate (0 - x wraps); y == 0 gives 0
+        q = op.where(op.equal(y, minus), op.subtract(zero, x), q)
+    return b.emit(op.where(op.equal(y, zero), zero, q))
 
 
 @lowering(*_VARIADIC)
@@ -337,6 +376,21 @@ def _unary(b: RelaxBuilder, n: Node):
     ns, fn = _UNARY[n.op_type]
     mod = _op().nn if ns == "nn" else _op()
     return b.emit(getattr(mod, fn)(b.get(n.inputs[0])))
+
+
+@lowering("Tanh")
+def _tanh(b, n):
+    """TVM lowers tanh as (1 - e^-2x) / (1 + e^-2x), which cancels near 0 (1.3% off at x = 1e-6): there the odd
+    series x - x^3/3 + 2x^5/15 is used instead (its first dropped term is 17x^7/315: below 3e-16 relative for
+    |x| < 0.004, where the quotient's error is already below 2e-5 relative)."""
+    op, x = _op(), b.get(n.inputs[0])
+    dt = n.inputs[0].dtype.numpy.name
+
+    def c(v):
+        return b.relax.const(v, dt)
+    x2 = op.multiply(x, x)
+    series = op.multiply(x, op.add(c(1.0), op.multiply(x2, op.add(c(-1.0 / 3), op.multiply(x2, c(2.0 / 15))))))
+    return b.emit(op.where(op.less(op.abs(x), c(0.004)), series, op.tanh(x)))
 
 
 @lowering("Reciprocal")
@@ -412,7 +466,7 @@ def _wrap_negative(b: RelaxBuilder, n: Node, idx: Value, dims: list[int]):
     dt = _np_dtype(n, idx)
     if idx.is_const:
         arr = np.asarray(idx.numpy()).astype(np.int64)
-        d = np.asarray(dims, np.int64)
+        d = np.asarray(dims if len(dims) > 1 else dims[0], np.int64)  # a 0-d index stays 0-d
         arr = np.clip(np.where(arr < 0, arr + d, arr), 0, np.maximum(d - 1, 0)).astype(dt)
         return b.relax.const(arr, dt)
     d = b.relax.const(np.asarray(dims if len(dims) > 1 else dims[0], dt), dt)
