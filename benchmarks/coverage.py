@@ -14,7 +14,8 @@ pads, starts / ends / steps, repeats, split sizes, TopK's k, Loop's trip count a
 roi / scales / sizes, Clip's min / max, Pad's constant value, quantization scales and zero points, Compress's
 condition, ...: see
 ``PARAM_INPUTS``) are bound as constants in a copy of the model, as they are in real models, so targets
-with static shapes can compile; every other input is fed at run time.
+with static shapes can compile; an ``*_expanded`` case (the op's function body inlined) binds the inputs its
+base case binds; every other input is fed at run time.
 
 Categories: ``pass``; ``refused`` (edgec raised UnsupportedError / BadInputError / UsageError: an honest
 refusal); ``wrong_result`` (values or dtype kind differ); ``wrong_shape`` (shape or number of outputs
@@ -200,15 +201,30 @@ def param_inputs(model) -> set[str]:
     return found
 
 
-def bind_parameters(model, inputs: list) -> tuple[Any, dict[str, Any], list[str], list[str]]:
-    """A copy of ``model`` with its parameter-like inputs turned into initializers holding the case's values.
+def base_case_params(case_dir: str) -> set[str]:
+    """An ``*_expanded`` case is its base case with the op's function body inlined, and the same graph inputs:
+    the inputs that parametrize the op there (a CenterCropPad's shape, a Range's bounds) are parameters here too,
+    although only the body's arithmetic reads them."""
+    import onnx
+    name = os.path.basename(os.path.normpath(case_dir))
+    base = re.sub(r"_expanded(_ver\d+)?$", "", name)
+    path = os.path.join(os.path.dirname(os.path.normpath(case_dir)), base, "model.onnx")
+    if base == name or not os.path.isfile(path):
+        return set()
+    return param_inputs(onnx.load(path))
+
+
+def bind_parameters(model, inputs: list, also: set[str] | frozenset[str] = frozenset()) -> tuple[
+        Any, dict[str, Any], list[str], list[str]]:
+    """A copy of ``model`` with its parameter-like inputs (and the inputs named in ``also``) turned into
+    initializers holding the case's values.
 
     Returns (the copy, feeds for the remaining inputs, their names in order, the names bound)."""
     import onnx
     from onnx import numpy_helper
-    params = param_inputs(model)
+    params = param_inputs(model) | (set(also) & {vi.name for vi in model.graph.input})
     values = {vi.name: v for vi, v in zip(model.graph.input, inputs)}
-    bound = [n for n in params if isinstance(values.get(n), np.ndarray)]
+    bound = [n for n in sorted(params) if isinstance(values.get(n), np.ndarray)]
     m = onnx.ModelProto()
     m.CopyFrom(model)
     keep = [vi for vi in m.graph.input if vi.name not in bound]
@@ -300,7 +316,7 @@ def _run_edgec(case_dir: str, target: str, work: str) -> tuple[str, str]:
     from edgec.errors import BadInputError, UnsupportedError, UsageError
     refusals = (UnsupportedError, BadInputError, UsageError)
     model, inputs, expected = load_case(case_dir)
-    bound_model, feeds, names, _ = bind_parameters(model, inputs)
+    bound_model, feeds, names, _ = bind_parameters(model, inputs, base_case_params(case_dir))
     path = os.path.join(work, "model.onnx")
     onnx.save(bound_model, path)
     out = os.path.join(work, "out")
@@ -350,7 +366,7 @@ def _run_tvm(case_dir: str) -> tuple[str, str]:
     from tvm import relax
     from tvm.relax.frontend.onnx import from_onnx
     model, inputs, expected = load_case(case_dir)
-    bound_model, feeds, names, _ = bind_parameters(model, inputs)
+    bound_model, feeds, names, _ = bind_parameters(model, inputs, base_case_params(case_dir))
     try:
         shapes = {n: list(np.shape(feeds[n])) for n in names}
         dtypes = {n: str(np.asarray(feeds[n]).dtype) for n in names}
@@ -523,7 +539,8 @@ def report(results: dict[str, dict[str, tuple[str, str]]], n_cases: int, seconds
              "by `edgec.compile(..., use_cache=False)` and run by the target's `run_artifact`; outputs compared as "
              "onnx's runner does (same count, shape and dtype kind; `assert_allclose(rtol=1e-3, atol=1e-7)`). "
              "Parameter-like inputs (shapes, axes, pads, slice bounds, repeats, k, scales, clip bounds, "
-             "quantization scales, ...) are bound as constants; data inputs are fed at run time. Baselines on "
+             "quantization scales, ...) are bound as constants (an `_expanded` case binds what its base case binds); "
+             "data inputs are fed at run time. Baselines on "
              f"the same cases in the same run: onnxruntime {onnxruntime.__version__} on the original model, and "
              f"TVM {tvm.__version__}'s own Relax ONNX importer on the bound copy (a baseline's exception counts as "
              f"refused). {note}Written by `python benchmarks/coverage.py` in {seconds / 60:.0f} min.", "",
