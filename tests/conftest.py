@@ -25,8 +25,9 @@ def load_benchmark(name: str):
 
 
 @pytest.fixture(scope="session")
-def benchmark():
-    """:func:`load_benchmark`, for tests (a test module cannot import this conftest by name: tests/llm has one too)."""
+def bench_script():
+    """:func:`load_benchmark`, for tests (a test module cannot import this conftest by name: tests/llm has one too;
+    not named ``benchmark``, which is pytest-benchmark's fixture where that plugin is installed)."""
     return load_benchmark
 
 

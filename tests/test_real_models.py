@@ -9,8 +9,8 @@ pytestmark = pytest.mark.slow
 
 
 @pytest.fixture(scope="module")
-def real_models(benchmark):
-    return benchmark("real_models")
+def real_models(bench_script):
+    return bench_script("real_models")
 
 CELLS = [
     ("bert", "ts17-sdpa", "cpu"),                      # the sdpa export whose IsNaN once stopped every target
