@@ -723,3 +723,6 @@ class Decompose(Pass):
             body = function_body(n, model.opset)
             proto = _body_model(model, n, body) if body is not None else None
         return _splice(model, n, proto) if proto is not None else None
+
+
+from . import decompose_rnn  # noqa: E402,F401 - registers RNN/GRU/LSTM rules
