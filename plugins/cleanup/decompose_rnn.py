@@ -17,9 +17,10 @@ docs; onnx.reference's op_lstm / op_gru / op_rnn for the defaults):
   runtimes differ), so a node that leaves theirs out is not rewritten;
 - ``clip`` bounds every gate's input to its activation (after biases and peepholes) to [-clip, clip]; LSTM's cell
   state itself, the input of h, is not clipped (onnxruntime, OpenVINO);
-- ``sequence_lens`` absent, or constant: a batch entry shorter than the sequence keeps its state past its length
-  and its Y rows there are 0 (Where on constant masks; a reverse direction starts at the entry's own last step).
-  A length of 0, or a run-time one, is not rewritten.
+- ``sequence_lens`` absent, constant or given at run time: a batch entry shorter than the sequence keeps its state
+  past its length and its Y rows there are 0 (Where on per-step masks, constants when the lengths are; a reverse
+  direction starts at the entry's own last step). An entry of length 0 has Y_h (and Y_c) 0, as onnxruntime
+  computes it (the spec leaves it open; the holding rule alone would give initial_h).
 
 A rule returns None (the node stays, and the target's check names it) when a shape it needs is not static, the
 unrolled size exceeds :data:`MAX_STEPS`, or the node uses a variant above that it cannot compute exactly.
@@ -28,6 +29,7 @@ unrolled size exceeds :data:`MAX_STEPS`, or the node uses a variant above that i
 from __future__ import annotations
 
 import numpy as np
+import onnx
 
 from ...ir import Node, Value
 from .decompose import _Rewriter, rule
@@ -140,17 +142,23 @@ class _Node:
     """What every rule reads from the node: static sizes, the per-direction inputs, the step masks."""
 
     def __init__(self, u: _Unroll, n: Node, x: Value, seq: int, batch: int, hidden: int, nd: int, layout: int,
-                 lens: np.ndarray | None):
+                 lens: np.ndarray | Value | None):
         self.u, self.n, self.seq, self.batch, self.hidden, self.nd, self.layout = u, n, seq, batch, hidden, nd, layout
         self.gates = _GATES[n.op_type]
         # X as [seq, batch, in]
         self.x = u.transpose(x, [1, 0, 2]) if layout else x
-        self.lens = lens
         self.masks: list[Value | None] = [None] * seq
-        if lens is not None:
+        self.started: Value | None = None  # [1, batch, 1]: the entries of a length above 0
+        if isinstance(lens, np.ndarray):
             for t in range(seq):
                 m = (t < lens).reshape(1, batch, 1)
                 self.masks[t] = None if m.all() else u.r.const(m)
+            if (lens < 1).any():
+                self.started = u.r.const((lens > 0).reshape(1, batch, 1))
+        elif lens is not None:
+            lv = u.op("Reshape", u.op("Cast", lens, to=onnx.TensorProto.INT64), u.i64([1, batch, 1]))
+            self.masks = [u.op("Less", u.i64(t), lv) for t in range(seq)]
+            self.started = u.op("Greater", lv, u.i64(0))
 
     def state(self, k: int, d: int) -> Value:
         """initial_h (k=5) or initial_c (k=6) of direction d as [1, batch, hidden]; zeros when absent."""
@@ -204,6 +212,9 @@ class _Node:
         [nd, batch, hidden] (layout 1: [batch, seq, nd, hidden] and [batch, nd, hidden])."""
         u = self.u
         y = u.concat([u.unsqueeze(u.concat(rows, 0), 1) for rows in ys], 1)
+        if self.started is not None:  # a sequence of length 0 has no last state: 0
+            zero = u.c(0.0)
+            finals = [[u.op("Where", self.started, v, zero) for v in states] for states in finals]
         outs = [y] + [u.concat(states, 0) for states in finals]
         if self.layout:
             outs = [u.transpose(outs[0], [2, 0, 1, 3])] + [u.transpose(o, [1, 0, 2]) for o in outs[1:]]
@@ -234,13 +245,16 @@ def _setup(r: _Rewriter, n: Node, opset: int) -> tuple[_Node, list[tuple[str, fl
         return None
     if n.op_type == "LSTM" and len(n.outputs) > 3 or n.op_type != "LSTM" and len(n.outputs) > 2:
         return None
-    lens = None
+    lens: np.ndarray | Value | None = None
     if ins[4] is not None:
         sl = ins[4]
-        if not sl.is_const:
-            return None
-        lens = np.asarray(sl.const.numpy()).reshape(-1).astype(np.int64)
-        if lens.shape != (batch,) or (lens < 1).any() or (lens > seq).any():
+        if sl.is_const:
+            lens = np.asarray(sl.const.numpy()).reshape(-1).astype(np.int64)
+            if lens.shape != (batch,) or (lens < 0).any() or (lens > seq).any():
+                return None
+        elif sl.static_shape is not None and tuple(sl.static_shape) == (batch,) and sl.dtype is not None:
+            lens = sl
+        else:
             return None
     acts = _activations(n, len(_DEFAULT_ACTS[n.op_type]), nd)
     if acts is None:

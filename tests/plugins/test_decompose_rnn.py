@@ -22,7 +22,7 @@ GATES = {"RNN": 1, "GRU": 3, "LSTM": 4}
 
 
 def _case(op, *, seq=4, batch=2, inp=3, hidden=5, direction="forward", layout=0, bias=True, init_h=True,
-          init_c=True, peep=False, lens=None, outputs=None, seed=0, weights_as_inputs=False, opset=14, **attrs):
+          init_c=True, peep=False, lens=None, lens_input=False, outputs=None, seed=0, weights_as_inputs=False, opset=14, **attrs):
     """An onnx model of one ``op`` node (W / R / B / P initializers, X and the initial states inputs) and its
     feeds."""
     rng = np.random.default_rng(seed)
@@ -44,6 +44,8 @@ def _case(op, *, seq=4, batch=2, inp=3, hidden=5, direction="forward", layout=0,
         feeds["initial_h"] = rnd(*st_shape)
     if op == "LSTM" and init_c:
         feeds["initial_c"] = rnd(*st_shape)
+    if lens_input:
+        feeds["sequence_lens"] = consts.pop("sequence_lens")
     if weights_as_inputs:
         feeds.update({k: consts.pop(k) for k in ("W", "R")})
     names = ["X", "W", "R", "B", "sequence_lens", "initial_h"] + (["initial_c", "P"] if op == "LSTM" else [])
@@ -55,7 +57,7 @@ def _case(op, *, seq=4, batch=2, inp=3, hidden=5, direction="forward", layout=0,
         attrs["layout"] = layout
     node = helper.make_node(op, ins, outs, hidden_size=hidden, direction=direction, **attrs)
     m = helper.make_model(
-        helper.make_graph([node], "g", [helper.make_tensor_value_info(k, F, list(v.shape)) for k, v in feeds.items()],
+        helper.make_graph([node], "g", [helper.make_tensor_value_info(k, helper.np_dtype_to_tensor_dtype(v.dtype), list(v.shape)) for k, v in feeds.items()],
                           [helper.make_empty_tensor_value_info(o) for o in outs if o],
                           [numpy_helper.from_array(v, k) for k, v in consts.items()]),
         opset_imports=[helper.make_opsetid("", opset)])
@@ -71,8 +73,10 @@ def _reference(m, feeds):
         return ort.InferenceSession(m.SerializeToString(), providers=["CPUExecutionProvider"]).run(None, feeds)
     twin = onnx.ModelProto.FromString(m.SerializeToString())
     next(a for a in twin.graph.node[0].attribute if a.name == "layout").i = 0
-    feeds = {k: np.ascontiguousarray(v.swapaxes(0, 1)) for k, v in feeds.items()}
+    feeds = {k: np.ascontiguousarray(v.swapaxes(0, 1)) if v.ndim == 3 else v for k, v in feeds.items()}
     for vi in twin.graph.input:
+        if len(vi.type.tensor_type.shape.dim) != 3:
+            continue
         dims = vi.type.tensor_type.shape.dim
         dims[0].dim_value, dims[1].dim_value = dims[1].dim_value, dims[0].dim_value
     outs = ort.InferenceSession(twin.SerializeToString(), providers=["CPUExecutionProvider"]).run(None, feeds)
@@ -88,6 +92,8 @@ CASES = {
                                                activation_alpha=[0.7, 1.5], activation_beta=[0.2, 0.8], clip=0.9)),
     "rnn_opset13_weights_as_inputs": ("RNN", dict(opset=13, weights_as_inputs=True)),
     "rnn_lens": ("RNN", dict(direction="bidirectional", lens=[4, 2])),
+    "rnn_lens_zero_at_run_time_layout1": ("RNN", dict(direction="bidirectional", lens=[0, 3], lens_input=True,
+                                                      layout=1)),
     "gru_defaults": ("GRU", {}),
     "gru_lbr_bidirectional_layout1": ("GRU", dict(direction="bidirectional", layout=1, linear_before_reset=1)),
     "gru_lbr_no_bias_reverse": ("GRU", dict(direction="reverse", bias=False, init_h=False, linear_before_reset=1)),
@@ -106,6 +112,8 @@ CASES = {
                                       activation_alpha=[0.3, 0.9], activation_beta=[0.4])),
     "lstm_only_y_h": ("LSTM", dict(outputs=["", "Y_h"])),
     "lstm_lens_bidirectional_peep": ("LSTM", dict(direction="bidirectional", lens=[2, 4], peep=True)),
+    "lstm_lens_zero": ("LSTM", dict(direction="reverse", lens=[3, 0], batch=2)),
+    "lstm_lens_at_run_time": ("LSTM", dict(direction="bidirectional", lens=[1, 4, 3], batch=3, lens_input=True)),
 }
 
 
@@ -129,7 +137,7 @@ def test_recurrent_ops_unroll_exactly(name):
 @pytest.mark.parametrize("kw", [
     dict(activations=["Affine"]),  # Affine's alpha / beta have no agreed default
     dict(activations=["Tanh", "Tanh", "Tanh"]),  # too many for one direction
-    dict(lens=[4, 0]),  # a zero length
+    dict(lens=[4, 5]),  # longer than the sequence
     dict(activations=["Gelu"]),  # not one of the spec's activations
 ])
 def test_variants_without_an_exact_rewrite_stay(kw):
