@@ -30,10 +30,10 @@ import numpy as np
 
 from ...errors import UnsupportedError
 from ...hookspecs import hookimpl
-from ...ir import Model, QuantizedTensor
+from ...ir import Model, Node, QuantizedTensor
 from ...ir.passes import PassContext, option
 from ...target import Artifact, Capabilities, Target
-from .builder import OVBuilder, _ov, fallback_ops, supported_ops
+from .builder import _FALLBACK_PROBLEMS, OVBuilder, _ov, fallback_ops, supported_ops
 
 RT_KEY = "edgec_metadata"
 _QUANT = frozenset({(s, b) for s in ("symmetric", "asymmetric", "affine", "codebook") for b in range(2, 9)}
@@ -77,6 +77,15 @@ class OpenVINOTarget(Target):
                                      "is exact, else f32); 'f16': always in f16, as NNCF does - faster for int8, "
                                      "but each weight is rounded to float16")
     threads: int = option(0, help="CPU threads for --verify (0: OpenVINO's default)")
+
+    def accepts_node(self, node: Node, model: Model) -> bool:
+        """A fallback op's variant that OpenVINO's ONNX frontend computes wrongly (``_FALLBACK_PROBLEMS``: RNN / GRU /
+        LSTM of layout 1 or with peepholes, ...) is not taken, so decompose rewrites it where it can; what stays
+        is refused when built, naming the variant."""
+        if not super().accepts_node(node, model):
+            return False
+        problem = _FALLBACK_PROBLEMS.get(node.qualified_op)
+        return problem is None or node.qualified_op in self.capabilities.ops or problem(node) is None
 
     def check(self, model: Model) -> list[str]:
         problems = super().check(model)

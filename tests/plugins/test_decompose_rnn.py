@@ -166,3 +166,21 @@ def test_lstm_compiles_for_cpu(tmp_path):
     for g, w in zip(got, want):
         np.testing.assert_allclose(g, w, rtol=1e-5, atol=2e-6)
 
+
+
+def test_openvino_lets_decompose_unroll_the_variants_its_frontend_gets_wrong(tmp_path):
+    """OpenVINO's ONNX frontend takes LSTM but computes layout 1 and peepholes differently from ONNX: the target
+    does not accept those nodes, so decompose unrolls them and the compiled model matches onnxruntime."""
+    pytest.importorskip("openvino")
+    target = edgec.compiler.parse_target("openvino")
+    m, feeds = _case("LSTM", layout=1, peep=True, direction="bidirectional", opset=17)
+    model = import_proto(m, None)
+    assert not target.accepts_node(next(iter(model.graph)), model)
+    plain = import_proto(_case("LSTM", opset=17)[0], None)
+    assert target.accepts_node(next(iter(plain.graph)), plain)
+    path = str(tmp_path / "m.onnx")
+    onnx.save(m, path)
+    res = edgec.compile(path, target="openvino", output=str(tmp_path / "out"), use_cache=False)
+    got = target.run_artifact(res.output_dir, feeds, list(feeds))
+    for g, w in zip(got, _reference(m, feeds)):
+        np.testing.assert_allclose(g, w, rtol=1e-5, atol=2e-6)
