@@ -17,6 +17,7 @@ CELLS = [
     ("gpt2", "dyn18-sdpa", "openvino"),
     ("whisper-encoder", "ts14-eager", "tensorrt{precision=fp32}"),  # 1-D conv front end
     ("vit", "pt2-sdpa", "cpu"),
+    ("t5-encoder", "pt2-sdpa", "openvino"),            # torch's ONNX exporter fails on it unless decomposed first
     ("distilbert", "ts13-eager", "coreml"),
 ]
 

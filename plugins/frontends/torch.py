@@ -738,17 +738,29 @@ def _torch_reason(e: Exception) -> str:
 
 
 def from_exported_program(ep, label: str = "<torch program>") -> Model:
-    """Import a ``torch.export.ExportedProgram``."""
+    """Import a ``torch.export.ExportedProgram``. Where torch's ONNX exporter fails to decompose the program
+    itself (its own table traces ``scaled_dot_product_attention`` with strides that make the model's next
+    ``view`` fail: T5's and Swin's sdpa attention), the program is first brought to core ATen by
+    ``run_decompositions()`` with torch's default table, and exported from there."""
     torch = _torch()
-    try:
+
+    def export(program):
         with warnings.catch_warnings():
             warnings.simplefilter("ignore")
-            prog = torch.onnx.export(ep, (), dynamo=True, opset_version=OPSET, verbose=False,
-                                     optimize=True, external_data=False)
-            proto = prog.model_proto
+            return torch.onnx.export(program, (), dynamo=True, opset_version=OPSET, verbose=False,
+                                     optimize=True, external_data=False).model_proto
+    try:
+        proto = export(ep)
     except Exception as e:  # noqa: BLE001
-        raise UnsupportedError(f"{label}: torch's ONNX exporter could not lower the program: "
-                               f"{_torch_reason(e)}") from None
+        first = e
+        try:
+            with warnings.catch_warnings():
+                warnings.simplefilter("ignore")
+                core = ep.run_decompositions()
+            proto = export(core)
+        except Exception:  # noqa: BLE001 - the exporter's own failure is the one worth reporting
+            raise UnsupportedError(f"{label}: torch's ONNX exporter could not lower the program: "
+                                   f"{_torch_reason(first)}") from None
     model = import_proto(proto, None, label)
     model.metadata["source_format"] = "torch"
     return model
