@@ -17,10 +17,10 @@ import numpy as np
 
 from ...errors import UnsupportedError
 from ...hookspecs import hookimpl
-from ...ir import Model, QuantizedTensor
+from ...ir import Model, Node, QuantizedTensor
 from ...ir.passes import PassContext, option
 from ...target import Artifact, Capabilities, Target
-from .relax_builder import FALLBACK_OPS, RelaxBuilder, pack_codes, supported_ops, vector_arrays
+from .relax_builder import FALLBACK_OPS, RelaxBuilder, pack_codes, refuse_variant, supported_ops, vector_arrays
 
 _TRIPLES = {"x86_64": "x86_64-linux-gnu", "aarch64": "aarch64-linux-gnu"}
 _QUANT = frozenset({(s, b) for s in ("symmetric", "asymmetric", "affine") for b in range(2, 9)}
@@ -54,6 +54,13 @@ class CpuTarget(Target):
     mcpu: str = option("", help="LLVM -mcpu: empty for the arch's generic baseline (portable), 'native' for "
                                 "this machine's CPU, or a name such as znver4 / cortex-a76")
     schedule: bool = option(True, help="parallel + vectorized kernel schedules (false: TVM's scalar default)")
+
+    def accepts_node(self, node: Node, model: Model) -> bool:
+        """A node through TVM's converters only in the variants measured right there (others are rewritten by
+        the decompose pass where it can, and refused by name otherwise)."""
+        if not super().accepts_node(node, model):
+            return False
+        return node.qualified_op not in self.capabilities.fallback_ops or refuse_variant(node) is None
 
     def check(self, model: Model) -> list[str]:
         problems = super().check(model)

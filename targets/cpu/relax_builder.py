@@ -49,7 +49,7 @@ FALLBACK_OPS: frozenset[str] = frozenset({
     "SpaceToDepth", "Split", "Sum", "Tan", "ThresholdedRelu", "Tile", "TopK", "Trilu", "Unique", "Upsample", "Xor"})
 
 
-def _refuse_variant(n: Node) -> str | None:
+def refuse_variant(n: Node) -> str | None:
     """Why TVM's converter must not take this node (a variant it was measured to get wrong), or None."""
     op = n.op_type
     if op == "Mod" and not n.attr("fmod", 0) and n.inputs[0].dtype is not None and n.inputs[0].dtype.is_float:
@@ -58,6 +58,12 @@ def _refuse_variant(n: Node) -> str | None:
         xs, ys = n.inputs[0].static_shape, n.outputs[0].static_shape
         if n.attr("antialias", 0):
             return "Resize with antialias=1 is not supported (TVM's converter does not antialias)"
+        ctm = n.attr("coordinate_transformation_mode", "half_pixel")
+        ctm = ctm.decode() if isinstance(ctm, bytes) else ctm
+        if ctm not in ("half_pixel", "align_corners", "asymmetric", "pytorch_half_pixel", "tf_half_pixel_for_nn"):
+            return f"Resize with coordinate_transformation_mode={ctm} is not supported by TVM's converter"
+        if n.attr("axes") is not None or n.attr("keep_aspect_ratio_policy", "stretch") not in ("stretch", b"stretch"):
+            return "Resize with axes or keep_aspect_ratio_policy is not supported by TVM's converter"
         if n.attr("mode", "nearest") != "nearest" and (xs is None or ys is None or any(
                 y < x for x, y in zip(xs, ys))):
             return f"Resize {n.attr('mode')} downsampling is not supported (TVM's converter computes it wrong)"
@@ -84,7 +90,7 @@ def tvm_fallback(b: RelaxBuilder, n: Node) -> list:
     conv = tvm_onnx._get_convert_map().get(n.op_type) if n.domain in ("", "ai.onnx") else None
     if conv is None:
         raise UnsupportedError(f"{where}: TVM has no converter for it")
-    why = _refuse_variant(n)
+    why = refuse_variant(n)
     if why is not None:
         raise UnsupportedError(f"{where}: {why}")
     try:

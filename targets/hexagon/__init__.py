@@ -25,10 +25,10 @@ import numpy as np
 
 from ...errors import UnsupportedError
 from ...hookspecs import hookimpl
-from ...ir import Model
+from ...ir import Model, Node
 from ...ir.passes import PassContext, option
 from ...target import Artifact, Capabilities, Target
-from ..cpu.relax_builder import FALLBACK_OPS, LOWERINGS
+from ..cpu.relax_builder import FALLBACK_OPS, LOWERINGS, refuse_variant
 
 HERE = os.path.dirname(os.path.abspath(__file__))
 ARCHS = ("v67", "v68", "v69", "v73", "v75")
@@ -186,6 +186,12 @@ class HexagonTarget(Target):
         attrs = ([f"+hvx{self.arch}", "+hvx-length128b"] + hvx_float if self.hvx else []) + ["+long-calls"]
         return tvm.target.Target({"kind": "llvm", "mtriple": "hexagon", "mcpu": f"hexagon{self.arch}",
                                   "mattr": attrs})
+
+    def accepts_node(self, node: Node, model: Model) -> bool:
+        """As the cpu target: TVM's converters only in the variants measured right (decompose rewrites others)."""
+        if not super().accepts_node(node, model):
+            return False
+        return node.qualified_op not in self.capabilities.fallback_ops or refuse_variant(node) is None
 
     def check(self, model: Model) -> list[str]:
         problems = super().check(model)

@@ -822,6 +822,10 @@ def _resize_problem(n: Node) -> str | None:
         return f"keep_aspect_ratio_policy={n.attr('keep_aspect_ratio_policy')}"
     if n.attr("exclude_outside", 0):
         return "exclude_outside=1"
+    ctm = n.attr("coordinate_transformation_mode", "half_pixel")
+    ctm = ctm.decode() if isinstance(ctm, bytes) else ctm
+    if ctm in ("half_pixel_symmetric", "tf_crop_and_resize"):  # OpenVINO's ONNX frontend has neither
+        return f"coordinate_transformation_mode={ctm}"
     if n.attr("mode", "nearest") == "cubic" and n.attr("cubic_coeff_a", -0.75) != -0.75:
         return f"cubic_coeff_a={n.attr('cubic_coeff_a')}"
     if n.attr("coordinate_transformation_mode", "half_pixel") == "align_corners" and n.attr("mode") != "nearest":

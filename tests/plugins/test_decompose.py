@@ -280,3 +280,52 @@ def test_more_rules_are_exact(name):
     got = executor.run(model, feeds)["y"]
     assert got.shape == want.shape and got.dtype == want.dtype
     np.testing.assert_allclose(got, want, rtol=2e-6, atol=1e-6)
+
+
+def _resize_case(attrs, x_shape, scales=None, sizes=None, roi=None, axes=None, dtype=np.float32):
+    t = helper.np_dtype_to_tensor_dtype(np.dtype(dtype))
+    inits = [numpy_helper.from_array(np.asarray(roi if roi is not None else [], np.float32), "roi")]
+    ins = ["x", "roi"]
+    if scales is not None:
+        inits.append(numpy_helper.from_array(np.asarray(scales, np.float32), "scales"))
+        ins.append("scales")
+    else:
+        inits.append(numpy_helper.from_array(np.asarray(sizes, np.int64), "sizes"))
+        ins += ["", "sizes"]
+    if axes is not None:
+        attrs = dict(attrs, axes=axes)
+    return _model([helper.make_node("Resize", ins, ["y"], **attrs)], [_vi("x", list(x_shape), t)],
+                  [helper.make_empty_tensor_value_info("y")], inits, 19)
+
+
+RESIZE_CASES = {
+    "linear_align_corners_down": ({"mode": "linear", "coordinate_transformation_mode": "align_corners"},
+                                  (1, 1, 2, 4), {"scales": [1, 1, 0.6, 0.6]}),
+    "cubic_antialias_down": ({"mode": "cubic", "antialias": 1}, (1, 2, 7, 9), {"sizes": [1, 2, 4, 5]}),
+    "linear_half_pixel_symmetric": ({"mode": "linear", "coordinate_transformation_mode": "half_pixel_symmetric"},
+                                    (1, 1, 3, 4), {"scales": [1, 1, 2.0, 1.5]}),
+    "nearest_axes_3_2": ({"mode": "nearest"}, (1, 1, 3, 2), {"scales": [3.0, 2.0], "axes": [3, 2]}),
+    "tf_crop_extrapolation": ({"mode": "linear", "coordinate_transformation_mode": "tf_crop_and_resize",
+                               "extrapolation_value": 10.0}, (1, 1, 4, 4),
+                              {"sizes": [1, 1, 3, 3], "roi": [0, 0, 0.4, 0.6, 1, 1, 1.2, 1.7]}),
+    "nearest_int8_floor": ({"mode": "nearest", "nearest_mode": "floor", "coordinate_transformation_mode": "asymmetric"},
+                           (1, 2, 3, 5), {"sizes": [1, 2, 7, 4], "dtype": np.int8}),
+}
+
+
+@pytest.mark.parametrize("name", sorted(RESIZE_CASES))
+def test_resize_is_one_linear_map_per_axis(name):
+    """Every mode as Gather (nearest) or MatMul along each axis, against onnx's reference Resize (the
+    specification; onnxruntime departs from it for align_corners at a fractional scale)."""
+    from onnx.reference import ReferenceEvaluator
+    attrs, shape, kw = RESIZE_CASES[name]
+    m = _resize_case(attrs, shape, **kw)
+    dt = kw.get("dtype", np.float32)
+    x = (RNG.integers(-100, 100, shape) if dt == np.int8 else RNG.standard_normal(shape)).astype(dt)
+    want = ReferenceEvaluator(m).run(None, {"x": x})[0]
+    model = import_proto(m, None)
+    assert Decompose().run(model, _ctx(CORE | {"Gather"}))
+    assert "Resize" not in {n.op_type for n in model.graph}
+    got = executor.run(model, {"x": x})["y"]
+    assert got.shape == want.shape and got.dtype == want.dtype
+    np.testing.assert_allclose(got, want, rtol=1e-5, atol=1e-6)

@@ -37,13 +37,13 @@ PASS = [
     "test_nonmaxsuppression_center_point_box_format",
     # through the decompose pass (ops TensorRT does not take)
     "test_nllloss_NCd1_ii", "test_center_crop_pad_crop_and_pad", "test_hannwindow",
+    "test_resize_upsample_scales_cubic", "test_resize_downsample_scales_linear_antialias",  # a map per axis
+    "test_resize_downsample_scales_linear_align_corners",  # onnx's reference semantics (onnxruntime's differ)
+    "test_gru_batchwise",                                   # layout 1: unrolled by decompose
 ]
 # case -> what the refusal must name
 REFUSED = {
     "test_maxpool_with_argmax_2d_precomputed_pads": "MaxPool's Indices output",
-    "test_resize_upsample_scales_cubic": "mode='cubic'",
-    "test_resize_downsample_scales_linear_antialias": "antialias=1",
-    "test_resize_downsample_scales_linear_align_corners": "cannot be verified here",
     "test_averagepool_2d_dilations": "dilations [2, 2]",
     "test_cast_FLOAT_to_FLOAT8E5M2": "does not cast to FLOAT8E5M2",
     "test_scatternd_add": "ScatterND reduction='add'",
@@ -51,7 +51,6 @@ REFUSED = {
     "test_add_uint8": "not u8",
     "test_max_float64": "dtype f64",
     "test_nonzero_example": "NonZero on f16, f32, not bool",
-    "test_gru_batchwise": "GRU layout=1",
     "test_bitwise_not_2d": "operator BitwiseNot",
 }
 # the default precision (fp16 compute, fp32 inputs / outputs): float32-only inputs stay float32
