@@ -73,7 +73,8 @@ def _resize(r: _Rewriter, n: Node, opset: int) -> list[Value] | None:
         return None
     mode = _attr(n, "mode", "nearest")
     crop = _attr(n, "coordinate_transformation_mode", "half_pixel") == "tf_crop_and_resize"
-    if _attr(n, "keep_aspect_ratio_policy", "stretch") != "stretch" or (mode != "nearest" and not x.dtype.is_float):
+    policy = _attr(n, "keep_aspect_ratio_policy", "stretch")
+    if mode != "nearest" and not x.dtype.is_float:
         return None
     ins = list(n.inputs) + [None] * (4 - len(n.inputs))
     roi_in, scales_in, sizes_in = ins[1], ins[2], ins[3]
@@ -84,6 +85,15 @@ def _resize(r: _Rewriter, n: Node, opset: int) -> list[Value] | None:
     scales = None
     if scales_in is not None and scales_in.static_shape not in (None, (0,)):
         scales = dict(zip(axes, np.asarray(scales_in.const.numpy(), np.float64).reshape(-1).tolist()))
+    if policy != "stretch" and scales is None and sizes_in is not None:
+        # one scale for every resized axis (the smallest or largest size ratio), sizes rounded half up from it,
+        # as onnx's reference computes them: the per-axis matrices then take that scale
+        want = dict(zip(axes, np.asarray(sizes_in.const.numpy(), np.int64).reshape(-1).tolist()))
+        ratios = [want[a] / xs[a] for a in axes]
+        k = min(ratios) if policy == "not_larger" else max(ratios)
+        if any(int(k * xs[a] + 0.5) != ys[a] for a in axes):
+            return None
+        scales = {a: k for a in axes}
     rois: dict[int, tuple[float, float]] = {}
     if crop:
         if roi_in is None:

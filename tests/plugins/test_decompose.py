@@ -308,6 +308,10 @@ RESIZE_CASES = {
     "tf_crop_extrapolation": ({"mode": "linear", "coordinate_transformation_mode": "tf_crop_and_resize",
                                "extrapolation_value": 10.0}, (1, 1, 4, 4),
                               {"sizes": [1, 1, 3, 3], "roi": [0, 0, 0.4, 0.6, 1, 1, 1.2, 1.7]}),
+    "nearest_not_larger": ({"mode": "nearest", "keep_aspect_ratio_policy": "not_larger"}, (1, 1, 2, 2),
+                           {"sizes": [7, 8], "axes": [2, 3]}),
+    "linear_not_smaller": ({"mode": "linear", "keep_aspect_ratio_policy": "not_smaller"}, (1, 2, 4, 6),
+                           {"sizes": [6, 6], "axes": [2, 3]}),
     "nearest_int8_floor": ({"mode": "nearest", "nearest_mode": "floor", "coordinate_transformation_mode": "asymmetric"},
                            (1, 2, 3, 5), {"sizes": [1, 2, 7, 4], "dtype": np.int8}),
 }
