@@ -164,7 +164,8 @@ NARROW_INTS = {"i8": (8, True), "u8": (8, False), "i16": (16, True), "u16": (16,
 _IN_RANGE = frozenset({"Reshape", "Flatten", "Squeeze", "Unsqueeze", "Transpose", "Identity", "Concat", "Split", "Slice",
                        "Gather", "GatherElements", "GatherND", "Tile", "Expand", "Where", "Max", "Min", "ReduceMax",
                        "ReduceMin", "Clip", "TopK", "Dropout", "Pad", "DepthToSpace", "SpaceToDepth", "Relu",
-                       "Sign", "Shape", "Size", "ConstantOfShape", "Range", "OneHot", "ArgMax", "ArgMin"})
+                       "Sign", "Shape", "Size", "ConstantOfShape", "Range", "OneHot", "ArgMax", "ArgMin",
+                       "QuantizeLinear", "BitwiseAnd", "BitwiseOr", "BitwiseXor"})
 _OVERFLOW_INT32 = frozenset({"ReduceProd", "Pow", "ReduceSumSquare", "CumSum", "ReduceSum", "MatMul"})
 
 
@@ -663,12 +664,14 @@ def _reduce(b, n):
         return b.mb.identity(x=b.get(x))
     if not x.dtype.is_float and n.op_type not in ("ReduceSum", "ReduceMax", "ReduceMin", "ReduceProd"):
         _refuse(n, f"{n.op_type} of {x.dtype.short}")
-    if x.dtype.short == "bool":
+    boolean = x.dtype.short == "bool"
+    if boolean and n.op_type not in ("ReduceMax", "ReduceMin"):
         _refuse(n, f"{n.op_type} of bool")
     if rank == 0 or (axes is not None and any(_static(n, x)[a] == 0 for a in axes)):
         _refuse(n, "a reduction of a scalar or an empty axis")
     axes = list(range(rank)) if axes is None else axes
-    return getattr(b.mb, _REDUCE[n.op_type])(x=b.get(x), axes=axes, keep_dims=keep)
+    y = getattr(b.mb, _REDUCE[n.op_type])(x=_numeric(b, x), axes=axes, keep_dims=keep)  # bool: any / all as 0 / 1
+    return _unbool(b, x, y)
 
 
 @lowering("ArgMax", "ArgMin")
@@ -1002,10 +1005,8 @@ def _tile(b, n):
 def _pad(b, n):
     x = n.inputs[0]
     shape = _static(n, x)
-    if not x.dtype.is_float:
-        _refuse(n, f"Pad of {x.dtype.short}")
     mode = n.attr("mode", "constant")
-    if mode not in ("constant", "reflect", "edge"):
+    if mode not in ("constant", "reflect", "edge", "wrap"):
         _refuse(n, f"Pad mode={mode!r}")
     p = _const_input(n, 1, "pads")
     pads = [int(v) for v in p.reshape(-1)] if p is not None else list(n.attr("pads"))
@@ -1023,11 +1024,12 @@ def _pad(b, n):
         full[2 * a], full[2 * a + 1] = pads[i], pads[i + len(axes)]
     if any(v < 0 for v in full):
         _refuse(n, "negative pads")
+    lead = next((i for i in range(r) if full[2 * i] or full[2 * i + 1]), r)
+    if not x.dtype.is_float or mode == "wrap" or (mode != "constant" and (
+            r - lead > 3 or (mode == "reflect" and any(full[2 * i] >= shape[i] or full[2 * i + 1] >= shape[i]
+                                                       for i in range(r))))):
+        return _pad_by_index(b, n, shape, full, mode, value)
     if mode != "constant":
-        lead = next((i for i in range(r) if full[2 * i] or full[2 * i + 1]), r)
-        if r - lead > 3 or (mode == "reflect" and any(full[2 * i] >= shape[i] or full[2 * i + 1] >= shape[i]
-                                                     for i in range(r))):
-            _refuse(n, f"Pad mode={mode!r} of these dims")
         full = full[2 * max(lead, r - 3):] if lead < r else full[-2:]
     if value is None:
         if mode != "constant":
@@ -1037,6 +1039,30 @@ def _pad(b, n):
         return b.mb.select(cond=inside, a=y, b=b.mb.reshape(x=b.get(cv), shape=[1] * r))
     return b.mb.pad(x=b.get(x), pad=np.asarray(full, np.int32), mode={"edge": "replicate"}.get(mode, mode),
                     constant_val=b.scalar(value))
+
+
+def _pad_by_index(b, n: Node, shape: list[int], full: list[int], mode: str, value: float | None):
+    """Pad of any dtype and mode, axis by axis: edge / reflect / wrap gather the source index numpy's pad of
+    ``arange(d)`` gives (ONNX defines these modes as numpy's), constant concatenates constant blocks."""
+    mb, x = b.mb, n.inputs[0]
+    y = _numeric(b, x)
+    cur = list(shape)
+    for a in range(len(shape)):
+        p0, p1 = full[2 * a], full[2 * a + 1]
+        if not p0 and not p1:
+            continue
+        if mode == "constant":
+            if value is None:
+                _refuse(n, f"a run-time constant_value for Pad of {x.dtype.short}")
+            fill = np.asarray(value).astype(np.int32 if x.dtype.short == "bool" else np_compute(x))
+            parts = [np.full(cur[:a] + [p] + cur[a + 1:], fill) for p in (p0, p1)]
+            y = mb.concat(values=[v for v in (parts[0] if p0 else None, y, parts[1] if p1 else None)
+                                  if v is not None], axis=a)
+        else:
+            idx = np.pad(np.arange(cur[a]), (p0, p1), mode={"edge": "edge", "reflect": "reflect", "wrap": "wrap"}[mode])
+            y = mb.gather(x=y, indices=idx.astype(np.int32), axis=a)
+        cur[a] += p0 + p1
+    return _unbool(b, x, y)
 
 
 @lowering("DepthToSpace", "SpaceToDepth")
@@ -1194,3 +1220,86 @@ def _dequantize(b, n):
     if zp is not None:
         y = mb.sub(x=y, y=per_axis(zp))
     return mb.mul(x=mb.cast(x=y, dtype=float_type()), y=per_axis(scale))
+
+
+@lowering("QuantizeLinear")
+def _quantize(b, n):
+    """clip(round_half_even(x / scale) + zero_point, qmin, qmax), in fp32 whatever the compute type (so that the
+    quotient is rounded as ONNX's fp32 division rounds it), cast to int32 (exact: the values are integers in
+    range)."""
+    mb, x, out = b.mb, n.inputs[0], n.outputs[0]
+    scale = n.inputs[1]
+    if not x.dtype.is_float or out.dtype.short not in NARROW_INTS or n.attr("block_size", 0):
+        _refuse(n, f"QuantizeLinear of {x.dtype.short} to {out.dtype.short}" +
+                (" by blocks" if n.attr("block_size", 0) else ""))
+    if scale.dtype.short != "f32" or n.attr("precision", 0) not in (0, 1):
+        _refuse(n, f"QuantizeLinear dividing in other than fp32 (scale {scale.dtype.short})")
+    rank = len(_static(n, x))
+    axis = int(n.attr("axis", 1)) % max(rank, 1)
+
+    def per_axis(v: Value):
+        shape = [-1] + [1] * (rank - axis - 1) if v.rank == 1 and rank > 1 and _static(n, v)[0] > 1 else None
+        if v.is_const:
+            a = np.asarray(v.const.numpy()).astype(np.float32)
+            return a.reshape(shape) if shape else a
+        y = mb.cast(x=b.get(v), dtype="fp32")
+        return mb.reshape(x=y, shape=shape) if shape else y
+    xv = b.get(x)
+    if float_type() != "fp32":
+        xv = mb.cast(x=xv, dtype="fp32")
+    y = mb.round(x=mb.real_div(x=xv, y=per_axis(scale)))
+    zp = _opt(n, 2)
+    if zp is not None:
+        y = mb.add(x=y, y=per_axis(zp))
+    bits, signed = NARROW_INTS[out.dtype.short]
+    lo, hi = (-(1 << (bits - 1)), (1 << (bits - 1)) - 1) if signed else (0, (1 << bits) - 1)
+    return mb.cast(x=mb.clip(x=y, alpha=np.float32(lo), beta=np.float32(hi)), dtype="int32")
+
+
+_BITWISE_TYPES = {"i8": (8, True), "u8": (8, False), "i16": (16, True), "u16": (16, False), "i32": (32, True)}
+
+
+@lowering("BitwiseAnd", "BitwiseOr", "BitwiseXor", "BitwiseNot")
+def _bitwise(b, n):
+    """Bitwise ops on int32 (narrow integers sign- or zero-extended into it), by exact integer arithmetic: NOT x
+    is -1 - x (two's complement; narrow unsigned results wrap back into range). AND / OR / XOR split each operand
+    into its bits on a new last axis (floor_div by 2^k, mod 2: floor division is an arithmetic shift), combine
+    them (mul / maximum / sum mod 2), and sum bit k times 2^k; the sign bit of a signed type enters as its
+    own term, weight -2^(bits-1). No sum leaves int32."""
+    mb, x = b.mb, n.inputs[0]
+    if x.dtype.short not in _BITWISE_TYPES:
+        _refuse(n, f"{n.op_type} of {x.dtype.short}")
+    if n.op_type == "BitwiseNot":
+        return mb.sub(x=np.int32(-1), y=b.get(x))
+    if len(_static(n)) > 4:
+        _refuse(n, f"{n.op_type} of rank {len(_static(n))} (the bits take a fifth axis)")
+    bits, signed = _BITWISE_TYPES[x.dtype.short]
+    pw = np.asarray([1 << k for k in range(bits - 1 if signed else bits)], np.int32)
+
+    def split(v):
+        return mb.mod(x=mb.floor_div(x=mb.expand_dims(x=v, axes=[-1]), y=pw), y=np.int32(2))
+    xs, ys = (b.get(v) for v in n.inputs)
+    xb, yb = split(xs), split(ys)
+    z = {"BitwiseAnd": lambda: mb.mul(x=xb, y=yb), "BitwiseOr": lambda: mb.maximum(x=xb, y=yb),
+         "BitwiseXor": lambda: mb.mod(x=mb.add(x=xb, y=yb), y=np.int32(2))}[n.op_type]()
+    y = mb.reduce_sum(x=mb.mul(x=z, y=pw), axes=[-1], keep_dims=False)
+    if not signed:
+        return y
+    sx, sy = mb.less(x=xs, y=np.int32(0)), mb.less(x=ys, y=np.int32(0))
+    s = {"BitwiseAnd": mb.logical_and, "BitwiseOr": mb.logical_or, "BitwiseXor": mb.logical_xor}[n.op_type](x=sx, y=sy)
+    return mb.add(x=y, y=mb.mul(x=mb.cast(x=s, dtype="int32"), y=np.int32(-(1 << (bits - 1)))))
+
+
+@lowering("Shrink")
+def _shrink(b, n):
+    """x < -lambd: x + bias; x > lambd: x - bias; else 0 (bias and lambd cast to x's type, as CastLike does)."""
+    mb, x = b.mb, n.inputs[0]
+    if x.dtype.short == "bool" or x.dtype.short.startswith("u"):
+        _refuse(n, f"Shrink of {x.dtype.short}")
+    lam, bias = float(n.attr("lambd", 0.5)), float(n.attr("bias", 0.0))
+    xv = b.get(x)
+    c = (lambda v: b.const(v, x)) if x.dtype.is_float else (lambda v: np.int32(np.trunc(v)))
+    inner = mb.select(cond=mb.greater(x=xv, y=c(lam)), a=mb.sub(x=xv, y=c(bias)),
+                      b=np.zeros(_static(n), np_compute(x)))
+    return mb.select(cond=mb.less(x=xv, y=c(-lam) if x.dtype.is_float else -c(lam)), a=mb.add(x=xv, y=c(bias)),
+                     b=inner)

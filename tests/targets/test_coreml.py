@@ -125,6 +125,57 @@ def test_fp32_precision_keeps_values_beyond_fp16(tmp_path):
     assert CoreMLTarget().verify_policy is not None and CoreMLTarget(precision="fp32").verify_policy is None
 
 
+_BITWISE_NP = {"BitwiseAnd": np.bitwise_and, "BitwiseOr": np.bitwise_or, "BitwiseXor": np.bitwise_xor}
+
+
+@pytest.mark.parametrize("op", ["BitwiseAnd", "BitwiseOr", "BitwiseXor", "BitwiseNot"])
+@pytest.mark.parametrize("np_dtype", [np.int32, np.int8, np.uint8, np.int16, np.uint16])
+def test_bitwise_ops_are_exact_at_the_extremes(op, np_dtype, tmp_path):
+    """MIL has no bitwise ops: the lowering splits int32 into bits by floor_div / mod (an arithmetic shift for
+    negatives), with the sign bit as its own term; NOT is -1 - x. Checked on every extreme of each type (the
+    sign bit, -1, MIN, MAX, 0) against numpy, broadcast against a lower-rank operand."""
+    from onnx import helper
+    info = np.iinfo(np_dtype)
+    vals = np.array([info.min, info.min + 1, -1 if info.min else 3, 0, 1, 2, 0x55, 0x2A, info.max - 1, info.max,
+                     -0x56 if info.min else 0xAA, 7], np.int64)
+    x = np.add.outer(np.zeros(3, np.int64), vals).astype(np_dtype)
+    x[1] = np.roll(x[1], 3)
+    x[2] = np.roll(x[2], 7)
+    y = np.roll(vals, 5).astype(np_dtype)
+    et = helper.np_dtype_to_tensor_dtype(np.dtype(np_dtype))
+    ins = ["x"] if op == "BitwiseNot" else ["x", "y"]
+    g = helper.make_graph([helper.make_node(op, ins, ["z"])], "g",
+                          [helper.make_tensor_value_info("x", et, list(x.shape))] +
+                          ([helper.make_tensor_value_info("y", et, list(y.shape))] if op != "BitwiseNot" else []),
+                          [helper.make_tensor_value_info("z", et, list(x.shape))])
+    m = ir.from_onnx(helper.make_model(g, opset_imports=[helper.make_opsetid("", 18)]))
+    t = CoreMLTarget()
+    t.emit(m, str(tmp_path), PassContext())
+    got = t.run_artifact(str(tmp_path), {"x": x, "y": y} if op != "BitwiseNot" else {"x": x})[0]
+    want = np.invert(x) if op == "BitwiseNot" else _BITWISE_NP[op](x, y)
+    assert got.dtype == want.dtype and np.array_equal(got, want), (x, y, got, want)
+
+
+@pytest.mark.parametrize("precision", ["fp16", "fp32"])
+def test_quantize_linear_rounds_half_to_even_and_saturates(precision, tmp_path):
+    """QuantizeLinear divides and rounds in fp32 in either precision (ties to even, as ONNX), adds the zero
+    point per channel and saturates to the output type's range."""
+    from onnx import TensorProto, helper, numpy_helper
+    x = np.array([[-300.0, -2.5, -1.5, -0.5, 0.5, 1.5, 2.5, 3.5, 126.5, 300.0],
+                  [-130.0, -3.0, -2.0, -1.0, 0.0, 1.0, 2.0, 3.0, 4.0, 5.0]], np.float32)
+    scale = numpy_helper.from_array(np.array([1.0, 0.5], np.float32), "s")
+    zp = numpy_helper.from_array(np.array([0, -3], np.int8), "zp")
+    g = helper.make_graph([helper.make_node("QuantizeLinear", ["x", "s", "zp"], ["y"], axis=0)], "g",
+                          [helper.make_tensor_value_info("x", TensorProto.FLOAT, [2, 10])],
+                          [helper.make_tensor_value_info("y", TensorProto.INT8, [2, 10])], [scale, zp])
+    m = ir.from_onnx(helper.make_model(g, opset_imports=[helper.make_opsetid("", 21)]))
+    t = CoreMLTarget(precision=precision)
+    t.emit(m, str(tmp_path), PassContext())
+    got = t.run_artifact(str(tmp_path), {"x": x})[0]
+    want = np.clip(np.round(x / np.array([[1.0], [0.5]], np.float32)) + np.array([[0], [-3]]), -128, 127)
+    assert got.dtype == np.int8 and np.array_equal(got, want.astype(np.int8)), got
+
+
 @pytest.mark.parametrize("pipe, bits_per_weight", [
     ("", 16), (f"quantize{{bits=8,head_bits=8,{F16}}}", 8),
     (f"quantize{{bits=4,group=32,head_bits=4,{F16}}}", 4 + 16 / 32),  # + one fp16 scale per 32 weights
