@@ -84,6 +84,8 @@ class OpenVINOTarget(Target):
         is refused when built, naming the variant."""
         if not super().accepts_node(node, model):
             return False
+        if node.qualified_op == "AveragePool" and any(d != 1 for d in node.attr("dilations") or []):
+            return False  # its lowering refuses dilations: decompose writes them as strided slices
         problem = _FALLBACK_PROBLEMS.get(node.qualified_op)
         return problem is None or node.qualified_op in self.capabilities.ops or problem(node) is None
 

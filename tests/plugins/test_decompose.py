@@ -333,3 +333,32 @@ def test_resize_is_one_linear_map_per_axis(name):
     got = executor.run(model, {"x": x})["y"]
     assert got.shape == want.shape and got.dtype == want.dtype
     np.testing.assert_allclose(got, want, rtol=1e-5, atol=1e-6)
+
+
+POOL_CASES = {
+    "max_pads_ceil": ("MaxPool", {"kernel_shape": [3, 2], "dilations": [2, 3], "pads": [1, 2, 2, 0], "strides": [2, 1],
+                                  "ceil_mode": 1}, (1, 2, 9, 10)),
+    "max_3d": ("MaxPool", {"kernel_shape": [2, 2, 2], "dilations": [2, 1, 2]}, (1, 1, 5, 4, 6)),
+    "avg_exclude_pad": ("AveragePool", {"kernel_shape": [3, 3], "dilations": [2, 2], "pads": [2, 1, 2, 1]},
+                        (2, 1, 7, 8)),
+    "avg_include_pad": ("AveragePool", {"kernel_shape": [2, 3], "dilations": [3, 2], "pads": [1, 1, 1, 1],
+                                        "count_include_pad": 1, "strides": [2, 2]}, (1, 3, 8, 9)),
+    "lp_2": ("LpPool", {"kernel_shape": [2, 2], "dilations": [2, 2], "p": 2}, (1, 2, 6, 6)),
+}
+
+
+@pytest.mark.parametrize("name", sorted(POOL_CASES))
+def test_dilated_pooling_is_strided_slices(name):
+    """A dilated window as one strided Slice per kernel offset, against onnx's reference pooling."""
+    from onnx.reference import ReferenceEvaluator
+    op, attrs, shape = POOL_CASES[name]
+    m = _model([helper.make_node(op, ["x"], ["y"], **attrs)], [_vi("x", list(shape))],
+               [helper.make_empty_tensor_value_info("y")], (), 19)
+    x = RNG.standard_normal(shape).astype(np.float32)
+    want = ReferenceEvaluator(m).run(None, {"x": x})[0]
+    model = import_proto(m, None)
+    assert Decompose().run(model, _ctx((CORE - {"MaxPool", "AveragePool"}) | {"Pad"}))
+    assert op not in {n.op_type for n in model.graph}
+    got = executor.run(model, {"x": x})["y"]
+    assert got.shape == want.shape
+    np.testing.assert_allclose(got, want, rtol=1e-5, atol=1e-6)
