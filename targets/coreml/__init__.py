@@ -35,7 +35,8 @@ from ...hookspecs import hookimpl
 from ...ir import Model, QuantizedTensor
 from ...ir.passes import PassContext, option
 from ...target import Artifact, Capabilities, Target
-from .builder import DEPLOYMENTS, LOWERINGS, NARROW_INTS, PRECISIONS, MILBuilder, ct_modules, mil_name, opset
+from .builder import (DEPLOYMENTS, LOWERINGS, NARROW_INTS, PRECISIONS, MILBuilder, ct_modules, mil_name, opset,
+                      variant_problem)
 from .weights import old_opset_problem
 
 _QUANT = frozenset({(s, b) for s in ("symmetric", "asymmetric") for b in (4, 8)}
@@ -112,6 +113,11 @@ class CoreMLTarget(Target):
             return None
         return {"min_cosine": 0.999, "min_top1": 0.95,
                 "description": "fp16 compute: cosine >= 0.999 and top-1 agreement >= 0.95 vs the reference"}
+
+    def accepts_node(self, node, model: Model) -> bool:
+        """The op, and a variant its lowering computes (others are rewritten by the decompose pass where it can,
+        and refused by name otherwise)."""
+        return super().accepts_node(node, model) and variant_problem(node) is None
 
     def check(self, model: Model) -> list[str]:
         problems = super().check(model)

@@ -346,12 +346,12 @@ def _nearest(mode: str, x: np.ndarray) -> np.ndarray:
     return np.ceil(x - 0.5)  # round_prefer_floor
 
 
-@lowering("Resize", "Upsample")
-def _resize(b, n):
+def _resize_plan(n: Node):
     """Nearest and bilinear resizing of the last two axes, where MIL's sampling grid is ONNX's exactly: the
-    ONNX source index / coordinate of every output pixel is computed here and compared with MIL's."""
-    mb, x = b.mb, n.inputs[0]
-    shape, out = _static(n, x), _static(n)
+    ONNX source index / coordinate of every output pixel is computed here and compared with MIL's. Returns
+    (the MIL op, its arguments besides x); refuses any other variant (which the decompose pass then rewrites
+    where it can: see :func:`variant_problem`)."""
+    shape, out = _static(n, n.inputs[0]), _static(n)
     mode = n.attr("mode", "nearest")
     if len(shape) != 4 or shape[:2] != out[:2]:
         _refuse(n, f"{n.op_type} of rank {len(shape)} or of the batch / channel axes (NCHW spatial only)")
@@ -363,6 +363,7 @@ def _resize(b, n):
         _refuse(n, f"coordinate_transformation_mode={ctm!r}")
     scales = _resize_scales(n, shape, out)[2:]
     axes = list(zip(shape[2:], out[2:], scales))
+    size = {"target_size_height": out[2], "target_size_width": out[3]}
     if mode == "nearest":
         nm = n.attr("nearest_mode", "round_prefer_floor" if n.op_type == "Resize" else "floor")
         for d, o, sc in axes:  # MIL: floor(i * in / out)
@@ -370,7 +371,7 @@ def _resize(b, n):
             src = np.clip(_nearest(nm, _onnx_source(ctm, i, d, o, sc)), 0, d - 1)
             if not np.array_equal(src, np.floor(i * d / o)):
                 _refuse(n, f"nearest resizing with {ctm} / {nm} at this scale (MIL samples floor(i * in / out))")
-        return mb.resize_nearest_neighbor(x=b.get(x), target_size_height=out[2], target_size_width=out[3])
+        return "resize_nearest_neighbor", size
     if mode != "linear":
         _refuse(n, f"Resize mode={mode!r}")
     for sm, mil in (("ALIGN_CORNERS", lambda i, d, o: i * (d - 1) / (o - 1) if o > 1 else 0 * i),
@@ -378,15 +379,38 @@ def _resize(b, n):
                     ("DEFAULT", lambda i, d, o: i * d / o)):
         if all(np.allclose(np.clip(_onnx_source(ctm, np.arange(o), d, o, sc), 0, d - 1),
                            np.clip(mil(np.arange(o), d, o), 0, d - 1), rtol=0, atol=1e-6) for d, o, sc in axes):
-            return mb.resize_bilinear(x=b.get(x), target_size_height=out[2], target_size_width=out[3],
-                                      sampling_mode=sm)
+            return "resize_bilinear", {**size, "sampling_mode": sm}
     # upsample_bilinear maps with the given scale factors (half-pixel centers), where the output is floor(in * s)
     if all(np.allclose(np.clip(_onnx_source(ctm, np.arange(o), d, o, sc), 0, d - 1),
                        np.clip((np.arange(o) + 0.5) / sc - 0.5, 0, d - 1), rtol=0, atol=1e-6)
            and int(np.floor(d * sc)) == o for d, o, sc in axes):
-        return mb.upsample_bilinear(x=b.get(x), scale_factor_height=float(scales[0]),
-                                    scale_factor_width=float(scales[1]), align_corners=False, half_pixel_centers=True)
+        return "upsample_bilinear", {"scale_factor_height": float(scales[0]), "scale_factor_width": float(scales[1]),
+                                     "align_corners": False, "half_pixel_centers": True}
     _refuse(n, f"linear resizing with {ctm} at this scale")
+
+
+@lowering("Resize", "Upsample")
+def _resize(b, n):
+    op, kw = _resize_plan(n)
+    return getattr(b.mb, op)(x=b.get(n.inputs[0]), **kw)
+
+
+# Ops whose lowering refuses some variants: the variant's check, which raises UnsupportedError naming it. The
+# target declines such nodes (Target.accepts_node), so the decompose pass rewrites them where it can.
+_VARIANTS = {"Resize": _resize_plan}
+
+
+def variant_problem(n: Node) -> str | None:
+    """Why the coreml lowering of ``n`` would refuse it (None: it lowers ``n``, as far as a node's attributes,
+    static shapes and constant inputs tell before building)."""
+    check = _VARIANTS.get(n.qualified_op)
+    if check is None:
+        return None
+    try:
+        check(n)
+    except UnsupportedError as e:
+        return str(e)
+    return None
 
 
 # ---- shape ops ---------------------------------------------------------------------------------------------------
