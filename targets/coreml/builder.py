@@ -395,24 +395,6 @@ def _resize(b, n):
     return getattr(b.mb, op)(x=b.get(n.inputs[0]), **kw)
 
 
-# Ops whose lowering refuses some variants: the variant's check, which raises UnsupportedError naming it. The
-# target declines such nodes (Target.accepts_node), so the decompose pass rewrites them where it can.
-_VARIANTS = {"Resize": _resize_plan}
-
-
-def variant_problem(n: Node) -> str | None:
-    """Why the coreml lowering of ``n`` would refuse it (None: it lowers ``n``, as far as a node's attributes,
-    static shapes and constant inputs tell before building)."""
-    check = _VARIANTS.get(n.qualified_op)
-    if check is None:
-        return None
-    try:
-        check(n)
-    except UnsupportedError as e:
-        return str(e)
-    return None
-
-
 # ---- shape ops ---------------------------------------------------------------------------------------------------
 @lowering("Flatten", "Reshape", "Squeeze", "Unsqueeze")
 def _reshape(b, n):
@@ -775,44 +757,61 @@ def _conv_pads(n: Node, in_sp: list[int], kernel: list[int], strides: list[int],
     return out
 
 
-@lowering("MaxPool", "AveragePool", "LpPool")
-def _pool(b, n):
+def _pool_plan(n: Node):
+    """(kernel, strides, pads, ceil_mode) of a 2-D or 3-D pooling node MIL's pools compute as ONNX defines it;
+    refuses any other variant (dilations, output sizes MIL's ceil_mode rounds otherwise, ...)."""
     x = n.inputs[0]
     shape = _static(n, x)
-    if len(shape) != 4:
-        _refuse(n, f"{n.op_type} of rank {len(shape)} (2-D pooling only)")
+    k = len(shape) - 2
+    if k not in (2, 3):
+        _refuse(n, f"{n.op_type} of rank {len(shape)} (2-D and 3-D pooling only)")
     kernel = list(n.attr("kernel_shape"))
-    strides = list(n.attr("strides", [1, 1]))
-    if any(d != 1 for d in n.attr("dilations", [1, 1])):
+    strides = list(n.attr("strides", [1] * k))
+    if any(d != 1 for d in n.attr("dilations", [1] * k)):
         _refuse(n, "pooling with dilations")
-    if len(n.outputs) > 1 and n.outputs[1] is not None and used(b.model.graph, n.outputs[1]):
+    if len(n.outputs) > 1 and n.outputs[1] is not None and used(n.graph, n.outputs[1]):
         _refuse(n, "MaxPool's Indices output")
     ceil = bool(n.attr("ceil_mode", 0))
-    pads = _conv_pads(n, shape[2:], kernel, strides, [1, 1])
+    pads = _conv_pads(n, shape[2:], kernel, strides, [1] * k)
     if ceil and any(p for p in pads) and n.op_type != "MaxPool":
         _refuse(n, f"{n.op_type} with ceil_mode and padding")
     padded = [d + pads[2 * i] + pads[2 * i + 1] for i, d in enumerate(shape[2:])]
-    mil_out = [-(-(d - k) // s) + 1 if ceil else (d - k) // s + 1 for d, k, s in zip(padded, kernel, strides)]
+    mil_out = [-(-(d - kk) // s) + 1 if ceil else (d - kk) // s + 1 for d, kk, s in zip(padded, kernel, strides)]
     if mil_out != _static(n)[2:]:  # ONNX drops a last window that would start past the input
         _refuse(n, f"ceil_mode where ONNX's output size {_static(n)[2:]} differs from MIL's {mil_out}")
+    if not x.dtype.is_float and (n.op_type != "MaxPool" or x.dtype.short not in ("i8", "u8")):
+        _refuse(n, f"{n.op_type} of {x.dtype.short}")  # MIL pools floats: int8 / uint8 are exact in fp16
+    p = int(n.attr("p", 2))
+    if n.op_type == "LpPool" and (p < 1 or ceil):
+        _refuse(n, f"LpPool with p={p}" + (" and ceil_mode" if ceil else ""))
+    if n.op_type == "AveragePool" and ceil and n.attr("count_include_pad", 0):
+        _refuse(n, "ceil_mode with count_include_pad")
+    return kernel, strides, pads, ceil
+
+
+@lowering("MaxPool", "AveragePool", "LpPool")
+def _pool(b, n):
+    x = n.inputs[0]
+    kernel, strides, pads, ceil = _pool_plan(n)
     xin = b.get(x)
-    if not x.dtype.is_float:  # MIL pools floats: int8 / uint8 are exact in fp16
-        if n.op_type != "MaxPool" or x.dtype.short not in ("i8", "u8"):
-            _refuse(n, f"{n.op_type} of {x.dtype.short}")
+    if not x.dtype.is_float:
         y = b.mb.max_pool(x=b.mb.cast(x=xin, dtype="fp16"), kernel_sizes=kernel, strides=strides, pad_type="custom",
                           pad=pads, ceil_mode=ceil)
         return b.mb.cast(x=y, dtype="int32")
-    kw = {"x": xin, "kernel_sizes": kernel, "strides": strides, "pad_type": "custom", "pad": pads,
-          "ceil_mode": ceil}
+    kw = {"kernel_sizes": kernel, "strides": strides, "pad_type": "custom", "pad": pads, "ceil_mode": ceil}
     if n.op_type == "LpPool":
-        if int(n.attr("p", 2)) != 2 or ceil:
-            _refuse(n, f"LpPool with p={n.attr('p', 2)}")
-        return b.mb.l2_pool(**kw)
+        p = int(n.attr("p", 2))
+        if p == 2 and len(kernel) == 2:
+            return b.mb.l2_pool(x=xin, **kw)
+        # (the window's sum of |x|^p, zero padding included) ^ (1 / p): the sum as an average over the whole
+        # window times its size
+        mb = b.mb
+        xp = mb.abs(x=xin) if p == 1 else mb.pow(x=mb.abs(x=xin), y=b.scalar(p))
+        sm = mb.mul(x=mb.avg_pool(x=xp, exclude_padding_from_average=False, **kw), y=b.scalar(float(np.prod(kernel))))
+        return sm if p == 1 else mb.pow(x=sm, y=b.scalar(1.0 / p))
     if n.op_type == "AveragePool":
-        if ceil and n.attr("count_include_pad", 0):
-            _refuse(n, "ceil_mode with count_include_pad")
-        return b.mb.avg_pool(exclude_padding_from_average=not n.attr("count_include_pad", 0), **kw)
-    return b.mb.max_pool(**kw)
+        return b.mb.avg_pool(x=xin, exclude_padding_from_average=not n.attr("count_include_pad", 0), **kw)
+    return b.mb.max_pool(x=xin, **kw)
 
 
 @lowering("GlobalAveragePool", "GlobalMaxPool")
@@ -1327,3 +1326,21 @@ def _shrink(b, n):
                       b=np.zeros(_static(n), np_compute(x)))
     return mb.select(cond=mb.less(x=xv, y=c(-lam) if x.dtype.is_float else -c(lam)), a=mb.add(x=xv, y=c(bias)),
                      b=inner)
+
+
+# Ops whose lowering refuses some variants: the variant's check, which raises UnsupportedError naming it. The
+# target declines such nodes (Target.accepts_node), so the decompose pass rewrites them where it can.
+_VARIANTS = {"Resize": _resize_plan, "MaxPool": _pool_plan, "AveragePool": _pool_plan, "LpPool": _pool_plan}
+
+
+def variant_problem(n: Node) -> str | None:
+    """Why the coreml lowering of ``n`` would refuse it (None: it lowers ``n``, as far as a node's attributes,
+    static shapes and constant inputs tell before building)."""
+    check = _VARIANTS.get(n.qualified_op)
+    if check is None:
+        return None
+    try:
+        check(n)
+    except UnsupportedError as e:
+        return str(e)
+    return None

@@ -63,6 +63,36 @@ def _pool(x, kernel, strides, pad, ceil_mode, kind, exclude_pad=True):
     return win.sum(axis=(-2, -1)) / (cnt if exclude_pad else float(np.prod(kernel)))
 
 
+def _pool_nd(x, kernel, strides, pad, ceil_mode, kind, exclude_pad=True):
+    """Pooling over any number of spatial axes (3-D here), by one strided slice per kernel offset; the same
+    windows, padding and ceil_mode rule as :func:`_pool`."""
+    import itertools
+    x = x.astype(np.float32)
+    k = len(kernel)
+    pad = [int(v) for v in pad]
+    if ceil_mode:
+        for ax, (kk, s) in enumerate(zip(kernel, strides)):
+            size = x.shape[2 + ax] + pad[2 * ax] + pad[2 * ax + 1]
+            pad[2 * ax + 1] += (-(size - kk) % s) if (size - kk) % s else 0
+    width = [(0, 0), (0, 0)] + [(pad[2 * i], pad[2 * i + 1]) for i in range(k)]
+    xp = np.pad(x, width, constant_values=-np.inf if kind == "max" else 0.0)
+    ones = np.pad(np.ones((1, 1) + x.shape[2:], np.float32), width)
+    out_sp = [(xp.shape[2 + i] - kernel[i]) // strides[i] + 1 for i in range(k)]
+    acc = cnt = None
+    for off in itertools.product(*(range(kk) for kk in kernel)):
+        sl = (slice(None), slice(None)) + tuple(slice(off[i], off[i] + (out_sp[i] - 1) * strides[i] + 1, strides[i])
+                                                for i in range(k))
+        win = xp[sl]
+        if kind == "max":
+            acc = win if acc is None else np.maximum(acc, win)
+        else:
+            acc = win if acc is None else acc + win
+            cnt = ones[sl] if cnt is None else cnt + ones[sl]
+    if kind == "max":
+        return acc
+    return acc / (cnt if exclude_pad else float(np.prod(kernel)))
+
+
 def constexpr_value(op):
     """A constexpr op's decoded value, by coremltools' own decoder (a tuple for the two-output sparse ops)."""
     return op.materialized_val_inference()
@@ -347,6 +377,10 @@ def _eval(t: str, a: dict, op):
         if bool(a.get("transpose_y", False)):
             y = np.swapaxes(y, -1, -2)
         return x @ y
+    if t in ("max_pool", "avg_pool") and np.ndim(a["x"]) != 4:
+        return _pool_nd(a["x"], [int(v) for v in a["kernel_sizes"]], [int(v) for v in a["strides"]],
+                        list(a["pad"]), bool(a["ceil_mode"]), "max" if t == "max_pool" else "avg",
+                        bool(a.get("exclude_padding_from_average", True)))
     if t in ("max_pool", "avg_pool"):
         return _pool(a["x"], list(a["kernel_sizes"]), list(a["strides"]), list(a["pad"]), bool(a["ceil_mode"]),
                      "max" if t == "max_pool" else "avg", bool(a.get("exclude_padding_from_average", True)))

@@ -318,6 +318,12 @@ OPS = [
      {"extra": (None, np.array([1, 1, 2, 1.5], np.float32))}),
     ("Resize", {"mode": "linear", "coordinate_transformation_mode": "align_corners"}, None,
      {"extra": (None, np.array([1, 1, 2, 2], np.float32))}),
+    ("MaxPool", {"kernel_shape": [2, 2, 2], "strides": [2, 1, 2], "pads": [1, 0, 0, 0, 1, 1]}, None,
+     {"x_shape": (1, 2, 5, 6, 7)}),
+    ("AveragePool", {"kernel_shape": [3, 2, 2], "pads": [1, 1, 0, 1, 0, 1]}, None, {"x_shape": (1, 2, 5, 6, 7)}),
+    ("LpPool", {"kernel_shape": [3, 3], "p": 3, "pads": [1, 1, 1, 1], "strides": [2, 2]}, None, {}),
+    ("LpPool", {"kernel_shape": [2, 2, 2], "p": 1}, None, {"x_shape": (1, 2, 4, 5, 6)}),
+    ("Pad", {"mode": "wrap"}, None, {"extra": (I64(0, 0, 2, 1, 0, 0, 1, 3),)}),
 ]
 
 

@@ -73,6 +73,11 @@ PASS = [
     "test_reduce_max_bool_inputs",
     "test_wrap_pad",
     "test_reflect_pad",
+    # 3-D pooling, LpPool of any p (the window's sum of |x|^p from avg_pool, then the p-th root)
+    "test_maxpool_3d_default",
+    "test_averagepool_3d_default",
+    "test_lppool_2d_pads",
+    "test_lppool_3d_default",
 ]
 # beyond fp16's range or precision: right under precision=fp32 (at onnx's own tolerance)
 FP32 = [
@@ -84,7 +89,6 @@ FP32 = [
 ]
 REFUSED = [
     "test_maxpool_with_argmax_2d_precomputed_pads",         # the Indices output (KeyError before)
-    "test_maxpool_2d_dilations",                            # MIL pools have no dilations (wrong shape before)
     "test_maxpool_2d_ceil_output_size_reduce_by_one",       # ONNX drops a window MIL keeps (wrong shape before)
     "test_unsqueeze_three_axes",                            # rank 6: Core ML has rank <= 5
     "test_training_dropout",
