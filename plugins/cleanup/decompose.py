@@ -728,3 +728,4 @@ class Decompose(Pass):
 from . import decompose_rnn  # noqa: E402,F401 - registers RNN/GRU/LSTM rules
 from . import decompose_resize  # noqa: E402,F401 - registers the Resize rule
 from . import decompose_pool  # noqa: E402,F401 - registers the dilated pooling rule
+from . import decompose_quant  # noqa: E402,F401 - registers MatMulInteger / ConvInteger / QLinear* rules

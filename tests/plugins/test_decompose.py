@@ -362,3 +362,49 @@ def test_dilated_pooling_is_strided_slices(name):
     got = executor.run(model, {"x": x})["y"]
     assert got.shape == want.shape
     np.testing.assert_allclose(got, want, rtol=1e-5, atol=1e-6)
+
+
+def _q(name, arr):
+    return numpy_helper.from_array(np.asarray(arr), name)
+
+
+QOP_CASES = {
+    "QLinearMatMul_per_column": (
+        helper.make_node("QLinearMatMul", ["a", "sa", "za", "b", "sb", "zb", "sy", "zy"], ["y"]),
+        [_vi("a", [3, 5], TensorProto.UINT8)],
+        [_q("sa", np.float32(0.02)), _q("za", np.uint8(3)),
+         _q("b", RNG.integers(0, 255, (5, 4)).astype(np.uint8)), _q("sb", np.array([0.01, 0.03, 0.02, 0.5], np.float32)),
+         _q("zb", np.array([100, 0, 255, 7], np.uint8)), _q("sy", np.float32(0.7)), _q("zy", np.uint8(10))]),
+    "QLinearConv_per_channel_bias": (
+        helper.make_node("QLinearConv", ["x", "sx", "zx", "w", "sw", "zw", "sy", "zy", "bias"], ["y"], pads=[1, 1, 1, 1],
+                         strides=[2, 1]),
+        [_vi("x", [1, 2, 5, 6], TensorProto.INT8)],
+        [_q("sx", np.float32(0.05)), _q("zx", np.int8(-3)), _q("w", RNG.integers(-127, 127, (3, 2, 3, 3)).astype(np.int8)),
+         _q("sw", np.array([0.01, 0.02, 0.005], np.float32)), _q("zw", np.zeros(3, np.int8)), _q("sy", np.float32(0.3)),
+         _q("zy", np.int8(5)), _q("bias", np.array([100, -2000, 7], np.int32))]),
+    "ConvInteger": (helper.make_node("ConvInteger", ["x", "w", "zx"], ["y"], pads=[0, 1, 0, 1]),
+                    [_vi("x", [1, 1, 4, 4], TensorProto.UINT8)],
+                    [_q("w", RNG.integers(0, 255, (2, 1, 2, 2)).astype(np.uint8)), _q("zx", np.uint8(9))]),
+    "MatMulInteger": (helper.make_node("MatMulInteger", ["a", "b", "za", "zb"], ["y"]),
+                      [_vi("a", [2, 3, 4], TensorProto.INT8)],
+                      [_q("b", RNG.integers(-128, 127, (4, 5)).astype(np.int8)), _q("za", np.int8(-7)),
+                       _q("zb", np.arange(5).astype(np.int8))]),
+}
+
+
+@pytest.mark.parametrize("name", sorted(QOP_CASES))
+def test_integer_ops_are_int32_products_requantized_as_onnxruntime_does(name):
+    node, inputs, inits = QOP_CASES[name]
+    m = _model([node], inputs, [helper.make_empty_tensor_value_info("y")], inits, 21 if "QLinearMatMul" in name else 13)
+    vi = inputs[0].type.tensor_type
+    shape = [d.dim_value for d in vi.shape.dim]
+    info = np.iinfo(helper.tensor_dtype_to_np_dtype(vi.elem_type))
+    x = RNG.integers(info.min, info.max, shape, endpoint=True).astype(helper.tensor_dtype_to_np_dtype(vi.elem_type))
+    feeds = {inputs[0].name: x}
+    want = ort.InferenceSession(m.SerializeToString(), providers=["CPUExecutionProvider"]).run(None, feeds)[0]
+    model = import_proto(m, None)
+    assert Decompose().run(model, _ctx(CORE | {"Round", "Conv"}))
+    assert node.op_type not in {n.op_type for n in model.graph}
+    got = executor.run(model, feeds)["y"]
+    assert got.dtype == want.dtype
+    np.testing.assert_array_equal(got, want)
