@@ -329,6 +329,21 @@ def _binary(b: RelaxBuilder, n: Node):
     return b.emit(getattr(_op(), _BINARY[n.op_type])(x, y))
 
 
+@lowering("CumProd")
+def _cumprod(b: RelaxBuilder, n: Node):
+    """TVM's sequential cumprod (the order onnxruntime multiplies in); reverse by flipping around it."""
+    axis = b.const_ints(n.inputs[1])
+    if axis is None or len(axis) != 1:
+        raise UnsupportedError(f"node {n.name!r}: CumProd needs a constant axis on the cpu target")
+    op, ax = _op(), axis[0] % n.inputs[0].rank
+    x = b.get(n.inputs[0])
+    rev = bool(n.attr("reverse", 0))
+    if rev:
+        x = op.flip(x, axis=ax)
+    y = op.cumprod(x, axis=ax, exclusive=bool(n.attr("exclusive", 0)))
+    return b.emit(op.flip(y, axis=ax) if rev else y)
+
+
 @lowering("Mod")
 def _mod(b: RelaxBuilder, n: Node):
     """Integer Mod without traps (x86's idiv raises SIGFPE on a zero divisor and on MIN % -1): those divisors
