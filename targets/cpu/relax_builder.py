@@ -52,8 +52,6 @@ FALLBACK_OPS: frozenset[str] = frozenset({
 def refuse_variant(n: Node) -> str | None:
     """Why TVM's converter must not take this node (a variant it was measured to get wrong), or None."""
     op = n.op_type
-    if op == "Mod" and not n.attr("fmod", 0) and n.inputs[0].dtype is not None and n.inputs[0].dtype.is_float:
-        return "float Mod with fmod=0 is not supported (TVM's converter gives NaN where onnx gives +-inf)"
     if op == "Resize":
         xs, ys = n.inputs[0].static_shape, n.outputs[0].static_shape
         if n.attr("antialias", 0):
@@ -350,9 +348,11 @@ def _mod(b: RelaxBuilder, n: Node):
     become 1 (x mod +-1 is 0; a zero divisor, which onnx leaves undefined, gives 0 as numpy does). fmod=0 takes
     the divisor's sign (floor), fmod=1 the dividend's (C's %). Floats go through TVM's converter."""
     dt = n.inputs[0].dtype
-    if dt is None or dt.is_float:
+    if dt is None:
         return tvm_fallback(b, n)
     op, npdt = _op(), dt.numpy
+    if dt.is_float:
+        return _float_mod(b, n, npdt)
     x, y = (b.get(v) for v in n.inputs)
     zero, one = b.relax.const(np.asarray(0, npdt), npdt.name), b.relax.const(np.asarray(1, npdt), npdt.name)
     bad = op.equal(y, zero)
@@ -360,6 +360,23 @@ def _mod(b: RelaxBuilder, n: Node):
         bad = op.logical_or(bad, op.equal(y, b.relax.const(np.asarray(-1, npdt), npdt.name)))
     safe = op.where(bad, one, y)
     return b.emit(op.mod(x, safe) if n.attr("fmod", 0) else op.floor_mod(x, safe))
+
+
+def _float_mod(b: RelaxBuilder, n: Node, dt: np.dtype):
+    """fmod=1: C's fmod (TIR's float truncmod is LLVM's frem, exact). fmod=0: the remainder with the divisor's
+    sign, as numpy computes it: fmod, plus the divisor where the signs differ, a zero signed like the divisor
+    (so -3 mod inf is inf, 1 mod -inf is -inf, 0 mod -2 is -0)."""
+    op = _op()
+    x, y = (b.get(v) for v in n.inputs)
+    r = op.mod(x, y)
+    if n.attr("fmod", 0):
+        return b.emit(r)
+    zero = b.relax.const(np.asarray(0, dt), dt.name)
+    neg_y = op.less(y, zero)
+    fix = op.logical_and(op.not_equal(r, zero), op.logical_xor(op.less(r, zero), neg_y))
+    r = op.where(fix, op.add(r, y), r)
+    signed_zero = op.where(neg_y, b.relax.const(np.asarray(-0.0, dt), dt.name), zero)
+    return b.emit(op.where(op.equal(r, zero), signed_zero, r))
 
 
 def _int_div(b: RelaxBuilder, n: Node, x, y):

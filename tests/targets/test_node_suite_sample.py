@@ -66,7 +66,7 @@ CASES = {
     # converter variants measured wrong or failing: rewritten by decompose, else refused by name
     "test_resize_downsample_scales_linear": "pass",
     "test_resize_downsample_sizes_nearest_not_larger": "pass",
-    "test_mod_float_edge_cases_fmod_0_float32": "refused",
+    "test_mod_float_edge_cases_fmod_0_float32": "pass",     # numpy's remainder: fmod, then the divisor's sign
     "test_top_k_uint64": "refused",
     "test_isinf": "pass",  # decomposed (IsInf is not a fallback op: TVM gets detect_negative wrong)
     # native lowerings and decompose rules added for breadth
