@@ -320,11 +320,31 @@ _UNARY = {"Relu": ("nn", "relu"), "Sigmoid": ("", "sigmoid"), "Tanh": None, "Exp
 def _binary(b: RelaxBuilder, n: Node):
     # Integer Div truncates toward zero (ONNX, C); relax.op.divide on integers is TIR's truncating division.
     x, y = (b.get(v) for v in n.inputs)
-    if n.op_type == "Pow" and not (n.inputs[0].dtype is not None and n.inputs[0].dtype.is_float):
-        raise UnsupportedError(f"node {n.name!r}: integer Pow is not supported by the cpu target")
+    if n.op_type == "Pow" and n.inputs[0].dtype != n.inputs[1].dtype or (
+            n.op_type == "Pow" and not n.inputs[0].dtype.is_float):
+        return _pow(b, n, x, y)
     if n.op_type == "Div" and n.inputs[0].dtype is not None and not n.inputs[0].dtype.is_float:
         return _int_div(b, n, x, y)
     return b.emit(getattr(_op(), _BINARY[n.op_type])(x, y))
+
+
+def _pow(b: RelaxBuilder, n: Node, x, y):
+    """Pow across types, exactly. A float base to an integer power: |x| ** float(e), negated where x < 0 and the
+    integer e is odd (the parity of e itself, which a rounded float(e) can lose). An integer base: computed in
+    float64 and truncated, as onnxruntime does (exact while the result stays below 2**53)."""
+    op = _op()
+    bt, et = n.inputs[0].dtype.numpy, n.inputs[1].dtype.numpy
+
+    def c(v, dt):
+        return b.relax.const(np.asarray(v, dt), np.dtype(dt).name)
+    if bt.kind == "f" and et.kind == "f":
+        return b.emit(op.power(x, op.astype(y, bt.name)))
+    if bt.kind == "f":
+        mag = op.power(op.abs(x), op.astype(y, bt.name))
+        odd = op.not_equal(op.bitwise_and(y, c(1, et)), c(0, et))
+        return b.emit(op.where(op.logical_and(op.less(x, c(0, bt)), odd), op.negative(mag), mag))
+    # an integer base: in float64 and truncated, as onnxruntime computes it (exact while |result| < 2**53)
+    return b.emit(op.astype(op.power(op.astype(x, "float64"), op.astype(y, "float64")), bt.name))
 
 
 @lowering("CumProd")

@@ -80,3 +80,22 @@ def test_integer_division_never_traps_on_cpu(dt, tmp_path):
     np.testing.assert_array_equal(d, want_d)
     np.testing.assert_array_equal(m0, np.array([0, 0, 0, 1, 0], dt))
     np.testing.assert_array_equal(m1, np.array([0, 0, 0, 1, 0], dt))
+
+
+def test_pow_across_types_on_cpu(tmp_path):
+    """A float base to an integer power keeps the integer's parity (2**24 + 1 rounds to an even float); an integer
+    base is computed in float64 and truncated, as onnxruntime computes it."""
+    x = np.array([-2.0, -1.0, 2.0, -1.5], np.float32)
+    e = np.array([3, 2 ** 24 + 1, 10, 0], np.int64)
+    xi = np.array([3, -2, 7, 1], np.int32)
+    ei = np.array([4, 3, 2, -1], np.int32)
+    nodes = [helper.make_node("Pow", ["x", "e"], ["p"]), helper.make_node("Pow", ["xi", "ei"], ["q"])]
+    m = helper.make_model(helper.make_graph(nodes, "g", [
+        helper.make_tensor_value_info("x", TensorProto.FLOAT, [4]), helper.make_tensor_value_info("e", TensorProto.INT64, [4]),
+        helper.make_tensor_value_info("xi", TensorProto.INT32, [4]), helper.make_tensor_value_info("ei", TensorProto.INT32, [4])],
+        [helper.make_tensor_value_info("p", TensorProto.FLOAT, [4]), helper.make_tensor_value_info("q", TensorProto.INT32, [4])]),
+        opset_imports=[helper.make_opsetid("", 15)])
+    m.ir_version = 8
+    got, want = _run(m, {"x": x, "e": e, "xi": xi, "ei": ei}, "cpu", tmp_path)
+    np.testing.assert_array_equal(got[0], np.array([-8.0, -1.0, 1024.0, 1.0], np.float32))
+    np.testing.assert_array_equal(got[1], want[1])
