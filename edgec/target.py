@@ -83,6 +83,15 @@ class Artifact:
     manifest: dict[str, Any] = dataclasses.field(default_factory=dict)
 
 
+def fp16_verify_policy(precision: str) -> dict | None:
+    """The --verify criterion of a target computing in ``precision``: fp16 compute cannot meet --tolerance, so
+    it is judged by cosine and top-1 agreement; fp32 compute by --tolerance (None)."""
+    if precision != "fp16":
+        return None
+    return {"min_cosine": 0.999, "min_top1": 0.95,
+            "description": "fp16 compute: cosine >= 0.999 and top-1 agreement >= 0.95 vs the reference"}
+
+
 @dataclasses.dataclass(frozen=True)
 class Target:
     """A compilation target. Subclasses are frozen dataclasses whose fields are the target's options

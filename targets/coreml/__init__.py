@@ -34,7 +34,7 @@ from ...errors import UnsupportedError
 from ...hookspecs import hookimpl
 from ...ir import Model, QuantizedTensor
 from ...ir.passes import PassContext, option
-from ...target import Artifact, Capabilities, Target
+from ...target import Artifact, Capabilities, Target, fp16_verify_policy
 from .builder import (DEPLOYMENTS, LOWERINGS, NARROW_INTS, PRECISIONS, MILBuilder, ct_modules, mil_name, opset,
                       variant_problem)
 from .weights import old_opset_problem
@@ -109,10 +109,7 @@ class CoreMLTarget(Target):
 
     @property
     def verify_policy(self) -> dict | None:  # type: ignore[override]
-        if self.precision == "fp32":
-            return None
-        return {"min_cosine": 0.999, "min_top1": 0.95,
-                "description": "fp16 compute: cosine >= 0.999 and top-1 agreement >= 0.95 vs the reference"}
+        return fp16_verify_policy(self.precision)
 
     def accepts_node(self, node, model: Model) -> bool:
         """The op, and a variant its lowering computes (others are rewritten by the decompose pass where it can,

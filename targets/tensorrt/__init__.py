@@ -29,7 +29,7 @@ from ...errors import UnsupportedError
 from ...hookspecs import hookimpl
 from ...ir import Model, QuantizedTensor, Value
 from ...ir.passes import PassContext, option
-from ...target import VECTOR_HINT, Artifact, Capabilities, Target
+from ...target import VECTOR_HINT, Artifact, Capabilities, Target, fp16_verify_policy
 from . import support
 from .onnx_qdq import build_qdq_onnx
 
@@ -101,10 +101,7 @@ class TensorRTTarget(Target):
 
     @property
     def verify_policy(self) -> dict | None:  # type: ignore[override]
-        if self.precision == "fp32":
-            return None
-        return {"min_cosine": 0.999, "min_top1": 0.95,
-                "description": "fp16 compute: cosine >= 0.999 and top-1 agreement >= 0.95 vs the reference"}
+        return fp16_verify_policy(self.precision)
 
     def check(self, model: Model) -> list[str]:
         specific = {v.name: _weight_problems(v) for v in model.graph.initializers.values()
