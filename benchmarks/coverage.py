@@ -508,8 +508,10 @@ def run_suite(cases: list[str], targets: list[str], workers: int = 2, timeout: f
 
 # ------------------------------------------------------------------------------------------------ report
 _REFUSAL_CLASSES = (  # (class, regular expression on the refusal's text), first match wins
+    ("import: element type the IR has no dtype for (float8 / float4 / int2 / e8m0, ...)",
+     r"not a tensor of a supported element type"),
     ("import: control flow / sequences / optionals",
-     r"control flow|not a tensor of a supported element type|Sequence|Optional|is not defined before use"),
+     r"control flow|Sequence|sequence|Optional|optional|is not defined before use"),
     ("import: dtype or domain", r"cannot be imported|imports no default-domain opset|operator domain"),
     ("dtype the target does not take", r"dtype \S+ is not supported|takes \S+ on |does not cast to|with dtype"),
     ("op the target does not take", r"is not supported by this target|has no \S+ lowering"),
@@ -553,8 +555,9 @@ def report(results: dict[str, dict[str, tuple[str, str]]], n_cases: int, seconds
     lines.append("")
     fp16 = [t for t in results if t.split("{")[0] in FP16_TARGETS and "fp32" not in t]
     if fp16:
-        lines += [f"{', '.join(fp16)}: computes in fp16 by design; float outputs compared at rtol {FP16_RTOL:g}, "
-                  f"atol {FP16_ATOL:g}.", ""]
+        lines += [f"{', '.join(fp16)}: computes in fp16 by design (the default: what the Neural Engine runs); float "
+                  f"outputs compared at rtol {FP16_RTOL:g}, atol {FP16_ATOL:g}, integer outputs exactly. A "
+                  "`{precision=fp32}` row computes in fp32 and is compared at onnx's own tolerance.", ""]
     edgec_targets = [t for t in results if t not in BASELINES]
     classes = [name for name, _ in _REFUSAL_CLASSES] + ["other"]
     counts = {t: collections.Counter(refusal_class(r[1]) for r in results[t].values() if r[0] == "refused")
