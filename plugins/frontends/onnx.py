@@ -52,7 +52,15 @@ def import_proto(proto: onnx.ModelProto, base_dir: str | None, label: str = "<mo
     :data:`UPGRADE_OPSET` are upgraded in place first."""
     opset = next((o.version for o in proto.opset_import if o.domain in ("", "ai.onnx")), None)
     if opset is None:
-        raise BadInputError(f"{label}: the model imports no default-domain opset")
+        if not proto.opset_import:
+            raise BadInputError(f"{label}: the model imports no opset at all (opset_import is empty)")
+        # only other domains (an ai.onnx.ml classifier, say): no node reads the default opset, so it is the
+        # newest this onnx knows, and each node is judged by its own domain (refused by name where unsupported)
+        opset = onnx.defs.onnx_opset_version()
+        copy = onnx.ModelProto()
+        copy.CopyFrom(proto)
+        copy.opset_import.append(onnx.helper.make_opsetid("", opset))
+        proto = copy
     if opset < MIN_OPSET:
         raise UnsupportedError(f"{label}: ai.onnx opset {opset} is older than {MIN_OPSET}, the oldest edgec accepts; "
                                f"convert it with onnx.version_converter.convert_version(model, {UPGRADE_OPSET})")

@@ -149,3 +149,13 @@ def test_other_domains_imported_only_their_ops_refused(tmp_path):
                  extra_opsets=[("ai.onnx.ml", 1)])
     with pytest.raises(UnsupportedError, match=r"node norm \(ai.onnx.ml::Normalizer, opset 1\)"):
         OnnxFrontend().load(path)
+    # a model of ai.onnx.ml alone (no default-domain import) is a valid model: its ops are refused by name, not
+    # the file
+    m = helper.make_model(helper.make_graph([helper.make_node("Binarizer", ["x"], ["y"], name="bin",
+                                                              domain="ai.onnx.ml", threshold=0.5)], "g", vi,
+                                            [helper.make_tensor_value_info("y", F, [2, 3])]),
+                          opset_imports=[helper.make_opsetid("ai.onnx.ml", 1)])
+    m.ir_version = 8
+    onnx.save(m, str(tmp_path / "ml_only.onnx"))
+    with pytest.raises(UnsupportedError, match=r"node bin \(ai.onnx.ml::Binarizer, opset 1\)"):
+        OnnxFrontend().load(str(tmp_path / "ml_only.onnx"))
