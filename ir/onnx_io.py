@@ -170,7 +170,7 @@ def from_onnx(proto: onnx.ModelProto, base_dir: str | None = None) -> Model:
             continue
         env[vi.name] = graph.add_input(vi.name, dt, shape)
     types = {vi.name: _type_of(vi) for vi in list(g_in.value_info) + list(g_in.output)}
-    supported_domains = {"", "ai.onnx", edgec_ops.EDGEC_DOMAIN}
+    supported_domains = {"", "ai.onnx", "ai.onnx.ml", edgec_ops.EDGEC_DOMAIN}  # ai.onnx.ml: decompose rules
     subgraph_types = (onnx.AttributeProto.GRAPH, onnx.AttributeProto.GRAPHS)
     untyped = (None, None)
 

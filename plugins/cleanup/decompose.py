@@ -729,3 +729,4 @@ from . import decompose_rnn  # noqa: E402,F401 - registers RNN/GRU/LSTM rules
 from . import decompose_resize  # noqa: E402,F401 - registers the Resize rule
 from . import decompose_pool  # noqa: E402,F401 - registers the dilated pooling rule
 from . import decompose_quant  # noqa: E402,F401 - registers MatMulInteger / ConvInteger / QLinear* rules
+from . import decompose_ml  # noqa: E402,F401 - registers the ai.onnx.ml preprocessing rules

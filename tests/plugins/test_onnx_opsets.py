@@ -11,6 +11,7 @@ import pytest
 from onnx import TensorProto, helper, numpy_helper
 
 import edgec
+from edgec.compiler import parse_target
 from edgec.errors import UnsupportedError
 from edgec.ir import executor
 from edgec.plugins.frontends.onnx import UPGRADED_FROM, OnnxFrontend
@@ -135,27 +136,36 @@ def test_conversion_failure_names_node_and_op(tmp_path):
     assert len(e.value.problems) == 1
 
 
-def test_other_domains_imported_only_their_ops_refused(tmp_path):
+def test_other_domains_imported_only_their_unsupported_ops_refused(tmp_path):
     x = np.random.default_rng(4).standard_normal((2, 3)).astype(np.float32)
     vi = [helper.make_tensor_value_info("x", F, [2, 3])]
     # importing ai.onnx.ml without using it is fine, at an old opset too
     path = _save(tmp_path / "ml_import.onnx", [helper.make_node("Relu", ["x"], ["y"])], vi,
                  [helper.make_tensor_value_info("y", F, [2, 3])], opset=9, extra_opsets=[("ai.onnx.ml", 1)])
     _same_as_onnxruntime(path, {"x": x})
+    # ai.onnx.ml nodes are imported; decompose writes the preprocessing ones in ai.onnx ops, and the target's
+    # check names the others
     path = _save(tmp_path / "ml_node.onnx", [helper.make_node("Relu", ["x"], ["r"]),
                                              helper.make_node("Normalizer", ["r"], ["y"], name="norm",
                                                               domain="ai.onnx.ml", norm="L2")], vi,
                  [helper.make_tensor_value_info("y", F, [2, 3])], opset=13, ir_version=8,
                  extra_opsets=[("ai.onnx.ml", 1)])
-    with pytest.raises(UnsupportedError, match=r"node norm \(ai.onnx.ml::Normalizer, opset 1\)"):
-        OnnxFrontend().load(path)
-    # a model of ai.onnx.ml alone (no default-domain import) is a valid model: its ops are refused by name, not
-    # the file
+    res = edgec.compile(path, target="cpu", output=str(tmp_path / "norm"), use_cache=False)
+    got = parse_target("cpu").run_artifact(res.output_dir, {"x": x}, ["x"])[0]
+    np.testing.assert_allclose(got, _ort(path, {"x": x})[0], rtol=1e-5, atol=1e-6)
+    path = _save(tmp_path / "ml_max.onnx", [helper.make_node("Normalizer", ["x"], ["y"], name="norm",
+                                                            domain="ai.onnx.ml", norm="MAX")], vi,
+                 [helper.make_tensor_value_info("y", F, [2, 3])], opset=13, ir_version=8,
+                 extra_opsets=[("ai.onnx.ml", 1)])
+    with pytest.raises(UnsupportedError, match=r"node 'norm': operator ai.onnx.ml::Normalizer \(opset 1\)"):
+        edgec.compile(path, target="cpu", output=str(tmp_path / "max"), use_cache=False)
+    # a model of ai.onnx.ml alone (no default-domain import) is a valid model
     m = helper.make_model(helper.make_graph([helper.make_node("Binarizer", ["x"], ["y"], name="bin",
                                                               domain="ai.onnx.ml", threshold=0.5)], "g", vi,
                                             [helper.make_tensor_value_info("y", F, [2, 3])]),
                           opset_imports=[helper.make_opsetid("ai.onnx.ml", 1)])
     m.ir_version = 8
     onnx.save(m, str(tmp_path / "ml_only.onnx"))
-    with pytest.raises(UnsupportedError, match=r"node bin \(ai.onnx.ml::Binarizer, opset 1\)"):
-        OnnxFrontend().load(str(tmp_path / "ml_only.onnx"))
+    res = edgec.compile(str(tmp_path / "ml_only.onnx"), target="cpu", output=str(tmp_path / "bin"), use_cache=False)
+    got = parse_target("cpu").run_artifact(res.output_dir, {"x": x}, ["x"])[0]
+    np.testing.assert_array_equal(got, (x > 0.5).astype(np.float32))
