@@ -61,6 +61,10 @@ class Capabilities:
             if not self.accepts(n.qualified_op):
                 out.append(f"node {n.name!r}: operator {n.qualified_op} (opset {model.opset_imports.get(n.domain, '?')})"
                            " is not supported by this target")
+            elif n.op_type in ("Cast", "QuantizeLinear") and not n.domain and any(
+                    o is not None and o.dtype is None for o in n.outputs):
+                out.append(f"node {n.name!r}: {n.op_type} to an element type edgec has no dtype for (float8, float4, "
+                           "int2, ...) is not supported")
         for v in model.graph.values():
             if v.dtype is not None and v.dtype.short not in self.dtypes and not v.is_const:
                 out.append(f"value {v.name!r}: dtype {v.dtype.short} is not supported by this target")
