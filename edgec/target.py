@@ -63,8 +63,10 @@ class Capabilities:
                            " is not supported by this target")
             elif n.op_type in ("Cast", "QuantizeLinear") and not n.domain and any(
                     o is not None and o.dtype is None for o in n.outputs):
-                out.append(f"node {n.name!r}: {n.op_type} to an element type edgec has no dtype for (float8, float4, "
-                           "int2, ...) is not supported")
+                to = n.attr("to", n.attr("output_dtype"))
+                name = onnx_type_name(to) if isinstance(to, int) else "an element type"
+                out.append(f"node {n.name!r}: {n.op_type} to {name}, which edgec has no dtype for (float8, float4, "
+                           "int2, ...), is not supported")
         for v in model.graph.values():
             if v.dtype is not None and v.dtype.short not in self.dtypes and not v.is_const:
                 out.append(f"value {v.name!r}: dtype {v.dtype.short} is not supported by this target")
@@ -85,6 +87,14 @@ class Artifact:
 
     files: list[str]
     manifest: dict[str, Any] = dataclasses.field(default_factory=dict)
+
+
+def onnx_type_name(elem: int) -> str:
+    import onnx
+    try:
+        return onnx.TensorProto.DataType.Name(elem)
+    except ValueError:
+        return f"element type {elem}"
 
 
 def fp16_verify_policy(precision: str) -> dict | None:

@@ -20,7 +20,7 @@ from ...errors import UnsupportedError
 from ...ir import Model, Node, QuantizedTensor, Value
 from ...ir.tensor import code_range, vector_bases
 from ...quiet import quiet_libraries
-from ...target import Lowerings
+from ...target import Lowerings, onnx_type_name
 
 LOWERINGS = Lowerings()
 lowering = LOWERINGS.register
@@ -460,13 +460,6 @@ def ov_type(ov, dtype):
         raise UnsupportedError(f"dtype {dtype.short} has no OpenVINO element type")
     return getattr(ov.Type, name)
 
-
-def onnx_type_name(t: int) -> str:
-    import onnx
-    try:
-        return onnx.TensorProto.DataType.Name(t)
-    except ValueError:
-        return f"ONNX type {t}"
 
 
 @lowering("Reshape")
