@@ -14,6 +14,9 @@ from .fuse_linear import FuseLinear
 from .fuse_rmsnorm import FuseRMSNorm
 from .simplify_shapes import SimplifyShapes
 
+# decompose's rules beyond its own module: registered (in this order, after decompose's) by importing them
+from . import decompose_ml, decompose_pool, decompose_quant, decompose_resize, decompose_rnn  # noqa: E402,F401,I001
+
 PASSES = (DeadCodeElimination, Decompose, EliminateEmpty, EliminateIdentity, FoldBatchNorm, FoldConstants,
           FuseAttention, FuseGelu, FuseLayerNorm, FuseLinear, FuseRMSNorm, SimplifyShapes)
 

@@ -63,13 +63,13 @@ class _Rewriter:
 
 
 Rule = Callable[[_Rewriter, Node, int], "list[Value] | None"]
-RULES: dict[str, Rule] = {}
+RULES: dict[str, list[Rule]] = {}  # per op, tried in order until one applies (returns values, not None)
 
 
 def rule(*ops: str):
     def deco(fn: Rule) -> Rule:
         for op in ops:
-            RULES[op] = fn
+            RULES.setdefault(op, []).append(fn)
         return fn
     return deco
 
@@ -333,8 +333,8 @@ def _windowed(r: _Rewriter, n: Node, opset: int) -> list[Value] | None:
     """auto_pad becomes explicit pads (static spatial sizes: ONNX's SAME_UPPER / SAME_LOWER formula, VALID = 0);
     one spatial axis becomes two, with a unit height (Unsqueeze, the 2-D op, Squeeze: the same numbers)."""
     win = _window(n)
-    if win is None or len(n.outputs) != 1:
-        return None
+    if win is None or len(n.outputs) != 1 or not _canonical(n):
+        return None  # nothing to make canonical: the next rule for the op (dilations) may apply
     kernel, nsp = win
     attrs = dict(n.attributes)
     auto = attrs.pop("auto_pad", "NOTSET")
@@ -712,8 +712,7 @@ class Decompose(Pass):
 
     @staticmethod
     def _rewrite(model: Model, n: Node) -> list[Value] | None:
-        fn_rule = RULES.get(n.qualified_op)
-        if fn_rule is not None:
+        for fn_rule in RULES.get(n.qualified_op, ()):
             outs = fn_rule(_Rewriter(model.graph, n), n, model.opset)
             if outs is not None:
                 return outs
@@ -724,9 +723,3 @@ class Decompose(Pass):
             proto = _body_model(model, n, body) if body is not None else None
         return _splice(model, n, proto) if proto is not None else None
 
-
-from . import decompose_rnn  # noqa: E402,F401 - registers RNN/GRU/LSTM rules
-from . import decompose_resize  # noqa: E402,F401 - registers the Resize rule
-from . import decompose_pool  # noqa: E402,F401 - registers the dilated pooling rule
-from . import decompose_quant  # noqa: E402,F401 - registers MatMulInteger / ConvInteger / QLinear* rules
-from . import decompose_ml  # noqa: E402,F401 - registers the ai.onnx.ml preprocessing rules

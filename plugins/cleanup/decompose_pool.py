@@ -15,19 +15,12 @@ import itertools
 import numpy as np
 
 from ...ir import Node, Value
-from .decompose import RULES, _canonical, _Rewriter, rule
+from .decompose import _Rewriter, rule
 
 MAX_OFFSETS = 512  # kernel positions (slices) in one window
-_CANONICAL = {op: RULES[op] for op in ("MaxPool", "AveragePool", "LpPool")}  # auto_pad / 1-D forms first
 
 
-@rule("MaxPool", "AveragePool", "LpPool")
-def _pool(r: _Rewriter, n: Node, opset: int) -> list[Value] | None:
-    if _canonical(n):
-        return _CANONICAL[n.op_type](r, n, opset)
-    return _dilated(r, n, opset)
-
-
+@rule("MaxPool", "AveragePool", "LpPool")  # after decompose's own canonical forms (auto_pad, 1-D)
 def _dilated(r: _Rewriter, n: Node, opset: int) -> list[Value] | None:
     x, y = n.inputs[0], n.outputs[0]
     xs, ys = (None if v is None else v.static_shape for v in (x, y))

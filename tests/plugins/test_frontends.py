@@ -108,3 +108,27 @@ def test_torch_frontend_from_module_and_pt2(tmp_path):
     (tmp_path / "bad.pt2").write_bytes(b"not a zip")
     with pytest.raises(BadInputError, match="not a readable torch.export program"):
         TorchFrontend().load(str(tmp_path / "bad.pt2"))
+
+
+def test_pt2_the_exporters_own_reason_is_reported_when_both_ways_fail(monkeypatch):
+    """Where torch's ONNX exporter fails on the program and on its core-ATen decomposition too, the refusal
+    quotes the exporter's reason for the program as given (its '<class ...>: message' line), not a generic
+    headline nor the retry's error."""
+    torch = pytest.importorskip("torch")
+    from edgec.plugins.frontends.torch import from_exported_program
+
+    class Tiny(torch.nn.Module):
+        def forward(self, x):
+            return torch.relu(x)
+    ep = torch.export.export(Tiny(), (torch.randn(2, 3),))
+    calls = []
+
+    def failing_export(program, *args, **kwargs):
+        calls.append(program)
+        raise RuntimeError("Failed to decompose the FX graph.\n## Exception summary\n"
+                           f"<class 'ValueError'>: cannot view (attempt {len(calls)})")
+    monkeypatch.setattr(torch.onnx, "export", failing_export)
+    with pytest.raises(UnsupportedError, match=r"tiny\.pt2: torch's ONNX exporter could not lower the program: "
+                                               r"RuntimeError: <class 'ValueError'>: cannot view \(attempt 1\)"):
+        from_exported_program(ep, label="tiny.pt2")
+    assert len(calls) == 2 and calls[1] is not ep  # retried once, on the decomposed program
