@@ -29,6 +29,7 @@ from .errors import BadInputError, EdgecError, Terminated, UnsupportedError, Usa
 from .frontend import pick_frontend
 from .host import host
 from .ir import Model, QuantizedTensor, ReferenceExecutor, infer_shapes, random_inputs
+from .ir.dtypes import DType, from_storage, storage_map, to_storage
 from .ir.core import IRError
 from .ir.executor import ExecutionError
 from .output import (WRITE_ERRNOS, OutputError, check_output, default_output, make_scratch, release, replace_dir,
@@ -255,8 +256,16 @@ def quantization_summary(model: Model) -> dict[str, Any]:
 
 
 def _io(model: Model) -> dict[str, list[dict[str, Any]]]:
-    return {k: [{"name": v.name, "dtype": v.dtype.short if v.dtype else None, "shape": list(v.shape or [])}
-                for v in vals] for k, vals in (("inputs", model.graph.inputs), ("outputs", model.graph.outputs))}
+    """The inputs and outputs: their (logical) dtype, and ``stored_as`` where the artifact takes / returns them in a
+    storage type (a float8's bits as uint8, an int4 as int8: see the legalize-dtypes pass)."""
+    stored = storage_map(model.metadata)
+
+    def entry(v) -> dict[str, Any]:
+        e = {"name": v.name, "dtype": v.dtype.short if v.dtype else None, "shape": list(v.shape or [])}
+        if v.name in stored:
+            e["dtype"], e["stored_as"] = stored[v.name].short, stored[v.name].storage.short
+        return e
+    return {k: [entry(v) for v in vals] for k, vals in (("inputs", model.graph.inputs), ("outputs", model.graph.outputs))}
 
 
 def _mixed_summary(model: Model) -> dict[str, Any] | None:
@@ -393,7 +402,7 @@ def compile(model: str | Model, target: str = "cpu", pipeline: str = "", output:
                                                min_top1=min_top1)
         if evaluation is not None:
             say("perplexity of the compiled model and the artifact")
-            manifest["evaluation"] = evaluation.compiled(ir_model, tgt.name, tmp, art.files)
+            manifest["evaluation"] = evaluation.compiled(ir_model, tgt, tmp, art.files)
         manifest = _strict_json(manifest)
         with open(os.path.join(tmp, "manifest.json"), "w") as f:
             json.dump(manifest, f, indent=2, sort_keys=True, default=str, allow_nan=False)
@@ -754,8 +763,21 @@ def _original_outputs(src_path: str | None, model: Model, feeds: dict[str, np.nd
             names = [o.name for o in sess.get_outputs()]
             outs = sess.run(names, {k: feeds[k] for k in feeds})
         except Exception as e:  # noqa: BLE001 - onnxruntime raises its own Fail / InvalidArgument / ...
-            raise BadInputError(f"{src_path}: onnxruntime cannot run the original model on the verification "
-                                f"inputs, so there is nothing to verify against: {str(e).splitlines()[0]}") from None
+            first = str(e).splitlines()[0] if str(e) else type(e).__name__
+            if "NOT_IMPLEMENTED" not in first and "No corresponding Numpy type" not in first:
+                raise BadInputError(f"{src_path}: onnxruntime cannot run the original model on the verification "
+                                    f"inputs, so there is nothing to verify against: {first}") from None
+            # an op or element type onnxruntime has no kernel for (float8 / int4 casts, new opsets): onnx's own
+            # reference evaluator defines them
+            from onnx.reference import ReferenceEvaluator
+            try:
+                outs = ReferenceEvaluator(src_path).run(None, dict(feeds))
+            except Exception as e2:  # noqa: BLE001
+                raise BadInputError(f"{src_path}: neither onnxruntime ({first}) nor onnx's reference evaluator "
+                                    f"({type(e2).__name__}: {str(e2).splitlines()[0] if str(e2) else ''}) can run "
+                                    "the original model, so there is nothing to verify against") from None
+            return {"runtime": "onnx reference evaluator (original file; onnxruntime lacks a kernel)",
+                    "outputs": list(outs)}
         return {"runtime": "onnxruntime (original file)", "outputs": outs}
     try:  # loading can fail too (onnxruntime rejects e.g. an attribute name no operator has)
         r = ReferenceExecutor(model).run(feeds)
@@ -795,12 +817,29 @@ def _judge_top1(row: dict[str, Any], prefix: str, got, ref, margin: float, minim
     return True
 
 
+def _comparable(arr: Any, dtype: DType | None) -> np.ndarray:
+    """An output of a model type held in a storage type (or as onnxruntime returns it: a float8's bits in uint8)
+    as values verification can compare: narrow floats and bfloat16 as float32, sub-byte integers in a byte."""
+    a = np.asarray(arr)
+    if dtype is None:
+        return a
+    if dtype.stored_as_bits:
+        if a.dtype == dtype.storage.numpy:
+            a = from_storage(a, dtype)
+        return a.astype(np.float32)
+    return a.astype(dtype.storage.numpy) if a.dtype != dtype.storage.numpy else a
+
+
 def _verify(tgt: Target, out_dir: str, model: Model, feeds, original, tolerance: float, *, lossy: bool = False,
             min_cosine: float | None = None, min_top1: float | None = None) -> dict[str, Any]:
     """Run the artifact and judge it: exactness against the reference executor (the compiled model), and,
     where the original model's outputs are known, against the original: within ``tolerance`` for a compile
     that keeps the numbers, by fidelity (cosine >= ``min_cosine``, top-1 agreement >= LOSSY_MIN_TOP1 over at
     least MIN_TOP1_ROWS decisive rows) for one that changes them on purpose (quantization, pruning)."""
+    # inputs / outputs the artifact holds in storage types (float8 bits, int4 values in int8) are fed as such, and
+    # every output is compared as values of its model type
+    stored = storage_map(model.metadata)
+    feeds = {k: to_storage(a) if k in stored else a for k, a in feeds.items()}
     try:
         with native_section():
             got = tgt.run_artifact(out_dir, feeds, [v.name for v in model.graph.inputs])
@@ -811,6 +850,12 @@ def _verify(tgt: Target, out_dir: str, model: Model, feeds, original, tolerance:
     except ExecutionError as e:
         raise UnsupportedError(f"the reference executor cannot run the compiled model to verify it: {e}") from None
     ref_outs = [ref[o.name] for o in model.graph.outputs]
+    if stored:
+        logical = [stored.get(o.name) for o in model.graph.outputs]
+        got = [_comparable(a, d) for a, d in zip(got, logical)]
+        ref_outs = [_comparable(a, d) for a, d in zip(ref_outs, logical)]
+        if original is not None:
+            original = {**original, "outputs": [_comparable(a, d) for a, d in zip(original["outputs"], logical)]}
     act_quant = any(v.quant is not None for v in model.graph.values())
     fidelity = LOSSY_MIN_COSINE if min_cosine is None else float(min_cosine)
     fidelity_top1 = LOSSY_MIN_TOP1 if min_top1 is None else float(min_top1)

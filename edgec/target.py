@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import dataclasses
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from typing import Any, ClassVar
 
 import numpy as np
@@ -49,6 +49,10 @@ class Capabilities:
     # library's own lowering is the fast path) and rewrites only ops in neither set; a target leaves out of this
     # set any op its library is known to get wrong, so that it is decomposed or refused instead.
     fallback_ops: frozenset[str] = frozenset()
+    # Float division is correctly rounded (IEEE). Rewrites whose result turns on a quotient's last bit (a
+    # QuantizeLinear's rounding of x / scale) are made only where it is: OpenVINO's CPU plugin divides through a
+    # reciprocal (27% of random float32 quotients differ in the last bit).
+    exact_division: bool = True
 
     def accepts(self, op: str) -> bool:
         """True when ``op`` (a qualified name) is lowered, natively or through the fallback."""
@@ -122,6 +126,12 @@ class Target:
     # rounding) may set {"min_cosine", "max_rel_err", "description"} for such models.
     act_quant_policy: ClassVar[dict | None] = None
 
+    def float32_exact(self) -> bool:
+        """True when float32 values are computed in float32 (False where the runtime computes them in a narrower
+        type by design, e.g. Core ML's fp16): rewrites whose integer / code results turn on float32 comparisons
+        (float8 and int4 encodings, quantization) are made only where it is."""
+        return True
+
     def integer_semantics(self) -> bool:
         """True when the artifact runs activation-quantized Conv / Linear exactly as :mod:`edgec.ir.integer`
         defines: --verify then also compares it with that integer reference, at --tolerance."""
@@ -153,6 +163,13 @@ class Target:
 
     def emit(self, model: Model, out_dir: str, ctx: PassContext) -> Artifact:
         raise NotImplementedError
+
+    def logits_engine(self, out_dir: str, files: Sequence[str],
+                      ctx: int) -> tuple[str, Callable[[np.ndarray], np.ndarray]] | None:
+        """A language model's artifact on the target's own runtime, for perplexity (``--eval-text``, ``--verify``):
+        ``(runtime name, fn)`` where ``fn(token ids [T]) -> next-token logits [T, vocab]`` for up to ``ctx`` tokens;
+        None where the target has no language-model runtime here (only the compiled IR is then measured)."""
+        return None
 
     def run_artifact(self, out_dir: str, feeds: Mapping[str, np.ndarray],
                      input_names: Sequence[str] | None = None) -> list[np.ndarray]:

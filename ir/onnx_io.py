@@ -47,9 +47,16 @@ def _attr_value(a: onnx.AttributeProto):
         if a.t.data_location == onnx.TensorProto.EXTERNAL:  # numpy_helper would read it from the current directory
             raise NotImplementedError("TENSOR with external data (only initializers and Constant values may name "
                                       "external data)")
-        arr = numpy_helper.to_array(a.t)
-        return Tensor(arr, DType.from_onnx(a.t.data_type))
+        return _tensor(numpy_helper.to_array(a.t), DType.from_onnx(a.t.data_type))
     raise NotImplementedError(A.AttributeType.Name(t))
+
+
+def _tensor(arr: np.ndarray, dt: DType) -> Tensor:
+    """A constant read from ONNX: sub-byte integers (ml_dtypes int4 / int2 arrays from onnx) held unpacked, as
+    the IR holds them (one value per int8 / uint8 element)."""
+    if dt.bits < 8 and not dt.is_narrow_float and arr.dtype != dt.numpy:
+        arr = np.asarray(arr).astype(dt.numpy)
+    return Tensor(arr, dt)
 
 
 def _type_of(vi: onnx.ValueInfoProto) -> tuple[DType | None, tuple | None]:
@@ -160,7 +167,7 @@ def from_onnx(proto: onnx.ModelProto, base_dir: str | None = None) -> Model:
         except Exception as e:  # noqa: BLE001 - report every broken initializer
             problems.append(f"initializer {t.name!r}: cannot read its data ({e})")
             continue
-        env[t.name] = graph.add_const(t.name, Tensor(arr, dt))
+        env[t.name] = graph.add_const(t.name, _tensor(arr, dt))
     for vi in g_in.input:
         if vi.name in init_names:
             continue
@@ -170,7 +177,8 @@ def from_onnx(proto: onnx.ModelProto, base_dir: str | None = None) -> Model:
             continue
         env[vi.name] = graph.add_input(vi.name, dt, shape)
     types = {vi.name: _type_of(vi) for vi in list(g_in.value_info) + list(g_in.output)}
-    supported_domains = {"", "ai.onnx", "ai.onnx.ml", edgec_ops.EDGEC_DOMAIN}  # ai.onnx.ml: decompose rules
+    # ai.onnx.ml and the training optimizers: decompose rules
+    supported_domains = {"", "ai.onnx", "ai.onnx.ml", "ai.onnx.preview.training", edgec_ops.EDGEC_DOMAIN}
     subgraph_types = (onnx.AttributeProto.GRAPH, onnx.AttributeProto.GRAPHS)
     untyped = (None, None)
 
@@ -196,7 +204,7 @@ def from_onnx(proto: onnx.ModelProto, base_dir: str | None = None) -> Model:
                     arr = _external_array(a.t, base_dir)
                 except (OSError, ValueError, onnx.checker.ValidationError) as e:
                     raise ValueError(f"could not read the model's external data files from {base_dir}: {e}") from None
-                env[n.output[0]] = graph.add_const(n.output[0], Tensor(arr, DType.from_onnx(a.t.data_type)))
+                env[n.output[0]] = graph.add_const(n.output[0], _tensor(arr, DType.from_onnx(a.t.data_type)))
                 continue
             try:
                 if a.name == "value":
@@ -208,7 +216,7 @@ def from_onnx(proto: onnx.ModelProto, base_dir: str | None = None) -> Model:
             except Exception as e:  # noqa: BLE001
                 problems.append(f"{where}: unreadable constant ({e})")
                 continue
-            env[n.output[0]] = graph.add_const(n.output[0], Tensor(arr, dt))
+            env[n.output[0]] = graph.add_const(n.output[0], _tensor(arr, dt))
             continue
         ins: list[Value | None] = []
         for name in n.input:

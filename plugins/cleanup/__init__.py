@@ -12,19 +12,22 @@ from .fuse_gelu import FuseGelu
 from .fuse_layernorm import FuseLayerNorm
 from .fuse_linear import FuseLinear
 from .fuse_rmsnorm import FuseRMSNorm
+from .legalize_dtypes import LegalizeDtypes
 from .simplify_shapes import SimplifyShapes
 
 # decompose's rules beyond its own module: registered (in this order, after decompose's) by importing them
-from . import decompose_ml, decompose_pool, decompose_quant, decompose_resize, decompose_rnn  # noqa: E402,F401,I001
+from . import (decompose_linear, decompose_ml, decompose_pool, decompose_quant, decompose_resize,  # noqa: E402,F401,I001
+               decompose_rnn, decompose_training)
 
 PASSES = (DeadCodeElimination, Decompose, EliminateEmpty, EliminateIdentity, FoldBatchNorm, FoldConstants,
-          FuseAttention, FuseGelu, FuseLayerNorm, FuseLinear, FuseRMSNorm, SimplifyShapes)
+          FuseAttention, FuseGelu, FuseLayerNorm, FuseLinear, FuseRMSNorm, LegalizeDtypes, SimplifyShapes)
 
 # What `edgec compile` runs before the user's pipeline: normalize the graph into the forms targets expect, then
-# rewrite what the target does not take (decompose; after the fusions, so that e.g. a foldable Gemm becomes
-# edgec::Linear first, and before constant folding, which evaluates the shape arithmetic of the rewrites).
+# hold the element types the target lacks in storage types (legalize-dtypes, whose conversions decompose may
+# rewrite further), rewrite what the target does not take (decompose; after the fusions, so that e.g. a foldable
+# Gemm becomes edgec::Linear first, and before constant folding, which evaluates the shape arithmetic of the rewrites).
 DEFAULT_CLEANUP = ("simplify-shapes,eliminate-identity,fold-batchnorm,fuse-layernorm,fuse-rmsnorm,fuse-gelu,"
-                   "fuse-attention,fuse-linear,decompose,eliminate-empty,fold-constants,dce")
+                   "fuse-attention,fuse-linear,legalize-dtypes,decompose,eliminate-empty,fold-constants,dce")
 
 
 @hookimpl

@@ -27,6 +27,8 @@ alone, never approximated.
 
 from __future__ import annotations
 
+import contextlib
+import contextvars
 import dataclasses
 import functools
 from collections.abc import Callable
@@ -63,6 +65,35 @@ class _Rewriter:
 
 
 Rule = Callable[[_Rewriter, Node, int], "list[Value] | None"]
+_TARGET: contextvars.ContextVar = contextvars.ContextVar("edgec_rewrite_target", default=None)
+
+
+@contextlib.contextmanager
+def rewriting_for(target):
+    """Rules run inside see ``target`` through :func:`target_arithmetic` (set by the passes that run rules)."""
+    token = _TARGET.set(target)
+    try:
+        yield
+    finally:
+        _TARGET.reset(token)
+
+
+def target_dtypes() -> frozenset[str] | None:
+    """The element types (short names) the target being rewritten for takes, or None where none is known."""
+    caps = getattr(_TARGET.get(), "capabilities", None)
+    return None if caps is None else caps.dtypes
+
+
+def target_arithmetic() -> tuple[bool, bool]:
+    """(float32 computed in float32, float division correctly rounded) on the target being rewritten for: a rule
+    whose integer result turns on a float32 comparison or a quotient's last bit applies only where both hold
+    (True, True where no target is known: the IR's own semantics)."""
+    t = _TARGET.get()
+    if t is None:
+        return True, True
+    f32 = t.float32_exact() if hasattr(t, "float32_exact") else True
+    caps = getattr(t, "capabilities", None)
+    return bool(f32), bool(getattr(caps, "exact_division", True))
 RULES: dict[str, list[Rule]] = {}  # per op, tried in order until one applies (returns values, not None)
 
 
@@ -201,6 +232,35 @@ def _trilu(r: _Rewriter, n: Node, opset: int) -> list[Value] | None:
     h, w = x.static_shape[-2:]
     mask = (np.triu if int(n.attr("upper", 1)) else np.tril)(np.ones((h, w), bool), k)
     return [r.op("Where", [r.const(mask), x, r.const(np.zeros((), x.dtype.numpy))])]
+
+
+@rule("Mod")
+def _float_mod(r: _Rewriter, n: Node, opset: int) -> list[Value] | None:
+    """fmod=0 of floats, the sign of the divisor's (as numpy's mod): the truncated remainder (fmod=1), plus the
+    divisor where the two signs differ and the remainder is not 0."""
+    x, y = n.inputs[0], n.inputs[1]
+    if int(n.attr("fmod", 0)) or x is None or y is None or x.dtype is None or not x.dtype.is_float:
+        return None
+    if not target_arithmetic()[1]:  # a target whose fmod divides through a reciprocal
+        return None
+    m = r.op("Mod", [x, y], fmod=1)
+    zero = r.const(0.0, x)
+    differ = r.op("Xor", [r.op("Less", [m, zero]), r.op("Less", [y, zero])])
+    fix = r.op("And", [differ, r.op("Not", [r.op("Equal", [m, zero])])])
+    return [r.op("Where", [fix, r.op("Add", [m, y]), m])]
+
+
+@rule("Dropout")
+def _dropout(r: _Rewriter, n: Node, opset: int) -> list[Value] | None:
+    """Inference mode (no training_mode input, or a constant false one): the input, and an all-true mask."""
+    x = n.inputs[0]
+    tm = n.inputs[2] if len(n.inputs) > 2 else None
+    if x is None or x.static_shape is None or (tm is not None and (not tm.is_const or np.asarray(tm.const.numpy()).any())):
+        return None
+    outs = [r.op("Identity", [x])]
+    if len(n.outputs) > 1:
+        outs.append(r.const(np.ones(x.static_shape, bool)))
+    return outs
 
 
 @rule("Reciprocal")
@@ -376,18 +436,19 @@ def _windowed(r: _Rewriter, n: Node, opset: int) -> list[Value] | None:
 def _cumulative(r: _Rewriter, n: Node, opset: int) -> list[Value] | None:
     """Integer CumSum / CumProd over a static axis as a log-step scan (y op= y shifted by 1, 2, 4, ...: Concat of
     the identity element and a Slice), exact in integer (modular) arithmetic; ``exclusive`` shifts the input
-    once more, ``reverse`` shifts the other way. Floats are left alone: another order rounds differently, and a
-    partial product of a segment can overflow where every prefix product is finite."""
+    once more, ``reverse`` shifts the other way. Floats are accumulated in the reference's order instead
+    (:func:`_sequential_scan`): another order rounds differently, and a partial product of a segment can
+    overflow where every prefix product is finite."""
     x, ax = n.inputs[0], n.inputs[1] if len(n.inputs) > 1 else None
     if x is None or x.static_shape is None or x.dtype is None or ax is None or not ax.is_const:
-        return None
-    if x.dtype.is_float:
         return None
     combine, unit = ("Add", 0) if n.op_type == "CumSum" else ("Mul", 1)
     shape = list(x.static_shape)
     axis = int(np.asarray(ax.const.numpy()).reshape(-1)[0])
     axis = axis + len(shape) if axis < 0 else axis
     length, reverse = shape[axis], bool(n.attr("reverse", 0))
+    if x.dtype.is_float:
+        return _sequential_scan(r, n, x, axis, length, combine, unit)
 
     def shift(v: Value, s: int) -> Value:
         ushape = list(shape)
@@ -407,6 +468,36 @@ def _cumulative(r: _Rewriter, n: Node, opset: int) -> list[Value] | None:
         y = r.op(combine, [y, shift(y, s)])
         s *= 2
     return [y if y is not x else r.op("Identity", [x])]
+
+
+SCAN_MAX = 512  # elements along the axis a float scan is unrolled for
+
+
+def _sequential_scan(r: _Rewriter, n: Node, x: Value, axis: int, length: int, combine: str,
+                     unit: int) -> list[Value] | None:
+    """Float CumSum / CumProd in the reference's order (numpy accumulates one element after another, from the
+    end for ``reverse``): one Slice and one Add / Mul per element, then Concat; up to :data:`SCAN_MAX`."""
+    if not 1 <= length <= SCAN_MAX:
+        return None
+    reverse, exclusive = bool(n.attr("reverse", 0)), bool(n.attr("exclusive", 0))
+    order = list(range(length))[::-1] if reverse else list(range(length))
+
+    def at(k: int) -> Value:
+        return r.op("Slice", [x, r.const(np.array([k], np.int64)), r.const(np.array([k + 1], np.int64)),
+                              r.const(np.array([axis], np.int64))])
+    ushape = list(x.static_shape)
+    ushape[axis] = 1
+    outs: dict[int, Value] = {}
+    acc: Value | None = None
+    for k in order:
+        if exclusive:
+            outs[k] = acc if acc is not None else r.const(np.full(ushape, unit, x.dtype.numpy))
+            acc = at(k) if acc is None else r.op(combine, [acc, at(k)])
+        else:
+            acc = at(k) if acc is None else r.op(combine, [acc, at(k)])
+            outs[k] = acc
+    parts = [outs[k] for k in range(length)]
+    return [r.op("Concat", parts, axis=axis) if len(parts) > 1 else r.op("Identity", parts)]
 
 
 _REDUCE_VIA_SUM = {"ReduceL1": ("Abs", None), "ReduceL2": ("Square", "Sqrt"), "ReduceSumSquare": ("Square", None),
@@ -644,8 +735,9 @@ class Decompose(Pass):
             return not caps.accepts(n.qualified_op)
         g = model.graph
         changed = False
-        for n in [n for n in g if wanted(n)]:
-            changed |= self._decompose(model, n, wanted, ctx, scratch_of)
+        with rewriting_for(target):
+            for n in [n for n in g if wanted(n)]:
+                changed |= self._decompose(model, n, wanted, ctx, scratch_of)
         if changed:
             infer_shapes(model)
             g.remove_unused_consts()

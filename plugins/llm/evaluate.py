@@ -125,17 +125,16 @@ class CompileEvaluation:
         from .perplexity import reference_engine
         self.out["float_perplexity"] = self._ppl(reference_engine(model), "reference")
 
-    def compiled(self, model, target_name: str, out_dir: str, files: list[str]) -> dict:
-        from .perplexity import llama_cpp_engine, openvino_engine, reference_engine
+    def compiled(self, model, target, out_dir: str, files: list[str]) -> dict:
+        """Perplexity of the compiled IR, and of the artifact wherever the target has a language-model runtime
+        (:meth:`edgec.target.Target.logits_engine`: llama.cpp for gguf, OpenVINO for openvino, a vendor's own)."""
+        from .perplexity import reference_engine
         self.out["compiled_perplexity"] = self._ppl(reference_engine(model), "reference")
-        gguf = next((f for f in files if f.endswith(".gguf")), None)
-        if target_name == "gguf" and gguf:
-            self.out["artifact_engine"] = "llama.cpp"
-            self.out["artifact_perplexity"] = self._ppl(llama_cpp_engine(os.path.join(out_dir, gguf), self.ctx),
-                                                        "llama.cpp")
-        elif target_name == "openvino":
-            self.out["artifact_engine"] = "openvino"
-            self.out["artifact_perplexity"] = self._ppl(openvino_engine(out_dir), "openvino")
-        else:
+        engine = target.logits_engine(out_dir, files, self.ctx)
+        if engine is None:
             self.out["artifact_engine"] = None  # no language-model runtime for this target here
+            return self.out
+        name, fn = engine
+        self.out["artifact_engine"] = name
+        self.out["artifact_perplexity"] = self._ppl(fn, name)
         return self.out

@@ -109,16 +109,9 @@ def llama_cpp_engine(gguf_path: str, ctx: int, threads: int = 0):
 
 
 def openvino_engine(artifact_dir: str, threads: int = 0):
-    """Logits from an OpenVINO artifact (the CPU plugin, f32 inference precision)."""
+    """Logits from an OpenVINO artifact (the target's :meth:`~edgec.target.Target.logits_engine`)."""
     from ...targets.openvino import OpenVINOTarget
-    compiled = OpenVINOTarget(threads=threads).compile(artifact_dir)
-    req = compiled.create_infer_request()
-    out = compiled.outputs[0]
-
-    def run(tokens: np.ndarray) -> np.ndarray:
-        res = req.infer({"input_ids": np.asarray(tokens, np.int64)[None]})
-        return np.array(res[out])[0]
-    return run
+    return OpenVINOTarget(threads=threads).logits_engine(artifact_dir, (), 0)[1]
 
 
 def openvino_metadata(artifact_dir: str):

@@ -113,12 +113,14 @@ class MixedPrecision(Pass):
                 "ops": self.ops}
 
     def choices(self, ctx: PassContext) -> list[int | str]:
-        """The candidates the target can encode: GGUF types (``types=``, or the gguf target's default), else
+        """The candidates the target can encode: GGUF types (``types=``, or those the target mixes natively), else
         ``bits=`` or the target's native mix (``Capabilities.mixed``), each checked against what it carries."""
         from ..quantize import gguf_grids as gg
         target = ctx.target
-        if self.types or (target is not None and target.name == "gguf"):
-            types = self.types.split(":") if self.types else ["Q4_0", "Q5_0", "Q8_0"]
+        native_types = [b for b in (target.capabilities.mixed if target is not None else ())
+                        if isinstance(b, str) and b in gg.TYPES]  # a target that mixes GGUF types (gguf)
+        if self.types or native_types:
+            types = self.types.split(":") if self.types else native_types
             bad = [t for t in types if t not in gg.TYPES]
             if bad:
                 raise UsageError(f"mixed-precision: unknown GGUF types {bad}; known: {', '.join(sorted(gg.TYPES))}")

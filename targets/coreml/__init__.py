@@ -111,6 +111,9 @@ class CoreMLTarget(Target):
     def verify_policy(self) -> dict | None:  # type: ignore[override]
         return fp16_verify_policy(self.precision)
 
+    def float32_exact(self) -> bool:
+        return self.precision == "fp32"
+
     def accepts_node(self, node, model: Model) -> bool:
         """The op, and a variant its lowering computes (others are rewritten by the decompose pass where it can,
         and refused by name otherwise)."""

@@ -65,6 +65,8 @@ def refuse_variant(n: Node) -> str | None:
         if n.attr("mode", "nearest") != "nearest" and (xs is None or ys is None or any(
                 y < x for x, y in zip(xs, ys))):
             return f"Resize {n.attr('mode')} downsampling is not supported (TVM's converter computes it wrong)"
+    if op in ("QuantizeLinear", "DequantizeLinear") and int(n.attr("block_size", 0) or 0):
+        return f"blocked {op} is not supported by TVM's converter"
     if op == "RoiAlign" and n.attr("mode", "avg") == "max":
         return "RoiAlign mode=max is not supported (TVM's converter computes it wrong)"
     if op == "SpaceToDepth" and n.attr("mode", "DCR") != "DCR":
@@ -74,6 +76,8 @@ def refuse_variant(n: Node) -> str | None:
     if op == "Dropout" and len(n.inputs) > 2 and n.inputs[2] is not None and (
             not n.inputs[2].is_const or bool(np.asarray(n.inputs[2].numpy()).any())):
         return "Dropout in training mode is not supported (random masks)"
+    if op == "Dropout" and len(n.outputs) > 1:
+        return "Dropout's mask output is not supported by TVM's converter (it gives float32, not bool)"
     return None
 
 

@@ -74,7 +74,9 @@ class GGUFTarget(Target):
     name: ClassVar[str] = "gguf"
     summary: ClassVar[str] = "GGUF file for llama.cpp (llama/qwen2 decoders; F32/F16/BF16, Q*_0/1, K-quants, IQ4_NL)"
     runtime: ClassVar[str] = "llama.cpp (llama-cpp-python)"
-    capabilities: ClassVar[Capabilities] = Capabilities(ops=frozenset(), quant=frozenset())
+    # mixed: the GGUF types mixed-precision chooses among by default (llama.cpp mixes any per tensor)
+    capabilities: ClassVar[Capabilities] = Capabilities(ops=frozenset(), quant=frozenset(),
+                                                        mixed=("Q4_0", "Q5_0", "Q8_0"))
     # llama.cpp rounds activations to 8 bits inside quantized matmuls, which moves logits by about 1% of their
     # range: a position whose reference top-1 leads by less than that is decided by rounding, not by the model
     # (measured on SmolLM2: Q8_0 / Q4_K agree on every position leading by >= 1%, and on 90% / 94% of all).
@@ -202,6 +204,10 @@ class GGUFTarget(Target):
             w.add_key_value(key, val, t, sub_type=gguf.GGUFValueType[sub] if sub else None)
 
     # ---- runtime ------------------------------------------------------------------------------------------
+    def logits_engine(self, out_dir: str, files, ctx: int):
+        from ...plugins.llm.perplexity import llama_cpp_engine
+        return "llama.cpp", llama_cpp_engine(os.path.join(out_dir, FILE), ctx, threads=self.threads)
+
     def run_artifact(self, out_dir: str, feeds: Mapping[str, np.ndarray], input_names=None) -> list[np.ndarray]:
         from ...plugins.llm.perplexity import llama_cpp_engine
         ids = np.asarray(feeds["input_ids"])

@@ -60,7 +60,8 @@ class OpenVINOTarget(Target):
         ops=supported_ops(), fallback_ops=fallback_ops(),
         # not f64 (the CPU plugin computes it in f32: 1e300 came back as 3.4e38) nor u64 (computed in 32 bits)
         dtypes=frozenset({"f32", "f16", "i64", "i32", "i16", "i8", "u32", "u16", "u8", "bool"}), quant=_QUANT,
-        activation_quant=True, mixed=(4, 8))  # int4/int8 weight compression, as NNCF mixes them
+        activation_quant=True, mixed=(4, 8),  # int4/int8 weight compression, as NNCF mixes them
+        exact_division=False)  # the CPU plugin's Divide is not correctly rounded
     act_quant_policy: ClassVar[dict | None] = {
         "min_cosine": 0.999, "max_rel_err": 0.05,
         "description": "the CPU plugin runs FakeQuantize'd layers as int8 kernels with its own requantization "
@@ -131,6 +132,17 @@ class OpenVINOTarget(Target):
             cfg["INFERENCE_NUM_THREADS"] = int(self.threads)
         core = ov.Core()
         return core.compile_model(core.read_model(os.path.join(out_dir, "model.xml")), "CPU", cfg)
+
+    def logits_engine(self, out_dir: str, files, ctx: int):
+        """Logits of a language model's IR on the CPU plugin (f32 inference precision)."""
+        compiled = self.compile(out_dir)
+        req = compiled.create_infer_request()
+        out = compiled.outputs[0]
+
+        def run(tokens: np.ndarray) -> np.ndarray:
+            res = req.infer({"input_ids": np.asarray(tokens, np.int64)[None]})
+            return np.array(res[out])[0]
+        return "openvino", run
 
     def run_artifact(self, out_dir: str, feeds: Mapping[str, np.ndarray], input_names=None) -> list[np.ndarray]:
         compiled = self.compile(out_dir)

@@ -852,6 +852,10 @@ _FALLBACK_PROBLEMS = {
     "LSTM": _rnn_problem, "GRU": _rnn_problem, "RNN": _rnn_problem,
     "RoiAlign": lambda n: "mode=max" if n.attr("mode", "avg") == "max" else None,
     "SpaceToDepth": lambda n: "mode=CRD" if n.attr("mode", "DCR") == "CRD" else None,
+    # the frontend refuses these (decompose writes them out)
+    "Mod": lambda n: "fmod=0 of floats" if not int(n.attr("fmod", 0)) and n.inputs[0] is not None
+    and n.inputs[0].dtype is not None and n.inputs[0].dtype.is_float else None,
+    "Dropout": lambda n: "Dropout (the frontend's outputs do not match the node's)",
 }
 
 

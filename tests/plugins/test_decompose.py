@@ -259,6 +259,11 @@ NEW_RULES = {
     "CumProd_int": ([helper.make_node("CumProd", ["xi", "ax"], ["y"], exclusive=1, reverse=1)],
                     [_vi("xi", [3, 5], TensorProto.INT32)], [numpy_helper.from_array(np.array(1, np.int64), "ax")], 26),
     "Softplus_22": ([helper.make_node("Softplus", ["x"], ["y"])], [_vi("x", [3, 4])], (), 22),  # opset 18's body
+    # float scans accumulate in the reference's order (one element after another)
+    "CumProd_float": ([helper.make_node("CumProd", ["x", "ax"], ["y"], exclusive=1, reverse=1)], [_vi("x", [3, 5])],
+                      [numpy_helper.from_array(np.array(1, np.int64), "ax")], 26),
+    "CumSum_float": ([helper.make_node("CumSum", ["x", "ax"], ["y"])], [_vi("x", [6, 2])],
+                     [numpy_helper.from_array(np.array(0, np.int64), "ax")], 17),
 }
 
 

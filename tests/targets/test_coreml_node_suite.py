@@ -86,12 +86,15 @@ FP32 = [
     "test_reduce_prod_default_axes_keepdims_example",        # 479001600
     "test_tan",                                             # near a pole
     "test_dynamicquantizelinear_expanded",                  # its scale computed in fp16 moves a rounding
+    "test_cast_FLOAT_to_FLOAT8E4M3FN",                      # legalize-dtypes: encodings need float32 compute
+    "test_quantizelinear_uint4",
 ]
 REFUSED = [
     "test_maxpool_with_argmax_2d_precomputed_pads",         # the Indices output (KeyError before)
     "test_maxpool_2d_ceil_output_size_reduce_by_one",       # ONNX drops a window MIL keeps (wrong shape before)
     "test_unsqueeze_three_axes",                            # rank 6: Core ML has rank <= 5
     "test_training_dropout",
+    "test_cast_FLOAT16_to_FLOAT8E5M2",                       # encodings refused under fp16 compute
 ]
 
 

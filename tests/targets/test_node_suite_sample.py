@@ -39,8 +39,8 @@ CASES = {
     "test_layer_normalization_4d_axis1": "pass",
     "test_batchnorm_example": "pass",
     "test_batchnorm_example_training_mode": "refused",
-    "test_cast_FLOAT_to_FLOAT4E2M1": "refused",
-    "test_cast_FLOAT_to_FLOAT8E4M3FN": "refused",
+    "test_cast_FLOAT_to_FLOAT4E2M1": "pass",                # legalize-dtypes (raw AttributeError before)
+    "test_cast_FLOAT_to_FLOAT8E4M3FN": "pass",
     "test_max_example": "pass",
     "test_min_one_input": "pass",
     "test_maxpool_with_argmax_2d_precomputed_pads": "refused",
@@ -79,6 +79,20 @@ CASES = {
     "test_rotary_embedding": "pass",                         # an empty pass-through part eliminated
     "test_if": "pass",                                       # run-time cond: both branches and Where
     "test_scan9_sum": "pass",                                # unrolled
+    # element types held in storage types (legalize-dtypes), exact conversions
+    "test_cast_no_saturate_FLOAT16_to_FLOAT8E5M2FNUZ": "pass",
+    "test_cast_e8m0_FLOAT_to_FLOAT8E8M0": "pass",
+    "test_castlike_BFLOAT16_to_FLOAT_expanded": "pass",
+    "test_dequantizelinear_int4": "pass",
+    "test_quantizelinear_e4m3fn": "pass",
+    "test_quantizelinear_blocked_asymmetric": "pass",        # TVM's converter refuses blocks: decomposed
+    # more rules: training optimizers, Dropout's mask, linear maps measured on the reference
+    "test_adam_multiple": "pass",
+    "test_nesterov_momentum": "pass",
+    "test_dropout_default_mask": "pass",
+    "test_dft_irfft_opset19": "pass",
+    "test_col2im_dilations": "pass",
+    "test_dft_inverse": "refused",                           # cancellation noise: not reproducible
 }
 
 

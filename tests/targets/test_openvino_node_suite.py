@@ -68,12 +68,20 @@ PASS = [
     "test_resize_downsample_scales_linear_antialias",       # a map per axis
     "test_lstm_batchwise",                                  # unrolled
     "test_spacetodepth_crd_mode_example",
+    # element types held in storage types, training optimizers, Dropout's mask, measured linear maps
+    "test_cast_FLOAT_to_FLOAT4E2M1",                        # AttributeError, then refused, before
+    "test_castlike_FLOAT8E5M2_to_FLOAT16_expanded",
+    "test_dequantizelinear_e4m3fn_zero_point",
+    "test_adagrad_multiple",
+    "test_dropout_default_mask",
+    "test_dft_rfft",
 ]
 REFUSED = [
     "test_batchnorm_example_training_mode",                 # KeyError before
     "test_maxpool_with_argmax_2d_precomputed_strides",      # column-major indices
-    "test_cast_FLOAT_to_FLOAT4E2M1",                        # AttributeError before
     "test_dynamicquantizelinear",
+    "test_quantizelinear_int4",                             # the CPU plugin's Divide is not correctly rounded
+    "test_mod_float32_mixed_sign_fmod_0",
     "test_max_float64",                                     # computed in f32 by the CPU plugin
 ]
 
