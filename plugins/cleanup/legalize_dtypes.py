@@ -328,8 +328,8 @@ def _dequantize(r: _Rewriter, n: Node, lacking: set[DType]) -> list[Value] | Non
     y = n.outputs[0]
     if x is None or scale is None or x.dtype is None or y.dtype is None or scale.dtype is None:
         return None
-    if x.dtype not in lacking and _int_range(x.dtype) is None:
-        return None
+    if x.dtype not in lacking and (_int_range(x.dtype) is None or x.dtype in EMULATED):
+        return None  # (an emulated type this pass left as it is is not rewritten on its storage)
     axis, block = int(n.attr("axis", 1)), int(n.attr("block_size", 0))
     xf = _to_f32(r, x, x.dtype)
     s = _broadcast_param(r, scale, x, axis, block)
@@ -355,7 +355,7 @@ def _quantize(r: _Rewriter, n: Node, lacking: set[DType]) -> list[Value] | None:
     y = n.outputs[0]
     if x is None or scale is None or y.dtype is None or x.dtype not in (DType.FLOAT32, DType.FLOAT16):
         return None
-    if y.dtype not in lacking and _int_range(y.dtype) is None:
+    if y.dtype not in lacking and (_int_range(y.dtype) is None or y.dtype in EMULATED):
         return None
     if target_arithmetic() != (True, True):  # round(x / scale) turns on the quotient's last bit
         return None

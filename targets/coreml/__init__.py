@@ -168,8 +168,9 @@ class CoreMLTarget(Target):
         m.user_defined_metadata["edgec.precision"] = self.precision
         m.user_defined_metadata["edgec.output_dtypes"] = ",".join(o.dtype.numpy.name for o in model.graph.outputs)
         m.user_defined_metadata["edgec.output_ranks"] = ",".join(str(o.rank) for o in model.graph.outputs)
-        from ... import __version__
-        m.user_defined_metadata["edgec.version"] = __version__  # per-layer reports go to manifest.json
+        # the installed distribution's version (the same as edgec.__version__, which pyproject reads): the edgec
+        # package itself belongs to the driver layer
+        m.user_defined_metadata["edgec.version"] = _edgec_version()  # per-layer reports go to manifest.json
         path = os.path.join(out_dir, "model.mlpackage")
         if os.path.exists(path):
             shutil.rmtree(path)
@@ -240,6 +241,14 @@ def check_package(path: str, model: Model, compressed: dict[str, str], precision
             raise UnsupportedError(f"weight {wname!r} does not decode to the IR's weight from the saved package "
                                    f"({opname})")
     return len(compressed)
+
+
+def _edgec_version() -> str:
+    from importlib.metadata import PackageNotFoundError, version
+    try:
+        return version("edgec")
+    except PackageNotFoundError:
+        return "unknown"
 
 
 @hookimpl
