@@ -245,9 +245,15 @@ def _float_mod(r: _Rewriter, n: Node, opset: int) -> list[Value] | None:
         return None
     m = r.op("Mod", [x, y], fmod=1)
     zero = r.const(0.0, x)
-    differ = r.op("Xor", [r.op("Less", [m, zero]), r.op("Less", [y, zero])])
-    fix = r.op("And", [differ, r.op("Not", [r.op("Equal", [m, zero])])])
-    return [r.op("Where", [fix, r.op("Add", [m, y]), m])]
+    negative_y = r.op("Less", [y, zero])
+    differ = r.op("Xor", [r.op("Less", [m, zero]), negative_y])
+    is_zero = r.op("Equal", [m, zero])
+    fix = r.op("And", [differ, r.op("Not", [is_zero])])
+    out = r.op("Where", [fix, r.op("Add", [m, y]), m])
+    # a zero remainder takes the divisor's sign (numpy: copysign(0, y)); 0 * sign(y), as a Where between +0 and -0
+    # constants is folded to one of them (onnxruntime takes them for equal)
+    signed_zero = r.op("Mul", [zero, r.op("Sign", [y])])
+    return [r.op("Where", [is_zero, signed_zero, out])]
 
 
 @rule("Dropout")

@@ -47,7 +47,7 @@ def _matrix(op: str, attrs: dict, inputs: list, opset: int, item: tuple[int, ...
     """The matrix W (inputs x outputs) of ``op`` on one item of input ``k`` shaped ``item`` (a batch axis of 1
     first), and the item's output shape (batch axis dropped); checked on a random item."""
     size = int(np.prod(item))
-    if size * size > MAX_ELEMENTS * 64:
+    if size * size > MAX_ELEMENTS:  # the basis alone is size x size (checked before it is built)
         return None
     basis = np.eye(size, dtype=np.float64).reshape((size, *item[1:]))
     out = _reference(op, attrs, inputs, k, opset, basis)

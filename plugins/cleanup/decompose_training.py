@@ -1,6 +1,7 @@
 """decompose rules for the optimizer ops of ``ai.onnx.preview.training``: Adagrad, Adam and Momentum (standard and
-Nesterov), one update per optimized tensor, written out as onnx's reference writes them (float32 arithmetic; the
-iteration count ``T`` may be a run-time input: its ``T > 0`` branches become Where).
+Nesterov), one update per optimized tensor, written out as onnx's reference writes them, in float32 (the reference
+promotes the terms built from ``T`` and the attributes to float64, so the last bit of an update may differ: agreement
+within float rounding); the iteration count ``T`` may be a run-time input: its ``T > 0`` branches become Where.
 """
 
 from __future__ import annotations

@@ -206,7 +206,10 @@ def _encode_float(r: _Rewriter, x: Value, dst: DType, saturate: bool, round_mode
     """``dst`` codes (storage) of float32 ``x`` (None on a target that does not compute float32 in float32)."""
     if not target_arithmetic()[0]:
         return None
-    tab = encode_table(dst, saturate, round_mode)
+    try:
+        tab = encode_table(dst, saturate, round_mode)
+    except (ValueError, AssertionError, KeyError):  # an attribute value the reference does not take
+        return None
     a = r.op("Abs", [x])
     zero = r.const(np.float32(0))
     neg = r.op("Less", [x, zero])
@@ -254,7 +257,7 @@ def _to_f32(r: _Rewriter, x: Value, src: DType) -> Value | None:
         return r.op("Cast", [x], to=F32)
     if src in EMULATED:
         return _decode(r, x, src, DType.FLOAT32)
-    if src in (DType.INT8, DType.UINT8, DType.INT16, DType.UINT16, DType.INT32):  # exact: Sub / Mul of the reference
+    if src in (DType.INT8, DType.UINT8, DType.INT16, DType.UINT16):  # every value exactly
         return r.op("Cast", [x], to=F32)
     return None
 
@@ -308,6 +311,8 @@ def _broadcast_param(r: _Rewriter, p: Value, x: Value, axis: int, block: int) ->
     if xs is None:
         return None
     axis = axis + len(xs) if axis < 0 else axis
+    if not 0 <= axis < len(xs):
+        return None
     if not block:
         if len(shape) != 1:
             return None
@@ -321,35 +326,49 @@ def _broadcast_param(r: _Rewriter, p: Value, x: Value, axis: int, block: int) ->
 
 
 def _dequantize(r: _Rewriter, n: Node, lacking: set[DType]) -> list[Value] | None:
-    """(x - zero point) * scale in float32, cast to the output type, as the reference computes it; ``x`` stored
-    as its storage type where its type is in ``lacking``."""
+    """(x - zero point) * scale in float32, cast to the output type, as the reference computes it; values of a
+    type in ``lacking`` (x, the zero point, the scale, the output) are held in its storage type. The zero point
+    of a float8 must be 0; a float4's is ignored, as the reference ignores it."""
     x, scale = n.inputs[0], n.inputs[1]
     zp = n.inputs[2] if len(n.inputs) > 2 else None
     y = n.outputs[0]
     if x is None or scale is None or x.dtype is None or y.dtype is None or scale.dtype is None:
         return None
-    if x.dtype not in lacking and (_int_range(x.dtype) is None or x.dtype in EMULATED):
+    integer = _int_range(x.dtype) is not None or x.dtype == DType.INT32
+    if x.dtype not in lacking and (not integer or x.dtype in EMULATED):
         return None  # (an emulated type this pass left as it is is not rewritten on its storage)
-    axis, block = int(n.attr("axis", 1)), int(n.attr("block_size", 0))
-    xf = _to_f32(r, x, x.dtype)
-    s = _broadcast_param(r, scale, x, axis, block)
-    if xf is None or s is None:
+    if any(d in EMULATED and d not in lacking for d in (scale.dtype, y.dtype)):
         return None
-    if zp is not None and (_int_range(x.dtype) is not None or x.dtype == DType.FLOAT4E2M1):
+    axis, block = int(n.attr("axis", 1)), int(n.attr("block_size", 0))
+    # int32 -> float32 rounds as the reference's astype(float32) does
+    xf = r.op("Cast", [x], to=F32) if x.dtype == DType.INT32 else _to_f32(r, x, x.dtype)
+    s = _broadcast_param(r, scale, x, axis, block)
+    sf = None if s is None else _to_f32(r, s, scale.dtype)
+    if xf is None or sf is None:
+        return None
+    if zp is not None and integer:
         z = _broadcast_param(r, zp, x, axis, block)
-        zf = None if z is None else _to_f32(r, z, zp.dtype)
+        zf = None if z is None or zp.dtype is None else (
+            r.op("Cast", [z], to=F32) if zp.dtype == DType.INT32 else _to_f32(r, z, zp.dtype))
         if zf is None:
             return None
         xf = r.op("Sub", [xf, zf])
-    elif zp is not None and not (zp.is_const and not np.asarray(zp.const.numpy()).astype(np.float32).any()):
+    elif zp is not None and x.dtype != DType.FLOAT4E2M1 and not (
+            zp.is_const and not np.asarray(zp.const.numpy()).astype(np.float32).any()):
         return None  # a float8 zero point must be 0 (the reference refuses any other)
-    out = r.op("Mul", [xf, s if scale.dtype == DType.FLOAT32 else r.op("Cast", [s], to=F32)])
-    return [out if y.dtype == DType.FLOAT32 else r.op("Cast", [out], to=y.dtype.onnx)]
+    out = r.op("Mul", [xf, sf])
+    if y.dtype == DType.FLOAT32:
+        return [out]
+    if y.dtype in EMULATED:
+        enc = convert(r, out, DType.FLOAT32, y.dtype)
+        return None if enc is None else [enc]
+    return [r.op("Cast", [out], to=y.dtype.onnx)]
 
 
 def _quantize(r: _Rewriter, n: Node, lacking: set[DType]) -> list[Value] | None:
-    """saturate(round_half_even(x / scale) + zero point) for an integer type, the reference's Cast of x / scale
-    for a float8 / float4 one; the result stored as its storage type where its type is in ``lacking``."""
+    """saturate(round_half_even(x / scale) + zero point) for an integer type (NaN: the type's minimum, as the
+    reference), the reference's Cast of x / scale for a float8 / float4 one; the result stored as its storage type
+    where its type is in ``lacking``."""
     x, scale = n.inputs[0], n.inputs[1]
     zp = n.inputs[2] if len(n.inputs) > 2 else None
     y = n.outputs[0]
@@ -371,12 +390,14 @@ def _quantize(r: _Rewriter, n: Node, lacking: set[DType]) -> list[Value] | None:
     if rng is not None:
         lo, hi = rng
         f = r.op("Round", [q if x.dtype == DType.FLOAT32 else r.op("Cast", [q], to=F32)])
-        f = r.op("Where", [r.op("IsNaN", [f]), r.const(np.float32(lo)), f])  # NaN: int32's minimum, clipped
         if z is not None:
             zf = _to_f32(r, z, zp.dtype)
             if zf is None:
                 return None
             f = r.op("Add", [f, zf])
+        # NaN becomes the type's minimum, as the reference's int32 cast (its minimum, plus the zero point, clipped)
+        # gives; beyond the range, the spec's saturation (the reference's int32 cast of such values is undefined)
+        f = r.op("Where", [r.op("IsNaN", [f]), r.const(np.float32(lo)), f])
         f = r.op("Min", [r.op("Max", [f, r.const(np.float32(lo))]), r.const(np.float32(hi))])
         return [r.op("Cast", [f], to=y.dtype.storage.onnx)]
     f = q if x.dtype == DType.FLOAT32 else r.op("Cast", [q], to=F32)
@@ -450,7 +471,7 @@ class LegalizeDtypes(Pass):
     def _run(self, model: Model, dtypes: frozenset[str]) -> bool:
         lacking = {d for d in EMULATED if d.short not in dtypes}
         g = model.graph
-        nodes = [n for n in g if not n.domain and _touches(n, lacking)]
+        nodes = [n for n in g if _touches(n, lacking)]
         if not nodes and not any(v.dtype in lacking for v in list(g.inputs) + list(g.outputs)):
             return False
         # groups of emulated values joined by the nodes that touch them
@@ -478,7 +499,9 @@ class LegalizeDtypes(Pass):
         bad: set[int] = set()
         for root, members in groups.items():
             for n in members:
-                if n.op_type in MOVEMENT:
+                if n.domain:  # edgec's own ops (fused Gelu, Linear, ...) compute on their inputs
+                    bad.add(root)
+                elif n.op_type in MOVEMENT:
                     data = n.inputs[:1] if n.op_type not in ("Concat",) else n.inputs
                     if any(v is not None and id(v) in values for v in n.inputs if v not in data):
                         bad.add(root)  # an emulated index / shape input

@@ -148,3 +148,101 @@ def test_float8_round_trip_on_other_targets(tmp_path, target):
     want = _reference_cast(x, DType.FLOAT8E4M3FNUZ, True, "up").view(np.uint8)
     assert np.array_equal(y.view(np.uint8)[~np.isnan(x)], want[~np.isnan(x)])
     assert json.loads(json.dumps(res.manifest["inputs"]))[0]["dtype"] == "f32"
+
+
+# ------------------------------------------------------------------------------------------------ IR level
+def _legalized(model: onnx.ModelProto, feeds: dict):
+    """The pass on the imported model (no target: every such type legalized), run by the reference executor
+    on stored inputs; outputs read back as their model types."""
+    from edgec.ir import ReferenceExecutor, from_onnx, infer_shapes
+    from edgec.ir.dtypes import storage_map
+    from edgec.ir.passes import PassContext
+    from edgec.plugins.cleanup.legalize_dtypes import LegalizeDtypes
+    m = from_onnx(model)
+    infer_shapes(m)
+    LegalizeDtypes().run(m, PassContext())
+    stored = storage_map(m.metadata)
+    res = ReferenceExecutor(m).run({k: to_storage(v) if k in stored else v for k, v in feeds.items()})
+    return m, [from_storage(res[o.name], stored[o.name]) if o.name in stored else res[o.name] for o in m.graph.outputs]
+
+
+def _one(node, ins, outs, inits=(), opset=23):
+    return helper.make_model(helper.make_graph([node], "g", ins, outs, list(inits)),
+                             opset_imports=[helper.make_opsetid("", opset)])
+
+
+REVIEW_CASES = {
+    # a bfloat16 scale is decoded from its bits (it was multiplied as the bits' value)
+    "dq_int4_bf16_scale": (
+        _one(helper.make_node("DequantizeLinear", ["w", "s"], ["y"], axis=0, output_dtype=T.FLOAT),
+             [helper.make_tensor_value_info("w", T.INT4, [2, 2])], [helper.make_tensor_value_info("y", T.FLOAT, [2, 2])],
+             [onnx.numpy_helper.from_array(np.array([0.5, 0.25], ml_dtypes.bfloat16), "s")]),
+        {"w": np.array([[1, -2], [3, 4]], ml_dtypes.int4)}),
+    # the reference ignores a float4 zero point
+    "dq_float4_zero_point": (
+        _one(helper.make_node("DequantizeLinear", ["x", "s", "z"], ["y"]),
+             [helper.make_tensor_value_info("x", T.FLOAT4E2M1, [2])], [helper.make_tensor_value_info("y", T.FLOAT, [2])],
+             [onnx.numpy_helper.from_array(np.array(1.0, np.float32), "s"),
+              onnx.numpy_helper.from_array(np.array(1.0, ml_dtypes.float4_e2m1fn), "z")], 21),
+        {"x": np.array([1, 2], ml_dtypes.float4_e2m1fn)}),
+    # NaN quantizes to the type's minimum whatever the zero point (the reference's int32 minimum, clipped)
+    "q_nan_with_zero_point": (
+        _one(helper.make_node("QuantizeLinear", ["x", "s", "z"], ["y"]),
+             [helper.make_tensor_value_info("x", T.FLOAT, [3])], [helper.make_tensor_value_info("y", T.INT4, [3])],
+             [onnx.numpy_helper.from_array(np.array(1.0, np.float32), "s"),
+              onnx.numpy_helper.from_array(np.array(3, ml_dtypes.int4), "z")], 21),
+        {"x": np.array([np.nan, -2.5, 1.5], np.float32)}),
+}
+
+
+@pytest.mark.parametrize("name", sorted(REVIEW_CASES))
+def test_conversions_match_the_reference(name):
+    from onnx.reference import ReferenceEvaluator
+    model, feeds = REVIEW_CASES[name]
+    with np.errstate(invalid="ignore"):
+        want = ReferenceEvaluator(model).run(None, feeds)
+    _, got = _legalized(model, feeds)
+    for g, w in zip(got, want):
+        assert np.array_equal(np.asarray(g).astype(np.float32), np.asarray(w).astype(np.float32)), (g, w)
+
+
+def test_edgec_ops_on_an_emulated_type_leave_it_for_the_check():
+    """A fused edgec op (here Gelu on bfloat16) computes on its input: the value is not turned into its bits."""
+    from edgec.ir import from_onnx, infer_shapes
+    from edgec.ir.passes import PassContext
+    from edgec.plugins.cleanup import FuseGelu
+    from edgec.plugins.cleanup.legalize_dtypes import LegalizeDtypes
+    nodes = [helper.make_node("Gelu", ["x"], ["g"]), helper.make_node("Cast", ["g"], ["y"], to=T.FLOAT)]
+    model = helper.make_model(helper.make_graph(nodes, "g", [helper.make_tensor_value_info("x", T.BFLOAT16, [4])],
+                                                [helper.make_tensor_value_info("y", T.FLOAT, [4])]),
+                              opset_imports=[helper.make_opsetid("", 20)])
+    m = from_onnx(model)
+    infer_shapes(m)
+    FuseGelu().run(m, PassContext())
+    LegalizeDtypes().run(m, PassContext())
+    assert m.graph.inputs[0].dtype == DType.BFLOAT16  # left as it is: the target's check names bf16
+
+
+def test_float_mod_fmod0_is_numpys_remainder():
+    from edgec.ir import executor, from_onnx
+    from edgec.plugins.cleanup.decompose import Decompose
+    import types
+
+    from edgec.ir.passes import PassContext
+    from edgec.target import Capabilities
+    from tests.plugins.test_decompose import CORE
+    # a target taking Mod with fmod=1 only
+    tgt = types.SimpleNamespace(capabilities=Capabilities(ops=CORE | {"Mod", "Xor", "Sign"}),
+                                accepts_node=lambda n, m: n.op_type in CORE | {"Mod", "Xor", "Sign"} and not (
+                                    n.op_type == "Mod" and not n.attr("fmod", 0)))
+    model = _one(helper.make_node("Mod", ["a", "b"], ["y"], fmod=0),
+                 [helper.make_tensor_value_info(n, T.FLOAT, [4]) for n in "ab"],
+                 [helper.make_tensor_value_info("y", T.FLOAT, [4])], (), 17)
+    m = from_onnx(model)
+    assert Decompose().run(m, PassContext(target=tgt))
+    a, b = np.array([-4, 4, -3, 3], np.float32), np.array([2, -2, 2, -2], np.float32)
+    got = executor.run(m, {"a": a, "b": b})["y"]
+    want = np.mod(a, b)
+    # (the zeros' signs, copysign(0, b), are not checked here: onnxruntime's Where returns -0.0 as +0.0)
+    assert np.array_equal(got, want)
+    assert any(n.op_type == "Sign" for n in m.graph)
