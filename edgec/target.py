@@ -69,8 +69,8 @@ class Capabilities:
                     o is not None and o.dtype is None for o in n.outputs):
                 to = n.attr("to", n.attr("output_dtype"))
                 name = onnx_type_name(to) if isinstance(to, int) else "an element type"
-                out.append(f"node {n.name!r}: {n.op_type} to {name}, which edgec has no dtype for (float8, float4, "
-                           "int2, ...), is not supported")
+                out.append(f"node {n.name!r}: {n.op_type} to {name}, which edgec has no dtype for (FLOAT6E2M3, "
+                           "FLOAT6E3M2, ...), is not supported")
         for v in model.graph.values():
             if v.dtype is not None and v.dtype.short not in self.dtypes and not v.is_const:
                 out.append(f"value {v.name!r}: dtype {v.dtype.short} is not supported by this target")

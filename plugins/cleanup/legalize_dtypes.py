@@ -38,7 +38,7 @@ import numpy as np
 import onnx
 
 from ...ir import DType, Model, Node, Tensor, Value, infer_shapes
-from ...ir.dtypes import STORAGE_KEY, from_storage, to_storage
+from ...ir.dtypes import STORAGE_KEY, code_range, from_storage, to_storage
 from ...ir.passes import Pass, PassContext
 from .decompose import Decompose, _Rewriter, rewriting_for, rule, target_arithmetic
 
@@ -263,11 +263,9 @@ def _to_f32(r: _Rewriter, x: Value, src: DType) -> Value | None:
 
 
 def _int_range(d: DType) -> tuple[int, int] | None:
-    if d in _INTS:
-        return (-(1 << (d.bits - 1)), (1 << (d.bits - 1)) - 1) if d in (DType.INT4, DType.INT2) else (0, (1 << d.bits) - 1)
-    if d in (DType.INT8, DType.UINT8, DType.INT16, DType.UINT16):
-        info = np.iinfo(d.numpy)
-        return int(info.min), int(info.max)
+    """The value range of an integer type of at most 16 bits (the quantized types), or None."""
+    if d in _INTS or d in (DType.INT8, DType.UINT8, DType.INT16, DType.UINT16):
+        return code_range(d.bits, d.numpy.kind == "i")
     return None
 
 
