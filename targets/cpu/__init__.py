@@ -20,7 +20,7 @@ from ...hookspecs import hookimpl
 from ...ir import Model, Node, QuantizedTensor
 from ...ir.passes import PassContext, option
 from ...target import Artifact, Capabilities, Target
-from .relax_builder import FALLBACK_OPS, RelaxBuilder, pack_codes, refuse_variant, supported_ops, vector_arrays
+from ...api.relax import FALLBACK_OPS, RelaxBuilder, pack_codes, refuse_variant, supported_ops, vector_arrays
 
 _TRIPLES = {"x86_64": "x86_64-linux-gnu", "aarch64": "aarch64-linux-gnu"}
 _QUANT = frozenset({(s, b) for s in ("symmetric", "asymmetric", "affine") for b in range(2, 9)}

@@ -23,12 +23,12 @@ from typing import ClassVar
 
 import numpy as np
 
+from ...api.relax import FALLBACK_OPS, LOWERINGS, refuse_variant
 from ...errors import UnsupportedError
 from ...hookspecs import hookimpl
 from ...ir import Model, Node
 from ...ir.passes import PassContext, option
 from ...target import Artifact, Capabilities, Target
-from ..cpu.relax_builder import FALLBACK_OPS, LOWERINGS, refuse_variant
 
 HERE = os.path.dirname(os.path.abspath(__file__))
 ARCHS = ("v67", "v68", "v69", "v73", "v75")
@@ -132,7 +132,7 @@ def plan_arena(temps: list[_Tensor], align: int = 128) -> int:
     return size
 
 
-# Ops the cpu builder lowers through TVM's Relax ONNX converters (cpu's FALLBACK_OPS) that were checked to
+# Ops edgec.api.relax lowers through TVM's Relax ONNX converters (its FALLBACK_OPS) that were checked to
 # compile and run right for Hexagon under qemu on onnx's node suite (benchmarks/coverage.py --targets hexagon):
 # every case holding one of them (646 with the new dtypes), none wrong. Resize half_pixel_symmetric and
 # RMSNormalization over every axis fail in TVM's build and are refused by check(). Left out: Compress, CumSum,

@@ -1,6 +1,6 @@
 """Lowering of a model's integer ops (:mod:`edgec.ir.integer`) to the HVX kernels of :mod:`.qkernels`.
 
-``HexagonBuilder`` is the ``cpu`` target's Relax builder plus one hook: each :class:`IntOp` becomes
+``HexagonBuilder`` is the Relax builder of :mod:`edgec.api.relax` plus one hook: each :class:`IntOp` becomes
 
 * a *prep* kernel (TE, fused by TVM with whatever float ops precede it) that quantizes the float input into
   the activation layout, unless the producer already wrote the codes there (a requantizing epilogue);
@@ -16,7 +16,7 @@ import numpy as np
 
 from ...ir import Node
 from ...ir.integer import IntOp, plan
-from ..cpu.relax_builder import RelaxBuilder, _safe
+from ...api.relax import RelaxBuilder, safe_name
 from .qkernels import LEFT, ConvSpec, Layout, conv_kernel, float_conv_kernel, float_linear_kernel
 
 
@@ -120,7 +120,7 @@ class HexagonBuilder(RelaxBuilder):
             geo = _conv_geometry(c)
         kh, kw, s, pt, pl, _, _, oh, ow = geo
         pi, pf = epilogue_consts(c)
-        name = f"q{len(self.kernels)}_{_safe(n.name)}"
+        name = f"q{len(self.kernels)}_{safe_name(n.name)}"
         dst = self.layouts[id(c.fused)] if c.fused is not None else None
         spec = ConvSpec(name, src, c.cout, kh, kw, s, pt, pl, oh, ow, depthwise=c.kind == "dwconv", dst=dst,
                         float_shape=tuple(int(d) for d in n.outputs[0].static_shape), linear=c.kind == "linear",
@@ -199,7 +199,7 @@ class HexagonBuilder(RelaxBuilder):
         bp = np.zeros(npad, np.float32)
         if b is not None:
             bp[:N] = np.asarray(b.const.numpy(), np.float32).reshape(-1)
-        name = f"f{len(self.kernels)}_{_safe(n.name)}"
+        name = f"f{len(self.kernels)}_{safe_name(n.name)}"
         gv = self.bb.add_func(float_linear_kernel(M, K, N, lanes), name)
         self.kernels.append(name)
         xf = self.emit(relax.op.reshape(self.get(x), [M, K]))
@@ -237,7 +237,7 @@ class HexagonBuilder(RelaxBuilder):
         if b is not None:
             bp[:O] = np.asarray(b.const.numpy(), np.float32).reshape(-1)
         pads = [int(p) for p in n.attr("pads", [0, 0, 0, 0])]
-        name = f"f{len(self.kernels)}_{_safe(n.name)}"
+        name = f"f{len(self.kernels)}_{safe_name(n.name)}"
         f = float_conv_kernel(C, int(xs[2]), int(xs[3]), O, KH, KW, st[0], (pads[0], pads[1]), int(ys[2]),
                               int(ys[3]), lanes)
         gv = self.bb.add_func(f, name)

@@ -9,7 +9,7 @@ import pytest
 from edgec import ir
 from edgec.ir import QuantizedTensor
 from edgec.targets.cpu import CpuTarget
-from edgec.targets.cpu.relax_builder import pack_codes
+from edgec.api.relax import pack_codes
 
 from target_models import VECTOR_CASES, decode_model, linear_model, lowering_zoo, quantize_rtn, vector_tensor
 
@@ -156,7 +156,7 @@ def test_schedules_are_really_applied():
     import tvm
     from tvm.relax.backend.cpu_generic import pipeline as cg
 
-    from edgec.targets.cpu.relax_builder import RelaxBuilder
+    from edgec.api.relax import RelaxBuilder
     from edgec.targets.cpu.schedule import schedule_pass
     rng = np.random.default_rng(0)
     g = ir.Graph()

@@ -105,8 +105,8 @@ def suite(node_suite):
 def test_fallback_ops_are_tvm_converters():
     from tvm.relax.frontend.onnx.onnx_frontend import _get_convert_map
 
+    from edgec.api.relax import FALLBACK_OPS, supported_ops
     from edgec.targets.cpu import CpuTarget
-    from edgec.targets.cpu.relax_builder import FALLBACK_OPS, supported_ops
     assert FALLBACK_OPS <= set(_get_convert_map())
     assert CpuTarget.capabilities.fallback_ops == FALLBACK_OPS - supported_ops()
     assert CpuTarget.capabilities.accepts("Tile") and not CpuTarget.capabilities.accepts("BitShift")

@@ -1,18 +1,26 @@
-"""edgec IR -> TVM Relax, built directly with ``relax.BlockBuilder`` (not TVM's ONNX importer).
+"""edgec IR -> TVM Relax: the lowering library every TVM-based target builds on (``cpu``, ``hexagon``, a vendor's).
 
-Shapes must be static (the compiler fixes input shapes before lowering). Quantized ``edgec::Linear``
-weights stay packed integer constants (int4 two per byte) and are dequantized inside the generated
-matmul kernel, which is written in TE so dequantization and accumulation are one loop nest; vector-quantized
-weights stay indices + codebooks, gathered from the codebook inside the matmul.
+A target gets from here what it needs to turn a model into a Relax ``IRModule`` and then compiles that its own
+way (its TVM target, its passes, its runtime): :class:`RelaxBuilder` (one model -> a ``main`` function, with
+the hook :meth:`RelaxBuilder.lower_special` for a target's own kernels), ``LOWERINGS`` (the native lowering of
+every op the library computes exactly; ``supported_ops()``), ``FALLBACK_OPS`` and :func:`refuse_variant` (the
+ops, and the variants of them, lowered through TVM's own Relax ONNX converters as measured right),
+:func:`pack_codes` and :func:`vector_arrays` (how quantized weights are stored), and :func:`safe_name`.
+
+The Relax is built directly with ``relax.BlockBuilder`` (not TVM's ONNX importer). Shapes must be static (the
+compiler fixes input shapes before lowering). Quantized ``edgec::Linear`` weights stay packed integer constants
+(int4 two per byte) and are dequantized inside the generated matmul kernel, which is written in TE so
+dequantization and accumulation are one loop nest; vector-quantized weights stay indices + codebooks, gathered
+from the codebook inside the matmul.
 """
 
 from __future__ import annotations
 
 import numpy as np
 
-from ...errors import UnsupportedError
-from ...ir import DType, Model, Node, QuantizedTensor, Value
-from ...target import Lowerings
+from ..errors import UnsupportedError
+from ..ir import DType, Model, Node, QuantizedTensor, Value
+from ..target import Lowerings
 
 LOWERINGS = Lowerings()
 lowering = LOWERINGS.register
@@ -35,7 +43,7 @@ def supported_ops() -> frozenset[str]:
 # for another domain's op of the same name (com.microsoft Attention, BiasGelu, FastGelu, ...), and sequence /
 # optional ops (the IR holds tensors only); EyeLike, OneHot and RMSNormalization, which the decompose pass writes
 # exactly (a constant, a compare and select, onnx's body) where TVM's converters need constant parameters or
-# fail on axis 0. Variants measured wrong are refused by _FALLBACK_VARIANTS.
+# fail on axis 0. Variants measured wrong are refused by refuse_variant.
 FALLBACK_OPS: frozenset[str] = frozenset({
     "Acos", "Acosh", "AffineGrid", "ArgMax", "ArgMin", "Asin", "Asinh", "Atan", "Atanh", "BitwiseAnd", "BitwiseNot",
     "BitwiseOr", "BitwiseXor", "CastLike", "Ceil", "Compress", "ConstantOfShape", "ConvTranspose", "Cos", "Cosh",
@@ -87,7 +95,7 @@ def tvm_fallback(b: RelaxBuilder, n: Node) -> list:
     from tvm import relax
     from tvm.relax.frontend.onnx import onnx_frontend as tvm_onnx
 
-    from ...ir.onnx_io import attribute_proto
+    from ..ir.onnx_io import attribute_proto
     where = f"node {n.name!r}: {n.qualified_op} (opset {b.model.opset}) through TVM's ONNX converter"
     conv = tvm_onnx._get_convert_map().get(n.op_type) if n.domain in ("", "ai.onnx") else None
     if conv is None:
@@ -271,7 +279,7 @@ class RelaxBuilder:
             shape = v.static_shape
             if shape is None:
                 raise UnsupportedError(f"input {v.name!r} has a dynamic shape {v.shape}; fix it with --input-shape")
-            var = relax.Var(_safe(v.name), relax.TensorType(list(shape), v.dtype.numpy.name))
+            var = relax.Var(safe_name(v.name), relax.TensorType(list(shape), v.dtype.numpy.name))
             params.append(var)
             self.env[id(v)] = var
             pending_inputs.append(v)
@@ -302,7 +310,9 @@ def _first_line(e: BaseException) -> str:
     return text if len(text) <= 300 else text[:297] + "..."
 
 
-def _safe(name: str) -> str:
+def safe_name(name: str) -> str:
+    """``name`` as an identifier for generated code (Relax variables, kernel and C symbol names): every
+    character other than a letter, a digit or ``_`` becomes ``_``; an empty name becomes ``v``."""
     return "".join(ch if ch.isalnum() or ch == "_" else "_" for ch in name) or "v"
 
 
@@ -315,9 +325,10 @@ def _op():
 _BINARY = {"Add": "add", "Sub": "subtract", "Mul": "multiply", "Div": "divide", "Pow": "power", "Equal": "equal",
            "Less": "less", "Greater": "greater", "And": "logical_and"}
 _VARIADIC = {"Max": "maximum", "Min": "minimum"}
-_UNARY = {"Relu": ("nn", "relu"), "Sigmoid": ("", "sigmoid"), "Tanh": None, "Exp": ("", "exp"),
-          "Sqrt": ("", "sqrt"), "Erf": ("", "erf"), "Neg": ("", "negative"), "Abs": ("", "abs"), "Log": ("", "log"),
-          "Reciprocal": None, "Not": ("", "logical_not")}
+# (namespace of relax.op, function); Tanh and Reciprocal have lowerings of their own below
+_UNARY: dict[str, tuple[str, str]] = {
+    "Relu": ("nn", "relu"), "Sigmoid": ("", "sigmoid"), "Exp": ("", "exp"), "Sqrt": ("", "sqrt"), "Erf": ("", "erf"),
+    "Neg": ("", "negative"), "Abs": ("", "abs"), "Log": ("", "log"), "Not": ("", "logical_not")}
 
 
 @lowering(*_BINARY)
@@ -433,7 +444,7 @@ def _variadic(b: RelaxBuilder, n: Node):
     return b.emit(y)
 
 
-@lowering(*[k for k, v in _UNARY.items() if v is not None])
+@lowering(*_UNARY)
 def _unary(b: RelaxBuilder, n: Node):
     ns, fn = _UNARY[n.op_type]
     mod = _op().nn if ns == "nn" else _op()
