@@ -16,9 +16,9 @@ from collections.abc import Callable, Sequence
 import numpy as np
 
 from ...errors import UnsupportedError
+from . import toolchain
 
 _DL = {"uint8": "kDLUInt, 8", "int8": "kDLInt, 8", "int32": "kDLInt, 32", "float32": "kDLFloat, 32"}
-HERE = os.path.dirname(os.path.abspath(__file__))
 
 
 def build(func, inputs: Sequence[np.ndarray], outputs: Sequence[tuple[tuple, str]], work: str, *,
@@ -27,8 +27,8 @@ def build(func, inputs: Sequence[np.ndarray], outputs: Sequence[tuple[tuple, str
     in ``work``; returns the runner's path. Also leaves ``kernel.s`` (the assembly) there."""
     import tvm
 
-    from . import HexagonTarget, _tools
-    tools = _tools()
+    from . import HexagonTarget
+    tools = toolchain.find_tools()
     os.makedirs(work, exist_ok=True)
     t = HexagonTarget(arch=arch, hvx=hvx)
     with tvm.transform.PassContext(config={"tirx.disable_assert": True}):
@@ -46,6 +46,22 @@ def build(func, inputs: Sequence[np.ndarray], outputs: Sequence[tuple[tuple, str
         f.write(blob)
     with open(os.path.join(work, "data.S"), "w") as f:
         f.write('.section .rodata.edgec_data,"a"\n.p2align 7\n.globl edgec_data\nedgec_data:\n.incbin "data.bin"\n')
+    main_c = _main_c(inputs, outputs, offs)
+    with open(os.path.join(work, "main.c"), "w") as f:
+        f.write(main_c)
+    cflags = t.cflags(ws_bytes=65536)
+    for src, obj in (("data.S", "data.o"), ("main.c", "main.o"), (toolchain.RUNTIME_C, "rt.o")):
+        toolchain.run([tools["clang"], *cflags, "-c", src, "-o", obj], f"compiling {os.path.basename(src)}",
+                      cwd=work)
+    toolchain.run([tools["ld.lld"], "-static", "-e", "_start", "-o", "runner", "main.o", "rt.o", "kernel.o",
+                   "data.o"], "linking the kernel runner", cwd=work)
+    toolchain.check_symbols(tools, os.path.join(work, "runner"), allowed=frozenset(), what="the kernel runner")
+    return os.path.join(work, "runner")
+
+
+def _main_c(inputs: Sequence[np.ndarray], outputs: Sequence[tuple[tuple, str]], offs: list[int]) -> str:
+    """The runner's C: calls the kernel once on the embedded inputs (at ``offs`` in ``edgec_data``), writes its
+    outputs (each 128-byte aligned) to stdout and exits with its return code."""
     total = sum(int(np.prod(s)) * np.dtype(d).itemsize for s, d in outputs)
     specs = [(a.shape, str(a.dtype)) for a in inputs] + [(tuple(s), d) for s, d in outputs]
     c = ["#include <tvm/ffi/c_api.h>", "extern const unsigned char edgec_data[];",
@@ -73,15 +89,7 @@ def build(func, inputs: Sequence[np.ndarray], outputs: Sequence[tuple[tuple, str
                  f"a[{i}].zero_padding = 0; a[{i}].v_ptr = &t[{i}];")
     c.append(f"  ret.type_index = 0; int rc = __tvm_ffi_kern(0, a, {len(specs)}, &ret);")
     c.append(f"  sys3(64, 1, (long)outb, {out_off}); sys3(93, rc, 0, 0); for (;;) {{}} }}")
-    with open(os.path.join(work, "main.c"), "w") as f:
-        f.write("\n".join(c) + "\n")
-    cflags = t.cflags(ws_bytes=65536)
-    for src, obj in (("data.S", "data.o"), ("main.c", "main.o"), (os.path.join(HERE, "runtime.c"), "rt.o")):
-        t._run([tools["clang"], *cflags, "-c", src, "-o", obj], f"compiling {os.path.basename(src)}", cwd=work)
-    t._run([tools["ld.lld"], "-static", "-e", "_start", "-o", "runner", "main.o", "rt.o", "kernel.o", "data.o"],
-           "linking the kernel runner", cwd=work)
-    t._check_symbols(tools, os.path.join(work, "runner"), allowed=frozenset(), what="the kernel runner")
-    return os.path.join(work, "runner")
+    return "\n".join(c) + "\n"
 
 
 def run(runner: str, outputs: Sequence[tuple[tuple, str]]) -> list[np.ndarray]:

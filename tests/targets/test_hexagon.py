@@ -13,7 +13,8 @@ pytest.importorskip("tvm")
 from edgec import ir  # noqa: E402
 from edgec.errors import UnsupportedError  # noqa: E402
 from edgec.ir.passes import PassContext  # noqa: E402
-from edgec.targets.hexagon import HexagonTarget, plan_arena, _Tensor  # noqa: E402
+from edgec.targets.hexagon import HexagonTarget, toolchain  # noqa: E402
+from edgec.targets.hexagon.planning import PlannedTensor, plan_arena, workspace_bytes  # noqa: E402
 
 if not (shutil.which("clang") and shutil.which("ld.lld")):
     pytest.skip("clang and ld.lld are needed (apt-get install clang lld)", allow_module_level=True)
@@ -47,7 +48,7 @@ def _emit_run(m, tmp_path, **opts):
 
 
 def test_arena_never_overlaps_live_tensors():
-    ts = [_Tensor(f"t{i}", [n], "float32", "temp", first=a, last=b)
+    ts = [PlannedTensor(f"t{i}", [n], "float32", "temp", first=a, last=b)
           for i, (n, a, b) in enumerate([(100, 0, 2), (50, 1, 3), (300, 2, 4), (100, 3, 5), (10, 4, 4)])]
     size = plan_arena(ts, align=4)
     for p in ts:
@@ -95,15 +96,13 @@ def test_example_models_run_under_qemu_at_fp32(name, tmp_path):
 
 
 def test_missing_runtime_symbol_is_a_build_error(tmp_path):
-    from edgec.targets.hexagon import _tools
-    t = HexagonTarget()
     src = tmp_path / "k.c"
     src.write_text("extern float cbrtf(float); float k(float x) { return cbrtf(x); }\n")
     obj = tmp_path / "k.o"
     subprocess.run(["clang", "--target=hexagon-unknown-linux-musl", "-mcpu=hexagonv67", "-c", str(src), "-o",
                     str(obj)], check=True)
     with pytest.raises(UnsupportedError, match="cbrtf"):
-        t._check_symbols(_tools(), str(obj), allowed=frozenset({"memset"}), what="the kernels")
+        toolchain.check_symbols(toolchain.find_tools(), str(obj), allowed=frozenset({"memset"}), what="the kernels")
 
 
 def test_v73_is_compile_only(tmp_path):
@@ -131,10 +130,9 @@ def test_weight_quantized_models_run_exactly_under_qemu(pipe, max_ratio, tiny_cn
 
 
 def test_without_qemu_the_artifact_is_built_and_verify_says_it_did_not_run(tiny_cnn_path, tmp_path, monkeypatch):
-    import edgec.targets.hexagon as hexagon_target
     from edgec.compiler import compile as compile_model
     real_which = shutil.which
-    monkeypatch.setattr(hexagon_target.shutil, "which", lambda t: None if t == "qemu-hexagon" else real_which(t))
+    monkeypatch.setattr(shutil, "which", lambda t: None if t == "qemu-hexagon" else real_which(t))
     r = compile_model(tiny_cnn_path, "hexagon", "", str(tmp_path / "a"), verify=True)
     v = r.manifest["verification"]
     assert not v["ran"] and "qemu-hexagon is not installed" in v["summary"] and "apt-get install qemu-user" in v["summary"]
@@ -149,14 +147,52 @@ def test_weight_only_int8_resnet18_fits_its_workspace(tmp_path):
     from target_models import export_example
 
     from edgec.compiler import compile as compile_model
-    from edgec.targets.hexagon import _alloc_buffers
-    assert list(_alloc_buffers('w = T.sblock_alloc_buffer((T.int64(512), T.int64(512), T.int64(3), T.int64(3)))\n'
-                               'c = T.alloc_buffer((T.int64(16),), "int8")')) == \
-        [("T.int64(512), T.int64(512), T.int64(3), T.int64(3)", "float32"), ("T.int64(16),", "int8")]
     r = compile_model(export_example("resnet18", tmp_path / "m.onnx"), "hexagon", "quantize{bits=8}",
                       str(tmp_path / "a"), verify=True, use_cache=False)
     v = r.manifest["verification"]
     assert v["ran"] and v["passed"], v["summary"]
+
+
+def _kernel(name, intermediates):
+    """A PrimFunc whose root block allocates one buffer per (shape, dtype) of ``intermediates``."""
+    from tvm import te
+    a = te.placeholder((8,), "float32", name="a")
+
+    def stage(k, shape, dt):  # an intermediate buffer (k's "m") and the output computed from it
+        m = te.compute(shape, lambda *i: a[0].astype(dt), name=f"m{k}")
+        return te.compute(shape, lambda *i: m(*i), name=f"o{k}")
+    outs = [stage(k, shape, dt) for k, (shape, dt) in enumerate(intermediates)]
+    return te.create_prim_func([a, *outs]).with_attr("global_symbol", name)
+
+
+def test_workspace_is_sized_from_the_kernels_tir_buffers():
+    """The static workspace is the largest kernel's sum of the global buffers it allocates (each rounded up to
+    128 bytes), read from the TIR: a 512x512x3x3 weight dequantized to float32 needs 9.4 MB; at least 1 MiB;
+    local buffers (the HVX kernels' accumulators) live on the stack; a symbolic shape is refused."""
+    import tvm
+    from tvm import te
+    from tvm.script import tirx as T
+
+    @T.prim_func
+    def stack(a: T.Buffer((8,), "float32")):
+        g = T.alloc_buffer((300000,), "float32")
+        acc = T.alloc_local((300000,), "float32")
+        for i in range(8):
+            g[i] = a[i]
+            acc[i] = g[i] * T.float32(2)
+            a[i] = acc[i]
+    big = _kernel("big", [((512, 512, 3, 3), "float32")])
+    mixed = _kernel("mixed", [((300000,), "float32"), ((3,), "float16"), ((5,), "bool")])
+    assert workspace_bytes(tvm.IRModule({"big": big, "mixed": mixed})) == 512 * 512 * 9 * 4
+    assert workspace_bytes(tvm.IRModule({"mixed": mixed})) == 1200000 + 128 + 128
+    assert workspace_bytes(tvm.IRModule({"small": _kernel("small", [((3,), "int8")])})) == 1 << 20
+    assert workspace_bytes(tvm.IRModule({"stack": stack.with_attr("global_symbol", "stack")})) == 1200000
+    n = te.var("n")
+    a = te.placeholder((n, 4), "float32", name="a")
+    m = te.compute((n, 4), lambda i, j: a[i, j] * 2, name="m")
+    sym = te.create_prim_func([a, te.compute((n, 4), lambda i, j: m[i, j] + 1, name="o")])
+    with pytest.raises(UnsupportedError, match="kernel sym: buffer m has the symbolic shape"):
+        workspace_bytes(tvm.IRModule({"sym": sym.with_attr("global_symbol", "sym")}))
 
 
 def _ulps(got, want):
@@ -169,7 +205,6 @@ def _ulps(got, want):
 def _run_c_under_qemu(tmp_path, main_c: str, stdin: bytes) -> bytes:
     """Compile ``main_c`` (which gets ``sys3`` and ``rd(buf, n)``) with runtime.c for v67, run it under
     qemu-hexagon with ``stdin``; its stdout."""
-    from edgec.targets.hexagon import HERE, _tools
     (tmp_path / "t.c").write_text("""
 static long sys3(long n, long a, long b, long c) {
   register long r0 __asm__("r0") = a; register long r1 __asm__("r1") = b;
@@ -178,12 +213,11 @@ static long sys3(long n, long a, long b, long c) {
 static void rd(void *p, long n) { long d = 0; while (d < n) { long g = sys3(63, 0, (long)p + d, n - d);
   if (g <= 0) sys3(93, 9, 0, 0); d += g; } }
 """ + main_c)
-    tools = _tools()
-    t = HexagonTarget()
-    flags = t.cflags(ws_bytes=1024)
-    for s, o in (("t.c", "t.o"), (os.path.join(HERE, "runtime.c"), "rt.o")):
-        t._run([tools["clang"], *flags, "-c", s, "-o", o], "compiling", cwd=str(tmp_path))
-    t._run([tools["ld.lld"], "-static", "-e", "_start", "-o", "runner", "t.o", "rt.o"], "linking", cwd=str(tmp_path))
+    tools = toolchain.find_tools()
+    flags = HexagonTarget().cflags(ws_bytes=1024)
+    for s, o in (("t.c", "t.o"), (toolchain.RUNTIME_C, "rt.o")):
+        toolchain.run([tools["clang"], *flags, "-c", s, "-o", o], "compiling", cwd=str(tmp_path))
+    toolchain.run([tools["ld.lld"], "-static", "-e", "_start", "-o", "runner", "t.o", "rt.o"], "linking", cwd=str(tmp_path))
     r = subprocess.run([QEMU, str(tmp_path / "runner")], input=stdin, capture_output=True, timeout=300)
     assert r.returncode == 0, r.stderr
     return r.stdout
