@@ -77,7 +77,8 @@ def main() -> None:
     args = ap.parse_args()
     only = {tuple(x.split(":")) for x in args.only.split(",") if x}
     from edgec.plugins.llm.bundled import smollm2_path
-    from edgec.plugins.llm.perplexity import llama_cpp_engine, perplexity
+    from edgec.api.llama_cpp import llama_cpp_engine
+    from edgec.plugins.llm.perplexity import perplexity
     from edgec.plugins.llm.tokenizer import LlamaCppTokenizer
 
     work = tempfile.mkdtemp(prefix="edgec-llm-bench-")

@@ -85,7 +85,7 @@ def _warm_up(ir_path: str, calib) -> None:
     from scipy.linalg import blas, lapack
 
     from edgec import ir
-    from edgec.plugins.quantize.capture import Stream, trim_heap
+    from edgec.api.capture import Stream, trim_heap
     a = np.random.default_rng(0).standard_normal((256, 512)).astype(np.float32)
     h = blas.sgemm(1.0, a, a, trans_a=True)
     h[np.diag_indices(512)] += 1.0

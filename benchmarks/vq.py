@@ -41,7 +41,7 @@ COMMON = "head_bits=0,embedding_bits=0,samples=8"
 
 
 def linear_shapes(m) -> list[tuple[int, int]]:
-    from edgec.plugins.quantize.quantize import find_layers
+    from edgec.api.layers import find_layers
     return [tuple(l.weight.shape) for l in find_layers(m, ("edgec::Linear",), ".*", "") if l.role == "body"]
 
 

@@ -80,10 +80,35 @@ class Tensor:
         return f"Tensor({self.dtype.short}{list(self.shape)})"
 
 
-# (weights per block, bytes per block) of storage layouts whose size is not codes + float32 parameters.
-_LAYOUT_BLOCKS = {"gguf.Q4_0": (32, 18), "gguf.Q4_1": (32, 20), "gguf.Q5_0": (32, 22), "gguf.Q5_1": (32, 24),
-                  "gguf.Q8_0": (32, 34), "gguf.Q2_K": (256, 84), "gguf.Q3_K": (256, 110), "gguf.Q4_K": (256, 144),
-                  "gguf.Q5_K": (256, 176), "gguf.Q6_K": (256, 210), "gguf.IQ4_NL": (32, 18)}
+# (weights per block, bytes per block) of storage layouts whose size is not codes + float32 parameters, by
+# layout name. The IR knows no format: the module that defines one registers its layouts when imported (the GGUF
+# block types: ``edgec.api.gguf``, which the quantize passes and the gguf target import).
+_LAYOUT_BLOCKS: dict[str, tuple[int, int]] = {}
+
+
+def register_layout(name: str, block_elems: int, block_bytes: int) -> None:
+    """Declare the storage layout ``name`` (a :attr:`QuantizedTensor.layout`): every ``block_elems`` weights are
+    stored in ``block_bytes`` bytes. Registering the same numbers again is harmless; other numbers for a name
+    already registered are a ValueError."""
+    if not (isinstance(block_elems, int) and isinstance(block_bytes, int) and block_elems > 0 and block_bytes > 0):
+        raise ValueError(f"storage layout {name!r}: weights and bytes per block must be positive integers, got "
+                         f"{block_elems!r} and {block_bytes!r}")
+    old = _LAYOUT_BLOCKS.get(name)
+    if old is not None and old != (block_elems, block_bytes):
+        raise ValueError(f"storage layout {name!r} is registered as {old[0]} weights in {old[1]} bytes; it cannot "
+                         f"also be {block_elems} weights in {block_bytes} bytes")
+    _LAYOUT_BLOCKS[name] = (block_elems, block_bytes)
+
+
+def layout_block(name: str) -> tuple[int, int]:
+    """``(weights per block, bytes per block)`` of the registered storage layout ``name``."""
+    block = _LAYOUT_BLOCKS.get(name)
+    if block is None:
+        known = ", ".join(sorted(_LAYOUT_BLOCKS)) or "none"
+        raise ValueError(f"storage layout {name!r} is not registered, so the size of a tensor stored in it is unknown: "
+                         "the module defining a layout registers it with edgec.ir.tensor.register_layout when imported "
+                         f"(gguf.* layouts: import edgec.api.gguf). Registered: {known}")
+    return block
 
 
 def expand_blocks(param: np.ndarray, shape: tuple[int, ...]) -> np.ndarray:
@@ -159,11 +184,11 @@ class QuantizedTensor:
 
     @property
     def nbytes(self) -> int:
-        """Packed storage size: codes at ``bits`` each plus scales, zero points and codebook (for a GGUF
-        layout, the exact bytes of its blocks)."""
-        block = _LAYOUT_BLOCKS.get(self.layout or "")
-        if block is not None:
-            return int(np.prod(self.shape, dtype=np.int64)) // block[0] * block[1]
+        """Packed storage size: codes at ``bits`` each plus scales, zero points and codebook (for a tensor
+        with a ``layout``, the exact bytes of its blocks: :func:`register_layout`)."""
+        if self.layout:
+            elems, nbytes = layout_block(self.layout)
+            return int(np.prod(self.shape, dtype=np.int64)) // elems * nbytes
         n = (int(np.prod(self.codes.shape, dtype=np.int64)) * self.bits + 7) // 8
         for p in (self.scales, self.zero_points, self.codebook, self.offsets):
             if p is not None:

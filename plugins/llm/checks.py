@@ -28,7 +28,7 @@ DEFAULT_TOKENS = 32
 
 def generate(model: Model, prompts: list[str], tokens: int) -> list[str]:
     """Greedy continuations of ``prompts`` (text after the prompt) by ``model`` on the reference executor."""
-    from .decoder import LLMConfig
+    from ...api.llm import LLMConfig
     from .tokenizer import tokenizer_for
     tok = tokenizer_for(model)
     cfg = LLMConfig.from_model(model)

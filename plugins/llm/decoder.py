@@ -3,7 +3,8 @@
 One builder serves every LLM frontend (GGUF, Hugging Face folders): token embedding, RMSNorm, rotary
 position embeddings (rotate-half form, Hugging Face's row layout of the Q/K projections), grouped-query
 attention with a causal mask, SwiGLU MLP, tied or separate output head. Weights are named the way GGUF
-names them (``token_embd.weight``, ``blk.N.attn_q.weight`` ...), so targets and reports speak one naming.
+names them (``token_embd.weight``, ``blk.N.attn_q.weight`` ...), so targets and reports speak one naming;
+the configuration and that naming are the plugin API's language-model schema (:mod:`edgec.api.llm`).
 
 The graph takes ``input_ids [batch, seq]`` (int64) and returns ``logits [batch, seq, vocab]`` for every
 position: what perplexity evaluation and calibration need. Sequence length is free up to the context
@@ -12,93 +13,11 @@ length (the rotary tables have that many rows).
 
 from __future__ import annotations
 
-import dataclasses
-import json
-
 import numpy as np
 
+from ...api.llm import LLM_KEY, LLMConfig, expected_shape, weight_names
 from ...errors import UnsupportedError
 from ...ir import DType, Graph, Model, QuantizedTensor, Tensor, Value
-
-LLM_KEY = "edgec.llm"  # model.metadata key holding the LLMConfig as JSON
-ARCHS = ("llama", "mistral", "qwen2")
-
-
-MAX_DIM = 1 << 22  # no dimension of a real decoder (vocab, hidden, context, ...) comes near 4M
-
-
-@dataclasses.dataclass(frozen=True)
-class LLMConfig:
-    arch: str  # "llama" | "mistral" | "qwen2" (GGUF files of Mistral models say "llama")
-    vocab_size: int
-    hidden: int
-    intermediate: int
-    layers: int
-    heads: int
-    kv_heads: int
-    head_dim: int
-    rope_theta: float = 10000.0
-    rms_eps: float = 1e-5
-    context_length: int = 2048
-    tied_embeddings: bool = False
-    qkv_bias: bool = False
-    bos_token_id: int | None = None
-    eos_token_id: int | None = None
-    name: str = ""
-
-    def check(self) -> None:
-        problems = []
-        if self.arch not in ARCHS:
-            problems.append(f"architecture {self.arch!r} is not supported (supported: {', '.join(ARCHS)})")
-        if self.heads % max(self.kv_heads, 1):
-            problems.append(f"{self.heads} attention heads are not a multiple of {self.kv_heads} KV heads")
-        if self.head_dim % 2:
-            problems.append(f"head dimension {self.head_dim} is odd; rotary embeddings need it even")
-        for f in ("vocab_size", "hidden", "intermediate", "layers", "heads", "kv_heads", "head_dim", "context_length"):
-            if getattr(self, f) <= 0:
-                problems.append(f"{f} must be positive, got {getattr(self, f)}")
-            elif getattr(self, f) > MAX_DIM:  # a corrupt header must not make edgec allocate terabytes
-                problems.append(f"{f} = {getattr(self, f)} is beyond any real model (limit {MAX_DIM})")
-        if problems:
-            raise UnsupportedError("cannot build this language model:\n  " + "\n  ".join(problems))
-
-    def to_json(self) -> str:
-        return json.dumps(dataclasses.asdict(self), sort_keys=True)
-
-    @classmethod
-    def from_model(cls, model: Model) -> "LLMConfig | None":
-        raw = model.metadata.get(LLM_KEY)
-        return cls(**json.loads(raw)) if raw else None
-
-
-def weight_names(cfg: LLMConfig) -> list[str]:
-    """Every weight the decoder reads, in GGUF naming."""
-    names = ["token_embd.weight"]
-    for i in range(cfg.layers):
-        p = f"blk.{i}."
-        names += [p + "attn_norm.weight", p + "attn_q.weight", p + "attn_k.weight", p + "attn_v.weight",
-                  p + "attn_output.weight", p + "ffn_norm.weight", p + "ffn_gate.weight", p + "ffn_up.weight",
-                  p + "ffn_down.weight"]
-        if cfg.qkv_bias:
-            names += [p + "attn_q.bias", p + "attn_k.bias", p + "attn_v.bias"]
-    names.append("output_norm.weight")
-    if not cfg.tied_embeddings:
-        names.append("output.weight")
-    return names
-
-
-def expected_shape(cfg: LLMConfig, name: str) -> tuple[int, ...]:
-    h, hd = cfg.hidden, cfg.head_dim
-    last = name.split(".", 2)[-1] if name.startswith("blk.") else name
-    return {
-        "token_embd.weight": (cfg.vocab_size, h), "output.weight": (cfg.vocab_size, h), "output_norm.weight": (h,),
-        "attn_norm.weight": (h,), "ffn_norm.weight": (h,),
-        "attn_q.weight": (cfg.heads * hd, h), "attn_k.weight": (cfg.kv_heads * hd, h),
-        "attn_v.weight": (cfg.kv_heads * hd, h), "attn_output.weight": (h, cfg.heads * hd),
-        "attn_q.bias": (cfg.heads * hd,), "attn_k.bias": (cfg.kv_heads * hd,), "attn_v.bias": (cfg.kv_heads * hd,),
-        "ffn_gate.weight": (cfg.intermediate, h), "ffn_up.weight": (cfg.intermediate, h),
-        "ffn_down.weight": (h, cfg.intermediate),
-    }[last]
 
 
 def rope_tables(cfg: LLMConfig) -> tuple[np.ndarray, np.ndarray]:
@@ -203,23 +122,3 @@ def build_decoder(cfg: LLMConfig, weights: dict[str, Tensor | QuantizedTensor | 
     meta = dict(metadata or {})
     meta[LLM_KEY] = cfg.to_json()
     return Model(g, opset_imports={"": 18, "edgec": 1}, metadata=meta)
-
-
-# --------------------------------------------------------------------------------------- Q/K row layouts
-def _rows_perm(rows: int, n_head: int, to_gguf: bool) -> np.ndarray:
-    """Row order turning Hugging Face's rotate-half Q/K layout into GGUF's interleaved one (or back)."""
-    hd = rows // n_head
-    idx = np.arange(rows)
-    if to_gguf:  # llama.cpp convert: reshape(n, 2, hd/2).swapaxes(1, 2)
-        return idx.reshape(n_head, 2, hd // 2).swapaxes(1, 2).reshape(-1)
-    return idx.reshape(n_head, hd // 2, 2).swapaxes(1, 2).reshape(-1)
-
-
-def permute_rows(t: Tensor | QuantizedTensor | np.ndarray, n_head: int, to_gguf: bool):
-    """Reorder Q/K projection rows between layouts; exact for quantized tensors (codes and per-row
-    parameters move together)."""
-    perm = _rows_perm(t.shape[0], n_head, to_gguf)
-    if isinstance(t, QuantizedTensor):
-        return t.take_rows(perm)
-    arr = t.numpy() if isinstance(t, Tensor) else np.asarray(t)
-    return Tensor(np.ascontiguousarray(arr[perm]))

@@ -31,9 +31,10 @@ def _artifact(path: str) -> tuple[str, str] | None:
 def run(model_path: str, *, text: str | None, ctx: int, stride: int, max_tokens: int = 0, engine: str = "auto",
         prompt: str | None = None, max_new_tokens: int = 64, frontend: str | None = None,
         progress: bool = True) -> dict:
+    from ...api.llama_cpp import llama_cpp_engine, load_llama
     from ...compiler import load_model
-    from .perplexity import llama_cpp_engine, perplexity, reference_engine
-    from .tokenizer import LlamaCppTokenizer, load_llama, tokenizer_for
+    from .perplexity import perplexity, reference_engine
+    from .tokenizer import LlamaCppTokenizer, tokenizer_for
 
     art = _artifact(model_path)
     gguf_path = art[1] if art and art[0] == "gguf" else None
@@ -66,7 +67,7 @@ def run(model_path: str, *, text: str | None, ctx: int, stride: int, max_tokens:
         if max_tokens:
             ids = ids[:max_tokens]
         if model is not None:
-            from .decoder import LLMConfig
+            from ...api.llm import LLMConfig
             cfg = LLMConfig.from_model(model)
             if cfg is None:
                 raise UsageError(f"{model_path} is not a language model edgec imported (no LLM configuration)")
@@ -102,7 +103,7 @@ class CompileEvaluation:
     all on the same tokens and windows."""
 
     def __init__(self, model, text_path: str):
-        from .decoder import LLMConfig
+        from ...api.llm import LLMConfig
         from .tokenizer import tokenizer_for
         self.cfg = LLMConfig.from_model(model)
         if self.cfg is None:

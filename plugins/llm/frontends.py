@@ -8,13 +8,12 @@ from typing import ClassVar
 
 import numpy as np
 
+from ...api.llm import GGUF_KV_KEY, SOURCE_KEY, LLMConfig, expected_shape, permute_rows, weight_names
 from ...errors import BadInputError, UnsupportedError
 from ...frontend import Frontend
 from ...ir import Model, Tensor
-from .decoder import LLMConfig, build_decoder, expected_shape, permute_rows, weight_names
-from .gguf_io import GGUF_KV_KEY, config_from_gguf, dump_kv, kv_metadata, open_gguf, read_tensor
-
-SOURCE_KEY = "edgec.llm.source"  # "gguf:<path>" or "hf:<folder>": where the tokenizer comes from
+from .decoder import build_decoder
+from .gguf_io import config_from_gguf, dump_kv, kv_metadata, open_gguf, read_tensor
 
 
 class GGUFFrontend(Frontend):

@@ -10,10 +10,9 @@ import struct
 
 import numpy as np
 
+from ...api.llm import MAX_DIM, LLMConfig
 from ...errors import BadInputError, UnsupportedError
-from .decoder import LLMConfig
 
-GGUF_KV_KEY = "edgec.gguf.kv"  # model.metadata key: the source file's key/value metadata, for write-back
 # Keys describing the file itself or the architecture; the GGUF target writes these afresh.
 _REGENERATED = ("GGUF.", "general.architecture", "general.file_type", "general.quantization_version")
 
@@ -247,7 +246,6 @@ def _typed(reader, path: str, key: str, kind: str, default=_REQUIRED):
 def _dim(reader, path: str, key: str, default=_REQUIRED) -> int:
     """A model dimension: a positive integer no real model exceeds (a corrupt header must not make edgec
     allocate terabytes)."""
-    from .decoder import MAX_DIM
     v = _typed(reader, path, key, "int", default)
     if v <= 0:
         raise BadInputError(f"{path}: metadata {key!r} = {v} must be positive")

@@ -3,7 +3,9 @@
 Both engines score the same token windows the same way, so their numbers are comparable:
 
 * ``reference``: edgec's reference executor (onnxruntime) running the IR;
-* ``llama.cpp``: a GGUF file evaluated by llama.cpp through llama-cpp-python.
+* ``llama.cpp``: a GGUF file evaluated by llama.cpp through llama-cpp-python
+  (:func:`edgec.api.llama_cpp.llama_cpp_engine`; a compiled artifact's engine is its target's
+  :meth:`~edgec.target.Target.logits_engine`).
 
 Windows are ``ctx`` tokens long and start every ``stride`` tokens; the first window scores every
 prediction, later ones only the ``stride`` tokens not scored before (each scored token sees at least
@@ -92,19 +94,6 @@ def reference_engine(model):
 
     def run(tokens: np.ndarray) -> np.ndarray:
         return ex.run({"input_ids": np.asarray(tokens, np.int64)[None]})["logits"][0]
-    return run
-
-
-def llama_cpp_engine(gguf_path: str, ctx: int, threads: int = 0):
-    import os
-    from .tokenizer import load_llama
-    llm = load_llama(gguf_path, n_ctx=ctx, n_batch=ctx, n_ubatch=ctx, logits_all=True,
-                     n_threads=threads or os.cpu_count() or 1)
-
-    def run(tokens: np.ndarray) -> np.ndarray:
-        llm.reset()
-        llm.eval([int(t) for t in tokens])
-        return np.array(llm.scores[:len(tokens)], np.float32)
     return run
 
 

@@ -3,9 +3,9 @@ folders. Both run offline from the model's own files."""
 
 from __future__ import annotations
 
-import contextlib
 import os
 
+from ...api.llama_cpp import load_llama
 from ...errors import BadInputError, UnsupportedError
 from ...ir import Model
 
@@ -19,60 +19,6 @@ class Tokenizer:
 
     def decode(self, ids: list[int]) -> str:
         raise NotImplementedError
-
-
-@contextlib.contextmanager
-def _quiet_fd2():
-    """llama.cpp prints its loader log on the C-level stderr; keep the user's terminal clean."""
-    try:
-        fd = os.dup(2)
-    except OSError:
-        yield
-        return
-    with open(os.devnull, "w") as null:
-        os.dup2(null.fileno(), 2)
-        try:
-            yield
-        finally:
-            os.dup2(fd, 2)
-            os.close(fd)
-
-
-@contextlib.contextmanager
-def _no_extra_buffer_types(llama_cpp):
-    """Load with ``use_extra_bufts = False``: llama.cpp's CPU "extra" buffer types (AMX tiles, repacked
-    weights) are kernels of their own, and the AMX one segfaults in ggml_backend_amx_mul_mat on these machines
-    (Xeon with AMX under Firecracker; llama-cpp-python 0.3.36 built with GGML_NATIVE). The plain CPU kernels
-    compute the same model. llama-cpp-python does not expose the field, so its default params are wrapped for
-    the duration of the load."""
-    mod = llama_cpp.llama_cpp
-    orig = mod.llama_model_default_params
-
-    def params():
-        p = orig()
-        if hasattr(p, "use_extra_bufts"):
-            p.use_extra_bufts = False
-        return p
-    mod.llama_model_default_params = params
-    try:
-        yield
-    finally:
-        mod.llama_model_default_params = orig
-
-
-def load_llama(path: str, **kwargs):
-    """A ``llama_cpp.Llama`` for ``path``, with a clear error when llama-cpp-python is missing or the file
-    does not load."""
-    try:
-        import llama_cpp
-    except ImportError:
-        raise UnsupportedError("llama-cpp-python is not installed: pip install llama-cpp-python "
-                               "(it builds llama.cpp, about 10 minutes)") from None
-    try:
-        with _quiet_fd2(), _no_extra_buffer_types(llama_cpp):
-            return llama_cpp.Llama(model_path=path, verbose=False, **kwargs)
-    except Exception as e:  # noqa: BLE001 - llama_cpp raises ValueError/RuntimeError on load failures
-        raise BadInputError(f"llama.cpp could not load {path}: {e}") from None
 
 
 class LlamaCppTokenizer(Tokenizer):
@@ -118,8 +64,7 @@ class HFTokenizer(Tokenizer):
 
 def tokenizer_for(model: Model) -> Tokenizer:
     """The tokenizer of a model imported by an LLM frontend."""
-    from .decoder import LLMConfig
-    from .frontends import SOURCE_KEY
+    from ...api.llm import SOURCE_KEY, LLMConfig
     src = model.metadata.get(SOURCE_KEY, "")
     kind, _, path = src.partition(":")
     if not src:

@@ -115,7 +115,7 @@ class MixedPrecision(Pass):
     def choices(self, ctx: PassContext) -> list[int | str]:
         """The candidates the target can encode: GGUF types (``types=``, or those the target mixes natively), else
         ``bits=`` or the target's native mix (``Capabilities.mixed``), each checked against what it carries."""
-        from ..quantize import gguf_grids as gg
+        from ...api import gguf as gg
         target = ctx.target
         native_types = [b for b in (target.capabilities.mixed if target is not None else ())
                         if isinstance(b, str) and b in gg.TYPES]  # a target that mixes GGUF types (gguf)

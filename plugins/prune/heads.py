@@ -365,7 +365,7 @@ class PruneHeads(Pass):
     def _check_llm(model: Model, plan) -> None:
         """A language model's configuration states one head count for every layer: prune uniformly (and
         record the new counts) or refuse before anything changes."""
-        from ..llm.decoder import LLM_KEY, LLMConfig
+        from ...api.llm import LLM_KEY, LLMConfig
         cfg = LLMConfig.from_model(model)
         if cfg is None:
             return

@@ -23,11 +23,11 @@ from typing import ClassVar
 
 import numpy as np
 
+from ...api.capture import Stream
+from ...api.layers import find_layers, layer_rows
 from ...errors import UsageError
 from ...ir import Model, Sparsity, Tensor
 from ...ir.passes import Pass, PassContext, option
-from ..quantize.capture import Stream
-from ..quantize.quantize import find_layers, layer_rows
 
 REPORT_KEY = "edgec.prune"
 

@@ -66,7 +66,7 @@ def gptq(w2: np.ndarray, spec: GridSpec | None, h: np.ndarray, *, damp: float = 
     ``h`` is ``X^T X`` (float32). When ``perm`` is given, ``h`` is already in that column order and is
     consumed (factored in place): the caller must not use it afterwards. Memory: one K x K float32 buffer.
 
-    With ``grid`` (a fitted :class:`~.gguf_grids.Grid`, e.g. a GGUF block format) columns are quantized on
+    With ``grid`` (a fitted :class:`edgec.api.gguf.Grid`, e.g. a GGUF block format) columns are quantized on
     that grid instead of ``spec``'s, and the codes ``[out, K]`` are returned alone.
     """
     from scipy.linalg.blas import dger

@@ -32,12 +32,13 @@ from typing import ClassVar
 
 import numpy as np
 
+from ...api.layers import Layer, find_layers
 from ...errors import UsageError
 from ...ir import Model, QuantizedTensor
 from ...ir.passes import Pass, PassContext, option
 from ...ir.tensor import decode_vectors, pow2_int8, vector_index
 from .methods import inverse_hessian_factor
-from .quantize import Layer, find_layers, hessian, quad, quantize_layers, replace_weight
+from .quantize import hessian, quad, quantize_layers, replace_weight
 
 MAX_INDEX_BITS = 16
 KMEANS_SAMPLE = 32768  # vectors k-means fits a codebook on (at least 32 per entry); all are assigned after

@@ -21,13 +21,13 @@ from typing import ClassVar
 
 import numpy as np
 
+from ...api.gguf import FLOAT_TYPES
+from ...api.llama_cpp import llama_cpp_engine
+from ...api.llm import GGUF_KV_KEY, LLMConfig, permute_rows, weight_names
 from ...errors import UnsupportedError
 from ...hookspecs import hookimpl
 from ...ir import Model, QuantizedTensor, Tensor
 from ...ir.passes import Pass, PassContext, option
-from ...plugins.llm.decoder import LLMConfig, permute_rows
-from ...plugins.llm.gguf_io import GGUF_KV_KEY
-from ...plugins.quantize.gguf_grids import FLOAT_TYPES
 from ...target import Artifact, Capabilities, Target
 from .encode import EncodeError, encode
 
@@ -162,7 +162,6 @@ class GGUFTarget(Target):
     def _tensor_names(model: Model, cfg: LLMConfig) -> list[tuple[str, object]]:
         """(GGUF name, IR value) for every weight the decoder reads, found through the graph so passes may
         have renamed the constants (e.g. ``blk.0.attn_q.weight_q``)."""
-        from ...plugins.llm.decoder import weight_names
         out = []
         g = model.graph
         by_node = {n.name: n for n in g}
@@ -205,11 +204,9 @@ class GGUFTarget(Target):
 
     # ---- runtime ------------------------------------------------------------------------------------------
     def logits_engine(self, out_dir: str, files, ctx: int):
-        from ...plugins.llm.perplexity import llama_cpp_engine
         return "llama.cpp", llama_cpp_engine(os.path.join(out_dir, FILE), ctx, threads=self.threads)
 
     def run_artifact(self, out_dir: str, feeds: Mapping[str, np.ndarray], input_names=None) -> list[np.ndarray]:
-        from ...plugins.llm.perplexity import llama_cpp_engine
         ids = np.asarray(feeds["input_ids"])
         run = llama_cpp_engine(os.path.join(out_dir, FILE), ctx=max(int(ids.shape[1]), 8), threads=self.threads)
         return [np.stack([run(row) for row in ids])]

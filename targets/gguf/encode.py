@@ -9,8 +9,8 @@ from __future__ import annotations
 
 import numpy as np
 
+from ...api.gguf import TYPES, GGUFType
 from ...ir import QuantizedTensor
-from ...plugins.quantize.gguf_grids import TYPES, GGUFType
 
 QK_K = 256
 

@@ -5,6 +5,7 @@ import json
 import numpy as np
 import pytest
 
+from edgec.api.llm import SOURCE_KEY, LLMConfig, expected_shape, weight_names
 from edgec.calibration import CalibrationSet
 from edgec.checks import parse_checks
 from edgec.errors import UsageError
@@ -12,8 +13,7 @@ from edgec.host import host
 from edgec.ir.passes import PassContext, parse_pipeline
 from edgec.ir.serde import copy
 from edgec.plugins.llm.checks import generate, holds_json
-from edgec.plugins.llm.decoder import LLMConfig, build_decoder, expected_shape, weight_names
-from edgec.plugins.llm.frontends import SOURCE_KEY
+from edgec.plugins.llm.decoder import build_decoder
 
 # SmolLM2's tokenizer: 'x' is 104; '{"ok":1}' is '{"' 39428, 'ok' 2231, '":' 1799, '1' 33, '}' 109.
 CHAIN = [104, 39428, 2231, 1799, 33, 109, 2]

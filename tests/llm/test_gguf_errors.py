@@ -17,7 +17,7 @@ gguf = pytest.importorskip("gguf")
 
 from edgec.compiler import load_model  # noqa: E402
 from edgec.errors import BadInputError  # noqa: E402
-from edgec.plugins.llm.decoder import LLMConfig, expected_shape, weight_names  # noqa: E402
+from edgec.api.llm import LLMConfig, expected_shape, weight_names  # noqa: E402
 
 Q = gguf.GGMLQuantizationType
 V = gguf.GGUFValueType

@@ -6,11 +6,11 @@ import gguf
 import numpy as np
 import pytest
 
+from edgec.api.gguf import TYPES, quantize_matrix
+from edgec.api.llm import LLMConfig, permute_rows
 from edgec.ir import QuantizedTensor
 from edgec.ir.passes import PassContext, PassManager
-from edgec.plugins.llm.decoder import LLMConfig, permute_rows
 from edgec.plugins.llm.frontends import GGUFFrontend
-from edgec.plugins.quantize.gguf_grids import TYPES, quantize_matrix
 from edgec.plugins.quantize.quantize import Quantize
 from edgec.targets.gguf import FILE, GGUFTarget, RoundFloatWeights
 from edgec.targets.gguf.encode import EncodeError, encode
@@ -91,7 +91,7 @@ def test_target_refuses_non_gguf_quantization(tiny_gguf):
 
 
 def test_k_quant_fallback_matches_llama_cpp_rule():
-    from edgec.plugins.quantize.gguf_grids import resolve
+    from edgec.api.gguf import resolve
     assert resolve("Q4_K", 512) == ("Q4_K", "")
     assert resolve("Q4_K", 576)[0] == "Q5_0"
     assert resolve("Q3_K", 576)[0] == "IQ4_NL"
@@ -105,7 +105,7 @@ def test_qwen2_decoder_runs_in_llama_cpp(tmp_path, smol_kv):
     import torch
     import transformers as tf
     from edgec.plugins.llm.frontends import HFFrontend
-    from edgec.plugins.llm.gguf_io import GGUF_KV_KEY
+    from edgec.api.llm import GGUF_KV_KEY
     torch.manual_seed(0)
     hm = tf.Qwen2ForCausalLM(tf.Qwen2Config(
         vocab_size=49152, hidden_size=128, intermediate_size=256, num_hidden_layers=2, num_attention_heads=4,

@@ -10,7 +10,7 @@ import torch
 
 from edgec.errors import BadInputError, UnsupportedError
 from edgec.ir import ReferenceExecutor
-from edgec.plugins.llm.decoder import LLMConfig
+from edgec.api.llm import LLMConfig
 from edgec.plugins.llm.frontends import GGUFFrontend, HFFrontend
 
 

@@ -7,10 +7,11 @@ import numpy as np
 import pytest
 
 from edgec import ir
+from edgec.api.llm import LLM_KEY, LLMConfig, expected_shape, weight_names
 from edgec.errors import UsageError
 from edgec.host import host
 from edgec.ir.passes import PassContext, parse_pipeline
-from edgec.plugins.llm.decoder import LLM_KEY, LLMConfig, build_decoder, expected_shape, weight_names
+from edgec.plugins.llm.decoder import build_decoder
 from edgec.plugins.prune.heads import REPORT_KEY, find_blocks
 
 

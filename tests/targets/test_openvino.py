@@ -8,9 +8,9 @@ import numpy as np
 import pytest
 
 from edgec import ir
+from edgec.api import gguf as gg
 from edgec.errors import UnsupportedError
 from edgec.ir import QuantizedTensor
-from edgec.plugins.quantize import gguf_grids as gg
 from edgec.plugins.quantize import methods
 
 pytest.importorskip("openvino")

@@ -152,7 +152,7 @@ def test_conv_layers_quantize_with_gptq_via_im2col():
     ir.infer_shapes(m)
     calib = CalibrationSet([{"x": rng.standard_normal((1, 4, 8, 8)).astype(np.float32)} for _ in range(4)], "t")
     # im2col rows must reproduce the convolution exactly.
-    from edgec.plugins.quantize.quantize import Layer, layer_rows
+    from edgec.api.layers import Layer, layer_rows
     rows = layer_rows(Layer(m.graph.node("conv"), m.graph.initializers["w"], "body"), calib.samples[0]["x"])
     conv = ir.ReferenceExecutor(m, capture=["conv_out"]).run(calib.samples[0])["conv_out"]
     via = (rows @ m.graph.initializers["w"].numpy().reshape(8, -1).T).reshape(4, 4, 8).transpose(2, 0, 1)

@@ -7,6 +7,10 @@ the representable values: fp16 ``d``, integer sub-scales. The resulting :class:`
 per-sub-block float32 scales (and offsets) equal to the products llama.cpp's dequantizer computes, so
 ``QuantizedTensor.dequantize()`` is bit-identical to dequantizing the written file, and the GGUF target
 only packs bits (:mod:`edgec.targets.gguf.encode`).
+
+Shared by the quantize and mixed-precision passes (which fit the grids) and the ``gguf`` target (which packs
+them). Importing this module registers every type's storage layout (``gguf.<TYPE>``: weights and bytes per
+block) with the IR (:func:`edgec.ir.tensor.register_layout`), so :attr:`QuantizedTensor.nbytes` knows them.
 """
 
 from __future__ import annotations
@@ -15,7 +19,8 @@ import dataclasses
 
 import numpy as np
 
-from ...ir import QuantizedTensor
+from ..ir import QuantizedTensor
+from ..ir.tensor import register_layout
 
 IQ4_NL_VALUES = np.array([-127, -104, -83, -65, -49, -35, -22, -10, 1, 13, 25, 38, 53, 69, 89, 113], np.float32)
 
@@ -26,11 +31,17 @@ class GGUFType:
     family: str  # "sym" | "affine" | "ksym" | "kaffine" | "nl"
     bits: int
     block: int  # weights per stored block (the unit grids are fitted on)
+    block_bytes: int  # bytes per stored block in the file (gguf-py's GGML_QUANT_SIZES)
     sub: int  # weights per scale
     qmin: int
     qmax: int
     sc_min: int = 0  # K-quants: integer sub-scale range
     sc_max: int = 0
+
+    @property
+    def layout(self) -> str:
+        """The :attr:`QuantizedTensor.layout` of tensors on this type's grid."""
+        return f"gguf.{self.name}"
 
     @property
     def scheme(self) -> str:
@@ -39,18 +50,23 @@ class GGUFType:
 
 
 TYPES: dict[str, GGUFType] = {t.name: t for t in (
-    GGUFType("Q8_0", "sym", 8, 32, 32, -128, 127),
-    GGUFType("Q4_0", "sym", 4, 32, 32, -8, 7),
-    GGUFType("Q5_0", "sym", 5, 32, 32, -16, 15),
-    GGUFType("Q4_1", "affine", 4, 32, 32, 0, 15),
-    GGUFType("Q5_1", "affine", 5, 32, 32, 0, 31),
-    GGUFType("Q2_K", "kaffine", 2, 256, 16, 0, 3, 0, 15),
-    GGUFType("Q3_K", "ksym", 3, 256, 16, -4, 3, -32, 31),
-    GGUFType("Q4_K", "kaffine", 4, 256, 32, 0, 15, 0, 63),
-    GGUFType("Q5_K", "kaffine", 5, 256, 32, 0, 31, 0, 63),
-    GGUFType("Q6_K", "ksym", 6, 256, 16, -32, 31, -128, 127),
-    GGUFType("IQ4_NL", "nl", 4, 32, 32, 0, 15),
+    #        name    family  bits block bytes sub qmin qmax [sc_min sc_max]
+    GGUFType("Q8_0", "sym", 8, 32, 34, 32, -128, 127),
+    GGUFType("Q4_0", "sym", 4, 32, 18, 32, -8, 7),
+    GGUFType("Q5_0", "sym", 5, 32, 22, 32, -16, 15),
+    GGUFType("Q4_1", "affine", 4, 32, 20, 32, 0, 15),
+    GGUFType("Q5_1", "affine", 5, 32, 24, 32, 0, 31),
+    GGUFType("Q2_K", "kaffine", 2, 256, 84, 16, 0, 3, 0, 15),
+    GGUFType("Q3_K", "ksym", 3, 256, 110, 16, -4, 3, -32, 31),
+    GGUFType("Q4_K", "kaffine", 4, 256, 144, 32, 0, 15, 0, 63),
+    GGUFType("Q5_K", "kaffine", 5, 256, 176, 32, 0, 31, 0, 63),
+    GGUFType("Q6_K", "ksym", 6, 256, 210, 16, -32, 31, -128, 127),
+    GGUFType("IQ4_NL", "nl", 4, 32, 18, 32, 0, 15),
 )}
+for _t in TYPES.values():  # the IR sizes tensors on these grids by their blocks (QuantizedTensor.nbytes)
+    register_layout(_t.layout, _t.block, _t.block_bytes)
+del _t
+
 FLOAT_TYPES = ("F32", "F16", "BF16")
 # What llama.cpp's quantizer substitutes when a row length is not a multiple of 256 (llama-quant.cpp).
 K_FALLBACK = {"Q2_K": "IQ4_NL", "Q3_K": "IQ4_NL", "Q4_K": "Q5_0", "Q5_K": "Q5_1", "Q6_K": "Q8_0"}
@@ -119,7 +135,7 @@ class Grid:
             codes=codes.astype(dt), bits=t.bits, scheme=t.scheme, scales=self.scales.astype(np.float32),
             offsets=None if self.offsets is None else self.offsets.astype(np.float32), axis=0, group_size=t.sub,
             group_axis=1, codebook=IQ4_NL_VALUES.copy() if t.family == "nl" else None, method=method,
-            layout=f"gguf.{t.name}", layout_params=self.layout_params or None)
+            layout=t.layout, layout_params=self.layout_params or None)
 
 
 def nearest_nl(w2: np.ndarray, s: np.ndarray, chunk: int = 4096) -> np.ndarray:
@@ -143,7 +159,7 @@ def fit(w2: np.ndarray, t: GGUFType, clip: np.ndarray | float = 1.0) -> Grid:
     if t.family in ("sym", "nl"):
         mx = _signed_absmax(wb)[..., 0] * r[..., 0]  # [out, nb]
         if t.name == "Q8_0":
-            d = np.abs(mx) / 127.0
+            d: np.ndarray = np.abs(mx) / 127.0
         elif t.family == "nl":
             d = mx / -127.0
         else:

@@ -7,13 +7,16 @@ quantizing a 30-block decoder runs each block about once per layer group rather 
 whole prefix (quadratic) for every group. Weights quantized after a capture belong to nodes after its
 frontier, so the frontier stays valid; a pass that rewrites earlier ops (AWQ folding a scale into the
 preceding norm) calls :meth:`Stream.refresh`.
+
+Shared by the passes that need each layer's input on calibration data (quantize, pruning); :func:`trim_heap`
+and :func:`fix_mmap_threshold` keep such layer-by-layer passes from growing the process.
 """
 
 from __future__ import annotations
 
 import numpy as np
 
-from ...ir import Model, ReferenceExecutor, Value
+from ..ir import Model, ReferenceExecutor, Value
 
 
 def trim_heap() -> None:
@@ -52,7 +55,7 @@ class Stream:
         nodes = list(self.model.graph)
         pos = {id(n): i for i, n in enumerate(nodes)}
         k = pos[id(x.producer)]
-        later_reads = set()
+        later_reads: set[int] = set()
         for n in nodes[k + 1:]:
             later_reads.update(id(v) for v in n.inputs if v is not None)
         names = []

@@ -1,0 +1,86 @@
+"""llama.cpp, through llama-cpp-python: loading a GGUF file, and the logits of token sequences.
+
+A shared runtime: the LLM plugin runs llama.cpp for GGUF tokenizers, ``edgec eval`` of a GGUF file and chat
+replies; the ``gguf`` target for its artifacts' logits (:meth:`~edgec.target.Target.logits_engine`,
+``--verify``). Both load through :func:`load_llama`, which keeps llama.cpp's log off the terminal and stays on
+the plain CPU kernels.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+
+import numpy as np
+
+from ..errors import BadInputError, UnsupportedError
+
+
+@contextlib.contextmanager
+def _quiet_fd2():
+    """llama.cpp prints its loader log on the C-level stderr; keep the user's terminal clean."""
+    try:
+        fd = os.dup(2)
+    except OSError:
+        yield
+        return
+    with open(os.devnull, "w") as null:
+        os.dup2(null.fileno(), 2)
+        try:
+            yield
+        finally:
+            os.dup2(fd, 2)
+            os.close(fd)
+
+
+@contextlib.contextmanager
+def _no_extra_buffer_types(llama_cpp):
+    """Load with ``use_extra_bufts = False``: llama.cpp's CPU "extra" buffer types (AMX tiles, repacked
+    weights) are kernels of their own, and the AMX one segfaults in ggml_backend_amx_mul_mat on these machines
+    (Xeon with AMX under Firecracker; llama-cpp-python 0.3.36 built with GGML_NATIVE). The plain CPU kernels
+    compute the same model. llama-cpp-python does not expose the field, so its default params are wrapped for
+    the duration of the load."""
+    mod = llama_cpp.llama_cpp
+    orig = mod.llama_model_default_params
+
+    def params():
+        p = orig()
+        if hasattr(p, "use_extra_bufts"):
+            p.use_extra_bufts = False
+        return p
+    mod.llama_model_default_params = params
+    try:
+        yield
+    finally:
+        mod.llama_model_default_params = orig
+
+
+def load_llama(path: str, **kwargs):
+    """A ``llama_cpp.Llama`` for ``path``, with a clear error when llama-cpp-python is missing or the file
+    does not load."""
+    try:
+        import llama_cpp
+    except ImportError:
+        raise UnsupportedError("llama-cpp-python is not installed: pip install llama-cpp-python "
+                               "(it builds llama.cpp, about 10 minutes)") from None
+    try:
+        with _quiet_fd2(), _no_extra_buffer_types(llama_cpp):
+            return llama_cpp.Llama(model_path=path, verbose=False, **kwargs)
+    except Exception as e:  # noqa: BLE001 - llama_cpp raises ValueError/RuntimeError on load failures
+        raise BadInputError(f"llama.cpp could not load {path}: {e}") from None
+
+
+def llama_cpp_engine(gguf_path: str, ctx: int, threads: int = 0):
+    """``run(tokens) -> logits [len(tokens), vocab]`` (float32) of a GGUF file on llama.cpp, for windows of up to
+    ``ctx`` tokens, each evaluated from an empty context."""
+    llm = load_llama(gguf_path, n_ctx=ctx, n_batch=ctx, n_ubatch=ctx, logits_all=True,
+                     n_threads=threads or os.cpu_count() or 1)
+
+    def run(tokens: np.ndarray) -> np.ndarray:
+        llm.reset()
+        llm.eval([int(t) for t in tokens])
+        return np.array(llm.scores[:len(tokens)], np.float32)
+    return run
+
+
+__all__ = ["llama_cpp_engine", "load_llama"]
