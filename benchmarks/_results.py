@@ -69,7 +69,8 @@ def smollm2_bench(work: str, max_samples: int, seq_len: int):
     m = load_model(smollm2_path())
     reg = host().passes.as_dict()
     ctx = PassContext(config={"seed": 0},
-                      calibration=load_calibration(calib_txt, m, seed=0, max_samples=max_samples, seq_len=seq_len))
+                      calibration=load_calibration(calib_txt, m, seed=0, max_samples=max_samples, seq_len=seq_len),
+                      passes=reg, checks=host().checks.as_dict())
     PassManager(parse_pipeline(DEFAULT_CLEANUP, reg)).run(m, ctx)
     base = os.path.join(work, "base")
     save(m, base)

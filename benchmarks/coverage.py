@@ -327,13 +327,8 @@ def _run_edgec(case_dir: str, target: str, work: str) -> tuple[str, str]:
         return "refused", f"{type(e).__name__}: {_shorten(str(e).replace(path, 'model.onnx'))}"
     except Exception as e:  # noqa: BLE001 - a raw exception (or edgec's internal error) is what this counts
         return "crash", f"compile: {type(e).__name__}: {_shorten(str(e).replace(path, 'model.onnx'))}{_where(e)}"
-    from edgec.ir.dtypes import DType, from_storage, to_storage
-    stored_in = {e["name"] for e in res.manifest.get("inputs", []) if e.get("stored_as")}
-    feeds = {k: to_storage(v) if k in stored_in else v for k, v in feeds.items()}  # the artifact's own I/O types
     try:
-        got = tgt.run_artifact(res.output_dir, feeds, names)
-        got = [from_storage(g, DType(e["dtype"])) if e.get("stored_as") else g
-               for g, e in zip(got, res.manifest.get("outputs", []))] + list(got)[len(res.manifest.get("outputs", [])):]
+        got = tgt.run_model_types(res.output_dir, feeds, res.manifest, names)
     except refusals as e:
         return "refused", f"run: {type(e).__name__}: {_shorten(e)}"
     except Exception as e:  # noqa: BLE001

@@ -210,22 +210,47 @@ def _evict(e: str) -> None:
 
 
 # ---------------------------------------------------------------------------------------------- serving
-def serve(model: str, target: str, pipeline: str, output: str | None, *, cache_dir: str | None,
-          calib: str | None, input_shapes: Mapping[str, str] | None, verify: bool, tolerance: float,
-          cleanup: bool, seed: int, frontend: str | None, eval_text: str | None = None,
-          force: bool = False, keep_failed: bool = False, extra_options: Mapping[str, Any] | None = None,
-          progress: Callable[[str], None] | None = None) -> tuple[str | None, str | None, CompileResult | None]:
+@dataclasses.dataclass(frozen=True)
+class Lookup:
+    """A compile's output directory, the inputs it must never overwrite, and its place in the cache."""
+
+    output: str
+    inputs: tuple[str, ...]
+    cache_dir: str | None = None   # None with key: this compile is not cached (no usable cache, an unkeyable input)
+    key: str | None = None
+    hit: CompileResult | None = None  # the result, its output already copied into place
+
+
+def lookup_compile(model: str | None, target: str, pipeline: str, output: str | None, options: Mapping[str, Any], *,
+                   use_cache: bool = True, progress: Callable[[str], None] | None = None) -> Lookup:
+    """The one cache lookup of a compile (``edgec compile`` makes it before the compiler or any plugin loads): the
+    output directory (by default beside the model), checked to be edgec's to replace and to hold none of the inputs;
+    then, with ``use_cache`` and a model file, the compile served from the cache if this exact one is there.
+    ``options``: the compile's keyword options (cache_dir, calib, input_shapes, verify, tolerance, cleanup, seed,
+    frontend, eval_text, force, min_cosine, min_top1)."""
+    out = os.path.normpath(os.fspath(output)) if output else default_output(model, target.split("{", 1)[0].strip())
+    inputs = protected_inputs(out, model, options.get("calib"), options.get("eval_text"))
+    check_output(out, inputs, bool(options.get("force", False)))
+    if not use_cache or model is None or not os.path.exists(model):
+        return Lookup(out, inputs)
+    cdir, k, hit = _serve(model, target, pipeline, out, inputs, options, progress)
+    return Lookup(out, inputs, cdir, k, hit)
+
+
+def _serve(model: str, target: str, pipeline: str, output: str, inputs: tuple[str, ...], o: Mapping[str, Any],
+           progress: Callable[[str], None] | None) -> tuple[str | None, str | None, CompileResult | None]:
     """(cache dir, key, the result if this exact compile is cached: its output copied into place). The
     cache dir and key are None when this compile cannot be cached (no usable cache, an unkeyable input)."""
-    cdir = cache_dir or default_dir()
+    cdir = o.get("cache_dir") or default_dir()
     if not prepare_root(cdir):
         return None, None, None
-    opts = {"target": target, "pipeline": pipeline, "cleanup": cleanup,
-            "input_shapes": sorted((input_shapes or {}).items()), "verify": verify, "tolerance": tolerance,
-            "seed": seed, "frontend": frontend,
+    calib, eval_text = o.get("calib"), o.get("eval_text")
+    opts = {"target": target, "pipeline": pipeline, "cleanup": o.get("cleanup", True),
+            "input_shapes": sorted((o.get("input_shapes") or {}).items()), "verify": o.get("verify", False),
+            "tolerance": o.get("tolerance"), "seed": o.get("seed", 0), "frontend": o.get("frontend"),
             "calib": None if calib is None else "file" if os.path.exists(calib) else calib,
             "eval_text": eval_text is not None, "source_name": os.path.basename(model),
-            **dict(extra_options or {})}
+            "min_cosine": o.get("min_cosine"), "min_top1": o.get("min_top1")}
     try:
         k = key(model, calib, opts, extra=eval_text, cache_dir=cdir)
     except Unkeyable:
@@ -233,9 +258,6 @@ def serve(model: str, target: str, pipeline: str, output: str | None, *, cache_d
     e = lookup(cdir, k)
     if e is None:
         return cdir, k, None
-    output = output or default_output(model, target.split("{")[0].strip())
-    inputs = protected_inputs(output, model, calib, eval_text)
-    check_output(output, inputs, force)
     if progress:
         progress(f"cached: nothing changed since this exact compile ({k[:16]}); copying {e}")
     tmp = make_scratch(output)
@@ -244,11 +266,11 @@ def serve(model: str, target: str, pipeline: str, output: str | None, *, cache_d
         if problem:
             _evict(e)
             warnings.warn(f"the compile cache entry {k[:16]} was corrupt ({problem}); it was evicted and the model "
-                          "is compiled again", CacheWarning, stacklevel=2)
+                          "is compiled again", CacheWarning, stacklevel=3)
             return cdir, k, None
         with open(os.path.join(tmp, "d", "manifest.json"), encoding="utf-8") as f:
             manifest = json.load(f)
-        replace_dir(os.path.join(tmp, "d"), output, force=force, inputs=inputs)
+        replace_dir(os.path.join(tmp, "d"), output, force=bool(o.get("force", False)), inputs=inputs)
     finally:
         shutil.rmtree(tmp, ignore_errors=True)
         release(tmp)

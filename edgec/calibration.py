@@ -134,7 +134,7 @@ def text_samples(path: str, model: Model, *, seed: int = 0, count: int = 32, seq
     ids = np.array(tokenizer_for(model).encode(text, add_bos=False), np.int64)
     if ids.size < 2:
         raise BadInputError(f"calibration text {path} holds {ids.size} tokens; it needs at least 2")
-    from .plugins.llm.decoder import LLMConfig
+    from .api.llm import LLMConfig
     cfg = LLMConfig.from_model(model)
     if cfg is not None:  # windows never longer than the model's context (its rotary tables end there)
         seq_len = min(seq_len, cfg.context_length)

@@ -156,22 +156,10 @@ def compile_cmd(model, target, pipeline, output, input_shapes, calib, verify, to
             raise UsageError(f"--input-shape {s!r}: expected NAME=AxBx..")
         shapes[name] = dims
     if tiers:
-        from .compiler import compile_tiers
-        out = output or f"{model}.{target.split('{')[0]}.tiers"
-        index = compile_tiers(model, target, pipeline, out, tiers.split(","), tier_options=tier_options,
-                              input_shapes=shapes, verify=verify, tolerance=tolerance, min_cosine=min_cosine,
-                              min_top1=min_top1,
-                              force=force, cleanup=not no_cleanup,
-                              seed=seed, frontend=frontend, calib=calib, cache_dir=cache_dir, use_cache=not no_cache,
-                              progress=None if (quiet or as_json) else lambda m: click.echo(m, err=True))
-        if as_json:
-            _emit_json({"ok": True, "output_dir": out, "tiers": index})
-            return
-        click.echo(f"wrote {out}/tiers.json and {len(index['tiers'])} tiers:")
-        for t in index["tiers"]:
-            mp = t.get("mixed_precision") or {}
-            click.echo(f"  {t['tier']:>8}: {t['path']}: artifact {_human(t['artifact_bytes'])}, weights "
-                       f"{_human(t['weights_bytes'])}, {mp.get('avg_bits', '?')} bits/weight on average")
+        _compile_tiers(model, target, pipeline, output, tiers, tier_options, as_json, quiet, input_shapes=shapes,
+                       verify=verify, tolerance=tolerance, min_cosine=min_cosine, min_top1=min_top1, force=force,
+                       cleanup=not no_cleanup, seed=seed, frontend=frontend, calib=calib, cache_dir=cache_dir,
+                       use_cache=not no_cache)
         return
     bar = None
     if not (quiet or as_json) and sys.stderr.isatty():
@@ -193,11 +181,31 @@ def compile_cmd(model, target, pipeline, output, input_shapes, calib, verify, to
     finally:
         if bar is not None:
             bar.close()
-    m = res.manifest
     if as_json:
         _emit_json({"ok": True, "output_dir": res.output_dir, "cached": res.cached, "cache_key": res.cache_key,
-                    "timings_s": res.timings_s, "manifest": m})
+                    "timings_s": res.timings_s, "manifest": res.manifest})
         return
+    _print_compile(res)
+
+
+def _compile_tiers(model, target, pipeline, output, tiers, tier_options, as_json, quiet, **kw):
+    from .compiler import compile_tiers
+    out = output or f"{model}.{target.split('{')[0]}.tiers"
+    index = compile_tiers(model, target, pipeline, out, tiers.split(","), tier_options=tier_options,
+                          progress=None if (quiet or as_json) else lambda m: click.echo(m, err=True), **kw)
+    if as_json:
+        _emit_json({"ok": True, "output_dir": out, "tiers": index})
+        return
+    click.echo(f"wrote {out}/tiers.json and {len(index['tiers'])} tiers:")
+    for t in index["tiers"]:
+        mp = t.get("mixed_precision") or {}
+        click.echo(f"  {t['tier']:>8}: {t['path']}: artifact {_human(t['artifact_bytes'])}, weights "
+                   f"{_human(t['weights_bytes'])}, {mp.get('avg_bits', '?')} bits/weight on average")
+
+
+def _print_compile(res) -> None:
+    """The human-readable account of a compile: notes, what was written, sizes, verification, perplexity."""
+    m = res.manifest
     for n in m["notes"]:
         click.echo(f"note: {n}", err=True)
     sz = m["sizes"]
@@ -239,7 +247,7 @@ def compile_cmd(model, target, pipeline, output, input_shapes, calib, verify, to
 def verify_cmd(output, model, calib, frontend, as_json):
     """Re-check a compiled OUTPUT: file hashes against its manifest, then the artifact re-run against the
     reference (exit 1 when either fails)."""
-    from .compiler import verify_output
+    from .verify import verify_output
     rec = verify_output(output, model, calib=calib, frontend=frontend,
                         progress=None if as_json else lambda m: click.echo(m, err=True))
     if as_json:
@@ -252,16 +260,9 @@ def verify_cmd(output, model, calib, frontend, as_json):
 
 
 def _cache_hit(model, target, pipeline, output, opts):
-    """The compile served from the cache, or None; the same checks the compiler makes first, without it."""
-    from .cache import protected_inputs, serve
-    from .output import check_output, default_output
-    out = os.path.normpath(output) if output else default_output(model, target.split("{", 1)[0].strip())
-    check_output(out, protected_inputs(out, model, opts["calib"], opts["eval_text"]), opts["force"])
-    return serve(model, target, pipeline, out, cache_dir=opts["cache_dir"], calib=opts["calib"],
-                 input_shapes=opts["input_shapes"], verify=opts["verify"], tolerance=opts["tolerance"],
-                 cleanup=opts["cleanup"], seed=opts["seed"], frontend=opts["frontend"], eval_text=opts["eval_text"],
-                 force=opts["force"], extra_options={"min_cosine": opts["min_cosine"],
-                                                     "min_top1": opts["min_top1"]})[2]
+    """The compile served from the cache, or None; the compiler's own lookup, made without loading it."""
+    from .cache import lookup_compile
+    return lookup_compile(model, target, pipeline, output, opts).hit
 
 
 @main.command()
@@ -288,14 +289,15 @@ def inspect(model, frontend, as_json, show_ir, sensitivity, calib, bits, method,
     quantizing each layer alone changes the outputs)."""
     import collections
 
-    from .compiler import _io, layer_table, load_model
+    from .build import load_model
+    from .manifest import io_summary, layer_table
     from .ir import print_model
     if sensitivity:
         _inspect_sensitivity(model, calib, bits, method, samples, plot, metric, no_cache, input_shapes, as_json)
         return
     m = load_model(model, frontend)
     ops = collections.Counter(n.qualified_op for n in m.graph)
-    info = {"model": model, "opsets": m.opset_imports, **_io(m), "nodes": len(m.graph), "ops": dict(ops.most_common()),
+    info = {"model": model, "opsets": m.opset_imports, **io_summary(m), "nodes": len(m.graph), "ops": dict(ops.most_common()),
             "parameters": m.param_count(), "weights_bytes": m.size_bytes(), "layers": layer_table(m)}
     if as_json:
         _emit_json(info)
@@ -310,9 +312,29 @@ def inspect(model, frontend, as_json, show_ir, sensitivity, calib, bits, method,
     click.echo("  ops: " + ", ".join(f"{op}×{c}" for op, c in ops.most_common()))
 
 
+def _sensitivity(path: str, calib: str, bits, method: str, samples: int, use_cache: bool, input_shapes, progress):
+    """``edgec inspect --sensitivity``: import ``path``, fix its input shapes, load the calibration data, run the
+    default cleanup, then measure each layer's sensitivity (:func:`edgec.plugins.mixed.sensitivity.analyse`)."""
+    from .build import fix_input_shapes, load_model, parse_input_shapes
+    from .calibration import load_calibration
+    from .host import host
+    from .ir.passes import PassContext, PassManager, parse_pipeline
+    from .plugins.cleanup import DEFAULT_CLEANUP
+    from .plugins.mixed.mixed import MixedPrecision
+    from .plugins.mixed.sensitivity import analyse
+    h = host()
+    m = load_model(path)
+    fix_input_shapes(m, parse_input_shapes(input_shapes), [], keep_dynamic=False)
+    ctx = PassContext(config={"seed": 0}, calibration=load_calibration(calib, m, seed=0), passes=h.passes.as_dict(),
+                      checks=h.checks.as_dict())
+    PassManager(parse_pipeline(DEFAULT_CLEANUP, ctx.passes)).run(m, ctx)
+    mp = MixedPrecision(avg_bits=8.0, method=method, bits=":".join(map(str, bits)))
+    cands = [mp.spec(mp.candidate(b)) for b in mp.widths()]
+    return analyse(m, cands, ctx, samples=samples, use_cache=use_cache, progress=progress)
+
+
 def _inspect_sensitivity(model, calib, bits, method, samples, plot, metric, no_cache, input_shapes, as_json):
     from .errors import UsageError
-    from .plugins.mixed.sensitivity import inspect_model
     from .plugins.mixed.sensitivity import plot as plot_png
     if not calib:
         raise UsageError("--sensitivity needs --calib (a .npz, a folder of samples, or 'random' for a smoke test)")
@@ -323,8 +345,8 @@ def _inspect_sensitivity(model, calib, bits, method, samples, plot, metric, no_c
     except UsageError as e:
         raise UsageError(f"--bits {bits!r}: {str(e).split(': ', 2)[-1]}") from None
     shapes = dict(s.split("=", 1) for s in input_shapes) if input_shapes else None
-    sens = inspect_model(model, calib, widths, method, samples, use_cache=not no_cache, input_shapes=shapes,
-                         progress=None if as_json else lambda m: click.echo(m, err=True))
+    sens = _sensitivity(model, calib, widths, method, samples, use_cache=not no_cache, input_shapes=shapes,
+                        progress=None if as_json else lambda m: click.echo(m, err=True))
     if plot:
         plot_png(sens, plot, metric)
     if as_json:

@@ -69,77 +69,15 @@ def plots(manifest: dict) -> dict[str, str]:
     import matplotlib
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
-    import numpy as np
     out: dict[str, str] = {}
     layers = sorted(manifest.get("layers") or [], key=lambda r: -r["bytes"])
     qw = (manifest.get("quantization") or {}).get("weights") or {}
     if layers:
-        top = layers[:_MAX_BARS][::-1]
-        encs = sorted({_encoding(r) for r in layers})
-        colors = {e: plt.cm.tab10(i % 10) for i, e in enumerate(encs)}
-        fig, ax = plt.subplots(figsize=(8, max(2.5, 0.22 * len(top) + 1)))
-        before = [next((q["bytes_before"] for n, q in qw.items() if r["name"].startswith(n)), None) for r in top]
-        if any(b is not None for b in before):
-            ax.barh(range(len(top)), [b or 0 for b in before], color="#dddddd", label="before")
-        ax.barh(range(len(top)), [r["bytes"] for r in top], color=[colors[_encoding(r)] for r in top])
-        ax.set_yticks(range(len(top)))
-        ax.set_yticklabels([r["name"][-40:] for r in top], fontsize=7)
-        ax.set_xlabel("bytes")
-        ax.set_title(f"weights by size (largest {len(top)} of {len(layers)})")
-        for e in encs:
-            ax.barh([0], [0], color=colors[e], label=e)
-        ax.legend(fontsize=7, loc="lower right")
-        fig.tight_layout()
-        out["sizes by layer"] = _png(fig)
-
-        totals: dict[str, int] = {}
-        for r in layers:
-            totals[_encoding(r)] = totals.get(_encoding(r), 0) + r["bytes"]
-        fig, ax = plt.subplots(figsize=(6, 2.8))
-        names = sorted(totals, key=lambda k: -totals[k])
-        ax.bar(names, [totals[k] / 1e6 for k in names], color=[colors[k] for k in names])
-        ax.set_ylabel("MB")
-        ax.set_title("bytes by encoding")
-        fig.tight_layout()
-        out["sizes by encoding"] = _png(fig)
-
-        hist: dict[float, int] = {}
-        for r in layers:
-            n = 1
-            for d in r["shape"]:
-                n *= int(d)
-            b = round(_bits_per_weight(r), 2)
-            hist[b] = hist.get(b, 0) + n
-        fig, ax = plt.subplots(figsize=(6, 2.8))
-        keys = sorted(hist)
-        ax.bar([f"{k:g}" for k in keys], [hist[k] for k in keys], color="#4477aa")
-        ax.set_xlabel("stored bits per weight (scales counted)")
-        ax.set_ylabel("weights")
-        ax.set_title("bits histogram")
-        fig.tight_layout()
-        out["bits histogram"] = _png(fig)
+        out.update(_size_plots(plt, layers, qw))
     errs = [(n, q) for n, q in qw.items() if _num(q.get("sqnr_db")) is not None
             or _num(q.get("rel_output_error")) is not None]
     if errs:
-        fig, ax = plt.subplots(figsize=(8, 3.4))
-        x = list(range(len(errs)))
-        rel = [_num(q.get("rel_output_error")) for _, q in errs]
-        if any(r is not None for r in rel):
-            ax.bar(x, [r or 0 for r in rel], color="#cc6677")
-            ax.set_ylabel("relative output error (bars)")
-            ax2 = ax.twinx()
-            sqnr = [_num(q.get("sqnr_db")) for _, q in errs]
-            ax2.plot(x, [np.nan if v is None else v for v in sqnr], "k.", ms=5)
-            ax2.set_ylabel("weight SQNR dB (dots)")
-            ax.set_title("per-layer quantization error (layer output on calibration data; weight SQNR)")
-        else:
-            ax.bar(x, [_num(q.get("sqnr_db")) or 0 for _, q in errs], color="#cc6677")
-            ax.set_ylabel("weight SQNR dB")
-            ax.set_title("per-layer quantization error (weight SQNR; --calib adds the output error)")
-        ax.set_xticks(x)
-        ax.set_xticklabels([n[-24:] for n, _ in errs], rotation=90, fontsize=6)
-        fig.tight_layout()
-        out["quantization error"] = _png(fig)
+        out["quantization error"] = _error_plot(plt, errs)
     ev = manifest.get("evaluation") or {}
     ppl = [(k, ev[k]) for k in ("float_perplexity", "compiled_perplexity", "artifact_perplexity") if ev.get(k)]
     if ppl:
@@ -152,6 +90,81 @@ def plots(manifest: dict) -> dict[str, str]:
         fig.tight_layout()
         out["perplexity"] = _png(fig)
     return out
+
+
+def _size_plots(plt, layers: list[dict], qw: dict) -> dict[str, str]:
+    """Weights by size (largest first), bytes by encoding and the bits histogram."""
+    out = {}
+    top = layers[:_MAX_BARS][::-1]
+    encs = sorted({_encoding(r) for r in layers})
+    colors = {e: plt.cm.tab10(i % 10) for i, e in enumerate(encs)}
+    fig, ax = plt.subplots(figsize=(8, max(2.5, 0.22 * len(top) + 1)))
+    before = [next((q["bytes_before"] for n, q in qw.items() if r["name"].startswith(n)), None) for r in top]
+    if any(b is not None for b in before):
+        ax.barh(range(len(top)), [b or 0 for b in before], color="#dddddd", label="before")
+    ax.barh(range(len(top)), [r["bytes"] for r in top], color=[colors[_encoding(r)] for r in top])
+    ax.set_yticks(range(len(top)))
+    ax.set_yticklabels([r["name"][-40:] for r in top], fontsize=7)
+    ax.set_xlabel("bytes")
+    ax.set_title(f"weights by size (largest {len(top)} of {len(layers)})")
+    for e in encs:
+        ax.barh([0], [0], color=colors[e], label=e)
+    ax.legend(fontsize=7, loc="lower right")
+    fig.tight_layout()
+    out["sizes by layer"] = _png(fig)
+
+    totals: dict[str, int] = {}
+    for r in layers:
+        totals[_encoding(r)] = totals.get(_encoding(r), 0) + r["bytes"]
+    names = sorted(totals, key=lambda k: -totals[k])
+    out["sizes by encoding"] = _bar(plt, names, [totals[k] / 1e6 for k in names], [colors[k] for k in names],
+                                    "bytes by encoding", ylabel="MB")
+    hist: dict[float, int] = {}
+    for r in layers:
+        n = 1
+        for d in r["shape"]:
+            n *= int(d)
+        b = round(_bits_per_weight(r), 2)
+        hist[b] = hist.get(b, 0) + n
+    keys = sorted(hist)
+    out["bits histogram"] = _bar(plt, [f"{k:g}" for k in keys], [hist[k] for k in keys], "#4477aa", "bits histogram",
+                                 ylabel="weights", xlabel="stored bits per weight (scales counted)")
+    return out
+
+
+def _bar(plt, names, values, color, title: str, ylabel: str, xlabel: str | None = None) -> str:
+    fig, ax = plt.subplots(figsize=(6, 2.8))
+    ax.bar(names, values, color=color)
+    if xlabel:
+        ax.set_xlabel(xlabel)
+    ax.set_ylabel(ylabel)
+    ax.set_title(title)
+    fig.tight_layout()
+    return _png(fig)
+
+
+def _error_plot(plt, errs: list) -> str:
+    """Per-layer quantization error: the output error on calibration data (bars) and the weight SQNR (dots)."""
+    import numpy as np
+    fig, ax = plt.subplots(figsize=(8, 3.4))
+    x = list(range(len(errs)))
+    rel = [_num(q.get("rel_output_error")) for _, q in errs]
+    if any(r is not None for r in rel):
+        ax.bar(x, [r or 0 for r in rel], color="#cc6677")
+        ax.set_ylabel("relative output error (bars)")
+        ax2 = ax.twinx()
+        sqnr = [_num(q.get("sqnr_db")) for _, q in errs]
+        ax2.plot(x, [np.nan if v is None else v for v in sqnr], "k.", ms=5)
+        ax2.set_ylabel("weight SQNR dB (dots)")
+        ax.set_title("per-layer quantization error (layer output on calibration data; weight SQNR)")
+    else:
+        ax.bar(x, [_num(q.get("sqnr_db")) or 0 for _, q in errs], color="#cc6677")
+        ax.set_ylabel("weight SQNR dB")
+        ax.set_title("per-layer quantization error (weight SQNR; --calib adds the output error)")
+    ax.set_xticks(x)
+    ax.set_xticklabels([n[-24:] for n, _ in errs], rotation=90, fontsize=6)
+    fig.tight_layout()
+    return _png(fig)
 
 
 _CSS = """body{font:14px/1.45 system-ui,sans-serif;margin:2em auto;max-width:1000px;color:#222}

@@ -56,7 +56,20 @@ class PassContext:
     target: Any = None
     config: dict[str, Any] = dataclasses.field(default_factory=dict)
     calibration: Any = None
+    # The registries, for passes that run other passes or checks (mixed precision quantizes each candidate with
+    # the ``quantize`` pass and judges it with the user's checks): name -> class. The driver fills them from
+    # its plugin host; a pass never reaches a global registry.
+    passes: Mapping[str, type] = dataclasses.field(default_factory=dict)
+    checks: Mapping[str, type] = dataclasses.field(default_factory=dict)
     _analyses: dict[type, Any] = dataclasses.field(default_factory=dict)
+
+    def pass_class(self, name: str) -> type:
+        """The registered pass ``name`` (a clear error where this context carries no such pass)."""
+        if name not in self.passes:
+            raise PipelineError(f"pass {name!r} is not in this PassContext's registry (passes= holds "
+                                f"{sorted(self.passes) or 'nothing'}); build the context with "
+                                "PassContext(passes=...) from the plugin host, as edgec.compile does")
+        return self.passes[name]
 
     def analysis(self, kind: type, model: Model) -> Any:
         """Return the cached analysis ``kind(model)``, computing it on first use."""

@@ -294,7 +294,7 @@ def test_verify_fails_a_model_that_quantization_destroyed(tmp_path):
 
 
 def test_top1_over_too_few_rows_is_no_evidence():
-    from edgec.compiler import MIN_TOP1_ROWS, _judge_top1
+    from edgec.verify import MIN_TOP1_ROWS, _judge_top1
     ref = np.eye(4, 10, dtype=np.float32)[None].repeat(1, 0).reshape(4, 10)
     got = np.roll(ref, 1, axis=-1)  # every row wrong
     why: list[str] = []
@@ -529,7 +529,7 @@ def test_nan_outputs_or_a_large_offset_cannot_hide_a_destroyed_model(bias, nan, 
 
 
 def test_nonfinite_values_that_differ_fail():
-    from edgec.compiler import _nonfinite_problem
+    from edgec.verify import _nonfinite_problem
     a = np.array([1.0, np.nan, 3.0], np.float32)
     assert _nonfinite_problem(a, a.copy()) is None
     assert _nonfinite_problem(a, np.array([1.0, 2.0, 3.0], np.float32))

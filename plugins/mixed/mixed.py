@@ -163,7 +163,6 @@ class MixedPrecision(Pass):
         return pareto_front(options), labels
 
     def run(self, model: Model, ctx: PassContext) -> bool:
-        from ...host import host
         widths = self.choices(ctx)
         cands = {self.spec(self.candidate(b)): b for b in widths}
         sens = analyse(model, list(cands), ctx, samples=self.samples, use_cache=self.cache)
@@ -195,14 +194,14 @@ class MixedPrecision(Pass):
         report.update(allocation=alloc, bytes=size, avg_bits=round(8 * size / params, 4),
                       predicted_cost=float(front.costs[k]),
                       histogram={str(b): sum(1 for v in alloc.values() if v == b) for b in widths})
-        self._apply(model, ctx, alloc, sens.nodes, host())
+        self._apply(model, ctx, alloc, sens.nodes)
         model.metadata[REPORT_KEY] = json.dumps(report, sort_keys=True)
         return True
 
-    def _apply(self, model: Model, ctx: PassContext, alloc: dict[str, int | str], nodes: dict[str, str], h) -> None:
+    def _apply(self, model: Model, ctx: PassContext, alloc: dict[str, int | str], nodes: dict[str, str]) -> None:
         """Quantize each layer (weight name -> its node ``nodes[w]``) with its width, palette or GGUF type; f16
         layers keep float weights rounded to float16 values (what a float16 engine stores)."""
-        q = h.passes["quantize"]
+        q = ctx.pass_class("quantize")
         for w, b in alloc.items():
             if b == "f16":
                 v = model.graph.initializers[w]
@@ -216,10 +215,8 @@ class MixedPrecision(Pass):
         """Binary search over the front (ascending size) for the smallest allocation within max_drop that
         keeps every check; returns (point, evaluations, what decided)."""
         from ...checks import parse_checks
-        from ...host import host
         from ...ir.serde import load, save
-        h = host()
-        checks = parse_checks(self.checks, h.checks.as_dict())
+        checks = parse_checks(self.checks, ctx.checks)
         calib = ctx.calibration
         held = list(calib.samples[self.samples:self.samples + self.holdout]) or list(calib.samples[:self.holdout])
         names = [o.name for o in model.graph.outputs]
@@ -240,7 +237,7 @@ class MixedPrecision(Pass):
                 m = load(os.path.join(work, "m"))
                 choice = front.choice(k)
                 self._apply(m, ctx, {w: cands[labels[i][j]] for i, (w, j) in enumerate(zip(sens.layers, choice))},
-                            sens.nodes, h)
+                            sens.nodes)
                 got = outs(m)
                 stats = compare(ref, got)
                 loss = stats["kl"] if self.metric == "kl" else 1.0 - stats["cosine"]

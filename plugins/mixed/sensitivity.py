@@ -125,11 +125,10 @@ def compare(ref: list[list[np.ndarray]], got: list[list[np.ndarray]]) -> dict[st
 
 def _quantized_weights(src_dir: str, spec: str, ctx: PassContext) -> tuple[dict[str, QuantizedTensor], dict]:
     """Quantize a copy of the model with ``spec``; node name -> (weight input index, quantized weight)."""
-    from ...host import host
     from ...ir.passes import PassManager, parse_pipeline
     from ...ir.serde import load
     m = load(os.path.join(src_dir, "m"))
-    PassManager(parse_pipeline(spec, host().passes.as_dict())).run(m, ctx)
+    PassManager(parse_pipeline(spec, ctx.passes)).run(m, ctx)
     out = {}
     for n in m.graph:
         for i, v in enumerate(n.inputs):
@@ -260,21 +259,3 @@ def plot(sens: Sensitivity, path: str, metric: str = "kl") -> str:
     fig.savefig(path, dpi=110)
     plt.close(fig)
     return path
-
-
-def inspect_model(path: str, calib: str, bits: Sequence[int | str], method: str = "rtn", samples: int = 8,
-                  use_cache: bool = True, input_shapes=None, progress=None) -> Sensitivity:
-    """``edgec inspect --sensitivity``: import and clean up ``path``, then :func:`analyse` it."""
-    from ...calibration import load_calibration
-    from ...compiler import fix_input_shapes, load_model, parse_input_shapes
-    from ...host import host
-    from ...ir.passes import PassManager, parse_pipeline
-    from ..cleanup import DEFAULT_CLEANUP
-    from .mixed import MixedPrecision
-    m = load_model(path)
-    fix_input_shapes(m, parse_input_shapes(input_shapes), [], keep_dynamic=False)
-    ctx = PassContext(config={"seed": 0}, calibration=load_calibration(calib, m, seed=0))
-    PassManager(parse_pipeline(DEFAULT_CLEANUP, host().passes.as_dict())).run(m, ctx)
-    mp = MixedPrecision(avg_bits=8.0, method=method, bits=":".join(map(str, bits)))
-    cands = [mp.spec(mp.candidate(b)) for b in mp.widths()]
-    return analyse(m, cands, ctx, samples=samples, use_cache=use_cache, progress=progress)

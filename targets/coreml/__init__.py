@@ -34,7 +34,7 @@ from ...errors import UnsupportedError
 from ...hookspecs import hookimpl
 from ...ir import Model, QuantizedTensor
 from ...ir.passes import PassContext, option
-from ...target import Artifact, Capabilities, Target, fp16_verify_policy
+from ...target import Artifact, Capabilities, Target, VerifyPolicy, fp16_verify_policy
 from .builder import (DEPLOYMENTS, LOWERINGS, NARROW_INTS, PRECISIONS, MILBuilder, ct_modules, mil_name, opset,
                       variant_problem)
 from .weights import old_opset_problem
@@ -107,8 +107,7 @@ class CoreMLTarget(Target):
     precision: str = option("fp16", choices=PRECISIONS, help="float compute type: fp16 (the Neural Engine's) or "
                             "fp32 (CPU / GPU only; for values beyond fp16's range or precision)")
 
-    @property
-    def verify_policy(self) -> dict | None:  # type: ignore[override]
+    def verify_policy(self) -> VerifyPolicy | None:
         return fp16_verify_policy(self.precision)
 
     def float32_exact(self) -> bool:

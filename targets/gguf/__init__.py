@@ -28,7 +28,7 @@ from ...errors import UnsupportedError
 from ...hookspecs import hookimpl
 from ...ir import Model, QuantizedTensor, Tensor
 from ...ir.passes import Pass, PassContext, option
-from ...target import Artifact, Capabilities, Target
+from ...target import Artifact, Capabilities, Target, VerifyPolicy
 from .encode import EncodeError, encode
 
 FILE = "model.gguf"
@@ -77,18 +77,18 @@ class GGUFTarget(Target):
     # mixed: the GGUF types mixed-precision chooses among by default (llama.cpp mixes any per tensor)
     capabilities: ClassVar[Capabilities] = Capabilities(ops=frozenset(), quant=frozenset(),
                                                         mixed=("Q4_0", "Q5_0", "Q8_0"))
-    # llama.cpp rounds activations to 8 bits inside quantized matmuls, which moves logits by about 1% of their
-    # range: a position whose reference top-1 leads by less than that is decided by rounding, not by the model
-    # (measured on SmolLM2: Q8_0 / Q4_K agree on every position leading by >= 1%, and on 90% / 94% of all).
-    verify_policy: ClassVar[dict] = {"min_cosine": 0.999, "min_top1": 0.95, "top1_margin": 0.01,
-                                     "description": "llama.cpp computes with its own kernels (fp16/int8 "
-                                                    "activations inside matmuls): criterion cosine >= 0.999 and "
-                                                    "top-1 agreement >= 0.95 on the positions whose top-1 leads "
-                                                    "by more than 1% of the logit range"}
     dynamic_shapes: ClassVar[bool] = True
     ftype: str = option("F16", choices=FLOAT_TYPES, help="type of float weight matrices")
     threads: int = option(0, check=lambda v: v >= 0, allowed="0 (all cores) or a count", help="llama.cpp threads "
                           "for --verify")
+
+    def verify_policy(self) -> VerifyPolicy | None:
+        # llama.cpp rounds activations to 8 bits inside quantized matmuls, which moves logits by about 1% of their
+        # range: a position whose reference top-1 leads by less than that is decided by rounding, not by the model
+        # (measured on SmolLM2: Q8_0 / Q4_K agree on every position leading by >= 1%, and on 90% / 94% of all).
+        return VerifyPolicy("llama.cpp computes with its own kernels (fp16/int8 activations inside matmuls): criterion "
+                            "cosine >= 0.999 and top-1 agreement >= 0.95 on the positions whose top-1 leads by more "
+                            "than 1% of the logit range", min_cosine=0.999, min_top1=0.95, top1_margin=0.01)
 
     def pipeline(self) -> list[Pass]:
         return [RoundFloatWeights(dtype=self.ftype)]

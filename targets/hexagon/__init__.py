@@ -33,7 +33,7 @@ from ...errors import UnsupportedError
 from ...hookspecs import hookimpl
 from ...ir import Model, Node
 from ...ir.passes import PassContext, option
-from ...target import Artifact, Capabilities, Target
+from ...target import Artifact, Capabilities, Target, VerifyPolicy
 from . import codegen, toolchain
 from .planning import plan_arena, walk_main, workspace_bytes
 
@@ -71,16 +71,17 @@ class HexagonTarget(Target):
         dtypes=frozenset({"f32", "f16", "f64", "i64", "i32", "i16", "i8", "u8", "u16", "u32", "u64", "bool"}),
         quant=frozenset({(s, b) for s in ("symmetric", "asymmetric", "affine") for b in range(2, 9)}),
         activation_quant=True, mixed=(4, 8), fallback_ops=HEXAGON_FALLBACK_OPS)
-    act_quant_policy: ClassVar[dict | None] = {
-        "min_cosine": 0.999, "max_rel_err": 0.05,
-        "description": "static int8 Conv / Linear run as integer kernels with fixed-point requantization "
-                       "(edgec.ir.integer), which differs from the float simulation by about one step at "
-                       "rounding boundaries; the artifact must also match the integer reference at --tolerance"}
     arch: str = option("v67", choices=ARCHS, help="Hexagon architecture (qemu-hexagon 7.2 runs v67 only)")
     hvx: int = option(128, choices=(0, 128), help="HVX vector length in bytes (0: no HVX)")
     asm: bool = option(False, help="also write kernels.s, the kernels' assembly (slow for large models)")
     int8: bool = option(True, help="run statically quantized int8 Conv / Linear on the integer HVX kernels "
                                    "(false: simulate them in float, as the reference executor does)")
+
+    def act_quant_policy(self) -> VerifyPolicy:
+        return VerifyPolicy("static int8 Conv / Linear run as integer kernels with fixed-point requantization "
+                            "(edgec.ir.integer), which differs from the float simulation by about one step at "
+                            "rounding boundaries; the artifact must also match the integer reference at --tolerance",
+                            min_cosine=0.999, max_rel_err=0.05)
 
     def integer_semantics(self) -> bool:
         return self.int8 and self.hvx == 128

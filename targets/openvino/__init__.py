@@ -32,7 +32,7 @@ from ...errors import UnsupportedError
 from ...hookspecs import hookimpl
 from ...ir import Model, Node, QuantizedTensor
 from ...ir.passes import PassContext, option
-from ...target import Artifact, Capabilities, Target
+from ...target import Artifact, Capabilities, Target, VerifyPolicy
 from .builder import _FALLBACK_PROBLEMS, OVBuilder, _ov, fallback_ops, supported_ops
 
 RT_KEY = "edgec_metadata"
@@ -62,10 +62,12 @@ class OpenVINOTarget(Target):
         dtypes=frozenset({"f32", "f16", "i64", "i32", "i16", "i8", "u32", "u16", "u8", "bool"}), quant=_QUANT,
         activation_quant=True, mixed=(4, 8),  # int4/int8 weight compression, as NNCF mixes them
         exact_division=False)  # the CPU plugin's Divide is not correctly rounded
-    act_quant_policy: ClassVar[dict | None] = {
-        "min_cosine": 0.999, "max_rel_err": 0.05,
-        "description": "the CPU plugin runs FakeQuantize'd layers as int8 kernels with its own requantization "
-                       "arithmetic, so rounding-boundary flips accumulate layer by layer"}
+
+    def act_quant_policy(self) -> VerifyPolicy:
+        return VerifyPolicy("the CPU plugin runs FakeQuantize'd layers as int8 kernels with its own requantization "
+                            "arithmetic, so rounding-boundary flips accumulate layer by layer",
+                            min_cosine=0.999, max_rel_err=0.05)
+
     dynamic_shapes: ClassVar[bool] = True  # symbolic dims stay dynamic: any batch / sequence length
 
     weights: str = option("f32", choices=("f32", "f16"), help="storage of weights that are not quantized")

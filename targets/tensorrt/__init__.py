@@ -29,7 +29,7 @@ from ...errors import UnsupportedError
 from ...hookspecs import hookimpl
 from ...ir import Model, QuantizedTensor, Value
 from ...ir.passes import PassContext, option
-from ...target import VECTOR_HINT, Artifact, Capabilities, Target, fp16_verify_policy
+from ...target import VECTOR_HINT, Artifact, Capabilities, Target, VerifyPolicy, fp16_verify_policy
 from . import support
 from .onnx_qdq import build_qdq_onnx
 
@@ -99,8 +99,7 @@ class TensorRTTarget(Target):
     precision: str = option("fp16", choices=("fp16", "fp32"), help="precision of everything not quantized")
     opset: int = option(21, help="ONNX opset (21+ for blocked int4 DequantizeLinear)")
 
-    @property
-    def verify_policy(self) -> dict | None:  # type: ignore[override]
+    def verify_policy(self) -> VerifyPolicy | None:
         return fp16_verify_policy(self.precision)
 
     def check(self, model: Model) -> list[str]:

@@ -71,12 +71,7 @@ def _run(tmp_path, model: onnx.ModelProto, feeds: dict, target: str = "cpu", ver
     path = tmp_path / "m.onnx"
     onnx.save(model, path)
     res = edgec.compile(str(path), target=target, output=str(tmp_path / "out"), use_cache=False, verify=verify)
-    ins = {e["name"]: e for e in res.manifest["inputs"]}
-    stored = {k: to_storage(v) if ins[k].get("stored_as") else v for k, v in feeds.items()}
-    got = parse_target(target).run_artifact(res.output_dir, stored, list(feeds))
-    outs = [from_storage(g, DType(e["dtype"])) if e.get("stored_as") else g
-            for g, e in zip(got, res.manifest["outputs"])]
-    return res, outs
+    return res, parse_target(target).run_model_types(res.output_dir, feeds, res.manifest, list(feeds))
 
 
 def test_float32_to_float8_and_back_on_cpu(tmp_path):

@@ -46,7 +46,9 @@ def _mlp(seed=0, rows=16):
 def _ctx(m, n=16, seed=1, target=None):
     rng = np.random.default_rng(seed)
     samples = [{"x": rng.standard_normal((16, 32)).astype(np.float32)} for _ in range(n)]
-    return PassContext(target=target, config={"seed": 0}, calibration=Calibration(samples, "test"))
+    h = host()
+    return PassContext(target=target, config={"seed": 0}, calibration=Calibration(samples, "test"),
+                       passes=h.passes.as_dict(), checks=h.checks.as_dict())
 
 
 def _run(pipe, m, ctx):

@@ -11,7 +11,8 @@ import pytest
 pytest.importorskip("coremltools")
 
 from edgec import ir  # noqa: E402
-from edgec.compiler import _top1, fix_input_shapes, load_model  # noqa: E402
+from edgec.compiler import fix_input_shapes, load_model  # noqa: E402
+from edgec.verify import _top1  # noqa: E402
 from edgec.errors import UnsupportedError  # noqa: E402
 from edgec.host import host  # noqa: E402
 from edgec.ir.passes import PassContext, PassManager, parse_pipeline  # noqa: E402
@@ -122,7 +123,7 @@ def test_fp32_precision_keeps_values_beyond_fp16(tmp_path):
         res[prec] = t.run_artifact(str(tmp_path / prec), x)[0]
     np.testing.assert_allclose(res["fp32"], want, rtol=1e-5)
     assert not np.allclose(res["fp16"][1], want[1], rtol=1e-2)  # fp16 rounds 10001 to 10000
-    assert CoreMLTarget().verify_policy is not None and CoreMLTarget(precision="fp32").verify_policy is None
+    assert CoreMLTarget().verify_policy() is not None and CoreMLTarget(precision="fp32").verify_policy() is None
 
 
 _BITWISE_NP = {"BitwiseAnd": np.bitwise_and, "BitwiseOr": np.bitwise_or, "BitwiseXor": np.bitwise_xor}
