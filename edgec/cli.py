@@ -371,21 +371,24 @@ def _inspect_sensitivity(model, calib, bits, method, samples, plot, metric, no_c
 @click.option("--ctx", type=int, default=512, show_default=True, help="Tokens per window.")
 @click.option("--stride", type=int, default=None, help="Tokens between window starts (default: ctx/2).")
 @click.option("--max-tokens", type=int, default=0, help="Only the first N tokens of the text (0: all).")
-@click.option("--engine", type=click.Choice(["auto", "reference", "llama.cpp", "openvino"]), default="auto",
-              show_default=True, help="auto: llama.cpp for GGUF artifacts, the OpenVINO CPU plugin for OpenVINO "
-                                      "artifacts, the reference executor for models.")
-@click.option("--chat", "prompt", help="Generate a reply to this chat prompt with llama.cpp (GGUF only).")
+@click.option("--engine", default="auto", show_default=True,
+              help="auto: an artifact on its target's own runtime (llama.cpp for gguf, the OpenVINO CPU plugin for "
+                   "openvino, a vendor's), a model on the reference executor; 'reference' runs an artifact's model "
+                   "file on the reference executor; 'artifact' or the runtime's name (llama.cpp, openvino) insists "
+                   "on the artifact's runtime.")
+@click.option("--chat", "prompt", help="Generate a reply to this chat prompt on the artifact's runtime (gguf: "
+              "llama.cpp).")
 @click.option("--max-new-tokens", type=int, default=64, show_default=True)
 @click.option("--frontend", help="Force a frontend.")
 @click.option("--json", "as_json", is_flag=True, help="Machine-readable output.")
 @handle_errors
 def eval_cmd(model, text, ctx, stride, max_tokens, engine, prompt, max_new_tokens, frontend, as_json):
     """Evaluate a language model or a compiled artifact: perplexity on a text, or a chat reply."""
+    from . import llm_eval
     from .errors import UsageError
-    from .plugins.llm import evaluate
     if not text and not prompt:
         raise UsageError("eval needs --perplexity TEXT_FILE and/or --chat PROMPT")
-    res = evaluate.run(model, text=text, ctx=ctx, stride=stride or max(1, ctx // 2), max_tokens=max_tokens,
+    res = llm_eval.run(model, text=text, ctx=ctx, stride=stride or max(1, ctx // 2), max_tokens=max_tokens,
                        engine=engine, prompt=prompt, max_new_tokens=max_new_tokens, frontend=frontend,
                        progress=not as_json)
     if as_json:

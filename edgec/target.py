@@ -194,6 +194,16 @@ class Target:
         None where the target has no language-model runtime here (only the compiled IR is then measured)."""
         return None
 
+    def artifact_metadata(self, out_dir: str, files: Sequence[str]) -> dict[str, str] | None:
+        """The model metadata an artifact carries (a language model's configuration, and where its tokenizer lives:
+        ``edgec.api.llm.SOURCE_KEY``), for ``edgec eval`` of the artifact; None where it carries none."""
+        return None
+
+    def chat(self, out_dir: str, files: Sequence[str], messages: list[dict[str, str]], max_new_tokens: int) -> str | None:
+        """A chat reply (greedy) of a language model's artifact on the target's runtime, for ``edgec eval --chat``;
+        None where the target has no generation runtime here."""
+        return None
+
     def run_artifact(self, out_dir: str, feeds: Mapping[str, np.ndarray],
                      input_names: Sequence[str] | None = None) -> list[np.ndarray]:
         """Execute the emitted artifact on its runtime (for ``--verify``): the outputs in the model's order.

@@ -97,20 +97,6 @@ def reference_engine(model):
     return run
 
 
-def openvino_engine(artifact_dir: str, threads: int = 0):
-    """Logits from an OpenVINO artifact (the target's :meth:`~edgec.target.Target.logits_engine`)."""
-    from ...targets.openvino import OpenVINOTarget
-    return OpenVINOTarget(threads=threads).logits_engine(artifact_dir, (), 0)[1]
-
-
-def openvino_metadata(artifact_dir: str):
-    """A weightless stand-in model carrying the metadata an OpenVINO artifact kept (LLM configuration,
-    tokenizer source): enough for :func:`~.tokenizer.tokenizer_for` and ``LLMConfig.from_model``."""
-    from ...targets.openvino import read_metadata
-    from ...ir import Graph, Model
-    return Model(Graph("openvino-artifact"), metadata=read_metadata(artifact_dir))
-
-
 def top1_agreement(ids, fn_a, fn_b, *, ctx: int, stride: int, progress: bool = True) -> dict:
     """Next-token top-1 agreement of two engines on the same windows (every scored position of
     :func:`perplexity`), with both perplexities."""

@@ -22,8 +22,8 @@ from typing import ClassVar
 import numpy as np
 
 from ...api.gguf import FLOAT_TYPES
-from ...api.llama_cpp import llama_cpp_engine
-from ...api.llm import GGUF_KV_KEY, LLMConfig, permute_rows, weight_names
+from ...api.llama_cpp import llama_cpp_engine, load_llama
+from ...api.llm import GGUF_KV_KEY, SOURCE_KEY, LLMConfig, permute_rows, weight_names
 from ...errors import UnsupportedError
 from ...hookspecs import hookimpl
 from ...ir import Model, QuantizedTensor, Tensor
@@ -205,6 +205,14 @@ class GGUFTarget(Target):
     # ---- runtime ------------------------------------------------------------------------------------------
     def logits_engine(self, out_dir: str, files, ctx: int):
         return "llama.cpp", llama_cpp_engine(os.path.join(out_dir, FILE), ctx, threads=self.threads)
+
+    def artifact_metadata(self, out_dir: str, files) -> dict[str, str] | None:
+        return {SOURCE_KEY: "gguf:" + os.path.abspath(os.path.join(out_dir, FILE))}  # the GGUF holds its tokenizer
+
+    def chat(self, out_dir: str, files, messages: list[dict[str, str]], max_new_tokens: int) -> str | None:
+        llm = load_llama(os.path.join(out_dir, FILE), n_ctx=2048)
+        r = llm.create_chat_completion(messages=messages, max_tokens=max_new_tokens, temperature=0.0, seed=0)
+        return r["choices"][0]["message"]["content"]
 
     def run_artifact(self, out_dir: str, feeds: Mapping[str, np.ndarray], input_names=None) -> list[np.ndarray]:
         ids = np.asarray(feeds["input_ids"])

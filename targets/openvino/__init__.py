@@ -146,6 +146,9 @@ class OpenVINOTarget(Target):
             return np.array(res[out])[0]
         return "openvino", run
 
+    def artifact_metadata(self, out_dir: str, files) -> dict[str, str] | None:
+        return read_metadata(out_dir)
+
     def run_artifact(self, out_dir: str, feeds: Mapping[str, np.ndarray], input_names=None) -> list[np.ndarray]:
         compiled = self.compile(out_dir)
         req = compiled.create_infer_request()

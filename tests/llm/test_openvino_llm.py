@@ -17,9 +17,14 @@ from edgec.compiler import load_model  # noqa: E402
 from edgec.host import host  # noqa: E402
 from edgec.ir.passes import PassContext, PassManager, parse_pipeline  # noqa: E402
 from edgec.plugins.cleanup import DEFAULT_CLEANUP  # noqa: E402
-from edgec.plugins.llm.perplexity import openvino_engine, reference_engine, top1_agreement  # noqa: E402
+from edgec.plugins.llm.perplexity import reference_engine, top1_agreement  # noqa: E402
+from edgec.targets.openvino import OpenVINOTarget  # noqa: E402
+
+
+def openvino_engine(artifact_dir: str):
+    return OpenVINOTarget().logits_engine(artifact_dir, (), 0)[1]
 from edgec.plugins.llm.tokenizer import LlamaCppTokenizer  # noqa: E402
-from edgec.targets.openvino import OpenVINOTarget, runtime_weight_precisions  # noqa: E402
+from edgec.targets.openvino import runtime_weight_precisions  # noqa: E402
 
 TEXT = os.path.join(os.path.dirname(__file__), "..", "..", "examples", "text", "eval.txt")
 
@@ -73,9 +78,9 @@ def test_eval_runs_openvino_artifacts(tiny_gguf, tmp_path):
     assert ref.exit_code == 0, ref.output
     assert abs(json.loads(ref.stdout)["perplexity"] - res["perplexity"]) <= 0.02 * res["perplexity"]
     bad = CliRunner().invoke(main, ["eval", out, "--perplexity", TEXT, "--engine", "llama.cpp"])
-    assert bad.exit_code != 0 and "needs a GGUF file or a GGUF artifact" in bad.output
+    assert bad.exit_code != 0 and "is a openvino artifact, which runs on openvino, not --engine llama.cpp" in bad.output
     bad = CliRunner().invoke(main, ["eval", tiny_gguf, "--perplexity", TEXT, "--engine", "openvino"])
-    assert bad.exit_code != 0 and "--engine openvino runs OpenVINO artifacts only" in bad.output
+    assert bad.exit_code != 0 and "is not an edgec output directory" in bad.output
 
 
 def test_vq_language_model_runs_on_openvino_and_gguf_refuses_it(tiny_gguf, tmp_path):
