@@ -32,7 +32,7 @@ def test_example_vendor_plugin_is_discovered_and_attributed():
     rows = {p["name"]: p for p in json.loads(r.stdout)["plugins"]}
     acme = rows["acme-npu"]
     assert acme["distribution"] == "edgec-acme-npu" and acme["version"] == "0.2.0"
-    assert acme["provides"] == ["pass:acme-count-ops", "target:acme-npu"]
+    assert acme["provides"] == ["pass:acme-count-ops", "target:acme-llm", "target:acme-npu"]
     targets = {t["name"]: t for t in json.loads(run_cli("targets", "--json").stdout)}
     assert targets["acme-npu"]["plugin"] == "edgec-acme-npu"
     assert [o["name"] for o in targets["acme-npu"]["options"]] == ["cores"]

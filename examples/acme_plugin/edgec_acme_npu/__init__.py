@@ -1,4 +1,5 @@
-"""A toy vendor plugin: the ``acme-npu`` target and an ``acme-count-ops`` pass.
+"""A toy vendor plugin: the ``acme-npu`` target, the ``acme-llm`` target (its language-model path, in
+:mod:`edgec_acme_npu.llm`) and an ``acme-count-ops`` pass. It imports only edgec's plugin API (``edgec.api``).
 
 The Acme NPU "format" is deliberately simple so the example stays readable: the graph is written as
 edgec's text IR plus a weights file, and ``run_artifact`` executes it with edgec's reference executor
@@ -12,10 +13,10 @@ import dataclasses
 import os
 from typing import ClassVar
 
-import edgec
+from edgec.api import Artifact, Capabilities, Pass, PassContext, Target, hookimpl, option
 from edgec.ir import ReferenceExecutor, load, save
-from edgec.ir.passes import Pass, PassContext, option
-from edgec.target import Artifact, Capabilities, Target
+
+from .llm import AcmeLLMTarget
 
 
 @dataclasses.dataclass(frozen=True)
@@ -48,11 +49,12 @@ class CountOps(Pass):
         return False
 
 
-@edgec.hookimpl
+@hookimpl
 def edgec_register_targets(registry):
     registry.register(AcmeNpuTarget)
+    registry.register(AcmeLLMTarget)
 
 
-@edgec.hookimpl
+@hookimpl
 def edgec_register_passes(registry):
     registry.register(CountOps)
