@@ -3,13 +3,15 @@
 from __future__ import annotations
 
 import dataclasses
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from typing import Any, ClassVar
 
 import numpy as np
 
+from .errors import UnsupportedError
 from .ir import Model, Node, QuantizedTensor
 from .ir.passes import Pass, PassContext
+from .ir.schemes import SCHEMES
 
 
 class Lowerings(dict):
@@ -25,6 +27,44 @@ class Lowerings(dict):
 
     def ops(self) -> frozenset[str]:
         return frozenset(self)
+
+
+class Encoders(dict):
+    """A target's table of weight encoders, ``scheme name -> fn(builder, ..., q)``, filled with the :meth:`register`
+    decorator beside its :class:`Lowerings`; its keys are the quantization schemes (the names of
+    :data:`edgec.ir.schemes.SCHEMES`) the target declares it carries. A target encodes a quantized weight with
+    ``ENCODERS.encoder(q)(builder, ...)`` instead of branching on the scheme's name."""
+
+    def register(self, *schemes: str):
+        unknown = [s for s in schemes if s not in SCHEMES]
+        if unknown:
+            raise ValueError(f"Encoders.register: {unknown} are not quantization schemes; known: {', '.join(SCHEMES)}")
+
+        def deco(fn):
+            for s in schemes:
+                self[s] = fn
+            return fn
+        return deco
+
+    def schemes(self) -> frozenset[str]:
+        return frozenset(self)
+
+    def quant(self, bits: Mapping[str, Iterable[int]] | Iterable[int]) -> frozenset[tuple[str, int]]:
+        """The ``(scheme, bits)`` pairs of :attr:`Capabilities.quant` for the schemes here: ``bits`` is one range for
+        every scheme, or a range per scheme name (a scheme it leaves out is carried at no width)."""
+        per = bits if isinstance(bits, Mapping) else dict.fromkeys(self, bits)
+        unknown = set(per) - set(self)
+        if unknown:
+            raise ValueError(f"Encoders.quant: no encoder for {sorted(unknown)}; the table has {sorted(self)}")
+        return frozenset((s, b) for s, bs in per.items() for b in bs)
+
+    def encoder(self, q: QuantizedTensor, what: str = "this target") -> Callable[..., Any]:
+        """The encoder of ``q``'s scheme; an UnsupportedError naming the schemes carried when there is none."""
+        fn = self.get(q.scheme)
+        if fn is None:
+            raise UnsupportedError(f"{what} does not encode {q.scheme} weights; it carries "
+                                   f"{', '.join(sorted(self)) or 'no quantized weights'}")
+        return fn
 
 
 # What to do with vq weights on a target that cannot carry them (the base check's and TensorRT's message).

@@ -9,6 +9,7 @@ from .dtypes import DType, code_dtype, code_range
 from .executor import ExecutionError, ReferenceExecutor, random_inputs
 from .nxview import to_networkx
 from .onnx_io import UnsupportedModelError, from_onnx, infer_shapes, load_onnx, to_onnx
+from .schemes import SCHEMES, Scheme
 from .serde import FormatError, load, save
 from .tensor import ActivationQuant, QuantizedTensor, Sparsity, Tensor
 from .text import ParseError, parse_model, print_model
@@ -16,7 +17,7 @@ from .verifier import VerificationError, verify
 
 __all__ = [
     "ActivationQuant", "DType", "ExecutionError", "FormatError", "Graph", "IRError", "Model", "Node", "ParseError",
-    "QuantizedTensor", "ReferenceExecutor", "Sparsity", "Tensor", "UnsupportedModelError", "Usage", "Value",
+    "QuantizedTensor", "ReferenceExecutor", "SCHEMES", "Scheme", "Sparsity", "Tensor", "UnsupportedModelError", "Usage", "Value",
     "VerificationError", "code_dtype", "code_range", "from_onnx", "infer_shapes", "load", "load_onnx",
     "parse_model", "print_model", "random_inputs", "save", "to_networkx", "to_onnx", "verify",
 ]

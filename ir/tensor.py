@@ -15,9 +15,9 @@ from typing import Literal
 import numpy as np
 
 from .dtypes import DType, code_range
+from .schemes import SCHEMES, Scheme
 
-Scheme = Literal["symmetric", "asymmetric", "affine", "codebook", "vector"]
-SCHEMES = ("symmetric", "asymmetric", "affine", "codebook", "vector")
+SchemeName = Literal["symmetric", "asymmetric", "affine", "codebook", "vector"]
 
 
 def release_pages(a: np.ndarray) -> None:
@@ -152,7 +152,7 @@ class QuantizedTensor:
 
     codes: np.ndarray
     bits: int
-    scheme: Scheme
+    scheme: SchemeName
     scales: np.ndarray | None = None
     zero_points: np.ndarray | None = None
     axis: int | None = None
@@ -179,8 +179,13 @@ class QuantizedTensor:
         return self.bits / self.vector_dim
 
     @property
+    def scheme_type(self) -> Scheme:
+        """The :class:`~edgec.ir.schemes.Scheme` that ``scheme`` names (KeyError for an unknown name)."""
+        return SCHEMES[self.scheme]
+
+    @property
     def signed(self) -> bool:
-        return self.scheme == "symmetric"
+        return self.scheme_type.signed
 
     @property
     def nbytes(self) -> int:
@@ -207,31 +212,17 @@ class QuantizedTensor:
 
     def take_rows(self, idx: np.ndarray) -> "QuantizedTensor":
         """The same tensor with its rows (axis 0) reordered; codes and per-row parameters move together."""
-        def pick(p):
-            if p is None or p.ndim == 0 or p.shape[0] == 1:
-                return p
-            return np.ascontiguousarray(p[idx])
-        if self.scheme == "codebook" and self.codebook is not None and self.codebook.ndim > 1 and self.axis != 0:
-            raise ValueError("cannot reorder rows of a codebook tensor whose palettes are not per row")
-        if self.scheme == "vector":
-            if self.codebook.shape[0] != 1:
-                raise ValueError("cannot reorder rows of a vector tensor whose codebooks belong to row blocks")
-            return dataclasses.replace(self, codes=np.ascontiguousarray(self.codes[idx]))
-        lp = None if self.layout_params is None else {k: pick(v) for k, v in self.layout_params.items()}
-        return dataclasses.replace(self, codes=np.ascontiguousarray(self.codes[idx]), scales=pick(self.scales),
-                                   zero_points=pick(self.zero_points), offsets=pick(self.offsets),
-                                   codebook=pick(self.codebook) if (self.codebook is not None
-                                                                   and self.codebook.ndim > 1) else self.codebook,
-                                   layout_params=lp)
+        return self.scheme_type.take_rows(self, idx)
 
     def validate(self) -> list[str]:
         """Return every way this tensor breaks its own invariants (empty when valid)."""
         errs: list[str] = []
         if self.scheme not in SCHEMES:
-            errs.append(f"scheme {self.scheme!r} is not one of {SCHEMES}")
+            errs.append(f"scheme {self.scheme!r} is not one of {tuple(SCHEMES)}")
             return errs
-        if not 1 <= self.bits <= (16 if self.scheme == "vector" else 8):
-            errs.append(f"bits must be 1..{16 if self.scheme == 'vector' else 8}, got {self.bits}")
+        kind = self.scheme_type
+        if not 1 <= self.bits <= kind.max_bits:
+            errs.append(f"bits must be 1..{kind.max_bits}, got {self.bits}")
             return errs
         if self.codes.dtype.kind not in "iu":
             errs.append(f"codes must be integers, got {self.codes.dtype}")
@@ -247,127 +238,11 @@ class QuantizedTensor:
                 errs.append(
                     f"group_size={self.group_size} does not divide dim {self.group_axis} "
                     f"(extent {self.shape[self.group_axis]})")
-        if self.scheme == "vector":
-            return errs + self._vector_errors()
-        if self.vector_dim != 1 or self.codebook_bits is not None:
-            errs.append(f"vector_dim={self.vector_dim}, codebook_bits={self.codebook_bits}: each needs the vector "
-                        "scheme (1 and None otherwise)")
-        if self.scheme == "codebook":
-            if self.codebook is None:
-                errs.append("codebook scheme needs a codebook")
-            else:
-                n = self.codebook.shape[-1]
-                if n > (1 << self.bits):
-                    errs.append(f"codebook has {n} entries, more than 2**bits={1 << self.bits}")
-                if self.codes.size and (self.codes.min() < 0 or self.codes.max() >= n):
-                    errs.append(f"codes index outside the codebook's {n} entries")
-                if self.codebook.ndim == 2 and (self.axis is None or self.codebook.shape[0] != self.shape[self.axis]):
-                    errs.append("a per-channel codebook needs axis set and one row per channel")
-                if self.codebook.ndim == 3 and (
-                        len(self.shape) != 2 or self.axis != 0 or self.group_axis != 1 or not self.group_size
-                        or self.codebook.shape[:2] != (self.shape[0], self.shape[1] // self.group_size)):
-                    errs.append("a per-group codebook needs a 2-D weight, axis=0, group_axis=1 and shape "
-                                "[channels, K / group_size, entries]")
-        else:
-            lo, hi = code_range(self.bits, self.signed)
-            if self.codes.size and (self.codes.min() < lo or self.codes.max() > hi):
-                errs.append(
-                    f"codes lie in [{self.codes.min()}, {self.codes.max()}], outside the {self.bits}-bit "
-                    f"{'signed' if self.signed else 'unsigned'} range [{lo}, {hi}]")
-            if self.scales is None:
-                errs.append(f"{self.scheme} scheme needs scales")
-            if self.scheme == "asymmetric" and self.zero_points is None:
-                errs.append("asymmetric scheme needs zero_points")
-            if self.scheme in ("symmetric", "affine") and self.zero_points is not None:
-                errs.append(f"{self.scheme} scheme must not carry zero_points")
-            if self.scheme == "affine" and self.offsets is None:
-                errs.append("affine scheme needs offsets")
-        if self.offsets is not None and self.scheme != "affine":
-            errs.append("only the affine scheme carries offsets")
-        for pname in ("scales", "zero_points", "offsets"):
-            p = getattr(self, pname)
-            if p is None:
-                continue
-            if p.ndim != rank:
-                errs.append(f"{pname} rank {p.ndim} differs from codes rank {rank}")
-                continue
-            for d, (ps, cs) in enumerate(zip(p.shape, self.shape)):
-                expected = {1, cs}
-                if self.group_size and d == self.group_axis:
-                    expected.add(cs // self.group_size)
-                if ps not in expected:
-                    errs.append(f"{pname} dim {d} has extent {ps}; allowed {sorted(expected)}")
-        return errs
-
-    def _vector_errors(self) -> list[str]:
-        errs = []
-        d, cb = self.vector_dim, self.codebook
-        if self.codes.ndim != 2:
-            return [f"vector quantization needs a 2-D weight (codes [O, K / vector_dim]); codes have rank "
-                    f"{self.codes.ndim}"]
-        if d < 1:
-            return [f"vector_dim must be positive, got {d}"]
-        if cb is None or cb.ndim != 4 or cb.shape[-1] != d:
-            return [f"vector codebooks have shape [row blocks, column groups, entries, vector_dim={d}]; got "
-                    f"{None if cb is None else list(cb.shape)}"]
-        o, k = self.shape
-        if o % cb.shape[0]:
-            errs.append(f"{cb.shape[0]} row blocks do not divide the weight's {o} rows")
-        if self.group_axis != 1 or not self.group_size or self.group_size % d or k % self.group_size:
-            errs.append(f"group_size={self.group_size} (group_axis={self.group_axis}) must be a multiple of "
-                        f"vector_dim={d} dividing K={k}, along group_axis=1")
-        elif cb.shape[1] != k // self.group_size:
-            errs.append(f"the codebooks have {cb.shape[1]} column groups; K / group_size = {k // self.group_size}")
-        if cb.shape[2] > (1 << self.bits):
-            errs.append(f"codebook has {cb.shape[2]} entries, more than 2**bits={1 << self.bits}")
-        if self.codes.size and (self.codes.min() < 0 or self.codes.max() >= cb.shape[2]):
-            errs.append(f"codes index outside the codebook's {cb.shape[2]} entries")
-        if self.axis is not None or any(p is not None for p in (self.scales, self.zero_points, self.offsets)):
-            errs.append("a vector-quantized tensor carries no axis, scales, zero points or offsets")
-        errs += codebook_storage_errors(cb, self.codebook_bits)
-        return errs
+        return errs + kind.errors(self)
 
     def dequantize(self) -> np.ndarray:
         """The exact values this quantized tensor stands for, in ``dtype``."""
-        out_dt = self.dtype.numpy
-        if self.scheme == "vector":
-            return decode_vectors(self.codes, self.codebook, self.group_size).astype(out_dt)
-        if self.scheme == "codebook":
-            cb = self.codebook.astype(np.float32)
-            if cb.ndim == 1:
-                w = cb[self.codes.astype(np.int64)]
-            elif cb.ndim == 3:
-                rows, k = self.shape
-                idx = self.codes.astype(np.int64).reshape(rows, k // self.group_size, self.group_size)
-                w = np.take_along_axis(cb, idx, axis=2).reshape(rows, k)
-            else:
-                idx = self.codes.astype(np.int64)
-                moved = np.moveaxis(idx, self.axis, 0)
-                w = np.take_along_axis(cb, moved.reshape(moved.shape[0], -1), axis=1).reshape(moved.shape)
-                w = np.moveaxis(w, 0, self.axis)
-            if self.scales is not None:
-                w = w * expand_blocks(self.scales.astype(np.float32), self.shape)
-            return w.astype(out_dt)
-        if self.group_size and self.codes.ndim == 2 and self.group_axis == 1:
-            # [rows, G, gs] with parameters [rows|1, G, 1]: broadcasting, in place, one full-size buffer.
-            rows, k = self.shape
-            w = self.codes.astype(np.float32).reshape(rows, k // self.group_size, self.group_size)
-
-            def p(a):
-                return np.asarray(a, np.float32).reshape(a.shape[0], -1, 1)
-            if self.zero_points is not None:
-                w -= p(self.zero_points)
-            w *= p(self.scales)
-            if self.offsets is not None:
-                w += p(self.offsets)
-            return w.reshape(rows, k).astype(out_dt, copy=False)
-        q = self.codes.astype(np.float32)
-        if self.zero_points is not None:
-            q = q - expand_blocks(self.zero_points.astype(np.float32), self.shape)
-        w = q * expand_blocks(self.scales.astype(np.float32), self.shape)
-        if self.offsets is not None:
-            w = w + expand_blocks(self.offsets.astype(np.float32), self.shape)
-        return w.astype(out_dt)
+        return self.scheme_type.dequantize(self)
 
     def numpy(self) -> np.ndarray:
         """Alias of :meth:`dequantize`, so plain and quantized constants read alike."""
@@ -389,15 +264,11 @@ class QuantizedTensor:
             "bits": self.bits, "scheme": self.scheme, "axis": self.axis, "group_size": self.group_size,
             "group_axis": self.group_axis, "method": self.method, "bytes": self.nbytes,
             **({"layout": self.layout} if self.layout else {}),
-            **({"vector_dim": self.vector_dim, "bits_per_weight": self.bits_per_weight,
-                "codebook_bits": self.codebook_bits} if self.scheme == "vector" else {}),
+            **self.scheme_type.describe(self),
         }
 
     def __repr__(self) -> str:
-        g = f", group={self.group_size}" if self.group_size else ""
-        if self.scheme == "vector":
-            return f"QuantizedTensor(vector {self.vector_dim}D {self.bits}b-index {list(self.shape)}{g})"
-        return f"QuantizedTensor({self.scheme} {self.bits}b {list(self.shape)}, axis={self.axis}{g})"
+        return self.scheme_type.label(self)
 
 
 def vector_bases(codebook_shape: tuple[int, ...], dtype=np.int64) -> np.ndarray:

@@ -20,6 +20,7 @@ import dataclasses
 import numpy as np
 
 from ..ir import QuantizedTensor
+from ..ir.schemes import SCHEMES
 from ..ir.tensor import register_layout
 
 IQ4_NL_VALUES = np.array([-127, -104, -83, -65, -49, -35, -22, -10, 1, 13, 25, 38, 53, 69, 89, 113], np.float32)
@@ -130,7 +131,7 @@ class Grid:
 
     def tensor(self, codes: np.ndarray, method: str) -> QuantizedTensor:
         t = self.t
-        dt = np.int8 if t.scheme == "symmetric" else np.uint8
+        dt = np.int8 if SCHEMES[t.scheme].signed else np.uint8
         return QuantizedTensor(
             codes=codes.astype(dt), bits=t.bits, scheme=t.scheme, scales=self.scales.astype(np.float32),
             offsets=None if self.offsets is None else self.offsets.astype(np.float32), axis=0, group_size=t.sub,
@@ -224,7 +225,7 @@ def quantize_matrix(w2: np.ndarray, t: GGUFType, method: str = "rtn", h_diag: np
     for r in range(0, w2.shape[0], chunk):
         wr = np.asarray(w2[r:r + chunk], np.float32)
         g = fit_mse(wr, t, h_diag) if method == "mse" else fit(wr, t)
-        parts.append((g, g.quantize(wr).astype(np.int8 if t.scheme == "symmetric" else np.uint8)))
+        parts.append((g, g.quantize(wr).astype(np.int8 if SCHEMES[t.scheme].signed else np.uint8)))
     if len(parts) == 1:
         return parts[0][0].tensor(parts[0][1], method)
     g0 = parts[0][0]

@@ -25,6 +25,7 @@ import numpy as np
 from ...errors import UsageError
 from ...ir import ActivationQuant, Model, ReferenceExecutor, Value
 from ...ir.passes import Pass, PassContext, option
+from ...ir.schemes import SCHEMES
 from .scaling import apply_input_scale, linear_groups
 
 BINS = 2048
@@ -103,7 +104,7 @@ class QuantizeActivations(Pass):
 
     def __post_init__(self) -> None:
         super().__post_init__()
-        if self.scheme == "asymmetric" and self.observer in ("entropy", "mse"):
+        if SCHEMES[self.scheme].has_zero_point and self.observer in ("entropy", "mse"):
             raise UsageError(f"quantize-activations: observer={self.observer} is symmetric; use scheme=symmetric "
                              "or observer=minmax/percentile")
 
@@ -149,7 +150,7 @@ class QuantizeActivations(Pass):
                     thresholds[k] = mse_threshold(h, width)
         for v in values:
             t = max(min(thresholds[v.name], amax[v.name]), 1e-12)
-            if self.scheme == "symmetric":
+            if SCHEMES[self.scheme].signed:
                 v.quant = ActivationQuant(scale=float(np.float32(t / 127.0)), zero_point=0, bits=8, signed=True,
                                           observer=self.observer)
             else:

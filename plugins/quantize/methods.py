@@ -19,6 +19,7 @@ from __future__ import annotations
 import numpy as np
 
 from ...ir import QuantizedTensor
+from ...ir.schemes import SCHEMES
 from ...ir.tensor import release_pages
 from .grid import GridSpec, dequantize_codes, grouped, params, quantize_codes
 
@@ -102,7 +103,7 @@ def gptq(w2: np.ndarray, spec: GridSpec | None, h: np.ndarray, *, damp: float = 
     inv = np.argsort(perm)
     hinv, dead = inverse_hessian_factor(h, damp, "quantize{method=gptq,damp=0.1}")
     w[:, dead] = 0.0  # upper triangle valid; the strictly lower triangle is never read below
-    symmetric = grid.t.scheme == "symmetric" if grid is not None else spec.symmetric
+    symmetric = SCHEMES[grid.t.scheme].signed if grid is not None else spec.symmetric
     codes = np.zeros((out, k), np.int8 if symmetric else np.uint8)
     col_group = perm // gs  # original group of each permuted column
     sc = scale.astype(np.float64)

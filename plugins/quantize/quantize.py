@@ -22,7 +22,7 @@ from ...api.layers import Layer, find_layers, layer_rows
 from ...errors import UsageError
 from ...ir import Model, QuantizedTensor
 from ...ir.passes import Pass, PassContext, option
-from ...ir.tensor import expand_blocks
+from ...ir.schemes import SCHEMES
 from . import methods
 from .grid import GridSpec, as_matrix, dequantize_codes, make_tensor, sqnr_db
 from .scaling import apply_input_scale, foldable, linear_groups
@@ -38,29 +38,9 @@ def keep_zeros(q: QuantizedTensor, zero: np.ndarray) -> tuple[QuantizedTensor, s
     when the grid has no exact zero (affine), a note that the sparsity was lost."""
     if not zero.any():
         return q, ""
-    codes = np.array(q.codes, copy=True)
-    if q.scheme == "symmetric":
-        codes[zero] = 0
-        return dataclasses.replace(q, codes=codes), ""
-    if q.scheme == "asymmetric":
-        zp = expand_blocks(np.asarray(q.zero_points), q.shape)
-        codes[zero] = zp[zero]
-        return dataclasses.replace(q, codes=codes), ""
-    if q.scheme == "codebook":
-        cb = np.array(q.codebook, np.float32, copy=True)
-        near = np.argmin(np.abs(cb), axis=-1)  # per palette
-        np.put_along_axis(cb, near[..., None], 0.0, axis=-1)
-        if cb.ndim == 1:
-            pick = np.full(q.shape, near, codes.dtype)
-        elif cb.ndim == 2:
-            shape = [1] * codes.ndim
-            shape[q.axis] = -1
-            pick = np.broadcast_to(near.reshape(shape), q.shape)
-        else:
-            pick = np.repeat(near, q.group_size, axis=1)
-        # Weights that were coded to the zeroed entry keep it (they were the ones nearest zero).
-        codes[zero] = pick[zero].astype(codes.dtype)
-        return dataclasses.replace(q, codes=codes, codebook=cb), ""
+    kept = q.scheme_type.exact_zero(q, zero)
+    if kept is not None:
+        return kept, ""
     return q, f"the {q.scheme} grid has no exact zero: the weight's sparsity is not kept"
 
 
@@ -241,10 +221,10 @@ class Quantize(Pass):
                 and shape[1] % self.group == 0:
             # Whole kernels of `group` input channels are consecutive in the flattened [O, I*kh*kw] matrix.
             kernel = int(np.prod(shape[2:]))
-            return GridSpec(bits, self.scheme == "symmetric", "group", self.group * kernel, self.scale_dtype)
+            return GridSpec(bits, SCHEMES[self.scheme].signed, "group", self.group * kernel, self.scale_dtype)
         if gran == "group" and (layer.weight.rank != 2 or k % (self.group or 128)):
             gran = "channel"  # conv weights and indivisible K fall back to per channel (reported)
-        return GridSpec(bits, self.scheme == "symmetric", gran, self.group or 128, self.scale_dtype)
+        return GridSpec(bits, SCHEMES[self.scheme].signed, gran, self.group or 128, self.scale_dtype)
 
     def method_for(self, layer: Layer) -> str:
         """The role changes the default bits, not the algorithm; embedding tables (no Hessian) use rtn."""
