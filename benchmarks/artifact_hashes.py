@@ -50,7 +50,7 @@ def _export(name: str, work: str) -> str:
 def _tiny_gguf(work: str) -> str:
     from tests.llm.conftest import TINY, write_gguf
     from edgec.plugins.llm.bundled import smollm2_path
-    from edgec.plugins.llm.gguf_io import dump_kv, kv_metadata, open_gguf
+    from edgec.plugins.frontends.gguf_io import dump_kv, kv_metadata, open_gguf
     kv = dump_kv(kv_metadata(open_gguf(smollm2_path())))
     return write_gguf(TINY, kv, os.path.join(work, "tiny-llama.gguf"))
 

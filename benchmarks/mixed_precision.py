@@ -38,7 +38,7 @@ GROUP = 64
 def main() -> int:
     import warnings
     warnings.simplefilter("ignore")
-    from edgec.plugins.mixed.mixed import REPORT_KEY
+    from edgec.plugins.mixed.mixed_precision import REPORT_KEY
 
     work = tempfile.mkdtemp(prefix="edgec-mixed-bench-")
     m, base, ctx, ids, reg = smollm2_bench(work, max_samples=4, seq_len=128)
@@ -101,7 +101,7 @@ def _front(base, ctx) -> dict:
     runs filled): quantized-weight bytes against predicted damage (summed per-layer KL), with the uniform
     allocations' predicted damage for comparison."""
     from edgec.ir.serde import load
-    from edgec.plugins.mixed.mixed import MixedPrecision
+    from edgec.plugins.mixed.mixed_precision import MixedPrecision
     from edgec.plugins.mixed.sensitivity import analyse
     mp = MixedPrecision(avg_bits=4.0, bits=CANDIDATES, group=GROUP, samples=4)
     cands = {mp.spec(mp.candidate(b)): b for b in mp.widths()}

@@ -320,7 +320,7 @@ def _sensitivity(path: str, calib: str, bits, method: str, samples: int, use_cac
     from .host import host
     from .ir.passes import PassContext, PassManager, parse_pipeline
     from .plugins.cleanup import DEFAULT_CLEANUP
-    from .plugins.mixed.mixed import MixedPrecision
+    from .plugins.mixed.mixed_precision import MixedPrecision
     from .plugins.mixed.sensitivity import analyse
     h = host()
     m = load_model(path)
@@ -338,7 +338,7 @@ def _inspect_sensitivity(model, calib, bits, method, samples, plot, metric, no_c
     from .plugins.mixed.sensitivity import plot as plot_png
     if not calib:
         raise UsageError("--sensitivity needs --calib (a .npz, a folder of samples, or 'random' for a smoke test)")
-    from .plugins.mixed.mixed import parse_candidates
+    from .plugins.mixed.mixed_precision import parse_candidates
     from .plugins.mixed.sensitivity import label
     try:
         widths = parse_candidates(bits)

@@ -220,7 +220,7 @@ def test_an_attribute_onnxruntime_rejects_is_a_clean_error_when_verifying(tmp_pa
 def small_gguf(tmp_path_factory):
     from edgec.plugins.llm.bundled import smollm2_path
     from edgec.api.llm import LLMConfig
-    from edgec.plugins.llm.gguf_io import dump_kv, kv_metadata, open_gguf
+    from edgec.plugins.frontends.gguf_io import dump_kv, kv_metadata, open_gguf
     from tests.llm.conftest import write_gguf
     cfg = LLMConfig(arch="llama", vocab_size=300, hidden=64, intermediate=128, layers=1, heads=4, kv_heads=2,
                     head_dim=16, rope_theta=10000.0, rms_eps=1e-5, context_length=64, tied_embeddings=False,

@@ -1,14 +1,7 @@
-"""Language models: GGUF and Hugging Face frontends, tokenizers, perplexity evaluation, generation checks."""
+"""Language models: tokenizers, perplexity evaluation, generation checks (their frontends are in plugins/frontends)."""
 
 from ...hookspecs import hookimpl
 from .checks import CHECKS
-from .frontends import GGUFFrontend, HFFrontend
-
-
-@hookimpl
-def edgec_register_frontends(registry):
-    registry.register(GGUFFrontend)
-    registry.register(HFFrontend)
 
 
 @hookimpl

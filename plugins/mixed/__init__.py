@@ -2,7 +2,7 @@
 
 from ...checks import BUILTIN as CHECKS
 from ...hookspecs import hookimpl
-from .mixed import MixedPrecision
+from .mixed_precision import MixedPrecision
 
 PASSES = (MixedPrecision,)
 

@@ -2,8 +2,8 @@
 
 from ...hookspecs import hookimpl
 from .prune import Prune
-from .heads import PruneHeads
-from .structured import PruneChannels
+from .prune_heads import PruneHeads
+from .prune_channels import PruneChannels
 
 PASSES = (Prune, PruneChannels, PruneHeads)
 

@@ -26,47 +26,16 @@ from ...api.llama_cpp import llama_cpp_engine, load_llama
 from ...api.llm import GGUF_KV_KEY, SOURCE_KEY, LLMConfig, permute_rows, weight_names
 from ...errors import UnsupportedError
 from ...hookspecs import hookimpl
-from ...ir import Model, QuantizedTensor, Tensor
+from ...ir import Model, QuantizedTensor
 from ...ir.passes import Pass, PassContext, option
 from ...target import Artifact, Capabilities, Target, VerifyPolicy
 from .encode import EncodeError, encode
+from .round_float_weights import RoundFloatWeights
 
 FILE = "model.gguf"
 # General file types (llama_ftype) by the type most weights use; llama.cpp only reports it.
 _FTYPE = {"F32": 0, "F16": 1, "Q4_0": 2, "Q4_1": 3, "Q8_0": 7, "Q5_0": 8, "Q5_1": 9, "Q2_K": 10, "Q3_K": 12,
           "Q4_K": 15, "Q5_K": 17, "Q6_K": 18, "IQ4_NL": 25, "BF16": 32}
-
-
-def _round_float(arr: np.ndarray, ftype: str) -> np.ndarray:
-    if ftype == "F16":
-        return arr.astype(np.float16).astype(np.float32)
-    if ftype == "BF16":
-        import ml_dtypes
-        return arr.astype(ml_dtypes.bfloat16).astype(np.float32)
-    return arr
-
-
-@dataclasses.dataclass(frozen=True)
-class RoundFloatWeights(Pass):
-    """Round float weight matrices to the storage float type (values stay float32 in the IR)."""
-
-    name: ClassVar[str] = "round-float-weights"
-    lossy: ClassVar[bool] = True  # changes the numbers on purpose: --verify judges fidelity
-    summary: ClassVar[str] = "round float 2-D weights to f16/bf16 values (what a target will store)"
-    dtype: str = option("F16", choices=FLOAT_TYPES, help="storage type")
-
-    def run(self, model: Model, ctx: PassContext) -> bool:
-        if self.dtype == "F32":
-            return False
-        changed = False
-        for v in list(model.graph.initializers.values()):
-            if isinstance(v.const, Tensor) and v.rank == 2 and v.dtype is not None and v.dtype.is_float:
-                arr = np.asarray(v.numpy(), np.float32)
-                r = _round_float(arr, self.dtype)
-                if not np.array_equal(r, arr):
-                    v.const = Tensor(r)
-                    changed = True
-        return changed
 
 
 @dataclasses.dataclass(frozen=True)

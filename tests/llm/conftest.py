@@ -12,8 +12,8 @@ from edgec.api.llm import GGUF_KV_KEY, LLMConfig, expected_shape, weight_names
 from edgec.ir import Tensor
 from edgec.ir.passes import PassContext
 from edgec.plugins.llm.bundled import smollm2_path
-from edgec.plugins.llm.decoder import build_decoder
-from edgec.plugins.llm.gguf_io import dump_kv, kv_metadata, open_gguf
+from edgec.plugins.frontends.decoder import build_decoder
+from edgec.plugins.frontends.gguf_io import dump_kv, kv_metadata, open_gguf
 
 
 @pytest.fixture(scope="session")

@@ -67,7 +67,7 @@ def test_eval_errors(tmp_path, tiny_gguf):
 
 def test_text_calibration_is_deterministic_and_tokenized(tiny_gguf):
     from edgec.calibration import load_calibration
-    from edgec.plugins.llm.frontends import GGUFFrontend
+    from edgec.plugins.frontends.gguf import GGUFFrontend
     m = GGUFFrontend().load(tiny_gguf)
     a = load_calibration(TEXT, m, seed=3, max_samples=4, seq_len=64)
     b = load_calibration(TEXT, m, seed=3, max_samples=4, seq_len=64)
@@ -81,7 +81,7 @@ def test_gptq_on_gguf_grids_beats_rtn_on_layer_output(tiny_gguf):
     calibration text flowing through the (streamed) model."""
     from edgec.calibration import load_calibration
     from edgec.ir.passes import PassContext, PassManager
-    from edgec.plugins.llm.frontends import GGUFFrontend
+    from edgec.plugins.frontends.gguf import GGUFFrontend
     from edgec.plugins.quantize.quantize import REPORT_KEY, Quantize
     errs = {}
     for method in ("rtn", "gptq", "awq"):

@@ -10,7 +10,7 @@ from edgec.api.gguf import TYPES, quantize_matrix
 from edgec.api.llm import LLMConfig, permute_rows
 from edgec.ir import QuantizedTensor
 from edgec.ir.passes import PassContext, PassManager
-from edgec.plugins.llm.frontends import GGUFFrontend
+from edgec.plugins.frontends.gguf import GGUFFrontend
 from edgec.plugins.quantize.quantize import Quantize
 from edgec.targets.gguf import FILE, GGUFTarget, RoundFloatWeights
 from edgec.targets.gguf.encode import EncodeError, encode
@@ -104,7 +104,7 @@ def test_qwen2_decoder_runs_in_llama_cpp(tmp_path, smol_kv):
     llama.cpp's logits match transformers'. The tokenizer metadata is SmolLM2's (same vocabulary size)."""
     import torch
     import transformers as tf
-    from edgec.plugins.llm.frontends import HFFrontend
+    from edgec.plugins.frontends.hf import HFFrontend
     from edgec.api.llm import GGUF_KV_KEY
     torch.manual_seed(0)
     hm = tf.Qwen2ForCausalLM(tf.Qwen2Config(

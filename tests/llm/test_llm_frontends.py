@@ -11,7 +11,8 @@ import torch
 from edgec.errors import BadInputError, UnsupportedError
 from edgec.ir import ReferenceExecutor
 from edgec.api.llm import LLMConfig
-from edgec.plugins.llm.frontends import GGUFFrontend, HFFrontend
+from edgec.plugins.frontends.gguf import GGUFFrontend
+from edgec.plugins.frontends.hf import HFFrontend
 
 
 def _hf_model(kind: str, tied: bool = False, dtype=torch.float32):

@@ -39,6 +39,6 @@ def test_vendor_llm_target_verifies_and_measures_perplexity(tiny_gguf, tmp_path)
 
 def test_vendor_llm_target_native_mixed_set():
     from edgec.ir.passes import PassContext
-    from edgec.plugins.mixed.mixed import MixedPrecision
+    from edgec.plugins.mixed.mixed_precision import MixedPrecision
     tgt = host().targets["acme-llm"]()
     assert MixedPrecision(avg_bits=6.0).choices(PassContext(target=tgt)) == [4, 8]

@@ -14,7 +14,7 @@ from edgec.errors import UsageError
 from edgec.host import host
 from edgec.ir.passes import PassContext, parse_pipeline
 from edgec.plugins.mixed import sensitivity as sens_mod
-from edgec.plugins.mixed.mixed import REPORT_KEY
+from edgec.plugins.mixed.mixed_precision import REPORT_KEY
 from edgec.plugins.mixed.solver import allocate, pareto_front
 
 

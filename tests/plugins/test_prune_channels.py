@@ -6,7 +6,7 @@ import pytest
 from edgec import ir
 from edgec.host import host
 from edgec.ir.passes import PassContext, parse_pipeline
-from edgec.plugins.prune.structured import find_groups
+from edgec.plugins.prune.prune_channels import find_groups
 
 
 def _run(pipe, m, calib=None):

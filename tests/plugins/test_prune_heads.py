@@ -11,8 +11,8 @@ from edgec.api.llm import LLM_KEY, LLMConfig, expected_shape, weight_names
 from edgec.errors import UsageError
 from edgec.host import host
 from edgec.ir.passes import PassContext, parse_pipeline
-from edgec.plugins.llm.decoder import build_decoder
-from edgec.plugins.prune.heads import REPORT_KEY, find_blocks
+from edgec.plugins.frontends.decoder import build_decoder
+from edgec.plugins.prune.prune_heads import REPORT_KEY, find_blocks
 
 
 def _run(pipe, m, calib=None):

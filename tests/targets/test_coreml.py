@@ -384,7 +384,7 @@ def tiny_llama():
     import dataclasses
     import importlib.util
 
-    from edgec.plugins.llm.decoder import build_decoder
+    from edgec.plugins.frontends.decoder import build_decoder
     spec = importlib.util.spec_from_file_location("llm_fixtures", os.path.join(os.path.dirname(__file__), "..",
                                                                                "llm", "conftest.py"))
     llm = importlib.util.module_from_spec(spec)

@@ -32,7 +32,7 @@ import numpy as np
 from ...errors import UsageError
 from ...ir import Model, Node, QuantizedTensor, Value
 from ...ir.passes import Pass, PassContext, option
-from .structured import reinfer, replace_const, selected
+from .prune_channels import reinfer, replace_const, selected
 
 REPORT_KEY = "edgec.prune_heads"
 UNARY = {"Neg", "Sigmoid", "Relu", "Tanh", "Cast", "Identity", "Exp", "Erf", "Sqrt", "Abs", "Reciprocal",
