@@ -104,7 +104,7 @@ def _weight(v: Value | None, out_channels_axis: int = 0):
     if v is None or not v.is_const or not isinstance(v.const, QuantizedTensor):
         return None
     q = v.const
-    if q.scheme != "symmetric" or q.bits > 8 or q.group_size is not None or q.codebook is not None \
+    if not q.signed or q.bits > 8 or q.group_size is not None or q.codebook is not None \
             or q.offsets is not None or q.layout is not None or q.axis not in (None, out_channels_axis):
         return None
     o = q.shape[0]

@@ -16,6 +16,7 @@ from onnx import helper, numpy_helper
 from . import ops as edgec_ops
 from .core import Graph, IRError, Model, Node, Value, gc_paused
 from .dtypes import DType
+from .schemes import Vector
 from .tensor import QuantizedTensor, Tensor, vector_bases
 
 
@@ -320,9 +321,11 @@ def _affine_dequant_nodes(v: Value, ctx: edgec_ops.ExpandContext) -> bool:
     result is bit-identical while the model holds 1-byte codes instead of 4-byte floats. Returns False for
     what it does not encode (codebooks, non-float32 results)."""
     q = v.const
-    if q.scheme == "vector" and q.dtype == DType.FLOAT32:
+    if q.dtype != DType.FLOAT32:
+        return False
+    if isinstance(q.scheme_type, Vector):
         return _vector_dequant_nodes(v, ctx)
-    if q.scheme in ("codebook", "vector") or q.dtype != DType.FLOAT32:
+    if q.scheme_type.indexes_codebook:
         return False
     codes = np.asarray(q.codes)
     codes = codes.astype(np.int8 if q.signed else np.uint8)

@@ -20,7 +20,7 @@ import numpy as np
 
 from ..errors import UnsupportedError
 from ..ir import DType, Model, Node, QuantizedTensor, Value
-from ..target import Lowerings
+from ..target import Encoders, Lowerings
 
 LOWERINGS = Lowerings()
 lowering = LOWERINGS.register
@@ -845,13 +845,14 @@ def pack_codes(q: QuantizedTensor) -> tuple[np.ndarray, int]:
 def _quantized_linear(b: RelaxBuilder, n: Node, x: Value, q: QuantizedTensor, bias: Value | None):
     from tvm import te
 
-    if q.scheme == "codebook" or q.codes.ndim != 2 or q.axis not in (0, None) or (q.group_size and q.group_axis != 1):
+    if q.scheme not in LINEAR_WEIGHTS or q.codes.ndim != 2 or q.axis not in (0, None) \
+            or (q.group_size and q.group_axis != 1):
         raise UnsupportedError(f"node {n.name!r}: the cpu target encodes per-channel or group-wise (along the input "
                                f"axis) affine weights and vector codebooks; {q!r} is not one of them")
     N, K = q.shape
     xs = x.static_shape
     M = int(np.prod(xs[:-1]))
-    consts, element = _vector_te(q, b) if q.scheme == "vector" else _dequant_te(q, b)
+    consts, element = LINEAR_WEIGHTS[q.scheme](q, b)
 
     def compute(X, *params):
         k = te.reduce_axis((0, K), "k")
@@ -873,6 +874,12 @@ def vector_arrays(q: QuantizedTensor) -> tuple[np.ndarray, np.ndarray]:
     return codes, book
 
 
+# How a quantized Linear weight's elements are computed inside the matmul, by scheme: the schemes the library
+# carries for Linear (conv weights and embedding tables: the uniform grids only).
+LINEAR_WEIGHTS = Encoders()
+
+
+@LINEAR_WEIGHTS.register("vector")
 def _vector_te(q: QuantizedTensor, b: RelaxBuilder):
     """A vector-quantized weight as Relax constants (indices ``[O, K / d]`` u8 / u16, codebooks flattened to
     ``[R * G * n, d]`` float32) and a TE function gathering one element from the codebook inside the matmul:
@@ -890,6 +897,7 @@ def _vector_te(q: QuantizedTensor, b: RelaxBuilder):
     return consts, element
 
 
+@LINEAR_WEIGHTS.register("symmetric", "asymmetric", "affine")
 def _dequant_te(q: QuantizedTensor, b: RelaxBuilder):
     """Relax constants for a quantized weight plus a TE function reading one dequantized element.
 
@@ -930,7 +938,7 @@ def _dequant_te(q: QuantizedTensor, b: RelaxBuilder):
 
 def _quantized_conv(b: RelaxBuilder, n: Node, q: QuantizedTensor):
     from tvm import te, topi
-    if q.scheme in ("codebook", "vector"):
+    if q.scheme_type.indexes_codebook:
         raise UnsupportedError(f"node {n.name!r}: the cpu target does not encode {q.scheme} conv weights")
     o, i, kh, kw = q.shape
     consts, element = _dequant_te(q, b)
@@ -948,7 +956,7 @@ def _quantized_conv(b: RelaxBuilder, n: Node, q: QuantizedTensor):
 
 def _quantized_gather(b: RelaxBuilder, n: Node, q: QuantizedTensor):
     from tvm import te
-    if q.scheme in ("codebook", "vector") or q.codes.ndim != 2 or n.attr("axis", 0) != 0:
+    if q.scheme_type.indexes_codebook or q.codes.ndim != 2 or n.attr("axis", 0) != 0:
         raise UnsupportedError(f"node {n.name!r}: the cpu target encodes affine 2-D embedding tables only")
     rows, dim = q.shape
     consts, element = _dequant_te(q, b)

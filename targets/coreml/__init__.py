@@ -37,10 +37,9 @@ from ...ir.passes import PassContext, option
 from ...target import Artifact, Capabilities, Target, VerifyPolicy, fp16_verify_policy
 from .builder import (DEPLOYMENTS, LOWERINGS, NARROW_INTS, PRECISIONS, MILBuilder, ct_modules, mil_name, opset,
                       variant_problem)
-from .weights import old_opset_problem
+from .weights import ENCODERS, old_opset_problem
 
-_QUANT = frozenset({(s, b) for s in ("symmetric", "asymmetric") for b in (4, 8)}
-                   | {("codebook", b) for b in range(1, 9)} | {("vector", b) for b in range(1, 9)})
+_QUANT = ENCODERS.quant({"symmetric": (4, 8), "asymmetric": (4, 8), "codebook": range(1, 9), "vector": range(1, 9)})
 
 
 # Per-run metadata coremltools writes into the spec (``convert`` records today's date): dropped so that the same

@@ -33,6 +33,11 @@ import numpy as np
 
 from ...errors import UnsupportedError
 from ...ir import QuantizedTensor, Value
+from ...target import Encoders
+
+# The weight encodings, by scheme (WeightEncoder's methods register themselves): what the target carries.
+ENCODERS = Encoders()
+encoder = ENCODERS.register
 
 INDEX_BITS = (1, 2, 3, 4, 6, 8)  # the palette index types Core ML has (uint1..uint8, no 5 or 7)
 
@@ -74,6 +79,11 @@ def old_opset_problem(name: str, q) -> str | None:
     return None
 
 
+def _grid_widths(v: Value, q: QuantizedTensor) -> UnsupportedError:
+    return UnsupportedError(f"weight {v.name!r}: the coreml target stores {q.bits}-bit {q.scheme} grids only "
+                            "at 4 or 8 bits (quantize{bits=4|8}) or as palettes (quantize{method=codebook})")
+
+
 @dataclasses.dataclass
 class Encoded:
     var: object            # the MIL value (a constexpr op's output or an fp16 array)
@@ -102,14 +112,10 @@ class WeightEncoder:
             if sparse is not None:
                 return self._sparse_float(w, sparse, name)
             return Encoded(w, "fp32" if self.fp32 else "fp16")
-        if q.scheme == "codebook":
-            return self._palette(v, q, sparse, name)
-        if q.scheme == "vector":
-            return self._vector(v, q, name)
-        if q.scheme in ("symmetric", "asymmetric") and q.bits in (4, 8):
-            return self._blockwise(v, q, sparse, name)
-        raise UnsupportedError(f"weight {v.name!r}: the coreml target stores {q.bits}-bit {q.scheme} grids only "
-                               "at 4 or 8 bits (quantize{bits=4|8}) or as palettes (quantize{method=codebook})")
+        fn = ENCODERS.get(q.scheme)
+        if fn is None:
+            raise _grid_widths(v, q)
+        return fn(self, v, q, sparse, name)
 
     def _sparse_mask(self, v: Value) -> np.ndarray | None:
         """The non-zero mask of a pruned weight, when pruning made it sparse enough to pay for the mask."""
@@ -145,9 +151,12 @@ class WeightEncoder:
                                    "coreml{precision=fp32}")
         return s16
 
+    @encoder("symmetric", "asymmetric")
     def _blockwise(self, v: Value, q: QuantizedTensor, sparse, name: str) -> Encoded:
+        if q.bits not in (4, 8):
+            raise _grid_widths(v, q)
         mb, types = self.mb, self.types
-        signed = q.scheme == "symmetric"
+        signed = q.signed
         s16 = self._scales16(v, q)
         codes = np.asarray(q.codes)
         zp = None if q.zero_points is None else np.asarray(q.zero_points).reshape(s16.shape)
@@ -179,7 +188,7 @@ class WeightEncoder:
             raise UnsupportedError(problem)
         varying = [d for d, n in enumerate(s16.shape) if n != 1]
         axis = varying[0] if varying else 0
-        dt = np.int8 if q.scheme == "symmetric" else np.uint8
+        dt = np.int8 if q.signed else np.uint8
         scale = s16.reshape(-1) if varying else s16.reshape(())
         z = np.zeros_like(scale, dt) if zp is None else zp.reshape(scale.shape).astype(dt)
         out = self.mb.constexpr_affine_dequantize(quantized_data=codes.astype(dt), zero_point=z, scale=scale,
@@ -210,6 +219,7 @@ class WeightEncoder:
             lut = lut * s.reshape(s.shape + (1, 1))
         return lut.astype(self.ft)
 
+    @encoder("codebook")
     def _palette(self, v: Value, q: QuantizedTensor, sparse, name: str) -> Encoded:
         mb, types = self.mb, self.types
         nb = _index_bits(q.bits)
@@ -227,7 +237,8 @@ class WeightEncoder:
                            "sparse+" + kind, name)
         return Encoded(mb.constexpr_lut_to_dense(indices=codes.astype(idx_dt), lut=lut, name=name), kind, name)
 
-    def _vector(self, v: Value, q: QuantizedTensor, name: str) -> Encoded:
+    @encoder("vector")
+    def _vector(self, v: Value, q: QuantizedTensor, sparse, name: str) -> Encoded:
         """Vector palettization: indices ``[O, K / d]`` (uint1..uint8), one LUT ``[2**nb, d]`` per block of rows and
         columns, ``lut [R, G, 2**nb, d]`` with ``vector_axis=1`` (entries padded with zeros up to 2**nb)."""
         types = self.types

@@ -19,12 +19,13 @@ from ...errors import UnsupportedError
 from ...hookspecs import hookimpl
 from ...ir import Model, Node, QuantizedTensor
 from ...ir.passes import PassContext, option
+from ...ir.schemes import Vector
 from ...target import Artifact, Capabilities, Target
-from ...api.relax import FALLBACK_OPS, RelaxBuilder, pack_codes, refuse_variant, supported_ops, vector_arrays
+from ...api.relax import FALLBACK_OPS, LINEAR_WEIGHTS, RelaxBuilder, pack_codes, refuse_variant, supported_ops, vector_arrays
 
 _TRIPLES = {"x86_64": "x86_64-linux-gnu", "aarch64": "aarch64-linux-gnu"}
-_QUANT = frozenset({(s, b) for s in ("symmetric", "asymmetric", "affine") for b in range(2, 9)}
-                   | {("vector", b) for b in range(1, 17)})
+_QUANT = LINEAR_WEIGHTS.quant({"symmetric": range(2, 9), "asymmetric": range(2, 9), "affine": range(2, 9),
+                               "vector": range(1, 17)})
 
 
 def _tvm():
@@ -70,7 +71,7 @@ class CpuTarget(Target):
                     or (u.node.qualified_op == "Gather" and u.index == 0) for u in v.uses):
                 problems.append(f"weight {v.name!r}: quantized weights are carried only as Linear/Conv weights "
                                 "and Gather tables")
-            elif isinstance(v.const, QuantizedTensor) and v.const.scheme == "vector" and not all(
+            elif isinstance(v.const, QuantizedTensor) and isinstance(v.const.scheme_type, Vector) and not all(
                     u.node.qualified_op == "edgec::Linear" for u in v.uses):
                 problems.append(f"weight {v.name!r}: vector-quantized weights are carried only as Linear weights")
         return problems
@@ -121,7 +122,7 @@ class CpuTarget(Target):
                 files.append("model.so")
         packed = {}
         for v in model.graph.initializers.values():
-            if isinstance(v.const, QuantizedTensor) and v.const.scheme == "vector":
+            if isinstance(v.const, QuantizedTensor) and isinstance(v.const.scheme_type, Vector):
                 codes, book = vector_arrays(v.const)
                 packed[v.name] = {"stored_dtype": str(codes.dtype), "stored_bytes": int(codes.nbytes + book.nbytes),
                                   "codebook": list(v.const.codebook.shape)}

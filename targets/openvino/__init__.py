@@ -33,11 +33,11 @@ from ...hookspecs import hookimpl
 from ...ir import Model, Node, QuantizedTensor
 from ...ir.passes import PassContext, option
 from ...target import Artifact, Capabilities, Target, VerifyPolicy
-from .builder import _FALLBACK_PROBLEMS, OVBuilder, _ov, fallback_ops, supported_ops
+from .builder import _FALLBACK_PROBLEMS, ENCODERS, OVBuilder, _ov, fallback_ops, supported_ops
 
 RT_KEY = "edgec_metadata"
-_QUANT = frozenset({(s, b) for s in ("symmetric", "asymmetric", "affine", "codebook") for b in range(2, 9)}
-                   | {("vector", b) for b in range(1, 17)})
+_QUANT = ENCODERS.quant({"symmetric": range(2, 9), "asymmetric": range(2, 9), "affine": range(2, 9),
+                         "codebook": range(2, 9), "vector": range(1, 17)})
 
 
 def _stable_names(m) -> None:
@@ -100,7 +100,7 @@ class OpenVINOTarget(Target):
             problems.append(str(e))
         for v in model.graph.initializers.values():
             q = v.const
-            if isinstance(q, QuantizedTensor) and q.scheme == "codebook" and q.codebook is not None \
+            if isinstance(q, QuantizedTensor) and q.scheme_type.indexes_codebook and q.codebook is not None \
                     and np.asarray(q.codebook).ndim == 3 and len(q.shape) != 2:
                 problems.append(f"weight {v.name!r}: per-group codebooks are carried for 2-D weights only")
         return problems

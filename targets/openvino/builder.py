@@ -20,10 +20,13 @@ from ...errors import UnsupportedError
 from ...ir import Model, Node, QuantizedTensor, Value
 from ...ir.tensor import code_range, vector_bases
 from ...quiet import quiet_libraries
-from ...target import Lowerings, onnx_type_name
+from ...target import Encoders, Lowerings, onnx_type_name
 
 LOWERINGS = Lowerings()
 lowering = LOWERINGS.register
+# The weight encodings, by scheme (OVBuilder's methods register themselves): what the target carries.
+ENCODERS = Encoders()
+encoder = ENCODERS.register
 
 
 def supported_ops() -> frozenset[str]:
@@ -50,8 +53,7 @@ OV_NF4 = np.array([-1.0, -0.6961928, -0.52507305, -0.3949175, -0.28444138, -0.18
 
 def storage_type(q: QuantizedTensor) -> str:
     """OpenVINO element type of ``q``'s codes: i4/u4 for up to 4 bits, i8/u8 for 5-8 bits."""
-    signed = q.scheme == "symmetric"
-    return ("i" if signed else "u") + ("4" if q.bits <= 4 else "8")
+    return ("i" if q.signed else "u") + ("4" if q.bits <= 4 else "8")
 
 
 def pack_nibbles(codes: np.ndarray) -> np.ndarray:
@@ -176,14 +178,14 @@ class OVBuilder:
         return ops.constant(t, shared_memory=False)
 
     def decompress(self, name: str, q: QuantizedTensor):
+        return ENCODERS.encoder(q, "the openvino target")(self, name, q)
+
+    @encoder("symmetric", "asymmetric", "affine")
+    def _grid(self, name: str, q: QuantizedTensor):
         ov, ops = self.ov, self.ops
         f32 = ov.Type.f32
-        if q.scheme == "codebook":
-            return self._codebook(name, q)
-        if q.scheme == "vector":
-            return self._vector(name, q)
         etype = storage_type(q)
-        lo, hi = code_range(q.bits, q.scheme == "symmetric")
+        lo, hi = q.scheme_type.code_range(q.bits)
         codes = np.asarray(q.codes)
         if codes.min(initial=lo) < lo or codes.max(initial=hi) > hi:
             raise UnsupportedError(f"weight {name!r}: codes outside the {q.bits}-bit range")
@@ -214,6 +216,7 @@ class OVBuilder:
             " f16" if exact else " f16 (rounded)" if half else "")
         return node.output(0)
 
+    @encoder("codebook")
     def _codebook(self, name: str, q: QuantizedTensor):
         ov, ops = self.ov, self.ops
         cb = np.asarray(q.codebook, np.float32)
@@ -245,6 +248,7 @@ class OVBuilder:
             node = ops.reshape(node, self.ints(q.shape), False)
         return node.output(0)
 
+    @encoder("vector")
     def _vector(self, name: str, q: QuantizedTensor):
         """Vector codes ``[R, O / R, G, K / G / d]`` (u4 / u8 / u16) + each codebook's entry offset, Gather'ed from
         the flattened codebooks ``[R * G * n, d]`` (float16 + Convert when every entry is a float16 value) and

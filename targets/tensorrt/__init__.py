@@ -29,11 +29,12 @@ from ...errors import UnsupportedError
 from ...hookspecs import hookimpl
 from ...ir import Model, QuantizedTensor, Value
 from ...ir.passes import PassContext, option
+from ...ir.schemes import Vector
 from ...target import VECTOR_HINT, Artifact, Capabilities, Target, VerifyPolicy, fp16_verify_policy
 from . import support
-from .onnx_qdq import build_qdq_onnx
+from .onnx_qdq import ENCODERS, build_qdq_onnx
 
-_QUANT = frozenset({("symmetric", b) for b in range(2, 9)} | {("asymmetric", b) for b in range(2, 5)})
+_QUANT = ENCODERS.quant({"symmetric": range(2, 9), "asymmetric": range(2, 5)})
 # Every op TensorRT's ONNX parser documents (support.py: the TensorRT 10.1 GA operator matrix), written through
 # unchanged, and edgec's own ops, written as their ONNX expansions. Anything else is decomposed or refused.
 _OPS = support.ONNX_OPS | {"edgec::Linear", "edgec::RMSNorm", "edgec::Gelu", "edgec::Attention"}
@@ -181,13 +182,13 @@ def _weight_problems(v: Value) -> list[str]:
         return []  # embedding tables: written dequantized (TensorRT has no quantized Gather)
     if not uses <= {("edgec::Linear", 1), ("Conv", 1)}:
         return ["quantized weights are carried only as Linear / Conv weights and Gather tables"]
-    if q.scheme == "vector":
+    if isinstance(q.scheme_type, Vector):
         return [f"vector-quantized (vq) weights have no TensorRT encoding (it has int8 / int4 grids); {VECTOR_HINT}"]
-    if q.scheme not in ("symmetric", "asymmetric") or q.offsets is not None or q.layout:
+    if q.scheme not in ENCODERS or q.offsets is not None or q.layout:
         return [f"{q.layout or q.scheme} grids have no TensorRT encoding; quantize with scheme=symmetric "
                 "(int8 per channel) or 2-4 bit groups on Linear layers"]
     if q.bits > 4:
-        if q.scheme != "symmetric":
+        if q.scheme_type.has_zero_point:
             return ["TensorRT int8 weights are symmetric (zero point 0); use quantize{scheme=symmetric}"]
         if q.group_size:
             return ["TensorRT int8 weights are per channel or per tensor, not group-wise"]

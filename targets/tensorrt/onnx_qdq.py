@@ -13,6 +13,7 @@ import numpy as np
 from ...errors import UnsupportedError
 from ...ir import Model, QuantizedTensor, Value
 from ...ir.onnx_io import to_onnx
+from ...target import Encoders
 
 
 _HELD = "edgec.held"
@@ -77,7 +78,7 @@ def build_qdq_onnx(model: Model, precision: str, opset: int):
             if all(u.node.qualified_op == "Gather" for u in v.uses):
                 info["dequantized"].append(v.name)  # stays the exact float table to_onnx wrote
             else:
-                _replace_weight(g, v, info)
+                ENCODERS.encoder(v.const, "the tensorrt target")(g, v, info)
         sp = v.sparsity
         if sp is not None and (sp.n, sp.m) == (2, 4) and v.uses:
             info["sparse"].add(v.name)
@@ -203,6 +204,11 @@ def _tensor(name: str, arr: np.ndarray, elem: int | None = None):
     return helper.make_tensor(name, elem, list(arr.shape), packed, raw=True)
 
 
+# The weight encodings, by scheme: what the target carries (its Capabilities.quant gives the widths).
+ENCODERS = Encoders()
+
+
+@ENCODERS.register("symmetric", "asymmetric")
 def _replace_weight(g, v: Value, info: dict) -> None:
     """The float initializer ``v.name`` -> integer codes + DequantizeLinear (per channel int8, or blocked
     int4 along K for Linear weights, which are stored transposed so the MatMul reads them directly)."""
@@ -234,7 +240,7 @@ def _replace_weight(g, v: Value, info: dict) -> None:
     else:  # 2-4 bit, weight-only, blocked along K: codes [K, out], parameters [K / block, out]
         block = q.group_size or k
         s = scales.reshape(scales.shape[0], -1).T  # [out, G] -> [G, out]
-        signed = q.scheme == "symmetric"
+        signed = q.signed
         inits = [_tensor(base + "_codes", codes, TensorProto.INT4 if signed else TensorProto.UINT4),
                  _tensor(base + "_scale", np.ascontiguousarray(s))]
         if q.zero_points is not None:
