@@ -61,7 +61,7 @@ def smollm2_bench(work: str, max_samples: int, seq_len: int):
     from edgec.ir.serde import save
     from edgec.plugins.cleanup import DEFAULT_CLEANUP
     from edgec.plugins.llm.bundled import smollm2_path
-    from edgec.plugins.llm.tokenizer import tokenizer_for
+    from edgec.api.tokenizer import tokenizer_for
     calib_txt = os.path.join(work, "calib.txt")
     with open(calib_txt, "w", encoding="utf-8") as out:
         for p in SMOL_CALIB:

@@ -79,7 +79,7 @@ def main() -> None:
     from edgec.plugins.llm.bundled import smollm2_path
     from edgec.api.llama_cpp import llama_cpp_engine
     from edgec.plugins.llm.perplexity import perplexity
-    from edgec.plugins.llm.tokenizer import LlamaCppTokenizer
+    from edgec.api.tokenizer import LlamaCppTokenizer
 
     work = tempfile.mkdtemp(prefix="edgec-llm-bench-")
     eval_txt = os.path.join(work, "eval.txt")

@@ -122,7 +122,7 @@ def _read_npz(path: str) -> dict[str, np.ndarray]:
 def text_samples(path: str, model: Model, *, seed: int = 0, count: int = 32, seq_len: int = 512) -> list[dict]:
     """``count`` windows of ``seq_len`` tokens from a text file, tokenized with the model's own tokenizer,
     at seeded random offsets (non-overlapping when the text is long enough)."""
-    from .plugins.llm.tokenizer import tokenizer_for
+    from .api.tokenizer import tokenizer_for
     if [v.name for v in model.graph.inputs] != ["input_ids"]:
         raise UnsupportedError(f"{path}: text calibration needs a language model taking input_ids; this model "
                                f"takes {[v.name for v in model.graph.inputs]}")

@@ -75,7 +75,7 @@ def _artifact(path: str) -> tuple[Target, Sequence[str]] | None:
 def _perplexity_setup(path: str, art, engine: str, ctx: int, frontend: str | None):
     """(model or None, tokenizer, (engine name, logits fn)) for ``engine`` on ``path``."""
     from .plugins.llm.perplexity import reference_engine
-    from .plugins.llm.tokenizer import tokenizer_for
+    from .api.tokenizer import tokenizer_for
     if engine == "reference":
         src = path if art is None else _loadable(path, art[1])
         from .build import load_model

@@ -1,10 +1,3 @@
-"""Language models: tokenizers, perplexity evaluation, generation checks (their frontends are in plugins/frontends)."""
-
-from ...hookspecs import hookimpl
-from .checks import CHECKS
-
-
-@hookimpl
-def edgec_register_checks(registry):
-    for c in CHECKS:
-        registry.register(c)
+"""Language-model evaluation for the driver: perplexity over sliding windows, and the perplexity a compile
+measures (--eval-text). It registers nothing: its frontends are in plugins/frontends, its checks in plugins/checks,
+its tokenizers in edgec.api.tokenizer."""

@@ -22,7 +22,7 @@ class CompileEvaluation:
 
     def __init__(self, model, text_path: str):
         from ...api.llm import LLMConfig
-        from .tokenizer import tokenizer_for
+        from ...api.tokenizer import tokenizer_for
         self.cfg = LLMConfig.from_model(model)
         if self.cfg is None:
             raise UsageError("--eval-text measures perplexity and needs a language model (a GGUF file or a Hugging "

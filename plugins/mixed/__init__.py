@@ -1,6 +1,5 @@
-"""Built-in sensitivity analysis, mixed-precision search and property checks."""
+"""Built-in sensitivity analysis and mixed-precision search (the property checks it keeps are plugins/checks)."""
 
-from ...checks import BUILTIN as CHECKS
 from ...hookspecs import hookimpl
 from .mixed_precision import MixedPrecision
 
@@ -11,9 +10,3 @@ PASSES = (MixedPrecision,)
 def edgec_register_passes(registry):
     for p in PASSES:
         registry.register(p)
-
-
-@hookimpl
-def edgec_register_checks(registry):
-    for c in CHECKS:
-        registry.register(c)

@@ -12,7 +12,7 @@ from edgec.errors import UsageError
 from edgec.host import host
 from edgec.ir.passes import PassContext, parse_pipeline
 from edgec.ir.serde import copy
-from edgec.plugins.llm.checks import generate, holds_json
+from edgec.plugins.checks.generation import generate, holds_json
 from edgec.plugins.frontends.decoder import build_decoder
 
 # SmolLM2's tokenizer: 'x' is 104; '{"ok":1}' is '{"' 39428, 'ok' 2231, '":' 1799, '1' 33, '}' 109.

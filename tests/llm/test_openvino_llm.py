@@ -23,7 +23,7 @@ from edgec.targets.openvino import OpenVINOTarget  # noqa: E402
 
 def openvino_engine(artifact_dir: str):
     return OpenVINOTarget().logits_engine(artifact_dir, (), 0)[1]
-from edgec.plugins.llm.tokenizer import LlamaCppTokenizer  # noqa: E402
+from edgec.api.tokenizer import LlamaCppTokenizer  # noqa: E402
 from edgec.targets.openvino import runtime_weight_precisions  # noqa: E402
 
 TEXT = os.path.join(os.path.dirname(__file__), "..", "..", "examples", "text", "eval.txt")

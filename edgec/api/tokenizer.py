@@ -5,9 +5,9 @@ from __future__ import annotations
 
 import os
 
-from ...api.llama_cpp import load_llama
-from ...errors import BadInputError, UnsupportedError
-from ...ir import Model
+from .llama_cpp import load_llama
+from ..errors import BadInputError, UnsupportedError
+from ..ir import Model
 
 
 class Tokenizer:
@@ -64,7 +64,7 @@ class HFTokenizer(Tokenizer):
 
 def tokenizer_for(model: Model) -> Tokenizer:
     """The tokenizer of a model imported by an LLM frontend."""
-    from ...api.llm import SOURCE_KEY, LLMConfig
+    from .llm import SOURCE_KEY, LLMConfig
     src = model.metadata.get(SOURCE_KEY, "")
     kind, _, path = src.partition(":")
     if not src:

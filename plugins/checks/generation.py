@@ -29,7 +29,7 @@ DEFAULT_TOKENS = 32
 def generate(model: Model, prompts: list[str], tokens: int) -> list[str]:
     """Greedy continuations of ``prompts`` (text after the prompt) by ``model`` on the reference executor."""
     from ...api.llm import LLMConfig
-    from .tokenizer import tokenizer_for
+    from ...api.tokenizer import tokenizer_for
     tok = tokenizer_for(model)
     cfg = LLMConfig.from_model(model)
     eos = cfg.eos_token_id if cfg is not None else None
@@ -170,4 +170,4 @@ class ContainsCheck(_Generation):
         return CheckResult(not miss, 1 - len(miss) / max(total, 1), detail)
 
 
-CHECKS = (JSONCheck, ContainsCheck)
+GENERATION_CHECKS = (JSONCheck, ContainsCheck)
