@@ -16,12 +16,16 @@ to the methods that use activations.
 
 from __future__ import annotations
 
+import dataclasses
+from collections.abc import Callable
+from typing import Any
+
 import numpy as np
 
 from ...ir import QuantizedTensor
 from ...ir.schemes import SCHEMES
 from ...ir.tensor import release_pages
-from .grid import GridSpec, dequantize_codes, grouped, params, quantize_codes
+from .grid import GridSpec, dequantize_codes, grouped, make_tensor, params, quantize_codes
 
 CLIP_GRID = np.linspace(1.0, 0.5, 26, dtype=np.float32)  # candidate clipping ratios, 1.0 first
 
@@ -368,4 +372,104 @@ def codebook(w: np.ndarray, bits: int, per_channel: bool, group_size: int = 0,
                            method="codebook")
 
 
-METHODS = {"rtn": rtn, "mse": mse, "gptq": gptq}
+# The uniform-grid algorithms: ``fn(w2, spec[, h]) -> (codes, scale, zero_point)``.
+GRID_METHODS = {"rtn": rtn, "mse": mse, "gptq": gptq}
+
+
+@dataclasses.dataclass
+class Job:
+    """One weight for a :class:`Method`: ``w`` in its own shape and ``w2`` as a matrix ``[out, K]``, the grid
+    ``spec``, the layer's input Hessian ``h`` (None where there is none or the method needs none; in ``perm``'s
+    column order when ``perm`` is set), the quantize pass (its options), the method recorded on the tensor
+    (``label``) and the layer's role."""
+
+    w: np.ndarray
+    w2: np.ndarray
+    spec: GridSpec
+    h: np.ndarray | None
+    perm: np.ndarray | None
+    opts: Any
+    label: str
+    role: str
+
+
+@dataclasses.dataclass
+class Outcome:
+    """A method's result: the tensor, the Hessian the report may still use (None: consumed) and a note."""
+
+    q: QuantizedTensor
+    h: np.ndarray | None
+    note: str = ""
+
+
+@dataclasses.dataclass(frozen=True)
+class Method:
+    """A quantization method of the quantize pass: ``run(job) -> Outcome``. ``hessian`` says when it needs the
+    layer's input Hessian ("always", "output": with objective=output only, None: never); ``ordered``: the
+    Hessian is built in the column order of its diagonal (GPTQ's act_order)."""
+
+    run: Callable[[Job], Outcome]
+    hessian: str | None = None
+    ordered: bool = False
+
+    def needs_hessian(self, objective: str) -> bool:
+        return self.hessian == "always" or (self.hessian == "output" and objective == "output")
+
+
+def _grid_outcome(job: Job, codes, scale, zp, h, note: str) -> Outcome:
+    q = make_tensor(codes, scale, zp, job.spec, job.w.shape, job.label)
+    o = job.opts
+    if job.spec.granularity != ("group" if o.group else o.granularity) and job.role != "embedding":
+        note = note or "group-wise grid not possible for this weight; used per channel"
+    return Outcome(q, h, note)
+
+
+def _rtn(job: Job, note: str = "") -> Outcome:
+    return _grid_outcome(job, *rtn(job.w2, job.spec), job.h, note)
+
+
+def _mse(job: Job, note: str = "") -> Outcome:
+    return _grid_outcome(job, *mse(job.w2, job.spec, job.h if job.opts.objective == "output" else None), job.h, note)
+
+
+def _gptq(job: Job) -> Outcome:
+    if job.h is None:
+        return _mse(job, "no Hessian for this layer (grouped conv or uncaptured input); used mse")
+    o = job.opts
+    codes, scale, zp = gptq(job.w2, job.spec, job.h, damp=o.damp, act_order=o.act_order, block=o.block, perm=job.perm)
+    return _grid_outcome(job, codes, scale, zp, None, "")  # H was consumed (factored in place)
+
+
+def _nf4(job: Job) -> Outcome:
+    o, w = job.opts, job.w
+    if w.ndim != 2 or w.shape[1] % (o.group or 64):
+        return _mse(job, "nf4 needs 2-D weights with K divisible by the group; used mse")
+    return Outcome(nf4(job.w2, o.group or 64, w.shape, o.scale_dtype == "f16"), job.h)
+
+
+def _codebook(job: Job) -> Outcome:
+    o, w, h = job.opts, job.w, job.h
+    grouped_ok = w.ndim == 2 and o.group and w.shape[1] % o.group == 0
+    note = ""
+    if o.group and not grouped_ok:
+        note = "per-group palettes need 2-D weights with K divisible by the group; used per channel"
+    imp = np.diag(h).copy() if h is not None else None
+    q = codebook(w, o.bits, o.per_channel_codebook or bool(o.group), o.group if grouped_ok else 0, imp)
+    if h is not None:
+        # objective=output: palettes fitted with each weight weighted by its input's energy, then codes assigned
+        # GPTQ-style (error fed forward through the inverse Hessian).
+        codes = gptq(job.w2, None, h, damp=o.damp, act_order=o.act_order, block=o.block, grid=PaletteGrid(q))
+        q = dataclasses.replace(q, codes=codes.reshape(w.shape).astype(np.uint8))
+    return Outcome(q, h, note)
+
+
+# Every method of the quantize pass (its method= choices, in this order). AWQ's input scales are folded into the
+# weights before (Quantize._awq_scales): its grid is then RTN's.
+METHODS: dict[str, Method] = {
+    "rtn": Method(_rtn),
+    "mse": Method(_mse, hessian="output"),
+    "gptq": Method(_gptq, hessian="always", ordered=True),
+    "awq": Method(_rtn),
+    "nf4": Method(_nf4),
+    "codebook": Method(_codebook, hessian="output"),
+}

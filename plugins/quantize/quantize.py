@@ -24,7 +24,7 @@ from ...ir import Model, QuantizedTensor
 from ...ir.passes import Pass, PassContext, option
 from ...ir.schemes import SCHEMES
 from . import methods
-from .grid import GridSpec, as_matrix, dequantize_codes, make_tensor, sqnr_db
+from .grid import GridSpec, as_matrix, dequantize_codes, sqnr_db
 from .scaling import apply_input_scale, foldable, linear_groups
 
 REPORT_KEY = "edgec.quantization"
@@ -163,7 +163,7 @@ class Quantize(Pass):
     lossy: ClassVar[bool] = True  # changes the numbers on purpose: --verify judges fidelity
     summary: ClassVar[str] = "weight quantization: rtn, mse, gptq, awq, nf4, codebook"
     bits: int = option(8, choices=range(1, 9), help="weight bits (1: method=codebook only)")
-    method: str = option("rtn", choices=("rtn", "mse", "gptq", "awq", "nf4", "codebook"), help="algorithm")
+    method: str = option("rtn", choices=tuple(methods.METHODS), help="algorithm")
     scheme: str = option("symmetric", choices=("symmetric", "asymmetric"), help="integer grid")
     granularity: str = option("channel", choices=("tensor", "channel", "group"), help="scale sharing")
     group: int = option(0, choices=GROUPS, help="group size along the input axis (implies granularity=group)")
@@ -308,51 +308,16 @@ class Quantize(Pass):
         w2 = as_matrix(w)
         spec = self.spec_for(layer)
         method = self.method_for(layer)
-        needs_h = method == "gptq" or (method in ("mse", "codebook") and self.objective == "output")
+        m = methods.METHODS[method]
         perm = None
-        if method == "gptq" and xs and layer.kind != "embedding":
+        if m.ordered and xs and layer.kind != "embedding":
             # Column order from the Hessian's diagonal (cheap), then H built directly in that order, so
             # GPTQ can factor the one buffer in place.
             diag = self._diag(layer, xs)
             perm = methods.hessian_order(diag, self.act_order) if diag is not None else None
-        h = hessian(layer, xs, perm) if needs_h and layer.kind != "embedding" else None
-        note = ""
-        if method in ("nf4", "codebook"):
-            grouped_ok = w.ndim == 2 and self.group and w.shape[1] % self.group == 0
-            if method == "nf4" and (w.ndim != 2 or w.shape[1] % (self.group or 64)):
-                method, note = "mse", "nf4 needs 2-D weights with K divisible by the group; used mse"
-            elif method == "nf4":
-                return replace_weight(model, layer, methods.nf4(w2, self.group or 64, w.shape, self.scale_dtype == "f16"), w, h, xs, note)
-            else:
-                if self.group and not grouped_ok:
-                    note = "per-group palettes need 2-D weights with K divisible by the group; used per channel"
-                imp = np.diag(h).copy() if h is not None else None
-                q = methods.codebook(w, self.bits, self.per_channel_codebook or bool(self.group),
-                                     self.group if grouped_ok else 0, imp)
-                if h is not None:
-                    # objective=output: palettes fitted with each weight weighted by its input's energy, then
-                    # codes assigned GPTQ-style (error fed forward through the inverse Hessian).
-                    codes = methods.gptq(w2, None, h, damp=self.damp, act_order=self.act_order, block=self.block,
-                                         grid=methods.PaletteGrid(q))
-                    q = dataclasses.replace(q, codes=codes.reshape(w.shape).astype(np.uint8))
-                return replace_weight(model, layer, q, w, h, xs, note)
-        if method == "gptq" and h is None:
-            method, note = "mse", "no Hessian for this layer (grouped conv or uncaptured input); used mse"
-        if method == "awq":
-            method = "rtn"  # AWQ's scales were applied to the weights already; the grid itself is RTN
-        fn = methods.METHODS[method]
-        if method == "gptq":
-            codes, scale, zp = fn(w2, spec, h, damp=self.damp, act_order=self.act_order, block=self.block,
-                                  perm=perm)
-            h = None  # consumed by gptq (factored in place); the report streams the inputs instead
-        elif method == "mse":
-            codes, scale, zp = fn(w2, spec, h if self.objective == "output" else None)
-        else:
-            codes, scale, zp = fn(w2, spec)
-        q = make_tensor(codes, scale, zp, spec, w.shape, self.method_for(layer))
-        if spec.granularity != ("group" if self.group else self.granularity) and layer.role != "embedding":
-            note = note or "group-wise grid not possible for this weight; used per channel"
-        return replace_weight(model, layer, q, w, h, xs, note)
+        h = hessian(layer, xs, perm) if m.needs_hessian(self.objective) and layer.kind != "embedding" else None
+        out = m.run(methods.Job(w, w2, spec, h, perm, self, method, layer.role))
+        return replace_weight(model, layer, out.q, w, out.h, xs, out.note)
 
     def _awq_scales(self, model: Model, layers: list[Layer], samples: list[dict]) -> None:
         """AWQ (Lin et al. 2023): per input channel s = mean|X|^alpha, alpha searched on the output error of

@@ -105,7 +105,7 @@ def test_dequantize_lies_on_the_stored_grid_exactly(method, symmetric, gran):
     w = rng.standard_normal((16, 64)).astype(np.float32)
     x = rng.standard_normal((256, 64))
     spec = GridSpec(4, symmetric, gran, 32)
-    fn = methods.METHODS[method]
+    fn = methods.GRID_METHODS[method]
     codes, scale, zp = fn(w, spec, x.T @ x / 256) if method == "gptq" else fn(w, spec)
     q = make_tensor(codes, scale, zp, spec, w.shape, method)
     assert q.validate() == []
