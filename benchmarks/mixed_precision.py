@@ -45,7 +45,7 @@ def main() -> int:
 
     def evaluate(pipe: str) -> dict:
         mm, t_pass, p = run_and_score(base, pipe, reg, ctx, ids)
-        report = json.loads(mm.metadata.get(REPORT_KEY, "{}"))
+        report = mm.reports.get(REPORT_KEY, {})
         params = sum(int(np.prod(v.shape)) for v in mm.graph.initializers.values()
                      if v.dtype is not None and v.dtype.is_float)
         row = {"pipeline": pipe or "(float)", "weights_mb": mm.size_bytes() / 1e6, "ppl": p.perplexity,

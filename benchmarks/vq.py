@@ -88,7 +88,7 @@ def main() -> int:
 
     def evaluate(pipe: str, bpw: float | None) -> dict:
         mm, t_pass, p = run_and_score(base, pipe, reg, ctx, ids)
-        rep = json.loads(mm.metadata.get(REPORT_KEY, "{}"))
+        rep = mm.reports.get(REPORT_KEY, {})
         row = {"pipeline": pipe or "(float)", "bpw": bpw, "ppl": p.perplexity, "pass_s": round(t_pass, 1),
                "layers": len(rep), "tokens": p.tokens_scored}
         if pipe.startswith("vq"):  # the pass's own accounting must agree with the formula used to pick b

@@ -79,7 +79,7 @@ def layer_table(model: Model) -> list[dict[str, Any]]:
 def quantization_summary(model: Model) -> dict[str, Any]:
     """Per-layer weight quantization reports and activation quantization, for the manifest."""
     from .plugins.quantize.quantize import REPORT_KEY
-    layers = json.loads(model.metadata.get(REPORT_KEY, "{}"))
+    layers = model.reports.get(REPORT_KEY, {})
     acts = {v.name: dataclasses.asdict(v.quant) for v in model.graph.values() if v.quant is not None}
     return {"weights": layers, "activations": acts}
 
@@ -99,10 +99,10 @@ def io_summary(model: Model) -> dict[str, list[dict[str, Any]]]:
 
 def mixed_summary(model: Model) -> dict[str, Any] | None:
     """The mixed-precision pass's decision (allocation, bytes, average bits, what decided), if it ran."""
-    raw = model.metadata.get("edgec.mixed_precision")
-    if not raw:
+    from .plugins.mixed.mixed_precision import REPORT_KEY
+    d = model.reports.get(REPORT_KEY)
+    if not d:
         return None
-    d = json.loads(raw)
     return {k: d[k] for k in ("avg_bits", "bytes", "histogram", "decided_by", "metric", "allocation", "evaluated",
                               "cached_sensitivity") if k in d}
 

@@ -561,7 +561,14 @@ class Model:
         self.opset_imports.setdefault("", 17)
         self.metadata: dict[str, str] = dict(metadata or {})
         self.producer = producer
-        self.layer_reports: dict[str, dict] = {}
+        # Pass reports: the structured record each pass leaves of what it did (per-layer quantization error, pruning,
+        # the mixed-precision decision), by report name; the manifest reads them. Not metadata: an artifact never
+        # carries them (IR files and text dumps do).
+        self.reports: dict[str, dict[str, Any]] = {}
+
+    def report(self, key: str) -> dict[str, Any]:
+        """The report ``key`` (created empty), to which a pass adds its entries."""
+        return self.reports.setdefault(key, {})
 
     @property
     def opset(self) -> int:

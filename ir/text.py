@@ -112,6 +112,8 @@ def print_model(model: Model, elide: bool = False, sink: Sink = None) -> str:
         lines.append(f"opset {json.dumps(dom)} {ver}")
     if model.metadata:
         lines.append("meta " + json.dumps(model.metadata, sort_keys=True))
+    if model.reports:  # the passes' reports (they travel with the IR, never into an artifact)
+        lines.append("reports " + json.dumps(model.reports, sort_keys=True, default=str))
     g = model.graph
     lines.append(f"graph {json.dumps(g.name)} {{")
     for v in g.inputs:
@@ -244,6 +246,7 @@ def parse_model(text: str, source: Source = None) -> Model:
     lines = text.splitlines()
     opsets: dict[str, int] = {}
     meta: dict[str, str] = {}
+    reports: dict = {}
     graph: Graph | None = None
     env: dict[str, Value] = {}
     saw_header = False
@@ -273,6 +276,9 @@ def parse_model(text: str, source: Source = None) -> Model:
             elif line.startswith("meta "):
                 c.expect("meta")
                 meta = c.json()
+            elif line.startswith("reports "):
+                c.expect("reports")
+                reports = c.json()
             elif line.startswith("graph "):
                 c.expect("graph")
                 graph = Graph(c.json())
@@ -340,4 +346,6 @@ def parse_model(text: str, source: Source = None) -> Model:
             raise ParseError(lineno, raw, str(e)) from None
     if graph is None:
         raise ParseError(len(lines), "", "no graph found")
-    return Model(graph, opsets or {"": 17}, meta)
+    model = Model(graph, opsets or {"": 17}, meta)
+    model.reports = reports
+    return model

@@ -18,10 +18,11 @@ from ..frontend import Frontend
 from ..hookspecs import hookimpl
 from ..ir import DType, Graph, Model, Node, QuantizedTensor, Tensor, Value
 from ..ir.passes import Pass, PassContext, option
-from ..target import Artifact, Capabilities, Lowerings, Target, VerifyPolicy
+from ..target import Artifact, Capabilities, Encoders, Lowerings, Target, VerifyPolicy
 
 __all__ = [
-    "Artifact", "BadInputError", "Capabilities", "Check", "CheckResult", "DType", "EdgecError", "Frontend", "Graph",
+    "Artifact", "BadInputError", "Capabilities", "Check", "CheckResult", "DType", "EdgecError", "Encoders", "Frontend",
+    "Graph",
     "Lowerings", "Model", "Node", "Pass", "PassContext", "PluginError", "QuantizedTensor", "Target", "Tensor",
     "UnsupportedError", "UsageError", "Value", "VerificationFailed", "VerifyPolicy", "hookimpl", "ir", "option",
 ]

@@ -20,7 +20,6 @@ Only bit widths the compile's target can encode are offered. Each layer is then 
 from __future__ import annotations
 
 import dataclasses
-import json
 import os
 import re
 import shutil
@@ -195,7 +194,7 @@ class MixedPrecision(Pass):
                       predicted_cost=float(front.costs[k]),
                       histogram={str(b): sum(1 for v in alloc.values() if v == b) for b in widths})
         self._apply(model, ctx, alloc, sens.nodes)
-        model.metadata[REPORT_KEY] = json.dumps(report, sort_keys=True)
+        model.reports[REPORT_KEY] = report
         return True
 
     def _apply(self, model: Model, ctx: PassContext, alloc: dict[str, int | str], nodes: dict[str, str]) -> None:

@@ -18,7 +18,6 @@ store the zeros densely. N:M groups run along the input axis (axis 1: a Linear's
 from __future__ import annotations
 
 import dataclasses
-import json
 from typing import ClassVar
 
 import numpy as np
@@ -218,7 +217,7 @@ class Prune(Pass):
             k = int(round(self.sparsity * mags.size))
             threshold = float(np.partition(mags, k - 1)[k - 1]) if k else -1.0
             del mags
-        reports = json.loads(model.metadata.get(REPORT_KEY, "{}"))
+        reports = model.report(REPORT_KEY)
         g = model.graph
         for layer in layers:
             w = np.asarray(layer.weight.numpy(), np.float32)
@@ -266,7 +265,6 @@ class Prune(Pass):
                                  **({"pattern": self.pattern} if nm else {"scope": self.scope})}
             if self.method != "magnitude" and method == "magnitude":
                 reports[new.name]["note"] = "input not expressible as rows (grouped conv): magnitude used"
-        model.metadata[REPORT_KEY] = json.dumps(reports, sort_keys=True)
         return True
 
     def _joint(self, model: Model, layer, w: np.ndarray, scale: np.ndarray, nm, reports: dict) -> None:

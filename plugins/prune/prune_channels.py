@@ -15,7 +15,6 @@ channel; ``score=wanda`` multiplies in the channel's activation norm on calibrat
 from __future__ import annotations
 
 import dataclasses
-import json
 import re
 from typing import ClassVar
 
@@ -135,7 +134,7 @@ class PruneChannels(Pass):
         if self.score == "wanda" and ctx.calibration is None:
             raise UsageError("prune-channels{score=wanda} needs calibration data: pass --calib")
         act = self._activation_norms(model, groups, ctx) if self.score == "wanda" else {}
-        reports = json.loads(model.metadata.get(REPORT_KEY, "{}"))
+        reports: dict = {}
         changed = False
         for grp in groups:
             wp = _weight(grp.producer)
@@ -156,7 +155,7 @@ class PruneChannels(Pass):
             changed = True
         if changed:
             reinfer(model)
-            model.metadata[REPORT_KEY] = json.dumps(reports, sort_keys=True)
+            model.report(REPORT_KEY).update(reports)
         return changed
 
     def _shrink(self, model: Model, grp: Group, keep: np.ndarray) -> None:

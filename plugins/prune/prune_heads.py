@@ -24,7 +24,6 @@ Groups are ranked by ``||W_v[g]|| * ||W_o[:, g]||`` (what the head writes into t
 from __future__ import annotations
 
 import dataclasses
-import json
 from typing import ClassVar
 
 import numpy as np
@@ -323,9 +322,7 @@ class PruneHeads(Pass):
         skipped: list[str] = []
         blocks = [b for b in find_blocks(model, skipped) if selected(b.attention.name, self.include, self.exclude)]
         if skipped:  # the report says which attentions were left alone and why
-            rep = json.loads(model.metadata.get(REPORT_KEY, "{}"))
-            rep["skipped"] = skipped
-            model.metadata[REPORT_KEY] = json.dumps(rep, sort_keys=True)
+            model.report(REPORT_KEY)["skipped"] = skipped
         if not blocks or self.sparsity == 0:
             return False
         if self.score == "wanda" and ctx.calibration is None:
@@ -350,7 +347,7 @@ class PruneHeads(Pass):
         if not plan:
             return False
         self._check_llm(model, plan)
-        reports = json.loads(model.metadata.get(REPORT_KEY, "{}"))
+        reports = model.report(REPORT_KEY)
         for b, keep in plan:
             heads = b.heads
             self._shrink(model, b, keep)
@@ -358,7 +355,6 @@ class PruneHeads(Pass):
                                          "heads_before": heads, "heads_after": heads * len(keep) // b.groups,
                                          "kept_groups": keep.tolist(), "score": self.score}
         reinfer(model)
-        model.metadata[REPORT_KEY] = json.dumps(reports, sort_keys=True)
         return True
 
     @staticmethod

@@ -11,7 +11,6 @@ calibration data) stored in the model's metadata and copied into the manifest.
 from __future__ import annotations
 
 import dataclasses
-import json
 from typing import ClassVar
 
 import numpy as np
@@ -141,17 +140,16 @@ def quantize_layers(model: Model, layers: list[Layer], samples: list[dict], quan
     """Quantize ``layers`` one input group at a time in graph order: each group's input is captured on
     ``samples`` from the model as quantized so far (none for embeddings or without samples), then
     ``quantize_layer(model, layer, xs)`` replaces each weight and returns its report, stored under
-    :data:`REPORT_KEY` with the reports of earlier passes."""
+    :data:`REPORT_KEY` (``model.reports``) with the reports of earlier passes."""
     from tqdm import tqdm
     fix_mmap_threshold()
-    reports = json.loads(model.metadata.get(REPORT_KEY, "{}"))
+    reports = model.report(REPORT_KEY)
     stream = Stream(model, samples)
     for group in tqdm(layer_groups(model, layers), desc=desc, unit="layer group", leave=False, disable=None):
         xs = stream.capture(group[0].node.inputs[0]) if samples and group[0].kind != "embedding" else None
         for layer in group:
             reports[layer.weight.name] = quantize_layer(model, layer, xs)
             trim_heap()  # the layer's temporaries: freed, and handed back before the next one
-    model.metadata[REPORT_KEY] = json.dumps(reports, sort_keys=True)
     model.graph.remove_unused_consts()
 
 

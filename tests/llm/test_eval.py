@@ -88,7 +88,7 @@ def test_gptq_on_gguf_grids_beats_rtn_on_layer_output(tiny_gguf):
         m = GGUFFrontend().load(tiny_gguf)
         cal = load_calibration(TEXT, m, max_samples=4, seq_len=128)
         PassManager([Quantize(gguf="Q3_K", method=method)]).run(m, PassContext(calibration=cal))
-        rep = json.loads(m.metadata[REPORT_KEY])
+        rep = m.reports[REPORT_KEY]
         body = [r for r in rep.values() if r["role"] == "body"]
         assert len(body) == 14 and all(r["layout"] == "gguf.Q3_K" for r in body if "layout" in r)
         errs[method] = np.mean([r["rel_output_error"] for r in body])

@@ -121,7 +121,7 @@ def test_failing_generation_check_changes_the_search(smol_path, tmp_path, monkey
         spec = "mixed-precision{max_drop=1000,bits=2:8,samples=2,holdout=2" + (f",checks={checks}" if checks else "")
         for p in parse_pipeline(spec + "}", host().passes.as_dict()):
             p.run(mm, PassContext(calibration=calib, passes=host().passes.as_dict(), checks=host().checks.as_dict()))
-        reports[checks] = (json.loads(mm.metadata["edgec.mixed_precision"]), mm)
+        reports[checks] = (mm.reports["edgec.mixed_precision"], mm)
     free, _ = reports[""]
     held, mm = reports[f"contains:{req}"]
     assert free["histogram"]["8"] == 0 and free["decided_by"] == "the smallest allocation passed"

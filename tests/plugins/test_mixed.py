@@ -54,7 +54,7 @@ def _ctx(m, n=16, seed=1, target=None):
 def _run(pipe, m, ctx):
     for p in parse_pipeline(pipe, host().passes.as_dict()):
         p.run(m, ctx)
-    return json.loads(m.metadata[REPORT_KEY])
+    return m.reports[REPORT_KEY]
 
 
 def test_solver_is_exact_on_brute_forceable_cases():

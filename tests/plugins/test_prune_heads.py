@@ -1,7 +1,6 @@
 """prune-heads: attention heads (and grouped-query KV groups) are physically removed; the graph stays valid
 and outputs are unchanged when the removed heads were already silent."""
 
-import json
 
 import numpy as np
 import pytest
@@ -68,7 +67,7 @@ def test_silent_head_removed_exactly_and_tensors_shrink():
     assert g.node("blk0_attn_output").inputs[1].shape == (64, 48)
     assert g.node("blk0_attn").inputs[0].shape[1] == 3 and g.node("blk0_attn").inputs[0].shape[3] == 16
     assert g.node("blk1_attn_q").inputs[1].shape == (64, 64)  # the other layer (sharing shape constants) kept
-    rep = json.loads(m.metadata[REPORT_KEY])["blk0_attn"]
+    rep = m.reports[REPORT_KEY]["blk0_attn"]
     assert rep["kept_groups"] == [0, 2, 3] and rep["heads_after"] == 3
     np.testing.assert_allclose(_logits(m), before, rtol=1e-5, atol=1e-5)
 
@@ -83,7 +82,7 @@ def test_grouped_query_removes_a_kv_head_with_its_queries():
         assert g.node(f"blk{layer}_attn_q").inputs[1].shape == (32, 64)  # the group's 2 query heads
         assert g.node(f"blk{layer}_attn_k").inputs[1].shape == (16, 64)
         assert g.node(f"blk{layer}_attn_output").inputs[1].shape == (64, 32)
-    rep = json.loads(m.metadata[REPORT_KEY])
+    rep = m.reports[REPORT_KEY]
     assert rep["blk0_attn"]["kept_groups"] == [0] and rep["blk1_attn"]["kept_groups"] == [1]
     np.testing.assert_allclose(_logits(m), before, rtol=1e-5, atol=1e-5)
 
@@ -98,7 +97,7 @@ def test_pruning_live_heads_changes_outputs_and_wanda_uses_calibration():
     from edgec.calibration import CalibrationSet
     m = _decoder(4, {0: slice(48, 64)})
     _run("prune-heads{score=wanda,sparsity=0.25,include=^blk0_}", m, CalibrationSet([FEEDS], "test"))
-    assert json.loads(m.metadata[REPORT_KEY])["blk0_attn"]["kept_groups"] == [0, 1, 2]
+    assert m.reports[REPORT_KEY]["blk0_attn"]["kept_groups"] == [0, 1, 2]
 
 
 def test_language_model_pruned_uniformly_updates_its_configuration():
@@ -151,7 +150,7 @@ def test_torch_attention_block_is_found_and_pruned():
     np.testing.assert_allclose(before, net(x, mask).detach().numpy(), rtol=1e-4, atol=1e-5)
     _run("prune-heads{sparsity=0.25}", m)
     ir.verify(m, check_shapes=True)
-    assert json.loads(m.metadata[REPORT_KEY])[blocks[0].attention.name]["kept_groups"] == [0, 1, 3]
+    assert m.reports[REPORT_KEY][blocks[0].attention.name]["kept_groups"] == [0, 1, 3]
     np.testing.assert_allclose(ir.ReferenceExecutor(m).run(feeds)[out], before, rtol=1e-5, atol=1e-5)
 
 
@@ -176,4 +175,4 @@ def test_attention_whose_mask_varies_across_heads_is_skipped_with_a_reason():
     assert not find_blocks(m)
     _run("prune-heads{sparsity=0.5}", m)
     assert m.graph.node("q").inputs[1].shape == (16, 16)
-    assert json.loads(m.metadata[REPORT_KEY])["skipped"] == ["attn: the attention mask varies across heads"]
+    assert m.reports[REPORT_KEY]["skipped"] == ["attn: the attention mask varies across heads"]
