@@ -14,37 +14,40 @@ from .ir.passes import Pass, PassContext
 from .ir.schemes import SCHEMES
 
 
-class Lowerings(dict):
-    """A target builder's table of op lowerings, ``qualified op name -> fn(builder, node)``, filled with the
-    :meth:`register` decorator; its keys are the ops the target declares it supports."""
+class _Table(dict):
+    """A table of functions filled with the :meth:`register` decorator: ``@TABLE.register(key, ...)``."""
 
-    def register(self, *ops: str):
+    def _check(self, keys: tuple[str, ...]) -> None:
+        """Refuse keys the table cannot hold (at import, so a typo fails loudly)."""
+
+    def register(self, *keys: str):
+        self._check(keys)
+
         def deco(fn):
-            for op in ops:
-                self[op] = fn
+            for k in keys:
+                self[k] = fn
             return fn
         return deco
+
+
+class Lowerings(_Table):
+    """A target builder's table of op lowerings, ``qualified op name -> fn(builder, node)``, filled with the
+    :meth:`register` decorator; its keys are the ops the target declares it supports."""
 
     def ops(self) -> frozenset[str]:
         return frozenset(self)
 
 
-class Encoders(dict):
+class Encoders(_Table):
     """A target's table of weight encoders, ``scheme name -> fn(builder, ..., q)``, filled with the :meth:`register`
     decorator beside its :class:`Lowerings`; its keys are the quantization schemes (the names of
     :data:`edgec.ir.schemes.SCHEMES`) the target declares it carries. A target encodes a quantized weight with
     ``ENCODERS.encoder(q)(builder, ...)`` instead of branching on the scheme's name."""
 
-    def register(self, *schemes: str):
-        unknown = [s for s in schemes if s not in SCHEMES]
+    def _check(self, keys: tuple[str, ...]) -> None:
+        unknown = [s for s in keys if s not in SCHEMES]
         if unknown:
             raise ValueError(f"Encoders.register: {unknown} are not quantization schemes; known: {', '.join(SCHEMES)}")
-
-        def deco(fn):
-            for s in schemes:
-                self[s] = fn
-            return fn
-        return deco
 
     def schemes(self) -> frozenset[str]:
         return frozenset(self)
