@@ -1,7 +1,8 @@
 """Built-in quantization passes: weight quantization, vector quantization, activation calibration, SmoothQuant."""
 
 from ...hookspecs import hookimpl
-from .activations import QuantizeActivations, SmoothQuant
+from .quantize_activations import QuantizeActivations
+from .smoothquant import SmoothQuant
 from .quantize import Quantize
 from .vq import VectorQuantize
 

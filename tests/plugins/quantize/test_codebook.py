@@ -1,6 +1,5 @@
 """codebook palettes: 1-D k-means quality, and importance-weighted k-means (objective=output)."""
 
-import json
 
 import numpy as np
 import pytest
@@ -67,7 +66,7 @@ def test_importance_weighted_palette_lowers_output_error(extra):
         m = _fresh(w, k)
         PassManager(parse_pipeline(f"quantize{{method=codebook,bits=3,head_bits=3,objective={obj}{extra}}}",
                                    host().passes.as_dict())).run(m, PassContext(calibration=calib))
-        errs[obj] = json.loads(m.metadata["edgec.quantization"])["w"]["rel_output_error"]
+        errs[obj] = m.reports["edgec.quantization"]["w"]["rel_output_error"]
     # Shared palettes gain less (the loud channels' weights follow the same distribution as the rest).
     assert errs["output"] < (0.98 if extra == "" else 0.8) * errs["weight"], errs
 
@@ -91,5 +90,5 @@ def test_output_objective_palettes_on_convs(tiny_cnn_path):
                                    host().passes.as_dict())).run(m, PassContext(calibration=calib))
         qs = [v.const for v in m.graph.initializers.values() if isinstance(v.const, QuantizedTensor)]
         assert qs and all(q.scheme == "codebook" and q.validate() == [] for q in qs)
-        errs[obj] = {r["node"]: r["rel_output_error"] for r in json.loads(m.metadata["edgec.quantization"]).values()}
+        errs[obj] = {r["node"]: r["rel_output_error"] for r in m.reports["edgec.quantization"].values()}
     assert all(errs["output"][k] < errs["weight"][k] for k in errs["weight"]), errs

@@ -1,7 +1,6 @@
 """The quantize / quantize-activations / smoothquant passes on graphs: selection, roles, folding,
 simulation, reports and errors."""
 
-import json
 
 import numpy as np
 import pytest
@@ -51,14 +50,14 @@ def run(m, pipe, calib):
 def test_roles_embedding_and_head_default_to_8_bit():
     m, calib = transformer_block()
     q = run(m, "quantize{bits=4,group=32}", calib)
-    rep = json.loads(q.metadata["edgec.quantization"])
+    rep = q.reports["edgec.quantization"]
     assert rep["emb"]["role"] == "embedding" and rep["emb"]["bits"] == 8
     assert rep["head"]["role"] == "head" and rep["head"]["bits"] == 8
     assert rep["wq"]["bits"] == 4 and rep["wq"]["group_size"] == 32
     assert all(r["rel_output_error"] is not None for k, r in rep.items() if k != "emb")
     assert rep["wq"]["bytes_after"] < rep["wq"]["bytes_before"] / 4
     q2 = run(m, "quantize{bits=4,embedding_bits=0,head_bits=0,exclude=^wk$}", calib)
-    rep2 = json.loads(q2.metadata["edgec.quantization"])
+    rep2 = q2.reports["edgec.quantization"]
     assert set(rep2) == {"wq"}
 
 
@@ -109,7 +108,7 @@ def test_activation_observers_and_exact_simulation(observer):
 
 
 def test_entropy_threshold_clips_a_long_tail():
-    from edgec.plugins.quantize.activations import kl_threshold
+    from edgec.plugins.quantize.quantize_activations import kl_threshold
     x = np.abs(np.random.default_rng(0).standard_normal(200000))
     x[:5] = 60.0  # a few huge outliers
     hist, edges = np.histogram(x, bins=2048, range=(0, 60.0))
@@ -158,7 +157,7 @@ def test_conv_layers_quantize_with_gptq_via_im2col():
     via = (rows @ m.graph.initializers["w"].numpy().reshape(8, -1).T).reshape(4, 4, 8).transpose(2, 0, 1)
     np.testing.assert_allclose(via, conv[0], rtol=1e-4, atol=1e-5)
     q = run(m, "quantize{bits=4,method=gptq}", calib)
-    rep = json.loads(q.metadata["edgec.quantization"])["w"]
+    rep = q.reports["edgec.quantization"]["w"]
     assert rep["method"] == "gptq" and rep["rel_output_error"] < 0.2
 
 
@@ -178,6 +177,6 @@ def test_f16_scales_are_float16_values_and_the_grid_stays_exact(method):
             deq = qt.dequantize().reshape(32, 1, 32)
             codes = np.asarray(qt.codes, np.float32).reshape(32, 1, 32)
             np.testing.assert_array_equal(deq, codes * s.reshape(32, 1, 1))
-        rep = json.loads(q.metadata["edgec.quantization"])
+        rep = q.reports["edgec.quantization"]
         errs[sd] = rep[next(k for k in rep if k.startswith("wq"))]["sqnr_db"]  # awq renames it wq_scaled
     assert abs(errs["f16"] - errs["f32"]) < 0.5, errs

@@ -2,7 +2,6 @@
 (k-means init, error-fed assignment, codebook fine-tuning, codebook storage), the IR's vector tensors, and
 the targets that carry them (the per-target bit-exact decode tests live with each target's tests)."""
 
-import json
 import os
 
 import numpy as np
@@ -41,7 +40,7 @@ def _correlated_calib(k: int, seed: int = 1, n: int = 24) -> CalibrationSet:
 
 def _run(m: ir.Model, pipe: str, calib) -> dict:
     PassManager(parse_pipeline(pipe, host().passes.as_dict())).run(m, PassContext(calibration=calib))
-    return json.loads(m.metadata["edgec.quantization"])["w"]
+    return m.reports["edgec.quantization"]["w"]
 
 
 @pytest.mark.parametrize("vq, o", [("dim=2,bits_per_weight=2", 256), ("dim=4,bits_per_weight=2", 512)])
