@@ -10,7 +10,7 @@ import os
 import re
 import time
 from collections.abc import Callable, Mapping
-from typing import Any
+from typing import Any, cast
 
 import numpy as np
 
@@ -34,7 +34,7 @@ def parse_target(spec: str) -> Target:
         raise UsageError(f"unknown target {name!r}{did_you_mean(name, targets.names())}; installed targets: "
                          f"{', '.join(targets.names())} (see 'edgec targets')")
     try:
-        return parse_pipeline(spec, {name: targets[name]})[0]
+        return cast(Target, parse_pipeline(spec, {name: targets[name]})[0])  # the one stage: the target
     except PipelineError as e:
         raise UsageError(str(e)) from None
 
@@ -160,7 +160,7 @@ def load(model: str | Model, tgt: Target, shapes: dict[str, tuple[int, ...]], fr
         ir_model = load_model(src_path, frontend)
         src_hash = sha256_file(src_path) if os.path.isfile(src_path) else None
     else:
-        ir_model, src_hash = model, None
+        ir_model, src_hash = cast(Model, model), None
     b = Build(ir_model, tgt, src_path, src_hash, shapes, [])
     old_opset = ir_model.metadata.get("edgec.opset_upgraded_from")
     if old_opset:
@@ -250,6 +250,7 @@ def _check_degenerate(model: Model, bound: Mapping[str, int], before_passes: boo
             s = o.shape
             if s is None or not all(isinstance(d, int) for d in s):
                 continue
+            s = cast("tuple[int, ...]", s)  # every dim checked int above
             if any(d < 0 for d in s) or (not before_passes and 0 in s and o.dtype is not None and o.dtype.is_float
                                          and not any(x is not None and x.shape is not None and 0 in x.shape
                                                      for x in n.inputs)):

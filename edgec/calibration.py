@@ -19,11 +19,12 @@ import dataclasses
 import os
 import warnings
 import zipfile
+from typing import cast
 
 import numpy as np
 
 from .errors import BadInputError, UnsupportedError
-from .ir import Model, random_inputs
+from .ir import DType, Model, random_inputs
 
 
 class CalibrationWarning(UserWarning):
@@ -56,8 +57,9 @@ def _split(model: Model, arrays: dict[str, np.ndarray], where: str) -> list[dict
             continue
         a = arrays[name]
         shape = v.static_shape
-        if a.dtype != v.dtype.numpy and not (a.dtype.kind == v.dtype.numpy.kind and v.dtype.is_float):
-            problems.append(f"{name}: dtype {a.dtype} does not match the model's {v.dtype.short}")
+        vdt = cast(DType, v.dtype)  # graph inputs are typed
+        if a.dtype != vdt.numpy and not (a.dtype.kind == vdt.numpy.kind and vdt.is_float):
+            problems.append(f"{name}: dtype {a.dtype} does not match the model's {vdt.short}")
         if shape is None:
             counts[name] = a.shape[0] if a.ndim else 1
         elif tuple(a.shape) == shape:
@@ -72,7 +74,8 @@ def _split(model: Model, arrays: dict[str, np.ndarray], where: str) -> list[dict
     if problems:
         raise BadInputError(f"calibration data {where} does not fit the model:\n" + "\n".join(f"  - {p}" for p in problems))
     n = next(iter(counts.values())) if counts else 0
-    return [{k: np.ascontiguousarray(arrays[k][i]).astype(inputs[k].dtype.numpy, copy=False) for k in inputs}
+    return [{k: np.ascontiguousarray(arrays[k][i]).astype(cast(DType, inputs[k].dtype).numpy, copy=False)
+             for k in inputs}
             for i in range(n)]
 
 

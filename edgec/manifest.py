@@ -7,13 +7,13 @@ import dataclasses
 import hashlib
 import json
 import os
-from typing import Any
+from typing import Any, cast
 
 import numpy as np
 
 from . import __version__, report
 from .hashing import sha256_file
-from .ir import Model, QuantizedTensor
+from .ir import DType, Model, QuantizedTensor
 from .ir.dtypes import storage_map
 from .target import Artifact, Target
 
@@ -64,14 +64,15 @@ def layer_table(model: Model) -> list[dict[str, Any]]:
     """Per-weight quantization and size, for the manifest."""
     rows = []
     for v in model.graph.initializers.values():
-        if v.const is None or int(np.prod(v.shape or (1,))) < 16:
+        if v.const is None or int(np.prod(cast("tuple[int, ...]", v.shape or (1,)))) < 16:
             continue
         users = sorted({u.node.name for u in v.uses})
-        row = {"name": v.name, "shape": list(v.shape), "used_by": users, "bytes": v.const.nbytes}
+        row = {"name": v.name, "shape": list(cast("tuple[int | str | None, ...]", v.shape)),
+               "used_by": users, "bytes": v.const.nbytes}
         if isinstance(v.const, QuantizedTensor):
             row.update(v.const.describe())
         else:
-            row.update({"dtype": v.dtype.short})
+            row.update({"dtype": cast(DType, v.dtype).short})
         rows.append(row)
     return rows
 

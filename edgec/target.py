@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import dataclasses
 from collections.abc import Callable, Iterable, Mapping, Sequence
-from typing import Any, ClassVar
+from typing import Any, ClassVar, TypeVar
 
 import numpy as np
 
@@ -14,16 +14,19 @@ from .ir.passes import Pass, PassContext
 from .ir.schemes import SCHEMES
 
 
+_F = TypeVar("_F", bound=Callable[..., Any])
+
+
 class _Table(dict):
     """A table of functions filled with the :meth:`register` decorator: ``@TABLE.register(key, ...)``."""
 
     def _check(self, keys: tuple[str, ...]) -> None:
         """Refuse keys the table cannot hold (at import, so a typo fails loudly)."""
 
-    def register(self, *keys: str):
+    def register(self, *keys: str) -> Callable[[_F], _F]:
         self._check(keys)
 
-        def deco(fn):
+        def deco(fn: _F) -> _F:
             for k in keys:
                 self[k] = fn
             return fn
@@ -205,7 +208,7 @@ class Target:
     dynamic_shapes: ClassVar[bool] = False  # True: the artifact takes any input length (no shape fixing)
 
     def __post_init__(self) -> None:
-        Pass.__post_init__(self)  # same option validation as passes
+        Pass.__post_init__(self)  # type: ignore[arg-type]  # same option validation as passes (duck-typed)
 
     def describe(self) -> str:
         return Pass.describe(self)  # type: ignore[arg-type]

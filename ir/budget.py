@@ -16,7 +16,7 @@ from __future__ import annotations
 
 import math
 from collections.abc import Mapping
-from typing import Any
+from typing import Any, cast
 
 import numpy as np
 
@@ -43,7 +43,7 @@ def over_budget(what: str, parts: Mapping[str, int], budget: int | None = None, 
 
 def _itemsize(v: Any) -> int:
     try:
-        return np.dtype(v.dtype.numpy).itemsize
+        return cast(int, np.dtype(v.dtype.numpy).itemsize)
     except Exception:  # noqa: BLE001 - unknown or sub-byte type: count 4 bytes per element
         return 4
 
@@ -76,18 +76,18 @@ def run_estimate(model: Model, input_shapes: Mapping[str, tuple[int, ...]],
         shape = input_shapes.get(v.name)
         if shape is None:
             continue
-        for d, n in zip(v.shape or (), shape):
+        for d, extent in zip(v.shape or (), shape):
             if not isinstance(d, int):
-                symbols.setdefault(str(d), int(n))
+                symbols.setdefault(str(d), int(extent))
         inputs += int(np.prod(shape, dtype=object)) * _itemsize(v)
     weights = 0
     for v in g.initializers.values():
-        n = _resolve(v.shape, {})
-        weights += (n or 0) * (4 if v.dtype is None or v.dtype.is_float else _itemsize(v))
+        size = _resolve(v.shape, {})
+        weights += (size or 0) * (4 if v.dtype is None or v.dtype.is_float else _itemsize(v))
     nodes = list(g)
     last: dict[int, int] = {}
-    for i, n in enumerate(nodes):
-        for x in n.inputs:
+    for i, node in enumerate(nodes):
+        for x in node.inputs:
             if x is not None:
                 last[id(x)] = i
     for o in g.outputs:
@@ -95,8 +95,8 @@ def run_estimate(model: Model, input_shapes: Mapping[str, tuple[int, ...]],
     live, peak = 0, 0
     sizes: dict[int, int] = {}
     dying: dict[int, list[int]] = {}
-    for i, n in enumerate(nodes):
-        for o in n.outputs:
+    for i, node in enumerate(nodes):
+        for o in node.outputs:
             k = _resolve(o.shape, symbols)
             s = (k or 0) * _itemsize(o)
             sizes[id(o)] = s

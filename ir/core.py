@@ -25,7 +25,7 @@ import gc
 import itertools
 import re
 from collections.abc import Iterable, Iterator, Sequence
-from typing import Any, NamedTuple
+from typing import Any, NamedTuple, cast
 
 import numpy as np
 
@@ -57,7 +57,7 @@ class IRError(ValueError):
 
 class Usage(NamedTuple):
     node: "Node"
-    index: int
+    index: int  # type: ignore[assignment]  # shadows tuple.index, as the field has always been named
 
 
 # A value's uses are a list while short; past this many, an insertion-ordered dict keyed by the Usage
@@ -113,7 +113,7 @@ class Value:
         """The shape when every dim is a known integer, else None."""
         if self.shape is None or not all(isinstance(d, int) for d in self.shape):
             return None
-        return tuple(self.shape)  # type: ignore[return-value]
+        return cast("tuple[int, ...]", tuple(self.shape))  # every dim checked int above
 
     def numpy(self) -> np.ndarray:
         """Constant data (dequantized for quantized weights)."""
@@ -140,7 +140,7 @@ class Value:
         if type(uses) is dict:
             uses[Usage(node, index)] = None
             return
-        uses.append(Usage(node, index))
+        cast("list[Usage]", uses).append(Usage(node, index))
         if len(uses) > _USE_INDEX_AT:
             self._uses = dict.fromkeys(uses)
 
@@ -152,7 +152,7 @@ class Value:
         else:
             for k, u in enumerate(uses):
                 if u.node is node and u.index == index:
-                    del uses[k]
+                    del cast("list[Usage]", uses)[k]
                     return
         raise IRError(f"internal: use ({node.name}, {index}) of {self.name!r} not recorded")
 
@@ -578,7 +578,7 @@ class Model:
         return self.graph.initializers.values()
 
     def param_count(self) -> int:
-        return sum(int(np.prod(v.shape, dtype=np.int64)) for v in self.constants())
+        return sum(int(np.prod(cast("tuple[int, ...]", v.shape), dtype=np.int64)) for v in self.constants())
 
     def size_bytes(self) -> int:
-        return sum(v.const.nbytes for v in self.constants())
+        return sum(cast(ConstData, v.const).nbytes for v in self.constants())

@@ -8,6 +8,7 @@ uint8 element) and packed only by the targets that store them.
 from __future__ import annotations
 
 import enum
+from typing import cast
 
 import ml_dtypes
 import numpy as np
@@ -82,7 +83,7 @@ class DType(enum.Enum):
     @property
     def numpy(self) -> np.dtype:
         """The numpy dtype that holds elements of this type in memory (unpacked for low-bit types)."""
-        return np.dtype(_NUMPY[self])
+        return cast("np.dtype", np.dtype(_NUMPY[self]))
 
     @property
     def onnx(self) -> int:
@@ -161,7 +162,7 @@ _ONNX = {
     DType.FLOAT8E4M3FNUZ: _T.FLOAT8E4M3FNUZ, DType.FLOAT8E5M2: _T.FLOAT8E5M2, DType.FLOAT8E5M2FNUZ: _T.FLOAT8E5M2FNUZ,
     DType.FLOAT8E8M0: _T.FLOAT8E8M0, DType.FLOAT4E2M1: _T.FLOAT4E2M1,
 }
-_FROM_ONNX = {o: d for d, o in reversed(_ONNX.items())}  # the first DType of each ONNX type
+_FROM_ONNX: dict[int, DType] = {o: d for d, o in reversed(_ONNX.items())}  # the first DType of each ONNX type
 
 
 def code_range(bits: int, signed: bool) -> tuple[int, int]:
@@ -190,7 +191,7 @@ def code_dtype(bits: int, signed: bool) -> DType:
 STORAGE_KEY = "edgec.storage"
 
 
-def storage_map(metadata: dict) -> dict[str, DType]:
+def storage_map(metadata: dict[str, str]) -> dict[str, DType]:
     """The graph inputs / outputs held in storage types, with their logical dtypes (see :data:`STORAGE_KEY`)."""
     import json
     return {k: DType(v) for k, v in json.loads(metadata.get(STORAGE_KEY) or "{}").items()}

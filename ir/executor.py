@@ -8,10 +8,12 @@ captured, which is how calibration observes activations.
 from __future__ import annotations
 
 from collections.abc import Callable, Iterable, Mapping
+from typing import cast
 
 import numpy as np
 
 from .core import Model
+from .dtypes import DType
 from .onnx_io import to_onnx
 
 
@@ -114,15 +116,16 @@ def random_inputs(model: Model, seed: int = 0, dims: Mapping[str, int] | None = 
     feeds = {}
     for v in model.graph.inputs:
         shape = [d if isinstance(d, int) else (dims or {}).get(str(d), 1) for d in (v.shape or ())]
-        dt = v.dtype.numpy
-        if v.dtype.is_float or v.dtype.is_narrow_float:
+        dtype = cast(DType, v.dtype)  # graph inputs are typed
+        dt = dtype.numpy
+        if dtype.is_float or dtype.is_narrow_float:
             feeds[v.name] = rng.standard_normal(shape).astype(np.float32).astype(dt)
-        elif v.dtype.short == "bool":
+        elif dtype.short == "bool":
             feeds[v.name] = rng.random(shape) > 0.5
-        elif v.dtype.bits < 8:  # sub-byte integers: values of the type's range, as its ml_dtypes array
+        elif dtype.bits < 8:  # sub-byte integers: values of the type's range, as its ml_dtypes array
             from .dtypes import code_range, from_storage
-            lo, hi = code_range(v.dtype.bits, v.dtype.numpy == np.int8)
-            feeds[v.name] = from_storage(rng.integers(lo, hi + 1, size=shape).astype(dt), v.dtype)
+            lo, hi = code_range(dtype.bits, dtype.numpy == np.int8)
+            feeds[v.name] = from_storage(rng.integers(lo, hi + 1, size=shape).astype(dt), dtype)
         else:
             hi = int(v.meta.get("vocab_size", 100))
             feeds[v.name] = rng.integers(0, hi, size=shape).astype(dt)

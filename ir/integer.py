@@ -26,11 +26,16 @@ stays the float definition, and ``--verify`` compares a target with it within th
 from __future__ import annotations
 
 import dataclasses
+from collections.abc import Callable
+from typing import TYPE_CHECKING, Any, cast
 
 import numpy as np
 
 from .core import Model, Node, Value
-from .tensor import ActivationQuant, QuantizedTensor
+from .tensor import ActivationQuant, QuantizedTensor, Tensor
+
+if TYPE_CHECKING:
+    from .executor import ReferenceExecutor
 
 
 @dataclasses.dataclass
@@ -42,7 +47,7 @@ class IntOp:
     wq: np.ndarray                     # int8 codes, the node's weight shape
     sw: np.ndarray                     # float32 [O]
     bias: np.ndarray                   # float32 [O]
-    chain: list = dataclasses.field(default_factory=list)  # the nodes the requantizing epilogue replaces
+    chain: list[Node] = dataclasses.field(default_factory=list)  # the nodes the requantizing epilogue replaces
     fused: Value | None = None         # the quantized value the requantizing epilogue writes
     lo: int = 0                        # clamp bounds of the fused codes (as stored: q + 128 when signed)
     hi: int = 255
@@ -60,11 +65,11 @@ class IntOp:
         return (np.float32(self.xq.scale) * self.sw).astype(np.float32)
 
     def wsum(self) -> np.ndarray:
-        return self.wq.reshape(self.cout, -1).astype(np.int64).sum(1)
+        return cast(np.ndarray, self.wq.reshape(self.cout, -1).astype(np.int64).sum(1))
 
     def requant(self) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
         """(Bq, m, s, rnd) of the requantizing epilogue, int64 [O] each."""
-        sv = self.fused.quant.scale
+        sv = cast(ActivationQuant, cast(Value, self.fused).quant).scale  # called only on a fused IntOp
         acc_scale = np.float64(np.float32(self.xq.scale)) * self.sw.astype(np.float64)
         bq = np.clip(np.round(self.bias.astype(np.float64) / acc_scale), -(1 << 30), 1 << 30).astype(np.int64)
         m, s = requant_multiplier(acc_scale / np.float64(np.float32(sv)))
@@ -72,7 +77,7 @@ class IntOp:
 
     @property
     def zv(self) -> int:
-        q = self.fused.quant
+        q = cast(ActivationQuant, cast(Value, self.fused).quant)  # called only on a fused IntOp
         return q.zero_point + (128 if q.signed else 0)
 
 
@@ -100,7 +105,7 @@ def _code(a: float, q: ActivationQuant) -> int:
     return c + (128 if q.signed else 0)
 
 
-def _weight(v: Value | None, out_channels_axis: int = 0):
+def _weight(v: Value | None, out_channels_axis: int = 0) -> tuple[np.ndarray, np.ndarray] | None:
     if v is None or not v.is_const or not isinstance(v.const, QuantizedTensor):
         return None
     q = v.const
@@ -108,7 +113,7 @@ def _weight(v: Value | None, out_channels_axis: int = 0):
             or q.offsets is not None or q.layout is not None or q.axis not in (None, out_channels_axis):
         return None
     o = q.shape[0]
-    if q.scales.size not in (1, o):
+    if cast(np.ndarray, q.scales).size not in (1, o):
         return None
     sw = np.broadcast_to(np.asarray(q.scales, np.float32).reshape(-1), (o,))
     return np.asarray(q.codes, np.int8), np.ascontiguousarray(sw, np.float32)
@@ -119,7 +124,7 @@ def _const_array(v: Value | None, n: int) -> np.ndarray | None:
         return np.zeros(n, np.float32)
     if not v.is_const or isinstance(v.const, QuantizedTensor):
         return None
-    return np.asarray(v.const.numpy(), np.float32).reshape(-1)
+    return np.asarray(cast(Tensor, v.const).numpy(), np.float32).reshape(-1)
 
 
 def _candidate(n: Node) -> IntOp | None:
@@ -177,7 +182,8 @@ def plan(model: Model) -> dict[int, IntOp]:
                     and len(nxt.inputs) >= 3:
                 chain.append(nxt)
                 v = nxt.outputs[0]
-                lo, hi = (float(np.asarray(a.const.numpy()).reshape(())) for a in nxt.inputs[1:3])
+                lo, hi = (float(np.asarray(a.const.numpy()).reshape(()))  # type: ignore[union-attr]  # checked above
+                          for a in nxt.inputs[1:3])
         if v.quant is None or v.quant.bits != 8 or id(v) in outputs or not v.uses:
             continue
         family = "linear" if c.kind == "linear" else "image"
@@ -196,7 +202,7 @@ def plan(model: Model) -> dict[int, IntOp]:
     return ops
 
 
-def integer_reference(model: Model):
+def integer_reference(model: Model) -> ReferenceExecutor:
     """A :class:`ReferenceExecutor` running ``model`` with its IntOps in the integer semantics above."""
     from .executor import ReferenceExecutor
     from .serde import copy
@@ -215,8 +221,9 @@ def integer_reference(model: Model):
             # rewired it)
             if conv:
                 wc = g.add_const(f"{k}__iw", c.wq)
-                attrs = {a: n.attributes[a] for a in ("kernel_shape", "pads", "strides", "group", "dilations")
-                         if a in n.attributes}
+                attrs: dict[str, Any] = {a: n.attributes[a]
+                                         for a in ("kernel_shape", "pads", "strides", "group", "dilations")
+                                         if a in n.attributes}
                 acc = g.op("ConvInteger", [xq, wc, zx], attrs, name=f"{k}__iconv").output
             else:
                 wc = g.add_const(f"{k}__iw", np.ascontiguousarray(c.wq.T))
@@ -228,7 +235,7 @@ def integer_reference(model: Model):
                 out = n.outputs[0]
             else:
                 bq, mm, s, rnd = c.requant()
-                i64 = lambda nm, a: g.add_const(f"{k}__i{nm}", np.broadcast_to(np.asarray(a, np.int64), (O,)).reshape(shape).copy())  # noqa: E731
+                i64: Callable[[str, Any], Value] = lambda nm, a: g.add_const(f"{k}__i{nm}", np.broadcast_to(np.asarray(a, np.int64), (O,)).reshape(shape).copy())  # noqa: E731
                 t = g.op("Cast", [acc], {"to": 7}, name=f"{k}__i64").output
                 t = g.op("Add", [t, i64("bq", bq)], name=f"{k}__ibq").output
                 t = g.op("Add", [t, i64("o31", 1 << 31)], name=f"{k}__io31").output
@@ -240,7 +247,7 @@ def integer_reference(model: Model):
                 q = g.op("Sub", [q, i64("c32", (np.int64(1) << (32 - s)) - c.zv)], name=f"{k}__ic32").output
                 q = g.op("Max", [q, i64("lo", c.lo)], name=f"{k}__ilo").output
                 q = g.op("Min", [q, i64("hi", c.hi)], name=f"{k}__ihi").output
-                vq = c.fused.quant
+                vq = cast(ActivationQuant, c.fused.quant)  # a fused output is quantized (plan)
                 if vq.signed:
                     q = g.op("Sub", [q, i64("u", 128)], name=f"{k}__is").output
                 q = g.op("Cast", [q], {"to": 3 if vq.signed else 2}, name=f"{k}__icodes").output

@@ -12,10 +12,11 @@ The limit is ``$EDGEC_MAX_TENSOR_BYTES`` when set, else half the machine's physi
 from __future__ import annotations
 
 import os
+from typing import cast
 
 import numpy as np
 
-from .core import Model, Node
+from .core import ConstData, Model, Node
 
 
 def max_tensor_bytes() -> int:
@@ -34,7 +35,7 @@ def _ints(n: Node, i: int) -> np.ndarray | None:
     if v is None or not v.is_const:
         return None
     try:
-        return np.asarray(v.const.numpy()).reshape(-1)
+        return np.asarray(cast(ConstData, v.const).numpy()).reshape(-1)  # is_const: const is set
     except Exception:  # noqa: BLE001 - a quantized or odd constant: no estimate
         return None
 
@@ -44,18 +45,19 @@ def generated_elements(n: Node) -> int | None:
     op = n.qualified_op
     if op == "ConstantOfShape":
         s = _ints(n, 0)
-        return None if s is None else int(np.prod([max(int(x), 0) for x in s], dtype=object))
+        return None if s is None else int(cast(int, np.prod([max(int(x), 0) for x in s], dtype=object)))
     if op in ("Expand", "Tile"):
         s = _ints(n, 1)
         x = n.inputs[0].shape if n.inputs and n.inputs[0] is not None else None
         if s is None or x is None or not all(isinstance(d, int) for d in x):
             return None
+        x = cast("tuple[int, ...]", x)  # every dim checked int above
         if op == "Tile":
-            return int(np.prod([int(a) * max(int(b), 0) for a, b in zip(x, s)], dtype=object))
+            return int(cast(int, np.prod([int(a) * max(int(b), 0) for a, b in zip(x, s)], dtype=object)))
         r = max(len(x), len(s))
         xs = [1] * (r - len(x)) + list(x)
         ss = [1] * (r - len(s)) + [int(v) for v in s]
-        return int(np.prod([max(a, b) for a, b in zip(xs, ss)], dtype=object))
+        return int(cast(int, np.prod([max(a, b) for a, b in zip(xs, ss)], dtype=object)))
     if op == "Range":
         a, b, d = (_ints(n, i) for i in range(3))
         if a is None or b is None or d is None or not (a.size == b.size == d.size == 1) or float(d[0]) == 0:
@@ -86,12 +88,13 @@ def check_sizes(model: Model, limit: int | None = None) -> list[str]:
         shape = v.shape
         if shape is None or not all(isinstance(d, int) for d in shape) or id(v) in seen:
             continue
+        shape = cast("tuple[int, ...]", shape)  # every dim checked int above
         seen.add(id(v))
         try:
-            item = np.dtype(v.dtype.numpy).itemsize
+            item = np.dtype(v.dtype.numpy).itemsize  # type: ignore[union-attr]  # None: caught below
         except Exception:  # noqa: BLE001 - unknown or sub-byte type: count 4 bytes per element
             item = 4
-        size = int(np.prod([max(d, 0) for d in shape], dtype=object)) * item
+        size = int(cast(int, np.prod([max(d, 0) for d in shape], dtype=object))) * item
         if size > limit:
             out.append(f"{v.name!r} has shape {list(shape)}: {size / 2**30:.3g} GiB")
     return out + check_generators(model, limit)

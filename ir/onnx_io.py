@@ -8,16 +8,19 @@ definitions. It is what the reference executor runs and what shape inference rea
 from __future__ import annotations
 
 import os
+from collections.abc import Iterable
+from collections.abc import Set as AbstractSet
+from typing import Any, cast
 
 import numpy as np
 import onnx
 from onnx import helper, numpy_helper
 
 from . import ops as edgec_ops
-from .core import Graph, IRError, Model, Node, Value, gc_paused
+from .core import ConstData, Graph, IRError, Model, Node, Value, gc_paused
 from .dtypes import DType
 from .schemes import Vector
-from .tensor import QuantizedTensor, Tensor, vector_bases
+from .tensor import ActivationQuant, QuantizedTensor, Tensor, vector_bases
 
 
 class UnsupportedModelError(ValueError):
@@ -29,7 +32,7 @@ class UnsupportedModelError(ValueError):
 
 
 # ------------------------------------------------------------------------------------------------ import
-def _attr_value(a: onnx.AttributeProto):
+def _attr_value(a: onnx.AttributeProto) -> Any:
     t = a.type
     A = onnx.AttributeProto
     if t == A.FLOAT:
@@ -60,7 +63,7 @@ def _tensor(arr: np.ndarray, dt: DType) -> Tensor:
     return Tensor(arr, dt)
 
 
-def _type_of(vi: onnx.ValueInfoProto) -> tuple[DType | None, tuple | None]:
+def _type_of(vi: onnx.ValueInfoProto) -> tuple[DType | None, tuple[int | str | None, ...] | None]:
     t = vi.type
     if not t.HasField("tensor_type"):
         return None, None
@@ -72,7 +75,7 @@ def _type_of(vi: onnx.ValueInfoProto) -> tuple[DType | None, tuple | None]:
         dt = None
     if not tt.HasField("shape"):
         return dt, None
-    dims: list = []
+    dims: list[int | str | None] = []
     for d in tt.shape.dim:
         which = d.WhichOneof("value")
         if which == "dim_value":
@@ -96,7 +99,7 @@ def _declared_bytes(t: onnx.TensorProto) -> int:
     return int(np.prod([max(int(d), 0) for d in t.dims], dtype=object)) * item
 
 
-def _check_weight_budget(initializers) -> None:
+def _check_weight_budget(initializers: Iterable[onnx.TensorProto]) -> None:
     """Refuse, before any external data is read, weights that cannot fit the memory budget."""
     from .budget import over_budget
     msg = over_budget("importing the model's weights", {"weights": sum(_declared_bytes(t) for t in initializers)})
@@ -157,7 +160,7 @@ def from_onnx(proto: onnx.ModelProto, base_dir: str | None = None) -> Model:
                 arr = _external_array(t, base_dir)
             else:
                 arr = numpy_helper.to_array(t)
-            dt = DType.from_onnx(t.data_type)
+            cdt = DType.from_onnx(t.data_type)
         except (OSError, ValueError, onnx.checker.ValidationError) as e:
             if t.data_location == onnx.TensorProto.EXTERNAL:
                 # onnx refuses locations outside the model's folder (absolute, or escaping with ..) and lengths
@@ -168,7 +171,7 @@ def from_onnx(proto: onnx.ModelProto, base_dir: str | None = None) -> Model:
         except Exception as e:  # noqa: BLE001 - report every broken initializer
             problems.append(f"initializer {t.name!r}: cannot read its data ({e})")
             continue
-        env[t.name] = graph.add_const(t.name, _tensor(arr, dt))
+        env[t.name] = graph.add_const(t.name, _tensor(arr, cdt))
     for vi in g_in.input:
         if vi.name in init_names:
             continue
@@ -272,7 +275,7 @@ def _vi(v: Value) -> onnx.ValueInfoProto:
     return helper.make_tensor_value_info(v.name, v.dtype.onnx, shape)
 
 
-def attribute_proto(name: str, value) -> onnx.AttributeProto:
+def attribute_proto(name: str, value: Any) -> onnx.AttributeProto:
     """An ONNX attribute from an IR attribute value (Tensor attributes included)."""
     if isinstance(value, Tensor):
         return helper.make_attribute(name, numpy_helper.from_array(np.asarray(value.numpy()), name))
@@ -284,7 +287,7 @@ def attribute_proto(name: str, value) -> onnx.AttributeProto:
 def _qdq(v: Value, src: str, dst: str, nodes: list[onnx.NodeProto], inits: list[onnx.TensorProto],
          taken: set[str]) -> None:
     """QuantizeLinear + DequantizeLinear simulating ``v.quant`` exactly (round half to even, saturate)."""
-    q = v.quant
+    q = cast(ActivationQuant, v.quant)  # called for quantized activations only
     base = f"{v.name}__aq"
     k = 0
     while f"{base}{k}_scale" in taken:
@@ -320,7 +323,7 @@ def _affine_dequant_nodes(v: Value, ctx: edgec_ops.ExpandContext) -> bool:
     The float32 arithmetic is the same as :meth:`QuantizedTensor.dequantize` ((q - zp) * scale + offset), so the
     result is bit-identical while the model holds 1-byte codes instead of 4-byte floats. Returns False for
     what it does not encode (codebooks, non-float32 results)."""
-    q = v.const
+    q = cast(QuantizedTensor, v.const)  # called for QuantizedTensor constants only
     if q.dtype != DType.FLOAT32:
         return False
     if isinstance(q.scheme_type, Vector):
@@ -334,7 +337,7 @@ def _affine_dequant_nodes(v: Value, ctx: edgec_ops.ExpandContext) -> bool:
     zps = None if q.zero_points is None else np.asarray(q.zero_points).astype(np.float32)
     offs = None if q.offsets is None else np.asarray(q.offsets, np.float32)
     if q.group_size:  # split the grouped axis so the parameters broadcast: [.., G, gs, ..] x [.., G, 1, ..]
-        ga = q.group_axis
+        ga = cast(int, q.group_axis)  # set with group_size
         gshape = shape[:ga] + [shape[ga] // q.group_size, q.group_size] + shape[ga + 1:]
         codes = codes.reshape(gshape)
         scales = np.expand_dims(scales, ga + 1)
@@ -354,13 +357,14 @@ def _affine_dequant_nodes(v: Value, ctx: edgec_ops.ExpandContext) -> bool:
 
 def _vector_dequant_nodes(v: Value, ctx: edgec_ops.ExpandContext) -> bool:
     """``v``'s vector-quantized weight as codes + Gather from the flattened codebooks (exact: a copy)."""
-    q = v.const
-    r, g, _, d = q.codebook.shape
+    q = cast(QuantizedTensor, v.const)  # a vector-quantized constant: codebook and group_size are set
+    codebook = cast(np.ndarray, q.codebook)
+    r, g, _, d = codebook.shape
     rows, k = q.shape
-    codes = np.asarray(q.codes).reshape(r, rows // r, g, q.group_size // d)
+    codes = np.asarray(q.codes).reshape(r, rows // r, g, cast(int, q.group_size) // d)
     idx = ctx.node("Cast", [ctx.const(v.name + "__codes", codes)], to=onnx.TensorProto.INT64)
-    idx = ctx.node("Add", [idx, ctx.const(v.name + "__base", vector_bases(q.codebook.shape))])
-    cb = ctx.const(v.name + "__codebook", np.ascontiguousarray(np.asarray(q.codebook, np.float32).reshape(-1, d)))
+    idx = ctx.node("Add", [idx, ctx.const(v.name + "__base", vector_bases(codebook.shape))])
+    cb = ctx.const(v.name + "__codebook", np.ascontiguousarray(np.asarray(codebook, np.float32).reshape(-1, d)))
     x = ctx.node("Gather", [cb, idx], axis=0)
     ctx.node("Reshape", [x, ctx.const(v.name + "__shape", np.array([rows, k], np.int64))], [v.name])
     return True
@@ -376,7 +380,7 @@ def initializer(name: str, arr: np.ndarray, external: dict[str, np.ndarray] | No
     return numpy_helper.from_array(arr, name)
 
 
-def _ancestors(model: Model, names: list[str], stop: set[str] = frozenset()) -> tuple[set[int], set[int]]:
+def _ancestors(model: Model, names: list[str], stop: AbstractSet[str] = frozenset()) -> tuple[set[int], set[int]]:
     """ids of the nodes and constants the values ``names`` depend on (not looking past values in ``stop``)."""
     want = {n for n in names}
     nodes: set[int] = set()
@@ -438,11 +442,12 @@ def to_onnx(model: Model, extra_outputs: list[str] | None = None, with_shapes: b
         if keep_consts is not None and id(v) not in keep_consts:
             continue
         if v.name in free:
-            free_inputs.append(helper.make_tensor_value_info(v.name, onnx.TensorProto.FLOAT, list(v.shape)))
+            shape = list(cast("tuple[int | str | None, ...]", v.shape))
+            free_inputs.append(helper.make_tensor_value_info(v.name, onnx.TensorProto.FLOAT, shape))
             continue
         if keep_quantized and isinstance(v.const, QuantizedTensor) and _affine_dequant_nodes(v, ctx):
             continue
-        arr = np.asarray(v.const.numpy())
+        arr = np.asarray(cast(ConstData, v.const).numpy())
         if v.dtype in (DType.INT4, DType.UINT4, DType.INT2, DType.UINT2, DType.INT3, DType.NF4):
             arr = arr.astype(np.int8 if v.dtype.numpy == np.int8 else np.uint8)
         inits.append(initializer(v.name, arr, external))
@@ -515,8 +520,8 @@ def to_onnx(model: Model, extra_outputs: list[str] | None = None, with_shapes: b
     proto = helper.make_model(graph, opset_imports=imports, producer_name="edgec")
     proto.ir_version = min(proto.ir_version, 10)
     if not only_outputs:  # internal calibration subgraphs skip the (possibly large) metadata
-        for k, v in model.metadata.items():
-            proto.metadata_props.add(key=k, value=str(v))
+        for k, val in model.metadata.items():
+            proto.metadata_props.add(key=k, value=str(val))
     return proto
 
 

@@ -29,6 +29,7 @@ its op and why; a graph input or output of sequence or optional type cannot be r
 from __future__ import annotations
 
 import re
+from typing import Any, cast
 
 import numpy as np
 import onnx
@@ -91,7 +92,7 @@ def _count_nodes(g: onnx.GraphProto) -> int:
 def _nondeterministic(g: onnx.GraphProto) -> str | None:
     for n in g.node:
         if _default(n.domain) and n.op_type in _RANDOM:
-            return n.op_type
+            return cast(str, n.op_type)
         for s in _subgraphs(n):
             r = _nondeterministic(s)
             if r:
@@ -99,7 +100,7 @@ def _nondeterministic(g: onnx.GraphProto) -> str | None:
     return None
 
 
-def _copy_except(src, dst, skip: str) -> None:
+def _copy_except(src: Any, dst: Any, skip: str) -> None:
     """Copy every field of protobuf message ``src`` that is set, except ``skip``, into ``dst``."""
     for field, value in src.ListFields():
         if field.name == skip:
@@ -201,7 +202,7 @@ class _Static:
 
     # ---------------------------------------------------------------------------------------------- emission
     def node(self, out: list[onnx.NodeProto], op: str, ins: list[str], outs: list[str] | None = None,
-             **attrs) -> str:
+             **attrs: Any) -> str:
         outs = outs or [self.fresh(op.lower())]
         n = helper.make_node(op, ins, outs, **attrs)
         out.append(n)
@@ -361,8 +362,8 @@ class _Static:
             if o and o != name and isinstance(r, np.ndarray):
                 self.consts[o] = r
         k = list(n.output).index(name)
-        r = results[k] if k < len(results) else None
-        return np.asarray(r) if isinstance(r, (np.ndarray, np.generic)) else None
+        res = cast("list[Any]", results)[k] if k < len(results) else None  # run(None, ...): a list
+        return np.asarray(res) if isinstance(res, (np.ndarray, np.generic)) else None
 
     def scalar(self, name: str, what: str) -> int:
         v = self.value(name)
@@ -431,7 +432,7 @@ class _Static:
         axis = axis + len(dims) + 1 if axis < 0 else axis
         dims.insert(axis, 0)
         dt = helper.tensor_dtype_to_np_dtype(t.tensor_type.elem_type)
-        self.const(out, np.zeros(dims, dt), name)
+        self.const(out, np.zeros(cast("list[int]", dims), dt), name)  # no None: checked above
 
     # ---------------------------------------------------------------------------------------------- the rounds
     def run(self) -> None:
@@ -544,7 +545,7 @@ class _Static:
             raise _Defer(f"{op} with subgraphs is not supported")
         handler(n, out)
 
-    def _attrs(self, n: onnx.NodeProto) -> dict:
+    def _attrs(self, n: onnx.NodeProto) -> dict[str, Any]:
         return {a.name: helper.get_attribute_value(a) for a in n.attribute}
 
     def _If(self, n: onnx.NodeProto, out: list[onnx.NodeProto]) -> None:
@@ -567,9 +568,9 @@ class _Static:
             raise _Defer(f"{why} both branches would be computed and chosen with Where, which opset {self.opset} "
                          "does not define (opset 9 does)")
         for g in (then_g, else_g):
-            r = _nondeterministic(g)
-            if r:
-                raise _Defer(f"{why} both branches would be computed, and branch {g.name!r} holds {r}, "
+            rand = _nondeterministic(g)
+            if rand:
+                raise _Defer(f"{why} both branches would be computed, and branch {g.name!r} holds {rand}, "
                              "which is not deterministic")
             for vi in g.output:
                 what = _not_tensor(vi.type) or (self.kind(vi.name) != "tensor" and "a sequence or optional")
@@ -694,7 +695,7 @@ class _Static:
                 outs[k].append(res[len(states) + k])
         return cur, [list(reversed(v)) if d else v for v, d in zip(outs, out_dirs)]
 
-    def _scan8(self, n: onnx.NodeProto, out: list[onnx.NodeProto], a: dict) -> None:
+    def _scan8(self, n: onnx.NodeProto, out: list[onnx.NodeProto], a: dict[str, Any]) -> None:
         """Opset 8: a batch axis 0 (unrolled per batch element) and a scan axis 1; ``sequence_lens`` absent or
         all full."""
         body, k_in = a["body"], int(a["num_scan_inputs"])
@@ -717,8 +718,8 @@ class _Static:
             bs = [self.take(out, s, b, 0) for s in states]
             bx = [self.take(out, x, b, 0) for x in xs]
             cur, outs = self.unroll_scan(out, body, bs, bx, [0] * k_in, dirs, [0] * len(stacked), length)
-            for k, v in enumerate(cur):
-                finals[k].append(v)
+            for k, final in enumerate(cur):
+                finals[k].append(final)
             for k, vals in enumerate(outs):
                 if not vals:
                     raise _Defer("it runs no iteration: empty scan outputs of opset 8 are not supported")

@@ -15,6 +15,7 @@ from __future__ import annotations
 import dataclasses
 import math
 from collections.abc import Callable
+from typing import Any
 
 import numpy as np
 import onnx
@@ -54,7 +55,7 @@ class ExpandContext:
         self.initializers.append(initializer(n, np.asarray(array), self.external))
         return n
 
-    def node(self, op: str, inputs: list[str], outputs: list[str] | None = None, **attrs) -> str:
+    def node(self, op: str, inputs: list[str], outputs: list[str] | None = None, **attrs: Any) -> str:
         outs = outputs or [self.name(op.lower())]
         self.nodes.append(helper.make_node(op, inputs, outs, **attrs))
         return outs[0]
@@ -65,7 +66,7 @@ class ExpandContext:
         return self.node("ReduceMean", [x], axes=[-1], keepdims=1)
 
 
-Expander = Callable[[ExpandContext, list[str], list[str], dict], None]
+Expander = Callable[[ExpandContext, list[str], list[str], dict[str, Any]], None]
 
 
 @dataclasses.dataclass(frozen=True)
@@ -78,7 +79,7 @@ class OpDef:
     doc: str
 
 
-def _linear(ctx: ExpandContext, ins: list[str], outs: list[str], attrs: dict) -> None:
+def _linear(ctx: ExpandContext, ins: list[str], outs: list[str], attrs: dict[str, Any]) -> None:
     wt = ctx.node("Transpose", [ins[1]], perm=[1, 0])
     if len(ins) > 2 and ins[2]:
         y = ctx.node("MatMul", [ins[0], wt])
@@ -87,7 +88,7 @@ def _linear(ctx: ExpandContext, ins: list[str], outs: list[str], attrs: dict) ->
         ctx.node("MatMul", [ins[0], wt], outs)
 
 
-def _rmsnorm(ctx: ExpandContext, ins: list[str], outs: list[str], attrs: dict) -> None:
+def _rmsnorm(ctx: ExpandContext, ins: list[str], outs: list[str], attrs: dict[str, Any]) -> None:
     x, scale = ins
     sq = ctx.node("Mul", [x, x])
     mean = ctx.reduce_mean_last(sq)
@@ -96,7 +97,7 @@ def _rmsnorm(ctx: ExpandContext, ins: list[str], outs: list[str], attrs: dict) -
     ctx.node("Mul", [ctx.node("Div", [x, rms]), scale], outs)
 
 
-def _gelu(ctx: ExpandContext, ins: list[str], outs: list[str], attrs: dict) -> None:
+def _gelu(ctx: ExpandContext, ins: list[str], outs: list[str], attrs: dict[str, Any]) -> None:
     approx = attrs.get("approximate", "none")
     x = ins[0]
     half = ctx.const("half", np.array(0.5, np.float32))
@@ -113,7 +114,7 @@ def _gelu(ctx: ExpandContext, ins: list[str], outs: list[str], attrs: dict) -> N
     ctx.node("Mul", [ctx.node("Mul", [half, x]), ctx.node("Add", [one, t])], outs)
 
 
-def _attention(ctx: ExpandContext, ins: list[str], outs: list[str], attrs: dict) -> None:
+def _attention(ctx: ExpandContext, ins: list[str], outs: list[str], attrs: dict[str, Any]) -> None:
     q, k, v = ins[:3]
     # Transpose the last two dims of K whatever its rank (4 in practice).
     kt = ctx.node("Transpose", [k], perm=list(attrs["_k_perm"]))
@@ -134,7 +135,8 @@ OPS: dict[str, OpDef] = {
 }
 
 
-def expand(op_type: str, ctx: ExpandContext, ins: list[str], outs: list[str], attrs: dict, in_ranks: list) -> None:
+def expand(op_type: str, ctx: ExpandContext, ins: list[str], outs: list[str], attrs: dict[str, Any],
+           in_ranks: list[int | None]) -> None:
     """Write the ONNX nodes that define ``edgec::op_type``."""
     if op_type not in OPS:
         raise ValueError(f"unknown edgec op {op_type!r}; known: {', '.join(sorted(OPS))}")

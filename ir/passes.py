@@ -126,13 +126,13 @@ def _fmt(v: Any) -> str:
     return str(v).lower() if isinstance(v, bool) else str(v)
 
 
-def _type_name(cls: type, f: dataclasses.Field) -> str:
+def _type_name(cls: type, f: dataclasses.Field[Any]) -> str:
     hints = typing.get_type_hints(cls)
     t = hints.get(f.name, f.type)
     return getattr(t, "__name__", str(t))
 
 
-def _check_option(pass_name: str, f: dataclasses.Field, value: Any) -> None:
+def _check_option(pass_name: str, f: dataclasses.Field[Any], value: Any) -> None:
     choices = f.metadata.get("choices")
     if choices is not None and value not in choices:
         shown = _show_choices(choices)
@@ -161,7 +161,7 @@ def did_you_mean(word: str, known: Iterable[str]) -> str:
 _ITEM = re.compile(r"\s*([a-z][a-z0-9\-]*)\s*(\{([^{}]*)\})?\s*(,|$)")
 
 
-def _convert(pass_name: str, f: dataclasses.Field, hint: Any, raw: str) -> Any:
+def _convert(pass_name: str, f: dataclasses.Field[Any], hint: Any, raw: str) -> Any:
     t = hint
     origin = typing.get_origin(t)
     if origin is typing.Union or (hasattr(typing, "UnionType") and isinstance(t, getattr(__import__("types"), "UnionType"))):

@@ -13,7 +13,7 @@ The classes hold no state: one instance per scheme, shared.
 from __future__ import annotations
 
 import dataclasses
-from typing import TYPE_CHECKING, ClassVar
+from typing import TYPE_CHECKING, Any, ClassVar, cast
 
 import numpy as np
 
@@ -73,7 +73,7 @@ class Scheme:
 
     def take_rows(self, q: QuantizedTensor, idx: np.ndarray) -> QuantizedTensor:
         """``q`` with its rows (axis 0) reordered; codes and per-row parameters move together."""
-        def pick(p):
+        def pick(p: np.ndarray | None) -> np.ndarray | None:
             if p is None or p.ndim == 0 or p.shape[0] == 1:
                 return p
             return np.ascontiguousarray(p[idx])
@@ -84,7 +84,7 @@ class Scheme:
                                                                  and q.codebook.ndim > 1) else q.codebook,
                                    layout_params=lp)
 
-    def describe(self, q: QuantizedTensor) -> dict:
+    def describe(self, q: QuantizedTensor) -> dict[str, Any]:
         """What this scheme adds to :meth:`QuantizedTensor.describe`."""
         return {}
 
@@ -121,21 +121,21 @@ class _Grid(Scheme):
             rows, k = q.shape
             w = q.codes.astype(np.float32).reshape(rows, k // q.group_size, q.group_size)
 
-            def p(a):
+            def p(a: np.ndarray) -> np.ndarray:
                 return np.asarray(a, np.float32).reshape(a.shape[0], -1, 1)
             if q.zero_points is not None:
                 w -= p(q.zero_points)
-            w *= p(q.scales)
+            w *= p(cast(np.ndarray, q.scales))
             if q.offsets is not None:
                 w += p(q.offsets)
             return w.reshape(rows, k).astype(q.dtype.numpy, copy=False)
         c = q.codes.astype(np.float32)
         if q.zero_points is not None:
             c = c - expand_blocks(q.zero_points.astype(np.float32), q.shape)
-        w = c * expand_blocks(q.scales.astype(np.float32), q.shape)
+        w = c * expand_blocks(cast(np.ndarray, q.scales).astype(np.float32), q.shape)
         if q.offsets is not None:
             w = w + expand_blocks(q.offsets.astype(np.float32), q.shape)
-        return w.astype(q.dtype.numpy)
+        return cast(np.ndarray, w.astype(q.dtype.numpy))
 
 
 class Symmetric(_Grid):
@@ -198,18 +198,19 @@ class Codebook(Scheme):
 
     def dequantize(self, q: QuantizedTensor) -> np.ndarray:
         from .tensor import expand_blocks
-        cb = q.codebook.astype(np.float32)
+        cb = cast(np.ndarray, q.codebook).astype(np.float32)
         if cb.ndim == 1:
             w = cb[q.codes.astype(np.int64)]
         elif cb.ndim == 3:
             rows, k = q.shape
-            idx = q.codes.astype(np.int64).reshape(rows, k // q.group_size, q.group_size)
+            gs = cast(int, q.group_size)
+            idx = q.codes.astype(np.int64).reshape(rows, k // gs, gs)
             w = np.take_along_axis(cb, idx, axis=2).reshape(rows, k)
         else:
             idx = q.codes.astype(np.int64)
-            moved = np.moveaxis(idx, q.axis, 0)
+            moved = np.moveaxis(idx, cast(int, q.axis), 0)
             w = np.take_along_axis(cb, moved.reshape(moved.shape[0], -1), axis=1).reshape(moved.shape)
-            w = np.moveaxis(w, 0, q.axis)
+            w = np.moveaxis(w, 0, cast(int, q.axis))
         if q.scales is not None:
             w = w * expand_blocks(q.scales.astype(np.float32), q.shape)
         return w.astype(q.dtype.numpy)
@@ -225,10 +226,10 @@ class Codebook(Scheme):
             pick = np.full(q.shape, near, codes.dtype)
         elif cb.ndim == 2:
             shape = [1] * codes.ndim
-            shape[q.axis] = -1
+            shape[cast(int, q.axis)] = -1
             pick = np.broadcast_to(near.reshape(shape), q.shape)
         else:
-            pick = np.repeat(near, q.group_size, axis=1)
+            pick = np.repeat(near, cast(int, q.group_size), axis=1)
         codes[zero] = pick[zero].astype(codes.dtype)
         return dataclasses.replace(q, codes=codes, codebook=cb)
 
@@ -276,14 +277,14 @@ class Vector(Scheme):
 
     def dequantize(self, q: QuantizedTensor) -> np.ndarray:
         from .tensor import decode_vectors
-        return decode_vectors(q.codes, q.codebook, q.group_size).astype(q.dtype.numpy)
+        return decode_vectors(q.codes, cast(np.ndarray, q.codebook), cast(int, q.group_size)).astype(q.dtype.numpy)
 
     def take_rows(self, q: QuantizedTensor, idx: np.ndarray) -> QuantizedTensor:
-        if q.codebook.shape[0] != 1:
+        if cast(np.ndarray, q.codebook).shape[0] != 1:
             raise ValueError("cannot reorder rows of a vector tensor whose codebooks belong to row blocks")
         return dataclasses.replace(q, codes=np.ascontiguousarray(q.codes[idx]))
 
-    def describe(self, q: QuantizedTensor) -> dict:
+    def describe(self, q: QuantizedTensor) -> dict[str, Any]:
         return {"vector_dim": q.vector_dim, "bits_per_weight": q.bits_per_weight, "codebook_bits": q.codebook_bits}
 
     def label(self, q: QuantizedTensor) -> str:

@@ -10,6 +10,7 @@ from __future__ import annotations
 import os
 import struct
 import tempfile
+from typing import Any
 
 import numpy as np
 
@@ -35,7 +36,7 @@ def save(model: Model, path: str) -> None:
     blobs: list[tuple[int, np.ndarray]] = []
     end = 0
 
-    def sink(arr: np.ndarray, dtype: DType) -> dict:
+    def sink(arr: np.ndarray, dtype: DType) -> dict[str, Any]:
         nonlocal end
         arr = np.ascontiguousarray(arr)
         off = _align(end)
@@ -82,7 +83,7 @@ def load(path: str) -> Model:
     start = _align(16 + hlen)
     mm = np.memmap(path, dtype=np.uint8, mode="r") if size > start else np.zeros(0, np.uint8)
 
-    def source(r: dict) -> np.ndarray:
+    def source(r: dict[str, Any]) -> np.ndarray:
         dt = DType.from_short(r["dtype"])
         lo, n = start + int(r["offset"]), int(r["nbytes"])
         expect = int(np.prod(r["shape"], dtype=np.int64)) * dt.numpy.itemsize

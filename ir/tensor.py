@@ -10,9 +10,10 @@ from __future__ import annotations
 
 import dataclasses
 import hashlib
-from typing import Literal
+from typing import Any, Literal, cast
 
 import numpy as np
+import numpy.typing as npt
 
 from .dtypes import DType, code_range
 from .schemes import SCHEMES, Scheme
@@ -163,7 +164,7 @@ class QuantizedTensor:
     method: str = "rtn"
     offsets: np.ndarray | None = None
     layout: str | None = None
-    layout_params: dict | None = None
+    layout_params: dict[str, Any] | None = None
     vector_dim: int = 1
     codebook_bits: int | None = None
 
@@ -258,7 +259,7 @@ class QuantizedTensor:
             h.update(f"v{self.vector_dim}c{self.codebook_bits}".encode())
         return h.hexdigest()[:16]
 
-    def describe(self) -> dict:
+    def describe(self) -> dict[str, Any]:
         """Plain-data summary (for manifests and reports)."""
         return {
             "bits": self.bits, "scheme": self.scheme, "axis": self.axis, "group_size": self.group_size,
@@ -271,7 +272,7 @@ class QuantizedTensor:
         return self.scheme_type.label(self)
 
 
-def vector_bases(codebook_shape: tuple[int, ...], dtype=np.int64) -> np.ndarray:
+def vector_bases(codebook_shape: tuple[int, ...], dtype: npt.DTypeLike = np.int64) -> np.ndarray:
     """``[R, 1, G, 1]``: where each codebook's entries start in the flattened codebooks ``[R * G * n, d]``
     (``n * (r * G + g)``), to add to the codes viewed as ``[R, O / R, G, K / G / d]``."""
     r, g, n, _ = codebook_shape
@@ -283,14 +284,14 @@ def vector_index(codes: np.ndarray, codebook_shape: tuple[int, ...]) -> np.ndarr
     rows, nv = codes.shape
     r, g = codebook_shape[:2]
     idx = codes.astype(np.int64).reshape(r, rows // r, g, nv // g) + vector_bases(codebook_shape)
-    return idx.reshape(rows, nv)
+    return cast(np.ndarray, idx.reshape(rows, nv))
 
 
 def decode_vectors(codes: np.ndarray, codebook: np.ndarray, group_size: int) -> np.ndarray:
     """``[O, K]`` float32 from vector codes ``[O, K / d]`` and codebooks ``[R, K / group_size, n, d]``."""
     r, g, n, d = codebook.shape
     flat = np.asarray(codebook, np.float32).reshape(r * g * n, d)
-    return flat[vector_index(codes, codebook.shape)].reshape(codes.shape[0], codes.shape[1] * d)
+    return cast(np.ndarray, flat[vector_index(codes, codebook.shape)]).reshape(codes.shape[0], codes.shape[1] * d)
 
 
 def pow2_int8(codebook: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
@@ -354,14 +355,15 @@ class Sparsity:
         if (self.n is None) != (self.m is None):
             errs.append("N:M sparsity needs both n and m")
         elif self.n is not None:
-            if not 0 < self.n < self.m:
+            m = cast(int, self.m)  # set with n (checked above)
+            if not 0 < self.n < m:
                 errs.append(f"N:M sparsity needs 0 < n < m, got {self.n}:{self.m}")
             elif data is not None:
                 moved = np.moveaxis(data, self.axis, -1)
-                if moved.shape[-1] % self.m:
+                if moved.shape[-1] % m:
                     errs.append(f"dim {self.axis} extent {moved.shape[-1]} is not a multiple of m={self.m}")
                 else:
-                    nz = (moved.reshape(-1, self.m) != 0).sum(axis=1)
+                    nz = (moved.reshape(-1, m) != 0).sum(axis=1)
                     if (nz > self.n).any():
                         errs.append(f"{int((nz > self.n).sum())} blocks break the {self.n}:{self.m} pattern")
         return errs

@@ -22,11 +22,11 @@ from __future__ import annotations
 import base64
 import json
 import re
-from typing import Any
+from typing import Any, cast
 
 import numpy as np
 
-from .core import Graph, IRError, Model, Node, Value
+from .core import ConstData, Graph, IRError, Model, Node, Value
 from .dtypes import DType
 from .tensor import ActivationQuant, QuantizedTensor, Sparsity, Tensor
 
@@ -58,10 +58,10 @@ Sink = Any  # callable(arr, dtype) -> dict reference, used by serde to move data
 Source = Any  # callable(ref dict) -> np.ndarray, its inverse
 
 
-def _array(arr: np.ndarray, dtype: DType, elide: bool, sink: Sink = None) -> dict:
+def _array(arr: np.ndarray, dtype: DType, elide: bool, sink: Sink = None) -> dict[str, Any]:
     arr = np.asarray(arr)
     if sink is not None:
-        return sink(arr, dtype)
+        return cast("dict[str, Any]", sink(arr, dtype))
     out: dict[str, Any] = {"dtype": dtype.short, "shape": list(arr.shape)}
     if arr.size <= INLINE_LIMIT and dtype != DType.BFLOAT16:
         out["values"] = [x.item() if not isinstance(x, bytes) else x.decode() for x in arr.reshape(-1)]
@@ -74,7 +74,7 @@ def _array(arr: np.ndarray, dtype: DType, elide: bool, sink: Sink = None) -> dic
     return out
 
 
-def _const_json(c: Tensor | QuantizedTensor, elide: bool, sink: Sink = None) -> dict:
+def _const_json(c: Tensor | QuantizedTensor, elide: bool, sink: Sink = None) -> dict[str, Any]:
     if isinstance(c, Tensor):
         return _array(c.numpy(), c.dtype, elide, sink)
     d: dict[str, Any] = {"quant": {
@@ -119,7 +119,8 @@ def print_model(model: Model, elide: bool = False, sink: Sink = None) -> str:
     for v in g.inputs:
         lines.append(f"  input {_name(v)} : {_type(v)}")
     for v in g.initializers.values():
-        lines.append(f"  const {_name(v)} : {_type(v)} = {json.dumps(_const_json(v.const, elide, sink))}")
+        data = json.dumps(_const_json(cast(ConstData, v.const), elide, sink))
+        lines.append(f"  const {_name(v)} : {_type(v)} = {data}")
     annotated = [v for v in g.values() if v.quant is not None or v.sparsity is not None]
     for n in g:
         outs = ", ".join(f"{_name(o)} : {_type(o)}" for o in n.outputs)
@@ -179,16 +180,16 @@ class _Cursor:
             return None
         self.expect("%")
         if self.s.startswith('"', self.i):
-            return self.json()
+            return cast(str, self.json())
         return self.word(r"[A-Za-z0-9_./\-]+")
 
-    def type(self) -> tuple[DType | None, tuple | None]:
+    def type(self) -> tuple[DType | None, tuple[int | str | None, ...] | None]:
         dt_s = self.word(r"[a-z0-9?]+")
         dt = None if dt_s == "?" else DType.from_short(dt_s)
         if not self.s.startswith("[", self.i):
             return dt, None
         self.i += 1
-        dims: list = []
+        dims: list[int | str | None] = []
         while not self.s.startswith("]", self.i):
             if self.s.startswith('"', self.i):
                 dims.append(self.json())
@@ -205,7 +206,7 @@ class _Cursor:
         return self.i >= len(self.s)
 
 
-def _from_array(d: dict, source: Source = None) -> tuple[np.ndarray, DType]:
+def _from_array(d: dict[str, Any], source: Source = None) -> tuple[np.ndarray, DType]:
     dt = DType.from_short(d["dtype"])
     if "offset" in d:
         if source is None:
@@ -220,7 +221,7 @@ def _from_array(d: dict, source: Source = None) -> tuple[np.ndarray, DType]:
     return arr, dt
 
 
-def _const_from(d: dict, source: Source = None) -> Tensor | QuantizedTensor:
+def _const_from(d: dict[str, Any], source: Source = None) -> Tensor | QuantizedTensor:
     if "quant" not in d:
         arr, dt = _from_array(d, source)
         return Tensor(arr, dt)
@@ -246,7 +247,7 @@ def parse_model(text: str, source: Source = None) -> Model:
     lines = text.splitlines()
     opsets: dict[str, int] = {}
     meta: dict[str, str] = {}
-    reports: dict = {}
+    reports: dict[str, Any] = {}
     graph: Graph | None = None
     env: dict[str, Value] = {}
     saw_header = False
@@ -289,20 +290,20 @@ def parse_model(text: str, source: Source = None) -> Model:
                 raise ValueError("statement outside a graph")
             elif line.startswith("input "):
                 c.expect("input")
-                name = c.name()
+                name = cast(str, c.name())  # a name, not "_", where a value is defined
                 c.expect(":")
                 dt, shape = c.type()
-                env[name] = graph.add_input(name, dt, shape)
+                env[name] = graph.add_input(name, cast(DType, dt), shape)
             elif line.startswith("const "):
                 c.expect("const")
-                name = c.name()
+                name = cast(str, c.name())  # a name, not "_", where a value is defined
                 c.expect(":")
                 c.type()
                 c.expect("=")
                 env[name] = graph.add_const(name, _const_from(c.json(), source))
             elif line.startswith("annotate "):
                 c.expect("annotate")
-                v = lookup(c.name())
+                v = cast(Value, lookup(c.name()))  # None ("_") fails on the attribute, as before
                 ann = c.json()
                 if "act_quant" in ann:
                     v.quant = ActivationQuant(**ann["act_quant"])
@@ -310,11 +311,11 @@ def parse_model(text: str, source: Source = None) -> Model:
                     v.sparsity = Sparsity(**ann["sparsity"])
             elif line.startswith("output "):
                 c.expect("output")
-                graph.outputs.append(lookup(c.name()))
+                graph.outputs.append(cast(Value, lookup(c.name())))
             else:
                 outs = []
                 while True:
-                    name = c.name()
+                    name = cast(str, c.name())  # a name, not "_", where a value is defined
                     c.expect(":")
                     dt, shape = c.type()
                     outs.append(Value(name, dt, shape))

@@ -11,12 +11,14 @@ from __future__ import annotations
 
 import dataclasses
 import weakref
+from collections.abc import Callable
+from typing import Any, cast
 
 import numpy as np
 
-from .core import IRError, Model, Node
+from .core import ConstData, IRError, Model, Node, Value
 from .ops import EDGEC_DOMAIN, OPS
-from .tensor import QuantizedTensor, Tensor
+from .tensor import QuantizedTensor, Sparsity, Tensor
 
 
 class VerificationError(IRError):
@@ -40,10 +42,10 @@ def verify(model: Model, check_shapes: bool = False) -> None:
     defined: set[int] = set()
     names: dict[str, object] = {}  # value name -> what defined it: a description, or the producing Node
 
-    def what(w) -> str:
-        return f"output of {w.name!r}" if isinstance(w, Node) else w
+    def what(w: object) -> str:
+        return f"output of {w.name!r}" if isinstance(w, Node) else cast(str, w)
 
-    def claim(v, w) -> None:
+    def claim(v: Value, w: object) -> None:
         if v.name in names:
             errs.append(f"value name {v.name!r} is used twice ({what(names[v.name])} and {what(w)})")
         names[v.name] = w
@@ -54,11 +56,11 @@ def verify(model: Model, check_shapes: bool = False) -> None:
         if v.dtype is None:
             errs.append(f"graph input {v.name!r} has no dtype")
     checks = _ConstChecks()
-    for k, v in g.initializers.items():
+    for key, v in g.initializers.items():
         claim(v, "constant")
         defined.add(id(v))
-        if k != v.name:
-            errs.append(f"constant registered as {k!r} is named {v.name!r}")
+        if key != v.name:
+            errs.append(f"constant registered as {key!r} is named {v.name!r}")
         if v.const is None:
             errs.append(f"constant {v.name!r} has no data")
             continue
@@ -95,12 +97,12 @@ def verify(model: Model, check_shapes: bool = False) -> None:
             elif domain != "ai.onnx" and domain not in opset_domains:
                 errs.append(f"{_where(n)}: domain {domain!r} is not in the model's opset imports")
         i = 0
-        for v in n._inputs:
-            if v is not None:
-                if id(v) not in defined:
-                    errs.append(f"{_where(n)}: input {i} {v.name!r} is used before it is defined (or is undefined)")
-                if not v._has_use(n, i):
-                    errs.append(f"{_where(n)}: input {i} {v.name!r} does not record this use")
+        for x in n._inputs:
+            if x is not None:
+                if id(x) not in defined:
+                    errs.append(f"{_where(n)}: input {i} {x.name!r} is used before it is defined (or is undefined)")
+                if not x._has_use(n, i):
+                    errs.append(f"{_where(n)}: input {i} {x.name!r} does not record this use")
             i += 1
         k = 0
         for o in n.outputs:
@@ -158,10 +160,11 @@ def _shape_errors(model: Model) -> list[str]:
 
 # ------------------------------------------------------------------------------------- constants' own checks
 # tensor -> {key: (what the result depends on, errors)}; entries go with the tensor.
-_REMEMBERED: "weakref.WeakKeyDictionary[object, dict]" = weakref.WeakKeyDictionary()
+_REMEMBERED: "weakref.WeakKeyDictionary[object, dict[object, tuple[tuple[object, ...], list[str]]]]" = \
+    weakref.WeakKeyDictionary()
 
 
-def _immutable(a) -> bool:
+def _immutable(a: Any) -> bool:
     """Whether ``a``'s contents cannot change: a read-only array whose bases are all read-only, down to a
     read-only buffer (bytes, a read-only memory map)."""
     while isinstance(a, np.ndarray):
@@ -177,7 +180,7 @@ def _immutable(a) -> bool:
         return False
 
 
-def _fields(q: QuantizedTensor) -> tuple:
+def _fields(q: QuantizedTensor) -> tuple[object, ...]:
     return tuple(getattr(q, f.name) for f in dataclasses.fields(q))
 
 
@@ -187,7 +190,7 @@ def _frozen_quantized(q: QuantizedTensor) -> bool:
     return all(isinstance(a, np.ndarray) and _immutable(a) for a in arrays)
 
 
-def _same(a: tuple, b: tuple) -> bool:
+def _same(a: tuple[object, ...], b: tuple[object, ...]) -> bool:
     return len(a) == len(b) and all(x is y for x, y in zip(a, b))
 
 
@@ -196,9 +199,10 @@ class _ConstChecks:
     many constants is not re-checked per constant), immutable ones remembered across calls."""
 
     def __init__(self) -> None:
-        self._seen: dict[tuple, tuple[object, tuple, list[str]]] = {}
+        self._seen: dict[tuple[int, object], tuple[object, tuple[object, ...], list[str]]] = {}
 
-    def _cached(self, obj, key, deps: tuple, frozen: bool, compute) -> list[str]:
+    def _cached(self, obj: object, key: object, deps: tuple[object, ...], frozen: bool,
+                compute: Callable[[], list[str]]) -> list[str]:
         seen = self._seen.get((id(obj), key))
         if seen is not None and seen[0] is obj and _same(seen[1], deps):
             return seen[2]
@@ -224,7 +228,7 @@ class _ConstChecks:
         deps = _fields(q)  # a field swapped behind the frozen dataclass's back invalidates the result
         return self._cached(q, "validate", deps, _frozen_quantized(q), q.validate)
 
-    def sparsity(self, sp, const) -> list[str]:
+    def sparsity(self, sp: Sparsity, const: ConstData) -> list[str]:
         if isinstance(const, Tensor):
             frozen = _immutable(const.numpy())
         else:

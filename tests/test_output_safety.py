@@ -248,7 +248,7 @@ def test_safetensors_beyond_the_budget_are_refused_before_reading(gib, tmp_path)
 
 
 def test_safetensors_float32_weights_are_memory_mapped(tmp_path):
-    from edgec.plugins.llm import safetensors_io
+    from edgec.plugins.frontends import safetensors_io
     from safetensors.numpy import save_file
     a = np.arange(48, dtype=np.float32).reshape(6, 8)
     save_file({"a": a, "b": a.astype(np.float16)}, str(tmp_path / "t.safetensors"))

@@ -16,12 +16,13 @@ block) with the IR (:func:`edgec.ir.tensor.register_layout`), so :attr:`Quantize
 from __future__ import annotations
 
 import dataclasses
+from typing import Any, cast
 
 import numpy as np
 
 from ..ir import QuantizedTensor
 from ..ir.schemes import SCHEMES
-from ..ir.tensor import register_layout
+from ..ir.tensor import SchemeName, register_layout
 
 IQ4_NL_VALUES = np.array([-127, -104, -83, -65, -49, -35, -22, -10, 1, 13, 25, 38, 53, 69, 89, 113], np.float32)
 
@@ -45,9 +46,9 @@ class GGUFType:
         return f"gguf.{self.name}"
 
     @property
-    def scheme(self) -> str:
-        return {"sym": "symmetric", "ksym": "symmetric", "affine": "affine", "kaffine": "affine",
-                "nl": "codebook"}[self.family]
+    def scheme(self) -> SchemeName:
+        return cast(SchemeName, {"sym": "symmetric", "ksym": "symmetric", "affine": "affine", "kaffine": "affine",
+                "nl": "codebook"}[self.family])
 
 
 TYPES: dict[str, GGUFType] = {t.name: t for t in (
@@ -89,7 +90,7 @@ def resolve(name: str, k: int) -> tuple[str | None, str]:
 def _f16(x: np.ndarray) -> np.ndarray:
     """Round to fp16 (finite), returned as float32: the value the file stores."""
     # + 0.0 turns -0.0 into +0.0: an integer sub-scale of 0 decodes to +0 in llama.cpp, so must ours.
-    return np.clip(x, -65504.0, 65504.0).astype(np.float16).astype(np.float32) + np.float32(0.0)
+    return cast(np.ndarray, np.clip(x, -65504.0, 65504.0).astype(np.float16).astype(np.float32) + np.float32(0.0))
 
 
 def _signed_absmax(x: np.ndarray) -> np.ndarray:
@@ -104,7 +105,7 @@ class Grid:
     t: GGUFType
     scales: np.ndarray  # [out, K / sub]
     offsets: np.ndarray | None
-    layout_params: dict
+    layout_params: dict[str, Any]
 
     def quantize(self, w2: np.ndarray, cols: slice | None = None) -> np.ndarray:
         """Nearest codes for ``w2`` (all columns, or the column range ``cols`` of the matrix)."""
@@ -114,16 +115,16 @@ class Grid:
         with np.errstate(divide="ignore", invalid="ignore"):
             q = np.round((w2 - o) / s) if o is not None else np.round(w2 / s)
         q = np.where(s != 0, q, 0 if o is None else self.t.qmin)
-        return np.clip(np.nan_to_num(q), self.t.qmin, self.t.qmax).astype(np.float32)
+        return cast(np.ndarray, np.clip(np.nan_to_num(q), self.t.qmin, self.t.qmax).astype(np.float32))
 
     def dequantize(self, q: np.ndarray, cols: slice | None = None) -> np.ndarray:
         s, o = self.col_params(cols, q.shape[1])
         if self.t.family == "nl":
-            return (IQ4_NL_VALUES[q.astype(np.int64)] * s).astype(np.float32)
+            return cast(np.ndarray, (IQ4_NL_VALUES[q.astype(np.int64)] * s).astype(np.float32))
         w = q.astype(np.float32) * s
-        return (w + o).astype(np.float32) if o is not None else w.astype(np.float32)
+        return cast(np.ndarray, (w + o).astype(np.float32) if o is not None else w.astype(np.float32))
 
-    def col_params(self, cols: slice | None, n: int):
+    def col_params(self, cols: slice | None, n: int) -> tuple[np.ndarray, np.ndarray | None]:
         start = 0 if cols is None else cols.start
         idx = (np.arange(start, start + n)) // self.t.sub
         s = self.scales[:, idx]
@@ -156,7 +157,7 @@ def fit(w2: np.ndarray, t: GGUFType, clip: np.ndarray | float = 1.0) -> Grid:
     ns = t.block // t.sub
     wb = w2.astype(np.float32).reshape(out, nb, ns, t.sub)
     r = np.broadcast_to(np.asarray(clip, np.float32), (out, nb))[..., None]  # [out, nb, 1]
-    lp: dict = {}
+    lp: dict[str, Any] = {}
     if t.family in ("sym", "nl"):
         mx = _signed_absmax(wb)[..., 0] * r[..., 0]  # [out, nb]
         if t.name == "Q8_0":

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import dataclasses
 import re
+from typing import cast
 
 import numpy as np
 
@@ -44,7 +45,8 @@ def find_layers(model: Model, ops: tuple[str, ...], include: str, exclude: str) 
         op = n.qualified_op
         # An embedding table is gathered by token ids, a graph input; tables gathered by computed positions
         # (rotary cos/sin, learned position tables) stay float: they are not weights a format quantizes.
-        if op == "Gather" and n.inputs[0] is not None and n.inputs[0].is_const and not n.inputs[1].is_const \
+        if op == "Gather" and n.inputs[0] is not None and n.inputs[0].is_const \
+                and not cast(Value, n.inputs[1]).is_const \
                 and n.attr("axis", 0) == 0 and n.inputs[0].rank == 2 and n.inputs[1] in inputs:
             w, role = n.inputs[0], "embedding"
         elif op in ops and len(n.inputs) > 1 and n.inputs[1] is not None and n.inputs[1].is_const:
@@ -78,7 +80,7 @@ def layer_rows(layer: Layer, x: np.ndarray) -> np.ndarray | None:
     if layer.kind == "linear":
         return x.reshape(-1, x.shape[-1])
     if layer.kind == "conv" and layer.node.attr("group", 1) == 1:
-        return _im2col(x, layer.node, layer.weight.shape)
+        return _im2col(x, layer.node, cast("tuple[int, ...]", layer.weight.shape))
     return None
 
 

@@ -10,6 +10,8 @@ from __future__ import annotations
 
 import contextlib
 import os
+from collections.abc import Callable, Iterator
+from typing import Any
 
 import numpy as np
 
@@ -17,7 +19,7 @@ from ..errors import BadInputError, UnsupportedError
 
 
 @contextlib.contextmanager
-def _quiet_fd2():
+def _quiet_fd2() -> Iterator[None]:
     """llama.cpp prints its loader log on the C-level stderr; keep the user's terminal clean."""
     try:
         fd = os.dup(2)
@@ -34,7 +36,7 @@ def _quiet_fd2():
 
 
 @contextlib.contextmanager
-def _no_extra_buffer_types(llama_cpp):
+def _no_extra_buffer_types(llama_cpp: Any) -> Iterator[None]:
     """Load with ``use_extra_bufts = False``: llama.cpp's CPU "extra" buffer types (AMX tiles, repacked
     weights) are kernels of their own, and the AMX one segfaults in ggml_backend_amx_mul_mat on these machines
     (Xeon with AMX under Firecracker; llama-cpp-python 0.3.36 built with GGML_NATIVE). The plain CPU kernels
@@ -43,7 +45,7 @@ def _no_extra_buffer_types(llama_cpp):
     mod = llama_cpp.llama_cpp
     orig = mod.llama_model_default_params
 
-    def params():
+    def params() -> Any:
         p = orig()
         if hasattr(p, "use_extra_bufts"):
             p.use_extra_bufts = False
@@ -55,7 +57,7 @@ def _no_extra_buffer_types(llama_cpp):
         mod.llama_model_default_params = orig
 
 
-def load_llama(path: str, **kwargs):
+def load_llama(path: str, **kwargs: Any) -> Any:
     """A ``llama_cpp.Llama`` for ``path``, with a clear error when llama-cpp-python is missing or the file
     does not load."""
     try:
@@ -70,7 +72,7 @@ def load_llama(path: str, **kwargs):
         raise BadInputError(f"llama.cpp could not load {path}: {e}") from None
 
 
-def llama_cpp_engine(gguf_path: str, ctx: int, threads: int = 0):
+def llama_cpp_engine(gguf_path: str, ctx: int, threads: int = 0) -> Callable[[np.ndarray], np.ndarray]:
     """``run(tokens) -> logits [len(tokens), vocab]`` (float32) of a GGUF file on llama.cpp, for windows of up to
     ``ctx`` tokens, each evaluated from an empty context."""
     llm = load_llama(gguf_path, n_ctx=ctx, n_batch=ctx, n_ubatch=ctx, logits_all=True,

@@ -115,7 +115,7 @@ def _rows_perm(rows: int, n_head: int, to_gguf: bool) -> np.ndarray:
     return idx.reshape(n_head, hd // 2, 2).swapaxes(1, 2).reshape(-1)
 
 
-def permute_rows(t: Tensor | QuantizedTensor | np.ndarray, n_head: int, to_gguf: bool):
+def permute_rows(t: Tensor | QuantizedTensor | np.ndarray, n_head: int, to_gguf: bool) -> Tensor | QuantizedTensor:
     """Reorder Q/K projection rows between layouts; exact for quantized tensors (codes and per-row
     parameters move together)."""
     perm = _rows_perm(t.shape[0], n_head, to_gguf)

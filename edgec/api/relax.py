@@ -16,10 +16,12 @@ from the codebook inside the matmul.
 
 from __future__ import annotations
 
+from typing import Any, cast
+
 import numpy as np
 
 from ..errors import UnsupportedError
-from ..ir import DType, Model, Node, QuantizedTensor, Value
+from ..ir import ActivationQuant, DType, Model, Node, QuantizedTensor, Tensor, Value
 from ..target import Encoders, Lowerings
 
 LOWERINGS = Lowerings()
@@ -61,7 +63,7 @@ def refuse_variant(n: Node) -> str | None:
     """Why TVM's converter must not take this node (a variant it was measured to get wrong), or None."""
     op = n.op_type
     if op == "Resize":
-        xs, ys = n.inputs[0].static_shape, n.outputs[0].static_shape
+        xs, ys = cast(Value, n.inputs[0]).static_shape, n.outputs[0].static_shape
         if n.attr("antialias", 0):
             return "Resize with antialias=1 is not supported (TVM's converter does not antialias)"
         ctm = n.attr("coordinate_transformation_mode", "half_pixel")
@@ -79,7 +81,7 @@ def refuse_variant(n: Node) -> str | None:
         return "RoiAlign mode=max is not supported (TVM's converter computes it wrong)"
     if op == "SpaceToDepth" and n.attr("mode", "DCR") != "DCR":
         return f"SpaceToDepth mode={n.attr('mode')} is not supported (TVM's converter computes DCR)"
-    if op in ("TopK", "Unique") and n.inputs[0].dtype == DType.UINT64:
+    if op in ("TopK", "Unique") and cast(Value, n.inputs[0]).dtype == DType.UINT64:
         return f"{op} of uint64 is not supported (TVM's sort has no uint64 kernel at run time)"
     if op == "Dropout" and len(n.inputs) > 2 and n.inputs[2] is not None and (
             not n.inputs[2].is_const or bool(np.asarray(n.inputs[2].numpy()).any())):
@@ -89,7 +91,7 @@ def refuse_variant(n: Node) -> str | None:
     return None
 
 
-def tvm_fallback(b: RelaxBuilder, n: Node) -> list:
+def tvm_fallback(b: RelaxBuilder, n: Node) -> list[Any]:
     """Lower ``n`` with TVM's Relax ONNX converter for its op at the model's opset: inputs are the Relax values
     already built, attributes parsed as TVM's importer parses them (from the node's ONNX attribute protos)."""
     from tvm import relax
@@ -105,7 +107,7 @@ def tvm_fallback(b: RelaxBuilder, n: Node) -> list:
         raise UnsupportedError(f"{where}: {why}")
     try:
         protos = [attribute_proto(k, v) for k, v in n.attributes.items() if not (isinstance(v, list) and not v)]
-        attr = tvm_onnx.ONNXGraphImporter._parse_attr(None, protos)  # type: ignore[arg-type]
+        attr = tvm_onnx.ONNXGraphImporter._parse_attr(None, protos)
         attr["tvm_custom"] = {"name": n.name, "num_outputs": len(n.outputs)}
         inputs = tvm_onnx.onnx_input()
         for v in n.inputs:
@@ -150,13 +152,14 @@ class RelaxBuilder:
         self.env: dict[int, object] = {}
 
     # helpers -----------------------------------------------------------------------------------------------
-    def get(self, v: Value):
+    def get(self, v: Value) -> Any:
         if id(v) in self.env:
             return self.env[id(v)]
         if v.is_const:
             if isinstance(v.const, QuantizedTensor):
                 raise UnsupportedError(f"the cpu target keeps {v.name!r} quantized only as an edgec::Linear weight")
-            arr = np.ascontiguousarray(v.const.numpy()).reshape(np.shape(v.const.numpy()))  # 0-d stays 0-d
+            const = cast(Tensor, v.const)  # not quantized (above)
+            arr = np.ascontiguousarray(const.numpy()).reshape(np.shape(const.numpy()))  # 0-d stays 0-d
             c = self.relax.const(arr, str(arr.dtype))
             self.env[id(v)] = c
             return c
@@ -167,7 +170,7 @@ class RelaxBuilder:
             return None
         if not v.is_const:
             raise UnsupportedError(f"{v.name!r} must be a constant for the cpu target (fold shapes first)")
-        return [int(x) for x in np.asarray(v.const.numpy()).reshape(-1)]
+        return [int(x) for x in np.asarray(cast("Tensor | QuantizedTensor", v.const).numpy()).reshape(-1)]
 
     def out_shape(self, n: Node, k: int = 0) -> list[int]:
         s = n.outputs[k].static_shape
@@ -175,27 +178,27 @@ class RelaxBuilder:
             raise UnsupportedError(f"node {n.name!r}: output shape is not static; give --input-shape")
         return list(s)
 
-    def emit(self, expr):
+    def emit(self, expr: Any) -> Any:
         return self.bb.emit(expr)
 
-    def fake_quant(self, x, v: Value):
+    def fake_quant(self, x: Any, v: Value) -> Any:
         """Exactly QuantizeLinear + DequantizeLinear (x / scale, round half to even, saturate, rescale), as one
         TE kernel around ``nearbyint``. (A floor / compare / select form of round-half-even made kernels LLVM
         took minutes to compile on a BERT-sized model for Hexagon.)"""
         from tvm import te, tirx
-        q = v.quant
+        q = cast(ActivationQuant, v.quant)  # called for quantized activations only
         lo, hi = (-128.0, 127.0) if q.signed else (0.0, 255.0)
         s, z = tirx.const(q.scale, "float32"), tirx.const(float(q.zero_point), "float32")
 
-        def f(a):
-            def g(*i):
+        def f(a: Any) -> Any:
+            def g(*i: Any) -> Any:
                 r = tirx.nearbyint(a(*i) / s) + z
                 r = tirx.max(tirx.min(r, tirx.const(hi, "float32")), tirx.const(lo, "float32"))
                 return (r - z) * s
             return te.compute(a.shape, g, name="fake_quant")
         return self.bb.emit_te(f, x, primfunc_name_hint="fake_quant")
 
-    def lower(self, n: Node) -> list:
+    def lower(self, n: Node) -> list[Any]:
         """The Relax values of ``n``'s outputs: its native lowering, else TVM's own ONNX converter for the op
         (``fallback_ops``); checked against the shapes and dtypes the IR declares."""
         empty = self._empty(n)
@@ -231,7 +234,7 @@ class RelaxBuilder:
         self._check_outputs(n, outs)
         return outs
 
-    def _empty(self, n: Node) -> list | None:
+    def _empty(self, n: Node) -> list[Any] | None:
         """Outputs with no elements are refused: TVM cannot schedule a zero-extent reduction, and the library's
         loader rejects the zero-element constant its constant folding makes of anything else."""
         for k, o in enumerate(n.outputs):
@@ -241,7 +244,7 @@ class RelaxBuilder:
                                        "empty tensors")
         return None
 
-    def _check_outputs(self, n: Node, outs: list) -> None:
+    def _check_outputs(self, n: Node, outs: list[Any]) -> None:
         relax = self.relax
         graph_outputs = {id(o) for o in self.model.graph.outputs}
         for k, o in enumerate(n.outputs):
@@ -270,7 +273,7 @@ class RelaxBuilder:
         """A subclass's hook: lower ``n`` itself (setting ``self.env`` for its outputs) and return True."""
         return False
 
-    def build(self):
+    def build(self) -> Any:
         relax = self.relax
         g = self.model.graph
         params = []
@@ -279,7 +282,7 @@ class RelaxBuilder:
             shape = v.static_shape
             if shape is None:
                 raise UnsupportedError(f"input {v.name!r} has a dynamic shape {v.shape}; fix it with --input-shape")
-            var = relax.Var(safe_name(v.name), relax.TensorType(list(shape), v.dtype.numpy.name))
+            var = relax.Var(safe_name(v.name), relax.TensorType(list(shape), cast(DType, v.dtype).numpy.name))
             params.append(var)
             self.env[id(v)] = var
             pending_inputs.append(v)
@@ -317,7 +320,7 @@ def safe_name(name: str) -> str:
 
 
 # ------------------------------------------------------------------------------------------------ lowerings
-def _op():
+def _op() -> Any:
     from tvm.relax import op
     return op
 
@@ -332,25 +335,26 @@ _UNARY: dict[str, tuple[str, str]] = {
 
 
 @lowering(*_BINARY)
-def _binary(b: RelaxBuilder, n: Node):
+def _binary(b: RelaxBuilder, n: Node) -> Any:
     # Integer Div truncates toward zero (ONNX, C); relax.op.divide on integers is TIR's truncating division.
-    x, y = (b.get(v) for v in n.inputs)
-    if n.op_type == "Pow" and n.inputs[0].dtype != n.inputs[1].dtype or (
-            n.op_type == "Pow" and not n.inputs[0].dtype.is_float):
+    x, y = (b.get(cast(Value, v)) for v in n.inputs)
+    if n.op_type == "Pow" and cast(Value, n.inputs[0]).dtype != cast(Value, n.inputs[1]).dtype or (
+            n.op_type == "Pow" and not cast(DType, cast(Value, n.inputs[0]).dtype).is_float):
         return _pow(b, n, x, y)
-    if n.op_type == "Div" and n.inputs[0].dtype is not None and not n.inputs[0].dtype.is_float:
+    if n.op_type == "Div" and cast(Value, n.inputs[0]).dtype is not None \
+            and not cast(DType, cast(Value, n.inputs[0]).dtype).is_float:
         return _int_div(b, n, x, y)
     return b.emit(getattr(_op(), _BINARY[n.op_type])(x, y))
 
 
-def _pow(b: RelaxBuilder, n: Node, x, y):
+def _pow(b: RelaxBuilder, n: Node, x: Any, y: Any) -> Any:
     """Pow across types, exactly. A float base to an integer power: |x| ** float(e), negated where x < 0 and the
     integer e is odd (the parity of e itself, which a rounded float(e) can lose). An integer base: computed in
     float64 and truncated, as onnxruntime does (exact while the result stays below 2**53)."""
     op = _op()
-    bt, et = n.inputs[0].dtype.numpy, n.inputs[1].dtype.numpy
+    bt, et = cast(DType, cast(Value, n.inputs[0]).dtype).numpy, cast(DType, cast(Value, n.inputs[1]).dtype).numpy
 
-    def c(v, dt):
+    def c(v: Any, dt: Any) -> Any:
         return b.relax.const(np.asarray(v, dt), np.dtype(dt).name)
     if bt.kind == "f" and et.kind == "f":
         return b.emit(op.power(x, op.astype(y, bt.name)))
@@ -363,13 +367,13 @@ def _pow(b: RelaxBuilder, n: Node, x, y):
 
 
 @lowering("CumProd")
-def _cumprod(b: RelaxBuilder, n: Node):
+def _cumprod(b: RelaxBuilder, n: Node) -> Any:
     """TVM's sequential cumprod (the order onnxruntime multiplies in); reverse by flipping around it."""
-    axis = b.const_ints(n.inputs[1])
+    axis = b.const_ints(cast(Value, n.inputs[1]))
     if axis is None or len(axis) != 1:
         raise UnsupportedError(f"node {n.name!r}: CumProd needs a constant axis on the cpu target")
-    op, ax = _op(), axis[0] % n.inputs[0].rank
-    x = b.get(n.inputs[0])
+    op, ax = _op(), axis[0] % cast(int, cast(Value, n.inputs[0]).rank)
+    x = b.get(cast(Value, n.inputs[0]))
     rev = bool(n.attr("reverse", 0))
     if rev:
         x = op.flip(x, axis=ax)
@@ -378,17 +382,17 @@ def _cumprod(b: RelaxBuilder, n: Node):
 
 
 @lowering("Mod")
-def _mod(b: RelaxBuilder, n: Node):
+def _mod(b: RelaxBuilder, n: Node) -> Any:
     """Integer Mod without traps (x86's idiv raises SIGFPE on a zero divisor and on MIN % -1): those divisors
     become 1 (x mod +-1 is 0; a zero divisor, which onnx leaves undefined, gives 0 as numpy does). fmod=0 takes
     the divisor's sign (floor), fmod=1 the dividend's (C's %). Floats go through TVM's converter."""
-    dt = n.inputs[0].dtype
+    dt = cast(Value, n.inputs[0]).dtype
     if dt is None:
         return tvm_fallback(b, n)
     op, npdt = _op(), dt.numpy
     if dt.is_float:
         return _float_mod(b, n, npdt)
-    x, y = (b.get(v) for v in n.inputs)
+    x, y = (b.get(cast(Value, v)) for v in n.inputs)
     zero, one = b.relax.const(np.asarray(0, npdt), npdt.name), b.relax.const(np.asarray(1, npdt), npdt.name)
     bad = op.equal(y, zero)
     if npdt.kind == "i":
@@ -397,12 +401,12 @@ def _mod(b: RelaxBuilder, n: Node):
     return b.emit(op.mod(x, safe) if n.attr("fmod", 0) else op.floor_mod(x, safe))
 
 
-def _float_mod(b: RelaxBuilder, n: Node, dt: np.dtype):
+def _float_mod(b: RelaxBuilder, n: Node, dt: np.dtype) -> Any:
     """fmod=1: C's fmod (TIR's float truncmod is LLVM's frem, exact). fmod=0: the remainder with the divisor's
     sign, as numpy computes it: fmod, plus the divisor where the signs differ, a zero signed like the divisor
     (so -3 mod inf is inf, 1 mod -inf is -inf, 0 mod -2 is -0)."""
     op = _op()
-    x, y = (b.get(v) for v in n.inputs)
+    x, y = (b.get(cast(Value, v)) for v in n.inputs)
     r = op.mod(x, y)
     if n.attr("fmod", 0):
         return b.emit(r)
@@ -414,12 +418,12 @@ def _float_mod(b: RelaxBuilder, n: Node, dt: np.dtype):
     return b.emit(op.where(op.equal(r, zero), signed_zero, r))
 
 
-def _int_div(b: RelaxBuilder, n: Node, x, y):
+def _int_div(b: RelaxBuilder, n: Node, x: Any, y: Any) -> Any:
     """Integer division that cannot trap: x86's idiv raises SIGFPE (killing the process that runs the artifact)
     on a zero divisor and on MIN / -1. A zero divisor gives 0 (onnx leaves it undefined; numpy gives 0), and a
     divisor of -1 gives -x, wrapping as two's complement does (-128 / -1 is -128 in int8, as onnxruntime's
     promoted arithmetic gives)."""
-    op, dt = _op(), n.inputs[0].dtype.numpy
+    op, dt = _op(), cast(DType, cast(Value, n.inputs[0]).dtype).numpy
     zero, one = b.relax.const(np.asarray(0, dt), dt.name), b.relax.const(np.asarray(1, dt), dt.name)
     bad = op.equal(y, zero)
     if dt.kind == "i":
@@ -432,7 +436,7 @@ def _int_div(b: RelaxBuilder, n: Node, x, y):
 
 
 @lowering(*_VARIADIC)
-def _variadic(b: RelaxBuilder, n: Node):
+def _variadic(b: RelaxBuilder, n: Node) -> Any:
     xs = [b.get(v) for v in n.inputs if v is not None]
     if not xs:
         raise UnsupportedError(f"node {n.name!r}: {n.op_type} needs at least one input")
@@ -445,21 +449,21 @@ def _variadic(b: RelaxBuilder, n: Node):
 
 
 @lowering(*_UNARY)
-def _unary(b: RelaxBuilder, n: Node):
+def _unary(b: RelaxBuilder, n: Node) -> Any:
     ns, fn = _UNARY[n.op_type]
     mod = _op().nn if ns == "nn" else _op()
-    return b.emit(getattr(mod, fn)(b.get(n.inputs[0])))
+    return b.emit(getattr(mod, fn)(b.get(cast(Value, n.inputs[0]))))
 
 
 @lowering("Tanh")
-def _tanh(b, n):
+def _tanh(b: RelaxBuilder, n: Node) -> Any:
     """TVM lowers tanh as (1 - e^-2x) / (1 + e^-2x), which cancels near 0 (1.3% off at x = 1e-6): there the odd
     series x - x^3/3 + 2x^5/15 is used instead (its first dropped term is 17x^7/315: below 3e-16 relative for
     |x| < 0.004, where the quotient's error is already below 2e-5 relative)."""
-    op, x = _op(), b.get(n.inputs[0])
-    dt = n.inputs[0].dtype.numpy.name
+    op, x = _op(), b.get(cast(Value, n.inputs[0]))
+    dt = cast(DType, cast(Value, n.inputs[0]).dtype).numpy.name
 
-    def c(v):
+    def c(v: Any) -> Any:
         return b.relax.const(v, dt)
     x2 = op.multiply(x, x)
     series = op.multiply(x, op.add(c(1.0), op.multiply(x2, op.add(c(-1.0 / 3), op.multiply(x2, c(2.0 / 15))))))
@@ -467,70 +471,75 @@ def _tanh(b, n):
 
 
 @lowering("Reciprocal")
-def _reciprocal(b, n):
-    x = b.get(n.inputs[0])
-    return b.emit(_op().divide(b.relax.const(1.0, n.inputs[0].dtype.numpy.name), x))
+def _reciprocal(b: RelaxBuilder, n: Node) -> Any:
+    x = b.get(cast(Value, n.inputs[0]))
+    return b.emit(_op().divide(b.relax.const(1.0, cast(DType, cast(Value, n.inputs[0]).dtype).numpy.name), x))
 
 
 def _np_dtype(n: Node, v: Value) -> str:
     if v.dtype is None or v.dtype.numpy is None or v.dtype.numpy.kind not in "biuf":
         raise UnsupportedError(f"node {n.name!r}: {n.op_type} with dtype {v.dtype.short if v.dtype else '?'} "
                                f"(value {v.name!r}) is not supported by the cpu target")
-    return v.dtype.numpy.name
+    name: str = v.dtype.numpy.name
+    return name
 
 
 @lowering("Cast")
-def _cast(b, n):
-    _np_dtype(n, n.inputs[0])
-    return b.emit(_op().astype(b.get(n.inputs[0]), _np_dtype(n, n.output)))
+def _cast(b: RelaxBuilder, n: Node) -> Any:
+    _np_dtype(n, cast(Value, n.inputs[0]))
+    return b.emit(_op().astype(b.get(cast(Value, n.inputs[0])), _np_dtype(n, n.output)))
 
 
 @lowering("Reshape", "Flatten", "Squeeze", "Unsqueeze")
-def _reshape(b, n):
-    if n.op_type == "Reshape" and n.attr("allowzero", 0) and 0 in (b.const_ints(n.inputs[1]) or []):
+def _reshape(b: RelaxBuilder, n: Node) -> Any:
+    if n.op_type == "Reshape" and n.attr("allowzero", 0) and 0 in (b.const_ints(cast(Value, n.inputs[1])) or []):
         raise UnsupportedError(f"node {n.name!r}: Reshape with allowzero=1 and a 0 in the shape is not supported "
                                "by the cpu target")
-    return b.emit(_op().reshape(b.get(n.inputs[0]), b.out_shape(n)))
+    return b.emit(_op().reshape(b.get(cast(Value, n.inputs[0])), b.out_shape(n)))
 
 
 @lowering("Expand")
-def _expand(b, n):
-    return b.emit(_op().broadcast_to(b.get(n.inputs[0]), b.out_shape(n)))
+def _expand(b: RelaxBuilder, n: Node) -> Any:
+    return b.emit(_op().broadcast_to(b.get(cast(Value, n.inputs[0])), b.out_shape(n)))
 
 
 @lowering("Transpose")
-def _transpose(b, n):
-    return b.emit(_op().permute_dims(b.get(n.inputs[0]), n.attr("perm")))
+def _transpose(b: RelaxBuilder, n: Node) -> Any:
+    return b.emit(_op().permute_dims(b.get(cast(Value, n.inputs[0])), n.attr("perm")))
 
 
 @lowering("Concat")
-def _concat(b, n):
-    return b.emit(_op().concat([b.get(v) for v in n.inputs], axis=n.attr("axis")))
+def _concat(b: RelaxBuilder, n: Node) -> Any:
+    return b.emit(_op().concat([b.get(cast(Value, v)) for v in n.inputs], axis=n.attr("axis")))
 
 
 @lowering("Slice")
-def _slice(b, n):
-    starts, ends = b.const_ints(n.inputs[1]), b.const_ints(n.inputs[2])
-    axes = b.const_ints(n.inputs[3]) if len(n.inputs) > 3 and n.inputs[3] is not None else list(range(len(starts)))
-    steps = b.const_ints(n.inputs[4]) if len(n.inputs) > 4 and n.inputs[4] is not None else [1] * len(starts)
-    shape = n.inputs[0].static_shape
+def _slice(b: RelaxBuilder, n: Node) -> Any:
+    starts = cast("list[int]", b.const_ints(cast(Value, n.inputs[1])))  # required inputs: lists
+    ends = cast("list[int]", b.const_ints(cast(Value, n.inputs[2])))
+    axes = cast("list[int]", b.const_ints(n.inputs[3])) if len(n.inputs) > 3 and n.inputs[3] is not None \
+        else list(range(len(starts)))
+    steps = cast("list[int]", b.const_ints(n.inputs[4])) if len(n.inputs) > 4 and n.inputs[4] is not None \
+        else [1] * len(starts)
+    shape = cast("tuple[int, ...]", cast(Value, n.inputs[0]).static_shape)
     axes = [a % len(shape) for a in axes]
     ends = [min(e, shape[a]) if e >= 0 else e for e, a in zip(ends, axes)]
-    return b.emit(_op().strided_slice(b.get(n.inputs[0]), axes, starts, ends, steps))
+    return b.emit(_op().strided_slice(b.get(cast(Value, n.inputs[0])), axes, starts, ends, steps))
 
 
 @lowering("Gather")
-def _gather(b, n):
-    if isinstance(n.inputs[0].const, QuantizedTensor):
-        return _quantized_gather(b, n, n.inputs[0].const)
+def _gather(b: RelaxBuilder, n: Node) -> Any:
+    if isinstance(cast(Value, n.inputs[0]).const, QuantizedTensor):
+        return _quantized_gather(b, n, cast(QuantizedTensor, cast(Value, n.inputs[0]).const))
     # Negative indices count from the end; clip mode: an out-of-range token id must not read out of bounds
     # (TVM's fast mode can segfault).
-    axis = n.attr("axis", 0) % n.inputs[0].rank
-    idx = _wrap_negative(b, n, n.inputs[1], [n.inputs[0].static_shape[axis]])
-    return b.emit(_op().take(b.get(n.inputs[0]), idx, axis=axis, mode="clip"))
+    axis = n.attr("axis", 0) % cast(Value, n.inputs[0]).rank
+    idx = _wrap_negative(b, n, cast(Value, n.inputs[1]),
+                         [cast("tuple[int, ...]", cast(Value, n.inputs[0]).static_shape)[axis]])
+    return b.emit(_op().take(b.get(cast(Value, n.inputs[0])), idx, axis=axis, mode="clip"))
 
 
-def _wrap_negative(b: RelaxBuilder, n: Node, idx: Value, dims: list[int]):
+def _wrap_negative(b: RelaxBuilder, n: Node, idx: Value, dims: list[int]) -> Any:
     """Indices with ``dims`` (broadcast along the last axis) added to the negative ones, clamped into range
     (an out-of-range index must not read out of bounds)."""
     x = b.get(idx)
@@ -550,31 +559,33 @@ def _wrap_negative(b: RelaxBuilder, n: Node, idx: Value, dims: list[int]):
 
 
 @lowering("GatherElements")
-def _gather_elements(b, n):
-    axis = n.attr("axis", 0) % n.inputs[0].rank
-    idx = _wrap_negative(b, n, n.inputs[1], [n.inputs[0].static_shape[axis]])
-    return b.emit(_op().gather_elements(b.get(n.inputs[0]), idx, axis=axis))
+def _gather_elements(b: RelaxBuilder, n: Node) -> Any:
+    axis = n.attr("axis", 0) % cast(Value, n.inputs[0]).rank
+    idx = _wrap_negative(b, n, cast(Value, n.inputs[1]),
+                         [cast("tuple[int, ...]", cast(Value, n.inputs[0]).static_shape)[axis]])
+    return b.emit(_op().gather_elements(b.get(cast(Value, n.inputs[0])), idx, axis=axis))
 
 
 @lowering("GatherND")
-def _gather_nd(b, n):
+def _gather_nd(b: RelaxBuilder, n: Node) -> Any:
     bd = n.attr("batch_dims", 0)
-    k = n.inputs[1].static_shape[-1]
-    idx = _wrap_negative(b, n, n.inputs[1], list(n.inputs[0].static_shape[bd:bd + k]))
-    return b.emit(_op().gather_nd(b.get(n.inputs[0]), idx, batch_dims=bd))
+    k = cast("tuple[int, ...]", cast(Value, n.inputs[1]).static_shape)[-1]
+    idx = _wrap_negative(b, n, cast(Value, n.inputs[1]),
+                         list(cast("tuple[int, ...]", cast(Value, n.inputs[0]).static_shape)[bd:bd + k]))
+    return b.emit(_op().gather_nd(b.get(cast(Value, n.inputs[0])), idx, batch_dims=bd))
 
 
 @lowering("Where")
-def _where(b, n):
-    return b.emit(_op().where(*(b.get(v) for v in n.inputs)))
+def _where(b: RelaxBuilder, n: Node) -> Any:
+    return b.emit(_op().where(*(b.get(cast(Value, v)) for v in n.inputs)))
 
 
 @lowering("Clip")
-def _clip(b, n):
+def _clip(b: RelaxBuilder, n: Node) -> Any:
     """min(max(x, lo), hi), as ONNX defines it (lo > hi gives hi); bounds may be run-time tensors."""
-    y = b.get(n.inputs[0])
-    lo = n.inputs[1] if len(n.inputs) > 1 else None
-    hi = n.inputs[2] if len(n.inputs) > 2 else None
+    y = b.get(cast(Value, n.inputs[0]))
+    lo = cast(Value, n.inputs[1]) if len(n.inputs) > 1 else None
+    hi = cast(Value, n.inputs[2]) if len(n.inputs) > 2 else None
     if lo is not None:
         y = _op().maximum(y, b.get(lo))
     if hi is not None:
@@ -583,25 +594,25 @@ def _clip(b, n):
 
 
 @lowering("HardSigmoid")
-def _hardsigmoid(b, n):
-    x = b.get(n.inputs[0])
-    dt = n.inputs[0].dtype.numpy.name
+def _hardsigmoid(b: RelaxBuilder, n: Node) -> Any:
+    x = b.get(cast(Value, n.inputs[0]))
+    dt = cast(DType, cast(Value, n.inputs[0]).dtype).numpy.name
     y = _op().add(_op().multiply(x, b.relax.const(n.attr("alpha", 0.2), dt)), b.relax.const(n.attr("beta", 0.5), dt))
     return b.emit(_op().clip(y, 0.0, 1.0))
 
 
 @lowering("HardSwish")
-def _hardswish(b, n):
-    x = b.get(n.inputs[0])
-    dt = n.inputs[0].dtype.numpy.name
+def _hardswish(b: RelaxBuilder, n: Node) -> Any:
+    x = b.get(cast(Value, n.inputs[0]))
+    dt = cast(DType, cast(Value, n.inputs[0]).dtype).numpy.name
     y = _op().clip(_op().add(x, b.relax.const(3.0, dt)), 0.0, 6.0)
     return b.emit(_op().multiply(x, _op().divide(y, b.relax.const(6.0, dt))))
 
 
 @lowering("Softmax")
-def _softmax(b, n):
+def _softmax(b: RelaxBuilder, n: Node) -> Any:
     axis = n.attr("axis", -1)
-    x = n.inputs[0]
+    x = cast(Value, n.inputs[0])
     if x.dtype == DType.FLOAT16:
         # float16 rounded where onnx's definition rounds: exp(x - max) to float16, its sum accumulated in float32
         # and rounded, the quotient rounded (one float32 softmax rounded once differed by 2 ulps)
@@ -618,16 +629,16 @@ _REDUCE = {"ReduceMean": "mean", "ReduceSum": "sum", "ReduceMax": "max", "Reduce
 
 
 @lowering(*_REDUCE)
-def _reduce(b, n):
+def _reduce(b: RelaxBuilder, n: Node) -> Any:
     """Axes from the input (opset 13 ReduceSum, 18 others) or the attribute; none given (or an empty list)
     means every axis unless noop_with_empty_axes=1 (the identity). Reducing an empty set gives the identity
     element (0, 1, +-inf / the integer extreme; mean: NaN)."""
-    x = n.inputs[0]
+    x = cast(Value, n.inputs[0])
     axes = b.const_ints(n.inputs[1]) if len(n.inputs) > 1 and n.inputs[1] is not None else n.attr("axes")
     if not axes:
         if n.attr("noop_with_empty_axes", 0):
             return b.get(x)
-        axes = list(range(x.rank))
+        axes = list(range(cast(int, x.rank)))
     axes = sorted({a % x.rank for a in axes}) if x.rank else []
     dt = _np_dtype(n, x)
     shape = x.static_shape
@@ -643,16 +654,16 @@ def _reduce(b, n):
         y = getattr(_op(), fn)(_op().astype(b.get(x), "int8"), axis=axes, keepdims=keep)
         return b.emit(_op().astype(y, "bool"))
     if fn in ("max", "min") and np.dtype(dt).kind == "f":
-        return _float_extreme(b, b.get(x), x.rank, axes, keep, fn)
+        return _float_extreme(b, b.get(x), cast(int, x.rank), axes, keep, fn)
     return b.emit(getattr(_op(), fn)(b.get(x), axis=axes, keepdims=keep))
 
 
-def _float_extreme(b: RelaxBuilder, x, rank: int, axes: list[int], keep: bool, fn: str):
+def _float_extreme(b: RelaxBuilder, x: Any, rank: int, axes: list[int], keep: bool, fn: str) -> Any:
     """Float max / min starting from -inf / +inf: TVM's own start from the largest finite value, so a row of
     -inf (a fully masked attention row) reduced to -3.4e38 instead of -inf."""
     from tvm import te, tirx
 
-    def compute(X):
+    def compute(X: Any) -> Any:
         ident = -np.inf if fn == "max" else np.inf
         reducer = te.comm_reducer(lambda u, v: tirx.max(u, v) if fn == "max" else tirx.min(u, v),
                                   lambda t: tirx.const(ident, t), name=f"reduce_{fn}_inf")
@@ -660,7 +671,7 @@ def _float_extreme(b: RelaxBuilder, x, rank: int, axes: list[int], keep: bool, f
         kept = [a for a in range(rank) if a not in axes]
         out_shape = [1 if a in axes else X.shape[a] for a in range(rank)] if keep else [X.shape[a] for a in kept]
 
-        def body(*idx):
+        def body(*idx: Any) -> Any:
             full, r = [], iter(raxes)
             for a in range(rank):
                 if a in axes:
@@ -672,7 +683,7 @@ def _float_extreme(b: RelaxBuilder, x, rank: int, axes: list[int], keep: bool, f
     return b.bb.emit_te(compute, x, primfunc_name_hint=f"reduce_{fn}")
 
 
-def _empty_reduction(n: Node, dt: np.dtype):
+def _empty_reduction(n: Node, dt: np.dtype) -> Any:
     op = n.op_type
     if op == "ReduceSum":
         return 0
@@ -692,8 +703,8 @@ def _empty_reduction(n: Node, dt: np.dtype):
 
 
 @lowering("MatMul")
-def _matmul(b, n):
-    return b.emit(_op().matmul(b.get(n.inputs[0]), b.get(n.inputs[1])))
+def _matmul(b: RelaxBuilder, n: Node) -> Any:
+    return b.emit(_op().matmul(b.get(cast(Value, n.inputs[0])), b.get(cast(Value, n.inputs[1]))))
 
 
 def _pads(n: Node, spatial: int) -> list[int]:
@@ -704,14 +715,14 @@ def _pads(n: Node, spatial: int) -> list[int]:
 
 
 @lowering("Conv")
-def _conv(b, n):
-    w = n.inputs[1]
+def _conv(b: RelaxBuilder, n: Node) -> Any:
+    w = cast(Value, n.inputs[1])
     if w.rank != 4:
         raise UnsupportedError(f"node {n.name!r}: only 2-D convolution is supported by the cpu target")
     if isinstance(w.const, QuantizedTensor):
         y = _quantized_conv(b, n, w.const)
     else:
-        y = _op().nn.conv2d(b.get(n.inputs[0]), b.get(w), strides=n.attr("strides", [1, 1]), padding=_pads(n, 2),
+        y = _op().nn.conv2d(b.get(cast(Value, n.inputs[0])), b.get(w), strides=n.attr("strides", [1, 1]), padding=_pads(n, 2),
                             dilation=n.attr("dilations", [1, 1]), groups=n.attr("group", 1))
     if len(n.inputs) > 2 and n.inputs[2] is not None:
         y = _op().add(y, _op().reshape(b.get(n.inputs[2]), [1, -1, 1, 1]))
@@ -719,8 +730,8 @@ def _conv(b, n):
 
 
 @lowering("MaxPool", "AveragePool")
-def _pool(b, n):
-    sp = n.inputs[0].rank - 2
+def _pool(b: RelaxBuilder, n: Node) -> Any:
+    sp = cast(int, cast(Value, n.inputs[0]).rank) - 2
     if sp not in (1, 2, 3):
         raise UnsupportedError(f"node {n.name!r}: {n.op_type} over {sp} spatial axes is not supported by the cpu "
                                "target")
@@ -729,28 +740,28 @@ def _pool(b, n):
     kind = "max" if n.op_type == "MaxPool" else "avg"
     fn = getattr(_op().nn, f"{kind}_pool{sp}d")
     kw = {"count_include_pad": bool(n.attr("count_include_pad", 0))} if kind == "avg" else {}
-    return b.emit(fn(b.get(n.inputs[0]), pool_size=n.attr("kernel_shape"), strides=n.attr("strides", [1] * sp),
+    return b.emit(fn(b.get(cast(Value, n.inputs[0])), pool_size=n.attr("kernel_shape"), strides=n.attr("strides", [1] * sp),
                      padding=_pads(n, sp), dilation=n.attr("dilations", [1] * sp),
                      ceil_mode=bool(n.attr("ceil_mode", 0)), **kw))
 
 
 @lowering("GlobalAveragePool")
-def _gap(b, n):
-    return b.emit(_op().mean(b.get(n.inputs[0]), axis=[2, 3], keepdims=True))
+def _gap(b: RelaxBuilder, n: Node) -> Any:
+    return b.emit(_op().mean(b.get(cast(Value, n.inputs[0])), axis=[2, 3], keepdims=True))
 
 
 @lowering("BatchNormalization")
-def _bn(b, n):
-    x, g, beta, mean, var = n.inputs[:5]
+def _bn(b: RelaxBuilder, n: Node) -> Any:
+    x, g, beta, mean, var = cast("tuple[Value, Value, Value, Value, Value]", n.inputs[:5])
     eps = n.attr("epsilon", 1e-5)
     if n.attr("training_mode", 0) or any(o.uses or id(o) in {id(v) for v in b.model.graph.outputs}
                                          for o in n.outputs[1:]):
         raise UnsupportedError(f"node {n.name!r}: BatchNormalization in training mode (batch statistics, running "
                                "mean / variance outputs) is not supported by the cpu target")
-    shape = [1, -1] + [1] * (x.rank - 2)
+    shape = [1, -1] + [1] * (cast(int, x.rank) - 2)
     dt = _np_dtype(n, x)
     if not all(v.is_const for v in (g, beta, mean, var)):
-        def r(v):
+        def r(v: Any) -> Any:
             return _op().reshape(b.get(v), shape)
         inv = _op().divide(r(g), _op().sqrt(_op().add(r(var), b.relax.const(np.asarray(eps, dt), dt))))
         return b.emit(_op().add(_op().multiply(_op().subtract(b.get(x), r(mean)), inv), r(beta)))
@@ -762,15 +773,15 @@ def _bn(b, n):
 
 
 @lowering("LayerNormalization")
-def _layernorm(b, n):
-    x = n.inputs[0]
+def _layernorm(b: RelaxBuilder, n: Node) -> Any:
+    x = cast(Value, n.inputs[0])
     axis = n.attr("axis", -1) % x.rank
-    axes = list(range(axis, x.rank))
+    axes = list(range(axis, cast(int, x.rank)))
     dt = _np_dtype(n, x)
     eps = n.attr("epsilon", 1e-5)
     beta = b.get(n.inputs[2]) if len(n.inputs) > 2 and n.inputs[2] is not None else b.relax.const(
-        np.zeros(x.static_shape[axis:], dt))
-    y = b.emit(_op().nn.layer_norm(b.get(x), b.get(n.inputs[1]), beta, axes=axes, epsilon=eps))
+        np.zeros(cast("tuple[int, ...]", x.static_shape)[axis:], dt))
+    y = b.emit(_op().nn.layer_norm(b.get(x), b.get(cast(Value, n.inputs[1])), beta, axes=axes, epsilon=eps))
     if len(n.outputs) == 1:
         return y
     # Mean and InvStdDev (the reduced axes kept as 1), computed in float32 (stash_type=1)
@@ -783,30 +794,31 @@ def _layernorm(b, n):
     var = _op().mean(_op().multiply(d, d), axis=axes, keepdims=True)
     inv = _op().rsqrt(_op().add(var, b.relax.const(np.asarray(eps, "float32"), "float32")))
     outs = [y, mean, b.emit(inv)]
-    return [o if k == 0 or n.outputs[k].dtype is None or n.outputs[k].dtype.numpy.name == "float32"
-            else b.emit(_op().astype(o, n.outputs[k].dtype.numpy.name)) for k, o in enumerate(outs)][:len(n.outputs)]
+    return [o if k == 0 or n.outputs[k].dtype is None or cast(DType, n.outputs[k].dtype).numpy.name == "float32"
+            else b.emit(_op().astype(o, cast(DType, n.outputs[k].dtype).numpy.name))
+            for k, o in enumerate(outs)][:len(n.outputs)]
 
 
 @lowering("edgec::RMSNorm")
-def _rmsnorm(b, n):
-    return b.emit(_op().nn.rms_norm(b.get(n.inputs[0]), b.get(n.inputs[1]), axes=[-1],
+def _rmsnorm(b: RelaxBuilder, n: Node) -> Any:
+    return b.emit(_op().nn.rms_norm(b.get(cast(Value, n.inputs[0])), b.get(cast(Value, n.inputs[1])), axes=[-1],
                                     epsilon=n.attr("epsilon", 1e-5)))
 
 
 @lowering("edgec::Gelu")
-def _gelu(b, n):
+def _gelu(b: RelaxBuilder, n: Node) -> Any:
     fn = _op().nn.gelu_tanh if n.attr("approximate", "none") == "tanh" else _op().nn.gelu
-    return b.emit(fn(b.get(n.inputs[0])))
+    return b.emit(fn(b.get(cast(Value, n.inputs[0]))))
 
 
 @lowering("edgec::Attention")
-def _attention(b, n):
-    q, k, v = (b.get(x) for x in n.inputs[:3])
-    r = n.inputs[1].rank
+def _attention(b: RelaxBuilder, n: Node) -> Any:
+    q, k, v = (b.get(cast(Value, x)) for x in n.inputs[:3])
+    r = cast(int, cast(Value, n.inputs[1]).rank)
     perm = list(range(r))
     perm[-1], perm[-2] = perm[-2], perm[-1]
     s = _op().matmul(q, _op().permute_dims(k, perm))
-    s = _op().multiply(s, b.relax.const(n.attr("scale", 1.0), n.inputs[0].dtype.numpy.name))
+    s = _op().multiply(s, b.relax.const(n.attr("scale", 1.0), cast(DType, cast(Value, n.inputs[0]).dtype).numpy.name))
     if len(n.inputs) > 3 and n.inputs[3] is not None:
         s = _op().add(s, b.get(n.inputs[3]))
     p = b.emit(_op().nn.softmax(s, axis=-1))
@@ -814,9 +826,9 @@ def _attention(b, n):
 
 
 @lowering("edgec::Linear")
-def _linear(b, n):
-    x, w = n.inputs[0], n.inputs[1]
-    bias = n.inputs[2] if len(n.inputs) > 2 else None
+def _linear(b: RelaxBuilder, n: Node) -> Any:
+    x, w = cast(Value, n.inputs[0]), cast(Value, n.inputs[1])
+    bias = cast(Value, n.inputs[2]) if len(n.inputs) > 2 else None
     if isinstance(w.const, QuantizedTensor):
         return _quantized_linear(b, n, x, w.const, bias)
     y = _op().matmul(b.get(x), _op().permute_dims(b.get(w), [1, 0]))
@@ -842,7 +854,7 @@ def pack_codes(q: QuantizedTensor) -> tuple[np.ndarray, int]:
     return np.ascontiguousarray(nib[:, 0::2] | (nib[:, 1::2] << 4)), 2
 
 
-def _quantized_linear(b: RelaxBuilder, n: Node, x: Value, q: QuantizedTensor, bias: Value | None):
+def _quantized_linear(b: RelaxBuilder, n: Node, x: Value, q: QuantizedTensor, bias: Value | None) -> Any:
     from tvm import te
 
     if q.scheme not in LINEAR_WEIGHTS or q.codes.ndim != 2 or q.axis not in (0, None) \
@@ -850,11 +862,11 @@ def _quantized_linear(b: RelaxBuilder, n: Node, x: Value, q: QuantizedTensor, bi
         raise UnsupportedError(f"node {n.name!r}: the cpu target encodes per-channel or group-wise (along the input "
                                f"axis) affine weights and vector codebooks; {q!r} is not one of them")
     N, K = q.shape
-    xs = x.static_shape
+    xs = cast("tuple[int, ...]", x.static_shape)  # shapes are static here
     M = int(np.prod(xs[:-1]))
     consts, element = LINEAR_WEIGHTS[q.scheme](q, b)
 
-    def compute(X, *params):
+    def compute(X: Any, *params: Any) -> Any:
         k = te.reduce_axis((0, K), "k")
         return te.compute((M, N), lambda i, j: te.sum(X[i, k] * element(params, j, k), axis=k),
                           name="dequant_matmul")
@@ -880,16 +892,16 @@ LINEAR_WEIGHTS = Encoders()
 
 
 @LINEAR_WEIGHTS.register("vector")
-def _vector_te(q: QuantizedTensor, b: RelaxBuilder):
+def _vector_te(q: QuantizedTensor, b: RelaxBuilder) -> Any:
     """A vector-quantized weight as Relax constants (indices ``[O, K / d]`` u8 / u16, codebooks flattened to
     ``[R * G * n, d]`` float32) and a TE function gathering one element from the codebook inside the matmul:
     ``w[row, k] = CB[((row // (O / R)) * G + k // group) * n + codes[row, k // d], k % d]``, the exact entry."""
-    r, g, n, d = q.codebook.shape
+    r, g, n, d = cast(np.ndarray, q.codebook).shape
     gs, rp = q.group_size, q.shape[0] // r
     codes, book = vector_arrays(q)
     consts = [b.relax.const(codes, str(codes.dtype)), b.relax.const(book, "float32")]
 
-    def element(params, row, kk):
+    def element(params: Any, row: Any, kk: Any) -> Any:
         c = params[0][row, kk // d].astype("int32")
         block = (row // rp) * g if r > 1 else 0
         return params[1][(block + kk // gs) * n + c, kk % d]
@@ -898,7 +910,7 @@ def _vector_te(q: QuantizedTensor, b: RelaxBuilder):
 
 
 @LINEAR_WEIGHTS.register("symmetric", "asymmetric", "affine")
-def _dequant_te(q: QuantizedTensor, b: RelaxBuilder):
+def _dequant_te(q: QuantizedTensor, b: RelaxBuilder) -> Any:
     """Relax constants for a quantized weight plus a TE function reading one dequantized element.
 
     Codes are flattened to ``[out, K]`` and packed as in :func:`pack_codes`; scales, zero points and
@@ -907,7 +919,7 @@ def _dequant_te(q: QuantizedTensor, b: RelaxBuilder):
     from tvm import tirx
     k = int(np.prod(q.shape[1:]))
     packed, per_byte = pack_codes(q)
-    scales = np.asarray(q.scales, np.float32).reshape(q.scales.shape[0], -1)
+    scales = np.asarray(q.scales, np.float32).reshape(cast(np.ndarray, q.scales).shape[0], -1)
     sn, gk = scales.shape[0], max(1, k // scales.shape[1])
     extra = {name: np.ascontiguousarray(np.asarray(p, np.float32).reshape(sn, -1))
              for name, p in (("zp", q.zero_points), ("offset", q.offsets)) if p is not None}
@@ -915,7 +927,7 @@ def _dequant_te(q: QuantizedTensor, b: RelaxBuilder):
     consts += [b.relax.const(a, "float32") for a in extra.values()]
     slots = {name: 2 + i for i, name in enumerate(extra)}
 
-    def element(params, row, kk):
+    def element(params: Any, row: Any, kk: Any) -> Any:
         P, S = params[0], params[1]
         if per_byte == 1:
             c = P[row, kk].astype("float32")
@@ -936,7 +948,7 @@ def _dequant_te(q: QuantizedTensor, b: RelaxBuilder):
     return consts, element
 
 
-def _quantized_conv(b: RelaxBuilder, n: Node, q: QuantizedTensor):
+def _quantized_conv(b: RelaxBuilder, n: Node, q: QuantizedTensor) -> Any:
     from tvm import te, topi
     if q.scheme_type.indexes_codebook:
         raise UnsupportedError(f"node {n.name!r}: the cpu target does not encode {q.scheme} conv weights")
@@ -945,26 +957,26 @@ def _quantized_conv(b: RelaxBuilder, n: Node, q: QuantizedTensor):
     strides, dil, groups = n.attr("strides", [1, 1]), n.attr("dilations", [1, 1]), n.attr("group", 1)
     pads = _pads(n, 2)
 
-    def compute(X, *params):
+    def compute(X: Any, *params: Any) -> Any:
         W = te.compute((o, i, kh, kw), lambda a, c, y, x: element(params, a, (c * kh + y) * kw + x), name="w_deq")
         if groups == 1:
             return topi.nn.conv2d_nchw(X, W, strides, pads, dil, out_dtype="float32")
         return topi.nn.group_conv2d_nchw(X, W, strides, pads, dil, groups, out_dtype="float32")
 
-    return b.bb.emit_te(compute, b.get(n.inputs[0]), *consts, primfunc_name_hint=f"qconv_{q.bits}b")
+    return b.bb.emit_te(compute, b.get(cast(Value, n.inputs[0])), *consts, primfunc_name_hint=f"qconv_{q.bits}b")
 
 
-def _quantized_gather(b: RelaxBuilder, n: Node, q: QuantizedTensor):
+def _quantized_gather(b: RelaxBuilder, n: Node, q: QuantizedTensor) -> Any:
     from tvm import te
     if q.scheme_type.indexes_codebook or q.codes.ndim != 2 or n.attr("axis", 0) != 0:
         raise UnsupportedError(f"node {n.name!r}: the cpu target encodes affine 2-D embedding tables only")
     rows, dim = q.shape
     consts, element = _dequant_te(q, b)
-    idx = n.inputs[1]
-    ishape = idx.static_shape
+    idx = cast(Value, n.inputs[1])
+    ishape = cast("tuple[int, ...]", idx.static_shape)
 
-    def compute(I, *params):
-        def f(*ax):
+    def compute(I: Any, *params: Any) -> Any:
+        def f(*ax: Any) -> Any:
             r = I[ax[:-1]].astype("int32")
             r = te.max(te.min(r, rows - 1), 0)  # clip, like the float lowering's mode="clip"
             return element(params, r, ax[-1])

@@ -4,6 +4,7 @@ folders. Both run offline from the model's own files."""
 from __future__ import annotations
 
 import os
+from typing import cast
 
 from .llama_cpp import load_llama
 from ..errors import BadInputError, UnsupportedError
@@ -34,7 +35,7 @@ class LlamaCppTokenizer(Tokenizer):
         return ([self.bos_id] if add_bos and self.bos_id is not None and self.bos_id >= 0 else []) + list(ids)
 
     def decode(self, ids: list[int]) -> str:
-        return self.llm.detokenize(ids).decode("utf-8", errors="replace")
+        return cast(str, self.llm.detokenize(ids).decode("utf-8", errors="replace"))
 
 
 class HFTokenizer(Tokenizer):
