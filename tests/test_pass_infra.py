@@ -117,3 +117,12 @@ def test_analysis_cache_invalidated_unless_preserved(mlp):
     ctx.invalidate()
     ctx.analysis(Count, mlp)
     assert len(calls) == 2
+
+
+def test_a_pass_context_without_registries_names_what_is_missing():
+    """A pass that runs other passes reaches them through its PassContext; a context built without the registry
+    says how to build one instead of raising a KeyError."""
+    with pytest.raises(PipelineError, match=r"pass 'quantize' is not in this PassContext's registry .*PassContext\("
+                                            r"passes=\.\.\.\)"):
+        PassContext().pass_class("quantize")
+    assert PassContext(passes=host().passes.as_dict()).pass_class("quantize").name == "quantize"

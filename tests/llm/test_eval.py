@@ -93,3 +93,18 @@ def test_gptq_on_gguf_grids_beats_rtn_on_layer_output(tiny_gguf):
         assert len(body) == 14 and all(r["layout"] == "gguf.Q3_K" for r in body if "layout" in r)
         errs[method] = np.mean([r["rel_output_error"] for r in body])
     assert errs["gptq"] < errs["rtn"] and errs["awq"] < errs["rtn"], errs
+
+
+def test_eval_refuses_artifacts_without_a_language_model_runtime(tmp_path, tiny_cnn_path):
+    """edgec eval of an artifact whose target has no language-model runtime, and of a malformed manifest: named
+    errors, never a traceback."""
+    out = tmp_path / "cpu"
+    r = CliRunner().invoke(main, ["compile", tiny_cnn_path, "--target", "cpu", "-o", str(out), "--no-cache"])
+    assert r.exit_code == 0, r.output
+    r = CliRunner().invoke(main, ["eval", str(out), "--perplexity", TEXT])
+    assert r.exit_code != 0 and "the cpu target has no language-model runtime here" in r.output
+    r = CliRunner().invoke(main, ["eval", str(out), "--perplexity", TEXT, "--engine", "reference"])
+    assert r.exit_code != 0 and "no frontend reads the artifact files" in r.output
+    (out / "manifest.json").write_text("{}")
+    r = CliRunner().invoke(main, ["eval", str(out), "--perplexity", TEXT])
+    assert r.exit_code != 0 and "manifest.json is unreadable or malformed" in r.output
