@@ -203,6 +203,13 @@ class Node:
     def inputs(self) -> tuple[Value | None, ...]:
         return self._inputs
 
+    def arg(self, index: int) -> Value:
+        """Input ``index``, which must be present (not an omitted optional input)."""
+        v = self._inputs[index] if -len(self._inputs) <= index < len(self._inputs) else None
+        if v is None:
+            raise IRError(f"node {self.name!r} ({self.qualified_op}) has no input {index}")
+        return v
+
     @property
     def output(self) -> Value:
         if len(self.outputs) != 1:

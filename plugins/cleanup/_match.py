@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from ...ir import Graph, Node, QuantizedTensor, Value
+from ...ir import Graph, IRError, Node, QuantizedTensor, Value
 
 
 def const(v: Value | None) -> np.ndarray | None:
@@ -44,7 +44,7 @@ def is_output(graph: Graph, v: Value) -> bool:
     return any(o is v for o in graph.outputs)
 
 
-def other_input(n: Node, v: Value) -> Value | None:
+def other_input(n: Node, v: Value | None) -> Value | None:
     """For a binary node using ``v``, the other operand."""
     a, b = n.inputs[0], n.inputs[1]
     return b if a is v else a if b is v else None
@@ -68,7 +68,10 @@ def take_output_name(g: Graph, old: Value, new: Value) -> None:
 
 def fuse(g: Graph, end: Value, node: Node, dead: list[Node]) -> None:
     """Insert ``node`` (the fused replacement of the chain ending in ``end``) and drop the chain."""
-    g.insert_before(end.producer, node)
+    anchor = end.producer
+    if anchor is None:
+        raise IRError(f"value {end.name!r} has no producer to fuse")
+    g.insert_before(anchor, node)
     node.output.dtype, node.output.shape = end.dtype, end.shape
     take_output_name(g, end, node.output)
     replace(g, end, node.output, dead)

@@ -31,8 +31,8 @@ import contextlib
 import contextvars
 import dataclasses
 import functools
-from collections.abc import Callable
-from typing import ClassVar
+from collections.abc import Callable, Sequence
+from typing import Any, ClassVar
 
 import numpy as np
 import onnx
@@ -55,7 +55,7 @@ class _Rewriter:
     def __init__(self, g, n: Node):
         self.g, self.n = g, n
 
-    def op(self, op_type: str, inputs: list[Value | None], **attrs) -> Value:
+    def op(self, op_type: str, inputs: Sequence[Value | None], **attrs) -> Value:
         with self.g.inserting_before(self.n):
             return self.g.op(op_type, inputs, attrs or None, name=f"{self.n.name or 'n'}_{op_type}").output
 
@@ -228,7 +228,7 @@ def _trilu(r: _Rewriter, n: Node, opset: int) -> list[Value] | None:
         return None
     if k_in is not None and not k_in.is_const:
         return None
-    k = int(np.asarray(k_in.const.numpy()).reshape(-1)[0]) if k_in is not None else 0
+    k = int(np.asarray(k_in.numpy()).reshape(-1)[0]) if k_in is not None else 0
     h, w = x.static_shape[-2:]
     mask = (np.triu if int(n.attr("upper", 1)) else np.tril)(np.ones((h, w), bool), k)
     return [r.op("Where", [r.const(mask), x, r.const(np.zeros((), x.dtype.numpy))])]
@@ -261,7 +261,7 @@ def _dropout(r: _Rewriter, n: Node, opset: int) -> list[Value] | None:
     """Inference mode (no training_mode input, or a constant false one): the input, and an all-true mask."""
     x = n.inputs[0]
     tm = n.inputs[2] if len(n.inputs) > 2 else None
-    if x is None or x.static_shape is None or (tm is not None and (not tm.is_const or np.asarray(tm.const.numpy()).any())):
+    if x is None or x.static_shape is None or (tm is not None and (not tm.is_const or np.asarray(tm.numpy()).any())):
         return None
     outs = [r.op("Identity", [x])]
     if len(n.outputs) > 1:
@@ -337,7 +337,7 @@ def _onehot(r: _Rewriter, n: Node, opset: int) -> list[Value] | None:
     ind, depth, values = n.inputs
     if ind is None or ind.rank is None or depth is None or not depth.is_const or values is None:
         return None
-    d = int(np.asarray(depth.const.numpy()).reshape(-1)[0])
+    d = int(np.asarray(depth.numpy()).reshape(-1)[0])
     rank = ind.rank + 1
     axis = int(n.attr("axis", -1))
     axis = axis + rank if axis < 0 else axis
@@ -408,7 +408,7 @@ def _windowed(r: _Rewriter, n: Node, opset: int) -> list[Value] | None:
     strides = [int(v) for v in attrs.get("strides", [1] * nsp)]
     dil = [int(v) for v in attrs.get("dilations", [1] * nsp)]
     if auto != "NOTSET":
-        shape = n.inputs[0].static_shape
+        shape = n.arg(0).static_shape  # _canonical: input 0 is present
         if shape is None or int(attrs.get("ceil_mode", 0)):
             return None
         if auto == "VALID":
@@ -431,7 +431,7 @@ def _windowed(r: _Rewriter, n: Node, opset: int) -> list[Value] | None:
     if "dilations" in attrs or n.op_type == "Conv":
         attrs["dilations"] = [1] + dil
     axis = r.const(np.array([2], np.int64))
-    ins = [r.op("Unsqueeze", [n.inputs[0], axis])]
+    ins: list[Value | None] = [r.op("Unsqueeze", [n.inputs[0], axis])]
     if n.op_type == "Conv":
         ins.append(r.op("Unsqueeze", [n.inputs[1], axis]))
         ins += list(n.inputs[2:])
@@ -450,16 +450,17 @@ def _cumulative(r: _Rewriter, n: Node, opset: int) -> list[Value] | None:
         return None
     combine, unit = ("Add", 0) if n.op_type == "CumSum" else ("Mul", 1)
     shape = list(x.static_shape)
-    axis = int(np.asarray(ax.const.numpy()).reshape(-1)[0])
+    axis = int(np.asarray(ax.numpy()).reshape(-1)[0])
     axis = axis + len(shape) if axis < 0 else axis
     length, reverse = shape[axis], bool(n.attr("reverse", 0))
     if x.dtype.is_float:
         return _sequential_scan(r, n, x, axis, length, combine, unit)
+    np_dtype = x.dtype.numpy
 
     def shift(v: Value, s: int) -> Value:
         ushape = list(shape)
         ushape[axis] = s
-        units = r.const(np.full(ushape, unit, x.dtype.numpy))
+        units = r.const(np.full(ushape, unit, np_dtype))
         start, end = (s, length) if reverse else (0, length - s)
         part = r.op("Slice", [v, r.const(np.array([start], np.int64)), r.const(np.array([end], np.int64)),
                               r.const(np.array([axis], np.int64))])
@@ -483,7 +484,8 @@ def _sequential_scan(r: _Rewriter, n: Node, x: Value, axis: int, length: int, co
                      unit: int) -> list[Value] | None:
     """Float CumSum / CumProd in the reference's order (numpy accumulates one element after another, from the
     end for ``reverse``): one Slice and one Add / Mul per element, then Concat; up to :data:`SCAN_MAX`."""
-    if not 1 <= length <= SCAN_MAX:
+    shape, dtype = x.static_shape, x.dtype
+    if not 1 <= length <= SCAN_MAX or shape is None or dtype is None:  # the caller checked both are known
         return None
     reverse, exclusive = bool(n.attr("reverse", 0)), bool(n.attr("exclusive", 0))
     order = list(range(length))[::-1] if reverse else list(range(length))
@@ -491,13 +493,13 @@ def _sequential_scan(r: _Rewriter, n: Node, x: Value, axis: int, length: int, co
     def at(k: int) -> Value:
         return r.op("Slice", [x, r.const(np.array([k], np.int64)), r.const(np.array([k + 1], np.int64)),
                               r.const(np.array([axis], np.int64))])
-    ushape = list(x.static_shape)
+    ushape = list(shape)
     ushape[axis] = 1
     outs: dict[int, Value] = {}
     acc: Value | None = None
     for k in order:
         if exclusive:
-            outs[k] = acc if acc is not None else r.const(np.full(ushape, unit, x.dtype.numpy))
+            outs[k] = acc if acc is not None else r.const(np.full(ushape, unit, dtype.numpy))
             acc = at(k) if acc is None else r.op(combine, [acc, at(k)])
         else:
             acc = at(k) if acc is None else r.op(combine, [acc, at(k)])
@@ -587,7 +589,8 @@ def function_body(n: Node, opset: int) -> onnx.FunctionProto | None:
     if n.domain:
         return None
     try:
-        schema = onnx.defs.get_schema(n.op_type, opset, "")
+        # Any: onnx's stubs (onnx_cpp2py_export/defs.pyi) lack the function-body accessors used below
+        schema: Any = onnx.defs.get_schema(n.op_type, opset, "")
     except onnx.defs.SchemaError:
         return None
     node = _node_proto(n, schema)
@@ -761,7 +764,10 @@ class Decompose(Pass):
             if v is None:
                 ins.append(None)
                 continue
-            s = sub.add_const(f"i{k}", v.const) if v.is_const else sub.add_input(f"i{k}", v.dtype, v.shape)
+            if v.const is not None:
+                s = sub.add_const(f"i{k}", v.const)
+            else:  # a dtype not known yet stays unknown in the scratch graph (the rules check for None)
+                s = sub.add_input(f"i{k}", v.dtype, v.shape)  # type: ignore[arg-type]
             originals[id(s)] = v
             ins.append(s)
         node = sub.append(Node(n.op_type, ins, dict(n.attributes), domain=n.domain, name=n.name or n.op_type,

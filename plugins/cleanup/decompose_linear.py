@@ -12,6 +12,8 @@ alone.
 
 from __future__ import annotations
 
+from typing import Any, cast
+
 import numpy as np
 import onnx
 from onnx import helper, numpy_helper
@@ -37,7 +39,8 @@ def _reference(op: str, attrs: dict, inputs: list, k: int, opset: int, x: np.nda
                           [helper.make_tensor_value_info("y", onnx.TensorProto.DOUBLE, None)], inits)
     model = helper.make_model(g, opset_imports=[helper.make_opsetid("", opset)])
     try:
-        return np.asarray(ReferenceEvaluator(model).run(None, {names[k]: x})[0], np.float64)
+        # cast: run returns a list (a dict only for intermediate=True)
+        return np.asarray(cast("list[Any]", ReferenceEvaluator(model).run(None, {names[k]: x}))[0], np.float64)
     except Exception:  # noqa: BLE001 - a variant the reference does not run: no rewrite
         return None
 
@@ -71,7 +74,7 @@ def _consts(n: Node, skip: int = 0) -> list | None:
         elif not v.is_const:
             return None
         else:
-            out.append(np.asarray(v.const.numpy()))
+            out.append(np.asarray(v.numpy()))
     return out
 
 

@@ -24,7 +24,7 @@ MAX_OFFSETS = 512  # kernel positions (slices) in one window
 def _dilated(r: _Rewriter, n: Node, opset: int) -> list[Value] | None:
     x, y = n.inputs[0], n.outputs[0]
     xs, ys = (None if v is None else v.static_shape for v in (x, y))
-    if xs is None or ys is None or x.dtype is None or len(xs) < 3:
+    if x is None or xs is None or ys is None or x.dtype is None or len(xs) < 3:
         return None
     if len(n.outputs) > 1 and n.outputs[1] is not None and n.outputs[1].uses:
         return None  # MaxPool's Indices
@@ -66,6 +66,8 @@ def _dilated(r: _Rewriter, n: Node, opset: int) -> list[Value] | None:
         part = r.op("Slice", [xp, r.const(np.array(starts, np.int64)), r.const(np.array(ends, np.int64)), axes,
                               steps])
         acc = part if acc is None else r.op("Add" if avg or lp else "Max", [acc, part])
+    if acc is None:  # an empty window (a kernel dimension of 0): no rewrite
+        return None
     if lp:
         return [acc if p == 1 else r.op("Pow", [acc, r.const(np.asarray(1.0 / p, dt))])]
     if not avg:

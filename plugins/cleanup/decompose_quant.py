@@ -35,15 +35,15 @@ def _centered(r: _Rewriter, x: Value, zp: Value | None, shape: list[int] | None 
 
 def _requantize(r: _Rewriter, acc: Value, scale: Value, y: Value, y_zp: Value | None) -> Value | None:
     """saturate(round_half_even(float32(acc) * scale) + zero point), cast to ``y``'s type."""
-    dt = y.dtype.numpy if y.dtype is not None else None
-    if dt is None or dt.kind not in "iu":
+    ydt = y.dtype
+    if ydt is None or ydt.numpy.kind not in "iu":
         return None
-    info = np.iinfo(dt)
+    info = np.iinfo(ydt.numpy)
     f = r.op("Round", [r.op("Mul", [r.op("Cast", [acc], to=F32), scale])])
     if y_zp is not None:
         f = r.op("Add", [f, r.op("Cast", [y_zp], to=F32)])
     f = r.op("Min", [r.op("Max", [f, r.const(np.float32(info.min))]), r.const(np.float32(info.max))])
-    return r.op("Cast", [f], to=y.dtype.onnx)
+    return r.op("Cast", [f], to=ydt.onnx)
 
 
 def _f32(r: _Rewriter, v: Value) -> Value:
@@ -71,7 +71,7 @@ def _matmul_integer(r: _Rewriter, n: Node, opset: int) -> list[Value] | None:
 @rule("QLinearMatMul")
 def _qlinear_matmul(r: _Rewriter, n: Node, opset: int) -> list[Value] | None:
     a, a_s, a_zp, b, b_s, b_zp, y_s, y_zp = (list(n.inputs) + [None] * 8)[:8]
-    if any(v is None for v in (a, a_s, b, b_s, y_s)) or a.rank is None or a.rank < 2:
+    if a is None or a_s is None or b is None or b_s is None or y_s is None or a.rank is None or a.rank < 2:
         return None
     acc = r.op("MatMul", [_centered(r, a, a_zp, [-1, 1]), _centered(r, b, b_zp)])
     scale = r.op("Div", [r.op("Mul", [_per_axis(r, _f32(r, a_s), [-1, 1]), _f32(r, b_s)]), _f32(r, y_s)])
@@ -111,7 +111,7 @@ def _int_conv(r: _Rewriter, n: Node, x: Value, w: Value) -> Value:
 @rule("QLinearConv")
 def _qlinear_conv(r: _Rewriter, n: Node, opset: int) -> list[Value] | None:
     x, x_s, x_zp, w, w_s, w_zp, y_s, y_zp, bias = (list(n.inputs) + [None] * 9)[:9]
-    if any(v is None for v in (x, x_s, w, w_s, y_s)) or w.rank is None or x.rank is None:
+    if x is None or x_s is None or w is None or w_s is None or y_s is None or w.rank is None or x.rank is None:
         return None
     if not _exact_in_f32(x, w):
         return None

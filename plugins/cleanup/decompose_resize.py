@@ -13,6 +13,7 @@ sums, in another order of additions).
 from __future__ import annotations
 
 import warnings
+from typing import Any, cast
 
 import numpy as np
 import onnx
@@ -57,7 +58,8 @@ def axis_matrix(n: Node, length: int, out: int, scale: float | None, opset: int,
         with warnings.catch_warnings():
             warnings.simplefilter("ignore")
             x = np.zeros((length, length)) if probe_outside else np.eye(length)
-            y = np.asarray(ReferenceEvaluator(m).run(None, {"x": x})[0], np.float64)
+            # cast: run returns a list (a dict only for intermediate=True)
+            y = np.asarray(cast("list[Any]", ReferenceEvaluator(m).run(None, {"x": x}))[0], np.float64)
     except Exception:  # noqa: BLE001 - a variant the reference does not compute: no rewrite
         return None
     if y.shape != (length, out) or not np.isfinite(y).all():
@@ -69,7 +71,7 @@ def axis_matrix(n: Node, length: int, out: int, scale: float | None, opset: int,
 def _resize(r: _Rewriter, n: Node, opset: int) -> list[Value] | None:
     x, out = n.inputs[0], n.outputs[0]
     xs, ys = (None if v is None else v.static_shape for v in (x, out))
-    if xs is None or ys is None or len(xs) != len(ys) or x.dtype is None:
+    if x is None or xs is None or ys is None or len(xs) != len(ys) or x.dtype is None:
         return None
     mode = _attr(n, "mode", "nearest")
     crop = _attr(n, "coordinate_transformation_mode", "half_pixel") == "tf_crop_and_resize"
@@ -84,11 +86,11 @@ def _resize(r: _Rewriter, n: Node, opset: int) -> list[Value] | None:
     axes = [a % rank for a in (_attr(n, "axes", None) or range(rank))]
     scales = None
     if scales_in is not None and scales_in.static_shape not in (None, (0,)):
-        scales = dict(zip(axes, np.asarray(scales_in.const.numpy(), np.float64).reshape(-1).tolist()))
+        scales = dict(zip(axes, np.asarray(scales_in.numpy(), np.float64).reshape(-1).tolist()))
     if policy != "stretch" and scales is None and sizes_in is not None:
         # one scale for every resized axis (the smallest or largest size ratio), sizes rounded half up from it,
         # as onnx's reference computes them: the per-axis matrices then take that scale
-        want = dict(zip(axes, np.asarray(sizes_in.const.numpy(), np.int64).reshape(-1).tolist()))
+        want = dict(zip(axes, np.asarray(sizes_in.numpy(), np.int64).reshape(-1).tolist()))
         ratios = [want[a] / xs[a] for a in axes]
         k = min(ratios) if policy == "not_larger" else max(ratios)
         if any(int(k * xs[a] + 0.5) != ys[a] for a in axes):
@@ -98,7 +100,7 @@ def _resize(r: _Rewriter, n: Node, opset: int) -> list[Value] | None:
     if crop:
         if roi_in is None:
             return None
-        box = np.asarray(roi_in.const.numpy(), np.float64).reshape(-1)
+        box = np.asarray(roi_in.numpy(), np.float64).reshape(-1)
         if box.size != 2 * len(axes):
             return None
         rois = {a: (float(box[k]), float(box[k + len(axes)])) for k, a in enumerate(axes)}

@@ -172,7 +172,7 @@ class _Node:
     def weight_t(self, k: int, d: int, g: int) -> Value:
         """Gate g of W (k=1) or R (k=2) of direction d, transposed: [1, in or hidden, hidden]."""
         h = self.hidden
-        w = self.u.slice(self.n.inputs[k], [d, g * h], [d + 1, (g + 1) * h], [0, 1])
+        w = self.u.slice(self.n.arg(k), [d, g * h], [d + 1, (g + 1) * h], [0, 1])
         return self.u.transpose(w, [0, 2, 1])
 
     def bias(self, d: int, part: int) -> Value | None:
@@ -249,7 +249,7 @@ def _setup(r: _Rewriter, n: Node, opset: int) -> tuple[_Node, list[tuple[str, fl
     if ins[4] is not None:
         sl = ins[4]
         if sl.is_const:
-            lens = np.asarray(sl.const.numpy()).reshape(-1).astype(np.int64)
+            lens = np.asarray(sl.numpy()).reshape(-1).astype(np.int64)
             if lens.shape != (batch,) or (lens < 0).any() or (lens > seq).any():
                 return None
         elif sl.static_shape is not None and tuple(sl.static_shape) == (batch,) and sl.dtype is not None:

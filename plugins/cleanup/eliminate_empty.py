@@ -58,7 +58,9 @@ def _split_to_slices(model: Model, n: Node) -> bool:
     start = 0
     with g.inserting_before(n):
         for o in n.outputs:
-            size = o.static_shape[axis]
+            o_shape = o.static_shape
+            assert o_shape is not None  # every output's static shape is checked above
+            size = o_shape[axis]
             if o.uses:
                 consts = [g.add_const(g.unique_name(f"{n.name}_{what}"), Tensor(np.array([v], np.int64)))
                           for what, v in (("start", start), ("end", start + size), ("axis", axis))]

@@ -45,7 +45,7 @@ class EliminateIdentity(Pass):
         for n in g:
             if not _is_noop(n):
                 continue
-            x, y = n.inputs[0], n.outputs[0]
+            x, y = n.arg(0), n.outputs[0]  # _is_noop: input 0 is present
             if is_output(g, y) and (is_output(g, x) or x in g.inputs or x.is_const):
                 continue  # an output must stay a distinct, produced value
             if is_output(g, y):

@@ -16,7 +16,7 @@ from typing import ClassVar
 import numpy as np
 from onnx import helper
 
-from ...ir import DType, Model, Node, QuantizedTensor, Tensor
+from ...ir import DType, IRError, Model, Node, QuantizedTensor, Tensor, Value
 from ...ir.limits import generated_elements
 from ...ir.onnx_io import attribute_proto
 from ...ir.passes import Pass, PassContext, option
@@ -32,15 +32,16 @@ def evaluate(n: Node, opset: int) -> list[np.ndarray]:
     import onnxruntime as ort
     from onnx.reference import ReferenceEvaluator
     op, inputs, attrs = n.op_type, list(n.inputs), {k: attribute_proto(k, a) for k, a in n.attributes.items()}
-    if _cast_like_foldable(n):
+    like = n.arg(1).dtype if _cast_like_foldable(n) else None  # foldable: input 1 and its dtype are known
+    if like is not None:
         op, inputs = "Cast", inputs[:1]
-        attrs["to"] = helper.make_attribute("to", n.inputs[1].dtype.onnx)
+        attrs["to"] = helper.make_attribute("to", like.onnx)
     ins = [f"i{k}" if v is not None else "" for k, v in enumerate(inputs)]
     outs = [f"o{k}" for k in range(len(n.outputs))]
     node = helper.make_node(op, ins, outs, domain=n.domain or None)
     node.attribute.extend(attrs.values())
-    feeds = {f"i{k}": np.asarray(v.const.numpy()) for k, v in enumerate(inputs) if v is not None}
-    graph = helper.make_graph([node], "fold", [helper.make_tensor_value_info(i, v.dtype.onnx, None)
+    feeds = {f"i{k}": np.asarray(v.numpy()) for k, v in enumerate(inputs) if v is not None}
+    graph = helper.make_graph([node], "fold", [helper.make_tensor_value_info(i, _dtype(v).onnx, None)
                                                 for i, v in zip(ins, inputs) if v is not None],
                               [helper.make_empty_tensor_value_info(o) for o in outs])
     m = helper.make_model(graph, opset_imports=[helper.make_opsetid("", opset)])
@@ -54,6 +55,13 @@ def evaluate(n: Node, opset: int) -> list[np.ndarray]:
             warnings.simplefilter("ignore")
             res = ReferenceEvaluator(m).run(None, feeds)
     return [np.asarray(r) for r in res]
+
+
+def _dtype(v: Value) -> DType:
+    """The dtype of an input of a node to fold (run() folds only nodes whose inputs all have one)."""
+    if v.dtype is None:
+        raise IRError(f"value {v.name!r} has no dtype")
+    return v.dtype
 
 
 def _cast_like_foldable(n: Node) -> bool:
@@ -75,7 +83,7 @@ class FoldConstants(Pass):
         for n in g:
             if n.domain or n.op_type in _NONDETERMINISTIC or n.op_type == "Constant":
                 continue
-            ins = [n.inputs[0]] if _cast_like_foldable(n) else [v for v in n.inputs if v is not None]
+            ins = [n.arg(0)] if _cast_like_foldable(n) else [v for v in n.inputs if v is not None]
             if not all(v.is_const and not isinstance(v.const, QuantizedTensor) for v in ins):
                 continue
             if any(v.dtype is None for v in ins) or any(x is o for o in n.outputs for x in g.outputs):

@@ -6,7 +6,7 @@ from __future__ import annotations
 import dataclasses
 from typing import ClassVar
 
-from ...ir import Model, Node
+from ...ir import Model, Node, Value
 from ...ir.passes import Pass, PassContext
 from ._match import fuse, other_input, producer, scalar, sole_user
 
@@ -22,7 +22,7 @@ class FuseAttention(Pass):
         for sm in g:
             if sm.graph is not g or sm.op_type != "Softmax" or sm.domain:
                 continue
-            s_in = sm.inputs[0]
+            s_in = sm.arg(0)
             if s_in.rank is None or sm.attr("axis", -1) not in (-1, s_in.rank - 1):
                 continue
             out_mm = sole_user(sm.output, "MatMul")
@@ -30,10 +30,13 @@ class FuseAttention(Pass):
                 continue
             v = out_mm.inputs[1]
             chain: list[Node] = [out_mm, sm]
+            cur: Value | None
             cur, mask, scale = s_in, None, 1.0
             add = producer(cur, "Add")
             if add is not None and sole_user(cur) is sm:
                 for cand in add.inputs:
+                    if cand is None:
+                        continue
                     p = cand.producer
                     if p is not None and not p.domain and p.op_type in ("Mul", "Div", "MatMul"):
                         mask, cur = other_input(add, cand), cand
@@ -52,19 +55,20 @@ class FuseAttention(Pass):
                         chain.append(sc)
                         break
             qk = producer(cur, "MatMul")
-            if qk is None or sole_user(cur) is None:
+            if qk is None or cur is None or sole_user(cur) is None:
                 continue
             chain.append(qk)
-            q, kt = qk.inputs
-            if kt.rank is None or kt.rank < 2:
+            q, _ = qk.inputs
+            kt = qk.arg(1)
+            r = kt.rank
+            if r is None or r < 2:
                 continue
             # K^T -> K: compose with the transpose that made K^T, or add one.
             tp = producer(kt, "Transpose")
-            r = kt.rank
             if tp is not None and sole_user(kt) is qk:
                 perm = list(tp.attr("perm"))
                 perm[-1], perm[-2] = perm[-2], perm[-1]
-                src = tp.inputs[0]
+                src = tp.arg(0)
                 chain.append(tp)
             else:
                 perm = list(range(r))

@@ -22,7 +22,7 @@ def _close(a: float | None, b: float) -> bool:
 
 def _erf_arg(erf: Node) -> Value | None:
     """x when the Erf's input is x/sqrt(2) or x*(1/sqrt(2))."""
-    p = erf.inputs[0].producer
+    p = erf.arg(0).producer
     if p is None or p.domain:
         return None
     if p.op_type == "Div" and _close(scalar(p.inputs[1]), math.sqrt(2.0)):
@@ -34,7 +34,7 @@ def _erf_arg(erf: Node) -> Value | None:
     return None
 
 
-def _one_plus_erf(v: Value) -> tuple[Value, list[Node]] | None:
+def _one_plus_erf(v: Value | None) -> tuple[Value, list[Node]] | None:
     add = producer(v, "Add")
     if add is None:
         return None
@@ -43,8 +43,9 @@ def _one_plus_erf(v: Value) -> tuple[Value, list[Node]] | None:
             erf = producer(other_input(add, a), "Erf")
             if erf is not None:
                 x = _erf_arg(erf)
-                if x is not None:
-                    return x, [add, erf, erf.inputs[0].producer]
+                scale = erf.arg(0).producer  # not None when x is not
+                if x is not None and scale is not None:
+                    return x, [add, erf, scale]
     return None
 
 

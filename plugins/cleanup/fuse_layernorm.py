@@ -57,17 +57,19 @@ class FuseLayerNorm(Pass):
             sqrt = producer(div.inputs[1], "Sqrt")
             if sub is None or sqrt is None:
                 continue
-            x = sub.inputs[0]
+            x = sub.arg(0)
             mean1 = producer(sub.inputs[1], "ReduceMean")
             add_eps = producer(sqrt.inputs[0], "Add")
             if mean1 is None or mean1.inputs[0] is not x or not last_axis_only(mean1, x) or add_eps is None:
                 continue
             mean2 = producer(add_eps.inputs[0], "ReduceMean")
             eps = scalar(add_eps.inputs[1])
-            if mean2 is None or eps is None or square_of(mean2.inputs[0]) is not sub.output:
+            if mean2 is None or eps is None or square_of(mean2.arg(0)) is not sub.output:
                 continue
             mul = sole_user(div.output, "Mul")
-            gamma = const(other_input(mul, div.output)) if mul is not None else None
+            if mul is None:
+                continue
+            gamma = const(other_input(mul, div.output))
             if gamma is None or x.shape is None or gamma.shape[-1:] != tuple(x.shape[-1:]):
                 continue
             end, beta = mul.output, None
@@ -75,13 +77,13 @@ class FuseLayerNorm(Pass):
             if add is not None and const(other_input(add, mul.output)) is not None:
                 beta = const(other_input(add, mul.output))
                 end = add.output
-            c = x.shape[-1]
+            c = gamma.shape[-1]  # equal to x.shape[-1], checked above
             gv = g.add_const(g.unique_name("ln_gamma"), Tensor(np.broadcast_to(gamma, (c,)).astype(np.float32)))
             bv = g.add_const(g.unique_name("ln_beta"), Tensor(
                 np.broadcast_to(beta if beta is not None else np.zeros(c, np.float32), (c,)).astype(np.float32)))
             ln = Node("LayerNormalization", [x, gv, bv], {"axis": -1, "epsilon": eps}, name=g.unique_name("layernorm"),
                       outputs=1)
-            sq = mean2.inputs[0].producer
+            sq = mean2.arg(0).producer
             chain = [n for n in (add if end is not mul.output else None, mul, div, sqrt, add_eps, mean2, sq, sub, mean1) if n]
             fuse(g, end, ln, chain)
             changed = True

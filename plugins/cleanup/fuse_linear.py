@@ -20,14 +20,14 @@ def _weight(g, src: Value, transpose: bool) -> Value:
     """The [out, in] weight: ``src`` itself when already in that layout, else a transposed copy."""
     if not transpose:
         return src
-    return g.add_const(g.unique_name(src.name + "_t"), Tensor(np.ascontiguousarray(src.const.numpy().T)))
+    return g.add_const(g.unique_name(src.name + "_t"), Tensor(np.ascontiguousarray(src.numpy().T)))
 
 
 def _bias(g, src: Value) -> Value:
     """A 1-D bias: ``src`` itself when already 1-D, else a reshaped copy."""
     if src.rank == 1:
         return src
-    return g.add_const(g.unique_name(src.name + "_1d"), Tensor(src.const.numpy().reshape(-1)))
+    return g.add_const(g.unique_name(src.name + "_1d"), Tensor(src.numpy().reshape(-1)))
 
 
 @dataclasses.dataclass(frozen=True)
@@ -56,7 +56,10 @@ class FuseLinear(Pass):
         c = n.inputs[2] if len(n.inputs) > 2 else None
         if n.attr("transA", 0) or n.attr("alpha", 1.0) != 1.0 or n.attr("beta", 1.0) != 1.0:
             return False
-        if const(b) is None or b.rank != 2 or (c is not None and (const(c) is None or const(c).size != b.shape[1 - n.attr("transB", 0)])):
+        if b is None or b.shape is None or const(b) is None or b.rank != 2:
+            return False
+        cdata = const(c)
+        if c is not None and (cdata is None or cdata.size != b.shape[1 - n.attr("transB", 0)]):
             return False
         w = _weight(g, b, transpose=not n.attr("transB", 0))
         bias = _bias(g, c) if c is not None else None
@@ -72,7 +75,10 @@ class FuseLinear(Pass):
         g = model.graph
         x, b = n.inputs
         wdata = const(b)
-        if wdata is None or b.rank != 2 or x.rank is None or x.rank < 2:
+        if wdata is None or b is None or b.rank != 2:
+            return False
+        x = n.arg(0)
+        if x.rank is None or x.rank < 2:
             return False
         end, dead, bias = n.output, [n], None
         add = sole_user(n.output, "Add")
@@ -80,7 +86,7 @@ class FuseLinear(Pass):
             cand = other_input(add, n.output)
             cd = const(cand)
             if cd is not None and cd.size == wdata.shape[1] and cd.ndim >= 1 and cd.shape[-1] == wdata.shape[1] \
-                    and add.output.static_shape == n.output.static_shape:
+                    and add.output.static_shape == n.output.static_shape and cand is not None:
                 bias = _bias(g, cand)
                 end, dead = add.output, [add, n]
         w = _weight(g, b, transpose=True)

@@ -37,10 +37,11 @@ def _sqrt_chain(sq: Node, nodes: list[Node]) -> tuple[Value, float, list[Node]] 
     mean = producer(add.inputs[0], "ReduceMean")
     if eps is None or mean is None:
         return None
-    x = square_of(mean.inputs[0])
-    if x is None or not last_axis_only(mean, x):
+    x = square_of(mean.arg(0))
+    square = mean.arg(0).producer  # not None when x is not
+    if x is None or square is None or not last_axis_only(mean, x):
         return None
-    return x, eps, nodes + [sq, add, mean, mean.inputs[0].producer]
+    return x, eps, nodes + [sq, add, mean, square]
 
 
 @dataclasses.dataclass(frozen=True)
@@ -57,6 +58,8 @@ class FuseRMSNorm(Pass):
             found = None
             if n.op_type == "Mul":
                 for cand in n.inputs:
+                    if cand is None:
+                        continue
                     r = _rsqrt_of(cand)
                     if r is not None and other_input(n, cand) is r[0]:
                         found = r
@@ -72,7 +75,7 @@ class FuseRMSNorm(Pass):
             mul_w = sole_user(n.output, "Mul")
             w = const(other_input(mul_w, n.output)) if mul_w is not None else None
             c = x.shape[-1] if x.shape else None
-            if w is not None and isinstance(c, int) and w.size == c:
+            if mul_w is not None and w is not None and isinstance(c, int) and w.size == c:
                 end, dead = mul_w.output, [mul_w, n] + chain
             else:
                 w = np.ones(c, np.float32) if isinstance(c, int) else None

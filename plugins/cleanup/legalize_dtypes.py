@@ -32,7 +32,7 @@ from __future__ import annotations
 import dataclasses
 import functools
 import json
-from typing import ClassVar
+from typing import ClassVar, cast
 
 import numpy as np
 import onnx
@@ -58,7 +58,8 @@ def _reference_cast(x: np.ndarray, dtype: DType, saturate: bool, round_mode: str
     """onnx's reference Cast (the definition every rewrite here reproduces)."""
     from onnx.reference.ops.op_cast import cast_to
     with np.errstate(all="ignore"):
-        return cast_to(x, dtype.onnx, saturate, round_mode)
+        # cast: the stubs type ``to`` as the TensorProto.DataType enum, whose values are these int codes
+        return cast_to(x, cast("onnx.TensorProto.DataType", dtype.onnx), saturate, round_mode)
 
 
 def _codes(dtype: DType) -> np.ndarray:
@@ -352,7 +353,7 @@ def _dequantize(r: _Rewriter, n: Node, lacking: set[DType]) -> list[Value] | Non
             return None
         xf = r.op("Sub", [xf, zf])
     elif zp is not None and x.dtype != DType.FLOAT4E2M1 and not (
-            zp.is_const and not np.asarray(zp.const.numpy()).astype(np.float32).any()):
+            zp.is_const and not np.asarray(zp.numpy()).astype(np.float32).any()):
         return None  # a float8 zero point must be 0 (the reference refuses any other)
     out = r.op("Mul", [xf, sf])
     if y.dtype == DType.FLOAT32:
@@ -388,8 +389,8 @@ def _quantize(r: _Rewriter, n: Node, lacking: set[DType]) -> list[Value] | None:
     if rng is not None:
         lo, hi = rng
         f = r.op("Round", [q if x.dtype == DType.FLOAT32 else r.op("Cast", [q], to=F32)])
-        if z is not None:
-            zf = _to_f32(r, z, zp.dtype)
+        if zp is not None and z is not None:
+            zf = _to_f32(r, z, zp.dtype) if zp.dtype is not None else None
             if zf is None:
                 return None
             f = r.op("Add", [f, zf])
@@ -399,8 +400,8 @@ def _quantize(r: _Rewriter, n: Node, lacking: set[DType]) -> list[Value] | None:
         f = r.op("Min", [r.op("Max", [f, r.const(np.float32(lo))]), r.const(np.float32(hi))])
         return [r.op("Cast", [f], to=y.dtype.storage.onnx)]
     f = q if x.dtype == DType.FLOAT32 else r.op("Cast", [q], to=F32)
-    if y.dtype == DType.FLOAT4E2M1 and z is not None:
-        zf = _to_f32(r, z, zp.dtype)
+    if y.dtype == DType.FLOAT4E2M1 and zp is not None and z is not None:
+        zf = _to_f32(r, z, zp.dtype) if zp.dtype is not None else None
         if zf is None:
             return None
         f = r.op("Add", [f, zf])
@@ -433,7 +434,7 @@ def _rewrite(r: _Rewriter, n: Node, lacking: set[DType]) -> list[Value] | None:
         return None
     saturate, round_mode = bool(int(n.attr("saturate", 1))), _attr_str(n, "round_mode", "up")
     if x.is_const and not _quantized(x) and y.dtype.numpy.kind != "O":  # a weight: converted here, by the reference
-        arr = np.asarray(x.const.numpy())
+        arr = np.asarray(x.numpy())
         if x.dtype in _INTS:
             arr = from_storage(arr.astype(x.dtype.storage.numpy), x.dtype)
         out_arr = _reference_cast(arr, y.dtype, saturate, round_mode)
@@ -538,8 +539,8 @@ class LegalizeDtypes(Pass):
             if k in io:
                 storage[v.name] = v.dtype.short
             if v.is_const:
-                data = np.asarray(v.const.numpy())
-                v.const = Tensor(to_storage(data) if v.dtype.stored_as_bits else data.astype(v.dtype.storage.numpy),
+                arr = np.asarray(v.numpy())
+                v.const = Tensor(to_storage(arr) if v.dtype.stored_as_bits else arr.astype(v.dtype.storage.numpy),
                                  v.dtype.storage)
             v.dtype = v.dtype.storage
             changed = True

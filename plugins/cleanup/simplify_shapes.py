@@ -30,7 +30,7 @@ class SimplifyShapes(Pass):
             for n in g:
                 if n.domain or n.op_type not in ("Shape", "Size"):
                     continue
-                x = n.inputs[0]
+                x = n.arg(0)
                 shape = x.static_shape
                 if shape is None:
                     continue

@@ -13,6 +13,8 @@ length (the rotary tables have that many rows).
 
 from __future__ import annotations
 
+from collections.abc import Mapping
+
 import numpy as np
 
 from ...api.llm import LLM_KEY, LLMConfig, expected_shape, weight_names
@@ -28,7 +30,7 @@ def rope_tables(cfg: LLMConfig) -> tuple[np.ndarray, np.ndarray]:
     return np.cos(ang).astype(np.float32), np.sin(ang).astype(np.float32)
 
 
-def build_decoder(cfg: LLMConfig, weights: dict[str, Tensor | QuantizedTensor | np.ndarray],
+def build_decoder(cfg: LLMConfig, weights: Mapping[str, Tensor | QuantizedTensor | np.ndarray],
                   metadata: dict[str, str] | None = None) -> Model:
     """The decoder graph over ``weights`` (GGUF names, Hugging Face Q/K row layout)."""
     cfg.check()
@@ -95,9 +97,9 @@ def build_decoder(cfg: LLMConfig, weights: dict[str, Tensor | QuantizedTensor | 
         t = f"blk{i}"
         h = op("RMSNorm", [x, W[p + "attn_norm.weight"]], f"{t}_attn_norm", domain="edgec", epsilon=cfg.rms_eps)
         qkv = []
-        for proj, n in (("attn_q", nh), ("attn_k", nkv), ("attn_v", nkv)):
+        for proj, n_heads in (("attn_q", nh), ("attn_k", nkv), ("attn_v", nkv)):
             y = linear(h, p + proj + ".weight", f"{t}_{proj}", p + proj + ".bias" if cfg.qkv_bias else None)
-            y = op("Transpose", [op("Reshape", [y, heads_shape[n]], f"{t}_{proj}_split")], f"{t}_{proj}_heads",
+            y = op("Transpose", [op("Reshape", [y, heads_shape[n_heads]], f"{t}_{proj}_split")], f"{t}_{proj}_heads",
                    perm=[0, 2, 1, 3])
             qkv.append(y)
         q, k, v = qkv

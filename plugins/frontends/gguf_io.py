@@ -125,7 +125,7 @@ class _Walker:
         alignment = 32  # GGUF_DEFAULT_ALIGNMENT
         if "general.alignment" in keys:
             vtype, val = keys["general.alignment"]
-            if vtype != 4 or not val or val & (val - 1):
+            if vtype != 4 or not isinstance(val, int) or not val or val & (val - 1):  # type 4: uint32, an int
                 shown = f"{_TYPE_NAME.get(vtype, vtype)} {val!r}" if val is not None else _TYPE_NAME.get(vtype, vtype)
                 raise _Bad(f"metadata 'general.alignment' must be a uint32 power of two, it is {shown}")
             alignment = val

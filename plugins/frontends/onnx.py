@@ -92,7 +92,7 @@ def import_proto(proto: onnx.ModelProto, base_dir: str | None, label: str = "<mo
 
 
 # ------------------------------------------------------------------------------------------------ upgrade
-def _where(k: int, n: onnx.NodeProto, opset: int) -> str:  # as ir.onnx_io words it
+def _where(k: int, n: onnx.NodeProto, opset: int | str) -> str:  # as ir.onnx_io words it
     return f"node {n.name or f'#{k}'} ({(n.domain + '::') if n.domain else ''}{n.op_type}, opset {opset})"
 
 

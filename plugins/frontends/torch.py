@@ -52,6 +52,7 @@ import threading
 import warnings
 import zipfile
 from collections.abc import Sequence
+from typing import cast
 
 from ...errors import BadInputError, UnsupportedError
 from ...frontend import Frontend
@@ -128,7 +129,7 @@ class _Pt2Reader:
 
     # -- reading ------------------------------------------------------------------------------------------
 
-    def read(self, rel: str, limit: int | None = None) -> bytes:
+    def read(self, rel: str, limit: int | None = None) -> bytearray:
         info = self.entries[rel]
         limit = self.limit if limit is None else limit
         if info.file_size > limit:
@@ -137,7 +138,8 @@ class _Pt2Reader:
             raise self.refuse(self.full(rel), f"declares {info.file_size:,} bytes, over {what}: {limit:,}")
         buf = bytearray(info.file_size)
         try:
-            with self.zip.open(info) as f:
+            # cast: ZipFile.open is typed IO[bytes], which lacks readinto; it returns a ZipExtFile (a BufferedIOBase)
+            with cast("zipfile.ZipExtFile", self.zip.open(info)) as f:
                 n = f.readinto(buf)
                 extra = f.read(1)
         except Exception as e:  # noqa: BLE001 - corrupt, encrypted or oddly compressed entries
@@ -245,7 +247,7 @@ class _Pt2Reader:
         entry = self.full(rel)
         if not isinstance(config, dict) or not isinstance(config.get("config"), dict):
             raise self.refuse(entry, "is not a payload config (no 'config' mapping)")
-        flat: dict[tuple[str, object], object] = {}
+        flat: dict[tuple[str, object], torch.Tensor] = {}
         out = {}
         for key, meta in config["config"].items():
             where = f"archive entry {entry!r}, key {key!r}"

@@ -173,3 +173,14 @@ def test_dtypes_low_bit():
     assert ir.code_dtype(4, True) is DType.INT4 and ir.code_dtype(2, False) is DType.UINT2
     with pytest.raises(ValueError, match="unknown dtype"):
         DType.from_short("f33")
+
+
+def test_arg_returns_a_present_input_and_names_a_missing_one():
+    g = Graph()
+    x = g.add_input("x", DType.FLOAT32, (2,))
+    n = g.op("Clip", [x, None], name="clip")
+    assert n.arg(0) is x and n.arg(-2) is x
+    with pytest.raises(IRError, match=r"node 'clip' \(Clip\) has no input 1"):
+        n.arg(1)
+    with pytest.raises(IRError, match="has no input 5"):
+        n.arg(5)
