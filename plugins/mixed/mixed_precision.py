@@ -103,8 +103,10 @@ class MixedPrecision(Pass):
                     "ops": self.ops}
         if isinstance(b, str):
             # embedding and head follow at the type's nominal width (quantize maps it to llama.cpp's type)
-            nominal = int(re.search(r"\d", b).group(0))
-            out = {"gguf": b, "method": self.method, "ops": self.ops}
+            digit = re.search(r"\d", b)
+            assert digit is not None  # a GGUF type (choices checked it): every name holds its width (Q4_K, IQ4_NL)
+            nominal = int(digit.group(0))
+            out: dict[str, str | int] = {"gguf": b, "method": self.method, "ops": self.ops}
             if nominal in (2, 3, 4, 5, 6, 8):
                 out.update(embedding_bits=nominal, head_bits=nominal)
             return out
@@ -120,10 +122,10 @@ class MixedPrecision(Pass):
                         if isinstance(b, str) and b in gg.TYPES]  # a target that mixes GGUF types (gguf)
         if self.types or native_types:
             types = self.types.split(":") if self.types else native_types
-            bad = [t for t in types if t not in gg.TYPES]
-            if bad:
-                raise UsageError(f"mixed-precision: unknown GGUF types {bad}; known: {', '.join(sorted(gg.TYPES))}")
-            return types
+            unknown = [t for t in types if t not in gg.TYPES]
+            if unknown:
+                raise UsageError(f"mixed-precision: unknown GGUF types {unknown}; known: {', '.join(sorted(gg.TYPES))}")
+            return list(types)  # (as list[int | str])
         if self.bits:
             widths = parse_candidates(self.bits)
         elif target is not None and target.capabilities.mixed:
@@ -204,11 +206,13 @@ class MixedPrecision(Pass):
         for w, b in alloc.items():
             if b == "f16":
                 v = model.graph.initializers[w]
-                v.const = Tensor(to_float16(np.asarray(v.const.numpy())))
+                v.const = Tensor(to_float16(np.asarray(v.numpy())))
         for b in sorted(set(alloc.values()) - {"f16"}, key=str):
             names = [nodes[w] for w, v in alloc.items() if v == b]
             inc = "^(" + "|".join(re.escape(n) for n in names) + ")$"
-            q(**self.candidate(b), include=inc).run(model, ctx)
+            opts = self.candidate(b)
+            assert opts is not None  # only f16 has none, and it is not among these
+            q(**opts, include=inc).run(model, ctx)
 
     def _search(self, model: Model, ctx: PassContext, front, labels, sens, cands: dict[str, int | str]):
         """Binary search over the front (ascending size) for the smallest allocation within max_drop that

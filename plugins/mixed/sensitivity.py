@@ -123,7 +123,7 @@ def compare(ref: list[list[np.ndarray]], got: list[list[np.ndarray]]) -> dict[st
     return {"kl": kl / max(n, 1), "sqnr": float(min(sqnr, 200.0)), "cosine": float(cos)}
 
 
-def _quantized_weights(src_dir: str, spec: str, ctx: PassContext) -> tuple[dict[str, QuantizedTensor], dict]:
+def _quantized_weights(src_dir: str, spec: str, ctx: PassContext) -> dict[str, tuple[int, QuantizedTensor]]:
     """Quantize a copy of the model with ``spec``; node name -> (weight input index, quantized weight)."""
     from ...ir.passes import PassManager, parse_pipeline
     from ...ir.serde import load
@@ -173,20 +173,25 @@ def analyse(model: Model, candidates: Sequence[str], ctx: PassContext, *, sample
         weights = {}
         for nname in layer_nodes:
             idx = next(q[nname][0] for q in per_cand.values() if nname in q)
-            weights[nname] = (idx, nodes[nname].inputs[idx])
+            weights[nname] = (idx, nodes[nname].arg(idx))
         # One session for everything: the float32 weights under study are fed on every run, so each
         # (layer, candidate) is one run with that weight's dequantized values, not a new session.
         free = sorted({w.name for _, w in weights.values() if w.dtype is not None and w.dtype.numpy == np.float32
                        and not isinstance(w.const, QuantizedTensor)})
         ex = ReferenceExecutor(model, free=free)
         ref = _outputs(ex, model, calib)
-        table, params, fbytes, wnames = {}, {}, {}, {}
+        table: dict[str, dict[str, dict[str, float]]] = {}
+        params: dict[str, int] = {}
+        fbytes: dict[str, int] = {}
+        wnames: dict[str, str] = {}
         for k, nname in enumerate(layer_nodes):
             n = nodes[nname]
             idx, w = weights[nname]
             wnames.setdefault(w.name, nname)
-            params[w.name] = int(np.prod(w.shape))
-            fbytes[w.name] = int(np.asarray(w.const.numpy()).nbytes)
+            wshape = w.static_shape
+            assert wshape is not None  # a constant weight: its shape is its tensor's
+            params[w.name] = int(np.prod(wshape))
+            fbytes[w.name] = int(np.asarray(w.numpy()).nbytes)
             table.setdefault(w.name, {})
             for c in candidates:
                 if c in table[w.name] or (c != FLOAT16 and nname not in per_cand[c]):
@@ -194,9 +199,9 @@ def analyse(model: Model, candidates: Sequence[str], ctx: PassContext, *, sample
                 if c == FLOAT16:
                     if w.name not in free:
                         continue  # only float32 weights have a float16 form to measure
-                    half = to_float16(np.asarray(w.const.numpy()))
+                    half = to_float16(np.asarray(w.numpy()))
                     got = _outputs(ex, model, calib, {w.name: half})
-                    table[w.name][c] = {**compare(ref, got), "bytes": 2 * int(np.prod(w.shape))}
+                    table[w.name][c] = {**compare(ref, got), "bytes": 2 * int(np.prod(wshape))}
                     continue
                 q = per_cand[c][nname][1]
                 if w.name in free:

@@ -199,7 +199,7 @@ class Prune(Pass):
             stream = Stream(model, ctx.calibration.samples[:32])
             for layer in layers:
                 acc = None
-                for x in stream.capture(layer.node.inputs[0]):
+                for x in stream.capture(layer.node.arg(0)):
                     rows = layer_rows(layer, np.asarray(x, np.float32))
                     if rows is None:
                         break
@@ -207,6 +207,7 @@ class Prune(Pass):
                             else np.einsum("ij,ij->j", rows, rows, dtype=np.float64))
                     acc = part if acc is None else acc + part
                 else:
+                    assert acc is not None  # the stream holds at least one sample
                     if self.method == "sparsegpt":
                         hessians[id(layer.node)] = acc
                     else:
@@ -250,7 +251,9 @@ class Prune(Pass):
                     continue
                 keep = nm_mask(w, *nm, score=self._score(w, norms.get(id(layer.node))))
             elif id(layer.node) in norms:
-                keep = row_mask(self._score(w, norms[id(layer.node)]), self.sparsity)
+                score = self._score(w, norms[id(layer.node)])
+                assert score is not None  # given a norm, _score scores
+                keep = row_mask(score, self.sparsity)
             else:
                 keep = magnitude_mask(w, self.sparsity, threshold)
             pruned = np.where(keep, w, np.float32(0)).astype(w.dtype)

@@ -43,14 +43,24 @@ def _weight(n: Node) -> np.ndarray | None:
     w = n.inputs[1] if len(n.inputs) > 1 else None
     if w is None or not w.is_const or isinstance(w.const, QuantizedTensor):
         return None
-    return np.asarray(w.const.numpy())
+    return np.asarray(w.numpy())
+
+
+def _layer_weight(n: Node) -> np.ndarray:
+    """The weight of a node that :func:`_is_layer` accepted (find_groups' producers and consumers)."""
+    w = _weight(n)
+    assert w is not None  # _is_layer checked it; shrinking gives float constants again
+    return w
 
 
 def _is_layer(n: Node) -> bool:
     op = n.qualified_op
     if op == "Conv":
         return int(n.attr("group", 1)) == 1 and _weight(n) is not None
-    return op == "edgec::Linear" and _weight(n) is not None and _weight(n).ndim == 2
+    if op != "edgec::Linear":
+        return False
+    w = _weight(n)
+    return w is not None and w.ndim == 2
 
 
 def _keeps_zero(n: Node) -> bool:
@@ -61,7 +71,7 @@ def _keeps_zero(n: Node) -> bool:
         lo = n.inputs[1] if len(n.inputs) > 1 else None
         hi = n.inputs[2] if len(n.inputs) > 2 else None
         for v, ok in ((lo, lambda a: a <= 0), (hi, lambda a: a >= 0)):
-            if v is not None and (not v.is_const or not ok(float(np.asarray(v.const.numpy()).reshape(())))):
+            if v is not None and (not v.is_const or not ok(float(np.asarray(v.numpy()).reshape(())))):
                 return False
     return True
 
@@ -107,7 +117,7 @@ def reinfer(model: Model) -> None:
 def replace_const(model: Model, node: Node, index: int, arr: np.ndarray, tag: str = "_sliced") -> None:
     """Give ``node`` a new constant input ``index`` holding ``arr`` (the old one goes once nothing reads it)."""
     g = model.graph
-    old = node.inputs[index]
+    old = node.arg(index)
     new = g.add_const(g.unique_name(old.name + tag), Tensor(np.ascontiguousarray(arr)))
     node.replace_input_with(index, new)
     if not old.uses and old.name in g.initializers:
@@ -137,14 +147,14 @@ class PruneChannels(Pass):
         reports: dict = {}
         changed = False
         for grp in groups:
-            wp = _weight(grp.producer)
+            wp = _layer_weight(grp.producer)
             out = wp.shape[0]
             keep_n = min(out, max(1, -(-round(out * (1 - self.sparsity)) // self.multiple) * self.multiple))
             if keep_n >= out:
                 continue
             s = np.sqrt(np.sum(wp.reshape(out, -1).astype(np.float64) ** 2, 1))
             for c in grp.consumers:
-                wc = _weight(c)
+                wc = _layer_weight(c)
                 s = s * np.sqrt(np.sum(np.moveaxis(wc, 1, 0).reshape(out, -1).astype(np.float64) ** 2, 1))
             if id(grp.producer) in act:
                 s = s * act[id(grp.producer)]
@@ -160,11 +170,11 @@ class PruneChannels(Pass):
 
     def _shrink(self, model: Model, grp: Group, keep: np.ndarray) -> None:
         p = grp.producer
-        replace_const(model, p, 1, _weight(p)[keep])
+        replace_const(model, p, 1, _layer_weight(p)[keep])
         if len(p.inputs) > 2 and p.inputs[2] is not None:
-            replace_const(model, p, 2, np.asarray(p.inputs[2].const.numpy())[keep])
+            replace_const(model, p, 2, np.asarray(p.arg(2).numpy())[keep])
         for c in grp.consumers:
-            replace_const(model, c, 1, _weight(c)[:, keep])
+            replace_const(model, c, 1, _layer_weight(c)[:, keep])
 
     @staticmethod
     def _activation_norms(model: Model, groups: list[Group], ctx: PassContext) -> dict[int, np.ndarray]:

@@ -46,21 +46,28 @@ class _Unsupported(Exception):
 def _const_ints(v: Value | None) -> list[int] | None:
     if v is None or not v.is_const or isinstance(v.const, QuantizedTensor):
         return None
-    return [int(x) for x in np.asarray(v.const.numpy()).reshape(-1)]
+    return [int(x) for x in np.asarray(v.numpy()).reshape(-1)]
 
 
 def _linear_weight(n: Node) -> np.ndarray | None:
     if n.qualified_op != "edgec::Linear" or len(n.inputs) < 2:
         return None
-    w = n.inputs[1]
+    w = n.arg(1)
     if not w.is_const or isinstance(w.const, QuantizedTensor):
         return None
-    arr = np.asarray(w.const.numpy())
+    arr = np.asarray(w.numpy())
     if arr.ndim != 2:
         return None
     if len(n.inputs) > 2 and n.inputs[2] is not None and not n.inputs[2].is_const:
         return None
     return arr
+
+
+def _block_weight(n: Node) -> np.ndarray:
+    """The weight of a block's Q/K/V or output projection (a Linear that :func:`_linear_weight` accepted)."""
+    w = _linear_weight(n)
+    assert w is not None  # find_blocks checked it; shrinking gives float 2-D constants again
+    return w
 
 
 @dataclasses.dataclass
@@ -94,7 +101,7 @@ def _trace(model: Model, start: Value, axis: int, groups: int, is_end) -> Trace:
             continue
         op = n.qualified_op
         a = ax[id(n.inputs[traced[0]])]
-        x = n.inputs[traced[0]]
+        x = n.arg(traced[0])
         if len(n.outputs) != 1:
             raise _Unsupported(f"{op} {n.name} has several outputs")
         y = n.outputs[0]
@@ -232,7 +239,7 @@ class Block:
 
     @property
     def heads(self) -> int:
-        return int(self.attention.inputs[0].shape[-3])
+        return int(_dims(self.attention.arg(0))[-3])
 
 
 def _projection(v: Value) -> Node | None:
@@ -251,14 +258,14 @@ def _projection(v: Value) -> Node | None:
 
 
 def _block(model: Model, attn: Node) -> Block:
-    q, k, v = attn.inputs[:3]
-    if q.rank is None or q.rank < 3 or not isinstance(q.shape[-3], int):
+    q, k, v = attn.arg(0), attn.arg(1), attn.arg(2)
+    if q.shape is None or len(q.shape) < 3 or not isinstance(q.shape[-3], int):
         raise _Unsupported("Q has no static head axis")
-    projs = [_projection(u) for u in (q, k, v)]
-    if any(p is None for p in projs) or len({id(p) for p in projs}) != 3:
+    projs = [p for p in (_projection(u) for u in (q, k, v)) if p is not None]
+    if len(projs) != 3 or len({id(p) for p in projs}) != 3:
         raise _Unsupported("Q, K and V do not each come from their own Linear")
-    dk = k.shape[-1]
-    rows_k = _linear_weight(projs[1]).shape[0]
+    dk = _dims(k)[-1]
+    rows_k = _block_weight(projs[1]).shape[0]
     if not isinstance(dk, int) or rows_k % dk:
         raise _Unsupported("K's head size is not static")
     groups = int(np.gcd(int(q.shape[-3]), rows_k // dk))
@@ -273,15 +280,15 @@ def _block(model: Model, attn: Node) -> Block:
             raise _Unsupported("the head axis is one of the attention's last two axes")
         traces.append(t)
     if len(attn.inputs) > 3 and attn.inputs[3] is not None:
-        m, a_q = attn.inputs[3], traces[0].ends[0][2]
+        m, a_q = attn.arg(3), traces[0].ends[0][2]
         md, rank = _dims(m), len(_dims(q))
-        p = a_q - (rank - len(md))
-        if p >= 0 and md[p] != 1:
+        pm = a_q - (rank - len(md))
+        if pm >= 0 and md[pm] != 1:
             raise _Unsupported("the attention mask varies across heads")
     a_out = traces[0].ends[0][2]
     t = _trace(model, attn.outputs[0], a_out, groups,
                lambda n, i: i == 0 and _linear_weight(n) is not None)
-    if not t.ends or any(a != len(_dims(n.inputs[0])) - 1 for n, _, a in t.ends):
+    if not t.ends or any(a != len(_dims(n.arg(0))) - 1 for n, _, a in t.ends):
         raise _Unsupported("the attention output does not reach Linear inputs on their last axis")
     traces.append(t)
     return Block(attn, projs, [n for n, _, _ in t.ends], groups, traces)
@@ -333,13 +340,13 @@ class PruneHeads(Pass):
             keep_n = max(1, round(b.groups * (1 - self.sparsity)))
             if keep_n >= b.groups:
                 continue
-            wv = _linear_weight(b.projections[2]).astype(np.float64)
+            wv = _block_weight(b.projections[2]).astype(np.float64)
             s = np.sqrt(np.sum(wv.reshape(b.groups, -1) ** 2, 1))
             if len(b.projections[2].inputs) > 2 and b.projections[2].inputs[2] is not None:
-                bias = np.asarray(b.projections[2].inputs[2].const.numpy(), np.float64)
+                bias = np.asarray(b.projections[2].arg(2).numpy(), np.float64)
                 s = np.sqrt(s ** 2 + np.sum(bias.reshape(b.groups, -1) ** 2, 1))
             for o in b.outputs:
-                wo = _linear_weight(o).astype(np.float64)
+                wo = _block_weight(o).astype(np.float64)
                 s = s * np.sqrt(np.sum(wo.reshape(wo.shape[0], b.groups, -1) ** 2, (0, 2)))
             if id(b.attention) in act:
                 s = s * act[id(b.attention)]
@@ -377,28 +384,28 @@ class PruneHeads(Pass):
     def _shrink(self, model: Model, b: Block, keep: np.ndarray) -> None:
         G = b.groups
         for p in b.projections:
-            w = _linear_weight(p)
+            w = _block_weight(p)
             rows = _rows(G, w.shape[0], keep)
             replace_const(model, p, 1, w[rows])
             if len(p.inputs) > 2 and p.inputs[2] is not None:
-                replace_const(model, p, 2, np.asarray(p.inputs[2].const.numpy())[rows])
+                replace_const(model, p, 2, np.asarray(p.arg(2).numpy())[rows])
         for o in b.outputs:
-            w = _linear_weight(o)
+            w = _block_weight(o)
             replace_const(model, o, 1, w[:, _rows(G, w.shape[1], keep)])
         for t in b.traces:
             for n, axis, size in t.reshapes:
-                shape = np.asarray(n.inputs[1].const.numpy()).copy()
+                shape = np.asarray(n.arg(1).numpy()).copy()
                 shape[axis] = size // G * len(keep)
                 replace_const(model, n, 1, shape, "_pruned")
             for n, i, axis, size in t.slices:
-                arr = np.asarray(n.inputs[i].const.numpy())
+                arr = np.asarray(n.arg(i).numpy())
                 replace_const(model, n, i, np.take(arr, _rows(G, size, keep), axis=axis))
 
     @staticmethod
     def _activation_norms(model: Model, blocks: list[Block], ctx: PassContext) -> dict[int, np.ndarray]:
         """Per block, the norm of each head group's share of the output projection's input."""
         from ...ir import ReferenceExecutor
-        names = sorted({o.inputs[0].name for b in blocks for o in b.outputs})
+        names = sorted({o.arg(0).name for b in blocks for o in b.outputs})
         ex = ReferenceExecutor(model, capture=names, capture_only=True)
         acc: dict[str, np.ndarray] = {}
         for s in ctx.calibration.samples[:16]:
@@ -408,6 +415,6 @@ class PruneHeads(Pass):
                 acc[nm] = acc.get(nm, 0) + np.sum(a.reshape(-1, a.shape[-1]) ** 2, 0)
         out = {}
         for b in blocks:
-            cols = acc[b.outputs[0].inputs[0].name]
+            cols = acc[b.outputs[0].arg(0).name]
             out[id(b.attention)] = np.sqrt(cols.reshape(b.groups, -1).sum(1))
         return out

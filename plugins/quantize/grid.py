@@ -120,6 +120,7 @@ def _pick(wg: np.ndarray, cands: list, spec: GridSpec) -> tuple[np.ndarray, np.n
         best_s = np.where(better, s, best_s)
         best_z = None if z is None else np.where(better, z, best_z)
         best_e = np.minimum(e, best_e)
+    assert best_s is not None  # cands is never empty
     return best_s, best_z
 
 

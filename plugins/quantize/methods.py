@@ -18,7 +18,7 @@ from __future__ import annotations
 
 import dataclasses
 from collections.abc import Callable
-from typing import Any
+from typing import Any, cast
 
 import numpy as np
 
@@ -30,17 +30,19 @@ from .grid import GridSpec, dequantize_codes, grouped, make_tensor, params, quan
 CLIP_GRID = np.linspace(1.0, 0.5, 26, dtype=np.float32)  # candidate clipping ratios, 1.0 first
 
 
-def rtn(w2: np.ndarray, spec: GridSpec, h: np.ndarray | None = None):
+def rtn(w2: np.ndarray, spec: GridSpec,
+        h: np.ndarray | None = None) -> tuple[np.ndarray, np.ndarray, np.ndarray | None]:
     wg = grouped(w2, spec)
     scale, zp = params(wg, spec)
     return quantize_codes(wg, scale, zp, spec), scale, zp
 
 
-def mse(w2: np.ndarray, spec: GridSpec, h: np.ndarray | None = None):
+def mse(w2: np.ndarray, spec: GridSpec,
+        h: np.ndarray | None = None) -> tuple[np.ndarray, np.ndarray, np.ndarray | None]:
     """Best clipping ratio per block; with ``h`` the error is measured on the layer output."""
     wg = grouped(w2, spec).astype(np.float32)
     best_err = np.full(wg.shape[:2], np.inf)
-    best = None
+    best: list[Any] | None = None  # [codes, scale, zero point or None]
     for r in CLIP_GRID:
         scale, zp = params(wg, spec, clip=r)
         q = quantize_codes(wg, scale, zp, spec)
@@ -61,6 +63,7 @@ def mse(w2: np.ndarray, spec: GridSpec, h: np.ndarray | None = None):
             if zp is not None:
                 best[2][better] = zp[better]
         best_err = np.where(better, err, best_err)
+    assert best is not None  # CLIP_GRID is not empty
     return best[0], best[1], best[2]
 
 
@@ -77,6 +80,7 @@ def gptq(w2: np.ndarray, spec: GridSpec | None, h: np.ndarray, *, damp: float = 
     from scipy.linalg.blas import dger
     if h is None:
         raise ValueError("gptq needs calibration data (the layer's input Hessian)")
+    spec = cast(GridSpec, spec)  # None only with grid, whose path never reads spec
     out, k = w2.shape
     if perm is None:
         perm = hessian_order(np.diag(h), act_order)

@@ -91,6 +91,7 @@ def hessian(layer: Layer, xs: list[np.ndarray] | None, perm: np.ndarray | None =
         # h += rows^T rows in place (no K x K temporary per sample).
         h = blas.sgemm(1.0, rows, rows, beta=1.0, c=h, trans_a=True, overwrite_c=True)
         count += rows.shape[0]
+    assert h is not None  # xs is not empty, and each sample either returned or accumulated into h
     h /= max(count, 1)
     return h
 
@@ -213,8 +214,9 @@ class Quantize(Pass):
         if layer.role == "embedding":
             return GridSpec(bits, True, "channel", scale_dtype=self.scale_dtype)  # one scale per token row
         gran = "group" if self.group else self.granularity
-        k = int(np.prod(layer.weight.shape[1:]))
-        shape = layer.weight.shape
+        shape = layer.weight.static_shape
+        assert shape is not None  # a constant weight: its shape is its tensor's
+        k = int(np.prod(shape[1:]))
         if gran == "group" and self.conv_group and layer.kind == "conv" and len(shape) > 2 \
                 and shape[1] % self.group == 0:
             # Whole kernels of `group` input channels are consecutive in the flattened [O, I*kh*kw] matrix.
@@ -273,9 +275,11 @@ class Quantize(Pass):
         want = gg.TYPE_FOR_BITS[bits] if bits is not None else self.gguf
         if layer.weight.rank != 2:
             return None, f"{want} needs a 2-D weight; kept float"
-        return gg.resolve(want, layer.weight.shape[1])
+        shape = layer.weight.static_shape
+        assert shape is not None  # a constant weight: its shape is its tensor's
+        return gg.resolve(want, shape[1])
 
-    def _quantize_gguf(self, model: Model, layer: Layer, xs: list[np.ndarray] | None) -> dict | None:
+    def _quantize_gguf(self, model: Model, layer: Layer, xs: list[np.ndarray] | None) -> dict:
         tname, note = self.gguf_type_for(layer)
         w = np.asarray(layer.weight.numpy(), np.float32)
         if tname is None:
@@ -285,6 +289,7 @@ class Quantize(Pass):
         method = self.method_for(layer)
         if method == "gptq" and xs:
             diag = self._diag(layer, xs)
+            assert diag is not None  # gptq on a 2-D weight: a Linear (embeddings use rtn), whose inputs give rows
             perm = methods.hessian_order(diag, self.act_order)
             h = hessian(layer, xs, perm)
             grid = gg.fit(w, t)
@@ -334,7 +339,7 @@ class Quantize(Pass):
             act = sum(np.abs(xi.reshape(-1, xi.shape[-1])).sum(0, dtype=np.float64) for xi in xs) / n_rows
             act = np.where(act > 0, act, act[act > 0].min() if (act > 0).any() else 1.0)
             h = hessian(by_node[id(group[0])], xs).astype(np.float64)
-            ws = [np.asarray(n.inputs[1].numpy(), np.float32) for n in group]
+            ws = [np.asarray(n.arg(1).numpy(), np.float32) for n in group]
             spec = self.spec_for(by_node[id(group[0])])
             best = (None, np.inf)
             for alpha in np.linspace(0.0, 1.0, 21):

@@ -277,7 +277,9 @@ class VectorQuantize(Pass):
 
     @property
     def bits(self) -> int:
-        return index_bits(self.dim, self.bits_per_weight)
+        bits = index_bits(self.dim, self.bits_per_weight)
+        assert bits is not None  # checked in __post_init__
+        return bits
 
     def select(self, model: Model) -> list[Layer]:
         layers = find_layers(model, ("edgec::Linear",), self.include, self.exclude)
