@@ -143,8 +143,14 @@ class CoreMLTarget(Target):
         names = [mil_name(v.name) for v in model.graph.inputs]
         ns: dict = {"body": body}
         exec(f"def main({', '.join(names)}):\n    return body({', '.join(names)})\n", ns)  # noqa: S102
-        specs = [mb.TensorSpec(shape=tuple(v.static_shape) or (1,), dtype=types.fp32 if v.dtype.is_float else types.int32)
-                 for v in model.graph.inputs]
+        specs = []
+        in_shapes: dict[str, list[int]] = {}
+        for v in model.graph.inputs:
+            # check() refuses inputs without a static shape; graph inputs are typed
+            assert v.static_shape is not None and v.dtype is not None
+            specs.append(mb.TensorSpec(shape=tuple(v.static_shape) or (1,),
+                                       dtype=types.fp32 if v.dtype.is_float else types.int32))
+            in_shapes[mil_name(v.name)] = list(v.static_shape)
         target = opset(self.deployment)
         try:
             prog = mb.program(input_specs=specs, opset_version=target)(ns["main"])
@@ -164,7 +170,11 @@ class CoreMLTarget(Target):
         m.short_description = "compiled by edgec"
         m.user_defined_metadata["edgec.deployment"] = self.deployment
         m.user_defined_metadata["edgec.precision"] = self.precision
-        m.user_defined_metadata["edgec.output_dtypes"] = ",".join(o.dtype.numpy.name for o in model.graph.outputs)
+        out_dtypes = []
+        for o in model.graph.outputs:
+            assert o.dtype is not None  # every value the target lowers is typed
+            out_dtypes.append(o.dtype.numpy.name)
+        m.user_defined_metadata["edgec.output_dtypes"] = ",".join(out_dtypes)
         m.user_defined_metadata["edgec.output_ranks"] = ",".join(str(o.rank) for o in model.graph.outputs)
         # the installed distribution's version (the same as edgec.__version__, which pyproject reads): the edgec
         # package itself belongs to the driver layer
@@ -180,14 +190,14 @@ class CoreMLTarget(Target):
         decoded = check_package(path, model, compressed, self.precision)
         files = sorted(os.path.relpath(os.path.join(r, f), out_dir) for r, _, fs in os.walk(path) for f in fs)
         kinds: dict[str, int] = {}
-        for e in b.encoded.values():
-            kinds[e.kind] = kinds.get(e.kind, 0) + 1
+        for enc in b.encoded.values():
+            kinds[enc.kind] = kinds.get(enc.kind, 0) + 1
         return Artifact(files, {"coremltools_version": ct.__version__, "deployment": self.deployment,
                                 "precision": self.precision,
                                 "weight_encodings": kinds,
                                 "compressed_weights": {w: b.encoded[w].kind for w in compressed},
                                 "decoded_bit_exact": decoded,
-                                "inputs": {mil_name(v.name): list(v.static_shape) for v in model.graph.inputs},
+                                "inputs": in_shapes,
                                 "outputs": [mil_name(o.name) for o in model.graph.outputs],
                                 "verification_runtime": "MLModel.predict" if on_macos() else
                                 "edgec MIL evaluator (numpy): no Core ML runtime off macOS"})
@@ -233,8 +243,8 @@ def check_package(path: str, model: Model, compressed: dict[str, str], precision
     ops = {op.name: op for op in prog.functions["main"].operations}
     for wname, opname in compressed.items():
         got = np.asarray(constexpr_value(ops[opname]))
-        want = model.graph.initializers[wname].const
-        want = (want.dequantize() if isinstance(want, QuantizedTensor) else np.asarray(want.numpy())).astype(ft)
+        w = model.graph.initializers[wname]
+        want = (w.const.dequantize() if isinstance(w.const, QuantizedTensor) else np.asarray(w.numpy())).astype(ft)
         if got.shape != want.shape or not np.array_equal(got.astype(ft), want):
             raise UnsupportedError(f"weight {wname!r} does not decode to the IR's weight from the saved package "
                                    f"({opname})")

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import contextlib
 import contextvars
+from typing import Literal, NoReturn
 
 import numpy as np
 
@@ -81,15 +82,17 @@ class MILBuilder:
 
     def get(self, v: Value):
         if id(v) not in self.env:
-            if not v.is_const:
+            c = v.const
+            if c is None:
                 raise KeyError(v.name)
-            if isinstance(v.const, QuantizedTensor) or v.dtype.is_float:
+            assert v.dtype is not None and v.rank is not None  # a constant takes its data's dtype and shape
+            if isinstance(c, QuantizedTensor) or v.dtype.is_float:
                 enc = self.weights.encode(v, mil_name(v.name) + "_w")
                 if enc.op is not None or v.rank >= 2:
                     self.encoded[v.name] = enc
                 self.env[id(v)] = enc.var
             else:
-                a = np.asarray(v.const.numpy())
+                a = np.asarray(c.numpy())
                 self.env[id(v)] = a.astype(np.int32) if a.dtype.kind in "iu" else a
         return self.env[id(v)]
 
@@ -97,6 +100,7 @@ class MILBuilder:
         return np.float32(x) if self.precision == "fp32" else np.float16(x)
 
     def _wrap(self, n: Node, o: Value, y):
+        assert o.dtype is not None  # every value the target lowers is typed
         nb = NARROW_INTS.get(o.dtype.short)
         if nb is None or n.op_type in _IN_RANGE or isinstance(y, np.ndarray):
             return y
@@ -171,20 +175,23 @@ _OVERFLOW_INT32 = frozenset({"ReduceProd", "Pow", "ReduceSumSquare", "CumSum", "
 
 def _wrap_ok(n: Node) -> None:
     """Refuse the ops whose narrow-integer result could overflow int32 before the wrap."""
-    narrow = [v for v in list(n.inputs) + list(n.outputs) if v is not None and v.dtype.short in NARROW_INTS]
-    if narrow and (n.op_type in _OVERFLOW_INT32 or (n.op_type == "Mul" and narrow[0].dtype.short == "u16")):
-        raise UnsupportedError(f"node {n.name!r} ({n.op_type}): {n.op_type} of {narrow[0].dtype.short} is not "
+    narrow = [v.dtype.short for v in list(n.inputs) + list(n.outputs)
+              if v is not None and v.dtype is not None and v.dtype.short in NARROW_INTS]
+    if narrow and (n.op_type in _OVERFLOW_INT32 or (n.op_type == "Mul" and narrow[0] == "u16")):
+        raise UnsupportedError(f"node {n.name!r} ({n.op_type}): {n.op_type} of {narrow[0]} is not "
                                "supported by the coreml target (it computes narrow integers in int32)")
 
 
 def np_compute(v: Value):
     """The numpy type of ``v``'s MIL compute type: floats fp16 (or fp32), booleans bool, other integers int32."""
+    assert v.dtype is not None  # every value the target lowers is typed
     if v.dtype.is_float:
         return np.float32 if float_type() == "fp32" else np.float16
     return np.bool_ if v.dtype.short == "bool" else np.int32
 
 
 def mil_dtype(v: Value) -> str:
+    assert v.dtype is not None  # every value the target lowers is typed
     return float_type() if v.dtype.is_float else ("bool" if v.dtype.short == "bool" else "int32")
 
 
@@ -201,7 +208,7 @@ def _static(n: Node, v: Value | None = None) -> list[int]:
 
 
 def _ints(v: Value) -> list[int]:
-    return [int(i) for i in np.asarray(v.const.numpy()).reshape(-1)]
+    return [int(i) for i in np.asarray(v.numpy()).reshape(-1)]
 
 
 # ---- CNN ops --------------------------------------------------------------------------------------------------
@@ -213,7 +220,7 @@ def _conv(b: MILBuilder, n: Node):
         _refuse(n, f"Conv of rank {len(shape)}")
     strides, dil = list(n.attr("strides", [1] * k)), list(n.attr("dilations", [1] * k))
     kernel = _static(n, n.inputs[1])[2:]
-    kw = {"x": b.get(n.inputs[0]), "weight": b.get(n.inputs[1]), "strides": strides, "dilations": dil,
+    kw = {"x": b.get(n.arg(0)), "weight": b.get(n.arg(1)), "strides": strides, "dilations": dil,
           "groups": n.attr("group", 1), "pad_type": "custom", "pad": _conv_pads(n, shape[2:], kernel, strides, dil)}
     bias = _opt(n, 2)
     if bias is not None and bias.is_const:
@@ -509,7 +516,7 @@ def _attention(b, n):
 
 
 # ---- elementwise ------------------------------------------------------------------------------------------------
-def _refuse(n: Node, what: str):
+def _refuse(n: Node, what: str) -> NoReturn:
     raise UnsupportedError(f"node {n.name!r} ({n.op_type}): {what} is not supported by the coreml target")
 
 
@@ -523,7 +530,7 @@ def _const_input(n: Node, i: int, what: str) -> np.ndarray | None:
         return None
     if not v.is_const:
         _refuse(n, f"a run-time {what}")
-    return np.asarray(v.const.numpy())
+    return np.asarray(v.numpy())
 
 
 @lowering("Neg")
@@ -760,7 +767,7 @@ def _conv_pads(n: Node, in_sp: list[int], kernel: list[int], strides: list[int],
 def _pool_plan(n: Node):
     """(kernel, strides, pads, ceil_mode) of a 2-D or 3-D pooling node MIL's pools compute as ONNX defines it;
     refuses any other variant (dilations, output sizes MIL's ceil_mode rounds otherwise, ...)."""
-    x = n.inputs[0]
+    x = n.arg(0)
     shape = _static(n, x)
     k = len(shape) - 2
     if k not in (2, 3):
@@ -779,6 +786,7 @@ def _pool_plan(n: Node):
     mil_out = [-(-(d - kk) // s) + 1 if ceil else (d - kk) // s + 1 for d, kk, s in zip(padded, kernel, strides)]
     if mil_out != _static(n)[2:]:  # ONNX drops a last window that would start past the input
         _refuse(n, f"ceil_mode where ONNX's output size {_static(n)[2:]} differs from MIL's {mil_out}")
+    assert x.dtype is not None  # every value the target lowers is typed
     if not x.dtype.is_float and (n.op_type != "MaxPool" or x.dtype.short not in ("i8", "u8")):
         _refuse(n, f"{n.op_type} of {x.dtype.short}")  # MIL pools floats: int8 / uint8 are exact in fp16
     p = int(n.attr("p", 2))
@@ -967,7 +975,7 @@ def _indices(b, n: Node, v: Value, dim: int):
     """Gather indices as int32, negatives wrapped (constant indices here, run-time ones by select)."""
     mb = b.mb
     if v.is_const:
-        a = np.asarray(v.const.numpy()).astype(np.int64)
+        a = np.asarray(v.numpy()).astype(np.int64)
         return np.where(a < 0, a + dim, a).astype(np.int32)
     i = b.get(v)
     return mb.select(cond=mb.less(x=i, y=np.int32(0)), a=mb.add(x=i, y=np.int32(dim)), b=i)
@@ -976,10 +984,12 @@ def _indices(b, n: Node, v: Value, dim: int):
 def _numeric(b, v: Value):
     """MIL's gathers and scatters move numbers: bools travel as int32."""
     y = b.get(v)
+    assert v.dtype is not None  # every value the target lowers is typed
     return b.mb.cast(x=y, dtype="int32") if v.dtype.short == "bool" else y
 
 
 def _unbool(b, v: Value, y):
+    assert v.dtype is not None  # every value the target lowers is typed
     return b.mb.cast(x=y, dtype="bool") if v.dtype.short == "bool" else y
 
 
@@ -1064,10 +1074,15 @@ def _pad(b, n):
                     constant_val=b.scalar(value))
 
 
+# Pad modes by index: the numpy pad mode whose source index ONNX's mode takes.
+_NP_PAD_MODES: dict[str, Literal["edge", "reflect", "wrap"]] = {"edge": "edge", "reflect": "reflect", "wrap": "wrap"}
+
+
 def _pad_by_index(b, n: Node, shape: list[int], full: list[int], mode: str, value: float | None):
     """Pad of any dtype and mode, axis by axis: edge / reflect / wrap gather the source index numpy's pad of
     ``arange(d)`` gives (ONNX defines these modes as numpy's), constant concatenates constant blocks."""
-    mb, x = b.mb, n.inputs[0]
+    mb, x = b.mb, n.arg(0)
+    assert x.dtype is not None  # every value the target lowers is typed
     y = _numeric(b, x)
     cur = list(shape)
     for a in range(len(shape)):
@@ -1082,7 +1097,7 @@ def _pad_by_index(b, n: Node, shape: list[int], full: list[int], mode: str, valu
             y = mb.concat(values=[v for v in (parts[0] if p0 else None, y, parts[1] if p1 else None)
                                   if v is not None], axis=a)
         else:
-            idx = np.pad(np.arange(cur[a]), (p0, p1), mode={"edge": "edge", "reflect": "reflect", "wrap": "wrap"}[mode])
+            idx = np.pad(np.arange(cur[a]), (p0, p1), mode=_NP_PAD_MODES[mode])
             y = mb.gather(x=y, indices=idx.astype(np.int32), axis=a)
         cur[a] += p0 + p1
     return _unbool(b, x, y)
@@ -1160,7 +1175,9 @@ def _scatter_mode(n: Node) -> str:
     red = n.attr("reduction", "none")
     if red not in _SCATTER_MODE:
         _refuse(n, f"reduction={red!r}")
-    if n.inputs[0].dtype.short == "bool":
+    dt = n.arg(0).dtype
+    assert dt is not None  # every value the target lowers is typed
+    if dt.short == "bool":
         _refuse(n, f"{n.op_type} of bool")
     return _SCATTER_MODE[red]
 
@@ -1263,7 +1280,7 @@ def _quantize(b, n):
     def per_axis(v: Value):
         shape = [-1] + [1] * (rank - axis - 1) if v.rank == 1 and rank > 1 and _static(n, v)[0] > 1 else None
         if v.is_const:
-            a = np.asarray(v.const.numpy()).astype(np.float32)
+            a = np.asarray(v.numpy()).astype(np.float32)
             return a.reshape(shape) if shape else a
         y = mb.cast(x=b.get(v), dtype="fp32")
         return mb.reshape(x=y, shape=shape) if shape else y

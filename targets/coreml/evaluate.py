@@ -8,6 +8,9 @@ emits are implemented; anything else is an error naming the op.
 
 from __future__ import annotations
 
+from collections.abc import Callable
+from typing import Any, cast
+
 import numpy as np
 from numpy.lib.stride_tricks import sliding_window_view
 
@@ -130,6 +133,7 @@ _BINARY = {"add": np.add, "mul": np.multiply, "sub": np.subtract, "real_div": np
            "not_equal": np.not_equal, "less": np.less, "greater": np.greater, "less_equal": np.less_equal,
            "greater_equal": np.greater_equal, "logical_and": np.logical_and, "logical_or": np.logical_or,
            "logical_xor": np.logical_xor, "mod": np.mod}
+_UNARY: dict[str, Callable[..., Any]]  # (numpy's ufuncs and lambdas)
 _UNARY = {"relu": lambda x: np.maximum(x, 0), "sigmoid": lambda x: 1.0 / (1.0 + np.exp(-x)), "tanh": np.tanh,
           "exp": np.exp, "sqrt": np.sqrt, "erf": _erf, "abs": np.abs, "logical_not": np.logical_not,
           "silu": lambda x: x / (1.0 + np.exp(-x)),  # silu: coremltools fuses mul(x, sigmoid(x))
@@ -146,6 +150,7 @@ def _lse(x, axis, keepdims):
     return y if keepdims else np.squeeze(y, axis=axis)
 
 
+_REDUCE: dict[str, Callable[..., Any]]  # (numpy's reductions and lambdas)
 _REDUCE = {"reduce_mean": np.mean, "reduce_sum": np.sum, "reduce_max": np.max, "reduce_min": np.min,
            "reduce_prod": np.prod, "reduce_l1_norm": lambda x, axis, keepdims: np.sum(np.abs(x), axis, keepdims=keepdims),
            "reduce_l2_norm": lambda x, axis, keepdims: np.sqrt(np.sum(x * x, axis, keepdims=keepdims)),
@@ -261,7 +266,7 @@ def _eval(t: str, a: dict, op):
         return _REDUCE[t](x, axis=_axes(a, x), keepdims=bool(a.get("keep_dims", False)))
     if t in ("reduce_argmax", "reduce_argmin"):
         x, ax = _f32(a["x"]), int(a.get("axis", -1))
-        y = (np.argmax if t == "reduce_argmax" else np.argmin)(x, axis=ax)
+        y = np.argmax(x, axis=ax) if t == "reduce_argmax" else np.argmin(x, axis=ax)
         return np.expand_dims(y, ax) if bool(a.get("keep_dims", False)) else y
     if t == "elu":
         return _elu(_f32(a["x"]), float(a["alpha"]))
@@ -302,7 +307,8 @@ def _eval(t: str, a: dict, op):
         mode = str(a.get("mode", "constant"))
         if mode == "constant":
             return np.pad(x, width, constant_values=float(a.get("constant_val", 0.0)))
-        return np.pad(x, width, mode={"replicate": "edge"}.get(mode, mode))
+        # cast: numpy's stubs take the mode as a Literal; MIL's pad op has checked it
+        return np.pad(x, width, mode=cast(Any, {"replicate": "edge"}.get(mode, mode)))
     if t == "one_hot":
         return _one_hot(np.asarray(a["indices"]), int(a["one_hot_vector_size"]), int(a.get("axis", -1)),
                         a.get("on_value", 1.0), a.get("off_value", 0.0))
@@ -338,7 +344,7 @@ def _eval(t: str, a: dict, op):
     if t == "scatter_along_axis":
         idx = np.asarray(a["indices"]).astype(np.int64)
         ax = int(a.get("axis", 0)) % idx.ndim
-        where = list(np.indices(idx.shape))
+        where: list[Any] = list(np.indices(idx.shape))
         where[ax] = np.where(idx < 0, idx + np.shape(a["data"])[ax], idx)
         return _scatter(_f32(a["data"]), tuple(where), _f32(a["updates"]), str(a.get("mode", "add")))
     if t == "scatter_nd":
@@ -395,10 +401,11 @@ def _eval(t: str, a: dict, op):
     if t == "slice_by_index":
         x = np.asarray(a["x"])
         r = x.ndim
-        stride = a.get("stride") if a.get("stride") is not None else [1] * r
-        masks = [a.get(m) if a.get(m) is not None else [False] * r for m in ("begin_mask", "end_mask", "squeeze_mask")]
-        y = x[tuple(slice(None if bm else int(b), None if em else int(e), int(s))
-                    for b, e, s, bm, em in zip(a["begin"], a["end"], stride, masks[0], masks[1]))]
+        stride = a["stride"] if a.get("stride") is not None else [1] * r
+        masks = [a[m] if a.get(m) is not None else [False] * r for m in ("begin_mask", "end_mask", "squeeze_mask")]
+        slices = tuple(slice(None if bm else int(b), None if em else int(e), int(s))
+                       for b, e, s, bm, em in zip(a["begin"], a["end"], stride, masks[0], masks[1]))
+        y = x[slices]
         sq = tuple(i for i, m in enumerate(masks[2]) if m)
         return np.squeeze(y, axis=sq) if sq else y
     if t == "gather":
@@ -442,9 +449,9 @@ def _eval(t: str, a: dict, op):
                          mode == "ALIGN_CORNERS", default=mode == "DEFAULT")
     if t == "upsample_bilinear":
         x = _f32(a["x"])
-        sh, sw = float(a["scale_factor_height"]), float(a["scale_factor_width"])
-        return _bilinear(x, int(np.floor(x.shape[2] * sh)), int(np.floor(x.shape[3] * sw)),
-                         bool(a["align_corners"]), (sh, sw))
+        fh, fw = float(a["scale_factor_height"]), float(a["scale_factor_width"])
+        return _bilinear(x, int(np.floor(x.shape[2] * fh)), int(np.floor(x.shape[3] * fw)),
+                         bool(a["align_corners"]), (fh, fw))
     raise UnsupportedError(f"the MIL evaluator does not implement {t!r} (op {op.name!r})")
 
 

@@ -72,7 +72,7 @@ def old_opset_problem(name: str, q) -> str | None:
             return (f"weight {name!r}: per-channel, per-group or scaled palettes need the iOS18 opset; {hint}, or "
                     "one palette per tensor")
         return None
-    varying = [d for d, n in enumerate(np.shape(q.scales)) if n != 1]
+    varying = [d for d, n in enumerate(np.shape(q.scales) if q.scales is not None else ()) if n != 1]
     if q.bits != 8 or q.group_size or len(varying) > 1:
         return (f"weight {name!r}: {q.bits}-bit{' group-wise' if q.group_size else ''} grids need the iOS18 opset "
                 f"(iOS16/17 store 8-bit per-channel grids only); {hint}, or quantize{{bits=8}} per channel")
@@ -107,7 +107,7 @@ class WeightEncoder:
         q = v.const
         sparse = self._sparse_mask(v)
         if not isinstance(q, QuantizedTensor):
-            w32 = np.asarray(q.numpy(), np.float32)
+            w32 = np.asarray(v.numpy(), np.float32)
             w = w32 if self.fp32 else to_fp16(w32)
             if sparse is not None:
                 return self._sparse_float(w, sparse, name)
@@ -123,7 +123,7 @@ class WeightEncoder:
         if sp is None or (sp.ratio or 0.0) < self.sparse_min_ratio and sp.n is None:
             return None
         q = v.const
-        w = q.dequantize() if isinstance(q, QuantizedTensor) else np.asarray(q.numpy())
+        w = q.dequantize() if isinstance(q, QuantizedTensor) else np.asarray(v.numpy())
         mask = w != 0
         return mask if mask.mean() <= 1 - self.sparse_min_ratio else None
 
@@ -136,7 +136,7 @@ class WeightEncoder:
         else:
             from coremltools.optimize._utils import pack_elements_into_bits
             out = mb.constexpr_sparse_to_dense(nonzero_data=nz, mask=pack_elements_into_bits(
-                mask.astype(np.uint8).reshape(-1), 1), shape=np.uint32(w16.shape), name=name)
+                mask.astype(np.uint8).reshape(-1), 1), shape=np.array(w16.shape, np.uint32), name=name)
         return Encoded(out, "sparse", name)
 
     # ---- uniform grids ---------------------------------------------------------------------------------------
@@ -209,6 +209,7 @@ class WeightEncoder:
             shape = [1] * rank
         elif cb.ndim == 2:
             shape = [1] * rank
+            assert q.axis is not None  # a per-channel codebook has its axis set (checked by the IR)
             shape[q.axis] = cb.shape[0]
         else:
             shape = [cb.shape[0], cb.shape[1]]
@@ -243,7 +244,9 @@ class WeightEncoder:
         columns, ``lut [R, G, 2**nb, d]`` with ``vector_axis=1`` (entries padded with zeros up to 2**nb)."""
         types = self.types
         if not self.ios18:
-            raise UnsupportedError(old_opset_problem(v.name, q))
+            problem = old_opset_problem(v.name, q)
+            assert problem is not None  # the old opsets have no vector palettes
+            raise UnsupportedError(problem)
         nb = _index_bits(q.bits)
         cb = np.asarray(q.codebook, np.float32)
         r, g, n, d = cb.shape
@@ -263,6 +266,6 @@ class WeightEncoder:
         cb = np.asarray(q.codebook, np.float32).astype(self.ft)
         lut = np.concatenate([cb, np.zeros((1 << nb) - cb.size, self.ft)])
         out = self.mb.constexpr_lut_to_dense(indices=pack_elements_into_bits(codes.astype(np.uint8).reshape(-1), nb),
-                                             lut=lut, shape=np.uint32(codes.shape), name=name)
+                                             lut=lut, shape=np.array(codes.shape, np.uint32), name=name)
         return Encoded(out, f"palette{q.bits}" + ("" if sparse is None else " (pruned zeros stored densely: "
                                                   "sparse + palettized needs the iOS18 opset)"), name)

@@ -124,6 +124,7 @@ class CpuTarget(Target):
         for v in model.graph.initializers.values():
             if isinstance(v.const, QuantizedTensor) and isinstance(v.const.scheme_type, Vector):
                 codes, book = vector_arrays(v.const)
+                assert v.const.codebook is not None  # a vector-quantized weight carries its codebooks
                 packed[v.name] = {"stored_dtype": str(codes.dtype), "stored_bytes": int(codes.nbytes + book.nbytes),
                                   "codebook": list(v.const.codebook.shape)}
             elif isinstance(v.const, QuantizedTensor):

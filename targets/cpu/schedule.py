@@ -102,9 +102,10 @@ class ParallelVectorize(CPUScheduleRule):
         # Reduction (matmul, conv): a register tile of ROWS x lanes accumulators. The second-innermost
         # spatial loop is split by ROWS (unrolled) so each loaded vector feeds several accumulators.
         rows_loop, rows = None, 1
-        if len(s_idx) >= 2 and exts[s_idx[-2]] is not None:
+        ext = exts[s_idx[-2]] if len(s_idx) >= 2 else None
+        if ext is not None:
             for cand in (4, 2):
-                if exts[s_idx[-2]] % cand == 0:
+                if ext % cand == 0:
                     rows = cand
                     break
         outer = s_loops[:-2] if rows > 1 else s_loops[:-1]

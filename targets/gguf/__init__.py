@@ -89,6 +89,7 @@ class GGUFTarget(Target):
         import gguf
         from tqdm import tqdm
         cfg = LLMConfig.from_model(model)
+        assert cfg is not None  # check() refuses a model without an LLM configuration
         arch = "qwen2" if cfg.arch == "qwen2" else "llama"
         path = os.path.join(out_dir, FILE)
         w = gguf.GGUFWriter(path, arch)
@@ -118,7 +119,7 @@ class GGUFTarget(Target):
                     w.add_tensor(name, arr)
             types[name] = tname
             counts[tname] = counts.get(tname, 0) + int(np.prod(v.shape))
-        main = max((t for t in counts if t != "F32"), key=counts.get, default="F32")
+        main = max((t for t in counts if t != "F32"), key=counts.__getitem__, default="F32")
         w.add_file_type(_FTYPE.get(main, 1))
         w.write_header_to_file()
         w.write_kv_data_to_file()

@@ -120,6 +120,7 @@ def count_packets(runner: str, stdin: bytes = b"",
         p.stdin.close()
     threading.Thread(target=feed, daemon=True).start()
     n_in = n_all = 0
+    assert p.stderr is not None  # stderr=PIPE
     for raw in p.stderr:
         if raw.startswith(b"Trace"):
             n_all += 1

@@ -26,13 +26,16 @@ def _conv_geometry(c: IntOp) -> tuple[int, ...]:
     kh, kw = (int(d) for d in c.wq.shape[2:])
     s = int(n.attr("strides", [1, 1])[0])
     pt, pl, pb, pr = (int(p) for p in n.attr("pads", [0, 0, 0, 0]))
-    _, _, oh, ow = n.outputs[0].static_shape
+    ys = n.outputs[0].static_shape
+    assert ys is not None  # plan() takes only nodes with a static output shape
+    _, _, oh, ow = ys
     return kh, kw, s, pt, pl, pb, pr, int(oh), int(ow)
 
 
 def _image(c: IntOp) -> tuple[int, int, int]:
     """The input as an image (C, H, W): NCHW for a conv, ``[M, K]`` as ``K x 1 x M`` for a Linear."""
     xs = c.x.static_shape
+    assert xs is not None  # plan() takes only inputs with a static shape
     if c.kind == "linear":
         return int(xs[-1]), 1, int(np.prod(xs[:-1]))
     return int(xs[1]), int(xs[2]), int(xs[3])
@@ -114,6 +117,7 @@ class HexagonBuilder(RelaxBuilder):
         x = self._codes_of(c)
         src = self.layouts[id(c.x)]
         C, H, W = _image(c)
+        geo: tuple[int, ...]
         if c.kind == "linear":
             geo = (1, 1, 1, 0, 0, 0, 0, 1, W)
         else:
@@ -122,8 +126,10 @@ class HexagonBuilder(RelaxBuilder):
         pi, pf = epilogue_consts(c)
         name = f"q{len(self.kernels)}_{safe_name(n.name)}"
         dst = self.layouts[id(c.fused)] if c.fused is not None else None
+        ys = n.outputs[0].static_shape
+        assert ys is not None  # plan() takes only nodes with a static output shape
         spec = ConvSpec(name, src, c.cout, kh, kw, s, pt, pl, oh, ow, depthwise=c.kind == "dwconv", dst=dst,
-                        float_shape=tuple(int(d) for d in n.outputs[0].static_shape), linear=c.kind == "linear",
+                        float_shape=tuple(int(d) for d in ys), linear=c.kind == "linear",
                         zero=c.zv if c.fused is not None else 0, lo=c.lo, hi=c.hi)
         gv = self.bb.add_func(conv_kernel(spec), name)
         self.kernels.append(name)
@@ -183,13 +189,13 @@ class HexagonBuilder(RelaxBuilder):
         from ...ir import QuantizedTensor
         if n.qualified_op != "edgec::Linear":
             return False
-        x, w = n.inputs[0], n.inputs[1]
+        x, w = n.arg(0), n.arg(1)
         b = n.inputs[2] if len(n.inputs) > 2 else None
         if not w.is_const or isinstance(w.const, QuantizedTensor) or w.rank != 2 or x.static_shape is None \
                 or (b is not None and (not b.is_const or isinstance(b.const, QuantizedTensor))):
             return False
         relax = self.relax
-        wa = np.asarray(w.const.numpy(), np.float32)
+        wa = np.asarray(w.numpy(), np.float32)
         N, K = wa.shape
         M = int(np.prod(x.static_shape[:-1]))
         lanes = 32
@@ -198,7 +204,7 @@ class HexagonBuilder(RelaxBuilder):
         wt[:, :N] = wa.T
         bp = np.zeros(npad, np.float32)
         if b is not None:
-            bp[:N] = np.asarray(b.const.numpy(), np.float32).reshape(-1)
+            bp[:N] = np.asarray(b.numpy(), np.float32).reshape(-1)
         name = f"f{len(self.kernels)}_{safe_name(n.name)}"
         gv = self.bb.add_func(float_linear_kernel(M, K, N, lanes), name)
         self.kernels.append(name)
@@ -206,6 +212,7 @@ class HexagonBuilder(RelaxBuilder):
         y = self.emit(relax.call_tir(gv, relax.Tuple([xf, relax.const(wt, "float32"), relax.const(bp, "float32")]),
                                      relax.TensorType([M, N], "float32")))
         o = n.outputs[0]
+        assert o.static_shape is not None  # the output of a Linear on a static input and a constant weight
         y = self.emit(relax.op.reshape(y, list(o.static_shape)))
         self.env[id(o)] = self.fake_quant(y, o) if o.quant is not None else y
         return True
@@ -215,7 +222,7 @@ class HexagonBuilder(RelaxBuilder):
         from ...ir import QuantizedTensor
         if n.qualified_op != "Conv":
             return False
-        x, w = n.inputs[0], n.inputs[1]
+        x, w = n.arg(0), n.arg(1)
         b = n.inputs[2] if len(n.inputs) > 2 else None
         xs, ys = x.static_shape, n.outputs[0].static_shape
         if not w.is_const or isinstance(w.const, QuantizedTensor) or w.rank != 4 or xs is None or ys is None \
@@ -227,7 +234,7 @@ class HexagonBuilder(RelaxBuilder):
         if st[0] != st[1]:
             return False
         relax = self.relax
-        wa = np.asarray(w.const.numpy(), np.float32)
+        wa = np.asarray(w.numpy(), np.float32)
         O, C, KH, KW = wa.shape
         lanes = 32
         opad = -(-O // lanes) * lanes
@@ -235,7 +242,7 @@ class HexagonBuilder(RelaxBuilder):
         wt[..., :O] = wa.transpose(1, 2, 3, 0)
         bp = np.zeros(opad, np.float32)
         if b is not None:
-            bp[:O] = np.asarray(b.const.numpy(), np.float32).reshape(-1)
+            bp[:O] = np.asarray(b.numpy(), np.float32).reshape(-1)
         pads = [int(p) for p in n.attr("pads", [0, 0, 0, 0])]
         name = f"f{len(self.kernels)}_{safe_name(n.name)}"
         f = float_conv_kernel(C, int(xs[2]), int(xs[3]), O, KH, KW, st[0], (pads[0], pads[1]), int(ys[2]),

@@ -188,6 +188,7 @@ class _MainWalk:
                 t.last = step
                 args.append(t)
         ty = b.var.ty
+        outs: PlannedTensor | tuple[PlannedTensor, ...]
         if isinstance(ty, self.relax.TupleType):  # a kernel with several results: they follow its inputs
             outs = tuple(self.temp(f"{b.var.name}_{k}", f, step) for k, f in enumerate(ty.fields))
         else:

@@ -163,8 +163,8 @@ def conv_kernel(spec: ConvSpec):
         LO, HI = spec.lo, spec.hi
 
         @T.prim_func(private=True)
-        def qconv(x: T.Buffer(tuple(src.shape), "uint8", align=128), w: T.Buffer((O, TP, 4), "int8", align=128),
-                  pi: T.Buffer((O, 4), "int32", align=128), out: T.Buffer(tuple(dst.shape), "uint8", align=128)):
+        def qconv(x: T.Buffer(tuple(src.shape), "uint8", align=128), w: T.Buffer((O, TP, 4), "int8", align=128),  # type: ignore[valid-type]  # TVMScript buffer declarations, not types
+                  pi: T.Buffer((O, 4), "int32", align=128), out: T.Buffer(tuple(dst.shape), "uint8", align=128)):  # type: ignore[valid-type]
             T.func_attr({"tirx.noalias": True})
             xw = T.decl_buffer((xwords,), "int32", data=x.data, align=128)
             ww = T.decl_buffer((O * TP,), "int32", data=w.data, align=128)
@@ -204,9 +204,9 @@ def conv_kernel(spec: ConvSpec):
         NOUT *= d
 
     @T.prim_func(private=True)
-    def fconv(x: T.Buffer(tuple(src.shape), "uint8", align=128), w: T.Buffer((O, TP, 4), "int8", align=128),
-              pi: T.Buffer((O, 4), "int32", align=128), pf: T.Buffer((O, 2), "float32", align=128),
-              out: T.Buffer(tuple(spec.float_shape), "float32", align=128)):
+    def fconv(x: T.Buffer(tuple(src.shape), "uint8", align=128), w: T.Buffer((O, TP, 4), "int8", align=128),  # type: ignore[valid-type]  # TVMScript buffer declarations, not types
+              pi: T.Buffer((O, 4), "int32", align=128), pf: T.Buffer((O, 2), "float32", align=128),  # type: ignore[valid-type]
+              out: T.Buffer(tuple(spec.float_shape), "float32", align=128)):  # type: ignore[valid-type]
         T.func_attr({"tirx.noalias": True})
         xw = T.decl_buffer((xwords,), "int32", data=x.data, align=128)
         ww = T.decl_buffer((O * TP,), "int32", data=w.data, align=128)
@@ -245,8 +245,8 @@ def float_linear_kernel(m: int, k: int, n: int, lanes: int = 32, relu: bool = Fa
     FULL = n // L
 
     @T.prim_func(private=True)
-    def flinear(x: T.Buffer((m, k), "float32", align=128), wt: T.Buffer((k, NP), "float32", align=128),
-                b: T.Buffer((NP,), "float32", align=128), y: T.Buffer((m, n), "float32", align=128)):
+    def flinear(x: T.Buffer((m, k), "float32", align=128), wt: T.Buffer((k, NP), "float32", align=128),  # type: ignore[valid-type]  # TVMScript buffer declarations, not types
+                b: T.Buffer((NP,), "float32", align=128), y: T.Buffer((m, n), "float32", align=128)):  # type: ignore[valid-type]
         T.func_attr({"tirx.noalias": True})
         yf = T.decl_buffer((m * n,), "float32", data=y.data)
         acc = T.decl_buffer((L,), "float32", scope="local")
@@ -280,8 +280,8 @@ def float_conv_kernel(c: int, h: int, w: int, o: int, kh: int, kw: int, stride: 
     NOUT = o * oh * ow
 
     @T.prim_func(private=True)
-    def fconv2d(x: T.Buffer((1, c, h, w), "float32", align=128), wt: T.Buffer((c, kh, kw, OP), "float32", align=128),
-                b: T.Buffer((OP,), "float32", align=128), y: T.Buffer((1, o, oh, ow), "float32", align=128)):
+    def fconv2d(x: T.Buffer((1, c, h, w), "float32", align=128), wt: T.Buffer((c, kh, kw, OP), "float32", align=128),  # type: ignore[valid-type]  # TVMScript buffer declarations, not types
+                b: T.Buffer((OP,), "float32", align=128), y: T.Buffer((1, o, oh, ow), "float32", align=128)):  # type: ignore[valid-type]
         T.func_attr({"tirx.noalias": True})
         yf = T.decl_buffer((NOUT,), "float32", data=y.data)
         acc = T.decl_buffer((L,), "float32", scope="local")

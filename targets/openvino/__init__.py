@@ -129,7 +129,7 @@ class OpenVINOTarget(Target):
         ov, _ = _ov()
         # f32 inference precision (bf16 is the default on AMX / AVX-512 BF16 CPUs) and no dynamic int8
         # quantization of activations in front of compressed-weight layers: the numbers the IR defines.
-        cfg = {"INFERENCE_PRECISION_HINT": "f32", "DYNAMIC_QUANTIZATION_GROUP_SIZE": "0"}
+        cfg: dict[str, str | int] = {"INFERENCE_PRECISION_HINT": "f32", "DYNAMIC_QUANTIZATION_GROUP_SIZE": "0"}
         if self.threads:
             cfg["INFERENCE_NUM_THREADS"] = int(self.threads)
         core = ov.Core()

@@ -14,11 +14,13 @@ Symbolic dims stay dynamic (``-1``), so a language model takes any sequence leng
 
 from __future__ import annotations
 
+from typing import Any
+
 import numpy as np
 
 from ...errors import UnsupportedError
-from ...ir import Model, Node, QuantizedTensor, Value
-from ...ir.tensor import code_range, vector_bases
+from ...ir import Model, Node, QuantizedTensor, Value, code_range
+from ...ir.tensor import vector_bases
 from ...quiet import quiet_libraries
 from ...target import Encoders, Lowerings, onnx_type_name
 
@@ -143,7 +145,7 @@ class OVBuilder:
             return None
         if not v.is_const:
             raise UnsupportedError(f"{v.name!r} must be a constant for the openvino target")
-        return [int(x) for x in np.asarray(v.const.numpy()).reshape(-1)]
+        return [int(x) for x in np.asarray(v.numpy()).reshape(-1)]
 
     def scalar(self, x: float, like: Value):
         return self.const(np.asarray(x, like.dtype.numpy if like.dtype is not None else np.float32))
@@ -160,7 +162,7 @@ class OVBuilder:
         ov, ops = self.ov, self.ops
         if isinstance(v.const, QuantizedTensor):
             return self.decompress(v.name, v.const)
-        arr = np.asarray(v.const.numpy())
+        arr = np.asarray(v.numpy())
         if self.float_weights == "f16" and arr.dtype == np.float32 and arr.size > 1:
             self.encodings[v.name] = "f16"
             c = ops.constant(arr.astype(np.float16))
@@ -190,6 +192,7 @@ class OVBuilder:
         if codes.min(initial=lo) < lo or codes.max(initial=hi) > hi:
             raise UnsupportedError(f"weight {name!r}: codes outside the {q.bits}-bit range")
         cshape, split = _blocking(q)
+        assert q.scales is not None  # a uniform grid has its scales (checked by the IR)
         # float16 arithmetic (the decompression OpenVINO's own compression emits, fastest on the CPU plugin)
         # when it reproduces the IR's weights exactly; float32 otherwise.
         exact = _f16_exact(q)
@@ -254,6 +257,7 @@ class OVBuilder:
         the flattened codebooks ``[R * G * n, d]`` (float16 + Convert when every entry is a float16 value) and
         reshaped to ``[O, K]``: a copy of the IR's entries, exact."""
         ov, ops = self.ov, self.ops
+        assert q.codebook is not None  # the vector scheme's codebooks (checked by the IR)
         r, g, n, d = q.codebook.shape
         rows, k = q.shape
         shape = [r, rows // r, g, q.group_size // d]
@@ -280,6 +284,7 @@ class OVBuilder:
     def fake_quant(self, out, v: Value):
         """FakeQuantize computing QuantizeLinear + DequantizeLinear of ``v.quant`` (per tensor)."""
         q = v.quant
+        assert q is not None  # called for quantized activations only
         lo, hi = code_range(q.bits, q.signed)
         a = np.float32((lo - q.zero_point) * q.scale)
         b = np.float32((hi - q.zero_point) * q.scale)
@@ -396,8 +401,8 @@ def _binary(b: OVBuilder, n: Node):
         return y
     if len(n.inputs) != 2 or any(v is None for v in n.inputs):
         raise UnsupportedError(f"node {n.name!r} ({n.op_type}): expects two inputs, has {len(n.inputs)}")
-    x, y = (b.get(v) for v in n.inputs)
-    tx, ty = n.inputs[0].dtype, n.inputs[1].dtype
+    x, y = b.get(n.arg(0)), b.get(n.arg(1))
+    tx, ty = n.arg(0).dtype, n.arg(1).dtype
     if n.op_type == "Div" and tx is not None and not tx.is_float:
         d = b.ops.divide(x, y)
         d.set_attribute("m_pythondiv", False)  # ONNX integer Div truncates toward zero (Python's floors)
@@ -827,13 +832,13 @@ def _resize_problem(n: Node) -> str | None:
         return f"cubic_coeff_a={n.attr('cubic_coeff_a')}"
     if n.attr("coordinate_transformation_mode", "half_pixel") == "align_corners" and n.attr("mode") != "nearest":
         # OpenVINO's align_corners linear / cubic is wrong when shrinking: allowed only when no axis shrinks
-        x = n.inputs[0]
+        x = n.arg(0)
         ins = list(n.inputs) + [None] * 4
         scales, sizes = ins[2], ins[3]
         if scales is not None and scales.is_const and scales.numpy().size:
             shrink = bool((np.asarray(scales.numpy()) < 1).any())
         elif sizes is not None and sizes.is_const and x.static_shape is not None:
-            axes = n.attr("axes") or list(range(x.rank))
+            axes = n.attr("axes") or list(range(len(x.static_shape)))
             shrink = any(int(s) < x.static_shape[a] for a, s in zip(axes, np.asarray(sizes.numpy()).reshape(-1)))
         else:
             shrink = True
@@ -896,7 +901,7 @@ def onnx_fallback(b: OVBuilder, n: Node):
         name = f"in{j}"
         names.append(name)
         if v.is_const and not isinstance(v.const, QuantizedTensor):
-            inits.append(numpy_helper.from_array(np.asarray(v.const.numpy()), name))
+            inits.append(numpy_helper.from_array(np.asarray(v.numpy()), name))
             continue
         if v.dtype is None:
             raise UnsupportedError(f"{where}: input {v.name!r} needs a known dtype for OpenVINO's ONNX frontend")
@@ -936,7 +941,7 @@ def onnx_fallback(b: OVBuilder, n: Node):
                                    f"{src.get_element_type().get_type_name()}")
         for target in list(p.output(0).get_target_inputs()):
             target.replace_source_output(src)
-    got = {}
+    got: dict[str, Any] = {}
     for r in sub.get_results():
         src = r.input_value(0)
         for name in r.output(0).get_names() | src.get_names():
@@ -945,7 +950,7 @@ def onnx_fallback(b: OVBuilder, n: Node):
         if op.get_type_name() not in ("Parameter", "Result"):
             for o in op.outputs():
                 o.get_tensor().set_names(set())
-    res = []
+    res: list[Any] = []
     for name, o in zip(outs, n.outputs):
         if not name:
             res.append(None)

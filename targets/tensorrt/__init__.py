@@ -134,6 +134,7 @@ class TensorRTTarget(Target):
         if dyn:
             lines = ["profile = builder.create_optimization_profile()\n"]
             for v in dyn:
+                assert v.shape is not None  # the driver refuses inputs of unknown rank (give --input-shape)
                 lo = [d if isinstance(d, int) else 1 for d in v.shape]
                 opt = [d if isinstance(d, int) else 128 for d in v.shape]
                 hi = [d if isinstance(d, int) else 2048 for d in v.shape]
@@ -176,7 +177,8 @@ class TensorRTTarget(Target):
 
 
 def _weight_problems(v: Value) -> list[str]:
-    q: QuantizedTensor = v.const
+    q = v.const
+    assert isinstance(q, QuantizedTensor)  # check() asks only about quantized weights
     uses = {(u.node.qualified_op, u.index) for u in v.uses}
     if uses and uses <= {("Gather", 0)}:
         return []  # embedding tables: written dequantized (TensorRT has no quantized Gather)

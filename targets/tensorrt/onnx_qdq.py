@@ -8,6 +8,8 @@ fuses, and, for fp16, float tensors become float16 with fp32 graph inputs and ou
 
 from __future__ import annotations
 
+from typing import Any
+
 import numpy as np
 
 from ...errors import UnsupportedError
@@ -72,7 +74,7 @@ def build_qdq_onnx(model: Model, precision: str, opset: int):
                                    f"{str(e).splitlines()[0]}") from None
         _release_ops(proto, held, opset)
     g = proto.graph
-    info = {"int8": [], "int4": [], "dequantized": [], "sparse": set(), "qdq": 0}
+    info: dict[str, Any] = {"int8": [], "int4": [], "dequantized": [], "sparse": set(), "qdq": 0}
     for v in model.graph.initializers.values():
         if isinstance(v.const, QuantizedTensor) and v.uses:
             if all(u.node.qualified_op == "Gather" for u in v.uses):
@@ -213,7 +215,8 @@ def _replace_weight(g, v: Value, info: dict) -> None:
     """The float initializer ``v.name`` -> integer codes + DequantizeLinear (per channel int8, or blocked
     int4 along K for Linear weights, which are stored transposed so the MatMul reads them directly)."""
     from onnx import TensorProto, helper
-    q: QuantizedTensor = v.const
+    q = v.const
+    assert isinstance(q, QuantizedTensor)  # the encoders are called on quantized weights only
     codes = np.asarray(q.codes)
     scales = np.asarray(q.scales, np.float32)
     _pop_initializer(g, v.name)
@@ -231,6 +234,7 @@ def _replace_weight(g, v: Value, info: dict) -> None:
     else:
         outs = [v.name]
     base = v.name + "__q"
+    attrs: dict[str, Any]
     if q.bits > 4:  # int8 symmetric, per channel (or per tensor)
         per_tensor = scales.size == 1
         inits = [_tensor(base + "_codes", codes.astype(np.int8)),

@@ -88,7 +88,7 @@ def _used(model: Model, v: Value | None) -> bool:
 
 def _const_array(v: Value | None):
     import numpy as np
-    return None if v is None or not v.is_const else np.asarray(v.const.numpy())
+    return None if v is None or not v.is_const else np.asarray(v.numpy())
 
 
 def _typed_positions(n: Node, opset: int) -> list:
@@ -203,9 +203,9 @@ def _node_rules(n: Node, model: Model) -> list[str]:
             p.append(f"TensorRT does not take Resize mode={mode!r} (only nearest, linear)")
         if int(n.attr("antialias", 0)):
             p.append("TensorRT does not take Resize antialias=1")
-        x, y = (n.inputs[0].static_shape if n.inputs and n.inputs[0] is not None else None), n.outputs[0].static_shape
-        if mode == "linear" and coord == "align_corners" and x is not None and y is not None and any(
-                b < a for a, b in zip(x, y)):
+        xs, ys = (n.inputs[0].static_shape if n.inputs and n.inputs[0] is not None else None), n.outputs[0].static_shape
+        if mode == "linear" and coord == "align_corners" and xs is not None and ys is not None and any(
+                b < a for a, b in zip(xs, ys)):
             # onnxruntime, which runs this artifact here, computes it wrongly (test_resize_downsample_scales_linear_
             # align_corners: 4.0 where ONNX says 3.1429): unverifiable, so refused
             p.append("linear Resize with align_corners that shrinks an axis cannot be verified here (onnxruntime, "
