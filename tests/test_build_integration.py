@@ -34,6 +34,7 @@ def tree_digest(d: str) -> dict[str, str]:
     return out
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("target, pipe", TARGETS)
 def test_identical_inputs_give_byte_identical_artifacts(target, pipe, tmp_path):
     """Two compiles (same process, so process-wide counters and caches are warm the second time) write the
@@ -45,6 +46,7 @@ def test_identical_inputs_give_byte_identical_artifacts(target, pipe, tmp_path):
     assert len(da) >= 3 and da == db, {k: (da.get(k), db.get(k)) for k in set(da) | set(db) if da.get(k) != db.get(k)}
 
 
+@pytest.mark.slow
 def test_cache_skips_unchanged_work_and_notices_every_change(tmp_path):
     cache = str(tmp_path / "cache")
     model = tmp_path / "m.onnx"
@@ -81,6 +83,7 @@ def test_cache_skips_unchanged_work_and_notices_every_change(tmp_path):
     assert sorted(os.listdir(cache)) == ["CACHEDIR.TAG"]  # entries and the stat index gone; the tagged root stays
 
 
+@pytest.mark.slow
 def test_failed_verification_is_not_cached(tmp_path):
     cache = str(tmp_path / "cache")
     args = ["compile", TINY_CNN, "-t", "cpu", "-p", "quantize{bits=4}", "--verify", "--tolerance", "1e-12",
@@ -116,6 +119,7 @@ def test_report_renders_in_headless_chromium_with_every_plot(tmp_path):
     assert res.manifest["report"] == "report.html"
 
 
+@pytest.mark.slow
 def test_cmake_example_builds_the_artifact_through_add_custom_command(tmp_path):
     cmake = shutil.which("cmake")
     assert cmake, "cmake is needed for the build-system example: apt-get install cmake"

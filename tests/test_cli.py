@@ -35,6 +35,7 @@ def test_compile_verify_tiny_cnn(tiny_cnn_path, tmp_path):
     assert any(row["name"] for row in m["layers"])
 
 
+@pytest.mark.slow
 def test_json_output_and_inspect(tiny_cnn_path, tmp_path):
     r = run("compile", tiny_cnn_path, "-o", str(tmp_path / "o"), "--json", "--input-shape", "image=2x3x32x32")
     data = json.loads(r.stdout)
@@ -46,6 +47,7 @@ def test_json_output_and_inspect(tiny_cnn_path, tmp_path):
     assert "fuse-attention" in names
 
 
+@pytest.mark.slow
 def test_dump_ir(tiny_cnn_path, tmp_path):
     r = run("compile", tiny_cnn_path, "-o", str(tmp_path / "o"), "--dump-ir", str(tmp_path / "dump"), "-q")
     assert r.returncode == 0, r.stderr
@@ -94,6 +96,7 @@ def test_json_errors(tmp_path):
     assert r.returncode == 3 and err["kind"] == "bad-input" and err["exit_code"] == 3
 
 
+@pytest.mark.slow
 def test_existing_output_replaced_only_on_success(tiny_cnn_path, tmp_path):
     out = tmp_path / "o"
     out.mkdir()
@@ -115,6 +118,7 @@ def test_python_api_mirrors_cli(tiny_cnn_path, tmp_path):
     assert os.path.isfile(os.path.join(res.output_dir, "model.so"))
 
 
+@pytest.mark.slow
 def test_compile_edgec_ir_model_and_aarch64(tmp_path, mlp):
     p = tmp_path / "mlp.edgec"
     ir.save(mlp, str(p))

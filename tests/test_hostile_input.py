@@ -188,6 +188,7 @@ def _header_biased(data: bytes, ops, head: int):
     return [(k, p % head if p % 4 else p, v) for k, p, v in ops]
 
 
+@pytest.mark.slow
 @FUZZ
 @given(ops=OPS)
 def test_fuzzed_onnx_gives_clean_errors_or_valid_results(ops, tmp_path_factory):
@@ -229,6 +230,7 @@ def small_gguf(tmp_path_factory):
     return write_gguf(cfg, kv, str(tmp_path_factory.mktemp("gguf") / "t.gguf"))
 
 
+@pytest.mark.slow
 @FUZZ
 @given(ops=OPS)
 def test_fuzzed_gguf_gives_clean_errors_or_valid_results(ops, small_gguf, tmp_path_factory):
@@ -282,6 +284,7 @@ def test_artifact_paths_outside_the_output_directory_are_refused(tmp_path, monke
     assert os.listdir(tmp_path) == [] or os.listdir(tmp_path) == ["edgec-cache"]
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("delay", [0.0, 0.3, 1.0])
 def test_ctrl_c_leaves_no_output_and_no_temporary_directory(delay, tmp_path):
     """Ctrl-C at, and shortly after, the start of emission: exit 130, nothing written. While TVM builds (C++

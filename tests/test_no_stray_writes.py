@@ -24,6 +24,7 @@ def _listing(d):
     return sorted(os.path.relpath(os.path.join(r, n), d) for r, ds, fs in os.walk(d) for n in ds + fs)
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("target,module", [("openvino", "openvino"), ("cpu", "tvm"), ("tensorrt", "onnxruntime")])
 def test_compile_writes_only_output_and_cache(target, module, tmp_path):
     pytest.importorskip(module)

@@ -61,6 +61,7 @@ def not_a_bug(r) -> bool:
 
 
 # ----------------------------------------------------------------------------------- 2: -o DIR never wipes
+@pytest.mark.slow
 def test_a_directory_edgec_did_not_write_is_never_replaced_without_force(tmp_path):
     v = tmp_path / "v"
     (v / "src").mkdir(parents=True)
@@ -77,6 +78,7 @@ def test_a_directory_edgec_did_not_write_is_never_replaced_without_force(tmp_pat
     assert r.returncode == 0, r.stderr  # an empty directory (made by a build system) is fine too
 
 
+@pytest.mark.slow
 def test_the_current_directory_or_one_holding_an_input_is_never_the_output(tmp_path):
     work = tmp_path / "w"
     work.mkdir()
@@ -88,6 +90,7 @@ def test_the_current_directory_or_one_holding_an_input_is_never_the_output(tmp_p
 
 
 # ------------------------------------------------------------------------ 3: cache --clear deletes only entries
+@pytest.mark.slow
 def test_cache_clear_deletes_only_cache_entries(tmp_path):
     home = tmp_path / "home"
     (home / "docs").mkdir(parents=True)
@@ -114,6 +117,7 @@ def test_cache_clear_deletes_only_cache_entries(tmp_path):
 
 # ---------------------------------------------------------------- 4: a corrupt cache entry is never served
 # CI runs two kinds of damage; benchmarks/robustness.py runs all five (flip a byte, remove or add a file too)
+@pytest.mark.slow
 @pytest.mark.parametrize("damage", ["truncate", "manifest"])
 def test_a_corrupt_cache_entry_is_evicted_and_the_model_recompiled(damage, tmp_path):
     cache = tmp_path / "cache"
@@ -196,6 +200,7 @@ def test_a_model_that_is_not_a_regular_file_is_never_read_to_key_it(tmp_path):
 
 
 # ------------------------------------------------------------------------- 6: the memory budget
+@pytest.mark.slow
 def test_verification_beyond_the_memory_budget_is_refused_before_allocating(tmp_path):
     t0 = time.time()
     r = edgec_cli("compile", TINY_CNN, "--input-shape", "image=100000x3x32x32", "--verify", "-o",
@@ -211,6 +216,7 @@ def test_verification_beyond_the_memory_budget_is_refused_before_allocating(tmp_
     assert r.returncode == 2 and "EDGEC_MAX_MEMORY" in r.stderr and not_a_bug(r), r.stderr
 
 
+@pytest.mark.slow
 def test_no_verification_inputs_are_made_without_verify(tmp_path):
     """A 1.8 GB input batch is never allocated without --verify: the compile's peak RSS stays far below it."""
     rc, err, rss = cli_peak_rss("compile", TINY_CNN, "--input-shape", "image=150000x3x32x32", "-o", str(tmp_path / "o"),
@@ -276,6 +282,7 @@ def _deep_mlp(path, width=256, depth=6, seed=0):
     return str(path)
 
 
+@pytest.mark.slow
 def test_verify_fails_a_model_that_quantization_destroyed(tmp_path):
     model = _deep_mlp(tmp_path / "mlp.onnx")
     r = edgec_cli("compile", model, "-p", "quantize{bits=2,granularity=tensor}", "--verify", "-o",
@@ -315,6 +322,7 @@ def test_top1_over_too_few_rows_is_no_evidence():
 
 
 # --------------------------------------------------------- 8: a failed verification keeps the previous output
+@pytest.mark.slow
 def test_a_failed_verification_keeps_the_previous_output(tmp_path):
     out = tmp_path / "out"
     assert edgec_cli("compile", TINY_CNN, "-o", str(out), "--verify", cache=tmp_path / "c").returncode == 0
@@ -393,6 +401,7 @@ def test_user_errors_have_their_exit_code_and_a_fix(case, tmp_path):
 
 
 # ------------------------------------------------------------------ 10: concurrency, kills and leftovers
+@pytest.mark.slow
 def test_concurrent_compiles_into_one_output_all_succeed(tmp_path):
     cache = tmp_path / "c"
     out = tmp_path / "out"
@@ -416,6 +425,7 @@ def _wait_for_scratch(parent, name, deadline=180):
     return False
 
 
+@pytest.mark.slow
 def test_sigterm_cleans_up_and_sigkill_leftovers_are_swept(tmp_path):
     env = {**os.environ, "EDGEC_CACHE_DIR": str(tmp_path / "c")}
     cmd = [sys.executable, "-m", "edgec.cli", "compile", TINY_CNN, "-o", str(tmp_path / "out"), "--no-cache"]
@@ -437,6 +447,7 @@ def test_sigterm_cleans_up_and_sigkill_leftovers_are_swept(tmp_path):
 
 
 # ------------------------------------------------------------------------------- 14: verify and polish
+@pytest.mark.slow
 def test_edgec_verify_rechecks_hashes_and_reruns_the_artifact(tmp_path):
     cache = tmp_path / "c"
     model = tmp_path / "tiny_cnn.onnx"
@@ -510,6 +521,7 @@ def _nan_branch_mlp(path, bias: float = 0.0) -> str:
     return str(path)
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("bias, nan", [(0.0, True), (30.0, False)])
 def test_nan_outputs_or_a_large_offset_cannot_hide_a_destroyed_model(bias, nan, tmp_path):
     model = _nan_branch_mlp(tmp_path / "m.onnx", bias)
@@ -536,6 +548,7 @@ def test_nonfinite_values_that_differ_fail():
     assert _nonfinite_problem(np.array([np.inf]), np.array([-np.inf]))
 
 
+@pytest.mark.slow
 def test_passes_that_change_numbers_are_judged_by_fidelity(tmp_path):
     r = edgec_cli("compile", TINY_CNN, "-p", "prune-channels{sparsity=0.25}", "--verify", "-o", str(tmp_path / "o"),
                   cache=tmp_path / "c")
@@ -552,6 +565,7 @@ def _constant_with_external(path, location: str) -> str:
     return str(path)
 
 
+@pytest.mark.slow
 def test_constant_external_data_is_read_from_the_model_folder_only(tmp_path):
     (tmp_path / "m").mkdir()
     (tmp_path / "cwd").mkdir()
@@ -600,6 +614,7 @@ def _holder(path):
     return p
 
 
+@pytest.mark.slow
 def test_sweeps_never_remove_a_directory_someone_holds(tmp_path):
     from edgec import cache, output
     live = tmp_path / ".out.edgec-tmp-999999-1-abc"  # a dead pid here: a maker in another pid namespace
@@ -627,6 +642,7 @@ def test_sweeps_never_remove_a_directory_someone_holds(tmp_path):
         p.kill()
 
 
+@pytest.mark.slow
 def test_a_backup_left_between_the_two_renames_is_put_back(tmp_path):
     from edgec import output
     assert edgec_cli("compile", TINY_CNN, "-o", str(tmp_path / "out"), cache=tmp_path / "c").returncode == 0
@@ -637,6 +653,7 @@ def test_a_backup_left_between_the_two_renames_is_put_back(tmp_path):
     assert (tmp_path / "out" / "manifest.json").exists() and not backup.exists()
 
 
+@pytest.mark.slow
 def test_a_users_lock_file_is_not_touched_and_fifos_never_block(tmp_path):
     (tmp_path / ".out.lock").write_text("mine")
     assert edgec_cli("compile", TINY_CNN, "-o", str(tmp_path / "out"), cache=tmp_path / "c").returncode == 0
@@ -660,6 +677,7 @@ def test_another_tools_cachedir_tag_is_not_edgecs(tmp_path):
 
 
 # ---------------------------------------------------------------------- found by review: exit codes and verify
+@pytest.mark.slow
 def test_malformed_manifests_and_odd_places_are_not_internal_errors(tmp_path):
     out = tmp_path / "out"
     assert edgec_cli("compile", TINY_CNN, "-o", str(out), cache=tmp_path / "c").returncode == 0
@@ -673,6 +691,7 @@ def test_malformed_manifests_and_odd_places_are_not_internal_errors(tmp_path):
     assert r.returncode == 2 and not_a_bug(r), r.stderr
 
 
+@pytest.mark.slow
 def test_verify_says_when_nothing_was_rerun_and_flags_unlisted_files(tmp_path):
     out = tmp_path / "arm"
     assert edgec_cli("compile", TINY_CNN, "-t", "cpu{arch=aarch64}", "-o", str(out), cache=tmp_path / "c").returncode == 0
@@ -683,6 +702,7 @@ def test_verify_says_when_nothing_was_rerun_and_flags_unlisted_files(tmp_path):
     assert r.returncode == 1 and "extra.bin: not listed" in r.stdout, r.stdout
 
 
+@pytest.mark.slow
 def test_calibration_files_that_declare_too_much_are_refused_before_decompressing(tmp_path):
     np.savez_compressed(tmp_path / "bomb.npz", image=np.zeros((200000, 1, 3, 32, 32), np.float32))  # 2.4 GB
     rc, err, rss = cli_peak_rss("compile", TINY_CNN, "-p", "quantize{bits=8}", "--calib", str(tmp_path / "bomb.npz"),

@@ -469,6 +469,7 @@ def _evil_archives(work):
     return marker, out
 
 
+@pytest.mark.slow
 def test_cli_compile_and_inspect_exit_3_without_running_anything(work, tmp_path):
     marker, archives = _evil_archives(work)
     env = {**os.environ, "EDGEC_CACHE_DIR": str(tmp_path / "cache")}

@@ -40,6 +40,7 @@ def test_perplexity_of_a_known_distribution():
     assert abs(_nll(logits, np.array([1])) - np.log(4)) < 1e-12
 
 
+@pytest.mark.slow
 def test_eval_reference_and_llama_cpp_agree_on_f16(tmp_path, tiny_gguf):
     """The same F16 GGUF, evaluated by the reference executor and by llama.cpp: perplexities within 1%."""
     r = CliRunner().invoke(main, ["compile", tiny_gguf, "--target", "gguf", "--verify", "-o", str(tmp_path / "a"),
@@ -76,6 +77,7 @@ def test_text_calibration_is_deterministic_and_tokenized(tiny_gguf):
     assert a.samples[0]["input_ids"].max() < 49152 and len({s["input_ids"].tobytes() for s in a.samples}) == 4
 
 
+@pytest.mark.slow
 def test_gptq_on_gguf_grids_beats_rtn_on_layer_output(tiny_gguf):
     """GPTQ and MSE on a GGUF grid reduce the layer output error against RTN on the same grid, with real
     calibration text flowing through the (streamed) model."""

@@ -101,6 +101,7 @@ def test_check_usage_errors(smol_path, tmp_path):
         generate(small, ["x"], 2)
 
 
+@pytest.mark.slow
 def test_failing_generation_check_changes_the_search(smol_path, tmp_path, monkeypatch):
     """Without the check, every layer at 2 bits is within max_drop; the generation of 'x:' then changes, so
     with contains: (what the float model generates) the search settles on a larger allocation and says the

@@ -50,6 +50,7 @@ def _quantized_model(path: str, name: str):
     return model
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("name", ALL_TYPES)
 def test_each_type_writes_exactly_and_runs_in_llama_cpp(name, tiny_gguf, tmp_path):
     from edgec.ir import ReferenceExecutor
@@ -83,6 +84,7 @@ def test_each_type_writes_exactly_and_runs_in_llama_cpp(name, tiny_gguf, tmp_pat
     assert cos >= 0.999 and rel <= 0.05, (name, cos, rel)
 
 
+@pytest.mark.slow
 def test_target_refuses_non_gguf_quantization(tiny_gguf):
     model = GGUFFrontend().load(tiny_gguf)
     PassManager([Quantize(bits=4, group=32, include="attn_q")]).run(model, PassContext())
@@ -131,6 +133,7 @@ def test_qwen2_decoder_runs_in_llama_cpp(tmp_path, smol_kv):
     assert cos >= 0.999 and np.abs(got - want).max() <= 0.02 * np.abs(want).max(), cos
 
 
+@pytest.mark.slow
 def test_target_refuses_graph_rewrites_a_gguf_file_cannot_carry(tiny_gguf):
     """An explicit per-channel scale in front of a Linear (what AWQ does where it cannot fold) would be
     silently lost in a GGUF file: the target refuses it."""
@@ -142,6 +145,7 @@ def test_target_refuses_graph_rewrites_a_gguf_file_cannot_carry(tiny_gguf):
     assert problems and "GGUF cannot carry it" in problems[0]
 
 
+@pytest.mark.slow
 def test_awq_in_gguf_mode_folds_every_scale(tiny_gguf):
     """With gguf=, AWQ folds into norms and into the up projection of the gated MLP, never adds nodes."""
     from edgec.calibration import load_calibration
@@ -168,6 +172,7 @@ def test_reported_sizes_are_the_gguf_block_sizes():
             * g.GGML_QUANT_SIZES[getattr(g.GGMLQuantizationType, name)][1]
 
 
+@pytest.mark.slow
 def test_awq_scale_of_a_gated_mlp_folds_into_up_rows(tiny_gguf):
     from edgec.ir import ReferenceExecutor
     from edgec.plugins.quantize.scaling import apply_input_scale
@@ -182,6 +187,7 @@ def test_awq_scale_of_a_gated_mlp_folds_into_up_rows(tiny_gguf):
     assert len(model.graph) == n and np.abs(after - before).max() <= 1e-4 * np.abs(before).max()
 
 
+@pytest.mark.slow
 def test_head_pruned_decoder_runs_in_llama_cpp(tiny_gguf, tmp_path):
     """prune-heads on a GGUF decoder: every layer keeps the same KV groups count, the configuration's head
     counts follow (key_length now differs from hidden / heads) and llama.cpp runs the smaller file."""
@@ -205,6 +211,7 @@ def test_head_pruned_decoder_runs_in_llama_cpp(tiny_gguf, tmp_path):
     assert tuple(int(d) for d in q.shape) == (256, 2 * 64)  # conftest.TINY: hidden 256, heads of 64
 
 
+@pytest.mark.slow
 def test_gguf_compiles_are_byte_identical(tiny_gguf, tmp_path):
     from edgec.compiler import compile as compile_model
     from tests.test_build_integration import tree_digest
@@ -214,6 +221,7 @@ def test_gguf_compiles_are_byte_identical(tiny_gguf, tmp_path):
     assert {FILE, "manifest.json", "report.html"} <= set(da) and da == db
 
 
+@pytest.mark.slow
 def test_eval_text_puts_perplexity_in_manifest_and_report(tiny_gguf, tmp_path):
     """--eval-text: perplexity of the float model, of the compiled IR and of the GGUF under llama.cpp on the
     same tokens; the report plots it."""
@@ -242,6 +250,7 @@ def test_eval_text_puts_perplexity_in_manifest_and_report(tiny_gguf, tmp_path):
     assert r.exit_code == 2 and "needs a language model" in r.output
 
 
+@pytest.mark.slow
 def test_verify_of_a_language_model_includes_perplexity_on_the_builtin_text(tiny_gguf, tmp_path):
     from edgec.compiler import compile as compile_model
     from edgec.plugins.llm.evaluate import DEFAULT_EVAL_TEXT

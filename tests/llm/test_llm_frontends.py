@@ -54,6 +54,7 @@ def test_bf16_safetensors_are_read(tmp_path):
     assert np.array_equal(w, m.model.layers[0].self_attn.v_proj.weight.detach().float().numpy())
 
 
+@pytest.mark.slow
 def test_gguf_import_undoes_llama_cpp_row_order(tiny_gguf):
     """The tiny GGUF was written by edgec (rows permuted for llama.cpp); importing it again gives back the
     same weights and the same logits as a transformers Llama built from them."""
@@ -87,6 +88,7 @@ def test_gguf_import_undoes_llama_cpp_row_order(tiny_gguf):
     assert np.abs(got - want).max() <= 1e-4 * np.abs(want).max()
 
 
+@pytest.mark.slow
 def test_real_smollm2_matches_transformers(smol_path):
     model = GGUFFrontend().load(smol_path)
     cfg = LLMConfig.from_model(model)

@@ -4,6 +4,7 @@ and llama.cpp loads and runs it."""
 import json
 import os
 
+import pytest
 from click.testing import CliRunner
 
 from edgec.cli import main
@@ -11,6 +12,7 @@ from edgec.cli import main
 TEXT = os.path.join(os.path.dirname(__file__), "..", "..", "examples", "text", "eval.txt")
 
 
+@pytest.mark.slow
 def test_gguf_mixed_types_within_budget_and_llama_cpp_runs_it(tmp_path, tiny_gguf, monkeypatch):
     monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path / "cache"))
     out = tmp_path / "a"

@@ -35,6 +35,7 @@ def quantized(path: str, pipeline: str):
     return m
 
 
+@pytest.mark.slow
 def test_tiny_llm_any_sequence_length(tiny_gguf, tmp_path):
     m = quantized(tiny_gguf, "quantize{bits=4,group=64}")
     art = OpenVINOTarget().emit(m, str(tmp_path), PassContext())
@@ -51,6 +52,7 @@ def test_tiny_llm_any_sequence_length(tiny_gguf, tmp_path):
     assert "i4" in prec, prec  # the 4-bit projections run from compressed weights
 
 
+@pytest.mark.slow
 def test_smollm2_int4_agrees_with_reference(smol_path, tmp_path):
     """The issue's bar: next-token top-1 agreement >= 99% with the reference executor on an evaluation text."""
     m = quantized(smol_path, "quantize{bits=4,group=64}")
@@ -63,6 +65,7 @@ def test_smollm2_int4_agrees_with_reference(smol_path, tmp_path):
     assert abs(r["perplexity_a"] - r["perplexity_b"]) <= 1e-3 * r["perplexity_a"]
 
 
+@pytest.mark.slow
 def test_eval_runs_openvino_artifacts(tiny_gguf, tmp_path):
     out = str(tmp_path / "ov")
     r = CliRunner().invoke(main, ["compile", tiny_gguf, "--target", "openvino", "-p", "quantize{bits=8}", "-o", out])
@@ -83,6 +86,7 @@ def test_eval_runs_openvino_artifacts(tiny_gguf, tmp_path):
     assert bad.exit_code != 0 and "is not an edgec output directory" in bad.output
 
 
+@pytest.mark.slow
 def test_vq_language_model_runs_on_openvino_and_gguf_refuses_it(tiny_gguf, tmp_path):
     """GPTVQ on a (tiny) llama: the OpenVINO artifact carries the vector codebooks and passes --verify against
     the reference executor; the gguf target, whose block formats have no vector codebooks, refuses the model

@@ -13,6 +13,7 @@ from edgec.cli import main
 TEXT = os.path.join(os.path.dirname(__file__), "..", "..", "examples", "text", "eval.txt")
 
 
+@pytest.mark.slow
 def test_smollm2_f16_roundtrip_chat_and_perplexity(smol_path, tmp_path):
     out = tmp_path / "smol.f16"
     r = CliRunner().invoke(main, ["compile", smol_path, "--target", "gguf", "--verify", "-o", str(out), "--json"])
@@ -35,6 +36,7 @@ def test_smollm2_f16_roundtrip_chat_and_perplexity(smol_path, tmp_path):
     assert abs(ppl["llama.cpp"] - ppl["reference"]) / ppl["reference"] < 0.01, ppl
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("gtype", ["Q8_0", "Q4_K"])
 def test_smollm2_quantized_gguf_verifies_in_llama_cpp(gtype, smol_path, tmp_path):
     """Quantized SmolLM2 passes --verify under llama.cpp: cosine >= 0.999 and top-1 agreement on the positions

@@ -8,6 +8,7 @@ from __future__ import annotations
 import json
 import os
 
+import pytest
 from click.testing import CliRunner
 
 from edgec.cli import main
@@ -17,6 +18,7 @@ HERE = os.path.dirname(os.path.dirname(__file__))
 TEXT = os.path.join(HERE, "..", "examples", "text", "eval.txt")
 
 
+@pytest.mark.slow
 def test_vendor_llm_target_verifies_and_measures_perplexity(tiny_gguf, tmp_path):
     out = str(tmp_path / "a")
     r = CliRunner().invoke(main, ["compile", tiny_gguf, "--target", "acme-llm", "--verify", "--eval-text", TEXT,

@@ -194,6 +194,7 @@ def test_inspect_sensitivity_prints_plots_and_caches(tiny_cnn_path, tmp_path):
     assert r.exit_code == 2 and "'4,8' is not a candidate" in r.output
 
 
+@pytest.mark.slow
 def test_footprint_tiers_fit_their_budgets_and_share_one_measurement(tiny_cnn_path, tmp_path):
     from edgec.compiler import compile_tiers, parse_size
     out = tmp_path / "tiers"

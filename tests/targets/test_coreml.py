@@ -368,6 +368,7 @@ def _export(name, tmp_path):
     ("bert", f"quantize{{bits=8,{F16}}}", "ios16"),
     ("bert", f"prune{{sparsity=0.5}},quantize{{method=codebook,bits=4,group=32,{F16}}}", "macos15"),
 ])
+@pytest.mark.slow
 def test_example_models_verify_through_the_evaluator(name, pipe, deployment, tmp_path):
     from edgec.compiler import compile as compile_model
     r = compile_model(_export(name, tmp_path), f"coreml{{deployment={deployment}}}", pipe, str(tmp_path / "a"),

@@ -42,6 +42,7 @@ def _compile(model, out, extra, verify, hashseed, cache):
     assert r.returncode == 0, r.stdout[-3000:] + r.stderr[-3000:]
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("name,extra,verify", CASES, ids=[c[0] for c in CASES])
 def test_coreml_output_is_byte_identical_across_processes(name, extra, verify, tiny_cnn_path, tmp_path):
     _compile(tiny_cnn_path, tmp_path / "out1", extra, verify, 1, tmp_path / "cache")
@@ -55,6 +56,7 @@ def test_coreml_output_is_byte_identical_across_processes(name, extra, verify, t
     assert not differ, f"{name}: files differ between two compiles: {differ}"
 
 
+@pytest.mark.slow
 def test_no_per_run_metadata_in_the_spec(tiny_cnn_path, tmp_path):
     """Nothing that depends on the day is stored: the conversion date coremltools records is dropped, the
     metadata edgec and coremltools set deliberately stays."""

@@ -104,6 +104,7 @@ def harness(node_suite):
     return cov, cases(PASS + FP32 + REFUSED)
 
 
+@pytest.mark.slow
 def test_the_sample_exists(harness):
     cov, data = harness
     missing = sorted(set(PASS + FP32 + REFUSED) - {os.path.basename(c) for c in cov.list_cases(data)})

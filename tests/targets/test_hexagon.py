@@ -116,6 +116,7 @@ def test_v73_is_compile_only(tmp_path):
         t.run_artifact(str(tmp_path), ir.random_inputs(m, seed=0))
 
 
+@pytest.mark.slow
 @needs_qemu
 @pytest.mark.parametrize("pipe, max_ratio", [("quantize{bits=8}", 0.30),
                                              ("quantize{bits=4,group=16,ops=Linear,head_bits=4},"
@@ -141,6 +142,7 @@ def test_without_qemu_the_artifact_is_built_and_verify_says_it_did_not_run(tiny_
     assert (tmp_path / "a" / "runner").exists()
 
 
+@pytest.mark.slow
 def test_weight_only_int8_resnet18_fits_its_workspace(tmp_path):
     """Weight-only int8 kernels dequantize the weight into TVM workspace (9.4 MB for a 512x512x3x3 conv): the
     static workspace is sized from the kernels' intermediate buffers, not a fixed 1 MiB (the runner failed

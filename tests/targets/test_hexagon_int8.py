@@ -274,6 +274,7 @@ def _mlp():
     (lambda: _cnn(odd_channels=True), "symmetric", 2, {"conv"}),
     (_mlp, "symmetric", 2, {"linear"}),
 ])
+@pytest.mark.slow
 def test_static_int8_models_are_bit_exact_under_qemu(make, scheme, fused, kinds, tmp_path):
     """Chains of int8 kernels (requantizing into each other through Relu / Clip(0, 6), int8 or uint8
     activations, stride 2, depthwise, a 6-channel output that dequantizes instead) equal the integer
@@ -288,6 +289,7 @@ def test_static_int8_models_are_bit_exact_under_qemu(make, scheme, fused, kinds,
         np.testing.assert_array_equal(g_, w_)
 
 
+@pytest.mark.slow
 @needs_qemu
 def test_tiny_cnn_static_int8_verifies_bit_exact(tiny_cnn_path, tmp_path):
     from edgec.compiler import compile as compile_model
@@ -305,6 +307,7 @@ def test_tiny_cnn_static_int8_verifies_bit_exact(tiny_cnn_path, tmp_path):
     assert "vrmpy" in dis
 
 
+@pytest.mark.slow
 @needs_qemu
 def test_int8_off_simulates_in_float(tiny_cnn_path, tmp_path):
     """hexagon{int8=false}: the float simulation, as before the integer kernels (same numbers as the

@@ -65,6 +65,7 @@ def harness(node_suite):
     return cov, cases(PASS + list(REFUSED) + FP16_PASS)
 
 
+@pytest.mark.slow
 def test_the_sample_exists(harness):
     cov, data = harness
     missing = sorted(set(PASS + list(REFUSED) + FP16_PASS) - {os.path.basename(c) for c in cov.list_cases(data)})
