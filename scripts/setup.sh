@@ -3,7 +3,7 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 SUDO=""; [ "$(id -u)" = 0 ] || SUDO="sudo"
-# clang, lld and llvm (llvm-nm) build the cross-compiled artifacts; qemu-user runs the Hexagon ones;
+# clang, lld and llvm (llvm-nm, llvm-objcopy) build the cross-compiled artifacts; qemu-user runs the Hexagon ones;
 # chromium renders report.html in the report test; cmake runs examples/cmake.
 if ! command -v clang >/dev/null || ! command -v ld.lld >/dev/null || ! command -v qemu-hexagon >/dev/null \
     || ! { command -v llvm-nm >/dev/null || command -v llvm-nm-14 >/dev/null; } \

@@ -11,7 +11,7 @@ float Linear and Conv layers use HVX qfloat (v68/v69) or IEEE float (v73/v75), c
 The lowering to Relax is :mod:`edgec.api.relax` (with :mod:`.intops`' hook for the integer and HVX float
 kernels); :mod:`.codegen` builds the kernels and writes the driver, header, runner and weights blob,
 :mod:`.planning` walks ``main`` into kernel calls and plans the arena and the workspace, :mod:`.toolchain`
-finds, runs and links with clang / ld.lld / llvm-nm and qemu-hexagon. This module holds the target itself
+finds, runs and links with clang / ld.lld / llvm-nm / llvm-objcopy and qemu-hexagon. This module holds the target itself
 (options, capabilities, check, emit, run_artifact).
 """
 
@@ -141,6 +141,7 @@ class HexagonTarget(Target):
         kernels = codegen.kernel_module(mod)
         ws_bytes = workspace_bytes(kernels)
         codegen.compile_kernels(kernels, target, out_dir, self.asm)
+        toolchain.strip_debug(tools, os.path.join(out_dir, "kernels.o"))
         toolchain.check_symbols(tools, os.path.join(out_dir, "kernels.o"), allowed=toolchain.RUNTIME_SYMBOLS,
                                 what="the kernels")
         arena = plan_arena([t for t in tensors if t.kind == "temp"])

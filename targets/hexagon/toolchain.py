@@ -1,6 +1,7 @@
-"""The Hexagon toolchain around TVM's kernels: finding clang / ld.lld / llvm-nm and qemu-hexagon, the clang flags
-for the generated C, compiling and linking the artifact (``libmodel.so`` and the static ``runner``), checking
-that nothing is left undefined that the freestanding runtime does not provide, and running the commands."""
+"""The Hexagon toolchain around TVM's kernels: finding clang / ld.lld / llvm-nm / llvm-objcopy and qemu-hexagon,
+the clang flags for the generated C, compiling and linking the artifact (``libmodel.so`` and the static
+``runner``), checking that nothing is left undefined that the freestanding runtime does not provide, and running
+the commands."""
 
 from __future__ import annotations
 
@@ -25,9 +26,9 @@ RUNTIME_SYMBOLS = frozenset({
 
 
 def find_tools() -> dict[str, str]:
-    """The paths of clang, ld.lld and llvm-nm (or their ``-14`` names, as Debian 12 installs them)."""
+    """The paths of clang, ld.lld, llvm-nm and llvm-objcopy (or their ``-14`` names, as Debian 12 installs them)."""
     out = {}
-    for t in ("clang", "ld.lld", "llvm-nm"):
+    for t in ("clang", "ld.lld", "llvm-nm", "llvm-objcopy"):
         path = shutil.which(t) or shutil.which(t + "-14")
         if path is None:
             raise UnsupportedError(f"the hexagon target needs {t} (apt-get install clang lld llvm)")
@@ -71,6 +72,13 @@ def link(tools: dict[str, str], flags: list[str], out_dir: str, work: str) -> No
     run([tools["ld.lld"], "-static", "-e", "_start", "-o", os.path.join(out_dir, "runner"),
          objs["runner.c"], objs["model.c"], objs["runtime.c"], kobj, *blob], "linking the runner", cwd=out_dir)
     check_symbols(tools, os.path.join(out_dir, "runner"), allowed=frozenset(), what="the runner")
+
+
+def strip_debug(tools: dict[str, str], path: str) -> None:
+    """Drop the DWARF sections TVM's LLVM codegen writes into ``kernels.o``: they point at lines of edgec's own
+    Python (the TVMScript kernels), so they made the artifact change with any edit of that source, and they were
+    about two thirds of the object. The code is untouched."""
+    run([tools["llvm-objcopy"], "--strip-debug", path], "stripping the kernels' debug information")
 
 
 def check_symbols(tools: dict[str, str], path: str, allowed: frozenset[str], what: str) -> None:
