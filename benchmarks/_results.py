@@ -24,12 +24,14 @@ def example_ir(name: str, work: str, batch: int = 1):
     import warnings
 
     import torch
+
     sys.path.insert(0, os.path.join(HERE, "..", "examples", "models"))
     import architectures
     from edgec.compiler import fix_input_shapes, load_model
     from edgec.host import host
     from edgec.ir.passes import PassManager, parse_pipeline
     from edgec.plugins.cleanup import DEFAULT_CLEANUP
+
     path = os.path.join(work, f"{name}-b{batch}.onnx")
     if not os.path.exists(path):  # exported once per work folder; every call still gets a fresh IR
         m, ex, names = architectures.build(name)
@@ -62,15 +64,19 @@ def smollm2_bench(work: str, max_samples: int, seq_len: int):
     from edgec.plugins.cleanup import DEFAULT_CLEANUP
     from edgec.plugins.llm.bundled import smollm2_path
     from edgec.api.tokenizer import tokenizer_for
+
     calib_txt = os.path.join(work, "calib.txt")
     with open(calib_txt, "w", encoding="utf-8") as out:
         for p in SMOL_CALIB:
             out.write(open(p, encoding="utf-8").read())
     m = load_model(smollm2_path())
     reg = host().passes.as_dict()
-    ctx = PassContext(config={"seed": 0},
-                      calibration=load_calibration(calib_txt, m, seed=0, max_samples=max_samples, seq_len=seq_len),
-                      passes=reg, checks=host().checks.as_dict())
+    ctx = PassContext(
+        config={"seed": 0},
+        calibration=load_calibration(calib_txt, m, seed=0, max_samples=max_samples, seq_len=seq_len),
+        passes=reg,
+        checks=host().checks.as_dict(),
+    )
     PassManager(parse_pipeline(DEFAULT_CLEANUP, reg)).run(m, ctx)
     base = os.path.join(work, "base")
     save(m, base)
@@ -87,6 +93,7 @@ def run_and_score(base: str, pipe: str, reg, ctx, ids):
     from edgec.ir.passes import PassManager, parse_pipeline
     from edgec.ir.serde import load
     from edgec.plugins.llm.perplexity import perplexity, reference_engine
+
     mm = load(base)
     t0 = time.perf_counter()
     if pipe:

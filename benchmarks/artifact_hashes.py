@@ -31,14 +31,20 @@ sys.path.insert(0, os.path.join(ROOT, "examples", "models"))
 sys.path.append(ROOT)  # for tests.llm (after PYTHONPATH and site: ROOT/edgec is not the package)
 
 GRAPH_TARGETS = ("cpu", "openvino", "tensorrt", "coreml", "hexagon")
-PIPELINES = {"cpu": "quantize{bits=8}", "openvino": "quantize{bits=4,group=32}", "tensorrt": "quantize{bits=8}",
-             "coreml": "quantize{method=codebook,bits=4,scale_dtype=f16}", "hexagon": "quantize{bits=8}"}
+PIPELINES = {
+    "cpu": "quantize{bits=8}",
+    "openvino": "quantize{bits=4,group=32}",
+    "tensorrt": "quantize{bits=8}",
+    "coreml": "quantize{method=codebook,bits=4,scale_dtype=f16}",
+    "hexagon": "quantize{bits=8}",
+}
 SKIP = {"report.html", "manifest.json"}
 
 
 def _export(name: str, work: str) -> str:
     import architectures
     import torch
+
     path = os.path.join(work, f"{name}.onnx")
     mod, ex, names = architectures.build(name, image_size=32, seq_len=16)
     with warnings.catch_warnings():
@@ -51,6 +57,7 @@ def _tiny_gguf(work: str) -> str:
     from tests.llm.conftest import TINY, write_gguf
     from edgec.plugins.llm.bundled import smollm2_path
     from edgec.plugins.frontends.gguf_io import dump_kv, kv_metadata, open_gguf
+
     kv = dump_kv(kv_metadata(open_gguf(smollm2_path())))
     return write_gguf(TINY, kv, os.path.join(work, "tiny-llama.gguf"))
 
@@ -69,9 +76,13 @@ def _hashes(out: str) -> dict[str, str]:
 
 def record(targets: set[str] | None = None) -> dict[str, object]:
     import edgec
+
     work = tempfile.mkdtemp(prefix="edgec-hashes-")
-    models = {"tiny_cnn": os.path.join(ROOT, "examples", "models", "tiny_cnn.onnx"),
-              "resnet18": _export("resnet18", work), "bert": _export("bert", work)}
+    models = {
+        "tiny_cnn": os.path.join(ROOT, "examples", "models", "tiny_cnn.onnx"),
+        "resnet18": _export("resnet18", work),
+        "bert": _export("bert", work),
+    }
     cases = [(m, t, p) for m in models for t in GRAPH_TARGETS for p in ("", PIPELINES[t])]
     gguf = _tiny_gguf(work)
     cases += [("tiny-llama", "gguf", ""), ("tiny-llama", "gguf", "quantize{gguf=Q4_0}")]

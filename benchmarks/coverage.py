@@ -65,27 +65,74 @@ DEFAULT_TARGETS = ("cpu", "openvino", "tensorrt{precision=fp32}", "coreml") + BA
 FP16_TARGETS = ("coreml", "tensorrt")  # targets whose default compute is fp16 (tensorrt only without precision=fp32)
 
 # Formal input names (onnx schemas) that parametrize an operator rather than carry data: bound as constants.
-PARAM_INPUTS = frozenset({
-    "shape", "axes", "axis", "pads", "constant_value", "starts", "ends", "steps", "repeats", "tiles", "k", "roi",
-    "scales", "sizes", "split", "depth", "min", "max", "start", "limit", "delta", "ratio", "training_mode", "size",
-    "image_shape", "block_shape", "output_shape", "max_output_boxes_per_class", "iou_threshold",
-    "score_threshold", "dft_length", "frame_step", "frame_length", "num_mel_bins", "sample_rate",
-    "lower_edge_hertz", "upper_edge_hertz", "x_scale", "x_zero_point", "y_scale", "y_zero_point", "a_scale",
-    "a_zero_point", "b_scale", "b_zero_point", "w_scale", "w_zero_point"})
+PARAM_INPUTS = frozenset(
+    {
+        "shape",
+        "axes",
+        "axis",
+        "pads",
+        "constant_value",
+        "starts",
+        "ends",
+        "steps",
+        "repeats",
+        "tiles",
+        "k",
+        "roi",
+        "scales",
+        "sizes",
+        "split",
+        "depth",
+        "min",
+        "max",
+        "start",
+        "limit",
+        "delta",
+        "ratio",
+        "training_mode",
+        "size",
+        "image_shape",
+        "block_shape",
+        "output_shape",
+        "max_output_boxes_per_class",
+        "iou_threshold",
+        "score_threshold",
+        "dft_length",
+        "frame_step",
+        "frame_length",
+        "num_mel_bins",
+        "sample_rate",
+        "lower_edge_hertz",
+        "upper_edge_hertz",
+        "x_scale",
+        "x_zero_point",
+        "y_scale",
+        "y_zero_point",
+        "a_scale",
+        "a_zero_point",
+        "b_scale",
+        "b_zero_point",
+        "w_scale",
+        "w_zero_point",
+    }
+)
 # (op, formal name) pairs whose name alone is ambiguous
-PARAM_OP_INPUTS = frozenset({("TopK", "K"), ("Compress", "condition"), ("ConstantOfShape", "input"), ("Loop", "M"),
-                             ("Loop", "cond")})
+PARAM_OP_INPUTS = frozenset(
+    {("TopK", "K"), ("Compress", "condition"), ("ConstantOfShape", "input"), ("Loop", "M"), ("Loop", "cond")}
+)
 
 
 # ------------------------------------------------------------------------------------------------ the suite
 def shipped_node_dir() -> str | None:
     import onnx
+
     d = os.path.join(os.path.dirname(onnx.__file__), "backend", "test", "data", "node")
     return d if os.path.isdir(d) and os.listdir(d) else None
 
 
 def _write_value(path: str, value: Any, type_proto) -> None:
     from onnx import TensorProto, numpy_helper
+
     if type_proto.HasField("sequence_type"):
         proto = numpy_helper.from_list(value)
     elif type_proto.HasField("optional_type"):
@@ -104,6 +151,7 @@ def materialize(dest: str, names: list[str] | None = None) -> str:
     import warnings
 
     from onnx.backend.test.loader import load_node_model_tests
+
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
         cases = load_node_model_tests()
@@ -140,6 +188,7 @@ def list_cases(root: str, pattern: str | None = None, limit: int | None = None, 
 def _read_value(path: str, type_proto) -> Any:
     import onnx
     from onnx import numpy_helper
+
     data = open(path, "rb").read()
     if type_proto.HasField("sequence_type"):
         p = onnx.SequenceProto()
@@ -161,6 +210,7 @@ def _read_value(path: str, type_proto) -> Any:
 def load_case(case_dir: str):
     """(model proto, inputs in graph-input order, expected outputs in graph-output order)."""
     import onnx
+
     model = onnx.load(os.path.join(case_dir, "model.onnx"))
     ds = os.path.join(case_dir, "test_data_set_0")
     n_in = len(glob.glob(os.path.join(ds, "input_*.pb")))
@@ -173,6 +223,7 @@ def load_case(case_dir: str):
 def _formal_names(node, opset: int) -> list[str]:
     """The schema's formal input name at each of ``node``'s input positions (variadic last input repeated)."""
     import onnx
+
     try:
         schema = onnx.defs.get_schema(node.op_type, opset, node.domain or "")
     except Exception:  # noqa: BLE001 - unknown op / domain: nothing is a parameter
@@ -197,6 +248,7 @@ def param_inputs(model) -> set[str]:
                     walk(a.g)
                 for g in a.graphs:
                     walk(g)
+
     walk(model.graph)
     return found
 
@@ -206,6 +258,7 @@ def base_case_params(case_dir: str) -> set[str]:
     the inputs that parametrize the op there (a CenterCropPad's shape, a Range's bounds) are parameters here too,
     although only the body's arithmetic reads them."""
     import onnx
+
     name = os.path.basename(os.path.normpath(case_dir))
     base = re.sub(r"_expanded(_ver\d+)?$", "", name)
     path = os.path.join(os.path.dirname(os.path.normpath(case_dir)), base, "model.onnx")
@@ -214,14 +267,16 @@ def base_case_params(case_dir: str) -> set[str]:
     return param_inputs(onnx.load(path))
 
 
-def bind_parameters(model, inputs: list, also: set[str] | frozenset[str] = frozenset()) -> tuple[
-        Any, dict[str, Any], list[str], list[str]]:
+def bind_parameters(
+    model, inputs: list, also: set[str] | frozenset[str] = frozenset()
+) -> tuple[Any, dict[str, Any], list[str], list[str]]:
     """A copy of ``model`` with its parameter-like inputs (and the inputs named in ``also``) turned into
     initializers holding the case's values.
 
     Returns (the copy, feeds for the remaining inputs, their names in order, the names bound)."""
     import onnx
     from onnx import numpy_helper
+
     params = param_inputs(model) | (set(also) & {vi.name for vi in model.graph.input})
     values = {vi.name: v for vi, v in zip(model.graph.input, inputs)}
     bound = [n for n in sorted(params) if isinstance(values.get(n), np.ndarray)]
@@ -239,7 +294,7 @@ def bind_parameters(model, inputs: list, also: set[str] | frozenset[str] = froze
 # ------------------------------------------------------------------------------------------------ comparing
 def _shorten(text: str, n: int = 240) -> str:
     text = " ".join(str(text).split())
-    return text if len(text) <= n else text[:n - 3] + "..."
+    return text if len(text) <= n else text[: n - 3] + "..."
 
 
 def _compare_one(exp: Any, got: Any, where: str, fp16: bool) -> tuple[str, str]:
@@ -283,8 +338,10 @@ def _compare_one(exp: Any, got: Any, where: str, fp16: bool) -> tuple[str, str]:
     with np.errstate(invalid="ignore", over="ignore"):
         bad = ~np.isclose(g64, e64, rtol=rtol, atol=atol, equal_nan=True)
     idx = tuple(int(i) for i in np.unravel_index(int(np.argmax(bad)), exp.shape)) if exp.ndim else ()
-    return "wrong_result", (f"{where}: {int(bad.sum())} of {exp.size} differ (rtol {rtol:g}, atol {atol:g}); "
-                            f"at {list(idx)} got {float(g64[idx])!r}, expected {float(e64[idx])!r}")
+    return "wrong_result", (
+        f"{where}: {int(bad.sum())} of {exp.size} differ (rtol {rtol:g}, atol {atol:g}); "
+        f"at {list(idx)} got {float(g64[idx])!r}, expected {float(e64[idx])!r}"
+    )
 
 
 def compare(expected: list, got: list, fp16: bool = False) -> tuple[str, str]:
@@ -314,6 +371,7 @@ def _run_edgec(case_dir: str, target: str, work: str) -> tuple[str, str]:
     import edgec
     from edgec.compiler import parse_target
     from edgec.errors import BadInputError, UnsupportedError, UsageError
+
     refusals = (UnsupportedError, BadInputError, UsageError)
     model, inputs, expected = load_case(case_dir)
     bound_model, feeds, names, _ = bind_parameters(model, inputs, base_case_params(case_dir))
@@ -338,6 +396,7 @@ def _run_edgec(case_dir: str, target: str, work: str) -> tuple[str, str]:
 
 def _run_onnxruntime(case_dir: str) -> tuple[str, str]:
     import onnxruntime as ort
+
     model, inputs, expected = load_case(case_dir)
     try:
         opts = ort.SessionOptions()
@@ -348,13 +407,22 @@ def _run_onnxruntime(case_dir: str) -> tuple[str, str]:
     except Exception as e:  # noqa: BLE001
         return "refused", f"{type(e).__name__}: {_shorten(e)}"
     # onnxruntime returns float8 / bfloat16 outputs as their bits (uint8 / uint16): read them as the type
-    got = [g.view(e.dtype) if isinstance(g, np.ndarray) and isinstance(e, np.ndarray) and e.dtype.kind == "V"
-           and g.dtype.kind == "u" and g.dtype.itemsize == e.dtype.itemsize else g for g, e in zip(got, expected)]
+    got = [
+        g.view(e.dtype)
+        if isinstance(g, np.ndarray)
+        and isinstance(e, np.ndarray)
+        and e.dtype.kind == "V"
+        and g.dtype.kind == "u"
+        and g.dtype.itemsize == e.dtype.itemsize
+        else g
+        for g, e in zip(got, expected)
+    ]
     return compare(expected, list(got))
 
 
 def _tvm_value(v: Any) -> Any:
     import tvm
+
     if hasattr(v, "numpy"):
         return v.numpy()
     if isinstance(v, tvm.runtime.ShapeTuple):
@@ -368,6 +436,7 @@ def _run_tvm(case_dir: str) -> tuple[str, str]:
     import tvm
     from tvm import relax
     from tvm.relax.frontend.onnx import from_onnx
+
     model, inputs, expected = load_case(case_dir)
     bound_model, feeds, names, _ = bind_parameters(model, inputs, base_case_params(case_dir))
     try:
@@ -391,6 +460,7 @@ def run_case(case_dir: str, target: str) -> tuple[str, str]:
     returns (category, detail). In-process: a hang or a segfault takes the caller down (the suite runner
     isolates cases in worker processes)."""
     import warnings
+
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
         if target == "onnxruntime":
@@ -444,11 +514,19 @@ class _Slot:
         self.parent.close()
 
 
-def run_suite(cases: list[str], targets: list[str], workers: int = 2, timeout: float = 300.0, quiet: bool = True,
-              recycle: int = 150, progress: bool = True) -> dict[str, dict[str, tuple[str, str]]]:
+def run_suite(
+    cases: list[str],
+    targets: list[str],
+    workers: int = 2,
+    timeout: float = 300.0,
+    quiet: bool = True,
+    recycle: int = 150,
+    progress: bool = True,
+) -> dict[str, dict[str, tuple[str, str]]]:
     """Every (case, target) in worker processes; returns ``{target: {case name: (category, detail)}}``."""
     import multiprocessing as mp
     from multiprocessing.connection import wait
+
     ctx = mp.get_context("spawn")
     tasks = collections.deque((c, t) for t in targets for c in cases)
     total = len(tasks)
@@ -463,8 +541,11 @@ def run_suite(cases: list[str], targets: list[str], workers: int = 2, timeout: f
         finished += 1
         if progress and (finished % 50 == 0 or finished == total):
             counts = collections.Counter(r[0] for t in results.values() for r in t.values())
-            print(f"[{finished}/{total}] {time.time() - t0:.0f}s " + " ".join(f"{k}={counts[k]}" for k in CATEGORIES
-                                                                            if counts[k]), flush=True)
+            print(
+                f"[{finished}/{total}] {time.time() - t0:.0f}s "
+                + " ".join(f"{k}={counts[k]}" for k in CATEGORIES if counts[k]),
+                flush=True,
+            )
 
     try:
         while tasks or any(s.task for s in slots):
@@ -511,15 +592,22 @@ def run_suite(cases: list[str], targets: list[str], workers: int = 2, timeout: f
 
 # ------------------------------------------------------------------------------------------------ report
 _REFUSAL_CLASSES = (  # (class, regular expression on the refusal's text), first match wins
-    ("import: element type the IR has no dtype for (float8 / float4 / int2 / e8m0, ...)",
-     r"not a tensor of a supported element type"),
-    ("import: control flow / sequences / optionals",
-     r"control flow|Sequence|sequence|Optional|optional|is not defined before use"),
+    (
+        "import: element type the IR has no dtype for (float8 / float4 / int2 / e8m0, ...)",
+        r"not a tensor of a supported element type",
+    ),
+    (
+        "import: control flow / sequences / optionals",
+        r"control flow|Sequence|sequence|Optional|optional|is not defined before use",
+    ),
     ("import: dtype or domain", r"cannot be imported|imports no default-domain opset|operator domain"),
     ("dtype the target does not take", r"dtype \S+ is not supported|takes \S+ on |does not cast to|with dtype"),
     ("op the target does not take", r"is not supported by this target|has no \S+ lowering"),
-    ("op variant (attribute, mode, run-time parameter)", r"through TVM's ONNX|through OpenVINO's ONNX|does not "
-     r"take|does not support|not supported|needs|cannot|refused|only"),
+    (
+        "op variant (attribute, mode, run-time parameter)",
+        r"through TVM's ONNX|through OpenVINO's ONNX|does not "
+        r"take|does not support|not supported|needs|cannot|refused|only",
+    ),
     ("empty tensors (input shapes)", r"leave the model with empty tensors"),
 )
 
@@ -539,36 +627,51 @@ def report(results: dict[str, dict[str, tuple[str, str]]], n_cases: int, seconds
     import onnx
     import onnxruntime
     import tvm
-    lines = ["## Operator coverage: the ONNX backend node test suite", "",
-             f"{n_cases} cases of onnx {onnx.__version__}'s backend node suite (`onnx.backend.test`), each compiled "
-             "by `edgec.compile(..., use_cache=False)` and run by the target's `run_artifact`; outputs compared as "
-             "onnx's runner does (same count, shape and dtype kind; `assert_allclose(rtol=1e-3, atol=1e-7)`). "
-             "Parameter-like inputs (shapes, axes, pads, slice bounds, repeats, k, scales, clip bounds, "
-             "quantization scales, ...) are bound as constants (an `_expanded` case binds what its base case binds); "
-             "data inputs are fed at run time. Baselines on "
-             f"the same cases in the same run: onnxruntime {onnxruntime.__version__} on the original model, and "
-             f"TVM {tvm.__version__}'s own Relax ONNX importer on the bound copy (a baseline's exception counts as "
-             f"refused). {note}Written by `python benchmarks/coverage.py` in {seconds / 60:.0f} min.", "",
-             "**refused** is an honest refusal (UnsupportedError / BadInputError / UsageError); **wrong_result**, "
-             "**wrong_shape** and **crash** (a raw exception) are bugs; a wrong answer is worse than a refusal.", "",
-             "| target | " + " | ".join(CATEGORIES) + " |", "|---|" + "---:|" * len(CATEGORIES)]
+
+    lines = [
+        "## Operator coverage: the ONNX backend node test suite",
+        "",
+        f"{n_cases} cases of onnx {onnx.__version__}'s backend node suite (`onnx.backend.test`), each compiled "
+        "by `edgec.compile(..., use_cache=False)` and run by the target's `run_artifact`; outputs compared as "
+        "onnx's runner does (same count, shape and dtype kind; `assert_allclose(rtol=1e-3, atol=1e-7)`). "
+        "Parameter-like inputs (shapes, axes, pads, slice bounds, repeats, k, scales, clip bounds, "
+        "quantization scales, ...) are bound as constants (an `_expanded` case binds what its base case binds); "
+        "data inputs are fed at run time. Baselines on "
+        f"the same cases in the same run: onnxruntime {onnxruntime.__version__} on the original model, and "
+        f"TVM {tvm.__version__}'s own Relax ONNX importer on the bound copy (a baseline's exception counts as "
+        f"refused). {note}Written by `python benchmarks/coverage.py` in {seconds / 60:.0f} min.",
+        "",
+        "**refused** is an honest refusal (UnsupportedError / BadInputError / UsageError); **wrong_result**, "
+        "**wrong_shape** and **crash** (a raw exception) are bugs; a wrong answer is worse than a refusal.",
+        "",
+        "| target | " + " | ".join(CATEGORIES) + " |",
+        "|---|" + "---:|" * len(CATEGORIES),
+    ]
     for t, res in results.items():
         c = collections.Counter(r[0] for r in res.values())
         lines.append(f"| {_label(t)} | " + " | ".join(str(c[k]) for k in CATEGORIES) + " |")
     lines.append("")
     fp16 = [t for t in results if t.split("{")[0] in FP16_TARGETS and "fp32" not in t]
     if fp16:
-        lines += [f"{', '.join(fp16)}: computes in fp16 by design (the default: what the Neural Engine runs); float "
-                  f"outputs compared at rtol {FP16_RTOL:g}, atol {FP16_ATOL:g}, integer outputs exactly. A "
-                  "`{precision=fp32}` row computes in fp32 and is compared at onnx's own tolerance.", ""]
+        lines += [
+            f"{', '.join(fp16)}: computes in fp16 by design (the default: what the Neural Engine runs); float "
+            f"outputs compared at rtol {FP16_RTOL:g}, atol {FP16_ATOL:g}, integer outputs exactly. A "
+            "`{precision=fp32}` row computes in fp32 and is compared at onnx's own tolerance.",
+            "",
+        ]
     edgec_targets = [t for t in results if t not in BASELINES]
     classes = [name for name, _ in _REFUSAL_CLASSES] + ["other"]
-    counts = {t: collections.Counter(refusal_class(r[1]) for r in results[t].values() if r[0] == "refused")
-              for t in edgec_targets}
+    counts = {
+        t: collections.Counter(refusal_class(r[1]) for r in results[t].values() if r[0] == "refused")
+        for t in edgec_targets
+    }
     if edgec_targets:
-        lines += ["### Why cases are refused (first matching class of each refusal's message)", "",
-                  "| class | " + " | ".join(_label(t) for t in edgec_targets) + " |",
-                  "|---|" + "---:|" * len(edgec_targets)]
+        lines += [
+            "### Why cases are refused (first matching class of each refusal's message)",
+            "",
+            "| class | " + " | ".join(_label(t) for t in edgec_targets) + " |",
+            "|---|" + "---:|" * len(edgec_targets),
+        ]
         lines += [f"| {c} | " + " | ".join(str(counts[t][c]) for t in edgec_targets) + " |" for c in classes]
         lines.append("")
     for t, res in results.items():
@@ -577,8 +680,12 @@ def report(results: dict[str, dict[str, tuple[str, str]]], n_cases: int, seconds
         bad = sorted((name, r) for name, r in res.items() if r[0] in BAD + ("timeout",))
         if not bad:
             continue
-        lines += [f"### {t}: {len(bad)} wrong_result / wrong_shape / crash / timeout", "",
-                  "| case | category | detail |", "|---|---|---|"]
+        lines += [
+            f"### {t}: {len(bad)} wrong_result / wrong_shape / crash / timeout",
+            "",
+            "| case | category | detail |",
+            "|---|---|---|",
+        ]
         for name, (cat, detail) in bad:
             lines.append(f"| {name} | {cat} | {detail.replace('|', '/')} |")
         lines.append("")
@@ -587,9 +694,13 @@ def report(results: dict[str, dict[str, tuple[str, str]]], n_cases: int, seconds
 
 def main(argv: list[str] | None = None) -> None:
     import json
+
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    ap.add_argument("--targets", default=",".join(DEFAULT_TARGETS),
-                    help="comma-separated edgec target specs and baselines (onnxruntime, tvm-relax-onnx)")
+    ap.add_argument(
+        "--targets",
+        default=",".join(DEFAULT_TARGETS),
+        help="comma-separated edgec target specs and baselines (onnxruntime, tvm-relax-onnx)",
+    )
     ap.add_argument("--limit", type=int, default=None, help="the first N cases only")
     ap.add_argument("--every", type=int, default=1, help="every Nth case only (e.g. 10 for hexagon under qemu)")
     ap.add_argument("--filter", default=None, help="only cases whose name matches this regular expression")
@@ -627,14 +738,21 @@ def main(argv: list[str] | None = None) -> None:
     if args.json:
         with open(args.json, "w") as f:
             json.dump(results, f, indent=1, sort_keys=True)
-    subset = (f"Subset: {'--filter ' + args.filter if args.filter else ''} {'--limit ' + str(args.limit) if args.limit else ''}"
-              f" {'--every ' + str(args.every) if args.every > 1 else ''}. ") if args.filter or args.limit or args.every > 1 else ""
+    subset = (
+        (
+            f"Subset: {'--filter ' + args.filter if args.filter else ''} {'--limit ' + str(args.limit) if args.limit else ''}"
+            f" {'--every ' + str(args.every) if args.every > 1 else ''}. "
+        )
+        if args.filter or args.limit or args.every > 1
+        else ""
+    )
     lines = report(results, len(cases), seconds, subset)
     if args.no_write:
         print("\n".join(lines))
     else:
         sys.path.insert(0, HERE)
         from _results import write_results
+
         write_results("RESULTS-coverage.md", lines)
 
 

@@ -33,19 +33,31 @@ def child(src: str, out: str) -> None:
     """Compile one model (in a fresh process) and print timings and peak RSS as JSON."""
     t0 = time.perf_counter()
     import edgec
+
     t_imp = time.perf_counter() - t0
     res = edgec.compile(src, target="cpu{mcpu=native}", output=out, use_cache=False)
     total = time.perf_counter() - t0
     rss = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
     tm = res.timings_s
-    print(json.dumps({"python_import_s": t_imp, "model_import_s": tm["import"], "passes_s": tm["passes"],
-                      "emit_s": tm["emit"], "total_s": total, "peak_rss_mb": rss}))
+    print(
+        json.dumps(
+            {
+                "python_import_s": t_imp,
+                "model_import_s": tm["import"],
+                "passes_s": tm["passes"],
+                "emit_s": tm["emit"],
+                "total_s": total,
+                "peak_rss_mb": rss,
+            }
+        )
+    )
 
 
 def export(name: str, workdir: str, image_size: int):
     import torch
 
     import architectures
+
     m, ex, names = architectures.build(name, image_size=image_size)
     onnx_path = os.path.join(workdir, f"{name}.onnx")
     with warnings.catch_warnings():
@@ -61,9 +73,11 @@ def latency(lib_dir: str, onnx_path: str, feeds: dict, repeats: int) -> tuple[fl
     import onnxruntime as ort
 
     from edgec.targets.cpu import use_all_cores
+
     use_all_cores()  # the same thread count onnxruntime uses
     import tvm
     from tvm import relax
+
     vm = relax.VirtualMachine(tvm.runtime.load_module(os.path.join(lib_dir, "model.so")), tvm.cpu())
     args = [tvm.runtime.tensor(np.ascontiguousarray(v)) for v in feeds.values()]
     sess = ort.InferenceSession(onnx_path, providers=["CPUExecutionProvider"])
@@ -95,6 +109,7 @@ def main() -> None:
     import platform
 
     import architectures
+
     rows = []
     with tempfile.TemporaryDirectory() as work:
         for name in architectures.NAMES:
@@ -124,11 +139,16 @@ def main() -> None:
     ]
     for name, comp, tvm_ms, ort_ms in rows:
         for kind, c in comp.items():
-            lat = (f"{tvm_ms:.2f} | {ort_ms:.2f} | {tvm_ms / ort_ms:.2f}x" if kind == "onnx" else "| |")
-            lines.append(f"| {name} | {kind} | {c['model_import_s']:.2f} | {c['passes_s']:.2f} | {c['emit_s']:.2f} | "
-                         f"{c['total_s']:.2f} | {c['peak_rss_mb']:.0f} | {lat} |")
-    lines += ["", "The cpu target uses edgec's generic schedules (parallel outer loops, register-tiled matmul/conv,",
-              "vectorized elementwise; targets/cpu/schedule.py), no per-model tuning. Ratios are as measured."]
+            lat = f"{tvm_ms:.2f} | {ort_ms:.2f} | {tvm_ms / ort_ms:.2f}x" if kind == "onnx" else "| |"
+            lines.append(
+                f"| {name} | {kind} | {c['model_import_s']:.2f} | {c['passes_s']:.2f} | {c['emit_s']:.2f} | "
+                f"{c['total_s']:.2f} | {c['peak_rss_mb']:.0f} | {lat} |"
+            )
+    lines += [
+        "",
+        "The cpu target uses edgec's generic schedules (parallel outer loops, register-tiled matmul/conv,",
+        "vectorized elementwise; targets/cpu/schedule.py), no per-model tuning. Ratios are as measured.",
+    ]
     write_results("RESULTS-foundation.md", lines)
 
 

@@ -102,8 +102,10 @@ def _worker(path: str) -> None:
 
 RSS_MARK = "graph_scale-peak-rss-kib:"
 # Prefix for a child process: report its own peak RSS (getrusage) on stderr when it exits, however it exits.
-_RSS_HOOK = ("import atexit, resource, sys; atexit.register(lambda: print(%r, "
-             "resource.getrusage(resource.RUSAGE_SELF).ru_maxrss, file=sys.stderr, flush=True)); " % RSS_MARK)
+_RSS_HOOK = (
+    "import atexit, resource, sys; atexit.register(lambda: print(%r, "
+    "resource.getrusage(resource.RUSAGE_SELF).ru_maxrss, file=sys.stderr, flush=True)); " % RSS_MARK
+)
 
 
 def _run_timed(code: str, args: list[str], timeout: float | None) -> tuple[float, float, str]:
@@ -114,8 +116,12 @@ def _run_timed(code: str, args: list[str], timeout: float | None) -> tuple[float
     would depend on what the caller held (e.g. the previous, larger model); a grandchild starts from the
     shell's."""
     t0 = time.perf_counter()
-    p = subprocess.run(["/bin/sh", "-c", '"$0" "$@"; exit $?', sys.executable, "-c", _RSS_HOOK + code, *args],
-                       capture_output=True, text=True, timeout=timeout)
+    p = subprocess.run(
+        ["/bin/sh", "-c", '"$0" "$@"; exit $?', sys.executable, "-c", _RSS_HOOK + code, *args],
+        capture_output=True,
+        text=True,
+        timeout=timeout,
+    )
     wall = time.perf_counter() - t0
     if p.returncode:
         raise RuntimeError(f"python -c {code[:60]!r}... failed ({p.returncode}):\n{p.stderr[-3000:]}")
@@ -145,11 +151,22 @@ def measure(n_nodes: int, variant: str = "chain", timeout: float | None = None) 
         cli = "sys.argv[0] = 'edgec'; from edgec.cli import main; main()"
         inspect_s, inspect_rss, out = _run_timed(cli, ["inspect", path, "--json"], timeout)
         json.loads(out)  # a complete JSON document
-    return {"variant": variant, "nodes": info["nodes"], "constants": info["constants"],
-            "onnx_mb": info["bytes"] / 1e6, "build_s": build_s, "import_s": w["import_s"],
-            "verify_s": w["verify_s"], "cleanup_s": w["cleanup_s"], "nodes_after_cleanup": w["nodes_out"],
-            "peak_rss_mb": rss, "peak_rss_bytes": _bytes(rss), "inspect_s": inspect_s,
-            "inspect_rss_mb": inspect_rss, "inspect_rss_bytes": _bytes(inspect_rss)}
+    return {
+        "variant": variant,
+        "nodes": info["nodes"],
+        "constants": info["constants"],
+        "onnx_mb": info["bytes"] / 1e6,
+        "build_s": build_s,
+        "import_s": w["import_s"],
+        "verify_s": w["verify_s"],
+        "cleanup_s": w["cleanup_s"],
+        "nodes_after_cleanup": w["nodes_out"],
+        "peak_rss_mb": rss,
+        "peak_rss_bytes": _bytes(rss),
+        "inspect_s": inspect_s,
+        "inspect_rss_mb": inspect_rss,
+        "inspect_rss_bytes": _bytes(inspect_rss),
+    }
 
 
 def _bytes(mb: float) -> int | None:
@@ -158,23 +175,27 @@ def _bytes(mb: float) -> int | None:
 
 def table(rows: list[dict]) -> str:
     """Markdown; ``us/node`` is (import + verify) per node, flat when that work is linear."""
-    head = ("| variant | nodes | constants | import s | verify s | import+verify s | us/node | cleanup s | "
-            "inspect --json s | peak RSS MB (import+verify+cleanup) | inspect RSS MB |")
+    head = (
+        "| variant | nodes | constants | import s | verify s | import+verify s | us/node | cleanup s | "
+        "inspect --json s | peak RSS MB (import+verify+cleanup) | inspect RSS MB |"
+    )
     lines = [head, "|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|"]
     for r in rows:
         iv = r["import_s"] + r["verify_s"]
-        lines.append(f"| {r['variant']} | {r['nodes']:,} | {r['constants']:,} | {r['import_s']:.2f} | "
-                     f"{r['verify_s']:.2f} | {iv:.2f} | {1e6 * iv / r['nodes']:.1f} | {r['cleanup_s']:.2f} | "
-                     f"{r['inspect_s']:.2f} | {r['peak_rss_mb']:.0f} | {r['inspect_rss_mb']:.0f} |")
+        lines.append(
+            f"| {r['variant']} | {r['nodes']:,} | {r['constants']:,} | {r['import_s']:.2f} | "
+            f"{r['verify_s']:.2f} | {iv:.2f} | {1e6 * iv / r['nodes']:.1f} | {r['cleanup_s']:.2f} | "
+            f"{r['inspect_s']:.2f} | {r['peak_rss_mb']:.0f} | {r['inspect_rss_mb']:.0f} |"
+        )
     return "\n".join(lines)
 
 
 def main(argv: list[str] | None = None) -> None:
     import argparse
+
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("sizes", nargs="*", type=int, default=[10**4, 10**5, 10**6])
-    ap.add_argument("--variant", action="append", choices=("chain", "consts"),
-                    help="repeatable; default: both")
+    ap.add_argument("--variant", action="append", choices=("chain", "consts"), help="repeatable; default: both")
     args = ap.parse_args(argv)
     rows = []
     for variant in args.variant or ["chain", "consts"]:

@@ -33,8 +33,12 @@ from _results import HERE, write_results  # noqa: E402 (sibling module; scripts 
 
 EVAL_SRC = "/usr/share/common-licenses/GPL-3"
 CALIB_SRC = ["/usr/share/common-licenses/Apache-2.0", "/usr/share/common-licenses/MPL-2.0"]
-LLAMA_TYPES = {"Q8_0": "LLAMA_FTYPE_MOSTLY_Q8_0", "Q4_0": "LLAMA_FTYPE_MOSTLY_Q4_0",
-               "Q4_K_M": "LLAMA_FTYPE_MOSTLY_Q4_K_M", "Q3_K_M": "LLAMA_FTYPE_MOSTLY_Q3_K_M"}
+LLAMA_TYPES = {
+    "Q8_0": "LLAMA_FTYPE_MOSTLY_Q8_0",
+    "Q4_0": "LLAMA_FTYPE_MOSTLY_Q4_0",
+    "Q4_K_M": "LLAMA_FTYPE_MOSTLY_Q4_K_M",
+    "Q3_K_M": "LLAMA_FTYPE_MOSTLY_Q3_K_M",
+}
 EDGEC_TYPES = ["Q8_0", "Q4_0", "Q4_K", "Q3_K"]
 METHODS = ["rtn", "mse", "gptq", "awq"]
 
@@ -57,6 +61,7 @@ def compile_child(src: str, pipeline: str, out: str, calib: str | None) -> dict:
 
 def llama_quantize(src: str, dst: str, ftype: str) -> None:
     import llama_cpp
+
     params = llama_cpp.llama_model_quantize_default_params()
     params.ftype = getattr(llama_cpp, LLAMA_TYPES[ftype])
     params.nthread = os.cpu_count() or 1
@@ -70,8 +75,12 @@ def main() -> None:
     ap.add_argument("--quick", action="store_true", help="rtn/mse only, 2 types (smoke run)")
     ap.add_argument("--out", default=os.path.join(os.path.dirname(__file__), "RESULTS-llm.md"))
     ap.add_argument("--samples", type=int, default=16, help="calibration windows of 512 tokens")
-    ap.add_argument("--only", default="", help="re-measure only these edgec rows (TYPE:METHOD,...) and the F16 "
-                                               "base, replacing them in the existing --out table")
+    ap.add_argument(
+        "--only",
+        default="",
+        help="re-measure only these edgec rows (TYPE:METHOD,...) and the F16 "
+        "base, replacing them in the existing --out table",
+    )
     ap.add_argument("--types", default=",".join(EDGEC_TYPES), help="edgec GGUF types to measure")
     ap.add_argument("--methods", default=",".join(METHODS), help="edgec methods to measure")
     args = ap.parse_args()
@@ -100,13 +109,20 @@ def main() -> None:
         nonlocal ids
         if ids is None:
             ids = LlamaCppTokenizer(path).encode(open(eval_txt, encoding="utf-8").read(), add_bos=True)
-        return perplexity(ids, llama_cpp_engine(path, 512), ctx=512, stride=256, engine="llama.cpp",
-                          progress=False).perplexity
+        return perplexity(
+            ids, llama_cpp_engine(path, 512), ctx=512, stride=256, engine="llama.cpp", progress=False
+        ).perplexity
 
     def add(name: str, quantizer: str, method: str, path: str, stats: dict | None = None) -> None:
         p = ppl(path)
-        row = {"type": name, "quantizer": quantizer, "method": method, "size_mb": os.path.getsize(path) / 1e6,
-               "ppl": p, **(stats or {})}
+        row = {
+            "type": name,
+            "quantizer": quantizer,
+            "method": method,
+            "size_mb": os.path.getsize(path) / 1e6,
+            "ppl": p,
+            **(stats or {}),
+        }
         rows.append(row)
         print(json.dumps(row), flush=True)
 
@@ -114,7 +130,7 @@ def main() -> None:
     st = compile_child(src, "", f16_dir, None)
     f16 = os.path.join(f16_dir, "model.gguf")
     add("F16", "edgec", "-", f16, st)
-    for t in ([] if only else ["Q4_0", "Q4_K_M"] if args.quick else list(LLAMA_TYPES)):
+    for t in [] if only else ["Q4_0", "Q4_K_M"] if args.quick else list(LLAMA_TYPES):
         dst = os.path.join(work, f"llama-{t}.gguf")
         t0 = time.perf_counter()
         llama_quantize(f16, dst, t)
@@ -133,19 +149,26 @@ def main() -> None:
     if only:
         _update_table(args.out, rows, base)
         return
-    lines = ["# LLM quantization quality: SmolLM2-135M-Instruct (`python benchmarks/llm_quality.py`)", "",
-             "Evaluation text: first 20,000 characters of GPL-3; calibration text (gptq/awq, "
-             f"{args.samples} windows of 512 tokens): Apache-2.0 + MPL-2.0. Perplexity by llama.cpp on every "
-             "file, 512-token windows, stride 256. Times and peak RSS are of the whole `edgec compile` process "
-             "(import, passes, GGUF write; no --verify); the fp32 weights are 542 MB.", "",
-             "| type | quantizer | method | file MB | perplexity | Δ vs F16 | compile s | peak RSS MB |",
-             "|---|---|---|---|---|---|---|---|"]
+    lines = [
+        "# LLM quantization quality: SmolLM2-135M-Instruct (`python benchmarks/llm_quality.py`)",
+        "",
+        "Evaluation text: first 20,000 characters of GPL-3; calibration text (gptq/awq, "
+        f"{args.samples} windows of 512 tokens): Apache-2.0 + MPL-2.0. Perplexity by llama.cpp on every "
+        "file, 512-token windows, stride 256. Times and peak RSS are of the whole `edgec compile` process "
+        "(import, passes, GGUF write; no --verify); the fp32 weights are 542 MB.",
+        "",
+        "| type | quantizer | method | file MB | perplexity | Δ vs F16 | compile s | peak RSS MB |",
+        "|---|---|---|---|---|---|---|---|",
+    ]
     for r in rows:
-        lines.append(f"| {r['type']} | {r['quantizer']} | {r['method']} | {r['size_mb']:.2f} | {r['ppl']:.4f} | "
-                     f"{r['ppl'] - base:+.4f} | {r.get('wall_s', 0):.1f} | "
-                     f"{r['peak_rss_mb']:.0f} |" if "peak_rss_mb" in r else
-                     f"| {r['type']} | {r['quantizer']} | {r['method']} | {r['size_mb']:.2f} | {r['ppl']:.4f} | "
-                     f"{r['ppl'] - base:+.4f} | {r.get('wall_s', 0):.1f} | - |")
+        lines.append(
+            f"| {r['type']} | {r['quantizer']} | {r['method']} | {r['size_mb']:.2f} | {r['ppl']:.4f} | "
+            f"{r['ppl'] - base:+.4f} | {r.get('wall_s', 0):.1f} | "
+            f"{r['peak_rss_mb']:.0f} |"
+            if "peak_rss_mb" in r
+            else f"| {r['type']} | {r['quantizer']} | {r['method']} | {r['size_mb']:.2f} | {r['ppl']:.4f} | "
+            f"{r['ppl'] - base:+.4f} | {r.get('wall_s', 0):.1f} | - |"
+        )
     if args.quick:
         print("\n".join(lines))
     else:
@@ -161,20 +184,24 @@ def _update_table(path: str, rows: list[dict], base: float) -> None:
         raise SystemExit(f"F16 perplexity changed ({old_base} -> {base}): rerun the whole benchmark")
     for r in rows[1:]:
         key = f"| {r['type']} | {r['quantizer']} | {r['method']} |"
-        new = (f"{key} {r['size_mb']:.2f} | {r['ppl']:.4f} | {r['ppl'] - base:+.4f} | {r.get('wall_s', 0):.1f} | "
-               f"{r['peak_rss_mb']:.0f} |")
+        new = (
+            f"{key} {r['size_mb']:.2f} | {r['ppl']:.4f} | {r['ppl'] - base:+.4f} | {r.get('wall_s', 0):.1f} | "
+            f"{r['peak_rss_mb']:.0f} |"
+        )
         marked = new.replace(f"| {r['method']} |", f"| {r['method']} † |", 1)
-        if any(l.startswith(key) or l.startswith(marked[:len(key) + 2]) for l in lines):
-            lines = [marked if l.startswith(key) or l.startswith(marked[:len(key) + 2]) else l for l in lines]
+        if any(l.startswith(key) or l.startswith(marked[: len(key) + 2]) for l in lines):
+            lines = [marked if l.startswith(key) or l.startswith(marked[: len(key) + 2]) else l for l in lines]
         else:  # a row the table lacks goes after the last row of its type (or at the table's end)
             rows_at = [i for i, l in enumerate(lines) if l.startswith("| ")]
             same = [i for i in rows_at if lines[i].startswith(f"| {r['type']} | edgec |")]
             lines.insert((same or rows_at)[-1] + 1, marked)
-    note = ("† measured in a later `--only` run: perplexity is deterministic, so it compares across runs; wall "
-            "time and peak RSS are of that run.")
+    note = (
+        "† measured in a later `--only` run: perplexity is deterministic, so it compares across runs; wall "
+        "time and peak RSS are of that run."
+    )
     if note not in lines:
         last = max(i for i, l in enumerate(lines) if l.startswith("| "))
-        lines[last + 1:last + 1] = ["", note]
+        lines[last + 1 : last + 1] = ["", note]
     open(path, "w", encoding="utf-8").write("\n".join(lines) + "\n")
     print("\n".join(lines))
 

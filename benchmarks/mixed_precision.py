@@ -37,6 +37,7 @@ GROUP = 64
 
 def main() -> int:
     import warnings
+
     warnings.simplefilter("ignore")
     from edgec.plugins.mixed.mixed_precision import REPORT_KEY
 
@@ -46,12 +47,20 @@ def main() -> int:
     def evaluate(pipe: str) -> dict:
         mm, t_pass, p = run_and_score(base, pipe, reg, ctx, ids)
         report = mm.reports.get(REPORT_KEY, {})
-        params = sum(int(np.prod(v.shape)) for v in mm.graph.initializers.values()
-                     if v.dtype is not None and v.dtype.is_float)
-        row = {"pipeline": pipe or "(float)", "weights_mb": mm.size_bytes() / 1e6, "ppl": p.perplexity,
-               "avg_bits": report.get("avg_bits"), "pass_s": round(t_pass, 1), "params": params,
-               "tokens": p.tokens_scored, "histogram": report.get("histogram"),
-               "cached_sensitivity": report.get("cached_sensitivity")}
+        params = sum(
+            int(np.prod(v.shape)) for v in mm.graph.initializers.values() if v.dtype is not None and v.dtype.is_float
+        )
+        row = {
+            "pipeline": pipe or "(float)",
+            "weights_mb": mm.size_bytes() / 1e6,
+            "ppl": p.perplexity,
+            "avg_bits": report.get("avg_bits"),
+            "pass_s": round(t_pass, 1),
+            "params": params,
+            "tokens": p.tokens_scored,
+            "histogram": report.get("histogram"),
+            "cached_sensitivity": report.get("cached_sensitivity"),
+        }
         qs = [v for v in mm.graph.initializers.values() if hasattr(v.const, "bits")]
         if qs:
             row["quantized_avg_bits"] = 8 * sum(v.const.nbytes for v in qs) / sum(int(np.prod(v.shape)) for v in qs)
@@ -68,30 +77,50 @@ def main() -> int:
         rows += [u, mx]
         pairs.append((b, u, mx))
     fr = _plot(rows, pairs, base, ctx)
-    lines = ["## Mixed precision vs uniform widths (SmolLM2-135M-Instruct, `python benchmarks/mixed_precision.py`)",
-             "", "Perplexity (edgec's reference executor, GPL-3 text, 256-token windows) against the bytes the "
-             "weights take; each mixed row has the average bits per weight (scales counted) of the uniform row "
-             "above it. Mixed candidates: " + CANDIDATES.replace(":", ", ") + " bits, group 64, rtn; widths "
-             "chosen from per-layer KL sensitivities on 4 x 128 calibration tokens. "
-             "Plot: [mixed_precision.png](mixed_precision.png).", "",
-             "| pipeline | avg bits / weight | weights MB | perplexity | widths used (layers) | pass s |",
-             "|---|---:|---:|---:|---|---:|"]
+    lines = [
+        "## Mixed precision vs uniform widths (SmolLM2-135M-Instruct, `python benchmarks/mixed_precision.py`)",
+        "",
+        "Perplexity (edgec's reference executor, GPL-3 text, 256-token windows) against the bytes the "
+        "weights take; each mixed row has the average bits per weight (scales counted) of the uniform row "
+        "above it. Mixed candidates: " + CANDIDATES.replace(":", ", ") + " bits, group 64, rtn; widths "
+        "chosen from per-layer KL sensitivities on 4 x 128 calibration tokens. "
+        "Plot: [mixed_precision.png](mixed_precision.png).",
+        "",
+        "| pipeline | avg bits / weight | weights MB | perplexity | widths used (layers) | pass s |",
+        "|---|---:|---:|---:|---|---:|",
+    ]
     for r in rows:
         hist = ", ".join(f"{k}b: {v}" for k, v in (r["histogram"] or {}).items() if v) or "-"
-        lines.append(f"| `{r['pipeline']}` | {r['avg_bits'] if r['avg_bits'] is not None else '32'} | "
-                     f"{r['weights_mb']:.2f} | {r['ppl']:.3f} | {hist} | {r['pass_s']} |")
-    verdict = ["", "Mixed below uniform at the same budget: " + ", ".join(
-        f"{b} bits: {'yes' if mx['ppl'] < u['ppl'] else 'NO'} ({mx['ppl']:.3f} vs {u['ppl']:.3f}, "
-        f"{mx['weights_mb']:.2f} vs {u['weights_mb']:.2f} MB)" for b, u, mx in pairs) + "."]
-    below = [b for b, (sz, cost) in fr["uniform"].items()
-             if fr["costs"][int(np.searchsorted(fr["sizes"], sz, side="right")) - 1] <= cost]
+        lines.append(
+            f"| `{r['pipeline']}` | {r['avg_bits'] if r['avg_bits'] is not None else '32'} | "
+            f"{r['weights_mb']:.2f} | {r['ppl']:.3f} | {hist} | {r['pass_s']} |"
+        )
+    verdict = [
+        "",
+        "Mixed below uniform at the same budget: "
+        + ", ".join(
+            f"{b} bits: {'yes' if mx['ppl'] < u['ppl'] else 'NO'} ({mx['ppl']:.3f} vs {u['ppl']:.3f}, "
+            f"{mx['weights_mb']:.2f} vs {u['weights_mb']:.2f} MB)"
+            for b, u, mx in pairs
+        )
+        + ".",
+    ]
+    below = [
+        b
+        for b, (sz, cost) in fr["uniform"].items()
+        if fr["costs"][int(np.searchsorted(fr["sizes"], sz, side="right")) - 1] <= cost
+    ]
     verdict.append("")
-    verdict.append(f"Pareto front (right panel): {fr['points']} allocations, sensitivities read from the cache "
-                   f"({'yes' if fr['cached'] else 'no'}); at each uniform width's size the front's predicted damage "
-                   f"is at or below the uniform allocation's for {len(below)} of {len(fr['uniform'])} widths: " +
-                   ", ".join(f"{b} bits {cost:.4g} -> "
-                             f"{fr['costs'][int(np.searchsorted(fr['sizes'], sz, side='right')) - 1]:.4g}"
-                             for b, (sz, cost) in fr["uniform"].items()) + ".")
+    verdict.append(
+        f"Pareto front (right panel): {fr['points']} allocations, sensitivities read from the cache "
+        f"({'yes' if fr['cached'] else 'no'}); at each uniform width's size the front's predicted damage "
+        f"is at or below the uniform allocation's for {len(below)} of {len(fr['uniform'])} widths: "
+        + ", ".join(
+            f"{b} bits {cost:.4g} -> {fr['costs'][int(np.searchsorted(fr['sizes'], sz, side='right')) - 1]:.4g}"
+            for b, (sz, cost) in fr["uniform"].items()
+        )
+        + "."
+    )
     write_results("RESULTS-mixed.md", lines + verdict)
     return 0
 
@@ -103,6 +132,7 @@ def _front(base, ctx) -> dict:
     from edgec.ir.serde import load
     from edgec.plugins.mixed.mixed_precision import MixedPrecision
     from edgec.plugins.mixed.sensitivity import analyse
+
     mp = MixedPrecision(avg_bits=4.0, bits=CANDIDATES, group=GROUP, samples=4)
     cands = {mp.spec(mp.candidate(b)): b for b in mp.widths()}
     sens = analyse(load(base), list(cands), ctx, samples=4)
@@ -110,16 +140,25 @@ def _front(base, ctx) -> dict:
     uniform = {}
     for b in UNIFORM:
         spec = next(c for c, w in cands.items() if w == b)
-        uniform[b] = (sum(sens.table[w][spec]["bytes"] for w in sens.layers),
-                      sum(sens.cost(w, spec, "kl") for w in sens.layers))
-    return {"cached": sens.cached, "sizes": front.sizes.tolist(), "costs": front.costs.tolist(),
-            "uniform": uniform, "points": len(front.sizes)}
+        uniform[b] = (
+            sum(sens.table[w][spec]["bytes"] for w in sens.layers),
+            sum(sens.cost(w, spec, "kl") for w in sens.layers),
+        )
+    return {
+        "cached": sens.cached,
+        "sizes": front.sizes.tolist(),
+        "costs": front.costs.tolist(),
+        "uniform": uniform,
+        "points": len(front.sizes),
+    }
 
 
 def _plot(rows, pairs, base, ctx) -> dict:
     import matplotlib
+
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
+
     fr = _front(base, ctx)
     fig, (ax, ax2) = plt.subplots(1, 2, figsize=(12.0, 4.4))
     u = [p[1] for p in pairs]

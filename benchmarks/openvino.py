@@ -39,6 +39,7 @@ sys.path[:] = [p for p in sys.path if os.path.abspath(p or os.curdir) != HERE]
 
 def mlp(batch: int):
     from edgec import ir
+
     rng = np.random.default_rng(0)
     g = ir.Graph("mlp")
     h = g.add_input("x", ir.DType.FLOAT32, (batch, 1024))
@@ -57,6 +58,7 @@ def mlp(batch: int):
 def theoretical_bytes(model) -> int:
     """Code bits x weights + float32 parameters of every quantized weight, 4 bytes per float parameter."""
     from edgec.ir import QuantizedTensor
+
     total = 0
     for v in model.graph.initializers.values():
         if not v.uses:
@@ -81,6 +83,7 @@ def emit(model, pipeline: str, out: str, **target_options) -> int:
     from edgec.host import host
     from edgec.ir.passes import PassContext, PassManager, parse_pipeline
     from edgec.targets.openvino import OpenVINOTarget
+
     m = ir.parse_model(ir.print_model(model))
     if pipeline:
         PassManager(parse_pipeline(pipeline, host().passes.as_dict())).run(m, PassContext())
@@ -96,9 +99,10 @@ def nncf_variants(src: str, work: str, tag: str) -> dict[str, str]:
     except ImportError:
         return {}
     out = {}
-    for name, kw in (("nncf-int8", {"mode": nncf.CompressWeightsMode.INT8_ASYM}),
-                     ("nncf-int4", {"mode": nncf.CompressWeightsMode.INT4_SYM, "group_size": 128, "ratio": 1.0,
-                                    "all_layers": True})):
+    for name, kw in (
+        ("nncf-int8", {"mode": nncf.CompressWeightsMode.INT8_ASYM}),
+        ("nncf-int4", {"mode": nncf.CompressWeightsMode.INT4_SYM, "group_size": 128, "ratio": 1.0, "all_layers": True}),
+    ):
         m = ov.Core().read_model(os.path.join(src, "model.xml"))
         try:
             c = nncf.compress_weights(m, **kw)
@@ -118,12 +122,14 @@ def main() -> None:
     ap.add_argument("--models", default="mlp,bert")
     args = ap.parse_args()
     import openvino as ov
+
     core = ov.Core()
     base_cfg = {"INFERENCE_NUM_THREADS": 1, "NUM_STREAMS": 1, "PERFORMANCE_HINT": "LATENCY"}
     configs = {"default": base_cfg, "f32": {**base_cfg, "INFERENCE_PRECISION_HINT": "f32"}}
     default_precision = str(core.get_property("CPU", "INFERENCE_PRECISION_HINT"))
     try:
         import nncf
+
         nncf_version = nncf.__version__
     except ImportError:
         nncf_version = None
@@ -135,9 +141,12 @@ def main() -> None:
                 # The MLP's last Linear is its output head: 4-bit too (edgec keeps heads at 8 bits by default).
                 # int8: asymmetric (u8 + zero points), the CPU plugin's fastest int8 decompression here
                 # (symmetric i8 measured 5-10% slower); int4: symmetric i4.
-                variants = {"fp32": "", "int8": "quantize{bits=8,scheme=asymmetric,scale_dtype=f16}",
-                            "int4": "quantize{bits=4,group=128,scale_dtype=f16" + (",head_bits=4}" if name == "mlp"
-                                                                                      else ",embedding_bits=4}")}
+                variants = {
+                    "fp32": "",
+                    "int8": "quantize{bits=8,scheme=asymmetric,scale_dtype=f16}",
+                    "int4": "quantize{bits=4,group=128,scale_dtype=f16"
+                    + (",head_bits=4}" if name == "mlp" else ",embedding_bits=4}"),
+                }
                 dirs, theo = {}, {}
                 for v, pipe in variants.items():
                     d = os.path.join(work, f"{name}{batch}-{v}")
@@ -149,11 +158,14 @@ def main() -> None:
                 dirs["int8 (decompression=f16)"] = d
                 dirs.update(nncf_variants(dirs["fp32"], work, f"{name}{batch}"))
                 from edgec import ir
+
                 feeds = ir.random_inputs(base, seed=0)
                 res = {}
                 for cname, cfg in configs.items():
-                    reqs = {v: core.compile_model(os.path.join(d, "model.xml"), "CPU", cfg).create_infer_request()
-                            for v, d in dirs.items()}
+                    reqs = {
+                        v: core.compile_model(os.path.join(d, "model.xml"), "CPU", cfg).create_infer_request()
+                        for v, d in dirs.items()
+                    }
                     for r in reqs.values():
                         for _ in range(5):
                             r.infer(feeds)
@@ -167,35 +179,53 @@ def main() -> None:
                     del reqs
                 for v, d in dirs.items():
                     size = os.path.getsize(os.path.join(d, "model.bin"))
-                    rows.append((name, batch, v, [(res[c][v] * 1e3, res[c]["fp32"] / res[c][v]) for c in configs],
-                                 size / 1e6, (size / theo[v]) if v in theo else None))
+                    rows.append(
+                        (
+                            name,
+                            batch,
+                            v,
+                            [(res[c][v] * 1e3, res[c]["fp32"] / res[c][v]) for c in configs],
+                            size / 1e6,
+                            (size / theo[v]) if v in theo else None,
+                        )
+                    )
                     print(rows[-1], file=sys.stderr)
-    lines = ["# OpenVINO weight compression (`python benchmarks/openvino.py`)", "",
-             f"OpenVINO {ov.__version__}, CPU plugin, 1 inference thread, 1 stream, LATENCY hint; median of "
-             f"{args.rounds} interleaved rounds after 5 warm-up runs, all variants in one process, for two "
-             f"configurations: the runtime default (inference precision {default_precision} on this CPU: "
-             "float layers, the fp32 model's included, compute in that type) and INFERENCE_PRECISION_HINT=f32 "
-             "(the fp32 model computes in fp32). MLP: 4 x Linear "
-             "1024x1024 (+bias, ReLU). BERT: the BERT-style encoder from examples/models, sequence 16. int8: "
-             "edgec `quantize{bits=8,scheme=asymmetric,scale_dtype=f16}` (u8 per channel); int4: "
-             "`quantize{bits=4,group=128,scale_dtype=f16}` "
-             "(i4, groups of 128; the MLP's last layer and BERT's embedding table at 4 bits too, `head_bits=4` / "
-             "`embedding_bits=4`, like NNCF's all_layers; edgec's embedding rows have one scale each). Edgec's "
-             "decompression multiplies in float16 where that is exact (4-bit grids with scale_dtype=f16) and in "
-             "float32 otherwise, so its weights are exactly the IR's; NNCF's always multiplies in float16. The "
-             "`int8 (decompression=f16)` row is edgec's int8 emitted with `openvino{decompression=f16}`, which "
-             "also always multiplies in float16 (faster, weights rounded to float16). "
-             + (f"NNCF {nncf_version} `compress_weights` on edgec's fp32 artifact: INT8_ASYM, and INT4_SYM group "
-                "128 ratio 1.0 all_layers." if nncf_version else "NNCF is not installed: no NNCF rows.")
-             + " size / theory: model.bin over code bits x weights + scales (2 bytes when float16) + zero points "
-             "+ 4 bytes per float parameter.", "",
-             "| model | batch | variant | ms (default) | vs fp32 (default) | ms (f32) | vs fp32 (f32) | model.bin MB "
-             "| size / theory |",
-             "|---|---|---|---|---|---|---|---|---|"]
+    lines = [
+        "# OpenVINO weight compression (`python benchmarks/openvino.py`)",
+        "",
+        f"OpenVINO {ov.__version__}, CPU plugin, 1 inference thread, 1 stream, LATENCY hint; median of "
+        f"{args.rounds} interleaved rounds after 5 warm-up runs, all variants in one process, for two "
+        f"configurations: the runtime default (inference precision {default_precision} on this CPU: "
+        "float layers, the fp32 model's included, compute in that type) and INFERENCE_PRECISION_HINT=f32 "
+        "(the fp32 model computes in fp32). MLP: 4 x Linear "
+        "1024x1024 (+bias, ReLU). BERT: the BERT-style encoder from examples/models, sequence 16. int8: "
+        "edgec `quantize{bits=8,scheme=asymmetric,scale_dtype=f16}` (u8 per channel); int4: "
+        "`quantize{bits=4,group=128,scale_dtype=f16}` "
+        "(i4, groups of 128; the MLP's last layer and BERT's embedding table at 4 bits too, `head_bits=4` / "
+        "`embedding_bits=4`, like NNCF's all_layers; edgec's embedding rows have one scale each). Edgec's "
+        "decompression multiplies in float16 where that is exact (4-bit grids with scale_dtype=f16) and in "
+        "float32 otherwise, so its weights are exactly the IR's; NNCF's always multiplies in float16. The "
+        "`int8 (decompression=f16)` row is edgec's int8 emitted with `openvino{decompression=f16}`, which "
+        "also always multiplies in float16 (faster, weights rounded to float16). "
+        + (
+            f"NNCF {nncf_version} `compress_weights` on edgec's fp32 artifact: INT8_ASYM, and INT4_SYM group "
+            "128 ratio 1.0 all_layers."
+            if nncf_version
+            else "NNCF is not installed: no NNCF rows."
+        )
+        + " size / theory: model.bin over code bits x weights + scales (2 bytes when float16) + zero points "
+        "+ 4 bytes per float parameter.",
+        "",
+        "| model | batch | variant | ms (default) | vs fp32 (default) | ms (f32) | vs fp32 (f32) | model.bin MB "
+        "| size / theory |",
+        "|---|---|---|---|---|---|---|---|---|",
+    ]
     for name, batch, v, lat, mb, ratio in rows:
         (ms_d, sp_d), (ms_f, sp_f) = lat
-        lines.append(f"| {name} | {batch} | {v} | {ms_d:.3f} | {sp_d:.2f}x | {ms_f:.3f} | {sp_f:.2f}x | {mb:.3f} | "
-                     f"{'' if ratio is None else f'{ratio:.4f}'} |")
+        lines.append(
+            f"| {name} | {batch} | {v} | {ms_d:.3f} | {sp_d:.2f}x | {ms_f:.3f} | {sp_f:.2f}x | {mb:.3f} | "
+            f"{'' if ratio is None else f'{ratio:.4f}'} |"
+        )
     write_results("RESULTS-openvino.md", lines)
 
 

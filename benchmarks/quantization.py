@@ -31,6 +31,7 @@ BITS = (8, 4, 3)
 def prepare(name: str, work: str, n_calib: int):
     from edgec import ir
     from edgec.calibration import CalibrationSet
+
     model = example_ir(name, work)
     rng = np.random.default_rng(0)
 
@@ -38,6 +39,7 @@ def prepare(name: str, work: str, n_calib: int):
         if name == "bert":
             return {"input_ids": rng.integers(0, 1000, (1, 16)), "attention_mask": np.ones((1, 16), np.int64)}
         return {"image": rng.standard_normal((1, 3, 64, 64)).astype(np.float32)}
+
     calib = CalibrationSet([sample() for _ in range(n_calib)], "seeded synthetic")
     held = [sample() for _ in range(4)]
     text = ir.print_model(model)
@@ -56,6 +58,7 @@ def evaluate(text: str, pipeline: str, calib, held, ref_outs):
     from edgec import ir
     from edgec.host import host
     from edgec.ir.passes import PassContext, PassManager, parse_pipeline
+
     model = ir.parse_model(text)
     fp32_bytes = model.size_bytes()
     tracemalloc.start()
@@ -71,12 +74,17 @@ def evaluate(text: str, pipeline: str, calib, held, ref_outs):
         y = ex.run(feeds)[out].astype(np.float64).ravel()
         r = ref.astype(np.float64).ravel()
         num += np.sum((y - r) ** 2)
-        den += np.sum(r ** 2)
+        den += np.sum(r**2)
         dot += y @ r
         n1 += y @ y
         n2 += r @ r
-    return {"bytes": model.size_bytes(), "sqnr": 10 * np.log10(den / num) if num > 0 else float("inf"),
-            "cos": dot / np.sqrt(n1 * n2), "wall": wall, "peak_x_fp32": peak / fp32_bytes}
+    return {
+        "bytes": model.size_bytes(),
+        "sqnr": 10 * np.log10(den / num) if num > 0 else float("inf"),
+        "cos": dot / np.sqrt(n1 * n2),
+        "wall": wall,
+        "peak_x_fp32": peak / fp32_bytes,
+    }
 
 
 def _warm_up(ir_path: str, calib) -> None:
@@ -86,6 +94,7 @@ def _warm_up(ir_path: str, calib) -> None:
 
     from edgec import ir
     from edgec.api.capture import Stream, trim_heap
+
     a = np.random.default_rng(0).standard_normal((256, 512)).astype(np.float32)
     h = blas.sgemm(1.0, a, a, trans_a=True)
     h[np.diag_indices(512)] += 1.0
@@ -108,6 +117,7 @@ def child(ir_path: str, calib_path: str, pipeline: str) -> None:
     from edgec.calibration import CalibrationSet
     from edgec.host import host
     from edgec.ir.passes import PassContext, PassManager, parse_pipeline
+
     reg = host().passes.as_dict()
     with np.load(calib_path) as z:
         arrays = {k: z[k] for k in z.files}
@@ -128,13 +138,18 @@ def rss_in_child(text: str, calib, pipeline: str, work: str) -> dict:
     import subprocess
 
     from edgec import ir
+
     path = os.path.join(work, "model.edgec")
     if not os.path.exists(path):
         ir.save(ir.parse_model(text), path)
-        np.savez(os.path.join(work, "calib.npz"), **{k: np.stack([s[k] for s in calib.samples])
-                                                        for k in calib.samples[0]})
-    r = subprocess.run([sys.executable, __file__, "--child", path, os.path.join(work, "calib.npz"), pipeline],
-                       capture_output=True, text=True)
+        np.savez(
+            os.path.join(work, "calib.npz"), **{k: np.stack([s[k] for s in calib.samples]) for k in calib.samples[0]}
+        )
+    r = subprocess.run(
+        [sys.executable, __file__, "--child", path, os.path.join(work, "calib.npz"), pipeline],
+        capture_output=True,
+        text=True,
+    )
     if r.returncode:
         raise SystemExit(f"child failed for {pipeline}:\n{r.stderr[-2000:]}")
     return json.loads(r.stdout.strip().splitlines()[-1])
@@ -150,20 +165,25 @@ def main() -> None:
         child(*args.child)
         return
     from edgec import ir
-    lines = ["# Quantization benchmark", "",
-             f"`python benchmarks/quantization.py --calib-samples {args.calib_samples}`: random-weight models "
-             "(examples/models), seeded synthetic calibration and held-out inputs (4).",
-             "Output SQNR / cosine: whole-model output vs fp32 on held-out inputs (reference executor). Bits apply to",
-             "conv/linear layers (8/4: per channel; 4/3 bits on Linear: groups of 32); the embedding and output head",
-             "stay 8-bit (defaults). Peak = tracemalloc peak during the pass / fp32 weight bytes (numpy and Python",
-             "buffers); RSS = in a fresh process with every library imported and warmed up (OpenBLAS buffers, LAPACK,",
-             "an onnxruntime session on the first node: one-time costs that do not grow with the",
-             "model), the rise of peak resident memory from loading the model (memory-mapped .edgec) through the end",
-             "of the pass / fp32 weight bytes: it counts the model itself, the quantized codes, GPTQ's K x K Hessian",
-             "and onnxruntime's copies while capturing activations. Pass s = wall time of the pass in that fresh",
-             "process (no tracemalloc, which slows every numpy allocation).", "",
-             "| model | bits | method | weights MB | output SQNR dB | cosine | pass s | peak / fp32 | RSS / fp32 |",
-             "|---|---|---|---|---|---|---|---|---|"]
+
+    lines = [
+        "# Quantization benchmark",
+        "",
+        f"`python benchmarks/quantization.py --calib-samples {args.calib_samples}`: random-weight models "
+        "(examples/models), seeded synthetic calibration and held-out inputs (4).",
+        "Output SQNR / cosine: whole-model output vs fp32 on held-out inputs (reference executor). Bits apply to",
+        "conv/linear layers (8/4: per channel; 4/3 bits on Linear: groups of 32); the embedding and output head",
+        "stay 8-bit (defaults). Peak = tracemalloc peak during the pass / fp32 weight bytes (numpy and Python",
+        "buffers); RSS = in a fresh process with every library imported and warmed up (OpenBLAS buffers, LAPACK,",
+        "an onnxruntime session on the first node: one-time costs that do not grow with the",
+        "model), the rise of peak resident memory from loading the model (memory-mapped .edgec) through the end",
+        "of the pass / fp32 weight bytes: it counts the model itself, the quantized codes, GPTQ's K x K Hessian",
+        "and onnxruntime's copies while capturing activations. Pass s = wall time of the pass in that fresh",
+        "process (no tracemalloc, which slows every numpy allocation).",
+        "",
+        "| model | bits | method | weights MB | output SQNR dB | cosine | pass s | peak / fp32 | RSS / fp32 |",
+        "|---|---|---|---|---|---|---|---|---|",
+    ]
     with tempfile.TemporaryDirectory() as work:
         for name in args.models.split(","):
             os.makedirs(os.path.join(work, name))
@@ -181,9 +201,11 @@ def main() -> None:
                     # The pass's wall time is the child's: tracemalloc (on during evaluate) slows every
                     # numpy allocation and would bill that to the method.
                     r["rss_x_fp32"], r["wall"] = child_r["rss_x_fp32"], child_r["wall_s"]
-                    lines.append(f"| {name} | {bits} | {method} | {r['bytes'] / 1e6:.2f} | {r['sqnr']:.2f} | "
-                                 f"{r['cos']:.6f} | {r['wall']:.1f} | {r['peak_x_fp32']:.2f} | "
-                                 f"{r['rss_x_fp32']:.2f} |")
+                    lines.append(
+                        f"| {name} | {bits} | {method} | {r['bytes'] / 1e6:.2f} | {r['sqnr']:.2f} | "
+                        f"{r['cos']:.6f} | {r['wall']:.1f} | {r['peak_x_fp32']:.2f} | "
+                        f"{r['rss_x_fp32']:.2f} |"
+                    )
                     print(lines[-1], file=sys.stderr)
     write_results("RESULTS-quantization.md", lines)
 

@@ -42,81 +42,211 @@ EXPORTS = ("ts13", "ts14", "ts17", "dyn18", "pt2")
 def _text(cfg_cls, model_cls, **kw):
     def build(attn):
         import transformers as tf
+
         cfg = getattr(tf, cfg_cls)(**kw)
         return getattr(tf, model_cls)._from_config(cfg, attn_implementation=attn), "text"
+
     return build
 
 
 def _vision(cfg_cls, model_cls, **kw):
     def build(attn):
         import transformers as tf
+
         cfg = getattr(tf, cfg_cls)(**kw)
         extra = {"attn_implementation": attn} if attn else {}
         return getattr(tf, model_cls)._from_config(cfg, **extra), "image"
+
     return build
 
 
 def _whisper(attn):
     import transformers as tf
-    cfg = tf.WhisperConfig(vocab_size=100, num_mel_bins=16, encoder_layers=2, encoder_attention_heads=2,
-                           decoder_layers=1, decoder_attention_heads=2, d_model=32, encoder_ffn_dim=64,
-                           decoder_ffn_dim=64, max_source_positions=SEQ, max_target_positions=SEQ,
-                           pad_token_id=0, bos_token_id=1, eos_token_id=2, decoder_start_token_id=1)
+
+    cfg = tf.WhisperConfig(
+        vocab_size=100,
+        num_mel_bins=16,
+        encoder_layers=2,
+        encoder_attention_heads=2,
+        decoder_layers=1,
+        decoder_attention_heads=2,
+        d_model=32,
+        encoder_ffn_dim=64,
+        decoder_ffn_dim=64,
+        max_source_positions=SEQ,
+        max_target_positions=SEQ,
+        pad_token_id=0,
+        bos_token_id=1,
+        eos_token_id=2,
+        decoder_start_token_id=1,
+    )
     return tf.WhisperModel._from_config(cfg, attn_implementation=attn).get_encoder(), "mel"
 
 
 def _wav2vec2(attn):
     import transformers as tf
-    cfg = tf.Wav2Vec2Config(vocab_size=32, hidden_size=32, num_hidden_layers=2, num_attention_heads=2,
-                            intermediate_size=64, conv_dim=(16, 16), conv_stride=(5, 2), conv_kernel=(10, 3),
-                            num_conv_pos_embeddings=16, num_conv_pos_embedding_groups=4, do_stable_layer_norm=False)
+
+    cfg = tf.Wav2Vec2Config(
+        vocab_size=32,
+        hidden_size=32,
+        num_hidden_layers=2,
+        num_attention_heads=2,
+        intermediate_size=64,
+        conv_dim=(16, 16),
+        conv_stride=(5, 2),
+        conv_kernel=(10, 3),
+        num_conv_pos_embeddings=16,
+        num_conv_pos_embedding_groups=4,
+        do_stable_layer_norm=False,
+    )
     return tf.Wav2Vec2Model._from_config(cfg, attn_implementation=attn), "audio"
 
 
 def _encoder_of(cfg_cls, model_cls, **kw):
     def build(attn):
         import transformers as tf
+
         cfg = getattr(tf, cfg_cls)(**kw)
         return getattr(tf, model_cls)._from_config(cfg, attn_implementation=attn).get_encoder(), "text"
+
     return build
 
 
-_T = dict(vocab_size=100, hidden_size=32, num_hidden_layers=2, num_attention_heads=2, intermediate_size=64,
-          max_position_embeddings=64)
+_T = dict(
+    vocab_size=100,
+    hidden_size=32,
+    num_hidden_layers=2,
+    num_attention_heads=2,
+    intermediate_size=64,
+    max_position_embeddings=64,
+)
 MODELS = {
     "bert": (_text("BertConfig", "BertModel", **_T), True),
-    "distilbert": (_text("DistilBertConfig", "DistilBertModel", vocab_size=100, dim=32, n_layers=2, n_heads=2,
-                         hidden_dim=64, max_position_embeddings=64), True),
+    "distilbert": (
+        _text(
+            "DistilBertConfig",
+            "DistilBertModel",
+            vocab_size=100,
+            dim=32,
+            n_layers=2,
+            n_heads=2,
+            hidden_dim=64,
+            max_position_embeddings=64,
+        ),
+        True,
+    ),
     "roberta": (_text("RobertaConfig", "RobertaModel", **_T), True),
     "albert": (_text("AlbertConfig", "AlbertModel", embedding_size=16, **_T), True),
     "electra": (_text("ElectraConfig", "ElectraModel", embedding_size=16, **_T), True),
     "gpt2": (_text("GPT2Config", "GPT2Model", vocab_size=100, n_embd=32, n_layer=2, n_head=2, n_positions=64), True),
     "llama": (_text("LlamaConfig", "LlamaModel", num_key_value_heads=1, **_T), True),
     "qwen2": (_text("Qwen2Config", "Qwen2Model", num_key_value_heads=1, **_T), True),
-    "t5-encoder": (_text("T5Config", "T5EncoderModel", vocab_size=100, d_model=32, d_kv=16, d_ff=64, num_layers=2,
-                         num_heads=2), True),
-    "bart-encoder": (_encoder_of("BartConfig", "BartModel", vocab_size=100, d_model=32, encoder_layers=2,
-                                 decoder_layers=1, encoder_attention_heads=2, decoder_attention_heads=2,
-                                 encoder_ffn_dim=64, decoder_ffn_dim=64, max_position_embeddings=64), True),
-    "vit": (_vision("ViTConfig", "ViTModel", image_size=IMG, patch_size=8, hidden_size=32, num_hidden_layers=2,
-                    num_attention_heads=2, intermediate_size=64), True),
-    "deit": (_vision("DeiTConfig", "DeiTModel", image_size=IMG, patch_size=8, hidden_size=32, num_hidden_layers=2,
-                     num_attention_heads=2, intermediate_size=64), True),
-    "swin": (_vision("SwinConfig", "SwinModel", image_size=IMG, patch_size=4, embed_dim=16, depths=[1, 1],
-                     num_heads=[2, 2], window_size=4), True),
-    "convnext": (_vision("ConvNextConfig", "ConvNextModel", num_stages=2, hidden_sizes=[16, 32], depths=[1, 1]),
-                 False),
-    "resnet": (_vision("ResNetConfig", "ResNetModel", embedding_size=16, hidden_sizes=[16, 32], depths=[1, 1],
-                       layer_type="basic"), False),
+    "t5-encoder": (
+        _text("T5Config", "T5EncoderModel", vocab_size=100, d_model=32, d_kv=16, d_ff=64, num_layers=2, num_heads=2),
+        True,
+    ),
+    "bart-encoder": (
+        _encoder_of(
+            "BartConfig",
+            "BartModel",
+            vocab_size=100,
+            d_model=32,
+            encoder_layers=2,
+            decoder_layers=1,
+            encoder_attention_heads=2,
+            decoder_attention_heads=2,
+            encoder_ffn_dim=64,
+            decoder_ffn_dim=64,
+            max_position_embeddings=64,
+        ),
+        True,
+    ),
+    "vit": (
+        _vision(
+            "ViTConfig",
+            "ViTModel",
+            image_size=IMG,
+            patch_size=8,
+            hidden_size=32,
+            num_hidden_layers=2,
+            num_attention_heads=2,
+            intermediate_size=64,
+        ),
+        True,
+    ),
+    "deit": (
+        _vision(
+            "DeiTConfig",
+            "DeiTModel",
+            image_size=IMG,
+            patch_size=8,
+            hidden_size=32,
+            num_hidden_layers=2,
+            num_attention_heads=2,
+            intermediate_size=64,
+        ),
+        True,
+    ),
+    "swin": (
+        _vision(
+            "SwinConfig",
+            "SwinModel",
+            image_size=IMG,
+            patch_size=4,
+            embed_dim=16,
+            depths=[1, 1],
+            num_heads=[2, 2],
+            window_size=4,
+        ),
+        True,
+    ),
+    "convnext": (_vision("ConvNextConfig", "ConvNextModel", num_stages=2, hidden_sizes=[16, 32], depths=[1, 1]), False),
+    "resnet": (
+        _vision(
+            "ResNetConfig", "ResNetModel", embedding_size=16, hidden_sizes=[16, 32], depths=[1, 1], layer_type="basic"
+        ),
+        False,
+    ),
     "mobilenetv2": (_vision("MobileNetV2Config", "MobileNetV2Model", image_size=IMG, depth_multiplier=0.25), False),
-    "efficientnet": (_vision("EfficientNetConfig", "EfficientNetModel", image_size=IMG, width_coefficient=0.25,
-                             depth_coefficient=0.25, hidden_dim=320), False),
+    "efficientnet": (
+        _vision(
+            "EfficientNetConfig",
+            "EfficientNetModel",
+            image_size=IMG,
+            width_coefficient=0.25,
+            depth_coefficient=0.25,
+            hidden_dim=320,
+        ),
+        False,
+    ),
     "whisper-encoder": (_whisper, True),
     "wav2vec2": (_wav2vec2, True),
-    "clip-text": (_text("CLIPTextConfig", "CLIPTextModel", vocab_size=100, hidden_size=32, num_hidden_layers=2,
-                        num_attention_heads=2, intermediate_size=64, max_position_embeddings=64), True),
-    "clip-vision": (_vision("CLIPVisionConfig", "CLIPVisionModel", image_size=IMG, patch_size=8, hidden_size=32,
-                            num_hidden_layers=2, num_attention_heads=2, intermediate_size=64), True),
+    "clip-text": (
+        _text(
+            "CLIPTextConfig",
+            "CLIPTextModel",
+            vocab_size=100,
+            hidden_size=32,
+            num_hidden_layers=2,
+            num_attention_heads=2,
+            intermediate_size=64,
+            max_position_embeddings=64,
+        ),
+        True,
+    ),
+    "clip-vision": (
+        _vision(
+            "CLIPVisionConfig",
+            "CLIPVisionModel",
+            image_size=IMG,
+            patch_size=8,
+            hidden_size=32,
+            num_hidden_layers=2,
+            num_attention_heads=2,
+            intermediate_size=64,
+        ),
+        True,
+    ),
 }
 
 
@@ -143,11 +273,13 @@ class FirstOutput:
                 else:
                     out = self.m(input_values=args[0])
                 return out[0] if isinstance(out, (tuple, list)) else next(iter(out.values()))
+
         return Wrapped().eval()
 
 
 def example_inputs(kind: str, model) -> tuple[tuple, list[str]]:
     import torch
+
     g = torch.Generator().manual_seed(0)
     if kind == "text":
         ids = torch.randint(0, 100, (1, SEQ), generator=g)
@@ -163,6 +295,7 @@ def example_inputs(kind: str, model) -> tuple[tuple, list[str]]:
 
 def build(name: str, attn: str | None):
     import torch
+
     torch.manual_seed(0)
     fn, _ = MODELS[name]
     model, kind = fn(attn)
@@ -175,6 +308,7 @@ def export(name: str, how: str, folder: str) -> str:
     """Export ``name`` as ``how`` (e.g. ``ts17-sdpa``, ``dyn18-eager``, ``pt2-sdpa``, ``ts17`` for models without
     attention); returns the file."""
     import torch
+
     kind, _, attn = how.partition("-")
     model, args, names = build(name, attn or None)
     with torch.no_grad():
@@ -188,16 +322,41 @@ def export(name: str, how: str, folder: str) -> str:
         else:
             path = os.path.join(folder, f"{name}-{how}.onnx")
             dynamo = kind.startswith("dyn")
-            torch.onnx.export(model, args, path, dynamo=dynamo, opset_version=int(kind[-2:]), input_names=names,
-                              output_names=["out"], **({"external_data": False} if dynamo else {}))
+            torch.onnx.export(
+                model,
+                args,
+                path,
+                dynamo=dynamo,
+                opset_version=int(kind[-2:]),
+                input_names=names,
+                output_names=["out"],
+                **({"external_data": False} if dynamo else {}),
+            )
     return path
 
 
 def compile_cell(path: str, target: str, out: str, timeout: float) -> tuple[str, float]:
     t0 = time.time()
     try:
-        r = subprocess.run([sys.executable, "-m", "edgec.cli", "compile", path, "--target", target, "-o", out,
-                            "--verify", "--json", "--no-cache"], capture_output=True, text=True, timeout=timeout)
+        r = subprocess.run(
+            [
+                sys.executable,
+                "-m",
+                "edgec.cli",
+                "compile",
+                path,
+                "--target",
+                target,
+                "-o",
+                out,
+                "--verify",
+                "--json",
+                "--no-cache",
+            ],
+            capture_output=True,
+            text=True,
+            timeout=timeout,
+        )
     except subprocess.TimeoutExpired:
         return f"timeout after {timeout:.0f} s", time.time() - t0
     dt = time.time() - t0
@@ -237,10 +396,15 @@ def main(argv: list[str] | None = None) -> None:
     ap.add_argument("--timeout", type=float, default=900.0, help="seconds per compile")
     ap.add_argument("--json", default=None)
     ap.add_argument("--no-write", action="store_true")
-    ap.add_argument("--merge", default=None, help="a --json file of an earlier run whose cells (other targets or "
-                    "exports) join this run's table; this run's cells win")
+    ap.add_argument(
+        "--merge",
+        default=None,
+        help="a --json file of an earlier run whose cells (other targets or "
+        "exports) join this run's table; this run's cells win",
+    )
     args = ap.parse_args(argv)
     import re
+
     targets = [t for t in re.split(r",(?![^{]*\})", args.targets) if t]
     wanted = args.exports.split(",") if args.exports else None
     results: dict[str, dict[str, dict[str, str]]] = {}
@@ -279,19 +443,25 @@ def main(argv: list[str] | None = None) -> None:
     else:
         sys.path.insert(0, HERE)
         from _results import write_results
+
         write_results("RESULTS-real-models.md", lines)
 
 
 def report(results, targets, seconds, args) -> list[str]:
     import torch
     import transformers
-    lines = ["## Real-model matrix: transformers architectures exported by users' exporters, on every target", "",
-             f"transformers {transformers.__version__}, torch {torch.__version__}; random seeded weights, small "
-             f"configs; sequence {SEQ}, images {IMG}x{IMG}. Each cell: `edgec compile FILE --target T --verify` "
-             f"(ok = compiled and verified). Written by `python benchmarks/real_models.py "
-             f"{' '.join(a for a in sys.argv[1:] if a != '--no-write')}` in {seconds / 60:.1f} min"
-             + (" (cells of the --merge file come from an earlier run of the same script)" if args.merge else "")
-             + ". A blank cell was not run.", ""]
+
+    lines = [
+        "## Real-model matrix: transformers architectures exported by users' exporters, on every target",
+        "",
+        f"transformers {transformers.__version__}, torch {torch.__version__}; random seeded weights, small "
+        f"configs; sequence {SEQ}, images {IMG}x{IMG}. Each cell: `edgec compile FILE --target T --verify` "
+        f"(ok = compiled and verified). Written by `python benchmarks/real_models.py "
+        f"{' '.join(a for a in sys.argv[1:] if a != '--no-write')}` in {seconds / 60:.1f} min"
+        + (" (cells of the --merge file come from an earlier run of the same script)" if args.merge else "")
+        + ". A blank cell was not run.",
+        "",
+    ]
     lines.append("| target | ok | failed | rate |")
     lines.append("|---|---:|---:|---:|")
     for t in targets:
@@ -299,17 +469,31 @@ def report(results, targets, seconds, args) -> list[str]:
         cells = [c[t] for m in results.values() for c in m.values() if t in c and not c[t].startswith("export failed")]
         ok = sum(c == "ok" for c in cells)
         lines.append(f"| {t} | {ok} | {len(cells) - ok} | {100 * ok / max(1, len(cells)):.0f}% |")
-    n_exp = sum(1 for m in results.values() for c in m.values() if any(v.startswith("export failed") for v in c.values()))
+    n_exp = sum(
+        1 for m in results.values() for c in m.values() if any(v.startswith("export failed") for v in c.values())
+    )
     if n_exp:
         lines += ["", f"{n_exp} exports failed in torch's own exporter (listed under Failures); they are not counted."]
     lines += ["", "| model | export | " + " | ".join(targets) + " |", "|---|---|" + "---|" * len(targets)]
     for name, exps in results.items():
         for how, cell in exps.items():
-            lines.append(f"| {name} | {how} | " + " | ".join(
-                "" if t not in cell else "ok" if cell[t] == "ok" else "export failed"
-                if cell[t].startswith("export failed") else "✗" for t in targets) + " |")
-    fails = [(n, h, t, c[t]) for n, e in results.items() for h, c in e.items() for t in targets
-             if c.get(t, "ok") != "ok"]
+            lines.append(
+                f"| {name} | {how} | "
+                + " | ".join(
+                    ""
+                    if t not in cell
+                    else "ok"
+                    if cell[t] == "ok"
+                    else "export failed"
+                    if cell[t].startswith("export failed")
+                    else "✗"
+                    for t in targets
+                )
+                + " |"
+            )
+    fails = [
+        (n, h, t, c[t]) for n, e in results.items() for h, c in e.items() for t in targets if c.get(t, "ok") != "ok"
+    ]
     if fails:
         lines += ["", "### Failures", "", "| model | export | target | error |", "|---|---|---|---|"]
         for n, h, t, msg in fails:

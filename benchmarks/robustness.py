@@ -41,14 +41,21 @@ from _results import HERE, write_results
 ROOT = os.path.dirname(HERE)
 TINY_CNN = os.path.join(ROOT, "examples", "models", "tiny_cnn.onnx")
 ROWS: list[dict] = []
-GOALS = {"code executed": 0, "user files deleted": 0, "corrupt cache hits": 0, "exit 70 on user errors": 0,
-         "bombs over the memory budget": 0}
+GOALS = {
+    "code executed": 0,
+    "user files deleted": 0,
+    "corrupt cache hits": 0,
+    "exit 70 on user errors": 0,
+    "bombs over the memory budget": 0,
+}
 
 
 _RSS_MARK = "EDGEC-BENCH-MAXRSS"
-_RSS_HOOK = ("import atexit, resource, runpy, sys; atexit.register(lambda: print(%r, resource.getrusage("
-             "resource.RUSAGE_SELF).ru_maxrss, file=sys.stderr, flush=True)); sys.argv = ['edgec'] + sys.argv[1:]; "
-             "runpy.run_module('edgec.cli', run_name='__main__', alter_sys=True)") % _RSS_MARK
+_RSS_HOOK = (
+    "import atexit, resource, runpy, sys; atexit.register(lambda: print(%r, resource.getrusage("
+    "resource.RUSAGE_SELF).ru_maxrss, file=sys.stderr, flush=True)); sys.argv = ['edgec'] + sys.argv[1:]; "
+    "runpy.run_module('edgec.cli', run_name='__main__', alter_sys=True)"
+) % _RSS_MARK
 
 
 def run(args, *, cwd=None, env=None, timeout=600):
@@ -57,8 +64,15 @@ def run(args, *, cwd=None, env=None, timeout=600):
     peak as its own (Linux keeps the larger across exec). A killed process (SIGKILL, timeout) reports none."""
     e = {**os.environ, **(env or {})}
     t0 = time.perf_counter()
-    p = subprocess.Popen(["/bin/sh", "-c", '"$0" "$@"', sys.executable, "-c", _RSS_HOOK, *args], cwd=cwd, env=e,
-                         stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True, start_new_session=True)
+    p = subprocess.Popen(
+        ["/bin/sh", "-c", '"$0" "$@"', sys.executable, "-c", _RSS_HOOK, *args],
+        cwd=cwd,
+        env=e,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.PIPE,
+        text=True,
+        start_new_session=True,
+    )
     try:
         _, err = p.communicate(timeout=timeout)
         rc = p.returncode
@@ -73,8 +87,9 @@ def run(args, *, cwd=None, env=None, timeout=600):
 
 
 def row(group, probe, expected, observed, ok, rss=None, secs=None):
-    ROWS.append({"group": group, "probe": probe, "expected": expected, "observed": observed, "ok": ok,
-                 "rss": rss, "secs": secs})
+    ROWS.append(
+        {"group": group, "probe": probe, "expected": expected, "observed": observed, "ok": ok, "rss": rss, "secs": secs}
+    )
     print(f"[{'ok' if ok else 'FAIL'}] {group}: {probe}: {observed}", flush=True)
 
 
@@ -96,7 +111,7 @@ def _pt2_variants(good: str, work: str, marker: str) -> dict[str, str]:
     with zipfile.ZipFile(good) as z:
         names = z.namelist()
         root = names[0].split("/")[0]
-        files = {n[len(root) + 1:]: z.read(n) for n in names}
+        files = {n[len(root) + 1 :]: z.read(n) for n in names}
     payload = pickle.dumps(_Touch(marker))
 
     def write(name, edit):
@@ -110,8 +125,12 @@ def _pt2_variants(good: str, work: str, marker: str) -> dict[str, str]:
 
     def constants_path(f):
         cfg = json.loads(f["data/constants/model_constants_config.json"])
-        cfg["config"]["evil"] = {"path_name": "opaque_obj_0/x", "is_param": False, "use_pickle": True,
-                                 "tensor_meta": None}
+        cfg["config"]["evil"] = {
+            "path_name": "opaque_obj_0/x",
+            "is_param": False,
+            "use_pickle": True,
+            "tensor_meta": None,
+        }
         f["data/constants/model_constants_config.json"] = json.dumps(cfg).encode()
         f["data/constants/opaque_obj_0/x"] = payload
 
@@ -133,13 +152,18 @@ def _pt2_variants(good: str, work: str, marker: str) -> dict[str, str]:
         prog = json.loads(f["models/model.json"])
         tv = prog["graph_module"]["graph"]["tensor_values"]
         k = next(iter(tv))
-        tv[k]["sizes"][0] = {"as_expr": {"expr_str": f"__import__('os').system(\"touch '{marker}'\")",
-                                         "hint": {"as_int": 1}}}
+        tv[k]["sizes"][0] = {
+            "as_expr": {"expr_str": f"__import__('os').system(\"touch '{marker}'\")", "hint": {"as_int": 1}}
+        }
         f["models/model.json"] = json.dumps(prog).encode()
 
-    return {"constants path_name opaque_obj_0/x": write("c", constants_path),
-            "weight use_pickle": write("w", weight_pickle), "legacy data/weights/model.pt": write("l", legacy),
-            "pickled sample inputs": write("s", sample_inputs), "shape expression (sympify)": write("e", sympy)}
+    return {
+        "constants path_name opaque_obj_0/x": write("c", constants_path),
+        "weight use_pickle": write("w", weight_pickle),
+        "legacy data/weights/model.pt": write("l", legacy),
+        "pickled sample inputs": write("s", sample_inputs),
+        "shape expression (sympify)": write("e", sympy),
+    }
 
 
 def probe_pt2(work: str) -> None:
@@ -166,14 +190,24 @@ def probe_pt2(work: str) -> None:
         GOALS["code executed"] += edgec_ran
         if edgec_ran:
             os.unlink(marker)
-        subprocess.run([sys.executable, "-c", f"import torch; torch.export.load({path!r})"], capture_output=True,
-                       env={**os.environ, "TORCH_FORCE_WEIGHTS_ONLY_LOAD": "1"})
+        subprocess.run(
+            [sys.executable, "-c", f"import torch; torch.export.load({path!r})"],
+            capture_output=True,
+            env={**os.environ, "TORCH_FORCE_WEIGHTS_ONLY_LOAD": "1"},
+        )
         torch_ran = os.path.exists(marker)
         if torch_ran:
             os.unlink(marker)
-        row("code execution", f".pt2: {name}", "exit 3 (compile, inspect), no code run",
+        row(
+            "code execution",
+            f".pt2: {name}",
+            "exit 3 (compile, inspect), no code run",
             f"exit {rcs[0]}/{rcs[1]}, code run: {'YES' if edgec_ran else 'no'} (plain torch.export.load: "
-            f"{'runs it' if torch_ran else 'refuses'})", rcs == [3, 3] and not edgec_ran, None, secs)
+            f"{'runs it' if torch_ran else 'refuses'})",
+            rcs == [3, 3] and not edgec_ran,
+            None,
+            secs,
+        )
 
 
 # ----------------------------------------------------------------------------------------- external data
@@ -181,15 +215,20 @@ def _external(path: str, location: str) -> str:
     import numpy as np
     import onnx
     from onnx import TensorProto, helper, numpy_helper
+
     t = numpy_helper.from_array(np.ones((16, 4), np.float32), "w")
     t.ClearField("raw_data")
     t.data_location = TensorProto.EXTERNAL
     for k, v in (("location", location), ("offset", "0"), ("length", "256")):
         e = t.external_data.add()
         e.key, e.value = k, v
-    g = helper.make_graph([helper.make_node("MatMul", ["x", "w"], ["y"])], "g",
-                          [helper.make_tensor_value_info("x", TensorProto.FLOAT, [2, 16])],
-                          [helper.make_tensor_value_info("y", TensorProto.FLOAT, [2, 4])], [t])
+    g = helper.make_graph(
+        [helper.make_node("MatMul", ["x", "w"], ["y"])],
+        "g",
+        [helper.make_tensor_value_info("x", TensorProto.FLOAT, [2, 16])],
+        [helper.make_tensor_value_info("y", TensorProto.FLOAT, [2, 4])],
+        [t],
+    )
     onnx.save(helper.make_model(g, opset_imports=[helper.make_opsetid("", 17)]), path)
     return path
 
@@ -202,26 +241,39 @@ def probe_external(work: str) -> None:
     d = os.path.join(work, "m")
     os.makedirs(d)
     os.symlink(secret, os.path.join(d, "link.bin"))
-    for loc in ("../../../../../../proc/self/pagemap", "../../../../../../etc/shadow", "/etc/passwd",
-                "../secret.bin", "link.bin"):
+    for loc in (
+        "../../../../../../proc/self/pagemap",
+        "../../../../../../etc/shadow",
+        "/etc/passwd",
+        "../secret.bin",
+        "link.bin",
+    ):
         model = _external(os.path.join(d, "model.onnx"), loc)
         cache = os.path.join(work, "cache-" + hashlib.md5(loc.encode()).hexdigest()[:6])
-        rc, err, secs, rss = run(["compile", model, "-o", os.path.join(work, "o")], env={"EDGEC_CACHE_DIR": cache},
-                                 timeout=120)
+        rc, err, secs, rss = run(
+            ["compile", model, "-o", os.path.join(work, "o")], env={"EDGEC_CACHE_DIR": cache}, timeout=120
+        )
         leaked = []
         for r, _, files in os.walk(cache):
             for f in files:
                 text = open(os.path.join(r, f), "rb").read()
                 leaked += [w for w in (b"pagemap", b"shadow", b"passwd", digest.encode()) if w in text]
-        row("external data", f"location {loc}", "exit 3, nothing outside the folder read or recorded",
+        row(
+            "external data",
+            f"location {loc}",
+            "exit 3, nothing outside the folder read or recorded",
             f"exit {rc} in {secs:.1f} s; recorded: {leaked or 'nothing'}: {first_line(err)}",
-            rc == 3 and not leaked, None, secs)
+            rc == 3 and not leaked,
+            None,
+            secs,
+        )
 
 
 # -------------------------------------------------------------------------------------------- size bombs
 def _gguf_absurd(path: str) -> str:
     import gguf
     import numpy as np
+
     w = gguf.GGUFWriter(path, "llama")
     w.add_block_count(1)
     w.add_tensor("token_embd.weight", np.zeros((4, 8), np.float32))
@@ -239,14 +291,24 @@ def _gguf_absurd(path: str) -> str:
 def _safetensors_sparse(folder: str, gib: float) -> str:
     """A Hugging Face folder whose one tensor declares ``gib`` GiB in a sparse file (no disk used)."""
     os.makedirs(folder, exist_ok=True)
-    cfg = {"architectures": ["LlamaForCausalLM"], "model_type": "llama", "hidden_size": 64,
-           "intermediate_size": 128, "num_attention_heads": 4, "num_key_value_heads": 4, "num_hidden_layers": 1,
-           "vocab_size": 32000, "rms_norm_eps": 1e-5, "max_position_embeddings": 128}
+    cfg = {
+        "architectures": ["LlamaForCausalLM"],
+        "model_type": "llama",
+        "hidden_size": 64,
+        "intermediate_size": 128,
+        "num_attention_heads": 4,
+        "num_key_value_heads": 4,
+        "num_hidden_layers": 1,
+        "vocab_size": 32000,
+        "rms_norm_eps": 1e-5,
+        "max_position_embeddings": 128,
+    }
     json.dump(cfg, open(os.path.join(folder, "config.json"), "w"))
     rows = int(gib * 2**30 / 4 / 64)  # declared by the file's header, not the config
     n = rows * 64 * 4
-    header = json.dumps({"model.embed_tokens.weight": {"dtype": "F32", "shape": [rows, 64],
-                                                       "data_offsets": [0, n]}}).encode()
+    header = json.dumps(
+        {"model.embed_tokens.weight": {"dtype": "F32", "shape": [rows, 64], "data_offsets": [0, n]}}
+    ).encode()
     header += b" " * (-len(header) % 8)
     path = os.path.join(folder, "model.safetensors")
     with open(path, "wb") as f:
@@ -261,49 +323,90 @@ def probe_bombs(work: str) -> None:
     from onnx import TensorProto, helper, numpy_helper
 
     from edgec.ir.budget import memory_budget
+
     budget = memory_budget()
 
     def onnx_model(name, nodes, inits, shape=(4,)):
-        g = helper.make_graph(nodes, "g", [helper.make_tensor_value_info("x", TensorProto.FLOAT, list(shape))],
-                              [helper.make_tensor_value_info("y", TensorProto.FLOAT, None)], inits)
+        g = helper.make_graph(
+            nodes,
+            "g",
+            [helper.make_tensor_value_info("x", TensorProto.FLOAT, list(shape))],
+            [helper.make_tensor_value_info("y", TensorProto.FLOAT, None)],
+            inits,
+        )
         p = os.path.join(work, name + ".onnx")
         onnx.save(helper.make_model(g, opset_imports=[helper.make_opsetid("", 17)]), p)
         return p
 
     i64 = lambda n, v: numpy_helper.from_array(np.array(v, np.int64), n)  # noqa: E731
     cases = [
-        ("ONNX ConstantOfShape 2^50 elements", ["compile", onnx_model(
-            "cos", [helper.make_node("ConstantOfShape", ["s"], ["c"]), helper.make_node("Add", ["x", "c"], ["y"])],
-            [i64("s", [1 << 20, 1 << 20, 1 << 10])]), "--verify"]),
-        ("ONNX input of 2^60 elements", ["compile", onnx_model(
-            "inp", [helper.make_node("Relu", ["x"], ["y"])], [], (1 << 30, 1 << 30)), "--verify"]),
-        ("--input-shape image=100000x3x32x32 --verify", ["compile", TINY_CNN, "--input-shape",
-                                                          "image=100000x3x32x32", "--verify"]),
+        (
+            "ONNX ConstantOfShape 2^50 elements",
+            [
+                "compile",
+                onnx_model(
+                    "cos",
+                    [helper.make_node("ConstantOfShape", ["s"], ["c"]), helper.make_node("Add", ["x", "c"], ["y"])],
+                    [i64("s", [1 << 20, 1 << 20, 1 << 10])],
+                ),
+                "--verify",
+            ],
+        ),
+        (
+            "ONNX input of 2^60 elements",
+            [
+                "compile",
+                onnx_model("inp", [helper.make_node("Relu", ["x"], ["y"])], [], (1 << 30, 1 << 30)),
+                "--verify",
+            ],
+        ),
+        (
+            "--input-shape image=100000x3x32x32 --verify",
+            ["compile", TINY_CNN, "--input-shape", "image=100000x3x32x32", "--verify"],
+        ),
         ("GGUF tensor of 2^80 elements", ["compile", _gguf_absurd(os.path.join(work, "absurd.gguf")), "-t", "gguf"]),
-        ("safetensors 8 GiB tensor (sparse file)", ["compile", _safetensors_sparse(os.path.join(work, "st8"), 8),
-                                                    "-t", "gguf"]),
-        ("safetensors 40 GiB tensor (sparse file)", ["compile", _safetensors_sparse(os.path.join(work, "st40"), 40),
-                                                     "-t", "gguf"]),
+        (
+            "safetensors 8 GiB tensor (sparse file)",
+            ["compile", _safetensors_sparse(os.path.join(work, "st8"), 8), "-t", "gguf"],
+        ),
+        (
+            "safetensors 40 GiB tensor (sparse file)",
+            ["compile", _safetensors_sparse(os.path.join(work, "st40"), 40), "-t", "gguf"],
+        ),
     ]
     for name, args in cases:
         rc, err, secs, rss = run(args + ["-o", os.path.join(work, "o")], timeout=600)
         over = rss > budget
         GOALS["bombs over the memory budget"] += over
-        row("size bombs", name, f"refused (exit 3; 4 if malformed), peak RSS <= budget ({budget / 2**30:.1f} GiB)",
-            f"exit {rc}: {first_line(err)}", rc in (3, 4) and not over, rss, secs)
+        row(
+            "size bombs",
+            name,
+            f"refused (exit 3; 4 if malformed), peak RSS <= budget ({budget / 2**30:.1f} GiB)",
+            f"exit {rc}: {first_line(err)}",
+            rc in (3, 4) and not over,
+            rss,
+            secs,
+        )
         shutil.rmtree(os.path.join(work, "o"), ignore_errors=True)
 
 
 # --------------------------------------------------------------------------------------------- graph size
 def probe_graphs(quick: bool) -> None:
     from graph_scale import measure
-    for n in ((10**4, 10**5) if quick else (10**4, 10**5, 10**6)):
+
+    for n in (10**4, 10**5) if quick else (10**4, 10**5, 10**6):
         m = measure(n)
         t = m.get("import_s", 0) + m.get("verify_s", 0)
-        row("graph size", f"{n:,} nodes: import + verify", "linear; < 60 s at 10^6",
+        row(
+            "graph size",
+            f"{n:,} nodes: import + verify",
+            "linear; < 60 s at 10^6",
             f"import {m.get('import_s', 0):.1f} s + verify {m.get('verify_s', 0):.1f} s; cleanup "
             f"{m.get('cleanup_s', 0):.1f} s; inspect process {m.get('inspect_s', 0):.1f} s",
-            t < 60, m.get("peak_rss_bytes"), t)
+            t < 60,
+            m.get("peak_rss_bytes"),
+            t,
+        )
 
 
 # ----------------------------------------------------------------------------------------------- data loss
@@ -314,16 +417,30 @@ def probe_data_loss(work: str) -> None:
     rc, err, secs, _ = run(["compile", TINY_CNN, "-o", v])
     lost = not os.path.exists(os.path.join(v, "src", "a.c"))
     GOALS["user files deleted"] += lost
-    row("data loss", "-o DIR holding a user's files", "exit 2 naming --force, nothing deleted",
-        f"exit {rc}, files {'DELETED' if lost else 'kept'}: {first_line(err)}", rc == 2 and not lost, None, secs)
+    row(
+        "data loss",
+        "-o DIR holding a user's files",
+        "exit 2 naming --force, nothing deleted",
+        f"exit {rc}, files {'DELETED' if lost else 'kept'}: {first_line(err)}",
+        rc == 2 and not lost,
+        None,
+        secs,
+    )
     home = os.path.join(work, "home")
     os.makedirs(os.path.join(home, "docs"))
     open(os.path.join(home, "docs", "thesis.tex"), "w").write("x")
     rc, err, secs, _ = run(["cache", "--clear"], env={"EDGEC_CACHE_DIR": home})
     lost = not os.path.exists(os.path.join(home, "docs", "thesis.tex"))
     GOALS["user files deleted"] += lost
-    row("data loss", "edgec cache --clear with EDGEC_CACHE_DIR=$HOME-like dir", "refused, nothing deleted",
-        f"exit {rc}, files {'DELETED' if lost else 'kept'}: {first_line(err)}", rc == 2 and not lost, None, secs)
+    row(
+        "data loss",
+        "edgec cache --clear with EDGEC_CACHE_DIR=$HOME-like dir",
+        "refused, nothing deleted",
+        f"exit {rc}, files {'DELETED' if lost else 'kept'}: {first_line(err)}",
+        rc == 2 and not lost,
+        None,
+        secs,
+    )
     w = os.path.join(work, "w")
     os.makedirs(w)
     shutil.copy(TINY_CNN, os.path.join(w, "m.onnx"))
@@ -331,17 +448,30 @@ def probe_data_loss(work: str) -> None:
         rc, err, secs, _ = run(["compile", os.path.join(w, "m.onnx"), "-o", out, *extra], cwd=w)
         lost = not os.path.exists(os.path.join(w, "m.onnx"))
         GOALS["user files deleted"] += lost
-        row("data loss", f"-o {'.' if out == '.' else 'the model folder'} {' '.join(extra)}".strip(),
-            "exit 2, the model kept", f"exit {rc}, model {'DELETED' if lost else 'kept'}: {first_line(err)}",
-            rc == 2 and not lost, None, secs)
+        row(
+            "data loss",
+            f"-o {'.' if out == '.' else 'the model folder'} {' '.join(extra)}".strip(),
+            "exit 2, the model kept",
+            f"exit {rc}, model {'DELETED' if lost else 'kept'}: {first_line(err)}",
+            rc == 2 and not lost,
+            None,
+            secs,
+        )
     out = os.path.join(work, "good")
     run(["compile", TINY_CNN, "-o", out, "--verify"])
     before = open(os.path.join(out, "manifest.json"), "rb").read()
     rc, err, secs, _ = run(["compile", TINY_CNN, "-o", out, "-p", "quantize{bits=8}", "--verify", "--tolerance", "0"])
     kept = open(os.path.join(out, "manifest.json"), "rb").read() == before
     GOALS["user files deleted"] += not kept
-    row("data loss", "a failed --verify over a good output", "exit 1, the good output kept",
-        f"exit {rc}, previous output {'kept' if kept else 'REPLACED'}", rc == 1 and kept, None, secs)
+    row(
+        "data loss",
+        "a failed --verify over a good output",
+        "exit 1, the good output kept",
+        f"exit {rc}, previous output {'kept' if kept else 'REPLACED'}",
+        rc == 1 and kept,
+        None,
+        secs,
+    )
 
 
 # -------------------------------------------------------------------------------------------- corrupt cache
@@ -370,12 +500,20 @@ def probe_cache(work: str) -> None:
             json.dump(m, open(os.path.join(out, "manifest.json"), "w"))
         b_out = os.path.join(work, "b")
         rc, err, secs, _ = run(["compile", TINY_CNN, "-o", b_out, "--verify"], env={"EDGEC_CACHE_DIR": cache})
-        served = (open(os.path.join(b_out, "model.so"), "rb").read() != good
-                  or "tampered" in open(os.path.join(b_out, "manifest.json")).read())
+        served = (
+            open(os.path.join(b_out, "model.so"), "rb").read() != good
+            or "tampered" in open(os.path.join(b_out, "manifest.json")).read()
+        )
         GOALS["corrupt cache hits"] += served
-        row("corrupt cache", f"entry: {damage}", "evicted, recompiled, a correct output",
+        row(
+            "corrupt cache",
+            f"entry: {damage}",
+            "evicted, recompiled, a correct output",
             f"exit {rc}, {'CORRUPT output served' if served else 'correct output'}: {first_line(err)}",
-            rc == 0 and not served, None, secs)
+            rc == 0 and not served,
+            None,
+            secs,
+        )
         shutil.rmtree(a, ignore_errors=True)
         shutil.rmtree(b_out, ignore_errors=True)
 
@@ -383,6 +521,7 @@ def probe_cache(work: str) -> None:
 # ------------------------------------------------------------------------------------------------ user errors
 def probe_user_errors(work: str) -> None:
     import onnx
+
     m = onnx.load(TINY_CNN)
     d = m.graph.input[0].type.tensor_type.shape.dim
     for i, name in ((2, "H"), (3, "W")):
@@ -393,19 +532,24 @@ def probe_user_errors(work: str) -> None:
     onnx.save(m, dyn)
     ro = os.path.join(work, "ro")
     os.makedirs(ro)
-    mounted = subprocess.run(["mount", "-t", "tmpfs", "-o", "ro,size=1m", "tmpfs", ro], capture_output=True).returncode == 0
+    mounted = (
+        subprocess.run(["mount", "-t", "tmpfs", "-o", "ro,size=1m", "tmpfs", ro], capture_output=True).returncode == 0
+    )
     imm = os.path.join(work, "imm")
     os.makedirs(imm)
     immutable = subprocess.run(["chattr", "+i", imm], capture_output=True).returncode == 0
-    cases = [("read-only mount", ["-o", os.path.join(ro, "o")], mounted),
-             ("immutable directory", ["-o", os.path.join(imm, "o")], immutable),
-             ("-o /proc/self/x", ["-o", "/proc/self/x"], True), ("-o .", ["-o", "."], True),
-             ("--input-shape image=0x3x32x32", ["--input-shape", "image=0x3x32x32"], True),
-             ("--input-shape image=1x3x-32x32", ["--input-shape", "image=1x3x-32x32"], True),
-             ("include=[unclosed regex", ["-p", "quantize{include=[unclosed}"], True),
-             ("--tolerance nan", ["--verify", "--tolerance", "nan"], True),
-             ("--tolerance -1", ["--verify", "--tolerance", "-1"], True),
-             ("dynamic H/W on cpu", ["MODEL", dyn], True)]
+    cases = [
+        ("read-only mount", ["-o", os.path.join(ro, "o")], mounted),
+        ("immutable directory", ["-o", os.path.join(imm, "o")], immutable),
+        ("-o /proc/self/x", ["-o", "/proc/self/x"], True),
+        ("-o .", ["-o", "."], True),
+        ("--input-shape image=0x3x32x32", ["--input-shape", "image=0x3x32x32"], True),
+        ("--input-shape image=1x3x-32x32", ["--input-shape", "image=1x3x-32x32"], True),
+        ("include=[unclosed regex", ["-p", "quantize{include=[unclosed}"], True),
+        ("--tolerance nan", ["--verify", "--tolerance", "nan"], True),
+        ("--tolerance -1", ["--verify", "--tolerance", "-1"], True),
+        ("dynamic H/W on cpu", ["MODEL", dyn], True),
+    ]
     for name, args, possible in cases:
         if not possible:
             row("user errors", name, "exit 2 with a fix", "not run: needs root (mount/chattr)", True)
@@ -432,9 +576,24 @@ def probe_signals(work: str) -> None:
     moments = [("at import", 0.8), ("during emission", "scratch"), ("emission + 1 s", ("scratch", 1.0))]
     for sig, label in ((signal.SIGKILL, "kill -9"), (signal.SIGTERM, "SIGTERM"), (signal.SIGINT, "SIGINT")):
         for moment, when in moments:
-            p = subprocess.Popen([sys.executable, "-m", "edgec.cli", "compile", TINY_CNN, "-o", out, "--no-cache",
-                                  "-p", "quantize{bits=8}", "--verify"], stdout=subprocess.PIPE,
-                                 stderr=subprocess.PIPE, text=True)
+            p = subprocess.Popen(
+                [
+                    sys.executable,
+                    "-m",
+                    "edgec.cli",
+                    "compile",
+                    TINY_CNN,
+                    "-o",
+                    out,
+                    "--no-cache",
+                    "-p",
+                    "quantize{bits=8}",
+                    "--verify",
+                ],
+                stdout=subprocess.PIPE,
+                stderr=subprocess.PIPE,
+                text=True,
+            )
             t0 = time.time()
             if isinstance(when, float):
                 time.sleep(when)
@@ -453,10 +612,14 @@ def probe_signals(work: str) -> None:
             before = open(os.path.join(out, "manifest.json"), "rb").read()
             expect = {signal.SIGKILL: -9, signal.SIGTERM: 143, signal.SIGINT: 130}[sig]
             ok = kept and not after and rc3 == 0 and (p.returncode in (expect, 0))
-            row("signals", f"{label} {moment}", f"exit {expect} (or done first), previous output kept, "
-                "nothing left after the next run",
+            row(
+                "signals",
+                f"{label} {moment}",
+                f"exit {expect} (or done first), previous output kept, nothing left after the next run",
                 f"exit {p.returncode}; leftovers {len(left)} -> {len(after)} after the next run; previous output "
-                f"{'kept' if kept else 'LOST'}", ok)
+                f"{'kept' if kept else 'LOST'}",
+                ok,
+            )
 
 
 # ---------------------------------------------------------------------------------------------- concurrency
@@ -480,11 +643,16 @@ def probe_concurrency(work: str, workers: int, each: int) -> None:
     secs = time.perf_counter() - t0
     intact = open(os.path.join(out, "model.so"), "rb").read() == good
     left = [n for n in os.listdir(work) if n.startswith(".shared.")]
-    row("concurrency", f"{workers} workers x {each} compiles into one output, shared cache",
+    row(
+        "concurrency",
+        f"{workers} workers x {each} compiles into one output, shared cache",
         "every compile succeeds, output intact, nothing left over",
         f"{len(fails)} of {workers * each} failed{': ' + fails[0] if fails else ''}; output "
-        f"{'intact' if intact else 'CORRUPT'}; leftovers {len(left)}; {secs:.0f} s", not fails and intact and not left,
-        None, secs)
+        f"{'intact' if intact else 'CORRUPT'}; leftovers {len(left)}; {secs:.0f} s",
+        not fails and intact and not left,
+        None,
+        secs,
+    )
 
 
 def main() -> None:
@@ -494,9 +662,15 @@ def main() -> None:
     os.environ["EDGEC_CACHE_DIR"] = os.path.join(work, "default-cache")
     t0 = time.time()
     try:
-        for name, fn in (("pt2", probe_pt2), ("external", probe_external), ("bombs", probe_bombs),
-                         ("data", probe_data_loss), ("cache", probe_cache), ("user", probe_user_errors),
-                         ("signals", probe_signals)):
+        for name, fn in (
+            ("pt2", probe_pt2),
+            ("external", probe_external),
+            ("bombs", probe_bombs),
+            ("data", probe_data_loss),
+            ("cache", probe_cache),
+            ("user", probe_user_errors),
+            ("signals", probe_signals),
+        ):
             d = os.path.join(work, name)
             os.makedirs(d)
             fn(d)
@@ -507,19 +681,31 @@ def main() -> None:
         subprocess.run(["chattr", "-R", "-i", work], capture_output=True)
         shutil.rmtree(work, ignore_errors=True)
     from edgec.ir.budget import memory_budget
-    lines = ["## Robustness (issue 19)", "",
-             f"`python benchmarks/robustness.py{' --quick' if quick else ''}`: each probe is a whole `edgec` process "
-             f"(or several); memory budget {memory_budget() / 2**30:.1f} GiB (75% of this machine's memory); "
-             f"{len(ROWS)} probes in {time.time() - t0:.0f} s. Peak RSS (where shown) is the edgec process's own "
-             "ru_maxrss, reported at its exit.", "",
-             "| | group | probe | expected | observed | peak RSS | time |", "|---|---|---|---|---|---|---|"]
+
+    lines = [
+        "## Robustness (issue 19)",
+        "",
+        f"`python benchmarks/robustness.py{' --quick' if quick else ''}`: each probe is a whole `edgec` process "
+        f"(or several); memory budget {memory_budget() / 2**30:.1f} GiB (75% of this machine's memory); "
+        f"{len(ROWS)} probes in {time.time() - t0:.0f} s. Peak RSS (where shown) is the edgec process's own "
+        "ru_maxrss, reported at its exit.",
+        "",
+        "| | group | probe | expected | observed | peak RSS | time |",
+        "|---|---|---|---|---|---|---|",
+    ]
     for r in ROWS:
         rss = f"{r['rss'] / 2**20:.0f} MiB" if r["rss"] else ""
         secs = f"{r['secs']:.1f} s" if r["secs"] is not None else ""
-        lines.append(f"| {'ok' if r['ok'] else '**FAIL**'} | {r['group']} | {r['probe']} | {r['expected']} | "
-                     f"{r['observed']} | {rss} | {secs} |")
-    lines += ["", "Goals: " + "; ".join(f"{k}: {v} (goal 0)" for k, v in GOALS.items())
-              + f"; probes failing: {sum(not r['ok'] for r in ROWS)}."]
+        lines.append(
+            f"| {'ok' if r['ok'] else '**FAIL**'} | {r['group']} | {r['probe']} | {r['expected']} | "
+            f"{r['observed']} | {rss} | {secs} |"
+        )
+    lines += [
+        "",
+        "Goals: "
+        + "; ".join(f"{k}: {v} (goal 0)" for k, v in GOALS.items())
+        + f"; probes failing: {sum(not r['ok'] for r in ROWS)}.",
+    ]
     write_results("RESULTS-robustness.md", lines)
 
 

@@ -35,13 +35,14 @@ import numpy as np
 
 from _results import run_and_score, smollm2_bench, write_results  # noqa: E402 (sibling module; scripts run from benchmarks/)
 
-GPTQ = {"2": (2, 0), "2.5": (2, 32), "3": (3, 0)}      # budget -> (bits, group; 0 = per channel)
-MAX_INDEX = {2: 8, 4: 10}                               # index widths tried (k-means time grows with 2**bits)
+GPTQ = {"2": (2, 0), "2.5": (2, 32), "3": (3, 0)}  # budget -> (bits, group; 0 = per channel)
+MAX_INDEX = {2: 8, 4: 10}  # index widths tried (k-means time grows with 2**bits)
 COMMON = "head_bits=0,embedding_bits=0,samples=8"
 
 
 def linear_shapes(m) -> list[tuple[int, int]]:
     from edgec.api.layers import find_layers
+
     return [tuple(l.weight.shape) for l in find_layers(m, ("edgec::Linear",), ".*", "") if l.role == "body"]
 
 
@@ -52,6 +53,7 @@ def gptq_bits(shapes, bits: int, group: int) -> float:
 
 def vq_bits(shapes, dim: int, idx: int, rows: int = 0) -> float:
     from edgec.plugins.quantize.vq import total_bits
+
     return sum(total_bits((o, k), dim, idx, k, 8, rows) * o * k for o, k in shapes) / sum(o * k for o, k in shapes)
 
 
@@ -62,20 +64,27 @@ def vq_config(shapes, dim: int, cap: float) -> tuple[int, int] | None:
     for idx in range(MAX_INDEX[dim], 0, -1):
         if vq_bits(shapes, dim, idx) > cap + 1e-9:
             continue
-        ok = [r for r in common if r * min(k for _, k in shapes) // dim >= 32 * (1 << idx)
-              and vq_bits(shapes, dim, idx, r) <= cap + 1e-9]
+        ok = [
+            r
+            for r in common
+            if r * min(k for _, k in shapes) // dim >= 32 * (1 << idx) and vq_bits(shapes, dim, idx, r) <= cap + 1e-9
+        ]
         return idx, (min(ok) if ok else 0)
     return None
 
 
 def main() -> int:
     import warnings
+
     warnings.simplefilter("ignore")
     ap = argparse.ArgumentParser()
     ap.add_argument("--budgets", default="2,2.5,3")
     ap.add_argument("--dims", default="2,4")
-    ap.add_argument("--render", default="", help="only write the table from the printed rows of an earlier run "
-                                                   "(its stdout, one JSON object per line)")
+    ap.add_argument(
+        "--render",
+        default="",
+        help="only write the table from the printed rows of an earlier run (its stdout, one JSON object per line)",
+    )
     args = ap.parse_args()
     if args.render:
         render(*from_log(args.render, args.budgets.split(",")))
@@ -89,8 +98,14 @@ def main() -> int:
     def evaluate(pipe: str, bpw: float | None) -> dict:
         mm, t_pass, p = run_and_score(base, pipe, reg, ctx, ids)
         rep = mm.reports.get(REPORT_KEY, {})
-        row = {"pipeline": pipe or "(float)", "bpw": bpw, "ppl": p.perplexity, "pass_s": round(t_pass, 1),
-               "layers": len(rep), "tokens": p.tokens_scored}
+        row = {
+            "pipeline": pipe or "(float)",
+            "bpw": bpw,
+            "ppl": p.perplexity,
+            "pass_s": round(t_pass, 1),
+            "layers": len(rep),
+            "tokens": p.tokens_scored,
+        }
         if pipe.startswith("vq"):  # the pass's own accounting must agree with the formula used to pick b
             got = sum(r["bytes_after"] * 8 for r in rep.values()) / sum(np.prod(r["shape"]) for r in rep.values())
             row["bpw_reported"] = round(float(got), 4)
@@ -102,8 +117,11 @@ def main() -> int:
     for budget in args.budgets.split(","):
         bits, group = GPTQ[budget]
         cap = gptq_bits(shapes, bits, group)
-        g = evaluate(f"quantize{{method=gptq,scheme=asymmetric,scale_dtype=f16,bits={bits}"
-                     f"{f',group={group}' if group else ''},{COMMON}}}", cap)
+        g = evaluate(
+            f"quantize{{method=gptq,scheme=asymmetric,scale_dtype=f16,bits={bits}"
+            f"{f',group={group}' if group else ''},{COMMON}}}",
+            cap,
+        )
         table.append((budget, "GPTQ", g))
         for d in (int(x) for x in args.dims.split(",")):
             cfg = vq_config(shapes, d, cap)
@@ -111,8 +129,10 @@ def main() -> int:
                 table.append((budget, f"vq {d}D", None))
                 continue
             idx, per = cfg
-            r = evaluate(f"vq{{dim={d},bits_per_weight={idx / d:g},codebook_bits=8{f',rows={per}' if per else ''}"
-                         f",samples=8}}", vq_bits(shapes, d, idx, per))
+            r = evaluate(
+                f"vq{{dim={d},bits_per_weight={idx / d:g},codebook_bits=8{f',rows={per}' if per else ''},samples=8}}",
+                vq_bits(shapes, d, idx, per),
+            )
             table.append((budget, f"vq {d}D", r))
     render(float_row, table)
     return 0
@@ -137,14 +157,19 @@ def from_log(path: str, budgets: list[str]) -> tuple[dict, list]:
 
 def render(f: dict, table: list) -> None:
     n_layers = next(r["layers"] for _, _, r in table if r)
-    lines = ["## Vector quantization vs GPTQ (SmolLM2-135M-Instruct, `python benchmarks/vq.py`)", "",
-             f"Perplexity of the float model: {f['ppl']:.4f} ({f['tokens']} tokens scored, edgec's reference "
-             "executor, first 12,000 characters of GPL-3, 256-token windows). Calibration: Apache-2.0 + MPL-2.0, "
-             "8 x 256 tokens. Bits per weight count every overhead (scales, zero points, codebooks) over the "
-             f"{n_layers} decoder Linears; the embedding and tied head stay float in every row. Each vq row gets at "
-             "most the bits of the GPTQ row above it: the widest index that fits, then the smallest row blocks "
-             "that fit.", "",
-             "| budget | method | pipeline | bits / weight | perplexity | vs GPTQ | pass s |", "|---|---|---|---|---|---|---|"]
+    lines = [
+        "## Vector quantization vs GPTQ (SmolLM2-135M-Instruct, `python benchmarks/vq.py`)",
+        "",
+        f"Perplexity of the float model: {f['ppl']:.4f} ({f['tokens']} tokens scored, edgec's reference "
+        "executor, first 12,000 characters of GPL-3, 256-token windows). Calibration: Apache-2.0 + MPL-2.0, "
+        "8 x 256 tokens. Bits per weight count every overhead (scales, zero points, codebooks) over the "
+        f"{n_layers} decoder Linears; the embedding and tied head stay float in every row. Each vq row gets at "
+        "most the bits of the GPTQ row above it: the widest index that fits, then the smallest row blocks "
+        "that fit.",
+        "",
+        "| budget | method | pipeline | bits / weight | perplexity | vs GPTQ | pass s |",
+        "|---|---|---|---|---|---|---|",
+    ]
     gptq_ppl = {}
     for budget, name, r in table:
         if r is None:
@@ -154,8 +179,9 @@ def render(f: dict, table: list) -> None:
             gptq_ppl[budget] = r["ppl"]
         ratio = r["ppl"] / gptq_ppl.get(budget, float("nan"))
         vs = "" if name == "GPTQ" else (f"below ({ratio:.3g}x)" if r["ppl"] < gptq_ppl[budget] else "NOT below")
-        lines.append(f"| ~{budget} | {name} | `{r['pipeline']}` | {r['bpw']:.4f} | {r['ppl']:.4f} | {vs} | "
-                     f"{r['pass_s']} |")
+        lines.append(
+            f"| ~{budget} | {name} | `{r['pipeline']}` | {r['bpw']:.4f} | {r['ppl']:.4f} | {vs} | {r['pass_s']} |"
+        )
     write_results("RESULTS-vq.md", lines)
 
 

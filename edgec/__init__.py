@@ -17,5 +17,6 @@ __all__ = ["__version__", "hookimpl", "compile"]
 def __getattr__(name):  # lazy: importing edgec stays cheap for plugins
     if name == "compile":
         from .compiler import compile as _compile
+
         return _compile
     raise AttributeError(name)

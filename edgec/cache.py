@@ -47,15 +47,26 @@ from typing import Any
 
 from .errors import UsageError
 from .output import read_regular
-from .output import (_ME, _tag, abandoned, check_output, default_output, hold, make_scratch,  # noqa: F401
-                     release, replace_dir)
+from .output import (
+    _ME,
+    _tag,
+    abandoned,
+    check_output,
+    default_output,
+    hold,
+    make_scratch,  # noqa: F401
+    release,
+    replace_dir,
+)
 
 VERSION = 2  # 2: entries are out/ + sums.json, checked on every hit
 TAG_FILE = "CACHEDIR.TAG"
-TAG = ("Signature: 8a477f597d28d172789f06886806bc55\n"
-       "# This file is a cache directory tag created by edgec (see https://bford.info/cachedir/).\n"
-       "# edgec deletes only its own entries here: XX/<64 hex digits>/ folders, .tmp-* folders in them, and "
-       "stat-index.json.\n")
+TAG = (
+    "Signature: 8a477f597d28d172789f06886806bc55\n"
+    "# This file is a cache directory tag created by edgec (see https://bford.info/cachedir/).\n"
+    "# edgec deletes only its own entries here: XX/<64 hex digits>/ folders, .tmp-* folders in them, and "
+    "stat-index.json.\n"
+)
 SUMS = "sums.json"
 OUT = "out"
 INDEX_FILE = "stat-index.json"
@@ -71,9 +82,9 @@ class CacheWarning(UserWarning):
 class CompileResult:
     output_dir: str
     manifest: dict[str, Any]
-    timings: str = ""                     # --time-passes table
+    timings: str = ""  # --time-passes table
     timings_s: dict[str, float] = dataclasses.field(default_factory=dict)  # import / passes / emit wall seconds
-    cached: bool = False                  # served from the compile cache (nothing was recomputed)
+    cached: bool = False  # served from the compile cache (nothing was recomputed)
     cache_key: str | None = None
 
 
@@ -104,23 +115,38 @@ def prepare_root(d: str, create: bool = True) -> bool:
         return True
     if os.path.lexists(os.path.join(d, TAG_FILE)):  # another tool's cache: never edgec's to use or clear
         if create:
-            warnings.warn(f"{d} is not used as the compile cache: its {TAG_FILE} was written by another tool; point "
-                          "--cache-dir or EDGEC_CACHE_DIR at a new folder", CacheWarning, stacklevel=3)
+            warnings.warn(
+                f"{d} is not used as the compile cache: its {TAG_FILE} was written by another tool; point "
+                "--cache-dir or EDGEC_CACHE_DIR at a new folder",
+                CacheWarning,
+                stacklevel=3,
+            )
         return False
     try:
         if not os.path.isdir(d):
             if not create or os.path.lexists(d):
                 return False
             os.makedirs(d, exist_ok=True)
-        foreign = [n for n in os.listdir(d) if not (n in (INDEX_FILE, TAG_FILE) or (
-            _SHARD.fullmatch(n) and os.path.isdir(os.path.join(d, n)) and not os.path.islink(os.path.join(d, n))))]
+        foreign = [
+            n
+            for n in os.listdir(d)
+            if not (
+                n in (INDEX_FILE, TAG_FILE)
+                or (
+                    _SHARD.fullmatch(n) and os.path.isdir(os.path.join(d, n)) and not os.path.islink(os.path.join(d, n))
+                )
+            )
+        ]
         if foreign:
             if not create:
                 return False
-            warnings.warn(f"{d} is not used as the compile cache: it holds files edgec did not write "
-                          f"({', '.join(sorted(foreign)[:3])}{', ...' if len(foreign) > 3 else ''}) and no "
-                          f"{TAG_FILE}; point --cache-dir or EDGEC_CACHE_DIR at a new folder", CacheWarning,
-                          stacklevel=3)
+            warnings.warn(
+                f"{d} is not used as the compile cache: it holds files edgec did not write "
+                f"({', '.join(sorted(foreign)[:3])}{', ...' if len(foreign) > 3 else ''}) and no "
+                f"{TAG_FILE}; point --cache-dir or EDGEC_CACHE_DIR at a new folder",
+                CacheWarning,
+                stacklevel=3,
+            )
             return False
         tmp = os.path.join(d, f".{TAG_FILE}.{os.getpid()}.tmp")
         with open(tmp, "w", encoding="ascii") as f:
@@ -152,8 +178,12 @@ def entries(cache_dir: str) -> list[str]:
             continue
         for e in _listdir(sp):
             ep = os.path.join(sp, e)
-            if _ENTRY.fullmatch(e) and e.startswith(sh) and _real_dir(ep) and (
-                    os.path.isfile(os.path.join(ep, SUMS)) or os.path.isfile(os.path.join(ep, "manifest.json"))):
+            if (
+                _ENTRY.fullmatch(e)
+                and e.startswith(sh)
+                and _real_dir(ep)
+                and (os.path.isfile(os.path.join(ep, SUMS)) or os.path.isfile(os.path.join(ep, "manifest.json")))
+            ):
                 out.append(ep)
     return out
 
@@ -175,8 +205,10 @@ def clear(cache_dir: str) -> tuple[int, int]:
     if not os.path.lexists(cache_dir):
         return 0, 0
     if not prepare_root(cache_dir, create=False):
-        raise UsageError(f"{cache_dir} is not an edgec compile cache (no {TAG_FILE} of edgec's, and it holds files "
-                         "edgec did not write); nothing was deleted. Check --cache-dir / EDGEC_CACHE_DIR")
+        raise UsageError(
+            f"{cache_dir} is not an edgec compile cache (no {TAG_FILE} of edgec's, and it holds files "
+            "edgec did not write); nothing was deleted. Check --cache-dir / EDGEC_CACHE_DIR"
+        )
     n, size = stats(cache_dir)
     for e in entries(cache_dir):
         _evict(e)
@@ -216,13 +248,21 @@ class Lookup:
 
     output: str
     inputs: tuple[str, ...]
-    cache_dir: str | None = None   # None with key: this compile is not cached (no usable cache, an unkeyable input)
+    cache_dir: str | None = None  # None with key: this compile is not cached (no usable cache, an unkeyable input)
     key: str | None = None
     hit: CompileResult | None = None  # the result, its output already copied into place
 
 
-def lookup_compile(model: str | None, target: str, pipeline: str, output: str | None, options: Mapping[str, Any], *,
-                   use_cache: bool = True, progress: Callable[[str], None] | None = None) -> Lookup:
+def lookup_compile(
+    model: str | None,
+    target: str,
+    pipeline: str,
+    output: str | None,
+    options: Mapping[str, Any],
+    *,
+    use_cache: bool = True,
+    progress: Callable[[str], None] | None = None,
+) -> Lookup:
     """The one cache lookup of a compile (``edgec compile`` makes it before the compiler or any plugin loads): the
     output directory (by default beside the model), checked to be edgec's to replace and to hold none of the inputs;
     then, with ``use_cache`` and a model file, the compile served from the cache if this exact one is there.
@@ -237,20 +277,36 @@ def lookup_compile(model: str | None, target: str, pipeline: str, output: str | 
     return Lookup(out, inputs, cdir, k, hit)
 
 
-def _serve(model: str, target: str, pipeline: str, output: str, inputs: tuple[str, ...], o: Mapping[str, Any],
-           progress: Callable[[str], None] | None) -> tuple[str | None, str | None, CompileResult | None]:
+def _serve(
+    model: str,
+    target: str,
+    pipeline: str,
+    output: str,
+    inputs: tuple[str, ...],
+    o: Mapping[str, Any],
+    progress: Callable[[str], None] | None,
+) -> tuple[str | None, str | None, CompileResult | None]:
     """(cache dir, key, the result if this exact compile is cached: its output copied into place). The
     cache dir and key are None when this compile cannot be cached (no usable cache, an unkeyable input)."""
     cdir = o.get("cache_dir") or default_dir()
     if not prepare_root(cdir):
         return None, None, None
     calib, eval_text = o.get("calib"), o.get("eval_text")
-    opts = {"target": target, "pipeline": pipeline, "cleanup": o.get("cleanup", True),
-            "input_shapes": sorted((o.get("input_shapes") or {}).items()), "verify": o.get("verify", False),
-            "tolerance": o.get("tolerance"), "seed": o.get("seed", 0), "frontend": o.get("frontend"),
-            "calib": None if calib is None else "file" if os.path.exists(calib) else calib,
-            "eval_text": eval_text is not None, "source_name": os.path.basename(model),
-            "min_cosine": o.get("min_cosine"), "min_top1": o.get("min_top1")}
+    opts = {
+        "target": target,
+        "pipeline": pipeline,
+        "cleanup": o.get("cleanup", True),
+        "input_shapes": sorted((o.get("input_shapes") or {}).items()),
+        "verify": o.get("verify", False),
+        "tolerance": o.get("tolerance"),
+        "seed": o.get("seed", 0),
+        "frontend": o.get("frontend"),
+        "calib": None if calib is None else "file" if os.path.exists(calib) else calib,
+        "eval_text": eval_text is not None,
+        "source_name": os.path.basename(model),
+        "min_cosine": o.get("min_cosine"),
+        "min_top1": o.get("min_top1"),
+    }
     try:
         k = key(model, calib, opts, extra=eval_text, cache_dir=cdir)
     except Unkeyable:
@@ -265,8 +321,12 @@ def _serve(model: str, target: str, pipeline: str, output: str, inputs: tuple[st
         problem = _checked_copy(e, os.path.join(tmp, "d"))
         if problem:
             _evict(e)
-            warnings.warn(f"the compile cache entry {k[:16]} was corrupt ({problem}); it was evicted and the model "
-                          "is compiled again", CacheWarning, stacklevel=3)
+            warnings.warn(
+                f"the compile cache entry {k[:16]} was corrupt ({problem}); it was evicted and the model "
+                "is compiled again",
+                CacheWarning,
+                stacklevel=3,
+            )
             return cdir, k, None
         with open(os.path.join(tmp, "d", "manifest.json"), encoding="utf-8") as f:
             manifest = json.load(f)
@@ -277,8 +337,9 @@ def _serve(model: str, target: str, pipeline: str, output: str, inputs: tuple[st
     return cdir, k, CompileResult(os.path.abspath(output), manifest, cached=True, cache_key=k)
 
 
-def protected_inputs(output: str, model: str | None, calib: str | None = None,
-                     eval_text: str | None = None) -> tuple[str, ...]:
+def protected_inputs(
+    output: str, model: str | None, calib: str | None = None, eval_text: str | None = None
+) -> tuple[str, ...]:
     """The files a compile reads, which its output must never hold: the model, calibration data, evaluation
     text and, when ``output`` exists (so something would be replaced), an ONNX model's external data files."""
     paths = [p for p in (model, calib, eval_text) if p]
@@ -426,8 +487,12 @@ def _hash_path(h, path: str) -> bool:
                     except OSError:
                         h.update(b"dangling\0")
                         continue
-                    h.update(json.dumps([os.readlink(p), t.st_mode, t.st_size, t.st_mtime_ns, t.st_ctime_ns,
-                                         t.st_ino, t.st_dev]).encode() + b"\0")
+                    h.update(
+                        json.dumps(
+                            [os.readlink(p), t.st_mode, t.st_size, t.st_mtime_ns, t.st_ctime_ns, t.st_ino, t.st_dev]
+                        ).encode()
+                        + b"\0"
+                    )
                     _note(p, _signature(p))
                     continue
                 _hash_file(h, p)
@@ -524,6 +589,7 @@ def _siblings(model_path: str) -> list[str]:
     root = os.path.realpath(d)
     try:
         import onnx
+
         proto = onnx.load(model_path, load_external_data=False)
     except Exception:  # noqa: BLE001 - an unreadable model is the frontend's error to report, uncached
         return []
@@ -574,21 +640,26 @@ def _environment() -> list:
             for f in sorted(files):
                 if f.endswith((".py", ".c")):
                     st = os.stat(os.path.join(root, f))
-                    src.append((os.path.relpath(os.path.join(root, f), os.path.dirname(pkg)), st.st_size,
-                                st.st_mtime_ns))
+                    src.append(
+                        (os.path.relpath(os.path.join(root, f), os.path.dirname(pkg)), st.st_size, st.st_mtime_ns)
+                    )
     return [sorted(dists), src, os.environ.get(AUTOLOAD_ENV, ""), _cpu()]
 
 
 def _cpu() -> str:
     """The host CPU's model and feature flags (an artifact built for mcpu=native runs only where they hold)."""
     import platform
+
     try:
         with open("/proc/cpuinfo", encoding="utf-8", errors="replace") as f:
             first = f.read(65536).split("\n\n", 1)[0]
     except OSError:
         first = ""
-    keep = [ln for ln in first.splitlines() if ln.split(":", 1)[0].strip() in ("model name", "flags", "Features",
-                                                                                 "CPU part", "CPU implementer")]
+    keep = [
+        ln
+        for ln in first.splitlines()
+        if ln.split(":", 1)[0].strip() in ("model name", "flags", "Features", "CPU part", "CPU implementer")
+    ]
     return hashlib.sha256("\n".join([platform.machine(), *keep]).encode()).hexdigest()[:16]
 
 
@@ -610,8 +681,9 @@ def _still(path: str, sig: list) -> bool:
         return False
 
 
-def key(model_path: str, calib: str | None, options: dict, extra: str | None = None,
-        cache_dir: str | None = None) -> str:
+def key(
+    model_path: str, calib: str | None, options: dict, extra: str | None = None, cache_dir: str | None = None
+) -> str:
     """The content address of a compile (sha256 hex); remembered per process while every file and folder it
     read keeps its stat signature. Raises :class:`Unkeyable` for inputs that cannot be keyed safely."""
     global _touched
@@ -649,6 +721,7 @@ def _check_budget(nbytes: int, what: str) -> None:
     """edgec holds at least a model's bytes while compiling it, so one beyond the memory budget is refused later
     anyway: never spend minutes hashing (say) a sparse 40 GB file to key it."""
     from .memory import memory_budget
+
     try:
         if nbytes > memory_budget():
             raise Unkeyable(f"{what} is larger than the memory budget")
@@ -658,11 +731,15 @@ def _check_budget(nbytes: int, what: str) -> None:
 
 def _key(model_path: str, calib: str | None, options: dict, extra: str | None = None) -> str:
     from . import __version__
+
     size = _declared_bytes(model_path)
     _check_budget(size, model_path)
     h = hashlib.sha256()
-    h.update(json.dumps({"v": VERSION, "edgec": __version__, "env": _environment(), **options},
-                        sort_keys=True, default=str).encode())
+    h.update(
+        json.dumps(
+            {"v": VERSION, "edgec": __version__, "env": _environment(), **options}, sort_keys=True, default=str
+        ).encode()
+    )
     h.update(b"\0model\0")
     external = _hash_path(h, model_path)
     onnx_model = model_path.lower().endswith(".onnx") or options.get("frontend") == "onnx"

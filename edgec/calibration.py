@@ -68,22 +68,28 @@ def _split(model: Model, arrays: dict[str, np.ndarray], where: str) -> list[dict
         elif tuple(a.shape[1:]) == shape:
             counts[name] = a.shape[0]
         else:
-            problems.append(f"{name}: shape {list(a.shape)} is neither {list(shape)} nor [N, {', '.join(map(str, shape))}]")
+            problems.append(
+                f"{name}: shape {list(a.shape)} is neither {list(shape)} nor [N, {', '.join(map(str, shape))}]"
+            )
     if not problems and len(set(counts.values())) > 1:
         problems.append(f"inputs hold different sample counts {counts}")
     if problems:
-        raise BadInputError(f"calibration data {where} does not fit the model:\n" + "\n".join(f"  - {p}" for p in problems))
+        raise BadInputError(
+            f"calibration data {where} does not fit the model:\n" + "\n".join(f"  - {p}" for p in problems)
+        )
     n = next(iter(counts.values())) if counts else 0
-    return [{k: np.ascontiguousarray(arrays[k][i]).astype(cast(DType, inputs[k].dtype).numpy, copy=False)
-             for k in inputs}
-            for i in range(n)]
+    return [
+        {k: np.ascontiguousarray(arrays[k][i]).astype(cast(DType, inputs[k].dtype).numpy, copy=False) for k in inputs}
+        for i in range(n)
+    ]
 
 
 def _npy_bytes(f) -> int:
     """Bytes an .npy stream declares in its header (the array is not read)."""
     version = np.lib.format.read_magic(f)
-    shape, _, dtype = (np.lib.format.read_array_header_1_0(f) if version == (1, 0)
-                       else np.lib.format.read_array_header_2_0(f))
+    shape, _, dtype = (
+        np.lib.format.read_array_header_1_0(f) if version == (1, 0) else np.lib.format.read_array_header_2_0(f)
+    )
     return int(np.prod(shape, dtype=object)) * np.dtype(dtype).itemsize
 
 
@@ -107,9 +113,13 @@ def declared_bytes(path: str) -> int:
 
 def _check_budget(paths: list[str]) -> None:
     from .ir.budget import over_budget
+
     total = sum(declared_bytes(p) for p in paths)
-    msg = over_budget(f"loading the calibration data ({len(paths)} file{'s' if len(paths) != 1 else ''})",
-                      {"samples": total}, fix="use fewer or smaller samples")
+    msg = over_budget(
+        f"loading the calibration data ({len(paths)} file{'s' if len(paths) != 1 else ''})",
+        {"samples": total},
+        fix="use fewer or smaller samples",
+    )
     if msg:
         raise BadInputError(msg)
 
@@ -126,9 +136,12 @@ def text_samples(path: str, model: Model, *, seed: int = 0, count: int = 32, seq
     """``count`` windows of ``seq_len`` tokens from a text file, tokenized with the model's own tokenizer,
     at seeded random offsets (non-overlapping when the text is long enough)."""
     from .api.tokenizer import tokenizer_for
+
     if [v.name for v in model.graph.inputs] != ["input_ids"]:
-        raise UnsupportedError(f"{path}: text calibration needs a language model taking input_ids; this model "
-                               f"takes {[v.name for v in model.graph.inputs]}")
+        raise UnsupportedError(
+            f"{path}: text calibration needs a language model taking input_ids; this model "
+            f"takes {[v.name for v in model.graph.inputs]}"
+        )
     try:
         with open(path, encoding="utf-8") as f:
             text = f.read()
@@ -138,6 +151,7 @@ def text_samples(path: str, model: Model, *, seed: int = 0, count: int = 32, seq
     if ids.size < 2:
         raise BadInputError(f"calibration text {path} holds {ids.size} tokens; it needs at least 2")
     from .api.llm import LLMConfig
+
     cfg = LLMConfig.from_model(model)
     if cfg is not None:  # windows never longer than the model's context (its rotary tables end there)
         seq_len = min(seq_len, cfg.context_length)
@@ -148,15 +162,20 @@ def text_samples(path: str, model: Model, *, seed: int = 0, count: int = 32, seq
         starts = np.sort(rng.choice(slots, count, replace=False)) * seq_len
     else:
         starts = np.sort(rng.integers(0, ids.size - seq_len + 1, size=count))
-    return [{"input_ids": ids[s:s + seq_len][None]} for s in starts]
+    return [{"input_ids": ids[s : s + seq_len][None]} for s in starts]
 
 
-def load_calibration(spec: str, model: Model, *, seed: int = 0, max_samples: int = 32,
-                     random_samples: int = 8, seq_len: int = 512) -> CalibrationSet:
+def load_calibration(
+    spec: str, model: Model, *, seed: int = 0, max_samples: int = 32, random_samples: int = 8, seq_len: int = 512
+) -> CalibrationSet:
     """Load calibration samples for ``model`` from ``spec`` (see the module docstring)."""
     if spec == "random":
-        warnings.warn("--calib random: calibrating on random inputs; quantization quality will be poor. "
-                      "Pass real samples (.npz or a folder) for production models.", CalibrationWarning, stacklevel=2)
+        warnings.warn(
+            "--calib random: calibrating on random inputs; quantization quality will be poor. "
+            "Pass real samples (.npz or a folder) for production models.",
+            CalibrationWarning,
+            stacklevel=2,
+        )
         return CalibrationSet([random_inputs(model, seed=seed + i) for i in range(random_samples)], "random")
     if not os.path.exists(spec):
         raise BadInputError(f"calibration data {spec!r} does not exist (give a .npz, a folder, a .txt, or 'random')")
@@ -172,8 +191,10 @@ def load_calibration(spec: str, model: Model, *, seed: int = 0, max_samples: int
                 samples += _split(model, _read_npz(p), p)
             else:
                 if len(model.graph.inputs) != 1:
-                    raise BadInputError(f"{p}: .npy samples need a single-input model; this one takes "
-                                        f"{[v.name for v in model.graph.inputs]} (use .npz files named by input)")
+                    raise BadInputError(
+                        f"{p}: .npy samples need a single-input model; this one takes "
+                        f"{[v.name for v in model.graph.inputs]} (use .npz files named by input)"
+                    )
                 try:
                     arr = np.load(p, allow_pickle=False)
                 except (OSError, ValueError) as e:

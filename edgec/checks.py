@@ -49,8 +49,9 @@ class Check:
     def __init__(self, arg: str):
         self.arg = arg
 
-    def evaluate(self, reference: Sequence[Sequence[np.ndarray]],
-                 candidate: Sequence[Sequence[np.ndarray]]) -> CheckResult:
+    def evaluate(
+        self, reference: Sequence[Sequence[np.ndarray]], candidate: Sequence[Sequence[np.ndarray]]
+    ) -> CheckResult:
         raise NotImplementedError
 
     def prepare(self, reference) -> None:

@@ -34,6 +34,7 @@ def _emit_json(obj) -> None:
 
 def handle_errors(fn):
     """Turn edgec errors into one clear message and their exit code; tracebacks only with --debug."""
+
     @functools.wraps(fn)
     def wrapper(*args, **kwargs):
         ctx = click.get_current_context()
@@ -51,9 +52,12 @@ def handle_errors(fn):
             sys.exit(e.exit_code)
         except KeyboardInterrupt as e:
             from .errors import Terminated
+
             term = isinstance(e, Terminated)
-            click.echo(f"edgec: {'terminated' if term else 'interrupted'}; nothing was written (any previous output "
-                       "is kept)", err=True)
+            click.echo(
+                f"edgec: {'terminated' if term else 'interrupted'}; nothing was written (any previous output is kept)",
+                err=True,
+            )
             sys.exit(143 if term else 130)
         except Exception as e:  # noqa: BLE001 - the last line of defence
             if debug:
@@ -64,6 +68,7 @@ def handle_errors(fn):
             else:
                 click.echo(f"edgec: {msg}\n(this is a bug in edgec; rerun with --debug for the traceback)", err=True)
             sys.exit(EXIT_INTERNAL)
+
     return wrapper
 
 
@@ -74,11 +79,13 @@ def _terminate_like_interrupt() -> None:
     import threading
 
     from .errors import Terminated
+
     if threading.current_thread() is not threading.main_thread():
         return
 
     def term(signum, frame):
         raise Terminated()
+
     if signal.getsignal(signal.SIGTERM) in (signal.SIG_DFL, None):
         signal.signal(signal.SIGTERM, term)
 
@@ -86,6 +93,7 @@ def _terminate_like_interrupt() -> None:
 def _tolerance(ctx, param, value):
     """--tolerance / --min-cosine: finite numbers in range (nan, inf and negatives are refused)."""
     import math
+
     if value is None:
         return value
     lo, hi = {"tolerance": (0.0, math.inf), "min_cosine": (-1.0, 1.0), "min_top1": (0.0, 1.0)}[param.name]
@@ -107,27 +115,54 @@ def main(debug: bool) -> None:
     _terminate_like_interrupt()
     if not debug:
         import warnings
+
         warnings.showwarning = _show_warning
 
 
 @main.command("compile")
 @click.argument("model", type=click.Path())
-@click.option("-t", "--target", default="cpu", show_default=True, help="Target, optionally with options: 'cpu{arch=aarch64}'.")
+@click.option(
+    "-t", "--target", default="cpu", show_default=True, help="Target, optionally with options: 'cpu{arch=aarch64}'."
+)
 @click.option("-p", "--pipeline", default="", help="Passes to run after cleanup, e.g. 'quantize{bits=4}'.")
 @click.option("-o", "--output", type=click.Path(file_okay=False), help="Output directory (default: MODEL.TARGET).")
-@click.option("--input-shape", "input_shapes", multiple=True, metavar="NAME=AxBx..",
-              help="Fix an input's shape (repeatable).")
+@click.option(
+    "--input-shape", "input_shapes", multiple=True, metavar="NAME=AxBx..", help="Fix an input's shape (repeatable)."
+)
 @click.option("--calib", help="Calibration data for passes that calibrate.")
-@click.option("--verify", is_flag=True, help="Run the artifact and the reference executor on seeded inputs and compare.")
-@click.option("--tolerance", type=float, default=1e-4, show_default=True, callback=_tolerance,
-              help="Max relative error --verify accepts against the reference (and, for a float compile, the original).")
-@click.option("--min-cosine", type=float, default=None, callback=_tolerance, help="--verify on a quantized or pruned "
-              "model: the cosine similarity each output must keep against the original model [default: 0.98].")
-@click.option("--min-top1", type=float, default=None, callback=_tolerance, help="--verify on a quantized or pruned "
-              "model: top-1 agreement with the original over its confident rows [default: 0.8].")
+@click.option(
+    "--verify", is_flag=True, help="Run the artifact and the reference executor on seeded inputs and compare."
+)
+@click.option(
+    "--tolerance",
+    type=float,
+    default=1e-4,
+    show_default=True,
+    callback=_tolerance,
+    help="Max relative error --verify accepts against the reference (and, for a float compile, the original).",
+)
+@click.option(
+    "--min-cosine",
+    type=float,
+    default=None,
+    callback=_tolerance,
+    help="--verify on a quantized or pruned "
+    "model: the cosine similarity each output must keep against the original model [default: 0.98].",
+)
+@click.option(
+    "--min-top1",
+    type=float,
+    default=None,
+    callback=_tolerance,
+    help="--verify on a quantized or pruned "
+    "model: top-1 agreement with the original over its confident rows [default: 0.8].",
+)
 @click.option("--force", is_flag=True, help="Replace the output directory even if edgec did not write it.")
-@click.option("--keep-failed", is_flag=True, help="On a failed --verify, keep the failed output in OUTPUT.failed "
-              "(the previous OUTPUT is always kept).")
+@click.option(
+    "--keep-failed",
+    is_flag=True,
+    help="On a failed --verify, keep the failed output in OUTPUT.failed (the previous OUTPUT is always kept).",
+)
 @click.option("--no-cleanup", is_flag=True, help="Skip the default cleanup/fusion passes.")
 @click.option("--time-passes", is_flag=True, help="Print wall time per pass.")
 @click.option("--dump-ir", type=click.Path(file_okay=False), help="Write the IR text after every pass into DIR.")
@@ -135,20 +170,55 @@ def main(debug: bool) -> None:
 @click.option("--seed", type=int, default=0, show_default=True, help="Seed for verification inputs.")
 @click.option("--json", "as_json", is_flag=True, help="Print the manifest as JSON on stdout.")
 @click.option("-q", "--quiet", is_flag=True, help="No progress output.")
-@click.option("--tiers", help="Emit the model at several footprint budgets, e.g. 2GB,1GB,500MB (per-layer bits by "
-              "mixed-precision; needs --calib): OUTPUT/tier-*/ plus OUTPUT/tiers.json.")
+@click.option(
+    "--tiers",
+    help="Emit the model at several footprint budgets, e.g. 2GB,1GB,500MB (per-layer bits by "
+    "mixed-precision; needs --calib): OUTPUT/tier-*/ plus OUTPUT/tiers.json.",
+)
 @click.option("--tier-options", default="", help="Extra mixed-precision options for --tiers, e.g. 'bits=2:4:8'.")
-@click.option("--cache-dir", type=click.Path(file_okay=False), help="Content-addressed compile cache (default: "
-              "$EDGEC_CACHE_DIR or ~/.cache/edgec/artifacts): an unchanged compile is copied from it.")
+@click.option(
+    "--cache-dir",
+    type=click.Path(file_okay=False),
+    help="Content-addressed compile cache (default: "
+    "$EDGEC_CACHE_DIR or ~/.cache/edgec/artifacts): an unchanged compile is copied from it.",
+)
 @click.option("--no-cache", is_flag=True, help="Neither read nor fill the compile cache.")
-@click.option("--eval-text", type=click.Path(dir_okay=False), help="Language models: perplexity of the float model, "
-              "the compiled model and the artifact on this text (first 1024 tokens), in the manifest and report.")
+@click.option(
+    "--eval-text",
+    type=click.Path(dir_okay=False),
+    help="Language models: perplexity of the float model, "
+    "the compiled model and the artifact on this text (first 1024 tokens), in the manifest and report.",
+)
 @handle_errors
-def compile_cmd(model, target, pipeline, output, input_shapes, calib, verify, tolerance, min_cosine, min_top1, force,
-                keep_failed, no_cleanup, time_passes, dump_ir, frontend, seed, as_json, quiet, tiers, tier_options,
-                cache_dir, no_cache, eval_text):
+def compile_cmd(
+    model,
+    target,
+    pipeline,
+    output,
+    input_shapes,
+    calib,
+    verify,
+    tolerance,
+    min_cosine,
+    min_top1,
+    force,
+    keep_failed,
+    no_cleanup,
+    time_passes,
+    dump_ir,
+    frontend,
+    seed,
+    as_json,
+    quiet,
+    tiers,
+    tier_options,
+    cache_dir,
+    no_cache,
+    eval_text,
+):
     """Compile MODEL for a target into a directory with the artifact, manifest.json and report.html."""
     from .errors import UsageError
+
     shapes = {}
     for s in input_shapes:
         name, eq, dims = s.partition("=")
@@ -156,51 +226,109 @@ def compile_cmd(model, target, pipeline, output, input_shapes, calib, verify, to
             raise UsageError(f"--input-shape {s!r}: expected NAME=AxBx..")
         shapes[name] = dims
     if tiers:
-        _compile_tiers(model, target, pipeline, output, tiers, tier_options, as_json, quiet, input_shapes=shapes,
-                       verify=verify, tolerance=tolerance, min_cosine=min_cosine, min_top1=min_top1, force=force,
-                       cleanup=not no_cleanup, seed=seed, frontend=frontend, calib=calib, cache_dir=cache_dir,
-                       use_cache=not no_cache)
+        _compile_tiers(
+            model,
+            target,
+            pipeline,
+            output,
+            tiers,
+            tier_options,
+            as_json,
+            quiet,
+            input_shapes=shapes,
+            verify=verify,
+            tolerance=tolerance,
+            min_cosine=min_cosine,
+            min_top1=min_top1,
+            force=force,
+            cleanup=not no_cleanup,
+            seed=seed,
+            frontend=frontend,
+            calib=calib,
+            cache_dir=cache_dir,
+            use_cache=not no_cache,
+        )
         return
     bar = None
     if not (quiet or as_json) and sys.stderr.isatty():
         from tqdm import tqdm
+
         bar = tqdm(total=None, bar_format="{desc} [{elapsed}]", file=sys.stderr, leave=False)
     try:
-        opts = dict(input_shapes=shapes, verify=verify, tolerance=tolerance, min_cosine=min_cosine, min_top1=min_top1,
-                    force=force,
-                    keep_failed=keep_failed, cleanup=not no_cleanup, seed=seed, frontend=frontend, calib=calib,
-                    eval_text=eval_text, cache_dir=cache_dir)
+        opts = dict(
+            input_shapes=shapes,
+            verify=verify,
+            tolerance=tolerance,
+            min_cosine=min_cosine,
+            min_top1=min_top1,
+            force=force,
+            keep_failed=keep_failed,
+            cleanup=not no_cleanup,
+            seed=seed,
+            frontend=frontend,
+            calib=calib,
+            eval_text=eval_text,
+            cache_dir=cache_dir,
+        )
         res = None
         if not (no_cache or dump_ir or time_passes) and os.path.exists(model):
             res = _cache_hit(model, target, pipeline, output, opts)  # needs neither the compiler nor any plugin
         if res is None:
             from .compiler import compile as do_compile
-            res = do_compile(model, target, pipeline, output, time_passes=time_passes, dump_ir=dump_ir,
-                             use_cache=not no_cache, progress=(lambda m: (bar.set_description_str(m), bar.refresh()))
-                             if bar is not None else None, **opts)
+
+            res = do_compile(
+                model,
+                target,
+                pipeline,
+                output,
+                time_passes=time_passes,
+                dump_ir=dump_ir,
+                use_cache=not no_cache,
+                progress=(lambda m: (bar.set_description_str(m), bar.refresh())) if bar is not None else None,
+                **opts,
+            )
     finally:
         if bar is not None:
             bar.close()
     if as_json:
-        _emit_json({"ok": True, "output_dir": res.output_dir, "cached": res.cached, "cache_key": res.cache_key,
-                    "timings_s": res.timings_s, "manifest": res.manifest})
+        _emit_json(
+            {
+                "ok": True,
+                "output_dir": res.output_dir,
+                "cached": res.cached,
+                "cache_key": res.cache_key,
+                "timings_s": res.timings_s,
+                "manifest": res.manifest,
+            }
+        )
         return
     _print_compile(res)
 
 
 def _compile_tiers(model, target, pipeline, output, tiers, tier_options, as_json, quiet, **kw):
     from .compiler import compile_tiers
+
     out = output or f"{model}.{target.split('{')[0]}.tiers"
-    index = compile_tiers(model, target, pipeline, out, tiers.split(","), tier_options=tier_options,
-                          progress=None if (quiet or as_json) else lambda m: click.echo(m, err=True), **kw)
+    index = compile_tiers(
+        model,
+        target,
+        pipeline,
+        out,
+        tiers.split(","),
+        tier_options=tier_options,
+        progress=None if (quiet or as_json) else lambda m: click.echo(m, err=True),
+        **kw,
+    )
     if as_json:
         _emit_json({"ok": True, "output_dir": out, "tiers": index})
         return
     click.echo(f"wrote {out}/tiers.json and {len(index['tiers'])} tiers:")
     for t in index["tiers"]:
         mp = t.get("mixed_precision") or {}
-        click.echo(f"  {t['tier']:>8}: {t['path']}: artifact {_human(t['artifact_bytes'])}, weights "
-                   f"{_human(t['weights_bytes'])}, {mp.get('avg_bits', '?')} bits/weight on average")
+        click.echo(
+            f"  {t['tier']:>8}: {t['path']}: artifact {_human(t['artifact_bytes'])}, weights "
+            f"{_human(t['weights_bytes'])}, {mp.get('avg_bits', '?')} bits/weight on average"
+        )
 
 
 def _print_compile(res) -> None:
@@ -212,34 +340,53 @@ def _print_compile(res) -> None:
     if res.cached:
         click.echo(f"cached: inputs and options unchanged (key {res.cache_key[:16]}); nothing recompiled")
     click.echo(f"wrote {res.output_dir} ({', '.join(f['path'] for f in m['files'])}, manifest.json, report.html)")
-    click.echo(f"weights: {_human(sz['weights_bytes_before'])} -> {_human(sz['weights_bytes_after'])}, "
-               f"{sz['parameters']:,} parameters")
+    click.echo(
+        f"weights: {_human(sz['weights_bytes_before'])} -> {_human(sz['weights_bytes_after'])}, "
+        f"{sz['parameters']:,} parameters"
+    )
     if "verification" in m:
         v = m["verification"]
         status = "NOT RUN" if not v.get("ran", True) else ("PASS" if v["passed"] else "FAIL")
         click.echo(f"verify: {status}: {v['summary']}")
         for row in v.get("outputs", []):
-            extra = (f", top-1 agreement {row['vs_original_top1_agreement']:.3f} over "
-                     f"{row['vs_original_top1_decisive_rows']} decisive rows"
-                     if row.get("vs_original_top1_evidence") else "")
-            orig = (f"; vs original: rel err {row['vs_original_max_rel_err']:.3g}, cosine "
-                    f"{row['vs_original_cosine']:.6f}" if "vs_original_max_rel_err" in row else "")
-            click.echo(f"  {row['output']}: vs reference: rel err {row['vs_reference_max_rel_err']:.3g}, cosine "
-                       f"{row['vs_reference_cosine']:.6f}{orig}{extra}")
+            extra = (
+                f", top-1 agreement {row['vs_original_top1_agreement']:.3f} over "
+                f"{row['vs_original_top1_decisive_rows']} decisive rows"
+                if row.get("vs_original_top1_evidence")
+                else ""
+            )
+            orig = (
+                f"; vs original: rel err {row['vs_original_max_rel_err']:.3g}, cosine {row['vs_original_cosine']:.6f}"
+                if "vs_original_max_rel_err" in row
+                else ""
+            )
+            click.echo(
+                f"  {row['output']}: vs reference: rel err {row['vs_reference_max_rel_err']:.3g}, cosine "
+                f"{row['vs_reference_cosine']:.6f}{orig}{extra}"
+            )
     ev = m.get("evaluation")
     if ev:
-        click.echo(f"perplexity on {ev['text']} ({ev['tokens']} tokens): float {ev['float_perplexity']:.3f}, compiled "
-                   f"{ev['compiled_perplexity']:.3f}" + (f", artifact ({ev['artifact_engine']}) "
-                                                          f"{ev['artifact_perplexity']:.3f}" if ev.get("artifact_perplexity")
-                                                          else ""))
+        click.echo(
+            f"perplexity on {ev['text']} ({ev['tokens']} tokens): float {ev['float_perplexity']:.3f}, compiled "
+            f"{ev['compiled_perplexity']:.3f}"
+            + (
+                f", artifact ({ev['artifact_engine']}) {ev['artifact_perplexity']:.3f}"
+                if ev.get("artifact_perplexity")
+                else ""
+            )
+        )
     if res.timings:
         click.echo(res.timings)
 
 
 @main.command("verify")
 @click.argument("output", type=click.Path())
-@click.option("--model", type=click.Path(), help="The model OUTPUT was compiled from (default: the manifest's source "
-              "file, found beside OUTPUT or here by its sha256).")
+@click.option(
+    "--model",
+    type=click.Path(),
+    help="The model OUTPUT was compiled from (default: the manifest's source "
+    "file, found beside OUTPUT or here by its sha256).",
+)
 @click.option("--calib", help="The calibration data it was compiled with (needed when the manifest records one).")
 @click.option("--frontend", help="Force a frontend.")
 @click.option("--json", "as_json", is_flag=True, help="Print the record as JSON on stdout.")
@@ -248,8 +395,10 @@ def verify_cmd(output, model, calib, frontend, as_json):
     """Re-check a compiled OUTPUT: file hashes against its manifest, then the artifact re-run against the
     reference (exit 1 when either fails)."""
     from .verify import verify_output
-    rec = verify_output(output, model, calib=calib, frontend=frontend,
-                        progress=None if as_json else lambda m: click.echo(m, err=True))
+
+    rec = verify_output(
+        output, model, calib=calib, frontend=frontend, progress=None if as_json else lambda m: click.echo(m, err=True)
+    )
     if as_json:
         _emit_json({"ok": rec["passed"], **rec})
     else:
@@ -262,6 +411,7 @@ def verify_cmd(output, model, calib, frontend, as_json):
 def _cache_hit(model, target, pipeline, output, opts):
     """The compile served from the cache, or None; the compiler's own lookup, made without loading it."""
     from .cache import lookup_compile
+
     return lookup_compile(model, target, pipeline, output, opts).hit
 
 
@@ -270,21 +420,41 @@ def _cache_hit(model, target, pipeline, output, opts):
 @click.option("--frontend", help="Force a frontend.")
 @click.option("--json", "as_json", is_flag=True, help="Machine-readable output.")
 @click.option("--ir", "show_ir", is_flag=True, help="Print the IR text (large tensors elided).")
-@click.option("--sensitivity", is_flag=True, help="Quantize one layer at a time and measure the outputs' change "
-              "(KL on logits, SQNR, cosine) on --calib data; cached, so a second run is instant.")
+@click.option(
+    "--sensitivity",
+    is_flag=True,
+    help="Quantize one layer at a time and measure the outputs' change "
+    "(KL on logits, SQNR, cosine) on --calib data; cached, so a second run is instant.",
+)
 @click.option("--calib", help="Calibration data for --sensitivity: a .npz, a folder of samples, or 'random'.")
-@click.option("--bits", default="2:4:8", show_default=True, help="--sensitivity: candidates, ':'-separated (widths 2..8, pN palettes, f16).")
-@click.option("--method", default="rtn", show_default=True, type=click.Choice(["rtn", "mse", "gptq"]),
-              help="--sensitivity: quantization algorithm.")
+@click.option(
+    "--bits",
+    default="2:4:8",
+    show_default=True,
+    help="--sensitivity: candidates, ':'-separated (widths 2..8, pN palettes, f16).",
+)
+@click.option(
+    "--method",
+    default="rtn",
+    show_default=True,
+    type=click.Choice(["rtn", "mse", "gptq"]),
+    help="--sensitivity: quantization algorithm.",
+)
 @click.option("--samples", default=8, show_default=True, type=int, help="--sensitivity: calibration samples.")
 @click.option("--plot", type=click.Path(dir_okay=False), help="--sensitivity: also save a PNG plot here.")
-@click.option("--metric", default="kl", show_default=True, type=click.Choice(["kl", "sqnr", "cosine"]),
-              help="--sensitivity: the metric plotted.")
+@click.option(
+    "--metric",
+    default="kl",
+    show_default=True,
+    type=click.Choice(["kl", "sqnr", "cosine"]),
+    help="--sensitivity: the metric plotted.",
+)
 @click.option("--no-cache", is_flag=True, help="--sensitivity: measure again even if cached.")
 @click.option("--input-shape", "input_shapes", multiple=True, help="name=d0,d1,... for dynamic inputs.")
 @handle_errors
-def inspect(model, frontend, as_json, show_ir, sensitivity, calib, bits, method, samples, plot, metric, no_cache,
-            input_shapes):
+def inspect(
+    model, frontend, as_json, show_ir, sensitivity, calib, bits, method, samples, plot, metric, no_cache, input_shapes
+):
     """Show a model's inputs, outputs, operators, parameters and sizes (or, with --sensitivity, how much
     quantizing each layer alone changes the outputs)."""
     import collections
@@ -292,20 +462,31 @@ def inspect(model, frontend, as_json, show_ir, sensitivity, calib, bits, method,
     from .build import load_model
     from .manifest import io_summary, layer_table
     from .ir import print_model
+
     if sensitivity:
         _inspect_sensitivity(model, calib, bits, method, samples, plot, metric, no_cache, input_shapes, as_json)
         return
     m = load_model(model, frontend)
     ops = collections.Counter(n.qualified_op for n in m.graph)
-    info = {"model": model, "opsets": m.opset_imports, **io_summary(m), "nodes": len(m.graph), "ops": dict(ops.most_common()),
-            "parameters": m.param_count(), "weights_bytes": m.size_bytes(), "layers": layer_table(m)}
+    info = {
+        "model": model,
+        "opsets": m.opset_imports,
+        **io_summary(m),
+        "nodes": len(m.graph),
+        "ops": dict(ops.most_common()),
+        "parameters": m.param_count(),
+        "weights_bytes": m.size_bytes(),
+        "layers": layer_table(m),
+    }
     if as_json:
         _emit_json(info)
         return
     if show_ir:
         click.echo(print_model(m, elide=True))
         return
-    click.echo(f"{model}: {len(m.graph)} nodes, {info['parameters']:,} parameters, {info['weights_bytes'] / 1e6:.2f} MB")
+    click.echo(
+        f"{model}: {len(m.graph)} nodes, {info['parameters']:,} parameters, {info['weights_bytes'] / 1e6:.2f} MB"
+    )
     for k in ("inputs", "outputs"):
         for v in info[k]:
             click.echo(f"  {k[:-1]:<6} {v['name']}: {v['dtype']}{v['shape']}")
@@ -322,11 +503,16 @@ def _sensitivity(path: str, calib: str, bits, method: str, samples: int, use_cac
     from .plugins.cleanup import DEFAULT_CLEANUP
     from .plugins.mixed.mixed_precision import MixedPrecision
     from .plugins.mixed.sensitivity import analyse
+
     h = host()
     m = load_model(path)
     fix_input_shapes(m, parse_input_shapes(input_shapes), [], keep_dynamic=False)
-    ctx = PassContext(config={"seed": 0}, calibration=load_calibration(calib, m, seed=0), passes=h.passes.as_dict(),
-                      checks=h.checks.as_dict())
+    ctx = PassContext(
+        config={"seed": 0},
+        calibration=load_calibration(calib, m, seed=0),
+        passes=h.passes.as_dict(),
+        checks=h.checks.as_dict(),
+    )
     PassManager(parse_pipeline(DEFAULT_CLEANUP, ctx.passes)).run(m, ctx)
     mp = MixedPrecision(avg_bits=8.0, method=method, bits=":".join(map(str, bits)))
     cands = [mp.spec(mp.candidate(b)) for b in mp.widths()]
@@ -336,29 +522,42 @@ def _sensitivity(path: str, calib: str, bits, method: str, samples: int, use_cac
 def _inspect_sensitivity(model, calib, bits, method, samples, plot, metric, no_cache, input_shapes, as_json):
     from .errors import UsageError
     from .plugins.mixed.sensitivity import plot as plot_png
+
     if not calib:
         raise UsageError("--sensitivity needs --calib (a .npz, a folder of samples, or 'random' for a smoke test)")
     from .plugins.mixed.mixed_precision import parse_candidates
     from .plugins.mixed.sensitivity import label
+
     try:
         widths = parse_candidates(bits)
     except UsageError as e:
         raise UsageError(f"--bits {bits!r}: {str(e).split(': ', 2)[-1]}") from None
     shapes = dict(s.split("=", 1) for s in input_shapes) if input_shapes else None
-    sens = _sensitivity(model, calib, widths, method, samples, use_cache=not no_cache, input_shapes=shapes,
-                        progress=None if as_json else lambda m: click.echo(m, err=True))
+    sens = _sensitivity(
+        model,
+        calib,
+        widths,
+        method,
+        samples,
+        use_cache=not no_cache,
+        input_shapes=shapes,
+        progress=None if as_json else lambda m: click.echo(m, err=True),
+    )
     if plot:
         plot_png(sens, plot, metric)
     if as_json:
         _emit_json({"model": model, "cached": sens.cached, **sens.to_json(), "plot": plot})
         return
-    click.echo(f"{model}: sensitivity of {len(sens.layers)} layers ({'cached' if sens.cached else 'measured'}); "
-               f"{metric} per candidate, one layer quantized at a time")
+    click.echo(
+        f"{model}: sensitivity of {len(sens.layers)} layers ({'cached' if sens.cached else 'measured'}); "
+        f"{metric} per candidate, one layer quantized at a time"
+    )
     head = "".join(f"{label(c)[-14:]:>14}" for c in sens.candidates)
     click.echo(f"  {'layer':<48}{'params':>10}{head}")
     for w in sens.layers:
-        vals = "".join(f"{sens.table[w][c][metric]:>14.4g}" if c in sens.table[w] else f"{'-':>14}"
-                       for c in sens.candidates)
+        vals = "".join(
+            f"{sens.table[w][c][metric]:>14.4g}" if c in sens.table[w] else f"{'-':>14}" for c in sens.candidates
+        )
         click.echo(f"  {sens.nodes[w][-48:]:<48}{sens.params[w]:>10,}{vals}")
     if plot:
         click.echo(f"  plot: {plot}")
@@ -366,18 +565,24 @@ def _inspect_sensitivity(model, calib, bits, method, samples, plot, metric, no_c
 
 @main.command("eval")
 @click.argument("model", type=click.Path(exists=True))
-@click.option("--perplexity", "text", type=click.Path(exists=True, dir_okay=False),
-              help="Text file whose perplexity to measure.")
+@click.option(
+    "--perplexity", "text", type=click.Path(exists=True, dir_okay=False), help="Text file whose perplexity to measure."
+)
 @click.option("--ctx", type=int, default=512, show_default=True, help="Tokens per window.")
 @click.option("--stride", type=int, default=None, help="Tokens between window starts (default: ctx/2).")
 @click.option("--max-tokens", type=int, default=0, help="Only the first N tokens of the text (0: all).")
-@click.option("--engine", default="auto", show_default=True,
-              help="auto: an artifact on its target's own runtime (llama.cpp for gguf, the OpenVINO CPU plugin for "
-                   "openvino, a vendor's), a model on the reference executor; 'reference' runs an artifact's model "
-                   "file on the reference executor; 'artifact' or the runtime's name (llama.cpp, openvino) insists "
-                   "on the artifact's runtime.")
-@click.option("--chat", "prompt", help="Generate a reply to this chat prompt on the artifact's runtime (gguf: "
-              "llama.cpp).")
+@click.option(
+    "--engine",
+    default="auto",
+    show_default=True,
+    help="auto: an artifact on its target's own runtime (llama.cpp for gguf, the OpenVINO CPU plugin for "
+    "openvino, a vendor's), a model on the reference executor; 'reference' runs an artifact's model "
+    "file on the reference executor; 'artifact' or the runtime's name (llama.cpp, openvino) insists "
+    "on the artifact's runtime.",
+)
+@click.option(
+    "--chat", "prompt", help="Generate a reply to this chat prompt on the artifact's runtime (gguf: llama.cpp)."
+)
 @click.option("--max-new-tokens", type=int, default=64, show_default=True)
 @click.option("--frontend", help="Force a frontend.")
 @click.option("--json", "as_json", is_flag=True, help="Machine-readable output.")
@@ -386,11 +591,21 @@ def eval_cmd(model, text, ctx, stride, max_tokens, engine, prompt, max_new_token
     """Evaluate a language model or a compiled artifact: perplexity on a text, or a chat reply."""
     from . import llm_eval
     from .errors import UsageError
+
     if not text and not prompt:
         raise UsageError("eval needs --perplexity TEXT_FILE and/or --chat PROMPT")
-    res = llm_eval.run(model, text=text, ctx=ctx, stride=stride or max(1, ctx // 2), max_tokens=max_tokens,
-                       engine=engine, prompt=prompt, max_new_tokens=max_new_tokens, frontend=frontend,
-                       progress=not as_json)
+    res = llm_eval.run(
+        model,
+        text=text,
+        ctx=ctx,
+        stride=stride or max(1, ctx // 2),
+        max_tokens=max_tokens,
+        engine=engine,
+        prompt=prompt,
+        max_new_tokens=max_new_tokens,
+        frontend=frontend,
+        progress=not as_json,
+    )
     if as_json:
         _emit_json({"ok": True, **res})
         return
@@ -412,6 +627,7 @@ def _options_text(cls) -> str:
 def passes(as_json):
     """List the available passes and their options."""
     from .host import host
+
     _list_registry(host().passes, as_json, width=20)
 
 
@@ -421,18 +637,23 @@ def passes(as_json):
 def targets(as_json):
     """List the available targets and their options."""
     from .host import host
+
     _list_registry(host().targets, as_json, width=12, extra=("runtime",))
 
 
 @main.command("cache")
-@click.option("--cache-dir", type=click.Path(file_okay=False), help="The cache (default: $EDGEC_CACHE_DIR or "
-              "~/.cache/edgec/artifacts).")
+@click.option(
+    "--cache-dir",
+    type=click.Path(file_okay=False),
+    help="The cache (default: $EDGEC_CACHE_DIR or ~/.cache/edgec/artifacts).",
+)
 @click.option("--clear", is_flag=True, help="Delete every cached compile.")
 @click.option("--json", "as_json", is_flag=True, help="Machine-readable output.")
 @handle_errors
 def cache_cmd(cache_dir, clear, as_json):
     """Show (or --clear) the content-addressed compile cache."""
     from . import cache
+
     d = cache_dir or cache.default_dir()
     entries, size = cache.clear(d) if clear else cache.stats(d)
     info = {"cache_dir": d, "entries": entries, "bytes": size, "cleared": bool(clear)}
@@ -448,10 +669,15 @@ def cache_cmd(cache_dir, clear, as_json):
 def checks(as_json):
     """List the property checks a search can require (mixed-precision{checks=NAME:ARG;...})."""
     from .host import host
+
     entries = sorted(host().checks.entries.items())
     if as_json:
-        _emit_json([{"name": n, "summary": e.obj.summary, "needs_model": e.obj.needs_model,
-                     "plugin": e.plugin.distribution} for n, e in entries])
+        _emit_json(
+            [
+                {"name": n, "summary": e.obj.summary, "needs_model": e.obj.needs_model, "plugin": e.plugin.distribution}
+                for n, e in entries
+            ]
+        )
         return
     for n, e in entries:
         click.echo(f"{n:<12} {e.obj.summary}")
@@ -461,8 +687,18 @@ def _list_registry(reg, as_json: bool, width: int, extra: tuple[str, ...] = ()) 
     """Print a pass or target registry: name, summary, options, providing distribution."""
     entries = sorted(reg.entries.items())
     if as_json:
-        _emit_json([{"name": n, "summary": e.obj.summary, "options": e.obj.options(), "plugin": e.plugin.distribution,
-                     **{k: getattr(e.obj, k) for k in extra}} for n, e in entries])
+        _emit_json(
+            [
+                {
+                    "name": n,
+                    "summary": e.obj.summary,
+                    "options": e.obj.options(),
+                    "plugin": e.plugin.distribution,
+                    **{k: getattr(e.obj, k) for k in extra},
+                }
+                for n, e in entries
+            ]
+        )
         return
     for n, e in entries:
         click.echo(f"{n:<{width}} {e.obj.summary}")
@@ -476,13 +712,22 @@ def _list_registry(reg, as_json: bool, width: int, extra: tuple[str, ...] = ()) 
 def plugins(as_json):
     """List loaded plugins with their distribution and version."""
     from .host import AUTOLOAD_ENV, host
+
     h = host()
     provided = {}
     for kind, reg in (("pass", h.passes), ("frontend", h.frontends), ("target", h.targets), ("check", h.checks)):
         for n, e in reg.entries.items():
             provided.setdefault(e.plugin.name, []).append(f"{kind}:{n}")
-    rows = [{"name": p.name, "module": p.module, "distribution": p.distribution, "version": p.version,
-             "provides": sorted(provided.get(p.name, []))} for p in h.plugins]
+    rows = [
+        {
+            "name": p.name,
+            "module": p.module,
+            "distribution": p.distribution,
+            "version": p.version,
+            "provides": sorted(provided.get(p.name, [])),
+        }
+        for p in h.plugins
+    ]
     if as_json:
         _emit_json({"autoload": h.autoload, "plugins": rows})
         return

@@ -32,13 +32,30 @@ from .target import Artifact, Target
 from .verify import DEFAULT_TOLERANCE, verify_artifact, verify_output  # noqa: F401 (public API)
 
 
-def compile(model: str | Model, target: str = "cpu", pipeline: str = "", output: str | None = None, *,
-            input_shapes: Mapping[str, Any] | None = None, verify: bool = False, tolerance: float = DEFAULT_TOLERANCE,
-            min_cosine: float | None = None, min_top1: float | None = None, cleanup: bool = True,
-            time_passes: bool = False,
-            dump_ir: str | None = None, seed: int = 0, frontend: str | None = None, calib: str | None = None,
-            eval_text: str | None = None, cache_dir: str | None = None, use_cache: bool = True, force: bool = False,
-            keep_failed: bool = False, progress: Callable[[str], None] | None = None) -> CompileResult:
+def compile(
+    model: str | Model,
+    target: str = "cpu",
+    pipeline: str = "",
+    output: str | None = None,
+    *,
+    input_shapes: Mapping[str, Any] | None = None,
+    verify: bool = False,
+    tolerance: float = DEFAULT_TOLERANCE,
+    min_cosine: float | None = None,
+    min_top1: float | None = None,
+    cleanup: bool = True,
+    time_passes: bool = False,
+    dump_ir: str | None = None,
+    seed: int = 0,
+    frontend: str | None = None,
+    calib: str | None = None,
+    eval_text: str | None = None,
+    cache_dir: str | None = None,
+    use_cache: bool = True,
+    force: bool = False,
+    keep_failed: bool = False,
+    progress: Callable[[str], None] | None = None,
+) -> CompileResult:
     """Compile ``model`` for ``target`` into the directory ``output``; see ``edgec compile --help``.
 
     Raises :class:`edgec.errors.EdgecError` subclasses for every user-facing failure, bad arguments
@@ -49,30 +66,78 @@ def compile(model: str | Model, target: str = "cpu", pipeline: str = "", output:
     bypasses it). ``min_cosine`` is the fidelity that ``verify`` demands of a quantized or pruned model
     against the original (default :data:`edgec.verify.LOSSY_MIN_COSINE`).
     """
-    _check_arguments(model, target, pipeline, output, input_shapes, tolerance, min_cosine, min_top1, seed,
-                     {"calib": calib, "eval_text": eval_text, "dump_ir": dump_ir, "cache_dir": cache_dir})
+    _check_arguments(
+        model,
+        target,
+        pipeline,
+        output,
+        input_shapes,
+        tolerance,
+        min_cosine,
+        min_top1,
+        seed,
+        {"calib": calib, "eval_text": eval_text, "dump_ir": dump_ir, "cache_dir": cache_dir},
+    )
     say = progress or (lambda msg: None)
     if isinstance(model, os.PathLike):
         model = os.fspath(model)
-    options = {"input_shapes": input_shapes, "verify": verify, "tolerance": tolerance, "min_cosine": min_cosine,
-               "min_top1": min_top1, "cleanup": cleanup, "seed": seed, "frontend": frontend, "calib": calib,
-               "eval_text": eval_text, "cache_dir": cache_dir, "force": force}
+    options = {
+        "input_shapes": input_shapes,
+        "verify": verify,
+        "tolerance": tolerance,
+        "min_cosine": min_cosine,
+        "min_top1": min_top1,
+        "cleanup": cleanup,
+        "seed": seed,
+        "frontend": frontend,
+        "calib": calib,
+        "eval_text": eval_text,
+        "cache_dir": cache_dir,
+        "force": force,
+    }
     # looked up before any plugin loads or the model is read: a hit costs hashing the inputs and a copy
-    where = cache.lookup_compile(model if isinstance(model, str) else None, target, pipeline, output, options,
-                                 use_cache=use_cache and not dump_ir and not time_passes, progress=say)
+    where = cache.lookup_compile(
+        model if isinstance(model, str) else None,
+        target,
+        pipeline,
+        output,
+        options,
+        use_cache=use_cache and not dump_ir and not time_passes,
+        progress=say,
+    )
     if where.hit is not None:
         return where.hit
-    b = build_model(model, target, pipeline, input_shapes=input_shapes, verify=verify, cleanup=cleanup,
-                    dump_ir=dump_ir, seed=seed, frontend=frontend, calib=calib, eval_text=eval_text, say=say)
+    b = build_model(
+        model,
+        target,
+        pipeline,
+        input_shapes=input_shapes,
+        verify=verify,
+        cleanup=cleanup,
+        dump_ir=dump_ir,
+        seed=seed,
+        frontend=frontend,
+        calib=calib,
+        eval_text=eval_text,
+        say=say,
+    )
     tmp = make_scratch(where.output)
     try:
         art, t_emit = emit(b, tmp, say)
         manifest = manifest_stage.assemble(b.target, art, tmp, b.model, b, options)
         if verify:
             say(f"verifying on {b.target.runtime or 'its runtime'}")
-            manifest["verification"] = verify_artifact(b.target, tmp, b.model, b.feeds, b.original, tolerance,
-                                                       lossy=lossy(b.model, b.passes), min_cosine=min_cosine,
-                                                       min_top1=min_top1)
+            manifest["verification"] = verify_artifact(
+                b.target,
+                tmp,
+                b.model,
+                b.feeds,
+                b.original,
+                tolerance,
+                lossy=lossy(b.model, b.passes),
+                min_cosine=min_cosine,
+                min_top1=min_top1,
+            )
         if b.evaluation is not None:
             say("perplexity of the compiled model and the artifact")
             manifest["evaluation"] = b.evaluation.compiled(b.model, b.target, tmp, art.files)
@@ -86,9 +151,13 @@ def compile(model: str | Model, target: str = "cpu", pipeline: str = "", output:
     finally:
         shutil.rmtree(tmp, ignore_errors=True)
         release(tmp)
-    return CompileResult(os.path.abspath(where.output), manifest, b.timing.report() if time_passes else "",
-                         {"import": round(b.t_import, 3), "passes": round(b.t_passes, 3), "emit": round(t_emit, 3)},
-                         cache_key=where.key)
+    return CompileResult(
+        os.path.abspath(where.output),
+        manifest,
+        b.timing.report() if time_passes else "",
+        {"import": round(b.t_import, 3), "passes": round(b.t_passes, 3), "emit": round(t_emit, 3)},
+        cache_key=where.key,
+    )
 
 
 def emit(b: Build, out_dir: str, say: Callable[[str], None]) -> tuple[Artifact, float]:
@@ -123,8 +192,18 @@ def publish(tmp: str, where: Lookup, verification: dict[str, Any] | None, *, for
     replace_dir(tmp, output, force=force, inputs=where.inputs)
 
 
-def _check_arguments(model: Any, target: Any, pipeline: Any, output: Any, input_shapes: Any, tolerance: Any,
-                     min_cosine: Any, min_top1: Any, seed: Any, paths: Mapping[str, Any]) -> None:
+def _check_arguments(
+    model: Any,
+    target: Any,
+    pipeline: Any,
+    output: Any,
+    input_shapes: Any,
+    tolerance: Any,
+    min_cosine: Any,
+    min_top1: Any,
+    seed: Any,
+    paths: Mapping[str, Any],
+) -> None:
     """The Python API's arguments, checked up front: a wrong type or value is a UsageError naming it, never a
     TypeError from deep inside."""
     if not isinstance(model, (str, os.PathLike, Model)):
@@ -138,19 +217,29 @@ def _check_arguments(model: Any, target: Any, pipeline: Any, output: Any, input_
         if v is not None and not isinstance(v, (str, os.PathLike)):
             raise UsageError(f"{name} must be a path (str) or None, not {type(v).__name__}")
     if input_shapes is not None and not isinstance(input_shapes, Mapping):
-        raise UsageError("input_shapes must be a mapping of input name to shape, e.g. {'image': '1x3x224x224'} or "
-                         f"{{'image': (1, 3, 224, 224)}}, not {type(input_shapes).__name__}")
-    for name, v, lo, hi in (("tolerance", tolerance, 0.0, math.inf), ("min_cosine", min_cosine, -1.0, 1.0),
-                            ("min_top1", min_top1, 0.0, 1.0)):
+        raise UsageError(
+            "input_shapes must be a mapping of input name to shape, e.g. {'image': '1x3x224x224'} or "
+            f"{{'image': (1, 3, 224, 224)}}, not {type(input_shapes).__name__}"
+        )
+    for name, v, lo, hi in (
+        ("tolerance", tolerance, 0.0, math.inf),
+        ("min_cosine", min_cosine, -1.0, 1.0),
+        ("min_top1", min_top1, 0.0, 1.0),
+    ):
         if v is None and name != "tolerance":
             continue
-        if isinstance(v, bool) or not isinstance(v, (int, float, np.floating, np.integer)) or not math.isfinite(v) \
-                or not lo <= v <= hi:
+        if (
+            isinstance(v, bool)
+            or not isinstance(v, (int, float, np.floating, np.integer))
+            or not math.isfinite(v)
+            or not lo <= v <= hi
+        ):
             rng = "a finite number >= 0" if name == "tolerance" else f"a number in [{lo:g}, {hi:g}]"
             raise UsageError(f"{name}={v!r} is not valid: it must be {rng}")
     if isinstance(seed, bool) or not isinstance(seed, (int, np.integer)):
         raise UsageError(f"seed must be an integer, not {type(seed).__name__}")
     from .memory import memory_budget
+
     try:
         memory_budget()
     except ValueError as e:
@@ -164,8 +253,10 @@ def _check_artifact_paths(tgt: Target, tmp: str, files: list[str]) -> None:
     for f in files:
         p = os.path.realpath(os.path.join(tmp, f))
         if os.path.isabs(f) or os.path.commonpath([root, p]) != root:
-            raise UnsupportedError(f"target {tgt.name} reported the artifact file {f!r}, which lies outside the output "
-                                   "directory; nothing was written")
+            raise UnsupportedError(
+                f"target {tgt.name} reported the artifact file {f!r}, which lies outside the output "
+                "directory; nothing was written"
+            )
         if not os.path.exists(p):
             raise UnsupportedError(f"target {tgt.name} reported the artifact file {f!r} but did not write it")
 
@@ -176,15 +267,26 @@ _UNITS = {"": 1, "B": 1, "KB": 10**3, "MB": 10**6, "GB": 10**9, "KIB": 2**10, "M
 def parse_size(text: str) -> int:
     """'2GB', '500MB', '1.5GiB', '1000000' -> bytes."""
     import re
+
     m = re.fullmatch(r"\s*([0-9]*\.?[0-9]+)\s*([A-Za-z]*)\s*", text)
     if not m or m.group(2).upper() not in _UNITS:
-        raise UsageError(f"size {text!r}: expected a number with an optional unit (B, KB, MB, GB, KiB, MiB, GiB), "
-                         "e.g. 500MB")
+        raise UsageError(
+            f"size {text!r}: expected a number with an optional unit (B, KB, MB, GB, KiB, MiB, GiB), e.g. 500MB"
+        )
     return int(float(m.group(1)) * _UNITS[m.group(2).upper()])
 
 
-def compile_tiers(model: str, target: str, pipeline: str, output: str, tiers: list[str], *,
-                  tier_options: str = "", progress: Callable[[str], None] | None = None, **kw) -> dict[str, Any]:
+def compile_tiers(
+    model: str,
+    target: str,
+    pipeline: str,
+    output: str,
+    tiers: list[str],
+    *,
+    tier_options: str = "",
+    progress: Callable[[str], None] | None = None,
+    **kw,
+) -> dict[str, Any]:
     """Compile ``model`` once per footprint tier: ``mixed-precision{size_mb=...}`` picks each tier's per-layer
     bit widths (the sensitivities are measured once and cached), every tier is emitted into
     ``output/tier-<size>/``, and ``output/tiers.json`` lists them largest first with their sizes, so an
@@ -206,15 +308,34 @@ def compile_tiers(model: str, target: str, pipeline: str, output: str, tiers: li
             name = f"tier-{label.strip().replace(' ', '')}"
             mp = f"mixed-precision{{size_mb={b / 1e6:.6f}" + (f",{tier_options}" if tier_options else "") + "}"
             say(f"tier {label}: {mp}")
-            res = compile(model, target, ",".join(p for p in (pipeline, mp) if p), os.path.join(tmp, name),
-                          progress=progress, **{**kw, "force": False, "keep_failed": False})
+            res = compile(
+                model,
+                target,
+                ",".join(p for p in (pipeline, mp) if p),
+                os.path.join(tmp, name),
+                progress=progress,
+                **{**kw, "force": False, "keep_failed": False},
+            )
             m = res.manifest
             files = sum(f["bytes"] for f in m["files"])
-            rows.append({"tier": label, "budget_bytes": b, "path": name, "weights_bytes": m["sizes"]["weights_bytes_after"],
-                         "artifact_bytes": files, "verification_passed": m.get("verification", {}).get("passed"),
-                         "mixed_precision": m.get("mixed_precision")})
-        index = {"edgec_version": __version__, "target": target, "source": os.path.basename(model),
-                 "pick": "the first tier whose artifact_bytes fit the memory available", "tiers": rows}
+            rows.append(
+                {
+                    "tier": label,
+                    "budget_bytes": b,
+                    "path": name,
+                    "weights_bytes": m["sizes"]["weights_bytes_after"],
+                    "artifact_bytes": files,
+                    "verification_passed": m.get("verification", {}).get("passed"),
+                    "mixed_precision": m.get("mixed_precision"),
+                }
+            )
+        index = {
+            "edgec_version": __version__,
+            "target": target,
+            "source": os.path.basename(model),
+            "pick": "the first tier whose artifact_bytes fit the memory available",
+            "tiers": rows,
+        }
         with open(os.path.join(tmp, "tiers.json"), "w") as f:
             json.dump(index, f, indent=2)
             f.write("\n")

@@ -29,6 +29,7 @@ class Frontend:
 
 def pick_frontend(path: str, frontends: dict[str, type[Frontend]], name: str | None = None) -> Frontend:
     from .errors import BadInputError, UsageError
+
     if name is not None:
         if name not in frontends:
             raise UsageError(f"unknown frontend {name!r}; installed: {', '.join(sorted(frontends))}")
@@ -42,5 +43,6 @@ def pick_frontend(path: str, frontends: dict[str, type[Frontend]], name: str | N
         if fe.accepts(path):
             return fe
     known = ", ".join(f"{n} ({'/'.join(c.suffixes)})" for n, c in sorted(frontends.items()))
-    raise BadInputError(f"no frontend reads {os.path.basename(path)!r}; known formats: {known}; "
-                        "pass --frontend NAME to choose one")
+    raise BadInputError(
+        f"no frontend reads {os.path.basename(path)!r}; known formats: {known}; pass --frontend NAME to choose one"
+    )

@@ -61,15 +61,18 @@ class Registry:
     def register(self, obj: Any) -> None:
         name = getattr(obj, "name", None)
         if not name or not isinstance(name, str):
-            raise PluginError(f"a {self.kind} registered by plugin {self._current.name if self._current else '?'} "
-                              f"has no string 'name' attribute: {obj!r}")
+            raise PluginError(
+                f"a {self.kind} registered by plugin {self._current.name if self._current else '?'} "
+                f"has no string 'name' attribute: {obj!r}"
+            )
         plugin = self._current or PluginInfo("<direct>", getattr(obj, "__module__", "?"), "<none>", "")
         if name in self.entries:
             other = self.entries[name].plugin
             raise PluginError(
                 f"{self.kind} {name!r} is registered twice: by {other.module} (distribution "
                 f"{other.distribution} {other.version}) and by {plugin.module} (distribution "
-                f"{plugin.distribution} {plugin.version}); uninstall one of them or rename the {self.kind}")
+                f"{plugin.distribution} {plugin.version}); uninstall one of them or rename the {self.kind}"
+            )
         self.entries[name] = Entry(obj, plugin)
 
     def __getitem__(self, name: str) -> Any:
@@ -112,6 +115,7 @@ class PluginHost:
             found.append((ep.name, ep.value, dist, ver))
         if not any(d == "edgec" for _, _, d, _ in found):
             from . import __version__
+
             found = [(n, m, "edgec", __version__) for n, m in DEFAULT_PLUGINS.items()] + found
         return found
 
@@ -120,17 +124,21 @@ class PluginHost:
             try:
                 mod = importlib.import_module(module.split(":")[0])
             except Exception as e:  # noqa: BLE001 - a broken plugin must not take edgec down silently
-                raise PluginError(f"plugin {name!r} from distribution {dist} {ver} failed to import "
-                                  f"{module!r}: {type(e).__name__}: {e}") from e
+                raise PluginError(
+                    f"plugin {name!r} from distribution {dist} {ver} failed to import "
+                    f"{module!r}: {type(e).__name__}: {e}"
+                ) from e
             info = PluginInfo(name, module, dist, ver)
             if self.pm.is_registered(mod):
                 continue
             self.pm.register(mod, name=f"{dist}:{name}")
             self.plugins.append(info)
-            for reg, hook_name in ((self.passes, "edgec_register_passes"),
-                                   (self.frontends, "edgec_register_frontends"),
-                                   (self.targets, "edgec_register_targets"),
-                                   (self.checks, "edgec_register_checks")):
+            for reg, hook_name in (
+                (self.passes, "edgec_register_passes"),
+                (self.frontends, "edgec_register_frontends"),
+                (self.targets, "edgec_register_targets"),
+                (self.checks, "edgec_register_checks"),
+            ):
                 reg._current = info
                 try:
                     _call_one(self.pm, mod, hook_name, reg)

@@ -22,28 +22,51 @@ def assemble(tgt: Target, art: Artifact, out_dir: str, model: Model, b: Any, o: 
     """The manifest of the artifact ``art`` that ``tgt`` emitted into ``out_dir`` from ``model`` (``b``: the
     :class:`edgec.build.Build` it came from; ``o``: the compile's options); verification and evaluation are added
     by their stages."""
-    options_key = json.dumps({"target": tgt.describe(), "pipeline": [p.describe() for p in b.passes],
-                              "input_shapes": {k: list(v) for k, v in b.shapes.items()}, "cleanup": o["cleanup"]},
-                             sort_keys=True)
+    options_key = json.dumps(
+        {
+            "target": tgt.describe(),
+            "pipeline": [p.describe() for p in b.passes],
+            "input_shapes": {k: list(v) for k, v in b.shapes.items()},
+            "cleanup": o["cleanup"],
+        },
+        sort_keys=True,
+    )
     return {
         "edgec_version": __version__,
         "target": {"name": tgt.name, "spec": tgt.describe(), **art.manifest},
-        "source": {"path": os.path.basename(b.src_path) if b.src_path else None, "sha256": b.src_hash,
-                   "format": model.metadata.get("source_format")},
+        "source": {
+            "path": os.path.basename(b.src_path) if b.src_path else None,
+            "sha256": b.src_hash,
+            "format": model.metadata.get("source_format"),
+        },
         "options_sha256": hashlib.sha256(options_key.encode()).hexdigest(),
         "pipeline": [p.describe() for p in b.passes],
-        "build": {"seed": o["seed"], "input_shapes": {v.name: list(v.shape or []) for v in model.graph.inputs},
-                  "frontend": o["frontend"], "tolerance": o["tolerance"], "min_cosine": o["min_cosine"],
-                  "min_top1": o["min_top1"]},
+        "build": {
+            "seed": o["seed"],
+            "input_shapes": {v.name: list(v.shape or []) for v in model.graph.inputs},
+            "frontend": o["frontend"],
+            "tolerance": o["tolerance"],
+            "min_cosine": o["min_cosine"],
+            "min_top1": o["min_top1"],
+        },
         **io_summary(model),
-        "sizes": {"weights_bytes_before": b.size_before, "weights_bytes_after": model.size_bytes(),
-                  "parameters": model.param_count()},
+        "sizes": {
+            "weights_bytes_before": b.size_before,
+            "weights_bytes_after": model.size_bytes(),
+            "parameters": model.param_count(),
+        },
         "layers": layer_table(model),
         "quantization": quantization_summary(model),
         "mixed_precision": mixed_summary(model),
         "calibration": {"source": b.calibration.source, "samples": len(b.calibration)} if b.calibration else None,
-        "files": [{"path": f, "bytes": os.path.getsize(os.path.join(out_dir, f)),
-                   "sha256": sha256_file(os.path.join(out_dir, f))} for f in art.files],
+        "files": [
+            {
+                "path": f,
+                "bytes": os.path.getsize(os.path.join(out_dir, f)),
+                "sha256": sha256_file(os.path.join(out_dir, f)),
+            }
+            for f in art.files
+        ],
         "notes": b.notes,
         "report": report.FILE,
     }
@@ -67,8 +90,12 @@ def layer_table(model: Model) -> list[dict[str, Any]]:
         if v.const is None or int(np.prod(cast("tuple[int, ...]", v.shape or (1,)))) < 16:
             continue
         users = sorted({u.node.name for u in v.uses})
-        row = {"name": v.name, "shape": list(cast("tuple[int | str | None, ...]", v.shape)),
-               "used_by": users, "bytes": v.const.nbytes}
+        row = {
+            "name": v.name,
+            "shape": list(cast("tuple[int | str | None, ...]", v.shape)),
+            "used_by": users,
+            "bytes": v.const.nbytes,
+        }
         if isinstance(v.const, QuantizedTensor):
             row.update(v.const.describe())
         else:
@@ -80,6 +107,7 @@ def layer_table(model: Model) -> list[dict[str, Any]]:
 def quantization_summary(model: Model) -> dict[str, Any]:
     """Per-layer weight quantization reports and activation quantization, for the manifest."""
     from .plugins.quantize.quantize import REPORT_KEY
+
     layers = model.reports.get(REPORT_KEY, {})
     acts = {v.name: dataclasses.asdict(v.quant) for v in model.graph.values() if v.quant is not None}
     return {"weights": layers, "activations": acts}
@@ -95,17 +123,33 @@ def io_summary(model: Model) -> dict[str, list[dict[str, Any]]]:
         if v.name in stored:
             e["dtype"], e["stored_as"] = stored[v.name].short, stored[v.name].storage.short
         return e
-    return {k: [entry(v) for v in vals] for k, vals in (("inputs", model.graph.inputs), ("outputs", model.graph.outputs))}
+
+    return {
+        k: [entry(v) for v in vals] for k, vals in (("inputs", model.graph.inputs), ("outputs", model.graph.outputs))
+    }
 
 
 def mixed_summary(model: Model) -> dict[str, Any] | None:
     """The mixed-precision pass's decision (allocation, bytes, average bits, what decided), if it ran."""
     from .plugins.mixed.mixed_precision import REPORT_KEY
+
     d = model.reports.get(REPORT_KEY)
     if not d:
         return None
-    return {k: d[k] for k in ("avg_bits", "bytes", "histogram", "decided_by", "metric", "allocation", "evaluated",
-                              "cached_sensitivity") if k in d}
+    return {
+        k: d[k]
+        for k in (
+            "avg_bits",
+            "bytes",
+            "histogram",
+            "decided_by",
+            "metric",
+            "allocation",
+            "evaluated",
+            "cached_sensitivity",
+        )
+        if k in d
+    }
 
 
 def strict_json(x: Any) -> Any:

@@ -32,8 +32,12 @@ def native_section():
                 signal.signal(sig, h)
             raise interrupt(signum)
         pending.append(signum)
-        print("edgec: interrupt received; stopping when the target's native code returns (Ctrl-C again to "
-              "force)", file=sys.stderr, flush=True)
+        print(
+            "edgec: interrupt received; stopping when the target's native code returns (Ctrl-C again to force)",
+            file=sys.stderr,
+            flush=True,
+        )
+
     for sig in (signal.SIGINT, signal.SIGTERM):
         previous[sig] = signal.signal(sig, held)
     if previous[signal.SIGINT] is None:

@@ -86,12 +86,16 @@ def check_output(output: str, inputs: Iterable[str | None] = (), force: bool = F
     real = os.path.realpath(output)
     shown = f"-o {output}"
     if real == os.path.realpath(os.sep) or _inside(os.path.realpath(os.getcwd()), real):
-        raise OutputError(f"{shown}: the output directory would be replaced as a whole, and it is (or holds) the "
-                          "current directory; name a new subdirectory instead, e.g. -o out")
+        raise OutputError(
+            f"{shown}: the output directory would be replaced as a whole, and it is (or holds) the "
+            "current directory; name a new subdirectory instead, e.g. -o out"
+        )
     for p in inputs:
         if p and os.path.exists(p) and _inside(os.path.realpath(p), real):
-            raise OutputError(f"{shown}: the output directory would be replaced as a whole, and it holds the input "
-                              f"{p!r}; choose an output outside it")
+            raise OutputError(
+                f"{shown}: the output directory would be replaced as a whole, and it holds the input "
+                f"{p!r}; choose an output outside it"
+            )
     if os.path.lexists(output):
         if not os.path.isdir(output) or os.path.islink(output):
             raise OutputError(f"{shown}: {output!r} exists and is not a directory; choose another -o or remove it")
@@ -100,11 +104,15 @@ def check_output(output: str, inputs: Iterable[str | None] = (), force: bool = F
         try:
             empty = not os.listdir(output)
         except OSError as e:
-            raise OutputError(f"{shown}: cannot read the existing directory ({e.strerror}); choose another -o") from None
+            raise OutputError(
+                f"{shown}: cannot read the existing directory ({e.strerror}); choose another -o"
+            ) from None
         if not empty:
-            raise OutputError(f"{shown}: the directory exists and was not written by edgec (no manifest.json of "
-                              "edgec's in it); edgec replaces its output as a whole, so it refuses to delete what "
-                              "is there. Choose another -o, or pass --force to replace it")
+            raise OutputError(
+                f"{shown}: the directory exists and was not written by edgec (no manifest.json of "
+                "edgec's in it); edgec replaces its output as a whole, so it refuses to delete what "
+                "is there. Choose another -o, or pass --force to replace it"
+            )
 
 
 # ---------------------------------------------------------------------------------------------- processes
@@ -213,7 +221,7 @@ def sweep_stale(output: str) -> list[str]:
     for n in names:
         if not n.startswith(head):
             continue
-        kind, _, rest = n[len(head):].partition("-")
+        kind, _, rest = n[len(head) :].partition("-")
         path = os.path.join(parent, n)
         if kind not in ("tmp", "old") or os.path.islink(path) or not abandoned(path, _tag(rest)):
             continue
@@ -234,10 +242,13 @@ WRITE_ERRNOS = frozenset({errno.EROFS, errno.EACCES, errno.EPERM, errno.ENOSPC, 
 
 
 def writable_error(output: str, e: OSError) -> OutputError:
-    why = {errno.EROFS: "the file system is read-only", errno.EACCES: "permission denied",
-           errno.EPERM: "the operation is not permitted (an immutable directory?)",
-           errno.ENOSPC: "no space left on the device", errno.EDQUOT: "the disk quota is exhausted"}.get(
-        e.errno or 0, e.strerror or str(e))
+    why = {
+        errno.EROFS: "the file system is read-only",
+        errno.EACCES: "permission denied",
+        errno.EPERM: "the operation is not permitted (an immutable directory?)",
+        errno.ENOSPC: "no space left on the device",
+        errno.EDQUOT: "the disk quota is exhausted",
+    }.get(e.errno or 0, e.strerror or str(e))
     return OutputError(f"-o {output}: cannot write the output there ({why}); choose a writable directory")
 
 

@@ -23,6 +23,7 @@ _MAX_BARS = 40
 def _png(fig) -> str:
     """The figure as an <img> with a base64 PNG (no timestamp or software tag, so bytes are reproducible)."""
     import matplotlib.pyplot as plt
+
     buf = io.BytesIO()
     fig.savefig(buf, format="png", dpi=96, metadata={"Software": None})
     plt.close(fig)
@@ -67,15 +68,20 @@ def _fmt(v: Any) -> str:
 def plots(manifest: dict) -> dict[str, str]:
     """Section name -> <img> for every plot the manifest has data for."""
     import matplotlib
+
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
+
     out: dict[str, str] = {}
     layers = sorted(manifest.get("layers") or [], key=lambda r: -r["bytes"])
     qw = (manifest.get("quantization") or {}).get("weights") or {}
     if layers:
         out.update(_size_plots(plt, layers, qw))
-    errs = [(n, q) for n, q in qw.items() if _num(q.get("sqnr_db")) is not None
-            or _num(q.get("rel_output_error")) is not None]
+    errs = [
+        (n, q)
+        for n, q in qw.items()
+        if _num(q.get("sqnr_db")) is not None or _num(q.get("rel_output_error")) is not None
+    ]
     if errs:
         out["quantization error"] = _error_plot(plt, errs)
     ev = manifest.get("evaluation") or {}
@@ -117,8 +123,9 @@ def _size_plots(plt, layers: list[dict], qw: dict) -> dict[str, str]:
     for r in layers:
         totals[_encoding(r)] = totals.get(_encoding(r), 0) + r["bytes"]
     names = sorted(totals, key=lambda k: -totals[k])
-    out["sizes by encoding"] = _bar(plt, names, [totals[k] / 1e6 for k in names], [colors[k] for k in names],
-                                    "bytes by encoding", ylabel="MB")
+    out["sizes by encoding"] = _bar(
+        plt, names, [totals[k] / 1e6 for k in names], [colors[k] for k in names], "bytes by encoding", ylabel="MB"
+    )
     hist: dict[float, int] = {}
     for r in layers:
         n = 1
@@ -127,8 +134,15 @@ def _size_plots(plt, layers: list[dict], qw: dict) -> dict[str, str]:
         b = round(_bits_per_weight(r), 2)
         hist[b] = hist.get(b, 0) + n
     keys = sorted(hist)
-    out["bits histogram"] = _bar(plt, [f"{k:g}" for k in keys], [hist[k] for k in keys], "#4477aa", "bits histogram",
-                                 ylabel="weights", xlabel="stored bits per weight (scales counted)")
+    out["bits histogram"] = _bar(
+        plt,
+        [f"{k:g}" for k in keys],
+        [hist[k] for k in keys],
+        "#4477aa",
+        "bits histogram",
+        ylabel="weights",
+        xlabel="stored bits per weight (scales counted)",
+    )
     return out
 
 
@@ -146,6 +160,7 @@ def _bar(plt, names, values, color, title: str, ylabel: str, xlabel: str | None 
 def _error_plot(plt, errs: list) -> str:
     """Per-layer quantization error: the output error on calibration data (bars) and the weight SQNR (dots)."""
     import numpy as np
+
     fig, ax = plt.subplots(figsize=(8, 3.4))
     x = list(range(len(errs)))
     rel = [_num(q.get("rel_output_error")) for _, q in errs]
@@ -183,28 +198,44 @@ def render(manifest: dict) -> str:
     src = manifest.get("source") or {}
     sizes = manifest.get("sizes") or {}
     figs = plots(manifest)
-    parts = [f"<h1>edgec report: {html.escape(str(src.get('path') or 'model'))} &rarr; "
-             f"{html.escape(str(t.get('spec') or t.get('name')))}</h1>"]
+    parts = [
+        f"<h1>edgec report: {html.escape(str(src.get('path') or 'model'))} &rarr; "
+        f"{html.escape(str(t.get('spec') or t.get('name')))}</h1>"
+    ]
     before, after = sizes.get("weights_bytes_before"), sizes.get("weights_bytes_after")
-    parts.append(_table([
-        ["edgec", manifest.get("edgec_version")], ["source sha256", src.get("sha256")],
-        ["pipeline", " → ".join(manifest.get("pipeline") or [])],
-        ["parameters", sizes.get("parameters")],
-        ["weights", f"{before} → {after} bytes" + (f" ({before / after:.2f}× smaller)" if before and after else "")],
-        ["files", ", ".join(f"{f['path']} ({f['bytes']} B)" for f in manifest.get("files") or [])],
-        ["calibration", manifest.get("calibration")]], ["", ""]))
+    parts.append(
+        _table(
+            [
+                ["edgec", manifest.get("edgec_version")],
+                ["source sha256", src.get("sha256")],
+                ["pipeline", " → ".join(manifest.get("pipeline") or [])],
+                ["parameters", sizes.get("parameters")],
+                [
+                    "weights",
+                    f"{before} → {after} bytes" + (f" ({before / after:.2f}× smaller)" if before and after else ""),
+                ],
+                ["files", ", ".join(f"{f['path']} ({f['bytes']} B)" for f in manifest.get("files") or [])],
+                ["calibration", manifest.get("calibration")],
+            ],
+            ["", ""],
+        )
+    )
     v = manifest.get("verification")
     parts.append("<h2>Verification</h2>")
     if v is None:
         parts.append("<p>not run (compile with <code>--verify</code>)</p>")
     else:
         cls = "ok" if v.get("passed") else "bad"
-        parts.append(f'<p class="{cls}">{"passed" if v.get("passed") else "FAILED"}</p>'
-                     f"<p>{html.escape(str(v.get('summary', '')))} &mdash; runtime: "
-                     f"{html.escape(str(v.get('runtime', '?')))}</p>")
+        parts.append(
+            f'<p class="{cls}">{"passed" if v.get("passed") else "FAILED"}</p>'
+            f"<p>{html.escape(str(v.get('summary', '')))} &mdash; runtime: "
+            f"{html.escape(str(v.get('runtime', '?')))}</p>"
+        )
         outs = v.get("outputs") or []
         keys = sorted({k for o in outs for k in o if k not in ("output",)})
-        parts.append(_table([[k] + [o.get(k) for o in outs] for k in keys], ["output"] + [o.get("output") for o in outs]))
+        parts.append(
+            _table([[k] + [o.get(k) for o in outs] for k in keys], ["output"] + [o.get("output") for o in outs])
+        )
     for name in ("sizes by layer", "sizes by encoding", "bits histogram"):
         if name in figs:
             parts.append(f"<h2>{name.capitalize()}</h2>{figs[name]}")
@@ -216,8 +247,9 @@ def render(manifest: dict) -> str:
     mp = manifest.get("mixed_precision")
     if mp:
         parts.append("<h2>Mixed precision</h2>")
-        parts.append(_table([[k, mp.get(k)] for k in ("avg_bits", "bytes", "metric", "decided_by", "histogram")],
-                            ["", ""]))
+        parts.append(
+            _table([[k, mp.get(k)] for k in ("avg_bits", "bytes", "metric", "decided_by", "histogram")], ["", ""])
+        )
         parts.append(_table(sorted([w, b] for w, b in (mp.get("allocation") or {}).items()), ["weight", "choice"]))
     ev = manifest.get("evaluation")
     if ev:
@@ -226,9 +258,12 @@ def render(manifest: dict) -> str:
     notes = manifest.get("notes") or []
     if notes:
         parts.append("<h2>Notes</h2><ul>" + "".join(f"<li>{html.escape(n)}</li>" for n in notes) + "</ul>")
-    return ("<!DOCTYPE html>\n<html lang=\"en\"><head><meta charset=\"utf-8\"><title>edgec report</title>"
-            f"<style>{_CSS}</style><script>{_JS}</script></head>\n<body data-plots=\"{len(figs)}\">\n"
-            + "\n".join(parts) + "\n</body></html>\n")
+    return (
+        '<!DOCTYPE html>\n<html lang="en"><head><meta charset="utf-8"><title>edgec report</title>'
+        f'<style>{_CSS}</style><script>{_JS}</script></head>\n<body data-plots="{len(figs)}">\n'
+        + "\n".join(parts)
+        + "\n</body></html>\n"
+    )
 
 
 def write(manifest: dict, path: str) -> str:

@@ -30,6 +30,7 @@ class _Table(dict):
             for k in keys:
                 self[k] = fn
             return fn
+
         return deco
 
 
@@ -68,23 +69,27 @@ class Encoders(_Table):
         """The encoder of ``q``'s scheme; an UnsupportedError naming the schemes carried when there is none."""
         fn = self.get(q.scheme)
         if fn is None:
-            raise UnsupportedError(f"{what} does not encode {q.scheme} weights; it carries "
-                                   f"{', '.join(sorted(self)) or 'no quantized weights'}")
+            raise UnsupportedError(
+                f"{what} does not encode {q.scheme} weights; it carries "
+                f"{', '.join(sorted(self)) or 'no quantized weights'}"
+            )
         return fn
 
 
 # What to do with vq weights on a target that cannot carry them (the base check's and TensorRT's message).
-VECTOR_HINT = ("compile them for cpu, openvino or (indices of up to 8 bits) coreml, or quantize with "
-               "quantize{method=gptq} instead of vq")
+VECTOR_HINT = (
+    "compile them for cpu, openvino or (indices of up to 8 bits) coreml, or quantize with "
+    "quantize{method=gptq} instead of vq"
+)
 
 
 @dataclasses.dataclass(frozen=True)
 class Capabilities:
     """What a target can lower, as data (checked against a model before any lowering)."""
 
-    ops: frozenset[str]                                  # qualified op names, e.g. "Conv", "edgec::Linear"
+    ops: frozenset[str]  # qualified op names, e.g. "Conv", "edgec::Linear"
     dtypes: frozenset[str] = frozenset({"f32", "i64", "i32", "bool"})
-    quant: frozenset[tuple[str, int]] = frozenset()      # (scheme, bits) weight encodings it carries exactly
+    quant: frozenset[tuple[str, int]] = frozenset()  # (scheme, bits) weight encodings it carries exactly
     activation_quant: bool = False
     # The per-layer weight encodings the target's runtime mixes natively, mixed-precision's default candidates:
     # integer widths, "pN" (an N-bit palette) and "f16" (the layer stays float16; only where the runtime
@@ -109,25 +114,35 @@ class Capabilities:
         out = []
         for n in model.graph:
             if not self.accepts(n.qualified_op):
-                out.append(f"node {n.name!r}: operator {n.qualified_op} (opset {model.opset_imports.get(n.domain, '?')})"
-                           " is not supported by this target")
-            elif n.op_type in ("Cast", "QuantizeLinear") and not n.domain and any(
-                    o is not None and o.dtype is None for o in n.outputs):
+                out.append(
+                    f"node {n.name!r}: operator {n.qualified_op} (opset {model.opset_imports.get(n.domain, '?')})"
+                    " is not supported by this target"
+                )
+            elif (
+                n.op_type in ("Cast", "QuantizeLinear")
+                and not n.domain
+                and any(o is not None and o.dtype is None for o in n.outputs)
+            ):
                 to = n.attr("to", n.attr("output_dtype"))
                 name = onnx_type_name(to) if isinstance(to, int) else "an element type"
-                out.append(f"node {n.name!r}: {n.op_type} to {name}, which edgec has no dtype for (FLOAT6E2M3, "
-                           "FLOAT6E3M2, ...), is not supported")
+                out.append(
+                    f"node {n.name!r}: {n.op_type} to {name}, which edgec has no dtype for (FLOAT6E2M3, "
+                    "FLOAT6E3M2, ...), is not supported"
+                )
         for v in model.graph.values():
             if v.dtype is not None and v.dtype.short not in self.dtypes and not v.is_const:
                 out.append(f"value {v.name!r}: dtype {v.dtype.short} is not supported by this target")
             if isinstance(v.const, QuantizedTensor) and (v.const.scheme, v.const.bits) not in self.quant:
                 q = v.const
                 if q.scheme == "vector":
-                    out.append(f"weight {v.name!r}: vector quantization ({q.vector_dim}-D vectors, {q.bits}-bit "
-                               f"indices) cannot be encoded by this target; {VECTOR_HINT}")
+                    out.append(
+                        f"weight {v.name!r}: vector quantization ({q.vector_dim}-D vectors, {q.bits}-bit "
+                        f"indices) cannot be encoded by this target; {VECTOR_HINT}"
+                    )
                 else:
-                    out.append(f"weight {v.name!r}: {q.scheme} {q.bits}-bit quantization cannot be "
-                               "encoded by this target")
+                    out.append(
+                        f"weight {v.name!r}: {q.scheme} {q.bits}-bit quantization cannot be encoded by this target"
+                    )
         return out
 
 
@@ -141,6 +156,7 @@ class Artifact:
 
 def onnx_type_name(elem: int) -> str:
     import onnx
+
     try:
         return onnx.TensorProto.DataType.Name(elem)
     except ValueError:
@@ -152,10 +168,10 @@ class VerifyPolicy:
     """How ``--verify`` judges an artifact against the reference executor where agreement within ``--tolerance`` is
     not the target's contract (its runtime computes differently by design). Every bound must hold per output."""
 
-    description: str                  # why, shown in the verification summary
-    min_cosine: float                 # cosine similarity to the reference
-    min_top1: float | None = None     # top-1 agreement over the decisive rows of classifier-like outputs
-    top1_margin: float = 1e-3         # a row is decisive when its reference top-1 leads by this x max|reference|
+    description: str  # why, shown in the verification summary
+    min_cosine: float  # cosine similarity to the reference
+    min_top1: float | None = None  # top-1 agreement over the decisive rows of classifier-like outputs
+    top1_margin: float = 1e-3  # a row is decisive when its reference top-1 leads by this x max|reference|
     max_rel_err: float | None = None  # max relative error (the larger of this and --tolerance)
 
 
@@ -170,8 +186,9 @@ def fp16_verify_policy(precision: str) -> VerifyPolicy | None:
     it is judged by cosine and top-1 agreement; fp32 compute by --tolerance (None)."""
     if precision != "fp16":
         return None
-    return VerifyPolicy("fp16 compute: cosine >= 0.999 and top-1 agreement >= 0.95 vs the reference",
-                        min_cosine=0.999, min_top1=0.95)
+    return VerifyPolicy(
+        "fp16 compute: cosine >= 0.999 and top-1 agreement >= 0.95 vs the reference", min_cosine=0.999, min_top1=0.95
+    )
 
 
 @dataclasses.dataclass(frozen=True)
@@ -182,7 +199,7 @@ class Target:
     name: ClassVar[str] = ""
     summary: ClassVar[str] = ""
     capabilities: ClassVar[Capabilities]
-    runtime: ClassVar[str] = ""   # what --verify runs the artifact on
+    runtime: ClassVar[str] = ""  # what --verify runs the artifact on
 
     def verify_policy(self) -> VerifyPolicy | None:
         """The criterion --verify applies to every artifact of this target instead of --tolerance, where its runtime
@@ -205,6 +222,7 @@ class Target:
         """True when the artifact runs activation-quantized Conv / Linear exactly as :mod:`edgec.ir.integer`
         defines: --verify then also compares it with that integer reference, at --tolerance."""
         return False
+
     dynamic_shapes: ClassVar[bool] = False  # True: the artifact takes any input length (no shape fixing)
 
     def __post_init__(self) -> None:
@@ -233,8 +251,9 @@ class Target:
     def emit(self, model: Model, out_dir: str, ctx: PassContext) -> Artifact:
         raise NotImplementedError
 
-    def logits_engine(self, out_dir: str, files: Sequence[str],
-                      ctx: int) -> tuple[str, Callable[[np.ndarray], np.ndarray]] | None:
+    def logits_engine(
+        self, out_dir: str, files: Sequence[str], ctx: int
+    ) -> tuple[str, Callable[[np.ndarray], np.ndarray]] | None:
         """A language model's artifact on the target's own runtime, for perplexity (``--eval-text``, ``--verify``):
         ``(runtime name, fn)`` where ``fn(token ids [T]) -> next-token logits [T, vocab]`` for up to ``ctx`` tokens;
         None where the target has no language-model runtime here (only the compiled IR is then measured)."""
@@ -245,26 +264,38 @@ class Target:
         ``edgec.api.llm.SOURCE_KEY``), for ``edgec eval`` of the artifact; None where it carries none."""
         return None
 
-    def chat(self, out_dir: str, files: Sequence[str], messages: list[dict[str, str]], max_new_tokens: int) -> str | None:
+    def chat(
+        self, out_dir: str, files: Sequence[str], messages: list[dict[str, str]], max_new_tokens: int
+    ) -> str | None:
         """A chat reply (greedy) of a language model's artifact on the target's runtime, for ``edgec eval --chat``;
         None where the target has no generation runtime here."""
         return None
 
-    def run_artifact(self, out_dir: str, feeds: Mapping[str, np.ndarray],
-                     input_names: Sequence[str] | None = None) -> list[np.ndarray]:
+    def run_artifact(
+        self, out_dir: str, feeds: Mapping[str, np.ndarray], input_names: Sequence[str] | None = None
+    ) -> list[np.ndarray]:
         """Execute the emitted artifact on its runtime (for ``--verify``): the outputs in the model's order.
         ``input_names`` are the model's inputs in order (for runtimes that bind inputs by position)."""
         raise NotImplementedError(f"target {self.name} has no runtime on this machine")
 
-    def run_model_types(self, out_dir: str, feeds: Mapping[str, np.ndarray], manifest: Mapping[str, Any],
-                        input_names: Sequence[str] | None = None) -> list[np.ndarray]:
+    def run_model_types(
+        self,
+        out_dir: str,
+        feeds: Mapping[str, np.ndarray],
+        manifest: Mapping[str, Any],
+        input_names: Sequence[str] | None = None,
+    ) -> list[np.ndarray]:
         """:meth:`run_artifact` fed and read in the model's own element types: inputs and outputs the manifest
         records as ``stored_as`` a storage type (a float8's bits in uint8, an int4 in int8: see legalize-dtypes)
         are converted to it and back (:func:`edgec.ir.dtypes.to_storage` / ``from_storage``)."""
         from .ir.dtypes import DType, from_storage, to_storage
+
         stored_in = {e["name"] for e in manifest.get("inputs") or [] if e.get("stored_as")}
-        got = self.run_artifact(out_dir, {k: to_storage(v) if k in stored_in else v for k, v in feeds.items()},
-                                input_names)
+        got = self.run_artifact(
+            out_dir, {k: to_storage(v) if k in stored_in else v for k, v in feeds.items()}, input_names
+        )
         outs = list(manifest.get("outputs") or [])
-        return [from_storage(g, DType(e["dtype"])) if k < len(outs) and (e := outs[k]).get("stored_as") else g
-                for k, g in enumerate(got)]
+        return [
+            from_storage(g, DType(e["dtype"])) if k < len(outs) and (e := outs[k]).get("stored_as") else g
+            for k, g in enumerate(got)
+        ]

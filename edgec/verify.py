@@ -140,14 +140,15 @@ def _sqnr_db(got: np.ndarray, ref: np.ndarray) -> float:
     if pair is None:
         return float("-inf")
     g, r = pair
-    noise, signal_ = float(((g - r) ** 2).sum()), float((r ** 2).sum())
+    noise, signal_ = float(((g - r) ** 2).sum()), float((r**2).sum())
     if noise == 0:
         return float("inf")
     return float(10 * np.log10(signal_ / noise)) if signal_ > 0 else float("-inf")
 
 
-def _judge_top1(row: dict[str, Any], prefix: str, got, ref, margin: float, minimum: float, why: list[str],
-                confident: bool = False) -> bool:
+def _judge_top1(
+    row: dict[str, Any], prefix: str, got, ref, margin: float, minimum: float, why: list[str], confident: bool = False
+) -> bool:
     """Top-1 agreement over the decisive rows (the reference's top-1 leading by ``margin`` of its range, or with
     ``confident`` by a softmax probability gap of ``margin``), as evidence only where there are MIN_TOP1_ROWS."""
     agree, rows = (_top1_confident if confident else _top1)(got, ref, margin)
@@ -157,7 +158,9 @@ def _judge_top1(row: dict[str, Any], prefix: str, got, ref, margin: float, minim
         return True
     row[f"{prefix}_top1_evidence"] = True
     if not agree >= minimum:
-        why.append(f"top-1 agreement {agree:.3f} < {minimum} over {rows} decisive rows ({prefix.replace('vs_', 'vs ')})")
+        why.append(
+            f"top-1 agreement {agree:.3f} < {minimum} over {rows} decisive rows ({prefix.replace('vs_', 'vs ')})"
+        )
         return False
     return True
 
@@ -179,6 +182,7 @@ def original_outputs(src_path: str | None, model: Model, feeds: dict[str, np.nda
     """Outputs of the model before any pass: onnxruntime on the original ONNX file where there is one."""
     if src_path and src_path.lower().endswith(".onnx"):
         import onnxruntime as ort
+
         try:
             sess = ort.InferenceSession(src_path, providers=["CPUExecutionProvider"])
             names = [o.name for o in sess.get_outputs()]
@@ -186,19 +190,26 @@ def original_outputs(src_path: str | None, model: Model, feeds: dict[str, np.nda
         except Exception as e:  # noqa: BLE001 - onnxruntime raises its own Fail / InvalidArgument / ...
             first = str(e).splitlines()[0] if str(e) else type(e).__name__
             if "NOT_IMPLEMENTED" not in first and "No corresponding Numpy type" not in first:
-                raise BadInputError(f"{src_path}: onnxruntime cannot run the original model on the verification "
-                                    f"inputs, so there is nothing to verify against: {first}") from None
+                raise BadInputError(
+                    f"{src_path}: onnxruntime cannot run the original model on the verification "
+                    f"inputs, so there is nothing to verify against: {first}"
+                ) from None
             # an op or element type onnxruntime has no kernel for (float8 / int4 casts, new opsets): onnx's own
             # reference evaluator defines them
             from onnx.reference import ReferenceEvaluator
+
             try:
                 outs = ReferenceEvaluator(src_path).run(None, dict(feeds))
             except Exception as e2:  # noqa: BLE001
-                raise BadInputError(f"{src_path}: neither onnxruntime ({first}) nor onnx's reference evaluator "
-                                    f"({type(e2).__name__}: {str(e2).splitlines()[0] if str(e2) else ''}) can run "
-                                    "the original model, so there is nothing to verify against") from None
-            return {"runtime": "onnx reference evaluator (original file; onnxruntime lacks a kernel)",
-                    "outputs": list(outs)}
+                raise BadInputError(
+                    f"{src_path}: neither onnxruntime ({first}) nor onnx's reference evaluator "
+                    f"({type(e2).__name__}: {str(e2).splitlines()[0] if str(e2) else ''}) can run "
+                    "the original model, so there is nothing to verify against"
+                ) from None
+            return {
+                "runtime": "onnx reference evaluator (original file; onnxruntime lacks a kernel)",
+                "outputs": list(outs),
+            }
         return {"runtime": "onnxruntime (original file)", "outputs": outs}
     try:  # loading can fail too (onnxruntime rejects e.g. an attribute name no operator has)
         r = ReferenceExecutor(model).run(feeds)
@@ -212,11 +223,11 @@ class Criteria:
     """What one verification demands, from the target, the model and the user's bounds."""
 
     tolerance: float
-    policy: VerifyPolicy | None     # the target's own criterion for every artifact (None: --tolerance)
+    policy: VerifyPolicy | None  # the target's own criterion for every artifact (None: --tolerance)
     act_quant: VerifyPolicy | None  # the target's criterion for an activation-quantized model (None: not one)
-    lossy: bool                     # the compile changed the numbers on purpose: judged by fidelity to the original
-    fidelity: float                 # --min-cosine
-    fidelity_top1: float            # --min-top1
+    lossy: bool  # the compile changed the numbers on purpose: judged by fidelity to the original
+    fidelity: float  # --min-cosine
+    fidelity_top1: float  # --min-top1
     language_model: bool
 
     @property
@@ -229,18 +240,35 @@ class Criteria:
         return "target" if self.policy else "activation-quant" if self.act_quant else "max-rel-err"
 
 
-def criteria(tgt: Target, model: Model, tolerance: float, lossy: bool, min_cosine: float | None,
-             min_top1: float | None) -> Criteria:
+def criteria(
+    tgt: Target, model: Model, tolerance: float, lossy: bool, min_cosine: float | None, min_top1: float | None
+) -> Criteria:
     from .api.llm import LLM_KEY
+
     act_quant = any(v.quant is not None for v in model.graph.values())
-    return Criteria(tolerance, tgt.verify_policy(), tgt.act_quant_policy() if act_quant else None, lossy,
-                    LOSSY_MIN_COSINE if min_cosine is None else float(min_cosine),
-                    LOSSY_MIN_TOP1 if min_top1 is None else float(min_top1), bool(model.metadata.get(LLM_KEY)))
+    return Criteria(
+        tolerance,
+        tgt.verify_policy(),
+        tgt.act_quant_policy() if act_quant else None,
+        lossy,
+        LOSSY_MIN_COSINE if min_cosine is None else float(min_cosine),
+        LOSSY_MIN_TOP1 if min_top1 is None else float(min_top1),
+        bool(model.metadata.get(LLM_KEY)),
+    )
 
 
-def verify_artifact(tgt: Target, out_dir: str, model: Model, feeds, original, tolerance: float, *,
-                    lossy: bool = False, min_cosine: float | None = None,
-                    min_top1: float | None = None) -> dict[str, Any]:
+def verify_artifact(
+    tgt: Target,
+    out_dir: str,
+    model: Model,
+    feeds,
+    original,
+    tolerance: float,
+    *,
+    lossy: bool = False,
+    min_cosine: float | None = None,
+    min_top1: float | None = None,
+) -> dict[str, Any]:
     """Run the artifact and judge it: exactness against the reference executor (the compiled model), and,
     where the original model's outputs are known, against the original: within ``tolerance`` for a compile
     that keeps the numbers, by fidelity (cosine >= ``min_cosine``, top-1 agreement >= LOSSY_MIN_TOP1 over at
@@ -281,17 +309,23 @@ def _references(tgt: Target, model: Model, feeds, integer: bool) -> tuple[list, 
     int_outs = None
     if integer and tgt.integer_semantics():
         from .ir.integer import integer_reference
+
         iref = integer_reference(model).run(feeds)
         int_outs = [iref[o.name] for o in model.graph.outputs]
     return [ref[o.name] for o in model.graph.outputs], int_outs
 
 
-def _judge_output(name: str, got: np.ndarray, ref: np.ndarray, orig: np.ndarray | None, iref: np.ndarray | None,
-                  crit: Criteria) -> dict[str, Any]:
+def _judge_output(
+    name: str, got: np.ndarray, ref: np.ndarray, orig: np.ndarray | None, iref: np.ndarray | None, crit: Criteria
+) -> dict[str, Any]:
     """One output's metrics and verdict (``failed_because`` lists every bound it misses)."""
     why: list[str] = []
-    row: dict[str, Any] = {"output": name, "vs_reference_max_rel_err": _rel_err(got, ref),
-                           "vs_reference_cosine": _cosine(got, ref), "vs_reference_sqnr_db": _sqnr_db(got, ref)}
+    row: dict[str, Any] = {
+        "output": name,
+        "vs_reference_max_rel_err": _rel_err(got, ref),
+        "vs_reference_cosine": _cosine(got, ref),
+        "vs_reference_sqnr_db": _sqnr_db(got, ref),
+    }
     classifier = got.ndim >= 2 and got.shape[-1] > 1
     bad = _nonfinite_problem(got, ref)
     if bad:
@@ -305,8 +339,10 @@ def _judge_output(name: str, got: np.ndarray, ref: np.ndarray, orig: np.ndarray 
         row["vs_integer_reference_max_rel_err"] = _rel_err(got, iref)
         row["bit_exact_vs_integer_reference"] = bool(np.array_equal(got, iref))
         if not row["vs_integer_reference_max_rel_err"] <= crit.tolerance:
-            why.append(f"rel err {row['vs_integer_reference_max_rel_err']:.3g} > tolerance {crit.tolerance:g} vs the "
-                       "integer reference")
+            why.append(
+                f"rel err {row['vs_integer_reference_max_rel_err']:.3g} > tolerance {crit.tolerance:g} vs the "
+                "integer reference"
+            )
     if why:
         row["failed_because"] = why
     row["passed"] = not why
@@ -341,8 +377,16 @@ def _vs_original(row: dict[str, Any], got, orig, classifier: bool, crit: Criteri
     if bad:
         why.append(f"{bad} vs the original")
     if classifier:
-        _judge_top1(row, "vs_original", got, orig, LOSSY_TOP1_GAP, crit.fidelity_top1 if crit.lossy else 1.0,
-                    why if crit.lossy else [], confident=True)
+        _judge_top1(
+            row,
+            "vs_original",
+            got,
+            orig,
+            LOSSY_TOP1_GAP,
+            crit.fidelity_top1 if crit.lossy else 1.0,
+            why if crit.lossy else [],
+            confident=True,
+        )
     if crit.lossy:
         # Pearson (offset-free) is judged except on a language model's logits: there the tens of
         # thousands of improbable tokens dominate it (SmolLM2-135M over random tokens: 0.915 at Q4_K,
@@ -350,20 +394,35 @@ def _vs_original(row: dict[str, Any], got, orig, classifier: bool, crit: Criteri
         for metric in ("cosine",) if crit.language_model else ("cosine", "pearson"):
             v = row[f"vs_original_{metric}"]
             if not v >= crit.fidelity:
-                why.append(f"{metric} {v:.4f} < {crit.fidelity} vs the original model (the quantized/pruned model "
-                           "is too far from it; --min-cosine sets the bar)")
+                why.append(
+                    f"{metric} {v:.4f} < {crit.fidelity} vs the original model (the quantized/pruned model "
+                    "is too far from it; --min-cosine sets the bar)"
+                )
     elif crit.vs_reference is None and not row["vs_original_max_rel_err"] <= crit.tolerance:
         why.append(f"rel err {row['vs_original_max_rel_err']:.3g} > tolerance {crit.tolerance:g} vs the original")
 
 
 def _record(rows: list[dict[str, Any]], crit: Criteria, tgt: Target, original, integer: bool) -> dict[str, Any]:
     passed = all(r["passed"] for r in rows)
-    return {"passed": passed, "ran": True, "runtime": tgt.runtime, "tolerance": crit.tolerance, "outputs": rows,
-            "criterion": crit.name,
-            "fidelity": {"lossy": crit.lossy, "min_cosine": crit.fidelity, "min_top1": crit.fidelity_top1,
-                         "top1_gap": LOSSY_TOP1_GAP, "min_top1_rows": MIN_TOP1_ROWS} if crit.lossy else None,
-            "summary": _summary(rows, crit, original, integer, passed),
-            "error_metric": "max|artifact - reference| / max|reference|"}
+    return {
+        "passed": passed,
+        "ran": True,
+        "runtime": tgt.runtime,
+        "tolerance": crit.tolerance,
+        "outputs": rows,
+        "criterion": crit.name,
+        "fidelity": {
+            "lossy": crit.lossy,
+            "min_cosine": crit.fidelity,
+            "min_top1": crit.fidelity_top1,
+            "top1_gap": LOSSY_TOP1_GAP,
+            "min_top1_rows": MIN_TOP1_ROWS,
+        }
+        if crit.lossy
+        else None,
+        "summary": _summary(rows, crit, original, integer, passed),
+        "error_metric": "max|artifact - reference| / max|reference|",
+    }
 
 
 def _summary(rows: list[dict[str, Any]], crit: Criteria, original, integer: bool, passed: bool) -> str:
@@ -373,27 +432,36 @@ def _summary(rows: list[dict[str, Any]], crit: Criteria, original, integer: bool
     if original:
         s += f", {max(r.get('vs_original_max_rel_err', 0) for r in rows):.3g} vs the original ({original['runtime']})"
     if aq is not None:
-        s += (f"; simulated int8 activations: criterion cosine >= {aq.min_cosine} and rel err <= "
-              f"{max(tol, aq.max_rel_err or 0.0):g} vs the reference ({aq.description})")
+        s += (
+            f"; simulated int8 activations: criterion cosine >= {aq.min_cosine} and rel err <= "
+            f"{max(tol, aq.max_rel_err or 0.0):g} vs the reference ({aq.description})"
+        )
     else:
         s += f"; tolerance {tol:g} vs the reference"
     if crit.policy:
         s += f"; target criterion: {crit.policy.description}"
     if crit.lossy and original is not None:
-        s += (f"; quantized/pruned: fidelity vs the original cosine{'' if crit.language_model else ' and Pearson'} >= "
-              f"{crit.fidelity} and top-1 agreement >= {crit.fidelity_top1} where at least {MIN_TOP1_ROWS} rows are "
-              f"decisive (softmax top-1 leading by > {LOSSY_TOP1_GAP:g}; worst cosine "
-              f"{min(r.get('vs_original_cosine', 1.0) for r in rows):.4f}, Pearson "
-              f"{min(r.get('vs_original_pearson', 1.0) for r in rows):.4f}, SQNR "
-              f"{min(r.get('vs_original_sqnr_db', float('inf')) for r in rows):.1f} dB)")
+        s += (
+            f"; quantized/pruned: fidelity vs the original cosine{'' if crit.language_model else ' and Pearson'} >= "
+            f"{crit.fidelity} and top-1 agreement >= {crit.fidelity_top1} where at least {MIN_TOP1_ROWS} rows are "
+            f"decisive (softmax top-1 leading by > {LOSSY_TOP1_GAP:g}; worst cosine "
+            f"{min(r.get('vs_original_cosine', 1.0) for r in rows):.4f}, Pearson "
+            f"{min(r.get('vs_original_pearson', 1.0) for r in rows):.4f}, SQNR "
+            f"{min(r.get('vs_original_sqnr_db', float('inf')) for r in rows):.1f} dB)"
+        )
     if integer:
         exact = sum(r["bit_exact_vs_integer_reference"] for r in rows)
-        s += (f"; vs the integer reference (edgec.ir.integer): {exact}/{len(rows)} outputs bit-exact, max "
-              f"relative error {max(r['vs_integer_reference_max_rel_err'] for r in rows):.3g}")
+        s += (
+            f"; vs the integer reference (edgec.ir.integer): {exact}/{len(rows)} outputs bit-exact, max "
+            f"relative error {max(r['vs_integer_reference_max_rel_err'] for r in rows):.3g}"
+        )
     if not passed:
-        s += "; FAILED: " + "; ".join(f"{r['output']}: {', '.join(r['failed_because'])}" for r in rows
-                                     if not r["passed"])
+        s += "; FAILED: " + "; ".join(
+            f"{r['output']}: {', '.join(r['failed_because'])}" for r in rows if not r["passed"]
+        )
     return s
+
+
 def _manifest_schema(output: str, m: Any) -> list[dict[str, Any]]:
     """The manifest's file list, checked (a malformed manifest is bad input, not a crash)."""
     bad = BadInputError(f"{output}/manifest.json is malformed (not what edgec writes); recompile to replace it")
@@ -401,21 +469,32 @@ def _manifest_schema(output: str, m: Any) -> list[dict[str, Any]]:
         raise bad
     files = m.get("files")
     if not isinstance(files, list) or not all(
-            isinstance(f, dict) and isinstance(f.get("path"), str) and isinstance(f.get("bytes"), int)
-            and isinstance(f.get("sha256"), str) for f in files):
+        isinstance(f, dict)
+        and isinstance(f.get("path"), str)
+        and isinstance(f.get("bytes"), int)
+        and isinstance(f.get("sha256"), str)
+        for f in files
+    ):
         raise bad
     for key, kind in (("source", dict), ("build", dict), ("calibration", dict), ("pipeline", list), ("inputs", list)):
         if m.get(key) is not None and not isinstance(m[key], kind):
             raise bad
     if not all(isinstance(p, str) for p in m.get("pipeline") or []) or not all(
-            isinstance(i, dict) and isinstance(i.get("name"), str) and isinstance(i.get("shape", []), list)
-            for i in m.get("inputs") or []):
+        isinstance(i, dict) and isinstance(i.get("name"), str) and isinstance(i.get("shape", []), list)
+        for i in m.get("inputs") or []
+    ):
         raise bad
     return files
 
 
-def verify_output(output: str, model: str | None = None, *, calib: str | None = None, frontend: str | None = None,
-                  progress: Callable[[str], None] | None = None) -> dict[str, Any]:
+def verify_output(
+    output: str,
+    model: str | None = None,
+    *,
+    calib: str | None = None,
+    frontend: str | None = None,
+    progress: Callable[[str], None] | None = None,
+) -> dict[str, Any]:
     """Re-check an existing output directory (``edgec verify OUT``): every file's size and sha256 against the
     manifest (and no file the manifest does not list), then, given the model it was compiled from (``model``,
     or the manifest's source file found beside ``output`` or in the current directory, recognised by its
@@ -426,19 +505,29 @@ def verify_output(output: str, model: str | None = None, *, calib: str | None = 
     files = _manifest_schema(output, manifest)
     problems = _integrity_problems(output, files)
     checked = len(files)
-    rec: dict[str, Any] = {"output": os.path.abspath(output), "files_checked": checked, "integrity_problems": problems,
-                           "rerun": None, "passed": not problems, "status": "fail" if problems else "files-only"}
+    rec: dict[str, Any] = {
+        "output": os.path.abspath(output),
+        "files_checked": checked,
+        "integrity_problems": problems,
+        "rerun": None,
+        "passed": not problems,
+        "status": "fail" if problems else "files-only",
+    }
     if problems:
         rec["summary"] = f"{len(problems)} problems with the files: " + "; ".join(problems[:5])
         return rec
     model, name = _source_model(output, manifest, model)
     if model is None:
-        rec["summary"] = (f"all {checked} files match the manifest; NOT RE-RUN: the model it was compiled from "
-                          f"({name or 'unknown'}) was not found beside it or here; pass --model to re-run it")
+        rec["summary"] = (
+            f"all {checked} files match the manifest; NOT RE-RUN: the model it was compiled from "
+            f"({name or 'unknown'}) was not found beside it or here; pass --model to re-run it"
+        )
         return rec
     if manifest.get("calibration") and calib is None:
-        raise UsageError(f"{output} was calibrated on {manifest['calibration'].get('source')}; pass the same data "
-                         "with --calib to re-run it")
+        raise UsageError(
+            f"{output} was calibrated on {manifest['calibration'].get('source')}; pass the same data "
+            "with --calib to re-run it"
+        )
     v = _rerun(output, manifest, model, calib, frontend, progress or (lambda m: None))
     rec["rerun"] = v
     if not v.get("ran", True):
@@ -446,17 +535,21 @@ def verify_output(output: str, model: str | None = None, *, calib: str | None = 
         return rec
     rec["passed"] = bool(v["passed"])
     rec["status"] = "pass" if v["passed"] else "fail"
-    rec["summary"] = (f"all {checked} files match the manifest; re-run: "
-                      + ("PASS" if v["passed"] else "FAIL") + f": {v['summary']}")
+    rec["summary"] = (
+        f"all {checked} files match the manifest; re-run: " + ("PASS" if v["passed"] else "FAIL") + f": {v['summary']}"
+    )
     return rec
 
 
 def _read_manifest(output: str) -> Any:
     from .output import is_edgec_output, read_json
+
     if not os.path.isdir(output):
         raise UsageError(f"{output!r} is not a directory; give an output directory of edgec compile")
     if not is_edgec_output(output):
-        raise UsageError(f"{output!r} holds no manifest.json written by edgec; give an output directory of edgec compile")
+        raise UsageError(
+            f"{output!r} holds no manifest.json written by edgec; give an output directory of edgec compile"
+        )
     try:
         manifest: Any = read_json(os.path.join(output, "manifest.json"))
     except (OSError, ValueError) as e:
@@ -501,30 +594,63 @@ def _source_model(output: str, manifest: dict[str, Any], model: str | None) -> t
             if sha256_file(c) == digest:
                 return c, name
     if model is not None and digest and os.path.isfile(model) and sha256_file(model) != digest:
-        raise BadInputError(f"{model} is not the model {output} was compiled from (its sha256 differs from the "
-                            f"manifest's {digest[:16]}...); pass the original model with --model")
+        raise BadInputError(
+            f"{model} is not the model {output} was compiled from (its sha256 differs from the "
+            f"manifest's {digest[:16]}...); pass the original model with --model"
+        )
     return model, name
 
 
-def _rerun(output: str, manifest: dict[str, Any], model: str, calib: str | None, frontend: str | None,
-           say: Callable[[str], None]) -> dict[str, Any]:
+def _rerun(
+    output: str,
+    manifest: dict[str, Any],
+    model: str,
+    calib: str | None,
+    frontend: str | None,
+    say: Callable[[str], None],
+) -> dict[str, Any]:
     """Rebuild the model as the manifest records it and judge the artifact in ``output`` as --verify did."""
     from .build import build_model, lossy, parse_target
+
     build = manifest.get("build") or {}
     n_target = len(parse_target(manifest["target"]["spec"]).pipeline())
     pipeline = manifest.get("pipeline") or []
-    pipeline = pipeline[:len(pipeline) - n_target]
-    shapes = {i["name"]: "x".join(map(str, i["shape"])) for i in manifest.get("inputs") or []
-              if i.get("shape") and all(isinstance(d, int) and not isinstance(d, bool) and d > 0 for d in i["shape"])}
+    pipeline = pipeline[: len(pipeline) - n_target]
+    shapes = {
+        i["name"]: "x".join(map(str, i["shape"]))
+        for i in manifest.get("inputs") or []
+        if i.get("shape") and all(isinstance(d, int) and not isinstance(d, bool) and d > 0 for d in i["shape"])
+    }
     try:
         seed = int(build.get("seed", 0))
         tolerance = float(build.get("tolerance", DEFAULT_TOLERANCE))
         min_cos = None if build.get("min_cosine") is None else float(build["min_cosine"])
         min_t1 = None if build.get("min_top1") is None else float(build["min_top1"])
     except (TypeError, ValueError):
-        raise BadInputError(f"{output}/manifest.json is malformed (its build settings); recompile to replace it") from None
-    b = build_model(model, manifest["target"]["spec"], ",".join(pipeline), input_shapes=shapes, verify=True,
-                    cleanup=False, seed=seed, frontend=frontend or build.get("frontend"), calib=calib, say=say)
+        raise BadInputError(
+            f"{output}/manifest.json is malformed (its build settings); recompile to replace it"
+        ) from None
+    b = build_model(
+        model,
+        manifest["target"]["spec"],
+        ",".join(pipeline),
+        input_shapes=shapes,
+        verify=True,
+        cleanup=False,
+        seed=seed,
+        frontend=frontend or build.get("frontend"),
+        calib=calib,
+        say=say,
+    )
     say(f"running the artifact on {b.target.runtime or 'its runtime'}")
-    return verify_artifact(b.target, output, b.model, b.feeds, b.original, tolerance, lossy=lossy(b.model, b.passes),
-                           min_cosine=min_cos, min_top1=min_t1)
+    return verify_artifact(
+        b.target,
+        output,
+        b.model,
+        b.feeds,
+        b.original,
+        tolerance,
+        lossy=lossy(b.model, b.passes),
+        min_cosine=min_cos,
+        min_top1=min_t1,
+    )

@@ -36,9 +36,11 @@ def over_budget(what: str, parts: Mapping[str, int], budget: int | None = None, 
     if need <= budget:
         return None
     detail = ", ".join(f"{k} {gib(v)}" for k, v in parts.items() if v)
-    return (f"{what} needs at least {gib(need)} ({detail}), beyond the memory budget of {gib(budget)} "
-            f"({budget_source()}); {fix + '; ' if fix else ''}set {BUDGET_ENV} (e.g. {BUDGET_ENV}="
-            f"{max(1, math.ceil(need * 1.25 / 2**30))}GiB) to raise the budget")
+    return (
+        f"{what} needs at least {gib(need)} ({detail}), beyond the memory budget of {gib(budget)} "
+        f"({budget_source()}); {fix + '; ' if fix else ''}set {BUDGET_ENV} (e.g. {BUDGET_ENV}="
+        f"{max(1, math.ceil(need * 1.25 / 2**30))}GiB) to raise the budget"
+    )
 
 
 def _itemsize(v: Any) -> int:
@@ -63,8 +65,9 @@ def _resolve(shape: Any, symbols: Mapping[str, int]) -> int | None:
     return n
 
 
-def run_estimate(model: Model, input_shapes: Mapping[str, tuple[int, ...]],
-                 symbols: Mapping[str, int] | None = None) -> dict[str, int]:
+def run_estimate(
+    model: Model, input_shapes: Mapping[str, tuple[int, ...]], symbols: Mapping[str, int] | None = None
+) -> dict[str, int]:
     """Bytes that running ``model`` once on inputs of ``input_shapes`` holds at its peak: float weights,
     inputs, and the largest set of activations alive at once in graph order. Symbolic dims of the graph
     (a dynamic batch ``N``) are taken from ``symbols`` and from the inputs' concrete shapes; unknown sizes

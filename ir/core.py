@@ -69,8 +69,19 @@ _USE_INDEX_AT = 8
 class Value:
     """An SSA value: a graph input, a constant (initializer) or a node output."""
 
-    __slots__ = ("name", "dtype", "shape", "_producer", "_index", "_uses", "const", "quant", "sparsity",
-                 "meta", "_graph")
+    __slots__ = (
+        "name",
+        "dtype",
+        "shape",
+        "_producer",
+        "_index",
+        "_uses",
+        "const",
+        "quant",
+        "sparsity",
+        "meta",
+        "_graph",
+    )
 
     def __init__(self, name: str, dtype: DType | None = None, shape: Shape = None, const: ConstData | None = None):
         self.name = name
@@ -174,11 +185,18 @@ class Value:
 class Node:
     """One operator application. ``inputs`` may contain ``None`` for omitted optional inputs."""
 
-    __slots__ = ("op_type", "domain", "name", "attributes", "_inputs", "outputs", "meta", "_graph", "_prev",
-                 "_next")
+    __slots__ = ("op_type", "domain", "name", "attributes", "_inputs", "outputs", "meta", "_graph", "_prev", "_next")
 
-    def __init__(self, op_type: str, inputs: Sequence[Value | None], attributes: dict[str, Any] | None = None,
-                 *, domain: str = "", name: str = "", outputs: Sequence[Value] | int = 1):
+    def __init__(
+        self,
+        op_type: str,
+        inputs: Sequence[Value | None],
+        attributes: dict[str, Any] | None = None,
+        *,
+        domain: str = "",
+        name: str = "",
+        outputs: Sequence[Value] | int = 1,
+    ):
         self.op_type = op_type
         self.domain = "" if domain == "ai.onnx" else domain
         self.name = name
@@ -408,8 +426,16 @@ class Graph:
         finally:
             self._insert_at = prev
 
-    def op(self, op_type: str, inputs: Sequence[Value | None], attributes: dict[str, Any] | None = None, *,
-           domain: str = "", name: str = "", num_outputs: int = 1) -> Node:
+    def op(
+        self,
+        op_type: str,
+        inputs: Sequence[Value | None],
+        attributes: dict[str, Any] | None = None,
+        *,
+        domain: str = "",
+        name: str = "",
+        num_outputs: int = 1,
+    ) -> Node:
         """Create a node and append it; returns the node (use ``.output`` for its single result)."""
         name = name or f"{op_type}_{next(self._counter)}"
         outs = [Value(f"{name}_out{k}" if num_outputs > 1 else f"{name}_out") for k in range(num_outputs)]
@@ -520,12 +546,16 @@ class Graph:
         indeg: dict[int, int] = {}
         users: dict[int, list[Node]] = {id(n): [] for n in nodes}
         for n in nodes:
-            deps = {id(v._producer) for v in n.inputs if v is not None and v._producer is not None
-                    and v._producer._graph is self}
+            deps = {
+                id(v._producer)
+                for v in n.inputs
+                if v is not None and v._producer is not None and v._producer._graph is self
+            }
             indeg[id(n)] = len(deps)
             for d in deps:
                 users[d].append(n)
         import heapq
+
         ready = [(order[id(n)], n) for n in nodes if indeg[id(n)] == 0]
         heapq.heapify(ready)
         out: list[Node] = []
@@ -561,8 +591,13 @@ class Graph:
 class Model:
     """A graph plus the opsets it uses and free-form metadata."""
 
-    def __init__(self, graph: Graph, opset_imports: dict[str, int] | None = None,
-                 metadata: dict[str, str] | None = None, producer: str = "edgec"):
+    def __init__(
+        self,
+        graph: Graph,
+        opset_imports: dict[str, int] | None = None,
+        metadata: dict[str, str] | None = None,
+        producer: str = "edgec",
+    ):
         self.graph = graph
         self.opset_imports = dict(opset_imports or {"": 17})
         self.opset_imports.setdefault("", 17)

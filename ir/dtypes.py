@@ -118,7 +118,9 @@ class DType(enum.Enum):
         d = _FROM_ONNX.get(elem_type)
         if d is not None:
             return d
-        name = onnx.TensorProto.DataType.Name(elem_type) if elem_type in onnx.TensorProto.DataType.values() else elem_type
+        name = (
+            onnx.TensorProto.DataType.Name(elem_type) if elem_type in onnx.TensorProto.DataType.values() else elem_type
+        )
         raise ValueError(f"ONNX element type {name} is not supported by edgec")
 
     def __repr__(self) -> str:  # pragma: no cover - debugging aid
@@ -126,41 +128,115 @@ class DType(enum.Enum):
 
 
 _BITS = {
-    DType.FLOAT32: 32, DType.FLOAT16: 16, DType.BFLOAT16: 16, DType.FLOAT64: 64, DType.INT64: 64,
-    DType.INT32: 32, DType.INT16: 16, DType.INT8: 8, DType.UINT8: 8, DType.UINT16: 16, DType.UINT32: 32,
-    DType.UINT64: 64, DType.BOOL: 8, DType.STRING: 0, DType.INT4: 4, DType.UINT4: 4, DType.INT3: 3,
-    DType.INT2: 2, DType.UINT2: 2, DType.NF4: 4, DType.FLOAT8E4M3FN: 8, DType.FLOAT8E4M3FNUZ: 8,
-    DType.FLOAT8E5M2: 8, DType.FLOAT8E5M2FNUZ: 8, DType.FLOAT8E8M0: 8, DType.FLOAT4E2M1: 4,
+    DType.FLOAT32: 32,
+    DType.FLOAT16: 16,
+    DType.BFLOAT16: 16,
+    DType.FLOAT64: 64,
+    DType.INT64: 64,
+    DType.INT32: 32,
+    DType.INT16: 16,
+    DType.INT8: 8,
+    DType.UINT8: 8,
+    DType.UINT16: 16,
+    DType.UINT32: 32,
+    DType.UINT64: 64,
+    DType.BOOL: 8,
+    DType.STRING: 0,
+    DType.INT4: 4,
+    DType.UINT4: 4,
+    DType.INT3: 3,
+    DType.INT2: 2,
+    DType.UINT2: 2,
+    DType.NF4: 4,
+    DType.FLOAT8E4M3FN: 8,
+    DType.FLOAT8E4M3FNUZ: 8,
+    DType.FLOAT8E5M2: 8,
+    DType.FLOAT8E5M2FNUZ: 8,
+    DType.FLOAT8E8M0: 8,
+    DType.FLOAT4E2M1: 4,
 }
 
-_NARROW_FLOATS = frozenset({DType.FLOAT8E4M3FN, DType.FLOAT8E4M3FNUZ, DType.FLOAT8E5M2, DType.FLOAT8E5M2FNUZ,
-                            DType.FLOAT8E8M0, DType.FLOAT4E2M1})
+_NARROW_FLOATS = frozenset(
+    {
+        DType.FLOAT8E4M3FN,
+        DType.FLOAT8E4M3FNUZ,
+        DType.FLOAT8E5M2,
+        DType.FLOAT8E5M2FNUZ,
+        DType.FLOAT8E8M0,
+        DType.FLOAT4E2M1,
+    }
+)
 
 _NUMPY = {
-    DType.FLOAT32: np.float32, DType.FLOAT16: np.float16, DType.BFLOAT16: ml_dtypes.bfloat16,
-    DType.FLOAT64: np.float64, DType.INT64: np.int64, DType.INT32: np.int32, DType.INT16: np.int16,
-    DType.INT8: np.int8, DType.UINT8: np.uint8, DType.UINT16: np.uint16, DType.UINT32: np.uint32,
-    DType.UINT64: np.uint64, DType.BOOL: np.bool_, DType.STRING: object, DType.INT4: np.int8,
-    DType.UINT4: np.uint8, DType.INT3: np.int8, DType.INT2: np.int8, DType.UINT2: np.uint8,
-    DType.NF4: np.uint8, DType.FLOAT8E4M3FN: ml_dtypes.float8_e4m3fn, DType.FLOAT8E4M3FNUZ: ml_dtypes.float8_e4m3fnuz,
-    DType.FLOAT8E5M2: ml_dtypes.float8_e5m2, DType.FLOAT8E5M2FNUZ: ml_dtypes.float8_e5m2fnuz,
-    DType.FLOAT8E8M0: ml_dtypes.float8_e8m0fnu, DType.FLOAT4E2M1: ml_dtypes.float4_e2m1fn,
+    DType.FLOAT32: np.float32,
+    DType.FLOAT16: np.float16,
+    DType.BFLOAT16: ml_dtypes.bfloat16,
+    DType.FLOAT64: np.float64,
+    DType.INT64: np.int64,
+    DType.INT32: np.int32,
+    DType.INT16: np.int16,
+    DType.INT8: np.int8,
+    DType.UINT8: np.uint8,
+    DType.UINT16: np.uint16,
+    DType.UINT32: np.uint32,
+    DType.UINT64: np.uint64,
+    DType.BOOL: np.bool_,
+    DType.STRING: object,
+    DType.INT4: np.int8,
+    DType.UINT4: np.uint8,
+    DType.INT3: np.int8,
+    DType.INT2: np.int8,
+    DType.UINT2: np.uint8,
+    DType.NF4: np.uint8,
+    DType.FLOAT8E4M3FN: ml_dtypes.float8_e4m3fn,
+    DType.FLOAT8E4M3FNUZ: ml_dtypes.float8_e4m3fnuz,
+    DType.FLOAT8E5M2: ml_dtypes.float8_e5m2,
+    DType.FLOAT8E5M2FNUZ: ml_dtypes.float8_e5m2fnuz,
+    DType.FLOAT8E8M0: ml_dtypes.float8_e8m0fnu,
+    DType.FLOAT4E2M1: ml_dtypes.float4_e2m1fn,
 }
 # ml_dtypes' own sub-byte integer types (what onnx reads INT4 / INT2 tensors as); the IR holds their values unpacked
-_ML_INTS = {DType.INT4: ml_dtypes.int4, DType.UINT4: ml_dtypes.uint4, DType.INT2: ml_dtypes.int2,
-            DType.UINT2: ml_dtypes.uint2}
-_STORAGE = {**{d: DType.UINT8 for d in _NARROW_FLOATS}, DType.BFLOAT16: DType.UINT16, DType.INT4: DType.INT8,
-            DType.UINT4: DType.UINT8, DType.INT2: DType.INT8, DType.UINT2: DType.UINT8}
+_ML_INTS = {
+    DType.INT4: ml_dtypes.int4,
+    DType.UINT4: ml_dtypes.uint4,
+    DType.INT2: ml_dtypes.int2,
+    DType.UINT2: ml_dtypes.uint2,
+}
+_STORAGE = {
+    **{d: DType.UINT8 for d in _NARROW_FLOATS},
+    DType.BFLOAT16: DType.UINT16,
+    DType.INT4: DType.INT8,
+    DType.UINT4: DType.UINT8,
+    DType.INT2: DType.INT8,
+    DType.UINT2: DType.UINT8,
+}
 
 _T = onnx.TensorProto
 _ONNX = {
-    DType.FLOAT32: _T.FLOAT, DType.FLOAT16: _T.FLOAT16, DType.BFLOAT16: _T.BFLOAT16, DType.FLOAT64: _T.DOUBLE,
-    DType.INT64: _T.INT64, DType.INT32: _T.INT32, DType.INT16: _T.INT16, DType.INT8: _T.INT8,
-    DType.UINT8: _T.UINT8, DType.UINT16: _T.UINT16, DType.UINT32: _T.UINT32, DType.UINT64: _T.UINT64,
-    DType.BOOL: _T.BOOL, DType.STRING: _T.STRING, DType.INT4: _T.INT4, DType.UINT4: _T.UINT4,
-    DType.INT2: _T.INT2, DType.UINT2: _T.UINT2, DType.FLOAT8E4M3FN: _T.FLOAT8E4M3FN,
-    DType.FLOAT8E4M3FNUZ: _T.FLOAT8E4M3FNUZ, DType.FLOAT8E5M2: _T.FLOAT8E5M2, DType.FLOAT8E5M2FNUZ: _T.FLOAT8E5M2FNUZ,
-    DType.FLOAT8E8M0: _T.FLOAT8E8M0, DType.FLOAT4E2M1: _T.FLOAT4E2M1,
+    DType.FLOAT32: _T.FLOAT,
+    DType.FLOAT16: _T.FLOAT16,
+    DType.BFLOAT16: _T.BFLOAT16,
+    DType.FLOAT64: _T.DOUBLE,
+    DType.INT64: _T.INT64,
+    DType.INT32: _T.INT32,
+    DType.INT16: _T.INT16,
+    DType.INT8: _T.INT8,
+    DType.UINT8: _T.UINT8,
+    DType.UINT16: _T.UINT16,
+    DType.UINT32: _T.UINT32,
+    DType.UINT64: _T.UINT64,
+    DType.BOOL: _T.BOOL,
+    DType.STRING: _T.STRING,
+    DType.INT4: _T.INT4,
+    DType.UINT4: _T.UINT4,
+    DType.INT2: _T.INT2,
+    DType.UINT2: _T.UINT2,
+    DType.FLOAT8E4M3FN: _T.FLOAT8E4M3FN,
+    DType.FLOAT8E4M3FNUZ: _T.FLOAT8E4M3FNUZ,
+    DType.FLOAT8E5M2: _T.FLOAT8E5M2,
+    DType.FLOAT8E5M2FNUZ: _T.FLOAT8E5M2FNUZ,
+    DType.FLOAT8E8M0: _T.FLOAT8E8M0,
+    DType.FLOAT4E2M1: _T.FLOAT4E2M1,
 }
 _FROM_ONNX: dict[int, DType] = {o: d for d, o in reversed(_ONNX.items())}  # the first DType of each ONNX type
 
@@ -175,8 +251,13 @@ def code_range(bits: int, signed: bool) -> tuple[int, int]:
 def code_dtype(bits: int, signed: bool) -> DType:
     """The IR dtype that stores ``bits``-bit codes."""
     table = {
-        (8, True): DType.INT8, (8, False): DType.UINT8, (4, True): DType.INT4, (4, False): DType.UINT4,
-        (3, True): DType.INT3, (2, True): DType.INT2, (2, False): DType.UINT2,
+        (8, True): DType.INT8,
+        (8, False): DType.UINT8,
+        (4, True): DType.INT4,
+        (4, False): DType.UINT4,
+        (3, True): DType.INT3,
+        (2, True): DType.INT2,
+        (2, False): DType.UINT2,
     }
     if (bits, signed) in table:
         return table[(bits, signed)]
@@ -194,6 +275,7 @@ STORAGE_KEY = "edgec.storage"
 def storage_map(metadata: dict[str, str]) -> dict[str, DType]:
     """The graph inputs / outputs held in storage types, with their logical dtypes (see :data:`STORAGE_KEY`)."""
     import json
+
     return {k: DType(v) for k, v in json.loads(metadata.get(STORAGE_KEY) or "{}").items()}
 
 

@@ -38,9 +38,17 @@ class ReferenceExecutor:
             variants of those weights (sensitivity analysis).
     """
 
-    def __init__(self, model: Model, capture: Iterable[str] = (), threads: int = 0, *, capture_only: bool = False,
-                 keep_quantized: bool = False, cut: Mapping[str, np.ndarray] | None = None,
-                 free: Iterable[str] = ()):
+    def __init__(
+        self,
+        model: Model,
+        capture: Iterable[str] = (),
+        threads: int = 0,
+        *,
+        capture_only: bool = False,
+        keep_quantized: bool = False,
+        cut: Mapping[str, np.ndarray] | None = None,
+        free: Iterable[str] = (),
+    ):
         import onnxruntime as ort
 
         self.model = model
@@ -52,15 +60,21 @@ class ReferenceExecutor:
             raise ExecutionError("capture_only needs at least one value to capture")
         if cut and not capture_only:
             raise ExecutionError("cut inputs need capture_only")
-        proto = to_onnx(model, extra_outputs=None if capture_only else self.capture, external=weights,
-                        keep_quantized=keep_quantized, only_outputs=self.capture if capture_only else None,
-                        cut={k: (np.asarray(a).dtype, np.asarray(a).ndim) for k, a in (cut or {}).items()},
-                        free=frozenset(free))
+        proto = to_onnx(
+            model,
+            extra_outputs=None if capture_only else self.capture,
+            external=weights,
+            keep_quantized=keep_quantized,
+            only_outputs=self.capture if capture_only else None,
+            cut={k: (np.asarray(a).dtype, np.asarray(a).ndim) for k, a in (cut or {}).items()},
+            free=frozenset(free),
+        )
         self.free = {n: np.ascontiguousarray(np.asarray(model.graph.value(n).numpy(), np.float32)) for n in free}
         opts = ort.SessionOptions()
         if weights:
-            opts.add_external_initializers(list(weights),
-                                           [ort.OrtValue.ortvalue_from_numpy(a) for a in weights.values()])
+            opts.add_external_initializers(
+                list(weights), [ort.OrtValue.ortvalue_from_numpy(a) for a in weights.values()]
+            )
         opts.log_severity_level = 3
         if threads:
             opts.intra_op_num_threads = threads
@@ -68,8 +82,9 @@ class ReferenceExecutor:
         # QuantizeLinear/DequantizeLinear around Conv/MatMul into integer kernels with other rounding, so
         # models with simulated activation quantization run with graph optimizations off.
         simulated = any(v.quant is not None for v in model.graph.values())
-        opts.graph_optimization_level = (ort.GraphOptimizationLevel.ORT_DISABLE_ALL if simulated
-                                         else ort.GraphOptimizationLevel.ORT_ENABLE_BASIC)
+        opts.graph_optimization_level = (
+            ort.GraphOptimizationLevel.ORT_DISABLE_ALL if simulated else ort.GraphOptimizationLevel.ORT_ENABLE_BASIC
+        )
         # Constant folding would turn the in-graph dequantization back into float weights.
         disabled = ["ConstantFolding"] if keep_quantized else None
         if capture_only:
@@ -77,17 +92,20 @@ class ReferenceExecutor:
             # so plain allocations keep the process's peak memory close to what is actually live.
             opts.enable_cpu_mem_arena = False
         try:
-            self.session = ort.InferenceSession(proto.SerializeToString(), opts, providers=["CPUExecutionProvider"],
-                                                disabled_optimizers=disabled)
+            self.session = ort.InferenceSession(
+                proto.SerializeToString(), opts, providers=["CPUExecutionProvider"], disabled_optimizers=disabled
+            )
         except Exception as e:  # noqa: BLE001 - onnxruntime raises a zoo of types
             raise ExecutionError(f"onnxruntime could not load the model: {e}") from None
         del weights, opts  # onnxruntime copied the buffers during session creation
         self.output_names = [o.name for o in self.session.get_outputs()]
-        self.input_names = [i.name for i in self.session.get_inputs()] if capture_only else \
-            [i.name for i in model.graph.inputs]
+        self.input_names = (
+            [i.name for i in self.session.get_inputs()] if capture_only else [i.name for i in model.graph.inputs]
+        )
 
-    def run(self, feeds: Mapping[str, np.ndarray],
-            hooks: Mapping[str, Callable[[np.ndarray], None]] | None = None) -> dict[str, np.ndarray]:
+    def run(
+        self, feeds: Mapping[str, np.ndarray], hooks: Mapping[str, Callable[[np.ndarray], None]] | None = None
+    ) -> dict[str, np.ndarray]:
         """Run once. Returns every graph output and captured value by name; calls ``hooks[name](array)``."""
         missing = [n for n in self.input_names if n not in feeds]
         if missing:
@@ -124,6 +142,7 @@ def random_inputs(model: Model, seed: int = 0, dims: Mapping[str, int] | None = 
             feeds[v.name] = rng.random(shape) > 0.5
         elif dtype.bits < 8:  # sub-byte integers: values of the type's range, as its ml_dtypes array
             from .dtypes import code_range, from_storage
+
             lo, hi = code_range(dtype.bits, dtype.numpy == np.int8)
             feeds[v.name] = from_storage(rng.integers(lo, hi + 1, size=shape).astype(dt), dtype)
         else:

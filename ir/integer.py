@@ -41,15 +41,15 @@ if TYPE_CHECKING:
 @dataclasses.dataclass
 class IntOp:
     node: Node
-    kind: str                          # "conv", "dwconv" or "linear"
+    kind: str  # "conv", "dwconv" or "linear"
     x: Value
     xq: ActivationQuant
-    wq: np.ndarray                     # int8 codes, the node's weight shape
-    sw: np.ndarray                     # float32 [O]
-    bias: np.ndarray                   # float32 [O]
+    wq: np.ndarray  # int8 codes, the node's weight shape
+    sw: np.ndarray  # float32 [O]
+    bias: np.ndarray  # float32 [O]
     chain: list[Node] = dataclasses.field(default_factory=list)  # the nodes the requantizing epilogue replaces
-    fused: Value | None = None         # the quantized value the requantizing epilogue writes
-    lo: int = 0                        # clamp bounds of the fused codes (as stored: q + 128 when signed)
+    fused: Value | None = None  # the quantized value the requantizing epilogue writes
+    lo: int = 0  # clamp bounds of the fused codes (as stored: q + 128 when signed)
     hi: int = 255
 
     @property
@@ -89,7 +89,7 @@ def requant_multiplier(M: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     e = np.floor(np.log2(M)).astype(np.int64)
     s = -1 - e
     m = np.round(M * np.exp2(16 + s)).astype(np.int64)
-    over = m >= 1 << 16          # rounding reached 2^16: one bit less of shift
+    over = m >= 1 << 16  # rounding reached 2^16: one bit less of shift
     m = np.where(over, m >> 1, m)
     s = np.where(over, s - 1, s)
     big = s > 31
@@ -109,8 +109,15 @@ def _weight(v: Value | None, out_channels_axis: int = 0) -> tuple[np.ndarray, np
     if v is None or not v.is_const or not isinstance(v.const, QuantizedTensor):
         return None
     q = v.const
-    if not q.signed or q.bits > 8 or q.group_size is not None or q.codebook is not None \
-            or q.offsets is not None or q.layout is not None or q.axis not in (None, out_channels_axis):
+    if (
+        not q.signed
+        or q.bits > 8
+        or q.group_size is not None
+        or q.codebook is not None
+        or q.offsets is not None
+        or q.layout is not None
+        or q.axis not in (None, out_channels_axis)
+    ):
         return None
     o = q.shape[0]
     if cast(np.ndarray, q.scales).size not in (1, o):
@@ -178,18 +185,26 @@ def plan(model: Model) -> dict[int, IntOp]:
             if nxt.qualified_op == "Relu":
                 chain.append(nxt)
                 v, lo = nxt.outputs[0], 0.0
-            elif nxt.qualified_op == "Clip" and all(a is not None and a.is_const for a in nxt.inputs[1:3]) \
-                    and len(nxt.inputs) >= 3:
+            elif (
+                nxt.qualified_op == "Clip"
+                and all(a is not None and a.is_const for a in nxt.inputs[1:3])
+                and len(nxt.inputs) >= 3
+            ):
                 chain.append(nxt)
                 v = nxt.outputs[0]
-                lo, hi = (float(np.asarray(a.const.numpy()).reshape(()))  # type: ignore[union-attr]  # checked above
-                          for a in nxt.inputs[1:3])
+                lo, hi = (
+                    float(np.asarray(a.const.numpy()).reshape(()))  # type: ignore[union-attr]  # checked above
+                    for a in nxt.inputs[1:3]
+                )
         if v.quant is None or v.quant.bits != 8 or id(v) in outputs or not v.uses:
             continue
         family = "linear" if c.kind == "linear" else "image"
         readers = by_input.get(id(v), [])
-        if len(readers) != len(v.uses) or any(u.index != 0 for u in v.uses) \
-                or any(("linear" if r.kind == "linear" else "image") != family for r in readers):
+        if (
+            len(readers) != len(v.uses)
+            or any(u.index != 0 for u in v.uses)
+            or any(("linear" if r.kind == "linear" else "image") != family for r in readers)
+        ):
             continue
         if c.cout % 4:
             continue
@@ -206,6 +221,7 @@ def integer_reference(model: Model) -> ReferenceExecutor:
     """A :class:`ReferenceExecutor` running ``model`` with its IntOps in the integer semantics above."""
     from .executor import ReferenceExecutor
     from .serde import copy
+
     m = copy(model)
     g = m.graph
     for c in plan(m).values():
@@ -221,9 +237,11 @@ def integer_reference(model: Model) -> ReferenceExecutor:
             # rewired it)
             if conv:
                 wc = g.add_const(f"{k}__iw", c.wq)
-                attrs: dict[str, Any] = {a: n.attributes[a]
-                                         for a in ("kernel_shape", "pads", "strides", "group", "dilations")
-                                         if a in n.attributes}
+                attrs: dict[str, Any] = {
+                    a: n.attributes[a]
+                    for a in ("kernel_shape", "pads", "strides", "group", "dilations")
+                    if a in n.attributes
+                }
                 acc = g.op("ConvInteger", [xq, wc, zx], attrs, name=f"{k}__iconv").output
             else:
                 wc = g.add_const(f"{k}__iw", np.ascontiguousarray(c.wq.T))
@@ -235,7 +253,9 @@ def integer_reference(model: Model) -> ReferenceExecutor:
                 out = n.outputs[0]
             else:
                 bq, mm, s, rnd = c.requant()
-                i64: Callable[[str, Any], Value] = lambda nm, a: g.add_const(f"{k}__i{nm}", np.broadcast_to(np.asarray(a, np.int64), (O,)).reshape(shape).copy())  # noqa: E731
+                i64: Callable[[str, Any], Value] = lambda nm, a: g.add_const(
+                    f"{k}__i{nm}", np.broadcast_to(np.asarray(a, np.int64), (O,)).reshape(shape).copy()
+                )  # noqa: E731
                 t = g.op("Cast", [acc], {"to": 7}, name=f"{k}__i64").output
                 t = g.op("Add", [t, i64("bq", bq)], name=f"{k}__ibq").output
                 t = g.op("Add", [t, i64("o31", 1 << 31)], name=f"{k}__io31").output
@@ -252,8 +272,11 @@ def integer_reference(model: Model) -> ReferenceExecutor:
                     q = g.op("Sub", [q, i64("u", 128)], name=f"{k}__is").output
                 q = g.op("Cast", [q], {"to": 3 if vq.signed else 2}, name=f"{k}__icodes").output
                 zv = g.add_const(f"{k}__izv", np.array(vq.zero_point, np.int8 if vq.signed else np.uint8))
-                y = g.op("DequantizeLinear", [q, g.add_const(f"{k}__isv", np.array(vq.scale, np.float32)), zv],
-                         name=f"{k}__idq").output
+                y = g.op(
+                    "DequantizeLinear",
+                    [q, g.add_const(f"{k}__isv", np.array(vq.scale, np.float32)), zv],
+                    name=f"{k}__idq",
+                ).output
                 out = c.fused
         name, is_output = out.name, any(o is out for o in g.outputs)
         out.replace_all_uses_with(y)

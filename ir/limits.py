@@ -74,8 +74,9 @@ def check_generators(model: Model, limit: int | None = None) -> list[str]:
     for n in model.graph:
         k = generated_elements(n)
         if k is not None and k * 4 > limit:
-            out.append(f"node {n.name or n.op_type!r} ({n.op_type}) would produce {k:,} elements from its constant "
-                       "arguments")
+            out.append(
+                f"node {n.name or n.op_type!r} ({n.op_type}) would produce {k:,} elements from its constant arguments"
+            )
     return out
 
 

@@ -49,8 +49,9 @@ def _attr_value(a: onnx.AttributeProto) -> Any:
         return [s.decode("utf-8", errors="replace") for s in a.strings]
     if t == A.TENSOR:
         if a.t.data_location == onnx.TensorProto.EXTERNAL:  # numpy_helper would read it from the current directory
-            raise NotImplementedError("TENSOR with external data (only initializers and Constant values may name "
-                                      "external data)")
+            raise NotImplementedError(
+                "TENSOR with external data (only initializers and Constant values may name external data)"
+            )
         return _tensor(numpy_helper.to_array(a.t), DType.from_onnx(a.t.data_type))
     raise NotImplementedError(A.AttributeType.Name(t))
 
@@ -87,8 +88,23 @@ def _type_of(vi: onnx.ValueInfoProto) -> tuple[DType | None, tuple[int | str | N
     return dt, tuple(dims)
 
 
-_MAPPABLE = frozenset(np.dtype(x) for x in ("float32", "float16", "float64", "int8", "uint8", "int16", "uint16",
-                                             "int32", "uint32", "int64", "uint64", "bool"))
+_MAPPABLE = frozenset(
+    np.dtype(x)
+    for x in (
+        "float32",
+        "float16",
+        "float64",
+        "int8",
+        "uint8",
+        "int16",
+        "uint16",
+        "int32",
+        "uint32",
+        "int64",
+        "uint64",
+        "bool",
+    )
+)
 
 
 def _declared_bytes(t: onnx.TensorProto) -> int:
@@ -102,6 +118,7 @@ def _declared_bytes(t: onnx.TensorProto) -> int:
 def _check_weight_budget(initializers: Iterable[onnx.TensorProto]) -> None:
     """Refuse, before any external data is read, weights that cannot fit the memory budget."""
     from .budget import over_budget
+
     msg = over_budget("importing the model's weights", {"weights": sum(_declared_bytes(t) for t in initializers)})
     if msg:
         raise ValueError(msg)
@@ -112,6 +129,7 @@ def _external_array(t: onnx.TensorProto, base_dir: str) -> np.ndarray:
     own checked open, which confines the location to ``base_dir``; offset and length checked against the file
     and the tensor's shape. Types numpy cannot map directly go through onnx's loader instead."""
     from onnx import external_data_helper as edh
+
     info = edh.ExternalDataInfo(t)
     dims = tuple(int(d) for d in t.dims)
     try:
@@ -128,14 +146,18 @@ def _external_array(t: onnx.TensorProto, base_dir: str) -> np.ndarray:
         length = int(info.length) if info.length is not None else size - offset
         need = int(np.prod(dims, dtype=object)) * dt.itemsize
         if offset > size:
-            raise ValueError(f"external data offset ({offset}) exceeds file size ({size}) of {info.location!r} for "
-                             f"tensor {t.name!r}")
+            raise ValueError(
+                f"external data offset ({offset}) exceeds file size ({size}) of {info.location!r} for tensor {t.name!r}"
+            )
         if length > size - offset:
-            raise ValueError(f"external data length ({length}) exceeds available data ({size - offset} bytes from "
-                             f"offset {offset} in {info.location!r}) for tensor {t.name!r}")
+            raise ValueError(
+                f"external data length ({length}) exceeds available data ({size - offset} bytes from "
+                f"offset {offset} in {info.location!r}) for tensor {t.name!r}"
+            )
         if length != need:
-            raise ValueError(f"external data of {t.name!r} is {length} bytes, its shape {list(dims)} of "
-                             f"{dt.name} needs {need}")
+            raise ValueError(
+                f"external data of {t.name!r} is {length} bytes, its shape {list(dims)} of {dt.name} needs {need}"
+            )
         if need == 0:
             return np.zeros(dims, dt)
         return np.memmap(f, dtype=dt.newbyteorder("<"), mode="r", offset=offset, shape=dims)
@@ -150,8 +172,16 @@ def from_onnx(proto: onnx.ModelProto, base_dir: str | None = None) -> Model:
     graph = Graph(g_in.name or "main")
     env: dict[str, Value] = {}
     init_names = {t.name for t in g_in.initializer}
-    _check_weight_budget(list(g_in.initializer) + [a.t for n in g_in.node if n.op_type == "Constant"
-                                                   for a in n.attribute if a.type == onnx.AttributeProto.TENSOR])
+    _check_weight_budget(
+        list(g_in.initializer)
+        + [
+            a.t
+            for n in g_in.node
+            if n.op_type == "Constant"
+            for a in n.attribute
+            if a.type == onnx.AttributeProto.TENSOR
+        ]
+    )
     for t in g_in.initializer:
         try:
             if t.data_location == onnx.TensorProto.EXTERNAL:
@@ -187,8 +217,11 @@ def from_onnx(proto: onnx.ModelProto, base_dir: str | None = None) -> Model:
     untyped = (None, None)
 
     def where_of(k: int, n: onnx.NodeProto) -> str:  # only formatted for a problem
-        return f"node {n.name or f'#{k}'} ({(n.domain + '::') if n.domain else ''}{n.op_type}, opset " \
-               f"{opsets.get(n.domain or '', '?')})"
+        return (
+            f"node {n.name or f'#{k}'} ({(n.domain + '::') if n.domain else ''}{n.op_type}, opset "
+            f"{opsets.get(n.domain or '', '?')})"
+        )
+
     for k, n in enumerate(g_in.node):
         domain, op_type, n_attrs = n.domain, n.op_type, n.attribute
         if domain not in supported_domains:
@@ -202,8 +235,9 @@ def from_onnx(proto: onnx.ModelProto, base_dir: str | None = None) -> Model:
             a = n.attribute[0]
             if a.name == "value" and a.t.data_location == onnx.TensorProto.EXTERNAL:
                 if base_dir is None:
-                    raise ValueError(f"{where}: the Constant names external data, but the model was not read from "
-                                     "a file")
+                    raise ValueError(
+                        f"{where}: the Constant names external data, but the model was not read from a file"
+                    )
                 try:  # confined to the model's folder, like initializers (never the current directory)
                     arr = _external_array(a.t, base_dir)
                 except (OSError, ValueError, onnx.checker.ValidationError) as e:
@@ -282,10 +316,9 @@ def attribute_proto(name: str, value: Any) -> onnx.AttributeProto:
     return helper.make_attribute(name, value)
 
 
-
-
-def _qdq(v: Value, src: str, dst: str, nodes: list[onnx.NodeProto], inits: list[onnx.TensorProto],
-         taken: set[str]) -> None:
+def _qdq(
+    v: Value, src: str, dst: str, nodes: list[onnx.NodeProto], inits: list[onnx.TensorProto], taken: set[str]
+) -> None:
     """QuantizeLinear + DequantizeLinear simulating ``v.quant`` exactly (round half to even, saturate)."""
     q = cast(ActivationQuant, v.quant)  # called for quantized activations only
     base = f"{v.name}__aq"
@@ -338,7 +371,7 @@ def _affine_dequant_nodes(v: Value, ctx: edgec_ops.ExpandContext) -> bool:
     offs = None if q.offsets is None else np.asarray(q.offsets, np.float32)
     if q.group_size:  # split the grouped axis so the parameters broadcast: [.., G, gs, ..] x [.., G, 1, ..]
         ga = cast(int, q.group_axis)  # set with group_size
-        gshape = shape[:ga] + [shape[ga] // q.group_size, q.group_size] + shape[ga + 1:]
+        gshape = shape[:ga] + [shape[ga] // q.group_size, q.group_size] + shape[ga + 1 :]
         codes = codes.reshape(gshape)
         scales = np.expand_dims(scales, ga + 1)
         zps = None if zps is None else np.expand_dims(zps, ga + 1)
@@ -404,11 +437,17 @@ def _ancestors(model: Model, names: list[str], stop: AbstractSet[str] = frozense
 
 
 @gc_paused()
-def to_onnx(model: Model, extra_outputs: list[str] | None = None, with_shapes: bool = True, activation_quant: bool = True,
-            external: dict[str, np.ndarray] | None = None, keep_quantized: bool = False,
-            only_outputs: list[str] | None = None,
-            cut: dict[str, tuple[np.dtype, int]] | None = None,
-            free: set[str] | frozenset[str] = frozenset()) -> onnx.ModelProto:
+def to_onnx(
+    model: Model,
+    extra_outputs: list[str] | None = None,
+    with_shapes: bool = True,
+    activation_quant: bool = True,
+    external: dict[str, np.ndarray] | None = None,
+    keep_quantized: bool = False,
+    only_outputs: list[str] | None = None,
+    cut: dict[str, tuple[np.dtype, int]] | None = None,
+    free: set[str] | frozenset[str] = frozenset(),
+) -> onnx.ModelProto:
     """Write ``model`` as standard ONNX (edgec ops expanded, quantized weights dequantized).
 
     Constants are written as their exact values. With
@@ -466,8 +505,9 @@ def to_onnx(model: Model, extra_outputs: list[str] | None = None, with_shapes: b
         quantized_outs = [o for o in n.outputs if activation_quant and o.quant is not None]
         outs = [o.name + "__float" if o in quantized_outs else o.name for o in n.outputs]
         if n.domain == edgec_ops.EDGEC_DOMAIN:
-            edgec_ops.expand(n.op_type, ctx, ins, outs, dict(n.attributes),
-                             [v.rank if v is not None else None for v in n.inputs])
+            edgec_ops.expand(
+                n.op_type, ctx, ins, outs, dict(n.attributes), [v.rank if v is not None else None for v in n.inputs]
+            )
         else:  # what helper.make_node(n.op_type, ins, outs, name=n.name, domain=n.domain or None) makes
             nd = nodes.add()
             nd.op_type = n.op_type
@@ -505,8 +545,9 @@ def to_onnx(model: Model, extra_outputs: list[str] | None = None, with_shapes: b
         graph_inputs = [vi for vi in graph_inputs if vi.name in used and vi.name not in cut]
         for name, (dt, rank) in cut.items():
             if name in used:
-                graph_inputs.append(helper.make_tensor_value_info(
-                    name, helper.np_dtype_to_tensor_dtype(np.dtype(dt)), [None] * rank))
+                graph_inputs.append(
+                    helper.make_tensor_value_info(name, helper.np_dtype_to_tensor_dtype(np.dtype(dt)), [None] * rank)
+                )
         value_info = [vi for vi in value_info if vi.name not in cut]
     # what helper.make_graph(nodes, g.name, graph_inputs, outputs, inits, value_info=value_info) makes
     graph.name = g.name
@@ -514,8 +555,9 @@ def to_onnx(model: Model, extra_outputs: list[str] | None = None, with_shapes: b
     graph.output.extend(outputs)
     graph.initializer.extend(inits)
     graph.value_info.extend(value_info)
-    imports = [helper.make_opsetid(d, v) for d, v in model.opset_imports.items()
-               if d not in ("", edgec_ops.EDGEC_DOMAIN)]
+    imports = [
+        helper.make_opsetid(d, v) for d, v in model.opset_imports.items() if d not in ("", edgec_ops.EDGEC_DOMAIN)
+    ]
     imports.insert(0, helper.make_opsetid("", opset))
     proto = helper.make_model(graph, opset_imports=imports, producer_name="edgec")
     proto.ir_version = min(proto.ir_version, 10)

@@ -42,11 +42,25 @@ MAX_CONST_ELEMENTS = 1 << 20  # constants evaluated at compile time are at most 
 MAX_ROUNDS = 64  # rewriting rounds (each inlines one level of nesting)
 _SUBGRAPH = (onnx.AttributeProto.GRAPH, onnx.AttributeProto.GRAPHS)
 _CONTROL = frozenset({"If", "Loop", "Scan", "SequenceMap"})
-_SEQUENCE_OPS = frozenset({"SequenceConstruct", "SequenceEmpty", "SequenceInsert", "SequenceErase", "SequenceAt",
-                           "SequenceLength", "SplitToSequence", "ConcatFromSequence", "SequenceMap", "Optional",
-                           "OptionalHasElement", "OptionalGetElement"})
-_RANDOM = frozenset({"RandomNormal", "RandomUniform", "RandomNormalLike", "RandomUniformLike", "Bernoulli",
-                     "Multinomial"})
+_SEQUENCE_OPS = frozenset(
+    {
+        "SequenceConstruct",
+        "SequenceEmpty",
+        "SequenceInsert",
+        "SequenceErase",
+        "SequenceAt",
+        "SequenceLength",
+        "SplitToSequence",
+        "ConcatFromSequence",
+        "SequenceMap",
+        "Optional",
+        "OptionalHasElement",
+        "OptionalGetElement",
+    }
+)
+_RANDOM = frozenset(
+    {"RandomNormal", "RandomUniform", "RandomNormalLike", "RandomUniformLike", "Bernoulli", "Multinomial"}
+)
 _SMALL_INIT_BYTES = 1024  # initializers shape inference sees with their data (larger ones: declared only)
 
 
@@ -74,15 +88,18 @@ def _is_special(n: onnx.NodeProto) -> bool:
 
 def _not_tensor(t: onnx.TypeProto) -> str | None:
     kind = t.WhichOneof("value")
-    return {"sequence_type": "a sequence", "optional_type": "an optional", "map_type": "a map",
-            "sparse_tensor_type": "a sparse tensor"}.get(kind or "")
+    return {
+        "sequence_type": "a sequence",
+        "optional_type": "an optional",
+        "map_type": "a map",
+        "sparse_tensor_type": "a sparse tensor",
+    }.get(kind or "")
 
 
 def needs_rewrite(model: onnx.ModelProto) -> bool:
     """Whether ``model`` holds anything :func:`eliminate_control_flow` rewrites or refuses."""
     g = model.graph
-    return (any(_not_tensor(vi.type) for vi in list(g.input) + list(g.output))
-            or any(_is_special(n) for n in g.node))
+    return any(_not_tensor(vi.type) for vi in list(g.input) + list(g.output)) or any(_is_special(n) for n in g.node)
 
 
 def _count_nodes(g: onnx.GraphProto) -> int:
@@ -116,8 +133,9 @@ def _always_true(body: onnx.GraphProto) -> bool:
     if len(body.input) < 2 or not body.output:
         return False
     cond_in, cond_out = body.input[1].name, body.output[0].name
-    return cond_out == cond_in or any(n.op_type == "Identity" and list(n.input) == [cond_in]
-                                      and n.output[0] == cond_out for n in body.node)
+    return cond_out == cond_in or any(
+        n.op_type == "Identity" and list(n.input) == [cond_in] and n.output[0] == cond_out for n in body.node
+    )
 
 
 def _all_names(g: onnx.GraphProto, into: set[str]) -> None:
@@ -177,7 +195,9 @@ class _Static:
         self.consts: dict[str, np.ndarray | None] = {}
         self.inits = {t.name: t for t in self.g.initializer}
         self.producers: dict[str, onnx.NodeProto] = {}
-        self.labels: dict[tuple[str, ...], str] = {tuple(n.output): n.name or f"#{k}" for k, n in enumerate(self.g.node)}
+        self.labels: dict[tuple[str, ...], str] = {
+            tuple(n.output): n.name or f"#{k}" for k, n in enumerate(self.g.node)
+        }
         self.where_checks: list[tuple[str, str, str, int]] = []  # (node, then value, else value, output number)
         self.new_inits: list[onnx.TensorProto] = []
         self.current = ""  # the node being rewritten, as refusals name it
@@ -201,8 +221,9 @@ class _Static:
                 return name
 
     # ---------------------------------------------------------------------------------------------- emission
-    def node(self, out: list[onnx.NodeProto], op: str, ins: list[str], outs: list[str] | None = None,
-             **attrs: Any) -> str:
+    def node(
+        self, out: list[onnx.NodeProto], op: str, ins: list[str], outs: list[str] | None = None, **attrs: Any
+    ) -> str:
         outs = outs or [self.fresh(op.lower())]
         n = helper.make_node(op, ins, outs, **attrs)
         out.append(n)
@@ -219,8 +240,9 @@ class _Static:
 
     def unsqueeze(self, out: list[onnx.NodeProto], x: str, axis: int, name: str | None = None) -> str:
         if self.opset >= 13:
-            return self.node(out, "Unsqueeze", [x, self.const(out, np.array([axis], np.int64))],
-                             [name] if name else None)
+            return self.node(
+                out, "Unsqueeze", [x, self.const(out, np.array([axis], np.int64))], [name] if name else None
+            )
         return self.node(out, "Unsqueeze", [x], [name] if name else None, axes=[axis])
 
     def squeeze(self, out: list[onnx.NodeProto], x: str, axis: int) -> str:
@@ -355,6 +377,7 @@ class _Static:
             return None
         try:
             from onnx.reference import ReferenceEvaluator
+
             results = ReferenceEvaluator(n, opsets={"": self.opset}).run(None, feeds)
         except Exception:  # noqa: BLE001 - an op the reference cannot run here: not a constant
             return None
@@ -374,8 +397,9 @@ class _Static:
         return int(v.reshape(-1)[0])
 
     # ---------------------------------------------------------------------------------------------- inlining
-    def inline(self, out: list[onnx.NodeProto], body: onnx.GraphProto, bind: dict[str, str],
-               hoisted: dict[str, str]) -> list[str]:
+    def inline(
+        self, out: list[onnx.NodeProto], body: onnx.GraphProto, bind: dict[str, str], hoisted: dict[str, str]
+    ) -> list[str]:
         """Append a copy of ``body``'s nodes to ``out`` with its inputs bound to the names ``bind`` gives and
         every other value it defines renamed apart; its initializers become (once per ``hoisted``) top-level
         ones. Returns the names its outputs became."""
@@ -403,8 +427,9 @@ class _Static:
             _rename_node(c, m)
             out.append(c)
             if _is_special(c):  # named in a refusal as the node of the body it came from
-                self.labels[tuple(c.output)] = f"{n.name or repr(n.output[0])} of {body.name or 'the body'!r} " \
-                                               f"in {self.current}"
+                self.labels[tuple(c.output)] = (
+                    f"{n.name or repr(n.output[0])} of {body.name or 'the body'!r} in {self.current}"
+                )
             for o in c.output:
                 if o:
                     self.producers[o] = c
@@ -418,17 +443,24 @@ class _Static:
     def check_size(self, body: onnx.GraphProto, copies: int, what: str) -> None:
         size = _count_nodes(body)
         if copies * size > MAX_UNROLLED_NODES:
-            raise _Defer(f"unrolling {copies} {what} of a {size}-node body would exceed the limit of "
-                         f"{MAX_UNROLLED_NODES} nodes (edgec.ir.onnx_static.MAX_UNROLLED_NODES)")
+            raise _Defer(
+                f"unrolling {copies} {what} of a {size}-node body would exceed the limit of "
+                f"{MAX_UNROLLED_NODES} nodes (edgec.ir.onnx_static.MAX_UNROLLED_NODES)"
+            )
 
     def empty_output(self, out: list[onnx.NodeProto], vi: onnx.ValueInfoProto, axis: int, name: str) -> None:
         """A scan output of zero iterations: an empty tensor, when the body declares its element's static type."""
         t = vi.type
-        dims = [d.dim_value if d.HasField("dim_value") else None for d in t.tensor_type.shape.dim] \
-            if t.HasField("tensor_type") and t.tensor_type.HasField("shape") else None
+        dims = (
+            [d.dim_value if d.HasField("dim_value") else None for d in t.tensor_type.shape.dim]
+            if t.HasField("tensor_type") and t.tensor_type.HasField("shape")
+            else None
+        )
         if not t.HasField("tensor_type") or not t.tensor_type.elem_type or dims is None or None in dims:
-            raise _Defer(f"it runs no iteration, and the element type and static shape of its scan output "
-                         f"{name!r} are not declared, so the empty output cannot be built")
+            raise _Defer(
+                f"it runs no iteration, and the element type and static shape of its scan output "
+                f"{name!r} are not declared, so the empty output cannot be built"
+            )
         axis = axis + len(dims) + 1 if axis < 0 else axis
         dims.insert(axis, 0)
         dt = helper.tensor_dtype_to_np_dtype(t.tensor_type.elem_type)
@@ -440,13 +472,17 @@ class _Static:
         for vi in self.g.input:
             what = _not_tensor(vi.type)
             if what and vi.name not in self.inits:
-                problems.append(f"graph input {vi.name!r} is {what}: edgec's runtimes feed tensors only; make it a "
-                                "tensor input (or a constant)")
+                problems.append(
+                    f"graph input {vi.name!r} is {what}: edgec's runtimes feed tensors only; make it a "
+                    "tensor input (or a constant)"
+                )
         for vi in self.g.output:
             what = _not_tensor(vi.type)
             if what:
-                problems.append(f"graph output {vi.name!r} is {what}: edgec's runtimes return tensors only; "
-                                "return its tensors as outputs of their own")
+                problems.append(
+                    f"graph output {vi.name!r} is {what}: edgec's runtimes return tensors only; "
+                    "return its tensors as outputs of their own"
+                )
         if problems:
             raise UnsupportedModelError("the model's inputs or outputs cannot be represented", problems)
         for _ in range(MAX_ROUNDS):
@@ -464,11 +500,14 @@ class _Static:
                 self.select = True
                 continue
             if not changed:
-                raise UnsupportedModelError("control flow that is not static at compile time cannot be compiled",
-                                            problems)
+                raise UnsupportedModelError(
+                    "control flow that is not static at compile time cannot be compiled", problems
+                )
         else:
-            raise UnsupportedModelError("control flow cannot be compiled", [
-                f"it is still there after {MAX_ROUNDS} rounds of inlining (nesting too deep)"])
+            raise UnsupportedModelError(
+                "control flow cannot be compiled",
+                [f"it is still there after {MAX_ROUNDS} rounds of inlining (nesting too deep)"],
+            )
         self.finish()
 
     def alias_left(self) -> bool:
@@ -482,11 +521,13 @@ class _Static:
         changed = False
         special = set(self.seqs) | set(self.opts)
         for n in list(self.g.node):
-            if not _is_special(n) and not (n.op_type == "Identity" and n.input and
-                                           (n.input[0] in special or self.kind(n.input[0]) != "tensor")):
+            if not _is_special(n) and not (
+                n.op_type == "Identity" and n.input and (n.input[0] in special or self.kind(n.input[0]) != "tensor")
+            ):
                 if special and any(i in special for i in n.input):
-                    problems.append(f"{self.where(n)}: it reads a sequence or optional value, which only sequence "
-                                    "ops can take")
+                    problems.append(
+                        f"{self.where(n)}: it reads a sequence or optional value, which only sequence ops can take"
+                    )
                 new.append(n)
                 continue
             out: list[onnx.NodeProto] = []
@@ -513,8 +554,9 @@ class _Static:
         produced = {o for n in self.g.node for o in n.output} | set(self.inits) | {vi.name for vi in self.g.input}
         for vi in self.g.output:
             if vi.name in self.seqs or vi.name in self.opts:
-                problems.append(f"graph output {vi.name!r} is a sequence or optional: edgec's runtimes return "
-                                "tensors only")
+                problems.append(
+                    f"graph output {vi.name!r} is a sequence or optional: edgec's runtimes return tensors only"
+                )
             elif vi.name not in produced:
                 problems.append(f"graph output {vi.name!r} is never produced")
         if self.where_checks:
@@ -522,13 +564,14 @@ class _Static:
             for where, a, b, k in self.where_checks:
                 sa, sb, ta, tb = self.shape(a), self.shape(b), self.elem_type(a), self.elem_type(b)
                 if sa is None or sb is None or sa != sb or not ta or ta != tb:
-                    problems.append(f"{where}: its condition is computed at run time, and its output {k} is "
-                                    f"{_describe(ta, sa)} in one branch and {_describe(tb, sb)} in the other: "
-                                    "both branches can be computed and one chosen only where the two have the same "
-                                    "static shape and dtype")
+                    problems.append(
+                        f"{where}: its condition is computed at run time, and its output {k} is "
+                        f"{_describe(ta, sa)} in one branch and {_describe(tb, sb)} in the other: "
+                        "both branches can be computed and one chosen only where the two have the same "
+                        "static shape and dtype"
+                    )
         if problems:
-            raise UnsupportedModelError("control flow that is not static at compile time cannot be compiled",
-                                        problems)
+            raise UnsupportedModelError("control flow that is not static at compile time cannot be compiled", problems)
 
     # ---------------------------------------------------------------------------------------------- the rules
     def rewrite(self, n: onnx.NodeProto, out: list[onnx.NodeProto]) -> None:
@@ -565,13 +608,17 @@ class _Static:
         if not self.select:
             raise _Defer("its condition is not (yet) a compile-time constant")
         if self.opset < 9:
-            raise _Defer(f"{why} both branches would be computed and chosen with Where, which opset {self.opset} "
-                         "does not define (opset 9 does)")
+            raise _Defer(
+                f"{why} both branches would be computed and chosen with Where, which opset {self.opset} "
+                "does not define (opset 9 does)"
+            )
         for g in (then_g, else_g):
             rand = _nondeterministic(g)
             if rand:
-                raise _Defer(f"{why} both branches would be computed, and branch {g.name!r} holds {rand}, "
-                             "which is not deterministic")
+                raise _Defer(
+                    f"{why} both branches would be computed, and branch {g.name!r} holds {rand}, "
+                    "which is not deterministic"
+                )
             for vi in g.output:
                 what = _not_tensor(vi.type) or (self.kind(vi.name) != "tensor" and "a sequence or optional")
                 if what:
@@ -611,7 +658,7 @@ class _Static:
             it = self.const(out, np.array(i, np.int64))
             ci = self.const(out, np.array(True))
             res = self.inline(out, body, self.bind(out, body, [it, ci] + cur, "body"), hoisted)
-            cur = res[1:1 + len(carried)]
+            cur = res[1 : 1 + len(carried)]
             for k in range(n_scan):
                 scans[k].append(res[1 + len(carried) + k])
             i += 1
@@ -619,13 +666,15 @@ class _Static:
                 break  # the condition after the last iteration is never read
             c = self.value(res[0])
             if c is None or c.size != 1:
-                raise _Defer(f"its body's condition output {body.output[0].name!r} is computed at run time: only a "
-                             "loop whose condition is a compile-time constant in every iteration can be unrolled")
+                raise _Defer(
+                    f"its body's condition output {body.output[0].name!r} is computed at run time: only a "
+                    "loop whose condition is a compile-time constant in every iteration can be unrolled"
+                )
             go = bool(c.reshape(-1)[0])
         for o, v in zip(n.output, cur):
             if o:
                 self.identity(out, v, o)
-        for k, o in enumerate(n.output[len(carried):]):
+        for k, o in enumerate(n.output[len(carried) :]):
             if not o:
                 continue
             if scans[k]:
@@ -667,8 +716,10 @@ class _Static:
         for x, axis in zip(xs, axes):
             shape = self.shape(x)
             if shape is None:
-                raise _Defer(f"the shape of its scan input {x!r} is not static, so the number of iterations is not "
-                             "known at compile time")
+                raise _Defer(
+                    f"the shape of its scan input {x!r} is not static, so the number of iterations is not "
+                    "known at compile time"
+                )
             axis = axis + len(shape) if axis < 0 else axis
             if not 0 <= axis < len(shape):
                 raise _Defer(f"scan axis {axis} is out of range for scan input {x!r} of rank {len(shape)}")
@@ -678,9 +729,17 @@ class _Static:
             raise _Defer(f"its scan inputs have different lengths ({sorted(lengths)})")
         return lengths.pop(), norm
 
-    def unroll_scan(self, out: list[onnx.NodeProto], body: onnx.GraphProto, states: list[str], xs: list[str],
-                    axes: list[int], in_dirs: list[int], out_dirs: list[int], length: int
-                    ) -> tuple[list[str], list[list[str]]]:
+    def unroll_scan(
+        self,
+        out: list[onnx.NodeProto],
+        body: onnx.GraphProto,
+        states: list[str],
+        xs: list[str],
+        axes: list[int],
+        in_dirs: list[int],
+        out_dirs: list[int],
+        length: int,
+    ) -> tuple[list[str], list[list[str]]]:
         """Final states and each scan output's per-iteration values (in output order, directions applied)."""
         self.check_size(body, length, "scan steps")
         n_out = len(body.output) - len(states)
@@ -690,7 +749,7 @@ class _Static:
         for t in range(length):
             elems = [self.take(out, x, length - 1 - t if d else t, axis) for x, axis, d in zip(xs, axes, in_dirs)]
             res = self.inline(out, body, self.bind(out, body, cur + elems, "body"), hoisted)
-            cur = res[:len(states)]
+            cur = res[: len(states)]
             for k in range(n_out):
                 outs[k].append(res[len(states) + k])
         return cur, [list(reversed(v)) if d else v for v, d in zip(outs, out_dirs)]
@@ -709,8 +768,10 @@ class _Static:
         if lens:
             v = self.value(lens)
             if v is None or not (v.reshape(-1) == length).all():
-                raise _Defer("its sequence_lens is not a compile-time constant equal to the full length: "
-                             "variable-length scans (padded outputs) are not supported")
+                raise _Defer(
+                    "its sequence_lens is not a compile-time constant equal to the full length: "
+                    "variable-length scans (padded outputs) are not supported"
+                )
         self.check_size(body, batch * length, "scan steps")
         finals: list[list[str]] = [[] for _ in states]
         stacked: list[list[str]] = [[] for _ in range(len(body.output) - n_state)]
@@ -733,8 +794,9 @@ class _Static:
     def _SequenceMap(self, n: onnx.NodeProto, out: list[onnx.NodeProto]) -> None:
         body = self._attrs(n)["body"]
         ins = list(n.input)
-        seqs = [self.sequence(i) if (i in self.seqs or self.kind(i) == "seq" or k == 0) else None
-                for k, i in enumerate(ins)]
+        seqs = [
+            self.sequence(i) if (i in self.seqs or self.kind(i) == "seq" or k == 0) else None for k, i in enumerate(ins)
+        ]
         lengths = {len(s) for s in seqs if s is not None}
         if len(lengths) != 1:
             raise _Defer(f"its input sequences have different lengths ({sorted(lengths)})")

@@ -51,6 +51,7 @@ class ExpandContext:
 
     def const(self, base: str, array: np.ndarray) -> str:
         from .onnx_io import initializer
+
         n = self.name(base)
         self.initializers.append(initializer(n, np.asarray(array), self.external))
         return n
@@ -130,13 +131,15 @@ OPS: dict[str, OpDef] = {
     "Linear": OpDef("Linear", 2, 3, {}, _linear, "Y = X @ W^T + B, W is [out, in]"),
     "RMSNorm": OpDef("RMSNorm", 2, 2, {"epsilon": 1e-5}, _rmsnorm, "root-mean-square norm over the last axis"),
     "Gelu": OpDef("Gelu", 1, 1, {"approximate": "none"}, _gelu, "Gaussian error linear unit"),
-    "Attention": OpDef("Attention", 3, 4, {"scale": 1.0}, _attention,
-                       "softmax(Q K^T * scale + mask) V (mask additive, optional)"),
+    "Attention": OpDef(
+        "Attention", 3, 4, {"scale": 1.0}, _attention, "softmax(Q K^T * scale + mask) V (mask additive, optional)"
+    ),
 }
 
 
-def expand(op_type: str, ctx: ExpandContext, ins: list[str], outs: list[str], attrs: dict[str, Any],
-           in_ranks: list[int | None]) -> None:
+def expand(
+    op_type: str, ctx: ExpandContext, ins: list[str], outs: list[str], attrs: dict[str, Any], in_ranks: list[int | None]
+) -> None:
     """Write the ONNX nodes that define ``edgec::op_type``."""
     if op_type not in OPS:
         raise ValueError(f"unknown edgec op {op_type!r}; known: {', '.join(sorted(OPS))}")

@@ -41,11 +41,21 @@ class PassError(RuntimeError):
         super().__init__(f"pass {pass_name!r} failed{after}: {cause}")
 
 
-def option(default: Any, *, choices: Iterable[Any] | None = None, help: str = "",
-           check: Callable[[Any], bool] | None = None, allowed: str | None = None) -> Any:
+def option(
+    default: Any,
+    *,
+    choices: Iterable[Any] | None = None,
+    help: str = "",
+    check: Callable[[Any], bool] | None = None,
+    allowed: str | None = None,
+) -> Any:
     """Declare a pass option with its default, allowed values and help text."""
-    meta = {"help": help, "choices": tuple(choices) if choices is not None else None, "check": check,
-            "allowed": allowed}
+    meta = {
+        "help": help,
+        "choices": tuple(choices) if choices is not None else None,
+        "check": check,
+        "allowed": allowed,
+    }
     return dataclasses.field(default=default, metadata=meta)
 
 
@@ -66,9 +76,11 @@ class PassContext:
     def pass_class(self, name: str) -> type:
         """The registered pass ``name`` (a clear error where this context carries no such pass)."""
         if name not in self.passes:
-            raise PipelineError(f"pass {name!r} is not in this PassContext's registry (passes= holds "
-                                f"{sorted(self.passes) or 'nothing'}); build the context with "
-                                "PassContext(passes=...) from the plugin host, as edgec.compile does")
+            raise PipelineError(
+                f"pass {name!r} is not in this PassContext's registry (passes= holds "
+                f"{sorted(self.passes) or 'nothing'}); build the context with "
+                "PassContext(passes=...) from the plugin host, as edgec.compile does"
+            )
         return self.passes[name]
 
     def analysis(self, kind: type, model: Model) -> Any:
@@ -108,8 +120,11 @@ class Pass:
         """Raise if the pass left the model without the guarantees it promises."""
 
     def describe(self) -> str:
-        opts = ",".join(f"{f.name}={_fmt(getattr(self, f.name))}" for f in dataclasses.fields(self)
-                        if getattr(self, f.name) != f.default)
+        opts = ",".join(
+            f"{f.name}={_fmt(getattr(self, f.name))}"
+            for f in dataclasses.fields(self)
+            if getattr(self, f.name) != f.default
+        )
         return f"{self.name}{{{opts}}}" if opts else self.name
 
     @classmethod
@@ -117,8 +132,15 @@ class Pass:
         """Option descriptions for ``edgec passes``."""
         out = []
         for f in dataclasses.fields(cls):
-            out.append({"name": f.name, "default": f.default, "type": _type_name(cls, f),
-                        "help": f.metadata.get("help", ""), "choices": f.metadata.get("choices")})
+            out.append(
+                {
+                    "name": f.name,
+                    "default": f.default,
+                    "type": _type_name(cls, f),
+                    "help": f.metadata.get("help", ""),
+                    "choices": f.metadata.get("choices"),
+                }
+            )
         return out
 
 
@@ -139,13 +161,18 @@ def _check_option(pass_name: str, f: dataclasses.Field[Any], value: Any) -> None
         raise PipelineError(f"{pass_name}: option {f.name}={value!r} is not allowed; allowed: {shown}")
     check = f.metadata.get("check")
     if check is not None and not check(value):
-        raise PipelineError(f"{pass_name}: option {f.name}={value!r} is not allowed; "
-                            f"allowed: {f.metadata.get('allowed') or 'see edgec passes'}")
+        raise PipelineError(
+            f"{pass_name}: option {f.name}={value!r} is not allowed; "
+            f"allowed: {f.metadata.get('allowed') or 'see edgec passes'}"
+        )
 
 
 def _show_choices(choices: Sequence[Any]) -> str:
-    if len(choices) > 3 and all(isinstance(c, int) for c in choices) and list(choices) == list(
-            range(choices[0], choices[-1] + 1)):
+    if (
+        len(choices) > 3
+        and all(isinstance(c, int) for c in choices)
+        and list(choices) == list(range(choices[0], choices[-1] + 1))
+    ):
         return f"{choices[0]}..{choices[-1]}"
     return ", ".join(map(repr, choices))
 
@@ -154,6 +181,7 @@ def _show_choices(choices: Sequence[Any]) -> str:
 def did_you_mean(word: str, known: Iterable[str]) -> str:
     """' (did you mean 'x'?)' for the closest known name, or ''."""
     import difflib
+
     close = difflib.get_close_matches(word, list(known), n=1, cutoff=0.6)
     return f" (did you mean {close[0]!r}?)" if close else ""
 
@@ -164,7 +192,9 @@ _ITEM = re.compile(r"\s*([a-z][a-z0-9\-]*)\s*(\{([^{}]*)\})?\s*(,|$)")
 def _convert(pass_name: str, f: dataclasses.Field[Any], hint: Any, raw: str) -> Any:
     t = hint
     origin = typing.get_origin(t)
-    if origin is typing.Union or (hasattr(typing, "UnionType") and isinstance(t, getattr(__import__("types"), "UnionType"))):
+    if origin is typing.Union or (
+        hasattr(typing, "UnionType") and isinstance(t, getattr(__import__("types"), "UnionType"))
+    ):
         args = [a for a in typing.get_args(t) if a is not type(None)]
         if raw.lower() in ("none", "null", ""):
             return None
@@ -187,8 +217,9 @@ def _convert(pass_name: str, f: dataclasses.Field[Any], hint: Any, raw: str) -> 
         if typing.get_origin(t) is tuple or t is tuple:
             return tuple(x.strip() for x in raw.split(":" if ":" in raw else "/") if x.strip())
     except ValueError:
-        raise PipelineError(f"{pass_name}: option {f.name}={raw!r} is not a valid "
-                            f"{getattr(t, '__name__', t)}") from None
+        raise PipelineError(
+            f"{pass_name}: option {f.name}={raw!r} is not a valid {getattr(t, '__name__', t)}"
+        ) from None
     return raw
 
 
@@ -202,8 +233,10 @@ def parse_pipeline(text: str, registry: Mapping[str, type[Pass]]) -> list[Pass]:
     while pos < len(text):
         m = _ITEM.match(text, pos)
         if not m or m.end() == pos:
-            raise PipelineError(f"cannot parse the pipeline at character {pos + 1}: {text[pos:pos + 30]!r}; "
-                                "expected name or name{option=value,...}")
+            raise PipelineError(
+                f"cannot parse the pipeline at character {pos + 1}: {text[pos : pos + 30]!r}; "
+                "expected name or name{option=value,...}"
+            )
         name, body = m.group(1), m.group(3)
         pos = m.end()
         if name not in registry:
@@ -268,6 +301,7 @@ class DumpIRInstrument(Instrument):
 
     def _write(self, label: str, model: Model) -> None:
         from .text import print_model
+
         path = os.path.join(self.directory, f"{self.count:02d}-{label}.edgec.txt")
         with open(path, "w") as f:
             f.write(print_model(model, elide=True))
@@ -291,8 +325,13 @@ class PassManager:
         progress: optional callback ``progress(index, total, pass)`` for progress bars.
     """
 
-    def __init__(self, passes: Sequence[Pass], verify_each: bool = True, instruments: Sequence[Instrument] = (),
-                 progress: Callable[[int, int, Pass], None] | None = None):
+    def __init__(
+        self,
+        passes: Sequence[Pass],
+        verify_each: bool = True,
+        instruments: Sequence[Instrument] = (),
+        progress: Callable[[int, int, Pass], None] | None = None,
+    ):
         self.passes = list(passes)
         self.verify_each = verify_each
         self.instruments = list(instruments)

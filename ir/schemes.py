@@ -51,8 +51,10 @@ class Scheme:
         every scheme come first, in :meth:`QuantizedTensor.validate`)."""
         errs: list[str] = []
         if q.vector_dim != 1 or q.codebook_bits is not None:
-            errs.append(f"vector_dim={q.vector_dim}, codebook_bits={q.codebook_bits}: each needs the vector "
-                        "scheme (1 and None otherwise)")
+            errs.append(
+                f"vector_dim={q.vector_dim}, codebook_bits={q.codebook_bits}: each needs the vector "
+                "scheme (1 and None otherwise)"
+            )
         errs += self.field_errors(q)
         if q.offsets is not None and not self.has_offsets:
             errs.append("only the affine scheme carries offsets")
@@ -73,16 +75,22 @@ class Scheme:
 
     def take_rows(self, q: QuantizedTensor, idx: np.ndarray) -> QuantizedTensor:
         """``q`` with its rows (axis 0) reordered; codes and per-row parameters move together."""
+
         def pick(p: np.ndarray | None) -> np.ndarray | None:
             if p is None or p.ndim == 0 or p.shape[0] == 1:
                 return p
             return np.ascontiguousarray(p[idx])
+
         lp = None if q.layout_params is None else {k: pick(v) for k, v in q.layout_params.items()}
-        return dataclasses.replace(q, codes=np.ascontiguousarray(q.codes[idx]), scales=pick(q.scales),
-                                   zero_points=pick(q.zero_points), offsets=pick(q.offsets),
-                                   codebook=pick(q.codebook) if (q.codebook is not None
-                                                                 and q.codebook.ndim > 1) else q.codebook,
-                                   layout_params=lp)
+        return dataclasses.replace(
+            q,
+            codes=np.ascontiguousarray(q.codes[idx]),
+            scales=pick(q.scales),
+            zero_points=pick(q.zero_points),
+            offsets=pick(q.offsets),
+            codebook=pick(q.codebook) if (q.codebook is not None and q.codebook.ndim > 1) else q.codebook,
+            layout_params=lp,
+        )
 
     def describe(self, q: QuantizedTensor) -> dict[str, Any]:
         """What this scheme adds to :meth:`QuantizedTensor.describe`."""
@@ -103,7 +111,8 @@ class _Grid(Scheme):
         if q.codes.size and (q.codes.min() < lo or q.codes.max() > hi):
             errs.append(
                 f"codes lie in [{q.codes.min()}, {q.codes.max()}], outside the {q.bits}-bit "
-                f"{'signed' if self.signed else 'unsigned'} range [{lo}, {hi}]")
+                f"{'signed' if self.signed else 'unsigned'} range [{lo}, {hi}]"
+            )
         if q.scales is None:
             errs.append(f"{self.name} scheme needs scales")
         if self.has_zero_point and q.zero_points is None:
@@ -116,6 +125,7 @@ class _Grid(Scheme):
 
     def dequantize(self, q: QuantizedTensor) -> np.ndarray:
         from .tensor import expand_blocks
+
         if q.group_size and q.codes.ndim == 2 and q.group_axis == 1:
             # [rows, G, gs] with parameters [rows|1, G, 1]: broadcasting, in place, one full-size buffer.
             rows, k = q.shape
@@ -123,6 +133,7 @@ class _Grid(Scheme):
 
             def p(a: np.ndarray) -> np.ndarray:
                 return np.asarray(a, np.float32).reshape(a.shape[0], -1, 1)
+
             if q.zero_points is not None:
                 w -= p(q.zero_points)
             w *= p(cast(np.ndarray, q.scales))
@@ -158,6 +169,7 @@ class Asymmetric(_Grid):
 
     def exact_zero(self, q: QuantizedTensor, zero: np.ndarray) -> QuantizedTensor | None:
         from .tensor import expand_blocks
+
         codes = np.array(q.codes, copy=True)
         zp = expand_blocks(np.asarray(q.zero_points), q.shape)
         codes[zero] = zp[zero]
@@ -190,14 +202,21 @@ class Codebook(Scheme):
         if q.codebook.ndim == 2 and (q.axis is None or q.codebook.shape[0] != q.shape[q.axis]):
             errs.append("a per-channel codebook needs axis set and one row per channel")
         if q.codebook.ndim == 3 and (
-                len(q.shape) != 2 or q.axis != 0 or q.group_axis != 1 or not q.group_size
-                or q.codebook.shape[:2] != (q.shape[0], q.shape[1] // q.group_size)):
-            errs.append("a per-group codebook needs a 2-D weight, axis=0, group_axis=1 and shape "
-                        "[channels, K / group_size, entries]")
+            len(q.shape) != 2
+            or q.axis != 0
+            or q.group_axis != 1
+            or not q.group_size
+            or q.codebook.shape[:2] != (q.shape[0], q.shape[1] // q.group_size)
+        ):
+            errs.append(
+                "a per-group codebook needs a 2-D weight, axis=0, group_axis=1 and shape "
+                "[channels, K / group_size, entries]"
+            )
         return errs
 
     def dequantize(self, q: QuantizedTensor) -> np.ndarray:
         from .tensor import expand_blocks
+
         cb = cast(np.ndarray, q.codebook).astype(np.float32)
         if cb.ndim == 1:
             w = cb[q.codes.astype(np.int64)]
@@ -248,22 +267,28 @@ class Vector(Scheme):
 
     def errors(self, q: QuantizedTensor) -> list[str]:
         from .tensor import codebook_storage_errors
+
         errs: list[str] = []
         d, cb = q.vector_dim, q.codebook
         if q.codes.ndim != 2:
-            return [f"vector quantization needs a 2-D weight (codes [O, K / vector_dim]); codes have rank "
-                    f"{q.codes.ndim}"]
+            return [
+                f"vector quantization needs a 2-D weight (codes [O, K / vector_dim]); codes have rank {q.codes.ndim}"
+            ]
         if d < 1:
             return [f"vector_dim must be positive, got {d}"]
         if cb is None or cb.ndim != 4 or cb.shape[-1] != d:
-            return [f"vector codebooks have shape [row blocks, column groups, entries, vector_dim={d}]; got "
-                    f"{None if cb is None else list(cb.shape)}"]
+            return [
+                f"vector codebooks have shape [row blocks, column groups, entries, vector_dim={d}]; got "
+                f"{None if cb is None else list(cb.shape)}"
+            ]
         o, k = q.shape
         if o % cb.shape[0]:
             errs.append(f"{cb.shape[0]} row blocks do not divide the weight's {o} rows")
         if q.group_axis != 1 or not q.group_size or q.group_size % d or k % q.group_size:
-            errs.append(f"group_size={q.group_size} (group_axis={q.group_axis}) must be a multiple of "
-                        f"vector_dim={d} dividing K={k}, along group_axis=1")
+            errs.append(
+                f"group_size={q.group_size} (group_axis={q.group_axis}) must be a multiple of "
+                f"vector_dim={d} dividing K={k}, along group_axis=1"
+            )
         elif cb.shape[1] != k // q.group_size:
             errs.append(f"the codebooks have {cb.shape[1]} column groups; K / group_size = {k // q.group_size}")
         if cb.shape[2] > (1 << q.bits):
@@ -277,6 +302,7 @@ class Vector(Scheme):
 
     def dequantize(self, q: QuantizedTensor) -> np.ndarray:
         from .tensor import decode_vectors
+
         return decode_vectors(q.codes, cast(np.ndarray, q.codebook), cast(int, q.group_size)).astype(q.dtype.numpy)
 
     def take_rows(self, q: QuantizedTensor, idx: np.ndarray) -> QuantizedTensor:

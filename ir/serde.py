@@ -91,6 +91,6 @@ def load(path: str) -> Model:
             raise FormatError(f"{path}: a tensor of shape {r['shape']} ({dt.short}) claims {n} bytes, needs {expect}")
         if lo + n > size:
             raise FormatError(f"{path} is truncated: a tensor extends to byte {lo + n} of {size}")
-        return mm[lo:lo + n].view(dt.numpy).reshape(r["shape"])
+        return mm[lo : lo + n].view(dt.numpy).reshape(r["shape"])
 
     return parse_model(text, source=source)

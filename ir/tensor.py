@@ -24,6 +24,7 @@ SchemeName = Literal["symmetric", "asymmetric", "affine", "codebook", "vector"]
 def release_pages(a: np.ndarray) -> None:
     """``madvise(MADV_DONTNEED)`` on the whole pages of a read-only memory-mapped array (others: no-op)."""
     import mmap
+
     mm = getattr(a, "_mmap", None)
     if mm is None or not hasattr(mm, "madvise") or not hasattr(mmap, "MADV_DONTNEED") or a.size == 0:
         return
@@ -92,12 +93,16 @@ def register_layout(name: str, block_elems: int, block_bytes: int) -> None:
     stored in ``block_bytes`` bytes. Registering the same numbers again is harmless; other numbers for a name
     already registered are a ValueError."""
     if not (isinstance(block_elems, int) and isinstance(block_bytes, int) and block_elems > 0 and block_bytes > 0):
-        raise ValueError(f"storage layout {name!r}: weights and bytes per block must be positive integers, got "
-                         f"{block_elems!r} and {block_bytes!r}")
+        raise ValueError(
+            f"storage layout {name!r}: weights and bytes per block must be positive integers, got "
+            f"{block_elems!r} and {block_bytes!r}"
+        )
     old = _LAYOUT_BLOCKS.get(name)
     if old is not None and old != (block_elems, block_bytes):
-        raise ValueError(f"storage layout {name!r} is registered as {old[0]} weights in {old[1]} bytes; it cannot "
-                         f"also be {block_elems} weights in {block_bytes} bytes")
+        raise ValueError(
+            f"storage layout {name!r} is registered as {old[0]} weights in {old[1]} bytes; it cannot "
+            f"also be {block_elems} weights in {block_bytes} bytes"
+        )
     _LAYOUT_BLOCKS[name] = (block_elems, block_bytes)
 
 
@@ -106,9 +111,11 @@ def layout_block(name: str) -> tuple[int, int]:
     block = _LAYOUT_BLOCKS.get(name)
     if block is None:
         known = ", ".join(sorted(_LAYOUT_BLOCKS)) or "none"
-        raise ValueError(f"storage layout {name!r} is not registered, so the size of a tensor stored in it is unknown: "
-                         "the module defining a layout registers it with edgec.ir.tensor.register_layout when imported "
-                         f"(gguf.* layouts: import edgec.api.gguf). Registered: {known}")
+        raise ValueError(
+            f"storage layout {name!r} is not registered, so the size of a tensor stored in it is unknown: "
+            "the module defining a layout registers it with edgec.ir.tensor.register_layout when imported "
+            f"(gguf.* layouts: import edgec.api.gguf). Registered: {known}"
+        )
     return block
 
 
@@ -198,16 +205,22 @@ class QuantizedTensor:
         n = (int(np.prod(self.codes.shape, dtype=np.int64)) * self.bits + 7) // 8
         for p in (self.scales, self.zero_points, self.codebook, self.offsets):
             if p is not None:
-                n += p.nbytes if (p is not self.codebook or not self.codebook_bits) \
+                n += (
+                    p.nbytes
+                    if (p is not self.codebook or not self.codebook_bits)
                     else (p.size * self.codebook_bits + 7) // 8
+                )
         if self.codebook_bits == 8 and self.codebook is not None:
             n += int(np.prod(self.codebook.shape[:-2]))  # one exponent byte per [n, d] codebook
         return n
 
     def params(self) -> dict[str, np.ndarray]:
         """Every array besides the codes, by name (``layout.*`` for the layout's own)."""
-        out = {k: getattr(self, k) for k in ("scales", "zero_points", "codebook", "offsets")
-               if getattr(self, k) is not None}
+        out = {
+            k: getattr(self, k)
+            for k in ("scales", "zero_points", "codebook", "offsets")
+            if getattr(self, k) is not None
+        }
         out.update({f"layout.{k}": v for k, v in (self.layout_params or {}).items()})
         return out
 
@@ -238,7 +251,8 @@ class QuantizedTensor:
             elif self.group_size <= 0 or self.shape[self.group_axis] % self.group_size:
                 errs.append(
                     f"group_size={self.group_size} does not divide dim {self.group_axis} "
-                    f"(extent {self.shape[self.group_axis]})")
+                    f"(extent {self.shape[self.group_axis]})"
+                )
         return errs + kind.errors(self)
 
     def dequantize(self) -> np.ndarray:
@@ -262,8 +276,13 @@ class QuantizedTensor:
     def describe(self) -> dict[str, Any]:
         """Plain-data summary (for manifests and reports)."""
         return {
-            "bits": self.bits, "scheme": self.scheme, "axis": self.axis, "group_size": self.group_size,
-            "group_axis": self.group_axis, "method": self.method, "bytes": self.nbytes,
+            "bits": self.bits,
+            "scheme": self.scheme,
+            "axis": self.axis,
+            "group_size": self.group_size,
+            "group_axis": self.group_axis,
+            "method": self.method,
+            "bytes": self.nbytes,
             **({"layout": self.layout} if self.layout else {}),
             **self.scheme_type.describe(self),
         }
@@ -313,11 +332,17 @@ def codebook_storage_errors(cb: np.ndarray, codebook_bits: int | None) -> list[s
         return []
     a = np.asarray(cb, np.float32)
     if codebook_bits == 16:
-        return [] if np.array_equal(a.astype(np.float16).astype(np.float32), a) else \
-            ["codebook_bits=16 but some codebook entries are not float16 values"]
+        return (
+            []
+            if np.array_equal(a.astype(np.float16).astype(np.float32), a)
+            else ["codebook_bits=16 but some codebook entries are not float16 values"]
+        )
     if codebook_bits == 8:
-        return [] if np.array_equal(pow2_int8(a)[1], a) else \
-            ["codebook_bits=8 but some codebook entries are not int8 * 2**e (one exponent per codebook)"]
+        return (
+            []
+            if np.array_equal(pow2_int8(a)[1], a)
+            else ["codebook_bits=8 but some codebook entries are not int8 * 2**e (one exponent per codebook)"]
+        )
     return [f"codebook_bits must be 8, 16 or unset, got {codebook_bits}"]
 
 

@@ -77,9 +77,17 @@ def _array(arr: np.ndarray, dtype: DType, elide: bool, sink: Sink = None) -> dic
 def _const_json(c: Tensor | QuantizedTensor, elide: bool, sink: Sink = None) -> dict[str, Any]:
     if isinstance(c, Tensor):
         return _array(c.numpy(), c.dtype, elide, sink)
-    d: dict[str, Any] = {"quant": {
-        "bits": c.bits, "scheme": c.scheme, "axis": c.axis, "group_size": c.group_size,
-        "group_axis": c.group_axis, "dtype": c.dtype.short, "method": c.method}}
+    d: dict[str, Any] = {
+        "quant": {
+            "bits": c.bits,
+            "scheme": c.scheme,
+            "axis": c.axis,
+            "group_size": c.group_size,
+            "group_axis": c.group_axis,
+            "dtype": c.dtype.short,
+            "method": c.method,
+        }
+    }
     if c.layout:
         d["quant"]["layout"] = c.layout
     if c.vector_dim != 1:
@@ -175,7 +183,7 @@ class _Cursor:
 
     def name(self) -> str | None:
         self.ws()
-        if self.peek("_") and not re.match(r"_[A-Za-z0-9]", self.s[self.i:]):
+        if self.peek("_") and not re.match(r"_[A-Za-z0-9]", self.s[self.i :]):
             self.i += 1
             return None
         self.expect("%")
@@ -228,11 +236,21 @@ def _const_from(d: dict[str, Any], source: Source = None) -> Tensor | QuantizedT
     q = d["quant"]
     params = {k: _from_array(d[k], source)[0] for k in ("scales", "zero_points", "codebook", "offsets") if k in d}
     lp = {k.split(".", 1)[1]: _from_array(v, source)[0] for k, v in d.items() if k.startswith("layout.")}
-    return QuantizedTensor(codes=_from_array(d["codes"], source)[0], bits=q["bits"], scheme=q["scheme"], axis=q["axis"],
-                           group_size=q["group_size"], group_axis=q["group_axis"],
-                           dtype=DType.from_short(q["dtype"]), method=q.get("method", "rtn"),
-                           layout=q.get("layout"), layout_params=lp or None, vector_dim=q.get("vector_dim", 1),
-                           codebook_bits=q.get("codebook_bits"), **params)
+    return QuantizedTensor(
+        codes=_from_array(d["codes"], source)[0],
+        bits=q["bits"],
+        scheme=q["scheme"],
+        axis=q["axis"],
+        group_size=q["group_size"],
+        group_axis=q["group_axis"],
+        dtype=DType.from_short(q["dtype"]),
+        method=q.get("method", "rtn"),
+        layout=q.get("layout"),
+        layout_params=lp or None,
+        vector_dim=q.get("vector_dim", 1),
+        codebook_bits=q.get("codebook_bits"),
+        **params,
+    )
 
 
 def _attr_from(a: Any) -> Any:

@@ -92,8 +92,9 @@ def verify(model: Model, check_shapes: bool = False) -> None:
                         errs.append(f"{_where(n)}: takes {d.min_inputs}..{d.max_inputs} inputs, has {present}")
                     unknown = set(n.attributes) - set(d.attributes)
                     if unknown:
-                        errs.append(f"{_where(n)}: unknown attributes {sorted(unknown)}; allowed "
-                                    f"{sorted(d.attributes)}")
+                        errs.append(
+                            f"{_where(n)}: unknown attributes {sorted(unknown)}; allowed {sorted(d.attributes)}"
+                        )
             elif domain != "ai.onnx" and domain not in opset_domains:
                 errs.append(f"{_where(n)}: domain {domain!r} is not in the model's opset imports")
         i = 0
@@ -138,6 +139,7 @@ def _where(n: Node) -> str:
 def _shape_errors(model: Model) -> list[str]:
     """Infer shapes in place, compare with what was recorded, then restore the recorded types."""
     from .onnx_io import infer_shapes
+
     recorded = {o.name: (o.dtype, o.shape) for n in model.graph for o in n.outputs}
     try:
         infer_shapes(model)
@@ -160,8 +162,9 @@ def _shape_errors(model: Model) -> list[str]:
 
 # ------------------------------------------------------------------------------------- constants' own checks
 # tensor -> {key: (what the result depends on, errors)}; entries go with the tensor.
-_REMEMBERED: "weakref.WeakKeyDictionary[object, dict[object, tuple[tuple[object, ...], list[str]]]]" = \
+_REMEMBERED: "weakref.WeakKeyDictionary[object, dict[object, tuple[tuple[object, ...], list[str]]]]" = (
     weakref.WeakKeyDictionary()
+)
 
 
 def _immutable(a: Any) -> bool:
@@ -201,8 +204,9 @@ class _ConstChecks:
     def __init__(self) -> None:
         self._seen: dict[tuple[int, object], tuple[object, tuple[object, ...], list[str]]] = {}
 
-    def _cached(self, obj: object, key: object, deps: tuple[object, ...], frozen: bool,
-                compute: Callable[[], list[str]]) -> list[str]:
+    def _cached(
+        self, obj: object, key: object, deps: tuple[object, ...], frozen: bool, compute: Callable[[], list[str]]
+    ) -> list[str]:
         seen = self._seen.get((id(obj), key))
         if seen is not None and seen[0] is obj and _same(seen[1], deps):
             return seen[2]

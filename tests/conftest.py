@@ -39,6 +39,7 @@ def node_suite(tmp_path_factory):
 
     def cases(names) -> str:
         return cov.materialize(str(tmp_path_factory.mktemp("nodecases")), list(names))
+
     return cov, cases
 
 

@@ -34,8 +34,23 @@ def test_onnx_to_cpu_verify(name, tmp_path):
         pytest.importorskip("transformers")
     export_onnx(name, tmp_path / f"{name}.onnx")
     out = tmp_path / "out"
-    r = subprocess.run([sys.executable, "-m", "edgec.cli", "compile", str(tmp_path / f"{name}.onnx"), "--target", "cpu",
-                        "-o", str(out), "--verify", "--json"], capture_output=True, text=True)
+    r = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "edgec.cli",
+            "compile",
+            str(tmp_path / f"{name}.onnx"),
+            "--target",
+            "cpu",
+            "-o",
+            str(out),
+            "--verify",
+            "--json",
+        ],
+        capture_output=True,
+        text=True,
+    )
     assert r.returncode == 0, r.stdout[-3000:] + r.stderr[-3000:]
     v = json.loads(r.stdout)["manifest"]["verification"]
     assert v["passed"] and v["ran"]
@@ -55,12 +70,14 @@ def test_pytorch_to_cpu_verify(name, tmp_path):
     ep = torch.export.export(m, ex)
     torch.export.save(ep, str(tmp_path / f"{name}.pt2"))
     import edgec
+
     res = edgec.compile(str(tmp_path / f"{name}.pt2"), target="cpu", output=str(tmp_path / "out"), verify=True)
     v = res.manifest["verification"]
     assert v["passed"] and v["outputs"][0]["vs_original_max_rel_err"] <= TOL
     # And against torch eager itself, on the same seeded inputs the verifier used.
     from edgec.compiler import load_model
     from edgec.targets.cpu import CpuTarget
+
     model = load_model(str(tmp_path / f"{name}.pt2"))
     feeds = ir.random_inputs(model, seed=0)
     if name == "bert":
@@ -95,14 +112,23 @@ def test_quantized_to_cpu_verify(name, pipeline, min_cosine, tmp_path):
         calib = {"image": rng.standard_normal((8, 1, 3, 64, 64)).astype(np.float32)}
     np.savez(tmp_path / "calib.npz", **calib)
     import edgec
-    res = edgec.compile(str(tmp_path / f"{name}.onnx"), target="cpu", pipeline=pipeline,
-                        output=str(tmp_path / "out"), verify=True, calib=str(tmp_path / "calib.npz"))
+
+    res = edgec.compile(
+        str(tmp_path / f"{name}.onnx"),
+        target="cpu",
+        pipeline=pipeline,
+        output=str(tmp_path / "out"),
+        verify=True,
+        calib=str(tmp_path / "calib.npz"),
+    )
     man = res.manifest
     v = man["verification"]
     row = v["outputs"][0]
-    print(f"{name} {pipeline}: vs fp32 original cosine {row['vs_original_cosine']:.6f} "
-          f"rel err {row['vs_original_max_rel_err']:.4g} top-1 {row.get('vs_original_top1_agreement')}; "
-          f"size {man['sizes']['weights_bytes_before']} -> {man['sizes']['weights_bytes_after']}")
+    print(
+        f"{name} {pipeline}: vs fp32 original cosine {row['vs_original_cosine']:.6f} "
+        f"rel err {row['vs_original_max_rel_err']:.4g} top-1 {row.get('vs_original_top1_agreement')}; "
+        f"size {man['sizes']['weights_bytes_before']} -> {man['sizes']['weights_bytes_after']}"
+    )
     assert v["passed"] and v["ran"]
     assert row["vs_original_cosine"] >= min_cosine
     assert man["sizes"]["weights_bytes_after"] < man["sizes"]["weights_bytes_before"] / 3

@@ -19,8 +19,13 @@ from edgec.compiler import compile as compile_model
 EXAMPLES = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "examples")
 TINY_CNN = os.path.join(EXAMPLES, "models", "tiny_cnn.onnx")
 # One quantized configuration per target (Core ML stores fp16 scales, TensorRT int8 per channel).
-TARGETS = [("cpu", "quantize{bits=4}"), ("openvino", "quantize{bits=4}"), ("tensorrt", "quantize{bits=8}"),
-           ("coreml", "quantize{bits=8,scale_dtype=f16}"), ("hexagon", "quantize{bits=8}")]
+TARGETS = [
+    ("cpu", "quantize{bits=4}"),
+    ("openvino", "quantize{bits=4}"),
+    ("tensorrt", "quantize{bits=8}"),
+    ("coreml", "quantize{bits=8,scale_dtype=f16}"),
+    ("hexagon", "quantize{bits=8}"),
+]
 
 
 def tree_digest(d: str) -> dict[str, str]:
@@ -86,8 +91,21 @@ def test_cache_skips_unchanged_work_and_notices_every_change(tmp_path):
 @pytest.mark.slow
 def test_failed_verification_is_not_cached(tmp_path):
     cache = str(tmp_path / "cache")
-    args = ["compile", TINY_CNN, "-t", "cpu", "-p", "quantize{bits=4}", "--verify", "--tolerance", "1e-12",
-            "--cache-dir", cache, "-o", str(tmp_path / "a")]
+    args = [
+        "compile",
+        TINY_CNN,
+        "-t",
+        "cpu",
+        "-p",
+        "quantize{bits=4}",
+        "--verify",
+        "--tolerance",
+        "1e-12",
+        "--cache-dir",
+        cache,
+        "-o",
+        str(tmp_path / "a"),
+    ]
     r = CliRunner().invoke(main, args)
     assert r.exit_code == 1 and "verification failed" in r.output  # TVM differs from onnxruntime by ~1e-7
     assert not os.path.exists(cache) or not any(len(d) == 2 for d in os.listdir(cache))
@@ -102,15 +120,20 @@ def _chromium() -> str:
 
 
 def test_report_renders_in_headless_chromium_with_every_plot(tmp_path):
-    res = compile_model(TINY_CNN, "openvino", "quantize{bits=4}", str(tmp_path / "out"), verify=True,
-                        calib="random", use_cache=False)
+    res = compile_model(
+        TINY_CNN, "openvino", "quantize{bits=4}", str(tmp_path / "out"), verify=True, calib="random", use_cache=False
+    )
     page = tmp_path / "out" / "report.html"
     text = page.read_text()
     # self-contained: no external scripts, styles or images
     assert not re.search(r"""(src|href)=["'](?!data:)""", text)
     assert "Verification" in text and ">passed<" in text and "quantize{bits=4}" in text and "OpenVINO CPU" in text
-    dom = subprocess.run([_chromium(), "--headless", "--no-sandbox", "--disable-gpu", "--dump-dom",
-                          page.as_uri()], capture_output=True, text=True, timeout=120).stdout
+    dom = subprocess.run(
+        [_chromium(), "--headless", "--no-sandbox", "--disable-gpu", "--dump-dom", page.as_uri()],
+        capture_output=True,
+        text=True,
+        timeout=120,
+    ).stdout
     body = re.search(r"<body[^>]*>", dom).group(0)
     want = int(re.search(r'data-plots="(\d+)"', body).group(1))
     loaded = int(re.search(r'data-plots-loaded="(\d+)"', body).group(1))
@@ -128,8 +151,13 @@ def test_cmake_example_builds_the_artifact_through_add_custom_command(tmp_path):
     model = tmp_path / "tiny_cnn.onnx"
     shutil.copy(TINY_CNN, model)
     env = {**os.environ, "EDGEC_CACHE_DIR": str(tmp_path / "cache")}
-    subprocess.run([cmake, "-S", src, "-B", str(build), f"-DEDGEC_MODEL={model}"], check=True, env=env,
-                   capture_output=True, timeout=300)
+    subprocess.run(
+        [cmake, "-S", src, "-B", str(build), f"-DEDGEC_MODEL={model}"],
+        check=True,
+        env=env,
+        capture_output=True,
+        timeout=300,
+    )
     r = subprocess.run([cmake, "--build", str(build)], env=env, capture_output=True, text=True, timeout=600)
     assert r.returncode == 0, r.stdout + r.stderr
     out = build / "tiny_cnn.cpu"
@@ -150,6 +178,7 @@ def test_manifest_is_strict_json_when_a_layer_quantizes_exactly(tmp_path):
     import numpy as np
 
     from edgec import ir
+
     rng = np.random.default_rng(0)
     g = ir.Graph()
     x = g.add_input("x", ir.DType.FLOAT32, (2, 8))

@@ -55,27 +55,34 @@ def test_dump_ir(tiny_cnn_path, tmp_path):
     assert files[0] == "00-input.edgec.txt" and files[-1].endswith("-dce.edgec.txt")
 
 
-@pytest.mark.parametrize("args, code, message", [
-    (["compile", "missing.onnx"], 3, "does not exist"),
-    (["compile", "{model}", "--target", "warp-drive"], 2, "unknown target 'warp-drive'"),
-    (["compile", "{model}", "--target", "cpu{arch=riscv}"], 2, "option arch='riscv' is not allowed"),
-    (["compile", "{model}", "-p", "quantum{bits=2}"], 2, "unknown pass 'quantum'"),
-    (["compile", "{model}", "-p", "fold-constants{max_elements=-1}"], 2, "max_elements=-1 is not allowed"),
-    (["compile", "{model}", "--input-shape", "image=1x3xbig"], 2, "dims must be integers"),
-    (["compile", "{model}", "--input-shape", "nope=1x3"], 2, "unknown inputs ['nope']"),
-    (["compile", "{corrupt}"], 3, "not a readable ONNX file"),
-    (["compile", "{unsupported}"], 4, "operator domain 'com.acme' is not supported"),
-    (["compile", "{model}", "--target", "cpu", "--tolerance", "0", "--verify"], 1, "verification failed"),
-    (["compile", "notes.txt"], 3, "no frontend reads"),
-])
+@pytest.mark.parametrize(
+    "args, code, message",
+    [
+        (["compile", "missing.onnx"], 3, "does not exist"),
+        (["compile", "{model}", "--target", "warp-drive"], 2, "unknown target 'warp-drive'"),
+        (["compile", "{model}", "--target", "cpu{arch=riscv}"], 2, "option arch='riscv' is not allowed"),
+        (["compile", "{model}", "-p", "quantum{bits=2}"], 2, "unknown pass 'quantum'"),
+        (["compile", "{model}", "-p", "fold-constants{max_elements=-1}"], 2, "max_elements=-1 is not allowed"),
+        (["compile", "{model}", "--input-shape", "image=1x3xbig"], 2, "dims must be integers"),
+        (["compile", "{model}", "--input-shape", "nope=1x3"], 2, "unknown inputs ['nope']"),
+        (["compile", "{corrupt}"], 3, "not a readable ONNX file"),
+        (["compile", "{unsupported}"], 4, "operator domain 'com.acme' is not supported"),
+        (["compile", "{model}", "--target", "cpu", "--tolerance", "0", "--verify"], 1, "verification failed"),
+        (["compile", "notes.txt"], 3, "no frontend reads"),
+    ],
+)
 def test_exit_codes_and_clean_errors(args, code, message, tiny_cnn_path, tmp_path):
     corrupt = tmp_path / "corrupt.onnx"
     corrupt.write_bytes(open(tiny_cnn_path, "rb").read()[:500])
-    m = onnx.helper.make_model(onnx.helper.make_graph(
-        [onnx.helper.make_node("Frob", ["x"], ["y"], domain="com.acme")], "g",
-        [onnx.helper.make_tensor_value_info("x", onnx.TensorProto.FLOAT, [2])],
-        [onnx.helper.make_tensor_value_info("y", onnx.TensorProto.FLOAT, [2])]),
-        opset_imports=[onnx.helper.make_opsetid("", 17), onnx.helper.make_opsetid("com.acme", 1)])
+    m = onnx.helper.make_model(
+        onnx.helper.make_graph(
+            [onnx.helper.make_node("Frob", ["x"], ["y"], domain="com.acme")],
+            "g",
+            [onnx.helper.make_tensor_value_info("x", onnx.TensorProto.FLOAT, [2])],
+            [onnx.helper.make_tensor_value_info("y", onnx.TensorProto.FLOAT, [2])],
+        ),
+        opset_imports=[onnx.helper.make_opsetid("", 17), onnx.helper.make_opsetid("com.acme", 1)],
+    )
     onnx.save(m, str(tmp_path / "unsupported.onnx"))
     (tmp_path / "notes.txt").write_text("hello")
     out = tmp_path / "out"
@@ -113,6 +120,7 @@ def test_existing_output_replaced_only_on_success(tiny_cnn_path, tmp_path):
 
 def test_python_api_mirrors_cli(tiny_cnn_path, tmp_path):
     import edgec
+
     res = edgec.compile(tiny_cnn_path, target="cpu", output=str(tmp_path / "api"), verify=True)
     assert res.manifest["verification"]["passed"]
     assert os.path.isfile(os.path.join(res.output_dir, "model.so"))

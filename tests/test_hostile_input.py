@@ -31,11 +31,14 @@ TINY_CNN = os.path.join(ROOT, "examples", "models", "tiny_cnn.onnx")
 def _edgec(*args: str, tmp_path) -> subprocess.CompletedProcess:
     """The CLI in a child process whose address space is capped at 8 GiB: a size guard that regressed
     fails this test instead of taking the machine down."""
+
     def cap():
         resource.setrlimit(resource.RLIMIT_AS, (8 << 30, 8 << 30))
+
     env = {**os.environ, "EDGEC_CACHE_DIR": str(tmp_path / "cache")}
-    return subprocess.run([sys.executable, "-m", "edgec.cli", *args], capture_output=True, text=True, timeout=300,
-                          preexec_fn=cap, env=env)
+    return subprocess.run(
+        [sys.executable, "-m", "edgec.cli", *args], capture_output=True, text=True, timeout=300, preexec_fn=cap, env=env
+    )
 
 
 def _save(path, nodes, inits, inp_shape=(4,)):
@@ -51,13 +54,25 @@ def _i64(name, values):
 
 
 HUGE = {
-    "constant-of-shape": ([helper.make_node("ConstantOfShape", ["s"], ["c"]), helper.make_node("Add", ["x", "c"], ["y"])],
-                          [_i64("s", [1 << 20, 1 << 20, 1 << 10])], (4,), "ConstantOfShape"),
+    "constant-of-shape": (
+        [helper.make_node("ConstantOfShape", ["s"], ["c"]), helper.make_node("Add", ["x", "c"], ["y"])],
+        [_i64("s", [1 << 20, 1 << 20, 1 << 10])],
+        (4,),
+        "ConstantOfShape",
+    ),
     "expand": ([helper.make_node("Expand", ["x", "s"], ["y"])], [_i64("s", [1 << 20, 1 << 20, 4])], (4,), "Expand"),
     "tile": ([helper.make_node("Tile", ["x", "s"], ["y"])], [_i64("s", [1 << 40])], (4,), "Tile"),
-    "range": ([helper.make_node("Range", ["a", "b", "d"], ["r"]), helper.make_node("Cast", ["r"], ["f"], to=1),
-               helper.make_node("ReduceSum", ["f"], ["s"], keepdims=1), helper.make_node("Add", ["x", "s"], ["y"])],
-              [_i64("a", 0), _i64("b", 1 << 40), _i64("d", 1)], (4,), "Range"),
+    "range": (
+        [
+            helper.make_node("Range", ["a", "b", "d"], ["r"]),
+            helper.make_node("Cast", ["r"], ["f"], to=1),
+            helper.make_node("ReduceSum", ["f"], ["s"], keepdims=1),
+            helper.make_node("Add", ["x", "s"], ["y"]),
+        ],
+        [_i64("a", 0), _i64("b", 1 << 40), _i64("d", 1)],
+        (4,),
+        "Range",
+    ),
     "input": ([helper.make_node("Relu", ["x"], ["y"])], [], (1 << 20, 1 << 20, 1 << 10), "'y' has shape"),
 }
 
@@ -72,11 +87,14 @@ def test_declared_sizes_beyond_memory_are_refused_before_allocation(case, tmp_pa
     assert not (tmp_path / "out").exists() and not [p for p in os.listdir(tmp_path) if p.startswith(".out")]
 
 
-@pytest.mark.parametrize("location, length, why", [
-    ("../../../etc/hostname", None, "points outside the directory"),
-    ("/etc/hostname", None, "absolute path"),
-    ("w.bin", 1 << 40, "exceeds available data"),
-])
+@pytest.mark.parametrize(
+    "location, length, why",
+    [
+        ("../../../etc/hostname", None, "points outside the directory"),
+        ("/etc/hostname", None, "absolute path"),
+        ("w.bin", 1 << 40, "exceeds available data"),
+    ],
+)
 def test_external_data_stays_inside_the_model_folder_and_its_size(location, length, why, tmp_path):
     (tmp_path / "w.bin").write_bytes(b"\0" * 64)
     t = numpy_helper.from_array(np.zeros((4, 4), np.float32), "w")
@@ -141,6 +159,7 @@ def test_pickle_inside_a_pt2_program_never_runs(tmp_path):
 
 def test_gguf_header_with_absurd_dimensions(tmp_path):
     import gguf
+
     path = tmp_path / "liar.gguf"
     w = gguf.GGUFWriter(str(path), "llama")
     w.add_block_count(1)
@@ -173,14 +192,21 @@ def _mutate(data: bytes, ops) -> bytes:
         elif kind == "insert":
             d[i:i] = bytes([val % 256]) * (1 + val % 7)
         elif kind == "ff":
-            d[i:i + 8] = b"\xff" * 8
+            d[i : i + 8] = b"\xff" * 8
     return bytes(d)
 
 
-OPS = st.lists(st.tuples(st.sampled_from(["flip", "byte", "trunc", "insert", "ff"]),
-                         st.integers(0, 1 << 20), st.integers(0, 255)), min_size=1, max_size=6)
-FUZZ = settings(max_examples=60, deadline=None, derandomize=True,
-                suppress_health_check=[HealthCheck.function_scoped_fixture, HealthCheck.too_slow])
+OPS = st.lists(
+    st.tuples(st.sampled_from(["flip", "byte", "trunc", "insert", "ff"]), st.integers(0, 1 << 20), st.integers(0, 255)),
+    min_size=1,
+    max_size=6,
+)
+FUZZ = settings(
+    max_examples=60,
+    deadline=None,
+    derandomize=True,
+    suppress_health_check=[HealthCheck.function_scoped_fixture, HealthCheck.too_slow],
+)
 
 
 def _header_biased(data: bytes, ops, head: int):
@@ -223,9 +249,24 @@ def small_gguf(tmp_path_factory):
     from edgec.api.llm import LLMConfig
     from edgec.plugins.frontends.gguf_io import dump_kv, kv_metadata, open_gguf
     from tests.llm.conftest import write_gguf
-    cfg = LLMConfig(arch="llama", vocab_size=300, hidden=64, intermediate=128, layers=1, heads=4, kv_heads=2,
-                    head_dim=16, rope_theta=10000.0, rms_eps=1e-5, context_length=64, tied_embeddings=False,
-                    bos_token_id=1, eos_token_id=2, name="t")
+
+    cfg = LLMConfig(
+        arch="llama",
+        vocab_size=300,
+        hidden=64,
+        intermediate=128,
+        layers=1,
+        heads=4,
+        kv_heads=2,
+        head_dim=16,
+        rope_theta=10000.0,
+        rms_eps=1e-5,
+        context_length=64,
+        tied_embeddings=False,
+        bos_token_id=1,
+        eos_token_id=2,
+        name="t",
+    )
     kv = dump_kv(kv_metadata(open_gguf(smollm2_path())))
     return write_gguf(cfg, kv, str(tmp_path_factory.mktemp("gguf") / "t.gguf"))
 
@@ -248,6 +289,7 @@ def test_fuzzed_gguf_gives_clean_errors_or_valid_results(ops, small_gguf, tmp_pa
 def small_hf(tmp_path_factory):
     pytest.importorskip("transformers")
     from tests.llm.test_llm_frontends import _hf_model
+
     d = tmp_path_factory.mktemp("hf")
     _hf_model("llama").save_pretrained(str(d), safe_serialization=True)
     return str(d)
@@ -278,6 +320,7 @@ def test_artifact_paths_outside_the_output_directory_are_refused(tmp_path, monke
     def emit(self, model, out_dir, ctx):
         open(os.path.join(out_dir, "model.onnx"), "wb").close()
         return Artifact(["model.onnx", "../escaped.bin"], {})
+
     monkeypatch.setattr(TensorRTTarget, "emit", emit)
     with pytest.raises(UnsupportedError, match="outside the output directory"):
         compile_model(TINY_CNN, "tensorrt", "", str(tmp_path / "out"), use_cache=False)
@@ -292,10 +335,27 @@ def test_ctrl_c_leaves_no_output_and_no_temporary_directory(delay, tmp_path):
     aborted the process (SIGABRT), was swallowed (exit 0, output written) or surfaced as an internal error."""
     import signal
     import time
+
     env = {**os.environ, "EDGEC_CACHE_DIR": str(tmp_path / "cache")}
-    p = subprocess.Popen([sys.executable, "-m", "edgec.cli", "compile", TINY_CNN, "-t", "cpu", "--verify", "-o",
-                          str(tmp_path / "out"), "--no-cache"], stdout=subprocess.PIPE, stderr=subprocess.PIPE,
-                         text=True, env=env)
+    p = subprocess.Popen(
+        [
+            sys.executable,
+            "-m",
+            "edgec.cli",
+            "compile",
+            TINY_CNN,
+            "-t",
+            "cpu",
+            "--verify",
+            "-o",
+            str(tmp_path / "out"),
+            "--no-cache",
+        ],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+        env=env,
+    )
     deadline = time.time() + 120
     while time.time() < deadline and not any(n.startswith(".out.") for n in os.listdir(tmp_path)):
         time.sleep(0.05)  # wait until emission has started writing its temporary directory
@@ -313,6 +373,7 @@ def test_native_section_holds_ctrl_c_until_the_native_call_returns():
     import signal
 
     from edgec.compiler import native_section
+
     before = signal.getsignal(signal.SIGINT)
     ran = []
     with pytest.raises(KeyboardInterrupt):

@@ -16,8 +16,18 @@ ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 TINY_CNN = os.path.join(ROOT, "examples", "models", "tiny_cnn.onnx")
 
 # Settings that would hide what edgec itself does: the child must start from the user's defaults.
-_CLEARED = ("ORT_DISABLE_TELEMETRY", "MPLCONFIGDIR", "XDG_CONFIG_HOME", "XDG_DATA_HOME", "XDG_STATE_HOME",
-            "XDG_RUNTIME_DIR", "TVM_HOME", "CI", "TF_BUILD", "JENKINS_URL")
+_CLEARED = (
+    "ORT_DISABLE_TELEMETRY",
+    "MPLCONFIGDIR",
+    "XDG_CONFIG_HOME",
+    "XDG_DATA_HOME",
+    "XDG_STATE_HOME",
+    "XDG_RUNTIME_DIR",
+    "TVM_HOME",
+    "CI",
+    "TF_BUILD",
+    "JENKINS_URL",
+)
 
 
 def _listing(d):
@@ -34,12 +44,20 @@ def test_compile_writes_only_output_and_cache(target, module, tmp_path):
     tmp.mkdir()
     env = {k: v for k, v in os.environ.items() if k not in _CLEARED}
     env.update(HOME=str(home), XDG_CACHE_HOME=str(home / ".cache"), EDGEC_CACHE_DIR=str(cache), TMPDIR=str(tmp))
-    r = subprocess.run([sys.executable, "-m", "edgec.cli", "compile", TINY_CNN, "--target", target, "--verify",
-                        "-o", str(out)], capture_output=True, text=True, env=env, cwd=str(box))
+    r = subprocess.run(
+        [sys.executable, "-m", "edgec.cli", "compile", TINY_CNN, "--target", target, "--verify", "-o", str(out)],
+        capture_output=True,
+        text=True,
+        env=env,
+        cwd=str(box),
+    )
     assert r.returncode == 0, r.stdout[-3000:] + r.stderr[-3000:]
     assert os.path.isfile(out / "manifest.json") and os.path.isfile(out / "report.html")
     assert os.listdir(cache), "the compile was not cached (the cache directory is where it should write)"
-    stray = {"HOME": _listing(home), "TMPDIR (left behind)": _listing(tmp),
-             "next to the output and cache": sorted(set(os.listdir(box)) - {"home", "tmp", "cache", "out"})}
+    stray = {
+        "HOME": _listing(home),
+        "TMPDIR (left behind)": _listing(tmp),
+        "next to the output and cache": sorted(set(os.listdir(box)) - {"home", "tmp", "cache", "out"}),
+    }
     stray = {k: v for k, v in stray.items() if v}
     assert not stray, f"{target}: files written outside the output and cache directories: {stray}"

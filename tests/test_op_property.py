@@ -24,11 +24,43 @@ from edgec.errors import BadInputError, UnsupportedError, UsageError
 
 EXAMPLES = int(os.environ.get("EDGEC_PROPERTY_EXAMPLES", "0"))
 F, I32, I64 = TensorProto.FLOAT, TensorProto.INT32, TensorProto.INT64
-UNARY = ("Abs", "Neg", "Exp", "Log", "Sqrt", "Relu", "Sigmoid", "Tanh", "Floor", "Ceil", "Sign", "Erf", "Softplus",
-         "Reciprocal", "Sin", "Cos", "Round", "IsNaN", "LeakyRelu", "Elu", "HardSigmoid", "Selu", "HardSwish")
+UNARY = (
+    "Abs",
+    "Neg",
+    "Exp",
+    "Log",
+    "Sqrt",
+    "Relu",
+    "Sigmoid",
+    "Tanh",
+    "Floor",
+    "Ceil",
+    "Sign",
+    "Erf",
+    "Softplus",
+    "Reciprocal",
+    "Sin",
+    "Cos",
+    "Round",
+    "IsNaN",
+    "LeakyRelu",
+    "Elu",
+    "HardSigmoid",
+    "Selu",
+    "HardSwish",
+)
 BINARY = ("Add", "Sub", "Mul", "Div", "Max", "Min", "Pow", "Equal", "Less", "Greater")
-REDUCE = ("ReduceSum", "ReduceMean", "ReduceMax", "ReduceMin", "ReduceProd", "ReduceL1", "ReduceL2",
-          "ReduceLogSumExp", "ReduceSumSquare")
+REDUCE = (
+    "ReduceSum",
+    "ReduceMean",
+    "ReduceMax",
+    "ReduceMin",
+    "ReduceProd",
+    "ReduceL1",
+    "ReduceL2",
+    "ReduceLogSumExp",
+    "ReduceSumSquare",
+)
 
 
 @st.composite
@@ -45,8 +77,23 @@ def _floats(shape, rng, positive=False):
 def cases(draw):
     """(model, feeds): one node over random shapes, attributes and inputs."""
     rng = np.random.default_rng(draw(st.integers(0, 2**16)))
-    kind = draw(st.sampled_from(("unary", "binary", "int_div", "reduce", "softmax", "transpose", "concat", "slice",
-                                 "gather", "cast", "where")))
+    kind = draw(
+        st.sampled_from(
+            (
+                "unary",
+                "binary",
+                "int_div",
+                "reduce",
+                "softmax",
+                "transpose",
+                "concat",
+                "slice",
+                "gather",
+                "cast",
+                "where",
+            )
+        )
+    )
     shape = draw(shapes())
     inits, attrs = [], {}
     opset = 17
@@ -59,7 +106,7 @@ def cases(draw):
     elif kind == "binary":
         op = draw(st.sampled_from(BINARY))
         # broadcasting: b drops leading axes or has ones
-        b_shape = tuple(d if draw(st.booleans()) else 1 for d in shape[draw(st.integers(0, len(shape) - 1)):])
+        b_shape = tuple(d if draw(st.booleans()) else 1 for d in shape[draw(st.integers(0, len(shape) - 1)) :])
         a, b = _floats(shape, rng, positive=op == "Pow"), _floats(b_shape, rng)
         if op == "Div":
             b = np.where(np.abs(b) < 0.1, 0.5, b).astype(np.float32)
@@ -74,7 +121,9 @@ def cases(draw):
     elif kind == "reduce":
         op = draw(st.sampled_from(REDUCE))
         opset = draw(st.sampled_from((13, 18)))
-        axes = draw(st.lists(st.integers(-len(shape), len(shape) - 1), max_size=len(shape), unique_by=lambda a: a % len(shape)))
+        axes = draw(
+            st.lists(st.integers(-len(shape), len(shape) - 1), max_size=len(shape), unique_by=lambda a: a % len(shape))
+        )
         attrs["keepdims"] = draw(st.integers(0, 1))
         ins, feeds = ["x"], {"x": _floats(shape, rng, positive=op in ("ReduceProd",))}
         if opset >= 18 or op == "ReduceSum":
@@ -139,9 +188,12 @@ def cases(draw):
     n_out = 1
     node = helper.make_node(op, ins, ["out"], **attrs)
     graph = helper.make_graph(
-        [node], "prop",
+        [node],
+        "prop",
         [helper.make_tensor_value_info(k, helper.np_dtype_to_tensor_dtype(v.dtype), v.shape) for k, v in feeds.items()],
-        [helper.make_empty_tensor_value_info("out") for _ in range(n_out)], inits)
+        [helper.make_empty_tensor_value_info("out") for _ in range(n_out)],
+        inits,
+    )
     m = helper.make_model(graph, opset_imports=[helper.make_opsetid("", opset)])
     m.ir_version = 8
     return m, feeds
@@ -172,9 +224,16 @@ TARGETS = [("cpu", 4), ("openvino", 12), ("tensorrt{precision=fp32}", 12), ("cor
 @pytest.mark.parametrize("target,n", TARGETS, ids=[t for t, _ in TARGETS])
 def test_random_one_op_graphs_match_onnxruntime(node_suite, target, n):
     compare = node_suite[0].compare  # benchmarks/coverage.py's comparison, as onnx's runner compares
-    @settings(max_examples=EXAMPLES or n, deadline=None, derandomize=not EXAMPLES, database=None,
-              suppress_health_check=list(HealthCheck))
+
+    @settings(
+        max_examples=EXAMPLES or n,
+        deadline=None,
+        derandomize=not EXAMPLES,
+        database=None,
+        suppress_health_check=list(HealthCheck),
+    )
     @given(cases())
     def prop(case):
         _check(compare, target, *case)
+
     prop()

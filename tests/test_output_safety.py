@@ -30,27 +30,43 @@ TINY_CNN = os.path.join(ROOT, "examples", "models", "tiny_cnn.onnx")
 
 def edgec_cli(*args: str, cwd=None, env=None, cache=None, cap_gib: int = 8, timeout: int = 300):
     """The CLI in a child process, its address space capped (a regressed guard fails instead of swapping)."""
+
     def cap():
         resource.setrlimit(resource.RLIMIT_AS, (cap_gib << 30, cap_gib << 30))
+
     e = {**os.environ, **(env or {})}
     if cache is not None:
         e["EDGEC_CACHE_DIR"] = str(cache)
-    return subprocess.run([sys.executable, "-m", "edgec.cli", *args], capture_output=True, text=True, cwd=cwd,
-                          timeout=timeout, preexec_fn=cap, env=e)
+    return subprocess.run(
+        [sys.executable, "-m", "edgec.cli", *args],
+        capture_output=True,
+        text=True,
+        cwd=cwd,
+        timeout=timeout,
+        preexec_fn=cap,
+        env=e,
+    )
 
 
 _RSS_MARK = "EDGEC-TEST-MAXRSS"
-_RSS_HOOK = ("import atexit, resource, runpy, sys; atexit.register(lambda: print(%r, resource.getrusage("
-             "resource.RUSAGE_SELF).ru_maxrss, file=sys.stderr, flush=True)); sys.argv = ['edgec'] + sys.argv[1:]; "
-             "runpy.run_module('edgec.cli', run_name='__main__', alter_sys=True)") % _RSS_MARK
+_RSS_HOOK = (
+    "import atexit, resource, runpy, sys; atexit.register(lambda: print(%r, resource.getrusage("
+    "resource.RUSAGE_SELF).ru_maxrss, file=sys.stderr, flush=True)); sys.argv = ['edgec'] + sys.argv[1:]; "
+    "runpy.run_module('edgec.cli', run_name='__main__', alter_sys=True)"
+) % _RSS_MARK
 
 
 def cli_peak_rss(*args: str, env=None, timeout: int = 300):
     """(exit code, stderr, peak RSS in bytes) of an `edgec` process. It is started by /bin/sh and reports its
     own ru_maxrss: a child forked straight from this (multi-GB) test process would report the parent's peak as
     its own (Linux keeps the larger across exec)."""
-    r = subprocess.run(["/bin/sh", "-c", '"$0" "$@"', sys.executable, "-c", _RSS_HOOK, *args], capture_output=True,
-                       text=True, env={**os.environ, **(env or {})}, timeout=timeout)
+    r = subprocess.run(
+        ["/bin/sh", "-c", '"$0" "$@"', sys.executable, "-c", _RSS_HOOK, *args],
+        capture_output=True,
+        text=True,
+        env={**os.environ, **(env or {})},
+        timeout=timeout,
+    )
     lines = [x for x in r.stderr.splitlines() if x.startswith(_RSS_MARK)]
     assert lines, r.stderr
     return r.returncode, r.stderr.replace(lines[-1], ""), int(lines[-1].split()[1]) * 1024
@@ -165,15 +181,20 @@ def _external_tensor(location: str) -> onnx.TensorProto:
 
 def _onnx_with_external(path, location: str) -> str:
     t = _external_tensor(location)
-    g = helper.make_graph([helper.make_node("MatMul", ["x", "w"], ["y"])], "g",
-                          [helper.make_tensor_value_info("x", TensorProto.FLOAT, [2, 16])],
-                          [helper.make_tensor_value_info("y", TensorProto.FLOAT, [2, 4])], [t])
+    g = helper.make_graph(
+        [helper.make_node("MatMul", ["x", "w"], ["y"])],
+        "g",
+        [helper.make_tensor_value_info("x", TensorProto.FLOAT, [2, 16])],
+        [helper.make_tensor_value_info("y", TensorProto.FLOAT, [2, 4])],
+        [t],
+    )
     onnx.save(helper.make_model(g, opset_imports=[helper.make_opsetid("", 17)]), str(path))
     return str(path)
 
 
-@pytest.mark.parametrize("location", ["../../../../../../proc/self/pagemap", "../secret.bin", "/etc/passwd",
-                                      "link.bin"])
+@pytest.mark.parametrize(
+    "location", ["../../../../../../proc/self/pagemap", "../secret.bin", "/etc/passwd", "link.bin"]
+)
 def test_the_cache_key_never_reads_outside_the_model_folder(location, tmp_path):
     secret = tmp_path / "secret.bin"
     secret.write_bytes(os.urandom(256))
@@ -203,24 +224,54 @@ def test_a_model_that_is_not_a_regular_file_is_never_read_to_key_it(tmp_path):
 @pytest.mark.slow
 def test_verification_beyond_the_memory_budget_is_refused_before_allocating(tmp_path):
     t0 = time.time()
-    r = edgec_cli("compile", TINY_CNN, "--input-shape", "image=100000x3x32x32", "--verify", "-o",
-                  str(tmp_path / "o"), cache=tmp_path / "c", cap_gib=4)
+    r = edgec_cli(
+        "compile",
+        TINY_CNN,
+        "--input-shape",
+        "image=100000x3x32x32",
+        "--verify",
+        "-o",
+        str(tmp_path / "o"),
+        cache=tmp_path / "c",
+        cap_gib=4,
+    )
     assert r.returncode == 3 and "EDGEC_MAX_MEMORY" in r.stderr and "GiB" in r.stderr and not_a_bug(r), r.stderr
     assert time.time() - t0 < 60 and not (tmp_path / "o").exists()
     # the budget can be raised (and lowered): a small model refused under a tiny budget
-    r = edgec_cli("compile", TINY_CNN, "--verify", "-o", str(tmp_path / "o"), cache=tmp_path / "c",
-                  env={"EDGEC_MAX_MEMORY": "10KB"})
+    r = edgec_cli(
+        "compile",
+        TINY_CNN,
+        "--verify",
+        "-o",
+        str(tmp_path / "o"),
+        cache=tmp_path / "c",
+        env={"EDGEC_MAX_MEMORY": "10KB"},
+    )
     assert r.returncode == 3 and "memory budget of" in r.stderr, r.stderr
-    r = edgec_cli("compile", TINY_CNN, "--verify", "-o", str(tmp_path / "o"), cache=tmp_path / "c",
-                  env={"EDGEC_MAX_MEMORY": "lots"})
+    r = edgec_cli(
+        "compile",
+        TINY_CNN,
+        "--verify",
+        "-o",
+        str(tmp_path / "o"),
+        cache=tmp_path / "c",
+        env={"EDGEC_MAX_MEMORY": "lots"},
+    )
     assert r.returncode == 2 and "EDGEC_MAX_MEMORY" in r.stderr and not_a_bug(r), r.stderr
 
 
 @pytest.mark.slow
 def test_no_verification_inputs_are_made_without_verify(tmp_path):
     """A 1.8 GB input batch is never allocated without --verify: the compile's peak RSS stays far below it."""
-    rc, err, rss = cli_peak_rss("compile", TINY_CNN, "--input-shape", "image=150000x3x32x32", "-o", str(tmp_path / "o"),
-                                env={"EDGEC_CACHE_DIR": str(tmp_path / "c")})
+    rc, err, rss = cli_peak_rss(
+        "compile",
+        TINY_CNN,
+        "--input-shape",
+        "image=150000x3x32x32",
+        "-o",
+        str(tmp_path / "o"),
+        env={"EDGEC_CACHE_DIR": str(tmp_path / "c")},
+    )
     assert rc == 0, err
     assert rss < 1.2e9, f"peak RSS {rss / 1e6:.0f} MB"
 
@@ -228,15 +279,26 @@ def test_no_verification_inputs_are_made_without_verify(tmp_path):
 def _sparse_hf_folder(folder, gib: float) -> str:
     """A Hugging Face llama folder whose embedding declares ``gib`` GiB of float32 in a sparse file."""
     import struct
+
     folder.mkdir()
     vocab = int(gib * 2**30 / 4 / 64)  # declared in the file; the config itself is an ordinary one
-    cfg = {"architectures": ["LlamaForCausalLM"], "model_type": "llama", "hidden_size": 64, "intermediate_size": 128,
-           "num_attention_heads": 4, "num_key_value_heads": 4, "num_hidden_layers": 1, "vocab_size": 32000,
-           "rms_norm_eps": 1e-5, "max_position_embeddings": 128}
+    cfg = {
+        "architectures": ["LlamaForCausalLM"],
+        "model_type": "llama",
+        "hidden_size": 64,
+        "intermediate_size": 128,
+        "num_attention_heads": 4,
+        "num_key_value_heads": 4,
+        "num_hidden_layers": 1,
+        "vocab_size": 32000,
+        "rms_norm_eps": 1e-5,
+        "max_position_embeddings": 128,
+    }
     (folder / "config.json").write_text(json.dumps(cfg))
     n = vocab * 64 * 4
-    header = json.dumps({"model.embed_tokens.weight": {"dtype": "F32", "shape": [vocab, 64],
-                                                       "data_offsets": [0, n]}}).encode()
+    header = json.dumps(
+        {"model.embed_tokens.weight": {"dtype": "F32", "shape": [vocab, 64], "data_offsets": [0, n]}}
+    ).encode()
     with open(folder / "model.safetensors", "wb") as f:
         f.write(struct.pack("<Q", len(header)) + header)
         f.truncate(8 + len(header) + n)
@@ -246,8 +308,15 @@ def _sparse_hf_folder(folder, gib: float) -> str:
 @pytest.mark.parametrize("gib", [8, 40])
 def test_safetensors_beyond_the_budget_are_refused_before_reading(gib, tmp_path):
     folder = _sparse_hf_folder(tmp_path / "hf", gib)
-    rc, err, rss = cli_peak_rss("compile", folder, "-t", "gguf", "-o", str(tmp_path / "o"),
-                                env={"EDGEC_CACHE_DIR": str(tmp_path / "c"), "EDGEC_MAX_MEMORY": "6GiB"})
+    rc, err, rss = cli_peak_rss(
+        "compile",
+        folder,
+        "-t",
+        "gguf",
+        "-o",
+        str(tmp_path / "o"),
+        env={"EDGEC_CACHE_DIR": str(tmp_path / "c"), "EDGEC_MAX_MEMORY": "6GiB"},
+    )
     assert rc == 3 and "EDGEC_" in err and "GiB" in err, err
     assert "panic" not in err.lower() and "Traceback" not in err
     assert rss < 1.5e9, f"peak RSS {rss / 1e6:.0f} MB"
@@ -256,6 +325,7 @@ def test_safetensors_beyond_the_budget_are_refused_before_reading(gib, tmp_path)
 def test_safetensors_float32_weights_are_memory_mapped(tmp_path):
     from edgec.plugins.frontends import safetensors_io
     from safetensors.numpy import save_file
+
     a = np.arange(48, dtype=np.float32).reshape(6, 8)
     save_file({"a": a, "b": a.astype(np.float16)}, str(tmp_path / "t.safetensors"))
     entries = safetensors_io.read_header(str(tmp_path / "t.safetensors"))
@@ -276,8 +346,13 @@ def _deep_mlp(path, width=256, depth=6, seed=0):
         nodes.append(helper.make_node("MatMul", [x, f"w{i}"], [f"h{i}"]))
         nodes.append(helper.make_node("Relu" if i < depth - 1 else "Identity", [f"h{i}"], [f"a{i}"]))
         x = f"a{i}"
-    g = helper.make_graph(nodes, "g", [helper.make_tensor_value_info("x", TensorProto.FLOAT, [16, width])],
-                          [helper.make_tensor_value_info(x, TensorProto.FLOAT, [16, width])], inits)
+    g = helper.make_graph(
+        nodes,
+        "g",
+        [helper.make_tensor_value_info("x", TensorProto.FLOAT, [16, width])],
+        [helper.make_tensor_value_info(x, TensorProto.FLOAT, [16, width])],
+        inits,
+    )
     onnx.save(helper.make_model(g, opset_imports=[helper.make_opsetid("", 17)]), str(path))
     return str(path)
 
@@ -285,23 +360,51 @@ def _deep_mlp(path, width=256, depth=6, seed=0):
 @pytest.mark.slow
 def test_verify_fails_a_model_that_quantization_destroyed(tmp_path):
     model = _deep_mlp(tmp_path / "mlp.onnx")
-    r = edgec_cli("compile", model, "-p", "quantize{bits=2,granularity=tensor}", "--verify", "-o",
-                  str(tmp_path / "q2"), cache=tmp_path / "c")
+    r = edgec_cli(
+        "compile",
+        model,
+        "-p",
+        "quantize{bits=2,granularity=tensor}",
+        "--verify",
+        "-o",
+        str(tmp_path / "q2"),
+        cache=tmp_path / "c",
+    )
     assert r.returncode == 1 and "vs the original model" in r.stderr and not_a_bug(r), r.stderr
     assert not (tmp_path / "q2").exists()
-    r = edgec_cli("compile", model, "-p", "quantize{bits=8}", "--verify", "--json", "-o", str(tmp_path / "q8"),
-                  cache=tmp_path / "c")
+    r = edgec_cli(
+        "compile",
+        model,
+        "-p",
+        "quantize{bits=8}",
+        "--verify",
+        "--json",
+        "-o",
+        str(tmp_path / "q8"),
+        cache=tmp_path / "c",
+    )
     assert r.returncode == 0, r.stderr
     row = json.loads(r.stdout)["manifest"]["verification"]["outputs"][0]
     assert row["vs_original_cosine"] >= 0.98 and row["vs_original_pearson"] >= 0.98, row
     # the bar is the user's to set, and then it holds as set
-    r = edgec_cli("compile", model, "-p", "quantize{bits=8}", "--verify", "--min-cosine", "1", "-o",
-                  str(tmp_path / "q8b"), cache=tmp_path / "c")
+    r = edgec_cli(
+        "compile",
+        model,
+        "-p",
+        "quantize{bits=8}",
+        "--verify",
+        "--min-cosine",
+        "1",
+        "-o",
+        str(tmp_path / "q8b"),
+        cache=tmp_path / "c",
+    )
     assert r.returncode == 1, r.stderr
 
 
 def test_top1_over_too_few_rows_is_no_evidence():
     from edgec.verify import MIN_TOP1_ROWS, _judge_top1
+
     ref = np.eye(4, 10, dtype=np.float32)[None].repeat(1, 0).reshape(4, 10)
     got = np.roll(ref, 1, axis=-1)  # every row wrong
     why: list[str] = []
@@ -327,13 +430,34 @@ def test_a_failed_verification_keeps_the_previous_output(tmp_path):
     out = tmp_path / "out"
     assert edgec_cli("compile", TINY_CNN, "-o", str(out), "--verify", cache=tmp_path / "c").returncode == 0
     before = {f: (out / f).read_bytes() for f in os.listdir(out)}
-    r = edgec_cli("compile", TINY_CNN, "-o", str(out), "-p", "quantize{bits=8}", "--verify", "--tolerance", "0",
-                  cache=tmp_path / "c")
+    r = edgec_cli(
+        "compile",
+        TINY_CNN,
+        "-o",
+        str(out),
+        "-p",
+        "quantize{bits=8}",
+        "--verify",
+        "--tolerance",
+        "0",
+        cache=tmp_path / "c",
+    )
     assert r.returncode == 1 and "left as it was" in r.stderr and "--keep-failed" in r.stderr, r.stderr
     assert {f: (out / f).read_bytes() for f in os.listdir(out)} == before
     assert not (tmp_path / "out.failed").exists()
-    r = edgec_cli("compile", TINY_CNN, "-o", str(out), "-p", "quantize{bits=8}", "--verify", "--tolerance", "0",
-                  "--keep-failed", cache=tmp_path / "c")
+    r = edgec_cli(
+        "compile",
+        TINY_CNN,
+        "-o",
+        str(out),
+        "-p",
+        "quantize{bits=8}",
+        "--verify",
+        "--tolerance",
+        "0",
+        "--keep-failed",
+        cache=tmp_path / "c",
+    )
     assert r.returncode == 1 and str(tmp_path / "out.failed") in r.stderr
     failed = json.loads((tmp_path / "out.failed" / "manifest.json").read_text())
     assert failed["verification"]["passed"] is False
@@ -353,15 +477,31 @@ def _dynamic_hw(tmp_path) -> str:
     return str(tmp_path / "dyn.onnx")
 
 
-@pytest.mark.parametrize("case", ["readonly-mount", "immutable-dir", "proc", "sys", "zero-dim", "negative-dim",
-                                  "bad-regex", "dynamic-hw", "dot", "tolerance-nan", "tolerance-negative",
-                                  "tolerance-inf", "min-cosine-2"])
+@pytest.mark.parametrize(
+    "case",
+    [
+        "readonly-mount",
+        "immutable-dir",
+        "proc",
+        "sys",
+        "zero-dim",
+        "negative-dim",
+        "bad-regex",
+        "dynamic-hw",
+        "dot",
+        "tolerance-nan",
+        "tolerance-negative",
+        "tolerance-inf",
+        "min-cosine-2",
+    ],
+)
 def test_user_errors_have_their_exit_code_and_a_fix(case, tmp_path):
     out, args = str(tmp_path / "o"), []
     if case == "readonly-mount":
         (tmp_path / "ro").mkdir()
-        if subprocess.run(["mount", "-t", "tmpfs", "-o", "ro,size=1m", "tmpfs", str(tmp_path / "ro")],
-                          capture_output=True).returncode:
+        if subprocess.run(
+            ["mount", "-t", "tmpfs", "-o", "ro,size=1m", "tmpfs", str(tmp_path / "ro")], capture_output=True
+        ).returncode:
             pytest.skip("cannot mount a read-only tmpfs here (needs root)")
         out = str(tmp_path / "ro" / "o")
     elif case == "immutable-dir":
@@ -380,8 +520,11 @@ def test_user_errors_have_their_exit_code_and_a_fix(case, tmp_path):
     elif case == "dot":
         out = "."
     elif case.startswith("tolerance"):
-        args = ["--verify", "--tolerance", {"tolerance-nan": "nan", "tolerance-negative": "-1",
-                                            "tolerance-inf": "inf"}[case]]
+        args = [
+            "--verify",
+            "--tolerance",
+            {"tolerance-nan": "nan", "tolerance-negative": "-1", "tolerance-inf": "inf"}[case],
+        ]
     elif case == "min-cosine-2":
         args = ["--verify", "--min-cosine", "2"]
     model = _dynamic_hw(tmp_path) if case == "dynamic-hw" else TINY_CNN
@@ -408,8 +551,16 @@ def test_concurrent_compiles_into_one_output_all_succeed(tmp_path):
     assert edgec_cli("compile", TINY_CNN, "-o", str(out), cache=cache).returncode == 0
     good = (out / "model.so").read_bytes()
     env = {**os.environ, "EDGEC_CACHE_DIR": str(cache)}
-    procs = [subprocess.Popen([sys.executable, "-m", "edgec.cli", "compile", TINY_CNN, "-o", str(out), "-q"],
-                              stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env) for _ in range(12)]
+    procs = [
+        subprocess.Popen(
+            [sys.executable, "-m", "edgec.cli", "compile", TINY_CNN, "-o", str(out), "-q"],
+            stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE,
+            text=True,
+            env=env,
+        )
+        for _ in range(12)
+    ]
     results = [(p.wait(timeout=600), p.stderr.read()) for p in procs]  # 8 x 60 in benchmarks/robustness.py
     assert [rc for rc, _ in results] == [0] * 12, [e for rc, e in results if rc]
     assert (out / "model.so").read_bytes() == good
@@ -475,23 +626,40 @@ def test_edgec_verify_rechecks_hashes_and_reruns_the_artifact(tmp_path):
     assert r.returncode == 2 and not_a_bug(r)
 
 
-@pytest.mark.parametrize("args, hint", [
-    (["-t", "opnevino"], "did you mean 'openvino'"),
-    (["-p", "quantise{bits=4}"], "did you mean 'quantize'"),
-    (["-p", "quantize{bitz=4}"], "did you mean 'bits'"),
-    (["-t", "cpu{archh=x86_64}"], "did you mean 'arch'"),
-])
+@pytest.mark.parametrize(
+    "args, hint",
+    [
+        (["-t", "opnevino"], "did you mean 'openvino'"),
+        (["-p", "quantise{bits=4}"], "did you mean 'quantize'"),
+        (["-p", "quantize{bitz=4}"], "did you mean 'bits'"),
+        (["-t", "cpu{archh=x86_64}"], "did you mean 'arch'"),
+    ],
+)
 def test_did_you_mean(args, hint, tmp_path):
     r = edgec_cli("compile", TINY_CNN, "-o", str(tmp_path / "o"), *args, cache=tmp_path / "c")
     assert r.returncode == 2 and hint in r.stderr, r.stderr
 
 
-@pytest.mark.parametrize("kwargs", [
-    {"target": None}, {"target": 3}, {"target": ""}, {"pipeline": ["quantize"]}, {"input_shapes": "image=1x3x32x32"},
-    {"input_shapes": {"image": "1xAx3"}}, {"input_shapes": {"image": (1, 3, 0, 32)}}, {"tolerance": "abc"},
-    {"tolerance": float("nan")}, {"tolerance": -1.0}, {"tolerance": True}, {"min_cosine": 1.5}, {"seed": "0"},
-    {"output": 5}, {"calib": 3},
-])
+@pytest.mark.parametrize(
+    "kwargs",
+    [
+        {"target": None},
+        {"target": 3},
+        {"target": ""},
+        {"pipeline": ["quantize"]},
+        {"input_shapes": "image=1x3x32x32"},
+        {"input_shapes": {"image": "1xAx3"}},
+        {"input_shapes": {"image": (1, 3, 0, 32)}},
+        {"tolerance": "abc"},
+        {"tolerance": float("nan")},
+        {"tolerance": -1.0},
+        {"tolerance": True},
+        {"min_cosine": 1.5},
+        {"seed": "0"},
+        {"output": 5},
+        {"calib": 3},
+    ],
+)
 def test_the_python_api_raises_only_edgec_errors_for_bad_arguments(kwargs, tmp_path):
     args = {"target": "cpu", "output": str(tmp_path / "o"), **kwargs}
     with pytest.raises(UsageError):
@@ -508,15 +676,29 @@ def _nan_branch_mlp(path, bias: float = 0.0) -> str:
     rng = np.random.default_rng(1)
     w = (rng.standard_normal((64, 10)) / 8).astype(np.float32)
     w[0, :] *= 40
-    nodes = [helper.make_node("MatMul", ["x", "w"], ["h"]), helper.make_node("Add", ["h", "b"], ["y0"]),
-             helper.make_node("Abs", ["x"], ["ax"]), helper.make_node("Neg", ["ax"], ["nx"]),
-             helper.make_node("Sqrt", ["nx"], ["nan"]), helper.make_node("Slice", ["nan", "s0", "s1", "ax1"], ["n10"]),
-             helper.make_node("Concat", ["y0", "n10"], ["y"], axis=1)]
-    inits = [numpy_helper.from_array(w, "w"), numpy_helper.from_array(np.full(10, bias, np.float32), "b"),
-             numpy_helper.from_array(np.array([0], np.int64), "s0"), numpy_helper.from_array(np.array([10], np.int64), "s1"),
-             numpy_helper.from_array(np.array([1], np.int64), "ax1")]
-    g = helper.make_graph(nodes, "g", [helper.make_tensor_value_info("x", TensorProto.FLOAT, [16, 64])],
-                          [helper.make_tensor_value_info("y", TensorProto.FLOAT, [16, 20])], inits)
+    nodes = [
+        helper.make_node("MatMul", ["x", "w"], ["h"]),
+        helper.make_node("Add", ["h", "b"], ["y0"]),
+        helper.make_node("Abs", ["x"], ["ax"]),
+        helper.make_node("Neg", ["ax"], ["nx"]),
+        helper.make_node("Sqrt", ["nx"], ["nan"]),
+        helper.make_node("Slice", ["nan", "s0", "s1", "ax1"], ["n10"]),
+        helper.make_node("Concat", ["y0", "n10"], ["y"], axis=1),
+    ]
+    inits = [
+        numpy_helper.from_array(w, "w"),
+        numpy_helper.from_array(np.full(10, bias, np.float32), "b"),
+        numpy_helper.from_array(np.array([0], np.int64), "s0"),
+        numpy_helper.from_array(np.array([10], np.int64), "s1"),
+        numpy_helper.from_array(np.array([1], np.int64), "ax1"),
+    ]
+    g = helper.make_graph(
+        nodes,
+        "g",
+        [helper.make_tensor_value_info("x", TensorProto.FLOAT, [16, 64])],
+        [helper.make_tensor_value_info("y", TensorProto.FLOAT, [16, 20])],
+        inits,
+    )
     onnx.save(helper.make_model(g, opset_imports=[helper.make_opsetid("", 17)]), str(path))
     return str(path)
 
@@ -531,8 +713,17 @@ def test_nan_outputs_or_a_large_offset_cannot_hide_a_destroyed_model(bias, nan, 
         m.graph.node[-1].output[0] = "y"
         m.graph.output[0].type.tensor_type.shape.dim[1].dim_value = 10
         onnx.save(m, model)
-    r = edgec_cli("compile", model, "-p", "quantize{bits=2,granularity=tensor,head_bits=2}", "--verify", "--json",
-                  "-o", str(tmp_path / "o"), cache=tmp_path / "c")
+    r = edgec_cli(
+        "compile",
+        model,
+        "-p",
+        "quantize{bits=2,granularity=tensor,head_bits=2}",
+        "--verify",
+        "--json",
+        "-o",
+        str(tmp_path / "o"),
+        cache=tmp_path / "c",
+    )
     assert r.returncode == 1 and not_a_bug(r), r.stderr
     assert ("pearson" if not nan else "vs the original") in r.stdout + r.stderr
     if not nan:  # the plain cosine alone is fooled by the offset
@@ -542,6 +733,7 @@ def test_nan_outputs_or_a_large_offset_cannot_hide_a_destroyed_model(bias, nan, 
 
 def test_nonfinite_values_that_differ_fail():
     from edgec.verify import _nonfinite_problem
+
     a = np.array([1.0, np.nan, 3.0], np.float32)
     assert _nonfinite_problem(a, a.copy()) is None
     assert _nonfinite_problem(a, np.array([1.0, 2.0, 3.0], np.float32))
@@ -550,17 +742,28 @@ def test_nonfinite_values_that_differ_fail():
 
 @pytest.mark.slow
 def test_passes_that_change_numbers_are_judged_by_fidelity(tmp_path):
-    r = edgec_cli("compile", TINY_CNN, "-p", "prune-channels{sparsity=0.25}", "--verify", "-o", str(tmp_path / "o"),
-                  cache=tmp_path / "c")
+    r = edgec_cli(
+        "compile",
+        TINY_CNN,
+        "-p",
+        "prune-channels{sparsity=0.25}",
+        "--verify",
+        "-o",
+        str(tmp_path / "o"),
+        cache=tmp_path / "c",
+    )
     assert r.returncode == 0, r.stderr
 
 
 # ------------------------------------------------------------------ found by review: external data everywhere
 def _constant_with_external(path, location: str) -> str:
     t = _external_tensor(location)
-    g = helper.make_graph([helper.make_node("Constant", [], ["w"], value=t), helper.make_node("MatMul", ["x", "w"], ["y"])],
-                          "g", [helper.make_tensor_value_info("x", TensorProto.FLOAT, [2, 16])],
-                          [helper.make_tensor_value_info("y", TensorProto.FLOAT, [2, 4])])
+    g = helper.make_graph(
+        [helper.make_node("Constant", [], ["w"], value=t), helper.make_node("MatMul", ["x", "w"], ["y"])],
+        "g",
+        [helper.make_tensor_value_info("x", TensorProto.FLOAT, [2, 16])],
+        [helper.make_tensor_value_info("y", TensorProto.FLOAT, [2, 4])],
+    )
     onnx.save(helper.make_model(g, opset_imports=[helper.make_opsetid("", 17)]), str(path))
     return str(path)
 
@@ -574,12 +777,14 @@ def test_constant_external_data_is_read_from_the_model_folder_only(tmp_path):
     r = edgec_cli("compile", model, "-o", str(tmp_path / "o"), cwd=tmp_path / "cwd", cache=tmp_path / "c")
     assert r.returncode == 3 and not_a_bug(r), r.stderr
     (tmp_path / "m" / "w.bin").write_bytes(np.full(64, 2, np.float32).tobytes())
-    r = edgec_cli("compile", model, "-o", str(tmp_path / "o"), "--verify", "--json", cwd=tmp_path / "cwd",
-                  cache=tmp_path / "c")
+    r = edgec_cli(
+        "compile", model, "-o", str(tmp_path / "o"), "--verify", "--json", cwd=tmp_path / "cwd", cache=tmp_path / "c"
+    )
     assert r.returncode == 0, r.stderr
     (tmp_path / "m" / "w.bin").write_bytes(np.full(64, 3, np.float32).tobytes())  # the cache notices the change
-    r = edgec_cli("compile", model, "-o", str(tmp_path / "o"), "--verify", "--json", cwd=tmp_path / "cwd",
-                  cache=tmp_path / "c")
+    r = edgec_cli(
+        "compile", model, "-o", str(tmp_path / "o"), "--verify", "--json", cwd=tmp_path / "cwd", cache=tmp_path / "c"
+    )
     assert r.returncode == 0 and json.loads(r.stdout)["cached"] is False, r.stderr
 
 
@@ -607,8 +812,10 @@ def test_force_never_replaces_a_directory_holding_the_models_external_data(tmp_p
 # ------------------------------------------------------------- found by review: temporaries, locks and sweeps
 def _holder(path):
     """A live process that holds ``path`` the way edgec holds its temporary directories."""
-    code = ("import fcntl, os, sys, time; fd = os.open(sys.argv[1], os.O_RDONLY); fcntl.flock(fd, fcntl.LOCK_EX); "
-            "print('held', flush=True); time.sleep(120)")
+    code = (
+        "import fcntl, os, sys, time; fd = os.open(sys.argv[1], os.O_RDONLY); fcntl.flock(fd, fcntl.LOCK_EX); "
+        "print('held', flush=True); time.sleep(120)"
+    )
     p = subprocess.Popen([sys.executable, "-c", code, str(path)], stdout=subprocess.PIPE, text=True)
     assert p.stdout.readline().strip() == "held"
     return p
@@ -617,6 +824,7 @@ def _holder(path):
 @pytest.mark.slow
 def test_sweeps_never_remove_a_directory_someone_holds(tmp_path):
     from edgec import cache, output
+
     live = tmp_path / ".out.edgec-tmp-999999-1-abc"  # a dead pid here: a maker in another pid namespace
     live.mkdir()
     dead = tmp_path / ".out.edgec-tmp-999998-1-abc"
@@ -645,6 +853,7 @@ def test_sweeps_never_remove_a_directory_someone_holds(tmp_path):
 @pytest.mark.slow
 def test_a_backup_left_between_the_two_renames_is_put_back(tmp_path):
     from edgec import output
+
     assert edgec_cli("compile", TINY_CNN, "-o", str(tmp_path / "out"), cache=tmp_path / "c").returncode == 0
     backup = tmp_path / ".out.edgec-old-999999-1-abc"
     backup.mkdir()
@@ -682,8 +891,12 @@ def test_malformed_manifests_and_odd_places_are_not_internal_errors(tmp_path):
     out = tmp_path / "out"
     assert edgec_cli("compile", TINY_CNN, "-o", str(out), cache=tmp_path / "c").returncode == 0
     good = json.loads((out / "manifest.json").read_text())
-    for bad in ({**good, "files": [1]}, {**good, "files": "ab"}, {**good, "source": "s"},
-                {**good, "files": [{"path": "model.so"}]}):
+    for bad in (
+        {**good, "files": [1]},
+        {**good, "files": "ab"},
+        {**good, "source": "s"},
+        {**good, "files": [{"path": "model.so"}]},
+    ):
         (out / "manifest.json").write_text(json.dumps(bad))
         r = edgec_cli("verify", str(out))
         assert r.returncode == 3 and not_a_bug(r), (bad, r.stderr)
@@ -694,7 +907,9 @@ def test_malformed_manifests_and_odd_places_are_not_internal_errors(tmp_path):
 @pytest.mark.slow
 def test_verify_says_when_nothing_was_rerun_and_flags_unlisted_files(tmp_path):
     out = tmp_path / "arm"
-    assert edgec_cli("compile", TINY_CNN, "-t", "cpu{arch=aarch64}", "-o", str(out), cache=tmp_path / "c").returncode == 0
+    assert (
+        edgec_cli("compile", TINY_CNN, "-t", "cpu{arch=aarch64}", "-o", str(out), cache=tmp_path / "c").returncode == 0
+    )
     r = edgec_cli("verify", str(out), "--model", TINY_CNN)
     assert r.returncode == 0 and "NOT RE-RUN" in r.stdout and "PASS" not in r.stdout, r.stdout
     (out / "extra.bin").write_bytes(b"x")
@@ -705,8 +920,16 @@ def test_verify_says_when_nothing_was_rerun_and_flags_unlisted_files(tmp_path):
 @pytest.mark.slow
 def test_calibration_files_that_declare_too_much_are_refused_before_decompressing(tmp_path):
     np.savez_compressed(tmp_path / "bomb.npz", image=np.zeros((200000, 1, 3, 32, 32), np.float32))  # 2.4 GB
-    rc, err, rss = cli_peak_rss("compile", TINY_CNN, "-p", "quantize{bits=8}", "--calib", str(tmp_path / "bomb.npz"),
-                                "-o", str(tmp_path / "o"),
-                                env={"EDGEC_CACHE_DIR": str(tmp_path / "c"), "EDGEC_MAX_MEMORY": "100MB"})
+    rc, err, rss = cli_peak_rss(
+        "compile",
+        TINY_CNN,
+        "-p",
+        "quantize{bits=8}",
+        "--calib",
+        str(tmp_path / "bomb.npz"),
+        "-o",
+        str(tmp_path / "o"),
+        env={"EDGEC_CACHE_DIR": str(tmp_path / "c"), "EDGEC_MAX_MEMORY": "100MB"},
+    )
     assert rc == 3 and "calibration data" in err, err
     assert rss < 1.2e9, f"peak RSS {rss / 1e6:.0f} MB"  # the plugins loaded take ~0.55 GB

@@ -8,8 +8,17 @@ import pytest
 
 from edgec import ir
 from edgec.host import host
-from edgec.ir.passes import (DumpIRInstrument, Pass, PassContext, PassError, PassManager, PipelineError,
-                             TimingInstrument, option, parse_pipeline)
+from edgec.ir.passes import (
+    DumpIRInstrument,
+    Pass,
+    PassContext,
+    PassError,
+    PassManager,
+    PipelineError,
+    TimingInstrument,
+    option,
+    parse_pipeline,
+)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -27,6 +36,7 @@ class Toy(Pass):
 @dataclasses.dataclass(frozen=True)
 class Breaker(Pass):
     """Corrupts the IR on purpose: the verifier must catch it."""
+
     name: ClassVar[str] = "breaker"
 
     def run(self, model, ctx):
@@ -54,16 +64,19 @@ def test_parse_pipeline_with_options():
     assert parse_pipeline("", REG) == []
 
 
-@pytest.mark.parametrize("text, message", [
-    ("nope", "unknown pass 'nope'; known passes:"),
-    ("toy{bits=9}", "toy: option bits=9 is not allowed; allowed: 2..8"),
-    ("toy{method=awq}", "option method='awq' is not allowed; allowed: 'rtn', 'gptq'"),
-    ("toy{ratio=2}", "allowed: 0 < ratio <= 1"),
-    ("toy{bits=four}", "option bits='four' is not a valid int"),
-    ("toy{colour=red}", "unknown option 'colour'; options: bits, method, ratio, act_order"),
-    ("toy{bits}", "needs a value"),
-    ("toy{bits=4", "cannot parse the pipeline"),
-])
+@pytest.mark.parametrize(
+    "text, message",
+    [
+        ("nope", "unknown pass 'nope'; known passes:"),
+        ("toy{bits=9}", "toy: option bits=9 is not allowed; allowed: 2..8"),
+        ("toy{method=awq}", "option method='awq' is not allowed; allowed: 'rtn', 'gptq'"),
+        ("toy{ratio=2}", "allowed: 0 < ratio <= 1"),
+        ("toy{bits=four}", "option bits='four' is not a valid int"),
+        ("toy{colour=red}", "unknown option 'colour'; options: bits, method, ratio, act_order"),
+        ("toy{bits}", "needs a value"),
+        ("toy{bits=4", "cannot parse the pipeline"),
+    ],
+)
 def test_pipeline_errors_name_option_and_allowed_values(text, message):
     with pytest.raises(PipelineError) as e:
         parse_pipeline(text, REG)
@@ -91,8 +104,11 @@ def test_instruments_time_and_dump(mlp, tmp_path):
     timing = TimingInstrument()
     dump = DumpIRInstrument(str(tmp_path / "ir"))
     seen = []
-    PassManager(parse_pipeline("dce,toy{bits=4}", REG), instruments=[timing, dump],
-                progress=lambda k, n, p: seen.append((k, n, p.name))).run(mlp)
+    PassManager(
+        parse_pipeline("dce,toy{bits=4}", REG),
+        instruments=[timing, dump],
+        progress=lambda k, n, p: seen.append((k, n, p.name)),
+    ).run(mlp)
     assert [n for n, _ in timing.times] == ["dce", "toy{bits=4}"]
     assert "total" in timing.report()
     files = sorted(os.listdir(tmp_path / "ir"))
@@ -122,7 +138,10 @@ def test_analysis_cache_invalidated_unless_preserved(mlp):
 def test_a_pass_context_without_registries_names_what_is_missing():
     """A pass that runs other passes reaches them through its PassContext; a context built without the registry
     says how to build one instead of raising a KeyError."""
-    with pytest.raises(PipelineError, match=r"pass 'quantize' is not in this PassContext's registry .*PassContext\("
-                                            r"passes=\.\.\.\)"):
+    with pytest.raises(
+        PipelineError,
+        match=r"pass 'quantize' is not in this PassContext's registry .*PassContext\("
+        r"passes=\.\.\.\)",
+    ):
         PassContext().pass_class("quantize")
     assert PassContext(passes=host().passes.as_dict()).pass_class("quantize").name == "quantize"

@@ -40,8 +40,18 @@ def test_example_vendor_plugin_is_discovered_and_attributed():
 
 def test_compile_with_vendor_target(tiny_cnn_path, tmp_path):
     out = tmp_path / "acme"
-    r = run_cli("compile", tiny_cnn_path, "--target", "acme-npu{cores=2}", "-p", "acme-count-ops", "-o", str(out),
-                "--verify", "--json")
+    r = run_cli(
+        "compile",
+        tiny_cnn_path,
+        "--target",
+        "acme-npu{cores=2}",
+        "-p",
+        "acme-count-ops",
+        "-o",
+        str(out),
+        "--verify",
+        "--json",
+    )
     assert r.returncode == 0, r.stderr
     m = json.loads(r.stdout)["manifest"]
     assert m["target"]["cores"] == 2 and m["verification"]["passed"] and m["verification"]["ran"]
@@ -50,6 +60,7 @@ def test_compile_with_vendor_target(tiny_cnn_path, tmp_path):
 
 def test_vendor_target_rejects_unsupported_ops_before_emission(tmp_path, mlp):
     from edgec import ir
+
     m = mlp
     g = m.graph
     g.outputs[0] = g.op("Softmax", [g.outputs[0]], {"axis": -1}, name="sm").output
@@ -101,6 +112,7 @@ def test_builtin_entry_points_match_pyproject():
     import tomllib
 
     from edgec.host import DEFAULT_PLUGINS
+
     root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
     with open(os.path.join(root, "pyproject.toml"), "rb") as f:
         declared = tomllib.load(f)["project"]["entry-points"]["edgec"]
@@ -115,6 +127,7 @@ def test_the_version_has_one_source():
     import tomllib
 
     import edgec
+
     root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
     with open(os.path.join(root, "pyproject.toml"), "rb") as f:
         project = tomllib.load(f)["project"]

@@ -65,6 +65,7 @@ def work(tmp_path_factory):
 
 # -- payloads ---------------------------------------------------------------------------------------------
 
+
 class SystemPayload:
     def __init__(self, marker):
         self.marker = str(marker)
@@ -93,11 +94,12 @@ def _torch_save_zip(pkl: bytes) -> bytes:
 
 # -- archive surgery --------------------------------------------------------------------------------------
 
+
 def _read(path):
     with zipfile.ZipFile(path) as z:
         names = z.namelist()
         root = names[0].split("/")[0]
-        return root, {n[len(root) + 1:]: z.read(n) for n in names}
+        return root, {n[len(root) + 1 :]: z.read(n) for n in names}
 
 
 def _write(path, root, files, compress=zipfile.ZIP_STORED):
@@ -114,8 +116,15 @@ def _edit_json(files, rel, fn):
 
 
 W = "data/weights/model_weights_config.json"
-TENSOR_META = {"dtype": 7, "sizes": [{"as_int": 2}], "requires_grad": False, "device": {"type": "cpu", "index": None},
-               "strides": [{"as_int": 1}], "storage_offset": {"as_int": 0}, "layout": 7}
+TENSOR_META = {
+    "dtype": 7,
+    "sizes": [{"as_int": 2}],
+    "requires_grad": False,
+    "device": {"type": "cpu", "index": None},
+    "strides": [{"as_int": 1}],
+    "storage_offset": {"as_int": 0},
+    "layout": 7,
+}
 C = "data/constants/model_constants_config.json"
 M = "models/model.json"
 
@@ -124,6 +133,7 @@ def weights_use_pickle(files, p):
     def fn(d):
         d["config"]["fc.weight"]["use_pickle"] = True
         files["data/weights/" + d["config"]["fc.weight"]["path_name"]] = p
+
     _edit_json(files, W, fn)
 
 
@@ -131,6 +141,7 @@ def weights_path(name):
     def place(files, p):
         _edit_json(files, W, lambda d: d["config"]["fc.weight"].update(path_name=name))
         files["data/weights/" + name] = p
+
     place.__name__ = f"weights_path({name})"
     return place
 
@@ -140,8 +151,10 @@ def constants_entry(name, use_pickle, meta):
         def fn(d):
             tm = TENSOR_META if meta else None
             d["config"]["evil"] = {"path_name": name, "is_param": False, "use_pickle": use_pickle, "tensor_meta": tm}
+
         _edit_json(files, C, fn)
         files["data/constants/" + name] = p
+
     place.__name__ = f"constants_entry({name}, {use_pickle}, {meta})"
     return place
 
@@ -150,17 +163,21 @@ def constants_repoint(name):
     def place(files, p):
         _edit_json(files, C, lambda d: d["config"]["c"].update(path_name=name))
         files["data/constants/" + name] = p
+
     place.__name__ = f"constants_repoint({name})"
     return place
 
 
 def config_only(config, name, use_pickle=False):
     """Only the config changes: the path_name points at an existing raw file, or at nothing."""
+
     def place(files, p):
         def fn(d):
             meta = next(iter(d["config"].values()), None) or {"tensor_meta": TENSOR_META}
             d["config"]["evil"] = {**meta, "path_name": name, "use_pickle": use_pickle}
+
         _edit_json(files, config, fn)
+
     place.__name__ = f"config_only({config.split('/')[1]}, {name}, {use_pickle})"
     return place
 
@@ -168,40 +185,78 @@ def config_only(config, name, use_pickle=False):
 def entry(rel, wrap=False):
     def place(files, p):
         files[rel] = _torch_save_zip(p) if wrap else p
+
     place.__name__ = f"entry({rel}, {wrap})"
     return place
 
 
 POSITIONS = [
     weights_use_pickle,
-    weights_path("opaque_obj_0"), weights_path("custom_obj_0"), weights_path("sub/weight_0"),
-    weights_path("../constants/tensor_9"), weights_path("weight_0/../../evil"), weights_path("a/opaque_obj_1"),
+    weights_path("opaque_obj_0"),
+    weights_path("custom_obj_0"),
+    weights_path("sub/weight_0"),
+    weights_path("../constants/tensor_9"),
+    weights_path("weight_0/../../evil"),
+    weights_path("a/opaque_obj_1"),
     weights_path("model.pt"),
-    constants_entry("opaque_obj_0/x", True, False), constants_entry("a/opaque_obj_1", True, False),
-    constants_entry("custom_obj_0", True, False), constants_entry("opaque_obj_3", False, True),
-    constants_entry("tensor_9", True, True), constants_entry("tensor_9/custom_obj_0", False, True),
-    constants_entry("../weights/evil", False, True), constants_entry("sub/dir/tensor_1", False, True),
-    constants_repoint("opaque_obj_0"), constants_repoint("custom_obj_2/../tensor_0"),
-    config_only(W, "weight_0", True), config_only(C, "opaque_obj_0/x"), config_only(C, "a/opaque_obj_1"),
-    config_only(C, "custom_obj_0"), config_only(W, "../constants/tensor_0"), config_only(W, "weight_0/"),
-    config_only(W, "./weight_0"), config_only(C, "tensor_0/../tensor_0"), config_only(W, "../../archive_format"),
-    config_only(C, "tensor_0", True), config_only(W, "data/weights/weight_0"), config_only(C, "/tensor_0"),
-    entry("data/weights/model.pt"), entry("data/constants/model.pt"), entry("data/weights/model.pt", True),
-    entry("data/constants/custom_obj_0"), entry("data/constants/opaque_obj_0"),
-    entry("data/sample_inputs/model.pt"), entry("data/sample_inputs/model.pt", True),
-    entry("extra/notes.txt"), entry("extra/module_info.json"), entry("extra/a/b/evil"),
-    entry("data/aotinductor/model/model.wrapper.so"), entry("data/aotinductor/model/weights/w.pt", True),
-    entry("data/executorch/model.pte"), entry("xl_model_weights/model_param_config"), entry("data/mtia/x"),
-    entry("data/weights/sub/weight_0"), entry("data/weights/weight_99"), entry("data/constants/tensor_99"),
-    entry("models/nested/model.json"), entry("evil.pkl"), entry("a/b/c/d"), entry("../evil"),
-    entry("data/../evil"), entry("//evil.pkl"), entry("//other/archive_format"),
+    constants_entry("opaque_obj_0/x", True, False),
+    constants_entry("a/opaque_obj_1", True, False),
+    constants_entry("custom_obj_0", True, False),
+    constants_entry("opaque_obj_3", False, True),
+    constants_entry("tensor_9", True, True),
+    constants_entry("tensor_9/custom_obj_0", False, True),
+    constants_entry("../weights/evil", False, True),
+    constants_entry("sub/dir/tensor_1", False, True),
+    constants_repoint("opaque_obj_0"),
+    constants_repoint("custom_obj_2/../tensor_0"),
+    config_only(W, "weight_0", True),
+    config_only(C, "opaque_obj_0/x"),
+    config_only(C, "a/opaque_obj_1"),
+    config_only(C, "custom_obj_0"),
+    config_only(W, "../constants/tensor_0"),
+    config_only(W, "weight_0/"),
+    config_only(W, "./weight_0"),
+    config_only(C, "tensor_0/../tensor_0"),
+    config_only(W, "../../archive_format"),
+    config_only(C, "tensor_0", True),
+    config_only(W, "data/weights/weight_0"),
+    config_only(C, "/tensor_0"),
+    entry("data/weights/model.pt"),
+    entry("data/constants/model.pt"),
+    entry("data/weights/model.pt", True),
+    entry("data/constants/custom_obj_0"),
+    entry("data/constants/opaque_obj_0"),
+    entry("data/sample_inputs/model.pt"),
+    entry("data/sample_inputs/model.pt", True),
+    entry("extra/notes.txt"),
+    entry("extra/module_info.json"),
+    entry("extra/a/b/evil"),
+    entry("data/aotinductor/model/model.wrapper.so"),
+    entry("data/aotinductor/model/weights/w.pt", True),
+    entry("data/executorch/model.pte"),
+    entry("xl_model_weights/model_param_config"),
+    entry("data/mtia/x"),
+    entry("data/weights/sub/weight_0"),
+    entry("data/weights/weight_99"),
+    entry("data/constants/tensor_99"),
+    entry("models/nested/model.json"),
+    entry("evil.pkl"),
+    entry("a/b/c/d"),
+    entry("../evil"),
+    entry("data/../evil"),
+    entry("//evil.pkl"),
+    entry("//other/archive_format"),
 ]
 
 
 @settings(max_examples=150, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
-@given(position=st.sampled_from(POSITIONS), kind=st.sampled_from([SystemPayload, OpenPayload]),
-       protocol=st.integers(0, pickle.HIGHEST_PROTOCOL), compress=st.booleans(),
-       good=st.sampled_from(["n.pt2", "cnn.pt2"]))
+@given(
+    position=st.sampled_from(POSITIONS),
+    kind=st.sampled_from([SystemPayload, OpenPayload]),
+    protocol=st.integers(0, pickle.HIGHEST_PROTOCOL),
+    compress=st.booleans(),
+    good=st.sampled_from(["n.pt2", "cnn.pt2"]),
+)
 def test_pickled_payload_anywhere_is_refused_and_never_runs(work, position, kind, protocol, compress, good):
     marker = work / "PWNED"
     root, files = _read(work / good)
@@ -220,8 +275,11 @@ def test_torch_itself_would_run_these_payloads(work, monkeypatch):
     monkeypatch.setenv("TORCH_FORCE_WEIGHTS_ONLY_LOAD", "1")
     ran = []
     expr = sym_expr("__import__('os').system(\"touch '{m}'\")")
-    positions = [constants_entry("opaque_obj_0/x", True, False), weights_use_pickle,
-                 lambda files, p: _edit_json(files, M, lambda d: expr(d, marker))]
+    positions = [
+        constants_entry("opaque_obj_0/x", True, False),
+        weights_use_pickle,
+        lambda files, p: _edit_json(files, M, lambda d: expr(d, marker)),
+    ]
     for i, position in enumerate(positions):
         marker = work / f"TORCH_RAN_{i}"
         root, files = _read(work / "n.pt2")
@@ -240,23 +298,34 @@ def test_torch_itself_would_run_these_payloads(work, monkeypatch):
 
 # -- the program JSON -------------------------------------------------------------------------------------
 
+
 def _graph(d):
     return d["graph_module"]["graph"]
 
 
 def sym_expr(expr):
     def edit(d, marker):
-        _graph(d)["tensor_values"]["x"]["sizes"][0] = {"as_expr": {"expr_str": expr.format(m=marker),
-                                                                          "hint": {"as_int": 3}}}
+        _graph(d)["tensor_values"]["x"]["sizes"][0] = {
+            "as_expr": {"expr_str": expr.format(m=marker), "hint": {"as_int": 3}}
+        }
+
     edit.__name__ = f"sym_expr({expr[:30]})"
     return edit
 
 
 def node_target(target):
     def edit(d, marker):
-        _graph(d)["nodes"].insert(0, {"target": target, "name": "evil", "metadata": {}, "outputs": [],
-                                      "inputs": [{"name": "command", "kind": 1,
-                                                  "arg": {"as_string": f"touch '{marker}'"}}]})
+        _graph(d)["nodes"].insert(
+            0,
+            {
+                "target": target,
+                "name": "evil",
+                "metadata": {},
+                "outputs": [],
+                "inputs": [{"name": "command", "kind": 1, "arg": {"as_string": f"touch '{marker}'"}}],
+            },
+        )
+
     edit.__name__ = f"node_target({target})"
     return edit
 
@@ -272,13 +341,21 @@ def treespec(context):
         spec = json.loads(sig["in_spec"])
         spec[1]["children_spec"][1] = context
         sig["in_spec"] = json.dumps(spec)
+
     edit.__name__ = f"treespec({str(context)[:40]})"
     return edit
 
 
 def custom_object_input(d, marker):
-    d["graph_module"]["signature"]["input_specs"].insert(0, {"custom_obj": {
-        "arg": {"name": "obj", "class_fqn": "__torch__.torch.classes.evil.Evil"}, "custom_obj_name": "obj"}})
+    d["graph_module"]["signature"]["input_specs"].insert(
+        0,
+        {
+            "custom_obj": {
+                "arg": {"name": "obj", "class_fqn": "__torch__.torch.classes.evil.Evil"},
+                "custom_obj_name": "obj",
+            }
+        },
+    )
 
 
 def custom_object_value(d, marker):
@@ -286,25 +363,33 @@ def custom_object_value(d, marker):
 
 
 def huge_hint(d, marker):
-    _graph(d)["tensor_values"]["x"]["sizes"][0] = {"as_expr": {"expr_str": "Symbol('s0', integer=True)",
-                                                               "hint": {"as_int": 10 ** 40}}}
+    _graph(d)["tensor_values"]["x"]["sizes"][0] = {
+        "as_expr": {"expr_str": "Symbol('s0', integer=True)", "hint": {"as_int": 10**40}}
+    }
 
 
 def forward_arg_names(d, marker):
     d["graph_module"]["module_call_graph"][0]["signature"]["forward_arg_names"] = [
-        f"x: getattr(__import__('os'), 'system')(\"touch '{marker}'\")"]
+        f"x: getattr(__import__('os'), 'system')(\"touch '{marker}'\")"
+    ]
 
 
 def graph_argument_name(d, marker):
-    empty = {"inputs": [], "outputs": [], "nodes": [], "tensor_values": {}, "sym_int_values": {},
-             "sym_bool_values": {}}
-    _graph(d)["nodes"][0]["inputs"].append({"name": "g", "kind": 1, "arg": {"as_graph": {
-        "name": f'g"),getattr(__import__(\'os\'),\'system\')("touch {marker}"),("', "graph": empty}}})
+    empty = {"inputs": [], "outputs": [], "nodes": [], "tensor_values": {}, "sym_int_values": {}, "sym_bool_values": {}}
+    _graph(d)["nodes"][0]["inputs"].append(
+        {
+            "name": "g",
+            "kind": 1,
+            "arg": {
+                "as_graph": {"name": f"g\"),getattr(__import__('os'),'system')(\"touch {marker}\"),(\"", "graph": empty}
+            },
+        }
+    )
 
 
 def parameter_name(d, marker):
     spec = d["graph_module"]["signature"]["input_specs"][0]["parameter"]
-    spec["parameter_name"] = f'fc.w"),getattr(__import__(\'os\'),\'system\')("touch {marker}"),("'
+    spec["parameter_name"] = f"fc.w\"),getattr(__import__('os'),'system')(\"touch {marker}\"),(\""
 
 
 def node_name(d, marker):
@@ -323,18 +408,33 @@ PROGRAM_EDITS = [
     sym_expr("(lambda: 1)()"),
     sym_expr("ｅｖａｌ(chr(95))"),
     sym_expr("open"),
-    node_target("torch.os.system"), node_target("torch.ops.load_library"), node_target("torch.save"),
-    node_target("torch.ops.aten.save.default"), node_target("torch.ops.aten.from_file.default"),
-    node_target("torch.ops.higher_order.aoti_call_delegate"), node_target("builtins.exec"),
-    node_target("#evil:op"), node_target("math.__loader__.load_module"), node_target("_operator.methodcaller"),
+    node_target("torch.os.system"),
+    node_target("torch.ops.load_library"),
+    node_target("torch.save"),
+    node_target("torch.ops.aten.save.default"),
+    node_target("torch.ops.aten.from_file.default"),
+    node_target("torch.ops.higher_order.aoti_call_delegate"),
+    node_target("builtins.exec"),
+    node_target("#evil:op"),
+    node_target("math.__loader__.load_module"),
+    node_target("_operator.methodcaller"),
     operator_argument,
     treespec({"type": "builtins.dict", "context": json.dumps([ENUM]), "children_spec": []}),
     treespec({"type": "builtins.dict", "context": json.dumps([{"a": [ENUM]}]), "children_spec": []}),
-    treespec({"type": "collections.defaultdict",
-              "context": {"default_factory_module": "os", "default_factory_name": "system", "dict_context": []},
-              "children_spec": []}),
-    custom_object_input, custom_object_value, huge_hint,
-    forward_arg_names, graph_argument_name, parameter_name, node_name,
+    treespec(
+        {
+            "type": "collections.defaultdict",
+            "context": {"default_factory_module": "os", "default_factory_name": "system", "dict_context": []},
+            "children_spec": [],
+        }
+    ),
+    custom_object_input,
+    custom_object_value,
+    huge_hint,
+    forward_arg_names,
+    graph_argument_name,
+    parameter_name,
+    node_name,
 ]
 
 
@@ -374,6 +474,7 @@ def test_the_unpickling_guard_catches_a_missed_path(work):
 
 # -- payload configs that lie -----------------------------------------------------------------------------
 
+
 def _meta(d, key="fc.weight"):
     return d["config"][key]["tensor_meta"]
 
@@ -384,8 +485,9 @@ LIES = {
     "strides past the end": lambda d: _meta(d).update(strides=[{"as_int": 400}, {"as_int": 1}]),
     "offset past the end": lambda d: _meta(d).update(storage_offset={"as_int": 7}),
     "terabytes": lambda d: _meta(d).update(sizes=[{"as_int": 1 << 40}, {"as_int": 1 << 20}]),
-    "zero stride terabytes": lambda d: _meta(d).update(sizes=[{"as_int": 1 << 42}, {"as_int": 4}],
-                                                      strides=[{"as_int": 0}, {"as_int": 1}]),
+    "zero stride terabytes": lambda d: _meta(d).update(
+        sizes=[{"as_int": 1 << 42}, {"as_int": 4}], strides=[{"as_int": 0}, {"as_int": 1}]
+    ),
     "negative size": lambda d: _meta(d).update(sizes=[{"as_int": -2}, {"as_int": 4}]),
     "symbolic size": lambda d: _meta(d).update(sizes=[{"as_expr": {"expr_str": "s0"}}, {"as_int": 4}]),
     "rank mismatch": lambda d: _meta(d).update(strides=[{"as_int": 1}]),
@@ -415,6 +517,7 @@ def test_weight_file_over_the_limit_is_refused_before_reading(work, monkeypatch)
     def fn(d):
         _meta(d).update(sizes=[{"as_int": n}, {"as_int": 4}], strides=[{"as_int": 4}, {"as_int": 1}])
         files["data/weights/" + d["config"]["fc.weight"]["path_name"]] = bytes(16 * n)  # 16 MiB of zeros
+
     _edit_json(files, W, fn)
     path = _write(work / "bomb.pt2", root, files, zipfile.ZIP_DEFLATED)
     monkeypatch.setenv("EDGEC_MAX_TENSOR_BYTES", str(1 << 20))
@@ -422,8 +525,19 @@ def test_weight_file_over_the_limit_is_refused_before_reading(work, monkeypatch)
         load_pt2(path)
 
 
-@pytest.mark.parametrize("damage", ["duplicate entry", "no archive_format", "wrong version", "two programs",
-                                    "not json", "big-endian", "old torch.export zip", "empty zip"])
+@pytest.mark.parametrize(
+    "damage",
+    [
+        "duplicate entry",
+        "no archive_format",
+        "wrong version",
+        "two programs",
+        "not json",
+        "big-endian",
+        "old torch.export zip",
+        "empty zip",
+    ],
+)
 def test_malformed_archives_are_bad_input(work, damage):
     root, files = _read(work / "n.pt2")
     path = work / "damaged.pt2"
@@ -443,8 +557,11 @@ def test_malformed_archives_are_bad_input(work, damage):
         elif damage == "big-endian":
             files["byteorder"] = b"big"
         elif damage == "old torch.export zip":
-            files = {"version": b"8.1", "serialized_exported_program.json": b"{}",
-                     "serialized_state_dict.pt": pickle.dumps(SystemPayload(work / "OLD"))}
+            files = {
+                "version": b"8.1",
+                "serialized_exported_program.json": b"{}",
+                "serialized_state_dict.pt": pickle.dumps(SystemPayload(work / "OLD")),
+            }
         elif damage == "empty zip":
             files = {}
         _write(path, root, files)
@@ -455,11 +572,13 @@ def test_malformed_archives_are_bad_input(work, damage):
 
 # -- the CLI and the API ----------------------------------------------------------------------------------
 
+
 def _evil_archives(work):
     marker = work / "CLI_RAN"
     out = []
-    for i, position in enumerate([constants_entry("opaque_obj_0/x", True, False), weights_use_pickle,
-                                  entry("data/sample_inputs/model.pt")]):
+    for i, position in enumerate(
+        [constants_entry("opaque_obj_0/x", True, False), weights_use_pickle, entry("data/sample_inputs/model.pt")]
+    ):
         root, files = _read(work / "n.pt2")
         position(files, pickle.dumps(SystemPayload(marker)))
         out.append(_write(work / f"evil{i}.pt2", root, files))
@@ -475,8 +594,14 @@ def test_cli_compile_and_inspect_exit_3_without_running_anything(work, tmp_path)
     env = {**os.environ, "EDGEC_CACHE_DIR": str(tmp_path / "cache")}
     for path in archives[:1] + archives[-1:]:  # every archive goes through edgec.compile below, in-process
         for args in (["compile", path, "-o", str(tmp_path / "out")], ["inspect", path]):
-            r = subprocess.run([sys.executable, "-m", "edgec.cli", *args], capture_output=True, text=True,
-                               timeout=300, env=env, cwd=tmp_path)
+            r = subprocess.run(
+                [sys.executable, "-m", "edgec.cli", *args],
+                capture_output=True,
+                text=True,
+                timeout=300,
+                env=env,
+                cwd=tmp_path,
+            )
             assert r.returncode == 3, (args, r.stdout[-2000:], r.stderr[-2000:])
             assert "Traceback" not in r.stderr and path in r.stderr, r.stderr
             assert not marker.exists()
@@ -494,12 +619,14 @@ def test_api_compile_refuses(work, tmp_path):
 
 # -- normal archives keep working -------------------------------------------------------------------------
 
+
 @pytest.mark.parametrize("name", ["n.pt2", "cnn.pt2"])
 def test_normal_archives_match_torch_loader(work, name):
     ours, theirs = load_pt2(str(work / name)), torch.export.load(str(work / name))
     assert ours.state_dict.keys() == theirs.state_dict.keys() and ours.constants.keys() == theirs.constants.keys()
-    for mine, ref in [(ours.state_dict[k], theirs.state_dict[k]) for k in theirs.state_dict] + \
-                     [(ours.constants[k], theirs.constants[k]) for k in theirs.constants]:
+    for mine, ref in [(ours.state_dict[k], theirs.state_dict[k]) for k in theirs.state_dict] + [
+        (ours.constants[k], theirs.constants[k]) for k in theirs.constants
+    ]:
         assert type(mine) is type(ref) and torch.equal(mine, ref)
         assert mine.stride() == ref.stride() and mine.storage_offset() == ref.storage_offset()
     assert str(ours.graph) == str(theirs.graph)

@@ -12,12 +12,13 @@ pytestmark = pytest.mark.slow
 def real_models(bench_script):
     return bench_script("real_models")
 
+
 CELLS = [
-    ("bert", "ts17-sdpa", "cpu"),                      # the sdpa export whose IsNaN once stopped every target
+    ("bert", "ts17-sdpa", "cpu"),  # the sdpa export whose IsNaN once stopped every target
     ("gpt2", "dyn18-sdpa", "openvino"),
     ("whisper-encoder", "ts14-eager", "tensorrt{precision=fp32}"),  # 1-D conv front end
     ("vit", "pt2-sdpa", "cpu"),
-    ("t5-encoder", "pt2-sdpa", "openvino"),            # torch's ONNX exporter fails on it unless decomposed first
+    ("t5-encoder", "pt2-sdpa", "openvino"),  # torch's ONNX exporter fails on it unless decomposed first
     ("distilbert", "ts13-eager", "coreml"),
 ]
 

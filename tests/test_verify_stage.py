@@ -18,9 +18,12 @@ from edgec.target import ACT_QUANT_POLICY, Capabilities, Target, VerifyPolicy
 
 
 def _identity(tmp_path) -> str:
-    g = helper.make_graph([helper.make_node("Identity", ["x"], ["y"])], "g",
-                          [helper.make_tensor_value_info("x", TensorProto.FLOAT, [2])],
-                          [helper.make_tensor_value_info("y", TensorProto.FLOAT, [2])])
+    g = helper.make_graph(
+        [helper.make_node("Identity", ["x"], ["y"])],
+        "g",
+        [helper.make_tensor_value_info("x", TensorProto.FLOAT, [2])],
+        [helper.make_tensor_value_info("y", TensorProto.FLOAT, [2])],
+    )
     path = str(tmp_path / "m.onnx")
     onnx.save(helper.make_model(g, opset_imports=[helper.make_opsetid("", 17)]), path)
     return path
@@ -31,6 +34,7 @@ def test_original_outputs_when_neither_runtime_can_run_the_original(tmp_path, mo
     too, the error names both causes instead of leaking either library's exception."""
     import onnx.reference
     import onnxruntime as ort
+
     path = _identity(tmp_path)
     feeds = {"x": np.ones(2, np.float32)}
 
@@ -45,8 +49,11 @@ def test_original_outputs_when_neither_runtime_can_run_the_original(tmp_path, mo
     got = verify.original_outputs(path, Model(Graph("g")), feeds)
     assert got["runtime"].startswith("onnx reference evaluator") and np.array_equal(got["outputs"][0], feeds["x"])
     monkeypatch.setattr(onnx.reference, "ReferenceEvaluator", Broken)
-    with pytest.raises(BadInputError, match=r"neither onnxruntime \(.*NOT_IMPLEMENTED.*\) nor onnx's reference "
-                                            r"evaluator \(ValueError: no implementation for Foo\)"):
+    with pytest.raises(
+        BadInputError,
+        match=r"neither onnxruntime \(.*NOT_IMPLEMENTED.*\) nor onnx's reference "
+        r"evaluator \(ValueError: no implementation for Foo\)",
+    ):
         verify.original_outputs(path, Model(Graph("g")), feeds)
 
 
@@ -86,12 +93,15 @@ def _model(act_quant: bool) -> Model:
     return Model(g, {"": 17})
 
 
-@pytest.mark.parametrize("target, act_quant, name, rel_bound", [
-    (_Plain(), False, "max-rel-err", None),
-    (_Plain(), True, "activation-quant", ACT_QUANT_POLICY.max_rel_err),
-    (_Fp16(), False, "target", None),
-    (_Fp16(), True, "target", None),  # the target's own criterion comes first; its act-quant one is reported
-])
+@pytest.mark.parametrize(
+    "target, act_quant, name, rel_bound",
+    [
+        (_Plain(), False, "max-rel-err", None),
+        (_Plain(), True, "activation-quant", ACT_QUANT_POLICY.max_rel_err),
+        (_Fp16(), False, "target", None),
+        (_Fp16(), True, "target", None),  # the target's own criterion comes first; its act-quant one is reported
+    ],
+)
 def test_criteria_follow_the_targets_policies(target, act_quant, name, rel_bound):
     c = verify.criteria(target, _model(act_quant), 1e-4, False, None, None)
     assert c.name == name

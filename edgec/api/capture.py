@@ -24,6 +24,7 @@ def trim_heap() -> None:
     glibc otherwise keeps their memory, so the process grows block by block."""
     try:
         import ctypes
+
         ctypes.CDLL("libc.so.6").malloc_trim(0)
     except (OSError, AttributeError):
         pass
@@ -38,6 +39,7 @@ def fix_mmap_threshold(nbytes: int = 1 << 20) -> None:
     (setting it turns glibc's dynamic adjustment off)."""
     try:
         import ctypes
+
         ctypes.CDLL("libc.so.6").mallopt(-3, int(nbytes))  # M_MMAP_THRESHOLD
     except (OSError, AttributeError):
         pass
@@ -56,10 +58,10 @@ class Stream:
         pos = {id(n): i for i, n in enumerate(nodes)}
         k = pos[id(x.producer)]
         later_reads: set[int] = set()
-        for n in nodes[k + 1:]:
+        for n in nodes[k + 1 :]:
             later_reads.update(id(v) for v in n.inputs if v is not None)
         names = []
-        for n in nodes[:k + 1]:
+        for n in nodes[: k + 1]:
             for o in n.outputs:
                 if id(o) in later_reads or o is x:
                     names.append(o.name)
@@ -83,9 +85,13 @@ class Stream:
         todo = [n for n in front if n not in start[0]]
         keep = {n: start[0][n] for n in front if n in start[0]}
         if todo:
-            ex = ReferenceExecutor(self.model, capture=todo, capture_only=True, keep_quantized=True,
-                                   cut={n: a for n, a in start[0].items() if n not in
-                                        {v.name for v in self.model.graph.inputs}})
+            ex = ReferenceExecutor(
+                self.model,
+                capture=todo,
+                capture_only=True,
+                keep_quantized=True,
+                cut={n: a for n, a in start[0].items() if n not in {v.name for v in self.model.graph.inputs}},
+            )
             new = []
             for s in start:
                 r = ex.run(s)

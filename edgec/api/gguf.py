@@ -47,24 +47,31 @@ class GGUFType:
 
     @property
     def scheme(self) -> SchemeName:
-        return cast(SchemeName, {"sym": "symmetric", "ksym": "symmetric", "affine": "affine", "kaffine": "affine",
-                "nl": "codebook"}[self.family])
+        return cast(
+            SchemeName,
+            {"sym": "symmetric", "ksym": "symmetric", "affine": "affine", "kaffine": "affine", "nl": "codebook"}[
+                self.family
+            ],
+        )
 
 
-TYPES: dict[str, GGUFType] = {t.name: t for t in (
-    #        name    family  bits block bytes sub qmin qmax [sc_min sc_max]
-    GGUFType("Q8_0", "sym", 8, 32, 34, 32, -128, 127),
-    GGUFType("Q4_0", "sym", 4, 32, 18, 32, -8, 7),
-    GGUFType("Q5_0", "sym", 5, 32, 22, 32, -16, 15),
-    GGUFType("Q4_1", "affine", 4, 32, 20, 32, 0, 15),
-    GGUFType("Q5_1", "affine", 5, 32, 24, 32, 0, 31),
-    GGUFType("Q2_K", "kaffine", 2, 256, 84, 16, 0, 3, 0, 15),
-    GGUFType("Q3_K", "ksym", 3, 256, 110, 16, -4, 3, -32, 31),
-    GGUFType("Q4_K", "kaffine", 4, 256, 144, 32, 0, 15, 0, 63),
-    GGUFType("Q5_K", "kaffine", 5, 256, 176, 32, 0, 31, 0, 63),
-    GGUFType("Q6_K", "ksym", 6, 256, 210, 16, -32, 31, -128, 127),
-    GGUFType("IQ4_NL", "nl", 4, 32, 18, 32, 0, 15),
-)}
+TYPES: dict[str, GGUFType] = {
+    t.name: t
+    for t in (
+        #        name    family  bits block bytes sub qmin qmax [sc_min sc_max]
+        GGUFType("Q8_0", "sym", 8, 32, 34, 32, -128, 127),
+        GGUFType("Q4_0", "sym", 4, 32, 18, 32, -8, 7),
+        GGUFType("Q5_0", "sym", 5, 32, 22, 32, -16, 15),
+        GGUFType("Q4_1", "affine", 4, 32, 20, 32, 0, 15),
+        GGUFType("Q5_1", "affine", 5, 32, 24, 32, 0, 31),
+        GGUFType("Q2_K", "kaffine", 2, 256, 84, 16, 0, 3, 0, 15),
+        GGUFType("Q3_K", "ksym", 3, 256, 110, 16, -4, 3, -32, 31),
+        GGUFType("Q4_K", "kaffine", 4, 256, 144, 32, 0, 15, 0, 63),
+        GGUFType("Q5_K", "kaffine", 5, 256, 176, 32, 0, 31, 0, 63),
+        GGUFType("Q6_K", "ksym", 6, 256, 210, 16, -32, 31, -128, 127),
+        GGUFType("IQ4_NL", "nl", 4, 32, 18, 32, 0, 15),
+    )
+}
 for _t in TYPES.values():  # the IR sizes tensors on these grids by their blocks (QuantizedTensor.nbytes)
     register_layout(_t.layout, _t.block, _t.block_bytes)
 del _t
@@ -134,18 +141,27 @@ class Grid:
         t = self.t
         dt = np.int8 if SCHEMES[t.scheme].signed else np.uint8
         return QuantizedTensor(
-            codes=codes.astype(dt), bits=t.bits, scheme=t.scheme, scales=self.scales.astype(np.float32),
-            offsets=None if self.offsets is None else self.offsets.astype(np.float32), axis=0, group_size=t.sub,
-            group_axis=1, codebook=IQ4_NL_VALUES.copy() if t.family == "nl" else None, method=method,
-            layout=t.layout, layout_params=self.layout_params or None)
+            codes=codes.astype(dt),
+            bits=t.bits,
+            scheme=t.scheme,
+            scales=self.scales.astype(np.float32),
+            offsets=None if self.offsets is None else self.offsets.astype(np.float32),
+            axis=0,
+            group_size=t.sub,
+            group_axis=1,
+            codebook=IQ4_NL_VALUES.copy() if t.family == "nl" else None,
+            method=method,
+            layout=t.layout,
+            layout_params=self.layout_params or None,
+        )
 
 
 def nearest_nl(w2: np.ndarray, s: np.ndarray, chunk: int = 4096) -> np.ndarray:
     """IQ4_NL codes: the index of the nearest ``s * value`` (in float32, as dequantized)."""
     out = np.empty(w2.shape, np.float32)
     for r in range(0, w2.shape[0], chunk):
-        cand = s[r:r + chunk, :, None] * IQ4_NL_VALUES  # [rows, K, 16]
-        out[r:r + chunk] = np.abs(cand - w2[r:r + chunk, :, None]).argmin(-1)
+        cand = s[r : r + chunk, :, None] * IQ4_NL_VALUES  # [rows, K, 16]
+        out[r : r + chunk] = np.abs(cand - w2[r : r + chunk, :, None]).argmin(-1)
     return out
 
 
@@ -218,21 +234,25 @@ def fit_mse(w2: np.ndarray, t: GGUFType, h_diag: np.ndarray | None = None) -> Gr
     return fit(w2, t, best_r)
 
 
-def quantize_matrix(w2: np.ndarray, t: GGUFType, method: str = "rtn", h_diag: np.ndarray | None = None,
-                    chunk: int = 4096) -> QuantizedTensor:
+def quantize_matrix(
+    w2: np.ndarray, t: GGUFType, method: str = "rtn", h_diag: np.ndarray | None = None, chunk: int = 4096
+) -> QuantizedTensor:
     """Fit and quantize ``w2`` (rows are independent: large tables go ``chunk`` rows at a time, so the
     temporaries stay small)."""
     parts = []
     for r in range(0, w2.shape[0], chunk):
-        wr = np.asarray(w2[r:r + chunk], np.float32)
+        wr = np.asarray(w2[r : r + chunk], np.float32)
         g = fit_mse(wr, t, h_diag) if method == "mse" else fit(wr, t)
         parts.append((g, g.quantize(wr).astype(np.int8 if SCHEMES[t.scheme].signed else np.uint8)))
     if len(parts) == 1:
         return parts[0][0].tensor(parts[0][1], method)
     g0 = parts[0][0]
-    grid = Grid(t, np.concatenate([g.scales for g, _ in parts]),
-                None if g0.offsets is None else np.concatenate([g.offsets for g, _ in parts]),
-                {k: np.concatenate([g.layout_params[k] for g, _ in parts]) for k in g0.layout_params})
+    grid = Grid(
+        t,
+        np.concatenate([g.scales for g, _ in parts]),
+        None if g0.offsets is None else np.concatenate([g.offsets for g, _ in parts]),
+        {k: np.concatenate([g.layout_params[k] for g, _ in parts]) for k in g0.layout_params},
+    )
     return grid.tensor(np.concatenate([c for _, c in parts]), method)
 
 

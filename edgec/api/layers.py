@@ -45,9 +45,15 @@ def find_layers(model: Model, ops: tuple[str, ...], include: str, exclude: str) 
         op = n.qualified_op
         # An embedding table is gathered by token ids, a graph input; tables gathered by computed positions
         # (rotary cos/sin, learned position tables) stay float: they are not weights a format quantizes.
-        if op == "Gather" and n.inputs[0] is not None and n.inputs[0].is_const \
-                and not cast(Value, n.inputs[1]).is_const \
-                and n.attr("axis", 0) == 0 and n.inputs[0].rank == 2 and n.inputs[1] in inputs:
+        if (
+            op == "Gather"
+            and n.inputs[0] is not None
+            and n.inputs[0].is_const
+            and not cast(Value, n.inputs[1]).is_const
+            and n.attr("axis", 0) == 0
+            and n.inputs[0].rank == 2
+            and n.inputs[1] in inputs
+        ):
             w, role = n.inputs[0], "embedding"
         elif op in ops and len(n.inputs) > 1 and n.inputs[1] is not None and n.inputs[1].is_const:
             w = n.inputs[1]

@@ -50,6 +50,7 @@ def _no_extra_buffer_types(llama_cpp: Any) -> Iterator[None]:
         if hasattr(p, "use_extra_bufts"):
             p.use_extra_bufts = False
         return p
+
     mod.llama_model_default_params = params
     try:
         yield
@@ -63,8 +64,9 @@ def load_llama(path: str, **kwargs: Any) -> Any:
     try:
         import llama_cpp
     except ImportError:
-        raise UnsupportedError("llama-cpp-python is not installed: pip install llama-cpp-python "
-                               "(it builds llama.cpp, about 10 minutes)") from None
+        raise UnsupportedError(
+            "llama-cpp-python is not installed: pip install llama-cpp-python (it builds llama.cpp, about 10 minutes)"
+        ) from None
     try:
         with _quiet_fd2(), _no_extra_buffer_types(llama_cpp):
             return llama_cpp.Llama(model_path=path, verbose=False, **kwargs)
@@ -75,13 +77,15 @@ def load_llama(path: str, **kwargs: Any) -> Any:
 def llama_cpp_engine(gguf_path: str, ctx: int, threads: int = 0) -> Callable[[np.ndarray], np.ndarray]:
     """``run(tokens) -> logits [len(tokens), vocab]`` (float32) of a GGUF file on llama.cpp, for windows of up to
     ``ctx`` tokens, each evaluated from an empty context."""
-    llm = load_llama(gguf_path, n_ctx=ctx, n_batch=ctx, n_ubatch=ctx, logits_all=True,
-                     n_threads=threads or os.cpu_count() or 1)
+    llm = load_llama(
+        gguf_path, n_ctx=ctx, n_batch=ctx, n_ubatch=ctx, logits_all=True, n_threads=threads or os.cpu_count() or 1
+    )
 
     def run(tokens: np.ndarray) -> np.ndarray:
         llm.reset()
         llm.eval([int(t) for t in tokens])
-        return np.array(llm.scores[:len(tokens)], np.float32)
+        return np.array(llm.scores[: len(tokens)], np.float32)
+
     return run
 
 

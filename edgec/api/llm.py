@@ -80,9 +80,17 @@ def weight_names(cfg: LLMConfig) -> list[str]:
     names = ["token_embd.weight"]
     for i in range(cfg.layers):
         p = f"blk.{i}."
-        names += [p + "attn_norm.weight", p + "attn_q.weight", p + "attn_k.weight", p + "attn_v.weight",
-                  p + "attn_output.weight", p + "ffn_norm.weight", p + "ffn_gate.weight", p + "ffn_up.weight",
-                  p + "ffn_down.weight"]
+        names += [
+            p + "attn_norm.weight",
+            p + "attn_q.weight",
+            p + "attn_k.weight",
+            p + "attn_v.weight",
+            p + "attn_output.weight",
+            p + "ffn_norm.weight",
+            p + "ffn_gate.weight",
+            p + "ffn_up.weight",
+            p + "ffn_down.weight",
+        ]
         if cfg.qkv_bias:
             names += [p + "attn_q.bias", p + "attn_k.bias", p + "attn_v.bias"]
     names.append("output_norm.weight")
@@ -95,12 +103,20 @@ def expected_shape(cfg: LLMConfig, name: str) -> tuple[int, ...]:
     h, hd = cfg.hidden, cfg.head_dim
     last = name.split(".", 2)[-1] if name.startswith("blk.") else name
     return {
-        "token_embd.weight": (cfg.vocab_size, h), "output.weight": (cfg.vocab_size, h), "output_norm.weight": (h,),
-        "attn_norm.weight": (h,), "ffn_norm.weight": (h,),
-        "attn_q.weight": (cfg.heads * hd, h), "attn_k.weight": (cfg.kv_heads * hd, h),
-        "attn_v.weight": (cfg.kv_heads * hd, h), "attn_output.weight": (h, cfg.heads * hd),
-        "attn_q.bias": (cfg.heads * hd,), "attn_k.bias": (cfg.kv_heads * hd,), "attn_v.bias": (cfg.kv_heads * hd,),
-        "ffn_gate.weight": (cfg.intermediate, h), "ffn_up.weight": (cfg.intermediate, h),
+        "token_embd.weight": (cfg.vocab_size, h),
+        "output.weight": (cfg.vocab_size, h),
+        "output_norm.weight": (h,),
+        "attn_norm.weight": (h,),
+        "ffn_norm.weight": (h,),
+        "attn_q.weight": (cfg.heads * hd, h),
+        "attn_k.weight": (cfg.kv_heads * hd, h),
+        "attn_v.weight": (cfg.kv_heads * hd, h),
+        "attn_output.weight": (h, cfg.heads * hd),
+        "attn_q.bias": (cfg.heads * hd,),
+        "attn_k.bias": (cfg.kv_heads * hd,),
+        "attn_v.bias": (cfg.kv_heads * hd,),
+        "ffn_gate.weight": (cfg.intermediate, h),
+        "ffn_up.weight": (cfg.intermediate, h),
         "ffn_down.weight": (h, cfg.intermediate),
     }[last]
 
@@ -125,5 +141,14 @@ def permute_rows(t: Tensor | QuantizedTensor | np.ndarray, n_head: int, to_gguf:
     return Tensor(np.ascontiguousarray(arr[perm]))
 
 
-__all__ = ["ARCHS", "GGUF_KV_KEY", "LLMConfig", "LLM_KEY", "MAX_DIM", "SOURCE_KEY", "expected_shape",
-           "permute_rows", "weight_names"]
+__all__ = [
+    "ARCHS",
+    "GGUF_KV_KEY",
+    "LLMConfig",
+    "LLM_KEY",
+    "MAX_DIM",
+    "SOURCE_KEY",
+    "expected_shape",
+    "permute_rows",
+    "weight_names",
+]

@@ -30,8 +30,9 @@ lowering = LOWERINGS.register
 
 # Lowerings that compute float16 inputs in float32 (cast in, cast the float16 outputs back): the reductions whose
 # float16 accumulation differed from onnx's results by a few ulps.
-_WIDEN_F16 = frozenset({"MatMul", "ReduceMean", "ReduceSum", "Conv", "AveragePool", "GlobalAveragePool",
-                        "edgec::Linear"})
+_WIDEN_F16 = frozenset(
+    {"MatMul", "ReduceMean", "ReduceSum", "Conv", "AveragePool", "GlobalAveragePool", "edgec::Linear"}
+)
 
 
 def supported_ops() -> frozenset[str]:
@@ -46,17 +47,96 @@ def supported_ops() -> frozenset[str]:
 # optional ops (the IR holds tensors only); EyeLike, OneHot and RMSNormalization, which the decompose pass writes
 # exactly (a constant, a compare and select, onnx's body) where TVM's converters need constant parameters or
 # fail on axis 0. Variants measured wrong are refused by refuse_variant.
-FALLBACK_OPS: frozenset[str] = frozenset({
-    "Acos", "Acosh", "AffineGrid", "ArgMax", "ArgMin", "Asin", "Asinh", "Atan", "Atanh", "BitwiseAnd", "BitwiseNot",
-    "BitwiseOr", "BitwiseXor", "CastLike", "Ceil", "Compress", "ConstantOfShape", "ConvTranspose", "Cos", "Cosh",
-    "CumSum", "DepthToSpace", "DequantizeLinear", "Dropout", "DynamicQuantizeLinear", "Einsum", "Elu",
-    "Floor", "Gelu", "Gemm", "GlobalLpPool", "GlobalMaxPool", "GreaterOrEqual", "GridSample", "GroupNormalization",
-    "Hardmax", "Identity", "InstanceNormalization", "IsNaN", "LRN", "LeakyRelu", "LessOrEqual", "LogSoftmax",
-    "LpPool", "MatMulInteger", "MaxRoiPool", "MaxUnpool", "Mean", "MeanVarianceNormalization", "Mod", "NonZero",
-    "Or", "PRelu", "Pad", "QuantizeLinear", "Range", "ReduceL1", "ReduceL2",
-    "ReduceLogSum", "ReduceLogSumExp", "ReduceSumSquare", "Resize", "RoiAlign", "Round", "Scatter",
-    "ScatterElements", "ScatterND", "Selu", "Shape", "Shrink", "Sign", "Sin", "Sinh", "Size", "Softsign",
-    "SpaceToDepth", "Split", "Sum", "Tan", "ThresholdedRelu", "Tile", "TopK", "Trilu", "Unique", "Upsample", "Xor"})
+FALLBACK_OPS: frozenset[str] = frozenset(
+    {
+        "Acos",
+        "Acosh",
+        "AffineGrid",
+        "ArgMax",
+        "ArgMin",
+        "Asin",
+        "Asinh",
+        "Atan",
+        "Atanh",
+        "BitwiseAnd",
+        "BitwiseNot",
+        "BitwiseOr",
+        "BitwiseXor",
+        "CastLike",
+        "Ceil",
+        "Compress",
+        "ConstantOfShape",
+        "ConvTranspose",
+        "Cos",
+        "Cosh",
+        "CumSum",
+        "DepthToSpace",
+        "DequantizeLinear",
+        "Dropout",
+        "DynamicQuantizeLinear",
+        "Einsum",
+        "Elu",
+        "Floor",
+        "Gelu",
+        "Gemm",
+        "GlobalLpPool",
+        "GlobalMaxPool",
+        "GreaterOrEqual",
+        "GridSample",
+        "GroupNormalization",
+        "Hardmax",
+        "Identity",
+        "InstanceNormalization",
+        "IsNaN",
+        "LRN",
+        "LeakyRelu",
+        "LessOrEqual",
+        "LogSoftmax",
+        "LpPool",
+        "MatMulInteger",
+        "MaxRoiPool",
+        "MaxUnpool",
+        "Mean",
+        "MeanVarianceNormalization",
+        "Mod",
+        "NonZero",
+        "Or",
+        "PRelu",
+        "Pad",
+        "QuantizeLinear",
+        "Range",
+        "ReduceL1",
+        "ReduceL2",
+        "ReduceLogSum",
+        "ReduceLogSumExp",
+        "ReduceSumSquare",
+        "Resize",
+        "RoiAlign",
+        "Round",
+        "Scatter",
+        "ScatterElements",
+        "ScatterND",
+        "Selu",
+        "Shape",
+        "Shrink",
+        "Sign",
+        "Sin",
+        "Sinh",
+        "Size",
+        "Softsign",
+        "SpaceToDepth",
+        "Split",
+        "Sum",
+        "Tan",
+        "ThresholdedRelu",
+        "Tile",
+        "TopK",
+        "Trilu",
+        "Unique",
+        "Upsample",
+        "Xor",
+    }
+)
 
 
 def refuse_variant(n: Node) -> str | None:
@@ -72,8 +152,7 @@ def refuse_variant(n: Node) -> str | None:
             return f"Resize with coordinate_transformation_mode={ctm} is not supported by TVM's converter"
         if n.attr("axes") is not None or n.attr("keep_aspect_ratio_policy", "stretch") not in ("stretch", b"stretch"):
             return "Resize with axes or keep_aspect_ratio_policy is not supported by TVM's converter"
-        if n.attr("mode", "nearest") != "nearest" and (xs is None or ys is None or any(
-                y < x for x, y in zip(xs, ys))):
+        if n.attr("mode", "nearest") != "nearest" and (xs is None or ys is None or any(y < x for x, y in zip(xs, ys))):
             return f"Resize {n.attr('mode')} downsampling is not supported (TVM's converter computes it wrong)"
     if op in ("QuantizeLinear", "DequantizeLinear") and int(n.attr("block_size", 0) or 0):
         return f"blocked {op} is not supported by TVM's converter"
@@ -83,8 +162,12 @@ def refuse_variant(n: Node) -> str | None:
         return f"SpaceToDepth mode={n.attr('mode')} is not supported (TVM's converter computes DCR)"
     if op in ("TopK", "Unique") and cast(Value, n.inputs[0]).dtype == DType.UINT64:
         return f"{op} of uint64 is not supported (TVM's sort has no uint64 kernel at run time)"
-    if op == "Dropout" and len(n.inputs) > 2 and n.inputs[2] is not None and (
-            not n.inputs[2].is_const or bool(np.asarray(n.inputs[2].numpy()).any())):
+    if (
+        op == "Dropout"
+        and len(n.inputs) > 2
+        and n.inputs[2] is not None
+        and (not n.inputs[2].is_const or bool(np.asarray(n.inputs[2].numpy()).any()))
+    ):
         return "Dropout in training mode is not supported (random masks)"
     if op == "Dropout" and len(n.outputs) > 1:
         return "Dropout's mask output is not supported by TVM's converter (it gives float32, not bool)"
@@ -98,6 +181,7 @@ def tvm_fallback(b: RelaxBuilder, n: Node) -> list[Any]:
     from tvm.relax.frontend.onnx import onnx_frontend as tvm_onnx
 
     from ..ir.onnx_io import attribute_proto
+
     where = f"node {n.name!r}: {n.qualified_op} (opset {b.model.opset}) through TVM's ONNX converter"
     conv = tvm_onnx._get_convert_map().get(n.op_type) if n.domain in ("", "ai.onnx") else None
     if conv is None:
@@ -145,6 +229,7 @@ class RelaxBuilder:
 
     def __init__(self, model: Model, fallback_ops: frozenset[str] | None = None):
         from tvm import relax
+
         self.fallback_ops = FALLBACK_OPS if fallback_ops is None else fallback_ops
         self.relax = relax
         self.model = model
@@ -186,6 +271,7 @@ class RelaxBuilder:
         TE kernel around ``nearbyint``. (A floor / compare / select form of round-half-even made kernels LLVM
         took minutes to compile on a BERT-sized model for Hexagon.)"""
         from tvm import te, tirx
+
         q = cast(ActivationQuant, v.quant)  # called for quantized activations only
         lo, hi = (-128.0, 127.0) if q.signed else (0.0, 255.0)
         s, z = tirx.const(q.scale, "float32"), tirx.const(float(q.zero_point), "float32")
@@ -195,7 +281,9 @@ class RelaxBuilder:
                 r = tirx.nearbyint(a(*i) / s) + z
                 r = tirx.max(tirx.min(r, tirx.const(hi, "float32")), tirx.const(lo, "float32"))
                 return (r - z) * s
+
             return te.compute(a.shape, g, name="fake_quant")
+
         return self.bb.emit_te(f, x, primfunc_name_hint="fake_quant")
 
     def lower(self, n: Node) -> list[Any]:
@@ -205,8 +293,11 @@ class RelaxBuilder:
         if empty is not None:
             return empty
         fn = LOWERINGS.get(n.qualified_op)
-        widen = fn is not None and n.qualified_op in _WIDEN_F16 and any(
-            v is not None and v.dtype == DType.FLOAT16 for v in n.inputs)
+        widen = (
+            fn is not None
+            and n.qualified_op in _WIDEN_F16
+            and any(v is not None and v.dtype == DType.FLOAT16 for v in n.inputs)
+        )
         saved: dict[int, object] = {}
         try:
             if widen:  # accumulate in float32, as onnxruntime does: float16 sums drift by several ulps
@@ -218,8 +309,10 @@ class RelaxBuilder:
         except UnsupportedError:
             raise
         except Exception as e:  # noqa: BLE001 - a TVM op rejecting a variant the lowering did not foresee
-            raise UnsupportedError(f"node {n.name!r}: the cpu lowering of {n.qualified_op} does not support this "
-                                   f"variant ({type(e).__name__}: {_first_line(e)})") from None
+            raise UnsupportedError(
+                f"node {n.name!r}: the cpu lowering of {n.qualified_op} does not support this "
+                f"variant ({type(e).__name__}: {_first_line(e)})"
+            ) from None
         finally:
             for key, old in saved.items():
                 if old is None:
@@ -228,9 +321,12 @@ class RelaxBuilder:
                     self.env[key] = old
         outs = list(res) if isinstance(res, (list, tuple)) else [res]
         if widen:
-            outs = [self.emit(_op().astype(r, "float16")) if k < len(n.outputs) and
-                    n.outputs[k].dtype == DType.FLOAT16 and r.ty.dtype == "float32" else r
-                    for k, r in enumerate(outs)]
+            outs = [
+                self.emit(_op().astype(r, "float16"))
+                if k < len(n.outputs) and n.outputs[k].dtype == DType.FLOAT16 and r.ty.dtype == "float32"
+                else r
+                for k, r in enumerate(outs)
+            ]
         self._check_outputs(n, outs)
         return outs
 
@@ -239,9 +335,11 @@ class RelaxBuilder:
         loader rejects the zero-element constant its constant folding makes of anything else."""
         for k, o in enumerate(n.outputs):
             if o.static_shape is not None and 0 in o.static_shape:
-                raise UnsupportedError(f"node {n.name!r}: output {k} of {n.qualified_op} ({o.name!r}) has no "
-                                       f"elements (shape {list(o.static_shape)}); the cpu target does not compile "
-                                       "empty tensors")
+                raise UnsupportedError(
+                    f"node {n.name!r}: output {k} of {n.qualified_op} ({o.name!r}) has no "
+                    f"elements (shape {list(o.static_shape)}); the cpu target does not compile "
+                    "empty tensors"
+                )
         return None
 
     def _check_outputs(self, n: Node, outs: list[Any]) -> None:
@@ -250,8 +348,9 @@ class RelaxBuilder:
         for k, o in enumerate(n.outputs):
             if k >= len(outs):
                 if o.uses or id(o) in graph_outputs:
-                    raise UnsupportedError(f"node {n.name!r}: the cpu target does not compute output {k} "
-                                           f"({o.name!r}) of {n.qualified_op}")
+                    raise UnsupportedError(
+                        f"node {n.name!r}: the cpu target does not compute output {k} ({o.name!r}) of {n.qualified_op}"
+                    )
                 continue
             si = outs[k].ty
             if not isinstance(si, relax.TensorType):
@@ -263,11 +362,15 @@ class RelaxBuilder:
                 except TypeError:
                     got = None
                 if got is not None and got != list(want):
-                    raise UnsupportedError(f"node {n.name!r}: the cpu lowering of {n.qualified_op} gives output {k} "
-                                           f"shape {got}, the model declares {list(want)}")
+                    raise UnsupportedError(
+                        f"node {n.name!r}: the cpu lowering of {n.qualified_op} gives output {k} "
+                        f"shape {got}, the model declares {list(want)}"
+                    )
             if o.dtype is not None and o.dtype.numpy is not None and si.dtype != o.dtype.numpy.name:
-                raise UnsupportedError(f"node {n.name!r}: the cpu lowering of {n.qualified_op} gives output {k} "
-                                       f"dtype {si.dtype}, the model declares {o.dtype.numpy.name}")
+                raise UnsupportedError(
+                    f"node {n.name!r}: the cpu lowering of {n.qualified_op} gives output {k} "
+                    f"dtype {si.dtype}, the model declares {o.dtype.numpy.name}"
+                )
 
     def lower_special(self, n: Node) -> bool:
         """A subclass's hook: lower ``n`` itself (setting ``self.env`` for its outputs) and return True."""
@@ -286,8 +389,11 @@ class RelaxBuilder:
             params.append(var)
             self.env[id(v)] = var
             pending_inputs.append(v)
-        problems = [f"node {n.name!r}: operator {n.qualified_op} (opset {self.model.opset}) has no cpu lowering"
-                    for n in g if n.qualified_op not in LOWERINGS and n.qualified_op not in self.fallback_ops]
+        problems = [
+            f"node {n.name!r}: operator {n.qualified_op} (opset {self.model.opset}) has no cpu lowering"
+            for n in g
+            if n.qualified_op not in LOWERINGS and n.qualified_op not in self.fallback_ops
+        ]
         if problems:
             raise UnsupportedError("the cpu target cannot lower this model", problems)
         with self.bb.function("main", params):
@@ -322,27 +428,51 @@ def safe_name(name: str) -> str:
 # ------------------------------------------------------------------------------------------------ lowerings
 def _op() -> Any:
     from tvm.relax import op
+
     return op
 
 
-_BINARY = {"Add": "add", "Sub": "subtract", "Mul": "multiply", "Div": "divide", "Pow": "power", "Equal": "equal",
-           "Less": "less", "Greater": "greater", "And": "logical_and"}
+_BINARY = {
+    "Add": "add",
+    "Sub": "subtract",
+    "Mul": "multiply",
+    "Div": "divide",
+    "Pow": "power",
+    "Equal": "equal",
+    "Less": "less",
+    "Greater": "greater",
+    "And": "logical_and",
+}
 _VARIADIC = {"Max": "maximum", "Min": "minimum"}
 # (namespace of relax.op, function); Tanh and Reciprocal have lowerings of their own below
 _UNARY: dict[str, tuple[str, str]] = {
-    "Relu": ("nn", "relu"), "Sigmoid": ("", "sigmoid"), "Exp": ("", "exp"), "Sqrt": ("", "sqrt"), "Erf": ("", "erf"),
-    "Neg": ("", "negative"), "Abs": ("", "abs"), "Log": ("", "log"), "Not": ("", "logical_not")}
+    "Relu": ("nn", "relu"),
+    "Sigmoid": ("", "sigmoid"),
+    "Exp": ("", "exp"),
+    "Sqrt": ("", "sqrt"),
+    "Erf": ("", "erf"),
+    "Neg": ("", "negative"),
+    "Abs": ("", "abs"),
+    "Log": ("", "log"),
+    "Not": ("", "logical_not"),
+}
 
 
 @lowering(*_BINARY)
 def _binary(b: RelaxBuilder, n: Node) -> Any:
     # Integer Div truncates toward zero (ONNX, C); relax.op.divide on integers is TIR's truncating division.
     x, y = (b.get(cast(Value, v)) for v in n.inputs)
-    if n.op_type == "Pow" and cast(Value, n.inputs[0]).dtype != cast(Value, n.inputs[1]).dtype or (
-            n.op_type == "Pow" and not cast(DType, cast(Value, n.inputs[0]).dtype).is_float):
+    if (
+        n.op_type == "Pow"
+        and cast(Value, n.inputs[0]).dtype != cast(Value, n.inputs[1]).dtype
+        or (n.op_type == "Pow" and not cast(DType, cast(Value, n.inputs[0]).dtype).is_float)
+    ):
         return _pow(b, n, x, y)
-    if n.op_type == "Div" and cast(Value, n.inputs[0]).dtype is not None \
-            and not cast(DType, cast(Value, n.inputs[0]).dtype).is_float:
+    if (
+        n.op_type == "Div"
+        and cast(Value, n.inputs[0]).dtype is not None
+        and not cast(DType, cast(Value, n.inputs[0]).dtype).is_float
+    ):
         return _int_div(b, n, x, y)
     return b.emit(getattr(_op(), _BINARY[n.op_type])(x, y))
 
@@ -356,6 +486,7 @@ def _pow(b: RelaxBuilder, n: Node, x: Any, y: Any) -> Any:
 
     def c(v: Any, dt: Any) -> Any:
         return b.relax.const(np.asarray(v, dt), np.dtype(dt).name)
+
     if bt.kind == "f" and et.kind == "f":
         return b.emit(op.power(x, op.astype(y, bt.name)))
     if bt.kind == "f":
@@ -465,6 +596,7 @@ def _tanh(b: RelaxBuilder, n: Node) -> Any:
 
     def c(v: Any) -> Any:
         return b.relax.const(v, dt)
+
     x2 = op.multiply(x, x)
     series = op.multiply(x, op.add(c(1.0), op.multiply(x2, op.add(c(-1.0 / 3), op.multiply(x2, c(2.0 / 15))))))
     return b.emit(op.where(op.less(op.abs(x), c(0.004)), series, op.tanh(x)))
@@ -478,8 +610,10 @@ def _reciprocal(b: RelaxBuilder, n: Node) -> Any:
 
 def _np_dtype(n: Node, v: Value) -> str:
     if v.dtype is None or v.dtype.numpy is None or v.dtype.numpy.kind not in "biuf":
-        raise UnsupportedError(f"node {n.name!r}: {n.op_type} with dtype {v.dtype.short if v.dtype else '?'} "
-                               f"(value {v.name!r}) is not supported by the cpu target")
+        raise UnsupportedError(
+            f"node {n.name!r}: {n.op_type} with dtype {v.dtype.short if v.dtype else '?'} "
+            f"(value {v.name!r}) is not supported by the cpu target"
+        )
     name: str = v.dtype.numpy.name
     return name
 
@@ -493,8 +627,9 @@ def _cast(b: RelaxBuilder, n: Node) -> Any:
 @lowering("Reshape", "Flatten", "Squeeze", "Unsqueeze")
 def _reshape(b: RelaxBuilder, n: Node) -> Any:
     if n.op_type == "Reshape" and n.attr("allowzero", 0) and 0 in (b.const_ints(cast(Value, n.inputs[1])) or []):
-        raise UnsupportedError(f"node {n.name!r}: Reshape with allowzero=1 and a 0 in the shape is not supported "
-                               "by the cpu target")
+        raise UnsupportedError(
+            f"node {n.name!r}: Reshape with allowzero=1 and a 0 in the shape is not supported by the cpu target"
+        )
     return b.emit(_op().reshape(b.get(cast(Value, n.inputs[0])), b.out_shape(n)))
 
 
@@ -517,10 +652,16 @@ def _concat(b: RelaxBuilder, n: Node) -> Any:
 def _slice(b: RelaxBuilder, n: Node) -> Any:
     starts = cast("list[int]", b.const_ints(cast(Value, n.inputs[1])))  # required inputs: lists
     ends = cast("list[int]", b.const_ints(cast(Value, n.inputs[2])))
-    axes = cast("list[int]", b.const_ints(n.inputs[3])) if len(n.inputs) > 3 and n.inputs[3] is not None \
+    axes = (
+        cast("list[int]", b.const_ints(n.inputs[3]))
+        if len(n.inputs) > 3 and n.inputs[3] is not None
         else list(range(len(starts)))
-    steps = cast("list[int]", b.const_ints(n.inputs[4])) if len(n.inputs) > 4 and n.inputs[4] is not None \
+    )
+    steps = (
+        cast("list[int]", b.const_ints(n.inputs[4]))
+        if len(n.inputs) > 4 and n.inputs[4] is not None
         else [1] * len(starts)
+    )
     shape = cast("tuple[int, ...]", cast(Value, n.inputs[0]).static_shape)
     axes = [a % len(shape) for a in axes]
     ends = [min(e, shape[a]) if e >= 0 else e for e, a in zip(ends, axes)]
@@ -534,8 +675,9 @@ def _gather(b: RelaxBuilder, n: Node) -> Any:
     # Negative indices count from the end; clip mode: an out-of-range token id must not read out of bounds
     # (TVM's fast mode can segfault).
     axis = n.attr("axis", 0) % cast(Value, n.inputs[0]).rank
-    idx = _wrap_negative(b, n, cast(Value, n.inputs[1]),
-                         [cast("tuple[int, ...]", cast(Value, n.inputs[0]).static_shape)[axis]])
+    idx = _wrap_negative(
+        b, n, cast(Value, n.inputs[1]), [cast("tuple[int, ...]", cast(Value, n.inputs[0]).static_shape)[axis]]
+    )
     return b.emit(_op().take(b.get(cast(Value, n.inputs[0])), idx, axis=axis, mode="clip"))
 
 
@@ -561,8 +703,9 @@ def _wrap_negative(b: RelaxBuilder, n: Node, idx: Value, dims: list[int]) -> Any
 @lowering("GatherElements")
 def _gather_elements(b: RelaxBuilder, n: Node) -> Any:
     axis = n.attr("axis", 0) % cast(Value, n.inputs[0]).rank
-    idx = _wrap_negative(b, n, cast(Value, n.inputs[1]),
-                         [cast("tuple[int, ...]", cast(Value, n.inputs[0]).static_shape)[axis]])
+    idx = _wrap_negative(
+        b, n, cast(Value, n.inputs[1]), [cast("tuple[int, ...]", cast(Value, n.inputs[0]).static_shape)[axis]]
+    )
     return b.emit(_op().gather_elements(b.get(cast(Value, n.inputs[0])), idx, axis=axis))
 
 
@@ -570,8 +713,12 @@ def _gather_elements(b: RelaxBuilder, n: Node) -> Any:
 def _gather_nd(b: RelaxBuilder, n: Node) -> Any:
     bd = n.attr("batch_dims", 0)
     k = cast("tuple[int, ...]", cast(Value, n.inputs[1]).static_shape)[-1]
-    idx = _wrap_negative(b, n, cast(Value, n.inputs[1]),
-                         list(cast("tuple[int, ...]", cast(Value, n.inputs[0]).static_shape)[bd:bd + k]))
+    idx = _wrap_negative(
+        b,
+        n,
+        cast(Value, n.inputs[1]),
+        list(cast("tuple[int, ...]", cast(Value, n.inputs[0]).static_shape)[bd : bd + k]),
+    )
     return b.emit(_op().gather_nd(b.get(cast(Value, n.inputs[0])), idx, batch_dims=bd))
 
 
@@ -665,8 +812,11 @@ def _float_extreme(b: RelaxBuilder, x: Any, rank: int, axes: list[int], keep: bo
 
     def compute(X: Any) -> Any:
         ident = -np.inf if fn == "max" else np.inf
-        reducer = te.comm_reducer(lambda u, v: tirx.max(u, v) if fn == "max" else tirx.min(u, v),
-                                  lambda t: tirx.const(ident, t), name=f"reduce_{fn}_inf")
+        reducer = te.comm_reducer(
+            lambda u, v: tirx.max(u, v) if fn == "max" else tirx.min(u, v),
+            lambda t: tirx.const(ident, t),
+            name=f"reduce_{fn}_inf",
+        )
         raxes = [te.reduce_axis((0, X.shape[a]), f"r{a}") for a in axes]
         kept = [a for a in range(rank) if a not in axes]
         out_shape = [1 if a in axes else X.shape[a] for a in range(rank)] if keep else [X.shape[a] for a in kept]
@@ -679,7 +829,9 @@ def _float_extreme(b: RelaxBuilder, x: Any, rank: int, axes: list[int], keep: bo
                 else:
                     full.append(idx[a] if keep else idx[kept.index(a)])
             return reducer(X[tuple(full)], axis=raxes)
+
         return te.compute(out_shape, body, name=f"reduce_{fn}")
+
     return b.bb.emit_te(compute, x, primfunc_name_hint=f"reduce_{fn}")
 
 
@@ -709,8 +861,9 @@ def _matmul(b: RelaxBuilder, n: Node) -> Any:
 
 def _pads(n: Node, spatial: int) -> list[int]:
     if n.attr("auto_pad", "NOTSET") not in ("NOTSET", "VALID"):
-        raise UnsupportedError(f"node {n.name!r}: auto_pad={n.attr('auto_pad')} is not supported; re-export with "
-                               "explicit pads")
+        raise UnsupportedError(
+            f"node {n.name!r}: auto_pad={n.attr('auto_pad')} is not supported; re-export with explicit pads"
+        )
     return list(n.attr("pads", [0] * 2 * spatial))
 
 
@@ -722,8 +875,14 @@ def _conv(b: RelaxBuilder, n: Node) -> Any:
     if isinstance(w.const, QuantizedTensor):
         y = _quantized_conv(b, n, w.const)
     else:
-        y = _op().nn.conv2d(b.get(cast(Value, n.inputs[0])), b.get(w), strides=n.attr("strides", [1, 1]), padding=_pads(n, 2),
-                            dilation=n.attr("dilations", [1, 1]), groups=n.attr("group", 1))
+        y = _op().nn.conv2d(
+            b.get(cast(Value, n.inputs[0])),
+            b.get(w),
+            strides=n.attr("strides", [1, 1]),
+            padding=_pads(n, 2),
+            dilation=n.attr("dilations", [1, 1]),
+            groups=n.attr("group", 1),
+        )
     if len(n.inputs) > 2 and n.inputs[2] is not None:
         y = _op().add(y, _op().reshape(b.get(n.inputs[2]), [1, -1, 1, 1]))
     return b.emit(y)
@@ -733,16 +892,25 @@ def _conv(b: RelaxBuilder, n: Node) -> Any:
 def _pool(b: RelaxBuilder, n: Node) -> Any:
     sp = cast(int, cast(Value, n.inputs[0]).rank) - 2
     if sp not in (1, 2, 3):
-        raise UnsupportedError(f"node {n.name!r}: {n.op_type} over {sp} spatial axes is not supported by the cpu "
-                               "target")
+        raise UnsupportedError(
+            f"node {n.name!r}: {n.op_type} over {sp} spatial axes is not supported by the cpu target"
+        )
     if n.op_type == "MaxPool" and n.attr("storage_order", 0):
         raise UnsupportedError(f"node {n.name!r}: MaxPool storage_order=1 is not supported by the cpu target")
     kind = "max" if n.op_type == "MaxPool" else "avg"
     fn = getattr(_op().nn, f"{kind}_pool{sp}d")
     kw = {"count_include_pad": bool(n.attr("count_include_pad", 0))} if kind == "avg" else {}
-    return b.emit(fn(b.get(cast(Value, n.inputs[0])), pool_size=n.attr("kernel_shape"), strides=n.attr("strides", [1] * sp),
-                     padding=_pads(n, sp), dilation=n.attr("dilations", [1] * sp),
-                     ceil_mode=bool(n.attr("ceil_mode", 0)), **kw))
+    return b.emit(
+        fn(
+            b.get(cast(Value, n.inputs[0])),
+            pool_size=n.attr("kernel_shape"),
+            strides=n.attr("strides", [1] * sp),
+            padding=_pads(n, sp),
+            dilation=n.attr("dilations", [1] * sp),
+            ceil_mode=bool(n.attr("ceil_mode", 0)),
+            **kw,
+        )
+    )
 
 
 @lowering("GlobalAveragePool")
@@ -754,21 +922,28 @@ def _gap(b: RelaxBuilder, n: Node) -> Any:
 def _bn(b: RelaxBuilder, n: Node) -> Any:
     x, g, beta, mean, var = cast("tuple[Value, Value, Value, Value, Value]", n.inputs[:5])
     eps = n.attr("epsilon", 1e-5)
-    if n.attr("training_mode", 0) or any(o.uses or id(o) in {id(v) for v in b.model.graph.outputs}
-                                         for o in n.outputs[1:]):
-        raise UnsupportedError(f"node {n.name!r}: BatchNormalization in training mode (batch statistics, running "
-                               "mean / variance outputs) is not supported by the cpu target")
+    if n.attr("training_mode", 0) or any(
+        o.uses or id(o) in {id(v) for v in b.model.graph.outputs} for o in n.outputs[1:]
+    ):
+        raise UnsupportedError(
+            f"node {n.name!r}: BatchNormalization in training mode (batch statistics, running "
+            "mean / variance outputs) is not supported by the cpu target"
+        )
     shape = [1, -1] + [1] * (cast(int, x.rank) - 2)
     dt = _np_dtype(n, x)
     if not all(v.is_const for v in (g, beta, mean, var)):
+
         def r(v: Any) -> Any:
             return _op().reshape(b.get(v), shape)
+
         inv = _op().divide(r(g), _op().sqrt(_op().add(r(var), b.relax.const(np.asarray(eps, dt), dt))))
         return b.emit(_op().add(_op().multiply(_op().subtract(b.get(x), r(mean)), inv), r(beta)))
     k = g.numpy() / np.sqrt(var.numpy() + eps)
     shift = beta.numpy() - mean.numpy() * k
-    y = _op().add(_op().multiply(b.get(x), b.relax.const(k.reshape(shape).astype(dt))),
-                  b.relax.const(shift.reshape(shape).astype(dt)))
+    y = _op().add(
+        _op().multiply(b.get(x), b.relax.const(k.reshape(shape).astype(dt))),
+        b.relax.const(shift.reshape(shape).astype(dt)),
+    )
     return b.emit(y)
 
 
@@ -779,30 +954,40 @@ def _layernorm(b: RelaxBuilder, n: Node) -> Any:
     axes = list(range(axis, cast(int, x.rank)))
     dt = _np_dtype(n, x)
     eps = n.attr("epsilon", 1e-5)
-    beta = b.get(n.inputs[2]) if len(n.inputs) > 2 and n.inputs[2] is not None else b.relax.const(
-        np.zeros(cast("tuple[int, ...]", x.static_shape)[axis:], dt))
+    beta = (
+        b.get(n.inputs[2])
+        if len(n.inputs) > 2 and n.inputs[2] is not None
+        else b.relax.const(np.zeros(cast("tuple[int, ...]", x.static_shape)[axis:], dt))
+    )
     y = b.emit(_op().nn.layer_norm(b.get(x), b.get(cast(Value, n.inputs[1])), beta, axes=axes, epsilon=eps))
     if len(n.outputs) == 1:
         return y
     # Mean and InvStdDev (the reduced axes kept as 1), computed in float32 (stash_type=1)
     if n.attr("stash_type", 1) != 1:
-        raise UnsupportedError(f"node {n.name!r}: LayerNormalization stash_type={n.attr('stash_type')} is not "
-                               "supported by the cpu target")
+        raise UnsupportedError(
+            f"node {n.name!r}: LayerNormalization stash_type={n.attr('stash_type')} is not supported by the cpu target"
+        )
     xf = _op().astype(b.get(x), "float32")
     mean = b.emit(_op().mean(xf, axis=axes, keepdims=True))
     d = _op().subtract(xf, mean)
     var = _op().mean(_op().multiply(d, d), axis=axes, keepdims=True)
     inv = _op().rsqrt(_op().add(var, b.relax.const(np.asarray(eps, "float32"), "float32")))
     outs = [y, mean, b.emit(inv)]
-    return [o if k == 0 or n.outputs[k].dtype is None or cast(DType, n.outputs[k].dtype).numpy.name == "float32"
-            else b.emit(_op().astype(o, cast(DType, n.outputs[k].dtype).numpy.name))
-            for k, o in enumerate(outs)][:len(n.outputs)]
+    return [
+        o
+        if k == 0 or n.outputs[k].dtype is None or cast(DType, n.outputs[k].dtype).numpy.name == "float32"
+        else b.emit(_op().astype(o, cast(DType, n.outputs[k].dtype).numpy.name))
+        for k, o in enumerate(outs)
+    ][: len(n.outputs)]
 
 
 @lowering("edgec::RMSNorm")
 def _rmsnorm(b: RelaxBuilder, n: Node) -> Any:
-    return b.emit(_op().nn.rms_norm(b.get(cast(Value, n.inputs[0])), b.get(cast(Value, n.inputs[1])), axes=[-1],
-                                    epsilon=n.attr("epsilon", 1e-5)))
+    return b.emit(
+        _op().nn.rms_norm(
+            b.get(cast(Value, n.inputs[0])), b.get(cast(Value, n.inputs[1])), axes=[-1], epsilon=n.attr("epsilon", 1e-5)
+        )
+    )
 
 
 @lowering("edgec::Gelu")
@@ -857,10 +1042,16 @@ def pack_codes(q: QuantizedTensor) -> tuple[np.ndarray, int]:
 def _quantized_linear(b: RelaxBuilder, n: Node, x: Value, q: QuantizedTensor, bias: Value | None) -> Any:
     from tvm import te
 
-    if q.scheme not in LINEAR_WEIGHTS or q.codes.ndim != 2 or q.axis not in (0, None) \
-            or (q.group_size and q.group_axis != 1):
-        raise UnsupportedError(f"node {n.name!r}: the cpu target encodes per-channel or group-wise (along the input "
-                               f"axis) affine weights and vector codebooks; {q!r} is not one of them")
+    if (
+        q.scheme not in LINEAR_WEIGHTS
+        or q.codes.ndim != 2
+        or q.axis not in (0, None)
+        or (q.group_size and q.group_axis != 1)
+    ):
+        raise UnsupportedError(
+            f"node {n.name!r}: the cpu target encodes per-channel or group-wise (along the input "
+            f"axis) affine weights and vector codebooks; {q!r} is not one of them"
+        )
     N, K = q.shape
     xs = cast("tuple[int, ...]", x.static_shape)  # shapes are static here
     M = int(np.prod(xs[:-1]))
@@ -868,8 +1059,7 @@ def _quantized_linear(b: RelaxBuilder, n: Node, x: Value, q: QuantizedTensor, bi
 
     def compute(X: Any, *params: Any) -> Any:
         k = te.reduce_axis((0, K), "k")
-        return te.compute((M, N), lambda i, j: te.sum(X[i, k] * element(params, j, k), axis=k),
-                          name="dequant_matmul")
+        return te.compute((M, N), lambda i, j: te.sum(X[i, k] * element(params, j, k), axis=k), name="dequant_matmul")
 
     x2 = b.emit(_op().reshape(b.get(x), [M, K]))
     y = b.bb.emit_te(compute, x2, *consts, primfunc_name_hint=f"qlinear_{q.bits}b")
@@ -917,12 +1107,16 @@ def _dequant_te(q: QuantizedTensor, b: RelaxBuilder) -> Any:
     offsets index by (row, K position // group). ``element(params, row, k)`` takes the TE tensors of the
     constants in order, and computes exactly :meth:`QuantizedTensor.dequantize` (float32, same order)."""
     from tvm import tirx
+
     k = int(np.prod(q.shape[1:]))
     packed, per_byte = pack_codes(q)
     scales = np.asarray(q.scales, np.float32).reshape(cast(np.ndarray, q.scales).shape[0], -1)
     sn, gk = scales.shape[0], max(1, k // scales.shape[1])
-    extra = {name: np.ascontiguousarray(np.asarray(p, np.float32).reshape(sn, -1))
-             for name, p in (("zp", q.zero_points), ("offset", q.offsets)) if p is not None}
+    extra = {
+        name: np.ascontiguousarray(np.asarray(p, np.float32).reshape(sn, -1))
+        for name, p in (("zp", q.zero_points), ("offset", q.offsets))
+        if p is not None
+    }
     consts = [b.relax.const(packed, str(packed.dtype)), b.relax.const(np.ascontiguousarray(scales), "float32")]
     consts += [b.relax.const(a, "float32") for a in extra.values()]
     slots = {name: 2 + i for i, name in enumerate(extra)}
@@ -950,6 +1144,7 @@ def _dequant_te(q: QuantizedTensor, b: RelaxBuilder) -> Any:
 
 def _quantized_conv(b: RelaxBuilder, n: Node, q: QuantizedTensor) -> Any:
     from tvm import te, topi
+
     if q.scheme_type.indexes_codebook:
         raise UnsupportedError(f"node {n.name!r}: the cpu target does not encode {q.scheme} conv weights")
     o, i, kh, kw = q.shape
@@ -968,6 +1163,7 @@ def _quantized_conv(b: RelaxBuilder, n: Node, q: QuantizedTensor) -> Any:
 
 def _quantized_gather(b: RelaxBuilder, n: Node, q: QuantizedTensor) -> Any:
     from tvm import te
+
     if q.scheme_type.indexes_codebook or q.codes.ndim != 2 or n.attr("axis", 0) != 0:
         raise UnsupportedError(f"node {n.name!r}: the cpu target encodes affine 2-D embedding tables only")
     rows, dim = q.shape
@@ -980,6 +1176,7 @@ def _quantized_gather(b: RelaxBuilder, n: Node, q: QuantizedTensor) -> Any:
             r = I[ax[:-1]].astype("int32")
             r = te.max(te.min(r, rows - 1), 0)  # clip, like the float lowering's mode="clip"
             return element(params, r, ax[-1])
+
         return te.compute(tuple(ishape) + (dim,), f, name="dequant_gather")
 
     return b.bb.emit_te(compute, b.get(idx), *consts, primfunc_name_hint=f"qgather_{q.bits}b")

@@ -47,6 +47,7 @@ class HFTokenizer(Tokenizer):
             raise BadInputError(f"{folder} has no tokenizer.json; text input needs the model's tokenizer")
         try:
             from tokenizers import Tokenizer as _T
+
             self.tok = _T.from_file(path)
         except ImportError:
             raise UnsupportedError("the 'tokenizers' package is not installed: pip install tokenizers") from None
@@ -66,11 +67,14 @@ class HFTokenizer(Tokenizer):
 def tokenizer_for(model: Model) -> Tokenizer:
     """The tokenizer of a model imported by an LLM frontend."""
     from .llm import SOURCE_KEY, LLMConfig
+
     src = model.metadata.get(SOURCE_KEY, "")
     kind, _, path = src.partition(":")
     if not src:
-        raise UnsupportedError("this model carries no tokenizer: text input needs a language model imported from "
-                               "a GGUF file or a Hugging Face folder")
+        raise UnsupportedError(
+            "this model carries no tokenizer: text input needs a language model imported from "
+            "a GGUF file or a Hugging Face folder"
+        )
     if not os.path.exists(path):
         raise BadInputError(f"the model's tokenizer lives in {path}, which no longer exists")
     if kind == "gguf":

@@ -100,10 +100,17 @@ class InvertedResidual(nn.Module):
 class MobileNetV3Small(nn.Module):
     # (in, kernel, expanded, out, use_se, activation, stride) from the paper's Table 2.
     CONFIG = [
-        (16, 3, 16, 16, True, "RE", 2), (16, 3, 72, 24, False, "RE", 2), (24, 3, 88, 24, False, "RE", 1),
-        (24, 5, 96, 40, True, "HS", 2), (40, 5, 240, 40, True, "HS", 1), (40, 5, 240, 40, True, "HS", 1),
-        (40, 5, 120, 48, True, "HS", 1), (48, 5, 144, 48, True, "HS", 1), (48, 5, 288, 96, True, "HS", 2),
-        (96, 5, 576, 96, True, "HS", 1), (96, 5, 576, 96, True, "HS", 1),
+        (16, 3, 16, 16, True, "RE", 2),
+        (16, 3, 72, 24, False, "RE", 2),
+        (24, 3, 88, 24, False, "RE", 1),
+        (24, 5, 96, 40, True, "HS", 2),
+        (40, 5, 240, 40, True, "HS", 1),
+        (40, 5, 240, 40, True, "HS", 1),
+        (40, 5, 120, 48, True, "HS", 1),
+        (48, 5, 144, 48, True, "HS", 1),
+        (48, 5, 288, 96, True, "HS", 2),
+        (96, 5, 576, 96, True, "HS", 1),
+        (96, 5, 576, 96, True, "HS", 1),
     ]
 
     def __init__(self, num_classes: int = 1000):
@@ -114,8 +121,9 @@ class MobileNetV3Small(nn.Module):
         layers.append(_conv_bn_act(96, 576, 1, 1))
         self.features = nn.Sequential(*layers)
         self.avgpool = nn.AdaptiveAvgPool2d(1)
-        self.classifier = nn.Sequential(nn.Linear(576, 1024), nn.Hardswish(), nn.Dropout(0.2),
-                                        nn.Linear(1024, num_classes))
+        self.classifier = nn.Sequential(
+            nn.Linear(576, 1024), nn.Hardswish(), nn.Dropout(0.2), nn.Linear(1024, num_classes)
+        )
 
     def forward(self, x):
         return self.classifier(torch.flatten(self.avgpool(self.features(x)), 1))
@@ -128,9 +136,16 @@ class BertEncoder(nn.Module):
     def __init__(self, hidden: int = 256, layers: int = 4, heads: int = 4, vocab: int = 1000, max_pos: int = 128):
         super().__init__()
         from transformers import BertConfig, BertModel
-        cfg = BertConfig(vocab_size=vocab, hidden_size=hidden, num_hidden_layers=layers, num_attention_heads=heads,
-                         intermediate_size=4 * hidden, max_position_embeddings=max_pos,
-                         attn_implementation="eager")
+
+        cfg = BertConfig(
+            vocab_size=vocab,
+            hidden_size=hidden,
+            num_hidden_layers=layers,
+            num_attention_heads=heads,
+            intermediate_size=4 * hidden,
+            max_position_embeddings=max_pos,
+            attn_implementation="eager",
+        )
         self.bert = BertModel(cfg, add_pooling_layer=False)
         self.vocab = vocab
 
@@ -164,7 +179,7 @@ def build(name: str, seed: int = 0, image_size: int = 64, seq_len: int = 16):
         m = BertEncoder().eval()
         ids = torch.randint(0, m.vocab, (1, seq_len))
         mask = torch.ones(1, seq_len, dtype=torch.int64)
-        mask[0, seq_len - 3:] = 0  # some padding, so the mask path is exercised
+        mask[0, seq_len - 3 :] = 0  # some padding, so the mask path is exercised
         return m, (ids, mask), ["input_ids", "attention_mask"]
     raise ValueError(f"unknown example model {name!r}; known: resnet18, mobilenetv3-small, bert")
 

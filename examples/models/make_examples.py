@@ -19,7 +19,9 @@ class TinyCNN(nn.Module):
     def __init__(self):
         super().__init__()
         self.stem = nn.Sequential(nn.Conv2d(3, 16, 3, 1, 1), nn.BatchNorm2d(16), nn.ReLU())
-        self.block = nn.Sequential(nn.Conv2d(16, 16, 3, 1, 1), nn.BatchNorm2d(16), nn.ReLU(), nn.Conv2d(16, 16, 3, 1, 1))
+        self.block = nn.Sequential(
+            nn.Conv2d(16, 16, 3, 1, 1), nn.BatchNorm2d(16), nn.ReLU(), nn.Conv2d(16, 16, 3, 1, 1)
+        )
         self.pool = nn.MaxPool2d(2)
         self.head = nn.Linear(16, 10)
 
@@ -34,9 +36,16 @@ def main() -> None:
     torch.manual_seed(0)
     m = TinyCNN().eval()
     here = os.path.dirname(os.path.abspath(__file__))
-    torch.onnx.export(m, (torch.randn(1, 3, 32, 32),), os.path.join(here, "tiny_cnn.onnx"), dynamo=False,
-                      opset_version=17, input_names=["image"], output_names=["logits"],
-                      dynamic_axes={"image": {0: "batch"}, "logits": {0: "batch"}})
+    torch.onnx.export(
+        m,
+        (torch.randn(1, 3, 32, 32),),
+        os.path.join(here, "tiny_cnn.onnx"),
+        dynamo=False,
+        opset_version=17,
+        input_names=["image"],
+        output_names=["logits"],
+        dynamic_axes={"image": {0: "batch"}, "logits": {0: "batch"}},
+    )
 
 
 if __name__ == "__main__":

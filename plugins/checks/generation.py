@@ -30,6 +30,7 @@ def generate(model: Model, prompts: list[str], tokens: int) -> list[str]:
     """Greedy continuations of ``prompts`` (text after the prompt) by ``model`` on the reference executor."""
     from ...api.llm import LLMConfig
     from ...api.tokenizer import tokenizer_for
+
     tok = tokenizer_for(model)
     cfg = LLMConfig.from_model(model)
     eos = cfg.eos_token_id if cfg is not None else None
@@ -41,8 +42,10 @@ def generate(model: Model, prompts: list[str], tokens: int) -> list[str]:
     for p in prompts:
         ids = tok.encode(p, add_bos=True)
         if cfg is not None and max(ids, default=0) >= cfg.vocab_size:
-            raise UsageError(f"prompt {p[:40]!r} encodes to token {max(ids)}, beyond the model's vocabulary of "
-                             f"{cfg.vocab_size}: the tokenizer ({tok.name or 'the model source'}) does not match")
+            raise UsageError(
+                f"prompt {p[:40]!r} encodes to token {max(ids)}, beyond the model's vocabulary of "
+                f"{cfg.vocab_size}: the tokenizer ({tok.name or 'the model source'}) does not match"
+            )
         new: list[int] = []
         for _ in range(tokens):
             if limit and len(ids) + len(new) >= limit:
@@ -62,7 +65,7 @@ def holds_json(text: str) -> bool:
     if not starts:
         return False
     try:
-        json.JSONDecoder().raw_decode(text[min(starts):])
+        json.JSONDecoder().raw_decode(text[min(starts) :])
     except ValueError:
         return False
     return True
@@ -78,12 +81,15 @@ class _Generation(Check):
         self.tokens = DEFAULT_TOKENS
         if at:
             if not n.isdigit() or int(n) < 1:
-                raise UsageError(f"check {self.name}:{arg}: {n!r} after '@' must be the number of new tokens per "
-                                 f"prompt, e.g. {self.name}:{path}@48 (default {DEFAULT_TOKENS})")
+                raise UsageError(
+                    f"check {self.name}:{arg}: {n!r} after '@' must be the number of new tokens per "
+                    f"prompt, e.g. {self.name}:{path}@48 (default {DEFAULT_TOKENS})"
+                )
             self.tokens = int(n)
         if not path or not os.path.isfile(path):
-            raise UsageError(f"check {self.name}:{arg}: {path!r} is not a file; pass {self.name}:PATH (see "
-                             "`edgec checks`)")
+            raise UsageError(
+                f"check {self.name}:{arg}: {path!r} is not a file; pass {self.name}:PATH (see `edgec checks`)"
+            )
         self.path = path
         try:
             with open(path, encoding="utf-8") as f:
@@ -116,15 +122,18 @@ class JSONCheck(_Generation):
         self.reference = generate(reference, self.prompts, self.tokens)
         self.kept = [i for i, g in enumerate(self.reference) if holds_json(g)]
         if not self.kept:
-            raise self._fail(f"the float model's generations hold no JSON for any of the {len(self.prompts)} "
-                             f"prompts (first: {self.reference[0][:60]!r}); the check would accept anything")
+            raise self._fail(
+                f"the float model's generations hold no JSON for any of the {len(self.prompts)} "
+                f"prompts (first: {self.reference[0][:60]!r}); the check would accept anything"
+            )
 
     def evaluate_model(self, candidate: Model) -> CheckResult:
         got = generate(candidate, [self.prompts[i] for i in self.kept], self.tokens)
         bad = [(self.prompts[i], g) for i, g in zip(self.kept, got) if not holds_json(g)]
         frac = 1 - len(bad) / len(self.kept)
-        detail = (f"{len(self.kept) - len(bad)}/{len(self.kept)} generations hold JSON" +
-                  (f"; {bad[0][0][:40]!r} -> {bad[0][1][:60]!r}" if bad else ""))
+        detail = f"{len(self.kept) - len(bad)}/{len(self.kept)} generations hold JSON" + (
+            f"; {bad[0][0][:40]!r} -> {bad[0][1][:60]!r}" if bad else ""
+        )
         return CheckResult(not bad, frac, detail)
 
 
@@ -142,9 +151,17 @@ class ContainsCheck(_Generation):
             raise self._fail(f"not JSON ({e})") from None
         if isinstance(data, dict):
             data = [{"prompt": k, "require": v} for k, v in data.items()]
-        ok = isinstance(data, list) and data and all(
-            isinstance(d, dict) and isinstance(d.get("prompt"), str) and isinstance(d.get("require"), list)
-            and all(isinstance(r, str) for r in d["require"]) for d in data)
+        ok = (
+            isinstance(data, list)
+            and data
+            and all(
+                isinstance(d, dict)
+                and isinstance(d.get("prompt"), str)
+                and isinstance(d.get("require"), list)
+                and all(isinstance(r, str) for r in d["require"])
+                for d in data
+            )
+        )
         if not ok:
             raise self._fail('expected {"prompt": ["required", ...]} or [{"prompt": ..., "require": [...]}]')
         self.items = [(d["prompt"], d["require"]) for d in data]

@@ -16,18 +16,33 @@ from .legalize_dtypes import LegalizeDtypes
 from .simplify_shapes import SimplifyShapes
 
 # decompose's rules beyond its own module: registered (in this order, after decompose's) by importing them
-from . import (decompose_linear, decompose_ml, decompose_pool, decompose_quant, decompose_resize,  # noqa: E402,F401,I001
-               decompose_rnn, decompose_training)
+from . import decompose_linear, decompose_ml, decompose_pool, decompose_quant  # noqa: F401
+from . import decompose_resize, decompose_rnn, decompose_training  # noqa: F401
 
-PASSES = (DeadCodeElimination, Decompose, EliminateEmpty, EliminateIdentity, FoldBatchNorm, FoldConstants,
-          FuseAttention, FuseGelu, FuseLayerNorm, FuseLinear, FuseRMSNorm, LegalizeDtypes, SimplifyShapes)
+PASSES = (
+    DeadCodeElimination,
+    Decompose,
+    EliminateEmpty,
+    EliminateIdentity,
+    FoldBatchNorm,
+    FoldConstants,
+    FuseAttention,
+    FuseGelu,
+    FuseLayerNorm,
+    FuseLinear,
+    FuseRMSNorm,
+    LegalizeDtypes,
+    SimplifyShapes,
+)
 
 # What `edgec compile` runs before the user's pipeline: normalize the graph into the forms targets expect, then
 # hold the element types the target lacks in storage types (legalize-dtypes, whose conversions decompose may
 # rewrite further), rewrite what the target does not take (decompose; after the fusions, so that e.g. a foldable
 # Gemm becomes edgec::Linear first, and before constant folding, which evaluates the shape arithmetic of the rewrites).
-DEFAULT_CLEANUP = ("simplify-shapes,eliminate-identity,fold-batchnorm,fuse-layernorm,fuse-rmsnorm,fuse-gelu,"
-                   "fuse-attention,fuse-linear,legalize-dtypes,decompose,eliminate-empty,fold-constants,dce")
+DEFAULT_CLEANUP = (
+    "simplify-shapes,eliminate-identity,fold-batchnorm,fuse-layernorm,fuse-rmsnorm,fuse-gelu,"
+    "fuse-attention,fuse-linear,legalize-dtypes,decompose,eliminate-empty,fold-constants,dce"
+)
 
 
 @hookimpl

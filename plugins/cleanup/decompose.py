@@ -94,6 +94,8 @@ def target_arithmetic() -> tuple[bool, bool]:
     f32 = t.float32_exact() if hasattr(t, "float32_exact") else True
     caps = getattr(t, "capabilities", None)
     return bool(f32), bool(getattr(caps, "exact_division", True))
+
+
 RULES: dict[str, list[Rule]] = {}  # per op, tried in order until one applies (returns values, not None)
 
 
@@ -102,6 +104,7 @@ def rule(*ops: str):
         for op in ops:
             RULES.setdefault(op, []).append(fn)
         return fn
+
     return deco
 
 
@@ -212,8 +215,15 @@ def _lrn(r: _Rewriter, n: Node, opset: int) -> list[Value] | None:
     padded = r.op("Concat", [p for p, k in zip([parts[0], sq, parts[1]], (lo, 1, hi)) if k], axis=1)
     acc = None
     for k in range(size):
-        s = r.op("Slice", [padded, r.const(np.array([k], np.int64)), r.const(np.array([k + c], np.int64)),
-                           r.const(np.array([1], np.int64))])
+        s = r.op(
+            "Slice",
+            [
+                padded,
+                r.const(np.array([k], np.int64)),
+                r.const(np.array([k + c], np.int64)),
+                r.const(np.array([1], np.int64)),
+            ],
+        )
         acc = s if acc is None else r.op("Add", [acc, s])
     den = r.op("Add", [r.const(bias, x), r.op("Mul", [r.const(alpha / size, x), acc])])
     return [r.op("Div", [x, r.op("Pow", [den, r.const(beta, x)])])]
@@ -307,6 +317,7 @@ def _bitshift(r: _Rewriter, n: Node, opset: int) -> list[Value] | None:
 
     def c(v):
         return r.const(np.array(v, dt))
+
     amount = r.op("Min", [y, c(top)])
     if signed:
         amount = r.op("Max", [amount, c(0)])
@@ -349,8 +360,10 @@ def _onehot(r: _Rewriter, n: Node, opset: int) -> list[Value] | None:
         i = r.op("Where", [r.op("Less", [i, r.const(np.array(0, it))]), r.op("Add", [i, r.const(np.array(d, it))]), i])
     shape = [1] * rank
     shape[axis] = d
-    hit = r.op("Equal", [r.op("Unsqueeze", [i, r.const(np.array([axis], np.int64))]),
-                         r.const(np.arange(d, dtype=it).reshape(shape))])
+    hit = r.op(
+        "Equal",
+        [r.op("Unsqueeze", [i, r.const(np.array([axis], np.int64))]), r.const(np.arange(d, dtype=it).reshape(shape))],
+    )
     off = r.op("Gather", [values, r.const(np.array(0, np.int64))])
     on = r.op("Gather", [values, r.const(np.array(1, np.int64))])
     return [r.op("Where", [hit, on, off])]
@@ -377,8 +390,11 @@ def _lpnorm(r: _Rewriter, n: Node, opset: int) -> list[Value] | None:
     if x is None or x.rank is None or x.dtype is None or not x.dtype.is_float or p not in (1, 2):
         return None
     op, axis = "ReduceL2" if p == 2 else "ReduceL1", int(n.attr("axis", -1))
-    norm = (r.op(op, [x, r.const(np.array([axis], np.int64))], keepdims=1) if opset >= 18 else
-            r.op(op, [x], axes=[axis], keepdims=1))
+    norm = (
+        r.op(op, [x, r.const(np.array([axis], np.int64))], keepdims=1)
+        if opset >= 18
+        else r.op(op, [x], axes=[axis], keepdims=1)
+    )
     zero = r.const(np.zeros((), x.dtype.numpy))
     return [r.op("Where", [r.op("Equal", [norm, zero]), zero, r.op("Div", [x, norm])])]
 
@@ -462,9 +478,17 @@ def _cumulative(r: _Rewriter, n: Node, opset: int) -> list[Value] | None:
         ushape[axis] = s
         units = r.const(np.full(ushape, unit, np_dtype))
         start, end = (s, length) if reverse else (0, length - s)
-        part = r.op("Slice", [v, r.const(np.array([start], np.int64)), r.const(np.array([end], np.int64)),
-                              r.const(np.array([axis], np.int64))])
+        part = r.op(
+            "Slice",
+            [
+                v,
+                r.const(np.array([start], np.int64)),
+                r.const(np.array([end], np.int64)),
+                r.const(np.array([axis], np.int64)),
+            ],
+        )
         return r.op("Concat", [part, units] if reverse else [units, part], axis=axis)
+
     y = x
     if int(n.attr("exclusive", 0)):
         if length <= 1:
@@ -480,8 +504,9 @@ def _cumulative(r: _Rewriter, n: Node, opset: int) -> list[Value] | None:
 SCAN_MAX = 512  # elements along the axis a float scan is unrolled for
 
 
-def _sequential_scan(r: _Rewriter, n: Node, x: Value, axis: int, length: int, combine: str,
-                     unit: int) -> list[Value] | None:
+def _sequential_scan(
+    r: _Rewriter, n: Node, x: Value, axis: int, length: int, combine: str, unit: int
+) -> list[Value] | None:
     """Float CumSum / CumProd in the reference's order (numpy accumulates one element after another, from the
     end for ``reverse``): one Slice and one Add / Mul per element, then Concat; up to :data:`SCAN_MAX`."""
     shape, dtype = x.static_shape, x.dtype
@@ -491,8 +516,16 @@ def _sequential_scan(r: _Rewriter, n: Node, x: Value, axis: int, length: int, co
     order = list(range(length))[::-1] if reverse else list(range(length))
 
     def at(k: int) -> Value:
-        return r.op("Slice", [x, r.const(np.array([k], np.int64)), r.const(np.array([k + 1], np.int64)),
-                              r.const(np.array([axis], np.int64))])
+        return r.op(
+            "Slice",
+            [
+                x,
+                r.const(np.array([k], np.int64)),
+                r.const(np.array([k + 1], np.int64)),
+                r.const(np.array([axis], np.int64)),
+            ],
+        )
+
     ushape = list(shape)
     ushape[axis] = 1
     outs: dict[int, Value] = {}
@@ -508,8 +541,13 @@ def _sequential_scan(r: _Rewriter, n: Node, x: Value, axis: int, length: int, co
     return [r.op("Concat", parts, axis=axis) if len(parts) > 1 else r.op("Identity", parts)]
 
 
-_REDUCE_VIA_SUM = {"ReduceL1": ("Abs", None), "ReduceL2": ("Square", "Sqrt"), "ReduceSumSquare": ("Square", None),
-                   "ReduceLogSum": (None, "Log"), "ReduceLogSumExp": ("Exp", "Log")}
+_REDUCE_VIA_SUM = {
+    "ReduceL1": ("Abs", None),
+    "ReduceL2": ("Square", "Sqrt"),
+    "ReduceSumSquare": ("Square", None),
+    "ReduceLogSum": (None, "Log"),
+    "ReduceLogSumExp": ("Exp", "Log"),
+}
 
 
 @rule(*_REDUCE_VIA_SUM)
@@ -547,8 +585,7 @@ def _signature(op: str, opset: int) -> tuple | None:
     except onnx.defs.SchemaError:
         return None
     ports = tuple((p.name, p.option) for p in s.inputs), tuple((p.name, p.option) for p in s.outputs)
-    attrs = tuple(sorted((k, a.type, a.required, a.default_value.SerializeToString())
-                         for k, a in s.attributes.items()))
+    attrs = tuple(sorted((k, a.type, a.required, a.default_value.SerializeToString()) for k, a in s.attributes.items()))
     return ports, attrs
 
 
@@ -600,14 +637,17 @@ def function_body(n: Node, opset: int) -> onnx.FunctionProto | None:
     versions = list(schema.context_dependent_function_opset_versions if cd else schema.function_opset_versions)
     order = sorted((v for v in versions if v <= opset), reverse=True)[:1] + sorted(v for v in versions if v > opset)
     for version in order:
-        if (_schema_version(n.op_type, version) != schema.since_version
-                and _signature(n.op_type, version) != _signature(n.op_type, opset)):
+        if _schema_version(n.op_type, version) != schema.since_version and _signature(n.op_type, version) != _signature(
+            n.op_type, opset
+        ):
             continue
         try:
             if cd:
                 raw = schema.get_context_dependent_function_with_opset_version(
-                    version, node.SerializeToString(),
-                    [_type_proto(v).SerializeToString() for v in n.inputs if v is not None])
+                    version,
+                    node.SerializeToString(),
+                    [_type_proto(v).SerializeToString() for v in n.inputs if v is not None],
+                )
             else:
                 raw = schema.get_function_with_opset_version(version)
         except Exception:  # noqa: BLE001 - the C++ side refuses inputs it cannot build a body for
@@ -621,8 +661,10 @@ def function_body(n: Node, opset: int) -> onnx.FunctionProto | None:
 
 def _io(n: Node) -> tuple[list[onnx.ValueInfoProto], list[onnx.ValueInfoProto]]:
     """A sub-model's inputs ``i<k>`` (typed as ``n``'s inputs) and outputs ``o<k>``."""
-    return ([helper.make_value_info(f"i{k}", _type_proto(v)) for k, v in enumerate(n.inputs) if v is not None],
-            [helper.make_value_info(f"o{k}", onnx.TypeProto()) for k in range(len(n.outputs))])
+    return (
+        [helper.make_value_info(f"i{k}", _type_proto(v)) for k, v in enumerate(n.inputs) if v is not None],
+        [helper.make_value_info(f"o{k}", onnx.TypeProto()) for k in range(len(n.outputs))],
+    )
 
 
 def _body_model(model: Model, n: Node, fn: onnx.FunctionProto) -> onnx.ModelProto | None:
@@ -630,14 +672,17 @@ def _body_model(model: Model, n: Node, fn: onnx.FunctionProto) -> onnx.ModelProt
     model's opset: a body written for another opset is converted by ``onnx.version_converter``, whose adapters
     know every change of meaning between opsets (Softmax's axis in 13, attributes that became inputs, ...)."""
     from onnx import inliner, version_converter
+
     node = _node_proto(n, onnx.defs.get_schema(n.op_type, model.opset, ""))
     fn = onnx.FunctionProto.FromString(fn.SerializeToString())
     fn.domain, fn.name = _DOMAIN, n.op_type
     body_opset = next((o.version for o in fn.opset_import if o.domain in ("", "ai.onnx")), model.opset)
     ins, outs = _io(n)
-    proto = helper.make_model(helper.make_graph([node], "body", ins, outs),
-                              opset_imports=[helper.make_opsetid("", body_opset), helper.make_opsetid(_DOMAIN, 1)],
-                              functions=[fn])
+    proto = helper.make_model(
+        helper.make_graph([node], "body", ins, outs),
+        opset_imports=[helper.make_opsetid("", body_opset), helper.make_opsetid(_DOMAIN, 1)],
+        functions=[fn],
+    )
     try:
         inlined = inliner.inline_local_functions(proto)
         del inlined.opset_import[:]
@@ -674,19 +719,29 @@ def _bind_constants(proto: onnx.ModelProto, n: Node) -> onnx.ModelProto:
 def _edgec_model(model: Model, n: Node) -> onnx.ModelProto | None:
     """The sub-model of an ``edgec::`` op: its defining expansion into standard ONNX (:mod:`edgec.ir.ops`)."""
     from ...ir import ops as edgec_ops
+
     if n.domain != edgec_ops.EDGEC_DOMAIN or n.op_type not in edgec_ops.OPS:
         return None
-    if any(v is not None and (v.quant is not None or (v.const is not None and not isinstance(v.const, Tensor)))
-           for v in n.inputs):
+    if any(
+        v is not None and (v.quant is not None or (v.const is not None and not isinstance(v.const, Tensor)))
+        for v in n.inputs
+    ):
         return None  # quantized weights and activations have no plain-ONNX form here
     ins, outs = _io(n)
-    ctx = edgec_ops.ExpandContext(opset=model.opset, nodes=[], initializers=[],
-                                  taken={vi.name for vi in ins + outs})
+    ctx = edgec_ops.ExpandContext(opset=model.opset, nodes=[], initializers=[], taken={vi.name for vi in ins + outs})
     names = [f"i{k}" if v is not None else "" for k, v in enumerate(n.inputs)]
-    edgec_ops.expand(n.op_type, ctx, names, [f"o{k}" for k in range(len(n.outputs))], dict(n.attributes),
-                     [v.rank if v is not None else None for v in n.inputs])
-    return helper.make_model(helper.make_graph(ctx.nodes, "edgec", ins, outs, ctx.initializers),
-                             opset_imports=[helper.make_opsetid("", model.opset)])
+    edgec_ops.expand(
+        n.op_type,
+        ctx,
+        names,
+        [f"o{k}" for k in range(len(n.outputs))],
+        dict(n.attributes),
+        [v.rank if v is not None else None for v in n.inputs],
+    )
+    return helper.make_model(
+        helper.make_graph(ctx.nodes, "edgec", ins, outs, ctx.initializers),
+        opset_imports=[helper.make_opsetid("", model.opset)],
+    )
 
 
 def _splice(model: Model, n: Node, proto: onnx.ModelProto) -> list[Value] | None:
@@ -711,9 +766,14 @@ def _copy_before(g, n: Node, sub, env: dict) -> list:
             env[id(v)] = g.add_const(g.unique_name(f"{n.name or 'n'}_{v.name}"), v.const)
     for m in sub:
         with g.inserting_before(n):
-            new = g.op(m.op_type, [env[id(v)] if v is not None else None for v in m.inputs],
-                       dict(m.attributes) or None, domain=m.domain, name=f"{n.name or 'n'}_{m.op_type}",
-                       num_outputs=len(m.outputs))
+            new = g.op(
+                m.op_type,
+                [env[id(v)] if v is not None else None for v in m.inputs],
+                dict(m.attributes) or None,
+                domain=m.domain,
+                name=f"{n.name or 'n'}_{m.op_type}",
+                num_outputs=len(m.outputs),
+            )
         for a, b in zip(m.outputs, new.outputs):
             b.dtype, b.shape = a.dtype, a.shape
             env[id(a)] = b
@@ -742,6 +802,7 @@ class Decompose(Pass):
                 owner = scratch_of.get(id(n.graph), model)
                 return not target.accepts_node(n, owner)
             return not caps.accepts(n.qualified_op)
+
         g = model.graph
         changed = False
         with rewriting_for(target):
@@ -752,8 +813,9 @@ class Decompose(Pass):
             g.remove_unused_consts()
         return changed
 
-    def _decompose(self, model: Model, n: Node, wanted: Callable[[Node], bool], ctx: PassContext,
-                   scratch_of: dict[int, Model]) -> bool:
+    def _decompose(
+        self, model: Model, n: Node, wanted: Callable[[Node], bool], ctx: PassContext, scratch_of: dict[int, Model]
+    ) -> bool:
         """Rewrite ``n`` in a scratch model of its own (its inputs' dtypes, shapes and constants), again and again
         until no op there is wanted, then splice the result in; when some op stays wanted, ``n`` stays as it is
         (the target's check then names the model's own op, not a piece of its rewrite)."""
@@ -770,8 +832,16 @@ class Decompose(Pass):
                 s = sub.add_input(f"i{k}", v.dtype, v.shape)  # type: ignore[arg-type]
             originals[id(s)] = v
             ins.append(s)
-        node = sub.append(Node(n.op_type, ins, dict(n.attributes), domain=n.domain, name=n.name or n.op_type,
-                               outputs=[Value(f"o{k}", o.dtype, o.shape) for k, o in enumerate(n.outputs)]))
+        node = sub.append(
+            Node(
+                n.op_type,
+                ins,
+                dict(n.attributes),
+                domain=n.domain,
+                name=n.name or n.op_type,
+                outputs=[Value(f"o{k}", o.dtype, o.shape) for k, o in enumerate(n.outputs)],
+            )
+        )
         sub.outputs.extend(node.outputs)
         scratch = Model(sub, model.opset_imports)
         scratch_of[id(sub)] = scratch
@@ -826,4 +896,3 @@ class Decompose(Pass):
             body = function_body(n, model.opset)
             proto = _body_model(model, n, body) if body is not None else None
         return _splice(model, n, proto) if proto is not None else None
-

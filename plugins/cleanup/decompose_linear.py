@@ -29,14 +29,24 @@ def _reference(op: str, attrs: dict, inputs: list, k: int, opset: int, x: np.nda
     """onnx's reference ``op`` on ``x`` (float64) as input ``k``; ``inputs`` holds the other inputs' constant
     arrays (None: absent)."""
     from onnx.reference import ReferenceEvaluator
+
     names = [f"i{j}" if (v is not None or j == k) else "" for j, v in enumerate(inputs)]
-    inits = [numpy_helper.from_array(np.asarray(v, np.float64) if np.asarray(v).dtype.kind == "f" else np.asarray(v),
-                                     names[j]) for j, v in enumerate(inputs) if v is not None and j != k]  # T: one type
+    inits = [
+        numpy_helper.from_array(
+            np.asarray(v, np.float64) if np.asarray(v).dtype.kind == "f" else np.asarray(v), names[j]
+        )
+        for j, v in enumerate(inputs)
+        if v is not None and j != k
+    ]  # T: one type
     node = helper.make_node(op, names, ["y"])
     node.attribute.extend(attribute_proto(a, val) for a, val in attrs.items())
-    g = helper.make_graph([node], "linear",
-                          [helper.make_tensor_value_info(names[k], onnx.TensorProto.DOUBLE, list(x.shape))],
-                          [helper.make_tensor_value_info("y", onnx.TensorProto.DOUBLE, None)], inits)
+    g = helper.make_graph(
+        [node],
+        "linear",
+        [helper.make_tensor_value_info(names[k], onnx.TensorProto.DOUBLE, list(x.shape))],
+        [helper.make_tensor_value_info("y", onnx.TensorProto.DOUBLE, None)],
+        inits,
+    )
     model = helper.make_model(g, opset_imports=[helper.make_opsetid("", opset)])
     try:
         # cast: run returns a list (a dict only for intermediate=True)
@@ -45,8 +55,9 @@ def _reference(op: str, attrs: dict, inputs: list, k: int, opset: int, x: np.nda
         return None
 
 
-def _matrix(op: str, attrs: dict, inputs: list, opset: int, item: tuple[int, ...],
-            k: int = 0) -> tuple[np.ndarray, tuple[int, ...]] | None:
+def _matrix(
+    op: str, attrs: dict, inputs: list, opset: int, item: tuple[int, ...], k: int = 0
+) -> tuple[np.ndarray, tuple[int, ...]] | None:
     """The matrix W (inputs x outputs) of ``op`` on one item of input ``k`` shaped ``item`` (a batch axis of 1
     first), and the item's output shape (batch axis dropped); checked on a random item."""
     size = int(np.prod(item))

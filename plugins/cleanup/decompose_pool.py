@@ -53,8 +53,9 @@ def _dilated(r: _Rewriter, n: Node, opset: int) -> list[Value] | None:
     grow = [max(e, 0) for e in end]
     xp = x
     if any(begin) or any(grow):
-        xp = r.op("Pad", [x, r.const(np.array([0, 0] + begin + [0, 0] + grow, np.int64)),
-                          r.const(np.asarray(fill, dt))])
+        xp = r.op(
+            "Pad", [x, r.const(np.array([0, 0] + begin + [0, 0] + grow, np.int64)), r.const(np.asarray(fill, dt))]
+        )
     axes = r.const(np.arange(2, 2 + spatial, dtype=np.int64))
     steps = r.const(np.array(s, np.int64))
     if lp:  # (sum |x|^p)^(1/p): the powers summed over the window, padding adding 0
@@ -63,8 +64,7 @@ def _dilated(r: _Rewriter, n: Node, opset: int) -> list[Value] | None:
     for off in itertools.product(*[range(kk) for kk in k]):
         starts = [o * dd for o, dd in zip(off, d)]
         ends = [st + (o - 1) * sd + 1 for st, o, sd in zip(starts, out, s)]
-        part = r.op("Slice", [xp, r.const(np.array(starts, np.int64)), r.const(np.array(ends, np.int64)), axes,
-                              steps])
+        part = r.op("Slice", [xp, r.const(np.array(starts, np.int64)), r.const(np.array(ends, np.int64)), axes, steps])
         acc = part if acc is None else r.op("Add" if avg or lp else "Max", [acc, part])
     if acc is None:  # an empty window (a kernel dimension of 0): no rewrite
         return None

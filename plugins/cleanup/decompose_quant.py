@@ -80,8 +80,11 @@ def _qlinear_matmul(r: _Rewriter, n: Node, opset: int) -> list[Value] | None:
 
 
 def _conv_attrs(n: Node) -> dict:
-    return {k: n.attr(k) for k in ("group", "pads", "strides", "dilations", "kernel_shape", "auto_pad")
-            if n.attr(k) is not None}
+    return {
+        k: n.attr(k)
+        for k in ("group", "pads", "strides", "dilations", "kernel_shape", "auto_pad")
+        if n.attr(k) is not None
+    }
 
 
 @rule("ConvInteger")

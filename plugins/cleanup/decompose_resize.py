@@ -30,16 +30,33 @@ def _attr(n: Node, name: str, default):
     return v.decode() if isinstance(v, bytes) else v
 
 
-def axis_matrix(n: Node, length: int, out: int, scale: float | None, opset: int,
-                roi: tuple[float, float] | None = None, probe_outside: bool = False) -> np.ndarray | None:
+def axis_matrix(
+    n: Node,
+    length: int,
+    out: int,
+    scale: float | None,
+    opset: int,
+    roi: tuple[float, float] | None = None,
+    probe_outside: bool = False,
+) -> np.ndarray | None:
     """``M`` ([out, length], float64) of ``n``'s attributes along one axis: onnx's reference Resize (the
     specification's, which the node suite's expected outputs come from; onnxruntime departs from it for
     align_corners with a fractional scale) of the identity, with the axis' scale (when the node has scales)
     or size. tf_crop_and_resize: ``roi`` is the axis' (start, end), sampled points outside the input give 0;
     ``probe_outside`` instead returns a [out] vector that is 1 exactly at those points."""
     from onnx.reference import ReferenceEvaluator
-    attrs = {k: _attr(n, k, None) for k in ("mode", "coordinate_transformation_mode", "cubic_coeff_a",
-                                           "exclude_outside", "nearest_mode", "antialias")}
+
+    attrs = {
+        k: _attr(n, k, None)
+        for k in (
+            "mode",
+            "coordinate_transformation_mode",
+            "cubic_coeff_a",
+            "exclude_outside",
+            "nearest_mode",
+            "antialias",
+        )
+    }
     attrs = {k: v for k, v in attrs.items() if v is not None}
     attrs["extrapolation_value"] = 1.0 if probe_outside else 0.0
     box = np.zeros(0, np.float32) if roi is None else np.array([0.0, roi[0], 1.0, roi[1]], np.float32)
@@ -50,9 +67,13 @@ def axis_matrix(n: Node, length: int, out: int, scale: float | None, opset: int,
     else:
         inits.append(numpy_helper.from_array(np.array([length, out], np.int64), "sizes"))
         ins = ["x", "roi", "", "sizes"]
-    g = helper.make_graph([helper.make_node("Resize", ins, ["y"], **attrs)], "axis",
-                          [helper.make_tensor_value_info("x", onnx.TensorProto.DOUBLE, [length, length])],
-                          [helper.make_tensor_value_info("y", onnx.TensorProto.DOUBLE, None)], inits)
+    g = helper.make_graph(
+        [helper.make_node("Resize", ins, ["y"], **attrs)],
+        "axis",
+        [helper.make_tensor_value_info("x", onnx.TensorProto.DOUBLE, [length, length])],
+        [helper.make_tensor_value_info("y", onnx.TensorProto.DOUBLE, None)],
+        inits,
+    )
     m = helper.make_model(g, opset_imports=[helper.make_opsetid("", max(opset, 13))])
     try:
         with warnings.catch_warnings():

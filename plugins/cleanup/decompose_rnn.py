@@ -40,10 +40,16 @@ _GATES = {"RNN": 1, "GRU": 3, "LSTM": 4}
 _DEFAULT_ACTS = {"RNN": ["Tanh"], "GRU": ["Sigmoid", "Tanh"], "LSTM": ["Sigmoid", "Tanh", "Tanh"]}
 # activation -> (takes alpha, takes beta, default alpha, default beta); None: no agreed default (refused if absent)
 _ACTS: dict[str, tuple[bool, bool, float | None, float | None]] = {
-    "relu": (False, False, None, None), "tanh": (False, False, None, None), "sigmoid": (False, False, None, None),
-    "affine": (True, True, None, None), "leakyrelu": (True, False, 0.01, None),
-    "thresholdedrelu": (True, False, None, None), "scaledtanh": (True, True, None, None),
-    "hardsigmoid": (True, True, 0.2, 0.5), "elu": (True, False, 1.0, None), "softsign": (False, False, None, None),
+    "relu": (False, False, None, None),
+    "tanh": (False, False, None, None),
+    "sigmoid": (False, False, None, None),
+    "affine": (True, True, None, None),
+    "leakyrelu": (True, False, 0.01, None),
+    "thresholdedrelu": (True, False, None, None),
+    "scaledtanh": (True, True, None, None),
+    "hardsigmoid": (True, True, 0.2, 0.5),
+    "elu": (True, False, 1.0, None),
+    "softsign": (False, False, None, None),
     "softplus": (False, False, None, None),
 }
 
@@ -141,8 +147,18 @@ class _Unroll:
 class _Node:
     """What every rule reads from the node: static sizes, the per-direction inputs, the step masks."""
 
-    def __init__(self, u: _Unroll, n: Node, x: Value, seq: int, batch: int, hidden: int, nd: int, layout: int,
-                 lens: np.ndarray | Value | None):
+    def __init__(
+        self,
+        u: _Unroll,
+        n: Node,
+        x: Value,
+        seq: int,
+        batch: int,
+        hidden: int,
+        nd: int,
+        layout: int,
+        lens: np.ndarray | Value | None,
+    ):
         self.u, self.n, self.seq, self.batch, self.hidden, self.nd, self.layout = u, n, seq, batch, hidden, nd, layout
         self.gates = _GATES[n.op_type]
         # X as [seq, batch, in]
@@ -218,7 +234,7 @@ class _Node:
         outs = [y] + [u.concat(states, 0) for states in finals]
         if self.layout:
             outs = [u.transpose(outs[0], [2, 0, 1, 3])] + [u.transpose(o, [1, 0, 2]) for o in outs[1:]]
-        return outs[:len(self.n.outputs)]
+        return outs[: len(self.n.outputs)]
 
 
 def _setup(r: _Rewriter, n: Node, opset: int) -> tuple[_Node, list[tuple[str, float, float]]] | None:

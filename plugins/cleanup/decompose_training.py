@@ -41,8 +41,9 @@ def _adagrad(r: _Rewriter, n: Node, opset: int) -> list[Value] | None:
     if groups is None:
         return None
     rate, t = n.inputs[0], n.inputs[1]
-    decay, eps, norm = (float(n.attr(k, d)) for k, d in (("decay_factor", 0.0), ("epsilon", 0.0),
-                                                          ("norm_coefficient", 0.0)))
+    decay, eps, norm = (
+        float(n.attr(k, d)) for k, d in (("decay_factor", 0.0), ("epsilon", 0.0), ("norm_coefficient", 0.0))
+    )
     tf = r.op("Cast", [t], to=_F32)
     r_ = r.op("Div", [rate, r.op("Add", [_f(r, 1.0), r.op("Mul", [tf, _f(r, decay)])])])
     xs, hs = [], []
@@ -65,8 +66,13 @@ def _adam(r: _Rewriter, n: Node, opset: int) -> list[Value] | None:
     norm, post = float(n.attr("norm_coefficient", 0.0)), float(n.attr("norm_coefficient_post", 0.0))
     tf = r.op("Cast", [t], to=_F32)
     # r * sqrt(1 - beta ** t) / (1 - alpha ** t) where t > 0, else r (no bias correction)
-    corrected = r.op("Div", [r.op("Mul", [rate, r.op("Sqrt", [r.op("Sub", [_f(r, 1.0), r.op("Pow", [_f(r, beta), tf])])])]),
-                             r.op("Sub", [_f(r, 1.0), r.op("Pow", [_f(r, alpha), tf])])])
+    corrected = r.op(
+        "Div",
+        [
+            r.op("Mul", [rate, r.op("Sqrt", [r.op("Sub", [_f(r, 1.0), r.op("Pow", [_f(r, beta), tf])])])]),
+            r.op("Sub", [_f(r, 1.0), r.op("Pow", [_f(r, alpha), tf])]),
+        ],
+    )
     r_adj = r.op("Where", [r.op("Less", [r.const(np.int64(0)), t]), corrected, rate])
     xs, vs, hs = [], [], []
     for x, g, v, h in groups:

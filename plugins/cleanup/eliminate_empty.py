@@ -62,8 +62,10 @@ def _split_to_slices(model: Model, n: Node) -> bool:
             assert o_shape is not None  # every output's static shape is checked above
             size = o_shape[axis]
             if o.uses:
-                consts = [g.add_const(g.unique_name(f"{n.name}_{what}"), Tensor(np.array([v], np.int64)))
-                          for what, v in (("start", start), ("end", start + size), ("axis", axis))]
+                consts = [
+                    g.add_const(g.unique_name(f"{n.name}_{what}"), Tensor(np.array([v], np.int64)))
+                    for what, v in (("start", start), ("end", start + size), ("axis", axis))
+                ]
                 s = g.op("Slice", [x, *consts], name=f"{n.name}_slice")
                 s.output.dtype, s.output.shape = o.dtype, o.shape
                 o.replace_all_uses_with(s.output)

@@ -29,7 +29,11 @@ class FoldBatchNorm(Pass):
             params = [const(v) for v in bn.inputs[1:5]]
             w = const(conv.inputs[1])
             b = const(conv.inputs[2]) if len(conv.inputs) > 2 and conv.inputs[2] is not None else None
-            if any(p is None for p in params) or w is None or (len(conv.inputs) > 2 and conv.inputs[2] is not None and b is None):
+            if (
+                any(p is None for p in params)
+                or w is None
+                or (len(conv.inputs) > 2 and conv.inputs[2] is not None and b is None)
+            ):
                 continue
             gamma, beta, mean, var = (p.astype(np.float64) for p in params if p is not None)  # none is None
             k = gamma / np.sqrt(var + bn.attr("epsilon", 1e-5))
@@ -37,8 +41,9 @@ class FoldBatchNorm(Pass):
             b2 = ((b.astype(np.float64) if b is not None else 0.0) - mean) * k + beta
             wv = g.add_const(g.unique_name(conv.arg(1).name + "_bnfold"), Tensor(w2))
             bv = g.add_const(g.unique_name(conv.name + "_bias_bnfold"), Tensor(b2.astype(w.dtype)))
-            new = Node("Conv", [conv.inputs[0], wv, bv], dict(conv.attributes), name=g.unique_name(conv.name),
-                       outputs=1)
+            new = Node(
+                "Conv", [conv.inputs[0], wv, bv], dict(conv.attributes), name=g.unique_name(conv.name), outputs=1
+            )
             fuse(g, bn.output, new, [bn, conv])
             changed = True
         if changed:

@@ -22,8 +22,14 @@ from ...ir.onnx_io import attribute_proto
 from ...ir.passes import Pass, PassContext, option
 
 # Ops whose output is not a function of their inputs alone.
-_NONDETERMINISTIC = {"RandomNormal", "RandomUniform", "RandomNormalLike", "RandomUniformLike", "Multinomial",
-                     "Bernoulli"}
+_NONDETERMINISTIC = {
+    "RandomNormal",
+    "RandomUniform",
+    "RandomNormalLike",
+    "RandomUniformLike",
+    "Multinomial",
+    "Bernoulli",
+}
 
 
 def evaluate(n: Node, opset: int) -> list[np.ndarray]:
@@ -31,6 +37,7 @@ def evaluate(n: Node, opset: int) -> list[np.ndarray]:
     only its first input constant: it runs as the Cast to the second input's dtype."""
     import onnxruntime as ort
     from onnx.reference import ReferenceEvaluator
+
     op, inputs, attrs = n.op_type, list(n.inputs), {k: attribute_proto(k, a) for k, a in n.attributes.items()}
     like = n.arg(1).dtype if _cast_like_foldable(n) else None  # foldable: input 1 and its dtype are known
     if like is not None:
@@ -41,9 +48,12 @@ def evaluate(n: Node, opset: int) -> list[np.ndarray]:
     node = helper.make_node(op, ins, outs, domain=n.domain or None)
     node.attribute.extend(attrs.values())
     feeds = {f"i{k}": np.asarray(v.numpy()) for k, v in enumerate(inputs) if v is not None}
-    graph = helper.make_graph([node], "fold", [helper.make_tensor_value_info(i, _dtype(v).onnx, None)
-                                                for i, v in zip(ins, inputs) if v is not None],
-                              [helper.make_empty_tensor_value_info(o) for o in outs])
+    graph = helper.make_graph(
+        [node],
+        "fold",
+        [helper.make_tensor_value_info(i, _dtype(v).onnx, None) for i, v in zip(ins, inputs) if v is not None],
+        [helper.make_empty_tensor_value_info(o) for o in outs],
+    )
     m = helper.make_model(graph, opset_imports=[helper.make_opsetid("", opset)])
     m.ir_version = min(m.ir_version, 10)
     try:
@@ -66,16 +76,24 @@ def _dtype(v: Value) -> DType:
 
 def _cast_like_foldable(n: Node) -> bool:
     """CastLike(constant, x) reads only x's dtype: foldable once that is known."""
-    return (n.op_type == "CastLike" and not n.domain and len(n.inputs) == 2 and n.inputs[0] is not None
-            and n.inputs[0].is_const and n.inputs[1] is not None and n.inputs[1].dtype is not None)
+    return (
+        n.op_type == "CastLike"
+        and not n.domain
+        and len(n.inputs) == 2
+        and n.inputs[0] is not None
+        and n.inputs[0].is_const
+        and n.inputs[1] is not None
+        and n.inputs[1].dtype is not None
+    )
 
 
 @dataclasses.dataclass(frozen=True)
 class FoldConstants(Pass):
     name: ClassVar[str] = "fold-constants"
     summary: ClassVar[str] = "evaluate nodes whose inputs are all constants"
-    max_elements: int = option(1 << 24, check=lambda v: v > 0, allowed="a positive integer",
-                               help="largest result (in elements) that is folded")
+    max_elements: int = option(
+        1 << 24, check=lambda v: v > 0, allowed="a positive integer", help="largest result (in elements) that is folded"
+    )
 
     def run(self, model: Model, ctx: PassContext) -> bool:
         g = model.graph

@@ -84,8 +84,9 @@ class FuseAttention(Pass):
                     t.output.shape = tuple(src.shape[p] for p in perm)
                 k = t.output
             ins = [q, k, v] + ([mask] if mask is not None else [])
-            att = Node("Attention", ins, {"scale": float(scale)}, domain="edgec", name=g.unique_name("attention"),
-                       outputs=1)
+            att = Node(
+                "Attention", ins, {"scale": float(scale)}, domain="edgec", name=g.unique_name("attention"), outputs=1
+            )
             fuse(g, out_mm.output, att, chain)
             changed = True
         if changed:

@@ -61,8 +61,14 @@ class FuseGelu(Pass):
             if n.graph is not g or n.domain:
                 continue
             if n.op_type == "Gelu":
-                new = Node("Gelu", [n.inputs[0]], {"approximate": n.attr("approximate", "none")}, domain="edgec",
-                           name=g.unique_name("gelu"), outputs=1)
+                new = Node(
+                    "Gelu",
+                    [n.inputs[0]],
+                    {"approximate": n.attr("approximate", "none")},
+                    domain="edgec",
+                    name=g.unique_name("gelu"),
+                    outputs=1,
+                )
                 fuse(g, n.output, new, [n])
                 changed = True
                 continue

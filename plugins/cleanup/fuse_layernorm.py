@@ -79,12 +79,21 @@ class FuseLayerNorm(Pass):
                 end = add.output
             c = gamma.shape[-1]  # equal to x.shape[-1], checked above
             gv = g.add_const(g.unique_name("ln_gamma"), Tensor(np.broadcast_to(gamma, (c,)).astype(np.float32)))
-            bv = g.add_const(g.unique_name("ln_beta"), Tensor(
-                np.broadcast_to(beta if beta is not None else np.zeros(c, np.float32), (c,)).astype(np.float32)))
-            ln = Node("LayerNormalization", [x, gv, bv], {"axis": -1, "epsilon": eps}, name=g.unique_name("layernorm"),
-                      outputs=1)
+            bv = g.add_const(
+                g.unique_name("ln_beta"),
+                Tensor(np.broadcast_to(beta if beta is not None else np.zeros(c, np.float32), (c,)).astype(np.float32)),
+            )
+            ln = Node(
+                "LayerNormalization",
+                [x, gv, bv],
+                {"axis": -1, "epsilon": eps},
+                name=g.unique_name("layernorm"),
+                outputs=1,
+            )
             sq = mean2.arg(0).producer
-            chain = [n for n in (add if end is not mul.output else None, mul, div, sqrt, add_eps, mean2, sq, sub, mean1) if n]
+            chain = [
+                n for n in (add if end is not mul.output else None, mul, div, sqrt, add_eps, mean2, sq, sub, mean1) if n
+            ]
             fuse(g, end, ln, chain)
             changed = True
         if changed:

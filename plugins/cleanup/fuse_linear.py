@@ -63,8 +63,13 @@ class FuseLinear(Pass):
             return False
         w = _weight(g, b, transpose=not n.attr("transB", 0))
         bias = _bias(g, c) if c is not None else None
-        lin = Node("Linear", [a, w] + ([bias] if bias is not None else []), domain="edgec",
-                   name=g.unique_name(n.name), outputs=1)
+        lin = Node(
+            "Linear",
+            [a, w] + ([bias] if bias is not None else []),
+            domain="edgec",
+            name=g.unique_name(n.name),
+            outputs=1,
+        )
         g.insert_before(n, lin)
         lin.output.dtype, lin.output.shape = n.output.dtype, n.output.shape
         take_output_name(g, n.output, lin.output)
@@ -85,16 +90,26 @@ class FuseLinear(Pass):
         if add is not None:
             cand = other_input(add, n.output)
             cd = const(cand)
-            if cd is not None and cd.size == wdata.shape[1] and cd.ndim >= 1 and cd.shape[-1] == wdata.shape[1] \
-                    and add.output.static_shape == n.output.static_shape and cand is not None:
+            if (
+                cd is not None
+                and cd.size == wdata.shape[1]
+                and cd.ndim >= 1
+                and cd.shape[-1] == wdata.shape[1]
+                and add.output.static_shape == n.output.static_shape
+                and cand is not None
+            ):
                 bias = _bias(g, cand)
                 end, dead = add.output, [add, n]
         w = _weight(g, b, transpose=True)
-        lin = Node("Linear", [x, w] + ([bias] if bias is not None else []), domain="edgec",
-                   name=g.unique_name(n.name), outputs=1)
+        lin = Node(
+            "Linear",
+            [x, w] + ([bias] if bias is not None else []),
+            domain="edgec",
+            name=g.unique_name(n.name),
+            outputs=1,
+        )
         g.insert_before(n, lin)
         lin.output.dtype, lin.output.shape = end.dtype, end.shape
         take_output_name(g, end, lin.output)
         replace(g, end, lin.output, dead)
         return True
-

@@ -42,13 +42,43 @@ from ...ir.dtypes import STORAGE_KEY, code_range, from_storage, to_storage
 from ...ir.passes import Pass, PassContext
 from .decompose import Decompose, _Rewriter, rewriting_for, rule, target_arithmetic
 
-EMULATED = (DType.FLOAT8E4M3FN, DType.FLOAT8E4M3FNUZ, DType.FLOAT8E5M2, DType.FLOAT8E5M2FNUZ, DType.FLOAT8E8M0,
-            DType.FLOAT4E2M1, DType.BFLOAT16, DType.INT4, DType.UINT4, DType.INT2, DType.UINT2)
+EMULATED = (
+    DType.FLOAT8E4M3FN,
+    DType.FLOAT8E4M3FNUZ,
+    DType.FLOAT8E5M2,
+    DType.FLOAT8E5M2FNUZ,
+    DType.FLOAT8E8M0,
+    DType.FLOAT4E2M1,
+    DType.BFLOAT16,
+    DType.INT4,
+    DType.UINT4,
+    DType.INT2,
+    DType.UINT2,
+)
 _INTS = (DType.INT4, DType.UINT4, DType.INT2, DType.UINT2)
 # ops that move elements without reading them as numbers (the data inputs; index / shape inputs are standard)
-MOVEMENT = frozenset({"Identity", "Reshape", "Transpose", "Squeeze", "Unsqueeze", "Flatten", "Concat", "Split",
-                      "Slice", "Gather", "GatherElements", "GatherND", "Expand", "Tile", "Shape", "Size",
-                      "DepthToSpace", "SpaceToDepth"})
+MOVEMENT = frozenset(
+    {
+        "Identity",
+        "Reshape",
+        "Transpose",
+        "Squeeze",
+        "Unsqueeze",
+        "Flatten",
+        "Concat",
+        "Split",
+        "Slice",
+        "Gather",
+        "GatherElements",
+        "GatherND",
+        "Expand",
+        "Tile",
+        "Shape",
+        "Size",
+        "DepthToSpace",
+        "SpaceToDepth",
+    }
+)
 CONVERSIONS = frozenset({"Cast", "CastLike", "QuantizeLinear", "DequantizeLinear"})
 I64, F32 = onnx.TensorProto.INT64, onnx.TensorProto.FLOAT
 
@@ -57,6 +87,7 @@ I64, F32 = onnx.TensorProto.INT64, onnx.TensorProto.FLOAT
 def _reference_cast(x: np.ndarray, dtype: DType, saturate: bool, round_mode: str) -> np.ndarray:
     """onnx's reference Cast (the definition every rewrite here reproduces)."""
     from onnx.reference.ops.op_cast import cast_to
+
     with np.errstate(all="ignore"):
         # cast: the stubs type ``to`` as the TensorProto.DataType enum, whose values are these int codes
         return cast_to(x, cast("onnx.TensorProto.DataType", dtype.onnx), saturate, round_mode)
@@ -81,12 +112,12 @@ class EncodeTable:
     """float32 -> ``dtype`` codes as the reference converts: on each sign, magnitudes from ``thresholds[k - 1]``
     up (to the next threshold) give ``codes[k]``; magnitudes below the first give ``codes[0]``."""
 
-    thresholds: np.ndarray      # float32, strictly increasing
-    pos_codes: np.ndarray       # int32, len(thresholds) + 1
+    thresholds: np.ndarray  # float32, strictly increasing
+    pos_codes: np.ndarray  # int32, len(thresholds) + 1
     neg_codes: np.ndarray
     neg_thresholds: np.ndarray | None  # None: the negative side changes code at the same magnitudes
     nan_code: int
-    signed_zero: bool           # -0.0 and +0.0 give different codes
+    signed_zero: bool  # -0.0 and +0.0 give different codes
 
 
 def _magnitudes_to_codes(dtype: DType, sign: float, saturate: bool, round_mode: str):
@@ -95,6 +126,7 @@ def _magnitudes_to_codes(dtype: DType, sign: float, saturate: bool, round_mode: 
     def f(u: np.ndarray) -> np.ndarray:  # float32 bit patterns of magnitudes -> codes (int64)
         x = u.astype(np.uint32).view(np.float32) * np.float32(sign)
         return _reference_cast(x, dtype, saturate, round_mode).view(store).astype(np.int64)
+
     return f
 
 
@@ -125,8 +157,7 @@ def _side(dtype: DType, sign: float, saturate: bool, round_mode: str) -> tuple[n
         t = np.unique(t[_rank(dtype, f(t), order) == cand])
         if len(t) and t[0] == 0:
             return t, f(t)
-    raise AssertionError(f"legalize-dtypes: the reference's {dtype.short} conversion is not monotonic in the "
-                         "magnitude")
+    raise AssertionError(f"legalize-dtypes: the reference's {dtype.short} conversion is not monotonic in the magnitude")
 
 
 @functools.lru_cache(maxsize=64)
@@ -134,11 +165,15 @@ def encode_table(dtype: DType, saturate: bool = True, round_mode: str = "up") ->
     """The thresholds and codes of :class:`EncodeTable`, found on the reference and checked against it."""
     pt, pc = _side(dtype, 1.0, saturate, round_mode)
     nt, nc = _side(dtype, -1.0, saturate, round_mode)
-    nan = int(_reference_cast(np.array([np.nan], np.float32), dtype, saturate, round_mode)
-              .view(dtype.storage.numpy)[0])
-    tab = EncodeTable(pt[1:].astype(np.uint32).view(np.float32), pc.astype(np.int32), nc.astype(np.int32),
-                      None if np.array_equal(pt, nt) else nt[1:].astype(np.uint32).view(np.float32), nan,
-                      bool(pc[0] != nc[0]))
+    nan = int(_reference_cast(np.array([np.nan], np.float32), dtype, saturate, round_mode).view(dtype.storage.numpy)[0])
+    tab = EncodeTable(
+        pt[1:].astype(np.uint32).view(np.float32),
+        pc.astype(np.int32),
+        nc.astype(np.int32),
+        None if np.array_equal(pt, nt) else nt[1:].astype(np.uint32).view(np.float32),
+        nan,
+        bool(pc[0] != nc[0]),
+    )
     _check(dtype, saturate, round_mode, tab)
     return tab
 
@@ -160,8 +195,9 @@ def _check(dtype: DType, saturate: bool, round_mode: str, tab: EncodeTable) -> N
     patterns. A difference is a bug here, never shipped as a rewrite."""
     rng = np.random.default_rng(0)
     ts = [tab.thresholds] + ([tab.neg_thresholds] if tab.neg_thresholds is not None else [])
-    near = np.concatenate([np.concatenate([t, np.nextafter(t, np.float32(0)), np.nextafter(t, np.float32(np.inf))])
-                           for t in ts])
+    near = np.concatenate(
+        [np.concatenate([t, np.nextafter(t, np.float32(0)), np.nextafter(t, np.float32(np.inf))]) for t in ts]
+    )
     sweep = rng.integers(0, 0x7F800001, 200_000, dtype=np.int64).astype(np.uint32).view(np.float32)
     specials = np.array([0.0, np.inf, np.nan, 1e-45, 3.4e38], np.float32)
     x = np.concatenate([near, sweep, specials, np.arange(-300, 300, 0.125, dtype=np.float32)])
@@ -171,8 +207,10 @@ def _check(dtype: DType, saturate: bool, round_mode: str, tab: EncodeTable) -> N
     same = (got == want) | (np.isnan(x) & np.isnan(want.view(dtype.numpy).astype(np.float32)))
     if not same.all():
         k = int(np.argmin(same))
-        raise AssertionError(f"legalize-dtypes: the {dtype.short} encoding table differs from onnx's reference at "
-                             f"{float(x[k])!r}: {int(got[k])} vs {int(want[k])}")
+        raise AssertionError(
+            f"legalize-dtypes: the {dtype.short} encoding table differs from onnx's reference at "
+            f"{float(x[k])!r}: {int(got[k])} vs {int(want[k])}"
+        )
 
 
 # ------------------------------------------------------------------------------------------------ rewrites
@@ -236,8 +274,13 @@ def _encode_int(r: _Rewriter, x: Value, src: DType, dst: DType) -> Value | None:
         f = r.op("Where", [r.op("IsNaN", [f]), r.const(np.float32(0)), f])
         f = r.op("Min", [r.op("Max", [f, r.const(np.float32(lo - 1))]), r.const(np.float32(hi + 1))])
         t = r.op("Cast", [f], to=onnx.TensorProto.INT32)  # truncation toward zero, in range here
-        ok = r.op("And", [r.op("Not", [r.op("Less", [t, r.const(np.int32(lo))])]),
-                          r.op("Not", [r.op("Less", [r.const(np.int32(hi)), t])])])
+        ok = r.op(
+            "And",
+            [
+                r.op("Not", [r.op("Less", [t, r.const(np.int32(lo))])]),
+                r.op("Not", [r.op("Less", [r.const(np.int32(hi)), t])]),
+            ],
+        )
         return r.op("Cast", [r.op("Where", [ok, t, r.const(np.int32(0))])], to=store)
     if src.numpy.kind in "iub" and src not in EMULATED:
         span = 1 << dst.bits
@@ -270,8 +313,9 @@ def _int_range(d: DType) -> tuple[int, int] | None:
     return None
 
 
-def convert(r: _Rewriter, x: Value, src: DType, dst: DType, saturate: bool = True,
-            round_mode: str = "up") -> Value | None:
+def convert(
+    r: _Rewriter, x: Value, src: DType, dst: DType, saturate: bool = True, round_mode: str = "up"
+) -> Value | None:
     """``x`` (stored as ``src``'s storage where ``src`` is emulated) converted to ``dst`` (its storage where
     emulated), exactly as onnx's Cast; None where no exact rewrite is known."""
     if src == dst:
@@ -347,13 +391,19 @@ def _dequantize(r: _Rewriter, n: Node, lacking: set[DType]) -> list[Value] | Non
         return None
     if zp is not None and integer:
         z = _broadcast_param(r, zp, x, axis, block)
-        zf = None if z is None or zp.dtype is None else (
-            r.op("Cast", [z], to=F32) if zp.dtype == DType.INT32 else _to_f32(r, z, zp.dtype))
+        zf = (
+            None
+            if z is None or zp.dtype is None
+            else (r.op("Cast", [z], to=F32) if zp.dtype == DType.INT32 else _to_f32(r, z, zp.dtype))
+        )
         if zf is None:
             return None
         xf = r.op("Sub", [xf, zf])
-    elif zp is not None and x.dtype != DType.FLOAT4E2M1 and not (
-            zp.is_const and not np.asarray(zp.numpy()).astype(np.float32).any()):
+    elif (
+        zp is not None
+        and x.dtype != DType.FLOAT4E2M1
+        and not (zp.is_const and not np.asarray(zp.numpy()).astype(np.float32).any())
+    ):
         return None  # a float8 zero point must be 0 (the reference refuses any other)
     out = r.op("Mul", [xf, sf])
     if y.dtype == DType.FLOAT32:
@@ -451,6 +501,7 @@ def _touches(n: Node, lacking: set[DType]) -> bool:
 
 def _quantized(v: Value) -> bool:
     from ...ir import QuantizedTensor
+
     return v.is_const and isinstance(v.const, QuantizedTensor)
 
 
@@ -458,8 +509,10 @@ def _quantized(v: Value) -> bool:
 @dataclasses.dataclass(frozen=True)
 class LegalizeDtypes(Pass):
     name: ClassVar[str] = "legalize-dtypes"
-    summary: ClassVar[str] = ("hold float8 / float4 / bfloat16 / int4 / int2 values the target lacks in standard "
-                              "storage types, with exact conversions")
+    summary: ClassVar[str] = (
+        "hold float8 / float4 / bfloat16 / int4 / int2 values the target lacks in standard "
+        "storage types, with exact conversions"
+    )
 
     def run(self, model: Model, ctx: PassContext) -> bool:
         caps = getattr(ctx.target, "capabilities", None)
@@ -481,6 +534,7 @@ class LegalizeDtypes(Pass):
                 parent[k] = parent[parent[k]]
                 k = parent[k]
             return k
+
         values: dict[int, Value] = {}
         for n in nodes:
             mine = [v for v in [*n.inputs, *n.outputs] if v is not None and v.dtype in lacking and not _quantized(v)]
@@ -540,8 +594,9 @@ class LegalizeDtypes(Pass):
                 storage[v.name] = v.dtype.short
             if v.is_const:
                 arr = np.asarray(v.numpy())
-                v.const = Tensor(to_storage(arr) if v.dtype.stored_as_bits else arr.astype(v.dtype.storage.numpy),
-                                 v.dtype.storage)
+                v.const = Tensor(
+                    to_storage(arr) if v.dtype.stored_as_bits else arr.astype(v.dtype.storage.numpy), v.dtype.storage
+                )
             v.dtype = v.dtype.storage
             changed = True
         if storage:

@@ -18,8 +18,9 @@ from .fold_constants import FoldConstants
 class SimplifyShapes(Pass):
     name: ClassVar[str] = "simplify-shapes"
     summary: ClassVar[str] = "replace shape computations on static shapes by constants"
-    max_rounds: int = option(8, check=lambda v: v > 0, allowed="a positive integer",
-                             help="fixpoint iterations of infer -> fold")
+    max_rounds: int = option(
+        8, check=lambda v: v > 0, allowed="a positive integer", help="fixpoint iterations of infer -> fold"
+    )
 
     def run(self, model: Model, ctx: PassContext) -> bool:
         g = model.graph

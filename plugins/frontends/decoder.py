@@ -30,8 +30,9 @@ def rope_tables(cfg: LLMConfig) -> tuple[np.ndarray, np.ndarray]:
     return np.cos(ang).astype(np.float32), np.sin(ang).astype(np.float32)
 
 
-def build_decoder(cfg: LLMConfig, weights: Mapping[str, Tensor | QuantizedTensor | np.ndarray],
-                  metadata: dict[str, str] | None = None) -> Model:
+def build_decoder(
+    cfg: LLMConfig, weights: Mapping[str, Tensor | QuantizedTensor | np.ndarray], metadata: dict[str, str] | None = None
+) -> Model:
     """The decoder graph over ``weights`` (GGUF names, Hugging Face Q/K row layout)."""
     cfg.check()
     problems = []
@@ -66,10 +67,19 @@ def build_decoder(cfg: LLMConfig, weights: Mapping[str, Tensor | QuantizedTensor
     pos = op("Range", [c("zero_i64", np.array(0, np.int64)), seq, c("step_i64", np.array(1, np.int64))], "positions")
     cos = op("Gather", [cos_c, pos], "cos", axis=0)
     sin = op("Gather", [sin_c, pos], "sin", axis=0)
-    later = op("Less", [op("Unsqueeze", [pos, c("ax1", np.array([1], np.int64))]),
-                        op("Unsqueeze", [pos, c("ax0", np.array([0], np.int64))])], "causal")
-    mask = op("Where", [later, c("neg_inf", np.array(-np.inf, np.float32)), c("zero_f", np.array(0.0, np.float32))],
-              "causal_mask")
+    later = op(
+        "Less",
+        [
+            op("Unsqueeze", [pos, c("ax1", np.array([1], np.int64))]),
+            op("Unsqueeze", [pos, c("ax0", np.array([0], np.int64))]),
+        ],
+        "causal",
+    )
+    mask = op(
+        "Where",
+        [later, c("neg_inf", np.array(-np.inf, np.float32)), c("zero_f", np.array(0.0, np.float32))],
+        "causal_mask",
+    )
     heads_shape = {n: c(f"shape_heads{n}", np.array([0, 0, n, hd], np.int64)) for n in {nh, nkv}}
     merge_shape = c("shape_merge", np.array([0, 0, nh * hd], np.int64))
     lo_ends = c("rope_half", np.array([half], np.int64))
@@ -99,14 +109,20 @@ def build_decoder(cfg: LLMConfig, weights: Mapping[str, Tensor | QuantizedTensor
         qkv = []
         for proj, n_heads in (("attn_q", nh), ("attn_k", nkv), ("attn_v", nkv)):
             y = linear(h, p + proj + ".weight", f"{t}_{proj}", p + proj + ".bias" if cfg.qkv_bias else None)
-            y = op("Transpose", [op("Reshape", [y, heads_shape[n_heads]], f"{t}_{proj}_split")], f"{t}_{proj}_heads",
-                   perm=[0, 2, 1, 3])
+            y = op(
+                "Transpose",
+                [op("Reshape", [y, heads_shape[n_heads]], f"{t}_{proj}_split")],
+                f"{t}_{proj}_heads",
+                perm=[0, 2, 1, 3],
+            )
             qkv.append(y)
         q, k, v = qkv
         q, k = rope(q, f"{t}_q"), rope(k, f"{t}_k")
         if rep > 1:
-            k, v = (op("Reshape", [op("Expand", [op("Unsqueeze", [y, ax2]), rep_shape]), gqa_shape], f"{t}_{tag}_gqa")
-                    for y, tag in ((k, "k"), (v, "v")))
+            k, v = (
+                op("Reshape", [op("Expand", [op("Unsqueeze", [y, ax2]), rep_shape]), gqa_shape], f"{t}_{tag}_gqa")
+                for y, tag in ((k, "k"), (v, "v"))
+            )
         a = op("Attention", [q, k, v, mask], f"{t}_attn", domain="edgec", scale=float(1.0 / np.sqrt(hd)))
         a = op("Reshape", [op("Transpose", [a], f"{t}_attn_t", perm=[0, 2, 1, 3]), merge_shape], f"{t}_attn_merge")
         x = op("Add", [x, linear(a, p + "attn_output.weight", f"{t}_attn_output")], f"{t}_attn_residual")

@@ -24,27 +24,34 @@ class GGUFFrontend(Frontend):
 
     def load(self, path: str) -> Model:
         from tqdm import tqdm
+
         reader = open_gguf(path)
         cfg = config_from_gguf(reader, path)
         by_name = {t.name: t for t in reader.tensors}
         weights = {}
         missing = [n for n in weight_names(cfg) if n not in by_name]
         if missing:
-            raise BadInputError(f"{path}: tensor {missing[0]!r} is missing"
-                                f"{f' (and {len(missing) - 1} more)' if len(missing) > 1 else ''}; the metadata "
-                                f"describes a {cfg.layers}-layer {cfg.arch} decoder")
+            raise BadInputError(
+                f"{path}: tensor {missing[0]!r} is missing"
+                f"{f' (and {len(missing) - 1} more)' if len(missing) > 1 else ''}; the metadata "
+                f"describes a {cfg.layers}-layer {cfg.arch} decoder"
+            )
         wanted = weight_names(cfg)
         from ...ir.budget import over_budget
-        msg = over_budget("importing the model's weights as float32", {"weights": 4 * sum(
-            int(np.prod(expected_shape(cfg, n), dtype=object)) for n in wanted)})
+
+        msg = over_budget(
+            "importing the model's weights as float32",
+            {"weights": 4 * sum(int(np.prod(expected_shape(cfg, n), dtype=object)) for n in wanted)},
+        )
         if msg:  # before any tensor is dequantized
             raise BadInputError(f"{path}: {msg}")
         for name in tqdm(wanted, desc="reading GGUF", unit="tensor", leave=False, disable=None):
             t = by_name[name]
             got, want = [int(d) for d in reversed([int(x) for x in t.shape])], list(expected_shape(cfg, name))
             if got != want:  # before anything reshapes it
-                raise BadInputError(f"{path}: tensor {name!r} has shape {got}, the metadata implies {want} "
-                                    f"({_dims_note(cfg)})")
+                raise BadInputError(
+                    f"{path}: tensor {name!r} has shape {got}, the metadata implies {want} ({_dims_note(cfg)})"
+                )
             arr = read_tensor(t, path)
             if cfg.arch == "llama" and (name.endswith("attn_q.weight") or name.endswith("attn_k.weight")):
                 # llama.cpp stores Q/K rows interleaved for its rotary kernel; edgec keeps the rotate-half rows.
@@ -60,9 +67,11 @@ class GGUFFrontend(Frontend):
 
 def _dims_note(cfg: LLMConfig) -> str:
     a = cfg.arch
-    return (f"{a}.embedding_length {cfg.hidden}, {a}.feed_forward_length {cfg.intermediate}, "
-            f"{a}.attention.head_count {cfg.heads}, head_count_kv {cfg.kv_heads}, head dim {cfg.head_dim}, "
-            f"vocabulary {cfg.vocab_size}")
+    return (
+        f"{a}.embedding_length {cfg.hidden}, {a}.feed_forward_length {cfg.intermediate}, "
+        f"{a}.attention.head_count {cfg.heads}, head_count_kv {cfg.kv_heads}, head dim {cfg.head_dim}, "
+        f"vocabulary {cfg.vocab_size}"
+    )
 
 
 # ------------------------------------------------------------------------------------ Hugging Face folders

@@ -21,19 +21,34 @@ def open_gguf(path: str):
     """A gguf-py reader over ``path``, after :func:`check_gguf` has walked the file: a malformed file is a
     BadInputError naming the metadata key or tensor at fault, never a numpy or gguf-py message."""
     import gguf
+
     check_gguf(path)
     try:
         return gguf.GGUFReader(path, "r")
     except Exception as e:  # noqa: BLE001 - the walk above should have caught it; say so if not
-        raise BadInputError(f"{path} is not a readable GGUF file: gguf-py cannot parse it "
-                            f"({type(e).__name__}: {e})") from None
+        raise BadInputError(
+            f"{path} is not a readable GGUF file: gguf-py cannot parse it ({type(e).__name__}: {e})"
+        ) from None
 
 
 # ------------------------------------------------------------------------------------------- the file walk
 # GGUF value type ids -> struct format of a scalar (STRING = 8 and ARRAY = 9 are handled apart).
 _SCALAR = {0: "B", 1: "b", 2: "H", 3: "h", 4: "I", 5: "i", 6: "f", 7: "?", 10: "Q", 11: "q", 12: "d"}
-_TYPE_NAME = {0: "uint8", 1: "int8", 2: "uint16", 3: "int16", 4: "uint32", 5: "int32", 6: "float32", 7: "bool",
-              8: "string", 9: "array", 10: "uint64", 11: "int64", 12: "float64"}
+_TYPE_NAME = {
+    0: "uint8",
+    1: "int8",
+    2: "uint16",
+    3: "int16",
+    4: "uint32",
+    5: "int32",
+    6: "float32",
+    7: "bool",
+    8: "string",
+    9: "array",
+    10: "uint64",
+    11: "int64",
+    12: "float64",
+}
 _STRING, _ARRAY = 8, 9
 _MAX_DIMS = 4  # GGML_MAX_DIMS
 _VERSIONS = (2, 3)
@@ -64,9 +79,8 @@ class _Walker:
     def string(self, off: int, what: str) -> tuple[str, int]:
         n, off = self.unpack("Q", off, what + " (its length)")
         if n > self.size - off:
-            raise _Bad(f"{what}: a string of {n} bytes at byte {off} runs past the end of the file ({self.size} "
-                       "bytes)")
-        raw = bytes(self.buf[off:off + n])
+            raise _Bad(f"{what}: a string of {n} bytes at byte {off} runs past the end of the file ({self.size} bytes)")
+        raw = bytes(self.buf[off : off + n])
         try:
             return raw.decode("utf-8"), off + n
         except UnicodeDecodeError:
@@ -81,18 +95,25 @@ class _Walker:
         if vtype == _ARRAY:
             etype, off = self.unpack("I", off, what + " (its element type)")
             if etype not in _TYPE_NAME or etype == _ARRAY:
-                raise _Bad(f"{what}: an array of unknown element type id {etype}" if etype != _ARRAY else
-                           f"{what}: an array of arrays, which GGUF readers do not support")
+                raise _Bad(
+                    f"{what}: an array of unknown element type id {etype}"
+                    if etype != _ARRAY
+                    else f"{what}: an array of arrays, which GGUF readers do not support"
+                )
             count, off = self.unpack("Q", off, what + " (its length)")
             if etype in _SCALAR:
                 n = count * struct.calcsize("<" + _SCALAR[etype])
                 if n > self.size - off:
-                    raise _Bad(f"{what}: an array of {count} {_TYPE_NAME[etype]} ({n} bytes) at byte {off} runs past "
-                               f"the end of the file ({self.size} bytes)")
+                    raise _Bad(
+                        f"{what}: an array of {count} {_TYPE_NAME[etype]} ({n} bytes) at byte {off} runs past "
+                        f"the end of the file ({self.size} bytes)"
+                    )
                 return None, off + n
             if count * 8 > self.size - off:  # every string takes at least its 8-byte length
-                raise _Bad(f"{what}: an array of {count} strings at byte {off} runs past the end of the file "
-                           f"({self.size} bytes)")
+                raise _Bad(
+                    f"{what}: an array of {count} strings at byte {off} runs past the end of the file "
+                    f"({self.size} bytes)"
+                )
             for i in range(count):
                 _, off = self.string(off, f"{what}[{i}]")
             return None, off
@@ -100,6 +121,7 @@ class _Walker:
 
     def walk(self) -> None:
         import gguf
+
         if self.size < 4 or bytes(self.buf[:4]) != b"GGUF":
             raise _Bad(f"it does not start with the GGUF magic (first bytes {bytes(self.buf[:4])!r})")
         version, _ = self.unpack("I", 4, "the GGUF version")
@@ -152,8 +174,10 @@ class _Walker:
                 raise _Bad(f"{what}: unknown tensor type id {type_id}") from None
             shape = list(reversed(dims))  # numpy order, as edgec shows shapes everywhere
             if dims and dims[0] % block:
-                raise _Bad(f"{what}: type {qtype.name} stores blocks of {block} values; the row length {dims[0]} "
-                           f"(shape {shape}) is not a multiple of {block}")
+                raise _Bad(
+                    f"{what}: type {qtype.name} stores blocks of {block} values; the row length {dims[0]} "
+                    f"(shape {shape}) is not a multiple of {block}"
+                )
             n_elems = math.prod(dims)
             if n_elems.bit_length() > 62:  # GGUF sizes are int64 in every reader
                 raise _Bad(f"{what}: shape {shape} has more elements than any file can hold")
@@ -163,19 +187,24 @@ class _Walker:
         expected, prev = 0, None
         for name, qtype, shape, nbytes, offset in infos:
             if data_start + offset > self.size:
-                raise _Bad(f"tensor {name!r}: its data offset {offset} points past the end of the file ({self.size} "
-                           "bytes)")
+                raise _Bad(
+                    f"tensor {name!r}: its data offset {offset} points past the end of the file ({self.size} bytes)"
+                )
             if offset != expected:
                 if prev is None:
                     raise _Bad(f"tensor {name!r} is the first tensor but starts at data offset {offset}, not 0")
                 pname, ptype, pshape, pbytes = prev
-                raise _Bad(f"tensor {name!r} starts at data offset {offset}, but the tensors before it fill "
-                           f"{expected} bytes (the last, {pname!r}: type {ptype.name}, shape {pshape}, {pbytes} "
-                           "bytes + padding): a shape, type or offset does not match the stored data")
+                raise _Bad(
+                    f"tensor {name!r} starts at data offset {offset}, but the tensors before it fill "
+                    f"{expected} bytes (the last, {pname!r}: type {ptype.name}, shape {pshape}, {pbytes} "
+                    "bytes + padding): a shape, type or offset does not match the stored data"
+                )
             start = data_start + offset
             if start + nbytes > self.size:
-                raise _Bad(f"tensor {name!r}: type {qtype.name} with shape {shape} needs {nbytes} bytes, the file "
-                           f"holds {max(0, self.size - start)} (it ends at byte {self.size})")
+                raise _Bad(
+                    f"tensor {name!r}: type {qtype.name} with shape {shape} needs {nbytes} bytes, the file "
+                    f"holds {max(0, self.size - start)} (it ends at byte {self.size})"
+                )
             expected = offset + -(-nbytes // alignment) * alignment
             prev = (name, qtype, shape, nbytes)
 
@@ -286,8 +315,9 @@ def _config_from_gguf(reader, path: str) -> LLMConfig:
         raise UnsupportedError(f"{path}: not supported yet: " + "; ".join(problems))
     tokens = reader.fields.get("tokenizer.ggml.tokens")
     if tokens is not None and int(tokens.types[0]) != _ARRAY:
-        raise BadInputError(f"{path}: metadata 'tokenizer.ggml.tokens' must be an array of strings, it is "
-                            f"{_describe(tokens)}")
+        raise BadInputError(
+            f"{path}: metadata 'tokenizer.ggml.tokens' must be an array of strings, it is {_describe(tokens)}"
+        )
     vocab = _dim(reader, path, a + "vocab_size", len(tokens.data) if tokens is not None else _REQUIRED)
     floats = {}
     for key, default in (("rope.freq_base", 10000.0), ("attention.layer_norm_rms_epsilon", 1e-5)):
@@ -303,13 +333,23 @@ def _config_from_gguf(reader, path: str) -> LLMConfig:
         special[key] = v
     names = {t.name for t in reader.tensors}
     return LLMConfig(
-        arch=arch, vocab_size=vocab, hidden=hidden, intermediate=_dim(reader, path, a + "feed_forward_length"),
-        layers=_dim(reader, path, a + "block_count"), heads=heads, kv_heads=kv, head_dim=head_dim,
-        rope_theta=floats["rope.freq_base"], rms_eps=floats["attention.layer_norm_rms_epsilon"],
+        arch=arch,
+        vocab_size=vocab,
+        hidden=hidden,
+        intermediate=_dim(reader, path, a + "feed_forward_length"),
+        layers=_dim(reader, path, a + "block_count"),
+        heads=heads,
+        kv_heads=kv,
+        head_dim=head_dim,
+        rope_theta=floats["rope.freq_base"],
+        rms_eps=floats["attention.layer_norm_rms_epsilon"],
         context_length=_dim(reader, path, a + "context_length", 2048),
-        tied_embeddings="output.weight" not in names, qkv_bias="blk.0.attn_q.bias" in names,
-        bos_token_id=special["tokenizer.ggml.bos_token_id"], eos_token_id=special["tokenizer.ggml.eos_token_id"],
-        name=_typed(reader, path, "general.name", "str", os.path.splitext(os.path.basename(path))[0]))
+        tied_embeddings="output.weight" not in names,
+        qkv_bias="blk.0.attn_q.bias" in names,
+        bos_token_id=special["tokenizer.ggml.bos_token_id"],
+        eos_token_id=special["tokenizer.ggml.eos_token_id"],
+        name=_typed(reader, path, "general.name", "str", os.path.splitext(os.path.basename(path))[0]),
+    )
 
 
 def kv_metadata(reader) -> list[list]:
@@ -337,18 +377,24 @@ def dump_kv(kv: list[list]) -> str:
 def read_tensor(t, path: str = "") -> np.ndarray:
     """A GGUF tensor as float32 in numpy order ``[ne1, ne0]`` (any type gguf-py can dequantize)."""
     import gguf
+
     where = f"{path}: " if path else ""
     shape = tuple(int(d) for d in reversed([int(x) for x in t.shape]))
     try:
         arr = gguf.quants.dequantize(t.data, t.tensor_type)
     except NotImplementedError:
-        raise UnsupportedError(f"{where}tensor {t.name!r}: gguf-py cannot dequantize type {t.tensor_type.name}") \
-            from None
+        raise UnsupportedError(
+            f"{where}tensor {t.name!r}: gguf-py cannot dequantize type {t.tensor_type.name}"
+        ) from None
     except Exception as e:  # noqa: BLE001 - check_gguf validated the layout; anything left is gguf-py's
-        raise BadInputError(f"{where}tensor {t.name!r} (type {t.tensor_type.name}, shape {list(shape)}) cannot be "
-                            f"decoded: {type(e).__name__}: {e}") from None
+        raise BadInputError(
+            f"{where}tensor {t.name!r} (type {t.tensor_type.name}, shape {list(shape)}) cannot be "
+            f"decoded: {type(e).__name__}: {e}"
+        ) from None
     arr = np.asarray(arr, np.float32)
     if arr.size != math.prod(shape):
-        raise BadInputError(f"{where}tensor {t.name!r}: type {t.tensor_type.name} decodes to {arr.size} values, its "
-                            f"shape {list(shape)} needs {math.prod(shape)}")
+        raise BadInputError(
+            f"{where}tensor {t.name!r}: type {t.tensor_type.name} decodes to {arr.size} values, its "
+            f"shape {list(shape)} needs {math.prod(shape)}"
+        )
     return arr.reshape(shape)

@@ -16,9 +16,15 @@ from .decoder import build_decoder
 
 _HF_ARCH = {"LlamaForCausalLM": "llama", "MistralForCausalLM": "mistral", "Qwen2ForCausalLM": "qwen2"}
 _HF_NAMES = {
-    "self_attn.q_proj": "attn_q", "self_attn.k_proj": "attn_k", "self_attn.v_proj": "attn_v",
-    "self_attn.o_proj": "attn_output", "mlp.gate_proj": "ffn_gate", "mlp.up_proj": "ffn_up",
-    "mlp.down_proj": "ffn_down", "input_layernorm": "attn_norm", "post_attention_layernorm": "ffn_norm",
+    "self_attn.q_proj": "attn_q",
+    "self_attn.k_proj": "attn_k",
+    "self_attn.v_proj": "attn_v",
+    "self_attn.o_proj": "attn_output",
+    "mlp.gate_proj": "ffn_gate",
+    "mlp.up_proj": "ffn_up",
+    "mlp.down_proj": "ffn_down",
+    "input_layernorm": "attn_norm",
+    "post_attention_layernorm": "ffn_norm",
 }
 
 
@@ -42,11 +48,15 @@ def hf_config(folder: str) -> LLMConfig:
 
 def _hf_config(folder: str, path: str, c: dict) -> LLMConfig:
     archs = c.get("architectures") or []
-    arch = next((_HF_ARCH[a] for a in archs if a in _HF_ARCH), None) or \
-        {"llama": "llama", "mistral": "mistral", "qwen2": "qwen2"}.get(c.get("model_type", ""))
+    arch = next((_HF_ARCH[a] for a in archs if a in _HF_ARCH), None) or {
+        "llama": "llama",
+        "mistral": "mistral",
+        "qwen2": "qwen2",
+    }.get(c.get("model_type", ""))
     if arch is None:
-        raise UnsupportedError(f"{path}: architecture {archs or c.get('model_type')} is not supported "
-                               f"(supported: {', '.join(_HF_ARCH)})")
+        raise UnsupportedError(
+            f"{path}: architecture {archs or c.get('model_type')} is not supported (supported: {', '.join(_HF_ARCH)})"
+        )
     problems = []
     rp = c.get("rope_parameters") or {}  # transformers >= 5 keeps rope_theta and the scaling type here
     rope_theta = float(c.get("rope_theta") or rp.get("rope_theta") or 10000.0)
@@ -66,15 +76,23 @@ def _hf_config(folder: str, path: str, c: dict) -> LLMConfig:
     try:
         hidden, heads = int(c["hidden_size"]), int(c["num_attention_heads"])
         return LLMConfig(
-            arch=arch, vocab_size=int(c["vocab_size"]), hidden=hidden, intermediate=int(c["intermediate_size"]),
-            layers=int(c["num_hidden_layers"]), heads=heads, kv_heads=int(c.get("num_key_value_heads") or heads),
-            head_dim=int(c.get("head_dim") or hidden // heads), rope_theta=rope_theta,
-            rms_eps=float(c.get("rms_norm_eps", 1e-6)), context_length=int(c.get("max_position_embeddings", 2048)),
+            arch=arch,
+            vocab_size=int(c["vocab_size"]),
+            hidden=hidden,
+            intermediate=int(c["intermediate_size"]),
+            layers=int(c["num_hidden_layers"]),
+            heads=heads,
+            kv_heads=int(c.get("num_key_value_heads") or heads),
+            head_dim=int(c.get("head_dim") or hidden // heads),
+            rope_theta=rope_theta,
+            rms_eps=float(c.get("rms_norm_eps", 1e-6)),
+            context_length=int(c.get("max_position_embeddings", 2048)),
             tied_embeddings=bool(c.get("tie_word_embeddings", False)),
             qkv_bias=bool(c.get("attention_bias", arch == "qwen2")),
-            bos_token_id=c.get("bos_token_id"), eos_token_id=c.get("eos_token_id") if not isinstance(
-                c.get("eos_token_id"), list) else c["eos_token_id"][0],
-            name=os.path.basename(os.path.abspath(folder)))
+            bos_token_id=c.get("bos_token_id"),
+            eos_token_id=c.get("eos_token_id") if not isinstance(c.get("eos_token_id"), list) else c["eos_token_id"][0],
+            name=os.path.basename(os.path.abspath(folder)),
+        )
     except KeyError as e:
         raise BadInputError(f"{path}: required key {e.args[0]!r} is missing") from None
 
@@ -108,6 +126,7 @@ class HFFrontend(Frontend):
         from tqdm import tqdm
 
         from . import safetensors_io
+
         for fn in sorted(os.listdir(path)):  # a FIFO or a device named config.json would block a read forever
             p = os.path.join(path, fn)
             if os.path.exists(p) and not (os.path.isfile(p) or os.path.isdir(p)):
@@ -115,20 +134,24 @@ class HFFrontend(Frontend):
         cfg = hf_config(path)
         files = sorted(f for f in os.listdir(path) if f.endswith(".safetensors"))
         if not files:
-            raise BadInputError(f"{path} has no *.safetensors files (pickled .bin checkpoints are not read: "
-                                "they can run code; convert them to safetensors)")
+            raise BadInputError(
+                f"{path} has no *.safetensors files (pickled .bin checkpoints are not read: "
+                "they can run code; convert them to safetensors)"
+            )
         # Every header is read and checked, and the total checked against the memory budget, before any tensor.
         headers = {os.path.join(path, fn): safetensors_io.read_header(os.path.join(path, fn)) for fn in files}
         for p, entries in headers.items():
             for key in entries:
                 if gguf_name(key) is None and not key.endswith("rotary_emb.inv_freq"):
-                    raise UnsupportedError(f"{os.path.basename(p)}: tensor {key!r} has no place in a {cfg.arch} "
-                                           "decoder")
+                    raise UnsupportedError(
+                        f"{os.path.basename(p)}: tensor {key!r} has no place in a {cfg.arch} decoder"
+                    )
         safetensors_io.check_sizes(headers, keep=lambda k: gguf_name(k) is not None)
         weights: dict[str, Tensor] = {}
         for p, entries in headers.items():
-            for key, e in tqdm(list(entries.items()), desc=f"reading {os.path.basename(p)}", unit="tensor",
-                               leave=False, disable=None):
+            for key, e in tqdm(
+                list(entries.items()), desc=f"reading {os.path.basename(p)}", unit="tensor", leave=False, disable=None
+            ):
                 name = gguf_name(key)
                 if name is not None:
                     weights[name] = Tensor(safetensors_io.load(p, e))

@@ -37,6 +37,7 @@ class OnnxFrontend(Frontend):
 
     def load(self, path: str) -> Model:
         from ...ir.budget import over_budget
+
         msg = over_budget("reading the model file", {"file": os.path.getsize(path)})
         if msg:  # the protobuf is parsed whole: its inline weights are in memory before anything else is known
             raise BadInputError(f"{path}: {msg}")
@@ -62,8 +63,10 @@ def import_proto(proto: onnx.ModelProto, base_dir: str | None, label: str = "<mo
         copy.opset_import.append(onnx.helper.make_opsetid("", opset))
         proto = copy
     if opset < MIN_OPSET:
-        raise UnsupportedError(f"{label}: ai.onnx opset {opset} is older than {MIN_OPSET}, the oldest edgec accepts; "
-                               f"convert it with onnx.version_converter.convert_version(model, {UPGRADE_OPSET})")
+        raise UnsupportedError(
+            f"{label}: ai.onnx opset {opset} is older than {MIN_OPSET}, the oldest edgec accepts; "
+            f"convert it with onnx.version_converter.convert_version(model, {UPGRADE_OPSET})"
+        )
     if needs_rewrite(proto):  # before the upgrade: the converter takes no subgraphs
         try:
             proto = eliminate_control_flow(proto)
@@ -75,8 +78,10 @@ def import_proto(proto: onnx.ModelProto, base_dir: str | None, label: str = "<mo
         model = from_onnx(proto, base_dir)
         huge = check_generators(model)
         if huge:  # before shape inference, which would materialize them
-            raise BadInputError(f"{label}: the model asks for tensors beyond the {max_tensor_bytes() / 2**30:.3g} GiB "
-                                "limit (EDGEC_MAX_TENSOR_BYTES):\n" + "\n".join(f"  - {p}" for p in huge[:20]))
+            raise BadInputError(
+                f"{label}: the model asks for tensors beyond the {max_tensor_bytes() / 2**30:.3g} GiB "
+                "limit (EDGEC_MAX_TENSOR_BYTES):\n" + "\n".join(f"  - {p}" for p in huge[:20])
+            )
         infer_shapes(model)
     except UnsupportedModelError as e:
         raise UnsupportedError(f"{label}: the model cannot be imported", e.problems) from None
@@ -112,6 +117,7 @@ def _precheck(proto: onnx.ModelProto, src: int) -> list[str]:
     rejects (inputs, attributes, deprecated ops), subgraphs, and ops of domains edgec does not import. Returns
     every problem."""
     from ...ir import ops as edgec_ops
+
     problems: list[str] = []
     opsets = {(o.domain if o.domain != "ai.onnx" else ""): int(o.version) for o in proto.opset_import}
     ctx = onnx.checker.C.CheckerContext()
@@ -123,13 +129,15 @@ def _precheck(proto: onnx.ModelProto, src: int) -> list[str]:
         undefined = [i for i in n.input if i and i not in defined]
         defined.update(n.output)
         if undefined:  # the converter would say "Input ... is undefined!" without naming the node
-            problems.append(f"{_where(k, n, opsets.get(n.domain or '', '?'))}: input {undefined[0]!r} is not defined "
-                            "before use")
+            problems.append(
+                f"{_where(k, n, opsets.get(n.domain or '', '?'))}: input {undefined[0]!r} is not defined before use"
+            )
             continue
         if not _is_default(n.domain):
             if n.domain != edgec_ops.EDGEC_DOMAIN:
-                problems.append(f"{_where(k, n, opsets.get(n.domain, '?'))}: operator domain {n.domain!r} is not "
-                                "supported")
+                problems.append(
+                    f"{_where(k, n, opsets.get(n.domain, '?'))}: operator domain {n.domain!r} is not supported"
+                )
             continue
         where = _where(k, n, src)
         if any(a.type in (onnx.AttributeProto.GRAPH, onnx.AttributeProto.GRAPHS) for a in n.attribute):
@@ -141,8 +149,12 @@ def _precheck(proto: onnx.ModelProto, src: int) -> list[str]:
             problems.append(f"{where}: {n.op_type} is not an operator of ai.onnx opset {src}, so it cannot be upgraded")
             continue
         # nodes alike in what the schema checks are checked once (a 10^6-node model has a few dozen kinds)
-        key = (n.op_type, tuple((a.name, a.type) for a in n.attribute), tuple(bool(i) for i in n.input),
-               tuple(bool(o) for o in n.output))
+        key = (
+            n.op_type,
+            tuple((a.name, a.type) for a in n.attribute),
+            tuple(bool(i) for i in n.input),
+            tuple(bool(o) for o in n.output),
+        )
         if key not in checked:
             try:
                 onnx.checker.check_node(n, ctx)
@@ -164,7 +176,8 @@ def _stub(t: onnx.TensorProto) -> onnx.TensorProto:
 
 def _is_stub(t: onnx.TensorProto) -> bool:
     return t.data_location == onnx.TensorProto.EXTERNAL and any(
-        e.key == "location" and e.value == _STUB_LOCATION for e in t.external_data)
+        e.key == "location" and e.value == _STUB_LOCATION for e in t.external_data
+    )
 
 
 def _inline_bytes(t: onnx.TensorProto) -> int:
@@ -218,6 +231,7 @@ def _light_constant(n: onnx.NodeProto, out: onnx.NodeProto) -> None:
 
 def _convert(m: onnx.ModelProto, target: int) -> onnx.ModelProto:
     from onnx import version_converter
+
     return version_converter.convert_version(m, target)
 
 
@@ -236,6 +250,7 @@ def _isolated(light: onnx.ModelProto, ks: list[int], types: dict[str, onnx.TypeP
         else:
             vi.type.tensor_type.elem_type = onnx.TensorProto.FLOAT
         return vi
+
     for k in ks:
         n = onnx.NodeProto()
         n.CopyFrom(g.node[k])
@@ -256,9 +271,10 @@ def _isolated(light: onnx.ModelProto, ks: list[int], types: dict[str, onnx.TypeP
                 n.output[j] = f"n{k}_out{j}"
                 outs.append(typed(name, n.output[j]))
         nodes.append(n)
-    m = helper.make_model(helper.make_graph(nodes, "isolated", ins, outs, new_inits),
-                          opset_imports=[o if not _is_default(o.domain) else helper.make_opsetid("", opset)
-                                         for o in light.opset_import])
+    m = helper.make_model(
+        helper.make_graph(nodes, "isolated", ins, outs, new_inits),
+        opset_imports=[o if not _is_default(o.domain) else helper.make_opsetid("", opset) for o in light.opset_import],
+    )
     m.ir_version = light.ir_version
     return m
 
@@ -290,8 +306,10 @@ def _diagnose(light: onnx.ModelProto, src: int, target: int) -> list[str]:
                 try:
                     m = _convert(m, step + 1)
                 except Exception as e:  # noqa: BLE001
-                    problems.append(f"{_where(k, light.graph.node[k], src)}: onnx.version_converter cannot convert it "
-                                    f"from opset {step} to {step + 1}: {_converter_message(e)}")
+                    problems.append(
+                        f"{_where(k, light.graph.node[k], src)}: onnx.version_converter cannot convert it "
+                        f"from opset {step} to {step + 1}: {_converter_message(e)}"
+                    )
                     break
     return problems
 
@@ -330,8 +348,10 @@ def _fix_resize_10(conv: onnx.ModelProto, where) -> list[str]:
             t = consts.get(n.input[2]) if len(n.input) > 2 else None
             scales = numpy_helper.to_array(t).astype(np.float64) if t is not None else None
             if scales is not None and (scales < 1).any() and (scales > 1).any():
-                problems.append(f"{where(n)}: nearest-neighbour resizing that enlarges some axes and shrinks others "
-                                "has no opset 13 equivalent (opset 10 rounds down on the first, up on the second)")
+                problems.append(
+                    f"{where(n)}: nearest-neighbour resizing that enlarges some axes and shrinks others "
+                    "has no opset 13 equivalent (opset 10 rounds down on the first, up on the second)"
+                )
             shrink = scales is not None and bool((scales < 1).any())
             n.attribute.append(helper.make_attribute("nearest_mode", "ceil" if shrink else "floor"))
         if len(n.input) > 1:
@@ -363,12 +383,18 @@ def upgrade_opset(proto: onnx.ModelProto, target: int, label: str = "<model>") -
     def where(n: onnx.NodeProto) -> str:  # the model's node that became ``n`` (an adapter keeps its output names)
         k = next((k for k, m in enumerate(g.node) if n.output and n.output[0] in m.output), None)
         return _where(k, g.node[k], src) if k is not None else f"node {n.name or '?'} ({n.op_type}, opset {target})"
+
     problems = _fix_resize_10(conv, where) if src <= 10 else []
     if problems:
         raise UnsupportedError(head, problems)
     # the converted nodes, with the large Constant values they were converted without
-    detached = {n.output[0]: a.t for n in g.node if n.op_type == "Constant" and _is_default(n.domain) and n.output
-                for a in n.attribute if a.name == "value" and _inline_bytes(a.t) >= _STUB_BYTES}
+    detached = {
+        n.output[0]: a.t
+        for n in g.node
+        if n.op_type == "Constant" and _is_default(n.domain) and n.output
+        for a in n.attribute
+        if a.name == "value" and _inline_bytes(a.t) >= _STUB_BYTES
+    }
     for n in conv.graph.node:
         if n.op_type == "Constant" and n.output and n.output[0] in detached:
             for a in n.attribute:

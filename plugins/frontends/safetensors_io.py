@@ -24,16 +24,26 @@ from ...errors import BadInputError
 
 MAX_HEADER_BYTES = 100 << 20  # the format's own reference implementation caps the header at 100 MB
 
-_DTYPES = {"F64": "float64", "F32": "float32", "F16": "float16", "BF16": "bfloat16", "I64": "int64", "I32": "int32",
-           "I16": "int16", "I8": "int8", "U8": "uint8", "BOOL": "bool"}
+_DTYPES = {
+    "F64": "float64",
+    "F32": "float32",
+    "F16": "float16",
+    "BF16": "bfloat16",
+    "I64": "int64",
+    "I32": "int32",
+    "I16": "int16",
+    "I8": "int8",
+    "U8": "uint8",
+    "BOOL": "bool",
+}
 
 
 @dataclasses.dataclass(frozen=True)
 class Entry:
     name: str
-    dtype: str          # safetensors' name: F32, BF16, ...
+    dtype: str  # safetensors' name: F32, BF16, ...
     shape: tuple[int, ...]
-    start: int          # absolute file offsets of the tensor's bytes
+    start: int  # absolute file offsets of the tensor's bytes
     end: int
 
     @property
@@ -44,6 +54,7 @@ class Entry:
 def _np_dtype(name: str) -> np.dtype:
     if name == "BF16":
         import ml_dtypes
+
         return np.dtype(ml_dtypes.bfloat16)
     return np.dtype(_DTYPES[name])
 
@@ -59,23 +70,28 @@ def read_header(path: str) -> dict[str, Entry]:
             size = st.st_size
             head = f.read(8)
             if len(head) < 8:
-                raise BadInputError(f"{path} is not a readable safetensors file: it is shorter than its 8-byte "
-                                    "header length")
+                raise BadInputError(
+                    f"{path} is not a readable safetensors file: it is shorter than its 8-byte header length"
+                )
             (n,) = struct.unpack("<Q", head)
             if n > min(size - 8, MAX_HEADER_BYTES):
-                raise BadInputError(f"{path} is not a readable safetensors file: the header declares {n} bytes but "
-                                    f"the file holds {size - 8} after the length (limit {MAX_HEADER_BYTES})")
+                raise BadInputError(
+                    f"{path} is not a readable safetensors file: the header declares {n} bytes but "
+                    f"the file holds {size - 8} after the length (limit {MAX_HEADER_BYTES})"
+                )
             raw = f.read(n)
     except OSError as e:
         raise BadInputError(f"{path} is not a readable safetensors file: cannot read it ({e.strerror})") from None
     try:
         header = json.loads(raw.decode("utf-8"))
     except (UnicodeDecodeError, ValueError) as e:
-        raise BadInputError(f"{path} is not a readable safetensors file: the header is not valid UTF-8 JSON "
-                            f"({e})") from None
+        raise BadInputError(
+            f"{path} is not a readable safetensors file: the header is not valid UTF-8 JSON ({e})"
+        ) from None
     if not isinstance(header, dict):
-        raise BadInputError(f"{path} is not a readable safetensors file: the header is a JSON "
-                            f"{type(header).__name__}, not an object")
+        raise BadInputError(
+            f"{path} is not a readable safetensors file: the header is a JSON {type(header).__name__}, not an object"
+        )
     base = 8 + n
     entries: dict[str, Entry] = {}
     for name, info in header.items():
@@ -87,24 +103,31 @@ def read_header(path: str) -> dict[str, Entry]:
         dtype, shape, offsets = info.get("dtype"), info.get("shape"), info.get("data_offsets")
         if dtype not in _DTYPES:
             raise BadInputError(f"{where}: dtype {dtype!r} is not one edgec reads ({', '.join(_DTYPES)})")
-        if not isinstance(shape, list) or not all(isinstance(d, int) and not isinstance(d, bool) and d >= 0
-                                                  for d in shape):
+        if not isinstance(shape, list) or not all(
+            isinstance(d, int) and not isinstance(d, bool) and d >= 0 for d in shape
+        ):
             raise BadInputError(f"{where}: shape {shape!r} is not a list of non-negative integers")
-        if (not isinstance(offsets, list) or len(offsets) != 2
-                or not all(isinstance(o, int) and not isinstance(o, bool) for o in offsets)):
+        if (
+            not isinstance(offsets, list)
+            or len(offsets) != 2
+            or not all(isinstance(o, int) and not isinstance(o, bool) for o in offsets)
+        ):
             raise BadInputError(f"{where}: data_offsets {offsets!r} is not [begin, end]")
         lo, hi = offsets
         need = int(np.prod(shape, dtype=object)) * _np_dtype(dtype).itemsize
         if not 0 <= lo <= hi or base + hi > size:
-            raise BadInputError(f"{where}: its bytes [{lo}, {hi}) lie outside the file's {size - base} data bytes "
-                                "(a truncated file?)")
+            raise BadInputError(
+                f"{where}: its bytes [{lo}, {hi}) lie outside the file's {size - base} data bytes (a truncated file?)"
+            )
         if hi - lo != need:
             raise BadInputError(f"{where}: spans {hi - lo} bytes, but {dtype} of shape {shape} needs {need}")
         entries[name] = Entry(name, dtype, tuple(shape), base + lo, base + hi)
     spans = sorted((e.start, e.end, e.name) for e in entries.values() if e.end > e.start)
     for (a0, a1, an), (b0, b1, bn) in zip(spans, spans[1:]):
         if b0 < a1:
-            raise BadInputError(f"{path} is not a readable safetensors file: tensors {an!r} and {bn!r} overlap in the file")
+            raise BadInputError(
+                f"{path} is not a readable safetensors file: tensors {an!r} and {bn!r} overlap in the file"
+            )
     return entries
 
 
@@ -113,6 +136,7 @@ def check_sizes(files: dict[str, dict[str, Entry]], keep=lambda name: True) -> N
     memory budget."""
     from ...ir.budget import over_budget
     from ...ir.limits import max_tensor_bytes
+
     limit = max_tensor_bytes()
     total = 0
     for path, entries in files.items():
@@ -121,9 +145,11 @@ def check_sizes(files: dict[str, dict[str, Entry]], keep=lambda name: True) -> N
                 continue
             f32 = e.elements * 4
             if f32 > limit:
-                raise BadInputError(f"{path}: tensor {e.name!r} of shape {list(e.shape)} is {f32 / 2**30:.3g} GiB as "
-                                    f"float32, beyond the {limit / 2**30:.3g} GiB one tensor may take "
-                                    "(EDGEC_MAX_TENSOR_BYTES raises the limit)")
+                raise BadInputError(
+                    f"{path}: tensor {e.name!r} of shape {list(e.shape)} is {f32 / 2**30:.3g} GiB as "
+                    f"float32, beyond the {limit / 2**30:.3g} GiB one tensor may take "
+                    "(EDGEC_MAX_TENSOR_BYTES raises the limit)"
+                )
             total += f32
     msg = over_budget("importing the model's weights as float32", {"weights": total})
     if msg:

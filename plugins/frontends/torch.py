@@ -89,8 +89,16 @@ def load_pt2(path: str):
 class _Pt2Reader:
     WEIGHT = re.compile(r"weight_[0-9]+")
     TENSOR = re.compile(r"tensor_[0-9]+")
-    METADATA = {"archive_format", "archive_version", "byteorder", "version", ".data/version",
-                ".data/serialization_id", ".format_version", ".storage_alignment"}
+    METADATA = {
+        "archive_format",
+        "archive_version",
+        "byteorder",
+        "version",
+        ".data/version",
+        ".data/serialization_id",
+        ".format_version",
+        ".storage_alignment",
+    }
 
     def __init__(self, path: str):
         self.path = path
@@ -109,7 +117,7 @@ class _Pt2Reader:
             name = info.filename
             if not name.startswith(self.root + "/"):
                 raise self.refuse(name, "lies outside the archive's folder " + repr(self.root))
-            rel = name[len(self.root) + 1:]
+            rel = name[len(self.root) + 1 :]
             if rel in self.entries:
                 raise self.refuse(name, "appears twice in the archive")
             self.entries[rel] = info
@@ -133,8 +141,9 @@ class _Pt2Reader:
         info = self.entries[rel]
         limit = self.limit if limit is None else limit
         if info.file_size > limit:
-            what = ("the per-tensor limit (EDGEC_MAX_TENSOR_BYTES)" if limit == self.limit else
-                    "what such an entry holds")
+            what = (
+                "the per-tensor limit (EDGEC_MAX_TENSOR_BYTES)" if limit == self.limit else "what such an entry holds"
+            )
             raise self.refuse(self.full(rel), f"declares {info.file_size:,} bytes, over {what}: {limit:,}")
         buf = bytearray(info.file_size)
         try:
@@ -161,9 +170,13 @@ class _Pt2Reader:
 
     def load(self):
         from torch.export.pt2_archive.constants import ARCHIVE_FORMAT_VALUE, ARCHIVE_VERSION_VALUE
+
         if "archive_format" not in self.entries:
-            hint = (" (a pre-2.8 torch.export zip, whose program torch unpickles: re-save it with a current torch)"
-                    if "version" in self.entries or "serialized_exported_program.json" in self.entries else "")
+            hint = (
+                " (a pre-2.8 torch.export zip, whose program torch unpickles: re-save it with a current torch)"
+                if "version" in self.entries or "serialized_exported_program.json" in self.entries
+                else ""
+            )
             raise self.bad(f"no {self.full('archive_format')!r} entry{hint}")
         if bytes(self.read("archive_format", 64)).strip() != ARCHIVE_FORMAT_VALUE.encode():
             raise self.refuse(self.full("archive_format"), f"is not {ARCHIVE_FORMAT_VALUE!r}")
@@ -171,15 +184,18 @@ class _Pt2Reader:
             raise self.bad(f"no {self.full('archive_version')!r} entry")
         version = bytes(self.read("archive_version", 64)).strip()
         if version != ARCHIVE_VERSION_VALUE.encode():
-            raise self.refuse(self.full("archive_version"),
-                              f"says version {version[:20]!r}; edgec reads version {ARCHIVE_VERSION_VALUE}")
+            raise self.refuse(
+                self.full("archive_version"),
+                f"says version {version[:20]!r}; edgec reads version {ARCHIVE_VERSION_VALUE}",
+            )
         if "byteorder" in self.entries:
             order = bytes(self.read("byteorder", 64)).strip().decode("ascii", "replace")
             if order != sys.byteorder:
                 raise self.refuse(self.full("byteorder"), f"says {order!r}; this machine is {sys.byteorder}-endian")
         models = [r for r in self.entries if r.startswith("models/")]
-        names = [r[len("models/"):-len(".json")] for r in models
-                 if r.endswith(".json") and "/" not in r[len("models/"):]]
+        names = [
+            r[len("models/") : -len(".json")] for r in models if r.endswith(".json") and "/" not in r[len("models/") :]
+        ]
         if len(models) != 1 or len(names) != 1:
             raise self.bad(f"expected one program (models/<name>.json), found {sorted(models)[:5]}")
         model = names[0]
@@ -195,11 +211,13 @@ class _Pt2Reader:
                 try:
                     data.decode("utf-8")
                 except UnicodeDecodeError:
-                    raise self.refuse(self.full(rel), "is not UTF-8 text (extra files are text; this one may be "
-                                                      "a pickle)", pickled=True) from None
+                    raise self.refuse(
+                        self.full(rel),
+                        "is not UTF-8 text (extra files are text; this one may be a pickle)",
+                        pickled=True,
+                    ) from None
                 if _looks_pickled(data):
-                    raise self.refuse(self.full(rel), "is a pickle that calls Python objects, not text",
-                                      pickled=True)
+                    raise self.refuse(self.full(rel), "is a pickle that calls Python objects, not text", pickled=True)
         program = self.program(f"models/{model}.json")
         unused = sorted(r for r in self.entries if r not in self.used and r not in self.METADATA)
         if unused:
@@ -208,8 +226,12 @@ class _Pt2Reader:
 
     def classify(self, model: str) -> None:
         """Refuse every entry a plain ``torch.export.save`` archive does not have."""
-        known = {f"models/{model}.json", f"data/weights/{model}_weights_config.json",
-                 f"data/constants/{model}_constants_config.json", f"data/sample_inputs/{model}.pt"}
+        known = {
+            f"models/{model}.json",
+            f"data/weights/{model}_weights_config.json",
+            f"data/constants/{model}_constants_config.json",
+            f"data/sample_inputs/{model}.pt",
+        }
         for rel in self.entries:
             base = rel.rsplit("/", 1)[-1]
             full = self.full(rel)
@@ -220,16 +242,23 @@ class _Pt2Reader:
             if "custom_obj_" in rel or "opaque_obj_" in rel:
                 raise self.refuse(full, "holds pickled Python objects (custom or opaque constants)", pickled=True)
             if rel.endswith(".pt") or rel.endswith(".pkl") or rel.endswith(".pickle"):
-                raise self.refuse(full, "is a pickled payload (legacy weights/constants, sample inputs of "
-                                        "another program, or a torch.save file)", pickled=True)
+                raise self.refuse(
+                    full,
+                    "is a pickled payload (legacy weights/constants, sample inputs of "
+                    "another program, or a torch.save file)",
+                    pickled=True,
+                )
             if rel.startswith(("data/aotinductor/", "data/executorch/", "data/mtia", "xl_model_weights/")):
-                raise self.refuse(full, "is a compiled (AOTInductor / ExecuTorch / MTIA) or external-weights "
-                                        "payload, which edgec does not load (it would run native code or pickles)")
+                raise self.refuse(
+                    full,
+                    "is a compiled (AOTInductor / ExecuTorch / MTIA) or external-weights "
+                    "payload, which edgec does not load (it would run native code or pickles)",
+                )
             if rel.startswith("extra/"):
                 continue
-            if rel.startswith("data/weights/") and self.WEIGHT.fullmatch(rel[len("data/weights/"):]):
+            if rel.startswith("data/weights/") and self.WEIGHT.fullmatch(rel[len("data/weights/") :]):
                 continue
-            if rel.startswith("data/constants/") and self.TENSOR.fullmatch(rel[len("data/constants/"):]):
+            if rel.startswith("data/constants/") and self.TENSOR.fullmatch(rel[len("data/constants/") :]):
                 continue
             raise self.refuse(full, f"is not part of a torch.export.save archive ({base!r} is unexpected)")
 
@@ -237,6 +266,7 @@ class _Pt2Reader:
 
     def payloads(self, model: str, kind: str, pattern: re.Pattern, form: str) -> dict:
         import torch
+
         legacy = f"data/{kind}/{model}.pt"
         if legacy in self.entries:
             raise self.refuse(self.full(legacy), f"holds the {kind} in torch's legacy pickled format", pickled=True)
@@ -261,15 +291,19 @@ class _Pt2Reader:
             use_pickle = meta.get("use_pickle", False)
             name = meta.get("path_name")
             if use_pickle is not False:
-                raise no(f"is a pickled payload (use_pickle: {json.dumps(use_pickle)}, path_name {name!r})",
-                         pickled=True)
+                raise no(
+                    f"is a pickled payload (use_pickle: {json.dumps(use_pickle)}, path_name {name!r})", pickled=True
+                )
             if not isinstance(name, str):
                 raise no("has no path_name")
             if "custom_obj_" in name or "opaque_obj_" in name:
                 raise no(f"path_name {name!r} names a pickled Python object", pickled=True)
             if not pattern.fullmatch(name):
-                raise no(f"path_name {name!r} is not a raw tensor file ({form} inside data/{kind}/); "
-                         "edgec reads only raw tensor bytes", pickled=True)
+                raise no(
+                    f"path_name {name!r} is not a raw tensor file ({form} inside data/{kind}/); "
+                    "edgec reads only raw tensor bytes",
+                    pickled=True,
+                )
             record = f"data/{kind}/{name}"
             if record not in self.entries:
                 raise no(f"names {self.full(record)!r}, which the archive does not hold")
@@ -281,14 +315,18 @@ class _Pt2Reader:
             item = torch.empty((), dtype=dtype).element_size()
             extent = 0 if numel == 0 else offset + sum((s - 1) * t for s, t in zip(sizes, strides)) + 1
             if max(numel, extent) * item > self.limit:
-                raise no(f"declares a {sizes} {dtype} tensor of {max(numel, extent) * item:,} bytes, over the "
-                         f"per-tensor limit of {self.limit:,} (EDGEC_MAX_TENSOR_BYTES)")
+                raise no(
+                    f"declares a {sizes} {dtype} tensor of {max(numel, extent) * item:,} bytes, over the "
+                    f"per-tensor limit of {self.limit:,} (EDGEC_MAX_TENSOR_BYTES)"
+                )
             nbytes = self.entries[record].file_size
             if nbytes % item:
                 raise no(f"{self.full(record)!r} holds {nbytes:,} bytes, not a whole number of {dtype} elements")
             if nbytes and nbytes < extent * item:
-                raise no(f"declares sizes {sizes}, strides {strides} and offset {offset} ({extent * item:,} "
-                         f"bytes of {dtype}) but {self.full(record)!r} holds only {nbytes:,} bytes")
+                raise no(
+                    f"declares sizes {sizes}, strides {strides} and offset {offset} ({extent * item:,} "
+                    f"bytes of {dtype}) but {self.full(record)!r} holds only {nbytes:,} bytes"
+                )
             base = flat.get((record, dtype))
             if base is None:
                 if nbytes:
@@ -304,8 +342,7 @@ class _Pt2Reader:
                 flat[(record, dtype)] = base
             t = torch.as_strided(base, sizes, strides, offset)
             if is_param and kind == "weights":
-                t = torch.nn.Parameter(t, requires_grad=requires_grad and (dtype.is_floating_point or
-                                                                            dtype.is_complex))
+                t = torch.nn.Parameter(t, requires_grad=requires_grad and (dtype.is_floating_point or dtype.is_complex))
             out[key] = t
         return out
 
@@ -313,6 +350,7 @@ class _Pt2Reader:
     def tensor_meta(tm, no):
         from torch._export.serde import schema
         from torch._export.serde.serialize import deserialize_scalar_type
+
         if not isinstance(tm, dict):
             raise no("has no tensor_meta (a raw tensor needs its dtype, sizes and strides)")
 
@@ -341,9 +379,14 @@ class _Pt2Reader:
 
     # -- sample inputs ------------------------------------------------------------------------------------
 
-    SAMPLE_GLOBALS = {("torch._utils", "_rebuild_tensor_v2"), ("torch._utils", "_rebuild_tensor_v3"),
-                      ("torch._utils", "_rebuild_parameter"), ("collections", "OrderedDict"),
-                      ("torch", "Size"), ("torch", "device")}
+    SAMPLE_GLOBALS = {
+        ("torch._utils", "_rebuild_tensor_v2"),
+        ("torch._utils", "_rebuild_tensor_v3"),
+        ("torch._utils", "_rebuild_parameter"),
+        ("collections", "OrderedDict"),
+        ("torch", "Size"),
+        ("torch", "device"),
+    }
 
     def check_sample_inputs(self, rel: str) -> None:
         """torch would ``torch.load`` the sample inputs; edgec never loads them. It only checks, by reading
@@ -351,6 +394,7 @@ class _Pt2Reader:
         import pickletools
 
         import torch
+
         full = self.full(rel)
         info = self.entries[rel]
         if info.file_size > self.limit:
@@ -360,38 +404,48 @@ class _Pt2Reader:
             with self.zip.open(info) as f, zipfile.ZipFile(f) as inner:
                 pkls = [i for i in inner.infolist() if i.filename.endswith(".pkl")]
                 if len(pkls) != 1 or pkls[0].file_size > 64 << 20:
-                    raise self.refuse(full, "is not a torch.save tensor file (expected one small data.pkl)",
-                                      pickled=True)
+                    raise self.refuse(
+                        full, "is not a torch.save tensor file (expected one small data.pkl)", pickled=True
+                    )
                 data = inner.read(pkls[0])
         except BadInputError:
             raise
         except Exception as e:  # noqa: BLE001 - not a zip (a raw pickle), or a corrupt one
-            raise self.refuse(full, f"is not a torch.save tensor file ({type(e).__name__}: {e})",
-                              pickled=True) from None
+            raise self.refuse(
+                full, f"is not a torch.save tensor file ({type(e).__name__}: {e})", pickled=True
+            ) from None
         try:
             for op, arg, _ in pickletools.genops(data):
                 if op.name in ("STACK_GLOBAL", "INST", "OBJ", "EXT1", "EXT2", "EXT4"):
-                    raise self.refuse(full, f"uses pickle opcode {op.name}, which can call arbitrary Python",
-                                      pickled=True)
+                    raise self.refuse(
+                        full, f"uses pickle opcode {op.name}, which can call arbitrary Python", pickled=True
+                    )
                 if op.name == "GLOBAL":
                     module, _, name = str(arg).partition(" ")
-                    ok = (module, name) in self.SAMPLE_GLOBALS or module == "torch" and (
-                        name.endswith("Storage") and isinstance(getattr(torch, name, None), type)
-                        or isinstance(getattr(torch, name, None), torch.dtype))
+                    ok = (
+                        (module, name) in self.SAMPLE_GLOBALS
+                        or module == "torch"
+                        and (
+                            name.endswith("Storage")
+                            and isinstance(getattr(torch, name, None), type)
+                            or isinstance(getattr(torch, name, None), torch.dtype)
+                        )
+                    )
                     if not ok:
-                        raise self.refuse(full, f"pickles a reference to {module}.{name}, not only tensors",
-                                          pickled=True)
+                        raise self.refuse(
+                            full, f"pickles a reference to {module}.{name}, not only tensors", pickled=True
+                        )
         except BadInputError:
             raise
         except Exception as e:  # noqa: BLE001 - a malformed pickle stream
-            raise self.refuse(full, f"is not a valid pickle stream ({type(e).__name__}: {e})",
-                              pickled=True) from None
+            raise self.refuse(full, f"is not a valid pickle stream ({type(e).__name__}: {e})", pickled=True) from None
 
     # -- the program --------------------------------------------------------------------------------------
 
     def program(self, rel: str):
         from torch._export.serde import schema
         from torch._export.serde.serialize import _dict_to_dataclass
+
         raw = self.json(rel)
         full = self.full(rel)
         if not isinstance(raw, dict):
@@ -401,14 +455,18 @@ class _Pt2Reader:
         except RecursionError:
             raise self.refuse(full, "is nested too deeply") from None
         except Exception as e:  # noqa: BLE001 - any malformed field
-            raise self.refuse(full, f"is not a serialized ExportedProgram ({type(e).__name__}: "
-                                    f"{str(e).splitlines()[0][:200] if str(e) else ''})") from None
+            raise self.refuse(
+                full,
+                f"is not a serialized ExportedProgram ({type(e).__name__}: "
+                f"{str(e).splitlines()[0][:200] if str(e) else ''})",
+            ) from None
         _ProgramCheck(f"{self.path}: archive entry {full!r}").run(program)
         program.guards_code = []  # Python source torch would exec(); edgec checks no input guards
         return program
 
     def deserialize(self, program, state_dict: dict, constants: dict):
         from torch._export.serde.serialize import ExportedProgramDeserializer
+
         try:
             with warnings.catch_warnings(), _no_unpickling(self.path):
                 warnings.simplefilter("ignore")
@@ -418,28 +476,32 @@ class _Pt2Reader:
         except RecursionError:
             raise self.bad("the program is nested too deeply") from None
         except Exception as e:  # noqa: BLE001 - torch's deserializer raises many kinds of errors
-            raise self.bad(f"torch could not rebuild the program ({type(e).__name__}: "
-                           f"{str(e).splitlines()[0][:300] if str(e) else ''})") from None
+            raise self.bad(
+                f"torch could not rebuild the program ({type(e).__name__}: "
+                f"{str(e).splitlines()[0][:300] if str(e) else ''})"
+            ) from None
 
 
 def _check_fqn(name, no) -> None:
     """Parameter, buffer and submodule paths become attribute names FX writes as ``getattr(self, "<part>")``
     into generated code: no quotes, backslashes or control characters."""
-    if not isinstance(name, str) or not all(part and part.isprintable() and not set(part) & set("\"'\\")
-                                            for part in name.split(".")):
-        raise no(f"name {str(name)[:80]!r} is not a dotted attribute path (torch would paste it into generated "
-                 "code)")
+    if not isinstance(name, str) or not all(
+        part and part.isprintable() and not set(part) & set("\"'\\") for part in name.split(".")
+    ):
+        raise no(f"name {str(name)[:80]!r} is not a dotted attribute path (torch would paste it into generated code)")
 
 
 def _looks_pickled(data: bytes) -> bool:
     """Whether ``data`` parses as a whole pickle stream that imports or calls something (read, not run)."""
     import pickletools
+
     try:
         ops = [op.name for op, _, _ in pickletools.genops(data)]
     except Exception:  # noqa: BLE001 - not a pickle
         return False
-    return bool({"GLOBAL", "STACK_GLOBAL", "INST", "OBJ", "REDUCE", "NEWOBJ", "NEWOBJ_EX", "EXT1", "EXT2",
-                 "EXT4"} & set(ops))
+    return bool(
+        {"GLOBAL", "STACK_GLOBAL", "INST", "OBJ", "REDUCE", "NEWOBJ", "NEWOBJ_EX", "EXT1", "EXT2", "EXT4"} & set(ops)
+    )
 
 
 _guard_lock = threading.Lock()
@@ -452,6 +514,7 @@ def _no_unpickling(label: str):
     import pickle
 
     import torch
+
     me = threading.get_ident()
     targets = [(torch, "load"), (torch.serialization, "load"), (pickle, "load"), (pickle, "loads")]
 
@@ -460,6 +523,7 @@ def _no_unpickling(label: str):
             if threading.get_ident() != me:
                 return original(*args, **kwargs)
             raise BadInputError(f"{label}: the program asked torch to unpickle data ({name}); {NEVER}")
+
         refuse.__wrapped__ = original
         return refuse
 
@@ -478,10 +542,24 @@ class _ProgramCheck:
     """Checks a parsed ``schema.ExportedProgram`` for every string torch would turn into code."""
 
     NAMESPACES = ("aten", "prims", "quantized_decomposed")
-    HIGHER_ORDER = frozenset({"cond", "while_loop", "map_impl", "scan", "associative_scan",
-                              "wrap_with_set_grad_enabled", "wrap_with_autocast", "invoke_subgraph",
-                              "auto_functionalized", "auto_functionalized_v2", "with_effects", "out_dtype",
-                              "hints_wrapper", "flex_attention"})
+    HIGHER_ORDER = frozenset(
+        {
+            "cond",
+            "while_loop",
+            "map_impl",
+            "scan",
+            "associative_scan",
+            "wrap_with_set_grad_enabled",
+            "wrap_with_autocast",
+            "invoke_subgraph",
+            "auto_functionalized",
+            "auto_functionalized_v2",
+            "with_effects",
+            "out_dtype",
+            "hints_wrapper",
+            "flex_attention",
+        }
+    )
     IDENT = re.compile(r"[A-Za-z_][A-Za-z0-9_]*")
 
     def __init__(self, where: str):
@@ -495,6 +573,7 @@ class _ProgramCheck:
 
         from torch._export.serde import schema
         from torch._export.serde.union import _Union
+
         todo = [program]
         while todo:
             o = todo.pop()
@@ -505,19 +584,26 @@ class _ProgramCheck:
             elif isinstance(o, _Union):
                 if isinstance(o, schema.Argument) and o.type == "as_operator":
                     self.operator(o.value)
-                if isinstance(o, (schema.SymIntArgument, schema.SymFloatArgument, schema.SymBoolArgument)) and \
-                        o.type == "as_name":
+                if (
+                    isinstance(o, (schema.SymIntArgument, schema.SymFloatArgument, schema.SymBoolArgument))
+                    and o.type == "as_name"
+                ):
                     self.identifier(o.value, "symbolic value")
-                if isinstance(o, schema.SymExprHint) and o.type == "as_int" and (
-                        type(o.value) is not int or abs(o.value) >= 1 << 63):
+                if (
+                    isinstance(o, schema.SymExprHint)
+                    and o.type == "as_int"
+                    and (type(o.value) is not int or abs(o.value) >= 1 << 63)
+                ):
                     raise self.no(f"symbolic hint {str(o.value)[:40]} is not a 64-bit integer")
                 if isinstance(o, schema.InputSpec) and o.type == "custom_obj":
                     raise self.no("the program takes a custom (pickled) object as input; " + NEVER)
                 todo.append(o.value)
             elif dataclasses.is_dataclass(o) and not isinstance(o, type):
                 if isinstance(o, schema.CustomObjArgument):
-                    raise self.no(f"the program uses custom object {o.name!r} ({o.class_fqn}), which torch "
-                                  f"would unpickle; {NEVER}")
+                    raise self.no(
+                        f"the program uses custom object {o.name!r} ({o.class_fqn}), which torch "
+                        f"would unpickle; {NEVER}"
+                    )
                 if isinstance(o, (schema.Node, schema.TensorArgument, schema.TokenArgument, schema.GraphArgument)):
                     self.identifier(o.name, type(o).__name__)
                 if isinstance(o, schema.Node):
@@ -543,13 +629,16 @@ class _ProgramCheck:
         """Names FX pastes into the Python source it generates and execs (``def forward(self, <names>)``,
         ``getattr(self, "<graph>")``) must be plain identifiers."""
         import keyword
+
         if name is not None and not (isinstance(name, str) and name.isidentifier() and not keyword.iskeyword(name)):
-            raise self.no(f"{what} name {str(name)[:80]!r} is not a Python identifier (torch would paste it into "
-                          "generated code)")
+            raise self.no(
+                f"{what} name {str(name)[:80]!r} is not a Python identifier (torch would paste it into generated code)"
+            )
 
     def operator(self, target) -> None:
         import torch
         from torch._export.serde.serialize import _SYM_OPS
+
         if not isinstance(target, str):
             raise self.no(f"operator {target!r} is not a name")
         if target in {f"{f.__module__}.{f.__name__}" for f in _SYM_OPS}:
@@ -565,14 +654,17 @@ class _ProgramCheck:
                 elif len(parts) == 5 and parts[2] in self.NAMESPACES:
                     op = getattr(getattr(getattr(torch.ops, parts[2]), parts[3]), parts[4])
                     if not isinstance(op, torch._ops.OpOverload) or any(
-                            a.name == "filename" for a in op._schema.arguments):
+                        a.name == "filename" for a in op._schema.arguments
+                    ):
                         op = None
             except (AttributeError, RuntimeError):
                 op = None
         if op is None:
-            raise self.no(f"the program calls {target[:200]!r}, which is not an ATen, prims or "
-                          "quantized_decomposed operator, a symbolic-int operator or an allowed higher-order "
-                          "operator (torch would resolve it by getattr and call it)")
+            raise self.no(
+                f"the program calls {target[:200]!r}, which is not an ATen, prims or "
+                "quantized_decomposed operator, a symbolic-int operator or an allowed higher-order "
+                "operator (torch would resolve it by getattr and call it)"
+            )
 
     def treespec(self, spec) -> None:
         if not isinstance(spec, str):
@@ -591,11 +683,13 @@ class _ProgramCheck:
             typ, ctx = node.get("type"), node.get("context")
             todo.extend(node.get("children_spec", []))
             if typ == "collections.defaultdict":
-                if not (isinstance(ctx, dict) and ctx.get("default_factory_module") == "builtins"
-                        and ctx.get("default_factory_name") in ("list", "dict", "set", "int", "float", "str",
-                                                                "tuple", "bool")):
-                    raise self.no("a pytree spec names a defaultdict factory outside builtins (torch would "
-                                  "import it)")
+                if not (
+                    isinstance(ctx, dict)
+                    and ctx.get("default_factory_module") == "builtins"
+                    and ctx.get("default_factory_name")
+                    in ("list", "dict", "set", "int", "float", "str", "tuple", "bool")
+                ):
+                    raise self.no("a pytree spec names a defaultdict factory outside builtins (torch would import it)")
                 ctx = json.dumps(ctx.get("dict_context"))
             if isinstance(ctx, str):
                 try:
@@ -612,17 +706,74 @@ class _ProgramCheck:
                         values.extend(v)
 
 
-_SYMPY_FUNCTIONS = frozenset({
-    # torch.utils._sympy.functions, as GraphModuleDeserializer maps them
-    "FloorDiv", "ModularIndexing", "Where", "PythonMod", "Mod", "CleanDiv", "CeilToInt", "FloorToInt",
-    "CeilDiv", "LShift", "RShift", "PowByNatural", "FloatPow", "FloatTrueDiv", "IntTrueDiv",
-    "IsNonOverlappingAndDenseIndicator", "TruncToFloat", "TruncToInt", "RoundToInt", "RoundDecimal",
-    "ToFloat", "Identity",
-    # sympy names in torch's srepr() of shape expressions (and in the older str() form)
-    "Symbol", "Integer", "Rational", "Float", "Add", "Mul", "Pow", "Max", "Min", "Abs", "floor", "ceiling",
-    "sqrt", "Equality", "Unequality", "StrictLessThan", "LessThan", "StrictGreaterThan", "GreaterThan", "Eq",
-    "Ne", "Lt", "Le", "Gt", "Ge", "And", "Or", "Not", "Xor", "Piecewise", "ExprCondPair", "ITE",
-    "true", "false", "oo", "zoo", "nan", "I", "pi", "E"})
+_SYMPY_FUNCTIONS = frozenset(
+    {
+        # torch.utils._sympy.functions, as GraphModuleDeserializer maps them
+        "FloorDiv",
+        "ModularIndexing",
+        "Where",
+        "PythonMod",
+        "Mod",
+        "CleanDiv",
+        "CeilToInt",
+        "FloorToInt",
+        "CeilDiv",
+        "LShift",
+        "RShift",
+        "PowByNatural",
+        "FloatPow",
+        "FloatTrueDiv",
+        "IntTrueDiv",
+        "IsNonOverlappingAndDenseIndicator",
+        "TruncToFloat",
+        "TruncToInt",
+        "RoundToInt",
+        "RoundDecimal",
+        "ToFloat",
+        "Identity",
+        # sympy names in torch's srepr() of shape expressions (and in the older str() form)
+        "Symbol",
+        "Integer",
+        "Rational",
+        "Float",
+        "Add",
+        "Mul",
+        "Pow",
+        "Max",
+        "Min",
+        "Abs",
+        "floor",
+        "ceiling",
+        "sqrt",
+        "Equality",
+        "Unequality",
+        "StrictLessThan",
+        "LessThan",
+        "StrictGreaterThan",
+        "GreaterThan",
+        "Eq",
+        "Ne",
+        "Lt",
+        "Le",
+        "Gt",
+        "Ge",
+        "And",
+        "Or",
+        "Not",
+        "Xor",
+        "Piecewise",
+        "ExprCondPair",
+        "ITE",
+        "true",
+        "false",
+        "oo",
+        "zoo",
+        "nan",
+        "I",
+        "pi",
+        "E",
+    }
+)
 _POWERS = {"Pow", "PowByNatural", "FloatPow", "LShift", "RShift", "RoundDecimal"}
 _SYMBOL = re.compile(r"[a-z]+[0-9]+")
 _NAME = re.compile(r"[A-Za-z_][A-Za-z0-9_]{0,99}")
@@ -636,6 +787,7 @@ def _sympy_namespace() -> frozenset[str]:
     global _sympy_globals
     if _sympy_globals is None:
         import builtins
+
         namespace: dict = {}
         exec("from sympy import *", namespace)  # noqa: S102 - a fixed import, to list sympy's names
         _sympy_globals = frozenset(namespace) | frozenset(vars(builtins))
@@ -660,8 +812,12 @@ def _check_sym_expr(expr, no) -> None:
     def literal(node) -> int | None:
         if isinstance(node, ast.UnaryOp) and isinstance(node.op, (ast.USub, ast.UAdd)):
             node = node.operand
-        if (isinstance(node, ast.Call) and isinstance(node.func, ast.Name)
-                and node.func.id in ("Integer", "Rational") and node.args):
+        if (
+            isinstance(node, ast.Call)
+            and isinstance(node.func, ast.Name)
+            and node.func.id in ("Integer", "Rational")
+            and node.args
+        ):
             node = node.args[0]
             if isinstance(node, ast.UnaryOp) and isinstance(node.op, (ast.USub, ast.UAdd)):
                 node = node.operand
@@ -670,20 +826,30 @@ def _check_sym_expr(expr, no) -> None:
         return None
 
     def refuse(node):
-        what = (f"name {node.id!r}" if isinstance(node, ast.Name) else
-                f"a call to {ast.unparse(node.func)[:40]!r}" if isinstance(node, ast.Call) else
-                f"constant {node.value!r}"[:60] if isinstance(node, ast.Constant) else type(node).__name__)
-        return no(f"symbolic expression {expr[:100]!r} uses {what}, which edgec does not accept in a shape "
-                  "expression (torch would eval it)")
+        what = (
+            f"name {node.id!r}"
+            if isinstance(node, ast.Name)
+            else f"a call to {ast.unparse(node.func)[:40]!r}"
+            if isinstance(node, ast.Call)
+            else f"constant {node.value!r}"[:60]
+            if isinstance(node, ast.Constant)
+            else type(node).__name__
+        )
+        return no(
+            f"symbolic expression {expr[:100]!r} uses {what}, which edgec does not accept in a shape "
+            "expression (torch would eval it)"
+        )
 
     for node in ast.walk(tree):
         if isinstance(node, ast.Constant):
-            ok = (type(node.value) in (int, float, bool) and (type(node.value) is not int or
-                                                              abs(node.value) < 1 << 64)
-                  or type(node.value) is str and id(node) in strings)
+            ok = (
+                type(node.value) in (int, float, bool)
+                and (type(node.value) is not int or abs(node.value) < 1 << 64)
+                or type(node.value) is str
+                and id(node) in strings
+            )
         elif isinstance(node, ast.Name):
-            ok = node.id in _SYMPY_FUNCTIONS or (_SYMBOL.fullmatch(node.id) is not None
-                                                 and node.id not in namespace)
+            ok = node.id in _SYMPY_FUNCTIONS or (_SYMBOL.fullmatch(node.id) is not None and node.id not in namespace)
         elif isinstance(node, ast.keyword):
             ok = True  # checked with its call
         elif isinstance(node, ast.Call):
@@ -691,17 +857,34 @@ def _check_sym_expr(expr, no) -> None:
             ok = f in _SYMPY_FUNCTIONS and not any(isinstance(a, ast.Starred) for a in node.args)
             first = node.args[0] if node.args else None
             if ok and f == "Symbol":
-                ok = (len(node.args) == 1 and isinstance(first, ast.Constant) and type(first.value) is str
-                      and _NAME.fullmatch(first.value) is not None
-                      and all(k.arg and isinstance(k.value, ast.Constant) and type(k.value.value) is bool
-                              for k in node.keywords))
+                ok = (
+                    len(node.args) == 1
+                    and isinstance(first, ast.Constant)
+                    and type(first.value) is str
+                    and _NAME.fullmatch(first.value) is not None
+                    and all(
+                        k.arg and isinstance(k.value, ast.Constant) and type(k.value.value) is bool
+                        for k in node.keywords
+                    )
+                )
                 strings.add(id(first))
             elif ok and f == "Float":
-                ok = (len(node.args) == 1 and isinstance(first, ast.Constant)
-                      and (type(first.value) is float or type(first.value) is str
-                           and _FLOAT.fullmatch(first.value) is not None)
-                      and all(k.arg in ("precision", "dps") and isinstance(k.value, ast.Constant)
-                              and type(k.value.value) is int and 0 < k.value.value <= 1024 for k in node.keywords))
+                ok = (
+                    len(node.args) == 1
+                    and isinstance(first, ast.Constant)
+                    and (
+                        type(first.value) is float
+                        or type(first.value) is str
+                        and _FLOAT.fullmatch(first.value) is not None
+                    )
+                    and all(
+                        k.arg in ("precision", "dps")
+                        and isinstance(k.value, ast.Constant)
+                        and type(k.value.value) is int
+                        and 0 < k.value.value <= 1024
+                        for k in node.keywords
+                    )
+                )
                 strings.add(id(first))
             elif ok:
                 ok = not node.keywords
@@ -710,16 +893,18 @@ def _check_sym_expr(expr, no) -> None:
                 ok = k is not None
                 power *= k or 1
         elif isinstance(node, ast.BinOp):
-            ok = isinstance(node.op, (ast.Add, ast.Sub, ast.Mult, ast.Div, ast.FloorDiv, ast.Mod, ast.BitAnd,
-                                      ast.BitOr, ast.BitXor))
+            ok = isinstance(
+                node.op, (ast.Add, ast.Sub, ast.Mult, ast.Div, ast.FloorDiv, ast.Mod, ast.BitAnd, ast.BitOr, ast.BitXor)
+            )
             if isinstance(node.op, (ast.Pow, ast.LShift, ast.RShift)):
                 k = literal(node.right)
                 ok = k is not None
                 power *= k or 1
         else:
-            ok = isinstance(node, (ast.Expression, ast.UnaryOp, ast.Compare, ast.Tuple, ast.Load, ast.operator,
-                                   ast.unaryop, ast.cmpop)) and not isinstance(node, (ast.Not, ast.Is, ast.IsNot,
-                                                                                    ast.In, ast.NotIn, ast.MatMult))
+            ok = isinstance(
+                node,
+                (ast.Expression, ast.UnaryOp, ast.Compare, ast.Tuple, ast.Load, ast.operator, ast.unaryop, ast.cmpop),
+            ) and not isinstance(node, (ast.Not, ast.Is, ast.IsNot, ast.In, ast.NotIn, ast.MatMult))
         if not ok or power > 1 << 16:
             raise refuse(node)
 
@@ -749,8 +934,10 @@ def from_exported_program(ep, label: str = "<torch program>") -> Model:
     def export(program):
         with warnings.catch_warnings():
             warnings.simplefilter("ignore")
-            return torch.onnx.export(program, (), dynamo=True, opset_version=OPSET, verbose=False,
-                                     optimize=True, external_data=False).model_proto
+            return torch.onnx.export(
+                program, (), dynamo=True, opset_version=OPSET, verbose=False, optimize=True, external_data=False
+            ).model_proto
+
     try:
         proto = export(ep)
     except Exception as e:  # noqa: BLE001
@@ -761,8 +948,9 @@ def from_exported_program(ep, label: str = "<torch program>") -> Model:
                 core = ep.run_decompositions()
             proto = export(core)
         except Exception:  # noqa: BLE001 - the exporter's own failure is the one worth reporting
-            raise UnsupportedError(f"{label}: torch's ONNX exporter could not lower the program: "
-                                   f"{_torch_reason(first)}") from None
+            raise UnsupportedError(
+                f"{label}: torch's ONNX exporter could not lower the program: {_torch_reason(first)}"
+            ) from None
     model = import_proto(proto, None, label)
     model.metadata["source_format"] = "torch"
     return model
@@ -775,8 +963,10 @@ def from_module(module, example_inputs: Sequence, input_names: Sequence[str] | N
     try:
         ep = torch.export.export(module, tuple(example_inputs))
     except Exception as e:  # noqa: BLE001
-        raise UnsupportedError(f"torch.export failed on {type(module).__name__}: {type(e).__name__}: "
-                               f"{str(e).splitlines()[0] if str(e) else ''}") from None
+        raise UnsupportedError(
+            f"torch.export failed on {type(module).__name__}: {type(e).__name__}: "
+            f"{str(e).splitlines()[0] if str(e) else ''}"
+        ) from None
     model = from_exported_program(ep, label=type(module).__name__)
     if input_names:
         for v, name in zip(model.graph.inputs, input_names):

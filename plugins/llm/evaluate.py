@@ -23,10 +23,12 @@ class CompileEvaluation:
     def __init__(self, model, text_path: str):
         from ...api.llm import LLMConfig
         from ...api.tokenizer import tokenizer_for
+
         self.cfg = LLMConfig.from_model(model)
         if self.cfg is None:
-            raise UsageError("--eval-text measures perplexity and needs a language model (a GGUF file or a Hugging "
-                             "Face folder)")
+            raise UsageError(
+                "--eval-text measures perplexity and needs a language model (a GGUF file or a Hugging Face folder)"
+            )
         try:
             with open(text_path, encoding="utf-8") as f:
                 content = f.read()
@@ -38,16 +40,19 @@ class CompileEvaluation:
 
     def _ppl(self, fn, engine: str) -> float:
         from .perplexity import perplexity
+
         return perplexity(self.ids, fn, ctx=self.ctx, stride=self.ctx, engine=engine, progress=False).perplexity
 
     def float_model(self, model) -> None:
         from .perplexity import reference_engine
+
         self.out["float_perplexity"] = self._ppl(reference_engine(model), "reference")
 
     def compiled(self, model, target, out_dir: str, files: list[str]) -> dict:
         """Perplexity of the compiled IR, and of the artifact wherever the target has a language-model runtime
         (:meth:`edgec.target.Target.logits_engine`: llama.cpp for gguf, OpenVINO for openvino, a vendor's own)."""
         from .perplexity import reference_engine
+
         self.out["compiled_perplexity"] = self._ppl(reference_engine(model), "reference")
         engine = target.logits_engine(out_dir, files, self.ctx)
         if engine is None:

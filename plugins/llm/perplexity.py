@@ -38,8 +38,10 @@ class PerplexityResult:
         return dataclasses.asdict(self)
 
     def __str__(self) -> str:
-        return (f"perplexity {self.perplexity:.4f} ({self.engine}; {self.tokens_scored} tokens scored of "
-                f"{self.text_tokens}, {self.windows} windows of {self.ctx} tokens, stride {self.stride})")
+        return (
+            f"perplexity {self.perplexity:.4f} ({self.engine}; {self.tokens_scored} tokens scored of "
+            f"{self.text_tokens}, {self.windows} windows of {self.ctx} tokens, stride {self.stride})"
+        )
 
 
 def windows(n: int, ctx: int, stride: int) -> list[tuple[int, int, int]]:
@@ -68,21 +70,24 @@ def _nll(logits: np.ndarray, targets: np.ndarray) -> float:
     return float(np.sum(lse - z[np.arange(len(targets)), targets]))
 
 
-def perplexity(ids: list[int] | np.ndarray, logits_fn, *, ctx: int, stride: int, engine: str,
-               progress: bool = True) -> PerplexityResult:
+def perplexity(
+    ids: list[int] | np.ndarray, logits_fn, *, ctx: int, stride: int, engine: str, progress: bool = True
+) -> PerplexityResult:
     """``logits_fn(tokens) -> [len(tokens), vocab]`` is the engine."""
     from tqdm import tqdm
+
     ids = np.asarray(ids, np.int64)
     wins = windows(len(ids), ctx, stride)
     if not wins:
         raise UsageError(f"the text has {len(ids)} tokens; perplexity needs at least 2")
     total, count = 0.0, 0
-    for start, end, first in tqdm(wins, desc=f"perplexity ({engine})", unit="window", leave=False,
-                                  disable=None if progress else True):
+    for start, end, first in tqdm(
+        wins, desc=f"perplexity ({engine})", unit="window", leave=False, disable=None if progress else True
+    ):
         logits = logits_fn(ids[start:end])
         # logits[i] predicts token start + i + 1
         lo = first - start - 1
-        total += _nll(logits[lo:end - start - 1], ids[first:end])
+        total += _nll(logits[lo : end - start - 1], ids[first:end])
         count += end - first
     nll = total / count
     return PerplexityResult(math.exp(nll), nll, count, len(wins), ctx, stride, engine, int(len(ids)))
@@ -90,10 +95,12 @@ def perplexity(ids: list[int] | np.ndarray, logits_fn, *, ctx: int, stride: int,
 
 def reference_engine(model):
     from ...ir import ReferenceExecutor
+
     ex = ReferenceExecutor(model)
 
     def run(tokens: np.ndarray) -> np.ndarray:
         return ex.run({"input_ids": np.asarray(tokens, np.int64)[None]})["logits"][0]
+
     return run
 
 
@@ -101,20 +108,27 @@ def top1_agreement(ids, fn_a, fn_b, *, ctx: int, stride: int, progress: bool = T
     """Next-token top-1 agreement of two engines on the same windows (every scored position of
     :func:`perplexity`), with both perplexities."""
     from tqdm import tqdm
+
     ids = np.asarray(ids, np.int64)
     wins = windows(len(ids), ctx, stride)
     if not wins:
         raise UsageError(f"the text has {len(ids)} tokens; agreement needs at least 2")
     agree = count = 0
     nll_a = nll_b = 0.0
-    for start, end, first in tqdm(wins, desc="top-1 agreement", unit="window", leave=False,
-                                  disable=None if progress else True):
+    for start, end, first in tqdm(
+        wins, desc="top-1 agreement", unit="window", leave=False, disable=None if progress else True
+    ):
         lo = first - start - 1
-        a = fn_a(ids[start:end])[lo:end - start - 1]
-        b = fn_b(ids[start:end])[lo:end - start - 1]
+        a = fn_a(ids[start:end])[lo : end - start - 1]
+        b = fn_b(ids[start:end])[lo : end - start - 1]
         agree += int((a.argmax(-1) == b.argmax(-1)).sum())
         count += end - first
         nll_a += _nll(a, ids[first:end])
         nll_b += _nll(b, ids[first:end])
-    return {"top1_agreement": agree / count, "tokens": count, "windows": len(wins),
-            "perplexity_a": math.exp(nll_a / count), "perplexity_b": math.exp(nll_b / count)}
+    return {
+        "top1_agreement": agree / count,
+        "tokens": count,
+        "windows": len(wins),
+        "perplexity_a": math.exp(nll_a / count),
+        "perplexity_b": math.exp(nll_b / count),
+    }

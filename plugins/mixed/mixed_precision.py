@@ -47,8 +47,10 @@ def parse_candidates(text: str) -> list[int | str]:
         elif t == "f16" or (len(t) == 2 and t[0] == "p" and t[1] in "12345678"):
             out.append(t)
         else:
-            raise UsageError(f"mixed-precision: bits={text!r}: {t!r} is not a candidate; use integer widths 2..8, "
-                             "pN (an N-bit palette, N in 1..8) or f16, ':'-separated, e.g. 4:8 or 8:f16")
+            raise UsageError(
+                f"mixed-precision: bits={text!r}: {t!r} is not a candidate; use integer widths 2..8, "
+                "pN (an N-bit palette, N in 1..8) or f16, ':'-separated, e.g. 4:8 or 8:f16"
+            )
     return sorted(set(out), key=lambda b: (isinstance(b, str), str(b) if isinstance(b, str) else f"{b:02d}"))
 
 
@@ -57,34 +59,61 @@ class MixedPrecision(Pass):
     name: ClassVar[str] = "mixed-precision"
     lossy: ClassVar[bool] = True  # changes the numbers on purpose: --verify judges fidelity
     summary: ClassVar[str] = "per-layer weight bits from measured sensitivity: avg_bits, size_mb or max_drop"
-    bits: str = option("", help="candidates, ':'-separated: integer widths 2..8, pN (an N-bit palette, Core ML), "
-                       "f16 (the layer kept in float16); default: the target's native mix (2:3:4:8 without one)")
-    avg_bits: float = option(0.0, check=lambda v: v >= 0, allowed=">= 0", help="average bits per weight "
-                             "(scales counted) over the quantized layers")
-    size_mb: float = option(0.0, check=lambda v: v >= 0, allowed=">= 0", help="total size of the model's "
-                            "constants in MB (10^6 bytes)")
-    max_drop: float = option(0.0, check=lambda v: v >= 0, allowed=">= 0", help="largest loss (metric=kl: mean "
-                             "KL; cosine: 1 - cosine) on held-out samples; the smallest model within it wins")
+    bits: str = option(
+        "",
+        help="candidates, ':'-separated: integer widths 2..8, pN (an N-bit palette, Core ML), "
+        "f16 (the layer kept in float16); default: the target's native mix (2:3:4:8 without one)",
+    )
+    avg_bits: float = option(
+        0.0,
+        check=lambda v: v >= 0,
+        allowed=">= 0",
+        help="average bits per weight (scales counted) over the quantized layers",
+    )
+    size_mb: float = option(
+        0.0, check=lambda v: v >= 0, allowed=">= 0", help="total size of the model's constants in MB (10^6 bytes)"
+    )
+    max_drop: float = option(
+        0.0,
+        check=lambda v: v >= 0,
+        allowed=">= 0",
+        help="largest loss (metric=kl: mean "
+        "KL; cosine: 1 - cosine) on held-out samples; the smallest model within it wins",
+    )
     metric: str = option("kl", choices=METRICS, help="sensitivity metric (KL on logits, SQNR, cosine)")
     checks: str = option("", help="property checks that must hold, ';'-separated name:arg (e.g. top1:0.99)")
     method: str = option("rtn", choices=("rtn", "mse", "gptq"), help="quantization algorithm per layer")
-    group: int = option(0, check=lambda v: v == 0 or v in (32, 64, 128, 256), allowed="0, 32, 64, 128 or 256",
-                        help="group size (0: per channel)")
+    group: int = option(
+        0,
+        check=lambda v: v == 0 or v in (32, 64, 128, 256),
+        allowed="0, 32, 64, 128 or 256",
+        help="group size (0: per channel)",
+    )
     ops: str = option("Linear:Conv", help="op types to quantize, ':'-separated")
-    samples: int = option(8, check=lambda v: v > 0, allowed="a positive integer",
-                          help="calibration samples for the sensitivities")
-    holdout: int = option(8, check=lambda v: v > 0, allowed="a positive integer",
-                          help="max_drop/checks: calibration samples after the first `samples` used to judge")
+    samples: int = option(
+        8, check=lambda v: v > 0, allowed="a positive integer", help="calibration samples for the sensitivities"
+    )
+    holdout: int = option(
+        8,
+        check=lambda v: v > 0,
+        allowed="a positive integer",
+        help="max_drop/checks: calibration samples after the first `samples` used to judge",
+    )
     cache: bool = option(True, help="reuse cached sensitivities (same model, candidates and calibration)")
-    types: str = option("", help="GGUF block types as the candidates instead of bits, ':'-separated (e.g. "
-                        "Q4_0:Q5_0:Q8_0); the default for the gguf target")
+    types: str = option(
+        "",
+        help="GGUF block types as the candidates instead of bits, ':'-separated (e.g. "
+        "Q4_0:Q5_0:Q8_0); the default for the gguf target",
+    )
 
     def __post_init__(self) -> None:
         super().__post_init__()
         given = [k for k in ("avg_bits", "size_mb", "max_drop") if getattr(self, k)]
         if len(given) != 1:
-            raise UsageError("mixed-precision: give exactly one of avg_bits=, size_mb= or max_drop= "
-                             f"(got {', '.join(given) or 'none'})")
+            raise UsageError(
+                "mixed-precision: give exactly one of avg_bits=, size_mb= or max_drop= "
+                f"(got {', '.join(given) or 'none'})"
+            )
         if self.bits:
             parse_candidates(self.bits)
         if self.max_drop and self.metric == "sqnr":
@@ -99,8 +128,13 @@ class MixedPrecision(Pass):
             return None
         if isinstance(b, str) and b.startswith("p"):
             n = int(b[1:])  # the embedding table (no palette for Gather) keeps a linear width Core ML carries
-            return {"bits": n, "method": "codebook", "head_bits": max(n, 2), "embedding_bits": 4 if n <= 4 else 8,
-                    "ops": self.ops}
+            return {
+                "bits": n,
+                "method": "codebook",
+                "head_bits": max(n, 2),
+                "embedding_bits": 4 if n <= 4 else 8,
+                "ops": self.ops,
+            }
         if isinstance(b, str):
             # embedding and head follow at the type's nominal width (quantize maps it to llama.cpp's type)
             digit = re.search(r"\d", b)
@@ -110,16 +144,24 @@ class MixedPrecision(Pass):
             if nominal in (2, 3, 4, 5, 6, 8):
                 out.update(embedding_bits=nominal, head_bits=nominal)
             return out
-        return {"bits": b, "head_bits": b, "embedding_bits": b, "method": self.method, "group": self.group,
-                "ops": self.ops}
+        return {
+            "bits": b,
+            "head_bits": b,
+            "embedding_bits": b,
+            "method": self.method,
+            "group": self.group,
+            "ops": self.ops,
+        }
 
     def choices(self, ctx: PassContext) -> list[int | str]:
         """The candidates the target can encode: GGUF types (``types=``, or those the target mixes natively), else
         ``bits=`` or the target's native mix (``Capabilities.mixed``), each checked against what it carries."""
         from ...api import gguf as gg
+
         target = ctx.target
-        native_types = [b for b in (target.capabilities.mixed if target is not None else ())
-                        if isinstance(b, str) and b in gg.TYPES]  # a target that mixes GGUF types (gguf)
+        native_types = [
+            b for b in (target.capabilities.mixed if target is not None else ()) if isinstance(b, str) and b in gg.TYPES
+        ]  # a target that mixes GGUF types (gguf)
         if self.types or native_types:
             types = self.types.split(":") if self.types else native_types
             unknown = [t for t in types if t not in gg.TYPES]
@@ -134,15 +176,28 @@ class MixedPrecision(Pass):
             widths = parse_candidates(DEFAULT_CANDIDATES)
         if target is not None:
             can = target.capabilities
-            bad = [b for b in widths if not (("symmetric", b) in can.quant if isinstance(b, int)
-                                             else b in can.mixed if b == "f16"
-                                             else ("codebook", int(b[1:])) in can.quant)]
+            bad = [
+                b
+                for b in widths
+                if not (
+                    ("symmetric", b) in can.quant
+                    if isinstance(b, int)
+                    else b in can.mixed
+                    if b == "f16"
+                    else ("codebook", int(b[1:])) in can.quant
+                )
+            ]
             if bad:
-                ok = [b for s, b in sorted(can.quant) if s == "symmetric"] + \
-                    [f"p{b}" for s, b in sorted(can.quant) if s == "codebook"] + (["f16"] if "f16" in can.mixed else [])
-                raise UsageError(f"mixed-precision: target {target.name} cannot encode the candidates "
-                                 f"{', '.join(map(str, bad))}; it carries {':'.join(map(str, ok))} (its native mix: "
-                                 f"{':'.join(map(str, can.mixed)) or 'not declared'}): pass bits= with those")
+                ok = (
+                    [b for s, b in sorted(can.quant) if s == "symmetric"]
+                    + [f"p{b}" for s, b in sorted(can.quant) if s == "codebook"]
+                    + (["f16"] if "f16" in can.mixed else [])
+                )
+                raise UsageError(
+                    f"mixed-precision: target {target.name} cannot encode the candidates "
+                    f"{', '.join(map(str, bad))}; it carries {':'.join(map(str, ok))} (its native mix: "
+                    f"{':'.join(map(str, can.mixed)) or 'not declared'}): pass bits= with those"
+                )
         if all(b == "f16" for b in widths):
             raise UsageError("mixed-precision: bits=f16 alone leaves nothing to choose; add quantized widths")
         return widths
@@ -157,8 +212,7 @@ class MixedPrecision(Pass):
         """The exact Pareto front over the measured table: (front, labels[layer][option] = candidate spec)."""
         options, labels = [], []
         for w in sens.layers:
-            row = [(sens.table[w][c]["bytes"], sens.cost(w, c, self.metric), c) for c in cands
-                   if c in sens.table[w]]
+            row = [(sens.table[w][c]["bytes"], sens.cost(w, c, self.metric), c) for c in cands if c in sens.table[w]]
             options.append([(s, c) for s, c, _ in row])
             labels.append([c for _, _, c in row])
         return pareto_front(options), labels
@@ -171,8 +225,12 @@ class MixedPrecision(Pass):
             return False
         front, labels = self.front(sens, cands)
         params = sum(sens.params.values())
-        report = {"metric": self.metric, "candidates": list(cands), "cached_sensitivity": sens.cached,
-                  "front_points": int(len(front.sizes))}
+        report = {
+            "metric": self.metric,
+            "candidates": list(cands),
+            "cached_sensitivity": sens.cached,
+            "front_points": int(len(front.sizes)),
+        }
         if self.avg_bits or self.size_mb:
             if self.avg_bits:
                 budget = self.avg_bits * params / 8
@@ -185,16 +243,21 @@ class MixedPrecision(Pass):
                 raise UsageError(
                     f"mixed-precision: no allocation fits the budget: the smallest takes {8 * smallest / params:.3f} "
                     f"bits per weight ({smallest / 1e6:.3f} MB of quantized weights) against "
-                    f"{8 * max(budget, 0) / params:.3f}; add a smaller width to bits= or raise the budget")
+                    f"{8 * max(budget, 0) / params:.3f}; add a smaller width to bits= or raise the budget"
+                )
             report.update(budget_bytes=int(budget), decided_by="budget")
         else:
             k, report["evaluated"], report["decided_by"] = self._search(model, ctx, front, labels, sens, cands)
         choice = front.choice(k)
         alloc = {w: cands[labels[i][j]] for i, (w, j) in enumerate(zip(sens.layers, choice))}
         size = int(front.sizes[k])
-        report.update(allocation=alloc, bytes=size, avg_bits=round(8 * size / params, 4),
-                      predicted_cost=float(front.costs[k]),
-                      histogram={str(b): sum(1 for v in alloc.values() if v == b) for b in widths})
+        report.update(
+            allocation=alloc,
+            bytes=size,
+            avg_bits=round(8 * size / params, 4),
+            predicted_cost=float(front.costs[k]),
+            histogram={str(b): sum(1 for v in alloc.values() if v == b) for b in widths},
+        )
         self._apply(model, ctx, alloc, sens.nodes)
         model.reports[REPORT_KEY] = report
         return True
@@ -219,14 +282,16 @@ class MixedPrecision(Pass):
         keeps every check; returns (point, evaluations, what decided)."""
         from ...checks import parse_checks
         from ...ir.serde import load, save
+
         checks = parse_checks(self.checks, ctx.checks)
         calib = ctx.calibration
-        held = list(calib.samples[self.samples:self.samples + self.holdout]) or list(calib.samples[:self.holdout])
+        held = list(calib.samples[self.samples : self.samples + self.holdout]) or list(calib.samples[: self.holdout])
         names = [o.name for o in model.graph.outputs]
 
         def outs(m):
             ex = ReferenceExecutor(m)
             return [[np.asarray(ex.run(s)[n], np.float64) for n in names] for s in held]
+
         ref = outs(model)
         for c in checks:
             if c.needs_model:
@@ -239,25 +304,40 @@ class MixedPrecision(Pass):
             def judge(k):
                 m = load(os.path.join(work, "m"))
                 choice = front.choice(k)
-                self._apply(m, ctx, {w: cands[labels[i][j]] for i, (w, j) in enumerate(zip(sens.layers, choice))},
-                            sens.nodes)
+                self._apply(
+                    m, ctx, {w: cands[labels[i][j]] for i, (w, j) in enumerate(zip(sens.layers, choice))}, sens.nodes
+                )
                 got = outs(m)
                 stats = compare(ref, got)
                 loss = stats["kl"] if self.metric == "kl" else 1.0 - stats["cosine"]
                 verdicts = [(c.describe(), c.judge(m, ref, got)) for c in checks]
                 failed = [d for d, r in verdicts if not r.passed]
                 ok = loss <= self.max_drop and not failed
-                why = (f"max_drop ({self.metric} loss {loss:.4g} > {self.max_drop})" if loss > self.max_drop
-                       else f"check {failed[0]}" if failed else "")
-                evaluated.append({"bytes": int(front.sizes[k]), "loss": loss, "passed": ok, "failed_by": why,
-                                  "checks": {d: {"passed": r.passed, "value": r.value, "detail": r.detail}
-                                             for d, r in verdicts}})
+                why = (
+                    f"max_drop ({self.metric} loss {loss:.4g} > {self.max_drop})"
+                    if loss > self.max_drop
+                    else f"check {failed[0]}"
+                    if failed
+                    else ""
+                )
+                evaluated.append(
+                    {
+                        "bytes": int(front.sizes[k]),
+                        "loss": loss,
+                        "passed": ok,
+                        "failed_by": why,
+                        "checks": {d: {"passed": r.passed, "value": r.value, "detail": r.detail} for d, r in verdicts},
+                    }
+                )
                 return ok, why
+
             lo, hi = 0, len(front.sizes) - 1
             ok_hi, why_hi = judge(hi)
             if not ok_hi:
-                raise UsageError(f"mixed-precision: even the largest candidate allocation fails: {why_hi}; "
-                                 "add a wider width to bits= or relax max_drop= / checks=")
+                raise UsageError(
+                    f"mixed-precision: even the largest candidate allocation fails: {why_hi}; "
+                    "add a wider width to bits= or relax max_drop= / checks="
+                )
             last_fail = ""
             while lo < hi:
                 mid = (lo + hi) // 2
@@ -266,8 +346,11 @@ class MixedPrecision(Pass):
                     hi = mid
                 else:
                     lo, last_fail = mid + 1, why
-            decided = (f"smallest passing allocation; the next smaller one evaluated failed by {last_fail}"
-                       if last_fail else "the smallest allocation passed")
+            decided = (
+                f"smallest passing allocation; the next smaller one evaluated failed by {last_fail}"
+                if last_fail
+                else "the smallest allocation passed"
+            )
             return hi, evaluated, decided
         finally:
             shutil.rmtree(work, ignore_errors=True)

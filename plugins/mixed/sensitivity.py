@@ -50,8 +50,8 @@ class Sensitivity:
     """``table[layer][candidate] = {"kl", "sqnr", "cosine", "bytes"}``; ``float_bytes[layer]``; ``params``."""
 
     candidates: list[str]
-    layers: list[str]                       # weight names, graph order
-    nodes: dict[str, str]                   # weight -> node name
+    layers: list[str]  # weight names, graph order
+    nodes: dict[str, str]  # weight -> node name
     params: dict[str, int]
     float_bytes: dict[str, int]
     table: dict[str, dict[str, dict[str, float]]]
@@ -76,6 +76,7 @@ def _model_hash(model: Model) -> tuple[str, str]:
     """(sha256 of the model's saved form, the temporary folder it was saved to) - the folder also serves as
     the source of copies."""
     from ...ir.serde import save
+
     d = tempfile.mkdtemp(prefix="edgec-sens-")
     save(model, os.path.join(d, "m"))
     h = hashlib.sha256()
@@ -127,6 +128,7 @@ def _quantized_weights(src_dir: str, spec: str, ctx: PassContext) -> dict[str, t
     """Quantize a copy of the model with ``spec``; node name -> (weight input index, quantized weight)."""
     from ...ir.passes import PassManager, parse_pipeline
     from ...ir.serde import load
+
     m = load(os.path.join(src_dir, "m"))
     PassManager(parse_pipeline(spec, ctx.passes)).run(m, ctx)
     out = {}
@@ -137,15 +139,26 @@ def _quantized_weights(src_dir: str, spec: str, ctx: PassContext) -> dict[str, t
     return out
 
 
-def analyse(model: Model, candidates: Sequence[str], ctx: PassContext, *, samples: int = 8,
-            use_cache: bool = True, progress: Callable[[str], None] | None = None) -> Sensitivity:
+def analyse(
+    model: Model,
+    candidates: Sequence[str],
+    ctx: PassContext,
+    *,
+    samples: int = 8,
+    use_cache: bool = True,
+    progress: Callable[[str], None] | None = None,
+) -> Sensitivity:
     """Measure every quantizable layer's sensitivity to each candidate ``quantize{...}`` spec."""
     import shutil
+
     say = progress or (lambda m: None)
     if ctx.calibration is None:
         from ...errors import UsageError
-        raise UsageError("sensitivity analysis needs calibration data: pass --calib (a .npz, a folder of samples, "
-                         "or 'random' for a smoke test)")
+
+        raise UsageError(
+            "sensitivity analysis needs calibration data: pass --calib (a .npz, a folder of samples, "
+            "or 'random' for a smoke test)"
+        )
     calib = list(ctx.calibration.samples[:samples])
     digest, src = _model_hash(model)
     try:
@@ -176,8 +189,13 @@ def analyse(model: Model, candidates: Sequence[str], ctx: PassContext, *, sample
             weights[nname] = (idx, nodes[nname].arg(idx))
         # One session for everything: the float32 weights under study are fed on every run, so each
         # (layer, candidate) is one run with that weight's dequantized values, not a new session.
-        free = sorted({w.name for _, w in weights.values() if w.dtype is not None and w.dtype.numpy == np.float32
-                       and not isinstance(w.const, QuantizedTensor)})
+        free = sorted(
+            {
+                w.name
+                for _, w in weights.values()
+                if w.dtype is not None and w.dtype.numpy == np.float32 and not isinstance(w.const, QuantizedTensor)
+            }
+        )
         ex = ReferenceExecutor(model, free=free)
         ref = _outputs(ex, model, calib)
         table: dict[str, dict[str, dict[str, float]]] = {}
@@ -244,8 +262,10 @@ def label(spec: str) -> str:
 def plot(sens: Sensitivity, path: str, metric: str = "kl") -> str:
     """A PNG of every layer's sensitivity per candidate (log scale for kl / 1 - cosine); returns ``path``."""
     import matplotlib
+
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
+
     fig, ax = plt.subplots(figsize=(max(6.0, 0.28 * len(sens.layers) + 2), 4.2))
     x = np.arange(len(sens.layers))
     for c in sens.candidates:

@@ -64,6 +64,5 @@ def allocate(options: Sequence[Sequence[tuple[int, float]]], budget: float) -> t
     front = pareto_front(options)
     k = front.best_within(budget)
     if k is None:
-        raise ValueError(f"no allocation fits: the smallest is {int(front.sizes[0])} against a budget of "
-                         f"{int(budget)}")
+        raise ValueError(f"no allocation fits: the smallest is {int(front.sizes[0])} against a budget of {int(budget)}")
     return front.choice(k), int(front.sizes[k]), float(front.costs[k])

@@ -82,8 +82,16 @@ def magnitude_mask(w: np.ndarray, sparsity: float, threshold: float | None = Non
     return a > threshold
 
 
-def sparsegpt(w2: np.ndarray, h: np.ndarray, sparsity: float, nm: tuple[int, int] | None = None,
-              damp: float = 0.01, block: int = 128, scale: np.ndarray | None = None, qmax: int = 127) -> np.ndarray:
+def sparsegpt(
+    w2: np.ndarray,
+    h: np.ndarray,
+    sparsity: float,
+    nm: tuple[int, int] | None = None,
+    damp: float = 0.01,
+    block: int = 128,
+    scale: np.ndarray | None = None,
+    qmax: int = 127,
+) -> np.ndarray:
     """SparseGPT (Frantar & Alistarh 2023): prune ``w2 [out, K]`` to ``sparsity`` (or an N:M pattern along K)
     one column block at a time, choosing the mask in each block by ``w^2 / [H^-1]_jj^2`` and updating the
     remaining weights through the inverse Hessian so the layer's output on the calibration data changes
@@ -93,6 +101,7 @@ def sparsegpt(w2: np.ndarray, h: np.ndarray, sparsity: float, nm: tuple[int, int
     joint mode): each column is rounded to ``clip(round(w / scale), -qmax, qmax) * scale`` before its error
     (pruning and rounding together) is propagated, so later columns compensate both."""
     from scipy.linalg import lapack
+
     out, k = w2.shape
     w = np.array(w2, np.float64)
     h = np.array(h, np.float64)
@@ -116,7 +125,7 @@ def sparsegpt(w2: np.ndarray, h: np.ndarray, sparsity: float, nm: tuple[int, int
         err = np.zeros_like(wb)
         d = np.diag(hb)
         if nm is None:
-            score = wb ** 2 / d[None, :] ** 2
+            score = wb**2 / d[None, :] ** 2
             n_prune = int(round(sparsity * wb.shape[1]))
             prune = np.zeros_like(wb, dtype=bool)
             if n_prune:
@@ -127,9 +136,9 @@ def sparsegpt(w2: np.ndarray, h: np.ndarray, sparsity: float, nm: tuple[int, int
         for i in range(b1 - b0):
             if nm is not None and i % nm[1] == 0:
                 n, m = nm
-                s = wb[:, i:i + m] ** 2 / d[None, i:i + m] ** 2  # from the weights as updated so far
-                idx = np.argsort(s, axis=1, kind="stable")[:, :m - n]
-                np.put_along_axis(prune[:, i:i + m], idx, True, axis=1)
+                s = wb[:, i : i + m] ** 2 / d[None, i : i + m] ** 2  # from the weights as updated so far
+                idx = np.argsort(s, axis=1, kind="stable")[:, : m - n]
+                np.put_along_axis(prune[:, i : i + m], idx, True, axis=1)
             col = wb[:, i]
             if scale is not None:
                 sc = scale.astype(np.float64)
@@ -153,22 +162,36 @@ class Prune(Pass):
     name: ClassVar[str] = "prune"
     lossy: ClassVar[bool] = True  # changes the numbers on purpose: --verify judges fidelity
     summary: ClassVar[str] = "magnitude, Wanda or SparseGPT pruning: unstructured (per layer, global, per row) or N:M"
-    method: str = option("magnitude", choices=("magnitude", "wanda", "sparsegpt"), help="magnitude: |w|; wanda: "
-                         "|w| x input channel norm, per output row; sparsegpt: Hessian-based mask and weight update "
-                         "(both need calibration data)")
-    damp: float = option(0.01, check=lambda v: 0 < v < 1, allowed="0 < damp < 1", help="sparsegpt Hessian "
-                         "dampening")
-    sparsity: float = option(0.5, check=lambda v: 0 <= v < 1, allowed="0 <= sparsity < 1",
-                             help="fraction of weights set to zero (unstructured)")
+    method: str = option(
+        "magnitude",
+        choices=("magnitude", "wanda", "sparsegpt"),
+        help="magnitude: |w|; wanda: "
+        "|w| x input channel norm, per output row; sparsegpt: Hessian-based mask and weight update "
+        "(both need calibration data)",
+    )
+    damp: float = option(0.01, check=lambda v: 0 < v < 1, allowed="0 < damp < 1", help="sparsegpt Hessian dampening")
+    sparsity: float = option(
+        0.5,
+        check=lambda v: 0 <= v < 1,
+        allowed="0 <= sparsity < 1",
+        help="fraction of weights set to zero (unstructured)",
+    )
     pattern: str = option("", help="N:M pattern along the input axis, e.g. 2:4 (overrides sparsity)")
-    scope: str = option("layer", choices=("layer", "global"), help="unstructured: one threshold per layer or "
-                        "one across all selected layers")
+    scope: str = option(
+        "layer",
+        choices=("layer", "global"),
+        help="unstructured: one threshold per layer or one across all selected layers",
+    )
     ops: str = option("Linear:Conv", help="op types to prune, ':'-separated (Linear, Conv)")
     include: str = option(".*", help="regex on weight or node names to prune")
     exclude: str = option("", help="regex on weight or node names to leave alone")
     head: bool = option(False, help="also prune the output head Linear")
-    bits: int = option(0, choices=(0, *range(2, 9)), help="method=sparsegpt: also quantize the kept weights in "
-                       "the same sweep (symmetric, per output channel; 0: prune only)")
+    bits: int = option(
+        0,
+        choices=(0, *range(2, 9)),
+        help="method=sparsegpt: also quantize the kept weights in "
+        "the same sweep (symmetric, per output channel; 0: prune only)",
+    )
 
     def __post_init__(self) -> None:
         super().__post_init__()
@@ -177,16 +200,19 @@ class Prune(Pass):
         if bad:
             raise UsageError(f"prune: ops={self.ops!r} names {sorted(bad)}; allowed: Linear, Conv")
         if self.bits and self.method != "sparsegpt":
-            raise UsageError("prune: bits= (joint quantization) needs method=sparsegpt; otherwise run quantize "
-                             "after prune")
+            raise UsageError(
+                "prune: bits= (joint quantization) needs method=sparsegpt; otherwise run quantize after prune"
+            )
         if self.method in ("wanda", "sparsegpt") and self.scope == "global":
-            raise UsageError(f"prune: method={self.method} compares weights within each output row; drop "
-                             "scope=global")
+            raise UsageError(f"prune: method={self.method} compares weights within each output row; drop scope=global")
 
     def run(self, model: Model, ctx: PassContext) -> bool:
         op_names = tuple({"Linear": "edgec::Linear", "Conv": "Conv"}[o] for o in self.ops.split(":"))
-        layers = [l for l in find_layers(model, op_names, self.include, self.exclude)
-                  if l.role == "body" or (l.role == "head" and self.head)]
+        layers = [
+            l
+            for l in find_layers(model, op_names, self.include, self.exclude)
+            if l.role == "body" or (l.role == "head" and self.head)
+        ]
         nm = _pattern(self.pattern)
         if not layers or (nm is None and self.sparsity == 0):
             return False
@@ -194,8 +220,10 @@ class Prune(Pass):
         hessians: dict[int, np.ndarray] = {}
         if self.method in ("wanda", "sparsegpt"):
             if ctx.calibration is None:
-                raise UsageError(f"prune{{method={self.method}}} needs calibration data: pass --calib (a .npz, a "
-                                 "folder of samples, or 'random' for a smoke test)")
+                raise UsageError(
+                    f"prune{{method={self.method}}} needs calibration data: pass --calib (a .npz, a "
+                    "folder of samples, or 'random' for a smoke test)"
+                )
             stream = Stream(model, ctx.calibration.samples[:32])
             for layer in layers:
                 acc = None
@@ -203,8 +231,11 @@ class Prune(Pass):
                     rows = layer_rows(layer, np.asarray(x, np.float32))
                     if rows is None:
                         break
-                    part = (rows.T @ rows if self.method == "sparsegpt"
-                            else np.einsum("ij,ij->j", rows, rows, dtype=np.float64))
+                    part = (
+                        rows.T @ rows
+                        if self.method == "sparsegpt"
+                        else np.einsum("ij,ij->j", rows, rows, dtype=np.float64)
+                    )
                     acc = part if acc is None else acc + part
                 else:
                     assert acc is not None  # the stream holds at least one sample
@@ -225,19 +256,29 @@ class Prune(Pass):
             method = "wanda" if id(layer.node) in norms else "magnitude"
             if id(layer.node) in hessians:
                 method = "sparsegpt"
-                if nm is not None and (w.ndim < 2 or int(np.prod(w.shape[1:])) % nm[1] or
-                                       (w.ndim > 2 and np.prod(w.shape[2:]) != 1)):
-                    reports[layer.weight.name] = {"node": layer.node.name, "skipped": "sparsegpt N:M needs the "
-                                                  "input axis to be the weight's flattened K (Linear, 1x1 Conv)"}
+                if nm is not None and (
+                    w.ndim < 2 or int(np.prod(w.shape[1:])) % nm[1] or (w.ndim > 2 and np.prod(w.shape[2:]) != 1)
+                ):
+                    reports[layer.weight.name] = {
+                        "node": layer.node.name,
+                        "skipped": "sparsegpt N:M needs the "
+                        "input axis to be the weight's flattened K (Linear, 1x1 Conv)",
+                    }
                     continue
                 qscale = None
                 if self.bits:
                     qmax = 2 ** (self.bits - 1) - 1
                     amax = np.abs(w.reshape(w.shape[0], -1)).max(1)
                     qscale = np.where(amax > 0, amax / qmax, 1.0).astype(np.float32)
-                pruned = sparsegpt(w.reshape(w.shape[0], -1), hessians.pop(id(layer.node)), self.sparsity, nm,
-                                   self.damp, scale=qscale, qmax=2 ** (self.bits - 1) - 1 if self.bits else 127
-                                   ).reshape(w.shape)
+                pruned = sparsegpt(
+                    w.reshape(w.shape[0], -1),
+                    hessians.pop(id(layer.node)),
+                    self.sparsity,
+                    nm,
+                    self.damp,
+                    scale=qscale,
+                    qmax=2 ** (self.bits - 1) - 1 if self.bits else 127,
+                ).reshape(w.shape)
                 keep = pruned != 0
                 w = pruned
                 if qscale is not None:
@@ -245,9 +286,10 @@ class Prune(Pass):
                     continue
             elif nm is not None:
                 if w.ndim < 2 or w.shape[1] % nm[1]:
-                    reports[layer.weight.name] = {"node": layer.node.name, "skipped":
-                                                  f"input axis extent {w.shape[1] if w.ndim > 1 else 1} is not a "
-                                                  f"multiple of {nm[1]}"}
+                    reports[layer.weight.name] = {
+                        "node": layer.node.name,
+                        "skipped": f"input axis extent {w.shape[1] if w.ndim > 1 else 1} is not a multiple of {nm[1]}",
+                    }
                     continue
                 keep = nm_mask(w, *nm, score=self._score(w, norms.get(id(layer.node))))
             elif id(layer.node) in norms:
@@ -264,8 +306,12 @@ class Prune(Pass):
                 u.node.replace_input_with(u.index, new)
             if not layer.weight.uses:
                 g.remove_const(layer.weight.name)
-            reports[new.name] = {"node": layer.node.name, "sparsity": round(ratio, 6), "method": method,
-                                 **({"pattern": self.pattern} if nm else {"scope": self.scope})}
+            reports[new.name] = {
+                "node": layer.node.name,
+                "sparsity": round(ratio, 6),
+                "method": method,
+                **({"pattern": self.pattern} if nm else {"scope": self.scope}),
+            }
             if self.method != "magnitude" and method == "magnitude":
                 reports[new.name]["note"] = "input not expressible as rows (grouped conv): magnitude used"
         return True
@@ -273,11 +319,13 @@ class Prune(Pass):
     def _joint(self, model: Model, layer, w: np.ndarray, scale: np.ndarray, nm, reports: dict) -> None:
         """Store a jointly pruned and quantized weight as a QuantizedTensor (code 0 = exact zero)."""
         from ...ir import QuantizedTensor
+
         shape = (w.shape[0],) + (1,) * (w.ndim - 1)
         s = scale.reshape(shape)
         codes = np.round(w.astype(np.float64) / s).astype(np.int8)
-        q = QuantizedTensor(codes=codes, bits=self.bits, scheme="symmetric", scales=s.astype(np.float32), axis=0,
-                            method="sparsegpt")
+        q = QuantizedTensor(
+            codes=codes, bits=self.bits, scheme="symmetric", scales=s.astype(np.float32), axis=0, method="sparsegpt"
+        )
         if q.validate() or not np.array_equal(q.dequantize(), w):
             raise RuntimeError(f"internal: joint sparsegpt result of {layer.weight.name} is off its grid")
         g = model.graph
@@ -288,8 +336,13 @@ class Prune(Pass):
             u.node.replace_input_with(u.index, new)
         if not layer.weight.uses:
             g.remove_const(layer.weight.name)
-        reports[new.name] = {"node": layer.node.name, "sparsity": round(ratio, 6), "method": "sparsegpt",
-                             "bits": self.bits, **({"pattern": self.pattern} if nm else {"scope": self.scope})}
+        reports[new.name] = {
+            "node": layer.node.name,
+            "sparsity": round(ratio, 6),
+            "method": "sparsegpt",
+            "bits": self.bits,
+            **({"pattern": self.pattern} if nm else {"scope": self.scope}),
+        }
 
     @staticmethod
     def _score(w: np.ndarray, norm: np.ndarray | None) -> np.ndarray | None:

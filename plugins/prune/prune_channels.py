@@ -31,7 +31,7 @@ ZERO_PRESERVING = {"Relu", "LeakyRelu", "edgec::Gelu", "Gelu", "Tanh", "Identity
 @dataclasses.dataclass
 class Group:
     producer: Node
-    chain: list[Node]      # the unary ops between producer and consumers
+    chain: list[Node]  # the unary ops between producer and consumers
     consumers: list[Node]
 
     @property
@@ -129,10 +129,14 @@ class PruneChannels(Pass):
     name: ClassVar[str] = "prune-channels"
     lossy: ClassVar[bool] = True  # changes the numbers on purpose: --verify judges fidelity
     summary: ClassVar[str] = "structured pruning: remove output channels / MLP neurons, shrinking every tensor"
-    sparsity: float = option(0.25, check=lambda v: 0 <= v < 1, allowed="0 <= sparsity < 1",
-                             help="fraction of each group's channels removed")
-    score: str = option("magnitude", choices=("magnitude", "wanda"), help="channel ranking (wanda: times the "
-                        "channel's activation norm on calibration data)")
+    sparsity: float = option(
+        0.25, check=lambda v: 0 <= v < 1, allowed="0 <= sparsity < 1", help="fraction of each group's channels removed"
+    )
+    score: str = option(
+        "magnitude",
+        choices=("magnitude", "wanda"),
+        help="channel ranking (wanda: times the channel's activation norm on calibration data)",
+    )
     multiple: int = option(1, check=lambda v: v >= 1, allowed=">= 1", help="keep a multiple of this many channels")
     include: str = option(".*", help="regex on producer node names")
     exclude: str = option("", help="regex on producer node names to leave alone")
@@ -160,8 +164,12 @@ class PruneChannels(Pass):
                 s = s * act[id(grp.producer)]
             keep = np.sort(np.argsort(-s, kind="stable")[:keep_n])
             self._shrink(model, grp, keep)
-            reports[grp.producer.name] = {"channels_before": out, "channels_after": int(keep_n),
-                                          "consumers": [c.name for c in grp.consumers], "score": self.score}
+            reports[grp.producer.name] = {
+                "channels_before": out,
+                "channels_after": int(keep_n),
+                "consumers": [c.name for c in grp.consumers],
+                "score": self.score,
+            }
             changed = True
         if changed:
             reinfer(model)
@@ -179,6 +187,7 @@ class PruneChannels(Pass):
     @staticmethod
     def _activation_norms(model: Model, groups: list[Group], ctx: PassContext) -> dict[int, np.ndarray]:
         from ...ir import ReferenceExecutor
+
         names = [g.value.name for g in groups]
         ex = ReferenceExecutor(model, capture=names, capture_only=True)
         acc: dict[str, np.ndarray] = {}

@@ -34,8 +34,22 @@ from ...ir.passes import Pass, PassContext, option
 from .prune_channels import reinfer, replace_const, selected
 
 REPORT_KEY = "edgec.prune_heads"
-UNARY = {"Neg", "Sigmoid", "Relu", "Tanh", "Cast", "Identity", "Exp", "Erf", "Sqrt", "Abs", "Reciprocal",
-         "Dropout", "Gelu", "edgec::Gelu"}
+UNARY = {
+    "Neg",
+    "Sigmoid",
+    "Relu",
+    "Tanh",
+    "Cast",
+    "Identity",
+    "Exp",
+    "Erf",
+    "Sqrt",
+    "Abs",
+    "Reciprocal",
+    "Dropout",
+    "Gelu",
+    "edgec::Gelu",
+}
 ELEMENTWISE = {"Add", "Sub", "Mul", "Div", "Pow", "Max", "Min", "Where"}
 
 
@@ -73,6 +87,7 @@ def _block_weight(n: Node) -> np.ndarray:
 @dataclasses.dataclass
 class Trace:
     """What shrinking one traced region means: shape constants to rescale and constants to slice."""
+
     reshapes: list[tuple[Node, int, int]] = dataclasses.field(default_factory=list)  # node, axis, size
     slices: list[tuple[Node, int, int, int]] = dataclasses.field(default_factory=list)  # node, input, axis, size
     ends: list[tuple[Node, int, int]] = dataclasses.field(default_factory=list)  # node, input, axis
@@ -232,8 +247,8 @@ def _reshape(n: Node, x: Value, a: int, groups: int, tr: Trace) -> int:
 @dataclasses.dataclass
 class Block:
     attention: Node
-    projections: list[Node]     # q, k, v
-    outputs: list[Node]         # output projections
+    projections: list[Node]  # q, k, v
+    outputs: list[Node]  # output projections
     groups: int
     traces: list[Trace]
 
@@ -271,8 +286,9 @@ def _block(model: Model, attn: Node) -> Block:
     groups = int(np.gcd(int(q.shape[-3]), rows_k // dk))
     traces = []
     for idx, (p, u) in enumerate(zip(projs, (q, k, v))):
-        t = _trace(model, p.outputs[0], len(_dims(p.outputs[0])) - 1, groups,
-                   lambda n, i, idx=idx: n is attn and i == idx)
+        t = _trace(
+            model, p.outputs[0], len(_dims(p.outputs[0])) - 1, groups, lambda n, i, idx=idx: n is attn and i == idx
+        )
         if [(n is attn, i) for n, i, _ in t.ends] != [(True, idx)]:
             raise _Unsupported(f"projection {p.name} does not reach only its attention input")
         rank = len(_dims(u))
@@ -286,8 +302,7 @@ def _block(model: Model, attn: Node) -> Block:
         if pm >= 0 and md[pm] != 1:
             raise _Unsupported("the attention mask varies across heads")
     a_out = traces[0].ends[0][2]
-    t = _trace(model, attn.outputs[0], a_out, groups,
-               lambda n, i: i == 0 and _linear_weight(n) is not None)
+    t = _trace(model, attn.outputs[0], a_out, groups, lambda n, i: i == 0 and _linear_weight(n) is not None)
     if not t.ends or any(a != len(_dims(n.arg(0))) - 1 for n, _, a in t.ends):
         raise _Unsupported("the attention output does not reach Linear inputs on their last axis")
     traces.append(t)
@@ -318,10 +333,17 @@ class PruneHeads(Pass):
     name: ClassVar[str] = "prune-heads"
     lossy: ClassVar[bool] = True  # changes the numbers on purpose: --verify judges fidelity
     summary: ClassVar[str] = "structured pruning: remove attention heads (Q/K/V rows, output columns, head counts)"
-    sparsity: float = option(0.25, check=lambda v: 0 <= v < 1, allowed="0 <= sparsity < 1",
-                             help="fraction of each attention's head groups removed")
-    score: str = option("magnitude", choices=("magnitude", "wanda"), help="head ranking (wanda: times the "
-                        "head's output activation norm on calibration data)")
+    sparsity: float = option(
+        0.25,
+        check=lambda v: 0 <= v < 1,
+        allowed="0 <= sparsity < 1",
+        help="fraction of each attention's head groups removed",
+    )
+    score: str = option(
+        "magnitude",
+        choices=("magnitude", "wanda"),
+        help="head ranking (wanda: times the head's output activation norm on calibration data)",
+    )
     include: str = option(".*", help="regex on attention node names")
     exclude: str = option("", help="regex on attention node names to leave alone")
 
@@ -344,7 +366,7 @@ class PruneHeads(Pass):
             s = np.sqrt(np.sum(wv.reshape(b.groups, -1) ** 2, 1))
             if len(b.projections[2].inputs) > 2 and b.projections[2].inputs[2] is not None:
                 bias = np.asarray(b.projections[2].arg(2).numpy(), np.float64)
-                s = np.sqrt(s ** 2 + np.sum(bias.reshape(b.groups, -1) ** 2, 1))
+                s = np.sqrt(s**2 + np.sum(bias.reshape(b.groups, -1) ** 2, 1))
             for o in b.outputs:
                 wo = _block_weight(o).astype(np.float64)
                 s = s * np.sqrt(np.sum(wo.reshape(wo.shape[0], b.groups, -1) ** 2, (0, 2)))
@@ -358,9 +380,14 @@ class PruneHeads(Pass):
         for b, keep in plan:
             heads = b.heads
             self._shrink(model, b, keep)
-            reports[b.attention.name] = {"groups_before": b.groups, "groups_after": int(len(keep)),
-                                         "heads_before": heads, "heads_after": heads * len(keep) // b.groups,
-                                         "kept_groups": keep.tolist(), "score": self.score}
+            reports[b.attention.name] = {
+                "groups_before": b.groups,
+                "groups_after": int(len(keep)),
+                "heads_before": heads,
+                "heads_after": heads * len(keep) // b.groups,
+                "kept_groups": keep.tolist(),
+                "score": self.score,
+            }
         reinfer(model)
         return True
 
@@ -369,17 +396,21 @@ class PruneHeads(Pass):
         """A language model's configuration states one head count for every layer: prune uniformly (and
         record the new counts) or refuse before anything changes."""
         from ...api.llm import LLM_KEY, LLMConfig
+
         cfg = LLMConfig.from_model(model)
         if cfg is None:
             return
         after = {b.heads * len(k) // b.groups for b, k in plan}
         attentions = sum(1 for n in model.graph if n.qualified_op == "edgec::Attention")
         if len(plan) != attentions or len(after) != 1:
-            raise UsageError("prune-heads: this language model states one head count for all its layers (its "
-                             "GGUF/llama.cpp form cannot vary it); prune every layer alike (no include=/exclude=)")
+            raise UsageError(
+                "prune-heads: this language model states one head count for all its layers (its "
+                "GGUF/llama.cpp form cannot vary it); prune every layer alike (no include=/exclude=)"
+            )
         b, keep = plan[0]
         model.metadata[LLM_KEY] = dataclasses.replace(
-            cfg, heads=after.pop(), kv_heads=cfg.kv_heads * len(keep) // b.groups).to_json()
+            cfg, heads=after.pop(), kv_heads=cfg.kv_heads * len(keep) // b.groups
+        ).to_json()
 
     def _shrink(self, model: Model, b: Block, keep: np.ndarray) -> None:
         G = b.groups
@@ -405,6 +436,7 @@ class PruneHeads(Pass):
     def _activation_norms(model: Model, blocks: list[Block], ctx: PassContext) -> dict[int, np.ndarray]:
         """Per block, the norm of each head group's share of the output projection's input."""
         from ...ir import ReferenceExecutor
+
         names = sorted({o.arg(0).name for b in blocks for o in b.outputs})
         ex = ReferenceExecutor(model, capture=names, capture_only=True)
         acc: dict[str, np.ndarray] = {}

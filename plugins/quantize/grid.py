@@ -61,22 +61,22 @@ def round_scale(scale: np.ndarray, spec: GridSpec) -> np.ndarray:
     scale = np.asarray(scale, np.float32)
     if spec.scale_dtype != "f16":
         return scale
-    scale = np.clip(scale, 2.0 ** -14, 65504.0)  # normal float16 range: short significands stay exact
+    scale = np.clip(scale, 2.0**-14, 65504.0)  # normal float16 range: short significands stay exact
     if spec.bits <= 4:
         keep = 11 - (spec.bits - 1 if spec.symmetric else spec.bits)
         m, e = np.frexp(scale.astype(np.float64))
-        scale = np.ldexp(np.round(m * 2.0 ** keep) / 2.0 ** keep, e)
+        scale = np.ldexp(np.round(m * 2.0**keep) / 2.0**keep, e)
     return np.minimum(scale, 65504.0).astype(np.float16).astype(np.float32)
 
 
 def _short_neighbours(scale: np.ndarray, spec: GridSpec) -> tuple[np.ndarray, np.ndarray]:
     """The short-significand float16 scales just below and just above ``scale`` (see :func:`round_scale`)."""
     keep = 11 - (spec.bits - 1 if spec.symmetric else spec.bits)
-    m, e = np.frexp(np.clip(scale, 2.0 ** -14, 65504.0).astype(np.float64))
+    m, e = np.frexp(np.clip(scale, 2.0**-14, 65504.0).astype(np.float64))
     out = []
     for f in (np.floor, np.ceil):
-        s = np.ldexp(f(m * 2.0 ** keep) / 2.0 ** keep, e)
-        out.append(np.clip(s, 2.0 ** -14, 65504.0).astype(np.float16).astype(np.float32))
+        s = np.ldexp(f(m * 2.0**keep) / 2.0**keep, e)
+        out.append(np.clip(s, 2.0**-14, 65504.0).astype(np.float16).astype(np.float32))
     return out[0], out[1]
 
 
@@ -98,8 +98,14 @@ def params(wg: np.ndarray, spec: GridSpec, clip: np.ndarray | float = 1.0) -> tu
     scale = (hi - lo) / (spec.qmax - spec.qmin)
     scale = np.where(scale > 0, scale, 1.0)
     if spec.scale_dtype == "f16" and spec.bits <= 4:
-        return _pick(wg, [(s, np.clip(np.round(-lo / s), spec.qmin, spec.qmax).astype(np.float32))
-                          for s in _short_neighbours(scale, spec)], spec)
+        return _pick(
+            wg,
+            [
+                (s, np.clip(np.round(-lo / s), spec.qmin, spec.qmax).astype(np.float32))
+                for s in _short_neighbours(scale, spec)
+            ],
+            spec,
+        )
     scale = round_scale(scale, spec)
     zp = np.clip(np.round(-lo / scale), spec.qmin, spec.qmax).astype(np.float32)
     return scale, zp
@@ -143,8 +149,9 @@ def fake_quant(wg: np.ndarray, scale: np.ndarray, zp: np.ndarray | None, spec: G
     return dequantize_codes(quantize_codes(wg, scale, zp, spec), scale, zp)
 
 
-def make_tensor(codes_g: np.ndarray, scale: np.ndarray, zp: np.ndarray | None, spec: GridSpec,
-                shape: tuple[int, ...], method: str) -> QuantizedTensor:
+def make_tensor(
+    codes_g: np.ndarray, scale: np.ndarray, zp: np.ndarray | None, spec: GridSpec, shape: tuple[int, ...], method: str
+) -> QuantizedTensor:
     """Assemble the :class:`QuantizedTensor` of the original ``shape`` from grouped codes and parameters."""
     out = shape[0]
     rank = len(shape)
@@ -168,9 +175,17 @@ def make_tensor(codes_g: np.ndarray, scale: np.ndarray, zp: np.ndarray | None, s
             if spec.group_size % kernel:
                 raise ValueError("a group-wise grid on a conv weight must cover whole kernels")
             group_size = spec.group_size // kernel
-    return QuantizedTensor(codes=codes, bits=spec.bits, scheme="symmetric" if spec.symmetric else "asymmetric",
-                           scales=scales, zero_points=zps, axis=axis, group_size=group_size, group_axis=group_axis,
-                           method=method)
+    return QuantizedTensor(
+        codes=codes,
+        bits=spec.bits,
+        scheme="symmetric" if spec.symmetric else "asymmetric",
+        scales=scales,
+        zero_points=zps,
+        axis=axis,
+        group_size=group_size,
+        group_axis=group_axis,
+        method=method,
+    )
 
 
 def sqnr_db(w: np.ndarray, wq: np.ndarray) -> float:
@@ -179,7 +194,7 @@ def sqnr_db(w: np.ndarray, wq: np.ndarray) -> float:
     w2, q2 = as_matrix(w), as_matrix(wq)
     noise = sig = 0.0
     for r in range(0, w2.shape[0], 4096):
-        a = w2[r:r + 4096].astype(np.float64)
-        noise += float(np.sum((a - q2[r:r + 4096]) ** 2))
+        a = w2[r : r + 4096].astype(np.float64)
+        noise += float(np.sum((a - q2[r : r + 4096]) ** 2))
         sig += float(np.sum(a * a))
     return float("inf") if noise == 0 else 10.0 * np.log10(sig / noise) if sig > 0 else 0.0

@@ -30,15 +30,17 @@ from .grid import GridSpec, dequantize_codes, grouped, make_tensor, params, quan
 CLIP_GRID = np.linspace(1.0, 0.5, 26, dtype=np.float32)  # candidate clipping ratios, 1.0 first
 
 
-def rtn(w2: np.ndarray, spec: GridSpec,
-        h: np.ndarray | None = None) -> tuple[np.ndarray, np.ndarray, np.ndarray | None]:
+def rtn(
+    w2: np.ndarray, spec: GridSpec, h: np.ndarray | None = None
+) -> tuple[np.ndarray, np.ndarray, np.ndarray | None]:
     wg = grouped(w2, spec)
     scale, zp = params(wg, spec)
     return quantize_codes(wg, scale, zp, spec), scale, zp
 
 
-def mse(w2: np.ndarray, spec: GridSpec,
-        h: np.ndarray | None = None) -> tuple[np.ndarray, np.ndarray, np.ndarray | None]:
+def mse(
+    w2: np.ndarray, spec: GridSpec, h: np.ndarray | None = None
+) -> tuple[np.ndarray, np.ndarray, np.ndarray | None]:
     """Best clipping ratio per block; with ``h`` the error is measured on the layer output."""
     wg = grouped(w2, spec).astype(np.float32)
     best_err = np.full(wg.shape[:2], np.inf)
@@ -52,7 +54,7 @@ def mse(w2: np.ndarray, spec: GridSpec,
         else:
             # Output error per block: d_block H_block d_block^T, H restricted to the block's columns.
             rows, g, gs = d.shape
-            hb = np.stack([h[j * gs:(j + 1) * gs, j * gs:(j + 1) * gs] for j in range(g)])  # [G, gs, gs]
+            hb = np.stack([h[j * gs : (j + 1) * gs, j * gs : (j + 1) * gs] for j in range(g)])  # [G, gs, gs]
             err = np.einsum("rgi,gij,rgj->rg", d.astype(np.float64), hb, d.astype(np.float64))
         better = err < best_err
         if best is None:
@@ -67,8 +69,17 @@ def mse(w2: np.ndarray, spec: GridSpec,
     return best[0], best[1], best[2]
 
 
-def gptq(w2: np.ndarray, spec: GridSpec | None, h: np.ndarray, *, damp: float = 0.01, act_order: bool = True,
-         block: int = 128, perm: np.ndarray | None = None, grid=None):
+def gptq(
+    w2: np.ndarray,
+    spec: GridSpec | None,
+    h: np.ndarray,
+    *,
+    damp: float = 0.01,
+    act_order: bool = True,
+    block: int = 128,
+    perm: np.ndarray | None = None,
+    grid=None,
+):
     """GPTQ with lazy block updates; returns codes/scales/zero points on the static-group grid.
 
     ``h`` is ``X^T X`` (float32). When ``perm`` is given, ``h`` is already in that column order and is
@@ -78,6 +89,7 @@ def gptq(w2: np.ndarray, spec: GridSpec | None, h: np.ndarray, *, damp: float = 
     that grid instead of ``spec``'s, and the codes ``[out, K]`` are returned alone.
     """
     from scipy.linalg.blas import dger
+
     if h is None:
         raise ValueError("gptq needs calibration data (the layer's input Hessian)")
     spec = cast(GridSpec, spec)  # None only with grid, whose path never reads spec
@@ -92,12 +104,12 @@ def gptq(w2: np.ndarray, spec: GridSpec | None, h: np.ndarray, *, damp: float = 
     per_rows = grid is None and spec.granularity != "tensor"
     parts = []
     for r in range(0, out, 256):
-        rows = np.asarray(w2[r:r + 256], np.float32)
+        rows = np.asarray(w2[r : r + 256], np.float32)
         if per_rows:  # grid parameters from the original weights, per contiguous group (static groups)
             parts.append(params(grouped(rows, spec), spec))
-        w[r:r + 256] = rows[:, perm]
+        w[r : r + 256] = rows[:, perm]
         del rows
-        release_pages(w2[r:r + 256])
+        release_pages(w2[r : r + 256])
     if grid is None:
         if per_rows:
             scale = np.concatenate([p[0] for p in parts])
@@ -161,6 +173,7 @@ def inverse_hessian_factor(h: np.ndarray, damp: float, fix: str) -> tuple[np.nda
     is returned with the factor, whose strictly lower triangle is left as garbage (never read by GPTQ; take
     ``np.triu`` to use it as a matrix). ``fix`` names the option to raise when H is not positive definite."""
     from scipy.linalg import lapack
+
     k = h.shape[0]
     dead = np.diag(h) == 0
     h[dead, dead] = 1.0
@@ -176,8 +189,9 @@ def inverse_hessian_factor(h: np.ndarray, damp: float, fix: str) -> tuple[np.nda
     if info == 0:
         c, info = potrf(c, lower=False, overwrite_a=True)
     if info != 0:
-        raise np.linalg.LinAlgError(f"the layer's Hessian is not positive definite after dampening "
-                                    f"(damp={damp}); raise it, e.g. {fix}")
+        raise np.linalg.LinAlgError(
+            f"the layer's Hessian is not positive definite after dampening (damp={damp}); raise it, e.g. {fix}"
+        )
     return c, dead
 
 
@@ -188,11 +202,27 @@ def hessian_order(diag: np.ndarray, act_order: bool) -> np.ndarray:
 
 # ------------------------------------------------------------------------------------------------ codebooks
 # The 16 NormalFloat-4 levels (Dettmers et al. 2023, QLoRA), as in bitsandbytes.
-NF4_LEVELS = np.array([
-    -1.0, -0.6961928009986877, -0.5250730514526367, -0.39491748809814453, -0.28444138169288635,
-    -0.18477343022823334, -0.09105003625154495, 0.0, 0.07958029955625534, 0.16093020141124725,
-    0.24611230194568634, 0.33791524171829224, 0.44070982933044434, 0.5626170039176941, 0.7229568362236023, 1.0,
-], dtype=np.float32)
+NF4_LEVELS = np.array(
+    [
+        -1.0,
+        -0.6961928009986877,
+        -0.5250730514526367,
+        -0.39491748809814453,
+        -0.28444138169288635,
+        -0.18477343022823334,
+        -0.09105003625154495,
+        0.0,
+        0.07958029955625534,
+        0.16093020141124725,
+        0.24611230194568634,
+        0.33791524171829224,
+        0.44070982933044434,
+        0.5626170039176941,
+        0.7229568362236023,
+        1.0,
+    ],
+    dtype=np.float32,
+)
 
 
 def nf4(w2: np.ndarray, group_size: int, shape: tuple[int, ...], f16: bool = False) -> QuantizedTensor:
@@ -206,11 +236,20 @@ def nf4(w2: np.ndarray, group_size: int, shape: tuple[int, ...], f16: bool = Fal
     levels = NF4_LEVELS.copy()
     if f16:
         levels = levels.astype(np.float16).astype(np.float32)
-        absmax = np.clip(absmax, 2.0 ** -14, 65504.0).astype(np.float16).astype(np.float32)
+        absmax = np.clip(absmax, 2.0**-14, 65504.0).astype(np.float16).astype(np.float32)
     normed = wg / absmax[..., None]
     codes = np.abs(normed[..., None] - levels).argmin(-1).astype(np.uint8)
-    return QuantizedTensor(codes=codes.reshape(shape), bits=4, scheme="codebook", codebook=levels,
-                           scales=absmax.reshape(out, g), axis=0, group_size=group_size, group_axis=1, method="nf4")
+    return QuantizedTensor(
+        codes=codes.reshape(shape),
+        bits=4,
+        scheme="codebook",
+        codebook=levels,
+        scales=absmax.reshape(out, g),
+        axis=0,
+        group_size=group_size,
+        group_axis=1,
+        method="nf4",
+    )
 
 
 def kmeans_1d(x: np.ndarray, n: int, sw: np.ndarray | None = None) -> tuple[np.ndarray, np.ndarray]:
@@ -248,12 +287,13 @@ def optimal_1d(v: np.ndarray, w: np.ndarray, n: int) -> np.ndarray:
     def cost(a, b):  # error of one cluster holding items a .. b-1
         ww, s = p[b] - p[a], s1[b] - s1[a]
         return np.maximum(s2[b] - s2[a] - s * s / np.where(ww > 0, ww, 1.0), 0.0)
+
     d = cost(np.zeros(m + 1, np.int64), np.arange(m + 1))
     splits = []
     for t in range(1, n):
         dn = np.full(m + 1, np.inf)
         arg = np.zeros(m + 1, np.int64)
-        lo, hi = np.array([t]), np.array([m])          # end points still to solve
+        lo, hi = np.array([t]), np.array([m])  # end points still to solve
         olo, ohi = np.array([t - 1]), np.array([m - 1])  # the range their best split lies in
         while lo.size:
             mid = (lo + hi) // 2
@@ -292,6 +332,7 @@ class PaletteGrid:
 
     def __init__(self, q: QuantizedTensor):
         import types
+
         self.cb = np.asarray(q.codebook, np.float64)
         self.gs = q.group_size
         self.t = types.SimpleNamespace(scheme="codebook")
@@ -312,7 +353,9 @@ class PaletteGrid:
         return np.take_along_axis(pal, q.astype(np.int64), axis=1).astype(np.float32)
 
 
-def kmeans_batched(x: np.ndarray, n: int, iters: int = 25, sw: np.ndarray | None = None) -> tuple[np.ndarray, np.ndarray]:
+def kmeans_batched(
+    x: np.ndarray, n: int, iters: int = 25, sw: np.ndarray | None = None
+) -> tuple[np.ndarray, np.ndarray]:
     """Lloyd k-means on each row of ``x [B, m]`` at once (quantile init, deterministic), optionally weighted
     per element (``sw``, broadcastable to ``x``).
 
@@ -337,8 +380,9 @@ def kmeans_batched(x: np.ndarray, n: int, iters: int = 25, sw: np.ndarray | None
     return cent, lab
 
 
-def codebook(w: np.ndarray, bits: int, per_channel: bool, group_size: int = 0,
-             importance: np.ndarray | None = None) -> QuantizedTensor:
+def codebook(
+    w: np.ndarray, bits: int, per_channel: bool, group_size: int = 0, importance: np.ndarray | None = None
+) -> QuantizedTensor:
     """k-means palettization with ``2**bits`` entries, per tensor, per output channel, or per group of
     ``group_size`` weights along K within each output channel (2-D weights). ``importance`` (one value per
     column of the ``[O, K]`` matrix, e.g. the layer input's energy per channel: the Hessian diagonal) weights
@@ -351,29 +395,35 @@ def codebook(w: np.ndarray, bits: int, per_channel: bool, group_size: int = 0,
         sw = np.broadcast_to(imp, (w.shape[0], imp.size))
     if group_size:
         rows, k = w.shape
-        cb, lab = kmeans_batched(w.reshape(-1, group_size), n,
-                                 sw=None if sw is None else sw.reshape(-1, group_size))
-        return QuantizedTensor(codes=lab.reshape(rows, k), bits=bits, scheme="codebook",
-                               codebook=cb.reshape(rows, k // group_size, n), axis=0, group_size=group_size,
-                               group_axis=1, method="codebook")
+        cb, lab = kmeans_batched(w.reshape(-1, group_size), n, sw=None if sw is None else sw.reshape(-1, group_size))
+        return QuantizedTensor(
+            codes=lab.reshape(rows, k),
+            bits=bits,
+            scheme="codebook",
+            codebook=cb.reshape(rows, k // group_size, n),
+            axis=0,
+            group_size=group_size,
+            group_axis=1,
+            method="codebook",
+        )
     if not per_channel:
         cent, lab = kmeans_1d(w, n, sw=None if sw is None else sw.reshape(-1))
         # Recompute labels against the float32 codebook so dequantize() is the nearest entry exactly.
         cb = np.zeros(n, np.float32)
-        cb[:cent.size] = cent
-        return QuantizedTensor(codes=lab.reshape(w.shape), bits=bits, scheme="codebook", codebook=cb,
-                               method="codebook")
+        cb[: cent.size] = cent
+        return QuantizedTensor(codes=lab.reshape(w.shape), bits=bits, scheme="codebook", codebook=cb, method="codebook")
     rows = w.reshape(w.shape[0], -1)
     cbs = np.zeros((rows.shape[0], n), np.float32)
     codes = np.zeros(rows.shape, np.uint8)
     for r in range(rows.shape[0]):
         cent, lab = kmeans_1d(rows[r], n, sw=None if sw is None else sw[r])
-        cbs[r, :cent.size] = cent
+        cbs[r, : cent.size] = cent
         if cent.size < n:
-            cbs[r, cent.size:] = cent[-1]
+            cbs[r, cent.size :] = cent[-1]
         codes[r] = lab
-    return QuantizedTensor(codes=codes.reshape(w.shape), bits=bits, scheme="codebook", codebook=cbs, axis=0,
-                           method="codebook")
+    return QuantizedTensor(
+        codes=codes.reshape(w.shape), bits=bits, scheme="codebook", codebook=cbs, axis=0, method="codebook"
+    )
 
 
 # The uniform-grid algorithms: ``fn(w2, spec[, h]) -> (codes, scale, zero_point)``.

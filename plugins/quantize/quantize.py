@@ -76,6 +76,7 @@ def hessian(layer: Layer, xs: list[np.ndarray] | None, perm: np.ndarray | None =
     """``X^T X / rows`` in float32 (columns in ``perm`` order if given), accumulated sample by sample
     into one K x K buffer."""
     from scipy.linalg import blas
+
     if not xs:
         return None
     h, count = None, 0
@@ -122,10 +123,20 @@ def replace_weight(model: Model, layer: Layer, q: QuantizedTensor, w: np.ndarray
         rel = float(np.sqrt(max(num, 0.0) / den)) if den > 0 else None
     else:
         rel = output_error(layer, xs, w, deq) if layer.kind != "embedding" else None
-    rep = {"node": layer.node.name, "op": layer.node.qualified_op, "role": layer.role, "bits": q.bits,
-           "method": q.method, "scheme": q.scheme, "group_size": q.group_size, "shape": list(w.shape),
-           "sqnr_db": round(sqnr_db(w, deq), 3), "rel_output_error": rel, "bytes_before": int(w.nbytes),
-           "bytes_after": int(q.nbytes)}
+    rep = {
+        "node": layer.node.name,
+        "op": layer.node.qualified_op,
+        "role": layer.role,
+        "bits": q.bits,
+        "method": q.method,
+        "scheme": q.scheme,
+        "group_size": q.group_size,
+        "shape": list(w.shape),
+        "sqnr_db": round(sqnr_db(w, deq), 3),
+        "rel_output_error": rel,
+        "bytes_before": int(w.nbytes),
+        "bytes_after": int(q.nbytes),
+    }
     if not layer.weight.uses and layer.weight.name in g.initializers:
         # Release the float weights now, not at the end of the pass (after the last read of ``w``: a
         # memory-mapped weight's pages are dropped and would fault back in).
@@ -143,6 +154,7 @@ def quantize_layers(model: Model, layers: list[Layer], samples: list[dict], quan
     ``quantize_layer(model, layer, xs)`` replaces each weight and returns its report, stored under
     :data:`REPORT_KEY` (``model.reports``) with the reports of earlier passes."""
     from tqdm import tqdm
+
     fix_mmap_threshold()
     reports = model.report(REPORT_KEY)
     stream = Stream(model, samples)
@@ -171,20 +183,36 @@ class Quantize(Pass):
     exclude: str = option("", help="regex on weight or node names to leave alone")
     embedding_bits: int = option(8, choices=(0, *range(2, 9)), help="embedding tables (0: keep float)")
     head_bits: int = option(8, choices=(0, *range(2, 9)), help="output head Linear (0: keep float)")
-    objective: str = option("weight", choices=("weight", "output"), help="mse: error on weights or on outputs; "
-                            "codebook: output fits palettes weighted by input energy and assigns codes GPTQ-style")
+    objective: str = option(
+        "weight",
+        choices=("weight", "output"),
+        help="mse: error on weights or on outputs; "
+        "codebook: output fits palettes weighted by input energy and assigns codes GPTQ-style",
+    )
     damp: float = option(0.01, check=lambda v: 0 < v < 1, allowed="0 < damp < 1", help="gptq Hessian dampening")
     act_order: bool = option(True, help="gptq: quantize columns by decreasing activation energy")
     block: int = option(128, check=lambda v: v > 0, allowed="a positive integer", help="gptq lazy-update block")
-    per_channel_codebook: bool = option(False, help="codebook: one palette per output channel (with group=: "
-                                                    "one per group of each channel)")
-    conv_group: bool = option(False, help="group= also applies to Conv weights: one scale per `group` input "
-                              "channels x the whole kernel (scales [O, I/group, 1, 1], coremltools' per_block)")
+    per_channel_codebook: bool = option(
+        False, help="codebook: one palette per output channel (with group=: one per group of each channel)"
+    )
+    conv_group: bool = option(
+        False,
+        help="group= also applies to Conv weights: one scale per `group` input "
+        "channels x the whole kernel (scales [O, I/group, 1, 1], coremltools' per_block)",
+    )
     samples: int = option(32, check=lambda v: v > 0, allowed="a positive integer", help="calibration samples used")
-    gguf: str = option("", choices=("", *gg.TYPES), help="quantize on this GGUF block format's exact grid "
-                       "(bits/scheme/group are the format's); embedding/head bits pick Q8_0/Q6_K/Q5_K/Q4_K/...")
-    scale_dtype: str = option("f32", choices=("f32", "f16"), help="f16: scales rounded to float16 before the "
-                              "codes are chosen (exact grid, half the scale storage in openvino/tensorrt)")
+    gguf: str = option(
+        "",
+        choices=("", *gg.TYPES),
+        help="quantize on this GGUF block format's exact grid "
+        "(bits/scheme/group are the format's); embedding/head bits pick Q8_0/Q6_K/Q5_K/Q4_K/...",
+    )
+    scale_dtype: str = option(
+        "f32",
+        choices=("f32", "f16"),
+        help="f16: scales rounded to float16 before the "
+        "codes are chosen (exact grid, half the scale storage in openvino/tensorrt)",
+    )
 
     def __post_init__(self) -> None:
         super().__post_init__()
@@ -197,13 +225,17 @@ class Quantize(Pass):
         if self.gguf and self.scale_dtype != "f32":
             raise UsageError("quantize: scale_dtype= does not apply with gguf= (each GGUF format fixes its scales)")
         if self.gguf and self.method in ("nf4", "codebook"):
-            raise UsageError(f"quantize: method={self.method} has no GGUF encoding; with gguf= use rtn, mse, gptq "
-                             "or awq (IQ4_NL is GGUF's non-uniform 4-bit grid)")
+            raise UsageError(
+                f"quantize: method={self.method} has no GGUF encoding; with gguf= use rtn, mse, gptq "
+                "or awq (IQ4_NL is GGUF's non-uniform 4-bit grid)"
+            )
         for role in ("embedding_bits", "head_bits"):
             if self.gguf and getattr(self, role) not in (0, *gg.TYPE_FOR_BITS):
-                raise UsageError(f"quantize: with gguf= {role} must be one of 0, "
-                                 f"{', '.join(map(str, gg.TYPE_FOR_BITS))} (the GGUF types "
-                                 f"{', '.join(gg.TYPE_FOR_BITS.values())})")
+                raise UsageError(
+                    f"quantize: with gguf= {role} must be one of 0, "
+                    f"{', '.join(map(str, gg.TYPE_FOR_BITS))} (the GGUF types "
+                    f"{', '.join(gg.TYPE_FOR_BITS.values())})"
+                )
         bad = set(self.ops.split(":")) - {"Linear", "Conv"}
         if bad:
             raise UsageError(f"quantize: ops={self.ops!r} names {sorted(bad)}; allowed: Linear, Conv")
@@ -217,8 +249,13 @@ class Quantize(Pass):
         shape = layer.weight.static_shape
         assert shape is not None  # a constant weight: its shape is its tensor's
         k = int(np.prod(shape[1:]))
-        if gran == "group" and self.conv_group and layer.kind == "conv" and len(shape) > 2 \
-                and shape[1] % self.group == 0:
+        if (
+            gran == "group"
+            and self.conv_group
+            and layer.kind == "conv"
+            and len(shape) > 2
+            and shape[1] % self.group == 0
+        ):
             # Whole kernels of `group` input channels are consecutive in the flattened [O, I*kh*kw] matrix.
             kernel = int(np.prod(shape[2:]))
             return GridSpec(bits, SCHEMES[self.scheme].signed, "group", self.group * kernel, self.scale_dtype)
@@ -238,8 +275,11 @@ class Quantize(Pass):
         """The layers this pass quantizes (roles whose bits are 0 stay float)."""
         op_names = tuple({"Linear": "edgec::Linear", "Conv": "Conv"}[o] for o in self.ops.split(":"))
         layers = find_layers(model, op_names, self.include, self.exclude)
-        return [l for l in layers if not (l.role == "embedding" and not self.embedding_bits)
-                and not (l.role == "head" and not self.head_bits)]
+        return [
+            l
+            for l in layers
+            if not (l.role == "embedding" and not self.embedding_bits) and not (l.role == "head" and not self.head_bits)
+        ]
 
     def run(self, model: Model, ctx: PassContext) -> bool:
         layers = self.select(model)
@@ -248,8 +288,10 @@ class Quantize(Pass):
         calib = ctx.calibration
         needs = self.method in CALIBRATED or (self.method in ("mse", "codebook") and self.objective == "output")
         if needs and calib is None:
-            raise UsageError(f"quantize{{method={self.method}}} needs calibration data: pass --calib "
-                             "(a .npz, a folder of samples, or 'random' for a smoke test)")
+            raise UsageError(
+                f"quantize{{method={self.method}}} needs calibration data: pass --calib "
+                "(a .npz, a folder of samples, or 'random' for a smoke test)"
+            )
         samples = calib.samples[: self.samples] if calib is not None else []
         fix_mmap_threshold()
         if self.method == "awq":
@@ -283,8 +325,14 @@ class Quantize(Pass):
         tname, note = self.gguf_type_for(layer)
         w = np.asarray(layer.weight.numpy(), np.float32)
         if tname is None:
-            return {"node": layer.node.name, "role": layer.role, "shape": list(w.shape), "note": note,
-                    "bits": 32, "method": "none"}
+            return {
+                "node": layer.node.name,
+                "role": layer.role,
+                "shape": list(w.shape),
+                "note": note,
+                "bits": 32,
+                "method": "none",
+            }
         t = gg.TYPES[tname]
         method = self.method_for(layer)
         if method == "gptq" and xs:
@@ -293,8 +341,9 @@ class Quantize(Pass):
             perm = methods.hessian_order(diag, self.act_order)
             h = hessian(layer, xs, perm)
             grid = gg.fit(w, t)
-            codes = methods.gptq(w, None, h, damp=self.damp, act_order=self.act_order, block=self.block, perm=perm,
-                                 grid=grid)
+            codes = methods.gptq(
+                w, None, h, damp=self.damp, act_order=self.act_order, block=self.block, perm=perm, grid=grid
+            )
             q = grid.tensor(codes, "gptq")
         else:
             if method == "gptq":
@@ -343,7 +392,7 @@ class Quantize(Pass):
             spec = self.spec_for(by_node[id(group[0])])
             best = (None, np.inf)
             for alpha in np.linspace(0.0, 1.0, 21):
-                s = act ** alpha
+                s = act**alpha
                 s = (s / np.sqrt(s.max() * s.min())).astype(np.float32)
                 err = 0.0
                 for w in ws:

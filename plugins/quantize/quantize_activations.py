@@ -92,8 +92,12 @@ class QuantizeActivations(Pass):
     lossy: ClassVar[bool] = True  # changes the numbers on purpose: --verify judges fidelity
     summary: ClassVar[str] = "calibrate per-tensor int8 activation scales (minmax/percentile/entropy/mse)"
     observer: str = option("minmax", choices=("minmax", "percentile", "entropy", "mse"), help="range estimator")
-    percentile: float = option(99.99, check=lambda v: 50 < v <= 100, allowed="50 < percentile <= 100",
-                               help="percentile observer's percentile of |x|")
+    percentile: float = option(
+        99.99,
+        check=lambda v: 50 < v <= 100,
+        allowed="50 < percentile <= 100",
+        help="percentile observer's percentile of |x|",
+    )
     scheme: str = option("symmetric", choices=("symmetric", "asymmetric"), help="int8 or uint8 with zero point")
     ops: str = option("Conv:Linear:MatMul:Add", help="ops whose activation inputs are quantized, ':'-separated")
     samples: int = option(32, check=lambda v: v > 0, allowed="a positive integer", help="calibration samples used")
@@ -101,8 +105,10 @@ class QuantizeActivations(Pass):
     def __post_init__(self) -> None:
         super().__post_init__()
         if SCHEMES[self.scheme].has_zero_point and self.observer in ("entropy", "mse"):
-            raise UsageError(f"quantize-activations: observer={self.observer} is symmetric; use scheme=symmetric "
-                             "or observer=minmax/percentile")
+            raise UsageError(
+                f"quantize-activations: observer={self.observer} is symmetric; use scheme=symmetric "
+                "or observer=minmax/percentile"
+            )
 
     def run(self, model: Model, ctx: PassContext) -> bool:
         if ctx.calibration is None:
@@ -126,6 +132,7 @@ class QuantizeActivations(Pass):
         def rng(name, a):
             lo[name] = min(lo[name], float(a.min()))
             hi[name] = max(hi[name], float(a.max()))
+
         observe(rng)
         amax = {k: max(abs(lo[k]), abs(hi[k]), 1e-12) for k in lo}
         thresholds = dict(amax)
@@ -134,6 +141,7 @@ class QuantizeActivations(Pass):
 
             def hist(name, a):
                 hists[name] += np.histogram(np.abs(a), bins=BINS, range=(0, amax[name]))[0]
+
             observe(hist)
             for k, h in hists.items():
                 width = amax[k] / BINS
@@ -147,8 +155,9 @@ class QuantizeActivations(Pass):
         for v in values:
             t = max(min(thresholds[v.name], amax[v.name]), 1e-12)
             if SCHEMES[self.scheme].signed:
-                v.quant = ActivationQuant(scale=float(np.float32(t / 127.0)), zero_point=0, bits=8, signed=True,
-                                          observer=self.observer)
+                v.quant = ActivationQuant(
+                    scale=float(np.float32(t / 127.0)), zero_point=0, bits=8, signed=True, observer=self.observer
+                )
             else:
                 frac = t / amax[v.name]
                 a, b = min(lo[v.name] * frac, 0.0), max(hi[v.name] * frac, 0.0)

@@ -44,8 +44,12 @@ def _gated_linear(model: Model, x: Value) -> Node | None:
         if v is None:  # (none is: checked above)
             continue
         q = v.producer
-        if q is not None and q.qualified_op == "edgec::Linear" and len(v.uses) == 1 and \
-                not isinstance(q.arg(1).const, QuantizedTensor):
+        if (
+            q is not None
+            and q.qualified_op == "edgec::Linear"
+            and len(v.uses) == 1
+            and not isinstance(q.arg(1).const, QuantizedTensor)
+        ):
             return q
     return None
 
@@ -53,8 +57,11 @@ def _gated_linear(model: Model, x: Value) -> Node | None:
 def foldable(model: Model, x: Value, linears: list[Node]) -> bool:
     """Whether :func:`apply_input_scale` can fold the division into an existing op (no extra node)."""
     p = x.producer
-    users_ok = p is not None and all(u.node in linears and u.index == 0 for u in x.uses) and \
-        not any(o is x for o in model.graph.outputs)
+    users_ok = (
+        p is not None
+        and all(u.node in linears and u.index == 0 for u in x.uses)
+        and not any(o is x for o in model.graph.outputs)
+    )
     if not users_ok or p is None:
         return False
     if p.qualified_op in ("LayerNormalization", "edgec::RMSNorm"):
@@ -77,8 +84,11 @@ def apply_input_scale(model: Model, x: Value, linears: list[Node], s: np.ndarray
             raise ValueError(f"{n.name}: weights are already quantized; run scaling before quantize")
         _set_const(model, n, 1, w.numpy() * s[None, :])
     p = x.producer
-    users_ok = p is not None and all(u.node in linears and u.index == 0 for u in x.uses) and \
-        not any(o is x for o in model.graph.outputs)
+    users_ok = (
+        p is not None
+        and all(u.node in linears and u.index == 0 for u in x.uses)
+        and not any(o is x for o in model.graph.outputs)
+    )
     gated = _gated_linear(model, x) if users_ok else None
     if gated is not None:
         _set_const(model, gated, 1, gated.arg(1).numpy() / s[:, None])

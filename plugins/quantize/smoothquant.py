@@ -25,8 +25,13 @@ class SmoothQuant(Pass):
     def run(self, model: Model, ctx: PassContext) -> bool:
         if ctx.calibration is None:
             raise UsageError("smoothquant needs calibration data: pass --calib")
-        linears = [n for n in model.graph if n.qualified_op == "edgec::Linear" and n.arg(1).is_const
-                   and not any(o is n.output for o in model.graph.outputs)]
+        linears = [
+            n
+            for n in model.graph
+            if n.qualified_op == "edgec::Linear"
+            and n.arg(1).is_const
+            and not any(o is n.output for o in model.graph.outputs)
+        ]
         groups = [(x, g) for x, g in linear_groups(model, linears) if not x.is_const]
         if not groups:
             return False
@@ -46,7 +51,7 @@ class SmoothQuant(Pass):
             xmax = amax[x.name]
             assert xmax is not None  # calibration sets are never empty (and samples > 0)
             a = np.maximum(xmax, 1e-5)
-            s = (a ** self.alpha / np.maximum(wmax, 1e-5) ** (1 - self.alpha)).astype(np.float32)
+            s = (a**self.alpha / np.maximum(wmax, 1e-5) ** (1 - self.alpha)).astype(np.float32)
             s = np.clip(s, 1e-4, 1e4)
             apply_input_scale(model, x, group, s)
             changed = True

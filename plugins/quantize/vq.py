@@ -68,16 +68,16 @@ def _nearest(x: np.ndarray, c: np.ndarray, wt: np.ndarray | None = None, chunk: 
     n = c.shape[1]
     out = np.empty((b, big), np.int64)
     step = max(1, chunk // (n * b))
-    ct = np.swapaxes(c, 1, 2)          # [B, d, n]
+    ct = np.swapaxes(c, 1, 2)  # [B, d, n]
     c2 = ct * ct
     for a in range(0, big, step):
-        xs = x[:, a:a + step]
+        xs = x[:, a : a + step]
         if wt is None:
             dist = c2.sum(1)[:, None, :] - 2.0 * (xs @ ct)
         else:
-            ws = wt[:, a:a + step]
+            ws = wt[:, a : a + step]
             dist = ws @ c2 - 2.0 * ((ws * xs) @ ct)
-        out[:, a:a + step] = dist.argmin(-1)
+        out[:, a : a + step] = dist.argmin(-1)
     return out
 
 
@@ -93,7 +93,7 @@ def weighted_kmeans(x: np.ndarray, wt: np.ndarray, n: int, iters: int, rng: np.r
         x, wt, big = x[:, pick], wt[:, pick], keep
     x32, wt32 = x.astype(np.float32), wt.astype(np.float32)
     c = x[:, np.sort(rng.choice(big, size=n, replace=False))].astype(np.float64)
-    ids = (np.arange(b)[:, None] * n)
+    ids = np.arange(b)[:, None] * n
     wts = [wt[..., j].ravel() for j in range(d)]
     wxs = [(wt[..., j] * x[..., j]).ravel() for j in range(d)]
     for _ in range(iters):
@@ -115,10 +115,10 @@ def weighted_kmeans(x: np.ndarray, wt: np.ndarray, n: int, iters: int, rng: np.r
 # ------------------------------------------------------------------------------------------------ the layer
 @dataclasses.dataclass
 class VQResult:
-    codes: np.ndarray      # [O, K / dim]
-    codebook: np.ndarray   # [R, G, n, dim], float32, on the storage grid
-    loss_init: float       # tr((W - Q) H (W - Q)^T) before codebook fine-tuning
-    loss: float            # ... after fine-tuning and storage rounding
+    codes: np.ndarray  # [O, K / dim]
+    codebook: np.ndarray  # [R, G, n, dim], float32, on the storage grid
+    loss_init: float  # tr((W - Q) H (W - Q)^T) before codebook fine-tuning
+    loss: float  # ... after fine-tuning and storage rounding
 
 
 def store_codebook(cb: np.ndarray, codebook_bits: int) -> np.ndarray:
@@ -166,8 +166,21 @@ def finetune_codebook(flat_idx: np.ndarray, cb: np.ndarray, w: np.ndarray, h: np
     return c
 
 
-def gptvq(w: np.ndarray, h: np.ndarray, *, dim: int, bits: int, group: int, rows: int = 0, damp: float = 0.01,
-          block: int = 128, iters: int = 25, finetune: int = 25, codebook_bits: int = 16, seed: int = 0) -> VQResult:
+def gptvq(
+    w: np.ndarray,
+    h: np.ndarray,
+    *,
+    dim: int,
+    bits: int,
+    group: int,
+    rows: int = 0,
+    damp: float = 0.01,
+    block: int = 128,
+    iters: int = 25,
+    finetune: int = 25,
+    codebook_bits: int = 16,
+    seed: int = 0,
+) -> VQResult:
     """GPTVQ on one ``[O, K]`` weight with input Hessian ``h [K, K]`` (see the module docstring): one codebook
     per ``rows`` rows (0: all) and ``group`` columns. ``group`` must be a multiple of ``dim`` dividing ``K``,
     ``rows`` must divide ``O``, and every codebook needs at least ``2**bits`` vectors."""
@@ -177,8 +190,10 @@ def gptvq(w: np.ndarray, h: np.ndarray, *, dim: int, bits: int, group: int, rows
     if group % dim or k % group or o % rp:
         raise ValueError(f"group={group} must be a multiple of dim={dim} dividing K={k}, rows={rows} must divide {o}")
     if rp * group // dim < n:
-        raise ValueError(f"a codebook's block of {rp} x {group} weights holds {rp * group // dim} vectors, fewer "
-                         f"than its {n} entries")
+        raise ValueError(
+            f"a codebook's block of {rp} x {group} weights holds {rp * group // dim} vectors, fewer "
+            f"than its {n} entries"
+        )
     r, g = o // rp, k // group
     h = np.array(h, np.float64)
     u, dead = inverse_hessian_factor(h.copy(), damp, "vq{damp=0.1}")
@@ -204,14 +219,14 @@ def gptvq(w: np.ndarray, h: np.ndarray, *, dim: int, bits: int, group: int, rows
             err = np.zeros_like(wb)
             for i in range(b0, b1, dim):
                 li = i - b0
-                a = np.linalg.inv(u[i:i + dim, i:i + dim])  # U_vv^-1 (upper triangular)
-                xv = wb[:, li:li + dim]
+                a = np.linalg.inv(u[i : i + dim, i : i + dim])  # U_vv^-1 (upper triangular)
+                xv = wb[:, li : li + dim]
                 lab = _nearest((xv @ a).reshape(r, rp, dim), cb @ a)  # [R, rp]
                 codes[:, i // dim] = lab.reshape(o)
                 e = (xv - np.take_along_axis(cb, lab[..., None], axis=1).reshape(o, dim)) @ a
                 if b1 > i + dim:
-                    wb[:, li + dim:] -= e @ u[i:i + dim, i + dim:b1]
-                err[:, li:li + dim] = e
+                    wb[:, li + dim :] -= e @ u[i : i + dim, i + dim : b1]
+                err[:, li : li + dim] = e
             work[:, b0:b1] = wb
             if b1 < k:
                 work[:, b1:] -= err @ u[b0:b1, b1:]
@@ -240,38 +255,61 @@ class VectorQuantize(Pass):
 
     name: ClassVar[str] = "vq"
     lossy: ClassVar[bool] = True  # changes the numbers on purpose: --verify judges fidelity
-    summary: ClassVar[str] = ("vector quantization (GPTVQ): codebooks of dim-D vectors from Hessian-weighted k-means, "
-                              "GPTQ-style assignment, codebooks fine-tuned on the output error")
+    summary: ClassVar[str] = (
+        "vector quantization (GPTVQ): codebooks of dim-D vectors from Hessian-weighted k-means, "
+        "GPTQ-style assignment, codebooks fine-tuned on the output error"
+    )
     dim: int = option(2, choices=(1, 2, 4, 8), help="elements per vector (consecutive along the input axis)")
-    bits_per_weight: float = option(2.0, check=_bpw_ok, allowed="a positive number; dim * bits_per_weight must be "
-                                    "a whole number of index bits, 1..16",
-                                    help="index bits per weight (codebooks not counted): 2**(dim*bits) entries")
-    group: int = option(0, check=lambda v: v >= 0, allowed="0 or a positive integer",
-                        help="input columns sharing one codebook; 0: the whole input axis; a group "
-                             "that does not divide a layer's K falls back to the whole axis (reported)")
-    rows: int = option(0, check=lambda v: v >= 0, allowed="0 or a positive integer",
-                       help="rows sharing one codebook (0: all rows); a value that does not divide a layer's rows "
-                            "falls back to all rows (reported)")
-    codebook_bits: int = option(16, choices=(8, 16, 32), help="codebook storage: 16 float16, 8 int8 * 2**e "
-                                "(one exponent per codebook; exact in float16), 32 float32")
+    bits_per_weight: float = option(
+        2.0,
+        check=_bpw_ok,
+        allowed="a positive number; dim * bits_per_weight must be a whole number of index bits, 1..16",
+        help="index bits per weight (codebooks not counted): 2**(dim*bits) entries",
+    )
+    group: int = option(
+        0,
+        check=lambda v: v >= 0,
+        allowed="0 or a positive integer",
+        help="input columns sharing one codebook; 0: the whole input axis; a group "
+        "that does not divide a layer's K falls back to the whole axis (reported)",
+    )
+    rows: int = option(
+        0,
+        check=lambda v: v >= 0,
+        allowed="0 or a positive integer",
+        help="rows sharing one codebook (0: all rows); a value that does not divide a layer's rows "
+        "falls back to all rows (reported)",
+    )
+    codebook_bits: int = option(
+        16,
+        choices=(8, 16, 32),
+        help="codebook storage: 16 float16, 8 int8 * 2**e (one exponent per codebook; exact in float16), 32 float32",
+    )
     iters: int = option(25, check=lambda v: v > 0, allowed="a positive integer", help="k-means (EM) iterations")
-    finetune: int = option(25, check=lambda v: v >= 0, allowed="0 or a positive integer",
-                           help="conjugate-gradient steps fitting the codebooks to the output error (0: off)")
+    finetune: int = option(
+        25,
+        check=lambda v: v >= 0,
+        allowed="0 or a positive integer",
+        help="conjugate-gradient steps fitting the codebooks to the output error (0: off)",
+    )
     damp: float = option(0.01, check=lambda v: 0 < v < 1, allowed="0 < damp < 1", help="Hessian dampening")
     block: int = option(128, check=lambda v: v > 0, allowed="a positive integer", help="lazy-update block (columns)")
     include: str = option(".*", help="regex on weight or node names to quantize")
     exclude: str = option("", help="regex on weight or node names to leave alone")
-    head: bool = option(False, help="also quantize the output head Linear (a language model's is kept float "
-                                    "by default)")
+    head: bool = option(
+        False, help="also quantize the output head Linear (a language model's is kept float by default)"
+    )
     samples: int = option(32, check=lambda v: v > 0, allowed="a positive integer", help="calibration samples used")
     seed: int = option(0, help="k-means initialisation seed (results are deterministic for a seed)")
 
     def __post_init__(self) -> None:
         super().__post_init__()
         if index_bits(self.dim, self.bits_per_weight) is None:
-            raise UsageError(f"vq: dim={self.dim} x bits_per_weight={self.bits_per_weight:g} = "
-                             f"{self.dim * self.bits_per_weight:g} index bits; it must be a whole number from 1 to "
-                             f"{MAX_INDEX_BITS} (e.g. dim=2 with bits_per_weight=2 or 2.5, dim=4 with 2, 2.25 or 3)")
+            raise UsageError(
+                f"vq: dim={self.dim} x bits_per_weight={self.bits_per_weight:g} = "
+                f"{self.dim * self.bits_per_weight:g} index bits; it must be a whole number from 1 to "
+                f"{MAX_INDEX_BITS} (e.g. dim=2 with bits_per_weight=2 or 2.5, dim=4 with 2, 2.25 or 3)"
+            )
         if self.group and self.group % self.dim:
             raise UsageError(f"vq: group={self.group} must be a multiple of dim={self.dim}")
 
@@ -297,38 +335,77 @@ class VectorQuantize(Pass):
         if not layers:
             return False
         if ctx.calibration is None:
-            raise UsageError("vq needs calibration data (each layer's input Hessian): pass --calib (a .npz, a "
-                             "folder of samples, or 'random' for a smoke test)")
+            raise UsageError(
+                "vq needs calibration data (each layer's input Hessian): pass --calib (a .npz, a "
+                "folder of samples, or 'random' for a smoke test)"
+            )
         quantize_layers(model, layers, ctx.calibration.samples[: self.samples], self._layer, "vq")
         return True
 
     def _layer(self, model: Model, layer: Layer, xs: list[np.ndarray]) -> dict:
         w = np.asarray(layer.weight.numpy(), np.float32)
-        base = {"node": layer.node.name, "op": layer.node.qualified_op, "role": layer.role, "shape": list(w.shape),
-                "method": "none", "bits": 32}
+        base = {
+            "node": layer.node.name,
+            "op": layer.node.qualified_op,
+            "role": layer.role,
+            "shape": list(w.shape),
+            "method": "none",
+            "bits": 32,
+        }
         if w.ndim != 2 or w.shape[1] % self.dim:
             return {**base, "note": f"vq needs a 2-D weight whose K is a multiple of dim={self.dim}; kept float"}
         group, note = self.group_for(w.shape[1])
         rows = self.rows if self.rows and w.shape[0] % self.rows == 0 else 0
         if self.rows and not rows:
-            note = "; ".join(x for x in (note, f"rows={self.rows} does not divide the {w.shape[0]} rows; one "
-                                               "codebook for all rows") if x)
+            note = "; ".join(
+                x
+                for x in (note, f"rows={self.rows} does not divide the {w.shape[0]} rows; one codebook for all rows")
+                if x
+            )
         n = 1 << self.bits
         if (rows or w.shape[0]) * group // self.dim < n:
-            return {**base, "note": f"a codebook's block holds {(rows or w.shape[0]) * group // self.dim} vectors, "
-                                    f"fewer than its {n} entries; kept float (use a larger group= or rows=, or "
-                                    "fewer bits)"}
+            return {
+                **base,
+                "note": f"a codebook's block holds {(rows or w.shape[0]) * group // self.dim} vectors, "
+                f"fewer than its {n} entries; kept float (use a larger group= or rows=, or "
+                "fewer bits)",
+            }
         h = hessian(layer, xs)
         if h is None:
             return {**base, "note": "no Hessian for this layer's input; kept float"}
-        r = gptvq(w, h, dim=self.dim, bits=self.bits, group=group, rows=rows, damp=self.damp, block=self.block,
-                  iters=self.iters, finetune=self.finetune, codebook_bits=self.codebook_bits, seed=self.seed)
-        q = QuantizedTensor(codes=r.codes, bits=self.bits, scheme="vector", codebook=r.codebook, group_size=group,
-                            group_axis=1, vector_dim=self.dim, method="gptvq",
-                            codebook_bits=None if self.codebook_bits == 32 else self.codebook_bits)
+        r = gptvq(
+            w,
+            h,
+            dim=self.dim,
+            bits=self.bits,
+            group=group,
+            rows=rows,
+            damp=self.damp,
+            block=self.block,
+            iters=self.iters,
+            finetune=self.finetune,
+            codebook_bits=self.codebook_bits,
+            seed=self.seed,
+        )
+        q = QuantizedTensor(
+            codes=r.codes,
+            bits=self.bits,
+            scheme="vector",
+            codebook=r.codebook,
+            group_size=group,
+            group_axis=1,
+            vector_dim=self.dim,
+            method="gptvq",
+            codebook_bits=None if self.codebook_bits == 32 else self.codebook_bits,
+        )
         rep = replace_weight(model, layer, q, w, h, xs, note)
-        rep.update(vector_dim=self.dim, bits_per_weight=self.bits_per_weight,
-                   codebooks=int(np.prod(r.codebook.shape[:2])),
-                   bits_per_weight_total=round(q.nbytes * 8 / w.size, 4), codebook_bits=self.codebook_bits,
-                   output_loss_before_finetune=r.loss_init, output_loss=r.loss)
+        rep.update(
+            vector_dim=self.dim,
+            bits_per_weight=self.bits_per_weight,
+            codebooks=int(np.prod(r.codebook.shape[:2])),
+            bits_per_weight_total=round(q.nbytes * 8 / w.size, 4),
+            codebook_bits=self.codebook_bits,
+            output_loss_before_finetune=r.loss_init,
+            output_loss=r.loss,
+        )
         return rep

@@ -35,8 +35,17 @@ from ...hookspecs import hookimpl
 from ...ir import Model, QuantizedTensor
 from ...ir.passes import PassContext, option
 from ...target import Artifact, Capabilities, Target, VerifyPolicy, fp16_verify_policy
-from .builder import (DEPLOYMENTS, LOWERINGS, NARROW_INTS, PRECISIONS, MILBuilder, ct_modules, mil_name, opset,
-                      variant_problem)
+from .builder import (
+    DEPLOYMENTS,
+    LOWERINGS,
+    NARROW_INTS,
+    PRECISIONS,
+    MILBuilder,
+    ct_modules,
+    mil_name,
+    opset,
+    variant_problem,
+)
 from .weights import ENCODERS, old_opset_problem
 
 _QUANT = ENCODERS.quant({"symmetric": (4, 8), "asymmetric": (4, 8), "codebook": range(1, 9), "vector": range(1, 9)})
@@ -54,6 +63,7 @@ def _stable_spec(path: str) -> None:
     date. Parse, drop the per-run entries, and serialize with sorted map keys (``deterministic=True``)."""
     import json
     from coremltools.proto import Model_pb2
+
     with open(os.path.join(path, "Manifest.json"), encoding="utf-8") as f:
         man = json.load(f)
     root = man["itemInfoEntries"][man["rootModelIdentifier"]]["path"]
@@ -75,11 +85,14 @@ def _stable_package_ids(path: str) -> None:
     item's path instead (uuid5): the same model then gives a byte-identical .mlpackage."""
     import json
     import uuid
+
     man = os.path.join(path, "Manifest.json")
     with open(man, encoding="utf-8") as f:
         d = json.load(f)
-    ids = {old: str(uuid.uuid5(uuid.NAMESPACE_URL, "edgec:mlpackage/" + e["path"]))
-           for old, e in d.get("itemInfoEntries", {}).items()}
+    ids = {
+        old: str(uuid.uuid5(uuid.NAMESPACE_URL, "edgec:mlpackage/" + e["path"]))
+        for old, e in d.get("itemInfoEntries", {}).items()
+    }
     d["itemInfoEntries"] = {ids[k]: v for k, v in d["itemInfoEntries"].items()}
     if d.get("rootModelIdentifier") in ids:
         d["rootModelIdentifier"] = ids[d["rootModelIdentifier"]]
@@ -94,17 +107,32 @@ def on_macos() -> bool:
 @dataclasses.dataclass(frozen=True)
 class CoreMLTarget(Target):
     name: ClassVar[str] = "coreml"
-    summary: ClassVar[str] = ("Core ML ML Program (.mlpackage): fp16 (or fp32) compute; int8/int4, palettized "
-                              "and sparse weights")
-    runtime: ClassVar[str] = ("Core ML (MLModel.predict) on macOS; elsewhere edgec's MIL evaluator (numpy) on the "
-                              "saved package: Core ML itself does not run on Linux")
+    summary: ClassVar[str] = (
+        "Core ML ML Program (.mlpackage): fp16 (or fp32) compute; int8/int4, palettized and sparse weights"
+    )
+    runtime: ClassVar[str] = (
+        "Core ML (MLModel.predict) on macOS; elsewhere edgec's MIL evaluator (numpy) on the "
+        "saved package: Core ML itself does not run on Linux"
+    )
     capabilities: ClassVar[Capabilities] = Capabilities(
-        ops=LOWERINGS.ops(), dtypes=frozenset({"f32", "f16", "f64", "i64", "i32", "bool"} | set(NARROW_INTS)), quant=_QUANT, mixed=(8, "p2", "p3", "p4", "p6"))  # per-layer palette nbits, int8
-    deployment: str = option("ios18", choices=DEPLOYMENTS, help="minimum deployment target: picks the opset "
-                             "and with it the weight encodings (ios16/ios17: int8 per channel and per-tensor "
-                             "palettes only)")
-    precision: str = option("fp16", choices=PRECISIONS, help="float compute type: fp16 (the Neural Engine's) or "
-                            "fp32 (CPU / GPU only; for values beyond fp16's range or precision)")
+        ops=LOWERINGS.ops(),
+        dtypes=frozenset({"f32", "f16", "f64", "i64", "i32", "bool"} | set(NARROW_INTS)),
+        quant=_QUANT,
+        mixed=(8, "p2", "p3", "p4", "p6"),
+    )  # per-layer palette nbits, int8
+    deployment: str = option(
+        "ios18",
+        choices=DEPLOYMENTS,
+        help="minimum deployment target: picks the opset "
+        "and with it the weight encodings (ios16/ios17: int8 per channel and per-tensor "
+        "palettes only)",
+    )
+    precision: str = option(
+        "fp16",
+        choices=PRECISIONS,
+        help="float compute type: fp16 (the Neural Engine's) or "
+        "fp32 (CPU / GPU only; for values beyond fp16's range or precision)",
+    )
 
     def verify_policy(self) -> VerifyPolicy | None:
         return fp16_verify_policy(self.precision)
@@ -121,11 +149,13 @@ class CoreMLTarget(Target):
         problems = super().check(model)
         for v in model.graph.inputs:
             if v.static_shape is None:
-                problems.append(f"input {v.name!r} has no static shape: the coreml target builds fixed shapes "
-                                "(pass --input-shape)")
+                problems.append(
+                    f"input {v.name!r} has no static shape: the coreml target builds fixed shapes (pass --input-shape)"
+                )
         if self.deployment in ("ios16", "ios17"):
-            problems += [p for v in model.graph.initializers.values()
-                         if v.uses and (p := old_opset_problem(v.name, v.const))]
+            problems += [
+                p for v in model.graph.initializers.values() if v.uses and (p := old_opset_problem(v.name, v.const))
+            ]
         return problems
 
     def emit(self, model: Model, out_dir: str, ctx: PassContext) -> Artifact:
@@ -139,6 +169,7 @@ class CoreMLTarget(Target):
             b = MILBuilder(model, self.deployment, self.precision)
             holder["b"] = b
             return tuple(b.lower(args))
+
         # The program's parameter names are the package's input names: give them the model's.
         names = [mil_name(v.name) for v in model.graph.inputs]
         ns: dict = {"body": body}
@@ -148,8 +179,11 @@ class CoreMLTarget(Target):
         for v in model.graph.inputs:
             # check() refuses inputs without a static shape; graph inputs are typed
             assert v.static_shape is not None and v.dtype is not None
-            specs.append(mb.TensorSpec(shape=tuple(v.static_shape) or (1,),
-                                       dtype=types.fp32 if v.dtype.is_float else types.int32))
+            specs.append(
+                mb.TensorSpec(
+                    shape=tuple(v.static_shape) or (1,), dtype=types.fp32 if v.dtype.is_float else types.int32
+                )
+            )
             in_shapes[mil_name(v.name)] = list(v.static_shape)
         target = opset(self.deployment)
         try:
@@ -157,16 +191,20 @@ class CoreMLTarget(Target):
         except UnsupportedError:
             raise
         except Exception as e:  # noqa: BLE001 - the MIL builder refusing the program: a refusal, not a leak
-            raise UnsupportedError(f"the MIL builder rejected the lowered program ({type(e).__name__}: "
-                                   f"{' '.join(str(e).split())[:300]})") from e
+            raise UnsupportedError(
+                f"the MIL builder rejected the lowered program ({type(e).__name__}: {' '.join(str(e).split())[:300]})"
+            ) from e
         # The program is already typed (its compute type, fp32 where chosen): FLOAT32 keeps coremltools from
         # re-casting it.
         try:
-            m = ct.convert(prog, convert_to="mlprogram", minimum_deployment_target=target,
-                           compute_precision=ct.precision.FLOAT32)
+            m = ct.convert(
+                prog, convert_to="mlprogram", minimum_deployment_target=target, compute_precision=ct.precision.FLOAT32
+            )
         except Exception as e:  # noqa: BLE001 - coremltools' passes refusing the program: a refusal, not a leak
-            raise UnsupportedError(f"coremltools could not convert the lowered program ({type(e).__name__}: "
-                                   f"{' '.join(str(e).split())[:300]})") from e
+            raise UnsupportedError(
+                f"coremltools could not convert the lowered program ({type(e).__name__}: "
+                f"{' '.join(str(e).split())[:300]})"
+            ) from e
         m.short_description = "compiled by edgec"
         m.user_defined_metadata["edgec.deployment"] = self.deployment
         m.user_defined_metadata["edgec.precision"] = self.precision
@@ -192,15 +230,22 @@ class CoreMLTarget(Target):
         kinds: dict[str, int] = {}
         for enc in b.encoded.values():
             kinds[enc.kind] = kinds.get(enc.kind, 0) + 1
-        return Artifact(files, {"coremltools_version": ct.__version__, "deployment": self.deployment,
-                                "precision": self.precision,
-                                "weight_encodings": kinds,
-                                "compressed_weights": {w: b.encoded[w].kind for w in compressed},
-                                "decoded_bit_exact": decoded,
-                                "inputs": in_shapes,
-                                "outputs": [mil_name(o.name) for o in model.graph.outputs],
-                                "verification_runtime": "MLModel.predict" if on_macos() else
-                                "edgec MIL evaluator (numpy): no Core ML runtime off macOS"})
+        return Artifact(
+            files,
+            {
+                "coremltools_version": ct.__version__,
+                "deployment": self.deployment,
+                "precision": self.precision,
+                "weight_encodings": kinds,
+                "compressed_weights": {w: b.encoded[w].kind for w in compressed},
+                "decoded_bit_exact": decoded,
+                "inputs": in_shapes,
+                "outputs": [mil_name(o.name) for o in model.graph.outputs],
+                "verification_runtime": "MLModel.predict"
+                if on_macos()
+                else "edgec MIL evaluator (numpy): no Core ML runtime off macOS",
+            },
+        )
 
     def run_artifact(self, out_dir: str, feeds: Mapping[str, np.ndarray], input_names=None):
         return run_package(os.path.join(out_dir, "model.mlpackage"), feeds)
@@ -209,12 +254,17 @@ class CoreMLTarget(Target):
 def run_package(path: str, feeds: Mapping[str, np.ndarray]) -> list[np.ndarray]:
     """Run any ML Program package on the model's feeds (names as in the IR; integers as int32, floats as
     fp32): Core ML's own ``predict`` on macOS, elsewhere edgec's MIL evaluator."""
-    feeds = {mil_name(k): (np.asarray(v, np.int32) if np.asarray(v).dtype.kind in "iub" else
-                           np.asarray(v, np.float32)).reshape(np.shape(v) or (1,)) for k, v in feeds.items()}
+    feeds = {
+        mil_name(k): (
+            np.asarray(v, np.int32) if np.asarray(v).dtype.kind in "iub" else np.asarray(v, np.float32)
+        ).reshape(np.shape(v) or (1,))
+        for k, v in feeds.items()
+    }
     if on_macos():
         outs = predict(path, feeds)
     else:
         from .evaluate import run
+
         outs = run(path, feeds)
     ct, _, _ = ct_modules()
     meta = ct.models.MLModel(path, skip_model_load=True).user_defined_metadata
@@ -239,6 +289,7 @@ def check_package(path: str, model: Model, compressed: dict[str, str], precision
     weight (in ``precision``, the package's compute type) bit for bit. Returns how many were checked."""
     ft = np.float32 if precision == "fp32" else np.float16
     from .evaluate import constexpr_value, load_program
+
     prog = load_program(path)
     ops = {op.name: op for op in prog.functions["main"].operations}
     for wname, opname in compressed.items():
@@ -246,13 +297,15 @@ def check_package(path: str, model: Model, compressed: dict[str, str], precision
         w = model.graph.initializers[wname]
         want = (w.const.dequantize() if isinstance(w.const, QuantizedTensor) else np.asarray(w.numpy())).astype(ft)
         if got.shape != want.shape or not np.array_equal(got.astype(ft), want):
-            raise UnsupportedError(f"weight {wname!r} does not decode to the IR's weight from the saved package "
-                                   f"({opname})")
+            raise UnsupportedError(
+                f"weight {wname!r} does not decode to the IR's weight from the saved package ({opname})"
+            )
     return len(compressed)
 
 
 def _edgec_version() -> str:
     from importlib.metadata import PackageNotFoundError, version
+
     try:
         return version("edgec")
     except PackageNotFoundError:

@@ -58,8 +58,9 @@ def compute_precision(precision: str):
 
 def opset(deployment: str):
     ct, _, _ = ct_modules()
-    return {"ios16": ct.target.iOS16, "ios17": ct.target.iOS17, "ios18": ct.target.iOS18,
-            "macos15": ct.target.macOS15}[deployment]
+    return {"ios16": ct.target.iOS16, "ios17": ct.target.iOS17, "ios18": ct.target.iOS18, "macos15": ct.target.macOS15}[
+        deployment
+    ]
 
 
 def mil_name(name: str) -> str:
@@ -124,8 +125,13 @@ class MILBuilder:
         for v, a in zip(g.inputs, args):
             if v.rank == 0:  # Core ML inputs have rank >= 1: a scalar enters as [1]
                 a = mb.squeeze(x=a)
-            self.env[id(v)] = (mb.cast(x=a, dtype=float_type()) if v.dtype.is_float else
-                               mb.cast(x=a, dtype="bool") if v.dtype.short == "bool" else a)
+            self.env[id(v)] = (
+                mb.cast(x=a, dtype=float_type())
+                if v.dtype.is_float
+                else mb.cast(x=a, dtype="bool")
+                if v.dtype.short == "bool"
+                else a
+            )
         for n in g:
             fn = LOWERINGS.get(n.qualified_op)
             if fn is None:
@@ -133,8 +139,10 @@ class MILBuilder:
             for o in n.outputs:
                 shape = o.static_shape if o is not None else None
                 if shape is not None and (len(shape) > 5 or 0 in shape):
-                    raise UnsupportedError(f"node {n.name!r} ({n.qualified_op}): output {o.name!r} of shape "
-                                           f"{list(shape)}: Core ML tensors have rank <= 5 and no empty axes")
+                    raise UnsupportedError(
+                        f"node {n.name!r} ({n.qualified_op}): output {o.name!r} of shape "
+                        f"{list(shape)}: Core ML tensors have rank <= 5 and no empty axes"
+                    )
             _wrap_ok(n)
             try:
                 ys = fn(self, n)
@@ -142,16 +150,19 @@ class MILBuilder:
                 raise
             except Exception as e:  # noqa: BLE001 - MIL's own type checks: a refusal naming the node, not a leak
                 msg = " ".join(str(e).split())[:300]
-                raise UnsupportedError(f"node {n.name!r} ({n.qualified_op}): the coreml target cannot lower this "
-                                       f"variant ({type(e).__name__}: {msg})") from e
+                raise UnsupportedError(
+                    f"node {n.name!r} ({n.qualified_op}): the coreml target cannot lower this "
+                    f"variant ({type(e).__name__}: {msg})"
+                ) from e
             ys = list(ys) if isinstance(ys, (list, tuple)) else [ys]
             for o, y in zip(n.outputs, ys):
                 if o is not None:
                     self.env[id(o)] = self._wrap(n, o, y)
-            missing = [o.name for o in n.outputs[len(ys):] if o is not None and used(g, o)]
+            missing = [o.name for o in n.outputs[len(ys) :] if o is not None and used(g, o)]
             if missing:
-                raise UnsupportedError(f"node {n.name!r} ({n.qualified_op}): the coreml target does not compute its "
-                                       f"output(s) {missing}")
+                raise UnsupportedError(
+                    f"node {n.name!r} ({n.qualified_op}): the coreml target does not compute its output(s) {missing}"
+                )
         outs = []
         for o in g.outputs:
             y = self.get(o)
@@ -165,21 +176,63 @@ class MILBuilder:
 # Narrow integers compute in int32 and wrap back into their range after every op that can leave it, so the
 # result is the one ONNX's two's-complement arithmetic gives.
 NARROW_INTS = {"i8": (8, True), "u8": (8, False), "i16": (16, True), "u16": (16, False)}
-_IN_RANGE = frozenset({"Reshape", "Flatten", "Squeeze", "Unsqueeze", "Transpose", "Identity", "Concat", "Split", "Slice",
-                       "Gather", "GatherElements", "GatherND", "Tile", "Expand", "Where", "Max", "Min", "ReduceMax",
-                       "ReduceMin", "Clip", "TopK", "Dropout", "Pad", "DepthToSpace", "SpaceToDepth", "Relu",
-                       "Sign", "Shape", "Size", "ConstantOfShape", "Range", "OneHot", "ArgMax", "ArgMin",
-                       "QuantizeLinear", "BitwiseAnd", "BitwiseOr", "BitwiseXor"})
+_IN_RANGE = frozenset(
+    {
+        "Reshape",
+        "Flatten",
+        "Squeeze",
+        "Unsqueeze",
+        "Transpose",
+        "Identity",
+        "Concat",
+        "Split",
+        "Slice",
+        "Gather",
+        "GatherElements",
+        "GatherND",
+        "Tile",
+        "Expand",
+        "Where",
+        "Max",
+        "Min",
+        "ReduceMax",
+        "ReduceMin",
+        "Clip",
+        "TopK",
+        "Dropout",
+        "Pad",
+        "DepthToSpace",
+        "SpaceToDepth",
+        "Relu",
+        "Sign",
+        "Shape",
+        "Size",
+        "ConstantOfShape",
+        "Range",
+        "OneHot",
+        "ArgMax",
+        "ArgMin",
+        "QuantizeLinear",
+        "BitwiseAnd",
+        "BitwiseOr",
+        "BitwiseXor",
+    }
+)
 _OVERFLOW_INT32 = frozenset({"ReduceProd", "Pow", "ReduceSumSquare", "CumSum", "ReduceSum", "MatMul"})
 
 
 def _wrap_ok(n: Node) -> None:
     """Refuse the ops whose narrow-integer result could overflow int32 before the wrap."""
-    narrow = [v.dtype.short for v in list(n.inputs) + list(n.outputs)
-              if v is not None and v.dtype is not None and v.dtype.short in NARROW_INTS]
+    narrow = [
+        v.dtype.short
+        for v in list(n.inputs) + list(n.outputs)
+        if v is not None and v.dtype is not None and v.dtype.short in NARROW_INTS
+    ]
     if narrow and (n.op_type in _OVERFLOW_INT32 or (n.op_type == "Mul" and narrow[0] == "u16")):
-        raise UnsupportedError(f"node {n.name!r} ({n.op_type}): {n.op_type} of {narrow[0]} is not "
-                               "supported by the coreml target (it computes narrow integers in int32)")
+        raise UnsupportedError(
+            f"node {n.name!r} ({n.op_type}): {n.op_type} of {narrow[0]} is not "
+            "supported by the coreml target (it computes narrow integers in int32)"
+        )
 
 
 def np_compute(v: Value):
@@ -202,8 +255,9 @@ def used(g, v: Value) -> bool:
 def _static(n: Node, v: Value | None = None) -> list[int]:
     v = v if v is not None else n.outputs[0]
     if v.static_shape is None:
-        raise UnsupportedError(f"node {n.name!r}: the coreml target needs static shapes (fix the input shapes with "
-                               "--input-shape)")
+        raise UnsupportedError(
+            f"node {n.name!r}: the coreml target needs static shapes (fix the input shapes with --input-shape)"
+        )
     return list(v.static_shape)
 
 
@@ -220,8 +274,15 @@ def _conv(b: MILBuilder, n: Node):
         _refuse(n, f"Conv of rank {len(shape)}")
     strides, dil = list(n.attr("strides", [1] * k)), list(n.attr("dilations", [1] * k))
     kernel = _static(n, n.inputs[1])[2:]
-    kw = {"x": b.get(n.arg(0)), "weight": b.get(n.arg(1)), "strides": strides, "dilations": dil,
-          "groups": n.attr("group", 1), "pad_type": "custom", "pad": _conv_pads(n, shape[2:], kernel, strides, dil)}
+    kw = {
+        "x": b.get(n.arg(0)),
+        "weight": b.get(n.arg(1)),
+        "strides": strides,
+        "dilations": dil,
+        "groups": n.attr("group", 1),
+        "pad_type": "custom",
+        "pad": _conv_pads(n, shape[2:], kernel, strides, dil),
+    }
     bias = _opt(n, 2)
     if bias is not None and bias.is_const:
         kw["bias"] = b.get(bias)
@@ -257,10 +318,32 @@ def _matmul(b, n):
     return mb.squeeze(x=z) if not _static(n) else mb.reshape(x=z, shape=_static(n))
 
 
-_UNARY = {"Relu": "relu", "Sigmoid": "sigmoid", "Tanh": "tanh", "Exp": "exp", "Sqrt": "sqrt", "Erf": "erf",
-          "Abs": "abs", "Not": "logical_not", "Log": "log", "Floor": "floor", "Ceil": "ceil", "Round": "round",
-          "Sign": "sign", "Sin": "sin", "Cos": "cos", "Tan": "tan", "Asin": "asin", "Acos": "acos", "Atan": "atan",
-          "Sinh": "sinh", "Cosh": "cosh", "Atanh": "atanh", "Softsign": "softsign", "Softplus": "softplus"}
+_UNARY = {
+    "Relu": "relu",
+    "Sigmoid": "sigmoid",
+    "Tanh": "tanh",
+    "Exp": "exp",
+    "Sqrt": "sqrt",
+    "Erf": "erf",
+    "Abs": "abs",
+    "Not": "logical_not",
+    "Log": "log",
+    "Floor": "floor",
+    "Ceil": "ceil",
+    "Round": "round",
+    "Sign": "sign",
+    "Sin": "sin",
+    "Cos": "cos",
+    "Tan": "tan",
+    "Asin": "asin",
+    "Acos": "acos",
+    "Atan": "atan",
+    "Sinh": "sinh",
+    "Cosh": "cosh",
+    "Atanh": "atanh",
+    "Softsign": "softsign",
+    "Softplus": "softplus",
+}
 _FLOAT_ONLY = frozenset(_UNARY) - {"Abs", "Not", "Relu", "Sign"}
 
 
@@ -268,8 +351,9 @@ _FLOAT_ONLY = frozenset(_UNARY) - {"Abs", "Not", "Relu", "Sign"}
 def _unary(b, n):
     x = n.inputs[0]
     if n.op_type in _FLOAT_ONLY and not x.dtype.is_float:
-        raise UnsupportedError(f"node {n.name!r}: {n.op_type} of {x.dtype.short} is not supported by the coreml "
-                               "target (float only)")
+        raise UnsupportedError(
+            f"node {n.name!r}: {n.op_type} of {x.dtype.short} is not supported by the coreml target (float only)"
+        )
     if n.op_type in ("Abs", "Relu", "Sign") and not x.dtype.is_float:
         return _int_unary(b, n)
     return getattr(b.mb, _UNARY[n.op_type])(x=b.get(x))
@@ -295,8 +379,9 @@ def _reciprocal(b, n):
 
 @lowering("HardSigmoid")
 def _hardsigmoid(b, n):
-    return b.mb.sigmoid_hard(x=b.get(n.inputs[0]), alpha=b.scalar(n.attr("alpha", 0.2)),
-                             beta=b.scalar(n.attr("beta", 0.5)))
+    return b.mb.sigmoid_hard(
+        x=b.get(n.inputs[0]), alpha=b.scalar(n.attr("alpha", 0.2)), beta=b.scalar(n.attr("beta", 0.5))
+    )
 
 
 @lowering("HardSwish")
@@ -362,8 +447,12 @@ def _resize_plan(n: Node):
     mode = n.attr("mode", "nearest")
     if len(shape) != 4 or shape[:2] != out[:2]:
         _refuse(n, f"{n.op_type} of rank {len(shape)} or of the batch / channel axes (NCHW spatial only)")
-    if n.attr("antialias", 0) or n.attr("axes") is not None or n.attr("exclude_outside", 0) or \
-            n.attr("keep_aspect_ratio_policy", "stretch") != "stretch":
+    if (
+        n.attr("antialias", 0)
+        or n.attr("axes") is not None
+        or n.attr("exclude_outside", 0)
+        or n.attr("keep_aspect_ratio_policy", "stretch") != "stretch"
+    ):
         _refuse(n, "Resize with antialias, axes, exclude_outside or keep_aspect_ratio_policy")
     ctm = n.attr("coordinate_transformation_mode", "half_pixel" if n.op_type == "Resize" else "asymmetric")
     if ctm not in ("half_pixel", "pytorch_half_pixel", "align_corners", "asymmetric"):
@@ -381,18 +470,38 @@ def _resize_plan(n: Node):
         return "resize_nearest_neighbor", size
     if mode != "linear":
         _refuse(n, f"Resize mode={mode!r}")
-    for sm, mil in (("ALIGN_CORNERS", lambda i, d, o: i * (d - 1) / (o - 1) if o > 1 else 0 * i),
-                    ("UNALIGN_CORNERS", lambda i, d, o: (i + 0.5) * d / o - 0.5),
-                    ("DEFAULT", lambda i, d, o: i * d / o)):
-        if all(np.allclose(np.clip(_onnx_source(ctm, np.arange(o), d, o, sc), 0, d - 1),
-                           np.clip(mil(np.arange(o), d, o), 0, d - 1), rtol=0, atol=1e-6) for d, o, sc in axes):
+    for sm, mil in (
+        ("ALIGN_CORNERS", lambda i, d, o: i * (d - 1) / (o - 1) if o > 1 else 0 * i),
+        ("UNALIGN_CORNERS", lambda i, d, o: (i + 0.5) * d / o - 0.5),
+        ("DEFAULT", lambda i, d, o: i * d / o),
+    ):
+        if all(
+            np.allclose(
+                np.clip(_onnx_source(ctm, np.arange(o), d, o, sc), 0, d - 1),
+                np.clip(mil(np.arange(o), d, o), 0, d - 1),
+                rtol=0,
+                atol=1e-6,
+            )
+            for d, o, sc in axes
+        ):
             return "resize_bilinear", {**size, "sampling_mode": sm}
     # upsample_bilinear maps with the given scale factors (half-pixel centers), where the output is floor(in * s)
-    if all(np.allclose(np.clip(_onnx_source(ctm, np.arange(o), d, o, sc), 0, d - 1),
-                       np.clip((np.arange(o) + 0.5) / sc - 0.5, 0, d - 1), rtol=0, atol=1e-6)
-           and int(np.floor(d * sc)) == o for d, o, sc in axes):
-        return "upsample_bilinear", {"scale_factor_height": float(scales[0]), "scale_factor_width": float(scales[1]),
-                                     "align_corners": False, "half_pixel_centers": True}
+    if all(
+        np.allclose(
+            np.clip(_onnx_source(ctm, np.arange(o), d, o, sc), 0, d - 1),
+            np.clip((np.arange(o) + 0.5) / sc - 0.5, 0, d - 1),
+            rtol=0,
+            atol=1e-6,
+        )
+        and int(np.floor(d * sc)) == o
+        for d, o, sc in axes
+    ):
+        return "upsample_bilinear", {
+            "scale_factor_height": float(scales[0]),
+            "scale_factor_width": float(scales[1]),
+            "align_corners": False,
+            "half_pixel_centers": True,
+        }
     _refuse(n, f"linear resizing with {ctm} at this scale")
 
 
@@ -440,6 +549,7 @@ def _concat(b, n):
 @lowering("Cast")
 def _cast(b, n):
     from ...ir import DType
+
     to = DType.from_onnx(n.attr("to"))
     dt = float_type() if to.is_float else ("bool" if to.short == "bool" else "int32")
     return b.mb.cast(x=b.get(n.inputs[0]), dtype=dt)
@@ -457,19 +567,24 @@ def _layernorm(b, n):
         xv = mb.cast(x=b.get(x), dtype="fp32")
         mean = mb.reduce_mean(x=xv, axes=axes, keep_dims=True)
         d = mb.sub(x=xv, y=mean)
-        inv = mb.rsqrt(x=mb.reduce_mean(x=mb.mul(x=d, y=d), axes=axes, keep_dims=True),
-                       epsilon=np.float32(n.attr("epsilon", 1e-5)))
+        inv = mb.rsqrt(
+            x=mb.reduce_mean(x=mb.mul(x=d, y=d), axes=axes, keep_dims=True), epsilon=np.float32(n.attr("epsilon", 1e-5))
+        )
         y = mb.mul(x=mb.cast(x=mb.mul(x=d, y=inv), dtype=float_type()), y=b.get(scale))
-        return [y if bias is None else mb.add(x=y, y=b.get(bias)), mb.cast(x=mean, dtype=float_type()),
-                mb.cast(x=inv, dtype=float_type())]
+        return [
+            y if bias is None else mb.add(x=y, y=b.get(bias)),
+            mb.cast(x=mean, dtype=float_type()),
+            mb.cast(x=inv, dtype=float_type()),
+        ]
     if scale.is_const and (bias is None or bias.is_const):  # MIL's layer_norm takes constant gamma / beta
         kw = {"gamma": b.get(scale)}
         if bias is not None:
             kw["beta"] = b.get(bias)
-        return mb.layer_norm(x=b.get(x), axes=list(range(axis, x.rank)), epsilon=_eps16(n.attr("epsilon", 1e-5)),
-                             **kw)
-    y = mb.mul(x=mb.layer_norm(x=b.get(x), axes=list(range(axis, x.rank)), epsilon=_eps16(n.attr("epsilon", 1e-5))),
-               y=b.get(scale))
+        return mb.layer_norm(x=b.get(x), axes=list(range(axis, x.rank)), epsilon=_eps16(n.attr("epsilon", 1e-5)), **kw)
+    y = mb.mul(
+        x=mb.layer_norm(x=b.get(x), axes=list(range(axis, x.rank)), epsilon=_eps16(n.attr("epsilon", 1e-5))),
+        y=b.get(scale),
+    )
     return y if bias is None else mb.add(x=y, y=b.get(bias))
 
 
@@ -478,7 +593,7 @@ def _eps16(eps: float) -> np.floating:
     the smallest subnormal."""
     if float_type() == "fp32":
         return np.float32(eps)
-    return np.float16(max(float(eps), 2.0 ** -24))
+    return np.float16(max(float(eps), 2.0**-24))
 
 
 @lowering("edgec::RMSNorm")
@@ -538,9 +653,23 @@ def _neg(b, n):
     return b.mb.sub(x=b.const(0, n.inputs[0]), y=b.get(n.inputs[0]))
 
 
-_BINARY = {"Add": "add", "Sub": "sub", "Mul": "mul", "Div": "real_div", "Pow": "pow", "Max": "maximum",
-           "Min": "minimum", "Equal": "equal", "Less": "less", "Greater": "greater", "LessOrEqual": "less_equal",
-           "GreaterOrEqual": "greater_equal", "And": "logical_and", "Or": "logical_or", "Xor": "logical_xor"}
+_BINARY = {
+    "Add": "add",
+    "Sub": "sub",
+    "Mul": "mul",
+    "Div": "real_div",
+    "Pow": "pow",
+    "Max": "maximum",
+    "Min": "minimum",
+    "Equal": "equal",
+    "Less": "less",
+    "Greater": "greater",
+    "LessOrEqual": "less_equal",
+    "GreaterOrEqual": "greater_equal",
+    "And": "logical_and",
+    "Or": "logical_or",
+    "Xor": "logical_xor",
+}
 _COMPARE = frozenset({"Equal", "Less", "Greater", "LessOrEqual", "GreaterOrEqual"})
 
 
@@ -590,8 +719,7 @@ def _mod(b, n):
         return r
     # C fmod: the sign of the dividend. Where r != 0 and the signs of x and y differ, r - y.
     zero = b.const(0, a)
-    fix = mb.logical_and(x=mb.not_equal(x=r, y=zero),
-                         y=mb.logical_xor(x=mb.less(x=x, y=zero), y=mb.less(x=y, y=zero)))
+    fix = mb.logical_and(x=mb.not_equal(x=r, y=zero), y=mb.logical_xor(x=mb.less(x=x, y=zero), y=mb.less(x=y, y=zero)))
     return mb.select(cond=fix, a=mb.sub(x=r, y=y), b=r)
 
 
@@ -641,8 +769,10 @@ def _dropout(b, n):
     if train is not None and bool(train):
         _refuse(n, "Dropout in training mode")
     if len(n.outputs) > 1 and n.outputs[1] is not None and used(b.model.graph, n.outputs[1]):
-        return [b.mb.identity(x=b.get(n.inputs[0])),
-                np.ones(_static(n, n.inputs[0]), bool)]  # inference: the mask is all true
+        return [
+            b.mb.identity(x=b.get(n.inputs[0])),
+            np.ones(_static(n, n.inputs[0]), bool),
+        ]  # inference: the mask is all true
     return b.mb.identity(x=b.get(n.inputs[0]))
 
 
@@ -652,10 +782,18 @@ def _castlike(b, n):
 
 
 # ---- reductions -------------------------------------------------------------------------------------------------
-_REDUCE = {"ReduceMean": "reduce_mean", "ReduceSum": "reduce_sum", "ReduceMax": "reduce_max",
-           "ReduceMin": "reduce_min", "ReduceProd": "reduce_prod", "ReduceL1": "reduce_l1_norm",
-           "ReduceL2": "reduce_l2_norm", "ReduceLogSum": "reduce_log_sum", "ReduceLogSumExp": "reduce_log_sum_exp",
-           "ReduceSumSquare": "reduce_sum_square"}
+_REDUCE = {
+    "ReduceMean": "reduce_mean",
+    "ReduceSum": "reduce_sum",
+    "ReduceMax": "reduce_max",
+    "ReduceMin": "reduce_min",
+    "ReduceProd": "reduce_prod",
+    "ReduceL1": "reduce_l1_norm",
+    "ReduceL2": "reduce_l2_norm",
+    "ReduceLogSum": "reduce_log_sum",
+    "ReduceLogSumExp": "reduce_log_sum_exp",
+    "ReduceSumSquare": "reduce_sum_square",
+}
 
 
 def _axes(n: Node, rank: int) -> list[int] | None:
@@ -716,8 +854,9 @@ def _softmax(b, n):
     if n.op_type == "LogSoftmax":
         return mb.sub(x=y, y=mb.reduce_log_sum_exp(x=y, axes=[axis], keep_dims=True))
     idx = mb.reduce_argmax(x=y, axis=axis, keep_dims=False)
-    return mb.one_hot(indices=idx, one_hot_vector_size=_static(n, x)[axis], axis=axis,
-                      on_value=b.scalar(1.0), off_value=b.scalar(0.0))
+    return mb.one_hot(
+        indices=idx, one_hot_vector_size=_static(n, x)[axis], axis=axis, on_value=b.scalar(1.0), off_value=b.scalar(0.0)
+    )
 
 
 @lowering("CumSum")
@@ -728,8 +867,12 @@ def _cumsum(b, n):
         _refuse(n, "CumSum without an axis")
     if x.dtype.short == "bool":
         _refuse(n, "CumSum of bool")
-    return b.mb.cumsum(x=b.get(x), axis=int(axis.reshape(-1)[0]), exclusive=bool(n.attr("exclusive", 0)),
-                       reverse=bool(n.attr("reverse", 0)))
+    return b.mb.cumsum(
+        x=b.get(x),
+        axis=int(axis.reshape(-1)[0]),
+        exclusive=bool(n.attr("exclusive", 0)),
+        reverse=bool(n.attr("reverse", 0)),
+    )
 
 
 @lowering("TopK")
@@ -740,8 +883,7 @@ def _topk(b, n):
     axis = int(n.attr("axis", -1)) % len(shape)
     if x.dtype.short == "bool":
         _refuse(n, "TopK of bool")
-    vals, idx = b.mb.topk(x=b.get(x), k=int(k.reshape(-1)[0]), axis=axis, ascending=not n.attr("largest", 1),
-                          sort=True)
+    vals, idx = b.mb.topk(x=b.get(x), k=int(k.reshape(-1)[0]), axis=axis, ascending=not n.attr("largest", 1), sort=True)
     return [vals, idx]
 
 
@@ -803,8 +945,14 @@ def _pool(b, n):
     kernel, strides, pads, ceil = _pool_plan(n)
     xin = b.get(x)
     if not x.dtype.is_float:
-        y = b.mb.max_pool(x=b.mb.cast(x=xin, dtype="fp16"), kernel_sizes=kernel, strides=strides, pad_type="custom",
-                          pad=pads, ceil_mode=ceil)
+        y = b.mb.max_pool(
+            x=b.mb.cast(x=xin, dtype="fp16"),
+            kernel_sizes=kernel,
+            strides=strides,
+            pad_type="custom",
+            pad=pads,
+            ceil_mode=ceil,
+        )
         return b.mb.cast(x=y, dtype="int32")
     kw = {"kernel_sizes": kernel, "strides": strides, "pad_type": "custom", "pad": pads, "ceil_mode": ceil}
     if n.op_type == "LpPool":
@@ -832,8 +980,11 @@ def _gap(b, n):
 def _channel(b, v: Value, rank: int):
     """A per-channel vector shaped [C, 1, ...] to broadcast against an NC... tensor."""
     y = b.get(v)
-    return np.asarray(y).reshape([-1] + [1] * (rank - 2)) if isinstance(y, np.ndarray) else \
-        b.mb.reshape(x=y, shape=[-1] + [1] * (rank - 2))
+    return (
+        np.asarray(y).reshape([-1] + [1] * (rank - 2))
+        if isinstance(y, np.ndarray)
+        else b.mb.reshape(x=y, shape=[-1] + [1] * (rank - 2))
+    )
 
 
 @lowering("BatchNormalization")
@@ -873,8 +1024,13 @@ def _lrn(b, n):
         _refuse(n, "LRN with an even size (an asymmetric window)")
     if len(_static(n, n.inputs[0])) < 3:
         _refuse(n, "LRN of rank < 3")
-    return b.mb.local_response_norm(x=b.get(n.inputs[0]), size=size, alpha=b.scalar(n.attr("alpha", 1e-4)),
-                                    beta=b.scalar(n.attr("beta", 0.75)), k=b.scalar(n.attr("bias", 1.0)))
+    return b.mb.local_response_norm(
+        x=b.get(n.inputs[0]),
+        size=size,
+        alpha=b.scalar(n.attr("alpha", 1e-4)),
+        beta=b.scalar(n.attr("beta", 0.75)),
+        k=b.scalar(n.attr("bias", 1.0)),
+    )
 
 
 @lowering("ConvTranspose")
@@ -902,18 +1058,22 @@ def _conv_transpose(b, n):
         begins = p[:k]
     else:
         _refuse(n, f"auto_pad={ap}")
-    y = mb.conv_transpose(x=b.get(x), weight=b.get(w), pad_type="valid", strides=strides, dilations=dil,
-                          groups=groups)
+    y = mb.conv_transpose(x=b.get(x), weight=b.get(w), pad_type="valid", strides=strides, dilations=dil, groups=groups)
     pre = [max(0, -bg) for bg in begins]  # negative pads: the output reaches past the full result (zeros)
     begins = [bg + p for bg, p in zip(begins, pre)]
     need_pad = [max(0, bg + o - f - p) for bg, o, f, p in zip(begins, out[2:], full, pre)]
     if any(need_pad) or any(pre):
-        y = mb.pad(x=y, pad=[v for p, q in zip(pre, need_pad) for v in (p, q)], mode="constant",
-                   constant_val=b.scalar(0.0))
+        y = mb.pad(
+            x=y, pad=[v for p, q in zip(pre, need_pad) for v in (p, q)], mode="constant", constant_val=b.scalar(0.0)
+        )
     y = mb.slice_by_index(x=y, begin=[0, 0] + begins, end=out[:2] + [bg + o for bg, o in zip(begins, out[2:])])
     if _opt(n, 2) is not None:
-        y = mb.add(x=y, y=np.asarray(b.get(n.inputs[2])).reshape([-1] + [1] * k) if n.inputs[2].is_const else
-                   mb.reshape(x=b.get(n.inputs[2]), shape=[-1] + [1] * k))
+        y = mb.add(
+            x=y,
+            y=np.asarray(b.get(n.inputs[2])).reshape([-1] + [1] * k)
+            if n.inputs[2].is_const
+            else mb.reshape(x=b.get(n.inputs[2]), shape=[-1] + [1] * k),
+        )
     return y
 
 
@@ -1018,7 +1178,7 @@ def _gather_nd(b, n):
     x, iv = n.inputs[0], n.inputs[1]
     shape = _static(n, x)
     bd = int(n.attr("batch_dims", 0))
-    dims = np.asarray(shape[bd:bd + _static(n, iv)[-1]], np.int32)
+    dims = np.asarray(shape[bd : bd + _static(n, iv)[-1]], np.int32)
     if iv.is_const:
         idx = np.asarray(iv.const.numpy()).astype(np.int64)
         idx = np.where(idx < 0, idx + dims, idx).astype(np.int32)
@@ -1058,20 +1218,32 @@ def _pad(b, n):
     if any(v < 0 for v in full):
         _refuse(n, "negative pads")
     lead = next((i for i in range(r) if full[2 * i] or full[2 * i + 1]), r)
-    if not x.dtype.is_float or mode == "wrap" or (mode != "constant" and (
-            r - lead > 3 or (mode == "reflect" and any(full[2 * i] >= shape[i] or full[2 * i + 1] >= shape[i]
-                                                       for i in range(r))))):
+    if (
+        not x.dtype.is_float
+        or mode == "wrap"
+        or (
+            mode != "constant"
+            and (
+                r - lead > 3
+                or (mode == "reflect" and any(full[2 * i] >= shape[i] or full[2 * i + 1] >= shape[i] for i in range(r)))
+            )
+        )
+    ):
         return _pad_by_index(b, n, shape, full, mode, value)
     if mode != "constant":
-        full = full[2 * max(lead, r - 3):] if lead < r else full[-2:]
+        full = full[2 * max(lead, r - 3) :] if lead < r else full[-2:]
     if value is None:
         if mode != "constant":
             _refuse(n, "a run-time constant_value outside constant mode")
         inside = np.pad(np.ones(shape, bool), [(full[2 * i], full[2 * i + 1]) for i in range(r)])
         y = b.mb.pad(x=b.get(x), pad=np.asarray(full, np.int32), mode="constant", constant_val=b.scalar(0.0))
         return b.mb.select(cond=inside, a=y, b=b.mb.reshape(x=b.get(cv), shape=[1] * r))
-    return b.mb.pad(x=b.get(x), pad=np.asarray(full, np.int32), mode={"edge": "replicate"}.get(mode, mode),
-                    constant_val=b.scalar(value))
+    return b.mb.pad(
+        x=b.get(x),
+        pad=np.asarray(full, np.int32),
+        mode={"edge": "replicate"}.get(mode, mode),
+        constant_val=b.scalar(value),
+    )
 
 
 # Pad modes by index: the numpy pad mode whose source index ONNX's mode takes.
@@ -1093,9 +1265,10 @@ def _pad_by_index(b, n: Node, shape: list[int], full: list[int], mode: str, valu
             if value is None:
                 _refuse(n, f"a run-time constant_value for Pad of {x.dtype.short}")
             fill = np.asarray(value).astype(np.int32 if x.dtype.short == "bool" else np_compute(x))
-            parts = [np.full(cur[:a] + [p] + cur[a + 1:], fill) for p in (p0, p1)]
-            y = mb.concat(values=[v for v in (parts[0] if p0 else None, y, parts[1] if p1 else None)
-                                  if v is not None], axis=a)
+            parts = [np.full(cur[:a] + [p] + cur[a + 1 :], fill) for p in (p0, p1)]
+            y = mb.concat(
+                values=[v for v in (parts[0] if p0 else None, y, parts[1] if p1 else None) if v is not None], axis=a
+            )
         else:
             idx = np.pad(np.arange(cur[a]), (p0, p1), mode=_NP_PAD_MODES[mode])
             y = mb.gather(x=y, indices=idx.astype(np.int32), axis=a)
@@ -1159,13 +1332,16 @@ def _onehot(b, n):
     if vals is not None:
         vals = np.asarray(vals).reshape(-1)
         off, on = b.const(vals[0], out), b.const(vals[1], out)
-        return mb.one_hot(indices=idx, one_hot_vector_size=d, axis=int(n.attr("axis", -1)), on_value=on,
-                          off_value=off)
-    hot = mb.one_hot(indices=idx, one_hot_vector_size=d, axis=int(n.attr("axis", -1)), on_value=np.int32(1),
-                     off_value=np.int32(0))
+        return mb.one_hot(indices=idx, one_hot_vector_size=d, axis=int(n.attr("axis", -1)), on_value=on, off_value=off)
+    hot = mb.one_hot(
+        indices=idx, one_hot_vector_size=d, axis=int(n.attr("axis", -1)), on_value=np.int32(1), off_value=np.int32(0)
+    )
     v = b.get(n.inputs[2])
-    return mb.select(cond=mb.cast(x=hot, dtype="bool"), a=mb.gather(x=v, indices=np.int32(1), axis=0),
-                     b=mb.gather(x=v, indices=np.int32(0), axis=0))
+    return mb.select(
+        cond=mb.cast(x=hot, dtype="bool"),
+        a=mb.gather(x=v, indices=np.int32(1), axis=0),
+        b=mb.gather(x=v, indices=np.int32(0), axis=0),
+    )
 
 
 _SCATTER_MODE = {"none": "update", "add": "add", "mul": "mul", "max": "max", "min": "min"}
@@ -1196,7 +1372,7 @@ def _scatter_elements(b, n):
 def _scatter_nd(b, n):
     x, iv = n.inputs[0], n.inputs[1]
     mode = _scatter_mode(n)
-    dims = np.asarray(_static(n, x)[:_static(n, iv)[-1]], np.int32)
+    dims = np.asarray(_static(n, x)[: _static(n, iv)[-1]], np.int32)
     if iv.is_const:
         idx = np.asarray(iv.const.numpy()).astype(np.int64)
         idx = np.where(idx < 0, idx + dims, idx).astype(np.int32)
@@ -1255,6 +1431,7 @@ def _dequantize(b, n):
             shape = [-1] + [1] * (rank - axis - 1)
             return np.asarray(y).reshape(shape) if isinstance(y, np.ndarray) else mb.reshape(x=y, shape=shape)
         return y
+
     y = b.get(x)
     zp = _opt(n, 2)
     if zp is not None:
@@ -1270,8 +1447,11 @@ def _quantize(b, n):
     mb, x, out = b.mb, n.inputs[0], n.outputs[0]
     scale = n.inputs[1]
     if not x.dtype.is_float or out.dtype.short not in NARROW_INTS or n.attr("block_size", 0):
-        _refuse(n, f"QuantizeLinear of {x.dtype.short} to {out.dtype.short}" +
-                (" by blocks" if n.attr("block_size", 0) else ""))
+        _refuse(
+            n,
+            f"QuantizeLinear of {x.dtype.short} to {out.dtype.short}"
+            + (" by blocks" if n.attr("block_size", 0) else ""),
+        )
     if scale.dtype.short != "f32" or n.attr("precision", 0) not in (0, 1):
         _refuse(n, f"QuantizeLinear dividing in other than fp32 (scale {scale.dtype.short})")
     rank = len(_static(n, x))
@@ -1284,6 +1464,7 @@ def _quantize(b, n):
             return a.reshape(shape) if shape else a
         y = mb.cast(x=b.get(v), dtype="fp32")
         return mb.reshape(x=y, shape=shape) if shape else y
+
     xv = b.get(x)
     if float_type() != "fp32":
         xv = mb.cast(x=xv, dtype="fp32")
@@ -1318,10 +1499,14 @@ def _bitwise(b, n):
 
     def split(v):
         return mb.mod(x=mb.floor_div(x=mb.expand_dims(x=v, axes=[-1]), y=pw), y=np.int32(2))
+
     xs, ys = (b.get(v) for v in n.inputs)
     xb, yb = split(xs), split(ys)
-    z = {"BitwiseAnd": lambda: mb.mul(x=xb, y=yb), "BitwiseOr": lambda: mb.maximum(x=xb, y=yb),
-         "BitwiseXor": lambda: mb.mod(x=mb.add(x=xb, y=yb), y=np.int32(2))}[n.op_type]()
+    z = {
+        "BitwiseAnd": lambda: mb.mul(x=xb, y=yb),
+        "BitwiseOr": lambda: mb.maximum(x=xb, y=yb),
+        "BitwiseXor": lambda: mb.mod(x=mb.add(x=xb, y=yb), y=np.int32(2)),
+    }[n.op_type]()
     y = mb.reduce_sum(x=mb.mul(x=z, y=pw), axes=[-1], keep_dims=False)
     if not signed:
         return y
@@ -1339,10 +1524,8 @@ def _shrink(b, n):
     lam, bias = float(n.attr("lambd", 0.5)), float(n.attr("bias", 0.0))
     xv = b.get(x)
     c = (lambda v: b.const(v, x)) if x.dtype.is_float else (lambda v: np.int32(np.trunc(v)))
-    inner = mb.select(cond=mb.greater(x=xv, y=c(lam)), a=mb.sub(x=xv, y=c(bias)),
-                      b=np.zeros(_static(n), np_compute(x)))
-    return mb.select(cond=mb.less(x=xv, y=c(-lam) if x.dtype.is_float else -c(lam)), a=mb.add(x=xv, y=c(bias)),
-                     b=inner)
+    inner = mb.select(cond=mb.greater(x=xv, y=c(lam)), a=mb.sub(x=xv, y=c(bias)), b=np.zeros(_static(n), np_compute(x)))
+    return mb.select(cond=mb.less(x=xv, y=c(-lam) if x.dtype.is_float else -c(lam)), a=mb.add(x=xv, y=c(bias)), b=inner)
 
 
 # Ops whose lowering refuses some variants: the variant's check, which raises UnsupportedError naming it. The

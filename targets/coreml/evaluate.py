@@ -20,6 +20,7 @@ from ...errors import UnsupportedError
 def load_program(path: str):
     import coremltools as ct
     from coremltools.converters.mil.frontend.milproto import load as milproto
+
     m = ct.models.MLModel(path, skip_model_load=True)
     spec = m.get_spec()
     return milproto.load(spec, specification_version=spec.specificationVersion, file_weights_dir=m.weights_dir)
@@ -36,11 +37,11 @@ def _conv(x, w, bias, strides, pad, dilations, groups):
     o, ipg, kh, kw = w.shape
     dh, dw = dilations
     eh, ew = (kh - 1) * dh + 1, (kw - 1) * dw + 1
-    win = sliding_window_view(x, (eh, ew), axis=(2, 3))[:, :, ::strides[0], ::strides[1], ::dh, ::dw]
+    win = sliding_window_view(x, (eh, ew), axis=(2, 3))[:, :, :: strides[0], :: strides[1], ::dh, ::dw]
     out = []
     for g in range(groups):
-        xs = win[:, g * ipg:(g + 1) * ipg]
-        ws = w[g * (o // groups):(g + 1) * (o // groups)].astype(np.float32)
+        xs = win[:, g * ipg : (g + 1) * ipg]
+        ws = w[g * (o // groups) : (g + 1) * (o // groups)].astype(np.float32)
         out.append(np.einsum("nchwij,ocij->nohw", xs, ws, optimize=True))
     y = np.concatenate(out, axis=1)
     if bias is not None:
@@ -58,11 +59,11 @@ def _pool(x, kernel, strides, pad, ceil_mode, kind, exclude_pad=True):
             pad = list(pad)
             pad[2 * ax + 1] += extra
     xp = _pad(x, pad, fill)
-    win = sliding_window_view(xp, tuple(kernel), axis=(2, 3))[:, :, ::strides[0], ::strides[1]]
+    win = sliding_window_view(xp, tuple(kernel), axis=(2, 3))[:, :, :: strides[0], :: strides[1]]
     if kind == "max":
         return win.max(axis=(-2, -1))
     ones = _pad(np.ones_like(x[:1, :1]), pad, 0.0)
-    cnt = sliding_window_view(ones, tuple(kernel), axis=(2, 3))[:, :, ::strides[0], ::strides[1]].sum(axis=(-2, -1))
+    cnt = sliding_window_view(ones, tuple(kernel), axis=(2, 3))[:, :, :: strides[0], :: strides[1]].sum(axis=(-2, -1))
     return win.sum(axis=(-2, -1)) / (cnt if exclude_pad else float(np.prod(kernel)))
 
 
@@ -70,6 +71,7 @@ def _pool_nd(x, kernel, strides, pad, ceil_mode, kind, exclude_pad=True):
     """Pooling over any number of spatial axes (3-D here), by one strided slice per kernel offset; the same
     windows, padding and ceil_mode rule as :func:`_pool`."""
     import itertools
+
     x = x.astype(np.float32)
     k = len(kernel)
     pad = [int(v) for v in pad]
@@ -83,8 +85,9 @@ def _pool_nd(x, kernel, strides, pad, ceil_mode, kind, exclude_pad=True):
     out_sp = [(xp.shape[2 + i] - kernel[i]) // strides[i] + 1 for i in range(k)]
     acc = cnt = None
     for off in itertools.product(*(range(kk) for kk in kernel)):
-        sl = (slice(None), slice(None)) + tuple(slice(off[i], off[i] + (out_sp[i] - 1) * strides[i] + 1, strides[i])
-                                                for i in range(k))
+        sl = (slice(None), slice(None)) + tuple(
+            slice(off[i], off[i] + (out_sp[i] - 1) * strides[i] + 1, strides[i]) for i in range(k)
+        )
         win = xp[sl]
         if kind == "max":
             acc = win if acc is None else np.maximum(acc, win)
@@ -103,13 +106,14 @@ def constexpr_value(op):
 
 def _erf(x):
     from scipy.special import erf
+
     return erf(x)
 
 
 def _gelu(x, mode):
     if mode == "EXACT":
         return 0.5 * x * (1.0 + _erf(x / np.sqrt(2.0)))
-    return 0.5 * x * (1.0 + np.tanh(np.sqrt(2.0 / np.pi) * (x + 0.044715 * x ** 3)))
+    return 0.5 * x * (1.0 + np.tanh(np.sqrt(2.0 / np.pi) * (x + 0.044715 * x**3)))
 
 
 def _softmax(x, axis):
@@ -128,20 +132,58 @@ def _sdpa(q, k, v, mask):
     return _softmax(s, -1) @ v
 
 
-_BINARY = {"add": np.add, "mul": np.multiply, "sub": np.subtract, "real_div": np.divide, "pow": np.power,
-           "maximum": np.maximum, "minimum": np.minimum, "floor_div": np.floor_divide, "equal": np.equal,
-           "not_equal": np.not_equal, "less": np.less, "greater": np.greater, "less_equal": np.less_equal,
-           "greater_equal": np.greater_equal, "logical_and": np.logical_and, "logical_or": np.logical_or,
-           "logical_xor": np.logical_xor, "mod": np.mod}
+_BINARY = {
+    "add": np.add,
+    "mul": np.multiply,
+    "sub": np.subtract,
+    "real_div": np.divide,
+    "pow": np.power,
+    "maximum": np.maximum,
+    "minimum": np.minimum,
+    "floor_div": np.floor_divide,
+    "equal": np.equal,
+    "not_equal": np.not_equal,
+    "less": np.less,
+    "greater": np.greater,
+    "less_equal": np.less_equal,
+    "greater_equal": np.greater_equal,
+    "logical_and": np.logical_and,
+    "logical_or": np.logical_or,
+    "logical_xor": np.logical_xor,
+    "mod": np.mod,
+}
 _UNARY: dict[str, Callable[..., Any]]  # (numpy's ufuncs and lambdas)
-_UNARY = {"relu": lambda x: np.maximum(x, 0), "sigmoid": lambda x: 1.0 / (1.0 + np.exp(-x)), "tanh": np.tanh,
-          "exp": np.exp, "sqrt": np.sqrt, "erf": _erf, "abs": np.abs, "logical_not": np.logical_not,
-          "silu": lambda x: x / (1.0 + np.exp(-x)),  # silu: coremltools fuses mul(x, sigmoid(x))
-          "log": np.log, "floor": np.floor, "ceil": np.ceil, "round": np.round, "sign": np.sign, "sin": np.sin,
-          "cos": np.cos, "tan": np.tan, "asin": np.arcsin, "acos": np.arccos, "atan": np.arctan, "sinh": np.sinh,
-          "cosh": np.cosh, "atanh": np.arctanh, "softsign": lambda x: x / (1.0 + np.abs(x)),
-          "softplus": lambda x: np.logaddexp(0.0, x), "identity": lambda x: x, "square": np.square,
-          "exp2": np.exp2, "relu6": lambda x: np.clip(x, 0.0, 6.0)}
+_UNARY = {
+    "relu": lambda x: np.maximum(x, 0),
+    "sigmoid": lambda x: 1.0 / (1.0 + np.exp(-x)),
+    "tanh": np.tanh,
+    "exp": np.exp,
+    "sqrt": np.sqrt,
+    "erf": _erf,
+    "abs": np.abs,
+    "logical_not": np.logical_not,
+    "silu": lambda x: x / (1.0 + np.exp(-x)),  # silu: coremltools fuses mul(x, sigmoid(x))
+    "log": np.log,
+    "floor": np.floor,
+    "ceil": np.ceil,
+    "round": np.round,
+    "sign": np.sign,
+    "sin": np.sin,
+    "cos": np.cos,
+    "tan": np.tan,
+    "asin": np.arcsin,
+    "acos": np.arccos,
+    "atan": np.arctan,
+    "sinh": np.sinh,
+    "cosh": np.cosh,
+    "atanh": np.arctanh,
+    "softsign": lambda x: x / (1.0 + np.abs(x)),
+    "softplus": lambda x: np.logaddexp(0.0, x),
+    "identity": lambda x: x,
+    "square": np.square,
+    "exp2": np.exp2,
+    "relu6": lambda x: np.clip(x, 0.0, 6.0),
+}
 
 
 def _lse(x, axis, keepdims):
@@ -151,12 +193,18 @@ def _lse(x, axis, keepdims):
 
 
 _REDUCE: dict[str, Callable[..., Any]]  # (numpy's reductions and lambdas)
-_REDUCE = {"reduce_mean": np.mean, "reduce_sum": np.sum, "reduce_max": np.max, "reduce_min": np.min,
-           "reduce_prod": np.prod, "reduce_l1_norm": lambda x, axis, keepdims: np.sum(np.abs(x), axis, keepdims=keepdims),
-           "reduce_l2_norm": lambda x, axis, keepdims: np.sqrt(np.sum(x * x, axis, keepdims=keepdims)),
-           "reduce_sum_square": lambda x, axis, keepdims: np.sum(x * x, axis, keepdims=keepdims),
-           "reduce_log_sum": lambda x, axis, keepdims: np.log(np.sum(x, axis, keepdims=keepdims)),
-           "reduce_log_sum_exp": _lse}
+_REDUCE = {
+    "reduce_mean": np.mean,
+    "reduce_sum": np.sum,
+    "reduce_max": np.max,
+    "reduce_min": np.min,
+    "reduce_prod": np.prod,
+    "reduce_l1_norm": lambda x, axis, keepdims: np.sum(np.abs(x), axis, keepdims=keepdims),
+    "reduce_l2_norm": lambda x, axis, keepdims: np.sqrt(np.sum(x * x, axis, keepdims=keepdims)),
+    "reduce_sum_square": lambda x, axis, keepdims: np.sum(x * x, axis, keepdims=keepdims),
+    "reduce_log_sum": lambda x, axis, keepdims: np.log(np.sum(x, axis, keepdims=keepdims)),
+    "reduce_log_sum_exp": _lse,
+}
 
 
 def _axes(a, x) -> tuple[int, ...]:
@@ -167,6 +215,7 @@ def _axes(a, x) -> tuple[int, ...]:
 def _conv_nd(x, w, bias, strides, pad, dilations, groups):
     """N-d convolution (1-d, 3-d) by one strided slice per kernel offset."""
     import itertools
+
     x = x.astype(np.float32)
     k = x.ndim - 2
     x = np.pad(x, [(0, 0), (0, 0)] + [(pad[2 * i], pad[2 * i + 1]) for i in range(k)])
@@ -175,12 +224,14 @@ def _conv_nd(x, w, bias, strides, pad, dilations, groups):
     y = np.zeros([x.shape[0], o] + out_sp, np.float32)
     opg = o // groups
     for off in itertools.product(*(range(s) for s in w.shape[2:])):
-        sl = tuple(slice(off[i] * dilations[i], off[i] * dilations[i] + (out_sp[i] - 1) * strides[i] + 1, strides[i])
-                   for i in range(k))
+        sl = tuple(
+            slice(off[i] * dilations[i], off[i] * dilations[i] + (out_sp[i] - 1) * strides[i] + 1, strides[i])
+            for i in range(k)
+        )
         xs = x[(slice(None), slice(None)) + sl]
         for g in range(groups):
             wk = w[(slice(g * opg, (g + 1) * opg), slice(None)) + off].astype(np.float32)
-            y[:, g * opg:(g + 1) * opg] += np.einsum("nc...,oc->no...", xs[:, g * ipg:(g + 1) * ipg], wk)
+            y[:, g * opg : (g + 1) * opg] += np.einsum("nc...,oc->no...", xs[:, g * ipg : (g + 1) * ipg], wk)
     if bias is not None:
         y = y + bias.astype(np.float32).reshape([1, -1] + [1] * k)
     return y
@@ -189,6 +240,7 @@ def _conv_nd(x, w, bias, strides, pad, dilations, groups):
 def _conv_transpose(x, w, strides, dilations, groups):
     """The full transposed convolution (pad_type valid): each input pixel scatters its kernel."""
     import itertools
+
     x = x.astype(np.float32)
     k = x.ndim - 2
     cin, opg = w.shape[:2]
@@ -197,12 +249,15 @@ def _conv_transpose(x, w, strides, dilations, groups):
     out_sp = [(sp[i] - 1) * strides[i] + (w.shape[2 + i] - 1) * dilations[i] + 1 for i in range(k)]
     y = np.zeros([x.shape[0], opg * groups] + out_sp, np.float32)
     for off in itertools.product(*(range(s) for s in w.shape[2:])):
-        sl = tuple(slice(off[i] * dilations[i], off[i] * dilations[i] + (sp[i] - 1) * strides[i] + 1, strides[i])
-                   for i in range(k))
+        sl = tuple(
+            slice(off[i] * dilations[i], off[i] * dilations[i] + (sp[i] - 1) * strides[i] + 1, strides[i])
+            for i in range(k)
+        )
         for g in range(groups):
             wk = w[(slice(g * ipg, (g + 1) * ipg), slice(None)) + off].astype(np.float32)
-            y[(slice(None), slice(g * opg, (g + 1) * opg)) + sl] += np.einsum("nc...,co->no...",
-                                                                              x[:, g * ipg:(g + 1) * ipg], wk)
+            y[(slice(None), slice(g * opg, (g + 1) * opg)) + sl] += np.einsum(
+                "nc...,co->no...", x[:, g * ipg : (g + 1) * ipg], wk
+            )
     return y
 
 
@@ -212,7 +267,7 @@ def _lrn(x, size, alpha, beta, k):
     half = (size - 1) // 2
     acc = np.zeros_like(sq)
     for i in range(c):
-        acc[:, i] = sq[:, max(0, i - half):min(c, i + half + 1)].sum(axis=1)
+        acc[:, i] = sq[:, max(0, i - half) : min(c, i + half + 1)].sum(axis=1)
     return x / np.power(k + alpha / size * acc, beta)
 
 
@@ -227,7 +282,7 @@ def _gather_nd(x, idx, batch_dims):
     xb = x.reshape((-1,) + x.shape[batch_dims:])
     ib = idx.reshape((-1,) + idx.shape[batch_dims:])
     out = [xb[b][tuple(np.moveaxis(ib[b], -1, 0))] for b in range(xb.shape[0])]
-    return np.stack(out).reshape(bshape + idx.shape[batch_dims:-1] + x.shape[batch_dims + idx.shape[-1]:])
+    return np.stack(out).reshape(bshape + idx.shape[batch_dims:-1] + x.shape[batch_dims + idx.shape[-1] :])
 
 
 def _one_hot(idx, size, axis, on, off):
@@ -310,8 +365,13 @@ def _eval(t: str, a: dict, op):
         # cast: numpy's stubs take the mode as a Literal; MIL's pad op has checked it
         return np.pad(x, width, mode=cast(Any, {"replicate": "edge"}.get(mode, mode)))
     if t == "one_hot":
-        return _one_hot(np.asarray(a["indices"]), int(a["one_hot_vector_size"]), int(a.get("axis", -1)),
-                        a.get("on_value", 1.0), a.get("off_value", 0.0))
+        return _one_hot(
+            np.asarray(a["indices"]),
+            int(a["one_hot_vector_size"]),
+            int(a.get("axis", -1)),
+            a.get("on_value", 1.0),
+            a.get("off_value", 0.0),
+        )
     if t == "batch_norm":
         x = _f32(a["x"])
         sh = [1, -1] + [1] * (x.ndim - 2)
@@ -332,15 +392,32 @@ def _eval(t: str, a: dict, op):
         return _lrn(_f32(a["x"]), int(a["size"]), float(a["alpha"]), float(a["beta"]), float(a["k"]))
     if t == "conv_transpose":
         if str(a.get("pad_type", "valid")) != "valid" and any(int(v) for v in a.get("pad", [0])):
-            raise UnsupportedError(f"the MIL evaluator implements conv_transpose with pad_type valid only ({op.name!r})")
+            raise UnsupportedError(
+                f"the MIL evaluator implements conv_transpose with pad_type valid only ({op.name!r})"
+            )
         k = np.ndim(a["x"]) - 2
-        y = _conv_transpose(a["x"], a["weight"], [int(v) for v in a.get("strides", [1] * k)],
-                            [int(v) for v in a.get("dilations", [1] * k)], int(a.get("groups", 1)))
+        y = _conv_transpose(
+            a["x"],
+            a["weight"],
+            [int(v) for v in a.get("strides", [1] * k)],
+            [int(v) for v in a.get("dilations", [1] * k)],
+            int(a.get("groups", 1)),
+        )
         return y if a.get("bias") is None else y + _f32(a["bias"]).reshape([1, -1] + [1] * k)
     if t == "l2_pool":
         x = _f32(a["x"])
-        return np.sqrt(_pool(x * x, list(a["kernel_sizes"]), list(a["strides"]), list(a["pad"]),
-                             bool(a.get("ceil_mode", False)), "avg", False) * float(np.prod(list(a["kernel_sizes"]))))
+        return np.sqrt(
+            _pool(
+                x * x,
+                list(a["kernel_sizes"]),
+                list(a["strides"]),
+                list(a["pad"]),
+                bool(a.get("ceil_mode", False)),
+                "avg",
+                False,
+            )
+            * float(np.prod(list(a["kernel_sizes"])))
+        )
     if t == "scatter_along_axis":
         idx = np.asarray(a["indices"]).astype(np.int64)
         ax = int(a.get("axis", 0)) % idx.ndim
@@ -349,8 +426,7 @@ def _eval(t: str, a: dict, op):
         return _scatter(_f32(a["data"]), tuple(where), _f32(a["updates"]), str(a.get("mode", "add")))
     if t == "scatter_nd":
         idx = np.asarray(a["indices"]).astype(np.int64)
-        return _scatter(_f32(a["data"]), tuple(np.moveaxis(idx, -1, 0)), _f32(a["updates"]),
-                        str(a.get("mode", "add")))
+        return _scatter(_f32(a["data"]), tuple(np.moveaxis(idx, -1, 0)), _f32(a["updates"]), str(a.get("mode", "add")))
     if t == "squeeze":
         x = np.asarray(a["x"])
         return np.squeeze(x, axis=_axes(a, x) if a.get("axes") is not None else None)
@@ -364,15 +440,30 @@ def _eval(t: str, a: dict, op):
         al = _f32(a["alpha"]).reshape([1, -1] + [1] * (x.ndim - 2))
         return np.where(x >= 0, x, al * x)
     if t == "cast":
-        return np.asarray(a["x"]).astype({"fp16": np.float16, "fp32": np.float32, "int32": np.int32,
-                                          "bool": bool}[str(a["dtype"])])
+        return np.asarray(a["x"]).astype(
+            {"fp16": np.float16, "fp32": np.float32, "int32": np.int32, "bool": bool}[str(a["dtype"])]
+        )
     if t == "conv" and np.ndim(a["x"]) != 4:
         k = np.ndim(a["x"]) - 2
-        return _conv_nd(a["x"], a["weight"], a.get("bias"), [int(v) for v in a["strides"]], [int(v) for v in a["pad"]],
-                        [int(v) for v in a["dilations"]], int(a["groups"]))
+        return _conv_nd(
+            a["x"],
+            a["weight"],
+            a.get("bias"),
+            [int(v) for v in a["strides"]],
+            [int(v) for v in a["pad"]],
+            [int(v) for v in a["dilations"]],
+            int(a["groups"]),
+        )
     if t == "conv":
-        return _conv(a["x"], a["weight"], a.get("bias"), list(a["strides"]), list(a["pad"]), list(a["dilations"]),
-                     int(a["groups"]))
+        return _conv(
+            a["x"],
+            a["weight"],
+            a.get("bias"),
+            list(a["strides"]),
+            list(a["pad"]),
+            list(a["dilations"]),
+            int(a["groups"]),
+        )
     if t == "linear":
         y = _f32(a["x"]) @ _f32(a["weight"]).T
         return y if a.get("bias") is None else y + _f32(a["bias"])
@@ -384,12 +475,25 @@ def _eval(t: str, a: dict, op):
             y = np.swapaxes(y, -1, -2)
         return x @ y
     if t in ("max_pool", "avg_pool") and np.ndim(a["x"]) != 4:
-        return _pool_nd(a["x"], [int(v) for v in a["kernel_sizes"]], [int(v) for v in a["strides"]],
-                        list(a["pad"]), bool(a["ceil_mode"]), "max" if t == "max_pool" else "avg",
-                        bool(a.get("exclude_padding_from_average", True)))
+        return _pool_nd(
+            a["x"],
+            [int(v) for v in a["kernel_sizes"]],
+            [int(v) for v in a["strides"]],
+            list(a["pad"]),
+            bool(a["ceil_mode"]),
+            "max" if t == "max_pool" else "avg",
+            bool(a.get("exclude_padding_from_average", True)),
+        )
     if t in ("max_pool", "avg_pool"):
-        return _pool(a["x"], list(a["kernel_sizes"]), list(a["strides"]), list(a["pad"]), bool(a["ceil_mode"]),
-                     "max" if t == "max_pool" else "avg", bool(a.get("exclude_padding_from_average", True)))
+        return _pool(
+            a["x"],
+            list(a["kernel_sizes"]),
+            list(a["strides"]),
+            list(a["pad"]),
+            bool(a["ceil_mode"]),
+            "max" if t == "max_pool" else "avg",
+            bool(a.get("exclude_padding_from_average", True)),
+        )
     if t == "reshape":
         return np.asarray(a["x"]).reshape([int(s) for s in a["shape"]])
     if t == "transpose":
@@ -403,8 +507,10 @@ def _eval(t: str, a: dict, op):
         r = x.ndim
         stride = a["stride"] if a.get("stride") is not None else [1] * r
         masks = [a[m] if a.get(m) is not None else [False] * r for m in ("begin_mask", "end_mask", "squeeze_mask")]
-        slices = tuple(slice(None if bm else int(b), None if em else int(e), int(s))
-                       for b, e, s, bm, em in zip(a["begin"], a["end"], stride, masks[0], masks[1]))
+        slices = tuple(
+            slice(None if bm else int(b), None if em else int(e), int(s))
+            for b, e, s, bm, em in zip(a["begin"], a["end"], stride, masks[0], masks[1])
+        )
         y = x[slices]
         sq = tuple(i for i, m in enumerate(masks[2]) if m)
         return np.squeeze(y, axis=sq) if sq else y
@@ -433,8 +539,12 @@ def _eval(t: str, a: dict, op):
         return y if a.get("beta") is None else y + _f32(a["beta"])
     if t == "scaled_dot_product_attention":
         m = a.get("attn_mask")
-        return _sdpa(_f32(a["query"]), _f32(a["key"]), _f32(a["value"]),
-                     None if m is None else (m if m.dtype == bool else _f32(m)))
+        return _sdpa(
+            _f32(a["query"]),
+            _f32(a["key"]),
+            _f32(a["value"]),
+            None if m is None else (m if m.dtype == bool else _f32(m)),
+        )
     if t == "resize_nearest_neighbor":
         x = np.asarray(a["x"])
         h, w = int(a["target_size_height"]), int(a["target_size_width"])
@@ -445,13 +555,19 @@ def _eval(t: str, a: dict, op):
         mode = str(a["sampling_mode"])
         if mode not in ("ALIGN_CORNERS", "UNALIGN_CORNERS", "DEFAULT"):
             raise UnsupportedError(f"the MIL evaluator does not implement resize_bilinear's {mode} ({op.name!r})")
-        return _bilinear(_f32(a["x"]), int(a["target_size_height"]), int(a["target_size_width"]),
-                         mode == "ALIGN_CORNERS", default=mode == "DEFAULT")
+        return _bilinear(
+            _f32(a["x"]),
+            int(a["target_size_height"]),
+            int(a["target_size_width"]),
+            mode == "ALIGN_CORNERS",
+            default=mode == "DEFAULT",
+        )
     if t == "upsample_bilinear":
         x = _f32(a["x"])
         fh, fw = float(a["scale_factor_height"]), float(a["scale_factor_width"])
-        return _bilinear(x, int(np.floor(x.shape[2] * fh)), int(np.floor(x.shape[3] * fw)),
-                         bool(a["align_corners"]), (fh, fw))
+        return _bilinear(
+            x, int(np.floor(x.shape[2] * fh)), int(np.floor(x.shape[3] * fw)), bool(a["align_corners"]), (fh, fw)
+        )
     raise UnsupportedError(f"the MIL evaluator does not implement {t!r} (op {op.name!r})")
 
 
@@ -466,6 +582,7 @@ def _bilinear(x, h, w, align, scales=None, default=False):
         lo = np.floor(src).astype(int)
         hi = np.minimum(lo + 1, n_in - 1)
         return lo, hi, (src - lo).astype(np.float32)
+
     y0, y1, fy = coords(h, x.shape[2], scales and scales[0])
     x0, x1, fx = coords(w, x.shape[3], scales and scales[1])
     top = x[:, :, y0][:, :, :, x0] * (1 - fx) + x[:, :, y0][:, :, :, x1] * fx
@@ -476,6 +593,7 @@ def _bilinear(x, h, w, align, scales=None, default=False):
 def run(path: str, feeds: dict[str, np.ndarray]) -> list[np.ndarray]:
     """Execute the saved package's ``main`` on ``feeds`` (by input name); outputs in the program's order."""
     from coremltools.converters.mil.mil import types
+
     prog = load_program(path)
     f = prog.functions["main"]
     env: dict[str, np.ndarray] = {}

@@ -48,8 +48,14 @@ def _index_bits(bits: int) -> int:
 
 def _index_dtype(types, nb: int):
     """The MIL storage type of ``nb``-bit palette indices."""
-    return {1: types.np_uint1_dtype, 2: types.np_uint2_dtype, 3: types.np_uint3_dtype, 4: types.np_uint4_dtype,
-            6: types.np_uint6_dtype, 8: np.uint8}[nb]
+    return {
+        1: types.np_uint1_dtype,
+        2: types.np_uint2_dtype,
+        3: types.np_uint3_dtype,
+        4: types.np_uint4_dtype,
+        6: types.np_uint6_dtype,
+        8: np.uint8,
+    }[nb]
 
 
 def to_fp16(a: np.ndarray) -> np.ndarray:
@@ -69,25 +75,31 @@ def old_opset_problem(name: str, q) -> str | None:
         return f"weight {name!r}: vector palettes need the iOS18 opset; {hint}"
     if q.scheme == "codebook":
         if np.asarray(q.codebook).ndim != 1 or q.scales is not None:
-            return (f"weight {name!r}: per-channel, per-group or scaled palettes need the iOS18 opset; {hint}, or "
-                    "one palette per tensor")
+            return (
+                f"weight {name!r}: per-channel, per-group or scaled palettes need the iOS18 opset; {hint}, or "
+                "one palette per tensor"
+            )
         return None
     varying = [d for d, n in enumerate(np.shape(q.scales) if q.scales is not None else ()) if n != 1]
     if q.bits != 8 or q.group_size or len(varying) > 1:
-        return (f"weight {name!r}: {q.bits}-bit{' group-wise' if q.group_size else ''} grids need the iOS18 opset "
-                f"(iOS16/17 store 8-bit per-channel grids only); {hint}, or quantize{{bits=8}} per channel")
+        return (
+            f"weight {name!r}: {q.bits}-bit{' group-wise' if q.group_size else ''} grids need the iOS18 opset "
+            f"(iOS16/17 store 8-bit per-channel grids only); {hint}, or quantize{{bits=8}} per channel"
+        )
     return None
 
 
 def _grid_widths(v: Value, q: QuantizedTensor) -> UnsupportedError:
-    return UnsupportedError(f"weight {v.name!r}: the coreml target stores {q.bits}-bit {q.scheme} grids only "
-                            "at 4 or 8 bits (quantize{bits=4|8}) or as palettes (quantize{method=codebook})")
+    return UnsupportedError(
+        f"weight {v.name!r}: the coreml target stores {q.bits}-bit {q.scheme} grids only "
+        "at 4 or 8 bits (quantize{bits=4|8}) or as palettes (quantize{method=codebook})"
+    )
 
 
 @dataclasses.dataclass
 class Encoded:
-    var: object            # the MIL value (a constexpr op's output or an fp16 array)
-    kind: str              # "fp16", "sparse", "blockwise", "affine", "palette", ... (for the manifest)
+    var: object  # the MIL value (a constexpr op's output or an fp16 array)
+    kind: str  # "fp16", "sparse", "blockwise", "affine", "palette", ... (for the manifest)
     op: str | None = None  # name of the MIL op whose output is the decoded weight (None: a plain const)
 
 
@@ -135,8 +147,13 @@ class WeightEncoder:
             out = mb.constexpr_sparse_to_dense(nonzero_data=nz, mask=mask.astype(types.np_uint1_dtype), name=name)
         else:
             from coremltools.optimize._utils import pack_elements_into_bits
-            out = mb.constexpr_sparse_to_dense(nonzero_data=nz, mask=pack_elements_into_bits(
-                mask.astype(np.uint8).reshape(-1), 1), shape=np.array(w16.shape, np.uint32), name=name)
+
+            out = mb.constexpr_sparse_to_dense(
+                nonzero_data=nz,
+                mask=pack_elements_into_bits(mask.astype(np.uint8).reshape(-1), 1),
+                shape=np.array(w16.shape, np.uint32),
+                name=name,
+            )
         return Encoded(out, "sparse", name)
 
     # ---- uniform grids ---------------------------------------------------------------------------------------
@@ -146,9 +163,11 @@ class WeightEncoder:
             scale = scale.reshape(scale.shape + (1,) * (q.codes.ndim - scale.ndim))
         s16 = scale.astype(self.ft)
         if not np.array_equal(s16.astype(np.float32), scale):
-            raise UnsupportedError(f"weight {v.name!r}: Core ML stores fp16 scales in fp16 compute; quantize with "
-                                   "quantize{scale_dtype=f16} so they are exact, or compile with "
-                                   "coreml{precision=fp32}")
+            raise UnsupportedError(
+                f"weight {v.name!r}: Core ML stores fp16 scales in fp16 compute; quantize with "
+                "quantize{scale_dtype=f16} so they are exact, or compile with "
+                "coreml{precision=fp32}"
+            )
         return s16
 
     @encoder("symmetric", "asymmetric")
@@ -174,12 +193,15 @@ class WeightEncoder:
             kw["offset"] = zp.astype(dt)
         if sparse is not None:
             mask, nz = mb.constexpr_sparse_blockwise_shift_scale(
-                data_mask=sparse.astype(types.np_uint1_dtype), nonzero_data=codes[sparse].astype(dt),
-                name=name + "_sparse_q", **kw)
-            return Encoded(mb.constexpr_sparse_to_dense(nonzero_data=nz, mask=mask, name=name),
-                           f"sparse+int{q.bits}", name)
-        return Encoded(mb.constexpr_blockwise_shift_scale(data=codes.astype(dt), name=name, **kw),
-                       f"int{q.bits}", name)
+                data_mask=sparse.astype(types.np_uint1_dtype),
+                nonzero_data=codes[sparse].astype(dt),
+                name=name + "_sparse_q",
+                **kw,
+            )
+            return Encoded(
+                mb.constexpr_sparse_to_dense(nonzero_data=nz, mask=mask, name=name), f"sparse+int{q.bits}", name
+            )
+        return Encoded(mb.constexpr_blockwise_shift_scale(data=codes.astype(dt), name=name, **kw), f"int{q.bits}", name)
 
     def _affine(self, v, q, codes, s16, zp, name) -> Encoded:
         """iOS16/17: ``constexpr_affine_dequantize`` holds 8-bit codes with one scale per tensor or per axis."""
@@ -191,8 +213,9 @@ class WeightEncoder:
         dt = np.int8 if q.signed else np.uint8
         scale = s16.reshape(-1) if varying else s16.reshape(())
         z = np.zeros_like(scale, dt) if zp is None else zp.reshape(scale.shape).astype(dt)
-        out = self.mb.constexpr_affine_dequantize(quantized_data=codes.astype(dt), zero_point=z, scale=scale,
-                                                  axis=np.int32(axis), name=name)
+        out = self.mb.constexpr_affine_dequantize(
+            quantized_data=codes.astype(dt), zero_point=z, scale=scale, axis=np.int32(axis), name=name
+        )
         return Encoded(out, "int8", name)
 
     # ---- palettes --------------------------------------------------------------------------------------------
@@ -231,11 +254,13 @@ class WeightEncoder:
         lut = self._lut(q, nb)
         kind = f"palette{q.bits}" + ("x" + "scale" if q.scales is not None else "")
         if sparse is not None:
-            mask, nz = mb.constexpr_lut_to_sparse(indices_mask=sparse.astype(types.np_uint1_dtype),
-                                                  indices_nonzero_data=codes[sparse].astype(idx_dt), lut=lut,
-                                                  name=name + "_sparse_lut")
-            return Encoded(mb.constexpr_sparse_to_dense(nonzero_data=nz, mask=mask, name=name),
-                           "sparse+" + kind, name)
+            mask, nz = mb.constexpr_lut_to_sparse(
+                indices_mask=sparse.astype(types.np_uint1_dtype),
+                indices_nonzero_data=codes[sparse].astype(idx_dt),
+                lut=lut,
+                name=name + "_sparse_lut",
+            )
+            return Encoded(mb.constexpr_sparse_to_dense(nonzero_data=nz, mask=mask, name=name), "sparse+" + kind, name)
         return Encoded(mb.constexpr_lut_to_dense(indices=codes.astype(idx_dt), lut=lut, name=name), kind, name)
 
     @encoder("vector")
@@ -252,20 +277,32 @@ class WeightEncoder:
         r, g, n, d = cb.shape
         lut = np.concatenate([cb, np.zeros((r, g, (1 << nb) - n, d), np.float32)], axis=2)
         idx_dt = _index_dtype(types, nb)
-        out = self.mb.constexpr_lut_to_dense(indices=np.asarray(q.codes).astype(idx_dt), lut=lut if self.fp32
-                                             else to_fp16(lut),
-                                             vector_axis=np.int32(1), name=name)
+        out = self.mb.constexpr_lut_to_dense(
+            indices=np.asarray(q.codes).astype(idx_dt),
+            lut=lut if self.fp32 else to_fp16(lut),
+            vector_axis=np.int32(1),
+            name=name,
+        )
         return Encoded(out, f"vector{d}d-palette{q.bits}", name)
 
     def _palette_ios16(self, v: Value, q: QuantizedTensor, codes: np.ndarray, name: str, sparse=None) -> Encoded:
         from coremltools.optimize._utils import pack_elements_into_bits
+
         problem = old_opset_problem(v.name, q)
         if problem:
             raise UnsupportedError(problem)
         nb = next(b for b in (1, 2, 4, 6, 8) if b >= q.bits)
         cb = np.asarray(q.codebook, np.float32).astype(self.ft)
         lut = np.concatenate([cb, np.zeros((1 << nb) - cb.size, self.ft)])
-        out = self.mb.constexpr_lut_to_dense(indices=pack_elements_into_bits(codes.astype(np.uint8).reshape(-1), nb),
-                                             lut=lut, shape=np.array(codes.shape, np.uint32), name=name)
-        return Encoded(out, f"palette{q.bits}" + ("" if sparse is None else " (pruned zeros stored densely: "
-                                                  "sparse + palettized needs the iOS18 opset)"), name)
+        out = self.mb.constexpr_lut_to_dense(
+            indices=pack_elements_into_bits(codes.astype(np.uint8).reshape(-1), nb),
+            lut=lut,
+            shape=np.array(codes.shape, np.uint32),
+            name=name,
+        )
+        return Encoded(
+            out,
+            f"palette{q.bits}"
+            + ("" if sparse is None else " (pruned zeros stored densely: sparse + palettized needs the iOS18 opset)"),
+            name,
+        )

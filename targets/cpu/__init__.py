@@ -21,11 +21,20 @@ from ...ir import Model, Node, QuantizedTensor
 from ...ir.passes import PassContext, option
 from ...ir.schemes import Vector
 from ...target import Artifact, Capabilities, Target
-from ...api.relax import FALLBACK_OPS, LINEAR_WEIGHTS, RelaxBuilder, pack_codes, refuse_variant, supported_ops, vector_arrays
+from ...api.relax import (
+    FALLBACK_OPS,
+    LINEAR_WEIGHTS,
+    RelaxBuilder,
+    pack_codes,
+    refuse_variant,
+    supported_ops,
+    vector_arrays,
+)
 
 _TRIPLES = {"x86_64": "x86_64-linux-gnu", "aarch64": "aarch64-linux-gnu"}
-_QUANT = LINEAR_WEIGHTS.quant({"symmetric": range(2, 9), "asymmetric": range(2, 9), "affine": range(2, 9),
-                               "vector": range(1, 17)})
+_QUANT = LINEAR_WEIGHTS.quant(
+    {"symmetric": range(2, 9), "asymmetric": range(2, 9), "affine": range(2, 9), "vector": range(1, 17)}
+)
 
 
 def _tvm():
@@ -49,11 +58,19 @@ class CpuTarget(Target):
     summary: ClassVar[str] = "host CPU through TVM (x86_64 runs here; aarch64 is cross-compiled)"
     runtime: ClassVar[str] = "TVM runtime (x86_64)"
     capabilities: ClassVar[Capabilities] = Capabilities(
-        ops=supported_ops(), dtypes=frozenset({"f32", "f16", "f64", "i64", "i32", "i16", "i8", "u8", "u16", "u32", "u64", "bool"}), quant=_QUANT,
-        activation_quant=True, mixed=(2, 3, 4, 8), fallback_ops=FALLBACK_OPS - supported_ops())
+        ops=supported_ops(),
+        dtypes=frozenset({"f32", "f16", "f64", "i64", "i32", "i16", "i8", "u8", "u16", "u32", "u64", "bool"}),
+        quant=_QUANT,
+        activation_quant=True,
+        mixed=(2, 3, 4, 8),
+        fallback_ops=FALLBACK_OPS - supported_ops(),
+    )
     arch: str = option("x86_64", choices=tuple(_TRIPLES), help="instruction set of the emitted library")
-    mcpu: str = option("", help="LLVM -mcpu: empty for the arch's generic baseline (portable), 'native' for "
-                                "this machine's CPU, or a name such as znver4 / cortex-a76")
+    mcpu: str = option(
+        "",
+        help="LLVM -mcpu: empty for the arch's generic baseline (portable), 'native' for "
+        "this machine's CPU, or a name such as znver4 / cortex-a76",
+    )
     schedule: bool = option(True, help="parallel + vectorized kernel schedules (false: TVM's scalar default)")
 
     def accepts_node(self, node: Node, model: Model) -> bool:
@@ -67,12 +84,18 @@ class CpuTarget(Target):
         problems = super().check(model)
         for v in model.graph.initializers.values():
             if isinstance(v.const, QuantizedTensor) and not all(
-                    (u.node.qualified_op in ("edgec::Linear", "Conv") and u.index == 1)
-                    or (u.node.qualified_op == "Gather" and u.index == 0) for u in v.uses):
-                problems.append(f"weight {v.name!r}: quantized weights are carried only as Linear/Conv weights "
-                                "and Gather tables")
-            elif isinstance(v.const, QuantizedTensor) and isinstance(v.const.scheme_type, Vector) and not all(
-                    u.node.qualified_op == "edgec::Linear" for u in v.uses):
+                (u.node.qualified_op in ("edgec::Linear", "Conv") and u.index == 1)
+                or (u.node.qualified_op == "Gather" and u.index == 0)
+                for u in v.uses
+            ):
+                problems.append(
+                    f"weight {v.name!r}: quantized weights are carried only as Linear/Conv weights and Gather tables"
+                )
+            elif (
+                isinstance(v.const, QuantizedTensor)
+                and isinstance(v.const.scheme_type, Vector)
+                and not all(u.node.qualified_op == "edgec::Linear" for u in v.uses)
+            ):
                 problems.append(f"weight {v.name!r}: vector-quantized weights are carried only as Linear weights")
         return problems
 
@@ -83,6 +106,7 @@ class CpuTarget(Target):
             if self.arch != "x86_64":
                 raise UnsupportedError("mcpu=native describes this x86_64 machine; name the Arm CPU instead")
             from tvm.target import codegen
+
             spec["mcpu"] = codegen.llvm_get_system_cpu()
         elif self.mcpu:
             spec["mcpu"] = self.mcpu
@@ -91,22 +115,30 @@ class CpuTarget(Target):
     def emit(self, model: Model, out_dir: str, ctx: PassContext) -> Artifact:
         tvm = _tvm()
         from tvm import relax
+
         mod = RelaxBuilder(model).build()
         target = self.tvm_target()
         try:
             if self.schedule:
                 from .schedule import build_pipeline
+
                 ex = relax.build(mod, target=target, relax_pipeline=build_pipeline(target))
             else:
                 ex = relax.build(mod, target=target)
         except Exception as e:
-            converted = [f"node {n.name!r} ({n.qualified_op})" for n in model.graph
-                         if n.qualified_op not in self.capabilities.ops]
+            converted = [
+                f"node {n.name!r} ({n.qualified_op})"
+                for n in model.graph
+                if n.qualified_op not in self.capabilities.ops
+            ]
             if not converted:
                 raise
             reason = ([x.strip() for x in str(e).strip().splitlines() if x.strip()] or [type(e).__name__])[-1]
-            raise UnsupportedError(f"TVM could not compile the model ({type(e).__name__}: {reason[:300]}); it holds "
-                                   "nodes lowered through TVM's ONNX converters, the likeliest cause", converted) from None
+            raise UnsupportedError(
+                f"TVM could not compile the model ({type(e).__name__}: {reason[:300]}); it holds "
+                "nodes lowered through TVM's ONNX converters, the likeliest cause",
+                converted,
+            ) from None
         files = []
         if self.arch == "x86_64":
             ex.export_library(os.path.join(out_dir, "model.so"))
@@ -116,8 +148,10 @@ class CpuTarget(Target):
             files.append("model.tar")
             if shutil.which("clang") and shutil.which("ld.lld"):
                 from tvm.support import cc
-                fcompile = cc.cross_compiler("clang", options=[f"--target={_TRIPLES[self.arch]}", "-fuse-ld=lld",
-                                                               "-nostdlib", "-shared"])
+
+                fcompile = cc.cross_compiler(
+                    "clang", options=[f"--target={_TRIPLES[self.arch]}", "-fuse-ld=lld", "-nostdlib", "-shared"]
+                )
                 ex.export_library(os.path.join(out_dir, "model.so"), fcompile=fcompile)
                 files.append("model.so")
         packed = {}
@@ -125,15 +159,28 @@ class CpuTarget(Target):
             if isinstance(v.const, QuantizedTensor) and isinstance(v.const.scheme_type, Vector):
                 codes, book = vector_arrays(v.const)
                 assert v.const.codebook is not None  # a vector-quantized weight carries its codebooks
-                packed[v.name] = {"stored_dtype": str(codes.dtype), "stored_bytes": int(codes.nbytes + book.nbytes),
-                                  "codebook": list(v.const.codebook.shape)}
+                packed[v.name] = {
+                    "stored_dtype": str(codes.dtype),
+                    "stored_bytes": int(codes.nbytes + book.nbytes),
+                    "codebook": list(v.const.codebook.shape),
+                }
             elif isinstance(v.const, QuantizedTensor):
                 arr, per_byte = pack_codes(v.const)
-                packed[v.name] = {"stored_dtype": str(arr.dtype), "stored_bytes": int(arr.nbytes),
-                                  "codes_per_byte": per_byte}
-        return Artifact(files, {"tvm_version": tvm.__version__, "triple": _TRIPLES[self.arch],
-                                "mcpu": str(target.attrs.get("mcpu", "")) or "generic",
-                                "packed_weights": packed, "entry": "main"})
+                packed[v.name] = {
+                    "stored_dtype": str(arr.dtype),
+                    "stored_bytes": int(arr.nbytes),
+                    "codes_per_byte": per_byte,
+                }
+        return Artifact(
+            files,
+            {
+                "tvm_version": tvm.__version__,
+                "triple": _TRIPLES[self.arch],
+                "mcpu": str(target.attrs.get("mcpu", "")) or "generic",
+                "packed_weights": packed,
+                "entry": "main",
+            },
+        )
 
     def run_artifact(self, out_dir: str, feeds: Mapping[str, np.ndarray], input_names=None) -> list[np.ndarray]:
         if self.arch != "x86_64":
@@ -141,6 +188,7 @@ class CpuTarget(Target):
         use_all_cores()
         tvm = _tvm()
         from tvm import relax
+
         lib = tvm.runtime.load_module(os.path.join(out_dir, "model.so"))
         vm = relax.VirtualMachine(lib, tvm.cpu())
         args = [tvm.runtime.tensor(_contiguous(feeds[n])) for n in (input_names or list(feeds))]

@@ -149,8 +149,12 @@ class Declining(CPUScheduleRule):
 
 def schedule_pass(target: Target) -> tvm.transform.Pass:
     """Matmul/conv tiling first, then dlight's CPU GEMV and softmax/norm rules, then the generic fallback."""
-    return dlight.ApplyDefaultSchedule(ParallelVectorize(gemm_only=True), Declining(dlight.cpu.GEMV()),
-                                       Declining(dlight.cpu.Reduction()), ParallelVectorize())
+    return dlight.ApplyDefaultSchedule(
+        ParallelVectorize(gemm_only=True),
+        Declining(dlight.cpu.GEMV()),
+        Declining(dlight.cpu.Reduction()),
+        ParallelVectorize(),
+    )
 
 
 def build_pipeline(target: Target) -> tvm.transform.Pass:
@@ -161,8 +165,12 @@ def build_pipeline(target: Target) -> tvm.transform.Pass:
     def _pipeline(mod: tvm.ir.IRModule, _ctx: tvm.transform.PassContext) -> tvm.ir.IRModule:
         with target:
             seq = tvm.transform.Sequential(
-                cg.library_dispatch_passes(target) + cg.legalize_passes(target) + [schedule_pass(target)]
-                + cg.dataflow_lower_passes(target) + cg.finalize_passes(target))
+                cg.library_dispatch_passes(target)
+                + cg.legalize_passes(target)
+                + [schedule_pass(target)]
+                + cg.dataflow_lower_passes(target)
+                + cg.finalize_passes(target)
+            )
             return seq(mod)
 
     return _pipeline

@@ -34,8 +34,22 @@ from .round_float_weights import RoundFloatWeights
 
 FILE = "model.gguf"
 # General file types (llama_ftype) by the type most weights use; llama.cpp only reports it.
-_FTYPE = {"F32": 0, "F16": 1, "Q4_0": 2, "Q4_1": 3, "Q8_0": 7, "Q5_0": 8, "Q5_1": 9, "Q2_K": 10, "Q3_K": 12,
-          "Q4_K": 15, "Q5_K": 17, "Q6_K": 18, "IQ4_NL": 25, "BF16": 32}
+_FTYPE = {
+    "F32": 0,
+    "F16": 1,
+    "Q4_0": 2,
+    "Q4_1": 3,
+    "Q8_0": 7,
+    "Q5_0": 8,
+    "Q5_1": 9,
+    "Q2_K": 10,
+    "Q3_K": 12,
+    "Q4_K": 15,
+    "Q5_K": 17,
+    "Q6_K": 18,
+    "IQ4_NL": 25,
+    "BF16": 32,
+}
 
 
 @dataclasses.dataclass(frozen=True)
@@ -44,20 +58,27 @@ class GGUFTarget(Target):
     summary: ClassVar[str] = "GGUF file for llama.cpp (llama/qwen2 decoders; F32/F16/BF16, Q*_0/1, K-quants, IQ4_NL)"
     runtime: ClassVar[str] = "llama.cpp (llama-cpp-python)"
     # mixed: the GGUF types mixed-precision chooses among by default (llama.cpp mixes any per tensor)
-    capabilities: ClassVar[Capabilities] = Capabilities(ops=frozenset(), quant=frozenset(),
-                                                        mixed=("Q4_0", "Q5_0", "Q8_0"))
+    capabilities: ClassVar[Capabilities] = Capabilities(
+        ops=frozenset(), quant=frozenset(), mixed=("Q4_0", "Q5_0", "Q8_0")
+    )
     dynamic_shapes: ClassVar[bool] = True
     ftype: str = option("F16", choices=FLOAT_TYPES, help="type of float weight matrices")
-    threads: int = option(0, check=lambda v: v >= 0, allowed="0 (all cores) or a count", help="llama.cpp threads "
-                          "for --verify")
+    threads: int = option(
+        0, check=lambda v: v >= 0, allowed="0 (all cores) or a count", help="llama.cpp threads for --verify"
+    )
 
     def verify_policy(self) -> VerifyPolicy | None:
         # llama.cpp rounds activations to 8 bits inside quantized matmuls, which moves logits by about 1% of their
         # range: a position whose reference top-1 leads by less than that is decided by rounding, not by the model
         # (measured on SmolLM2: Q8_0 / Q4_K agree on every position leading by >= 1%, and on 90% / 94% of all).
-        return VerifyPolicy("llama.cpp computes with its own kernels (fp16/int8 activations inside matmuls): criterion "
-                            "cosine >= 0.999 and top-1 agreement >= 0.95 on the positions whose top-1 leads by more "
-                            "than 1% of the logit range", min_cosine=0.999, min_top1=0.95, top1_margin=0.01)
+        return VerifyPolicy(
+            "llama.cpp computes with its own kernels (fp16/int8 activations inside matmuls): criterion "
+            "cosine >= 0.999 and top-1 agreement >= 0.95 on the positions whose top-1 leads by more "
+            "than 1% of the logit range",
+            min_cosine=0.999,
+            min_top1=0.95,
+            top1_margin=0.01,
+        )
 
     def pipeline(self) -> list[Pass]:
         return [RoundFloatWeights(dtype=self.ftype)]
@@ -65,29 +86,37 @@ class GGUFTarget(Target):
     def check(self, model: Model) -> list[str]:
         cfg = LLMConfig.from_model(model)
         if cfg is None:
-            return ["the gguf target writes language models imported by the gguf or hf frontends; this model is not "
-                    "one (no LLM configuration)"]
+            return [
+                "the gguf target writes language models imported by the gguf or hf frontends; this model is not "
+                "one (no LLM configuration)"
+            ]
         problems = []
         # A GGUF file holds weights, not a graph: llama.cpp rebuilds the architecture itself. So any pass that
         # added computation (an explicit scale before a Linear, say) changed the model in a way the file
         # cannot carry; refuse it rather than drop it.
         for n in model.graph:
             if n.qualified_op in ("Mul", "Div", "Add", "Sub") and any(
-                    v is not None and v.is_const and (v.rank or 0) >= 1 for v in n.inputs):
-                problems.append(f"node {n.name!r}: {n.op_type} by a constant tensor is not part of a {cfg.arch} "
-                                "decoder; GGUF cannot carry it (it came from a pass such as an unfolded AWQ or "
-                                "SmoothQuant scale)")
+                v is not None and v.is_const and (v.rank or 0) >= 1 for v in n.inputs
+            ):
+                problems.append(
+                    f"node {n.name!r}: {n.op_type} by a constant tensor is not part of a {cfg.arch} "
+                    "decoder; GGUF cannot carry it (it came from a pass such as an unfolded AWQ or "
+                    "SmoothQuant scale)"
+                )
         for v in model.graph.initializers.values():
             q = v.const
             if isinstance(q, QuantizedTensor) and not (q.layout or "").startswith("gguf."):
-                problems.append(f"weight {v.name!r}: {q!r} is not on a GGUF block grid; quantize with "
-                                "quantize{gguf=TYPE} (e.g. gguf=Q4_K) so the file stores exactly what edgec computed")
+                problems.append(
+                    f"weight {v.name!r}: {q!r} is not on a GGUF block grid; quantize with "
+                    "quantize{gguf=TYPE} (e.g. gguf=Q4_K) so the file stores exactly what edgec computed"
+                )
         return problems
 
     # ---- emission ------------------------------------------------------------------------------------------
     def emit(self, model: Model, out_dir: str, ctx: PassContext) -> Artifact:
         import gguf
         from tqdm import tqdm
+
         cfg = LLMConfig.from_model(model)
         assert cfg is not None  # check() refuses a model without an LLM configuration
         arch = "qwen2" if cfg.arch == "qwen2" else "llama"
@@ -125,8 +154,15 @@ class GGUFTarget(Target):
         w.write_kv_data_to_file()
         w.write_tensors_to_file(progress=False)
         w.close()
-        return Artifact([FILE], {"architecture": arch, "tensor_types": types, "main_type": main,
-                                 "has_tokenizer": GGUF_KV_KEY in model.metadata})
+        return Artifact(
+            [FILE],
+            {
+                "architecture": arch,
+                "tensor_types": types,
+                "main_type": main,
+                "has_tokenizer": GGUF_KV_KEY in model.metadata,
+            },
+        )
 
     @staticmethod
     def _tensor_names(model: Model, cfg: LLMConfig) -> list[tuple[str, object]]:
@@ -138,14 +174,17 @@ class GGUFTarget(Target):
         for name in weight_names(cfg):
             v = _find_weight(g, by_node, name, cfg)
             if v is None:
-                raise UnsupportedError(f"tensor {name} is no longer in the model (a pass removed or rewrote it); "
-                                       "the gguf target needs the decoder's structure intact")
+                raise UnsupportedError(
+                    f"tensor {name} is no longer in the model (a pass removed or rewrote it); "
+                    "the gguf target needs the decoder's structure intact"
+                )
             out.append((name, v))
         return out
 
     @staticmethod
     def _metadata(w, model: Model, cfg: LLMConfig, arch: str) -> None:
         import gguf
+
         kv = json.loads(model.metadata.get(GGUF_KV_KEY, "[]"))
         skip = {k for k, *_ in kv if k.startswith(f"{arch}.") or k.startswith("llama.") or k.startswith("qwen2.")}
         w.add_name(cfg.name or arch)
@@ -164,8 +203,10 @@ class GGUFTarget(Target):
             w.add_value_length(cfg.head_dim)
         w.add_quantization_version(gguf.GGML_QUANT_VERSION)
         if not kv:
-            raise UnsupportedError("this model carries no GGUF tokenizer metadata (it was not imported from a GGUF "
-                                   "file); llama.cpp needs the tokenizer in the file")
+            raise UnsupportedError(
+                "this model carries no GGUF tokenizer metadata (it was not imported from a GGUF "
+                "file); llama.cpp needs the tokenizer in the file"
+            )
         for key, vtype, val, sub in kv:
             if key in skip or key == "general.name":
                 continue
@@ -195,7 +236,9 @@ def _find_weight(g, by_node: dict, name: str, cfg: LLMConfig):
     if name in g.initializers:
         return g.initializers[name]
     node_arg = {
-        "token_embd.weight": ("embed", 0), "output.weight": ("output", 1), "output_norm.weight": ("output_norm", 1),
+        "token_embd.weight": ("embed", 0),
+        "output.weight": ("output", 1),
+        "output_norm.weight": ("output_norm", 1),
     }
     if name in node_arg:
         node, idx = node_arg[name]

@@ -136,7 +136,7 @@ def _kaffine(t: GGUFType, codes, scales, offsets, lp, n):
         s12[:, 4 + i] = mi[:, i] | ((mi[:, 4 + i] >> 4) << 6)
         s12[:, 8 + i] = (sc[:, 4 + i] & 0xF) | ((mi[:, 4 + i] & 0xF) << 4)
     ql = codes & 0xF
-    qs = np.concatenate([_nibbles(ql[:, g * 64:(g + 1) * 64], 32) for g in range(4)], axis=1)
+    qs = np.concatenate([_nibbles(ql[:, g * 64 : (g + 1) * 64], 32) for g in range(4)], axis=1)
     if t.name == "Q4_K":
         return np.concatenate([dd, dm, s12, qs], axis=1)
     qh = _bits_across(codes >> 4, 32, 1)  # Q5_K: bit b of byte i is value b*32 + i
@@ -160,7 +160,7 @@ def _ksym(t: GGUFType, codes, scales, offsets, lp, n):
         return np.concatenate([hmask, qs, s12, dd], axis=1)
     u = codes + 32  # Q6_K
     lo = u & 0xF
-    ql = np.concatenate([_nibbles(lo[:, g * 128:(g + 1) * 128], 64) for g in range(2)], axis=1)
+    ql = np.concatenate([_nibbles(lo[:, g * 128 : (g + 1) * 128], 64) for g in range(2)], axis=1)
     qh = _bits_across(u >> 4, 32, 2)
     return np.concatenate([ql, qh, sc.astype(np.int8).view(np.uint8), dd], axis=1)
 

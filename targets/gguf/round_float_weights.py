@@ -18,6 +18,7 @@ def round_float(arr: np.ndarray, ftype: str) -> np.ndarray:
         return arr.astype(np.float16).astype(np.float32)
     if ftype == "BF16":
         import ml_dtypes
+
         return arr.astype(ml_dtypes.bfloat16).astype(np.float32)
     return arr
 

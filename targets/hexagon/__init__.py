@@ -46,17 +46,94 @@ ARCHS = ("v67", "v68", "v69", "v73", "v75")
 # RMSNormalization over every axis fail in TVM's build and are refused by check(). Left out: Compress, CumSum,
 # NonZero, OneHot, TopK, Unique (their Relax ops need library calls the Hexagon runtime lacks: every case was
 # refused) and GlobalLpPool, MaxRoiPool (no case in the suite to check them on).
-HEXAGON_FALLBACK_OPS: frozenset[str] = frozenset({
-    "Acos", "Acosh", "AffineGrid", "ArgMax", "ArgMin", "Asin", "Asinh", "Atan", "Atanh", "BitwiseAnd", "BitwiseNot",
-    "BitwiseOr", "BitwiseXor", "CastLike", "Ceil", "ConstantOfShape", "ConvTranspose", "Cos", "Cosh", "DepthToSpace",
-    "DequantizeLinear", "Dropout", "DynamicQuantizeLinear", "Einsum", "Elu", "EyeLike", "Floor", "Gelu", "Gemm",
-    "GlobalMaxPool", "GreaterOrEqual", "GridSample", "GroupNormalization", "Hardmax", "Identity",
-    "InstanceNormalization", "IsNaN", "LRN", "LeakyRelu", "LessOrEqual", "LogSoftmax", "LpPool", "MatMulInteger",
-    "MaxUnpool", "Mean", "MeanVarianceNormalization", "Mod", "Or", "PRelu", "Pad", "QuantizeLinear",
-    "RMSNormalization", "Range", "ReduceL1", "ReduceL2", "ReduceLogSum", "ReduceLogSumExp", "ReduceSumSquare",
-    "Resize", "RoiAlign", "Round", "Scatter", "ScatterElements", "ScatterND", "Selu", "Shape", "Shrink", "Sign",
-    "Sin", "Sinh", "Size", "Softsign", "SpaceToDepth", "Split", "Sum", "Tan", "ThresholdedRelu", "Tile", "Trilu",
-    "Upsample", "Xor"}) & FALLBACK_OPS
+HEXAGON_FALLBACK_OPS: frozenset[str] = (
+    frozenset(
+        {
+            "Acos",
+            "Acosh",
+            "AffineGrid",
+            "ArgMax",
+            "ArgMin",
+            "Asin",
+            "Asinh",
+            "Atan",
+            "Atanh",
+            "BitwiseAnd",
+            "BitwiseNot",
+            "BitwiseOr",
+            "BitwiseXor",
+            "CastLike",
+            "Ceil",
+            "ConstantOfShape",
+            "ConvTranspose",
+            "Cos",
+            "Cosh",
+            "DepthToSpace",
+            "DequantizeLinear",
+            "Dropout",
+            "DynamicQuantizeLinear",
+            "Einsum",
+            "Elu",
+            "EyeLike",
+            "Floor",
+            "Gelu",
+            "Gemm",
+            "GlobalMaxPool",
+            "GreaterOrEqual",
+            "GridSample",
+            "GroupNormalization",
+            "Hardmax",
+            "Identity",
+            "InstanceNormalization",
+            "IsNaN",
+            "LRN",
+            "LeakyRelu",
+            "LessOrEqual",
+            "LogSoftmax",
+            "LpPool",
+            "MatMulInteger",
+            "MaxUnpool",
+            "Mean",
+            "MeanVarianceNormalization",
+            "Mod",
+            "Or",
+            "PRelu",
+            "Pad",
+            "QuantizeLinear",
+            "RMSNormalization",
+            "Range",
+            "ReduceL1",
+            "ReduceL2",
+            "ReduceLogSum",
+            "ReduceLogSumExp",
+            "ReduceSumSquare",
+            "Resize",
+            "RoiAlign",
+            "Round",
+            "Scatter",
+            "ScatterElements",
+            "ScatterND",
+            "Selu",
+            "Shape",
+            "Shrink",
+            "Sign",
+            "Sin",
+            "Sinh",
+            "Size",
+            "Softsign",
+            "SpaceToDepth",
+            "Split",
+            "Sum",
+            "Tan",
+            "ThresholdedRelu",
+            "Tile",
+            "Trilu",
+            "Upsample",
+            "Xor",
+        }
+    )
+    & FALLBACK_OPS
+)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -70,31 +147,44 @@ class HexagonTarget(Target):
         ops=frozenset(LOWERINGS),
         dtypes=frozenset({"f32", "f16", "f64", "i64", "i32", "i16", "i8", "u8", "u16", "u32", "u64", "bool"}),
         quant=frozenset({(s, b) for s in ("symmetric", "asymmetric", "affine") for b in range(2, 9)}),
-        activation_quant=True, mixed=(4, 8), fallback_ops=HEXAGON_FALLBACK_OPS)
+        activation_quant=True,
+        mixed=(4, 8),
+        fallback_ops=HEXAGON_FALLBACK_OPS,
+    )
     arch: str = option("v67", choices=ARCHS, help="Hexagon architecture (qemu-hexagon 7.2 runs v67 only)")
     hvx: int = option(128, choices=(0, 128), help="HVX vector length in bytes (0: no HVX)")
     asm: bool = option(False, help="also write kernels.s, the kernels' assembly (slow for large models)")
-    int8: bool = option(True, help="run statically quantized int8 Conv / Linear on the integer HVX kernels "
-                                   "(false: simulate them in float, as the reference executor does)")
+    int8: bool = option(
+        True,
+        help="run statically quantized int8 Conv / Linear on the integer HVX kernels "
+        "(false: simulate them in float, as the reference executor does)",
+    )
 
     def act_quant_policy(self) -> VerifyPolicy:
-        return VerifyPolicy("static int8 Conv / Linear run as integer kernels with fixed-point requantization "
-                            "(edgec.ir.integer), which differs from the float simulation by about one step at "
-                            "rounding boundaries; the artifact must also match the integer reference at --tolerance",
-                            min_cosine=0.999, max_rel_err=0.05)
+        return VerifyPolicy(
+            "static int8 Conv / Linear run as integer kernels with fixed-point requantization "
+            "(edgec.ir.integer), which differs from the float simulation by about one step at "
+            "rounding boundaries; the artifact must also match the integer reference at --tolerance",
+            min_cosine=0.999,
+            max_rel_err=0.05,
+        )
 
     def integer_semantics(self) -> bool:
         return self.int8 and self.hvx == 128
 
     def tvm_target(self):
         import tvm
+
         # long-calls: a large model's kernels exceed the 2 MiB reach of a direct call into the runtime
         # HVX float: qfloat from v68, IEEE float from v73 (v67's HVX has none: float kernels stay scalar).
-        hvx_float = {"v68": ["+hvx-qfloat"], "v69": ["+hvx-qfloat"], "v73": ["+hvx-ieee-fp"],
-                     "v75": ["+hvx-ieee-fp"]}.get(self.arch, [])
+        hvx_float = {
+            "v68": ["+hvx-qfloat"],
+            "v69": ["+hvx-qfloat"],
+            "v73": ["+hvx-ieee-fp"],
+            "v75": ["+hvx-ieee-fp"],
+        }.get(self.arch, [])
         attrs = ([f"+hvx{self.arch}", "+hvx-length128b"] + hvx_float if self.hvx else []) + ["+long-calls"]
-        return tvm.target.Target({"kind": "llvm", "mtriple": "hexagon", "mcpu": f"hexagon{self.arch}",
-                                  "mattr": attrs})
+        return tvm.target.Target({"kind": "llvm", "mtriple": "hexagon", "mcpu": f"hexagon{self.arch}", "mattr": attrs})
 
     def accepts_node(self, node: Node, model: Model) -> bool:
         """As the cpu target: TVM's converters only in the variants measured right (decompose rewrites others)."""
@@ -109,14 +199,23 @@ class HexagonTarget(Target):
                 problems.append(f"input {v.name!r} has no static shape: pass --input-shape")
         for n in model.graph:  # variants of fallback ops that TVM's converters cannot build for Hexagon
             if n.qualified_op == "Resize" and n.attr("coordinate_transformation_mode") in (
-                    "half_pixel_symmetric", b"half_pixel_symmetric"):
-                problems.append(f"node {n.name!r}: Resize with coordinate_transformation_mode half_pixel_symmetric "
-                                "is not supported by this target (TVM's converter rejects it); use half_pixel")
+                "half_pixel_symmetric",
+                b"half_pixel_symmetric",
+            ):
+                problems.append(
+                    f"node {n.name!r}: Resize with coordinate_transformation_mode half_pixel_symmetric "
+                    "is not supported by this target (TVM's converter rejects it); use half_pixel"
+                )
             x = n.inputs[0] if n.qualified_op == "RMSNormalization" and n.inputs else None
-            if x is not None and x.static_shape is not None and int(n.attr("axis", -1)) % max(len(x.static_shape),
-                                                                                             1) == 0:
-                problems.append(f"node {n.name!r}: RMSNormalization over every axis (axis {n.attr('axis', -1)}) "
-                                "fails to compile for Hexagon in TVM 0.27; normalize over trailing axes only")
+            if (
+                x is not None
+                and x.static_shape is not None
+                and int(n.attr("axis", -1)) % max(len(x.static_shape), 1) == 0
+            ):
+                problems.append(
+                    f"node {n.name!r}: RMSNormalization over every axis (axis {n.attr('axis', -1)}) "
+                    "fails to compile for Hexagon in TVM 0.27; normalize over trailing axes only"
+                )
         return problems
 
     def cflags(self, ws_bytes: int, includes: tuple[str, ...] = ()) -> list[str]:
@@ -131,19 +230,24 @@ class HexagonTarget(Target):
         import tvm
 
         from .intops import HexagonBuilder
+
         tools = toolchain.find_tools()
         target = self.tvm_target()
-        builder = HexagonBuilder(model, integer=self.integer_semantics(),
-                                 float_hvx=self.hvx == 128 and self.arch != "v67",
-                                 fallback_ops=self.capabilities.fallback_ops)
+        builder = HexagonBuilder(
+            model,
+            integer=self.integer_semantics(),
+            float_hvx=self.hvx == 128 and self.arch != "v67",
+            fallback_ops=self.capabilities.fallback_ops,
+        )
         mod = codegen.fuse(builder.build(), target)
         calls, tensors, copies = walk_main(model, mod)
         kernels = codegen.kernel_module(mod)
         ws_bytes = workspace_bytes(kernels)
         codegen.compile_kernels(kernels, target, out_dir, self.asm)
         toolchain.strip_debug(tools, os.path.join(out_dir, "kernels.o"))
-        toolchain.check_symbols(tools, os.path.join(out_dir, "kernels.o"), allowed=toolchain.RUNTIME_SYMBOLS,
-                                what="the kernels")
+        toolchain.check_symbols(
+            tools, os.path.join(out_dir, "kernels.o"), allowed=toolchain.RUNTIME_SYMBOLS, what="the kernels"
+        )
         arena = plan_arena([t for t in tensors if t.kind == "temp"])
         blob = codegen.write_sources(model, calls, tensors, copies, arena, out_dir)
         work = tempfile.mkdtemp(prefix="edgec-hexagon-")
@@ -151,25 +255,48 @@ class HexagonTarget(Target):
             toolchain.link(tools, self.cflags(ws_bytes, (out_dir,)), out_dir, work)
         finally:
             shutil.rmtree(work, ignore_errors=True)
-        files = ["kernels.o", *(["kernels.s"] if self.asm else []), "weights.bin", "weights.S", "model.h", "model.c",
-                 "runtime.c", "runner.c", "libmodel.so", "runner", "io.json"]
-        return Artifact(files, {"tvm_version": tvm.__version__, "arch": self.arch, "hvx": self.hvx,
-                                "kernels": sorted({c[0] for c in calls}), "calls": len(calls),
-                                "arena_bytes": arena, "weights_bytes": blob,
-                                "arithmetic": self._arithmetic(model, builder),
-                                "integer_kernels": [k for k in builder.kernels if k.startswith("q")],
-                                "hvx_float_kernels": [k for k in builder.kernels if k.startswith("f")],
-                                "verification_runtime": "qemu-hexagon" if self.arch == "v67" else
-                                f"none: qemu-hexagon 7.2 runs v67 only ({self.arch} is compile-only)"})
+        files = [
+            "kernels.o",
+            *(["kernels.s"] if self.asm else []),
+            "weights.bin",
+            "weights.S",
+            "model.h",
+            "model.c",
+            "runtime.c",
+            "runner.c",
+            "libmodel.so",
+            "runner",
+            "io.json",
+        ]
+        return Artifact(
+            files,
+            {
+                "tvm_version": tvm.__version__,
+                "arch": self.arch,
+                "hvx": self.hvx,
+                "kernels": sorted({c[0] for c in calls}),
+                "calls": len(calls),
+                "arena_bytes": arena,
+                "weights_bytes": blob,
+                "arithmetic": self._arithmetic(model, builder),
+                "integer_kernels": [k for k in builder.kernels if k.startswith("q")],
+                "hvx_float_kernels": [k for k in builder.kernels if k.startswith("f")],
+                "verification_runtime": "qemu-hexagon"
+                if self.arch == "v67"
+                else f"none: qemu-hexagon 7.2 runs v67 only ({self.arch} is compile-only)",
+            },
+        )
 
     @staticmethod
     def _arithmetic(model: Model, builder) -> str:
         fused = sum(c.fused is not None for c in builder.ops.values())
         parts = []
         if builder.ops:
-            parts.append(f"{len(builder.ops)} int8 Conv/Linear on integer HVX kernels (vrmpy, int32 accumulation; "
-                         f"{fused} requantize into the next kernel's codes, the rest dequantize to float32), "
-                         "bit-exact with edgec.ir.integer")
+            parts.append(
+                f"{len(builder.ops)} int8 Conv/Linear on integer HVX kernels (vrmpy, int32 accumulation; "
+                f"{fused} requantize into the next kernel's codes, the rest dequantize to float32), "
+                "bit-exact with edgec.ir.integer"
+            )
         rest = [n for n in model.graph if n.qualified_op in ("Conv", "edgec::Linear") and id(n) not in builder.ops]
         simulated = any(v.quant is not None for v in model.graph.values())
         hvx_float = sum(k.startswith("f") for k in builder.kernels)
@@ -184,8 +311,10 @@ class HexagonTarget(Target):
     def run_artifact(self, out_dir: str, feeds: Mapping[str, np.ndarray], input_names=None) -> list[np.ndarray]:
         qemu = toolchain.find_qemu()
         if qemu is None:
-            raise NotImplementedError("qemu-hexagon is not installed (apt-get install qemu-user): the artifact was "
-                                      "built and its symbols checked, but not executed")
+            raise NotImplementedError(
+                "qemu-hexagon is not installed (apt-get install qemu-user): the artifact was "
+                "built and its symbols checked, but not executed"
+            )
         if self.arch != "v67":
             raise NotImplementedError(f"qemu-hexagon 7.2 runs v67 only; the {self.arch} artifact is compile-only")
         with open(os.path.join(out_dir, "io.json")) as f:
@@ -193,17 +322,20 @@ class HexagonTarget(Target):
         missing = [i["name"] for i in io["inputs"] if i["name"] not in feeds]
         if missing:
             raise UnsupportedError(f"the Hexagon runner needs the inputs {missing}")
-        data = b"".join(np.ascontiguousarray(feeds[i["name"]], dtype=i["dtype"]).reshape(i["shape"]).tobytes()
-                        for i in io["inputs"])
+        data = b"".join(
+            np.ascontiguousarray(feeds[i["name"]], dtype=i["dtype"]).reshape(i["shape"]).tobytes() for i in io["inputs"]
+        )
         r = subprocess.run([qemu, os.path.join(out_dir, "runner")], input=data, capture_output=True, timeout=600)
         if r.returncode != 0:
-            raise UnsupportedError(f"the Hexagon runner failed under qemu-hexagon (exit {r.returncode}): "
-                                   f"{r.stderr.decode(errors='replace')[:500]}")
+            raise UnsupportedError(
+                f"the Hexagon runner failed under qemu-hexagon (exit {r.returncode}): "
+                f"{r.stderr.decode(errors='replace')[:500]}"
+            )
         outs, off, raw = [], 0, r.stdout
         for o in io["outputs"]:
             dt = np.dtype(o["dtype"])
             n = int(np.prod(o["shape"], dtype=np.int64)) * dt.itemsize
-            outs.append(np.frombuffer(raw[off:off + n], dt).reshape(o["shape"]).copy())
+            outs.append(np.frombuffer(raw[off : off + n], dt).reshape(o["shape"]).copy())
             off += n
         if off != len(raw):
             raise UnsupportedError(f"the Hexagon runner wrote {len(raw)} bytes; the outputs need {off}")

@@ -81,22 +81,26 @@ def epilogue_consts(c: IntOp) -> tuple[np.ndarray, np.ndarray]:
         pi[:, 1], pi[:, 2], pi[:, 3] = m, s, rnd
     if np.abs(pi).max() >= 1 << 31:
         from ...errors import UnsupportedError
-        raise UnsupportedError(f"hexagon: node {c.node.name!r}: its bias / zero-point correction does not fit the "
-                               "int32 accumulator (a huge bias against tiny scales); compile with hexagon{int8=false} "
-                               "to simulate this model's int8 activations in float")
+
+        raise UnsupportedError(
+            f"hexagon: node {c.node.name!r}: its bias / zero-point correction does not fit the "
+            "int32 accumulator (a huge bias against tiny scales); compile with hexagon{int8=false} "
+            "to simulate this model's int8 activations in float"
+        )
     return pi.astype(np.int32), np.stack([c.S(), c.bias], 1).astype(np.float32)
 
 
 class HexagonBuilder(RelaxBuilder):
     """The cpu target's Relax builder with :class:`IntOp` nodes lowered to the integer HVX kernels."""
 
-    def __init__(self, model, integer: bool = True, float_hvx: bool = False,
-                 fallback_ops: frozenset[str] = frozenset()):
+    def __init__(
+        self, model, integer: bool = True, float_hvx: bool = False, fallback_ops: frozenset[str] = frozenset()
+    ):
         super().__init__(model, fallback_ops=fallback_ops)
         self.float_hvx = float_hvx
         self.ops = plan(model) if integer else {}
         self.chained = {id(d) for c in self.ops.values() if c.fused is not None for d in c.chain[1:]}
-        self.codes: dict[int, object] = {}       # value -> Relax var holding its codes, in layouts[value]
+        self.codes: dict[int, object] = {}  # value -> Relax var holding its codes, in layouts[value]
         self.layouts: dict[int, Layout] = {}
         readers: dict[int, list[IntOp]] = {}
         for c in self.ops.values():
@@ -114,6 +118,7 @@ class HexagonBuilder(RelaxBuilder):
         if c is None:
             return self.float_hvx and (self._float_linear(n) or self._float_conv(n))
         from tvm import relax
+
         x = self._codes_of(c)
         src = self.layouts[id(c.x)]
         C, H, W = _image(c)
@@ -128,9 +133,25 @@ class HexagonBuilder(RelaxBuilder):
         dst = self.layouts[id(c.fused)] if c.fused is not None else None
         ys = n.outputs[0].static_shape
         assert ys is not None  # plan() takes only nodes with a static output shape
-        spec = ConvSpec(name, src, c.cout, kh, kw, s, pt, pl, oh, ow, depthwise=c.kind == "dwconv", dst=dst,
-                        float_shape=tuple(int(d) for d in ys), linear=c.kind == "linear",
-                        zero=c.zv if c.fused is not None else 0, lo=c.lo, hi=c.hi)
+        spec = ConvSpec(
+            name,
+            src,
+            c.cout,
+            kh,
+            kw,
+            s,
+            pt,
+            pl,
+            oh,
+            ow,
+            depthwise=c.kind == "dwconv",
+            dst=dst,
+            float_shape=tuple(int(d) for d in ys),
+            linear=c.kind == "linear",
+            zero=c.zv if c.fused is not None else 0,
+            lo=c.lo,
+            hi=c.hi,
+        )
         gv = self.bb.add_func(conv_kernel(spec), name)
         self.kernels.append(name)
         args = [x, relax.const(pack_weights(c), "int8"), relax.const(pi, "int32")]
@@ -154,6 +175,7 @@ class HexagonBuilder(RelaxBuilder):
         if key in self.codes:
             return self.codes[key]
         from tvm import te, tirx
+
         L = self.layouts[key]
         q = c.xq
         xf = self.get(c.x)
@@ -177,6 +199,7 @@ class HexagonBuilder(RelaxBuilder):
                 code = tirx.max(tirx.min(code, tirx.const(float(hi), "float32")), tirx.const(float(lo), "float32"))
                 u = (code.astype("int32") + off).astype("uint8")
                 return tirx.if_then_else(ok, u, tirx.const(zc, "uint8"))
+
             return te.compute(L.shape, f, name="quantize_pack")
 
         y = self.bb.emit_te(prep, xf, primfunc_name_hint="quantize_pack")
@@ -187,12 +210,18 @@ class HexagonBuilder(RelaxBuilder):
         """A float ``edgec::Linear`` with constant float weights as an HVX float kernel (v68 qfloat, v73+
         IEEE float); anything else (quantized weights, no static shape) goes the generic way."""
         from ...ir import QuantizedTensor
+
         if n.qualified_op != "edgec::Linear":
             return False
         x, w = n.arg(0), n.arg(1)
         b = n.inputs[2] if len(n.inputs) > 2 else None
-        if not w.is_const or isinstance(w.const, QuantizedTensor) or w.rank != 2 or x.static_shape is None \
-                or (b is not None and (not b.is_const or isinstance(b.const, QuantizedTensor))):
+        if (
+            not w.is_const
+            or isinstance(w.const, QuantizedTensor)
+            or w.rank != 2
+            or x.static_shape is None
+            or (b is not None and (not b.is_const or isinstance(b.const, QuantizedTensor)))
+        ):
             return False
         relax = self.relax
         wa = np.asarray(w.numpy(), np.float32)
@@ -209,8 +238,13 @@ class HexagonBuilder(RelaxBuilder):
         gv = self.bb.add_func(float_linear_kernel(M, K, N, lanes), name)
         self.kernels.append(name)
         xf = self.emit(relax.op.reshape(self.get(x), [M, K]))
-        y = self.emit(relax.call_tir(gv, relax.Tuple([xf, relax.const(wt, "float32"), relax.const(bp, "float32")]),
-                                     relax.TensorType([M, N], "float32")))
+        y = self.emit(
+            relax.call_tir(
+                gv,
+                relax.Tuple([xf, relax.const(wt, "float32"), relax.const(bp, "float32")]),
+                relax.TensorType([M, N], "float32"),
+            )
+        )
         o = n.outputs[0]
         assert o.static_shape is not None  # the output of a Linear on a static input and a constant weight
         y = self.emit(relax.op.reshape(y, list(o.static_shape)))
@@ -220,15 +254,24 @@ class HexagonBuilder(RelaxBuilder):
     def _float_conv(self, n: Node) -> bool:
         """A float Conv2d (batch 1, group 1, dilation 1, constant float weights) as an HVX float kernel."""
         from ...ir import QuantizedTensor
+
         if n.qualified_op != "Conv":
             return False
         x, w = n.arg(0), n.arg(1)
         b = n.inputs[2] if len(n.inputs) > 2 else None
         xs, ys = x.static_shape, n.outputs[0].static_shape
-        if not w.is_const or isinstance(w.const, QuantizedTensor) or w.rank != 4 or xs is None or ys is None \
-                or xs[0] != 1 or int(n.attr("group", 1)) != 1 or any(d != 1 for d in n.attr("dilations", [1, 1])) \
-                or n.attr("auto_pad", "NOTSET") not in ("NOTSET", b"NOTSET") \
-                or (b is not None and (not b.is_const or isinstance(b.const, QuantizedTensor))):
+        if (
+            not w.is_const
+            or isinstance(w.const, QuantizedTensor)
+            or w.rank != 4
+            or xs is None
+            or ys is None
+            or xs[0] != 1
+            or int(n.attr("group", 1)) != 1
+            or any(d != 1 for d in n.attr("dilations", [1, 1]))
+            or n.attr("auto_pad", "NOTSET") not in ("NOTSET", b"NOTSET")
+            or (b is not None and (not b.is_const or isinstance(b.const, QuantizedTensor)))
+        ):
             return False
         st = [int(v) for v in n.attr("strides", [1, 1])]
         if st[0] != st[1]:
@@ -245,13 +288,18 @@ class HexagonBuilder(RelaxBuilder):
             bp[:O] = np.asarray(b.numpy(), np.float32).reshape(-1)
         pads = [int(p) for p in n.attr("pads", [0, 0, 0, 0])]
         name = f"f{len(self.kernels)}_{safe_name(n.name)}"
-        f = float_conv_kernel(C, int(xs[2]), int(xs[3]), O, KH, KW, st[0], (pads[0], pads[1]), int(ys[2]),
-                              int(ys[3]), lanes)
+        f = float_conv_kernel(
+            C, int(xs[2]), int(xs[3]), O, KH, KW, st[0], (pads[0], pads[1]), int(ys[2]), int(ys[3]), lanes
+        )
         gv = self.bb.add_func(f, name)
         self.kernels.append(name)
-        y = self.emit(relax.call_tir(gv, relax.Tuple([self.get(x), relax.const(wt, "float32"),
-                                                     relax.const(bp, "float32")]),
-                                     relax.TensorType(list(ys), "float32")))
+        y = self.emit(
+            relax.call_tir(
+                gv,
+                relax.Tuple([self.get(x), relax.const(wt, "float32"), relax.const(bp, "float32")]),
+                relax.TensorType(list(ys), "float32"),
+            )
+        )
         o = n.outputs[0]
         self.env[id(o)] = self.fake_quant(y, o) if o.quant is not None else y
         return True

@@ -15,12 +15,13 @@ from ...ir import Model
 @dataclasses.dataclass
 class PlannedTensor:
     """One tensor of the driver: where it lives (``kind``) and, for an intermediate, when it is alive."""
+
     name: str
     shape: list[int]
     dtype: str
-    kind: str            # "input", "const", "temp", "output"
-    index: int = 0       # input/output position, or const number
-    offset: int = 0      # arena / blob offset in bytes
+    kind: str  # "input", "const", "temp", "output"
+    index: int = 0  # input/output position, or const number
+    offset: int = 0  # arena / blob offset in bytes
     first: int = 0
     last: int = 0
     data: np.ndarray | None = None  # a constant's values
@@ -41,8 +42,11 @@ def plan_arena(temps: list[PlannedTensor], align: int = 128) -> int:
     size = 0
     for t in sorted(temps, key=lambda t: (-t.nbytes, t.first)):
         n = -(-t.nbytes // align) * align
-        busy = sorted((p.offset, p.offset + -(-p.nbytes // align) * align) for p in placed
-                      if not (p.last < t.first or t.last < p.first))
+        busy = sorted(
+            (p.offset, p.offset + -(-p.nbytes // align) * align)
+            for p in placed
+            if not (p.last < t.first or t.last < p.first)
+        )
         off = 0
         for lo, hi in busy:
             if off + n <= lo:
@@ -60,8 +64,19 @@ def allocated_buffers(func):
     ``AllocBuffer`` statements (TVM 0.27's TIR: ``tvm.tirx`` statements, ``tvm.s_tir`` blocks). A statement
     of another kind is refused, so that nothing allocated is missed."""
     from tvm import s_tir, tirx
-    leaves = (tirx.Bind, tirx.AssertStmt, tirx.BufferStore, tirx.DeclBuffer, tirx.Evaluate, tirx.ScopeIdDefStmt,
-              tirx.Break, tirx.Continue, tirx.Return, tirx.TilePrimitiveCall)
+
+    leaves = (
+        tirx.Bind,
+        tirx.AssertStmt,
+        tirx.BufferStore,
+        tirx.DeclBuffer,
+        tirx.Evaluate,
+        tirx.ScopeIdDefStmt,
+        tirx.Break,
+        tirx.Continue,
+        tirx.Return,
+        tirx.TilePrimitiveCall,
+    )
     stack = [func.body]
     while stack:
         s = stack.pop()
@@ -81,19 +96,24 @@ def allocated_buffers(func):
         elif isinstance(s, tirx.IfThenElse):
             stack += [s.else_case, s.then_case]
         else:
-            raise UnsupportedError(f"the hexagon target cannot size the workspace of a kernel holding a TIR "
-                                   f"{type(s).__name__} statement (it knows TVM 0.27's statements)")
+            raise UnsupportedError(
+                f"the hexagon target cannot size the workspace of a kernel holding a TIR "
+                f"{type(s).__name__} statement (it knows TVM 0.27's statements)"
+            )
 
 
 def buffer_bytes(kernel: str, buf) -> int:
     """The bytes of a TIR buffer of static shape (sub-byte elements take a byte each)."""
     from tvm import tirx
+
     n = 1
     for d in buf.shape:
         if not isinstance(d, tirx.IntImm):
-            raise UnsupportedError(f"kernel {kernel}: buffer {buf.name} has the symbolic shape "
-                                   f"{[str(x) for x in buf.shape]}; the hexagon target sizes its static workspace "
-                                   "from static shapes only (give --input-shape)")
+            raise UnsupportedError(
+                f"kernel {kernel}: buffer {buf.name} has the symbolic shape "
+                f"{[str(x) for x in buf.shape]}; the hexagon target sizes its static workspace "
+                "from static shapes only (give --input-shape)"
+            )
         n *= int(d)
     return n * buf.dtype.lanes * max(buf.dtype.bits, 8) // 8
 
@@ -125,6 +145,7 @@ class _MainWalk:
     def __init__(self):
         import tvm
         from tvm import relax
+
         self.tvm, self.relax = tvm, relax
         self.tensors: dict = {}
         self.every: list[PlannedTensor] = []
@@ -136,14 +157,23 @@ class _MainWalk:
         for i, p in enumerate(fn.params):
             if not isinstance(p.ty, self.relax.TensorType) or p.ty.shape is None:
                 raise UnsupportedError(f"main's parameter {p.name} is not a tensor of static shape: {p.ty!s:.80}")
-            self.tensors[p] = PlannedTensor(f"in{i}_{c_name(p.name)}", [int(s) for s in p.ty.shape], str(p.ty.dtype),
-                                            "input", i)
+            self.tensors[p] = PlannedTensor(
+                f"in{i}_{c_name(p.name)}", [int(s) for s in p.ty.shape], str(p.ty.dtype), "input", i
+            )
             self.every.append(self.tensors[p])
 
     def const(self, a, step: int) -> PlannedTensor:
         arr = a.value.numpy()
-        t = PlannedTensor(f"c{self.n_consts}", list(arr.shape), str(arr.dtype), "const", self.n_consts, data=arr,
-                          first=step, last=step)
+        t = PlannedTensor(
+            f"c{self.n_consts}",
+            list(arr.shape),
+            str(arr.dtype),
+            "const",
+            self.n_consts,
+            data=arr,
+            first=step,
+            last=step,
+        )
         self.n_consts += 1
         self.every.append(t)
         return t
@@ -162,14 +192,21 @@ class _MainWalk:
             return v[e.index]
         if isinstance(e, relax.Var) and e in self.tensors:
             return self.tensors[e]
-        raise UnsupportedError(f"the hexagon target lowers only kernel calls, tuples and their items; main has "
-                               f"{e!s:.120}")
+        raise UnsupportedError(
+            f"the hexagon target lowers only kernel calls, tuples and their items; main has {e!s:.120}"
+        )
 
     def temp(self, name: str, ty, step: int) -> PlannedTensor:
         if not isinstance(ty, self.relax.TensorType) or ty.shape is None:
             raise UnsupportedError(f"kernel result {name} is not a tensor of static shape: {ty!s:.80}")
-        t = PlannedTensor(f"t{step}_{len(self.every)}_{c_name(name)}", [int(s) for s in ty.shape], str(ty.dtype),
-                          "temp", first=step, last=step)
+        t = PlannedTensor(
+            f"t{step}_{len(self.every)}_{c_name(name)}",
+            [int(s) for s in ty.shape],
+            str(ty.dtype),
+            "temp",
+            first=step,
+            last=step,
+        )
         self.every.append(t)
         return t
 
@@ -201,20 +238,21 @@ class _MainWalk:
         tensor)] for outputs that are an input, a constant or another output's tensor."""
         outs = list(results) if isinstance(results, tuple) else [results]
         if len(outs) != len(model.graph.outputs):
-            raise UnsupportedError(f"main returns {len(outs)} values; the model has {len(model.graph.outputs)} "
-                                   "outputs")
+            raise UnsupportedError(f"main returns {len(outs)} values; the model has {len(model.graph.outputs)} outputs")
         copies = []
         for k, (t, v) in enumerate(zip(outs, model.graph.outputs)):
             if isinstance(t, tuple):
                 raise UnsupportedError(f"output {v.name!r} is a nested tuple in main")
             want = list(v.static_shape or ()), (v.dtype.numpy.name if v.dtype else "float32")
-            if (t.shape, t.dtype) != want and not (int(np.prod(t.shape)) == int(np.prod(want[0])) and
-                                                     t.dtype == want[1]):
-                raise UnsupportedError(f"output {v.name!r}: main computes {t.dtype}{t.shape}, the model declares "
-                                       f"{want[1]}{want[0]}")
-            if t.kind == "temp":   # the kernel writes straight into the caller's output buffer
+            if (t.shape, t.dtype) != want and not (
+                int(np.prod(t.shape)) == int(np.prod(want[0])) and t.dtype == want[1]
+            ):
+                raise UnsupportedError(
+                    f"output {v.name!r}: main computes {t.dtype}{t.shape}, the model declares {want[1]}{want[0]}"
+                )
+            if t.kind == "temp":  # the kernel writes straight into the caller's output buffer
                 t.kind, t.index = "output", k
-            else:                  # an input, a constant or another output: copied after the kernels
+            else:  # an input, a constant or another output: copied after the kernels
                 t.last = end
                 copies.append((k, t))
         return copies

@@ -21,8 +21,6 @@ Epilogues, per output channel ``o`` with ``t = sum(u * w) + B[o]`` (``B`` folds 
 * float: ``y = float(t) * S[o] + b[o]`` in scalar float32 (v67's HVX has no float), stored NCHW / row-major.
 """
 
-
-
 import dataclasses
 
 LEFT = 32  # word column of pixel 0 in a row of an activation layout
@@ -43,7 +41,7 @@ class Layout:
     h: int
     w: int
     p: int = 0
-    need: int = 0   # the largest word column (exclusive) any consumer reads
+    need: int = 0  # the largest word column (exclusive) any consumer reads
 
     @property
     def c4(self) -> int:
@@ -70,18 +68,19 @@ class Layout:
 def to_layout(img, layout: Layout, zero: int):
     """numpy: an unsigned-code image ``[C, H, W]`` in ``layout`` (margins and padding channels = ``zero``)."""
     import numpy as np
+
     a = np.full(layout.shape, zero, np.uint8)
     c, h, w = img.shape
     full = np.full((layout.c4 * 4, h, w), zero, np.uint8)
     full[:c] = img
-    a[layout.p:layout.p + h, :, LEFT:LEFT + w, :] = full.reshape(layout.c4, 4, h, w).transpose(2, 0, 3, 1)
+    a[layout.p : layout.p + h, :, LEFT : LEFT + w, :] = full.reshape(layout.c4, 4, h, w).transpose(2, 0, 3, 1)
     return a
 
 
 def from_layout(a, layout: Layout):
     """numpy: the image ``[C, H, W]`` stored in an activation layout."""
     L = layout
-    return a[L.p:L.p + L.h, :, LEFT:LEFT + L.w, :].transpose(1, 3, 0, 2).reshape(L.c4 * 4, L.h, L.w)[:L.c]
+    return a[L.p : L.p + L.h, :, LEFT : LEFT + L.w, :].transpose(1, 3, 0, 2).reshape(L.c4 * 4, L.h, L.w)[: L.c]
 
 
 @dataclasses.dataclass(frozen=True)
@@ -100,10 +99,10 @@ class ConvSpec:
     oh: int
     ow: int
     depthwise: bool = False
-    dst: "Layout | None" = None          # codes out in this layout; None: float out
-    float_shape: tuple = ()            # the float output's shape (NCHW conv, or the Linear's [..., N])
-    linear: bool = False               # float out is [rows, N] (else [1, O, OH, OW])
-    zero: int = 0                      # the output's zero point code (u-domain), codes out
+    dst: "Layout | None" = None  # codes out in this layout; None: float out
+    float_shape: tuple = ()  # the float output's shape (NCHW conv, or the Linear's [..., N])
+    linear: bool = False  # float out is [rows, N] (else [1, O, OH, OW])
+    zero: int = 0  # the output's zero point code (u-domain), codes out
     lo: int = 0
     hi: int = 255
 
@@ -151,8 +150,12 @@ def conv_kernel(spec: ConvSpec):
                         v = T.Shuffle([xw[T.ramp(base, 1, 32)], xw[T.ramp(base + 32, 1, 32)]], EVEN)
                     for co in T.unroll(CO):
                         acc[T.ramp(co * 32, 1, 32)] = T.call_llvm_pure_intrin(
-                            "int32x32", VRMPY, acc[T.ramp(co * 32, 1, 32)], v,
-                            ww[(ob * CO + co) * TP + (kh * KW + kw) * (1 if DW else C4) + c4])
+                            "int32x32",
+                            VRMPY,
+                            acc[T.ramp(co * 32, 1, 32)],
+                            v,
+                            ww[(ob * CO + co) * TP + (kh * KW + kw) * (1 if DW else C4) + c4],
+                        )
 
     if dst is not None:
         O4, OWM, OP, OROWS = dst.c4, dst.wm, dst.p, dst.rows
@@ -163,8 +166,12 @@ def conv_kernel(spec: ConvSpec):
         LO, HI = spec.lo, spec.hi
 
         @T.prim_func(private=True)
-        def qconv(x: T.Buffer(tuple(src.shape), "uint8", align=128), w: T.Buffer((O, TP, 4), "int8", align=128),  # type: ignore[valid-type]  # TVMScript buffer declarations, not types
-                  pi: T.Buffer((O, 4), "int32", align=128), out: T.Buffer(tuple(dst.shape), "uint8", align=128)):  # type: ignore[valid-type]
+        def qconv(
+            x: T.Buffer(tuple(src.shape), "uint8", align=128),
+            w: T.Buffer((O, TP, 4), "int8", align=128),  # TVMScript buffer declarations, not types
+            pi: T.Buffer((O, 4), "int32", align=128),
+            out: T.Buffer(tuple(dst.shape), "uint8", align=128),
+        ):
             T.func_attr({"tirx.noalias": True})
             xw = T.decl_buffer((xwords,), "int32", data=x.data, align=128)
             ww = T.decl_buffer((O * TP,), "int32", data=w.data, align=128)
@@ -178,13 +185,15 @@ def conv_kernel(spec: ConvSpec):
                             word = T.broadcast(0, 32)
                             for j in T.unroll(4):
                                 o = ob * CO + g * 4 + j
-                                p = T.call_llvm_pure_intrin("int32x32", MULHI, acc[T.ramp((g * 4 + j) * 32, 1, 32)],
-                                                            T.broadcast(pi[o, 1], 32))
+                                p = T.call_llvm_pure_intrin(
+                                    "int32x32", MULHI, acc[T.ramp((g * 4 + j) * 32, 1, 32)], T.broadcast(pi[o, 1], 32)
+                                )
                                 q = T.shift_right(p + T.broadcast(pi[o, 3], 32), T.broadcast(pi[o, 2], 32))
                                 q = T.max(T.min(q + T.broadcast(Z, 32), T.broadcast(HI, 32)), T.broadcast(LO, 32))
                                 word = word | T.shift_left(q, T.broadcast(j * 8, 32))
-                            ow_[T.ramp(((oh + OP) * O4 + ob * (CO // 4) + g) * OWM + LEFT + owb * 32, 1, 32)] = \
+                            ow_[T.ramp(((oh + OP) * O4 + ob * (CO // 4) + g) * OWM + LEFT + owb * 32, 1, 32)] = (
                                 T.Select(T.ramp(owb * 32, 1, 32) < T.broadcast(OW, 32), word, T.broadcast(ZW, 32))
+                            )
             # The margins a consumer reads as padding: the left words, the words right of the last block, and
             # the rows above and below the image.
             for r in range(OROWS):
@@ -196,6 +205,7 @@ def conv_kernel(spec: ConvSpec):
                         ow_[T.ramp((r * O4 + c) * OWM, 1, 32)] = T.broadcast(ZW, 32)
                         for b in range((OWM - RIGHT) // 32):
                             ow_[T.ramp((r * O4 + c) * OWM + RIGHT + b * 32, 1, 32)] = T.broadcast(ZW, 32)
+
         return qconv
 
     LIN = spec.linear
@@ -204,9 +214,13 @@ def conv_kernel(spec: ConvSpec):
         NOUT *= d
 
     @T.prim_func(private=True)
-    def fconv(x: T.Buffer(tuple(src.shape), "uint8", align=128), w: T.Buffer((O, TP, 4), "int8", align=128),  # type: ignore[valid-type]  # TVMScript buffer declarations, not types
-              pi: T.Buffer((O, 4), "int32", align=128), pf: T.Buffer((O, 2), "float32", align=128),  # type: ignore[valid-type]
-              out: T.Buffer(tuple(spec.float_shape), "float32", align=128)):  # type: ignore[valid-type]
+    def fconv(
+        x: T.Buffer(tuple(src.shape), "uint8", align=128),
+        w: T.Buffer((O, TP, 4), "int8", align=128),  # TVMScript buffer declarations, not types
+        pi: T.Buffer((O, 4), "int32", align=128),
+        pf: T.Buffer((O, 2), "float32", align=128),
+        out: T.Buffer(tuple(spec.float_shape), "float32", align=128),
+    ):
         T.func_attr({"tirx.noalias": True})
         xw = T.decl_buffer((xwords,), "int32", data=x.data, align=128)
         ww = T.decl_buffer((O * TP,), "int32", data=w.data, align=128)
@@ -222,12 +236,14 @@ def conv_kernel(spec: ConvSpec):
                                 o = ob * CO + co
                                 # An opaque call keeps the multiply and the add two roundings (LLVM would fuse
                                 # them into one fused multiply-add, which the reference does not do).
-                                y = T.call_pure_extern("float32", "edgec_fence",
-                                                            T.Cast("float32", acc[co * 32 + lane]) * pf[o, 0])
+                                y = T.call_pure_extern(
+                                    "float32", "edgec_fence", T.Cast("float32", acc[co * 32 + lane]) * pf[o, 0]
+                                )
                                 if LIN:
                                     of[(owb * 32 + lane) * O + o] = y + pf[o, 1]
                                 else:
                                     of[(o * OH + oh) * OW + owb * 32 + lane] = y + pf[o, 1]
+
     return fconv
 
 
@@ -245,8 +261,12 @@ def float_linear_kernel(m: int, k: int, n: int, lanes: int = 32, relu: bool = Fa
     FULL = n // L
 
     @T.prim_func(private=True)
-    def flinear(x: T.Buffer((m, k), "float32", align=128), wt: T.Buffer((k, NP), "float32", align=128),  # type: ignore[valid-type]  # TVMScript buffer declarations, not types
-                b: T.Buffer((NP,), "float32", align=128), y: T.Buffer((m, n), "float32", align=128)):  # type: ignore[valid-type]
+    def flinear(
+        x: T.Buffer((m, k), "float32", align=128),
+        wt: T.Buffer((k, NP), "float32", align=128),  # TVMScript buffer declarations, not types
+        b: T.Buffer((NP,), "float32", align=128),
+        y: T.Buffer((m, n), "float32", align=128),
+    ):
         T.func_attr({"tirx.noalias": True})
         yf = T.decl_buffer((m * n,), "float32", data=y.data)
         acc = T.decl_buffer((L,), "float32", scope="local")
@@ -254,7 +274,9 @@ def float_linear_kernel(m: int, k: int, n: int, lanes: int = 32, relu: bool = Fa
             for nb in range(NB):
                 acc[T.ramp(0, 1, L)] = b[T.ramp(nb * L, 1, L)]
                 for kk in range(k):
-                    acc[T.ramp(0, 1, L)] = acc[T.ramp(0, 1, L)] + T.broadcast(x[i, kk], L) * wt[kk, T.ramp(nb * L, 1, L)]
+                    acc[T.ramp(0, 1, L)] = (
+                        acc[T.ramp(0, 1, L)] + T.broadcast(x[i, kk], L) * wt[kk, T.ramp(nb * L, 1, L)]
+                    )
                 if relu:
                     acc[T.ramp(0, 1, L)] = T.max(acc[T.ramp(0, 1, L)], T.broadcast(T.float32(0), L))
                 if nb < FULL:
@@ -263,11 +285,13 @@ def float_linear_kernel(m: int, k: int, n: int, lanes: int = 32, relu: bool = Fa
                     for j in range(L):
                         if nb * L + j < n:
                             yf[i * n + nb * L + j] = acc[j]
+
     return flinear
 
 
-def float_conv_kernel(c: int, h: int, w: int, o: int, kh: int, kw: int, stride: int, pads: tuple, oh: int,
-                      ow: int, lanes: int = 32):
+def float_conv_kernel(
+    c: int, h: int, w: int, o: int, kh: int, kw: int, stride: int, pads: tuple, oh: int, ow: int, lanes: int = 32
+):
     """A float32 NCHW Conv2d (batch 1, group 1) whose vectors are ``lanes`` output channels:
     ``acc[o..o+lanes] += x[c, ih, iw] * wt[c, kh, kw, o..o+lanes]`` (``wt`` the weight transposed and zero
     padded to ``[C, KH, KW, OP]``), bias first, padding taps skipped. HVX float on v68+ (compile-only here)."""
@@ -280,8 +304,12 @@ def float_conv_kernel(c: int, h: int, w: int, o: int, kh: int, kw: int, stride: 
     NOUT = o * oh * ow
 
     @T.prim_func(private=True)
-    def fconv2d(x: T.Buffer((1, c, h, w), "float32", align=128), wt: T.Buffer((c, kh, kw, OP), "float32", align=128),  # type: ignore[valid-type]  # TVMScript buffer declarations, not types
-                b: T.Buffer((OP,), "float32", align=128), y: T.Buffer((1, o, oh, ow), "float32", align=128)):  # type: ignore[valid-type]
+    def fconv2d(
+        x: T.Buffer((1, c, h, w), "float32", align=128),
+        wt: T.Buffer((c, kh, kw, OP), "float32", align=128),  # TVMScript buffer declarations, not types
+        b: T.Buffer((OP,), "float32", align=128),
+        y: T.Buffer((1, o, oh, ow), "float32", align=128),
+    ):
         T.func_attr({"tirx.noalias": True})
         yf = T.decl_buffer((NOUT,), "float32", data=y.data)
         acc = T.decl_buffer((L,), "float32", scope="local")
@@ -293,10 +321,13 @@ def float_conv_kernel(c: int, h: int, w: int, o: int, kh: int, kw: int, stride: 
                         for p in range(kh):
                             for q in range(kw):
                                 if 0 <= i * stride + p - PT < h and 0 <= j * stride + q - PL < w:
-                                    acc[T.ramp(0, 1, L)] = acc[T.ramp(0, 1, L)] + T.broadcast(
-                                        x[0, ci, i * stride + p - PT, j * stride + q - PL], L) * \
-                                        wt[ci, p, q, T.ramp(nb * L, 1, L)]
+                                    acc[T.ramp(0, 1, L)] = (
+                                        acc[T.ramp(0, 1, L)]
+                                        + T.broadcast(x[0, ci, i * stride + p - PT, j * stride + q - PL], L)
+                                        * wt[ci, p, q, T.ramp(nb * L, 1, L)]
+                                    )
                     for lane in range(L):
                         if nb * L + lane < o:
                             yf[((nb * L + lane) * oh + i) * ow + j] = acc[lane]
+
     return fconv2d

@@ -14,15 +14,57 @@ from ...errors import UnsupportedError
 HERE = os.path.dirname(os.path.abspath(__file__))
 RUNTIME_C = os.path.join(HERE, "runtime.c")  # the freestanding runtime every artifact and kernel runner links
 # Symbols the kernels may leave undefined: what runtime.c defines. Anything else is a build error.
-RUNTIME_SYMBOLS = frozenset({
-    "memset", "memcpy", "memmove", "__hexagon_memcpy_likely_aligned_min32bytes_mult8bytes", "expf", "tanhf",
-    "sqrtf", "fabsf", "edgec_fence", "erff", "floorf", "nearbyintf", "ceilf", "truncf", "roundf", "logf", "powf",
-    "exp", "log", "__truncdfhf2", "__truncsfhf2", "__extendhfdf2", "__extendhfsf2", "sinf", "cosf", "tanf", "asinf",
-    "acosf", "atanf", "sinhf", "coshf", "asinhf", "acoshf", "__hexagon_sqrtf", "__hexagon_divsf3",
-    "__hexagon_divsi3", "__hexagon_modsi3", "__hexagon_udivsi3", "__hexagon_umodsi3",
-    "__hexagon_divdi3", "__hexagon_moddi3", "__hexagon_udivdi3", "__hexagon_umoddi3",
-    "__TVMBackendAllocWorkspace", "__TVMBackendFreeWorkspace", "__TVMBackendParallelLaunch",
-    "_GLOBAL_OFFSET_TABLE_"})  # the last one the linker provides
+RUNTIME_SYMBOLS = frozenset(
+    {
+        "memset",
+        "memcpy",
+        "memmove",
+        "__hexagon_memcpy_likely_aligned_min32bytes_mult8bytes",
+        "expf",
+        "tanhf",
+        "sqrtf",
+        "fabsf",
+        "edgec_fence",
+        "erff",
+        "floorf",
+        "nearbyintf",
+        "ceilf",
+        "truncf",
+        "roundf",
+        "logf",
+        "powf",
+        "exp",
+        "log",
+        "__truncdfhf2",
+        "__truncsfhf2",
+        "__extendhfdf2",
+        "__extendhfsf2",
+        "sinf",
+        "cosf",
+        "tanf",
+        "asinf",
+        "acosf",
+        "atanf",
+        "sinhf",
+        "coshf",
+        "asinhf",
+        "acoshf",
+        "__hexagon_sqrtf",
+        "__hexagon_divsf3",
+        "__hexagon_divsi3",
+        "__hexagon_modsi3",
+        "__hexagon_udivsi3",
+        "__hexagon_umodsi3",
+        "__hexagon_divdi3",
+        "__hexagon_moddi3",
+        "__hexagon_udivdi3",
+        "__hexagon_umoddi3",
+        "__TVMBackendAllocWorkspace",
+        "__TVMBackendFreeWorkspace",
+        "__TVMBackendParallelLaunch",
+        "_GLOBAL_OFFSET_TABLE_",
+    }
+)  # the last one the linker provides
 
 
 def find_tools() -> dict[str, str]:
@@ -45,14 +87,27 @@ def cflags(arch: str, hvx: int, ws_bytes: int, includes: tuple[str, ...] = ()) -
     """clang flags for the generated C (driver, runtime, runners) for ``arch``: freestanding, the TVM FFI /
     DLPack headers, the workspace size."""
     import tvm_ffi
+
     inc = os.path.join(os.path.dirname(tvm_ffi.__file__), "include")
-    dl = [os.path.join(r, "") for r, _, _ in os.walk(os.path.dirname(tvm_ffi.__file__))
-          if r.endswith(os.path.join("dlpack", "include"))]
+    dl = [
+        os.path.join(r, "")
+        for r, _, _ in os.walk(os.path.dirname(tvm_ffi.__file__))
+        if r.endswith(os.path.join("dlpack", "include"))
+    ]
     # The driver and runtime are plain C: clang 14 (Debian 12) knows up to v69, which newer arches run.
     cpu = arch if arch in ("v67", "v68", "v69") else "v69"
-    flags = ["--target=hexagon-unknown-linux-musl", f"-mcpu=hexagon{cpu}", "-ffreestanding",
-             "-nostdlib", "-fno-builtin", "-O2", "-fPIC", "-mlong-calls", f"-I{inc}",
-             f"-DEDGEC_WORKSPACE_BYTES={ws_bytes}"] + [f"-I{d}" for d in (*dl, *includes)]
+    flags = [
+        "--target=hexagon-unknown-linux-musl",
+        f"-mcpu=hexagon{cpu}",
+        "-ffreestanding",
+        "-nostdlib",
+        "-fno-builtin",
+        "-O2",
+        "-fPIC",
+        "-mlong-calls",
+        f"-I{inc}",
+        f"-DEDGEC_WORKSPACE_BYTES={ws_bytes}",
+    ] + [f"-I{d}" for d in (*dl, *includes)]
     return flags + (["-mhvx", "-mhvx-length=128b"] if hvx else [])
 
 
@@ -67,10 +122,37 @@ def link(tools: dict[str, str], flags: list[str], out_dir: str, work: str) -> No
         objs[src] = obj
     blob = [objs["weights.S"]]
     kobj = os.path.join(out_dir, "kernels.o")
-    run([tools["ld.lld"], "-shared", "-o", os.path.join(out_dir, "libmodel.so"), objs["model.c"],
-         objs["runtime.c"], kobj, *blob], "linking libmodel.so", cwd=out_dir)
-    run([tools["ld.lld"], "-static", "-e", "_start", "-o", os.path.join(out_dir, "runner"),
-         objs["runner.c"], objs["model.c"], objs["runtime.c"], kobj, *blob], "linking the runner", cwd=out_dir)
+    run(
+        [
+            tools["ld.lld"],
+            "-shared",
+            "-o",
+            os.path.join(out_dir, "libmodel.so"),
+            objs["model.c"],
+            objs["runtime.c"],
+            kobj,
+            *blob,
+        ],
+        "linking libmodel.so",
+        cwd=out_dir,
+    )
+    run(
+        [
+            tools["ld.lld"],
+            "-static",
+            "-e",
+            "_start",
+            "-o",
+            os.path.join(out_dir, "runner"),
+            objs["runner.c"],
+            objs["model.c"],
+            objs["runtime.c"],
+            kobj,
+            *blob,
+        ],
+        "linking the runner",
+        cwd=out_dir,
+    )
     check_symbols(tools, os.path.join(out_dir, "runner"), allowed=frozenset(), what="the runner")
 
 
@@ -91,8 +173,9 @@ def check_symbols(tools: dict[str, str], path: str, allowed: frozenset[str], wha
         if len(parts) >= 2 and parts[-2] in ("U", "w", "v") and parts[-1] not in allowed:
             missing.append(parts[-1])
     if missing:
-        raise UnsupportedError(f"{what} need symbols edgec's Hexagon runtime does not provide: "
-                               f"{', '.join(sorted(set(missing)))}")
+        raise UnsupportedError(
+            f"{what} need symbols edgec's Hexagon runtime does not provide: {', '.join(sorted(set(missing)))}"
+        )
 
 
 def run(cmd: list[str], what: str, cwd: str | None = None) -> None:

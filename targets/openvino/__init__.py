@@ -36,8 +36,15 @@ from ...target import Artifact, Capabilities, Target, VerifyPolicy
 from .builder import _FALLBACK_PROBLEMS, ENCODERS, OVBuilder, _ov, fallback_ops, supported_ops
 
 RT_KEY = "edgec_metadata"
-_QUANT = ENCODERS.quant({"symmetric": range(2, 9), "asymmetric": range(2, 9), "affine": range(2, 9),
-                         "codebook": range(2, 9), "vector": range(1, 17)})
+_QUANT = ENCODERS.quant(
+    {
+        "symmetric": range(2, 9),
+        "asymmetric": range(2, 9),
+        "affine": range(2, 9),
+        "codebook": range(2, 9),
+        "vector": range(1, 17),
+    }
+)
 
 
 def _stable_names(m) -> None:
@@ -45,6 +52,7 @@ def _stable_names(m) -> None:
     another compile in the same process) would give a different model.xml. Renumber those names in graph
     order: identical inputs then give byte-identical IR files."""
     import re
+
     for i, op in enumerate(m.get_ordered_ops()):
         t = op.get_type_name()
         if re.fullmatch(re.escape(t) + r"_\d+", op.get_friendly_name()):
@@ -57,28 +65,41 @@ class OpenVINOTarget(Target):
     summary: ClassVar[str] = "OpenVINO IR (.xml/.bin) with compressed weights, run on the OpenVINO CPU plugin"
     runtime: ClassVar[str] = "OpenVINO CPU plugin"
     capabilities: ClassVar[Capabilities] = Capabilities(
-        ops=supported_ops(), fallback_ops=fallback_ops(),
+        ops=supported_ops(),
+        fallback_ops=fallback_ops(),
         # not f64 (the CPU plugin computes it in f32: 1e300 came back as 3.4e38) nor u64 (computed in 32 bits)
-        dtypes=frozenset({"f32", "f16", "i64", "i32", "i16", "i8", "u32", "u16", "u8", "bool"}), quant=_QUANT,
-        activation_quant=True, mixed=(4, 8),  # int4/int8 weight compression, as NNCF mixes them
-        exact_division=False)  # the CPU plugin's Divide is not correctly rounded
+        dtypes=frozenset({"f32", "f16", "i64", "i32", "i16", "i8", "u32", "u16", "u8", "bool"}),
+        quant=_QUANT,
+        activation_quant=True,
+        mixed=(4, 8),  # int4/int8 weight compression, as NNCF mixes them
+        exact_division=False,
+    )  # the CPU plugin's Divide is not correctly rounded
 
     def act_quant_policy(self) -> VerifyPolicy:
-        return VerifyPolicy("the CPU plugin runs FakeQuantize'd layers as int8 kernels with its own requantization "
-                            "arithmetic, so rounding-boundary flips accumulate layer by layer",
-                            min_cosine=0.999, max_rel_err=0.05)
+        return VerifyPolicy(
+            "the CPU plugin runs FakeQuantize'd layers as int8 kernels with its own requantization "
+            "arithmetic, so rounding-boundary flips accumulate layer by layer",
+            min_cosine=0.999,
+            max_rel_err=0.05,
+        )
 
     dynamic_shapes: ClassVar[bool] = True  # symbolic dims stay dynamic: any batch / sequence length
 
     weights: str = option("f32", choices=("f32", "f16"), help="storage of weights that are not quantized")
-    nf4: str = option("exact", choices=("exact", "native"),
-                      help="NF4 weights: 'exact' keeps edgec's codebook bit for bit (native nf4 type only when "
-                           "the codebook is OpenVINO's); 'native' always uses the nf4 element type, whose "
-                           "table differs from bitsandbytes' by one float32 ulp at one level")
-    decompression: str = option("exact", choices=("exact", "f16"),
-                                help="'exact': weights decompress to exactly the IR's values (in f16 where that "
-                                     "is exact, else f32); 'f16': always in f16, as NNCF does - faster for int8, "
-                                     "but each weight is rounded to float16")
+    nf4: str = option(
+        "exact",
+        choices=("exact", "native"),
+        help="NF4 weights: 'exact' keeps edgec's codebook bit for bit (native nf4 type only when "
+        "the codebook is OpenVINO's); 'native' always uses the nf4 element type, whose "
+        "table differs from bitsandbytes' by one float32 ulp at one level",
+    )
+    decompression: str = option(
+        "exact",
+        choices=("exact", "f16"),
+        help="'exact': weights decompress to exactly the IR's values (in f16 where that "
+        "is exact, else f32); 'f16': always in f16, as NNCF does - faster for int8, "
+        "but each weight is rounded to float16",
+    )
     threads: int = option(0, help="CPU threads for --verify (0: OpenVINO's default)")
 
     def accepts_node(self, node: Node, model: Model) -> bool:
@@ -100,8 +121,13 @@ class OpenVINOTarget(Target):
             problems.append(str(e))
         for v in model.graph.initializers.values():
             q = v.const
-            if isinstance(q, QuantizedTensor) and q.scheme_type.indexes_codebook and q.codebook is not None \
-                    and np.asarray(q.codebook).ndim == 3 and len(q.shape) != 2:
+            if (
+                isinstance(q, QuantizedTensor)
+                and q.scheme_type.indexes_codebook
+                and q.codebook is not None
+                and np.asarray(q.codebook).ndim == 3
+                and len(q.shape) != 2
+            ):
                 problems.append(f"weight {v.name!r}: per-group codebooks are carried for 2-D weights only")
         return problems
 
@@ -118,11 +144,23 @@ class OpenVINOTarget(Target):
         # compress_to_fp16 defaults to True and would halve every f32 constant behind our back.
         ov.save_model(m, xml, compress_to_fp16=False)
         fq = sum(1 for op in m.get_ops() if op.get_type_name() == "FakeQuantize")
-        return Artifact(["model.xml", "model.bin"], {
-            "openvino_version": ov.__version__, "weights": self.weights, "weight_encodings": dict(b.encodings),
-            "fake_quantize_nodes": fq,
-            "inputs": [{"name": p.get_friendly_name(), "shape": str(p.get_partial_shape()),
-                        "dtype": p.get_element_type().get_type_name()} for p in m.get_parameters()]})
+        return Artifact(
+            ["model.xml", "model.bin"],
+            {
+                "openvino_version": ov.__version__,
+                "weights": self.weights,
+                "weight_encodings": dict(b.encodings),
+                "fake_quantize_nodes": fq,
+                "inputs": [
+                    {
+                        "name": p.get_friendly_name(),
+                        "shape": str(p.get_partial_shape()),
+                        "dtype": p.get_element_type().get_type_name(),
+                    }
+                    for p in m.get_parameters()
+                ],
+            },
+        )
 
     def compile(self, out_dir: str):
         """The saved IR compiled on the CPU plugin, f32 inference precision."""
@@ -144,6 +182,7 @@ class OpenVINOTarget(Target):
         def run(tokens: np.ndarray) -> np.ndarray:
             res = req.infer({"input_ids": np.asarray(tokens, np.int64)[None]})
             return np.array(res[out])[0]
+
         return "openvino", run
 
     def artifact_metadata(self, out_dir: str, files) -> dict[str, str] | None:

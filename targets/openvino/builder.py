@@ -41,16 +41,36 @@ def _ov():
         import openvino as ov
         import openvino.opset16 as ops
     except ImportError:
-        raise UnsupportedError("the openvino target needs OpenVINO: pip install 'edgec[openvino]' "
-                               "(openvino 2026.x)") from None
+        raise UnsupportedError(
+            "the openvino target needs OpenVINO: pip install 'edgec[openvino]' (openvino 2026.x)"
+        ) from None
     return ov, ops
 
 
 # The NF4 levels OpenVINO's nf4 element type decodes to. edgec's table (bitsandbytes') differs from it by one
 # float32 ulp at one level; NF4 weights whose codebook is OpenVINO's exactly use the native type, others
 # (and edgec's own NF4) go through the exact Gather form unless the target is told nf4=native.
-OV_NF4 = np.array([-1.0, -0.6961928, -0.52507305, -0.3949175, -0.28444138, -0.18477343, -0.09105004, 0.0,
-                   0.0795803, 0.1609302, 0.2461123, 0.33791524, 0.44070983, 0.562617, 0.72295684, 1.0], np.float32)
+OV_NF4 = np.array(
+    [
+        -1.0,
+        -0.6961928,
+        -0.52507305,
+        -0.3949175,
+        -0.28444138,
+        -0.18477343,
+        -0.09105004,
+        0.0,
+        0.0795803,
+        0.1609302,
+        0.2461123,
+        0.33791524,
+        0.44070983,
+        0.562617,
+        0.72295684,
+        1.0,
+    ],
+    np.float32,
+)
 
 
 def storage_type(q: QuantizedTensor) -> str:
@@ -153,8 +173,10 @@ class OVBuilder:
     def get(self, v: Value):
         if id(v) not in self.env:
             if not v.is_const:
-                raise UnsupportedError(f"value {v.name!r} is used before the openvino target computed it (its "
-                                       "producer's lowering does not give that output)")
+                raise UnsupportedError(
+                    f"value {v.name!r} is used before the openvino target computed it (its "
+                    "producer's lowering does not give that output)"
+                )
             self.env[id(v)] = self.weight(v)
         return self.env[id(v)]
 
@@ -173,7 +195,9 @@ class OVBuilder:
         """A Constant of a (possibly sub-byte) integer element type holding ``codes``."""
         ov, ops = self.ov, self.ops
         if etype in ("u8", "i8"):
-            return ops.constant(np.ascontiguousarray(codes.reshape(shape).astype(np.uint8 if etype == "u8" else np.int8)))
+            return ops.constant(
+                np.ascontiguousarray(codes.reshape(shape).astype(np.uint8 if etype == "u8" else np.int8))
+            )
         t = ov.Tensor(getattr(ov.Type, etype), ov.Shape(shape))
         data = pack_nibbles(codes)
         t.data[:] = data.reshape(t.data.shape)
@@ -209,14 +233,16 @@ class OVBuilder:
         else:
             node = ops.multiply(node, self.scales(q.scales, sshape))
         if q.offsets is not None:
-            node = ops.add(node, self.const(np.asarray(q.offsets, np.float32).reshape(
-                _param_shape(q.offsets, q, split))))
+            node = ops.add(
+                node, self.const(np.asarray(q.offsets, np.float32).reshape(_param_shape(q.offsets, q, split)))
+            )
         if any(split):
             node = ops.reshape(node, self.ints(q.shape), False)
         if half:
             node = ops.convert(node, f32)
-        self.encodings[name] = etype + (" group-wise" if any(split) else "") + (
-            " f16" if exact else " f16 (rounded)" if half else "")
+        self.encodings[name] = (
+            etype + (" group-wise" if any(split) else "") + (" f16" if exact else " f16 (rounded)" if half else "")
+        )
         return node.output(0)
 
     @encoder("codebook")
@@ -343,17 +369,25 @@ class OVBuilder:
                 raise
             except Exception as e:  # noqa: BLE001 - OpenVINO validation errors come as RuntimeError
                 first = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
-                why = "OpenVINO rejected it" if isinstance(e, RuntimeError) else \
-                    f"the openvino target cannot lower this variant ({type(e).__name__})"
+                why = (
+                    "OpenVINO rejected it"
+                    if isinstance(e, RuntimeError)
+                    else f"the openvino target cannot lower this variant ({type(e).__name__})"
+                )
                 raise UnsupportedError(f"node {n.name!r} ({n.qualified_op}): {why}: {first}") from None
             finally:
                 self.env.update(widened)
             outs = res if isinstance(res, list) else [res]
-            missing = [o.name for k, o in enumerate(n.outputs) if o is not None and (k >= len(outs) or outs[k] is None)
-                       and (o.uses or id(o) in graph_outputs)]
+            missing = [
+                o.name
+                for k, o in enumerate(n.outputs)
+                if o is not None and (k >= len(outs) or outs[k] is None) and (o.uses or id(o) in graph_outputs)
+            ]
             if missing:
-                raise UnsupportedError(f"node {n.name!r} ({n.qualified_op}): the openvino target does not compute its "
-                                       f"output(s) {', '.join(map(repr, sorted(set(missing))))}")
+                raise UnsupportedError(
+                    f"node {n.name!r} ({n.qualified_op}): the openvino target does not compute its "
+                    f"output(s) {', '.join(map(repr, sorted(set(missing))))}"
+                )
             for o, val in zip(n.outputs, outs):
                 if o is None or val is None:
                     continue
@@ -365,8 +399,11 @@ class OVBuilder:
             r = ops.result(val)
             # a graph output that is a graph input (Identity) or another output keeps that value's names too: the
             # input is still fed by its name
-            keep = val.get_names() if val.get_node().get_type_name() == "Parameter" or any(
-                x.input_value(0) == val for x in results) else set()
+            keep = (
+                val.get_names()
+                if val.get_node().get_type_name() == "Parameter" or any(x.input_value(0) == val for x in results)
+                else set()
+            )
             r.output(0).get_tensor().set_names(set(keep) | {o.name})
             r.set_friendly_name(o.name)
             results.append(r)
@@ -378,15 +415,55 @@ def _op(fn_name: str):
 
 
 # Arithmetic whose int8 / uint8 results OpenVINO saturates: computed in int32, wrapped back (OVBuilder._widen_narrow)
-_WRAP_NARROW = frozenset({"Add", "Sub", "Mul", "Div", "Neg", "Abs", "Sum", "Mean", "MatMul", "ReduceSum",
-                          "ReduceProd", "ReduceSumSquare", "CumSum", "Pow"})
+_WRAP_NARROW = frozenset(
+    {
+        "Add",
+        "Sub",
+        "Mul",
+        "Div",
+        "Neg",
+        "Abs",
+        "Sum",
+        "Mean",
+        "MatMul",
+        "ReduceSum",
+        "ReduceProd",
+        "ReduceSumSquare",
+        "CumSum",
+        "Pow",
+    }
+)
 
 
-_BINARY = {"Add": "add", "Sub": "subtract", "Mul": "multiply", "Div": "divide", "Pow": "power", "Equal": "equal",
-           "Less": "less", "Greater": "greater", "LessOrEqual": "less_equal", "GreaterOrEqual": "greater_equal",
-           "And": "logical_and", "Or": "logical_or", "Max": "maximum", "Min": "minimum"}
-_UNARY = {"Relu": "relu", "Sigmoid": "sigmoid", "Tanh": "tanh", "Exp": "exp", "Sqrt": "sqrt",
-          "Neg": "negative", "Abs": "abs", "Log": "log", "Not": "logical_not", "Floor": "floor", "Ceil": "ceiling"}
+_BINARY = {
+    "Add": "add",
+    "Sub": "subtract",
+    "Mul": "multiply",
+    "Div": "divide",
+    "Pow": "power",
+    "Equal": "equal",
+    "Less": "less",
+    "Greater": "greater",
+    "LessOrEqual": "less_equal",
+    "GreaterOrEqual": "greater_equal",
+    "And": "logical_and",
+    "Or": "logical_or",
+    "Max": "maximum",
+    "Min": "minimum",
+}
+_UNARY = {
+    "Relu": "relu",
+    "Sigmoid": "sigmoid",
+    "Tanh": "tanh",
+    "Exp": "exp",
+    "Sqrt": "sqrt",
+    "Neg": "negative",
+    "Abs": "abs",
+    "Log": "log",
+    "Not": "logical_not",
+    "Floor": "floor",
+    "Ceil": "ceiling",
+}
 
 
 @lowering(*_BINARY)
@@ -409,8 +486,10 @@ def _binary(b: OVBuilder, n: Node):
         return d
     if n.op_type == "Pow" and tx is not None and ty is not None and tx != ty:
         if not tx.is_float:  # int ** float: ONNX computes in the exponent's precision, then casts
-            raise UnsupportedError(f"node {n.name!r} (Pow): an integer base ({tx.short}) with a {ty.short} exponent "
-                                   "is not supported by the openvino target")
+            raise UnsupportedError(
+                f"node {n.name!r} (Pow): an integer base ({tx.short}) with a {ty.short} exponent "
+                "is not supported by the openvino target"
+            )
         y = b.ops.convert(y, x.get_element_type())  # float ** int: the exponent is exact in the base's type
     return getattr(b.ops, _BINARY[n.op_type])(x, y)
 
@@ -430,6 +509,7 @@ def _erf(b, n):
 
     def c(k):
         return b.scalar(k, v)
+
     x2 = ops.multiply(x, x)
     poly = ops.add(c(-1.0 / 3), ops.multiply(x2, ops.add(c(0.1), ops.multiply(x2, c(-1.0 / 42)))))
     series = ops.multiply(ops.multiply(x, c(2.0 / np.sqrt(np.pi))), ops.add(c(1.0), ops.multiply(x2, poly)))
@@ -457,8 +537,10 @@ def _cast(b, n):
         if t is None or t.short not in _CAST_TYPES:
             to = n.attr("to")
             name = t.short if t is not None else (onnx_type_name(to) if isinstance(to, int) else "an unknown type")
-            raise UnsupportedError(f"node {n.name!r} (Cast): casting {what} {name} is not supported by the openvino "
-                                   f"target (supported: {', '.join(sorted(_CAST_TYPES))})")
+            raise UnsupportedError(
+                f"node {n.name!r} (Cast): casting {what} {name} is not supported by the openvino "
+                f"target (supported: {', '.join(sorted(_CAST_TYPES))})"
+            )
     return b.ops.convert(b.get(n.inputs[0]), ov_type(b.ov, dst))
 
 
@@ -468,7 +550,6 @@ def ov_type(ov, dtype):
     if not hasattr(ov.Type, name):
         raise UnsupportedError(f"dtype {dtype.short} has no OpenVINO element type")
     return getattr(ov.Type, name)
-
 
 
 @lowering("Reshape")
@@ -623,8 +704,9 @@ def _reduce(b, n):
         # max = any, min = all (over an empty set: False / True, the identities ONNX gives)
         fn = "reduce_logical_or" if n.op_type == "ReduceMax" else "reduce_logical_and"
         return getattr(b.ops, fn)(b.get(x), b.ints(axes), bool(n.attr("keepdims", 1)))
-    fn = {"ReduceMean": "reduce_mean", "ReduceSum": "reduce_sum", "ReduceMax": "reduce_max",
-          "ReduceMin": "reduce_min"}[n.op_type]
+    fn = {"ReduceMean": "reduce_mean", "ReduceSum": "reduce_sum", "ReduceMax": "reduce_max", "ReduceMin": "reduce_min"}[
+        n.op_type
+    ]
     y = getattr(b.ops, fn)(b.get(x), b.ints(axes), bool(n.attr("keepdims", 1))).output(0)
     if n.op_type not in ("ReduceMax", "ReduceMin"):
         return y
@@ -649,8 +731,9 @@ def _reduce(b, n):
     else:
         raise UnsupportedError(f"node {n.name!r} ({n.op_type}): dtype {x.dtype.short} is not supported")
     shp = b.ops.shape_of(xv, "i64")
-    count = b.ops.reduce_prod(b.ops.gather(shp, b.ints([a % rank for a in axes]), b.const(np.int64(0))),
-                              b.ints([0]), False)
+    count = b.ops.reduce_prod(
+        b.ops.gather(shp, b.ints([a % rank for a in axes]), b.const(np.int64(0))), b.ints([0]), False
+    )
     empty = b.ops.equal(count, b.const(np.int64(0)))
     return b.ops.select(empty, b.const(np.asarray(fill, dt)), y)
 
@@ -662,8 +745,9 @@ def _matmul(b, n):
 
 def _pads(n: Node, spatial: int) -> tuple[list[int], list[int]]:
     if n.attr("auto_pad", "NOTSET") not in ("NOTSET", "VALID"):
-        raise UnsupportedError(f"node {n.name!r}: auto_pad={n.attr('auto_pad')} is not supported; re-export with "
-                               "explicit pads")
+        raise UnsupportedError(
+            f"node {n.name!r}: auto_pad={n.attr('auto_pad')} is not supported; re-export with explicit pads"
+        )
     if n.attr("auto_pad", "NOTSET") == "VALID":
         return [0] * spatial, [0] * spatial
     p = list(n.attr("pads", [0] * 2 * spatial))
@@ -701,16 +785,29 @@ def _pool(b, n):
     rounding = "ceil_torch" if n.attr("ceil_mode", 0) else "floor"
     if n.op_type == "MaxPool":
         if n.attr("storage_order", 0):
-            raise UnsupportedError(f"node {n.name!r} (MaxPool): storage_order=1 (column-major indices) is not "
-                                   "supported by the openvino target")
+            raise UnsupportedError(
+                f"node {n.name!r} (MaxPool): storage_order=1 (column-major indices) is not "
+                "supported by the openvino target"
+            )
         # axis 0: indices into the whole input flattened row-major, as ONNX numbers them
-        mp = b.ops.max_pool(b.get(n.inputs[0]), strides, list(n.attr("dilations", [1] * len(k))), begin, end, k,
-                            rounding, None, "i64", 0)
+        mp = b.ops.max_pool(
+            b.get(n.inputs[0]),
+            strides,
+            list(n.attr("dilations", [1] * len(k))),
+            begin,
+            end,
+            k,
+            rounding,
+            None,
+            "i64",
+            0,
+        )
         return [mp.output(0), mp.output(1)]
     if any(d != 1 for d in n.attr("dilations", [1] * len(k))):
         raise UnsupportedError(f"node {n.name!r}: dilated AveragePool is not supported by the openvino target")
     # AvgPool-14 (AvgPool-16, which takes dilations, crashes the 2026.4 CPU plugin when compiled)
     import openvino.opset14 as opset14
+
     return opset14.avg_pool(b.get(n.inputs[0]), strides, begin, end, k, not n.attr("count_include_pad", 0), rounding)
 
 
@@ -722,9 +819,11 @@ def _gap(b, n):
 @lowering("BatchNormalization")
 def _bn(b, n):
     if n.attr("training_mode", 0) or any(o is not None and (o.uses or o in n.graph.outputs) for o in n.outputs[1:]):
-        raise UnsupportedError(f"node {n.name!r} (BatchNormalization): training mode (batch statistics, running "
-                               "mean / variance outputs) is not supported by the openvino target; export the model "
-                               "in inference mode")
+        raise UnsupportedError(
+            f"node {n.name!r} (BatchNormalization): training mode (batch statistics, running "
+            "mean / variance outputs) is not supported by the openvino target; export the model "
+            "in inference mode"
+        )
     x, g, beta, mean, var = (b.get(v) for v in n.inputs[:5])
     return b.ops.batch_norm_inference(x, g, beta, mean, var, n.attr("epsilon", 1e-5))
 
@@ -735,8 +834,10 @@ def _layernorm(b, n):
     if x.rank is None:
         raise UnsupportedError(f"node {n.name!r} (LayerNormalization): the input's rank must be known")
     if x.dtype is not None and x.dtype.short != "f32" and n.attr("stash_type", 1) == 1:
-        raise UnsupportedError(f"node {n.name!r} (LayerNormalization): {x.dtype.short} input with float32 "
-                               "statistics (stash_type=1) is not supported by the openvino target")
+        raise UnsupportedError(
+            f"node {n.name!r} (LayerNormalization): {x.dtype.short} input with float32 "
+            "statistics (stash_type=1) is not supported by the openvino target"
+        )
     axis = n.attr("axis", -1) % x.rank
     axes = b.ints(list(range(axis, x.rank)))
     eps = n.attr("epsilon", 1e-5)
@@ -798,19 +899,110 @@ def _linear(b, n):
 # code), NonMaxSuppression (a box whose IoU equals the threshold), ReduceL1 / ReduceLogSum / ReduceLogSumExp (before
 # opset 18 their axes attribute is ignored: everything is reduced; the decompose pass rewrites them exactly through
 # ReduceSum); variants of others are refused by _FALLBACK_PROBLEMS.
-FALLBACK_OPS = frozenset({
-    "Acos", "Acosh", "AffineGrid", "ArgMax", "ArgMin", "Asin", "Asinh", "Atan", "Atanh", "BitwiseAnd", "BitwiseNot",
-    "BitwiseOr", "BitwiseXor", "BlackmanWindow", "CastLike", "Celu", "CenterCropPad", "Col2Im", "Compress",
-    "ConvInteger", "ConvTranspose", "Cos", "Cosh", "CumSum", "DepthToSpace", "DequantizeLinear", "Dropout",
-    "Einsum", "Elu", "EyeLike", "GRU", "Gelu", "Gemm", "GlobalLpPool", "GlobalMaxPool", "GridSample",
-    "GroupNormalization", "HammingWindow", "HannWindow", "Hardmax", "InstanceNormalization", "IsInf", "IsNaN",
-    "LRN", "LSTM", "LeakyRelu", "LogSoftmax", "LpNormalization", "LpPool", "MatMulInteger", "MaxRoiPool", "Mean",
-    "MeanVarianceNormalization", "Mish", "Mod", "NegativeLogLikelihoodLoss", "NonZero", "OneHot", "PRelu", "Pad",
-    "QLinearConv", "QLinearMatMul", "RMSNormalization", "RNN", "ReduceL2", "ReduceProd", "ReduceSumSquare", "Resize", "ReverseSequence", "RoiAlign",
-    "RotaryEmbedding", "Round", "STFT", "Scatter", "ScatterElements", "ScatterND", "Selu", "Shrink", "Sign", "Sin",
-    "Sinh", "Size", "SoftmaxCrossEntropyLoss", "Softplus", "Softsign", "SpaceToDepth", "Split", "Sum", "Swish",
-    "Tan", "ThresholdedRelu", "Tile", "TopK", "Trilu", "Unique", "Upsample", "Xor",
-}) - LOWERINGS.ops()
+FALLBACK_OPS = (
+    frozenset(
+        {
+            "Acos",
+            "Acosh",
+            "AffineGrid",
+            "ArgMax",
+            "ArgMin",
+            "Asin",
+            "Asinh",
+            "Atan",
+            "Atanh",
+            "BitwiseAnd",
+            "BitwiseNot",
+            "BitwiseOr",
+            "BitwiseXor",
+            "BlackmanWindow",
+            "CastLike",
+            "Celu",
+            "CenterCropPad",
+            "Col2Im",
+            "Compress",
+            "ConvInteger",
+            "ConvTranspose",
+            "Cos",
+            "Cosh",
+            "CumSum",
+            "DepthToSpace",
+            "DequantizeLinear",
+            "Dropout",
+            "Einsum",
+            "Elu",
+            "EyeLike",
+            "GRU",
+            "Gelu",
+            "Gemm",
+            "GlobalLpPool",
+            "GlobalMaxPool",
+            "GridSample",
+            "GroupNormalization",
+            "HammingWindow",
+            "HannWindow",
+            "Hardmax",
+            "InstanceNormalization",
+            "IsInf",
+            "IsNaN",
+            "LRN",
+            "LSTM",
+            "LeakyRelu",
+            "LogSoftmax",
+            "LpNormalization",
+            "LpPool",
+            "MatMulInteger",
+            "MaxRoiPool",
+            "Mean",
+            "MeanVarianceNormalization",
+            "Mish",
+            "Mod",
+            "NegativeLogLikelihoodLoss",
+            "NonZero",
+            "OneHot",
+            "PRelu",
+            "Pad",
+            "QLinearConv",
+            "QLinearMatMul",
+            "RMSNormalization",
+            "RNN",
+            "ReduceL2",
+            "ReduceProd",
+            "ReduceSumSquare",
+            "Resize",
+            "ReverseSequence",
+            "RoiAlign",
+            "RotaryEmbedding",
+            "Round",
+            "STFT",
+            "Scatter",
+            "ScatterElements",
+            "ScatterND",
+            "Selu",
+            "Shrink",
+            "Sign",
+            "Sin",
+            "Sinh",
+            "Size",
+            "SoftmaxCrossEntropyLoss",
+            "Softplus",
+            "Softsign",
+            "SpaceToDepth",
+            "Split",
+            "Sum",
+            "Swish",
+            "Tan",
+            "ThresholdedRelu",
+            "Tile",
+            "TopK",
+            "Trilu",
+            "Unique",
+            "Upsample",
+            "Xor",
+        }
+    )
+    - LOWERINGS.ops()
+)
 
 
 def fallback_ops() -> frozenset[str]:
@@ -858,18 +1050,27 @@ def _rnn_problem(n: Node) -> str | None:
 # Variants of fallback ops that OpenVINO 2026.4's ONNX frontend computes wrongly (the node suite's cases): refused.
 _FALLBACK_PROBLEMS = {
     "Resize": _resize_problem,
-    "LSTM": _rnn_problem, "GRU": _rnn_problem, "RNN": _rnn_problem,
+    "LSTM": _rnn_problem,
+    "GRU": _rnn_problem,
+    "RNN": _rnn_problem,
     "RoiAlign": lambda n: "mode=max" if n.attr("mode", "avg") == "max" else None,
     "SpaceToDepth": lambda n: "mode=CRD" if n.attr("mode", "DCR") == "CRD" else None,
     # the frontend refuses these (decompose writes them out)
-    "Mod": lambda n: "fmod=0 of floats" if not int(n.attr("fmod", 0)) and n.inputs[0] is not None
-    and n.inputs[0].dtype is not None and n.inputs[0].dtype.is_float else None,
+    "Mod": lambda n: (
+        "fmod=0 of floats"
+        if not int(n.attr("fmod", 0))
+        and n.inputs[0] is not None
+        and n.inputs[0].dtype is not None
+        and n.inputs[0].dtype.is_float
+        else None
+    ),
     "Dropout": lambda n: "Dropout (the frontend's outputs do not match the node's)",
 }
 
 
 def _onnx_frontend():
     from openvino.frontend import FrontEndManager
+
     fe = FrontEndManager().load_by_framework("onnx")
     if fe is None:
         raise UnsupportedError("OpenVINO's ONNX frontend is not available in this installation")
@@ -886,13 +1087,16 @@ def onnx_fallback(b: OVBuilder, n: Node):
     from onnx import helper, numpy_helper
 
     from ...ir.onnx_io import attribute_proto
+
     ov = b.ov
     where = f"node {n.name!r} ({n.qualified_op})"
     check = _FALLBACK_PROBLEMS.get(n.qualified_op)
     problem = check(n) if check is not None else None
     if problem:
-        raise UnsupportedError(f"{where}: {problem} is not supported by the openvino target (OpenVINO's ONNX frontend "
-                               "computes it differently from ONNX)")
+        raise UnsupportedError(
+            f"{where}: {problem} is not supported by the openvino target (OpenVINO's ONNX frontend "
+            "computes it differently from ONNX)"
+        )
     inputs, inits, names, fed = [], [], [], {}
     for j, v in enumerate(n.inputs):
         if v is None:
@@ -917,8 +1121,13 @@ def onnx_fallback(b: OVBuilder, n: Node):
         raise UnsupportedError(f"{where}: an attribute cannot be written for OpenVINO's ONNX frontend ({e})") from None
     node = helper.make_node(n.op_type, names, outs, name=n.name or n.op_type, domain=n.domain)
     node.attribute.extend(attrs)
-    results = [helper.make_tensor_value_info(name, o.dtype.onnx, None) if o.dtype is not None and o.dtype.short != "nf4"
-               else helper.make_empty_tensor_value_info(name) for name, o in zip(outs, n.outputs) if name]
+    results = [
+        helper.make_tensor_value_info(name, o.dtype.onnx, None)
+        if o.dtype is not None and o.dtype.short != "nf4"
+        else helper.make_empty_tensor_value_info(name)
+        for name, o in zip(outs, n.outputs)
+        if name
+    ]
     graph = helper.make_graph([node], "edgec_fallback", inputs, results, inits)
     opsets = [helper.make_opsetid(d, int(ver)) for d, ver in b.model.opset_imports.items() if d in ("", n.domain)]
     proto = helper.make_model(graph, opset_imports=opsets, producer_name="edgec")
@@ -928,17 +1137,20 @@ def onnx_fallback(b: OVBuilder, n: Node):
     except UnsupportedError:
         raise
     except Exception as e:  # noqa: BLE001 - the frontend reports every failure as a RuntimeError-like exception
-        raise UnsupportedError(f"{where}: OpenVINO's ONNX frontend cannot convert it: {_frontend_reason(str(e))}") \
-            from None
+        raise UnsupportedError(
+            f"{where}: OpenVINO's ONNX frontend cannot convert it: {_frontend_reason(str(e))}"
+        ) from None
     for p in sub.get_parameters():
         pname = next(iter(p.output(0).get_names() or {p.get_friendly_name()}))
         if pname not in fed:
             raise UnsupportedError(f"{where}: OpenVINO's ONNX frontend made an unexpected input {pname!r}")
         src = fed[pname]
         if p.get_element_type() != src.get_element_type():
-            raise UnsupportedError(f"{where}: OpenVINO's ONNX frontend typed input {pname!r} as "
-                                   f"{p.get_element_type().get_type_name()}, the model has "
-                                   f"{src.get_element_type().get_type_name()}")
+            raise UnsupportedError(
+                f"{where}: OpenVINO's ONNX frontend typed input {pname!r} as "
+                f"{p.get_element_type().get_type_name()}, the model has "
+                f"{src.get_element_type().get_type_name()}"
+            )
         for target in list(p.output(0).get_target_inputs()):
             target.replace_source_output(src)
     got: dict[str, Any] = {}
@@ -956,10 +1168,16 @@ def onnx_fallback(b: OVBuilder, n: Node):
             res.append(None)
             continue
         val = got.get(name)
-        if val is not None and o.dtype is not None and o.dtype.short in _CAST_TYPES \
-                and val.get_element_type() != ov_type(ov, o.dtype):
-            raise UnsupportedError(f"{where}: OpenVINO's ONNX frontend gives output {o.name!r} as "
-                                   f"{val.get_element_type().get_type_name()}, the model has {o.dtype.short}")
+        if (
+            val is not None
+            and o.dtype is not None
+            and o.dtype.short in _CAST_TYPES
+            and val.get_element_type() != ov_type(ov, o.dtype)
+        ):
+            raise UnsupportedError(
+                f"{where}: OpenVINO's ONNX frontend gives output {o.name!r} as "
+                f"{val.get_element_type().get_type_name()}, the model has {o.dtype.short}"
+            )
         res.append(val)
     return res
 
@@ -967,6 +1185,7 @@ def onnx_fallback(b: OVBuilder, n: Node):
 def _frontend_reason(msg: str) -> str:
     """The frontend's reason for a failed conversion, without its C++ source locations."""
     import re
+
     text = " ".join(msg.split())
     m = re.search(r"with a message: (.*?)(?: Summary:|$)", text)
     text = m.group(1) if m else text

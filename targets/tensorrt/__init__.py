@@ -91,12 +91,18 @@ print("wrote", args.out)
 @dataclasses.dataclass(frozen=True)
 class TensorRTTarget(Target):
     name: ClassVar[str] = "tensorrt"
-    summary: ClassVar[str] = ("TensorRT explicit-quantization ONNX (int8 Q/DQ, int4 blocked weights, fp16) + an "
-                              "engine build script; verified on onnxruntime")
+    summary: ClassVar[str] = (
+        "TensorRT explicit-quantization ONNX (int8 Q/DQ, int4 blocked weights, fp16) + an "
+        "engine build script; verified on onnxruntime"
+    )
     runtime: ClassVar[str] = "onnxruntime CPU (the QDQ numerics TensorRT implements)"
     capabilities: ClassVar[Capabilities] = Capabilities(
-        ops=_OPS, dtypes=frozenset({"f32", "f16", "i64", "i32", "bool", "i8", "u8"}), quant=_QUANT, activation_quant=True,
-        mixed=(8, "f16"))  # int8 weights, or the layer in fp16 (precision=fp16, the default)
+        ops=_OPS,
+        dtypes=frozenset({"f32", "f16", "i64", "i32", "bool", "i8", "u8"}),
+        quant=_QUANT,
+        activation_quant=True,
+        mixed=(8, "f16"),
+    )  # int8 weights, or the layer in fp16 (precision=fp16, the default)
     precision: str = option("fp16", choices=("fp16", "fp32"), help="precision of everything not quantized")
     opset: int = option(21, help="ONNX opset (21+ for blocked int4 DequantizeLinear)")
 
@@ -104,11 +110,17 @@ class TensorRTTarget(Target):
         return fp16_verify_policy(self.precision)
 
     def check(self, model: Model) -> list[str]:
-        specific = {v.name: _weight_problems(v) for v in model.graph.initializers.values()
-                    if isinstance(v.const, QuantizedTensor)}
+        specific = {
+            v.name: _weight_problems(v)
+            for v in model.graph.initializers.values()
+            if isinstance(v.const, QuantizedTensor)
+        }
         # The generic "cannot be encoded" line is dropped for weights that get a specific reason below.
-        problems = [p for p in super().check(model)
-                    if not any(msgs and p.startswith(f"weight {n!r}:") for n, msgs in specific.items())]
+        problems = [
+            p
+            for p in super().check(model)
+            if not any(msgs and p.startswith(f"weight {n!r}:") for n, msgs in specific.items())
+        ]
         if self.opset < 21:
             problems.append(f"tensorrt{{opset={self.opset}}}: blocked int4 DequantizeLinear needs opset 21 or later")
         for name, msgs in specific.items():
@@ -117,8 +129,10 @@ class TensorRTTarget(Target):
         for v in model.graph.values():
             q = v.quant
             if q is not None and (not q.signed or q.zero_point != 0 or q.bits != 8):
-                problems.append(f"value {v.name!r}: TensorRT takes signed int8 activations with zero point 0; "
-                                "use quantize-activations{scheme=symmetric}")
+                problems.append(
+                    f"value {v.name!r}: TensorRT takes signed int8 activations with zero point 0; "
+                    "use quantize-activations{scheme=symmetric}"
+                )
         return problems
 
     def accepts_node(self, node, model: Model) -> bool:
@@ -127,8 +141,15 @@ class TensorRTTarget(Target):
     def emit(self, model: Model, out_dir: str, ctx: PassContext) -> Artifact:
         proto, info = build_qdq_onnx(model, self.precision, self.opset)
         import onnx
-        onnx.save_model(proto, os.path.join(out_dir, "model.onnx"), save_as_external_data=True,
-                        all_tensors_to_one_file=True, location="model.onnx.data", size_threshold=1024)
+
+        onnx.save_model(
+            proto,
+            os.path.join(out_dir, "model.onnx"),
+            save_as_external_data=True,
+            all_tensors_to_one_file=True,
+            location="model.onnx.data",
+            size_threshold=1024,
+        )
         dyn = [v for v in model.graph.inputs if v.static_shape is None]
         profile = ""
         if dyn:
@@ -147,17 +168,29 @@ class TensorRTTarget(Target):
         trtexec = ["trtexec", "--onnx=model.onnx", "--saveEngine=model.plan", "--stronglyTyped"]
         if info["sparse"]:
             trtexec.append("--sparsity=enable")
-        files = ["model.onnx"] + (["model.onnx.data"] if os.path.exists(os.path.join(out_dir, "model.onnx.data"))
-                                  else []) + ["build_engine.py"]
-        return Artifact(files, {
-            "opset": self.opset, "precision": self.precision, "trtexec": " ".join(trtexec),
-            "build": "python build_engine.py  (tensorrt Python API, strongly typed network)",
-            "int8_weights": info["int8"], "int4_weights": info["int4"], "qdq_activations": info["qdq"],
-            "dequantized_tables": info["dequantized"],
-            "sparse_2_4_weights": sorted(info["sparse"])})
+        files = (
+            ["model.onnx"]
+            + (["model.onnx.data"] if os.path.exists(os.path.join(out_dir, "model.onnx.data")) else [])
+            + ["build_engine.py"]
+        )
+        return Artifact(
+            files,
+            {
+                "opset": self.opset,
+                "precision": self.precision,
+                "trtexec": " ".join(trtexec),
+                "build": "python build_engine.py  (tensorrt Python API, strongly typed network)",
+                "int8_weights": info["int8"],
+                "int4_weights": info["int4"],
+                "qdq_activations": info["qdq"],
+                "dequantized_tables": info["dequantized"],
+                "sparse_2_4_weights": sorted(info["sparse"]),
+            },
+        )
 
     def run_artifact(self, out_dir: str, feeds: Mapping[str, np.ndarray], input_names=None) -> list[np.ndarray]:
         import onnxruntime as ort
+
         opts = ort.SessionOptions()
         opts.log_severity_level = 3
         # The QDQ numerics exactly: no fusion of Q/DQ into integer kernels with other rounding.
@@ -168,10 +201,12 @@ class TensorRTTarget(Target):
             if "NOT_IMPLEMENTED" not in str(e) and "Could not find an implementation" not in str(e):
                 raise
             # The model is TensorRT's to run; the local stand-in lacks a kernel (an op on float16, ...).
-            raise UnsupportedError(f"{os.path.join(out_dir, 'model.onnx')} cannot be run here: onnxruntime's CPU "
-                                   "provider (the local stand-in for TensorRT) has no kernel for it: "
-                                   f"{str(e).splitlines()[0][:300]}; build the engine on a GPU machine "
-                                   "(build_engine.py) to run it") from None
+            raise UnsupportedError(
+                f"{os.path.join(out_dir, 'model.onnx')} cannot be run here: onnxruntime's CPU "
+                "provider (the local stand-in for TensorRT) has no kernel for it: "
+                f"{str(e).splitlines()[0][:300]}; build the engine on a GPU machine "
+                "(build_engine.py) to run it"
+            ) from None
         names = input_names or list(feeds)
         return sess.run(None, {n: np.asarray(feeds[n]) for n in names})
 
@@ -187,8 +222,10 @@ def _weight_problems(v: Value) -> list[str]:
     if isinstance(q.scheme_type, Vector):
         return [f"vector-quantized (vq) weights have no TensorRT encoding (it has int8 / int4 grids); {VECTOR_HINT}"]
     if q.scheme not in ENCODERS or q.offsets is not None or q.layout:
-        return [f"{q.layout or q.scheme} grids have no TensorRT encoding; quantize with scheme=symmetric "
-                "(int8 per channel) or 2-4 bit groups on Linear layers"]
+        return [
+            f"{q.layout or q.scheme} grids have no TensorRT encoding; quantize with scheme=symmetric "
+            "(int8 per channel) or 2-4 bit groups on Linear layers"
+        ]
     if q.bits > 4:
         if q.scheme_type.has_zero_point:
             return ["TensorRT int8 weights are symmetric (zero point 0); use quantize{scheme=symmetric}"]

@@ -24,6 +24,7 @@ _HELD = "edgec.held"
 def _hold_newer_ops(proto, current: int) -> set[str]:
     """Move default-domain nodes whose op ai.onnx ``current`` does not define yet into a private domain."""
     import onnx
+
     held = set()
     for n in proto.graph.node:
         if n.domain in ("", "ai.onnx"):
@@ -41,14 +42,17 @@ def _release_ops(proto, held: set[str], opset: int) -> None:
     """Move the held nodes back, each checked to be defined at ``opset`` with the same meaning as at its first
     definition (the schema the IR means)."""
     import onnx
+
     if not held:
         return
     for op in held:
-        first = min(s.since_version for s in onnx.defs.get_all_schemas_with_history()
-                    if s.name == op and s.domain == "")
+        first = min(
+            s.since_version for s in onnx.defs.get_all_schemas_with_history() if s.name == op and s.domain == ""
+        )
         if onnx.defs.get_schema(op, opset, "").since_version != first:
-            raise UnsupportedError(f"{op} changed between ONNX opset {first} and {opset}; re-export the model at "
-                                   f"opset {opset}")
+            raise UnsupportedError(
+                f"{op} changed between ONNX opset {first} and {opset}; re-export the model at opset {opset}"
+            )
     for n in proto.graph.node:
         if n.domain == _HELD:
             n.domain = ""
@@ -60,6 +64,7 @@ def _release_ops(proto, held: set[str], opset: int) -> None:
 def build_qdq_onnx(model: Model, precision: str, opset: int):
     import onnx
     from onnx import numpy_helper, version_converter
+
     proto = to_onnx(model, activation_quant=True)
     current = next((o.version for o in proto.opset_import if o.domain in ("", "ai.onnx")), opset)
     if current != opset:
@@ -70,8 +75,9 @@ def build_qdq_onnx(model: Model, precision: str, opset: int):
         try:
             proto = version_converter.convert_version(proto, opset)
         except Exception as e:  # noqa: BLE001 - the converter raises bare RuntimeErrors
-            raise UnsupportedError(f"converting the model from ONNX opset {current} to {opset} failed: "
-                                   f"{str(e).splitlines()[0]}") from None
+            raise UnsupportedError(
+                f"converting the model from ONNX opset {current} to {opset} failed: {str(e).splitlines()[0]}"
+            ) from None
         _release_ops(proto, held, opset)
     g = proto.graph
     info: dict[str, Any] = {"int8": [], "int4": [], "dequantized": [], "sparse": set(), "qdq": 0}
@@ -99,6 +105,7 @@ def build_qdq_onnx(model: Model, precision: str, opset: int):
 
 def _schema(n, opset: int):
     import onnx
+
     try:
         return onnx.defs.get_schema(n.op_type, opset, n.domain or "")
     except onnx.defs.SchemaError:
@@ -116,8 +123,7 @@ def _omit_unused_optional_outputs(g, opset: int) -> None:
             continue
         formal = list(schema.outputs)
         for k, name in enumerate(n.output):
-            if (name and name not in read and k < len(formal)
-                    and formal[k].option == formal[k].option.Optional):
+            if name and name not in read and k < len(formal) and formal[k].option == formal[k].option.Optional:
                 n.output[k] = ""
         while len(n.output) > 1 and n.output[-1] == "":
             del n.output[-1]
@@ -128,6 +134,7 @@ def _float32_only_slots(proto, opset: int) -> list[tuple[str, int, str]]:
     scales, NonMaxSuppression's boxes, ...): they stay float32 when the rest of the model becomes float16."""
     import onnx
     from onnx import TensorProto
+
     g = proto.graph
     types = {t.name: t.data_type for t in g.initializer}
     for vi in list(g.input) + list(g.value_info) + list(g.output):
@@ -157,6 +164,7 @@ def _restore_float32_slots(g, slots: list[tuple[str, int, str]], inits: dict[str
     itself (graph inputs stay float32), an initializer its exact float32 original (``inits``), anything else a
     Cast back to float32."""
     from onnx import TensorProto, helper, numpy_helper
+
     if not slots:
         return
     graph_inputs = {i.name for i in g.input}
@@ -174,8 +182,9 @@ def _restore_float32_slots(g, slots: list[tuple[str, int, str]], inits: dict[str
             if original in inits:
                 g.initializer.append(numpy_helper.from_array(inits[original], made[name]))
             else:
-                casts.setdefault(out, []).append(helper.make_node("Cast", [name], [made[name]], to=TensorProto.FLOAT,
-                                                                  name=made[name]))
+                casts.setdefault(out, []).append(
+                    helper.make_node("Cast", [name], [made[name]], to=TensorProto.FLOAT, name=made[name])
+                )
         n.input[k] = made[name]
     if casts:
         nodes = list(g.node)
@@ -195,6 +204,7 @@ def _pop_initializer(g, name: str) -> None:
 
 def _tensor(name: str, arr: np.ndarray, elem: int | None = None):
     from onnx import helper, numpy_helper
+
     if elem is None:
         return numpy_helper.from_array(np.ascontiguousarray(arr), name)
     # 4-bit codes as raw bytes, two per byte, the first in the low nibble (ONNX's INT4/UINT4 layout), so
@@ -215,6 +225,7 @@ def _replace_weight(g, v: Value, info: dict) -> None:
     """The float initializer ``v.name`` -> integer codes + DequantizeLinear (per channel int8, or blocked
     int4 along K for Linear weights, which are stored transposed so the MatMul reads them directly)."""
     from onnx import TensorProto, helper
+
     q = v.const
     assert isinstance(q, QuantizedTensor)  # the encoders are called on quantized weights only
     codes = np.asarray(q.codes)
@@ -237,16 +248,20 @@ def _replace_weight(g, v: Value, info: dict) -> None:
     attrs: dict[str, Any]
     if q.bits > 4:  # int8 symmetric, per channel (or per tensor)
         per_tensor = scales.size == 1
-        inits = [_tensor(base + "_codes", codes.astype(np.int8)),
-                 _tensor(base + "_scale", scales.reshape(()) if per_tensor else scales.reshape(-1))]
+        inits = [
+            _tensor(base + "_codes", codes.astype(np.int8)),
+            _tensor(base + "_scale", scales.reshape(()) if per_tensor else scales.reshape(-1)),
+        ]
         attrs = {} if per_tensor else {"axis": 1 if is_linear else 0}
         info["int8"].append(v.name)
     else:  # 2-4 bit, weight-only, blocked along K: codes [K, out], parameters [K / block, out]
         block = q.group_size or k
         s = scales.reshape(scales.shape[0], -1).T  # [out, G] -> [G, out]
         signed = q.signed
-        inits = [_tensor(base + "_codes", codes, TensorProto.INT4 if signed else TensorProto.UINT4),
-                 _tensor(base + "_scale", np.ascontiguousarray(s))]
+        inits = [
+            _tensor(base + "_codes", codes, TensorProto.INT4 if signed else TensorProto.UINT4),
+            _tensor(base + "_scale", np.ascontiguousarray(s)),
+        ]
         if q.zero_points is not None:
             zp = np.asarray(q.zero_points).reshape(scales.shape[0], -1).T
             inits.append(_tensor(base + "_zp", np.ascontiguousarray(zp), TensorProto.UINT4))
@@ -254,8 +269,9 @@ def _replace_weight(g, v: Value, info: dict) -> None:
         info["int4"].append(v.name)
     g.initializer.extend(inits)
     for i, out in enumerate(outs):
-        g.node.insert(0, helper.make_node("DequantizeLinear", [t.name for t in inits], [out],
-                                          name=f"{base}_dq{i}", **attrs))
+        g.node.insert(
+            0, helper.make_node("DequantizeLinear", [t.name for t in inits], [out], name=f"{base}_dq{i}", **attrs)
+        )
 
 
 def _to_fp16(g) -> None:
@@ -266,6 +282,7 @@ def _to_fp16(g) -> None:
         # Saturate to the largest finite half (masks often use float32's lowest value as "minus infinity").
         a = np.clip(numpy_helper.to_array(t), -65504.0, 65504.0).astype(np.float16)
         return numpy_helper.from_array(a, t.name)
+
     for i, t in enumerate(g.initializer):
         if t.data_type == TensorProto.FLOAT:
             g.initializer[i].CopyFrom(half(t))
@@ -278,27 +295,40 @@ def _to_fp16(g) -> None:
         if n.op_type == "ConstantOfShape" and not any(a.name == "value" for a in n.attribute):
             # its default value is a float32 zero
             n.attribute.append(helper.make_attribute("value", numpy_helper.from_array(np.zeros(1, np.float16))))
-        if n.op_type in ("RandomNormal", "RandomUniform") and not any(a.name == "dtype"
-                                                                        for a in n.attribute):
+        if n.op_type in ("RandomNormal", "RandomUniform") and not any(a.name == "dtype" for a in n.attribute):
             n.attribute.append(helper.make_attribute("dtype", TensorProto.FLOAT16))  # defaults to float32
     casts_in = []
     for inp in g.input:
         if inp.type.tensor_type.elem_type == TensorProto.FLOAT:
             _rename(g, inp.name, inp.name + "__fp16")
-            casts_in.append(helper.make_node("Cast", [inp.name], [inp.name + "__fp16"], to=TensorProto.FLOAT16,
-                                             name=inp.name + "__to_fp16"))
+            casts_in.append(
+                helper.make_node(
+                    "Cast", [inp.name], [inp.name + "__fp16"], to=TensorProto.FLOAT16, name=inp.name + "__to_fp16"
+                )
+            )
     for k, c in enumerate(casts_in):
         g.node.insert(k, c)
     for out in g.output:
         if out.type.tensor_type.elem_type == TensorProto.FLOAT:
             _rename(g, out.name, out.name + "__fp16")
-            g.node.append(helper.make_node("Cast", [out.name + "__fp16"], [out.name], to=TensorProto.FLOAT,
-                                           name=out.name + "__to_fp32"))
+            g.node.append(
+                helper.make_node(
+                    "Cast", [out.name + "__fp16"], [out.name], to=TensorProto.FLOAT, name=out.name + "__to_fp32"
+                )
+            )
 
 
 # (op, attribute) pairs naming an output element type: float32 there becomes float16 with the rest of the model
-_FLOAT_TYPE_ATTRS = frozenset({("Cast", "to"), ("RandomNormal", "dtype"), ("RandomUniform", "dtype"),
-                               ("RandomNormalLike", "dtype"), ("RandomUniformLike", "dtype"), ("EyeLike", "dtype")})
+_FLOAT_TYPE_ATTRS = frozenset(
+    {
+        ("Cast", "to"),
+        ("RandomNormal", "dtype"),
+        ("RandomUniform", "dtype"),
+        ("RandomNormalLike", "dtype"),
+        ("RandomUniformLike", "dtype"),
+        ("EyeLike", "dtype"),
+    }
+)
 
 
 def _rename(g, old: str, new: str) -> None:

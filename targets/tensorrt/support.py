@@ -31,28 +31,156 @@ _B = frozenset({"bool"})
 
 # op -> the element types its data input(s) may have (the page's "Supported Types", BF16 / FP8 left out)
 OP_DTYPES: dict[str, frozenset[str]] = {
-    **dict.fromkeys((
-        "Abs", "Add", "ArgMax", "ArgMin", "DepthToSpace", "Div", "Equal", "Greater", "GreaterOrEqual", "IsNaN",
-        "Less", "LessOrEqual", "Max", "Mean", "Min", "Mod", "Mul", "Neg", "Pad", "Range", "ReduceL1", "ReduceL2",
-        "ReduceLogSum", "ReduceLogSumExp", "ReduceMax", "ReduceMean", "ReduceMin", "ReduceProd", "ReduceSum",
-        "ReduceSumSquare", "Relu", "ScatterElements", "ScatterND", "Shrink", "Sign", "SpaceToDepth", "Sub", "Sum",
-        "TopK"), _FI),
-    **dict.fromkeys((
-        "Acos", "Acosh", "Asin", "Asinh", "Atan", "Atanh", "AveragePool", "BatchNormalization", "Ceil", "Celu",
-        "Clip", "Conv", "ConvTranspose", "Cos", "Cosh", "CumSum", "DeformConv", "Dropout", "Einsum", "Elu", "Erf",
-        "Exp", "Floor", "Gemm", "GlobalAveragePool", "GlobalLpPool", "GlobalMaxPool", "GridSample",
-        "GroupNormalization", "GRU", "HardSigmoid", "HardSwish", "Hardmax", "InstanceNormalization", "IsInf",
-        "LayerNormalization", "LeakyRelu", "Log", "LogSoftmax", "LRN", "LSTM", "LpNormalization", "LpPool",
-        "MatMul", "MaxPool", "MeanVarianceNormalization", "Mish", "NonMaxSuppression", "NonZero", "Pow", "PRelu",
-        "QuantizeLinear", "RandomNormal", "RandomNormalLike", "RandomUniform", "RandomUniformLike", "Reciprocal",
-        "Resize", "RNN", "RoiAlign", "Round", "Selu", "Sigmoid", "Sin", "Sinh", "Softmax", "Softplus", "Softsign",
-        "Sqrt", "Tan", "Tanh", "ThresholdedRelu"), _F),
+    **dict.fromkeys(
+        (
+            "Abs",
+            "Add",
+            "ArgMax",
+            "ArgMin",
+            "DepthToSpace",
+            "Div",
+            "Equal",
+            "Greater",
+            "GreaterOrEqual",
+            "IsNaN",
+            "Less",
+            "LessOrEqual",
+            "Max",
+            "Mean",
+            "Min",
+            "Mod",
+            "Mul",
+            "Neg",
+            "Pad",
+            "Range",
+            "ReduceL1",
+            "ReduceL2",
+            "ReduceLogSum",
+            "ReduceLogSumExp",
+            "ReduceMax",
+            "ReduceMean",
+            "ReduceMin",
+            "ReduceProd",
+            "ReduceSum",
+            "ReduceSumSquare",
+            "Relu",
+            "ScatterElements",
+            "ScatterND",
+            "Shrink",
+            "Sign",
+            "SpaceToDepth",
+            "Sub",
+            "Sum",
+            "TopK",
+        ),
+        _FI,
+    ),
+    **dict.fromkeys(
+        (
+            "Acos",
+            "Acosh",
+            "Asin",
+            "Asinh",
+            "Atan",
+            "Atanh",
+            "AveragePool",
+            "BatchNormalization",
+            "Ceil",
+            "Celu",
+            "Clip",
+            "Conv",
+            "ConvTranspose",
+            "Cos",
+            "Cosh",
+            "CumSum",
+            "DeformConv",
+            "Dropout",
+            "Einsum",
+            "Elu",
+            "Erf",
+            "Exp",
+            "Floor",
+            "Gemm",
+            "GlobalAveragePool",
+            "GlobalLpPool",
+            "GlobalMaxPool",
+            "GridSample",
+            "GroupNormalization",
+            "GRU",
+            "HardSigmoid",
+            "HardSwish",
+            "Hardmax",
+            "InstanceNormalization",
+            "IsInf",
+            "LayerNormalization",
+            "LeakyRelu",
+            "Log",
+            "LogSoftmax",
+            "LRN",
+            "LSTM",
+            "LpNormalization",
+            "LpPool",
+            "MatMul",
+            "MaxPool",
+            "MeanVarianceNormalization",
+            "Mish",
+            "NonMaxSuppression",
+            "NonZero",
+            "Pow",
+            "PRelu",
+            "QuantizeLinear",
+            "RandomNormal",
+            "RandomNormalLike",
+            "RandomUniform",
+            "RandomUniformLike",
+            "Reciprocal",
+            "Resize",
+            "RNN",
+            "RoiAlign",
+            "Round",
+            "Selu",
+            "Sigmoid",
+            "Sin",
+            "Sinh",
+            "Softmax",
+            "Softplus",
+            "Softsign",
+            "Sqrt",
+            "Tan",
+            "Tanh",
+            "ThresholdedRelu",
+        ),
+        _F,
+    ),
     **dict.fromkeys(("And", "Not", "Or", "Xor"), _B),
     **dict.fromkeys(("Cast", "CastLike"), _ALL | {"u8"}),
-    **dict.fromkeys((
-        "Concat", "ConstantOfShape", "Expand", "EyeLike", "Flatten", "Gather", "GatherElements", "GatherND",
-        "Identity", "OneHot", "Reshape", "ReverseSequence", "Shape", "Size", "Slice", "Split", "Squeeze", "Tile",
-        "Transpose", "Trilu", "Unsqueeze", "Where"), _ALL),
+    **dict.fromkeys(
+        (
+            "Concat",
+            "ConstantOfShape",
+            "Expand",
+            "EyeLike",
+            "Flatten",
+            "Gather",
+            "GatherElements",
+            "GatherND",
+            "Identity",
+            "OneHot",
+            "Reshape",
+            "ReverseSequence",
+            "Shape",
+            "Size",
+            "Slice",
+            "Split",
+            "Squeeze",
+            "Tile",
+            "Transpose",
+            "Trilu",
+            "Unsqueeze",
+            "Where",
+        ),
+        _ALL,
+    ),
     "DequantizeLinear": frozenset({"i8", "i4"}),
     "Gelu": _FI | {"i8"},
 }
@@ -61,17 +189,44 @@ ONNX_OPS = frozenset(OP_DTYPES)
 # Which input (or output, "o0") carries the type the matrix lists, where it is not input 0; every other input the
 # schema types with the same type parameter is checked too (variadic Concat / Sum / Max, Where's X and Y, ...).
 _TYPED_AT: dict[str, tuple] = {
-    "Where": (1,), "OneHot": (2,), "ConstantOfShape": ("o0",), "RandomNormal": ("o0",), "RandomUniform": ("o0",),
-    "Cast": (0, "o0"), "CastLike": (0, 1), "EyeLike": (0, "o0"), "RandomNormalLike": (0, "o0"),
-    "RandomUniformLike": (0, "o0"), "QuantizeLinear": (0,), "DequantizeLinear": (0,)}
+    "Where": (1,),
+    "OneHot": (2,),
+    "ConstantOfShape": ("o0",),
+    "RandomNormal": ("o0",),
+    "RandomUniform": ("o0",),
+    "Cast": (0, "o0"),
+    "CastLike": (0, 1),
+    "EyeLike": (0, "o0"),
+    "RandomNormalLike": (0, "o0"),
+    "RandomUniformLike": (0, "o0"),
+    "QuantizeLinear": (0,),
+    "DequantizeLinear": (0,),
+}
 
 # op -> the input position of a parameter the parser needs as an initializer (not computed at run time); TopK's K
 # may be a run-time tensor (the importer feeds it to the layer), its bound is checked where it is known
 _CONST_INPUTS: dict[str, tuple[tuple[int, str], ...]] = {
-    **dict.fromkeys(("ReduceL1", "ReduceL2", "ReduceLogSum", "ReduceLogSumExp", "ReduceMax", "ReduceMean",
-                     "ReduceMin", "ReduceProd", "ReduceSum", "ReduceSumSquare", "Squeeze", "Unsqueeze"),
-                    ((1, "axes"),)),
-    "Pad": ((3, "axes"),), "Slice": ((3, "axes"),), "CumSum": ((1, "axis"),), "OneHot": ((1, "depth"),),
+    **dict.fromkeys(
+        (
+            "ReduceL1",
+            "ReduceL2",
+            "ReduceLogSum",
+            "ReduceLogSumExp",
+            "ReduceMax",
+            "ReduceMean",
+            "ReduceMin",
+            "ReduceProd",
+            "ReduceSum",
+            "ReduceSumSquare",
+            "Squeeze",
+            "Unsqueeze",
+        ),
+        ((1, "axes"),),
+    ),
+    "Pad": ((3, "axes"),),
+    "Slice": ((3, "axes"),),
+    "CumSum": ((1, "axis"),),
+    "OneHot": ((1, "depth"),),
     "Dropout": ((2, "training_mode"),),
 }
 _RESIZE_COORDS = ("half_pixel", "pytorch_half_pixel", "tf_half_pixel_for_nn", "asymmetric", "align_corners")
@@ -88,6 +243,7 @@ def _used(model: Model, v: Value | None) -> bool:
 
 def _const_array(v: Value | None):
     import numpy as np
+
     return None if v is None or not v.is_const else np.asarray(v.numpy())
 
 
@@ -103,8 +259,7 @@ def _typed_positions(n: Node, opset: int) -> list:
     for r in ref:
         if isinstance(r, int) and r < len(formal):
             last = len(formal) - 1
-            out += [k for k in range(len(n.inputs))
-                    if k not in out and formal[min(k, last)] == formal[r]]
+            out += [k for k in range(len(n.inputs)) if k not in out and formal[min(k, last)] == formal[r]]
     return out
 
 
@@ -120,6 +275,7 @@ def problems(model: Model) -> list[str]:
 def node_problems(n: Node, model: Model) -> list[str]:
     """What TensorRT's parser documents it cannot take about the node ``n`` of ``model``."""
     from ...ir import DType
+
     out: list[str] = []
     if not n.domain and n.op_type in OP_DTYPES:
         where = _where(n, model)
@@ -129,8 +285,10 @@ def node_problems(n: Node, model: Model) -> list[str]:
             v = n.outputs[0] if pos == "o0" else (n.inputs[pos] if pos < len(n.inputs) else None)
             if v is not None and v.dtype is not None and v.dtype.short not in allowed:
                 what = "output" if pos == "o0" else f"input {pos} ({v.name!r})"
-                out.append(f"{where}: TensorRT {TENSORRT_VERSION} takes {n.op_type} on "
-                           f"{', '.join(sorted(allowed))}, not {v.dtype.short} ({what})")
+                out.append(
+                    f"{where}: TensorRT {TENSORRT_VERSION} takes {n.op_type} on "
+                    f"{', '.join(sorted(allowed))}, not {v.dtype.short} ({what})"
+                )
                 break
         if n.op_type == "Cast":
             try:
@@ -138,13 +296,17 @@ def node_problems(n: Node, model: Model) -> list[str]:
             except (ValueError, TypeError):
                 to = onnx.TensorProto.DataType.Name(int(n.attr("to")))
             if to not in allowed:
-                out.append(f"{where}: TensorRT {TENSORRT_VERSION} does not cast to {to} "
-                           f"(Cast takes {', '.join(sorted(allowed))})")
+                out.append(
+                    f"{where}: TensorRT {TENSORRT_VERSION} does not cast to {to} "
+                    f"(Cast takes {', '.join(sorted(allowed))})"
+                )
         for pos, name in _CONST_INPUTS.get(n.op_type, ()):
             v = n.inputs[pos] if pos < len(n.inputs) else None
             if v is not None and not v.is_const:
-                out.append(f"{where}: TensorRT needs {n.op_type}'s {name!r} input as an initializer; "
-                           f"{v.name!r} is computed at run time")
+                out.append(
+                    f"{where}: TensorRT needs {n.op_type}'s {name!r} input as an initializer; "
+                    f"{v.name!r} is computed at run time"
+                )
         out += [f"{where}: {p}" for p in _node_rules(n, model)]
     return out
 
@@ -152,6 +314,7 @@ def node_problems(n: Node, model: Model) -> list[str]:
 def _node_rules(n: Node, model: Model) -> list[str]:
     """The page's per-op restrictions (and the importer's, where noted)."""
     import numpy as np
+
     op, p = n.op_type, []
     x = n.inputs[0] if n.inputs else None
     rank = x.rank if x is not None else None
@@ -182,11 +345,11 @@ def _node_rules(n: Node, model: Model) -> list[str]:
         if rank is not None and rank not in (3, 4):
             p.append(f"TensorRT takes DeformConv with 1 or 2 spatial dims, not {rank - 2}")
         pads = list(n.attr("pads") or [])
-        if pads and pads[:len(pads) // 2] != pads[len(pads) // 2:]:
+        if pads and pads[: len(pads) // 2] != pads[len(pads) // 2 :]:
             p.append(f"TensorRT needs DeformConv's begin and end pads equal, not {pads}")
     if op in ("GRU", "RNN", "LSTM") and n.attr("direction", "forward") == "bidirectional":
         acts = list(n.attr("activations") or [])
-        if acts and acts[:len(acts) // 2] != acts[len(acts) // 2:]:
+        if acts and acts[: len(acts) // 2] != acts[len(acts) // 2 :]:
             p.append(f"TensorRT needs the same activations for both directions of a bidirectional {op}, not {acts}")
     if op == "LSTM" and int(n.attr("input_forget", 0)):
         p.append("TensorRT does not take LSTM input_forget=1")
@@ -196,27 +359,40 @@ def _node_rules(n: Node, model: Model) -> list[str]:
     if op == "Resize":
         coord = n.attr("coordinate_transformation_mode", "half_pixel")
         if coord not in _RESIZE_COORDS:
-            p.append(f"TensorRT does not take Resize coordinate_transformation_mode={coord!r} "
-                     f"(only {', '.join(_RESIZE_COORDS)})")
+            p.append(
+                f"TensorRT does not take Resize coordinate_transformation_mode={coord!r} "
+                f"(only {', '.join(_RESIZE_COORDS)})"
+            )
         mode = n.attr("mode", "nearest")
         if mode not in ("nearest", "linear"):
             p.append(f"TensorRT does not take Resize mode={mode!r} (only nearest, linear)")
         if int(n.attr("antialias", 0)):
             p.append("TensorRT does not take Resize antialias=1")
         xs, ys = (n.inputs[0].static_shape if n.inputs and n.inputs[0] is not None else None), n.outputs[0].static_shape
-        if mode == "linear" and coord == "align_corners" and xs is not None and ys is not None and any(
-                b < a for a, b in zip(xs, ys)):
+        if (
+            mode == "linear"
+            and coord == "align_corners"
+            and xs is not None
+            and ys is not None
+            and any(b < a for a, b in zip(xs, ys))
+        ):
             # onnxruntime, which runs this artifact here, computes it wrongly (test_resize_downsample_scales_linear_
             # align_corners: 4.0 where ONNX says 3.1429): unverifiable, so refused
-            p.append("linear Resize with align_corners that shrinks an axis cannot be verified here (onnxruntime, "
-                     "the runtime that checks this artifact, computes it wrongly)")
+            p.append(
+                "linear Resize with align_corners that shrinks an axis cannot be verified here (onnxruntime, "
+                "the runtime that checks this artifact, computes it wrongly)"
+            )
         policy = n.attr("keep_aspect_ratio_policy", "stretch")
         if policy != "stretch":
             p.append(f"TensorRT does not take Resize keep_aspect_ratio_policy={policy!r} (only stretch)")
         scales = n.inputs[2] if len(n.inputs) > 2 else None
         axes = n.attr("axes")
-        if scales is not None and axes is not None and rank is not None and \
-                [int(a) % rank for a in axes] != list(range(rank)):
+        if (
+            scales is not None
+            and axes is not None
+            and rank is not None
+            and [int(a) % rank for a in axes] != list(range(rank))
+        ):
             p.append(f"TensorRT needs Resize's axes to be 0..{rank - 1} when scales is given, not {list(axes)}")
     if op == "ScatterND" and n.attr("reduction", "none") != "none":
         p.append(f"TensorRT does not take ScatterND reduction={n.attr('reduction')!r}")
@@ -240,7 +416,6 @@ def _node_rules(n: Node, model: Model) -> list[str]:
             y = n.outputs[0]
             if y.dtype is not None and y.dtype.short not in ("i8", "i4"):
                 p.append(f"TensorRT quantizes to int8 / int4 (and fp8) only, not {y.dtype.short}")
-    if op in ("RandomNormal", "RandomNormalLike", "RandomUniform", "RandomUniformLike") and \
-            n.attr("seed") is not None:
+    if op in ("RandomNormal", "RandomNormalLike", "RandomUniform", "RandomUniformLike") and n.attr("seed") is not None:
         p.append("TensorRT ignores the 'seed' attribute, so the seeded sequence cannot be reproduced")
     return p

@@ -162,6 +162,7 @@ def test_networkx_view():
     g, x, a, b, c = small_graph()
     nxg = ir.to_networkx(g)
     import networkx as nx
+
     assert list(nx.topological_sort(nxg)) == ["a", "b", "c"]
     assert nxg.number_of_edges("a", "b") == 2
 

@@ -20,8 +20,13 @@ def test_linear_matches_numpy(mlp):
 def test_quantized_weights_run_as_their_exact_dequantized_values(mlp):
     w = mlp.graph.initializers["w1"]
     rng = np.random.default_rng(0)
-    q = QuantizedTensor(rng.integers(-8, 8, (16, 8)).astype(np.int8), 4, "symmetric",
-                        scales=rng.random((16, 1)).astype(np.float32), axis=0)
+    q = QuantizedTensor(
+        rng.integers(-8, 8, (16, 8)).astype(np.int8),
+        4,
+        "symmetric",
+        scales=rng.random((16, 1)).astype(np.float32),
+        axis=0,
+    )
     qv = mlp.graph.add_const("w1q", q)
     mlp.graph.node("fc1").replace_input_with(1, qv)
     mlp.graph.remove_const(w.name)
@@ -46,10 +51,10 @@ def test_random_inputs_are_seeded_and_nonzero(mlp):
     assert np.abs(a["x"]).min() > 0
 
 
-@pytest.mark.parametrize("op, attrs", [("RMSNorm", {"epsilon": 1e-6}), ("Gelu", {"approximate": "tanh"}),
-                                       ("Gelu", {})])
+@pytest.mark.parametrize("op, attrs", [("RMSNorm", {"epsilon": 1e-6}), ("Gelu", {"approximate": "tanh"}), ("Gelu", {})])
 def test_edgec_op_semantics(op, attrs):
     import math
+
     g = ir.Graph()
     x = g.add_input("x", ir.DType.FLOAT32, (3, 8))
     ins = [x] + ([g.add_const("w", np.linspace(0.5, 2, 8).astype(np.float32))] if op == "RMSNorm" else [])
@@ -59,11 +64,12 @@ def test_edgec_op_semantics(op, attrs):
     got = ir.ReferenceExecutor(m).run({"x": xs})["op_out"].astype(np.float64)
     x64 = xs.astype(np.float64)
     if op == "RMSNorm":
-        ref = x64 / np.sqrt((x64 ** 2).mean(-1, keepdims=True) + 1e-6) * np.linspace(0.5, 2, 8)
+        ref = x64 / np.sqrt((x64**2).mean(-1, keepdims=True) + 1e-6) * np.linspace(0.5, 2, 8)
     elif attrs.get("approximate") == "tanh":
-        ref = 0.5 * x64 * (1 + np.tanh(math.sqrt(2 / math.pi) * (x64 + 0.044715 * x64 ** 3)))
+        ref = 0.5 * x64 * (1 + np.tanh(math.sqrt(2 / math.pi) * (x64 + 0.044715 * x64**3)))
     else:
         from scipy.special import erf
+
         ref = 0.5 * x64 * (1 + erf(x64 / math.sqrt(2)))
     np.testing.assert_allclose(got, ref, rtol=1e-5, atol=1e-6)
 
@@ -78,13 +84,25 @@ def test_keep_quantized_and_capture_only_are_bit_identical(scheme, group):
     signed = scheme == "symmetric"
     lo, hi = (-8, 8) if signed else (0, 16)
     shape4, shape2 = (3, 2, 3, 3), (5, 12)
-    conv_w = QuantizedTensor(rng.integers(lo, hi, shape4).astype(np.int8 if signed else np.uint8), 4, scheme,
-                             scales=rng.random((3, 1, 1, 1)).astype(np.float32) + 0.1,
-                             zero_points=None if signed else np.full((3, 1, 1, 1), 8, np.uint8), axis=0)
+    conv_w = QuantizedTensor(
+        rng.integers(lo, hi, shape4).astype(np.int8 if signed else np.uint8),
+        4,
+        scheme,
+        scales=rng.random((3, 1, 1, 1)).astype(np.float32) + 0.1,
+        zero_points=None if signed else np.full((3, 1, 1, 1), 8, np.uint8),
+        axis=0,
+    )
     lin_scales = rng.random((5, 12 // (group or 12))).astype(np.float32) + 0.1
-    lin_w = QuantizedTensor(rng.integers(lo, hi, shape2).astype(np.int8 if signed else np.uint8), 4, scheme,
-                            scales=lin_scales, axis=0, group_size=group, group_axis=1 if group else None,
-                            zero_points=None if signed else np.full(lin_scales.shape, 7, np.uint8))
+    lin_w = QuantizedTensor(
+        rng.integers(lo, hi, shape2).astype(np.int8 if signed else np.uint8),
+        4,
+        scheme,
+        scales=lin_scales,
+        axis=0,
+        group_size=group,
+        group_axis=1 if group else None,
+        zero_points=None if signed else np.full(lin_scales.shape, 7, np.uint8),
+    )
     c = g.op("Conv", [x, g.add_const("cw", conv_w)], {"kernel_shape": [3, 3], "pads": [1, 1, 1, 1]}, name="conv").output
     r = g.op("Reshape", [c, g.add_const("shp", np.array([9, 12], np.int64))], name="flat").output
     g.outputs.append(g.op("Linear", [r, g.add_const("lw", lin_w)], domain="edgec", name="fc").output)

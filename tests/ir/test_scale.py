@@ -51,8 +51,9 @@ def assert_linear(make, run, n: int, repeat: int = 3) -> None:
     small = _cpu_time(make, run, n, repeat)
     big = _cpu_time(make, run, FACTOR * n, 1)
     ratio = big / max(small, 1e-4)
-    assert ratio < MAX_RATIO, (f"{FACTOR}x the size took {ratio:.1f}x the time ({small:.3f} s -> {big:.3f} s): "
-                               "superlinear")
+    assert ratio < MAX_RATIO, (
+        f"{FACTOR}x the size took {ratio:.1f}x the time ({small:.3f} s -> {big:.3f} s): superlinear"
+    )
 
 
 def chain(n: int, shared: bool = True) -> tuple[Graph, Value]:
@@ -62,8 +63,13 @@ def chain(n: int, shared: bool = True) -> tuple[Graph, Value]:
     c = g.add_const("c", np.ones(4, np.float32))
     for k in range(n):
         if k % 2 == 0:
-            x = g.append(Node("Add", [x, c if shared else g.add_const("c", np.ones(4, np.float32))],
-                              outputs=[Value(f"t{k}", DType.FLOAT32, (4,))])).output
+            x = g.append(
+                Node(
+                    "Add",
+                    [x, c if shared else g.add_const("c", np.ones(4, np.float32))],
+                    outputs=[Value(f"t{k}", DType.FLOAT32, (4,))],
+                )
+            ).output
         else:
             x = g.append(Node("Relu", [x], outputs=[Value(f"t{k}", DType.FLOAT32, (4,))])).output
     g.outputs.append(x)
@@ -79,6 +85,7 @@ def test_removing_nodes_is_linear():
     def run(g):
         for node in reversed(g.nodes[1:]):  # from the back: a list scan would walk the whole list each time
             g.remove(node, safe=False)
+
     assert_linear(lambda n: chain(n)[0], run, 4000)
 
 
@@ -88,6 +95,7 @@ def test_inserting_before_and_after_is_linear():
         for _ in range(len(g) // 2):
             g.insert_before(last, Node("Neg", [last.inputs[0]], outputs=1))
             g.insert_after(last, Node("Neg", [last.inputs[0]], outputs=1))
+
     assert_linear(lambda n: chain(n)[0], run, 2000)
 
 
@@ -96,6 +104,7 @@ def test_lookups_by_name_are_linear():
         for n in g.nodes:
             assert g.node(n.name) is n
             assert g.value(n.output.name) is n.output
+
     assert_linear(lambda n: chain(n)[0], run, 1000)
 
 
@@ -106,6 +115,7 @@ def test_uses_of_a_shared_constant_are_linear():
         c.replace_all_uses_with(c2)
         for node in reversed(g.nodes[1:]):  # each removal drops one use of c2: not a scan of its use list
             g.remove(node, safe=False)
+
     assert_linear(chain, run, 2500)
 
 
@@ -118,6 +128,7 @@ def test_sort_is_linear():
         g, _ = chain(n)
         g.insert_before(g.nodes[0], g.nodes[-1].__class__("Neg", [g.inputs[0]], outputs=1))
         return g
+
     assert_linear(make, lambda g: g.sort(), 2000)
 
 
@@ -128,12 +139,17 @@ def onnx_chain(n: int) -> onnx.ModelProto:
     nodes, prev = [], "x"
     for k in range(n):
         out = f"t{k}"
-        nodes.append(helper.make_node("Add", [prev, "c"], [out]) if k % 2 == 0
-                     else helper.make_node("Relu", [prev], [out]))
+        nodes.append(
+            helper.make_node("Add", [prev, "c"], [out]) if k % 2 == 0 else helper.make_node("Relu", [prev], [out])
+        )
         prev = out
-    g = helper.make_graph(nodes, "chain", [helper.make_tensor_value_info("x", TensorProto.FLOAT, [4])],
-                          [helper.make_tensor_value_info(prev, TensorProto.FLOAT, [4])],
-                          [numpy_helper.from_array(np.ones(4, np.float32), "c")])
+    g = helper.make_graph(
+        nodes,
+        "chain",
+        [helper.make_tensor_value_info("x", TensorProto.FLOAT, [4])],
+        [helper.make_tensor_value_info(prev, TensorProto.FLOAT, [4])],
+        [numpy_helper.from_array(np.ones(4, np.float32), "c")],
+    )
     m = helper.make_model(g, opset_imports=[helper.make_opsetid("", 17)])
     m.ir_version = 8
     return m
@@ -141,11 +157,13 @@ def onnx_chain(n: int) -> onnx.ModelProto:
 
 def test_onnx_import_with_unnamed_nodes_is_linear():
     from edgec.plugins.frontends.onnx import import_proto
+
     assert_linear(onnx_chain, lambda p: import_proto(p, None), 1000)
 
 
 def test_onnx_import_names_unnamed_nodes_like_before():
     from edgec.plugins.frontends.onnx import import_proto
+
     m = import_proto(onnx_chain(6), None)
     assert [n.name for n in m.graph] == ["Add_0", "Relu_0", "Add_1", "Relu_1", "Add_2", "Relu_2"]
     assert m.graph.outputs[0].shape == (4,)
@@ -160,6 +178,7 @@ def test_onnx_export_of_many_expanded_ops_is_linear():
             x = g.op("Gelu", [x], {"approximate": "tanh"}, domain="edgec").output
         g.outputs.append(x)
         return ir.Model(g, {"": 17, "edgec": 1})
+
     assert_linear(make, lambda m: ir.to_onnx(m, with_shapes=False), 500)
 
 
@@ -195,6 +214,7 @@ def test_default_cleanup_is_linear():
     from edgec.host import host
     from edgec.ir.passes import PassManager, parse_pipeline
     from edgec.plugins.cleanup import DEFAULT_CLEANUP
+
     passes = parse_pipeline(DEFAULT_CLEANUP, host().passes.as_dict())
 
     def run(m):
@@ -288,6 +308,7 @@ def test_lookups_see_renames_behind_the_graphs_back():
 
 def test_verify_checks_each_distinct_quantized_tensor_and_remembers_only_immutable_ones():
     from edgec.ir import QuantizedTensor, verifier
+
     calls = []
 
     class Counting(QuantizedTensor):

@@ -15,33 +15,52 @@ from edgec.errors import UnsupportedError
 
 
 def sym():
-    return QuantizedTensor(np.array([[-2, 1], [3, -4]], np.int8), 4, "symmetric",
-                           scales=np.array([[0.5], [0.25]], np.float32), axis=0)
+    return QuantizedTensor(
+        np.array([[-2, 1], [3, -4]], np.int8), 4, "symmetric", scales=np.array([[0.5], [0.25]], np.float32), axis=0
+    )
 
 
 def asym():
-    return QuantizedTensor(np.array([[0, 15], [7, 3]], np.uint8), 4, "asymmetric",
-                           scales=np.array([[0.5], [2.0]], np.float32), zero_points=np.array([[8], [7]], np.uint8),
-                           axis=0)
+    return QuantizedTensor(
+        np.array([[0, 15], [7, 3]], np.uint8),
+        4,
+        "asymmetric",
+        scales=np.array([[0.5], [2.0]], np.float32),
+        zero_points=np.array([[8], [7]], np.uint8),
+        axis=0,
+    )
 
 
 def affine():
     # w = code * scale + offset, group-wise (groups of 2 along K)
-    return QuantizedTensor(np.array([[1, 3, 0, 2]], np.uint8), 2, "affine", scales=np.array([[0.5, 2.0]], np.float32),
-                           offsets=np.array([[-1.0, 4.0]], np.float32), axis=0, group_size=2, group_axis=1)
+    return QuantizedTensor(
+        np.array([[1, 3, 0, 2]], np.uint8),
+        2,
+        "affine",
+        scales=np.array([[0.5, 2.0]], np.float32),
+        offsets=np.array([[-1.0, 4.0]], np.float32),
+        axis=0,
+        group_size=2,
+        group_axis=1,
+    )
 
 
 def codebook():
-    return QuantizedTensor(np.array([[0, 3], [1, 2]], np.uint8), 2, "codebook",
-                           codebook=np.array([-1.0, -0.25, 0.25, 1.0], np.float32), scales=np.array([[2.0], [4.0]],
-                                                                                                   np.float32))
+    return QuantizedTensor(
+        np.array([[0, 3], [1, 2]], np.uint8),
+        2,
+        "codebook",
+        codebook=np.array([-1.0, -0.25, 0.25, 1.0], np.float32),
+        scales=np.array([[2.0], [4.0]], np.float32),
+    )
 
 
 def vector():
     # [O=2, K=4], vector_dim 2, one codebook [1 row block, 1 column group, 2 entries, 2]
     cb = np.array([[[[1.0, 2.0], [-3.0, 0.5]]]], np.float32)
-    return QuantizedTensor(np.array([[0, 1], [1, 1]], np.uint8), 1, "vector", codebook=cb, group_size=4,
-                           group_axis=1, vector_dim=2)
+    return QuantizedTensor(
+        np.array([[0, 1], [1, 1]], np.uint8), 1, "vector", codebook=cb, group_size=4, group_axis=1, vector_dim=2
+    )
 
 
 HAND = {  # scheme -> (tensor, the values worked out by hand)
@@ -73,6 +92,7 @@ def test_registry_covers_every_scheme_name():
     # declared encodings
     from edgec.api import gguf
     from edgec.host import PluginHost
+
     used = {t.scheme for t in gguf.TYPES.values()}
     host = PluginHost(autoload=False)
     for name in ("quantize", "quantize-activations"):
@@ -93,25 +113,28 @@ def test_properties():
     assert SCHEMES["vector"].max_bits == 16 and SCHEMES["codebook"].max_bits == 8
 
 
-@pytest.mark.parametrize("make, mutate, message", [
-    (sym, dict(zero_points=np.zeros((2, 1), np.uint8)), "symmetric scheme must not carry zero_points"),
-    (sym, dict(codes=np.array([[-9, 0], [0, 0]], np.int8)), "outside the 4-bit signed range [-8, 7]"),
-    (sym, dict(offsets=np.zeros((2, 1), np.float32)), "only the affine scheme carries offsets"),
-    (sym, dict(scales=None), "symmetric scheme needs scales"),
-    (asym, dict(zero_points=None), "asymmetric scheme needs zero_points"),
-    (asym, dict(codes=np.array([[16, 0], [0, 0]], np.uint8)), "outside the 4-bit unsigned range [0, 15]"),
-    (affine, dict(offsets=None), "affine scheme needs offsets"),
-    (affine, dict(zero_points=np.zeros((1, 2), np.uint8)), "affine scheme must not carry zero_points"),
-    (codebook, dict(codebook=None), "codebook scheme needs a codebook"),
-    (codebook, dict(codes=np.array([[4, 0], [0, 0]], np.uint8), bits=3), "codes index outside the codebook's 4"),
-    (codebook, dict(bits=1), "codebook has 4 entries, more than 2**bits=2"),
-    (codebook, dict(vector_dim=2), "each needs the vector scheme"),
-    (vector, dict(scales=np.ones((2, 1), np.float32)), "carries no axis, scales, zero points or offsets"),
-    (vector, dict(codes=np.array([[0, 2], [0, 0]], np.uint8)), "codes index outside the codebook's 2 entries"),
-    (vector, dict(bits=17), "bits must be 1..16"),
-    (sym, dict(bits=9), "bits must be 1..8"),
-    (sym, dict(scheme="ternary"), "scheme 'ternary' is not one of ('symmetric', 'asymmetric', 'affine', "),
-])
+@pytest.mark.parametrize(
+    "make, mutate, message",
+    [
+        (sym, dict(zero_points=np.zeros((2, 1), np.uint8)), "symmetric scheme must not carry zero_points"),
+        (sym, dict(codes=np.array([[-9, 0], [0, 0]], np.int8)), "outside the 4-bit signed range [-8, 7]"),
+        (sym, dict(offsets=np.zeros((2, 1), np.float32)), "only the affine scheme carries offsets"),
+        (sym, dict(scales=None), "symmetric scheme needs scales"),
+        (asym, dict(zero_points=None), "asymmetric scheme needs zero_points"),
+        (asym, dict(codes=np.array([[16, 0], [0, 0]], np.uint8)), "outside the 4-bit unsigned range [0, 15]"),
+        (affine, dict(offsets=None), "affine scheme needs offsets"),
+        (affine, dict(zero_points=np.zeros((1, 2), np.uint8)), "affine scheme must not carry zero_points"),
+        (codebook, dict(codebook=None), "codebook scheme needs a codebook"),
+        (codebook, dict(codes=np.array([[4, 0], [0, 0]], np.uint8), bits=3), "codes index outside the codebook's 4"),
+        (codebook, dict(bits=1), "codebook has 4 entries, more than 2**bits=2"),
+        (codebook, dict(vector_dim=2), "each needs the vector scheme"),
+        (vector, dict(scales=np.ones((2, 1), np.float32)), "carries no axis, scales, zero points or offsets"),
+        (vector, dict(codes=np.array([[0, 2], [0, 0]], np.uint8)), "codes index outside the codebook's 2 entries"),
+        (vector, dict(bits=17), "bits must be 1..16"),
+        (sym, dict(bits=9), "bits must be 1..8"),
+        (sym, dict(scheme="ternary"), "scheme 'ternary' is not one of ('symmetric', 'asymmetric', 'affine', "),
+    ],
+)
 def test_each_scheme_rules(make, mutate, message):
     q = dataclasses.replace(make(), **mutate)
     errs = q.validate()
@@ -146,8 +169,13 @@ def test_take_rows_by_scheme():
     q = sym().take_rows(idx)
     np.testing.assert_array_equal(q.dequantize(), sym().dequantize()[idx])
     np.testing.assert_array_equal(vector().take_rows(idx).dequantize(), vector().dequantize()[idx])
-    per_col = QuantizedTensor(np.array([[0, 1], [1, 0]], np.uint8), 1, "codebook",
-                              codebook=np.array([[0.0, 1.0], [2.0, 3.0]], np.float32), axis=1)
+    per_col = QuantizedTensor(
+        np.array([[0, 1], [1, 0]], np.uint8),
+        1,
+        "codebook",
+        codebook=np.array([[0.0, 1.0], [2.0, 3.0]], np.float32),
+        axis=1,
+    )
     with pytest.raises(ValueError, match="palettes are not per row"):
         per_col.take_rows(idx)
 
@@ -158,6 +186,7 @@ def test_encoders_table():
     @enc.register("symmetric", "asymmetric")
     def grid(builder, q):
         return ("grid", q.scheme)
+
     assert enc.schemes() == {"symmetric", "asymmetric"}
     assert enc.encoder(sym())(None, sym()) == ("grid", "symmetric")
     with pytest.raises(UnsupportedError, match="does not encode codebook weights; it carries asymmetric, symmetric"):

@@ -16,20 +16,35 @@ def rich_model() -> Model:
     g = Graph("rich")
     x = g.add_input("x", DType.FLOAT32, ("batch", 8))
     big = g.add_const("big", rng.standard_normal((64, 8)).astype(np.float32))
-    q = g.add_const("w/q:0", QuantizedTensor(rng.integers(0, 16, (4, 8)).astype(np.uint8), 4, "asymmetric",
-                                             scales=rng.random((4, 2)).astype(np.float32),
-                                             zero_points=np.full((4, 2), 8, np.uint8), axis=0, group_size=4,
-                                             group_axis=1, method="mse"))
+    q = g.add_const(
+        "w/q:0",
+        QuantizedTensor(
+            rng.integers(0, 16, (4, 8)).astype(np.uint8),
+            4,
+            "asymmetric",
+            scales=rng.random((4, 2)).astype(np.float32),
+            zero_points=np.full((4, 2), 8, np.uint8),
+            axis=0,
+            group_size=4,
+            group_axis=1,
+            method="mse",
+        ),
+    )
     ids = g.add_const("ids", np.array([1, 2], np.int64))
     big.sparsity = ir.Sparsity(ratio=0.0)
     h = g.op("Linear", [x, q], domain="edgec", name="fc").output
     h.quant = ir.ActivationQuant(scale=0.05, zero_point=0, bits=8, signed=True, observer="minmax")
     s = g.op("Split", [h], {"axis": 1, "num_outputs": 2}, name="split", num_outputs=2)
     c = g.op("Clip", [s.outputs[0], None, None], name="clip").output
-    cos = g.op("ConstantOfShape", [g.add_const("shp", np.array([2], np.int64))],
-               {"value": ir.Tensor(np.array([1.5], np.float32))}, name="cos").output
-    lrelu = g.op("LeakyRelu", [c], {"alpha": 0.25, "names": ["a", "b"], "floats": [1.0, 2.5], "ints": [1, 2]},
-                 name="lrelu").output
+    cos = g.op(
+        "ConstantOfShape",
+        [g.add_const("shp", np.array([2], np.int64))],
+        {"value": ir.Tensor(np.array([1.5], np.float32))},
+        name="cos",
+    ).output
+    lrelu = g.op(
+        "LeakyRelu", [c], {"alpha": 0.25, "names": ["a", "b"], "floats": [1.0, 2.5], "ints": [1, 2]}, name="lrelu"
+    ).output
     gat = g.op("Gather", [big, ids], {"axis": 0}, name="gather").output
     g.outputs += [lrelu, s.outputs[1], gat, cos]
     return Model(g, {"": 18, "edgec": 1}, {"author": "tests"})
@@ -62,12 +77,15 @@ def test_elided_text_is_readable_but_refuses_to_parse():
         ir.parse_model(text)
 
 
-@pytest.mark.parametrize("bad, message", [
-    ("nonsense", "header"),
-    ('edgec-ir 1\ngraph "g" {\n  %y : f32[2] = Relu(%nope) {} @"r"\n}', "used before it is defined"),
-    ('edgec-ir 1\ngraph "g" {\n  input %x : f99[2]\n}', "unknown dtype"),
-    ('edgec-ir 1\ngraph "g" {\n  input %x : f32[2] trailing\n}', "unexpected text"),
-])
+@pytest.mark.parametrize(
+    "bad, message",
+    [
+        ("nonsense", "header"),
+        ('edgec-ir 1\ngraph "g" {\n  %y : f32[2] = Relu(%nope) {} @"r"\n}', "used before it is defined"),
+        ('edgec-ir 1\ngraph "g" {\n  input %x : f99[2]\n}', "unknown dtype"),
+        ('edgec-ir 1\ngraph "g" {\n  input %x : f32[2] trailing\n}', "unexpected text"),
+    ],
+)
 def test_parse_errors_name_the_line(bad, message):
     with pytest.raises(ir.ParseError, match=message) as e:
         ir.parse_model(bad)
@@ -144,6 +162,7 @@ def test_save_is_atomic(tmp_path, monkeypatch):
 
     def explode(*a, **k):
         raise Boom()
+
     monkeypatch.setattr(ir.serde, "print_model", explode)
     with pytest.raises(Boom):
         ir.save(rich_model(), str(p))

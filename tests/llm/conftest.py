@@ -43,14 +43,29 @@ def random_weights(cfg: LLMConfig, seed: int = 0) -> dict[str, Tensor]:
     return out
 
 
-TINY = LLMConfig(arch="llama", vocab_size=49152, hidden=256, intermediate=512, layers=2, heads=4, kv_heads=2,
-                 head_dim=64, rope_theta=10000.0, rms_eps=1e-5, context_length=256, tied_embeddings=False,
-                 bos_token_id=1, eos_token_id=2, name="tiny-llama")
+TINY = LLMConfig(
+    arch="llama",
+    vocab_size=49152,
+    hidden=256,
+    intermediate=512,
+    layers=2,
+    heads=4,
+    kv_heads=2,
+    head_dim=64,
+    rope_theta=10000.0,
+    rms_eps=1e-5,
+    context_length=256,
+    tied_embeddings=False,
+    bos_token_id=1,
+    eos_token_id=2,
+    name="tiny-llama",
+)
 
 
 def write_gguf(cfg: LLMConfig, kv: str, path: str, seed: int = 0) -> str:
     """A GGUF file of a random decoder with SmolLM2's tokenizer, written by edgec's own gguf target (F32)."""
     from edgec.targets.gguf import GGUFTarget
+
     model = build_decoder(cfg, random_weights(cfg, seed), {GGUF_KV_KEY: kv})
     d = os.path.dirname(path)
     GGUFTarget(ftype="F32").emit(model, d, PassContext())

@@ -33,8 +33,14 @@ def test_windows_score_every_token_once():
 def test_perplexity_of_a_known_distribution():
     """A model that always predicts uniformly over V tokens has perplexity exactly V."""
     v = 37
-    res = perplexity(np.arange(300) % v, lambda toks: np.zeros((len(toks), v), np.float32), ctx=64, stride=32,
-                     engine="uniform", progress=False)
+    res = perplexity(
+        np.arange(300) % v,
+        lambda toks: np.zeros((len(toks), v), np.float32),
+        ctx=64,
+        stride=32,
+        engine="uniform",
+        progress=False,
+    )
     assert abs(res.perplexity - v) < 1e-9 and res.tokens_scored == 299
     logits = np.log(np.array([[0.5, 0.25, 0.25]]))
     assert abs(_nll(logits, np.array([1])) - np.log(4)) < 1e-12
@@ -43,15 +49,30 @@ def test_perplexity_of_a_known_distribution():
 @pytest.mark.slow
 def test_eval_reference_and_llama_cpp_agree_on_f16(tmp_path, tiny_gguf):
     """The same F16 GGUF, evaluated by the reference executor and by llama.cpp: perplexities within 1%."""
-    r = CliRunner().invoke(main, ["compile", tiny_gguf, "--target", "gguf", "--verify", "-o", str(tmp_path / "a"),
-                                  "--json"])
+    r = CliRunner().invoke(
+        main, ["compile", tiny_gguf, "--target", "gguf", "--verify", "-o", str(tmp_path / "a"), "--json"]
+    )
     assert r.exit_code == 0, r.output
     man = json.loads(r.stdout)["manifest"]
     assert man["verification"]["passed"] and man["target"]["tensor_types"]["blk.0.ffn_up.weight"] == "F16"
     res = {}
     for engine in ("llama.cpp", "reference"):
-        r = CliRunner().invoke(main, ["eval", str(tmp_path / "a"), "--perplexity", TEXT, "--ctx", "128",
-                                      "--engine", engine, "--max-tokens", "600", "--json"])
+        r = CliRunner().invoke(
+            main,
+            [
+                "eval",
+                str(tmp_path / "a"),
+                "--perplexity",
+                TEXT,
+                "--ctx",
+                "128",
+                "--engine",
+                engine,
+                "--max-tokens",
+                "600",
+                "--json",
+            ],
+        )
         assert r.exit_code == 0, r.output
         res[engine] = json.loads(r.stdout)
     a, b = res["llama.cpp"]["perplexity"], res["reference"]["perplexity"]
@@ -69,6 +90,7 @@ def test_eval_errors(tmp_path, tiny_gguf):
 def test_text_calibration_is_deterministic_and_tokenized(tiny_gguf):
     from edgec.calibration import load_calibration
     from edgec.plugins.frontends.gguf import GGUFFrontend
+
     m = GGUFFrontend().load(tiny_gguf)
     a = load_calibration(TEXT, m, seed=3, max_samples=4, seq_len=64)
     b = load_calibration(TEXT, m, seed=3, max_samples=4, seq_len=64)
@@ -85,6 +107,7 @@ def test_gptq_on_gguf_grids_beats_rtn_on_layer_output(tiny_gguf):
     from edgec.ir.passes import PassContext, PassManager
     from edgec.plugins.frontends.gguf import GGUFFrontend
     from edgec.plugins.quantize.quantize import REPORT_KEY, Quantize
+
     errs = {}
     for method in ("rtn", "gptq", "awq"):
         m = GGUFFrontend().load(tiny_gguf)

@@ -20,9 +20,23 @@ CHAIN = [104, 39428, 2231, 1799, 33, 109, 2]
 
 
 def _cfg(vocab: int) -> LLMConfig:
-    return LLMConfig(arch="llama", vocab_size=vocab, hidden=64, intermediate=128, layers=2, heads=4, kv_heads=4,
-                     head_dim=16, rope_theta=10000.0, rms_eps=1e-5, context_length=64, tied_embeddings=False,
-                     bos_token_id=1, eos_token_id=2, name="t")
+    return LLMConfig(
+        arch="llama",
+        vocab_size=vocab,
+        hidden=64,
+        intermediate=128,
+        layers=2,
+        heads=4,
+        kv_heads=4,
+        head_dim=16,
+        rope_theta=10000.0,
+        rms_eps=1e-5,
+        context_length=64,
+        tied_embeddings=False,
+        bos_token_id=1,
+        eos_token_id=2,
+        name="t",
+    )
 
 
 def _random_weights(cfg: LLMConfig, seed: int = 0) -> dict[str, np.ndarray]:
@@ -30,8 +44,11 @@ def _random_weights(cfg: LLMConfig, seed: int = 0) -> dict[str, np.ndarray]:
     w = {}
     for n in weight_names(cfg):
         shape = expected_shape(cfg, n)
-        w[n] = (1.0 + 0.1 * rng.standard_normal(shape) if n.endswith("norm.weight")
-                else rng.standard_normal(shape) / np.sqrt(shape[-1])).astype(np.float32)
+        w[n] = (
+            1.0 + 0.1 * rng.standard_normal(shape)
+            if n.endswith("norm.weight")
+            else rng.standard_normal(shape) / np.sqrt(shape[-1])
+        ).astype(np.float32)
     return w
 
 
@@ -58,7 +75,7 @@ def _chain_model(smol_path, successor: dict[int, int] | None = None):
 
 
 def test_holds_json():
-    assert holds_json('{"ok":1}') and holds_json(' here: [1, 2] and more') and holds_json('x {"a": {"b": []}} y')
+    assert holds_json('{"ok":1}') and holds_json(" here: [1, 2] and more") and holds_json('x {"a": {"b": []}} y')
     assert not holds_json('{"ok":}') and not holds_json("no json") and not holds_json('{"open": 1')
 
 
@@ -67,7 +84,7 @@ def test_json_check_keeps_and_breaks(smol_path, tmp_path):
     assert generate(good, ["x"], 16) == ['{"ok":1}']
     prompts = tmp_path / "prompts.txt"
     prompts.write_text("x\n")
-    chk, = parse_checks(f"json:{prompts}@12", host().checks.as_dict())
+    (chk,) = parse_checks(f"json:{prompts}@12", host().checks.as_dict())
     chk.prepare(good)
     assert chk.judge(copy(good), None, None).passed
     broken = _chain_model(smol_path, {1799: 109})  # '":' now followed by '}': '{"ok":}'
@@ -76,7 +93,7 @@ def test_json_check_keeps_and_breaks(smol_path, tmp_path):
     # the float model must hold JSON somewhere, or the check would accept anything
     plain = tmp_path / "plain.json"
     plain.write_text(json.dumps(["x"]))
-    chk, = parse_checks(f"json:{plain}", host().checks.as_dict())
+    (chk,) = parse_checks(f"json:{plain}", host().checks.as_dict())
     with pytest.raises(UsageError, match="hold no JSON"):
         chk.prepare(broken)
 
@@ -93,7 +110,7 @@ def test_check_usage_errors(smol_path, tmp_path):
     with pytest.raises(UsageError, match="expected"):
         parse_checks(f"contains:{f}", reg)
     f.write_text(json.dumps({"x": ["nope"]}))
-    chk, = parse_checks(f"contains:{f}", reg)
+    (chk,) = parse_checks(f"contains:{f}", reg)
     with pytest.raises(UsageError, match="the float model itself fails it"):
         chk.prepare(_chain_model(smol_path))
     small = build_decoder(_cfg(100), _random_weights(_cfg(100)), {SOURCE_KEY: "gguf:" + smol_path})

@@ -19,12 +19,14 @@ from edgec.targets.gguf.encode import encode
 
 def _fresh(code: str) -> subprocess.CompletedProcess:
     """``code`` in a new interpreter (nothing imported yet), run outside the repository."""
-    return subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, cwd=os.path.dirname(__file__),
-                          timeout=300)
+    return subprocess.run(
+        [sys.executable, "-c", code], capture_output=True, text=True, cwd=os.path.dirname(__file__), timeout=300
+    )
 
 
 def test_every_gguf_type_is_registered_with_llama_cpp_block_sizes():
     import gguf
+
     for t in TYPES.values():
         want = gguf.GGML_QUANT_SIZES[gguf.GGMLQuantizationType[t.name]]
         assert (t.block, t.block_bytes) == want, t.name
@@ -41,8 +43,14 @@ def test_nbytes_is_what_the_gguf_target_writes(name):
 
 
 def test_an_unregistered_layout_is_named_when_sized():
-    q = QuantizedTensor(codes=np.zeros((2, 32), np.int8), bits=4, scheme="symmetric",
-                        scales=np.ones((2, 1), np.float32), axis=0, layout="acme.Q9")
+    q = QuantizedTensor(
+        codes=np.zeros((2, 32), np.int8),
+        bits=4,
+        scheme="symmetric",
+        scales=np.ones((2, 1), np.float32),
+        axis=0,
+        layout="acme.Q9",
+    )
     with pytest.raises(ValueError, match=r"storage layout 'acme\.Q9' is not registered"):
         _ = q.nbytes
     register_layout("gguf.Q4_K", 256, 144)  # the same numbers again: harmless
@@ -65,6 +73,7 @@ def test_paths_that_make_gguf_tensors_register_the_layouts(module):
 def test_a_saved_gguf_model_is_sized_in_a_fresh_process(tmp_path):
     """An .edgec file of GGUF-layout weights, read back through the CLI (the edgec-ir frontend)."""
     from edgec.ir.serde import save
+
     g = Graph("lin")
     x = g.add_input("x", DType.FLOAT32, (1, 256))
     q = quantize_matrix(np.random.default_rng(0).standard_normal((8, 256)).astype(np.float32), TYPES["Q4_K"])

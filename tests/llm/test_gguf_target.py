@@ -36,16 +36,27 @@ def test_encoding_is_bit_exact(name):
 def test_encoder_refuses_off_grid_tensors():
     rng = np.random.default_rng(0)
     q = quantize_matrix(rng.standard_normal((2, 64)).astype(np.float32), TYPES["Q4_0"])
-    bad = QuantizedTensor(codes=q.codes, bits=4, scheme="symmetric", scales=q.scales * np.float32(1.0001),
-                          axis=0, group_size=32, group_axis=1, layout="gguf.Q4_0")
+    bad = QuantizedTensor(
+        codes=q.codes,
+        bits=4,
+        scheme="symmetric",
+        scales=q.scales * np.float32(1.0001),
+        axis=0,
+        group_size=32,
+        group_axis=1,
+        layout="gguf.Q4_0",
+    )
     with pytest.raises(EncodeError, match="fp16"):
         encode(bad)
 
 
 def _quantized_model(path: str, name: str):
     model = GGUFFrontend().load(path)
-    passes = [RoundFloatWeights(dtype=name)] if name in ("F32", "F16", "BF16") else \
-        [Quantize(gguf=name, method="rtn", embedding_bits=8, head_bits=8)]
+    passes = (
+        [RoundFloatWeights(dtype=name)]
+        if name in ("F32", "F16", "BF16")
+        else [Quantize(gguf=name, method="rtn", embedding_bits=8, head_bits=8)]
+    )
     PassManager(passes).run(model, PassContext())
     return model
 
@@ -54,6 +65,7 @@ def _quantized_model(path: str, name: str):
 @pytest.mark.parametrize("name", ALL_TYPES)
 def test_each_type_writes_exactly_and_runs_in_llama_cpp(name, tiny_gguf, tmp_path):
     from edgec.ir import ReferenceExecutor
+
     model = _quantized_model(tiny_gguf, name)
     target = GGUFTarget(ftype=name if name in ("F32", "F16", "BF16") else "F16")
     assert target.check(model) == []
@@ -94,6 +106,7 @@ def test_target_refuses_non_gguf_quantization(tiny_gguf):
 
 def test_k_quant_fallback_matches_llama_cpp_rule():
     from edgec.api.gguf import resolve
+
     assert resolve("Q4_K", 512) == ("Q4_K", "")
     assert resolve("Q4_K", 576)[0] == "Q5_0"
     assert resolve("Q3_K", 576)[0] == "IQ4_NL"
@@ -108,10 +121,20 @@ def test_qwen2_decoder_runs_in_llama_cpp(tmp_path, smol_kv):
     import transformers as tf
     from edgec.plugins.frontends.hf import HFFrontend
     from edgec.api.llm import GGUF_KV_KEY
+
     torch.manual_seed(0)
-    hm = tf.Qwen2ForCausalLM(tf.Qwen2Config(
-        vocab_size=49152, hidden_size=128, intermediate_size=256, num_hidden_layers=2, num_attention_heads=4,
-        num_key_value_heads=2, max_position_embeddings=256, tie_word_embeddings=True)).eval()
+    hm = tf.Qwen2ForCausalLM(
+        tf.Qwen2Config(
+            vocab_size=49152,
+            hidden_size=128,
+            intermediate_size=256,
+            num_hidden_layers=2,
+            num_attention_heads=4,
+            num_key_value_heads=2,
+            max_position_embeddings=256,
+            tie_word_embeddings=True,
+        )
+    ).eval()
     with torch.no_grad():
         for n, p in hm.named_parameters():
             if n.endswith("bias"):
@@ -138,6 +161,7 @@ def test_target_refuses_graph_rewrites_a_gguf_file_cannot_carry(tiny_gguf):
     """An explicit per-channel scale in front of a Linear (what AWQ does where it cannot fold) would be
     silently lost in a GGUF file: the target refuses it."""
     from edgec.plugins.quantize.scaling import apply_input_scale
+
     model = GGUFFrontend().load(tiny_gguf)
     node = model.graph.node("blk0_attn_output")
     apply_input_scale(model, node.inputs[0], [node], np.full(256, 2.0, np.float32))
@@ -150,6 +174,7 @@ def test_awq_in_gguf_mode_folds_every_scale(tiny_gguf):
     """With gguf=, AWQ folds into norms and into the up projection of the gated MLP, never adds nodes."""
     from edgec.calibration import load_calibration
     import os
+
     text = os.path.join(os.path.dirname(__file__), "..", "..", "examples", "text", "eval.txt")
     model = GGUFFrontend().load(tiny_gguf)
     n_nodes = len(model.graph)
@@ -157,25 +182,34 @@ def test_awq_in_gguf_mode_folds_every_scale(tiny_gguf):
     PassManager([Quantize(gguf="Q4_0", method="awq")]).run(model, PassContext(calibration=cal))
     assert len(model.graph) == n_nodes and GGUFTarget().check(model) == []
     # The down projection's input scale went into ffn_up's rows (its weight is no longer the original).
-    assert "scaled" in model.graph.node("blk0_ffn_up").inputs[1].name or \
-        model.graph.node("blk0_ffn_up").inputs[1].name.endswith("_q")
+    assert "scaled" in model.graph.node("blk0_ffn_up").inputs[1].name or model.graph.node("blk0_ffn_up").inputs[
+        1
+    ].name.endswith("_q")
 
 
 def test_reported_sizes_are_the_gguf_block_sizes():
     import gguf as g
+
     rng = np.random.default_rng(0)
     w = rng.standard_normal((4, 512)).astype(np.float32)
     for name in TYPES:
         q = quantize_matrix(w, TYPES[name])
         data, _ = encode(q)
-        assert q.nbytes == data.nbytes == 4 * 512 // g.GGML_QUANT_SIZES[getattr(g.GGMLQuantizationType, name)][0] \
+        assert (
+            q.nbytes
+            == data.nbytes
+            == 4
+            * 512
+            // g.GGML_QUANT_SIZES[getattr(g.GGMLQuantizationType, name)][0]
             * g.GGML_QUANT_SIZES[getattr(g.GGMLQuantizationType, name)][1]
+        )
 
 
 @pytest.mark.slow
 def test_awq_scale_of_a_gated_mlp_folds_into_up_rows(tiny_gguf):
     from edgec.ir import ReferenceExecutor
     from edgec.plugins.quantize.scaling import apply_input_scale
+
     model = GGUFFrontend().load(tiny_gguf)
     ids = np.array([[1, 504, 3575, 282]], np.int64)
     before = ReferenceExecutor(model).run({"input_ids": ids})["logits"]
@@ -196,11 +230,28 @@ def test_head_pruned_decoder_runs_in_llama_cpp(tiny_gguf, tmp_path):
     from click.testing import CliRunner
 
     from edgec.cli import main
+
     # half the heads of a random tiny llama are half its attention (cosine 0.90 to the original): fidelity is
     # waived, the artifact must still match the pruned model on llama.cpp (the target's own criterion)
-    r = CliRunner().invoke(main, ["compile", tiny_gguf, "--target", "gguf", "-p", "prune-heads{sparsity=0.5}",
-                                  "--verify", "--min-cosine", "-1", "--min-top1", "0", "-o", str(tmp_path / "a"),
-                                  "--json"])
+    r = CliRunner().invoke(
+        main,
+        [
+            "compile",
+            tiny_gguf,
+            "--target",
+            "gguf",
+            "-p",
+            "prune-heads{sparsity=0.5}",
+            "--verify",
+            "--min-cosine",
+            "-1",
+            "--min-top1",
+            "0",
+            "-o",
+            str(tmp_path / "a"),
+            "--json",
+        ],
+    )
     assert r.exit_code == 0, r.output
     man = _json.loads(r.stdout)["manifest"]
     assert man["verification"]["passed"], man["verification"]["summary"]
@@ -215,6 +266,7 @@ def test_head_pruned_decoder_runs_in_llama_cpp(tiny_gguf, tmp_path):
 def test_gguf_compiles_are_byte_identical(tiny_gguf, tmp_path):
     from edgec.compiler import compile as compile_model
     from tests.test_build_integration import tree_digest
+
     a = compile_model(tiny_gguf, "gguf", "quantize{gguf=Q4_K}", str(tmp_path / "a"), use_cache=False)
     b = compile_model(tiny_gguf, "gguf", "quantize{gguf=Q4_K}", str(tmp_path / "b"), use_cache=False)
     da, db = tree_digest(a.output_dir), tree_digest(b.output_dir)
@@ -232,9 +284,24 @@ def test_eval_text_puts_perplexity_in_manifest_and_report(tiny_gguf, tmp_path):
     from click.testing import CliRunner
 
     from edgec.cli import main
+
     text = _os.path.join(_os.path.dirname(__file__), "..", "..", "examples", "text", "eval.txt")
-    r = CliRunner().invoke(main, ["compile", tiny_gguf, "-t", "gguf", "-p", "quantize{gguf=Q8_0}", "--eval-text",
-                                  text, "-o", str(tmp_path / "a"), "--json"])
+    r = CliRunner().invoke(
+        main,
+        [
+            "compile",
+            tiny_gguf,
+            "-t",
+            "gguf",
+            "-p",
+            "quantize{gguf=Q8_0}",
+            "--eval-text",
+            text,
+            "-o",
+            str(tmp_path / "a"),
+            "--json",
+        ],
+    )
     assert r.exit_code == 0, r.output
     ev = _json.loads(r.stdout)["manifest"]["evaluation"]
     assert ev["tokens"] == 1024 and ev["artifact_engine"] == "llama.cpp"
@@ -245,8 +312,7 @@ def test_eval_text_puts_perplexity_in_manifest_and_report(tiny_gguf, tmp_path):
     assert 'data-plots="5"' in page and "Language model evaluation" in page
     assert re.search(r"float_perplexity</td><td>[0-9.]+", page)
     cnn = _os.path.join(_os.path.dirname(__file__), "..", "..", "examples", "models", "tiny_cnn.onnx")
-    r = CliRunner().invoke(main, ["compile", cnn, "--eval-text", text, "-o",
-                                  str(tmp_path / "b")])
+    r = CliRunner().invoke(main, ["compile", cnn, "--eval-text", text, "-o", str(tmp_path / "b")])
     assert r.exit_code == 2 and "needs a language model" in r.output
 
 
@@ -254,6 +320,7 @@ def test_eval_text_puts_perplexity_in_manifest_and_report(tiny_gguf, tmp_path):
 def test_verify_of_a_language_model_includes_perplexity_on_the_builtin_text(tiny_gguf, tmp_path):
     from edgec.compiler import compile as compile_model
     from edgec.plugins.llm.evaluate import DEFAULT_EVAL_TEXT
+
     r = compile_model(tiny_gguf, "gguf", "", str(tmp_path / "a"), verify=True, use_cache=False)
     ev = r.manifest["evaluation"]
     assert ev["text"] == "eval.txt" and ev["tokens"] == 1024 and ev["artifact_engine"] == "llama.cpp"

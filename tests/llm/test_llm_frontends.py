@@ -17,12 +17,24 @@ from edgec.plugins.frontends.hf import HFFrontend
 
 def _hf_model(kind: str, tied: bool = False, dtype=torch.float32):
     import transformers as tf
-    common = dict(vocab_size=320, hidden_size=64, intermediate_size=128, num_hidden_layers=2, num_attention_heads=4,
-                  num_key_value_heads=2, max_position_embeddings=128, rope_theta=5000.0, rms_norm_eps=1e-6,
-                  tie_word_embeddings=tied)
-    cfg_cls, model_cls = {"llama": (tf.LlamaConfig, tf.LlamaForCausalLM),
-                          "mistral": (tf.MistralConfig, tf.MistralForCausalLM),
-                          "qwen2": (tf.Qwen2Config, tf.Qwen2ForCausalLM)}[kind]
+
+    common = dict(
+        vocab_size=320,
+        hidden_size=64,
+        intermediate_size=128,
+        num_hidden_layers=2,
+        num_attention_heads=4,
+        num_key_value_heads=2,
+        max_position_embeddings=128,
+        rope_theta=5000.0,
+        rms_norm_eps=1e-6,
+        tie_word_embeddings=tied,
+    )
+    cfg_cls, model_cls = {
+        "llama": (tf.LlamaConfig, tf.LlamaForCausalLM),
+        "mistral": (tf.MistralConfig, tf.MistralForCausalLM),
+        "qwen2": (tf.Qwen2Config, tf.Qwen2ForCausalLM),
+    }[kind]
     torch.manual_seed(0)
     m = model_cls(cfg_cls(**common)).eval()
     with torch.no_grad():  # random biases/norms so every parameter matters
@@ -59,21 +71,41 @@ def test_gguf_import_undoes_llama_cpp_row_order(tiny_gguf):
     """The tiny GGUF was written by edgec (rows permuted for llama.cpp); importing it again gives back the
     same weights and the same logits as a transformers Llama built from them."""
     import transformers as tf
+
     model = GGUFFrontend().load(tiny_gguf)
     cfg = LLMConfig.from_model(model)
-    hc = tf.LlamaConfig(vocab_size=cfg.vocab_size, hidden_size=cfg.hidden, intermediate_size=cfg.intermediate,
-                        num_hidden_layers=cfg.layers, num_attention_heads=cfg.heads,
-                        num_key_value_heads=cfg.kv_heads, rope_theta=cfg.rope_theta, rms_norm_eps=cfg.rms_eps,
-                        max_position_embeddings=cfg.context_length, tie_word_embeddings=False)
+    hc = tf.LlamaConfig(
+        vocab_size=cfg.vocab_size,
+        hidden_size=cfg.hidden,
+        intermediate_size=cfg.intermediate,
+        num_hidden_layers=cfg.layers,
+        num_attention_heads=cfg.heads,
+        num_key_value_heads=cfg.kv_heads,
+        rope_theta=cfg.rope_theta,
+        rms_norm_eps=cfg.rms_eps,
+        max_position_embeddings=cfg.context_length,
+        tie_word_embeddings=False,
+    )
     hm = tf.LlamaForCausalLM(hc).eval()
-    inv = {"attn_q": "self_attn.q_proj", "attn_k": "self_attn.k_proj", "attn_v": "self_attn.v_proj",
-           "attn_output": "self_attn.o_proj", "ffn_gate": "mlp.gate_proj", "ffn_up": "mlp.up_proj",
-           "ffn_down": "mlp.down_proj", "attn_norm": "input_layernorm", "ffn_norm": "post_attention_layernorm"}
+    inv = {
+        "attn_q": "self_attn.q_proj",
+        "attn_k": "self_attn.k_proj",
+        "attn_v": "self_attn.v_proj",
+        "attn_output": "self_attn.o_proj",
+        "ffn_gate": "mlp.gate_proj",
+        "ffn_up": "mlp.up_proj",
+        "ffn_down": "mlp.down_proj",
+        "attn_norm": "input_layernorm",
+        "ffn_norm": "post_attention_layernorm",
+    }
     sd = {}
     for name, v in model.graph.initializers.items():
         if name in ("token_embd.weight", "output_norm.weight", "output.weight"):
-            key = {"token_embd.weight": "model.embed_tokens.weight", "output_norm.weight": "model.norm.weight",
-                   "output.weight": "lm_head.weight"}[name]
+            key = {
+                "token_embd.weight": "model.embed_tokens.weight",
+                "output_norm.weight": "model.norm.weight",
+                "output.weight": "lm_head.weight",
+            }[name]
         elif name.startswith("blk."):
             _, i, base, kind = name.split(".")
             key = f"model.layers.{i}.{inv[base]}.{kind}"
@@ -105,8 +137,14 @@ def test_bad_llm_inputs_give_clear_errors(tmp_path, tiny_gguf):
     (tmp_path / "hf" / "config.json").write_text(json.dumps({"architectures": ["GPT2LMHeadModel"]}))
     with pytest.raises(UnsupportedError, match="not supported"):
         HFFrontend().load(str(tmp_path / "hf"))
-    cfgd = {"architectures": ["LlamaForCausalLM"], "vocab_size": 10, "hidden_size": 8, "intermediate_size": 16,
-            "num_hidden_layers": 1, "num_attention_heads": 2}
+    cfgd = {
+        "architectures": ["LlamaForCausalLM"],
+        "vocab_size": 10,
+        "hidden_size": 8,
+        "intermediate_size": 16,
+        "num_hidden_layers": 1,
+        "num_attention_heads": 2,
+    }
     (tmp_path / "hf" / "config.json").write_text(json.dumps(cfgd))
     with pytest.raises(BadInputError, match="no \\*.safetensors"):
         HFFrontend().load(str(tmp_path / "hf"))

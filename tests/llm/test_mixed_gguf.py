@@ -16,9 +16,23 @@ TEXT = os.path.join(os.path.dirname(__file__), "..", "..", "examples", "text", "
 def test_gguf_mixed_types_within_budget_and_llama_cpp_runs_it(tmp_path, tiny_gguf, monkeypatch):
     monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path / "cache"))
     out = tmp_path / "a"
-    r = CliRunner().invoke(main, ["compile", tiny_gguf, "--target", "gguf", "-p",
-                                  "mixed-precision{avg_bits=6,samples=1}", "--calib", TEXT, "--verify", "-o",
-                                  str(out), "--json"])
+    r = CliRunner().invoke(
+        main,
+        [
+            "compile",
+            tiny_gguf,
+            "--target",
+            "gguf",
+            "-p",
+            "mixed-precision{avg_bits=6,samples=1}",
+            "--calib",
+            TEXT,
+            "--verify",
+            "-o",
+            str(out),
+            "--json",
+        ],
+    )
     assert r.exit_code == 0, r.output
     man = json.loads(r.stdout)["manifest"]
     mp = man["mixed_precision"]

@@ -23,6 +23,8 @@ from edgec.targets.openvino import OpenVINOTarget  # noqa: E402
 
 def openvino_engine(artifact_dir: str):
     return OpenVINOTarget().logits_engine(artifact_dir, (), 0)[1]
+
+
 from edgec.api.tokenizer import LlamaCppTokenizer  # noqa: E402
 from edgec.targets.openvino import runtime_weight_precisions  # noqa: E402
 
@@ -58,8 +60,7 @@ def test_smollm2_int4_agrees_with_reference(smol_path, tmp_path):
     m = quantized(smol_path, "quantize{bits=4,group=64}")
     OpenVINOTarget().emit(m, str(tmp_path), PassContext())
     ids = LlamaCppTokenizer(smol_path).encode(open(TEXT, encoding="utf-8").read(), add_bos=True)[:768]
-    r = top1_agreement(ids, reference_engine(m), openvino_engine(str(tmp_path)), ctx=512, stride=256,
-                       progress=False)
+    r = top1_agreement(ids, reference_engine(m), openvino_engine(str(tmp_path)), ctx=512, stride=256, progress=False)
     print(f"SmolLM2 int4 g64 on OpenVINO: {r}")
     assert r["tokens"] == 767 and r["top1_agreement"] >= 0.99, r
     assert abs(r["perplexity_a"] - r["perplexity_b"]) <= 1e-3 * r["perplexity_a"]
@@ -70,14 +71,27 @@ def test_eval_runs_openvino_artifacts(tiny_gguf, tmp_path):
     out = str(tmp_path / "ov")
     r = CliRunner().invoke(main, ["compile", tiny_gguf, "--target", "openvino", "-p", "quantize{bits=8}", "-o", out])
     assert r.exit_code == 0, r.output
-    r = CliRunner().invoke(main, ["eval", out, "--perplexity", TEXT, "--max-tokens", "200", "--ctx", "128",
-                                  "--json"])
+    r = CliRunner().invoke(main, ["eval", out, "--perplexity", TEXT, "--max-tokens", "200", "--ctx", "128", "--json"])
     assert r.exit_code == 0, r.output
     res = json.loads(r.stdout)
     assert res["engine"] == "openvino" and res["perplexity"] > 1 and res["details"]["tokens_scored"] == 199
     # The same windows through the reference executor on the source model give a close perplexity (int8).
-    ref = CliRunner().invoke(main, ["eval", tiny_gguf, "--perplexity", TEXT, "--max-tokens", "200", "--ctx", "128",
-                                    "--engine", "reference", "--json"])
+    ref = CliRunner().invoke(
+        main,
+        [
+            "eval",
+            tiny_gguf,
+            "--perplexity",
+            TEXT,
+            "--max-tokens",
+            "200",
+            "--ctx",
+            "128",
+            "--engine",
+            "reference",
+            "--json",
+        ],
+    )
     assert ref.exit_code == 0, ref.output
     assert abs(json.loads(ref.stdout)["perplexity"] - res["perplexity"]) <= 0.02 * res["perplexity"]
     bad = CliRunner().invoke(main, ["eval", out, "--perplexity", TEXT, "--engine", "llama.cpp"])
@@ -95,12 +109,21 @@ def test_vq_language_model_runs_on_openvino_and_gguf_refuses_it(tiny_gguf, tmp_p
 
     from edgec.compiler import compile
     from edgec.errors import EdgecError
+
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
         # 2 bits per weight calibrated on noise take a random tiny llama far from itself (cosine 0.88): fidelity
         # to the original is waived here, the subject is the exact encoding (checked against the reference)
-        r = compile(tiny_gguf, "openvino", "vq{dim=2,bits_per_weight=2,codebook_bits=8}", str(tmp_path / "ov"),
-                    calib="random", verify=True, min_cosine=-1.0, min_top1=0.0)
+        r = compile(
+            tiny_gguf,
+            "openvino",
+            "vq{dim=2,bits_per_weight=2,codebook_bits=8}",
+            str(tmp_path / "ov"),
+            calib="random",
+            verify=True,
+            min_cosine=-1.0,
+            min_top1=0.0,
+        )
     assert r.manifest["verification"]["passed"], r.manifest["verification"]
     assert r.manifest["verification"]["outputs"][0]["vs_reference_cosine"] >= 0.999
     enc = r.manifest["target"]["weight_encodings"]

@@ -28,8 +28,22 @@ def test_smollm2_f16_roundtrip_chat_and_perplexity(smol_path, tmp_path):
     assert "Paris" in json.loads(r.stdout)["reply"]
     ppl = {}
     for engine in ("llama.cpp", "reference"):
-        r = CliRunner().invoke(main, ["eval", str(out), "--perplexity", TEXT, "--ctx", "256", "--max-tokens", "1024",
-                                      "--engine", engine, "--json"])
+        r = CliRunner().invoke(
+            main,
+            [
+                "eval",
+                str(out),
+                "--perplexity",
+                TEXT,
+                "--ctx",
+                "256",
+                "--max-tokens",
+                "1024",
+                "--engine",
+                engine,
+                "--json",
+            ],
+        )
         assert r.exit_code == 0, r.output
         ppl[engine] = json.loads(r.stdout)["perplexity"]
     assert 2 < ppl["reference"] < 100  # an English licence text under a real model
@@ -43,8 +57,21 @@ def test_smollm2_quantized_gguf_verifies_in_llama_cpp(gtype, smol_path, tmp_path
     whose top-1 leads by more than 1% of the logit range (before that margin, 3 of 32 near-tie positions flipped
     under llama.cpp's int8 activations and every quantized GGUF failed verification). The perplexities the
     manifest reports agree between the IR and llama.cpp."""
-    r = CliRunner().invoke(main, ["compile", smol_path, "--target", "gguf", "-p", f"quantize{{gguf={gtype}}}",
-                                  "--verify", "-o", str(tmp_path / "q"), "--json"])
+    r = CliRunner().invoke(
+        main,
+        [
+            "compile",
+            smol_path,
+            "--target",
+            "gguf",
+            "-p",
+            f"quantize{{gguf={gtype}}}",
+            "--verify",
+            "-o",
+            str(tmp_path / "q"),
+            "--json",
+        ],
+    )
     assert r.exit_code == 0, r.output
     man = json.loads(r.stdout)["manifest"]
     row = man["verification"]["outputs"][0]

@@ -21,8 +21,9 @@ TEXT = os.path.join(HERE, "..", "examples", "text", "eval.txt")
 @pytest.mark.slow
 def test_vendor_llm_target_verifies_and_measures_perplexity(tiny_gguf, tmp_path):
     out = str(tmp_path / "a")
-    r = CliRunner().invoke(main, ["compile", tiny_gguf, "--target", "acme-llm", "--verify", "--eval-text", TEXT,
-                                  "-o", out, "--json"])
+    r = CliRunner().invoke(
+        main, ["compile", tiny_gguf, "--target", "acme-llm", "--verify", "--eval-text", TEXT, "-o", out, "--json"]
+    )
     assert r.exit_code == 0, r.output
     man = json.loads(r.stdout)["manifest"]
     assert man["verification"]["passed"] and man["verification"]["runtime"] == "acme runtime (onnxruntime)"
@@ -42,5 +43,6 @@ def test_vendor_llm_target_verifies_and_measures_perplexity(tiny_gguf, tmp_path)
 def test_vendor_llm_target_native_mixed_set():
     from edgec.ir.passes import PassContext
     from edgec.plugins.mixed.mixed_precision import MixedPrecision
+
     tgt = host().targets["acme-llm"]()
     assert MixedPrecision(avg_bits=6.0).choices(PassContext(target=tgt)) == [4, 8]

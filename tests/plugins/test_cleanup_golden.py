@@ -19,6 +19,7 @@ CASES = sorted(f.split(".before")[0] for f in os.listdir(GOLDEN) if f.endswith("
 
 def test_every_cleanup_pass_has_a_golden_case():
     from edgec.plugins.cleanup import PASSES
+
     assert sorted(p.name for p in PASSES) == CASES
 
 

@@ -21,8 +21,27 @@ F = TensorProto.FLOAT
 GATES = {"RNN": 1, "GRU": 3, "LSTM": 4}
 
 
-def _case(op, *, seq=4, batch=2, inp=3, hidden=5, direction="forward", layout=0, bias=True, init_h=True,
-          init_c=True, peep=False, lens=None, lens_input=False, outputs=None, seed=0, weights_as_inputs=False, opset=14, **attrs):
+def _case(
+    op,
+    *,
+    seq=4,
+    batch=2,
+    inp=3,
+    hidden=5,
+    direction="forward",
+    layout=0,
+    bias=True,
+    init_h=True,
+    init_c=True,
+    peep=False,
+    lens=None,
+    lens_input=False,
+    outputs=None,
+    seed=0,
+    weights_as_inputs=False,
+    opset=14,
+    **attrs,
+):
     """An onnx model of one ``op`` node (W / R / B / P initializers, X and the initial states inputs) and its
     feeds."""
     rng = np.random.default_rng(seed)
@@ -30,6 +49,7 @@ def _case(op, *, seq=4, batch=2, inp=3, hidden=5, direction="forward", layout=0,
 
     def rnd(*shape):
         return rng.uniform(-1, 1, shape).astype(np.float32)
+
     x_shape = [batch, seq, inp] if layout else [seq, batch, inp]
     st_shape = [batch, nd, hidden] if layout else [nd, batch, hidden]
     consts = {"W": rnd(nd, g * hidden, inp), "R": rnd(nd, g * hidden, hidden)}
@@ -57,10 +77,18 @@ def _case(op, *, seq=4, batch=2, inp=3, hidden=5, direction="forward", layout=0,
         attrs["layout"] = layout
     node = helper.make_node(op, ins, outs, hidden_size=hidden, direction=direction, **attrs)
     m = helper.make_model(
-        helper.make_graph([node], "g", [helper.make_tensor_value_info(k, helper.np_dtype_to_tensor_dtype(v.dtype), list(v.shape)) for k, v in feeds.items()],
-                          [helper.make_empty_tensor_value_info(o) for o in outs if o],
-                          [numpy_helper.from_array(v, k) for k, v in consts.items()]),
-        opset_imports=[helper.make_opsetid("", opset)])
+        helper.make_graph(
+            [node],
+            "g",
+            [
+                helper.make_tensor_value_info(k, helper.np_dtype_to_tensor_dtype(v.dtype), list(v.shape))
+                for k, v in feeds.items()
+            ],
+            [helper.make_empty_tensor_value_info(o) for o in outs if o],
+            [numpy_helper.from_array(v, k) for k, v in consts.items()],
+        ),
+        opset_imports=[helper.make_opsetid("", opset)],
+    )
     m.ir_version = 8
     return m, feeds
 
@@ -86,30 +114,54 @@ def _reference(m, feeds):
 CASES = {
     "rnn_defaults": ("RNN", {}),
     "rnn_reverse_layout1_no_bias": ("RNN", dict(direction="reverse", layout=1, bias=False)),
-    "rnn_bidirectional_relu_no_h0": ("RNN", dict(direction="bidirectional", init_h=False,
-                                                 activations=["Relu", "LeakyRelu"], activation_alpha=[0.3])),
-    "rnn_affine_scaledtanh_clip": ("RNN", dict(direction="bidirectional", activations=["Affine", "ScaledTanh"],
-                                               activation_alpha=[0.7, 1.5], activation_beta=[0.2, 0.8], clip=0.9)),
+    "rnn_bidirectional_relu_no_h0": (
+        "RNN",
+        dict(direction="bidirectional", init_h=False, activations=["Relu", "LeakyRelu"], activation_alpha=[0.3]),
+    ),
+    "rnn_affine_scaledtanh_clip": (
+        "RNN",
+        dict(
+            direction="bidirectional",
+            activations=["Affine", "ScaledTanh"],
+            activation_alpha=[0.7, 1.5],
+            activation_beta=[0.2, 0.8],
+            clip=0.9,
+        ),
+    ),
     "rnn_opset13_weights_as_inputs": ("RNN", dict(opset=13, weights_as_inputs=True)),
     "rnn_lens": ("RNN", dict(direction="bidirectional", lens=[4, 2])),
-    "rnn_lens_zero_at_run_time_layout1": ("RNN", dict(direction="bidirectional", lens=[0, 3], lens_input=True,
-                                                      layout=1)),
+    "rnn_lens_zero_at_run_time_layout1": (
+        "RNN",
+        dict(direction="bidirectional", lens=[0, 3], lens_input=True, layout=1),
+    ),
     "gru_defaults": ("GRU", {}),
     "gru_lbr_bidirectional_layout1": ("GRU", dict(direction="bidirectional", layout=1, linear_before_reset=1)),
     "gru_lbr_no_bias_reverse": ("GRU", dict(direction="reverse", bias=False, init_h=False, linear_before_reset=1)),
     "gru_hardsigmoid_softsign_clip": ("GRU", dict(activations=["HardSigmoid", "Softsign"], clip=0.5)),
     "gru_elu_softplus_defaults": ("GRU", dict(activations=["Elu", "Softplus"], seq=3)),
-    "gru_thresholded_alpha": ("GRU", dict(direction="bidirectional", activation_alpha=[0.1, 0.2],
-                                          activations=["Sigmoid", "ThresholdedRelu", "Sigmoid", "ThresholdedRelu"])),
+    "gru_thresholded_alpha": (
+        "GRU",
+        dict(
+            direction="bidirectional",
+            activation_alpha=[0.1, 0.2],
+            activations=["Sigmoid", "ThresholdedRelu", "Sigmoid", "ThresholdedRelu"],
+        ),
+    ),
     "gru_lens_reverse_layout1": ("GRU", dict(direction="reverse", layout=1, lens=[1, 3], seq=3)),
     "gru_lens_full": ("GRU", dict(lens=[4, 4])),
     "lstm_defaults": ("LSTM", {}),
     "lstm_peepholes_bidirectional": ("LSTM", dict(direction="bidirectional", peep=True)),
     "lstm_layout1_reverse_no_states": ("LSTM", dict(direction="reverse", layout=1, init_h=False, init_c=False)),
     "lstm_input_forget_clip_peep": ("LSTM", dict(input_forget=1, clip=0.6, peep=True, bias=False)),
-    "lstm_activations": ("LSTM", dict(direction="bidirectional",
-                                      activations=["HardSigmoid", "Elu", "Softsign", "Sigmoid", "Tanh", "Relu"],
-                                      activation_alpha=[0.3, 0.9], activation_beta=[0.4])),
+    "lstm_activations": (
+        "LSTM",
+        dict(
+            direction="bidirectional",
+            activations=["HardSigmoid", "Elu", "Softsign", "Sigmoid", "Tanh", "Relu"],
+            activation_alpha=[0.3, 0.9],
+            activation_beta=[0.4],
+        ),
+    ),
     "lstm_only_y_h": ("LSTM", dict(outputs=["", "Y_h"])),
     "lstm_lens_bidirectional_peep": ("LSTM", dict(direction="bidirectional", lens=[2, 4], peep=True)),
     "lstm_lens_zero": ("LSTM", dict(direction="reverse", lens=[3, 0], batch=2)),
@@ -134,12 +186,15 @@ def test_recurrent_ops_unroll_exactly(name):
         np.testing.assert_allclose(got[k], w, rtol=1e-5, atol=2e-6, err_msg=f"{name}: {k}")
 
 
-@pytest.mark.parametrize("kw", [
-    dict(activations=["Affine"]),  # Affine's alpha / beta have no agreed default
-    dict(activations=["Tanh", "Tanh", "Tanh"]),  # too many for one direction
-    dict(lens=[4, 5]),  # longer than the sequence
-    dict(activations=["Gelu"]),  # not one of the spec's activations
-])
+@pytest.mark.parametrize(
+    "kw",
+    [
+        dict(activations=["Affine"]),  # Affine's alpha / beta have no agreed default
+        dict(activations=["Tanh", "Tanh", "Tanh"]),  # too many for one direction
+        dict(lens=[4, 5]),  # longer than the sequence
+        dict(activations=["Gelu"]),  # not one of the spec's activations
+    ],
+)
 def test_variants_without_an_exact_rewrite_stay(kw):
     m, _ = _case("RNN", **kw)
     model = import_proto(m, None)
@@ -165,7 +220,6 @@ def test_lstm_compiles_for_cpu(tmp_path):
     assert len(got) == len(want) == 3
     for g, w in zip(got, want):
         np.testing.assert_allclose(g, w, rtol=1e-5, atol=2e-6)
-
 
 
 def test_openvino_lets_decompose_unroll_the_variants_its_frontend_gets_wrong(tmp_path):

@@ -1,6 +1,5 @@
 """Frontends: ONNX (opsets, external data, unsupported ops reported at once), PyTorch, edgec IR files."""
 
-
 import numpy as np
 import onnx
 import pytest
@@ -14,21 +13,25 @@ from edgec.plugins.frontends.onnx import OnnxFrontend
 
 def _model(nodes, inputs, outputs, inits=(), opset=17, domains=()):
     g = helper.make_graph(nodes, "g", inputs, outputs, list(inits))
-    m = helper.make_model(g, opset_imports=[helper.make_opsetid("", opset)] +
-                          [helper.make_opsetid(d, 1) for d in domains])
+    m = helper.make_model(
+        g, opset_imports=[helper.make_opsetid("", opset)] + [helper.make_opsetid(d, 1) for d in domains]
+    )
     m.ir_version = 8
     return m
 
 
 def test_onnx_import_with_external_data(tmp_path):
     w = np.random.default_rng(0).standard_normal((64, 32)).astype(np.float32)
-    m = _model([helper.make_node("MatMul", ["x", "w"], ["y"])],
-               [helper.make_tensor_value_info("x", TensorProto.FLOAT, [2, 64])],
-               [helper.make_tensor_value_info("y", TensorProto.FLOAT, [2, 32])],
-               [onnx.numpy_helper.from_array(w, "w")])
+    m = _model(
+        [helper.make_node("MatMul", ["x", "w"], ["y"])],
+        [helper.make_tensor_value_info("x", TensorProto.FLOAT, [2, 64])],
+        [helper.make_tensor_value_info("y", TensorProto.FLOAT, [2, 32])],
+        [onnx.numpy_helper.from_array(w, "w")],
+    )
     path = tmp_path / "m.onnx"
-    onnx.save(m, str(path), save_as_external_data=True, all_tensors_to_one_file=True, location="m.data",
-              size_threshold=0)
+    onnx.save(
+        m, str(path), save_as_external_data=True, all_tensors_to_one_file=True, location="m.data", size_threshold=0
+    )
     assert (tmp_path / "m.data").exists()
     model = OnnxFrontend().load(str(path))
     np.testing.assert_array_equal(model.graph.initializers["w"].numpy(), w)
@@ -36,15 +39,26 @@ def test_onnx_import_with_external_data(tmp_path):
 
 
 def test_unsupported_ops_reported_all_at_once(tmp_path):
-    then = helper.make_graph([helper.make_node("Identity", ["x"], ["t"])], "then", [],
-                             [helper.make_tensor_value_info("t", TensorProto.FLOAT, [2])])
-    m = _model([helper.make_node("Relu", ["x"], ["a"], name="ok"),
-                helper.make_node("FancyOp", ["a"], ["b"], name="fancy", domain="com.vendor"),
-                helper.make_node("If", ["c"], ["d"], name="branchy", then_branch=then, else_branch=then),
-                helper.make_node("Add", ["a", "missing"], ["e"], name="dangling")],
-               [helper.make_tensor_value_info("x", TensorProto.FLOAT, [2]),
-                helper.make_tensor_value_info("c", TensorProto.BOOL, [])],
-               [helper.make_tensor_value_info("e", TensorProto.FLOAT, [2])], domains=["com.vendor"])
+    then = helper.make_graph(
+        [helper.make_node("Identity", ["x"], ["t"])],
+        "then",
+        [],
+        [helper.make_tensor_value_info("t", TensorProto.FLOAT, [2])],
+    )
+    m = _model(
+        [
+            helper.make_node("Relu", ["x"], ["a"], name="ok"),
+            helper.make_node("FancyOp", ["a"], ["b"], name="fancy", domain="com.vendor"),
+            helper.make_node("If", ["c"], ["d"], name="branchy", then_branch=then, else_branch=then),
+            helper.make_node("Add", ["a", "missing"], ["e"], name="dangling"),
+        ],
+        [
+            helper.make_tensor_value_info("x", TensorProto.FLOAT, [2]),
+            helper.make_tensor_value_info("c", TensorProto.BOOL, []),
+        ],
+        [helper.make_tensor_value_info("e", TensorProto.FLOAT, [2])],
+        domains=["com.vendor"],
+    )
     p = tmp_path / "bad.onnx"
     onnx.save(m, str(p))
     with pytest.raises(UnsupportedError) as e:
@@ -58,9 +72,12 @@ def test_unsupported_ops_reported_all_at_once(tmp_path):
 
 
 def test_old_opset_and_corrupt_files(tmp_path):
-    m = _model([helper.make_node("Relu", ["x"], ["y"])],
-               [helper.make_tensor_value_info("x", TensorProto.FLOAT, [2])],
-               [helper.make_tensor_value_info("y", TensorProto.FLOAT, [2])], opset=6)
+    m = _model(
+        [helper.make_node("Relu", ["x"], ["y"])],
+        [helper.make_tensor_value_info("x", TensorProto.FLOAT, [2])],
+        [helper.make_tensor_value_info("y", TensorProto.FLOAT, [2])],
+        opset=6,
+    )
     p = tmp_path / "old.onnx"
     onnx.save(m, str(p))
     with pytest.raises(UnsupportedError, match="opset 6 is older than 7, the oldest edgec accepts"):
@@ -76,7 +93,7 @@ def test_edgec_ir_frontend_reads_both_forms(tmp_path, mlp):
     (tmp_path / "m.edgec.txt").write_text(ir.print_model(mlp))
     for f in ("m.edgec", "m.edgec.txt"):
         assert ir.print_model(EdgecIRFrontend().load(str(tmp_path / f))) == ir.print_model(mlp)
-    (tmp_path / "junk.edgec.txt").write_text("edgec-ir 1\ngraph \"g\" {\n  what\n}\n")
+    (tmp_path / "junk.edgec.txt").write_text('edgec-ir 1\ngraph "g" {\n  what\n}\n')
     with pytest.raises(BadInputError, match="line 3"):
         EdgecIRFrontend().load(str(tmp_path / "junk.edgec.txt"))
 
@@ -120,15 +137,22 @@ def test_pt2_the_exporters_own_reason_is_reported_when_both_ways_fail(monkeypatc
     class Tiny(torch.nn.Module):
         def forward(self, x):
             return torch.relu(x)
+
     ep = torch.export.export(Tiny(), (torch.randn(2, 3),))
     calls = []
 
     def failing_export(program, *args, **kwargs):
         calls.append(program)
-        raise RuntimeError("Failed to decompose the FX graph.\n## Exception summary\n"
-                           f"<class 'ValueError'>: cannot view (attempt {len(calls)})")
+        raise RuntimeError(
+            "Failed to decompose the FX graph.\n## Exception summary\n"
+            f"<class 'ValueError'>: cannot view (attempt {len(calls)})"
+        )
+
     monkeypatch.setattr(torch.onnx, "export", failing_export)
-    with pytest.raises(UnsupportedError, match=r"tiny\.pt2: torch's ONNX exporter could not lower the program: "
-                                               r"RuntimeError: <class 'ValueError'>: cannot view \(attempt 1\)"):
+    with pytest.raises(
+        UnsupportedError,
+        match=r"tiny\.pt2: torch's ONNX exporter could not lower the program: "
+        r"RuntimeError: <class 'ValueError'>: cannot view \(attempt 1\)",
+    ):
         from_exported_program(ep, label="tiny.pt2")
     assert len(calls) == 2 and calls[1] is not ep  # retried once, on the decomposed program

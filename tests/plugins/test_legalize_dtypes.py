@@ -16,8 +16,14 @@ from edgec.ir import DType
 from edgec.ir.dtypes import from_storage, to_storage
 from edgec.plugins.cleanup.legalize_dtypes import _reference_cast, encode_numpy, encode_table
 
-NARROW = [DType.FLOAT8E4M3FN, DType.FLOAT8E4M3FNUZ, DType.FLOAT8E5M2, DType.FLOAT8E5M2FNUZ, DType.FLOAT4E2M1,
-          DType.BFLOAT16]
+NARROW = [
+    DType.FLOAT8E4M3FN,
+    DType.FLOAT8E4M3FNUZ,
+    DType.FLOAT8E5M2,
+    DType.FLOAT8E5M2FNUZ,
+    DType.FLOAT4E2M1,
+    DType.BFLOAT16,
+]
 
 
 def _all_float16() -> np.ndarray:
@@ -58,15 +64,19 @@ def test_storage_round_trip():
 
 # ------------------------------------------------------------------------------------------------ compiled
 def _cast_model(src: int, dst: int, shape, **attrs) -> onnx.ModelProto:
-    g = helper.make_graph([helper.make_node("Cast", ["x"], ["y"], to=dst, **attrs)], "g",
-                          [helper.make_tensor_value_info("x", src, shape)],
-                          [helper.make_tensor_value_info("y", dst, shape)])
+    g = helper.make_graph(
+        [helper.make_node("Cast", ["x"], ["y"], to=dst, **attrs)],
+        "g",
+        [helper.make_tensor_value_info("x", src, shape)],
+        [helper.make_tensor_value_info("y", dst, shape)],
+    )
     return helper.make_model(g, opset_imports=[helper.make_opsetid("", 21)])
 
 
 def _run(tmp_path, model: onnx.ModelProto, feeds: dict, target: str = "cpu", verify: bool = False):
     import edgec
     from edgec.compiler import parse_target
+
     tmp_path.mkdir(parents=True, exist_ok=True)
     path = tmp_path / "m.onnx"
     onnx.save(model, path)
@@ -104,17 +114,26 @@ def test_blocked_int4_dequantize_and_quantize_on_cpu(tmp_path):
     w = rng.integers(-8, 8, size=(4, 8)).astype(ml_dtypes.int4)
     scale = rng.uniform(0.01, 0.1, size=(4, 2)).astype(np.float32)
     g = helper.make_graph(
-        [helper.make_node("DequantizeLinear", ["w", "s"], ["wf"], axis=1, block_size=4),
-         helper.make_node("MatMul", ["x", "wf"], ["h"]),
-         helper.make_node("QuantizeLinear", ["h", "hs", "hz"], ["y"])], "g",
-        [helper.make_tensor_value_info("x", T.FLOAT, [3, 4])], [helper.make_tensor_value_info("y", T.UINT4, [3, 8])],
-        [onnx.numpy_helper.from_array(w, "w"), onnx.numpy_helper.from_array(scale, "s"),
-         onnx.numpy_helper.from_array(np.array(0.05, np.float32), "hs"),
-         onnx.numpy_helper.from_array(np.array(8, ml_dtypes.uint4), "hz")])
+        [
+            helper.make_node("DequantizeLinear", ["w", "s"], ["wf"], axis=1, block_size=4),
+            helper.make_node("MatMul", ["x", "wf"], ["h"]),
+            helper.make_node("QuantizeLinear", ["h", "hs", "hz"], ["y"]),
+        ],
+        "g",
+        [helper.make_tensor_value_info("x", T.FLOAT, [3, 4])],
+        [helper.make_tensor_value_info("y", T.UINT4, [3, 8])],
+        [
+            onnx.numpy_helper.from_array(w, "w"),
+            onnx.numpy_helper.from_array(scale, "s"),
+            onnx.numpy_helper.from_array(np.array(0.05, np.float32), "hs"),
+            onnx.numpy_helper.from_array(np.array(8, ml_dtypes.uint4), "hz"),
+        ],
+    )
     model = helper.make_model(g, opset_imports=[helper.make_opsetid("", 21)])
     x = rng.standard_normal((3, 4)).astype(np.float32)
     res, (y,) = _run(tmp_path, model, {"x": x}, verify=True)
     from onnx.reference import ReferenceEvaluator
+
     want = ReferenceEvaluator(model).run(None, {"x": x})[0]
     assert y.dtype == ml_dtypes.uint4 and np.array_equal(y.astype(np.uint8), want.astype(np.uint8))
     assert res.manifest["verification"]["passed"], res.manifest["verification"]
@@ -123,9 +142,13 @@ def test_blocked_int4_dequantize_and_quantize_on_cpu(tmp_path):
 def test_arithmetic_on_bfloat16_is_left_for_the_check(tmp_path):
     """A bfloat16 Add is not computed on its storage bits: the target's check names the dtype."""
     from edgec.errors import UnsupportedError
-    g = helper.make_graph([helper.make_node("Add", ["a", "b"], ["c"])], "g",
-                          [helper.make_tensor_value_info(n, T.BFLOAT16, [4]) for n in "ab"],
-                          [helper.make_tensor_value_info("c", T.BFLOAT16, [4])])
+
+    g = helper.make_graph(
+        [helper.make_node("Add", ["a", "b"], ["c"])],
+        "g",
+        [helper.make_tensor_value_info(n, T.BFLOAT16, [4]) for n in "ab"],
+        [helper.make_tensor_value_info("c", T.BFLOAT16, [4])],
+    )
     model = helper.make_model(g, opset_imports=[helper.make_opsetid("", 21)])
     with pytest.raises(UnsupportedError, match="bf16"):
         _run(tmp_path, model, {k: np.ones(4, ml_dtypes.bfloat16) for k in "ab"})
@@ -153,6 +176,7 @@ def _legalized(model: onnx.ModelProto, feeds: dict):
     from edgec.ir.dtypes import storage_map
     from edgec.ir.passes import PassContext
     from edgec.plugins.cleanup.legalize_dtypes import LegalizeDtypes
+
     m = from_onnx(model)
     infer_shapes(m)
     LegalizeDtypes().run(m, PassContext())
@@ -162,37 +186,57 @@ def _legalized(model: onnx.ModelProto, feeds: dict):
 
 
 def _one(node, ins, outs, inits=(), opset=23):
-    return helper.make_model(helper.make_graph([node], "g", ins, outs, list(inits)),
-                             opset_imports=[helper.make_opsetid("", opset)])
+    return helper.make_model(
+        helper.make_graph([node], "g", ins, outs, list(inits)), opset_imports=[helper.make_opsetid("", opset)]
+    )
 
 
 REVIEW_CASES = {
     # a bfloat16 scale is decoded from its bits (it was multiplied as the bits' value)
     "dq_int4_bf16_scale": (
-        _one(helper.make_node("DequantizeLinear", ["w", "s"], ["y"], axis=0, output_dtype=T.FLOAT),
-             [helper.make_tensor_value_info("w", T.INT4, [2, 2])], [helper.make_tensor_value_info("y", T.FLOAT, [2, 2])],
-             [onnx.numpy_helper.from_array(np.array([0.5, 0.25], ml_dtypes.bfloat16), "s")]),
-        {"w": np.array([[1, -2], [3, 4]], ml_dtypes.int4)}),
+        _one(
+            helper.make_node("DequantizeLinear", ["w", "s"], ["y"], axis=0, output_dtype=T.FLOAT),
+            [helper.make_tensor_value_info("w", T.INT4, [2, 2])],
+            [helper.make_tensor_value_info("y", T.FLOAT, [2, 2])],
+            [onnx.numpy_helper.from_array(np.array([0.5, 0.25], ml_dtypes.bfloat16), "s")],
+        ),
+        {"w": np.array([[1, -2], [3, 4]], ml_dtypes.int4)},
+    ),
     # the reference ignores a float4 zero point
     "dq_float4_zero_point": (
-        _one(helper.make_node("DequantizeLinear", ["x", "s", "z"], ["y"]),
-             [helper.make_tensor_value_info("x", T.FLOAT4E2M1, [2])], [helper.make_tensor_value_info("y", T.FLOAT, [2])],
-             [onnx.numpy_helper.from_array(np.array(1.0, np.float32), "s"),
-              onnx.numpy_helper.from_array(np.array(1.0, ml_dtypes.float4_e2m1fn), "z")], 21),
-        {"x": np.array([1, 2], ml_dtypes.float4_e2m1fn)}),
+        _one(
+            helper.make_node("DequantizeLinear", ["x", "s", "z"], ["y"]),
+            [helper.make_tensor_value_info("x", T.FLOAT4E2M1, [2])],
+            [helper.make_tensor_value_info("y", T.FLOAT, [2])],
+            [
+                onnx.numpy_helper.from_array(np.array(1.0, np.float32), "s"),
+                onnx.numpy_helper.from_array(np.array(1.0, ml_dtypes.float4_e2m1fn), "z"),
+            ],
+            21,
+        ),
+        {"x": np.array([1, 2], ml_dtypes.float4_e2m1fn)},
+    ),
     # NaN quantizes to the type's minimum whatever the zero point (the reference's int32 minimum, clipped)
     "q_nan_with_zero_point": (
-        _one(helper.make_node("QuantizeLinear", ["x", "s", "z"], ["y"]),
-             [helper.make_tensor_value_info("x", T.FLOAT, [3])], [helper.make_tensor_value_info("y", T.INT4, [3])],
-             [onnx.numpy_helper.from_array(np.array(1.0, np.float32), "s"),
-              onnx.numpy_helper.from_array(np.array(3, ml_dtypes.int4), "z")], 21),
-        {"x": np.array([np.nan, -2.5, 1.5], np.float32)}),
+        _one(
+            helper.make_node("QuantizeLinear", ["x", "s", "z"], ["y"]),
+            [helper.make_tensor_value_info("x", T.FLOAT, [3])],
+            [helper.make_tensor_value_info("y", T.INT4, [3])],
+            [
+                onnx.numpy_helper.from_array(np.array(1.0, np.float32), "s"),
+                onnx.numpy_helper.from_array(np.array(3, ml_dtypes.int4), "z"),
+            ],
+            21,
+        ),
+        {"x": np.array([np.nan, -2.5, 1.5], np.float32)},
+    ),
 }
 
 
 @pytest.mark.parametrize("name", sorted(REVIEW_CASES))
 def test_conversions_match_the_reference(name):
     from onnx.reference import ReferenceEvaluator
+
     model, feeds = REVIEW_CASES[name]
     with np.errstate(invalid="ignore"):
         want = ReferenceEvaluator(model).run(None, feeds)
@@ -207,10 +251,17 @@ def test_edgec_ops_on_an_emulated_type_leave_it_for_the_check():
     from edgec.ir.passes import PassContext
     from edgec.plugins.cleanup import FuseGelu
     from edgec.plugins.cleanup.legalize_dtypes import LegalizeDtypes
+
     nodes = [helper.make_node("Gelu", ["x"], ["g"]), helper.make_node("Cast", ["g"], ["y"], to=T.FLOAT)]
-    model = helper.make_model(helper.make_graph(nodes, "g", [helper.make_tensor_value_info("x", T.BFLOAT16, [4])],
-                                                [helper.make_tensor_value_info("y", T.FLOAT, [4])]),
-                              opset_imports=[helper.make_opsetid("", 20)])
+    model = helper.make_model(
+        helper.make_graph(
+            nodes,
+            "g",
+            [helper.make_tensor_value_info("x", T.BFLOAT16, [4])],
+            [helper.make_tensor_value_info("y", T.FLOAT, [4])],
+        ),
+        opset_imports=[helper.make_opsetid("", 20)],
+    )
     m = from_onnx(model)
     infer_shapes(m)
     FuseGelu().run(m, PassContext())
@@ -226,13 +277,21 @@ def test_float_mod_fmod0_is_numpys_remainder():
     from edgec.ir.passes import PassContext
     from edgec.target import Capabilities
     from tests.plugins.test_decompose import CORE
+
     # a target taking Mod with fmod=1 only
-    tgt = types.SimpleNamespace(capabilities=Capabilities(ops=CORE | {"Mod", "Xor", "Sign"}),
-                                accepts_node=lambda n, m: n.op_type in CORE | {"Mod", "Xor", "Sign"} and not (
-                                    n.op_type == "Mod" and not n.attr("fmod", 0)))
-    model = _one(helper.make_node("Mod", ["a", "b"], ["y"], fmod=0),
-                 [helper.make_tensor_value_info(n, T.FLOAT, [4]) for n in "ab"],
-                 [helper.make_tensor_value_info("y", T.FLOAT, [4])], (), 17)
+    tgt = types.SimpleNamespace(
+        capabilities=Capabilities(ops=CORE | {"Mod", "Xor", "Sign"}),
+        accepts_node=lambda n, m: (
+            n.op_type in CORE | {"Mod", "Xor", "Sign"} and not (n.op_type == "Mod" and not n.attr("fmod", 0))
+        ),
+    )
+    model = _one(
+        helper.make_node("Mod", ["a", "b"], ["y"], fmod=0),
+        [helper.make_tensor_value_info(n, T.FLOAT, [4]) for n in "ab"],
+        [helper.make_tensor_value_info("y", T.FLOAT, [4])],
+        (),
+        17,
+    )
     m = from_onnx(model)
     assert Decompose().run(m, PassContext(target=tgt))
     a, b = np.array([-4, 4, -3, 3], np.float32), np.array([2, -2, 2, -2], np.float32)

@@ -47,8 +47,13 @@ def _ctx(m, n=16, seed=1, target=None):
     rng = np.random.default_rng(seed)
     samples = [{"x": rng.standard_normal((16, 32)).astype(np.float32)} for _ in range(n)]
     h = host()
-    return PassContext(target=target, config={"seed": 0}, calibration=Calibration(samples, "test"),
-                       passes=h.passes.as_dict(), checks=h.checks.as_dict())
+    return PassContext(
+        target=target,
+        config={"seed": 0},
+        calibration=Calibration(samples, "test"),
+        passes=h.passes.as_dict(),
+        checks=h.checks.as_dict(),
+    )
 
 
 def _run(pipe, m, ctx):
@@ -60,8 +65,10 @@ def _run(pipe, m, ctx):
 def test_solver_is_exact_on_brute_forceable_cases():
     rng = np.random.default_rng(0)
     for _ in range(300):
-        opts = [[(int(rng.integers(1, 60)), float(rng.random())) for _ in range(rng.integers(1, 4))]
-                for _ in range(rng.integers(1, 6))]
+        opts = [
+            [(int(rng.integers(1, 60)), float(rng.random())) for _ in range(rng.integers(1, 4))]
+            for _ in range(rng.integers(1, 6))
+        ]
         budget = int(rng.integers(5, 200))
         best = None
         for comb in itertools.product(*[range(len(o)) for o in opts]):
@@ -125,6 +132,7 @@ def test_sensitivity_is_cached_and_a_second_run_executes_nothing(monkeypatch):
 
     def boom(*a, **k):
         raise AssertionError("a cached analysis must not run the model")
+
     monkeypatch.setattr(sens_mod, "ReferenceExecutor", boom)
     second = sens_mod.analyse(_mlp(), cands, _ctx(m), samples=4)
     assert second.cached and second.table == first.table
@@ -180,11 +188,14 @@ def test_usage_errors_name_the_fix():
 
 def test_inspect_sensitivity_prints_plots_and_caches(tiny_cnn_path, tmp_path):
     from edgec.cli import main
+
     png = tmp_path / "s.png"
-    r = CliRunner().invoke(main, ["inspect", tiny_cnn_path, "--sensitivity", "--calib", "random", "--bits", "2:8",
-                                  "--plot", str(png), "--json"])
+    r = CliRunner().invoke(
+        main,
+        ["inspect", tiny_cnn_path, "--sensitivity", "--calib", "random", "--bits", "2:8", "--plot", str(png), "--json"],
+    )
     assert r.exit_code == 0, r.output
-    d = json.loads(r.output[r.output.index("{"):])
+    d = json.loads(r.output[r.output.index("{") :])
     assert not d["cached"] and len(d["layers"]) == 4 and png.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
     r = CliRunner().invoke(main, ["inspect", tiny_cnn_path, "--sensitivity", "--calib", "random", "--bits", "2:8"])
     assert r.exit_code == 0 and "(cached)" in r.output and "2 bit" in r.output
@@ -197,9 +208,18 @@ def test_inspect_sensitivity_prints_plots_and_caches(tiny_cnn_path, tmp_path):
 @pytest.mark.slow
 def test_footprint_tiers_fit_their_budgets_and_share_one_measurement(tiny_cnn_path, tmp_path):
     from edgec.compiler import compile_tiers, parse_size
+
     out = tmp_path / "tiers"
-    index = compile_tiers(tiny_cnn_path, "cpu", "", str(out), ["5KB", "2KB", "3KB"], tier_options="bits=2:4:8",
-                          calib="random", verify=True)
+    index = compile_tiers(
+        tiny_cnn_path,
+        "cpu",
+        "",
+        str(out),
+        ["5KB", "2KB", "3KB"],
+        tier_options="bits=2:4:8",
+        calib="random",
+        verify=True,
+    )
     rows = index["tiers"]
     assert [r["tier"] for r in rows] == ["5KB", "3KB", "2KB"]  # largest first
     for r in rows:
@@ -220,9 +240,11 @@ def test_target_native_mix_is_the_default_and_the_artifact_carries_it(target, av
     """Without bits=, the candidates are the target's native per-layer mix (OpenVINO int4/int8, TensorRT
     int8/fp16, Core ML palettes + int8); the artifact stores each layer as chosen and runs it."""
     from edgec.compiler import compile as compile_model
+
     out = tmp_path / target
-    res = compile_model(_mlp(), target, f"mixed-precision{{avg_bits={avg_bits}}}", str(out), verify=True,
-                        calib="random")
+    res = compile_model(
+        _mlp(), target, f"mixed-precision{{avg_bits={avg_bits}}}", str(out), verify=True, calib="random"
+    )
     man = res.manifest
     alloc = man["mixed_precision"]["allocation"]
     native = set(host().targets[target].capabilities.mixed)
@@ -234,6 +256,7 @@ def test_target_native_mix_is_the_default_and_the_artifact_carries_it(target, av
         assert 'element_type="i4"' in xml and 'element_type="i8"' in xml
     elif target == "tensorrt":
         import onnx
+
         proto = onnx.load(str(out / "model.onnx"))
         dq = {n.input[0] for n in proto.graph.node if n.op_type == "DequantizeLinear"}
         for w, b in alloc.items():
@@ -244,6 +267,7 @@ def test_target_native_mix_is_the_default_and_the_artifact_carries_it(target, av
             assert arr.dtype == np.float16 or np.array_equal(arr.astype(np.float16).astype(arr.dtype), arr)
     else:
         enc = man["target"]["compressed_weights"]
-        assert {enc[w + "_q"] for w in alloc} == {f"palette{b[1:]}" if isinstance(b, str) else "int8"
-                                                 for b in alloc.values()}
+        assert {enc[w + "_q"] for w in alloc} == {
+            f"palette{b[1:]}" if isinstance(b, str) else "int8" for b in alloc.values()
+        }
         assert man["target"]["decoded_bit_exact"] == len(alloc)

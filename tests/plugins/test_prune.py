@@ -46,8 +46,10 @@ def test_magnitude_mask_prunes_the_smallest():
 
 def test_pass_layer_scope_nm_and_global(tiny_cnn_path):
     ws = _sparse_weights(_run(tiny_cnn_path, "prune{sparsity=0.5}"))
-    assert ws and all(abs(float(np.mean(w == 0)) - 0.5) < 0.01 and v.sparsity.ratio == pytest.approx(np.mean(w == 0))
-                      for v, w in ws.values())
+    assert ws and all(
+        abs(float(np.mean(w == 0)) - 0.5) < 0.01 and v.sparsity.ratio == pytest.approx(np.mean(w == 0))
+        for v, w in ws.values()
+    )
     ws = _sparse_weights(_run(tiny_cnn_path, "prune{pattern=2:4}"))
     assert ws and all(v.sparsity.validate(w) == [] and (v.sparsity.n, v.sparsity.m) == (2, 4) for v, w in ws.values())
     ws = _sparse_weights(_run(tiny_cnn_path, "prune{sparsity=0.6,scope=global}"))
@@ -57,17 +59,27 @@ def test_pass_layer_scope_nm_and_global(tiny_cnn_path):
     assert len({round(v.sparsity.ratio, 2) for v, _ in ws.values()}) > 1  # one threshold, different ratios
 
 
-@pytest.mark.parametrize("quant", ["quantize{bits=8}", "quantize{bits=4,scheme=asymmetric,group=16}",
-                                   "quantize{method=codebook,bits=3}", "quantize{method=codebook,bits=2,group=16}",
-                                   "quantize{method=codebook,bits=4,per_channel_codebook=true}",
-                                   "quantize{method=gptq,bits=4}"])
+@pytest.mark.parametrize(
+    "quant",
+    [
+        "quantize{bits=8}",
+        "quantize{bits=4,scheme=asymmetric,group=16}",
+        "quantize{method=codebook,bits=3}",
+        "quantize{method=codebook,bits=2,group=16}",
+        "quantize{method=codebook,bits=4,per_channel_codebook=true}",
+        "quantize{method=gptq,bits=4}",
+    ],
+)
 def test_quantize_keeps_pruned_zeros(quant, tiny_cnn_path):
-    pre = {k.replace("_pruned", ""): w for k, (_, w) in _sparse_weights(_run(tiny_cnn_path, "prune{sparsity=0.5}")).items()}
+    pre = {
+        k.replace("_pruned", ""): w for k, (_, w) in _sparse_weights(_run(tiny_cnn_path, "prune{sparsity=0.5}")).items()
+    }
     m = load_model(tiny_cnn_path)
     fix_input_shapes(m, {}, [])
     ctx = PassContext()
     if "gptq" in quant:  # gptq needs calibration data
         from edgec.calibration import load_calibration
+
         ctx = PassContext(calibration=load_calibration("random", m, seed=0))
     PassManager(parse_pipeline(DEFAULT_CLEANUP + ",prune{sparsity=0.5}," + quant, host().passes.as_dict())).run(m, ctx)
     ws = _sparse_weights(m)
@@ -96,16 +108,20 @@ def _prune_linear(w, xs, opts):
     weight value and the layer's relative output error on ``xs``."""
     from edgec import ir
     from edgec.calibration import CalibrationSet
+
     g = ir.Graph()
     x = g.add_input("x", ir.DType.FLOAT32, xs[0].shape)
     g.outputs.append(g.op("Linear", [x, g.add_const("w", w)], domain="edgec", name="fc").output)
     m = ir.Model(g, {"": 17, "edgec": 1})
     ir.infer_shapes(m)
     PassManager(parse_pipeline(f"prune{{{opts},head=true}}", host().passes.as_dict())).run(
-        m, PassContext(calibration=CalibrationSet([{"x": a} for a in xs], "test")))
+        m, PassContext(calibration=CalibrationSet([{"x": a} for a in xs], "test"))
+    )
     v = m.graph.nodes[0].inputs[1]
     wp = v.numpy()
-    err = np.sqrt(sum(float(np.sum((a @ (wp - w).T) ** 2)) for a in xs) / sum(float(np.sum((a @ w.T) ** 2)) for a in xs))
+    err = np.sqrt(
+        sum(float(np.sum((a @ (wp - w).T) ** 2)) for a in xs) / sum(float(np.sum((a @ w.T) ** 2)) for a in xs)
+    )
     return v, err
 
 
@@ -141,8 +157,9 @@ def test_sparsegpt_beats_wanda_and_magnitude_on_correlated_inputs(pattern):
     k, n = 64, 32
     w = rng.standard_normal((n, k)).astype(np.float32)
     mix = rng.standard_normal((8, k)).astype(np.float32)
-    xs = [(rng.standard_normal((16, 8)) @ mix + 0.1 * rng.standard_normal((16, k))).astype(np.float32)
-          for _ in range(8)]
+    xs = [
+        (rng.standard_normal((16, 8)) @ mix + 0.1 * rng.standard_normal((16, k))).astype(np.float32) for _ in range(8)
+    ]
     opts = f"pattern={pattern}" if pattern else "sparsity=0.5"
     out = {}
     for method in ("magnitude", "wanda", "sparsegpt"):
@@ -161,12 +178,14 @@ def test_sparsegpt_joint_quantization_beats_prune_then_quantize():
     at the target sparsity, with a lower layer output error than SparseGPT followed by round-to-nearest."""
     from edgec import ir
     from edgec.calibration import CalibrationSet
+
     rng = np.random.default_rng(3)
     k = 128
     w = rng.standard_normal((32, k)).astype(np.float32)
     mix = rng.standard_normal((k, k)).astype(np.float32) / np.sqrt(k)
-    xs = [(rng.standard_normal((16, k)) @ mix + rng.standard_normal((16, k)) * 0.3).astype(np.float32)
-          for _ in range(8)]
+    xs = [
+        (rng.standard_normal((16, k)) @ mix + rng.standard_normal((16, k)) * 0.3).astype(np.float32) for _ in range(8)
+    ]
     joint, err_joint = _prune_linear(w, xs, "method=sparsegpt,sparsity=0.5,bits=3")
     q = joint.const
     assert isinstance(q, ir.QuantizedTensor) and q.bits == 3 and q.method == "sparsegpt"
@@ -178,12 +197,15 @@ def test_sparsegpt_joint_quantization_beats_prune_then_quantize():
     g.outputs.append(g.op("Linear", [x, g.add_const("w", w)], domain="edgec", name="fc").output)
     m = ir.Model(g, {"": 17, "edgec": 1})
     ir.infer_shapes(m)
-    PassManager(parse_pipeline("prune{method=sparsegpt,sparsity=0.5,head=true},quantize{bits=3,head_bits=3}",
-                               host().passes.as_dict())).run(
-        m, PassContext(calibration=CalibrationSet([{"x": a} for a in xs], "test")))
+    PassManager(
+        parse_pipeline(
+            "prune{method=sparsegpt,sparsity=0.5,head=true},quantize{bits=3,head_bits=3}", host().passes.as_dict()
+        )
+    ).run(m, PassContext(calibration=CalibrationSet([{"x": a} for a in xs], "test")))
     wp = m.graph.nodes[0].inputs[1].numpy()
-    err_seq = np.sqrt(sum(float(np.sum((a @ (wp - w).T) ** 2)) for a in xs) /
-                      sum(float(np.sum((a @ w.T) ** 2)) for a in xs))
+    err_seq = np.sqrt(
+        sum(float(np.sum((a @ (wp - w).T) ** 2)) for a in xs) / sum(float(np.sum((a @ w.T) ** 2)) for a in xs)
+    )
     assert err_joint < 0.9 * err_seq, (err_joint, err_seq)
 
 

@@ -24,15 +24,25 @@ def _cnn(zero_channels=()):
     b0 = rng.standard_normal(16).astype(np.float32)
     w0[list(zero_channels)] = 0
     b0[list(zero_channels)] = 0
-    h = g.op("Conv", [x, g.add_const("w0", w0), g.add_const("b0", b0)], {"kernel_shape": [3, 3], "pads": [1] * 4},
-             name="c0").output
+    h = g.op(
+        "Conv", [x, g.add_const("w0", w0), g.add_const("b0", b0)], {"kernel_shape": [3, 3], "pads": [1] * 4}, name="c0"
+    ).output
     h = g.op("Relu", [h], name="r0").output
-    h = g.op("Conv", [h, g.add_const("w1", rng.standard_normal((8, 16, 3, 3)).astype(np.float32))],
-             {"kernel_shape": [3, 3], "pads": [1] * 4}, name="c1").output
-    h = g.op("Clip", [h, g.add_const("lo", np.array(0, np.float32)), g.add_const("hi", np.array(6, np.float32))],
-             name="clip").output
-    h = g.op("Conv", [h, g.add_const("w2", rng.standard_normal((4, 8, 1, 1)).astype(np.float32))],
-             {"kernel_shape": [1, 1]}, name="c2").output
+    h = g.op(
+        "Conv",
+        [h, g.add_const("w1", rng.standard_normal((8, 16, 3, 3)).astype(np.float32))],
+        {"kernel_shape": [3, 3], "pads": [1] * 4},
+        name="c1",
+    ).output
+    h = g.op(
+        "Clip", [h, g.add_const("lo", np.array(0, np.float32)), g.add_const("hi", np.array(6, np.float32))], name="clip"
+    ).output
+    h = g.op(
+        "Conv",
+        [h, g.add_const("w2", rng.standard_normal((4, 8, 1, 1)).astype(np.float32))],
+        {"kernel_shape": [1, 1]},
+        name="c2",
+    ).output
     g.outputs.append(h)
     m = ir.Model(g, {"": 17})
     ir.infer_shapes(m)
@@ -45,11 +55,16 @@ def _mlp():
     h = g.add_input("x", ir.DType.FLOAT32, (2, 5, 16))
     up = rng.standard_normal((64, 16)).astype(np.float32)
     up[::2] = 0  # half the neurons are dead
-    h = g.op("Linear", [h, g.add_const("up", up), g.add_const("ub", np.zeros(64, np.float32))], domain="edgec",
-             name="up").output
+    h = g.op(
+        "Linear", [h, g.add_const("up", up), g.add_const("ub", np.zeros(64, np.float32))], domain="edgec", name="up"
+    ).output
     h = g.op("Gelu", [h], domain="edgec", name="gelu").output
-    h = g.op("Linear", [h, g.add_const("down", rng.standard_normal((16, 64)).astype(np.float32))], domain="edgec",
-             name="down").output
+    h = g.op(
+        "Linear",
+        [h, g.add_const("down", rng.standard_normal((16, 64)).astype(np.float32))],
+        domain="edgec",
+        name="down",
+    ).output
     g.outputs.append(h)
     m = ir.Model(g, {"": 17, "edgec": 1})
     ir.infer_shapes(m)
@@ -90,6 +105,7 @@ def test_real_pruning_compiles_and_verifies(tmp_path):
     """Pruning live channels changes the outputs (an approximation) but the model stays a valid, compilable
     graph: the cpu target builds and runs it."""
     from edgec.compiler import compile as compile_model
+
     m = _cnn()
     _run("prune-channels{sparsity=0.5,score=magnitude}", m)
     assert m.graph.node("c0").inputs[1].shape[0] == 8 and m.graph.node("c1").inputs[1].shape[0] == 4
@@ -99,6 +115,7 @@ def test_real_pruning_compiles_and_verifies(tmp_path):
 
 def test_wanda_score_needs_calibration():
     from edgec.errors import UsageError
+
     with pytest.raises(UsageError, match="--calib"):
         _run("prune-channels{score=wanda}", _cnn())
 
@@ -107,13 +124,19 @@ def test_wanda_score_ranks_by_activation():
     """With score=wanda a channel whose activations are silent on the calibration data goes first, even
     though its weights are large."""
     from edgec.calibration import CalibrationSet
+
     m = _mlp()
     up = np.asarray(m.graph.node("up").inputs[1].const.numpy()).copy()
     up[1] = 0
     up[1, 0] = 100.0  # large weight on input feature 0 ...
     m.graph.node("up").replace_input_with(1, m.graph.add_const("up2", up))
-    samples = [{"x": np.random.default_rng(s).standard_normal((2, 5, 16)).astype(np.float32) * np.r_[0, np.ones(15)]
-                .astype(np.float32)} for s in range(4)]  # ... which is always zero in the data
+    samples = [
+        {
+            "x": np.random.default_rng(s).standard_normal((2, 5, 16)).astype(np.float32)
+            * np.r_[0, np.ones(15)].astype(np.float32)
+        }
+        for s in range(4)
+    ]  # ... which is always zero in the data
     _run("prune-channels{sparsity=0.53,score=wanda}", m, CalibrationSet(samples, "test"))
     kept = np.asarray(m.graph.node("up").inputs[1].const.numpy())
     assert kept.shape[0] == 30 and not np.any(np.abs(kept) == 100.0)

@@ -1,7 +1,6 @@
 """prune-heads: attention heads (and grouped-query KV groups) are physically removed; the graph stays valid
 and outputs are unchanged when the removed heads were already silent."""
 
-
 import numpy as np
 import pytest
 
@@ -22,15 +21,32 @@ def _run(pipe, m, calib=None):
 def _decoder(kv_heads: int, silent: dict[int, slice] | None = None, llm: bool = False) -> ir.Model:
     """A 2-layer llama decoder (4 query heads of 16, rotary, causal mask); ``silent[layer]`` names value rows
     set to zero. Without ``llm`` the language-model configuration is dropped (a plain graph)."""
-    cfg = LLMConfig(arch="llama", vocab_size=300, hidden=64, intermediate=128, layers=2, heads=4, kv_heads=kv_heads,
-                    head_dim=16, rope_theta=10000.0, rms_eps=1e-5, context_length=64, tied_embeddings=False,
-                    bos_token_id=1, eos_token_id=2, name="t")
+    cfg = LLMConfig(
+        arch="llama",
+        vocab_size=300,
+        hidden=64,
+        intermediate=128,
+        layers=2,
+        heads=4,
+        kv_heads=kv_heads,
+        head_dim=16,
+        rope_theta=10000.0,
+        rms_eps=1e-5,
+        context_length=64,
+        tied_embeddings=False,
+        bos_token_id=1,
+        eos_token_id=2,
+        name="t",
+    )
     rng = np.random.default_rng(0)
     w = {}
     for n in weight_names(cfg):
         shape = expected_shape(cfg, n)
-        w[n] = (1.0 + 0.1 * rng.standard_normal(shape) if n.endswith("norm.weight")
-                else rng.standard_normal(shape) / np.sqrt(shape[-1])).astype(np.float32)
+        w[n] = (
+            1.0 + 0.1 * rng.standard_normal(shape)
+            if n.endswith("norm.weight")
+            else rng.standard_normal(shape) / np.sqrt(shape[-1])
+        ).astype(np.float32)
     for layer, rows in (silent or {}).items():
         w[f"blk.{layer}.attn_v.weight"][rows] = 0
     m = build_decoder(cfg, w)
@@ -49,8 +65,9 @@ def _logits(m):
 
 def test_finds_multi_head_and_grouped_query_blocks():
     mha = find_blocks(_decoder(4))
-    assert [(b.attention.name, b.groups, [p.name for p in b.projections], [o.name for o in b.outputs])
-            for b in mha][0] == ("blk0_attn", 4, ["blk0_attn_q", "blk0_attn_k", "blk0_attn_v"], ["blk0_attn_output"])
+    assert [(b.attention.name, b.groups, [p.name for p in b.projections], [o.name for o in b.outputs]) for b in mha][
+        0
+    ] == ("blk0_attn", 4, ["blk0_attn_q", "blk0_attn_k", "blk0_attn_v"], ["blk0_attn_output"])
     gqa = find_blocks(_decoder(2))
     assert len(gqa) == 2 and all(b.groups == 2 and b.heads == 4 for b in gqa)  # a group: 1 KV head + 2 queries
 
@@ -95,6 +112,7 @@ def test_pruning_live_heads_changes_outputs_and_wanda_uses_calibration():
     with pytest.raises(UsageError, match="needs calibration data"):
         _run("prune-heads{score=wanda}", _decoder(4))
     from edgec.calibration import CalibrationSet
+
     m = _decoder(4, {0: slice(48, 64)})
     _run("prune-heads{score=wanda,sparsity=0.25,include=^blk0_}", m, CalibrationSet([FEEDS], "test"))
     assert m.reports[REPORT_KEY]["blk0_attn"]["kept_groups"] == [0, 1, 2]
@@ -129,8 +147,9 @@ def test_torch_attention_block_is_found_and_pruned():
 
             def split(t):
                 return t.view(b, s, self.h, self.dh).transpose(1, 2)
+
             q, k, v = split(self.q(x)), split(self.k(x)), split(self.v(x))
-            a = torch.softmax(q @ k.transpose(-1, -2) / self.dh ** 0.5 + mask, -1) @ v
+            a = torch.softmax(q @ k.transpose(-1, -2) / self.dh**0.5 + mask, -1) @ v
             return self.o(a.transpose(1, 2).reshape(b, s, d)) + x
 
     torch.manual_seed(0)
@@ -161,15 +180,24 @@ def test_attention_whose_mask_varies_across_heads_is_skipped_with_a_reason():
     rng = np.random.default_rng(0)
     heads = []
     for t in "qkv":
-        y = g.op("Linear", [x, g.add_const(f"w{t}", rng.standard_normal((16, 16)).astype(np.float32))],
-                 domain="edgec", name=t).output
+        y = g.op(
+            "Linear",
+            [x, g.add_const(f"w{t}", rng.standard_normal((16, 16)).astype(np.float32))],
+            domain="edgec",
+            name=t,
+        ).output
         y = g.op("Reshape", [y, g.add_const(f"s{t}", np.array([0, 0, 2, 8], np.int64))]).output
         heads.append(g.op("Transpose", [y], {"perm": [0, 2, 1, 3]}).output)
     a = g.op("Attention", [*heads, mask], {"scale": 0.35}, domain="edgec", name="attn").output
-    a = g.op("Reshape", [g.op("Transpose", [a], {"perm": [0, 2, 1, 3]}).output,
-                         g.add_const("merge", np.array([0, 0, 16], np.int64))]).output
-    g.outputs.append(g.op("Linear", [a, g.add_const("wo", rng.standard_normal((16, 16)).astype(np.float32))],
-                          domain="edgec", name="o").output)
+    a = g.op(
+        "Reshape",
+        [g.op("Transpose", [a], {"perm": [0, 2, 1, 3]}).output, g.add_const("merge", np.array([0, 0, 16], np.int64))],
+    ).output
+    g.outputs.append(
+        g.op(
+            "Linear", [a, g.add_const("wo", rng.standard_normal((16, 16)).astype(np.float32))], domain="edgec", name="o"
+        ).output
+    )
     m = ir.Model(g, {"": 18, "edgec": 1})
     ir.infer_shapes(m)
     assert not find_blocks(m)

@@ -24,9 +24,16 @@ def quantize_rtn(w: np.ndarray, bits: int, symmetric: bool, group: int | None) -
         scale = (hi - lo) / qmax
         zp = np.clip(np.round(-lo / scale), 0, qmax).astype(np.uint8)
         codes = np.clip(np.round(wg / scale[..., None]) + zp[..., None], 0, qmax).astype(np.uint8)
-    return QuantizedTensor(codes.reshape(n, k), bits, "symmetric" if symmetric else "asymmetric",
-                           scales=scale.astype(np.float32), zero_points=zp, axis=0,
-                           group_size=group, group_axis=1 if group else None)
+    return QuantizedTensor(
+        codes.reshape(n, k),
+        bits,
+        "symmetric" if symmetric else "asymmetric",
+        scales=scale.astype(np.float32),
+        zero_points=zp,
+        axis=0,
+        group_size=group,
+        group_axis=1 if group else None,
+    )
 
 
 def linear_model(q: QuantizedTensor, batch=(2, 3), bias=True) -> ir.Model:
@@ -44,7 +51,6 @@ def linear_model(q: QuantizedTensor, batch=(2, 3), bias=True) -> ir.Model:
     return m
 
 
-
 def lowering_zoo() -> ir.Model:
     """A graph touching the less common lowerings (slice, concat, where, gather, pools, norms, attention)."""
     rng = np.random.default_rng(0)
@@ -52,22 +58,46 @@ def lowering_zoo() -> ir.Model:
     x = g.add_input("x", ir.DType.FLOAT32, (1, 4, 8, 8))
     ids = g.add_input("ids", ir.DType.INT64, (1, 6))
     emb = g.add_const("emb", rng.standard_normal((100, 16)).astype(np.float32))
-    c = g.op("Conv", [x, g.add_const("cw", rng.standard_normal((8, 4, 3, 3)).astype(np.float32)),
-                      g.add_const("cb", rng.standard_normal(8).astype(np.float32))],
-             {"kernel_shape": [3, 3], "pads": [1, 1, 1, 1], "strides": [1, 1]}, name="conv").output
+    c = g.op(
+        "Conv",
+        [
+            x,
+            g.add_const("cw", rng.standard_normal((8, 4, 3, 3)).astype(np.float32)),
+            g.add_const("cb", rng.standard_normal(8).astype(np.float32)),
+        ],
+        {"kernel_shape": [3, 3], "pads": [1, 1, 1, 1], "strides": [1, 1]},
+        name="conv",
+    ).output
     c = g.op("HardSwish", [c], name="hs").output
     p = g.op("AveragePool", [c], {"kernel_shape": [2, 2], "strides": [2, 2]}, name="avg").output
     m = g.op("MaxPool", [c], {"kernel_shape": [2, 2], "strides": [2, 2]}, name="max").output
     cat = g.op("Concat", [p, m], {"axis": 1}, name="cat").output  # [1,16,4,4]
-    sl = g.op("Slice", [cat, g.add_const("st", np.array([1], np.int64)), g.add_const("en", np.array([100], np.int64)),
-                        g.add_const("ax", np.array([1], np.int64))], name="slice").output  # [1,15,4,4]
+    sl = g.op(
+        "Slice",
+        [
+            cat,
+            g.add_const("st", np.array([1], np.int64)),
+            g.add_const("en", np.array([100], np.int64)),
+            g.add_const("ax", np.array([1], np.int64)),
+        ],
+        name="slice",
+    ).output  # [1,15,4,4]
     gap = g.op("GlobalAveragePool", [sl], name="gap").output
     flat = g.op("Flatten", [gap], {"axis": 1}, name="flat").output
     e = g.op("Gather", [emb, ids], {"axis": 0}, name="gather").output  # [1,6,16]
-    ln = g.op("LayerNormalization", [e, g.add_const("lg", np.ones(16, np.float32)), g.add_const("lb", np.zeros(16, np.float32))],
-              {"axis": -1, "epsilon": 1e-5}, name="ln").output
-    r = g.op("RMSNorm", [ln, g.add_const("rw", rng.random(16).astype(np.float32))], {"epsilon": 1e-6}, domain="edgec",
-             name="rms").output
+    ln = g.op(
+        "LayerNormalization",
+        [e, g.add_const("lg", np.ones(16, np.float32)), g.add_const("lb", np.zeros(16, np.float32))],
+        {"axis": -1, "epsilon": 1e-5},
+        name="ln",
+    ).output
+    r = g.op(
+        "RMSNorm",
+        [ln, g.add_const("rw", rng.random(16).astype(np.float32))],
+        {"epsilon": 1e-6},
+        domain="edgec",
+        name="rms",
+    ).output
     qkv = g.op("Reshape", [r, g.add_const("shp", np.array([1, 6, 2, 8], np.int64))], name="split_heads").output
     t = g.op("Transpose", [qkv], {"perm": [0, 2, 1, 3]}, name="heads").output
     a = g.op("Attention", [t, t, t], {"scale": 0.35}, domain="edgec", name="attn").output
@@ -85,11 +115,11 @@ def export_example(name: str, path) -> str:
     """An example architecture (examples/models) exported to ONNX at ``path`` (opset 17, output "out")."""
     import architectures
     import torch
+
     mod, ex, names = architectures.build(name)
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
-        torch.onnx.export(mod, ex, str(path), dynamo=False, opset_version=17, input_names=names,
-                          output_names=["out"])
+        torch.onnx.export(mod, ex, str(path), dynamo=False, opset_version=17, input_names=names, output_names=["out"])
     return str(path)
 
 
@@ -98,20 +128,40 @@ def vector_tensor(shape=(24, 64), dim=2, bits=4, group=32, codebook_bits=16, see
     rows, 0: all, and ``group`` columns): enough to check that a target carries the encoding bit for bit (the
     vq pass is tested with the quantization plugins)."""
     from edgec.ir.tensor import pow2_int8
+
     rng = np.random.default_rng(seed)
     o, k = shape
     cb = rng.standard_normal((o // rows if rows else 1, k // group, 1 << bits, dim)).astype(np.float32)
-    cb = pow2_int8(cb)[1] if codebook_bits == 8 else cb.astype(np.float16).astype(np.float32) \
-        if codebook_bits == 16 else cb
+    cb = (
+        pow2_int8(cb)[1]
+        if codebook_bits == 8
+        else cb.astype(np.float16).astype(np.float32)
+        if codebook_bits == 16
+        else cb
+    )
     codes = rng.integers(0, 1 << bits, (o, k // dim)).astype(np.uint8 if bits <= 8 else np.uint16)
-    q = QuantizedTensor(codes=codes, bits=bits, scheme="vector", codebook=cb, group_size=group, group_axis=1,
-                        vector_dim=dim, method="gptvq", codebook_bits=codebook_bits if codebook_bits < 32 else None)
+    q = QuantizedTensor(
+        codes=codes,
+        bits=bits,
+        scheme="vector",
+        codebook=cb,
+        group_size=group,
+        group_axis=1,
+        vector_dim=dim,
+        method="gptvq",
+        codebook_bits=codebook_bits if codebook_bits < 32 else None,
+    )
     assert q.validate() == [], q.validate()
     return q
 
 
-VECTOR_CASES = [dict(), dict(dim=4, bits=8, group=64, codebook_bits=8), dict(dim=2, bits=5, group=32, shape=(16, 64)),
-                dict(dim=8, bits=3, group=64, codebook_bits=32), dict(dim=2, bits=4, group=16, rows=8, codebook_bits=8)]
+VECTOR_CASES = [
+    dict(),
+    dict(dim=4, bits=8, group=64, codebook_bits=8),
+    dict(dim=2, bits=5, group=32, shape=(16, 64)),
+    dict(dim=8, bits=3, group=64, codebook_bits=32),
+    dict(dim=2, bits=4, group=16, rows=8, codebook_bits=8),
+]
 
 
 def decode_model(q: QuantizedTensor) -> tuple[ir.Model, dict[str, np.ndarray]]:

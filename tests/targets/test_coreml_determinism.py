@@ -19,8 +19,11 @@ CASES = [
     ("fp16", [], True),  # --verify too: the manifest's verification results are part of the directory
     # int4 (constexpr_blockwise_shift_scale) and palette3 alone were checked identical too; CI keeps the fp16 and
     # the joint sparse+palette package, which between them hold every map the spec serializes
-    ("sparse+palette2", ["-p", f"prune{{pattern=2:4}},quantize{{method=codebook,bits=2,per_channel_codebook=true,"
-                               f"{F16}}}"], False),
+    (
+        "sparse+palette2",
+        ["-p", f"prune{{pattern=2:4}},quantize{{method=codebook,bits=2,per_channel_codebook=true,{F16}}}"],
+        False,
+    ),
 ]
 
 
@@ -36,8 +39,20 @@ def _tree(root):
 
 def _compile(model, out, extra, verify, hashseed, cache):
     env = dict(os.environ, PYTHONHASHSEED=str(hashseed), EDGEC_CACHE_DIR=str(cache))
-    cmd = [sys.executable, "-m", "edgec.cli", "compile", model, "--target", "coreml", "--no-cache", "-o", str(out),
-           *extra, *(["--verify"] if verify else [])]
+    cmd = [
+        sys.executable,
+        "-m",
+        "edgec.cli",
+        "compile",
+        model,
+        "--target",
+        "coreml",
+        "--no-cache",
+        "-o",
+        str(out),
+        *extra,
+        *(["--verify"] if verify else []),
+    ]
     r = subprocess.run(cmd, capture_output=True, text=True, env=env)
     assert r.returncode == 0, r.stdout[-3000:] + r.stderr[-3000:]
 
@@ -63,6 +78,7 @@ def test_no_per_run_metadata_in_the_spec(tiny_cnn_path, tmp_path):
     import datetime
 
     from coremltools.proto import Model_pb2
+
     _compile(tiny_cnn_path, tmp_path / "out", [], False, 0, tmp_path / "cache")
     spec = Model_pb2.Model()
     with open(tmp_path / "out" / "model.mlpackage" / "Data" / "com.apple.CoreML" / "model.mlmodel", "rb") as f:

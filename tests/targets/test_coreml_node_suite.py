@@ -17,15 +17,15 @@ pytest.importorskip("onnx")
 
 PASS = [
     # once a raw exception or a wrong answer on coreml
-    "test_reduce_sum_default_axes_keepdims_example",        # no axes: every axis (TypeError / dtype error before)
+    "test_reduce_sum_default_axes_keepdims_example",  # no axes: every axis (TypeError / dtype error before)
     "test_reduce_max_default_axes_keepdim_example",
-    "test_reduce_sum_empty_axes_input_noop",                # noop_with_empty_axes
-    "test_and2d",                                           # bool inputs entered as int32
-    "test_equal",                                           # bool outputs came back as int32
+    "test_reduce_sum_empty_axes_input_noop",  # noop_with_empty_axes
+    "test_and2d",  # bool inputs entered as int32
+    "test_equal",  # bool outputs came back as int32
     "test_where_example",
-    "test_div_int32_trunc",                                 # integer Div truncates (floor_div floored)
-    "test_pow_bcast_scalar",                                # a 0-d input
-    "test_layer_normalization_2d_axis0",                    # run-time scale / bias
+    "test_div_int32_trunc",  # integer Div truncates (floor_div floored)
+    "test_pow_bcast_scalar",  # a 0-d input
+    "test_layer_normalization_2d_axis0",  # run-time scale / bias
     "test_convtranspose_pads",
     "test_matmul_1d_1d",
     "test_spacetodepth_crd_mode_example",
@@ -53,10 +53,10 @@ PASS = [
     "test_scatternd",
     "test_compress_0",
     "test_dequantizelinear",
-    "test_l2normalization_axis_0",                          # a zero norm gives 0, not NaN
+    "test_l2normalization_axis_0",  # a zero norm gives 0, not NaN
     # through the decompose pass
     "test_resize_upsample_sizes_nearest_floor_align_corners",  # MIL's nearest grid differs (wrong once): a Gather
-    "test_resize_downsample_scales_cubic_antialias",          # variants the lowering declines: one matrix per axis
+    "test_resize_downsample_scales_cubic_antialias",  # variants the lowering declines: one matrix per axis
     "test_resize_tf_crop_and_resize_axes_3_2",
     "test_reduce_l1_default_axes_keepdims_example_expanded",
     "test_clip_default_max_expanded",
@@ -83,18 +83,18 @@ PASS = [
 FP32 = [
     "test_softmax_large_number",
     "test_logsoftmax_large_number_expanded",
-    "test_reduce_prod_default_axes_keepdims_example",        # 479001600
-    "test_tan",                                             # near a pole
-    "test_dynamicquantizelinear_expanded",                  # its scale computed in fp16 moves a rounding
-    "test_cast_FLOAT_to_FLOAT8E4M3FN",                      # legalize-dtypes: encodings need float32 compute
+    "test_reduce_prod_default_axes_keepdims_example",  # 479001600
+    "test_tan",  # near a pole
+    "test_dynamicquantizelinear_expanded",  # its scale computed in fp16 moves a rounding
+    "test_cast_FLOAT_to_FLOAT8E4M3FN",  # legalize-dtypes: encodings need float32 compute
     "test_quantizelinear_uint4",
 ]
 REFUSED = [
-    "test_maxpool_with_argmax_2d_precomputed_pads",         # the Indices output (KeyError before)
-    "test_maxpool_2d_ceil_output_size_reduce_by_one",       # ONNX drops a window MIL keeps (wrong shape before)
-    "test_unsqueeze_three_axes",                            # rank 6: Core ML has rank <= 5
+    "test_maxpool_with_argmax_2d_precomputed_pads",  # the Indices output (KeyError before)
+    "test_maxpool_2d_ceil_output_size_reduce_by_one",  # ONNX drops a window MIL keeps (wrong shape before)
+    "test_unsqueeze_three_axes",  # rank 6: Core ML has rank <= 5
     "test_training_dropout",
-    "test_cast_FLOAT16_to_FLOAT8E5M2",                       # encodings refused under fp16 compute
+    "test_cast_FLOAT16_to_FLOAT8E5M2",  # encodings refused under fp16 compute
 ]
 
 

@@ -26,8 +26,10 @@ def compile_and_run(m: ir.Model, tmp_path, target=None):
     return art, got, [ref[o.name] for o in m.graph.outputs]
 
 
-@pytest.mark.parametrize("bits, symmetric, group", [(8, True, None), (8, False, None), (4, True, 32), (4, False, 16),
-                                                    (3, True, 32), (2, False, 64)])
+@pytest.mark.parametrize(
+    "bits, symmetric, group",
+    [(8, True, None), (8, False, None), (4, True, 32), (4, False, 16), (3, True, 32), (2, False, 64)],
+)
 def test_quantized_linear_matches_reference(bits, symmetric, group, tmp_path):
     w = np.random.default_rng(bits).standard_normal((48, 64)).astype(np.float32)
     q = quantize_rtn(w, bits, symmetric, group)
@@ -136,12 +138,17 @@ def test_scheduled_kernels_on_awkward_extents(schedule, hw, cout, stride, tmp_pa
     rng = np.random.default_rng(hw)
     g = ir.Graph()
     x = g.add_input("x", ir.DType.FLOAT32, (1, 4, hw, hw))
-    c = g.op("Conv", [x, g.add_const("w", rng.standard_normal((cout, 4, 3, 3)).astype(np.float32))],
-             {"kernel_shape": [3, 3], "pads": [1, 1, 1, 1], "strides": [stride, stride]}, name="conv").output
+    c = g.op(
+        "Conv",
+        [x, g.add_const("w", rng.standard_normal((cout, 4, 3, 3)).astype(np.float32))],
+        {"kernel_shape": [3, 3], "pads": [1, 1, 1, 1], "strides": [stride, stride]},
+        name="conv",
+    ).output
     flat = g.op("Flatten", [c], {"axis": 1}, name="flat").output
     k = cout * ((hw + stride - 1) // stride) ** 2
-    y = g.op("Linear", [flat, g.add_const("lw", rng.standard_normal((12, k)).astype(np.float32))], domain="edgec",
-             name="fc").output
+    y = g.op(
+        "Linear", [flat, g.add_const("lw", rng.standard_normal((12, k)).astype(np.float32))], domain="edgec", name="fc"
+    ).output
     mask = g.op("Greater", [y, g.add_const("z", np.array(0.0, np.float32))], name="gt").output
     g.outputs += [g.op("Where", [mask, y, g.add_const("m", np.array(-1.0, np.float32))], name="where").output]
     m = ir.Model(g, {"": 17, "edgec": 1})
@@ -158,11 +165,18 @@ def test_schedules_are_really_applied():
 
     from edgec.api.relax import RelaxBuilder
     from edgec.targets.cpu.schedule import schedule_pass
+
     rng = np.random.default_rng(0)
     g = ir.Graph()
     x = g.add_input("x", ir.DType.FLOAT32, (16, 64))
-    g.outputs.append(g.op("Linear", [x, g.add_const("w", rng.standard_normal((128, 64)).astype(np.float32))],
-                          domain="edgec", name="fc").output)
+    g.outputs.append(
+        g.op(
+            "Linear",
+            [x, g.add_const("w", rng.standard_normal((128, 64)).astype(np.float32))],
+            domain="edgec",
+            name="fc",
+        ).output
+    )
     m = ir.Model(g, {"": 17, "edgec": 1})
     ir.infer_shapes(m)
     target = tvm.target.Target({"kind": "llvm", "mcpu": "znver4"})
@@ -174,6 +188,7 @@ def test_schedules_are_really_applied():
 
 def test_mcpu_native_is_refused_for_cross_compilation():
     from edgec.errors import UnsupportedError
+
     with pytest.raises(UnsupportedError, match="mcpu=native describes this x86_64 machine"):
         CpuTarget(arch="aarch64", mcpu="native").tvm_target()
     assert CpuTarget(mcpu="native").tvm_target().attrs["mcpu"]  # resolved to this machine's CPU name

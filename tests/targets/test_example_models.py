@@ -28,8 +28,9 @@ def onnx_files(tmp_path_factory):
         m, ex, names = architectures.build(name)
         with warnings.catch_warnings():
             warnings.simplefilter("ignore")
-            torch.onnx.export(m, ex, str(d / f"{name}.onnx"), dynamo=False, opset_version=17, input_names=names,
-                              output_names=["out"])
+            torch.onnx.export(
+                m, ex, str(d / f"{name}.onnx"), dynamo=False, opset_version=17, input_names=names, output_names=["out"]
+            )
         out[name] = str(d / f"{name}.onnx")
     return out
 
@@ -42,8 +43,14 @@ def test_example_model_verifies(name, variant, target, onnx_files, tmp_path):
         pytest.importorskip("openvino")
     if name == "bert":
         pytest.importorskip("transformers")
-    r = compile_model(onnx_files[name], target, PIPELINES[variant], str(tmp_path / "a"), verify=True,
-                      calib="random" if variant == "static-int8" else None)
+    r = compile_model(
+        onnx_files[name],
+        target,
+        PIPELINES[variant],
+        str(tmp_path / "a"),
+        verify=True,
+        calib="random" if variant == "static-int8" else None,
+    )
     v = r.manifest["verification"]
     print(f"{name} {variant} {target}: {v['summary']}")
     assert v["ran"] and v["passed"], v["summary"]

@@ -14,13 +14,20 @@ pytest.importorskip("tvm")
 from edgec import ir  # noqa: E402
 from edgec.ir.integer import integer_reference, plan, requant_multiplier  # noqa: E402
 from edgec.targets.hexagon import harness  # noqa: E402
-from edgec.targets.hexagon.qkernels import (ConvSpec, Layout, conv_kernel, float_linear_kernel,  # noqa: E402
-                                            from_layout, to_layout)
+from edgec.targets.hexagon.qkernels import (
+    ConvSpec,
+    Layout,
+    conv_kernel,
+    float_linear_kernel,  # noqa: E402
+    from_layout,
+    to_layout,
+)
 
 if not (shutil.which("clang") and shutil.which("ld.lld")):
     pytest.skip("clang and ld.lld are needed (apt-get install clang lld)", allow_module_level=True)
-needs_qemu = pytest.mark.skipif(shutil.which("qemu-hexagon") is None,
-                                reason="qemu-hexagon is not installed (apt-get install qemu-user)")
+needs_qemu = pytest.mark.skipif(
+    shutil.which("qemu-hexagon") is None, reason="qemu-hexagon is not installed (apt-get install qemu-user)"
+)
 
 
 # ---------------------------------------------------------------------------------------------- kernels alone
@@ -33,11 +40,11 @@ def _conv_case(rng, C, H, W, O, K, S, P, dw=False, codes=True):
     src = Layout(C, H, W, p=P, need=src.reads_to(OW, S, K, P))
     wt = rng.integers(-128, 128, (O, 1 if dw else C, K, K), dtype=np.int8)
     pim = np.full((C, H + 2 * P, W + 2 * P), zx, np.int64)
-    pim[:, P:P + H, P:P + W] = img
+    pim[:, P : P + H, P : P + W] = img
     acc = np.zeros((O, OH, OW), np.int64)
     for kh in range(K):
         for kw in range(K):
-            patch = pim[:, kh:kh + S * OH:S, kw:kw + S * OW:S]
+            patch = pim[:, kh : kh + S * OH : S, kw : kw + S * OW : S]
             if dw:
                 acc += patch[:O] * wt[:, 0, kh, kw, None, None]
             else:
@@ -68,15 +75,18 @@ def _conv_case(rng, C, H, W, O, K, S, P, dw=False, codes=True):
 
 
 @needs_qemu
-@pytest.mark.parametrize("C, H, W, O, K, S, P, dw, codes", [
-    (8, 6, 7, 8, 3, 1, 1, False, True),      # 3x3, padding
-    (3, 9, 9, 8, 3, 2, 1, False, True),      # 3 input channels (padded to 4), stride 2
-    (16, 5, 40, 16, 1, 1, 0, False, True),   # 1x1 over two 32-pixel blocks
-    (8, 6, 7, 8, 3, 1, 1, True, True),       # depthwise
-    (8, 9, 9, 8, 3, 2, 1, True, True),       # depthwise, stride 2
-    (8, 6, 7, 6, 3, 1, 1, False, False),     # float epilogue, 6 channels
-    (4, 6, 35, 4, 3, 2, 1, False, False),    # float epilogue, stride 2
-])
+@pytest.mark.parametrize(
+    "C, H, W, O, K, S, P, dw, codes",
+    [
+        (8, 6, 7, 8, 3, 1, 1, False, True),  # 3x3, padding
+        (3, 9, 9, 8, 3, 2, 1, False, True),  # 3 input channels (padded to 4), stride 2
+        (16, 5, 40, 16, 1, 1, 0, False, True),  # 1x1 over two 32-pixel blocks
+        (8, 6, 7, 8, 3, 1, 1, True, True),  # depthwise
+        (8, 9, 9, 8, 3, 2, 1, True, True),  # depthwise, stride 2
+        (8, 6, 7, 6, 3, 1, 1, False, False),  # float epilogue, 6 channels
+        (4, 6, 35, 4, 3, 2, 1, False, False),  # float epilogue, stride 2
+    ],
+)
 def test_int8_kernel_is_bit_exact_under_qemu(C, H, W, O, K, S, P, dw, codes, tmp_path):
     """One kernel run alone: codes (margins included: the next kernel reads them as padding) or float32
     equal numpy's integer arithmetic bit for bit."""
@@ -96,10 +106,12 @@ def test_int8_kernels_use_hvx_multiplies(tmp_path):
     fixed-point requantization, per-lane vasr shifts, and no scalar multiply-accumulate loop."""
     import tvm
     from edgec.targets.hexagon import HexagonTarget
+
     spec, _, _, _ = _conv_case(np.random.default_rng(0), 32, 8, 32, 32, 3, 1, 1)
     with tvm.transform.PassContext(config={"tirx.disable_assert": True}):
-        ex = tvm.compile(tvm.IRModule({"k": conv_kernel(spec).with_attr("global_symbol", "k")}),
-                         target=HexagonTarget().tvm_target())
+        ex = tvm.compile(
+            tvm.IRModule({"k": conv_kernel(spec).with_attr("global_symbol", "k")}), target=HexagonTarget().tvm_target()
+        )
     asm = (ex.mod if hasattr(ex, "mod") else ex).inspect_source("asm")
     assert re.search(r"v\d+\.w \+= vrmpy\(v\d+\.ub,r\d+\.b\)", asm), "no vector x scalar vrmpy"
     assert re.search(r"v\d+\.w = vmpye\(v\d+\.w,v\d+\.uh\)", asm), "no vmpye (fixed-point requantize)"
@@ -125,20 +137,27 @@ def test_v67_float_matmul_add_relu_vectorized_by_lanes(lanes, tmp_path):
     bp = np.zeros(npad, np.float32)
     bp[:n] = b
     outs = [((m, n), "float32")]
-    (got,) = harness.run(harness.build(float_linear_kernel(m, k, n, lanes, relu=True), [x, wt, bp], outs,
-                                       str(tmp_path)), outs)
+    (got,) = harness.run(
+        harness.build(float_linear_kernel(m, k, n, lanes, relu=True), [x, wt, bp], outs, str(tmp_path)), outs
+    )
     want = np.maximum(x.astype(np.float64) @ w.T.astype(np.float64) + b, 0)
     assert np.abs(got - want).max() <= 1e-5 * np.abs(want).max()
 
 
-@pytest.mark.parametrize("arch, pattern", [("v68", r"\.qf32 = vmpy\(v\d+\.sf,v\d+\.sf\)"),
-                                           ("v73", r"\.sf = vmpy\(v\d+\.sf,v\d+\.sf\)"),
-                                           ("v75", r"\.sf = vmpy\(v\d+\.sf,v\d+\.sf\)")])
+@pytest.mark.parametrize(
+    "arch, pattern",
+    [
+        ("v68", r"\.qf32 = vmpy\(v\d+\.sf,v\d+\.sf\)"),
+        ("v73", r"\.sf = vmpy\(v\d+\.sf,v\d+\.sf\)"),
+        ("v75", r"\.sf = vmpy\(v\d+\.sf,v\d+\.sf\)"),
+    ],
+)
 def test_float_kernels_use_hvx_float_on_v68_and_later(arch, pattern):
     """v68: HVX qfloat; v73+: HVX IEEE float. qemu-hexagon 7.2 cannot run them, so check the assembly, and
     run the same TIR on the host to check what it computes."""
     import tvm
     from edgec.targets.hexagon import HexagonTarget
+
     f = float_linear_kernel(4, 64, 96, relu=True).with_attr("global_symbol", "k")
     with tvm.transform.PassContext(config={"tirx.disable_assert": True}):
         ex = tvm.compile(tvm.IRModule({"k": f}), target=HexagonTarget(arch=arch).tvm_target())
@@ -154,13 +173,15 @@ def test_float_kernels_use_hvx_float_on_v68_and_later(arch, pattern):
     np.testing.assert_allclose(arrs[3].numpy(), np.maximum(x @ w + b, 0), rtol=1e-5, atol=1e-5)
 
 
-@pytest.mark.parametrize("arch, pattern", [("v68", r"\.qf32 = vmpy\(v\d+\.sf,v\d+\.sf\)"),
-                                           ("v73", r"\.sf = vmpy\(v\d+\.sf,v\d+\.sf\)")])
+@pytest.mark.parametrize(
+    "arch, pattern", [("v68", r"\.qf32 = vmpy\(v\d+\.sf,v\d+\.sf\)"), ("v73", r"\.sf = vmpy\(v\d+\.sf,v\d+\.sf\)")]
+)
 def test_float_models_on_v68_and_v73_use_hvx_float_linear(arch, pattern, tmp_path):
     """Float models compiled for v68 / v73 (compile-only here): their Linear and Conv layers become HVX float
     kernels, seen in the artifact's kernels.s."""
     from edgec.ir.passes import PassContext
     from edgec.targets.hexagon import HexagonTarget
+
     m = _mlp()
     (tmp_path / "mlp").mkdir()
     (tmp_path / "cnn").mkdir()
@@ -179,6 +200,7 @@ def test_float_conv_kernel_computes_the_conv_on_the_host(stride, pad):
     """The v68+ HVX float Conv kernel's TIR, run on the host: equal to numpy's convolution."""
     import tvm
     from edgec.targets.hexagon.qkernels import float_conv_kernel
+
     rng = np.random.default_rng(stride + pad)
     c, h, w, o, k = 5, 9, 8, 40, 3
     oh, ow = (h + 2 * pad - k) // stride + 1, (w + 2 * pad - k) // stride + 1
@@ -194,8 +216,19 @@ def test_float_conv_kernel_computes_the_conv_on_the_host(stride, pad):
     arrs = [tvm.runtime.tensor(a) for a in (x, wp, bp, np.zeros((1, o, oh, ow), np.float32))]
     host["k"](*arrs)
     xp = np.pad(x[0].astype(np.float64), ((0, 0), (pad, pad), (pad, pad)))
-    want = np.stack([sum(np.einsum("chw,c->hw", xp[:, a:a + stride * oh:stride, d:d + stride * ow:stride],
-                                   wt[q, :, a, d]) for a in range(k) for d in range(k)) + b[q] for q in range(o)])
+    want = np.stack(
+        [
+            sum(
+                np.einsum(
+                    "chw,c->hw", xp[:, a : a + stride * oh : stride, d : d + stride * ow : stride], wt[q, :, a, d]
+                )
+                for a in range(k)
+                for d in range(k)
+            )
+            + b[q]
+            for q in range(o)
+        ]
+    )
     np.testing.assert_allclose(arrs[3].numpy()[0], want, rtol=1e-4, atol=1e-4)
 
 
@@ -205,17 +238,20 @@ def _static_int8(model, scheme="symmetric"):
     from edgec.host import host
     from edgec.ir.passes import PassContext, PassManager, parse_pipeline
     from edgec.plugins.cleanup import DEFAULT_CLEANUP
+
     pipe = f"{DEFAULT_CLEANUP},quantize{{bits=8}},quantize-activations{{scheme={scheme}}}"
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
         PassManager(parse_pipeline(pipe, host().passes.as_dict())).run(
-            model, PassContext(config={"seed": 0}, calibration=load_calibration("random", model, seed=0)))
+            model, PassContext(config={"seed": 0}, calibration=load_calibration("random", model, seed=0))
+        )
     return model
 
 
 def _run_both(model, tmp_path, **opts):
     from edgec.ir.passes import PassContext
     from edgec.targets.hexagon import HexagonTarget
+
     t = HexagonTarget(**opts)
     art = t.emit(model, str(tmp_path), PassContext())
     feeds = ir.random_inputs(model, seed=5)
@@ -232,13 +268,17 @@ def _cnn(depthwise=False, clip=False, odd_channels=False):
     def conv(h, cin, cout, k=3, s=1, p=1, group=1):
         w = g.add_const(f"w{len(g)}", (rng.standard_normal((cout, cin // group, k, k)) * 0.3).astype(np.float32))
         b = g.add_const(f"b{len(g)}", rng.standard_normal(cout).astype(np.float32) * 0.1)
-        return g.op("Conv", [h, w, b], {"kernel_shape": [k, k], "pads": [p] * 4, "strides": [s, s],
-                                        "group": group}).output
+        return g.op(
+            "Conv", [h, w, b], {"kernel_shape": [k, k], "pads": [p] * 4, "strides": [s, s], "group": group}
+        ).output
+
     h = conv(h, 3, 8)
     h = g.op("Relu", [h]).output
     h = conv(h, 8, 16, s=2)
     if clip:
-        h = g.op("Clip", [h, g.add_const("lo", np.array(0, np.float32)), g.add_const("hi", np.array(6, np.float32))]).output
+        h = g.op(
+            "Clip", [h, g.add_const("lo", np.array(0, np.float32)), g.add_const("hi", np.array(6, np.float32))]
+        ).output
     else:
         h = g.op("Relu", [h]).output
     if depthwise:
@@ -256,9 +296,15 @@ def _mlp():
     g = ir.Graph()
     h = g.add_input("x", ir.DType.FLOAT32, (2, 5, 24))
     for i, (k, n) in enumerate([(24, 64), (64, 32), (32, 10)]):
-        h = g.op("Linear", [h, g.add_const(f"w{i}", (rng.standard_normal((n, k)) * 0.3).astype(np.float32)),
-                            g.add_const(f"b{i}", rng.standard_normal(n).astype(np.float32) * 0.1)],
-                 domain="edgec").output
+        h = g.op(
+            "Linear",
+            [
+                h,
+                g.add_const(f"w{i}", (rng.standard_normal((n, k)) * 0.3).astype(np.float32)),
+                g.add_const(f"b{i}", rng.standard_normal(n).astype(np.float32) * 0.1),
+            ],
+            domain="edgec",
+        ).output
         if i < 2:
             h = g.op("Relu", [h]).output
     g.outputs.append(h)
@@ -268,12 +314,15 @@ def _mlp():
 
 
 @needs_qemu
-@pytest.mark.parametrize("make, scheme, fused, kinds", [
-    (lambda: _cnn(), "symmetric", 2, {"conv"}),
-    (lambda: _cnn(depthwise=True, clip=True), "asymmetric", 3, {"conv", "dwconv"}),
-    (lambda: _cnn(odd_channels=True), "symmetric", 2, {"conv"}),
-    (_mlp, "symmetric", 2, {"linear"}),
-])
+@pytest.mark.parametrize(
+    "make, scheme, fused, kinds",
+    [
+        (lambda: _cnn(), "symmetric", 2, {"conv"}),
+        (lambda: _cnn(depthwise=True, clip=True), "asymmetric", 3, {"conv", "dwconv"}),
+        (lambda: _cnn(odd_channels=True), "symmetric", 2, {"conv"}),
+        (_mlp, "symmetric", 2, {"linear"}),
+    ],
+)
 @pytest.mark.slow
 def test_static_int8_models_are_bit_exact_under_qemu(make, scheme, fused, kinds, tmp_path):
     """Chains of int8 kernels (requantizing into each other through Relu / Clip(0, 6), int8 or uint8
@@ -293,17 +342,31 @@ def test_static_int8_models_are_bit_exact_under_qemu(make, scheme, fused, kinds,
 @needs_qemu
 def test_tiny_cnn_static_int8_verifies_bit_exact(tiny_cnn_path, tmp_path):
     from edgec.compiler import compile as compile_model
+
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
-        r = compile_model(tiny_cnn_path, "hexagon", "quantize{bits=8},quantize-activations", str(tmp_path / "a"),
-                          calib="random", verify=True)
+        r = compile_model(
+            tiny_cnn_path,
+            "hexagon",
+            "quantize{bits=8},quantize-activations",
+            str(tmp_path / "a"),
+            calib="random",
+            verify=True,
+        )
     v = r.manifest["verification"]
     assert v["ran"] and v["passed"], v["summary"]
     assert all(o["bit_exact_vs_integer_reference"] for o in v["outputs"]), v["outputs"]
     assert "integer HVX kernels (vrmpy" in r.manifest["target"]["arithmetic"]
-    dis = subprocess.run(["llvm-objdump" if shutil.which("llvm-objdump") else "llvm-objdump-14", "-d",
-                          "--mattr=+hvxv67,+hvx-length128b", str(tmp_path / "a" / "kernels.o")],
-                         capture_output=True, text=True).stdout
+    dis = subprocess.run(
+        [
+            "llvm-objdump" if shutil.which("llvm-objdump") else "llvm-objdump-14",
+            "-d",
+            "--mattr=+hvxv67,+hvx-length128b",
+            str(tmp_path / "a" / "kernels.o"),
+        ],
+        capture_output=True,
+        text=True,
+    ).stdout
     assert "vrmpy" in dis
 
 
@@ -313,10 +376,17 @@ def test_int8_off_simulates_in_float(tiny_cnn_path, tmp_path):
     """hexagon{int8=false}: the float simulation, as before the integer kernels (same numbers as the
     reference executor, no integer kernels)."""
     from edgec.compiler import compile as compile_model
+
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
-        r = compile_model(tiny_cnn_path, "hexagon{int8=false}", "quantize{bits=8},quantize-activations",
-                          str(tmp_path / "a"), calib="random", verify=True)
+        r = compile_model(
+            tiny_cnn_path,
+            "hexagon{int8=false}",
+            "quantize{bits=8},quantize-activations",
+            str(tmp_path / "a"),
+            calib="random",
+            verify=True,
+        )
     v = r.manifest["verification"]
     assert v["ran"] and v["passed"] and all(o["vs_reference_max_rel_err"] <= 1e-5 for o in v["outputs"]), v
     assert r.manifest["target"]["integer_kernels"] == []
@@ -333,10 +403,17 @@ def test_example_models_static_int8_under_qemu(name, exact, tmp_path):
     from target_models import export_example
 
     from edgec.compiler import compile as compile_model
+
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
-        r = compile_model(export_example(name, tmp_path / "m.onnx"), "hexagon",
-                          "quantize{bits=8},quantize-activations", str(tmp_path / "a"), calib="random", verify=True)
+        r = compile_model(
+            export_example(name, tmp_path / "m.onnx"),
+            "hexagon",
+            "quantize{bits=8},quantize-activations",
+            str(tmp_path / "a"),
+            calib="random",
+            verify=True,
+        )
     v = r.manifest["verification"]
     assert v["ran"] and v["passed"], v["summary"]
     assert len(r.manifest["target"]["integer_kernels"]) >= 4

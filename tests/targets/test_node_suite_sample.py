@@ -39,7 +39,7 @@ CASES = {
     "test_layer_normalization_4d_axis1": "pass",
     "test_batchnorm_example": "pass",
     "test_batchnorm_example_training_mode": "refused",
-    "test_cast_FLOAT_to_FLOAT4E2M1": "pass",                # legalize-dtypes (raw AttributeError before)
+    "test_cast_FLOAT_to_FLOAT4E2M1": "pass",  # legalize-dtypes (raw AttributeError before)
     "test_cast_FLOAT_to_FLOAT8E4M3FN": "pass",
     "test_max_example": "pass",
     "test_min_one_input": "pass",
@@ -66,33 +66,33 @@ CASES = {
     # converter variants measured wrong or failing: rewritten by decompose, else refused by name
     "test_resize_downsample_scales_linear": "pass",
     "test_resize_downsample_sizes_nearest_not_larger": "pass",
-    "test_mod_float_edge_cases_fmod_0_float32": "pass",     # numpy's remainder: fmod, then the divisor's sign
+    "test_mod_float_edge_cases_fmod_0_float32": "pass",  # numpy's remainder: fmod, then the divisor's sign
     "test_top_k_uint64": "refused",
     "test_isinf": "pass",  # decomposed (IsInf is not a fallback op: TVM gets detect_negative wrong)
     # native lowerings and decompose rules added for breadth
-    "test_cumprod_1d_reverse_exclusive": "pass",             # TVM's cumprod between flips
-    "test_bitshift_right_int8_negative_input": "pass",        # arithmetic shift on a power table
+    "test_cumprod_1d_reverse_exclusive": "pass",  # TVM's cumprod between flips
+    "test_bitshift_right_int8_negative_input": "pass",  # arithmetic shift on a power table
     "test_onehot_negative_indices": "pass",
-    "test_qlinearconv": "pass",                              # int32 products, requantized
-    "test_lstm_with_peepholes": "pass",                      # unrolled, run-time sequence lengths
+    "test_qlinearconv": "pass",  # int32 products, requantized
+    "test_lstm_with_peepholes": "pass",  # unrolled, run-time sequence lengths
     "test_resize_tf_crop_and_resize_extrapolation_value": "pass",  # a map per axis, a constant mask
-    "test_rotary_embedding": "pass",                         # an empty pass-through part eliminated
-    "test_if": "pass",                                       # run-time cond: both branches and Where
-    "test_scan9_sum": "pass",                                # unrolled
+    "test_rotary_embedding": "pass",  # an empty pass-through part eliminated
+    "test_if": "pass",  # run-time cond: both branches and Where
+    "test_scan9_sum": "pass",  # unrolled
     # element types held in storage types (legalize-dtypes), exact conversions
     "test_cast_no_saturate_FLOAT16_to_FLOAT8E5M2FNUZ": "pass",
     "test_cast_e8m0_FLOAT_to_FLOAT8E8M0": "pass",
     "test_castlike_BFLOAT16_to_FLOAT_expanded": "pass",
     "test_dequantizelinear_int4": "pass",
     "test_quantizelinear_e4m3fn": "pass",
-    "test_quantizelinear_blocked_asymmetric": "pass",        # TVM's converter refuses blocks: decomposed
+    "test_quantizelinear_blocked_asymmetric": "pass",  # TVM's converter refuses blocks: decomposed
     # more rules: training optimizers, Dropout's mask, linear maps measured on the reference
     "test_adam_multiple": "pass",
     "test_nesterov_momentum": "pass",
     "test_dropout_default_mask": "pass",
     "test_dft_irfft_opset19": "pass",
     "test_col2im_dilations": "pass",
-    "test_dft_inverse": "refused",                           # cancellation noise: not reproducible
+    "test_dft_inverse": "refused",  # cancellation noise: not reproducible
 }
 
 
@@ -107,6 +107,7 @@ def test_fallback_ops_are_tvm_converters():
 
     from edgec.api.relax import FALLBACK_OPS, supported_ops
     from edgec.targets.cpu import CpuTarget
+
     assert FALLBACK_OPS <= set(_get_convert_map())
     assert CpuTarget.capabilities.fallback_ops == FALLBACK_OPS - supported_ops()
     assert CpuTarget.capabilities.accepts("Tile") and not CpuTarget.capabilities.accepts("BitShift")

@@ -35,9 +35,18 @@ def rel(a, b):
     return float(np.abs(np.asarray(a, np.float64) - b).max() / np.abs(b).max())
 
 
-@pytest.mark.parametrize("bits, symmetric, group, storage", [
-    (8, True, None, "i8"), (8, False, None, "u8"), (4, True, 32, "i4"), (4, False, 16, "u4"),
-    (4, True, None, "i4"), (3, False, 32, "u4"), (2, True, 64, "i4")])
+@pytest.mark.parametrize(
+    "bits, symmetric, group, storage",
+    [
+        (8, True, None, "i8"),
+        (8, False, None, "u8"),
+        (4, True, 32, "i4"),
+        (4, False, 16, "u4"),
+        (4, True, None, "i4"),
+        (3, False, 32, "u4"),
+        (2, True, 64, "i4"),
+    ],
+)
 def test_quantized_linear_is_exact_and_stays_compressed(bits, symmetric, group, storage, tmp_path):
     w = np.random.default_rng(bits).standard_normal((48, 128)).astype(np.float32)
     m = linear_model(quantize_rtn(w, bits, symmetric, group))
@@ -63,8 +72,17 @@ def test_nf4_exact_by_default_and_native_on_request(tmp_path):
     assert rel(got[0], ref[0]) <= 1e-5  # OpenVINO's table: one level one float32 ulp off bitsandbytes'
     assert list(runtime_weight_precisions(OpenVINOTarget().compile(str(tmp_path / "native"))).values()) == ["nf4"]
     # With OpenVINO's own table the native type is exact and chosen by default.
-    q_ov = QuantizedTensor(q.codes, 4, "codebook", codebook=OV_NF4.copy(), scales=q.scales, axis=0,
-                           group_size=64, group_axis=1, method="nf4")
+    q_ov = QuantizedTensor(
+        q.codes,
+        4,
+        "codebook",
+        codebook=OV_NF4.copy(),
+        scales=q.scales,
+        axis=0,
+        group_size=64,
+        group_axis=1,
+        method="nf4",
+    )
     art, got, ref = emit_and_run(linear_model(q_ov), tmp_path / "ovtable")
     assert art.manifest["weight_encodings"]["w"] == "nf4" and rel(got[0], ref[0]) <= 1e-6
 
@@ -123,19 +141,30 @@ def test_packing_puts_the_first_code_in_the_low_nibble():
 
 def test_static_int8_runs_as_int8_and_verifies(tiny_cnn_path, tmp_path):
     from edgec.compiler import compile as compile_model
-    r = compile_model(tiny_cnn_path, "openvino", "quantize{bits=8},quantize-activations", str(tmp_path / "a"),
-                      calib="random", verify=True)
+
+    r = compile_model(
+        tiny_cnn_path,
+        "openvino",
+        "quantize{bits=8},quantize-activations",
+        str(tmp_path / "a"),
+        calib="random",
+        verify=True,
+    )
     v = r.manifest["verification"]
     assert v["passed"] and v["ran"] and v["criterion"] == "activation-quant", v["summary"]
     assert r.manifest["target"]["fake_quantize_nodes"] > 0
     compiled = OpenVINOTarget().compile(str(tmp_path / "a"))
-    convs = [op.get_rt_info()["runtimePrecision"].astype(str) for op in compiled.get_runtime_model().get_ops()
-             if op.get_rt_info()["layerType"].astype(str) == "Convolution"]
+    convs = [
+        op.get_rt_info()["runtimePrecision"].astype(str)
+        for op in compiled.get_runtime_model().get_ops()
+        if op.get_rt_info()["layerType"].astype(str) == "Convolution"
+    ]
     assert convs and all(p in ("i8", "u8") for p in convs), convs  # real int8 convolutions
 
 
 def test_compile_verify_float_and_int4(tiny_cnn_path, tmp_path):
     from edgec.compiler import compile as compile_model
+
     for pipe, name in (("", "fp"), ("quantize{bits=4,group=16,ops=Linear}", "q4")):
         r = compile_model(tiny_cnn_path, "openvino", pipe, str(tmp_path / name), verify=True)
         v = r.manifest["verification"]
@@ -177,6 +206,7 @@ def test_float16_scales_are_stored_as_float16(tmp_path):
     """Scales that are float16 values (quantize{scale_dtype=f16}) are stored in half the bytes, exactly."""
     from edgec.host import host
     from edgec.ir.passes import PassContext, PassManager, parse_pipeline
+
     w = np.random.default_rng(0).standard_normal((64, 256)).astype(np.float32)
     sizes = {}
     for sd in ("f32", "f16"):
@@ -185,8 +215,9 @@ def test_float16_scales_are_stored_as_float16(tmp_path):
         g.outputs.append(g.op("Linear", [x, g.add_const("w", w)], domain="edgec", name="fc").output)
         m = ir.Model(g, {"": 17, "edgec": 1})
         ir.infer_shapes(m)
-        PassManager(parse_pipeline(f"quantize{{bits=4,group=32,head_bits=4,scale_dtype={sd}}}",
-                                   host().passes.as_dict())).run(m, PassContext())
+        PassManager(
+            parse_pipeline(f"quantize{{bits=4,group=32,head_bits=4,scale_dtype={sd}}}", host().passes.as_dict())
+        ).run(m, PassContext())
         art, got, ref = emit_and_run(m, tmp_path / sd)
         assert np.array_equal(got[0], ref[0]) if sd == "f16" else rel(got[0], ref[0]) <= 1e-6
         sizes[sd] = os.path.getsize(tmp_path / sd / "model.bin")
@@ -212,6 +243,7 @@ def test_f16_decompression_is_opt_in_and_labelled(tmp_path):
 
 def test_dilated_average_pool_is_a_clear_error(tmp_path):
     from edgec.errors import UnsupportedError
+
     g = ir.Graph()
     x = g.add_input("x", ir.DType.FLOAT32, (1, 2, 8, 8))
     g.outputs.append(g.op("AveragePool", [x], {"kernel_shape": [2, 2], "dilations": [2, 2]}, name="pool").output)

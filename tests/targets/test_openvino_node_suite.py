@@ -16,23 +16,23 @@ pytest.importorskip("onnx")
 
 PASS = [
     # once wrong or crashing on openvino
-    "test_maxpool_2d_ceil_output_size_reduce_by_one",       # ceil mode dropped no window starting in the padding
+    "test_maxpool_2d_ceil_output_size_reduce_by_one",  # ceil mode dropped no window starting in the padding
     "test_averagepool_2d_ceil_last_window_starts_on_pad",
-    "test_reduce_max_empty_set",                            # -inf, not the finite lowest
+    "test_reduce_max_empty_set",  # -inf, not the finite lowest
     "test_reduce_min_empty_set",
-    "test_reduce_max_empty_set_bool",                       # bool: any / all (refused before)
-    "test_identity",                                        # an output that is an input: the input kept its name
-    "test_pow_bcast_scalar",                                # a 0-d input fed as [1]
+    "test_reduce_max_empty_set_bool",  # bool: any / all (refused before)
+    "test_identity",  # an output that is an input: the input kept its name
+    "test_pow_bcast_scalar",  # a 0-d input fed as [1]
     "test_clip_default_int8_min_expanded",
-    "test_reduce_sum_default_axes_keepdims_example",        # empty axes: reduce everything
+    "test_reduce_sum_default_axes_keepdims_example",  # empty axes: reduce everything
     "test_reduce_mean_default_axes_keepdims_random",
     "test_reduce_sum_empty_axes_input_noop",
-    "test_layer_normalization_2d_axis0",                    # Mean / InvStdDev outputs (KeyError)
+    "test_layer_normalization_2d_axis0",  # Mean / InvStdDev outputs (KeyError)
     "test_layer_normalization_4d_axis_negative_2",
-    "test_maxpool_with_argmax_2d_precomputed_pads",         # Indices output (KeyError)
-    "test_max_example",                                     # variadic Max / Min
+    "test_maxpool_with_argmax_2d_precomputed_pads",  # Indices output (KeyError)
+    "test_max_example",  # variadic Max / Min
     "test_min_one_input",
-    "test_div_int32_trunc",                                 # integer Div truncates
+    "test_div_int32_trunc",  # integer Div truncates
     "test_div_uint8",
     "test_clip_min_greater_than_max",
     "test_pow_types_float32_int64",
@@ -64,12 +64,12 @@ PASS = [
     "test_scatter_elements_with_negative_indices",
     "test_depthtospace_crd_mode_example",
     # variants the frontend computes wrongly (or AvgPool-16, which crashes the CPU plugin), rewritten by decompose
-    "test_averagepool_2d_dilations",                        # strided slices
-    "test_resize_downsample_scales_linear_antialias",       # a map per axis
-    "test_lstm_batchwise",                                  # unrolled
+    "test_averagepool_2d_dilations",  # strided slices
+    "test_resize_downsample_scales_linear_antialias",  # a map per axis
+    "test_lstm_batchwise",  # unrolled
     "test_spacetodepth_crd_mode_example",
     # element types held in storage types, training optimizers, Dropout's mask, measured linear maps
-    "test_cast_FLOAT_to_FLOAT4E2M1",                        # AttributeError, then refused, before
+    "test_cast_FLOAT_to_FLOAT4E2M1",  # AttributeError, then refused, before
     "test_castlike_FLOAT8E5M2_to_FLOAT16_expanded",
     "test_dequantizelinear_e4m3fn_zero_point",
     "test_adagrad_multiple",
@@ -77,12 +77,12 @@ PASS = [
     "test_dft_rfft",
 ]
 REFUSED = [
-    "test_batchnorm_example_training_mode",                 # KeyError before
-    "test_maxpool_with_argmax_2d_precomputed_strides",      # column-major indices
+    "test_batchnorm_example_training_mode",  # KeyError before
+    "test_maxpool_with_argmax_2d_precomputed_strides",  # column-major indices
     "test_dynamicquantizelinear",
-    "test_quantizelinear_int4",                             # the CPU plugin's Divide is not correctly rounded
+    "test_quantizelinear_int4",  # the CPU plugin's Divide is not correctly rounded
     "test_mod_float32_mixed_sign_fmod_0",
-    "test_max_float64",                                     # computed in f32 by the CPU plugin
+    "test_max_float64",  # computed in f32 by the CPU plugin
 ]
 
 
@@ -124,10 +124,14 @@ def test_opset13_reduction_axes_attribute_is_kept(harness, tmp_path, op):
 
     import edgec
     from edgec.compiler import parse_target
+
     cov, _ = harness
-    g = helper.make_graph([helper.make_node(op, ["x"], ["y"], axes=[0, 2], keepdims=1)], "g",
-                          [helper.make_tensor_value_info("x", TensorProto.FLOAT, [2, 3, 4])],
-                          [helper.make_empty_tensor_value_info("y")])
+    g = helper.make_graph(
+        [helper.make_node(op, ["x"], ["y"], axes=[0, 2], keepdims=1)],
+        "g",
+        [helper.make_tensor_value_info("x", TensorProto.FLOAT, [2, 3, 4])],
+        [helper.make_empty_tensor_value_info("y")],
+    )
     m = helper.make_model(g, opset_imports=[helper.make_opsetid("", 13)])
     m.ir_version = 8
     onnx.save(m, str(tmp_path / "m.onnx"))

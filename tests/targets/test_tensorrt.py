@@ -85,8 +85,15 @@ def test_fp32_lowering_zoo_matches_reference(tmp_path):
 
 def test_static_int8_places_qdq_at_fusion_points(tiny_cnn_path, tmp_path):
     from edgec.compiler import compile as compile_model
-    r = compile_model(tiny_cnn_path, "tensorrt", "quantize{bits=8},quantize-activations", str(tmp_path / "a"),
-                      calib="random", verify=True)
+
+    r = compile_model(
+        tiny_cnn_path,
+        "tensorrt",
+        "quantize{bits=8},quantize-activations",
+        str(tmp_path / "a"),
+        calib="random",
+        verify=True,
+    )
     assert r.manifest["verification"]["passed"], r.manifest["verification"]["summary"]
     assert r.manifest["target"]["qdq_activations"] > 0
     proto = onnx.load(str(tmp_path / "a" / "model.onnx"))
@@ -153,8 +160,10 @@ def test_engine_builds_where_tensorrt_and_a_gpu_exist(tiny_cnn_path, tmp_path):
         print(f"skipping the TensorRT engine build: {why}")
         pytest.skip(why)
     from edgec.compiler import compile as compile_model
-    compile_model(tiny_cnn_path, "tensorrt", "quantize{bits=8},quantize-activations", str(tmp_path / "a"),
-                  calib="random")
+
+    compile_model(
+        tiny_cnn_path, "tensorrt", "quantize{bits=8},quantize-activations", str(tmp_path / "a"), calib="random"
+    )
     r = subprocess.run([sys.executable, str(tmp_path / "a" / "build_engine.py")], capture_output=True, text=True)
     assert r.returncode == 0, r.stderr
     assert os.path.getsize(tmp_path / "a" / "model.plan") > 0
@@ -162,8 +171,10 @@ def test_engine_builds_where_tensorrt_and_a_gpu_exist(tiny_cnn_path, tmp_path):
     if not torch.cuda.is_available():
         pytest.skip("engine built; running it needs a CUDA build of torch for device buffers")
     import tensorrt as trt
+
     engine = trt.Runtime(trt.Logger(trt.Logger.WARNING)).deserialize_cuda_engine(
-        (tmp_path / "a" / "model.plan").read_bytes())
+        (tmp_path / "a" / "model.plan").read_bytes()
+    )
     ctx = engine.create_execution_context()
     feeds = {"image": np.random.default_rng(0).standard_normal((1, 3, 32, 32)).astype(np.float32)}
     bufs = {}
@@ -180,7 +191,6 @@ def test_engine_builds_where_tensorrt_and_a_gpu_exist(tiny_cnn_path, tmp_path):
     assert np.isfinite(out).all()
     cos = float((out.ravel() @ ref[0].ravel()) / (np.linalg.norm(out) * np.linalg.norm(ref[0])))
     assert cos >= 0.99, cos  # the engine computes what onnxruntime computes on the QDQ model
-
 
 
 def test_opset_below_21_is_refused_before_emission():

@@ -25,8 +25,10 @@ class AcmeNpuTarget(Target):
     summary: ClassVar[str] = "Acme NPU (example vendor plugin)"
     runtime: ClassVar[str] = "acme simulator (edgec reference executor)"
     capabilities: ClassVar[Capabilities] = Capabilities(
-        ops=frozenset({"Conv", "Relu", "Add", "MaxPool", "GlobalAveragePool", "ReduceMean", "Flatten", "Reshape",
-                   "edgec::Linear"}))
+        ops=frozenset(
+            {"Conv", "Relu", "Add", "MaxPool", "GlobalAveragePool", "ReduceMean", "Flatten", "Reshape", "edgec::Linear"}
+        )
+    )
     cores: int = option(1, choices=(1, 2, 4), help="NPU cores to schedule on")
 
     def emit(self, model, out_dir: str, ctx: PassContext) -> Artifact:

@@ -37,16 +37,21 @@ class AcmeLLMTarget(Target):
     runtime: ClassVar[str] = "acme runtime (onnxruntime)"
     dynamic_shapes: ClassVar[bool] = True
     capabilities: ClassVar[Capabilities] = _Everything(
-        ops=frozenset(), dtypes=frozenset({"f32", "i64", "i32", "bool"}),
-        quant=frozenset({("symmetric", 4), ("symmetric", 8)}), mixed=(4, 8))
+        ops=frozenset(),
+        dtypes=frozenset({"f32", "i64", "i32", "bool"}),
+        quant=frozenset({("symmetric", 4), ("symmetric", 8)}),
+        mixed=(4, 8),
+    )
 
     def emit(self, model, out_dir: str, ctx) -> Artifact:
         import onnx
+
         onnx.save(to_onnx(model), os.path.join(out_dir, FILE), save_as_external_data=True, location="weights.bin")
         return Artifact([FILE, "weights.bin"])
 
     def _session(self, out_dir: str):
         import onnxruntime as ort
+
         try:
             return ort.InferenceSession(os.path.join(out_dir, FILE), providers=["CPUExecutionProvider"])
         except Exception as e:  # noqa: BLE001 - the runtime's own error, named
@@ -57,10 +62,12 @@ class AcmeLLMTarget(Target):
 
         def run(tokens: np.ndarray) -> np.ndarray:
             return sess.run(["logits"], {"input_ids": np.asarray(tokens, np.int64)[None]})[0][0]
+
         return "acme runtime", run
 
     def artifact_metadata(self, out_dir: str, files) -> dict[str, str] | None:
         import onnx
+
         m = onnx.load(os.path.join(out_dir, FILE), load_external_data=False)
         return {p.key: p.value for p in m.metadata_props}
 

@@ -15,8 +15,9 @@ def _conv_model(i=32):
     x = g.add_input("x", ir.DType.FLOAT32, (1, i, 8, 8))
     w = rng.standard_normal((8, i, 3, 3)).astype(np.float32)
     w[:, :16] *= 10  # two very different channel blocks: group-wise scales must follow them
-    g.outputs.append(g.op("Conv", [x, g.add_const("w", w)], {"kernel_shape": [3, 3], "pads": [1, 1, 1, 1]},
-                          name="conv").output)
+    g.outputs.append(
+        g.op("Conv", [x, g.add_const("w", w)], {"kernel_shape": [3, 3], "pads": [1, 1, 1, 1]}, name="conv").output
+    )
     m = ir.Model(g, {"": 17})
     ir.infer_shapes(m)
     return m, w
@@ -28,10 +29,12 @@ def test_conv_groups_run_along_input_channels(extra):
     ctx = PassContext()
     if "gptq" in extra:
         from edgec.calibration import load_calibration
+
         with pytest.warns(Warning):
             ctx = PassContext(calibration=load_calibration("random", m, seed=0))
     PassManager(parse_pipeline(f"quantize{{bits=4,group=16,conv_group=true{extra}}}", host().passes.as_dict())).run(
-        m, ctx)
+        m, ctx
+    )
     q = m.graph.nodes[0].inputs[1].const
     assert isinstance(q, QuantizedTensor) and q.validate() == []
     assert (q.group_size, q.group_axis, np.shape(q.scales)) == (16, 1, (8, 2, 1, 1))
@@ -47,7 +50,9 @@ def test_conv_groups_run_along_input_channels(extra):
         assert rel < 0.25, rel
     if "gptq" in extra:
         m_rtn, _ = _conv_model()
-        PassManager(parse_pipeline("quantize{bits=4,group=16,conv_group=true}", host().passes.as_dict())).run(m_rtn, ctx)
+        PassManager(parse_pipeline("quantize{bits=4,group=16,conv_group=true}", host().passes.as_dict())).run(
+            m_rtn, ctx
+        )
         errs = [mm.reports["edgec.quantization"]["w"]["rel_output_error"] for mm in (m, m_rtn)]
         assert errs[0] < errs[1]
     # without the option, Conv stays per output channel
@@ -59,5 +64,6 @@ def test_conv_groups_run_along_input_channels(extra):
 def test_indivisible_channels_fall_back_to_per_channel():
     m, _ = _conv_model(i=24)
     PassManager(parse_pipeline("quantize{bits=4,group=16,conv_group=true}", host().passes.as_dict())).run(
-        m, PassContext())
+        m, PassContext()
+    )
     assert m.graph.nodes[0].inputs[1].const.group_size is None

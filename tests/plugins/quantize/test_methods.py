@@ -45,7 +45,7 @@ def output_error(orig, quant, xs):
         y0 = e0.run({"x": a})["fc_out"].astype(np.float64)
         y1 = e1.run({"x": a})[quant.graph.outputs[0].name].astype(np.float64)
         num += np.sum((y1 - y0) ** 2)
-        den += np.sum(y0 ** 2)
+        den += np.sum(y0**2)
     return float(np.sqrt(num / den))
 
 
@@ -112,8 +112,15 @@ def test_dequantize_lies_on_the_stored_grid_exactly(method, symmetric, gran):
     deq = q.dequantize()
     # Every value is code * scale (- zero point) exactly: re-deriving codes from values is lossless.
     s = np.repeat(q.scales, 64 // q.scales.shape[1], axis=1) if q.scales.shape[1] > 1 else q.scales
-    z = 0.0 if q.zero_points is None else (np.repeat(q.zero_points, 64 // q.zero_points.shape[1], axis=1)
-                                           if q.zero_points.shape[1] > 1 else q.zero_points).astype(np.float32)
+    z = (
+        0.0
+        if q.zero_points is None
+        else (
+            np.repeat(q.zero_points, 64 // q.zero_points.shape[1], axis=1)
+            if q.zero_points.shape[1] > 1
+            else q.zero_points
+        ).astype(np.float32)
+    )
     rederived = deq / s + z
     np.testing.assert_array_equal(np.round(rederived), q.codes.astype(np.float32))
     np.testing.assert_array_equal(((np.round(rederived) - z) * s).astype(np.float32), deq)
@@ -121,8 +128,9 @@ def test_dequantize_lies_on_the_stored_grid_exactly(method, symmetric, gran):
 
 def test_results_are_bit_identical_across_runs():
     m, calib, _ = linear_layer(correlated=True)
-    texts = [ir.print_model(run_pipeline(m, "quantize{bits=4,group=32,method=gptq,head_bits=4}", calib))
-             for _ in range(2)]
+    texts = [
+        ir.print_model(run_pipeline(m, "quantize{bits=4,group=32,method=gptq,head_bits=4}", calib)) for _ in range(2)
+    ]
     assert texts[0] == texts[1]
     texts = [ir.print_model(run_pipeline(m, "quantize{bits=3,method=awq,head_bits=3}", calib)) for _ in range(2)]
     assert texts[0] == texts[1]
@@ -145,11 +153,12 @@ def test_per_group_codebook_is_exact_and_beats_per_channel():
     # Every value is its group's palette entry, exactly.
     for r in (0, 7):
         for g in range(4):
-            seg = deq[r, g * 32:(g + 1) * 32]
+            seg = deq[r, g * 32 : (g + 1) * 32]
             assert set(np.unique(seg)) <= set(qg.codebook[r, g])
     assert np.sum((deq - w) ** 2) < np.sum((qc.dequantize() - w) ** 2)
     # The grid survives the text form bit for bit.
     from edgec import ir
+
     g = ir.Graph()
     g.outputs.append(g.add_const("w", qg))
     back = ir.parse_model(ir.print_model(ir.Model(g))).graph.initializers["w"].const

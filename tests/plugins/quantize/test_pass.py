@@ -1,7 +1,6 @@
 """The quantize / quantize-activations / smoothquant passes on graphs: selection, roles, folding,
 simulation, reports and errors."""
 
-
 import numpy as np
 import pytest
 
@@ -26,15 +25,33 @@ def transformer_block(seed=0, outliers=True):
     gamma = np.ones(32, np.float32)
     if outliers:
         gamma[[3, 17]] = 25.0
-    ln = g.op("LayerNormalization", [e, g.add_const("ln_g", gamma), g.add_const("ln_b", np.zeros(32, np.float32))],
-              {"axis": -1, "epsilon": 1e-5}, name="ln").output
-    q = g.op("Linear", [ln, g.add_const("wq", rng.standard_normal((32, 32)).astype(np.float32) * 0.2)],
-             domain="edgec", name="q").output
-    k = g.op("Linear", [ln, g.add_const("wk", rng.standard_normal((32, 32)).astype(np.float32) * 0.2)],
-             domain="edgec", name="k").output
+    ln = g.op(
+        "LayerNormalization",
+        [e, g.add_const("ln_g", gamma), g.add_const("ln_b", np.zeros(32, np.float32))],
+        {"axis": -1, "epsilon": 1e-5},
+        name="ln",
+    ).output
+    q = g.op(
+        "Linear",
+        [ln, g.add_const("wq", rng.standard_normal((32, 32)).astype(np.float32) * 0.2)],
+        domain="edgec",
+        name="q",
+    ).output
+    k = g.op(
+        "Linear",
+        [ln, g.add_const("wk", rng.standard_normal((32, 32)).astype(np.float32) * 0.2)],
+        domain="edgec",
+        name="k",
+    ).output
     h = g.op("Gelu", [g.op("Add", [q, k], name="add").output], domain="edgec", name="gelu").output
-    g.outputs.append(g.op("Linear", [h, g.add_const("head", rng.standard_normal((50, 32)).astype(np.float32))],
-                          domain="edgec", name="lm_head").output)
+    g.outputs.append(
+        g.op(
+            "Linear",
+            [h, g.add_const("head", rng.standard_normal((50, 32)).astype(np.float32))],
+            domain="edgec",
+            name="lm_head",
+        ).output
+    )
     m = ir.Model(g, {"": 17, "edgec": 1})
     ir.infer_shapes(m)
     calib = CalibrationSet([{"ids": rng.integers(0, 50, (1, 8))} for _ in range(6)], "test")
@@ -64,6 +81,7 @@ def test_roles_embedding_and_head_default_to_8_bit():
 def test_awq_folds_into_the_shared_layernorm_exactly():
     m, calib = transformer_block()
     from edgec.plugins.quantize.scaling import apply_input_scale
+
     f = ir.parse_model(ir.print_model(m))
     ln_out = f.graph.node("ln").output
     s = np.linspace(0.5, 3.0, 32).astype(np.float32)
@@ -81,8 +99,12 @@ def test_smoothquant_preserves_float_outputs_and_flattens_activations():
     m, calib = transformer_block()
     s = run(m, "smoothquant{alpha=0.5}", calib)
     feeds = calib.samples[1]
-    np.testing.assert_allclose(ir.ReferenceExecutor(s).run(feeds)["lm_head_out"],
-                               ir.ReferenceExecutor(m).run(feeds)["lm_head_out"], rtol=1e-4, atol=1e-4)
+    np.testing.assert_allclose(
+        ir.ReferenceExecutor(s).run(feeds)["lm_head_out"],
+        ir.ReferenceExecutor(m).run(feeds)["lm_head_out"],
+        rtol=1e-4,
+        atol=1e-4,
+    )
     ln_before = ir.ReferenceExecutor(m, capture=["ln_out"]).run(feeds)["ln_out"]
     ln_after = ir.ReferenceExecutor(s, capture=["ln_out"]).run(feeds)["ln_out"]
     ratio = lambda a: np.abs(a).max(axis=(0, 1)).max() / np.median(np.abs(a).max(axis=(0, 1)))  # noqa: E731
@@ -109,31 +131,43 @@ def test_activation_observers_and_exact_simulation(observer):
 
 def test_entropy_threshold_clips_a_long_tail():
     from edgec.plugins.quantize.quantize_activations import kl_threshold
+
     x = np.abs(np.random.default_rng(0).standard_normal(200000))
     x[:5] = 60.0  # a few huge outliers
     hist, edges = np.histogram(x, bins=2048, range=(0, 60.0))
     assert kl_threshold(hist, edges[1]) < 15.0
 
 
-@pytest.mark.parametrize("pipe, message", [
-    ("quantize{bits=9}", "bits=9 is not allowed; allowed: 1..8"),
-    ("quantize{bits=1}", "bits=1 is a 2-entry palette: use method=codebook"),
-    ("quantize{method=magic}", "method='magic' is not allowed"),
-    ("quantize{group=100}", "group=100 is not allowed"),
-    ("quantize{group=32,granularity=tensor}", "conflicts with granularity=tensor"),
-    ("quantize{ops=Linear:Softmax}", "allowed: Linear, Conv"),
-    ("quantize-activations{observer=entropy,scheme=asymmetric}", "observer=entropy is symmetric"),
-    ("smoothquant{alpha=2}", "alpha=2.0 is not allowed"),
-    ("quantize{gguf=Q4_K,scale_dtype=f16}", "scale_dtype= does not apply with gguf="),
-])
+@pytest.mark.parametrize(
+    "pipe, message",
+    [
+        ("quantize{bits=9}", "bits=9 is not allowed; allowed: 1..8"),
+        ("quantize{bits=1}", "bits=1 is a 2-entry palette: use method=codebook"),
+        ("quantize{method=magic}", "method='magic' is not allowed"),
+        ("quantize{group=100}", "group=100 is not allowed"),
+        ("quantize{group=32,granularity=tensor}", "conflicts with granularity=tensor"),
+        ("quantize{ops=Linear:Softmax}", "allowed: Linear, Conv"),
+        ("quantize-activations{observer=entropy,scheme=asymmetric}", "observer=entropy is symmetric"),
+        ("smoothquant{alpha=2}", "alpha=2.0 is not allowed"),
+        ("quantize{gguf=Q4_K,scale_dtype=f16}", "scale_dtype= does not apply with gguf="),
+    ],
+)
 def test_bad_options_are_clear(pipe, message):
     with pytest.raises((PipelineError, UsageError)) as e:
         parse_pipeline(pipe, REG)
     assert message in str(e.value)
 
 
-@pytest.mark.parametrize("pipe", ["quantize{method=gptq}", "quantize{method=awq}", "quantize-activations",
-                                  "smoothquant", "quantize{method=mse,objective=output}"])
+@pytest.mark.parametrize(
+    "pipe",
+    [
+        "quantize{method=gptq}",
+        "quantize{method=awq}",
+        "quantize-activations",
+        "smoothquant",
+        "quantize{method=mse,objective=output}",
+    ],
+)
 def test_calibrated_passes_demand_calibration(pipe):
     m, _ = transformer_block()
     with pytest.raises(PassError, match="needs calibration data: pass --calib"):
@@ -144,14 +178,19 @@ def test_conv_layers_quantize_with_gptq_via_im2col():
     rng = np.random.default_rng(0)
     g = ir.Graph()
     x = g.add_input("x", ir.DType.FLOAT32, (1, 4, 8, 8))
-    c = g.op("Conv", [x, g.add_const("w", rng.standard_normal((8, 4, 3, 3)).astype(np.float32))],
-             {"kernel_shape": [3, 3], "pads": [1, 1, 1, 1], "strides": [2, 2]}, name="conv").output
+    c = g.op(
+        "Conv",
+        [x, g.add_const("w", rng.standard_normal((8, 4, 3, 3)).astype(np.float32))],
+        {"kernel_shape": [3, 3], "pads": [1, 1, 1, 1], "strides": [2, 2]},
+        name="conv",
+    ).output
     g.outputs.append(g.op("Relu", [c], name="relu").output)
     m = ir.Model(g, {"": 17})
     ir.infer_shapes(m)
     calib = CalibrationSet([{"x": rng.standard_normal((1, 4, 8, 8)).astype(np.float32)} for _ in range(4)], "t")
     # im2col rows must reproduce the convolution exactly.
     from edgec.api.layers import Layer, layer_rows
+
     rows = layer_rows(Layer(m.graph.node("conv"), m.graph.initializers["w"], "body"), calib.samples[0]["x"])
     conv = ir.ReferenceExecutor(m, capture=["conv_out"]).run(calib.samples[0])["conv_out"]
     via = (rows @ m.graph.initializers["w"].numpy().reshape(8, -1).T).reshape(4, 4, 8).transpose(2, 0, 1)

@@ -34,8 +34,13 @@ def _correlated_calib(k: int, seed: int = 1, n: int = 24) -> CalibrationSet:
     """Inputs whose channels are strongly correlated (a random mix of k/8 sources plus a little noise)."""
     rng = np.random.default_rng(seed)
     mix = rng.standard_normal((k // 8, k)).astype(np.float32)
-    return CalibrationSet([{"x": (rng.standard_normal((16, k // 8)) @ mix
-                                  + 0.1 * rng.standard_normal((16, k))).astype(np.float32)} for _ in range(n)], "t")
+    return CalibrationSet(
+        [
+            {"x": (rng.standard_normal((16, k // 8)) @ mix + 0.1 * rng.standard_normal((16, k))).astype(np.float32)}
+            for _ in range(n)
+        ],
+        "t",
+    )
 
 
 def _run(m: ir.Model, pipe: str, calib) -> dict:
@@ -75,6 +80,7 @@ def test_error_feedback_and_finetuning_each_lower_the_output_error():
     def loss(q):
         d = (q - w).astype(np.float64)
         return float(np.einsum("ij,ij->", d @ h, d))
+
     plain = gptvq(w, h, dim=2, bits=4, group=256, finetune=0, codebook_bits=32)
     tuned = gptvq(w, h, dim=2, bits=4, group=256, finetune=25, codebook_bits=32)
     assert tuned.loss < 0.99 * plain.loss  # measured: 2.0% lower (16 entries x 2: 32 free numbers)
@@ -97,13 +103,29 @@ def test_codebook_storage_grids():
     steps = r.codebook / np.ldexp(1.0, e)[..., None, None]
     assert np.array_equal(steps, np.round(steps)) and np.abs(steps).max() <= 127
     assert np.array_equal(r.codebook.astype(np.float16).astype(np.float32), r.codebook)
-    q = QuantizedTensor(codes=r.codes, bits=6, scheme="vector", codebook=r.codebook, group_size=64, group_axis=1,
-                        vector_dim=4, codebook_bits=8)
+    q = QuantizedTensor(
+        codes=r.codes,
+        bits=6,
+        scheme="vector",
+        codebook=r.codebook,
+        group_size=64,
+        group_axis=1,
+        vector_dim=4,
+        codebook_bits=8,
+    )
     assert q.validate() == [] and q.shape == (64, 128)
     assert q.nbytes == 64 * 32 * 6 // 8 + 2 * 64 * 4 + 2
     assert q.nbytes * 8 / w.size == pytest.approx(total_bits((64, 128), 4, 6, 64, 8))
-    bad = QuantizedTensor(codes=r.codes, bits=6, scheme="vector", codebook=r.codebook + 1e-3, group_size=64,
-                          group_axis=1, vector_dim=4, codebook_bits=8)
+    bad = QuantizedTensor(
+        codes=r.codes,
+        bits=6,
+        scheme="vector",
+        codebook=r.codebook + 1e-3,
+        group_size=64,
+        group_axis=1,
+        vector_dim=4,
+        codebook_bits=8,
+    )
     assert any("int8 * 2**e" in e for e in bad.validate())
 
 
@@ -112,17 +134,42 @@ def test_vector_tensors_validate_their_layout():
     codes = np.zeros((8, 32), np.uint8)
     ok = QuantizedTensor(codes=codes, bits=4, scheme="vector", codebook=cb, group_size=32, group_axis=1, vector_dim=2)
     assert ok.validate() == [] and ok.shape == (8, 64) and ok.bits_per_weight == 2.0
-    assert any("group_size" in e for e in QuantizedTensor(codes=codes, bits=4, scheme="vector", codebook=cb,
-                                                            group_size=24, group_axis=1, vector_dim=2).validate())
-    assert any("2**bits" in e for e in QuantizedTensor(codes=codes, bits=3, scheme="vector", codebook=cb,
-                                                         group_size=32, group_axis=1, vector_dim=2).validate())
-    assert any("outside" in e for e in QuantizedTensor(codes=codes + 16, bits=4, scheme="vector", codebook=cb,
-                                                         group_size=32, group_axis=1, vector_dim=2).validate())
-    assert any("needs the vector scheme" in e for e in QuantizedTensor(
-        codes=codes, bits=4, scheme="codebook", codebook=cb[0, 0, :, 0], vector_dim=2).validate())
-    assert any("row blocks do not divide" in e for e in QuantizedTensor(
-        codes=codes, bits=4, scheme="vector", codebook=np.zeros((3, 2, 16, 2), np.float32), group_size=32,
-        group_axis=1, vector_dim=2).validate())
+    assert any(
+        "group_size" in e
+        for e in QuantizedTensor(
+            codes=codes, bits=4, scheme="vector", codebook=cb, group_size=24, group_axis=1, vector_dim=2
+        ).validate()
+    )
+    assert any(
+        "2**bits" in e
+        for e in QuantizedTensor(
+            codes=codes, bits=3, scheme="vector", codebook=cb, group_size=32, group_axis=1, vector_dim=2
+        ).validate()
+    )
+    assert any(
+        "outside" in e
+        for e in QuantizedTensor(
+            codes=codes + 16, bits=4, scheme="vector", codebook=cb, group_size=32, group_axis=1, vector_dim=2
+        ).validate()
+    )
+    assert any(
+        "needs the vector scheme" in e
+        for e in QuantizedTensor(
+            codes=codes, bits=4, scheme="codebook", codebook=cb[0, 0, :, 0], vector_dim=2
+        ).validate()
+    )
+    assert any(
+        "row blocks do not divide" in e
+        for e in QuantizedTensor(
+            codes=codes,
+            bits=4,
+            scheme="vector",
+            codebook=np.zeros((3, 2, 16, 2), np.float32),
+            group_size=32,
+            group_axis=1,
+            vector_dim=2,
+        ).validate()
+    )
 
 
 def test_vq_model_round_trips_and_runs_exactly(tmp_path):
@@ -170,11 +217,25 @@ def _mlp(seed: int = 0) -> ir.Model:
     x = g.add_input("x", ir.DType.FLOAT32, (4, 64))
     h = x
     for i, (o, k) in enumerate(((128, 64), (128, 128))):
-        h = g.op("Linear", [h, g.add_const(f"w{i}", (rng.standard_normal((o, k)) / np.sqrt(k)).astype(np.float32)),
-                            g.add_const(f"b{i}", np.zeros(o, np.float32))], domain="edgec", name=f"fc{i}").output
+        h = g.op(
+            "Linear",
+            [
+                h,
+                g.add_const(f"w{i}", (rng.standard_normal((o, k)) / np.sqrt(k)).astype(np.float32)),
+                g.add_const(f"b{i}", np.zeros(o, np.float32)),
+            ],
+            domain="edgec",
+            name=f"fc{i}",
+        ).output
         h = g.op("Relu", [h], name=f"relu{i}").output
-    g.outputs.append(g.op("Linear", [h, g.add_const("w_out", (rng.standard_normal((10, 128)) / 11).astype(
-        np.float32))], domain="edgec", name="head").output)
+    g.outputs.append(
+        g.op(
+            "Linear",
+            [h, g.add_const("w_out", (rng.standard_normal((10, 128)) / 11).astype(np.float32))],
+            domain="edgec",
+            name="head",
+        ).output
+    )
     m = ir.Model(g, {"": 17, "edgec": 1})
     ir.infer_shapes(m)
     return m
@@ -186,11 +247,18 @@ def test_compile_vq_and_verify_on_each_carrying_target(target, tmp_path):
     import warnings
 
     from edgec.compiler import compile
+
     pytest.importorskip({"cpu": "tvm", "openvino": "openvino", "coreml": "coremltools"}[target])
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
-        r = compile(_mlp(), target, "vq{dim=2,bits_per_weight=2,codebook_bits=8}", str(tmp_path / "out"),
-                    calib="random", verify=True)
+        r = compile(
+            _mlp(),
+            target,
+            "vq{dim=2,bits_per_weight=2,codebook_bits=8}",
+            str(tmp_path / "out"),
+            calib="random",
+            verify=True,
+        )
     assert r.manifest["verification"]["passed"], r.manifest["verification"]
     reps = r.manifest["quantization"]["weights"]
     assert sorted((v["node"], v["scheme"]) for v in reps.values()) == [("fc0", "vector"), ("fc1", "vector")]
@@ -201,6 +269,7 @@ def test_targets_without_vector_codebooks_refuse_before_emitting(target, tmp_pat
     import warnings
 
     from edgec.compiler import compile
+
     warnings.simplefilter("ignore")
     out = tmp_path / "out"
     with pytest.raises(EdgecError, match="cannot compile this model") as e:
@@ -238,11 +307,13 @@ def test_a_hessian_that_is_not_positive_definite_names_the_fix():
     to raise, for each pass."""
     from edgec.plugins.quantize import methods
     from edgec.plugins.quantize.grid import GridSpec
+
     w = np.ones((4, 8), np.float32)
     with pytest.raises(np.linalg.LinAlgError, match=r"not positive definite .* raise it, e\.g\. vq\{damp=0\.1\}"):
         gptvq(w, -np.eye(8, dtype=np.float32), dim=2, bits=2, group=8)
     with pytest.raises(np.linalg.LinAlgError, match=r"e\.g\. quantize\{method=gptq,damp=0\.1\}"):
         methods.gptq(w, GridSpec(4, True, "channel", 128), -np.eye(8, dtype=np.float32))
-    q = QuantizedTensor(codes=np.zeros((4, 8), np.uint8), bits=2, scheme="codebook",
-                        codebook=np.zeros(4, np.float32), codebook_bits=8)
+    q = QuantizedTensor(
+        codes=np.zeros((4, 8), np.uint8), bits=2, scheme="codebook", codebook=np.zeros(4, np.float32), codebook_bits=8
+    )
     assert any("codebook_bits=8: each needs the vector scheme" in e for e in q.validate())
