@@ -217,14 +217,7 @@ def compile_cmd(
     eval_text,
 ):
     """Compile MODEL for a target into a directory with the artifact, manifest.json and report.html."""
-    from .errors import UsageError
-
-    shapes = {}
-    for s in input_shapes:
-        name, eq, dims = s.partition("=")
-        if not eq:
-            raise UsageError(f"--input-shape {s!r}: expected NAME=AxBx..")
-        shapes[name] = dims
+    shapes = _shape_options(input_shapes)
     if tiers:
         _compile_tiers(
             model,
@@ -303,6 +296,19 @@ def compile_cmd(
         )
         return
     _print_compile(res)
+
+
+def _shape_options(input_shapes) -> dict[str, str]:
+    """``--input-shape NAME=AxB`` options -> ``{NAME: "AxB"}`` (the dims are checked where they are used)."""
+    from .errors import UsageError
+
+    shapes = {}
+    for s in input_shapes:
+        name, eq, dims = s.partition("=")
+        if not eq:
+            raise UsageError(f"--input-shape {s!r}: expected NAME=AxBx..")
+        shapes[name] = dims
+    return shapes
 
 
 def _compile_tiers(model, target, pipeline, output, tiers, tier_options, as_json, quiet, **kw):
@@ -406,6 +412,50 @@ def verify_cmd(output, model, calib, frontend, as_json):
         click.echo(f"verify {output}: {label}: {rec['summary']}")
     if not rec["passed"]:
         sys.exit(1)
+
+
+@main.command("bench")
+@click.argument("output", type=click.Path())
+@click.option("--runs", default=50, show_default=True, help="Timed inferences (after the warm-up).")
+@click.option("--warmup", default=5, show_default=True, help="Untimed inferences first.")
+@click.option("--threads", type=int, help="Runtime threads (default: every core this process may use).")
+@click.option(
+    "--compare",
+    type=click.Choice(["onnxruntime"]),
+    help="Also time the original model on this runtime, in the same process, interleaved with the artifact.",
+)
+@click.option("--model", type=click.Path(), help="The original model for --compare (default: found by its sha256).")
+@click.option(
+    "--input-shape",
+    "input_shapes",
+    multiple=True,
+    metavar="NAME=AxBx..",
+    help="The shape to time a dynamic input at (repeatable; default: every dynamic dim 1).",
+)
+@click.option("--prompt-tokens", default=128, show_default=True, help="Language models: the prefill's length.")
+@click.option("--new-tokens", default=32, show_default=True, help="Language models: decode steps timed.")
+@click.option("--json", "as_json", is_flag=True, help="Print the record as JSON on stdout.")
+@handle_errors
+def bench_cmd(output, runs, warmup, threads, compare, model, input_shapes, prompt_tokens, new_tokens, as_json):
+    """Measure a compiled OUTPUT on its own runtime: latency (median, p90, p99), throughput and the runtime
+    process's peak RSS; prefill and decode tokens/s for language models; packets per inference for Hexagon."""
+    from .bench import bench, text
+
+    rec = bench(
+        output,
+        runs=runs,
+        warmup=warmup,
+        threads=threads,
+        compare=compare,
+        model=model,
+        input_shapes=_shape_options(input_shapes),
+        prompt_tokens=prompt_tokens,
+        new_tokens=new_tokens,
+    )
+    if as_json:
+        _emit_json({"ok": True, **rec})
+    else:
+        click.echo(text(rec))
 
 
 def _cache_hit(model, target, pipeline, output, opts):

@@ -278,6 +278,30 @@ class Target:
         ``input_names`` are the model's inputs in order (for runtimes that bind inputs by position)."""
         raise NotImplementedError(f"target {self.name} has no runtime on this machine")
 
+    def runner(
+        self, out_dir: str, files: Sequence[str], input_names: Sequence[str], threads: int
+    ) -> Callable[[Mapping[str, np.ndarray]], list[np.ndarray]]:
+        """The artifact loaded once on the target's runtime, for ``edgec bench``: a function running one inference
+        (inputs by name, outputs in the model's order) on ``threads`` threads. Raises UnsupportedError saying why
+        where its artifacts cannot be timed here (no runtime on this machine, a foreign architecture)."""
+        raise UnsupportedError(f"target {self.name} cannot time its artifacts: it has no runtime for them here")
+
+    def llm_speed(
+        self, out_dir: str, files: Sequence[str], prompt_tokens: int, new_tokens: int, threads: int
+    ) -> dict[str, Any] | None:
+        """A language model's artifact on the target's runtime, for ``edgec bench``: ``prefill_tokens_per_s``,
+        ``decode_tokens_per_s`` and ``decode_ms_per_token`` (with ``prompt_tokens`` and ``new_tokens``) for a
+        prompt of ``prompt_tokens`` tokens followed by ``new_tokens`` decode steps; None where the artifact is not
+        a language model this target times as one (``edgec bench`` then times :meth:`runner`)."""
+        return None
+
+    def simulated_cost(
+        self, out_dir: str, files: Sequence[str], feeds: Mapping[str, np.ndarray]
+    ) -> dict[str, Any] | None:
+        """Where the runtime here is a simulator, whose times say nothing of the device: the cost figures it counts
+        for one inference (Hexagon: packets executed under qemu), for ``edgec bench``; None elsewhere."""
+        return None
+
     def run_model_types(
         self,
         out_dir: str,

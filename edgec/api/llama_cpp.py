@@ -89,4 +89,46 @@ def llama_cpp_engine(gguf_path: str, ctx: int, threads: int = 0) -> Callable[[np
     return run
 
 
-__all__ = ["llama_cpp_engine", "load_llama"]
+def llama_cpp_speed(
+    gguf_path: str, prompt_tokens: int, new_tokens: int, threads: int, rounds: int = 3, seed: int = 0
+) -> dict[str, Any]:
+    """Prefill and decode speed of a GGUF file on llama.cpp: a prompt of ``prompt_tokens`` (seeded random token
+    ids) evaluated in one batch, then ``new_tokens`` single-token decode steps on its KV cache. One warm-up round,
+    then the median of ``rounds`` timed ones."""
+    import time
+
+    llm = load_llama(
+        gguf_path,
+        n_ctx=prompt_tokens + new_tokens,
+        n_batch=prompt_tokens,
+        n_ubatch=prompt_tokens,
+        n_threads=threads,
+        n_threads_batch=threads,
+    )
+    rng = np.random.default_rng(seed)
+    ids = [int(t) for t in rng.integers(0, llm.n_vocab(), prompt_tokens + new_tokens)]
+    prefill, decode = [], []
+    for r in range(rounds + 1):
+        llm.reset()
+        t0 = time.perf_counter()
+        llm.eval(ids[:prompt_tokens])
+        t1 = time.perf_counter()
+        for t in ids[prompt_tokens:]:
+            llm.eval([t])
+        t2 = time.perf_counter()
+        if r:  # round 0 warms up
+            prefill.append(t1 - t0)
+            decode.append(t2 - t1)
+    p, d = float(np.median(prefill)), float(np.median(decode))
+    return {
+        "runtime": "llama.cpp",
+        "prompt_tokens": prompt_tokens,
+        "new_tokens": new_tokens,
+        "rounds": rounds,
+        "prefill_tokens_per_s": round(prompt_tokens / p, 2),
+        "decode_tokens_per_s": round(new_tokens / d, 2),
+        "decode_ms_per_token": round(d / new_tokens * 1e3, 3),
+    }
+
+
+__all__ = ["llama_cpp_engine", "llama_cpp_speed", "load_llama"]

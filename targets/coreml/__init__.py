@@ -247,6 +247,24 @@ class CoreMLTarget(Target):
             },
         )
 
+    def runner(self, out_dir: str, files, input_names, threads: int):
+        """Core ML's own runtime, loaded once (macOS only: elsewhere there is none to time; edgec's MIL evaluator,
+        which --verify uses off macOS, is a numpy reference, not a runtime)."""
+        if not on_macos():
+            raise UnsupportedError(
+                "Core ML runs only on macOS: bench a coreml artifact there (edgec's MIL evaluator, which checks it "
+                "here, is a numpy reference with no speed to report)"
+            )
+        import coremltools as ct
+
+        mlmodel = ct.models.MLModel(os.path.join(out_dir, "model.mlpackage"))
+
+        def run(feeds: Mapping[str, np.ndarray]) -> list[np.ndarray]:
+            res = mlmodel.predict({mil_name(k): v for k, v in feeds.items()})
+            return list(res.values())
+
+        return run
+
     def run_artifact(self, out_dir: str, feeds: Mapping[str, np.ndarray], input_names=None):
         return run_package(os.path.join(out_dir, "model.mlpackage"), feeds)
 

@@ -186,16 +186,31 @@ class CpuTarget(Target):
         if self.arch != "x86_64":
             raise NotImplementedError(f"a {self.arch} library cannot run on this x86_64 machine")
         use_all_cores()
+        return self._load(out_dir, list(input_names or feeds))(feeds)
+
+    def runner(self, out_dir: str, files, input_names, threads: int):
+        """The library loaded once in a Relax VM; TVM's thread pool takes ``TVM_NUM_THREADS`` (edgec bench sets it
+        to ``threads`` before the pool starts)."""
+        if self.arch != "x86_64":
+            raise UnsupportedError(
+                f"a {self.arch} library cannot run on this x86_64 machine: run edgec bench on an {self.arch} machine"
+            )
+        os.environ.setdefault("TVM_NUM_THREADS", str(threads))
+        return self._load(out_dir, list(input_names))
+
+    def _load(self, out_dir: str, names: list[str]):
+        """``run(feeds) -> outputs`` of model.so in a Relax VM on the host CPU."""
         tvm = _tvm()
         from tvm import relax
 
-        lib = tvm.runtime.load_module(os.path.join(out_dir, "model.so"))
-        vm = relax.VirtualMachine(lib, tvm.cpu())
-        args = [tvm.runtime.tensor(_contiguous(feeds[n])) for n in (input_names or list(feeds))]
-        res = vm["main"](*args)
-        if hasattr(res, "numpy"):
-            return [res.numpy()]
-        return [r.numpy() for r in res]
+        vm = relax.VirtualMachine(tvm.runtime.load_module(os.path.join(out_dir, "model.so")), tvm.cpu())
+        main = vm["main"]
+
+        def run(feeds: Mapping[str, np.ndarray]) -> list[np.ndarray]:
+            res = main(*[tvm.runtime.tensor(_contiguous(feeds[n])) for n in names])
+            return [res.numpy()] if hasattr(res, "numpy") else [r.numpy() for r in res]
+
+        return run
 
 
 def _contiguous(x) -> np.ndarray:

@@ -8,6 +8,8 @@ from __future__ import annotations
 import os
 import shutil
 import subprocess
+import threading
+from typing import Any
 
 from ...errors import UnsupportedError
 
@@ -176,6 +178,37 @@ def check_symbols(tools: dict[str, str], path: str, allowed: frozenset[str], wha
         raise UnsupportedError(
             f"{what} need symbols edgec's Hexagon runtime does not provide: {', '.join(sorted(set(missing)))}"
         )
+
+
+def count_packets(cmd: list[str], stdin: bytes, harness_symbols: tuple[bytes, ...]) -> tuple[int, int]:
+    """Run a qemu-hexagon command that logs every executed packet (``-singlestep -d exec,nochain -D /dev/stderr``)
+    and count the log's lines as it streams (a ResNet logs tens of millions): (all packets, those in
+    ``harness_symbols``)."""
+    proc = subprocess.Popen(cmd, stdin=subprocess.PIPE, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+    assert proc.stdin is not None and proc.stderr is not None  # both piped above
+    feeder = threading.Thread(target=_feed, args=(proc.stdin, stdin), daemon=True)
+    feeder.start()
+    total = harness = 0
+    tail = b""
+    ends = [b"] " + s + b"\n" for s in harness_symbols]
+    while chunk := proc.stderr.read(1 << 20):
+        buf = tail + chunk
+        cut = buf.rfind(b"\n") + 1
+        lines, tail = buf[:cut], buf[cut:]
+        total += lines.count(b"\nTrace ") + lines.startswith(b"Trace ")
+        harness += sum(lines.count(e) for e in ends)
+    rc = proc.wait()
+    feeder.join()
+    if rc != 0:
+        raise UnsupportedError(f"hexagon: the runner failed under qemu-hexagon (exit {rc}) while counting packets")
+    return total, harness
+
+
+def _feed(pipe: Any, data: bytes) -> None:
+    try:
+        pipe.write(data)
+    finally:
+        pipe.close()
 
 
 def run(cmd: list[str], what: str, cwd: str | None = None) -> None:

@@ -189,12 +189,22 @@ class OpenVINOTarget(Target):
         return read_metadata(out_dir)
 
     def run_artifact(self, out_dir: str, feeds: Mapping[str, np.ndarray], input_names=None) -> list[np.ndarray]:
-        compiled = self.compile(out_dir)
+        return self._infer(self.compile(out_dir), list(input_names or feeds))(feeds)
+
+    def runner(self, out_dir: str, files, input_names, threads: int):
+        """The IR compiled once on the CPU plugin with ``threads`` inference threads, one infer request."""
+        return self._infer(dataclasses.replace(self, threads=threads).compile(out_dir), list(input_names))
+
+    @staticmethod
+    def _infer(compiled, names: list[str]):
         req = compiled.create_infer_request()
-        names = input_names or list(feeds)
-        # np.require keeps 0-d arrays 0-d (np.ascontiguousarray returns at least 1-d: a scalar input became [1])
-        res = req.infer({n: np.require(np.asarray(feeds[n]), requirements="C") for n in names})
-        return [np.array(res[o]) for o in compiled.outputs]
+
+        def run(feeds: Mapping[str, np.ndarray]) -> list[np.ndarray]:
+            # np.require keeps 0-d arrays 0-d (np.ascontiguousarray returns at least 1-d: a scalar input became [1])
+            res = req.infer({n: np.require(np.asarray(feeds[n]), requirements="C") for n in names})
+            return [np.array(res[o]) for o in compiled.outputs]
+
+        return run
 
 
 def read_metadata(artifact_dir: str) -> dict[str, str]:

@@ -188,6 +188,14 @@ class TensorRTTarget(Target):
             },
         )
 
+    def runner(self, out_dir: str, files, input_names, threads: int):
+        """Refused: TensorRT's speed is the engine's on an NVIDIA GPU. The QDQ ONNX that --verify runs on
+        onnxruntime's CPU provider here says nothing about it."""
+        raise UnsupportedError(
+            "a TensorRT artifact is timed on an NVIDIA GPU with TensorRT (trtexec --onnx=model.onnx); this machine "
+            "has none, and onnxruntime on the CPU, which --verify uses, would time something else"
+        )
+
     def run_artifact(self, out_dir: str, feeds: Mapping[str, np.ndarray], input_names=None) -> list[np.ndarray]:
         import onnxruntime as ort
 
