@@ -188,7 +188,8 @@ def bench_artifact(
 
 def _error(e: dict[str, Any]) -> EdgecError:
     """The child's EdgecError, raised again in the parent as its own class (by kind), with its exit code."""
-    classes, todo = {}, [EdgecError]
+    classes: dict[str, type[EdgecError]] = {}
+    todo: list[type[EdgecError]] = [EdgecError]
     while todo:
         c = todo.pop()
         classes.setdefault(c.kind, c)

@@ -267,7 +267,7 @@ def lookup_compile(
     output directory (by default beside the model), checked to be edgec's to replace and to hold none of the inputs;
     then, with ``use_cache`` and a model file, the compile served from the cache if this exact one is there.
     ``options``: the compile's keyword options (cache_dir, calib, input_shapes, verify, tolerance, cleanup, seed,
-    frontend, eval_text, force, min_cosine, min_top1)."""
+    frontend, eval_text, force, min_cosine, min_top1, bench)."""
     out = os.path.normpath(os.fspath(output)) if output else default_output(model, target.split("{", 1)[0].strip())
     inputs = protected_inputs(out, model, options.get("calib"), options.get("eval_text"))
     check_output(out, inputs, bool(options.get("force", False)))
@@ -307,6 +307,8 @@ def _serve(
         "min_cosine": o.get("min_cosine"),
         "min_top1": o.get("min_top1"),
     }
+    if o.get("bench"):  # a compile with --bench has its own entry (its manifest holds the figures)
+        opts["bench"] = True
     try:
         k = key(model, calib, opts, extra=eval_text, cache_dir=cdir)
     except Unkeyable:

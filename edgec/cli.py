@@ -134,6 +134,11 @@ def main(debug: bool) -> None:
     "--verify", is_flag=True, help="Run the artifact and the reference executor on seeded inputs and compare."
 )
 @click.option(
+    "--bench",
+    is_flag=True,
+    help="Measure the artifact on its runtime (as edgec bench OUT does) into the manifest and the report.",
+)
+@click.option(
     "--tolerance",
     type=float,
     default=1e-4,
@@ -198,6 +203,7 @@ def compile_cmd(
     input_shapes,
     calib,
     verify,
+    bench,
     tolerance,
     min_cosine,
     min_top1,
@@ -230,6 +236,7 @@ def compile_cmd(
             quiet,
             input_shapes=shapes,
             verify=verify,
+            bench=bench,
             tolerance=tolerance,
             min_cosine=min_cosine,
             min_top1=min_top1,
@@ -256,6 +263,7 @@ def compile_cmd(
             min_top1=min_top1,
             force=force,
             keep_failed=keep_failed,
+            bench=bench,
             cleanup=not no_cleanup,
             seed=seed,
             frontend=frontend,
@@ -381,6 +389,10 @@ def _print_compile(res) -> None:
                 else ""
             )
         )
+    if m.get("bench"):
+        from .bench import summary
+
+        click.echo(summary(m["bench"]))
     if res.timings:
         click.echo(res.timings)
 

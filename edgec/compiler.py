@@ -22,6 +22,7 @@ from typing import Any
 import numpy as np
 
 from . import __version__, cache, manifest as manifest_stage
+from .bench import compile_bench
 from .build import Build, build_model, fix_input_shapes, load_model, lossy, parse_target  # noqa: F401 (public API)
 from .cache import CompileResult, Lookup
 from .errors import UnsupportedError, UsageError, VerificationFailed
@@ -54,6 +55,7 @@ def compile(
     use_cache: bool = True,
     force: bool = False,
     keep_failed: bool = False,
+    bench: bool = False,
     progress: Callable[[str], None] | None = None,
 ) -> CompileResult:
     """Compile ``model`` for ``target`` into the directory ``output``; see ``edgec compile --help``.
@@ -64,7 +66,8 @@ def compile(
     An existing ``output`` is replaced only when edgec wrote it (or ``force``). A model given by path is
     looked up in the content-addressed compile cache first (:mod:`edgec.cache`; ``use_cache=False``
     bypasses it). ``min_cosine`` is the fidelity that ``verify`` demands of a quantized or pruned model
-    against the original (default :data:`edgec.verify.LOSSY_MIN_COSINE`).
+    against the original (default :data:`edgec.verify.LOSSY_MIN_COSINE`). ``bench`` measures the artifact on its
+    runtime (:func:`edgec.bench.compile_bench`) into the manifest's ``bench`` and the report.
     """
     _check_arguments(
         model,
@@ -95,6 +98,8 @@ def compile(
         "cache_dir": cache_dir,
         "force": force,
     }
+    if bench:  # only then: the cache keys of every other compile stay as they were
+        options["bench"] = True
     # looked up before any plugin loads or the model is read: a hit costs hashing the inputs and a copy
     where = cache.lookup_compile(
         model if isinstance(model, str) else None,
@@ -141,6 +146,9 @@ def compile(
         if b.evaluation is not None:
             say("perplexity of the compiled model and the artifact")
             manifest["evaluation"] = b.evaluation.compiled(b.model, b.target, tmp, art.files)
+        if bench:
+            say(f"benchmarking on {b.target.runtime or 'its runtime'}")
+            manifest["bench"] = compile_bench(tmp, manifest)
         say("writing report.html")
         manifest = manifest_stage.write(manifest, tmp)
         publish(tmp, where, manifest.get("verification"), force=force, keep_failed=keep_failed)

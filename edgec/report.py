@@ -95,7 +95,35 @@ def plots(manifest: dict) -> dict[str, str]:
         ax.set_title(f"perplexity on {ev.get('text')} ({ev.get('tokens')} tokens)")
         fig.tight_layout()
         out["perplexity"] = _png(fig)
+    samples = (manifest.get("bench") or {}).get("latency_samples_ms")
+    if samples:
+        out["latency"] = _latency_plot(plt, manifest["bench"])
     return out
+
+
+def _latency_plot(plt, rec: dict) -> str:
+    """Each timed inference's latency in run order, with the median, p90 and p99 as lines."""
+    fig, ax = plt.subplots(figsize=(7, 2.8))
+    ax.plot(range(1, len(rec["latency_samples_ms"]) + 1), rec["latency_samples_ms"], ".", color="#332288")
+    for k, style in (("median", "-"), ("p90", "--"), ("p99", ":")):
+        v = rec["latency_ms"][k]
+        ax.axhline(v, color="#882255", linestyle=style, linewidth=1, label=f"{k} {v:.3f} ms")
+    ax.set_xlabel("run")
+    ax.set_ylabel("latency (ms)")
+    ax.set_title(f"latency on {rec.get('runtime')} ({rec.get('threads')} threads, after {rec.get('warmup')} warm-up)")
+    ax.legend(fontsize=8)
+    fig.tight_layout()
+    return _png(fig)
+
+
+def _bench_section(rec: dict, figs: dict[str, str]) -> list[str]:
+    """The report's speed section (edgec compile --bench)."""
+    if not rec.get("ran", True):
+        return ["<h2>Speed</h2>", f"<p>not measured: {html.escape(str(rec.get('reason')))}</p>"]
+    skip = {"latency_samples_ms", "latency_ms", "ran"}
+    rows = [[k, rec[k]] for k in sorted(rec) if k not in skip]
+    rows += [[f"latency {k} (ms)", v] for k, v in (rec.get("latency_ms") or {}).items()]
+    return ["<h2>Speed</h2>" + figs.get("latency", ""), _table(rows, ["", ""])]
 
 
 def _size_plots(plt, layers: list[dict], qw: dict) -> dict[str, str]:
@@ -255,6 +283,8 @@ def render(manifest: dict) -> str:
     if ev:
         parts.append("<h2>Language model evaluation</h2>" + figs.get("perplexity", ""))
         parts.append(_table([[k, ev[k]] for k in sorted(ev)], ["", ""]))
+    if manifest.get("bench"):
+        parts.extend(_bench_section(manifest["bench"], figs))
     notes = manifest.get("notes") or []
     if notes:
         parts.append("<h2>Notes</h2><ul>" + "".join(f"<li>{html.escape(n)}</li>" for n in notes) + "</ul>")

@@ -107,3 +107,25 @@ def test_hexagon_counts_packets_not_time(compiled):
     assert a["kind"] == "simulated" and a["simulator"] == "qemu-hexagon" and "latency_ms" not in a
     assert a["packets_per_inference"] == b["packets_per_inference"] > 100_000  # a simulator counts exactly
     assert 0 < a["harness_packets"] < 1000
+
+
+def test_compile_bench_puts_the_figures_in_the_manifest_and_the_report(tiny_cnn_path, tmp_path):
+    plain = cli("compile", tiny_cnn_path, "--target", "cpu", "-o", tmp_path / "a", "--json")
+    assert plain.exit_code == 0 and "bench" not in json.loads(plain.stdout)["manifest"]
+    r = cli("compile", tiny_cnn_path, "--target", "cpu", "--bench", "-o", tmp_path / "b", "--json")
+    assert r.exit_code == 0, r.output
+    res = json.loads(r.stdout)
+    assert not res["cached"]  # --bench has its own cache entry: the plain compile's manifest has no figures
+    rec = dict(res["manifest"]["bench"])
+    assert rec.pop("ran") is True and "output" not in rec  # not the build's scratch directory
+    jsonschema.validate({"output": "b", **rec}, SCHEMA)
+    assert len(rec["latency_samples_ms"]) == rec["runs"] == 50
+    page = (tmp_path / "b" / "report.html").read_text()
+    speed = page[page.index("<h2>Speed</h2>") :]
+    assert speed.startswith("<h2>Speed</h2><img") and "throughput_per_s" in speed
+    # a runtime that is not here: the compile succeeds, and the manifest, the report and the account say why
+    r = cli("compile", tiny_cnn_path, "--target", "tensorrt", "--bench", "-o", tmp_path / "t")
+    assert r.exit_code == 0 and "bench: not run: a TensorRT artifact is timed on an NVIDIA GPU" in r.output, r.output
+    man = json.loads((tmp_path / "t" / "manifest.json").read_text())
+    assert man["bench"]["ran"] is False and "NVIDIA GPU" in man["bench"]["reason"]
+    assert "not measured: a TensorRT artifact" in (tmp_path / "t" / "report.html").read_text()
