@@ -434,7 +434,7 @@ def verify_cmd(output, model, calib, frontend, as_json):
 @click.option(
     "--compare",
     type=click.Choice(["onnxruntime"]),
-    help="Also time the original model on this runtime, in the same process, interleaved with the artifact.",
+    help="Also time the original model on this runtime, in the same process, in blocks alternating with the artifact.",
 )
 @click.option("--model", type=click.Path(), help="The original model for --compare (default: found by its sha256).")
 @click.option(
