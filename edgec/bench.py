@@ -1,15 +1,16 @@
 """``edgec bench OUT``: an artifact's latency, throughput and memory on its own runtime.
 
-The measurement runs in a fresh child process (spawned, not forked), so that its peak resident set is the
-runtime's: Python, numpy, edgec and the runtime library, with the artifact loaded and run, and nothing the
-parent did before. The target loads the artifact once (:meth:`edgec.target.Target.runner`); the child then runs
-``warmup`` inferences, and ``runs`` timed ones. With ``compare="onnxruntime"`` the original ONNX model runs on
+The measurement runs in a fresh Python process (not forked), so that its peak resident set is the runtime's:
+Python, numpy, edgec and the runtime library, with the artifact loaded and run, and nothing the caller did
+before. The target loads the artifact once (:meth:`edgec.target.Target.runner`); the child then runs ``warmup``
+inferences, and ``runs`` timed ones. With ``compare="onnxruntime"`` the original ONNX model runs on
 onnxruntime's CPU provider in the same child, interleaved with the artifact in alternating blocks of runs, at
 the same thread count: the machine's noise falls on both alike, and the ratio is the figure to quote.
 
 A simulated runtime's artifact (Hexagon under qemu) reports the cost figure the simulator counts (packets per
-inference), never its time. A language model's artifact (a target with :meth:`~edgec.target.Target.llm_speed`, e.g. gguf on llama.cpp) is
-measured as one: prefill and decode tokens per second.
+inference), never its time. A language model's artifact (a target with
+:meth:`~edgec.target.Target.llm_speed`, e.g. gguf on llama.cpp) is measured as one: prefill and decode tokens
+per second.
 
 Inputs are made from the manifest's input list: floats standard normal (seeded), integers and booleans zero
 (a valid token id or index for any vocabulary).
@@ -17,9 +18,11 @@ Inputs are made from the manifest's input list: floats standard normal (seeded),
 
 from __future__ import annotations
 
-import concurrent.futures
-import multiprocessing
+import json
 import os
+import subprocess
+import sys
+import tempfile
 import time
 from collections.abc import Callable, Mapping
 from typing import Any
@@ -170,21 +173,52 @@ def bench_artifact(
         "warmup": warmup,
         "threads": threads or len(os.sched_getaffinity(0)),
         "compare": compare,
-        "source": source,
+        "source": None if source is None else os.path.abspath(source),
         "prompt_tokens": prompt_tokens,
         "new_tokens": new_tokens,
         "seed": seed,
         "shapes": dict(shapes or {}),
     }
-    ctx = multiprocessing.get_context("spawn")
-    with concurrent.futures.ProcessPoolExecutor(1, mp_context=ctx) as pool:
-        try:
-            res = pool.submit(_measure, job).result()
-        except concurrent.futures.process.BrokenProcessPool:
-            raise UnsupportedError(f"the runtime crashed while running {output} (the benchmark process died)") from None
+    res = _run_child(job)
     if "error" in res:
         raise _error(res["error"])
     return res
+
+
+def _run_child(job: dict[str, Any]) -> dict[str, Any]:
+    """Run :func:`_child` in a fresh interpreter (not a multiprocessing child, which would import the caller's
+    main module again), the job in on stdin, the record back through a file (a runtime may print on stdout)."""
+    env = {**os.environ, "TVM_NUM_THREADS": str(job["threads"]), "OMP_NUM_THREADS": str(job["threads"])}
+    fd, result = tempfile.mkstemp(prefix="edgec-bench-", suffix=".json")
+    os.close(fd)
+    try:
+        r = subprocess.run(
+            [sys.executable, "-c", "from edgec.bench import _child; _child()"],
+            input=json.dumps({**job, "result": result}),
+            capture_output=True,
+            text=True,
+            env=env,
+            cwd=os.path.dirname(result),  # `python -c` puts its cwd first on sys.path: a neutral one
+        )
+        if r.returncode != 0:
+            tail = " ".join(r.stderr.strip().splitlines()[-3:])[-600:]
+            raise UnsupportedError(
+                f"the runtime crashed while running {job['output']} (the benchmark process exited {r.returncode}): "
+                f"{tail or 'no message'}"
+            )
+        with open(result) as f:
+            out: dict[str, Any] = json.load(f)
+        return out
+    finally:
+        os.unlink(result)
+
+
+def _child() -> None:
+    """The benchmark process's entry point: the job from stdin, the record (or the error) into its file."""
+    job = json.load(sys.stdin)
+    res = _measure(job)
+    with open(job["result"], "w") as f:
+        json.dump(res, f)
 
 
 def _error(e: dict[str, Any]) -> EdgecError:
@@ -231,9 +265,8 @@ def summary(rec: Mapping[str, Any]) -> str:
 
 
 def _measure(job: dict[str, Any]) -> dict[str, Any]:
-    """The child process: load, warm up, time; errors come back as data (their class may not pickle)."""
-    os.environ["TVM_NUM_THREADS"] = str(job["threads"])  # before any runtime starts its thread pool
-    os.environ["OMP_NUM_THREADS"] = str(job["threads"])
+    """In the benchmark process (TVM_NUM_THREADS / OMP_NUM_THREADS set before any runtime starts its pool): load,
+    warm up, time; an EdgecError comes back as data, raised again in the caller."""
     try:
         return _measure_in_child(job)
     except EdgecError as e:
