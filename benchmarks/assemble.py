@@ -11,6 +11,7 @@ import os
 HERE = os.path.dirname(os.path.abspath(__file__))
 ORDER = [
     "RESULTS-foundation.md",
+    "RESULTS-kernels.md",
     "RESULTS-quantization.md",
     "RESULTS-llm.md",
     "RESULTS-openvino.md",
@@ -25,6 +26,7 @@ ORDER = [
 ]
 SCRIPTS = {
     "RESULTS-foundation.md": "foundation.py",
+    "RESULTS-kernels.md": "kernels.py",
     "RESULTS-quantization.md": "quantization.py",
     "RESULTS-llm.md": "llm_quality.py",
     "RESULTS-openvino.md": "openvino.py",

@@ -223,74 +223,38 @@ def compile_cmd(
     eval_text,
 ):
     """Compile MODEL for a target into a directory with the artifact, manifest.json and report.html."""
-    shapes = _shape_options(input_shapes)
+    opts = dict(
+        input_shapes=_shape_options(input_shapes),
+        verify=verify,
+        tolerance=tolerance,
+        min_cosine=min_cosine,
+        min_top1=min_top1,
+        force=force,
+        keep_failed=keep_failed,
+        bench=bench,
+        cleanup=not no_cleanup,
+        seed=seed,
+        frontend=frontend,
+        calib=calib,
+        eval_text=eval_text,
+        cache_dir=cache_dir,
+    )
     if tiers:
         _compile_tiers(
-            model,
-            target,
-            pipeline,
-            output,
-            tiers,
-            tier_options,
-            as_json,
-            quiet,
-            input_shapes=shapes,
-            verify=verify,
-            bench=bench,
-            tolerance=tolerance,
-            min_cosine=min_cosine,
-            min_top1=min_top1,
-            force=force,
-            cleanup=not no_cleanup,
-            seed=seed,
-            frontend=frontend,
-            calib=calib,
-            cache_dir=cache_dir,
-            use_cache=not no_cache,
+            model, target, pipeline, output, tiers, tier_options, as_json, quiet, use_cache=not no_cache, **opts
         )
         return
-    bar = None
-    if not (quiet or as_json) and sys.stderr.isatty():
-        from tqdm import tqdm
-
-        bar = tqdm(total=None, bar_format="{desc} [{elapsed}]", file=sys.stderr, leave=False)
-    try:
-        opts = dict(
-            input_shapes=shapes,
-            verify=verify,
-            tolerance=tolerance,
-            min_cosine=min_cosine,
-            min_top1=min_top1,
-            force=force,
-            keep_failed=keep_failed,
-            bench=bench,
-            cleanup=not no_cleanup,
-            seed=seed,
-            frontend=frontend,
-            calib=calib,
-            eval_text=eval_text,
-            cache_dir=cache_dir,
-        )
-        res = None
-        if not (no_cache or dump_ir or time_passes) and os.path.exists(model):
-            res = _cache_hit(model, target, pipeline, output, opts)  # needs neither the compiler nor any plugin
-        if res is None:
-            from .compiler import compile as do_compile
-
-            res = do_compile(
-                model,
-                target,
-                pipeline,
-                output,
-                time_passes=time_passes,
-                dump_ir=dump_ir,
-                use_cache=not no_cache,
-                progress=(lambda m: (bar.set_description_str(m), bar.refresh())) if bar is not None else None,
-                **opts,
-            )
-    finally:
-        if bar is not None:
-            bar.close()
+    res = _run_compile(
+        model,
+        target,
+        pipeline,
+        output,
+        opts,
+        use_cache=not (no_cache or dump_ir or time_passes),
+        dump_ir=dump_ir,
+        time_passes=time_passes,
+        show=not (quiet or as_json),
+    )
     if as_json:
         _emit_json(
             {
@@ -304,6 +268,37 @@ def compile_cmd(
         )
         return
     _print_compile(res)
+
+
+def _run_compile(model, target, pipeline, output, opts, *, use_cache, dump_ir, time_passes, show):
+    """The compile served from the cache (looked up before the compiler or any plugin loads), else compiled,
+    with a progress line on a terminal."""
+    if use_cache and os.path.exists(model):
+        res = _cache_hit(model, target, pipeline, output, opts)
+        if res is not None:
+            return res
+    from .compiler import compile as do_compile
+
+    bar = None
+    if show and sys.stderr.isatty():
+        from tqdm import tqdm
+
+        bar = tqdm(total=None, bar_format="{desc} [{elapsed}]", file=sys.stderr, leave=False)
+    try:
+        return do_compile(
+            model,
+            target,
+            pipeline,
+            output,
+            time_passes=time_passes,
+            dump_ir=dump_ir,
+            use_cache=use_cache,
+            progress=(lambda m: (bar.set_description_str(m), bar.refresh())) if bar is not None else None,
+            **opts,
+        )
+    finally:
+        if bar is not None:
+            bar.close()
 
 
 def _shape_options(input_shapes) -> dict[str, str]:

@@ -33,6 +33,22 @@ from .target import Artifact, Target
 from .verify import DEFAULT_TOLERANCE, verify_artifact, verify_output  # noqa: F401 (public API)
 
 
+OPTION_KEYS = (
+    "input_shapes",
+    "verify",
+    "tolerance",
+    "min_cosine",
+    "min_top1",
+    "cleanup",
+    "seed",
+    "frontend",
+    "calib",
+    "eval_text",
+    "cache_dir",
+    "force",
+)
+
+
 def compile(
     model: str | Model,
     target: str = "cpu",
@@ -84,20 +100,8 @@ def compile(
     say = progress or (lambda msg: None)
     if isinstance(model, os.PathLike):
         model = os.fspath(model)
-    options = {
-        "input_shapes": input_shapes,
-        "verify": verify,
-        "tolerance": tolerance,
-        "min_cosine": min_cosine,
-        "min_top1": min_top1,
-        "cleanup": cleanup,
-        "seed": seed,
-        "frontend": frontend,
-        "calib": calib,
-        "eval_text": eval_text,
-        "cache_dir": cache_dir,
-        "force": force,
-    }
+    # the options that make a compile what it is (the cache key, the manifest's build settings)
+    options = {k: v for k, v in locals().items() if k in OPTION_KEYS}
     if bench:  # only then: the cache keys of every other compile stay as they were
         options["bench"] = True
     # looked up before any plugin loads or the model is read: a hit costs hashing the inputs and a copy
@@ -126,6 +130,23 @@ def compile(
         eval_text=eval_text,
         say=say,
     )
+    manifest, t_emit = _finish(b, where, options, bench=bench, keep_failed=keep_failed, say=say)
+    return CompileResult(
+        os.path.abspath(where.output),
+        manifest,
+        b.timing.report() if time_passes else "",
+        {"import": round(b.t_import, 3), "passes": round(b.t_passes, 3), "emit": round(t_emit, 3)},
+        cache_key=where.key,
+    )
+
+
+def _finish(
+    b: Build, where: Lookup, options: dict[str, Any], *, bench: bool, keep_failed: bool, say: Callable[[str], None]
+) -> tuple[dict[str, Any], float]:
+    """emit -> manifest -> verify -> evaluation -> bench -> write -> publish, in a scratch directory beside the
+    output. Returns the manifest and the emit time."""
+    verify, tolerance, force = options["verify"], options["tolerance"], options["force"]
+    min_cosine, min_top1 = options["min_cosine"], options["min_top1"]
     tmp = make_scratch(where.output)
     try:
         art, t_emit = emit(b, tmp, say)
@@ -159,13 +180,7 @@ def compile(
     finally:
         shutil.rmtree(tmp, ignore_errors=True)
         release(tmp)
-    return CompileResult(
-        os.path.abspath(where.output),
-        manifest,
-        b.timing.report() if time_passes else "",
-        {"import": round(b.t_import, 3), "passes": round(b.t_passes, 3), "emit": round(t_emit, 3)},
-        cache_key=where.key,
-    )
+    return manifest, t_emit
 
 
 def emit(b: Build, out_dir: str, say: Callable[[str], None]) -> tuple[Artifact, float]:

@@ -248,22 +248,7 @@ def render(manifest: dict) -> str:
             ["", ""],
         )
     )
-    v = manifest.get("verification")
-    parts.append("<h2>Verification</h2>")
-    if v is None:
-        parts.append("<p>not run (compile with <code>--verify</code>)</p>")
-    else:
-        cls = "ok" if v.get("passed") else "bad"
-        parts.append(
-            f'<p class="{cls}">{"passed" if v.get("passed") else "FAILED"}</p>'
-            f"<p>{html.escape(str(v.get('summary', '')))} &mdash; runtime: "
-            f"{html.escape(str(v.get('runtime', '?')))}</p>"
-        )
-        outs = v.get("outputs") or []
-        keys = sorted({k for o in outs for k in o if k not in ("output",)})
-        parts.append(
-            _table([[k] + [o.get(k) for o in outs] for k in keys], ["output"] + [o.get("output") for o in outs])
-        )
+    parts.extend(_verification_section(manifest.get("verification")))
     for name in ("sizes by layer", "sizes by encoding", "bits histogram"):
         if name in figs:
             parts.append(f"<h2>{name.capitalize()}</h2>{figs[name]}")
@@ -294,6 +279,26 @@ def render(manifest: dict) -> str:
         + "\n".join(parts)
         + "\n</body></html>\n"
     )
+
+
+def _verification_section(v: dict | None) -> list[str]:
+    """The report's verification section: the verdict, its summary and the per-output figures."""
+    parts = ["<h2>Verification</h2>"]
+    if v is None:
+        parts.append("<p>not run (compile with <code>--verify</code>)</p>")
+    else:
+        cls = "ok" if v.get("passed") else "bad"
+        parts.append(
+            f'<p class="{cls}">{"passed" if v.get("passed") else "FAILED"}</p>'
+            f"<p>{html.escape(str(v.get('summary', '')))} &mdash; runtime: "
+            f"{html.escape(str(v.get('runtime', '?')))}</p>"
+        )
+        outs = v.get("outputs") or []
+        keys = sorted({k for o in outs for k in o if k not in ("output",)})
+        parts.append(
+            _table([[k] + [o.get(k) for o in outs] for k in keys], ["output"] + [o.get("output") for o in outs])
+        )
+    return parts
 
 
 def write(manifest: dict, path: str) -> str:
