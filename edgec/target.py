@@ -11,7 +11,7 @@ import numpy as np
 from .errors import UnsupportedError
 from .ir import Model, Node, QuantizedTensor
 from .ir.passes import Pass, PassContext
-from .ir.schemes import SCHEMES
+from .ir.schemes import SCHEMES, Vector
 
 
 _F = TypeVar("_F", bound=Callable[..., Any])
@@ -134,7 +134,7 @@ class Capabilities:
                 out.append(f"value {v.name!r}: dtype {v.dtype.short} is not supported by this target")
             if isinstance(v.const, QuantizedTensor) and (v.const.scheme, v.const.bits) not in self.quant:
                 q = v.const
-                if q.scheme == "vector":
+                if isinstance(q.scheme_type, Vector):
                     out.append(
                         f"weight {v.name!r}: vector quantization ({q.vector_dim}-D vectors, {q.bits}-bit "
                         f"indices) cannot be encoded by this target; {VECTOR_HINT}"

@@ -33,6 +33,7 @@ import numpy as np
 
 from ...errors import UnsupportedError
 from ...ir import QuantizedTensor, Value
+from ...ir.schemes import Codebook, Vector
 from ...target import Encoders
 
 # The weight encodings, by scheme (WeightEncoder's methods register themselves): what the target carries.
@@ -71,9 +72,9 @@ def old_opset_problem(name: str, q) -> str | None:
     if not isinstance(q, QuantizedTensor):
         return None
     hint = "use deployment=ios18 or macos15"
-    if q.scheme == "vector":
+    if isinstance(q.scheme_type, Vector):
         return f"weight {name!r}: vector palettes need the iOS18 opset; {hint}"
-    if q.scheme == "codebook":
+    if isinstance(q.scheme_type, Codebook):
         if np.asarray(q.codebook).ndim != 1 or q.scales is not None:
             return (
                 f"weight {name!r}: per-channel, per-group or scaled palettes need the iOS18 opset; {hint}, or "
