@@ -14,6 +14,8 @@ from click.testing import CliRunner
 from edgec.bench import SCHEMA
 from edgec.cli import main
 
+pytestmark = pytest.mark.slow  # every test compiles and measures in a child process: 2 s or more each
+
 
 def cli(*args):
     return CliRunner().invoke(main, [str(a) for a in args])
@@ -99,7 +101,6 @@ def test_bad_requests_are_usage_errors(compiled, tmp_path):
     assert r.exit_code == 2 and "pass it with --model" in r.output, r.output
 
 
-@pytest.mark.slow
 @pytest.mark.skipif(shutil.which("qemu-hexagon") is None, reason="qemu-hexagon is not installed")
 def test_hexagon_counts_packets_not_time(compiled):
     out = compiled("hexagon")

@@ -112,6 +112,7 @@ def test_external_data_stays_inside_the_model_folder_and_its_size(location, leng
     assert r.returncode == 3 and "Traceback" in r.stderr  # --debug shows where
 
 
+@pytest.mark.slow
 def test_pickle_inside_a_pt2_program_never_runs(tmp_path):
     torch = pytest.importorskip("torch")
 

@@ -38,6 +38,7 @@ def test_example_vendor_plugin_is_discovered_and_attributed():
     assert [o["name"] for o in targets["acme-npu"]["options"]] == ["cores"]
 
 
+@pytest.mark.slow
 def test_compile_with_vendor_target(tiny_cnn_path, tmp_path):
     out = tmp_path / "acme"
     r = run_cli(

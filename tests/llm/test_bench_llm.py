@@ -5,12 +5,14 @@ from __future__ import annotations
 import json
 
 import jsonschema
+import pytest
 from click.testing import CliRunner
 
 from edgec.bench import SCHEMA
 from edgec.cli import main
 
 
+@pytest.mark.slow
 def test_gguf_artifact_reports_prefill_and_decode_tokens_per_second(tiny_gguf, tmp_path):
     out = tmp_path / "g"
     r = CliRunner().invoke(main, ["compile", tiny_gguf, "--target", "gguf", "-o", str(out), "-q"])

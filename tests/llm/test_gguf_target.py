@@ -114,6 +114,7 @@ def test_k_quant_fallback_matches_llama_cpp_rule():
     assert resolve("Q4_0", 40)[0] is None
 
 
+@pytest.mark.slow
 def test_qwen2_decoder_runs_in_llama_cpp(tmp_path, smol_kv):
     """A Hugging Face Qwen2 (q/k/v biases, rotate-half rope kept as is) written as GGUF architecture qwen2:
     llama.cpp's logits match transformers'. The tokenizer metadata is SmolLM2's (same vocabulary size)."""

@@ -210,6 +210,7 @@ def test_dynamic_sequence_stays():
     assert not Decompose().run(model, _ctx())
 
 
+@pytest.mark.slow
 def test_lstm_compiles_for_cpu(tmp_path):
     m, feeds = _case("LSTM", direction="bidirectional", peep=True, seq=5, opset=17)
     path = str(tmp_path / "m.onnx")

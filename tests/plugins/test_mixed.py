@@ -235,6 +235,7 @@ def test_footprint_tiers_fit_their_budgets_and_share_one_measurement(tiny_cnn_pa
     assert not (tmp_path / "t2").exists()
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("target, avg_bits", [("openvino", 6), ("tensorrt", 12), ("coreml", 4)])
 def test_target_native_mix_is_the_default_and_the_artifact_carries_it(target, avg_bits, tmp_path):
     """Without bits=, the candidates are the target's native per-layer mix (OpenVINO int4/int8, TensorRT

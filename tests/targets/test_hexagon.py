@@ -82,6 +82,7 @@ def test_mlp_runs_under_qemu_within_1e5(tmp_path):
         assert b".debug_" not in (tmp_path / f).read_bytes(), f
 
 
+@pytest.mark.slow
 @needs_qemu
 def test_tiny_cnn_runs_under_qemu(tiny_cnn_path, tmp_path):
     from edgec.compiler import compile as compile_model
@@ -151,6 +152,7 @@ def test_weight_quantized_models_run_exactly_under_qemu(pipe, max_ratio, tiny_cn
     assert r.manifest["target"]["weights_bytes"] <= max_ratio * f32.manifest["target"]["weights_bytes"]
 
 
+@pytest.mark.slow
 def test_without_qemu_the_artifact_is_built_and_verify_says_it_did_not_run(tiny_cnn_path, tmp_path, monkeypatch):
     from edgec.compiler import compile as compile_model
 
