@@ -119,17 +119,17 @@ def bench(
     """Measure the artifact in ``output`` (see the module's docstring); returns the record ``edgec bench --json``
     prints."""
     from .build import parse_input_shapes
-    from .verify import _manifest_schema, _read_manifest, _source_model
+    from .verify import manifest_files, read_manifest, source_model
 
     if runs < 1 or warmup < 0 or (threads is not None and threads < 1) or prompt_tokens < 1 or new_tokens < 1:
         raise UsageError("--runs, --threads, --prompt-tokens and --new-tokens must be positive, --warmup >= 0")
     if compare is not None and compare not in COMPARE:
         raise UsageError(f"--compare {compare!r}: edgec compares with {', '.join(COMPARE)}")
-    manifest = _read_manifest(output)
-    _manifest_schema(output, manifest)
+    manifest = read_manifest(output)
+    manifest_files(output, manifest)
     source = None
     if compare is not None:
-        source, name = _source_model(output, manifest, model)
+        source, name = source_model(output, manifest, model)
         if source is None:
             raise UsageError(
                 f"--compare {compare} runs the original model ({name or 'unknown'}), which was not found beside "
@@ -271,6 +271,10 @@ def _measure(job: dict[str, Any]) -> dict[str, Any]:
         return _measure_in_child(job)
     except EdgecError as e:
         return {"error": {"message": str(e), "exit_code": e.exit_code, "kind": e.kind}}
+    except Exception as e:  # noqa: BLE001 - a runtime's own exception (TVMError, RuntimeError, ...) loading or running
+        first = (str(e).strip().splitlines() or [""])[0][:400]
+        err = UnsupportedError(f"the runtime failed on {job['output']}: {type(e).__name__}: {first}")
+        return {"error": {"message": str(err), "exit_code": err.exit_code, "kind": err.kind}}
 
 
 def _measure_in_child(job: dict[str, Any]) -> dict[str, Any]:
@@ -292,25 +296,22 @@ def _measure_in_child(job: dict[str, Any]) -> dict[str, Any]:
         rec.update(llm)
         rec["peak_rss_mb"] = _rss_mb("VmHWM")
         return rec
-    cost = target.simulated_cost(
-        job["output"], files, make_feeds(job["manifest"].get("inputs") or [], job["seed"], job["shapes"])
-    )
+    feeds = make_feeds(manifest.get("inputs") or [], job["seed"], job["shapes"])
+    cost = target.simulated_cost(job["output"], files, feeds)
     if cost is not None:
         rec["kind"] = "simulated"
         rec.update(cost)
         rec["peak_rss_mb"] = None  # the simulator's process, not this one
         return rec
     rec["kind"] = "model"
-    rec.update(_time_model(target, job, files))
+    rec.update(_time_model(target, job, files, feeds))
     rec["peak_rss_mb"] = _rss_mb("VmHWM")
     return rec
 
 
-def _time_model(target: Any, job: dict[str, Any], files: list[str]) -> dict[str, Any]:
+def _time_model(target: Any, job: dict[str, Any], files: list[str], feeds: dict[str, np.ndarray]) -> dict[str, Any]:
     """Latency of the artifact (and of the original model on onnxruntime, interleaved), per inference."""
-    inputs = job["manifest"].get("inputs") or []
-    feeds = make_feeds(inputs, job["seed"], job["shapes"])
-    names = [i["name"] for i in inputs]
+    names = [i["name"] for i in job["manifest"].get("inputs") or []]
     fn = target.runner(job["output"], files, names, job["threads"])
     contenders: dict[str, Callable[[], Any]] = {"artifact": lambda: fn(feeds)}
     if job["compare"]:

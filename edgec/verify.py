@@ -462,7 +462,7 @@ def _summary(rows: list[dict[str, Any]], crit: Criteria, original, integer: bool
     return s
 
 
-def _manifest_schema(output: str, m: Any) -> list[dict[str, Any]]:
+def manifest_files(output: str, m: Any) -> list[dict[str, Any]]:
     """The manifest's file list, checked (a malformed manifest is bad input, not a crash)."""
     bad = BadInputError(f"{output}/manifest.json is malformed (not what edgec writes); recompile to replace it")
     if not isinstance(m, dict) or not isinstance(m.get("target"), dict) or not isinstance(m["target"].get("spec"), str):
@@ -501,8 +501,8 @@ def verify_output(
     sha256), the artifact run again on its runtime and judged as ``--verify`` judged it. Returns the record:
     ``status`` is "pass", "fail" or "files-only" (the files match, nothing was re-run), ``passed`` whether
     nothing failed."""
-    manifest = _read_manifest(output)
-    files = _manifest_schema(output, manifest)
+    manifest = read_manifest(output)
+    files = manifest_files(output, manifest)
     problems = _integrity_problems(output, files)
     checked = len(files)
     rec: dict[str, Any] = {
@@ -516,7 +516,7 @@ def verify_output(
     if problems:
         rec["summary"] = f"{len(problems)} problems with the files: " + "; ".join(problems[:5])
         return rec
-    model, name = _source_model(output, manifest, model)
+    model, name = source_model(output, manifest, model)
     if model is None:
         rec["summary"] = (
             f"all {checked} files match the manifest; NOT RE-RUN: the model it was compiled from "
@@ -541,7 +541,7 @@ def verify_output(
     return rec
 
 
-def _read_manifest(output: str) -> Any:
+def read_manifest(output: str) -> Any:
     from .output import is_edgec_output, read_json
 
     if not os.path.isdir(output):
@@ -583,7 +583,7 @@ def _integrity_problems(output: str, files: list[dict[str, Any]]) -> list[str]:
     return problems
 
 
-def _source_model(output: str, manifest: dict[str, Any], model: str | None) -> tuple[str | None, str]:
+def source_model(output: str, manifest: dict[str, Any], model: str | None) -> tuple[str | None, str]:
     """The model ``output`` was compiled from: ``model`` (checked against the manifest's sha256), else the source
     file found beside ``output`` or in the current directory by its sha256. Returns (path or None, its name)."""
     src = manifest.get("source") or {}

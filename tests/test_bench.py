@@ -101,6 +101,22 @@ def test_bad_requests_are_usage_errors(compiled, tmp_path):
     assert r.exit_code == 2 and "pass it with --model" in r.output, r.output
 
 
+def test_a_broken_artifact_or_manifest_is_a_named_error(compiled, tmp_path):
+    broken = tmp_path / "broken"
+    shutil.copytree(compiled("cpu"), broken)
+    (broken / "model.so").write_bytes(b"\x7fELF truncated")  # the runtime's own exception, not a traceback
+    r = cli("bench", broken, "--json")
+    assert r.exit_code == 4, r.output
+    assert json.loads(r.stdout)["error"]["message"].startswith(f"the runtime failed on {broken}: "), r.output
+    odd = tmp_path / "odd"
+    shutil.copytree(compiled("cpu"), odd)
+    man = json.loads((odd / "manifest.json").read_text())
+    man["inputs"][0]["dtype"] = "q7"
+    (odd / "manifest.json").write_text(json.dumps(man))
+    r = cli("bench", odd)
+    assert r.exit_code == 3 and "the manifest's input 'image' has no element type edgec knows" in r.output, r.output
+
+
 @pytest.mark.skipif(shutil.which("qemu-hexagon") is None, reason="qemu-hexagon is not installed")
 def test_hexagon_counts_packets_not_time(compiled):
     out = compiled("hexagon")

@@ -344,7 +344,9 @@ class HexagonTarget(Target):
 
     def run_artifact(self, out_dir: str, feeds: Mapping[str, np.ndarray], input_names=None) -> list[np.ndarray]:
         qemu, data, io = self._qemu_input(out_dir, feeds)
-        r = subprocess.run([qemu, os.path.join(out_dir, "runner")], input=data, capture_output=True, timeout=600)
+        r = subprocess.run(
+            [qemu, os.path.join(out_dir, "runner")], input=data, capture_output=True, timeout=toolchain.QEMU_TIMEOUT_S
+        )
         if r.returncode != 0:
             raise UnsupportedError(
                 f"the Hexagon runner failed under qemu-hexagon (exit {r.returncode}): "

@@ -112,7 +112,7 @@ def run(runner: str, outputs: Sequence[tuple[tuple, str]]) -> list[np.ndarray]:
     qemu = shutil.which("qemu-hexagon")
     if qemu is None:
         raise NotImplementedError("qemu-hexagon is not installed (apt-get install qemu-user)")
-    r = subprocess.run([qemu, runner], capture_output=True, timeout=600)
+    r = subprocess.run([qemu, runner], capture_output=True, timeout=toolchain.QEMU_TIMEOUT_S)
     if r.returncode != 0:
         raise UnsupportedError(f"the kernel runner failed under qemu-hexagon (exit {r.returncode})")
     res, off = [], 0

@@ -80,6 +80,9 @@ def find_tools() -> dict[str, str]:
     return out
 
 
+QEMU_TIMEOUT_S = 600  # one run of an artifact's runner under qemu-hexagon
+
+
 def find_qemu() -> str | None:
     """The path of qemu-hexagon, or None where it is not installed."""
     return shutil.which("qemu-hexagon")
@@ -188,6 +191,8 @@ def count_packets(cmd: list[str], stdin: bytes, harness_symbols: tuple[bytes, ..
     assert proc.stdin is not None and proc.stderr is not None  # both piped above
     feeder = threading.Thread(target=_feed, args=(proc.stdin, stdin), daemon=True)
     feeder.start()
+    timer = threading.Timer(QEMU_TIMEOUT_S, proc.kill)  # a runner that never ends must not hang the bench
+    timer.start()
     total = harness = 0
     tail = b""
     ends = [b"] " + s + b"\n" for s in harness_symbols]
@@ -198,17 +203,26 @@ def count_packets(cmd: list[str], stdin: bytes, harness_symbols: tuple[bytes, ..
         total += lines.count(b"\nTrace ") + lines.startswith(b"Trace ")
         harness += sum(lines.count(e) for e in ends)
     rc = proc.wait()
+    timed_out = not timer.is_alive()
+    timer.cancel()
     feeder.join()
     if rc != 0:
-        raise UnsupportedError(f"hexagon: the runner failed under qemu-hexagon (exit {rc}) while counting packets")
+        why = f"did not finish in {QEMU_TIMEOUT_S} s" if timed_out else f"exit {rc}"
+        raise UnsupportedError(f"hexagon: the runner failed under qemu-hexagon ({why}) while counting packets")
     return total, harness
 
 
 def _feed(pipe: Any, data: bytes) -> None:
+    """Write the runner's stdin (a runner that fails early closes it: its exit status says why)."""
     try:
         pipe.write(data)
+    except BrokenPipeError:
+        pass
     finally:
-        pipe.close()
+        try:
+            pipe.close()
+        except BrokenPipeError:
+            pass
 
 
 def run(cmd: list[str], what: str, cwd: str | None = None) -> None:
