@@ -745,14 +745,20 @@ def _hardsigmoid(b: RelaxBuilder, n: Node) -> Any:
     x = b.get(cast(Value, n.inputs[0]))
     dt = cast(DType, cast(Value, n.inputs[0]).dtype).numpy.name
     y = _op().add(_op().multiply(x, b.relax.const(n.attr("alpha", 0.2), dt)), b.relax.const(n.attr("beta", 0.5), dt))
-    return b.emit(_op().clip(y, 0.0, 1.0))
+    return b.emit(_clamp(b, y, 0.0, 1.0, dt))
+
+
+def _clamp(b: RelaxBuilder, y: Any, lo: float, hi: float, dt: str) -> Any:
+    """max(min(y, hi), lo), as relax's clip computes it, written with binary ops: ConvertLayout carries those
+    through an NHWC region (it leaves clip in NCHW, between two transposes)."""
+    return _op().maximum(_op().minimum(y, b.relax.const(hi, dt)), b.relax.const(lo, dt))
 
 
 @lowering("HardSwish")
 def _hardswish(b: RelaxBuilder, n: Node) -> Any:
     x = b.get(cast(Value, n.inputs[0]))
     dt = cast(DType, cast(Value, n.inputs[0]).dtype).numpy.name
-    y = _op().clip(_op().add(x, b.relax.const(3.0, dt)), 0.0, 6.0)
+    y = _clamp(b, _op().add(x, b.relax.const(3.0, dt)), 0.0, 6.0, dt)
     return b.emit(_op().multiply(x, _op().divide(y, b.relax.const(6.0, dt))))
 
 

@@ -46,10 +46,10 @@ def _tvm():
     return tvm
 
 
-def use_all_cores() -> None:
-    """TVM's thread pool counts one core on some VMs; give it every core this process may use (unless the
-    user set TVM_NUM_THREADS). Must run before the first parallel kernel in the process."""
-    os.environ.setdefault("TVM_NUM_THREADS", str(len(os.sched_getaffinity(0))))
+def use_all_cores(threads: int = 0) -> None:
+    """TVM's thread pool counts one core on some VMs; give it ``threads``, or every core this process may use
+    (unless the user set TVM_NUM_THREADS). Must run before the first parallel kernel in the process."""
+    os.environ.setdefault("TVM_NUM_THREADS", str(threads or len(os.sched_getaffinity(0))))
 
 
 @dataclasses.dataclass(frozen=True)
@@ -67,11 +67,18 @@ class CpuTarget(Target):
     )
     arch: str = option("x86_64", choices=tuple(_TRIPLES), help="instruction set of the emitted library")
     mcpu: str = option(
-        "",
-        help="LLVM -mcpu: empty for the arch's generic baseline (portable), 'native' for "
-        "this machine's CPU, or a name such as znver4 / cortex-a76",
+        "auto",
+        help="LLVM -mcpu: 'auto' (default) is this machine's CPU for x86_64 (AVX2 / AVX-512 where it has them; the "
+        "library then refuses to load on a CPU without those features) and the generic baseline for a "
+        "cross-compile; 'native' the same for x86_64 only; empty, or a name such as x86-64 / x86-64-v3 / "
+        "znver4 / cortex-a76, for a library that runs on every CPU of that level",
     )
     schedule: bool = option(True, help="parallel + vectorized kernel schedules (false: TVM's scalar default)")
+    threads: int = option(
+        0,
+        help="CPU threads for --verify (0: every core); a deployed library runs on TVM's thread pool, sized by "
+        "TVM_NUM_THREADS (every core when unset)",
+    )
 
     def accepts_node(self, node: Node, model: Model) -> bool:
         """A node through TVM's converters only in the variants measured right there (others are rewritten by
@@ -102,14 +109,25 @@ class CpuTarget(Target):
     def tvm_target(self):
         tvm = _tvm()
         spec = {"kind": "llvm", "mtriple": _TRIPLES[self.arch]}
-        if self.mcpu == "native":
+        if self.mcpu == "native" or (self.mcpu == "auto" and self.arch == "x86_64"):
             if self.arch != "x86_64":
                 raise UnsupportedError("mcpu=native describes this x86_64 machine; name the Arm CPU instead")
             from tvm.target import codegen
 
             spec["mcpu"] = codegen.llvm_get_system_cpu()
-        elif self.mcpu:
+        elif self.mcpu and self.mcpu != "auto":
             spec["mcpu"] = self.mcpu
+        if self.arch == "x86_64":
+            # LLVM keeps to 256-bit vectors on AVX-512 CPUs unless told otherwise (a frequency precaution of
+            # older server parts); the register tiles are sized for the full 512-bit registers
+            spec["mattr"] = ["-prefer-256-bit"]
+            if self.mcpu in ("native", "auto"):
+                # a virtual machine may hide extensions its CPU model has: turn off what this one does not show
+                flags = _host_flags()
+                model_features = vector_features(tvm.target.Target(spec))
+                spec["mattr"] += [
+                    f"-{_LLVM_NAMES.get(f, f.replace('_', '-'))}" for f in model_features if flags and f not in flags
+                ]
         return tvm.target.Target(spec)
 
     def emit(self, model: Model, out_dir: str, ctx: PassContext) -> Artifact:
@@ -120,9 +138,18 @@ class CpuTarget(Target):
         target = self.tvm_target()
         try:
             if self.schedule:
-                from .schedule import build_pipeline
+                from .schedule import SplitGemm, build_pipeline, exact_target
 
-                ex = relax.build(mod, target=target, relax_pipeline=build_pipeline(target))
+                exact = exact_target(target)
+                if exact is None:
+                    ex = relax.build(mod, target=target, relax_pipeline=build_pipeline(target))
+                else:
+                    # matmul / convolution kernels with FMA, every other kernel without (see SplitGemm)
+                    split = SplitGemm(target)
+                    ex = relax.build(mod, target=exact, relax_pipeline=build_pipeline(target, split))
+                    lib = split.library()
+                    if lib is not None:
+                        ex.mod.import_module(lib)
             else:
                 ex = relax.build(mod, target=target)
         except Exception as e:
@@ -177,6 +204,8 @@ class CpuTarget(Target):
                 "tvm_version": tvm.__version__,
                 "triple": _TRIPLES[self.arch],
                 "mcpu": str(target.attrs.get("mcpu", "")) or "generic",
+                # the vector ISA extensions the library may execute: checked against the CPU before it is loaded
+                "cpu_features": vector_features(target) if self.arch == "x86_64" else [],
                 "packed_weights": packed,
                 "entry": "main",
             },
@@ -185,7 +214,7 @@ class CpuTarget(Target):
     def run_artifact(self, out_dir: str, feeds: Mapping[str, np.ndarray], input_names=None) -> list[np.ndarray]:
         if self.arch != "x86_64":
             raise NotImplementedError(f"a {self.arch} library cannot run on this x86_64 machine")
-        use_all_cores()
+        use_all_cores(self.threads)
         return self._load(out_dir, list(input_names or feeds))(feeds)
 
     def runner(self, out_dir: str, files, input_names, threads: int):
@@ -199,9 +228,12 @@ class CpuTarget(Target):
         return self._load(out_dir, list(input_names))
 
     def _load(self, out_dir: str, names: list[str]):
-        """``run(feeds) -> outputs`` of model.so in a Relax VM on the host CPU."""
+        """``run(feeds) -> outputs`` of model.so in a Relax VM on the host CPU (after checking that this CPU has
+        the vector extensions the library was built for: a missing one would kill the process with SIGILL)."""
         tvm = _tvm()
         from tvm import relax
+
+        check_cpu_features(out_dir)
 
         vm = relax.VirtualMachine(tvm.runtime.load_module(os.path.join(out_dir, "model.so")), tvm.cpu())
         main = vm["main"]
@@ -211,6 +243,60 @@ class CpuTarget(Target):
             return [res.numpy()] if hasattr(res, "numpy") else [r.numpy() for r in res]
 
         return run
+
+
+# LLVM's names of the x86 vector extensions -> the flag /proc/cpuinfo shows for each (those not listed: the name
+# with '-' as '_')
+_CPUINFO_FLAGS = {
+    "avx512vnni": "avx512_vnni",
+    "avx512bf16": "avx512_bf16",
+    "avx512fp16": "avx512_fp16",
+    "avx512vbmi2": "avx512_vbmi2",
+    "avx512bitalg": "avx512_bitalg",
+    "avx512vpopcntdq": "avx512_vpopcntdq",
+    "avx512vp2intersect": "avx512_vp2intersect",
+    "avxvnni": "avx_vnni",
+}
+
+
+def vector_features(target) -> list[str]:
+    """The AVX / AVX-512 / AMX / FMA / F16C extensions an x86_64 TVM target enables, as /proc/cpuinfo names them."""
+    from tvm.target import codegen
+
+    names = codegen.llvm_get_cpu_features(target)
+    keep = [f for f in names if f.startswith(("avx", "amx-")) or f in ("fma", "f16c")]
+    return sorted(_CPUINFO_FLAGS.get(f, f.replace("-", "_")) for f in keep)
+
+
+_LLVM_NAMES = {v: k for k, v in _CPUINFO_FLAGS.items()}
+
+
+def _host_flags() -> set[str]:
+    """The feature flags /proc/cpuinfo shows for this CPU (empty where there is none)."""
+    try:
+        with open("/proc/cpuinfo", encoding="utf-8", errors="replace") as f:
+            return set(next((ln.split(":", 1)[1].split() for ln in f if ln.startswith("flags")), []))
+    except OSError:
+        return set()
+
+
+def check_cpu_features(out_dir: str) -> None:
+    """Refuse (UnsupportedError) to load a library whose manifest lists vector extensions this CPU lacks."""
+    import json
+
+    try:
+        with open(os.path.join(out_dir, "manifest.json"), encoding="utf-8") as f:
+            need = json.load(f).get("target", {}).get("cpu_features") or []
+    except (OSError, ValueError, AttributeError):
+        return  # no manifest (a bare library): nothing to check against
+    flags = _host_flags()
+    missing = [x for x in need if x not in flags]
+    if flags and missing:
+        raise UnsupportedError(
+            f"{out_dir}: the library was compiled for a CPU with {', '.join(missing)}, which this CPU lacks; "
+            "recompile with --target 'cpu{mcpu=x86-64-v3}' (AVX2), 'cpu{mcpu=x86-64}' (any x86_64) or on this "
+            "machine"
+        )
 
 
 def _contiguous(x) -> np.ndarray:

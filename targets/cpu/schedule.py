@@ -46,12 +46,23 @@ class ParallelVectorize(CPUScheduleRule):
         self.gemm_only = gemm_only
 
     @staticmethod
-    def _is_gemm_like(info, lanes: int) -> bool:
+    def _is_gemm_like(sch: s_tir.Schedule, info, lanes: int) -> bool:
+        """A reduction whose innermost spatial axis is a vector-width multiple and the innermost (contiguous)
+        index of an input it reads: a matmul's or NHWC convolution's weight columns (a matrix-vector product
+        has no second spatial axis once unit loops are dropped). Softmax / norm reductions, which reduce
+        along the contiguous axis, are left to dlight's rule."""
         kinds = [it.kind for it in info.iters]
         s = [i for i, k in enumerate(kinds) if k == "S"]
-        if "R" not in kinds or len(s) < 2 or "O" in kinds:
+        if "R" not in kinds or not s or "O" in kinds:
             return False
-        return _pick_lanes(_extent(info.iters[s[-1]].dom), lanes) > 1
+        if _pick_lanes(_extent(info.iters[s[-1]].dom), lanes) == 1:
+            return False
+        var = info.iters[s[-1]].var
+        block = sch.get(info.block_rv)
+        return any(
+            r.region and any(v.same_as(var) for v in tirx.analysis.undefined_vars(r.region[-1].min))
+            for r in block.reads
+        )
 
     def apply(self, func: tirx.PrimFunc, target: Target, _: bool):
         if not isinstance(func, tirx.PrimFunc) or not self.is_target_available(target):
@@ -61,7 +72,7 @@ class ParallelVectorize(CPUScheduleRule):
         if not infos:
             return None
         lanes = max(llvm_get_vector_width(target) // 32, 4)
-        if self.gemm_only and not any(self._is_gemm_like(i, lanes) for i in infos):
+        if self.gemm_only and not any(self._is_gemm_like(sch, i, lanes) for i in infos):
             return None
         for info in infos:
             try:
@@ -93,21 +104,18 @@ class ParallelVectorize(CPUScheduleRule):
             if outer:
                 sch.parallel(sch.fuse(*outer) if len(outer) > 1 else outer[0])
             return
-        vo, vi = sch.split(s_loops[-1], [None, lanes])
         if not r_loops:
+            vo, vi = sch.split(s_loops[-1], [None, lanes])
             sch.vectorize(vi)
             outer = s_loops[:-1] + [vo]
             sch.parallel(sch.fuse(*outer) if len(outer) > 1 else outer[0])
             return
-        # Reduction (matmul, conv): a register tile of ROWS x lanes accumulators. The second-innermost
-        # spatial loop is split by ROWS (unrolled) so each loaded vector feeds several accumulators.
-        rows_loop, rows = None, 1
+        # Reduction (matmul, conv): a register tile of ROWS x (VECS x lanes) accumulators, the reduction loops
+        # outside it. Each loaded weight vector then feeds ROWS accumulators and each broadcast input value VECS.
         ext = exts[s_idx[-2]] if len(s_idx) >= 2 else None
-        if ext is not None:
-            for cand in (4, 2):
-                if ext % cand == 0:
-                    rows = cand
-                    break
+        vecs, rows = _register_tile(exts[s_idx[-1]], ext, lanes)
+        vo, vi = sch.split(s_loops[-1], [None, vecs * lanes])
+        rows_loop = None
         outer = s_loops[:-2] if rows > 1 else s_loops[:-1]
         if rows > 1:
             ro, rows_loop = sch.split(s_loops[-2], [None, rows])
@@ -118,6 +126,8 @@ class ParallelVectorize(CPUScheduleRule):
         if len(outer) > 1:
             par = sch.fuse(*outer[:-1]) if len(outer) > 2 else outer[0]
             sch.parallel(par)
+        else:  # a matrix-vector product: the column blocks in parallel
+            sch.parallel(outer[0])
         acc = sch.cache_write(block, 0, "local")
         sch.reverse_compute_at(acc, outer[-1])
         init = sch.decompose_reduction(block, r_loops[0])
@@ -128,6 +138,31 @@ class ParallelVectorize(CPUScheduleRule):
             sch.unroll(rows_loop)
         sch.unroll(vi)
         sch.vectorize(sch.get_loops(acc)[-1])
+
+
+# Accumulators a register tile may hold: x86-64 with AVX-512 has 32 vector registers, AVX2 / SSE and NEON
+# 16 / 32; a few stay free for the broadcast input and the weight vectors.
+MAX_ACCUMULATORS = 24
+
+
+def _register_tile(cols: int | None, rows_ext: int | None, lanes: int) -> tuple[int, int]:
+    """(vectors, rows) of a reduction's register tile: up to 4 vectors of ``lanes`` along the last spatial axis
+    (``cols``, a multiple of ``lanes``), and the largest divisor (2..8) of the next axis' extent ``rows_ext``
+    as rows, with at most MAX_ACCUMULATORS accumulators; more rows are preferred to more vectors (a
+    7x7 feature map's 7 output columns are 7 rows)."""
+    rows = 1
+    if rows_ext is not None:
+        for cand in range(8, 1, -1):
+            if rows_ext % cand == 0:
+                rows = cand
+                break
+    vecs = 1
+    if cols is not None:
+        for cand in (4, 3, 2):
+            if cols % (cand * lanes) == 0 and cand * rows <= MAX_ACCUMULATORS:
+                vecs = cand
+                break
+    return vecs, rows
 
 
 class Declining(CPUScheduleRule):
@@ -157,17 +192,160 @@ def schedule_pass(target: Target) -> tvm.transform.Pass:
     )
 
 
-def build_pipeline(target: Target) -> tvm.transform.Pass:
-    """TVM's CPU pipeline with scheduling inserted between legalization and lowering."""
+def layout_passes() -> list[tvm.transform.Pass]:
+    """Convolutions in NHWC with HWIO weights: the output channels, innermost, are the vector axis, each weight
+    vector is one contiguous load and each input value one broadcast. ConvertLayout carries the layout through
+    the elementwise ops around them and transposes only at the edges; the weights' transposes are constants,
+    folded when legalized. A module without 2-D convolutions is left as it is, and so is one ConvertLayout
+    cannot convert (it asserts on some ops TVM's ONNX converters emit: Unique, NonZero, a tuple-valued
+    Dropout): the layout is a speed-up, never a reason to refuse a model."""
+    from tvm import relax
+
+    @tvm.transform.module_pass(opt_level=0, name="EdgecNHWC")
+    def _pass(mod: tvm.ir.IRModule, _ctx: tvm.transform.PassContext) -> tvm.ir.IRModule:
+        conv = tvm.ir.Op.get("relax.nn.conv2d")
+        found: list[bool] = []
+        for func in mod.functions.values():
+            if isinstance(func, relax.Function):
+                relax.analysis.post_order_visit(
+                    func, lambda e: found.append(True) if isinstance(e, relax.Call) and e.op.same_as(conv) else None
+                )
+        if not found:
+            return mod
+        try:
+            return relax.transform.ConvertLayout({"relax.nn.conv2d": ["NHWC", "HWIO"]})(mod)
+        except tvm.TVMError:
+            return mod
+
+    return [_pass]
+
+
+def exact_target(target: Target) -> Target | None:
+    """``target`` without fused multiply-add, or None where it has none to turn off.
+
+    TVM's LLVM code generator lets LLVM contract every ``a * b + c`` into one FMA where the CPU has it, and
+    compiles every CPU kernel of a module for one target. That is an approximation only where the result is
+    compared with a tolerance anyway: in a kernel that floors, rounds or compares a computed coordinate
+    (nearest Resize's ``(x + 0.5) * scale - 0.5``, Mod's ``x - trunc(x / y) * y``, ...) the contracted form can
+    fall on the other side of a tie and give another integer."""
+    from tvm.target import codegen
+
+    if "fma" not in codegen.llvm_get_cpu_features(target):
+        return None
+    spec = dict(target.export())
+    spec["mattr"] = [*list(spec.get("mattr") or []), "-fma"]
+    return Target({k: v for k, v in spec.items() if k in ("kind", "mtriple", "mcpu", "mattr", "keys")})
+
+
+class SplitGemm:
+    """Matmul / convolution kernels (the reductions the register-tile rule claims, whose summation order
+    differs from the reference's anyway) compiled apart, for the full target with FMA; every other kernel
+    stays in the module built for :func:`exact_target`, so its arithmetic rounds as the IR's reference does.
+
+    :meth:`mark` notes those kernels before they are scheduled, :meth:`pass_` then moves each out of the module
+    and calls it by name (``call_dps_packed``), and :meth:`library` compiles the kernels moved, for the Relax
+    executable to import."""
+
+    def __init__(self, target: Target):
+        self.target = target
+        self.funcs: dict[str, tirx.PrimFunc] = {}
+        self.gemm: set[str] = set()
+
+    def mark(self) -> tvm.transform.Pass:
+        """Before scheduling: note which kernels are matmul / convolution reductions."""
+        split = self
+        lanes = max(llvm_get_vector_width(self.target) // 32, 4)
+
+        @tvm.transform.module_pass(opt_level=0, name="EdgecMarkGemm")
+        def _pass(mod: tvm.ir.IRModule, _ctx: tvm.transform.PassContext) -> tvm.ir.IRModule:
+            for gv, func in mod.functions.items():
+                if isinstance(func, tirx.PrimFunc) and _gemm_kernel(func, lanes):
+                    split.gemm.add(gv.name_hint)
+            return mod
+
+        return _pass
+
+    def pass_(self) -> tvm.transform.Pass:
+        from tvm import relax
+        from tvm.relax.expr_functor import PyExprMutator, mutator
+
+        split = self
+
+        @mutator
+        class _Calls(PyExprMutator):
+            def __init__(self, mod, names):
+                super().__init__(mod)
+                self.names = names
+
+            def visit_call_(self, call):
+                call = super().visit_call_(call)
+                if (
+                    call.op.same_as(tvm.ir.Op.get("relax.call_tir"))
+                    and len(call.args) == 2  # no symbolic shape arguments (tir_vars)
+                    and call.args[0].name_hint in self.names
+                ):
+                    return relax.call_dps_packed(
+                        relax.ExternFunc(self.names[call.args[0].name_hint]), call.args[1], list(call.ty_args)
+                    )
+                return call
+
+        @tvm.transform.module_pass(opt_level=0, name="EdgecSplitGemm")
+        def _pass(mod: tvm.ir.IRModule, _ctx: tvm.transform.PassContext) -> tvm.ir.IRModule:
+            names = {}
+            for gv, func in mod.functions.items():
+                if isinstance(func, tirx.PrimFunc) and gv.name_hint in split.gemm:
+                    names[gv.name_hint] = f"edgec_gemm_{gv.name_hint}"
+            if not names:
+                return mod
+            calls = _Calls(mod, names)
+            for gv, func in list(mod.functions.items()):
+                if isinstance(func, relax.Function):
+                    calls.builder_.update_func(gv, calls.visit_expr(func))
+            mod = calls.builder_.get()
+            for gv in [g for g in mod.get_global_vars() if g.name_hint in names]:
+                used = any(
+                    isinstance(f, relax.Function) and gv in relax.analysis.all_global_vars(f)
+                    for f in mod.functions.values()
+                )
+                if not used:  # every call was rewritten: the kernel leaves this module for the gemm library
+                    split.funcs[names[gv.name_hint]] = mod[gv].with_attr("global_symbol", names[gv.name_hint])
+                    del mod[gv]
+            return mod
+
+        return _pass
+
+    def library(self):
+        """The moved kernels compiled for the full target (None when none was moved)."""
+        if not self.funcs:
+            return None
+        return tvm.tirx.build(tvm.IRModule(self.funcs), target=self.target)
+
+
+def _gemm_kernel(func: tirx.PrimFunc, lanes: int) -> bool:
+    try:
+        sch = s_tir.Schedule(func)
+        infos = normalize_prim_func(sch) or []
+        return any(ParallelVectorize._is_gemm_like(sch, i, lanes) for i in infos)
+    except (tvm.TVMError, ValueError, IndexError, AssertionError):
+        return False
+
+
+def build_pipeline(target: Target, split: SplitGemm | None = None) -> tvm.transform.Pass:
+    """TVM's CPU pipeline with layouts converted before legalization and scheduling inserted between
+    legalization and lowering; with ``split``, the matmul / convolution kernels leave the module (see
+    :class:`SplitGemm`) before it is lowered."""
     from tvm.relax.backend.cpu_generic import pipeline as cg
 
     @tvm.transform.module_pass(opt_level=0, name="EdgecCpuPipeline")
     def _pipeline(mod: tvm.ir.IRModule, _ctx: tvm.transform.PassContext) -> tvm.ir.IRModule:
         with target:
             seq = tvm.transform.Sequential(
-                cg.library_dispatch_passes(target)
+                layout_passes()
+                + cg.library_dispatch_passes(target)
                 + cg.legalize_passes(target)
+                + ([split.mark()] if split is not None else [])
                 + [schedule_pass(target)]
+                + ([split.pass_()] if split is not None else [])
                 + cg.dataflow_lower_passes(target)
                 + cg.finalize_passes(target)
             )

@@ -192,3 +192,82 @@ def test_mcpu_native_is_refused_for_cross_compilation():
     with pytest.raises(UnsupportedError, match="mcpu=native describes this x86_64 machine"):
         CpuTarget(arch="aarch64", mcpu="native").tvm_target()
     assert CpuTarget(mcpu="native").tvm_target().attrs["mcpu"]  # resolved to this machine's CPU name
+
+
+def _scheduled(m: ir.Model, target):
+    """The Relax module of ``m`` after the cpu target's layout, legalization and schedule passes."""
+    import tvm
+    from tvm.relax.backend.cpu_generic import pipeline as cg
+
+    from edgec.api.relax import RelaxBuilder
+    from edgec.targets.cpu.schedule import layout_passes, schedule_pass
+
+    with target:
+        return tvm.transform.Sequential(layout_passes() + cg.legalize_passes(target) + [schedule_pass(target)])(
+            RelaxBuilder(m).build()
+        )
+
+
+def test_convolutions_run_in_nhwc_register_tiles(tmp_path):
+    """Convolutions are rewritten to NHWC (output channels innermost, the vector axis) with a register tile of
+    several output columns x vectors of channels; the model's own NCHW interface and results are unchanged."""
+    import tvm
+
+    rng = np.random.default_rng(0)
+    g = ir.Graph()
+    x = g.add_input("x", ir.DType.FLOAT32, (1, 16, 7, 7))
+    w = g.add_const("w", rng.standard_normal((64, 16, 3, 3)).astype(np.float32))
+    b = g.add_const("b", rng.standard_normal(64).astype(np.float32))
+    c = g.op("Conv", [x, w, b], {"kernel_shape": [3, 3], "pads": [1, 1, 1, 1]}, name="conv").output
+    g.outputs.append(g.op("HardSwish", [c], name="hs").output)
+    m = ir.Model(g, {"": 17})
+    ir.infer_shapes(m)
+    mod = _scheduled(m, tvm.target.Target({"kind": "llvm", "mcpu": "skylake-avx512", "mattr": ["-prefer-256-bit"]}))
+    text = "\n".join(f.script() for gv, f in mod.functions.items() if "conv2d" in gv.name_hint)
+    assert "conv2d_nhwc" in text
+    # 7 output columns (unrolled rows) x 2 vectors of 16 channels: 14 accumulators (4 vectors would be 28, over
+    # MAX_ACCUMULATORS)
+    assert "T.unroll(T.int64(7))" in text and "T.unroll(T.int64(32))" in text and '"local"' in text
+    _, got, ref = compile_and_run(m, tmp_path)
+    assert got[0].shape == (1, 64, 7, 7)
+    np.testing.assert_allclose(got[0], ref[0], rtol=1e-4, atol=1e-4)
+
+
+def test_matrix_vector_product_is_vectorized_over_contiguous_columns():
+    """A batch-1 Linear (one spatial axis once unit loops are dropped) is register-tiled over the weight's
+    contiguous output columns, in parallel, not left to a rule that reads the [K, N] weight column by column."""
+    import tvm
+
+    g = ir.Graph()
+    x = g.add_input("x", ir.DType.FLOAT32, (1, 256))
+    w = g.add_const("w", np.random.default_rng(0).standard_normal((512, 256)).astype(np.float32))
+    g.outputs.append(g.op("Linear", [x, w], domain="edgec", name="fc").output)
+    m = ir.Model(g, {"": 17, "edgec": 1})
+    ir.infer_shapes(m)
+    mod = _scheduled(m, tvm.target.Target({"kind": "llvm", "mcpu": "skylake-avx512", "mattr": ["-prefer-256-bit"]}))
+    text = "\n".join(f.script() for gv, f in mod.functions.items() if "matmul" in gv.name_hint)
+    assert "T.parallel(T.int64(8))" in text and "T.unroll(T.int64(64))" in text and '"local"' in text
+
+
+def test_library_refuses_to_load_on_a_cpu_without_its_vector_extensions(tmp_path):
+    """The manifest lists the vector extensions the library was built for; a CPU without one gets a named
+    refusal (not SIGILL). The default (mcpu=auto) uses only what this CPU's /proc/cpuinfo shows."""
+    import json
+
+    from edgec import compile as compile_model
+    from edgec.errors import UnsupportedError
+    from edgec.targets.cpu import _host_flags
+
+    src = os.path.join(os.path.dirname(__file__), "..", "..", "examples", "models", "tiny_cnn.onnx")
+    out = tmp_path / "a"
+    compile_model(src, target="cpu", output=str(out), use_cache=False)
+    man = json.loads((out / "manifest.json").read_text())
+    need = man["target"]["cpu_features"]
+    assert set(need) <= _host_flags()
+    portable = tmp_path / "b"
+    compile_model(src, target="cpu{mcpu=x86-64}", output=str(portable), use_cache=False)
+    assert json.loads((portable / "manifest.json").read_text())["target"]["cpu_features"] == []
+    man["target"]["cpu_features"] = need + ["avx10_9000"]
+    (out / "manifest.json").write_text(json.dumps(man))
+    with pytest.raises(UnsupportedError, match=r"avx10_9000, which this CPU lacks; recompile with"):
+        CpuTarget().run_artifact(str(out), {"image": np.zeros((1, 3, 32, 32), np.float32)})
