@@ -77,8 +77,15 @@ def export(name: str, work: str) -> str:
                 "attention_mask",
             ],
         )
-    else:
-        args, names = (torch.randint(0, 1000, (1, SEQ), generator=g),), ["input_ids"]
+    else:  # the decoder's prompt, with its mask (without one, transformers' mask code calls aten::diff,
+        # which the TorchScript exporter cannot export)
+        args, names = (
+            (torch.randint(0, 1000, (1, SEQ), generator=g), torch.ones(1, SEQ, dtype=torch.int64)),
+            [
+                "input_ids",
+                "attention_mask",
+            ],
+        )
 
     class First(torch.nn.Module):
         def __init__(self):

@@ -41,9 +41,10 @@ class ParallelVectorize(CPUScheduleRule):
             vector-width inner axis), leaving softmax/norm reductions to dlight's rule.
     """
 
-    def __init__(self, gemm_only: bool = False):
+    def __init__(self, gemm_only: bool = False, pack: bool = True):
         super().__init__()
         self.gemm_only = gemm_only
+        self.pack = pack
 
     @staticmethod
     def _is_gemm_like(sch: s_tir.Schedule, info, lanes: int) -> bool:
@@ -55,7 +56,8 @@ class ParallelVectorize(CPUScheduleRule):
         s = [i for i, k in enumerate(kinds) if k == "S"]
         if "R" not in kinds or not s or "O" in kinds:
             return False
-        if _pick_lanes(_extent(info.iters[s[-1]].dom), lanes) == 1:
+        cols = _extent(info.iters[s[-1]].dom)
+        if _pick_lanes(cols, lanes) == 1 and (cols is None or cols < lanes):
             return False
         var = info.iters[s[-1]].var
         block = sch.get(info.block_rv)
@@ -74,15 +76,16 @@ class ParallelVectorize(CPUScheduleRule):
         lanes = max(llvm_get_vector_width(target) // 32, 4)
         if self.gemm_only and not any(self._is_gemm_like(sch, i, lanes) for i in infos):
             return None
+        free = _layout_free(func) if self.pack else []
         for info in infos:
             try:
-                self._schedule_block(sch, info, lanes)
+                self._schedule_block(sch, info, lanes, free)
             except s_tir.schedule.ScheduleError:
                 continue  # every primitive preserves semantics: a block left half-scheduled is still correct
         return sch
 
     @staticmethod
-    def _schedule_block(sch: s_tir.Schedule, info, lanes: int) -> None:
+    def _schedule_block(sch: s_tir.Schedule, info, lanes: int, free: list | None = None) -> None:
         kinds = [it.kind for it in info.iters]
         if not kinds or "O" in kinds or kinds[0] != "S":
             return
@@ -97,7 +100,10 @@ class ParallelVectorize(CPUScheduleRule):
         s_loops = [loops[i] for i in s_idx]
         if r_loops:
             sch.reorder(*s_loops, *r_loops)
-        lanes = _pick_lanes(exts[s_idx[-1]], lanes)
+        full, lanes = lanes, _pick_lanes(exts[s_idx[-1]], lanes)
+        cols = exts[s_idx[-1]]
+        if lanes == 1 and r_loops and cols is not None and cols >= full:
+            lanes = full  # a matmul over 197 columns (ViT's attention scores): the last vector tile is partial
         if lanes == 1:
             # No clean vector axis: parallelize the outer spatial loops and leave the rest scalar.
             outer = s_loops[:-1] if (r_loops and len(s_loops) > 1) else s_loops
@@ -114,13 +120,15 @@ class ParallelVectorize(CPUScheduleRule):
         # outside it. Each loaded weight vector then feeds ROWS accumulators and each broadcast input value VECS.
         ext = exts[s_idx[-2]] if len(s_idx) >= 2 else None
         vecs, rows = _register_tile(exts[s_idx[-1]], ext, lanes)
+        _pack_weights(sch, block, info.iters[s_idx[-1]].var, vecs * lanes, free)
         vo, vi = sch.split(s_loops[-1], [None, vecs * lanes])
         rows_loop = None
         outer = s_loops[:-2] if rows > 1 else s_loops[:-1]
         if rows > 1:
             ro, rows_loop = sch.split(s_loops[-2], [None, rows])
             outer = outer + [ro]
-        outer = outer + [vo]
+        # the column blocks outermost: one packed weight panel stays in cache while every row tile uses it
+        outer = [vo] + outer
         tile = ([rows_loop] if rows_loop is not None else []) + [vi]
         sch.reorder(*outer, *r_loops, *tile)
         if len(outer) > 1:
@@ -140,6 +148,37 @@ class ParallelVectorize(CPUScheduleRule):
         sch.vectorize(sch.get_loops(acc)[-1])
 
 
+def _layout_free(func: tirx.PrimFunc) -> list:
+    """The parameters of ``func`` that Relax binds to constants (AttachAttrLayoutFreeBuffers marks them): their
+    layout may be rewritten, once, when the model is compiled."""
+    idx = func.attrs.get("layout_free_buffers") if func.attrs is not None else None
+    params = list(func.params)
+    return [params[int(i)] for i in idx or () if int(i) < len(params)]
+
+
+def _pack_weights(sch: s_tir.Schedule, block, col_var, panel: int, free: list | None) -> None:
+    """Re-lay out a constant weight that ``block`` reads with ``col_var`` as its innermost index into
+    ``[cols / panel, ..., panel]`` panels: the register tile then walks one contiguous panel instead of rows a whole
+    matrix width apart (a 12 KB stride put every row on the same L1 sets). The copy is a layout-rewrite block
+    (SplitLayoutRewritePreproc moves it out and FoldConstant runs it when the model is compiled)."""
+    stmt = sch.get(block)
+    for idx, r in enumerate(stmt.reads):
+        if not any(r.source.same_as(p) for p in free or ()) or not r.region or not r.region[-1].min.same_as(col_var):
+            continue
+        shape = list(r.source.ty.shape)
+        if not isinstance(shape[-1], tirx.IntImm) or int(shape[-1]) % panel or int(shape[-1]) == panel:
+            continue
+        nd = len(shape)
+        cached = sch.cache_read(block, idx, "global")
+        sch.transform_layout(
+            block,
+            ("read", idx),
+            tirx.IndexMap.from_func(lambda *i: (i[-1] // panel, *i[:-1], i[-1] % panel), ndim=nd),
+        )
+        sch.annotate(cached, "meta_schedule.layout_rewrite_preproc", True)
+        return
+
+
 # Accumulators a register tile may hold: x86-64 with AVX-512 has 32 vector registers, AVX2 / SSE and NEON
 # 16 / 32; a few stay free for the broadcast input and the weight vectors.
 MAX_ACCUMULATORS = 24
@@ -156,6 +195,8 @@ def _register_tile(cols: int | None, rows_ext: int | None, lanes: int) -> tuple[
             if rows_ext % cand == 0:
                 rows = cand
                 break
+        if rows < 4 and rows_ext >= 8:
+            rows = 8  # a prime-like extent (ViT's 197 tokens): 8 rows, the last tile partial (predicated)
     vecs = 1
     if cols is not None:
         for cand in (4, 3, 2):
@@ -182,10 +223,11 @@ class Declining(CPUScheduleRule):
             return None  # the GEMV analysis asserts on a depthwise-conv-like reduction (MobileNetV2 from dynamo)
 
 
-def schedule_pass(target: Target) -> tvm.transform.Pass:
-    """Matmul/conv tiling first, then dlight's CPU GEMV and softmax/norm rules, then the generic fallback."""
+def schedule_pass(target: Target, pack: bool = True) -> tvm.transform.Pass:
+    """Matmul/conv tiling first (``pack``: constant weights packed into panels), then dlight's CPU GEMV and
+    softmax/norm rules, then the generic fallback."""
     return dlight.ApplyDefaultSchedule(
-        ParallelVectorize(gemm_only=True),
+        ParallelVectorize(gemm_only=True, pack=pack),
         Declining(dlight.cpu.GEMV()),
         Declining(dlight.cpu.Reduction()),
         ParallelVectorize(),
@@ -214,7 +256,7 @@ def layout_passes() -> list[tvm.transform.Pass]:
             return mod
         try:
             return relax.transform.ConvertLayout({"relax.nn.conv2d": ["NHWC", "HWIO"]})(mod)
-        except tvm.TVMError:
+        except (RuntimeError, ValueError):  # TVM raises its errors as RuntimeError (InternalError) or ValueError
             return mod
 
     return [_pass]
@@ -293,7 +335,8 @@ class SplitGemm:
         def _pass(mod: tvm.ir.IRModule, _ctx: tvm.transform.PassContext) -> tvm.ir.IRModule:
             names = {}
             for gv, func in mod.functions.items():
-                if isinstance(func, tirx.PrimFunc) and gv.name_hint in split.gemm:
+                # SplitLayoutRewritePreproc renames a kernel whose weights it pre-packs to <name>_prepacked
+                if isinstance(func, tirx.PrimFunc) and gv.name_hint.removesuffix("_prepacked") in split.gemm:
                     names[gv.name_hint] = f"edgec_gemm_{gv.name_hint}"
             if not names:
                 return mod
@@ -326,28 +369,48 @@ def _gemm_kernel(func: tirx.PrimFunc, lanes: int) -> bool:
         sch = s_tir.Schedule(func)
         infos = normalize_prim_func(sch) or []
         return any(ParallelVectorize._is_gemm_like(sch, i, lanes) for i in infos)
-    except (tvm.TVMError, ValueError, IndexError, AssertionError):
+    except (RuntimeError, ValueError, IndexError, AssertionError):
         return False
 
 
+def kernel_passes(target: Target, split: SplitGemm | None = None) -> list[tvm.transform.Pass]:
+    """From Relax ops to scheduled kernels: layouts converted, legalized, constant weights marked layout-free,
+    scheduled (packing those weights into panels), the packing folded into the constants; with ``split``, the
+    matmul / convolution kernels then leave the module (see :class:`SplitGemm`).
+
+    TVM's SplitLayoutRewritePreproc asserts on a module holding a kernel without compute blocks (the scans,
+    scatters and sorts TVM writes as plain loops: CumSum, ScatterElements, TopK); such a module is scheduled
+    again without packing."""
+    from tvm import relax
+    from tvm.relax.backend.cpu_generic import pipeline as cg
+
+    front = layout_passes() + cg.library_dispatch_passes(target) + cg.legalize_passes(target)
+    back = [relax.transform.DeadCodeElimination()] + ([split.pass_()] if split is not None else [])
+
+    @tvm.transform.module_pass(opt_level=0, name="EdgecScheduleAndPack")
+    def _schedule(mod: tvm.ir.IRModule, _ctx: tvm.transform.PassContext) -> tvm.ir.IRModule:
+        marked = tvm.transform.Sequential(
+            [relax.transform.AttachAttrLayoutFreeBuffers()] + ([split.mark()] if split is not None else [])
+        )(mod)
+        try:
+            return tvm.transform.Sequential(
+                [schedule_pass(target), relax.transform.SplitLayoutRewritePreproc(), relax.transform.FoldConstant()]
+            )(marked)
+        except (RuntimeError, ValueError):  # TVM raises its errors as RuntimeError (InternalError) or ValueError
+            return schedule_pass(target, pack=False)(marked)
+
+    return front + [_schedule] + back
+
+
 def build_pipeline(target: Target, split: SplitGemm | None = None) -> tvm.transform.Pass:
-    """TVM's CPU pipeline with layouts converted before legalization and scheduling inserted between
-    legalization and lowering; with ``split``, the matmul / convolution kernels leave the module (see
-    :class:`SplitGemm`) before it is lowered."""
+    """TVM's CPU pipeline with :func:`kernel_passes` in place of its legalization."""
     from tvm.relax.backend.cpu_generic import pipeline as cg
 
     @tvm.transform.module_pass(opt_level=0, name="EdgecCpuPipeline")
     def _pipeline(mod: tvm.ir.IRModule, _ctx: tvm.transform.PassContext) -> tvm.ir.IRModule:
         with target:
             seq = tvm.transform.Sequential(
-                layout_passes()
-                + cg.library_dispatch_passes(target)
-                + cg.legalize_passes(target)
-                + ([split.mark()] if split is not None else [])
-                + [schedule_pass(target)]
-                + ([split.pass_()] if split is not None else [])
-                + cg.dataflow_lower_passes(target)
-                + cg.finalize_passes(target)
+                kernel_passes(target, split) + cg.dataflow_lower_passes(target) + cg.finalize_passes(target)
             )
             return seq(mod)
 

@@ -271,3 +271,55 @@ def test_library_refuses_to_load_on_a_cpu_without_its_vector_extensions(tmp_path
     (out / "manifest.json").write_text(json.dumps(man))
     with pytest.raises(UnsupportedError, match=r"avx10_9000, which this CPU lacks; recompile with"):
         CpuTarget().run_artifact(str(out), {"image": np.zeros((1, 3, 32, 32), np.float32)})
+
+
+def test_constant_weights_are_packed_into_panels_when_compiled(tmp_path):
+    """A Linear's constant [K, N] weight is re-laid out into [N / panel, K, panel] panels (the register tile's
+    width) by a layout-rewrite kernel that is run on the constant when the model is compiled, not per call;
+    a weight whose width is one panel is left alone. The results do not change."""
+    import tvm
+
+    from edgec.api.relax import RelaxBuilder
+    from edgec.targets.cpu.schedule import kernel_passes
+
+    rng = np.random.default_rng(0)
+    g = ir.Graph()
+    x = g.add_input("x", ir.DType.FLOAT32, (16, 64))
+    w = g.add_const("w", rng.standard_normal((768, 64)).astype(np.float32))
+    g.outputs.append(g.op("Linear", [x, w], domain="edgec", name="fc").output)
+    m = ir.Model(g, {"": 17, "edgec": 1})
+    ir.infer_shapes(m)
+    target = tvm.target.Target({"kind": "llvm", "mcpu": "skylake-avx512", "mattr": ["-prefer-256-bit"]})
+    with target:
+        mod = tvm.transform.Sequential(kernel_passes(target))(RelaxBuilder(m).build())
+    names = [gv.name_hint for gv in mod.get_global_vars()]
+    assert any(n.endswith("_prepacked") for n in names)
+    assert not any(n.endswith("_weight_prepack") for n in names)  # folded into the constant, then dropped
+    # 8 rows x 3 vectors of 16: panels of 48 columns
+    assert "T.int64(16), T.int64(64), T.int64(48)" in mod.script()
+    _, got, ref = compile_and_run(m, tmp_path)
+    np.testing.assert_allclose(got[0], ref[0], rtol=1e-4, atol=1e-4)
+
+
+def test_a_scan_beside_a_packed_matmul_compiles_without_packing(tmp_path):
+    """TVM's SplitLayoutRewritePreproc asserts on a module that also holds a kernel written as plain loops
+    (CumSum's scan): that module is scheduled again without weight packing instead of failing to compile."""
+    import onnx
+    from onnx import TensorProto, helper, numpy_helper
+
+    from edgec import compile as compile_model
+
+    rng = np.random.default_rng(0)
+    w = numpy_helper.from_array(rng.standard_normal((64, 96)).astype(np.float32), "w")
+    ax = numpy_helper.from_array(np.array(1, np.int32), "ax")
+    g = helper.make_graph(
+        [helper.make_node("MatMul", ["x", "w"], ["h"]), helper.make_node("CumSum", ["h", "ax"], ["y"])],
+        "g",
+        [helper.make_tensor_value_info("x", TensorProto.FLOAT, [8, 64])],
+        [helper.make_tensor_value_info("y", TensorProto.FLOAT, [8, 96])],
+        [w, ax],
+    )
+    path = tmp_path / "m.onnx"
+    onnx.save(helper.make_model(g, opset_imports=[helper.make_opsetid("", 14)]), str(path))
+    res = compile_model(str(path), target="cpu", output=str(tmp_path / "out"), use_cache=False, verify=True)
+    assert res.manifest["verification"]["passed"]
