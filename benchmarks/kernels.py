@@ -140,6 +140,8 @@ def main() -> None:
     ap.add_argument("--targets", default=",".join(TARGETS))
     ap.add_argument("--runs", type=int, default=20)
     ap.add_argument("--threads", default="1,2")
+    ap.add_argument("--tune", type=int, default=0, help="also a cpu{tune=N} row (MetaSchedule, N trials per kernel)")
+    ap.add_argument("--tune-models", default="bert-base", help="the models that get the tuned row")
     args = ap.parse_args()
     import edgec
     from edgec.bench import bench_artifact
@@ -151,10 +153,14 @@ def main() -> None:
         for name in args.models.split(","):
             src = export(name, work)
             flops = gflop(src)
-            for target in args.targets.split(","):
+            targets = args.targets.split(",")
+            if args.tune and name in args.tune_models.split(","):
+                targets.append(f"cpu{{tune={args.tune}}}")
+            for target in targets:
                 out = os.path.join(work, f"{name}.{len(rows)}")
                 t0 = time.perf_counter()
-                edgec.compile(src, target=target, output=out, use_cache=False)
+                # a fresh cache folder: a tuned row's compile time includes the whole search
+                edgec.compile(src, target=target, output=out, use_cache=False, cache_dir=os.path.join(work, "cache"))
                 t_compile = time.perf_counter() - t0
                 manifest = read_json(os.path.join(out, "manifest.json"))
                 for threads in [int(t) for t in args.threads.split(",")]:
@@ -170,7 +176,7 @@ def main() -> None:
         "# Artifact speed against onnxruntime",
         "",
         f"`python benchmarks/kernels.py --models {args.models} --targets {args.targets} --runs {args.runs} "
-        f"--threads {args.threads}` on {platform.machine()} ({os.cpu_count()} cores, LLVM CPU `{cpu}`), in "
+        f"--threads {args.threads} --tune {args.tune} --tune-models {args.tune_models}` on {platform.machine()} ({os.cpu_count()} cores, LLVM CPU `{cpu}`), in "
         f"{time.perf_counter() - t_all:.0f} s. Each row: `edgec bench`'s measurement (`edgec.bench.bench_artifact`, "
         "`compare='onnxruntime'`): the artifact and the original ONNX file on onnxruntime's CPU provider in one "
         "fresh process, alternating blocks of runs, the same thread count; medians of "
@@ -194,7 +200,9 @@ def main() -> None:
         "",
         "`cpu` is the default: built for this machine's CPU (`mcpu=auto`: AVX-512 here), convolutions in NHWC and",
         "register-tiled matmul / convolution kernels with FMA (targets/cpu/schedule.py), no tuning. `openvino` is",
-        "OpenVINO's CPU plugin at f32 inference precision. Ratios are as measured, not rounded.",
+        "OpenVINO's CPU plugin at f32 inference precision. `cpu{tune=N}` adds TVM's MetaSchedule search, N",
+        "candidates per matmul / convolution kernel (its compile time includes the search, from an empty database;",
+        "without xgboost installed the candidates are drawn at random). Ratios are as measured, not rounded.",
     ]
     write_results("RESULTS-kernels.md", lines)
 

@@ -130,6 +130,8 @@ def compile(
         eval_text=eval_text,
         say=say,
     )
+    # where a target keeps what it learns across compiles (the cpu target's tuning database)
+    b.ctx.config["cache_dir"] = where.cache_dir or cache_dir or cache.default_dir()
     manifest, t_emit = _finish(b, where, options, bench=bench, keep_failed=keep_failed, say=say)
     return CompileResult(
         os.path.abspath(where.output),

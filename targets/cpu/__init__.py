@@ -74,6 +74,11 @@ class CpuTarget(Target):
         "znver4 / cortex-a76, for a library that runs on every CPU of that level",
     )
     schedule: bool = option(True, help="parallel + vectorized kernel schedules (false: TVM's scalar default)")
+    tune: int = option(
+        0,
+        help="MetaSchedule trials per matmul / convolution kernel, searched on this machine (0: the default "
+        "schedules); the database is kept per CPU in the compile cache's tuning/ folder and reused",
+    )
     threads: int = option(
         0,
         help="CPU threads for --verify (0: every core); a deployed library runs on TVM's thread pool, sized by "
@@ -140,13 +145,14 @@ class CpuTarget(Target):
             if self.schedule:
                 from .schedule import SplitGemm, build_pipeline, exact_target
 
+                tuned = self._tune(mod, target, ctx) if self.tune else None
                 exact = exact_target(target)
                 if exact is None:
-                    ex = relax.build(mod, target=target, relax_pipeline=build_pipeline(target))
+                    ex = relax.build(mod, target=target, relax_pipeline=build_pipeline(target, None, tuned))
                 else:
                     # matmul / convolution kernels with FMA, every other kernel without (see SplitGemm)
                     split = SplitGemm(target)
-                    ex = relax.build(mod, target=exact, relax_pipeline=build_pipeline(target, split))
+                    ex = relax.build(mod, target=exact, relax_pipeline=build_pipeline(target, split, tuned))
                     lib = split.library()
                     if lib is not None:
                         ex.mod.import_module(lib)
@@ -210,6 +216,24 @@ class CpuTarget(Target):
                 "entry": "main",
             },
         )
+
+    def _tune(self, mod, target, ctx: PassContext):
+        """MetaSchedule over the model's matmul / convolution kernels (``tune`` trials each, those not yet in this
+        CPU's database); the pass that applies the database's schedules."""
+        tvm = _tvm()
+        from .schedule import front_passes, gemm_kernels
+        from .tuning import apply_pass, database_dir, tune
+
+        if self.arch != "x86_64" or self.mcpu not in ("auto", "native"):
+            raise UnsupportedError(
+                "tune= measures candidate kernels on this machine, so it needs a library for this CPU: "
+                "drop mcpu= / arch= (mcpu=auto), or leave tune= out"
+            )
+        config = ctx.config if ctx is not None else {}
+        with target:
+            kernels = gemm_kernels(tvm.transform.Sequential(front_passes(target))(mod), target)
+        db = tune(kernels, target, self.tune, database_dir(config.get("cache_dir"), target), int(config.get("seed", 0)))
+        return apply_pass(db, target)
 
     def run_artifact(self, out_dir: str, feeds: Mapping[str, np.ndarray], input_names=None) -> list[np.ndarray]:
         if self.arch != "x86_64":

@@ -373,24 +373,47 @@ def _gemm_kernel(func: tirx.PrimFunc, lanes: int) -> bool:
         return False
 
 
-def kernel_passes(target: Target, split: SplitGemm | None = None) -> list[tvm.transform.Pass]:
-    """From Relax ops to scheduled kernels: layouts converted, legalized, constant weights marked layout-free,
-    scheduled (packing those weights into panels), the packing folded into the constants; with ``split``, the
-    matmul / convolution kernels then leave the module (see :class:`SplitGemm`).
+def front_passes(target: Target) -> list[tvm.transform.Pass]:
+    """Relax ops to unscheduled kernels: layouts converted, library dispatch, legalization and fusion, constant
+    weights marked layout-free (the kernels tuning searches are these)."""
+    from tvm import relax
+    from tvm.relax.backend.cpu_generic import pipeline as cg
+
+    return (
+        layout_passes()
+        + cg.library_dispatch_passes(target)
+        + cg.legalize_passes(target)
+        + [relax.transform.AttachAttrLayoutFreeBuffers()]
+    )
+
+
+def gemm_kernels(mod: tvm.ir.IRModule, target: Target) -> dict[str, tirx.PrimFunc]:
+    """The matmul / convolution kernels of a module out of :func:`front_passes`, by name."""
+    lanes = max(llvm_get_vector_width(target) // 32, 4)
+    return {
+        gv.name_hint: f for gv, f in mod.functions.items() if isinstance(f, tirx.PrimFunc) and _gemm_kernel(f, lanes)
+    }
+
+
+def kernel_passes(
+    target: Target, split: SplitGemm | None = None, tuned: tvm.transform.Pass | None = None
+) -> list[tvm.transform.Pass]:
+    """From Relax ops to scheduled kernels: :func:`front_passes`, then ``tuned`` (tuning's schedules for the
+    kernels it holds), the default schedules for the rest (packing constant weights into panels), the packing
+    folded into the constants; with ``split``, the matmul / convolution kernels then leave the module (see
+    :class:`SplitGemm`).
 
     TVM's SplitLayoutRewritePreproc asserts on a module holding a kernel without compute blocks (the scans,
     scatters and sorts TVM writes as plain loops: CumSum, ScatterElements, TopK); such a module is scheduled
     again without packing."""
     from tvm import relax
-    from tvm.relax.backend.cpu_generic import pipeline as cg
 
-    front = layout_passes() + cg.library_dispatch_passes(target) + cg.legalize_passes(target)
     back = [relax.transform.DeadCodeElimination()] + ([split.pass_()] if split is not None else [])
 
     @tvm.transform.module_pass(opt_level=0, name="EdgecScheduleAndPack")
     def _schedule(mod: tvm.ir.IRModule, _ctx: tvm.transform.PassContext) -> tvm.ir.IRModule:
         marked = tvm.transform.Sequential(
-            [relax.transform.AttachAttrLayoutFreeBuffers()] + ([split.mark()] if split is not None else [])
+            ([split.mark()] if split is not None else []) + ([tuned] if tuned is not None else [])
         )(mod)
         try:
             return tvm.transform.Sequential(
@@ -399,10 +422,12 @@ def kernel_passes(target: Target, split: SplitGemm | None = None) -> list[tvm.tr
         except (RuntimeError, ValueError):  # TVM raises its errors as RuntimeError (InternalError) or ValueError
             return schedule_pass(target, pack=False)(marked)
 
-    return front + [_schedule] + back
+    return front_passes(target) + [_schedule] + back
 
 
-def build_pipeline(target: Target, split: SplitGemm | None = None) -> tvm.transform.Pass:
+def build_pipeline(
+    target: Target, split: SplitGemm | None = None, tuned: tvm.transform.Pass | None = None
+) -> tvm.transform.Pass:
     """TVM's CPU pipeline with :func:`kernel_passes` in place of its legalization."""
     from tvm.relax.backend.cpu_generic import pipeline as cg
 
@@ -410,7 +435,7 @@ def build_pipeline(target: Target, split: SplitGemm | None = None) -> tvm.transf
     def _pipeline(mod: tvm.ir.IRModule, _ctx: tvm.transform.PassContext) -> tvm.ir.IRModule:
         with target:
             seq = tvm.transform.Sequential(
-                kernel_passes(target, split) + cg.dataflow_lower_passes(target) + cg.finalize_passes(target)
+                kernel_passes(target, split, tuned) + cg.dataflow_lower_passes(target) + cg.finalize_passes(target)
             )
             return seq(mod)
 

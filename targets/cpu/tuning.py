@@ -1,0 +1,141 @@
+"""``cpu{tune=N}``: TVM's MetaSchedule searches N schedules for each matmul / convolution kernel, on this machine.
+
+The kernels tuned are the ones the default rule register-tiles (:func:`schedule.gemm_kernels`); every other kernel
+keeps its default schedule. Results go to a persistent database (MetaSchedule's JSON database) in the compile
+cache's ``tuning/`` folder, one per CPU: a kernel is keyed by its TIR (structural hash), so a later compile with the
+same layer shapes on the same CPU reuses what was found instead of searching again. MetaSchedule's schedules
+transform loops only, so a tuned kernel computes what the default one computes (``--verify`` still checks it).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import logging
+import os
+import tempfile
+from typing import Any
+
+import tvm
+from tvm.target import Target
+
+
+def tuning_target(target: Target) -> Target:
+    """``target`` with the core count MetaSchedule needs to sample parallel schedules."""
+    return Target({**target.export(), "num-cores": len(os.sched_getaffinity(0))})
+
+
+def database_dir(cache_dir: str | None, target: Target) -> str:
+    """``<cache>/tuning/<CPU>-<hash of the target>``: a database per CPU model and target (a kernel tuned on one
+    CPU is no guide to another). ``cache_dir`` is the compile cache's root (None: ``$EDGEC_CACHE_DIR``, else
+    ``$XDG_CACHE_HOME/edgec/artifacts``)."""
+    if not cache_dir:
+        cache_dir = os.environ.get("EDGEC_CACHE_DIR") or os.path.join(
+            os.environ.get("XDG_CACHE_HOME") or os.path.join(os.path.expanduser("~"), ".cache"), "edgec", "artifacts"
+        )
+    spec = {k: v for k, v in target.export().items() if k in ("mtriple", "mcpu", "mattr")}
+    digest = hashlib.sha256(repr(sorted(spec.items())).encode()).hexdigest()[:12]
+    return os.path.join(cache_dir, "tuning", f"{spec.get('mcpu') or 'generic'}-{digest}")
+
+
+def open_database(path: str):
+    from tvm.s_tir import meta_schedule as ms
+
+    os.makedirs(path, exist_ok=True)
+    return ms.database.JSONDatabase(
+        os.path.join(path, "workloads.json"), os.path.join(path, "records.json"), allow_missing=True
+    )
+
+
+def tune(kernels: dict[str, Any], target: Target, trials: int, path: str, seed: int = 0):
+    """Search ``trials`` schedules for each kernel (name -> unscheduled PrimFunc) not yet in the database at
+    ``path``; returns the database. A progress bar (tqdm, on a terminal) counts the trials and shows each
+    kernel's best latency."""
+    from tvm.s_tir import meta_schedule as ms
+
+    db = open_database(path)
+    ttarget = tuning_target(target)
+    todo = {n: f for n, f in sorted(kernels.items()) if not _tuned(db, f, ttarget)}
+    if not todo:
+        return db
+    from tqdm import tqdm
+
+    bar = tqdm(total=trials * len(todo), desc="tuning", unit="trial", leave=False, disable=None)
+    names = list(todo)
+    quiet = logging.getLogger("edgec.tuning")
+    quiet.setLevel(logging.ERROR)
+    tasks = [
+        ms.TuneContext(
+            mod=f,
+            target=ttarget,
+            space_generator="post-order-apply",
+            search_strategy="evolutionary",
+            task_name=n,
+            rand_state=seed + i,
+            num_threads=len(os.sched_getaffinity(0)),
+            logger=quiet,
+        ).clone()
+        for i, (n, f) in enumerate(todo.items())
+    ]
+    try:
+        import xgboost  # noqa: F401
+
+        cost_model = "xgb"
+    except ImportError:
+        cost_model = "random"  # MetaSchedule's learned model needs xgboost; without it candidates are drawn at random
+    with tempfile.TemporaryDirectory(prefix="edgec-tune-") as work:
+        ms.tune_tasks(
+            tasks=tasks,
+            task_weights=[1.0] * len(tasks),
+            work_dir=work,
+            max_trials_global=trials * len(tasks),
+            max_trials_per_task=trials,
+            num_trials_per_iter=min(trials, 64),
+            database=db,
+            cost_model=cost_model,
+            measure_callbacks=[*ms.MeasureCallback.create("default"), _progress(bar, names)],
+        )
+    bar.close()
+    return db
+
+
+def _tuned(db, func, target: Target) -> bool:
+    """Whether the database holds a working schedule for ``func``."""
+    from tvm.s_tir import meta_schedule as ms
+
+    mod = ms.tune_context._normalize_mod(func)
+    return db.has_workload(mod) and db.query_tuning_record(mod, target, "main") is not None
+
+
+def _progress(bar, names: list[str]):
+    from tvm.s_tir.meta_schedule.measure_callback import PyMeasureCallback
+    from tvm.ir.utils import derived_object
+
+    best: dict[str, float] = {}
+
+    @derived_object
+    class Progress(PyMeasureCallback):
+        def apply(self, task_scheduler, task_id, measure_candidates, builder_results, runner_results) -> None:
+            for r in runner_results:
+                if r.run_secs and not r.error_msg:
+                    sec = sum(float(x) for x in r.run_secs) / len(r.run_secs)
+                    best[names[task_id]] = min(best.get(names[task_id], sec), sec)
+            bar.update(len(runner_results))
+            if names[task_id] in best:
+                bar.set_postfix_str(f"{names[task_id]}: best {best[names[task_id]] * 1e3:.3f} ms")
+
+    return Progress()
+
+
+def apply_pass(db, target: Target) -> tvm.transform.Pass:
+    """The database's best schedule for every kernel it holds (MetaScheduleApplyDatabase); the others are left
+    for the default schedules."""
+    from tvm import relax
+
+    ttarget = tuning_target(target)
+
+    @tvm.transform.module_pass(opt_level=0, name="EdgecApplyTuning")
+    def _pass(mod: tvm.ir.IRModule, _ctx: tvm.transform.PassContext) -> tvm.ir.IRModule:
+        with ttarget, db:
+            return relax.transform.MetaScheduleApplyDatabase(enable_warning=False)(mod)
+
+    return _pass
