@@ -296,13 +296,10 @@ class SplitGemm:
     def mark(self) -> tvm.transform.Pass:
         """Before scheduling: note which kernels are matmul / convolution reductions."""
         split = self
-        lanes = max(llvm_get_vector_width(self.target) // 32, 4)
 
         @tvm.transform.module_pass(opt_level=0, name="EdgecMarkGemm")
         def _pass(mod: tvm.ir.IRModule, _ctx: tvm.transform.PassContext) -> tvm.ir.IRModule:
-            for gv, func in mod.functions.items():
-                if isinstance(func, tirx.PrimFunc) and _gemm_kernel(func, lanes):
-                    split.gemm.add(gv.name_hint)
+            split.gemm.update(gemm_kernels(mod, split.target))
             return mod
 
         return _pass
