@@ -106,12 +106,16 @@ def export(name: str, work: str) -> str:
 
 
 def gflop(path: str) -> float:
-    """2 x the multiply-accumulates of the model's Conv, Gemm and MatMul nodes, in GFLOP (shapes inferred,
-    dynamic dims 1)."""
+    """2 x the multiply-accumulates of the model's Conv, Gemm and MatMul nodes, in GFLOP (shapes inferred by
+    onnxruntime's symbolic shape inference, dynamic dims 1)."""
     import numpy as np
     import onnx
 
-    m = onnx.shape_inference.infer_shapes(onnx.load(path))
+    from onnxruntime.tools.symbolic_shape_infer import SymbolicShapeInference
+
+    # onnxruntime's symbolic inference follows shape arithmetic (the Pad amounts of TensorFlow-style padding in
+    # transformers' MobileNetV2) that onnx's own inference leaves unknown
+    m = SymbolicShapeInference.infer_shapes(onnx.load(path), auto_merge=True)
     shapes = {}
     for v in list(m.graph.value_info) + list(m.graph.input) + list(m.graph.output):
         # a dynamic dim (the exported batch) counts as 1: edgec compiles it at 1, and bench feeds 1

@@ -7,6 +7,7 @@ from .eliminate_empty import EliminateEmpty
 from .eliminate_identity import EliminateIdentity
 from .fold_batchnorm import FoldBatchNorm
 from .fold_constants import FoldConstants
+from .fold_pad import FoldPad
 from .fuse_attention import FuseAttention
 from .fuse_gelu import FuseGelu
 from .fuse_layernorm import FuseLayerNorm
@@ -26,6 +27,7 @@ PASSES = (
     EliminateIdentity,
     FoldBatchNorm,
     FoldConstants,
+    FoldPad,
     FuseAttention,
     FuseGelu,
     FuseLayerNorm,
@@ -41,7 +43,7 @@ PASSES = (
 # Gemm becomes edgec::Linear first, and before constant folding, which evaluates the shape arithmetic of the rewrites).
 DEFAULT_CLEANUP = (
     "simplify-shapes,eliminate-identity,fold-batchnorm,fuse-layernorm,fuse-rmsnorm,fuse-gelu,"
-    "fuse-attention,fuse-linear,legalize-dtypes,decompose,eliminate-empty,fold-constants,dce"
+    "fuse-attention,fuse-linear,legalize-dtypes,decompose,eliminate-empty,fold-constants,fold-pad,dce"
 )
 
 

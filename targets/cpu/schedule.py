@@ -77,15 +77,58 @@ class ParallelVectorize(CPUScheduleRule):
         if self.gemm_only and not any(self._is_gemm_like(sch, i, lanes) for i in infos):
             return None
         free = _layout_free(func) if self.pack else []
+        changed, epilogues = self._fuse(sch, infos, lanes, free)
+        if changed:
+            infos = normalize_prim_func(sch)
+            if not infos:  # the fused function is beyond the analysis: schedule it unfused
+                sch, epilogues = s_tir.Schedule(func), {}
+                infos = normalize_prim_func(sch)
+        done = set(epilogues.values())
         for info in infos:
+            name = sch.get(info.block_rv).name_hint
+            if name in done:
+                continue  # computed inside its matmul's register tile
+            epilogue = sch.get_sblock(epilogues[name]) if name in epilogues else None
             try:
-                self._schedule_block(sch, info, lanes, free)
+                self._schedule_block(sch, info, lanes, free, epilogue)
             except s_tir.schedule.ScheduleError:
                 continue  # every primitive preserves semantics: a block left half-scheduled is still correct
         return sch
 
+    def _fuse(self, sch: s_tir.Schedule, infos, lanes: int, free: list) -> tuple[bool, dict[str, str]]:
+        """Fold the copies feeding each matmul / convolution block (a padding of nothing) into its reads, and its
+        chain of elementwise consumers (bias, residual, activation) into one block; returns {matmul block: that
+        epilogue block}, which :meth:`_schedule_block` computes on the register tile before it is stored, and
+        whether any block was folded (the analysis of the blocks is then stale)."""
+        out: dict[str, str] = {}
+        changed = False
+        for block in [i.block_rv for i in infos if self._is_gemm_like(sch, i, lanes)]:  # before any block goes
+            for prod in sch.get_producers(block):
+                if _is_copy(sch.get(prod), free):
+                    try:
+                        sch.compute_inline(prod)
+                        changed = True
+                    except s_tir.schedule.ScheduleError:
+                        pass
+            chain, cur = [], block
+            while True:
+                cons = sch.get_consumers(cur)
+                if len(cons) != 1 or not _is_epilogue(sch.get(cons[0]), sch.get(cur)):
+                    break
+                chain.append(cons[0])
+                cur = cons[0]
+            try:
+                for c in chain[:-1]:
+                    sch.compute_inline(c)
+                    changed = True
+            except s_tir.schedule.ScheduleError:
+                continue
+            if chain:
+                out[sch.get(block).name_hint] = sch.get(chain[-1]).name_hint
+        return changed, out
+
     @staticmethod
-    def _schedule_block(sch: s_tir.Schedule, info, lanes: int, free: list | None = None) -> None:
+    def _schedule_block(sch: s_tir.Schedule, info, lanes: int, free: list | None = None, epilogue=None) -> None:
         kinds = [it.kind for it in info.iters]
         if not kinds or "O" in kinds or kinds[0] != "S":
             return
@@ -138,6 +181,12 @@ class ParallelVectorize(CPUScheduleRule):
             sch.parallel(outer[0])
         acc = sch.cache_write(block, 0, "local")
         sch.reverse_compute_at(acc, outer[-1])
+        if epilogue is not None:
+            # the epilogue reads the accumulator tile (bias, activation, residual applied before the one store)
+            sch.reverse_compute_at(epilogue, outer[-1])
+            sch.compute_inline(acc)
+            acc = epilogue
+        _pad_per_tile(sch, block, info.iters[s_idx[-1]].var, outer[-1])
         init = sch.decompose_reduction(block, r_loops[0])
         sch.vectorize(sch.get_loops(init)[-1])
         # TIR refuses to vectorize a spatial loop of a reduction update; unrolled, the constant-indexed
@@ -146,6 +195,128 @@ class ParallelVectorize(CPUScheduleRule):
             sch.unroll(rows_loop)
         sch.unroll(vi)
         sch.vectorize(sch.get_loops(acc)[-1])
+
+
+# Operations whose result an FMA-contracted input can move across an integer boundary (a tie rounding the other
+# way, a comparison flipping): an epilogue holding one stays out of the FMA-compiled matmul kernel's tile.
+_LOAD = tvm.ir.expr.TensorLoad  # a buffer element read (tirx.BufferLoad builds one)
+_INEXACT_OPS = {"tirx.round", "tirx.nearbyint", "tirx.floor", "tirx.ceil", "tirx.trunc", "tirx.fmod"}
+
+
+def _pointwise_safe(stmt) -> bool:
+    """``stmt``'s value computes with float arithmetic, max / min and transcendental functions only: no rounding,
+    comparison, selection or cast to an integer (see _INEXACT_OPS)."""
+
+    def safe(e) -> bool:
+        if isinstance(e, (tirx.LT, tirx.GT, tirx.LE, tirx.GE, tirx.EQ, tirx.NE, tirx.Select)):
+            return False
+        if isinstance(e, tirx.Cast):
+            return str(e.ty).startswith(("float", "bfloat")) and safe(e.value)
+        if isinstance(e, tvm.ir.Call):
+            return str(getattr(e.op, "name", "")) not in _INEXACT_OPS and all(safe(a) for a in e.args)
+        if isinstance(e, (_LOAD, tirx.FloatImm, tirx.IntImm, tirx.Var)):
+            return True
+        if hasattr(e, "a") and hasattr(e, "b"):  # Add, Sub, Mul, Div, Max, Min
+            return safe(e.a) and safe(e.b)
+        return False  # anything else (Let, Ramp, a type added later) is not claimed
+
+    body = stmt.body
+    return isinstance(body, tirx.BufferStore) and safe(body.value)
+
+
+def _positions(indices, shape) -> list | None:
+    """The variables of ``indices`` when each index is a plain variable or 0 on an axis of extent 1 (the unit axes
+    an N, H, W layout keeps), else None."""
+    out = []
+    for i, n in zip(indices, shape):
+        if isinstance(i, tirx.Var):
+            out.append(i)
+        elif not (isinstance(i, tirx.IntImm) and int(i) == 0 and isinstance(n, tirx.IntImm) and int(n) == 1):
+            return None
+    return out
+
+
+def _store_indices(stmt) -> list | None:
+    """The variables indexing a block's single BufferStore when they are exactly its iteration variables, in
+    order (unit axes indexed by 0 aside), else None."""
+    body = stmt.body
+    if not isinstance(body, tirx.BufferStore) or len(stmt.writes) != 1:
+        return None
+    got = _positions(body.indices, body.buffer.shape)
+    vars_ = [
+        iv.var for iv in stmt.iter_vars if not (isinstance(iv.dom.extent, tirx.IntImm) and int(iv.dom.extent) == 1)
+    ]
+    if got is None or len(got) != len(vars_) or not all(a.same_as(b) for a, b in zip(got, vars_)):
+        return None
+    return got
+
+
+def _is_epilogue(stmt, producer) -> bool:
+    """``stmt`` is an elementwise block on ``producer``'s result: every iteration spatial, it reads the producer's
+    buffer at its own output position, and its arithmetic is safe to compile with FMA (:func:`_pointwise_safe`)."""
+    if any(int(iv.iter_type) != 0 for iv in stmt.iter_vars) or len(producer.writes) != 1:
+        return False
+    own = _store_indices(stmt)
+    src = producer.writes[0].source
+    if own is None or list(src.shape) != list(stmt.body.buffer.shape) or not _pointwise_safe(stmt):
+        return False
+    loads: list = []
+
+    def collect(e) -> None:
+        if isinstance(e, _LOAD):
+            loads.append(e)
+            return
+        for name in ("a", "b", "value"):
+            if hasattr(e, name):
+                collect(getattr(e, name))
+        for arg in getattr(e, "args", ()):
+            collect(arg)
+
+    collect(stmt.body.value)
+    for ld in loads:
+        if ld.source.same_as(src):
+            got = _positions(ld.indices, ld.source.shape)
+            if got is None or len(got) != len(own) or not all(a.same_as(b) for a, b in zip(got, own)):
+                return False
+    return True
+
+
+def _is_copy(stmt, free: list) -> bool:
+    """``stmt`` copies an activation element for element (a padding of nothing): folded into its reader. Copies of
+    constant weights are kept: the weight packing reads them."""
+    body = stmt.body
+    if _store_indices(stmt) is None or not isinstance(body.value, _LOAD):
+        return False
+    src = body.value
+    return (
+        not any(src.source.same_as(p) for p in free)
+        and list(src.source.shape) == list(body.buffer.shape)
+        and len(src.indices) == len(body.indices)
+        and all(
+            a.same_as(b) or (isinstance(a, tirx.IntImm) and isinstance(b, tirx.IntImm) and int(a) == int(b))
+            for a, b in zip(src.indices, body.indices)
+        )
+    )
+
+
+def _pad_per_tile(sch: s_tir.Schedule, block, col_var, loop) -> None:
+    """A depthwise convolution's padded input (read with the output channel, ``col_var``, as its channel) computed
+    per tile under ``loop``, vectorized, instead of in a pass of its own over the whole feature map: the tile's
+    window is still in cache when the tile reads it. (A dense convolution reads every input channel for each
+    output panel: its padding would be recomputed once per panel, and stays a pass of its own.)"""
+    stmt = sch.get(block)
+    for prod in sch.get_producers(block):
+        pstmt = sch.get(prod)
+        if len(pstmt.writes) != 1 or "meta_schedule.layout_rewrite_preproc" in pstmt.annotations:
+            continue
+        buf = pstmt.writes[0].source
+        if not any(r.source.same_as(buf) and r.region and r.region[-1].min.same_as(col_var) for r in stmt.reads):
+            continue
+        try:
+            sch.compute_at(prod, loop)
+            sch.vectorize(sch.get_loops(prod)[-1])
+        except s_tir.schedule.ScheduleError:
+            pass
 
 
 def _layout_free(func: tirx.PrimFunc) -> list:

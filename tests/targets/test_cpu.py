@@ -323,3 +323,36 @@ def test_a_scan_beside_a_packed_matmul_compiles_without_packing(tmp_path):
     onnx.save(helper.make_model(g, opset_imports=[helper.make_opsetid("", 14)]), str(path))
     res = compile_model(str(path), target="cpu", output=str(tmp_path / "out"), use_cache=False, verify=True)
     assert res.manifest["verification"]["passed"]
+
+
+def test_epilogues_run_on_the_register_tile_and_depthwise_padding_per_tile(tmp_path):
+    """A convolution's bias and activation are applied to the accumulator tile before its one store (no
+    feature-map-sized intermediate), and a depthwise convolution pads each tile's window where the tile reads it
+    instead of in a pass over the whole map. An epilogue that rounds (Floor) stays a pass of its own: the matmul
+    kernels are compiled with FMA, which may move a value across an integer. Results are unchanged."""
+    import tvm
+
+    rng = np.random.default_rng(0)
+    g = ir.Graph()
+    x = g.add_input("x", ir.DType.FLOAT32, (1, 32, 14, 14))
+    wd = g.add_const("wd", rng.standard_normal((32, 1, 3, 3)).astype(np.float32))
+    bd = g.add_const("bd", rng.standard_normal(32).astype(np.float32))
+    d = g.op("Conv", [x, wd, bd], {"kernel_shape": [3, 3], "pads": [1, 1, 1, 1], "group": 32}, name="dw").output
+    r = g.op("Relu", [d], name="relu").output
+    wp = g.add_const("wp", rng.standard_normal((64, 32, 1, 1)).astype(np.float32))
+    p = g.op("Conv", [r, wp], {"kernel_shape": [1, 1]}, name="pw").output
+    g.outputs.append(g.op("Floor", [p], name="floor").output)
+    m = ir.Model(g, {"": 17})
+    ir.infer_shapes(m)
+    mod = _scheduled(m, tvm.target.Target({"kind": "llvm", "mcpu": "skylake-avx512", "mattr": ["-prefer-256-bit"]}))
+    texts = {gv.name_hint: f.script() for gv, f in mod.functions.items() if "conv2d" in gv.name_hint}
+    (dw,) = [t for t in texts.values() if "group_conv2d" in t]
+    (pw,) = [t for t in texts.values() if "group_conv2d" not in t]
+    # depthwise: the tile's 3 x 9 window padded inside the parallel loop; bias + ReLU on the local accumulators
+    assert "T.grid(T.int64(3), T.int64(9))" in dw and "T.parallel" in dw.split('T.sblock("pad_temp")')[0]
+    assert "group_conv2d_nhwc_intermediate = " not in dw
+    assert "T.max(group_conv2d_nhwc_intermediate_local" in dw
+    # pointwise + Floor: the convolution's result is stored, then floored in a pass of its own
+    assert "conv2d_nhwc_intermediate = T.sblock_alloc_buffer" in pw and "T.floor(conv2d_nhwc_intermediate[" in pw
+    _, got, ref = compile_and_run(m, tmp_path)
+    assert np.mean(got[0] == ref[0]) > 0.99  # a sum one rounding from an integer may floor the other way
