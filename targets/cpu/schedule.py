@@ -581,13 +581,17 @@ def _gemm_kernel(func: tirx.PrimFunc, lanes: int) -> bool:
 
 
 def front_passes(target: Target) -> list[tvm.transform.Pass]:
-    """Relax ops to unscheduled kernels: layouts converted, library dispatch, legalization and fusion, constant
-    weights marked layout-free (the kernels tuning searches are these)."""
+    """Relax ops to unscheduled kernels: layouts converted, exp / erf / tanh as vectorizable polynomials
+    (fastmath.py), library dispatch, legalization and fusion, constant weights marked layout-free (the kernels
+    tuning searches are these)."""
     from tvm import relax
     from tvm.relax.backend.cpu_generic import pipeline as cg
 
+    from .fastmath import fast_math_pass
+
     return (
         layout_passes()
+        + [fast_math_pass()]
         + cg.library_dispatch_passes(target)
         + cg.legalize_passes(target)
         + [relax.transform.AttachAttrLayoutFreeBuffers()]

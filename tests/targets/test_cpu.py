@@ -378,3 +378,46 @@ def test_matmul_columns_no_vector_divides_are_padded_to_whole_tiles(tmp_path):
     assert "T.where" not in update
     _, got, ref = compile_and_run(m, tmp_path)
     np.testing.assert_allclose(got[0], ref[0], rtol=1e-4, atol=1e-4)
+
+
+@pytest.mark.parametrize("name", ["exp", "erf", "_tanh"])
+def test_vectorized_exp_erf_tanh_stay_within_six_ulp_and_keep_special_values(name):
+    """The cpu target's exp / erf / tanh polynomials (fastmath.py), vectorized as the kernels run them, against
+    float64 references: within 6 ulp over [-110, 95] and small magnitudes; inf, -inf, NaN, the values near FLT_MAX
+    and the subnormal results exactly as the C library gives them."""
+    import math
+
+    import tvm
+    from tvm import s_tir, te
+
+    from edgec.targets.cpu import fastmath
+
+    xs = np.concatenate(
+        [
+            np.linspace(-110, 95, 1 << 16),
+            np.random.default_rng(0).standard_normal(1 << 14) * 3,
+            np.geomspace(1e-30, 1e-3, 500),
+            -np.geomspace(1e-30, 1e-3, 500),
+            [np.inf, -np.inf, np.nan, 0.0, 88.7, 88.72, 88.73, -87.5, -100.0, -103.0],
+        ]
+    ).astype(np.float32)
+    x = te.placeholder(xs.shape, "float32", name="x")
+    y = te.compute(x.shape, lambda i: getattr(fastmath, name)(x[i]), name="y")
+    sch = s_tir.Schedule(te.create_prim_func([x, y]))
+    (block,) = sch.get_child_blocks(sch.get_sblock("root"))
+    _, inner = sch.split(sch.get_loops(block)[-1], [None, 16])
+    sch.vectorize(inner)
+    lib = tvm.tirx.build(sch.mod, target=CpuTarget().tvm_target())
+    out = tvm.runtime.tensor(np.zeros_like(xs))
+    lib["main"](tvm.runtime.tensor(xs), out)
+    got = out.numpy()
+    ref64 = {"exp": np.exp, "erf": np.vectorize(math.erf), "_tanh": np.tanh}[name](xs.astype(np.float64))
+    with np.errstate(over="ignore"):
+        ref = ref64.astype(np.float32)  # the correctly rounded float32 result (inf where it overflows)
+    finite = np.isfinite(ref) & np.isfinite(xs)
+    ulp = np.abs(got[finite] - ref64[finite]) / np.spacing(np.maximum(np.abs(ref[finite]), np.float32(1e-45)))
+    assert ulp.max() <= 6.0
+    special = ~finite
+    np.testing.assert_array_equal(got[special], ref[special])  # NaN compares equal to NaN here
+    if name == "exp":
+        assert np.isfinite(got[xs == np.float32(88.7)]).all() and got[xs == np.float32(-100.0)][0] > 0
