@@ -327,8 +327,13 @@ def _pad_per_tile(sch: s_tir.Schedule, block, col_var, loop) -> None:
     stmt = sch.get(block)
     for prod in sch.get_producers(block):
         pstmt = sch.get(prod)
-        if len(pstmt.writes) != 1 or "meta_schedule.layout_rewrite_preproc" in pstmt.annotations:
-            continue
+        value = getattr(pstmt.body, "value", None)
+        if (
+            len(pstmt.writes) != 1
+            or "meta_schedule.layout_rewrite_preproc" in pstmt.annotations
+            or "if_then_else" not in str(getattr(value, "op", ""))
+        ):
+            continue  # not a padding (a conditional copy): another kernel's result, a weight's packing
         buf = pstmt.writes[0].source
         if not any(r.source.same_as(buf) and r.region and r.region[-1].min.same_as(col_var) for r in stmt.reads):
             continue

@@ -421,3 +421,24 @@ def test_vectorized_exp_erf_tanh_stay_within_six_ulp_and_keep_special_values(nam
     np.testing.assert_array_equal(got[special], ref[special])  # NaN compares equal to NaN here
     if name == "exp":
         assert np.isfinite(got[xs == np.float32(88.7)]).all() and got[xs == np.float32(-100.0)][0] > 0
+
+
+@pytest.mark.parametrize("bits, symmetric", [(4, True), (4, False), (8, True)])
+def test_batch1_quantized_matmul_reads_packed_codes_in_vector_tiles(bits, symmetric, tmp_path):
+    """A decode-style (batch 1) Linear with packed integer weights: the codes are stored input-major, so the
+    register tile loads a vector of output columns' bytes per K step (packed into panels like a float weight),
+    decoded in 32-bit lanes (int4: low / high nibble, signed codes stored with the sign bit flipped); results
+    within float rounding of the reference's dequantize-then-matmul."""
+    import tvm
+
+    w = np.random.default_rng(bits).standard_normal((256, 128)).astype(np.float32)
+    m = linear_model(quantize_rtn(w, bits, symmetric, 32 if bits == 4 else None), batch=(1,), bias=False)
+    mod = _scheduled(m, tvm.target.Target({"kind": "llvm", "mcpu": "skylake-avx512", "mattr": ["-prefer-256-bit"]}))
+    (text,) = [f.script() for gv, f in mod.functions.items() if "qlinear" in gv.name_hint]
+    update = text.split('T.sblock("dequant_matmul_update")')[1].split("T.sblock(")[0]
+    assert "T.unroll(T.int64(64))" in text.split('T.sblock("dequant_matmul_update")')[0]  # 4 vectors of 16 columns
+    assert '"int64", ' not in update.split("T.writes")[-1]  # no 64-bit lanes in the decode
+    K = 64 if bits == 4 else 128  # bytes along K
+    assert f'T.Buffer((T.int64({K}), T.int64(256)), "{"uint8" if bits == 4 or not symmetric else "int8"}")' in text
+    _, got, ref = compile_and_run(m, tmp_path)
+    np.testing.assert_allclose(got[0], ref[0], rtol=1e-5, atol=1e-5)
