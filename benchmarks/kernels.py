@@ -6,8 +6,8 @@ process, in alternating blocks, at the same thread count (1, then 2). The ratio 
 over onnxruntime's. GFLOP/s counts 2 x multiply-accumulates of Conv / Gemm / MatMul (from onnx's shape
 inference) over the artifact's median latency.
 
-    python benchmarks/kernels.py [--models resnet50,mobilenetv2,bert-base,vit-b16,decoder] [--runs 20]
-                                 [--targets cpu,openvino]
+    python benchmarks/kernels.py [--models resnet50,mobilenetv2,bert-base,vit-b16,decoder,matmul-decode]
+                                 [--runs 20] [--targets cpu,openvino] [--tune N] [--quant PIPELINES]
 
 Models (issue 22's set), built offline from transformers configurations with seeded random weights and exported
 by torch's TorchScript-based exporter (opset 17, sdpa attention): ResNet-50 and MobileNetV2 (224x224 images,
@@ -57,8 +57,34 @@ MODELS = {
 }
 
 
+# A decode-style matmul: one token through a Llama-7B-like MLP's up projection (hidden 2048 -> 5632), the weight a
+# constant. Weight-only quantized rows (--quant) are measured on it: at batch 1 the kernel reads each weight once.
+MATMUL_DECODE = (2048, 5632)
+
+
+def export_matmul(work: str) -> str:
+    import numpy as np
+    import onnx
+    from onnx import TensorProto, helper, numpy_helper
+
+    k, n = MATMUL_DECODE
+    w = numpy_helper.from_array(np.random.default_rng(0).standard_normal((k, n)).astype(np.float32) / k**0.5, "w")
+    g = helper.make_graph(
+        [helper.make_node("MatMul", ["x", "w"], ["out"])],
+        "matmul_decode",
+        [helper.make_tensor_value_info("x", TensorProto.FLOAT, [1, k])],
+        [helper.make_tensor_value_info("out", TensorProto.FLOAT, [1, n])],
+        [w],
+    )
+    path = os.path.join(work, "matmul-decode.onnx")
+    onnx.save(helper.make_model(g, opset_imports=[helper.make_opsetid("", 17)]), path)
+    return path
+
+
 def export(name: str, work: str) -> str:
     """``name`` built with random weights (seed 0) and exported to ONNX; returns the file's path."""
+    if name == "matmul-decode":
+        return export_matmul(work)
     import torch
     import transformers as tf
 
@@ -140,12 +166,18 @@ def gflop(path: str) -> float:
 
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("--models", default=",".join(MODELS))
+    ap.add_argument("--models", default=",".join([*MODELS, "matmul-decode"]))
     ap.add_argument("--targets", default=",".join(TARGETS))
     ap.add_argument("--runs", type=int, default=20)
     ap.add_argument("--threads", default="1,2")
     ap.add_argument("--tune", type=int, default=0, help="also a cpu{tune=N} row (MetaSchedule, N trials per kernel)")
     ap.add_argument("--tune-models", default="bert-base", help="the models that get the tuned row")
+    ap.add_argument(
+        "--quant",
+        default="quantize{bits=8},quantize{bits=4;group=32}",
+        help="weight-only pipelines ('quantize{...}', ';' between options), each a cpu row on --quant-models",
+    )
+    ap.add_argument("--quant-models", default="matmul-decode", help="the models that get the --quant rows")
     args = ap.parse_args()
     import edgec
     from edgec.bench import bench_artifact
@@ -157,22 +189,32 @@ def main() -> None:
         for name in args.models.split(","):
             src = export(name, work)
             flops = gflop(src)
-            targets = args.targets.split(",")
+            targets = [(t, "") for t in args.targets.split(",")]
             if args.tune and name in args.tune_models.split(","):
-                targets.append(f"cpu{{tune={args.tune}}}")
-            for target in targets:
+                targets.append((f"cpu{{tune={args.tune}}}", ""))
+            if args.quant and name in args.quant_models.split(","):
+                targets += [("cpu", p.replace(";", ",")) for p in args.quant.split(",")]
+            for target, pipeline in targets:
                 out = os.path.join(work, f"{name}.{len(rows)}")
                 t0 = time.perf_counter()
                 # a fresh cache folder: a tuned row's compile time includes the whole search
-                edgec.compile(src, target=target, output=out, use_cache=False, cache_dir=os.path.join(work, "cache"))
+                edgec.compile(
+                    src,
+                    target=target,
+                    pipeline=pipeline,
+                    output=out,
+                    use_cache=False,
+                    cache_dir=os.path.join(work, "cache"),
+                )
                 t_compile = time.perf_counter() - t0
                 manifest = read_json(os.path.join(out, "manifest.json"))
                 for threads in [int(t) for t in args.threads.split(",")]:
                     rec = bench_artifact(
                         out, manifest, runs=args.runs, threads=threads, compare="onnxruntime", source=src
                     )
-                    rows.append((name, target, threads, flops, t_compile, rec))
-                    print(f"{name} {target} {threads}t: {rec['compare']['median_ratio']}x", file=sys.stderr)
+                    label = f"{target} -p {pipeline}" if pipeline else target
+                    rows.append((name, label, threads, flops, t_compile, rec))
+                    print(f"{name} {label} {threads}t: {rec['compare']['median_ratio']}x", file=sys.stderr)
     from edgec.targets.cpu import CpuTarget
 
     cpu = str(CpuTarget().tvm_target().attrs.get("mcpu", ""))
@@ -180,7 +222,8 @@ def main() -> None:
         "# Artifact speed against onnxruntime",
         "",
         f"`python benchmarks/kernels.py --models {args.models} --targets {args.targets} --runs {args.runs} "
-        f"--threads {args.threads} --tune {args.tune} --tune-models {args.tune_models}` on {platform.machine()} ({os.cpu_count()} cores, LLVM CPU `{cpu}`), in "
+        f"--threads {args.threads} --tune {args.tune} --tune-models {args.tune_models} --quant '{args.quant}' "
+        f"--quant-models {args.quant_models}` on {platform.machine()} ({os.cpu_count()} cores, LLVM CPU `{cpu}`), in "
         f"{time.perf_counter() - t_all:.0f} s. Each row: `edgec bench`'s measurement (`edgec.bench.bench_artifact`, "
         "`compare='onnxruntime'`): the artifact and the original ONNX file on onnxruntime's CPU provider in one "
         "fresh process, alternating blocks of runs, the same thread count; medians of "
@@ -189,16 +232,18 @@ def main() -> None:
         "/ onnxruntime median (issue 22's goal: at most 1.5 untuned). GFLOP/s = 2 x MACs of Conv/Gemm/MatMul over "
         "the median; this VM does not expose the core's clock, so no peak is quoted.",
         "",
-        "| model | target | threads | compile s | artifact ms | onnxruntime ms | ratio | GFLOP | artifact GFLOP/s | "
-        "onnxruntime GFLOP/s | peak RSS MB |",
-        "|---|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|",
+        "| model | target | threads | compile s | artifact ms | onnxruntime ms | ratio | speed-up over edgec fp32 | "
+        "GFLOP | artifact GFLOP/s | onnxruntime GFLOP/s | peak RSS MB |",
+        "|---|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|",
     ]
+    base = {(n, th): r["latency_ms"]["median"] for n, t, th, _, _, r in rows if t == "cpu"}
     for name, target, threads, flops, t_compile, rec in rows:
         a, o = rec["latency_ms"]["median"], rec["compare"]["latency_ms"]["median"]
+        speedup = f"{base[(name, threads)] / a:.2f}x" if " -p " in target and (name, threads) in base else ""
         lines.append(
             f"| {name} | `{target}` | {threads} | {t_compile:.1f} | {a:.3f} | {o:.3f} | "
-            f"{rec['compare']['median_ratio']:.2f}x | {flops:.3f} | {flops / a * 1e3:.1f} | {flops / o * 1e3:.1f} | "
-            f"{rec['peak_rss_mb']} |"
+            f"{rec['compare']['median_ratio']:.2f}x | {speedup} | {flops:.3f} | {flops / a * 1e3:.1f} | "
+            f"{flops / o * 1e3:.1f} | {rec['peak_rss_mb']} |"
         )
     lines += [
         "",
@@ -206,7 +251,11 @@ def main() -> None:
         "register-tiled matmul / convolution kernels with FMA (targets/cpu/schedule.py), no tuning. `openvino` is",
         "OpenVINO's CPU plugin at f32 inference precision. `cpu{tune=N}` adds TVM's MetaSchedule search, N",
         "candidates per matmul / convolution kernel (its compile time includes the search, from an empty database;",
-        "without xgboost installed the candidates are drawn at random). Ratios are as measured, not rounded.",
+        "without xgboost installed the candidates are drawn at random). `cpu -p quantize{...}` rows quantize the",
+        "weights only (round to nearest; int4 in groups of 32 along K) and run the packed codes in the kernel;",
+        "their onnxruntime column is the float original, and the speed-up column compares with the `cpu` row of",
+        "the same model and threads. `matmul-decode` is one token through a 2048 -> 5632 projection (batch 1).",
+        "Ratios are as measured, not rounded.",
     ]
     write_results("RESULTS-kernels.md", lines)
 

@@ -33,6 +33,7 @@ from .errors import BadInputError, EdgecError, UnsupportedError, UsageError
 
 COMPARE = ("onnxruntime",)
 BLOCKS = 5  # --compare: the runs of each contender in this many alternating blocks
+IDLE_S = 0.2  # --compare: the pause before each block, long enough for the other pool's threads to stop spinning
 
 _MS = {"type": "number", "minimum": 0}
 _LATENCY = {
@@ -321,13 +322,14 @@ def _time_model(target: Any, job: dict[str, Any], files: list[str], feeds: dict[
             run()
     times: dict[str, list[float]] = {k: [] for k in contenders}
     # Interleaved in blocks, not call by call: a runtime keeps its thread pool spinning for a while after a call,
-    # so alternating single calls would make each fight the other's idle threads. Each block starts with one
-    # untimed call of its contender.
+    # so alternating single calls would make each fight the other's idle threads. Each block starts after a pause
+    # (IDLE_S) and with one untimed call of its contender.
     blocks = min(BLOCKS, job["runs"]) if len(contenders) > 1 else 1
     for b in range(blocks):
         n = job["runs"] // blocks + (b < job["runs"] % blocks)
         for k, run in contenders.items():
             if blocks > 1:
+                time.sleep(IDLE_S)  # the other runtime's pool threads stop spinning and sleep
                 run()
             for _ in range(n):
                 t0 = time.perf_counter()
