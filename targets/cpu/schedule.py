@@ -77,21 +77,32 @@ class ParallelVectorize(CPUScheduleRule):
         if self.gemm_only and not any(self._is_gemm_like(sch, i, lanes) for i in infos):
             return None
         free = _layout_free(func) if self.pack else []
-        changed, epilogues = self._fuse(sch, infos, lanes, free)
-        if changed:
-            infos = normalize_prim_func(sch)
-            if not infos:  # the fused function is beyond the analysis: schedule it unfused
-                sch, epilogues = s_tir.Schedule(func), {}
+        # fused first (epilogues, padding, folded copies); where a matmul / convolution block's schedule then
+        # stops half-way, the whole function again as it was before fusion
+        return self._schedule(func, lanes, free, fuse=True) or self._schedule(func, lanes, free, fuse=False)
+
+    def _schedule(self, func: tirx.PrimFunc, lanes: int, free: list, fuse: bool):
+        sch = s_tir.Schedule(func)
+        infos = normalize_prim_func(sch)
+        epilogues: dict[str, str] = {}
+        if fuse:
+            changed, epilogues = self._fuse(sch, infos, lanes, free)
+            if changed:
                 infos = normalize_prim_func(sch)
+                if not infos:  # the fused function is beyond the analysis
+                    return None
         done = set(epilogues.values())
         for info in infos:
             name = sch.get(info.block_rv).name_hint
             if name in done:
                 continue  # computed inside its matmul's register tile
             epilogue = sch.get_sblock(epilogues[name]) if name in epilogues else None
+            gemm = fuse and self._is_gemm_like(sch, info, lanes)
             try:
                 self._schedule_block(sch, info, lanes, free, epilogue)
             except s_tir.schedule.ScheduleError:
+                if gemm:
+                    return None
                 continue  # every primitive preserves semantics: a block left half-scheduled is still correct
         return sch
 
@@ -194,9 +205,17 @@ class ParallelVectorize(CPUScheduleRule):
         sch.reverse_compute_at(acc, outer[-1])
         if epilogue is not None:
             # the epilogue reads the accumulator tile (bias, activation, residual applied before the one store)
-            sch.reverse_compute_at(epilogue, outer[-1])
-            sch.compute_inline(acc)
-            acc = epilogue
+            try:
+                sch.reverse_compute_at(epilogue, outer[-1])
+            except s_tir.schedule.ScheduleError:
+                # another of its inputs is computed after this loop nest (BERT's attention mask): a pass of its own
+                _vectorize_inner(sch, epilogue, lanes)
+            else:
+                try:
+                    sch.compute_inline(acc)
+                    acc = epilogue
+                except s_tir.schedule.ScheduleError:
+                    sch.vectorize(sch.get_loops(epilogue)[-1])
         _pad_per_tile(sch, block, info.iters[s_idx[-1]].var, outer[-1])
         init = sch.decompose_reduction(block, r_loops[0])
         sch.vectorize(sch.get_loops(init)[-1])
@@ -317,6 +336,23 @@ def _is_copy(stmt, free: list) -> bool:
             for a, b in zip(src.indices, body.indices)
         )
     )
+
+
+def _vectorize_inner(sch: s_tir.Schedule, block, lanes: int) -> None:
+    """An elementwise block left where it is: its outer loops fused and parallel, the innermost vectorized where a
+    vector width divides it."""
+    loops = sch.get_loops(block)
+    ext = _extent(sch.get(loops[-1]).extent)
+    n = _pick_lanes(ext, lanes)
+    outer = loops[:-1]
+    if n > 1 and ext is not None and ext > n:
+        vo, vi = sch.split(loops[-1], [None, n])
+        sch.vectorize(vi)
+        outer = outer + [vo]
+    elif n > 1:
+        sch.vectorize(loops[-1])
+    if outer:
+        sch.parallel(sch.fuse(*outer) if len(outer) > 1 else outer[0])
 
 
 def _pad_per_tile(sch: s_tir.Schedule, block, col_var, loop) -> None:
