@@ -3,8 +3,10 @@
 The kernels tuned are the ones the default rule register-tiles (:func:`schedule.gemm_kernels`); every other kernel
 keeps its default schedule. Results go to a persistent database (MetaSchedule's JSON database) in the compile
 cache's ``tuning/`` folder, one per CPU: a kernel is keyed by its TIR (structural hash), so a later compile with the
-same layer shapes on the same CPU reuses what was found instead of searching again. MetaSchedule's schedules
-transform loops only, so a tuned kernel computes what the default one computes (``--verify`` still checks it).
+same layer shapes on the same CPU reuses what was found instead of searching again. Each kernel's default schedule
+is timed the same way and recorded beside the candidates, so the schedule a compile gets is the fastest measured:
+tuning never makes a kernel slower than not tuning. MetaSchedule's schedules transform loops only, so a tuned
+kernel computes what the default one computes (``--verify`` still checks it).
 """
 
 from __future__ import annotations
@@ -101,6 +103,8 @@ def tune(kernels: dict[str, Any], target: Target, trials: int, path: str, seed: 
                 )
             except (RuntimeError, ValueError) as e:
                 failed.append(f"{name} ({type(e).__name__}: {str(e).strip().splitlines()[-1][:160]})")
+    # after the search (an evolutionary search seeded from a database record of another design space fails)
+    _record_defaults(db, todo, target, ttarget)
     if failed:
         import warnings
 
@@ -111,6 +115,51 @@ def tune(kernels: dict[str, Any], target: Target, trials: int, path: str, seed: 
         )
     bar.close()
     return db
+
+
+def _record_defaults(db, kernels: dict[str, Any], target: Target, ttarget: Target) -> None:
+    """Build and time each kernel's default schedule (schedule.py's register tiles) as MetaSchedule times a
+    candidate, and record it in the database: the schedule the database then gives a kernel is the fastest
+    measured, the default included, so tuning never makes a kernel slower than not tuning. A default that does
+    not build or run here is simply not recorded."""
+    from tvm.s_tir import meta_schedule as ms
+
+    from .schedule import ParallelVectorize
+
+    items = []
+    for f in kernels.values():
+        wl_mod = ms.tune_context._normalize_mod(f)
+        try:
+            with target:
+                sch = ParallelVectorize(gemm_only=True).apply(wl_mod["main"], target, False)
+        except (RuntimeError, ValueError):
+            continue
+        if sch is not None:
+            items.append((wl_mod, sch))
+    if not items:
+        return
+    built = ms.builder.LocalBuilder().build([ms.builder.BuilderInput(sch.mod, ttarget) for _, sch in items])
+    ok = [(item, b) for item, b in zip(items, built) if b.error_msg is None]
+    futures = ms.runner.LocalRunner().run(
+        [
+            ms.runner.RunnerInput(
+                b.artifact_path, device_type="cpu", args_info=ms.arg_info.ArgInfo.from_entry_func(sch.mod)
+            )
+            for (_, sch), b in ok
+        ]
+    )
+    for ((wl_mod, sch), _), fut in zip(ok, futures):
+        res = fut.result()
+        if res.error_msg is None and res.run_secs:
+            db.commit_tuning_record(
+                ms.database.TuningRecord(
+                    sch.trace,
+                    db.commit_workload(wl_mod),
+                    run_secs=res.run_secs,
+                    target=ttarget,
+                    args_info=ms.arg_info.ArgInfo.from_prim_func(wl_mod["main"]),
+                )
+            )
 
 
 def _tuned(db, func, target: Target) -> bool:

@@ -41,7 +41,11 @@ def test_tuned_kernels_verify_and_the_database_is_reused(tmp_path):
     first = compile_model(src, target="cpu{tune=4}", output=str(tmp_path / "a"), verify=True, cache_dir=str(cache))
     assert first.manifest["verification"]["passed"]
     n = _records(cache)
-    assert n >= 4  # every trial of the one kernel is recorded
+    assert n >= 5  # every trial of the one kernel is recorded, and the default schedule's time beside them
+    (db,) = list((cache / "tuning").iterdir())
+    traces = [json.dumps(json.loads(line)) for line in open(db / "records.json")]
+    # the default schedule (schedule.py's register tile: a cache_write to "local") was timed and recorded
+    assert any('"local"' in t and "DecomposeReduction" in t and "Unroll" in t for t in traces)
     # a second compile of the same kernels (not served from the compile cache) reuses the database: no new trials
     second = compile_model(
         src, target="cpu{tune=4}", output=str(tmp_path / "b"), verify=True, cache_dir=str(cache), use_cache=False
