@@ -223,6 +223,47 @@ def clear(cache_dir: str) -> tuple[int, int]:
     return n, size
 
 
+# Targets keep their tuning databases beside the entries: ``<cache>/tuning/<database>/`` (cpu{tune=N}: one per CPU).
+TUNING_DIR = "tuning"
+
+
+def tuning_stats(cache_dir: str) -> tuple[int, int]:
+    """(tuning databases, bytes) under the cache's ``tuning/`` folder."""
+    root = os.path.join(cache_dir, TUNING_DIR)
+    n, size = 0, 0
+    for d in _listdir(root):
+        p = os.path.join(root, d)
+        if not _real_dir(p):
+            continue
+        n += 1
+        for base, _, files in os.walk(p):
+            for f in files:
+                with contextlib.suppress(OSError):
+                    size += os.lstat(os.path.join(base, f)).st_size
+    return n, size
+
+
+def clear_tuning(cache_dir: str) -> tuple[int, int]:
+    """Delete the cache's tuning databases (searches a later tuned compile will have to run again); (databases,
+    bytes) deleted. Refused, like :func:`clear`, for a folder that is not an edgec cache."""
+    if not os.path.lexists(cache_dir):
+        return 0, 0
+    if not prepare_root(cache_dir, create=False):
+        raise UsageError(
+            f"{cache_dir} is not an edgec compile cache (no {TAG_FILE} of edgec's, and it holds files "
+            "edgec did not write); nothing was deleted. Check --cache-dir / EDGEC_CACHE_DIR"
+        )
+    n, size = tuning_stats(cache_dir)
+    root = os.path.join(cache_dir, TUNING_DIR)
+    for d in _listdir(root):
+        p = os.path.join(root, d)
+        if _real_dir(p):
+            shutil.rmtree(p, ignore_errors=True)
+    with contextlib.suppress(OSError):
+        os.rmdir(root)
+    return n, size
+
+
 def _sweep_shard(shard: str) -> None:
     """Remove the temporary folders (``.tmp-PID-START-...``) of writers that are gone."""
     for t in _listdir(shard):

@@ -705,19 +705,36 @@ def targets(as_json):
     help="The cache (default: $EDGEC_CACHE_DIR or ~/.cache/edgec/artifacts).",
 )
 @click.option("--clear", is_flag=True, help="Delete every cached compile.")
+@click.option(
+    "--clear-tuning", is_flag=True, help="Delete the tuning databases too (cpu{tune=N}'s searches run again)."
+)
 @click.option("--json", "as_json", is_flag=True, help="Machine-readable output.")
 @handle_errors
-def cache_cmd(cache_dir, clear, as_json):
-    """Show (or --clear) the content-addressed compile cache."""
+def cache_cmd(cache_dir, clear, clear_tuning, as_json):
+    """Show (or --clear) the content-addressed compile cache and its tuning databases."""
     from . import cache
 
     d = cache_dir or cache.default_dir()
     entries, size = cache.clear(d) if clear else cache.stats(d)
-    info = {"cache_dir": d, "entries": entries, "bytes": size, "cleared": bool(clear)}
+    dbs, db_size = cache.clear_tuning(d) if clear_tuning else cache.tuning_stats(d)
+    info = {
+        "cache_dir": d,
+        "entries": entries,
+        "bytes": size,
+        "cleared": bool(clear),
+        "tuning_databases": dbs,
+        "tuning_bytes": db_size,
+        "tuning_cleared": bool(clear_tuning),
+    }
     if as_json:
         _emit_json(info)
         return
-    click.echo(f"{d}: {entries} cached compiles, {_human(size)}" + ("; cleared" if clear else ""))
+    click.echo(
+        f"{d}: {entries} cached compiles, {_human(size)}"
+        + ("; cleared" if clear else "")
+        + f"; {dbs} tuning databases, {_human(db_size)}"
+        + ("; cleared" if clear_tuning else "")
+    )
 
 
 @main.command()

@@ -131,6 +131,27 @@ def test_cache_clear_deletes_only_cache_entries(tmp_path):
     assert os.listdir(cache / "ab") == ["notes.txt"]
 
 
+def test_cache_shows_and_clears_tuning_databases_only_when_asked(tmp_path):
+    """`edgec cache` counts the tuning databases (cpu{tune=N}'s searches) beside the entries; --clear leaves them,
+    --clear-tuning deletes them (never through a symlink, never anything else)."""
+    cache = tmp_path / "cache"
+    assert edgec_cli("compile", TINY_CNN, "-o", str(tmp_path / "o"), cache=cache).returncode == 0
+    db = cache / "tuning" / "emeraldrapids-0123456789ab"
+    db.mkdir(parents=True)
+    (db / "records.json").write_text("x" * 1000)
+    outside = tmp_path / "outside"
+    outside.mkdir()
+    (outside / "keep.json").write_text("mine")
+    (cache / "tuning" / "link").symlink_to(outside)
+    info = json.loads(edgec_cli("cache", "--json", cache=cache).stdout)
+    assert (info["entries"], info["tuning_databases"], info["tuning_bytes"]) == (1, 1, 1000)
+    info = json.loads(edgec_cli("cache", "--clear", "--json", cache=cache).stdout)
+    assert info["entries"] == 1 and info["tuning_databases"] == 1 and db.exists()
+    r = edgec_cli("cache", "--clear-tuning", cache=cache)
+    assert r.returncode == 0 and "1 tuning databases, 1000 B; cleared" in r.stdout, r.stdout + r.stderr
+    assert not db.exists() and (outside / "keep.json").exists()
+
+
 # ---------------------------------------------------------------- 4: a corrupt cache entry is never served
 # CI runs two kinds of damage; benchmarks/robustness.py runs all five (flip a byte, remove or add a file too)
 @pytest.mark.slow
