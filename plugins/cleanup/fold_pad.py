@@ -23,8 +23,8 @@ def _spatial_pads(pad: Node, rank: int) -> list[int] | None:
         return None
     if len(pad.inputs) < 2 or pad.inputs[1] is None:
         return None
-    amounts = const(pad.inputs[1])
-    if amounts is None:
+    raw = const(pad.inputs[1])
+    if raw is None:
         return None
     if len(pad.inputs) > 2 and pad.inputs[2] is not None:
         value = const(pad.inputs[2])
@@ -36,7 +36,7 @@ def _spatial_pads(pad: Node, rank: int) -> list[int] | None:
         if a is None:
             return None
         axes = [int(x) % rank for x in a.reshape(-1)]
-    amounts = [int(x) for x in amounts.reshape(-1)]
+    amounts = [int(x) for x in raw.reshape(-1)]
     if len(amounts) != 2 * len(axes):
         return None
     full = [0] * (2 * rank)
