@@ -467,3 +467,23 @@ def test_matmul_stays_tiled_when_its_epilogue_reads_a_later_kernel(tmp_path):
     assert 'T.sblock("matmul_update")' in text and "T.unroll(T.int64(8))" in text  # tiled, reduction decomposed
     _, got, ref = compile_and_run(m, tmp_path)
     np.testing.assert_allclose(got[0], ref[0], rtol=1e-4, atol=1e-3)
+
+
+def test_matmul_rows_no_tile_height_divides_are_padded(tmp_path):
+    """197 rows (ViT's tokens) x 96 columns: the columns divide into vectors, the rows into no tile height from 4
+    to 8, so the rows are padded to 200 and every tile is whole (the update has no predicate)."""
+    import tvm
+
+    g = ir.Graph()
+    x = g.add_input("x", ir.DType.FLOAT32, (197, 64))
+    w = g.add_const("w", np.random.default_rng(0).standard_normal((96, 64)).astype(np.float32))
+    g.outputs.append(g.op("Linear", [x, w], domain="edgec", name="fc").output)
+    m = ir.Model(g, {"": 17, "edgec": 1})
+    ir.infer_shapes(m)
+    mod = _scheduled(m, tvm.target.Target({"kind": "llvm", "mcpu": "skylake-avx512", "mattr": ["-prefer-256-bit"]}))
+    (text,) = [f.script() for gv, f in mod.functions.items() if "matmul" in gv.name_hint]
+    assert "T.int64(200), T.int64(64)" in text  # the padded rows
+    update = text.split('T.sblock("matmul_update")')[1].split("T.sblock(")[0]
+    assert "T.where" not in update
+    _, got, ref = compile_and_run(m, tmp_path)
+    np.testing.assert_allclose(got[0], ref[0], rtol=1e-4, atol=1e-4)
