@@ -188,27 +188,37 @@ def entries(cache_dir: str) -> list[str]:
     return out
 
 
+def _tree_bytes(path: str) -> int:
+    size = 0
+    for root, _, files in os.walk(path):
+        for f in files:
+            with contextlib.suppress(OSError):
+                size += os.lstat(os.path.join(root, f)).st_size
+    return size
+
+
 def stats(cache_dir: str) -> tuple[int, int]:
     """(entries, bytes) of the cache."""
-    n, size = 0, 0
-    for e in entries(cache_dir):
-        n += 1
-        for root, _, files in os.walk(e):
-            for f in files:
-                with contextlib.suppress(OSError):
-                    size += os.lstat(os.path.join(root, f)).st_size
-    return n, size
+    found = entries(cache_dir)
+    return len(found), sum(_tree_bytes(e) for e in found)
 
 
-def clear(cache_dir: str) -> tuple[int, int]:
-    """Delete every entry of the cache (and nothing else); (entries, bytes) deleted."""
+def _deletable(cache_dir: str) -> bool:
+    """Whether ``cache_dir`` exists; a UsageError (nothing deleted) where it is not an edgec cache."""
     if not os.path.lexists(cache_dir):
-        return 0, 0
+        return False
     if not prepare_root(cache_dir, create=False):
         raise UsageError(
             f"{cache_dir} is not an edgec compile cache (no {TAG_FILE} of edgec's, and it holds files "
             "edgec did not write); nothing was deleted. Check --cache-dir / EDGEC_CACHE_DIR"
         )
+    return True
+
+
+def clear(cache_dir: str) -> tuple[int, int]:
+    """Delete every entry of the cache (and nothing else); (entries, bytes) deleted."""
+    if not _deletable(cache_dir):
+        return 0, 0
     n, size = stats(cache_dir)
     for e in entries(cache_dir):
         _evict(e)
@@ -230,29 +240,15 @@ TUNING_DIR = "tuning"
 def tuning_stats(cache_dir: str) -> tuple[int, int]:
     """(tuning databases, bytes) under the cache's ``tuning/`` folder."""
     root = os.path.join(cache_dir, TUNING_DIR)
-    n, size = 0, 0
-    for d in _listdir(root):
-        p = os.path.join(root, d)
-        if not _real_dir(p):
-            continue
-        n += 1
-        for base, _, files in os.walk(p):
-            for f in files:
-                with contextlib.suppress(OSError):
-                    size += os.lstat(os.path.join(base, f)).st_size
-    return n, size
+    found = [p for p in (os.path.join(root, d) for d in _listdir(root)) if _real_dir(p)]
+    return len(found), sum(_tree_bytes(p) for p in found)
 
 
 def clear_tuning(cache_dir: str) -> tuple[int, int]:
     """Delete the cache's tuning databases (searches a later tuned compile will have to run again); (databases,
     bytes) deleted. Refused, like :func:`clear`, for a folder that is not an edgec cache."""
-    if not os.path.lexists(cache_dir):
+    if not _deletable(cache_dir):
         return 0, 0
-    if not prepare_root(cache_dir, create=False):
-        raise UsageError(
-            f"{cache_dir} is not an edgec compile cache (no {TAG_FILE} of edgec's, and it holds files "
-            "edgec did not write); nothing was deleted. Check --cache-dir / EDGEC_CACHE_DIR"
-        )
     n, size = tuning_stats(cache_dir)
     root = os.path.join(cache_dir, TUNING_DIR)
     for d in _listdir(root):
