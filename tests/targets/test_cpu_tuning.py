@@ -68,3 +68,38 @@ def test_tuning_a_library_for_another_cpu_is_refused(tmp_path):
     with pytest.raises(UnsupportedError, match="tune= measures candidate kernels on this machine"):
         compile_model(src, target="cpu{tune=4,mcpu=x86-64-v3}", output=str(tmp_path / "a"), use_cache=False)
     assert not os.path.exists(tmp_path / "a")
+
+
+def test_a_kernel_metaschedule_cannot_search_keeps_its_default_schedule(tmp_path):
+    """BERT's attention scores (MatMul, then + Where(mask)): MetaSchedule's design space fails on the kernel (a
+    compute_at whose producer is outside the loop). The compile warns, names the kernel, and keeps the default
+    schedule, which is timed and recorded in the database like a candidate; the artifact verifies."""
+    import onnx
+    from onnx import TensorProto, helper, numpy_helper
+
+    from edgec import compile as compile_model
+
+    k = numpy_helper.from_array(np.random.default_rng(0).standard_normal((1, 4, 16, 32)).astype(np.float32), "k")
+    zero = numpy_helper.from_array(np.zeros((), np.float32), "zero")
+    neg = numpy_helper.from_array(np.full((), -1e9, np.float32), "neg")
+    g = helper.make_graph(
+        [
+            helper.make_node("MatMul", ["q", "k"], ["s"]),
+            helper.make_node("Where", ["mask", "zero", "neg"], ["b"]),
+            helper.make_node("Add", ["s", "b"], ["y"]),
+        ],
+        "g",
+        [
+            helper.make_tensor_value_info("q", TensorProto.FLOAT, [1, 4, 32, 16]),
+            helper.make_tensor_value_info("mask", TensorProto.BOOL, [1, 1, 32, 32]),
+        ],
+        [helper.make_tensor_value_info("y", TensorProto.FLOAT, [1, 4, 32, 32])],
+        [k, zero, neg],
+    )
+    src = str(tmp_path / "m.onnx")
+    onnx.save(helper.make_model(g, opset_imports=[helper.make_opsetid("", 17)]), src)
+    cache = tmp_path / "cache"
+    with pytest.warns(UserWarning, match=r"MetaSchedule could not search 1 of 1 kernels; they keep the default"):
+        res = compile_model(src, target="cpu{tune=2}", output=str(tmp_path / "a"), verify=True, cache_dir=str(cache))
+    assert res.manifest["verification"]["passed"]
+    assert _records(cache) >= 1  # the default schedule's time
