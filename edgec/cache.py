@@ -46,7 +46,7 @@ from collections.abc import Callable, Mapping
 from typing import Any
 
 from .errors import UsageError
-from .output import read_regular
+from .output import TUNING_DIR, default_cache_dir, read_regular
 from .output import (
     _ME,
     _tag,
@@ -89,11 +89,7 @@ class CompileResult:
 
 
 def default_dir() -> str:
-    env = os.environ.get("EDGEC_CACHE_DIR")
-    if env:
-        return env
-    base = os.environ.get("XDG_CACHE_HOME") or os.path.join(os.path.expanduser("~"), ".cache")
-    return os.path.join(base, "edgec", "artifacts")
+    return default_cache_dir()
 
 
 # ------------------------------------------------------------------------------------------------ the root
@@ -231,10 +227,6 @@ def clear(cache_dir: str) -> tuple[int, int]:
     with contextlib.suppress(OSError):
         os.unlink(os.path.join(cache_dir, INDEX_FILE))
     return n, size
-
-
-# Targets keep their tuning databases beside the entries: ``<cache>/tuning/<database>/`` (cpu{tune=N}: one per CPU).
-TUNING_DIR = "tuning"
 
 
 def tuning_stats(cache_dir: str) -> tuple[int, int]:
@@ -748,12 +740,7 @@ def _declared_bytes(path: str) -> int:
     st = os.stat(path)
     if not stat.S_ISDIR(st.st_mode):
         return st.st_size
-    total = 0
-    for r, _, files in os.walk(path):
-        for f in files:
-            with contextlib.suppress(OSError):
-                total += os.lstat(os.path.join(r, f)).st_size
-    return total
+    return _tree_bytes(path)
 
 
 def _check_budget(nbytes: int, what: str) -> None:

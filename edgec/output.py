@@ -40,6 +40,22 @@ class OutputError(UsageError):
     kind = "output"
 
 
+def default_cache_dir() -> str:
+    """The compile cache's root: ``$EDGEC_CACHE_DIR``, else ``$XDG_CACHE_HOME/edgec/artifacts`` (``~/.cache`` where
+    XDG_CACHE_HOME is unset). Targets keep what they learn across compiles beside its entries, in
+    ``<root>/TUNING_DIR/`` (the cpu target's tuning databases)."""
+    env = os.environ.get("EDGEC_CACHE_DIR")
+    if env:
+        return env
+    base = os.environ.get("XDG_CACHE_HOME") or os.path.join(os.path.expanduser("~"), ".cache")
+    return os.path.join(base, "edgec", "artifacts")
+
+
+# The cache root's folder for targets' tuning databases (one sub-folder per database); `edgec cache` counts and
+# --clear-tuning deletes them.
+TUNING_DIR = "tuning"
+
+
 def default_output(src_path: str | None, target_name: str) -> str:
     """MODEL.TARGET in the current directory (``out.TARGET`` for an in-memory model)."""
     return os.path.splitext(os.path.basename(src_path))[0] + f".{target_name}" if src_path else f"out.{target_name}"

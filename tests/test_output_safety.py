@@ -150,6 +150,12 @@ def test_cache_shows_and_clears_tuning_databases_only_when_asked(tmp_path):
     r = edgec_cli("cache", "--clear-tuning", cache=cache)
     assert r.returncode == 0 and "1 tuning databases, 1000 B; cleared" in r.stdout, r.stdout + r.stderr
     assert not db.exists() and (outside / "keep.json").exists()
+    # a folder that is not an edgec cache: refused by name, nothing deleted
+    home = tmp_path / "home"
+    (home / "tuning" / "notes").mkdir(parents=True)
+    r = edgec_cli("cache", "--clear-tuning", cache=home)
+    assert r.returncode == 2 and "is not an edgec compile cache" in r.stderr and not_a_bug(r), r.stderr
+    assert (home / "tuning" / "notes").exists()
 
 
 # ---------------------------------------------------------------- 4: a corrupt cache entry is never served

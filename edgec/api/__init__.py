@@ -18,6 +18,7 @@ from ..frontend import Frontend
 from ..hookspecs import hookimpl
 from ..ir import DType, Graph, Model, Node, QuantizedTensor, Tensor, Value
 from ..ir.passes import Pass, PassContext, option
+from ..output import TUNING_DIR, default_cache_dir
 from ..target import Artifact, Capabilities, Encoders, Lowerings, Target, VerifyPolicy
 
 __all__ = [
@@ -39,12 +40,14 @@ __all__ = [
     "PluginError",
     "QuantizedTensor",
     "Target",
+    "TUNING_DIR",
     "Tensor",
     "UnsupportedError",
     "UsageError",
     "Value",
     "VerificationFailed",
     "VerifyPolicy",
+    "default_cache_dir",
     "hookimpl",
     "ir",
     "option",

@@ -1061,10 +1061,7 @@ def _quantized_linear(b: RelaxBuilder, n: Node, x: Value, q: QuantizedTensor, bi
     N, K = q.shape
     xs = cast("tuple[int, ...]", x.static_shape)  # shapes are static here
     M = int(np.prod(xs[:-1]))
-    encode = LINEAR_WEIGHTS[q.scheme]
-    # affine codes stored input-major ([K, N]): a vector of output columns is one contiguous load per K step, and
-    # the cpu target's register tile reads each packed byte once (batch-1 int8 2.5x, int4 1.5x faster than fp32)
-    consts, element = encode(q, b, columns=True) if encode is _dequant_te else encode(q, b)
+    consts, element = LINEAR_WEIGHTS[q.scheme](q, b)
 
     def compute(X: Any, *params: Any) -> Any:
         k = te.reduce_axis((0, K), "k")
@@ -1109,43 +1106,22 @@ def _vector_te(q: QuantizedTensor, b: RelaxBuilder) -> Any:
 
 
 @LINEAR_WEIGHTS.register("symmetric", "asymmetric", "affine")
+def _linear_affine_te(q: QuantizedTensor, b: RelaxBuilder) -> Any:
+    """A Linear's affine codes stored input-major (:func:`_dequant_te` with ``columns``): a vector of output columns
+    is one contiguous load per K step, so the cpu target's register tile reads each packed byte once (batch-1
+    2048x5632: int8 2.46x, int4 2.21x faster than fp32, benchmarks/RESULTS-kernels.md)."""
+    return _dequant_te(q, b, columns=True)
+
+
 def _dequant_te(q: QuantizedTensor, b: RelaxBuilder, columns: bool = False) -> Any:
     """Relax constants for a quantized weight plus a TE function reading one dequantized element.
 
     Codes are flattened to ``[out, K]`` and packed as in :func:`pack_codes`; scales, zero points and
     offsets index by (row, K position // group). With ``columns`` every constant is stored transposed
-    (``[K / 2, out]`` packed codes, ``[groups, out]`` scales): a matmul's vector of output columns then reads
-    contiguous bytes, which the cpu target's register tiles need. ``element(params, row, k)`` takes the TE
-    tensors of the constants in order, and computes exactly :meth:`QuantizedTensor.dequantize` (float32, same
+    (``[K / 2, out]`` packed codes, ``[groups, out]`` scales), and signed int4 codes with their sign bit flipped
+    (nibble + 8, decoded as nibble - 8: the same value, no sign extension). ``element(params, row, k)`` takes the
+    TE tensors of the constants in order, and computes exactly :meth:`QuantizedTensor.dequantize` (float32, same
     order)."""
-    consts, code, group, gk = _affine_te(q, b, columns)
-
-    def element(params: Any, row: Any, kk: Any) -> Any:
-        u, shift = code(params, row, kk)
-        c = u - tvm_const(shift) if shift else u
-        zp, scale, offset = group(params, row, kk // gk)
-        if zp is not None:
-            c = c - zp
-        c = c * scale
-        if offset is not None:
-            c = c + offset
-        return c
-
-    return consts, element
-
-
-def tvm_const(v: float) -> Any:
-    from tvm import tirx
-
-    return tirx.const(v, "float32")
-
-
-def _affine_te(q: QuantizedTensor, b: RelaxBuilder, columns: bool) -> Any:
-    """The constants of an affine quantized weight and TE accessors of them: ``code(params, row, k)`` -> (the
-    stored code as float32, a constant to subtract from it: the code's value is their difference, exactly),
-    ``group(params, row, g)`` -> (zero point or None, scale, offset or None) of group ``g`` along K, and the group
-    size along K. ``columns``: stored transposed, see :func:`_dequant_te` (int4 codes then with their sign bit
-    flipped: nibble + 8, so that decoding needs no sign extension)."""
     from tvm import tirx
 
     k = int(np.prod(q.shape[1:]))
@@ -1160,7 +1136,7 @@ def _affine_te(q: QuantizedTensor, b: RelaxBuilder, columns: bool) -> Any:
     flipped = columns and per_byte == 2 and q.signed
     if columns:
         if flipped:
-            packed = packed ^ np.uint8(0x88)  # two's complement nibbles -> nibble + 8 (decoded as nibble - 8)
+            packed = packed ^ np.uint8(0x88)  # two's complement nibbles -> nibble + 8
         packed, scales = packed.T, scales.T
         extra = {name: a.T for name, a in extra.items()}
     consts = [
@@ -1173,27 +1149,30 @@ def _affine_te(q: QuantizedTensor, b: RelaxBuilder, columns: bool) -> Any:
     def at(t: Any, r: Any, c: Any) -> Any:  # t[r, c] of a [rows, K-wise] constant, stored transposed if columns
         return t[c, r] if columns else t[r, c]
 
-    def code(params: Any, row: Any, kk: Any) -> tuple[Any, float]:
-        P = params[0]
+    def element(params: Any, row: Any, kk: Any) -> Any:
+        P, S = params[0], params[1]
         if per_byte == 1:
-            return at(P, row, kk).astype("float32"), 0.0
-        byte = at(P, row, kk // 2).astype("int32")
-        # low nibble for even K positions, high for odd (int32 throughout: a shift by an int64 amount widens the
-        # whole decode to 64-bit lanes)
-        nib = tirx.Select(kk % 2 == 0, tirx.bitwise_and(byte, 15), tirx.shift_right(byte, 4))
-        if flipped:
-            return nib.astype("float32"), 8.0
-        if q.signed:
-            nib = tirx.Select(nib >= 8, nib - 16, nib)
-        return nib.astype("float32"), 0.0
-
-    def group(params: Any, row: Any, g: Any) -> tuple[Any, Any, Any]:
+            c = at(P, row, kk).astype("float32")
+        else:
+            byte = at(P, row, kk // 2).astype("int32")
+            # low nibble for even K positions, high for odd (int32 throughout: a shift by an int64 amount widens
+            # the whole decode to 64-bit lanes)
+            nib = tirx.Select(kk % 2 == 0, tirx.bitwise_and(byte, 15), tirx.shift_right(byte, 4))
+            if flipped:
+                c = nib.astype("float32") - tirx.const(8.0, "float32")
+            else:
+                if q.signed:
+                    nib = tirx.Select(nib >= 8, nib - 16, nib)
+                c = nib.astype("float32")
         r = row if sn > 1 else 0
-        zp = at(params[slots["zp"]], r, g) if "zp" in slots else None
-        offset = at(params[slots["offset"]], r, g) if "offset" in slots else None
-        return zp, at(params[1], r, g), offset
+        if "zp" in slots:
+            c = c - at(params[slots["zp"]], r, kk // gk)
+        c = c * at(S, r, kk // gk)
+        if "offset" in slots:
+            c = c + at(params[slots["offset"]], r, kk // gk)
+        return c
 
-    return consts, code, group, gk
+    return consts, element
 
 
 def _quantized_conv(b: RelaxBuilder, n: Node, q: QuantizedTensor) -> Any:

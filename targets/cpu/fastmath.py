@@ -20,6 +20,8 @@ figures are measured by tests/targets/test_cpu.py against float64 references.
 
 from __future__ import annotations
 
+import math
+
 import tvm
 
 F32 = "float32"
@@ -101,14 +103,14 @@ def _softmax(axis: int):
 
     def build(t):
         ax = axis % len(t.shape)
+
+        def row(i):  # the index of i's row statistic (the reduced axis kept, at 0)
+            return [0 if d == ax else j for d, j in enumerate(i)]
+
         m = topi.max(t, axis=ax, keepdims=True)
-        e = te.compute(
-            t.shape, lambda *i: exp(t(*i) - m(*[j if d != ax else 0 for d, j in enumerate(i)])), name="softmax_exp"
-        )
+        e = te.compute(t.shape, lambda *i: exp(t(*i) - m(*row(i))), name="softmax_exp")
         s = topi.sum(e, axis=ax, keepdims=True)
-        return te.compute(
-            t.shape, lambda *i: e(*i) / s(*[j if d != ax else 0 for d, j in enumerate(i)]), name="softmax"
-        )
+        return te.compute(t.shape, lambda *i: e(*i) / s(*row(i)), name="softmax")
 
     return build
 
@@ -119,7 +121,7 @@ def _gelu(x):
 
 
 def _gelu_tanh(x):
-    return _f(0.5) * x * (_f(1.0) + _tanh(_f((2.0 / 3.141592653589793) ** 0.5) * x * (_f(1.0) + _f(0.044715) * x * x)))
+    return _f(0.5) * x * (_f(1.0) + _tanh(_f(math.sqrt(2.0 / math.pi)) * x * (_f(1.0) + _f(0.044715) * x * x)))
 
 
 def _tanh(x):

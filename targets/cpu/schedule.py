@@ -367,7 +367,8 @@ def _pad_per_tile(sch: s_tir.Schedule, block, col_var, loop) -> None:
         if (
             len(pstmt.writes) != 1
             or "meta_schedule.layout_rewrite_preproc" in pstmt.annotations
-            or "if_then_else" not in str(getattr(value, "op", ""))
+            or not isinstance(value, tvm.ir.Call)
+            or not value.op.same_as(tvm.ir.Op.get("prim.if_then_else"))
         ):
             continue  # not a padding (a conditional copy): another kernel's result, a weight's packing
         buf = pstmt.writes[0].source

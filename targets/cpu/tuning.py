@@ -20,6 +20,8 @@ from typing import Any
 import tvm
 from tvm.target import Target
 
+from ...api import TUNING_DIR, default_cache_dir
+
 
 def tuning_target(target: Target) -> Target:
     """``target`` with the core count MetaSchedule needs to sample parallel schedules."""
@@ -28,15 +30,11 @@ def tuning_target(target: Target) -> Target:
 
 def database_dir(cache_dir: str | None, target: Target) -> str:
     """``<cache>/tuning/<CPU>-<hash of the target>``: a database per CPU model and target (a kernel tuned on one
-    CPU is no guide to another). ``cache_dir`` is the compile cache's root (None: ``$EDGEC_CACHE_DIR``, else
-    ``$XDG_CACHE_HOME/edgec/artifacts``)."""
-    if not cache_dir:
-        cache_dir = os.environ.get("EDGEC_CACHE_DIR") or os.path.join(
-            os.environ.get("XDG_CACHE_HOME") or os.path.join(os.path.expanduser("~"), ".cache"), "edgec", "artifacts"
-        )
+    CPU is no guide to another). ``cache_dir`` is the compile cache's root (None: the default one, as a compile
+    without --cache-dir uses)."""
     spec = {k: v for k, v in target.export().items() if k in ("mtriple", "mcpu", "mattr")}
     digest = hashlib.sha256(repr(sorted(spec.items())).encode()).hexdigest()[:12]
-    return os.path.join(cache_dir, "tuning", f"{spec.get('mcpu') or 'generic'}-{digest}")
+    return os.path.join(cache_dir or default_cache_dir(), TUNING_DIR, f"{spec.get('mcpu') or 'generic'}-{digest}")
 
 
 def open_database(path: str):

@@ -194,6 +194,24 @@ def test_mcpu_native_is_refused_for_cross_compilation():
     assert CpuTarget(mcpu="native").tvm_target().attrs["mcpu"]  # resolved to this machine's CPU name
 
 
+def _avx512():
+    """An AVX-512 x86 target (whatever this machine has): the schedules' tile widths below are for 16-float vectors."""
+    import tvm
+
+    return tvm.target.Target({"kind": "llvm", "mcpu": "skylake-avx512", "mattr": ["-prefer-256-bit"]})
+
+
+def _float_linear(rows: int, k: int, n: int) -> ir.Model:
+    """x [rows, k] -> Linear with a seeded float32 weight [n, k]."""
+    g = ir.Graph()
+    x = g.add_input("x", ir.DType.FLOAT32, (rows, k))
+    w = g.add_const("w", np.random.default_rng(0).standard_normal((n, k)).astype(np.float32))
+    g.outputs.append(g.op("Linear", [x, w], domain="edgec", name="fc").output)
+    m = ir.Model(g, {"": 17, "edgec": 1})
+    ir.infer_shapes(m)
+    return m
+
+
 def _scheduled(m: ir.Model, target):
     """The Relax module of ``m`` after the cpu target's layout, legalization and schedule passes."""
     import tvm
@@ -211,7 +229,6 @@ def _scheduled(m: ir.Model, target):
 def test_convolutions_run_in_nhwc_register_tiles(tmp_path):
     """Convolutions are rewritten to NHWC (output channels innermost, the vector axis) with a register tile of
     several output columns x vectors of channels; the model's own NCHW interface and results are unchanged."""
-    import tvm
 
     rng = np.random.default_rng(0)
     g = ir.Graph()
@@ -222,7 +239,7 @@ def test_convolutions_run_in_nhwc_register_tiles(tmp_path):
     g.outputs.append(g.op("HardSwish", [c], name="hs").output)
     m = ir.Model(g, {"": 17})
     ir.infer_shapes(m)
-    mod = _scheduled(m, tvm.target.Target({"kind": "llvm", "mcpu": "skylake-avx512", "mattr": ["-prefer-256-bit"]}))
+    mod = _scheduled(m, _avx512())
     text = "\n".join(f.script() for gv, f in mod.functions.items() if "conv2d" in gv.name_hint)
     assert "conv2d_nhwc" in text
     # 7 output columns (unrolled rows) x 2 vectors of 16 channels: 14 accumulators (4 vectors would be 28, over
@@ -236,15 +253,9 @@ def test_convolutions_run_in_nhwc_register_tiles(tmp_path):
 def test_matrix_vector_product_is_vectorized_over_contiguous_columns():
     """A batch-1 Linear (one spatial axis once unit loops are dropped) is register-tiled over the weight's
     contiguous output columns, in parallel, not left to a rule that reads the [K, N] weight column by column."""
-    import tvm
 
-    g = ir.Graph()
-    x = g.add_input("x", ir.DType.FLOAT32, (1, 256))
-    w = g.add_const("w", np.random.default_rng(0).standard_normal((512, 256)).astype(np.float32))
-    g.outputs.append(g.op("Linear", [x, w], domain="edgec", name="fc").output)
-    m = ir.Model(g, {"": 17, "edgec": 1})
-    ir.infer_shapes(m)
-    mod = _scheduled(m, tvm.target.Target({"kind": "llvm", "mcpu": "skylake-avx512", "mattr": ["-prefer-256-bit"]}))
+    m = _float_linear(1, 256, 512)
+    mod = _scheduled(m, _avx512())
     text = "\n".join(f.script() for gv, f in mod.functions.items() if "matmul" in gv.name_hint)
     assert "T.parallel(T.int64(8))" in text and "T.unroll(T.int64(64))" in text and '"local"' in text
 
@@ -282,14 +293,8 @@ def test_constant_weights_are_packed_into_panels_when_compiled(tmp_path):
     from edgec.api.relax import RelaxBuilder
     from edgec.targets.cpu.schedule import kernel_passes
 
-    rng = np.random.default_rng(0)
-    g = ir.Graph()
-    x = g.add_input("x", ir.DType.FLOAT32, (16, 64))
-    w = g.add_const("w", rng.standard_normal((768, 64)).astype(np.float32))
-    g.outputs.append(g.op("Linear", [x, w], domain="edgec", name="fc").output)
-    m = ir.Model(g, {"": 17, "edgec": 1})
-    ir.infer_shapes(m)
-    target = tvm.target.Target({"kind": "llvm", "mcpu": "skylake-avx512", "mattr": ["-prefer-256-bit"]})
+    m = _float_linear(16, 64, 768)
+    target = _avx512()
     with target:
         mod = tvm.transform.Sequential(kernel_passes(target))(RelaxBuilder(m).build())
     names = [gv.name_hint for gv in mod.get_global_vars()]
@@ -330,7 +335,6 @@ def test_epilogues_run_on_the_register_tile_and_depthwise_padding_per_tile(tmp_p
     feature-map-sized intermediate), and a depthwise convolution pads each tile's window where the tile reads it
     instead of in a pass over the whole map. An epilogue that rounds (Floor) stays a pass of its own: the matmul
     kernels are compiled with FMA, which may move a value across an integer. Results are unchanged."""
-    import tvm
 
     rng = np.random.default_rng(0)
     g = ir.Graph()
@@ -344,7 +348,7 @@ def test_epilogues_run_on_the_register_tile_and_depthwise_padding_per_tile(tmp_p
     g.outputs.append(g.op("Floor", [p], name="floor").output)
     m = ir.Model(g, {"": 17})
     ir.infer_shapes(m)
-    mod = _scheduled(m, tvm.target.Target({"kind": "llvm", "mcpu": "skylake-avx512", "mattr": ["-prefer-256-bit"]}))
+    mod = _scheduled(m, _avx512())
     texts = {gv.name_hint: f.script() for gv, f in mod.functions.items() if "conv2d" in gv.name_hint}
     (dw,) = [t for t in texts.values() if "group_conv2d" in t]
     (pw,) = [t for t in texts.values() if "group_conv2d" not in t]
@@ -362,7 +366,6 @@ def test_matmul_columns_no_vector_divides_are_padded_to_whole_tiles(tmp_path):
     """Attention scores over 197 tokens (ViT): the 197 columns are padded to whole tiles (224: two vectors of 16)
     and the rows to a multiple of 8 (200) by pad_einsum, so no element of the register tile is tested; only the
     store of the result is predicated. Results are unchanged."""
-    import tvm
 
     rng = np.random.default_rng(0)
     g = ir.Graph()
@@ -371,7 +374,7 @@ def test_matmul_columns_no_vector_divides_are_padded_to_whole_tiles(tmp_path):
     g.outputs.append(g.op("MatMul", [q, k], name="scores").output)
     m = ir.Model(g, {"": 17})
     ir.infer_shapes(m)
-    mod = _scheduled(m, tvm.target.Target({"kind": "llvm", "mcpu": "skylake-avx512", "mattr": ["-prefer-256-bit"]}))
+    mod = _scheduled(m, _avx512())
     (text,) = [f.script() for gv, f in mod.functions.items() if "matmul" in gv.name_hint]
     assert "T.int64(200), T.int64(64)" in text and "T.int64(64), T.int64(224)" in text  # the padded operands
     update = text.split('T.sblock("matmul_update")')[1].split("T.sblock(")[0]
@@ -429,11 +432,10 @@ def test_batch1_quantized_matmul_reads_packed_codes_in_vector_tiles(bits, symmet
     register tile loads a vector of output columns' bytes per K step (packed into panels like a float weight),
     decoded in 32-bit lanes (int4: low / high nibble, signed codes stored with the sign bit flipped); results
     within float rounding of the reference's dequantize-then-matmul."""
-    import tvm
 
     w = np.random.default_rng(bits).standard_normal((256, 128)).astype(np.float32)
     m = linear_model(quantize_rtn(w, bits, symmetric, 32 if bits == 4 else None), batch=(1,), bias=False)
-    mod = _scheduled(m, tvm.target.Target({"kind": "llvm", "mcpu": "skylake-avx512", "mattr": ["-prefer-256-bit"]}))
+    mod = _scheduled(m, _avx512())
     (text,) = [f.script() for gv, f in mod.functions.items() if "qlinear" in gv.name_hint]
     update = text.split('T.sblock("dequant_matmul_update")')[1].split("T.sblock(")[0]
     assert "T.unroll(T.int64(64))" in text.split('T.sblock("dequant_matmul_update")')[0]  # 4 vectors of 16 columns
@@ -448,7 +450,6 @@ def test_matmul_stays_tiled_when_its_epilogue_reads_a_later_kernel(tmp_path):
     """BERT's attention scores: MatMul + Where(mask) where the mask's Where is computed after the matmul's loop
     nest, so the Add cannot move into the register tile. The Add stays a pass of its own and the matmul keeps its
     register tile (its schedule used to stop half-way: 5.5 ms -> 0.24 ms for BERT-base's 12x128x128x64)."""
-    import tvm
 
     rng = np.random.default_rng(0)
     g = ir.Graph()
@@ -462,7 +463,7 @@ def test_matmul_stays_tiled_when_its_epilogue_reads_a_later_kernel(tmp_path):
     g.outputs.append(g.op("Add", [s, bias], name="masked").output)
     m = ir.Model(g, {"": 17})
     ir.infer_shapes(m)
-    mod = _scheduled(m, tvm.target.Target({"kind": "llvm", "mcpu": "skylake-avx512", "mattr": ["-prefer-256-bit"]}))
+    mod = _scheduled(m, _avx512())
     (text,) = [f.script() for gv, f in mod.functions.items() if "matmul" in gv.name_hint]
     assert 'T.sblock("matmul_update")' in text and "T.unroll(T.int64(8))" in text  # tiled, reduction decomposed
     _, got, ref = compile_and_run(m, tmp_path)
@@ -472,18 +473,44 @@ def test_matmul_stays_tiled_when_its_epilogue_reads_a_later_kernel(tmp_path):
 def test_matmul_rows_no_tile_height_divides_are_padded(tmp_path):
     """197 rows (ViT's tokens) x 96 columns: the columns divide into vectors, the rows into no tile height from 4
     to 8, so the rows are padded to 200 and every tile is whole (the update has no predicate)."""
-    import tvm
 
-    g = ir.Graph()
-    x = g.add_input("x", ir.DType.FLOAT32, (197, 64))
-    w = g.add_const("w", np.random.default_rng(0).standard_normal((96, 64)).astype(np.float32))
-    g.outputs.append(g.op("Linear", [x, w], domain="edgec", name="fc").output)
-    m = ir.Model(g, {"": 17, "edgec": 1})
-    ir.infer_shapes(m)
-    mod = _scheduled(m, tvm.target.Target({"kind": "llvm", "mcpu": "skylake-avx512", "mattr": ["-prefer-256-bit"]}))
+    m = _float_linear(197, 64, 96)
+    mod = _scheduled(m, _avx512())
     (text,) = [f.script() for gv, f in mod.functions.items() if "matmul" in gv.name_hint]
     assert "T.int64(200), T.int64(64)" in text  # the padded rows
     update = text.split('T.sblock("matmul_update")')[1].split("T.sblock(")[0]
     assert "T.where" not in update
     _, got, ref = compile_and_run(m, tmp_path)
     np.testing.assert_allclose(got[0], ref[0], rtol=1e-4, atol=1e-4)
+
+
+def test_softmax_sigmoid_tanh_exp_erf_run_as_vectorized_polynomials(tmp_path):
+    """The cpu target's fast-math pass (fastmath.py) takes every float32 exp / erf / tanh / sigmoid / softmax before
+    legalization: no kernel calls the C library's exp / erf / tanh any more, and the compiled library computes what
+    the reference computes."""
+    import tvm
+    from tvm.relax.backend.cpu_generic import pipeline as cg
+
+    from edgec.api.relax import RelaxBuilder
+    from edgec.targets.cpu.fastmath import fast_math_pass
+
+    g = ir.Graph()
+    x = g.add_input("x", ir.DType.FLOAT32, (4, 37))
+    h = g.op("Softmax", [x], {"axis": -1}, name="sm").output
+    h = g.op("Add", [g.op("Sigmoid", [x], name="sg").output, h], name="a1").output
+    h = g.op("Add", [g.op("Tanh", [x], name="th").output, h], name="a2").output
+    h = g.op("Add", [g.op("Erf", [x], name="ef").output, h], name="a3").output
+    g.outputs.append(g.op("Exp", [h], name="ex").output)
+    m = ir.Model(g, {"": 17})
+    ir.infer_shapes(m)
+    target = CpuTarget().tvm_target()
+    with target:
+        plain = tvm.transform.Sequential(cg.legalize_passes(target))(RelaxBuilder(m).build()).script()
+        fast = tvm.transform.Sequential([fast_math_pass(), *cg.legalize_passes(target)])(
+            RelaxBuilder(m).build()
+        ).script()
+    for call in ("T.exp(", "T.erf(", "T.tanh(", "T.sigmoid("):
+        assert call not in fast
+    assert "T.exp(" in plain and "T.erf(" in plain  # what the pass replaces
+    _, got, ref = compile_and_run(m, tmp_path)
+    np.testing.assert_allclose(got[0], ref[0], rtol=1e-5, atol=1e-6)
