@@ -15,6 +15,7 @@ model's accuracy with int8 activations is measurable before any target runs it.
 from __future__ import annotations
 
 import dataclasses
+import warnings
 from typing import ClassVar
 
 import numpy as np
@@ -25,6 +26,7 @@ from ...ir.passes import Pass, PassContext, option
 from ...ir.schemes import SCHEMES
 
 BINS = 2048
+MAX_RANGE = 1e30  # a value observed beyond this magnitude (or NaN) is not quantized
 
 
 def _targets(model: Model, ops: set[str]) -> list[Value]:
@@ -134,10 +136,23 @@ class QuantizeActivations(Pass):
             hi[name] = max(hi[name], float(a.max()))
 
         observe(rng)
-        amax = {k: max(abs(lo[k]), abs(hi[k]), 1e-12) for k in lo}
+        # an additive attention mask (-inf, or float32's lowest, where a token is masked) has no int8 grid: one step
+        # would be ~1e36, and the scores added to it would all round to zero. Such values stay float.
+        wild = [v.name for v in values if not max(abs(lo[v.name]), abs(hi[v.name])) < MAX_RANGE]
+        if wild:
+            warnings.warn(
+                f"quantize-activations: {len(wild)} value(s) left in float, their calibrated range reaching "
+                f"{MAX_RANGE:g} or infinity (an additive attention mask?): {', '.join(wild[:5])}"
+                + (" ..." if len(wild) > 5 else ""),
+                stacklevel=2,
+            )
+            values = [v for v in values if v.name not in wild]
+            if not values:
+                return False
+        amax = {k: max(abs(lo[k]), abs(hi[k]), 1e-12) for k in lo if k not in wild}
         thresholds = dict(amax)
         if self.observer != "minmax":
-            hists = {k: np.zeros(BINS) for k in lo}
+            hists = {k: np.zeros(BINS) for k in amax}
 
             def hist(name, a):
                 hists[name] += np.histogram(np.abs(a), bins=BINS, range=(0, amax[name]))[0]

@@ -219,3 +219,30 @@ def test_f16_scales_are_float16_values_and_the_grid_stays_exact(method):
         rep = q.reports["edgec.quantization"]
         errs[sd] = rep[next(k for k in rep if k.startswith("wq"))]["sqnr_db"]  # awq renames it wq_scaled
     assert abs(errs["f16"] - errs["f32"]) < 0.5, errs
+
+
+@pytest.mark.parametrize("mask_value", [-np.inf, float(np.finfo(np.float32).min)])
+def test_an_additive_attention_mask_stays_float(mask_value):
+    """A value whose calibrated range reaches float32's extremes (transformers' additive attention mask, -inf or
+    float32's lowest where a token is masked) is left in float with a warning naming it; the scores it is added
+    to are quantized as usual (before: the pass stopped on an infinite scale)."""
+    rng = np.random.default_rng(0)
+    g = ir.Graph()
+    x = g.add_input("x", ir.DType.FLOAT32, (1, 4, 8))
+    mask = g.add_input("mask", ir.DType.FLOAT32, (1, 4, 8))
+    s = g.op("Linear", [x, g.add_const("w", rng.standard_normal((8, 8)).astype(np.float32))], domain="edgec").output
+    g.outputs.append(g.op("Add", [s, mask], name="masked").output)
+    m = ir.Model(g, {"": 17, "edgec": 1})
+    ir.infer_shapes(m)
+    samples = [
+        {
+            "x": rng.standard_normal((1, 4, 8)).astype(np.float32),
+            "mask": np.where(rng.random((1, 4, 8)) < 0.3, mask_value, 0).astype(np.float32),
+        }
+        for _ in range(4)
+    ]
+    with pytest.warns(UserWarning, match=r"1 value\(s\) left in float.*mask"):
+        q = run(m, "quantize-activations", CalibrationSet(samples, "test"))
+    vals = {v.name: v for v in q.graph.values()}
+    assert vals["mask"].quant is None
+    assert vals[s.name].quant is not None and np.isfinite(vals[s.name].quant.scale)
