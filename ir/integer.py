@@ -217,6 +217,39 @@ def plan(model: Model) -> dict[int, IntOp]:
     return ops
 
 
+# Ops whose float32 result every IEEE implementation computes alike (one correctly rounded operation per element, or
+# no arithmetic): between integer ops, they cannot make a target's value differ from the integer reference's.
+EXACT_OPS = frozenset(
+    {
+        "Add", "Sub", "Mul", "Div", "Neg", "Abs", "Relu", "Clip", "Max", "Min", "MaxPool", "Sqrt",
+        "Reshape", "Transpose", "Flatten", "Squeeze", "Unsqueeze", "Concat", "Split", "Slice", "Gather", "Identity",
+        "Pad", "Expand", "Tile", "Cast", "Where", "Equal", "Less", "Greater", "Not", "And", "Or", "Shape",
+        "QuantizeLinear", "DequantizeLinear",
+    }
+)  # fmt: skip
+
+
+def rounding_sensitive(model: Model) -> list[str]:
+    """The nodes computed in float with implementation-dependent rounding (a reduction's order, a transcendental's
+    approximation: Softmax, LayerNormalization, GELU, a float MatMul, ReduceMean, ...) whose results reach a quantized
+    activation. A last-bit difference there can move a value across a rounding boundary of the later quantization:
+    one step of difference from the integer reference that no integer kernel caused."""
+    ops = plan(model)
+    seen: dict[int, bool] = {}
+    found: list[str] = []
+    stack = [v for v in model.graph.values() if v.quant is not None]
+    while stack:
+        v = stack.pop()
+        n = v.producer
+        if n is None or id(n) in seen:
+            continue
+        seen[id(n)] = True
+        if id(n) not in ops and n.qualified_op not in EXACT_OPS:
+            found.append(n.name)
+        stack.extend(x for x in n.inputs if x is not None and not x.is_const)
+    return found
+
+
 def integer_reference(model: Model) -> ReferenceExecutor:
     """A :class:`ReferenceExecutor` running ``model`` with its IntOps in the integer semantics above."""
     from .executor import ReferenceExecutor

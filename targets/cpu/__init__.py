@@ -18,9 +18,10 @@ import numpy as np
 from ...errors import UnsupportedError
 from ...hookspecs import hookimpl
 from ...ir import Model, Node, QuantizedTensor
+from ...ir.integer import plan
 from ...ir.passes import PassContext, option
 from ...ir.schemes import Vector
-from ...target import Artifact, Capabilities, Target
+from ...target import Artifact, Capabilities, Target, VerifyPolicy
 from ...api.relax import (
     FALLBACK_OPS,
     LINEAR_WEIGHTS,
@@ -79,6 +80,12 @@ class CpuTarget(Target):
         help="MetaSchedule trials per matmul / convolution kernel, searched on this machine (0: the default "
         "schedules); the database is kept per CPU in the compile cache's tuning/ folder and reused",
     )
+    int8: bool = option(
+        True,
+        help="run statically quantized int8 Conv / Linear (quantize-activations) as integer kernels, bit-exact "
+        "with edgec.ir.integer (AVX-512 VNNI where the CPU has it); false: simulate them in float, as the "
+        "reference executor does",
+    )
     threads: int = option(
         0,
         help="CPU threads for --verify (0: every core); a deployed library runs on TVM's thread pool, sized by "
@@ -111,6 +118,20 @@ class CpuTarget(Target):
                 problems.append(f"weight {v.name!r}: vector-quantized weights are carried only as Linear weights")
         return problems
 
+    def act_quant_policy(self) -> VerifyPolicy:
+        if not self.integer_semantics():
+            return super().act_quant_policy()
+        return VerifyPolicy(
+            "static int8 Conv / Linear run as integer kernels with fixed-point requantization "
+            "(edgec.ir.integer), which differs from the float simulation by about one step at "
+            "rounding boundaries; the artifact must also match the integer reference at --tolerance",
+            min_cosine=0.999,
+            max_rel_err=0.05,
+        )
+
+    def integer_semantics(self) -> bool:
+        return self.int8 and self.schedule
+
     def tvm_target(self):
         tvm = _tvm()
         spec = {"kind": "llvm", "mtriple": _TRIPLES[self.arch]}
@@ -139,8 +160,13 @@ class CpuTarget(Target):
         tvm = _tvm()
         from tvm import relax
 
-        mod = RelaxBuilder(model).build()
         target = self.tvm_target()
+        builder = RelaxBuilder(model)
+        if self.integer_semantics() and plan(model):
+            from .intops import IntBuilder, has_vnni
+
+            builder = IntBuilder(model, vnni=has_vnni(target))
+        mod = builder.build()
         try:
             if self.schedule:
                 from .schedule import SplitGemm, build_pipeline, exact_target
@@ -213,6 +239,8 @@ class CpuTarget(Target):
                 # the vector ISA extensions the library may execute: checked against the CPU before it is loaded
                 "cpu_features": vector_features(target) if self.arch == "x86_64" else [],
                 "packed_weights": packed,
+                "integer_kernels": list(getattr(builder, "kernels", [])),
+                "arithmetic": _arithmetic(model, builder),
                 "entry": "main",
             },
         )
@@ -267,6 +295,24 @@ class CpuTarget(Target):
             return [res.numpy()] if hasattr(res, "numpy") else [r.numpy() for r in res]
 
         return run
+
+
+def _arithmetic(model: Model, builder: RelaxBuilder) -> str:
+    """How the artifact computes the model's int8 layers, for the manifest."""
+    ops = getattr(builder, "ops", {})
+    parts = []
+    if ops:
+        fused = sum(c.fused is not None for c in ops.values())
+        how = "AVX-512 VNNI vpdpbusd" if getattr(builder, "vnni", False) else "int32 vector arithmetic"
+        parts.append(
+            f"{len(ops)} int8 Conv/Linear on integer kernels ({how}, int32 accumulation; {fused} requantize into "
+            "the next kernel's codes, the rest dequantize to float32), bit-exact with edgec.ir.integer"
+        )
+    rest = [n for n in model.graph if n.qualified_op in ("Conv", "edgec::Linear") and id(n) not in ops]
+    parts.append("float32 kernels for everything else" if parts else "float32 kernels")
+    if rest and any(v.quant is not None for v in model.graph.values()):
+        parts.append(f"{len(rest)} Conv/Linear with simulated int8 activations (quantize-dequantize in float)")
+    return "; ".join(parts)
 
 
 # LLVM's names of the x86 vector extensions -> the flag /proc/cpuinfo shows for each (those not listed: the name

@@ -13,6 +13,7 @@ import tvm
 from tvm import s_tir, tirx
 from tvm.s_tir import dlight
 from tvm.s_tir.dlight.analysis import normalize_prim_func
+from tvm.s_tir.dlight.base.common_schedules import try_inline
 from tvm.s_tir.dlight.cpu.base import CPUScheduleRule
 from tvm.target import Target
 from tvm.target.codegen import llvm_get_vector_width
@@ -76,6 +77,12 @@ class ParallelVectorize(CPUScheduleRule):
         lanes = max(llvm_get_vector_width(target) // 32, 4)
         if self.gemm_only and not any(self._is_gemm_like(sch, i, lanes) for i in infos):
             return None
+        if not self.gemm_only and len(infos) > 1 and all(it.kind == "S" for i in infos for it in i.iters):
+            # an elementwise / injective chain (the float ops around integer kernels, a norm's tail): one loop nest,
+            # each value computed where it is used instead of a pass over memory per op. This rule runs on kernels
+            # built without FMA (SplitGemm), so the expressions round as the separate ops did.
+            try_inline(sch, infos)
+            func = sch.mod["main"]
         free = _layout_free(func) if self.pack else []
         # fused first (epilogues, padding, folded copies); where a matmul / convolution block's schedule then
         # stops half-way, the whole function again as it was before fusion
@@ -229,6 +236,9 @@ class ParallelVectorize(CPUScheduleRule):
 
 # Operations whose result an FMA-contracted input can move across an integer boundary (a tie rounding the other
 # way, a comparison flipping): an epilogue holding one stays out of the FMA-compiled matmul kernel's tile.
+# marks a kernel written and scheduled beside this module (intops.py: integer arithmetic only), compiled for the
+# full ISA by SplitGemm
+INTEGER_KERNEL = "edgec.integer_kernel"
 _LOAD = tvm.ir.expr.TensorLoad  # a buffer element read (tirx.BufferLoad builds one)
 _INEXACT_OPS = {"tirx.round", "tirx.nearbyint", "tirx.floor", "tirx.ceil", "tirx.trunc", "tirx.fmod"}
 
@@ -555,6 +565,11 @@ class SplitGemm:
         @tvm.transform.module_pass(opt_level=0, name="EdgecMarkGemm")
         def _pass(mod: tvm.ir.IRModule, _ctx: tvm.transform.PassContext) -> tvm.ir.IRModule:
             split.gemm.update(gemm_kernels(mod, split.target))
+            split.gemm.update(
+                gv.name_hint
+                for gv, f in mod.functions.items()
+                if isinstance(f, tirx.PrimFunc) and f.attrs is not None and INTEGER_KERNEL in f.attrs
+            )
             return mod
 
         return _pass
@@ -647,7 +662,11 @@ def gemm_kernels(mod: tvm.ir.IRModule, target: Target) -> dict[str, tirx.PrimFun
     """The matmul / convolution kernels of a module out of :func:`front_passes`, by name."""
     lanes = max(llvm_get_vector_width(target) // 32, 4)
     return {
-        gv.name_hint: f for gv, f in mod.functions.items() if isinstance(f, tirx.PrimFunc) and _gemm_kernel(f, lanes)
+        gv.name_hint: f
+        for gv, f in mod.functions.items()
+        if isinstance(f, tirx.PrimFunc)
+        and not (f.attrs is not None and f.attrs.get("tirx.is_scheduled", False))
+        and _gemm_kernel(f, lanes)
     }
 
 

@@ -174,3 +174,74 @@ def decode_model(q: QuantizedTensor) -> tuple[ir.Model, dict[str, np.ndarray]]:
     m = ir.Model(g, {"": 17, "edgec": 1})
     ir.infer_shapes(m)
     return m, {"x": np.eye(k, dtype=np.float32)}
+
+
+def static_int8(model, scheme="symmetric"):
+    """``model`` with int8 weights and int8 activations calibrated on random inputs (quantize-activations)."""
+    from edgec.calibration import load_calibration
+    from edgec.host import host
+    from edgec.ir.passes import PassContext, PassManager, parse_pipeline
+    from edgec.plugins.cleanup import DEFAULT_CLEANUP
+
+    pipe = f"{DEFAULT_CLEANUP},quantize{{bits=8}},quantize-activations{{scheme={scheme}}}"
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        PassManager(parse_pipeline(pipe, host().passes.as_dict())).run(
+            model, PassContext(config={"seed": 0}, calibration=load_calibration("random", model, seed=0))
+        )
+    return model
+
+
+def int8_cnn(depthwise=False, clip=False, odd_channels=False):
+    """Convolutions 3x3 (on a 12x11 image), 3x3 stride 2, optionally depthwise, then 1x1, Relu / Clip between."""
+    rng = np.random.default_rng(1)
+    g = ir.Graph()
+    h = g.add_input("x", ir.DType.FLOAT32, (1, 3, 12, 11))
+
+    def conv(h, cin, cout, k=3, s=1, p=1, group=1):
+        w = g.add_const(f"w{len(g)}", (rng.standard_normal((cout, cin // group, k, k)) * 0.3).astype(np.float32))
+        b = g.add_const(f"b{len(g)}", rng.standard_normal(cout).astype(np.float32) * 0.1)
+        return g.op(
+            "Conv", [h, w, b], {"kernel_shape": [k, k], "pads": [p] * 4, "strides": [s, s], "group": group}
+        ).output
+
+    h = conv(h, 3, 8)
+    h = g.op("Relu", [h]).output
+    h = conv(h, 8, 16, s=2)
+    if clip:
+        h = g.op(
+            "Clip", [h, g.add_const("lo", np.array(0, np.float32)), g.add_const("hi", np.array(6, np.float32))]
+        ).output
+    else:
+        h = g.op("Relu", [h]).output
+    if depthwise:
+        h = conv(h, 16, 16, group=16)
+        h = g.op("Relu", [h]).output
+    h = conv(h, 16, 6 if odd_channels else 12, k=1, p=0)
+    g.outputs.append(g.op("Relu", [h]).output)
+    m = ir.Model(g, {"": 17})
+    ir.infer_shapes(m)
+    return m
+
+
+def int8_mlp(rows=(2, 5)):
+    """Three Linear layers (Relu between) on a ``rows + (24,)`` input."""
+    rng = np.random.default_rng(2)
+    g = ir.Graph()
+    h = g.add_input("x", ir.DType.FLOAT32, (*rows, 24))
+    for i, (k, n) in enumerate([(24, 64), (64, 32), (32, 10)]):
+        h = g.op(
+            "Linear",
+            [
+                h,
+                g.add_const(f"w{i}", (rng.standard_normal((n, k)) * 0.3).astype(np.float32)),
+                g.add_const(f"b{i}", rng.standard_normal(n).astype(np.float32) * 0.1),
+            ],
+            domain="edgec",
+        ).output
+        if i < 2:
+            h = g.op("Relu", [h]).output
+    g.outputs.append(h)
+    m = ir.Model(g, {"": 17, "edgec": 1})
+    ir.infer_shapes(m)
+    return m

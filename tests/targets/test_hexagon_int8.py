@@ -14,6 +14,7 @@ pytest.importorskip("tvm")
 from edgec import ir  # noqa: E402
 from edgec.ir.integer import integer_reference, plan, requant_multiplier  # noqa: E402
 from edgec.targets.hexagon import harness  # noqa: E402
+from target_models import int8_cnn, int8_mlp, static_int8  # noqa: E402
 from edgec.targets.hexagon.qkernels import (
     ConvSpec,
     Layout,
@@ -182,14 +183,14 @@ def test_float_models_on_v68_and_v73_use_hvx_float_linear(arch, pattern, tmp_pat
     from edgec.ir.passes import PassContext
     from edgec.targets.hexagon import HexagonTarget
 
-    m = _mlp()
+    m = int8_mlp()
     (tmp_path / "mlp").mkdir()
     (tmp_path / "cnn").mkdir()
     art = HexagonTarget(arch=arch, asm=True).emit(m, str(tmp_path / "mlp"), PassContext())
     assert len(art.manifest["hvx_float_kernels"]) == 3 and art.manifest["integer_kernels"] == []
     assert re.search(pattern, (tmp_path / "mlp" / "kernels.s").read_text())
     assert "HVX float kernels" in art.manifest["arithmetic"]
-    m = _cnn(depthwise=True)
+    m = int8_cnn(depthwise=True)
     art = HexagonTarget(arch=arch, asm=True).emit(m, str(tmp_path / "cnn"), PassContext())
     assert len(art.manifest["hvx_float_kernels"]) == 3  # the group-1 convs; the depthwise one stays generic
     assert re.search(pattern, (tmp_path / "cnn" / "kernels.s").read_text())
@@ -233,21 +234,6 @@ def test_float_conv_kernel_computes_the_conv_on_the_host(stride, pad):
 
 
 # ---------------------------------------------------------------------------------------------- whole models
-def _static_int8(model, scheme="symmetric"):
-    from edgec.calibration import load_calibration
-    from edgec.host import host
-    from edgec.ir.passes import PassContext, PassManager, parse_pipeline
-    from edgec.plugins.cleanup import DEFAULT_CLEANUP
-
-    pipe = f"{DEFAULT_CLEANUP},quantize{{bits=8}},quantize-activations{{scheme={scheme}}}"
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore")
-        PassManager(parse_pipeline(pipe, host().passes.as_dict())).run(
-            model, PassContext(config={"seed": 0}, calibration=load_calibration("random", model, seed=0))
-        )
-    return model
-
-
 def _run_both(model, tmp_path, **opts):
     from edgec.ir.passes import PassContext
     from edgec.targets.hexagon import HexagonTarget
@@ -260,67 +246,14 @@ def _run_both(model, tmp_path, **opts):
     return art, got, [want[o.name] for o in model.graph.outputs]
 
 
-def _cnn(depthwise=False, clip=False, odd_channels=False):
-    rng = np.random.default_rng(1)
-    g = ir.Graph()
-    h = g.add_input("x", ir.DType.FLOAT32, (1, 3, 12, 11))
-
-    def conv(h, cin, cout, k=3, s=1, p=1, group=1):
-        w = g.add_const(f"w{len(g)}", (rng.standard_normal((cout, cin // group, k, k)) * 0.3).astype(np.float32))
-        b = g.add_const(f"b{len(g)}", rng.standard_normal(cout).astype(np.float32) * 0.1)
-        return g.op(
-            "Conv", [h, w, b], {"kernel_shape": [k, k], "pads": [p] * 4, "strides": [s, s], "group": group}
-        ).output
-
-    h = conv(h, 3, 8)
-    h = g.op("Relu", [h]).output
-    h = conv(h, 8, 16, s=2)
-    if clip:
-        h = g.op(
-            "Clip", [h, g.add_const("lo", np.array(0, np.float32)), g.add_const("hi", np.array(6, np.float32))]
-        ).output
-    else:
-        h = g.op("Relu", [h]).output
-    if depthwise:
-        h = conv(h, 16, 16, group=16)
-        h = g.op("Relu", [h]).output
-    h = conv(h, 16, 6 if odd_channels else 12, k=1, p=0)
-    g.outputs.append(g.op("Relu", [h]).output)
-    m = ir.Model(g, {"": 17})
-    ir.infer_shapes(m)
-    return m
-
-
-def _mlp():
-    rng = np.random.default_rng(2)
-    g = ir.Graph()
-    h = g.add_input("x", ir.DType.FLOAT32, (2, 5, 24))
-    for i, (k, n) in enumerate([(24, 64), (64, 32), (32, 10)]):
-        h = g.op(
-            "Linear",
-            [
-                h,
-                g.add_const(f"w{i}", (rng.standard_normal((n, k)) * 0.3).astype(np.float32)),
-                g.add_const(f"b{i}", rng.standard_normal(n).astype(np.float32) * 0.1),
-            ],
-            domain="edgec",
-        ).output
-        if i < 2:
-            h = g.op("Relu", [h]).output
-    g.outputs.append(h)
-    m = ir.Model(g, {"": 17, "edgec": 1})
-    ir.infer_shapes(m)
-    return m
-
-
 @needs_qemu
 @pytest.mark.parametrize(
     "make, scheme, fused, kinds",
     [
-        (lambda: _cnn(), "symmetric", 2, {"conv"}),
-        (lambda: _cnn(depthwise=True, clip=True), "asymmetric", 3, {"conv", "dwconv"}),
-        (lambda: _cnn(odd_channels=True), "symmetric", 2, {"conv"}),
-        (_mlp, "symmetric", 2, {"linear"}),
+        (lambda: int8_cnn(), "symmetric", 2, {"conv"}),
+        (lambda: int8_cnn(depthwise=True, clip=True), "asymmetric", 3, {"conv", "dwconv"}),
+        (lambda: int8_cnn(odd_channels=True), "symmetric", 2, {"conv"}),
+        (int8_mlp, "symmetric", 2, {"linear"}),
     ],
 )
 @pytest.mark.slow
@@ -328,7 +261,7 @@ def test_static_int8_models_are_bit_exact_under_qemu(make, scheme, fused, kinds,
     """Chains of int8 kernels (requantizing into each other through Relu / Clip(0, 6), int8 or uint8
     activations, stride 2, depthwise, a 6-channel output that dequantizes instead) equal the integer
     reference bit for bit."""
-    m = _static_int8(make(), scheme)
+    m = static_int8(make(), scheme)
     ops = plan(m)
     assert {c.kind for c in ops.values()} == kinds
     assert sum(c.fused is not None for c in ops.values()) == fused

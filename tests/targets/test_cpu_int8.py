@@ -1,0 +1,131 @@
+"""The cpu target's integer kernels (targets/cpu/intops.py): statically quantized int8 Conv / depthwise Conv /
+Linear run as int8 x int8 -> int32 (AVX-512 VNNI where the CPU has it) and equal edgec.ir.integer bit for bit."""
+
+import numpy as np
+import pytest
+
+pytest.importorskip("tvm")
+
+from edgec import ir  # noqa: E402
+from edgec.ir.integer import integer_reference, plan  # noqa: E402
+from edgec.ir.passes import PassContext  # noqa: E402
+from edgec.targets.cpu import CpuTarget  # noqa: E402
+
+from target_models import int8_cnn, int8_mlp, static_int8  # noqa: E402
+
+
+def _run(model, tmp_path, **opts):
+    t = CpuTarget(**opts)
+    art = t.emit(model, str(tmp_path), PassContext())
+    feeds = ir.random_inputs(model, seed=5)
+    got = t.run_artifact(str(tmp_path), feeds, [v.name for v in model.graph.inputs])
+    want = integer_reference(model).run(feeds)
+    return art, got, [want[o.name] for o in model.graph.outputs]
+
+
+MODELS = {
+    "cnn": (lambda: int8_cnn(), "symmetric", 2, {"conv"}),
+    "cnn-dw-clip-uint8": (lambda: int8_cnn(depthwise=True, clip=True), "asymmetric", 3, {"conv", "dwconv"}),
+    "cnn-6-channels": (lambda: int8_cnn(odd_channels=True), "symmetric", 2, {"conv"}),
+    "mlp": (int8_mlp, "symmetric", 2, {"linear"}),
+    "mlp-11-rows-uint8": (lambda: int8_mlp(rows=(1, 11)), "asymmetric", 2, {"linear"}),  # rows padded to a tile
+    "mlp-1-row": (lambda: int8_mlp(rows=(1,)), "symmetric", 2, {"linear"}),  # decode: one row
+}
+
+
+@pytest.mark.parametrize("name", list(MODELS))
+@pytest.mark.parametrize("mcpu", ["auto", "x86-64-v3"])
+def test_static_int8_models_are_bit_exact(name, mcpu, tmp_path):
+    """Chains of integer kernels (requantizing into each other through Relu / Clip(0, 6); int8 or uint8
+    activations; stride 2; depthwise; 11-pixel rows and 11-row Linears computed in whole tiles; a 6-channel
+    output that dequantizes instead) equal the integer reference bit for bit, with VNNI (auto, where this CPU has
+    it) and without (x86-64-v3: AVX2, the plain int32 vector form)."""
+    make, scheme, fused, kinds = MODELS[name]
+    m = static_int8(make(), scheme)
+    ops = plan(m)
+    assert {c.kind for c in ops.values()} == kinds
+    assert sum(c.fused is not None for c in ops.values()) == fused
+    _, got, want = _run(m, tmp_path, mcpu=mcpu)
+    for g_, w_ in zip(got, want):
+        assert g_.shape == w_.shape
+        np.testing.assert_array_equal(g_, w_)
+
+
+def test_int8_off_simulates_in_float(tmp_path):
+    """cpu{int8=false}: the float simulation (the reference executor's QuantizeLinear / DequantizeLinear), no
+    integer semantics; the default runs the integer kernels, which differ from it by rounding-boundary steps."""
+    from edgec.ir import ReferenceExecutor
+
+    m = static_int8(int8_cnn(depthwise=True))
+    assert CpuTarget().integer_semantics() and not CpuTarget(int8=False).integer_semantics()
+    feeds = ir.random_inputs(m, seed=5)
+    ref = ReferenceExecutor(m).run(feeds)[m.graph.outputs[0].name]
+    t = CpuTarget(int8=False)
+    t.emit(m, str(tmp_path), PassContext())
+    (got,) = t.run_artifact(str(tmp_path), feeds, [v.name for v in m.graph.inputs])
+    np.testing.assert_allclose(got, ref, rtol=1e-4, atol=1e-4 * np.abs(ref).max())
+
+
+def test_gemm_kernel_uses_vpdpbusd():
+    """The integer matmul kernel built for an AVX-512 VNNI CPU multiplies with vpdpbusd on zmm registers in its
+    inner loop; built for AVX2 it has none (and stays exact, above)."""
+    import tvm
+
+    from edgec.targets.cpu.intops import Geometry, gemm_kernel
+
+    g = Geometry((10, 10, 32), 8, 8, 3, 3, 1, 8, 64)
+    asm = {}
+    for mcpu, vnni in (("sapphirerapids", True), ("haswell", False)):
+        target = tvm.target.Target({"kind": "llvm", "mtriple": "x86_64-linux-gnu", "mcpu": mcpu})
+        f = gemm_kernel(g, None, vnni, 4).with_attr("global_symbol", "k")
+        asm[mcpu] = tvm.tirx.build(tvm.IRModule({"k": f}), target=target).inspect_source("asm")
+    assert "vpdpbusd" in asm["sapphirerapids"] and "zmm" in asm["sapphirerapids"]
+    assert "vpdpbusd" not in asm["haswell"]
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("target, kernels", [("cpu", 4), ("cpu{int8=false}", 0)])
+def test_tiny_cnn_static_int8_verifies(tiny_cnn_path, target, kernels, tmp_path):
+    """edgec.compile --verify on a static int8 model: the default cpu artifact passes and equals the integer
+    reference bit for bit, its integer kernels listed in the manifest; with int8=false, the float simulation."""
+    import warnings
+
+    from edgec.compiler import compile as compile_model
+
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        r = compile_model(
+            tiny_cnn_path,
+            target,
+            "quantize{bits=8},quantize-activations",
+            str(tmp_path / "a"),
+            calib="random",
+            verify=True,
+        )
+    v = r.manifest["verification"]
+    assert v["ran"] and v["passed"], v["summary"]
+    assert len(r.manifest["target"]["integer_kernels"]) == kernels
+    if kernels:
+        assert all(o["bit_exact_vs_integer_reference"] for o in v["outputs"]), v["outputs"]
+        assert "integer kernels" in r.manifest["target"]["arithmetic"]
+    else:
+        assert all(o["vs_reference_max_rel_err"] <= 1e-5 for o in v["outputs"]), v["outputs"]
+        assert "simulated" in r.manifest["target"]["arithmetic"]
+
+
+def test_rounding_sensitive_names_float_ops_that_feed_a_quantization():
+    """--verify holds an artifact to --tolerance against the integer reference only where every float op between
+    its integer layers rounds as IEEE defines (Add, Relu, MaxPool, ...); a Softmax feeding a quantized Linear is
+    named, since its last bit differs between implementations and can flip a step."""
+    from edgec.ir.integer import rounding_sensitive
+
+    assert rounding_sensitive(static_int8(int8_cnn(depthwise=True, clip=True))) == []
+    assert rounding_sensitive(static_int8(int8_mlp())) == []
+    g = ir.Graph()
+    x = g.add_input("x", ir.DType.FLOAT32, (1, 4, 8))
+    s = g.op("Softmax", [x], {"axis": -1}, name="soft").output
+    w = np.random.default_rng(0).standard_normal((8, 8)).astype(np.float32)
+    g.outputs.append(g.op("Linear", [s, g.add_const("w", w)], domain="edgec").output)
+    m = ir.Model(g, {"": 17, "edgec": 1})
+    ir.infer_shapes(m)
+    assert rounding_sensitive(static_int8(m)) == ["soft"]
