@@ -8,6 +8,7 @@ inference) over the artifact's median latency.
 
     python benchmarks/kernels.py [--models resnet50,mobilenetv2,bert-base,vit-b16,decoder,matmul-decode]
                                  [--runs 20] [--targets cpu,openvino] [--tune N] [--quant PIPELINES]
+                                 [--static PIPELINE] [--static-models MODELS]
 
 Models (issue 22's set), built offline from transformers configurations with seeded random weights and exported
 by torch's TorchScript-based exporter (opset 17, sdpa attention): ResNet-50 and MobileNetV2 (224x224 images,
@@ -178,6 +179,14 @@ def main() -> None:
         help="weight-only pipelines ('quantize{...}', ';' between options), each a cpu row on --quant-models",
     )
     ap.add_argument("--quant-models", default="matmul-decode", help="the models that get the --quant rows")
+    ap.add_argument(
+        "--static",
+        default="quantize{bits=8};quantize-activations",
+        help="static int8 pipeline (';' between passes and options), a cpu row on --static-models (random calibration)",
+    )
+    ap.add_argument(
+        "--static-models", default="resnet50,mobilenetv2,bert-base,vit-b16", help="the models that get the --static row"
+    )
     args = ap.parse_args()
     import edgec
     from edgec.bench import bench_artifact
@@ -194,6 +203,8 @@ def main() -> None:
                 targets.append((f"cpu{{tune={args.tune}}}", ""))
             if args.quant and name in args.quant_models.split(","):
                 targets += [("cpu", p.replace(";", ",")) for p in args.quant.split(",")]
+            if args.static and name in args.static_models.split(","):
+                targets.append(("cpu", args.static.replace(";", ",")))
             for target, pipeline in targets:
                 out = os.path.join(work, f"{name}.{len(rows)}")
                 t0 = time.perf_counter()
@@ -205,6 +216,8 @@ def main() -> None:
                     output=out,
                     use_cache=False,
                     cache_dir=os.path.join(work, "cache"),
+                    # static int8's activation ranges: random inputs are enough to time the kernels
+                    calib="random" if "quantize-activations" in pipeline else None,
                 )
                 t_compile = time.perf_counter() - t0
                 manifest = read_json(os.path.join(out, "manifest.json"))
@@ -223,7 +236,8 @@ def main() -> None:
         "",
         f"`python benchmarks/kernels.py --models {args.models} --targets {args.targets} --runs {args.runs} "
         f"--threads {args.threads} --tune {args.tune} --tune-models {args.tune_models} --quant '{args.quant}' "
-        f"--quant-models {args.quant_models}` on {platform.machine()} ({os.cpu_count()} cores, LLVM CPU `{cpu}`), in "
+        f"--quant-models {args.quant_models} --static '{args.static}' --static-models {args.static_models}` on "
+        f"{platform.machine()} ({os.cpu_count()} cores, LLVM CPU `{cpu}`), in "
         f"{time.perf_counter() - t_all:.0f} s. Each row: `edgec bench`'s measurement (`edgec.bench.bench_artifact`, "
         "`compare='onnxruntime'`): the artifact and the original ONNX file on onnxruntime's CPU provider in one "
         "fresh process, alternating blocks of runs, the same thread count; medians of "
@@ -255,6 +269,11 @@ def main() -> None:
         "weights only (round to nearest; int4 in groups of 32 along K) and run the packed codes in the kernel;",
         "their onnxruntime column is the float original, and the speed-up column compares with the `cpu` row of",
         "the same model and threads. `matmul-decode` is one token through a 2048 -> 5632 projection (batch 1).",
+        "`cpu -p quantize{bits=8},quantize-activations` rows are static int8 (int8 weights per channel, int8",
+        "activations calibrated on random inputs): each int8 Conv / Linear runs as an integer kernel",
+        "(targets/cpu/intops.py: AVX-512 VNNI vpdpbusd, int32 accumulation, fixed-point requantization),",
+        "bit-exact with edgec.ir.integer; softmax, norms and GELU stay float32. Their onnxruntime column is the",
+        "float original.",
         "Ratios are as measured, not rounded.",
     ]
     write_results("RESULTS-kernels.md", lines)

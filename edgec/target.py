@@ -10,6 +10,7 @@ import numpy as np
 
 from .errors import UnsupportedError
 from .ir import Model, Node, QuantizedTensor
+from .ir.integer import IntLimits
 from .ir.passes import Pass, PassContext
 from .ir.schemes import SCHEMES, Vector
 
@@ -222,6 +223,11 @@ class Target:
         """True when the artifact runs activation-quantized Conv / Linear exactly as :mod:`edgec.ir.integer`
         defines: --verify then also compares it with that integer reference, at --tolerance."""
         return False
+
+    def integer_limits(self) -> IntLimits:
+        """The convolutions this target's integer kernels take (:func:`edgec.ir.integer.plan`'s limits): the integer
+        reference --verify compares with plans with the same."""
+        return IntLimits()
 
     dynamic_shapes: ClassVar[bool] = False  # True: the artifact takes any input length (no shape fixing)
 

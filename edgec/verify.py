@@ -291,7 +291,7 @@ def verify_artifact(
     if int_outs is not None and crit.act_quant is not None:
         from .ir.integer import rounding_sensitive
 
-        sensitive = rounding_sensitive(model)
+        sensitive = rounding_sensitive(model, tgt.integer_limits())
         if sensitive:
             crit = dataclasses.replace(
                 crit,
@@ -324,7 +324,7 @@ def _references(tgt: Target, model: Model, feeds, integer: bool) -> tuple[list, 
     if integer and tgt.integer_semantics():
         from .ir.integer import integer_reference
 
-        iref = integer_reference(model).run(feeds)
+        iref = integer_reference(model, tgt.integer_limits()).run(feeds)
         int_outs = [iref[o.name] for o in model.graph.outputs]
     return [ref[o.name] for o in model.graph.outputs], int_outs
 

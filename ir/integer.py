@@ -134,7 +134,16 @@ def _const_array(v: Value | None, n: int) -> np.ndarray | None:
     return np.asarray(cast(Tensor, v.const).numpy(), np.float32).reshape(-1)
 
 
-def _candidate(n: Node) -> IntOp | None:
+@dataclasses.dataclass(frozen=True)
+class IntLimits:
+    """Which convolutions a target's integer kernels take (None: any): the Hexagon kernels take strides 1 and 2 and
+    pads up to 16; the cpu kernels any. The target and its integer reference must plan with the same limits."""
+
+    strides: tuple[int, ...] | None = None
+    max_pad: int | None = None
+
+
+def _candidate(n: Node, limits: IntLimits) -> IntOp | None:
     op = n.qualified_op
     if op not in ("Conv", "edgec::Linear") or not n.inputs or n.inputs[0] is None:
         return None
@@ -159,7 +168,11 @@ def _candidate(n: Node) -> IntOp | None:
         return None
     st = list(n.attr("strides", [1, 1]))
     pads = list(n.attr("pads", [0, 0, 0, 0]))
-    if st[0] != st[1] or st[0] not in (1, 2) or max(pads) > 16:
+    if (
+        st[0] != st[1]
+        or (limits.strides is not None and st[0] not in limits.strides)
+        or (limits.max_pad is not None and max(pads) > limits.max_pad)
+    ):
         return None
     group = int(n.attr("group", 1))
     if group == 1:
@@ -169,9 +182,9 @@ def _candidate(n: Node) -> IntOp | None:
     return None
 
 
-def plan(model: Model) -> dict[int, IntOp]:
+def plan(model: Model, limits: IntLimits = IntLimits()) -> dict[int, IntOp]:
     """The IntOps of ``model`` (by ``id(node)``), with their requantizing epilogues decided."""
-    ops = {id(n): c for n in model.graph if (c := _candidate(n)) is not None}
+    ops = {id(n): c for n in model.graph if (c := _candidate(n, limits)) is not None}
     outputs = {id(v) for v in model.graph.outputs}
     by_input: dict[int, list[IntOp]] = {}
     for c in ops.values():
@@ -229,12 +242,12 @@ EXACT_OPS = frozenset(
 )  # fmt: skip
 
 
-def rounding_sensitive(model: Model) -> list[str]:
+def rounding_sensitive(model: Model, limits: IntLimits = IntLimits()) -> list[str]:
     """The nodes computed in float with implementation-dependent rounding (a reduction's order, a transcendental's
     approximation: Softmax, LayerNormalization, GELU, a float MatMul, ReduceMean, ...) whose results reach a quantized
     activation. A last-bit difference there can move a value across a rounding boundary of the later quantization:
     one step of difference from the integer reference that no integer kernel caused."""
-    ops = plan(model)
+    ops = plan(model, limits)
     seen: dict[int, bool] = {}
     found: list[str] = []
     stack = [v for v in model.graph.values() if v.quant is not None]
@@ -250,14 +263,14 @@ def rounding_sensitive(model: Model) -> list[str]:
     return found
 
 
-def integer_reference(model: Model) -> ReferenceExecutor:
+def integer_reference(model: Model, limits: IntLimits = IntLimits()) -> ReferenceExecutor:
     """A :class:`ReferenceExecutor` running ``model`` with its IntOps in the integer semantics above."""
     from .executor import ReferenceExecutor
     from .serde import copy
 
     m = copy(model)
     g = m.graph
-    for c in plan(m).values():
+    for c in plan(m, limits).values():
         n = c.node
         O = c.cout
         conv = c.kind != "linear"

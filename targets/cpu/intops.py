@@ -141,15 +141,32 @@ def tile_rows(ow: int) -> int:
     return 8
 
 
-def _epilogue(acc_value: Any, o: Any, consts: list[Any], requant: tuple[int, int, int] | None) -> Any:
-    """int32 ``t = acc + B[o]``; requantizing (``requant`` = (zero, lo, hi)): the codes, uint8."""
+def _epilogue(acc_value: Any, o: Any, consts: list[Any], requant: tuple[int, int, int, bool] | None) -> Any:
+    """int32 ``t = acc + B[o]``; requantizing (``requant`` = (zero, lo, hi, narrow)): the codes, uint8, of
+    ``q = floor((floor(t m / 2^16) + rnd) / 2^s) + zero`` clamped to [lo, hi] (:mod:`edgec.ir.integer`).
+
+    ``narrow`` (``|t|`` provably below 2^31 for every input, checked when compiling): in 32-bit lanes, exactly.
+    With ``t = th 2^16 + tl`` (``tl`` in [0, 2^16)), ``floor(t m / 2^16) = th m + floor(tl m / 2^16)``, both
+    terms within 32 bits as ``m < 2^16``; and with ``rnd = 2^(s-1)``, ``floor((p + rnd) / 2^s) =
+    (floor(p / 2^(s-1)) + 1) >> 1``, which cannot overflow as ``|p| < |t|``. Otherwise in int64 lanes."""
     from tvm import tirx
 
     bc = consts[0]
     if requant is None:
         return acc_value + bc[o]
     m, sh, rnd = consts[1:]
-    zv, lo, hi = requant
+    zv, lo, hi, narrow = requant
+    if narrow:
+        t = acc_value + bc[o]
+        th = tirx.shift_right(t, tirx.const(16, "int32"))
+        tl = tirx.bitwise_and(t, tirx.const(0xFFFF, "int32")).astype("uint32")
+        low = tirx.shift_right(tl * m[o].astype("uint32"), tirx.const(16, "uint32")).astype("int32")
+        p = th * m[o] + low
+        s1 = tirx.max(sh[o] - 1, 0)
+        up = tirx.shift_right(tirx.shift_right(p, s1) + 1, tirx.const(1, "int32"))
+        q = tirx.Select(sh[o] >= 1, up, p) + tirx.const(zv, "int32")
+        q = tirx.max(tirx.min(q, tirx.const(hi, "int32")), tirx.const(lo, "int32"))
+        return q.astype("uint8")
     t = acc_value.astype("int64") + bc[o].astype("int64")
     p = tirx.shift_right(t * m[o].astype("int64"), tirx.const(16, "int64"))
     q = tirx.shift_right(p + rnd[o].astype("int64"), sh[o].astype("int64")) + tirx.const(zv, "int64")
@@ -178,7 +195,7 @@ def _tile_epilogue(sch: Any, init: Any, out: Any) -> None:
         sch.unroll(lp)
 
 
-def gemm_kernel(g: Geometry, requant: tuple[int, int, int] | None, vnni: bool, nb: int) -> Any:
+def gemm_kernel(g: Geometry, requant: tuple[int, int, int, bool] | None, vnni: bool, nb: int) -> Any:
     """The scheduled PrimFunc ``(codes, packed weights, per-channel int32 constants..., out)`` of a Conv / Linear."""
     from tvm import s_tir, te
 
@@ -238,10 +255,14 @@ def gemm_kernel(g: Geometry, requant: tuple[int, int, int] | None, vnni: bool, n
     return sch.mod["main"]
 
 
-def dw_kernel(g: Geometry, requant: tuple[int, int, int] | None) -> Any:
+def dw_kernel(
+    g: Geometry, requant: tuple[int, int, int, bool] | None, padding: tuple[int, int, int, int, int] | None = None
+) -> Any:
     """The scheduled PrimFunc ``(codes, weights [KH, KW, Cp], per-channel constants..., out)`` of a depthwise
-    convolution: int32 products summed over the taps, 16 channels per vector."""
-    from tvm import s_tir, te
+    convolution: int32 products summed over the taps, 16 channels per vector. ``padding`` = (top, left, real
+    height, real width, zero point): the codes are read unpadded, a tap outside the real image reading the zero
+    point (a condition per pixel and tap, not per channel: cheaper than a pass writing the padded image)."""
+    from tvm import s_tir, te, tirx
 
     Ha, Wa, Ca = g.a_shape
     A = te.placeholder((Ha, Wa, Ca), "uint8", name="A")
@@ -252,10 +273,20 @@ def dw_kernel(g: Geometry, requant: tuple[int, int, int] | None) -> Any:
     rkh = te.reduce_axis((0, g.kh), "kh")
     rkw = te.reduce_axis((0, g.kw), "kw")
     s = g.stride
+
+    def read(y: Any, x: Any, c: Any) -> Any:
+        if padding is None:
+            return A[y, x, c]
+        pt, pl, H, W_, zx = padding
+        h, w = y - pt, x - pl
+        inside = tirx.all(h >= 0, h < H, w >= 0, w < W_)
+        v = A[tirx.max(tirx.min(h, H - 1), 0), tirx.max(tirx.min(w, W_ - 1), 0), c]
+        return tirx.if_then_else(inside, v, tirx.const(zx, "uint8"))
+
     acc = te.compute(
         (g.oh, g.owp, Ca),
         lambda y, x, c: te.sum(
-            A[y * s + rkh, x * s + rkw, c].astype("int32") * W[rkh, rkw, c].astype("int32"), axis=[rkh, rkw]
+            read(y * s + rkh, x * s + rkw, c).astype("int32") * W[rkh, rkw, c].astype("int32"), axis=[rkh, rkw]
         ),
         name="acc",
     )
@@ -277,6 +308,14 @@ def dw_kernel(g: Geometry, requant: tuple[int, int, int] | None) -> Any:
     init = sch.decompose_reduction(ab, kh)
     _tile_epilogue(sch, init, sch.get_sblock("out"))
     return sch.mod["main"]
+
+
+def _fits_int32(c: IntOp) -> bool:
+    """True when ``t = acc + B`` stays within int32 for any codes: ``255 * sum|w| + |B| < 2^31`` per channel."""
+    bound = 255 * np.abs(c.wq.reshape(c.cout, -1).astype(np.int64)).sum(1) + np.abs(
+        channel_consts(c, c.cout)[0].astype(np.int64)
+    )
+    return bool(bound.max() < (1 << 31))
 
 
 def pack_gemm_weights(c: IntOp, ca: int) -> np.ndarray:
@@ -348,14 +387,18 @@ class IntBuilder(RelaxBuilder):
         in_shape = (ha, wa, ca)
         g = Geometry(in_shape, oh, ow, kh, kw, s, tile_rows(ow), c.cout)
         hr, wr = g.reads
-        if any(pads) or hr > in_shape[0] or wr > in_shape[1]:
+        padding = None
+        if c.kind == "dwconv" and (any(pads) or hr > in_shape[0] or wr > in_shape[1]):
+            xs = c.x.static_shape or ()
+            padding = (pads[0], pads[1], int(xs[2]), int(xs[3]), c.zx)  # read in place (dw_kernel)
+        elif any(pads) or hr > in_shape[0] or wr > in_shape[1]:
             x = self._pad(x, c, pads, (hr, wr))
             g = dataclasses.replace(g, a_shape=(hr, wr, in_shape[2]))
-        requant = (c.zv, c.lo, c.hi) if c.fused is not None else None
+        requant = (c.zv, c.lo, c.hi, _fits_int32(c)) if c.fused is not None else None
         name = f"i{len(self.kernels)}_{safe_name(n.name)}"
         ca = g.a_shape[2]
         if c.kind == "dwconv":
-            f = dw_kernel(g, requant)
+            f = dw_kernel(g, requant, padding)
             w = np.zeros((kh, kw, ca), np.int8)
             w[:, :, : c.cout] = c.wq[:, 0].transpose(1, 2, 0)
             width = ca

@@ -33,11 +33,14 @@ from ...errors import UnsupportedError
 from ...hookspecs import hookimpl
 from ...ir import Model, Node
 from ...ir.passes import PassContext, option
+from ...ir.integer import IntLimits
 from ...target import Artifact, Capabilities, Target, VerifyPolicy
 from . import codegen, toolchain
 from .planning import plan_arena, walk_main, workspace_bytes
 
 ARCHS = ("v67", "v68", "v69", "v73", "v75")
+# the convolutions the HVX integer kernels take (intops.py; their layouts hold at most 16 rows / columns of padding)
+HVX_LIMITS = IntLimits(strides=(1, 2), max_pad=16)
 
 
 # Ops edgec.api.relax lowers through TVM's Relax ONNX converters (its FALLBACK_OPS) that were checked to
@@ -171,6 +174,9 @@ class HexagonTarget(Target):
 
     def integer_semantics(self) -> bool:
         return self.int8 and self.hvx == 128
+
+    def integer_limits(self) -> IntLimits:
+        return HVX_LIMITS
 
     def tvm_target(self):
         import tvm

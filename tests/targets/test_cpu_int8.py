@@ -23,7 +23,24 @@ def _run(model, tmp_path, **opts):
     return art, got, [want[o.name] for o in model.graph.outputs]
 
 
+def _patchify():
+    """A ViT-style patch embedding (4x4 stride 4, beyond the Hexagon kernels' strides) and a 1x1 after it."""
+    rng = np.random.default_rng(3)
+    g = ir.Graph()
+    h = g.add_input("x", ir.DType.FLOAT32, (1, 3, 16, 20))
+    for i, (cin, cout, k) in enumerate([(3, 32, 4), (32, 16, 1)]):
+        w = g.add_const(f"w{i}", (rng.standard_normal((cout, cin, k, k)) * 0.3).astype(np.float32))
+        b = g.add_const(f"b{i}", rng.standard_normal(cout).astype(np.float32) * 0.1)
+        h = g.op("Conv", [h, w, b], {"kernel_shape": [k, k], "strides": [k, k]}).output
+        h = g.op("Relu", [h]).output
+    g.outputs.append(h)
+    m = ir.Model(g, {"": 17})
+    ir.infer_shapes(m)
+    return m
+
+
 MODELS = {
+    "patchify-stride-4": (_patchify, "symmetric", 1, {"conv"}),
     "cnn": (lambda: int8_cnn(), "symmetric", 2, {"conv"}),
     "cnn-dw-clip-uint8": (lambda: int8_cnn(depthwise=True, clip=True), "asymmetric", 3, {"conv", "dwconv"}),
     "cnn-6-channels": (lambda: int8_cnn(odd_channels=True), "symmetric", 2, {"conv"}),
@@ -129,3 +146,33 @@ def test_rounding_sensitive_names_float_ops_that_feed_a_quantization():
     m = ir.Model(g, {"": 17, "edgec": 1})
     ir.infer_shapes(m)
     assert rounding_sensitive(static_int8(m)) == ["soft"]
+
+
+@pytest.mark.parametrize("narrow", [True, False])
+def test_requantizing_epilogue_is_the_integer_semantics(narrow):
+    """The fixed-point requantization on its own, against edgec.ir.integer's formula in numpy int64, over sums
+    over the whole int32 range (both forms: the 32-bit one is used where the sums provably fit in it), multipliers
+    from requant_multiplier (shifts 0..31, the tiny multipliers' smaller m included) and saturating clamps."""
+    import tvm
+    from tvm import te
+
+    from edgec.ir.integer import requant_multiplier
+    from edgec.targets.cpu.intops import _epilogue
+
+    rng = np.random.default_rng(7)
+    n = 4096
+    lim = 1 << 31
+    t = np.concatenate([rng.integers(-lim + 1, lim, n - 6), [0, -1, 1, lim - 1, -lim + 1, 65535]]).astype(np.int64)
+    M = np.exp(rng.uniform(np.log(1e-12), np.log(0.999), n))
+    m, s = requant_multiplier(M)
+    rnd = (np.int64(1) << s) >> 1
+    zv, lo, hi = 100, 3, 250
+    A = te.placeholder((n,), "int32", name="t")
+    consts = [te.placeholder((n,), "int32", name=k) for k in ("b", "m", "s", "r")]
+    out = te.compute((n,), lambda i: _epilogue(A[i], i, consts, (zv, lo, hi, narrow)), name="q")
+    lib = tvm.tirx.build(tvm.IRModule({"main": te.create_prim_func([A, *consts, out])}), target="llvm")
+    arrs = [t, np.zeros(n), m, s, rnd]
+    args = [tvm.runtime.tensor(np.asarray(a, np.int32)) for a in arrs] + [tvm.runtime.tensor(np.zeros(n, np.uint8))]
+    lib["main"](*args)
+    want = np.clip((((t * m) >> 16) + rnd >> s) + zv, lo, hi).astype(np.uint8)
+    np.testing.assert_array_equal(args[-1].numpy(), want)
