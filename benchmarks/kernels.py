@@ -185,7 +185,9 @@ def main() -> None:
         help="static int8 pipeline (';' between passes and options), a cpu row on --static-models (random calibration)",
     )
     ap.add_argument(
-        "--static-models", default="resnet50,mobilenetv2,bert-base,vit-b16,decoder", help="the models that get the --static row"
+        "--static-models",
+        default="resnet50,mobilenetv2,bert-base,vit-b16,decoder",
+        help="the models that get the --static row",
     )
     args = ap.parse_args()
     import edgec

@@ -495,7 +495,7 @@ class IntBuilder(RelaxBuilder):
 
         q = c.xq
         xs = tuple(int(d) for d in c.x.static_shape or ())
-        nhwc = key in self.nhwc
+        nhwc = key in self.nhwc and c.kind != "linear"  # a Linear reads its input's own (last) axis
         xf = self.nhwc[key] if nhwc else self.get(c.x)
         if c.kind == "linear":
             C = xs[-1]

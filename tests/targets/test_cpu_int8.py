@@ -39,7 +39,22 @@ def _patchify():
     return m
 
 
+def _conv_then_linear():
+    """A Linear over the last (width) axis of a convolution's NCHW output: its input must not be read in NHWC."""
+    rng = np.random.default_rng(4)
+    g = ir.Graph()
+    h = g.add_input("x", ir.DType.FLOAT32, (1, 4, 6, 8))
+    w = g.add_const("w0", (rng.standard_normal((8, 4, 1, 1)) * 0.3).astype(np.float32))
+    h = g.op("Relu", [g.op("Conv", [h, w], {"kernel_shape": [1, 1]}).output]).output
+    lw = g.add_const("w1", (rng.standard_normal((5, 8)) * 0.3).astype(np.float32))
+    g.outputs.append(g.op("Linear", [h, lw], domain="edgec").output)
+    m = ir.Model(g, {"": 17, "edgec": 1})
+    ir.infer_shapes(m)
+    return m
+
+
 MODELS = {
+    "conv-then-linear-over-width": (_conv_then_linear, "symmetric", 0, {"conv", "linear"}),
     "patchify-stride-4": (_patchify, "symmetric", 1, {"conv"}),
     "cnn": (lambda: int8_cnn(), "symmetric", 2, {"conv"}),
     "cnn-dw-clip-uint8": (lambda: int8_cnn(depthwise=True, clip=True), "asymmetric", 3, {"conv", "dwconv"}),
