@@ -26,7 +26,7 @@ from ...ir.passes import Pass, PassContext, option
 from ...ir.schemes import SCHEMES
 
 BINS = 2048
-MAX_RANGE = 1e30  # a value observed beyond this magnitude (or NaN) is not quantized
+MAX_RANGE = 1e30  # a value observed at or beyond this magnitude is not quantized
 
 
 def _targets(model: Model, ops: set[str]) -> list[Value]:

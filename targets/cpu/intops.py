@@ -310,6 +310,10 @@ def dw_kernel(
     return sch.mod["main"]
 
 
+def _family(c: IntOp) -> str:
+    return "linear" if c.kind == "linear" else "image"
+
+
 def _fits_int32(c: IntOp) -> bool:
     """True when ``t = acc + B`` stays within int32 for any codes: ``255 * sum|w| + |B| < 2^31`` per channel."""
     bound = 255 * np.abs(c.wq.reshape(c.cout, -1).astype(np.int64)).sum(1) + np.abs(
@@ -338,6 +342,11 @@ def channel_consts(c: IntOp, width: int) -> list[np.ndarray]:
     if c.fused is not None:
         bq, m, s, rnd = c.requant()
         rows = [bias + bq, m, s, rnd]
+    if (255 * np.abs(c.wq.reshape(O, -1).astype(np.int64)).sum(1)).max(initial=0) >= 1 << 31:
+        raise UnsupportedError(
+            f"cpu: node {c.node.name!r}: its sum of byte products can exceed the int32 accumulator (a reduction of "
+            "tens of thousands of int8 weights); compile with cpu{int8=false} to simulate its int8 activations in float"
+        )
     out = []
     for r in rows:
         if np.abs(r).max(initial=0) >= 1 << 31:
@@ -360,7 +369,9 @@ class IntBuilder(RelaxBuilder):
         self.vnni = vnni
         self.ops = plan(model)
         self.chained = {id(d) for c in self.ops.values() if c.fused is not None for d in c.chain[1:]}
-        self.codes: dict[int, Any] = {}  # value -> Relax var of its codes [H, W, C] / [1, M, K], uint8
+        # (value, layout family) -> Relax var of its codes, uint8: [H, W, C] for convolutions ("image"), [1, M, K] for
+        # Linear; an unfused value may be read by both
+        self.codes: dict[tuple[int, str], Any] = {}
         self.nhwc: dict[int, Any] = {}  # value -> Relax var of the same float image in NHWC
         self.kernels: list[str] = []
 
@@ -417,7 +428,7 @@ class IntBuilder(RelaxBuilder):
         out_dtype = "uint8" if requant else "int32"
         y = self.emit(relax.call_tir(gv, relax.Tuple(args), relax.TensorType([oh, g.owp, width], out_dtype)))
         if requant is not None:
-            self.codes[id(c.fused)] = y
+            self.codes[(id(c.fused), _family(c))] = y
             return True
         op = relax.op
         if g.owp != ow or width != c.cout:
@@ -451,6 +462,7 @@ class IntBuilder(RelaxBuilder):
             or len(n.outputs) != 1
             or not acts
             or any(id(v) not in self.nhwc or v.static_shape != acts[0].static_shape for v in acts)
+            or (op != "MaxPool" and n.outputs[0].static_shape != acts[0].static_shape)
             or any(v is not None and v.is_const and v.static_shape is None for v in n.inputs)
             or any(v is not None and v.is_const and int(np.prod(v.static_shape or ())) != 1 for v in n.inputs)
         ):
@@ -489,8 +501,8 @@ class IntBuilder(RelaxBuilder):
         """The Relax var of ``c``'s input codes (a quantize kernel from the float value unless a requantizing
         producer wrote them)."""
         key = id(c.x)
-        if key in self.codes:
-            return self.codes[key]
+        if (key, _family(c)) in self.codes:
+            return self.codes[(key, _family(c))]
         from tvm import te, tirx
 
         q = c.xq
@@ -527,7 +539,7 @@ class IntBuilder(RelaxBuilder):
             return te.compute(shape, f, name="quantize_codes")
 
         y = self.bb.emit_te(prep, xf, primfunc_name_hint="quantize_codes")
-        self.codes[key] = y
+        self.codes[(key, _family(c))] = y
         return y
 
     def _pad(self, x: Any, c: IntOp, pads: tuple[int, ...], reads: tuple[int, int]) -> Any:

@@ -77,10 +77,10 @@ class ParallelVectorize(CPUScheduleRule):
         lanes = max(llvm_get_vector_width(target) // 32, 4)
         if self.gemm_only and not any(self._is_gemm_like(sch, i, lanes) for i in infos):
             return None
-        if not self.gemm_only and len(infos) > 1 and all(it.kind == "S" for i in infos for it in i.iters):
+        if not self.gemm_only and len(infos) > 1 and _inline_exact(target) and _pure_chain(sch, infos):
             # an elementwise / injective chain (the float ops around integer kernels, a norm's tail): one loop nest,
-            # each value computed where it is used instead of a pass over memory per op. This rule runs on kernels
-            # built without FMA (SplitGemm), so the expressions round as the separate ops did.
+            # each value computed where it is used instead of a pass over memory per op. Such kernels are built
+            # without FMA (SplitGemm), so the expressions round as the separate ops did.
             try_inline(sch, infos)
             func = sch.mod["main"]
         free = _layout_free(func) if self.pack else []
@@ -234,11 +234,11 @@ class ParallelVectorize(CPUScheduleRule):
         sch.vectorize(sch.get_loops(acc)[-1])
 
 
-# Operations whose result an FMA-contracted input can move across an integer boundary (a tie rounding the other
-# way, a comparison flipping): an epilogue holding one stays out of the FMA-compiled matmul kernel's tile.
 # marks a kernel written and scheduled beside this module (intops.py: integer arithmetic only), compiled for the
 # full ISA by SplitGemm
 INTEGER_KERNEL = "edgec.integer_kernel"
+# Operations whose result an FMA-contracted input can move across an integer boundary (a tie rounding the other
+# way, a comparison flipping): an epilogue holding one stays out of the FMA-compiled matmul kernel's tile.
 _LOAD = tvm.ir.expr.TensorLoad  # a buffer element read (tirx.BufferLoad builds one)
 _INEXACT_OPS = {"tirx.round", "tirx.nearbyint", "tirx.floor", "tirx.ceil", "tirx.trunc", "tirx.fmod"}
 
@@ -629,6 +629,32 @@ class SplitGemm:
         if not self.funcs:
             return None
         return tvm.tirx.build(tvm.IRModule(self.funcs), target=self.target)
+
+
+def _inline_exact(target: Target) -> bool:
+    """True where the kernels this rule schedules are compiled without FMA contraction, so an inlined ``a * b + c``
+    still rounds twice: x86 (SplitGemm builds them for :func:`exact_target`, or the CPU has no FMA). Not AArch64,
+    where every kernel is built for one target with FMA (LLVM names no feature to turn it off)."""
+    return "x86" in str(target.attrs.get("mtriple", "x86_64")) or str(target.kind) != "llvm"
+
+
+def _pure_chain(sch: s_tir.Schedule, infos) -> bool:
+    """True for an elementwise / injective chain safe to inline: every block spatial and without an init (a reduction
+    over extent-1 loops is analysed as spatial, and inlining its consumer into it computed LinearAttention wrong),
+    each buffer written by one block only, no block reading what it writes (an in-place update sequence)."""
+    writers: dict[str, int] = {}
+    for info in infos:
+        if any(it.kind != "S" for it in info.iters):
+            return False
+        block = sch.get(info.block_rv)
+        if block.init is not None:  # a reduction whose loops have extent 1 (a matmul over K = 1) looks spatial
+            return False
+        written = {w.source.name for w in block.writes}
+        if written & {r.source.name for r in block.reads}:
+            return False
+        for name in written:
+            writers[name] = writers.get(name, 0) + 1
+    return all(n == 1 for n in writers.values())
 
 
 def _gemm_kernel(func: tirx.PrimFunc, lanes: int) -> bool:

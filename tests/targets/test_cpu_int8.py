@@ -53,7 +53,22 @@ def _conv_then_linear():
     return m
 
 
+def _conv_and_linear_share_an_input():
+    """One quantized image read by a Conv (codes [H, W, C]) and by a Linear over its width (codes [1, M, K])."""
+    rng = np.random.default_rng(5)
+    g = ir.Graph()
+    x = g.add_input("x", ir.DType.FLOAT32, (1, 8, 4, 4))
+    w = g.add_const("w0", (rng.standard_normal((8, 8, 1, 1)) * 0.3).astype(np.float32))
+    g.outputs.append(g.op("Conv", [x, w], {"kernel_shape": [1, 1]}).output)
+    lw = g.add_const("w1", (rng.standard_normal((16, 4)) * 0.3).astype(np.float32))
+    g.outputs.append(g.op("Linear", [x, lw], domain="edgec").output)
+    m = ir.Model(g, {"": 17, "edgec": 1})
+    ir.infer_shapes(m)
+    return m
+
+
 MODELS = {
+    "conv-and-linear-share-an-input": (_conv_and_linear_share_an_input, "asymmetric", 0, {"conv", "linear"}),
     "conv-then-linear-over-width": (_conv_then_linear, "symmetric", 0, {"conv", "linear"}),
     "patchify-stride-4": (_patchify, "symmetric", 1, {"conv"}),
     "cnn": (lambda: int8_cnn(), "symmetric", 2, {"conv"}),

@@ -13,7 +13,7 @@ pytest.importorskip("tvm")
 
 from edgec import ir  # noqa: E402
 from edgec.ir.integer import integer_reference, plan, requant_multiplier  # noqa: E402
-from edgec.targets.hexagon import harness  # noqa: E402
+from edgec.targets.hexagon import HVX_LIMITS, harness  # noqa: E402
 from target_models import int8_cnn, int8_mlp, static_int8  # noqa: E402
 from edgec.targets.hexagon.qkernels import (
     ConvSpec,
@@ -242,7 +242,7 @@ def _run_both(model, tmp_path, **opts):
     art = t.emit(model, str(tmp_path), PassContext())
     feeds = ir.random_inputs(model, seed=5)
     got = t.run_artifact(str(tmp_path), feeds, [v.name for v in model.graph.inputs])
-    want = integer_reference(model).run(feeds)
+    want = integer_reference(model, HVX_LIMITS).run(feeds)
     return art, got, [want[o.name] for o in model.graph.outputs]
 
 
@@ -262,7 +262,7 @@ def test_static_int8_models_are_bit_exact_under_qemu(make, scheme, fused, kinds,
     activations, stride 2, depthwise, a 6-channel output that dequantizes instead) equal the integer
     reference bit for bit."""
     m = static_int8(make(), scheme)
-    ops = plan(m)
+    ops = plan(m, HVX_LIMITS)
     assert {c.kind for c in ops.values()} == kinds
     assert sum(c.fused is not None for c in ops.values()) == fused
     art, got, want = _run_both(m, tmp_path)
