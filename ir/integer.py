@@ -304,10 +304,12 @@ def integer_reference(model: Model, limits: IntLimits = IntLimits()) -> Referenc
                 )  # noqa: E731
                 t = g.op("Cast", [acc], {"to": 7}, name=f"{k}__i64").output
                 t = g.op("Add", [t, i64("bq", bq)], name=f"{k}__ibq").output
-                t = g.op("Add", [t, i64("o31", 1 << 31)], name=f"{k}__io31").output
+                # floors by ONNX's truncating Div on a value made positive: t + bq lies within +-1.5 * 2^31 (an
+                # int32 sum, bq clipped to 2^30), so 2^40 lifts it above zero, and 2^40 * m / 2^16 = m * 2^24 exactly
+                t = g.op("Add", [t, i64("o40", np.int64(1) << 40)], name=f"{k}__io40").output
                 t = g.op("Mul", [t, i64("m", mm)], name=f"{k}__im").output
                 p = g.op("Div", [t, i64("d16", 1 << 16)], name=f"{k}__id16").output
-                p = g.op("Sub", [p, i64("c15", mm << 15)], name=f"{k}__ic15").output
+                p = g.op("Sub", [p, i64("c24", mm << 24)], name=f"{k}__ic24").output
                 p = g.op("Add", [p, i64("rnd", rnd + (np.int64(1) << 32))], name=f"{k}__irnd").output
                 q = g.op("Div", [p, i64("ds", np.int64(1) << s)], name=f"{k}__ids").output
                 q = g.op("Sub", [q, i64("c32", (np.int64(1) << (32 - s)) - c.zv)], name=f"{k}__ic32").output
