@@ -230,6 +230,11 @@ def plan(model: Model, limits: IntLimits = IntLimits()) -> dict[int, IntOp]:
     return ops
 
 
+def chained(ops: dict[int, IntOp]) -> set[int]:
+    """The Relu / Clip nodes (by ``id``) folded into a requantizing epilogue of ``ops``: a builder skips them."""
+    return {id(d) for c in ops.values() if c.fused is not None for d in c.chain[1:]}
+
+
 # Ops whose float32 result every IEEE implementation computes alike (one correctly rounded operation per element, or
 # no arithmetic): between integer ops, they cannot make a target's value differ from the integer reference's.
 EXACT_OPS = frozenset(

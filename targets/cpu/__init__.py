@@ -21,7 +21,7 @@ from ...ir import Model, Node, QuantizedTensor
 from ...ir.integer import plan
 from ...ir.passes import PassContext, option
 from ...ir.schemes import Vector
-from ...target import Artifact, Capabilities, Target, VerifyPolicy
+from ...target import Artifact, Capabilities, Target
 from ...api.relax import (
     FALLBACK_OPS,
     LINEAR_WEIGHTS,
@@ -118,17 +118,6 @@ class CpuTarget(Target):
                 problems.append(f"weight {v.name!r}: vector-quantized weights are carried only as Linear weights")
         return problems
 
-    def act_quant_policy(self) -> VerifyPolicy:
-        if not self.integer_semantics():
-            return super().act_quant_policy()
-        return VerifyPolicy(
-            "static int8 Conv / Linear run as integer kernels with fixed-point requantization "
-            "(edgec.ir.integer), which differs from the float simulation by about one step at "
-            "rounding boundaries; the artifact must also match the integer reference at --tolerance",
-            min_cosine=0.999,
-            max_rel_err=0.05,
-        )
-
     def integer_semantics(self) -> bool:
         return self.int8 and self.schedule
 
@@ -162,10 +151,11 @@ class CpuTarget(Target):
 
         target = self.tvm_target()
         builder = RelaxBuilder(model)
-        if self.integer_semantics() and plan(model):
+        ops = plan(model, self.integer_limits()) if self.integer_semantics() else {}
+        if ops:
             from .intops import IntBuilder, has_vnni
 
-            builder = IntBuilder(model, vnni=has_vnni(target))
+            builder = IntBuilder(model, ops, vnni=has_vnni(target))
         mod = builder.build()
         try:
             if self.schedule:

@@ -32,7 +32,7 @@ import numpy as np
 from ...api.relax import RelaxBuilder, safe_name
 from ...errors import UnsupportedError
 from ...ir import Node
-from ...ir.integer import IntOp, plan
+from ...ir.integer import IntOp, chained
 from .schedule import INTEGER_KERNEL
 
 # float ops computed in NHWC between integer kernels (IntBuilder._lower_nhwc)
@@ -314,11 +314,10 @@ def _family(c: IntOp) -> str:
     return "linear" if c.kind == "linear" else "image"
 
 
-def _fits_int32(c: IntOp) -> bool:
-    """True when ``t = acc + B`` stays within int32 for any codes: ``255 * sum|w| + |B| < 2^31`` per channel."""
-    bound = 255 * np.abs(c.wq.reshape(c.cout, -1).astype(np.int64)).sum(1) + np.abs(
-        channel_consts(c, c.cout)[0].astype(np.int64)
-    )
+def _fits_int32(c: IntOp, bias: np.ndarray) -> bool:
+    """True when ``t = acc + B`` stays within int32 for any codes: ``255 * sum|w| + |B| < 2^31`` per channel (``bias``:
+    B, channel_consts' first row)."""
+    bound = 255 * np.abs(c.wq.reshape(c.cout, -1).astype(np.int64)).sum(1) + np.abs(bias[: c.cout].astype(np.int64))
     return bool(bound.max() < (1 << 31))
 
 
@@ -364,11 +363,12 @@ def channel_consts(c: IntOp, width: int) -> list[np.ndarray]:
 class IntBuilder(RelaxBuilder):
     """The cpu target's Relax builder with :class:`IntOp` nodes lowered to integer kernels (see the module)."""
 
-    def __init__(self, model, vnni: bool, fallback_ops: frozenset[str] | None = None):
+    def __init__(self, model, ops: dict[int, IntOp], vnni: bool, fallback_ops: frozenset[str] | None = None):
+        """``ops``: :func:`edgec.ir.integer.plan` of ``model`` with the target's limits."""
         super().__init__(model, fallback_ops=fallback_ops)
         self.vnni = vnni
-        self.ops = plan(model)
-        self.chained = {id(d) for c in self.ops.values() if c.fused is not None for d in c.chain[1:]}
+        self.ops = ops
+        self.chained = chained(ops)
         # (value, layout family) -> Relax var of its codes, uint8: [H, W, C] for convolutions ("image"), [1, M, K] for
         # Linear; an unfused value may be read by both
         self.codes: dict[tuple[int, str], Any] = {}
@@ -405,26 +405,26 @@ class IntBuilder(RelaxBuilder):
         elif any(pads) or hr > in_shape[0] or wr > in_shape[1]:
             x = self._pad(x, c, pads, (hr, wr))
             g = dataclasses.replace(g, a_shape=(hr, wr, in_shape[2]))
-        requant = (c.zv, c.lo, c.hi, _fits_int32(c)) if c.fused is not None else None
         name = f"i{len(self.kernels)}_{safe_name(n.name)}"
         ca = g.a_shape[2]
+        width = ca if c.kind == "dwconv" else g.blocks * LANES
+        consts = channel_consts(c, width)
+        requant = (c.zv, c.lo, c.hi, _fits_int32(c, consts[0])) if c.fused is not None else None
         if c.kind == "dwconv":
             f = dw_kernel(g, requant, padding)
             w = np.zeros((kh, kw, ca), np.int8)
             w[:, :, : c.cout] = c.wq[:, 0].transpose(1, 2, 0)
-            width = ca
         else:
             no = g.blocks
             nb = next(b for b in (4, 3, 2, 1) if no % b == 0 and b * g.rows <= 28)
             f = gemm_kernel(g, requant, self.vnni, nb)
             w = pack_gemm_weights(c, ca)
-            width = no * LANES
         f = f.without_attr("global_symbol").with_attrs(
             {INTEGER_KERNEL: True, "op_pattern": 8, "tirx.is_scheduled": True}
         )  # 8: opaque, never fused
         gv = self.bb.add_func(f, name)
         self.kernels.append(name)
-        args = [x, relax.const(w, "int8")] + [relax.const(a, "int32") for a in channel_consts(c, width)]
+        args = [x, relax.const(w, "int8")] + [relax.const(a, "int32") for a in consts]
         out_dtype = "uint8" if requant else "int32"
         y = self.emit(relax.call_tir(gv, relax.Tuple(args), relax.TensorType([oh, g.owp, width], out_dtype)))
         if requant is not None:

@@ -15,7 +15,7 @@ from __future__ import annotations
 import numpy as np
 
 from ...ir import Node
-from ...ir.integer import IntOp, plan
+from ...ir.integer import IntOp, chained, plan
 from . import HVX_LIMITS
 from ...api.relax import RelaxBuilder, safe_name
 from .qkernels import LEFT, ConvSpec, Layout, conv_kernel, float_conv_kernel, float_linear_kernel
@@ -100,7 +100,7 @@ class HexagonBuilder(RelaxBuilder):
         super().__init__(model, fallback_ops=fallback_ops)
         self.float_hvx = float_hvx
         self.ops = plan(model, HVX_LIMITS) if integer else {}
-        self.chained = {id(d) for c in self.ops.values() if c.fused is not None for d in c.chain[1:]}
+        self.chained = chained(self.ops)
         self.codes: dict[int, object] = {}  # value -> Relax var holding its codes, in layouts[value]
         self.layouts: dict[int, Layout] = {}
         readers: dict[int, list[IntOp]] = {}

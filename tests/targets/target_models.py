@@ -245,3 +245,15 @@ def int8_mlp(rows=(2, 5)):
     m = ir.Model(g, {"": 17, "edgec": 1})
     ir.infer_shapes(m)
     return m
+
+
+def compile_static_int8(path, target: str, out):
+    """``edgec.compile`` of the ONNX file ``path`` for ``target`` with int8 weights and int8 activations calibrated on
+    random inputs, verified; the result (its manifest holds the verification)."""
+    from edgec.compiler import compile as compile_model
+
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        return compile_model(
+            str(path), target, "quantize{bits=8},quantize-activations", str(out), calib="random", verify=True
+        )

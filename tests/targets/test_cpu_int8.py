@@ -11,7 +11,7 @@ from edgec.ir.integer import integer_reference, plan  # noqa: E402
 from edgec.ir.passes import PassContext  # noqa: E402
 from edgec.targets.cpu import CpuTarget  # noqa: E402
 
-from target_models import int8_cnn, int8_mlp, static_int8  # noqa: E402
+from target_models import compile_static_int8, int8_cnn, int8_mlp, static_int8  # noqa: E402
 
 
 def _run(model, tmp_path, **opts):
@@ -135,20 +135,7 @@ def test_gemm_kernel_uses_vpdpbusd():
 def test_tiny_cnn_static_int8_verifies(tiny_cnn_path, target, kernels, tmp_path):
     """edgec.compile --verify on a static int8 model: the default cpu artifact passes and equals the integer
     reference bit for bit, its integer kernels listed in the manifest; with int8=false, the float simulation."""
-    import warnings
-
-    from edgec.compiler import compile as compile_model
-
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore")
-        r = compile_model(
-            tiny_cnn_path,
-            target,
-            "quantize{bits=8},quantize-activations",
-            str(tmp_path / "a"),
-            calib="random",
-            verify=True,
-        )
+    r = compile_static_int8(tiny_cnn_path, target, tmp_path / "a")
     v = r.manifest["verification"]
     assert v["ran"] and v["passed"], v["summary"]
     assert len(r.manifest["target"]["integer_kernels"]) == kernels
@@ -206,3 +193,20 @@ def test_requantizing_epilogue_is_the_integer_semantics(narrow):
     lib["main"](*args)
     want = np.clip((((t * m) >> 16) + rnd >> s) + zv, lo, hi).astype(np.uint8)
     np.testing.assert_array_equal(args[-1].numpy(), want)
+
+
+def test_a_sum_beyond_int32_is_refused_by_name(tmp_path):
+    """A Linear whose byte products can sum past int32 (70000 inputs at full-scale weights) is refused, naming the
+    node and cpu{int8=false}, instead of wrapping silently."""
+    from edgec.errors import UnsupportedError
+
+    g = ir.Graph()
+    x = g.add_input("x", ir.DType.FLOAT32, (1, 70000))
+    g.outputs.append(
+        g.op("Linear", [x, g.add_const("w", np.ones((16, 70000), np.float32))], domain="edgec", name="wide").output
+    )
+    m = ir.Model(g, {"": 17, "edgec": 1})
+    ir.infer_shapes(m)
+    m = static_int8(m)
+    with pytest.raises(UnsupportedError, match=r"'wide'.*int32 accumulator.*cpu\{int8=false\}"):
+        CpuTarget().emit(m, str(tmp_path), PassContext())

@@ -4,7 +4,6 @@ kernels for v68/v73, and static int8 models run under qemu-hexagon bit-exactly a
 import re
 import shutil
 import subprocess
-import warnings
 
 import numpy as np
 import pytest
@@ -14,7 +13,7 @@ pytest.importorskip("tvm")
 from edgec import ir  # noqa: E402
 from edgec.ir.integer import integer_reference, plan, requant_multiplier  # noqa: E402
 from edgec.targets.hexagon import HVX_LIMITS, harness  # noqa: E402
-from target_models import int8_cnn, int8_mlp, static_int8  # noqa: E402
+from target_models import compile_static_int8, int8_cnn, int8_mlp, static_int8  # noqa: E402
 from edgec.targets.hexagon.qkernels import (
     ConvSpec,
     Layout,
@@ -274,18 +273,7 @@ def test_static_int8_models_are_bit_exact_under_qemu(make, scheme, fused, kinds,
 @pytest.mark.slow
 @needs_qemu
 def test_tiny_cnn_static_int8_verifies_bit_exact(tiny_cnn_path, tmp_path):
-    from edgec.compiler import compile as compile_model
-
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore")
-        r = compile_model(
-            tiny_cnn_path,
-            "hexagon",
-            "quantize{bits=8},quantize-activations",
-            str(tmp_path / "a"),
-            calib="random",
-            verify=True,
-        )
+    r = compile_static_int8(tiny_cnn_path, "hexagon", tmp_path / "a")
     v = r.manifest["verification"]
     assert v["ran"] and v["passed"], v["summary"]
     assert all(o["bit_exact_vs_integer_reference"] for o in v["outputs"]), v["outputs"]
@@ -308,18 +296,7 @@ def test_tiny_cnn_static_int8_verifies_bit_exact(tiny_cnn_path, tmp_path):
 def test_int8_off_simulates_in_float(tiny_cnn_path, tmp_path):
     """hexagon{int8=false}: the float simulation, as before the integer kernels (same numbers as the
     reference executor, no integer kernels)."""
-    from edgec.compiler import compile as compile_model
-
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore")
-        r = compile_model(
-            tiny_cnn_path,
-            "hexagon{int8=false}",
-            "quantize{bits=8},quantize-activations",
-            str(tmp_path / "a"),
-            calib="random",
-            verify=True,
-        )
+    r = compile_static_int8(tiny_cnn_path, "hexagon{int8=false}", tmp_path / "a")
     v = r.manifest["verification"]
     assert v["ran"] and v["passed"] and all(o["vs_reference_max_rel_err"] <= 1e-5 for o in v["outputs"]), v
     assert r.manifest["target"]["integer_kernels"] == []
@@ -335,18 +312,7 @@ def test_example_models_static_int8_under_qemu(name, exact, tmp_path):
     pytest.importorskip("torch")
     from target_models import export_example
 
-    from edgec.compiler import compile as compile_model
-
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore")
-        r = compile_model(
-            export_example(name, tmp_path / "m.onnx"),
-            "hexagon",
-            "quantize{bits=8},quantize-activations",
-            str(tmp_path / "a"),
-            calib="random",
-            verify=True,
-        )
+    r = compile_static_int8(export_example(name, tmp_path / "m.onnx"), "hexagon", tmp_path / "a")
     v = r.manifest["verification"]
     assert v["ran"] and v["passed"], v["summary"]
     assert len(r.manifest["target"]["integer_kernels"]) >= 4
