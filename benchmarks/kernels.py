@@ -175,7 +175,7 @@ def main() -> None:
     ap.add_argument("--tune-models", default="bert-base", help="the models that get the tuned row")
     ap.add_argument(
         "--quant",
-        default="quantize{bits=8},quantize{bits=4;group=32}",
+        default="quantize{bits=8},quantize{bits=4;group=32;head_bits=4}",
         help="weight-only pipelines ('quantize{...}', ';' between options), each a cpu row on --quant-models",
     )
     ap.add_argument("--quant-models", default="matmul-decode", help="the models that get the --quant rows")
@@ -268,7 +268,9 @@ def main() -> None:
         "OpenVINO's CPU plugin at f32 inference precision. `cpu{tune=N}` adds TVM's MetaSchedule search, N",
         "candidates per matmul / convolution kernel (its compile time includes the search, from an empty database;",
         "without xgboost installed the candidates are drawn at random). `cpu -p quantize{...}` rows quantize the",
-        "weights only (round to nearest; int4 in groups of 32 along K) and run the packed codes in the kernel;",
+        "weights only (round to nearest; int4 in groups of 32 along K; `head_bits=4`, since the quantizer keeps a",
+        "model's last Linear, here the only one, at 8 bits by default) and run the packed codes in the kernel",
+        "(at 1..4 rows targets/cpu/gemv.py: codes in column tiles, a group's scale applied once per group);",
         "their onnxruntime column is the float original, and the speed-up column compares with the `cpu` row of",
         "the same model and threads. `matmul-decode` is one token through a 2048 -> 5632 projection (batch 1).",
         "`cpu -p quantize{bits=8},quantize-activations` rows are static int8 (int8 weights per channel, int8",

@@ -1028,6 +1028,13 @@ def _linear(b: RelaxBuilder, n: Node) -> Any:
     return b.emit(y)
 
 
+def codes_per_byte(q: QuantizedTensor) -> int:
+    """How many codes :func:`pack_codes` stores per byte: 2 for 4 bits and below with an even row length, else 1."""
+    codes = np.asarray(q.codes)
+    k = int(np.prod(codes.shape[1:])) if codes.ndim > 1 else codes.size
+    return 2 if q.bits <= 4 and k % 2 == 0 else 1
+
+
 def pack_codes(q: QuantizedTensor) -> tuple[np.ndarray, int]:
     """Codes as stored in the artifact, flattened to ``[out, K]``: int8/uint8 per code for 5-8 bits, two
     codes per byte for 4 bits and below (sub-4-bit codes use 4-bit slots).
@@ -1036,10 +1043,7 @@ def pack_codes(q: QuantizedTensor) -> tuple[np.ndarray, int]:
     """
     codes = np.asarray(q.codes)
     codes = codes.reshape(codes.shape[0], -1) if codes.ndim > 1 else codes.reshape(1, -1)
-    if q.bits > 4:
-        return codes.astype(np.int8 if q.signed else np.uint8), 1
-    n, k = codes.shape
-    if k % 2:
+    if codes_per_byte(q) == 1:
         return codes.astype(np.int8 if q.signed else np.uint8), 1
     nib = (codes.astype(np.int16) & 0xF).astype(np.uint8)
     return np.ascontiguousarray(nib[:, 0::2] | (nib[:, 1::2] << 4)), 2

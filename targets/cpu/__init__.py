@@ -150,12 +150,18 @@ class CpuTarget(Target):
         from tvm import relax
 
         target = self.tvm_target()
-        builder = RelaxBuilder(model)
+        from tvm.target.codegen import llvm_get_vector_width
+
+        from .gemv import CpuBuilder
+
+        # float32 lanes of the vector registers, for the kernels the builder schedules itself (none unscheduled)
+        lanes = llvm_get_vector_width(target) // 32 if self.schedule else 0
+        builder: RelaxBuilder = CpuBuilder(model, lanes)
         ops = plan(model, self.integer_limits()) if self.integer_semantics() else {}
         if ops:
             from .intops import IntBuilder, has_vnni
 
-            builder = IntBuilder(model, ops, vnni=has_vnni(target))
+            builder = IntBuilder(model, ops, vnni=has_vnni(target), lanes=lanes)
         mod = builder.build()
         try:
             if self.schedule:

@@ -29,10 +29,11 @@ from typing import Any
 
 import numpy as np
 
-from ...api.relax import RelaxBuilder, safe_name
+from ...api.relax import safe_name
 from ...errors import UnsupportedError
 from ...ir import Node
 from ...ir.integer import IntOp, chained
+from .gemv import CpuBuilder
 from .schedule import INTEGER_KERNEL
 
 # float ops computed in NHWC between integer kernels (IntBuilder._lower_nhwc)
@@ -360,12 +361,14 @@ def channel_consts(c: IntOp, width: int) -> list[np.ndarray]:
     return out
 
 
-class IntBuilder(RelaxBuilder):
+class IntBuilder(CpuBuilder):
     """The cpu target's Relax builder with :class:`IntOp` nodes lowered to integer kernels (see the module)."""
 
-    def __init__(self, model, ops: dict[int, IntOp], vnni: bool, fallback_ops: frozenset[str] | None = None):
-        """``ops``: :func:`edgec.ir.integer.plan` of ``model`` with the target's limits."""
-        super().__init__(model, fallback_ops=fallback_ops)
+    def __init__(
+        self, model, ops: dict[int, IntOp], vnni: bool, lanes: int, fallback_ops: frozenset[str] | None = None
+    ):
+        """``ops``: :func:`edgec.ir.integer.plan` of ``model`` with the target's limits; ``lanes``: see CpuBuilder."""
+        super().__init__(model, lanes, fallback_ops=fallback_ops)
         self.vnni = vnni
         self.ops = ops
         self.chained = chained(ops)
@@ -380,7 +383,7 @@ class IntBuilder(RelaxBuilder):
             return True  # a Relu / Clip folded into its producer's requantizing epilogue
         c = self.ops.get(id(n))
         if c is None:
-            return self._lower_nhwc(n)
+            return self._lower_nhwc(n) or super().lower_special(n)
         relax = self.relax
         x = self._codes_of(c)
         if c.kind == "linear":

@@ -237,6 +237,9 @@ class ParallelVectorize(CPUScheduleRule):
 # marks a kernel written and scheduled beside this module (intops.py: integer arithmetic only), compiled for the
 # full ISA by SplitGemm
 INTEGER_KERNEL = "edgec.integer_kernel"
+# marks a float matmul kernel written and scheduled beside this module (gemv.py), compiled with FMA like the matmuls
+# this rule schedules
+GEMM_KERNEL = "edgec.gemm_kernel"
 # Operations whose result an FMA-contracted input can move across an integer boundary (a tie rounding the other
 # way, a comparison flipping): an epilogue holding one stays out of the FMA-compiled matmul kernel's tile.
 _LOAD = tvm.ir.expr.TensorLoad  # a buffer element read (tirx.BufferLoad builds one)
@@ -568,7 +571,9 @@ class SplitGemm:
             split.gemm.update(
                 gv.name_hint
                 for gv, f in mod.functions.items()
-                if isinstance(f, tirx.PrimFunc) and f.attrs is not None and INTEGER_KERNEL in f.attrs
+                if isinstance(f, tirx.PrimFunc)
+                and f.attrs is not None
+                and (INTEGER_KERNEL in f.attrs or GEMM_KERNEL in f.attrs)
             )
             return mod
 

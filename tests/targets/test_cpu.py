@@ -43,6 +43,82 @@ def test_quantized_linear_matches_reference(bits, symmetric, group, tmp_path):
     assert packed["stored_bytes"] == 48 * 64 // packed["codes_per_byte"]
 
 
+def _gemv_kernels(m: ir.Model) -> list[str]:
+    from edgec.targets.cpu.gemv import CpuBuilder
+
+    return [gv.name_hint for gv in CpuBuilder(m, 16).build().get_global_vars() if gv.name_hint.startswith("gemv_")]
+
+
+def _affine(w: np.ndarray, bits: int, group: int) -> QuantizedTensor:
+    """``code * scale + offset`` codes (the affine scheme, which carries offsets), scales shared by all rows."""
+    n, k = w.shape
+    wg = w.reshape(n, k // group, group)
+    lo = wg.min(-1, keepdims=True)
+    scale = np.float32((wg.max() - wg.min()) / ((1 << bits) - 1))
+    codes = np.clip(np.round((wg - lo) / scale), 0, (1 << bits) - 1).astype(np.uint8).reshape(n, k)
+    return QuantizedTensor(
+        codes,
+        bits,
+        "affine",
+        scales=np.full((1, k // group), scale, np.float32),
+        offsets=lo[..., 0],
+        axis=0,
+        group_size=group,
+        group_axis=1,
+    )
+
+
+@pytest.mark.parametrize(
+    "bits, scheme, group, rows, k",
+    [
+        (8, "symmetric", None, 1, 96),
+        (8, "asymmetric", None, 2, 96),
+        (4, "symmetric", 32, 1, 128),
+        (4, "asymmetric", 16, 3, 128),
+        (4, "symmetric", None, 4, 128),
+        (3, "symmetric", 32, 1, 128),
+        (2, "asymmetric", 64, 1, 128),
+        (4, "affine", 32, 1, 128),
+        (4, "symmetric", None, 1, 33),  # an odd K: one code per byte
+    ],
+)
+def test_decode_linear_runs_the_gemv_kernel(bits, scheme, group, rows, k, tmp_path):
+    """A weight-only Linear at 1..4 rows runs the hand-scheduled kernel (codes in column tiles, the group's scale,
+    zero point and offset applied once per group) and matches the reference within a float matmul's rounding."""
+    w = np.random.default_rng(bits + k).standard_normal((48, k)).astype(np.float32)
+    q = _affine(w, bits, group) if scheme == "affine" else quantize_rtn(w, bits, scheme == "symmetric", group)
+    assert q.validate() == []
+    m = linear_model(q, batch=(rows,))
+    assert _gemv_kernels(m) == ["gemv_%db_fc" % bits]
+    _, got, ref = compile_and_run(m, tmp_path)
+    np.testing.assert_allclose(got[0], ref[0], rtol=1e-5, atol=1e-5)
+
+
+def test_gemv_kernel_decodes_every_code_exactly(tmp_path):
+    """One-hot rows read single weight columns: ``s (c - z) + o`` per element, exactly the dequantized weight (int4
+    with the sign bit flipped, grouped scales)."""
+    w = np.random.default_rng(3).standard_normal((64, 64)).astype(np.float32)
+    q = quantize_rtn(w, 4, True, 16)
+    g = ir.Graph()
+    x = g.add_input("x", ir.DType.FLOAT32, (4, 64))
+    g.outputs.append(g.op("Linear", [x, g.add_const("w", q)], domain="edgec", name="fc").output)
+    m = ir.Model(g, {"": 17, "edgec": 1})
+    ir.infer_shapes(m)
+    assert _gemv_kernels(m) == ["gemv_4b_fc"]
+    CpuTarget().emit(m, str(tmp_path), None)
+    deq = q.dequantize()
+    for cols in ([0, 1, 2, 3], [16, 31, 32, 63]):
+        feed = np.zeros((4, 64), np.float32)
+        feed[range(4), cols] = 1.0
+        (got,) = CpuTarget().run_artifact(str(tmp_path), {"x": feed}, ["x"])
+        np.testing.assert_array_equal(got, deq[:, cols].T)
+
+
+def test_prefill_rows_keep_the_generic_kernel():
+    w = np.random.default_rng(0).standard_normal((48, 64)).astype(np.float32)
+    assert _gemv_kernels(linear_model(quantize_rtn(w, 4, True, 32), batch=(5,))) == []
+
+
 def test_packed_int4_layout_round_trips():
     codes = np.random.default_rng(0).integers(-8, 8, (4, 6)).astype(np.int8)
     q = QuantizedTensor(codes, 4, "symmetric", scales=np.ones((4, 1), np.float32), axis=0)
