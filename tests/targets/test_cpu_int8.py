@@ -67,7 +67,26 @@ def _conv_and_linear_share_an_input():
     return m
 
 
+def _image(cin: int = 3, hw: tuple[int, int] = (19, 37), k: int = 3, stride: int = 2, pad: int = 1):
+    """A network input of ``cin`` <= 4 channels into a padded strided convolution (image_codes_kernel: the codes of
+    every pixel one word, vector columns and a tail, margins), then a 1x1 one."""
+    rng = np.random.default_rng(6)
+    g = ir.Graph()
+    h = g.add_input("x", ir.DType.FLOAT32, (1, cin, *hw))
+    w = g.add_const("w0", (rng.standard_normal((16, cin, k, k)) * 0.3).astype(np.float32))
+    attrs = {"kernel_shape": [k, k], "strides": [stride, stride], "pads": [pad] * 4}
+    h = g.op("Relu", [g.op("Conv", [h, w], attrs).output]).output
+    w = g.add_const("w1", (rng.standard_normal((8, 16, 1, 1)) * 0.3).astype(np.float32))
+    g.outputs.append(g.op("Conv", [h, w], {"kernel_shape": [1, 1]}).output)
+    m = ir.Model(g, {"": 17})
+    ir.infer_shapes(m)
+    return m
+
+
 MODELS = {
+    "image-3-channels-padded-stride-2": (_image, "symmetric", 1, {"conv"}),
+    "image-1-channel-uint8": (lambda: _image(1, (17, 40), 3, 1, 1), "asymmetric", 1, {"conv"}),
+    "image-4-channels-unread-columns": (lambda: _image(4, (9, 34), 1, 2, 0), "symmetric", 1, {"conv"}),
     "conv-and-linear-share-an-input": (_conv_and_linear_share_an_input, "asymmetric", 0, {"conv", "linear"}),
     "conv-then-linear-over-width": (_conv_then_linear, "symmetric", 0, {"conv", "linear"}),
     "patchify-stride-4": (_patchify, "symmetric", 1, {"conv"}),
@@ -96,6 +115,19 @@ def test_static_int8_models_are_bit_exact(name, mcpu, tmp_path):
     for g_, w_ in zip(got, want):
         assert g_.shape == w_.shape
         np.testing.assert_array_equal(g_, w_)
+
+
+@pytest.mark.parametrize("name", [n for n in MODELS if n.startswith("image")])
+def test_image_inputs_are_quantized_by_one_kernel(name):
+    """A graph input of <= 4 channels is quantized from its float value (QuantizeLinear's division, its fake_quant
+    left dead) by image_codes_kernel, padding included: no separate quantize / pad kernels."""
+    from edgec.targets.cpu.intops import IntBuilder
+
+    make, scheme, _, _ = MODELS[name]
+    m = static_int8(make(), scheme)
+    names = [gv.name_hint for gv in IntBuilder(m, plan(m), vnni=False, lanes=16).build().get_global_vars()]
+    assert [n for n in names if n.startswith("image_codes")] == ["image_codes_x"]
+    assert not [n for n in names if n.startswith(("pad_codes", "quantize_codes"))]
 
 
 def test_int8_off_simulates_in_float(tmp_path):
