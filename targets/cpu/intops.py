@@ -331,7 +331,7 @@ def image_codes_kernel(
     lo, hi = (-128.0, 127.0) if q.signed else (0.0, 255.0)
     off = 128 if q.signed else 0
 
-    def f32(v: float) -> str:
+    def f32(v: Any) -> str:
         return f"T.float32({float(np.float32(v))!r})"
 
     k = f32(q.scale) if divide else f32(np.float32(1) / np.float32(q.scale))
