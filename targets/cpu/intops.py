@@ -142,6 +142,28 @@ def tile_rows(ow: int) -> int:
     return 8
 
 
+# TVM places a kernel's local buffer of 1024 bytes or more in a workspace allocated per parallel task (a call in and
+# out of the runtime per tile), and LLVM then keeps the accumulators in memory between the reduction and the epilogue
+_STACK_VECTORS = 15
+# a reduction this short (bytes of codes per output pixel) leaves the tile's time to its epilogue: the small tile on
+# the stack wins (MobileNetV2's 16-channel 1x1: 271 -> 249 us); longer ones gain more from the larger register tile
+_SHORT_REDUCTION = 512
+
+
+def tile_shape(ow: int, blocks: int, reduction: int) -> tuple[int, int]:
+    """(R, NB) of a Conv / Linear kernel's register tile: R output pixels (a divisor of the width in 8..4 where there
+    is one, see :func:`tile_rows`) by NB blocks of 16 channels (a divisor of ``blocks``), the most accumulators
+    within 28 vectors, or within 15 (on the stack) for a ``reduction`` of at most 512 bytes; ties to the larger R."""
+    if ow < 4:
+        rows = [ow]
+    else:
+        rows = [r for r in (8, 7, 6, 5, 4) if ow % r == 0] or [8]
+    limit = _STACK_VECTORS if reduction <= _SHORT_REDUCTION else 28
+    options = [(r * b, r, b) for r in rows for b in (4, 3, 2, 1) if blocks % b == 0 and r * b <= max(limit, r)]
+    _, r, b = max(options)
+    return r, b
+
+
 def _epilogue(acc_value: Any, o: Any, consts: list[Any], requant: tuple[int, int, int, bool] | None) -> Any:
     """int32 ``t = acc + B[o]``; requantizing (``requant`` = (zero, lo, hi, narrow)): the codes, uint8, of
     ``q = floor((floor(t m / 2^16) + rnd) / 2^s) + zero`` clamped to [lo, hi] (:mod:`edgec.ir.integer`).
@@ -469,7 +491,12 @@ class IntBuilder(CpuBuilder):
         else:
             ha, wa, ca = (int(d) for d in x.ty.shape.values)
             in_shape = (ha, wa, ca)
-        g = Geometry(in_shape, oh, ow, kh, kw, s, tile_rows(ow), c.cout)
+        nb = 1
+        if c.kind == "dwconv":
+            rows = tile_rows(ow)
+        else:
+            rows, nb = tile_shape(ow, -(-c.cout // LANES), kh * kw * in_shape[2])
+        g = Geometry(in_shape, oh, ow, kh, kw, s, rows, c.cout)
         hr, wr = g.reads
         padding = None
         if c.kind == "dwconv" and (any(pads) or hr > in_shape[0] or wr > in_shape[1]):
@@ -490,8 +517,6 @@ class IntBuilder(CpuBuilder):
             w = np.zeros((kh, kw, ca), np.int8)
             w[:, :, : c.cout] = c.wq[:, 0].transpose(1, 2, 0)
         else:
-            no = g.blocks
-            nb = next(b for b in (4, 3, 2, 1) if no % b == 0 and b * g.rows <= 28)
             f = gemm_kernel(g, requant, self.vnni, nb)
             w = pack_gemm_weights(c, ca)
         f = f.without_attr("global_symbol").with_attrs(
