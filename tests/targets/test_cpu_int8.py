@@ -242,3 +242,16 @@ def test_a_sum_beyond_int32_is_refused_by_name(tmp_path):
     m = static_int8(m)
     with pytest.raises(UnsupportedError, match=r"'wide'.*int32 accumulator.*cpu\{int8=false\}"):
         CpuTarget().emit(m, str(tmp_path), PassContext())
+
+
+@pytest.mark.parametrize("ow, blocks", [(112, 6), (56, 9), (14, 24), (7, 4), (197, 48), (3, 2)])
+def test_register_tiles_fit_the_stack_for_short_reductions(ow, blocks):
+    """A short reduction's tile stays under TVM's 1 KiB stack allocation (a larger local buffer is a workspace
+    allocated per parallel task); a long one may take up to 28 accumulators. R divides the width where 8..4 has a
+    divisor, NB divides the blocks."""
+    from edgec.targets.cpu.intops import tile_shape
+
+    for reduction, limit in ((16, 1023), (512, 1023), (4608, 28 * 64)):
+        r, nb = tile_shape(ow, blocks, reduction)
+        assert r * nb * 16 * 4 <= limit and blocks % nb == 0
+        assert ow % r == 0 or not any(ow % d == 0 for d in (8, 7, 6, 5, 4))
