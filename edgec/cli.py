@@ -620,6 +620,56 @@ def _inspect_sensitivity(model, calib, bits, method, samples, plot, metric, no_c
         click.echo(f"  plot: {plot}")
 
 
+@main.command("build")
+@click.argument("plan", type=click.Path(dir_okay=False))
+@click.option("-o", "--output", required=True, type=click.Path(file_okay=False), help="Folder for the artifacts.")
+@click.option(
+    "--executor",
+    default="local",
+    show_default=True,
+    help="Where the compiles run: local (this machine), ray (RAY_ADDRESS, else a local Ray started for this run) "
+    "or ray://HOST:PORT.",
+)
+@click.option(
+    "--workers",
+    type=int,
+    help="Processes (local; default 1: one compile after the other, in this process) or CPUs of a local Ray "
+    "(default: every core).",
+)
+@click.option("--no-cache", is_flag=True, help="Neither read nor fill the compile cache.")
+@click.option("--cache-dir", type=click.Path(file_okay=False), help="Compile cache folder (default: EDGEC_CACHE_DIR).")
+@click.option("--json", "as_json", is_flag=True, help="Print the summary as JSON on stdout.")
+@click.option("-q", "--quiet", is_flag=True, help="No progress output.")
+@handle_errors
+def build_cmd(plan, output, executor, workers, no_cache, cache_dir, as_json, quiet):
+    """Compile every model x target x pipeline of PLAN (a TOML file of [[compile]] tables; see edgec.plan) into
+    OUTPUT/<model>/<target>/, each cached and verified, on an executor; one summary table (text, --json,
+    OUTPUT/build.html). Exits non-zero if any compile fails, listing them all."""
+    from .executor import make_executor
+    from .plan import load_plan, run_plan, summary_text, write_summary
+
+    jobs = load_plan(plan, output)  # every problem of the plan, before any work
+    say = (lambda m: None) if (quiet or as_json) else (lambda m: click.echo(m, err=True))
+    say(f"{len(jobs)} compiles from {plan}")
+    count = {"n": 0}
+
+    def on_row(r):
+        count["n"] += 1
+        state = "cached" if r.get("cached") else ("ok" if r["ok"] else "FAILED")
+        say(f"[{count['n']}/{len(jobs)}] {r['name']} -> {r['target']}: {state} ({r.get('seconds', 0):.1f} s)")
+
+    with make_executor(executor, workers) as ex:
+        summary = run_plan(jobs, ex, use_cache=not no_cache, cache_dir=cache_dir, on_row=on_row)
+    write_summary(summary, output)
+    if as_json:
+        _emit_json({"ok": summary["failed"] == 0, **summary})
+    else:
+        click.echo(summary_text(summary))
+        click.echo(f"summary: {os.path.join(output, 'build.html')}, {os.path.join(output, 'build.json')}")
+    if summary["failed"]:
+        sys.exit(1)
+
+
 @main.command("eval")
 @click.argument("model", type=click.Path(exists=True))
 @click.option(

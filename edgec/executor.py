@@ -1,0 +1,244 @@
+"""Where independent units of edgec's work run: in this process, in worker processes on this machine, or on Ray.
+
+One interface, :class:`Executor`, three ways to run ``fn(item, shared)`` over a list of items:
+
+- ``local`` with one worker (the default): in this process, one item after the other (what edgec always did; no
+  process or Ray is started);
+- ``local`` with N workers: N processes on this machine (``spawn``ed: TVM's and onnxruntime's thread pools do not
+  survive a fork), ``shared`` sent to each process once by its initializer, not with every item;
+- ``ray`` / ``ray://HOST:PORT``: Ray tasks, on a local Ray started on the fly (``--executor ray`` without
+  ``RAY_ADDRESS``) or on the cluster named (``RAY_ADDRESS`` honoured), ``shared`` put in the object store once.
+
+Results come back in the items' order, whatever order the workers finish in, so a run's output never depends on
+the worker count. An exception raised by ``fn`` is the item's result (``ok=False``, its message), not retried: a
+compile that fails fails the same way on every worker. A worker process that dies (killed, out of memory) is
+different: its items run again on a fresh worker, up to ``retries`` times (Ray's own task retries; for local
+processes a new pool).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import os
+import socket
+import time
+import traceback
+from collections.abc import Callable, Sequence
+from typing import Any
+
+from .errors import UsageError
+
+EXECUTORS = ("local", "ray", "ray://HOST:PORT")
+DEFAULT_RETRIES = 2
+
+
+@dataclasses.dataclass
+class TaskResult:
+    """One item's outcome: ``value`` (``fn``'s return) when ``ok``, else ``error``; where and how long it ran."""
+
+    index: int
+    ok: bool
+    value: Any = None
+    error: str | None = None
+    worker: str = ""  # pid@host of the process that ran it
+    seconds: float = 0.0
+    attempts: int = 1  # runs started for it (more than one: a worker died under it)
+
+
+def _call(fn: Callable[[Any, Any], Any], item: Any, shared: Any) -> tuple[bool, Any, str, float]:
+    """``fn(item, shared)`` with its exception as a value: (ok, value or error text, worker, seconds)."""
+    t0 = time.perf_counter()
+    worker = f"{os.getpid()}@{socket.gethostname()}"
+    try:
+        return True, fn(item, shared), worker, time.perf_counter() - t0
+    except Exception as e:  # noqa: BLE001 - the item's failure is its result
+        msg = str(e) or type(e).__name__
+        if not _is_edgec_error(e):  # a bug, not a user-facing failure: where it happened
+            msg = f"{type(e).__name__}: {msg}\n{traceback.format_exc(limit=8)}"
+        return False, msg, worker, time.perf_counter() - t0
+
+
+def _is_edgec_error(e: BaseException) -> bool:
+    from .errors import EdgecError
+
+    return isinstance(e, EdgecError)
+
+
+class Executor:
+    """Runs ``fn(item, shared)`` for every item; see the module. ``on_done(result)`` is called as each item
+    finishes (in completion order), for progress."""
+
+    name = "executor"
+
+    def __init__(self, workers: int = 1, retries: int = DEFAULT_RETRIES):
+        if workers < 1:
+            raise UsageError(f"--workers must be at least 1, not {workers}")
+        self.workers = workers
+        self.retries = retries
+
+    def run(
+        self,
+        fn: Callable[[Any, Any], Any],
+        items: Sequence[Any],
+        shared: Any = None,
+        on_done: Callable[[TaskResult], None] | None = None,
+    ) -> list[TaskResult]:
+        raise NotImplementedError
+
+    def describe(self) -> dict[str, Any]:
+        return {"executor": self.name, "workers": self.workers}
+
+    def close(self) -> None:
+        pass
+
+    def __enter__(self) -> Executor:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+
+class LocalExecutor(Executor):
+    """This machine: in this process with one worker, else a pool of ``workers`` spawned processes."""
+
+    name = "local"
+
+    def run(self, fn, items, shared=None, on_done=None):
+        if self.workers == 1:
+            out = []
+            for i, item in enumerate(items):
+                ok, value, worker, secs = _call(fn, item, shared)
+                r = TaskResult(i, ok, value if ok else None, None if ok else value, worker, secs)
+                out.append(r)
+                if on_done:
+                    on_done(r)
+            return out
+        return self._pool(fn, list(items), shared, on_done)
+
+    def _pool(self, fn, items, shared, on_done) -> list[TaskResult]:
+        import multiprocessing
+        from concurrent.futures import FIRST_COMPLETED, ProcessPoolExecutor, wait
+        from concurrent.futures.process import BrokenProcessPool
+
+        results: dict[int, TaskResult] = {}
+        attempts = {i: 0 for i in range(len(items))}
+        ctx = multiprocessing.get_context("spawn")
+        while len(results) < len(items):
+            todo = [i for i in range(len(items)) if i not in results]
+            for i in todo:
+                attempts[i] += 1
+            broken = False
+            with ProcessPoolExecutor(
+                max_workers=min(self.workers, len(todo)),
+                mp_context=ctx,
+                initializer=_set_shared,
+                initargs=(shared,),
+            ) as pool:
+                futures = {pool.submit(_call_shared, fn, items[i]): i for i in todo}
+                pending = set(futures)
+                while pending:
+                    done, pending = wait(pending, return_when=FIRST_COMPLETED)
+                    for f in done:
+                        i = futures[f]
+                        try:
+                            ok, value, worker, secs = f.result()
+                        except BrokenProcessPool:
+                            broken = True
+                            continue
+                        r = TaskResult(i, ok, value if ok else None, None if ok else value, worker, secs, attempts[i])
+                        results[i] = r
+                        if on_done:
+                            on_done(r)
+            if broken:
+                for i in [i for i in todo if i not in results and attempts[i] > self.retries]:
+                    r = TaskResult(
+                        i,
+                        False,
+                        error=f"its worker process died {attempts[i]} times (killed, or out of memory); "
+                        "run it alone (--workers 1) to see why",
+                        attempts=attempts[i],
+                    )
+                    results[i] = r
+                    if on_done:
+                        on_done(r)
+        return [results[i] for i in range(len(items))]
+
+
+_SHARED: Any = None
+
+
+def _set_shared(shared: Any) -> None:
+    global _SHARED
+    _SHARED = shared
+
+
+def _call_shared(fn: Callable[[Any, Any], Any], item: Any) -> tuple[bool, Any, str, float]:
+    return _call(fn, item, _SHARED)
+
+
+class RayExecutor(Executor):
+    """Ray tasks: ``address`` None starts a local Ray of ``workers`` CPUs for this run (shut down with it);
+    ``auto`` or ``ray://HOST:PORT`` joins that cluster (each of its nodes needs edgec installed, at this version)."""
+
+    name = "ray"
+
+    def __init__(self, address: str | None = None, workers: int = 1, retries: int = DEFAULT_RETRIES):
+        super().__init__(workers, retries)
+        try:
+            import ray
+        except ImportError:
+            raise UsageError("--executor ray needs Ray: pip install 'edgec[ray]'") from None
+        self.ray = ray
+        self.address = address
+        self.started = False
+        if not ray.is_initialized():
+            kwargs: dict[str, Any] = {"include_dashboard": False, "log_to_driver": False, "configure_logging": False}
+            if address:
+                ray.init(address=address, **kwargs)
+            else:
+                ray.init(num_cpus=workers, **kwargs)
+                self.started = True
+
+    def describe(self) -> dict[str, Any]:
+        return {**super().describe(), "address": self.address or "local"}
+
+    def run(self, fn, items, shared=None, on_done=None):
+        ray = self.ray
+        remote = ray.remote(num_cpus=1, max_retries=self.retries, retry_exceptions=False)(_call)
+        ref = ray.put(shared)  # once: every task reads it from the object store
+        refs = [remote.remote(fn, item, ref) for item in items]
+        index = {r.hex(): i for i, r in enumerate(refs)}
+        results: dict[int, TaskResult] = {}
+        pending = list(refs)
+        while pending:
+            done, pending = ray.wait(pending, num_returns=1)
+            for d in done:
+                i = index[d.hex()]
+                try:
+                    ok, value, worker, secs = ray.get(d)
+                    r = TaskResult(i, ok, value if ok else None, None if ok else value, worker, secs)
+                except ray.exceptions.RayError as e:  # the worker died more than `retries` times
+                    r = TaskResult(i, False, error=f"Ray could not run it: {type(e).__name__}: {str(e)[:300]}")
+                results[i] = r
+                if on_done:
+                    on_done(r)
+        return [results[i] for i in range(len(items))]
+
+    def close(self) -> None:
+        if self.started and self.ray.is_initialized():
+            self.ray.shutdown()
+            self.started = False
+
+
+def make_executor(spec: str | None = "local", workers: int | None = None, retries: int = DEFAULT_RETRIES) -> Executor:
+    """``local`` (default), ``ray`` (``RAY_ADDRESS`` if set, else a local Ray started for this run) or
+    ``ray://HOST:PORT``; ``workers`` processes (local) or CPUs of the local Ray (default 1: serial, in this
+    process, for ``local``; every core for ``ray``)."""
+    spec = (spec or "local").strip()
+    if spec == "local":
+        return LocalExecutor(workers or 1, retries)
+    if spec == "ray":
+        return RayExecutor(os.environ.get("RAY_ADDRESS") or None, workers or len(os.sched_getaffinity(0)), retries)
+    if spec.startswith("ray://") or spec == "auto":
+        return RayExecutor(spec, workers or 1, retries)
+    raise UsageError(f"--executor {spec!r}: expected one of {', '.join(EXECUTORS)}")

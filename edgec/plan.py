@@ -1,0 +1,443 @@
+"""``edgec build PLAN.toml -o OUT``: a fleet of compiles, models x targets x pipelines (and footprint tiers), run on an
+executor (:mod:`edgec.executor`), every compile cached and verified like ``edgec compile``, with one summary.
+
+A plan is ``[[compile]]`` tables::
+
+    [[compile]]
+    model = "models/mobilenet.onnx"        # relative to the plan's folder
+    targets = ["cpu", "openvino", "tensorrt"]
+    pipeline = "quantize{bits=8}"          # or pipelines = ["", "quantize{bits=4}"]
+    verify = true                          # default true
+    calib = "calib/"                       # optional; needed by calibrating passes and by tiers
+    tiers = ["12MB", "8MB"]                # optional: one artifact per footprint tier (mixed precision)
+    input_shapes = { input = "1x3x224x224" }
+    name = "mobilenet-int8"                # optional: the folder under OUT (default: the model's stem)
+
+Each compile lands in ``OUT/<name>/<target>/`` (``OUT/<name>/<pipeline>/<target>/`` for an entry listing several
+pipelines). Every problem of the plan (an unknown key, target or pass, a missing file, two compiles writing one
+folder) is reported at once, before any work starts. ``OUT/build.json`` and ``OUT/build.html`` hold the summary.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import html
+import json
+import os
+import re
+import time
+from collections.abc import Callable
+from typing import Any
+
+from .errors import BadInputError, EdgecError, UsageError
+
+ENTRY_KEYS = (
+    "model",
+    "targets",
+    "pipeline",
+    "pipelines",
+    "verify",
+    "calib",
+    "tiers",
+    "tier_options",
+    "input_shapes",
+    "name",
+    "eval_text",
+    "tolerance",
+    "min_cosine",
+    "min_top1",
+)
+
+
+@dataclasses.dataclass(frozen=True)
+class Job:
+    """One compile of the plan (one model, target and pipeline; all its tiers)."""
+
+    entry: int  # its [[compile]] table, from 1
+    name: str
+    model: str
+    target: str
+    pipeline: str
+    output: str
+    verify: bool = True
+    calib: str | None = None
+    tiers: tuple[str, ...] = ()
+    tier_options: str = ""
+    input_shapes: tuple[tuple[str, str], ...] = ()
+    eval_text: str | None = None
+    tolerance: float | None = None
+    min_cosine: float | None = None
+    min_top1: float | None = None
+
+    @property
+    def label(self) -> str:
+        return f"{self.name} -> {self.target}" + (f" -p {self.pipeline}" if self.pipeline else "")
+
+
+def _slug(text: str) -> str:
+    s = re.sub(r"[^A-Za-z0-9.-]+", "_", text).strip("_")
+    return s or "none"
+
+
+def load_plan(path: str, out: str) -> list[Job]:
+    """The plan's compiles in order; :class:`UsageError` listing every problem found (nothing runs then)."""
+    try:
+        import tomllib
+    except ImportError:  # Python 3.10
+        import tomli as tomllib  # type: ignore[no-redef]
+
+    from .build import parse_target
+    from .host import host
+    from .ir.passes import PipelineError, did_you_mean, parse_pipeline
+
+    try:
+        with open(path, "rb") as f:
+            data = tomllib.load(f)
+    except FileNotFoundError:
+        raise UsageError(f"plan {path!r} does not exist") from None
+    except OSError as e:
+        raise BadInputError(f"cannot read the plan {path!r}: {e.strerror or e}") from None
+    except tomllib.TOMLDecodeError as e:
+        raise BadInputError(f"plan {path!r} is not valid TOML: {e}") from None
+    base = os.path.dirname(os.path.abspath(path))
+    problems: list[str] = []
+    for key in data:
+        if key != "compile":
+            problems.append(
+                f"unknown top-level key {key!r}{did_you_mean(key, ['compile'])}; a plan is [[compile]] tables"
+            )
+    entries = data.get("compile", [])
+    if not isinstance(entries, list) or not all(isinstance(e, dict) for e in entries):
+        raise UsageError(f"plan {path!r}: 'compile' must be an array of tables ([[compile]])")
+    if not entries and not problems:
+        problems.append("the plan has no [[compile]] tables: nothing to build")
+    passes = host().passes.as_dict()
+    jobs: list[Job] = []
+    for k, entry in enumerate(entries, 1):
+        where = f"[[compile]] #{k}" + (f" ({entry['model']})" if isinstance(entry.get("model"), str) else "")
+        errs: list[str] = []
+        bad = errs.append
+
+        for key in entry:
+            if key not in ENTRY_KEYS:
+                bad(f"unknown key {key!r}{did_you_mean(key, ENTRY_KEYS)}")
+        model = entry.get("model")
+        if not isinstance(model, str) or not model:
+            bad("'model' (a file path) is required")
+            model = ""
+        else:
+            model = os.path.normpath(os.path.join(base, os.path.expanduser(model)))
+            if not os.path.isfile(model):
+                bad(f"model {model!r} does not exist")
+        targets = entry.get("targets")
+        if isinstance(targets, str):
+            targets = [targets]
+        if not isinstance(targets, list) or not targets or not all(isinstance(t, str) and t for t in targets):
+            bad('\'targets\' must be a non-empty list of target names, e.g. targets = ["cpu", "openvino"]')
+            targets = []
+        for t in targets:
+            try:
+                parse_target(t)
+            except EdgecError as err:
+                bad(str(err))
+        if "pipeline" in entry and "pipelines" in entry:
+            bad("give 'pipeline' or 'pipelines', not both")
+        pipes = entry.get("pipelines", [entry.get("pipeline", "")])
+        if not isinstance(pipes, list) or not pipes or not all(isinstance(p, str) for p in pipes):
+            bad("'pipelines' must be a non-empty list of pipeline strings ('' for none)")
+            pipes = []
+        for p in pipes:
+            try:
+                parse_pipeline(p, passes)
+            except PipelineError as err:
+                bad(f"pipeline {p!r}: {err}")
+        calib = entry.get("calib")
+        if calib is not None:
+            if not isinstance(calib, str):
+                bad("'calib' must be a path (or 'random')")
+                calib = None
+            elif calib != "random":
+                calib = os.path.normpath(os.path.join(base, os.path.expanduser(calib)))
+                if not os.path.exists(calib):
+                    bad(f"calibration data {calib!r} does not exist")
+        eval_text = entry.get("eval_text")
+        if eval_text is not None:
+            if not isinstance(eval_text, str):
+                bad("'eval_text' must be a path")
+                eval_text = None
+            else:
+                eval_text = os.path.normpath(os.path.join(base, os.path.expanduser(eval_text)))
+                if not os.path.exists(eval_text):
+                    bad(f"eval_text {eval_text!r} does not exist")
+        tiers = entry.get("tiers", [])
+        if isinstance(tiers, str):
+            tiers = [tiers]
+        if not isinstance(tiers, list) or not all(isinstance(t, str) for t in tiers):
+            bad('\'tiers\' must be a list of sizes, e.g. tiers = ["12MB", "8MB"]')
+            tiers = []
+        if tiers:
+            from .compiler import parse_size
+
+            for t in tiers:
+                try:
+                    parse_size(t)
+                except EdgecError as err:
+                    bad(f"tier {t!r}: {err}")
+            if calib is None:
+                bad("'tiers' choose bit widths from measured sensitivities: give 'calib'")
+        shapes = entry.get("input_shapes", {})
+        if not isinstance(shapes, dict) or not all(isinstance(v, (str, list)) for v in shapes.values()):
+            bad("'input_shapes' must be a table of name = \"1x3x224x224\"")
+            shapes = {}
+        verify = entry.get("verify", True)
+        if not isinstance(verify, bool):
+            bad("'verify' must be true or false")
+            verify = True
+        numbers = {}
+        for key in ("tolerance", "min_cosine", "min_top1"):
+            v = entry.get(key)
+            if v is not None and (isinstance(v, bool) or not isinstance(v, (int, float))):
+                bad(f"{key!r} must be a number")
+                v = None
+            numbers[key] = None if v is None else float(v)
+        tier_options = entry.get("tier_options", "")
+        if not isinstance(tier_options, str):
+            bad("'tier_options' must be a string, e.g. 'bits=2:4:8'")
+            tier_options = ""
+        name = entry.get("name")
+        if name is not None and (not isinstance(name, str) or not name.strip() or "/" in name or name in (".", "..")):
+            bad("'name' must be a folder name (no '/')")
+            name = None
+        name = name or (os.path.splitext(os.path.basename(model))[0] if model else f"entry{k}")
+        for p in pipes:
+            for t in targets:
+                sub = [name] + ([_slug(p)] if len(pipes) > 1 else []) + [_slug(t)]
+                jobs.append(
+                    Job(
+                        entry=k,
+                        name=name,
+                        model=model,
+                        target=t,
+                        pipeline=p,
+                        output=os.path.join(out, *sub),
+                        verify=verify,
+                        calib=calib,
+                        tiers=tuple(tiers),
+                        tier_options=tier_options,
+                        input_shapes=tuple(
+                            (str(a), b if isinstance(b, str) else "x".join(map(str, b))) for a, b in shapes.items()
+                        ),
+                        eval_text=eval_text,
+                        **numbers,
+                    )
+                )
+        problems += [f"{where}: {m}" for m in errs]
+
+    seen: dict[str, Job] = {}
+    for j in jobs:
+        if j.output in seen:
+            problems.append(
+                f"[[compile]] #{seen[j.output].entry} and #{j.entry} both write {j.output!r}: give one of them a 'name'"
+            )
+        seen.setdefault(j.output, j)
+    if problems:
+        raise UsageError(
+            f"plan {path!r} has {len(problems)} problem{'s' if len(problems) > 1 else ''} (nothing was compiled):\n  - "
+            + "\n  - ".join(problems)
+        )
+    return jobs
+
+
+def run_job(job: Job, shared: dict[str, Any]) -> dict[str, Any]:
+    """One compile (all its tiers), in a worker; its summary row. A failed compile is a row with ``error``."""
+    from .compiler import compile as do_compile, compile_tiers
+
+    t0 = time.perf_counter()
+    opts: dict[str, Any] = dict(
+        input_shapes=dict(job.input_shapes),
+        verify=job.verify,
+        calib=job.calib,
+        eval_text=job.eval_text,
+        cache_dir=shared.get("cache_dir"),
+        force=False,  # an edgec-written folder is replaced; anything else is refused
+        min_cosine=job.min_cosine,
+        min_top1=job.min_top1,
+    )
+    if job.tolerance is not None:
+        opts["tolerance"] = job.tolerance
+    row: dict[str, Any] = {
+        "entry": job.entry,
+        "name": job.name,
+        "model": job.model,
+        "target": job.target,
+        "pipeline": job.pipeline,
+        "output": job.output,
+        "ok": False,
+    }
+    try:
+        if job.tiers:
+            index = compile_tiers(
+                job.model,
+                job.target,
+                job.pipeline,
+                job.output,
+                list(job.tiers),
+                tier_options=job.tier_options,
+                use_cache=shared.get("use_cache", True),
+                **opts,
+            )
+            row["tiers"] = [
+                {k: t.get(k) for k in ("tier", "path", "artifact_bytes", "weights_bytes")} for t in index["tiers"]
+            ]
+            row["artifact_bytes"] = max((t.get("artifact_bytes") or 0) for t in index["tiers"]) if index["tiers"] else 0
+            row["cached"] = False
+            row["verify"] = "tiers"
+        else:
+            res = do_compile(
+                job.model, job.target, job.pipeline, job.output, use_cache=shared.get("use_cache", True), **opts
+            )
+            m = res.manifest
+            row["cached"] = res.cached
+            row["artifact_bytes"] = sum(int(f.get("bytes", 0)) for f in m.get("files", []))
+            row["files"] = {f["path"]: f.get("sha256") for f in m.get("files", [])}
+            row["weights_bytes"] = (m.get("sizes") or {}).get("weights_bytes_after")
+            v = m.get("verification")
+            row["verify"] = (
+                "not asked"
+                if v is None
+                else "not run"
+                if not v.get("ran", True)
+                else ("pass" if v.get("passed") else "fail")
+            )
+            row["verify_summary"] = (v or {}).get("summary", "")
+            ev = m.get("evaluation") or {}
+            if ev.get("compiled_perplexity") is not None:
+                row["perplexity"] = ev.get("artifact_perplexity") or ev.get("compiled_perplexity")
+        row["ok"] = True
+    except EdgecError as e:
+        row["error"] = str(e)
+    row["seconds"] = round(time.perf_counter() - t0, 3)
+    return row
+
+
+def run_plan(
+    jobs: list[Job],
+    executor: Any,
+    *,
+    use_cache: bool = True,
+    cache_dir: str | None = None,
+    on_row: Callable[[dict[str, Any]], None] | None = None,
+) -> dict[str, Any]:
+    """Every job on ``executor``; the summary (rows in plan order, whatever order they finished in)."""
+    t0 = time.perf_counter()
+    shared = {"use_cache": use_cache, "cache_dir": cache_dir}
+
+    def done(r: Any) -> None:
+        if on_row:
+            on_row(_row(jobs[r.index], r))
+
+    results = executor.run(run_job, jobs, shared=shared, on_done=done)
+    rows = [_row(jobs[r.index], r) for r in results]
+    return {
+        **executor.describe(),
+        "compiles": len(rows),
+        "failed": sum(not r["ok"] for r in rows),
+        "wall_s": round(time.perf_counter() - t0, 3),
+        "rows": rows,
+    }
+
+
+def _row(job: Job, r: Any) -> dict[str, Any]:
+    if r.ok:
+        row = dict(r.value)
+    else:  # the worker itself failed (a bug, or a process that died every time)
+        row = {"entry": job.entry, "name": job.name, "model": job.model, "target": job.target}
+        row.update({"pipeline": job.pipeline, "output": job.output, "ok": False, "error": r.error})
+    row["worker"] = r.worker
+    row["attempts"] = r.attempts
+    return row
+
+
+def _size(n: Any) -> str:
+    if not n:
+        return "-"
+    n = float(n)
+    for unit in ("B", "KB", "MB", "GB"):
+        if n < 1000 or unit == "GB":
+            return f"{n:.0f} {unit}" if unit == "B" else f"{n:.1f} {unit}"
+        n /= 1000
+    return str(n)
+
+
+def _cells(r: dict[str, Any]) -> list[str]:
+    outcome = (
+        r.get("error", "").splitlines()[0][:100]
+        if not r["ok"]
+        else (f"perplexity {r['perplexity']:.3f}" if r.get("perplexity") else "")
+    )
+    return [
+        r["name"],
+        r["target"],
+        r.get("pipeline") or "-",
+        "ok" if r["ok"] else "FAILED",
+        _size(r.get("artifact_bytes")),
+        r.get("verify", "-") if r["ok"] else "-",
+        ("cached" if r.get("cached") else f"{r.get('seconds', 0):.1f} s")
+        if r["ok"]
+        else f"{r.get('seconds', 0):.1f} s",
+        outcome,
+    ]
+
+
+HEADER = ["model", "target", "pipeline", "result", "size", "verify", "time", "perplexity / error"]
+
+
+def summary_text(summary: dict[str, Any]) -> str:
+    rows = [HEADER] + [_cells(r) for r in summary["rows"]]
+    widths = [max(len(row[i]) for row in rows) for i in range(len(HEADER))]
+    lines = ["  ".join(c.ljust(w) for c, w in zip(row, widths)).rstrip() for row in rows]
+    lines.insert(1, "  ".join("-" * w for w in widths))
+    ok = summary["compiles"] - summary["failed"]
+    lines.append(
+        f"{ok} of {summary['compiles']} compiles ok in {summary['wall_s']:.1f} s ({summary['executor']}, "
+        f"{summary['workers']} worker{'s' if summary['workers'] > 1 else ''})"
+    )
+    for r in summary["rows"]:
+        if not r["ok"]:
+            lines.append(f"FAILED {r['name']} -> {r['target']}: {r.get('error', '')}")
+    return "\n".join(lines)
+
+
+def write_summary(summary: dict[str, Any], out: str) -> None:
+    """``OUT/build.json`` and ``OUT/build.html``."""
+    os.makedirs(out, exist_ok=True)
+    with open(os.path.join(out, "build.json"), "w") as f:
+        json.dump(summary, f, indent=2, sort_keys=True, default=str)
+    head = "".join(f"<th>{html.escape(h)}</th>" for h in HEADER)
+    body = []
+    for r in summary["rows"]:
+        cls = "" if r["ok"] else ' class="failed"'
+        cells = _cells(r)
+        rel = os.path.relpath(r["output"], out)
+        cells[0] = (
+            f'<a href="{html.escape(rel)}/report.html">{html.escape(cells[0])}</a>'
+            if r["ok"]
+            else html.escape(cells[0])
+        )
+        body.append(
+            f"<tr{cls}>" + "".join(f"<td>{c if i == 0 else html.escape(c)}</td>" for i, c in enumerate(cells)) + "</tr>"
+        )
+    ok = summary["compiles"] - summary["failed"]
+    page = f"""<!doctype html>
+<html><head><meta charset="utf-8"><title>edgec build</title>
+<style>body{{font-family:sans-serif;margin:2em}}table{{border-collapse:collapse}}td,th{{border:1px solid #ccc;
+padding:4px 8px;text-align:left}}tr.failed td{{background:#fdd}}</style></head><body>
+<h1>edgec build</h1>
+<p>{ok} of {summary["compiles"]} compiles ok in {summary["wall_s"]:.1f} s on {html.escape(str(summary["executor"]))}
+with {summary["workers"]} worker(s).</p>
+<table><tr>{head}</tr>
+{chr(10).join(body)}
+</table></body></html>
+"""
+    with open(os.path.join(out, "build.html"), "w") as f:
+        f.write(page)

@@ -1,0 +1,194 @@
+"""``edgec build PLAN.toml``: plans checked whole before any work, compiles run on an executor (serial, local
+processes, Ray) with results identical whatever the worker count, a worker killed mid-run survived."""
+
+import json
+import os
+import sys
+
+import pytest
+from click.testing import CliRunner
+
+from edgec.cli import main
+from edgec.errors import UsageError
+from edgec.executor import LocalExecutor, make_executor
+from edgec.plan import load_plan
+
+TINY = os.path.join(os.path.dirname(__file__), "..", "examples", "models", "tiny_cnn.onnx")
+
+
+def _plan(tmp_path, text: str) -> str:
+    p = tmp_path / "plan.toml"
+    p.write_text(text.replace("TINY", os.path.abspath(TINY)))
+    return str(p)
+
+
+def test_every_problem_of_a_plan_is_reported_before_any_work(tmp_path):
+    plan = _plan(
+        tmp_path,
+        """
+extra = 1
+[[compile]]
+model = "missing.onnx"
+targets = ["cpux", "openvino{bogus=1}"]
+pipeline = "quantise{bits=4}"
+verfy = true
+
+[[compile]]
+model = "TINY"
+targets = ["cpu"]
+tiers = ["1MB"]
+
+[[compile]]
+model = "TINY"
+targets = "cpu"
+""",
+    )
+    out = tmp_path / "out"
+    with pytest.raises(UsageError) as e:
+        load_plan(plan, str(out))
+    msg = str(e.value)
+    for want in (
+        "8 problems",
+        "unknown top-level key 'extra'",
+        "unknown key 'verfy' (did you mean 'verify'?)",
+        "missing.onnx' does not exist",
+        "unknown target 'cpux'",
+        "unknown option 'bogus'",
+        "unknown pass 'quantise'",
+        "give 'calib'",
+        "both write",
+    ):
+        assert want in msg, want
+    r = CliRunner().invoke(main, ["build", plan, "-o", str(out)])
+    assert r.exit_code == 2 and "nothing was compiled" in r.output
+    assert not out.exists()
+
+
+def test_a_plan_that_is_not_toml_is_named(tmp_path):
+    p = tmp_path / "plan.toml"
+    p.write_text("[[compile]\nmodel = 1")
+    with pytest.raises(Exception) as e:
+        load_plan(str(p), str(tmp_path / "o"))
+    assert "not valid TOML" in str(e.value)
+
+
+def test_build_compiles_verifies_caches_and_summarizes(tmp_path):
+    plan = _plan(
+        tmp_path,
+        """
+[[compile]]
+model = "TINY"
+targets = ["cpu", "openvino"]
+pipelines = ["", "quantize{bits=8}"]
+""",
+    )
+    out = tmp_path / "out"
+    env = {"EDGEC_CACHE_DIR": str(tmp_path / "cache")}
+    r = CliRunner().invoke(main, ["build", plan, "-o", str(out), "--json"], env=env)
+    assert r.exit_code == 0, r.output
+    s = json.loads(r.output)
+    assert s["ok"] and s["compiles"] == 4 and s["failed"] == 0
+    assert [(x["pipeline"], x["target"]) for x in s["rows"]] == [
+        ("", "cpu"),
+        ("", "openvino"),
+        ("quantize{bits=8}", "cpu"),
+        ("quantize{bits=8}", "openvino"),
+    ]
+    assert all(x["verify"] == "pass" and not x["cached"] for x in s["rows"])
+    assert (out / "tiny_cnn" / "none" / "cpu" / "manifest.json").exists()
+    assert (out / "tiny_cnn" / "quantize_bits_8" / "openvino" / "manifest.json").exists()
+    assert (out / "build.html").read_text().count("<tr") == 5
+    again = json.loads(CliRunner().invoke(main, ["build", plan, "-o", str(out), "--json"], env=env).output)
+    assert all(x["cached"] for x in again["rows"])
+    assert [x["files"] for x in again["rows"]] == [x["files"] for x in s["rows"]]
+
+
+def test_build_exits_nonzero_listing_every_failed_compile(tmp_path):
+    plan = _plan(
+        tmp_path,
+        """
+[[compile]]
+model = "TINY"
+targets = ["cpu"]
+
+[[compile]]
+model = "TINY"
+name = "wrong-shape"
+targets = ["cpu", "openvino"]
+input_shapes = { nonexistent = "1x2" }
+""",
+    )
+    r = CliRunner().invoke(main, ["build", plan, "-o", str(tmp_path / "out"), "--no-cache"])
+    assert r.exit_code == 1
+    assert "1 of 3 compiles ok" in r.output
+    assert r.output.count("FAILED wrong-shape") == 2
+
+
+def _item_pid(item, shared):
+    return item * shared["k"], os.getpid()
+
+
+def _die_once(item, shared):
+    """Kills its own worker process the first time item 1 runs (a marker file remembers), else returns."""
+    marker = os.path.join(shared["dir"], f"died-{item}")
+    if item == 1 and not os.path.exists(marker):
+        open(marker, "w").close()
+        os._exit(1)
+    return item
+
+
+def test_local_processes_return_results_in_order_with_shared_data_sent_once():
+    with LocalExecutor(workers=2) as ex:
+        res = ex.run(_item_pid, list(range(6)), shared={"k": 3})
+    assert [r.value[0] for r in res] == [0, 3, 6, 9, 12, 15]
+    assert all(r.ok and r.value[1] != os.getpid() for r in res)
+
+
+def test_a_killed_local_worker_is_survived(tmp_path):
+    with LocalExecutor(workers=2) as ex:
+        res = ex.run(_die_once, [0, 1, 2, 3], shared={"dir": str(tmp_path)})
+    assert [r.value for r in res] == [0, 1, 2, 3]
+    assert res[1].attempts == 2
+    assert (tmp_path / "died-1").exists()
+
+
+def test_an_exception_is_the_items_result_not_retried():
+    with LocalExecutor(workers=1) as ex:
+        res = ex.run(_item_pid, [1, 2], shared=None)  # None["k"]: TypeError in the task
+    assert [r.ok for r in res] == [False, False] and "TypeError" in res[0].error and res[0].attempts == 1
+
+
+def test_unknown_executor_is_a_usage_error():
+    with pytest.raises(UsageError, match="--executor 'spark'"):
+        make_executor("spark")
+
+
+@pytest.mark.slow
+def test_ray_matches_serial_and_survives_a_killed_worker(tmp_path):
+    """A local Ray of 2 workers: compiles byte-identical to the serial run's; a worker process killed mid-task is
+    retried and the run completes."""
+    pytest.importorskip("ray", reason="Ray is edgec[ray], which scripts/setup.sh installs")
+    import ray.cloudpickle
+
+    ray.cloudpickle.register_pickle_by_value(sys.modules[__name__])
+    plan = _plan(
+        tmp_path,
+        """
+[[compile]]
+model = "TINY"
+targets = ["cpu", "openvino"]
+pipeline = "quantize{bits=8}"
+""",
+    )
+    serial = load_plan(plan, str(tmp_path / "serial"))
+    parallel = load_plan(plan, str(tmp_path / "ray"))
+    from edgec.plan import run_plan
+
+    with LocalExecutor(1) as ex:
+        a = run_plan(serial, ex, use_cache=False)
+    with make_executor("ray", workers=2) as ex:
+        b = run_plan(parallel, ex, use_cache=False)
+        died = ex.run(_die_once, [0, 1, 2, 3], shared={"dir": str(tmp_path)})
+    assert [r["files"] for r in a["rows"]] == [r["files"] for r in b["rows"]]
+    assert all(r["ok"] for r in b["rows"]) and b["executor"] == "ray"
+    assert [r.value for r in died] == [0, 1, 2, 3] and (tmp_path / "died-1").exists()
