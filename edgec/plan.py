@@ -79,6 +79,21 @@ def _slug(text: str) -> str:
     return s or "none"
 
 
+def _path(entry: dict[str, Any], key: str, base: str, bad: Callable[[str], None], special: str = "") -> str | None:
+    """``entry[key]`` as an existing path relative to the plan's folder (or the word ``special``); None if absent or
+    wrong (then ``bad`` was told why)."""
+    v = entry.get(key)
+    if v is None or (special and v == special):
+        return v
+    if not isinstance(v, str) or not v:
+        bad(f"{key!r} must be a path" + (f" (or {special!r})" if special else ""))
+        return None
+    v = os.path.normpath(os.path.join(base, os.path.expanduser(v)))
+    if not os.path.exists(v):
+        bad(f"{key} {v!r} does not exist")
+    return v
+
+
 def load_plan(path: str, out: str) -> list[Job]:
     """The plan's compiles in order; :class:`UsageError` listing every problem found (nothing runs then)."""
     try:
@@ -151,24 +166,8 @@ def load_plan(path: str, out: str) -> list[Job]:
                 parse_pipeline(p, passes)
             except PipelineError as err:
                 bad(f"pipeline {p!r}: {err}")
-        calib = entry.get("calib")
-        if calib is not None:
-            if not isinstance(calib, str):
-                bad("'calib' must be a path (or 'random')")
-                calib = None
-            elif calib != "random":
-                calib = os.path.normpath(os.path.join(base, os.path.expanduser(calib)))
-                if not os.path.exists(calib):
-                    bad(f"calibration data {calib!r} does not exist")
-        eval_text = entry.get("eval_text")
-        if eval_text is not None:
-            if not isinstance(eval_text, str):
-                bad("'eval_text' must be a path")
-                eval_text = None
-            else:
-                eval_text = os.path.normpath(os.path.join(base, os.path.expanduser(eval_text)))
-                if not os.path.exists(eval_text):
-                    bad(f"eval_text {eval_text!r} does not exist")
+        calib = _path(entry, "calib", base, bad, special="random")
+        eval_text = _path(entry, "eval_text", base, bad)
         tiers = entry.get("tiers", [])
         if isinstance(tiers, str):
             tiers = [tiers]
