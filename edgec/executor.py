@@ -132,7 +132,7 @@ class LocalExecutor(Executor):
                 max_workers=min(self.workers, len(todo)),
                 mp_context=ctx,
                 initializer=_set_shared,
-                initargs=(shared,),
+                initargs=(shared, worker_threads(self.workers)),
             ) as pool:
                 futures = {pool.submit(_call_shared, fn, items[i]): i for i in todo}
                 pending = set(futures)
@@ -165,11 +165,20 @@ class LocalExecutor(Executor):
 
 
 _SHARED: Any = None
+# the runtimes' thread pools, sized so that the workers together use the cores once (a compile verifies its artifact
+# on TVM's, onnxruntime's or OpenVINO's pool, each of which takes every core by default)
+_THREAD_VARS = ("TVM_NUM_THREADS", "OMP_NUM_THREADS", "OPENBLAS_NUM_THREADS", "MKL_NUM_THREADS")
 
 
-def _set_shared(shared: Any) -> None:
+def worker_threads(workers: int) -> dict[str, str]:
+    n = str(max(1, len(os.sched_getaffinity(0)) // workers))
+    return {v: os.environ.get(v, n) for v in _THREAD_VARS}
+
+
+def _set_shared(shared: Any, env: dict[str, str] | None = None) -> None:
     global _SHARED
     _SHARED = shared
+    os.environ.update(env or {})
 
 
 def _call_shared(fn: Callable[[Any, Any], Any], item: Any) -> tuple[bool, Any, str, float]:
@@ -196,7 +205,8 @@ class RayExecutor(Executor):
             if address:
                 ray.init(address=address, **kwargs)
             else:
-                ray.init(num_cpus=workers, **kwargs)
+                env = worker_threads(workers)
+                ray.init(num_cpus=workers, runtime_env={"env_vars": env}, **kwargs)
                 self.started = True
 
     def describe(self) -> dict[str, Any]:
