@@ -155,6 +155,7 @@ def build_model(
     calib: str | None = None,
     eval_text: str | None = None,
     say: Callable[[str], None] = lambda m: None,
+    executor: Any = None,
 ) -> Build:
     """Import ``model``, fix its input shapes, check its sizes against the limits, load calibration data,
     take the original's outputs on the verification inputs (``verify``) and run the cleanup + user + target
@@ -176,7 +177,7 @@ def build_model(
         b.feeds = random_inputs(b.model, seed=seed, dims={"seq": VERIFY_SEQ_LEN})
         b.original = original_outputs(b.src_path, b.model, b.feeds)
     _prepare_evaluation(b, eval_text, verify, say)
-    run_passes(b, user_passes, cleanup=cleanup, dump_ir=dump_ir, seed=seed, say=say)
+    run_passes(b, user_passes, cleanup=cleanup, dump_ir=dump_ir, seed=seed, say=say, executor=executor)
     check(b)
     return b
 
@@ -248,7 +249,14 @@ def _prepare_evaluation(b: Build, eval_text: str | None, verify: bool, say: Call
 
 
 def run_passes(
-    b: Build, user_passes: list, *, cleanup: bool, dump_ir: str | None, seed: int, say: Callable[[str], None]
+    b: Build,
+    user_passes: list,
+    *,
+    cleanup: bool,
+    dump_ir: str | None,
+    seed: int,
+    say: Callable[[str], None],
+    executor: Any = None,
 ) -> None:
     """The passes stage: default cleanup, the user's pipeline, then the target's own passes."""
     from .plugins.cleanup import DEFAULT_CLEANUP
@@ -269,6 +277,7 @@ def run_passes(
         calibration=b.calibration,
         passes=h.passes.as_dict(),
         checks=h.checks.as_dict(),
+        executor=executor,  # where passes may shard their work (sensitivity); never part of the result
     )
     b.size_before = b.model.size_bytes()
     t1 = time.perf_counter()

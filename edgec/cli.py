@@ -194,8 +194,26 @@ def main(debug: bool) -> None:
     help="Language models: perplexity of the float model, "
     "the compiled model and the artifact on this text (first 1024 tokens), in the manifest and report.",
 )
+@click.option(
+    "--executor",
+    default="local",
+    show_default=True,
+    help="Where passes run independent work (sensitivity shards): local, ray (RAY_ADDRESS, else a local Ray) or "
+    "ray://HOST:PORT. The result does not depend on it.",
+)
+@click.option(
+    "--workers", type=int, help="Worker processes (local; default 1: in this process) or CPUs of a local Ray."
+)
 @handle_errors
-def compile_cmd(
+def compile_cmd(executor, workers, **kw):
+    """Compile MODEL for a target into a directory with the artifact, manifest.json and report.html."""
+    from .api.executor import make_executor
+
+    with make_executor(executor, workers) as ex:
+        _compile(executor=None if ex.workers == 1 and ex.name == "local" else ex, **kw)
+
+
+def _compile(
     model,
     target,
     pipeline,
@@ -221,8 +239,8 @@ def compile_cmd(
     cache_dir,
     no_cache,
     eval_text,
+    executor,
 ):
-    """Compile MODEL for a target into a directory with the artifact, manifest.json and report.html."""
     opts = dict(
         input_shapes=_shape_options(input_shapes),
         verify=verify,
@@ -241,7 +259,17 @@ def compile_cmd(
     )
     if tiers:
         _compile_tiers(
-            model, target, pipeline, output, tiers, tier_options, as_json, quiet, use_cache=not no_cache, **opts
+            model,
+            target,
+            pipeline,
+            output,
+            tiers,
+            tier_options,
+            as_json,
+            quiet,
+            use_cache=not no_cache,
+            executor=executor,
+            **opts,
         )
         return
     res = _run_compile(
@@ -254,6 +282,7 @@ def compile_cmd(
         dump_ir=dump_ir,
         time_passes=time_passes,
         show=not (quiet or as_json),
+        executor=executor,
     )
     if as_json:
         _emit_json(
@@ -270,7 +299,7 @@ def compile_cmd(
     _print_compile(res)
 
 
-def _run_compile(model, target, pipeline, output, opts, *, use_cache, dump_ir, time_passes, show):
+def _run_compile(model, target, pipeline, output, opts, *, use_cache, dump_ir, time_passes, show, executor=None):
     """The compile served from the cache (looked up before the compiler or any plugin loads), else compiled,
     with a progress line on a terminal."""
     if use_cache and os.path.exists(model):
@@ -294,6 +323,7 @@ def _run_compile(model, target, pipeline, output, opts, *, use_cache, dump_ir, t
             dump_ir=dump_ir,
             use_cache=use_cache,
             progress=(lambda m: (bar.set_description_str(m), bar.refresh())) if bar is not None else None,
+            executor=executor,
             **opts,
         )
     finally:
@@ -508,9 +538,27 @@ def _cache_hit(model, target, pipeline, output, opts):
 )
 @click.option("--no-cache", is_flag=True, help="--sensitivity: measure again even if cached.")
 @click.option("--input-shape", "input_shapes", multiple=True, help="name=d0,d1,... for dynamic inputs.")
+@click.option(
+    "--executor", default="local", show_default=True, help="--sensitivity: local, ray or ray://HOST:PORT (shards)."
+)
+@click.option("--workers", type=int, help="--sensitivity: worker processes (local) or CPUs of a local Ray.")
 @handle_errors
 def inspect(
-    model, frontend, as_json, show_ir, sensitivity, calib, bits, method, samples, plot, metric, no_cache, input_shapes
+    model,
+    frontend,
+    as_json,
+    show_ir,
+    sensitivity,
+    calib,
+    bits,
+    method,
+    samples,
+    plot,
+    metric,
+    no_cache,
+    input_shapes,
+    executor,
+    workers,
 ):
     """Show a model's inputs, outputs, operators, parameters and sizes (or, with --sensitivity, how much
     quantizing each layer alone changes the outputs)."""
@@ -521,7 +569,10 @@ def inspect(
     from .ir import print_model
 
     if sensitivity:
-        _inspect_sensitivity(model, calib, bits, method, samples, plot, metric, no_cache, input_shapes, as_json)
+        from .api.executor import make_executor
+
+        with make_executor(executor, workers) as ex:
+            _inspect_sensitivity(model, calib, bits, method, samples, plot, metric, no_cache, input_shapes, as_json, ex)
         return
     m = load_model(model, frontend)
     ops = collections.Counter(n.qualified_op for n in m.graph)
@@ -550,7 +601,9 @@ def inspect(
     click.echo("  ops: " + ", ".join(f"{op}×{c}" for op, c in ops.most_common()))
 
 
-def _sensitivity(path: str, calib: str, bits, method: str, samples: int, use_cache: bool, input_shapes, progress):
+def _sensitivity(
+    path: str, calib: str, bits, method: str, samples: int, use_cache: bool, input_shapes, progress, executor=None
+):
     """``edgec inspect --sensitivity``: import ``path``, fix its input shapes, load the calibration data, run the
     default cleanup, then measure each layer's sensitivity (:func:`edgec.plugins.mixed.sensitivity.analyse`)."""
     from .build import fix_input_shapes, load_model, parse_input_shapes
@@ -569,6 +622,7 @@ def _sensitivity(path: str, calib: str, bits, method: str, samples: int, use_cac
         calibration=load_calibration(calib, m, seed=0),
         passes=h.passes.as_dict(),
         checks=h.checks.as_dict(),
+        executor=executor,
     )
     PassManager(parse_pipeline(DEFAULT_CLEANUP, ctx.passes)).run(m, ctx)
     mp = MixedPrecision(avg_bits=8.0, method=method, bits=":".join(map(str, bits)))
@@ -576,7 +630,9 @@ def _sensitivity(path: str, calib: str, bits, method: str, samples: int, use_cac
     return analyse(m, cands, ctx, samples=samples, use_cache=use_cache, progress=progress)
 
 
-def _inspect_sensitivity(model, calib, bits, method, samples, plot, metric, no_cache, input_shapes, as_json):
+def _inspect_sensitivity(
+    model, calib, bits, method, samples, plot, metric, no_cache, input_shapes, as_json, executor=None
+):
     from .errors import UsageError
     from .plugins.mixed.sensitivity import plot as plot_png
 
@@ -599,6 +655,7 @@ def _inspect_sensitivity(model, calib, bits, method, samples, plot, metric, no_c
         use_cache=not no_cache,
         input_shapes=shapes,
         progress=None if as_json else lambda m: click.echo(m, err=True),
+        executor=executor,
     )
     if plot:
         plot_png(sens, plot, metric)
@@ -645,7 +702,7 @@ def build_cmd(plan, output, executor, workers, no_cache, cache_dir, as_json, qui
     """Compile every model x target x pipeline of PLAN (a TOML file of [[compile]] tables; see edgec.plan) into
     OUTPUT/<model>/<target>/, each cached and verified, on an executor; one summary table (text, --json,
     OUTPUT/build.html). Exits non-zero if any compile fails, listing them all."""
-    from .executor import make_executor
+    from .api.executor import make_executor
     from .plan import load_plan, run_plan, summary_text, write_summary
 
     jobs = load_plan(plan, output)  # every problem of the plan, before any work

@@ -73,6 +73,7 @@ def compile(
     keep_failed: bool = False,
     bench: bool = False,
     progress: Callable[[str], None] | None = None,
+    executor: Any = None,
 ) -> CompileResult:
     """Compile ``model`` for ``target`` into the directory ``output``; see ``edgec compile --help``.
 
@@ -129,6 +130,7 @@ def compile(
         calib=calib,
         eval_text=eval_text,
         say=say,
+        executor=executor,
     )
     # where a target keeps what it learns across compiles (the cpu target's tuning database)
     b.ctx.config["cache_dir"] = where.cache_dir or cache_dir or cache.default_dir()

@@ -1,5 +1,5 @@
 """``edgec build PLAN.toml -o OUT``: a fleet of compiles, models x targets x pipelines (and footprint tiers), run on an
-executor (:mod:`edgec.executor`), every compile cached and verified like ``edgec compile``, with one summary.
+executor (:mod:`edgec.api.executor`), every compile cached and verified like ``edgec compile``, with one summary.
 
 A plan is ``[[compile]]`` tables::
 

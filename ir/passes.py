@@ -71,6 +71,9 @@ class PassContext:
     # its plugin host; a pass never reaches a global registry.
     passes: Mapping[str, type] = dataclasses.field(default_factory=dict)
     checks: Mapping[str, type] = dataclasses.field(default_factory=dict)
+    # Where a pass may run independent units of its work (edgec.api.executor.Executor: worker processes or Ray);
+    # None: one after the other in this process. A pass's result must not depend on it.
+    executor: Any = None
     _analyses: dict[type, Any] = dataclasses.field(default_factory=dict)
 
     def pass_class(self, name: str) -> type:

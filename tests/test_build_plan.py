@@ -10,7 +10,7 @@ from click.testing import CliRunner
 
 from edgec.cli import main
 from edgec.errors import UsageError
-from edgec.executor import LocalExecutor, make_executor
+from edgec.api.executor import LocalExecutor, make_executor
 from edgec.plan import load_plan
 
 TINY = os.path.join(os.path.dirname(__file__), "..", "examples", "models", "tiny_cnn.onnx")

@@ -139,6 +139,56 @@ def _quantized_weights(src_dir: str, spec: str, ctx: PassContext) -> dict[str, t
     return out
 
 
+def _measure(
+    model: Model,
+    calib: list,
+    free: list[str],
+    items: list[tuple[str, int, str, dict[str, QuantizedTensor | None]]],
+    say: Callable[[str], None] = lambda m: None,
+) -> dict[str, dict[str, dict[str, float]]]:
+    """The metrics of each (layer, candidate) of ``items`` (node name, weight input, weight name, candidate ->
+    quantized weight, None for float16): that layer's weight replaced, the calibration samples run, the outputs
+    compared with the float model's."""
+    g = model.graph
+    nodes = {n.name: n for n in g}
+    ex = ReferenceExecutor(model, free=free)
+    ref = _outputs(ex, model, calib)
+    out: dict[str, dict[str, dict[str, float]]] = {}
+    for k, (nname, idx, wname, cands) in enumerate(items):
+        n = nodes[nname]
+        w = n.arg(idx)
+        wshape = w.static_shape
+        assert wshape is not None  # a constant weight: its shape is its tensor's
+        row = out.setdefault(wname, {})
+        for c, q in cands.items():
+            if q is None:  # float16
+                half = to_float16(np.asarray(w.numpy()))
+                got = _outputs(ex, model, calib, {w.name: half})
+                row[c] = {**compare(ref, got), "bytes": 2 * int(np.prod(wshape))}
+                continue
+            if w.name in free:
+                got = _outputs(ex, model, calib, {w.name: q.dequantize()})
+            else:
+                tmp = g.add_const(g.unique_name(w.name + "_sens"), q)
+                n.replace_input_with(idx, tmp)
+                try:
+                    got = _outputs(ReferenceExecutor(model), model, calib)
+                finally:
+                    n.replace_input_with(idx, w)
+                    g.remove_const(tmp.name)
+            row[c] = {**compare(ref, got), "bytes": int(q.nbytes)}
+        say(f"sensitivity: layer {k + 1}/{len(items)} {wname}")
+    return out
+
+
+def _measure_shard(item: tuple[str, list], shared: dict) -> dict[str, dict[str, dict[str, float]]]:
+    """One shard of layers, in a worker: the model loaded from the folder the analysis saved it to."""
+    from ...ir.serde import load
+
+    path, items = item
+    return _measure(load(path), shared["calib"], shared["free"], items)
+
+
 def analyse(
     model: Model,
     candidates: Sequence[str],
@@ -188,7 +238,8 @@ def analyse(
             idx = next(q[nname][0] for q in per_cand.values() if nname in q)
             weights[nname] = (idx, nodes[nname].arg(idx))
         # One session for everything: the float32 weights under study are fed on every run, so each
-        # (layer, candidate) is one run with that weight's dequantized values, not a new session.
+        # (layer, candidate) is one run with that weight's dequantized values, not a new session. Every shard
+        # makes the same weights free, so each runs the same session (the same kernels, the same numbers).
         free = sorted(
             {
                 w.name
@@ -196,44 +247,47 @@ def analyse(
                 if w.dtype is not None and w.dtype.numpy == np.float32 and not isinstance(w.const, QuantizedTensor)
             }
         )
-        ex = ReferenceExecutor(model, free=free)
-        ref = _outputs(ex, model, calib)
-        table: dict[str, dict[str, dict[str, float]]] = {}
         params: dict[str, int] = {}
         fbytes: dict[str, int] = {}
         wnames: dict[str, str] = {}
-        for k, nname in enumerate(layer_nodes):
-            n = nodes[nname]
+        items: list[tuple[str, int, str, dict[str, QuantizedTensor | None]]] = []
+        seen: set[tuple[str, str]] = set()
+        for nname in layer_nodes:
             idx, w = weights[nname]
             wnames.setdefault(w.name, nname)
             wshape = w.static_shape
             assert wshape is not None  # a constant weight: its shape is its tensor's
             params[w.name] = int(np.prod(wshape))
             fbytes[w.name] = int(np.asarray(w.numpy()).nbytes)
-            table.setdefault(w.name, {})
+            cands: dict[str, QuantizedTensor | None] = {}
             for c in candidates:
-                if c in table[w.name] or (c != FLOAT16 and nname not in per_cand[c]):
-                    continue  # this candidate leaves the layer float (or a shared weight was measured)
                 if c == FLOAT16:
-                    if w.name not in free:
-                        continue  # only float32 weights have a float16 form to measure
-                    half = to_float16(np.asarray(w.numpy()))
-                    got = _outputs(ex, model, calib, {w.name: half})
-                    table[w.name][c] = {**compare(ref, got), "bytes": 2 * int(np.prod(wshape))}
-                    continue
-                q = per_cand[c][nname][1]
-                if w.name in free:
-                    got = _outputs(ex, model, calib, {w.name: q.dequantize()})
-                else:
-                    tmp = g.add_const(g.unique_name(w.name + "_sens"), q)
-                    n.replace_input_with(idx, tmp)
-                    try:
-                        got = _outputs(ReferenceExecutor(model), model, calib)
-                    finally:
-                        n.replace_input_with(idx, w)
-                        g.remove_const(tmp.name)
-                table[w.name][c] = {**compare(ref, got), "bytes": int(q.nbytes)}
-            say(f"sensitivity: layer {k + 1}/{len(layer_nodes)} {w.name}")
+                    if w.name in free and (w.name, c) not in seen:
+                        cands[c] = None
+                elif nname in per_cand[c] and (w.name, c) not in seen:
+                    cands[c] = per_cand[c][nname][1]
+                seen.update((w.name, c2) for c2 in cands)
+            items.append((nname, idx, w.name, cands))
+        ex = getattr(ctx, "executor", None)
+        if ex is not None and ex.workers > 1 and len(items) > 1:
+            shards = [items[k :: ex.workers] for k in range(ex.workers)]
+            say(f"sensitivity: {len(items)} layers in {len(shards)} shards on {ex.name} x{ex.workers}")
+            done = ex.run(
+                _measure_shard,
+                [(os.path.join(src, "m"), shard) for shard in shards],
+                shared={"calib": calib, "free": free},
+                on_done=lambda r: say(f"sensitivity: shard {r.index + 1}/{len(shards)} done ({r.seconds:.0f} s)"),
+            )
+            parts = {}
+            for r in done:
+                if not r.ok:
+                    raise RuntimeError(f"sensitivity shard {r.index + 1} failed: {r.error}")
+                parts.update(r.value)
+        else:
+            parts = _measure(model, calib, free, items, say)
+        table: dict[str, dict[str, dict[str, float]]] = {}
+        for _, _, wname, _ in items:  # layer order, whatever order the shards finished in
+            table.setdefault(wname, {}).update(parts.get(wname, {}))
         sens = Sensitivity(list(candidates), list(table), wnames, params, fbytes, table)
         if use_cache:
             os.makedirs(os.path.dirname(path), exist_ok=True)

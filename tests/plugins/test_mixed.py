@@ -140,6 +140,22 @@ def test_sensitivity_is_cached_and_a_second_run_executes_nothing(monkeypatch):
         sens_mod.analyse(_mlp(), cands, _ctx(m, seed=9), samples=4)
 
 
+def test_sensitivity_sharded_on_worker_processes_equals_the_serial_table():
+    """Layers in shards on 2 local processes (each loading the saved model, the same free weights, so the same
+    session): every metric equal to the serial run's, bit for bit, float16 candidates included."""
+    from edgec.api.executor import LocalExecutor
+
+    m = _mlp()
+    cands = ["quantize{bits=2,head_bits=2}", "quantize{bits=4,head_bits=4}", sens_mod.FLOAT16]
+    serial = sens_mod.analyse(m, cands, _ctx(m), samples=4, use_cache=False)
+    ctx = _ctx(m)
+    with LocalExecutor(workers=2) as ex:
+        ctx.executor = ex
+        sharded = sens_mod.analyse(_mlp(), cands, ctx, samples=4, use_cache=False)
+    assert sharded.layers == serial.layers and sharded.table == serial.table
+    assert all(sens_mod.FLOAT16 in sharded.table[w] for w in sharded.layers)
+
+
 def test_a_failing_property_check_changes_the_search():
     """max_drop alone accepts the smallest model; requiring every top-1 decision to survive rejects it,
     and the report names the check that decided."""

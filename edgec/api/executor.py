@@ -26,7 +26,7 @@ import traceback
 from collections.abc import Callable, Sequence
 from typing import Any
 
-from .errors import UsageError
+from ..errors import UsageError
 
 EXECUTORS = ("local", "ray", "ray://HOST:PORT")
 DEFAULT_RETRIES = 2
@@ -59,7 +59,7 @@ def _call(fn: Callable[[Any, Any], Any], item: Any, shared: Any) -> tuple[bool, 
 
 
 def _is_edgec_error(e: BaseException) -> bool:
-    from .errors import EdgecError
+    from ..errors import EdgecError
 
     return isinstance(e, EdgecError)
 
@@ -103,7 +103,13 @@ class LocalExecutor(Executor):
 
     name = "local"
 
-    def run(self, fn, items, shared=None, on_done=None):
+    def run(
+        self,
+        fn: Callable[[Any, Any], Any],
+        items: Sequence[Any],
+        shared: Any = None,
+        on_done: Callable[[TaskResult], None] | None = None,
+    ) -> list[TaskResult]:
         if self.workers == 1:
             out = []
             for i, item in enumerate(items):
@@ -115,7 +121,13 @@ class LocalExecutor(Executor):
             return out
         return self._pool(fn, list(items), shared, on_done)
 
-    def _pool(self, fn, items, shared, on_done) -> list[TaskResult]:
+    def _pool(
+        self,
+        fn: Callable[[Any, Any], Any],
+        items: list[Any],
+        shared: Any,
+        on_done: Callable[[TaskResult], None] | None,
+    ) -> list[TaskResult]:
         import multiprocessing
         from concurrent.futures import FIRST_COMPLETED, ProcessPoolExecutor, wait
         from concurrent.futures.process import BrokenProcessPool
@@ -212,7 +224,13 @@ class RayExecutor(Executor):
     def describe(self) -> dict[str, Any]:
         return {**super().describe(), "address": self.address or "local"}
 
-    def run(self, fn, items, shared=None, on_done=None):
+    def run(
+        self,
+        fn: Callable[[Any, Any], Any],
+        items: Sequence[Any],
+        shared: Any = None,
+        on_done: Callable[[TaskResult], None] | None = None,
+    ) -> list[TaskResult]:
         ray = self.ray
         remote = ray.remote(num_cpus=1, max_retries=self.retries, retry_exceptions=False)(_call)
         ref = ray.put(shared)  # once: every task reads it from the object store
