@@ -55,11 +55,57 @@ def makespan(times: list[float], workers: int) -> float:
     return max(loads)
 
 
+def sensitivity_rows(work: str, bits: str, samples: int) -> list[str]:
+    """SmolLM2-135M's per-layer sensitivity (rtn, group 64, ``bits`` candidates, ``samples`` calibration windows of
+    128 tokens) serially, on 2 local processes and on a local Ray of 2 workers; the tables compared."""
+    from _results import smollm2_bench
+
+    from edgec.api.executor import make_executor
+    from edgec.ir.serde import load
+    from edgec.plugins.mixed.mixed_precision import MixedPrecision
+    from edgec.plugins.mixed.sensitivity import analyse
+
+    os.makedirs(os.path.join(work, "smol"), exist_ok=True)
+    _, base, ctx, _, _ = smollm2_bench(os.path.join(work, "smol"), max_samples=samples, seq_len=128)
+    mp = MixedPrecision(avg_bits=4.0, bits=bits, group=64, samples=samples)
+    cands = [mp.spec(mp.candidate(b)) for b in mp.widths()]
+    rows, tables = [], {}
+    for kind, n in (("local", 1), ("local", 2), ("ray", 2)):
+        with make_executor(kind, n) as ex:
+            ctx.executor = ex if (kind, n) != ("local", 1) else None
+            t0 = time.perf_counter()
+            sens = analyse(load(base), cands, ctx, samples=samples, use_cache=False)
+            secs = time.perf_counter() - t0
+        tables[(kind, n)] = sens.table
+        rows.append((kind, n, secs, len(sens.layers)))
+        print(f"sensitivity {kind} x{n}: {secs:.1f} s", flush=True)
+    ctx.executor = None
+    serial = rows[0][2]
+    out = [
+        "",
+        "## Sensitivity shards (SmolLM2-135M-Instruct)",
+        "",
+        f"`analyse` over {rows[0][3]} layers x {len(cands)} candidates ({', '.join(cands)}), {samples} calibration "
+        "window(s) of 128 tokens, cache off: serially in this process, then in interleaved layer shards on the "
+        "executor (each worker loads the saved model once and computes the float outputs once). Time includes "
+        "quantizing the candidates' copies (in the driver) and the workers' start-up.",
+        "",
+        "| executor | workers | s | speed-up | table identical to serial |",
+        "|---|---:|---:|---:|---|",
+    ]
+    for kind, n, secs, _ in rows:
+        same = tables[(kind, n)] == tables[("local", 1)]
+        out.append(f"| {kind} | {n} | {secs:.1f} | {serial / secs:.2f}x | {'yes' if same else 'NO'} |")
+    return out
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--models", default="resnet18,mobilenetv3-small,bert")
     ap.add_argument("--targets", default="cpu,openvino,tensorrt,coreml")
     ap.add_argument("--project", default="4,8,16", help="worker counts to project to")
+    ap.add_argument("--sens-bits", default="4:8", help="SmolLM2 sensitivity: candidate widths ('' to skip)")
+    ap.add_argument("--sens-samples", type=int, default=1, help="SmolLM2 sensitivity: 128-token samples")
     args = ap.parse_args()
     t_start = time.time()
     work = tempfile.mkdtemp(prefix="edgec-scale-")
@@ -156,6 +202,8 @@ def main() -> None:
         "Not measured here yet (issue 24 item 1): sensitivity and mixed-precision times on SmolLM2 before and after "
         "the per-layer cached-activation evaluation, and their sharding on the executors.",
     ]
+    if args.sens_bits:
+        lines += sensitivity_rows(work, args.sens_bits, args.sens_samples)
     write_results("RESULTS-scale.md", lines)
 
 

@@ -145,13 +145,14 @@ def _measure(
     free: list[str],
     items: list[tuple[str, int, str, dict[str, QuantizedTensor | None]]],
     say: Callable[[str], None] = lambda m: None,
+    threads: int = 0,
 ) -> dict[str, dict[str, dict[str, float]]]:
     """The metrics of each (layer, candidate) of ``items`` (node name, weight input, weight name, candidate ->
     quantized weight, None for float16): that layer's weight replaced, the calibration samples run, the outputs
     compared with the float model's."""
     g = model.graph
     nodes = {n.name: n for n in g}
-    ex = ReferenceExecutor(model, free=free)
+    ex = ReferenceExecutor(model, free=free, threads=threads)
     ref = _outputs(ex, model, calib)
     out: dict[str, dict[str, dict[str, float]]] = {}
     for k, (nname, idx, wname, cands) in enumerate(items):
@@ -172,7 +173,7 @@ def _measure(
                 tmp = g.add_const(g.unique_name(w.name + "_sens"), q)
                 n.replace_input_with(idx, tmp)
                 try:
-                    got = _outputs(ReferenceExecutor(model), model, calib)
+                    got = _outputs(ReferenceExecutor(model, threads=threads), model, calib)
                 finally:
                     n.replace_input_with(idx, w)
                     g.remove_const(tmp.name)
@@ -186,7 +187,9 @@ def _measure_shard(item: tuple[str, list], shared: dict) -> dict[str, dict[str, 
     from ...ir.serde import load
 
     path, items = item
-    return _measure(load(path), shared["calib"], shared["free"], items)
+    # the executor gives each worker its share of the cores (OMP_NUM_THREADS); onnxruntime does not read it
+    threads = int(os.environ.get("OMP_NUM_THREADS", "0"))
+    return _measure(load(path), shared["calib"], shared["free"], items, threads=threads)
 
 
 def analyse(
@@ -278,11 +281,12 @@ def analyse(
                 shared={"calib": calib, "free": free},
                 on_done=lambda r: say(f"sensitivity: shard {r.index + 1}/{len(shards)} done ({r.seconds:.0f} s)"),
             )
-            parts = {}
+            parts: dict[str, dict[str, dict[str, float]]] = {}
             for r in done:
                 if not r.ok:
                     raise RuntimeError(f"sensitivity shard {r.index + 1} failed: {r.error}")
-                parts.update(r.value)
+                for wname, row in r.value.items():  # a shared weight (a tied head) has a row in two shards
+                    parts.setdefault(wname, {}).update(row)
         else:
             parts = _measure(model, calib, free, items, say)
         table: dict[str, dict[str, dict[str, float]]] = {}
