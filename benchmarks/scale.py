@@ -139,7 +139,7 @@ def main() -> None:
     task = [r["seconds"] for r in serial["rows"]]
     lines += [
         f"`python benchmarks/scale.py --models {args.models} --targets {args.targets}` on "
-        f"{len(os.sched_getaffinity(0))} cores, in {time.time() - t_start:.0f} s. A plan of {len(models)} models x "
+        f"{len(os.sched_getaffinity(0))} cores; the four build runs took {time.time() - t_start:.0f} s. A plan of {len(models)} models x "
         f"{len(targets)} targets ({len(task)} compiles, each verified on its runtime; the example architectures of "
         "examples/models with seeded weights), the compile cache off, each run `edgec build PLAN -o OUT --executor E "
         "--workers N --no-cache --json` in a fresh process. compiles s: the summary's wall time of the compiles; "

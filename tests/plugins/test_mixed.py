@@ -244,6 +244,47 @@ def test_inspect_sensitivity_prints_plots_and_caches(tiny_cnn_path, tmp_path):
 
 
 @pytest.mark.slow
+def test_sensitivity_on_workers_from_the_cli_and_compile(tiny_cnn_path, tmp_path):
+    """--workers 2 on inspect --sensitivity and on a mixed-precision compile: the same table and the same artifact
+    as one worker; an unknown executor is a usage error."""
+    from edgec.cli import main
+
+    base = ["inspect", tiny_cnn_path, "--sensitivity", "--calib", "random", "--bits", "2:8", "--no-cache", "--json"]
+    r = CliRunner().invoke(main, base)
+    one = json.loads(r.output[r.output.index("{") :])
+    two = CliRunner().invoke(main, [*base, "--workers", "2"])
+    assert two.exit_code == 0, two.output
+    assert json.loads(two.output[two.output.index("{") :])["table"] == one["table"]
+    outs = []
+    for w in ("1", "2"):
+        out = tmp_path / f"m{w}"
+        r = CliRunner().invoke(
+            main,
+            [
+                "compile",
+                tiny_cnn_path,
+                "--target",
+                "cpu",
+                "-p",
+                "mixed-precision{avg_bits=5,bits=2:8}",
+                "--calib",
+                "random",
+                "--no-cache",
+                "--workers",
+                w,
+                "-o",
+                str(out),
+                "--json",
+            ],
+        )
+        assert r.exit_code == 0, r.output
+        outs.append(json.loads(r.output[r.output.index("{") :])["manifest"]["files"])
+    assert outs[0] == outs[1]
+    r = CliRunner().invoke(main, [*base, "--executor", "spark"])
+    assert r.exit_code == 2 and "--executor 'spark'" in r.output
+
+
+@pytest.mark.slow
 def test_footprint_tiers_fit_their_budgets_and_share_one_measurement(tiny_cnn_path, tmp_path):
     from edgec.compiler import compile_tiers, parse_size
 
