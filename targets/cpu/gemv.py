@@ -205,14 +205,17 @@ def lower_gemv(b: RelaxBuilder, n: Node, lanes: int) -> bool:
     gv = b.bb.add_func(f, f"gemv_{q.bits}b_{safe_name(n.name)}")
     relax = b.relax
     op = relax.op
-    x2 = b.emit(op.reshape(b.get(x), [m, K]))
+    x2 = b.get(x)
+    if list(xs) != [m, K]:  # a reshape is a copy kernel here, and a launch of the thread pool
+        x2 = b.emit(op.reshape(x2, [m, K]))
     args = [x2] + [relax.const(c, str(c.dtype)) for c in consts]
     y = b.emit(relax.call_tir(gv, relax.Tuple(args), relax.TensorType([m, N], "float32")))
     bias = n.inputs[2] if len(n.inputs) > 2 else None
     if bias is not None:
         y = b.emit(op.add(y, b.get(bias)))
     o = n.outputs[0]
-    y = b.emit(op.reshape(y, list(xs[:-1]) + [N]))
+    if list(xs[:-1]) != [m]:
+        y = b.emit(op.reshape(y, list(xs[:-1]) + [N]))
     b.env[id(o)] = b.fake_quant(y, o) if o.quant is not None else y
     return True
 
