@@ -286,11 +286,15 @@ def run_job(job: Job, shared: dict[str, Any]) -> dict[str, Any]:
                 **opts,
             )
             row["tiers"] = [
-                {k: t.get(k) for k in ("tier", "path", "artifact_bytes", "weights_bytes")} for t in index["tiers"]
+                {k: t.get(k) for k in ("tier", "path", "artifact_bytes", "weights_bytes", "verification_passed")}
+                for t in index["tiers"]
             ]
             row["artifact_bytes"] = max((t.get("artifact_bytes") or 0) for t in index["tiers"]) if index["tiers"] else 0
             row["cached"] = False
-            row["verify"] = "tiers"
+            passed = [t.get("verification_passed") for t in index["tiers"]]
+            row["verify"] = (
+                "not asked" if not job.verify else f"{sum(p is True for p in passed)}/{len(passed)} tiers pass"
+            )
         else:
             res = do_compile(
                 job.model, job.target, job.pipeline, job.output, use_cache=shared.get("use_cache", True), **opts

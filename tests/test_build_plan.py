@@ -72,6 +72,7 @@ def test_a_plan_that_is_not_toml_is_named(tmp_path):
     assert "not valid TOML" in str(e.value)
 
 
+@pytest.mark.slow
 def test_build_compiles_verifies_caches_and_summarizes(tmp_path):
     plan = _plan(
         tmp_path,
@@ -101,6 +102,28 @@ pipelines = ["", "quantize{bits=8}"]
     again = json.loads(CliRunner().invoke(main, ["build", plan, "-o", str(out), "--json"], env=env).output)
     assert all(x["cached"] for x in again["rows"])
     assert [x["files"] for x in again["rows"]] == [x["files"] for x in s["rows"]]
+
+
+@pytest.mark.slow
+def test_a_plan_entry_with_tiers_builds_every_tier(tmp_path):
+    plan = _plan(
+        tmp_path,
+        """
+[[compile]]
+model = "TINY"
+targets = ["cpu"]
+calib = "random"
+tiers = ["30KB", "15KB"]
+""",
+    )
+    out = tmp_path / "out"
+    r = CliRunner().invoke(
+        main, ["build", plan, "-o", str(out), "--json"], env={"EDGEC_CACHE_DIR": str(tmp_path / "c")}
+    )
+    assert r.exit_code == 0, r.output
+    row = json.loads(r.output[r.output.index("{") :])["rows"][0]
+    assert [t["tier"] for t in row["tiers"]] == ["30KB", "15KB"] and row["verify"] == "2/2 tiers pass"
+    assert (out / "tiny_cnn" / "cpu" / "tiers.json").exists()
 
 
 def test_build_exits_nonzero_listing_every_failed_compile(tmp_path):
