@@ -147,6 +147,27 @@ input_shapes = { nonexistent = "1x2" }
     assert r.output.count("FAILED wrong-shape") == 2
 
 
+def _sensitivity(executor):
+    """tiny_cnn's sensitivity table, its layers sharded on ``executor`` (None: serially)."""
+    from edgec.calibration import load_calibration
+    from edgec.build import load_model
+    from edgec.host import host
+    from edgec.ir.passes import PassContext, PassManager, parse_pipeline
+    from edgec.plugins.cleanup import DEFAULT_CLEANUP
+    from edgec.plugins.mixed.sensitivity import analyse
+
+    m = load_model(TINY)
+    h = host()
+    ctx = PassContext(
+        calibration=load_calibration("random", m, seed=0),
+        passes=h.passes.as_dict(),
+        checks=h.checks.as_dict(),
+        executor=executor,
+    )
+    PassManager(parse_pipeline(DEFAULT_CLEANUP, ctx.passes)).run(m, ctx)
+    return analyse(m, ["quantize{bits=2}", "quantize{bits=8}"], ctx, samples=2, use_cache=False).table
+
+
 def _item_pid(item, shared):
     return item * shared["k"], os.getpid()
 
@@ -212,6 +233,8 @@ pipeline = "quantize{bits=8}"
     with make_executor("ray", workers=2) as ex:
         b = run_plan(parallel, ex, use_cache=False)
         died = ex.run(_die_once, [0, 1, 2, 3], shared={"dir": str(tmp_path)})
+        sharded = _sensitivity(ex)  # the saved model sent once through the object store, not as a path
+    assert sharded == _sensitivity(None)
     assert [r["files"] for r in a["rows"]] == [r["files"] for r in b["rows"]]
     assert all(r["ok"] for r in b["rows"]) and b["executor"] == "ray"
     assert [r.value for r in died] == [0, 1, 2, 3] and (tmp_path / "died-1").exists()

@@ -69,6 +69,8 @@ class Executor:
     finishes (in completion order), for progress."""
 
     name = "executor"
+    # whether every worker sees this machine's files (a path in ``shared`` is enough); Ray's workers may be elsewhere
+    same_machine = True
 
     def __init__(self, workers: int = 1, retries: int = DEFAULT_RETRIES):
         if workers < 1:
@@ -202,6 +204,7 @@ class RayExecutor(Executor):
     ``auto`` or ``ray://HOST:PORT`` joins that cluster (each of its nodes needs edgec installed, at this version)."""
 
     name = "ray"
+    same_machine = False
 
     def __init__(self, address: str | None = None, workers: int = 1, retries: int = DEFAULT_RETRIES):
         super().__init__(workers, retries)

@@ -24,6 +24,7 @@ import os
 import re
 import tempfile
 from collections.abc import Callable, Sequence
+from typing import Any
 
 import numpy as np
 
@@ -182,11 +183,23 @@ def _measure(
     return out
 
 
-def _measure_shard(item: tuple[str, list], shared: dict) -> dict[str, dict[str, dict[str, float]]]:
-    """One shard of layers, in a worker: the model loaded from the folder the analysis saved it to."""
+_MODELS: dict[str, str] = {}  # in a worker: model digest -> the file it was written to (once per process)
+
+
+def _measure_shard(items: list, shared: dict) -> dict[str, dict[str, dict[str, float]]]:
+    """One shard of layers, in a worker: the model read from the file the analysis saved (a worker on this
+    machine), else from the saved bytes the executor sent once (``shared["model"]``: Ray's object store), written
+    to a file once per worker process."""
     from ...ir.serde import load
 
-    path, items = item
+    path = shared.get("path")
+    if path is None or not os.path.exists(path):
+        path = _MODELS.get(shared["digest"])
+        if path is None:
+            fd, path = tempfile.mkstemp(prefix="edgec-sens-", suffix=".edgec")
+            with os.fdopen(fd, "wb") as f:
+                f.write(shared["model"])
+            _MODELS[shared["digest"]] = path
     # the executor gives each worker its share of the cores (OMP_NUM_THREADS); onnxruntime does not read it
     threads = int(os.environ.get("OMP_NUM_THREADS", "0"))
     return _measure(load(path), shared["calib"], shared["free"], items, threads=threads)
@@ -275,10 +288,16 @@ def analyse(
         if ex is not None and ex.workers > 1 and len(items) > 1:
             shards = [items[k :: ex.workers] for k in range(ex.workers)]
             say(f"sensitivity: {len(items)} layers in {len(shards)} shards on {ex.name} x{ex.workers}")
+            saved = os.path.join(src, "m")
+            shared: dict[str, Any] = {"calib": calib, "free": free, "digest": digest, "path": saved}
+            if not getattr(ex, "same_machine", True):  # workers elsewhere: the saved model travels, once
+                with open(saved, "rb") as f:
+                    shared["model"] = f.read()
+                shared["path"] = None
             done = ex.run(
                 _measure_shard,
-                [(os.path.join(src, "m"), shard) for shard in shards],
-                shared={"calib": calib, "free": free},
+                shards,
+                shared=shared,
                 on_done=lambda r: say(f"sensitivity: shard {r.index + 1}/{len(shards)} done ({r.seconds:.0f} s)"),
             )
             parts: dict[str, dict[str, dict[str, float]]] = {}
