@@ -17,9 +17,9 @@ def write_results(name: str, lines: list[str]) -> str:
     return text
 
 
-def example_ir(name: str, work: str, batch: int = 1):
-    """An example architecture (examples/models) exported to ONNX in ``work``, imported, shapes fixed and
-    the default cleanup run: the IR every benchmark starts from. ``batch`` repeats the example inputs."""
+def export_example(name: str, work: str, batch: int = 1) -> str:
+    """An example architecture (examples/models) exported to ONNX in ``work`` (once per folder); its path. ``batch``
+    repeats the example inputs."""
     import sys
     import warnings
 
@@ -27,19 +27,26 @@ def example_ir(name: str, work: str, batch: int = 1):
 
     sys.path.insert(0, os.path.join(HERE, "..", "examples", "models"))
     import architectures
-    from edgec.compiler import fix_input_shapes, load_model
-    from edgec.host import host
-    from edgec.ir.passes import PassManager, parse_pipeline
-    from edgec.plugins.cleanup import DEFAULT_CLEANUP
 
     path = os.path.join(work, f"{name}-b{batch}.onnx")
-    if not os.path.exists(path):  # exported once per work folder; every call still gets a fresh IR
+    if not os.path.exists(path):
         m, ex, names = architectures.build(name)
         ex = tuple(t.repeat(batch, *([1] * (t.dim() - 1))) for t in ex)
         with warnings.catch_warnings():
             warnings.simplefilter("ignore")
             torch.onnx.export(m, ex, path, dynamo=False, opset_version=17, input_names=names, output_names=["out"])
-    model = load_model(path)
+    return path
+
+
+def example_ir(name: str, work: str, batch: int = 1):
+    """:func:`export_example` imported, shapes fixed and the default cleanup run: the IR every benchmark starts
+    from (a fresh IR on every call)."""
+    from edgec.compiler import fix_input_shapes, load_model
+    from edgec.host import host
+    from edgec.ir.passes import PassManager, parse_pipeline
+    from edgec.plugins.cleanup import DEFAULT_CLEANUP
+
+    model = load_model(export_example(name, work, batch))
     fix_input_shapes(model, {}, [])
     PassManager(parse_pipeline(DEFAULT_CLEANUP, host().passes.as_dict())).run(model)
     return model

@@ -24,26 +24,11 @@ import subprocess
 import sys
 import tempfile
 import time
-import warnings
 
 HERE = os.path.dirname(os.path.abspath(__file__))
 # benchmarks/ last on the path: its kernels.py would shadow the `kernels` package that transformers imports
 sys.path = [p for p in sys.path if os.path.abspath(p or ".") != HERE] + [HERE]
-from _results import write_results  # noqa: E402 (sibling module)
-
-
-def export(name: str, work: str) -> str:
-    import torch
-
-    sys.path.insert(0, os.path.join(HERE, "..", "examples", "models"))
-    import architectures
-
-    path = os.path.join(work, f"{name}.onnx")
-    m, ex, names = architectures.build(name)
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore")
-        torch.onnx.export(m, ex, path, dynamo=False, opset_version=17, input_names=names, output_names=["out"])
-    return path
+from _results import export_example, write_results  # noqa: E402 (sibling module)
 
 
 def makespan(times: list[float], workers: int) -> float:
@@ -115,7 +100,9 @@ def main() -> None:
     plan = os.path.join(work, "plan.toml")
     with open(plan, "w") as f:
         for name in models:
-            f.write(f'[[compile]]\nmodel = "{export(name, work)}"\ntargets = {targets!r}\nverify = true\n\n')
+            f.write(
+                f'[[compile]]\nname = "{name}"\nmodel = "{export_example(name, work)}"\ntargets = {targets!r}\nverify = true\n\n'
+            )
     runs = [("local", 1), ("local", 2), ("ray", 1), ("ray", 2)]
     results = {}
     for kind, n in runs:

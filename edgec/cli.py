@@ -16,16 +16,9 @@ import click
 
 from . import __version__
 from .errors import EdgecError
+from .output import human_bytes as _human
 
 EXIT_INTERNAL = 70
-
-
-def _human(n: float) -> str:
-    for unit in ("B", "KB", "MB", "GB"):
-        if n < 1024 or unit == "GB":
-            return f"{n:.0f} {unit}" if unit == "B" else f"{n:.2f} {unit}"
-        n /= 1024
-    return f"{n:.2f} GB"
 
 
 def _emit_json(obj) -> None:
@@ -385,7 +378,9 @@ def _print_compile(res) -> None:
     )
     if "verification" in m:
         v = m["verification"]
-        status = "NOT RUN" if not v.get("ran", True) else ("PASS" if v["passed"] else "FAIL")
+        from .verify import verification_status
+
+        status = verification_status(v).upper()
         click.echo(f"verify: {status}: {v['summary']}")
         for row in v.get("outputs", []):
             extra = (

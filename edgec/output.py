@@ -349,3 +349,12 @@ def replace_dir(tmp: str, output: str, *, force: bool = False, inputs: Iterable[
     if old is not None:
         shutil.rmtree(old, ignore_errors=True)
         release(old)
+
+
+def human_bytes(n: float) -> str:
+    """``n`` bytes for people: ``512 B``, ``1.50 KB``, ``12.34 MB`` (powers of 1024)."""
+    for unit in ("B", "KB", "MB", "GB"):
+        if n < 1024 or unit == "GB":
+            return f"{n:.0f} {unit}" if unit == "B" else f"{n:.2f} {unit}"
+        n /= 1024
+    return f"{n:.2f} GB"

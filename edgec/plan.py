@@ -30,6 +30,7 @@ from collections.abc import Callable
 from typing import Any
 
 from .errors import BadInputError, EdgecError, UsageError
+from .output import human_bytes
 
 ENTRY_KEYS = (
     "model",
@@ -79,11 +80,17 @@ def _slug(text: str) -> str:
     return s or "none"
 
 
-def _path(entry: dict[str, Any], key: str, base: str, bad: Callable[[str], None], special: str = "") -> str | None:
+def _path(
+    entry: dict[str, Any], key: str, base: str, bad: Callable[[str], None], special: str = "", required: bool = False
+) -> str | None:
     """``entry[key]`` as an existing path relative to the plan's folder (or the word ``special``); None if absent or
-    wrong (then ``bad`` was told why)."""
+    wrong (then ``bad`` was told why, and when ``required`` also when absent)."""
     v = entry.get(key)
-    if v is None or (special and v == special):
+    if v is None:
+        if required:
+            bad(f"{key!r} (a file path) is required")
+        return None
+    if special and v == special:
         return v
     if not isinstance(v, str) or not v:
         bad(f"{key!r} must be a path" + (f" (or {special!r})" if special else ""))
@@ -94,6 +101,16 @@ def _path(entry: dict[str, Any], key: str, base: str, bad: Callable[[str], None]
     return v
 
 
+def _strings(entry: dict[str, Any], key: str, default: list[str], bad: Callable[[str], None], example: str) -> list:
+    """``entry[key]`` as a list of strings (one string is a list of one); [] after telling ``bad`` if it is not."""
+    v = entry.get(key, default)
+    v = [v] if isinstance(v, str) else v
+    if not isinstance(v, list) or not all(isinstance(x, str) for x in v):
+        bad(f"{key!r} must be a list of strings, e.g. {key} = {example}")
+        return []
+    return v
+
+
 def load_plan(path: str, out: str) -> list[Job]:
     """The plan's compiles in order; :class:`UsageError` listing every problem found (nothing runs then)."""
     try:
@@ -101,7 +118,7 @@ def load_plan(path: str, out: str) -> list[Job]:
     except ImportError:  # Python 3.10
         import tomli as tomllib  # type: ignore[no-redef]
 
-    from .build import parse_target
+    from .build import parse_input_shapes, parse_target
     from .host import host
     from .ir.passes import PipelineError, did_you_mean, parse_pipeline
 
@@ -136,20 +153,10 @@ def load_plan(path: str, out: str) -> list[Job]:
         for key in entry:
             if key not in ENTRY_KEYS:
                 bad(f"unknown key {key!r}{did_you_mean(key, ENTRY_KEYS)}")
-        model = entry.get("model")
-        if not isinstance(model, str) or not model:
-            bad("'model' (a file path) is required")
-            model = ""
-        else:
-            model = os.path.normpath(os.path.join(base, os.path.expanduser(model)))
-            if not os.path.isfile(model):
-                bad(f"model {model!r} does not exist")
-        targets = entry.get("targets")
-        if isinstance(targets, str):
-            targets = [targets]
-        if not isinstance(targets, list) or not targets or not all(isinstance(t, str) and t for t in targets):
-            bad('\'targets\' must be a non-empty list of target names, e.g. targets = ["cpu", "openvino"]')
-            targets = []
+        model = _path(entry, "model", base, bad, required=True) or ""
+        targets = _strings(entry, "targets", [], bad, '["cpu", "openvino"]')
+        if entry.get("targets") in (None, []):
+            bad('\'targets\' must name at least one target, e.g. targets = ["cpu", "openvino"]')
         for t in targets:
             try:
                 parse_target(t)
@@ -157,10 +164,10 @@ def load_plan(path: str, out: str) -> list[Job]:
                 bad(str(err))
         if "pipeline" in entry and "pipelines" in entry:
             bad("give 'pipeline' or 'pipelines', not both")
-        pipes = entry.get("pipelines", [entry.get("pipeline", "")])
-        if not isinstance(pipes, list) or not pipes or not all(isinstance(p, str) for p in pipes):
-            bad("'pipelines' must be a non-empty list of pipeline strings ('' for none)")
-            pipes = []
+        if "pipelines" in entry:
+            pipes = _strings(entry, "pipelines", [], bad, '["", "quantize{bits=4}"]') or [""]
+        else:
+            pipes = _strings(entry, "pipeline", [""], bad, '"quantize{bits=4}"') or [""]
         for p in pipes:
             try:
                 parse_pipeline(p, passes)
@@ -168,12 +175,7 @@ def load_plan(path: str, out: str) -> list[Job]:
                 bad(f"pipeline {p!r}: {err}")
         calib = _path(entry, "calib", base, bad, special="random")
         eval_text = _path(entry, "eval_text", base, bad)
-        tiers = entry.get("tiers", [])
-        if isinstance(tiers, str):
-            tiers = [tiers]
-        if not isinstance(tiers, list) or not all(isinstance(t, str) for t in tiers):
-            bad('\'tiers\' must be a list of sizes, e.g. tiers = ["12MB", "8MB"]')
-            tiers = []
+        tiers = _strings(entry, "tiers", [], bad, '["12MB", "8MB"]')
         if tiers:
             from .compiler import parse_size
 
@@ -185,8 +187,13 @@ def load_plan(path: str, out: str) -> list[Job]:
             if calib is None:
                 bad("'tiers' choose bit widths from measured sensitivities: give 'calib'")
         shapes = entry.get("input_shapes", {})
-        if not isinstance(shapes, dict) or not all(isinstance(v, (str, list)) for v in shapes.values()):
-            bad("'input_shapes' must be a table of name = \"1x3x224x224\"")
+        if not isinstance(shapes, dict):
+            bad("'input_shapes' must be a table, e.g. input_shapes = { image = \"1x3x224x224\" }")
+            shapes = {}
+        try:
+            shapes = {k: "x".join(map(str, d)) for k, d in parse_input_shapes(shapes).items()}
+        except EdgecError as err:
+            bad(f"input_shapes: {err}")
             shapes = {}
         verify = entry.get("verify", True)
         if not isinstance(verify, bool):
@@ -223,9 +230,7 @@ def load_plan(path: str, out: str) -> list[Job]:
                         calib=calib,
                         tiers=tuple(tiers),
                         tier_options=tier_options,
-                        input_shapes=tuple(
-                            (str(a), b if isinstance(b, str) else "x".join(map(str, b))) for a, b in shapes.items()
-                        ),
+                        input_shapes=tuple(shapes.items()),
                         eval_text=eval_text,
                         **numbers,
                     )
@@ -250,6 +255,7 @@ def load_plan(path: str, out: str) -> list[Job]:
 def run_job(job: Job, shared: dict[str, Any]) -> dict[str, Any]:
     """One compile (all its tiers), in a worker; its summary row. A failed compile is a row with ``error``."""
     from .compiler import compile as do_compile, compile_tiers
+    from .verify import verification_status
 
     t0 = time.perf_counter()
     opts: dict[str, Any] = dict(
@@ -264,15 +270,7 @@ def run_job(job: Job, shared: dict[str, Any]) -> dict[str, Any]:
     )
     if job.tolerance is not None:
         opts["tolerance"] = job.tolerance
-    row: dict[str, Any] = {
-        "entry": job.entry,
-        "name": job.name,
-        "model": job.model,
-        "target": job.target,
-        "pipeline": job.pipeline,
-        "output": job.output,
-        "ok": False,
-    }
+    row = _base_row(job)
     try:
         if job.tiers:
             index = compile_tiers(
@@ -305,13 +303,7 @@ def run_job(job: Job, shared: dict[str, Any]) -> dict[str, Any]:
             row["files"] = {f["path"]: f.get("sha256") for f in m.get("files", [])}
             row["weights_bytes"] = (m.get("sizes") or {}).get("weights_bytes_after")
             v = m.get("verification")
-            row["verify"] = (
-                "not asked"
-                if v is None
-                else "not run"
-                if not v.get("ran", True)
-                else ("pass" if v.get("passed") else "fail")
-            )
+            row["verify"] = verification_status(v)
             row["verify_summary"] = (v or {}).get("summary", "")
             ev = m.get("evaluation") or {}
             if ev.get("compiled_perplexity") is not None:
@@ -350,26 +342,18 @@ def run_plan(
     }
 
 
+def _base_row(job: Job) -> dict[str, Any]:
+    """A summary row's identity: which compile, where it writes; not yet ok."""
+    keys = ("entry", "name", "model", "target", "pipeline", "output")
+    return {**{k: getattr(job, k) for k in keys}, "ok": False}
+
+
 def _row(job: Job, r: Any) -> dict[str, Any]:
-    if r.ok:
-        row = dict(r.value)
-    else:  # the worker itself failed (a bug, or a process that died every time)
-        row = {"entry": job.entry, "name": job.name, "model": job.model, "target": job.target}
-        row.update({"pipeline": job.pipeline, "output": job.output, "ok": False, "error": r.error})
+    # the worker itself failed: a bug (run_job returns a compile's own failure as a row), or a process that died
+    row = dict(r.value) if r.ok else {**_base_row(job), "error": r.error}
     row["worker"] = r.worker
     row["attempts"] = r.attempts
     return row
-
-
-def _size(n: Any) -> str:
-    if not n:
-        return "-"
-    n = float(n)
-    for unit in ("B", "KB", "MB", "GB"):
-        if n < 1000 or unit == "GB":
-            return f"{n:.0f} {unit}" if unit == "B" else f"{n:.1f} {unit}"
-        n /= 1000
-    return str(n)
 
 
 def _cells(r: dict[str, Any]) -> list[str]:
@@ -383,7 +367,7 @@ def _cells(r: dict[str, Any]) -> list[str]:
         r["target"],
         r.get("pipeline") or "-",
         "ok" if r["ok"] else "FAILED",
-        _size(r.get("artifact_bytes")),
+        human_bytes(r["artifact_bytes"]) if r.get("artifact_bytes") else "-",
         r.get("verify", "-") if r["ok"] else "-",
         ("cached" if r.get("cached") else f"{r.get('seconds', 0):.1f} s")
         if r["ok"]
@@ -421,9 +405,10 @@ def write_summary(summary: dict[str, Any], out: str) -> None:
     for r in summary["rows"]:
         cls = "" if r["ok"] else ' class="failed"'
         cells = _cells(r)
-        rel = os.path.relpath(r["output"], out)
+        # a tiers entry has a report per tier: link the largest
+        report = os.path.join(os.path.relpath(r["output"], out), *[t["path"] for t in r.get("tiers", [])[:1]])
         cells[0] = (
-            f'<a href="{html.escape(rel)}/report.html">{html.escape(cells[0])}</a>'
+            f'<a href="{html.escape(report)}/report.html">{html.escape(cells[0])}</a>'
             if r["ok"]
             else html.escape(cells[0])
         )

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import dataclasses
 import os
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from typing import Any
 
 import numpy as np
@@ -259,6 +259,16 @@ def criteria(
         LOSSY_MIN_TOP1 if min_top1 is None else float(min_top1),
         bool(model.metadata.get(LLM_KEY)),
     )
+
+
+def verification_status(v: Mapping[str, Any] | None) -> str:
+    """A manifest's ``verification`` in a word: ``pass``, ``fail``, ``not run`` (the runtime is not here) or
+    ``not asked`` (no --verify)."""
+    if v is None:
+        return "not asked"
+    if not v.get("ran", True):
+        return "not run"
+    return "pass" if v.get("passed") else "fail"
 
 
 def verify_artifact(

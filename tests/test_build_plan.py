@@ -22,6 +22,15 @@ def _plan(tmp_path, text: str) -> str:
     return str(p)
 
 
+def _build(tmp_path, plan: str, out, *args: str):
+    """``edgec build PLAN -o OUT --json ARGS`` with a cache of its own; (exit code, summary)."""
+    r = CliRunner().invoke(
+        main, ["build", plan, "-o", str(out), "--json", *args], env={"EDGEC_CACHE_DIR": str(tmp_path / "cache")}
+    )
+    assert "{" in r.output, r.output
+    return r.exit_code, json.loads(r.output[r.output.index("{") :])
+
+
 def test_every_problem_of_a_plan_is_reported_before_any_work(tmp_path):
     plan = _plan(
         tmp_path,
@@ -72,6 +81,22 @@ def test_a_plan_that_is_not_toml_is_named(tmp_path):
     assert "not valid TOML" in str(e.value)
 
 
+def test_a_missing_plan_and_bad_input_shapes_are_named(tmp_path):
+    with pytest.raises(UsageError, match="does not exist"):
+        load_plan(str(tmp_path / "none.toml"), str(tmp_path / "o"))
+    plan = _plan(tmp_path, '[[compile]]\nmodel = "TINY"\ntargets = ["cpu"]\ninput_shapes = { image = "1xtwo" }\n')
+    with pytest.raises(UsageError, match="input_shapes: .*dims must be integers"):
+        load_plan(plan, str(tmp_path / "o"))
+
+
+def test_executor_arguments_are_checked(monkeypatch):
+    with pytest.raises(UsageError, match="--workers must be at least 1, not 0"):
+        make_executor("local", 0)
+    monkeypatch.setitem(sys.modules, "ray", None)  # as if edgec[ray] were not installed
+    with pytest.raises(UsageError, match=r"pip install 'edgec\[ray\]'"):
+        make_executor("ray", 1)
+
+
 @pytest.mark.slow
 def test_build_compiles_verifies_caches_and_summarizes(tmp_path):
     plan = _plan(
@@ -84,10 +109,8 @@ pipelines = ["", "quantize{bits=8}"]
 """,
     )
     out = tmp_path / "out"
-    env = {"EDGEC_CACHE_DIR": str(tmp_path / "cache")}
-    r = CliRunner().invoke(main, ["build", plan, "-o", str(out), "--json"], env=env)
-    assert r.exit_code == 0, r.output
-    s = json.loads(r.output)
+    code, s = _build(tmp_path, plan, out)
+    assert code == 0
     assert s["ok"] and s["compiles"] == 4 and s["failed"] == 0
     assert [(x["pipeline"], x["target"]) for x in s["rows"]] == [
         ("", "cpu"),
@@ -99,7 +122,7 @@ pipelines = ["", "quantize{bits=8}"]
     assert (out / "tiny_cnn" / "none" / "cpu" / "manifest.json").exists()
     assert (out / "tiny_cnn" / "quantize_bits_8" / "openvino" / "manifest.json").exists()
     assert (out / "build.html").read_text().count("<tr") == 5
-    again = json.loads(CliRunner().invoke(main, ["build", plan, "-o", str(out), "--json"], env=env).output)
+    _, again = _build(tmp_path, plan, out)
     assert all(x["cached"] for x in again["rows"])
     assert [x["files"] for x in again["rows"]] == [x["files"] for x in s["rows"]]
 
@@ -117,13 +140,12 @@ tiers = ["30KB", "15KB"]
 """,
     )
     out = tmp_path / "out"
-    r = CliRunner().invoke(
-        main, ["build", plan, "-o", str(out), "--json"], env={"EDGEC_CACHE_DIR": str(tmp_path / "c")}
-    )
-    assert r.exit_code == 0, r.output
-    row = json.loads(r.output[r.output.index("{") :])["rows"][0]
+    code, s = _build(tmp_path, plan, out)
+    assert code == 0
+    row = s["rows"][0]
     assert [t["tier"] for t in row["tiers"]] == ["30KB", "15KB"] and row["verify"] == "2/2 tiers pass"
     assert (out / "tiny_cnn" / "cpu" / "tiers.json").exists()
+    assert 'href="tiny_cnn/cpu/tier-30KB/report.html"' in (out / "build.html").read_text()
 
 
 def test_build_exits_nonzero_listing_every_failed_compile(tmp_path):

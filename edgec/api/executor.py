@@ -26,7 +26,7 @@ import traceback
 from collections.abc import Callable, Sequence
 from typing import Any
 
-from ..errors import UsageError
+from ..errors import EdgecError, UsageError
 
 EXECUTORS = ("local", "ray", "ray://HOST:PORT")
 DEFAULT_RETRIES = 2
@@ -45,23 +45,18 @@ class TaskResult:
     attempts: int = 1  # runs started for it (more than one: a worker died under it)
 
 
-def _call(fn: Callable[[Any, Any], Any], item: Any, shared: Any) -> tuple[bool, Any, str, float]:
-    """``fn(item, shared)`` with its exception as a value: (ok, value or error text, worker, seconds)."""
+def _call(fn: Callable[[Any, Any], Any], item: Any, shared: Any, index: int = 0) -> TaskResult:
+    """``fn(item, shared)`` with its exception as the result (``ok=False``): where and how long it ran."""
     t0 = time.perf_counter()
     worker = f"{os.getpid()}@{socket.gethostname()}"
     try:
-        return True, fn(item, shared), worker, time.perf_counter() - t0
+        value = fn(item, shared)
     except Exception as e:  # noqa: BLE001 - the item's failure is its result
         msg = str(e) or type(e).__name__
-        if not _is_edgec_error(e):  # a bug, not a user-facing failure: where it happened
+        if not isinstance(e, EdgecError):  # a bug, not a user-facing failure: where it happened
             msg = f"{type(e).__name__}: {msg}\n{traceback.format_exc(limit=8)}"
-        return False, msg, worker, time.perf_counter() - t0
-
-
-def _is_edgec_error(e: BaseException) -> bool:
-    from ..errors import EdgecError
-
-    return isinstance(e, EdgecError)
+        return TaskResult(index, False, error=msg, worker=worker, seconds=time.perf_counter() - t0)
+    return TaskResult(index, True, value, worker=worker, seconds=time.perf_counter() - t0)
 
 
 class Executor:
@@ -115,11 +110,9 @@ class LocalExecutor(Executor):
         if self.workers == 1:
             out = []
             for i, item in enumerate(items):
-                ok, value, worker, secs = _call(fn, item, shared)
-                r = TaskResult(i, ok, value if ok else None, None if ok else value, worker, secs)
-                out.append(r)
+                out.append(_call(fn, item, shared, i))
                 if on_done:
-                    on_done(r)
+                    on_done(out[-1])
             return out
         return self._pool(fn, list(items), shared, on_done)
 
@@ -148,18 +141,18 @@ class LocalExecutor(Executor):
                 initializer=_set_shared,
                 initargs=(shared, worker_threads(self.workers)),
             ) as pool:
-                futures = {pool.submit(_call_shared, fn, items[i]): i for i in todo}
+                futures = {pool.submit(_call_shared, fn, items[i], i): i for i in todo}
                 pending = set(futures)
                 while pending:
                     done, pending = wait(pending, return_when=FIRST_COMPLETED)
                     for f in done:
                         i = futures[f]
                         try:
-                            ok, value, worker, secs = f.result()
+                            r = f.result()
                         except BrokenProcessPool:
                             broken = True
                             continue
-                        r = TaskResult(i, ok, value if ok else None, None if ok else value, worker, secs, attempts[i])
+                        r.attempts = attempts[i]
                         results[i] = r
                         if on_done:
                             on_done(r)
@@ -195,8 +188,8 @@ def _set_shared(shared: Any, env: dict[str, str] | None = None) -> None:
     os.environ.update(env or {})
 
 
-def _call_shared(fn: Callable[[Any, Any], Any], item: Any) -> tuple[bool, Any, str, float]:
-    return _call(fn, item, _SHARED)
+def _call_shared(fn: Callable[[Any, Any], Any], item: Any, index: int) -> TaskResult:
+    return _call(fn, item, _SHARED, index)
 
 
 class RayExecutor(Executor):
@@ -237,7 +230,7 @@ class RayExecutor(Executor):
         ray = self.ray
         remote = ray.remote(num_cpus=1, max_retries=self.retries, retry_exceptions=False)(_call)
         ref = ray.put(shared)  # once: every task reads it from the object store
-        refs = [remote.remote(fn, item, ref) for item in items]
+        refs = [remote.remote(fn, item, ref, i) for i, item in enumerate(items)]
         index = {r.hex(): i for i, r in enumerate(refs)}
         results: dict[int, TaskResult] = {}
         pending = list(refs)
@@ -246,8 +239,7 @@ class RayExecutor(Executor):
             for d in done:
                 i = index[d.hex()]
                 try:
-                    ok, value, worker, secs = ray.get(d)
-                    r = TaskResult(i, ok, value if ok else None, None if ok else value, worker, secs)
+                    r = ray.get(d)
                 except ray.exceptions.RayError as e:  # the worker died more than `retries` times
                     r = TaskResult(i, False, error=f"Ray could not run it: {type(e).__name__}: {str(e)[:300]}")
                 results[i] = r
@@ -267,9 +259,10 @@ def make_executor(spec: str | None = "local", workers: int | None = None, retrie
     process, for ``local``; every core for ``ray``)."""
     spec = (spec or "local").strip()
     if spec == "local":
-        return LocalExecutor(workers or 1, retries)
+        return LocalExecutor(1 if workers is None else workers, retries)
     if spec == "ray":
-        return RayExecutor(os.environ.get("RAY_ADDRESS") or None, workers or len(os.sched_getaffinity(0)), retries)
+        n = len(os.sched_getaffinity(0)) if workers is None else workers
+        return RayExecutor(os.environ.get("RAY_ADDRESS") or None, n, retries)
     if spec.startswith("ray://") or spec == "auto":
-        return RayExecutor(spec, workers or 1, retries)
+        return RayExecutor(spec, 1 if workers is None else workers, retries)
     raise UsageError(f"--executor {spec!r}: expected one of {', '.join(EXECUTORS)}")

@@ -1112,8 +1112,8 @@ def _vector_te(q: QuantizedTensor, b: RelaxBuilder) -> Any:
 @LINEAR_WEIGHTS.register("symmetric", "asymmetric", "affine")
 def _linear_affine_te(q: QuantizedTensor, b: RelaxBuilder) -> Any:
     """A Linear's affine codes stored input-major (:func:`_dequant_te` with ``columns``): a vector of output columns
-    is one contiguous load per K step, so the cpu target's register tile reads each packed byte once (batch-1
-    2048x5632: int8 2.46x, int4 2.21x faster than fp32, benchmarks/RESULTS-kernels.md)."""
+    is one contiguous load per K step, so a register tile reads each packed byte once. (The cpu target runs inputs of
+    1..4 rows with its own kernel instead, targets/cpu/gemv.py.)"""
     return _dequant_te(q, b, columns=True)
 
 

@@ -17,6 +17,7 @@ the same inputs is a file read.
 
 from __future__ import annotations
 
+import atexit
 import dataclasses
 import hashlib
 import json
@@ -28,6 +29,7 @@ from typing import Any
 
 import numpy as np
 
+from ...errors import EdgecError
 from ...ir import Model, QuantizedTensor, ReferenceExecutor
 from ...ir.passes import PassContext
 
@@ -199,6 +201,7 @@ def _measure_shard(items: list, shared: dict) -> dict[str, dict[str, dict[str, f
             fd, path = tempfile.mkstemp(prefix="edgec-sens-", suffix=".edgec")
             with os.fdopen(fd, "wb") as f:
                 f.write(shared["model"])
+            atexit.register(os.remove, path)  # when the worker process ends
             _MODELS[shared["digest"]] = path
     # the executor gives each worker its share of the cores (OMP_NUM_THREADS); onnxruntime does not read it
     threads = int(os.environ.get("OMP_NUM_THREADS", "0"))
@@ -283,7 +286,8 @@ def analyse(
                 elif nname in per_cand[c] and (w.name, c) not in seen:
                     cands[c] = per_cand[c][nname][1]
                 seen.update((w.name, c2) for c2 in cands)
-            items.append((nname, idx, w.name, cands))
+            if cands:  # a weight shared by several layers is measured at its first one
+                items.append((nname, idx, w.name, cands))
         ex = getattr(ctx, "executor", None)
         if ex is not None and ex.workers > 1 and len(items) > 1:
             shards = [items[k :: ex.workers] for k in range(ex.workers)]
@@ -303,14 +307,16 @@ def analyse(
             parts: dict[str, dict[str, dict[str, float]]] = {}
             for r in done:
                 if not r.ok:
-                    raise RuntimeError(f"sensitivity shard {r.index + 1} failed: {r.error}")
-                for wname, row in r.value.items():  # a shared weight (a tied head) has a row in two shards
-                    parts.setdefault(wname, {}).update(row)
+                    raise EdgecError(
+                        f"sensitivity: shard {r.index + 1} of {len(shards)} failed on the {ex.name} executor: "
+                        f"{r.error}; measure in this process (no --workers / --executor) to see it alone"
+                    )
+                parts.update(r.value)  # each weight is measured in one item, so in one shard
         else:
             parts = _measure(model, calib, free, items, say)
-        table: dict[str, dict[str, dict[str, float]]] = {}
-        for _, _, wname, _ in items:  # layer order, whatever order the shards finished in
-            table.setdefault(wname, {}).update(parts.get(wname, {}))
+        # every layer's weight in graph order, whatever order the shards finished in (a row may be empty: no
+        # candidate quantizes that layer)
+        table = {wname: parts.get(wname, {}) for wname in wnames}
         sens = Sensitivity(list(candidates), list(table), wnames, params, fbytes, table)
         if use_cache:
             os.makedirs(os.path.dirname(path), exist_ok=True)

@@ -333,6 +333,11 @@ def dw_kernel(
     return sch.mod["main"]
 
 
+def code_range(q: Any) -> tuple[float, float, int]:
+    """An activation quantization's code range (lo, hi) and the offset storing a code as a byte (signed + 128)."""
+    return (-128.0, 127.0, 128) if q.signed else (0.0, 255.0, 0)
+
+
 def image_codes_kernel(
     chw: tuple[int, ...], reads: tuple[int, int], pads: tuple[int, ...], q: Any, zc: int, divide: bool, lanes: int
 ) -> Any:
@@ -350,8 +355,7 @@ def image_codes_kernel(
     pt, pl = pads
     hin, win = min(H, hr - pt), min(W, wr - pl)  # the image rows / columns the convolution reads
     vec = max(win, 0) // lanes * lanes
-    lo, hi = (-128.0, 127.0) if q.signed else (0.0, 255.0)
-    off = 128 if q.signed else 0
+    lo, hi, off = code_range(q)
 
     def f32(v: Any) -> str:
         return f"T.float32({float(np.float32(v))!r})"
@@ -472,7 +476,7 @@ class IntBuilder(CpuBuilder):
         if c is None:
             return self._lower_nhwc(n) or super().lower_special(n)
         relax = self.relax
-        image = self._image_source(c)
+        image = self._image_source(c)  # its codes written below, with the padding this convolution reads
         x = None if image else self._codes_of(c)
         if c.kind == "linear":
             ys = n.outputs[0].static_shape
@@ -485,12 +489,9 @@ class IntBuilder(CpuBuilder):
             pt, pl, pb, pr = (int(p) for p in n.attr("pads", [0, 0, 0, 0]))
             pads = (pt, pl, pb, pr)
             _, _, oh, ow = (int(d) for d in n.outputs[0].static_shape or ())
-        if x is None:
-            xs = c.x.static_shape or ()
-            in_shape = (int(xs[2]), int(xs[3]), 4)
-        else:
-            ha, wa, ca = (int(d) for d in x.ty.shape.values)
-            in_shape = (ha, wa, ca)
+        xs = c.x.static_shape or ()
+        ha, wa, ca = (int(xs[2]), int(xs[3]), 4) if x is None else (int(d) for d in x.ty.shape.values)
+        in_shape = (ha, wa, ca)
         nb = 1
         if c.kind == "dwconv":
             rows = tile_rows(ow)
@@ -498,15 +499,15 @@ class IntBuilder(CpuBuilder):
             rows, nb = tile_shape(ow, -(-c.cout // LANES), kh * kw * in_shape[2])
         g = Geometry(in_shape, oh, ow, kh, kw, s, rows, c.cout)
         hr, wr = g.reads
+        padded = any(pads) or hr > in_shape[0] or wr > in_shape[1]
         padding = None
-        if c.kind == "dwconv" and (any(pads) or hr > in_shape[0] or wr > in_shape[1]):
-            xs = c.x.static_shape or ()
+        if c.kind == "dwconv" and padded:
             padding = (pads[0], pads[1], int(xs[2]), int(xs[3]), c.zx)  # read in place (dw_kernel)
-        elif any(pads) or hr > in_shape[0] or wr > in_shape[1]:
-            x = self._image_codes(c, pads, (hr, wr)) if x is None else self._pad(x, c, pads, (hr, wr))
+        elif padded:
+            x = self._image_codes(c, pads, (hr, wr)) if image else self._pad(x, c, pads, (hr, wr))
             g = dataclasses.replace(g, a_shape=(hr, wr, in_shape[2]))
-        if x is None:
-            x = self._image_codes(c, pads, in_shape[:2])
+        elif image:
+            x = self._image_codes(c, pads, (ha, wa))
         name = f"i{len(self.kernels)}_{safe_name(n.name)}"
         ca = g.a_shape[2]
         width = ca if c.kind == "dwconv" else g.blocks * LANES
@@ -656,8 +657,7 @@ class IntBuilder(CpuBuilder):
             _, C, H, W = xs
             shape = (H, W, -(-C // 4) * 4)
         linear = c.kind == "linear"
-        lo, hi = (-128.0, 127.0) if q.signed else (0.0, 255.0)
-        off = 128 if q.signed else 0
+        lo, hi, off = code_range(q)
         zc = c.zx
 
         def prep(a: Any) -> Any:

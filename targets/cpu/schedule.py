@@ -234,8 +234,8 @@ class ParallelVectorize(CPUScheduleRule):
         sch.vectorize(sch.get_loops(acc)[-1])
 
 
-# marks a kernel written and scheduled beside this module (intops.py: integer arithmetic only), compiled for the
-# full ISA by SplitGemm
+# marks a kernel written and scheduled beside this module (intops.py: integer arithmetic, or a float product /
+# quotient then a rounding, nothing an FMA could contract), compiled for the full ISA by SplitGemm
 INTEGER_KERNEL = "edgec.integer_kernel"
 # marks a float matmul kernel written and scheduled beside this module (gemv.py), compiled with FMA like the matmuls
 # this rule schedules

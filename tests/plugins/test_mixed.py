@@ -178,6 +178,23 @@ def test_sensitivity_sharded_on_worker_processes_equals_the_serial_table(make):
     assert all(set(sharded.table[w]) == set(cands) for w in sharded.layers)
 
 
+def test_a_failed_sensitivity_shard_is_named_with_the_way_out():
+    from edgec.api.executor import Executor, TaskResult
+    from edgec.errors import EdgecError
+
+    class Dying(Executor):
+        name = "dying"
+
+        def run(self, fn, items, shared=None, on_done=None):
+            return [TaskResult(i, False, error="its worker process died 3 times") for i in range(len(items))]
+
+    m = _mlp()
+    ctx = _ctx(m)
+    ctx.executor = Dying(workers=2)
+    with pytest.raises(EdgecError, match=r"shard 1 of 2 failed on the dying executor: its worker .* \(no --workers"):
+        sens_mod.analyse(m, ["quantize{bits=4,head_bits=4}"], ctx, samples=2, use_cache=False)
+
+
 def test_a_failing_property_check_changes_the_search():
     """max_drop alone accepts the smallest model; requiring every top-1 decision to survive rejects it,
     and the report names the check that decided."""
