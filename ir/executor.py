@@ -36,6 +36,8 @@ class ReferenceExecutor:
         free: names of float weight constants fed on every run instead of stored in the session (their
             current values by default; :meth:`run`'s feeds may override them): one session evaluates many
             variants of those weights (sensitivity analysis).
+        spin: let onnxruntime's idle pool threads busy-wait for the next run (its default; off for sessions
+            run in a chain, where the waiting threads of one would take the cores from the next).
     """
 
     def __init__(
@@ -48,6 +50,7 @@ class ReferenceExecutor:
         keep_quantized: bool = False,
         cut: Mapping[str, np.ndarray] | None = None,
         free: Iterable[str] = (),
+        spin: bool = True,
     ):
         import onnxruntime as ort
 
@@ -78,6 +81,8 @@ class ReferenceExecutor:
         opts.log_severity_level = 3
         if threads:
             opts.intra_op_num_threads = threads
+        if not spin:  # many sessions run one after another: idle pool threads must not busy-wait on the cores
+            opts.add_session_config_entry("session.force_spinning_stop", "1")
         # Exact semantics: no fusions that change rounding. Even the basic level rewrites
         # QuantizeLinear/DequantizeLinear around Conv/MatMul into integer kernels with other rounding, so
         # models with simulated activation quantization run with graph optimizations off.
@@ -99,8 +104,13 @@ class ReferenceExecutor:
             raise ExecutionError(f"onnxruntime could not load the model: {e}") from None
         del weights, opts  # onnxruntime copied the buffers during session creation
         self.output_names = [o.name for o in self.session.get_outputs()]
+        taken = {i.name for i in self.session.get_inputs()}
+        # a free weight the computed part never reads is not an input of the session
+        self.free = {n: a for n, a in self.free.items() if n in taken}
         self.input_names = (
-            [i.name for i in self.session.get_inputs()] if capture_only else [i.name for i in model.graph.inputs]
+            [i.name for i in self.session.get_inputs() if i.name not in self.free]
+            if capture_only
+            else [i.name for i in model.graph.inputs]
         )
 
     def run(

@@ -525,7 +525,7 @@ def to_onnx(
     if only_outputs:
         extra_outputs = list(only_outputs) + list(extra_outputs or [])
     if extra_outputs:
-        have = {v.name for v in g.outputs}
+        have = {v.name for v in g.outputs} if only_outputs is None else set()
         for name in extra_outputs:
             if name not in have:
                 outputs.append(_vi(g.value(name)) if with_shapes else helper.make_empty_tensor_value_info(name))

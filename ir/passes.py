@@ -115,6 +115,11 @@ class Pass:
     def requires(self, model: Model, ctx: PassContext) -> None:
         """Raise if the model does not meet this pass's preconditions."""
 
+    def needs_calibration(self) -> bool:
+        """Whether the result depends on ``ctx.calibration`` (True unless the pass says otherwise). A pass that
+        says False may only use the data for reports, and must give the same model without it."""
+        return True
+
     def run(self, model: Model, ctx: PassContext) -> bool:
         """Transform ``model`` in place; return whether anything changed."""
         raise NotImplementedError

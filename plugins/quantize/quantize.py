@@ -281,13 +281,17 @@ class Quantize(Pass):
             if not (l.role == "embedding" and not self.embedding_bits) and not (l.role == "head" and not self.head_bits)
         ]
 
+    def needs_calibration(self) -> bool:
+        """rtn and weight-objective mse / codebook read no data (with it they add each layer's output error to
+        the report)."""
+        return self.method in CALIBRATED or (self.method in ("mse", "codebook") and self.objective == "output")
+
     def run(self, model: Model, ctx: PassContext) -> bool:
         layers = self.select(model)
         if not layers:
             return False
         calib = ctx.calibration
-        needs = self.method in CALIBRATED or (self.method in ("mse", "codebook") and self.objective == "output")
-        if needs and calib is None:
+        if self.needs_calibration() and calib is None:
             raise UsageError(
                 f"quantize{{method={self.method}}} needs calibration data: pass --calib "
                 "(a .npz, a folder of samples, or 'random' for a smoke test)"
