@@ -659,7 +659,7 @@ def _inspect_sensitivity(
         return
     click.echo(
         f"{model}: sensitivity of {len(sens.layers)} layers ({'cached' if sens.cached else 'measured'}); "
-        f"{metric} per candidate, one layer quantized at a time"
+        f"{metric} per candidate, one layer quantized at a time, on the {sens.distance}"
     )
     head = "".join(f"{label(c)[-14:]:>14}" for c in sens.candidates)
     click.echo(f"  {'layer':<48}{'params':>10}{head}")

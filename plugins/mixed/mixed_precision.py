@@ -100,6 +100,11 @@ class MixedPrecision(Pass):
         help="max_drop/checks: calibration samples after the first `samples` used to judge",
     )
     cache: bool = option(True, help="reuse cached sensitivities (same model, candidates and calibration)")
+    distance: str = option(
+        "auto",
+        choices=("auto", "full"),
+        help="sensitivities of a language model on its 4096 most probable tokens (auto) or on every logit (full)",
+    )
     types: str = option(
         "",
         help="GGUF block types as the candidates instead of bits, ':'-separated (e.g. "
@@ -220,13 +225,14 @@ class MixedPrecision(Pass):
     def run(self, model: Model, ctx: PassContext) -> bool:
         widths = self.choices(ctx)
         cands = {self.spec(self.candidate(b)): b for b in widths}
-        sens = analyse(model, list(cands), ctx, samples=self.samples, use_cache=self.cache)
+        sens = analyse(model, list(cands), ctx, samples=self.samples, use_cache=self.cache, distance=self.distance)
         if not sens.layers:
             return False
         front, labels = self.front(sens, cands)
         params = sum(sens.params.values())
         report = {
             "metric": self.metric,
+            "distance": sens.distance,
             "candidates": list(cands),
             "cached_sensitivity": sens.cached,
             "front_points": int(len(front.sizes)),
@@ -279,60 +285,78 @@ class MixedPrecision(Pass):
 
     def _search(self, model: Model, ctx: PassContext, front, labels, sens, cands: dict[str, int | str]):
         """Binary search over the front (ascending size) for the smallest allocation within max_drop that
-        keeps every check; returns (point, evaluations, what decided)."""
+        keeps every check; returns (point, evaluations, what decided).
+
+        With an executor of W workers, each round evaluates, at once, the points the serial search could visit
+        next (its next levels, breadth first, W points): the search then replays over those results, so it
+        decides exactly what the serial search decides, with about log2(W + 1) levels per round."""
+        import pickle
+
         from ...checks import parse_checks
-        from ...ir.serde import load, save
+        from ...ir.serde import save
 
         checks = parse_checks(self.checks, ctx.checks)
         calib = ctx.calibration
         held = list(calib.samples[self.samples : self.samples + self.holdout]) or list(calib.samples[: self.holdout])
         names = [o.name for o in model.graph.outputs]
-
-        def outs(m):
-            ex = ReferenceExecutor(m)
-            return [[np.asarray(ex.run(s)[n], np.float64) for n in names] for s in held]
-
-        ref = outs(model)
+        ref = _outputs(model, held, names)
         for c in checks:
             if c.needs_model:
                 c.prepare(model)
         work = tempfile.mkdtemp(prefix="edgec-mixed-")
-        evaluated = []
+        ex = ctx.executor
+        width = ex.workers if ex is not None and ex.workers > 1 else 1
+        lean = dataclasses.replace(ctx, executor=None, _analyses={})
+        if width > 1:
+            try:  # a check holding something that cannot travel to a worker: judge here
+                pickle.dumps((checks, lean))
+            except Exception:  # noqa: BLE001 - pickling raises many kinds
+                width = 1
+        results: dict[int, dict] = {}
         try:
-            save(model, os.path.join(work, "m"))
+            path = os.path.join(work, "m")
+            save(model, path)
+            shared = {
+                "pass": self,
+                "ctx": lean,
+                "path": path,
+                "held": held,
+                "names": names,
+                "ref": ref,
+                "checks": checks,
+                "nodes": sens.nodes,
+            }
 
-            def judge(k):
-                m = load(os.path.join(work, "m"))
+            def alloc(k):
                 choice = front.choice(k)
-                self._apply(
-                    m, ctx, {w: cands[labels[i][j]] for i, (w, j) in enumerate(zip(sens.layers, choice))}, sens.nodes
-                )
-                got = outs(m)
-                stats = compare(ref, got)
-                loss = stats["kl"] if self.metric == "kl" else 1.0 - stats["cosine"]
-                verdicts = [(c.describe(), c.judge(m, ref, got)) for c in checks]
-                failed = [d for d, r in verdicts if not r.passed]
-                ok = loss <= self.max_drop and not failed
-                why = (
-                    f"max_drop ({self.metric} loss {loss:.4g} > {self.max_drop})"
-                    if loss > self.max_drop
-                    else f"check {failed[0]}"
-                    if failed
-                    else ""
-                )
-                evaluated.append(
-                    {
-                        "bytes": int(front.sizes[k]),
-                        "loss": loss,
-                        "passed": ok,
-                        "failed_by": why,
-                        "checks": {d: {"passed": r.passed, "value": r.value, "detail": r.detail} for d, r in verdicts},
-                    }
-                )
-                return ok, why
+                return {w: cands[labels[i][j]] for i, (w, j) in enumerate(zip(sens.layers, choice))}
+
+            def evaluate(points: list[int]) -> None:
+                todo = [k for k in points if k not in results]
+                if width > 1 and len(todo) > 1:
+                    done = ex.run(_judge_task, [alloc(k) for k in todo], shared=shared)
+                    for k, r in zip(todo, done):  # a failure matters only where the search reads it
+                        results[k] = r.value if r.ok else {"error": r.error}
+                else:
+                    for k in todo:
+                        results[k] = _judge_task(alloc(k), shared)
+
+            used: list[int] = []
+
+            def judge(k: int, lo: int, hi: int, first: bool):
+                if k not in results:
+                    evaluate(_next_points(lo, hi, width, first, len(front.sizes)))
+                used.append(k)
+                r = results[k]
+                if "error" in r:
+                    raise UsageError(
+                        f"mixed-precision: judging an allocation failed on the {ex.name} executor: "
+                        f"{r['error']}; run without --workers / --executor to see it alone"
+                    )
+                return r["passed"], r["failed_by"]
 
             lo, hi = 0, len(front.sizes) - 1
-            ok_hi, why_hi = judge(hi)
+            ok_hi, why_hi = judge(hi, lo, hi, True)
             if not ok_hi:
                 raise UsageError(
                     f"mixed-precision: even the largest candidate allocation fails: {why_hi}; "
@@ -341,7 +365,7 @@ class MixedPrecision(Pass):
             last_fail = ""
             while lo < hi:
                 mid = (lo + hi) // 2
-                ok, why = judge(mid)
+                ok, why = judge(mid, lo, hi, False)
                 if ok:
                     hi = mid
                 else:
@@ -351,6 +375,59 @@ class MixedPrecision(Pass):
                 if last_fail
                 else "the smallest allocation passed"
             )
+            evaluated = [{"bytes": int(front.sizes[k]), **results[k]} for k in used]
             return hi, evaluated, decided
         finally:
             shutil.rmtree(work, ignore_errors=True)
+
+
+def _next_points(lo: int, hi: int, width: int, first: bool, n: int) -> list[int]:
+    """The points the binary search over [lo, hi] may judge next, in the order it would, up to ``width``: the
+    largest point first when it has not been judged, then the midpoints of the search's next levels, breadth
+    first (a pass moves hi to mid, a failure lo to mid + 1)."""
+    pts = [n - 1] if first else []
+    queue = [(lo, hi)]
+    while queue and len(pts) < width:
+        lo_, hi_ = queue.pop(0)
+        if lo_ >= hi_:
+            continue
+        mid = (lo_ + hi_) // 2
+        if mid not in pts:
+            pts.append(mid)
+        queue += [(lo_, mid), (mid + 1, hi_)]
+    return pts
+
+
+def _outputs(model: Model, samples: list, names: list[str], threads: int = 0) -> list[list[np.ndarray]]:
+    ex = ReferenceExecutor(model, threads=threads)
+    return [[np.asarray(ex.run(s)[n], np.float64) for n in names] for s in samples]
+
+
+def _judge_task(alloc: dict, shared: dict) -> dict:
+    """One allocation judged (in this process or a worker): the saved model quantized with it, the held-out
+    samples run, the loss and every check against the float model's."""
+    from ...ir.serde import load
+
+    mp: MixedPrecision = shared["pass"]
+    m = load(shared["path"])
+    mp._apply(m, shared["ctx"], alloc, shared["nodes"])
+    # a worker's share of the cores (the executor sets OMP_NUM_THREADS; onnxruntime does not read it)
+    got = _outputs(m, shared["held"], shared["names"], int(os.environ.get("OMP_NUM_THREADS", "0")))
+    stats = compare(shared["ref"], got)
+    loss = stats["kl"] if mp.metric == "kl" else 1.0 - stats["cosine"]
+    verdicts = [(c.describe(), c.judge(m, shared["ref"], got)) for c in shared["checks"]]
+    failed = [d for d, r in verdicts if not r.passed]
+    ok = loss <= mp.max_drop and not failed
+    why = (
+        f"max_drop ({mp.metric} loss {loss:.4g} > {mp.max_drop})"
+        if loss > mp.max_drop
+        else f"check {failed[0]}"
+        if failed
+        else ""
+    )
+    return {
+        "loss": loss,
+        "passed": ok,
+        "failed_by": why,
+        "checks": {d: {"passed": r.passed, "value": r.value, "detail": r.detail} for d, r in verdicts},
+    }

@@ -368,3 +368,41 @@ def test_target_native_mix_is_the_default_and_the_artifact_carries_it(target, av
             f"palette{b[1:]}" if isinstance(b, str) else "int8" for b in alloc.values()
         }
         assert man["target"]["decoded_bit_exact"] == len(alloc)
+
+
+def test_next_points_are_the_serial_searchs_next_levels():
+    from edgec.plugins.mixed.mixed_precision import _next_points
+
+    assert _next_points(0, 9, 1, True, 10) == [9]
+    assert _next_points(0, 9, 4, True, 10) == [9, 4, 2, 7]
+    assert _next_points(0, 9, 3, False, 10) == [4, 2, 7]
+    assert _next_points(3, 3, 3, False, 10) == []
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("workers", [2, 3])
+def test_max_drop_search_on_workers_decides_what_the_serial_search_decides(workers):
+    """Speculative rounds on worker processes: the same allocation, the same evaluations in the same order,
+    the same reason (extra points judged ahead are not reported)."""
+    from edgec.api.executor import LocalExecutor
+
+    pipe = "mixed-precision{max_drop=0.02,bits=2:3:4:8,checks=top1:0.9,cache=false}"
+    m = _mlp()
+    serial = _run(pipe, m, _ctx(m))
+    assert 2 < len(serial["evaluated"]) and serial["decided_by"].startswith("smallest passing")
+    judged = []
+
+    class Counting(LocalExecutor):
+        def run(self, fn, items, shared=None, on_done=None):
+            if fn.__name__ == "_judge_task":
+                judged.append(len(items))
+            return super().run(fn, items, shared=shared, on_done=on_done)
+
+    m2 = _mlp()
+    ctx = _ctx(m2)
+    with Counting(workers=workers) as ex:
+        ctx.executor = ex
+        par = _run(pipe, m2, ctx)
+    assert par == serial
+    # rounds of up to `workers` allocations each, fewer rounds than the serial search's evaluations
+    assert judged and max(judged) == workers and len(judged) < len(serial["evaluated"])
