@@ -271,7 +271,7 @@ class Head:
     tokens: np.ndarray
     w: np.ndarray  # W[tokens], float32
     b: np.ndarray | None
-
+    classes: int = 0  # the head's whole vocabulary
     threads: int = 0
     _sessions: dict = dataclasses.field(default_factory=dict, repr=False, compare=False)
 
@@ -635,7 +635,13 @@ def _head(hd: tuple, runs: list, store: _Store) -> Head:
             np.maximum(best, z.max(0), out=best)
     tokens = np.sort(np.argsort(-best, kind="stable")[: min(SUBSET, len(best))])
     return Head(
-        node.name, x.name, w.name, tokens, np.ascontiguousarray(wf[tokens]), bf[tokens] if bf is not None else None
+        node.name,
+        x.name,
+        w.name,
+        tokens,
+        np.ascontiguousarray(wf[tokens]),
+        bf[tokens] if bf is not None else None,
+        classes=int(wf.shape[0]),
     )
 
 
@@ -805,7 +811,7 @@ def analyse(
         # every layer's weight in graph order, whatever order the shards finished in (a row may be empty: no
         # candidate quantizes that layer)
         table = {wname: parts.get(wname, {}) for wname in wnames}
-        dist = f"logit subset ({len(head.tokens)} of {hd[2].static_shape[0]} classes)" if head else "outputs"
+        dist = f"logit subset ({len(head.tokens)} of {head.classes} classes)" if head else "outputs"
         sens = Sensitivity(list(candidates), list(table), wnames, params, fbytes, table, dist)
         if use_cache:
             os.makedirs(os.path.dirname(path), exist_ok=True)
