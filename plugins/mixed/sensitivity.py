@@ -114,15 +114,6 @@ def _model_hash(model: Model) -> tuple[str, str]:
     return h.hexdigest(), d
 
 
-def _outputs(ex: ReferenceExecutor, model: Model, samples, extra=None) -> list[list[np.ndarray]]:
-    names = [o.name for o in model.graph.outputs]
-    res = []
-    for s in samples:
-        r = ex.run({**s, **(extra or {})})
-        res.append([np.asarray(r[n], np.float64) for n in names])
-    return res
-
-
 def _kl_rows(p: np.ndarray, a: np.ndarray, b: np.ndarray) -> np.ndarray:
     """KL(softmax(a) || softmax(b)) per row, ``p = softmax(a)``, in float64, without cancellation:
     with ``d = b - a`` and ``u = d - sum(p d)``, KL = log(sum p e^u) = log1p(sum p (expm1(u) - u)), a sum of
