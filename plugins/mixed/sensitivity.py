@@ -226,6 +226,7 @@ class Stage:
     inputs: list[str]
     outputs: list[str]
     weights: list[str]
+    consts: list[str] = dataclasses.field(default_factory=list)  # every float32 weight it reads
 
 
 @dataclasses.dataclass
@@ -243,6 +244,7 @@ class Group:
 class Plan:
     groups: list[Group]
     stages: list[Stage]
+    fed: bool = False  # every stage's weights fed instead of prepacked (no second copy of the weights)
 
     def captured(self) -> list[str]:
         """The float values a run may read without computing them: every stage input and every output."""
@@ -404,7 +406,8 @@ def plan_groups(model: Model, items: list[Item], head_node=None) -> Plan:
                 if any(id(u.node) not in x or id(u.node) == head_id for u in o.uses) or any(o is w for w in want):
                     outs[o.name] = None
         ws = [it[2] for it in items if any(id(u.node) in x for u in g.value(it[2]).uses)]
-        stages.append(Stage(list(ins), list(outs), list(dict.fromkeys(ws))))
+        cs = [v.name for n in inside for v in n.inputs if v is not None and v.is_const and _is_free(v) and v.rank]
+        stages.append(Stage(list(ins), list(outs), list(dict.fromkeys(ws)), list(dict.fromkeys(cs))))
     groups = []
     for j, (members, d) in enumerate(parts):
         chain = [k for k in range(j, len(parts)) if stages[k].outputs and not sets[k].isdisjoint(d)]
@@ -466,6 +469,22 @@ def memory_limit() -> int:
         return 2 << 30
 
 
+def prepack_budget() -> int:
+    """Bytes the stage sessions' prepacked weight copies may take: half the memory available now."""
+    try:
+        import psutil
+
+        return int(psutil.virtual_memory().available // 2)
+    except ImportError:  # pragma: no cover - psutil ships with edgec's dependencies
+        return 8 << 30
+
+
+def _weight_bytes(model: Model) -> int:
+    return sum(
+        4 * int(np.prod(v.static_shape or ())) for v in model.graph.initializers.values() if _is_free(v) and v.rank
+    )
+
+
 def capture(model: Model, runs: list[dict[str, np.ndarray]], names: list[str], store: _Store, threads: int = 0):
     """The float model's values ``names`` on every run into ``store`` (key ``"run/name"``), in chunks that fit
     its memory: the first chunk's size sets how many values one capture run may hold."""
@@ -515,10 +534,13 @@ def measure_group(
 
     def build(k: int, free: bool) -> ReferenceExecutor:
         """Stage ``k``'s session: the group's weights it reads fed on every run (free), or every weight a constant,
-        prepacked by onnxruntime (a quarter faster on this group's later stages)."""
+        prepacked by onnxruntime (a quarter faster on this group's later stages). Where prepacked copies of all
+        the weights would not fit in memory (``plan.fed``), every weight is fed from the model's own arrays."""
         st = plan.stages[k]
         cut = {f: values[f"0/{f}"] for f in st.inputs}
         fed = [w for w in st.weights if _is_free(g.value(w))] if free else []
+        if plan.fed:
+            fed = list(dict.fromkeys([*fed, *st.consts]))
         return ReferenceExecutor(
             model, capture=st.outputs, capture_only=True, cut=cut, free=fed, threads=threads, spin=False
         )
@@ -787,12 +809,14 @@ def analyse(
         hd = find_head(model) if distance != "full" else None
         runs = _batched(model, calib)
         plan = plan_groups(model, items, hd[0] if hd else None)
+        plan.fed = _weight_bytes(model) > prepack_budget()
         store = _Store(memory_limit())
         try:
             want = plan.captured()
             say(
                 f"sensitivity: {len(items)} layers in {len(plan.groups)} groups, {len(plan.stages)} stages; "
                 f"capturing {len(want)} float values"
+                + ("; weights fed, not prepacked (two copies would not fit in memory)" if plan.fed else "")
             )
             capture(model, runs, want, store)
             head = _head(hd, runs, store) if hd else None

@@ -207,6 +207,28 @@ def test_activations_spilled_to_disk_give_the_same_table(monkeypatch):
     assert disk.table == mem.table
 
 
+def test_weights_fed_instead_of_prepacked_when_two_copies_do_not_fit(monkeypatch):
+    """Without room for the stage sessions' prepacked copies, every stage reads the model's own arrays as
+    inputs: the same measurements (within rounding of the other GEMM path)."""
+    m = _residual_net()
+    ctx = _ctx(m)
+    packed = sens_mod.analyse(m, CANDS, ctx, samples=3, use_cache=False)
+    monkeypatch.setattr(sens_mod, "prepack_budget", lambda: 0)
+    built = []
+    real = sens_mod.ReferenceExecutor
+
+    def spy(*a, **k):
+        built.append(set(k.get("free", ())))
+        return real(*a, **k)
+
+    monkeypatch.setattr(sens_mod, "ReferenceExecutor", spy)
+    said = []
+    fed = sens_mod.analyse(_residual_net(), CANDS, ctx, samples=3, use_cache=False, progress=said.append)
+    assert any("weights fed, not prepacked" in s for s in said)
+    assert built and all(f for f in built[1:])  # every stage session (after the capture) reads weights as inputs
+    _close(fed.table, {w: {c: v for c, v in r.items()} for w, r in packed.table.items()})
+
+
 def test_kl_has_no_cancellation_for_tiny_and_overflowing_perturbations():
     rng = np.random.default_rng(0)
     a = rng.standard_normal((3, 50)) * 4
