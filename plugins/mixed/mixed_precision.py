@@ -316,7 +316,7 @@ class MixedPrecision(Pass):
         try:
             path = os.path.join(work, "m")
             save(model, path)
-            shared = {
+            shared: dict = {
                 "pass": self,
                 "ctx": lean,
                 "path": path,
@@ -326,6 +326,9 @@ class MixedPrecision(Pass):
                 "checks": checks,
                 "nodes": sens.nodes,
             }
+            if width > 1 and not getattr(ex, "same_machine", True):  # workers elsewhere: the saved model travels
+                with open(path, "rb") as f:
+                    shared["model"] = f.read()
 
             def alloc(k):
                 choice = front.choice(k)
@@ -333,7 +336,7 @@ class MixedPrecision(Pass):
 
             def evaluate(points: list[int]) -> None:
                 todo = [k for k in points if k not in results]
-                if width > 1 and len(todo) > 1:
+                if width > 1 and todo:  # every judgment on the workers: one thread count for all
                     done = ex.run(_judge_task, [alloc(k) for k in todo], shared=shared)
                     for k, r in zip(todo, done):  # a failure matters only where the search reads it
                         results[k] = r.value if r.ok else {"error": r.error}
@@ -403,13 +406,31 @@ def _outputs(model: Model, samples: list, names: list[str], threads: int = 0) ->
     return [[np.asarray(ex.run(s)[n], np.float64) for n in names] for s in samples]
 
 
+_SAVED: dict[str, str] = {}  # in a worker: the driver's saved-model path -> the file written from its bytes
+
+
+def _write_temp(data: bytes) -> str:
+    import atexit
+
+    fd, path = tempfile.mkstemp(prefix="edgec-mixed-", suffix=".edgec")
+    with os.fdopen(fd, "wb") as f:
+        f.write(data)
+    atexit.register(os.remove, path)  # when the worker process ends
+    return path
+
+
 def _judge_task(alloc: dict, shared: dict) -> dict:
     """One allocation judged (in this process or a worker): the saved model quantized with it, the held-out
     samples run, the loss and every check against the float model's."""
     from ...ir.serde import load
 
     mp: MixedPrecision = shared["pass"]
-    m = load(shared["path"])
+    path = shared["path"]
+    if not os.path.exists(path) and "model" in shared:  # a worker on another machine: the bytes, once per process
+        if path not in _SAVED:
+            _SAVED[path] = _write_temp(shared["model"])
+        path = _SAVED[path]
+    m = load(path)
     mp._apply(m, shared["ctx"], alloc, shared["nodes"])
     # a worker's share of the cores (the executor sets OMP_NUM_THREADS; onnxruntime does not read it)
     got = _outputs(m, shared["held"], shared["names"], int(os.environ.get("OMP_NUM_THREADS", "0")))

@@ -21,8 +21,8 @@ How a (layer, candidate) is evaluated without running the whole model (:func:`pl
 * The calibration samples run as one batch when the model takes one (symbolic first dimension).
 * A language model's head (a Linear with >= HEAD_MIN_CLASSES classes producing the first output): the distance
   is taken on the logits of the SUBSET tokens the float model finds most probable at any position (softmax
-  renormalized over them), computed from the head's input for those rows only; ``distance="full"`` compares all
-  logits. benchmarks/RESULTS-scale.md measures how the two rank the candidates and what the solver picks.
+  renormalized over them; SQNR and cosine over those logits too, other graph outputs not compared), computed
+  from the head's input for those rows only; ``distance="full"`` compares all the outputs. benchmarks/RESULTS-scale.md measures how the two rank the candidates and what the solver picks.
 * KL is computed as log1p(sum p (expm1(u) - u)) with u the centred logit change: no cancellation between two
   large log-sums, in float64 (:func:`_kl_rows`).
 
@@ -416,15 +416,32 @@ def plan_groups(model: Model, items: list[Item], head_node=None) -> Plan:
 
 
 def _batched(model: Model, calib: list[dict[str, np.ndarray]]) -> list[dict[str, np.ndarray]]:
-    """The samples as one run when the model takes a batch (every input's first dimension symbolic, every sample
-    the same shapes): one forward pass per (layer, candidate) instead of one per sample."""
+    """The samples as one run when the model takes a batch: every input of rank >= 2 with the same symbolic
+    first dimension, every sample the same shapes, and the batched run's float outputs equal to the samples'
+    own (a Reshape that folds the batch away, or attention across it, would change them): one forward pass per
+    (layer, candidate) instead of one per sample."""
     ins = model.graph.inputs
-    if len(calib) < 2 or not ins or any(not v.shape or isinstance(v.shape[0], int) for v in ins):
+    if len(calib) < 2 or not ins:
+        return calib
+    dims = {v.shape[0] if v.shape and len(v.shape) >= 2 else None for v in ins}
+    if len(dims) != 1 or not isinstance(next(iter(dims)), str):
         return calib
     first = calib[0]
     if any(set(s) != set(first) or any(s[k].shape != first[k].shape for k in s) for s in calib):
         return calib
-    return [{k: np.concatenate([s[k] for s in calib]) for k in first}]
+    batch = {k: np.concatenate([s[k] for s in calib]) for k in first}
+    try:
+        ex = ReferenceExecutor(model)
+        one = [ex.run(x) for x in calib]
+        together = ex.run(batch)
+    except Exception:  # noqa: BLE001 - the model does not take this batch: one run per sample
+        return calib
+    for o in model.graph.outputs:
+        want = np.concatenate([np.asarray(r[o.name]) for r in one])
+        got = np.asarray(together[o.name])
+        if got.shape != want.shape or not np.allclose(got, want, rtol=1e-4, atol=1e-5):
+            return calib
+    return [batch]
 
 
 class _Store:
@@ -487,7 +504,8 @@ def _weight_bytes(model: Model) -> int:
 
 def capture(model: Model, runs: list[dict[str, np.ndarray]], names: list[str], store: _Store, threads: int = 0):
     """The float model's values ``names`` on every run into ``store`` (key ``"run/name"``), in chunks that fit
-    its memory: the first chunk's size sets how many values one capture run may hold."""
+    its memory: the first value alone, whose size sets how many values each later capture run may hold (one
+    forward pass per chunk; onnxruntime returns a chunk's values together)."""
     inputs = {v.name for v in model.graph.inputs}
     for nm in names:
         if nm in inputs:  # a graph input: the run's own array
@@ -495,7 +513,7 @@ def capture(model: Model, runs: list[dict[str, np.ndarray]], names: list[str], s
                 store.put(f"{i}/{nm}", np.asarray(feeds[nm]))
     names = [nm for nm in names if nm not in inputs]
     k = 0
-    chunk = max(1, len(names))
+    chunk = 1
     while k < len(names):
         part = names[k : k + chunk]
         ex = ReferenceExecutor(model, capture=part, capture_only=True, threads=threads)
@@ -506,8 +524,8 @@ def capture(model: Model, runs: list[dict[str, np.ndarray]], names: list[str], s
                 size += r[nm].nbytes
                 store.put(f"{i}/{nm}", r[nm])
         del ex
-        if k == 0 and size > store.limit and len(part) > 1:
-            chunk = max(1, int(len(part) * store.limit / size))
+        if k == 0:
+            chunk = max(1, int(store.limit // max(size, 1)))
         k += len(part)
 
 
@@ -609,7 +627,7 @@ def _measure_shard(task: tuple, shared: dict) -> dict[str, dict[str, dict[str, f
     from ...ir.serde import load
 
     index, items = task
-    digest = shared["digest"]
+    digest = shared["run"]  # one analysis: its model, plan and sessions (a later one may cut the model otherwise)
     if digest not in _WORKER:
         path = shared.get("path")
         if path is None or not os.path.exists(path):
@@ -674,27 +692,31 @@ def _run_here(model, plan: Plan, order: list[int], items, runs, store, head, say
     cores = _cores()
     shared_model = not all(_is_free(model.graph.value(it[2])) for it in items)
     n = 1 if shared_model or len(groups) <= 1 else min(cores, len(groups))
+    threads = 1 if n > 1 else 0  # one thread: onnxruntime's own pool on every core
     if head is not None:
-        head.threads = 1
+        head.threads = threads
     sessions: dict[tuple[int, bool], ReferenceExecutor] = {}
     lock = threading.Lock()
     parts: dict[str, dict[str, dict[str, float]]] = {}
-    with cf.ThreadPoolExecutor(n) as pool:
+    pool = cf.ThreadPoolExecutor(n)
+    try:
         futures = {
-            pool.submit(measure_group, model, plan, j, items, runs, store.arrays, head, sessions, 1, lock): j
+            pool.submit(measure_group, model, plan, j, items, runs, store.arrays, head, sessions, threads, lock): j
             for j in order
         }
         for done, f in enumerate(cf.as_completed(futures)):
             j = futures[f]
             parts.update(f.result())
-            with lock:  # a group's own-weight sessions serve only it
+            with lock:  # fed-weight sessions: rebuilt if a later group (a tied weight's) needs one again
                 for k in groups[j].chain:
                     sessions.pop((k, True), None)
             say(f"sensitivity: group {done + 1}/{len(groups)} done ({len(groups[j].items)} layers)")
+    finally:
+        pool.shutdown(cancel_futures=True)  # a failed group: the queued ones are not run
     return parts
 
 
-def _run_groups(model, plan: Plan, items, runs, store, head, digest, src, ctx, say) -> dict:
+def _run_groups(model, plan: Plan, items, runs, store, head, run_id, src, ctx, say) -> dict:
     """Every group measured, in this process or as tasks on the context's executor (largest first)."""
     ex = getattr(ctx, "executor", None)
     groups = plan.groups
@@ -706,7 +728,7 @@ def _run_groups(model, plan: Plan, items, runs, store, head, digest, src, ctx, s
     say(f"sensitivity: {len(groups)} groups on {ex.name} x{ex.workers}")
     saved = os.path.join(src, "m")
     values = {k: np.asarray(v) for k, v in store.arrays.items()}
-    shared: dict[str, Any] = {"runs": runs, "head": head, "plan": plan, "values": values, "digest": digest}
+    shared: dict[str, Any] = {"runs": runs, "head": head, "plan": plan, "values": values, "run": run_id}
     shared["path"] = saved
     if not getattr(ex, "same_machine", True):  # workers elsewhere: the saved model travels, once
         with open(saved, "rb") as f:
@@ -716,12 +738,13 @@ def _run_groups(model, plan: Plan, items, runs, store, head, digest, src, ctx, s
         _measure_shard,
         tasks,
         shared=shared,
-        on_done=lambda r: say(f"sensitivity: group {r.index + 1}/{len(tasks)} done ({r.seconds:.0f} s)"),
+        on_done=lambda r: say(f"sensitivity: task {r.index + 1}/{len(tasks)} done ({r.seconds:.0f} s)"),
     )
     for r in done:
         if not r.ok:
             raise EdgecError(
-                f"sensitivity: group {r.index + 1} of {len(tasks)} failed on the {ex.name} executor: "
+                f"sensitivity: task {r.index + 1} of {len(tasks)} (group {order[r.index] + 1}) failed on the "
+                f"{ex.name} executor: "
                 f"{r.error}; measure in this process (no --workers / --executor) to see it alone"
             )
         parts.update(r.value)  # each weight is measured in one item, so in one group
@@ -819,8 +842,8 @@ def analyse(
                 + ("; weights fed, not prepacked (two copies would not fit in memory)" if plan.fed else "")
             )
             capture(model, runs, want, store)
-            head = _head(hd, runs, store) if hd else None
-            parts = _run_groups(model, plan, items, runs, store, head, digest, src, ctx, say)
+            head = _head(hd, runs, store) if hd and items else None
+            parts = _run_groups(model, plan, items, runs, store, head, key, src, ctx, say) if items else {}
         finally:
             store.close()
         # every layer's weight in graph order, whatever order the shards finished in (a row may be empty: no

@@ -191,7 +191,9 @@ def test_a_failed_sensitivity_shard_is_named_with_the_way_out():
     m = _mlp()
     ctx = _ctx(m)
     ctx.executor = Dying(workers=2)
-    with pytest.raises(EdgecError, match=r"group 1 of 4 failed on the dying executor: its worker .* \(no --workers"):
+    with pytest.raises(
+        EdgecError, match=r"task 1 of 4 \(group \d+\) failed on the dying executor: its worker .* \(no --workers"
+    ):
         sens_mod.analyse(m, ["quantize{bits=4,head_bits=4}"], ctx, samples=2, use_cache=False)
 
 

@@ -218,14 +218,15 @@ def test_weights_fed_instead_of_prepacked_when_two_copies_do_not_fit(monkeypatch
     real = sens_mod.ReferenceExecutor
 
     def spy(*a, **k):
-        built.append(set(k.get("free", ())))
+        if k.get("cut"):  # a stage (capture and batch-check sessions cut nothing)
+            built.append(set(k.get("free", ())))
         return real(*a, **k)
 
     monkeypatch.setattr(sens_mod, "ReferenceExecutor", spy)
     said = []
     fed = sens_mod.analyse(_residual_net(), CANDS, ctx, samples=3, use_cache=False, progress=said.append)
     assert any("weights fed, not prepacked" in s for s in said)
-    assert built and all(f for f in built[1:])  # every stage session (after the capture) reads weights as inputs
+    assert built and all(built)  # every stage session reads its weights as inputs
     _close(fed.table, {w: {c: v for c, v in r.items()} for w, r in packed.table.items()})
 
 
@@ -245,3 +246,30 @@ def test_kl_has_no_cancellation_for_tiny_and_overflowing_perturbations():
             u = d - np.sum(p * d, -1, keepdims=True)
             want = 0.5 * np.sum(p * u * u, -1)
         assert got == pytest.approx(want, rel=1e-4 if scale < 300 else 1e-6), scale
+
+
+def test_a_worker_that_outlives_an_analysis_does_not_reuse_its_stages():
+    """A long-lived worker (a Ray cluster's) runs two analyses of one model with other candidates, so other
+    groups and stages: each gets its own sessions, and both tables equal the serial ones."""
+    from edgec.api.executor import Executor, _call
+
+    class InProcess(Executor):  # tasks in this process: module state survives between runs, as in a Ray worker
+        name = "in-process"
+
+        def run(self, fn, items, shared=None, on_done=None):
+            return [_call(fn, it, shared, i) for i, it in enumerate(items)]
+
+    first = ["quantize{bits=4,head_bits=4,embedding_bits=4}"]
+    second = ["quantize{bits=2,include=^(up|down)}"]
+    ctx = _ctx(_residual_net())
+    serial = [sens_mod.analyse(_residual_net(), c, ctx, samples=3, use_cache=False).table for c in (first, second)]
+    ctx.executor = InProcess(workers=2)
+    shard = [sens_mod.analyse(_residual_net(), c, ctx, samples=3, use_cache=False).table for c in (first, second)]
+    assert shard == serial
+
+
+def test_no_layer_to_measure_beside_a_head(monkeypatch):
+    monkeypatch.setattr(sens_mod, "HEAD_MIN_CLASSES", 32)
+    m = _tiny_lm()
+    sens = sens_mod.analyse(m, [sens_mod.FLOAT16], _ctx(m), samples=3, use_cache=False)
+    assert sens.layers == [] and sens.table == {}
