@@ -177,8 +177,19 @@ _SHARED: Any = None
 _THREAD_VARS = ("TVM_NUM_THREADS", "OMP_NUM_THREADS", "OPENBLAS_NUM_THREADS", "MKL_NUM_THREADS")
 
 
+def cores() -> int:
+    """The cores this process may run on."""
+    return len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1
+
+
+def task_threads() -> int:
+    """Threads a task's runtime should take in this worker: its share of the cores, as the executor set it in
+    OMP_NUM_THREADS (onnxruntime does not read it); 0 (the runtime's default) outside a worker."""
+    return int(os.environ.get("OMP_NUM_THREADS", "0"))
+
+
 def worker_threads(workers: int) -> dict[str, str]:
-    n = str(max(1, len(os.sched_getaffinity(0)) // workers))
+    n = str(max(1, cores() // workers))
     return {v: os.environ.get(v, n) for v in _THREAD_VARS}
 
 
@@ -261,7 +272,7 @@ def make_executor(spec: str | None = "local", workers: int | None = None, retrie
     if spec == "local":
         return LocalExecutor(1 if workers is None else workers, retries)
     if spec == "ray":
-        n = len(os.sched_getaffinity(0)) if workers is None else workers
+        n = cores() if workers is None else workers
         return RayExecutor(os.environ.get("RAY_ADDRESS") or None, n, retries)
     if spec.startswith("ray://") or spec == "auto":
         return RayExecutor(spec, 1 if workers is None else workers, retries)

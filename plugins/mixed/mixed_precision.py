@@ -31,7 +31,8 @@ import numpy as np
 from ...errors import UsageError
 from ...ir import Model, ReferenceExecutor, Tensor
 from ...ir.passes import Pass, PassContext, option
-from .sensitivity import FLOAT16, METRICS, analyse, compare, to_float16
+from ...api.executor import task_threads
+from .sensitivity import FLOAT16, METRICS, analyse, compare, to_float16, write_temp
 from .solver import pareto_front
 
 REPORT_KEY = "edgec.mixed_precision"
@@ -409,16 +410,6 @@ def _outputs(model: Model, samples: list, names: list[str], threads: int = 0) ->
 _SAVED: dict[str, str] = {}  # in a worker: the driver's saved-model path -> the file written from its bytes
 
 
-def _write_temp(data: bytes) -> str:
-    import atexit
-
-    fd, path = tempfile.mkstemp(prefix="edgec-mixed-", suffix=".edgec")
-    with os.fdopen(fd, "wb") as f:
-        f.write(data)
-    atexit.register(os.remove, path)  # when the worker process ends
-    return path
-
-
 def _judge_task(alloc: dict, shared: dict) -> dict:
     """One allocation judged (in this process or a worker): the saved model quantized with it, the held-out
     samples run, the loss and every check against the float model's."""
@@ -428,12 +419,11 @@ def _judge_task(alloc: dict, shared: dict) -> dict:
     path = shared["path"]
     if not os.path.exists(path) and "model" in shared:  # a worker on another machine: the bytes, once per process
         if path not in _SAVED:
-            _SAVED[path] = _write_temp(shared["model"])
+            _SAVED[path] = write_temp(shared["model"])
         path = _SAVED[path]
     m = load(path)
     mp._apply(m, shared["ctx"], alloc, shared["nodes"])
-    # a worker's share of the cores (the executor sets OMP_NUM_THREADS; onnxruntime does not read it)
-    got = _outputs(m, shared["held"], shared["names"], int(os.environ.get("OMP_NUM_THREADS", "0")))
+    got = _outputs(m, shared["held"], shared["names"], task_threads())
     stats = compare(shared["ref"], got)
     loss = stats["kl"] if mp.metric == "kl" else 1.0 - stats["cosine"]
     verdicts = [(c.describe(), c.judge(m, shared["ref"], got)) for c in shared["checks"]]

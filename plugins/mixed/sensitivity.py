@@ -50,6 +50,7 @@ from typing import Any
 
 import numpy as np
 
+from ...api.executor import cores, task_threads
 from ...errors import EdgecError
 from ...ir import Model, QuantizedTensor, ReferenceExecutor, Tensor
 from ...ir.passes import PassContext
@@ -477,7 +478,18 @@ def memory_limit() -> int:
     memory available now); the rest goes to disk."""
     env = os.environ.get("EDGEC_SENSITIVITY_MEMORY")
     if env:
-        return int(float(env))
+        try:
+            limit = int(float(env))
+        except ValueError:
+            limit = -1
+        if limit < 0:
+            from ...errors import UsageError
+
+            raise UsageError(
+                f"EDGEC_SENSITIVITY_MEMORY={env!r} is not a byte count: set it to the bytes of activations to keep "
+                "in memory (e.g. 2e9), or unset it for a quarter of the available memory"
+            )
+        return limit
     try:
         import psutil
 
@@ -615,6 +627,15 @@ def _is_free(w) -> bool:
     return w.dtype is not None and w.dtype.numpy == np.float32 and not isinstance(w.const, QuantizedTensor)
 
 
+def write_temp(data: bytes) -> str:
+    """A saved model's bytes written to a temporary file, removed when this (worker) process ends."""
+    fd, path = tempfile.mkstemp(prefix="edgec-model-", suffix=".edgec")
+    with os.fdopen(fd, "wb") as f:
+        f.write(data)
+    atexit.register(os.remove, path)
+    return path
+
+
 _WORKER: dict[
     str, tuple[Model, dict[tuple[int, bool], ReferenceExecutor]]
 ] = {}  # in a worker: digest -> model, sessions
@@ -631,15 +652,11 @@ def _measure_shard(task: tuple, shared: dict) -> dict[str, dict[str, dict[str, f
     if digest not in _WORKER:
         path = shared.get("path")
         if path is None or not os.path.exists(path):
-            fd, path = tempfile.mkstemp(prefix="edgec-sens-", suffix=".edgec")
-            with os.fdopen(fd, "wb") as f:
-                f.write(shared["model"])
-            atexit.register(os.remove, path)  # when the worker process ends
+            path = write_temp(shared["model"])
         _WORKER.clear()  # one analysis at a time per worker
         _WORKER[digest] = (load(path), {})
     model, sessions = _WORKER[digest]
-    # the executor gives each worker its share of the cores (OMP_NUM_THREADS); onnxruntime does not read it
-    threads = int(os.environ.get("OMP_NUM_THREADS", "0"))
+    threads = task_threads()
     head = shared["head"]
     if head is not None:
         head.threads = threads
@@ -676,10 +693,6 @@ def _head(hd: tuple, runs: list, store: _Store) -> Head:
     )
 
 
-def _cores() -> int:
-    return len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1
-
-
 def _run_here(model, plan: Plan, order: list[int], items, runs, store, head, say) -> dict:
     """Every group in this process: on one thread per core, each with single-threaded sessions (onnxruntime's
     per-session pools waking for every operator of 30 short stages cost more than they share; the stages are
@@ -689,9 +702,9 @@ def _run_here(model, plan: Plan, order: list[int], items, runs, store, head, say
     import threading
 
     groups = plan.groups
-    cores = _cores()
+    ncores = cores()
     shared_model = not all(_is_free(model.graph.value(it[2])) for it in items)
-    n = 1 if shared_model or len(groups) <= 1 else min(cores, len(groups))
+    n = 1 if shared_model or len(groups) <= 1 else min(ncores, len(groups))
     threads = 1 if n > 1 else 0  # one thread: onnxruntime's own pool on every core
     if head is not None:
         head.threads = threads
@@ -777,6 +790,7 @@ def analyse(
             "sensitivity analysis needs calibration data: pass --calib (a .npz, a folder of samples, "
             "or 'random' for a smoke test)"
         )
+    limit = memory_limit()  # a bad setting is reported before any work
     calib = list(ctx.calibration.samples[:samples])
     digest, src = _model_hash(model)
     try:
@@ -798,7 +812,7 @@ def analyse(
         specs = [c for c in candidates if c != FLOAT16]
         say(f"sensitivity: quantizing {len(specs)} copies ({', '.join(specs)})")
         # one copy per core at a time (each loads the saved model; numpy releases the interpreter lock)
-        with cf.ThreadPoolExecutor(max(1, min(_cores(), len(specs)))) as pool:
+        with cf.ThreadPoolExecutor(max(1, min(cores(), len(specs)))) as pool:
             per_cand = dict(zip(specs, pool.map(lambda c: _quantized_weights(src, c, ctx), specs)))
         nodes = {n.name: n for n in g}
         layer_nodes = [n.name for n in g if any(n.name in q for q in per_cand.values())]
@@ -833,7 +847,7 @@ def analyse(
         runs = _batched(model, calib)
         plan = plan_groups(model, items, hd[0] if hd else None)
         plan.fed = _weight_bytes(model) > prepack_budget()
-        store = _Store(memory_limit())
+        store = _Store(limit)
         try:
             want = plan.captured()
             say(

@@ -273,3 +273,13 @@ def test_no_layer_to_measure_beside_a_head(monkeypatch):
     m = _tiny_lm()
     sens = sens_mod.analyse(m, [sens_mod.FLOAT16], _ctx(m), samples=3, use_cache=False)
     assert sens.layers == [] and sens.table == {}
+
+
+@pytest.mark.parametrize("value", ["lots", "-5"])
+def test_a_bad_memory_setting_is_named_with_the_fix(monkeypatch, value):
+    from edgec.errors import UsageError
+
+    monkeypatch.setenv("EDGEC_SENSITIVITY_MEMORY", value)
+    m = _residual_net()
+    with pytest.raises(UsageError, match=r"EDGEC_SENSITIVITY_MEMORY=.* is not a byte count: .*e\.g\. 2e9"):
+        sens_mod.analyse(m, CANDS, _ctx(m), samples=3, use_cache=False)
