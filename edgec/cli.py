@@ -191,7 +191,8 @@ def main(debug: bool) -> None:
     "--executor",
     default="local",
     show_default=True,
-    help="Where passes run independent work (sensitivity shards): local, ray (RAY_ADDRESS, else a local Ray) or "
+    help="Where independent work runs (sensitivity shards, max_drop judgments, the GPTQ / mse / codebook / vq "
+    "solves of layers that share an input, footprint tiers): local, ray (RAY_ADDRESS, else a local Ray) or "
     "ray://HOST:PORT. The result does not depend on it.",
 )
 @click.option(

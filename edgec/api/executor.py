@@ -5,7 +5,9 @@ One interface, :class:`Executor`, three ways to run ``fn(item, shared)`` over a 
 - ``local`` with one worker (the default): in this process, one item after the other (what edgec always did; no
   process or Ray is started);
 - ``local`` with N workers: N processes on this machine (``spawn``ed: TVM's and onnxruntime's thread pools do not
-  survive a fork), ``shared`` sent to each process once by its initializer, not with every item;
+  survive a fork), ``shared`` sent to each process once by its initializer, not with every item; the processes
+  live until ``close()`` and serve every later run given the same ``shared`` object (pass a new object to change
+  it);
 - ``ray`` / ``ray://HOST:PORT``: Ray tasks, on a local Ray started on the fly (``--executor ray`` without
   ``RAY_ADDRESS``) or on the cluster named (``RAY_ADDRESS`` honoured), ``shared`` put in the object store once.
 
@@ -116,6 +118,36 @@ class LocalExecutor(Executor):
             return out
         return self._pool(fn, list(items), shared, on_done)
 
+    def __init__(self, workers: int = 1, retries: int = DEFAULT_RETRIES):
+        super().__init__(workers, retries)
+        # the worker processes, kept between runs given the same ``shared`` object (a pass that runs a few tasks
+        # per layer group does not start fresh processes each time); closed by close()
+        self._live: tuple[Any, Any] | None = None
+
+    def _processes(self, shared: Any) -> Any:
+        import multiprocessing
+        from concurrent.futures import ProcessPoolExecutor
+
+        if self._live is not None and self._live[1] is shared:
+            return self._live[0]
+        self._drop()
+        pool = ProcessPoolExecutor(
+            max_workers=self.workers,
+            mp_context=multiprocessing.get_context("spawn"),
+            initializer=_set_shared,
+            initargs=(shared, worker_threads(self.workers)),
+        )
+        self._live = (pool, shared)
+        return pool
+
+    def _drop(self) -> None:
+        if self._live is not None:
+            self._live[0].shutdown(wait=True, cancel_futures=True)
+            self._live = None
+
+    def close(self) -> None:
+        self._drop()
+
     def _pool(
         self,
         fn: Callable[[Any, Any], Any],
@@ -123,40 +155,39 @@ class LocalExecutor(Executor):
         shared: Any,
         on_done: Callable[[TaskResult], None] | None,
     ) -> list[TaskResult]:
-        import multiprocessing
-        from concurrent.futures import FIRST_COMPLETED, ProcessPoolExecutor, wait
+        from concurrent.futures import FIRST_COMPLETED, wait
         from concurrent.futures.process import BrokenProcessPool
 
         results: dict[int, TaskResult] = {}
         attempts = {i: 0 for i in range(len(items))}
-        ctx = multiprocessing.get_context("spawn")
         while len(results) < len(items):
             todo = [i for i in range(len(items)) if i not in results]
             for i in todo:
                 attempts[i] += 1
             broken = False
-            with ProcessPoolExecutor(
-                max_workers=min(self.workers, len(todo)),
-                mp_context=ctx,
-                initializer=_set_shared,
-                initargs=(shared, worker_threads(self.workers)),
-            ) as pool:
+            pool = self._processes(shared)
+            try:
                 futures = {pool.submit(_call_shared, fn, items[i], i): i for i in todo}
-                pending = set(futures)
-                while pending:
-                    done, pending = wait(pending, return_when=FIRST_COMPLETED)
-                    for f in done:
-                        i = futures[f]
-                        try:
-                            r = f.result()
-                        except BrokenProcessPool:
-                            broken = True
-                            continue
-                        r.attempts = attempts[i]
-                        results[i] = r
-                        if on_done:
-                            on_done(r)
+            except BrokenProcessPool:  # a worker of an earlier run died since
+                self._drop()
+                pool = self._processes(shared)
+                futures = {pool.submit(_call_shared, fn, items[i], i): i for i in todo}
+            pending = set(futures)
+            while pending:
+                done, pending = wait(pending, return_when=FIRST_COMPLETED)
+                for f in done:
+                    i = futures[f]
+                    try:
+                        r = f.result()
+                    except BrokenProcessPool:
+                        broken = True
+                        continue
+                    r.attempts = attempts[i]
+                    results[i] = r
+                    if on_done:
+                        on_done(r)
             if broken:
+                self._drop()
                 for i in [i for i in todo if i not in results and attempts[i] > self.retries]:
                     r = TaskResult(
                         i,

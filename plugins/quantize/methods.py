@@ -167,6 +167,22 @@ def gptq(
     return codes.reshape(grouped(codes, spec).shape), scale, zp
 
 
+_CONTROLLER: Any = None
+
+
+def one_blas_thread() -> Any:
+    """A context in which BLAS / LAPACK run on one thread. OpenBLAS's threaded Cholesky (potrf, potri) splits its
+    work by the thread count, so its rounding depends on it; on one thread the factor, and so every weight GPTQ
+    derives from it, is the same bits in this process and in a worker of any size (``--workers``, Ray). Its
+    matrix products do not depend on the thread count (tested) and keep every thread."""
+    global _CONTROLLER
+    if _CONTROLLER is None:
+        from threadpoolctl import ThreadpoolController
+
+        _CONTROLLER = ThreadpoolController()  # after scipy.linalg's import: sees both OpenBLAS copies
+    return _CONTROLLER.limit(limits=1, user_api="blas")
+
+
 def inverse_hessian_factor(h: np.ndarray, damp: float, fix: str) -> tuple[np.ndarray, np.ndarray]:
     """GPTQ's ``U``: the upper Cholesky factor of ``(H + damp * mean(diag H) * I)^-1``, computed in place in
     ``h``'s precision (float32 or float64). Dead inputs (zero diagonal) get 1 on the diagonal first; their mask
@@ -183,11 +199,12 @@ def inverse_hessian_factor(h: np.ndarray, damp: float, fix: str) -> tuple[np.nda
     # symmetrising copies.
     a = h if h.flags.f_contiguous else h.T  # the same symmetric matrix, Fortran-ordered without a copy
     potrf, potri = lapack.get_lapack_funcs(("potrf", "potri"), (a,))
-    c, info = potrf(a, lower=False, overwrite_a=True)
-    if info == 0:
-        c, info = potri(c, lower=False, overwrite_c=True)
-    if info == 0:
-        c, info = potrf(c, lower=False, overwrite_a=True)
+    with one_blas_thread():
+        c, info = potrf(a, lower=False, overwrite_a=True)
+        if info == 0:
+            c, info = potri(c, lower=False, overwrite_c=True)
+        if info == 0:
+            c, info = potrf(c, lower=False, overwrite_a=True)
     if info != 0:
         raise np.linalg.LinAlgError(
             f"the layer's Hessian is not positive definite after dampening (damp={damp}); raise it, e.g. {fix}"
@@ -527,3 +544,8 @@ METHODS: dict[str, Method] = {
     "nf4": Method(_nf4),
     "codebook": Method(_codebook, hessian="output"),
 }
+
+
+def solve(job: Job) -> Outcome:
+    """``job`` by its method (``job.label``): a module-level function, so that it may run as a task elsewhere."""
+    return METHODS[job.label].run(job)

@@ -11,14 +11,15 @@ calibration data) stored in the model's metadata and copied into the manifest.
 from __future__ import annotations
 
 import dataclasses
-from typing import ClassVar
+from collections.abc import Callable
+from typing import Any, ClassVar
 
 import numpy as np
 
 from ...api import gguf as gg
 from ...api.capture import Stream, fix_mmap_threshold, trim_heap
 from ...api.layers import Layer, find_layers, layer_rows
-from ...errors import UsageError
+from ...errors import EdgecError, UsageError
 from ...ir import Model, QuantizedTensor
 from ...ir.passes import Pass, PassContext, option
 from ...ir.schemes import SCHEMES
@@ -29,6 +30,8 @@ from .scaling import apply_input_scale, foldable, linear_groups
 REPORT_KEY = "edgec.quantization"
 GROUPS = (0, 16, 32, 64, 128, 256)
 CALIBRATED = ("gptq", "awq")
+# methods whose per-layer work is worth a task on an executor (the others cost less than sending the weight)
+SOLVED_ELSEWHERE = ("gptq", "mse", "codebook")
 
 
 def keep_zeros(q: QuantizedTensor, zero: np.ndarray) -> tuple[QuantizedTensor, str]:
@@ -148,22 +151,110 @@ def replace_weight(model: Model, layer: Layer, q: QuantizedTensor, w: np.ndarray
     return rep
 
 
-def quantize_layers(model: Model, layers: list[Layer], samples: list[dict], quantize_layer, desc: str) -> None:
+@dataclasses.dataclass
+class LayerWork:
+    """A layer's quantization, split so that its costly part may run in another process: ``solve(args)`` is a
+    module-level function of picklable ``args`` (no model, no graph) and ``finish(result)`` puts its result into the
+    model and returns the layer's report. A layer function returns one of these for work worth a task (GPTQ, an MSE
+    search, k-means), or its report directly for cheap work."""
+
+    solve: Callable[[Any], Any]
+    args: Any
+    finish: Callable[[Any], dict]
+
+
+def _writable(x: Any) -> Any:
+    """``x`` with every read-only array in it copied (Ray hands a task its arrays read-only, from the object store;
+    a solve factors its Hessian in place)."""
+    if isinstance(x, np.ndarray):
+        return x if x.flags.writeable else x.copy()
+    if isinstance(x, tuple | list):
+        return type(x)(_writable(v) for v in x)
+    if isinstance(x, dict):
+        return {k: _writable(v) for k, v in x.items()}
+    if dataclasses.is_dataclass(x) and not isinstance(x, type):
+        return dataclasses.replace(
+            x, **{f.name: _writable(getattr(x, f.name)) for f in dataclasses.fields(x) if f.init}
+        )
+    return x
+
+
+def _solve_task(item: tuple[Callable[[Any], Any], Any], shared: Any) -> Any:
+    solve, args = item
+    return solve(_writable(args))
+
+
+def _solve_group(work: list[tuple[Layer, LayerWork]], executor: Any, desc: str) -> list[Any]:
+    """The group's solves as tasks on ``executor`` (one per layer; results in the layers' order)."""
+    results = executor.run(_solve_task, [(w.solve, w.args) for _, w in work])
+    for (layer, _), r in zip(work, results, strict=True):
+        if not r.ok:
+            raise EdgecError(
+                f"{desc}: quantizing {layer.weight.name} failed on the {executor.name} executor: {r.error}; "
+                "run without --workers / --executor to see it alone"
+            )
+    return [r.value for r in results]
+
+
+def parallel(executor: Any) -> bool:
+    """Whether ``executor`` (a pass context's) has more than one worker to give layer tasks to."""
+    return executor is not None and (executor.workers > 1 or executor.name != "local")
+
+
+def quantize_layers(
+    model: Model, layers: list[Layer], samples: list[dict], quantize_layer, desc: str, executor: Any = None
+) -> None:
     """Quantize ``layers`` one input group at a time in graph order: each group's input is captured on
     ``samples`` from the model as quantized so far (none for embeddings or without samples), then
-    ``quantize_layer(model, layer, xs)`` replaces each weight and returns its report, stored under
-    :data:`REPORT_KEY` (``model.reports``) with the reports of earlier passes."""
+    ``quantize_layer(model, layer, xs)`` returns each layer's report or a :class:`LayerWork`, whose report
+    comes from its ``finish``; reports are stored under :data:`REPORT_KEY` (``model.reports``) with the reports
+    of earlier passes.
+
+    The layers of one group read the same input and none reads another's output, so where ``executor`` has
+    workers (``--workers`` / ``--executor``) their solves run there as tasks, at the same time; the groups stay
+    in order (each group's input comes from the model with the earlier groups quantized, as GPTQ requires). A
+    solve is the same function on the same arrays wherever it runs: the weights are byte-identical to a serial
+    run. Without workers each layer is prepared, solved and finished before the next (one layer's temporaries in
+    memory at a time)."""
     from tqdm import tqdm
 
     fix_mmap_threshold()
     reports = model.report(REPORT_KEY)
     stream = Stream(model, samples)
+    fan_out = parallel(executor)
     for group in tqdm(layer_groups(model, layers), desc=desc, unit="layer group", leave=False, disable=None):
         xs = stream.capture(group[0].node.inputs[0]) if samples and group[0].kind != "embedding" else None
+        done: list[tuple[Layer, dict | LayerWork]] = []
         for layer in group:
-            reports[layer.weight.name] = quantize_layer(model, layer, xs)
-            trim_heap()  # the layer's temporaries: freed, and handed back before the next one
+            r = quantize_layer(model, layer, xs)
+            if not fan_out:
+                if isinstance(r, LayerWork):
+                    r = r.finish(r.solve(r.args))
+                trim_heap()  # the layer's temporaries: freed, and handed back before the next one
+            done.append((layer, r))
+        work = [(layer, r) for layer, r in done if isinstance(r, LayerWork)]
+        if len(work) > 1:
+            values = iter(_solve_group(work, executor, desc))
+        else:  # one solve: here, without sending its arrays anywhere
+            values = iter([w.solve(w.args) for _, w in work])
+        for layer, r in done:  # reports in the layers' order, however they were solved
+            reports[layer.weight.name] = r.finish(next(values)) if isinstance(r, LayerWork) else r
+        trim_heap()
     model.graph.remove_unused_consts()
+
+
+def _gguf_gptq(args: tuple) -> QuantizedTensor:
+    """GPTQ onto a GGUF block type's grid (a task: picklable arguments, no model)."""
+    w, tname, h, perm, damp, act_order, block = args
+    grid = gg.fit(w, gg.TYPES[tname])
+    codes = methods.gptq(w, None, h, damp=damp, act_order=act_order, block=block, perm=perm, grid=grid)
+    return grid.tensor(codes, "gptq")
+
+
+def _gguf_matrix(args: tuple) -> QuantizedTensor:
+    """A GGUF block type's rtn or clipping-searched (mse) grid; ``method`` is recorded on the tensor."""
+    w, tname, how, method = args
+    return dataclasses.replace(gg.quantize_matrix(w, gg.TYPES[tname], how), method=method)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -301,7 +392,7 @@ class Quantize(Pass):
         if self.method == "awq":
             self._awq_scales(model, [l for l in layers if l.kind == "linear"], samples)
             layers = self.select(model)  # scaling gave the Linears new weight constants
-        quantize_layers(model, layers, samples, self._quantize_layer, "quantize")
+        quantize_layers(model, layers, samples, self._quantize_layer, "quantize", ctx.executor)
         return True
 
     @staticmethod
@@ -325,7 +416,7 @@ class Quantize(Pass):
         assert shape is not None  # a constant weight: its shape is its tensor's
         return gg.resolve(want, shape[1])
 
-    def _quantize_gguf(self, model: Model, layer: Layer, xs: list[np.ndarray] | None) -> dict:
+    def _quantize_gguf(self, model: Model, layer: Layer, xs: list[np.ndarray] | None) -> dict | LayerWork:
         tname, note = self.gguf_type_for(layer)
         w = np.asarray(layer.weight.numpy(), np.float32)
         if tname is None:
@@ -337,27 +428,26 @@ class Quantize(Pass):
                 "bits": 32,
                 "method": "none",
             }
-        t = gg.TYPES[tname]
         method = self.method_for(layer)
+
+        def finish(q: QuantizedTensor) -> dict:
+            return replace_weight(model, layer, q, w, None, xs, note)
+
         if method == "gptq" and xs:
             diag = self._diag(layer, xs)
             assert diag is not None  # gptq on a 2-D weight: a Linear (embeddings use rtn), whose inputs give rows
             perm = methods.hessian_order(diag, self.act_order)
             h = hessian(layer, xs, perm)
-            grid = gg.fit(w, t)
-            codes = methods.gptq(
-                w, None, h, damp=self.damp, act_order=self.act_order, block=self.block, perm=perm, grid=grid
-            )
-            q = grid.tensor(codes, "gptq")
-        else:
-            if method == "gptq":
-                note = note or "no calibration inputs for this layer; used mse"
-            # AWQ's scales are already folded into the weights; like mse it then searches the clipping.
-            q = gg.quantize_matrix(w, t, "rtn" if method == "rtn" else "mse")
-            q = dataclasses.replace(q, method=method)
-        return replace_weight(model, layer, q, w, None, xs, note)
+            return LayerWork(_gguf_gptq, (w, tname, h, perm, self.damp, self.act_order, self.block), finish)
+        if method == "gptq":
+            note = note or "no calibration inputs for this layer; used mse"
+        # AWQ's scales are already folded into the weights; like mse it then searches the clipping.
+        args = (w, tname, "rtn" if method == "rtn" else "mse", method)
+        if method == "rtn":
+            return finish(_gguf_matrix(args))
+        return LayerWork(_gguf_matrix, args, finish)
 
-    def _quantize_layer(self, model: Model, layer: Layer, xs: list[np.ndarray] | None) -> dict:
+    def _quantize_layer(self, model: Model, layer: Layer, xs: list[np.ndarray] | None) -> dict | LayerWork:
         if self.gguf:
             return self._quantize_gguf(model, layer, xs)
         w = np.asarray(layer.weight.numpy(), np.float32)
@@ -372,8 +462,14 @@ class Quantize(Pass):
             diag = self._diag(layer, xs)
             perm = methods.hessian_order(diag, self.act_order) if diag is not None else None
         h = hessian(layer, xs, perm) if m.needs_hessian(self.objective) and layer.kind != "embedding" else None
-        out = m.run(methods.Job(w, w2, spec, h, perm, self, method, layer.role))
-        return replace_weight(model, layer, out.q, w, out.h, xs, out.note)
+        job = methods.Job(w, w2, spec, h, perm, self, method, layer.role)
+
+        def finish(out: methods.Outcome) -> dict:
+            return replace_weight(model, layer, out.q, w, out.h, xs, out.note)
+
+        if method in SOLVED_ELSEWHERE:
+            return LayerWork(methods.solve, job, finish)
+        return finish(methods.solve(job))
 
     def _awq_scales(self, model: Model, layers: list[Layer], samples: list[dict]) -> None:
         """AWQ (Lin et al. 2023): per input channel s = mean|X|^alpha, alpha searched on the output error of

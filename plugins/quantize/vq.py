@@ -38,7 +38,7 @@ from ...ir import Model, QuantizedTensor
 from ...ir.passes import Pass, PassContext, option
 from ...ir.tensor import decode_vectors, pow2_int8, vector_index
 from .methods import inverse_hessian_factor
-from .quantize import hessian, quad, quantize_layers, replace_weight
+from .quantize import LayerWork, hessian, quad, quantize_layers, replace_weight
 
 MAX_INDEX_BITS = 16
 KMEANS_SAMPLE = 32768  # vectors k-means fits a codebook on (at least 32 per entry); all are assigned after
@@ -245,6 +245,12 @@ def gptvq(
 
 
 # ------------------------------------------------------------------------------------------------ the pass
+def _gptvq_task(args: tuple) -> VQResult:
+    """One layer's GPTVQ (a task: picklable arguments, no model)."""
+    w, h, kw = args
+    return gptvq(w, h, **kw)
+
+
 def _bpw_ok(v: float) -> bool:
     return 0 < v <= MAX_INDEX_BITS
 
@@ -339,10 +345,10 @@ class VectorQuantize(Pass):
                 "vq needs calibration data (each layer's input Hessian): pass --calib (a .npz, a "
                 "folder of samples, or 'random' for a smoke test)"
             )
-        quantize_layers(model, layers, ctx.calibration.samples[: self.samples], self._layer, "vq")
+        quantize_layers(model, layers, ctx.calibration.samples[: self.samples], self._layer, "vq", ctx.executor)
         return True
 
-    def _layer(self, model: Model, layer: Layer, xs: list[np.ndarray]) -> dict:
+    def _layer(self, model: Model, layer: Layer, xs: list[np.ndarray]) -> dict | LayerWork:
         w = np.asarray(layer.weight.numpy(), np.float32)
         base = {
             "node": layer.node.name,
@@ -373,9 +379,7 @@ class VectorQuantize(Pass):
         h = hessian(layer, xs)
         if h is None:
             return {**base, "note": "no Hessian for this layer's input; kept float"}
-        r = gptvq(
-            w,
-            h,
+        kw = dict(
             dim=self.dim,
             bits=self.bits,
             group=group,
@@ -387,6 +391,11 @@ class VectorQuantize(Pass):
             codebook_bits=self.codebook_bits,
             seed=self.seed,
         )
+        return LayerWork(_gptvq_task, (w, h, kw), lambda r: self._finish(model, layer, w, h, xs, note, group, r))
+
+    def _finish(
+        self, model: Model, layer: Layer, w: np.ndarray, h: np.ndarray, xs, note: str, group: int, r: VQResult
+    ) -> dict:
         q = QuantizedTensor(
             codes=r.codes,
             bits=self.bits,
