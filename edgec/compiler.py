@@ -11,6 +11,7 @@ The cache lookup (:func:`edgec.cache.lookup_compile`) comes first: a hit skips e
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import math
 import os
@@ -25,7 +26,7 @@ from . import __version__, cache, manifest as manifest_stage
 from .bench import compile_bench
 from .build import Build, build_model, fix_input_shapes, load_model, lossy, parse_target  # noqa: F401 (public API)
 from .cache import CompileResult, Lookup
-from .errors import UnsupportedError, UsageError, VerificationFailed
+from .errors import EdgecError, UnsupportedError, UsageError, VerificationFailed
 from .ir import Model
 from .native import native_section  # noqa: F401 (public API)
 from .output import WRITE_ERRNOS, OutputError, check_output, make_scratch, release, replace_dir, writable_error
@@ -303,23 +304,27 @@ def parse_size(text: str) -> int:
     return int(float(m.group(1)) * _UNITS[m.group(2).upper()])
 
 
-def compile_tiers(
-    model: str,
-    target: str,
-    pipeline: str,
-    output: str,
-    tiers: list[str],
-    *,
-    tier_options: str = "",
-    progress: Callable[[str], None] | None = None,
-    **kw,
-) -> dict[str, Any]:
-    """Compile ``model`` once per footprint tier: ``mixed-precision{size_mb=...}`` picks each tier's per-layer
-    bit widths (the sensitivities are measured once and cached), every tier is emitted into
-    ``output/tier-<size>/``, and ``output/tiers.json`` lists them largest first with their sizes, so an
-    application picks the largest tier that fits the memory it has. The directory appears complete or not
-    at all."""
-    say = progress or (lambda m: None)
+@dataclasses.dataclass
+class TierRun:
+    """A footprint-tier compile under way: the scratch folder its tiers are written into, the tiers largest
+    first (one :func:`compile_tier` each: a unit of work an executor may run) and what the finished index
+    records. :func:`tiers_begin` makes one, :func:`tiers_finish` publishes it."""
+
+    model: str
+    target: str
+    output: str
+    tmp: str
+    inputs: tuple[Any, ...]
+    items: list[dict[str, Any]]  # compile_tier's items, largest tier first
+    force: bool = False
+
+
+def tiers_begin(
+    model: str, target: str, pipeline: str, output: str, tiers: list[str], *, tier_options: str = "", **kw
+) -> TierRun:
+    """Check the tiers and the output folder, make the scratch folder, and list one compile per tier: the
+    pipeline followed by ``mixed-precision{size_mb=...}``, into ``tier-<size>/``; ``kw`` are
+    :func:`compile`'s options (without ``executor`` and ``progress``: each item must be picklable)."""
     budgets = sorted({parse_size(t): t for t in tiers}.items(), reverse=True)
     if not budgets:
         raise UsageError("--tiers needs at least one size, e.g. --tiers 2GB,1GB,500MB")
@@ -329,45 +334,129 @@ def compile_tiers(
     inputs = (model, kw.get("calib"), kw.get("eval_text"))
     check_output(output, inputs, kw.get("force", False))
     tmp = make_scratch(output)
+    opts = {**kw, "force": False, "keep_failed": False}
+    items = []
+    for b, label in budgets:
+        name = f"tier-{label.strip().replace(' ', '')}"
+        mp = f"mixed-precision{{size_mb={b / 1e6:.6f}" + (f",{tier_options}" if tier_options else "") + "}"
+        items.append(
+            {
+                "tier": label,
+                "budget_bytes": b,
+                "path": name,
+                "mixed_precision": mp,
+                "model": model,
+                "target": target,
+                "pipeline": ",".join(p for p in (pipeline, mp) if p),
+                "output": os.path.join(tmp, name),
+                "opts": opts,
+            }
+        )
+    return TierRun(model, target, output, tmp, inputs, items, kw.get("force", False))
+
+
+def compile_tier(item: dict[str, Any], shared: Any = None, **extra: Any) -> dict[str, Any]:
+    """One tier's compile (an item of :func:`tiers_begin`), here or as an executor's task: its row of the index.
+    ``extra``: :func:`compile` options for this process only (``progress``, ``executor``)."""
+    res = compile(item["model"], item["target"], item["pipeline"], item["output"], **item["opts"], **extra)
+    m = res.manifest
+    return {
+        "tier": item["tier"],
+        "budget_bytes": item["budget_bytes"],
+        "path": item["path"],
+        "weights_bytes": m["sizes"]["weights_bytes_after"],
+        "artifact_bytes": sum(f["bytes"] for f in m["files"]),
+        "verification_passed": m.get("verification", {}).get("passed"),
+        "mixed_precision": m.get("mixed_precision"),
+    }
+
+
+def tier_task(item: dict[str, Any], shared: Any = None) -> dict[str, Any]:
+    """:func:`compile_tier` as an executor's task: a failure is returned as its error's class name and message
+    (``("error", kind, message)``), so that the driver raises the same error a serial run would."""
+    from . import errors
+
     try:
-        rows = []
-        for b, label in budgets:
-            name = f"tier-{label.strip().replace(' ', '')}"
-            mp = f"mixed-precision{{size_mb={b / 1e6:.6f}" + (f",{tier_options}" if tier_options else "") + "}"
-            say(f"tier {label}: {mp}")
-            res = compile(
-                model,
-                target,
-                ",".join(p for p in (pipeline, mp) if p),
-                os.path.join(tmp, name),
-                progress=progress,
-                **{**kw, "force": False, "keep_failed": False},
-            )
-            m = res.manifest
-            files = sum(f["bytes"] for f in m["files"])
-            rows.append(
-                {
-                    "tier": label,
-                    "budget_bytes": b,
-                    "path": name,
-                    "weights_bytes": m["sizes"]["weights_bytes_after"],
-                    "artifact_bytes": files,
-                    "verification_passed": m.get("verification", {}).get("passed"),
-                    "mixed_precision": m.get("mixed_precision"),
-                }
-            )
-        index = {
-            "edgec_version": __version__,
-            "target": target,
-            "source": os.path.basename(model),
-            "pick": "the first tier whose artifact_bytes fit the memory available",
-            "tiers": rows,
-        }
-        with open(os.path.join(tmp, "tiers.json"), "w") as f:
-            json.dump(index, f, indent=2)
-            f.write("\n")
-        replace_dir(tmp, output, force=kw.get("force", False), inputs=inputs)
-    finally:
-        shutil.rmtree(tmp, ignore_errors=True)
-        release(tmp)
+        return compile_tier(item)
+    except errors.EdgecError as e:
+        return {"error": (type(e).__name__, str(e))}
+
+
+def raise_tier_error(label: str, error: tuple[str, str]) -> None:
+    from . import errors
+
+    kind, msg = error
+    cls = getattr(errors, kind, None)
+    if not (isinstance(cls, type) and issubclass(cls, errors.EdgecError)):
+        cls = errors.EdgecError
+    raise cls(f"tier {label}: {msg}")
+
+
+def tiers_finish(run: TierRun, rows: list[dict[str, Any]]) -> dict[str, Any]:
+    """Write ``tiers.json`` (the tiers' rows, largest first) and move the scratch folder into place."""
+    index = {
+        "edgec_version": __version__,
+        "target": run.target,
+        "source": os.path.basename(run.model),
+        "pick": "the first tier whose artifact_bytes fit the memory available",
+        "tiers": rows,
+    }
+    with open(os.path.join(run.tmp, "tiers.json"), "w") as f:
+        json.dump(index, f, indent=2)
+        f.write("\n")
+    replace_dir(run.tmp, run.output, force=run.force, inputs=run.inputs)
     return index
+
+
+def tiers_abandon(run: TierRun) -> None:
+    shutil.rmtree(run.tmp, ignore_errors=True)
+    release(run.tmp)
+
+
+def compile_tiers(
+    model: str,
+    target: str,
+    pipeline: str,
+    output: str,
+    tiers: list[str],
+    *,
+    tier_options: str = "",
+    progress: Callable[[str], None] | None = None,
+    executor: Any = None,
+    **kw,
+) -> dict[str, Any]:
+    """Compile ``model`` once per footprint tier: ``mixed-precision{size_mb=...}`` picks each tier's per-layer
+    bit widths (the sensitivities are measured once and cached), every tier is emitted into
+    ``output/tier-<size>/``, and ``output/tiers.json`` lists them largest first with their sizes, so an
+    application picks the largest tier that fits the memory it has. The directory appears complete or not
+    at all.
+
+    With an ``executor`` of several workers, the largest tier compiles here first (its sensitivity measurement
+    on the executor's workers, then cached), and the other tiers are tasks on the executor, at the same time,
+    each reading the sensitivities from the cache (a worker on another machine, whose cache lacks them, measures
+    them again: the same numbers, more time). The tiers are the same bytes either way."""
+    say = progress or (lambda m: None)
+    run = tiers_begin(model, target, pipeline, output, tiers, tier_options=tier_options, **kw)
+    try:
+        first, rest = run.items[0], run.items[1:]
+        say(f"tier {first['tier']}: {first['mixed_precision']}")
+        rows = [compile_tier(first, progress=progress, executor=executor)]
+        if rest and executor is not None and (executor.workers > 1 or executor.name != "local"):
+            for it in rest:
+                say(f"tier {it['tier']}: {it['mixed_precision']} (a task on the {executor.name} executor)")
+            results = executor.run(tier_task, rest)
+            for it, r in zip(rest, results, strict=True):
+                if not r.ok:
+                    raise EdgecError(
+                        f"tier {it['tier']}: its compile failed on the {executor.name} executor: {r.error}"
+                    )
+                if "error" in r.value:
+                    raise_tier_error(it["tier"], r.value["error"])
+                rows.append(r.value)
+        else:
+            for it in rest:
+                say(f"tier {it['tier']}: {it['mixed_precision']}")
+                rows.append(compile_tier(it, progress=progress))
+        return tiers_finish(run, rows)
+    finally:
+        tiers_abandon(run)

@@ -252,66 +252,70 @@ def load_plan(path: str, out: str) -> list[Job]:
     return jobs
 
 
-def run_job(job: Job, shared: dict[str, Any]) -> dict[str, Any]:
-    """One compile (all its tiers), in a worker; its summary row. A failed compile is a row with ``error``."""
-    from .compiler import compile as do_compile, compile_tiers
-    from .verify import verification_status
-
-    t0 = time.perf_counter()
+def _options(job: Job, shared: dict[str, Any]) -> dict[str, Any]:
+    """``edgec.compiler.compile``'s options for ``job``."""
     opts: dict[str, Any] = dict(
         input_shapes=dict(job.input_shapes),
         verify=job.verify,
         calib=job.calib,
         eval_text=job.eval_text,
         cache_dir=shared.get("cache_dir"),
+        use_cache=shared.get("use_cache", True),
         force=False,  # an edgec-written folder is replaced; anything else is refused
         min_cosine=job.min_cosine,
         min_top1=job.min_top1,
     )
     if job.tolerance is not None:
         opts["tolerance"] = job.tolerance
+    return opts
+
+
+def run_job(job: Job, shared: dict[str, Any]) -> dict[str, Any]:
+    """One compile without tiers, in a worker; its summary row. A failed compile is a row with ``error``."""
+    from .compiler import compile as do_compile
+    from .verify import verification_status
+
+    t0 = time.perf_counter()
     row = _base_row(job)
     try:
-        if job.tiers:
-            index = compile_tiers(
-                job.model,
-                job.target,
-                job.pipeline,
-                job.output,
-                list(job.tiers),
-                tier_options=job.tier_options,
-                use_cache=shared.get("use_cache", True),
-                **opts,
-            )
-            row["tiers"] = [
-                {k: t.get(k) for k in ("tier", "path", "artifact_bytes", "weights_bytes", "verification_passed")}
-                for t in index["tiers"]
-            ]
-            row["artifact_bytes"] = max((t.get("artifact_bytes") or 0) for t in index["tiers"]) if index["tiers"] else 0
-            row["cached"] = False
-            passed = [t.get("verification_passed") for t in index["tiers"]]
-            row["verify"] = (
-                "not asked" if not job.verify else f"{sum(p is True for p in passed)}/{len(passed)} tiers pass"
-            )
-        else:
-            res = do_compile(
-                job.model, job.target, job.pipeline, job.output, use_cache=shared.get("use_cache", True), **opts
-            )
-            m = res.manifest
-            row["cached"] = res.cached
-            row["artifact_bytes"] = sum(int(f.get("bytes", 0)) for f in m.get("files", []))
-            row["files"] = {f["path"]: f.get("sha256") for f in m.get("files", [])}
-            row["weights_bytes"] = (m.get("sizes") or {}).get("weights_bytes_after")
-            v = m.get("verification")
-            row["verify"] = verification_status(v)
-            row["verify_summary"] = (v or {}).get("summary", "")
-            ev = m.get("evaluation") or {}
-            if ev.get("compiled_perplexity") is not None:
-                row["perplexity"] = ev.get("artifact_perplexity") or ev.get("compiled_perplexity")
+        res = do_compile(job.model, job.target, job.pipeline, job.output, **_options(job, shared))
+        m = res.manifest
+        row["cached"] = res.cached
+        row["artifact_bytes"] = sum(int(f.get("bytes", 0)) for f in m.get("files", []))
+        row["files"] = {f["path"]: f.get("sha256") for f in m.get("files", [])}
+        row["weights_bytes"] = (m.get("sizes") or {}).get("weights_bytes_after")
+        v = m.get("verification")
+        row["verify"] = verification_status(v)
+        row["verify_summary"] = (v or {}).get("summary", "")
+        ev = m.get("evaluation") or {}
+        if ev.get("compiled_perplexity") is not None:
+            row["perplexity"] = ev.get("artifact_perplexity") or ev.get("compiled_perplexity")
         row["ok"] = True
     except EdgecError as e:
         row["error"] = str(e)
     row["seconds"] = round(time.perf_counter() - t0, 3)
+    return row
+
+
+def _unit(item: tuple[str, Any], shared: dict[str, Any]) -> dict[str, Any]:
+    """A task of the build: ``("job", Job)`` (a compile without tiers: its row) or ``("tier", item)`` (one
+    footprint tier: its index row, or its error)."""
+    from .compiler import tier_task
+
+    kind, what = item
+    return run_job(what, shared) if kind == "job" else tier_task(what)
+
+
+def _tiers_row(job: Job, rows: list[dict[str, Any]]) -> dict[str, Any]:
+    row = _base_row(job)
+    row["tiers"] = [
+        {k: t.get(k) for k in ("tier", "path", "artifact_bytes", "weights_bytes", "verification_passed")} for t in rows
+    ]
+    row["artifact_bytes"] = max((t.get("artifact_bytes") or 0) for t in rows) if rows else 0
+    row["cached"] = False
+    passed = [t.get("verification_passed") for t in rows]
+    row["verify"] = "not asked" if not job.verify else f"{sum(p is True for p in passed)}/{len(passed)} tiers pass"
+    row["ok"] = True
     return row
 
 
@@ -323,22 +327,108 @@ def run_plan(
     cache_dir: str | None = None,
     on_row: Callable[[dict[str, Any]], None] | None = None,
 ) -> dict[str, Any]:
-    """Every job on ``executor``; the summary (rows in plan order, whatever order they finished in)."""
+    """Every job on ``executor``; the summary (rows in plan order, whatever order they finished in).
+
+    Footprint tiers are tasks of their own, in two rounds: the first runs every compile without tiers and the
+    largest tier of each entry with tiers (which measures its model's sensitivities, then cached); the second
+    the other tiers, at the same time, reading them from the cache. An entry with tiers is published
+    (``tiers.json``, its folder moved into place) when all its tiers are done, or not at all."""
+    from .compiler import TierRun, raise_tier_error, tiers_abandon, tiers_begin, tiers_finish
+
     t0 = time.perf_counter()
     shared = {"use_cache": use_cache, "cache_dir": cache_dir}
+    rows: dict[int, dict[str, Any]] = {}
+    runs: dict[int, TierRun] = {}
+    tier_rows: dict[int, list[Any]] = {}  # each tiered job's finished tier tasks (TaskResults), largest first
 
-    def done(r: Any) -> None:
+    def emit(i: int, row: dict[str, Any]) -> None:
+        rows[i] = row
         if on_row:
-            on_row(_row(jobs[r.index], r))
+            on_row(row)
 
-    results = executor.run(run_job, jobs, shared=shared, on_done=done)
-    rows = [_row(jobs[r.index], r) for r in results]
+    for i, job in enumerate(jobs):
+        if job.tiers:
+            try:
+                opts = _options(job, shared)
+                runs[i] = tiers_begin(
+                    job.model,
+                    job.target,
+                    job.pipeline,
+                    job.output,
+                    list(job.tiers),
+                    tier_options=job.tier_options,
+                    **opts,
+                )
+                tier_rows[i] = []
+            except EdgecError as e:
+                emit(i, {**_base_row(job), "error": str(e), "worker": "", "attempts": 0, "seconds": 0.0})
+
+    def tier_failed(i: int, r: Any, label: str) -> None:
+        err = r.error if not r.ok else None
+        if err is None:
+            try:
+                raise_tier_error(label, r.value["error"])
+            except EdgecError as e:
+                err = str(e)
+        else:
+            err = f"tier {label}: {err}"
+        tiers_abandon(runs.pop(i))
+        emit(i, {**_base_row(jobs[i]), "error": err, "worker": r.worker, "attempts": r.attempts, "seconds": 0.0})
+
+    def finish(i: int) -> None:
+        order = [it["tier"] for it in runs[i].items]
+        done = sorted(tier_rows[i], key=lambda r: order.index(r.value["tier"]))  # largest first
+        try:
+            index = tiers_finish(runs[i], [r.value for r in done])
+        except EdgecError as e:
+            emit(i, {**_base_row(jobs[i]), "error": str(e), "worker": "", "attempts": 0, "seconds": 0.0})
+            return
+        finally:
+            tiers_abandon(runs.pop(i))
+        row = _tiers_row(jobs[i], index["tiers"])
+        row["seconds"] = round(sum(r.seconds for r in done), 3)
+        row["worker"] = done[0].worker
+        row["attempts"] = max(r.attempts for r in done)
+        emit(i, row)
+
+    def settle(owners: list[tuple[int, str]], r: Any) -> None:
+        i, label = owners[r.index]
+        if i in rows:  # an entry whose other tier failed: already reported
+            return
+        if not jobs[i].tiers:
+            emit(i, _row(jobs[i], r))
+        elif not r.ok or "error" in r.value:
+            tier_failed(i, r, label)
+        else:
+            tier_rows[i].append(r)
+            if len(tier_rows[i]) == len(runs[i].items):
+                finish(i)
+
+    try:
+        for rnd in (0, 1):
+            items: list[tuple[str, Any]] = []
+            owners: list[tuple[int, str]] = []
+            for i, job in enumerate(jobs):
+                if i in runs:  # first: a largest tier gates its entry's second round
+                    for it in runs[i].items[:1] if rnd == 0 else runs[i].items[1:]:
+                        items.append(("tier", it))
+                        owners.append((i, it["tier"]))
+            for i, job in enumerate(jobs):
+                if rnd == 0 and not job.tiers and i not in rows:
+                    items.append(("job", job))
+                    owners.append((i, ""))
+            if items:
+                executor.run(_unit, items, shared=shared, on_done=lambda r, o=owners: settle(o, r))
+    finally:
+        for i in list(runs):
+            tiers_abandon(runs.pop(i))
+    ordered = [rows[i] for i in range(len(jobs))]
     return {
         **executor.describe(),
-        "compiles": len(rows),
-        "failed": sum(not r["ok"] for r in rows),
+        "compiles": len(ordered),
+        "failed": sum(not r["ok"] for r in ordered),
         "wall_s": round(time.perf_counter() - t0, 3),
-        "rows": rows,
+        "rows": ordered,
     }
 
 

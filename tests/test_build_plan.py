@@ -128,7 +128,10 @@ pipelines = ["", "quantize{bits=8}"]
 
 
 @pytest.mark.slow
-def test_a_plan_entry_with_tiers_builds_every_tier(tmp_path):
+def test_a_plan_entry_with_tiers_builds_every_tier(tmp_path, monkeypatch):
+    """Tiers are tasks: the largest beside the plain compiles, the others in a second round. Serial and 2 local
+    workers build the same bytes; an entry whose one tier fails is reported (naming the tier) and leaves no
+    folder, while the other entries finish."""
     plan = _plan(
         tmp_path,
         """
@@ -136,16 +139,49 @@ def test_a_plan_entry_with_tiers_builds_every_tier(tmp_path):
 model = "TINY"
 targets = ["cpu"]
 calib = "random"
-tiers = ["30KB", "15KB"]
+tiers = ["30KB", "15KB", "20KB"]
+
+[[compile]]
+model = "TINY"
+name = "plain"
+targets = ["openvino"]
 """,
     )
     out = tmp_path / "out"
+    monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path / "sens1"))
     code, s = _build(tmp_path, plan, out)
     assert code == 0
     row = s["rows"][0]
-    assert [t["tier"] for t in row["tiers"]] == ["30KB", "15KB"] and row["verify"] == "2/2 tiers pass"
+    assert [t["tier"] for t in row["tiers"]] == ["30KB", "20KB", "15KB"] and row["verify"] == "3/3 tiers pass"
     assert (out / "tiny_cnn" / "cpu" / "tiers.json").exists()
     assert 'href="tiny_cnn/cpu/tier-30KB/report.html"' in (out / "build.html").read_text()
+
+    calls = []
+
+    class Counting(LocalExecutor):
+        def run(self, fn, items, shared=None, on_done=None):
+            calls.append([kind for kind, _ in items])
+            return super().run(fn, items, shared, on_done)
+
+    from edgec.plan import run_plan
+
+    monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path / "sens2"))
+    with Counting(workers=2) as ex:
+        two = run_plan(load_plan(plan, str(tmp_path / "two")), ex, use_cache=False)
+    assert calls == [["tier", "job"], ["tier", "tier"]]
+    assert [r["ok"] for r in two["rows"]] == [True, True]
+    assert two["rows"][0]["tiers"] == row["tiers"]
+    for t in row["tiers"]:
+        a = json.loads((out / "tiny_cnn" / "cpu" / t["path"] / "manifest.json").read_text())["files"]
+        b = json.loads((tmp_path / "two" / "tiny_cnn" / "cpu" / t["path"] / "manifest.json").read_text())["files"]
+        assert a == b
+
+    (tmp_path / "bad.toml").write_text(open(plan).read().replace('"20KB"]', '"20KB", "1B"]'))
+    with LocalExecutor(workers=2) as ex:
+        three = run_plan(load_plan(str(tmp_path / "bad.toml"), str(tmp_path / "three")), ex, use_cache=False)
+    assert [r["ok"] for r in three["rows"]] == [False, True]
+    assert three["rows"][0]["error"].startswith("tier 1B: ")
+    assert not [str(p) for p in (tmp_path / "three" / "tiny_cnn").rglob("*")]  # no tier, no scratch folder
 
 
 def test_build_exits_nonzero_listing_every_failed_compile(tmp_path):

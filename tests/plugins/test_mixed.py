@@ -334,6 +334,48 @@ def test_footprint_tiers_fit_their_budgets_and_share_one_measurement(tiny_cnn_pa
 
 
 @pytest.mark.slow
+def test_footprint_tiers_as_tasks_on_workers_equal_the_serial_tiers(tiny_cnn_path, tmp_path, monkeypatch):
+    """With 2 local workers the largest tier compiles here (measuring the sensitivities) and the other two are
+    tasks at the same time, reading them from the cache: the same index and the same artifact bytes as the
+    serial run (each run with its own empty caches)."""
+    from edgec.api.executor import LocalExecutor
+    from edgec.compiler import compile_tiers
+
+    def tiers(name, executor=None):
+        monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path / f"cache-{name}"))
+        with executor or LocalExecutor(1) as ex:
+            index = compile_tiers(
+                tiny_cnn_path,
+                "cpu",
+                "",
+                str(tmp_path / name),
+                ["5KB", "2KB", "3KB"],
+                tier_options="bits=2:4:8",
+                calib="random",
+                verify=True,
+                executor=ex if executor else None,
+            )
+        files = {
+            r["path"]: json.loads((tmp_path / name / r["path"] / "manifest.json").read_text())["files"]
+            for r in index["tiers"]
+        }
+        return index, files
+
+    calls = []
+
+    class Counting(LocalExecutor):
+        def run(self, fn, items, shared=None, on_done=None):
+            calls.append((fn.__name__, len(items)))
+            return super().run(fn, items, shared, on_done)
+
+    serial = tiers("serial")
+    parallel = tiers("parallel", Counting(workers=2))
+    assert ("tier_task", 2) in calls
+    assert parallel == serial
+    assert [r["mixed_precision"]["cached_sensitivity"] for r in parallel[0]["tiers"]] == [False, True, True]
+
+
+@pytest.mark.slow
 @pytest.mark.parametrize("target, avg_bits", [("openvino", 6), ("tensorrt", 12), ("coreml", 4)])
 def test_target_native_mix_is_the_default_and_the_artifact_carries_it(target, avg_bits, tmp_path):
     """Without bits=, the candidates are the target's native per-layer mix (OpenVINO int4/int8, TensorRT
