@@ -296,3 +296,66 @@ pipeline = "quantize{bits=8}"
     assert [r["files"] for r in a["rows"]] == [r["files"] for r in b["rows"]]
     assert all(r["ok"] for r in b["rows"]) and b["executor"] == "ray"
     assert [r.value for r in died] == [0, 1, 2, 3] and (tmp_path / "died-1").exists()
+
+
+def _free_port() -> int:
+    import socket
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+@pytest.mark.slow
+def test_a_running_ray_cluster_by_ray_address_and_by_ray_client(tmp_path, monkeypatch):
+    """A Ray cluster started beforehand (`ray start --head`, as a user's would be): `--executor ray` joins it
+    through RAY_ADDRESS, and `--executor ray://HOST:PORT` through Ray Client; both build what the serial run
+    builds. Only this test's head is stopped (`ray stop` would stop every Ray on the machine)."""
+    pytest.importorskip("ray", reason="Ray is edgec[ray], which scripts/setup.sh installs")
+    import signal
+    import subprocess
+    import time
+
+    from edgec.plan import run_plan
+
+    plan = _plan(
+        tmp_path, '[[compile]]\nmodel = "TINY"\ntargets = ["cpu", "openvino"]\npipeline = "quantize{bits=8}"\n'
+    )
+    with LocalExecutor(1) as ex:
+        serial = run_plan(load_plan(plan, str(tmp_path / "serial")), ex, use_cache=False)
+    gcs, client = _free_port(), _free_port()
+    env = {**os.environ, "RAY_AUTH_MODE": "disabled"}
+    head = subprocess.Popen(
+        ["ray", "start", "--head", "--block", "--num-cpus", "2", "--port", str(gcs)]
+        + ["--ray-client-server-port", str(client), "--include-dashboard", "false", "--disable-usage-stats"],
+        env=env,
+        start_new_session=True,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+    )
+    try:
+        monkeypatch.setenv("RAY_AUTH_MODE", "disabled")
+        runs = {}
+        for spec in ("ray", f"ray://127.0.0.1:{client}"):
+            if spec == "ray":
+                monkeypatch.setenv("RAY_ADDRESS", f"127.0.0.1:{gcs}")
+            else:
+                monkeypatch.delenv("RAY_ADDRESS")
+            for _ in range(60):  # the head takes a few seconds to listen
+                try:
+                    ex = make_executor(spec)
+                    break
+                except Exception:  # noqa: BLE001 - not up yet
+                    time.sleep(1)
+            else:
+                pytest.fail(f"could not join the Ray head at {spec}")
+            with ex:
+                assert ex.describe()["address"] == (f"127.0.0.1:{gcs}" if spec == "ray" else spec)
+                assert ex.workers == 2  # the cluster's CPUs
+                runs[spec] = run_plan(load_plan(plan, str(tmp_path / f"out{len(runs)}")), ex, use_cache=False)
+        for spec, summary in runs.items():
+            assert [r["files"] for r in summary["rows"]] == [r["files"] for r in serial["rows"]], spec
+            assert all(r["ok"] for r in summary["rows"]) and summary["address"] != "local"
+    finally:
+        os.killpg(head.pid, signal.SIGTERM)
+        head.wait(60)

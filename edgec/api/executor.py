@@ -254,10 +254,13 @@ class RayExecutor(Executor):
             kwargs: dict[str, Any] = {"include_dashboard": False, "log_to_driver": False, "configure_logging": False}
             if address:
                 ray.init(address=address, **kwargs)
+                # a cluster's size is its CPUs (the worker count a caller asked for does not change it)
+                self.workers = max(1, int(ray.cluster_resources().get("CPU", workers)))
             else:
                 env = worker_threads(workers)
-                ray.init(num_cpus=workers, runtime_env={"env_vars": env}, **kwargs)
-                self.started = True
+                # address="local": a new Ray for this run, even where another runs (ray.init() would join it)
+                ray.init(address="local", num_cpus=workers, runtime_env={"env_vars": env}, **kwargs)
+            self.started = True  # close() stops the local Ray, or leaves the cluster
 
     def describe(self) -> dict[str, Any]:
         return {**super().describe(), "address": self.address or "local"}
