@@ -17,6 +17,7 @@ arguments and results, process start) and its start-up. Writes benchmarks/RESULT
 from __future__ import annotations
 
 import argparse
+import contextlib
 import heapq
 import json
 import os
@@ -24,6 +25,7 @@ import subprocess
 import sys
 import tempfile
 import time
+from typing import Any
 
 HERE = os.path.dirname(os.path.abspath(__file__))
 # benchmarks/ last on the path: its kernels.py would shadow the `kernels` package that transformers imports
@@ -202,7 +204,9 @@ def _copy_with_calibration(src, spec, ctx):
     PassManager(parse_pipeline(spec, ctx.passes)).run(m, ctx)
 
 
-def sensitivity_rows(work: str, bits: str, samples: int, runs: list[tuple[str, int]]) -> tuple[list[str], dict]:
+def sensitivity_rows(
+    work: str, bits: str, samples: int, runs: list[tuple[str, int]], project: str = "4,8,16"
+) -> tuple[list[str], dict]:
     """SmolLM2-135M's per-layer sensitivity (rtn, group 64, ``bits`` candidates, ``samples`` calibration windows of
     128 tokens) serially and on each executor; the tables compared with the serial one."""
     from edgec.api.executor import make_executor
@@ -212,11 +216,13 @@ def sensitivity_rows(work: str, bits: str, samples: int, runs: list[tuple[str, i
     _, base, ctx, _, _ = _smollm2(work, samples)
     cands = _cands(bits, samples)
     rows, tables = [], {}
+    timing: dict[str, Any] = {}
     for kind, n in runs:
         with make_executor(kind, n) as ex:
             ctx.executor = ex if (kind, n) != ("local", 1) else None
             t0 = time.perf_counter()
-            sens = analyse(load(base), cands, ctx, samples=samples, use_cache=False)
+            with _timed_groups(timing) if (kind, n) == ("local", 1) else contextlib.nullcontext():
+                sens = analyse(load(base), cands, ctx, samples=samples, use_cache=False)
             secs = time.perf_counter() - t0
         tables[(kind, n)] = sens
         rows.append((kind, n, secs, len(sens.layers)))
@@ -241,7 +247,129 @@ def sensitivity_rows(work: str, bits: str, samples: int, runs: list[tuple[str, i
     for kind, n, secs, _ in rows:
         same = tables[(kind, n)].table == first.table
         out.append(f"| {kind} | {n} | {secs:.1f} | {serial / secs:.2f}x | {'yes' if same else 'NO'} |")
+    out += sensitivity_projection(rows, timing, [int(x) for x in project.split(",")])
     return out, {"base": base, "ctx": ctx, "cands": cands, "sens": first, "seconds": serial, "bits": bits}
+
+
+@contextlib.contextmanager
+def _timed_groups(timing: dict):
+    """Records, in the in-process run, each group's measurement time (single-threaded sessions, one group per
+    core) and the wall time of the group phase."""
+    import edgec.plugins.mixed.sensitivity as sens_mod
+
+    measure, run_groups = sens_mod.measure_group, sens_mod._run_groups
+    groups: dict[int, float] = {}
+
+    def timed_measure(model, plan, index, *a, **k):
+        t = time.perf_counter()
+        try:
+            return measure(model, plan, index, *a, **k)
+        finally:
+            groups[index] = time.perf_counter() - t
+
+    def timed_run_groups(*a, **k):
+        t = time.perf_counter()
+        try:
+            return run_groups(*a, **k)
+        finally:
+            timing["groups_wall"] = time.perf_counter() - t
+
+    sens_mod.measure_group, sens_mod._run_groups = timed_measure, timed_run_groups
+    try:
+        yield
+    finally:
+        sens_mod.measure_group, sens_mod._run_groups = measure, run_groups
+        timing["groups"] = [groups[k] for k in sorted(groups)]
+
+
+def sensitivity_projection(rows: list, timing: dict, project: list[int]) -> list[str]:
+    """The sensitivity's time at N workers from the measured parts of the in-process run and Ray x2's overhead."""
+    walls = {(kind, n): secs for kind, n, secs, _ in rows}
+    if not timing.get("groups") or ("ray", 2) not in walls:
+        return []
+    t = timing["groups"]
+    serial_part = walls[("local", 1)] - timing["groups_wall"]
+    over = max(0.0, walls[("ray", 2)] - serial_part - makespan(t, 2))
+    out = [
+        "",
+        "### Projection beyond 2 workers",
+        "",
+        f"Model: wall(N) = S + C + LPT(t_j, N). t_j: the {len(t)} groups' measured times (one core each, in the "
+        f"in-process run: sum {sum(t):.1f} s, longest {max(t):.1f} s; a group is one task, its layers x candidates "
+        f"through the stages after it); S = {serial_part:.1f} s, the driver's serial part (quantized copies, float "
+        f"capture, the head's token subset: the in-process wall minus its group phase); C = {over:.1f} s, the "
+        "executor's cost measured at Ray x2 (its wall - S - LPT(t_j, 2): Ray's start-up, the model and the captured "
+        "values sent once, each worker loading the model and building the stage sessions it runs); LPT the "
+        "longest-first schedule. C is taken as constant in N (each worker builds its own sessions, at the same time "
+        "as the others). C is fitted at 2 workers, so the 2-worker row equals Ray x2's measured wall; the 1-worker "
+        "row is one core (Ray x1 above gives its one worker both cores).",
+        "",
+        "| workers (one core each) | projected wall s | projected speed-up vs 1 worker | bound |",
+        "|---:|---:|---:|---|",
+    ]
+    one = serial_part + over + makespan(t, 1)
+    for n in [1, 2, *project]:
+        w = serial_part + over + makespan(t, n)
+        bound = "the longest group" if abs(makespan(t, n) - max(t)) < 1e-9 else "sum / N"
+        out.append(f"| {n} | {w:.1f} | {one / w:.2f}x | {bound} |")
+    out += [
+        "",
+        f"The longest group ({max(t):.1f} s: the first transformer block's layers, through all the later stages) "
+        "bounds the speed-up; splitting a group's layers across tasks (each task building the same stage sessions) "
+        "would lift it at the cost of more session builds.",
+    ]
+    return out
+
+
+def gptq_rows(work: str, samples: int, runs: list[tuple[str, int]]) -> list[str]:
+    """GPTQ and vq on SmolLM2 in this process and with the solves of each input group's layers as tasks."""
+    import hashlib
+
+    from edgec.api.executor import make_executor
+    from edgec.ir.passes import PassManager, parse_pipeline
+    from edgec.ir.serde import load, save
+
+    _, base, ctx, _, _ = _smollm2(work, samples)
+    pipes = [
+        f"quantize{{bits=4,group=64,method=gptq,samples={samples}}}",
+        f"vq{{dim=2,bits_per_weight=2,samples={samples}}}",
+    ]
+    res = []
+    for pipe in pipes:
+        for kind, n in runs:
+            with make_executor(kind, n) as ex:
+                ctx.executor = ex if (kind, n) != ("local", 1) else None
+                m = load(base)
+                t0 = time.perf_counter()
+                PassManager(parse_pipeline(pipe, ctx.passes)).run(m, ctx)
+                secs = time.perf_counter() - t0
+            path = os.path.join(work, "layer-tasks.edgec")
+            save(m, path)
+            with open(path, "rb") as f:
+                digest = hashlib.sha256(f.read()).hexdigest()
+            res.append((pipe, kind, n, secs, digest))
+            print(f"{pipe} {kind} x{n}: {secs:.1f} s", flush=True)
+    ctx.executor = None
+    out = [
+        "",
+        "## GPTQ and vq with the layers of one input group as tasks (SmolLM2-135M-Instruct)",
+        "",
+        f"Each pass on the float model ({samples} windows of 128 tokens). Groups stay in order (each group's input "
+        "is captured from the model with the earlier groups quantized, as GPTQ requires); the layers of one group "
+        "(q/k/v: 3, gate/up: 2; o and down alone, solved in the driver) are solved at the same time, one task each, "
+        "on the executor. A task ships its weight and its Hessian (built in the driver, like the captures and each "
+        "layer's report: the serial part). In this process, BLAS already uses both cores for the solves' matrix "
+        "products; a worker's solve uses one. Time includes the executors' start-up.",
+        "",
+        "| pass | executor | workers | s | speed-up | model bytes identical to serial |",
+        "|---|---|---:|---:|---:|---|",
+    ]
+    for pipe in pipes:
+        mine = [r for r in res if r[0] == pipe]
+        for _, kind, n, secs, digest in mine:
+            same = "yes" if digest == mine[0][4] else "NO"
+            out.append(f"| `{pipe}` | {kind} | {n} | {secs:.1f} | {mine[0][3] / secs:.2f}x | {same} |")
+    return out
 
 
 def validation_rows(info: dict, samples: int) -> list[str]:
@@ -444,6 +572,9 @@ def main() -> None:
     ap.add_argument("--no-validate", dest="validate", action="store_false", help="skip the distance=full comparison")
     ap.add_argument("--no-mixed", dest="mixed", action="store_false", help="skip mixed-precision end to end")
     ap.add_argument("--no-build", dest="build", action="store_false", help="skip the edgec build runs")
+    ap.add_argument(
+        "--gptq-executors", default="localx1,localx2,rayx2", help="SmolLM2 GPTQ: executor x workers ('' to skip)"
+    )
     args = ap.parse_args()
     work = tempfile.mkdtemp(prefix="edgec-scale-")
     lines = ["# Scale: sensitivity, mixed precision and edgec build per executor", ""]
@@ -451,13 +582,16 @@ def main() -> None:
         lines += build_rows(args, work)
     if args.sens_bits:
         sens_runs = [(k, int(n)) for k, n in (r.split("x") for r in args.sens_executors.split(","))]
-        rows, info = sensitivity_rows(work, args.sens_bits, args.sens_samples, sens_runs)
+        rows, info = sensitivity_rows(work, args.sens_bits, args.sens_samples, sens_runs, args.project)
         lines += rows
         if args.validate:
             lines += validation_rows(info, args.sens_samples)
         if args.mixed:
             lines += mixed_rows(info, args.sens_samples)
         lines += cost_rows(work, args.sens_samples)
+    if args.gptq_executors:
+        runs = [(k, int(n)) for k, n in (r.split("x") for r in args.gptq_executors.split(","))]
+        lines += gptq_rows(work, args.sens_samples, runs)
     write_results("RESULTS-scale.md", lines)
 
 
