@@ -255,7 +255,8 @@ class RayExecutor(Executor):
             if address:
                 ray.init(address=address, **kwargs)
                 # a cluster's size is its CPUs (the worker count a caller asked for does not change it)
-                self.workers = max(1, int(ray.cluster_resources().get("CPU", workers)))
+                resources = ray.cluster_resources()  # type: ignore[no-untyped-call]
+                self.workers = max(1, int(resources.get("CPU", workers)))
             else:
                 env = worker_threads(workers)
                 # address="local": a new Ray for this run, even where another runs (ray.init() would join it)
