@@ -31,9 +31,14 @@ def rope_tables(cfg: LLMConfig) -> tuple[np.ndarray, np.ndarray]:
 
 
 def build_decoder(
-    cfg: LLMConfig, weights: Mapping[str, Tensor | QuantizedTensor | np.ndarray], metadata: dict[str, str] | None = None
+    cfg: LLMConfig,
+    weights: Mapping[str, Tensor | QuantizedTensor | np.ndarray],
+    metadata: dict[str, str] | None = None,
+    perms: Mapping[str, np.ndarray] | None = None,
 ) -> Model:
-    """The decoder graph over ``weights`` (GGUF names, Hugging Face Q/K row layout)."""
+    """The decoder graph over ``weights`` (GGUF names, Hugging Face Q/K row layout). ``perms``: a Linear weight
+    whose input columns are stored in another order (a GPTQ act-order checkpoint's, reordered so that its groups
+    are contiguous) reads its input through a Gather of that order."""
     cfg.check()
     problems = []
     for n in weight_names(cfg):
@@ -98,6 +103,8 @@ def build_decoder(
         return op("Add", [op("Mul", [x, cos], f"{tag}_cos"), op("Mul", [rot, sin], f"{tag}_sin")], f"{tag}_rope")
 
     def linear(x: Value, w: str, tag: str, bias: str | None = None) -> Value:
+        if perms and w in perms:
+            x = op("Gather", [x, c(f"{tag}_perm", np.asarray(perms[w], np.int64))], f"{tag}_in_order", axis=-1)
         ins = [x, W[w]] + ([W[bias]] if bias else [])
         return op("Linear", ins, tag, domain="edgec")
 

@@ -6,11 +6,14 @@ import json
 import os
 from typing import ClassVar
 
+import numpy as np
+
 
 from ...api.llm import SOURCE_KEY, LLMConfig
 from ...errors import BadInputError, UnsupportedError
 from ...frontend import Frontend
-from ...ir import Model, Tensor
+from ...ir import Model, QuantizedTensor, Tensor
+from . import hf_quant
 from .decoder import build_decoder
 
 
@@ -26,6 +29,11 @@ _HF_NAMES = {
     "input_layernorm": "attn_norm",
     "post_attention_layernorm": "ffn_norm",
 }
+
+
+def _raw_config(folder: str) -> dict:
+    with open(os.path.join(folder, "config.json"), encoding="utf-8") as f:
+        return json.load(f)  # hf_config has read and checked it
 
 
 def hf_config(folder: str) -> LLMConfig:
@@ -147,16 +155,38 @@ class HFFrontend(Frontend):
                         f"{os.path.basename(p)}: tensor {key!r} has no place in a {cfg.arch} decoder"
                     )
         safetensors_io.check_sizes(headers, keep=lambda k: gguf_name(k) is not None)
-        weights: dict[str, Tensor] = {}
+        qcfg = hf_quant.quant_config(_raw_config(path), os.path.join(path, "config.json"))
+        weights: dict[str, Tensor | QuantizedTensor] = {}
+        packed: dict[str, dict[str, np.ndarray]] = {}  # a quantized Linear's parts, by its weight's name
         for p, entries in headers.items():
             for key, e in tqdm(
                 list(entries.items()), desc=f"reading {os.path.basename(p)}", unit="tensor", leave=False, disable=None
             ):
                 name = gguf_name(key)
-                if name is not None:
+                if name is None:
+                    continue
+                base, _, kind = name.rpartition(".")
+                if kind in hf_quant.PACKED:
+                    if qcfg is None:
+                        raise BadInputError(
+                            f"{os.path.basename(p)}: tensor {key!r} is a packed quantized weight, but config.json "
+                            "has no quantization_config saying how it is packed"
+                        )
+                    raw = safetensors_io.load_raw(p, e) if kind != "scales" else safetensors_io.load(p, e)
+                    packed.setdefault(base + ".weight", {})[kind] = raw
+                else:
                     weights[name] = Tensor(safetensors_io.load(p, e))
+        perms: dict[str, np.ndarray] = {}
+        for name, parts in packed.items():
+            assert qcfg is not None  # packed parts are only collected with a quantization_config
+            if qcfg.method == "gptq":
+                weights[name], perm = hf_quant.gptq_tensor(name, parts, qcfg)
+                if perm is not None:
+                    perms[name] = perm
+            else:
+                weights[name] = hf_quant.awq_tensor(name, parts, qcfg)
         if cfg.tied_embeddings:
             weights.pop("output.weight", None)
         elif "output.weight" not in weights and "token_embd.weight" in weights:
             cfg = LLMConfig(**{**cfg.__dict__, "tied_embeddings": True})
-        return build_decoder(cfg, weights, {SOURCE_KEY: "hf:" + os.path.abspath(path)})
+        return build_decoder(cfg, weights, {SOURCE_KEY: "hf:" + os.path.abspath(path)}, perms)

@@ -167,3 +167,13 @@ def load(path: str, e: Entry) -> np.ndarray:
     if arr.dtype == np.float32:
         return arr
     return arr.astype(np.float32)
+
+
+def load_raw(path: str, e: Entry) -> np.ndarray:
+    """The tensor in its own dtype (a copy): a quantized checkpoint's packed integer words."""
+    dt = _np_dtype(e.dtype)
+    if e.elements == 0:
+        return np.zeros(e.shape, dt)
+    mm = np.memmap(path, dtype=np.uint8, mode="r", offset=e.start, shape=(e.end - e.start,))
+    arr = mm.view(dt.newbyteorder("<") if dt.itemsize > 1 and dt.kind in "fiu" and dt.name != "bfloat16" else dt)
+    return np.array(arr.reshape(e.shape), dtype=dt.newbyteorder("="))
