@@ -106,11 +106,15 @@ def layer_table(model: Model) -> list[dict[str, Any]]:
 
 def quantization_summary(model: Model) -> dict[str, Any]:
     """Per-layer weight quantization reports and activation quantization, for the manifest."""
+    from .plugins.cleanup.fold_qdq import REPORT_KEY as IMPORTED
     from .plugins.quantize.quantize import REPORT_KEY
 
     layers = model.reports.get(REPORT_KEY, {})
     acts = {v.name: dataclasses.asdict(v.quant) for v in model.graph.values() if v.quant is not None}
-    return {"weights": layers, "activations": acts}
+    out = {"weights": layers, "activations": acts}
+    if IMPORTED in model.reports:  # a pre-quantized (Q/DQ) model: what fold-qdq carried over, and what it left
+        out["imported"] = model.reports[IMPORTED]
+    return out
 
 
 def io_summary(model: Model) -> dict[str, list[dict[str, Any]]]:

@@ -306,6 +306,18 @@ def _unit(item: tuple[str, Any], shared: dict[str, Any]) -> dict[str, Any]:
     return run_job(what, shared) if kind == "job" else tier_task(what)
 
 
+def _cost(job: Job) -> float:
+    """A compile's expected cost, to start the longest first: the target's ``compile_cost`` times the model's
+    bytes."""
+    from .build import parse_target
+
+    try:
+        size = os.path.getsize(job.model) if os.path.isfile(job.model) else 1
+        return type(parse_target(job.target)).compile_cost * max(size, 1)
+    except (OSError, EdgecError):
+        return 0.0
+
+
 def _tiers_row(job: Job, rows: list[dict[str, Any]]) -> dict[str, Any]:
     row = _base_row(job)
     row["tiers"] = [
@@ -413,10 +425,10 @@ def run_plan(
                     for it in runs[i].items[:1] if rnd == 0 else runs[i].items[1:]:
                         items.append(("tier", it))
                         owners.append((i, it["tier"]))
-            for i, job in enumerate(jobs):
-                if rnd == 0 and not job.tiers and i not in rows:
-                    items.append(("job", job))
-                    owners.append((i, ""))
+            plain = [i for i, job in enumerate(jobs) if rnd == 0 and not job.tiers and i not in rows]
+            for i in sorted(plain, key=lambda i: -_cost(jobs[i])):  # the longest first: none left alone at the end
+                items.append(("job", jobs[i]))
+                owners.append((i, ""))
             if items:
                 executor.run(_unit, items, shared=shared, on_done=lambda r, o=owners: settle(o, r))
     finally:

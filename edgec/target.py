@@ -130,6 +130,14 @@ class Capabilities:
                     f"node {n.name!r}: {n.op_type} to {name}, which edgec has no dtype for (FLOAT6E2M3, "
                     "FLOAT6E3M2, ...), is not supported"
                 )
+        acts = [v.name for v in model.graph.values() if v.quant is not None]
+        if acts and not self.activation_quant:
+            out.append(
+                f"{len(acts)} value(s) carry int8 activation quantization ({', '.join(acts[:3])}"
+                f"{' ...' if len(acts) > 3 else ''}: from quantize-activations or an imported Q/DQ model), which "
+                "this target does not carry; add -p float-activations to compute activations in float (the "
+                "weights keep their grid), or choose a target with int8 activations"
+            )
         for v in model.graph.values():
             if v.dtype is not None and v.dtype.short not in self.dtypes and not v.is_const:
                 out.append(f"value {v.name!r}: dtype {v.dtype.short} is not supported by this target")
@@ -236,6 +244,9 @@ class Target:
         reference --verify compares with plans with the same."""
         return IntLimits()
 
+    # a compile's relative cost (1: translating the graph into a runtime's format; a target that generates and
+    # compiles code says more): edgec build starts the costly compiles first, so none is left to run alone at the end
+    compile_cost: ClassVar[float] = 1.0
     dynamic_shapes: ClassVar[bool] = False  # True: the artifact takes any input length (no shape fixing)
 
     def __post_init__(self) -> None:

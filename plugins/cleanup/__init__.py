@@ -8,6 +8,7 @@ from .eliminate_identity import EliminateIdentity
 from .fold_batchnorm import FoldBatchNorm
 from .fold_constants import FoldConstants
 from .fold_pad import FoldPad
+from .fold_qdq import FoldQDQ
 from .fuse_attention import FuseAttention
 from .fuse_gelu import FuseGelu
 from .fuse_layernorm import FuseLayerNorm
@@ -28,6 +29,7 @@ PASSES = (
     FoldBatchNorm,
     FoldConstants,
     FoldPad,
+    FoldQDQ,
     FuseAttention,
     FuseGelu,
     FuseLayerNorm,
@@ -37,12 +39,13 @@ PASSES = (
     SimplifyShapes,
 )
 
-# What `edgec compile` runs before the user's pipeline: normalize the graph into the forms targets expect, then
+# What `edgec compile` runs before the user's pipeline: a pre-quantized model's Q/DQ nodes into edgec's own
+# quantization first (before anything folds them into float constants), normalize the graph into the forms targets expect, then
 # hold the element types the target lacks in storage types (legalize-dtypes, whose conversions decompose may
 # rewrite further), rewrite what the target does not take (decompose; after the fusions, so that e.g. a foldable
 # Gemm becomes edgec::Linear first, and before constant folding, which evaluates the shape arithmetic of the rewrites).
 DEFAULT_CLEANUP = (
-    "simplify-shapes,eliminate-identity,fold-batchnorm,fuse-layernorm,fuse-rmsnorm,fuse-gelu,"
+    "fold-qdq,simplify-shapes,eliminate-identity,fold-batchnorm,fuse-layernorm,fuse-rmsnorm,fuse-gelu,"
     "fuse-attention,fuse-linear,legalize-dtypes,decompose,eliminate-empty,fold-constants,fold-pad,dce"
 )
 

@@ -51,7 +51,11 @@ def other_input(n: Node, v: Value | None) -> Value | None:
 
 
 def replace(graph: Graph, old: Value, new: Value, dead: list[Node]) -> None:
-    """Redirect every use of ``old`` (and graph outputs) to ``new``, then remove the dead nodes, last first."""
+    """Redirect every use of ``old`` (and graph outputs) to ``new``, then remove the dead nodes, last first. A
+    fresh ``new`` (no uses yet: a fused node's result) takes over ``old``'s activation quantization, which its
+    readers read (an imported Q/DQ model's annotations survive the fusions)."""
+    if old.quant is not None and new.quant is None and not new.uses:
+        new.quant = old.quant
     old.replace_all_uses_with(new)
     for n in dead:
         if n.graph is graph and not any(o.uses or is_output(graph, o) for o in n.outputs):

@@ -11,15 +11,19 @@ from typing import ClassVar
 
 import numpy as np
 
-from ...ir import Model, Node, Tensor, Value
+from ...ir import Model, Node, QuantizedTensor, Tensor, Value
 from ...ir.passes import Pass, PassContext
 from ._match import const, other_input, replace, sole_user, take_output_name
 
 
-def _weight(g, src: Value, transpose: bool) -> Value:
-    """The [out, in] weight: ``src`` itself when already in that layout, else a transposed copy."""
+def _weight(g, src: Value, transpose: bool) -> Value | None:
+    """The [out, in] weight: ``src`` itself when already in that layout, else a transposed copy (a quantized
+    weight on the same grid; None where its grid has no transpose: the MatMul stays)."""
     if not transpose:
         return src
+    if isinstance(src.const, QuantizedTensor):
+        qt = src.const.transposed()
+        return None if qt is None else g.add_const(g.unique_name(src.name + "_t"), qt)
     return g.add_const(g.unique_name(src.name + "_t"), Tensor(np.ascontiguousarray(src.numpy().T)))
 
 
@@ -56,12 +60,14 @@ class FuseLinear(Pass):
         c = n.inputs[2] if len(n.inputs) > 2 else None
         if n.attr("transA", 0) or n.attr("alpha", 1.0) != 1.0 or n.attr("beta", 1.0) != 1.0:
             return False
-        if b is None or b.shape is None or const(b) is None or b.rank != 2:
+        if b is None or b.shape is None or b.const is None or b.rank != 2:  # a constant, plain or quantized
             return False
         cdata = const(c)
         if c is not None and (cdata is None or cdata.size != b.shape[1 - n.attr("transB", 0)]):
             return False
         w = _weight(g, b, transpose=not n.attr("transB", 0))
+        if w is None:
+            return False
         bias = _bias(g, c) if c is not None else None
         lin = Node(
             "Linear",
@@ -79,11 +85,14 @@ class FuseLinear(Pass):
     def _matmul(self, model: Model, n: Node) -> bool:
         g = model.graph
         x, b = n.inputs
-        wdata = const(b)
-        if wdata is None or b is None or b.rank != 2:
+        if b is None or b.const is None or b.rank != 2 or b.static_shape is None:  # a constant, plain or quantized
             return False
+        wshape = b.static_shape
         x = n.arg(0)
         if x.rank is None or x.rank < 2:
+            return False
+        w = _weight(g, b, transpose=True)
+        if w is None:
             return False
         end, dead, bias = n.output, [n], None
         add = sole_user(n.output, "Add")
@@ -92,15 +101,14 @@ class FuseLinear(Pass):
             cd = const(cand)
             if (
                 cd is not None
-                and cd.size == wdata.shape[1]
+                and cd.size == wshape[1]
                 and cd.ndim >= 1
-                and cd.shape[-1] == wdata.shape[1]
+                and cd.shape[-1] == wshape[1]
                 and add.output.static_shape == n.output.static_shape
                 and cand is not None
             ):
                 bias = _bias(g, cand)
                 end, dead = add.output, [add, n]
-        w = _weight(g, b, transpose=True)
         lin = Node(
             "Linear",
             [x, w] + ([bias] if bias is not None else []),

@@ -1,12 +1,12 @@
 """Built-in quantization passes: weight quantization, vector quantization, activation calibration, SmoothQuant."""
 
 from ...hookspecs import hookimpl
-from .quantize_activations import QuantizeActivations
+from .quantize_activations import FloatActivations, QuantizeActivations
 from .smoothquant import SmoothQuant
 from .quantize import Quantize
 from .vq import VectorQuantize
 
-PASSES = (Quantize, VectorQuantize, QuantizeActivations, SmoothQuant)
+PASSES = (Quantize, VectorQuantize, QuantizeActivations, FloatActivations, SmoothQuant)
 
 
 @hookimpl

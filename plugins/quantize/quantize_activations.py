@@ -180,3 +180,20 @@ class QuantizeActivations(Pass):
                 zp = int(np.clip(round(-a / scale), 0, 255))
                 v.quant = ActivationQuant(scale=scale, zero_point=zp, bits=8, signed=False, observer=self.observer)
         return True
+
+
+@dataclasses.dataclass(frozen=True)
+class FloatActivations(Pass):
+    """Drops every activation quantization annotation: activations are computed in float, the weights keep their
+    grids. For a target that carries quantized weights but not int8 activations (Core ML) and a model whose
+    activations were quantized elsewhere (a QAT or post-training Q/DQ export) or by quantize-activations."""
+
+    name: ClassVar[str] = "float-activations"
+    lossy: ClassVar[bool] = True  # the activations are no longer rounded: --verify judges fidelity to the original
+    summary: ClassVar[str] = "compute activations in float: drop int8 activation quantization, keep weight grids"
+
+    def run(self, model: Model, ctx: PassContext) -> bool:
+        values = [v for v in model.graph.values() if v.quant is not None]
+        for v in values:
+            v.quant = None
+        return bool(values)

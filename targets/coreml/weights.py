@@ -167,7 +167,7 @@ class WeightEncoder:
             raise UnsupportedError(
                 f"weight {v.name!r}: Core ML stores fp16 scales in fp16 compute; quantize with "
                 "quantize{scale_dtype=f16} so they are exact, or compile with "
-                "coreml{precision=fp32}"
+                "coreml{precision=fp32} (an imported Q/DQ model's float32 scales)"
             )
         return s16
 

@@ -58,6 +58,7 @@ class CpuTarget(Target):
     name: ClassVar[str] = "cpu"
     summary: ClassVar[str] = "host CPU through TVM (x86_64 runs here; aarch64 is cross-compiled)"
     runtime: ClassVar[str] = "TVM runtime (x86_64)"
+    compile_cost: ClassVar[float] = 10.0  # TVM generates and compiles kernels (LLVM)
     capabilities: ClassVar[Capabilities] = Capabilities(
         ops=supported_ops(),
         dtypes=frozenset({"f32", "f16", "f64", "i64", "i32", "i16", "i8", "u8", "u16", "u32", "u64", "bool"}),

@@ -144,6 +144,7 @@ class HexagonTarget(Target):
     name: ClassVar[str] = "hexagon"
     summary: ClassVar[str] = "Qualcomm Hexagon DSP: TVM kernels (int8 on HVX vrmpy), freestanding runtime, qemu-run"
     runtime: ClassVar[str] = "qemu-hexagon (v67) running the artifact's static test runner"
+    compile_cost: ClassVar[float] = 10.0  # TVM generates and compiles kernels (LLVM)
     # Weight-quantized models run as in the cpu target: codes stored packed in the blob, dequantized inside the
     # float kernels; static int8 Conv / Linear (quantized activations) run on the integer HVX kernels.
     capabilities: ClassVar[Capabilities] = Capabilities(
