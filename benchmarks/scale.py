@@ -21,6 +21,7 @@ import contextlib
 import heapq
 import json
 import os
+import re
 import subprocess
 import sys
 import tempfile
@@ -221,8 +222,17 @@ def sensitivity_rows(
         with make_executor(kind, n) as ex:
             ctx.executor = ex if (kind, n) != ("local", 1) else None
             t0 = time.perf_counter()
+            tasks: list[float] = []  # each group task's time as its worker measured it (progress messages)
+
+            def progress(msg: str, tasks: list[float] = tasks) -> None:
+                m = re.search(r"task \d+/\d+ done \(([\d.]+) s\)", msg)
+                if m:
+                    tasks.append(float(m.group(1)))
+
             with _timed_groups(timing) if (kind, n) == ("local", 1) else contextlib.nullcontext():
-                sens = analyse(load(base), cands, ctx, samples=samples, use_cache=False)
+                sens = analyse(load(base), cands, ctx, samples=samples, use_cache=False, progress=progress)
+            if (kind, n) == ("ray", 2):
+                timing["ray2_tasks"] = tasks
             secs = time.perf_counter() - t0
         tables[(kind, n)] = sens
         rows.append((kind, n, secs, len(sens.layers)))
@@ -253,19 +263,11 @@ def sensitivity_rows(
 
 @contextlib.contextmanager
 def _timed_groups(timing: dict):
-    """Records, in the in-process run, each group's measurement time (single-threaded sessions, one group per
-    core) and the wall time of the group phase."""
+    """Records the wall time of the in-process run's group phase (the rest of its wall is the driver's serial
+    part)."""
     import edgec.plugins.mixed.sensitivity as sens_mod
 
-    measure, run_groups = sens_mod.measure_group, sens_mod._run_groups
-    groups: dict[int, float] = {}
-
-    def timed_measure(model, plan, index, *a, **k):
-        t = time.perf_counter()
-        try:
-            return measure(model, plan, index, *a, **k)
-        finally:
-            groups[index] = time.perf_counter() - t
+    run_groups = sens_mod._run_groups
 
     def timed_run_groups(*a, **k):
         t = time.perf_counter()
@@ -274,35 +276,33 @@ def _timed_groups(timing: dict):
         finally:
             timing["groups_wall"] = time.perf_counter() - t
 
-    sens_mod.measure_group, sens_mod._run_groups = timed_measure, timed_run_groups
+    sens_mod._run_groups = timed_run_groups
     try:
         yield
     finally:
-        sens_mod.measure_group, sens_mod._run_groups = measure, run_groups
-        timing["groups"] = [groups[k] for k in sorted(groups)]
+        sens_mod._run_groups = run_groups
 
 
 def sensitivity_projection(rows: list, timing: dict, project: list[int]) -> list[str]:
-    """The sensitivity's time at N workers from the measured parts of the in-process run and Ray x2's overhead."""
+    """The sensitivity's time at N workers from Ray x2's measured group tasks, the in-process run's serial part
+    and Ray x2's remaining overhead."""
     walls = {(kind, n): secs for kind, n, secs, _ in rows}
-    if not timing.get("groups") or ("ray", 2) not in walls:
+    t = timing.get("ray2_tasks") or []
+    if not t or "groups_wall" not in timing or ("ray", 2) not in walls:
         return []
-    t = timing["groups"]
     serial_part = walls[("local", 1)] - timing["groups_wall"]
-    over = max(0.0, walls[("ray", 2)] - serial_part - makespan(t, 2))
+    over = walls[("ray", 2)] - serial_part - makespan(t, 2)
     out = [
         "",
         "### Projection beyond 2 workers",
         "",
-        f"Model: wall(N) = S + C + LPT(t_j, N). t_j: the {len(t)} groups' measured times (one core each, in the "
-        f"in-process run: sum {sum(t):.1f} s, longest {max(t):.1f} s; a group is one task, its layers x candidates "
-        f"through the stages after it); S = {serial_part:.1f} s, the driver's serial part (quantized copies, float "
-        f"capture, the head's token subset: the in-process wall minus its group phase); C = {over:.1f} s, the "
-        "executor's cost measured at Ray x2 (its wall - S - LPT(t_j, 2): Ray's start-up, the model and the captured "
-        "values sent once, each worker loading the model and building the stage sessions it runs); LPT the "
-        "longest-first schedule. C is taken as constant in N (each worker builds its own sessions, at the same time "
-        "as the others). C is fitted at 2 workers, so the 2-worker row equals Ray x2's measured wall; the 1-worker "
-        "row is one core (Ray x1 above gives its one worker both cores).",
+        f"Model: wall(N) = S + C + LPT(t_j, N). t_j: the {len(t)} group tasks' times as Ray x2's workers measured "
+        f"them (one core each: sum {sum(t):.1f} s, longest {max(t):.1f} s; a task is one group, its layers x "
+        "candidates through the stages after it, the worker's session builds included); S = "
+        f"{serial_part:.1f} s, the driver's serial part (quantized copies, float capture, the head's token subset: "
+        f"the in-process wall minus its group phase); C = {over:.1f} s, the rest of Ray x2's wall (its wall - S - "
+        "LPT(t_j, 2): Ray's start-up, the model and the captured values sent once, the schedule's idle ends), taken "
+        "as constant in N; LPT the longest-first schedule (the order the tasks are submitted in).",
         "",
         "| workers (one core each) | projected wall s | projected speed-up vs 1 worker | bound |",
         "|---:|---:|---:|---|",
@@ -572,27 +572,83 @@ def main() -> None:
     ap.add_argument("--no-validate", dest="validate", action="store_false", help="skip the distance=full comparison")
     ap.add_argument("--no-mixed", dest="mixed", action="store_false", help="skip mixed-precision end to end")
     ap.add_argument("--no-build", dest="build", action="store_false", help="skip the edgec build runs")
+    ap.add_argument("--no-cost", dest="cost", action="store_false", help="skip the sensitivity's cost model")
+    ap.add_argument(
+        "--keep-previous",
+        action="store_true",
+        help="keep the sections of RESULTS-scale.md this run skips (said at the top of the file)",
+    )
     ap.add_argument(
         "--gptq-executors", default="localx1,localx2,rayx2", help="SmolLM2 GPTQ: executor x workers ('' to skip)"
     )
     args = ap.parse_args()
     work = tempfile.mkdtemp(prefix="edgec-scale-")
-    lines = ["# Scale: sensitivity, mixed precision and edgec build per executor", ""]
+    sections: dict[str, list[str]] = {}
     if args.build:
-        lines += build_rows(args, work)
+        sections["build"] = build_rows(args, work)
     if args.sens_bits:
         sens_runs = [(k, int(n)) for k, n in (r.split("x") for r in args.sens_executors.split(","))]
         rows, info = sensitivity_rows(work, args.sens_bits, args.sens_samples, sens_runs, args.project)
-        lines += rows
+        sections["sensitivity"] = rows
         if args.validate:
-            lines += validation_rows(info, args.sens_samples)
+            sections["validation"] = validation_rows(info, args.sens_samples)
         if args.mixed:
-            lines += mixed_rows(info, args.sens_samples)
-        lines += cost_rows(work, args.sens_samples)
+            sections["mixed"] = mixed_rows(info, args.sens_samples)
+        if args.cost:
+            sections["cost"] = cost_rows(work, args.sens_samples)
     if args.gptq_executors:
         runs = [(k, int(n)) for k, n in (r.split("x") for r in args.gptq_executors.split(","))]
-        lines += gptq_rows(work, args.sens_samples, runs)
+        sections["layer-tasks"] = gptq_rows(work, args.sens_samples, runs)
+    lines = ["# Scale: sensitivity, mixed precision and edgec build per executor", ""]
+    kept = previous_sections() if args.keep_previous else {}
+    if kept:
+        lines += [
+            f"Sections measured in the last run: {', '.join(sections)}; from the run before (unchanged code for "
+            f"them): {', '.join(k for k in SECTIONS if k in kept and k not in sections)}.",
+            "",
+        ]
+    for name in SECTIONS:
+        if name in sections:
+            lines += sections[name]
+        elif name in kept:
+            lines += kept[name]
     write_results("RESULTS-scale.md", lines)
+
+
+# RESULTS-scale.md's sections in order, each found by the line it starts with ("" for the build section, which
+# follows the title)
+SECTIONS = {
+    "build": "",
+    "sensitivity": "## Sensitivity on SmolLM2-135M-Instruct: time per executor",
+    "validation": "### The logit subset against the whole vocabulary",
+    "mixed": "## mixed-precision end to end",
+    "cost": "## Sensitivity: where the time goes",
+    "layer-tasks": "## GPTQ and vq with the layers of one input group as tasks",
+}
+
+
+def previous_sections() -> dict[str, list[str]]:
+    """The sections of the RESULTS-scale.md on disk, by name (for --keep-previous)."""
+    path = os.path.join(HERE, "RESULTS-scale.md")
+    if not os.path.exists(path):
+        return {}
+    text = open(path, encoding="utf-8").read().splitlines()
+    body = text[2:] if text and text[0].startswith("# ") else text
+    if body and body[0].startswith("Sections measured in the last run"):
+        body = body[2:]
+    starts = []
+    for name, head in SECTIONS.items():
+        if not head:
+            starts.append((0, name))
+            continue
+        at = next((i for i, line in enumerate(body) if line.startswith(head)), None)
+        if at is not None:
+            starts.append((at - 1 if at > 0 and body[at - 1] == "" else at, name))
+    starts.sort()
+    out = {}
+    for (a, name), (b, _) in zip(starts, starts[1:] + [(len(body), "")]):
+        out[name] = body[a:b]
+    return out
 
 
 if __name__ == "__main__":

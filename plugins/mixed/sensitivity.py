@@ -751,7 +751,7 @@ def _run_groups(model, plan: Plan, items, runs, store, head, run_id, src, ctx, s
         _measure_shard,
         tasks,
         shared=shared,
-        on_done=lambda r: say(f"sensitivity: task {r.index + 1}/{len(tasks)} done ({r.seconds:.0f} s)"),
+        on_done=lambda r: say(f"sensitivity: task {r.index + 1}/{len(tasks)} done ({r.seconds:.2f} s)"),
     )
     for r in done:
         if not r.ok:

@@ -131,7 +131,9 @@ class TensorRTTarget(Target):
             if q is not None and (not q.signed or q.zero_point != 0 or q.bits != 8):
                 problems.append(
                     f"value {v.name!r}: TensorRT takes signed int8 activations with zero point 0; "
-                    "use quantize-activations{scheme=symmetric}"
+                    "use quantize-activations{scheme=symmetric} (a pre-quantized Q/DQ model: quantize its "
+                    "activations to int8 with zero point 0, e.g. onnxruntime's activation_type=QInt8 with "
+                    "ActivationSymmetric=True)"
                 )
         return problems
 
