@@ -228,6 +228,12 @@ def _set_shared(shared: Any, env: dict[str, str] | None = None) -> None:
     global _SHARED
     _SHARED = shared
     os.environ.update(env or {})
+    if env and "OPENBLAS_NUM_THREADS" in env:
+        # numpy's BLAS was loaded (importing this module) before the variables were set: its pool already has a
+        # thread per core, so N workers would run N x cores BLAS threads (2 workers ran vq 0.87x as fast as 1)
+        from threadpoolctl import threadpool_limits
+
+        threadpool_limits(int(env["OPENBLAS_NUM_THREADS"]), user_api="blas")
 
 
 def _call_shared(fn: Callable[[Any, Any], Any], item: Any, index: int) -> TaskResult:
