@@ -603,8 +603,9 @@ def main() -> None:
     kept = previous_sections() if args.keep_previous else {}
     if kept:
         lines += [
-            f"Sections measured in the last run: {', '.join(sections)}; from the run before (unchanged code for "
-            f"them): {', '.join(k for k in SECTIONS if k in kept and k not in sections)}.",
+            f"Sections measured in the last run: {', '.join(sections)}; kept from the file's previous version "
+            f"(git log has the commit each was measured at): "
+            f"{', '.join(k for k in SECTIONS if k in kept and k not in sections)}.",
             "",
         ]
     for name in SECTIONS:
