@@ -95,6 +95,27 @@ def _fail(name: str, why: str) -> BadInputError:
     return BadInputError(f"quantized weight {name!r}: {why}")
 
 
+def _grid(
+    name: str, codes: np.ndarray, zeros: np.ndarray, scales: np.ndarray, bits: int, group: int, method: str
+) -> QuantizedTensor:
+    """``[K, N]`` codes, ``[G, N]`` zeros and scales as the ``[N, K]`` weight's asymmetric group-wise grid."""
+    q = QuantizedTensor(
+        codes=np.ascontiguousarray(codes.T.astype(np.uint8)),
+        bits=bits,
+        scheme="asymmetric",
+        scales=np.ascontiguousarray(scales.T),
+        zero_points=np.ascontiguousarray(zeros.T.astype(np.uint8)),
+        axis=0,
+        group_size=group,
+        group_axis=1,
+        method=f"{method} (imported)",
+    )
+    errs = q.validate()
+    if errs:
+        raise _fail(name, "; ".join(errs))
+    return q
+
+
 def gptq_tensor(name: str, parts: dict[str, np.ndarray], cfg: QuantConfig) -> tuple[QuantizedTensor, np.ndarray | None]:
     """A GPTQ Linear as ``[N, K]`` codes on its grid, and the input permutation that makes act-order groups
     contiguous (None when they already are)."""
@@ -130,21 +151,7 @@ def gptq_tensor(name: str, parts: dict[str, np.ndarray], cfg: QuantConfig) -> tu
         if not np.array_equal(g_idx, np.arange(k) // group):
             perm = np.argsort(g_idx, kind="stable")
             codes = codes[perm]
-    q = QuantizedTensor(
-        codes=np.ascontiguousarray(codes.T.astype(np.uint8)),
-        bits=bits,
-        scheme="asymmetric",
-        scales=np.ascontiguousarray(sc.T),
-        zero_points=np.ascontiguousarray(zeros.T.astype(np.uint8)),
-        axis=0,
-        group_size=group,
-        group_axis=1,
-        method="gptq (imported)",
-    )
-    errs = q.validate()
-    if errs:
-        raise _fail(name, "; ".join(errs))
-    return q, perm
+    return _grid(name, codes, zeros, sc, bits, group, "gptq"), perm
 
 
 def awq_tensor(name: str, parts: dict[str, np.ndarray], cfg: QuantConfig) -> QuantizedTensor:
@@ -176,18 +183,4 @@ def awq_tensor(name: str, parts: dict[str, np.ndarray], cfg: QuantConfig) -> Qua
         return _unpack(words, bits, 1)[:, order]
 
     codes, zeros = columns(qw), columns(qz)  # [K, N], [G, N]
-    q = QuantizedTensor(
-        codes=np.ascontiguousarray(codes.T.astype(np.uint8)),
-        bits=bits,
-        scheme="asymmetric",
-        scales=np.ascontiguousarray(sc.T),
-        zero_points=np.ascontiguousarray(zeros.T.astype(np.uint8)),
-        axis=0,
-        group_size=group,
-        group_axis=1,
-        method="awq (imported)",
-    )
-    errs = q.validate()
-    if errs:
-        raise _fail(name, "; ".join(errs))
-    return q
+    return _grid(name, codes, zeros, sc, bits, group, "awq")
