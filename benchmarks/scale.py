@@ -245,7 +245,8 @@ def sensitivity_rows(
         "## Sensitivity on SmolLM2-135M-Instruct: time per executor",
         "",
         f"`analyse` over {rows[0][3]} layers x {len(cands)} candidates ({', '.join(cands)}), {samples} calibration "
-        f"window(s) of 128 tokens, cache off, distance: {first.distance}. local x1 is edgec's default (this process). "
+        f"window(s) of 128 tokens, cache off, distance: {first.distance}. local x1 is edgec's default (this process); with one worker no executor fans "
+        "out (Executor.fans_out), so ray x1 measures the same in-process run, after starting Ray. "
         "Time includes quantizing the candidates' copies (in the driver), capturing the float activations and the "
         "workers' start-up; a worker builds the stage sessions it runs once. Goal: <= 300 s on 2 cores (the old "
         "engine: 2751.6 s for the same 6 x 211 x 4 windows, benchmarks/RESULTS-mixed.md's run; 181.5 s for 2 "

@@ -372,8 +372,8 @@ def compile_tier(item: dict[str, Any], shared: Any = None, **extra: Any) -> dict
 
 
 def tier_task(item: dict[str, Any], shared: Any = None) -> dict[str, Any]:
-    """:func:`compile_tier` as an executor's task: a failure is returned as its error's class name and message
-    (``("error", kind, message)``), so that the driver raises the same error a serial run would."""
+    """:func:`compile_tier` as an executor's task: a failure is returned as ``{"error": (class name, message)}``
+    (:func:`tier_error` rebuilds it), so that the driver raises the error a serial run would."""
     from . import errors
 
     try:
@@ -382,14 +382,16 @@ def tier_task(item: dict[str, Any], shared: Any = None) -> dict[str, Any]:
         return {"error": (type(e).__name__, str(e))}
 
 
-def raise_tier_error(label: str, error: tuple[str, str]) -> None:
+def tier_error(label: str, error: tuple[str, str]) -> EdgecError:
+    """A tier task's failure (:func:`tier_task`) as the error of its class (EdgecError for one edgec.errors lacks),
+    naming the tier."""
     from . import errors
 
     kind, msg = error
     cls = getattr(errors, kind, None)
     if not (isinstance(cls, type) and issubclass(cls, errors.EdgecError)):
         cls = errors.EdgecError
-    raise cls(f"tier {label}: {msg}")
+    return cls(f"tier {label}: {msg}")
 
 
 def tiers_finish(run: TierRun, rows: list[dict[str, Any]]) -> dict[str, Any]:
@@ -441,7 +443,7 @@ def compile_tiers(
         first, rest = run.items[0], run.items[1:]
         say(f"tier {first['tier']}: {first['mixed_precision']}")
         rows = [compile_tier(first, progress=progress, executor=executor)]
-        if rest and executor is not None and (executor.workers > 1 or executor.name != "local"):
+        if rest and executor is not None and executor.fans_out:
             for it in rest:
                 say(f"tier {it['tier']}: {it['mixed_precision']} (a task on the {executor.name} executor)")
             results = executor.run(tier_task, rest)
@@ -451,7 +453,7 @@ def compile_tiers(
                         f"tier {it['tier']}: its compile failed on the {executor.name} executor: {r.error}"
                     )
                 if "error" in r.value:
-                    raise_tier_error(it["tier"], r.value["error"])
+                    raise tier_error(it["tier"], r.value["error"])
                 rows.append(r.value)
         else:
             for it in rest:

@@ -318,6 +318,11 @@ def _cost(job: Job) -> float:
         return 0.0
 
 
+def _failed_row(job: Job, error: str, worker: str = "", attempts: int = 0) -> dict[str, Any]:
+    """A summary row for a compile that failed outside run_job (an entry's tiers, or its set-up)."""
+    return {**_base_row(job), "error": error, "worker": worker, "attempts": attempts, "seconds": 0.0}
+
+
 def _tiers_row(job: Job, rows: list[dict[str, Any]]) -> dict[str, Any]:
     row = _base_row(job)
     row["tiers"] = [
@@ -345,7 +350,7 @@ def run_plan(
     largest tier of each entry with tiers (which measures its model's sensitivities, then cached); the second
     the other tiers, at the same time, reading them from the cache. An entry with tiers is published
     (``tiers.json``, its folder moved into place) when all its tiers are done, or not at all."""
-    from .compiler import TierRun, raise_tier_error, tiers_abandon, tiers_begin, tiers_finish
+    from .compiler import TierRun, tier_error, tiers_abandon, tiers_begin, tiers_finish
 
     t0 = time.perf_counter()
     shared = {"use_cache": use_cache, "cache_dir": cache_dir}
@@ -373,19 +378,12 @@ def run_plan(
                 )
                 tier_rows[i] = []
             except EdgecError as e:
-                emit(i, {**_base_row(job), "error": str(e), "worker": "", "attempts": 0, "seconds": 0.0})
+                emit(i, _failed_row(job, str(e)))
 
     def tier_failed(i: int, r: Any, label: str) -> None:
-        err = r.error if not r.ok else None
-        if err is None:
-            try:
-                raise_tier_error(label, r.value["error"])
-            except EdgecError as e:
-                err = str(e)
-        else:
-            err = f"tier {label}: {err}"
+        err = str(tier_error(label, r.value["error"])) if r.ok else f"tier {label}: {r.error}"
         tiers_abandon(runs.pop(i))
-        emit(i, {**_base_row(jobs[i]), "error": err, "worker": r.worker, "attempts": r.attempts, "seconds": 0.0})
+        emit(i, _failed_row(jobs[i], err, r.worker, r.attempts))
 
     def finish(i: int) -> None:
         order = [it["tier"] for it in runs[i].items]
@@ -393,7 +391,7 @@ def run_plan(
         try:
             index = tiers_finish(runs[i], [r.value for r in done])
         except EdgecError as e:
-            emit(i, {**_base_row(jobs[i]), "error": str(e), "worker": "", "attempts": 0, "seconds": 0.0})
+            emit(i, _failed_row(jobs[i], str(e)))
             return
         finally:
             tiers_abandon(runs.pop(i))

@@ -92,6 +92,11 @@ class Scheme:
             layout_params=lp,
         )
 
+    def transposed(self, q: QuantizedTensor) -> QuantizedTensor | None:
+        """The 2-D transpose of ``q`` on the same grid (a MatMul's ``[in, out]`` weight as a Linear's
+        ``[out, in]``); None where this scheme has no such form (codebooks, vectors)."""
+        return None
+
     def describe(self, q: QuantizedTensor) -> dict[str, Any]:
         """What this scheme adds to :meth:`QuantizedTensor.describe`."""
         return {}
@@ -147,6 +152,26 @@ class _Grid(Scheme):
         if q.offsets is not None:
             w = w + expand_blocks(q.offsets.astype(np.float32), q.shape)
         return cast(np.ndarray, w.astype(q.dtype.numpy))
+
+    def transposed(self, q: QuantizedTensor) -> QuantizedTensor | None:
+        if q.codes.ndim != 2 or q.layout:  # a storage layout's blocks run along one axis
+            return None
+
+        def t(a: np.ndarray | None) -> np.ndarray | None:
+            return None if a is None else np.ascontiguousarray(np.asarray(a).T)
+
+        def swap(ax: int | None) -> int | None:
+            return None if ax is None else 1 - ax
+
+        return dataclasses.replace(
+            q,
+            codes=np.ascontiguousarray(q.codes.T),
+            scales=t(q.scales),
+            zero_points=t(q.zero_points),
+            offsets=t(q.offsets),
+            axis=swap(q.axis),
+            group_axis=swap(q.group_axis),
+        )
 
 
 class Symmetric(_Grid):

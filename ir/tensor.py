@@ -229,26 +229,8 @@ class QuantizedTensor:
         return self.scheme_type.take_rows(self, idx)
 
     def transposed(self) -> "QuantizedTensor | None":
-        """The 2-D transpose on the same grid (codes and every parameter transposed, the axes swapped); None
-        where the grid has no such form (codebooks, vectors, a storage layout, another rank)."""
-        if self.codes.ndim != 2 or self.layout or self.scheme not in ("symmetric", "asymmetric", "affine"):
-            return None
-
-        def t(a: np.ndarray | None) -> np.ndarray | None:
-            return None if a is None else np.ascontiguousarray(np.asarray(a).T)
-
-        def swap(ax: int | None) -> int | None:
-            return None if ax is None else 1 - ax
-
-        return dataclasses.replace(
-            self,
-            codes=np.ascontiguousarray(self.codes.T),
-            scales=t(self.scales),
-            zero_points=t(self.zero_points),
-            offsets=t(self.offsets),
-            axis=swap(self.axis),
-            group_axis=swap(self.group_axis),
-        )
+        """The 2-D transpose on the same grid; None where the scheme has no such form (:meth:`Scheme.transposed`)."""
+        return self.scheme_type.transposed(self)
 
     def validate(self) -> list[str]:
         """Return every way this tensor breaks its own invariants (empty when valid)."""

@@ -75,6 +75,12 @@ class Executor:
         self.workers = workers
         self.retries = retries
 
+    @property
+    def fans_out(self) -> bool:
+        """Whether independent units are worth sending here: more than one worker runs them at once. (With one,
+        a pass measures, solves or compiles in its own process, as without an executor.)"""
+        return self.workers > 1
+
     def run(
         self,
         fn: Callable[[Any, Any], Any],

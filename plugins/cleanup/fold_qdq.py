@@ -33,7 +33,8 @@ from typing import Any, ClassVar
 import numpy as np
 
 from ...ir import ActivationQuant, Model, Node, QuantizedTensor, Tensor, Value
-from ...ir.dtypes import DType
+from ...ir.dtypes import DType, code_range
+from ...ir.tensor import expand_blocks
 from ...ir.passes import Pass, PassContext
 from ._match import is_output
 
@@ -140,26 +141,19 @@ def quantized_tensor(
     return "; ".join(errs) if errs else q
 
 
-def quantize_linear(x: np.ndarray, scale: np.ndarray, zp: np.ndarray | None, axis: int, block: int, dtype: DType):
-    """ONNX QuantizeLinear of a constant: saturate(round_half_even(x / scale) + zero_point), float32 arithmetic."""
-    rank = x.ndim
-    s = np.asarray(scale, np.float32)
-    z = None if zp is None else np.asarray(zp).astype(np.float32)
-    if s.size != 1 or block:
-        ax = axis + rank if axis < 0 else axis
-        if block:
-            s = np.repeat(s, block, axis=ax)
-            z = np.repeat(z, block, axis=ax) if z is not None else None
-        else:
-            shp = [1] * rank
-            shp[ax] = -1
-            s = s.reshape(shp)
-            z = z.reshape(shp) if z is not None else None
-    y = np.rint(np.asarray(x, np.float32) / s)
+def quantize_linear(
+    x: np.ndarray, scale: np.ndarray, zp: np.ndarray | None, axis: int, block: int, dtype: DType
+) -> np.ndarray | str:
+    """ONNX QuantizeLinear of a constant: saturate(round_half_even(x / scale) + zero_point), float32 arithmetic;
+    or why its parameters do not fit ``x``."""
+    got = _broadcast_params(scale, zp, tuple(x.shape), axis, block)
+    if isinstance(got, str):
+        return got
+    s, z, _ = got
+    y = np.rint(np.asarray(x, np.float32) / expand_blocks(s, x.shape))
     if z is not None:
-        y = y + z
-    bits, signed = CODES[dtype]
-    lo, hi = (-(1 << (bits - 1)), (1 << (bits - 1)) - 1) if signed else (0, (1 << bits) - 1)
+        y = y + expand_blocks(z.astype(np.float32), x.shape)
+    lo, hi = code_range(*CODES[dtype])
     return np.clip(y, lo, hi).astype(np.int32)
 
 
@@ -249,19 +243,21 @@ class FoldQDQ(Pass):
                 return self._leave(report, dq, "its QuantizeLinear has other parameters")
             if int(q.attr("block_size", 0) or 0) != block or dtype not in CODES or int(q.attr("saturate", 1)) != 1:
                 return self._leave(report, dq, "a QuantizeLinear variant not folded")
-            codes = quantize_linear(w, scale, zp, axis, block, dtype)
-            src = q
+            got = quantize_linear(w, scale, zp, axis, block, dtype)
+            if isinstance(got, str):
+                return self._leave(report, dq, got)
+            codes, src = got, q
         if is_output(g, out):
             return self._leave(report, dq, "a graph output")
         if dtype == DType.INT32 and src is None:  # a bias: DequantizeLinear's float32 value, exactly
-            if scale.size == 1:
-                s = scale.reshape(())
-            elif codes.ndim == 1 and scale.shape == codes.shape:
-                s = scale
-            else:
-                return self._leave(report, dq, "an int32 constant with a scale of another shape")
-            z = np.float32(0) if zp is None else zp.astype(np.float32).reshape(s.shape)
-            val = ((codes.astype(np.float32) - z) * s).astype(np.float32)
+            params_nd = _broadcast_params(scale, zp, tuple(codes.shape), axis, 0)
+            if isinstance(params_nd, str):
+                return self._leave(report, dq, params_nd)
+            s, z, _ = params_nd
+            val = codes.astype(np.float32)
+            if z is not None:
+                val = val - expand_blocks(z.astype(np.float32), codes.shape)
+            val = (val * expand_blocks(s, codes.shape)).astype(np.float32)
             new = g.add_const(g.unique_name(out.name + "_bias"), Tensor(val))
             report["biases"] += 1
         else:

@@ -31,13 +31,13 @@ _HF_NAMES = {
 }
 
 
-def _raw_config(folder: str) -> dict:
-    with open(os.path.join(folder, "config.json"), encoding="utf-8") as f:
-        return json.load(f)  # hf_config has read and checked it
-
-
 def hf_config(folder: str) -> LLMConfig:
     """The decoder configuration of a Hugging Face folder (malformed values are a BadInputError)."""
+    return _configs(folder)[0]
+
+
+def _configs(folder: str) -> tuple[LLMConfig, dict]:
+    """The decoder configuration and config.json as read (for its quantization_config)."""
     path = os.path.join(folder, "config.json")
     try:
         with open(path, encoding="utf-8") as f:
@@ -46,12 +46,13 @@ def hf_config(folder: str) -> LLMConfig:
         raise BadInputError(f"{path}: cannot read the model configuration: {e}") from None
     if not isinstance(c, dict):
         raise BadInputError(f"{path}: the configuration is not a JSON object")
+    raw = dict(c)  # _hf_config adjusts a few values in place
     try:
         cfg = _hf_config(folder, path, c)
     except (TypeError, ValueError, ZeroDivisionError, OverflowError, AttributeError) as e:
         raise BadInputError(f"{path}: malformed configuration: {type(e).__name__}: {e}") from None
     cfg.check()
-    return cfg
+    return cfg, raw
 
 
 def _hf_config(folder: str, path: str, c: dict) -> LLMConfig:
@@ -139,7 +140,7 @@ class HFFrontend(Frontend):
             p = os.path.join(path, fn)
             if os.path.exists(p) and not (os.path.isfile(p) or os.path.isdir(p)):
                 raise BadInputError(f"{p} is not a regular file; a model folder holds files")
-        cfg = hf_config(path)
+        cfg, config_json = _configs(path)
         files = sorted(f for f in os.listdir(path) if f.endswith(".safetensors"))
         if not files:
             raise BadInputError(
@@ -155,9 +156,10 @@ class HFFrontend(Frontend):
                         f"{os.path.basename(p)}: tensor {key!r} has no place in a {cfg.arch} decoder"
                     )
         safetensors_io.check_sizes(headers, keep=lambda k: gguf_name(k) is not None)
-        qcfg = hf_quant.quant_config(_raw_config(path), os.path.join(path, "config.json"))
+        qcfg = hf_quant.quant_config(config_json, os.path.join(path, "config.json"))
         weights: dict[str, Tensor | QuantizedTensor] = {}
         packed: dict[str, dict[str, np.ndarray]] = {}  # a quantized Linear's parts, by its weight's name
+        sources: dict[str, str] = {}  # that Linear's name in the checkpoint
         for p, entries in headers.items():
             for key, e in tqdm(
                 list(entries.items()), desc=f"reading {os.path.basename(p)}", unit="tensor", leave=False, disable=None
@@ -174,17 +176,18 @@ class HFFrontend(Frontend):
                         )
                     raw = safetensors_io.load_raw(p, e) if kind != "scales" else safetensors_io.load(p, e)
                     packed.setdefault(base + ".weight", {})[kind] = raw
+                    sources[base + ".weight"] = key.rpartition(".")[0]  # errors name the checkpoint's tensors
                 else:
                     weights[name] = Tensor(safetensors_io.load(p, e))
         perms: dict[str, np.ndarray] = {}
         for name, parts in packed.items():
             assert qcfg is not None  # packed parts are only collected with a quantization_config
             if qcfg.method == "gptq":
-                weights[name], perm = hf_quant.gptq_tensor(name, parts, qcfg)
+                weights[name], perm = hf_quant.gptq_tensor(sources[name], parts, qcfg)
                 if perm is not None:
                     perms[name] = perm
             else:
-                weights[name] = hf_quant.awq_tensor(name, parts, qcfg)
+                weights[name] = hf_quant.awq_tensor(sources[name], parts, qcfg)
         if cfg.tied_embeddings:
             weights.pop("output.weight", None)
         elif "output.weight" not in weights and "token_embd.weight" in weights:

@@ -69,6 +69,8 @@ def quant_config(c: dict[str, Any], path: str) -> QuantConfig | None:
     if group != -1 and group <= 0:
         raise BadInputError(f"{path}: quantization_config.group_size {group} must be positive or -1")
     if method == "awq":
+        if bits != 4:
+            raise UnsupportedError(f"{path}: AWQ with bits={bits} is not read (its interleaved packing is 4-bit)")
         version = str(q.get("version", "gemm")).lower()
         if version != "gemm":
             raise UnsupportedError(f"{path}: AWQ version {version!r} is not read (the GEMM layout is)")
@@ -95,6 +97,30 @@ def _fail(name: str, why: str) -> BadInputError:
     return BadInputError(f"quantized weight {name!r}: {why}")
 
 
+def _parts(name: str, parts: dict[str, np.ndarray]) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """A packed Linear's qweight, qzeros and (float32) scales, each present and 2-D."""
+    for p in ("qweight", "qzeros", "scales"):
+        if p not in parts:
+            raise _fail(name, f"the checkpoint has no {name}.{p}")
+    qw, qz, sc = parts["qweight"], parts["qzeros"], np.asarray(parts["scales"], np.float32)
+    if qw.ndim != 2 or qz.ndim != 2 or sc.ndim != 2:
+        raise _fail(name, "qweight, qzeros and scales must be 2-D")
+    return qw, qz, sc
+
+
+def _check_fit(name: str, cfg: QuantConfig, qw, qz, sc, k: int, n: int, zeros_cols: int, packs: bool) -> int:
+    """The group size (the whole input with -1), once the packed shapes fit K inputs, N outputs and it (qzeros
+    ``[groups, zeros_cols]``; ``packs``: N fills whole words)."""
+    group = k if cfg.group_size == -1 else cfg.group_size
+    if k % group or sc.shape != (k // group, n) or qz.shape != (k // group, zeros_cols) or not packs:
+        raise _fail(
+            name,
+            f"qweight {list(qw.shape)}, qzeros {list(qz.shape)}, scales {list(sc.shape)} do not fit "
+            f"{cfg.bits}-bit codes in groups of {group}",
+        )
+    return group
+
+
 def _grid(
     name: str, codes: np.ndarray, zeros: np.ndarray, scales: np.ndarray, bits: int, group: int, method: str
 ) -> QuantizedTensor:
@@ -117,25 +143,13 @@ def _grid(
 
 
 def gptq_tensor(name: str, parts: dict[str, np.ndarray], cfg: QuantConfig) -> tuple[QuantizedTensor, np.ndarray | None]:
-    """A GPTQ Linear as ``[N, K]`` codes on its grid, and the input permutation that makes act-order groups
-    contiguous (None when they already are)."""
+    """A GPTQ Linear (``name``: its prefix in the checkpoint, for errors) as ``[N, K]`` codes on its grid, and the
+    input permutation that makes act-order groups contiguous (None when they already are)."""
     bits = cfg.bits
     per = 32 // bits
-    for p in ("qweight", "qzeros", "scales"):
-        if p not in parts:
-            raise _fail(name, f"the checkpoint has no {name}.{p}")
-    qw, qz, sc = parts["qweight"], parts["qzeros"], np.asarray(parts["scales"], np.float32)
-    if qw.ndim != 2 or qz.ndim != 2 or sc.ndim != 2:
-        raise _fail(name, "qweight, qzeros and scales must be 2-D")
-    k = qw.shape[0] * per
-    n = qw.shape[1]
-    group = k if cfg.group_size == -1 else cfg.group_size
-    if k % group or sc.shape != (k // group, n) or qz.shape != (k // group, n // per) or n % per:
-        raise _fail(
-            name,
-            f"qweight {list(qw.shape)}, qzeros {list(qz.shape)}, scales {list(sc.shape)} do not fit {bits}-bit "
-            f"codes in groups of {group}",
-        )
+    qw, qz, sc = _parts(name, parts)
+    k, n = qw.shape[0] * per, qw.shape[1]
+    group = _check_fit(name, cfg, qw, qz, sc, k, n, n // per, n % per == 0)
     codes = _unpack(qw, bits, 0)  # [K, N]
     zeros = _unpack(qz, bits, 1)  # [G, N]
     if not cfg.v2:
@@ -158,22 +172,9 @@ def awq_tensor(name: str, parts: dict[str, np.ndarray], cfg: QuantConfig) -> Qua
     """An AWQ (GEMM layout) Linear as ``[N, K]`` codes on its grid."""
     bits = cfg.bits
     per = 32 // bits
-    for p in ("qweight", "qzeros", "scales"):
-        if p not in parts:
-            raise _fail(name, f"the checkpoint has no {name}.{p}")
-    qw, qz, sc = parts["qweight"], parts["qzeros"], np.asarray(parts["scales"], np.float32)
-    if qw.ndim != 2 or qz.ndim != 2 or sc.ndim != 2:
-        raise _fail(name, "qweight, qzeros and scales must be 2-D")
+    qw, qz, sc = _parts(name, parts)
     k, n = qw.shape[0], qw.shape[1] * per
-    group = k if cfg.group_size == -1 else cfg.group_size
-    if bits != 4:
-        raise UnsupportedError(f"quantized weight {name!r}: AWQ's interleaved packing is defined for 4 bits")
-    if k % group or sc.shape != (k // group, n) or qz.shape != (k // group, qw.shape[1]):
-        raise _fail(
-            name,
-            f"qweight {list(qw.shape)}, qzeros {list(qz.shape)}, scales {list(sc.shape)} do not fit {bits}-bit "
-            f"codes in groups of {group}",
-        )
+    group = _check_fit(name, cfg, qw, qz, sc, k, n, qw.shape[1], True)
     # word slot i of each group of 8 holds output column AWQ_ORDER[i]: put each slot's code back in its column
     back = np.empty(per, np.int64)
     back[list(AWQ_ORDER)] = np.arange(per)

@@ -94,6 +94,13 @@ class MixedPrecision(Pass):
     samples: int = option(
         8, check=lambda v: v > 0, allowed="a positive integer", help="calibration samples for the sensitivities"
     )
+    seq: int = option(
+        128,
+        check=lambda v: v >= 0,
+        allowed=">= 0",
+        help="a language model's sensitivities on the first SEQ tokens of each calibration window (0: whole "
+        "windows; the measurement's time is linear in the tokens)",
+    )
     holdout: int = option(
         8,
         check=lambda v: v > 0,
@@ -226,7 +233,9 @@ class MixedPrecision(Pass):
     def run(self, model: Model, ctx: PassContext) -> bool:
         widths = self.choices(ctx)
         cands = {self.spec(self.candidate(b)): b for b in widths}
-        sens = analyse(model, list(cands), ctx, samples=self.samples, use_cache=self.cache, distance=self.distance)
+        sens = analyse(
+            model, list(cands), ctx, samples=self.samples, use_cache=self.cache, distance=self.distance, seq=self.seq
+        )
         if not sens.layers:
             return False
         front, labels = self.front(sens, cands)
@@ -306,7 +315,7 @@ class MixedPrecision(Pass):
                 c.prepare(model)
         work = tempfile.mkdtemp(prefix="edgec-mixed-")
         ex = ctx.executor
-        width = ex.workers if ex is not None and ex.workers > 1 else 1
+        width = ex.workers if ex is not None and ex.fans_out else 1
         lean = dataclasses.replace(ctx, executor=None, _analyses={})
         if width > 1:
             try:  # a check holding something that cannot travel to a worker: judge here

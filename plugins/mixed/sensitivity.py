@@ -712,6 +712,7 @@ def _run_here(model, plan: Plan, order: list[int], items, runs, store, head, say
     lock = threading.Lock()
     parts: dict[str, dict[str, dict[str, float]]] = {}
     pool = cf.ThreadPoolExecutor(n)
+    bar = _bar(len(groups))
     try:
         futures = {
             pool.submit(measure_group, model, plan, j, items, runs, store.arrays, head, sessions, threads, lock): j
@@ -723,10 +724,19 @@ def _run_here(model, plan: Plan, order: list[int], items, runs, store, head, say
             with lock:  # fed-weight sessions: rebuilt if a later group (a tied weight's) needs one again
                 for k in groups[j].chain:
                     sessions.pop((k, True), None)
+            bar.update()
             say(f"sensitivity: group {done + 1}/{len(groups)} done ({len(groups[j].items)} layers)")
     finally:
+        bar.close()
         pool.shutdown(cancel_futures=True)  # a failed group: the queued ones are not run
     return parts
+
+
+def _bar(groups: int):
+    """The measurement's progress bar (on a terminal only), one step per group."""
+    from tqdm import tqdm
+
+    return tqdm(total=groups, desc="sensitivity", unit="group", leave=False, disable=None)
 
 
 def _run_groups(model, plan: Plan, items, runs, store, head, run_id, src, ctx, say) -> dict:
@@ -735,7 +745,7 @@ def _run_groups(model, plan: Plan, items, runs, store, head, run_id, src, ctx, s
     groups = plan.groups
     parts: dict[str, dict[str, dict[str, float]]] = {}
     order = sorted(range(len(groups)), key=lambda k: -groups[k].work * sum(len(items[j][3]) for j in groups[k].items))
-    if ex is None or ex.workers <= 1 or len(groups) <= 1:
+    if ex is None or not ex.fans_out or len(groups) <= 1:
         return _run_here(model, plan, order, items, runs, store, head, say)
     tasks = [(k, {j: items[j] for j in groups[k].items}) for k in order]
     say(f"sensitivity: {len(groups)} groups on {ex.name} x{ex.workers}")
@@ -747,12 +757,16 @@ def _run_groups(model, plan: Plan, items, runs, store, head, run_id, src, ctx, s
         with open(saved, "rb") as f:
             shared["model"] = f.read()
         shared["path"] = None
-    done = ex.run(
-        _measure_shard,
-        tasks,
-        shared=shared,
-        on_done=lambda r: say(f"sensitivity: task {r.index + 1}/{len(tasks)} done ({r.seconds:.2f} s)"),
-    )
+    bar = _bar(len(tasks))
+
+    def finished(r) -> None:
+        bar.update()
+        say(f"sensitivity: task {r.index + 1}/{len(tasks)} done ({r.seconds:.2f} s)")
+
+    try:
+        done = ex.run(_measure_shard, tasks, shared=shared, on_done=finished)
+    finally:
+        bar.close()
     for r in done:
         if not r.ok:
             raise EdgecError(
@@ -773,13 +787,18 @@ def analyse(
     use_cache: bool = True,
     progress: Callable[[str], None] | None = None,
     distance: str = "auto",
+    seq: int = 0,
 ) -> Sensitivity:
     """Measure every quantizable layer's sensitivity to each candidate ``quantize{...}`` spec.
 
     ``distance``: ``auto`` compares a language model's logits on its SUBSET most probable tokens (a head of at
-    least HEAD_MIN_CLASSES classes; the model's outputs otherwise); ``full`` always compares the outputs."""
+    least HEAD_MIN_CLASSES classes; the model's outputs otherwise); ``full`` always compares the outputs.
+    ``seq``: a language model's windows are measured on their first ``seq`` tokens (0: whole windows); the
+    measurement's cost is linear in the tokens (benchmarks/RESULTS-scale.md)."""
     if distance not in ("auto", "full"):
         raise ValueError(f"distance must be 'auto' or 'full', not {distance!r}")
+    if seq < 0:
+        raise ValueError(f"seq must be >= 0, not {seq}")
     import shutil
 
     say = progress or (lambda m: None)
@@ -791,7 +810,7 @@ def analyse(
             "or 'random' for a smoke test)"
         )
     limit = memory_limit()  # a bad setting is reported before any work
-    calib = list(ctx.calibration.samples[:samples])
+    calib = truncate_windows(model, list(ctx.calibration.samples[:samples]), seq)
     digest, src = _model_hash(model)
     try:
         h = hashlib.sha256(f"v{CACHE_VERSION}|{digest}|{list(candidates)}|{len(calib)}|{distance}".encode())
@@ -874,6 +893,17 @@ def analyse(
         return sens
     finally:
         shutil.rmtree(src, ignore_errors=True)
+
+
+def truncate_windows(model: Model, calib: list[dict[str, np.ndarray]], seq: int) -> list[dict[str, np.ndarray]]:
+    """A language model's samples cut to their first ``seq`` tokens: every input of shape ``(batch, seq)`` with a
+    symbolic token axis; other models' samples, and windows already that short, are returned as they are."""
+    from ...api.llm import LLMConfig
+
+    if not seq or LLMConfig.from_model(model) is None:
+        return calib
+    axes = {v.name for v in model.graph.inputs if v.shape and len(v.shape) == 2 and isinstance(v.shape[1], str)}
+    return [{k: (a[:, :seq] if k in axes and np.ndim(a) == 2 else a) for k, a in s.items()} for s in calib]
 
 
 def label(spec: str) -> str:

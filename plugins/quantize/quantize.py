@@ -172,10 +172,10 @@ def _writable(x: Any) -> Any:
         return type(x)(_writable(v) for v in x)
     if isinstance(x, dict):
         return {k: _writable(v) for k, v in x.items()}
-    if dataclasses.is_dataclass(x) and not isinstance(x, type):
-        return dataclasses.replace(
-            x, **{f.name: _writable(getattr(x, f.name)) for f in dataclasses.fields(x) if f.init}
-        )
+    if dataclasses.is_dataclass(x) and not isinstance(x, type):  # a methods.Job: only its arrays change
+        changed = {f.name: _writable(getattr(x, f.name)) for f in dataclasses.fields(x) if f.init}
+        changed = {k: v for k, v in changed.items() if v is not getattr(x, k)}
+        return dataclasses.replace(x, **changed) if changed else x
     return x
 
 
@@ -194,11 +194,6 @@ def _solve_group(work: list[tuple[Layer, LayerWork]], executor: Any, desc: str) 
                 "run without --workers / --executor to see it alone"
             )
     return [r.value for r in results]
-
-
-def parallel(executor: Any) -> bool:
-    """Whether ``executor`` (a pass context's) has more than one worker to give layer tasks to."""
-    return executor is not None and (executor.workers > 1 or executor.name != "local")
 
 
 def quantize_layers(
@@ -221,7 +216,7 @@ def quantize_layers(
     fix_mmap_threshold()
     reports = model.report(REPORT_KEY)
     stream = Stream(model, samples)
-    fan_out = parallel(executor)
+    fan_out = executor is not None and executor.fans_out
     for group in tqdm(layer_groups(model, layers), desc=desc, unit="layer group", leave=False, disable=None):
         xs = stream.capture(group[0].node.inputs[0]) if samples and group[0].kind != "embedding" else None
         done: list[tuple[Layer, dict | LayerWork]] = []

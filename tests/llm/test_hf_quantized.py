@@ -140,7 +140,42 @@ def test_unreadable_quantization_configs_are_named(tmp_path):
         (qdir / "config.json").write_text(json.dumps({**cfg, "quantization_config": qc}))
         with pytest.raises(err, match=msg):
             HFFrontend().load(str(qdir))
+    (qdir / "config.json").write_text(json.dumps(cfg))
+    from safetensors.numpy import load_file
+
+    tensors = load_file(str(qdir / "model.safetensors"))
+    q = "model.layers.0.self_attn.q_proj"
+    for change, msg in (
+        (lambda t: t.pop(q + ".scales"), f"quantized weight '{q}': the checkpoint has no {q}.scales"),
+        (lambda t: t.__setitem__(q + ".g_idx", np.zeros(64, np.int32)), "g_idx does not put 32 inputs in every group"),
+        (lambda t: t.__setitem__(q + ".g_idx", np.zeros(7, np.int32)), "g_idx of shape \\[7\\] does not name a group"),
+        (lambda t: t.__setitem__(q + ".qweight", t[q + ".qweight"][0]), "qweight, qzeros and scales must be 2-D"),
+    ):
+        broken = dict(tensors)
+        change(broken)
+        save_file(broken, str(qdir / "model.safetensors"))
+        with pytest.raises(BadInputError, match=msg):
+            HFFrontend().load(str(qdir))
+    save_file(tensors, str(qdir / "model.safetensors"))
     del cfg["quantization_config"]
     (qdir / "config.json").write_text(json.dumps(cfg))
     with pytest.raises(BadInputError, match="packed quantized weight, but config.json has no quantization_config"):
         HFFrontend().load(str(qdir))
+
+
+@pytest.mark.slow
+def test_an_act_order_gptq_checkpoint_runs_on_openvino(tmp_path):
+    """The imported grid on a runtime: compiled to openvino (its 4-bit weights kept), the artifact's logits equal
+    the reference executor's on the imported model."""
+    from edgec.compiler import compile as edgec_compile
+    from edgec.targets.openvino import OpenVINOTarget
+
+    _, qdir, _ = _checkpoint(tmp_path, "gptq", act_order=True)
+    out = tmp_path / "ov"
+    res = edgec_compile(str(qdir), "openvino", "", str(out), use_cache=False)
+    encodings = res.manifest["target"]["weight_encodings"]
+    assert sum(str(e).startswith("u4") for e in encodings.values()) == 14, encodings
+    ids = np.random.default_rng(2).integers(0, 320, (1, 9)).astype(np.int64)
+    got = OpenVINOTarget().run_artifact(str(out), {"input_ids": ids}, ["input_ids"])[0]
+    want = ReferenceExecutor(HFFrontend().load(str(qdir))).run({"input_ids": ids})["logits"]
+    assert np.abs(got - want).max() <= 1e-4 * np.abs(want).max()

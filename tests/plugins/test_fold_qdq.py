@@ -68,16 +68,21 @@ def _qdq_model(opset=21):
         helper.make_node("DequantizeLinear", ["w3", "s3"], ["w3d"], axis=1, block_size=16),
         helper.make_node("Gemm", ["m2d", "w3d"], ["y"], transB=1),
     ]
+    m = _model(nodes, inits, 16, opset)
+    onnx.checker.check_model(m, full_check=True)
+    return m, {"w1": w1, "s1": s1, "w2": w2, "w3": w3, "s3": s3}
+
+
+def _model(nodes, inits, k: int, opset: int = 21):
+    """x [4, k] -> ... -> y [4, 8], float32."""
     g = helper.make_graph(
         nodes,
         "qdq",
-        [helper.make_tensor_value_info("x", TensorProto.FLOAT, [4, 16])],
+        [helper.make_tensor_value_info("x", TensorProto.FLOAT, [4, k])],
         [helper.make_tensor_value_info("y", TensorProto.FLOAT, [4, 8])],
         inits,
     )
-    m = helper.make_model(g, opset_imports=[helper.make_opsetid("", opset)], ir_version=10)
-    onnx.checker.check_model(m, full_check=True)
-    return m, {"w1": w1, "s1": s1, "w2": w2, "w3": w3, "s3": s3}
+    return helper.make_model(g, opset_imports=[helper.make_opsetid("", opset)], ir_version=10)
 
 
 def _cleanup(m, pipeline=DEFAULT_CLEANUP):
@@ -121,6 +126,18 @@ def test_weights_and_activations_fold_exactly(tmp_path):
     assert np.array_equal(after, before)
     np.testing.assert_allclose(after, want, rtol=1e-5, atol=1e-5)
 
+    # a target that carries the weights' grids but not int8 activations refuses the annotations by name, with the
+    # way out; float-activations drops them (the weights keep their codes) and the refusal goes
+    from edgec.targets.coreml import CoreMLTarget
+
+    assert any(
+        "carry int8 activation quantization" in p and "-p float-activations" in p for p in CoreMLTarget().check(m)
+    )
+    _cleanup(m, "float-activations")
+    assert not [v for v in m.graph.values() if v.quant is not None]
+    assert not any("activation" in p for p in CoreMLTarget().check(m))
+    assert np.array_equal(next(n for n in m.graph if n.qualified_op == "edgec::Linear").inputs[1].const.codes, q1.codes)
+
 
 def test_what_it_cannot_fold_stays_as_ops_and_is_reported(tmp_path):
     """An activation read both quantized and as float keeps its Q/DQ (annotating it would change the float
@@ -140,15 +157,8 @@ def test_what_it_cannot_fold_stays_as_ops_and_is_reported(tmp_path):
         helper.make_node("ReduceSum", ["x"], ["r"], keepdims=1),  # x read as float too
         helper.make_node("Add", ["g", "r"], ["y"]),
     ]
-    g = helper.make_graph(
-        nodes,
-        "left",
-        [helper.make_tensor_value_info("x", TensorProto.FLOAT, [4, 24])],
-        [helper.make_tensor_value_info("y", TensorProto.FLOAT, [4, 8])],
-        inits,
-    )
     path = str(tmp_path / "left.onnx")
-    onnx.save(helper.make_model(g, opset_imports=[helper.make_opsetid("", 21)], ir_version=10), path)
+    onnx.save(_model(nodes, inits, 24), path)
     x = {"x": RNG.standard_normal((4, 24)).astype(np.float32)}
     before = ReferenceExecutor(load_model(path)).run(x)["y"]
     m = _cleanup(load_model(path), "fold-qdq")
@@ -204,6 +214,11 @@ def test_onnxruntime_quantizer_output_folds_to_its_codes(tiny_cnn_path, tmp_path
             )
             for c in codes.values()
         )
+    if weight_type == "QInt8":  # onnxruntime's default uint8 activations: TensorRT says what it takes, and how
+        from edgec.targets.tensorrt import TensorRTTarget
+
+        problems = TensorRTTarget().check(m)
+        assert any("zero point 0" in p and "activation_type=QInt8" in p for p in problems), problems
     x = data[0]
     want = ort.InferenceSession(out, providers=["CPUExecutionProvider"]).run(None, x)[0]
     got = next(iter(ReferenceExecutor(m).run(x).values()))
