@@ -26,6 +26,7 @@ DEFAULT_PLUGINS = {
     "builtin-quantize": "edgec.plugins.quantize",
     "builtin-prune": "edgec.plugins.prune",
     "builtin-mixed": "edgec.plugins.mixed",
+    "builtin-qat": "edgec.plugins.qat",
     "builtin-checks": "edgec.plugins.checks",
     "target-cpu": "edgec.targets.cpu",
     "target-gguf": "edgec.targets.gguf",

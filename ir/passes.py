@@ -74,6 +74,9 @@ class PassContext:
     # Where a pass may run independent units of its work (edgec.api.executor.Executor: worker processes or Ray);
     # None: one after the other in this process. A pass's result must not depend on it.
     executor: Any = None
+    # The model as it was before the pipeline's first lossy pass (a copy the PassManager takes when a later pass
+    # sets ``needs_float_model``: qat distils from it); None where no pass asked for it.
+    float_model: Any = None
     _analyses: dict[type, Any] = dataclasses.field(default_factory=dict)
 
     def pass_class(self, name: str) -> type:
@@ -107,6 +110,9 @@ class Pass:
     # A pass that changes the model's numbers on purpose (quantization, pruning, rounding) sets this: --verify
     # then judges the artifact against the original model by fidelity (cosine, top-1), not by --tolerance.
     lossy: ClassVar[bool] = False
+    # A pass that learns from the float model (quantization-aware fine-tuning) sets this: the PassManager keeps a
+    # copy of the model from before the first lossy pass in ``ctx.float_model``.
+    needs_float_model: ClassVar[bool] = False
 
     def __post_init__(self) -> None:
         for f in dataclasses.fields(self):
@@ -349,6 +355,10 @@ class PassManager:
         ctx = ctx or PassContext()
         done: list[str] = []
         for k, p in enumerate(self.passes):
+            if p.lossy and ctx.float_model is None and any(q.needs_float_model for q in self.passes[k + 1 :]):
+                from .serde import copy
+
+                ctx.float_model = copy(model)
             if self.progress:
                 self.progress(k, len(self.passes), p)
             for ins in self.instruments:

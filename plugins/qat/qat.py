@@ -1,0 +1,363 @@
+"""``qat``: quantization-aware fine-tuning by distillation from the float model, after any quantizer.
+
+``quantize{gguf=Q3_K,method=gptq},qat{mode=block}`` keeps the quantizer's grid (scheme, bits, groups, a
+storage layout's block scales) and trains what the grid lets move: the codes (straight-through rounding, or
+AdaRound's learnable rounding) and, off a storage layout, the scales (LSQ, as a log-factor), through the torch
+interpreter of the IR (:mod:`edgec.api.torch_ir`). The trained codes and scales are written back as ordinary
+``QuantizedTensor`` s on the same grid, so every target carries the result exactly and ``--verify`` holds.
+
+* **Teacher:** the model before the pipeline's first lossy pass (``ctx.float_model``, kept by the PassManager).
+* **Objective:** a language model's KL(teacher || student) on the next-token distributions (the logits,
+  temperature 1), MSE of the outputs otherwise; ``task=W`` adds W x the next-token cross-entropy on the
+  calibration tokens (language models).
+* **mode=block** (BRECQ/OmniQuant style, the default): the graph is cut where one activation carries everything
+  later nodes read (a transformer's residual stream between blocks); each block's weights are trained ``steps``
+  steps to reproduce the float block's output (MSE) from the quantized model's own input to it, then frozen and
+  the quantized stream moves on. The last block (the head) uses the end-to-end objective. Memory: the float and
+  quantized models, one block's optimizer state and activations.
+* **mode=e2e:** every trainable weight at once, ``steps`` steps of the end-to-end objective.
+* Batches: ``batch`` calibration windows per step (a language model's cut to ``seq`` tokens), drawn by a seeded
+  generator; ``lr`` for the rounding variables, ``lr/10`` for the log-scales. Deterministic for a given seed
+  and torch thread count.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import time
+from typing import Any, ClassVar
+
+import numpy as np
+
+from ...errors import EdgecError, UsageError
+from ...ir import Model, QuantizedTensor
+from ...ir.passes import Pass, PassContext, option
+
+MODES = ("block", "e2e")
+
+
+@dataclasses.dataclass(frozen=True)
+class QAT(Pass):
+    """Quantization-aware fine-tuning (distillation from the float model) of the quantized weights' grids."""
+
+    name: ClassVar[str] = "qat"
+    summary: ClassVar[str] = "quantization-aware fine-tuning: distil the float model into the quantized grid"
+    lossy: ClassVar[bool] = True
+    needs_float_model: ClassVar[bool] = True
+    mode: str = option("block", choices=MODES, help="block: block-wise reconstruction; e2e: end to end")
+    steps: int = option(100, check=lambda v: v >= 0, allowed=">= 0", help="optimizer steps (per block in mode=block)")
+    lr: float = option(
+        0.05,
+        check=lambda v: v > 0,
+        allowed="> 0",
+        help="Adam's learning rate of the rounding variables (code units for rounding=ste); lr/10 for the log-scales",
+    )
+    batch: int = option(4, check=lambda v: v > 0, allowed="> 0", help="calibration windows per step")
+    seq: int = option(
+        128, check=lambda v: v >= 0, allowed=">= 0", help="a language model's windows cut to SEQ tokens (0: whole)"
+    )
+    rounding: str = option(
+        "adaround", choices=("adaround", "ste"), help="AdaRound's learnable rounding, or straight-through rounding"
+    )
+    scales: bool = option(True, help="learn the scales (LSQ) where no storage layout fixes them")
+    task: float = option(0.0, check=lambda v: v >= 0, allowed=">= 0", help="weight of the next-token loss")
+    samples: int = option(0, check=lambda v: v >= 0, allowed=">= 0", help="calibration windows used (0: all of them)")
+    seed: int = option(0, help="batch order and initialization")
+
+    def run(self, model: Model, ctx: PassContext) -> bool:
+        teacher_model = ctx.float_model
+        if teacher_model is None:
+            raise UsageError(
+                "qat distils from the float model, and this pipeline has none before it: put qat after a quantizer "
+                "in the same pipeline, e.g. -p 'quantize{bits=4,method=gptq},qat'"
+            )
+        if ctx.calibration is None:
+            raise UsageError("qat trains on calibration data: pass --calib (a text file for a language model)")
+        _same_structure(teacher_model, model)
+        import torch
+
+        from ...api.torch_ir import IRModule
+
+        torch.manual_seed(self.seed)
+        floats = _float_weights(teacher_model, model)
+        student = IRModule(model, rounding=self.rounding, learn_scales=self.scales, float_weights=floats)
+        if not student.fq_names:
+            return False
+        teacher = IRModule(teacher_model, quant="frozen", act_quant=False)
+        teacher.eval()
+        student.train()
+        data = _windows(model, ctx, self.seq, self.samples)
+        lm = _is_lm(model)
+        report: dict[str, Any] = {"mode": self.mode, "steps": self.steps, "windows": len(data)}
+        t0 = time.perf_counter()
+        report["loss_before"] = self._hard_loss(student, teacher, data, lm)
+        if self.mode == "e2e":
+            blocks = [list(student.fq_names)]
+            report["loss"] = self._train_e2e(student, teacher, data, lm, ctx)
+        else:
+            blocks, report["loss"] = self._train_blocks(model, student, teacher, data, lm)
+        report["loss_after"] = self._hard_loss(student, teacher, data, lm)
+        student.write_back()
+        report.update(
+            blocks=len(blocks),
+            weights=len(student.fq_names),
+            seconds=round(time.perf_counter() - t0, 2),
+        )
+        model.reports[self.name] = report
+        return True
+
+    def _hard_loss(self, student, teacher, data, lm: bool) -> float:
+        """The end-to-end objective of the quantized model as it would be written (hard rounding), averaged
+        over the training windows: what the report's loss_before / loss_after compare."""
+        import torch
+
+        out = student.model.graph.outputs[0].name
+        was = student.training
+        student.eval()
+        with torch.no_grad():
+            vals = [
+                float(self._final_loss(student.run(d, [out])[out], teacher.run(d, [out])[out], d, lm)) for d in data
+            ]
+        student.train(was)
+        return float(np.mean(vals))
+
+    # -- objectives ---------------------------------------------------------------------------------------------
+    def _final_loss(self, got, want, feeds, lm: bool):
+        import torch
+
+        if lm:
+            s = torch.log_softmax(got, -1)
+            t = torch.log_softmax(want, -1)
+            loss = (t.exp() * (t - s)).sum(-1).mean()
+            if self.task:
+                ids = next(iter(feeds.values()))
+                ce = torch.nn.functional.cross_entropy(
+                    got[:, :-1].reshape(-1, got.shape[-1]), torch.as_tensor(ids)[:, 1:].reshape(-1)
+                )
+                loss = loss + self.task * ce
+            return loss
+        return ((got - want) ** 2).mean()
+
+    def _batches(self, n: int, steps: int):
+        rng = np.random.default_rng(self.seed)
+        for _ in range(steps):
+            yield rng.choice(n, size=min(self.batch, n), replace=False)
+
+    def _optimizer(self, student, names):
+        import torch
+
+        mods = student.fake_quant()
+        codes, scales = [], []
+        for w in names:
+            m = mods[w]
+            for pname, prm in m.named_parameters():
+                if not prm.requires_grad:
+                    continue
+                (scales if pname == "log_scale" else codes).append(prm)
+        groups = [{"params": codes, "lr": self.lr}]
+        if scales:
+            groups.append({"params": scales, "lr": self.lr / 10})
+        return torch.optim.Adam(groups)
+
+    def _step(self, opt, losses) -> float:
+        """One optimizer step on the mean of the windows' losses (each window's graph backpropagated alone:
+        windows are not stacked, so values without a batch axis need no care)."""
+        opt.zero_grad()
+        total = 0.0
+        for loss_fn in losses:
+            fit, penalty = loss_fn()
+            ((fit + penalty) / len(losses)).backward()
+            total += float(fit.detach()) / len(losses)
+        opt.step()
+        return total  # the objective's value (AdaRound's regularizer not counted)
+
+    def _train_e2e(self, student, teacher, data, lm: bool, ctx) -> dict[str, float]:
+        import torch
+        from tqdm import tqdm
+
+        out = student.model.graph.outputs[0].name
+        opt = self._optimizer(student, list(student.fq_names))
+        first = last = float("nan")
+
+        def loss_of(i: int, step: int):
+            def f():
+                with torch.no_grad():
+                    want = teacher.run(data[i], [out])[out]
+                got = student.run(data[i], [out])[out]
+                return self._final_loss(got, want, data[i], lm), self._penalty(student, None, step, self.steps)
+
+            return f
+
+        bar = tqdm(self._batches(len(data), self.steps), total=self.steps, desc="qat e2e", leave=False, disable=None)
+        for step, idx in enumerate(bar):
+            last = self._step(opt, [loss_of(int(i), step) for i in idx])
+            first = last if step == 0 else first
+            bar.set_postfix(loss=f"{last:.4g}")
+        bar.close()
+        return {"first": first, "last": last}
+
+    def _penalty(self, student, names, step: int, steps: int):
+        import torch
+
+        if self.rounding != "adaround":
+            return torch.zeros(())
+        # AdaRound's annealed regularizer: off for the first fifth, then beta from 20 down to 2
+        frac = step / max(steps, 1)
+        if frac < 0.2:
+            return torch.zeros(())
+        beta = 20 - (20 - 2) * (frac - 0.2) / 0.8
+        return 0.01 * student.rounding_penalty(beta, names)
+
+    def _train_blocks(self, model, student, teacher, data, lm):
+        import torch
+        from tqdm import tqdm
+
+        blocks = split_blocks(model, set(student.fq_names))
+        out = model.graph.outputs[0].name
+        # every window's feeds for the current block: the graph inputs and the block's input activation, the
+        # teacher's (float) and the student's (quantized); nodes that depend on no trainable weight (a rotary
+        # table, a mask) are recomputed from the graph inputs
+        t_in: list[dict[str, Any]] = [dict(d) for d in data]
+        s_in: list[dict[str, Any]] = [dict(d) for d in data]
+        losses = {}
+        bar = tqdm(total=len(blocks) * self.steps, desc="qat blocks", leave=False, disable=None)
+        for b, blk in enumerate(blocks):
+            final = b == len(blocks) - 1
+            target = out if final else blk.output
+            want = None
+            if not final:  # the float block's outputs, once (a language model's logits are recomputed per step)
+                with torch.no_grad():
+                    want = [teacher.run(t_in[i], [target])[target] for i in range(len(data))]
+
+            def loss_of(i: int, step: int, final=final, target=target, want=want, blk=blk):
+                def f():
+                    got = student.run(s_in[i], [target])[target]
+                    if final:
+                        with torch.no_grad():
+                            ref = teacher.run(t_in[i], [target])[target]
+                        loss = self._final_loss(got, ref, data[i], lm)
+                    else:
+                        loss = ((got - want[i]) ** 2).mean()
+                    return loss, self._penalty(student, blk.weights, step, self.steps)
+
+                return f
+
+            opt = self._optimizer(student, blk.weights)
+            first = last = float("nan")
+            for step, idx in enumerate(self._batches(len(data), self.steps)):
+                last = self._step(opt, [loss_of(int(i), step) for i in idx])
+                first = last if step == 0 else first
+                bar.update()
+                bar.set_postfix(block=f"{b + 1}/{len(blocks)}", loss=f"{last:.4g}")
+            losses[f"block{b}"] = {"first": first, "last": last}
+            if final:
+                break
+            student.eval()  # AdaRound's hard rounding from here on
+            with torch.no_grad():
+                for i in range(len(data)):
+                    s_out = student.run(s_in[i], [target])[target]
+                    assert want is not None
+                    t_in[i] = {**data[i], target: want[i]}
+                    s_in[i] = {**data[i], target: s_out}
+            student.train()
+        bar.close()
+        return blocks, losses
+
+
+@dataclasses.dataclass
+class Block:
+    """Nodes [start, end) of the graph in order, the trainable weights they read, and the one activation
+    depending on a trainable weight that later nodes read from them (``output``; "" for the last block)."""
+
+    start: int
+    end: int
+    weights: list[str]
+    output: str
+
+
+def split_blocks(model: Model, trainable: set[str]) -> list[Block]:
+    """Cut the graph (in node order) after every node where exactly one activation that depends on a trainable
+    weight is still read later (a residual stream between transformer blocks); merge the spans so every block
+    reads at least one trainable weight. The last block runs to the graph's end."""
+    nodes = list(model.graph)
+    outputs = {v.name for v in model.graph.outputs}
+    last_use: dict[str, int] = {}
+    for k, n in enumerate(nodes):
+        for i in n.inputs:
+            if i is not None and not i.is_const:
+                last_use[i.name] = k
+    dynamic: set[str] = set()
+    for n in nodes:
+        if any(i is not None and (i.name in trainable or i.name in dynamic) for i in n.inputs):
+            dynamic.update(o.name for o in n.outputs if o is not None)
+    cuts: list[tuple[int, str]] = []
+    live: dict[str, int] = {}  # produced, still read later
+    for k, n in enumerate(nodes):
+        for o in n.outputs:
+            if o is not None and (last_use.get(o.name, -1) > k or o.name in outputs):
+                live[o.name] = k
+        live = {v: p for v, p in live.items() if last_use.get(v, -1) > k or v in outputs}
+        dyn = [v for v in live if v in dynamic]
+        if len(dyn) == 1 and dyn[0] not in outputs and k < len(nodes) - 1:
+            cuts.append((k + 1, dyn[0]))
+    reads = [
+        [i.name for i in n.inputs if i is not None and i.name in trainable] for n in nodes
+    ]  # trainable weights per node
+    blocks: list[Block] = []
+    start = 0
+    for end, out in cuts:
+        ws = list(dict.fromkeys(w for r in reads[start:end] for w in r))
+        if not ws:
+            continue
+        blocks.append(Block(start, end, ws, out))
+        start = end
+    ws = list(dict.fromkeys(w for r in reads[start:] for w in r))
+    if ws or not blocks:
+        blocks.append(Block(start, len(nodes), ws, ""))
+    else:  # nothing trainable after the last cut: the last block runs to the end
+        b = blocks[-1]
+        blocks[-1] = Block(b.start, len(nodes), b.weights, "")
+    return blocks
+
+
+def _is_lm(model: Model) -> bool:
+    from ...api.llm import LLMConfig
+
+    return LLMConfig.from_model(model) is not None
+
+
+def _windows(model: Model, ctx: PassContext, seq: int, samples: int) -> list[dict[str, np.ndarray]]:
+    """The calibration samples (a language model's cut to ``seq`` tokens), at most ``samples`` of them."""
+    data = list(ctx.calibration.samples)
+    if samples:
+        data = data[:samples]
+    if seq and _is_lm(model):
+        axes = {v.name for v in model.graph.inputs if v.shape and len(v.shape) == 2}
+        data = [{k: (a[:, :seq] if k in axes else a) for k, a in s.items()} for s in data]
+    shapes = {tuple((k, np.shape(a)) for k, a in sorted(s.items())) for s in data}
+    if len(shapes) > 1:
+        raise UsageError(
+            "qat batches calibration samples together, and these differ in shape "
+            f"({len(shapes)} shapes); give samples of one shape (a text file is cut into equal windows)"
+        )
+    return data
+
+
+def _float_weights(teacher: Model, student: Model) -> dict[str, np.ndarray]:
+    """Each quantized weight's float original: the teacher's value at the same node and input (a quantizer
+    renames the constants it replaces)."""
+    out: dict[str, np.ndarray] = {}
+    for nt, ns in zip(teacher.graph, student.graph):
+        for vt, vs in zip(nt.inputs, ns.inputs):
+            if vs is not None and vt is not None and isinstance(vs.const, QuantizedTensor) and vt.is_const:
+                out.setdefault(vs.name, np.asarray(vt.numpy()))
+    return out
+
+
+def _same_structure(a: Model, b: Model) -> None:
+    na, nb = list(a.graph), list(b.graph)
+    if [(n.name, n.op_type) for n in na] != [(n.name, n.op_type) for n in nb]:
+        raise EdgecError(
+            "qat: the quantized model's graph differs from the float model's (a pass between the quantizer and "
+            "qat changed its structure); put qat right after the quantizer"
+        )
