@@ -461,6 +461,53 @@ def mixed_rows(info: dict, samples: int) -> list[str]:
     ]
 
 
+def gguf_cli_rows(work: str) -> list[str]:
+    """The command a new user tried (issue 24: killed after 50 minutes at 7.1 GB): ``edgec compile SmolLM2 -t gguf
+    -p mixed-precision{size_mb=92,cache=false} --calib TEXT`` in its own process, with GNU time's wall, CPU and
+    peak RSS; the file's bytes and the mix chosen."""
+    import json
+    import shutil
+    import subprocess
+
+    from edgec.plugins.llm.bundled import smollm2_path
+
+    from _results import SMOL_CALIB
+
+    calib = os.path.join(work, "gguf-calib.txt")
+    with open(calib, "w", encoding="utf-8") as out:
+        for p in SMOL_CALIB:
+            out.write(open(p, encoding="utf-8").read())
+    out_dir = os.path.join(work, "gguf-92")
+    pipe = "mixed-precision{size_mb=92,cache=false}"
+    cmd = ["edgec", "compile", smollm2_path(), "--target", "gguf", "-p", pipe, "--calib", calib, "-o", out_dir]
+    timing = os.path.join(work, "gguf-time.txt")
+    t0 = time.perf_counter()
+    p = subprocess.run(["/usr/bin/time", "-v", "-o", timing, *cmd, "--json"], capture_output=True, text=True)
+    wall = time.perf_counter() - t0
+    if p.returncode:
+        raise RuntimeError(f"{' '.join(cmd)} failed:\n{p.stderr[-3000:]}")
+    stats = dict(line.strip().rsplit(": ", 1) for line in open(timing) if ": " in line)
+    man = json.loads(p.stdout)["manifest"]
+    mp = man["mixed_precision"]
+    size = sum(f["bytes"] for f in man["files"] if f["path"].endswith(".gguf"))
+    shutil.rmtree(out_dir, ignore_errors=True)
+    rss_gb = int(stats["Maximum resident set size (kbytes)"]) / 1e6
+    print(f"gguf size_mb=92 from the CLI: {wall:.1f} s, {rss_gb:.2f} GB", flush=True)
+    return [
+        "",
+        "## The gguf command a user tried: `mixed-precision{size_mb=92}` on SmolLM2",
+        "",
+        f"`edgec compile SmolLM2-135M-Instruct.Q4_1.gguf --target gguf -p '{pipe}' --calib "
+        "Apache-2.0+MPL-2.0.txt` (the CLI's calibration: 32 windows of 512 tokens), in its own process: "
+        f"**{wall:.1f} s** wall ({float(stats['User time (seconds)']):.1f} s user, "
+        f"{float(stats['System time (seconds)']):.1f} s system), peak RSS **{rss_gb:.2f} GB**. Before: killed "
+        "after 1500 s at 7.2 GB (the sensitivities on whole 512-token windows, then the quantizer's output-error "
+        "report on all 32 windows); now the sensitivities take each window's first 128 tokens (`seq=128`) and the "
+        f"report the sensitivities' windows. File: {size / 1e6:.2f} MB (budget 92 MB); types "
+        f"{mp['histogram']}, {mp['avg_bits']} bits per weight.",
+    ]
+
+
 def build_rows(args, work: str) -> list[str]:
     """The edgec build runs on each executor and the projection."""
     t_start = time.time()
@@ -575,6 +622,9 @@ def main() -> None:
     ap.add_argument("--no-build", dest="build", action="store_false", help="skip the edgec build runs")
     ap.add_argument("--no-cost", dest="cost", action="store_false", help="skip the sensitivity's cost model")
     ap.add_argument(
+        "--no-gguf-cli", dest="gguf_cli", action="store_false", help="skip the gguf size_mb=92 command-line run"
+    )
+    ap.add_argument(
         "--keep-previous",
         action="store_true",
         help="keep the sections of RESULTS-scale.md this run skips (said at the top of the file)",
@@ -597,6 +647,8 @@ def main() -> None:
             sections["mixed"] = mixed_rows(info, args.sens_samples)
         if args.cost:
             sections["cost"] = cost_rows(work, args.sens_samples)
+    if args.gguf_cli:
+        sections["gguf-cli"] = gguf_cli_rows(work)
     if args.gptq_executors:
         runs = [(k, int(n)) for k, n in (r.split("x") for r in args.gptq_executors.split(","))]
         sections["layer-tasks"] = gptq_rows(work, args.sens_samples, runs)
@@ -624,6 +676,7 @@ SECTIONS = {
     "sensitivity": "## Sensitivity on SmolLM2-135M-Instruct: time per executor",
     "validation": "### The logit subset against the whole vocabulary",
     "mixed": "## mixed-precision end to end",
+    "gguf-cli": "## The gguf command a user tried",
     "cost": "## Sensitivity: where the time goes",
     "layer-tasks": "## GPTQ and vq with the layers of one input group as tasks",
 }
