@@ -58,6 +58,7 @@ def assemble(tgt: Target, art: Artifact, out_dir: str, model: Model, b: Any, o: 
         "layers": layer_table(model),
         "quantization": quantization_summary(model),
         "mixed_precision": mixed_summary(model),
+        "qat": model.reports.get("qat"),  # quantization-aware fine-tuning: losses before/after, blocks, seconds
         "calibration": {"source": b.calibration.source, "samples": len(b.calibration)} if b.calibration else None,
         "files": [
             {

@@ -104,7 +104,8 @@ class FakeQuantWeight(torch.nn.Module):
                 up, down = codes == fl + 1, codes == fl
                 base = torch.where(up | down, fl, codes)
                 h0 = torch.where(up, frac.clamp(min=0.55), torch.where(down, frac.clamp(max=0.45), h0))
-            self.register_buffer("base", base)
+            # integer codes: half of float32's bytes where they fit int16
+            self.register_buffer("base", base.to(torch.int16 if q.bits <= 15 else torch.int32))
             p = (h0 - _ADA_GAMMA) / (_ADA_ZETA - _ADA_GAMMA)
             self.v = torch.nn.Parameter(torch.log(p / (1 - p)))
 
@@ -131,7 +132,8 @@ class FakeQuantWeight(torch.nn.Module):
         if self.rounding == "ste":
             c = _round_ste(self.latent)
         else:
-            c = self.base + (self.h() if self.training else (self.h() >= 0.5).to(self.base.dtype))
+            h = self.h()
+            c = self.base.to(torch.float32) + (h if self.training else (h >= 0.5).to(torch.float32))
         return torch.clamp(c, self.lo, self.hi)
 
     def rounding_penalty(self, beta: float) -> torch.Tensor:
@@ -230,6 +232,8 @@ class IRModule(torch.nn.Module):
         g = model.graph
         self.nodes = list(g)
         unknown = sorted({n.qualified_op for n in self.nodes if _key(n) not in OPS})
+        if model.opset < 13:
+            unknown += sorted({n.qualified_op for n in self.nodes if n.op_type == "Softmax"})
         if unknown:
             raise UnsupportedError(
                 f"the torch interpreter has no kernel for {', '.join(unknown)}; it covers "
@@ -291,9 +295,19 @@ class IRModule(torch.nn.Module):
             return w
         return self.consts[name]
 
-    def run(self, feeds: Mapping[str, Any], outputs: Iterable[str]) -> dict[str, torch.Tensor]:
+    def weights(self, names: Iterable[str] | None = None) -> dict[str, torch.Tensor]:
+        """The fake-quant weights' current values (all, or ``names``), to share across several :meth:`run` calls
+        (a batch of windows, an evaluation): each is computed once, with its gradient where enabled."""
+        return {w: self.weight(w) for w in (self.fq_names if names is None else names)}
+
+    def run(
+        self,
+        feeds: Mapping[str, Any],
+        outputs: Iterable[str],
+        weights: Mapping[str, torch.Tensor] | None = None,
+    ) -> dict[str, torch.Tensor]:
         """The values ``outputs`` computed from ``feeds`` (any values of the graph, e.g. a block's input),
-        running only the nodes they need."""
+        running only the nodes they need; ``weights`` (from :meth:`weights`) are used as they are."""
         outs = tuple(outputs)
         env: dict[str, torch.Tensor] = {k: _tensor(a) for k, a in feeds.items()}
         g = self.model.graph
@@ -301,7 +315,7 @@ class IRModule(torch.nn.Module):
             for k in list(env):
                 if g.value(k).quant is not None and g.value(k) in g.inputs:
                     env[k] = _fake_quant_act(env[k], g.value(k).quant)
-        cache: dict[str, torch.Tensor] = {}
+        cache: dict[str, torch.Tensor] = dict(weights or {})
         for n in self._plan(frozenset(env), outs):
             args: list[torch.Tensor | None] = []
             for i in n.inputs:
@@ -353,12 +367,18 @@ class IRModule(torch.nn.Module):
 
 
 def _tensor(a: Any) -> torch.Tensor:
+    """A tensor sharing ``a``'s memory (the interpreter never writes to constants or feeds: a read-only array is
+    shared too, not copied: a language model's float weights are hundreds of MB)."""
     if isinstance(a, torch.Tensor):
         return a
     arr = np.asarray(a)
-    if arr.dtype == np.float16:
-        return torch.from_numpy(arr.copy())
-    return torch.from_numpy(np.array(arr, copy=True) if not arr.flags.writeable else arr)
+    if not arr.flags.writeable:
+        import warnings
+
+        with warnings.catch_warnings():
+            warnings.filterwarnings("ignore", message="The given NumPy array is not writable")
+            return torch.from_numpy(arr)
+    return torch.from_numpy(arr)
 
 
 def _key(n: Any) -> tuple[str, str]:
@@ -588,6 +608,8 @@ def _pool(kind: Any) -> Any:
         strides = list(n.attr("strides") or [1, 1])
         if any(d != 1 for d in (n.attr("dilations") or [1, 1])):
             raise _unsupported(n, "dilations")
+        if len([o for o in n.outputs if o is not None]) > 1:
+            raise _unsupported(n, "the indices output")
         if kind == "max":
             if pads[:2] != pads[2:]:
                 x = F.pad(x, [pads[1], pads[3], pads[0], pads[2]], value=-math.inf)
@@ -601,6 +623,8 @@ def _pool(kind: Any) -> Any:
 
 
 def _layernorm(n: Any, a: Any) -> Any:
+    if any(o is not None and o.uses for o in n.outputs[1:]):
+        raise _unsupported(n, "the mean / inverse deviation outputs")
     x, s = a[0], a[1]
     b = a[2] if len(a) > 2 else None
     ax = int(n.attr("axis", -1)) % x.dim()
@@ -613,6 +637,8 @@ def _layernorm(n: Any, a: Any) -> Any:
 
 
 def _clip(n: Any, a: Any) -> Any:
+    if n.attr("min") is not None or n.attr("max") is not None:  # opset < 11: bounds as attributes
+        return torch.clamp(a[0], n.attr("min"), n.attr("max"))
     x = a[0]
     lo = a[1] if len(a) > 1 and a[1] is not None else None
     hi = a[2] if len(a) > 2 and a[2] is not None else None

@@ -115,8 +115,10 @@ class QAT(Pass):
         was = student.training
         student.eval()
         with torch.no_grad():
+            ws = student.weights()
             vals = [
-                float(self._final_loss(student.run(d, [out])[out], teacher.run(d, [out])[out], d, lm)) for d in data
+                float(self._final_loss(student.run(d, [out], ws)[out], teacher.run(d, [out])[out], d, lm))
+                for d in data
             ]
         student.train(was)
         return float(np.mean(vals))
@@ -159,17 +161,16 @@ class QAT(Pass):
             groups.append({"params": scales, "lr": self.lr / 10})
         return torch.optim.Adam(groups)
 
-    def _step(self, opt, losses) -> float:
-        """One optimizer step on the mean of the windows' losses (each window's graph backpropagated alone:
-        windows are not stacked, so values without a batch axis need no care)."""
+    def _step(self, opt, student, names, losses, step: int) -> float:
+        """One optimizer step on the mean of the windows' losses. The trained weights ``names`` are computed once
+        for the step and shared by the windows, which run one by one (not stacked: values without a batch
+        axis need no care); one backward pass."""
         opt.zero_grad()
-        total = 0.0
-        for loss_fn in losses:
-            fit, penalty = loss_fn()
-            ((fit + penalty) / len(losses)).backward()
-            total += float(fit.detach()) / len(losses)
+        ws = student.weights(names)
+        fit = sum(f(ws) for f in losses) / len(losses)
+        (fit + self._penalty(student, names, step, self.steps)).backward()
         opt.step()
-        return total  # the objective's value (AdaRound's regularizer not counted)
+        return float(fit.detach())  # the objective's value (AdaRound's regularizer not counted)
 
     def _train_e2e(self, student, teacher, data, lm: bool, ctx) -> dict[str, float]:
         import torch
@@ -179,18 +180,19 @@ class QAT(Pass):
         opt = self._optimizer(student, list(student.fq_names))
         first = last = float("nan")
 
-        def loss_of(i: int, step: int):
-            def f():
+        def loss_of(i: int):
+            def f(ws):
                 with torch.no_grad():
                     want = teacher.run(data[i], [out])[out]
-                got = student.run(data[i], [out])[out]
-                return self._final_loss(got, want, data[i], lm), self._penalty(student, None, step, self.steps)
+                got = student.run(data[i], [out], ws)[out]
+                return self._final_loss(got, want, data[i], lm)
 
             return f
 
+        names = list(student.fq_names)
         bar = tqdm(self._batches(len(data), self.steps), total=self.steps, desc="qat e2e", leave=False, disable=None)
         for step, idx in enumerate(bar):
-            last = self._step(opt, [loss_of(int(i), step) for i in idx])
+            last = self._step(opt, student, names, [loss_of(int(i)) for i in idx], step)
             first = last if step == 0 else first
             bar.set_postfix(loss=f"{last:.4g}")
         bar.close()
@@ -229,23 +231,21 @@ class QAT(Pass):
                 with torch.no_grad():
                     want = [teacher.run(t_in[i], [target])[target] for i in range(len(data))]
 
-            def loss_of(i: int, step: int, final=final, target=target, want=want, blk=blk):
-                def f():
-                    got = student.run(s_in[i], [target])[target]
+            def loss_of(i: int, final=final, target=target, want=want):
+                def f(ws):
+                    got = student.run(s_in[i], [target], ws)[target]
                     if final:
                         with torch.no_grad():
                             ref = teacher.run(t_in[i], [target])[target]
-                        loss = self._final_loss(got, ref, data[i], lm)
-                    else:
-                        loss = ((got - want[i]) ** 2).mean()
-                    return loss, self._penalty(student, blk.weights, step, self.steps)
+                        return self._final_loss(got, ref, data[i], lm)
+                    return ((got - want[i]) ** 2).mean()
 
                 return f
 
             opt = self._optimizer(student, blk.weights)
             first = last = float("nan")
             for step, idx in enumerate(self._batches(len(data), self.steps)):
-                last = self._step(opt, [loss_of(int(i), step) for i in idx])
+                last = self._step(opt, student, blk.weights, [loss_of(int(i)) for i in idx], step)
                 first = last if step == 0 else first
                 bar.update()
                 bar.set_postfix(block=f"{b + 1}/{len(blocks)}", loss=f"{last:.4g}")
@@ -254,8 +254,9 @@ class QAT(Pass):
                 break
             student.eval()  # AdaRound's hard rounding from here on
             with torch.no_grad():
+                ws = student.weights(blk.weights)
                 for i in range(len(data)):
-                    s_out = student.run(s_in[i], [target])[target]
+                    s_out = student.run(s_in[i], [target], ws)[target]
                     assert want is not None
                     t_in[i] = {**data[i], target: want[i]}
                     s_in[i] = {**data[i], target: s_out}
