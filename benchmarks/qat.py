@@ -33,11 +33,12 @@ TOOLCALLS = os.path.join(ROOT, "examples", "toolcalls", "toolcalls.jsonl")
 LLAMA = ["Q3_K_M", "Q4_0", "Q4_K_M"]
 
 
-def recipes(steps: int, samples: int) -> dict[str, list[tuple[str, str]]]:
-    """Row group -> [(label, pipeline)]: the edgec recipes measured (GPTQ's calibration: ``samples`` windows)."""
+def recipes(steps: int, samples: int, types: set[str]) -> dict[str, list[tuple[str, str]]]:
+    """Row group -> [(label, pipeline)]: the edgec recipes measured (GPTQ's calibration: ``samples`` windows;
+    GPTQ rows of the GGUF ``types`` only)."""
     g4 = f"quantize{{gguf=Q4_0,method=gptq,samples={samples}}}"
     g3 = f"quantize{{gguf=Q3_K,method=gptq,samples={samples}}}"
-    return {
+    out = {
         "gptq": [("GPTQ Q4_0", g4), ("GPTQ Q3_K", g3)],
         "block": [
             ("GPTQ Q4_0 + qat block", f"{g4},qat{{mode=block,steps={steps}}}"),
@@ -51,6 +52,7 @@ def recipes(steps: int, samples: int) -> dict[str, list[tuple[str, str]]]:
             )
         ],
     }
+    return {k: [(lab, p) for lab, p in v if k == "mixed" or lab.split()[1] in types] for k, v in out.items()}
 
 
 def toolcall_metrics(path: str, limit: int) -> dict:
@@ -73,6 +75,7 @@ def main() -> None:
     ap.add_argument("--rows", default="f16,llama,gptq,block,e2e,mixed")
     ap.add_argument("--steps", type=int, default=100, help="qat steps (per block in mode=block)")
     ap.add_argument("--samples", type=int, default=16, help="GPTQ calibration windows of 512 tokens")
+    ap.add_argument("--types", default="Q4_0,Q3_K", help="GGUF types of the GPTQ (+ qat) rows")
     ap.add_argument("--toolcalls", type=int, default=0, help="tool-call prompts per row (0: skip)")
     ap.add_argument("--out", default=os.path.join(HERE, "RESULTS-qat.md"))
     args = ap.parse_args()
@@ -119,7 +122,7 @@ def main() -> None:
             llama_quantize(f16, dst, t)
             add(f"llama.cpp {t}", "(llama_model_quantize)", dst, {"wall_s": time.perf_counter() - t0})
             os.unlink(dst)
-    for group, items in recipes(args.steps, args.samples).items():
+    for group, items in recipes(args.steps, args.samples, set(args.types.split(","))).items():
         if group not in want:
             continue
         for label, pipe in items:
@@ -140,8 +143,8 @@ def write(args, rows: list[dict]) -> None:
     lines = [
         "# Quantization-aware fine-tuning: SmolLM2-135M-Instruct (`python benchmarks/qat.py`)",
         "",
-        f"Command: `python benchmarks/qat.py --rows {args.rows} --steps {args.steps} --samples {args.samples} "
-        f"--toolcalls {args.toolcalls}`. Evaluation text: first 20,000 characters of GPL-3 (llama.cpp, 512-token "
+        f"Command: `python benchmarks/qat.py --rows {args.rows} --types {args.types} --steps {args.steps} "
+        f"--samples {args.samples} --toolcalls {args.toolcalls}`. Evaluation text: first 20,000 characters of GPL-3 (llama.cpp, 512-token "
         "windows, stride 256); calibration and qat training text: Apache-2.0 + MPL-2.0 (`--calib`, 512-token "
         "windows; qat cuts them to 128 tokens). Times and peak RSS: the whole `edgec compile` process (fp32 "
         "weights 542 MB).",

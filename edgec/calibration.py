@@ -7,7 +7,11 @@ Accepted forms:
 * a folder of ``.npz`` files (each as above) or, for single-input models, ``.npy`` files;
 * ``random``: seeded random inputs, with a warning (quantization calibrated on noise is poor);
 * a text file (``.txt``) for language models, tokenized with the model's own tokenizer and cut into
-  ``max_samples`` windows of ``seq_len`` tokens at seeded offsets.
+  ``max_samples`` windows of ``seq_len`` tokens at seeded offsets;
+* chat or tool-use transcripts (``.jsonl``) for language models: one conversation per line, ``{"messages": [...]}``
+  with optionally ``"tools": [...]`` (OpenAI form), each rendered with the model's own chat template as it would see
+  it when deployed (tools as the template takes them, or in SmolLM2-Instruct's tool system message:
+  :mod:`edgec.api.toolcalls`), the conversations' tokens then cut into windows as text is.
 
 Sampling is deterministic: with more samples than ``max_samples``, a seeded choice is taken. Names,
 shapes and dtypes are checked against the model's inputs, and every mismatch is reported at once.
@@ -16,6 +20,7 @@ shapes and dtypes are checked against the model's inputs, and every mismatch is 
 from __future__ import annotations
 
 import dataclasses
+import json
 import os
 import warnings
 import zipfile
@@ -23,7 +28,7 @@ from typing import cast
 
 import numpy as np
 
-from .errors import BadInputError, UnsupportedError
+from .errors import BadInputError, UnsupportedError, UsageError
 from .ir import DType, Model, random_inputs
 
 
@@ -137,17 +142,70 @@ def text_samples(path: str, model: Model, *, seed: int = 0, count: int = 32, seq
     at seeded random offsets (non-overlapping when the text is long enough)."""
     from .api.tokenizer import tokenizer_for
 
-    if [v.name for v in model.graph.inputs] != ["input_ids"]:
-        raise UnsupportedError(
-            f"{path}: text calibration needs a language model taking input_ids; this model "
-            f"takes {[v.name for v in model.graph.inputs]}"
-        )
+    _check_llm_input(path, model)
     try:
         with open(path, encoding="utf-8") as f:
             text = f.read()
     except (OSError, UnicodeDecodeError) as e:
         raise BadInputError(f"calibration text {path}: cannot read it as UTF-8 ({e})") from None
     ids = np.array(tokenizer_for(model).encode(text, add_bos=False), np.int64)
+    return _windows(ids, path, model, seed=seed, count=count, seq_len=seq_len)
+
+
+def chat_samples(path: str, model: Model, *, seed: int = 0, count: int = 32, seq_len: int = 512) -> list[dict]:
+    """``count`` windows of ``seq_len`` tokens from chat / tool-use transcripts (JSON Lines of ``{"messages": [...],
+    "tools": [...]}``), each conversation rendered with the model's chat template (no generation prompt: the
+    transcript holds the replies) and tokenized with its control tokens; the conversations follow one another."""
+    from .api.tokenizer import tokenizer_for
+    from .api.toolcalls import encode_prompt, renderer_for
+
+    _check_llm_input(path, model)
+    try:
+        with open(path, encoding="utf-8") as f:
+            lines = f.read().splitlines()
+    except (OSError, UnicodeDecodeError) as e:
+        raise BadInputError(f"calibration transcripts {path}: cannot read them as UTF-8 ({e})") from None
+    tok = tokenizer_for(model)
+    render = renderer_for(tok)
+    ids: list[int] = []
+    for no, line in enumerate(lines, 1):
+        if not line.strip():
+            continue
+        try:
+            obj = json.loads(line)
+        except ValueError as e:
+            raise BadInputError(f"calibration transcripts {path}, line {no}: not JSON ({e})") from None
+        msgs = obj.get("messages") if isinstance(obj, dict) else None
+        tools = obj.get("tools") if isinstance(obj, dict) else None
+        ok = (
+            isinstance(msgs, list)
+            and msgs
+            and all(isinstance(m, dict) and isinstance(m.get("role"), str) for m in msgs)
+            and (tools is None or (isinstance(tools, list) and all(isinstance(t, dict) for t in tools)))
+        )
+        if not ok or not isinstance(msgs, list):
+            raise BadInputError(
+                f'calibration transcripts {path}, line {no}: expected {{"messages": [{{"role": ..., "content": ...}}, '
+                '...], "tools": [...] (optional)}'
+            )
+        try:
+            text = render.render(msgs, tools, add_generation_prompt=False).text
+        except UsageError as e:
+            raise BadInputError(f"calibration transcripts {path}, line {no}: {e}") from None
+        ids += encode_prompt(tok, text)
+    return _windows(np.array(ids, np.int64), path, model, seed=seed, count=count, seq_len=seq_len)
+
+
+def _check_llm_input(path: str, model: Model) -> None:
+    if [v.name for v in model.graph.inputs] != ["input_ids"]:
+        raise UnsupportedError(
+            f"{path}: text calibration needs a language model taking input_ids; this model "
+            f"takes {[v.name for v in model.graph.inputs]}"
+        )
+
+
+def _windows(ids: np.ndarray, path: str, model: Model, *, seed: int, count: int, seq_len: int) -> list[dict]:
+    """``count`` windows of ``seq_len`` tokens of ``ids`` at seeded offsets (non-overlapping when long enough)."""
     if ids.size < 2:
         raise BadInputError(f"calibration text {path} holds {ids.size} tokens; it needs at least 2")
     from .api.llm import LLMConfig
@@ -178,7 +236,9 @@ def load_calibration(
         )
         return CalibrationSet([random_inputs(model, seed=seed + i) for i in range(random_samples)], "random")
     if not os.path.exists(spec):
-        raise BadInputError(f"calibration data {spec!r} does not exist (give a .npz, a folder, a .txt, or 'random')")
+        raise BadInputError(
+            f"calibration data {spec!r} does not exist (give a .npz, a folder, a .txt, a .jsonl, or 'random')"
+        )
     samples: list[dict[str, np.ndarray]] = []
     if os.path.isdir(spec):
         files = sorted(f for f in os.listdir(spec) if f.endswith((".npz", ".npy")))
@@ -205,8 +265,13 @@ def load_calibration(
         samples = _split(model, _read_npz(spec), spec)
     elif spec.endswith(".txt"):
         samples = text_samples(spec, model, seed=seed, count=max_samples, seq_len=seq_len)
+    elif spec.endswith(".jsonl"):
+        samples = chat_samples(spec, model, seed=seed, count=max_samples, seq_len=seq_len)
     else:
-        raise BadInputError(f"calibration data {spec!r}: expected a .npz file, a folder, a .txt file or 'random'")
+        raise BadInputError(
+            f"calibration data {spec!r}: expected a .npz file, a folder, a .txt file, chat transcripts (.jsonl) or "
+            "'random'"
+        )
     if not samples:
         raise BadInputError(f"calibration data {spec} holds no samples")
     if len(samples) > max_samples:

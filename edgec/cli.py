@@ -623,7 +623,7 @@ def _sensitivity(
     PassManager(parse_pipeline(DEFAULT_CLEANUP, ctx.passes)).run(m, ctx)
     mp = MixedPrecision(avg_bits=8.0, method=method, bits=":".join(map(str, bits)))
     cands = [mp.spec(mp.candidate(b)) for b in mp.widths()]
-    return analyse(m, cands, ctx, samples=samples, use_cache=use_cache, progress=progress)
+    return analyse(m, cands, ctx, samples=samples, use_cache=use_cache, progress=progress, seq=mp.seq)
 
 
 def _inspect_sensitivity(
@@ -743,17 +743,54 @@ def build_cmd(plan, output, executor, workers, no_cache, cache_dir, as_json, qui
 @click.option(
     "--chat", "prompt", help="Generate a reply to this chat prompt on the artifact's runtime (gguf: llama.cpp)."
 )
-@click.option("--max-new-tokens", type=int, default=64, show_default=True)
+@click.option(
+    "--tool-calls",
+    "tool_calls_file",
+    type=click.Path(exists=True, dir_okay=False),
+    help="Tool-calling set (JSON Lines: id, messages, tools, expected; e.g. examples/toolcalls/toolcalls.jsonl): "
+    "generate each prompt's calls and report JSON / schema validity, name accuracy, argument exact-match and F1.",
+)
+@click.option(
+    "--reference",
+    type=click.Path(exists=True),
+    help="With --tool-calls: a reference model (the float model, a file or an artifact) whose calls the model's "
+    "are compared with (reference agreement).",
+)
+@click.option(
+    "--max-new-tokens",
+    type=int,
+    default=None,
+    help="New tokens per generation (default: 64 for --chat, 128 for --tool-calls).",
+)
+@click.option("--limit", type=int, default=0, help="With --tool-calls: only the first K prompts (0: all).")
 @click.option("--frontend", help="Force a frontend.")
 @click.option("--json", "as_json", is_flag=True, help="Machine-readable output.")
 @handle_errors
-def eval_cmd(model, text, ctx, stride, max_tokens, engine, prompt, max_new_tokens, frontend, as_json):
-    """Evaluate a language model or a compiled artifact: perplexity on a text, or a chat reply."""
+def eval_cmd(
+    model,
+    text,
+    ctx,
+    stride,
+    max_tokens,
+    engine,
+    prompt,
+    tool_calls_file,
+    reference,
+    max_new_tokens,
+    limit,
+    frontend,
+    as_json,
+):
+    """Evaluate a language model or a compiled artifact: perplexity on a text, a chat reply, or tool calling."""
     from . import llm_eval
     from .errors import UsageError
 
-    if not text and not prompt:
-        raise UsageError("eval needs --perplexity TEXT_FILE and/or --chat PROMPT")
+    if not text and not prompt and not tool_calls_file:
+        raise UsageError("eval needs --perplexity TEXT_FILE, --chat PROMPT and/or --tool-calls FILE.jsonl")
+    if (reference or limit) and not tool_calls_file:
+        raise UsageError("--reference and --limit apply to --tool-calls FILE.jsonl; add it or drop them")
+    if limit < 0 or (max_new_tokens is not None and max_new_tokens < 1):
+        raise UsageError("--limit must be >= 0 (0: every prompt) and --max-new-tokens >= 1")
     res = llm_eval.run(
         model,
         text=text,
@@ -762,9 +799,13 @@ def eval_cmd(model, text, ctx, stride, max_tokens, engine, prompt, max_new_token
         max_tokens=max_tokens,
         engine=engine,
         prompt=prompt,
-        max_new_tokens=max_new_tokens,
+        max_new_tokens=max_new_tokens or 64,
         frontend=frontend,
         progress=not as_json,
+        tool_calls_file=tool_calls_file,
+        reference=reference,
+        tool_tokens=max_new_tokens or 128,
+        limit=limit,
     )
     if as_json:
         _emit_json({"ok": True, **res})
@@ -774,6 +815,12 @@ def eval_cmd(model, text, ctx, stride, max_tokens, engine, prompt, max_new_token
         click.echo(res["perplexity_text"])
     if "reply" in res:
         click.echo(f"chat reply: {res['reply']}")
+    if "tool_calls" in res:
+        from .api.toolcalls import metrics_text
+
+        tc = res["tool_calls"]
+        click.echo(f"tools rendered: {', '.join(tc['rendering'])}; {tc['max_new_tokens']} new tokens per prompt")
+        click.echo(metrics_text(tc["metrics"]))
 
 
 def _options_text(cls) -> str:

@@ -295,6 +295,17 @@ class Target:
         None where the target has no generation runtime here."""
         return None
 
+    def generator(
+        self, out_dir: str, files: Sequence[str], ctx: int
+    ) -> tuple[str, Callable[[Sequence[int], int], str]] | None:
+        """A language model's artifact generating on the target's runtime, for ``edgec eval --tool-calls``:
+        ``(runtime name, fn)`` where ``fn(prompt token ids, max_new_tokens) -> text`` decodes greedily (no sampling)
+        until the end-of-sequence token or ``max_new_tokens``, for a prompt plus new tokens of up to ``ctx`` tokens.
+        The prompt arrives tokenized (a chat template rendered by the driver, with the artifact's own tokenizer:
+        :meth:`artifact_metadata`), so every engine sees the same tokens. None where it has no generation runtime
+        here."""
+        return None
+
     def run_artifact(
         self, out_dir: str, feeds: Mapping[str, np.ndarray], input_names: Sequence[str] | None = None
     ) -> list[np.ndarray]:

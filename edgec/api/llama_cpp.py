@@ -2,16 +2,16 @@
 
 A shared runtime: the LLM plugin runs llama.cpp for GGUF tokenizers, ``edgec eval`` of a GGUF file and chat
 replies; the ``gguf`` target for its artifacts' logits (:meth:`~edgec.target.Target.logits_engine`,
-``--verify``). Both load through :func:`load_llama`, which keeps llama.cpp's log off the terminal and stays on
-the plain CPU kernels.
+``--verify``) and greedy generation (:meth:`~edgec.target.Target.generator`, ``edgec eval --tool-calls``). All
+load through :func:`load_llama`, which keeps llama.cpp's log off the terminal and stays on the plain CPU kernels.
 """
 
 from __future__ import annotations
 
 import contextlib
 import os
-from collections.abc import Callable, Iterator
-from typing import Any
+from collections.abc import Callable, Iterator, Sequence
+from typing import Any, cast
 
 import numpy as np
 
@@ -89,6 +89,27 @@ def llama_cpp_engine(gguf_path: str, ctx: int, threads: int = 0) -> Callable[[np
     return run
 
 
+def llama_cpp_generator(gguf_path: str, ctx: int, threads: int = 0) -> Callable[[Sequence[int], int], str]:
+    """``gen(prompt token ids, max_new_tokens) -> text`` of a GGUF file on llama.cpp: greedy decoding (no sampling,
+    no repetition penalty) with its KV cache, stopping at an end-of-generation token, for prompts plus new tokens of
+    up to ``ctx`` tokens. The file is loaded once; a prompt sharing a prefix with the previous one reuses its cache."""
+    n = threads or os.cpu_count() or 1
+    llm = load_llama(gguf_path, n_ctx=ctx, n_batch=min(ctx, 512), n_threads=n, n_threads_batch=n)
+
+    def gen(ids: Sequence[int], max_new_tokens: int) -> str:
+        if len(ids) + max_new_tokens > ctx:
+            raise UnsupportedError(
+                f"a prompt of {len(ids)} tokens plus {max_new_tokens} new ones exceeds the {ctx}-token context "
+                "llama.cpp was loaded with"
+            )
+        r = llm.create_completion(
+            [int(t) for t in ids], max_tokens=max_new_tokens, temperature=0.0, repeat_penalty=1.0, top_k=1, seed=0
+        )
+        return cast(str, r["choices"][0]["text"])
+
+    return gen
+
+
 def llama_cpp_speed(
     gguf_path: str, prompt_tokens: int, new_tokens: int, threads: int, rounds: int = 3, seed: int = 0
 ) -> dict[str, Any]:
@@ -131,4 +152,4 @@ def llama_cpp_speed(
     }
 
 
-__all__ = ["llama_cpp_engine", "llama_cpp_speed", "load_llama"]
+__all__ = ["llama_cpp_engine", "llama_cpp_generator", "llama_cpp_speed", "load_llama"]

@@ -117,8 +117,7 @@ class QAT(Pass):
         with torch.no_grad():
             ws = student.weights()
             vals = [
-                float(self._final_loss(student.run(d, [out], ws)[out], teacher.run(d, [out])[out], d, lm))
-                for d in data
+                float(self._final_loss(student.run(d, [out], ws)[out], teacher.run(d, [out])[out], d, lm)) for d in data
             ]
         student.train(was)
         return float(np.mean(vals))

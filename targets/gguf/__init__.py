@@ -22,7 +22,7 @@ from typing import ClassVar
 import numpy as np
 
 from ...api.gguf import FLOAT_TYPES
-from ...api.llama_cpp import llama_cpp_engine, llama_cpp_speed, load_llama
+from ...api.llama_cpp import llama_cpp_engine, llama_cpp_generator, llama_cpp_speed, load_llama
 from ...api.llm import GGUF_KV_KEY, SOURCE_KEY, LLMConfig, permute_rows, weight_names
 from ...errors import UnsupportedError
 from ...hookspecs import hookimpl
@@ -224,6 +224,9 @@ class GGUFTarget(Target):
         llm = load_llama(os.path.join(out_dir, FILE), n_ctx=2048)
         r = llm.create_chat_completion(messages=messages, max_tokens=max_new_tokens, temperature=0.0, seed=0)
         return r["choices"][0]["message"]["content"]
+
+    def generator(self, out_dir: str, files, ctx: int):
+        return "llama.cpp", llama_cpp_generator(os.path.join(out_dir, FILE), ctx, threads=self.threads)
 
     def llm_speed(self, out_dir: str, files, prompt_tokens: int, new_tokens: int, threads: int):
         return llama_cpp_speed(os.path.join(out_dir, FILE), prompt_tokens, new_tokens, threads)
