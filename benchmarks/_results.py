@@ -56,6 +56,21 @@ SMOL_EVAL = "/usr/share/common-licenses/GPL-3"
 SMOL_CALIB = ["/usr/share/common-licenses/Apache-2.0", "/usr/share/common-licenses/MPL-2.0"]
 
 
+def smol_texts(work: str, eval_chars: int = 20000) -> tuple[str, str]:
+    """The language-model benchmarks' texts written into ``work``: (evaluation text: the first ``eval_chars``
+    characters of GPL-3, calibration text: Apache-2.0 + MPL-2.0), disjoint."""
+    eval_txt, calib_txt = os.path.join(work, "eval.txt"), os.path.join(work, "calib.txt")
+    with open(SMOL_EVAL, encoding="utf-8") as f:
+        text = f.read()[:eval_chars]
+    with open(eval_txt, "w", encoding="utf-8") as out:
+        out.write(text)
+    with open(calib_txt, "w", encoding="utf-8") as out:
+        for p in SMOL_CALIB:
+            with open(p, encoding="utf-8") as f:
+                out.write(f.read())
+    return eval_txt, calib_txt
+
+
 def smollm2_bench(work: str, max_samples: int, seq_len: int):
     """SmolLM2-135M-Instruct as the language-model benchmarks start from: imported, cleaned up and saved to
     ``work/base``; a pass context calibrated on Apache-2.0 + MPL-2.0 (``max_samples`` windows of ``seq_len``
@@ -72,10 +87,7 @@ def smollm2_bench(work: str, max_samples: int, seq_len: int):
     from edgec.plugins.llm.bundled import smollm2_path
     from edgec.api.tokenizer import tokenizer_for
 
-    calib_txt = os.path.join(work, "calib.txt")
-    with open(calib_txt, "w", encoding="utf-8") as out:
-        for p in SMOL_CALIB:
-            out.write(open(p, encoding="utf-8").read())
+    _, calib_txt = smol_texts(work)
     m = load_model(smollm2_path())
     reg = host().passes.as_dict()
     ctx = PassContext(

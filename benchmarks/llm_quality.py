@@ -29,10 +29,8 @@ import sys
 import tempfile
 import time
 
-from _results import HERE, write_results  # noqa: E402 (sibling module; scripts run from benchmarks/)
+from _results import HERE, smol_texts, write_results  # noqa: E402 (sibling module; scripts run from benchmarks/)
 
-EVAL_SRC = "/usr/share/common-licenses/GPL-3"
-CALIB_SRC = ["/usr/share/common-licenses/Apache-2.0", "/usr/share/common-licenses/MPL-2.0"]
 LLAMA_TYPES = {
     "Q8_0": "LLAMA_FTYPE_MOSTLY_Q8_0",
     "Q4_0": "LLAMA_FTYPE_MOSTLY_Q4_0",
@@ -91,13 +89,7 @@ def main() -> None:
     from edgec.api.tokenizer import LlamaCppTokenizer
 
     work = tempfile.mkdtemp(prefix="edgec-llm-bench-")
-    eval_txt = os.path.join(work, "eval.txt")
-    calib_txt = os.path.join(work, "calib.txt")
-    with open(EVAL_SRC, encoding="utf-8") as f:
-        open(eval_txt, "w", encoding="utf-8").write(f.read()[:20000])
-    with open(calib_txt, "w", encoding="utf-8") as out:
-        for p in CALIB_SRC:
-            out.write(open(p, encoding="utf-8").read())
+    eval_txt, calib_txt = smol_texts(work)
     src = smollm2_path()
     types = EDGEC_TYPES[1:3] if args.quick else args.types.split(",")
     methods = METHODS[:2] if args.quick else args.methods.split(",")

@@ -471,12 +471,9 @@ def gguf_cli_rows(work: str) -> list[str]:
 
     from edgec.plugins.llm.bundled import smollm2_path
 
-    from _results import SMOL_CALIB
+    from _results import smol_texts
 
-    calib = os.path.join(work, "gguf-calib.txt")
-    with open(calib, "w", encoding="utf-8") as out:
-        for p in SMOL_CALIB:
-            out.write(open(p, encoding="utf-8").read())
+    _, calib = smol_texts(work)
     out_dir = os.path.join(work, "gguf-92")
     pipe = "mixed-precision{size_mb=92,cache=false}"
     cmd = ["edgec", "compile", smollm2_path(), "--target", "gguf", "-p", pipe, "--calib", calib, "-o", out_dir]

@@ -20,7 +20,6 @@ shapes and dtypes are checked against the model's inputs, and every mismatch is 
 from __future__ import annotations
 
 import dataclasses
-import json
 import os
 import warnings
 import zipfile
@@ -157,41 +156,20 @@ def chat_samples(path: str, model: Model, *, seed: int = 0, count: int = 32, seq
     "tools": [...]}``), each conversation rendered with the model's chat template (no generation prompt: the
     transcript holds the replies) and tokenized with its control tokens; the conversations follow one another."""
     from .api.tokenizer import tokenizer_for
-    from .api.toolcalls import encode_prompt, renderer_for
+    from .api.toolcalls import encode_prompt, json_lines, parse_transcript, renderer_for
 
     _check_llm_input(path, model)
-    try:
-        with open(path, encoding="utf-8") as f:
-            lines = f.read().splitlines()
-    except (OSError, UnicodeDecodeError) as e:
-        raise BadInputError(f"calibration transcripts {path}: cannot read them as UTF-8 ({e})") from None
+    label = f"calibration transcripts {path}"
+    lines = list(json_lines(path, label, BadInputError))  # a malformed file fails before the tokenizer loads
     tok = tokenizer_for(model)
     render = renderer_for(tok)
     ids: list[int] = []
-    for no, line in enumerate(lines, 1):
-        if not line.strip():
-            continue
-        try:
-            obj = json.loads(line)
-        except ValueError as e:
-            raise BadInputError(f"calibration transcripts {path}, line {no}: not JSON ({e})") from None
-        msgs = obj.get("messages") if isinstance(obj, dict) else None
-        tools = obj.get("tools") if isinstance(obj, dict) else None
-        ok = (
-            isinstance(msgs, list)
-            and msgs
-            and all(isinstance(m, dict) and isinstance(m.get("role"), str) for m in msgs)
-            and (tools is None or (isinstance(tools, list) and all(isinstance(t, dict) for t in tools)))
-        )
-        if not ok or not isinstance(msgs, list):
-            raise BadInputError(
-                f'calibration transcripts {path}, line {no}: expected {{"messages": [{{"role": ..., "content": ...}}, '
-                '...], "tools": [...] (optional)}'
-            )
+    for no, obj in lines:
+        msgs, tools = parse_transcript(obj, f"{label}, line {no}", BadInputError)
         try:
             text = render.render(msgs, tools, add_generation_prompt=False).text
         except UsageError as e:
-            raise BadInputError(f"calibration transcripts {path}, line {no}: {e}") from None
+            raise BadInputError(f"{label}, line {no}: {e}") from None
         ids += encode_prompt(tok, text)
     return _windows(np.array(ids, np.int64), path, model, seed=seed, count=count, seq_len=seq_len)
 

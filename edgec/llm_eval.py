@@ -53,14 +53,7 @@ def run(
 
         examples = load_examples(tool_calls_file)[: limit or None]
     art = _artifact(model_path)
-    if engine == "auto":
-        engine = "artifact" if art else "reference"
-    if art is None and engine != "reference":
-        raise UsageError(
-            f"--engine {engine} runs a compiled artifact on its target's runtime, and {model_path} is not "
-            "an edgec output directory; compile it first (edgec compile MODEL -t TARGET) or use "
-            "--engine reference"
-        )
+    engine = _engine(engine, art, model_path)
     out: dict[str, Any] = {"model": model_path, "engine": engine}
     if text:
         model, tok, fn = _perplexity_setup(model_path, art, engine, ctx, frontend)
@@ -160,13 +153,7 @@ def _generate_calls(
     from .api.tokenizer import tokenizer_for
     from .api.toolcalls import encode_prompt, renderer_for
 
-    if engine == "auto":
-        engine = "artifact" if art else "reference"
-    if art is None and engine != "reference":
-        raise UsageError(
-            f"--engine {engine} runs a compiled artifact on its target's runtime, and {path} is not an edgec "
-            "output directory; compile it first (edgec compile MODEL -t TARGET) or use --engine reference"
-        )
+    engine = _engine(engine, art, path)
     model = None
     if engine == "reference":
         from .build import load_model
@@ -208,6 +195,19 @@ def _generate_calls(
     info["engine"] = runtime
     bar = tqdm(ids, desc=f"tool calls ({runtime})", unit="prompt", leave=False, disable=not progress)
     return [gen(p, max_new_tokens) for p in bar], info
+
+
+def _engine(engine: str, art: Any, path: str) -> str:
+    """``auto`` resolved (an artifact's runtime, else the reference executor); an artifact engine for a path that
+    is not an artifact refused with the way out."""
+    if engine == "auto":
+        engine = "artifact" if art else "reference"
+    if art is None and engine != "reference":
+        raise UsageError(
+            f"--engine {engine} runs a compiled artifact on its target's runtime, and {path} is not an edgec "
+            "output directory; compile it first (edgec compile MODEL -t TARGET) or use --engine reference"
+        )
+    return engine
 
 
 def _artifact(path: str) -> tuple[Target, Sequence[str]] | None:

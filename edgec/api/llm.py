@@ -75,6 +75,16 @@ class LLMConfig:
 
 
 # ------------------------------------------------------------------------------------------ weight names
+def first_tokens(model: Model, samples: list[dict[str, np.ndarray]], seq: int) -> list[dict[str, np.ndarray]]:
+    """A language model's calibration samples cut to their first ``seq`` tokens (every input of shape ``(batch,
+    seq)`` with a symbolic token axis); another model's samples, or ``seq=0``, are returned as they are. Used where
+    a pass's cost is linear in the tokens it reads (sensitivities, qat)."""
+    if not seq or LLMConfig.from_model(model) is None:
+        return samples
+    axes = {v.name for v in model.graph.inputs if v.shape and len(v.shape) == 2 and isinstance(v.shape[1], str)}
+    return [{k: (a[:, :seq] if k in axes and np.ndim(a) == 2 else a) for k, a in s.items()} for s in samples]
+
+
 def weight_names(cfg: LLMConfig) -> list[str]:
     """Every weight the decoder reads, in GGUF naming."""
     names = ["token_embd.weight"]

@@ -50,7 +50,7 @@ from __future__ import annotations
 import dataclasses
 import json
 from collections import Counter
-from collections.abc import Iterable, Mapping, Sequence
+from collections.abc import Iterable, Iterator, Mapping, Sequence
 from typing import Any
 
 from ..errors import BadInputError, UnsupportedError, UsageError
@@ -177,15 +177,11 @@ def _message(m: Any, problems: list[str], where: str) -> dict[str, Any] | None:
     return dict(m)
 
 
-def parse_example(obj: Any, where: str = "example") -> Example:
-    """An :class:`Example` from one parsed JSON line; a UsageError listing every problem (``where`` prefixes them)."""
-    if not isinstance(obj, dict):
-        raise UsageError(f"{where}: expected a JSON object with id, messages, tools and expected")
-    problems: list[str] = []
-    ex_id = obj.get("id")
-    if not isinstance(ex_id, (str, int)) or isinstance(ex_id, bool) or ex_id == "":
-        problems.append("'id' must be a non-empty string")
-    msgs = obj.get("messages")
+def _conversation(
+    msgs: Any, raw_tools: Any, problems: list[str], *, tools_required: bool
+) -> tuple[list[dict[str, Any]], list[dict[str, Any]]]:
+    """The messages and offered tools of a conversation (a tool-calling example's or a calibration transcript's),
+    each checked, every problem appended to ``problems``."""
     messages: list[dict[str, Any]] = []
     if not isinstance(msgs, list) or not msgs:
         problems.append("'messages' must be a non-empty list of {role, content}")
@@ -194,9 +190,10 @@ def parse_example(obj: Any, where: str = "example") -> Example:
             m = _message(raw, problems, f"messages[{i}]")
             if m is not None:
                 messages.append(m)
-    raw_tools = obj.get("tools")
     tools: list[dict[str, Any]] = []
-    if not isinstance(raw_tools, list) or not raw_tools:
+    if raw_tools is None and not tools_required:
+        return messages, tools
+    if not isinstance(raw_tools, list) or (tools_required and not raw_tools):
         problems.append("'tools' must be a non-empty list of tool schemas")
     else:
         for i, raw in enumerate(raw_tools):
@@ -207,6 +204,56 @@ def parse_example(obj: Any, where: str = "example") -> Example:
         dup = sorted(n for n, c in Counter(names).items() if c > 1)
         if dup:
             problems.append(f"tools offered twice: {', '.join(dup)}")
+    return messages, tools
+
+
+def _problems_error(where: str, problems: list[str], error: type[Exception] = UsageError) -> Exception:
+    return error(f"{where}: " + (problems[0] if len(problems) == 1 else "\n  " + "\n  ".join(problems)))
+
+
+def parse_transcript(
+    obj: Any, where: str, error: type[Exception] = UsageError
+) -> tuple[list[dict[str, Any]], list[dict[str, Any]] | None]:
+    """A calibration transcript's (messages, tools or None) from one parsed JSON line; ``error`` listing every
+    problem (``where`` prefixes them)."""
+    if not isinstance(obj, dict) or not isinstance(obj.get("messages"), list):
+        raise error(
+            f'{where}: expected {{"messages": [{{"role": ..., "content": ...}}, ...], "tools": [...] (optional)}}'
+        )
+    problems: list[str] = []
+    messages, tools = _conversation(obj["messages"], obj.get("tools"), problems, tools_required=False)
+    if problems:
+        raise _problems_error(where, problems, error)
+    return messages, (tools if obj.get("tools") is not None else None)
+
+
+def json_lines(path: str, label: str, error: type[Exception] = UsageError) -> Iterator[tuple[int, Any]]:
+    """(line number, parsed object) for every non-blank line of a JSON Lines file; a BadInputError when the file
+    cannot be read, ``error`` naming ``label`` and the line for one that is not JSON."""
+    try:
+        with open(path, encoding="utf-8") as f:
+            lines = f.read().splitlines()
+    except (OSError, UnicodeDecodeError) as e:
+        raise BadInputError(f"{label}: cannot read it as UTF-8 text ({e})") from None
+    for no, line in enumerate(lines, 1):
+        if not line.strip():
+            continue
+        try:
+            obj = json.loads(line)
+        except ValueError as e:
+            raise error(f"{label}, line {no}: not JSON ({e}); each line must be one JSON object") from None
+        yield no, obj
+
+
+def parse_example(obj: Any, where: str = "example") -> Example:
+    """An :class:`Example` from one parsed JSON line; a UsageError listing every problem (``where`` prefixes them)."""
+    if not isinstance(obj, dict):
+        raise UsageError(f"{where}: expected a JSON object with id, messages, tools and expected")
+    problems: list[str] = []
+    ex_id = obj.get("id")
+    if not isinstance(ex_id, (str, int)) or isinstance(ex_id, bool) or ex_id == "":
+        problems.append("'id' must be a non-empty string")
+    messages, tools = _conversation(obj.get("messages"), obj.get("tools"), problems, tools_required=True)
     by_name = {t["function"]["name"]: t["function"] for t in tools}
     raw_exp = obj.get("expected")
     expected: list[Call] = []
@@ -232,27 +279,16 @@ def parse_example(obj: Any, where: str = "example") -> Example:
                 problems.append(f"{w} ({c['name']}): arguments do not match the tool's parameters: {'; '.join(bad)}")
             expected.append(Call(c["name"], c["arguments"]))
     if problems:
-        raise UsageError(f"{where}: " + (problems[0] if len(problems) == 1 else "\n  " + "\n  ".join(problems)))
+        raise _problems_error(where, problems)
     return Example(str(ex_id), messages, tools, expected)
 
 
 def load_examples(path: str) -> list[Example]:
     """The examples of a tool-calling set (JSON Lines, see the module docstring); a UsageError naming the file, the
     line and what is wrong for any malformed line (blank lines are skipped)."""
-    try:
-        with open(path, encoding="utf-8") as f:
-            lines = f.read().splitlines()
-    except (OSError, UnicodeDecodeError) as e:
-        raise BadInputError(f"{path}: cannot read it as UTF-8 text ({e})") from None
     out: list[Example] = []
     seen: dict[str, int] = {}
-    for no, line in enumerate(lines, 1):
-        if not line.strip():
-            continue
-        try:
-            obj = json.loads(line)
-        except ValueError as e:
-            raise UsageError(f"{path}, line {no}: not JSON ({e}); each line must be one JSON object") from None
+    for no, obj in json_lines(path, path):
         ex = parse_example(obj, f"{path}, line {no}")
         if ex.id in seen:
             raise UsageError(f"{path}, line {no}: id {ex.id!r} was already used on line {seen[ex.id]}")

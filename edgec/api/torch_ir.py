@@ -527,14 +527,14 @@ def _softmax(n: Any, a: Any) -> Any:
 def _cast(n: Any, a: Any) -> Any:
     from ..ir import DType
 
-    to = DType.from_onnx(int(n.attr("to"))) if hasattr(DType, "from_onnx") else None
-    if to is None:
-        raise _unsupported(n, "target dtype unknown")
-    return a[0].to(_TORCH_DTYPE.get(np.dtype(to.numpy).name) or _bad(n, f"to {to}"))
-
-
-def _bad(n: Any, what: str) -> Any:
-    raise _unsupported(n, what)
+    try:
+        to = DType.from_onnx(int(n.attr("to")))
+    except ValueError as e:
+        raise _unsupported(n, str(e)) from None
+    dt = _TORCH_DTYPE.get(np.dtype(to.numpy).name)
+    if dt is None:
+        raise _unsupported(n, f"a cast to {to}")
+    return a[0].to(dt)
 
 
 _TORCH_DTYPE = {

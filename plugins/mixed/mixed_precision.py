@@ -32,7 +32,7 @@ from ...errors import UsageError
 from ...ir import Model, ReferenceExecutor, Tensor
 from ...ir.passes import Pass, PassContext, option
 from ...api.executor import task_threads
-from .sensitivity import FLOAT16, METRICS, analyse, compare, to_float16, truncate_windows, write_temp
+from .sensitivity import FLOAT16, METRICS, analyse, compare, to_float16, write_temp
 from .solver import pareto_front
 
 REPORT_KEY = "edgec.mixed_precision"
@@ -291,15 +291,7 @@ class MixedPrecision(Pass):
             inc = "^(" + "|".join(re.escape(n) for n in names) + ")$"
             opts = self.candidate(b)
             assert opts is not None  # only f16 has none, and it is not among these
-            p = q(**opts, include=inc)
-            qctx = ctx
-            if not p.needs_calibration() and ctx.calibration is not None:
-                # the quantizer reads no data; its per-layer output-error report is taken on the windows the
-                # sensitivities were measured on, not on every calibration window (on SmolLM2's 32 x 512 tokens
-                # the report alone took longer than the sensitivities)
-                few = truncate_windows(model, list(ctx.calibration.samples[: self.samples]), self.seq)
-                qctx = dataclasses.replace(ctx, calibration=dataclasses.replace(ctx.calibration, samples=few))
-            p.run(model, qctx)
+            q(**opts, include=inc).run(model, ctx)
 
     def _search(self, model: Model, ctx: PassContext, front, labels, sens, cands: dict[str, int | str]):
         """Binary search over the front (ascending size) for the smallest allocation within max_drop that

@@ -810,7 +810,9 @@ def analyse(
             "or 'random' for a smoke test)"
         )
     limit = memory_limit()  # a bad setting is reported before any work
-    calib = truncate_windows(model, list(ctx.calibration.samples[:samples]), seq)
+    from ...api.llm import first_tokens
+
+    calib = first_tokens(model, list(ctx.calibration.samples[:samples]), seq)
     digest, src = _model_hash(model)
     try:
         h = hashlib.sha256(f"v{CACHE_VERSION}|{digest}|{list(candidates)}|{len(calib)}|{distance}".encode())
@@ -893,17 +895,6 @@ def analyse(
         return sens
     finally:
         shutil.rmtree(src, ignore_errors=True)
-
-
-def truncate_windows(model: Model, calib: list[dict[str, np.ndarray]], seq: int) -> list[dict[str, np.ndarray]]:
-    """A language model's samples cut to their first ``seq`` tokens: every input of shape ``(batch, seq)`` with a
-    symbolic token axis; other models' samples, and windows already that short, are returned as they are."""
-    from ...api.llm import LLMConfig
-
-    if not seq or LLMConfig.from_model(model) is None:
-        return calib
-    axes = {v.name for v in model.graph.inputs if v.shape and len(v.shape) == 2 and isinstance(v.shape[1], str)}
-    return [{k: (a[:, :seq] if k in axes and np.ndim(a) == 2 else a) for k, a in s.items()} for s in calib]
 
 
 def label(spec: str) -> str:

@@ -93,7 +93,7 @@ class QAT(Pass):
         report["loss_before"] = self._hard_loss(student, teacher, data, lm)
         if self.mode == "e2e":
             blocks = [list(student.fq_names)]
-            report["loss"] = self._train_e2e(student, teacher, data, lm, ctx)
+            report["loss"] = self._train_e2e(student, teacher, data, lm)
         else:
             blocks, report["loss"] = self._train_blocks(model, student, teacher, data, lm)
         report["loss_after"] = self._hard_loss(student, teacher, data, lm)
@@ -171,7 +171,7 @@ class QAT(Pass):
         opt.step()
         return float(fit.detach())  # the objective's value (AdaRound's regularizer not counted)
 
-    def _train_e2e(self, student, teacher, data, lm: bool, ctx) -> dict[str, float]:
+    def _train_e2e(self, student, teacher, data, lm: bool) -> dict[str, float]:
         import torch
         from tqdm import tqdm
 
@@ -266,11 +266,9 @@ class QAT(Pass):
 
 @dataclasses.dataclass
 class Block:
-    """Nodes [start, end) of the graph in order, the trainable weights they read, and the one activation
-    depending on a trainable weight that later nodes read from them (``output``; "" for the last block)."""
+    """The trainable weights a span of the graph reads, and the one activation depending on a trainable weight
+    that later nodes read from the span (``output``; "" for the last block, which runs to the graph's end)."""
 
-    start: int
-    end: int
     weights: list[str]
     output: str
 
@@ -290,33 +288,21 @@ def split_blocks(model: Model, trainable: set[str]) -> list[Block]:
     for n in nodes:
         if any(i is not None and (i.name in trainable or i.name in dynamic) for i in n.inputs):
             dynamic.update(o.name for o in n.outputs if o is not None)
-    cuts: list[tuple[int, str]] = []
-    live: dict[str, int] = {}  # produced, still read later
-    for k, n in enumerate(nodes):
-        for o in n.outputs:
-            if o is not None and (last_use.get(o.name, -1) > k or o.name in outputs):
-                live[o.name] = k
-        live = {v: p for v, p in live.items() if last_use.get(v, -1) > k or v in outputs}
-        dyn = [v for v in live if v in dynamic]
-        if len(dyn) == 1 and dyn[0] not in outputs and k < len(nodes) - 1:
-            cuts.append((k + 1, dyn[0]))
-    reads = [
-        [i.name for i in n.inputs if i is not None and i.name in trainable] for n in nodes
-    ]  # trainable weights per node
     blocks: list[Block] = []
-    start = 0
-    for end, out in cuts:
-        ws = list(dict.fromkeys(w for r in reads[start:end] for w in r))
-        if not ws:
-            continue
-        blocks.append(Block(start, end, ws, out))
-        start = end
-    ws = list(dict.fromkeys(w for r in reads[start:] for w in r))
-    if ws or not blocks:
-        blocks.append(Block(start, len(nodes), ws, ""))
+    weights: list[str] = []  # the current span's, in first-read order
+    live: set[str] = set()  # produced, still read later
+    for k, n in enumerate(nodes):
+        weights += [i.name for i in n.inputs if i is not None and i.name in trainable and i.name not in weights]
+        live |= {o.name for o in n.outputs if o is not None}
+        live = {v for v in live if last_use.get(v, -1) > k or v in outputs}
+        dyn = [v for v in live if v in dynamic]
+        if weights and len(dyn) == 1 and dyn[0] not in outputs and k < len(nodes) - 1:
+            blocks.append(Block(weights, dyn[0]))
+            weights = []
+    if weights or not blocks:
+        blocks.append(Block(weights, ""))
     else:  # nothing trainable after the last cut: the last block runs to the end
-        b = blocks[-1]
-        blocks[-1] = Block(b.start, len(nodes), b.weights, "")
+        blocks[-1] = Block(blocks[-1].weights, "")
     return blocks
 
 
@@ -328,12 +314,10 @@ def _is_lm(model: Model) -> bool:
 
 def _windows(model: Model, ctx: PassContext, seq: int, samples: int) -> list[dict[str, np.ndarray]]:
     """The calibration samples (a language model's cut to ``seq`` tokens), at most ``samples`` of them."""
+    from ...api.llm import first_tokens
+
     data = list(ctx.calibration.samples)
-    if samples:
-        data = data[:samples]
-    if seq and _is_lm(model):
-        axes = {v.name for v in model.graph.inputs if v.shape and len(v.shape) == 2}
-        data = [{k: (a[:, :seq] if k in axes else a) for k, a in s.items()} for s in data]
+    data = first_tokens(model, data[:samples] if samples else data, seq)
     shapes = {tuple((k, np.shape(a)) for k, a in sorted(s.items())) for s in data}
     if len(shapes) > 1:
         raise UsageError(

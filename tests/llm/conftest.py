@@ -43,6 +43,39 @@ def random_weights(cfg: LLMConfig, seed: int = 0) -> dict[str, Tensor]:
     return out
 
 
+def random_arrays(cfg: LLMConfig, seed: int = 0) -> dict[str, np.ndarray]:
+    """Random float32 weights of a decoder (norms near 1), one draw per weight in ``weight_names`` order."""
+    rng = np.random.default_rng(seed)
+    w = {}
+    for n in weight_names(cfg):
+        shape = expected_shape(cfg, n)
+        w[n] = (
+            1.0 + 0.1 * rng.standard_normal(shape)
+            if n.endswith("norm.weight")
+            else rng.standard_normal(shape) / np.sqrt(shape[-1])
+        ).astype(np.float32)
+    return w
+
+
+def chain_decoder(cfg: LLMConfig, links: dict[int, int], metadata: dict):
+    """A decoder whose blocks write nothing, so the logits depend on the last token only: each linked token's
+    embedding is a one-hot row and the head maps it to its successor in ``links``: greedy decoding follows the
+    chain (the generation checks' and tool-call tests' hand-made model)."""
+    w = random_arrays(cfg)
+    rng = np.random.default_rng(1)
+    w["token_embd.weight"] = (0.01 * rng.standard_normal(w["token_embd.weight"].shape)).astype(np.float32)
+    w["output.weight"] = (0.01 * rng.standard_normal(w["output.weight"].shape)).astype(np.float32)
+    for i in range(cfg.layers):
+        w[f"blk.{i}.attn_output.weight"][:] = 0
+        w[f"blk.{i}.ffn_down.weight"][:] = 0
+    w["output_norm.weight"][:] = 1
+    for j, (tok, nxt) in enumerate(links.items()):
+        w["token_embd.weight"][tok] = 0
+        w["token_embd.weight"][tok, j] = 1
+        w["output.weight"][nxt, j] = 2
+    return build_decoder(cfg, w, metadata)
+
+
 TINY = LLMConfig(
     arch="llama",
     vocab_size=49152,

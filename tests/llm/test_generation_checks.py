@@ -5,7 +5,7 @@ import json
 import numpy as np
 import pytest
 
-from edgec.api.llm import SOURCE_KEY, LLMConfig, expected_shape, weight_names
+from edgec.api.llm import SOURCE_KEY, LLMConfig
 from edgec.calibration import CalibrationSet
 from edgec.checks import parse_checks
 from edgec.errors import UsageError
@@ -14,6 +14,7 @@ from edgec.ir.passes import PassContext, parse_pipeline
 from edgec.ir.serde import copy
 from edgec.plugins.checks.generation import generate, holds_json
 from edgec.plugins.frontends.decoder import build_decoder
+from tests.llm.conftest import chain_decoder, random_arrays
 
 # SmolLM2's tokenizer: 'x' is 104; '{"ok":1}' is '{"' 39428, 'ok' 2231, '":' 1799, '1' 33, '}' 109.
 CHAIN = [104, 39428, 2231, 1799, 33, 109, 2]
@@ -39,39 +40,12 @@ def _cfg(vocab: int) -> LLMConfig:
     )
 
 
-def _random_weights(cfg: LLMConfig, seed: int = 0) -> dict[str, np.ndarray]:
-    rng = np.random.default_rng(seed)
-    w = {}
-    for n in weight_names(cfg):
-        shape = expected_shape(cfg, n)
-        w[n] = (
-            1.0 + 0.1 * rng.standard_normal(shape)
-            if n.endswith("norm.weight")
-            else rng.standard_normal(shape) / np.sqrt(shape[-1])
-        ).astype(np.float32)
-    return w
-
-
 def _chain_model(smol_path, successor: dict[int, int] | None = None):
-    """A decoder whose blocks write nothing, so the logits depend on the last token only: each CHAIN token's
-    embedding is a one-hot row and the head maps it to the next CHAIN token. Greedy decoding of 'x' yields
-    '{"ok":1}' and stops at the end-of-sequence token. ``successor`` overrides links of the chain."""
-    cfg = _cfg(40000)
-    w = _random_weights(cfg)
-    rng = np.random.default_rng(1)
-    w["token_embd.weight"] = (0.01 * rng.standard_normal(w["token_embd.weight"].shape)).astype(np.float32)
-    w["output.weight"] = (0.01 * rng.standard_normal(w["output.weight"].shape)).astype(np.float32)
-    for i in range(cfg.layers):
-        w[f"blk.{i}.attn_output.weight"][:] = 0
-        w[f"blk.{i}.ffn_down.weight"][:] = 0
-    w["output_norm.weight"][:] = 1
+    """The chain decoder (tests/llm/conftest.py) over CHAIN: greedy decoding of 'x' yields '{"ok":1}' and stops at
+    the end-of-sequence token. ``successor`` overrides links of the chain."""
     links = dict(zip(CHAIN[:-1], CHAIN[1:]))
     links.update(successor or {})
-    for j, (tok, nxt) in enumerate(links.items()):
-        w["token_embd.weight"][tok] = 0
-        w["token_embd.weight"][tok, j] = 1
-        w["output.weight"][nxt, j] = 2
-    return build_decoder(cfg, w, {SOURCE_KEY: "gguf:" + smol_path})
+    return chain_decoder(_cfg(40000), links, {SOURCE_KEY: "gguf:" + smol_path})
 
 
 def test_holds_json():
@@ -113,7 +87,7 @@ def test_check_usage_errors(smol_path, tmp_path):
     (chk,) = parse_checks(f"contains:{f}", reg)
     with pytest.raises(UsageError, match="the float model itself fails it"):
         chk.prepare(_chain_model(smol_path))
-    small = build_decoder(_cfg(100), _random_weights(_cfg(100)), {SOURCE_KEY: "gguf:" + smol_path})
+    small = build_decoder(_cfg(100), random_arrays(_cfg(100)), {SOURCE_KEY: "gguf:" + smol_path})
     with pytest.raises(UsageError, match="beyond the model's vocabulary of 100"):
         generate(small, ["x"], 2)
 
@@ -125,7 +99,7 @@ def test_failing_generation_check_changes_the_search(smol_path, tmp_path, monkey
     check decided."""
     monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path / "cache"))
     cfg = _cfg(2000)
-    w = _random_weights(cfg)
+    w = random_arrays(cfg)
     w["output.weight"] *= 4
     m = build_decoder(cfg, w, {SOURCE_KEY: "gguf:" + smol_path})
     want = generate(m, ["x:"], 8)[0][:12]

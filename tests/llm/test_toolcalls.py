@@ -9,11 +9,10 @@ import os
 import re
 
 import jsonschema
-import numpy as np
 import pytest
 from click.testing import CliRunner
 
-from edgec.api.llm import GGUF_KV_KEY, SOURCE_KEY, LLMConfig, expected_shape, weight_names
+from edgec.api.llm import GGUF_KV_KEY, SOURCE_KEY, LLMConfig
 from edgec.api.tokenizer import tokenizer_for
 from edgec.api.toolcalls import (
     ChatRenderer,
@@ -34,7 +33,7 @@ from edgec.errors import UsageError
 from edgec.host import host
 from edgec.ir.serde import copy
 from edgec.plugins.checks.generation import generate_ids
-from edgec.plugins.frontends.decoder import build_decoder
+from tests.llm.conftest import chain_decoder
 
 ROOT = os.path.join(os.path.dirname(__file__), "..", "..")
 SET_DIR = os.path.join(ROOT, "examples", "toolcalls")
@@ -342,38 +341,13 @@ TOOL = {
 }
 
 
-def _weights(cfg: LLMConfig, seed: int = 0) -> dict[str, np.ndarray]:
-    rng = np.random.default_rng(seed)
-    return {
-        n: (
-            1.0 + 0.1 * rng.standard_normal(expected_shape(cfg, n))
-            if n.endswith("norm.weight")
-            else rng.standard_normal(expected_shape(cfg, n)) / np.sqrt(expected_shape(cfg, n)[-1])
-        ).astype(np.float32)
-        for n in weight_names(cfg)
-    }
-
-
 def _chain_model(smol_path: str, successor: dict[int, int] | None = None, metadata: dict | None = None):
-    """A decoder whose blocks write nothing, so the logits depend on the last token only: each chain token's
-    embedding is one-hot and the head maps it to the next, so greedy decoding after a rendered prompt writes the
-    weather call for Paris (``successor`` overrides links)."""
-    w = _weights(TINY)
-    rng = np.random.default_rng(1)
-    w["token_embd.weight"] = (0.01 * rng.standard_normal(w["token_embd.weight"].shape)).astype(np.float32)
-    w["output.weight"] = (0.01 * rng.standard_normal(w["output.weight"].shape)).astype(np.float32)
-    for i in range(TINY.layers):
-        w[f"blk.{i}.attn_output.weight"][:] = 0
-        w[f"blk.{i}.ffn_down.weight"][:] = 0
-    w["output_norm.weight"][:] = 1
+    """The chain decoder (tests/llm/conftest.py): greedy decoding after a rendered prompt writes the weather call
+    for Paris (``successor`` overrides links)."""
     chain = [198, *CALL, 2]
     links = dict(zip(chain[:-1], chain[1:]))
     links.update(successor or {})
-    for j, (tok, nxt) in enumerate(links.items()):
-        w["token_embd.weight"][tok] = 0
-        w["token_embd.weight"][tok, j] = 1
-        w["output.weight"][nxt, j] = 2
-    return build_decoder(TINY, w, metadata or {SOURCE_KEY: "gguf:" + smol_path})
+    return chain_decoder(TINY, links, metadata or {SOURCE_KEY: "gguf:" + smol_path})
 
 
 def _tool_set(path, expected_name: str = "weather", n: int = 2) -> str:

@@ -15,7 +15,7 @@ torch = pytest.importorskip("torch")
 from edgec import ir  # noqa: E402
 from edgec.api.torch_ir import IRModule  # noqa: E402
 from edgec.calibration import CalibrationSet  # noqa: E402
-from edgec.errors import UnsupportedError  # noqa: E402
+from edgec.errors import UnsupportedError, UsageError  # noqa: E402
 from edgec.host import host  # noqa: E402
 from edgec.ir import QuantizedTensor, ReferenceExecutor  # noqa: E402
 from edgec.ir.passes import PassContext, PassError, PassManager, parse_pipeline  # noqa: E402
@@ -177,6 +177,24 @@ def test_qat_needs_a_quantizer_before_it_and_calibration():
     ctx = PassContext(passes=host().passes.as_dict())
     with pytest.raises(PassError, match="--calib"):
         PassManager(parse_pipeline("quantize{bits=4},qat", ctx.passes)).run(m, ctx)
+
+
+def test_qat_refuses_a_changed_graph_and_mixed_sample_shapes():
+    """A float model whose graph is not the quantized one's (a structure-changing pass between them), and
+    calibration samples of two lengths: named errors, no training."""
+    from edgec.errors import EdgecError
+    from edgec.plugins.qat.qat import QAT
+
+    m = _run(_lm(), "quantize{bits=4}", _samples(2))
+    ctx = _ctx(_samples(2))
+    ctx.float_model = copy_model(_lm())
+    ctx.float_model.graph.remove(list(ctx.float_model.graph)[-1], safe=False)
+    with pytest.raises(EdgecError, match="differs from the float model's"):
+        QAT(steps=1).run(m, ctx)
+    ctx = _ctx(_samples(1, 16) + _samples(1, 24))
+    ctx.float_model = _lm()
+    with pytest.raises(UsageError, match="differ in shape"):
+        QAT(steps=1).run(m, ctx)
 
 
 def test_float_model_is_kept_only_when_asked():
