@@ -176,6 +176,15 @@ def _generate_calls(
         from .plugins.checks.generation import generate_ids
 
         info["engine"] = "reference"
+        if progress:  # a hint, not an error: the reference executor is exact, only slow
+            import sys
+
+            print(
+                "edgec eval: generating on the reference executor, which reruns the whole sequence for every new "
+                "token (no KV cache): seconds a prompt. For speed, compile to a target that generates "
+                f"(edgec compile {path} -t gguf -o OUT) and eval OUT on its runtime (llama.cpp).",
+                file=sys.stderr,
+            )
         gens = generate_ids(model, ids, max_new_tokens, [ex.id for ex in examples], progress=progress)
         return gens, info
     assert art is not None

@@ -16,6 +16,9 @@ interpreter of the IR (:mod:`edgec.api.torch_ir`). The trained codes and scales 
   the quantized stream moves on. The last block (the head) uses the end-to-end objective. Memory: the float and
   quantized models, one block's optimizer state and activations.
 * **mode=e2e:** every trainable weight at once, ``steps`` steps of the end-to-end objective.
+* **Checks** (``checks=``, as ``mixed-precision{checks=...}``: ``toolcall:FILE``, ``json:``, ``top1:``, any a
+  plugin registers): judged against the float model after training; a trained result that breaks one is replaced by
+  the quantizer's own (the report says so), and the pass fails, naming the check, when that breaks it too.
 * Batches: ``batch`` calibration windows per step (a language model's cut to ``seq`` tokens), drawn by a seeded
   generator; ``lr`` for the rounding variables, ``lr/10`` for the log-scales. Deterministic for a given seed
   and torch thread count.
@@ -63,6 +66,17 @@ class QAT(Pass):
     task: float = option(0.0, check=lambda v: v >= 0, allowed=">= 0", help="weight of the next-token loss")
     samples: int = option(0, check=lambda v: v >= 0, allowed=">= 0", help="calibration windows used (0: all of them)")
     seed: int = option(0, help="batch order and initialization")
+    checks: str = option(
+        "",
+        help="property checks the result must keep, ';'-separated name:arg (e.g. toolcall:calls.jsonl); a "
+        "trained result that breaks one is replaced by the quantizer's, and an error is raised when both break it",
+    )
+    holdout: int = option(
+        8,
+        check=lambda v: v > 0,
+        allowed="a positive integer",
+        help="checks=: calibration samples the output checks judge (after the first `samples`, else the last ones)",
+    )
 
     def run(self, model: Model, ctx: PassContext) -> bool:
         teacher_model = ctx.float_model
@@ -83,6 +97,8 @@ class QAT(Pass):
         student = IRModule(model, rounding=self.rounding, learn_scales=self.scales, float_weights=floats)
         if not student.fq_names:
             return False
+        judge = _Judge(self, teacher_model, ctx) if self.checks else None
+        before = {w: model.graph.value(w).const for w in student.fq_names}  # the quantizer's, if checks fail
         teacher = IRModule(teacher_model, quant="frozen", act_quant=False)
         teacher.eval()
         student.train()
@@ -103,6 +119,21 @@ class QAT(Pass):
             weights=len(student.fq_names),
             seconds=round(time.perf_counter() - t0, 2),
         )
+        if judge is not None:
+            report["checks"] = verdicts = judge(model)
+            failed = [d for d, r in verdicts.items() if not r["passed"]]
+            if failed:  # keep the quantizer's weights where they keep the checks
+                for w, q in before.items():
+                    model.graph.value(w).const = q
+                report["checks_before_qat"] = verdicts0 = judge(model)
+                still = [d for d, r in verdicts0.items() if not r["passed"]]
+                if still:
+                    raise EdgecError(
+                        f"qat: the trained model breaks check {failed[0]} ({verdicts[failed[0]]['detail']}), and so "
+                        f"does the quantizer's result before qat ({verdicts0[still[0]]['detail']}): quantize wider "
+                        "(more bits, a larger GGUF type) or relax checks="
+                    )
+                report["reverted"] = f"the trained weights broke check {failed[0]}: the quantizer's weights kept"
         model.reports[self.name] = report
         return True
 
@@ -304,6 +335,42 @@ def split_blocks(model: Model, trainable: set[str]) -> list[Block]:
     else:  # nothing trainable after the last cut: the last block runs to the end
         blocks[-1] = Block(blocks[-1].weights, "")
     return blocks
+
+
+class _Judge:
+    """The pass's property checks (``checks=``) against the float model: output checks on ``holdout``
+    calibration samples (their float outputs computed once), model checks (generation) prepared on it once."""
+
+    def __init__(self, qat: QAT, teacher: Model, ctx: PassContext):
+        from ...checks import parse_checks
+        from ...ir import ReferenceExecutor
+
+        self.checks = parse_checks(qat.checks, ctx.checks)
+        assert ctx.calibration is not None  # run() refused a pipeline without
+        data = list(ctx.calibration.samples)
+        rest = data[qat.samples :] if qat.samples else []
+        self.held = rest[: qat.holdout] if rest else data[-qat.holdout :]
+        self.names = [o.name for o in teacher.graph.outputs]
+        self.ref: list[list[np.ndarray]] = []
+        if any(not c.needs_model for c in self.checks):
+            ex = ReferenceExecutor(teacher)
+            self.ref = [[ex.run(s)[n] for n in self.names] for s in self.held]
+        for c in self.checks:
+            if c.needs_model:
+                c.prepare(teacher)
+
+    def __call__(self, model: Model) -> dict[str, dict[str, Any]]:
+        from ...ir import ReferenceExecutor
+
+        got: list[list[np.ndarray]] = []
+        if self.ref:
+            ex = ReferenceExecutor(model)
+            got = [[ex.run(s)[n] for n in self.names] for s in self.held]
+        out = {}
+        for c in self.checks:
+            r = c.judge(model, self.ref, got)
+            out[c.describe()] = {"passed": r.passed, "value": r.value, "detail": r.detail}
+        return out
 
 
 def _is_lm(model: Model) -> bool:

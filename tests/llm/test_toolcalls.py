@@ -388,6 +388,25 @@ def test_toolcall_check_keeps_and_breaks(smol_path, tmp_path):
         chk.prepare(good)
 
 
+def test_qat_honours_the_toolcall_check(smol_path, tmp_path):
+    """qat{checks=toolcall:...} judges the trained model's calls against the float model's: the chain model at
+    8 bits keeps the weather call for Paris, and the verdict is in the report."""
+    import numpy as np
+
+    from edgec.calibration import CalibrationSet
+    from edgec.ir.passes import PassContext, PassManager, parse_pipeline
+
+    model = _chain_model(smol_path)
+    rng = np.random.default_rng(0)
+    samples = [{"input_ids": rng.integers(0, TINY.vocab_size, (1, 16)).astype(np.int64)} for _ in range(4)]
+    h = host()
+    ctx = PassContext(calibration=CalibrationSet(samples, "test"), passes=h.passes.as_dict(), checks=h.checks.as_dict())
+    check = f"toolcall:{_tool_set(tmp_path / 'set.jsonl')}@24"
+    PassManager(parse_pipeline(f"quantize{{bits=8}},qat{{steps=2,checks={check}}}", ctx.passes)).run(model, ctx)
+    rep = model.reports["qat"]
+    assert rep["checks"][check]["passed"] and rep["checks"][check]["value"] == 1 and "reverted" not in rep
+
+
 def test_toolcall_check_usage_errors(tmp_path):
     reg = host().checks.as_dict()
     assert "toolcall" in reg and "2 points" in reg["toolcall"].summary

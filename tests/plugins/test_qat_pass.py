@@ -15,6 +15,7 @@ torch = pytest.importorskip("torch")
 from edgec import ir  # noqa: E402
 from edgec.api.torch_ir import IRModule  # noqa: E402
 from edgec.calibration import CalibrationSet  # noqa: E402
+from edgec.checks import Check, CheckResult  # noqa: E402
 from edgec.errors import UnsupportedError, UsageError  # noqa: E402
 from edgec.host import host  # noqa: E402
 from edgec.ir import QuantizedTensor, ReferenceExecutor  # noqa: E402
@@ -195,6 +196,59 @@ def test_qat_refuses_a_changed_graph_and_mixed_sample_shapes():
     ctx.float_model = _lm()
     with pytest.raises(UsageError, match="differ in shape"):
         QAT(steps=1).run(m, ctx)
+
+
+class _Verdicts(Check):
+    """A test check on models: ``first`` fails the first model it judges (the trained one) and passes the next;
+    ``never`` fails every model."""
+
+    name = "verdicts"
+    needs_model = True
+
+    def __init__(self, arg: str):
+        super().__init__(arg)
+        self.judged: list = []
+
+    def prepare(self, reference) -> None:
+        self.reference = reference
+
+    def evaluate_model(self, candidate) -> CheckResult:
+        self.judged.append(candidate)
+        ok = self.arg == "first" and len(self.judged) > 1
+        return CheckResult(ok, float(ok), f"model {len(self.judged)}")
+
+
+def _checked(pipe, samples):
+    ctx = dataclasses.replace(_ctx(samples), checks={**host().checks.as_dict(), "verdicts": _Verdicts})
+    m = _lm()
+    PassManager(parse_pipeline(pipe, ctx.passes)).run(m, ctx)
+    return m
+
+
+def test_qat_keeps_its_checks():
+    """checks=: kept -> the trained weights and the verdicts in the report; broken by the trained weights ->
+    the quantizer's weights, bit for bit, and the report says why; broken by both -> a named error."""
+    train = _samples(6)
+    base = _run(_lm(), "quantize{bits=3,group=32}", train)
+    ok = _checked("quantize{bits=3,group=32},qat{steps=3,lr=0.5,samples=4,holdout=2,checks=top1:0.01}", train)
+    rep = ok.reports["qat"]
+    assert rep["checks"]["top1:0.01"]["passed"] and "reverted" not in rep
+    codes = lambda m: {
+        w: v.const.codes for w, v in m.graph.initializers.items() if isinstance(v.const, QuantizedTensor)
+    }  # noqa: E731
+    assert any((a != codes(base)[w]).any() for w, a in codes(ok).items())  # it trained
+
+    kept = _checked("quantize{bits=3,group=32},qat{steps=3,lr=0.5,checks=verdicts:first}", train)
+    rep = kept.reports["qat"]
+    assert not rep["checks"]["verdicts:first"]["passed"] and rep["checks_before_qat"]["verdicts:first"]["passed"]
+    assert "broke check verdicts:first" in rep["reverted"]
+    for w, a in codes(kept).items():
+        np.testing.assert_array_equal(a, codes(base)[w])
+
+    with pytest.raises(PassError, match=r"breaks check verdicts:never \(model 1\), and so does the quantizer's"):
+        _checked("quantize{bits=3,group=32},qat{steps=2,checks=verdicts:never}", train)
+    with pytest.raises(PassError, match="unknown check 'nope'"):
+        _checked("quantize{bits=3,group=32},qat{steps=2,checks=nope:1}", train)
 
 
 def test_float_model_is_kept_only_when_asked():
