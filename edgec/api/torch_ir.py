@@ -103,7 +103,11 @@ class FakeQuantWeight(torch.nn.Module):
                 frac = (u - fl).clamp(0.05, 0.95)
                 up, down = codes == fl + 1, codes == fl
                 base = torch.where(up | down, fl, codes)
-                h0 = torch.where(up, frac.clamp(min=0.55), torch.where(down, frac.clamp(max=0.45), h0))
+                # on the stored code's side, as far from 0.5 as the float weight is from its nearest grid point: a
+                # code rounded away from the nearest (GPTQ's error compensation) starts as settled as one rounded to
+                # it, not at the boundary where the first noisy steps would flip it back to nearest rounding
+                far = torch.maximum(frac, 1 - frac).clamp(min=0.55)
+                h0 = torch.where(up, far, torch.where(down, 1 - far, h0))
             # integer codes: half of float32's bytes where they fit int16
             self.register_buffer("base", base.to(torch.int16 if q.bits <= 15 else torch.int32))
             p = (h0 - _ADA_GAMMA) / (_ADA_ZETA - _ADA_GAMMA)

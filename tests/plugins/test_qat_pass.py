@@ -198,6 +198,27 @@ def test_qat_refuses_a_changed_graph_and_mixed_sample_shapes():
         QAT(steps=1).run(m, ctx)
 
 
+def test_qat_keeps_only_what_lowers_the_held_out_loss():
+    """The last `holdout` windows are not trained on; a block whose trained weights do not lower its loss on them
+    keeps the quantizer's, and the result is never worse there than the quantizer's (lr=20: training that hurts)."""
+    train = _samples(20)
+    base = _run(_lm(), "quantize{bits=3}", train)
+    for lr in (0.05, 20.0):
+        m = _run(_lm(), f"quantize{{bits=3}},qat{{steps=6,lr={lr},holdout=6}}", train)
+        rep = m.reports["qat"]
+        assert rep["held_out"] == 6 and rep["windows"] == 20
+        blocks = [v for k, v in rep["loss"].items() if k.startswith("block")]
+        assert blocks and all(
+            b["kept"] == ("trained" if b["held_after"] < b["held_before"] else "quantizer") for b in blocks
+        )
+        assert rep["loss_after"] <= rep["loss_before"] or "kept" in rep, rep  # else the quantizer's weights kept
+        if "kept" in rep or all(b["kept"] == "quantizer" for b in blocks):
+            for w, v in m.graph.initializers.items():
+                if isinstance(v.const, QuantizedTensor):
+                    np.testing.assert_array_equal(v.const.codes, base.graph.value(w).const.codes)
+    assert any(b["kept"] == "quantizer" for b in blocks)  # lr=20 hurt somewhere, and that was undone
+
+
 class _Verdicts(Check):
     """A test check on models: ``first`` fails the first model it judges (the trained one) and passes the next;
     ``never`` fails every model."""
