@@ -50,8 +50,8 @@ def recipes(steps: int, samples: int, types: set[str]) -> dict[str, list[tuple[s
         "e2e": [("GPTQ Q4_0 + qat e2e", f"{g4},qat{{mode=e2e,steps={steps}}}")],
         "mixed": [
             (f"mixed {mb} MB GPTQ{' + qat block' if q else ''}", f"{_mixed(mb)}{',' + blk if q else ''}")
-            for mb in (92, 80)
             for q in (False, True)
+            for mb in (92, 80)
         ],
     }
     return {k: [(lab, p) for lab, p in v if k == "mixed" or lab.split()[1] in types] for k, v in out.items()}

@@ -267,7 +267,7 @@ class QAT(Pass):
         # table, a mask) are recomputed from the graph inputs
         t_in: list[dict[str, Any]] = [dict(d) for d in data]
         s_in: list[dict[str, Any]] = [dict(d) for d in data]
-        losses = {}
+        losses: dict[str, dict[str, Any]] = {}
         bar = tqdm(total=len(blocks) * self.steps, desc="qat blocks", leave=False, disable=None)
         for b, blk in enumerate(blocks):
             final = b == len(blocks) - 1
@@ -309,8 +309,13 @@ class QAT(Pass):
             kept = held1 < held0
             if not kept:  # training did not help this block where it counts: the quantizer's weights stay
                 _restore(student, start)
-            losses[f"block{b}"] = {"first": first, "last": last, "held_before": held0, "held_after": held1}
-            losses[f"block{b}"]["kept"] = "trained" if kept else "quantizer"
+            losses[f"block{b}"] = {
+                "first": first,
+                "last": last,
+                "held_before": held0,
+                "held_after": held1,
+                "kept": "trained" if kept else "quantizer",
+            }
             if final:
                 break
             student.eval()  # AdaRound's hard rounding from here on
