@@ -104,7 +104,19 @@ def main() -> None:
         help="JSON lines: each measured row is appended; rows already there (same name and pipeline) are not "
         "measured again (a long run continued in parts: perplexity is deterministic, times are of their own run)",
     )
+    ap.add_argument(
+        "--write-only",
+        action="store_true",
+        help="measure nothing: write --out from every row of --rows-file (a run measured in parts)",
+    )
     args = ap.parse_args()
+    if args.write_only:
+        if not args.rows_file or not os.path.exists(args.rows_file):
+            ap.error("--write-only writes the rows of --rows-file: give an existing one")
+        with open(args.rows_file, encoding="utf-8") as f:
+            stored = [json.loads(line) for line in f]
+        write(args, [r for r in stored if r["row"] == "F16"][-1:] + [r for r in stored if r["row"] != "F16"])
+        return
     want = set(args.rows.split(","))
     from edgec.api.llama_cpp import llama_cpp_engine
     from edgec.api.tokenizer import LlamaCppTokenizer
@@ -197,8 +209,15 @@ def write(args, rows: list[dict]) -> None:
     lines = [
         "# Quantization-aware fine-tuning: SmolLM2-135M-Instruct (`python benchmarks/qat.py`)",
         "",
-        f"Command: `python benchmarks/qat.py --rows {args.rows} --types {args.types} --steps {args.steps} "
-        f"--samples {args.samples} --toolcalls {args.toolcalls}`. Evaluation text: first 20,000 characters of GPL-3 (llama.cpp, 512-token "
+        (
+            f"Rows measured in parts (`--rows-file`, each row's times of its own run), written by `python "
+            f"benchmarks/qat.py --write-only --rows-file FILE`; every part ran with `--steps {args.steps} "
+            f"--samples {args.samples} --toolcalls {args.toolcalls}`."
+            if args.write_only
+            else f"Command: `python benchmarks/qat.py --rows {args.rows} --types {args.types} --steps {args.steps} "
+            f"--samples {args.samples} --toolcalls {args.toolcalls}`."
+        )
+        + " Evaluation text: first 20,000 characters of GPL-3 (llama.cpp, 512-token "
         "windows, stride 256); calibration and qat training text: Apache-2.0 + MPL-2.0 (`--calib`, 512-token "
         "windows; qat cuts them to 128 tokens). Times and peak RSS: the whole `edgec compile` process (fp32 "
         "weights 542 MB).",
