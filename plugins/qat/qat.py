@@ -104,6 +104,11 @@ class QAT(Pass):
             return False
         judge = _Judge(self, teacher_model, ctx) if self.checks else None
         before = {w: model.graph.value(w).const for w in student.fq_names}  # the quantizer's, if checks fail
+
+        def keep_quantizers() -> None:  # put the quantizer's weights back (training did not help, or broke a check)
+            for w, q in before.items():
+                model.graph.value(w).const = q
+
         teacher = IRModule(teacher_model, quant="frozen", act_quant=False)
         teacher.eval()
         student.train()
@@ -127,8 +132,7 @@ class QAT(Pass):
         report["loss_after"] = self._hard_loss(student, teacher, [data[i] for i in held], lm)
         student.write_back()
         if report["loss_after"] >= report["loss_before"]:  # e2e (or every block) did not help where it counts
-            for w, q in before.items():
-                model.graph.value(w).const = q
+            keep_quantizers()
             report["kept"] = "the quantizer's weights: training did not lower the held-out loss"
         report.update(
             blocks=len(blocks),
@@ -139,8 +143,7 @@ class QAT(Pass):
             report["checks"] = verdicts = judge(model)
             failed = [d for d, r in verdicts.items() if not r["passed"]]
             if failed:  # keep the quantizer's weights where they keep the checks
-                for w, q in before.items():
-                    model.graph.value(w).const = q
+                keep_quantizers()
                 report["checks_before_qat"] = verdicts0 = judge(model)
                 still = [d for d, r in verdicts0.items() if not r["passed"]]
                 if still:
@@ -155,7 +158,7 @@ class QAT(Pass):
 
     def _hard_loss(self, student, teacher, data, lm: bool) -> float:
         """The end-to-end objective of the quantized model as it would be written (hard rounding), averaged
-        over the training windows: what the report's loss_before / loss_after compare."""
+        over ``data`` (the held-out windows): what the report's loss_before / loss_after compare."""
         import torch
 
         out = student.model.graph.outputs[0].name

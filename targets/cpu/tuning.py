@@ -23,6 +23,25 @@ from tvm.target import Target
 from ...api import TUNING_DIR, default_cache_dir
 
 
+# MetaSchedule's workers time out after 30 s by default. Building one candidate (a fresh process that imports TVM,
+# then LLVM) takes longer than that on a loaded machine (a 2-core build server running other jobs), and a timed-out
+# default schedule is left out of the database. A candidate that is truly slow still fails, just later.
+BUILD_TIMEOUT_S = 300.0
+RUN_TIMEOUT_S = 300.0
+
+
+def _builder():
+    from tvm.s_tir import meta_schedule as ms
+
+    return ms.builder.LocalBuilder(timeout_sec=BUILD_TIMEOUT_S)
+
+
+def _runner():
+    from tvm.s_tir import meta_schedule as ms
+
+    return ms.runner.LocalRunner(timeout_sec=RUN_TIMEOUT_S)
+
+
 def tuning_target(target: Target) -> Target:
     """``target`` with the core count MetaSchedule needs to sample parallel schedules."""
     return Target({**target.export(), "num-cores": len(os.sched_getaffinity(0))})
@@ -96,6 +115,8 @@ def tune(kernels: dict[str, Any], target: Target, trials: int, path: str, seed: 
                     max_trials_per_task=trials,
                     num_trials_per_iter=min(trials, 64),
                     database=db,
+                    builder=_builder(),
+                    runner=_runner(),
                     cost_model=cost_model,
                     measure_callbacks=[*ms.MeasureCallback.create("default"), _progress(bar, {0: name})],
                 )
@@ -136,9 +157,9 @@ def _record_defaults(db, kernels: dict[str, Any], target: Target, ttarget: Targe
             items.append((wl_mod, sch))
     if not items:
         return
-    built = ms.builder.LocalBuilder().build([ms.builder.BuilderInput(sch.mod, ttarget) for _, sch in items])
+    built = _builder().build([ms.builder.BuilderInput(sch.mod, ttarget) for _, sch in items])
     ok = [(item, b) for item, b in zip(items, built) if b.error_msg is None]
-    futures = ms.runner.LocalRunner().run(
+    futures = _runner().run(
         [
             ms.runner.RunnerInput(
                 b.artifact_path, device_type="cpu", args_info=ms.arg_info.ArgInfo.from_entry_func(sch.mod)

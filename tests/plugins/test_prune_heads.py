@@ -5,12 +5,13 @@ import numpy as np
 import pytest
 
 from edgec import ir
-from edgec.api.llm import LLM_KEY, LLMConfig, expected_shape, weight_names
+from edgec.api.llm import LLM_KEY, LLMConfig
 from edgec.errors import UsageError
 from edgec.host import host
 from edgec.ir.passes import PassContext, parse_pipeline
 from edgec.plugins.frontends.decoder import build_decoder
 from edgec.plugins.prune.prune_heads import REPORT_KEY, find_blocks
+from tests.llm.conftest import random_arrays
 
 
 def _run(pipe, m, calib=None):
@@ -38,15 +39,7 @@ def _decoder(kv_heads: int, silent: dict[int, slice] | None = None, llm: bool = 
         eos_token_id=2,
         name="t",
     )
-    rng = np.random.default_rng(0)
-    w = {}
-    for n in weight_names(cfg):
-        shape = expected_shape(cfg, n)
-        w[n] = (
-            1.0 + 0.1 * rng.standard_normal(shape)
-            if n.endswith("norm.weight")
-            else rng.standard_normal(shape) / np.sqrt(shape[-1])
-        ).astype(np.float32)
+    w = random_arrays(cfg)
     for layer, rows in (silent or {}).items():
         w[f"blk.{layer}.attn_v.weight"][rows] = 0
     m = build_decoder(cfg, w)
