@@ -11,9 +11,12 @@ kernel computes what the default one computes (``--verify`` still checks it).
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
+import importlib.util
 import logging
 import os
+import sys
 import tempfile
 from typing import Any
 
@@ -30,16 +33,47 @@ BUILD_TIMEOUT_S = 300.0
 RUN_TIMEOUT_S = 300.0
 
 
+def _build(mod, target, _params):
+    """MetaSchedule's default build without its first step, ``import tvm.s_tir.tensor_intrin``: that registers
+    every tensor intrinsic TVM has (CUDA's alone take 16 s) in each fresh build worker, and a scheduled module
+    needs none of them (tensorization already put the intrinsics' bodies in it)."""
+    from tvm.driver import build
+    from tvm.s_tir.transform import RemoveWeightLayoutRewriteBlock
+
+    return build(RemoveWeightLayoutRewriteBlock(skip_tensor_rewrite=True)(mod), target=target)
+
+
 def _builder():
     from tvm.s_tir import meta_schedule as ms
 
-    return ms.builder.LocalBuilder(timeout_sec=BUILD_TIMEOUT_S)
+    return ms.builder.LocalBuilder(timeout_sec=BUILD_TIMEOUT_S, f_build=_build)
 
 
 def _runner():
     from tvm.s_tir import meta_schedule as ms
 
     return ms.runner.LocalRunner(timeout_sec=RUN_TIMEOUT_S)
+
+
+@contextlib.contextmanager
+def _cpu_intrinsics():
+    """While MetaSchedule searches: ``tvm.s_tir.tensor_intrin`` with only its CPU intrinsics registered (x86, Arm,
+    RISC-V). TuneContext imports the whole package, whose CUDA, ROCm and Hexagon intrinsics take 20 s to register
+    and serve no CPU schedule. The package entry is put back afterwards, so a later import in this process (a GPU
+    plugin's search) still registers everything (the CPU submodules stay imported, not registered twice)."""
+    name = "tvm.s_tir.tensor_intrin"
+    if name in sys.modules:
+        yield
+        return
+    spec = importlib.util.find_spec(name)
+    assert spec is not None and spec.loader is not None
+    sys.modules[name] = importlib.util.module_from_spec(spec)  # the package, its __init__ not run
+    try:
+        for sub in ("x86", "arm_cpu", "riscv_cpu"):
+            importlib.import_module(f"{name}.{sub}")
+        yield
+    finally:
+        del sys.modules[name]
 
 
 def tuning_target(target: Target) -> Target:
@@ -76,62 +110,63 @@ def tune(kernels: dict[str, Any], target: Target, trials: int, path: str, seed: 
     todo = {n: f for n, f in sorted(kernels.items()) if not _tuned(db, f, ttarget)}
     if not todo:
         return db
-    from tqdm import tqdm
+    with _cpu_intrinsics():
+        from tqdm import tqdm
 
-    bar = tqdm(total=trials * len(todo), desc="tuning", unit="trial", leave=False, disable=None)
-    names = list(todo)
-    quiet = logging.getLogger("edgec.tuning")
-    quiet.setLevel(logging.ERROR)
-    tasks = [
-        ms.TuneContext(
-            mod=f,
-            target=ttarget,
-            space_generator="post-order-apply",
-            search_strategy="evolutionary",
-            task_name=n,
-            rand_state=seed + i,
-            num_threads=len(os.sched_getaffinity(0)),
-            logger=quiet,
-        ).clone()
-        for i, (n, f) in enumerate(todo.items())
-    ]
-    try:
-        import xgboost  # noqa: F401
+        bar = tqdm(total=trials * len(todo), desc="tuning", unit="trial", leave=False, disable=None)
+        names = list(todo)
+        quiet = logging.getLogger("edgec.tuning")
+        quiet.setLevel(logging.ERROR)
+        tasks = [
+            ms.TuneContext(
+                mod=f,
+                target=ttarget,
+                space_generator="post-order-apply",
+                search_strategy="evolutionary",
+                task_name=n,
+                rand_state=seed + i,
+                num_threads=len(os.sched_getaffinity(0)),
+                logger=quiet,
+            ).clone()
+            for i, (n, f) in enumerate(todo.items())
+        ]
+        try:
+            import xgboost  # noqa: F401
 
-        cost_model = "xgb"
-    except ImportError:
-        cost_model = "random"  # MetaSchedule's learned model needs xgboost; without it candidates are drawn at random
-    failed = []
-    with tempfile.TemporaryDirectory(prefix="edgec-tune-") as work:
-        # one search per kernel: MetaSchedule asserts on some kernels (an attention-mask kernel's compute_at in
-        # its design space), and such a kernel keeps its default schedule instead of failing the compile
-        for task, name in zip(tasks, names):
-            try:
-                ms.tune_tasks(
-                    tasks=[task],
-                    task_weights=[1.0],
-                    work_dir=work,
-                    max_trials_global=trials,
-                    max_trials_per_task=trials,
-                    num_trials_per_iter=min(trials, 64),
-                    database=db,
-                    builder=_builder(),
-                    runner=_runner(),
-                    cost_model=cost_model,
-                    measure_callbacks=[*ms.MeasureCallback.create("default"), _progress(bar, {0: name})],
-                )
-            except (RuntimeError, ValueError) as e:
-                failed.append(f"{name} ({type(e).__name__}: {str(e).strip().splitlines()[-1][:160]})")
-    # after the search (an evolutionary search seeded from a database record of another design space fails)
-    _record_defaults(db, todo, target, ttarget)
-    if failed:
-        import warnings
+            cost_model = "xgb"
+        except ImportError:  # MetaSchedule's learned model needs xgboost; without it candidates are drawn at random
+            cost_model = "random"
+        failed = []
+        with tempfile.TemporaryDirectory(prefix="edgec-tune-") as work:
+            # one search per kernel: MetaSchedule asserts on some kernels (an attention-mask kernel's compute_at in
+            # its design space), and such a kernel keeps its default schedule instead of failing the compile
+            for task, name in zip(tasks, names):
+                try:
+                    ms.tune_tasks(
+                        tasks=[task],
+                        task_weights=[1.0],
+                        work_dir=work,
+                        max_trials_global=trials,
+                        max_trials_per_task=trials,
+                        num_trials_per_iter=min(trials, 64),
+                        database=db,
+                        builder=_builder(),
+                        runner=_runner(),
+                        cost_model=cost_model,
+                        measure_callbacks=[*ms.MeasureCallback.create("default"), _progress(bar, {0: name})],
+                    )
+                except (RuntimeError, ValueError) as e:
+                    failed.append(f"{name} ({type(e).__name__}: {str(e).strip().splitlines()[-1][:160]})")
+        # after the search (an evolutionary search seeded from a database record of another design space fails)
+        _record_defaults(db, todo, target, ttarget)
+        if failed:
+            import warnings
 
-        warnings.warn(
-            f"MetaSchedule could not search {len(failed)} of {len(tasks)} kernels; they keep the default "
-            "schedules: " + "; ".join(failed),
-            stacklevel=2,
-        )
+            warnings.warn(
+                f"MetaSchedule could not search {len(failed)} of {len(tasks)} kernels; they keep the default "
+                "schedules: " + "; ".join(failed),
+                stacklevel=2,
+            )
     bar.close()
     return db
 
@@ -228,7 +263,8 @@ def apply_pass(db, target: Target) -> tvm.transform.Pass:
             if not db.has_workload(wl):
                 continue
             try:
-                sch = db.query_schedule(wl, ttarget, "main")
+                with _cpu_intrinsics():  # a recorded schedule may tensorize with one (x86's VNNI dot product)
+                    sch = db.query_schedule(wl, ttarget, "main")
             except (RuntimeError, ValueError, s_tir.schedule.ScheduleError):
                 continue
             if sch is None:
