@@ -216,7 +216,10 @@ class IRModule(torch.nn.Module):
 
     ``quant``: ``"fake"`` (grid weights trainable, see the module doc), ``"frozen"`` (every quantized weight its
     fixed dequantized values). ``float_weights``: weight name -> float array (AdaRound's starting point).
-    ``act_quant``: simulate annotated activations' quantization."""
+    ``act_quant``: simulate annotated activations' quantization. ``trainable``: the quantized weights made
+    trainable (None: every one :func:`trainable_weights` names; more later with :meth:`train_weights`, fewer with
+    :meth:`freeze`). ``lazy``: a quantized weight not being trained is dequantized at each use and dropped after it,
+    never held as float32 (a language model's weights are hundreds of MB; block-wise training needs one block's)."""
 
     def __init__(
         self,
@@ -228,6 +231,7 @@ class IRModule(torch.nn.Module):
         float_weights: Mapping[str, np.ndarray] | None = None,
         act_quant: bool = True,
         trainable: Iterable[str] | None = None,
+        lazy: bool = False,
     ):
         super().__init__()
         if quant not in ("fake", "frozen"):
@@ -244,33 +248,70 @@ class IRModule(torch.nn.Module):
                 f"{', '.join(sorted(k if d == '' else f'{d}::{k}' for d, k in OPS))}"
             )
         self.act_quant = act_quant
+        self.rounding, self.learn_scales = rounding, learn_scales
+        self.lazy = lazy
         want = None if trainable is None else set(trainable)
         self.fq = torch.nn.ModuleDict()  # safe key -> FakeQuantWeight / FakeQuantPalette
         self.fq_names: dict[str, str] = {}  # weight name -> key
+        self._keys = 0
         self.consts: dict[str, torch.Tensor] = {}
+        self.deferred: dict[str, Value] = {}  # lazy: quantized constants dequantized at each use
+        grid = set(trainable_weights(model)) if quant == "fake" else set()
         for v in g.initializers.values():
-            c = v.const
-            if quant == "fake" and isinstance(c, QuantizedTensor) and (want is None or v.name in want):
-                mod: torch.nn.Module | None = None
-                if c.scheme in ("symmetric", "asymmetric", "affine"):
-                    fw = None if float_weights is None else float_weights.get(v.name)
-                    mod = FakeQuantWeight(c, rounding=rounding, learn_scales=learn_scales, float_weight=fw)
-                elif c.scheme == "codebook" and c.axis is None and not c.group_size:
-                    mod = FakeQuantPalette(c)
-                if mod is not None:
-                    key = f"w{len(self.fq)}"
-                    self.fq[key] = mod
-                    self.fq_names[v.name] = key
-                    continue
+            if v.name in grid and (want is None or v.name in want):
+                fw = None if float_weights is None else float_weights.get(v.name)
+                self._add(v, fw)
+            else:
+                self._hold(v)
+        self._plans: dict[tuple[frozenset[str], tuple[str, ...]], list[tuple[Any, list[str]]]] = {}
+
+    def _add(self, v: Value, float_weight: np.ndarray | None) -> None:
+        c = v.const
+        assert isinstance(c, QuantizedTensor)
+        mod: torch.nn.Module
+        if c.scheme == "codebook":
+            mod = FakeQuantPalette(c)
+        else:
+            mod = FakeQuantWeight(c, rounding=self.rounding, learn_scales=self.learn_scales, float_weight=float_weight)
+        key = f"w{self._keys}"
+        self._keys += 1
+        self.fq[key] = mod
+        self.fq_names[v.name] = key
+        self.consts.pop(v.name, None)
+        self.deferred.pop(v.name, None)
+
+    def _hold(self, v: Value) -> None:
+        if self.lazy and isinstance(v.const, QuantizedTensor):
+            self.deferred[v.name] = v
+        else:
             self.consts[v.name] = _tensor(np.asarray(v.numpy()))
-        self._plans: dict[tuple[frozenset[str], tuple[str, ...]], list[Any]] = {}
+
+    def train_weights(self, names: Iterable[str], float_weights: Mapping[str, np.ndarray] | None = None) -> None:
+        """Make the quantized weights ``names`` trainable (fake-quant modules from their current values in the
+        model); ``float_weights`` as the constructor's."""
+        g = self.model.graph
+        for w in names:
+            if w not in self.fq_names:
+                self._add(g.value(w), None if float_weights is None else float_weights.get(w))
+
+    def freeze(self, names: Iterable[str]) -> None:
+        """Drop the trainable modules of ``names`` (after :meth:`write_back`, or to discard their training):
+        the weights are read from the model again, as it holds them now."""
+        g = self.model.graph
+        for w in list(names):
+            key = self.fq_names.pop(w, None)
+            if key is not None:
+                del self.fq[key]
+                self._hold(g.value(w))
 
     # -- running --------------------------------------------------------------------------------------------
     def forward(self, feeds: Mapping[str, Any]) -> dict[str, torch.Tensor]:
         """Every graph output from the graph inputs (numpy arrays or tensors) by name."""
         return self.run(feeds, [v.name for v in self.model.graph.outputs])
 
-    def _plan(self, have: frozenset[str], outputs: tuple[str, ...]) -> list[Any]:
+    def _plan(self, have: frozenset[str], outputs: tuple[str, ...]) -> list[tuple[Any, list[str]]]:
+        """The nodes computing ``outputs`` from ``have``, in order, each with the values it reads for the last time
+        (dropped after it: a whole model's activations are never held at once, outside autograd's own)."""
         key = (have, outputs)
         if key not in self._plans:
             need = set(outputs)
@@ -286,10 +327,24 @@ class IRModule(torch.nn.Module):
                 and not any(o is not None and o.name == nm for n in chosen for o in n.outputs)
                 and nm not in self.consts
                 and nm not in self.fq_names
+                and nm not in self.deferred
             )
             if missing:
                 raise ValueError(f"IRModule.run: values {missing} are neither fed nor computed from the feeds")
-            self._plans[key] = list(reversed(chosen))
+            nodes = list(reversed(chosen))
+            last: dict[str, int] = {}
+            for k, n in enumerate(nodes):
+                for i in n.inputs:
+                    if i is not None and not i.is_const and i.name not in outputs:
+                        last[i.name] = k
+            drops: list[list[str]] = [[] for _ in nodes]
+            for nm, k in last.items():
+                drops[k].append(nm)
+            for k, n in enumerate(nodes):  # produced and never read (an unused second output)
+                drops[k] += [
+                    o.name for o in n.outputs if o is not None and o.name not in last and o.name not in outputs
+                ]
+            self._plans[key] = list(zip(nodes, drops))
         return self._plans[key]
 
     def weight(self, name: str) -> torch.Tensor:
@@ -297,7 +352,18 @@ class IRModule(torch.nn.Module):
         if name in self.fq_names:
             w: torch.Tensor = self.fq[self.fq_names[name]]()
             return w
+        if name in self.deferred:
+            return _tensor(np.asarray(self.deferred[name].numpy(), np.float32))
         return self.consts[name]
+
+    def reads(self, feeds: Iterable[str], outputs: Iterable[str]) -> list[str]:
+        """The constants the nodes computing ``outputs`` from ``feeds`` read (what :meth:`run` would)."""
+        seen: dict[str, None] = {}
+        for n, _ in self._plan(frozenset(feeds), tuple(outputs)):
+            for i in n.inputs:
+                if i is not None and i.is_const:
+                    seen.setdefault(i.name, None)
+        return list(seen)
 
     def weights(self, names: Iterable[str] | None = None) -> dict[str, torch.Tensor]:
         """The fake-quant weights' current values (all, or ``names``), to share across several :meth:`run` calls
@@ -320,13 +386,15 @@ class IRModule(torch.nn.Module):
                 if g.value(k).quant is not None and g.value(k) in g.inputs:
                     env[k] = _fake_quant_act(env[k], g.value(k).quant)
         cache: dict[str, torch.Tensor] = dict(weights or {})
-        for n in self._plan(frozenset(env), outs):
+        for n, drop in self._plan(frozenset(env), outs):
             args: list[torch.Tensor | None] = []
             for i in n.inputs:
                 if i is None:
                     args.append(None)
                 elif i.name in env:
                     args.append(env[i.name])
+                elif i.name in self.deferred:  # dequantized for this use only: never all at once
+                    args.append(self.weight(i.name))
                 else:
                     if i.name not in cache:
                         cache[i.name] = self.weight(i.name)
@@ -339,6 +407,8 @@ class IRModule(torch.nn.Module):
                 if self.act_quant and o.quant is not None:
                     r = _fake_quant_act(r, o.quant)
                 env[o.name] = r
+            for nm in drop:
+                env.pop(nm, None)
         return {k: env[k] for k in outs}
 
     # -- training helpers -------------------------------------------------------------------------------------
@@ -368,6 +438,20 @@ class IRModule(torch.nn.Module):
             v.const = q
             done.append(w)
         return done
+
+
+def trainable_weights(model: Model) -> list[str]:
+    """The model's quantized weights that :class:`IRModule` can train: grid weights (symmetric, asymmetric, affine)
+    and per-tensor codebooks."""
+    out = []
+    for v in model.graph.initializers.values():
+        c = v.const
+        if isinstance(c, QuantizedTensor) and (
+            c.scheme in ("symmetric", "asymmetric", "affine")
+            or (c.scheme == "codebook" and c.axis is None and not c.group_size)
+        ):
+            out.append(v.name)
+    return out
 
 
 def _tensor(a: Any) -> torch.Tensor:

@@ -37,7 +37,7 @@ from typing import Any, ClassVar
 import numpy as np
 
 from ...errors import EdgecError, UsageError
-from ...ir import Model, QuantizedTensor
+from ...ir import Model
 from ...ir.passes import Pass, PassContext, option
 
 MODES = ("block", "e2e")
@@ -75,6 +75,12 @@ class QAT(Pass):
         help="property checks the result must keep, ';'-separated name:arg (e.g. toolcall:calls.jsonl); a "
         "trained result that breaks one is replaced by the quantizer's, and an error is raised when both break it",
     )
+    embeddings: bool = option(
+        False,
+        help="train token-embedding tables too (a weight a Gather reads, a tied head's included); off, they keep the "
+        "quantizer's codes: AdaRound holds about 18 bytes per entry while training (SmolLM2's 28M-entry table: over "
+        "1.5 GB at its peak), and a calibration text reaches few of a table's rows",
+    )
     holdout: int = option(
         8,
         check=lambda v: v >= 0,
@@ -95,15 +101,22 @@ class QAT(Pass):
         _same_structure(teacher_model, model)
         import torch
 
-        from ...api.torch_ir import IRModule
+        from ...api.torch_ir import IRModule, trainable_weights
 
         torch.manual_seed(self.seed)
-        floats = _float_weights(teacher_model, model)
-        student = IRModule(model, rounding=self.rounding, learn_scales=self.scales, float_weights=floats)
-        if not student.fq_names:
+        tables = set() if self.embeddings else _tables(model)
+        names = [w for w in trainable_weights(model) if w not in tables]
+        if not names:
             return False
+        if self.mode == "e2e":
+            floats = _float_weights(teacher_model, model, set(names))
+            student = IRModule(
+                model, rounding=self.rounding, learn_scales=self.scales, float_weights=floats, trainable=names
+            )
+        else:  # one block's weights trainable at a time, every other quantized weight dequantized where it is used
+            student = IRModule(model, rounding=self.rounding, learn_scales=self.scales, trainable=(), lazy=True)
         judge = _Judge(self, teacher_model, ctx) if self.checks else None
-        before = {w: model.graph.value(w).const for w in student.fq_names}  # the quantizer's, if checks fail
+        before = {w: model.graph.value(w).const for w in names}  # the quantizer's, if checks fail
 
         def keep_quantizers() -> None:  # put the quantizer's weights back (training did not help, or broke a check)
             for w, q in before.items():
@@ -125,10 +138,12 @@ class QAT(Pass):
         t0 = time.perf_counter()
         report["loss_before"] = self._hard_loss(student, teacher, [data[i] for i in held], lm)
         if self.mode == "e2e":
-            blocks = [list(student.fq_names)]
+            blocks = [names]
             report["loss"] = self._train_e2e(student, teacher, data, train, lm)
         else:
-            blocks, report["loss"] = self._train_blocks(model, student, teacher, data, train, held, lm)
+            blocks, report["loss"] = self._train_blocks(
+                model, teacher_model, student, teacher, names, data, train, held, lm
+            )
         report["loss_after"] = self._hard_loss(student, teacher, [data[i] for i in held], lm)
         student.write_back()
         if report["loss_after"] >= report["loss_before"]:  # e2e (or every block) did not help where it counts
@@ -136,7 +151,7 @@ class QAT(Pass):
             report["kept"] = "the quantizer's weights: training did not lower the held-out loss"
         report.update(
             blocks=len(blocks),
-            weights=len(student.fq_names),
+            weights=len(names),
             seconds=round(time.perf_counter() - t0, 2),
         )
         if judge is not None:
@@ -210,16 +225,32 @@ class QAT(Pass):
             groups.append({"params": scales, "lr": self.lr / 10})
         return torch.optim.Adam(groups)
 
-    def _step(self, opt, student, names, losses, step: int) -> float:
-        """One optimizer step on the mean of the windows' losses. The trained weights ``names`` are computed once
-        for the step and shared by the windows, which run one by one (not stacked: values without a batch
-        axis need no care); one backward pass."""
+    def _step(self, opt, student, names, losses, step: int, fixed: list[str] | tuple = ()) -> float:
+        """One optimizer step on the mean of the windows' losses. The trained weights ``names`` (and the frozen
+        ones ``fixed`` the windows read, dequantized once) are computed once for the step and shared by the
+        windows, which run one by one (not stacked: values without a batch axis need no care), each window's
+        backward pass right after its forward (gradient accumulation on the shared weights, then one pass back to
+        the parameters): one window's activations are held at a time, not the whole batch's."""
+        import torch
+
         opt.zero_grad()
         ws = student.weights(names)
-        fit = sum(f(ws) for f in losses) / len(losses)
-        (fit + self._penalty(student, names, step, self.steps)).backward()
+        leaves = {k: v.detach().requires_grad_(True) for k, v in ws.items()}
+        with torch.no_grad():
+            shared = {**{w: student.weight(w) for w in fixed}, **leaves}
+        fit = 0.0
+        for f in losses:
+            loss = f(shared) / len(losses)
+            loss.backward()
+            fit += float(loss.detach())
+        pairs = [(ws[k], leaves[k].grad) for k in ws if leaves[k].grad is not None]
+        if pairs:
+            torch.autograd.backward([w for w, _ in pairs], [g for _, g in pairs])
+        penalty = self._penalty(student, names, step, self.steps)
+        if penalty.requires_grad:
+            penalty.backward()
         opt.step()
-        return float(fit.detach())  # the objective's value (AdaRound's regularizer not counted)
+        return fit  # the objective's value (AdaRound's regularizer not counted)
 
     def _train_e2e(self, student, teacher, data, train: list[int], lm: bool) -> dict[str, float]:
         import torch
@@ -259,11 +290,15 @@ class QAT(Pass):
         beta = 20 - (20 - 2) * (frac - 0.2) / 0.8
         return 0.01 * student.rounding_penalty(beta, names)
 
-    def _train_blocks(self, model, student, teacher, data, train: list[int], held: list[int], lm: bool):
+    def _train_blocks(self, model, teacher_model, student, teacher, names, data, train, held, lm: bool):
+        """Each block in turn: its weights made trainable, trained, written back into the model where they lower the
+        held-out loss, then frozen again (memory: one block's trainable weights and optimizer state)."""
         import torch
         from tqdm import tqdm
 
-        blocks = split_blocks(model, set(student.fq_names))
+        from ...api.capture import trim_heap
+
+        blocks = split_blocks(model, set(names))
         out = model.graph.outputs[0].name
         # every window's feeds for the current block: the graph inputs and the block's input activation, the
         # teacher's (float) and the student's (quantized); nodes that depend on no trainable weight (a rotary
@@ -294,24 +329,30 @@ class QAT(Pass):
             def held_loss(loss_of=loss_of) -> float:  # the block's loss on the held-out windows, hard rounding
                 student.eval()
                 with torch.no_grad():
-                    ws = student.weights(blk.weights)
+                    ws = student.weights([w for w in blk.weights if w in student.fq_names])
                     v = float(np.mean([float(loss_of(i)(ws)) for i in held]))
                 student.train()
                 return v
 
-            start = _parameters(student, blk.weights)
             held0 = held_loss()
+            # the frozen quantized weights the block reads (a tied head's table): dequantized once per step
+            fixed = [w for w in student.reads(s_in[0], [target]) if w in student.deferred]
+            student.train_weights(blk.weights, _float_weights(teacher_model, model, set(blk.weights)))
             opt = self._optimizer(student, blk.weights)
             first = last = float("nan")
             for step, idx in enumerate(self._batches(train, self.steps)):
-                last = self._step(opt, student, blk.weights, [loss_of(int(i)) for i in idx], step)
+                last = self._step(opt, student, blk.weights, [loss_of(int(i)) for i in idx], step, fixed)
                 first = last if step == 0 else first
                 bar.update()
                 bar.set_postfix(block=f"{b + 1}/{len(blocks)}", loss=f"{last:.4g}")
             held1 = held_loss()
             kept = held1 < held0
-            if not kept:  # training did not help this block where it counts: the quantizer's weights stay
-                _restore(student, start)
+            if kept:
+                student.write_back(blk.weights)
+            # else: training did not help this block where it counts, and the quantizer's weights stay
+            student.freeze(blk.weights)
+            del opt
+            trim_heap()  # the block's training state: freed, and handed back before the next block
             losses[f"block{b}"] = {
                 "first": first,
                 "last": last,
@@ -321,33 +362,14 @@ class QAT(Pass):
             }
             if final:
                 break
-            student.eval()  # AdaRound's hard rounding from here on
-            with torch.no_grad():
-                ws = student.weights(blk.weights)
+            with torch.no_grad():  # the block's outputs as written (the model's weights now) feed the next block
                 for i in range(len(data)):
-                    s_out = student.run(s_in[i], [target], ws)[target]
+                    s_out = student.run(s_in[i], [target])[target]
                     assert want is not None
                     t_in[i] = {**data[i], target: want[i]}
                     s_in[i] = {**data[i], target: s_out}
-            student.train()
         bar.close()
         return blocks, losses
-
-
-def _parameters(student, names: list[str]) -> dict[str, dict[str, Any]]:
-    """A copy of the trainable modules' parameters (``names``), to put back with :func:`_restore`."""
-    mods = student.fake_quant()
-    return {w: {k: p.detach().clone() for k, p in mods[w].named_parameters()} for w in names}
-
-
-def _restore(student, saved: dict[str, dict[str, Any]]) -> None:
-    import torch
-
-    mods = student.fake_quant()
-    with torch.no_grad():
-        for w, params in saved.items():
-            for k, p in mods[w].named_parameters():
-                p.copy_(params[k])
 
 
 @dataclasses.dataclass
@@ -397,8 +419,7 @@ class _Judge:
     calibration samples (their float outputs computed once), model checks (generation) prepared on it once."""
 
     def __init__(self, qat: QAT, teacher: Model, ctx: PassContext):
-        from ...checks import parse_checks
-        from ...ir import ReferenceExecutor
+        from ...checks import outputs_on, parse_checks
 
         self.checks = parse_checks(qat.checks, ctx.checks)
         assert ctx.calibration is not None  # run() refused a pipeline without
@@ -408,19 +429,17 @@ class _Judge:
         self.names = [o.name for o in teacher.graph.outputs]
         self.ref: list[list[np.ndarray]] = []
         if any(not c.needs_model for c in self.checks):
-            ex = ReferenceExecutor(teacher)
-            self.ref = [[ex.run(s)[n] for n in self.names] for s in self.held]
+            self.ref = outputs_on(teacher, self.held, self.names)
         for c in self.checks:
             if c.needs_model:
                 c.prepare(teacher)
 
     def __call__(self, model: Model) -> dict[str, dict[str, Any]]:
-        from ...ir import ReferenceExecutor
+        from ...checks import outputs_on
 
         got: list[list[np.ndarray]] = []
         if self.ref:
-            ex = ReferenceExecutor(model)
-            got = [[ex.run(s)[n] for n in self.names] for s in self.held]
+            got = outputs_on(model, self.held, self.names)
         out = {}
         for c in self.checks:
             r = c.judge(model, self.ref, got)
@@ -449,15 +468,24 @@ def _windows(model: Model, ctx: PassContext, seq: int, samples: int) -> list[dic
     return data
 
 
-def _float_weights(teacher: Model, student: Model) -> dict[str, np.ndarray]:
-    """Each quantized weight's float original: the teacher's value at the same node and input (a quantizer
-    renames the constants it replaces)."""
+def _float_weights(teacher: Model, student: Model, names: set[str]) -> dict[str, np.ndarray]:
+    """The float originals of the quantized weights ``names``: the teacher's value at the same node and input (a
+    quantizer renames the constants it replaces)."""
     out: dict[str, np.ndarray] = {}
     for nt, ns in zip(teacher.graph, student.graph):
         for vt, vs in zip(nt.inputs, ns.inputs):
-            if vs is not None and vt is not None and isinstance(vs.const, QuantizedTensor) and vt.is_const:
-                out.setdefault(vs.name, np.asarray(vt.numpy()))
+            if vs is not None and vt is not None and vs.name in names and vs.name not in out and vt.is_const:
+                out[vs.name] = np.asarray(vt.numpy())
     return out
+
+
+def _tables(model: Model) -> set[str]:
+    """Constant tables a Gather reads rows of (token embeddings; a tied head reads the same one)."""
+    return {
+        n.inputs[0].name
+        for n in model.graph
+        if n.op_type == "Gather" and n.domain in ("", "ai.onnx") and n.inputs[0] is not None and n.inputs[0].is_const
+    }
 
 
 def _same_structure(a: Model, b: Model) -> None:

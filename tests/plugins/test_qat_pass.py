@@ -94,6 +94,47 @@ def test_adaround_starts_at_the_stored_codes():
         np.testing.assert_array_equal(m.graph.value(w).const.codes, c)
 
 
+def test_lazy_interpreter_holds_no_dequantized_weight_and_trains_one_block_at_a_time(monkeypatch):
+    """lazy=True: quantized weights not being trained are dequantized where they are used, never kept (outputs
+    equal the reference); train_weights / freeze add and drop trainable modules, and block-wise qat never holds
+    more than one block's."""
+    m = _run(_lm(), "quantize{gguf=Q4_0}", _samples())
+    quantized = {w for w, v in m.graph.initializers.items() if isinstance(v.const, QuantizedTensor)}
+    mod = IRModule(m, trainable=(), lazy=True)
+    assert not quantized & set(mod.consts) and set(mod.deferred) == quantized and not mod.fq_names
+    _close(m, _samples(1, 24, seed=3)[0], mod)
+    some = sorted(quantized)[:2]
+    mod.train_weights(some)
+    assert set(mod.fq_names) == set(some) and not set(some) & set(mod.deferred)
+    _close(m, _samples(1, 24, seed=3)[0], mod)  # a fresh module computes exactly the stored weight
+    mod.freeze(some)
+    assert not mod.fq_names and set(mod.deferred) == quantized and not list(mod.parameters())
+
+    held: list[int] = []
+    trained: set[str] = set()
+    real = IRModule.train_weights
+
+    def spy(self, names, float_weights=None):
+        real(self, names, float_weights)
+        held.append(len(self.fq_names))
+        trained.update(self.fq_names)
+
+    monkeypatch.setattr(IRModule, "train_weights", spy)
+    base = _run(_lm(), "quantize{gguf=Q4_0}", _samples(12))
+    tuned = _run(_lm(), "quantize{gguf=Q4_0},qat{steps=2}", _samples(12))
+    blocks = tuned.reports["qat"]["blocks"]
+    assert len(held) == blocks > 2 and max(held) <= 7  # a block: 7 projections
+    # the token-embedding table is not trained (embeddings=false): its codes are the quantizer's
+    (table,) = [n.inputs[0].name for n in base.graph if n.name == "embed"]
+    emb = base.graph.value(table).const
+    assert isinstance(emb, QuantizedTensor) and tuned.reports["qat"]["weights"] == len(quantized) - 1
+    np.testing.assert_array_equal(tuned.graph.value(table).const.codes, emb.codes)
+    assert table not in trained and len(trained) == len(quantized) - 1
+    trained.clear()
+    _run(_lm(), "quantize{gguf=Q4_0},qat{steps=2,embeddings=true}", _samples(12))
+    assert trained == quantized  # with embeddings=true the table is trained too
+
+
 def test_activation_fake_quant_matches_the_reference():
     g = ir.Graph()
     x = g.add_input("x", ir.DType.FLOAT32, ("batch", 16))
