@@ -70,6 +70,15 @@ class Check:
         return f"{self.name}:{self.arg}" if self.arg else self.name
 
 
+def outputs_on(model, samples: Sequence[dict], names: Sequence[str], threads: int = 0) -> list[list[np.ndarray]]:
+    """The outputs ``names`` of ``model`` on each sample (edgec's reference executor, as float64): the lists a
+    check's ``evaluate`` compares, for the float model and for a candidate alike."""
+    from .ir import ReferenceExecutor
+
+    ex = ReferenceExecutor(model, threads=threads)
+    return [[np.asarray(ex.run(s)[n], np.float64) for n in names] for s in samples]
+
+
 def parse_checks(text: str, registry) -> list[Check]:
     """``name:arg;name2:arg2`` -> check instances; unknown names are a usage error listing the known ones."""
     out = []

@@ -16,6 +16,21 @@ EXAMPLES = os.path.join(ROOT, "examples")
 sys.path.insert(0, os.path.join(EXAMPLES, "models"))
 
 
+FULL = os.environ.get("EDGEC_FULL_TESTS") == "1"
+
+
+def pytest_collection_modifyitems(config, items):
+    """``@pytest.mark.full``: a heavier sibling of a test CI already runs (another type or model through the same
+    path). CI keeps to its 25-minute budget with the sample; EDGEC_FULL_TESTS=1 runs these too. A skipped one is
+    listed with this reason (``-ra``), never dropped silently."""
+    if FULL:
+        return
+    skip = pytest.mark.skip(reason="full matrix only: EDGEC_FULL_TESTS=1 runs it (CI runs its sampled sibling)")
+    for item in items:
+        if "full" in item.keywords:
+            item.add_marker(skip)
+
+
 def load_benchmark(name: str):
     """``benchmarks/<name>.py`` as a module (the benchmarks are scripts, not a package)."""
     spec = importlib.util.spec_from_file_location(f"edgec_bench_{name}", os.path.join(ROOT, "benchmarks", f"{name}.py"))

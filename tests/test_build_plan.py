@@ -318,9 +318,7 @@ def test_a_running_ray_cluster_by_ray_address_and_by_ray_client(tmp_path, monkey
 
     from edgec.plan import run_plan
 
-    plan = _plan(
-        tmp_path, '[[compile]]\nmodel = "TINY"\ntargets = ["cpu", "openvino"]\npipeline = "quantize{bits=8}"\n'
-    )
+    plan = _plan(tmp_path, '[[compile]]\nmodel = "TINY"\ntargets = ["cpu"]\npipeline = "quantize{bits=8}"\n')
     with LocalExecutor(1) as ex:
         serial = run_plan(load_plan(plan, str(tmp_path / "serial")), ex, use_cache=False)
     gcs, client = _free_port(), _free_port()

@@ -28,8 +28,9 @@ from typing import ClassVar
 
 import numpy as np
 
+from ...checks import outputs_on
 from ...errors import UsageError
-from ...ir import Model, ReferenceExecutor, Tensor
+from ...ir import Model, Tensor
 from ...ir.passes import Pass, PassContext, option
 from ...api.executor import task_threads
 from .sensitivity import FLOAT16, METRICS, analyse, compare, to_float16, write_temp
@@ -309,7 +310,7 @@ class MixedPrecision(Pass):
         calib = ctx.calibration
         held = list(calib.samples[self.samples : self.samples + self.holdout]) or list(calib.samples[: self.holdout])
         names = [o.name for o in model.graph.outputs]
-        ref = _outputs(model, held, names)
+        ref = outputs_on(model, held, names)
         for c in checks:
             if c.needs_model:
                 c.prepare(model)
@@ -411,11 +412,6 @@ def _next_points(lo: int, hi: int, width: int, first: bool, n: int) -> list[int]
     return pts
 
 
-def _outputs(model: Model, samples: list, names: list[str], threads: int = 0) -> list[list[np.ndarray]]:
-    ex = ReferenceExecutor(model, threads=threads)
-    return [[np.asarray(ex.run(s)[n], np.float64) for n in names] for s in samples]
-
-
 _SAVED: dict[str, str] = {}  # in a worker: the driver's saved-model path -> the file written from its bytes
 
 
@@ -432,7 +428,7 @@ def _judge_task(alloc: dict, shared: dict) -> dict:
         path = _SAVED[path]
     m = load(path)
     mp._apply(m, shared["ctx"], alloc, shared["nodes"])
-    got = _outputs(m, shared["held"], shared["names"], task_threads())
+    got = outputs_on(m, shared["held"], shared["names"], task_threads())
     stats = compare(shared["ref"], got)
     loss = stats["kl"] if mp.metric == "kl" else 1.0 - stats["cosine"]
     verdicts = [(c.describe(), c.judge(m, shared["ref"], got)) for c in shared["checks"]]
