@@ -307,6 +307,7 @@ def _free_port() -> int:
 
 
 @pytest.mark.slow
+@pytest.mark.full  # Ray's own start-up is most of its minute; CI keeps the local-cluster Ray tests
 def test_a_running_ray_cluster_by_ray_address_and_by_ray_client(tmp_path, monkeypatch):
     """A Ray cluster started beforehand (`ray start --head`, as a user's would be): `--executor ray` joins it
     through RAY_ADDRESS, and `--executor ray://HOST:PORT` through Ray Client; both build what the serial run

@@ -14,7 +14,10 @@ interpreter of the IR (:mod:`edgec.api.torch_ir`). The trained codes and scales 
   later nodes read (a transformer's residual stream between blocks); each block's weights are trained ``steps``
   steps to reproduce the float block's output (MSE) from the quantized model's own input to it, then frozen and
   the quantized stream moves on. The last block (the head) uses the end-to-end objective. Memory: the float and
-  quantized models, one block's optimizer state and activations.
+  quantized models and one block's training state (its rounding variables and optimizer state, one window's
+  activations); the other quantized weights are dequantized where they are read.
+* **embeddings=false** (default): token-embedding tables (Gather data, a tied head's too) keep the quantizer's
+  codes; a 28M-entry table's AdaRound state alone peaks above 1.5 GB.
 * **mode=e2e:** every trainable weight at once, ``steps`` steps of the end-to-end objective.
 * **Held out:** the last ``holdout`` calibration windows (where more than twice as many are given) are not trained
   on. A block's trained weights are kept only where they lower the block's loss on them (hard rounding), else the

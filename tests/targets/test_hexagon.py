@@ -97,7 +97,7 @@ def test_tiny_cnn_runs_under_qemu(tiny_cnn_path, tmp_path):
 @pytest.mark.slow
 # A sample (CI time): MobileNetV3-Small runs under qemu in test_hexagon_int8's example-model test (static int8,
 # its non-Conv layers in float), and the node-suite sample runs single ops on hexagon.
-@pytest.mark.parametrize("name", ["resnet18", "bert"])
+@pytest.mark.parametrize("name", [pytest.param("resnet18", marks=pytest.mark.full), "bert"])
 def test_example_models_run_under_qemu_at_fp32(name, tmp_path):
     """The foundation's example models (ResNet-18 blocks, MobileNetV3, a BERT-style encoder with int64 ids and
     a mask) on Hexagon v67, fp32, within 1e-5 of the reference executor."""
