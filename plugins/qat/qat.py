@@ -228,7 +228,7 @@ class QAT(Pass):
             groups.append({"params": scales, "lr": self.lr / 10})
         return torch.optim.Adam(groups)
 
-    def _step(self, opt, student, names, losses, step: int, fixed: list[str] | tuple = ()) -> float:
+    def _step(self, opt, student, names, losses, step: int, fixed: list[str] | None = None) -> float:
         """One optimizer step on the mean of the windows' losses. The trained weights ``names`` (and the frozen
         ones ``fixed`` the windows read, dequantized once) are computed once for the step and shared by the
         windows, which run one by one (not stacked: values without a batch axis need no care), each window's
@@ -240,7 +240,7 @@ class QAT(Pass):
         ws = student.weights(names)
         leaves = {k: v.detach().requires_grad_(True) for k, v in ws.items()}
         with torch.no_grad():
-            shared = {**{w: student.weight(w) for w in fixed}, **leaves}
+            shared = {**{w: student.weight(w) for w in fixed or ()}, **leaves}
         fit = 0.0
         for f in losses:
             loss = f(shared) / len(losses)
@@ -338,9 +338,10 @@ class QAT(Pass):
                 return v
 
             held0 = held_loss()
-            # the frozen quantized weights the block reads (a tied head's table): dequantized once per step
-            fixed = [w for w in student.reads(s_in[0], [target]) if w in student.deferred]
             student.train_weights(blk.weights, _float_weights(teacher_model, model, set(blk.weights)))
+            # the frozen quantized weights the block reads (a tied head's table; its own are trainable by now):
+            # dequantized once per step
+            fixed = [w for w in student.reads(s_in[0], [target]) if w in student.deferred]
             opt = self._optimizer(student, blk.weights)
             first = last = float("nan")
             for step, idx in enumerate(self._batches(train, self.steps)):
